@@ -1,0 +1,303 @@
+package crdt
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// VersionVector returns a copy of the store's version vector: for every
+// origin, the highest sequence number up to which all its ops have been
+// applied here (or superseded).
+func (s *Store) VersionVector(ctx context.Context) (VersionVector, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return nil, fmt.Errorf("crdt: version vector: %w", ErrClosed)
+	}
+	return s.vv.Clone(), nil
+}
+
+const opColumns = `seq, hlc, type, coll, key, kind, value, p, n, observed`
+
+// scanOp reads one op log row (opColumns) of origin and checks it.
+func scanOp(rows *sql.Rows, origin string) (Op, error) {
+	var (
+		seq, hlc, kind, p, n int64
+		typ, coll, key       string
+		value, observed      []byte
+	)
+	if err := rows.Scan(&seq, &hlc, &typ, &coll, &key, &kind, &value, &p, &n, &observed); err != nil {
+		return Op{}, fmt.Errorf("%w: ops row of %q: %v", ErrCorrupt, origin, err)
+	}
+	op := Op{
+		Dot:        Dot{Origin: origin, Seq: uint64(seq)},
+		HLC:        Timestamp(hlc),
+		Type:       Type(typ),
+		Collection: coll,
+		Key:        key,
+		Kind:       Kind(kind),
+		P:          uint64(p),
+		N:          uint64(n),
+	}
+	if kind < 0 || kind > 255 || seq <= 0 || hlc <= 0 || p < 0 || n < 0 {
+		return Op{}, fmt.Errorf("%w: ops row %s:%d: kind %d, hlc %d, totals %d/%d", ErrCorrupt, origin, seq, kind, hlc, p, n)
+	}
+	if len(value) > 0 {
+		op.Value = value
+	}
+	dots, err := decodeDots(observed)
+	if err != nil {
+		return Op{}, fmt.Errorf("%w: ops row %s:%d: observed dots: %v", ErrCorrupt, origin, seq, err)
+	}
+	op.Observed = dots
+	if err := op.validate(); err != nil {
+		return Op{}, fmt.Errorf("%w: ops row %s:%d: %v", ErrCorrupt, origin, seq, err)
+	}
+	return op, nil
+}
+
+// DeltasSince returns the ops this store holds that a holder of peer lacks:
+// per origin, the range (peer[o], ours[o]] with the ops of it still in the
+// op log (compacted ones are superseded by ops shipped too). The result is
+// cut at about maxBytes of encoding (maxBytes <= 0 or above MaxDeltaBytes
+// means MaxDeltaBytes) and MaxOpsPerMessage ops, but holds at least one op
+// (or one fully compacted range) whenever anything is missing. Each Delta is
+// a contiguous range of one origin; call again with peer.Advance(result) for
+// the rest. An empty result means the peer lacks nothing this store can
+// ship. Ops this store holds beyond a gap in its own version vector are not
+// shipped (their range is not contiguous here).
+func (s *Store) DeltasSince(ctx context.Context, peer VersionVector, maxBytes int) ([]Delta, error) {
+	if err := s.readCheck("deltas since"); err != nil {
+		return nil, err
+	}
+	if maxBytes <= 0 || maxBytes > MaxDeltaBytes {
+		maxBytes = MaxDeltaBytes
+	}
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("crdt: deltas since: %w", err)
+	}
+	defer tx.Rollback()
+	// Snapshot the version vector in the same read transaction as the ops.
+	var seq int64
+	if err := tx.QueryRowContext(ctx, `SELECT seq FROM meta WHERE id = 1`).Scan(&seq); err != nil {
+		return nil, s.scanErr("deltas since", err)
+	}
+	if seq < 0 {
+		return nil, s.corrupt(fmt.Errorf("crdt: deltas since: %w: meta seq %d", ErrCorrupt, seq))
+	}
+	ours, err := readVV(ctx, tx, s.id, uint64(seq))
+	if err != nil {
+		return nil, s.corrupt(fmt.Errorf("crdt: deltas since: %w", err))
+	}
+	origins := make([]string, 0, len(ours))
+	for o, have := range ours {
+		if have > peer[o] {
+			origins = append(origins, o)
+		}
+	}
+	sort.Strings(origins)
+	stmt := tx.StmtContext(ctx, s.st.opsRange)
+	var (
+		out   []Delta
+		used  = 1 + 3 + 3
+		nops  int
+		ended bool
+	)
+	for _, o := range origins {
+		d := Delta{Origin: o, From: peer[o], To: ours[o]}
+		used += encodedDeltaOverhead(o)
+		rows, err := stmt.QueryContext(ctx, o, int64(d.From), int64(d.To))
+		if err != nil {
+			return nil, fmt.Errorf("crdt: deltas since: %w", err)
+		}
+		for rows.Next() {
+			op, err := scanOp(rows, o)
+			if err != nil {
+				rows.Close()
+				return nil, s.corrupt(fmt.Errorf("crdt: deltas since: %w", err))
+			}
+			size := encodedOpSize(&op)
+			if (used+size > maxBytes || nops >= MaxOpsPerMessage || len(out) >= MaxDeltasPerMessage) && (len(out) > 0 || len(d.Ops) > 0) {
+				d.To = op.Dot.Seq - 1
+				ended = true
+				break
+			}
+			used += size
+			nops++
+			d.Ops = append(d.Ops, op)
+		}
+		if err := rows.Close(); err != nil {
+			return nil, fmt.Errorf("crdt: deltas since: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("crdt: deltas since: %w", err)
+		}
+		if d.To > d.From {
+			out = append(out, d)
+		}
+		if ended || len(out) >= MaxDeltasPerMessage || used >= maxBytes {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Merge applies deltas received from peers. It first validates all of ds
+// (ErrInvalidDelta), checks their timestamps against the clock's drift limit
+// (ErrClockDrift) and checks deltas claiming this replica's own origin
+// against its history (ErrInvalidDelta when they claim sequence numbers it
+// never issued or differ from its op log); any failure rejects the whole
+// call with nothing written. Then it applies everything in one transaction.
+//
+// Merge is idempotent, commutative and associative: ops already covered by
+// the version vector are skipped, ops beyond a gap are applied (state join)
+// but the version vector only advances over ranges contiguous with it.
+// Deltas are taken in (origin, From) order so a chain of ranges within one
+// call advances the vector across all of them.
+func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
+	var st MergeStats
+	var maxHLC Timestamp
+	for i := range ds {
+		if err := ds[i].Validate(); err != nil {
+			s.metrics.rejected.WithLabelValues("invalid").Inc()
+			s.log.Warn("crdt: merge rejected", "reason", "invalid", "err", err)
+			return st, fmt.Errorf("crdt: merge: delta %d: %w", i, err)
+		}
+		for j := range ds[i].Ops {
+			if h := ds[i].Ops[j].HLC; h > maxHLC {
+				maxHLC = h
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return st, fmt.Errorf("crdt: merge: %w", ErrClosed)
+	}
+	if err := s.clock.CheckDrift(maxHLC); err != nil {
+		s.metrics.rejected.WithLabelValues("drift").Inc()
+		s.log.Warn("crdt: merge rejected", "reason", "drift", "err", err)
+		return st, fmt.Errorf("crdt: merge: %w", err)
+	}
+	if err := s.checkOwn(ctx, ds); err != nil {
+		s.metrics.rejected.WithLabelValues("conflict").Inc()
+		s.log.Warn("crdt: merge rejected", "reason", "conflict", "err", err)
+		return st, s.corrupt(err)
+	}
+	if len(ds) == 0 {
+		return st, nil
+	}
+	if maxHLC > 0 {
+		if _, err := s.clock.Observe(maxHLC); err != nil {
+			return st, fmt.Errorf("crdt: merge: %w", err)
+		}
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return st, fmt.Errorf("crdt: merge: begin: %w", err)
+	}
+	w := &wtx{ctx: ctx, tx: tx}
+	vv := s.vv.Clone()
+	pending := map[string]typeSet{}
+	st, err = s.mergeTx(w, ds, vv, pending)
+	if err == nil {
+		err = tx.Commit()
+	}
+	if err != nil {
+		tx.Rollback()
+		return MergeStats{}, s.corrupt(fmt.Errorf("crdt: merge: %w", err))
+	}
+	s.vv = vv
+	s.commitCollections(pending)
+	s.metrics.mergeApplied.Add(float64(st.Applied))
+	s.metrics.mergeDup.Add(float64(st.Duplicates))
+	return st, nil
+}
+
+func (s *Store) mergeTx(w *wtx, ds []Delta, vv VersionVector, pending map[string]typeSet) (MergeStats, error) {
+	var st MergeStats
+	changed := map[string]bool{}
+	for _, i := range deltaOrder(ds) {
+		d := &ds[i]
+		gap := d.From > vv[d.Origin]
+		for j := range d.Ops {
+			op := &d.Ops[j]
+			if vv.Covers(op.Dot) {
+				st.Duplicates++
+				continue
+			}
+			inserted, err := s.insertOp(w, op, true)
+			if err != nil {
+				return st, err
+			}
+			if !inserted {
+				st.Duplicates++
+				continue
+			}
+			if err := s.applyOp(w, op, vv); err != nil {
+				return st, err
+			}
+			if err := s.noteCollection(w, op.Collection, op.Type, pending); err != nil {
+				return st, err
+			}
+			st.Applied++
+		}
+		if gap {
+			st.Stale++
+		} else if d.To > vv[d.Origin] {
+			vv[d.Origin] = d.To
+			changed[d.Origin] = true
+			st.Advanced = true
+		}
+	}
+	for o := range changed {
+		if o == s.id {
+			continue
+		}
+		if _, err := w.exec(s.st.upsertVV, o, int64(vv[o])); err != nil {
+			return st, fmt.Errorf("update version vector: %w", err)
+		}
+	}
+	if _, err := w.exec(s.st.setMeta, int64(s.seq), int64(s.clock.Last())); err != nil {
+		return st, fmt.Errorf("update meta: %w", err)
+	}
+	return st, nil
+}
+
+// checkOwn rejects deltas of this replica's own origin that do not match
+// its history: sequence numbers it never issued, or ops that differ from
+// the ones in its op log.
+func (s *Store) checkOwn(ctx context.Context, ds []Delta) error {
+	for i := range ds {
+		d := &ds[i]
+		if d.Origin != s.id {
+			continue
+		}
+		if d.To > s.seq {
+			return fmt.Errorf("crdt: merge: %w: delta %d claims ops %d..%d of this replica %q, which has only issued %d",
+				ErrInvalidDelta, i, d.From+1, d.To, s.id, s.seq)
+		}
+		for j := range d.Ops {
+			op := &d.Ops[j]
+			var (
+				hlc, kind int64
+				coll, key string
+			)
+			err := s.st.opByDot.QueryRowContext(ctx, s.id, int64(op.Dot.Seq)).Scan(&hlc, &kind, &coll, &key)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // compacted here
+			}
+			if err != nil {
+				return s.scanErr("merge", err)
+			}
+			if Timestamp(hlc) != op.HLC || Kind(kind) != op.Kind || coll != op.Collection || key != op.Key {
+				return fmt.Errorf("crdt: merge: %w: delta %d op %s:%d differs from this replica's own op", ErrInvalidDelta, i, op.Dot.Origin, op.Dot.Seq)
+			}
+		}
+	}
+	return nil
+}
