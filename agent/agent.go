@@ -1,0 +1,651 @@
+// Package agent is the edgefleet daemon: membership and failure detection
+// (hashicorp/memberlist), replication of the crdt store between agents, and
+// the local HTTP API.
+//
+// Replication has two paths. Local writes go through the agent (Put,
+// SetAdd, ...): the op commits durably in the store, and its delta is
+// queued on memberlist's transmit-limited broadcast queue, which piggybacks
+// it on gossip to a few random members per round. Broadcasts can be lost,
+// so anti-entropy repairs whatever they miss: an agent sends its version
+// vector to one random live peer every gossip.sync_interval, to every member
+// that joins or rejoins (after a partition heals, after a restart), and in
+// memberlist's periodic push/pull state exchange. The receiver answers with
+// exactly the deltas the sender lacks, in chunks of at most
+// gossip.max_chunk_bytes, and includes its own version vector so the sender
+// pushes back what the receiver lacks: one exchange converges both sides.
+// Full state is never shipped.
+//
+// Members declared dead (not left) are retried by a reconnect loop, as
+// Serf does, so agents on both sides of a healed partition find each other
+// again by themselves.
+//
+// Received messages are handed from memberlist's network goroutines to a
+// bounded queue drained by one worker; when it is full, messages are
+// dropped and counted (anti-entropy repairs them). Malformed, oversized,
+// foreign-cluster and undecodable traffic is rejected with a logged reason
+// and counted in edgefleet_gossip_rejected_total{reason}.
+package agent
+
+import (
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Sentinel errors.
+var (
+	// ErrNotRunning: the agent has not been started, or has been stopped.
+	ErrNotRunning = errors.New("agent: not running")
+	// ErrAlreadyStarted: Start was called twice; an Agent runs once.
+	ErrAlreadyStarted = errors.New("agent: already started")
+	// ErrNodeNameMismatch: the data directory belongs to another node name.
+	ErrNodeNameMismatch = errors.New("agent: data directory belongs to another node")
+)
+
+// Deps are the agent's effects; zero values mean production defaults.
+type Deps struct {
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registry receives the agent's metrics (and the store's); nil means a
+	// new registry owned by the agent. It is served on /metrics. Give every
+	// agent of a process its own registry.
+	Registry *prometheus.Registry
+	// Wall is the wall clock; nil means time.Now.
+	Wall func() time.Time
+	// Rand seeds jitter and peer choice and generates the gossip key; nil
+	// means crypto/rand.
+	Rand io.Reader
+	// Transport carries memberlist traffic; nil means a memberlist
+	// NetTransport on gossip.bind_addr:bind_port. The simulator passes a
+	// Partition-wrapped transport here.
+	Transport memberlist.Transport
+}
+
+const (
+	stateDBFile   = "state.db"
+	nodeNameFile  = "node-name"
+	maxQueuedBcst = 4096     // local deltas retained for gossip; older ones are left to anti-entropy
+	inboundBudget = 64 << 20 // bytes of received messages waiting to be applied
+	leaveTimeout  = 5 * time.Second
+)
+
+// Agent is one edgefleet daemon. Create with New, then Start (or Run); an
+// Agent runs once: after Stop or Kill, create a new one (with the same
+// DataDir it resumes where it stopped).
+type Agent struct {
+	cfg   Config
+	deps  Deps
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	wall  func() time.Time
+	rnd   io.Reader
+	rngMu sync.Mutex
+	rng   *mrand.Rand
+	m     *metrics
+
+	mu      sync.Mutex // guards phase and name changes during Start
+	phase   int        // 0 new, 1 running, 2 stopped
+	name    string
+	peers   atomic.Pointer[peerTable]
+	store   *crdt.Store
+	ml      *memberlist.Memberlist
+	mlReady atomic.Pointer[memberlist.Memberlist]
+	bcast   *memberlist.TransmitLimitedQueue
+	maxBcst int
+	meta    []byte
+
+	gossipAddr string
+	apiAddr    string
+	api        *http.Server
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	inbound chan []byte
+	inBytes atomic.Int64
+	syncer  *syncer
+	shipper *shipper
+	rejoins chan struct{} // bounds concurrent reconnect attempts
+	running atomic.Bool
+}
+
+// New validates cfg and builds an agent; it does no network or disk I/O.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:     cfg,
+		log:     deps.Logger,
+		reg:     deps.Registry,
+		wall:    deps.Wall,
+		rnd:     deps.Rand,
+		rejoins: make(chan struct{}, 3),
+	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.reg == nil {
+		a.reg = prometheus.NewRegistry()
+	}
+	if a.wall == nil {
+		a.wall = time.Now
+	}
+	if a.rnd == nil {
+		a.rnd = crand.Reader
+	}
+	var seed [32]byte
+	if _, err := io.ReadFull(a.rnd, seed[:]); err != nil {
+		return nil, fmt.Errorf("agent: seeding random source: %w", err)
+	}
+	a.rng = mrand.New(mrand.NewChaCha8(seed))
+	a.name = cfg.NodeName
+	if a.name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("agent: node_name is empty and the host name is unavailable: %w", err)
+		}
+		a.name = host
+		if err := validateNodeName(a.name); err != nil {
+			return nil, fmt.Errorf("agent: host name is not a usable node name, set node_name: %w", err)
+		}
+	}
+	a.peers.Store(newPeerTable(a.name, a.wall))
+	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
+	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
+	if err != nil {
+		return nil, fmt.Errorf("agent: registering metrics: %w", err)
+	}
+	a.m = m
+	a.inbound = make(chan []byte, cfg.Gossip.InboundQueue)
+	a.deps = deps
+	return a, nil
+}
+
+// Name is the agent's node name and CRDT replica id. Before Start it is the
+// configured name or the host name; Start may adopt the name recorded in
+// DataDir when none is configured.
+func (a *Agent) Name() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.name
+}
+
+// Store is the agent's CRDT store (nil before Start). Writes made directly
+// on it are replicated by anti-entropy only; use the agent's write methods
+// to broadcast them at once.
+func (a *Agent) Store() *crdt.Store {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.store
+}
+
+// GossipAddr is the gossip address (host:port) advertised to peers; "" before Start.
+func (a *Agent) GossipAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gossipAddr
+}
+
+// APIAddr is the HTTP API's listen address; "" when disabled or not started.
+func (a *Agent) APIAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.apiAddr
+}
+
+// Members lists the cluster members this agent knows, itself included,
+// sorted by name. Members that failed or left are listed until
+// gossip.reconnect_timeout has passed.
+func (a *Agent) Members() []Member { return a.peers.Load().members() }
+
+// Stats returns a snapshot of the agent's counters.
+func (a *Agent) Stats() Stats { return a.m.stats() }
+
+// Registry is the registry holding the agent's metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Running reports whether the agent is started and not stopped.
+func (a *Agent) Running() bool { return a.running.Load() }
+
+func (a *Agent) memberCount(state string) float64 { return float64(a.peers.Load().count(state)) }
+
+func (a *Agent) syncLag() float64 {
+	s := a.Store()
+	if s == nil || !a.running.Load() {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	vv, err := s.VersionVector(ctx)
+	if err != nil {
+		return 0
+	}
+	return float64(a.peers.Load().lag(vv))
+}
+
+// Start opens the store, starts memberlist, joins the seeds (unreachable
+// seeds are retried in the background, never fatal), starts the sync loops
+// and the API server, and returns once all are running. ctx bounds the
+// start-up only.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	a.mu.Lock()
+	if a.phase != 0 {
+		a.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	a.phase = 1
+	a.mu.Unlock()
+
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+			a.mu.Lock()
+			a.phase = 2
+			a.mu.Unlock()
+		}
+	}()
+
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("agent: data dir: %w", err)
+	}
+	if err := a.claimName(); err != nil {
+		return err
+	}
+	name := a.Name()
+	a.log = a.log.With("node", name)
+
+	key, err := a.loadGossipKey(a.rnd)
+	if err != nil {
+		return err
+	}
+
+	store, err := crdt.Open(filepath.Join(a.cfg.DataDir, stateDBFile), crdt.Options{
+		ReplicaID:    name,
+		Wall:         a.wall,
+		MaxDrift:     a.cfg.State.MaxClockDrift,
+		Logger:       a.log,
+		TombstoneTTL: a.cfg.State.TombstoneTTL,
+		Registerer:   a.reg,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: opening state: %w", err)
+	}
+	cleanup = append(cleanup, func() { store.Close() })
+	a.mu.Lock()
+	a.store = store
+	a.mu.Unlock()
+
+	if a.meta, err = encodeMeta(NodeMeta{ID: name, Version: Version, Labels: a.cfg.Labels}); err != nil {
+		return err
+	}
+
+	mlLog := memberlistLogger(a.log.With("component", "memberlist"), a.m.reject)
+	conf := memberlistProfile(a.cfg.Gossip.Profile)
+	conf.Name = name
+	conf.Label = a.cfg.Gossip.Cluster
+	conf.Logger = mlLog
+	conf.BindAddr = a.cfg.Gossip.BindAddr
+	conf.BindPort = a.cfg.Gossip.BindPort
+	conf.AdvertiseAddr = a.cfg.Gossip.AdvertiseAddr
+	conf.AdvertisePort = a.cfg.Gossip.AdvertisePort
+	if key != nil {
+		kr, err := memberlist.NewKeyring(nil, key)
+		if err != nil {
+			return fmt.Errorf("agent: gossip key: %w", err)
+		}
+		conf.Keyring = kr
+		conf.GossipVerifyIncoming = true
+		conf.GossipVerifyOutgoing = true
+	}
+
+	inner := a.deps.Transport
+	if inner == nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{a.cfg.Gossip.BindAddr},
+			BindPort:  a.cfg.Gossip.BindPort,
+			Logger:    mlLog,
+		})
+		if err != nil {
+			return fmt.Errorf("agent: gossip transport on %s: %w",
+				net.JoinHostPort(a.cfg.Gossip.BindAddr, strconv.Itoa(a.cfg.Gossip.BindPort)), err)
+		}
+		conf.BindPort = nt.GetAutoBindPort()
+		inner = nt
+	}
+	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
+		conf.AdvertisePort = conf.BindPort
+	}
+	tr := newCountingTransport(inner, &a.m.traffic)
+	conf.Transport = tr
+	transportOwned := true
+	cleanup = append(cleanup, func() {
+		if transportOwned {
+			tr.Shutdown()
+		}
+	})
+
+	a.bcast = &memberlist.TransmitLimitedQueue{
+		NumNodes: func() int {
+			if ml := a.mlReady.Load(); ml != nil {
+				return ml.NumMembers()
+			}
+			return 1
+		},
+		RetransmitMult: conf.RetransmitMult,
+	}
+	a.maxBcst = conf.UDPBufferSize - 64 - len(conf.Label)
+	a.syncer = newSyncer()
+	a.shipper = newShipper()
+	d := &delegate{a: a}
+	conf.Delegate = d
+	conf.Events = d
+
+	ml, err := memberlist.Create(conf)
+	if err != nil {
+		return fmt.Errorf("agent: starting memberlist: %w", err)
+	}
+	transportOwned = false // memberlist shuts it down from now on
+	cleanup = append(cleanup, func() { ml.Shutdown() })
+	a.mlReady.Store(ml)
+	local := ml.LocalNode()
+	a.mu.Lock()
+	a.ml = ml
+	a.gossipAddr = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
+	a.mu.Unlock()
+
+	bg, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	cleanup = append(cleanup, func() { cancel(); a.wg.Wait() })
+	a.goLoop(func() { a.applyLoop(bg) })
+	a.goLoop(func() { a.syncLoop(bg) })
+	a.goLoop(func() { a.shipLoop(bg) })
+	a.goLoop(func() { a.periodicSyncLoop(bg) })
+	a.goLoop(func() { a.reconnectLoop(bg) })
+	a.goLoop(func() { a.seedLoop(bg) })
+	if a.cfg.State.CompactionInterval > 0 {
+		a.goLoop(func() { a.compactLoop(bg) })
+	}
+
+	if err := a.startAPI(); err != nil {
+		return err
+	}
+	a.running.Store(true)
+	a.log.Info("agent started", "gossip", a.GossipAddr(), "api", a.APIAddr(),
+		"cluster", a.cfg.Gossip.Cluster, "encrypted", key != nil, "profile", a.cfg.Gossip.Profile)
+
+	if seeds := a.seeds(); len(seeds) > 0 {
+		joinDone := make(chan struct{})
+		go func() {
+			defer close(joinDone)
+			if n, err := ml.Join(seeds); err != nil {
+				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", err)
+			} else {
+				a.log.Info("joined cluster", "seeds_reached", n)
+			}
+		}()
+		select {
+		case <-joinDone:
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+func (a *Agent) goLoop(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+}
+
+// claimName records the node name in DataDir on first start, and checks it
+// on later ones: a store's replica id must never change.
+func (a *Agent) claimName() error {
+	path := filepath.Join(a.cfg.DataDir, nodeNameFile)
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		recorded := strings.TrimSpace(string(data))
+		if a.cfg.NodeName == "" {
+			if err := validateNodeName(recorded); err != nil {
+				return fmt.Errorf("agent: %s: %w", path, err)
+			}
+			a.mu.Lock()
+			a.name = recorded
+			a.mu.Unlock()
+			a.peers.Store(newPeerTable(recorded, a.wall))
+			return nil
+		}
+		if recorded != a.cfg.NodeName {
+			return fmt.Errorf("%w: %s records %q, node_name is %q", ErrNodeNameMismatch, path, recorded, a.cfg.NodeName)
+		}
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(a.Name()+"\n"), 0o600); err != nil {
+			return fmt.Errorf("agent: recording node name: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("agent: recording node name: %w", err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("agent: reading node name: %w", err)
+	}
+}
+
+// seeds returns the configured seeds other than this agent's own address.
+func (a *Agent) seeds() []string {
+	self := canonicalAddr(a.GossipAddr())
+	var out []string
+	for _, s := range a.cfg.Gossip.Join {
+		if canonicalAddr(s) != self {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Run starts the agent, waits for ctx to end, then stops it gracefully.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return a.Stop(stopCtx)
+}
+
+// Stop leaves the cluster gracefully: it stops the API (letting requests in
+// flight finish), broadcasts the leave, shuts memberlist down, and closes
+// the store.
+func (a *Agent) Stop(ctx context.Context) error {
+	return a.stop(ctx, true)
+}
+
+// Kill stops abruptly, as a crash looks to peers: memberlist shuts down
+// without a leave, the API closes, the store closes. Every acknowledged
+// write is already durable.
+func (a *Agent) Kill() error {
+	return a.stop(context.Background(), false)
+}
+
+func (a *Agent) stop(ctx context.Context, graceful bool) error {
+	a.mu.Lock()
+	if a.phase != 1 {
+		a.mu.Unlock()
+		return nil
+	}
+	a.phase = 2
+	api, ml, store := a.api, a.ml, a.store
+	a.mu.Unlock()
+	a.running.Store(false)
+
+	var errs []error
+	if api != nil {
+		if graceful {
+			if err := api.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("agent: stopping API: %w", err))
+			}
+		} else {
+			api.Close()
+		}
+	}
+	a.cancel()
+	if graceful {
+		timeout := leaveTimeout
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = time.Until(dl)
+		}
+		if err := ml.Leave(timeout); err != nil {
+			errs = append(errs, fmt.Errorf("agent: leaving cluster: %w", err))
+		}
+	}
+	if err := ml.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("agent: stopping memberlist: %w", err))
+	}
+	a.wg.Wait()
+	if err := store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("agent: closing state: %w", err))
+	}
+	if graceful {
+		a.log.Info("agent stopped")
+	} else {
+		a.log.Info("agent killed")
+	}
+	return errors.Join(errs...)
+}
+
+// running store access for writes and reads through the agent.
+func (a *Agent) liveStore() (*crdt.Store, error) {
+	if !a.running.Load() {
+		return nil, ErrNotRunning
+	}
+	return a.Store(), nil
+}
+
+// local runs one local op and broadcasts its delta.
+func (a *Agent) local(op func(s *crdt.Store) (crdt.Delta, error)) (crdt.Delta, error) {
+	s, err := a.liveStore()
+	if err != nil {
+		return crdt.Delta{}, err
+	}
+	d, err := op(s)
+	if err != nil {
+		return crdt.Delta{}, err
+	}
+	a.broadcast(d)
+	return d, nil
+}
+
+// Put sets key in LWW collection coll and replicates it.
+func (a *Agent) Put(ctx context.Context, coll, key string, value []byte) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.Put(ctx, coll, key, value) })
+	return err
+}
+
+// Delete deletes key from LWW collection coll and replicates it.
+func (a *Agent) Delete(ctx context.Context, coll, key string) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.Delete(ctx, coll, key) })
+	return err
+}
+
+// SetAdd adds elem to OR-set coll and replicates it.
+func (a *Agent) SetAdd(ctx context.Context, coll, elem string) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.SetAdd(ctx, coll, elem) })
+	return err
+}
+
+// SetRemove removes the observed elem from OR-set coll and replicates it.
+func (a *Agent) SetRemove(ctx context.Context, coll, elem string) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.SetRemove(ctx, coll, elem) })
+	return err
+}
+
+// CounterAdd adds n (may be negative) to counter key of coll and replicates it.
+func (a *Agent) CounterAdd(ctx context.Context, coll, key string, n int64) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.CounterAdd(ctx, coll, key, n) })
+	return err
+}
+
+// MVPut sets multi-value register key of coll, replacing the values seen,
+// and replicates it.
+func (a *Agent) MVPut(ctx context.Context, coll, key string, value []byte) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.MVPut(ctx, coll, key, value) })
+	return err
+}
+
+// MVDelete clears the values seen of multi-value register key of coll and
+// replicates it.
+func (a *Agent) MVDelete(ctx context.Context, coll, key string) error {
+	_, err := a.local(func(s *crdt.Store) (crdt.Delta, error) { return s.MVDelete(ctx, coll, key) })
+	return err
+}
+
+// broadcast queues a local delta for gossip. Deltas too large for one
+// gossip packet are left to anti-entropy.
+func (a *Agent) broadcast(d crdt.Delta) {
+	msg, err := encodeMessage(message{Type: msgDeltas, Deltas: []crdt.Delta{d}}, nil)
+	if err != nil {
+		a.log.Error("encoding local delta for broadcast", "err", err)
+		return
+	}
+	if len(msg) > a.maxBcst {
+		a.log.Debug("delta too large for a gossip packet; anti-entropy carries it", "bytes", len(msg), "limit", a.maxBcst)
+		return
+	}
+	a.bcast.QueueBroadcast(deltaBroadcast(msg))
+	a.m.broadcasts.Add(1)
+	if a.bcast.NumQueued() > maxQueuedBcst {
+		a.bcast.Prune(maxQueuedBcst)
+	}
+}
+
+// deltaBroadcast is one queued gossip message.
+type deltaBroadcast []byte
+
+func (b deltaBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b deltaBroadcast) Message() []byte                       { return b }
+func (b deltaBroadcast) Finished()                             {}
+
+// randIntN returns a uniform int in [0, n).
+func (a *Agent) randIntN(n int) int {
+	a.rngMu.Lock()
+	defer a.rngMu.Unlock()
+	return a.rng.IntN(n)
+}
+
+func (a *Agent) randFloat() float64 {
+	a.rngMu.Lock()
+	defer a.rngMu.Unlock()
+	return a.rng.Float64()
+}
+
+// jitter returns d randomized by ±frac.
+func (a *Agent) jitter(d time.Duration, frac float64) time.Duration {
+	f := 1 + frac*(2*a.randFloat()-1)
+	return time.Duration(float64(d) * f)
+}

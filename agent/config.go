@@ -1,0 +1,607 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the agent's configuration. It is loaded from one YAML file
+// (LoadConfig), then EDGEFLEET_* environment variables (ApplyEnv), then
+// command-line flags. Every field has a default (DefaultConfig);
+// deploy/edge-agent.example.yaml documents all of them.
+type Config struct {
+	// NodeName is this agent's name in the cluster and its CRDT replica id;
+	// it must be unique in the cluster. Empty means: the name recorded in
+	// DataDir from an earlier run, else the host name.
+	NodeName string `yaml:"node_name"`
+	// DataDir holds the state database (DataDir/state.db), the generated
+	// gossip key and the recorded node name. Default "./edgefleet-data".
+	DataDir string `yaml:"data_dir"`
+	// Labels are free-form key/value pairs advertised to peers in the
+	// node metadata. Default none.
+	Labels map[string]string `yaml:"labels"`
+	// Gossip configures membership and replication.
+	Gossip GossipConfig `yaml:"gossip"`
+	// API configures the local HTTP API.
+	API APIConfig `yaml:"api"`
+	// State configures the replicated store.
+	State StateConfig `yaml:"state"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// GossipConfig configures memberlist and the anti-entropy protocol.
+type GossipConfig struct {
+	// BindAddr is the IP address gossip listens on (UDP and TCP). Default "0.0.0.0".
+	BindAddr string `yaml:"bind_addr"`
+	// BindPort is the gossip port (UDP and TCP); 0 picks a free port. Default 7946.
+	BindPort int `yaml:"bind_port"`
+	// AdvertiseAddr is the IP address announced to peers. Empty means the
+	// bind address, or a private address of this host when bound to 0.0.0.0.
+	AdvertiseAddr string `yaml:"advertise_addr"`
+	// AdvertisePort is the port announced to peers; 0 means the bound port.
+	AdvertisePort int `yaml:"advertise_port"`
+	// Join lists seed agents ("host:port" or "host", port 7946) to join at
+	// start. Unreachable seeds are retried in the background. Default none.
+	Join []string `yaml:"join"`
+	// Profile selects memberlist timers: "lan" (memberlist's
+	// DefaultLANConfig) or "test" (fast timers for tests on one host).
+	Profile string `yaml:"profile"`
+	// Cluster names the cluster. It is sent as memberlist's label on every
+	// packet and stream (and authenticated when encryption is on), so
+	// traffic of another cluster is rejected. Default "edgefleet".
+	Cluster string `yaml:"cluster"`
+	// Encrypt turns gossip encryption (AES-GCM, memberlist keyring) on.
+	// Default true.
+	Encrypt bool `yaml:"encrypt"`
+	// Key is the gossip key: base64 of 16, 24 or 32 bytes. Empty means the
+	// key in KeyFile.
+	Key string `yaml:"key"`
+	// KeyFile is a file holding the base64 gossip key. Empty means
+	// DataDir/gossip.key, generated (mode 0600) on first start when absent;
+	// every peer must then be given the same key.
+	KeyFile string `yaml:"key_file"`
+	// SyncInterval is how often the agent sends an anti-entropy request
+	// (its version vector) to one random live peer. Default 10s.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+	// SyncTimeout bounds how long the agent waits for a peer to finish
+	// answering one sync request before it moves on. Default 5s.
+	SyncTimeout time.Duration `yaml:"sync_timeout"`
+	// ReconnectInterval is how often the agent tries to rejoin a member that
+	// failed (was declared dead without leaving); randomized by ±25%.
+	// Default 1s.
+	ReconnectInterval time.Duration `yaml:"reconnect_interval"`
+	// ReconnectTimeout is how long a failed member is retried before it is
+	// forgotten. Default 72h.
+	ReconnectTimeout time.Duration `yaml:"reconnect_timeout"`
+	// JoinRetryInterval is how often seeds are retried while the agent has
+	// no live peer. Default 5s.
+	JoinRetryInterval time.Duration `yaml:"join_retry_interval"`
+	// MaxChunkBytes caps the encoded deltas sent in one anti-entropy
+	// message. Default 262144 (256 KiB).
+	MaxChunkBytes int `yaml:"max_chunk_bytes"`
+	// InboundQueue is how many received replication messages may wait to
+	// be applied; more are dropped (and repaired by anti-entropy). Default 1024.
+	InboundQueue int `yaml:"inbound_queue"`
+}
+
+// APIConfig configures the local HTTP API.
+type APIConfig struct {
+	// Addr is the listen address; "" disables the API. Default "127.0.0.1:7070".
+	Addr string `yaml:"addr"`
+	// AllowNonLoopback permits an Addr that is not a loopback address. The
+	// API has no authentication; keep it off unless something else guards
+	// the port. Default false.
+	AllowNonLoopback bool `yaml:"allow_non_loopback"`
+	// MaxBodyBytes caps request bodies (413 beyond). Default 1048576 (1 MiB).
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+// StateConfig configures the replicated store.
+type StateConfig struct {
+	// Collections maps a collection name to its type (lww, orset, counter,
+	// mvreg) for the HTTP API. Collections not listed are lww. Default none.
+	Collections map[string]crdt.Type `yaml:"collections"`
+	// CompactionInterval is how often superseded history and stable
+	// tombstones are compacted; 0 disables compaction. Default 10m.
+	CompactionInterval time.Duration `yaml:"compaction_interval"`
+	// TombstoneTTL is the minimum age of a tombstone before compaction may
+	// remove it (and only once every member has seen it). Default 168h.
+	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
+	// MaxClockDrift is how far ahead of the local clock a remote timestamp
+	// may be before its delta is rejected. Default 1m.
+	MaxClockDrift time.Duration `yaml:"max_clock_drift"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error. Default "info".
+	Level string `yaml:"level"`
+	// Format is text or json. Default "text".
+	Format string `yaml:"format"`
+}
+
+// Gossip profiles.
+const (
+	ProfileLAN  = "lan"
+	ProfileTest = "test"
+)
+
+// Config limits.
+const (
+	maxNodeNameLen   = 64
+	maxClusterLen    = 200
+	maxLabels        = 32
+	minChunkBytes    = 4 << 10
+	maxChunkBytesCap = 4 << 20
+)
+
+// DefaultConfig returns the configuration used when nothing is configured.
+func DefaultConfig() Config {
+	return Config{
+		NodeName: "",
+		DataDir:  "./edgefleet-data",
+		Labels:   map[string]string{},
+		Gossip: GossipConfig{
+			BindAddr:          "0.0.0.0",
+			BindPort:          7946,
+			AdvertiseAddr:     "",
+			AdvertisePort:     0,
+			Join:              []string{},
+			Profile:           ProfileLAN,
+			Cluster:           "edgefleet",
+			Encrypt:           true,
+			Key:               "",
+			KeyFile:           "",
+			SyncInterval:      10 * time.Second,
+			SyncTimeout:       5 * time.Second,
+			ReconnectInterval: time.Second,
+			ReconnectTimeout:  72 * time.Hour,
+			JoinRetryInterval: 5 * time.Second,
+			MaxChunkBytes:     256 << 10,
+			InboundQueue:      1024,
+		},
+		API: APIConfig{
+			Addr:             "127.0.0.1:7070",
+			AllowNonLoopback: false,
+			MaxBodyBytes:     1 << 20,
+		},
+		State: StateConfig{
+			Collections:        map[string]crdt.Type{},
+			CompactionInterval: 10 * time.Minute,
+			TombstoneTTL:       7 * 24 * time.Hour,
+			MaxClockDrift:      time.Minute,
+		},
+		Log: LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// LoadConfig reads the YAML file at path over DefaultConfig. Unknown
+// fields are an error naming the field.
+func LoadConfig(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("agent: config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := ParseConfig(f)
+	if err != nil {
+		return Config{}, fmt.Errorf("agent: config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes YAML from r over DefaultConfig (fields absent from
+// the document keep their defaults). Unknown fields are an error naming the
+// field; an empty document yields DefaultConfig.
+func ParseConfig(r io.Reader) (Config, error) {
+	cfg := DefaultConfig()
+	data, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("agent: reading config: %w", err)
+	}
+	if len(data) > 1<<20 {
+		return Config{}, errors.New("agent: config larger than 1 MiB")
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return DefaultConfig(), nil
+		}
+		return Config{}, fmt.Errorf("agent: config: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("agent: config: more than one YAML document")
+	}
+	if cfg.Labels == nil {
+		cfg.Labels = map[string]string{}
+	}
+	if cfg.Gossip.Join == nil {
+		cfg.Gossip.Join = []string{}
+	}
+	if cfg.State.Collections == nil {
+		cfg.State.Collections = map[string]crdt.Type{}
+	}
+	return cfg, nil
+}
+
+// Environment variables read by ApplyEnv.
+const (
+	EnvNodeName          = "EDGEFLEET_NODE_NAME"
+	EnvDataDir           = "EDGEFLEET_DATA_DIR"
+	EnvLabels            = "EDGEFLEET_LABELS" // k=v,k=v
+	EnvBind              = "EDGEFLEET_BIND"   // host, host:port or :port
+	EnvAdvertise         = "EDGEFLEET_ADVERTISE"
+	EnvJoin              = "EDGEFLEET_JOIN" // comma-separated seeds
+	EnvProfile           = "EDGEFLEET_PROFILE"
+	EnvCluster           = "EDGEFLEET_CLUSTER"
+	EnvEncrypt           = "EDGEFLEET_ENCRYPT"
+	EnvGossipKey         = "EDGEFLEET_GOSSIP_KEY"
+	EnvGossipKeyFile     = "EDGEFLEET_GOSSIP_KEY_FILE"
+	EnvSyncInterval      = "EDGEFLEET_SYNC_INTERVAL"
+	EnvReconnectInterval = "EDGEFLEET_RECONNECT_INTERVAL"
+	EnvAPI               = "EDGEFLEET_API"
+	EnvLogLevel          = "EDGEFLEET_LOG_LEVEL"
+	EnvLogFormat         = "EDGEFLEET_LOG_FORMAT"
+)
+
+// ApplyEnv overrides fields from EDGEFLEET_* variables found by lookup
+// (nil means os.LookupEnv). A variable that is set, even to "", overrides;
+// EDGEFLEET_API="" disables the API. Malformed values are an error naming
+// the variable.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	str := func(name string, dst *string) {
+		if v, ok := lookup(name); ok {
+			*dst = strings.TrimSpace(v)
+		}
+	}
+	str(EnvNodeName, &c.NodeName)
+	str(EnvDataDir, &c.DataDir)
+	str(EnvProfile, &c.Gossip.Profile)
+	str(EnvCluster, &c.Gossip.Cluster)
+	str(EnvGossipKey, &c.Gossip.Key)
+	str(EnvGossipKeyFile, &c.Gossip.KeyFile)
+	str(EnvAPI, &c.API.Addr)
+	str(EnvLogLevel, &c.Log.Level)
+	str(EnvLogFormat, &c.Log.Format)
+	if v, ok := lookup(EnvLabels); ok {
+		labels, err := ParseLabels(v)
+		if err != nil {
+			return fmt.Errorf("agent: %s: %w", EnvLabels, err)
+		}
+		c.Labels = labels
+	}
+	if v, ok := lookup(EnvBind); ok {
+		if err := c.SetBind(v); err != nil {
+			return fmt.Errorf("agent: %s: %w", EnvBind, err)
+		}
+	}
+	if v, ok := lookup(EnvAdvertise); ok {
+		if err := c.SetAdvertise(v); err != nil {
+			return fmt.Errorf("agent: %s: %w", EnvAdvertise, err)
+		}
+	}
+	if v, ok := lookup(EnvJoin); ok {
+		c.Gossip.Join = SplitList(v)
+	}
+	if v, ok := lookup(EnvEncrypt); ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("agent: %s: %q is not a boolean", EnvEncrypt, v)
+		}
+		c.Gossip.Encrypt = b
+	}
+	for name, dst := range map[string]*time.Duration{
+		EnvSyncInterval:      &c.Gossip.SyncInterval,
+		EnvReconnectInterval: &c.Gossip.ReconnectInterval,
+	} {
+		if v, ok := lookup(name); ok {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("agent: %s: %q is not a duration", name, v)
+			}
+			*dst = d
+		}
+	}
+	return nil
+}
+
+// SplitList splits a comma-separated list, dropping empty items.
+func SplitList(s string) []string {
+	out := []string{}
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// ParseLabels parses "k=v,k=v" into a map.
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, item := range SplitList(s) {
+		k, v, ok := strings.Cut(item, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q is not key=value", item)
+		}
+		out[k] = strings.TrimSpace(v)
+	}
+	return out, nil
+}
+
+// SetBind sets the gossip bind address from "host", "host:port" or ":port".
+func (c *Config) SetBind(s string) error {
+	host, port, err := splitHostMaybePort(s)
+	if err != nil {
+		return err
+	}
+	if host != "" {
+		c.Gossip.BindAddr = host
+	}
+	if port >= 0 {
+		c.Gossip.BindPort = port
+	}
+	return nil
+}
+
+// SetAdvertise sets the advertised address from "host", "host:port" or ":port".
+func (c *Config) SetAdvertise(s string) error {
+	host, port, err := splitHostMaybePort(s)
+	if err != nil {
+		return err
+	}
+	c.Gossip.AdvertiseAddr = host
+	if port >= 0 {
+		c.Gossip.AdvertisePort = port
+	}
+	return nil
+}
+
+// splitHostMaybePort returns port -1 when s has no port.
+func splitHostMaybePort(s string) (string, int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", 0, errors.New("empty address")
+	}
+	if ip := net.ParseIP(strings.Trim(s, "[]")); ip != nil {
+		return ip.String(), -1, nil
+	}
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", s, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("address %q: bad port", s)
+	}
+	return host, port, nil
+}
+
+// Validate checks every field and returns an error naming the first
+// invalid one.
+func (c *Config) Validate() error {
+	if c.NodeName != "" {
+		if err := validateNodeName(c.NodeName); err != nil {
+			return fmt.Errorf("agent: node_name: %w", err)
+		}
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		return errors.New("agent: data_dir: must not be empty")
+	}
+	if len(c.Labels) > maxLabels {
+		return fmt.Errorf("agent: labels: %d labels, at most %d", len(c.Labels), maxLabels)
+	}
+	for k, v := range c.Labels {
+		if k == "" || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("agent: labels: key %q or its value is empty or not UTF-8", k)
+		}
+	}
+	meta, err := encodeMeta(NodeMeta{ID: c.nameOrPlaceholder(), Version: Version, Labels: c.Labels})
+	if err != nil {
+		return fmt.Errorf("agent: labels: %w", err)
+	}
+	if len(meta) > maxMetaBytes {
+		return fmt.Errorf("agent: labels: node metadata is %d bytes, at most %d (use fewer or shorter labels)", len(meta), maxMetaBytes)
+	}
+	if err := c.Gossip.validate(); err != nil {
+		return err
+	}
+	if err := c.API.validate(); err != nil {
+		return err
+	}
+	for name, t := range c.State.Collections {
+		if err := validateName("collection", name); err != nil {
+			return fmt.Errorf("agent: state.collections: %w", err)
+		}
+		if !t.Valid() {
+			return fmt.Errorf("agent: state.collections: %q has unknown type %q (want lww, orset, counter or mvreg)", name, t)
+		}
+	}
+	if c.State.CompactionInterval < 0 {
+		return errors.New("agent: state.compaction_interval: must not be negative")
+	}
+	if c.State.TombstoneTTL <= 0 {
+		return errors.New("agent: state.tombstone_ttl: must be positive")
+	}
+	if c.State.MaxClockDrift <= 0 {
+		return errors.New("agent: state.max_clock_drift: must be positive")
+	}
+	if _, err := c.Log.level(); err != nil {
+		return err
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("agent: log.format: %q (want text or json)", c.Log.Format)
+	}
+	return nil
+}
+
+func (c *Config) nameOrPlaceholder() string {
+	if c.NodeName != "" {
+		return c.NodeName
+	}
+	return strings.Repeat("n", maxNodeNameLen)
+}
+
+func (g *GossipConfig) validate() error {
+	if ip := net.ParseIP(g.BindAddr); ip == nil {
+		return fmt.Errorf("agent: gossip.bind_addr: %q is not an IP address", g.BindAddr)
+	}
+	if g.BindPort < 0 || g.BindPort > 65535 {
+		return fmt.Errorf("agent: gossip.bind_port: %d out of range", g.BindPort)
+	}
+	if g.AdvertiseAddr != "" && net.ParseIP(g.AdvertiseAddr) == nil {
+		return fmt.Errorf("agent: gossip.advertise_addr: %q is not an IP address", g.AdvertiseAddr)
+	}
+	if g.AdvertisePort < 0 || g.AdvertisePort > 65535 {
+		return fmt.Errorf("agent: gossip.advertise_port: %d out of range", g.AdvertisePort)
+	}
+	for _, seed := range g.Join {
+		if strings.TrimSpace(seed) == "" || strings.ContainsAny(seed, " \t\n") {
+			return fmt.Errorf("agent: gossip.join: bad seed %q", seed)
+		}
+	}
+	switch g.Profile {
+	case ProfileLAN, ProfileTest:
+	default:
+		return fmt.Errorf("agent: gossip.profile: %q (want %s or %s)", g.Profile, ProfileLAN, ProfileTest)
+	}
+	if g.Cluster == "" || len(g.Cluster) > maxClusterLen || !utf8.ValidString(g.Cluster) {
+		return fmt.Errorf("agent: gossip.cluster: must be 1..%d bytes of UTF-8", maxClusterLen)
+	}
+	if g.Key != "" {
+		if _, err := decodeGossipKey(g.Key); err != nil {
+			return fmt.Errorf("agent: gossip.key: %w", err)
+		}
+	}
+	if g.Key != "" && g.KeyFile != "" {
+		return errors.New("agent: gossip.key and gossip.key_file are both set; set one")
+	}
+	for name, d := range map[string]time.Duration{
+		"sync_interval":       g.SyncInterval,
+		"sync_timeout":        g.SyncTimeout,
+		"reconnect_interval":  g.ReconnectInterval,
+		"reconnect_timeout":   g.ReconnectTimeout,
+		"join_retry_interval": g.JoinRetryInterval,
+	} {
+		if d <= 0 {
+			return fmt.Errorf("agent: gossip.%s: must be positive, got %v", name, d)
+		}
+	}
+	if g.MaxChunkBytes < minChunkBytes || g.MaxChunkBytes > maxChunkBytesCap {
+		return fmt.Errorf("agent: gossip.max_chunk_bytes: %d out of range [%d, %d]", g.MaxChunkBytes, minChunkBytes, maxChunkBytesCap)
+	}
+	if g.InboundQueue < 1 || g.InboundQueue > 1<<20 {
+		return fmt.Errorf("agent: gossip.inbound_queue: %d out of range [1, %d]", g.InboundQueue, 1<<20)
+	}
+	return nil
+}
+
+func (a *APIConfig) validate() error {
+	if a.MaxBodyBytes <= 0 {
+		return errors.New("agent: api.max_body_bytes: must be positive")
+	}
+	if a.Addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		return fmt.Errorf("agent: api.addr: %q: %w", a.Addr, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("agent: api.addr: %q: bad port", a.Addr)
+	}
+	if !a.AllowNonLoopback && !isLoopbackHost(host) {
+		return fmt.Errorf("agent: api.addr: %q is not a loopback address (the API has no authentication; set api.allow_non_loopback to override)", a.Addr)
+	}
+	return nil
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func (l LogConfig) level() (slog.Level, error) {
+	switch strings.ToLower(l.Level) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("agent: log.level: %q (want debug, info, warn or error)", l.Level)
+}
+
+// NewLogger returns a slog logger writing to w at the configured level and
+// format.
+func (l LogConfig) NewLogger(w io.Writer) (*slog.Logger, error) {
+	lvl, err := l.level()
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch l.Format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("agent: log.format: %q (want text or json)", l.Format)
+}
+
+func validateNodeName(name string) error {
+	if name == "" || len(name) > maxNodeNameLen {
+		return fmt.Errorf("%q must be 1..%d bytes", name, maxNodeNameLen)
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f || r == '/' || r == utf8.RuneError {
+			return fmt.Errorf("%q contains a space, control character, '/' or invalid UTF-8", name)
+		}
+	}
+	return nil
+}
+
+// decodeGossipKey decodes a base64 (standard or URL alphabet, padded or
+// not) key of 16, 24 or 32 bytes.
+func decodeGossipKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if k, err := enc.DecodeString(s); err == nil {
+			switch len(k) {
+			case 16, 24, 32:
+				return k, nil
+			}
+			return nil, fmt.Errorf("key is %d bytes, want 16, 24 or 32", len(k))
+		}
+	}
+	return nil, errors.New("key is not base64")
+}

@@ -1,0 +1,275 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"gopkg.in/yaml.v3"
+)
+
+const examplePath = "../deploy/edge-agent.example.yaml"
+
+func TestDefaultConfigValidates(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("DefaultConfig does not validate: %v", err)
+	}
+}
+
+func TestExampleConfigEqualsDefaults(t *testing.T) {
+	cfg, err := LoadConfig(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("example config differs from DefaultConfig:\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// yamlKeys lists the dotted yaml keys of every field of a struct type.
+func yamlKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		out = append(out, prefix+tag)
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+			out = append(out, yamlKeys(f.Type, prefix+tag+".")...)
+		}
+	}
+	return out
+}
+
+func nodeKeys(n *yaml.Node, prefix string, out map[string]bool) {
+	if n.Kind == yaml.DocumentNode {
+		for _, c := range n.Content {
+			nodeKeys(c, prefix, out)
+		}
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := prefix + n.Content[i].Value
+		out[key] = true
+		nodeKeys(n.Content[i+1], key+".", out)
+	}
+}
+
+func TestExampleConfigDocumentsEveryField(t *testing.T) {
+	data, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	nodeKeys(&doc, "", have)
+	for _, k := range yamlKeys(reflect.TypeOf(Config{}), "") {
+		if !have[k] {
+			t.Errorf("example config does not document %q", k)
+		}
+	}
+	// Every documented field is preceded by a comment.
+	lines := strings.Split(string(data), "\n")
+	for i, line := range lines {
+		trim := strings.TrimSpace(line)
+		if trim == "" || strings.HasPrefix(trim, "#") || !strings.Contains(trim, ":") || strings.HasSuffix(trim, ":") {
+			continue
+		}
+		if i == 0 || !strings.HasPrefix(strings.TrimSpace(lines[i-1]), "#") {
+			t.Errorf("line %d %q has no comment above it", i+1, trim)
+		}
+	}
+}
+
+func TestParseConfigUnknownFieldNamed(t *testing.T) {
+	for doc, field := range map[string]string{
+		"node_nam: a\n":             "node_nam",
+		"gossip:\n  bind_prot: 1\n": "bind_prot",
+		"api:\n  adress: x\n":       "adress",
+	} {
+		_, err := ParseConfig(strings.NewReader(doc))
+		if err == nil {
+			t.Fatalf("%q: unknown field accepted", doc)
+		}
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("%q: error %q does not name %q", doc, err, field)
+		}
+	}
+}
+
+func TestParseConfigPartialKeepsDefaults(t *testing.T) {
+	cfg, err := ParseConfig(strings.NewReader("gossip:\n  sync_interval: 3s\n  join: [a:1, b:2]\nstate:\n  collections: {tags: orset}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.Gossip.SyncInterval = 3 * time.Second
+	want.Gossip.Join = []string{"a:1", "b:2"}
+	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	empty, err := ParseConfig(strings.NewReader(""))
+	if err != nil || !reflect.DeepEqual(empty, DefaultConfig()) {
+		t.Fatalf("empty document: %v %+v", err, empty)
+	}
+	if _, err := ParseConfig(strings.NewReader("a: 1\n---\nb: 2\n")); err == nil {
+		t.Fatal("two documents accepted")
+	}
+}
+
+func TestConfigPrecedenceFileThenEnv(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.yaml")
+	file := "node_name: from-file\ndata_dir: /file/dir\ngossip:\n  bind_addr: 10.0.0.1\n  bind_port: 8000\n  join: [f:1]\n  cluster: filecluster\napi:\n  addr: 127.0.0.1:9000\nlog:\n  level: debug\n"
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		EnvNodeName:  "from-env",
+		EnvBind:      "127.0.0.1:9100",
+		EnvJoin:      " a:1, ,b:2 ",
+		EnvAPI:       "",
+		EnvGossipKey: "MDEyMzQ1Njc4OWFiY2RlZg==",
+		EnvLabels:    "zone=a,rack=7",
+		EnvEncrypt:   "false",
+	}
+	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	// Env wins where set.
+	if cfg.NodeName != "from-env" || cfg.Gossip.BindAddr != "127.0.0.1" || cfg.Gossip.BindPort != 9100 {
+		t.Errorf("env did not override name/bind: %+v", cfg)
+	}
+	if !reflect.DeepEqual(cfg.Gossip.Join, []string{"a:1", "b:2"}) {
+		t.Errorf("join = %q", cfg.Gossip.Join)
+	}
+	if cfg.API.Addr != "" {
+		t.Errorf("EDGEFLEET_API=\"\" should disable the API, got %q", cfg.API.Addr)
+	}
+	if cfg.Gossip.Encrypt || cfg.Gossip.Key == "" || cfg.Labels["rack"] != "7" {
+		t.Errorf("encrypt/key/labels not applied: %+v", cfg)
+	}
+	// File wins over defaults where env is silent.
+	if cfg.DataDir != "/file/dir" || cfg.Gossip.Cluster != "filecluster" || cfg.Log.Level != "debug" {
+		t.Errorf("file values lost: %+v", cfg)
+	}
+	// Defaults remain where neither says anything.
+	if cfg.Gossip.SyncInterval != 10*time.Second || cfg.Gossip.Profile != ProfileLAN {
+		t.Errorf("defaults lost: %+v", cfg.Gossip)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplyEnvRejectsMalformed(t *testing.T) {
+	for name, val := range map[string]string{
+		EnvEncrypt:      "maybe",
+		EnvSyncInterval: "soon",
+		EnvBind:         "1.2.3.4:notaport",
+		EnvLabels:       "novalue",
+	} {
+		cfg := DefaultConfig()
+		err := cfg.ApplyEnv(func(k string) (string, bool) {
+			if k == name {
+				return val, true
+			}
+			return "", false
+		})
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%q: error %v does not name the variable", name, val, err)
+		}
+	}
+}
+
+func TestValidateNamesBadField(t *testing.T) {
+	cases := map[string]func(c *Config){
+		"node_name":              func(c *Config) { c.NodeName = "has space" },
+		"data_dir":               func(c *Config) { c.DataDir = " " },
+		"gossip.bind_addr":       func(c *Config) { c.Gossip.BindAddr = "nowhere" },
+		"gossip.bind_port":       func(c *Config) { c.Gossip.BindPort = 70000 },
+		"gossip.profile":         func(c *Config) { c.Gossip.Profile = "wan" },
+		"gossip.cluster":         func(c *Config) { c.Gossip.Cluster = "" },
+		"gossip.key":             func(c *Config) { c.Gossip.Key = "c2hvcnQ=" },
+		"gossip.sync_interval":   func(c *Config) { c.Gossip.SyncInterval = 0 },
+		"gossip.max_chunk_bytes": func(c *Config) { c.Gossip.MaxChunkBytes = 10 },
+		"api.addr":               func(c *Config) { c.API.Addr = "0.0.0.0:7070" },
+		"state.collections":      func(c *Config) { c.State.Collections = map[string]crdt.Type{"x": "tree"} },
+		"log.level":              func(c *Config) { c.Log.Level = "loud" },
+		"log.format":             func(c *Config) { c.Log.Format = "xml" },
+		"labels":                 func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 600)} },
+	}
+	names := make([]string, 0, len(cases))
+	for n := range cases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, field := range names {
+		cfg := DefaultConfig()
+		cases[field](&cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %v does not name the field", field, err)
+		}
+	}
+	ok := DefaultConfig()
+	ok.API.Addr = "0.0.0.0:7070"
+	ok.API.AllowNonLoopback = true
+	if err := ok.Validate(); err != nil {
+		t.Errorf("allow_non_loopback: %v", err)
+	}
+}
+
+func TestSetBind(t *testing.T) {
+	for in, want := range map[string][2]any{
+		"10.1.2.3":      {"10.1.2.3", 7946},
+		"10.1.2.3:1234": {"10.1.2.3", 1234},
+		":5555":         {"0.0.0.0", 5555},
+		"[::1]:80":      {"::1", 80},
+		"::1":           {"::1", 7946},
+	} {
+		cfg := DefaultConfig()
+		if err := cfg.SetBind(in); err != nil {
+			t.Errorf("%q: %v", in, err)
+			continue
+		}
+		if cfg.Gossip.BindAddr != want[0] || cfg.Gossip.BindPort != want[1] {
+			t.Errorf("%q: got %s %d", in, cfg.Gossip.BindAddr, cfg.Gossip.BindPort)
+		}
+	}
+}
+
+func TestDecodeGossipKey(t *testing.T) {
+	for _, k := range []string{"MDEyMzQ1Njc4OWFiY2RlZg==", "MDEyMzQ1Njc4OWFiY2RlZg", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="} {
+		if _, err := decodeGossipKey(k); err != nil {
+			t.Errorf("%q: %v", k, err)
+		}
+	}
+	for _, k := range []string{"", "!!!", "c2hvcnQ="} {
+		if _, err := decodeGossipKey(k); err == nil {
+			t.Errorf("%q accepted", k)
+		}
+	}
+}

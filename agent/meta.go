@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/hashicorp/memberlist"
+)
+
+// Version is the agent version advertised in node metadata. Release builds
+// set it with -ldflags "-X github.com/edgefleet/edgefleet/agent.Version=...".
+var Version = "0.1.0-dev"
+
+// maxMetaBytes is memberlist's limit on node metadata.
+const maxMetaBytes = memberlist.MetaMaxSize
+
+// NodeMeta is the metadata an agent advertises to its peers.
+type NodeMeta struct {
+	ID      string            `json:"id"`
+	Version string            `json:"version"`
+	Labels  map[string]string `json:"labels,omitempty"`
+}
+
+func encodeMeta(m NodeMeta) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("agent: encoding node metadata: %w", err)
+	}
+	return b, nil
+}
+
+// decodeMeta decodes a peer's metadata (outside data).
+func decodeMeta(b []byte) (NodeMeta, error) {
+	var m NodeMeta
+	if len(b) == 0 {
+		return m, nil
+	}
+	if len(b) > maxMetaBytes {
+		return NodeMeta{}, fmt.Errorf("agent: node metadata is %d bytes, limit %d", len(b), maxMetaBytes)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return NodeMeta{}, fmt.Errorf("agent: node metadata: %w", err)
+	}
+	return m, nil
+}
+
+// Name limits for collections and keys accepted by the API: the store's.
+const (
+	maxCollectionLen = crdt.MaxCollectionLen
+	maxKeyLen        = crdt.MaxKeyLen
+)
+
+// validateName checks a collection or key name given by a user: non-empty,
+// bounded, valid UTF-8, no control characters; collection names are further
+// restricted to letters, digits, '.', '_' and '-'.
+func validateName(what, s string) error {
+	limit := maxKeyLen
+	if what == "collection" {
+		limit = maxCollectionLen
+	}
+	if s == "" {
+		return fmt.Errorf("%s name is empty", what)
+	}
+	if len(s) > limit {
+		return fmt.Errorf("%s name is %d bytes, at most %d", what, len(s), limit)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s name is not valid UTF-8", what)
+	}
+	for _, r := range s {
+		if r < ' ' || r == 0x7f {
+			return fmt.Errorf("%s name %q contains a control character", what, s)
+		}
+		if what == "collection" && !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-", r)) {
+			return fmt.Errorf("collection name %q may only contain letters, digits, '.', '_' and '-'", s)
+		}
+	}
+	return nil
+}

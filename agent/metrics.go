@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's Prometheus metrics, registered on its own
+// registry. Counters that Stats also reports are kept in atomics and
+// exposed through CounterFuncs so both read the same numbers.
+type metrics struct {
+	traffic trafficCounters
+
+	deltasApplied atomic.Uint64 // ops applied from peers
+	syncRounds    atomic.Uint64 // anti-entropy exchanges this agent answered or completed
+	rejected      atomic.Uint64
+	dropped       atomic.Uint64
+	broadcasts    atomic.Uint64
+
+	rejectedVec *prometheus.CounterVec
+}
+
+// Stats is a snapshot of an agent's counters.
+type Stats struct {
+	GossipBytesSent        uint64 // all memberlist traffic out: packets + streams
+	GossipBytesReceived    uint64 // all memberlist traffic in
+	GossipMessagesSent     uint64 // packets sent + streams dialed
+	GossipMessagesReceived uint64 // packets received + streams accepted
+	DeltasApplied          uint64 // remote ops applied to the store
+	SyncRounds             uint64 // anti-entropy exchanges
+	Rejected               uint64 // messages rejected as bad input (all reasons)
+	Dropped                uint64 // messages dropped because the inbound queue was full
+	Broadcasts             uint64 // local deltas queued for gossip
+}
+
+func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
+	m := &metrics{
+		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgefleet_gossip_rejected_total",
+			Help: "Gossip messages and deltas rejected as bad input, by reason.",
+		}, []string{"reason"}),
+	}
+	counterFunc := func(name, help string, labels prometheus.Labels, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(v.Load()) })
+	}
+	cs := []prometheus.Collector{
+		m.rejectedVec,
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.msgsOut),
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.msgsIn),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.bytesOut),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.bytesIn),
+		counterFunc("edgefleet_deltas_applied_total", "Remote CRDT ops applied to the local store.", nil, &m.deltasApplied),
+		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.syncRounds),
+		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.dropped),
+		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.broadcasts),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_sync_lag_ops",
+			Help: "Ops that known live peers reported holding and this agent lacks (from their version vectors).",
+		}, syncLag),
+	}
+	for _, state := range memberStates {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "edgefleet_members",
+			Help:        "Cluster members known to this agent, by state (this agent included).",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 { return members(state) }))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) reject(reason string) {
+	m.rejected.Add(1)
+	m.rejectedVec.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) stats() Stats {
+	return Stats{
+		GossipBytesSent:        m.traffic.bytesOut.Load(),
+		GossipBytesReceived:    m.traffic.bytesIn.Load(),
+		GossipMessagesSent:     m.traffic.msgsOut.Load(),
+		GossipMessagesReceived: m.traffic.msgsIn.Load(),
+		DeltasApplied:          m.deltasApplied.Load(),
+		SyncRounds:             m.syncRounds.Load(),
+		Rejected:               m.rejected.Load(),
+		Dropped:                m.dropped.Load(),
+		Broadcasts:             m.broadcasts.Load(),
+	}
+}

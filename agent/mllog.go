@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"log/slog"
+	"strings"
+)
+
+// Rejection reasons (label values of edgefleet_gossip_rejected_total).
+const (
+	reasonForeignCluster = "foreign_cluster" // memberlist label of another cluster
+	reasonDecrypt        = "decrypt_failed"  // wrong gossip key, or unencrypted traffic
+	reasonOversized      = "oversized"
+	reasonMalformed      = "malformed"
+	reasonUnknownType    = "unknown_type"
+	reasonInvalidDelta   = "invalid_delta"
+	reasonClockDrift     = "clock_drift"
+	reasonOwnName        = "own_name" // a peer claims this agent's name
+)
+
+// memberlistLogger returns a *log.Logger for memberlist that forwards its
+// lines to slog at the matching level and counts the lines that report
+// rejected traffic (foreign label, failed decryption, oversized or
+// undecodable messages) through reject. memberlist drops that traffic
+// itself before it reaches the agent; its log line is the only signal.
+func memberlistLogger(l *slog.Logger, reject func(reason string)) *log.Logger {
+	return log.New(&mlLogWriter{log: l, reject: reject}, "", 0)
+}
+
+type mlLogWriter struct {
+	log    *slog.Logger
+	reject func(reason string)
+}
+
+func (w *mlLogWriter) Write(p []byte) (int, error) {
+	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte{'\n'}) {
+		w.line(string(line))
+	}
+	return len(p), nil
+}
+
+func (w *mlLogWriter) line(s string) {
+	level := slog.LevelInfo
+	for _, lv := range []struct {
+		prefix string
+		level  slog.Level
+	}{
+		{"[DEBUG]", slog.LevelDebug},
+		{"[INFO]", slog.LevelInfo},
+		{"[WARN]", slog.LevelWarn},
+		{"[ERR]", slog.LevelError},
+		{"[ERROR]", slog.LevelError},
+	} {
+		if rest, ok := strings.CutPrefix(s, lv.prefix); ok {
+			level, s = lv.level, strings.TrimSpace(rest)
+			break
+		}
+	}
+	s = strings.TrimPrefix(s, "memberlist: ")
+	if level >= slog.LevelWarn {
+		if reason := classifyMemberlistError(s); reason != "" {
+			w.reject(reason)
+			w.log.Warn("gossip rejected", "reason", reason, "detail", s)
+			return
+		}
+	}
+	if w.log.Enabled(context.Background(), level) {
+		w.log.Log(context.Background(), level, s, "component", "memberlist")
+	}
+}
+
+// classifyMemberlistError maps a memberlist error line to a rejection
+// reason, or "" when the line does not report rejected input.
+func classifyMemberlistError(s string) string {
+	l := strings.ToLower(s)
+	switch {
+	case strings.Contains(l, "unacceptable label"):
+		return reasonForeignCluster
+	case strings.Contains(l, "decrypt packet failed"),
+		strings.Contains(l, "no installed keys could decrypt"),
+		strings.Contains(l, "encryption is configured but remote state is not encrypted"),
+		strings.Contains(l, "remote state is encrypted and encryption is not configured"),
+		strings.Contains(l, "payload is too small to decrypt"),
+		strings.Contains(l, "unsupported encryption version"):
+		return reasonDecrypt
+	case strings.Contains(l, "exceeds limit"),
+		strings.Contains(l, "larger than limit"):
+		return reasonOversized
+	case strings.Contains(l, "failed to decode"),
+		strings.Contains(l, "invalid checksum"),
+		strings.Contains(l, "not supported"),
+		strings.Contains(l, "failed to decompress"),
+		strings.Contains(l, "label header"),
+		strings.Contains(l, "missing message type"),
+		strings.Contains(l, "invalid msgtype"),
+		strings.Contains(l, "truncated messages"):
+		return reasonMalformed
+	}
+	return ""
+}

@@ -1,0 +1,541 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/hashicorp/memberlist"
+)
+
+const (
+	applyBatchMsgs  = 64      // received messages merged in one store transaction
+	applyBatchBytes = 4 << 20 // and at most this many of their bytes
+)
+
+// applyLoop drains the inbound queue: it decodes messages, merges their
+// deltas (a batch per store transaction) and acts on the rest.
+func (a *Agent) applyLoop(ctx context.Context) {
+	for {
+		var first []byte
+		select {
+		case first = <-a.inbound:
+		case <-ctx.Done():
+			return
+		}
+		batch := [][]byte{first}
+		size := len(first)
+	fill:
+		for len(batch) < applyBatchMsgs && size < applyBatchBytes {
+			select {
+			case b := <-a.inbound:
+				batch = append(batch, b)
+				size += len(b)
+			default:
+				break fill
+			}
+		}
+		a.inBytes.Add(-int64(size))
+		a.handleBatch(ctx, batch)
+	}
+}
+
+// handleBatch processes received messages; it is the agent's whole
+// inbound message handler (FuzzHandleMessage drives it).
+func (a *Agent) handleBatch(ctx context.Context, raw [][]byte) {
+	self := a.Name()
+	msgs := make([]message, 0, len(raw))
+	for _, b := range raw {
+		m, err := decodeMessage(b)
+		if err != nil {
+			a.rejectMsg(err, "")
+			continue
+		}
+		if m.From == self {
+			a.rejectMsg(&decodeError{reason: reasonOwnName, err: fmt.Errorf("agent: message claims to come from this agent (%q): duplicate node name?", self)}, "")
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	if len(msgs) == 0 {
+		return
+	}
+	if err := a.mergeMessages(ctx, msgs); err != nil {
+		if ctx.Err() == nil && !errors.Is(err, crdt.ErrClosed) {
+			a.log.Error("merging received deltas", "err", err)
+		}
+		return
+	}
+	for _, m := range msgs {
+		a.act(m)
+	}
+}
+
+// mergeMessages merges the deltas of msgs in one transaction. When the
+// batch is refused as bad input, each message is merged alone so only the
+// bad ones are rejected (their deltas are cleared). Other errors (store
+// closed, disk) are returned.
+func (a *Agent) mergeMessages(ctx context.Context, msgs []message) error {
+	s := a.Store()
+	vv, err := s.VersionVector(ctx)
+	if err != nil {
+		return err
+	}
+	// Drop deltas the store already covers: gossip delivers most deltas
+	// several times.
+	var all []crdt.Delta
+	for i := range msgs {
+		kept := msgs[i].Deltas[:0:0]
+		for _, d := range msgs[i].Deltas {
+			if d.To > vv[d.Origin] {
+				kept = append(kept, d)
+			}
+		}
+		msgs[i].Deltas = kept
+		all = append(all, kept...)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	st, err := s.Merge(ctx, all)
+	if err == nil {
+		a.m.deltasApplied.Add(uint64(st.Applied))
+		return nil
+	}
+	if !isBadInput(err) {
+		return err
+	}
+	for i := range msgs {
+		if len(msgs[i].Deltas) == 0 {
+			continue
+		}
+		st, err := s.Merge(ctx, msgs[i].Deltas)
+		switch {
+		case err == nil:
+			a.m.deltasApplied.Add(uint64(st.Applied))
+		case isBadInput(err):
+			a.rejectMsg(err, msgs[i].From)
+			msgs[i].Deltas = nil
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+func isBadInput(err error) bool {
+	return errors.Is(err, crdt.ErrInvalidDelta) || errors.Is(err, crdt.ErrClockDrift)
+}
+
+func (a *Agent) rejectMsg(err error, from string) {
+	reason := rejectReason(err)
+	a.m.reject(reason)
+	if from != "" {
+		a.log.Warn("gossip rejected", "reason", reason, "from", from, "err", err)
+	} else {
+		a.log.Warn("gossip rejected", "reason", reason, "err", err)
+	}
+}
+
+// act performs what a merged message asks for.
+func (a *Agent) act(m message) {
+	peers := a.peers.Load()
+	switch m.Type {
+	case msgSyncReq:
+		peers.setVV(m.From, m.VV)
+		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV, respond: true})
+	case msgSyncResp:
+		peers.setVV(m.From, m.VV)
+		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
+		if m.Last {
+			a.syncer.done(m.From)
+		}
+	case msgSyncData:
+		if m.Last {
+			a.syncer.done(m.From)
+		}
+	case msgState:
+		peers.setVV(m.From, m.VV)
+		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
+	}
+}
+
+// sendTo sends one message reliably (a memberlist stream) to a member.
+func (a *Agent) sendTo(name string, msg []byte) error {
+	node, ok := a.peers.Load().lookup(name)
+	if !ok {
+		return fmt.Errorf("agent: unknown member %q", name)
+	}
+	ml := a.mlReady.Load()
+	if ml == nil {
+		return ErrNotRunning
+	}
+	return ml.SendReliable(node, msg)
+}
+
+// syncer runs this agent's anti-entropy requests one at a time: it sends
+// its version vector to the next queued peer and waits until that peer has
+// sent everything it lacks (or SyncTimeout passes) before asking the next,
+// so that a burst of joins (a partition healing, a restart) fetches each
+// missing op about once instead of once per peer.
+type syncer struct {
+	mu      sync.Mutex
+	queue   []string
+	queued  map[string]bool
+	waiting string
+	kick    chan struct{}
+	doneCh  chan struct{}
+}
+
+func newSyncer() *syncer {
+	return &syncer{queued: map[string]bool{}, kick: make(chan struct{}, 1), doneCh: make(chan struct{}, 1)}
+}
+
+// enqueue schedules a request to peer (once, however often it is asked).
+func (s *syncer) enqueue(peer string) {
+	s.mu.Lock()
+	if !s.queued[peer] {
+		s.queued[peer] = true
+		s.queue = append(s.queue, peer)
+	}
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *syncer) next() (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return "", false
+	}
+	p := s.queue[0]
+	s.queue = s.queue[1:]
+	delete(s.queued, p)
+	s.waiting = p
+	select { // discard a completion left over from an earlier round
+	case <-s.doneCh:
+	default:
+	}
+	return p, true
+}
+
+// done reports that peer finished answering.
+func (s *syncer) done(peer string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting == peer {
+		s.waiting = ""
+		select {
+		case s.doneCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (a *Agent) syncLoop(ctx context.Context) {
+	for {
+		select {
+		case <-a.syncer.kick:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			peer, ok := a.syncer.next()
+			if !ok {
+				break
+			}
+			if err := a.requestSync(ctx, peer); err != nil {
+				a.log.Debug("sync request failed", "peer", peer, "err", err)
+				continue
+			}
+			timer := time.NewTimer(a.cfg.Gossip.SyncTimeout)
+			select {
+			case <-a.syncer.doneCh:
+				a.m.syncRounds.Add(1)
+			case <-timer.C:
+				a.log.Debug("sync round timed out", "peer", peer)
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+			timer.Stop()
+		}
+	}
+}
+
+func (a *Agent) requestSync(ctx context.Context, peer string) error {
+	vv, err := a.Store().VersionVector(ctx)
+	if err != nil {
+		return err
+	}
+	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), VV: vv}, nil)
+	if err != nil {
+		return err
+	}
+	return a.sendTo(peer, msg)
+}
+
+// periodicSyncLoop asks one random live peer every sync interval (±20%).
+func (a *Agent) periodicSyncLoop(ctx context.Context) {
+	for {
+		select {
+		case <-time.After(a.jitter(a.cfg.Gossip.SyncInterval, 0.2)):
+		case <-ctx.Done():
+			return
+		}
+		alive := a.peers.Load().withState(StateAlive)
+		if len(alive) == 0 {
+			continue
+		}
+		a.syncer.enqueue(alive[a.randIntN(len(alive))].name)
+	}
+}
+
+// shipJob ships to peer the deltas its version vector lacks; respond marks
+// the answer to a sync request, which starts with this agent's own version
+// vector and always ends with a message flagged last.
+type shipJob struct {
+	peer    string
+	vv      crdt.VersionVector
+	respond bool
+}
+
+// shipper queues ship jobs, one per peer: a newer job for a queued peer
+// replaces the older one's version vector (the newer report is closer to
+// what the peer holds).
+type shipper struct {
+	mu    sync.Mutex
+	order []string
+	jobs  map[string]shipJob
+	kick  chan struct{}
+}
+
+func newShipper() *shipper {
+	return &shipper{jobs: map[string]shipJob{}, kick: make(chan struct{}, 1)}
+}
+
+func (s *shipper) enqueue(j shipJob) {
+	s.mu.Lock()
+	if old, ok := s.jobs[j.peer]; ok {
+		j.respond = j.respond || old.respond
+	} else {
+		s.order = append(s.order, j.peer)
+	}
+	s.jobs[j.peer] = j
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *shipper) next() (shipJob, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.order) == 0 {
+		return shipJob{}, false
+	}
+	p := s.order[0]
+	s.order = s.order[1:]
+	j := s.jobs[p]
+	delete(s.jobs, p)
+	return j, true
+}
+
+func (a *Agent) shipLoop(ctx context.Context) {
+	for {
+		select {
+		case <-a.shipper.kick:
+		case <-ctx.Done():
+			return
+		}
+		for ctx.Err() == nil {
+			j, ok := a.shipper.next()
+			if !ok {
+				break
+			}
+			if err := a.ship(ctx, j); err != nil && ctx.Err() == nil {
+				a.log.Debug("shipping deltas failed", "peer", j.peer, "err", err)
+			}
+		}
+	}
+}
+
+// ship sends peer the deltas it lacks, in chunks of at most MaxChunkBytes,
+// advancing a copy of its version vector after each chunk until nothing is
+// missing. It never sends more than the difference.
+func (a *Agent) ship(ctx context.Context, j shipJob) error {
+	s := a.Store()
+	self := a.Name()
+	var own crdt.VersionVector
+	if j.respond {
+		var err error
+		if own, err = s.VersionVector(ctx); err != nil {
+			return err
+		}
+		a.m.syncRounds.Add(1)
+	}
+	vv := j.vv.Clone()
+	if vv == nil {
+		vv = crdt.VersionVector{}
+	}
+	chunk := a.cfg.Gossip.MaxChunkBytes
+	cur, err := s.DeltasSince(ctx, vv, chunk)
+	if err != nil {
+		return err
+	}
+	first := true
+	for {
+		var next []crdt.Delta
+		last := true
+		if len(cur) > 0 {
+			before := maps.Clone(vv)
+			vv.Advance(cur)
+			if !maps.Equal(before, vv) { // guard: a range that does not advance would repeat forever
+				if next, err = s.DeltasSince(ctx, vv, chunk); err != nil {
+					return err
+				}
+				last = len(next) == 0
+			}
+		}
+		var m message
+		switch {
+		case first && j.respond:
+			m = message{Type: msgSyncResp, From: self, VV: own, Last: last, Deltas: cur}
+		case len(cur) == 0:
+			return nil // nothing to push
+		default:
+			m = message{Type: msgSyncData, From: self, Last: last, Deltas: cur}
+		}
+		msg, err := encodeMessage(m, nil)
+		if err != nil {
+			return err
+		}
+		if err := a.sendTo(j.peer, msg); err != nil {
+			return err
+		}
+		if last {
+			return nil
+		}
+		first = false
+		cur = next
+	}
+}
+
+// reconnectLoop retries members that failed (not those that left), as
+// Serf does: every reconnect interval (±25%) it joins one random failed
+// member, with probability failed/alive so a large healthy cluster does not
+// flood one dead host, and forgets members failed longer than the
+// reconnect timeout. After a partition heals, each side finds the other
+// within about one interval.
+func (a *Agent) reconnectLoop(ctx context.Context) {
+	for {
+		select {
+		case <-time.After(a.jitter(a.cfg.Gossip.ReconnectInterval, 0.25)):
+		case <-ctx.Done():
+			return
+		}
+		peers := a.peers.Load()
+		for _, name := range peers.reap(a.cfg.Gossip.ReconnectTimeout) {
+			a.log.Info("forgetting member", "member", name)
+		}
+		failed := peers.withState(StateDead)
+		if len(failed) == 0 {
+			continue
+		}
+		alive := peers.count(StateAlive)
+		if p := float64(len(failed)) / float64(max(alive, 1)); a.randFloat() > p {
+			continue
+		}
+		target := failed[a.randIntN(len(failed))]
+		select {
+		case a.rejoins <- struct{}{}:
+		default:
+			continue // enough attempts in flight
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			defer func() { <-a.rejoins }()
+			ml := a.mlReady.Load()
+			if ml == nil || ctx.Err() != nil {
+				return
+			}
+			if _, err := ml.Join([]string{target.addr()}); err != nil {
+				a.log.Debug("reconnect failed", "member", target.name, "addr", target.addr(), "err", err)
+				return
+			}
+			a.log.Info("reconnected to failed member", "member", target.name, "addr", target.addr())
+		}()
+	}
+}
+
+// seedLoop retries the seeds while this agent has no live peer.
+func (a *Agent) seedLoop(ctx context.Context) {
+	for {
+		select {
+		case <-time.After(a.jitter(a.cfg.Gossip.JoinRetryInterval, 0.2)):
+		case <-ctx.Done():
+			return
+		}
+		seeds := a.seeds()
+		if len(seeds) == 0 || len(a.peers.Load().withState(StateAlive)) > 0 {
+			continue
+		}
+		ml := a.mlReady.Load()
+		if ml == nil {
+			continue
+		}
+		if n, err := ml.Join(seeds); err != nil {
+			a.log.Debug("seeds still unreachable", "seeds", seeds, "err", err)
+		} else {
+			a.log.Info("joined cluster", "seeds_reached", n)
+		}
+	}
+}
+
+// compactLoop compacts the store every compaction interval with the
+// pointwise minimum of the version vectors of every member that has not
+// left, once every live member has reported one.
+func (a *Agent) compactLoop(ctx context.Context) {
+	for {
+		select {
+		case <-time.After(a.jitter(a.cfg.State.CompactionInterval, 0.1)):
+		case <-ctx.Done():
+			return
+		}
+		if err := a.compact(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("compaction failed", "err", err)
+		}
+	}
+}
+
+func (a *Agent) compact(ctx context.Context) error {
+	s := a.Store()
+	vv, err := s.VersionVector(ctx)
+	if err != nil {
+		return err
+	}
+	stable, ok := a.peers.Load().stableVV(vv)
+	if !ok {
+		a.log.Debug("compaction postponed: not every live member has reported its version vector")
+		return nil
+	}
+	st, err := s.Compact(ctx, stable, a.wall())
+	if err != nil {
+		return err
+	}
+	if st.OpsRemoved > 0 || st.TombstonesRemoved > 0 {
+		a.log.Info("compacted state", "ops_removed", st.OpsRemoved, "tombstones_removed", st.TombstonesRemoved)
+	}
+	return nil
+}
+
+var _ memberlist.Broadcast = deltaBroadcast(nil)
