@@ -1,0 +1,441 @@
+package crdt
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+)
+
+// cluster is a set of replicas driven by a seeded random source, with an
+// in-memory "network" of encoded messages that may be reordered,
+// duplicated and lost.
+type cluster struct {
+	t     *testing.T
+	rng   *rand.Rand
+	dir   string
+	base  time.Time
+	skew  []time.Duration
+	walls []*fakeWall
+	ids   []string
+	st    []*Store
+	ops   []Op // every op made anywhere, for the model
+	queue []message
+	ttl   time.Duration
+}
+
+type message struct {
+	to  int
+	enc []byte
+}
+
+func newCluster(t *testing.T, rng *rand.Rand, n int) *cluster {
+	c := &cluster{t: t, rng: rng, dir: t.TempDir(), base: time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC), ttl: time.Hour}
+	for i := 0; i < n; i++ {
+		c.ids = append(c.ids, fmt.Sprintf("r%d", i))
+		c.skew = append(c.skew, time.Duration(rng.Intn(4000)-2000)*time.Millisecond)
+		w := &fakeWall{}
+		c.walls = append(c.walls, w)
+		c.st = append(c.st, nil)
+		c.open(i)
+	}
+	c.tick()
+	t.Cleanup(func() {
+		for _, s := range c.st {
+			s.Close()
+		}
+	})
+	return c
+}
+
+func (c *cluster) open(i int) {
+	s, err := Open(filepath.Join(c.dir, c.ids[i]+".db"), Options{ReplicaID: c.ids[i], Wall: c.walls[i].Now, TombstoneTTL: c.ttl})
+	if err != nil {
+		c.t.Fatalf("open %s: %v", c.ids[i], err)
+	}
+	c.st[i] = s
+}
+
+// tick advances time by 0..3 ms; each replica sees it through its skew.
+func (c *cluster) tick() {
+	c.base = c.base.Add(time.Duration(c.rng.Intn(4)) * time.Millisecond)
+	for i, w := range c.walls {
+		w.Set(c.base.Add(c.skew[i]))
+	}
+}
+
+var (
+	propColls = map[Type][]string{
+		TypeLWW:     {"lww0", "lww1", "shared"},
+		TypeORSet:   {"set0", "shared"},
+		TypeCounter: {"cnt0", "shared"},
+		TypeMVReg:   {"mv0", "shared"},
+	}
+	propKeys = []string{"a", "b", "c", ""}
+)
+
+// localOp makes one random local op on replica i.
+func (c *cluster) localOp(i int) {
+	ctx := context.Background()
+	s := c.st[i]
+	kinds := []Kind{KindPut, KindPut, KindDelete, KindAdd, KindAdd, KindRemove, KindCounter, KindMVPut, KindMVPut, KindMVDelete}
+	kind := kinds[c.rng.Intn(len(kinds))]
+	colls := propColls[kind.Type()]
+	coll := colls[c.rng.Intn(len(colls))]
+	key := propKeys[c.rng.Intn(len(propKeys))]
+	value := []byte(fmt.Sprintf("%s-%d", c.ids[i], c.rng.Intn(1000)))
+	var (
+		d   Delta
+		err error
+	)
+	switch kind {
+	case KindPut:
+		d, err = s.Put(ctx, coll, key, value)
+	case KindDelete:
+		d, err = s.Delete(ctx, coll, key)
+	case KindAdd:
+		d, err = s.SetAdd(ctx, coll, key)
+	case KindRemove:
+		d, err = s.SetRemove(ctx, coll, key)
+	case KindCounter:
+		d, err = s.CounterAdd(ctx, coll, key, int64(c.rng.Intn(21)-10))
+	case KindMVPut:
+		d, err = s.MVPut(ctx, coll, key, value)
+	case KindMVDelete:
+		d, err = s.MVDelete(ctx, coll, key)
+	}
+	if errors.Is(err, ErrTypeMismatch) {
+		return
+	}
+	if err != nil {
+		c.t.Fatalf("%s %s %s/%q: %v", c.ids[i], kind, coll, key, err)
+	}
+	c.ops = append(c.ops, d.Ops...)
+	// Broadcast the op to a random subset, like gossip does.
+	enc := mustEncode(c.t, []Delta{d})
+	for j := range c.st {
+		if j != i && c.rng.Intn(3) == 0 {
+			c.queue = append(c.queue, message{to: j, enc: enc})
+		}
+	}
+}
+
+func mustEncode(t testing.TB, ds []Delta) []byte {
+	t.Helper()
+	b, err := EncodeDeltas(ds)
+	if err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	return b
+}
+
+// pull queues the deltas replica `from` has and `to` lacks, computed
+// against to's current (or an older, perturbed) version vector.
+func (c *cluster) pull(from, to int) {
+	ctx := context.Background()
+	vv, err := c.st[to].VersionVector(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.rng.Intn(4) == 0 { // a stale view of the receiver: lower some entries
+		for o, s := range vv {
+			vv[o] = s / uint64(1+c.rng.Intn(3))
+		}
+	}
+	ds, err := c.st[from].DeltasSince(ctx, vv, 200+c.rng.Intn(2000))
+	if err != nil {
+		c.t.Fatalf("deltas since %s -> %s: %v", c.ids[from], c.ids[to], err)
+	}
+	if len(ds) > 0 {
+		c.queue = append(c.queue, message{to: to, enc: mustEncode(c.t, ds)})
+	}
+}
+
+// deliver takes a random message off the queue: merges it, merges and keeps
+// it (duplication), or drops it (loss).
+func (c *cluster) deliver() {
+	if len(c.queue) == 0 {
+		return
+	}
+	k := c.rng.Intn(len(c.queue))
+	m := c.queue[k]
+	switch r := c.rng.Intn(10); {
+	case r == 0: // lost
+	case r == 1: // duplicated: delivered now and left queued
+		c.merge(m)
+		return
+	default:
+		c.merge(m)
+	}
+	c.queue[k] = c.queue[len(c.queue)-1]
+	c.queue = c.queue[:len(c.queue)-1]
+}
+
+func (c *cluster) merge(m message) {
+	ds, err := DecodeDeltas(m.enc)
+	if err != nil {
+		c.t.Fatalf("decode: %v", err)
+	}
+	if _, err := c.st[m.to].Merge(context.Background(), ds); err != nil {
+		c.t.Fatalf("merge into %s: %v", c.ids[m.to], err)
+	}
+}
+
+// antiEntropy pulls between every ordered pair until nothing is missing.
+func (c *cluster) antiEntropy() {
+	ctx := context.Background()
+	for round := 0; round < 1000; round++ {
+		moved := false
+		for to := range c.st {
+			for from := range c.st {
+				if from == to {
+					continue
+				}
+				vv, err := c.st[to].VersionVector(ctx)
+				if err != nil {
+					c.t.Fatal(err)
+				}
+				ds, err := c.st[from].DeltasSince(ctx, vv, 4096)
+				if err != nil {
+					c.t.Fatal(err)
+				}
+				if len(ds) == 0 {
+					continue
+				}
+				moved = true
+				c.merge(message{to: to, enc: mustEncode(c.t, ds)})
+			}
+		}
+		if !moved {
+			return
+		}
+	}
+	c.t.Fatal("anti-entropy did not quiesce")
+}
+
+func (c *cluster) hashes() []string {
+	var out []string
+	for _, s := range c.st {
+		h, err := s.StateHash(context.Background())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+func (c *cluster) assertConverged(stage string) {
+	c.t.Helper()
+	ctx := context.Background()
+	hs := c.hashes()
+	vv0, _ := c.st[0].VersionVector(ctx)
+	for i := range hs {
+		if hs[i] != hs[0] {
+			c.t.Fatalf("%s: %s hash %s != %s hash %s", stage, c.ids[i], hs[i], c.ids[0], hs[0])
+		}
+		vv, _ := c.st[i].VersionVector(ctx)
+		if !reflect.DeepEqual(vv, vv0) {
+			c.t.Fatalf("%s: %s vv %v != %s vv %v", stage, c.ids[i], vv, c.ids[0], vv0)
+		}
+	}
+	for i := range c.st {
+		checkModel(c.t, c.st[i], c.ops)
+	}
+}
+
+func (c *cluster) stableVV() VersionVector {
+	var vvs []VersionVector
+	for _, s := range c.st {
+		vv, err := s.VersionVector(context.Background())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		vvs = append(vvs, vv)
+	}
+	return MinVersionVector(vvs...)
+}
+
+// run drives steps random actions.
+func (c *cluster) run(steps int) {
+	for step := 0; step < steps; step++ {
+		c.tick()
+		switch r := c.rng.Intn(100); {
+		case r < 40:
+			c.localOp(c.rng.Intn(len(c.st)))
+		case r < 55:
+			from, to := c.rng.Intn(len(c.st)), c.rng.Intn(len(c.st))
+			if from != to {
+				c.pull(from, to)
+			}
+		case r < 95:
+			c.deliver()
+		case r < 98:
+			// Compaction of superseded history only (nothing is stable).
+			i := c.rng.Intn(len(c.st))
+			if _, err := c.st[i].Compact(context.Background(), VersionVector{}, c.walls[i].Now()); err != nil {
+				c.t.Fatalf("compact: %v", err)
+			}
+		default:
+			i := c.rng.Intn(len(c.st))
+			if err := c.st[i].Close(); err != nil {
+				c.t.Fatal(err)
+			}
+			c.open(i)
+		}
+	}
+}
+
+func TestPropertyConvergence(t *testing.T) {
+	seeds := []int64{1, 2, 3, 4}
+	if testing.Short() {
+		seeds = seeds[:2]
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewSource(seed))
+			c := newCluster(t, rng, 3+rng.Intn(5))
+			c.run(700)
+			c.antiEntropy()
+			c.assertConverged("after random history")
+
+			// Full compaction with a real stable vector, long after the
+			// history: state must not change and stay convergent.
+			before := c.hashes()
+			late := c.base.Add(2 * c.ttl)
+			stable := c.stableVV()
+			for i, s := range c.st {
+				c.walls[i].Set(late.Add(c.skew[i]))
+				if _, err := s.Compact(context.Background(), stable, late); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if after := c.hashes(); !reflect.DeepEqual(before, after) {
+				t.Fatalf("compaction changed state: %v -> %v", before, after)
+			}
+			c.base = late
+			c.run(200)
+			c.antiEntropy()
+			c.assertConverged("after compaction and more history")
+		})
+	}
+}
+
+// checkModel compares s's reads with the state computed directly from ops
+// by the textbook definitions of the four types.
+func checkModel(t *testing.T, s *Store, ops []Op) {
+	t.Helper()
+	ctx := context.Background()
+	type ck struct{ coll, key string }
+	lww := map[ck]Op{}
+	adds := map[ck][]Dot{}
+	removedSet := map[Dot]bool{}
+	removedMV := map[Dot]bool{}
+	type cko struct{ coll, key, origin string }
+	pn := map[cko][2]uint64{}
+	mv := map[ck][]Op{}
+	later := func(a, b Op) bool {
+		if a.HLC != b.HLC {
+			return a.HLC > b.HLC
+		}
+		if a.Dot.Origin != b.Dot.Origin {
+			return a.Dot.Origin > b.Dot.Origin
+		}
+		return a.Dot.Seq > b.Dot.Seq
+	}
+	for _, op := range ops {
+		k := ck{op.Collection, op.Key}
+		switch op.Kind {
+		case KindPut, KindDelete:
+			if cur, ok := lww[k]; !ok || later(op, cur) {
+				lww[k] = op
+			}
+		case KindAdd:
+			adds[k] = append(adds[k], op.Dot)
+		case KindRemove:
+			for _, d := range op.Observed {
+				removedSet[d] = true
+			}
+		case KindCounter:
+			kk := cko{op.Collection, op.Key, op.Dot.Origin}
+			v := pn[kk]
+			v[0], v[1] = max(v[0], op.P), max(v[1], op.N)
+			pn[kk] = v
+		case KindMVPut, KindMVDelete:
+			for _, d := range op.Observed {
+				removedMV[d] = true
+			}
+			if op.Kind == KindMVPut {
+				mv[k] = append(mv[k], op)
+			}
+		}
+	}
+	for k, op := range lww {
+		e, ok, err := s.Get(ctx, k.coll, k.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != (op.Kind == KindPut) || (ok && (!bytes.Equal(e.Value, op.Value) || e.HLC != op.HLC || e.Origin != op.Dot.Origin)) {
+			t.Fatalf("%s: lww %v = %+v %v, model %+v", s.ReplicaID(), k, e, ok, op)
+		}
+	}
+	for k, dots := range adds {
+		want := false
+		for _, d := range dots {
+			want = want || !removedSet[d]
+		}
+		got, err := s.SetContains(ctx, k.coll, k.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%s: set %v contains = %v, model %v", s.ReplicaID(), k, got, want)
+		}
+	}
+	sums := map[ck]int64{}
+	for k, v := range pn {
+		sums[ck{k.coll, k.key}] += int64(v[0]) - int64(v[1])
+	}
+	for k, want := range sums {
+		got, err := s.CounterValue(ctx, k.coll, k.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%s: counter %v = %d, model %d", s.ReplicaID(), k, got, want)
+		}
+	}
+	for k, writes := range mv {
+		var live []Op
+		for _, op := range writes {
+			if !removedMV[op.Dot] {
+				live = append(live, op)
+			}
+		}
+		sort.Slice(live, func(i, j int) bool {
+			a, b := live[i], live[j]
+			if a.HLC != b.HLC {
+				return a.HLC > b.HLC
+			}
+			return dotLess(a.Dot, b.Dot)
+		})
+		got, err := s.MVGet(ctx, k.coll, k.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(live) {
+			t.Fatalf("%s: mv %v has %d values, model %d", s.ReplicaID(), k, len(got), len(live))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], nonNil(live[i].Value)) {
+				t.Fatalf("%s: mv %v value %d = %q, model %q", s.ReplicaID(), k, i, got[i], live[i].Value)
+			}
+		}
+	}
+}
