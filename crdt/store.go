@@ -355,8 +355,10 @@ func (s *Store) init(opts Options) error {
 			return s.corrupt(fmt.Errorf("%w: colls: %v", ErrCorrupt, err))
 		}
 		if !Type(typ).Valid() {
-			rows.Close()
-			return s.corrupt(fmt.Errorf("%w: colls: collection %q has unknown type %q", ErrCorrupt, name, typ))
+			// Only the type-mismatch check of local ops relies on this
+			// cache; Collections reports the damaged row.
+			s.corrupt(fmt.Errorf("%w: colls: collection %q has unknown type %q (ignored)", ErrCorrupt, name, typ))
+			continue
 		}
 		s.colls[name] |= typeBit(Type(typ))
 	}
