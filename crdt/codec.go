@@ -170,6 +170,10 @@ func (r *decoder) uvarint(what string) uint64 {
 		}
 		return 0
 	}
+	if n != uvarintLen(v) {
+		r.fail("%s not minimally encoded", what)
+		return 0
+	}
 	r.off += n
 	return v
 }
