@@ -47,3 +47,21 @@ func TestMedian(t *testing.T) {
 		t.Fatal("empty")
 	}
 }
+
+// BenchmarkCRDTSuite runs the full crdt suite once per iteration and
+// reports its figures (run with -benchtime=1x).
+func BenchmarkCRDTSuite(b *testing.B) {
+	for b.Loop() {
+		rep, err := RunCRDT(context.Background(), CRDTOptions{Dir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rep.Results {
+			b.ReportMetric(r.Value, r.Name+"_ops/s")
+			b.ReportMetric(r.Baseline.Value, r.Baseline.Name+"_ops/s")
+			b.ReportMetric(r.Ratio, r.Name+"_ratio")
+		}
+		out, _ := json.Marshal(rep)
+		b.Log(string(out))
+	}
+}
