@@ -24,6 +24,17 @@
 //     operator must reconcile). Concurrent writes are all kept until a later
 //     write that has observed them replaces them.
 //
+// Durability and identity: every local op, Merge call and Compact call is
+// one SQLite transaction (WAL, synchronous=FULL) that also persists the
+// replica's sequence number, clock and version vector, so a crash loses
+// nothing acknowledged and the clock never goes backwards across restarts.
+// A replica id belongs to one database for good: a replica whose database
+// is lost must come back under a new id, because peers still hold its old
+// ops and Merge rejects ops of the own id beyond the local history.
+//
+// Delta wire format, merge rules and the compaction safety rule are
+// documented on EncodeDeltas, Store.Merge and Store.Compact.
+//
 // The package has no network code; the agent ships Deltas over gossip.
 package crdt
 
