@@ -246,3 +246,8 @@ func wantStatus(t *testing.T, err error, status int) *APIError {
 	}
 	return ae
 }
+
+func readAdminToken(srv *Server) (string, error) {
+	b, err := os.ReadFile(srv.AdminTokenPath())
+	return strings.TrimSpace(string(b)), err
+}

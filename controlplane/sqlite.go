@@ -113,6 +113,7 @@ type SQLiteStore struct {
 	stHeartbeat  *sql.Stmt
 	stBatch      *sql.Stmt
 	stReading    *sql.Stmt
+	stReadings   *sql.Stmt // readingsChunk rows at once
 	stSeriesGet  *sql.Stmt
 	stSeriesPut  *sql.Stmt
 	stAuditHead  *sql.Stmt
@@ -123,10 +124,18 @@ type SQLiteStore struct {
 	seriesMu sync.RWMutex
 	series   map[seriesKey]int64
 
+	hbQueue   chan *heartbeatReq
+	hbStop    chan struct{}
+	hbStopped chan struct{}
+
 	closed atomic.Bool
 }
 
 type seriesKey struct{ agent, device, metric string }
+
+// readingsChunk is the number of rows per multi-row INSERT: one statement
+// execution per 128 readings instead of one per reading.
+const readingsChunk = 128
 
 var _ Store = (*SQLiteStore)(nil)
 
@@ -165,7 +174,8 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
-	s := &SQLiteStore{path: path, w: w, series: make(map[seriesKey]int64)}
+	s := &SQLiteStore{path: path, w: w, series: make(map[seriesKey]int64),
+		hbQueue: make(chan *heartbeatReq, maxHeartbeatGroup), hbStop: make(chan struct{}), hbStopped: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		w.Close()
 		return nil, err
@@ -179,9 +189,11 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	r.SetMaxIdleConns(readers)
 	s.r = r
 	if err := s.prepare(); err != nil {
+		close(s.hbStopped)
 		s.Close()
 		return nil, err
 	}
+	go s.heartbeatWriter()
 	return s, nil
 }
 
@@ -234,6 +246,9 @@ func (s *SQLiteStore) prepare() error {
 			ON CONFLICT DO NOTHING`},
 		{&s.stReading, `INSERT INTO readings (series_id, ts, value) VALUES (?, ?, ?)
 			ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value`},
+		{&s.stReadings, `INSERT INTO readings (series_id, ts, value) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?), ", readingsChunk), ", ") + `
+			ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value`},
 		{&s.stSeriesGet, `SELECT id FROM series WHERE agent_id = ? AND device = ? AND metric = ?`},
 		{&s.stSeriesPut, `INSERT INTO series (agent_id, device, metric) VALUES (?, ?, ?) RETURNING id`},
 		{&s.stAuditHead, `SELECT seq, hash FROM audit_head WHERE id = 1`},
@@ -256,8 +271,10 @@ func (s *SQLiteStore) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.hbStop)
+	<-s.hbStopped
 	var errs []error
-	for _, st := range []*sql.Stmt{s.stHeartbeat, s.stBatch, s.stReading, s.stSeriesGet, s.stSeriesPut, s.stAuditHead, s.stAuditPut, s.stAuditMove, s.stGetAgentID} {
+	for _, st := range []*sql.Stmt{s.stHeartbeat, s.stBatch, s.stReading, s.stReadings, s.stSeriesGet, s.stSeriesPut, s.stAuditHead, s.stAuditPut, s.stAuditMove, s.stGetAgentID} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -280,15 +297,24 @@ func (s *SQLiteStore) check() error {
 }
 
 // inTx runs fn in a write transaction and commits it if fn succeeds.
-func (s *SQLiteStore) inTx(ctx context.Context, op string, fn func(*sql.Tx) error) error {
+//
+// Write transactions are short and are not interrupted when the caller's
+// context is cancelled: a client that hangs up must not leave the single
+// writer connection mid-transaction, and a context without a Done channel
+// spares the driver a watcher goroutine per statement.
+func (s *SQLiteStore) inTx(ctx context.Context, op string, fn func(context.Context, *sql.Tx) error) error {
 	if err := s.check(); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("controlplane: %s: begin: %w", op, err)
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(ctx, tx); err != nil {
 		tx.Rollback()
 		return err
 	}
@@ -381,7 +407,7 @@ func (s *SQLiteStore) appendAudit(ctx context.Context, tx *sql.Tx, e AuditEntry)
 // AppendAudit appends one record in its own transaction.
 func (s *SQLiteStore) AppendAudit(ctx context.Context, e AuditEntry) (AuditRecord, error) {
 	var rec AuditRecord
-	err := s.inTx(ctx, "append audit", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "append audit", func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		rec, err = s.appendAudit(ctx, tx, e)
 		return err
@@ -432,7 +458,7 @@ func (s *SQLiteStore) AuditHead(ctx context.Context) (int64, string, error) {
 
 // CreateEnrollmentTokens stores tokens.
 func (s *SQLiteStore) CreateEnrollmentTokens(ctx context.Context, tokens []EnrollmentToken, audit AuditEntry) error {
-	return s.inTx(ctx, "create enrollment tokens", func(tx *sql.Tx) error {
+	return s.inTx(ctx, "create enrollment tokens", func(ctx context.Context, tx *sql.Tx) error {
 		st, err := tx.PrepareContext(ctx, `INSERT INTO enrollment_tokens (id, hash, labels, created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return fmt.Errorf("controlplane: create enrollment tokens: %w", err)
@@ -516,7 +542,7 @@ func (s *SQLiteStore) LookupEnrollmentToken(ctx context.Context, hash string) (E
 
 // EnrollAgent consumes the token and inserts the agent atomically.
 func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a Agent, now time.Time, audit AuditEntry) error {
-	return s.inTx(ctx, "enroll", func(tx *sql.Tx) error {
+	return s.inTx(ctx, "enroll", func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE enrollment_tokens SET used_at = ?, used_by = ?
 			WHERE id = ? AND used_at IS NULL AND expires_at > ?`, nanos(now), a.ID, tokenID, nanos(now))
 		if err != nil {
@@ -654,30 +680,119 @@ func (s *SQLiteStore) agentGone(ctx context.Context, id string) error {
 	return nil
 }
 
-// RecordHeartbeat stores a heartbeat.
+// heartbeatReq is one heartbeat waiting for the group commit.
+type heartbeatReq struct {
+	id   string
+	hb   Heartbeat
+	at   time.Time
+	done chan heartbeatRes
+}
+
+type heartbeatRes struct {
+	agent Agent
+	err   error
+}
+
+// maxHeartbeatGroup bounds the heartbeats committed in one transaction.
+const maxHeartbeatGroup = 512
+
+// RecordHeartbeat stores a heartbeat. Heartbeats are group-committed: one
+// goroutine writes every heartbeat that arrived while the previous commit
+// was running in a single transaction, so that with synchronous=FULL a
+// thousand heartbeats per second cost tens of fsyncs, not a thousand.
+// The call returns once its heartbeat is committed.
 func (s *SQLiteStore) RecordHeartbeat(ctx context.Context, id string, hb Heartbeat, at time.Time) (Agent, error) {
 	if err := s.check(); err != nil {
 		return Agent{}, err
 	}
-	a, err := scanAgent(s.stHeartbeat.QueryRowContext(ctx, nanos(at),
-		hb.Name, hb.Name, hb.Version, hb.Version, hb.OS, hb.OS, hb.Arch, hb.Arch,
-		marshalNullable(hb.Health), marshalNullable(hb.Resources), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		if gone := s.agentGone(ctx, id); gone != nil {
-			return a, gone
+	req := &heartbeatReq{id: id, hb: hb, at: at, done: make(chan heartbeatRes, 1)}
+	select {
+	case s.hbQueue <- req:
+	case <-s.hbStopped:
+		return Agent{}, ErrClosed
+	case <-ctx.Done():
+		return Agent{}, ctx.Err()
+	}
+	var res heartbeatRes
+	select {
+	case res = <-req.done:
+	case <-s.hbStopped:
+		// The writer answers everything it took before stopping.
+		select {
+		case res = <-req.done:
+		default:
+			return Agent{}, ErrClosed
 		}
-		return a, fmt.Errorf("controlplane: heartbeat %q: %w", id, ErrNotFound)
 	}
-	if err != nil {
-		return a, fmt.Errorf("controlplane: heartbeat %q: %w", id, err)
+	if errors.Is(res.err, sql.ErrNoRows) {
+		if gone := s.agentGone(context.WithoutCancel(ctx), id); gone != nil {
+			return Agent{}, gone
+		}
+		return Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, ErrNotFound)
 	}
-	return a, nil
+	if res.err != nil {
+		return Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, res.err)
+	}
+	return res.agent, nil
+}
+
+// heartbeatWriter is the group-commit loop; it runs until hbStop closes.
+func (s *SQLiteStore) heartbeatWriter() {
+	defer close(s.hbStopped)
+	group := make([]*heartbeatReq, 0, maxHeartbeatGroup)
+	for {
+		select {
+		case r := <-s.hbQueue:
+			group = append(group, r)
+		case <-s.hbStop:
+			return
+		}
+	collect:
+		for len(group) < maxHeartbeatGroup {
+			select {
+			case r := <-s.hbQueue:
+				group = append(group, r)
+			default:
+				break collect
+			}
+		}
+		s.writeHeartbeats(group)
+		clear(group)
+		group = group[:0]
+	}
+}
+
+func (s *SQLiteStore) writeHeartbeats(group []*heartbeatReq) {
+	ctx := context.Background()
+	res := make([]heartbeatRes, len(group))
+	err := func() error {
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		st := tx.StmtContext(ctx, s.stHeartbeat)
+		defer st.Close()
+		for i, r := range group {
+			hb := &r.hb
+			res[i].agent, res[i].err = scanAgent(st.QueryRowContext(ctx, nanos(r.at),
+				hb.Name, hb.Name, hb.Version, hb.Version, hb.OS, hb.OS, hb.Arch, hb.Arch,
+				marshalNullable(hb.Health), marshalNullable(hb.Resources), r.id))
+		}
+		return tx.Commit()
+	}()
+	for i, r := range group {
+		if err != nil {
+			res[i] = heartbeatRes{err: fmt.Errorf("group commit: %w", err)}
+		}
+		r.done <- res[i]
+	}
 }
 
 // UpdateAgentLabels edits labels.
 func (s *SQLiteStore) UpdateAgentLabels(ctx context.Context, id string, set map[string]string, remove []string, audit AuditEntry) (Agent, error) {
 	var out Agent
-	err := s.inTx(ctx, "update labels", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "update labels", func(ctx context.Context, tx *sql.Tx) error {
 		a, err := s.getAgent(ctx, tx, id)
 		if err != nil {
 			return err
@@ -707,7 +822,7 @@ func (s *SQLiteStore) UpdateAgentLabels(ctx context.Context, id string, set map[
 // certificate.
 func (s *SQLiteStore) DecommissionAgent(ctx context.Context, id string, at time.Time, audit AuditEntry) (Agent, error) {
 	var out Agent
-	err := s.inTx(ctx, "decommission", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "decommission", func(ctx context.Context, tx *sql.Tx) error {
 		a, err := s.getAgent(ctx, tx, id)
 		if err != nil {
 			return err
@@ -764,7 +879,7 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 		return res, fmt.Errorf("controlplane: batch_seq %d out of range: %w", b.BatchSeq, ErrBadRequest)
 	}
 	var added map[seriesKey]int64
-	err := s.inTx(ctx, "ingest telemetry", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "ingest telemetry", func(ctx context.Context, tx *sql.Tx) error {
 		r, err := tx.StmtContext(ctx, s.stBatch).ExecContext(ctx, agentID, int64(b.BatchSeq), nanos(receivedAt), len(b.Readings))
 		if err != nil {
 			return fmt.Errorf("controlplane: ingest telemetry: record batch: %w", err)
@@ -773,8 +888,13 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 			res.Duplicate = true
 			return nil
 		}
-		ins := tx.StmtContext(ctx, s.stReading)
-		defer ins.Close()
+		one := tx.StmtContext(ctx, s.stReading)
+		defer one.Close()
+		var many *sql.Stmt
+		if len(b.Readings) >= readingsChunk {
+			many = tx.StmtContext(ctx, s.stReadings)
+			defer many.Close()
+		}
 		var get, put *sql.Stmt
 		defer func() {
 			if get != nil {
@@ -784,6 +904,7 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 		}()
 		s.seriesMu.RLock()
 		defer s.seriesMu.RUnlock()
+		args := make([]any, 0, 3*readingsChunk)
 		for i := range b.Readings {
 			rd := &b.Readings[i]
 			key := seriesKey{agentID, rd.Device, rd.Metric}
@@ -807,8 +928,17 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 				}
 				added[key] = sid
 			}
-			if _, err := ins.ExecContext(ctx, sid, nanos(rd.TS), rd.Value); err != nil {
-				return fmt.Errorf("controlplane: ingest telemetry: readings[%d]: %w", i, err)
+			args = append(args, sid, nanos(rd.TS), rd.Value)
+			if len(args) == cap(args) {
+				if _, err := many.ExecContext(ctx, args...); err != nil {
+					return fmt.Errorf("controlplane: ingest telemetry: readings[%d..%d]: %w", i+1-readingsChunk, i, err)
+				}
+				args = args[:0]
+			}
+		}
+		for j := 0; j < len(args); j += 3 {
+			if _, err := one.ExecContext(ctx, args[j:j+3]...); err != nil {
+				return fmt.Errorf("controlplane: ingest telemetry: reading %d from the end: %w", (len(args)-j)/3, err)
 			}
 		}
 		return nil
@@ -952,7 +1082,7 @@ func scanAPIToken(sc interface{ Scan(...any) error }) (APIToken, error) {
 
 // CreateAPIToken stores a token.
 func (s *SQLiteStore) CreateAPIToken(ctx context.Context, t APIToken, audit AuditEntry) error {
-	return s.inTx(ctx, "create api token", func(tx *sql.Tx) error {
+	return s.inTx(ctx, "create api token", func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (`+apiTokenColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`,
 			t.ID, t.Hash, t.Name, string(t.Role), nanos(t.CreatedAt), t.CreatedBy, nullNanos(t.ExpiresAt)); err != nil {
 			return fmt.Errorf("controlplane: create api token: %w", err)
@@ -1004,7 +1134,7 @@ func (s *SQLiteStore) LookupAPIToken(ctx context.Context, hash string) (APIToken
 // RevokeAPIToken marks a token revoked; revoking twice is a conflict.
 func (s *SQLiteStore) RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (APIToken, error) {
 	var out APIToken
-	err := s.inTx(ctx, "revoke api token", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "revoke api token", func(ctx context.Context, tx *sql.Tx) error {
 		t, err := scanAPIToken(tx.QueryRowContext(ctx, `SELECT `+apiTokenColumns+` FROM api_tokens WHERE id = ?`, id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("controlplane: api token %q: %w", id, ErrNotFound)
