@@ -11,7 +11,7 @@ import (
 )
 
 type openAPIDocument struct {
-	OpenAPI string                                `json:"openapi"`
+	OpenAPI string                                 `json:"openapi"`
 	Paths   map[string]map[string]openAPIOperation `json:"paths"`
 	Comps   struct {
 		Schemas map[string]struct {
@@ -181,4 +181,3 @@ func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 		}
 	}
 }
-
