@@ -44,7 +44,7 @@ func (s *Store) Compact(ctx context.Context, stable VersionVector, now time.Time
 	if s.closed.Load() {
 		return st, fmt.Errorf("crdt: compact: %w", ErrClosed)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
 		return st, fmt.Errorf("crdt: compact: begin: %w", err)
 	}

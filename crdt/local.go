@@ -41,7 +41,7 @@ func (s *Store) local(ctx context.Context, what string, kind Kind, coll, key str
 		Kind:       kind,
 		Value:      value,
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
 		return Delta{}, fmt.Errorf("crdt: %s: begin: %w", what, err)
 	}

@@ -196,7 +196,7 @@ func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
 			return st, fmt.Errorf("crdt: merge: %w", err)
 		}
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
 		return st, fmt.Errorf("crdt: merge: begin: %w", err)
 	}

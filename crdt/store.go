@@ -57,6 +57,12 @@ type Store struct {
 	metrics *metrics
 	closed  atomic.Bool
 
+	// wc is the connection every write transaction runs on: one
+	// connection keeps its page cache warm across transactions (a pool
+	// would rotate connections, and each would re-read pages another one
+	// changed). Reads use the rest of the pool.
+	wc *sql.Conn
+
 	mu    sync.Mutex // serializes writes and guards the fields below
 	seq   uint64
 	vv    VersionVector // includes this replica's own entry (= seq)
@@ -274,6 +280,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err := s.init(opts); err != nil {
 		s.closeStatements()
+		if s.wc != nil {
+			s.wc.Close()
+		}
 		db.Close()
 		return nil, err
 	}
@@ -297,7 +306,12 @@ func (s *Store) init(opts Options) error {
 	if version > schemaVersion {
 		return fmt.Errorf("crdt: open %s: schema version %d is newer than this build's %d", s.path, version, schemaVersion)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	wc, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("crdt: open %s: %w", s.path, err)
+	}
+	s.wc = wc
+	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("crdt: open %s: %w", s.path, err)
 	}
@@ -433,6 +447,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closeStatements()
+	s.wc.Close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("crdt: close: %w", err)
 	}
