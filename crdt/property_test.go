@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -297,15 +299,27 @@ func (c *cluster) run(steps int) {
 }
 
 func TestPropertyConvergence(t *testing.T) {
-	seeds := []int64{1, 2, 3, 4}
+	cases := []struct {
+		seed     int64
+		replicas int
+	}{{1, 3}, {2, 5}, {3, 7}, {4, 4}}
 	if testing.Short() {
-		seeds = seeds[:2]
+		cases = cases[:2]
 	}
-	for _, seed := range seeds {
-		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewSource(seed))
-			c := newCluster(t, rng, 3+rng.Intn(5))
-			c.run(700)
+	// CRDT_PROPERTY_SEEDS=N adds N more seeds (for soak runs).
+	if n, err := strconv.Atoi(os.Getenv("CRDT_PROPERTY_SEEDS")); err == nil {
+		for i := 0; i < n; i++ {
+			cases = append(cases, struct {
+				seed     int64
+				replicas int
+			}{int64(100 + i), 3 + i%5})
+		}
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("seed%d_replicas%d", tc.seed, tc.replicas), func(t *testing.T) {
+			rng := rand.New(rand.NewSource(tc.seed))
+			c := newCluster(t, rng, tc.replicas)
+			c.run(500)
 			c.antiEntropy()
 			c.assertConverged("after random history")
 
@@ -324,7 +338,7 @@ func TestPropertyConvergence(t *testing.T) {
 				t.Fatalf("compaction changed state: %v -> %v", before, after)
 			}
 			c.base = late
-			c.run(200)
+			c.run(150)
 			c.antiEntropy()
 			c.assertConverged("after compaction and more history")
 		})
