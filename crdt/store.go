@@ -241,7 +241,9 @@ func DSN(path string) string {
 
 // Open opens (creating if needed) the store at path and restores its
 // sequence number, clock and version vector. A database created for another
-// replica id is refused with ErrReplicaMismatch.
+// replica id is refused with ErrReplicaMismatch. Only one Store may have a
+// database file open at a time (they would issue the same sequence
+// numbers).
 func Open(path string, opts Options) (*Store, error) {
 	if err := checkOrigin(opts.ReplicaID, "replica id"); err != nil {
 		return nil, fmt.Errorf("crdt: open: %v", err)
