@@ -176,6 +176,17 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.m = m
 	a.inbound = make(chan []byte, cfg.Gossip.InboundQueue)
 	a.deps = deps
+	a.syncer = newSyncer()
+	a.shipper = newShipper()
+	a.bcast = &memberlist.TransmitLimitedQueue{
+		NumNodes: func() int {
+			if ml := a.mlReady.Load(); ml != nil {
+				return ml.NumMembers()
+			}
+			return 1
+		},
+		RetransmitMult: memberlist.DefaultLANConfig().RetransmitMult,
+	}
 	return a, nil
 }
 
@@ -345,18 +356,8 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}
 	})
 
-	a.bcast = &memberlist.TransmitLimitedQueue{
-		NumNodes: func() int {
-			if ml := a.mlReady.Load(); ml != nil {
-				return ml.NumMembers()
-			}
-			return 1
-		},
-		RetransmitMult: conf.RetransmitMult,
-	}
+	a.bcast.RetransmitMult = conf.RetransmitMult
 	a.maxBcst = conf.UDPBufferSize - 64 - len(conf.Label)
-	a.syncer = newSyncer()
-	a.shipper = newShipper()
 	d := &delegate{a: a}
 	conf.Delegate = d
 	conf.Events = d
@@ -514,6 +515,9 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 			api.Close()
 		}
 	}
+	if graceful {
+		a.announceLeave()
+	}
 	a.cancel()
 	if graceful {
 		timeout := leaveTimeout
@@ -617,8 +621,13 @@ func (a *Agent) broadcast(d crdt.Delta) {
 		a.log.Debug("delta too large for a gossip packet; anti-entropy carries it", "bytes", len(msg), "limit", a.maxBcst)
 		return
 	}
-	a.bcast.QueueBroadcast(deltaBroadcast(msg))
+	a.queueBroadcast(msg)
 	a.m.broadcasts.Add(1)
+}
+
+// queueBroadcast queues msg for gossip, keeping the queue bounded.
+func (a *Agent) queueBroadcast(msg []byte) {
+	a.bcast.QueueBroadcast(deltaBroadcast(msg))
 	if a.bcast.NumQueued() > maxQueuedBcst {
 		a.bcast.Prune(maxQueuedBcst)
 	}

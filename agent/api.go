@@ -81,6 +81,20 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Members())
 	})
+	for path, allow := range map[string]string{
+		"/healthz":                        "GET",
+		"/readyz":                         "GET",
+		"/metrics":                        "GET",
+		"/v1/state":                       "GET",
+		"/v1/state/{collection}":          "GET",
+		"/v1/state/{collection}/{key...}": "GET, PUT, DELETE",
+		"/v1/members":                     "GET",
+	} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow))
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})

@@ -73,7 +73,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	a := d.a
 	meta := a.peerMeta(n)
-	prev := a.peers.Load().upsert(n, StateAlive, meta)
+	prev, _ := a.peers.Load().upsert(n, StateAlive, meta)
 	if n.Name == a.Name() {
 		return
 	}
@@ -81,14 +81,11 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	a.syncer.enqueue(n.Name)
 }
 
-// NotifyLeave records a member that failed (dead) or left.
+// NotifyLeave records a member that failed (dead) or, after its leave
+// intent, left.
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	a := d.a
-	state := StateDead
-	if n.State == memberlist.StateLeft {
-		state = StateLeft
-	}
-	a.peers.Load().upsert(n, state, a.peerMeta(n))
+	_, state := a.peers.Load().upsert(n, StateDead, a.peerMeta(n))
 	if n.Name != a.Name() {
 		a.log.Info("member down", "member", n.Name, "state", state)
 	}

@@ -39,7 +39,13 @@ type peer struct {
 	meta  NodeMeta
 	since time.Time          // when state last changed
 	vv    crdt.VersionVector // last version vector the peer reported; nil if none
+	// leavingUntil is set by the peer's leave intent: if it goes down
+	// before then, it left rather than failed.
+	leavingUntil time.Time
 }
+
+// leaveIntentTTL is how long a leave intent marks a live peer as leaving.
+const leaveIntentTTL = 15 * time.Second
 
 func (p *peer) addr() string { return net.JoinHostPort(p.ip.String(), strconv.Itoa(int(p.port))) }
 
@@ -61,8 +67,11 @@ func newPeerTable(self string, now func() time.Time) *peerTable {
 	return &peerTable{self: self, now: now, peers: make(map[string]*peer)}
 }
 
-// upsert records n in state, returning the previous state ("" if new).
-func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) string {
+// upsert records n in state, returning the previous state ("" if new) and
+// the state recorded. memberlist does not tell failed members from members
+// that left (its Node.State is not maintained in events), so a member going
+// down is recorded as left only after its leave intent (markLeaving).
+func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) (prev, now string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[n.Name]
@@ -70,7 +79,15 @@ func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) stri
 		p = &peer{name: n.Name}
 		t.peers[n.Name] = p
 	}
-	prev := p.state
+	prev = p.state
+	switch state {
+	case StateAlive:
+		p.leavingUntil = time.Time{}
+	case StateDead:
+		if t.now().Before(p.leavingUntil) {
+			state = StateLeft
+		}
+	}
 	p.ip = append(net.IP(nil), n.Addr...)
 	p.port = n.Port
 	p.meta = meta
@@ -78,16 +95,32 @@ func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) stri
 		p.state = state
 		p.since = t.now()
 	}
-	return prev
+	return prev, state
 }
 
-func (t *peerTable) setState(name, state string) {
+// markLeaving records a member's leave intent and reports whether it was
+// news (then it is worth passing on).
+func (t *peerTable) markLeaving(name string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p, ok := t.peers[name]; ok && p.state != state {
-		p.state = state
-		p.since = t.now()
+	p, ok := t.peers[name]
+	if !ok || name == t.self {
+		return false
 	}
+	now := t.now()
+	switch p.state {
+	case StateDead:
+		p.state = StateLeft
+		p.since = now
+		return true
+	case StateAlive:
+		if now.Before(p.leavingUntil) {
+			return false
+		}
+		p.leavingUntil = now.Add(leaveIntentTTL)
+		return true
+	}
+	return false
 }
 
 // setVV records a version vector reported by a peer. Reports can arrive out

@@ -20,6 +20,7 @@ import (
 //	msgSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
 //	                                                       the responder lacks
 //	msgState     [5][name][vv]                             memberlist push/pull local state
+//	msgLeave     [6][name]                                 leave intent: name is leaving gracefully
 //
 // name is a uvarint length and that many bytes; vv in msgSyncResp is
 // length-prefixed the same way, elsewhere it runs to the end; deltas are
@@ -31,6 +32,7 @@ const (
 	msgSyncResp byte = 3
 	msgSyncData byte = 4
 	msgState    byte = 5
+	msgLeave    byte = 6
 )
 
 const (
@@ -109,6 +111,13 @@ func decodeMessage(b []byte) (message, error) {
 		if m.VV, err = decodeVV(rest); err != nil {
 			return message{}, err
 		}
+	case msgLeave:
+		if m.From, rest, err = readName(rest); err != nil {
+			return message{}, err
+		}
+		if len(rest) != 0 {
+			return message{}, malformed("%d trailing bytes after leave intent", len(rest))
+		}
 	case msgSyncResp, msgSyncData:
 		if len(rest) == 0 {
 			return message{}, malformed("missing flags")
@@ -147,6 +156,9 @@ func decodeDeltas(b []byte) ([]crdt.Delta, error) {
 	ds, err := crdt.DecodeDeltas(b)
 	if err != nil {
 		return nil, &decodeError{reason: reasonInvalidDelta, err: fmt.Errorf("agent: deltas: %w", err)}
+	}
+	if len(ds) == 0 {
+		return nil, malformed("deltas section holds no delta")
 	}
 	for i := range ds {
 		if err := ds[i].Validate(); err != nil {
@@ -222,6 +234,8 @@ func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
 	case msgSyncReq, msgState:
 		out = appendBytes(out, []byte(m.From))
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
+	case msgLeave:
+		out = appendBytes(out, []byte(m.From))
 	case msgSyncResp:
 		out = append(out, flags)
 		out = appendBytes(out, []byte(m.From))

@@ -161,6 +161,33 @@ func (a *Agent) act(m message) {
 	case msgState:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
+	case msgLeave:
+		if peers.markLeaving(m.From) {
+			a.log.Info("member is leaving", "member", m.From)
+			if msg, err := encodeMessage(message{Type: msgLeave, From: m.From}, nil); err == nil {
+				a.queueBroadcast(msg) // pass the intent on, once
+			}
+		}
+	}
+}
+
+// announceLeave tells peers this agent is leaving gracefully, so they
+// record it as left rather than failed when memberlist reports it gone:
+// directly to a few live peers, and by gossip.
+func (a *Agent) announceLeave() {
+	msg, err := encodeMessage(message{Type: msgLeave, From: a.Name()}, nil)
+	if err != nil {
+		a.log.Error("encoding leave intent", "err", err)
+		return
+	}
+	a.queueBroadcast(msg)
+	alive := a.peers.Load().withState(StateAlive)
+	for i := 0; i < 3 && len(alive) > 0; i++ {
+		j := a.randIntN(len(alive))
+		if err := a.sendTo(alive[j].name, msg); err != nil {
+			a.log.Debug("sending leave intent", "peer", alive[j].name, "err", err)
+		}
+		alive = append(alive[:j], alive[j+1:]...)
 	}
 }
 

@@ -1,0 +1,538 @@
+package ingest
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// envelope is one received message on its way to the store.
+type envelope struct {
+	topic    string
+	payload  []byte
+	dup      bool      // MQTT DUP flag: the broker delivered it before
+	recv     time.Time // receive time
+	hash     uint64    // fnv1a(topic, 0, payload)
+	device   string
+	readings []Reading
+	received bool  // some reading took the receive time
+	err      error // decode error: dead-letter it
+	ack      func()
+	// set by commit
+	stored int // new readings stored
+}
+
+// messageHash is the 64-bit FNV-1a hash of topic, a zero byte and the
+// payload: the identity of an MQTT message.
+func messageHash(topic string, payload []byte) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint64(topic[i])
+		h *= prime
+	}
+	h *= prime // the zero separator
+	for _, c := range payload {
+		h ^= uint64(c)
+		h *= prime
+	}
+	return h
+}
+
+// commitResult reports what one group commit did.
+type commitResult struct {
+	seq         int64 // outbox batch sequence, 0 when none
+	stored      int   // new readings
+	duplicates  int   // readings already stored
+	dupMessages int   // redelivered receive-time messages skipped
+	deadLetters int
+	newReadings []Reading // the readings stored, for the sink
+	devices     []DeviceSeen
+}
+
+// DeviceSeen reports a device's activity in one group commit.
+type DeviceSeen struct {
+	Device   string
+	At       time.Time // receive time of its last message in the commit
+	Messages int       // its messages in the commit (dead letters excluded)
+	Readings int       // new readings stored from them
+}
+
+type rollKey struct {
+	series int64
+	bucket int64 // µs, bucket start
+}
+
+type agg struct {
+	count         int64
+	sum, min, max float64
+}
+
+func (a *agg) add(v float64) {
+	if a.count == 0 {
+		a.min, a.max = v, v
+	} else {
+		a.min, a.max = min(a.min, v), max(a.max, v)
+	}
+	a.count++
+	a.sum += v
+}
+
+type lastVal struct {
+	ts    int64
+	kind  Kind
+	value float64
+	text  string
+}
+
+type devBatch struct {
+	name     string
+	last     int64
+	messages int
+	readings int
+}
+
+// commitScratch is reused across commits (one committer at a time).
+type commitScratch struct {
+	minute, hour map[rollKey]*agg
+	aggPool      []agg
+	last         map[int64]lastVal
+	devs         map[int64]*devBatch
+	devOrder     []int64
+	enc          batchEncoder
+	meta         map[string]int64
+	obAdd        int64 // payload bytes of the outbox batch written
+	rows         []pendingRow
+	args         []any
+}
+
+func (c *commitScratch) reset() {
+	if c.minute == nil {
+		c.minute, c.hour = map[rollKey]*agg{}, map[rollKey]*agg{}
+		c.last = map[int64]lastVal{}
+		c.devs = map[int64]*devBatch{}
+		c.meta = map[string]int64{}
+	}
+	clear(c.minute)
+	clear(c.hour)
+	clear(c.last)
+	clear(c.devs)
+	clear(c.meta)
+	c.aggPool = c.aggPool[:0]
+	clear(c.rows) // drop references to envelopes
+	c.rows = c.rows[:0]
+	c.devOrder = c.devOrder[:0]
+	c.enc.reset()
+}
+
+func (c *commitScratch) agg(m map[rollKey]*agg, k rollKey) *agg {
+	if a, ok := m[k]; ok {
+		return a
+	}
+	if len(c.aggPool) == cap(c.aggPool) {
+		c.aggPool = make([]agg, 0, max(64, 2*cap(c.aggPool)))
+	}
+	c.aggPool = append(c.aggPool, agg{})
+	a := &c.aggPool[len(c.aggPool)-1]
+	m[k] = a
+	return a
+}
+
+const (
+	minuteUS = int64(time.Minute / time.Microsecond)
+	hourUS   = int64(time.Hour / time.Microsecond)
+)
+
+func floorTo(ts, step int64) int64 {
+	b := ts / step * step
+	if ts < 0 && b != ts {
+		b -= step
+	}
+	return b
+}
+
+// commit writes the envelopes in one transaction: their new readings,
+// rollups, device and series updates, dead letters, and one outbox
+// batch. When it returns nil everything is on disk and the messages may
+// be acknowledged. On error nothing was written.
+func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed {
+		return commitResult{}, ErrClosed
+	}
+	var res commitResult
+	sc := &s.commitScr
+	sc.reset()
+	newRecent, pruned := int64(0), int64(0)
+	deadByReason := map[Reason]int{}
+	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		st := s.stmts
+		insText := tx.StmtContext(ctx, st.insText)
+		var recentGet, recentIns *sql.Stmt
+		for _, e := range envs {
+			e.stored = 0
+			recvUS := e.recv.UnixMicro()
+			if e.err != nil {
+				if err := s.insertDeadLetter(ctx, tx, e, recvUS); err != nil {
+					return err
+				}
+				res.deadLetters++
+				deadByReason[reasonOf(e.err)]++
+				continue
+			}
+			dev, err := s.device(ctx, tx, e.device, recvUS)
+			if err != nil {
+				return err
+			}
+			if e.received && s.cfg.DedupMessages > 0 {
+				if recentGet == nil {
+					recentGet = tx.StmtContext(ctx, st.recentGet)
+					recentIns = tx.StmtContext(ctx, st.recentIns)
+				}
+				if e.dup {
+					var one int
+					err := recentGet.QueryRowContext(ctx, int64(e.hash)).Scan(&one)
+					if err == nil {
+						res.dupMessages++
+						continue
+					}
+					if !errors.Is(err, sql.ErrNoRows) {
+						return fmt.Errorf("ingest: look up message hash: %w", err)
+					}
+				}
+				newRecent++
+				if _, err := recentIns.ExecContext(ctx, s.recentMax+newRecent, int64(e.hash)); err != nil {
+					return fmt.Errorf("ingest: remember message hash: %w", err)
+				}
+			}
+			db := sc.devs[dev.id]
+			if db == nil {
+				db = &devBatch{name: e.device}
+				sc.devs[dev.id] = db
+				sc.devOrder = append(sc.devOrder, dev.id)
+			}
+			db.messages++
+			db.last = max(db.last, recvUS)
+			for i := range e.readings {
+				r := &e.readings[i]
+				ser, err := s.series(ctx, tx, dev, r)
+				if err != nil {
+					return err
+				}
+				row := pendingRow{series: ser.id, ts: r.timeUS(), msg: int64(e.hash), r: r, env: e, dev: db}
+				if r.Kind.numeric() {
+					sc.rows = append(sc.rows, row)
+					continue
+				}
+				out, err := insText.ExecContext(ctx, ser.id, row.ts, int64(r.Kind), []byte(r.Text), row.msg)
+				if err != nil {
+					return fmt.Errorf("ingest: insert text reading: %w", err)
+				}
+				if n, _ := out.RowsAffected(); n == 0 {
+					res.duplicates++
+					continue
+				}
+				s.accept(sc, &res, &row)
+			}
+		}
+		dups, err := s.insertNumeric(ctx, tx, sc, &res)
+		if err != nil {
+			return err
+		}
+		res.duplicates += dups
+		res.stored = len(res.newReadings)
+		if err := s.flushAggregates(ctx, tx, sc); err != nil {
+			return err
+		}
+		if res.stored > 0 && !s.cfg.Outbox.Disabled {
+			p := sc.enc.payload(BatchReadings)
+			out, err := tx.StmtContext(ctx, st.obIns).ExecContext(ctx, int64(BatchReadings), s.cfg.Clock().UnixMicro(),
+				int64(sc.enc.n), sc.enc.minTS, sc.enc.maxTS, int64(len(p)), p)
+			if err != nil {
+				return fmt.Errorf("ingest: insert outbox batch: %w", err)
+			}
+			res.seq, _ = out.LastInsertId()
+			sc.obAdd = int64(len(p))
+		}
+		if newRecent > 0 {
+			// Forget hashes beyond the newest DedupMessages, in steps.
+			if cut := s.recentMax + newRecent - int64(s.cfg.DedupMessages); cut >= s.recentPruned+1024 {
+				if _, err := tx.StmtContext(ctx, st.recentPrune).ExecContext(ctx, cut); err != nil {
+					return fmt.Errorf("ingest: prune message hashes: %w", err)
+				}
+				pruned = cut
+			}
+		}
+		sc.meta[metaDuplicates] += int64(res.duplicates)
+		sc.meta[metaDupMessages] += int64(res.dupMessages)
+		sc.meta[metaDeadLetters] += int64(res.deadLetters)
+		sc.meta[metaMessages] += int64(len(envs))
+		sc.meta[metaStoredReadings] += int64(res.stored)
+		if err := addMeta(ctx, tx, st.metaAdd, sc.meta); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		// The transaction rolled back: ids cached during it may not exist.
+		clear(s.cache)
+		sc.obAdd = 0
+		return commitResult{}, err
+	}
+	s.recentMax += newRecent
+	s.recentPruned = max(s.recentPruned, pruned)
+	s.applyMeta(sc.meta)
+	if res.seq != 0 {
+		s.obBytes += sc.obAdd
+		s.obBatches++
+		s.obReadings += int64(sc.enc.n)
+	}
+	sc.obAdd = 0
+	for _, id := range sc.devOrder {
+		d := sc.devs[id]
+		res.devices = append(res.devices, DeviceSeen{Device: d.name, At: time.UnixMicro(d.last).UTC(), Messages: d.messages, Readings: d.readings})
+	}
+	s.m.commit(s, deadByReason)
+	if s.ctr[metaDeadLetters] > int64(s.cfg.MaxDeadLetters) {
+		if err := s.trimDeadLetters(ctx); err != nil {
+			s.log.Warn("trim dead letters", "err", err)
+		}
+	}
+	return res, nil
+}
+
+// pendingRow is a reading resolved to its series, waiting to be inserted.
+type pendingRow struct {
+	series, ts, msg int64
+	r               *Reading
+	env             *envelope
+	dev             *devBatch
+}
+
+// insertChunk is how many numeric readings one INSERT statement carries.
+const insertChunk = 256
+
+// insertNumeric inserts the batch's numeric readings, insertChunk rows
+// per statement. A statement that inserts fewer rows than it carries
+// met readings already stored: it is rolled back to a savepoint and its
+// rows are inserted one by one to learn which are new. It returns the
+// number of duplicates.
+func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch, res *commitResult) (int, error) {
+	st := s.stmts
+	one := tx.StmtContext(ctx, st.insReading)
+	var many, save, release, rollback *sql.Stmt
+	dups := 0
+	rows := sc.rows
+	for len(rows) > 0 {
+		if len(rows) < insertChunk {
+			for i := range rows {
+				row := &rows[i]
+				out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value, row.msg)
+				if err != nil {
+					return dups, fmt.Errorf("ingest: insert reading: %w", err)
+				}
+				if n, _ := out.RowsAffected(); n == 0 {
+					dups++
+					continue
+				}
+				s.accept(sc, res, row)
+			}
+			break
+		}
+		chunk := rows[:insertChunk]
+		rows = rows[insertChunk:]
+		if many == nil {
+			many = tx.StmtContext(ctx, st.insReadings)
+			save = tx.StmtContext(ctx, st.savepoint)
+			release = tx.StmtContext(ctx, st.release)
+			rollback = tx.StmtContext(ctx, st.rollbackTo)
+		}
+		args := sc.args[:0]
+		for i := range chunk {
+			row := &chunk[i]
+			args = append(args, row.series, row.ts, row.r.Value, row.msg)
+		}
+		sc.args = args
+		if _, err := save.ExecContext(ctx); err != nil {
+			return dups, fmt.Errorf("ingest: savepoint: %w", err)
+		}
+		out, err := many.ExecContext(ctx, args...)
+		if err != nil {
+			return dups, fmt.Errorf("ingest: insert readings: %w", err)
+		}
+		if n, _ := out.RowsAffected(); n == insertChunk {
+			if _, err := release.ExecContext(ctx); err != nil {
+				return dups, fmt.Errorf("ingest: release savepoint: %w", err)
+			}
+			for i := range chunk {
+				s.accept(sc, res, &chunk[i])
+			}
+			continue
+		}
+		if _, err := rollback.ExecContext(ctx); err != nil {
+			return dups, fmt.Errorf("ingest: rollback to savepoint: %w", err)
+		}
+		if _, err := release.ExecContext(ctx); err != nil {
+			return dups, fmt.Errorf("ingest: release savepoint: %w", err)
+		}
+		for i := range chunk {
+			row := &chunk[i]
+			out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value, row.msg)
+			if err != nil {
+				return dups, fmt.Errorf("ingest: insert reading: %w", err)
+			}
+			if n, _ := out.RowsAffected(); n == 0 {
+				dups++
+				continue
+			}
+			s.accept(sc, res, row)
+		}
+	}
+	return dups, nil
+}
+
+// accept records a newly stored reading: counters, last value, rollups,
+// the outbox batch and the sink's list.
+func (s *Store) accept(sc *commitScratch, res *commitResult, row *pendingRow) {
+	r := row.r
+	row.env.stored++
+	row.dev.readings++
+	res.newReadings = append(res.newReadings, *r)
+	if lv, ok := sc.last[row.series]; !ok || row.ts >= lv.ts {
+		sc.last[row.series] = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text}
+	}
+	if r.Kind.numeric() {
+		sc.agg(sc.minute, rollKey{row.series, floorTo(row.ts, minuteUS)}).add(r.Value)
+		sc.agg(sc.hour, rollKey{row.series, floorTo(row.ts, hourUS)}).add(r.Value)
+		sc.meta[metaRawReadings]++
+	} else {
+		sc.meta[metaTextReadings]++
+	}
+	if !s.cfg.Outbox.Disabled {
+		sc.enc.add(r.Device, r.Metric, r.Unit, row.ts, r.Kind, r.Value, r.Text)
+	}
+}
+
+// flushAggregates writes rollups, series last values and device counters.
+func (s *Store) flushAggregates(ctx context.Context, tx *sql.Tx, sc *commitScratch) error {
+	st := s.stmts
+	if len(sc.minute) > 0 {
+		up := tx.StmtContext(ctx, st.rollup)
+		for _, g := range []struct {
+			res int64
+			m   map[rollKey]*agg
+		}{{60, sc.minute}, {3600, sc.hour}} {
+			for k, a := range g.m {
+				if _, err := up.ExecContext(ctx, g.res, k.series, k.bucket, a.count, a.sum, a.min, a.max); err != nil {
+					return fmt.Errorf("ingest: update rollup: %w", err)
+				}
+			}
+		}
+	}
+	if len(sc.last) > 0 {
+		num := tx.StmtContext(ctx, st.serLast)
+		txt := tx.StmtContext(ctx, st.serLastText)
+		for id, lv := range sc.last {
+			var err error
+			if lv.kind.numeric() {
+				_, err = num.ExecContext(ctx, lv.ts, lv.value, id, lv.ts)
+			} else {
+				_, err = txt.ExecContext(ctx, lv.ts, []byte(lv.text), id, lv.ts)
+			}
+			if err != nil {
+				return fmt.Errorf("ingest: update series: %w", err)
+			}
+		}
+	}
+	if len(sc.devOrder) > 0 {
+		upd := tx.StmtContext(ctx, st.devUpd)
+		for _, id := range sc.devOrder {
+			d := sc.devs[id]
+			if _, err := upd.ExecContext(ctx, d.last, d.messages, d.readings, id); err != nil {
+				return fmt.Errorf("ingest: update device: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// device returns the cached entry of a device, creating its row.
+func (s *Store) device(ctx context.Context, tx *sql.Tx, name string, recvUS int64) (*devEntry, error) {
+	if d, ok := s.cache[name]; ok {
+		return d, nil
+	}
+	var id int64
+	err := tx.StmtContext(ctx, s.stmts.devGet).QueryRowContext(ctx, name).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		out, err := tx.StmtContext(ctx, s.stmts.devIns).ExecContext(ctx, name, recvUS, recvUS)
+		if err != nil {
+			return nil, fmt.Errorf("ingest: insert device %q: %w", name, err)
+		}
+		id, _ = out.LastInsertId()
+	} else if err != nil {
+		return nil, fmt.Errorf("ingest: look up device %q: %w", name, err)
+	}
+	d := &devEntry{id: id, series: map[string]*seriesEntry{}}
+	s.cache[name] = d
+	return d, nil
+}
+
+// series returns the cached entry of a device's metric, creating its
+// row and recording a changed unit or kind.
+func (s *Store) series(ctx context.Context, tx *sql.Tx, dev *devEntry, r *Reading) (*seriesEntry, error) {
+	se, ok := dev.series[r.Metric]
+	if !ok {
+		se = &seriesEntry{}
+		var kind int64
+		err := tx.StmtContext(ctx, s.stmts.serGet).QueryRowContext(ctx, dev.id, r.Metric).Scan(&se.id, &se.unit, &kind)
+		if errors.Is(err, sql.ErrNoRows) {
+			out, err := tx.StmtContext(ctx, s.stmts.serIns).ExecContext(ctx, dev.id, r.Metric, r.Unit, int64(r.Kind))
+			if err != nil {
+				return nil, fmt.Errorf("ingest: insert series %q: %w", r.Metric, err)
+			}
+			se.id, _ = out.LastInsertId()
+			se.unit, se.kind = r.Unit, r.Kind
+		} else if err != nil {
+			return nil, fmt.Errorf("ingest: look up series %q: %w", r.Metric, err)
+		} else {
+			se.kind = Kind(kind)
+		}
+		dev.series[r.Metric] = se
+	}
+	if se.unit != r.Unit || se.kind != r.Kind {
+		if _, err := tx.StmtContext(ctx, s.stmts.serUnit).ExecContext(ctx, r.Unit, int64(r.Kind), se.id); err != nil {
+			return nil, fmt.Errorf("ingest: update series %q: %w", r.Metric, err)
+		}
+		se.unit, se.kind = r.Unit, r.Kind
+	}
+	return se, nil
+}
+
+// insertDeadLetter stores a refused message: receive time, topic, reason,
+// error, and the payload up to MaxDeadLetterPayload bytes.
+func (s *Store) insertDeadLetter(ctx context.Context, tx *sql.Tx, e *envelope, recvUS int64) error {
+	p := e.payload
+	if len(p) > s.cfg.MaxDeadLetterPayload {
+		p = p[:s.cfg.MaxDeadLetterPayload]
+	}
+	msg := e.err.Error()
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	topic := e.topic
+	if len(topic) > 1024 {
+		topic = topic[:1024]
+	}
+	topic = strings.ToValidUTF8(topic, "\uFFFD")
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
+	_, err := tx.StmtContext(ctx, s.stmts.deadIns).ExecContext(ctx, recvUS, topic, string(reasonOf(e.err)), msg,
+		append([]byte{}, p...), int64(len(e.payload)), int64(e.hash))
+	if err != nil {
+		return fmt.Errorf("ingest: insert dead letter: %w", err)
+	}
+	return nil
+}

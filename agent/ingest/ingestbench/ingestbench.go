@@ -1,0 +1,596 @@
+// Package ingestbench measures MQTT ingestion against a real broker:
+// how fast durable ingestion (agent/ingest: decode, group commit to
+// SQLite, acknowledge after commit) drains a backlog of queued QoS 1
+// messages compared with a bare paho subscriber that acknowledges at
+// once and stores nothing (same library, broker and stream, same run,
+// interleaved rounds) and with mosquitto_sub; and the publish-to-commit
+// latency at a fixed publish rate, with the process's resident memory.
+package ingestbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgefleet/edgefleet/agent/ingest"
+)
+
+// Options configures a run. Zero fields take the defaults named.
+type Options struct {
+	// Broker is the MQTT broker URL (tcp://host:port). Required. Its
+	// in-flight window (mosquitto max_inflight_messages) must not be
+	// below the group-commit batch, and its queue (max_queued_messages)
+	// must hold Messages: see package ingest.
+	Broker string
+	// Dir holds the ingestion databases of the rounds. Default: a new
+	// temporary directory, removed afterwards.
+	Dir string
+	// Messages is the backlog size. Default 200000.
+	Messages int
+	// Rounds is how many interleaved rounds each subscriber drains; the
+	// median rate counts. Default 3.
+	Rounds int
+	// Devices is how many device topics the stream spreads over. Default 10.
+	Devices int
+	// Rate is the publish rate of the latency run, messages/s. Default 5000.
+	Rate int
+	// Duration is the length of the latency run. Default 10s.
+	Duration time.Duration
+	// SkipBacklog and SkipLatency leave one part out.
+	SkipBacklog bool
+	SkipLatency bool
+	// MosquittoSub also drains each round's backlog with mosquitto_sub
+	// -q 1, when the binary exists. Default on (set NoMosquittoSub to skip).
+	NoMosquittoSub bool
+	// Ingest adjusts the ingestor's configuration (batching).
+	BatchMessages int
+	BatchDelay    time.Duration
+	// Logger receives progress. Nil discards it.
+	Logger *slog.Logger
+}
+
+// Result holds the figures of a run.
+type Result struct {
+	Messages int `json:"messages"`
+	Rounds   int `json:"rounds"`
+	// Drain rates, messages/s: median over rounds, and every round.
+	DurableRate        float64   `json:"durable_rate"`
+	BareRate           float64   `json:"bare_rate"`
+	MosquittoSubRate   float64   `json:"mosquitto_sub_rate,omitempty"`
+	DurableRates       []float64 `json:"durable_rates"`
+	BareRates          []float64 `json:"bare_rates"`
+	MosquittoSubRates  []float64 `json:"mosquitto_sub_rates,omitempty"`
+	RatioBare          float64   `json:"ratio_durable_to_bare"`
+	RatioMosquittoSub  float64   `json:"ratio_durable_to_mosquitto_sub,omitempty"`
+	MeanCommitMessages float64   `json:"mean_commit_messages"` // durable rounds: messages per group commit
+
+	// Latency run.
+	LatencyRate     int     `json:"latency_rate"`
+	LatencySent     int     `json:"latency_sent"`
+	LatencyAchieved float64 `json:"latency_achieved_rate"`
+	P50ms           float64 `json:"p50_ms"`
+	P90ms           float64 `json:"p90_ms"`
+	P99ms           float64 `json:"p99_ms"`
+	Maxms           float64 `json:"max_ms"`
+	RSSMB           float64 `json:"rss_mb"`      // peak VmRSS sampled during the latency run (whole process)
+	HeapMB          float64 `json:"heap_mb"`     // peak Go heap in use during the latency run
+	BaseRSSMB       float64 `json:"base_rss_mb"` // VmRSS before the ingestor started (publisher and runtime)
+}
+
+func (o *Options) defaults() error {
+	if o.Broker == "" {
+		return errors.New("ingestbench: Broker is required")
+	}
+	if o.Messages == 0 {
+		o.Messages = 200000
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 3
+	}
+	if o.Devices == 0 {
+		o.Devices = 10
+	}
+	if o.Rate == 0 {
+		o.Rate = 5000
+	}
+	if o.Duration == 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Messages < 1 || o.Rounds < 1 || o.Devices < 1 || o.Rate < 1 || o.Duration < time.Second {
+		return fmt.Errorf("ingestbench: Messages %d, Rounds %d, Devices %d, Rate %d must be positive, Duration %s at least 1s",
+			o.Messages, o.Rounds, o.Devices, o.Rate, o.Duration)
+	}
+	return nil
+}
+
+const topicFilter = "devices/+/telemetry"
+
+// Run measures. ctx cancels it.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if err := o.defaults(); err != nil {
+		return Result{}, err
+	}
+	if o.Dir == "" {
+		d, err := os.MkdirTemp("", "ingestbench-")
+		if err != nil {
+			return Result{}, fmt.Errorf("ingestbench: %w", err)
+		}
+		defer os.RemoveAll(d)
+		o.Dir = d
+	}
+	res := Result{Messages: o.Messages, Rounds: o.Rounds}
+	if !o.SkipBacklog {
+		if err := backlog(ctx, o, &res); err != nil {
+			return res, err
+		}
+	}
+	if !o.SkipLatency {
+		if err := latency(ctx, o, &res); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func backlog(ctx context.Context, o Options, res *Result) error {
+	subBin, _ := exec.LookPath("mosquitto_sub")
+	if o.NoMosquittoSub {
+		subBin = ""
+	}
+	var commitMsgs, commits int64
+	for r := 0; r < o.Rounds; r++ {
+		// Interleave: the order rotates each round so no subscriber always
+		// follows the same one.
+		kinds := []string{"bare", "durable"}
+		if subBin != "" {
+			kinds = append(kinds, "mosquitto_sub")
+		}
+		for i := 0; i < r%len(kinds); i++ {
+			kinds = append(kinds[1:], kinds[0])
+		}
+		for _, kind := range kinds {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			id := fmt.Sprintf("bench-%s-%d-%d", kind, r, time.Now().UnixNano())
+			var rate float64
+			var err error
+			switch kind {
+			case "bare":
+				rate, err = drainBare(ctx, o, id)
+				res.BareRates = append(res.BareRates, rate)
+			case "durable":
+				var cm, c int64
+				rate, cm, c, err = drainDurable(ctx, o, id, filepath.Join(o.Dir, id))
+				commitMsgs += cm
+				commits += c
+				res.DurableRates = append(res.DurableRates, rate)
+			case "mosquitto_sub":
+				rate, err = drainMosquittoSub(ctx, o, id, subBin)
+				res.MosquittoSubRates = append(res.MosquittoSubRates, rate)
+			}
+			if err != nil {
+				return fmt.Errorf("ingestbench: round %d %s: %w", r, kind, err)
+			}
+			o.Logger.Info("backlog drained", "round", r, "subscriber", kind, "messages", o.Messages, "rate", math.Round(rate))
+		}
+	}
+	res.DurableRate, res.BareRate = median(res.DurableRates), median(res.BareRates)
+	res.MosquittoSubRate = median(res.MosquittoSubRates)
+	if res.BareRate > 0 {
+		res.RatioBare = res.DurableRate / res.BareRate
+	}
+	if res.MosquittoSubRate > 0 {
+		res.RatioMosquittoSub = res.DurableRate / res.MosquittoSubRate
+	}
+	if commits > 0 {
+		res.MeanCommitMessages = float64(commitMsgs) / float64(commits)
+	}
+	return nil
+}
+
+// createSession opens and closes a persistent session subscribed to the
+// telemetry topics, so the broker queues what is published next.
+func createSession(o Options, clientID string) error {
+	opts := mqtt.NewClientOptions().AddBroker(o.Broker).SetClientID(clientID).SetCleanSession(false).
+		SetAutoReconnect(false).SetConnectTimeout(10 * time.Second)
+	c := mqtt.NewClient(opts)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("connect session %s: %v", clientID, t.Error())
+	}
+	if t := c.Subscribe(topicFilter, 1, func(mqtt.Client, mqtt.Message) {}); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("subscribe session %s: %v", clientID, t.Error())
+	}
+	c.Disconnect(100)
+	return nil
+}
+
+// Publisher publishes QoS 1 telemetry: flat JSON with three metrics
+// and the publish time as "ts" (Unix seconds, microseconds), so every
+// message is distinct and carries its own send time.
+type Publisher struct {
+	c       mqtt.Client
+	topics  []string
+	seq     int
+	buf     []byte
+	pending []mqtt.Token
+	window  int
+}
+
+// NewPublisher connects a publisher for devices dev-0 .. dev-(devices-1).
+func NewPublisher(broker, clientID string, devices int) (*Publisher, error) {
+	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
+		SetOrderMatters(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(30 * time.Second)
+	c := mqtt.NewClient(opts)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("ingestbench: connect publisher: %v", t.Error())
+	}
+	p := &Publisher{c: c, window: 2000}
+	for d := 0; d < devices; d++ {
+		p.topics = append(p.topics, "devices/dev-"+strconv.Itoa(d)+"/telemetry")
+	}
+	return p, nil
+}
+
+// Publish sends one message stamped with at; it waits when more than
+// the window of messages are unacknowledged.
+func (p *Publisher) Publish(at time.Time) error {
+	i := p.seq
+	p.seq++
+	us := at.UnixMicro()
+	b := p.buf[:0]
+	b = append(b, `{"temperature":`...)
+	b = strconv.AppendFloat(b, 20+float64(i%100)/10, 'f', 2, 64)
+	b = append(b, `,"humidity":`...)
+	b = strconv.AppendFloat(b, 30+float64(i%37)/3, 'f', 3, 64)
+	b = append(b, `,"co2":`...)
+	b = strconv.AppendInt(b, int64(400+i%500), 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, us/1e6, 10)
+	b = append(b, '.')
+	frac := strconv.FormatInt(us%1e6, 10)
+	b = append(b, strings.Repeat("0", 6-len(frac))...)
+	b = append(b, frac...)
+	b = append(b, '}')
+	p.buf = b
+	t := p.c.Publish(p.topics[i%len(p.topics)], 1, false, slices.Clone(b))
+	p.pending = append(p.pending, t)
+	if len(p.pending) >= p.window {
+		return p.wait(p.window / 2)
+	}
+	return nil
+}
+
+func (p *Publisher) wait(keep int) error {
+	n := len(p.pending) - keep
+	for _, t := range p.pending[:n] {
+		if !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+			return fmt.Errorf("ingestbench: publish: %v", t.Error())
+		}
+	}
+	p.pending = append(p.pending[:0], p.pending[n:]...)
+	return nil
+}
+
+// Flush waits for every publish to be acknowledged by the broker.
+func (p *Publisher) Flush() error { return p.wait(0) }
+
+// Close disconnects.
+func (p *Publisher) Close() { p.c.Disconnect(250) }
+
+// publishBacklog publishes o.Messages with distinct times.
+func publishBacklog(o Options, id string) error {
+	p, err := NewPublisher(o.Broker, id+"-pub", o.Devices)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	// Distinct times per device and metric: one microsecond apart.
+	base := time.Now().Add(-time.Duration(o.Messages) * time.Microsecond)
+	for i := 0; i < o.Messages; i++ {
+		if err := p.Publish(base.Add(time.Duration(i) * time.Microsecond)); err != nil {
+			return err
+		}
+	}
+	return p.Flush()
+}
+
+func drainBare(ctx context.Context, o Options, id string) (float64, error) {
+	if err := createSession(o, id); err != nil {
+		return 0, err
+	}
+	if err := publishBacklog(o, id); err != nil {
+		return 0, err
+	}
+	var n atomic.Int64
+	done := make(chan struct{})
+	var once sync.Once
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		if n.Add(1) == int64(o.Messages) {
+			once.Do(func() { close(done) })
+		}
+	}
+	opts := mqtt.NewClientOptions().AddBroker(o.Broker).SetClientID(id).SetCleanSession(false).
+		SetOrderMatters(true).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
+		SetDefaultPublishHandler(handler)
+	runtime.GC()
+	start := time.Now()
+	c := mqtt.NewClient(opts)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return 0, fmt.Errorf("connect: %v", t.Error())
+	}
+	defer c.Disconnect(100)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(10 * time.Minute):
+		return 0, fmt.Errorf("bare subscriber received %d of %d in 10 minutes", n.Load(), o.Messages)
+	}
+	// The last acknowledgement is written right after the handler returns.
+	return float64(o.Messages) / time.Since(start).Seconds(), nil
+}
+
+// countSink counts committed messages.
+type countSink struct {
+	msgs, commits atomic.Int64
+	target        int64
+	done          chan struct{}
+	once          sync.Once
+	onCommit      func(ingest.Commit)
+}
+
+func (s *countSink) Committed(c ingest.Commit) {
+	s.commits.Add(1)
+	if s.onCommit != nil {
+		s.onCommit(c)
+	}
+	if s.msgs.Add(int64(c.Messages)) >= s.target && s.target > 0 {
+		s.once.Do(func() { close(s.done) })
+	}
+}
+
+func newIngestor(o Options, id, dir string, sink ingest.Sink) (*ingest.Ingestor, error) {
+	return ingest.New(ingest.Config{
+		DataDir:       dir,
+		MQTT:          ingest.MQTTConfig{Broker: o.Broker, ClientID: id},
+		BatchMessages: o.BatchMessages,
+		BatchDelay:    o.BatchDelay,
+		Sink:          sink,
+		Limits:        ingest.Limits{MaxPast: 30 * 24 * time.Hour},
+	})
+}
+
+func drainDurable(ctx context.Context, o Options, id, dir string) (rate float64, commitMsgs, commits int64, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, 0, 0, err
+	}
+	if err := createSession(o, id); err != nil {
+		return 0, 0, 0, err
+	}
+	if err := publishBacklog(o, id); err != nil {
+		return 0, 0, 0, err
+	}
+	sink := &countSink{target: int64(o.Messages), done: make(chan struct{})}
+	runtime.GC()
+	start := time.Now()
+	in, err := newIngestor(o, id, dir, sink)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if err := in.Start(ctx); err != nil {
+		return 0, 0, 0, err
+	}
+	defer in.Stop()
+	select {
+	case <-sink.done:
+	case <-ctx.Done():
+		return 0, 0, 0, ctx.Err()
+	case <-time.After(10 * time.Minute):
+		return 0, 0, 0, fmt.Errorf("durable ingestion committed %d of %d in 10 minutes", sink.msgs.Load(), o.Messages)
+	}
+	el := time.Since(start)
+	st, err := in.Store().Stats(ctx)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if st.Messages < int64(o.Messages) || st.DeadLetters != 0 {
+		return 0, 0, 0, fmt.Errorf("store holds %d messages, %d dead letters; want %d, 0", st.Messages, st.DeadLetters, o.Messages)
+	}
+	return float64(o.Messages) / el.Seconds(), sink.msgs.Load(), sink.commits.Load(), nil
+}
+
+func drainMosquittoSub(ctx context.Context, o Options, id, bin string) (float64, error) {
+	if err := createSession(o, id); err != nil {
+		return 0, err
+	}
+	if err := publishBacklog(o, id); err != nil {
+		return 0, err
+	}
+	host, port, err := hostPort(o.Broker)
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-q", "1", "-c", "-i", id,
+		"-t", topicFilter, "-C", strconv.Itoa(o.Messages))
+	cmd.Stdout = nil // discarded
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("mosquitto_sub: %v: %.200s", err, out)
+	}
+	return float64(o.Messages) / time.Since(start).Seconds(), nil
+}
+
+func hostPort(broker string) (string, string, error) {
+	s := broker
+	if i := strings.Index(s, "://"); i >= 0 {
+		if s[:i] != "tcp" && s[:i] != "mqtt" {
+			return "", "", fmt.Errorf("mosquitto_sub run supports tcp:// brokers, not %q", broker)
+		}
+		s = s[i+3:]
+	}
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", "", fmt.Errorf("broker %q has no port", broker)
+	}
+	return s[:i], s[i+1:], nil
+}
+
+// rss returns the process's resident set size in bytes (Linux).
+func rss() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+func latency(ctx context.Context, o Options, res *Result) error {
+	id := fmt.Sprintf("bench-latency-%d", time.Now().UnixNano())
+	dir := filepath.Join(o.Dir, id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	pub, err := NewPublisher(o.Broker, id+"-pub", o.Devices)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	runtime.GC()
+	res.BaseRSSMB = rss() / (1 << 20)
+	var mu sync.Mutex
+	var lats []float64
+	warm := time.Now().Add(time.Second)
+	sink := &countSink{done: make(chan struct{})}
+	sink.onCommit = func(c ingest.Commit) {
+		if c.At.Before(warm) {
+			return
+		}
+		mu.Lock()
+		for _, r := range c.Readings {
+			if r.Metric == "temperature" {
+				lats = append(lats, float64(c.At.Sub(r.Time).Microseconds())/1000)
+			}
+		}
+		mu.Unlock()
+	}
+	in, err := newIngestor(o, id, dir, sink)
+	if err != nil {
+		return err
+	}
+	if err := in.Start(ctx); err != nil {
+		return err
+	}
+	defer in.Stop()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = in.WaitSubscribed(wctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	var peakRSS, peakHeap float64
+	stopSample := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-stopSample:
+				return
+			case <-t.C:
+				peakRSS = max(peakRSS, rss())
+				runtime.ReadMemStats(&ms)
+				peakHeap = max(peakHeap, float64(ms.HeapInuse))
+			}
+		}
+	}()
+	// Pace in 1 ms ticks.
+	start := time.Now()
+	sent := 0
+	for time.Since(start) < o.Duration {
+		if err := ctx.Err(); err != nil {
+			close(stopSample)
+			return err
+		}
+		due := int(time.Since(start).Seconds() * float64(o.Rate))
+		for ; sent < due; sent++ {
+			if err := pub.Publish(time.Now()); err != nil {
+				close(stopSample)
+				return err
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	if err := pub.Flush(); err != nil {
+		close(stopSample)
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for sink.msgs.Load() < int64(sent) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stopSample)
+	<-sampled
+	if got := sink.msgs.Load(); got < int64(sent) {
+		return fmt.Errorf("ingestbench: latency run committed %d of %d messages", got, sent)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(lats)
+	pct := func(p float64) float64 {
+		if len(lats) == 0 {
+			return 0
+		}
+		return lats[min(len(lats)-1, int(p*float64(len(lats))))]
+	}
+	res.LatencyRate, res.LatencySent = o.Rate, sent
+	res.LatencyAchieved = float64(sent) / elapsed.Seconds()
+	res.P50ms, res.P90ms, res.P99ms = pct(0.50), pct(0.90), pct(0.99)
+	if len(lats) > 0 {
+		res.Maxms = lats[len(lats)-1]
+	}
+	res.RSSMB, res.HeapMB = peakRSS/(1<<20), peakHeap/(1<<20)
+	return nil
+}

@@ -1,0 +1,575 @@
+package ingest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Message is one received message. paho's mqtt.Message satisfies it.
+type Message interface {
+	Topic() string
+	Payload() []byte
+	// Duplicate is the MQTT DUP flag: the broker sent this message
+	// before (a redelivery after a lost connection).
+	Duplicate() bool
+	// Ack acknowledges the message to the broker; the ingestor calls it
+	// only after the message's readings (or dead letter) are committed.
+	Ack()
+}
+
+// Sink is told about every group commit, after the commit reached the
+// disk and its messages were acknowledged. The uplink implements it to
+// wake up and claim the new outbox batch (Store.ClaimOutbox); the
+// inference hook can use the readings. Committed runs on the commit
+// path: it must return quickly and must not call back into the
+// Ingestor. c and its slices must not be kept after it returns.
+type Sink interface {
+	Committed(c Commit)
+}
+
+// Commit describes one group commit.
+type Commit struct {
+	Seq         int64     // outbox batch sequence, 0 when none was written
+	At          time.Time // when the commit completed
+	Messages    int       // messages committed (stored, duplicate or dead-lettered)
+	Readings    []Reading // readings newly stored
+	Duplicates  int       // readings ignored as already stored
+	DeadLetters int       // messages dead-lettered
+}
+
+// DeviceObserver is told which devices sent messages in each group
+// commit (the device registry in replicated state implements it). Like
+// Sink, it runs on the commit path and must return quickly.
+type DeviceObserver interface {
+	DevicesSeen(seen []DeviceSeen)
+}
+
+// MQTTConfig configures the subscriber.
+type MQTTConfig struct {
+	// Broker is the broker URL: tcp://host:port or ssl://host:port. Empty
+	// means no subscriber: messages are fed through Ingestor.Handle.
+	Broker string
+	// ClientID identifies the persistent session at the broker; it must
+	// be stable across restarts so queued messages are delivered to the
+	// agent when it reconnects. Required with Broker.
+	ClientID string
+	// Username and Password authenticate to the broker (optional).
+	Username string
+	Password string
+	// TLSConfig is used for ssl:// brokers; nil means the system roots.
+	TLSConfig *tls.Config
+	// KeepAlive is the MQTT keep-alive. Default 30s.
+	KeepAlive time.Duration
+	// ConnectTimeout bounds one connection attempt. Default 10s.
+	ConnectTimeout time.Duration
+	// MaxReconnectInterval caps the back-off between reconnection
+	// attempts. Default 10s.
+	MaxReconnectInterval time.Duration
+}
+
+// Config configures an Ingestor. Zero fields take the defaults named in
+// their comments.
+type Config struct {
+	// Store is the store to write to; the Ingestor does not close it.
+	// Nil means: open DataDir/ingest.db with StoreConfig (and close it on
+	// Stop).
+	Store *Store
+	// DataDir holds ingest.db when Store is nil.
+	DataDir string
+	// StoreConfig configures the store opened when Store is nil (its
+	// Path, Clock, Logger and Registry are filled in from this Config).
+	StoreConfig StoreConfig
+	// MQTT configures the subscriber.
+	MQTT MQTTConfig
+	// TopicPattern maps topics to device ids. Default
+	// "devices/{device_id}/telemetry"; the subscription is the pattern
+	// with {device_id} replaced by "+".
+	TopicPattern string
+	// Limits bound each message.
+	Limits Limits
+	// BatchMessages is the most messages one group commit holds.
+	// Default 1000. The broker's in-flight window for this client
+	// (mosquitto max_inflight_messages) should exceed it, or batches
+	// stay small: see the package documentation.
+	BatchMessages int
+	// BatchDelay is how long a group commit waits for more messages
+	// after its first one. Default 5ms.
+	BatchDelay time.Duration
+	// QueueMessages bounds the received messages waiting to be decoded
+	// and committed; when full, the subscriber stops reading from the
+	// broker. Default 2 × BatchMessages.
+	QueueMessages int
+	// RetentionInterval is how often retention runs. Default 1 minute.
+	RetentionInterval time.Duration
+	// PressureInterval is how often the store's state is re-checked
+	// while ingestion is held back. Default 200ms.
+	PressureInterval time.Duration
+	// Clock is the time source (receive times, relative SenML times).
+	// Nil means time.Now.
+	Clock func() time.Time
+	// Logger receives the ingestor's logs. Nil discards them.
+	Logger *slog.Logger
+	// Registry receives the metrics. Nil leaves them unregistered.
+	Registry *prometheus.Registry
+	// Sink, if set, is told about each commit.
+	Sink Sink
+	// Devices, if set, is told which devices were seen in each commit.
+	Devices DeviceObserver
+}
+
+func (c Config) withDefaults() (Config, error) {
+	var err error
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Store == nil && c.DataDir == "" {
+		return c, fmt.Errorf("%w: neither Store nor DataDir set", ErrInvalidConfig)
+	}
+	if c.Limits, err = c.Limits.withDefaults(); err != nil {
+		return c, err
+	}
+	if c.BatchMessages == 0 {
+		c.BatchMessages = 1000
+	}
+	if c.BatchDelay == 0 {
+		c.BatchDelay = 5 * time.Millisecond
+	}
+	if c.QueueMessages == 0 {
+		c.QueueMessages = 2 * c.BatchMessages
+	}
+	if c.RetentionInterval == 0 {
+		c.RetentionInterval = time.Minute
+	}
+	if c.PressureInterval == 0 {
+		c.PressureInterval = 200 * time.Millisecond
+	}
+	m := &c.MQTT
+	if m.KeepAlive == 0 {
+		m.KeepAlive = 30 * time.Second
+	}
+	if m.ConnectTimeout == 0 {
+		m.ConnectTimeout = 10 * time.Second
+	}
+	if m.MaxReconnectInterval == 0 {
+		m.MaxReconnectInterval = 10 * time.Second
+	}
+	switch {
+	case c.BatchMessages < 1 || c.BatchMessages > 100_000:
+		return c, fmt.Errorf("%w: BatchMessages %d outside 1..100000", ErrInvalidConfig, c.BatchMessages)
+	case c.BatchDelay < 0 || c.BatchDelay > 10*time.Second:
+		return c, fmt.Errorf("%w: BatchDelay %s outside 0..10s", ErrInvalidConfig, c.BatchDelay)
+	case c.QueueMessages < c.BatchMessages:
+		return c, fmt.Errorf("%w: QueueMessages %d below BatchMessages %d", ErrInvalidConfig, c.QueueMessages, c.BatchMessages)
+	case c.RetentionInterval < time.Second:
+		return c, fmt.Errorf("%w: RetentionInterval %s below 1s", ErrInvalidConfig, c.RetentionInterval)
+	case c.PressureInterval < time.Millisecond:
+		return c, fmt.Errorf("%w: PressureInterval %s below 1ms", ErrInvalidConfig, c.PressureInterval)
+	case m.KeepAlive < time.Second || m.ConnectTimeout < 10*time.Millisecond || m.MaxReconnectInterval < 10*time.Millisecond:
+		return c, fmt.Errorf("%w: MQTT KeepAlive %s (>= 1s), ConnectTimeout %s, MaxReconnectInterval %s (>= 10ms)",
+			ErrInvalidConfig, m.KeepAlive, m.ConnectTimeout, m.MaxReconnectInterval)
+	}
+	if m.Broker != "" {
+		if err := checkBrokerURL(m.Broker); err != nil {
+			return c, err
+		}
+		if m.ClientID == "" || len(m.ClientID) > 65535 {
+			return c, fmt.Errorf("%w: MQTT.ClientID is required with a broker (a stable id keeps the persistent session)", ErrInvalidConfig)
+		}
+	}
+	return c, nil
+}
+
+// Ingestor receives device messages (from its MQTT subscriber or
+// Handle), decodes them, commits their readings in groups and
+// acknowledges each message only after the commit that holds it.
+type Ingestor struct {
+	cfg      Config
+	log      *slog.Logger
+	store    *Store
+	ownStore bool
+	topics   TopicPattern
+	m        *ingestMetrics
+
+	queue   chan *envelope
+	batches chan []*envelope
+
+	hmu      sync.RWMutex // Handle holds it shared while enqueueing; Stop exclusively
+	stopping chan struct{}
+	stopOnce sync.Once
+	started  atomic.Bool
+	wg       sync.WaitGroup
+	done     chan struct{} // closed when the committer has finished
+
+	mqtt *subscriber
+
+	pressure atomic.Value // string: current backpressure reason, "" none
+}
+
+// New validates cfg and builds an Ingestor (opening its store when
+// cfg.Store is nil). Nothing runs until Start.
+func New(cfg Config) (*Ingestor, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	tp, err := ParseTopicPattern(cfg.TopicPattern)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newIngestMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: register metrics: %w", err)
+	}
+	in := &Ingestor{
+		cfg: cfg, log: cfg.Logger, topics: tp, m: m,
+		queue:    make(chan *envelope, cfg.QueueMessages),
+		batches:  make(chan []*envelope, 1),
+		stopping: make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	in.pressure.Store("")
+	in.store = cfg.Store
+	if in.store == nil {
+		sc := cfg.StoreConfig
+		sc.Path = filepath.Join(cfg.DataDir, StoreFile)
+		sc.Clock, sc.Logger, sc.Registry = cfg.Clock, cfg.Logger, cfg.Registry
+		st, err := OpenStore(sc)
+		if err != nil {
+			return nil, err
+		}
+		in.store, in.ownStore = st, true
+	}
+	if cfg.MQTT.Broker != "" {
+		in.mqtt = newSubscriber(in)
+	}
+	return in, nil
+}
+
+// StoreFile is the database file name inside a data directory.
+const StoreFile = "ingest.db"
+
+// Store returns the ingestor's store.
+func (in *Ingestor) Store() *Store { return in.store }
+
+// Start starts the pipeline and, with a broker configured, the MQTT
+// subscriber, which connects (and reconnects) in the background. ctx
+// bounds nothing after Start returns: use Stop.
+func (in *Ingestor) Start(ctx context.Context) error {
+	if !in.started.CompareAndSwap(false, true) {
+		return ErrStarted
+	}
+	dec, err := NewDecoder(in.cfg.Limits, in.cfg.Clock)
+	if err != nil {
+		return err
+	}
+	in.wg.Add(3)
+	go in.runBatcher(dec)
+	go in.runCommitter()
+	go in.runMaintenance()
+	if in.mqtt != nil {
+		if err := in.mqtt.start(); err != nil {
+			in.Stop()
+			return err
+		}
+	}
+	in.log.Info("ingestion started", "broker", in.cfg.MQTT.Broker, "topic", in.topics.Filter(), "store", in.store.Path())
+	return nil
+}
+
+// WaitSubscribed waits until the MQTT subscriber is connected and
+// subscribed (immediately true without a broker).
+func (in *Ingestor) WaitSubscribed(ctx context.Context) error {
+	if in.mqtt == nil {
+		return nil
+	}
+	select {
+	case <-in.mqtt.subscribed:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("ingest: waiting for the MQTT subscription: %w", ctx.Err())
+	case <-in.stopping:
+		return ErrClosed
+	}
+}
+
+// Handle queues a received message. It blocks while the queue is full
+// (backpressure: the MQTT subscriber then stops reading from the
+// broker). After Stop it returns ErrClosed and the message stays
+// unacknowledged, so the broker delivers it again later.
+func (in *Ingestor) Handle(m Message) error {
+	in.hmu.RLock()
+	defer in.hmu.RUnlock()
+	select {
+	case <-in.stopping:
+		return ErrClosed
+	default:
+	}
+	e := &envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), recv: in.cfg.Clock(), ack: m.Ack}
+	in.m.received.Add(1)
+	in.m.pending.Add(1)
+	select {
+	case in.queue <- e:
+		return nil
+	default:
+	}
+	in.setQueuePressure(true)
+	defer in.setQueuePressure(false)
+	select {
+	case in.queue <- e:
+		return nil
+	case <-in.stopping:
+		in.m.pending.Add(-1)
+		return ErrClosed
+	}
+}
+
+func (in *Ingestor) setQueuePressure(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	in.m.pressureVec.WithLabelValues(pressureQueue).Set(v)
+}
+
+// Stop stops receiving, commits and acknowledges what was received,
+// disconnects from the broker and closes the store it opened. Messages
+// received during Stop stay unacknowledged (the broker redelivers them).
+func (in *Ingestor) Stop() error {
+	var err error
+	in.stopOnce.Do(func() {
+		close(in.stopping)
+		in.hmu.Lock() // no Handle is enqueueing any more
+		close(in.queue)
+		in.hmu.Unlock()
+		if in.started.Load() {
+			<-in.done
+		}
+		if in.mqtt != nil {
+			in.mqtt.stop()
+		}
+		in.wg.Wait()
+		if in.ownStore {
+			err = in.store.Close()
+		}
+		in.log.Info("ingestion stopped")
+	})
+	return err
+}
+
+// runBatcher decodes queued messages and hands batches to the
+// committer: a batch closes when it holds BatchMessages messages or
+// BatchDelay after its first message.
+func (in *Ingestor) runBatcher(dec *Decoder) {
+	defer in.wg.Done()
+	defer close(in.batches)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var batch []*envelope
+	flush := func() {
+		if len(batch) > 0 {
+			in.batches <- batch
+			batch = nil
+		}
+	}
+	for {
+		var e *envelope
+		var ok bool
+		if len(batch) == 0 {
+			e, ok = <-in.queue
+			if !ok {
+				return
+			}
+			timer.Reset(in.cfg.BatchDelay)
+		} else {
+			select {
+			case e, ok = <-in.queue:
+				if !ok {
+					timer.Stop()
+					flush()
+					return
+				}
+			case <-timer.C:
+				flush()
+				continue
+			}
+		}
+		in.decode(dec, e)
+		batch = append(batch, e)
+		if len(batch) >= in.cfg.BatchMessages {
+			timer.Stop()
+			flush()
+		}
+	}
+}
+
+// decode fills in the envelope's device, readings or error.
+func (in *Ingestor) decode(dec *Decoder, e *envelope) {
+	e.hash = messageHash(e.topic, e.payload)
+	dev, err := in.topics.Device(e.topic)
+	if err != nil {
+		e.err = err
+		return
+	}
+	e.device = dev
+	e.readings, e.received, e.err = dec.appendDecode(nil, dev, e.payload, e.recv)
+}
+
+// runCommitter commits batches, then acknowledges their messages.
+func (in *Ingestor) runCommitter() {
+	defer in.wg.Done()
+	defer close(in.done)
+	ctx := context.Background()
+	for batch := range in.batches {
+		if !in.waitPressure(ctx) {
+			in.abandon(batch)
+			continue
+		}
+		start := time.Now()
+		res, ok := in.commitRetrying(ctx, batch)
+		if !ok {
+			in.abandon(batch)
+			continue
+		}
+		in.m.commitSecs.Observe(time.Since(start).Seconds())
+		in.m.batchSize.Observe(float64(len(batch)))
+		in.m.commits.Add(1)
+		for _, e := range batch {
+			if e.ack != nil {
+				e.ack()
+			}
+		}
+		in.m.acked.Add(int64(len(batch)))
+		in.m.pending.Add(-int64(len(batch)))
+		if in.cfg.Sink != nil {
+			in.cfg.Sink.Committed(Commit{Seq: res.seq, At: in.cfg.Clock(), Messages: len(batch), Readings: res.newReadings,
+				Duplicates: res.duplicates, DeadLetters: res.deadLetters})
+		}
+		if in.cfg.Devices != nil && len(res.devices) > 0 {
+			in.cfg.Devices.DevicesSeen(res.devices)
+		}
+		in.checkPressure(ctx)
+	}
+}
+
+// abandon leaves a batch unacknowledged (Stop while held back): the
+// broker redelivers its messages to the next session.
+func (in *Ingestor) abandon(batch []*envelope) {
+	in.m.pending.Add(-int64(len(batch)))
+	in.log.Warn("stopping while ingestion is held back: messages left unacknowledged for redelivery", "messages", len(batch))
+}
+
+// commitRetrying commits a batch, retrying with back-off while the
+// store fails; it gives up only when stopping.
+func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope) (commitResult, bool) {
+	backoff := 50 * time.Millisecond
+	for {
+		res, err := in.store.commit(ctx, batch)
+		if err == nil {
+			in.m.pressureVec.WithLabelValues(pressureError).Set(0)
+			return res, true
+		}
+		in.m.commitErrs.Add(1)
+		in.m.pressureVec.WithLabelValues(pressureError).Set(1)
+		in.log.Error("group commit failed; retrying, nothing acknowledged", "messages", len(batch), "err", err)
+		if errors.Is(err, ErrClosed) {
+			return res, false
+		}
+		select {
+		case <-in.stopping:
+			return res, false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// checkPressure re-evaluates the store's backpressure state.
+func (in *Ingestor) checkPressure(ctx context.Context) string {
+	p, err := in.store.Pressure(ctx)
+	if err != nil {
+		in.log.Warn("evaluate backpressure", "err", err)
+	}
+	if old := in.pressure.Swap(p); old != p {
+		for _, r := range []string{pressureStore, pressureOutbox} {
+			v := 0.0
+			if r == p {
+				v = 1
+			}
+			in.m.pressureVec.WithLabelValues(r).Set(v)
+		}
+		if p != "" {
+			in.log.Warn("backpressure on: holding acknowledgements", "reason", p)
+		} else {
+			in.log.Info("backpressure off")
+		}
+	}
+	return p
+}
+
+// waitPressure blocks while the store reports backpressure; false means
+// Stop was called meanwhile.
+func (in *Ingestor) waitPressure(ctx context.Context) bool {
+	if in.pressure.Load().(string) == "" {
+		return true
+	}
+	t := time.NewTicker(in.cfg.PressureInterval)
+	defer t.Stop()
+	for in.checkPressure(ctx) != "" {
+		select {
+		case <-in.stopping:
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
+// runMaintenance runs retention periodically.
+func (in *Ingestor) runMaintenance() {
+	defer in.wg.Done()
+	t := time.NewTicker(in.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-in.stopping:
+			return
+		case <-t.C:
+			if _, err := in.store.Retain(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
+				in.log.Warn("retention", "err", err)
+			}
+		}
+	}
+}
+
+// Stats is a snapshot of the ingestor's counters.
+type Stats struct {
+	Received     int64  `json:"received"`      // messages received
+	Acked        int64  `json:"acked"`         // messages acknowledged after their commit
+	Pending      int64  `json:"pending"`       // received, not yet acknowledged
+	Commits      int64  `json:"commits"`       // group commits
+	CommitErrors int64  `json:"commit_errors"` // failed (retried) commits
+	Connected    bool   `json:"connected"`     // MQTT session up
+	Backpressure string `json:"backpressure"`  // "", "store" or "outbox"
+}
+
+// Stats returns the ingestor's counters.
+func (in *Ingestor) Stats() Stats {
+	return Stats{
+		Received: in.m.received.Load(), Acked: in.m.acked.Load(), Pending: in.m.pending.Load(),
+		Commits: in.m.commits.Load(), CommitErrors: in.m.commitErrs.Load(),
+		Connected: in.m.connected.Load() == 1, Backpressure: in.pressure.Load().(string),
+	}
+}
