@@ -113,8 +113,16 @@ type ServerStatus struct {
 	UptimeSeconds float64   `json:"uptime_seconds"`
 	// RSSBytes is the server process's resident set size (VmRSS from
 	// /proc/self/status; 0 where unavailable).
-	RSSBytes   int64 `json:"rss_bytes"`
-	Goroutines int   `json:"goroutines"`
+	RSSBytes int64 `json:"rss_bytes"`
+	// HeapBytes, StackBytes and GoSysBytes are the Go runtime's heap in
+	// use, goroutine stacks in use, and total memory obtained from the OS.
+	HeapBytes  uint64 `json:"heap_bytes"`
+	StackBytes uint64 `json:"stack_bytes"`
+	GoSysBytes uint64 `json:"go_sys_bytes"`
+	Goroutines int    `json:"goroutines"`
+	// CPUSeconds is the user plus system CPU time the server process has
+	// used since it started.
+	CPUSeconds float64 `json:"cpu_seconds"`
 	// Agents counts agents by state.
 	Agents                   map[AgentState]int `json:"agents"`
 	TotalAgents              int                `json:"total_agents"`

@@ -75,10 +75,19 @@ type LoadReport struct {
 	// ServerRSSBytes is the server's VmRSS at the end (from
 	// /v1/server/status; includes the load generator when both run in one
 	// process). LoadRSSBytes is this process's VmRSS.
-	ServerRSSBytes int64  `json:"server_rss_bytes"`
-	LoadRSSBytes   int64  `json:"load_rss_bytes"`
-	OnlineAtEnd    int    `json:"online_at_end"`
-	FirstError     string `json:"first_error,omitempty"`
+	ServerRSSBytes int64 `json:"server_rss_bytes"`
+	// ServerHeapBytes and ServerStackBytes are the server's Go heap and
+	// goroutine stacks in use at the end.
+	ServerHeapBytes  uint64 `json:"server_heap_bytes"`
+	ServerStackBytes uint64 `json:"server_stack_bytes"`
+	LoadRSSBytes     int64  `json:"load_rss_bytes"`
+	// ServerCPUPerBeatMS and LoadCPUPerBeatMS are CPU milliseconds used
+	// per answered heartbeat during the measured phase, by the server
+	// process (from /v1/server/status) and by this process.
+	ServerCPUPerBeatMS float64 `json:"server_cpu_ms_per_heartbeat"`
+	LoadCPUPerBeatMS   float64 `json:"load_cpu_ms_per_heartbeat"`
+	OnlineAtEnd        int     `json:"online_at_end"`
+	FirstError         string  `json:"first_error,omitempty"`
 }
 
 func (o *LoadOptions) setDefaults() error {
@@ -367,6 +376,10 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		period = time.Nanosecond
 	}
 	var skipped int64
+	cpuBefore, serverCPUBefore := ProcessCPUSeconds(), -1.0
+	if st, err := admin.ServerStatus(ctx); err == nil {
+		serverCPUBefore = st.CPUSeconds
+	}
 	start = time.Now()
 	end := start.Add(opts.Duration)
 	k := 0
@@ -434,8 +447,15 @@ schedule:
 		rep.LagP99MS, rep.LagMaxMS = ms(pct(lags, .99)), ms(lags[len(lags)-1])
 	}
 	rep.LoadRSSBytes = ProcessRSS()
+	if rep.Heartbeats > 0 {
+		rep.LoadCPUPerBeatMS = (ProcessCPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
+	}
 	if st, err := admin.ServerStatus(ctx); err == nil {
+		if serverCPUBefore >= 0 && rep.Heartbeats > 0 {
+			rep.ServerCPUPerBeatMS = (st.CPUSeconds - serverCPUBefore) * 1000 / float64(rep.Heartbeats)
+		}
 		rep.ServerRSSBytes = st.RSSBytes
+		rep.ServerHeapBytes, rep.ServerStackBytes = st.HeapBytes, st.StackBytes
 		rep.OnlineAtEnd = st.Agents[StateOnline]
 	} else {
 		opts.Logger.Warn("load: server status unavailable", "err", err)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,12 @@ func runLoadServer(dir string) int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 	<-sig
+	if path := os.Getenv("EDGEFLEET_LOADSERVER_HEAPPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	if err := srv.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -123,6 +130,9 @@ func TestConnTransportReconnects(t *testing.T) {
 //
 //	EDGEFLEET_LOAD_AGENTS=1000 EDGEFLEET_LOAD_INTERVAL=10s EDGEFLEET_LOAD_DURATION=20s \
 //	  go test -run TestHeartbeatLoadMeasured -v -timeout 30m ./controlplane/
+//
+// EDGEFLEET_LOADSERVER_GOMEMLIMIT sets GOMEMLIMIT for the server process
+// only; EDGEFLEET_LOADSERVER_SYNC its SQLite synchronous setting.
 func TestHeartbeatLoadMeasured(t *testing.T) {
 	agents, _ := strconv.Atoi(os.Getenv("EDGEFLEET_LOAD_AGENTS"))
 	if agents <= 0 {
@@ -138,6 +148,9 @@ func TestHeartbeatLoadMeasured(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "EDGEFLEET_LOADSERVER_DIR="+dir)
+	if v := os.Getenv("EDGEFLEET_LOADSERVER_GOMEMLIMIT"); v != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+v)
+	}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -792,7 +792,10 @@ func (s *Server) Status(ctx context.Context) (ServerStatus, error) {
 	for _, a := range agents {
 		counts[s.stateOf(a, now)]++
 	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
 	return ServerStatus{
+		HeapBytes: ms.HeapInuse, StackBytes: ms.StackInuse, GoSysBytes: ms.Sys, CPUSeconds: ProcessCPUSeconds(),
 		Version: s.cfg.Version, StartedAt: s.started.UTC(), Now: now.UTC(),
 		UptimeSeconds: now.Sub(s.started).Seconds(), RSSBytes: ProcessRSS(), Goroutines: runtime.NumGoroutine(),
 		Agents: counts, TotalAgents: len(agents), HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,6 +108,7 @@ CREATE TABLE telemetry_batches (
 // state.
 type SQLiteStore struct {
 	path string
+	sync string
 	w    *sql.DB
 	r    *sql.DB
 
@@ -144,6 +146,8 @@ type SQLiteOptions struct {
 	// Synchronous is SQLite's synchronous setting: "FULL" (default; every
 	// commit is on disk before the call returns) or "NORMAL" (a commit may
 	// be lost on power failure, never on a process crash; faster).
+	// Heartbeats are always committed with NORMAL: they are superseded
+	// every few seconds, and are made durable by the next FULL commit.
 	Synchronous string
 	// Readers is the size of the read connection pool (default 4).
 	Readers int
@@ -174,7 +178,7 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
-	s := &SQLiteStore{path: path, w: w, series: make(map[seriesKey]int64),
+	s := &SQLiteStore{path: path, sync: sync, w: w, series: make(map[seriesKey]int64),
 		hbQueue: make(chan *heartbeatReq, maxHeartbeatGroup), hbStop: make(chan struct{}), hbStopped: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		w.Close()
@@ -766,7 +770,27 @@ func (s *SQLiteStore) writeHeartbeats(group []*heartbeatReq) {
 	ctx := context.Background()
 	res := make([]heartbeatRes, len(group))
 	err := func() error {
-		tx, err := s.w.BeginTx(ctx, nil)
+		conn, err := s.w.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if s.sync != "NORMAL" {
+			// Heartbeats only move last_seen and status forward; losing
+			// the newest ones to a power failure (never to a crash) is
+			// harmless, so they skip the fsync that every other commit
+			// pays. The next FULL commit makes them durable as well.
+			if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
+				return err
+			}
+			defer func() {
+				if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = "+s.sync); err != nil {
+					// Never hand back a connection with weaker durability.
+					conn.Raw(func(any) error { return driver.ErrBadConn })
+				}
+			}()
+		}
+		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,129 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTestStore(t *testing.T) *SQLiteStore {
+	t.Helper()
+	st, err := OpenSQLite(filepath.Join(t.TempDir(), "s.db"), SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func enrollDirect(t *testing.T, st *SQLiteStore, id string, now time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	tok := EnrollmentToken{ID: "enr_" + id, Hash: "h_" + id, Labels: map[string]string{"a": "b"}, CreatedAt: now, CreatedBy: "t", ExpiresAt: now.Add(time.Hour)}
+	if err := st.CreateEnrollmentTokens(ctx, []EnrollmentToken{tok}, AuditEntry{Time: now, Actor: "t", Action: "x", Result: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	a := Agent{ID: id, Name: id, Labels: tok.Labels, FirstSeen: now, LastSeen: now, CertSerial: "serial-" + id, CertNotAfter: now.Add(time.Hour)}
+	if err := st.EnrollAgent(ctx, tok.ID, a, now, AuditEntry{Time: now, Actor: "t", Action: "enroll", Result: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHeartbeatGroupCommitKeepsFullDurabilityForOtherWrites(t *testing.T) {
+	st := openTestStore(t)
+	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	const agents = 20
+	for i := range agents {
+		enrollDirect(t, st, "ag_"+string(rune('a'+i)), now)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, agents*10)
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 10 {
+				at := now.Add(time.Duration(k+1) * time.Second)
+				a, err := st.RecordHeartbeat(context.Background(), "ag_"+string(rune('a'+i)), Heartbeat{Version: "v2", Health: &Health{Status: "ok"}}, at)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if a.Labels["a"] != "b" {
+					errs <- errors.New("labels missing from heartbeat answer")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	agentsNow, err := st.ListAgents(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agentsNow {
+		if !a.LastSeen.Equal(now.Add(10*time.Second)) || a.Version != "v2" || a.Health == nil {
+			t.Errorf("agent %s after heartbeats: %+v", a.ID, a)
+		}
+	}
+	// The writer connection is back at FULL after the group commits.
+	var sync int
+	if err := st.w.QueryRow("PRAGMA synchronous").Scan(&sync); err != nil {
+		t.Fatal(err)
+	}
+	if sync != 2 {
+		t.Fatalf("writer synchronous = %d after heartbeats, want 2 (FULL)", sync)
+	}
+	// Unknown agent and closed store.
+	if _, err := st.RecordHeartbeat(context.Background(), "ag_none", Heartbeat{}, now); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown agent: %v", err)
+	}
+	st.Close()
+	if _, err := st.RecordHeartbeat(context.Background(), "ag_a", Heartbeat{}, now); !errors.Is(err, ErrClosed) {
+		t.Errorf("after close: %v", err)
+	}
+}
+
+func TestStoreIngestChunksAndDuplicates(t *testing.T) {
+	st := openTestStore(t)
+	ctx := context.Background()
+	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	// A batch larger than one insert chunk plus a remainder, two series.
+	b := benchBatches(1, readingsChunk*2+7, 2, now)[0]
+	res, err := st.IngestTelemetry(ctx, "ag_x", b, now)
+	if err != nil || res.Accepted != len(b.Readings) {
+		t.Fatalf("%+v %v", res, err)
+	}
+	q, err := st.QueryTelemetry(ctx, TelemetryQuery{Agent: "ag_x", From: now.Add(-time.Hour), To: now.Add(24 * time.Hour), Bucket: time.Hour * 100, Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, s := range q.Series {
+		n += s.Buckets[0].Count
+	}
+	if len(q.Series) != 2 || n != int64(len(b.Readings)) {
+		t.Fatalf("%d series, %d readings", len(q.Series), n)
+	}
+	// Duplicate.
+	res, err = st.IngestTelemetry(ctx, "ag_x", b, now)
+	if err != nil || !res.Duplicate {
+		t.Fatalf("duplicate: %+v %v", res, err)
+	}
+	// A cancelled caller gets an error and nothing is written.
+	next := TelemetryBatch{BatchSeq: 2, Readings: []Reading{{Device: "new", Metric: "m", TS: now, Value: 1}}}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := st.IngestTelemetry(cctx, "ag_x", next, now); err == nil {
+		t.Fatal("ingest with cancelled context succeeded")
+	}
+	if res, err := st.IngestTelemetry(ctx, "ag_x", next, now); err != nil || res.Accepted != 1 || res.Duplicate {
+		t.Fatalf("batch 2 after the cancelled attempt: %+v %v", res, err)
+	}
+}
