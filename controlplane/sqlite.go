@@ -126,6 +126,11 @@ type SQLiteStore struct {
 	seriesMu sync.RWMutex
 	series   map[seriesKey]int64
 
+	// connSync is the synchronous setting of the write connection as
+	// last set ("" when unknown).
+	syncMu   sync.Mutex
+	connSync string
+
 	hbQueue   chan *heartbeatReq
 	hbStop    chan struct{}
 	hbStopped chan struct{}
@@ -178,7 +183,7 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
-	s := &SQLiteStore{path: path, sync: sync, w: w, series: make(map[seriesKey]int64),
+	s := &SQLiteStore{path: path, sync: sync, connSync: sync, w: w, series: make(map[seriesKey]int64),
 		hbQueue: make(chan *heartbeatReq, maxHeartbeatGroup), hbStop: make(chan struct{}), hbStopped: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		w.Close()
@@ -314,7 +319,12 @@ func (s *SQLiteStore) inTx(ctx context.Context, op string, fn func(context.Conte
 		return err
 	}
 	ctx = context.WithoutCancel(ctx)
-	tx, err := s.w.BeginTx(ctx, nil)
+	conn, err := s.writer(ctx, s.sync)
+	if err != nil {
+		return fmt.Errorf("controlplane: %s: %w", op, err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("controlplane: %s: begin: %w", op, err)
 	}
@@ -326,6 +336,38 @@ func (s *SQLiteStore) inTx(ctx context.Context, op string, fn func(context.Conte
 		return fmt.Errorf("controlplane: %s: commit: %w", op, err)
 	}
 	return nil
+}
+
+// writer takes the single write connection and makes sure its
+// synchronous setting is mode. The setting is tracked so that a run of
+// heartbeat group commits (NORMAL) or of other writes (FULL) issues no
+// PRAGMA at all.
+func (s *SQLiteStore) writer(ctx context.Context, mode string) (*sql.Conn, error) {
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.syncMu.Lock()
+	cur := s.connSync
+	s.syncMu.Unlock()
+	if cur == mode {
+		return conn, nil
+	}
+	_, err = conn.ExecContext(ctx, "PRAGMA synchronous = "+mode)
+	s.syncMu.Lock()
+	if err != nil {
+		s.connSync = ""
+	} else {
+		s.connSync = mode
+	}
+	s.syncMu.Unlock()
+	if err != nil {
+		// Never write through a connection whose durability is unknown.
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+		return nil, fmt.Errorf("set synchronous %s: %w", mode, err)
+	}
+	return conn, nil
 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }
@@ -770,26 +812,15 @@ func (s *SQLiteStore) writeHeartbeats(group []*heartbeatReq) {
 	ctx := context.Background()
 	res := make([]heartbeatRes, len(group))
 	err := func() error {
-		conn, err := s.w.Conn(ctx)
+		// Heartbeats only move last_seen and status forward; losing the
+		// newest ones to a power failure (never to a crash) is harmless,
+		// so they skip the fsync that every other commit pays. The next
+		// FULL commit makes them durable as well.
+		conn, err := s.writer(ctx, "NORMAL")
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		if s.sync != "NORMAL" {
-			// Heartbeats only move last_seen and status forward; losing
-			// the newest ones to a power failure (never to a crash) is
-			// harmless, so they skip the fsync that every other commit
-			// pays. The next FULL commit makes them durable as well.
-			if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
-				return err
-			}
-			defer func() {
-				if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = "+s.sync); err != nil {
-					// Never hand back a connection with weaker durability.
-					conn.Raw(func(any) error { return driver.ErrBadConn })
-				}
-			}()
-		}
 		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return err

@@ -72,13 +72,24 @@ func TestHeartbeatGroupCommitKeepsFullDurabilityForOtherWrites(t *testing.T) {
 			t.Errorf("agent %s after heartbeats: %+v", a.ID, a)
 		}
 	}
-	// The writer connection is back at FULL after the group commits.
-	var sync int
-	if err := st.w.QueryRow("PRAGMA synchronous").Scan(&sync); err != nil {
+	// Heartbeat commits leave the writer at NORMAL; the next other write
+	// switches it back to FULL before committing.
+	syncOf := func() int {
+		t.Helper()
+		var v int
+		if err := st.w.QueryRow("PRAGMA synchronous").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := syncOf(); v != 1 {
+		t.Errorf("writer synchronous = %d after heartbeats, want 1 (NORMAL)", v)
+	}
+	if _, err := st.AppendAudit(context.Background(), AuditEntry{Time: now, Actor: "t", Action: "x", Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}
-	if sync != 2 {
-		t.Fatalf("writer synchronous = %d after heartbeats, want 2 (FULL)", sync)
+	if v := syncOf(); v != 2 {
+		t.Fatalf("writer synchronous = %d after an audited write, want 2 (FULL)", v)
 	}
 	// Unknown agent and closed store.
 	if _, err := st.RecordHeartbeat(context.Background(), "ag_none", Heartbeat{}, now); !errors.Is(err, ErrNotFound) {
