@@ -84,7 +84,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store != nil {
 		s.store = cfg.Store
 	} else {
-		st, err := OpenSQLite(filepath.Join(cfg.DataDir, DatabaseFile), cfg.SQLite)
+		opts := cfg.SQLite
+		if opts.Logger == nil {
+			opts.Logger = s.log
+		}
+		st, err := OpenSQLite(filepath.Join(cfg.DataDir, DatabaseFile), opts)
 		if err != nil {
 			return nil, err
 		}
@@ -220,9 +224,11 @@ func (s *Server) Start() error {
 	// and an idle HTTP/1.1 connection costs the server less memory than
 	// an HTTP/2 one.
 	protos.SetHTTP1(true)
+	conf := s.tlsConfig.Clone()
+	conf.NextProtos = []string{"http/1.1"}
+	hl := newHandshakeListener(ln, conf, handshakeParallel, 10*time.Second, s.log)
 	s.srv = &http.Server{
 		Handler:           s.handler,
-		TLSConfig:         s.tlsConfig.Clone(),
 		Protocols:         &protos,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -231,11 +237,11 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          log.New(&slogWriter{log: s.log}, "", 0),
 	}
-	s.ln = ln
+	s.ln = hl
 	s.serveErr = make(chan error, 1)
 	srv := s.srv
 	go func() {
-		err := srv.ServeTLS(ln, "", "")
+		err := srv.Serve(hl)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
@@ -244,6 +250,9 @@ func (s *Server) Start() error {
 	s.log.Info("serving", "url", s.urlLocked())
 	return nil
 }
+
+// handshakeParallel bounds concurrent TLS handshakes.
+const handshakeParallel = 64
 
 // slogWriter routes net/http's internal log lines (TLS handshake errors and
 // the like) to slog at debug level.

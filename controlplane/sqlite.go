@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
 	"sync"
@@ -131,6 +132,8 @@ type SQLiteStore struct {
 	syncMu   sync.Mutex
 	connSync string
 
+	cpStopped chan struct{}
+
 	hbQueue   chan *heartbeatReq
 	hbStop    chan struct{}
 	hbStopped chan struct{}
@@ -156,6 +159,12 @@ type SQLiteOptions struct {
 	Synchronous string
 	// Readers is the size of the read connection pool (default 4).
 	Readers int
+	// CheckpointInterval is how often a background goroutine copies the
+	// write-ahead log into the database (default 1s). Commits never do it
+	// themselves, so its fsync does not stall them.
+	CheckpointInterval time.Duration
+	// Logger receives checkpoint failures (nil: discarded).
+	Logger *slog.Logger
 }
 
 // OpenSQLite opens or creates the database at path and brings its schema
@@ -175,8 +184,14 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	if readers <= 0 {
 		readers = 4
 	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	base := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(" + sync + ")"
-	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_txlock=immediate")
+	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=wal_autocheckpoint(0)&_pragma=journal_size_limit(67108864)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: open %s: %w", path, err)
 	}
@@ -184,7 +199,8 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	s := &SQLiteStore{path: path, sync: sync, connSync: sync, w: w, series: make(map[seriesKey]int64),
-		hbQueue: make(chan *heartbeatReq, maxHeartbeatGroup), hbStop: make(chan struct{}), hbStopped: make(chan struct{})}
+		hbQueue: make(chan *heartbeatReq, maxHeartbeatGroup), hbStop: make(chan struct{}), hbStopped: make(chan struct{}),
+		cpStopped: make(chan struct{})}
 	if err := s.migrate(); err != nil {
 		w.Close()
 		return nil, err
@@ -199,10 +215,12 @@ func OpenSQLite(path string, opts SQLiteOptions) (*SQLiteStore, error) {
 	s.r = r
 	if err := s.prepare(); err != nil {
 		close(s.hbStopped)
+		close(s.cpStopped)
 		s.Close()
 		return nil, err
 	}
 	go s.heartbeatWriter()
+	go s.checkpointer(opts.CheckpointInterval, opts.Logger)
 	return s, nil
 }
 
@@ -282,7 +300,11 @@ func (s *SQLiteStore) Close() error {
 	}
 	close(s.hbStop)
 	<-s.hbStopped
+	<-s.cpStopped
 	var errs []error
+	if _, err := s.w.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		errs = append(errs, err)
+	}
 	for _, st := range []*sql.Stmt{s.stHeartbeat, s.stBatch, s.stReading, s.stReadings, s.stSeriesGet, s.stSeriesPut, s.stAuditHead, s.stAuditPut, s.stAuditMove, s.stGetAgentID} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -780,6 +802,25 @@ func (s *SQLiteStore) RecordHeartbeat(ctx context.Context, id string, hb Heartbe
 		return Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, res.err)
 	}
 	return res.agent, nil
+}
+
+// checkpointer runs passive WAL checkpoints on a read connection until
+// the store closes. Passive checkpoints never block the writer.
+func (s *SQLiteStore) checkpointer(every time.Duration, log *slog.Logger) {
+	defer close(s.cpStopped)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.hbStop:
+			return
+		case <-t.C:
+		}
+		var busy, logPages, done int
+		if err := s.r.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logPages, &done); err != nil {
+			log.Warn("WAL checkpoint failed", "db", s.path, "err", err)
+		}
+	}
 }
 
 // heartbeatWriter is the group-commit loop; it runs until hbStop closes.

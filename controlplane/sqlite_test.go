@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -136,5 +137,35 @@ func TestStoreIngestChunksAndDuplicates(t *testing.T) {
 	}
 	if res, err := st.IngestTelemetry(ctx, "ag_x", next, now); err != nil || res.Accepted != 1 || res.Duplicate {
 		t.Fatalf("batch 2 after the cancelled attempt: %+v %v", res, err)
+	}
+}
+
+func TestBackgroundCheckpointCopiesWALIntoDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cp.db")
+	st, err := OpenSQLite(path, SQLiteOptions{CheckpointInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := st.IngestTelemetry(context.Background(), "ag_cp", benchBatches(1, 5000, 10, now)[0], now); err != nil {
+		t.Fatal(err)
+	}
+	// Commits do not checkpoint (wal_autocheckpoint is off); the
+	// background checkpointer must bring the rows into the main file.
+	deadline := time.Now().Add(5 * time.Second)
+	for size() <= before+64<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file still %d bytes (was %d): no checkpoint", size(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
