@@ -24,9 +24,10 @@ type CryptoOptions struct {
 	// Sizes are the envelope payload sizes in bytes; nil = 1 KiB, 64 KiB, 1 MiB.
 	Sizes []int
 	// Rounds of measurements, ours and baseline interleaved; medians are
-	// reported. 0 = 5.
+	// reported. 0 = 11. Many short rounds keep both sides of a pair exposed
+	// to the same background load.
 	Rounds int
-	// MinTime is the least time one measurement runs; 0 = 200ms.
+	// MinTime is the least time one measurement runs; 0 = 50ms.
 	MinTime time.Duration
 	// HPKEPayload is the plaintext size of the one-shot HPKE operations;
 	// 0 = 1 KiB.
@@ -70,10 +71,10 @@ func RunCrypto(ctx context.Context, opt CryptoOptions) (Report, error) {
 		opt.Sizes = []int{1 << 10, 64 << 10, 1 << 20}
 	}
 	if opt.Rounds == 0 {
-		opt.Rounds = 5
+		opt.Rounds = 11
 	}
 	if opt.MinTime == 0 {
-		opt.MinTime = 200 * time.Millisecond
+		opt.MinTime = 50 * time.Millisecond
 	}
 	if opt.HPKEPayload == 0 {
 		opt.HPKEPayload = 1 << 10

@@ -63,6 +63,15 @@
 // unique by construction. No random nonce is ever used, and a data key has no
 // practical message limit.
 //
+// # Opening a recipient envelope with another HPKE implementation
+//
+// A recipient envelope uses only standard HPKE operations, so any RFC 9180
+// implementation with X-Wing can open it: parse the header (see Header); run
+// SetupBaseR(enc, skR, info) with info = the header bytes up to, not
+// including, enc; derive key = Export("edgefleet/pqcrypto/v1 envelope payload
+// key", Nk); then open each chunk with the suite's AEAD under key, the STREAM
+// nonce below, and associated data = the whole header (plus caller AAD).
+//
 // # Chunking (STREAM)
 //
 // The plaintext is cut into chunks of the header's chunk size (64 KiB by

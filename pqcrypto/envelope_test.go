@@ -2,10 +2,15 @@ package pqcrypto
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"testing"
+
+	"github.com/cloudflare/circl/hpke"
 )
 
 type sealCase struct {
@@ -389,8 +394,7 @@ func TestSignedEnvelope(t *testing.T) {
 	// themselves must change the sender id in the header, which breaks
 	// decryption even though the new signature is valid.
 	hn := h.Size()
-	var attackerHdr *Header = new(Header)
-	*attackerHdr = *h
+	attackerHdr := *h
 	attackerHdr.SenderID = "mallory"
 	newHdr, err := attackerHdr.MarshalBinary()
 	if err != nil {
@@ -573,5 +577,100 @@ func TestWriterErrors(t *testing.T) {
 	}
 	if err2 := w.Close(); err2 == nil {
 		t.Fatal("error not sticky")
+	}
+}
+
+// TestRecipientEnvelopeWithBareHPKE opens a recipient envelope following the
+// recipe in the package documentation, using circl's hpke and crypto/cipher
+// directly: the envelope needs nothing beyond standard HPKE.
+func TestRecipientEnvelopeWithBareHPKE(t *testing.T) {
+	f := newFixture(t)
+	pt := seedBytes(150, 4)
+	env, err := SealToRecipient(nil, f.to(), pt, &SealOptions{RecipientID: f.recipient, ChunkSize: 64, Rand: testRand(5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, n, err := ParseHeader(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := env[:n]
+	skR, err := hpke.KEM_XWING.Scheme().UnmarshalBinaryPrivateKey(f.xwing.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv, _ := hpke.NewSuite(hpke.KEM_XWING, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES256GCM).NewReceiver(skR, hdr[:n-len(h.Enc)])
+	ctx, err := recv.Setup(h.Enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ctx.Export([]byte("edgefleet/pqcrypto/v1 envelope payload key"), 32)
+	blk, _ := aes.NewCipher(key)
+	gcm, _ := cipher.NewGCM(blk)
+	var got []byte
+	body := env[n:]
+	for i := uint32(0); ; i++ {
+		w := binary.BigEndian.Uint32(body)
+		final := w>>31 == 1
+		size := int(w&0x7fffffff) + 16
+		nonce := make([]byte, 12)
+		binary.BigEndian.PutUint32(nonce[7:], i)
+		if final {
+			nonce[11] = 1
+		}
+		got, err = gcm.Open(got, nonce, body[4:4+size], hdr)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		body = body[4+size:]
+		if final {
+			break
+		}
+	}
+	if !bytes.Equal(got, pt) || len(body) != 0 {
+		t.Fatal("plaintext mismatch")
+	}
+}
+
+// TestConcurrentUse shares keys between goroutines (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t)
+	keys := f.signedKeys()
+	done := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			for i := 0; i < 5; i++ {
+				pt := seedBytes(100+g, byte(i))
+				o := &SealOptions{RecipientID: f.recipient, ChunkSize: 32, Signer: f.signer, SenderID: "controlplane"}
+				env, err := SealWithDataKey(nil, f.dk, pt, o)
+				if err == nil {
+					var got []byte
+					got, _, err = Open(nil, env, keys)
+					if err == nil && !bytes.Equal(got, pt) {
+						err = errors.New("plaintext mismatch")
+					}
+				}
+				if err == nil {
+					var env2, got []byte
+					env2, err = SealToRecipient(nil, f.to(), pt, o)
+					if err == nil {
+						got, _, err = Open(nil, env2, keys)
+						if err == nil && !bytes.Equal(got, pt) {
+							err = errors.New("plaintext mismatch")
+						}
+					}
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -10,7 +10,8 @@ import (
 	"github.com/cloudflare/circl/kem"
 )
 
-// PublicKey is a KEM public key (for X-Wing 1216 bytes encoded).
+// PublicKey is a KEM public key (for X-Wing 1216 bytes encoded). Safe for
+// concurrent use.
 type PublicKey struct {
 	kem *KEM
 	pk  kem.PublicKey
@@ -19,6 +20,7 @@ type PublicKey struct {
 
 // PrivateKey is a KEM private key. For X-Wing the encoded form is the 32-byte
 // seed from which the full key is derived, as in the X-Wing specification.
+// Safe for concurrent use.
 type PrivateKey struct {
 	kem *KEM
 	sk  kem.PrivateKey
