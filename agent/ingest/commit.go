@@ -14,6 +14,8 @@ type envelope struct {
 	topic    string
 	payload  []byte
 	dup      bool      // MQTT DUP flag: the broker delivered it before
+	pid      uint16    // MQTT packet id
+	epoch    int64     // connection epoch it arrived on
 	recv     time.Time // receive time
 	hash     uint64    // fnv1a(topic, 0, payload)
 	device   string
@@ -40,6 +42,19 @@ func messageHash(topic string, payload []byte) uint64 {
 		h *= prime
 	}
 	return h
+}
+
+// deliveryKey identifies one delivery of a message for redelivery
+// checks: its content hash mixed with its MQTT packet id (a broker
+// redelivers with the original packet id).
+func deliveryKey(hash uint64, pid uint16) int64 {
+	const prime = 1099511628211
+	h := hash
+	h ^= uint64(pid)
+	h *= prime
+	h ^= uint64(pid >> 8)
+	h *= prime
+	return int64(h)
 }
 
 // commitResult reports what one group commit did.
@@ -86,6 +101,7 @@ type lastVal struct {
 	kind  Kind
 	value float64
 	text  string
+	unit  string
 }
 
 type devBatch struct {
@@ -167,7 +183,7 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 	var res commitResult
 	sc := &s.commitScr
 	sc.reset()
-	newRecent, pruned := int64(0), int64(0)
+	newRecent, pruned, maxEpoch := int64(0), int64(0), int64(0)
 	deadByReason := map[Reason]int{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
 		st := s.stmts
@@ -193,9 +209,10 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 					recentGet = tx.StmtContext(ctx, st.recentGet)
 					recentIns = tx.StmtContext(ctx, st.recentIns)
 				}
+				key := deliveryKey(e.hash, e.pid)
 				if e.dup {
 					var one int
-					err := recentGet.QueryRowContext(ctx, int64(e.hash)).Scan(&one)
+					err := recentGet.QueryRowContext(ctx, key, e.epoch, s.recentMax-int64(s.cfg.DedupMessages)).Scan(&one)
 					if err == nil {
 						res.dupMessages++
 						continue
@@ -205,7 +222,8 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 					}
 				}
 				newRecent++
-				if _, err := recentIns.ExecContext(ctx, s.recentMax+newRecent, int64(e.hash)); err != nil {
+				maxEpoch = max(maxEpoch, e.epoch)
+				if _, err := recentIns.ExecContext(ctx, s.recentMax+newRecent, key, e.epoch); err != nil {
 					return fmt.Errorf("ingest: remember message hash: %w", err)
 				}
 			}
@@ -285,6 +303,7 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 	}
 	s.recentMax += newRecent
 	s.recentPruned = max(s.recentPruned, pruned)
+	s.maxEpoch = max(s.maxEpoch, maxEpoch)
 	s.applyMeta(sc.meta)
 	if res.seq != 0 {
 		s.obBytes += sc.obAdd
@@ -403,7 +422,7 @@ func (s *Store) accept(sc *commitScratch, res *commitResult, row *pendingRow) {
 	row.dev.readings++
 	res.newReadings = append(res.newReadings, *r)
 	if lv, ok := sc.last[row.series]; !ok || row.ts >= lv.ts {
-		sc.last[row.series] = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text}
+		sc.last[row.series] = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text, unit: r.Unit}
 	}
 	if r.Kind.numeric() {
 		sc.agg(sc.minute, rollKey{row.series, floorTo(row.ts, minuteUS)}).add(r.Value)
@@ -439,9 +458,9 @@ func (s *Store) flushAggregates(ctx context.Context, tx *sql.Tx, sc *commitScrat
 		for id, lv := range sc.last {
 			var err error
 			if lv.kind.numeric() {
-				_, err = num.ExecContext(ctx, lv.ts, lv.value, id, lv.ts)
+				_, err = num.ExecContext(ctx, lv.ts, lv.value, lv.unit, int64(lv.kind), id, lv.ts)
 			} else {
-				_, err = txt.ExecContext(ctx, lv.ts, []byte(lv.text), id, lv.ts)
+				_, err = txt.ExecContext(ctx, lv.ts, []byte(lv.text), lv.unit, int64(lv.kind), id, lv.ts)
 			}
 			if err != nil {
 				return fmt.Errorf("ingest: update series: %w", err)
@@ -482,33 +501,24 @@ func (s *Store) device(ctx context.Context, tx *sql.Tx, name string, recvUS int6
 }
 
 // series returns the cached entry of a device's metric, creating its
-// row and recording a changed unit or kind.
+// row. Its unit and kind follow its latest stored reading (see
+// flushAggregates).
 func (s *Store) series(ctx context.Context, tx *sql.Tx, dev *devEntry, r *Reading) (*seriesEntry, error) {
-	se, ok := dev.series[r.Metric]
-	if !ok {
-		se = &seriesEntry{}
-		var kind int64
-		err := tx.StmtContext(ctx, s.stmts.serGet).QueryRowContext(ctx, dev.id, r.Metric).Scan(&se.id, &se.unit, &kind)
-		if errors.Is(err, sql.ErrNoRows) {
-			out, err := tx.StmtContext(ctx, s.stmts.serIns).ExecContext(ctx, dev.id, r.Metric, r.Unit, int64(r.Kind))
-			if err != nil {
-				return nil, fmt.Errorf("ingest: insert series %q: %w", r.Metric, err)
-			}
-			se.id, _ = out.LastInsertId()
-			se.unit, se.kind = r.Unit, r.Kind
-		} else if err != nil {
-			return nil, fmt.Errorf("ingest: look up series %q: %w", r.Metric, err)
-		} else {
-			se.kind = Kind(kind)
-		}
-		dev.series[r.Metric] = se
+	if se, ok := dev.series[r.Metric]; ok {
+		return se, nil
 	}
-	if se.unit != r.Unit || se.kind != r.Kind {
-		if _, err := tx.StmtContext(ctx, s.stmts.serUnit).ExecContext(ctx, r.Unit, int64(r.Kind), se.id); err != nil {
-			return nil, fmt.Errorf("ingest: update series %q: %w", r.Metric, err)
+	se := &seriesEntry{}
+	err := tx.StmtContext(ctx, s.stmts.serGet).QueryRowContext(ctx, dev.id, r.Metric).Scan(&se.id)
+	if errors.Is(err, sql.ErrNoRows) {
+		out, err := tx.StmtContext(ctx, s.stmts.serIns).ExecContext(ctx, dev.id, r.Metric, r.Unit, int64(r.Kind))
+		if err != nil {
+			return nil, fmt.Errorf("ingest: insert series %q: %w", r.Metric, err)
 		}
-		se.unit, se.kind = r.Unit, r.Kind
+		se.id, _ = out.LastInsertId()
+	} else if err != nil {
+		return nil, fmt.Errorf("ingest: look up series %q: %w", r.Metric, err)
 	}
+	dev.series[r.Metric] = se
 	return se, nil
 }
 

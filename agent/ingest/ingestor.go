@@ -19,9 +19,11 @@ import (
 type Message interface {
 	Topic() string
 	Payload() []byte
-	// Duplicate is the MQTT DUP flag: the broker sent this message
-	// before (a redelivery after a lost connection).
+	// Duplicate is the MQTT DUP flag: the broker may have sent this
+	// message before (a redelivery after a lost connection).
 	Duplicate() bool
+	// MessageID is the MQTT packet id (a redelivery keeps it).
+	MessageID() uint16
 	// Ack acknowledges the message to the broker; the ingestor calls it
 	// only after the message's readings (or dead letter) are committed.
 	Ack()
@@ -216,6 +218,7 @@ type Ingestor struct {
 	mqtt *subscriber
 
 	pressure atomic.Value // string: current backpressure reason, "" none
+	epoch    atomic.Int64 // connection epoch: grows at every connection attempt
 }
 
 // New validates cfg and builds an Ingestor (opening its store when
@@ -275,6 +278,8 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	in.epoch.Store(in.store.lastEpoch())
+	in.newEpoch()
 	in.wg.Add(3)
 	go in.runBatcher(dec)
 	go in.runCommitter()
@@ -287,6 +292,19 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	}
 	in.log.Info("ingestion started", "broker", in.cfg.MQTT.Broker, "topic", in.topics.Filter(), "store", in.store.Path())
 	return nil
+}
+
+// newEpoch starts a new connection epoch (at every connection attempt):
+// a redelivered message is recognized only against messages that
+// arrived in earlier epochs. Epochs are Unix microseconds, kept
+// increasing.
+func (in *Ingestor) newEpoch() {
+	for {
+		old := in.epoch.Load()
+		if in.epoch.CompareAndSwap(old, max(old+1, in.cfg.Clock().UnixMicro())) {
+			return
+		}
+	}
 }
 
 // WaitSubscribed waits until the MQTT subscriber is connected and
@@ -317,7 +335,8 @@ func (in *Ingestor) Handle(m Message) error {
 		return ErrClosed
 	default:
 	}
-	e := &envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), recv: in.cfg.Clock(), ack: m.Ack}
+	e := &envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), pid: m.MessageID(),
+		epoch: in.epoch.Load(), recv: in.cfg.Clock(), ack: m.Ack}
 	in.m.received.Add(1)
 	in.m.pending.Add(1)
 	select {
@@ -378,6 +397,7 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var batch []*envelope
+	lastRecv := map[string]int64{} // per device: receive times are kept strictly increasing
 	flush := func() {
 		if len(batch) > 0 {
 			in.batches <- batch
@@ -406,7 +426,7 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 				continue
 			}
 		}
-		in.decode(dec, e)
+		in.decode(dec, e, lastRecv)
 		batch = append(batch, e)
 		if len(batch) >= in.cfg.BatchMessages {
 			timer.Stop()
@@ -415,8 +435,11 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 	}
 }
 
-// decode fills in the envelope's device, readings or error.
-func (in *Ingestor) decode(dec *Decoder, e *envelope) {
+// decode fills in the envelope's device, readings or error. A device's
+// receive times are made strictly increasing (by a microsecond where
+// two messages arrive within one), so readings stamped with the receive
+// time never collide on (device, metric, time).
+func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64) {
 	e.hash = messageHash(e.topic, e.payload)
 	dev, err := in.topics.Device(e.topic)
 	if err != nil {
@@ -424,6 +447,12 @@ func (in *Ingestor) decode(dec *Decoder, e *envelope) {
 		return
 	}
 	e.device = dev
+	us := e.recv.UnixMicro()
+	if last, ok := lastRecv[dev]; ok && us <= last {
+		us = last + 1
+		e.recv = time.UnixMicro(us)
+	}
+	lastRecv[dev] = us
 	e.readings, e.received, e.err = dec.appendDecode(nil, dev, e.payload, e.recv)
 }
 

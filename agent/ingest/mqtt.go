@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/url"
 	"sync"
@@ -85,6 +86,13 @@ func (s *subscriber) start() error {
 		SetKeepAlive(c.KeepAlive).
 		SetStore(mqtt.NewMemoryStore()).
 		SetDefaultPublishHandler(handler).
+		SetConnectionAttemptHandler(func(_ *url.URL, tc *tls.Config) *tls.Config {
+			// Runs before each connection attempt, before any message of
+			// the new connection: messages arriving from now on belong
+			// to a new epoch.
+			s.in.newEpoch()
+			return tc
+		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			s.in.m.connected.Store(0)
 			log.Warn("mqtt connection lost; reconnecting", "broker", c.Broker, "err", err)

@@ -12,9 +12,10 @@ const schemaVersion = 1
 // reading came from. rollups hold per-minute (res 60) and per-hour (res
 // 3600) count/sum/min/max of numeric readings, updated in the same
 // transaction as the readings, so they always include every stored
-// reading and outlive the raw rows. recent_messages remembers the hashes
-// of the latest messages whose readings took the receive time, for
-// de-duplicating their redelivery (see the package documentation).
+// reading and outlive the raw rows. recent_messages remembers, for the
+// latest messages whose readings took the receive time, a key of their
+// MQTT packet id and content hash and the connection epoch they arrived
+// on, to recognize their redelivery (see the package documentation).
 // outbox holds the uplink's batches; AUTOINCREMENT keeps sequence
 // numbers unique forever, even after acknowledged batches are deleted.
 var schema = []string{
@@ -67,10 +68,11 @@ var schema = []string{
 		PRIMARY KEY (res, series, bucket)
 	) WITHOUT ROWID`,
 	`CREATE TABLE IF NOT EXISTS recent_messages (
-		seq  INTEGER PRIMARY KEY,
-		hash INTEGER NOT NULL
+		seq   INTEGER PRIMARY KEY,
+		key   INTEGER NOT NULL,
+		epoch INTEGER NOT NULL
 	)`,
-	`CREATE INDEX IF NOT EXISTS recent_messages_hash ON recent_messages (hash)`,
+	`CREATE INDEX IF NOT EXISTS recent_messages_key ON recent_messages (key)`,
 	`CREATE TABLE IF NOT EXISTS dead_letters (
 		id           INTEGER PRIMARY KEY AUTOINCREMENT,
 		at           INTEGER NOT NULL,

@@ -15,10 +15,11 @@ type fakeMsg struct {
 	acked   atomic.Int32
 }
 
-func (m *fakeMsg) Topic() string   { return m.topic }
-func (m *fakeMsg) Payload() []byte { return m.payload }
-func (m *fakeMsg) Duplicate() bool { return m.dup }
-func (m *fakeMsg) Ack()            { m.acked.Add(1) }
+func (m *fakeMsg) Topic() string     { return m.topic }
+func (m *fakeMsg) Payload() []byte   { return m.payload }
+func (m *fakeMsg) Duplicate() bool   { return m.dup }
+func (m *fakeMsg) MessageID() uint16 { return 1 }
+func (m *fakeMsg) Ack()              { m.acked.Add(1) }
 
 func TestSmoke(t *testing.T) {
 	in, err := New(Config{DataDir: t.TempDir()})

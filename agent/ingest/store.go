@@ -46,8 +46,10 @@ type StoreConfig struct {
 	MaxDeadLetterPayload int
 	// DedupMessages is how many of the latest receive-time messages are
 	// remembered to recognize their redelivery (see the package
-	// documentation). It must exceed the broker's in-flight window.
-	// Default 131072; -1 disables that de-duplication.
+	// documentation). It should exceed the number of messages
+	// delivered and not yet acknowledged at any moment (the broker's
+	// in-flight window) and stay well below the 65535 MQTT packet ids.
+	// Default 16384; -1 disables that de-duplication.
 	DedupMessages int
 }
 
@@ -126,7 +128,7 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 		c.MaxDeadLetterPayload = 4096
 	}
 	if c.DedupMessages == 0 {
-		c.DedupMessages = 131072
+		c.DedupMessages = 16384
 	}
 	switch {
 	case r.RawMaxAge < time.Minute:
@@ -147,8 +149,8 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 		return c, fmt.Errorf("%w: MaxDeadLetters %d below 1", ErrInvalidConfig, c.MaxDeadLetters)
 	case c.MaxDeadLetterPayload < 64 || c.MaxDeadLetterPayload > 1<<20:
 		return c, fmt.Errorf("%w: MaxDeadLetterPayload %d outside 64..1MiB", ErrInvalidConfig, c.MaxDeadLetterPayload)
-	case c.DedupMessages < -1:
-		return c, fmt.Errorf("%w: DedupMessages %d below -1", ErrInvalidConfig, c.DedupMessages)
+	case c.DedupMessages < -1 || c.DedupMessages > 60000:
+		return c, fmt.Errorf("%w: DedupMessages %d outside -1..60000", ErrInvalidConfig, c.DedupMessages)
 	}
 	return c, nil
 }
@@ -177,6 +179,7 @@ type Store struct {
 	pressure     string
 	recentMax    int64 // highest recent_messages seq
 	recentPruned int64 // recent_messages seqs at or below this are deleted
+	maxEpoch     int64 // highest connection epoch recorded
 	commitScr    commitScratch
 	usedBytesMem int64 // database used bytes at the last check
 }
@@ -187,9 +190,7 @@ type devEntry struct {
 }
 
 type seriesEntry struct {
-	id   int64
-	unit string
-	kind Kind
+	id int64
 }
 
 // DSN returns the SQLite data source name the store opens path with.
@@ -286,7 +287,7 @@ func (s *Store) init() error {
 		conn.Close()
 		return fmt.Errorf("ingest: read outbox of %s: %w", s.cfg.Path, err)
 	}
-	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq),0) FROM recent_messages`).Scan(&s.recentMax); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq),0), COALESCE(MAX(epoch),0) FROM recent_messages`).Scan(&s.recentMax, &s.maxEpoch); err != nil {
 		conn.Close()
 		return fmt.Errorf("ingest: read %s: %w", s.cfg.Path, err)
 	}
@@ -324,6 +325,13 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// lastEpoch returns the highest connection epoch recorded.
+func (s *Store) lastEpoch() int64 {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.maxEpoch
+}
+
 // Path returns the database file.
 func (s *Store) Path() string { return s.cfg.Path }
 
@@ -331,7 +339,7 @@ func (s *Store) Path() string { return s.cfg.Path }
 // connection.
 type stmts struct {
 	devGet, devIns, devUpd            *sql.Stmt
-	serGet, serIns, serUnit, serLast  *sql.Stmt
+	serGet, serIns, serLast           *sql.Stmt
 	serLastText                       *sql.Stmt
 	insReading, insReadings, insText  *sql.Stmt
 	savepoint, release, rollbackTo    *sql.Stmt
@@ -360,11 +368,12 @@ func prepareStmts(ctx context.Context, c *sql.Conn) (*stmts, error) {
 	st.devGet = p(`SELECT id FROM devices WHERE name = ?`)
 	st.devIns = p(`INSERT INTO devices (name, first_seen, last_seen) VALUES (?, ?, ?)`)
 	st.devUpd = p(`UPDATE devices SET last_seen = max(last_seen, ?), messages = messages + ?, readings = readings + ? WHERE id = ?`)
-	st.serGet = p(`SELECT id, unit, kind FROM series WHERE device = ? AND metric = ?`)
+	st.serGet = p(`SELECT id FROM series WHERE device = ? AND metric = ?`)
 	st.serIns = p(`INSERT INTO series (device, metric, unit, kind) VALUES (?, ?, ?, ?)`)
-	st.serUnit = p(`UPDATE series SET unit = ?, kind = ? WHERE id = ?`)
-	st.serLast = p(`UPDATE series SET last_ts = ?, last_value = ?, last_text = NULL WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
-	st.serLastText = p(`UPDATE series SET last_ts = ?, last_value = NULL, last_text = ? WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
+	st.serLast = p(`UPDATE series SET last_ts = ?, last_value = ?, last_text = NULL, unit = ?, kind = ?
+		WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
+	st.serLastText = p(`UPDATE series SET last_ts = ?, last_value = NULL, last_text = ?, unit = ?, kind = ?
+		WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
 	st.insReading = p(`INSERT OR IGNORE INTO readings (series, ts, value, msg) VALUES (?, ?, ?, ?)`)
 	st.insReadings = p(`INSERT OR IGNORE INTO readings (series, ts, value, msg) VALUES ` +
 		strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?), ", insertChunk), ", "))
@@ -375,8 +384,8 @@ func prepareStmts(ctx context.Context, c *sql.Conn) (*stmts, error) {
 	st.rollup = p(`INSERT INTO rollups (res, series, bucket, count, sum, min, max) VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (res, series, bucket) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum,
 		min = min(min, excluded.min), max = max(max, excluded.max)`)
-	st.recentGet = p(`SELECT 1 FROM recent_messages WHERE hash = ? LIMIT 1`)
-	st.recentIns = p(`INSERT INTO recent_messages (seq, hash) VALUES (?, ?)`)
+	st.recentGet = p(`SELECT 1 FROM recent_messages WHERE key = ? AND epoch < ? AND seq > ? LIMIT 1`)
+	st.recentIns = p(`INSERT INTO recent_messages (seq, key, epoch) VALUES (?, ?, ?)`)
 	st.recentPrune = p(`DELETE FROM recent_messages WHERE seq <= ?`)
 	st.deadIns = p(`INSERT INTO dead_letters (at, topic, reason, error, payload, payload_size, msg) VALUES (?, ?, ?, ?, ?, ?, ?)`)
 	st.obIns = p(`INSERT INTO outbox (kind, created, readings, min_ts, max_ts, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?)`)

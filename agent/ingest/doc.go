@@ -1,0 +1,136 @@
+// Package ingest is the agent's device-data ingestion engine: an MQTT
+// subscriber (paho, QoS 1, persistent session), payload decoders (SenML
+// JSON and flat JSON), a SQLite store with group commit, rollups,
+// retention, dead letters and an outbox for the uplink, and an embedded
+// broker for installations without one.
+//
+// # Flow
+//
+// The subscriber hands each message to Ingestor.Handle, which queues it.
+// A batcher decodes queued messages and closes a batch at
+// Config.BatchMessages messages or Config.BatchDelay after its first
+// one; a committer writes each batch in one SQLite transaction (WAL,
+// synchronous=FULL), then acknowledges the batch's messages (PUBACK, in
+// arrival order), then tells the Sink and the DeviceObserver. A message
+// is therefore acknowledged only once its readings, or its dead letter,
+// are on disk; a crash before that leaves it unacknowledged and the
+// broker delivers it again.
+//
+// The broker's in-flight window for the agent's client (mosquitto
+// max_inflight_messages, default 20) bounds how many messages arrive
+// before the first acknowledgement. Because acknowledgements wait for a
+// commit, a window smaller than BatchMessages caps batches at the window
+// and throughput at one window per commit: give the agent's broker a
+// window of at least 2 × BatchMessages (or 0, no limit) and a queue
+// (max_queued_messages) sized for the backlog to keep while the agent is
+// away.
+//
+// # Payloads
+//
+// Topics follow a pattern (default devices/{device_id}/telemetry); the
+// device id comes from the topic. A payload that is a JSON array is a
+// SenML pack (RFC 8428): base name, time, unit, value and sum and the
+// record fields n, u, v, vs, vb, vd, s, t, ut resolve as the RFC says,
+// including times below 2^28 being relative to the receive time; a
+// SenML version above 10 or a field ending in "_" (must-understand) is
+// refused. A payload that is a JSON object is flat: every field is a
+// metric holding a number (or a boolean, stored as 0 or 1) except "ts",
+// the time of all its readings, in Unix seconds (possibly fractional) or
+// RFC 3339; without it the readings take the receive time.
+//
+// Value kinds: numbers and booleans (0 and 1) go to the numeric time
+// series and its rollups. Strings (vs) and data (vd, base64url, stored
+// decoded) go to a text table beside it under the same key, travel in
+// the outbox, and have no rollups. A record's sum (s) becomes a numeric
+// reading of metric name + ":sum".
+//
+// Validation, with Limits: payload size, record count, names (RFC 8428
+// characters, length), units, string length, finite numbers (a number
+// that overflows float64, or a base plus value that does, is refused),
+// and times within [receive time − MaxPast, receive time + MaxFuture].
+// A message failing any rule is refused whole.
+//
+// # Dead letters
+//
+// A refused message (bad topic, size, syntax, types, names, times,
+// values) is committed as a dead letter, in the same transaction as the
+// valid messages of its batch, with its receive time, topic, reason,
+// error and payload (the first MaxDeadLetterPayload bytes; the full size
+// is kept), and counted in edgefleet_ingest_dead_letters_total{reason}.
+// It is then acknowledged like any committed message, so bad input
+// never stalls the stream. Store.DeadLetters pages through them;
+// Store.PurgeDeadLetters deletes them. Past MaxDeadLetters or
+// DeadLetterMaxAge the oldest are deleted and counted
+// (edgefleet_ingest_dead_letters_evicted_total): never silently.
+//
+// # De-duplication
+//
+// MQTT QoS 1 is at-least-once: a message whose acknowledgement was lost
+// (crash after commit, connection loss) arrives again, with the DUP
+// flag, the same payload and packet id, on a later connection. Two
+// mechanisms make that harmless:
+//
+//   - Readings are unique by (device, metric, time): the tables' primary
+//     key, with INSERT OR IGNORE. This is exact and needs no window: a
+//     redelivered message with timestamps is a no-op however late it
+//     comes, and it also absorbs duplicates MQTT cannot flag (a
+//     publisher retrying, a replay). It is the right key because a
+//     device measures a metric once at a given time; a second value for
+//     the same key is refused as a duplicate (the first wins).
+//   - Readings that take the receive time (flat JSON without "ts",
+//     SenML relative times) would get a new time on redelivery, so the
+//     key cannot catch them. For these messages the store keeps a key of
+//     (packet id, content hash) and the connection epoch for the last
+//     DedupMessages of them; a DUP message whose key was committed on an
+//     earlier connection, within that window, is skipped. A hash of the
+//     content alone would be wrong: devices that send no time often send
+//     identical payloads (a door still closed), which are distinct
+//     readings. The packet id separates them, and restricting the match
+//     to earlier connections and a window well under the 65535 packet
+//     ids keeps a reused id from matching: some brokers (mochi) also mark
+//     queued, never-delivered messages as DUP. What remains: a publisher
+//     retry of a receive-time message is stored twice. Devices that need
+//     exactly-once should send times.
+//
+// Receive times are made strictly increasing per device (by a
+// microsecond where two messages arrive within one), so receive-stamped
+// readings of distinct messages never collide on the key.
+//
+// # Storage, rollups and retention
+//
+// Times are stored in Unix microseconds. Every commit also updates
+// per-minute and per-hour rollups (count, sum, min, max) of the numeric
+// readings it stored, so rollups always include every stored reading.
+// Retention (Store.Retain, every Config.RetentionInterval) deletes raw
+// readings older than RawMaxAge, then the oldest raw readings while the
+// database's used size exceeds MaxBytes, then minute and hour rollups
+// past their own, longer, ages, and old dead letters. Deletion runs in
+// small transactions so ingestion continues meanwhile.
+//
+// # Outbox
+//
+// Each commit that stores readings writes one outbox batch holding them,
+// under a sequence number that is never reused. The uplink claims
+// batches with a lease (Store.ClaimOutbox), sends them, and acknowledges
+// them (Store.AckOutbox); a batch whose lease runs out is offered again,
+// so delivery is at-least-once and the receiver de-duplicates by (agent,
+// sequence). The outbox is bounded by OutboxConfig.MaxBytes: past it,
+// unclaimed raw batches whose readings all precede the current minute
+// are replaced, oldest first, by batches of per-minute rollups of their
+// numeric readings (their strings and data are carried over): raw
+// readings older than their rollups go first. Replaced readings are
+// counted (edgefleet_ingest_outbox_evicted_readings_total,
+// StoreStats.OutboxEvicted) and logged.
+//
+// # Backpressure
+//
+// When the outbox stays over its bound after eviction, or the database
+// grows past StoreConfig.HighWaterBytes, the committer stops committing
+// and therefore acknowledging (edgefleet_ingest_backpressure{reason}=1).
+// The queue then fills, the subscriber's handler blocks, paho stops
+// reading the socket, and the broker's in-flight window throttles the
+// publishers. Nothing is dropped: every message received and not
+// acknowledged stays with the broker. Ingestion resumes below 90% of the
+// bound. A failing disk holds ingestion the same way while commits are
+// retried (reason "error").
+package ingest
