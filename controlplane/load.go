@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +84,11 @@ type LoadReport struct {
 	ServerHeapBytes  uint64 `json:"server_heap_bytes"`
 	ServerStackBytes uint64 `json:"server_stack_bytes"`
 	LoadRSSBytes     int64  `json:"load_rss_bytes"`
+	// ServerP99UpperMS is the upper bound of the server's latency
+	// histogram bucket holding the 99th percentile of heartbeat handling
+	// time during the measured phase (from /metrics): time inside the
+	// server, without network and client queueing.
+	ServerP99UpperMS float64 `json:"server_p99_upper_ms"`
 	// ServerCPUPerBeatMS and LoadCPUPerBeatMS are CPU milliseconds used
 	// per answered heartbeat during the measured phase, by the server
 	// process (from /v1/server/status) and by this process.
@@ -377,6 +385,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	}
 	var skipped int64
 	cpuBefore, serverCPUBefore := ProcessCPUSeconds(), -1.0
+	bucketsBefore, _ := heartbeatHistogram(ctx, admin)
 	if st, err := admin.ServerStatus(ctx); err == nil {
 		serverCPUBefore = st.CPUSeconds
 	}
@@ -446,6 +455,9 @@ schedule:
 		rep.MeanMS = ms(sum / time.Duration(len(latencies)))
 		rep.LagP99MS, rep.LagMaxMS = ms(pct(lags, .99)), ms(lags[len(lags)-1])
 	}
+	if after, err := heartbeatHistogram(ctx, admin); err == nil && bucketsBefore != nil {
+		rep.ServerP99UpperMS = histogramQuantileUpper(bucketsBefore, after, 0.99) * 1000
+	}
 	rep.LoadRSSBytes = ProcessRSS()
 	if rep.Heartbeats > 0 {
 		rep.LoadCPUPerBeatMS = (ProcessCPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
@@ -498,4 +510,58 @@ func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
 		return err
 	}
 	return nil
+}
+
+// heartbeatRoute is the metrics label of the heartbeat endpoint.
+const heartbeatRoute = "POST /v1/agents/self/heartbeat"
+
+// heartbeatHistogram reads the cumulative bucket counts of the server's
+// heartbeat latency histogram from /metrics, keyed by upper bound in
+// seconds.
+func heartbeatHistogram(ctx context.Context, c *Client) (map[float64]float64, error) {
+	text, err := c.Metrics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[float64]float64{}
+	prefix := `controlplane_http_request_duration_seconds_bucket{route="` + heartbeatRoute + `",le="`
+	for _, line := range strings.Split(text, "\n") {
+		rest, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		ub, err1 := strconv.ParseFloat(le, 64)
+		n, err2 := strconv.ParseFloat(strings.TrimSpace(count), 64)
+		if err1 == nil && err2 == nil {
+			out[ub] = n
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("controlplane: load: no heartbeat histogram in /metrics")
+	}
+	return out, nil
+}
+
+// histogramQuantileUpper returns the upper bound of the first bucket whose
+// cumulative count, between the two snapshots, reaches q of the total.
+func histogramQuantileUpper(before, after map[float64]float64, q float64) float64 {
+	bounds := make([]float64, 0, len(after))
+	for ub := range after {
+		bounds = append(bounds, ub)
+	}
+	slices.Sort(bounds)
+	total := after[math.Inf(1)] - before[math.Inf(1)]
+	if total <= 0 {
+		return 0
+	}
+	for _, ub := range bounds {
+		if after[ub]-before[ub] >= q*total {
+			return ub
+		}
+	}
+	return math.Inf(1)
 }

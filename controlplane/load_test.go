@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -73,7 +74,7 @@ func TestRunHeartbeatLoadSmall(t *testing.T) {
 	if rep.Errors != 0 || rep.Heartbeats < 50 || rep.P50MS <= 0 || rep.P99MS < rep.P50MS || rep.MaxMS < rep.P99MS {
 		t.Fatalf("report %+v", rep)
 	}
-	if rep.OnlineAtEnd != 20 || rep.ServerRSSBytes <= 0 {
+	if rep.OnlineAtEnd != 20 || rep.ServerRSSBytes <= 0 || rep.ServerP99UpperMS <= 0 {
 		t.Errorf("report %+v", rep)
 	}
 	agents, err := e.admin.ListAgents(e.ctx(), AgentFilter{Labels: []string{"loadtest=true"}})
@@ -190,5 +191,19 @@ func TestHeartbeatLoadMeasured(t *testing.T) {
 	t.Logf("load report:\n%s", b)
 	if rep.Errors > 0 {
 		t.Errorf("%d heartbeats failed; first: %s", rep.Errors, rep.FirstError)
+	}
+}
+
+func TestHistogramQuantileUpper(t *testing.T) {
+	before := map[float64]float64{0.001: 10, 0.01: 10, 0.1: 10, math.Inf(1): 10}
+	after := map[float64]float64{0.001: 60, 0.01: 108, 0.1: 109, math.Inf(1): 110}
+	if got := histogramQuantileUpper(before, after, 0.5); got != 0.001 {
+		t.Errorf("p50 bound %g", got)
+	}
+	if got := histogramQuantileUpper(before, after, 0.99); got != 0.1 {
+		t.Errorf("p99 bound %g", got)
+	}
+	if got := histogramQuantileUpper(after, after, 0.99); got != 0 {
+		t.Errorf("empty window %g", got)
 	}
 }
