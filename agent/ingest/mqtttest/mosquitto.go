@@ -41,6 +41,8 @@ type Options struct {
 	// Users maps user names to passwords; when set, anonymous clients
 	// are refused.
 	Users map[string]string
+	// CertFile and KeyFile, when set, make the listener TLS (ssl://).
+	CertFile, KeyFile string
 }
 
 // Mosquitto is a running broker.
@@ -91,9 +93,16 @@ func Start(opts Options) (*Mosquitto, error) {
 	}
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "listener %d 127.0.0.1\n", opts.Port)
+	if opts.CertFile != "" {
+		fmt.Fprintf(&conf, "certfile %s\nkeyfile %s\n", opts.CertFile, opts.KeyFile)
+	}
 	fmt.Fprintf(&conf, "max_inflight_messages %d\n", opts.MaxInflight)
 	fmt.Fprintf(&conf, "max_queued_messages %d\n", opts.MaxQueued)
 	conf.WriteString("max_queued_bytes 0\nset_tcp_nodelay true\n")
+	// Run as root, mosquitto switches to the user "mosquitto", which
+	// cannot read files in a private test directory: stay the invoking
+	// user (the option does nothing for other users).
+	conf.WriteString("user root\n")
 	if opts.Persistence {
 		fmt.Fprintf(&conf, "persistence true\npersistence_location %s/\nautosave_interval 1\n", opts.Dir)
 	} else {
@@ -169,8 +178,16 @@ func (m *Mosquitto) start(bin string) error {
 // Addr returns host:port.
 func (m *Mosquitto) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port)) }
 
-// URL returns the broker URL (tcp://127.0.0.1:PORT).
-func (m *Mosquitto) URL() string { return "tcp://" + m.Addr() }
+// URL returns the broker URL: tcp://127.0.0.1:PORT, or ssl:// with TLS.
+func (m *Mosquitto) URL() string {
+	if m.opts.CertFile != "" {
+		return "ssl://" + m.Addr()
+	}
+	return "tcp://" + m.Addr()
+}
+
+// Port returns the listening port.
+func (m *Mosquitto) Port() int { return m.port }
 
 // Stop terminates the broker (SIGTERM, which saves persistence) and
 // waits for it to exit.
