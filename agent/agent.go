@@ -123,7 +123,9 @@ type Agent struct {
 	syncer  *syncer
 	shipper *shipper
 	rejoins chan struct{} // bounds concurrent reconnect attempts
-	running atomic.Bool
+	// lastRevival is when (wall clock, Unix ns) a failed member last came back.
+	lastRevival atomic.Int64
+	running     atomic.Bool
 }
 
 // New validates cfg and builds an agent; it does no network or disk I/O.
@@ -347,7 +349,14 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
 		conf.AdvertisePort = conf.BindPort
 	}
-	tr := newCountingTransport(inner, &a.m.traffic)
+	tr, err := newCountingTransport(inner, &a.m.traffic, conf.Label, func(reason, detail string) {
+		a.m.reject(reason)
+		a.log.Warn("gossip rejected", "reason", reason, "detail", detail)
+	})
+	if err != nil {
+		inner.Shutdown()
+		return err
+	}
 	conf.Transport = tr
 	transportOwned := true
 	cleanup = append(cleanup, func() {

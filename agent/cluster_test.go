@@ -129,6 +129,9 @@ func TestPartitionHealConverges(t *testing.T) {
 		}
 		return true, ""
 	})
+	// Outlast memberlist's gossip to the dead (2 s in the test profile):
+	// from then on only the reconnect loop can bring the sides together.
+	time.Sleep(2500 * time.Millisecond)
 	for i, a := range agents {
 		for k := 0; k < 10; k++ {
 			if err := a.Put(ctx, "kv", fmt.Sprintf("%s-%d", a.Name(), k), []byte(fmt.Sprint(i*k))); err != nil {
@@ -154,6 +157,13 @@ func TestPartitionHealConverges(t *testing.T) {
 	waitFor(t, 15*time.Second, "rejoin after heal", func() (bool, string) { return allAlive(agents) })
 	waitFor(t, 15*time.Second, "convergence after heal", func() (bool, string) { return sameState(agents) })
 	t.Logf("converged %v after heal", time.Since(healed).Round(time.Millisecond))
+	var reconnects uint64
+	for _, a := range agents {
+		reconnects += a.Stats().Reconnects
+	}
+	if reconnects == 0 {
+		t.Error("sides rejoined without the reconnect loop")
+	}
 	for _, a := range agents {
 		entries, err := a.Store().List(ctx, "kv")
 		if err != nil || len(entries) != 42 {

@@ -77,6 +77,9 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	if n.Name == a.Name() {
 		return
 	}
+	if prev == StateDead {
+		a.lastRevival.Store(a.wall().UnixNano())
+	}
 	a.log.Info("member joined", "member", n.Name, "addr", n.Address(), "previous", prev)
 	a.syncer.enqueue(n.Name)
 }

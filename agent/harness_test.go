@@ -43,6 +43,16 @@ func (w *testLogWriter) Write(p []byte) (int, error) {
 // testLogger logs warnings and errors through t.Log, or everything with
 // EDGEFLEET_TEST_DEBUG=1.
 func testLogger(t testing.TB) *slog.Logger {
+	if path := os.Getenv("EDGEFLEET_TEST_LOGFILE"); path != "" {
+		logFileOnce.Do(func() {
+			f, err := os.Create(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logFile = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		})
+		return logFile
+	}
 	level := slog.LevelWarn
 	if os.Getenv("EDGEFLEET_TEST_DEBUG") == "1" {
 		level = slog.LevelDebug
@@ -57,6 +67,11 @@ func testLogger(t testing.TB) *slog.Logger {
 	})
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
+
+var (
+	logFileOnce sync.Once
+	logFile     *slog.Logger
+)
 
 // testConfig is a config for an agent on 127.0.0.1 with fast timers.
 func testConfig(t testing.TB, name string) Config {

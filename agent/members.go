@@ -164,6 +164,16 @@ func (t *peerTable) withState(state string) []*peer {
 	return out
 }
 
+// stateOf returns the named member's state, "" if unknown.
+func (t *peerTable) stateOf(name string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.peers[name]; ok {
+		return p.state
+	}
+	return ""
+}
+
 func (t *peerTable) count(state string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()

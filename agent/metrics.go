@@ -17,6 +17,7 @@ type metrics struct {
 	rejected      atomic.Uint64
 	dropped       atomic.Uint64
 	broadcasts    atomic.Uint64
+	reconnects    atomic.Uint64 // successful rejoins of failed members
 
 	rejectedVec *prometheus.CounterVec
 }
@@ -32,6 +33,7 @@ type Stats struct {
 	Rejected               uint64 // messages rejected as bad input (all reasons)
 	Dropped                uint64 // messages dropped because the inbound queue was full
 	Broadcasts             uint64 // local deltas queued for gossip
+	Reconnects             uint64 // failed members rejoined by the reconnect loop
 }
 
 func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
@@ -55,6 +57,7 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.syncRounds),
 		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.dropped),
 		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.broadcasts),
+		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.reconnects),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_sync_lag_ops",
 			Help: "Ops that known live peers reported holding and this agent lacks (from their version vectors).",
@@ -91,5 +94,6 @@ func (m *metrics) stats() Stats {
 		Rejected:               m.rejected.Load(),
 		Dropped:                m.dropped.Load(),
 		Broadcasts:             m.broadcasts.Load(),
+		Reconnects:             m.reconnects.Load(),
 	}
 }

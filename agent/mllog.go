@@ -22,9 +22,10 @@ const (
 
 // memberlistLogger returns a *log.Logger for memberlist that forwards its
 // lines to slog at the matching level and counts the lines that report
-// rejected traffic (foreign label, failed decryption, oversized or
-// undecodable messages) through reject. memberlist drops that traffic
-// itself before it reaches the agent; its log line is the only signal.
+// rejected traffic (failed decryption, oversized or undecodable messages)
+// through reject. memberlist drops that traffic itself before it reaches
+// the agent; its log line is the only signal. (Foreign cluster labels are
+// checked and counted earlier, by the agent's transport.)
 func memberlistLogger(l *slog.Logger, reject func(reason string)) *log.Logger {
 	return log.New(&mlLogWriter{log: l, reject: reject}, "", 0)
 }
@@ -76,8 +77,6 @@ func (w *mlLogWriter) line(s string) {
 func classifyMemberlistError(s string) string {
 	l := strings.ToLower(s)
 	switch {
-	case strings.Contains(l, "unacceptable label"):
-		return reasonForeignCluster
 	case strings.Contains(l, "decrypt packet failed"),
 		strings.Contains(l, "no installed keys could decrypt"),
 		strings.Contains(l, "encryption is configured but remote state is not encrypted"),

@@ -13,6 +13,8 @@ import (
 )
 
 const (
+	// recoveryWindow: see reconnectLoop.
+	recoveryWindow  = 2 * time.Minute
 	applyBatchMsgs  = 64      // received messages merged in one store transaction
 	applyBatchBytes = 4 << 20 // and at most this many of their bytes
 )
@@ -458,10 +460,13 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 
 // reconnectLoop retries members that failed (not those that left), as
 // Serf does: every reconnect interval (±25%) it joins one random failed
-// member, with probability failed/alive so a large healthy cluster does not
-// flood one dead host, and forgets members failed longer than the
-// reconnect timeout. After a partition heals, each side finds the other
-// within about one interval.
+// member, and forgets members failed longer than the reconnect timeout.
+// While the cluster is recovering (a failed member came back in the last
+// recoveryWindow) or the chosen member failed within the last
+// recoveryWindow, it always tries, so that after a partition heals every
+// agent finds every member again within an interval or two. Otherwise it
+// tries with probability failed/alive, as Serf does, so a large fleet does
+// not keep dialing a device that is simply switched off.
 func (a *Agent) reconnectLoop(ctx context.Context) {
 	for {
 		select {
@@ -477,11 +482,12 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 		if len(failed) == 0 {
 			continue
 		}
-		alive := peers.count(StateAlive)
-		if p := float64(len(failed)) / float64(max(alive, 1)); a.randFloat() > p {
+		target := failed[a.randIntN(len(failed))]
+		now := a.wall()
+		recovering := now.Sub(time.Unix(0, a.lastRevival.Load())) < recoveryWindow || now.Sub(target.since) < recoveryWindow
+		if p := float64(len(failed)) / float64(max(peers.count(StateAlive), 1)); !recovering && a.randFloat() > p {
 			continue
 		}
-		target := failed[a.randIntN(len(failed))]
 		select {
 		case a.rejoins <- struct{}{}:
 		default:
@@ -499,7 +505,22 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 				a.log.Debug("reconnect failed", "member", target.name, "addr", target.addr(), "err", err)
 				return
 			}
+			a.m.reconnects.Add(1)
 			a.log.Info("reconnected to failed member", "member", target.name, "addr", target.addr())
+			// The first exchange makes both sides refute the other's view
+			// of them (each still holds the other dead at the same
+			// incarnation); a second one, once the refutations exist,
+			// carries them across and revives both views.
+			select {
+			case <-time.After(a.cfg.Gossip.ReconnectInterval / 4):
+			case <-ctx.Done():
+				return
+			}
+			if a.peers.Load().stateOf(target.name) == StateDead {
+				if _, err := ml.Join([]string{target.addr()}); err != nil {
+					a.log.Debug("reconnect follow-up failed", "member", target.name, "err", err)
+				}
+			}
 		}()
 	}
 }

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"bufio"
+	"bytes"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -15,21 +18,38 @@ import (
 type trafficCounters struct {
 	bytesOut, bytesIn atomic.Uint64
 	msgsOut, msgsIn   atomic.Uint64
+	// streamBytesOut and streamBytesIn are the stream part of the totals.
+	streamBytesOut, streamBytesIn atomic.Uint64
 }
 
 // countingTransport wraps a memberlist transport and counts what crosses
 // it. Every packet is one message; every stream (dialed or accepted) is one
 // message, and all bytes read or written on it are counted.
+//
+// With a cluster label it also checks the label of incoming traffic before
+// memberlist sees it, so that traffic of another cluster is counted exactly
+// (memberlist drops it too, but only logs it): packets and streams with
+// another label or none are rejected as foreign_cluster; streams closed
+// before sending anything (a peer's abandoned dial) are dropped silently.
 type countingTransport struct {
-	inner memberlist.NodeAwareTransport
-	c     *trafficCounters
+	inner  memberlist.NodeAwareTransport
+	c      *trafficCounters
+	header []byte // label header every packet and stream must start with; nil: no label
+	reject func(reason, detail string)
 
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
 	done     chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
+
+	pendingMu sync.Mutex
+	pending   map[net.Conn]struct{} // accepted streams whose label is being read
 }
+
+// labelPeekTimeout bounds how long an accepted stream may take to send its
+// label header.
+const labelPeekTimeout = 5 * time.Second
 
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
 
@@ -51,18 +71,27 @@ func (s plainShim) DialAddressTimeout(a memberlist.Address, timeout time.Duratio
 	return s.DialTimeout(a.Addr, timeout)
 }
 
-func newCountingTransport(inner memberlist.Transport, c *trafficCounters) *countingTransport {
+func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label string, reject func(reason, detail string)) (*countingTransport, error) {
 	t := &countingTransport{
 		inner:    nodeAware(inner),
 		c:        c,
+		reject:   reject,
 		packetCh: make(chan *memberlist.Packet),
 		streamCh: make(chan net.Conn),
 		done:     make(chan struct{}),
+		pending:  make(map[net.Conn]struct{}),
+	}
+	if label != "" {
+		h, err := memberlist.AddLabelHeaderToPacket([]byte{}, label)
+		if err != nil {
+			return nil, fmt.Errorf("agent: cluster label: %w", err)
+		}
+		t.header = h
 	}
 	t.wg.Add(2)
 	go t.forwardPackets()
 	go t.forwardStreams()
-	return t
+	return t, nil
 }
 
 func (t *countingTransport) forwardPackets() {
@@ -80,6 +109,10 @@ func (t *countingTransport) forwardPackets() {
 			}
 			t.c.msgsIn.Add(1)
 			t.c.bytesIn.Add(uint64(len(p.Buf)))
+			if t.header != nil && !bytes.HasPrefix(p.Buf, t.header) {
+				t.rejectLabel(p.Buf, "packet", p.From)
+				continue
+			}
 			select {
 			case t.packetCh <- p:
 			case <-t.done:
@@ -89,6 +122,17 @@ func (t *countingTransport) forwardPackets() {
 			return
 		}
 	}
+}
+
+// rejectLabel counts traffic whose first bytes b are not this cluster's
+// label header.
+func (t *countingTransport) rejectLabel(b []byte, what string, from net.Addr) {
+	_, label, err := memberlist.RemoveLabelHeaderFromPacket(b)
+	if err != nil {
+		t.reject(reasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
+		return
+	}
+	t.reject(reasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
 }
 
 func (t *countingTransport) forwardStreams() {
@@ -105,17 +149,67 @@ func (t *countingTransport) forwardStreams() {
 				continue
 			}
 			t.c.msgsIn.Add(1)
-			select {
-			case t.streamCh <- &countingConn{Conn: conn, c: t.c}:
-			case <-t.done:
-				conn.Close()
-				return
+			cc := &countingConn{Conn: conn, c: t.c}
+			if t.header == nil {
+				t.deliver(cc)
+				continue
 			}
+			t.pendingMu.Lock()
+			t.pending[conn] = struct{}{}
+			t.pendingMu.Unlock()
+			t.wg.Add(1)
+			go t.checkStream(cc)
 		case <-t.done:
 			return
 		}
 	}
 }
+
+func (t *countingTransport) deliver(conn net.Conn) {
+	select {
+	case t.streamCh <- conn:
+	case <-t.done:
+		conn.Close()
+	}
+}
+
+// checkStream reads an accepted stream's label header (without consuming
+// it) and hands the stream to memberlist only if it is this cluster's.
+func (t *countingTransport) checkStream(cc *countingConn) {
+	defer t.wg.Done()
+	defer func() {
+		t.pendingMu.Lock()
+		delete(t.pending, cc.Conn)
+		t.pendingMu.Unlock()
+	}()
+	_ = cc.SetReadDeadline(time.Now().Add(labelPeekTimeout))
+	br := bufio.NewReader(cc)
+	b, err := br.Peek(len(t.header))
+	if len(b) == 0 {
+		cc.Close() // nothing sent: an abandoned dial
+		return
+	}
+	if err != nil || !bytes.Equal(b, t.header) {
+		if len(b) >= 2 {
+			if more, _ := br.Peek(2 + int(b[1])); len(more) > len(b) {
+				b = more
+			}
+		}
+		t.rejectLabel(b, "stream", cc.RemoteAddr())
+		cc.Close()
+		return
+	}
+	_ = cc.SetReadDeadline(time.Time{})
+	t.deliver(&bufferedConn{Conn: cc, r: br})
+}
+
+// bufferedConn reads through a bufio.Reader that may hold peeked bytes.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
 	return t.inner.FinalAdvertiseAddr(ip, port)
@@ -160,6 +254,11 @@ func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout tim
 func (t *countingTransport) Shutdown() error {
 	err := t.inner.Shutdown()
 	t.once.Do(func() { close(t.done) })
+	t.pendingMu.Lock()
+	for conn := range t.pending {
+		conn.Close()
+	}
+	t.pendingMu.Unlock()
 	t.wg.Wait()
 	return err
 }
@@ -173,11 +272,13 @@ type countingConn struct {
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.c.bytesIn.Add(uint64(n))
+	c.c.streamBytesIn.Add(uint64(n))
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.c.bytesOut.Add(uint64(n))
+	c.c.streamBytesOut.Add(uint64(n))
 	return n, err
 }

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// envInt and envDuration read benchmark knobs.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkFleetPartitionHeal measures, on a fleet of agents with the lan
+// profile on loopback: idle gossip bytes per agent per second (sent plus
+// received, all memberlist traffic), and the time from healing a partition
+// (held long enough for both sides to declare each other dead, with writes
+// on both sides) until every agent sees every other alive and holds the
+// same state. Knobs: EDGEFLEET_BENCH_AGENTS (50), EDGEFLEET_BENCH_PARTITION
+// (30s), EDGEFLEET_BENCH_IDLE (20s). One iteration takes about a minute:
+//
+//	go test -run XXX -bench FleetPartitionHeal -benchtime 1x ./agent/
+func BenchmarkFleetPartitionHeal(b *testing.B) {
+	n := envInt("EDGEFLEET_BENCH_AGENTS", 50)
+	partition := envDuration("EDGEFLEET_BENCH_PARTITION", 30*time.Second)
+	idle := envDuration("EDGEFLEET_BENCH_IDLE", 20*time.Second)
+	for i := 0; i < b.N; i++ {
+		c := newCluster(b)
+		lan := func(cfg *Config) {
+			cfg.Gossip.Profile = ProfileLAN
+			cfg.Gossip.SyncInterval = DefaultConfig().Gossip.SyncInterval
+			cfg.Gossip.SyncTimeout = DefaultConfig().Gossip.SyncTimeout
+			cfg.Gossip.ReconnectInterval = DefaultConfig().Gossip.ReconnectInterval
+			cfg.API.Addr = ""
+		}
+		var agents []*Agent
+		for j := 0; j < n; j++ {
+			var seeds []string
+			if j > 0 {
+				seeds = []string{agents[0].GossipAddr()}
+			}
+			agents = append(agents, c.start(fmt.Sprintf("agent-%02d", j), seeds, lan))
+		}
+		start := time.Now()
+		waitFor(b, 60*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
+		b.Logf("%d agents alive everywhere after %v", n, time.Since(start).Round(time.Millisecond))
+		ctx := context.Background()
+		for j, a := range agents {
+			if err := a.Put(ctx, "devices", a.Name(), []byte(strconv.Itoa(j))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitFor(b, 60*time.Second, "initial convergence", func() (bool, string) { return sameState(agents) })
+		time.Sleep(5 * time.Second) // let broadcasts and suspicion settle
+
+		bytesOf := func() uint64 {
+			var t uint64
+			for _, a := range agents {
+				st := a.Stats()
+				t += st.GossipBytesSent + st.GossipBytesReceived
+			}
+			return t
+		}
+		streamOf := func() uint64 {
+			var t uint64
+			for _, a := range agents {
+				t += a.m.traffic.streamBytesOut.Load() + a.m.traffic.streamBytesIn.Load()
+			}
+			return t
+		}
+		rounds := func() uint64 {
+			var t uint64
+			for _, a := range agents {
+				t += a.Stats().SyncRounds
+			}
+			return t
+		}
+		b0, s0, r0, t0 := bytesOf(), streamOf(), rounds(), time.Now()
+		time.Sleep(idle)
+		secs := time.Since(t0).Seconds()
+		idleRate := float64(bytesOf()-b0) / secs / float64(n)
+		b.Logf("idle: streams %.0f B/s per agent, sync rounds %.2f/s per agent",
+			float64(streamOf()-s0)/secs/float64(n), float64(rounds()-r0)/secs/float64(n))
+		b.ReportMetric(idleRate, "idle_B/s/agent")
+		b.Logf("idle gossip: %.0f B/s per agent (sent+received)", idleRate)
+
+		var g1, g2 []string
+		for j, a := range agents {
+			if j%2 == 0 {
+				g1 = append(g1, a.GossipAddr())
+			} else {
+				g2 = append(g2, a.GossipAddr())
+			}
+		}
+		c.part.Split(g1, g2)
+		splitAt := time.Now()
+		for j, a := range agents {
+			if err := a.Put(ctx, "devices", a.Name(), []byte("partitioned-"+strconv.Itoa(j))); err != nil {
+				b.Fatal(err)
+			}
+			if err := a.CounterAdd(ctx, "writes", "total", 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+		time.Sleep(partition - time.Since(splitAt))
+		dead := 0
+		for _, m := range agents[0].Members() {
+			if m.State == StateDead {
+				dead++
+			}
+		}
+		b.Logf("after %v of partition agent-00 sees %d dead", partition, dead)
+
+		healed := time.Now()
+		c.part.Heal()
+		// For each agent, when its state hash last changed and when it last
+		// saw a member change state; once the fleet has converged, these are
+		// when each agent reached the final state and the full membership.
+		type mark struct {
+			hash         string
+			alive        int
+			hashAt, memb time.Duration
+		}
+		last := make([]mark, n)
+		waitFor(b, 180*time.Second, "convergence after heal", func() (bool, string) {
+			now := time.Since(healed)
+			for j, a := range agents {
+				h, err := a.Store().StateHash(ctx)
+				if err != nil {
+					return false, err.Error()
+				}
+				alive := 0
+				for _, m := range a.Members() {
+					if m.State == StateAlive {
+						alive++
+					}
+				}
+				if h != last[j].hash {
+					last[j].hash, last[j].hashAt = h, now
+				}
+				if alive != last[j].alive {
+					last[j].alive, last[j].memb = alive, now
+				}
+			}
+			for j := range last {
+				if last[j].alive != n || last[j].hash != last[0].hash {
+					return false, fmt.Sprintf("%s: %d alive", agents[j].Name(), last[j].alive)
+				}
+			}
+			return true, ""
+		})
+		pct := func(get func(mark) time.Duration) (time.Duration, time.Duration, time.Duration) {
+			ts := make([]time.Duration, n)
+			for j := range last {
+				ts[j] = get(last[j])
+			}
+			sort.Slice(ts, func(x, y int) bool { return ts[x] < ts[y] })
+			return ts[n/2], ts[(n*99-1)/100], ts[n-1]
+		}
+		s50, s99, smax := pct(func(m mark) time.Duration { return m.hashAt })
+		m50, m99, mmax := pct(func(m mark) time.Duration { return m.memb })
+		b.ReportMetric(s50.Seconds(), "state_p50_s")
+		b.ReportMetric(s99.Seconds(), "state_p99_s")
+		b.ReportMetric(m99.Seconds(), "members_p99_s")
+		b.Logf("after heal, final state held: p50 %v p99 %v max %v", s50.Round(time.Millisecond), s99.Round(time.Millisecond), smax.Round(time.Millisecond))
+		b.Logf("after heal, every member alive: p50 %v p99 %v max %v", m50.Round(time.Millisecond), m99.Round(time.Millisecond), mmax.Round(time.Millisecond))
+		order := make([]int, n)
+		for j := range order {
+			order[j] = j
+		}
+		sort.Slice(order, func(x, y int) bool { return last[order[x]].hashAt > last[order[y]].hashAt })
+		for _, j := range order[:3] {
+			b.Logf("slow: %s state at %v, members at %v", agents[j].Name(), last[j].hashAt.Round(time.Millisecond), last[j].memb.Round(time.Millisecond))
+		}
+		b.Logf("healed at %s", healed.UTC().Format("15:04:05.000"))
+		var reconnects []int
+		for _, a := range agents {
+			reconnects = append(reconnects, int(a.Stats().Reconnects))
+		}
+		sort.Ints(reconnects)
+		b.Logf("reconnects per agent: min %d median %d max %d", reconnects[0], reconnects[n/2], reconnects[n-1])
+		for _, a := range agents {
+			a.Kill()
+		}
+	}
+}
