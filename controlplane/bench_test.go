@@ -121,3 +121,26 @@ func benchEnroll(b *testing.B, srv *Server) *Client {
 // benchSync is the SQLite synchronous setting of the ingest benchmarks;
 // set EDGEFLEET_BENCH_SYNC=NORMAL to measure without an fsync per commit.
 var benchSync = cmp.Or(os.Getenv("EDGEFLEET_BENCH_SYNC"), "FULL")
+
+// BenchmarkHeartbeat measures one agent's heartbeat over its kept-alive
+// mutual-TLS connection, client and server in this process.
+func BenchmarkHeartbeat(b *testing.B) {
+	srv, err := New(Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: discardLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	agent := benchEnroll(b, srv)
+	hb := Heartbeat{Version: "1", Health: &Health{Status: "ok"}, Resources: &Resources{CPUPercent: 5, MemUsedBytes: 1, MemTotalBytes: 2}}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := agent.Heartbeat(ctx, hb); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
