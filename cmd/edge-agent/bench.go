@@ -17,17 +17,19 @@ func newBenchCmd() *cobra.Command {
 	var (
 		asJSON bool
 		dir    string
+		rounds int
 		crdtO  bench.CRDTOptions
 	)
 	c := &cobra.Command{
 		Use:   "bench SUITE",
-		Short: "Measure a subsystem beside its baseline in the same run (suites: crdt)",
+		Short: "Measure a subsystem beside its baseline in the same run (suites: crdt, crypto)",
 		Long: `bench runs a benchmark suite. Each figure is measured beside a baseline doing
 the same work in the same run, interleaved over several rounds; the report
 gives medians and ratio = ours / baseline (higher is better).
 
 Suites:
-  crdt   CRDT store local writes and remote-delta merges beside plain SQLite inserts`,
+  crdt     CRDT store local writes and remote-delta merges beside plain SQLite inserts
+  crypto   envelope seal/open beside raw AES-256-GCM; HPKE, X-Wing and ML-DSA beside circl called bare`,
 		Example: "  edge-agent bench crdt --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -45,10 +47,12 @@ Suites:
 			)
 			switch args[0] {
 			case "crdt":
-				crdtO.Dir = dir
+				crdtO.Dir, crdtO.Rounds = dir, rounds
 				rep, err = bench.RunCRDT(c.Context(), crdtO)
+			case "crypto":
+				rep, err = bench.RunCrypto(c.Context(), bench.CryptoOptions{Rounds: rounds})
 			default:
-				return cli.Usagef("unknown bench suite %q (suites: crdt)", args[0])
+				return cli.Usagef("unknown bench suite %q (suites: crdt, crypto)", args[0])
 			}
 			if err != nil {
 				return err
@@ -67,9 +71,9 @@ Suites:
 	f := c.Flags()
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.StringVar(&dir, "dir", "", "directory for benchmark databases (default: a temporary directory)")
+	f.IntVar(&rounds, "rounds", 0, "rounds, alternating ours and baseline; medians are reported (0: the suite's default)")
 	f.IntVar(&crdtO.Ops, "ops", 2000, "crdt: operations per round")
-	f.IntVar(&crdtO.BatchSize, "batch", 500, "crdt: ops per merge call and per baseline batch transaction")
-	f.IntVar(&crdtO.Rounds, "rounds", 5, "rounds, alternating ours and baseline; medians are reported")
+	f.IntVar(&crdtO.BatchSize, "batch", 100, "crdt: ops per merge call and per baseline batch transaction")
 	return c
 }
 
