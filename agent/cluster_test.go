@@ -299,7 +299,7 @@ func TestMalformedMessagesRejectedAndCounted(t *testing.T) {
 		reasonUnknownType:  {99, 1, 2, 3},
 		reasonMalformed:    {msgSyncReq, 200},
 		reasonInvalidDelta: {msgDeltas, 0xff, 0xff, 0xff},
-		reasonOwnName:      mustEncode(t, message{Type: msgSyncReq, From: "a1"}),
+		reasonOwnName:      mustEncode(t, message{Type: msgSyncReq, From: "a1", Addr: agents[0].GossipAddr()}),
 	}
 	for reason, msg := range bad {
 		if err := sender.SendReliable(node, msg); err != nil {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/crdt"
@@ -14,7 +16,9 @@ import (
 // one-byte type:
 //
 //	msgDeltas    [1][deltas]                               gossip broadcast of local ops
-//	msgSyncReq   [2][name][vv]                             "here is my VV; send what I lack"
+//	msgSyncReq   [2][name][addr][vv]                       "here is my VV; send what I lack"
+//	                                                       (addr: where to answer if the
+//	                                                       receiver does not know the sender yet)
 //	msgSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
 //	                                                       responder's VV and a first chunk
 //	msgSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
@@ -22,7 +26,7 @@ import (
 //	msgState     [5][name][vv]                             memberlist push/pull local state
 //	msgLeave     [6][name]                                 leave intent: name is leaving gracefully
 //
-// name is a uvarint length and that many bytes; vv in msgSyncResp is
+// name and addr ("ip:port") are a uvarint length and that many bytes; vv in msgSyncResp is
 // length-prefixed the same way, elsewhere it runs to the end; deltas are
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
 // (flagLast) marks the last message of an answer.
@@ -50,6 +54,7 @@ const (
 type message struct {
 	Type   byte
 	From   string
+	Addr   string // msgSyncReq: the sender's gossip address
 	Last   bool
 	VV     crdt.VersionVector
 	Deltas []crdt.Delta
@@ -107,6 +112,11 @@ func decodeMessage(b []byte) (message, error) {
 	case msgSyncReq, msgState:
 		if m.From, rest, err = readName(rest); err != nil {
 			return message{}, err
+		}
+		if m.Type == msgSyncReq {
+			if m.Addr, rest, err = readAddr(rest); err != nil {
+				return message{}, err
+			}
 		}
 		if m.VV, err = decodeVV(rest); err != nil {
 			return message{}, err
@@ -205,6 +215,24 @@ func readName(b []byte) (string, []byte, error) {
 	return string(nb), rest, nil
 }
 
+// maxAddrLen bounds "ip:port" (an IPv6 address with port fits).
+const maxAddrLen = 64
+
+func readAddr(b []byte) (string, []byte, error) {
+	ab, rest, err := readBytes(b, maxAddrLen, "address")
+	if err != nil {
+		return "", nil, err
+	}
+	host, port, err := net.SplitHostPort(string(ab))
+	if err != nil || net.ParseIP(host) == nil {
+		return "", nil, malformed("address %q is not ip:port", ab)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 || strconv.Itoa(p) != port {
+		return "", nil, malformed("address %q has a bad port", ab)
+	}
+	return string(ab), rest, nil
+}
+
 func appendBytes(dst, b []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
 	return append(dst, b...)
@@ -233,6 +261,9 @@ func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
 		out = append(out, encDeltas...)
 	case msgSyncReq, msgState:
 		out = appendBytes(out, []byte(m.From))
+		if m.Type == msgSyncReq {
+			out = appendBytes(out, []byte(m.Addr))
+		}
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
 	case msgLeave:
 		out = appendBytes(out, []byte(m.From))

@@ -59,8 +59,8 @@ func sampleMessages(t testing.TB) map[string][]byte {
 	return map[string][]byte{
 		"deltas":      enc(message{Type: msgDeltas, Deltas: ds[:1]}),
 		"deltas-all":  enc(message{Type: msgDeltas, Deltas: ds}),
-		"syncreq":     enc(message{Type: msgSyncReq, From: "peer", VV: vv}),
-		"syncreq-0":   enc(message{Type: msgSyncReq, From: "peer", VV: crdt.VersionVector{}}),
+		"syncreq":     enc(message{Type: msgSyncReq, From: "peer", Addr: "127.0.0.1:7946", VV: vv}),
+		"syncreq-0":   enc(message{Type: msgSyncReq, From: "peer", Addr: "[::1]:1", VV: crdt.VersionVector{}}),
 		"syncresp":    enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true, Deltas: ds[2:4]}),
 		"syncresp-0":  enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true}),
 		"syncdata":    enc(message{Type: msgSyncData, From: "peer", Deltas: ds[4:]}),
@@ -102,7 +102,9 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"name truncated", []byte{msgSyncReq, 10, 'a'}, reasonMalformed},
 		{"empty name", []byte{msgSyncReq, 0}, reasonMalformed},
 		{"bad utf8 name", []byte{msgSyncReq, 2, 0xff, 0xfe}, reasonMalformed},
-		{"vv garbage", []byte{msgSyncReq, 1, 'p', 77, 1, 2}, reasonMalformed},
+		{"vv garbage", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 77, 1, 2)...), reasonMalformed},
+		{"bad addr", append([]byte{msgSyncReq, 1, 'p', 3}, []byte("x:1")...), reasonMalformed},
+		{"bad port", append([]byte{msgSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), reasonMalformed},
 		{"unknown flag", []byte{msgSyncData, 0x80, 1, 'p', 1}, reasonMalformed},
 		{"data without deltas", []byte{msgSyncData, 1, 1, 'p'}, reasonMalformed},
 		{"resp vv length beyond end", []byte{msgSyncResp, 1, 1, 'p', 50, 1}, reasonMalformed},
@@ -170,7 +172,7 @@ func TestHandleBatchIsolatesBadMessages(t *testing.T) {
 		t.Errorf("ship job = %+v %v", j, ok)
 	}
 	// Own name is refused.
-	own, _ := encodeMessage(message{Type: msgSyncReq, From: "self", VV: crdt.VersionVector{}}, nil)
+	own, _ := encodeMessage(message{Type: msgSyncReq, From: "self", Addr: "127.0.0.1:1", VV: crdt.VersionVector{}}, nil)
 	a.handleBatch(ctx, [][]byte{own})
 	if rejectedCount(a, reasonOwnName) != 1 {
 		t.Error("own name accepted")
@@ -218,7 +220,7 @@ func FuzzHandleMessage(f *testing.F) {
 			if err != nil {
 				t.Fatalf("re-encoded message does not decode: %v", err)
 			}
-			if m2.Type != m.Type || m2.From != m.From || m2.Last != m.Last || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
+			if m2.Type != m.Type || m2.From != m.From || m2.Addr != m.Addr || m2.Last != m.Last || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
 				t.Fatalf("round trip changed the message: %+v vs %+v", m, m2)
 			}
 		} else if rejectReason(err) == "" {

@@ -18,6 +18,7 @@ type metrics struct {
 	dropped       atomic.Uint64
 	broadcasts    atomic.Uint64
 	reconnects    atomic.Uint64 // successful rejoins of failed members
+	chunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 
 	rejectedVec *prometheus.CounterVec
 }
@@ -34,6 +35,7 @@ type Stats struct {
 	Dropped                uint64 // messages dropped because the inbound queue was full
 	Broadcasts             uint64 // local deltas queued for gossip
 	Reconnects             uint64 // failed members rejoined by the reconnect loop
+	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
 }
 
 func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
@@ -95,5 +97,6 @@ func (m *metrics) stats() Stats {
 		Dropped:                m.dropped.Load(),
 		Broadcasts:             m.broadcasts.Load(),
 		Reconnects:             m.reconnects.Load(),
+		SyncChunksSent:         m.chunksSent.Load(),
 	}
 }

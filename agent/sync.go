@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -149,7 +151,7 @@ func (a *Agent) act(m message) {
 	switch m.Type {
 	case msgSyncReq:
 		peers.setVV(m.From, m.VV)
-		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV, respond: true})
+		a.shipper.enqueue(shipJob{peer: m.From, addr: m.Addr, vv: m.VV, respond: true})
 	case msgSyncResp:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
@@ -195,9 +197,20 @@ func (a *Agent) announceLeave() {
 
 // sendTo sends one message reliably (a memberlist stream) to a member.
 func (a *Agent) sendTo(name string, msg []byte) error {
+	return a.sendToAddr(name, "", msg)
+}
+
+// sendToAddr is sendTo with a fallback address ("ip:port") for a sender
+// this agent does not know yet (its join has not reached us).
+func (a *Agent) sendToAddr(name, addr string, msg []byte) error {
 	node, ok := a.peers.Load().lookup(name)
 	if !ok {
-		return fmt.Errorf("agent: unknown member %q", name)
+		host, port, err := net.SplitHostPort(addr)
+		p, perr := strconv.Atoi(port)
+		if addr == "" || err != nil || perr != nil || net.ParseIP(host) == nil {
+			return fmt.Errorf("agent: unknown member %q", name)
+		}
+		node = &memberlist.Node{Name: name, Addr: net.ParseIP(host), Port: uint16(p)}
 	}
 	ml := a.mlReady.Load()
 	if ml == nil {
@@ -304,7 +317,7 @@ func (a *Agent) requestSync(ctx context.Context, peer string) error {
 	if err != nil {
 		return err
 	}
-	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), VV: vv}, nil)
+	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), Addr: a.GossipAddr(), VV: vv}, nil)
 	if err != nil {
 		return err
 	}
@@ -332,6 +345,7 @@ func (a *Agent) periodicSyncLoop(ctx context.Context) {
 // vector and always ends with a message flagged last.
 type shipJob struct {
 	peer    string
+	addr    string // where to send if peer is not (yet) a known member
 	vv      crdt.VersionVector
 	respond bool
 }
@@ -354,6 +368,9 @@ func (s *shipper) enqueue(j shipJob) {
 	s.mu.Lock()
 	if old, ok := s.jobs[j.peer]; ok {
 		j.respond = j.respond || old.respond
+		if j.addr == "" {
+			j.addr = old.addr
+		}
 	} else {
 		s.order = append(s.order, j.peer)
 	}
@@ -447,8 +464,11 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 		if err != nil {
 			return err
 		}
-		if err := a.sendTo(j.peer, msg); err != nil {
+		if err := a.sendToAddr(j.peer, j.addr, msg); err != nil {
 			return err
+		}
+		if len(cur) > 0 {
+			a.m.chunksSent.Add(1)
 		}
 		if last {
 			return nil

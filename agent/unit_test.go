@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/hashicorp/memberlist"
+)
+
+func TestPartitionBlocksBetweenGroupsOnly(t *testing.T) {
+	p := NewPartition()
+	a, b, c, free := "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1009"
+	if p.blocked(a, c) {
+		t.Fatal("healed partition blocks")
+	}
+	p.Split([]string{a, b}, []string{"127.0.0.1:01003"})
+	cases := []struct {
+		from, to string
+		blocked  bool
+	}{
+		{a, b, false}, {a, c, true}, {c, b, true}, {a, free, false}, {free, c, false},
+		{a, "[::ffff:127.0.0.1]:1003", true},
+	}
+	for _, cs := range cases {
+		if got := p.blocked(canonicalAddr(cs.from), cs.to); got != cs.blocked {
+			t.Errorf("%s -> %s: blocked=%v", cs.from, cs.to, got)
+		}
+	}
+	p.Heal()
+	if p.blocked(a, c) {
+		t.Fatal("Heal did not heal")
+	}
+}
+
+func TestPartitionedTransportDropsAndRefuses(t *testing.T) {
+	mock := &memberlist.MockNetwork{}
+	ta, tb := mock.NewTransport("a"), mock.NewTransport("b")
+	addrOf := func(tr *memberlist.MockTransport) string {
+		ip, port, err := tr.FinalAdvertiseAddr("", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return net.JoinHostPort(ip.String(), fmt.Sprint(port))
+	}
+	aAddr, bAddr := addrOf(ta), addrOf(tb)
+	got := make(chan string, 10)
+	go func() { // the mock delivers synchronously: keep reading
+		for pkt := range tb.PacketCh() {
+			got <- string(pkt.Buf)
+		}
+	}()
+	p := NewPartition()
+	wa := p.Wrap(ta, aAddr).(memberlist.NodeAwareTransport)
+	p.Split([]string{aAddr}, []string{bAddr})
+	if _, err := wa.WriteTo([]byte("x"), bAddr); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wa.WriteToAddress([]byte("x"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wa.DialTimeout(bAddr, time.Second); err == nil {
+		t.Fatal("dial crossed the partition")
+	}
+	if _, err := wa.DialAddressTimeout(memberlist.Address{Addr: bAddr, Name: "b"}, time.Second); err == nil || !strings.Contains(err.Error(), "partitioned") {
+		t.Fatalf("dial error %v", err)
+	}
+	p.Heal()
+	if _, err := wa.WriteToAddress([]byte("y"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if s != "y" {
+			t.Fatalf("packet %q crossed the partition", s)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("packet lost after heal")
+	}
+}
+
+func TestNotifyMsgDropsWhenQueueFull(t *testing.T) {
+	cfg := testConfig(t, "q")
+	cfg.Gossip.InboundQueue = 2
+	a, err := New(cfg, Deps{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &delegate{a: a}
+	buf := []byte{msgLeave, 1, 'p'}
+	for i := 0; i < 5; i++ {
+		d.NotifyMsg(buf)
+	}
+	buf[0] = 0 // memberlist reuses its buffer: the queued copies must not change
+	if got := a.Stats().Dropped; got != 3 {
+		t.Fatalf("dropped %d, want 3", got)
+	}
+	if q := <-a.inbound; q[0] != msgLeave {
+		t.Fatal("queued message aliases memberlist's buffer")
+	}
+	d.NotifyMsg(make([]byte, maxMessageBytes+1))
+	if rejectedCount(a, reasonOversized) != 1 {
+		t.Fatal("oversized message not rejected")
+	}
+}
+
+func TestPeerTableStableVVAndLag(t *testing.T) {
+	now := time.Unix(1000, 0)
+	pt := newPeerTable("self", func() time.Time { return now })
+	node := func(name string) *memberlist.Node {
+		return &memberlist.Node{Name: name, Addr: net.IPv4(127, 0, 0, 1), Port: 1}
+	}
+	pt.upsert(node("self"), StateAlive, NodeMeta{})
+	pt.upsert(node("b"), StateAlive, NodeMeta{})
+	pt.upsert(node("c"), StateAlive, NodeMeta{})
+	self := crdt.VersionVector{"self": 5, "b": 3}
+	if _, ok := pt.stableVV(self); ok {
+		t.Fatal("stable VV without reports from every live member")
+	}
+	pt.setVV("b", crdt.VersionVector{"self": 4, "b": 7})
+	pt.setVV("c", crdt.VersionVector{"self": 5, "b": 2})
+	pt.setVV("c", crdt.VersionVector{"self": 1, "b": 3}) // older report: merged, never lowered
+	stable, ok := pt.stableVV(self)
+	if !ok || stable["self"] != 4 || stable["b"] != 3 {
+		t.Fatalf("stable = %v %v", stable, ok)
+	}
+	if lag := pt.lag(self); lag != 4 { // b holds b:4..7 that self lacks
+		t.Fatalf("lag = %d", lag)
+	}
+	// A failed member still bounds stability; one that left does not.
+	pt.upsert(node("d"), StateAlive, NodeMeta{})
+	pt.setVV("d", crdt.VersionVector{"self": 1})
+	pt.upsert(node("d"), StateDead, NodeMeta{})
+	if stable, _ := pt.stableVV(self); stable["self"] != 1 {
+		t.Fatalf("failed member ignored: %v", stable)
+	}
+	if !pt.markLeaving("d") || pt.stateOf("d") != StateLeft {
+		t.Fatal("leave intent after failure not recorded")
+	}
+	if stable, _ := pt.stableVV(self); stable["self"] != 4 {
+		t.Fatalf("left member still counted: %v", stable)
+	}
+	// Leave intent first, then down: left.
+	pt.markLeaving("c")
+	pt.upsert(node("c"), StateDead, NodeMeta{})
+	if pt.stateOf("c") != StateLeft {
+		t.Fatal("member that announced leaving recorded as failed")
+	}
+	// Reaping forgets old failures and departures.
+	now = now.Add(time.Hour)
+	if gone := pt.reap(30 * time.Minute); len(gone) != 2 {
+		t.Fatalf("reaped %v", gone)
+	}
+}
+
+// TestLargeStateShipsInChunks: a newcomer catches up on state larger than
+// a chunk, through several anti-entropy messages; values too large for a
+// gossip packet are not broadcast.
+func TestLargeStateShipsInChunks(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	small := func(cfg *Config) { cfg.Gossip.MaxChunkBytes = minChunkBytes }
+	a0 := c.start("a0", nil, small)
+	ctx := context.Background()
+	value := []byte(strings.Repeat("v", 2000))
+	for i := 0; i < 60; i++ {
+		if err := a0.Put(ctx, "blobs", fmt.Sprintf("k%02d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := a0.Stats().Broadcasts; b != 0 {
+		t.Fatalf("%d oversized deltas queued for gossip", b)
+	}
+	a1 := c.start("a1", []string{a0.GossipAddr()}, small)
+	agents := []*Agent{a0, a1}
+	waitFor(t, 15*time.Second, "catch-up", func() (bool, string) { return sameState(agents) })
+	if n := a0.Stats().SyncChunksSent; n < 20 {
+		t.Fatalf("120 KB shipped in %d chunks of at most 4 KiB", n)
+	}
+	// Chunks travel on separate streams and may be applied out of order;
+	// the version vector then catches up on the next exchange.
+	waitFor(t, 10*time.Second, "sync lag zero", func() (bool, string) {
+		lag := a1.syncLag()
+		return lag == 0, fmt.Sprintf("lag %v", lag)
+	})
+}
+
+func TestCompactionRunsWithEveryMemberReported(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	agents := c.startN(2)
+	waitFor(t, 10*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if err := agents[0].Put(ctx, "kv", "k", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
+	waitFor(t, 10*time.Second, "version vectors reported", func() (bool, string) {
+		_, ok := agents[0].peers.Load().stableVV(crdt.VersionVector{})
+		return ok, "a1 has not reported"
+	})
+	before, err := agents[0].Store().Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agents[0].compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := agents[0].Store().Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Ops >= before.Ops {
+		t.Fatalf("compaction removed nothing: %d -> %d ops", before.Ops, after.Ops)
+	}
+	if ok, d := sameState(agents); !ok {
+		t.Fatalf("compaction changed the replicated state: %s", d)
+	}
+}
