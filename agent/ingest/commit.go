@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -111,50 +112,88 @@ type devBatch struct {
 	readings int
 }
 
+// slot is a series' state within one commit: its current minute and
+// hour aggregates (a reading in another bucket moves the finished one to
+// the spill list), its latest reading, and its outbox string indexes.
+type slot struct {
+	series          int64
+	minB, hourB     int64
+	minAgg, hourAgg agg
+	last            lastVal
+	hasLast         bool
+	devIdx, metIdx  uint64
+	unit            string
+	unitIdx         uint64
+	unitSet, encSet bool
+}
+
+// spilled is a finished bucket aggregate of one slot.
+type spilled struct {
+	res int64 // seconds
+	key rollKey
+	agg agg
+}
+
 // commitScratch is reused across commits (one committer at a time).
 type commitScratch struct {
-	minute, hour map[rollKey]*agg
-	aggPool      []agg
-	last         map[int64]lastVal
-	devs         map[int64]*devBatch
-	devOrder     []int64
-	enc          batchEncoder
-	meta         map[string]int64
-	obAdd        int64 // payload bytes of the outbox batch written
-	rows         []pendingRow
-	args         []any
+	gen      uint64 // increments per commit; seriesEntry.gen == gen means slot is valid
+	slots    []slot
+	spill    []spilled
+	devs     map[int64]*devBatch
+	devOrder []int64
+	enc      batchEncoder
+	meta     map[string]int64
+	obAdd    int64 // payload bytes of the outbox batch written
+	rows     []pendingRow
+	fresh    []*pendingRow
+	args     []any
 }
 
 func (c *commitScratch) reset() {
-	if c.minute == nil {
-		c.minute, c.hour = map[rollKey]*agg{}, map[rollKey]*agg{}
-		c.last = map[int64]lastVal{}
+	if c.devs == nil {
 		c.devs = map[int64]*devBatch{}
 		c.meta = map[string]int64{}
 	}
-	clear(c.minute)
-	clear(c.hour)
-	clear(c.last)
+	c.gen++
+	clear(c.slots)
+	c.slots = c.slots[:0]
+	c.spill = c.spill[:0]
 	clear(c.devs)
 	clear(c.meta)
-	c.aggPool = c.aggPool[:0]
 	clear(c.rows) // drop references to envelopes
 	c.rows = c.rows[:0]
+	clear(c.fresh)
+	c.fresh = c.fresh[:0]
 	c.devOrder = c.devOrder[:0]
 	c.enc.reset()
 }
 
-func (c *commitScratch) agg(m map[rollKey]*agg, k rollKey) *agg {
-	if a, ok := m[k]; ok {
-		return a
+// slotOf returns the commit-local slot of a series.
+func (c *commitScratch) slotOf(se *seriesEntry) int32 {
+	if se.gen != c.gen {
+		se.gen = c.gen
+		se.slot = int32(len(c.slots))
+		c.slots = append(c.slots, slot{series: se.id, minB: -1 << 62, hourB: -1 << 62})
 	}
-	if len(c.aggPool) == cap(c.aggPool) {
-		c.aggPool = make([]agg, 0, max(64, 2*cap(c.aggPool)))
+	return se.slot
+}
+
+// add accounts a numeric reading to the slot's rollups.
+func (c *commitScratch) addRollups(sl *slot, ts int64, v float64) {
+	if b := floorTo(ts, minuteUS); b != sl.minB {
+		if sl.minAgg.count > 0 {
+			c.spill = append(c.spill, spilled{60, rollKey{sl.series, sl.minB}, sl.minAgg})
+		}
+		sl.minB, sl.minAgg = b, agg{}
 	}
-	c.aggPool = append(c.aggPool, agg{})
-	a := &c.aggPool[len(c.aggPool)-1]
-	m[k] = a
-	return a
+	sl.minAgg.add(v)
+	if b := floorTo(ts, hourUS); b != sl.hourB {
+		if sl.hourAgg.count > 0 {
+			c.spill = append(c.spill, spilled{3600, rollKey{sl.series, sl.hourB}, sl.hourAgg})
+		}
+		sl.hourB, sl.hourAgg = b, agg{}
+	}
+	sl.hourAgg.add(v)
 }
 
 const (
@@ -241,12 +280,15 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 				if err != nil {
 					return err
 				}
-				row := pendingRow{series: ser.id, ts: r.timeUS(), msg: int64(e.hash), r: r, env: e, dev: db}
+				row := pendingRow{series: ser.id, ts: r.timeUS(), slot: sc.slotOf(ser), r: r, env: e, dev: db}
 				if r.Kind.numeric() {
+					if row.ts > ser.maxTS {
+						row.fresh, ser.maxTS = true, row.ts
+					}
 					sc.rows = append(sc.rows, row)
 					continue
 				}
-				out, err := insText.ExecContext(ctx, ser.id, row.ts, int64(r.Kind), []byte(r.Text), row.msg)
+				out, err := insText.ExecContext(ctx, ser.id, row.ts, int64(r.Kind), []byte(r.Text))
 				if err != nil {
 					return fmt.Errorf("ingest: insert text reading: %w", err)
 				}
@@ -326,81 +368,33 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 
 // pendingRow is a reading resolved to its series, waiting to be inserted.
 type pendingRow struct {
-	series, ts, msg int64
-	r               *Reading
-	env             *envelope
-	dev             *devBatch
+	series, ts int64
+	slot       int32
+	fresh      bool // later than every stored reading of the series
+	r          *Reading
+	env        *envelope
+	dev        *devBatch
 }
 
-// insertChunk is how many numeric readings one INSERT statement carries.
-const insertChunk = 256
+// insertChunks are the row counts of the multi-row INSERT statements
+// (prepared once each); fewer rows go one by one.
+var insertChunks = []int{256, 16}
 
-// insertNumeric inserts the batch's numeric readings, insertChunk rows
-// per statement. A statement that inserts fewer rows than it carries
-// met readings already stored: it is rolled back to a savepoint and its
-// rows are inserted one by one to learn which are new. It returns the
-// number of duplicates.
+// insertNumeric inserts the batch's numeric readings. A reading later
+// than every stored reading of its series (the series' high-water
+// time, known to the cache) is certainly new: those go in multi-row
+// statements. The others (out of order, or redelivered) go one by one,
+// and a row the table already holds is counted as a duplicate. It
+// returns the number of duplicates.
 func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch, res *commitResult) (int, error) {
 	st := s.stmts
 	one := tx.StmtContext(ctx, st.insReading)
-	var many, save, release, rollback *sql.Stmt
 	dups := 0
-	rows := sc.rows
-	for len(rows) > 0 {
-		if len(rows) < insertChunk {
-			for i := range rows {
-				row := &rows[i]
-				out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value, row.msg)
-				if err != nil {
-					return dups, fmt.Errorf("ingest: insert reading: %w", err)
-				}
-				if n, _ := out.RowsAffected(); n == 0 {
-					dups++
-					continue
-				}
-				s.accept(sc, res, row)
-			}
-			break
-		}
-		chunk := rows[:insertChunk]
-		rows = rows[insertChunk:]
-		if many == nil {
-			many = tx.StmtContext(ctx, st.insReadings)
-			save = tx.StmtContext(ctx, st.savepoint)
-			release = tx.StmtContext(ctx, st.release)
-			rollback = tx.StmtContext(ctx, st.rollbackTo)
-		}
-		args := sc.args[:0]
-		for i := range chunk {
-			row := &chunk[i]
-			args = append(args, row.series, row.ts, row.r.Value, row.msg)
-		}
-		sc.args = args
-		if _, err := save.ExecContext(ctx); err != nil {
-			return dups, fmt.Errorf("ingest: savepoint: %w", err)
-		}
-		out, err := many.ExecContext(ctx, args...)
-		if err != nil {
-			return dups, fmt.Errorf("ingest: insert readings: %w", err)
-		}
-		if n, _ := out.RowsAffected(); n == insertChunk {
-			if _, err := release.ExecContext(ctx); err != nil {
-				return dups, fmt.Errorf("ingest: release savepoint: %w", err)
-			}
-			for i := range chunk {
-				s.accept(sc, res, &chunk[i])
-			}
-			continue
-		}
-		if _, err := rollback.ExecContext(ctx); err != nil {
-			return dups, fmt.Errorf("ingest: rollback to savepoint: %w", err)
-		}
-		if _, err := release.ExecContext(ctx); err != nil {
-			return dups, fmt.Errorf("ingest: release savepoint: %w", err)
-		}
-		for i := range chunk {
-			row := &chunk[i]
-			out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value, row.msg)
+	fresh := sc.fresh[:0]
+	for i := range sc.rows {
+		row := &sc.rows[i]
+		if !row.fresh {
+			out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value)
 			if err != nil {
 				return dups, fmt.Errorf("ingest: insert reading: %w", err)
 			}
@@ -408,6 +402,41 @@ func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch
 				dups++
 				continue
 			}
+			s.accept(sc, res, row)
+			continue
+		}
+		fresh = append(fresh, row)
+	}
+	sc.fresh = fresh
+	for len(fresh) > 0 {
+		k := 1
+		for _, c := range insertChunks {
+			if len(fresh) >= c {
+				k = c
+				break
+			}
+		}
+		chunk := fresh[:k]
+		fresh = fresh[k:]
+		args := sc.args[:0]
+		for _, row := range chunk {
+			args = append(args, row.series, row.ts, row.r.Value)
+		}
+		sc.args = args
+		stmt := one
+		if k > 1 {
+			stmt = tx.StmtContext(ctx, st.insMany[k])
+		}
+		out, err := stmt.ExecContext(ctx, args...)
+		if err != nil {
+			return dups, fmt.Errorf("ingest: insert readings: %w", err)
+		}
+		if n, _ := out.RowsAffected(); n != int64(k) {
+			// The cached high-water time was wrong (another writer?):
+			// fail the transaction; the retry reloads the cache.
+			return dups, fmt.Errorf("ingest: %d of %d readings above their series' latest time were already stored", int64(k)-n, k)
+		}
+		for _, row := range chunk {
 			s.accept(sc, res, row)
 		}
 	}
@@ -421,50 +450,66 @@ func (s *Store) accept(sc *commitScratch, res *commitResult, row *pendingRow) {
 	row.env.stored++
 	row.dev.readings++
 	res.newReadings = append(res.newReadings, *r)
-	if lv, ok := sc.last[row.series]; !ok || row.ts >= lv.ts {
-		sc.last[row.series] = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text, unit: r.Unit}
+	sl := &sc.slots[row.slot]
+	if !sl.hasLast || row.ts >= sl.last.ts {
+		sl.last, sl.hasLast = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text, unit: r.Unit}, true
 	}
 	if r.Kind.numeric() {
-		sc.agg(sc.minute, rollKey{row.series, floorTo(row.ts, minuteUS)}).add(r.Value)
-		sc.agg(sc.hour, rollKey{row.series, floorTo(row.ts, hourUS)}).add(r.Value)
+		sc.addRollups(sl, row.ts, r.Value)
 		sc.meta[metaRawReadings]++
 	} else {
 		sc.meta[metaTextReadings]++
 	}
 	if !s.cfg.Outbox.Disabled {
-		sc.enc.add(r.Device, r.Metric, r.Unit, row.ts, r.Kind, r.Value, r.Text)
+		e := &sc.enc
+		if !sl.encSet {
+			sl.devIdx, sl.metIdx, sl.encSet = e.str(r.Device), e.str(r.Metric), true
+		}
+		if !sl.unitSet || sl.unit != r.Unit {
+			sl.unit, sl.unitIdx, sl.unitSet = r.Unit, e.str(r.Unit), true
+		}
+		e.addIdx(sl.devIdx, sl.metIdx, sl.unitIdx, row.ts, r.Kind, r.Value, r.Text)
 	}
 }
 
 // flushAggregates writes rollups, series last values and device counters.
 func (s *Store) flushAggregates(ctx context.Context, tx *sql.Tx, sc *commitScratch) error {
 	st := s.stmts
-	if len(sc.minute) > 0 {
+	for i := range sc.slots {
+		sl := &sc.slots[i]
+		if sl.minAgg.count > 0 {
+			sc.spill = append(sc.spill, spilled{60, rollKey{sl.series, sl.minB}, sl.minAgg})
+			sc.spill = append(sc.spill, spilled{3600, rollKey{sl.series, sl.hourB}, sl.hourAgg})
+		}
+	}
+	if len(sc.spill) > 0 {
+		// Upserts merge, so a bucket spilled twice (out-of-order
+		// readings) adds up correctly.
 		up := tx.StmtContext(ctx, st.rollup)
-		for _, g := range []struct {
-			res int64
-			m   map[rollKey]*agg
-		}{{60, sc.minute}, {3600, sc.hour}} {
-			for k, a := range g.m {
-				if _, err := up.ExecContext(ctx, g.res, k.series, k.bucket, a.count, a.sum, a.min, a.max); err != nil {
-					return fmt.Errorf("ingest: update rollup: %w", err)
-				}
+		for _, sp := range sc.spill {
+			if _, err := up.ExecContext(ctx, sp.res, sp.key.series, sp.key.bucket, sp.agg.count, sp.agg.sum, sp.agg.min, sp.agg.max); err != nil {
+				return fmt.Errorf("ingest: update rollup: %w", err)
 			}
 		}
 	}
-	if len(sc.last) > 0 {
-		num := tx.StmtContext(ctx, st.serLast)
-		txt := tx.StmtContext(ctx, st.serLastText)
-		for id, lv := range sc.last {
-			var err error
-			if lv.kind.numeric() {
-				_, err = num.ExecContext(ctx, lv.ts, lv.value, lv.unit, int64(lv.kind), id, lv.ts)
-			} else {
-				_, err = txt.ExecContext(ctx, lv.ts, []byte(lv.text), lv.unit, int64(lv.kind), id, lv.ts)
-			}
-			if err != nil {
-				return fmt.Errorf("ingest: update series: %w", err)
-			}
+	var num, txt *sql.Stmt
+	for i := range sc.slots {
+		sl := &sc.slots[i]
+		if !sl.hasLast {
+			continue
+		}
+		if num == nil {
+			num, txt = tx.StmtContext(ctx, st.serLast), tx.StmtContext(ctx, st.serLastText)
+		}
+		lv := sl.last
+		var err error
+		if lv.kind.numeric() {
+			_, err = num.ExecContext(ctx, lv.ts, lv.value, lv.unit, int64(lv.kind), sl.series, lv.ts)
+		} else {
+			_, err = txt.ExecContext(ctx, lv.ts, []byte(lv.text), lv.unit, int64(lv.kind), sl.series, lv.ts)
+		}
+		if err != nil {
+			return fmt.Errorf("ingest: update series: %w", err)
 		}
 	}
 	if len(sc.devOrder) > 0 {
@@ -507,7 +552,7 @@ func (s *Store) series(ctx context.Context, tx *sql.Tx, dev *devEntry, r *Readin
 	if se, ok := dev.series[r.Metric]; ok {
 		return se, nil
 	}
-	se := &seriesEntry{}
+	se := &seriesEntry{maxTS: math.MinInt64}
 	err := tx.StmtContext(ctx, s.stmts.serGet).QueryRowContext(ctx, dev.id, r.Metric).Scan(&se.id)
 	if errors.Is(err, sql.ErrNoRows) {
 		out, err := tx.StmtContext(ctx, s.stmts.serIns).ExecContext(ctx, dev.id, r.Metric, r.Unit, int64(r.Kind))
@@ -517,6 +562,14 @@ func (s *Store) series(ctx context.Context, tx *sql.Tx, dev *devEntry, r *Readin
 		se.id, _ = out.LastInsertId()
 	} else if err != nil {
 		return nil, fmt.Errorf("ingest: look up series %q: %w", r.Metric, err)
+	} else {
+		var mx sql.NullInt64
+		if err := tx.StmtContext(ctx, s.stmts.serMax).QueryRowContext(ctx, se.id).Scan(&mx); err != nil {
+			return nil, fmt.Errorf("ingest: latest time of series %q: %w", r.Metric, err)
+		}
+		if mx.Valid {
+			se.maxTS = mx.Int64
+		}
 	}
 	dev.series[r.Metric] = se
 	return se, nil

@@ -30,7 +30,8 @@ type Message interface {
 }
 
 // Sink is told about every group commit, after the commit reached the
-// disk and its messages were acknowledged. The uplink implements it to
+// disk and its messages were acknowledged (on the acknowledging
+// goroutine: commits proceed meanwhile). The uplink implements it to
 // wake up and claim the new outbox batch (Store.ClaimOutbox); the
 // inference hook can use the readings. Committed runs on the commit
 // path: it must return quickly and must not call back into the
@@ -207,13 +208,14 @@ type Ingestor struct {
 
 	queue   chan *envelope
 	batches chan []*envelope
+	acks    chan committed
 
 	hmu      sync.RWMutex // Handle holds it shared while enqueueing; Stop exclusively
 	stopping chan struct{}
 	stopOnce sync.Once
 	started  atomic.Bool
 	wg       sync.WaitGroup
-	done     chan struct{} // closed when the committer has finished
+	done     chan struct{} // closed when the acker has finished
 
 	mqtt *subscriber
 
@@ -240,6 +242,7 @@ func New(cfg Config) (*Ingestor, error) {
 		cfg: cfg, log: cfg.Logger, topics: tp, m: m,
 		queue:    make(chan *envelope, cfg.QueueMessages),
 		batches:  make(chan []*envelope, 1),
+		acks:     make(chan committed, 2),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -280,9 +283,10 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	}
 	in.epoch.Store(in.store.lastEpoch())
 	in.newEpoch()
-	in.wg.Add(3)
+	in.wg.Add(4)
 	go in.runBatcher(dec)
 	go in.runCommitter()
+	go in.runAcker()
 	go in.runMaintenance()
 	if in.mqtt != nil {
 		if err := in.mqtt.start(); err != nil {
@@ -335,7 +339,8 @@ func (in *Ingestor) Handle(m Message) error {
 		return ErrClosed
 	default:
 	}
-	e := &envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), pid: m.MessageID(),
+	e := envelopePool.Get().(*envelope)
+	*e = envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), pid: m.MessageID(),
 		epoch: in.epoch.Load(), recv: in.cfg.Clock(), ack: m.Ack}
 	in.m.received.Add(1)
 	in.m.pending.Add(1)
@@ -398,10 +403,13 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 	timer.Stop()
 	var batch []*envelope
 	lastRecv := map[string]int64{} // per device: receive times are kept strictly increasing
+	// The readings of a batch's messages share one array, allocated per
+	// batch (the committer owns it until the batch is acknowledged).
+	var arena []Reading
 	flush := func() {
 		if len(batch) > 0 {
 			in.batches <- batch
-			batch = nil
+			batch, arena = nil, nil
 		}
 	}
 	for {
@@ -426,7 +434,10 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 				continue
 			}
 		}
-		in.decode(dec, e, lastRecv)
+		if arena == nil {
+			arena = make([]Reading, 0, 4*in.cfg.BatchMessages)
+		}
+		arena = in.decode(dec, e, lastRecv, arena)
 		batch = append(batch, e)
 		if len(batch) >= in.cfg.BatchMessages {
 			timer.Stop()
@@ -439,12 +450,12 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 // receive times are made strictly increasing (by a microsecond where
 // two messages arrive within one), so readings stamped with the receive
 // time never collide on (device, metric, time).
-func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64) {
+func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64, arena []Reading) []Reading {
 	e.hash = messageHash(e.topic, e.payload)
 	dev, err := in.topics.Device(e.topic)
 	if err != nil {
 		e.err = err
-		return
+		return arena
 	}
 	e.device = dev
 	us := e.recv.UnixMicro()
@@ -453,13 +464,27 @@ func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64)
 		e.recv = time.UnixMicro(us)
 	}
 	lastRecv[dev] = us
-	e.readings, e.received, e.err = dec.appendDecode(nil, dev, e.payload, e.recv)
+	start := len(arena)
+	arena, e.received, e.err = dec.appendDecode(arena, dev, e.payload, e.recv)
+	e.readings = arena[start:len(arena):len(arena)]
+	return arena
+}
+
+// envelopePool recycles envelopes once their batch is acknowledged.
+var envelopePool = sync.Pool{New: func() any { return new(envelope) }}
+
+// release returns a finished batch's envelopes to the pool.
+func release(batch []*envelope) {
+	for _, e := range batch {
+		*e = envelope{}
+		envelopePool.Put(e)
+	}
 }
 
 // runCommitter commits batches, then acknowledges their messages.
 func (in *Ingestor) runCommitter() {
 	defer in.wg.Done()
-	defer close(in.done)
+	defer close(in.acks)
 	ctx := context.Background()
 	for batch := range in.batches {
 		if !in.waitPressure(ctx) {
@@ -472,24 +497,45 @@ func (in *Ingestor) runCommitter() {
 			in.abandon(batch)
 			continue
 		}
+		at := in.cfg.Clock()
 		in.m.commitSecs.Observe(time.Since(start).Seconds())
 		in.m.batchSize.Observe(float64(len(batch)))
 		in.m.commits.Add(1)
-		for _, e := range batch {
+		in.acks <- committed{batch: batch, res: res, at: at}
+		in.checkPressure(ctx)
+	}
+}
+
+// committed is a batch on disk, waiting to be acknowledged.
+type committed struct {
+	batch []*envelope
+	res   commitResult
+	at    time.Time
+}
+
+// runAcker acknowledges committed batches in commit order (so PUBACKs
+// follow arrival order), then tells the Sink and the DeviceObserver. It
+// runs beside the committer so the next commit does not wait for the
+// acknowledgements to be written to the broker.
+func (in *Ingestor) runAcker() {
+	defer in.wg.Done()
+	defer close(in.done)
+	for c := range in.acks {
+		for _, e := range c.batch {
 			if e.ack != nil {
 				e.ack()
 			}
 		}
-		in.m.acked.Add(int64(len(batch)))
-		in.m.pending.Add(-int64(len(batch)))
+		in.m.acked.Add(int64(len(c.batch)))
+		in.m.pending.Add(-int64(len(c.batch)))
 		if in.cfg.Sink != nil {
-			in.cfg.Sink.Committed(Commit{Seq: res.seq, At: in.cfg.Clock(), Messages: len(batch), Readings: res.newReadings,
-				Duplicates: res.duplicates, DeadLetters: res.deadLetters})
+			in.cfg.Sink.Committed(Commit{Seq: c.res.seq, At: c.at, Messages: len(c.batch), Readings: c.res.newReadings,
+				Duplicates: c.res.duplicates, DeadLetters: c.res.deadLetters})
 		}
-		if in.cfg.Devices != nil && len(res.devices) > 0 {
-			in.cfg.Devices.DevicesSeen(res.devices)
+		if in.cfg.Devices != nil && len(c.res.devices) > 0 {
+			in.cfg.Devices.DevicesSeen(c.res.devices)
 		}
-		in.checkPressure(ctx)
+		release(c.batch)
 	}
 }
 

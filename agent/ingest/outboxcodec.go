@@ -118,10 +118,15 @@ func (e *batchEncoder) span(ts int64) {
 
 // add appends a reading (time in µs).
 func (e *batchEncoder) add(device, metric, unit string, ts int64, kind Kind, value float64, text string) {
+	e.addIdx(e.str(device), e.str(metric), e.str(unit), ts, kind, value, text)
+}
+
+// addIdx appends a reading whose strings are already in the table.
+func (e *batchEncoder) addIdx(device, metric, unit uint64, ts int64, kind Kind, value float64, text string) {
 	b := e.body
-	b = binary.AppendUvarint(b, e.str(device))
-	b = binary.AppendUvarint(b, e.str(metric))
-	b = binary.AppendUvarint(b, e.str(unit))
+	b = binary.AppendUvarint(b, device)
+	b = binary.AppendUvarint(b, metric)
+	b = binary.AppendUvarint(b, unit)
 	b = binary.AppendVarint(b, ts-e.lastTS)
 	e.lastTS = ts
 	b = append(b, byte(kind))
@@ -153,8 +158,7 @@ func (e *batchEncoder) addRollup(device, metric, unit string, resSec int64, buck
 	e.span(bucket)
 }
 
-// readings returns how many readings the batch stands for (raw readings
-// plus the readings summarized by its rollups).
+// payload returns the encoded batch.
 func (e *batchEncoder) payload(kind BatchKind) []byte {
 	size := 4 + 10 + len(e.body) + len(e.roll) + 20
 	for _, s := range e.strList {

@@ -7,9 +7,9 @@ const schemaVersion = 1
 // stored once (devices, series) and referenced by integer id.
 //
 // readings and text_readings are keyed by (series, ts): that key is what
-// makes re-ingesting the same reading a no-op (INSERT OR IGNORE); msg is
-// the 64-bit FNV-1a hash of the MQTT message (topic and payload) the
-// reading came from. rollups hold per-minute (res 60) and per-hour (res
+// makes re-ingesting the same reading a no-op (INSERT OR IGNORE), so the
+// rows need no message identity (dead letters keep the 64-bit FNV-1a
+// hash of topic and payload as msg). rollups hold per-minute (res 60) and per-hour (res
 // 3600) count/sum/min/max of numeric readings, updated in the same
 // transaction as the readings, so they always include every stored
 // reading and outlive the raw rows. recent_messages remembers, for the
@@ -46,7 +46,6 @@ var schema = []string{
 		series INTEGER NOT NULL,
 		ts     INTEGER NOT NULL,
 		value  REAL NOT NULL,
-		msg    INTEGER NOT NULL,
 		PRIMARY KEY (series, ts)
 	) WITHOUT ROWID`,
 	`CREATE TABLE IF NOT EXISTS text_readings (
@@ -54,7 +53,6 @@ var schema = []string{
 		ts     INTEGER NOT NULL,
 		kind   INTEGER NOT NULL,
 		value  BLOB NOT NULL,
-		msg    INTEGER NOT NULL,
 		PRIMARY KEY (series, ts)
 	) WITHOUT ROWID`,
 	`CREATE TABLE IF NOT EXISTS rollups (

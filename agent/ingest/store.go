@@ -190,7 +190,10 @@ type devEntry struct {
 }
 
 type seriesEntry struct {
-	id int64
+	id    int64
+	maxTS int64  // latest time of its numeric readings in the table (or in the current commit)
+	gen   uint64 // commitScratch.gen of the commit that assigned slot
+	slot  int32
 }
 
 // DSN returns the SQLite data source name the store opens path with.
@@ -291,7 +294,7 @@ func (s *Store) init() error {
 		conn.Close()
 		return fmt.Errorf("ingest: read %s: %w", s.cfg.Path, err)
 	}
-	st, err := prepareStmts(ctx, conn)
+	st, err := prepareStmts(ctx, s.db)
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("ingest: prepare statements on %s: %w", s.cfg.Path, err)
@@ -335,14 +338,15 @@ func (s *Store) lastEpoch() int64 {
 // Path returns the database file.
 func (s *Store) Path() string { return s.cfg.Path }
 
-// stmts are the statements writes use, prepared once on the write
-// connection.
+// stmts are the statements writes use, prepared once and bound to the
+// write connection's transactions with Tx.StmtContext.
 type stmts struct {
 	devGet, devIns, devUpd            *sql.Stmt
 	serGet, serIns, serLast           *sql.Stmt
 	serLastText                       *sql.Stmt
-	insReading, insReadings, insText  *sql.Stmt
-	savepoint, release, rollbackTo    *sql.Stmt
+	insReading, insText               *sql.Stmt
+	insMany                           map[int]*sql.Stmt
+	serMax                            *sql.Stmt
 	rollup                            *sql.Stmt
 	recentGet, recentIns, recentPrune *sql.Stmt
 	deadIns                           *sql.Stmt
@@ -351,7 +355,10 @@ type stmts struct {
 	all                               []*sql.Stmt
 }
 
-func prepareStmts(ctx context.Context, c *sql.Conn) (*stmts, error) {
+// prepareStmts prepares on the pool, not on the write connection: a
+// statement prepared on a *sql.Conn is prepared again by every
+// Tx.StmtContext, one prepared on the *sql.DB is reused per connection.
+func prepareStmts(ctx context.Context, c *sql.DB) (*stmts, error) {
 	st := &stmts{}
 	var err error
 	p := func(q string) *sql.Stmt {
@@ -374,13 +381,14 @@ func prepareStmts(ctx context.Context, c *sql.Conn) (*stmts, error) {
 		WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
 	st.serLastText = p(`UPDATE series SET last_ts = ?, last_value = NULL, last_text = ?, unit = ?, kind = ?
 		WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)`)
-	st.insReading = p(`INSERT OR IGNORE INTO readings (series, ts, value, msg) VALUES (?, ?, ?, ?)`)
-	st.insReadings = p(`INSERT OR IGNORE INTO readings (series, ts, value, msg) VALUES ` +
-		strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?), ", insertChunk), ", "))
-	st.savepoint = p(`SAVEPOINT chunk`)
-	st.release = p(`RELEASE chunk`)
-	st.rollbackTo = p(`ROLLBACK TO chunk`)
-	st.insText = p(`INSERT OR IGNORE INTO text_readings (series, ts, kind, value, msg) VALUES (?, ?, ?, ?, ?)`)
+	st.insReading = p(`INSERT OR IGNORE INTO readings (series, ts, value) VALUES (?, ?, ?)`)
+	st.insMany = map[int]*sql.Stmt{}
+	for _, n := range insertChunks {
+		st.insMany[n] = p(`INSERT OR IGNORE INTO readings (series, ts, value) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?), ", n), ", "))
+	}
+	st.serMax = p(`SELECT MAX(ts) FROM readings WHERE series = ?`)
+	st.insText = p(`INSERT OR IGNORE INTO text_readings (series, ts, kind, value) VALUES (?, ?, ?, ?)`)
 	st.rollup = p(`INSERT INTO rollups (res, series, bucket, count, sum, min, max) VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (res, series, bucket) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum,
 		min = min(min, excluded.min), max = max(max, excluded.max)`)

@@ -424,7 +424,7 @@ func TestStorePressureHighWater(t *testing.T) {
 	s := openTestStore(t, StoreConfig{Clock: clk.Now, Retention: RetentionConfig{MaxBytes: 1 << 20}, HighWaterBytes: 1 << 20,
 		Outbox: OutboxConfig{Disabled: true}})
 	ctx := context.Background()
-	fill(t, s, clk, "a", 30000, testNow.Add(-time.Hour), 100*time.Millisecond)
+	fill(t, s, clk, "a", 80000, testNow.Add(-time.Hour), 40*time.Millisecond)
 	if p, _ := s.Pressure(ctx); p != pressureStore {
 		t.Fatalf("pressure %q over the high-water mark", p)
 	}
