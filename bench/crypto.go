@@ -32,7 +32,10 @@ type CryptoOptions struct {
 	// HPKEPayload is the plaintext size of the one-shot HPKE operations;
 	// 0 = 1 KiB.
 	HPKEPayload int
-	// Now is the clock; nil = time.Now.
+	// Now is the clock; nil = time.Now (wall time). On a machine shared
+	// with other work, a clock reading the process's CPU time (for example
+	// from getrusage(RUSAGE_SELF), user + system) measures per-core cost
+	// without counting time the process spent descheduled.
 	Now func() time.Time
 	// Rand supplies key material and payloads; nil = crypto/rand. The
 	// operations under measurement draw their own randomness (salts, nonces,

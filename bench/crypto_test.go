@@ -68,3 +68,20 @@ func TestSizeLabel(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRunCrypto runs the full crypto suite once with default options
+// and reports each ratio (ours / baseline) as a metric:
+//
+//	go test -run='^$' -bench=RunCrypto -benchtime=1x ./bench/
+func BenchmarkRunCrypto(b *testing.B) {
+	for b.Loop() {
+		rep, err := RunCrypto(context.Background(), CryptoOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rep.Results {
+			b.ReportMetric(r.Ratio, r.Name+"_ratio")
+			b.Logf("%-20s %12.1f %-5s  baseline %-24s %12.1f  ratio %.3f", r.Name, r.Value, r.Unit, r.Baseline.Name, r.Baseline.Value, r.Ratio)
+		}
+	}
+}
