@@ -53,7 +53,7 @@ func BenchmarkIngest(b *testing.B) {
 	})
 	b.Run("https", func(b *testing.B) {
 		dir := b.TempDir()
-		srv, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: discardLogger()})
+		srv, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: discardLogger(), SQLite: SQLiteOptions{Synchronous: benchSync}})
 		if err != nil {
 			b.Fatal(err)
 		}
