@@ -294,14 +294,14 @@ func (c *Client) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, error)
 // GetAgent returns one agent, including its post-quantum public keys.
 func (c *Client) GetAgent(ctx context.Context, id string) (Agent, error) {
 	var a Agent
-	err := c.do(ctx, "GET", "/v1/agents/"+url.PathEscape(id), nil, nil, &a)
+	err := c.do(ctx, "GET", "/v1/agents/"+id, nil, nil, &a)
 	return a, err
 }
 
 // UpdateLabels sets and removes an agent's labels.
 func (c *Client) UpdateLabels(ctx context.Context, id string, p LabelsPatch) (Agent, error) {
 	var a Agent
-	err := c.do(ctx, "PATCH", "/v1/agents/"+url.PathEscape(id)+"/labels", nil, p, &a)
+	err := c.do(ctx, "PATCH", "/v1/agents/"+id+"/labels", nil, p, &a)
 	return a, err
 }
 
@@ -309,7 +309,7 @@ func (c *Client) UpdateLabels(ctx context.Context, id string, p LabelsPatch) (Ag
 // then on.
 func (c *Client) Decommission(ctx context.Context, id string) (Agent, error) {
 	var a Agent
-	err := c.do(ctx, "POST", "/v1/agents/"+url.PathEscape(id)+"/decommission", nil, nil, &a)
+	err := c.do(ctx, "POST", "/v1/agents/"+id+"/decommission", nil, nil, &a)
 	return a, err
 }
 
@@ -361,7 +361,7 @@ func (c *Client) ListAPITokens(ctx context.Context) ([]APIToken, error) {
 // RevokeAPIToken revokes an operator token.
 func (c *Client) RevokeAPIToken(ctx context.Context, id string) (APIToken, error) {
 	var tok APIToken
-	err := c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil, &tok)
+	err := c.do(ctx, "DELETE", "/v1/tokens/"+id, nil, nil, &tok)
 	return tok, err
 }
 

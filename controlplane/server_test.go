@@ -651,9 +651,11 @@ func TestNotFoundAndMethodNotAllowedAreJSON(t *testing.T) {
 	if err := e.client("").Health(e.ctx()); err != nil {
 		t.Error(err)
 	}
-	_, err := e.admin.GetAgent(e.ctx(), "ag_missing")
-	if !errors.Is(err, ErrNotFound) {
-		t.Errorf("GetAgent missing: %v, want ErrNotFound", err)
+	for _, id := range []string{"ag_missing", "a b%2F?#x"} {
+		_, err := e.admin.GetAgent(e.ctx(), id)
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("GetAgent(%q): %v, want ErrNotFound", id, err)
+		}
 	}
 }
 
