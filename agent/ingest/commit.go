@@ -146,6 +146,8 @@ type commitScratch struct {
 	obAdd    int64 // payload bytes of the outbox batch written
 	rows     []pendingRow
 	fresh    []*pendingRow
+	sorted   []*pendingRow
+	counts   []int
 	args     []any
 }
 
@@ -164,6 +166,8 @@ func (c *commitScratch) reset() {
 	c.rows = c.rows[:0]
 	clear(c.fresh)
 	c.fresh = c.fresh[:0]
+	clear(c.sorted)
+	c.sorted = c.sorted[:0]
 	c.devOrder = c.devOrder[:0]
 	c.enc.reset()
 }
@@ -408,6 +412,28 @@ func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch
 		fresh = append(fresh, row)
 	}
 	sc.fresh = fresh
+	// Group the rows by series (a stable counting sort on the slot), so
+	// consecutive inserts land on the same B-tree pages.
+	if len(sc.slots) > 1 && len(fresh) > 1 {
+		counts := sc.counts[:0]
+		for range len(sc.slots) + 1 {
+			counts = append(counts, 0)
+		}
+		for _, row := range fresh {
+			counts[row.slot+1]++
+		}
+		for i := 1; i < len(counts); i++ {
+			counts[i] += counts[i-1]
+		}
+		sorted := sc.sorted[:0]
+		sorted = append(sorted, fresh...)
+		for _, row := range fresh {
+			sorted[counts[row.slot]] = row
+			counts[row.slot]++
+		}
+		sc.counts, sc.sorted = counts, sorted
+		fresh = sorted
+	}
 	for len(fresh) > 0 {
 		k := 1
 		for _, c := range insertChunks {

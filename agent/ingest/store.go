@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -182,6 +183,9 @@ type Store struct {
 	maxEpoch     int64 // highest connection epoch recorded
 	commitScr    commitScratch
 	usedBytesMem int64 // database used bytes at the last check
+
+	commits        atomic.Int64 // write transactions committed, for the checkpointer
+	ckStop, ckDone chan struct{}
 }
 
 type devEntry struct {
@@ -204,6 +208,7 @@ func DSN(path string) string {
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(OFF)")
 	q.Add("_pragma", "temp_store(MEMORY)")
+	q.Add("_pragma", "wal_autocheckpoint(0)") // checkpoints run in the background
 	q.Set("_txlock", "immediate")
 	return path + "?" + q.Encode()
 }
@@ -232,7 +237,37 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 		return nil, fmt.Errorf("ingest: register store metrics: %w", err)
 	}
 	s.m = m
+	s.ckStop, s.ckDone = make(chan struct{}), make(chan struct{})
+	go s.runCheckpointer()
 	return s, nil
+}
+
+// checkpointInterval is how often the WAL is copied back into the
+// database file.
+const checkpointInterval = 500 * time.Millisecond
+
+// runCheckpointer checkpoints the WAL in the background. Connections
+// open with wal_autocheckpoint off, so no commit pays for a checkpoint
+// (copying pages into the database and syncing it) on its way to the
+// acknowledgement; here a PASSIVE checkpoint runs beside the writer.
+func (s *Store) runCheckpointer() {
+	defer close(s.ckDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	var last int64
+	for {
+		select {
+		case <-s.ckStop:
+			return
+		case <-t.C:
+		}
+		if n := s.commits.Load(); n != last {
+			last = n
+			if _, err := s.db.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+				s.log.Warn("wal checkpoint", "err", err)
+			}
+		}
+	}
 }
 
 func (s *Store) init() error {
@@ -317,6 +352,11 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.ckStop)
+	<-s.ckDone
+	if _, err := s.wconn.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		s.log.Warn("wal checkpoint at close", "err", err)
+	}
 	s.stmts.close()
 	err := s.wconn.Close()
 	if err2 := s.db.Close(); err == nil {
@@ -444,6 +484,7 @@ func (s *Store) withTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("ingest: commit: %w", err)
 	}
+	s.commits.Add(1)
 	return nil
 }
 

@@ -38,7 +38,7 @@ func TestRunSmall(t *testing.T) {
 	m := startBroker(t)
 	o := Options{Broker: m.URL(), Messages: 2000, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir()}
 	if *full {
-		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog,
+		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency,
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	}
 	res, err := Run(context.Background(), o)
@@ -53,3 +53,5 @@ func TestRunSmall(t *testing.T) {
 }
 
 var onlyBacklog = flag.Bool("ingestbench.backlog", false, "measure only the backlog drain")
+
+var onlyLatency = flag.Bool("ingestbench.latency", false, "measure only the publish-to-commit latency")
