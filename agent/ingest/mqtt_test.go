@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"math/big"
 	"net"
@@ -27,6 +28,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
 )
+
+var kill9Messages = flag.Int("ingest.kill9", 12000, "messages TestMosquittoKill9 publishes")
 
 func startMosquitto(t *testing.T, o mqtttest.Options) *mqtttest.Mosquitto {
 	t.Helper()
@@ -211,8 +214,8 @@ func startHelper(t *testing.T, dir, broker string) *exec.Cmd {
 	return cmd
 }
 
-// TestMosquittoKill9: QoS 1 messages published while the agent process
-// is killed with SIGKILL twice; after restart and drain every message is
+// TestMosquittoKill9: QoS 1 messages published with mosquitto_pub while
+// the agent process is killed with SIGKILL twice; after restart and drain every message is
 // stored exactly once. A third of the messages carry no time (their
 // readings take the receive time), exercising redelivery
 // de-duplication by packet id; the rest carry times.
@@ -225,60 +228,65 @@ func TestMosquittoKill9(t *testing.T) {
 	helper := startHelper(t, dir, m.URL())
 	defer func() { helper.Process.Kill(); helper.Wait() }()
 
-	const total = 12000
-	opts := mqtt.NewClientOptions().AddBroker(m.URL()).SetClientID("kill9-publisher").SetCleanSession(true).SetOrderMatters(false)
-	pub := mqtt.NewClient(opts)
-	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
+	total := *kill9Messages
+	// The real mosquitto_pub, QoS 1, one message per line of its stdin;
+	// lines are written as the test goes, so the kills land mid-stream.
+	bin := needBinary(t, "mosquitto_pub")
+	pubCmd := exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(m.Port()), "-q", "1", "-i", "kill9-publisher",
+		"-t", "devices/k9/telemetry", "-l")
+	stdin, err := pubCmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	defer pub.Disconnect(100)
+	pubOut := &strings.Builder{}
+	pubCmd.Stdout, pubCmd.Stderr = pubOut, pubOut
+	if err := pubCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(stdin)
 	base := time.Now().Add(-time.Hour).UnixMicro()
-	var toks []mqtt.Token
 	kills := 0
 	for i := 0; i < total; i++ {
-		payload := fmt.Sprintf(`{"seq":%d,"ts":%.6f}`, i, float64(base+int64(i))/1e6)
 		if i%3 == 0 {
-			payload = fmt.Sprintf(`{"seq_rt":%d}`, i%97) // repeats: identical payloads are distinct readings
+			fmt.Fprintf(w, "{\"seq_rt\":%d}\n", i%97) // repeats: identical payloads are distinct readings
+		} else {
+			fmt.Fprintf(w, "{\"seq\":%d,\"ts\":%.6f}\n", i, float64(base+int64(i))/1e6)
 		}
-		toks = append(toks, pub.Publish(fmt.Sprintf("devices/k%d/telemetry", i%4), 1, false, payload))
 		if i%500 == 499 {
-			for _, tk := range toks {
-				if !tk.WaitTimeout(20*time.Second) || tk.Error() != nil {
-					t.Fatalf("publish: %v", tk.Error())
-				}
-			}
-			toks = toks[:0]
-			time.Sleep(20 * time.Millisecond)
+			w.Flush()
+			time.Sleep(10 * time.Millisecond)
 		}
 		if i == total/3 || i == 2*total/3 {
 			// kill -9 mid-stream, then restart.
+			w.Flush()
+			time.Sleep(50 * time.Millisecond)
 			helper.Process.Signal(syscall.SIGKILL)
 			helper.Wait()
 			kills++
 			helper = startHelper(t, dir, m.URL())
 		}
 	}
-	for _, tk := range toks {
-		if !tk.WaitTimeout(20*time.Second) || tk.Error() != nil {
-			t.Fatalf("publish: %v", tk.Error())
-		}
+	w.Flush()
+	stdin.Close()
+	if err := pubCmd.Wait(); err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, pubOut)
 	}
 	var rep InspectReport
 	waitFor(t, "all messages stored", func() bool {
 		var err error
 		rep, err = Inspect(dir)
-		return err == nil && rep.Readings >= total
+		return err == nil && rep.Readings >= int64(total)
 	})
 	time.Sleep(300 * time.Millisecond) // let late redeliveries arrive
 	helper.Process.Signal(syscall.SIGKILL)
 	helper.Wait()
-	rep, err := Inspect(dir)
+	rep, err = Inspect(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("kills %d: readings %d, dead letters %d, duplicate readings %d, duplicate messages %d",
 		kills, rep.Readings, rep.DeadLetters, rep.Stats.DuplicateReadings, rep.Stats.DuplicateMessages)
-	if rep.Readings != total || rep.DeadLetters != 0 {
+	if rep.Readings != int64(total) || rep.DeadLetters != 0 {
 		t.Fatalf("stored %d readings and %d dead letters; want exactly %d and 0", rep.Readings, rep.DeadLetters, total)
 	}
 }
