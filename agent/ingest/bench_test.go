@@ -42,6 +42,10 @@ func BenchmarkCommit(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "msgs/s")
+	if st, err := st.Stats(ctx); err == nil && st.OutboxPending > 0 {
+		b.ReportMetric(float64(st.OutboxPendingBytes)/float64(st.OutboxPending), "outbox-B/reading")
+		b.ReportMetric(float64(st.UsedBytes)/float64(st.Readings), "db-B/reading")
+	}
 }
 
 func pad6(v int64) string {

@@ -37,39 +37,77 @@ func timeRange(from, to time.Time) (int64, int64) {
 }
 
 // Readings returns stored readings (numeric and text), ordered by
-// device, metric and time.
+// device, metric and time. Rows do not repeat the unit and the
+// numeric/boolean distinction: readings carry their series' unit and
+// kind as of its latest reading.
 func (s *Store) Readings(ctx context.Context, q ReadingQuery) ([]Reading, error) {
 	if q.Limit <= 0 {
 		q.Limit = 1000
 	}
 	lo, hi := timeRange(q.From, q.To)
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT d.name, s.metric, s.unit, r.ts,
-			CASE WHEN r.kind >= 0 THEN r.kind WHEN s.kind = 1 THEN 1 ELSE 0 END, r.value, r.text FROM (
-			SELECT series, ts, -1 AS kind, value, NULL AS text FROM readings WHERE ts >= ?1 AND ts < ?2
-			UNION ALL
-			SELECT series, ts, kind, 0, value FROM text_readings WHERE ts >= ?1 AND ts < ?2
-		) r JOIN series s ON s.id = r.series JOIN devices d ON d.id = s.device
-		WHERE (?3 = '' OR d.name = ?3) AND (?4 = '' OR s.metric = ?4)
-		ORDER BY d.name, s.metric, r.ts LIMIT ?5`, lo, hi, q.Device, q.Metric, q.Limit)
+	type ser struct {
+		id                   int64
+		device, metric, unit string
+		kind                 Kind
+	}
+	var list []ser
+	rows, err := s.db.QueryContext(ctx, `SELECT s.id, d.name, s.metric, s.unit, s.kind
+		FROM series s JOIN devices d ON d.id = s.device
+		WHERE (?1 = '' OR d.name = ?1) AND (?2 = '' OR s.metric = ?2) ORDER BY d.name, s.metric`, q.Device, q.Metric)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: query readings: %w", err)
 	}
-	defer rows.Close()
-	var out []Reading
 	for rows.Next() {
-		var r Reading
-		var ts, kind int64
-		var text []byte
-		if err := rows.Scan(&r.Device, &r.Metric, &r.Unit, &ts, &kind, &r.Value, &text); err != nil {
+		var x ser
+		var kind int64
+		if err := rows.Scan(&x.id, &x.device, &x.metric, &x.unit, &kind); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("ingest: query readings: %w", err)
 		}
-		r.Time = time.UnixMicro(ts).UTC()
-		r.Kind = Kind(kind)
-		r.Text = string(text)
-		out = append(out, r)
+		x.kind = Kind(kind)
+		list = append(list, x)
 	}
-	return out, rows.Err()
+	rows.Close()
+	var out []Reading
+	for _, x := range list {
+		if len(out) >= q.Limit {
+			break
+		}
+		rows, err := s.db.QueryContext(ctx, `
+			SELECT ts, -1, value, NULL FROM readings WHERE series = ?1 AND ts >= ?2 AND ts < ?3
+			UNION ALL
+			SELECT ts, kind, 0, value FROM text_readings WHERE series = ?1 AND ts >= ?2 AND ts < ?3
+			ORDER BY 1 LIMIT ?4`, x.id, lo, hi, q.Limit-len(out))
+		if err != nil {
+			return nil, fmt.Errorf("ingest: query readings: %w", err)
+		}
+		for rows.Next() {
+			r := Reading{Device: x.device, Metric: x.metric, Unit: x.unit}
+			var ts, kind int64
+			var text []byte
+			if err := rows.Scan(&ts, &kind, &r.Value, &text); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("ingest: query readings: %w", err)
+			}
+			r.Time = time.UnixMicro(ts).UTC()
+			switch {
+			case kind >= 0:
+				r.Kind = Kind(kind)
+			case x.kind == KindBool:
+				r.Kind = KindBool
+			default:
+				r.Kind = KindNumber
+			}
+			r.Text = string(text)
+			out = append(out, r)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("ingest: query readings: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // RollupQuery selects rollups. Resolution is time.Minute or time.Hour.

@@ -86,7 +86,9 @@ type OutboxConfig struct {
 	// data readings are carried over unchanged); the replaced readings
 	// are counted (OutboxEvicted). When nothing more can be replaced and
 	// the outbox is still over MaxBytes, the store reports backpressure
-	// until it falls below 90%. Default 64 MiB.
+	// until it falls below 90%. Default 256 MiB: about 18 minutes of
+	// 5,000 messages/s of three metrics (about 15 bytes per reading) with
+	// the uplink away.
 	MaxBytes int64
 }
 
@@ -117,7 +119,7 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 		r.DeadLetterMaxAge = 30 * 24 * time.Hour
 	}
 	if c.Outbox.MaxBytes == 0 {
-		c.Outbox.MaxBytes = 64 << 20
+		c.Outbox.MaxBytes = 256 << 20
 	}
 	if c.HighWaterBytes == 0 {
 		c.HighWaterBytes = 768 << 20

@@ -8,8 +8,8 @@ import (
 // DefaultTopicPattern is the topic devices publish readings to.
 const DefaultTopicPattern = "devices/{device_id}/telemetry"
 
-// deviceIDPlaceholder marks the topic level holding the device id.
-const deviceIDPlaceholder = "{device_id}"
+// deviceIDLevel marks the topic level holding the device id.
+const deviceIDLevel = "{device_id}"
 
 // MaxDeviceIDLen is the longest device id accepted, in bytes.
 const MaxDeviceIDLen = 128
@@ -31,9 +31,9 @@ func ParseTopicPattern(p string) (TopicPattern, error) {
 	tp := TopicPattern{levels: levels, idx: -1}
 	for i, l := range levels {
 		switch {
-		case l == deviceIDPlaceholder:
+		case l == deviceIDLevel:
 			if tp.idx >= 0 {
-				return TopicPattern{}, fmt.Errorf("%w: topic pattern %q has more than one %s", ErrInvalidConfig, p, deviceIDPlaceholder)
+				return TopicPattern{}, fmt.Errorf("%w: topic pattern %q has more than one %s", ErrInvalidConfig, p, deviceIDLevel)
 			}
 			tp.idx = i
 		case strings.ContainsAny(l, "+#{}\x00"):
@@ -41,7 +41,7 @@ func ParseTopicPattern(p string) (TopicPattern, error) {
 		}
 	}
 	if tp.idx < 0 {
-		return TopicPattern{}, fmt.Errorf("%w: topic pattern %q has no %s level", ErrInvalidConfig, p, deviceIDPlaceholder)
+		return TopicPattern{}, fmt.Errorf("%w: topic pattern %q has no %s level", ErrInvalidConfig, p, deviceIDLevel)
 	}
 	return tp, nil
 }

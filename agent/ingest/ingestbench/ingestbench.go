@@ -369,6 +369,7 @@ type countSink struct {
 	onCommit      func(ingest.Commit)
 }
 
+// Committed counts a commit (ingest.Sink).
 func (s *countSink) Committed(c ingest.Commit) {
 	s.commits.Add(1)
 	if s.onCommit != nil {
