@@ -226,6 +226,11 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 	var res commitResult
 	sc := &s.commitScr
 	sc.reset()
+	n := 0
+	for _, e := range envs {
+		n += len(e.readings)
+	}
+	res.newReadings = make([]Reading, 0, n)
 	newRecent, pruned, maxEpoch := int64(0), int64(0), int64(0)
 	deadByReason := map[Reason]int{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {

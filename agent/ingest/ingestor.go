@@ -219,8 +219,9 @@ type Ingestor struct {
 
 	mqtt *subscriber
 
-	pressure atomic.Value // string: current backpressure reason, "" none
-	epoch    atomic.Int64 // connection epoch: grows at every connection attempt
+	pressure  atomic.Value  // string: current backpressure reason, "" none
+	retainNow chan struct{} // asks the maintenance goroutine for a retention pass
+	epoch     atomic.Int64  // connection epoch: grows at every connection attempt
 }
 
 // New validates cfg and builds an Ingestor (opening its store when
@@ -240,11 +241,12 @@ func New(cfg Config) (*Ingestor, error) {
 	}
 	in := &Ingestor{
 		cfg: cfg, log: cfg.Logger, topics: tp, m: m,
-		queue:    make(chan *envelope, cfg.QueueMessages),
-		batches:  make(chan []*envelope, 1),
-		acks:     make(chan committed, 2),
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
+		queue:     make(chan *envelope, cfg.QueueMessages),
+		batches:   make(chan []*envelope, 1),
+		acks:      make(chan committed, 2),
+		retainNow: make(chan struct{}, 1),
+		stopping:  make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	in.pressure.Store("")
 	in.store = cfg.Store
@@ -573,7 +575,7 @@ func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope) (comm
 
 // checkPressure re-evaluates the store's backpressure state.
 func (in *Ingestor) checkPressure(ctx context.Context) string {
-	p, err := in.store.Pressure(ctx)
+	p, err := in.store.pressureCheck(ctx, false)
 	if err != nil {
 		in.log.Warn("evaluate backpressure", "err", err)
 	}
@@ -602,7 +604,14 @@ func (in *Ingestor) waitPressure(ctx context.Context) bool {
 	}
 	t := time.NewTicker(in.cfg.PressureInterval)
 	defer t.Stop()
-	for in.checkPressure(ctx) != "" {
+	for p := in.checkPressure(ctx); p != ""; p = in.checkPressure(ctx) {
+		if p == pressureStore {
+			// Retention may bring the database down: run it now.
+			select {
+			case in.retainNow <- struct{}{}:
+			default:
+			}
+		}
 		select {
 		case <-in.stopping:
 			return false
@@ -612,7 +621,8 @@ func (in *Ingestor) waitPressure(ctx context.Context) bool {
 	return true
 }
 
-// runMaintenance runs retention periodically.
+// runMaintenance runs retention every RetentionInterval, and at once
+// when the committer is held back by the database's size.
 func (in *Ingestor) runMaintenance() {
 	defer in.wg.Done()
 	t := time.NewTicker(in.cfg.RetentionInterval)
@@ -622,9 +632,10 @@ func (in *Ingestor) runMaintenance() {
 		case <-in.stopping:
 			return
 		case <-t.C:
-			if _, err := in.store.Retain(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
-				in.log.Warn("retention", "err", err)
-			}
+		case <-in.retainNow:
+		}
+		if _, err := in.store.Retain(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
+			in.log.Warn("retention", "err", err)
 		}
 	}
 }

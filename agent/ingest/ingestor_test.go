@@ -301,3 +301,28 @@ func TestIngestorConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestorStorePressureRetention: over the database high-water mark
+// the ingestor holds back, runs retention at once (not at the next
+// interval), and resumes when the oldest raw readings are gone.
+func TestIngestorStorePressureRetention(t *testing.T) {
+	clk := newFakeClock()
+	in := newTestIngestor(t, Config{Clock: clk.Now, BatchMessages: 500, BatchDelay: time.Millisecond, PressureInterval: 5 * time.Millisecond,
+		RetentionInterval: time.Hour,
+		StoreConfig:       StoreConfig{Retention: RetentionConfig{MaxBytes: 1 << 20}, HighWaterBytes: 2 << 20, Outbox: OutboxConfig{Disabled: true}}})
+	const total = 150000
+	msgs := make([]*fakeMsg, 0, total)
+	for i := 0; i < total; i++ {
+		m := &fakeMsg{topic: "devices/a/telemetry", pid: uint16(i),
+			payload: []byte(fmt.Sprintf(`{"v":%d,"ts":%.6f}`, i, float64(testNow.Add(-time.Hour).UnixMicro()+int64(i)*20000)/1e6))}
+		msgs = append(msgs, m)
+		if err := in.Handle(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "all acknowledged", func() bool { return msgs[total-1].acked.Load() == 1 })
+	st, _ := in.Store().Stats(context.Background())
+	if st.StoredTotal != total || st.RetentionDeletedSize == 0 || st.UsedBytes > 3<<20 {
+		t.Fatalf("stats %+v", st)
+	}
+}

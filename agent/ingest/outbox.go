@@ -248,6 +248,17 @@ func (s *Store) evictOutbox(ctx context.Context) (int64, error) {
 // A state, once entered, holds until the size falls below 90% of its
 // bound. It first evicts from a full outbox.
 func (s *Store) Pressure(ctx context.Context) (string, error) {
+	return s.pressureCheck(ctx, true)
+}
+
+// sizeCheckCommits: after a commit, the database size is re-read when
+// this many commits have passed since the last reading (or while
+// backpressure is on); the outbox size is tracked exactly.
+const sizeCheckCommits = 16
+
+// pressureCheck is Pressure; with fresh false the database size may be
+// up to sizeCheckCommits commits old.
+func (s *Store) pressureCheck(ctx context.Context, fresh bool) (string, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.closed {
@@ -258,11 +269,14 @@ func (s *Store) Pressure(ctx context.Context) (string, error) {
 			return s.pressure, err
 		}
 	}
-	used, err := s.usedBytes(ctx)
-	if err != nil {
-		return s.pressure, err
+	if n := s.commits.Load(); fresh || s.pressure != "" || n-s.sizeChecked >= sizeCheckCommits {
+		used, err := s.usedBytes(ctx)
+		if err != nil {
+			return s.pressure, err
+		}
+		s.usedBytesMem, s.sizeChecked = used, n
 	}
-	s.usedBytesMem = used
+	used := s.usedBytesMem
 	ob, hw := s.obBytes, s.cfg.HighWaterBytes
 	obMax := s.cfg.Outbox.MaxBytes
 	switch s.pressure {

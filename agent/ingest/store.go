@@ -187,6 +187,7 @@ type Store struct {
 	usedBytesMem int64 // database used bytes at the last check
 
 	commits        atomic.Int64 // write transactions committed, for the checkpointer
+	sizeChecked    int64        // commits at the last database size reading
 	ckStop, ckDone chan struct{}
 }
 
