@@ -313,7 +313,7 @@ func (d *batchDecoder) decode() (BatchKind, []Reading, []Rollup, error) {
 	for i := 0; i < ns && d.err == nil; i++ {
 		strs = append(strs, string(d.bytes()))
 	}
-	nr := d.count(13)
+	nr := d.count(6) // smallest reading: three string refs, time delta, kind, empty text
 	rs := make([]Reading, 0, nr)
 	var ts int64
 	for i := 0; i < nr && d.err == nil; i++ {
