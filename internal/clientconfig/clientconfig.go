@@ -2,7 +2,7 @@
 // which control plane, API token and CA certificate a command uses.
 //
 // The file lives at $XDG_CONFIG_HOME/edgefleet/config.yaml (default
-// ~/.config/edgefleet/config.yaml), is written with mode 0600 because it
+// ~/.config/edgefleet/config.yaml; EDGEFLEET_CONFIG overrides), is written with mode 0600 because it
 // holds API tokens, and looks like this:
 //
 //	current-context: prod
@@ -90,16 +90,28 @@ type File struct {
 	path string
 }
 
-// DefaultPath returns $XDG_CONFIG_HOME/edgefleet/config.yaml, or
-// ~/.config/edgefleet/config.yaml when XDG_CONFIG_HOME is unset or not
-// absolute (as the XDG base directory specification asks).
-func DefaultPath() (string, error) {
-	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
+// DefaultPath returns the contexts file's path from the process
+// environment; see PathFrom.
+func DefaultPath() (string, error) { return PathFrom(os.Getenv) }
+
+// PathFrom returns the contexts file's path: $EDGEFLEET_CONFIG if set,
+// else $XDG_CONFIG_HOME/edgefleet/config.yaml, else
+// $HOME/.config/edgefleet/config.yaml (XDG_CONFIG_HOME is ignored when it
+// is not absolute, as the XDG base directory specification asks).
+func PathFrom(getenv func(string) string) (string, error) {
+	if p := getenv(EnvConfig); p != "" {
+		return p, nil
+	}
+	if x := getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
 		return filepath.Join(x, "edgefleet", FileName), nil
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("clientconfig: locate the contexts file: %w", err)
+	home := getenv("HOME")
+	if home == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("clientconfig: locate the contexts file: %w", err)
+		}
+		home = h
 	}
 	return filepath.Join(home, ".config", "edgefleet", FileName), nil
 }

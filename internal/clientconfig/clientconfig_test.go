@@ -95,6 +95,10 @@ func TestDefaultPathRespectsXDG(t *testing.T) {
 	if want := filepath.Join(dir, ".config", "edgefleet", "config.yaml"); p != want {
 		t.Fatalf("relative XDG_CONFIG_HOME: DefaultPath = %s, want %s", p, want)
 	}
+	t.Setenv(EnvConfig, "/etc/x.yaml")
+	if p, _ = DefaultPath(); p != "/etc/x.yaml" {
+		t.Fatalf("%s: DefaultPath = %s", EnvConfig, p)
+	}
 }
 
 func TestWriteAndSelect(t *testing.T) {
@@ -238,11 +242,11 @@ func TestResolvePrecedence(t *testing.T) {
 	}
 	// Env token overrides the context's, flag token overrides env.
 	c, _ = Resolve(f, Settings{}, Settings{Token: "env-tok"})
-	if c.Token != "env-tok" || c.TokenFrom != "environment" || c.Server != "https://a:1" {
+	if c.Token != "env-tok" || c.TokenFrom != EnvToken || c.Server != "https://a:1" {
 		t.Fatalf("env token: %+v", c)
 	}
 	c, _ = Resolve(f, Settings{Token: "flag-tok"}, Settings{Token: "env-tok"})
-	if c.Token != "flag-tok" || c.TokenFrom != "flag" {
+	if c.Token != "flag-tok" || c.TokenFrom != "--token" {
 		t.Fatalf("flag token: %+v", c)
 	}
 	// A server override to the same server keeps the context's credentials.
@@ -256,7 +260,7 @@ func TestResolvePrecedence(t *testing.T) {
 		t.Fatalf("other server: %v", err)
 	}
 	c, err = Resolve(f, Settings{Server: "https://other:1"}, Settings{Token: "t", CA: filepath.Join(dir, "ca.pem")})
-	if err != nil || c.Token != "t" || c.Context != "" || c.CAFrom != "environment" {
+	if err != nil || c.Token != "t" || c.Context != "" || c.CAFrom != EnvCA {
 		t.Fatalf("other server with env token: %+v %v", c, err)
 	}
 	// Errors.
@@ -273,7 +277,7 @@ func TestResolvePrecedence(t *testing.T) {
 		t.Fatalf("http server: %v", err)
 	}
 	_, err = Resolve(nil, Settings{Server: "https://x", Token: "t", CA: filepath.Join(dir, "missing.pem")}, Settings{})
-	if err == nil || !strings.Contains(err.Error(), "CA from flag") {
+	if err == nil || !strings.Contains(err.Error(), "CA from --ca") {
 		t.Fatalf("missing CA: %v", err)
 	}
 }

@@ -59,7 +59,8 @@ type Connection struct {
 	// none did).
 	Context string
 	// ServerFrom, TokenFrom and CAFrom say where each value came from:
-	// "flag", "environment", `context "NAME"`, or "" when unset.
+	// the flag ("--token"), the environment variable ("EDGEFLEET_TOKEN"),
+	// `context "NAME"`, or "" when unset.
 	ServerFrom, TokenFrom, CAFrom string
 }
 
@@ -91,7 +92,7 @@ func Resolve(f *File, flags, env Settings) (Connection, error) {
 		ctxLabel = fmt.Sprintf("context %q", ctx.Name)
 	}
 
-	server, from := first(flags.Server, "flag", env.Server, "environment", "", "")
+	server, from := first(flags.Server, "--server", env.Server, EnvServer, "", "")
 	if server == "" && ctx != nil {
 		server, from = ctx.Server, ctxLabel
 	}
@@ -114,13 +115,13 @@ func Resolve(f *File, flags, env Settings) (Connection, error) {
 		conn.Context = ctx.Name
 	}
 
-	conn.Token, conn.TokenFrom = first(flags.Token, "flag", env.Token, "environment", "", "")
+	conn.Token, conn.TokenFrom = first(flags.Token, "--token", env.Token, EnvToken, "", "")
 	if conn.Token == "" && useCtx && ctx.Token != "" {
 		conn.Token, conn.TokenFrom = ctx.Token, ctxLabel
 	}
 
 	var caBase string
-	ca, caFrom := first(flags.CA, "flag", env.CA, "environment", "", "")
+	ca, caFrom := first(flags.CA, "--ca", env.CA, EnvCA, "", "")
 	if ca == "" && useCtx && ctx.CA != "" {
 		ca, caFrom = ctx.CA, ctxLabel
 		if f.path != "" {

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgefleet/edgefleet/bench"
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/buildinfo"
+	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/clientconfig"
+)
+
+// benchServer modes.
+const (
+	serverChild     = "child"
+	serverInProcess = "in-process"
+)
+
+func (a *app) newBenchCmd() *cobra.Command {
+	var (
+		out           cli.OutputFlags
+		load          controlplane.LoadOptions
+		serverMode    string
+		memLimit      string
+		dir           string
+		ingestBatches int
+		batchSize     int
+	)
+	c := &cobra.Command{
+		Use:   "bench controlplane",
+		Short: "Measure the control plane: heartbeat latency under N agents, server RSS, telemetry ingest",
+		Long: `bench controlplane enrolls --agents simulated agents, opens one mutual-TLS
+connection per agent, sends heartbeats at agents/interval per second for
+--duration and reports API latency percentiles (p50, p90, p99, max), the
+achieved heartbeat rate against the target, server RSS and server CPU per
+heartbeat. It then measures telemetry ingest through the control plane's
+store in batches of --batch-size readings beside plain SQLite inserts of the
+same rows (ratio = ours / plain).
+
+The server is, in order of preference:
+  --server URL (or EDGEFLEET_SERVER, or --context): an existing control plane;
+      the token needs the operator role. Enrolled load agents stay in its
+      registry (label loadtest=true); decommission them afterwards.
+  --server-mode child (default): 'edgectl controlplane' in a child process
+      on 127.0.0.1 with a fresh data directory, so the reported RSS is the
+      server's alone.
+  --server-mode in-process: the server in this process (RSS then includes
+      the load generator).
+
+The report has the same shape as 'edge-agent bench'.`,
+		Example: `  edgectl bench controlplane --agents 1000 --json
+  edgectl bench controlplane --agents 10000 --interval 10s --duration 20s --json`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"controlplane"},
+		RunE: func(c *cobra.Command, args []string) error {
+			if args[0] != "controlplane" {
+				return cli.Usagef("unknown bench suite %q (suites: controlplane)", args[0])
+			}
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			if load.Agents < 1 || load.Interval <= 0 || load.Duration <= 0 {
+				return cli.Usagef("--agents, --interval and --duration must be positive")
+			}
+			if ingestBatches < 0 || batchSize < 1 {
+				return cli.Usagef("--ingest-batches must not be negative and --batch-size must be positive")
+			}
+			if serverMode != serverChild && serverMode != serverInProcess {
+				return cli.Usagef("--server-mode %q: want child or in-process", serverMode)
+			}
+			limit, applyLimit, limitDesc, err := memoryLimit(memLimit, c.Flags().Changed("memory-limit"), a.getenv("GOMEMLIMIT"))
+			if err != nil {
+				return cli.Usagef("--memory-limit: %v", err)
+			}
+			if dir == "" {
+				d, err := os.MkdirTemp("", "edgectl-bench-")
+				if err != nil {
+					return fmt.Errorf("bench: %w", err)
+				}
+				defer os.RemoveAll(d)
+				dir = d
+			}
+			ctx := c.Context()
+			logger := cli.Discard()
+			if format == cli.FormatTable {
+				logger, _ = cli.NewLogger(c.ErrOrStderr(), "info", "text")
+			}
+			load.Logger = logger
+
+			rep := bench.Report{Suite: "controlplane", Machine: map[string]string{
+				"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": fmt.Sprint(runtime.NumCPU()),
+				"version":  buildinfo.Get().Version,
+				"agents":   fmt.Sprint(load.Agents),
+				"interval": load.Interval.String(),
+				"duration": load.Duration.String(),
+			}}
+
+			env := clientconfig.FromEnv(a.getenv)
+			external := a.flags.Server != "" || a.flags.Context != "" || env.Server != ""
+			var stopServer func() error
+			switch {
+			case external:
+				conn, err := a.resolve(c)
+				if err != nil {
+					return err
+				}
+				load.URL, load.AdminToken, load.CAPEM = conn.Server, conn.Token, conn.CAPEM
+				rep.Machine["server"] = conn.Server
+			case serverMode == serverInProcess:
+				if applyLimit {
+					prev := debug.SetMemoryLimit(limit)
+					defer debug.SetMemoryLimit(prev)
+				}
+				srv, err := controlplane.New(controlplane.Config{
+					DataDir: filepath.Join(dir, "server"), Listen: "127.0.0.1:0", Logger: cli.Discard(),
+					HeartbeatInterval: load.Interval, Version: buildinfo.Get().Version,
+				})
+				if err != nil {
+					return err
+				}
+				if err := srv.Start(); err != nil {
+					srv.Close()
+					return err
+				}
+				stopServer = srv.Close
+				tok, err := os.ReadFile(srv.AdminTokenPath())
+				if err != nil {
+					srv.Close()
+					return fmt.Errorf("bench: %w", err)
+				}
+				load.URL, load.AdminToken, load.CAPEM = srv.URL(), strings.TrimSpace(string(tok)), srv.CAPEM()
+				rep.Machine["server"] = "in-process (server_rss includes the load generator)"
+				rep.Machine["memory_limit"] = limitDesc
+			default:
+				info, stop, err := a.startChildServer(ctx, c.ErrOrStderr(), filepath.Join(dir, "server"), memLimit, c.Flags().Changed("memory-limit"), load.Interval)
+				if err != nil {
+					return err
+				}
+				stopServer = stop
+				tok, err := os.ReadFile(info.AdminTokenFile)
+				if err != nil {
+					stop()
+					return fmt.Errorf("bench: %w", err)
+				}
+				caPEM, err := os.ReadFile(info.CAFile)
+				if err != nil {
+					stop()
+					return fmt.Errorf("bench: %w", err)
+				}
+				load.URL, load.AdminToken, load.CAPEM = info.URL, strings.TrimSpace(string(tok)), caPEM
+				rep.Machine["server"] = fmt.Sprintf("child process %d", info.PID)
+				rep.Machine["memory_limit"] = limitDesc
+			}
+
+			logger.Info("heartbeat load", "agents", load.Agents, "interval", load.Interval, "duration", load.Duration, "server", load.URL)
+			lr, err := controlplane.RunHeartbeatLoad(ctx, load)
+			if stopServer != nil {
+				if serr := stopServer(); serr != nil && err == nil {
+					logger.Warn("stopping the server", "err", serr)
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if lr.Errors > 0 {
+				fmt.Fprintf(c.ErrOrStderr(), "%s: warning: %d of %d heartbeats failed; first: %s\n", c.Root().Name(), lr.Errors, lr.Heartbeats+lr.Errors, lr.FirstError)
+			}
+			rep.Results = append(rep.Results, loadResults(lr)...)
+
+			if ingestBatches > 0 {
+				logger.Info("telemetry ingest", "batches", ingestBatches, "batch_size", batchSize)
+				idir := filepath.Join(dir, "ingest")
+				if err := os.MkdirAll(idir, 0o700); err != nil {
+					return fmt.Errorf("bench: %w", err)
+				}
+				ir, err := controlplane.RunIngestBench(ctx, controlplane.IngestBenchOptions{Dir: idir, Batches: ingestBatches, BatchSize: batchSize})
+				if err != nil {
+					return err
+				}
+				rep.Results = append(rep.Results, bench.Result{
+					Name: "telemetry_ingest", Unit: "readings/s", Value: ir.StoreRate,
+					Baseline: &bench.Baseline{Name: "sqlite_insert", Value: ir.PlainRate}, Ratio: ir.Ratio,
+				})
+				rep.Machine["ingest_readings"] = fmt.Sprint(ir.Readings)
+				rep.Machine["ingest_batch_size"] = fmt.Sprint(ir.BatchSize)
+			}
+			return cli.Print(c.OutOrStdout(), format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
+		},
+	}
+	out.Register(c)
+	f := c.Flags()
+	f.IntVar(&load.Agents, "agents", 100, "simulated agents, each with its own identity and connection")
+	f.DurationVar(&load.Interval, "interval", 10*time.Second, "heartbeat interval of each agent")
+	f.DurationVar(&load.Duration, "duration", 20*time.Second, "length of the measured phase")
+	f.IntVar(&load.Workers, "workers", 0, "heartbeats in flight at most (0: 256)")
+	f.StringVar(&serverMode, "server-mode", serverChild, "without --server: run the server as a child process (child) or in this process (in-process)")
+	f.StringVar(&memLimit, "memory-limit", defaultMemoryLimit, "Go soft memory limit of the server (as for 'edgectl controlplane')")
+	f.StringVar(&dir, "dir", "", "scratch directory for the server and ingest databases (default: a temporary directory, removed afterwards)")
+	f.IntVar(&ingestBatches, "ingest-batches", 200, "telemetry ingest: batches to write (0 skips the ingest measurement)")
+	f.IntVar(&batchSize, "batch-size", 1000, "telemetry ingest: readings per batch")
+	return c
+}
+
+// loadResults turns a load report into bench results.
+func loadResults(lr controlplane.LoadReport) []bench.Result {
+	res := []bench.Result{
+		{Name: "heartbeat_latency_p50", Unit: "ms", Value: lr.P50MS},
+		{Name: "heartbeat_latency_p90", Unit: "ms", Value: lr.P90MS},
+		{Name: "heartbeat_latency_p99", Unit: "ms", Value: lr.P99MS},
+		{Name: "heartbeat_latency_max", Unit: "ms", Value: lr.MaxMS},
+		{Name: "heartbeat_rate", Unit: "heartbeats/s", Value: lr.AchievedRate,
+			Baseline: &bench.Baseline{Name: "target_rate", Value: lr.TargetRate}, Ratio: ratio(lr.AchievedRate, lr.TargetRate)},
+		{Name: "heartbeat_errors", Unit: "count", Value: float64(lr.Errors)},
+		{Name: "server_rss", Unit: "MB", Value: float64(lr.ServerRSSBytes) / 1e6},
+		{Name: "server_cpu_per_heartbeat", Unit: "ms", Value: lr.ServerCPUPerBeatMS},
+		{Name: "agents_online_at_end", Unit: "count", Value: float64(lr.OnlineAtEnd)},
+	}
+	if lr.ServerP99UpperMS > 0 && !math.IsInf(lr.ServerP99UpperMS, 0) {
+		res = append(res, bench.Result{Name: "server_heartbeat_p99_upper_bound", Unit: "ms", Value: lr.ServerP99UpperMS})
+	}
+	return res
+}
+
+func ratio(v, base float64) float64 {
+	if base == 0 {
+		return 0
+	}
+	return v / base
+}
+
+func printBenchReport(w io.Writer, r bench.Report) error {
+	tw := cli.NewTable(w)
+	fmt.Fprintf(tw, "suite %s\n", r.Suite)
+	fmt.Fprintln(tw, "NAME\tVALUE\tUNIT\tBASELINE\tBASELINE VALUE\tRATIO")
+	for _, res := range r.Results {
+		if res.Baseline == nil {
+			fmt.Fprintf(tw, "%s\t%.2f\t%s\t-\t-\t-\n", res.Name, res.Value, res.Unit)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t%.1f\t%.3f\n", res.Name, res.Value, res.Unit, res.Baseline.Name, res.Baseline.Value, res.Ratio)
+	}
+	for _, k := range sortedKeys(r.Machine) {
+		fmt.Fprintf(tw, "# %s\t%s\n", k, r.Machine[k])
+	}
+	return tw.Flush()
+}
+
+// startChildServer runs 'edgectl controlplane' as a child process on a free
+// loopback port and waits until it serves. stop interrupts it and waits for
+// it to exit.
+func (a *app) startChildServer(ctx context.Context, stderr io.Writer, dataDir, memLimit string, memLimitSet bool, interval time.Duration) (readyInfo, func() error, error) {
+	exe, env := a.selfExec()
+	if exe == "" {
+		return readyInfo{}, nil, errors.New("bench: cannot find the edgectl executable to start the server; use --server-mode in-process")
+	}
+	ready := filepath.Join(filepath.Dir(dataDir), "ready.json")
+	args := []string{"controlplane", "--listen", "127.0.0.1:0", "--data", dataDir, "--ready-file", ready,
+		"--log-level", "warn", "--heartbeat-interval", interval.String()}
+	if memLimitSet || a.getenv("GOMEMLIMIT") == "" {
+		args = append(args, "--memory-limit", memLimit)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = env
+	cmd.Stdout = io.Discard
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return readyInfo{}, nil, fmt.Errorf("bench: start the server: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() error {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			return fmt.Errorf("bench: server did not stop within 20s; killed")
+		}
+	}
+	deadline := time.NewTimer(60 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if data, err := os.ReadFile(ready); err == nil {
+			var info readyInfo
+			if err := json.Unmarshal(data, &info); err != nil {
+				stop()
+				return readyInfo{}, nil, fmt.Errorf("bench: server ready file: %w", err)
+			}
+			return info, stop, nil
+		}
+		select {
+		case err := <-exited:
+			return readyInfo{}, nil, fmt.Errorf("bench: the server exited before serving: %v", err)
+		case <-ctx.Done():
+			stop()
+			return readyInfo{}, nil, ctx.Err()
+		case <-deadline.C:
+			stop()
+			return readyInfo{}, nil, errors.New("bench: the server did not start within 60s")
+		case <-tick.C:
+		}
+	}
+}

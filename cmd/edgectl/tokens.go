@@ -1,0 +1,257 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/cli"
+)
+
+var roles = []string{string(controlplane.RoleViewer), string(controlplane.RoleOperator), string(controlplane.RoleAdmin)}
+
+func (a *app) newTokensCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "tokens",
+		Aliases: []string{"token"},
+		Short:   "Create, list and revoke API tokens; create enrollment tokens",
+		Long: `Two kinds of token exist:
+
+  API tokens        credentials of operators and scripts, with a role
+                    (viewer < operator < admin); long-lived, revocable.
+  enrollment tokens single-use, expiring secrets that let one agent enroll,
+                    optionally giving it labels.
+
+'tokens create --role ROLE' makes an API token; 'tokens create' with --ttl,
+--labels or --count (and no --role) makes enrollment tokens, the same as
+'enrollment-tokens create'. 'tokens list' and 'tokens revoke' act on API
+tokens; 'enrollment-tokens list' lists enrollment tokens.`,
+		RunE: cli.GroupRunE,
+	}
+	c.AddCommand(a.newTokensCreateCmd(), a.newTokensListCmd(), a.newTokensRevokeCmd())
+	return c
+}
+
+func (a *app) newTokensCreateCmd() *cobra.Command {
+	var (
+		out    cli.OutputFlags
+		role   string
+		name   string
+		ttl    string
+		labels []string
+		count  int
+	)
+	c := &cobra.Command{
+		Use:   "create (--role ROLE --name N [--ttl D] | --ttl D [--labels k=v,...] [--count N])",
+		Short: "Make an API token (--role) or enrollment tokens (--ttl/--labels/--count)",
+		Long: `With --role, create makes an API token for an operator or a script; --name
+(required) says who uses it and --ttl (optional) makes it expire. Requires
+the admin role.
+
+Without --role, create makes single-use enrollment tokens: --ttl is how long
+they stay valid (default 1h; units s, m, h, d), --labels are given to the
+agent that enrolls with one, --count makes several. Requires the operator role.
+
+--labels and --count belong to enrollment tokens and --name to API tokens;
+mixing them is refused. Nothing at all is refused too: say which kind.
+
+The secret is printed once; the server keeps only its SHA-256 digest. With
+--json an API token, or a single enrollment token, prints as one object; with
+--count, enrollment tokens print as an array.`,
+		Example: `  edgectl tokens create --ttl 1h --labels site=berlin
+  edgectl tokens create --ttl 30m --labels site=berlin,rack=4 --count 10 --json
+  edgectl tokens create --role viewer --name grafana
+  edgectl tokens create --role operator --name ci --ttl 90d`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			fl := c.Flags()
+			enrollOnly := fl.Changed("labels") || fl.Changed("count")
+			switch {
+			case role != "" && enrollOnly:
+				return cli.Usagef("--role makes an API token; --labels and --count are for enrollment tokens (omit --role): pick one kind")
+			case role == "" && fl.Changed("name"):
+				return cli.Usagef("--name is for API tokens: add --role viewer|operator|admin")
+			case role == "" && !fl.Changed("ttl") && !enrollOnly:
+				return cli.Usagef("say which token: --role viewer|operator|admin for an API token, or --ttl/--labels/--count for an enrollment token")
+			}
+			var d time.Duration
+			if ttl != "" {
+				if d, err = cli.ParseDuration(ttl); err != nil || d == 0 {
+					return cli.Usagef("--ttl %q: want a positive duration such as 1h, 30m or 7d", ttl)
+				}
+			}
+			if role != "" {
+				if !contains(roles, role) {
+					return cli.Usagef("--role %q: want one of %s", role, strings.Join(roles, ", "))
+				}
+				if strings.TrimSpace(name) == "" {
+					return cli.Usagef("API tokens need --name, saying who or what uses the token")
+				}
+				return a.createAPIToken(c, format, name, controlplane.Role(role), d)
+			}
+			return a.createEnrollmentTokens(c, format, d, labels, count)
+		},
+	}
+	out.Register(c)
+	f := c.Flags()
+	f.StringVar(&role, "role", "", "API token role: viewer, operator or admin (makes an API token)")
+	f.StringVar(&name, "name", "", "API token: who or what uses it (required with --role)")
+	f.StringVar(&ttl, "ttl", "", "validity: enrollment tokens default 1h; API tokens default no expiry")
+	f.StringArrayVar(&labels, "labels", nil, "enrollment token: labels key=value for the enrolled agent (comma-separated or repeated)")
+	f.IntVar(&count, "count", 1, "enrollment token: how many single-use tokens to make")
+	c.RegisterFlagCompletionFunc("role", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return roles, cobra.ShellCompDirectiveNoFileComp
+	})
+	return c
+}
+
+func (a *app) createAPIToken(c *cobra.Command, format, name string, role controlplane.Role, ttl time.Duration) error {
+	s, err := a.connect(c)
+	if err != nil {
+		return err
+	}
+	defer s.client.CloseIdleConnections()
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	tok, err := s.client.CreateAPIToken(ctx, name, role, ttl)
+	if err != nil {
+		return s.explain(err)
+	}
+	return cli.Print(c.OutOrStdout(), format, tok, func(w io.Writer) error {
+		fmt.Fprintf(w, "API token %s (role %s", tok.ID, tok.Role)
+		if tok.Name != "" {
+			fmt.Fprintf(w, ", name %q", tok.Name)
+		}
+		if tok.ExpiresAt != nil {
+			fmt.Fprintf(w, ", expires %s", tok.ExpiresAt.Local().Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "):\n%s\n", tok.Token)
+		_, err := fmt.Fprintln(w, "Store it now: it is not shown again.")
+		return err
+	})
+}
+
+func (a *app) newTokensListCmd() *cobra.Command {
+	var (
+		out     cli.OutputFlags
+		revoked bool
+	)
+	c := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List API tokens (without secrets); admin role",
+		Args:    cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			s, err := a.connect(c)
+			if err != nil {
+				return err
+			}
+			defer s.client.CloseIdleConnections()
+			ctx, cancel := a.ctx(c)
+			defer cancel()
+			toks, err := s.client.ListAPITokens(ctx)
+			if err != nil {
+				return s.explain(err)
+			}
+			shown := []controlplane.APIToken{}
+			for _, t := range toks {
+				if t.RevokedAt == nil || revoked {
+					shown = append(shown, t)
+				}
+			}
+			now := a.now()
+			return cli.Print(c.OutOrStdout(), format, shown, func(w io.Writer) error {
+				tw := cli.NewTable(w)
+				fmt.Fprintln(tw, "ID\tNAME\tROLE\tCREATED\tCREATED BY\tEXPIRES\tSTATUS")
+				for _, t := range shown {
+					status, expires := "active", "never"
+					if t.ExpiresAt != nil {
+						expires = t.ExpiresAt.Local().Format(time.RFC3339)
+						if !t.ExpiresAt.After(now) {
+							status = "expired"
+						}
+					}
+					if t.RevokedAt != nil {
+						status = "revoked " + cli.Age(now, *t.RevokedAt)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, dash(t.Name), t.Role, cli.Age(now, t.CreatedAt), dash(t.CreatedBy), expires, status)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	out.Register(c)
+	c.Flags().BoolVar(&revoked, "revoked", false, "include revoked tokens")
+	return c
+}
+
+func (a *app) newTokensRevokeCmd() *cobra.Command {
+	var out cli.OutputFlags
+	c := &cobra.Command{
+		Use:               "revoke ID",
+		Short:             "Revoke an API token; requests carrying it are refused from now on",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeTokenIDs,
+		RunE: func(c *cobra.Command, args []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			s, err := a.connect(c)
+			if err != nil {
+				return err
+			}
+			defer s.client.CloseIdleConnections()
+			ctx, cancel := a.ctx(c)
+			defer cancel()
+			tok, err := s.client.RevokeAPIToken(ctx, args[0])
+			if err != nil {
+				return s.explain(err)
+			}
+			return cli.Print(c.OutOrStdout(), format, tok, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "API token %s (%s, role %s) revoked.\n", tok.ID, dash(tok.Name), tok.Role)
+				return err
+			})
+		},
+	}
+	out.Register(c)
+	return c
+}
+
+func (a *app) completeTokenIDs(c *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	conn, err := a.resolve(c)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cl, err := newClient(conn, 3*time.Second)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	defer cl.CloseIdleConnections()
+	toks, err := cl.ListAPITokens(c.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, t := range toks {
+		if t.RevokedAt == nil {
+			out = append(out, t.ID+"\t"+t.Name+" ("+string(t.Role)+")")
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
