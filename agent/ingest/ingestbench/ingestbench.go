@@ -136,13 +136,15 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		o.Dir = d
 	}
 	res := Result{Messages: o.Messages, Rounds: o.Rounds}
-	if !o.SkipBacklog {
-		if err := backlog(ctx, o, &res); err != nil {
+	// Latency first: the process's memory then holds nothing left over
+	// from the backlog rounds.
+	if !o.SkipLatency {
+		if err := latency(ctx, o, &res); err != nil {
 			return res, err
 		}
 	}
-	if !o.SkipLatency {
-		if err := latency(ctx, o, &res); err != nil {
+	if !o.SkipBacklog {
+		if err := backlog(ctx, o, &res); err != nil {
 			return res, err
 		}
 	}
