@@ -445,7 +445,10 @@ func (a *AgentKeys) persist(ctx context.Context, st *agentState) error {
 	if err != nil {
 		return fmt.Errorf("dkms: seal agent keyring: %w", err)
 	}
-	return a.store.Save(ctx, blob)
+	if err := a.store.Save(ctx, blob); err != nil {
+		return fmt.Errorf("dkms: saving the agent keyring: %w", err)
+	}
+	return nil
 }
 
 // Encrypt seals plaintext under the primary version of a data key the
