@@ -36,6 +36,11 @@ type IngestOptions struct {
 	SkipBacklog, SkipLatency bool
 	// NoMosquittoSub leaves out the mosquitto_sub reference drain.
 	NoMosquittoSub bool
+	// Malformed payloads mixed into each backlog (random bytes, broken
+	// JSON, wrong types, NaN, huge arrays, far-future times, oversized);
+	// every subscriber gets the same stream, and the durable drain must
+	// dead-letter exactly these. 0 = none.
+	Malformed int
 }
 
 // RunIngest measures MQTT ingestion (package agent/ingest) against a
@@ -65,7 +70,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	res, err := ingestbench.Run(ctx, ingestbench.Options{
 		Broker: opt.Broker, Dir: opt.Dir, Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
 		Rate: opt.Rate, Duration: opt.Duration, SkipBacklog: opt.SkipBacklog, SkipLatency: opt.SkipLatency,
-		NoMosquittoSub: opt.NoMosquittoSub,
+		NoMosquittoSub: opt.NoMosquittoSub, Malformed: opt.Malformed,
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
@@ -78,8 +83,8 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 			"num_cpu":    fmt.Sprint(runtime.NumCPU()),
 			"go_version": runtime.Version(),
 			"broker":     opt.Broker,
-			"workload": fmt.Sprintf("backlog=%d rounds=%d latency_rate=%d/s latency_duration=%s payload=flat-json-3-metrics",
-				res.Messages, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration)),
+			"workload": fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s payload=flat-json-3-metrics",
+				res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration)),
 		},
 	}
 	ratio := func(a, b float64) float64 {

@@ -56,7 +56,13 @@ type Options struct {
 	// MosquittoSub also drains each round's backlog with mosquitto_sub
 	// -q 1, when the binary exists. Default on (set NoMosquittoSub to skip).
 	NoMosquittoSub bool
-	// Ingest adjusts the ingestor's configuration (batching).
+	// Malformed replaces this many of each backlog's Messages, spread
+	// evenly, with malformed payloads (random bytes, broken JSON, wrong
+	// types, NaN, huge arrays, far-future times, oversized), which the
+	// durable subscriber must dead-letter.
+	Malformed int
+	// BatchMessages and BatchDelay adjust the ingestor's group commit
+	// (zero: its defaults).
 	BatchMessages int
 	BatchDelay    time.Duration
 	// Logger receives progress. Nil discards it.
@@ -65,8 +71,9 @@ type Options struct {
 
 // Result holds the figures of a run.
 type Result struct {
-	Messages int `json:"messages"`
-	Rounds   int `json:"rounds"`
+	Messages  int `json:"messages"`
+	Malformed int `json:"malformed"`
+	Rounds    int `json:"rounds"`
 	// Drain rates, messages/s: median over rounds, and every round.
 	DurableRate        float64   `json:"durable_rate"`
 	BareRate           float64   `json:"bare_rate"`
@@ -113,6 +120,9 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Malformed < 0 || o.Malformed > o.Messages {
+		return fmt.Errorf("ingestbench: Malformed %d outside 0..Messages", o.Malformed)
+	}
 	if o.Messages < 1 || o.Rounds < 1 || o.Devices < 1 || o.Rate < 1 || o.Duration < time.Second {
 		return fmt.Errorf("ingestbench: Messages %d, Rounds %d, Devices %d, Rate %d must be positive, Duration %s at least 1s",
 			o.Messages, o.Rounds, o.Devices, o.Rate, o.Duration)
@@ -135,7 +145,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		defer os.RemoveAll(d)
 		o.Dir = d
 	}
-	res := Result{Messages: o.Messages, Rounds: o.Rounds}
+	res := Result{Messages: o.Messages, Malformed: o.Malformed, Rounds: o.Rounds}
 	// Latency first: the process's memory then holds nothing left over
 	// from the backlog rounds.
 	if !o.SkipLatency {
@@ -303,13 +313,37 @@ func (p *Publisher) wait(keep int) error {
 	return nil
 }
 
+// PublishRaw sends one message with the given payload.
+func (p *Publisher) PublishRaw(payload []byte) error {
+	i := p.seq
+	p.seq++
+	p.pending = append(p.pending, p.c.Publish(p.topics[i%len(p.topics)], 1, false, payload))
+	if len(p.pending) >= p.window {
+		return p.wait(p.window / 2)
+	}
+	return nil
+}
+
 // Flush waits for every publish to be acknowledged by the broker.
 func (p *Publisher) Flush() error { return p.wait(0) }
 
 // Close disconnects.
 func (p *Publisher) Close() { p.c.Disconnect(250) }
 
-// publishBacklog publishes o.Messages with distinct times.
+// Malformed payloads, one of each kind the ingestor must refuse.
+var malformedPayloads = [][]byte{
+	{0x8b, 0x1f, 0x00, 0xff, 0xfe, 0x07},                           // random bytes
+	[]byte(`{"temperature":21.5,"humidity":`),                      // broken JSON
+	[]byte(`{"temperature":"warm"}`),                               // wrong type
+	[]byte(`{"temperature":NaN}`),                                  // NaN is not JSON
+	[]byte(`[{"n":"t","v":1e999}]`),                                // overflows float64
+	[]byte(`[` + strings.Repeat(`{"n":"t","v":1},`, 1500) + `{}]`), // huge array: more records than allowed
+	[]byte(`{"temperature":21.5,"ts":4102444800}`),                 // far-future time (2100)
+	[]byte(`{"x":"` + strings.Repeat("a", 70000) + `"}`),           // over the payload size limit
+}
+
+// publishBacklog publishes o.Messages with distinct times, o.Malformed
+// of them malformed.
 func publishBacklog(o Options, id string) error {
 	p, err := NewPublisher(o.Broker, id+"-pub", o.Devices)
 	if err != nil {
@@ -318,7 +352,19 @@ func publishBacklog(o Options, id string) error {
 	defer p.Close()
 	// Distinct times per device and metric: one microsecond apart.
 	base := time.Now().Add(-time.Duration(o.Messages) * time.Microsecond)
+	every := 0
+	if o.Malformed > 0 {
+		every = o.Messages / o.Malformed
+	}
+	bad := 0
 	for i := 0; i < o.Messages; i++ {
+		if every > 0 && i%every == every-1 && bad < o.Malformed {
+			if err := p.PublishRaw(malformedPayloads[bad%len(malformedPayloads)]); err != nil {
+				return err
+			}
+			bad++
+			continue
+		}
 		if err := p.Publish(base.Add(time.Duration(i) * time.Microsecond)); err != nil {
 			return err
 		}
@@ -426,8 +472,9 @@ func drainDurable(ctx context.Context, o Options, id, dir string) (rate float64,
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	if st.Messages < int64(o.Messages) || st.DeadLetters != 0 {
-		return 0, 0, 0, fmt.Errorf("store holds %d messages, %d dead letters; want %d, 0", st.Messages, st.DeadLetters, o.Messages)
+	if st.Messages < int64(o.Messages) || st.DeadLetters != int64(o.Malformed) || st.StoredTotal != 3*int64(o.Messages-o.Malformed) {
+		return 0, 0, 0, fmt.Errorf("store holds %d messages, %d readings, %d dead letters; want %d, %d, %d",
+			st.Messages, st.StoredTotal, st.DeadLetters, o.Messages, 3*(o.Messages-o.Malformed), o.Malformed)
 	}
 	return float64(o.Messages) / el.Seconds(), sink.msgs.Load(), sink.commits.Load(), nil
 }

@@ -24,6 +24,7 @@ var (
 	full     = flag.Bool("ingestbench", false, "run the full ingestion measurement (200,000-message backlog, 10 s at 5,000 msg/s) against a local Mosquitto")
 	messages = flag.Int("ingestbench.messages", 0, "backlog size (default 200000 with -ingestbench)")
 	rounds   = flag.Int("ingestbench.rounds", 0, "interleaved rounds (default 3)")
+	bad      = flag.Int("ingestbench.malformed", 0, "malformed payloads mixed into each backlog")
 )
 
 func startBroker(t *testing.T) *mqtttest.Mosquitto {
@@ -43,9 +44,9 @@ func startBroker(t *testing.T) *mqtttest.Mosquitto {
 // the code that produces the published figures is itself tested.
 func TestRunSmall(t *testing.T) {
 	m := startBroker(t)
-	o := Options{Broker: m.URL(), Messages: 2000, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir()}
+	o := Options{Broker: m.URL(), Messages: 2000, Malformed: 100, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir()}
 	if *full {
-		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency,
+		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency, Malformed: *bad,
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	}
 	res, err := Run(context.Background(), o)
