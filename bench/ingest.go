@@ -37,7 +37,8 @@ type IngestOptions struct {
 	// NoMosquittoSub leaves out the mosquitto_sub reference drain.
 	NoMosquittoSub bool
 	// Malformed payloads mixed into each backlog (random bytes, broken
-	// JSON, wrong types, NaN, huge arrays, far-future times, oversized);
+	// JSON, wrong types, NaN, overflowing numbers, huge arrays, far-future
+	// times);
 	// every subscriber gets the same stream, and the durable drain must
 	// dead-letter exactly these. 0 = none.
 	Malformed int

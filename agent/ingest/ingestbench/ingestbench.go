@@ -58,8 +58,9 @@ type Options struct {
 	NoMosquittoSub bool
 	// Malformed replaces this many of each backlog's Messages, spread
 	// evenly, with malformed payloads (random bytes, broken JSON, wrong
-	// types, NaN, huge arrays, far-future times, oversized), which the
-	// durable subscriber must dead-letter.
+	// types, NaN, overflowing numbers, a 24 KB array of more records than
+	// allowed, far-future times), which the durable subscriber must
+	// dead-letter.
 	Malformed int
 	// BatchMessages and BatchDelay adjust the ingestor's group commit
 	// (zero: its defaults).
