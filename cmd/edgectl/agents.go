@@ -181,6 +181,9 @@ func (a *app) newAgentsShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkID("agent", args[0]); err != nil {
+				return err
+			}
 			s, err := a.connect(c)
 			if err != nil {
 				return err
@@ -267,6 +270,9 @@ func (a *app) newAgentsLabelCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkID("agent", args[0]); err != nil {
+				return err
+			}
 			set, remove, err := cli.ParseLabelEdits(args[1:])
 			if err != nil {
 				return cli.UsageError{Err: err}
@@ -313,6 +319,9 @@ terminal.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			format, err := out.Format()
 			if err != nil {
+				return err
+			}
+			if err := checkID("agent", args[0]); err != nil {
 				return err
 			}
 			id := args[0]

@@ -249,7 +249,11 @@ func printBenchReport(w io.Writer, r bench.Report) error {
 	fmt.Fprintln(tw, "NAME\tVALUE\tUNIT\tBASELINE\tBASELINE VALUE\tRATIO")
 	for _, res := range r.Results {
 		if res.Baseline == nil {
-			fmt.Fprintf(tw, "%s\t%.2f\t%s\t-\t-\t-\n", res.Name, res.Value, res.Unit)
+			prec := 2
+			if res.Unit == "count" {
+				prec = 0
+			}
+			fmt.Fprintf(tw, "%s\t%.*f\t%s\t-\t-\t-\n", res.Name, prec, res.Value, res.Unit)
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t%.1f\t%.3f\n", res.Name, res.Value, res.Unit, res.Baseline.Name, res.Baseline.Value, res.Ratio)

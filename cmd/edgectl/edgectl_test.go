@@ -662,6 +662,10 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"agents", "list", "-o", "xml"},
 		{"agents", "list", "--json", "-o", "yaml"},
 		{"agents", "show"},
+		{"agents", "show", "../tokens"}, // would reach GET /v1/tokens through the server's path cleaning
+		{"agents", "label", "a?b", "k=v"},
+		{"agents", "decommission", "..", "--yes"},
+		{"tokens", "revoke", "x/y"},
 		{"config", "use-context"},
 		{"controlplane"},
 		{"controlplane", "--data", "x", "--memory-limit", "lots"},

@@ -209,6 +209,9 @@ func (a *app) newTokensRevokeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkID("token", args[0]); err != nil {
+				return err
+			}
 			s, err := a.connect(c)
 			if err != nil {
 				return err

@@ -5,6 +5,9 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
+
+	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
 func contains(list []string, s string) bool { return slices.Contains(list, s) }
@@ -47,4 +50,14 @@ func isTerminal(w any) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// checkID refuses identifiers that would change the request path when put
+// into a URL (the controlplane client inserts them as path segments).
+func checkID(kind, id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/?#%\\") ||
+		strings.ContainsFunc(id, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return cli.Usagef("%s id %q: want an id as printed by the listings (no '/', '?', '#', '%%', spaces)", kind, id)
+	}
+	return nil
 }
