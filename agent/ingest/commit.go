@@ -252,7 +252,7 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 			if err != nil {
 				return err
 			}
-			if e.received && s.cfg.DedupMessages > 0 {
+			if e.received && e.pid != 0 && s.cfg.DedupMessages > 0 { // pid 0: QoS 0, never redelivered
 				if recentGet == nil {
 					recentGet = tx.StmtContext(ctx, st.recentGet)
 					recentIns = tx.StmtContext(ctx, st.recentIns)
