@@ -330,10 +330,10 @@ terminal.`,
 				return err
 			}
 			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
 			if !yes {
+				ctx, cancel := a.ctx(c)
 				ag, err := s.client.GetAgent(ctx, id)
+				cancel()
 				if err != nil {
 					return s.explain(err)
 				}
@@ -345,6 +345,9 @@ terminal.`,
 					return fmt.Errorf("decommission of %s cancelled", id)
 				}
 			}
+			// The call's time starts after the operator answered.
+			ctx, cancel := a.ctx(c)
+			defer cancel()
 			ag, err := s.client.Decommission(ctx, id)
 			if err != nil {
 				return s.explain(err)

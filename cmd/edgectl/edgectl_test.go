@@ -77,6 +77,15 @@ func newTestEnv(t *testing.T) *testEnv {
 	return e
 }
 
+// bareEnv is an edgectl environment without a server, its contexts file in
+// a temporary directory.
+func bareEnv(t *testing.T) *testEnv {
+	dir := t.TempDir()
+	e := &testEnv{t: t, dir: dir, configPath: filepath.Join(dir, "config.yaml")}
+	e.vars = map[string]string{"HOME": dir, clientconfig.EnvConfig: e.configPath}
+	return e
+}
+
 func (e *testEnv) client(token string) *controlplane.Client {
 	e.t.Helper()
 	c, err := controlplane.NewClient(controlplane.ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
@@ -740,7 +749,7 @@ func TestProcessExitCodes(t *testing.T) {
 func TestControlplaneCommand(t *testing.T) {
 	prev := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
-	e := &testEnv{t: t, vars: map[string]string{}}
+	e := bareEnv(t)
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready.json")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -776,7 +785,6 @@ func TestControlplaneCommand(t *testing.T) {
 		}
 	}
 	// It serves: log in with what it printed.
-	e.vars[clientconfig.EnvConfig] = filepath.Join(dir, "config.yaml")
 	e.must("login", "--server", info.URL, "--ca", info.CAFile, "--token-file", info.AdminTokenFile)
 	e.must("agents", "list")
 	if st, err := os.Stat(info.AdminTokenFile); err != nil || st.Mode().Perm() != 0o600 {
@@ -849,7 +857,7 @@ func checkBenchReport(t *testing.T, rep bench.Report) {
 }
 
 func TestBenchControlplaneInProcess(t *testing.T) {
-	e := &testEnv{t: t, vars: map[string]string{}}
+	e := bareEnv(t)
 	args := []string{"bench", "controlplane", "--server-mode", "in-process", "--agents", "4", "--interval", "400ms", "--duration", "1200ms",
 		"--ingest-batches", "3", "--batch-size", "200", "--dir", t.TempDir(), "--json"}
 	rep := decodeJSON[bench.Report](t, e.must(args...))
@@ -864,7 +872,7 @@ func TestBenchControlplaneChildProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &testEnv{t: t, vars: map[string]string{}}
+	e := bareEnv(t)
 	a := e.app()
 	a.selfExec = func() (string, []string) { return exe, append(os.Environ(), envMain+"=1") }
 	var out, errb bytes.Buffer
