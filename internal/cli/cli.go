@@ -4,13 +4,12 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -33,25 +32,10 @@ func Usagef(format string, args ...any) error {
 	return UsageError{fmt.Errorf(format, args...)}
 }
 
-// Execute runs root and exits the process with the right code. Errors are
-// printed once, prefixed with the binary's name.
+// Execute runs root with the process's arguments and exits with the code
+// Run returns.
 func Execute(root *cobra.Command) {
-	root.SilenceErrors = true
-	root.SilenceUsage = true
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return UsageError{fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
-	})
-	markArgs(root)
-	err := root.Execute()
-	if err == nil {
-		os.Exit(ExitOK)
-	}
-	fmt.Fprintf(os.Stderr, "%s: %v\n", root.Name(), err)
-	var ue UsageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
-		os.Exit(ExitUsage)
-	}
-	os.Exit(ExitError)
+	os.Exit(Run(context.Background(), root, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // markArgs wraps every command's argument validator so that its errors are

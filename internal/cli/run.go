@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Prepare sets root up as Execute does: errors are returned, not printed by
+// Prepare sets root up for Run: errors are returned, not printed by
 // cobra, flag and argument errors become UsageErrors.
 func Prepare(root *cobra.Command) {
 	root.SilenceErrors = true
