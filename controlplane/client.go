@@ -102,8 +102,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	return &Client{
 		base:  u,
 		token: cfg.Token,
-		hc:    &http.Client{Transport: rt, Timeout: cfg.Timeout},
-		ua:    cfg.UserAgent,
+		hc: &http.Client{
+			Transport: rt,
+			Timeout:   cfg.Timeout,
+			// The API never redirects; following one would resend the
+			// bearer token to wherever it points.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		ua: cfg.UserAgent,
 	}, nil
 }
 
@@ -294,6 +300,9 @@ func (c *Client) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, error)
 // GetAgent returns one agent, including its post-quantum public keys.
 func (c *Client) GetAgent(ctx context.Context, id string) (Agent, error) {
 	var a Agent
+	if err := checkID(id); err != nil {
+		return a, err
+	}
 	err := c.do(ctx, "GET", "/v1/agents/"+id, nil, nil, &a)
 	return a, err
 }
@@ -301,6 +310,9 @@ func (c *Client) GetAgent(ctx context.Context, id string) (Agent, error) {
 // UpdateLabels sets and removes an agent's labels.
 func (c *Client) UpdateLabels(ctx context.Context, id string, p LabelsPatch) (Agent, error) {
 	var a Agent
+	if err := checkID(id); err != nil {
+		return a, err
+	}
 	err := c.do(ctx, "PATCH", "/v1/agents/"+id+"/labels", nil, p, &a)
 	return a, err
 }
@@ -309,6 +321,9 @@ func (c *Client) UpdateLabels(ctx context.Context, id string, p LabelsPatch) (Ag
 // then on.
 func (c *Client) Decommission(ctx context.Context, id string) (Agent, error) {
 	var a Agent
+	if err := checkID(id); err != nil {
+		return a, err
+	}
 	err := c.do(ctx, "POST", "/v1/agents/"+id+"/decommission", nil, nil, &a)
 	return a, err
 }
@@ -361,6 +376,9 @@ func (c *Client) ListAPITokens(ctx context.Context) ([]APIToken, error) {
 // RevokeAPIToken revokes an operator token.
 func (c *Client) RevokeAPIToken(ctx context.Context, id string) (APIToken, error) {
 	var tok APIToken
+	if err := checkID(id); err != nil {
+		return tok, err
+	}
 	err := c.do(ctx, "DELETE", "/v1/tokens/"+id, nil, nil, &tok)
 	return tok, err
 }
@@ -385,4 +403,18 @@ func (c *Client) VerifyAudit(ctx context.Context) (AuditVerification, error) {
 	var v AuditVerification
 	err := c.do(ctx, "GET", "/v1/audit/verify", nil, nil, &v)
 	return v, err
+}
+
+// checkID refuses an id that would not stay one path segment: ids go into
+// request paths unescaped.
+func checkID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/?#%\\") {
+		return fmt.Errorf("controlplane: client: %w: id %q is not a valid id", ErrBadRequest, id)
+	}
+	for _, r := range id {
+		if r < 0x21 || r == 0x7f {
+			return fmt.Errorf("controlplane: client: %w: id %q has a space or control character", ErrBadRequest, id)
+		}
+	}
+	return nil
 }

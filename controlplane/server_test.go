@@ -651,7 +651,7 @@ func TestNotFoundAndMethodNotAllowedAreJSON(t *testing.T) {
 	if err := e.client("").Health(e.ctx()); err != nil {
 		t.Error(err)
 	}
-	for _, id := range []string{"ag_missing", "a b%2F?#x"} {
+	for _, id := range []string{"ag_missing", "ag_Zz-9"} {
 		_, err := e.admin.GetAgent(e.ctx(), id)
 		if !errors.Is(err, ErrNotFound) {
 			t.Errorf("GetAgent(%q): %v, want ErrNotFound", id, err)
