@@ -16,7 +16,7 @@ import (
 
 // fleet is a key service with agents a, b and c and a data key every agent
 // receives.
-func fleet(t *testing.T) (*env, *testAgent, *testAgent, *testAgent) {
+func fleet(t testing.TB) (*env, *testAgent, *testAgent, *testAgent) {
 	t.Helper()
 	e := newEnv(t)
 	a := e.newAgent("agent-a", map[string]string{"site": "berlin"})
@@ -33,7 +33,7 @@ func fleet(t *testing.T) (*env, *testAgent, *testAgent, *testAgent) {
 	return e, a, b, c
 }
 
-func msgBytes(t *testing.T, m *KeyMessage) []byte {
+func msgBytes(t testing.TB, m *KeyMessage) []byte {
 	t.Helper()
 	b, err := m.MarshalBinary()
 	if err != nil {
@@ -272,7 +272,7 @@ func TestAcceptRejections(t *testing.T) {
 	}
 }
 
-func mustDistribute(t *testing.T, s *Service, name string, v uint32) []*KeyMessage {
+func mustDistribute(t testing.TB, s *Service, name string, v uint32) []*KeyMessage {
 	t.Helper()
 	msgs, err := s.Distribute(ctxb(), name, v)
 	if err != nil {

@@ -337,6 +337,12 @@ func (a *AgentKeys) accepted(ctx context.Context, m *KeyMessage, res AcceptResul
 	a.audit.Audit(ctx, AuditEvent{Time: a.now(), Actor: ActorFrom(ctx), Action: ActionAcceptMessage, Key: m.Key, Version: m.Version, Agent: a.id, Result: resultOf(err)})
 }
 
+// used records a seal or open in metrics and the audit log.
+func (a *AgentKeys) used(ctx context.Context, action, key string, version uint32, err error) {
+	a.m.ops.WithLabelValues(action, okOrError(err)).Inc()
+	a.audit.Audit(ctx, AuditEvent{Time: a.now(), Actor: ActorFrom(ctx), Action: action, Key: key, Version: version, Agent: a.id, Result: resultOf(err)})
+}
+
 // applyMessage merges a verified message into st.
 func applyMessage(st *agentState, m *KeyMessage, material []byte, now time.Time) (AcceptResult, error) {
 	res := AcceptResult{Key: m.Key, Version: m.Version}
@@ -455,8 +461,12 @@ func (a *AgentKeys) persist(ctx context.Context, st *agentState) error {
 // control plane sent, so that the control plane (and agents holding the
 // key) can open it.
 func (a *AgentKeys) Encrypt(ctx context.Context, name string, plaintext, aad []byte) (env []byte, err error) {
-	defer func() { a.m.ops.WithLabelValues(ActionEncrypt, okOrError(err)).Inc() }()
+	var version uint32
+	defer func() { a.used(ctx, ActionEncrypt, name, version, err) }()
 	dk, err := a.PrimaryDataKey(name)
+	if dk != nil {
+		version = dk.Version()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -470,8 +480,12 @@ func (a *AgentKeys) Encrypt(ctx context.Context, name string, plaintext, aad []b
 // Decrypt opens an envelope sealed under a version of the named data key,
 // with the same checks and errors as Service.Decrypt.
 func (a *AgentKeys) Decrypt(ctx context.Context, name string, envelope, aad []byte) (pt []byte, err error) {
-	defer func() { a.m.ops.WithLabelValues(ActionDecrypt, okOrError(err)).Inc() }()
+	var version uint32
+	defer func() { a.used(ctx, ActionDecrypt, name, version, err) }()
 	h, _, err := pqcrypto.ParseHeader(envelope)
+	if h != nil {
+		version = h.KeyVersion
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dkms: decrypt with %q: %w", name, err)
 	}

@@ -92,16 +92,26 @@ func (s *Service) Rewrap(ctx context.Context, name string, envelope, aad []byte)
 
 // PrimaryDataKey returns the primary version of a data key, for sealing
 // large payloads with pqcrypto's streaming Writer. Prefer Encrypt.
-func (s *Service) PrimaryDataKey(ctx context.Context, name string) (*pqcrypto.DataKey, error) {
+// It is audited as an encryption under that version.
+func (s *Service) PrimaryDataKey(ctx context.Context, name string) (dk *pqcrypto.DataKey, err error) {
+	defer func() {
+		var v uint32
+		if dk != nil {
+			v = dk.Version()
+		}
+		s.done(ctx, ActionEncrypt, name, v, "", err)
+	}()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.primaryLocked(ctx, name)
 }
 
 // OpenKeys returns pqcrypto.Keys that open envelopes of the named data key
-// with every Decrypt check applied, for pqcrypto's streaming Reader.
+// with every Decrypt check applied, for pqcrypto's streaming Reader. Each
+// key lookup is audited as a decryption.
 func (s *Service) OpenKeys(ctx context.Context, name string, aad []byte) *pqcrypto.Keys {
-	return &pqcrypto.Keys{AAD: aad, DataKey: func(id string, version uint32) (*pqcrypto.DataKey, error) {
+	return &pqcrypto.Keys{AAD: aad, DataKey: func(id string, version uint32) (dk *pqcrypto.DataKey, err error) {
+		defer func() { s.done(ctx, ActionDecrypt, name, version, "", err) }()
 		if id != name {
 			return nil, fmt.Errorf("dkms: envelope is for key %q, not %q: %w", id, name, ErrWrongKey)
 		}

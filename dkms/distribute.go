@@ -174,6 +174,7 @@ func (s *Service) Distribute(ctx context.Context, name string, version uint32) (
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if err := s.unsealedLocked(); err != nil {
+		s.done(ctx, ActionDistribute, name, version, "", err)
 		return nil, err
 	}
 	var (
@@ -250,6 +251,7 @@ func (s *Service) CatchUp(ctx context.Context, agentID string) (out []*KeyMessag
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if err := s.unsealedLocked(); err != nil {
+		s.done(ctx, ActionDistribute, "", 0, agentID, err)
 		return nil, err
 	}
 	type keyVersions struct {

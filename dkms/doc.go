@@ -26,8 +26,9 @@
 // circl's secretsharing into n shares of which k recover it, and derives
 // the root key with HKDF-SHA256. The store keeps only the root's key-check
 // value (KeyCheckValue), the split parameters and a SHA-256 digest of each
-// share. A Service opened on an initialized store is sealed (ErrSealed on
-// every operation that needs material; metadata stays readable). Operators
+// share. A Service opened on an initialized store is sealed: every
+// operation that needs material or changes a key fails with ErrSealed,
+// while Key, Keys, Agents, Status and RegisterAgent keep working. Operators
 // each give their share (ParseShare of the text form, then Unseal); shares
 // accumulate, and Unseal reports progress. A malformed or corrupt share
 // (checksum), one from another root (key-check value), or one whose value

@@ -91,7 +91,7 @@ func (s *syncBuffer) String() string {
 
 // env is a key service on a SQLite file with its dependencies.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	path   string
 	store  *SQLiteStore
@@ -109,7 +109,7 @@ func quietLogger(buf *syncBuffer) *slog.Logger {
 }
 
 // newEnv starts an initialized, unsealed 3-of-5 key service.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &syncBuffer{}, seed: 1}
 	e.path = filepath.Join(e.dir, "keys.db")
@@ -204,7 +204,7 @@ func (e *env) openAgent(a *testAgent, path string) *AgentKeys {
 }
 
 // deliver hands every message to the agent it is addressed to.
-func deliver(t *testing.T, msgs []*KeyMessage, agents ...*testAgent) {
+func deliver(t testing.TB, msgs []*KeyMessage, agents ...*testAgent) {
 	t.Helper()
 	for _, m := range msgs {
 		b, err := m.MarshalBinary()
@@ -221,7 +221,7 @@ func deliver(t *testing.T, msgs []*KeyMessage, agents ...*testAgent) {
 	}
 }
 
-func mustErr(t *testing.T, err, want error) {
+func mustErr(t testing.TB, err, want error) {
 	t.Helper()
 	if !errors.Is(err, want) {
 		t.Fatalf("got error %v, want %v", err, want)
@@ -230,7 +230,7 @@ func mustErr(t *testing.T, err, want error) {
 
 // fileContains reports whether any file starting with path (the database,
 // its -wal and -shm) contains needle.
-func fileContains(t *testing.T, path string, needle []byte) bool {
+func fileContains(t testing.TB, path string, needle []byte) bool {
 	t.Helper()
 	matches, _ := filepath.Glob(path + "*")
 	for _, m := range matches {

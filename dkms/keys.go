@@ -118,6 +118,7 @@ func (s *Service) RotateDue(ctx context.Context, now time.Time) ([]VersionInfo, 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.unsealedLocked(); err != nil {
+		s.done(ctx, ActionRotate, "", 0, "", err)
 		return nil, err
 	}
 	var out []VersionInfo
@@ -151,7 +152,10 @@ func (s *Service) RotateDue(ctx context.Context, now time.Time) ([]VersionInfo, 
 }
 
 // SetPolicy replaces a key's policy. The minimum decryption version may not
-// exceed the primary version.
+// exceed the primary version. Agents learn a new minimum from the next key
+// message of the key: Distribute the primary version again to tell them at
+// once. Changes to who may receive the key apply to later distributions;
+// to take a key away from agents, rotate it (as Revoke does).
 func (s *Service) SetPolicy(ctx context.Context, name string, policy Policy) (info KeyInfo, err error) {
 	defer func() { s.done(ctx, ActionSetPolicy, name, policy.MinDecryptVersion, "", err) }()
 	if err := policy.validate(); err != nil {

@@ -119,8 +119,11 @@ func (m *KeyMessage) check() error {
 	if len(m.Envelope) > maxEnvelopeSize {
 		return fmt.Errorf("dkms: key message: envelope of %d bytes, at most %d: %w", len(m.Envelope), maxEnvelopeSize, ErrMalformed)
 	}
-	if m.State.usable() != (len(m.Envelope) > 0) {
-		return fmt.Errorf("dkms: key message: a %s version must %s key material: %w", m.State, map[bool]string{true: "carry", false: "not carry"}[m.State.usable()], ErrMalformed)
+	if m.State.usable() && len(m.Envelope) == 0 {
+		return fmt.Errorf("dkms: key message: a %s version must carry its key material: %w", m.State, ErrMalformed)
+	}
+	if !m.State.usable() && len(m.Envelope) > 0 {
+		return fmt.Errorf("dkms: key message: a %s version must not carry key material: %w", m.State, ErrMalformed)
 	}
 	return nil
 }

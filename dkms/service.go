@@ -232,7 +232,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dkms: dev-mode root key: %w", err)
 		}
-		if err := s.unsealWith(ctx, root); err != nil {
+		err = s.loadKEKs(ctx, root)
+		s.done(ctx, ActionUnseal, "", meta.Version, "", err)
+		if err != nil {
 			return nil, err
 		}
 	default:
@@ -264,7 +266,7 @@ func (s *Service) initDev(ctx context.Context) error {
 		return err
 	}
 	s.meta = meta
-	return s.unsealWith(ctx, root)
+	return s.loadKEKs(ctx, root)
 }
 
 // createRoot stores a new root description and the first KEK version.
@@ -423,13 +425,8 @@ func (s *Service) checkShare(sh Share) error {
 	return nil
 }
 
-// unsealWith loads the KEKs under root; the caller holds s.mu or is Open.
-func (s *Service) unsealWith(ctx context.Context, root *pqcrypto.DataKey) error {
-	return s.loadKEKs(ctx, root)
-}
-
 // loadKEKs unwraps every usable KEK version with root and marks the service
-// unsealed.
+// unsealed. The caller holds s.mu, or is Open.
 func (s *Service) loadKEKs(ctx context.Context, root *pqcrypto.DataKey) error {
 	keks := map[uint32]*pqcrypto.DataKey{}
 	var primary uint32
