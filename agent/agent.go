@@ -125,7 +125,9 @@ type Agent struct {
 	rejoins chan struct{} // bounds concurrent reconnect attempts
 	// lastRevival is when (wall clock, Unix ns) a failed member last came back.
 	lastRevival atomic.Int64
-	running     atomic.Bool
+	// lastReconcile is when (Unix ns) a member-view push/pull last started.
+	lastReconcile atomic.Int64
+	running       atomic.Bool
 }
 
 // New validates cfg and builds an agent; it does no network or disk I/O.

@@ -78,12 +78,13 @@ type GossipConfig struct {
 	// SyncInterval is how often the agent sends an anti-entropy request
 	// (its version vector) to one random live peer. Default 10s.
 	SyncInterval time.Duration `yaml:"sync_interval"`
-	// SyncTimeout bounds how long the agent waits for a peer to finish
-	// answering one sync request before it moves on. Default 5s.
+	// SyncTimeout is how long the agent waits for a peer that has gone
+	// silent while answering a sync request before it asks the next one.
+	// Default 3s.
 	SyncTimeout time.Duration `yaml:"sync_timeout"`
 	// ReconnectInterval is how often the agent tries to rejoin a member that
 	// failed (was declared dead without leaving); randomized by ±25%.
-	// Default 1s.
+	// Default 500ms.
 	ReconnectInterval time.Duration `yaml:"reconnect_interval"`
 	// ReconnectTimeout is how long a failed member is retried before it is
 	// forgotten. Default 72h.
@@ -168,8 +169,8 @@ func DefaultConfig() Config {
 			Key:               "",
 			KeyFile:           "",
 			SyncInterval:      10 * time.Second,
-			SyncTimeout:       5 * time.Second,
-			ReconnectInterval: time.Second,
+			SyncTimeout:       3 * time.Second,
+			ReconnectInterval: 500 * time.Millisecond,
 			ReconnectTimeout:  72 * time.Hour,
 			JoinRetryInterval: 5 * time.Second,
 			MaxChunkBytes:     256 << 10,

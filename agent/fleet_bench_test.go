@@ -31,13 +31,15 @@ func envDuration(name string, def time.Duration) time.Duration {
 // (held long enough for both sides to declare each other dead, with writes
 // on both sides) until every agent sees every other alive and holds the
 // same state. Knobs: EDGEFLEET_BENCH_AGENTS (50), EDGEFLEET_BENCH_PARTITION
-// (30s), EDGEFLEET_BENCH_IDLE (20s). One iteration takes about a minute:
+// (30s), EDGEFLEET_BENCH_IDLE (20s), EDGEFLEET_BENCH_WRITES (20 per agent
+// during the partition). One iteration takes about a minute:
 //
 //	go test -run XXX -bench FleetPartitionHeal -benchtime 1x ./agent/
 func BenchmarkFleetPartitionHeal(b *testing.B) {
 	n := envInt("EDGEFLEET_BENCH_AGENTS", 50)
 	partition := envDuration("EDGEFLEET_BENCH_PARTITION", 30*time.Second)
 	idle := envDuration("EDGEFLEET_BENCH_IDLE", 20*time.Second)
+	writes := envInt("EDGEFLEET_BENCH_WRITES", 20) // per agent while partitioned
 	for i := 0; i < b.N; i++ {
 		c := newCluster(b)
 		lan := func(cfg *Config) {
@@ -89,12 +91,22 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 			}
 			return t
 		}
+		extra := func() (ms, rc uint64) {
+			for _, a := range agents {
+				st := a.Stats()
+				ms += st.MemberSyncs
+				rc += st.Reconnects
+			}
+			return
+		}
 		b0, s0, r0, t0 := bytesOf(), streamOf(), rounds(), time.Now()
+		ms0, rc0 := extra()
 		time.Sleep(idle)
 		secs := time.Since(t0).Seconds()
 		idleRate := float64(bytesOf()-b0) / secs / float64(n)
-		b.Logf("idle: streams %.0f B/s per agent, sync rounds %.2f/s per agent",
-			float64(streamOf()-s0)/secs/float64(n), float64(rounds()-r0)/secs/float64(n))
+		ms1, rc1 := extra()
+		b.Logf("idle: streams %.0f B/s per agent, sync rounds %.2f/s per agent, member push/pulls %d, reconnects %d",
+			float64(streamOf()-s0)/secs/float64(n), float64(rounds()-r0)/secs/float64(n), ms1-ms0, rc1-rc0)
 		b.ReportMetric(idleRate, "idle_B/s/agent")
 		b.Logf("idle gossip: %.0f B/s per agent (sent+received)", idleRate)
 
@@ -109,8 +121,10 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		c.part.Split(g1, g2)
 		splitAt := time.Now()
 		for j, a := range agents {
-			if err := a.Put(ctx, "devices", a.Name(), []byte("partitioned-"+strconv.Itoa(j))); err != nil {
-				b.Fatal(err)
+			for k := 0; k < writes; k++ {
+				if err := a.Put(ctx, "devices", fmt.Sprintf("%s-%d", a.Name(), k), []byte("partitioned-"+strconv.Itoa(j))); err != nil {
+					b.Fatal(err)
+				}
 			}
 			if err := a.CounterAdd(ctx, "writes", "total", 1); err != nil {
 				b.Fatal(err)

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"net"
 	"sort"
 	"strconv"
@@ -162,6 +164,29 @@ func (t *peerTable) withState(state string) []*peer {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
+}
+
+// membersDigest summarizes the set of members seen alive (this agent
+// included). Agents exchange it in sync requests; when two disagree they
+// run a memberlist push/pull, so a member whose join announcement one of
+// them missed is learned within a sync interval instead of waiting for
+// memberlist's own push/pull (30-60 s at fleet sizes).
+func (t *peerTable) membersDigest() uint64 {
+	t.mu.Lock()
+	names := make([]string, 0, len(t.peers))
+	for name, p := range t.peers {
+		if p.state == StateAlive {
+			names = append(names, name)
+		}
+	}
+	t.mu.Unlock()
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+	}
+	return binary.BigEndian.Uint64(h.Sum(nil))
 }
 
 // stateOf returns the named member's state, "" if unknown.

@@ -16,9 +16,10 @@ import (
 // one-byte type:
 //
 //	msgDeltas    [1][deltas]                               gossip broadcast of local ops
-//	msgSyncReq   [2][name][addr][vv]                       "here is my VV; send what I lack"
+//	msgSyncReq   [2][name][addr][digest][vv]               "here is my VV; send what I lack"
 //	                                                       (addr: where to answer if the
-//	                                                       receiver does not know the sender yet)
+//	                                                       receiver does not know the sender yet;
+//	                                                       digest: 8 bytes, see membersDigest)
 //	msgSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
 //	                                                       responder's VV and a first chunk
 //	msgSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
@@ -55,6 +56,7 @@ type message struct {
 	Type   byte
 	From   string
 	Addr   string // msgSyncReq: the sender's gossip address
+	Digest uint64 // msgSyncReq: digest of the members the sender sees alive
 	Last   bool
 	VV     crdt.VersionVector
 	Deltas []crdt.Delta
@@ -117,6 +119,10 @@ func decodeMessage(b []byte) (message, error) {
 			if m.Addr, rest, err = readAddr(rest); err != nil {
 				return message{}, err
 			}
+			if len(rest) < 8 {
+				return message{}, malformed("members digest truncated")
+			}
+			m.Digest, rest = binary.BigEndian.Uint64(rest), rest[8:]
 		}
 		if m.VV, err = decodeVV(rest); err != nil {
 			return message{}, err
@@ -263,6 +269,7 @@ func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
 		out = appendBytes(out, []byte(m.From))
 		if m.Type == msgSyncReq {
 			out = appendBytes(out, []byte(m.Addr))
+			out = binary.BigEndian.AppendUint64(out, m.Digest)
 		}
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
 	case msgLeave:

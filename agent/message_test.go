@@ -59,7 +59,7 @@ func sampleMessages(t testing.TB) map[string][]byte {
 	return map[string][]byte{
 		"deltas":      enc(message{Type: msgDeltas, Deltas: ds[:1]}),
 		"deltas-all":  enc(message{Type: msgDeltas, Deltas: ds}),
-		"syncreq":     enc(message{Type: msgSyncReq, From: "peer", Addr: "127.0.0.1:7946", VV: vv}),
+		"syncreq":     enc(message{Type: msgSyncReq, From: "peer", Addr: "127.0.0.1:7946", Digest: 0x0102030405060708, VV: vv}),
 		"syncreq-0":   enc(message{Type: msgSyncReq, From: "peer", Addr: "[::1]:1", VV: crdt.VersionVector{}}),
 		"syncresp":    enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true, Deltas: ds[2:4]}),
 		"syncresp-0":  enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true}),
@@ -102,7 +102,8 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"name truncated", []byte{msgSyncReq, 10, 'a'}, reasonMalformed},
 		{"empty name", []byte{msgSyncReq, 0}, reasonMalformed},
 		{"bad utf8 name", []byte{msgSyncReq, 2, 0xff, 0xfe}, reasonMalformed},
-		{"vv garbage", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 77, 1, 2)...), reasonMalformed},
+		{"vv garbage", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 77, 1, 2)...), reasonMalformed},
+		{"digest truncated", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0)...), reasonMalformed},
 		{"bad addr", append([]byte{msgSyncReq, 1, 'p', 3}, []byte("x:1")...), reasonMalformed},
 		{"bad port", append([]byte{msgSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), reasonMalformed},
 		{"unknown flag", []byte{msgSyncData, 0x80, 1, 'p', 1}, reasonMalformed},
@@ -170,6 +171,8 @@ func TestHandleBatchIsolatesBadMessages(t *testing.T) {
 	// A sync request schedules an answer to its sender.
 	if j, ok := a.shipper.next(); !ok || j.peer != "peer" || !j.respond {
 		t.Errorf("ship job = %+v %v", j, ok)
+	} else {
+		a.shipper.finish(j.peer)
 	}
 	// Own name is refused.
 	own, _ := encodeMessage(message{Type: msgSyncReq, From: "self", Addr: "127.0.0.1:1", VV: crdt.VersionVector{}}, nil)
@@ -220,7 +223,7 @@ func FuzzHandleMessage(f *testing.F) {
 			if err != nil {
 				t.Fatalf("re-encoded message does not decode: %v", err)
 			}
-			if m2.Type != m.Type || m2.From != m.From || m2.Addr != m.Addr || m2.Last != m.Last || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
+			if m2.Type != m.Type || m2.From != m.From || m2.Addr != m.Addr || m2.Digest != m.Digest || m2.Last != m.Last || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
 				t.Fatalf("round trip changed the message: %+v vs %+v", m, m2)
 			}
 		} else if rejectReason(err) == "" {
@@ -231,9 +234,11 @@ func FuzzHandleMessage(f *testing.F) {
 			t.Fatalf("store unreadable after message: %v", err)
 		}
 		for { // drain scheduled work so it does not pile up
-			if _, ok := a.shipper.next(); !ok {
+			j, ok := a.shipper.next()
+			if !ok {
 				break
 			}
+			a.shipper.finish(j.peer)
 		}
 	})
 }

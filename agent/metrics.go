@@ -19,6 +19,7 @@ type metrics struct {
 	broadcasts    atomic.Uint64
 	reconnects    atomic.Uint64 // successful rejoins of failed members
 	chunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
+	memberSyncs   atomic.Uint64 // push/pulls run because member views differed
 
 	rejectedVec *prometheus.CounterVec
 }
@@ -36,6 +37,7 @@ type Stats struct {
 	Broadcasts             uint64 // local deltas queued for gossip
 	Reconnects             uint64 // failed members rejoined by the reconnect loop
 	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
+	MemberSyncs            uint64 // push/pulls run because a peer saw other members alive
 }
 
 func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
@@ -98,5 +100,6 @@ func (m *metrics) stats() Stats {
 		Broadcasts:             m.broadcasts.Load(),
 		Reconnects:             m.reconnects.Load(),
 		SyncChunksSent:         m.chunksSent.Load(),
+		MemberSyncs:            m.memberSyncs.Load(),
 	}
 }

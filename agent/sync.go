@@ -17,6 +17,7 @@ import (
 const (
 	// recoveryWindow: see reconnectLoop.
 	recoveryWindow  = 2 * time.Minute
+	healBoostWindow = 10 * time.Second
 	applyBatchMsgs  = 64      // received messages merged in one store transaction
 	applyBatchBytes = 4 << 20 // and at most this many of their bytes
 )
@@ -152,16 +153,15 @@ func (a *Agent) act(m message) {
 	case msgSyncReq:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, addr: m.Addr, vv: m.VV, respond: true})
+		if m.Digest != peers.membersDigest() {
+			a.reconcileMembers(m.From, m.Addr)
+		}
 	case msgSyncResp:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
-		if m.Last {
-			a.syncer.done(m.From)
-		}
+		a.syncer.heard(m.From, m.Last)
 	case msgSyncData:
-		if m.Last {
-			a.syncer.done(m.From)
-		}
+		a.syncer.heard(m.From, m.Last)
 	case msgState:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
@@ -173,6 +173,54 @@ func (a *Agent) act(m message) {
 			}
 		}
 	}
+}
+
+// healing reports whether a failed member came back within
+// healBoostWindow: the cluster is reassembling after a partition or outage.
+func (a *Agent) healing() bool {
+	return a.wall().Sub(time.Unix(0, a.lastRevival.Load())) < healBoostWindow
+}
+
+// reconcileMembers runs a memberlist push/pull with a peer whose view of
+// the alive members differs from this agent's, in the background. It is
+// for the steady state (an announcement that never reached one agent):
+// while members are down or coming back, views differ for a while anyway
+// and the reconnect loop is at work, so it stays out of the way; and it
+// runs at most once per sync interval.
+func (a *Agent) reconcileMembers(peer, addr string) {
+	if a.healing() || a.peers.Load().count(StateDead) > 0 {
+		return
+	}
+	now := a.wall().UnixNano()
+	last := a.lastReconcile.Load()
+	if now-last < int64(a.cfg.Gossip.SyncInterval) || !a.lastReconcile.CompareAndSwap(last, now) {
+		return
+	}
+	if node, ok := a.peers.Load().lookup(peer); ok {
+		addr = net.JoinHostPort(node.Addr.String(), strconv.Itoa(int(node.Port)))
+	}
+	if addr == "" {
+		return
+	}
+	select {
+	case a.rejoins <- struct{}{}:
+	default:
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer func() { <-a.rejoins }()
+		ml := a.mlReady.Load()
+		if ml == nil || !a.running.Load() {
+			return
+		}
+		if _, err := ml.Join([]string{addr}); err != nil {
+			a.log.Debug("member reconciliation failed", "peer", peer, "err", err)
+			return
+		}
+		a.m.memberSyncs.Add(1)
+	}()
 }
 
 // announceLeave tells peers this agent is leaving gracefully, so they
@@ -221,20 +269,27 @@ func (a *Agent) sendToAddr(name, addr string, msg []byte) error {
 
 // syncer runs this agent's anti-entropy requests one at a time: it sends
 // its version vector to the next queued peer and waits until that peer has
-// sent everything it lacks (or SyncTimeout passes) before asking the next,
-// so that a burst of joins (a partition healing, a restart) fetches each
-// missing op about once instead of once per peer.
+// sent everything it lacks before asking the next, so that a burst of joins
+// (a partition healing, a restart) fetches each missing op about once
+// instead of once per peer. It gives up on a peer that stays silent for
+// SyncTimeout (a large answer keeps the round alive chunk by chunk).
 type syncer struct {
-	mu      sync.Mutex
-	queue   []string
-	queued  map[string]bool
-	waiting string
-	kick    chan struct{}
-	doneCh  chan struct{}
+	mu       sync.Mutex
+	queue    []string
+	queued   map[string]bool
+	waiting  string
+	kick     chan struct{}
+	doneCh   chan struct{}
+	activity chan struct{}
 }
 
 func newSyncer() *syncer {
-	return &syncer{queued: map[string]bool{}, kick: make(chan struct{}, 1), doneCh: make(chan struct{}, 1)}
+	return &syncer{
+		queued:   map[string]bool{},
+		kick:     make(chan struct{}, 1),
+		doneCh:   make(chan struct{}, 1),
+		activity: make(chan struct{}, 1),
+	}
 }
 
 // enqueue schedules a request to peer (once, however often it is asked).
@@ -261,23 +316,30 @@ func (s *syncer) next() (string, bool) {
 	s.queue = s.queue[1:]
 	delete(s.queued, p)
 	s.waiting = p
-	select { // discard a completion left over from an earlier round
-	case <-s.doneCh:
-	default:
+	for _, ch := range []chan struct{}{s.doneCh, s.activity} {
+		select { // discard signals left over from an earlier round
+		case <-ch:
+		default:
+		}
 	}
 	return p, true
 }
 
-// done reports that peer finished answering.
-func (s *syncer) done(peer string) {
+// heard reports an answer from peer; last marks its final message.
+func (s *syncer) heard(peer string, last bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.waiting == peer {
+	if s.waiting != peer {
+		return
+	}
+	ch := s.activity
+	if last {
 		s.waiting = ""
-		select {
-		case s.doneCh <- struct{}{}:
-		default:
-		}
+		ch = s.doneCh
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -297,17 +359,30 @@ func (a *Agent) syncLoop(ctx context.Context) {
 				a.log.Debug("sync request failed", "peer", peer, "err", err)
 				continue
 			}
-			timer := time.NewTimer(a.cfg.Gossip.SyncTimeout)
-			select {
-			case <-a.syncer.doneCh:
-				a.m.syncRounds.Add(1)
-			case <-timer.C:
-				a.log.Debug("sync round timed out", "peer", peer)
-			case <-ctx.Done():
-				timer.Stop()
+			if !a.awaitRound(ctx, peer) {
 				return
 			}
-			timer.Stop()
+		}
+	}
+}
+
+// awaitRound waits for peer to finish answering, or to stay silent for
+// SyncTimeout; it returns false when ctx ends.
+func (a *Agent) awaitRound(ctx context.Context, peer string) bool {
+	timer := time.NewTimer(a.cfg.Gossip.SyncTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-a.syncer.doneCh:
+			a.m.syncRounds.Add(1)
+			return true
+		case <-a.syncer.activity:
+			timer.Reset(a.cfg.Gossip.SyncTimeout)
+		case <-timer.C:
+			a.log.Debug("sync round timed out", "peer", peer)
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
@@ -317,7 +392,8 @@ func (a *Agent) requestSync(ctx context.Context, peer string) error {
 	if err != nil {
 		return err
 	}
-	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), Addr: a.GossipAddr(), VV: vv}, nil)
+	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), Addr: a.GossipAddr(),
+		Digest: a.peers.Load().membersDigest(), VV: vv}, nil)
 	if err != nil {
 		return err
 	}
@@ -352,16 +428,21 @@ type shipJob struct {
 
 // shipper queues ship jobs, one per peer: a newer job for a queued peer
 // replaces the older one's version vector (the newer report is closer to
-// what the peer holds).
+// what the peer holds). shipWorkers jobs run at once, never two for the
+// same peer.
 type shipper struct {
-	mu    sync.Mutex
-	order []string
-	jobs  map[string]shipJob
-	kick  chan struct{}
+	mu     sync.Mutex
+	order  []string
+	jobs   map[string]shipJob
+	active map[string]bool
+	kick   chan struct{}
 }
 
+// shipWorkers is how many peers are shipped to at once.
+const shipWorkers = 4
+
 func newShipper() *shipper {
-	return &shipper{jobs: map[string]shipJob{}, kick: make(chan struct{}, 1)}
+	return &shipper{jobs: map[string]shipJob{}, active: map[string]bool{}, kick: make(chan struct{}, shipWorkers)}
 }
 
 func (s *shipper) enqueue(j shipJob) {
@@ -376,42 +457,69 @@ func (s *shipper) enqueue(j shipJob) {
 	}
 	s.jobs[j.peer] = j
 	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *shipper) wake() {
 	select {
 	case s.kick <- struct{}{}:
 	default:
 	}
 }
 
+// next pops the oldest job whose peer is not being shipped to.
 func (s *shipper) next() (shipJob, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.order) == 0 {
-		return shipJob{}, false
+	for i, p := range s.order {
+		if s.active[p] {
+			continue
+		}
+		s.order = append(s.order[:i:i], s.order[i+1:]...)
+		j := s.jobs[p]
+		delete(s.jobs, p)
+		s.active[p] = true
+		return j, true
 	}
-	p := s.order[0]
-	s.order = s.order[1:]
-	j := s.jobs[p]
-	delete(s.jobs, p)
-	return j, true
+	return shipJob{}, false
+}
+
+func (s *shipper) finish(peer string) {
+	s.mu.Lock()
+	delete(s.active, peer)
+	pending := len(s.order) > 0
+	s.mu.Unlock()
+	if pending {
+		s.wake()
+	}
 }
 
 func (a *Agent) shipLoop(ctx context.Context) {
-	for {
-		select {
-		case <-a.shipper.kick:
-		case <-ctx.Done():
-			return
-		}
-		for ctx.Err() == nil {
-			j, ok := a.shipper.next()
-			if !ok {
-				break
+	var wg sync.WaitGroup
+	for i := 0; i < shipWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-a.shipper.kick:
+				case <-ctx.Done():
+					return
+				}
+				for ctx.Err() == nil {
+					j, ok := a.shipper.next()
+					if !ok {
+						break
+					}
+					if err := a.ship(ctx, j); err != nil && ctx.Err() == nil {
+						a.log.Debug("shipping deltas failed", "peer", j.peer, "err", err)
+					}
+					a.shipper.finish(j.peer)
+				}
 			}
-			if err := a.ship(ctx, j); err != nil && ctx.Err() == nil {
-				a.log.Debug("shipping deltas failed", "peer", j.peer, "err", err)
-			}
-		}
+		}()
 	}
+	wg.Wait()
 }
 
 // ship sends peer the deltas it lacks, in chunks of at most MaxChunkBytes,
@@ -481,6 +589,10 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 // reconnectLoop retries members that failed (not those that left), as
 // Serf does: every reconnect interval (±25%) it joins one random failed
 // member, and forgets members failed longer than the reconnect timeout.
+// For healBoostWindow after a failed member came back (a partition
+// healing), it runs twice as often: each join is a push/pull that
+// carries the other side's refutations, which is how both sides learn
+// that the members they declared dead are alive.
 // While the cluster is recovering (a failed member came back in the last
 // recoveryWindow) or the chosen member failed within the last
 // recoveryWindow, it always tries, so that after a partition heals every
@@ -489,8 +601,12 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 // not keep dialing a device that is simply switched off.
 func (a *Agent) reconnectLoop(ctx context.Context) {
 	for {
+		interval := a.cfg.Gossip.ReconnectInterval
+		if a.healing() {
+			interval /= 2 // a partition is healing: find the rest of the fleet fast
+		}
 		select {
-		case <-time.After(a.jitter(a.cfg.Gossip.ReconnectInterval, 0.25)):
+		case <-time.After(a.jitter(interval, 0.25)):
 		case <-ctx.Done():
 			return
 		}
@@ -536,7 +652,7 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			if a.peers.Load().stateOf(target.name) == StateDead {
+			if !a.healing() && a.peers.Load().stateOf(target.name) == StateDead {
 				if _, err := ml.Join([]string{target.addr()}); err != nil {
 					a.log.Debug("reconnect follow-up failed", "member", target.name, "err", err)
 				}

@@ -223,3 +223,37 @@ func TestCompactionRunsWithEveryMemberReported(t *testing.T) {
 		t.Fatalf("compaction changed the replicated state: %s", d)
 	}
 }
+
+// TestDifferingMemberViewsReconcile: a sync request whose members digest
+// differs from the receiver's makes the receiver push/pull with the sender,
+// so members one of them never heard of are learned.
+func TestDifferingMemberViewsReconcile(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	a := c.start("a", nil, nil)
+	b := c.start("b", nil, nil) // not joined: neither knows the other
+	req := mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
+		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
+	a.handleBatch(context.Background(), [][]byte{req})
+	waitFor(t, 10*time.Second, "views reconciled", func() (bool, string) { return allAlive([]*Agent{a, b}) })
+	if a.Stats().MemberSyncs != 1 {
+		t.Fatalf("member syncs = %d", a.Stats().MemberSyncs)
+	}
+	// Equal views: no push/pull.
+	req = mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
+		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
+	a.handleBatch(context.Background(), [][]byte{req})
+	time.Sleep(100 * time.Millisecond)
+	if a.Stats().MemberSyncs != 1 {
+		t.Fatalf("push/pull although views agree: %d", a.Stats().MemberSyncs)
+	}
+}
+
+func mustEncodeTB(t testing.TB, m message) []byte {
+	t.Helper()
+	b, err := encodeMessage(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
