@@ -5,25 +5,34 @@
 // Replication has two paths. Local writes go through the agent (Put,
 // SetAdd, ...): the op commits durably in the store, and its delta is
 // queued on memberlist's transmit-limited broadcast queue, which piggybacks
-// it on gossip to a few random members per round. Broadcasts can be lost,
-// so anti-entropy repairs whatever they miss: an agent sends its version
+// it on gossip to a few random members per round (deltas too large for a
+// gossip packet are left to anti-entropy). Broadcasts can be lost, so
+// anti-entropy repairs whatever they miss: an agent sends its version
 // vector to one random live peer every gossip.sync_interval, to every member
-// that joins or rejoins (after a partition heals, after a restart), and in
-// memberlist's periodic push/pull state exchange. The receiver answers with
-// exactly the deltas the sender lacks, in chunks of at most
+// that joins or comes back (after a partition heals, after a restart), and
+// in memberlist's periodic push/pull state exchange. The receiver answers
+// with exactly the deltas the sender lacks, in chunks of at most
 // gossip.max_chunk_bytes, and includes its own version vector so the sender
 // pushes back what the receiver lacks: one exchange converges both sides.
-// Full state is never shipped.
+// Full state is never shipped. An agent asks one peer at a time and waits
+// for the answer, so a burst of joins fetches each missing op about once.
 //
 // Members declared dead (not left) are retried by a reconnect loop, as
 // Serf does, so agents on both sides of a healed partition find each other
-// again by themselves.
+// again by themselves; while a failed member is coming back it runs twice
+// as often. Sync requests also carry a digest of the members the sender
+// sees alive; when two agents disagree in the steady state (a missed join
+// announcement) they run a memberlist push/pull. Graceful leaves are
+// announced with a leave intent, so peers record "left" rather than "dead"
+// and do not try to reconnect.
 //
 // Received messages are handed from memberlist's network goroutines to a
 // bounded queue drained by one worker; when it is full, messages are
-// dropped and counted (anti-entropy repairs them). Malformed, oversized,
-// foreign-cluster and undecodable traffic is rejected with a logged reason
-// and counted in edgefleet_gossip_rejected_total{reason}.
+// dropped and counted (anti-entropy repairs them). Gossip is encrypted
+// (memberlist keyring) and labelled with the cluster name. Malformed,
+// oversized, foreign-cluster, undecryptable and undecodable traffic, deltas
+// from a clock too far ahead and invalid deltas are rejected with a logged
+// reason and counted in edgefleet_gossip_rejected_total{reason}.
 package agent
 
 import (
