@@ -7,45 +7,6 @@ import (
 	"time"
 )
 
-// Gossip keyring rotation.
-//
-// memberlist encrypts gossip with the primary key of its keyring and
-// accepts messages under any installed key. A gossip key (PurposeGossip)
-// has 32-byte AES-256 versions for that keyring. Rotating it must never
-// leave two agents without a common key, so every agent follows the same
-// schedule, which the control plane fixes when it creates a version and
-// sends in the key message:
-//
-//  1. install: as soon as an agent accepts version N (at its creation time
-//     T, or when it catches up), N joins its keyring as a secondary key;
-//  2. make primary: at ActivateAt = T + InstallGrace every agent makes N
-//     its primary key (agents disagree only by their clock skew, and
-//     during that window both keys are installed everywhere);
-//  3. remove old: at PrevRemoveAt = ActivateAt + RemoveGrace every agent
-//     removes the versions before N.
-//
-// InstallGrace (Policy.InstallGrace, default 1 minute) must cover the
-// time a key message takes to reach online agents plus clock skew; during
-// it, version N's messages can also travel over gossip itself, relayed by
-// peers to agents that cannot reach the control plane, because everyone
-// still sends under the old key.
-//
-// RemoveGrace (Policy.RemoveGrace, default 1 hour) is the grace period for
-// agents that were offline during a rotation. Until T + InstallGrace +
-// RemoveGrace every agent still accepts the old key, so a returning agent's
-// traffic gets through: it can announce itself and fetch its pending key
-// messages from the control plane (CatchUp) or from a peer that kept them
-// (key messages are sealed to the agent and signed, so they need no gossip
-// encryption to travel). Once it holds version N it follows the schedule
-// and is back in the cluster. An agent returning after the grace period
-// shares no key with the cluster and is ignored by it: it must fetch
-// CatchUp from the control plane over its own uplink, or be re-enrolled,
-// before it can gossip again.
-//
-// PlanGossipKeyring computes the keyring for an instant and GossipSteps
-// the memberlist calls (AddKey, UseKey, RemoveKey, in that order) that
-// reach it; both are pure functions, so an agent ticks them with its clock.
-
 // GossipKeyVersion is one version of a gossip key.
 type GossipKeyVersion struct {
 	Version      uint32
