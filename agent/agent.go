@@ -94,6 +94,7 @@ const (
 	maxQueuedBcst = 4096     // local deltas retained for gossip; older ones are left to anti-entropy
 	inboundBudget = 64 << 20 // bytes of received messages waiting to be applied
 	leaveTimeout  = 5 * time.Second
+	startJoinWait = 5 * time.Second // how long Start waits for the first join
 )
 
 // Agent is one edgefleet daemon. Create with New, then Start (or Run); an
@@ -110,7 +111,9 @@ type Agent struct {
 	rng   *mrand.Rand
 	m     *metrics
 
-	mu      sync.Mutex // guards phase and name changes during Start
+	// lifeMu is held by Start and by Stop/Kill, so they never overlap.
+	lifeMu  sync.Mutex
+	mu      sync.Mutex // guards phase, name and the fields set by Start
 	phase   int        // 0 new, 1 running, 2 stopped
 	name    string
 	peers   atomic.Pointer[peerTable]
@@ -270,6 +273,8 @@ func (a *Agent) syncLag() float64 {
 // and the API server, and returns once all are running. ctx bounds the
 // start-up only.
 func (a *Agent) Start(ctx context.Context) (err error) {
+	a.lifeMu.Lock()
+	defer a.lifeMu.Unlock()
 	a.mu.Lock()
 	if a.phase != 0 {
 		a.mu.Unlock()
@@ -425,9 +430,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 				a.log.Info("joined cluster", "seeds_reached", n)
 			}
 		}()
-		select {
+		select { // a slow or unreachable seed finishes joining in the background
 		case <-joinDone:
 		case <-ctx.Done():
+		case <-time.After(startJoinWait):
 		}
 	}
 	return nil
@@ -515,6 +521,8 @@ func (a *Agent) Kill() error {
 }
 
 func (a *Agent) stop(ctx context.Context, graceful bool) error {
+	a.lifeMu.Lock()
+	defer a.lifeMu.Unlock()
 	a.mu.Lock()
 	if a.phase != 1 {
 		a.mu.Unlock()

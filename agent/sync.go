@@ -70,10 +70,12 @@ func (a *Agent) handleBatch(ctx context.Context, raw [][]byte) {
 		return
 	}
 	if err := a.mergeMessages(ctx, msgs); err != nil {
-		if ctx.Err() == nil && !errors.Is(err, crdt.ErrClosed) {
-			a.log.Error("merging received deltas", "err", err)
+		if ctx.Err() != nil || errors.Is(err, crdt.ErrClosed) {
+			return // shutting down
 		}
-		return
+		// The deltas stay missing (anti-entropy offers them again); the
+		// requests and version vectors in the messages are still good.
+		a.log.Error("merging received deltas", "err", err)
 	}
 	for _, m := range msgs {
 		a.act(m)
@@ -234,12 +236,26 @@ func (a *Agent) announceLeave() {
 	}
 	a.queueBroadcast(msg)
 	alive := a.peers.Load().withState(StateAlive)
-	for i := 0; i < 3 && len(alive) > 0; i++ {
+	done := make(chan struct{}, 3)
+	sent := 0
+	for ; sent < 3 && len(alive) > 0; sent++ {
 		j := a.randIntN(len(alive))
-		if err := a.sendTo(alive[j].name, msg); err != nil {
-			a.log.Debug("sending leave intent", "peer", alive[j].name, "err", err)
-		}
+		name := alive[j].name
 		alive = append(alive[:j], alive[j+1:]...)
+		go func() {
+			if err := a.sendTo(name, msg); err != nil {
+				a.log.Debug("sending leave intent", "peer", name, "err", err)
+			}
+			done <- struct{}{}
+		}()
+	}
+	timeout := time.After(time.Second) // an unreachable peer must not hold up the leave
+	for ; sent > 0; sent-- {
+		select {
+		case <-done:
+		case <-timeout:
+			return
+		}
 	}
 }
 

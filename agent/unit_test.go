@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -256,4 +257,38 @@ func mustEncodeTB(t testing.TB, m message) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestUnreachableSeedRetried: a seed that is down at start is not fatal;
+// the agent joins it once it comes up.
+func TestUnreachableSeedRetried(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedAddr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+
+	c := newCluster(t)
+	b := c.start("b", []string{seedAddr}, nil)
+	if n := len(b.Members()); n != 1 {
+		t.Fatalf("b has %d members before the seed exists", n)
+	}
+
+	cfg := testConfig(t, "seed")
+	_, port, _ := net.SplitHostPort(seedAddr)
+	cfg.Gossip.BindPort, _ = strconv.Atoi(port)
+	seed, err := New(cfg, Deps{Logger: testLogger(t)}) // production transport on the fixed port
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Start(context.Background()); err != nil {
+		t.Skipf("port %s taken meanwhile: %v", port, err)
+	}
+	t.Cleanup(func() { seed.Kill() })
+	if seed.GossipAddr() != seedAddr {
+		t.Fatalf("seed advertises %s, want %s", seed.GossipAddr(), seedAddr)
+	}
+	waitFor(t, 10*time.Second, "late seed joined", func() (bool, string) { return allAlive([]*Agent{b, seed}) })
 }
