@@ -396,54 +396,57 @@ func (in *Ingestor) Stop() error {
 }
 
 // runBatcher decodes queued messages and hands batches to the
-// committer: a batch closes when it holds BatchMessages messages or
-// BatchDelay after its first message.
+// committer. A batch is offered BatchDelay after its first message, or
+// at once when it holds BatchMessages; the hand-over is unbuffered, so
+// while the committer is busy with the previous batch the next one keeps
+// growing (up to BatchMessages): under load, commits get larger rather
+// than queue up.
 func (in *Ingestor) runBatcher(dec *Decoder) {
 	defer in.wg.Done()
 	defer close(in.batches)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var batch []*envelope
+	due := false                   // BatchDelay has passed since the batch's first message
 	lastRecv := map[string]int64{} // per device: receive times are kept strictly increasing
 	// The readings of a batch's messages share one array, allocated per
 	// batch (the committer owns it until the batch is acknowledged).
 	var arena []Reading
-	flush := func() {
-		if len(batch) > 0 {
-			in.batches <- batch
-			batch, arena = nil, nil
-		}
-	}
 	for {
-		var e *envelope
-		var ok bool
-		if len(batch) == 0 {
-			e, ok = <-in.queue
+		var out chan<- []*envelope // nil: nothing to offer yet
+		if len(batch) > 0 && (due || len(batch) >= in.cfg.BatchMessages) {
+			out = in.batches
+		}
+		queue := in.queue
+		if len(batch) >= in.cfg.BatchMessages {
+			queue = nil // full: wait for the committer
+		}
+		var timeout <-chan time.Time
+		if len(batch) > 0 && !due {
+			timeout = timer.C
+		}
+		select {
+		case out <- batch:
+			timer.Stop()
+			batch, arena, due = nil, nil, false
+		case <-timeout:
+			due = true
+		case e, ok := <-queue:
 			if !ok {
+				timer.Stop()
+				if len(batch) > 0 {
+					in.batches <- batch
+				}
 				return
 			}
-			timer.Reset(in.cfg.BatchDelay)
-		} else {
-			select {
-			case e, ok = <-in.queue:
-				if !ok {
-					timer.Stop()
-					flush()
-					return
-				}
-			case <-timer.C:
-				flush()
-				continue
+			if len(batch) == 0 {
+				timer.Reset(in.cfg.BatchDelay)
 			}
-		}
-		if arena == nil {
-			arena = make([]Reading, 0, 4*in.cfg.BatchMessages)
-		}
-		arena = in.decode(dec, e, lastRecv, arena)
-		batch = append(batch, e)
-		if len(batch) >= in.cfg.BatchMessages {
-			timer.Stop()
-			flush()
+			if arena == nil {
+				arena = make([]Reading, 0, 4*in.cfg.BatchMessages)
+			}
+			arena = in.decode(dec, e, lastRecv, arena)
+			batch = append(batch, e)
 		}
 	}
 }
