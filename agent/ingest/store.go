@@ -280,32 +280,42 @@ func (s *Store) init() error {
 		return fmt.Errorf("ingest: open %s: %w", s.cfg.Path, err)
 	}
 	s.wconn = conn
-	for _, q := range schema {
-		if _, err := conn.ExecContext(ctx, q); err != nil {
-			conn.Close()
-			return fmt.Errorf("ingest: create schema in %s: %w", s.cfg.Path, err)
+	// Schema and counters in one transaction (one sync, not one each).
+	if err := func() error {
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return err
 		}
-	}
-	var ver int64
-	err = conn.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaSchema).Scan(&ver)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := conn.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, metaSchema, schemaVersion); err != nil {
-			conn.Close()
-			return fmt.Errorf("ingest: init %s: %w", s.cfg.Path, err)
+		defer tx.Rollback()
+		for _, q := range schema {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("create schema: %w", err)
+			}
 		}
-	case err != nil:
+		var ver int64
+		err = tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaSchema).Scan(&ver)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, metaSchema, schemaVersion); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("read schema version: %w", err)
+		case ver > schemaVersion:
+			return fmt.Errorf("%w: %s has schema %d, this build knows %d", ErrSchema, s.cfg.Path, ver, schemaVersion)
+		}
+		for _, k := range metaKeys {
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)`, k); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}(); err != nil {
 		conn.Close()
-		return fmt.Errorf("ingest: read schema version of %s: %w", s.cfg.Path, err)
-	case ver > schemaVersion:
-		conn.Close()
-		return fmt.Errorf("%w: %s has schema %d, this build knows %d", ErrSchema, s.cfg.Path, ver, schemaVersion)
-	}
-	for _, k := range metaKeys {
-		if _, err := conn.ExecContext(ctx, `INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)`, k); err != nil {
-			conn.Close()
-			return fmt.Errorf("ingest: init %s: %w", s.cfg.Path, err)
+		if errors.Is(err, ErrSchema) {
+			return err
 		}
+		return fmt.Errorf("ingest: init %s: %w", s.cfg.Path, err)
 	}
 	rows, err := conn.QueryContext(ctx, `SELECT key, value FROM meta`)
 	if err != nil {

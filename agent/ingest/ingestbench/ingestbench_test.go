@@ -25,6 +25,7 @@ var (
 	messages = flag.Int("ingestbench.messages", 0, "backlog size (default 200000 with -ingestbench)")
 	rounds   = flag.Int("ingestbench.rounds", 0, "interleaved rounds (default 3)")
 	bad      = flag.Int("ingestbench.malformed", 0, "malformed payloads mixed into each backlog")
+	batch    = flag.Int("ingestbench.batch", 0, "ingestor BatchMessages (default: the ingestor's)")
 )
 
 func startBroker(t *testing.T) *mqtttest.Mosquitto {
@@ -46,7 +47,7 @@ func TestRunSmall(t *testing.T) {
 	m := startBroker(t)
 	o := Options{Broker: m.URL(), Messages: 2000, Malformed: 100, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir()}
 	if *full {
-		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency, Malformed: *bad,
+		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency, Malformed: *bad, BatchMessages: *batch,
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	}
 	res, err := Run(context.Background(), o)
