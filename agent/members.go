@@ -227,9 +227,9 @@ func (t *peerTable) reap(timeout time.Duration) []string {
 }
 
 // stableVV returns the pointwise minimum of self and the version vectors
-// of every member that has not left, and whether it is usable: every alive
-// member must have reported one. Failed members that reported count too
-// (they may come back holding no more than that).
+// of every member that has not left, and whether it is usable: every such
+// member, alive or failed, must have reported one (a failed member may come
+// back holding no more than what it last reported).
 func (t *peerTable) stableVV(self crdt.VersionVector) (crdt.VersionVector, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -239,10 +239,7 @@ func (t *peerTable) stableVV(self crdt.VersionVector) (crdt.VersionVector, bool)
 			continue
 		}
 		if p.vv == nil {
-			if p.state == StateAlive {
-				return nil, false
-			}
-			continue
+			return nil, false
 		}
 		vvs = append(vvs, p.vv)
 	}

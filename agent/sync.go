@@ -701,9 +701,12 @@ func (a *Agent) seedLoop(ctx context.Context) {
 	}
 }
 
-// compactLoop compacts the store every compaction interval with the
-// pointwise minimum of the version vectors of every member that has not
-// left, once every live member has reported one.
+// compactLoop compacts the store every compaction interval. Removals
+// (tombstones) are compacted up to the pointwise minimum of the version
+// vectors of every member that has not left, once every such member has
+// reported one; superseded ops always (see crdt.Store.Compact). Members are
+// forgotten after gossip.reconnect_timeout (72 h), well before the
+// tombstone TTL (7 days) lets a removal go.
 func (a *Agent) compactLoop(ctx context.Context) {
 	for {
 		select {
@@ -725,8 +728,10 @@ func (a *Agent) compact(ctx context.Context) error {
 	}
 	stable, ok := a.peers.Load().stableVV(vv)
 	if !ok {
-		a.log.Debug("compaction postponed: not every live member has reported its version vector")
-		return nil
+		// Superseded history can always go; removals wait until every
+		// member has reported what it holds.
+		a.log.Debug("compacting superseded ops only: not every member has reported its version vector")
+		stable = crdt.VersionVector{}
 	}
 	st, err := s.Compact(ctx, stable, a.wall())
 	if err != nil {

@@ -134,8 +134,11 @@ func TestPeerTableStableVVAndLag(t *testing.T) {
 	}
 	// A failed member still bounds stability; one that left does not.
 	pt.upsert(node("d"), StateAlive, NodeMeta{})
-	pt.setVV("d", crdt.VersionVector{"self": 1})
 	pt.upsert(node("d"), StateDead, NodeMeta{})
+	if _, ok := pt.stableVV(self); ok {
+		t.Fatal("stable VV without a report from a failed member")
+	}
+	pt.setVV("d", crdt.VersionVector{"self": 1})
 	if stable, _ := pt.stableVV(self); stable["self"] != 1 {
 		t.Fatalf("failed member ignored: %v", stable)
 	}
