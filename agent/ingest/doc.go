@@ -7,14 +7,17 @@
 // # Flow
 //
 // The subscriber hands each message to Ingestor.Handle, which queues it.
-// A batcher decodes queued messages and closes a batch at
-// Config.BatchMessages messages or Config.BatchDelay after its first
-// one; a committer writes each batch in one SQLite transaction (WAL,
-// synchronous=FULL), then acknowledges the batch's messages (PUBACK, in
-// arrival order), then tells the Sink and the DeviceObserver. A message
-// is therefore acknowledged only once its readings, or its dead letter,
-// are on disk; a crash before that leaves it unacknowledged and the
-// broker delivers it again.
+// A batcher decodes queued messages into a batch and offers it to the
+// committer Config.BatchDelay after its first message (or at once when
+// it holds Config.BatchMessages); while the committer is busy the batch
+// keeps growing, so under load commits get larger instead of queueing
+// up. The committer writes each batch in one SQLite transaction (WAL,
+// synchronous=FULL; checkpoints run in the background, off this path);
+// an acknowledging goroutine then sends the batch's PUBACKs, in arrival
+// order, and tells the Sink and the DeviceObserver. A message is
+// therefore acknowledged only once its readings, or its dead letter, are
+// on disk; a crash before that leaves it unacknowledged and the broker
+// delivers it again.
 //
 // The broker's in-flight window for the agent's client (mosquitto
 // max_inflight_messages, default 20) bounds how many messages arrive

@@ -235,10 +235,6 @@ func TestIngestorBackpressure(t *testing.T) {
 	}
 	// The uplink drains the outbox: ingestion resumes.
 	for {
-		select {
-		case <-done:
-		default:
-		}
 		bs, err := in.Store().ClaimOutbox(ctx, 100, time.Minute)
 		if err != nil {
 			t.Fatal(err)
