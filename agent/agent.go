@@ -15,7 +15,9 @@
 // gossip.max_chunk_bytes, and includes its own version vector so the sender
 // pushes back what the receiver lacks: one exchange converges both sides.
 // Full state is never shipped. An agent asks one peer at a time and waits
-// for the answer, so a burst of joins fetches each missing op about once.
+// for the answer, and asks only one requester at a time to push back, so a
+// burst of joins (a healed partition, a restart) moves each missing op
+// about once rather than once per peer.
 //
 // Members declared dead (not left) are retried by a reconnect loop, as
 // Serf does, so agents on both sides of a healed partition find each other
@@ -134,7 +136,9 @@ type Agent struct {
 	inBytes atomic.Int64
 	syncer  *syncer
 	shipper *shipper
-	rejoins chan struct{} // bounds concurrent reconnect attempts
+	// pushBacks admits one peer at a time to push back what this agent lacks.
+	pushBacks pushBackGate
+	rejoins   chan struct{} // bounds concurrent reconnect attempts
 	// lastRevival is when (wall clock, Unix ns) a failed member last came back.
 	lastRevival atomic.Int64
 	// lastReconcile is when (Unix ns) a member-view push/pull last started.

@@ -30,7 +30,8 @@ import (
 // name and addr ("ip:port") are a uvarint length and that many bytes; vv in msgSyncResp is
 // length-prefixed the same way, elsewhere it runs to the end; deltas are
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
-// (flagLast) marks the last message of an answer.
+// (flagLast) marks the last message of an answer; bit 1 (flagPushBack, in
+// msgSyncResp) asks the requester to push back what the responder lacks.
 const (
 	msgDeltas   byte = 1
 	msgSyncReq  byte = 2
@@ -41,9 +42,10 @@ const (
 )
 
 const (
-	flagLast byte = 1 << 0
+	flagLast     byte = 1 << 0
+	flagPushBack byte = 1 << 1
 	// knownFlags are the flag bits this version understands.
-	knownFlags = flagLast
+	knownFlags = flagLast | flagPushBack
 	// maxVVBytes bounds an encoded version vector.
 	maxVVBytes = 2 << 20
 	// maxMessageBytes bounds any replication message: a chunk at the
@@ -58,8 +60,10 @@ type message struct {
 	Addr   string // msgSyncReq: the sender's gossip address
 	Digest uint64 // msgSyncReq: digest of the members the sender sees alive
 	Last   bool
-	VV     crdt.VersionVector
-	Deltas []crdt.Delta
+	// PushBack (msgSyncResp): the responder wants what it lacks pushed back.
+	PushBack bool
+	VV       crdt.VersionVector
+	Deltas   []crdt.Delta
 }
 
 // decodeError is a message that failed to decode, with the reason used as
@@ -143,6 +147,10 @@ func decodeMessage(b []byte) (message, error) {
 			return message{}, malformed("unknown flags %#x", flags)
 		}
 		m.Last = flags&flagLast != 0
+		m.PushBack = flags&flagPushBack != 0
+		if m.PushBack && m.Type != msgSyncResp {
+			return message{}, malformed("push-back flag outside a sync response")
+		}
 		if m.From, rest, err = readName(rest[1:]); err != nil {
 			return message{}, err
 		}
@@ -258,6 +266,9 @@ func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
 	var flags byte
 	if m.Last {
 		flags |= flagLast
+	}
+	if m.PushBack && m.Type == msgSyncResp {
+		flags |= flagPushBack
 	}
 	switch m.Type {
 	case msgDeltas:

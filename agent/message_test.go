@@ -61,7 +61,7 @@ func sampleMessages(t testing.TB) map[string][]byte {
 		"deltas-all":  enc(message{Type: msgDeltas, Deltas: ds}),
 		"syncreq":     enc(message{Type: msgSyncReq, From: "peer", Addr: "127.0.0.1:7946", Digest: 0x0102030405060708, VV: vv}),
 		"syncreq-0":   enc(message{Type: msgSyncReq, From: "peer", Addr: "[::1]:1", VV: crdt.VersionVector{}}),
-		"syncresp":    enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true, Deltas: ds[2:4]}),
+		"syncresp":    enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true, PushBack: true, Deltas: ds[2:4]}),
 		"syncresp-0":  enc(message{Type: msgSyncResp, From: "peer", VV: vv, Last: true}),
 		"syncdata":    enc(message{Type: msgSyncData, From: "peer", Deltas: ds[4:]}),
 		"state":       enc(message{Type: msgState, From: "peer", VV: vv}),
@@ -107,6 +107,7 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"bad addr", append([]byte{msgSyncReq, 1, 'p', 3}, []byte("x:1")...), reasonMalformed},
 		{"bad port", append([]byte{msgSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), reasonMalformed},
 		{"unknown flag", []byte{msgSyncData, 0x80, 1, 'p', 1}, reasonMalformed},
+		{"push-back on data", []byte{msgSyncData, 3, 1, 'p', 1}, reasonMalformed},
 		{"data without deltas", []byte{msgSyncData, 1, 1, 'p'}, reasonMalformed},
 		{"resp vv length beyond end", []byte{msgSyncResp, 1, 1, 'p', 50, 1}, reasonMalformed},
 		{"leave trailing", append(append([]byte(nil), msgs["leave"]...), 0), reasonMalformed},
@@ -223,7 +224,7 @@ func FuzzHandleMessage(f *testing.F) {
 			if err != nil {
 				t.Fatalf("re-encoded message does not decode: %v", err)
 			}
-			if m2.Type != m.Type || m2.From != m.From || m2.Addr != m.Addr || m2.Digest != m.Digest || m2.Last != m.Last || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
+			if m2.Type != m.Type || m2.From != m.From || m2.Addr != m.Addr || m2.Digest != m.Digest || m2.Last != m.Last || m2.PushBack != m.PushBack || len(m2.Deltas) != len(m.Deltas) || len(m2.VV) != len(m.VV) {
 				t.Fatalf("round trip changed the message: %+v vs %+v", m, m2)
 			}
 		} else if rejectReason(err) == "" {

@@ -160,10 +160,15 @@ func (a *Agent) act(m message) {
 		}
 	case msgSyncResp:
 		peers.setVV(m.From, m.VV)
-		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
+		if m.PushBack {
+			a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
+		}
 		a.syncer.heard(m.From, m.Last)
 	case msgSyncData:
 		a.syncer.heard(m.From, m.Last)
+		if m.Last {
+			a.pushBacks.done(m.From)
+		}
 	case msgState:
 		peers.setVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
@@ -538,6 +543,49 @@ func (a *Agent) shipLoop(ctx context.Context) {
 	wg.Wait()
 }
 
+// holdsMore reports whether a holder of vv has ops a holder of own lacks.
+func holdsMore(vv, own crdt.VersionVector) bool {
+	for origin, seq := range vv {
+		if seq > own[origin] {
+			return true
+		}
+	}
+	return false
+}
+
+// pushBackGate lets one requester at a time push back what this agent
+// lacks. When a burst of peers asks at once (a partition heals, this agent
+// restarts), all their requests are answered with the same stale version
+// vector; if each of them pushed back, this agent would receive the same
+// ops from every one. It asks the first; what remains missing afterwards
+// comes with the next answer or its own requests.
+type pushBackGate struct {
+	mu    sync.Mutex
+	peer  string
+	until time.Time
+}
+
+// claim reserves the push-back for peer until now+ttl, unless another
+// peer holds it.
+func (g *pushBackGate) claim(peer string, now time.Time, ttl time.Duration) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peer != "" && g.peer != peer && now.Before(g.until) {
+		return false
+	}
+	g.peer, g.until = peer, now.Add(ttl)
+	return true
+}
+
+// done releases the push-back held by peer (its last message arrived).
+func (g *pushBackGate) done(peer string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peer == peer {
+		g.peer = ""
+	}
+}
+
 // ship sends peer the deltas it lacks, in chunks of at most MaxChunkBytes,
 // advancing a copy of its version vector after each chunk until nothing is
 // missing. It never sends more than the difference.
@@ -545,12 +593,14 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 	s := a.Store()
 	self := a.Name()
 	var own crdt.VersionVector
+	pushBack := false
 	if j.respond {
 		var err error
 		if own, err = s.VersionVector(ctx); err != nil {
 			return err
 		}
 		a.m.syncRounds.Add(1)
+		pushBack = holdsMore(j.vv, own) && a.pushBacks.claim(j.peer, a.wall(), a.cfg.Gossip.SyncTimeout)
 	}
 	vv := j.vv.Clone()
 	if vv == nil {
@@ -578,7 +628,7 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 		var m message
 		switch {
 		case first && j.respond:
-			m = message{Type: msgSyncResp, From: self, VV: own, Last: last, Deltas: cur}
+			m = message{Type: msgSyncResp, From: self, VV: own, Last: last, PushBack: pushBack, Deltas: cur}
 		case len(cur) == 0:
 			return nil // nothing to push
 		default:

@@ -295,3 +295,31 @@ func TestUnreachableSeedRetried(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "late seed joined", func() (bool, string) { return allAlive([]*Agent{b, seed}) })
 }
+
+func TestPushBackGateAdmitsOnePeerAtATime(t *testing.T) {
+	var g pushBackGate
+	now := time.Unix(100, 0)
+	if !g.claim("a", now, time.Second) {
+		t.Fatal("free gate refused")
+	}
+	if g.claim("b", now.Add(500*time.Millisecond), time.Second) {
+		t.Fatal("second peer admitted while the first pushes back")
+	}
+	if !g.claim("a", now, time.Second) {
+		t.Fatal("holder refused again")
+	}
+	g.done("b") // not the holder: no effect
+	if g.claim("b", now, time.Second) {
+		t.Fatal("released by a non-holder")
+	}
+	g.done("a")
+	if !g.claim("b", now, time.Second) {
+		t.Fatal("gate not released")
+	}
+	if !g.claim("c", now.Add(2*time.Second), time.Second) {
+		t.Fatal("expired claim still blocks")
+	}
+	if !holdsMore(crdt.VersionVector{"x": 2}, crdt.VersionVector{"x": 1}) || holdsMore(crdt.VersionVector{"x": 1}, crdt.VersionVector{"x": 1, "y": 3}) {
+		t.Fatal("holdsMore")
+	}
+}
