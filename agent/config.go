@@ -521,8 +521,8 @@ func (g *GossipConfig) validate() error {
 }
 
 func (a *APIConfig) validate() error {
-	if a.MaxBodyBytes <= 0 {
-		return errors.New("agent: api.max_body_bytes: must be positive")
+	if a.MaxBodyBytes <= 0 || a.MaxBodyBytes > crdt.MaxValueLen {
+		return fmt.Errorf("agent: api.max_body_bytes: %d out of range [1, %d] (the largest value the store accepts)", a.MaxBodyBytes, crdt.MaxValueLen)
 	}
 	if a.Addr == "" {
 		return nil
