@@ -1,6 +1,3 @@
-// Package bench implements the `edge-agent bench` suites: throughput of
-// edgefleet's components measured beside a plain baseline doing equivalent
-// work in the same run, so results carry their own yardstick.
 package bench
 
 import (
@@ -10,36 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sort"
 	"time"
 
 	"github.com/edgefleet/edgefleet/crdt"
 	_ "modernc.org/sqlite" // the "sqlite" driver for the baselines
 )
-
-// Baseline is the reference a result is compared with.
-type Baseline struct {
-	Name  string  `json:"name"`
-	Value float64 `json:"value"`
-}
-
-// Result is one measured figure. Ratio is Value / Baseline.Value for
-// throughputs (higher is better).
-type Result struct {
-	Name     string    `json:"name"`
-	Unit     string    `json:"unit"`
-	Value    float64   `json:"value"`
-	Baseline *Baseline `json:"baseline,omitempty"`
-	Ratio    float64   `json:"ratio,omitempty"`
-}
-
-// Report is the output of one suite.
-type Report struct {
-	Suite   string            `json:"suite"`
-	Results []Result          `json:"results"`
-	Machine map[string]string `json:"machine,omitempty"`
-}
 
 // CRDTOptions configure RunCRDT. Zero values take the defaults.
 type CRDTOptions struct {
@@ -146,14 +118,8 @@ func RunCRDT(ctx context.Context, opt CRDTOptions) (Report, error) {
 	}
 	rep := Report{
 		Suite: "crdt",
-		Machine: map[string]string{
-			"goos":       runtime.GOOS,
-			"goarch":     runtime.GOARCH,
-			"num_cpu":    fmt.Sprint(runtime.NumCPU()),
-			"go_version": runtime.Version(),
-			"workload": fmt.Sprintf("ops=%d batch=%d rounds=%d key_bytes=%d value_bytes=%d",
-				opt.Ops, opt.BatchSize, opt.Rounds, benchKeyLen, benchValueLen),
-		},
+		Machine: machine(fmt.Sprintf("ops=%d batch=%d rounds=%d key_bytes=%d value_bytes=%d",
+			opt.Ops, opt.BatchSize, opt.Rounds, benchKeyLen, benchValueLen)),
 	}
 	for _, p := range pairs {
 		ours, base := median(p.oursVals), median(p.baseVals)
@@ -164,18 +130,6 @@ func RunCRDT(ctx context.Context, opt CRDTOptions) (Report, error) {
 		rep.Results = append(rep.Results, r)
 	}
 	return rep, nil
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func removeDB(path string) {

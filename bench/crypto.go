@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"sort"
 	"time"
 
 	"github.com/cloudflare/circl/hpke"
@@ -116,17 +114,11 @@ func RunCrypto(ctx context.Context, opt CryptoOptions) (Report, error) {
 
 	rep := Report{
 		Suite: "crypto",
-		Machine: map[string]string{
-			"goos":       runtime.GOOS,
-			"goarch":     runtime.GOARCH,
-			"num_cpu":    fmt.Sprint(runtime.NumCPU()),
-			"go_version": runtime.Version(),
-			"workload": fmt.Sprintf("sizes=%v rounds=%d min_time=%s hpke_payload=%d envelope_suite=%s hpke_suite=%s",
-				opt.Sizes, opt.Rounds, opt.MinTime, opt.HPKEPayload, pqcrypto.SuiteDataKeyAES256GCM, pqcrypto.SuiteXWingAES256GCM),
-		},
+		Machine: machine(fmt.Sprintf("sizes=%v rounds=%d min_time=%s hpke_payload=%d envelope_suite=%s hpke_suite=%s",
+			opt.Sizes, opt.Rounds, opt.MinTime, opt.HPKEPayload, pqcrypto.SuiteDataKeyAES256GCM, pqcrypto.SuiteXWingAES256GCM)),
 	}
 	for _, p := range pairs {
-		ours, base := cryptoMedian(p.oursVals)*p.scale, cryptoMedian(p.baseVals)*p.scale
+		ours, base := median(p.oursVals)*p.scale, median(p.baseVals)*p.scale
 		r := Result{Name: p.name, Unit: p.unit, Value: ours, Baseline: &Baseline{Name: p.baseName, Value: base}}
 		if base > 0 {
 			r.Ratio = ours / base
@@ -387,18 +379,6 @@ func measureOps(ctx context.Context, now func() time.Time, minTime time.Duration
 			batch *= 2
 		}
 	}
-}
-
-func cryptoMedian(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // sizeLabel names a payload size: 1KiB, 64KiB, 1MiB, or bytes (100B).

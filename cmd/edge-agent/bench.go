@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -57,11 +56,6 @@ Suites:
 			if err != nil {
 				return err
 			}
-			if rep.Machine == nil {
-				rep.Machine = map[string]string{}
-			}
-			rep.Machine["goos"], rep.Machine["goarch"] = runtime.GOOS, runtime.GOARCH
-			rep.Machine["cpus"] = fmt.Sprint(runtime.NumCPU())
 			if asJSON {
 				return cli.PrintJSON(c.OutOrStdout(), rep)
 			}

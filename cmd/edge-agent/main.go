@@ -15,6 +15,6 @@ func newRoot() *cobra.Command {
 		Use:   "edge-agent",
 		Short: "The edgefleet agent: device data, replicated state and gossip on an edge device",
 	}
-	root.AddCommand(newRunCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
 	return root
 }

@@ -34,7 +34,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 	}
 	a.registerGlobalFlags(root)
 	root.AddCommand(
-		newSimCmd(), newVersionCmd(),
+		newSimCmd(), cli.NewVersionCmd("edgectl"),
 		a.newControlplaneCmd(), a.newLoginCmd(), a.newConfigCmd(),
 		a.newTokensCmd(), a.newEnrollmentTokensCmd(),
 		a.newAgentsCmd(), a.newTelemetryCmd(), a.newAuditCmd(),

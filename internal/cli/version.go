@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -6,21 +6,21 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
-	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
-func newVersionCmd() *cobra.Command {
+// NewVersionCmd returns the `version` command of the binary called name.
+func NewVersionCmd(name string) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "version",
-		Short: "Print the edgectl version",
+		Short: "Print the " + name + " version",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			bi := buildinfo.Get()
 			if asJSON {
-				return cli.PrintJSON(c.OutOrStdout(), bi)
+				return PrintJSON(c.OutOrStdout(), bi)
 			}
-			_, err := fmt.Fprintf(c.OutOrStdout(), "edgectl %s (%s, %s/%s)\n", bi.Version, bi.GoVersion, bi.OS, bi.Arch)
+			_, err := fmt.Fprintf(c.OutOrStdout(), "%s %s (%s, %s/%s)\n", name, bi.Version, bi.GoVersion, bi.OS, bi.Arch)
 			return err
 		},
 	}
