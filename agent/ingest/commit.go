@@ -25,7 +25,8 @@ type envelope struct {
 	err      error // decode error: dead-letter it
 	ack      func()
 	// set by commit
-	stored int // new readings stored
+	stored    int  // new readings stored
+	committed bool // committed on its own (Ingestor.commitEach)
 }
 
 // messageHash is the 64-bit FNV-1a hash of topic, a zero byte and the
@@ -234,6 +235,11 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 	newRecent, pruned, maxEpoch := int64(0), int64(0), int64(0)
 	deadByReason := map[Reason]int{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		if s.commitHook != nil {
+			if err := s.commitHook(envs); err != nil {
+				return err
+			}
+		}
 		st := s.stmts
 		insText := tx.StmtContext(ctx, st.insText)
 		var recentGet, recentIns *sql.Stmt
@@ -399,22 +405,13 @@ func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch
 	st := s.stmts
 	one := tx.StmtContext(ctx, st.insReading)
 	dups := 0
+	// Fresh rows first: a later row with the same key (a duplicate
+	// within the batch, never fresh) then finds it stored.
 	fresh := sc.fresh[:0]
 	for i := range sc.rows {
-		row := &sc.rows[i]
-		if !row.fresh {
-			out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value)
-			if err != nil {
-				return dups, fmt.Errorf("ingest: insert reading: %w", err)
-			}
-			if n, _ := out.RowsAffected(); n == 0 {
-				dups++
-				continue
-			}
-			s.accept(sc, res, row)
-			continue
+		if sc.rows[i].fresh {
+			fresh = append(fresh, &sc.rows[i])
 		}
-		fresh = append(fresh, row)
 	}
 	sc.fresh = fresh
 	// Group the rows by series (a stable counting sort on the slot), so
@@ -470,6 +467,21 @@ func (s *Store) insertNumeric(ctx context.Context, tx *sql.Tx, sc *commitScratch
 		for _, row := range chunk {
 			s.accept(sc, res, row)
 		}
+	}
+	for i := range sc.rows {
+		row := &sc.rows[i]
+		if row.fresh {
+			continue
+		}
+		out, err := one.ExecContext(ctx, row.series, row.ts, row.r.Value)
+		if err != nil {
+			return dups, fmt.Errorf("ingest: insert reading: %w", err)
+		}
+		if n, _ := out.RowsAffected(); n == 0 {
+			dups++
+			continue
+		}
+		s.accept(sc, res, row)
 	}
 	return dups, nil
 }

@@ -48,12 +48,13 @@ const (
 	ReasonValue       Reason = "bad_value"        // a string or data value too long or not base64
 	ReasonTooMany     Reason = "too_many_records" // more records than Limits.MaxRecords
 	ReasonUnsupported Reason = "unsupported"      // SenML version above 10 or a must-understand field
+	ReasonStore       Reason = "store_error"      // decoded, but the store refused to write it
 )
 
 // reasons lists every Reason, for pre-creating metric label values.
 var reasons = []Reason{
 	ReasonTopic, ReasonTooLarge, ReasonEmpty, ReasonSyntax, ReasonSchema, ReasonNotFinite,
-	ReasonName, ReasonTime, ReasonValue, ReasonTooMany, ReasonUnsupported,
+	ReasonName, ReasonTime, ReasonValue, ReasonTooMany, ReasonUnsupported, ReasonStore,
 }
 
 // DecodeError says why a payload was refused: a Reason for metrics, the

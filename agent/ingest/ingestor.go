@@ -551,19 +551,34 @@ func (in *Ingestor) abandon(batch []*envelope) {
 	in.log.Warn("stopping while ingestion is held back: messages left unacknowledged for redelivery", "messages", len(batch))
 }
 
+// splitAfter is how many failed attempts of a whole batch are retried
+// before its messages are committed one by one.
+const splitAfter = 3
+
 // commitRetrying commits a batch, retrying with back-off while the
-// store fails; it gives up only when stopping.
+// store fails; it gives up only when stopping. A failure that persists
+// could be caused by one message rather than by the disk: after
+// splitAfter failed attempts the messages are committed one by one, and
+// a message the store refuses on its own is dead-lettered (reason
+// store_error) so the others go through. Nothing is acknowledged before
+// its commit.
 func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope) (commitResult, bool) {
 	backoff := 50 * time.Millisecond
-	for {
-		res, err := in.store.commit(ctx, batch)
+	for attempt := 1; ; attempt++ {
+		var res commitResult
+		var err error
+		if attempt <= splitAfter || len(batch) == 1 {
+			res, err = in.store.commit(ctx, batch)
+		} else {
+			res, err = in.commitEach(ctx, batch)
+		}
 		if err == nil {
 			in.m.pressureVec.WithLabelValues(pressureError).Set(0)
 			return res, true
 		}
 		in.m.commitErrs.Add(1)
 		in.m.pressureVec.WithLabelValues(pressureError).Set(1)
-		in.log.Error("group commit failed; retrying, nothing acknowledged", "messages", len(batch), "err", err)
+		in.log.Error("group commit failed; retrying, nothing acknowledged", "messages", len(batch), "attempt", attempt, "err", err)
 		if errors.Is(err, ErrClosed) {
 			return res, false
 		}
@@ -574,6 +589,47 @@ func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope) (comm
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// commitEach commits the batch's not yet committed messages one by one,
+// dead-lettering a message whose own commit fails. It returns an error
+// only when a dead letter cannot be committed either (the store itself
+// fails); messages committed so far stay marked and are not written
+// again.
+func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitResult, error) {
+	var total commitResult
+	add := func(r commitResult) {
+		if r.seq != 0 {
+			total.seq = r.seq
+		}
+		total.stored += r.stored
+		total.duplicates += r.duplicates
+		total.dupMessages += r.dupMessages
+		total.deadLetters += r.deadLetters
+		total.newReadings = append(total.newReadings, r.newReadings...)
+		total.devices = append(total.devices, r.devices...)
+	}
+	for _, e := range batch {
+		if e.committed {
+			continue
+		}
+		one := []*envelope{e}
+		r, err := in.store.commit(ctx, one)
+		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				return total, err
+			}
+			in.log.Error("message refused by the store; dead-lettering it", "topic", e.topic, "err", err)
+			e.err = decodeErr(ReasonStore, -1, "", "the store refused the message: %v", err)
+			e.readings = nil
+			if r, err = in.store.commit(ctx, one); err != nil {
+				return total, err
+			}
+		}
+		e.committed = true
+		add(r)
+	}
+	return total, nil
 }
 
 // checkPressure re-evaluates the store's backpressure state.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -320,5 +321,49 @@ func TestIngestorStorePressureRetention(t *testing.T) {
 	st, _ := in.Store().Stats(context.Background())
 	if st.StoredTotal != total || st.RetentionDeletedSize == 0 || st.UsedBytes > 3<<20 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestIngestorPoisonMessage: a message the store keeps refusing does not
+// stall the others: after a few failed attempts the batch is committed
+// message by message and the refused one is dead-lettered.
+func TestIngestorPoisonMessage(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(StoreConfig{Path: dir + "/" + StoreFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.commitHook = func(envs []*envelope) error {
+		for _, e := range envs {
+			if e.err == nil && strings.Contains(string(e.payload), "poison") {
+				return errors.New("simulated refusal")
+			}
+		}
+		return nil
+	}
+	in := newTestIngestor(t, Config{Store: st, BatchDelay: 20 * time.Millisecond})
+	var msgs []*fakeMsg
+	for i := 0; i < 10; i++ {
+		p := fmt.Sprintf(`{"v":%d}`, i)
+		if i == 4 {
+			p = `{"poison":1}`
+		}
+		m := &fakeMsg{topic: "devices/a/telemetry", payload: []byte(p), pid: uint16(i + 1)}
+		msgs = append(msgs, m)
+		in.Handle(m)
+	}
+	waitFor(t, "acknowledgements", func() bool {
+		for _, m := range msgs {
+			if m.acked.Load() != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	s, _ := st.Stats(context.Background())
+	page, _ := st.DeadLetters(context.Background(), DeadLetterQuery{})
+	if s.Readings != 9 || s.DeadLetters != 1 || len(page.Items) != 1 || page.Items[0].Reason != ReasonStore || in.Stats().CommitErrors < splitAfter {
+		t.Fatalf("stats %+v, dead letters %+v, ingestor %+v", s, page.Items, in.Stats())
 	}
 }

@@ -272,11 +272,17 @@ func TestMosquittoKill9(t *testing.T) {
 		t.Fatalf("mosquitto_pub: %v: %s", err, pubOut)
 	}
 	var rep InspectReport
-	waitFor(t, "all messages stored", func() bool {
-		var err error
+	deadline := time.Now().Add(60 * time.Second)
+	for {
 		rep, err = Inspect(dir)
-		return err == nil && rep.Readings >= int64(total)
-	})
+		if err == nil && rep.Readings >= int64(total) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60 s: %d of %d readings stored (%v); stats %+v", rep.Readings, total, err, rep.Stats)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	time.Sleep(300 * time.Millisecond) // let late redeliveries arrive
 	helper.Process.Signal(syscall.SIGKILL)
 	helper.Wait()

@@ -186,6 +186,8 @@ type Store struct {
 	commitScr    commitScratch
 	usedBytesMem int64 // database used bytes at the last check
 
+	commitHook func([]*envelope) error // tests: fail a commit on demand
+
 	commits        atomic.Int64 // write transactions committed, for the checkpointer
 	sizeChecked    int64        // commits at the last database size reading
 	ckStop, ckDone chan struct{}

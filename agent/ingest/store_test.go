@@ -573,3 +573,26 @@ func TestStoreConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreDuplicateWithinBatch: the same timestamped reading twice in
+// one commit (a device retrying a publish, a SenML pack repeating a
+// record) is stored once and counted as a duplicate.
+func TestStoreDuplicateWithinBatch(t *testing.T) {
+	clk := newFakeClock()
+	s := openTestStore(t, StoreConfig{Clock: clk.Now})
+	ts := testNow.Unix() - 10
+	p := fmt.Sprintf(`{"a":1,"b":2,"ts":%d}`, ts)
+	var envs []*envelope
+	for i := 0; i < 300; i++ { // enough fresh rows for the multi-row statements
+		envs = append(envs, env(t, clk.Now, "devices/d/telemetry", fmt.Sprintf(`{"a":%d,"ts":%d.%06d}`, i, ts-100, i)))
+	}
+	envs = append(envs, env(t, clk.Now, "devices/d/telemetry", p), env(t, clk.Now, "devices/d/telemetry", p),
+		env(t, clk.Now, "devices/d/telemetry", fmt.Sprintf(`[{"bt":%d,"n":"c","v":1},{"n":"c","v":2}]`, ts)))
+	res, err := s.commit(context.Background(), envs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.stored != 303 || res.duplicates != 3 {
+		t.Fatalf("stored %d, duplicates %d; want 303, 3", res.stored, res.duplicates)
+	}
+}
