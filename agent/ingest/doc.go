@@ -61,7 +61,12 @@
 // error and payload (the first MaxDeadLetterPayload bytes; the full size
 // is kept), and counted in edgefleet_ingest_dead_letters_total{reason}.
 // It is then acknowledged like any committed message, so bad input
-// never stalls the stream. Store.DeadLetters pages through them;
+// never stalls the stream. A message that decodes but that the store
+// keeps refusing is dead-lettered too (reason store_error): after three
+// failed attempts a batch is committed message by message, so one such
+// message cannot hold back the others, while a failing disk (which
+// refuses everything) still holds ingestion back without losing
+// anything. Store.DeadLetters pages through them;
 // Store.PurgeDeadLetters deletes them. Past MaxDeadLetters or
 // DeadLetterMaxAge the oldest are deleted and counted
 // (edgefleet_ingest_dead_letters_evicted_total): never silently.
