@@ -196,7 +196,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.m = m
 	a.inbound = make(chan []byte, cfg.Gossip.InboundQueue)
 	a.deps = deps
-	a.syncer = newSyncer()
+	a.syncer = newSyncer(a.wall)
 	a.shipper = newShipper()
 	a.bcast = &memberlist.TransmitLimitedQueue{
 		NumNodes: func() int {

@@ -139,6 +139,11 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		}
 		b.Logf("after %v of partition agent-00 sees %d dead", partition, dead)
 
+		var rounds0, skipped0, chunks0 uint64
+		for _, a := range agents {
+			st := a.Stats()
+			rounds0, skipped0, chunks0 = rounds0+st.SyncRounds, skipped0+st.SyncSkipped, chunks0+st.SyncChunksSent
+		}
 		healed := time.Now()
 		c.part.Heal()
 		// For each agent, when its state hash last changed and when it last
@@ -150,10 +155,14 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 			hashAt, memb time.Duration
 		}
 		last := make([]mark, n)
+		var slowestHash, slowestSweep time.Duration
 		waitFor(b, 180*time.Second, "convergence after heal", func() (bool, string) {
 			now := time.Since(healed)
+			defer func() { slowestSweep = max(slowestSweep, time.Since(healed)-now) }()
 			for j, a := range agents {
+				t0 := time.Now()
 				h, err := a.Store().StateHash(ctx)
+				slowestHash = max(slowestHash, time.Since(t0))
 				if err != nil {
 					return false, err.Error()
 				}
@@ -200,7 +209,14 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		for _, j := range order[:3] {
 			b.Logf("slow: %s state at %v, members at %v", agents[j].Name(), last[j].hashAt.Round(time.Millisecond), last[j].memb.Round(time.Millisecond))
 		}
-		b.Logf("healed at %s", healed.UTC().Format("15:04:05.000"))
+		b.Logf("healed at %s; slowest poll sweep %v, slowest StateHash %v", healed.UTC().Format("15:04:05.000"),
+			slowestSweep.Round(time.Millisecond), slowestHash.Round(time.Millisecond))
+		var rounds1, skipped1, chunks1 uint64
+		for _, a := range agents {
+			st := a.Stats()
+			rounds1, skipped1, chunks1 = rounds1+st.SyncRounds, skipped1+st.SyncSkipped, chunks1+st.SyncChunksSent
+		}
+		b.Logf("heal: %d sync rounds, %d requests skipped, %d delta chunks sent", rounds1-rounds0, skipped1-skipped0, chunks1-chunks0)
 		var reconnects []int
 		for _, a := range agents {
 			reconnects = append(reconnects, int(a.Stats().Reconnects))

@@ -41,6 +41,7 @@ type peer struct {
 	meta  NodeMeta
 	since time.Time          // when state last changed
 	vv    crdt.VersionVector // last version vector the peer reported; nil if none
+	vvAt  time.Time          // when it was reported
 	// leavingUntil is set by the peer's leave intent: if it goes down
 	// before then, it left rather than failed.
 	leavingUntil time.Time
@@ -134,11 +135,24 @@ func (t *peerTable) setVV(name string, vv crdt.VersionVector) {
 	if !ok {
 		return // not a member (yet): its VV is learned again on the next exchange
 	}
+	p.vvAt = t.now()
 	if p.vv == nil {
 		p.vv = vv.Clone()
 		return
 	}
 	p.vv.Merge(vv)
+}
+
+// reportedVV returns a copy of the version vector the named peer last
+// reported and when.
+func (t *peerTable) reportedVV(name string) (crdt.VersionVector, time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[name]
+	if !ok || p.vv == nil {
+		return nil, time.Time{}, false
+	}
+	return p.vv.Clone(), p.vvAt, true
 }
 
 // lookup returns a copy of the named peer's address record.

@@ -20,6 +20,7 @@ type metrics struct {
 	reconnects    atomic.Uint64 // successful rejoins of failed members
 	chunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	memberSyncs   atomic.Uint64 // push/pulls run because member views differed
+	syncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 
 	rejectedVec *prometheus.CounterVec
 }
@@ -38,6 +39,7 @@ type Stats struct {
 	Reconnects             uint64 // failed members rejoined by the reconnect loop
 	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
 	MemberSyncs            uint64 // push/pulls run because a peer saw other members alive
+	SyncSkipped            uint64 // sync requests not sent: the peer had just reported holding nothing new
 }
 
 func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
@@ -101,5 +103,6 @@ func (m *metrics) stats() Stats {
 		Reconnects:             m.reconnects.Load(),
 		SyncChunksSent:         m.chunksSent.Load(),
 		MemberSyncs:            m.memberSyncs.Load(),
+		SyncSkipped:            m.syncSkipped.Load(),
 	}
 }

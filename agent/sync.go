@@ -295,18 +295,20 @@ func (a *Agent) sendToAddr(name, addr string, msg []byte) error {
 // instead of once per peer. It gives up on a peer that stays silent for
 // SyncTimeout (a large answer keeps the round alive chunk by chunk).
 type syncer struct {
+	now      func() time.Time
 	mu       sync.Mutex
 	queue    []string
-	queued   map[string]bool
+	queued   map[string]time.Time // when each queued peer was queued
 	waiting  string
 	kick     chan struct{}
 	doneCh   chan struct{}
 	activity chan struct{}
 }
 
-func newSyncer() *syncer {
+func newSyncer(now func() time.Time) *syncer {
 	return &syncer{
-		queued:   map[string]bool{},
+		now:      now,
+		queued:   map[string]time.Time{},
 		kick:     make(chan struct{}, 1),
 		doneCh:   make(chan struct{}, 1),
 		activity: make(chan struct{}, 1),
@@ -316,8 +318,8 @@ func newSyncer() *syncer {
 // enqueue schedules a request to peer (once, however often it is asked).
 func (s *syncer) enqueue(peer string) {
 	s.mu.Lock()
-	if !s.queued[peer] {
-		s.queued[peer] = true
+	if _, ok := s.queued[peer]; !ok {
+		s.queued[peer] = s.now()
 		s.queue = append(s.queue, peer)
 	}
 	s.mu.Unlock()
@@ -327,14 +329,16 @@ func (s *syncer) enqueue(peer string) {
 	}
 }
 
-func (s *syncer) next() (string, bool) {
+// next pops the next peer to ask and when it was queued.
+func (s *syncer) next() (string, time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.queue) == 0 {
-		return "", false
+		return "", time.Time{}, false
 	}
 	p := s.queue[0]
 	s.queue = s.queue[1:]
+	at := s.queued[p]
 	delete(s.queued, p)
 	s.waiting = p
 	for _, ch := range []chan struct{}{s.doneCh, s.activity} {
@@ -343,7 +347,7 @@ func (s *syncer) next() (string, bool) {
 		default:
 		}
 	}
-	return p, true
+	return p, at, true
 }
 
 // heard reports an answer from peer; last marks its final message.
@@ -372,9 +376,13 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			return
 		}
 		for {
-			peer, ok := a.syncer.next()
+			peer, queuedAt, ok := a.syncer.next()
 			if !ok {
 				break
+			}
+			if a.peerHasNothingNew(ctx, peer, queuedAt) {
+				a.m.syncSkipped.Add(1)
+				continue
 			}
 			if err := a.requestSync(ctx, peer); err != nil {
 				a.log.Debug("sync request failed", "peer", peer, "err", err)
@@ -406,6 +414,20 @@ func (a *Agent) awaitRound(ctx context.Context, peer string) bool {
 			return false
 		}
 	}
+}
+
+// peerHasNothingNew reports whether peer reported its version vector
+// after since and this agent already holds everything in it: asking it
+// would fetch nothing. This is what keeps a healed partition from costing
+// one exchange per pair of agents: the peers that ask this agent first
+// have told it what they hold.
+func (a *Agent) peerHasNothingNew(ctx context.Context, peer string, since time.Time) bool {
+	theirs, at, ok := a.peers.Load().reportedVV(peer)
+	if !ok || at.Before(since) {
+		return false
+	}
+	ours, err := a.Store().VersionVector(ctx)
+	return err == nil && !holdsMore(theirs, ours)
 }
 
 func (a *Agent) requestSync(ctx context.Context, peer string) error {

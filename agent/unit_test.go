@@ -323,3 +323,28 @@ func TestPushBackGateAdmitsOnePeerAtATime(t *testing.T) {
 		t.Fatal("holdsMore")
 	}
 }
+
+func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
+	a := newHandlerAgent(t, testLogger(t))
+	ctx := context.Background()
+	if _, err := a.Store().Put(ctx, "kv", "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	peers := a.peers.Load()
+	peers.upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
+	before := time.Now().Add(-time.Second)
+	if a.peerHasNothingNew(ctx, "p", before) {
+		t.Fatal("skipped a peer that never reported")
+	}
+	peers.setVV("p", crdt.VersionVector{"self": 1})
+	if !a.peerHasNothingNew(ctx, "p", before) {
+		t.Fatal("asked a peer that just reported holding nothing new")
+	}
+	if a.peerHasNothingNew(ctx, "p", time.Now().Add(time.Second)) {
+		t.Fatal("skipped on a report older than the reason to ask")
+	}
+	peers.setVV("p", crdt.VersionVector{"self": 1, "p": 4})
+	if a.peerHasNothingNew(ctx, "p", before) {
+		t.Fatal("skipped a peer holding ops this agent lacks")
+	}
+}
