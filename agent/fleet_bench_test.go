@@ -59,7 +59,7 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		}
 		start := time.Now()
 		waitFor(b, 60*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
-		b.Logf("%d agents alive everywhere after %v", n, time.Since(start).Round(time.Millisecond))
+		formed := time.Since(start)
 		ctx := context.Background()
 		for j, a := range agents {
 			if err := a.Put(ctx, "devices", a.Name(), []byte(strconv.Itoa(j))); err != nil {
@@ -108,7 +108,7 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		b.Logf("idle: streams %.0f B/s per agent, sync rounds %.2f/s per agent, member push/pulls %d, reconnects %d",
 			float64(streamOf()-s0)/secs/float64(n), float64(rounds()-r0)/secs/float64(n), ms1-ms0, rc1-rc0)
 		b.ReportMetric(idleRate, "idle_B/s/agent")
-		b.Logf("idle gossip: %.0f B/s per agent (sent+received)", idleRate)
+		b.Logf("%d agents formed one cluster in %v; idle gossip %.0f B/s per agent (sent+received)", n, formed.Round(time.Millisecond), idleRate)
 
 		var g1, g2 []string
 		for j, a := range agents {
@@ -201,14 +201,6 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		b.ReportMetric(m99.Seconds(), "members_p99_s")
 		b.Logf("after heal, final state held: p50 %v p99 %v max %v", s50.Round(time.Millisecond), s99.Round(time.Millisecond), smax.Round(time.Millisecond))
 		b.Logf("after heal, every member alive: p50 %v p99 %v max %v", m50.Round(time.Millisecond), m99.Round(time.Millisecond), mmax.Round(time.Millisecond))
-		order := make([]int, n)
-		for j := range order {
-			order[j] = j
-		}
-		sort.Slice(order, func(x, y int) bool { return last[order[x]].hashAt > last[order[y]].hashAt })
-		for _, j := range order[:3] {
-			b.Logf("slow: %s state at %v, members at %v", agents[j].Name(), last[j].hashAt.Round(time.Millisecond), last[j].memb.Round(time.Millisecond))
-		}
 		b.Logf("healed at %s; slowest poll sweep %v, slowest StateHash %v", healed.UTC().Format("15:04:05.000"),
 			slowestSweep.Round(time.Millisecond), slowestHash.Round(time.Millisecond))
 		var rounds1, skipped1, chunks1 uint64
