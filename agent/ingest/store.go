@@ -268,9 +268,13 @@ func (s *Store) runCheckpointer() {
 		}
 		if n := s.commits.Load(); n != last {
 			last = n
-			if _, err := s.db.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+			start := time.Now()
+			var busy, logFrames, done int64
+			if err := s.db.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil {
 				s.log.Warn("wal checkpoint", "err", err)
+				continue
 			}
+			s.log.Debug("wal checkpoint", "frames", logFrames, "checkpointed", done, "took", time.Since(start))
 		}
 	}
 }
