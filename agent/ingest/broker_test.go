@@ -1,5 +1,3 @@
-//go:build mochi
-
 package ingest
 
 import (
