@@ -143,7 +143,9 @@ type Agent struct {
 	lastRevival atomic.Int64
 	// lastReconcile is when (Unix ns) a member-view push/pull last started.
 	lastReconcile atomic.Int64
-	running       atomic.Bool
+	// lastAnnounce is when (Unix ns) this agent last re-advertised itself.
+	lastAnnounce atomic.Int64
+	running      atomic.Bool
 }
 
 // New validates cfg and builds an agent; it does no network or disk I/O.

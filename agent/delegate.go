@@ -79,6 +79,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	}
 	if prev == StateDead {
 		a.lastRevival.Store(a.wall().UnixNano())
+		a.announceAlive()
 	}
 	a.log.Info("member joined", "member", n.Name, "addr", n.Address(), "previous", prev)
 	a.syncer.enqueue(n.Name)

@@ -182,6 +182,33 @@ func (a *Agent) act(m message) {
 	}
 }
 
+// announceAlive re-advertises this agent with a new incarnation (memberlist
+// UpdateNode), at most once per healBoostWindow. When a partition heals,
+// each side still holds the other dead at the incarnation it last saw, and
+// memberlist only revives a member on a higher one, which the member makes
+// only once it hears it was declared dead. Announcing as soon as the agent
+// sees the other side again (a reconnect succeeded, a failed member came
+// back) spares that round trip: the new incarnation spreads by gossip and
+// by every push/pull of the reconnect loop.
+func (a *Agent) announceAlive() {
+	now := a.wall().UnixNano()
+	last := a.lastAnnounce.Load()
+	if now-last < int64(healBoostWindow) || !a.lastAnnounce.CompareAndSwap(last, now) {
+		return
+	}
+	ml := a.mlReady.Load()
+	if ml == nil || !a.running.Load() {
+		return
+	}
+	// Not on the caller's goroutine: memberlist may be holding its node
+	// lock (NotifyJoin), and UpdateNode waits for the broadcast.
+	go func() {
+		if err := ml.UpdateNode(time.Second); err != nil {
+			a.log.Debug("re-advertising after a heal", "err", err)
+		}
+	}()
+}
+
 // healing reports whether a failed member came back within
 // healBoostWindow: the cluster is reassembling after a partition or outage.
 func (a *Agent) healing() bool {
@@ -731,6 +758,7 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			}
 			a.m.reconnects.Add(1)
 			a.log.Info("reconnected to failed member", "member", target.name, "addr", target.addr())
+			a.announceAlive()
 			// The first exchange makes both sides refute the other's view
 			// of them (each still holds the other dead at the same
 			// incarnation); a second one, once the refutations exist,
