@@ -21,8 +21,10 @@
 //
 // Members declared dead (not left) are retried by a reconnect loop, as
 // Serf does, so agents on both sides of a healed partition find each other
-// again by themselves; while a failed member is coming back it runs twice
-// as often. Sync requests also carry a digest of the members the sender
+// again by themselves; while failed members are coming back it runs twice
+// as often, and each agent re-advertises itself with a new incarnation as
+// soon as it sees the other side again, so memberlist revives it everywhere
+// without waiting to hear that it had been declared dead. Sync requests also carry a digest of the members the sender
 // sees alive; when two agents disagree in the steady state (a missed join
 // announcement) they run a memberlist push/pull. Graceful leaves are
 // announced with a leave intent, so peers record "left" rather than "dead"
