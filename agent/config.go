@@ -418,7 +418,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("agent: labels: key %q or its value is empty or not UTF-8", k)
 		}
 	}
-	meta, err := encodeMeta(NodeMeta{ID: c.nameOrPlaceholder(), Version: Version, Labels: c.Labels})
+	meta, err := encodeMeta(NodeMeta{ID: c.nameForSizeCheck(), Version: Version, Labels: c.Labels})
 	if err != nil {
 		return fmt.Errorf("agent: labels: %w", err)
 	}
@@ -459,7 +459,7 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (c *Config) nameOrPlaceholder() string {
+func (c *Config) nameForSizeCheck() string {
 	if c.NodeName != "" {
 		return c.NodeName
 	}

@@ -260,7 +260,7 @@ func (s *Service) CatchUp(ctx context.Context, agentID string) (out []*KeyMessag
 	}
 	var (
 		a    *AgentRecord
-		todo []keyVersions
+		pending []keyVersions
 	)
 	err = s.store.View(ctx, func(tx Tx) (err error) {
 		if a, err = getAgent(tx, agentID); err != nil {
@@ -278,7 +278,7 @@ func (s *Service) CatchUp(ctx context.Context, agentID string) (out []*KeyMessag
 			if err != nil {
 				return err
 			}
-			todo = append(todo, keyVersions{k, vs})
+			pending = append(pending, keyVersions{k, vs})
 		}
 		return nil
 	})
@@ -289,7 +289,7 @@ func (s *Service) CatchUp(ctx context.Context, agentID string) (out []*KeyMessag
 		s.done(ctx, ActionDistribute, "", 0, agentID, err)
 		return nil, err
 	}
-	for _, kv := range todo {
+	for _, kv := range pending {
 		for _, v := range kv.vs {
 			if v.Version < kv.k.Policy.MinDecryptVersion {
 				continue
