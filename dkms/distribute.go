@@ -259,7 +259,7 @@ func (s *Service) CatchUp(ctx context.Context, agentID string) (out []*KeyMessag
 		vs []*VersionRecord
 	}
 	var (
-		a    *AgentRecord
+		a       *AgentRecord
 		pending []keyVersions
 	)
 	err = s.store.View(ctx, func(tx Tx) (err error) {
