@@ -18,8 +18,10 @@ const (
 	// recoveryWindow: see reconnectLoop.
 	recoveryWindow  = 2 * time.Minute
 	healBoostWindow = 10 * time.Second
-	applyBatchMsgs  = 64      // received messages merged in one store transaction
-	applyBatchBytes = 4 << 20 // and at most this many of their bytes
+	// reconcileMinInterval spaces member-view push/pulls (see reconcileMembers).
+	reconcileMinInterval = 2 * time.Second
+	applyBatchMsgs       = 64      // received messages merged in one store transaction
+	applyBatchBytes      = 4 << 20 // and at most this many of their bytes
 )
 
 // applyLoop drains the inbound queue: it decodes messages, merges their
@@ -220,14 +222,14 @@ func (a *Agent) healing() bool {
 // for the steady state (an announcement that never reached one agent):
 // while members are down or coming back, views differ for a while anyway
 // and the reconnect loop is at work, so it stays out of the way; and it
-// runs at most once per sync interval.
+// runs at most once per reconcileMinInterval.
 func (a *Agent) reconcileMembers(peer, addr string) {
 	if a.healing() || a.peers.Load().count(StateDead) > 0 {
 		return
 	}
 	now := a.wall().UnixNano()
 	last := a.lastReconcile.Load()
-	if now-last < int64(a.cfg.Gossip.SyncInterval) || !a.lastReconcile.CompareAndSwap(last, now) {
+	if now-last < int64(reconcileMinInterval) || !a.lastReconcile.CompareAndSwap(last, now) {
 		return
 	}
 	if node, ok := a.peers.Load().lookup(peer); ok {
