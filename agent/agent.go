@@ -87,9 +87,13 @@ type Deps struct {
 	// means crypto/rand.
 	Rand io.Reader
 	// Transport carries memberlist traffic; nil means a memberlist
-	// NetTransport on gossip.bind_addr:bind_port. The simulator passes a
-	// Partition-wrapped transport here.
+	// NetTransport on gossip.bind_addr:bind_port.
 	Transport memberlist.Transport
+	// WrapTransport, when set and Transport is nil, wraps the agent's own
+	// NetTransport once it is bound; addr is its bound "host:port". The
+	// simulator uses it to put a Partition around an otherwise production
+	// transport.
+	WrapTransport func(t memberlist.Transport, addr string) memberlist.Transport
 }
 
 const (
@@ -369,6 +373,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}
 		conf.BindPort = nt.GetAutoBindPort()
 		inner = nt
+		if a.deps.WrapTransport != nil {
+			inner = a.deps.WrapTransport(nt, net.JoinHostPort(a.cfg.Gossip.BindAddr, strconv.Itoa(conf.BindPort)))
+		}
 	}
 	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
 		conf.AdvertisePort = conf.BindPort

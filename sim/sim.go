@@ -187,31 +187,27 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	if n.idx > 0 {
 		cfg.Gossip.Join = f.seeds(n.idx)
 	}
-	port := 0
 	if n.addr != "" {
-		_, p, _ := splitHostPort(n.addr)
-		port = p
+		// A restart binds the port the agent had, as a real device keeps its address.
+		_, port, err := splitHostPort(n.addr)
+		if err != nil {
+			return fmt.Errorf("sim: %s address %q: %w", n.name, n.addr, err)
+		}
+		cfg.Gossip.BindPort = port
+	} else {
+		cfg.Gossip.BindPort = 0
 	}
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-		BindAddrs: []string{"127.0.0.1"},
-		BindPort:  port,
-		Logger:    nil,
-	})
-	if err != nil {
-		return fmt.Errorf("sim: %s transport: %w", n.name, err)
-	}
-	n.addr = fmt.Sprintf("127.0.0.1:%d", nt.GetAutoBindPort())
-	cfg.Gossip.BindPort = nt.GetAutoBindPort()
 	ag, err := agent.New(cfg, agent.Deps{
-		Logger:    f.opts.AgentLogger.With("agent", n.name),
-		Transport: f.part.Wrap(nt, n.addr),
+		Logger: f.opts.AgentLogger.With("agent", n.name),
+		WrapTransport: func(t memberlist.Transport, addr string) memberlist.Transport {
+			n.addr = addr
+			return f.part.Wrap(t, addr)
+		},
 	})
 	if err != nil {
-		nt.Shutdown()
 		return fmt.Errorf("sim: %s: %w", n.name, err)
 	}
 	if err := ag.Start(ctx); err != nil {
-		nt.Shutdown()
 		return fmt.Errorf("sim: start %s: %w", n.name, err)
 	}
 	n.ag = ag
