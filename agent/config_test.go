@@ -176,7 +176,7 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 		t.Errorf("file values lost: %+v", cfg)
 	}
 	// Defaults remain where neither says anything.
-	if cfg.Gossip.SyncInterval != 10*time.Second || cfg.Gossip.Profile != ProfileLAN {
+	if cfg.Gossip.SyncInterval != DefaultConfig().Gossip.SyncInterval || cfg.Gossip.Profile != ProfileLAN {
 		t.Errorf("defaults lost: %+v", cfg.Gossip)
 	}
 	if err := cfg.Validate(); err != nil {
