@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
@@ -76,18 +75,9 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
 	}
-	rep := Report{
-		Suite: "ingest",
-		Machine: map[string]string{
-			"goos":       runtime.GOOS,
-			"goarch":     runtime.GOARCH,
-			"num_cpu":    fmt.Sprint(runtime.NumCPU()),
-			"go_version": runtime.Version(),
-			"broker":     opt.Broker,
-			"workload": fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s payload=flat-json-3-metrics",
-				res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration)),
-		},
-	}
+	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s payload=flat-json-3-metrics",
+		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration)))}
+	rep.Machine["broker"] = opt.Broker
 	ratio := func(a, b float64) float64 {
 		if b > 0 {
 			return a / b

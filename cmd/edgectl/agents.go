@@ -184,16 +184,11 @@ func (a *app) newAgentsShowCmd() *cobra.Command {
 			if err := checkID("agent", args[0]); err != nil {
 				return err
 			}
-			s, err := a.connect(c)
+			ag, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Agent, error) {
+				return cl.GetAgent(ctx, args[0])
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			ag, err := s.client.GetAgent(ctx, args[0])
-			if err != nil {
-				return s.explain(err)
 			}
 			if ag.Labels == nil {
 				ag.Labels = map[string]string{}
@@ -277,16 +272,11 @@ func (a *app) newAgentsLabelCmd() *cobra.Command {
 			if err != nil {
 				return cli.UsageError{Err: err}
 			}
-			s, err := a.connect(c)
+			ag, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Agent, error) {
+				return cl.UpdateLabels(ctx, args[0], controlplane.LabelsPatch{Set: set, Remove: remove})
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			ag, err := s.client.UpdateLabels(ctx, args[0], controlplane.LabelsPatch{Set: set, Remove: remove})
-			if err != nil {
-				return s.explain(err)
 			}
 			if ag.Labels == nil {
 				ag.Labels = map[string]string{}

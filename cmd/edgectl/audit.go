@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -107,16 +108,11 @@ func (a *app) newAuditVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := a.connect(c)
+			v, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.AuditVerification, error) {
+				return cl.VerifyAudit(ctx)
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			v, err := s.client.VerifyAudit(ctx)
-			if err != nil {
-				return s.explain(err)
 			}
 			err = cli.Print(c.OutOrStdout(), format, v, func(w io.Writer) error {
 				if v.OK {

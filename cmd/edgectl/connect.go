@@ -117,6 +117,25 @@ func (a *app) connect(c *cobra.Command) (*session, error) {
 	return &session{conn: conn, client: cl}, nil
 }
 
+// fetch connects, makes one call with a context bounded by --timeout, and
+// explains an error the server answered. Commands that make a single call
+// use it; those that make several hold a session from connect.
+func fetch[T any](a *app, c *cobra.Command, call func(context.Context, *controlplane.Client) (T, error)) (T, error) {
+	var zero T
+	s, err := a.connect(c)
+	if err != nil {
+		return zero, err
+	}
+	defer s.client.CloseIdleConnections()
+	ctx, cancel := a.ctx(c)
+	defer cancel()
+	v, err := call(ctx, s.client)
+	if err != nil {
+		return zero, s.explain(err)
+	}
+	return v, nil
+}
+
 func newClient(conn clientconfig.Connection, timeout time.Duration) (*controlplane.Client, error) {
 	return controlplane.NewClient(controlplane.ClientConfig{
 		URL:       conn.Server,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"time"
@@ -72,16 +73,11 @@ func (a *app) createEnrollmentTokens(c *cobra.Command, format string, ttl time.D
 	if err != nil {
 		return cli.Usagef("--labels: %v", err)
 	}
-	s, err := a.connect(c)
+	toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.NewEnrollmentToken, error) {
+		return cl.CreateEnrollmentTokens(ctx, ttl, labels, count)
+	})
 	if err != nil {
 		return err
-	}
-	defer s.client.CloseIdleConnections()
-	ctx, cancel := a.ctx(c)
-	defer cancel()
-	toks, err := s.client.CreateEnrollmentTokens(ctx, ttl, labels, count)
-	if err != nil {
-		return s.explain(err)
 	}
 	for i := range toks {
 		if toks[i].Labels == nil {
@@ -116,16 +112,11 @@ func (a *app) newEnrollmentTokensListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := a.connect(c)
+			toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.EnrollmentToken, error) {
+				return cl.ListEnrollmentTokens(ctx)
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			toks, err := s.client.ListEnrollmentTokens(ctx)
-			if err != nil {
-				return s.explain(err)
 			}
 			shown := []controlplane.EnrollmentToken{}
 			for _, t := range toks {

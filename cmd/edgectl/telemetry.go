@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -64,16 +65,11 @@ each with min, max, avg and count; without it raw points are printed (at most
 			if q.Limit < 0 {
 				return cli.Usagef("--limit must not be negative")
 			}
-			s, err := a.connect(c)
+			res, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.TelemetryResult, error) {
+				return cl.QueryTelemetry(ctx, q)
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			res, err := s.client.QueryTelemetry(ctx, q)
-			if err != nil {
-				return s.explain(err)
 			}
 			if res.Series == nil {
 				res.Series = []controlplane.Series{}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -114,16 +115,11 @@ The secret is printed once; the server keeps only its SHA-256 digest. With
 }
 
 func (a *app) createAPIToken(c *cobra.Command, format, name string, role controlplane.Role, ttl time.Duration) error {
-	s, err := a.connect(c)
+	tok, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.NewAPIToken, error) {
+		return cl.CreateAPIToken(ctx, name, role, ttl)
+	})
 	if err != nil {
 		return err
-	}
-	defer s.client.CloseIdleConnections()
-	ctx, cancel := a.ctx(c)
-	defer cancel()
-	tok, err := s.client.CreateAPIToken(ctx, name, role, ttl)
-	if err != nil {
-		return s.explain(err)
 	}
 	return cli.Print(c.OutOrStdout(), format, tok, func(w io.Writer) error {
 		fmt.Fprintf(w, "API token %s (role %s", tok.ID, tok.Role)
@@ -154,16 +150,11 @@ func (a *app) newTokensListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := a.connect(c)
+			toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.APIToken, error) {
+				return cl.ListAPITokens(ctx)
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			toks, err := s.client.ListAPITokens(ctx)
-			if err != nil {
-				return s.explain(err)
 			}
 			shown := []controlplane.APIToken{}
 			for _, t := range toks {
@@ -212,16 +203,11 @@ func (a *app) newTokensRevokeCmd() *cobra.Command {
 			if err := checkID("token", args[0]); err != nil {
 				return err
 			}
-			s, err := a.connect(c)
+			tok, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.APIToken, error) {
+				return cl.RevokeAPIToken(ctx, args[0])
+			})
 			if err != nil {
 				return err
-			}
-			defer s.client.CloseIdleConnections()
-			ctx, cancel := a.ctx(c)
-			defer cancel()
-			tok, err := s.client.RevokeAPIToken(ctx, args[0])
-			if err != nil {
-				return s.explain(err)
 			}
 			return cli.Print(c.OutOrStdout(), format, tok, func(w io.Writer) error {
 				_, err := fmt.Fprintf(w, "API token %s (%s, role %s) revoked.\n", tok.ID, dash(tok.Name), tok.Role)
