@@ -18,6 +18,13 @@ import (
 // records, so replicas that applied the same ops have the same hash
 // whatever they compacted.
 func (s *Store) StateHash(ctx context.Context) (string, error) {
+	return s.StateHashPrefix(ctx, "")
+}
+
+// StateHashPrefix is StateHash restricted to the collections whose names
+// start with prefix ("" means every collection). It lets a caller compare
+// the collections it writes while other collections keep changing.
+func (s *Store) StateHashPrefix(ctx context.Context, prefix string) (string, error) {
 	if err := s.readCheck("state hash"); err != nil {
 		return "", err
 	}
@@ -33,14 +40,14 @@ func (s *Store) StateHash(ctx context.Context) (string, error) {
 		n     int // columns; all TEXT or BLOB except the ints listed below
 		ints  []bool
 	}{
-		{"lww", `SELECT coll, key, hlc, origin, value FROM lww WHERE deleted = 0 ORDER BY coll, key`, 5, []bool{false, false, true, false, false}},
-		{"orset", `SELECT coll, elem, origin, seq FROM orset ORDER BY coll, elem, origin, seq`, 4, []bool{false, false, false, true}},
-		{"counter", `SELECT coll, key, origin, p, n FROM counter ORDER BY coll, key, origin`, 5, []bool{false, false, false, true, true}},
-		{"mvreg", `SELECT coll, key, origin, seq, hlc, value FROM mvreg ORDER BY coll, key, origin, seq`, 6, []bool{false, false, false, true, true, false}},
+		{"lww", `SELECT coll, key, hlc, origin, value FROM lww WHERE deleted = 0 AND substr(CAST(coll AS BLOB), 1, ?1) = CAST(?2 AS BLOB) ORDER BY coll, key`, 5, []bool{false, false, true, false, false}},
+		{"orset", `SELECT coll, elem, origin, seq FROM orset WHERE substr(CAST(coll AS BLOB), 1, ?1) = CAST(?2 AS BLOB) ORDER BY coll, elem, origin, seq`, 4, []bool{false, false, false, true}},
+		{"counter", `SELECT coll, key, origin, p, n FROM counter WHERE substr(CAST(coll AS BLOB), 1, ?1) = CAST(?2 AS BLOB) ORDER BY coll, key, origin`, 5, []bool{false, false, false, true, true}},
+		{"mvreg", `SELECT coll, key, origin, seq, hlc, value FROM mvreg WHERE substr(CAST(coll AS BLOB), 1, ?1) = CAST(?2 AS BLOB) ORDER BY coll, key, origin, seq`, 6, []bool{false, false, false, true, true, false}},
 	}
 	for _, p := range parts {
 		writeField(h, []byte(p.tag))
-		if err := hashRows(ctx, tx, h, p.query, p.ints); err != nil {
+		if err := hashRows(ctx, tx, h, p.query, p.ints, len(prefix), prefix); err != nil {
 			return "", s.corrupt(fmt.Errorf("crdt: state hash: %s: %w", p.tag, err))
 		}
 	}
@@ -53,8 +60,8 @@ func writeField(h hash.Hash, b []byte) {
 	h.Write(b)
 }
 
-func hashRows(ctx context.Context, tx *sql.Tx, h hash.Hash, query string, ints []bool) error {
-	rows, err := tx.QueryContext(ctx, query)
+func hashRows(ctx context.Context, tx *sql.Tx, h hash.Hash, query string, ints []bool, args ...any) error {
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return err
 	}
