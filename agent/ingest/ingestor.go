@@ -707,6 +707,7 @@ type Stats struct {
 	Commits      int64  `json:"commits"`       // group commits
 	CommitErrors int64  `json:"commit_errors"` // failed (retried) commits
 	Connected    bool   `json:"connected"`     // MQTT session up
+	Published    int64  `json:"published"`     // messages published (Publish) and acknowledged by the broker
 	Backpressure string `json:"backpressure"`  // "", "store" or "outbox"
 }
 
@@ -715,6 +716,6 @@ func (in *Ingestor) Stats() Stats {
 	return Stats{
 		Received: in.m.received.Load(), Acked: in.m.acked.Load(), Pending: in.m.pending.Load(),
 		Commits: in.m.commits.Load(), CommitErrors: in.m.commitErrs.Load(),
-		Connected: in.m.connected.Load() == 1, Backpressure: in.pressure.Load().(string),
+		Connected: in.m.connected.Load() == 1, Published: in.m.published.Load(), Backpressure: in.pressure.Load().(string),
 	}
 }

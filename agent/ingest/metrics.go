@@ -103,6 +103,7 @@ type ingestMetrics struct {
 	commits     atomic.Int64
 	commitErrs  atomic.Int64
 	connected   atomic.Int64
+	published   atomic.Int64
 	pressureVec *prometheus.GaugeVec
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
@@ -155,6 +156,7 @@ func newIngestMetrics(reg *prometheus.Registry) (*ingestMetrics, error) {
 		cf("edgefleet_ingest_messages_acked_total", "Messages acknowledged after their commit.", &m.acked),
 		cf("edgefleet_ingest_commits_total", "Group commits.", &m.commits),
 		cf("edgefleet_ingest_commit_errors_total", "Group commits that failed and were retried.", &m.commitErrs),
+		cf("edgefleet_ingest_published_total", "Messages published by the agent (device commands), acknowledged by the broker.", &m.published),
 		gf("edgefleet_ingest_pending_messages", "Messages received and not yet acknowledged.", &m.pending),
 		gf("edgefleet_ingest_mqtt_connected", "1 while connected to the MQTT broker.", &m.connected),
 	}

@@ -1,0 +1,74 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrNotConnected: the Ingestor has no broker, or its MQTT session is
+// down; nothing was published.
+var ErrNotConnected = errors.New("ingest: not connected to the broker")
+
+// MaxPublishBytes is the largest payload Publish sends.
+const MaxPublishBytes = 256 << 10
+
+// Publish sends payload to topic at QoS 1 on the subscriber's MQTT
+// session and returns once the broker acknowledged it (PUBACK) or ctx
+// ends. It fails with ErrNotConnected when the session is down (the
+// message is not queued for later), and refuses topics holding MQTT
+// wildcards or NUL and payloads over MaxPublishBytes. It is safe for
+// concurrent use.
+func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) error {
+	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
+		return fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
+	}
+	if len(payload) > MaxPublishBytes {
+		return fmt.Errorf("%w: publish payload of %d bytes exceeds %d", ErrInvalidConfig, len(payload), MaxPublishBytes)
+	}
+	select {
+	case <-in.stopping:
+		return ErrClosed
+	default:
+	}
+	if in.mqtt == nil || in.mqtt.client == nil {
+		return fmt.Errorf("%w: no broker configured", ErrNotConnected)
+	}
+	if in.m.connected.Load() != 1 || !in.mqtt.client.IsConnectionOpen() {
+		return fmt.Errorf("%w (%s)", ErrNotConnected, in.cfg.MQTT.Broker)
+	}
+	tok := in.mqtt.client.Publish(topic, 1, false, payload)
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("ingest: publish to %s: %w", topic, err)
+		}
+		in.m.published.Add(1)
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("ingest: publish to %s: waiting for the broker's acknowledgement: %w", topic, ctx.Err())
+	case <-in.stopping:
+		return fmt.Errorf("ingest: publish to %s: %w", topic, ErrClosed)
+	}
+}
+
+// Subscribed reports whether the MQTT subscriber has subscribed at least
+// once and its session is up now. Without a broker it is false.
+func (in *Ingestor) Subscribed() bool {
+	if in.mqtt == nil {
+		return false
+	}
+	select {
+	case <-in.mqtt.subscribed:
+		return in.m.connected.Load() == 1
+	default:
+		return false
+	}
+}
+
+// Broker is the URL of the broker the subscriber uses ("" without one).
+func (in *Ingestor) Broker() string { return in.cfg.MQTT.Broker }
+
+// Reasons lists every dead-letter Reason.
+func Reasons() []Reason { return append([]Reason(nil), reasons...) }
