@@ -17,6 +17,8 @@
 //	    ca: |
 //	      -----BEGIN CERTIFICATE-----
 //	      ...
+//	  - name: gateway-3
+//	    agent: http://10.0.0.3:7070      # an agent's local API (edgectl devices)
 //
 // Precedence, per value: command-line flags, then EDGEFLEET_SERVER /
 // EDGEFLEET_TOKEN / EDGEFLEET_CA, then the selected context (--context,
@@ -24,6 +26,11 @@
 // are only used with that context's own server: when the server is
 // overridden by a flag or the environment, credentials stored for another
 // server are never sent to it.
+//
+// The agent's local API, which `edgectl devices` talks to, resolves the
+// same way on its own (see ResolveAgent): --agent, then EDGEFLEET_AGENT,
+// then the selected context's agent, then DefaultAgent. A context may name
+// only an agent, without a server.
 //
 // Programs that create a control plane (edgectl login, edgectl sim --serve)
 // call WriteAndSelect to store a context and make it current.
@@ -71,13 +78,17 @@ type Context struct {
 	// Name identifies the context (required, unique).
 	Name string `yaml:"name" json:"name"`
 	// Server is the control plane's base URL, https://host[:port].
-	Server string `yaml:"server" json:"server"`
+	// Required unless Agent is set.
+	Server string `yaml:"server,omitempty" json:"server"`
 	// Token is an operator API token.
 	Token string `yaml:"token,omitempty" json:"-"`
 	// CA is the control plane CA certificate: either its PEM text or the
 	// path of a PEM file (relative paths are relative to the contexts
 	// file's directory). Empty means the system roots.
 	CA string `yaml:"ca,omitempty" json:"-"`
+	// Agent is the base URL of an agent's local API, http://host:port
+	// (edgectl devices). Empty means DefaultAgent.
+	Agent string `yaml:"agent,omitempty" json:"agent,omitempty"`
 }
 
 // File is the contents of a contexts file.
@@ -166,8 +177,15 @@ func (c Context) Validate() error {
 	if strings.ContainsFunc(c.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return fmt.Errorf("%w: context name %q contains control characters", ErrInvalid, c.Name)
 	}
-	if _, err := NormalizeServer(c.Server); err != nil {
-		return fmt.Errorf("%w: context %q: %v", ErrInvalid, c.Name, err)
+	if c.Server != "" || c.Agent == "" {
+		if _, err := NormalizeServer(c.Server); err != nil {
+			return fmt.Errorf("%w: context %q: %v", ErrInvalid, c.Name, err)
+		}
+	}
+	if c.Agent != "" {
+		if _, err := NormalizeAgent(c.Agent); err != nil {
+			return fmt.Errorf("%w: context %q: %v", ErrInvalid, c.Name, err)
+		}
 	}
 	if strings.ContainsAny(c.Token, " \t\r\n") {
 		return fmt.Errorf("%w: context %q: token contains white space", ErrInvalid, c.Name)
@@ -215,7 +233,12 @@ func (f *File) Set(c Context) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	c.Server, _ = NormalizeServer(c.Server)
+	if c.Server != "" {
+		c.Server, _ = NormalizeServer(c.Server)
+	}
+	if c.Agent != "" {
+		c.Agent, _ = NormalizeAgent(c.Agent)
+	}
 	for i := range f.Contexts {
 		if f.Contexts[i].Name == c.Name {
 			f.Contexts[i] = c

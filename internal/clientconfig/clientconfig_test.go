@@ -301,6 +301,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("current-context: a\ncontexts:\n  - name: a\n    server: https://x:1\n    token: t\n    ca: /p\n"))
 	f.Add([]byte("contexts:\n  - {name: a, server: x}\n  - {name: a, server: y}\n"))
 	f.Add([]byte("contexts: [{name: a, server: 'https://[::1]:8443', ca: \"-----BEGIN CERTIFICATE-----\\n\"}]\n"))
+	f.Add([]byte("contexts:\n  - {name: gw, agent: '10.0.0.7:7070'}\n  - {name: b, server: x, agent: 'https://h:1/'}\n"))
 	f.Add([]byte("&a [*a, *a]"))
 	f.Add([]byte("current-context: !!binary AAAA\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {

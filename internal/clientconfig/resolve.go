@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,13 @@ const (
 	EnvContext = "EDGEFLEET_CONTEXT"
 	// EnvConfig overrides the path of the contexts file.
 	EnvConfig = "EDGEFLEET_CONFIG"
+	// EnvAgent is the base URL of an agent's local API.
+	EnvAgent = "EDGEFLEET_AGENT"
 )
+
+// DefaultAgent is the agent API used when no flag, variable or context
+// names one: the agent's default api.addr on this machine.
+const DefaultAgent = "http://127.0.0.1:7070"
 
 // maxCABytes bounds a CA bundle read from a file.
 const maxCABytes = 1 << 20
@@ -31,6 +38,7 @@ type Settings struct {
 	Token   string
 	CA      string // a path, or PEM text
 	Context string
+	Agent   string // base URL of an agent's local API
 }
 
 // FromEnv reads Settings from the EDGEFLEET_* variables through getenv
@@ -44,6 +52,7 @@ func FromEnv(getenv func(string) string) Settings {
 		Token:   getenv(EnvToken),
 		CA:      getenv(EnvCA),
 		Context: getenv(EnvContext),
+		Agent:   getenv(EnvAgent),
 	}
 }
 
@@ -226,4 +235,78 @@ func checkCertificates(data []byte) error {
 		return errors.New("no PEM certificate found")
 	}
 	return nil
+}
+
+// NormalizeAgent turns an agent API address into the base URL form used
+// everywhere: "http://host:port" (or https) without a trailing slash. An
+// address without a scheme gets http:// (the agent's local API is plain
+// HTTP on loopback); a path, query, fragment or user info is refused.
+func NormalizeAgent(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", errors.New("agent API address is empty")
+	}
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("agent API %q: %v", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("agent API %q: scheme must be http or https", s)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return "", fmt.Errorf("agent API %q: want http://host:port", s)
+	}
+	u.Path = ""
+	return u.String(), nil
+}
+
+// AgentTarget is the resolved agent API.
+type AgentTarget struct {
+	// URL is the normalized base URL.
+	URL string
+	// From says where it came from: "--agent", EDGEFLEET_AGENT,
+	// `context "NAME"` or "default".
+	From string
+}
+
+// ResolveAgent works out which agent API to use: flags.Agent (--agent),
+// then env.Agent (EDGEFLEET_AGENT), then the agent of the selected context
+// of f (which may be nil; selected by --context, EDGEFLEET_CONTEXT or
+// current-context), then DefaultAgent. A context named by --context or
+// EDGEFLEET_CONTEXT must exist (ErrNoContext); a malformed address is an
+// error naming its source.
+func ResolveAgent(f *File, flags, env Settings) (AgentTarget, error) {
+	if f == nil {
+		f = &File{}
+	}
+	var ctx *Context
+	name, nameFrom := first(flags.Context, "--context", env.Context, EnvContext, f.CurrentContext, "current-context")
+	if name != "" {
+		c, ok := f.Get(name)
+		switch {
+		case ok:
+			ctx = &c
+		case nameFrom != "current-context":
+			where := f.path
+			if where == "" {
+				where = "the contexts file"
+			}
+			return AgentTarget{}, fmt.Errorf("%w: %q (from %s) is not in %s (known: %s)", ErrNoContext, name, nameFrom, where, f.names())
+		}
+	}
+	addr, from := first(flags.Agent, "--agent", env.Agent, EnvAgent, "", "")
+	if addr == "" && ctx != nil && ctx.Agent != "" {
+		addr, from = ctx.Agent, fmt.Sprintf("context %q", ctx.Name)
+	}
+	if addr == "" {
+		return AgentTarget{URL: DefaultAgent, From: "default"}, nil
+	}
+	u, err := NormalizeAgent(addr)
+	if err != nil {
+		return AgentTarget{}, fmt.Errorf("clientconfig: %s: %w", from, err)
+	}
+	return AgentTarget{URL: u, From: from}, nil
 }
