@@ -39,6 +39,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newTokensCmd(), a.newEnrollmentTokensCmd(),
 		a.newAgentsCmd(), a.newTelemetryCmd(), a.newAuditCmd(),
 		a.newBenchCmd(),
+		a.newDevicesCmd(),
 	)
 	return root
 }
