@@ -63,12 +63,13 @@ type purgeResult struct {
 }
 
 // deadLetterReasons are the reasons --reason accepts.
-var deadLetterReasons = []string{
-	string(ingest.ReasonTopic), string(ingest.ReasonTooLarge), string(ingest.ReasonEmpty),
-	string(ingest.ReasonSyntax), string(ingest.ReasonSchema), string(ingest.ReasonNotFinite),
-	string(ingest.ReasonName), string(ingest.ReasonTime), string(ingest.ReasonValue),
-	string(ingest.ReasonTooMany), string(ingest.ReasonUnsupported), string(ingest.ReasonStore),
-}
+var deadLetterReasons = func() []string {
+	var out []string
+	for _, r := range ingest.Reasons() {
+		out = append(out, string(r))
+	}
+	return out
+}()
 
 // devicesCmd holds the flag the devices commands share.
 type devicesCmd struct {
