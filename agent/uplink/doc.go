@@ -1,0 +1,84 @@
+// Package uplink is the agent's side of the control plane: enrollment,
+// heartbeats and telemetry upload, built to leave the agent working
+// unchanged while the control plane is away.
+//
+// # Identity
+//
+// Without a stored identity, Start generates an ECDSA P-256 key on the
+// agent (DataDir/controlplane/agent-key.pem, mode 0600, written before it
+// is used), sends a CSR with the enrollment token over TLS verified with
+// ca_file, and stores the answer atomically: the CA bundle (ca.pem), the
+// client certificate (agent.pem), then identity.json (agent_id, server,
+// enrolled_at). A restarted agent loads them and never enrolls again; the
+// token is not needed any more. Enrollment runs in the background:
+// network errors and 5xx answers are retried with back-off; a refused
+// token (unknown, used, expired: 401 or 409) is logged as an error,
+// reported in Status.LastError and not retried until the token file
+// changes. The agent runs on meanwhile.
+//
+// # Requests
+//
+// Every request goes over mutual TLS (TLS 1.3) and is bounded by
+// request_timeout. A circuit breaker shared by all requests opens after
+// breaker_failures consecutive failures (network errors, timeouts, 5xx,
+// 408, 429); while open, nothing is sent; after breaker_cooldown one
+// probe goes through (half-open), and its success closes the breaker and
+// wakes both loops. After a failure each loop waits a random time in
+// [backoff_min, min(backoff_max, backoff_min × 2^(n-1))] for its n-th
+// failure in a row. A 401 or 403 once enrolled means the agent was
+// decommissioned or its certificate revoked: Status.Decommissioned is
+// set, an error is logged once, and requests are retried only every
+// backoff_max.
+//
+// # Heartbeats
+//
+// Heartbeats go every heartbeat_interval, or the interval the server
+// asks for (its default 10s), carrying Deps.Status (health, resources),
+// with name, version, OS and architecture filled in.
+//
+// # Uploads
+//
+// The uploader claims up to upload_batches outbox batches with a lease
+// ((upload_batches + 2) × request_timeout: after a crash the batches of
+// the interrupted round are offered again once it ends) and sends them
+// one per request, as gzip-compressed JSON (controlplane.TelemetryBatch),
+// acknowledging each in the outbox once the server answered; a batch the
+// server already had (a retry) is acknowledged too. Its batch_seq is the
+// outbox Seq, which is never reused, so a retry is recognized and stored
+// once: delivery is at-least-once and storage exactly-once. A batch too
+// large for one request (over 5,000 readings or about 768 KiB of JSON)
+// is sent in parts numbered 1<<62 | Seq<<16 | part, the same parts on
+// every retry. A commit (Committed, the ingest.Sink) wakes the uploader;
+// it polls every upload_interval anyway. A network failure ends the
+// round and gives its batches back (ReleaseOutbox); a batch the server
+// refuses (400, 413) stays in the outbox, the round goes on, and the
+// next one waits a back-off.
+//
+// What is uploaded: numbers, and booleans as 0 and 1, as readings.
+// Strings and data have no place in the control plane's numeric store
+// and are skipped (counted in Status.SkippedReadings and
+// edgefleet_uplink_readings_skipped_total{reason="text"}), as are
+// readings it would refuse: names over 200 bytes or with control
+// characters, non-finite values, times before 2000 or from 2200. A
+// rollup (outbox batches that replaced old readings when the outbox was
+// full) is sent as four readings at its bucket start, on the metrics
+// <metric>:min_1m, <metric>:max_1m, <metric>:avg_1m and
+// <metric>:count_1m (_1h for hour rollups; see RollupMetric).
+//
+// # Metrics
+//
+// On Deps.Registry: edgefleet_uplink_breaker_state (0 closed, 1
+// half-open, 2 open), edgefleet_uplink_requests_total{op,result} (op
+// enroll, heartbeat, upload; result ok, duplicate, failed, rejected,
+// unauthorized, canceled), edgefleet_uplink_request_seconds{op},
+// edgefleet_uplink_batches_uploaded_total,
+// edgefleet_uplink_readings_uploaded_total,
+// edgefleet_uplink_readings_skipped_total{reason},
+// edgefleet_uplink_enrolled and edgefleet_uplink_decommissioned.
+//
+// # Time
+//
+// Intervals, back-off and the breaker run on Deps.Clock, so tests use a
+// ManualClock and the simulator a scaled clock (NewScaledClock) to play
+// an hour-long outage in a minute. Request timeouts are real time.
+package uplink
