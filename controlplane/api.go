@@ -64,6 +64,10 @@ type EnrollResponse struct {
 	CABundle                 string            `json:"ca_bundle"`
 	Labels                   map[string]string `json:"labels"`
 	HeartbeatIntervalSeconds float64           `json:"heartbeat_interval_seconds"`
+	// KeysVerifyingKey is the ML-DSA-65 public key that signs key
+	// messages (GET /v1/agent/keys); the agent pins it
+	// (dkms.AgentConfig.ControlPlaneKey, pqcrypto.ParseVerifyingKey).
+	KeysVerifyingKey []byte `json:"keys_verifying_key,omitempty"`
 }
 
 // AgentsResponse lists agents.

@@ -13,7 +13,9 @@ import (
 // the database for tampering.
 func auditFixture(t *testing.T) *testEnv {
 	t.Helper()
-	e := newTestEnv(t, nil)
+	// Dev unseal: the key service's first start then writes no audit
+	// record, so the sequence numbers below are the operations'.
+	e := newTestEnv(t, func(c *Config) { c.Keys.DevUnseal = true })
 	a := e.enroll("au", map[string]string{"site": "x"})
 	if _, err := e.admin.UpdateLabels(e.ctx(), a.id, LabelsPatch{Set: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)

@@ -73,6 +73,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Version is reported by /v1/server/status.
 	Version string
+	// Keys configures the key service (root key custody, rotation); see
+	// KeyConfig.
+	Keys KeyConfig
 }
 
 func (c *Config) setDefaults() {
@@ -124,6 +127,7 @@ func (c *Config) setDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	c.Keys.setDefaults()
 }
 
 func (c *Config) validate() error {
@@ -160,5 +164,5 @@ func (c *Config) validate() error {
 	case c.ShutdownTimeout <= 0:
 		return bad("ShutdownTimeout %s must be positive", c.ShutdownTimeout)
 	}
-	return nil
+	return c.Keys.validate()
 }

@@ -79,6 +79,8 @@ func statusSentinel(status int) error {
 		return ErrConflict
 	case http.StatusRequestEntityTooLarge:
 		return ErrTooLarge
+	case http.StatusServiceUnavailable:
+		return ErrSealed
 	}
 	return nil
 }

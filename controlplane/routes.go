@@ -49,7 +49,7 @@ const (
 
 func (s *Server) buildRoutes() []route {
 	metricsHandler := promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})
-	return []route{
+	return append([]route{
 		{method: "GET", path: "/healthz", access: accessPublic, handle: func(w http.ResponseWriter, r *http.Request, c *call) error {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 			return nil
@@ -87,7 +87,7 @@ func (s *Server) buildRoutes() []route {
 
 		{method: "GET", path: "/v1/audit", access: accessBearer, role: RoleViewer, handle: s.handleListAudit},
 		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: RoleViewer, handle: s.handleVerifyAudit},
-	}
+	}, s.keyRoutes()...)
 }
 
 // ---- validation helpers ----
@@ -333,9 +333,13 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 	}
 	s.metrics.enrollments.WithLabelValues("ok").Inc()
 	s.log.Info("agent enrolled", "agent", id, "name", name, "token", tok.ID)
+	if xw != nil {
+		s.registerAgentKey(keyCtx(r.Context(), c), id, xw, tok.Labels)
+	}
 	writeJSON(w, http.StatusCreated, EnrollResponse{
 		AgentID: id, Certificate: string(certPEM), CABundle: string(s.ca.certPEM),
 		Labels: tok.Labels, HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
+		KeysVerifyingKey: s.keys.signer.Public().Bytes(),
 	})
 	return nil
 }
@@ -549,6 +553,7 @@ func (s *Server) handleLabels(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
+	s.updateAgentKeyLabels(keyCtx(r.Context(), c), id, a.Labels)
 	a.State = s.stateOf(a, c.now)
 	writeJSON(w, http.StatusOK, a)
 	return nil
@@ -573,6 +578,7 @@ func (s *Server) handleDecommission(w http.ResponseWriter, r *http.Request, c *c
 		return err
 	}
 	s.log.Info("agent decommissioned", "agent", id, "by", c.actor, "serial", a.CertSerial)
+	s.revokeAgentKeys(keyCtx(context.WithoutCancel(r.Context()), c), id)
 	a.State = StateDecommissioned
 	writeJSON(w, http.StatusOK, a)
 	return nil

@@ -40,6 +40,8 @@ type Server struct {
 	revokedMu sync.RWMutex
 	revoked   map[string]struct{}
 
+	keys *keyState
+
 	mu       sync.Mutex
 	ln       net.Listener
 	srv      *http.Server
@@ -107,6 +109,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	for _, sn := range serials {
 		s.revoked[sn] = struct{}{}
+	}
+	if err := s.openKeys(ctx); err != nil {
+		s.closeStore()
+		return nil, err
 	}
 	s.log.Info("control plane ready", "ca", caPath, "admin_token", adminPath, "data", cfg.DataDir)
 
@@ -239,6 +245,7 @@ func (s *Server) Start() error {
 	}
 	s.ln = hl
 	s.serveErr = make(chan error, 1)
+	s.startKeysLoop()
 	srv := s.srv
 	go func() {
 		err := srv.Serve(hl)
@@ -308,6 +315,10 @@ func (s *Server) Close() error {
 			errs = append(errs, fmt.Errorf("controlplane: serve: %w", err))
 		}
 		s.serveErr <- nil
+	}
+	s.stopKeysLoop()
+	if err := s.keys.closeStore(); err != nil {
+		errs = append(errs, fmt.Errorf("controlplane: key store: %w", err))
 	}
 	if s.ownsStore {
 		if err := s.store.Close(); err != nil {
@@ -431,6 +442,9 @@ type call struct {
 	serial  string
 	action  string
 	target  string
+	// keyAudited is set when the key service recorded the call in the
+	// audit log itself (see auditKeyEvent).
+	keyAudited bool
 }
 
 // entry builds the audit entry that a handler passes to the store together
@@ -500,7 +514,7 @@ func (s *Server) wrap(rt route) http.Handler {
 			if status == http.StatusUnauthorized || status == http.StatusForbidden {
 				s.metrics.authFailures.WithLabelValues(authReason(rt, status)).Inc()
 			}
-			if rt.action != "" && c.actor != "" {
+			if rt.action != "" && c.actor != "" && !c.keyAudited {
 				s.auditFailure(r.Context(), c, status, msg)
 			}
 			writeError(w, status, msg)

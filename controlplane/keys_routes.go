@@ -1,0 +1,441 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/pqcrypto"
+)
+
+// keyRoutes are the key service's endpoints; buildRoutes appends them.
+func (s *Server) keyRoutes() []route {
+	return []route{
+		{method: "GET", path: "/v1/keys", access: accessBearer, role: RoleViewer, handle: s.handleListKeys},
+		{method: "POST", path: "/v1/keys", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionCreateKey, handle: s.handleCreateKey},
+		{method: "GET", path: "/v1/keys/status", access: accessBearer, role: RoleViewer, handle: s.handleKeyStatus},
+		{method: "POST", path: "/v1/keys/unseal", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionUnseal, handle: s.handleUnseal},
+		{method: "POST", path: "/v1/keys/seal", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionSeal, handle: s.handleSeal},
+		{method: "GET", path: "/v1/keys/verifying-key", access: accessAgent, handle: s.handleVerifyingKey},
+		{method: "POST", path: "/v1/keys/{name}/rotate", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRotate, handle: s.handleRotateKey},
+		{method: "POST", path: "/v1/keys/{name}/rewrap", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRewrap, handle: s.handleRewrap},
+		{method: "PUT", path: "/v1/keys/{name}/policy", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionSetPolicy, handle: s.handleSetKeyPolicy},
+		{method: "POST", path: "/v1/keys/{name}/versions/{version}/retire", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRetire, handle: s.handleRetireKeyVersion},
+		{method: "POST", path: "/v1/keys/{name}/versions/{version}/destroy", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionDestroy, handle: s.handleDestroyKeyVersion},
+		{method: "GET", path: "/v1/agent/keys", access: accessAgent, handle: s.handleAgentKeys},
+	}
+}
+
+// requireUnsealed answers 503 while sealed, before any work is done.
+func (s *Server) requireUnsealed() error {
+	if s.keys.svc.Status().Sealed {
+		return s.sealedError()
+	}
+	return nil
+}
+
+// keyName reads and checks the {name} path value.
+func keyName(r *http.Request, c *call) (string, error) {
+	name := r.PathValue("name")
+	c.target = name
+	if name == "" || len(name) > 128 {
+		return "", badRequest("key name: must be 1..128 characters")
+	}
+	return name, nil
+}
+
+func keyVersion(r *http.Request, c *call, name string) (uint32, error) {
+	v := r.PathValue("version")
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n == 0 {
+		return 0, badRequest("version: %q must be a key version number (1, 2, ...)", v)
+	}
+	c.target = versionText(name, uint32(n))
+	return uint32(n), nil
+}
+
+// writeKey answers with the key's current description.
+func (s *Server) writeKey(ctx context.Context, w http.ResponseWriter, status int, name string) error {
+	info, err := s.keys.svc.Key(ctx, name)
+	if err != nil {
+		return s.keyError(err)
+	}
+	writeJSON(w, status, keyToWire(info))
+	return nil
+}
+
+func (s *Server) handleKeyStatus(w http.ResponseWriter, r *http.Request, c *call) error {
+	writeJSON(w, http.StatusOK, s.KeyStatus())
+	return nil
+}
+
+func (s *Server) handleUnseal(w http.ResponseWriter, r *http.Request, c *call) error {
+	c.target = "root"
+	var req UnsealRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if strings.TrimSpace(req.Share) == "" {
+		return badRequest("share: missing root key share (text form %q...)", dkms.ShareTextPrefix)
+	}
+	share, err := dkms.ParseShare(req.Share)
+	if err != nil {
+		return badRequest("share: %s", cleanKeyError(err.Error()))
+	}
+	wasSealed := s.keys.svc.Status().Sealed
+	if _, err := s.keys.svc.Unseal(keyCtx(r.Context(), c), share); err != nil {
+		if errors.Is(err, dkms.ErrNotInitialized) {
+			return s.sealedError()
+		}
+		return s.keyError(err)
+	}
+	st := s.KeyStatus()
+	if wasSealed && !st.Sealed {
+		s.log.Info("key service unsealed", "by", c.actor)
+		s.reconcileRevocations(context.WithoutCancel(r.Context()))
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) handleSeal(w http.ResponseWriter, r *http.Request, c *call) error {
+	c.target = "root"
+	s.keys.svc.Seal(keyCtx(r.Context(), c))
+	s.log.Warn("key service sealed by an operator; key operations are refused until it is unsealed", "by", c.actor)
+	writeJSON(w, http.StatusOK, s.KeyStatus())
+	return nil
+}
+
+func (s *Server) handleListKeys(w http.ResponseWriter, r *http.Request, c *call) error {
+	if len(r.URL.Query()) > 0 {
+		return badRequest("GET /v1/keys takes no query parameters")
+	}
+	keys, err := s.keys.svc.Keys(r.Context())
+	if err != nil {
+		return s.keyError(err)
+	}
+	out := KeysResponse{Keys: make([]Key, 0, len(keys)), Sealed: s.keys.svc.Status().Sealed}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, keyToWire(k))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) handleCreateKey(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req CreateKeyRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	c.target = req.Name
+	if req.Name == "" {
+		return badRequest("name: missing")
+	}
+	purpose, err := purposeFromWire(req.Purpose)
+	if err != nil {
+		return err
+	}
+	policy, err := policyFromWire(req.Policy, s.cfg.Keys.defaultRotation())
+	if err != nil {
+		return err
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	info, err := s.keys.svc.CreateKey(keyCtx(r.Context(), c), req.Name, purpose, policy)
+	if err != nil {
+		return s.keyError(err)
+	}
+	writeJSON(w, http.StatusCreated, keyToWire(info))
+	return nil
+}
+
+func (s *Server) handleRotateKey(w http.ResponseWriter, r *http.Request, c *call) error {
+	name, err := keyName(r, c)
+	if err != nil {
+		return err
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	vi, err := s.keys.svc.Rotate(keyCtx(r.Context(), c), name)
+	if err != nil {
+		return s.keyError(err)
+	}
+	s.keys.metrics.rotations.WithLabelValues("operator").Inc()
+	c.target = versionText(name, vi.Version)
+	return s.writeKey(r.Context(), w, http.StatusOK, name)
+}
+
+func (s *Server) handleRewrap(w http.ResponseWriter, r *http.Request, c *call) error {
+	name, err := keyName(r, c)
+	if err != nil {
+		return err
+	}
+	var req RewrapRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Envelope) == 0 {
+		return badRequest("envelope: missing (base64 of a data-key envelope)")
+	}
+	h, _, err := pqcrypto.ParseHeader(req.Envelope)
+	if err != nil {
+		return badRequest("envelope: %s", cleanKeyError(err.Error()))
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	env, err := s.keys.svc.Rewrap(keyCtx(r.Context(), c), name, req.Envelope, req.AAD)
+	if err != nil {
+		return s.keyError(err)
+	}
+	nh, _, err := pqcrypto.ParseHeader(env)
+	if err != nil {
+		return fmt.Errorf("controlplane: rewrapped envelope: %w", err)
+	}
+	writeJSON(w, http.StatusOK, RewrapResponse{Key: name, FromVersion: h.KeyVersion, Version: nh.KeyVersion, Envelope: env})
+	return nil
+}
+
+func (s *Server) handleSetKeyPolicy(w http.ResponseWriter, r *http.Request, c *call) error {
+	name, err := keyName(r, c)
+	if err != nil {
+		return err
+	}
+	var req KeyPolicy
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	policy, err := policyFromWire(&req, s.cfg.Keys.defaultRotation())
+	if err != nil {
+		return err
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	info, err := s.keys.svc.SetPolicy(keyCtx(r.Context(), c), name, policy)
+	if err != nil {
+		return s.keyError(err)
+	}
+	writeJSON(w, http.StatusOK, keyToWire(info))
+	return nil
+}
+
+func (s *Server) handleRetireKeyVersion(w http.ResponseWriter, r *http.Request, c *call) error {
+	return s.changeKeyVersion(w, r, c, s.keys.svc.Retire)
+}
+
+func (s *Server) handleDestroyKeyVersion(w http.ResponseWriter, r *http.Request, c *call) error {
+	return s.changeKeyVersion(w, r, c, s.keys.svc.Destroy)
+}
+
+func (s *Server) changeKeyVersion(w http.ResponseWriter, r *http.Request, c *call, op func(context.Context, string, uint32) (dkms.VersionInfo, error)) error {
+	name, err := keyName(r, c)
+	if err != nil {
+		return err
+	}
+	version, err := keyVersion(r, c, name)
+	if err != nil {
+		return err
+	}
+	if len(r.URL.Query()) > 0 {
+		return badRequest("%s takes no query parameters", r.URL.Path)
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	if _, err := op(keyCtx(r.Context(), c), name, version); err != nil {
+		return s.keyError(err)
+	}
+	return s.writeKey(r.Context(), w, http.StatusOK, name)
+}
+
+// ---- agent side (mutual TLS) ----
+
+func (s *Server) handleVerifyingKey(w http.ResponseWriter, r *http.Request, c *call) error {
+	vk := s.keys.signer.Public()
+	writeJSON(w, http.StatusOK, VerifyingKeyResponse{
+		Algorithm: "ML-DSA-65", PublicKey: vk.Bytes(), Fingerprint: vk.Fingerprint(), Context: dkms.KeyMessageContext,
+	})
+	return nil
+}
+
+// keyCursor names the key state an agent was brought to (see
+// AgentKeysResponse.Cursor). Text form "1.<ns>.<set>.<state>": the newest
+// change time of the versions the agent should hold, a digest of which
+// keys those are (name, purpose, minimum decryption version) and a digest
+// of every such version's number, state and change time.
+type keyCursor struct {
+	changed int64
+	set     string
+	state   string
+}
+
+func (k keyCursor) String() string { return fmt.Sprintf("1.%d.%s.%s", k.changed, k.set, k.state) }
+
+func parseKeyCursor(v string) (keyCursor, error) {
+	parts := strings.Split(v, ".")
+	bad := badRequest("after: %q is not a cursor returned by GET /v1/agent/keys (omit it to fetch everything)", v)
+	if len(parts) != 4 || parts[0] != "1" || len(parts[2]) != 16 || len(parts[3]) != 16 {
+		return keyCursor{}, bad
+	}
+	n, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || n < 0 {
+		return keyCursor{}, bad
+	}
+	for _, p := range parts[2:] {
+		if _, err := hex.DecodeString(p); err != nil {
+			return keyCursor{}, bad
+		}
+	}
+	return keyCursor{changed: n, set: parts[2], state: parts[3]}, nil
+}
+
+// agentKeyState is what an agent should hold: the keys its policy allows
+// and, per key, the versions at or above the minimum decryption version.
+func agentKeyState(a dkms.AgentInfo, keys []dkms.KeyInfo) (keyCursor, []dkms.KeyInfo) {
+	var allowed []dkms.KeyInfo
+	for _, k := range keys {
+		if k.Policy.Allows(a.ID, a.Labels) {
+			allowed = append(allowed, k)
+		}
+	}
+	slices.SortFunc(allowed, func(x, y dkms.KeyInfo) int { return strings.Compare(x.Name, y.Name) })
+	set, state := sha256.New(), sha256.New()
+	var cur keyCursor
+	for _, k := range allowed {
+		fmt.Fprintf(set, "%s\x00%s\x00%d\n", k.Name, k.Purpose, k.Policy.MinDecryptVersion)
+		for _, v := range k.Versions {
+			if v.Version < k.Policy.MinDecryptVersion {
+				continue
+			}
+			ns := v.ChangedAt.UnixNano()
+			fmt.Fprintf(state, "%s\x00%d\x00%d\x00%d\n", k.Name, v.Version, v.State, ns)
+			cur.changed = max(cur.changed, ns)
+		}
+	}
+	cur.set = hex.EncodeToString(set.Sum(nil)[:8])
+	cur.state = hex.EncodeToString(state.Sum(nil)[:8])
+	return cur, allowed
+}
+
+// handleAgentKeys answers the key messages the calling agent should
+// accept. With the cursor of its previous answer as "after" it sends only
+// the versions created or changed since (by change time, inclusive, so a
+// change within the same clock tick is sent again rather than lost), or
+// everything when the set of keys the agent may hold changed; an unchanged
+// state answers no messages and costs no cryptography, so agents can poll
+// at their heartbeat interval.
+func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call) error {
+	q := r.URL.Query()
+	for k, vs := range q {
+		if k != "after" {
+			return badRequest("query parameter %q unknown (accepted: after)", k)
+		}
+		if len(vs) > 1 {
+			return badRequest("query parameter %q given %d times", k, len(vs))
+		}
+	}
+	var after *keyCursor
+	if v := q.Get("after"); v != "" {
+		kc, err := parseKeyCursor(v)
+		if err != nil {
+			return err
+		}
+		after = &kc
+	}
+	ctx := keyCtx(r.Context(), c)
+	fail := func(err error) error {
+		s.keys.metrics.fetches.WithLabelValues("error").Inc()
+		return err
+	}
+	agent, err := s.keys.svc.Agent(ctx, c.agentID)
+	if errors.Is(err, dkms.ErrUnknownAgent) {
+		agent, err = s.registerOnFetch(ctx, c)
+	}
+	if err != nil {
+		return fail(s.keyError(err))
+	}
+	if agent.Revoked() {
+		s.setRevoked(c.serial, true)
+		return fail(errorf(http.StatusForbidden, "agent %s is decommissioned; it receives no keys", c.agentID))
+	}
+	keys, err := s.keys.svc.Keys(ctx)
+	if err != nil {
+		return fail(s.keyError(err))
+	}
+	cur, allowed := agentKeyState(agent, keys)
+	if after != nil && *after == cur {
+		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
+		writeJSON(w, http.StatusOK, AgentKeysResponse{Messages: [][]byte{}, Cursor: cur.String()})
+		return nil
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return fail(err)
+	}
+	var msgs []*dkms.KeyMessage
+	kind := "full"
+	if after != nil && after.set == cur.set {
+		kind = "incremental"
+		for _, k := range allowed {
+			for _, v := range k.Versions {
+				if v.Version < k.Policy.MinDecryptVersion || v.ChangedAt.UnixNano() < after.changed {
+					continue
+				}
+				m, err := s.keys.svc.MessageFor(ctx, c.agentID, k.Name, v.Version)
+				if err != nil {
+					return fail(s.keyError(err))
+				}
+				msgs = append(msgs, m)
+			}
+		}
+	}
+	if kind == "full" || len(msgs) == 0 {
+		kind = "full"
+		if msgs, err = s.keys.svc.CatchUp(ctx, c.agentID); err != nil {
+			return fail(s.keyError(err))
+		}
+	}
+	out := AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: cur.String()}
+	for _, m := range msgs {
+		b, err := m.MarshalBinary()
+		if err != nil {
+			return fail(fmt.Errorf("controlplane: encoding a key message: %w", err))
+		}
+		out.Messages = append(out.Messages, b)
+	}
+	s.keys.metrics.fetches.WithLabelValues(kind).Inc()
+	s.keys.metrics.delivered.Add(float64(len(out.Messages)))
+	s.log.Debug("key messages sent", "agent", c.agentID, "messages", len(out.Messages), "kind", kind)
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// registerOnFetch registers an agent that enrolled with an X-Wing key but
+// is not known to the key service (registration at enrollment failed, or
+// the agent enrolled before the key service existed).
+func (s *Server) registerOnFetch(ctx context.Context, c *call) (dkms.AgentInfo, error) {
+	a, err := s.store.GetAgent(ctx, c.agentID)
+	if err != nil {
+		return dkms.AgentInfo{}, err
+	}
+	if a.DecommissionedAt != nil {
+		return dkms.AgentInfo{}, s.agentGone(c, ErrDecommissioned)
+	}
+	if len(a.XWingPublic) == 0 {
+		return dkms.AgentInfo{}, errorf(http.StatusConflict, "agent %s enrolled without an X-Wing public key, so no key can be sealed to it: enroll it again with xwing_public", c.agentID)
+	}
+	pub, err := pqcrypto.ParseXWingPublicKey(a.XWingPublic)
+	if err != nil {
+		return dkms.AgentInfo{}, fmt.Errorf("controlplane: stored X-Wing key of agent %s: %w", c.agentID, err)
+	}
+	return s.keys.svc.RegisterAgent(ctx, c.agentID, pub, a.Labels)
+}
