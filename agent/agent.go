@@ -58,6 +58,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,6 +96,17 @@ type Deps struct {
 	// simulator uses it to put a Partition around an otherwise production
 	// transport.
 	WrapTransport func(t memberlist.Transport, addr string) memberlist.Transport
+	// UplinkClock is the uplink's clock (heartbeat and upload intervals,
+	// back-off); nil means the real clock. The simulator compresses time
+	// with it.
+	UplinkClock uplink.Clock
+	// UplinkTransport replaces the uplink's HTTPS transport (it must do
+	// TLS itself, see uplink.Deps.Transport); nil means the production
+	// transport.
+	UplinkTransport http.RoundTripper
+	// UplinkWrapTransport wraps the uplink's transport; the simulator
+	// injects control plane outages with it. Nil wraps nothing.
+	UplinkWrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 const (
@@ -135,6 +148,16 @@ type Agent struct {
 	gossipAddr string
 	apiAddr    string
 	api        *http.Server
+
+	// Device-facing and control-plane parts (nil when not configured).
+	ingestStore *ingest.Store
+	ingestor    *ingest.Ingestor
+	broker      *ingest.Broker
+	mqttURL     string
+	registry    *deviceRegistry
+	up          *uplink.Uplink
+	startedAt   time.Time
+	cpu         cpuSampler
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -427,13 +450,20 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.cfg.State.CompactionInterval > 0 {
 		a.goLoop(func() { a.compactLoop(bg) })
 	}
+	a.startedAt = a.wall()
+
+	if err := a.startEdge(ctx, name); err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() { a.stopEdge(context.Background(), false) })
 
 	if err := a.startAPI(); err != nil {
 		return err
 	}
 	a.running.Store(true)
 	a.log.Info("agent started", "gossip", a.GossipAddr(), "api", a.APIAddr(),
-		"cluster", a.cfg.Gossip.Cluster, "encrypted", key != nil, "profile", a.cfg.Gossip.Profile)
+		"cluster", a.cfg.Gossip.Cluster, "encrypted", key != nil, "profile", a.cfg.Gossip.Profile,
+		"mqtt", a.MQTTURL(), "control_plane", a.cfg.ControlPlane.URL)
 
 	if seeds := a.seeds(); len(seeds) > 0 {
 		joinDone := make(chan struct{})
@@ -522,15 +552,18 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // Stop leaves the cluster gracefully: it stops the API (letting requests in
-// flight finish), broadcasts the leave, shuts memberlist down, and closes
-// the store.
+// flight finish), stops ingestion (committing and acknowledging what was
+// received), the uplink, the device registry (writing its pending records)
+// and the embedded broker, broadcasts the leave, shuts memberlist down,
+// and closes the stores.
 func (a *Agent) Stop(ctx context.Context) error {
 	return a.stop(ctx, true)
 }
 
 // Kill stops abruptly, as a crash looks to peers: memberlist shuts down
-// without a leave, the API closes, the store closes. Every acknowledged
-// write is already durable.
+// without a leave, the API closes, ingestion, the uplink and the broker
+// stop (device records not yet written are not), the stores close. Every
+// acknowledged write and message is already durable.
 func (a *Agent) Kill() error {
 	return a.stop(context.Background(), false)
 }
@@ -558,6 +591,7 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 			api.Close()
 		}
 	}
+	errs = append(errs, a.stopEdge(ctx, graceful)...)
 	if graceful {
 		a.announceLeave()
 	}

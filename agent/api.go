@@ -58,11 +58,21 @@ func (a *Agent) startAPI() error {
 //	PUT    /v1/state/{collection}/{key}    body: the value (lww, mvreg), {"add": n} (counter), ignored (orset)
 //	DELETE /v1/state/{collection}/{key}    lww delete, mvreg clear, orset remove
 //	GET    /v1/members                     [{"name","addr","state","meta"}]
+//	GET    /v1/devices                     {"devices": [DeviceRecord...]}: the fleet's device registry, by id
+//	GET    /v1/devices/{id}                DeviceRecord; 404 when unknown
+//	POST   /v1/devices/{id}/commands       body: the payload (<= 64 KiB), published QoS 1 to
+//	                                       devices/{id}/commands; 202 {"device","topic","bytes"}
+//	GET    /v1/dead-letters                ?after=N&limit=N&reason=R: {"items":[...],"next":N}
+//	DELETE /v1/dead-letters                ?all=true | before=RFC3339 | reason=R | id=N&id=M: {"purged":N}
+//	GET    /v1/ingest                      {"enabled","broker","subscribed","pressure","stats","store"}
+//	GET    /v1/uplink                      the uplink's status; {"enabled":false} without a control plane
 //
 // A collection's type comes from state.collections (default lww). A PUT or
 // DELETE answers 200 only after the op committed durably. Errors are JSON
 // {"error": "..."}: 400 bad names or bodies, 404 missing keys, 409 type
-// conflicts, 413 bodies over api.max_body_bytes, 503 when not running.
+// conflicts, 413 bodies over api.max_body_bytes, 503 when not running
+// (and, for ingestion endpoints, when ingestion is disabled or the broker
+// is unreachable).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -81,6 +91,13 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Members())
 	})
+	mux.HandleFunc("GET /v1/devices", a.handleDevices)
+	mux.HandleFunc("GET /v1/devices/{id}", a.handleDevice)
+	mux.HandleFunc("POST /v1/devices/{id}/commands", a.handleCommand)
+	mux.HandleFunc("GET /v1/dead-letters", a.handleDeadLetters)
+	mux.HandleFunc("DELETE /v1/dead-letters", a.handlePurgeDeadLetters)
+	mux.HandleFunc("GET /v1/ingest", a.handleIngest)
+	mux.HandleFunc("GET /v1/uplink", a.handleUplink)
 	for path, allow := range map[string]string{
 		"/healthz":                        "GET",
 		"/readyz":                         "GET",
@@ -89,6 +106,12 @@ func (a *Agent) Handler() http.Handler {
 		"/v1/state/{collection}":          "GET",
 		"/v1/state/{collection}/{key...}": "GET, PUT, DELETE",
 		"/v1/members":                     "GET",
+		"/v1/devices":                     "GET",
+		"/v1/devices/{id}":                "GET",
+		"/v1/devices/{id}/commands":       "POST",
+		"/v1/dead-letters":                "GET, DELETE",
+		"/v1/ingest":                      "GET",
+		"/v1/uplink":                      "GET",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)

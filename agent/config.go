@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 	"gopkg.in/yaml.v3"
 )
@@ -40,6 +41,11 @@ type Config struct {
 	API APIConfig `yaml:"api"`
 	// State configures the replicated store.
 	State StateConfig `yaml:"state"`
+	// Ingest configures device-data ingestion over MQTT.
+	Ingest IngestConfig `yaml:"ingest"`
+	// ControlPlane configures the uplink to the control plane; an empty
+	// URL runs the agent standalone.
+	ControlPlane uplink.Config `yaml:"control_plane"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -119,7 +125,8 @@ type APIConfig struct {
 // StateConfig configures the replicated store.
 type StateConfig struct {
 	// Collections maps a collection name to its type (lww, orset, counter,
-	// mvreg) for the HTTP API. Collections not listed are lww. Default none.
+	// mvreg) for the HTTP API. Collections not listed are lww. Default
+	// {devices: lww} (the device registry, which must stay lww).
 	Collections map[string]crdt.Type `yaml:"collections"`
 	// CompactionInterval is how often superseded history and stable
 	// tombstones are compacted; 0 disables compaction. Default 10m.
@@ -186,12 +193,14 @@ func DefaultConfig() Config {
 			MaxBodyBytes:     1 << 20,
 		},
 		State: StateConfig{
-			Collections:        map[string]crdt.Type{},
+			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW},
 			CompactionInterval: 10 * time.Minute,
 			TombstoneTTL:       7 * 24 * time.Hour,
 			MaxClockDrift:      time.Minute,
 		},
-		Log: LogConfig{Level: "info", Format: "text"},
+		Ingest:       defaultIngestConfig(),
+		ControlPlane: uplink.DefaultConfig(),
+		Log:          LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -264,6 +273,17 @@ const (
 	EnvAPI               = "EDGEFLEET_API"
 	EnvLogLevel          = "EDGEFLEET_LOG_LEVEL"
 	EnvLogFormat         = "EDGEFLEET_LOG_FORMAT"
+
+	EnvControlPlaneURL     = "EDGEFLEET_CONTROL_PLANE_URL"
+	EnvControlPlaneCAFile  = "EDGEFLEET_CONTROL_PLANE_CA_FILE"
+	EnvEnrollmentToken     = "EDGEFLEET_ENROLLMENT_TOKEN"
+	EnvEnrollmentTokenFile = "EDGEFLEET_ENROLLMENT_TOKEN_FILE"
+	EnvIngest              = "EDGEFLEET_INGEST" // true or false
+	EnvMQTTBroker          = "EDGEFLEET_MQTT_BROKER"
+	EnvMQTTListen          = "EDGEFLEET_MQTT_LISTEN" // embedded broker address
+	EnvMQTTUsername        = "EDGEFLEET_MQTT_USERNAME"
+	EnvMQTTPassword        = "EDGEFLEET_MQTT_PASSWORD"
+	EnvMQTTPasswordFile    = "EDGEFLEET_MQTT_PASSWORD_FILE"
 )
 
 // ApplyEnv overrides fields from EDGEFLEET_* variables found by lookup
@@ -288,6 +308,17 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	str(EnvAPI, &c.API.Addr)
 	str(EnvLogLevel, &c.Log.Level)
 	str(EnvLogFormat, &c.Log.Format)
+	str(EnvControlPlaneURL, &c.ControlPlane.URL)
+	str(EnvControlPlaneCAFile, &c.ControlPlane.CAFile)
+	str(EnvEnrollmentToken, &c.ControlPlane.EnrollmentToken)
+	str(EnvEnrollmentTokenFile, &c.ControlPlane.EnrollmentTokenFile)
+	str(EnvMQTTBroker, &c.Ingest.MQTT.Broker)
+	str(EnvMQTTListen, &c.Ingest.MQTT.EmbeddedListen)
+	str(EnvMQTTUsername, &c.Ingest.MQTT.Username)
+	str(EnvMQTTPasswordFile, &c.Ingest.MQTT.PasswordFile)
+	if v, ok := lookup(EnvMQTTPassword); ok {
+		c.Ingest.MQTT.Password = v // kept as given: spaces may belong to it
+	}
 	if v, ok := lookup(EnvLabels); ok {
 		labels, err := ParseLabels(v)
 		if err != nil {
@@ -314,6 +345,13 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 			return fmt.Errorf("agent: %s: %q is not a boolean", EnvEncrypt, v)
 		}
 		c.Gossip.Encrypt = b
+	}
+	if v, ok := lookup(EnvIngest); ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("agent: %s: %q is not a boolean", EnvIngest, v)
+		}
+		c.Ingest.Enabled = b
 	}
 	for name, dst := range map[string]*time.Duration{
 		EnvSyncInterval:      &c.Gossip.SyncInterval,
@@ -442,6 +480,9 @@ func (c *Config) Validate() error {
 		if !t.Valid() {
 			return fmt.Errorf("agent: state.collections: %q has unknown type %q (want lww, orset, counter or mvreg)", name, t)
 		}
+		if name == DevicesCollection && t != crdt.TypeLWW {
+			return fmt.Errorf("agent: state.collections: %q is the device registry and must be lww, not %q", name, t)
+		}
 	}
 	if c.State.CompactionInterval < 0 {
 		return errors.New("agent: state.compaction_interval: must not be negative")
@@ -451,6 +492,12 @@ func (c *Config) Validate() error {
 	}
 	if c.State.MaxClockDrift <= 0 {
 		return errors.New("agent: state.max_clock_drift: must be positive")
+	}
+	if err := c.Ingest.validate(); err != nil {
+		return err
+	}
+	if err := c.ControlPlane.Validate(); err != nil {
+		return fmt.Errorf("agent: control_plane: %w", err)
 	}
 	if _, err := c.Log.level(); err != nil {
 		return err

@@ -119,7 +119,8 @@ func TestParseConfigPartialKeepsDefaults(t *testing.T) {
 	want := DefaultConfig()
 	want.Gossip.SyncInterval = 3 * time.Second
 	want.Gossip.Join = []string{"a:1", "b:2"}
-	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet}
+	// Maps merge into the defaults: the device registry stays declared.
+	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet, DevicesCollection: crdt.TypeLWW}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
@@ -184,12 +185,39 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 	}
 }
 
+func TestApplyEnvIngestAndControlPlane(t *testing.T) {
+	cfg := DefaultConfig()
+	env := map[string]string{
+		EnvControlPlaneURL:    " https://cp.example:8443 ",
+		EnvControlPlaneCAFile: "/etc/edgefleet/ca.pem",
+		EnvEnrollmentToken:    "tok-123",
+		EnvMQTTBroker:         "tcp://10.0.0.5:1883",
+		EnvMQTTUsername:       "agent",
+		EnvMQTTPassword:       " secret with spaces ",
+		EnvIngest:             "false",
+	}
+	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	cp, m := cfg.ControlPlane, cfg.Ingest.MQTT
+	if cp.URL != "https://cp.example:8443" || cp.CAFile != "/etc/edgefleet/ca.pem" || cp.EnrollmentToken != "tok-123" {
+		t.Errorf("control plane env not applied: %+v", cp)
+	}
+	if m.Broker != "tcp://10.0.0.5:1883" || m.Username != "agent" || m.Password != " secret with spaces " || cfg.Ingest.Enabled {
+		t.Errorf("mqtt env not applied: %+v enabled=%v", m, cfg.Ingest.Enabled)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestApplyEnvRejectsMalformed(t *testing.T) {
 	for name, val := range map[string]string{
 		EnvEncrypt:      "maybe",
 		EnvSyncInterval: "soon",
 		EnvBind:         "1.2.3.4:notaport",
 		EnvLabels:       "novalue",
+		EnvIngest:       "perhaps",
 	} {
 		cfg := DefaultConfig()
 		err := cfg.ApplyEnv(func(k string) (string, bool) {
@@ -206,20 +234,42 @@ func TestApplyEnvRejectsMalformed(t *testing.T) {
 
 func TestValidateNamesBadField(t *testing.T) {
 	cases := map[string]func(c *Config){
-		"node_name":              func(c *Config) { c.NodeName = "has space" },
-		"data_dir":               func(c *Config) { c.DataDir = " " },
-		"gossip.bind_addr":       func(c *Config) { c.Gossip.BindAddr = "nowhere" },
-		"gossip.bind_port":       func(c *Config) { c.Gossip.BindPort = 70000 },
-		"gossip.profile":         func(c *Config) { c.Gossip.Profile = "wan" },
-		"gossip.cluster":         func(c *Config) { c.Gossip.Cluster = "" },
-		"gossip.key":             func(c *Config) { c.Gossip.Key = "c2hvcnQ=" },
-		"gossip.sync_interval":   func(c *Config) { c.Gossip.SyncInterval = 0 },
-		"gossip.max_chunk_bytes": func(c *Config) { c.Gossip.MaxChunkBytes = 10 },
-		"api.addr":               func(c *Config) { c.API.Addr = "0.0.0.0:7070" },
-		"state.collections":      func(c *Config) { c.State.Collections = map[string]crdt.Type{"x": "tree"} },
-		"log.level":              func(c *Config) { c.Log.Level = "loud" },
-		"log.format":             func(c *Config) { c.Log.Format = "xml" },
-		"labels":                 func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 600)} },
+		"node_name":                      func(c *Config) { c.NodeName = "has space" },
+		"data_dir":                       func(c *Config) { c.DataDir = " " },
+		"gossip.bind_addr":               func(c *Config) { c.Gossip.BindAddr = "nowhere" },
+		"gossip.bind_port":               func(c *Config) { c.Gossip.BindPort = 70000 },
+		"gossip.profile":                 func(c *Config) { c.Gossip.Profile = "wan" },
+		"gossip.cluster":                 func(c *Config) { c.Gossip.Cluster = "" },
+		"gossip.key":                     func(c *Config) { c.Gossip.Key = "c2hvcnQ=" },
+		"gossip.sync_interval":           func(c *Config) { c.Gossip.SyncInterval = 0 },
+		"gossip.max_chunk_bytes":         func(c *Config) { c.Gossip.MaxChunkBytes = 10 },
+		"api.addr":                       func(c *Config) { c.API.Addr = "0.0.0.0:7070" },
+		"state.collections":              func(c *Config) { c.State.Collections = map[string]crdt.Type{"x": "tree"} },
+		"log.level":                      func(c *Config) { c.Log.Level = "loud" },
+		"log.format":                     func(c *Config) { c.Log.Format = "xml" },
+		"labels":                         func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 600)} },
+		"state.collections: \"devices\"": func(c *Config) { c.State.Collections = map[string]crdt.Type{DevicesCollection: crdt.TypeORSet} },
+		"ingest.mqtt.broker":             func(c *Config) { c.Ingest.MQTT.Broker = "http://broker:1883" },
+		"ingest.mqtt.embedded_listen":    func(c *Config) { c.Ingest.MQTT.EmbeddedListen = "nowhere" },
+		"ingest.mqtt.ca_file":            func(c *Config) { c.Ingest.MQTT.CAFile = "/ca.pem" },
+		"ingest.mqtt.password_file": func(c *Config) {
+			c.Ingest.MQTT.Username, c.Ingest.MQTT.Password, c.Ingest.MQTT.PasswordFile = "u", "p", "/pw"
+		},
+		"ingest.mqtt.username":            func(c *Config) { c.Ingest.MQTT.Password = "p" },
+		"ingest.mqtt.keep_alive":          func(c *Config) { c.Ingest.MQTT.KeepAlive = 0 },
+		"ingest.topic":                    func(c *Config) { c.Ingest.Topic = "devices/+/telemetry" },
+		"ingest.batch_messages":           func(c *Config) { c.Ingest.BatchMessages = 0 },
+		"ingest.batch_delay":              func(c *Config) { c.Ingest.BatchDelay = -time.Second },
+		"ingest.queue_messages":           func(c *Config) { c.Ingest.QueueMessages = 10 },
+		"ingest.limits.max_payload_bytes": func(c *Config) { c.Ingest.Limits.MaxPayloadBytes = 0 },
+		"ingest.limits.max_future":        func(c *Config) { c.Ingest.Limits.MaxFuture = 0 },
+		"ingest.retention.interval":       func(c *Config) { c.Ingest.Retention.Interval = time.Millisecond },
+		"ingest.retention.minute_max_age": func(c *Config) { c.Ingest.Retention.MinuteMaxAge = time.Hour },
+		"ingest.outbox_max_bytes":         func(c *Config) { c.Ingest.OutboxMaxBytes = 1 },
+		"ingest.high_water_bytes":         func(c *Config) { c.Ingest.HighWaterBytes = 1 << 20 },
+		"ingest.dedup_messages":           func(c *Config) { c.Ingest.DedupMessages = 0 },
+		"ingest.device_registry_interval": func(c *Config) { c.Ingest.DeviceRegistryInterval = 0 },
+		"control_plane":                   func(c *Config) { c.ControlPlane.URL = "ftp://cp" },
 	}
 	names := make([]string, 0, len(cases))
 	for n := range cases {
@@ -233,6 +283,21 @@ func TestValidateNamesBadField(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: error %v does not name the field", field, err)
 		}
+	}
+	// A disabled ingestion section is not checked; a TLS broker takes a CA file.
+	off := DefaultConfig()
+	off.Ingest.Enabled = false
+	off.Ingest.BatchMessages = 0
+	if err := off.Validate(); err != nil {
+		t.Errorf("disabled ingest validated: %v", err)
+	}
+	tlsBroker := DefaultConfig()
+	tlsBroker.Ingest.MQTT.Broker = "ssl://broker.example:8883"
+	tlsBroker.Ingest.MQTT.CAFile = "/etc/ca.pem"
+	tlsBroker.Ingest.MQTT.Username = "agent"
+	tlsBroker.Ingest.MQTT.PasswordFile = "/etc/pw"
+	if err := tlsBroker.Validate(); err != nil {
+		t.Errorf("ssl broker with ca_file: %v", err)
 	}
 	ok := DefaultConfig()
 	ok.API.Addr = "0.0.0.0:7070"

@@ -88,6 +88,9 @@ func testConfig(t testing.TB, name string) Config {
 	cfg.Gossip.ReconnectInterval = 200 * time.Millisecond
 	cfg.Gossip.JoinRetryInterval = 300 * time.Millisecond
 	cfg.API.Addr = "127.0.0.1:0"
+	// Cluster tests run many agents: ingestion (its database and an
+	// embedded broker each) is enabled only by the tests of it.
+	cfg.Ingest.Enabled = false
 	return cfg
 }
 

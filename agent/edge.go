@@ -1,0 +1,279 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/uplink"
+)
+
+// ErrIngestDisabled: ingestion is off (ingest.enabled false), so there is
+// no broker, no dead letters and no device commands.
+var ErrIngestDisabled = errors.New("agent: ingestion is disabled (ingest.enabled: false)")
+
+// embeddedSubscribeWait bounds how long Start waits for the subscription
+// to the embedded broker (local, normally a few milliseconds).
+const embeddedSubscribeWait = 5 * time.Second
+
+// Ingest is the agent's ingestor; nil when ingestion is disabled or the
+// agent has not started.
+func (a *Agent) Ingest() *ingest.Ingestor {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ingestor
+}
+
+// Uplink is the agent's uplink to the control plane; nil without a
+// control plane (control_plane.url empty) or before Start.
+func (a *Agent) Uplink() *uplink.Uplink {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.up
+}
+
+// MQTTURL is the broker the agent subscribes to (the embedded broker's
+// tcp://host:port when it runs one); "" when ingestion is disabled or
+// the agent has not started.
+func (a *Agent) MQTTURL() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mqttURL
+}
+
+// sinkFanout tells every sink about each commit, in order.
+type sinkFanout []ingest.Sink
+
+func (s sinkFanout) Committed(c ingest.Commit) {
+	for _, k := range s {
+		k.Committed(c)
+	}
+}
+
+// startEdge starts the parts facing devices and the control plane:
+// the ingestion database, the embedded broker (when no broker is
+// configured), the device registry, the uplink and the ingestor. On
+// failure it has undone what it started.
+func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	ic := &a.cfg.Ingest
+	var store *ingest.Store
+	var reg *deviceRegistry
+	if ic.Enabled {
+		ilog := a.log.With("component", "ingest")
+		sc := ic.storeConfig(filepath.Join(a.cfg.DataDir, ingest.StoreFile), a.cfg.ControlPlane.URL != "")
+		sc.Clock, sc.Logger, sc.Registry = a.wall, ilog, a.reg
+		if store, err = ingest.OpenStore(sc); err != nil {
+			return fmt.Errorf("agent: opening the ingestion database: %w", err)
+		}
+		undo = append(undo, func() { store.Close() })
+		reg = newDeviceRegistry(name, ic.DeviceRegistryInterval, a.wall, a.log.With("component", "devices"),
+			func(ctx context.Context, id string, value []byte) error {
+				s := a.Store()
+				d, err := s.Put(ctx, DevicesCollection, id, value)
+				if err != nil {
+					return err
+				}
+				a.broadcast(d)
+				return nil
+			}, store.Devices)
+		if err := reg.register(a.reg); err != nil {
+			return fmt.Errorf("agent: registering device registry metrics: %w", err)
+		}
+		devs, err := store.Devices(ctx)
+		if err != nil {
+			return fmt.Errorf("agent: reading the ingestion database's devices: %w", err)
+		}
+		reg.seed(devs)
+	}
+
+	var up *uplink.Uplink
+	if a.cfg.ControlPlane.URL != "" {
+		var seed [32]byte
+		if _, err := io.ReadFull(a.rnd, seed[:]); err != nil {
+			return fmt.Errorf("agent: seeding the uplink's random source: %w", err)
+		}
+		deps := uplink.Deps{
+			Logger:        a.log.With("component", "uplink"),
+			Registry:      a.reg,
+			Clock:         a.deps.UplinkClock,
+			Rand:          mrand.New(mrand.NewChaCha8(seed)),
+			Transport:     a.deps.UplinkTransport,
+			WrapTransport: a.deps.UplinkWrapTransport,
+			Status:        a.heartbeat,
+		}
+		if store != nil {
+			deps.Outbox = store
+		}
+		if up, err = uplink.New(a.cfg.ControlPlane, a.cfg.DataDir, name, deps); err != nil {
+			return fmt.Errorf("agent: control_plane: %w", err)
+		}
+		if err := up.Start(ctx); err != nil {
+			return fmt.Errorf("agent: starting the uplink: %w", err)
+		}
+		undo = append(undo, up.Stop)
+	}
+
+	var broker *ingest.Broker
+	var in *ingest.Ingestor
+	mqttURL := ""
+	if ic.Enabled {
+		mc, err := a.mqttClientConfig(name)
+		if err != nil {
+			return err
+		}
+		if ic.MQTT.Broker == "" {
+			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker")}
+			if ic.MQTT.Username != "" {
+				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
+			}
+			if broker, err = ingest.StartBroker(bc); err != nil {
+				hint := ""
+				if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
+					hint = " (another MQTT broker, e.g. a system mosquitto, may hold it: set ingest.mqtt.broker to use that broker, or ingest.mqtt.embedded_listen to a free address)"
+				}
+				return fmt.Errorf("agent: ingest.mqtt.embedded_listen %s: starting the embedded broker: %w%s", ic.MQTT.EmbeddedListen, err, hint)
+			}
+			undo = append(undo, func() { broker.Stop() })
+			mc.Broker = broker.URL()
+		}
+		mqttURL = mc.Broker
+		sinks := sinkFanout{reg}
+		if up != nil {
+			sinks = append(sinks, up)
+		}
+		in, err = ingest.New(ingest.Config{
+			Store:             store,
+			MQTT:              mc,
+			TopicPattern:      ic.Topic,
+			Limits:            ic.Limits.limits(),
+			BatchMessages:     ic.BatchMessages,
+			BatchDelay:        ic.BatchDelay,
+			QueueMessages:     ic.QueueMessages,
+			RetentionInterval: ic.Retention.Interval,
+			Clock:             a.wall,
+			Logger:            a.log.With("component", "ingest"),
+			Registry:          a.reg,
+			Sink:              sinks,
+			Devices:           reg,
+		})
+		if err != nil {
+			return fmt.Errorf("agent: ingest: %w", err)
+		}
+		reg.start()
+		undo = append(undo, func() { reg.stop(context.Background(), false) })
+		if err := in.Start(ctx); err != nil {
+			return fmt.Errorf("agent: starting ingestion: %w", err)
+		}
+		undo = append(undo, func() { in.Stop() })
+	}
+
+	a.mu.Lock()
+	a.ingestStore, a.registry, a.up, a.broker, a.ingestor, a.mqttURL = store, reg, up, broker, in, mqttURL
+	a.mu.Unlock()
+
+	if broker != nil {
+		wctx, cancel := context.WithTimeout(ctx, embeddedSubscribeWait)
+		err := in.WaitSubscribed(wctx)
+		cancel()
+		if err != nil {
+			a.log.Warn("not yet subscribed to the embedded broker; continuing in the background", "broker", mqttURL, "err", err)
+		}
+	}
+	return nil
+}
+
+// mqttClientConfig builds the subscriber's settings; it reads the
+// password file and the CA file.
+func (a *Agent) mqttClientConfig(name string) (ingest.MQTTConfig, error) {
+	m := a.cfg.Ingest.MQTT
+	mc := ingest.MQTTConfig{
+		Broker:               m.Broker,
+		ClientID:             m.ClientID,
+		Username:             m.Username,
+		Password:             m.Password,
+		KeepAlive:            m.KeepAlive,
+		ConnectTimeout:       m.ConnectTimeout,
+		MaxReconnectInterval: m.MaxReconnectInterval,
+	}
+	if mc.ClientID == "" {
+		mc.ClientID = "edge-agent-" + name
+	}
+	if m.PasswordFile != "" {
+		b, err := os.ReadFile(m.PasswordFile)
+		if err != nil {
+			return mc, fmt.Errorf("agent: ingest.mqtt.password_file: %w", err)
+		}
+		mc.Password = strings.TrimRight(string(b), "\r\n")
+		if mc.Password == "" {
+			return mc, fmt.Errorf("agent: ingest.mqtt.password_file: %s is empty", m.PasswordFile)
+		}
+	}
+	if m.Broker != "" && brokerTLS(m.Broker) {
+		conf := &tls.Config{MinVersion: tls.VersionTLS12}
+		if m.CAFile != "" {
+			pem, err := os.ReadFile(m.CAFile)
+			if err != nil {
+				return mc, fmt.Errorf("agent: ingest.mqtt.ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return mc, fmt.Errorf("agent: ingest.mqtt.ca_file: %s holds no PEM certificate", m.CAFile)
+			}
+			conf.RootCAs = pool
+		}
+		mc.TLSConfig = conf
+	}
+	return mc, nil
+}
+
+// stopEdge stops ingestion first (its last commits are acknowledged to
+// the broker and reported to the sinks), then the uplink (which releases
+// its leased outbox batches), the device registry (flushing unwritten
+// records when graceful), the embedded broker, and closes the ingestion
+// database last.
+func (a *Agent) stopEdge(ctx context.Context, graceful bool) []error {
+	a.mu.Lock()
+	in, up, reg, broker, store := a.ingestor, a.up, a.registry, a.broker, a.ingestStore
+	a.mu.Unlock()
+	var errs []error
+	if in != nil {
+		if err := in.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("agent: stopping ingestion: %w", err))
+		}
+	}
+	if up != nil {
+		up.Stop()
+	}
+	if reg != nil {
+		reg.stop(ctx, graceful)
+	}
+	if broker != nil {
+		if err := broker.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("agent: %w", err))
+		}
+	}
+	if store != nil {
+		if err := store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("agent: closing the ingestion database: %w", err))
+		}
+	}
+	return errs
+}
