@@ -2,20 +2,28 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
+	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
 )
 
 // IngestOptions configure RunIngest. Zero values take the defaults.
 type IngestOptions struct {
 	// Broker is the MQTT broker to measure against (tcp://host:port).
-	// Required. For the figures to mean what they say, it is a local
-	// Mosquitto whose in-flight window (max_inflight_messages) is 0 or at
-	// least twice the ingestor's group-commit batch (1000) and whose
-	// queue (max_queued_messages) holds the backlog: see package
-	// agent/ingest.
+	// For the figures to mean what they say, it is a local Mosquitto whose
+	// in-flight window (max_inflight_messages) is 0 or at least twice the
+	// ingestor's group-commit batch (1000) and whose queue
+	// (max_queued_messages) holds the backlog: see package agent/ingest.
+	// Empty: RunIngest starts such a Mosquitto itself (package
+	// agent/ingest/mqtttest), which needs the mosquitto binary.
 	Broker string
 	// Messages is the backlog drained per round; 0 = 200000.
 	Messages int
@@ -24,12 +32,12 @@ type IngestOptions struct {
 	Rounds int
 	// Rate is the publish rate of the latency run, messages/s; 0 = 5000.
 	Rate int
-	// Duration of the latency run; 0 = 10s.
+	// Duration of the latency run; 0 = 10s, else at least 1s.
 	Duration time.Duration
 	// Devices the stream is spread over; 0 = 10.
 	Devices int
-	// Dir is the scratch directory for the databases; "" = a new
-	// temporary directory, removed afterwards.
+	// Dir is the scratch directory for the databases (and the broker
+	// started here); "" = a new temporary directory, removed afterwards.
 	Dir string
 	// SkipBacklog and SkipLatency leave a part out.
 	SkipBacklog, SkipLatency bool
@@ -41,6 +49,27 @@ type IngestOptions struct {
 	// every subscriber gets the same stream, and the durable drain must
 	// dead-letter exactly these. 0 = none.
 	Malformed int
+	// BatchMessages and BatchDelay adjust the ingestor's group commit;
+	// 0 = its defaults (1000 messages, 5ms).
+	BatchMessages int
+	BatchDelay    time.Duration
+	// Logger receives progress (each drain, the broker started). Nil
+	// discards it.
+	Logger *slog.Logger
+}
+
+func (o IngestOptions) validate() error {
+	if o.Messages < 0 || o.Rounds < 0 || o.Rate < 0 || o.Devices < 0 || o.Malformed < 0 || o.BatchMessages < 0 || o.BatchDelay < 0 {
+		return fmt.Errorf("bench: ingest: negative option in messages %d, rounds %d, rate %d, devices %d, malformed %d, batch %d, batch delay %s",
+			o.Messages, o.Rounds, o.Rate, o.Devices, o.Malformed, o.BatchMessages, o.BatchDelay)
+	}
+	if o.Duration != 0 && o.Duration < time.Second {
+		return fmt.Errorf("bench: ingest: latency run duration %s is below 1s", o.Duration)
+	}
+	if o.SkipBacklog && o.SkipLatency {
+		return errors.New("bench: ingest: both parts skipped; nothing to measure")
+	}
+	return nil
 }
 
 // RunIngest measures MQTT ingestion (package agent/ingest) against a
@@ -64,20 +93,46 @@ type IngestOptions struct {
 //
 // Each message is flat JSON with three metrics and its publish time.
 func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
-	if opt.Broker == "" {
-		return Report{}, fmt.Errorf("bench: ingest: a broker URL is required (tcp://host:port of a local Mosquitto)")
+	if err := opt.validate(); err != nil {
+		return Report{}, err
+	}
+	logger := opt.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	dir := opt.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "edgefleet-bench-ingest-")
+		if err != nil {
+			return Report{}, fmt.Errorf("bench: ingest: %w", err)
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Report{}, fmt.Errorf("bench: ingest: %w", err)
+	}
+	broker, brokerDesc := opt.Broker, opt.Broker
+	if broker == "" {
+		m, desc, err := startMosquitto(filepath.Join(dir, "mosquitto"))
+		if err != nil {
+			return Report{}, err
+		}
+		defer m.Stop()
+		broker, brokerDesc = m.URL(), desc
+		logger.Info("broker started", "url", broker, "broker", desc)
 	}
 	res, err := ingestbench.Run(ctx, ingestbench.Options{
-		Broker: opt.Broker, Dir: opt.Dir, Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
+		Broker: broker, Dir: filepath.Join(dir, "ingest"), Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
 		Rate: opt.Rate, Duration: opt.Duration, SkipBacklog: opt.SkipBacklog, SkipLatency: opt.SkipLatency,
 		NoMosquittoSub: opt.NoMosquittoSub, Malformed: opt.Malformed,
+		BatchMessages: opt.BatchMessages, BatchDelay: opt.BatchDelay, Logger: logger,
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
 	}
-	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s payload=flat-json-3-metrics",
-		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration)))}
-	rep.Machine["broker"] = opt.Broker
+	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
+		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration), defaultInt(opt.Devices, 10)))}
+	rep.Machine["broker"] = brokerDesc
 	ratio := func(a, b float64) float64 {
 		if b > 0 {
 			return a / b
@@ -114,6 +169,38 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 		)
 	}
 	return rep, nil
+}
+
+// startMosquitto starts a local Mosquitto in dir configured for the
+// measurement: no in-flight window and no queue bound, so the backlog is
+// kept whole and group commits can fill. It describes the broker for the
+// report.
+func startMosquitto(dir string) (*mqtttest.Mosquitto, string, error) {
+	bin, err := mqtttest.Binary()
+	if err != nil {
+		return nil, "", fmt.Errorf("bench: ingest: no broker given and none to start: %w; or pass the URL of a broker (tcp://host:port)", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("bench: ingest: %w", err)
+	}
+	m, err := mqtttest.Start(mqtttest.Options{Dir: dir})
+	if err != nil {
+		return nil, "", fmt.Errorf("bench: ingest: start mosquitto: %w", err)
+	}
+	desc := "mosquitto"
+	// "mosquitto -h" prints its version on the first line (and exits 3).
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	if first, _, _ := strings.Cut(string(out), "\n"); strings.HasPrefix(first, "mosquitto version ") {
+		desc = strings.TrimSpace(first)
+	}
+	return m, desc + " (local, started by the bench; max_inflight_messages 0, max_queued_messages 0)", nil
+}
+
+func defaultInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 func defaultDuration(d time.Duration) time.Duration {

@@ -3,8 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sort"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,20 +22,39 @@ func newBenchCmd() *cobra.Command {
 		dir    string
 		rounds int
 		crdtO  bench.CRDTOptions
+		ingO   bench.IngestOptions
+		verb   bool
 	)
 	c := &cobra.Command{
 		Use:   "bench SUITE",
-		Short: "Measure a subsystem beside its baseline in the same run (suites: crdt, crypto)",
+		Short: "Measure a subsystem beside its baseline in the same run (suites: crdt, crypto, ingest)",
 		Long: `bench runs a benchmark suite. Each figure is measured beside a baseline doing
 the same work in the same run, interleaved over several rounds; the report
 gives medians and ratio = ours / baseline (higher is better).
 
 Suites:
   crdt     CRDT store local writes and remote-delta merges beside plain SQLite inserts
-  crypto   envelope seal/open beside raw AES-256-GCM; HPKE, X-Wing and ML-DSA beside circl called bare`,
-		Example: "  edge-agent bench crdt --json",
-		Args:    cobra.ExactArgs(1),
+  crypto   envelope seal/open beside raw AES-256-GCM; HPKE, X-Wing and ML-DSA beside circl called bare
+  ingest   MQTT ingestion: durable drain of a QoS 1 backlog (decode, group commit to SQLite,
+           PUBACK after the commit) beside a bare paho subscriber that stores nothing and
+           beside mosquitto_sub -q 1; publish-to-commit latency at --rate; peak RSS.
+           Against --broker, else a Mosquitto it starts (needs the mosquitto binary).`,
+		Example: `  edge-agent bench crdt --json
+  edge-agent bench ingest --json
+  edge-agent bench ingest --broker tcp://127.0.0.1:1883 --messages 50000 --rate 2000 --duration 5s`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if args[0] == "ingest" {
+				if err := checkIngestFlags(c, ingO, rounds); err != nil {
+					return err
+				}
+			} else {
+				for _, name := range ingestFlags {
+					if c.Flags().Changed(name) {
+						return cli.Usagef("--%s is an ingest flag; the %s suite does not use it", name, args[0])
+					}
+				}
+			}
 			if dir == "" {
 				d, err := os.MkdirTemp("", "edgefleet-bench-")
 				if err != nil {
@@ -50,8 +73,14 @@ Suites:
 				rep, err = bench.RunCRDT(c.Context(), crdtO)
 			case "crypto":
 				rep, err = bench.RunCrypto(c.Context(), bench.CryptoOptions{Rounds: rounds})
+			case "ingest":
+				ingO.Dir, ingO.Rounds = dir, rounds
+				if verb {
+					ingO.Logger = slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
+				}
+				rep, err = bench.RunIngest(c.Context(), ingO)
 			default:
-				return cli.Usagef("unknown bench suite %q (suites: crdt, crypto)", args[0])
+				return cli.Usagef("unknown bench suite %q (suites: crdt, crypto, ingest)", args[0])
 			}
 			if err != nil {
 				return err
@@ -68,12 +97,63 @@ Suites:
 	f.IntVar(&rounds, "rounds", 0, "rounds, alternating ours and baseline; medians are reported (0: the suite's default)")
 	f.IntVar(&crdtO.Ops, "ops", 2000, "crdt: operations per round")
 	f.IntVar(&crdtO.BatchSize, "batch", 100, "crdt: ops per merge call and per baseline batch transaction")
+	f.StringVar(&ingO.Broker, "broker", "", "ingest: MQTT broker tcp://host:port (default: start a local mosquitto)")
+	f.IntVar(&ingO.Messages, "messages", 200000, "ingest: backlog of messages drained per subscriber and round")
+	f.IntVar(&ingO.Rate, "rate", 5000, "ingest: publish rate of the latency run, messages/s")
+	f.DurationVar(&ingO.Duration, "duration", 10*time.Second, "ingest: length of the latency run (at least 1s; the first second is warm-up)")
+	f.IntVar(&ingO.Devices, "devices", 10, "ingest: device topics the stream is spread over")
+	f.IntVar(&ingO.Malformed, "malformed", 0, "ingest: malformed payloads mixed into each backlog (must be dead-lettered)")
+	f.IntVar(&ingO.BatchMessages, "commit-batch", 0, "ingest: most messages per group commit (0: the ingestor's default, 1000)")
+	f.DurationVar(&ingO.BatchDelay, "commit-delay", 0, "ingest: how long a group commit waits for more messages (0: the default, 5ms)")
+	f.BoolVar(&ingO.SkipBacklog, "skip-backlog", false, "ingest: leave out the backlog drains")
+	f.BoolVar(&ingO.SkipLatency, "skip-latency", false, "ingest: leave out the latency run")
+	f.BoolVar(&ingO.NoMosquittoSub, "no-mosquitto-sub", false, "ingest: leave out the mosquitto_sub -q 1 reference drain")
+	f.BoolVarP(&verb, "verbose", "v", false, "print progress on stderr")
 	return c
+}
+
+// ingestFlags are the flags only the ingest suite uses.
+var ingestFlags = []string{"broker", "messages", "rate", "duration", "devices", "malformed",
+	"commit-batch", "commit-delay", "skip-backlog", "skip-latency", "no-mosquitto-sub"}
+
+// checkIngestFlags refuses out-of-range ingest options as usage errors.
+func checkIngestFlags(c *cobra.Command, o bench.IngestOptions, rounds int) error {
+	switch {
+	case o.Messages < 1 || o.Rate < 1 || o.Devices < 1:
+		return cli.Usagef("--messages, --rate and --devices must be positive")
+	case rounds < 0 || o.Malformed < 0 || o.BatchMessages < 0 || o.BatchDelay < 0:
+		return cli.Usagef("--rounds, --malformed, --commit-batch and --commit-delay must not be negative")
+	case o.Malformed > o.Messages:
+		return cli.Usagef("--malformed %d exceeds --messages %d", o.Malformed, o.Messages)
+	case o.Duration < time.Second:
+		return cli.Usagef("--duration %s: the latency run lasts at least 1s", o.Duration)
+	case o.SkipBacklog && o.SkipLatency:
+		return cli.Usagef("--skip-backlog and --skip-latency together leave nothing to measure")
+	}
+	if o.Broker != "" {
+		if !strings.HasPrefix(o.Broker, "tcp://") && !strings.HasPrefix(o.Broker, "mqtt://") && !strings.HasPrefix(o.Broker, "ssl://") {
+			return cli.Usagef("--broker %q: want tcp://host:port", o.Broker)
+		}
+	}
+	for _, name := range []string{"ops", "batch"} {
+		if c.Flags().Changed(name) {
+			return cli.Usagef("--%s is a crdt flag; the ingest suite does not use it", name)
+		}
+	}
+	return nil
 }
 
 func printBench(w io.Writer, r bench.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "suite %s\n", r.Suite)
+	keys := make([]string, 0, len(r.Machine))
+	for k := range r.Machine {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "  %s: %s\n", k, r.Machine[k])
+	}
 	fmt.Fprintln(tw, "NAME\tVALUE\tUNIT\tBASELINE\tBASELINE VALUE\tRATIO")
 	for _, res := range r.Results {
 		if res.Baseline == nil {

@@ -25,43 +25,43 @@ import (
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
-type result struct {
+type agentResult struct {
 	code           int
 	stdout, stderr string
 }
 
-// run executes edge-agent in-process.
-func run(t *testing.T, args ...string) result {
+// runAgent executes edge-agent in-process.
+func runAgent(t *testing.T, args ...string) agentResult {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := cli.Run(context.Background(), newRoot(), args, &out, &errb)
-	return result{code: code, stdout: out.String(), stderr: errb.String()}
+	return agentResult{code: code, stdout: out.String(), stderr: errb.String()}
 }
 
-func must(t *testing.T, args ...string) string {
+func mustAgent(t *testing.T, args ...string) string {
 	t.Helper()
-	r := run(t, args...)
+	r := runAgent(t, args...)
 	if r.code != 0 {
 		t.Fatalf("edge-agent %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
 	}
 	return r.stdout
 }
 
-// message is a received MQTT message for ingest.Ingestor.Handle.
-type message struct {
+// ingestMessage is a received MQTT message for ingest.Ingestor.Handle.
+type ingestMessage struct {
 	topic   string
 	payload []byte
 	acked   *atomic.Int64
 }
 
-func (m message) Topic() string     { return m.topic }
-func (m message) Payload() []byte   { return m.payload }
-func (m message) Duplicate() bool   { return false }
-func (m message) MessageID() uint16 { return 0 }
-func (m message) Ack()              { m.acked.Add(1) }
+func (m ingestMessage) Topic() string     { return m.topic }
+func (m ingestMessage) Payload() []byte   { return m.payload }
+func (m ingestMessage) Duplicate() bool   { return false }
+func (m ingestMessage) MessageID() uint16 { return 0 }
+func (m ingestMessage) Ack()              { m.acked.Add(1) }
 
-// t0 is the ingestor's clock in the data directories built here.
-var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+// inspectT0 is the ingestor's clock in the data directories built here.
+var inspectT0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // ingestData commits, through an Ingestor without a broker, ten readings
 // of two metrics from each of room-0 and room-1 (five messages each) and
@@ -69,7 +69,7 @@ var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 // pattern).
 func ingestData(t *testing.T, dir string) {
 	t.Helper()
-	in, err := ingest.New(ingest.Config{DataDir: dir, Clock: func() time.Time { return t0 }})
+	in, err := ingest.New(ingest.Config{DataDir: dir, Clock: func() time.Time { return inspectT0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,13 +77,13 @@ func ingestData(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	var acked atomic.Int64
-	msgs := []message{
+	msgs := []ingestMessage{
 		{topic: "devices/room-1/telemetry", payload: []byte(`hello`)},
 		{topic: "elsewhere/room-9", payload: []byte(`{"temperature":1}`)},
 	}
 	for i := 0; i < 10; i++ {
-		ts := t0.Add(time.Duration(i-10) * time.Second).Unix()
-		msgs = append(msgs, message{topic: fmt.Sprintf("devices/room-%d/telemetry", i%2),
+		ts := inspectT0.Add(time.Duration(i-10) * time.Second).Unix()
+		msgs = append(msgs, ingestMessage{topic: fmt.Sprintf("devices/room-%d/telemetry", i%2),
 			payload: fmt.Appendf(nil, `{"temperature":%d,"humidity":30.5,"ts":%d}`, 20+i, ts)})
 	}
 	for _, m := range msgs {
@@ -164,7 +164,7 @@ func TestInspectFullDataDir(t *testing.T) {
 	identityData(t, dir, notAfter)
 	before := fileHash(t, filepath.Join(dir, ingest.StoreFile))
 
-	out := must(t, "inspect", "--data", dir, "--json")
+	out := mustAgent(t, "inspect", "--data", dir, "--json")
 	var rep struct {
 		DataDir           string           `json:"data_dir"`
 		Readings          int64            `json:"readings"`
@@ -201,7 +201,7 @@ func TestInspectFullDataDir(t *testing.T) {
 		t.Fatalf("notes: %v", rep.Notes)
 	}
 
-	human := strings.Join(strings.Fields(must(t, "inspect", "--data", dir)), " ")
+	human := strings.Join(strings.Fields(mustAgent(t, "inspect", "--data", dir)), " ")
 	for _, want := range []string{
 		"Data directory:", dir,
 		"Ingestion:", filepath.Join(dir, ingest.StoreFile),
@@ -220,7 +220,7 @@ func TestInspectFullDataDir(t *testing.T) {
 			t.Errorf("human output lacks %q:\n%s", want, human)
 		}
 	}
-	if y := must(t, "inspect", "--data", dir, "-o", "yaml"); !strings.Contains(y, "readings: 20\n") || !strings.Contains(y, "agent_id: ag-3f2a\n") {
+	if y := mustAgent(t, "inspect", "--data", dir, "-o", "yaml"); !strings.Contains(y, "readings: 20\n") || !strings.Contains(y, "agent_id: ag-3f2a\n") {
 		t.Fatalf("yaml:\n%s", y)
 	}
 	if fileHash(t, filepath.Join(dir, ingest.StoreFile)) != before {
@@ -237,7 +237,7 @@ func TestInspectWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out := must(t, "inspect", "--data", dir, "--json")
+	out := mustAgent(t, "inspect", "--data", dir, "--json")
 	var rep struct {
 		Readings int64    `json:"readings"`
 		Notes    []string `json:"notes"`
@@ -249,7 +249,7 @@ func TestInspectWhileRunning(t *testing.T) {
 	if len(rep.Notes) != 2 || !strings.Contains(rep.Notes[0], "state.db") || !strings.Contains(rep.Notes[1], "not enrolled") {
 		t.Fatalf("notes: %v", rep.Notes)
 	}
-	human := strings.Join(strings.Fields(must(t, "inspect", "--data", dir)), " ")
+	human := strings.Join(strings.Fields(mustAgent(t, "inspect", "--data", dir)), " ")
 	if !strings.Contains(human, "State: none") || !strings.Contains(human, "Uplink: not enrolled") {
 		t.Fatalf("human:\n%s", human)
 	}
@@ -257,26 +257,26 @@ func TestInspectWhileRunning(t *testing.T) {
 
 func TestInspectWithoutData(t *testing.T) {
 	empty := t.TempDir()
-	r := run(t, "inspect", "--data", empty)
+	r := runAgent(t, "inspect", "--data", empty)
 	if r.code != 1 || !strings.Contains(r.stderr, "edge-agent: inspect: no agent data in "+empty) || !strings.Contains(r.stderr, "--data") {
 		t.Fatalf("empty dir: %+v", r)
 	}
-	r = run(t, "inspect", "--data", filepath.Join(empty, "missing"), "--json")
+	r = runAgent(t, "inspect", "--data", filepath.Join(empty, "missing"), "--json")
 	if r.code != 1 || !strings.Contains(r.stderr, "no such file or directory") || r.stdout != "" {
 		t.Fatalf("missing dir: %+v", r)
 	}
 	file := filepath.Join(empty, "f")
 	os.WriteFile(file, nil, 0o600)
-	if r := run(t, "inspect", "--data", file); r.code != 1 || !strings.Contains(r.stderr, "not a directory") {
+	if r := runAgent(t, "inspect", "--data", file); r.code != 1 || !strings.Contains(r.stderr, "not a directory") {
 		t.Fatalf("file: %+v", r)
 	}
-	if r := run(t, "inspect", "--data", empty, "extra"); r.code != 2 {
+	if r := runAgent(t, "inspect", "--data", empty, "extra"); r.code != 2 {
 		t.Fatalf("argument: %+v", r)
 	}
 	// An ingest.db that is not an ingestion database is an error.
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, ingest.StoreFile), []byte("not sqlite at all, not at all"), 0o600)
-	if r := run(t, "inspect", "--data", bad); r.code != 1 || !strings.Contains(r.stderr, "edge-agent: inspect: ") {
+	if r := runAgent(t, "inspect", "--data", bad); r.code != 1 || !strings.Contains(r.stderr, "edge-agent: inspect: ") {
 		t.Fatalf("garbage ingest.db: %+v", r)
 	}
 }
@@ -287,7 +287,7 @@ func TestInspectStateOnlyAndBadIdentity(t *testing.T) {
 	idDir := filepath.Join(dir, "controlplane")
 	os.MkdirAll(idDir, 0o700)
 	os.WriteFile(filepath.Join(idDir, "identity.json"), []byte(`{"agent_id": 7}`), 0o600)
-	out := must(t, "inspect", "--data", dir, "--json")
+	out := mustAgent(t, "inspect", "--data", dir, "--json")
 	var rep map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatal(err)
@@ -303,7 +303,7 @@ func TestInspectStateOnlyAndBadIdentity(t *testing.T) {
 	if !strings.Contains(u.Error, "identity.json is not an identity record") {
 		t.Fatalf("uplink: %+v", u)
 	}
-	human := strings.Join(strings.Fields(must(t, "inspect", "--data", dir)), " ")
+	human := strings.Join(strings.Fields(mustAgent(t, "inspect", "--data", dir)), " ")
 	if !strings.Contains(human, "Ingestion: none") || !strings.Contains(human, "Problem:") {
 		t.Fatalf("human:\n%s", human)
 	}
