@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -370,4 +373,69 @@ func FuzzParseIdentity(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestInspectStoppedAgent inspects the data directory a real agent left
+// behind: its ingestion database and replicated state.
+func TestInspectStoppedAgent(t *testing.T) {
+	cfg := agent.DefaultConfig()
+	cfg.NodeName = "edge-1"
+	cfg.DataDir = t.TempDir()
+	cfg.Gossip.BindAddr = "127.0.0.1"
+	cfg.Gossip.BindPort = 0
+	cfg.Gossip.Profile = agent.ProfileTest
+	cfg.Gossip.Cluster = "inspect-test"
+	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	cfg.API.Addr = ""
+	cfg.Ingest.Enabled = true
+	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
+	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("sensor-1").SetConnectTimeout(5 * time.Second))
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	now := time.Now().Unix()
+	for _, p := range []string{fmt.Sprintf(`{"ts":%d,"temp":21.5,"hum":40}`, now-2), fmt.Sprintf(`{"ts":%d,"temp":22.5,"hum":41}`, now-1), `[1,2`} {
+		if tok := dev.Publish("devices/sensor-1/telemetry", 1, false, p); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	dev.Disconnect(50)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := a.Ingest().Store().Stats(ctx)
+		if err == nil && st.Messages == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, %v", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	out := mustAgent(t, "inspect", "--data", cfg.DataDir, "--json")
+	var rep struct {
+		Readings    int64           `json:"readings"`
+		DeadLetters int64           `json:"dead_letters"`
+		Devices     []ingest.Device `json:"devices"`
+		State       *stateSummary   `json:"state"`
+		Uplink      *uplinkIdentity `json:"uplink"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Readings != 4 || rep.DeadLetters != 1 || len(rep.Devices) != 1 || rep.Devices[0].ID != "sensor-1" || rep.State == nil || rep.State.Bytes == 0 || rep.Uplink != nil {
+		t.Fatalf("report:\n%s", out)
+	}
 }
