@@ -2,8 +2,8 @@ package controlplane
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -268,39 +268,135 @@ func (s *Server) handleVerifyingKey(w http.ResponseWriter, r *http.Request, c *c
 	return nil
 }
 
-// keyCursor names the key state an agent was brought to (see
-// AgentKeysResponse.Cursor). Text form "1.<ns>.<set>.<state>": the newest
-// change time of the versions the agent should hold, a digest of which
-// keys those are (name, purpose, minimum decryption version) and a digest
-// of every such version's number, state and change time.
+// keyCursor is the key state an agent was brought to: per key it may hold
+// (sorted by name), the minimum decryption version, the newest version and
+// the state of every version from the minimum (or 1) to the newest. Its
+// text form (AgentKeysResponse.Cursor) is base64url of
+//
+//	1 byte     format (1)
+//	per key:   1 byte name length, name,
+//	           uvarint minimum decryption version, uvarint newest version,
+//	           uvarint number of runs, per run: 1 byte state, uvarint count
+//
+// where the runs cover the versions in order. Comparing it with the current
+// state gives exactly the versions an agent lacks, whatever the clocks did.
 type keyCursor struct {
-	changed int64
-	set     string
-	state   string
+	keys []cursorKey
 }
 
-func (k keyCursor) String() string { return fmt.Sprintf("1.%d.%s.%s", k.changed, k.set, k.state) }
+type cursorKey struct {
+	name   string
+	min    uint32
+	latest uint32
+	states []dkms.State // versions first()..latest
+}
 
-func parseKeyCursor(v string) (keyCursor, error) {
-	parts := strings.Split(v, ".")
-	bad := badRequest("after: %q is not a cursor returned by GET /v1/agent/keys (omit it to fetch everything)", v)
-	if len(parts) != 4 || parts[0] != "1" || len(parts[2]) != 16 || len(parts[3]) != 16 {
-		return keyCursor{}, bad
+// first is the lowest version the cursor describes.
+func (k cursorKey) first() uint32 { return max(k.min, 1) }
+
+func (k cursorKey) state(v uint32) (dkms.State, bool) {
+	if v < k.first() || v > k.latest {
+		return 0, false
 	}
-	n, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil || n < 0 {
-		return keyCursor{}, bad
-	}
-	for _, p := range parts[2:] {
-		if _, err := hex.DecodeString(p); err != nil {
-			return keyCursor{}, bad
+	return k.states[v-k.first()], true
+}
+
+const (
+	cursorFormat   = 1
+	maxCursorBytes = 16 << 10
+)
+
+func (c keyCursor) String() string {
+	b := []byte{cursorFormat}
+	for _, k := range c.keys {
+		b = append(b, byte(len(k.name)))
+		b = append(b, k.name...)
+		b = binary.AppendUvarint(b, uint64(k.min))
+		b = binary.AppendUvarint(b, uint64(k.latest))
+		var runs [][2]uint64
+		for _, st := range k.states {
+			if n := len(runs); n > 0 && runs[n-1][0] == uint64(st) {
+				runs[n-1][1]++
+			} else {
+				runs = append(runs, [2]uint64{uint64(st), 1})
+			}
+		}
+		b = binary.AppendUvarint(b, uint64(len(runs)))
+		for _, r := range runs {
+			b = append(b, byte(r[0]))
+			b = binary.AppendUvarint(b, r[1])
 		}
 	}
-	return keyCursor{changed: n, set: parts[2], state: parts[3]}, nil
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func parseKeyCursor(v string) (keyCursor, error) {
+	fail := func(why string) (keyCursor, error) {
+		return keyCursor{}, badRequest("after: not a cursor returned by GET /v1/agent/keys (%s); omit it to fetch everything", why)
+	}
+	if len(v) > base64.RawURLEncoding.EncodedLen(maxCursorBytes) {
+		return fail("too long")
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(v)
+	if err != nil {
+		return fail("not base64url")
+	}
+	if len(b) == 0 || b[0] != cursorFormat {
+		return fail("unknown format")
+	}
+	b = b[1:]
+	uvarint := func() (uint32, bool) {
+		n, size := binary.Uvarint(b)
+		if size <= 0 || n > 1<<32-1 {
+			return 0, false
+		}
+		b = b[size:]
+		return uint32(n), true
+	}
+	var c keyCursor
+	for len(b) > 0 {
+		nl := int(b[0])
+		if nl == 0 || len(b) < 1+nl {
+			return fail("truncated key name")
+		}
+		k := cursorKey{name: string(b[1 : 1+nl])}
+		b = b[1+nl:]
+		if n := len(c.keys); n > 0 && c.keys[n-1].name >= k.name {
+			return fail("keys out of order")
+		}
+		var ok1, ok2, ok3 bool
+		var runs uint32
+		k.min, ok1 = uvarint()
+		k.latest, ok2 = uvarint()
+		runs, ok3 = uvarint()
+		if !ok1 || !ok2 || !ok3 || k.latest < k.first()-1 || k.latest-k.first()+1 > maxCursorBytes {
+			return fail("bad version range")
+		}
+		want := int(k.latest - k.first() + 1)
+		for range runs {
+			if len(b) < 2 {
+				return fail("truncated states")
+			}
+			st := dkms.State(b[0])
+			b = b[1:]
+			n, ok := uvarint()
+			if !ok || n == 0 || st < dkms.StatePrimary || st > dkms.StateDestroyed || int(n) > want-len(k.states) {
+				return fail("bad state run")
+			}
+			for range n {
+				k.states = append(k.states, st)
+			}
+		}
+		if len(k.states) != want {
+			return fail("states do not cover the versions")
+		}
+		c.keys = append(c.keys, k)
+	}
+	return c, nil
 }
 
 // agentKeyState is what an agent should hold: the keys its policy allows
-// and, per key, the versions at or above the minimum decryption version.
+// and, per key, its versions from the minimum decryption version on.
 func agentKeyState(a dkms.AgentInfo, keys []dkms.KeyInfo) (keyCursor, []dkms.KeyInfo) {
 	var allowed []dkms.KeyInfo
 	for _, k := range keys {
@@ -309,31 +405,56 @@ func agentKeyState(a dkms.AgentInfo, keys []dkms.KeyInfo) (keyCursor, []dkms.Key
 		}
 	}
 	slices.SortFunc(allowed, func(x, y dkms.KeyInfo) int { return strings.Compare(x.Name, y.Name) })
-	set, state := sha256.New(), sha256.New()
-	var cur keyCursor
+	var c keyCursor
 	for _, k := range allowed {
-		fmt.Fprintf(set, "%s\x00%s\x00%d\n", k.Name, k.Purpose, k.Policy.MinDecryptVersion)
+		ck := cursorKey{name: k.Name, min: k.Policy.MinDecryptVersion, latest: k.Latest}
+		for _, v := range k.Versions {
+			if v.Version >= ck.first() && v.Version <= ck.latest {
+				ck.states = append(ck.states, v.State)
+			}
+		}
+		c.keys = append(c.keys, ck)
+	}
+	return c, allowed
+}
+
+// missing lists, per key, the versions an agent at cursor prev lacks or
+// holds in an older state. A key whose minimum decryption version changed
+// and nothing else gets its primary version again, which carries the new
+// minimum.
+func missing(prev keyCursor, allowed []dkms.KeyInfo) map[string][]uint32 {
+	held := map[string]cursorKey{}
+	for _, k := range prev.keys {
+		held[k.name] = k
+	}
+	out := map[string][]uint32{}
+	for _, k := range allowed {
+		p, known := held[k.Name]
+		var vs []uint32
 		for _, v := range k.Versions {
 			if v.Version < k.Policy.MinDecryptVersion {
 				continue
 			}
-			ns := v.ChangedAt.UnixNano()
-			fmt.Fprintf(state, "%s\x00%d\x00%d\x00%d\n", k.Name, v.Version, v.State, ns)
-			cur.changed = max(cur.changed, ns)
+			if st, ok := p.state(v.Version); !known || !ok || st != v.State {
+				vs = append(vs, v.Version)
+			}
+		}
+		if len(vs) == 0 && known && p.min != k.Policy.MinDecryptVersion && k.Primary != 0 {
+			vs = append(vs, k.Primary)
+		}
+		if len(vs) > 0 {
+			out[k.Name] = vs
 		}
 	}
-	cur.set = hex.EncodeToString(set.Sum(nil)[:8])
-	cur.state = hex.EncodeToString(state.Sum(nil)[:8])
-	return cur, allowed
+	return out
 }
 
 // handleAgentKeys answers the key messages the calling agent should
-// accept. With the cursor of its previous answer as "after" it sends only
-// the versions created or changed since (by change time, inclusive, so a
-// change within the same clock tick is sent again rather than lost), or
-// everything when the set of keys the agent may hold changed; an unchanged
-// state answers no messages and costs no cryptography, so agents can poll
-// at their heartbeat interval.
+// accept. Without "after" it sends everything the agent should hold
+// (dkms CatchUp). With the cursor of its previous answer it sends exactly
+// the versions that are new or changed state since, and nothing when
+// nothing changed; an unchanged state costs no cryptography, so agents can
+// poll at their heartbeat interval.
 func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
 	for k, vs := range q {
@@ -344,13 +465,13 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			return badRequest("query parameter %q given %d times", k, len(vs))
 		}
 	}
-	var after *keyCursor
-	if v := q.Get("after"); v != "" {
-		kc, err := parseKeyCursor(v)
-		if err != nil {
+	after := q.Get("after")
+	var prev keyCursor
+	if after != "" {
+		var err error
+		if prev, err = parseKeyCursor(after); err != nil {
 			return err
 		}
-		after = &kc
 	}
 	ctx := keyCtx(r.Context(), c)
 	fail := func(err error) error {
@@ -373,9 +494,10 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		return fail(s.keyError(err))
 	}
 	cur, allowed := agentKeyState(agent, keys)
-	if after != nil && *after == cur {
+	curText := cur.String()
+	if after == curText {
 		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
-		writeJSON(w, http.StatusOK, AgentKeysResponse{Messages: [][]byte{}, Cursor: cur.String()})
+		writeJSON(w, http.StatusOK, AgentKeysResponse{Messages: [][]byte{}, Cursor: curText})
 		return nil
 	}
 	if err := s.requireUnsealed(); err != nil {
@@ -383,14 +505,16 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 	}
 	var msgs []*dkms.KeyMessage
 	kind := "full"
-	if after != nil && after.set == cur.set {
+	if after == "" {
+		if msgs, err = s.keys.svc.CatchUp(ctx, c.agentID); err != nil {
+			return fail(s.keyError(err))
+		}
+	} else {
 		kind = "incremental"
+		need := missing(prev, allowed)
 		for _, k := range allowed {
-			for _, v := range k.Versions {
-				if v.Version < k.Policy.MinDecryptVersion || v.ChangedAt.UnixNano() < after.changed {
-					continue
-				}
-				m, err := s.keys.svc.MessageFor(ctx, c.agentID, k.Name, v.Version)
+			for _, v := range need[k.Name] {
+				m, err := s.keys.svc.MessageFor(ctx, c.agentID, k.Name, v)
 				if err != nil {
 					return fail(s.keyError(err))
 				}
@@ -398,13 +522,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			}
 		}
 	}
-	if kind == "full" || len(msgs) == 0 {
-		kind = "full"
-		if msgs, err = s.keys.svc.CatchUp(ctx, c.agentID); err != nil {
-			return fail(s.keyError(err))
-		}
-	}
-	out := AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: cur.String()}
+	out := AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: curText}
 	for _, m := range msgs {
 		b, err := m.MarshalBinary()
 		if err != nil {
