@@ -17,7 +17,7 @@ func TestAgentRunsOnDefaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("scenario test: skipped with -short")
 	}
-	for _, addr := range []string{"127.0.0.1:7070", "0.0.0.0:7946"} {
+	for _, addr := range []string{"127.0.0.1:7070", "0.0.0.0:7946", "127.0.0.1:1883"} {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			t.Skipf("default port %s is busy on this machine: %v", addr, err)
@@ -42,6 +42,10 @@ func TestAgentRunsOnDefaults(t *testing.T) {
 	resp.Body.Close()
 	if _, err := os.Stat(filepath.Join(p.dataDir, "gossip.key")); err != nil {
 		t.Fatalf("no generated gossip key: %v", err)
+	}
+	// Ingestion runs on defaults too: the embedded broker on 127.0.0.1:1883.
+	if broker := p.waitBroker(); broker != "tcp://127.0.0.1:1883" {
+		t.Fatalf("default broker %q", broker)
 	}
 }
 

@@ -53,6 +53,7 @@ type proc struct {
 	gossip  string // 127.0.0.1:port
 	api     string // 127.0.0.1:port
 	join    []string
+	extra   []string // more edge-agent run arguments
 	cmd     *exec.Cmd
 	logs    *lockedBuffer
 	exited  chan struct{}
@@ -73,7 +74,9 @@ func newProc(t *testing.T, name string, join ...string) *proc {
 
 func (p *proc) start() {
 	p.t.Helper()
-	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name, "--profile", "test", "--cluster", "edgefleet-test"}
+	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name, "--profile", "test", "--cluster", "edgefleet-test",
+		"--mqtt-listen", "127.0.0.1:0"}
+	args = append(args, p.extra...)
 	if len(p.join) > 0 {
 		args = append(args, "--join", strings.Join(p.join, ","))
 	}

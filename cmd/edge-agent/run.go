@@ -14,6 +14,10 @@ import (
 // runFlags are the command-line overrides of the config file and environment.
 type runFlags struct {
 	config, data, bind, advertise, join, api, name, cluster, profile, labels, logLevel string
+
+	controlPlane, ca, enrollToken, enrollTokenFile                       string
+	mqttBroker, mqttUsername, mqttPassword, mqttPasswordFile, mqttListen string
+	noIngest                                                             bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -22,14 +26,18 @@ func newRunCmd() *cobra.Command {
 		Use:   "run",
 		Short: "Run the agent until interrupted (SIGINT or SIGTERM leave the cluster gracefully)",
 		Long: `run starts the agent: its replicated state store, gossip membership and
-replication, and the local HTTP API.
+replication, device-data ingestion over MQTT (an embedded broker on
+127.0.0.1:1883 unless --mqtt-broker names one), the uplink to the control
+plane (with --control-plane), and the local HTTP API.
 
 Configuration is read from --config (YAML; see deploy/edge-agent.example.yaml,
 which documents every field and its default), then EDGEFLEET_* environment
 variables, then the flags below. With no file the agent runs on defaults.`,
 		Example: `  edge-agent run
   edge-agent run --config /etc/edgefleet/edge-agent.yaml
-  edge-agent run --data /var/lib/edgefleet --bind 0.0.0.0:7946 --join 10.0.0.2,10.0.0.3:7946`,
+  edge-agent run --data /var/lib/edgefleet --bind 0.0.0.0:7946 --join 10.0.0.2,10.0.0.3:7946
+  edge-agent run --control-plane https://cp.example:8443 --ca ca.pem --enrollment-token-file token
+  edge-agent run --mqtt-broker tcp://127.0.0.1:1883 --mqtt-username agent --mqtt-password-file pw`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(c, fl)
@@ -51,7 +59,7 @@ variables, then the flags below. With no file the agent runs on defaults.`,
 	}
 	f := c.Flags()
 	f.StringVar(&fl.config, "config", "", "YAML config file (env EDGEFLEET_CONFIG)")
-	f.StringVar(&fl.data, "data", "", "data directory (state database, gossip key)")
+	f.StringVar(&fl.data, "data", "", "data directory (state and ingestion databases, gossip key, control plane identity)")
 	f.StringVar(&fl.bind, "bind", "", "gossip bind address: host, host:port or :port")
 	f.StringVar(&fl.advertise, "advertise", "", "gossip address announced to peers: host, host:port or :port")
 	f.StringVar(&fl.join, "join", "", "comma-separated seed agents to join (host or host:port)")
@@ -61,6 +69,16 @@ variables, then the flags below. With no file the agent runs on defaults.`,
 	f.StringVar(&fl.profile, "profile", "", "gossip timer profile: lan or test")
 	f.StringVar(&fl.labels, "labels", "", "comma-separated key=value labels advertised to peers")
 	f.StringVar(&fl.logLevel, "log-level", "", "debug, info, warn or error")
+	f.StringVar(&fl.controlPlane, "control-plane", "", "control plane URL (https://host:port); none runs standalone")
+	f.StringVar(&fl.ca, "ca", "", "control plane CA certificate (PEM), needed to enroll")
+	f.StringVar(&fl.enrollToken, "enrollment-token", "", "single-use enrollment token (visible to other local users: prefer --enrollment-token-file)")
+	f.StringVar(&fl.enrollTokenFile, "enrollment-token-file", "", "file holding the enrollment token")
+	f.StringVar(&fl.mqttBroker, "mqtt-broker", "", `MQTT broker to subscribe to (tcp://host:port or ssl://host:port); "" runs the embedded broker`)
+	f.StringVar(&fl.mqttUsername, "mqtt-username", "", "MQTT user name")
+	f.StringVar(&fl.mqttPassword, "mqtt-password", "", "MQTT password (visible to other local users: prefer --mqtt-password-file)")
+	f.StringVar(&fl.mqttPasswordFile, "mqtt-password-file", "", "file holding the MQTT password")
+	f.StringVar(&fl.mqttListen, "mqtt-listen", "", "listen address of the embedded MQTT broker (default 127.0.0.1:1883; port 0 picks one)")
+	f.BoolVar(&fl.noIngest, "no-ingest", false, "disable device-data ingestion (no MQTT, no embedded broker)")
 	return c
 }
 
@@ -119,6 +137,42 @@ func loadConfig(c *cobra.Command, fl runFlags) (agent.Config, error) {
 	}
 	if set("log-level") {
 		cfg.Log.Level = fl.logLevel
+	}
+	if set("control-plane") {
+		cfg.ControlPlane.URL = fl.controlPlane
+	}
+	if set("ca") {
+		cfg.ControlPlane.CAFile = fl.ca
+	}
+	if set("enrollment-token") {
+		cfg.ControlPlane.EnrollmentToken, cfg.ControlPlane.EnrollmentTokenFile = fl.enrollToken, ""
+	}
+	if set("enrollment-token-file") {
+		cfg.ControlPlane.EnrollmentTokenFile, cfg.ControlPlane.EnrollmentToken = fl.enrollTokenFile, ""
+	}
+	if set("enrollment-token") && set("enrollment-token-file") {
+		return cfg, fmt.Errorf("--enrollment-token and --enrollment-token-file are both set; set one")
+	}
+	if set("mqtt-broker") {
+		cfg.Ingest.MQTT.Broker = fl.mqttBroker
+	}
+	if set("mqtt-username") {
+		cfg.Ingest.MQTT.Username = fl.mqttUsername
+	}
+	if set("mqtt-password") {
+		cfg.Ingest.MQTT.Password, cfg.Ingest.MQTT.PasswordFile = fl.mqttPassword, ""
+	}
+	if set("mqtt-password-file") {
+		cfg.Ingest.MQTT.PasswordFile, cfg.Ingest.MQTT.Password = fl.mqttPasswordFile, ""
+	}
+	if set("mqtt-password") && set("mqtt-password-file") {
+		return cfg, fmt.Errorf("--mqtt-password and --mqtt-password-file are both set; set one")
+	}
+	if set("mqtt-listen") {
+		cfg.Ingest.MQTT.EmbeddedListen = fl.mqttListen
+	}
+	if set("no-ingest") {
+		cfg.Ingest.Enabled = !fl.noIngest
 	}
 	return cfg, cfg.Validate()
 }
