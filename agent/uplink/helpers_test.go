@@ -1,0 +1,406 @@
+package uplink
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/controlplane"
+)
+
+// cpEnv is a real control plane on 127.0.0.1 running on the test's
+// manual clock.
+type cpEnv struct {
+	t     *testing.T
+	clock *ManualClock
+	srv   *controlplane.Server
+	admin *controlplane.Client
+	reg   *prometheus.Registry
+}
+
+func newClock() *ManualClock {
+	// Start at the real time: the server's certificate is checked by the
+	// client against the real clock.
+	return NewManualClock(time.Now().UTC().Truncate(time.Second))
+}
+
+func newCP(t *testing.T, clock *ManualClock) *cpEnv {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := controlplane.New(controlplane.Config{
+		DataDir:  t.TempDir(),
+		Listen:   "127.0.0.1:0",
+		Logger:   slog.New(slog.DiscardHandler),
+		Registry: reg,
+		Now:      clock.Now,
+		SQLite:   controlplane.SQLiteOptions{Synchronous: "NORMAL"},
+	})
+	if err != nil {
+		t.Fatalf("controlplane.New: %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatalf("controlplane Start: %v", err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	tok, err := os.ReadFile(srv.AdminTokenPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := controlplane.NewClient(controlplane.ClientConfig{URL: srv.URL(), Token: strings.TrimSpace(string(tok)), CAPEM: srv.CAPEM(), Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.CloseIdleConnections)
+	return &cpEnv{t: t, clock: clock, srv: srv, admin: admin, reg: reg}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// token makes a single-use enrollment token.
+func (c *cpEnv) token() string {
+	c.t.Helper()
+	toks, err := c.admin.CreateEnrollmentTokens(testCtx(c.t), time.Hour, map[string]string{"site": "test"}, 1)
+	if err != nil {
+		c.t.Fatalf("CreateEnrollmentTokens: %v", err)
+	}
+	return toks[0].Token
+}
+
+// config returns an uplink config for this control plane with test
+// timings.
+func (c *cpEnv) config(token string) Config {
+	return Config{
+		URL: c.srv.URL(), CAFile: c.srv.CAPath(), EnrollmentToken: token,
+		RequestTimeout: 10 * time.Second, BackoffMin: time.Second, BackoffMax: 2 * time.Minute,
+		BreakerFailures: 3, BreakerCooldown: 30 * time.Second, UploadBatches: 4, UploadInterval: 5 * time.Second,
+	}
+}
+
+// serverPoints counts the raw points the control plane holds for agent.
+func (c *cpEnv) serverPoints(agent string) int {
+	c.t.Helper()
+	now := c.clock.Now()
+	res, err := c.admin.QueryTelemetry(testCtx(c.t), controlplane.TelemetryQuery{
+		Agent: agent, From: now.Add(-48 * time.Hour), To: now.Add(2 * time.Hour), Limit: 100000,
+	})
+	if err != nil {
+		c.t.Fatalf("QueryTelemetry: %v", err)
+	}
+	n := 0
+	for _, s := range res.Series {
+		n += len(s.Points)
+	}
+	return n
+}
+
+// serverCounter sums a counter of the control plane's registry over the
+// series whose labels include want.
+func (c *cpEnv) serverCounter(name string, want map[string]string) float64 {
+	c.t.Helper()
+	return counterValue(c.t, c.reg, name, want)
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func (c *cpEnv) agentRecord(id string) controlplane.Agent {
+	c.t.Helper()
+	agents, err := c.admin.ListAgents(testCtx(c.t), controlplane.AgentFilter{})
+	if err != nil {
+		c.t.Fatalf("ListAgents: %v", err)
+	}
+	for _, a := range agents {
+		if a.ID == id {
+			return a
+		}
+	}
+	c.t.Fatalf("agent %s not in the registry (%d agents)", id, len(agents))
+	return controlplane.Agent{}
+}
+
+// faultTransport sits between the uplink and its TLS transport: it can
+// refuse every request (an outage) or let upload requests reach the
+// server and then lose the answer.
+type faultTransport struct {
+	next      http.RoundTripper
+	down      atomic.Bool
+	dropUpload atomic.Int64 // the ordinal (1-based) of the upload whose answer is lost; 0: none
+	dropped    atomic.Int64
+	requests  atomic.Int64 // requests attempted, refused ones included
+	uploads   atomic.Int64 // upload requests that reached the server
+	inflight  atomic.Int32
+}
+
+var errTestNetwork = errors.New("test: network unreachable")
+
+func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	f.requests.Add(1)
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
+	if f.down.Load() {
+		if r.Body != nil {
+			r.Body.Close()
+		}
+		return nil, errTestNetwork
+	}
+	resp, err := f.next.RoundTrip(r)
+	if err != nil || !strings.HasSuffix(r.URL.Path, "/telemetry") {
+		return resp, err
+	}
+	if n := f.uploads.Add(1); n == f.dropUpload.Load() {
+		f.dropped.Add(1)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil, errors.New("test: connection reset after the server processed the request")
+	}
+	return resp, nil
+}
+
+// syncBuffer collects log output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testAgent is an uplink with a real ingest store and ingestor as its
+// outbox.
+type testAgent struct {
+	t       *testing.T
+	dir     string
+	up      *Uplink
+	tr      *faultTransport
+	reg     *prometheus.Registry
+	logs    *syncBuffer
+	store   *ingest.Store
+	in      *ingest.Ingestor
+	sink    *countingSink
+	msgID   atomic.Uint32
+	written int // numeric readings handed to the ingestor
+}
+
+// countingSink forwards commits to the uplink and counts their readings.
+type countingSink struct {
+	up       atomic.Pointer[Uplink]
+	readings atomic.Int64
+}
+
+func (s *countingSink) Committed(c ingest.Commit) {
+	s.readings.Add(int64(len(c.Readings)))
+	if u := s.up.Load(); u != nil {
+		u.Committed(c)
+	}
+}
+
+type agentOpts struct {
+	dir     string // reuse a data dir (restart); "" makes one
+	outbox  Outbox // instead of an ingest store
+	noStore bool   // heartbeats only
+	status  func() controlplane.Heartbeat
+}
+
+func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// pending returns the outbox batches not yet acknowledged.
+func (a *testAgent) pending() int64 {
+	a.t.Helper()
+	st, err := a.store.Stats(testCtx(a.t))
+	if err != nil {
+		a.t.Fatalf("Stats: %v", err)
+	}
+	return st.OutboxPendingBatches
+}
+
+func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAgent {
+	t.Helper()
+	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, sink: &countingSink{}}
+	if a.dir == "" {
+		a.dir = t.TempDir()
+	}
+	outbox := o.outbox
+	if outbox == nil && !o.noStore {
+		st, err := ingest.OpenStore(ingest.StoreConfig{Path: filepath.Join(a.dir, "ingest.db"), Clock: clock.Now})
+		if err != nil {
+			t.Fatalf("OpenStore: %v", err)
+		}
+		t.Cleanup(func() { st.Close() })
+		in, err := ingest.New(ingest.Config{Store: st, Clock: clock.Now, Sink: a.sink, BatchDelay: time.Millisecond})
+		if err != nil {
+			t.Fatalf("ingest.New: %v", err)
+		}
+		if err := in.Start(testCtx(t)); err != nil {
+			t.Fatalf("ingest Start: %v", err)
+		}
+		t.Cleanup(func() { in.Stop() })
+		a.store, a.in, outbox = st, in, st
+	}
+	a.start(clock, cfg, outbox, o.status)
+	return a
+}
+
+func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status func() controlplane.Heartbeat) {
+	t := a.t
+	t.Helper()
+	a.reg = prometheus.NewRegistry() // a restarted agent is a new process
+	up, err := New(cfg, a.dir, "edge-"+filepath.Base(a.dir), Deps{
+		Logger:   slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registry: a.reg,
+		Clock:    clock,
+		Rand:     rand.New(rand.NewPCG(1, 2)),
+		WrapTransport: func(rt http.RoundTripper) http.RoundTripper {
+			a.tr.next = rt
+			return a.tr
+		},
+		Outbox: outbox,
+		Status: status,
+	})
+	if err != nil {
+		t.Fatalf("uplink.New: %v", err)
+	}
+	a.up = up
+	a.sink.up.Store(up)
+	t.Cleanup(up.Stop)
+	if err := up.Start(testCtx(t)); err != nil {
+		t.Fatalf("uplink Start: %v", err)
+	}
+}
+
+type testMsg struct {
+	topic   string
+	payload []byte
+	id      uint16
+}
+
+func (m *testMsg) Topic() string     { return m.topic }
+func (m *testMsg) Payload() []byte   { return m.payload }
+func (m *testMsg) Duplicate() bool   { return false }
+func (m *testMsg) MessageID() uint16 { return m.id }
+func (m *testMsg) Ack()              {}
+
+// write hands n flat JSON messages of two numeric readings (a number and
+// a boolean) each, stamped at the clock's time plus a millisecond per
+// message, and waits for their commit.
+func (a *testAgent) write(clock *ManualClock, device string, n int) {
+	a.t.Helper()
+	want := a.sink.readings.Load() + int64(2*n)
+	base := clock.Now()
+	for i := range n {
+		ts := base.Add(time.Duration(i) * time.Millisecond).Format(time.RFC3339Nano)
+		p := fmt.Sprintf(`{"temp": %d.25, "door_open": %t, "ts": %q}`, i, i%2 == 0, ts)
+		if err := a.in.Handle(&testMsg{topic: "devices/" + device + "/telemetry", payload: []byte(p), id: uint16(a.msgID.Add(1))}); err != nil {
+			a.t.Fatalf("Handle: %v", err)
+		}
+	}
+	a.written += 2 * n
+	eventually(a.t, fmt.Sprintf("%d readings committed", want), func() bool { return a.sink.readings.Load() >= want })
+}
+
+// writeText hands one SenML message with a string reading.
+func (a *testAgent) writeText(clock *ManualClock, device string) {
+	a.t.Helper()
+	want := a.sink.readings.Load() + 1
+	t := float64(clock.Now().UnixMicro()) / 1e6
+	p := fmt.Sprintf(`[{"n":"status","vs":"running","t":%.6f}]`, t)
+	if err := a.in.Handle(&testMsg{topic: "devices/" + device + "/telemetry", payload: []byte(p), id: uint16(a.msgID.Add(1))}); err != nil {
+		a.t.Fatalf("Handle: %v", err)
+	}
+	eventually(a.t, "text reading committed", func() bool { return a.sink.readings.Load() >= want })
+}
+
+// eventually polls cond in real time for up to 20 seconds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// settle waits until n loops are parked on clock timers and no request
+// is in flight.
+func settle(t *testing.T, clock *ManualClock, tr *faultTransport, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d loops waiting on the clock", n), func() bool {
+		return clock.Waiters() == n && tr.inflight.Load() == 0
+	})
+}
+
+// advanceUntil moves the clock by step (after letting n loops settle)
+// until cond holds, failing after limit of clock time.
+func advanceUntil(t *testing.T, clock *ManualClock, tr *faultTransport, n int, step, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	start := clock.Now()
+	for !cond() {
+		if clock.Now().Sub(start) > limit {
+			t.Fatalf("%s: not reached after %s of clock time", what, limit)
+		}
+		settle(t, clock, tr, n)
+		if cond() {
+			return
+		}
+		clock.Advance(step)
+	}
+}
