@@ -171,13 +171,13 @@ func (c *cpEnv) agentRecord(id string) controlplane.Agent {
 // refuse every request (an outage) or let upload requests reach the
 // server and then lose the answer.
 type faultTransport struct {
-	next      http.RoundTripper
-	down      atomic.Bool
+	next       http.RoundTripper
+	down       atomic.Bool
 	dropUpload atomic.Int64 // the ordinal (1-based) of the upload whose answer is lost; 0: none
 	dropped    atomic.Int64
-	requests  atomic.Int64 // requests attempted, refused ones included
-	uploads   atomic.Int64 // upload requests that reached the server
-	inflight  atomic.Int32
+	requests   atomic.Int64 // requests attempted, refused ones included
+	uploads    atomic.Int64 // upload requests that reached the server
+	inflight   atomic.Int32
 }
 
 var errTestNetwork = errors.New("test: network unreachable")
