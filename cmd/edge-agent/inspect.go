@@ -62,7 +62,7 @@ type stateSummary struct {
 }
 
 // stateNote says why the state database is not summarized further.
-const stateNote = "collections and row counts are not summarized: package crdt opens a database only as its one writer (crdt.Open creates and migrates the schema, and only one Store may hold a file), with no read-only open; on a running agent GET /v1/state lists them"
+const stateNote = "collections and row counts are not summarized: package crdt has no read-only open (crdt.Open is the database's one writer); on a running agent, GET /v1/state lists them"
 
 // uplinkIdentity is the agent's enrollment with a control plane.
 type uplinkIdentity struct {

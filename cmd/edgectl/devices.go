@@ -415,7 +415,7 @@ func printDevice(w io.Writer, r deviceRecord, now time.Time) error {
 	if len(r.LastValues) == 0 {
 		fmt.Fprintf(tw, "Last values:\tnone\n")
 	} else {
-		fmt.Fprintf(tw, "Last values:\t\n")
+		fmt.Fprintf(tw, "Last values:\n")
 		keys := make([]string, 0, len(r.LastValues))
 		for k := range r.LastValues {
 			keys = append(keys, k)
