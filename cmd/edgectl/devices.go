@@ -137,20 +137,21 @@ func (d *devicesCmd) api(c *cobra.Command) (*agentAPI, error) {
 
 func (api *agentAPI) close() { api.client.CloseIdleConnections() }
 
-// unreachable explains a request that got no answer.
+// unreachable explains a request that got no answer. When the address
+// came from the environment or a context, the message says so.
 func (api *agentAPI) unreachable(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
 	from := ""
-	if api.target.From != "default" {
-		from = " (from " + api.target.From + ")"
+	if f := api.target.From; f != "default" && f != "--agent" {
+		from = " (address from " + f + ")"
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("agent API at %s%s did not answer within %s (--timeout)", api.target.URL, from, api.timeout)
+		return fmt.Errorf("agent API at %s did not answer within %s (--timeout)%s", api.target.URL, api.timeout, from)
 	}
-	return fmt.Errorf("cannot reach agent API at %s%s: %w (is edge-agent running? set --agent or %s)", api.target.URL, from, err, clientconfig.EnvAgent)
+	return fmt.Errorf("cannot reach agent API at %s: %w (is edge-agent running? set --agent or %s)%s", api.target.URL, err, clientconfig.EnvAgent, from)
 }
 
 // call makes one request, bounded by --timeout, and decodes the JSON

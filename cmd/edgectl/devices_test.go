@@ -468,9 +468,14 @@ func TestDevicesAgentResolutionAndErrors(t *testing.T) {
 	deadURL := dead.URL
 	dead.Close()
 	r := e.run("devices", "list", "--agent", deadURL)
-	want := "edgectl: cannot reach agent API at " + deadURL + " (from --agent): "
-	if r.code != 1 || !strings.HasPrefix(r.stderr, want) || !strings.Contains(r.stderr, "(is edge-agent running? set --agent or EDGEFLEET_AGENT)") {
+	want := "edgectl: cannot reach agent API at " + deadURL + ": "
+	if r.code != 1 || !strings.HasPrefix(r.stderr, want) || !strings.HasSuffix(r.stderr, "connection refused (is edge-agent running? set --agent or EDGEFLEET_AGENT)\n") {
 		t.Fatalf("unreachable: %+v", r)
+	}
+	// An address from a context or the environment is named as such.
+	e.vars[clientconfig.EnvAgent] = deadURL
+	if r := e.run("devices", "list"); r.code != 1 || !strings.HasSuffix(r.stderr, "(is edge-agent running? set --agent or EDGEFLEET_AGENT) (address from EDGEFLEET_AGENT)\n") {
+		t.Fatalf("unreachable from env: %+v", r)
 	}
 
 	// EDGEFLEET_AGENT, then a context's agent; the flag beats both.
