@@ -219,7 +219,15 @@ func (s *Store) Collections(ctx context.Context) ([]CollectionInfo, error) {
 	if err := s.readCheck("collections"); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT c.name, c.type, CASE c.type
+	out, err := listCollections(ctx, s.db)
+	if errors.Is(err, ErrCorrupt) {
+		return nil, s.corrupt(err)
+	}
+	return out, err
+}
+
+func listCollections(ctx context.Context, db *sql.DB) ([]CollectionInfo, error) {
+	rows, err := db.QueryContext(ctx, `SELECT c.name, c.type, CASE c.type
 		WHEN 'lww' THEN (SELECT count(*) FROM lww WHERE coll = c.name AND deleted = 0)
 		WHEN 'orset' THEN (SELECT count(DISTINCT elem) FROM orset WHERE coll = c.name)
 		WHEN 'counter' THEN (SELECT count(DISTINCT key) FROM counter WHERE coll = c.name)
@@ -237,11 +245,14 @@ func (s *Store) Collections(ctx context.Context) ([]CollectionInfo, error) {
 			typ string
 		)
 		if err := rows.Scan(&ci.Name, &typ, &ci.Keys); err != nil {
-			return nil, s.scanErr("collections", err)
+			if isConversionError(err) {
+				return nil, fmt.Errorf("crdt: collections: %w: %v", ErrCorrupt, err)
+			}
+			return nil, fmt.Errorf("crdt: collections: %w", err)
 		}
 		ci.Type = Type(typ)
 		if !ci.Type.Valid() {
-			return nil, s.corrupt(fmt.Errorf("crdt: collections: %w: collection %q has unknown type %q", ErrCorrupt, ci.Name, typ))
+			return nil, fmt.Errorf("crdt: collections: %w: collection %q has unknown type %q", ErrCorrupt, ci.Name, typ)
 		}
 		out = append(out, ci)
 	}
