@@ -13,11 +13,11 @@ import (
 type InspectReport struct {
 	Path        string           `json:"path"`
 	Replica     string           `json:"replica"`
-	Seq         uint64           `json:"seq"`          // last local op sequence number
-	Ops         int              `json:"ops"`          // ops in the op log
-	Tombstones  int              `json:"tombstones"`   // LWW delete markers plus removed-dot records
-	DBBytes     int64            `json:"db_bytes"`     // database file plus WAL
-	Origins     map[string]int64 `json:"origins"`      // version vector: highest op seen per origin
+	Seq         uint64           `json:"seq"`        // last local op sequence number
+	Ops         int              `json:"ops"`        // ops in the op log
+	Tombstones  int              `json:"tombstones"` // LWW delete markers plus removed-dot records
+	DBBytes     int64            `json:"db_bytes"`   // database file plus WAL
+	Origins     map[string]int64 `json:"origins"`    // version vector: highest op seen per origin
 	Collections []CollectionJSON `json:"collections"`
 }
 
