@@ -69,10 +69,10 @@ type Status struct {
 	// Decommissioned is true while the control plane refuses the agent's
 	// certificate (decommissioned or revoked).
 	Decommissioned bool   `json:"decommissioned"`
-	AgentID        string `json:"agent_id,omitempty"`
-	Server         string `json:"server,omitempty"`
+	AgentID        string `json:"agent_id"`
+	Server         string `json:"server"`
 	// Breaker is closed, open or half-open.
-	Breaker             string `json:"breaker,omitempty"`
+	Breaker             string `json:"breaker"`
 	ConsecutiveFailures int    `json:"consecutive_failures"`
 	// LastHeartbeat is when the last acknowledged heartbeat was sent.
 	LastHeartbeat time.Time `json:"last_heartbeat"`
