@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -52,17 +54,15 @@ type inspectReport struct {
 	Notes  []string        `json:"notes,omitempty"`
 }
 
-// stateSummary describes the replicated state database.
+// stateSummary describes the replicated state database: crdt.Inspect's
+// report, or the file's size and the reason it could not be read.
 type stateSummary struct {
 	Database string `json:"database"`
 	// Bytes is the size of the database file and its write-ahead log.
 	Bytes int64 `json:"bytes"`
-	// Collections is absent: see Note.
-	Note string `json:"note"`
+	*crdt.InspectReport
+	Error string `json:"error,omitempty"`
 }
-
-// stateNote says why the state database is not summarized further.
-const stateNote = "collections and row counts are not summarized: package crdt has no read-only open (crdt.Open is the database's one writer); on a running agent, GET /v1/state lists them"
 
 // uplinkIdentity is the agent's enrollment with a control plane.
 type uplinkIdentity struct {
@@ -176,11 +176,16 @@ func inspect(dir string) (inspectReport, error) {
 	if exists, err := fileExists(statePath); err != nil {
 		return rep, err
 	} else if exists {
-		s := &stateSummary{Database: statePath, Note: stateNote}
+		s := &stateSummary{Database: statePath}
 		for _, p := range []string{statePath, statePath + "-wal"} {
 			if fi, err := os.Stat(p); err == nil {
 				s.Bytes += fi.Size()
 			}
+		}
+		if cr, err := crdt.Inspect(context.Background(), statePath); err != nil {
+			s.Error = err.Error()
+		} else {
+			s.InspectReport = &cr
 		}
 		rep.State = s
 		found = true
@@ -325,6 +330,15 @@ func printInspect(w io.Writer, rep inspectReport) error {
 	}
 	if s := rep.State; s != nil {
 		fmt.Fprintf(tw, "State:\t%s (%s with its log)\n", s.Database, byteSize(s.Bytes))
+		if c := s.InspectReport; c != nil {
+			fmt.Fprintf(tw, "  Replica:\t%s, %s in the log, %d origins, %s\n", safe(c.Replica, 0), plural(int64(c.Ops), "op"), len(c.Origins), plural(int64(c.Tombstones), "tombstone"))
+			for _, cl := range c.Collections {
+				fmt.Fprintf(tw, "  Collection:\t%s (%s): %d keys\n", safe(cl.Name, 0), cl.Type, cl.Keys)
+			}
+		}
+		if s.Error != "" {
+			fmt.Fprintf(tw, "  Problem:\t%s\n", safe(s.Error, 0))
+		}
 	} else {
 		fmt.Fprintf(tw, "State:\tnone\n")
 	}
@@ -345,9 +359,6 @@ func printInspect(w io.Writer, rep inspectReport) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
-	}
-	if rep.State != nil {
-		fmt.Fprintf(w, "\nState: %s.\n", rep.State.Note)
 	}
 	if ir := rep.InspectReport; ir != nil && len(ir.Devices) > 0 {
 		fmt.Fprintln(w)

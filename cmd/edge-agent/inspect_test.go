@@ -192,7 +192,7 @@ func TestInspectFullDataDir(t *testing.T) {
 	if len(rep.Devices) != 2 || rep.Devices[0].ID != "room-0" || rep.Devices[0].Messages != 5 || rep.Devices[1].Readings != 10 || len(rep.Devices[1].Metrics) != 2 {
 		t.Fatalf("devices: %+v", rep.Devices)
 	}
-	if rep.State == nil || rep.State.Database != filepath.Join(dir, "state.db") || rep.State.Bytes <= 0 || !strings.Contains(rep.State.Note, "read-only") {
+	if rep.State == nil || rep.State.Database != filepath.Join(dir, "state.db") || rep.State.Bytes <= 0 || rep.State.InspectReport == nil || len(rep.State.Collections) == 0 || rep.State.Error != "" {
 		t.Fatalf("state: %+v", rep.State)
 	}
 	u := rep.Uplink
