@@ -357,12 +357,16 @@ func (s *Server) auditKeyEvent(ctx context.Context, e dkms.AuditEvent) {
 func keyAuditTarget(e dkms.AuditEvent) string {
 	var parts []string
 	switch {
+	case e.Action == dkms.ActionSetPolicy:
+		parts = append(parts, fmt.Sprintf("%s, min decrypt version %d", e.Key, e.Version))
 	case e.Key != "" && e.Version != 0:
 		parts = append(parts, fmt.Sprintf("%s v%d", e.Key, e.Version))
 	case e.Key != "":
 		parts = append(parts, e.Key)
 	case e.Version != 0:
 		parts = append(parts, fmt.Sprintf("root v%d", e.Version))
+	case e.Agent == "":
+		parts = append(parts, "root")
 	}
 	if e.Agent != "" {
 		parts = append(parts, "agent "+e.Agent)

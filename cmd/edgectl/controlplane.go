@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,6 +41,8 @@ func (a *app) newControlplaneCmd() *cobra.Command {
 		logFormat   string
 		readyFile   string
 		synchronous string
+		sharesFile  string
+		keyRotation string
 	)
 	c := &cobra.Command{
 		Use:   "controlplane --data DIR [--listen ADDR] [--host NAME...]",
@@ -50,12 +53,22 @@ TLS 1.3, agent enrollment, registry, telemetry and audit, stored in SQLite in
 (DIR/admin.token, mode 0600), and prints where both are. SIGINT or SIGTERM
 stops it gracefully.
 
+Key service: on first start the control plane creates its root key and
+splits it into --key-shares shares, any --key-threshold of which unseal it.
+The shares are shown once: written to --init-shares-file (created with mode
+0600, never replaced) or, without it, printed on stderr. Hand one to each
+custodian and delete the file. After every start the key service is sealed:
+key operations answer 503 until custodians run 'edgectl keys unseal' with
+enough shares; enrollment, heartbeats and telemetry work meanwhile.
+--dev-unseal instead stores the root key in the clear and unseals at every
+start (development and simulation only; logged as a warning each start).
+
 --memory-limit sets the Go runtime's soft memory limit (default 450MiB; 0 or
 "off" for none). An explicit --memory-limit wins over GOMEMLIMIT; without the
 flag, a GOMEMLIMIT in the environment is kept. With 10,000 connected agents
 the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.`,
-		Example: `  edgectl controlplane --data /var/lib/edgefleet --listen 0.0.0.0:8443 --host cp.example.net
-  edgectl controlplane --data ./cp-data`,
+		Example: `  edgectl controlplane --data /var/lib/edgefleet --listen 0.0.0.0:8443 --host cp.example.net --init-shares-file /root/shares.txt
+  edgectl controlplane --data ./cp-data --dev-unseal`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if cfg.DataDir == "" {
@@ -77,6 +90,17 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 			if abs, err := filepath.Abs(cfg.DataDir); err == nil {
 				cfg.DataDir = abs
 			}
+			if !c.Flags().Changed("key-threshold") {
+				cfg.Keys.Threshold = 0 // the server's default: 3, or --key-shares when fewer
+			}
+			if cfg.Keys.RotationPeriod, err = keyRotationFlag(keyRotation); err != nil {
+				return err
+			}
+			if sharesFile != "" {
+				if _, err := os.Stat(sharesFile); err == nil {
+					return cli.Usagef("--init-shares-file %s exists; it is never replaced (move it away, or drop the flag once the key service is initialized)", sharesFile)
+				}
+			}
 			if apply {
 				debug.SetMemoryLimit(limit)
 			}
@@ -85,6 +109,10 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 			defer stop()
 			srv, err := controlplane.New(cfg)
 			if err != nil {
+				return err
+			}
+			if err := handOutShares(c, srv.TakeRootShares(), sharesFile, cfg.Keys, a.now()); err != nil {
+				srv.Close()
 				return err
 			}
 			if err := srv.Start(); err != nil {
@@ -96,6 +124,11 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 			fmt.Fprintf(w, "  CA certificate: %s\n", srv.CAPath())
 			fmt.Fprintf(w, "  admin token:    %s (mode 0600)\n", srv.AdminTokenPath())
 			fmt.Fprintf(w, "  memory limit:   %s\n", source)
+			if st := srv.KeyStatus(); st.DevMode {
+				fmt.Fprintf(w, "  key service:    DEV MODE, unsealed (root key stored in the clear; not for production)\n")
+			} else if st.Sealed {
+				fmt.Fprintf(w, "  key service:    sealed; unseal with 'edgectl keys unseal' (%d of %d shares)\n", st.SharesNeeded, st.SharesTotal)
+			}
 			fmt.Fprintf(w, "Log in from another shell with:\n  edgectl login --server %s --ca %s --token-file %s\n",
 				srv.URL(), srv.CAPath(), srv.AdminTokenPath())
 			if readyFile != "" {
@@ -118,6 +151,11 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 	f.StringVar(&synchronous, "sync", "FULL", "SQLite synchronous setting: FULL (durable on power loss) or NORMAL (faster)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.IntVar(&cfg.Keys.Shares, "key-shares", controlplane.DefaultKeyShares, "first start: split the root key into this many shares")
+	f.IntVar(&cfg.Keys.Threshold, "key-threshold", controlplane.DefaultKeyThreshold, "first start: shares needed to unseal the key service")
+	f.StringVar(&sharesFile, "init-shares-file", "", "first start: write the root key shares to this new file (mode 0600) instead of stderr")
+	f.BoolVar(&cfg.Keys.DevUnseal, "dev-unseal", false, "DEVELOPMENT ONLY: keep the root key in the clear and unseal at every start")
+	f.StringVar(&keyRotation, "key-rotation-period", "30d", "automatic rotation period of keys created without one; off for on demand only")
 	f.StringVar(&readyFile, "ready-file", "", "write the URL and file locations as JSON to this file once serving")
 	f.MarkHidden("ready-file")
 	return c
@@ -162,5 +200,57 @@ func writeReadyFile(path string, info readyInfo) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("ready file: %w", err)
 	}
+	return nil
+}
+
+// keyRotationFlag reads --key-rotation-period.
+func keyRotationFlag(v string) (time.Duration, error) {
+	switch strings.ToLower(v) {
+	case "off", "none", "0":
+		return -1, nil
+	}
+	d, err := cli.ParseDuration(v)
+	if err != nil || d < time.Second {
+		return 0, cli.Usagef("--key-rotation-period %q: want a duration of at least 1s such as 30d or 12h, or off", v)
+	}
+	return d, nil
+}
+
+// handOutShares shows the root key shares of a first start once: in a new
+// file of mode 0600, or on stderr. If the file cannot be written the
+// shares go to stderr, since they exist nowhere else.
+func handOutShares(c *cobra.Command, shares []string, path string, kc controlplane.KeyConfig, now time.Time) error {
+	if len(shares) == 0 {
+		return nil
+	}
+	threshold := kc.Threshold
+	if threshold == 0 {
+		threshold = min(controlplane.DefaultKeyThreshold, len(shares))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# edgefleet control plane root key shares, made %s.\n", now.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "# Any %d of these %d shares unseal the key service; fewer reveal nothing.\n", threshold, len(shares))
+	fmt.Fprintf(&b, "# They are shown this once and stored nowhere else. Give each share to one\n")
+	fmt.Fprintf(&b, "# custodian, then destroy this copy. After every start of the control plane,\n")
+	fmt.Fprintf(&b, "# %d custodians each run: edgectl keys unseal   (and paste their share)\n", threshold)
+	for i, sh := range shares {
+		fmt.Fprintf(&b, "# share %d of %d\n%s\n", i+1, len(shares), sh)
+	}
+	ew := c.ErrOrStderr()
+	if path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			_, err = f.WriteString(b.String())
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err == nil {
+			fmt.Fprintf(ew, "%s controlplane: key service initialized; %d root key shares written to %s (mode 0600): hand them out and delete the file\n", c.Root().Name(), len(shares), path)
+			return nil
+		}
+		fmt.Fprintf(ew, "%s controlplane: writing the shares to %s failed (%v); here they are instead:\n", c.Root().Name(), path, err)
+	}
+	fmt.Fprintf(ew, "%s controlplane: key service initialized. ROOT KEY SHARES (shown once):\n%s", c.Root().Name(), b.String())
 	return nil
 }

@@ -620,11 +620,13 @@ func TestAuditListAndVerify(t *testing.T) {
 	for range 3 {
 		e.must("tokens", "create", "--role", "viewer", "--name", "v")
 	}
+	// The first start wrote 3: the bootstrap admin token, and the key
+	// service's root key initialized and sealed.
 	recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--json"))
-	if len(recs) != 4 || recs[0].Seq != 1 || recs[3].Action != "token.create" {
+	if len(recs) != 6 || recs[0].Seq != 1 || recs[5].Action != "token.create" {
 		t.Fatalf("audit list: %+v", recs)
 	}
-	if recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 3 {
+	if recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 5 {
 		t.Fatalf("audit list --limit 2 (newest): %+v", recs)
 	}
 	if recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--after", "1", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 2 {
@@ -633,7 +635,7 @@ func TestAuditListAndVerify(t *testing.T) {
 	if out := e.must("audit", "list"); !strings.Contains(out, "token.create") {
 		t.Fatalf("audit table: %s", out)
 	}
-	if out := e.must("audit", "verify"); !strings.Contains(out, "Audit log OK: 4 records") {
+	if out := e.must("audit", "verify"); !strings.Contains(out, "Audit log OK: 6 records") {
 		t.Fatalf("verify: %s", out)
 	}
 	if r := e.run("audit", "list", "--limit", "0"); r.code != 2 {

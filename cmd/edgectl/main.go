@@ -40,6 +40,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newAgentsCmd(), a.newTelemetryCmd(), a.newAuditCmd(),
 		a.newBenchCmd(),
 		a.newDevicesCmd(),
+		a.newKeysCmd(), a.newCryptoCmd(),
 	)
 	return root
 }

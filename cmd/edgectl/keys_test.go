@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/pqcrypto"
+)
+
+func TestKeysCommands(t *testing.T) {
+	e := newTestEnv(t)
+	shares := e.srv.TakeRootShares()
+	if len(shares) != 5 {
+		t.Fatalf("%d shares", len(shares))
+	}
+	e.login()
+
+	if out := e.must("keys", "status"); !strings.Contains(out, "SEALED (0 of 3 shares given)") {
+		t.Fatalf("status while sealed:\n%s", out)
+	}
+	r := e.run("keys", "create", "telemetry", "--all-agents")
+	if r.code != 1 || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "key service sealed") {
+		t.Fatalf("create while sealed: %+v", r)
+	}
+	// Unseal: a bad share is named, a duplicate refused, stdin works.
+	r = e.run("keys", "unseal", "--share", "dkms-share:nonsense")
+	if r.code != 1 || !strings.Contains(r.stderr, "400") || !strings.Contains(r.stderr, "characters after the prefix") {
+		t.Fatalf("bad share: %+v", r)
+	}
+	r = e.runWith(context.Background(), strings.NewReader(shares[0]+"\n"), "keys", "unseal")
+	if r.code != 0 || !strings.Contains(r.stdout, "1 of 3 given") || !strings.Contains(r.stdout, "2 more share(s) needed") {
+		t.Fatalf("first share from stdin: %+v", r)
+	}
+	r = e.run("keys", "unseal", "--share", shares[0])
+	if r.code != 1 || !strings.Contains(r.stderr, "409") || !strings.Contains(r.stderr, "duplicate root key share") {
+		t.Fatalf("duplicate share: %+v", r)
+	}
+	r = e.runWith(context.Background(), strings.NewReader("# custodians 2-4\n\n"+shares[1]+"\n"+shares[2]+"\n"+shares[3]+"\n"), "keys", "unseal", "--json")
+	if r.code != 0 || !strings.Contains(r.stderr, "1 more share(s) not needed") {
+		t.Fatalf("shares from stdin: %+v", r)
+	}
+	if st := decodeJSON[controlplane.KeyServiceStatus](t, r.stdout); st.Sealed || st.KEKVersion == 0 {
+		t.Fatalf("status after unseal: %+v", st)
+	}
+	if r = e.runWith(context.Background(), strings.NewReader("\n# nothing\n"), "keys", "unseal"); r.code != 2 {
+		t.Fatalf("empty stdin: %+v", r)
+	}
+
+	// Create, list, show.
+	if out := e.must("keys", "create", "telemetry", "--all-agents", "--rotation-period", "7d"); !strings.Contains(out, "Key telemetry created (data, v1 primary, rotation 7d, recipients: all agents)") {
+		t.Fatalf("create: %s", out)
+	}
+	e.must("keys", "create", "gossip", "--purpose", "gossip", "--labels", "site=berlin", "--rotation-period", "off")
+	for _, bad := range [][]string{
+		{"keys", "create", "x", "--purpose", "signing"},
+		{"keys", "create", "x", "--rotation-period", "soon"},
+		{"keys", "create", "a/b"},
+		{"keys", "retire", "telemetry", "x"},
+		{"keys", "policy", "telemetry", "--labels", "novalue"},
+	} {
+		if r := e.run(bad...); r.code != 2 {
+			t.Errorf("%v: exit %d, want 2: %s", bad, r.code, r.stderr)
+		}
+	}
+	keys := decodeJSON[[]controlplane.Key](t, e.must("keys", "list", "--json"))
+	if len(keys) != 2 || keys[1].Name != "telemetry" || keys[1].Policy.RotationPeriod != "168h0m0s" || !keys[1].Policy.AllAgents ||
+		keys[0].Policy.RotationPeriod != "0s" || keys[0].Policy.AllowedLabels["site"] != "berlin" {
+		t.Fatalf("list: %+v", keys)
+	}
+	out := e.must("keys", "list")
+	for _, want := range []string{"NAME", "telemetry", "7d", "all agents", "gossip", "on demand", "labels site=berlin"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list table lacks %q:\n%s", want, out)
+		}
+	}
+	if r := e.run("keys", "show", "nope"); r.code != 1 || !strings.Contains(r.stderr, `no key named "nope"`) {
+		t.Fatalf("show unknown: %+v", r)
+	}
+
+	// Rotate and rewrap an envelope sealed under v1.
+	ctx := context.Background()
+	aad := []byte("device-9")
+	env1, err := e.srv.KeyService().Encrypt(ctx, "telemetry", []byte("21.5 C"), aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := filepath.Join(e.dir, "r.env")
+	if err := os.WriteFile(in, env1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must("keys", "rotate", "telemetry"); !strings.Contains(out, "v2 is primary; older versions: 1 decrypt-only") {
+		t.Fatalf("rotate: %s", out)
+	}
+	outPath := filepath.Join(e.dir, "r2.env")
+	r = e.run("keys", "rewrap", "telemetry", "--in", in, "--out", outPath, "--aad", string(aad))
+	if r.code != 0 || !strings.Contains(r.stderr, "rewrapped under telemetry v2 (was v1)") {
+		t.Fatalf("rewrap: %+v", r)
+	}
+	env2, err := os.ReadFile(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := pqcrypto.ParseHeader(env2); err != nil || h.KeyVersion != 2 {
+		t.Fatalf("rewrapped header: %+v %v", h, err)
+	}
+	if pt, err := e.srv.KeyService().Decrypt(ctx, "telemetry", env2, aad); err != nil || string(pt) != "21.5 C" {
+		t.Fatalf("rewrapped envelope opens to %q, %v", pt, err)
+	}
+	if st, _ := os.Stat(outPath); st.Mode().Perm() != 0o600 {
+		t.Fatalf("rewrap output mode %v", st.Mode())
+	}
+	rw := decodeJSON[controlplane.RewrapResponse](t, e.mustIn(env1, "keys", "rewrap", "telemetry", "--aad", string(aad), "--json"))
+	if rw.FromVersion != 1 || rw.Version != 2 || len(rw.Envelope) == 0 {
+		t.Fatalf("rewrap --json: %+v", rw)
+	}
+	r = e.runWith(ctx, strings.NewReader(string(env1)), "keys", "rewrap", "telemetry")
+	if r.code != 1 || !strings.Contains(r.stderr, "authentication failed") {
+		t.Fatalf("rewrap without the aad: %+v", r)
+	}
+
+	// Policy: only the given fields change.
+	if out := e.must("keys", "policy", "telemetry", "--min-version", "2"); !strings.Contains(out, "Min decrypt version:  2") || !strings.Contains(out, "Rotation:             7d") {
+		t.Fatalf("policy: %s", out)
+	}
+	p := decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "telemetry", "--json"))
+	if p.MinDecryptVersion != 2 || p.RotationPeriod != "168h0m0s" || !p.AllAgents {
+		t.Fatalf("policy after change: %+v", p)
+	}
+	e.must("keys", "policy", "telemetry", "--all-agents=false", "--agents", "ag_1,ag_2")
+	p = decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "telemetry", "--json"))
+	if p.AllAgents || len(p.AllowedAgents) != 2 || p.MinDecryptVersion != 2 {
+		t.Fatalf("policy after recipients change: %+v", p)
+	}
+
+	// Retire, destroy.
+	if out := e.must("keys", "retire", "telemetry", "1"); !strings.Contains(out, "Key telemetry v1 retired.") {
+		t.Fatalf("retire: %s", out)
+	}
+	if r := e.run("keys", "retire", "telemetry", "v2"); r.code != 1 || !strings.Contains(r.stderr, "409") || !strings.Contains(r.stderr, "rotate first") {
+		t.Fatalf("retire primary: %+v", r)
+	}
+	e.must("keys", "destroy", "telemetry", "v1", "--yes")
+	if out := e.must("keys", "show", "telemetry"); !strings.Contains(out, "v1       destroyed") || !strings.Contains(out, "v2       primary") {
+		t.Fatalf("show:\n%s", out)
+	}
+
+	// A viewer lists but does not rotate.
+	tok, err := e.admin.CreateAPIToken(ctx, "v", controlplane.RoleViewer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.must("keys", "list", "--token", tok.Token)
+	if r := e.run("keys", "rotate", "telemetry", "--token", tok.Token); r.code != 1 || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, "lacks the role") {
+		t.Fatalf("viewer rotate: %+v", r)
+	}
+
+	// Seal again: key operations stop, the listing says so.
+	if out := e.must("keys", "seal", "--yes"); !strings.Contains(out, "sealed; 3 share(s) unseal it") {
+		t.Fatalf("seal: %s", out)
+	}
+	if r := e.run("keys", "rotate", "telemetry"); r.code != 1 || !strings.Contains(r.stderr, "key service sealed") {
+		t.Fatalf("rotate after seal: %+v", r)
+	}
+	if r := e.run("keys", "list"); r.code != 0 || !strings.Contains(r.stderr, "sealed") {
+		t.Fatalf("list while sealed: %+v", r)
+	}
+	if r := e.run("audit", "verify"); r.code != 0 {
+		t.Fatalf("audit verify: %+v", r)
+	}
+	recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "-n", "1000", "--json"))
+	actions := map[string]bool{}
+	for _, rec := range recs {
+		actions[rec.Action] = true
+	}
+	for _, a := range []string{"key.initialize", "key.unseal", "key.create-key", "key.rotate", "key.rewrap", "key.set-policy", "key.retire", "key.destroy", "key.seal"} {
+		if !actions[a] {
+			t.Errorf("audit log lacks %s", a)
+		}
+	}
+}
+
+// mustIn runs edgectl with stdin and fails unless it exits 0.
+func (e *testEnv) mustIn(stdin []byte, args ...string) string {
+	e.t.Helper()
+	r := e.runWith(context.Background(), strings.NewReader(string(stdin)), args...)
+	if r.code != 0 {
+		e.t.Fatalf("edgectl %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// startControlplane runs 'edgectl controlplane' in-process until the
+// returned stop is called; it returns the ready information and the
+// command's stdout and stderr.
+func startControlplane(t *testing.T, e *testEnv, args ...string) (readyInfo, *syncBuffer, *syncBuffer, func()) {
+	t.Helper()
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	ready := filepath.Join(t.TempDir(), "ready.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- cli.Run(ctx, newRootFor(e.app()), append([]string{"controlplane", "--listen", "127.0.0.1:0", "--ready-file", ready,
+			"--memory-limit", "off", "--log-level", "warn"}, args...), &out, &errb)
+	}()
+	deadline := time.After(30 * time.Second)
+	for {
+		if data, err := os.ReadFile(ready); err == nil {
+			info := decodeJSON[readyInfo](t, string(data))
+			stop := func() {
+				cancel()
+				select {
+				case code := <-done:
+					if code != 0 {
+						t.Errorf("controlplane exited %d: %s", code, errb.String())
+					}
+				case <-time.After(30 * time.Second):
+					t.Error("controlplane did not stop")
+				}
+			}
+			t.Cleanup(cancel)
+			return info, &out, &errb, stop
+		}
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("controlplane exited %d: %s", code, errb.String())
+		case <-deadline:
+			cancel()
+			t.Fatal("controlplane did not become ready")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func TestControlplaneHandsOutSharesOnce(t *testing.T) {
+	e := bareEnv(t)
+	data := filepath.Join(t.TempDir(), "data")
+	sharesFile := filepath.Join(t.TempDir(), "shares.txt")
+	info, out, _, stop := startControlplane(t, e, "--data", data, "--init-shares-file", sharesFile, "--key-shares", "4", "--key-threshold", "2")
+	if !strings.Contains(out.String(), "key service:    sealed") {
+		t.Errorf("output does not say the key service is sealed:\n%s", out.String())
+	}
+	st, err := os.Stat(sharesFile)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("shares file: %v %v", st, err)
+	}
+	text, _ := os.ReadFile(sharesFile)
+	if n := strings.Count(string(text), "\ndkms-share:"); n != 4 || !strings.Contains(string(text), "Any 2 of these 4 shares") {
+		t.Fatalf("shares file holds %d shares:\n%s", n, text)
+	}
+	e.must("login", "--server", info.URL, "--ca", info.CAFile, "--token-file", info.AdminTokenFile)
+	// The whole file on stdin unseals (two shares are enough).
+	r := e.runWith(context.Background(), strings.NewReader(string(text)), "keys", "unseal")
+	if r.code != 0 || !strings.Contains(r.stdout, "Key service unsealed") {
+		t.Fatalf("unseal from the shares file: %+v", r)
+	}
+	e.must("keys", "create", "k")
+	stop()
+
+	// A second start never replaces the file and prints no shares.
+	if r := e.run("controlplane", "--data", data, "--init-shares-file", sharesFile); r.code != 2 || !strings.Contains(r.stderr, "exists") {
+		t.Fatalf("second start with the same shares file: %+v", r)
+	}
+	_, _, errb, stop := startControlplane(t, e, "--data", data)
+	stop()
+	if strings.Contains(errb.String(), "dkms-share:") {
+		t.Fatalf("second start printed shares:\n%s", errb.String())
+	}
+}
+
+func TestControlplanePrintsSharesWithoutFileAndDevUnseal(t *testing.T) {
+	e := bareEnv(t)
+	_, _, errb, stop := startControlplane(t, e, "--data", filepath.Join(t.TempDir(), "data"))
+	stop()
+	if n := strings.Count(errb.String(), "\ndkms-share:"); n != 5 || !strings.Contains(errb.String(), "ROOT KEY SHARES (shown once)") {
+		t.Fatalf("stderr holds %d shares:\n%s", n, errb.String())
+	}
+
+	dev := filepath.Join(t.TempDir(), "dev")
+	info, out, errb, stop := startControlplane(t, e, "--data", dev, "--dev-unseal")
+	if !strings.Contains(out.String(), "DEV MODE") || !strings.Contains(errb.String(), controlplane.DevUnsealWarning) || strings.Contains(errb.String(), "dkms-share:") {
+		t.Fatalf("dev unseal:\nstdout %s\nstderr %s", out.String(), errb.String())
+	}
+	e.must("login", "--server", info.URL, "--ca", info.CAFile, "--token-file", info.AdminTokenFile)
+	e.must("keys", "create", "k")
+	stop()
+	if r := e.run("controlplane", "--data", dev, "--key-rotation-period", "soon"); r.code != 2 {
+		t.Fatalf("bad --key-rotation-period: %+v", r)
+	}
+}
