@@ -141,6 +141,90 @@ type keyState struct {
 
 	stop chan struct{}
 	done chan struct{}
+
+	cache keyCache
+}
+
+// keyCache keeps the key service's metadata (keys, versions, policies, and
+// registered agents) for agents' key polls, which run at every heartbeat
+// and mostly find nothing new. Every change the key service makes reports
+// an audit event (auditKeyEvent), whatever called it, and bumps a
+// generation there; an entry is used only while its generation is
+// current, and stored only if no change happened while it was read.
+type keyCache struct {
+	keysGen   atomic.Uint64
+	agentsGen atomic.Uint64
+
+	mu         sync.Mutex
+	keys       []dkms.KeyInfo
+	keysAt     uint64
+	keysLoaded bool
+	agents     map[string]cachedAgent
+}
+
+type cachedAgent struct {
+	info dkms.AgentInfo
+	gen  uint64
+}
+
+// changed records a key service event in the cache generations.
+func (c *keyCache) changed(e dkms.AuditEvent) {
+	switch e.Action {
+	case dkms.ActionRegisterAgent, dkms.ActionRevokeAgent:
+		c.agentsGen.Add(1)
+		c.keysGen.Add(1) // a revocation rotates keys
+	case dkms.ActionDistribute, dkms.ActionEncrypt, dkms.ActionDecrypt, dkms.ActionRewrap, dkms.ActionAcceptMessage:
+	default:
+		c.keysGen.Add(1)
+	}
+}
+
+// keyInfos returns every key, from the cache when it is current.
+func (ks *keyState) keyInfos(ctx context.Context) ([]dkms.KeyInfo, error) {
+	c := &ks.cache
+	gen := c.keysGen.Load()
+	c.mu.Lock()
+	if c.keysLoaded && c.keysAt == gen {
+		keys := c.keys
+		c.mu.Unlock()
+		return keys, nil
+	}
+	c.mu.Unlock()
+	keys, err := ks.svc.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if c.keysGen.Load() == gen {
+		c.mu.Lock()
+		c.keys, c.keysAt, c.keysLoaded = keys, gen, true
+		c.mu.Unlock()
+	}
+	return keys, nil
+}
+
+// agentInfo returns a registered agent, from the cache when it is current.
+func (ks *keyState) agentInfo(ctx context.Context, id string) (dkms.AgentInfo, error) {
+	c := &ks.cache
+	gen := c.agentsGen.Load()
+	c.mu.Lock()
+	if a, ok := c.agents[id]; ok && a.gen == gen {
+		c.mu.Unlock()
+		return a.info, nil
+	}
+	c.mu.Unlock()
+	info, err := ks.svc.Agent(ctx, id)
+	if err != nil {
+		return info, err
+	}
+	if c.agentsGen.Load() == gen {
+		c.mu.Lock()
+		if c.agents == nil {
+			c.agents = map[string]cachedAgent{}
+		}
+		c.agents[id] = cachedAgent{info: info, gen: gen}
+		c.mu.Unlock()
+	}
+	return info, nil
 }
 
 type keyMetrics struct {
@@ -336,6 +420,9 @@ func keyCtx(ctx context.Context, c *call) context.Context {
 // rotation in a fleet of thousands does not write thousands of records.
 // Failed deliveries are recorded.
 func (s *Server) auditKeyEvent(ctx context.Context, e dkms.AuditEvent) {
+	if s.keys != nil {
+		s.keys.cache.changed(e)
+	}
 	if e.Action == dkms.ActionDistribute && e.Result == dkms.ResultOK {
 		return
 	}

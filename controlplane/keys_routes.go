@@ -478,7 +478,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		s.keys.metrics.fetches.WithLabelValues("error").Inc()
 		return err
 	}
-	agent, err := s.keys.svc.Agent(ctx, c.agentID)
+	agent, err := s.keys.agentInfo(ctx, c.agentID)
 	if errors.Is(err, dkms.ErrUnknownAgent) {
 		agent, err = s.registerOnFetch(ctx, c)
 	}
@@ -489,7 +489,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		s.setRevoked(c.serial, true)
 		return fail(errorf(http.StatusForbidden, "agent %s is decommissioned; it receives no keys", c.agentID))
 	}
-	keys, err := s.keys.svc.Keys(ctx)
+	keys, err := s.keys.keyInfos(ctx)
 	if err != nil {
 		return fail(s.keyError(err))
 	}

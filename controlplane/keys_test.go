@@ -911,3 +911,45 @@ func FuzzKeyPolicyFromWire(f *testing.F) {
 		}
 	})
 }
+
+func TestKeysAgentPollSeesChangesMadeInProcess(t *testing.T) {
+	e := newKeyEnv(t, func(c *Config) { c.Keys.DevUnseal = true })
+	ctx := e.ctx()
+	a := e.enrollPQ("p", map[string]string{"zone": "a"}, 51)
+	svc := e.srv.KeyService()
+	if _, err := svc.CreateKey(ctx, "direct", dkms.PurposeData, dkms.Policy{AllowedLabels: map[string]string{"zone": "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.fetch(t, ctx); n != 0 {
+		t.Fatalf("%d messages for a key the agent may not hold", n)
+	}
+	// Changes made through KeyService, not the HTTP API, reach the next
+	// poll: a policy change, then the agent's labels.
+	if _, err := svc.SetPolicy(ctx, "direct", dkms.Policy{AllAgents: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.fetch(t, ctx); n != 1 {
+		t.Fatalf("after the policy change: %d messages", n)
+	}
+	if _, err := svc.Rotate(ctx, "direct"); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.fetch(t, ctx); n != 2 {
+		t.Fatalf("after a rotation: %d messages", n)
+	}
+	if _, err := svc.SetPolicy(ctx, "direct", dkms.Policy{AllowedLabels: map[string]string{"zone": "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.fetch(t, ctx); n != 0 {
+		t.Fatalf("same versions under a label policy the agent matches: %d messages", n)
+	}
+	if _, err := e.admin.UpdateLabels(ctx, a.id, LabelsPatch{Set: map[string]string{"zone": "c"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Rotate(ctx, "direct"); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.fetch(t, ctx); n != 0 {
+		t.Fatalf("after losing the label: %d messages", n)
+	}
+}
