@@ -6,8 +6,12 @@
 // the control plane's own CA), keeps the agent registry up to date from
 // heartbeats sent over mutual TLS, ingests telemetry batches idempotently by
 // (agent id, batch sequence), answers downsampled telemetry queries, manages
-// operator API tokens with the roles admin, operator and viewer, and appends
-// every operator and identity change to a hash-chained audit log.
+// operator API tokens with the roles admin, operator and viewer, appends
+// every operator and identity change to a hash-chained audit log, and runs
+// the key service (package dkms: a root key held in k-of-n shares, sealed
+// after every start, versioned keys with rotation, rewrap and revocation,
+// and key versions sealed to each agent's X-Wing key; see KeyConfig and
+// README.md).
 //
 // The API is HTTP+JSON under /v1/, served over TLS 1.3 only, and described
 // by the OpenAPI 3 document served at /openapi.json (openapi.json in this
