@@ -752,10 +752,21 @@ func readInput(c *cobra.Command, path string, limit int64) ([]byte, error) {
 // binary output is not written to a terminal.
 func writeOutput(c *cobra.Command, path string, data []byte, binary bool) error {
 	if path != "" && path != "-" {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
 			return err
 		}
-		return os.Chmod(path, 0o600)
+		// An existing file keeps its mode on open: restrict it before
+		// anything secret is written.
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := f.Write(data); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
 	}
 	w := c.OutOrStdout()
 	if binary && isTerminal(w) {
