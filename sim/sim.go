@@ -28,12 +28,15 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -50,6 +53,35 @@ type Options struct {
 	Timeout        time.Duration // bound on each waiting phase; default 60s
 	Logger         *slog.Logger  // progress; nil discards
 	AgentLogger    *slog.Logger  // the agents' own logs; nil discards
+
+	// NoControlPlane runs the agents without the in-process control
+	// plane (no enrollment, heartbeats or telemetry upload).
+	NoControlPlane bool
+	// Heartbeat is the interval the control plane asks agents to
+	// heartbeat at, in simulated time; default 10s.
+	Heartbeat time.Duration
+	// DevicesPerAgent is how many simulated devices replay the occupancy
+	// data set to each agent over MQTT; default 3. NoDevices skips them.
+	DevicesPerAgent int
+	NoDevices       bool
+	// Speedup compresses the replayed data set's time: a data minute per
+	// 60/Speedup seconds; default 60.
+	Speedup float64
+	// DataSets is the shared data directory holding occupancy/ (see
+	// ../shared/data/README.md). Empty or missing data skips the devices
+	// with a logged note.
+	DataSets string
+	// Outage cuts every agent off from the control plane for this long
+	// (simulated time) after the restart phase, then reconnects them and
+	// measures how they resume; 0 skips it. It needs the control plane.
+	Outage time.Duration
+	// TimeScale is how much faster than real time the uplink and the
+	// control plane run (both read the same scaled clock); default 60
+	// with an Outage, 1 without.
+	TimeScale float64
+	// AgentAPI gives every agent its local HTTP API on a free loopback
+	// port (Serve turns it on).
+	AgentAPI bool
 }
 
 func (o *Options) setDefaults() error {
@@ -82,6 +114,30 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 60 * time.Second
+	}
+	if o.Heartbeat < 0 || o.DevicesPerAgent < 0 || o.Speedup < 0 || o.Outage < 0 || o.TimeScale < 0 {
+		return errors.New("sim: heartbeat, devices, speedup, outage and time scale must not be negative")
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = 10 * time.Second
+	}
+	if o.DevicesPerAgent == 0 {
+		o.DevicesPerAgent = 3
+	}
+	if o.Speedup == 0 {
+		o.Speedup = 60
+	}
+	if o.Outage > 0 && o.NoControlPlane {
+		return errors.New("sim: an outage needs the control plane")
+	}
+	if o.TimeScale == 0 {
+		o.TimeScale = 1
+		if o.Outage > 0 {
+			o.TimeScale = 60
+		}
+	}
+	if o.TimeScale > 3600 {
+		return fmt.Errorf("sim: time scale %g is more than 3600", o.TimeScale)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -116,28 +172,98 @@ type Report struct {
 	RestartRejoinSeconds         float64     `json:"restart_rejoin_seconds"`
 	FormationSeconds             float64     `json:"formation_seconds"`
 	TotalSeconds                 float64     `json:"total_seconds"`
+	// ControlPlane is what the in-process control plane saw (absent with
+	// NoControlPlane).
+	ControlPlane *ControlPlaneReport `json:"control_plane,omitempty"`
+	// Devices is the simulated device traffic (absent without devices).
+	Devices *DevicesReport `json:"devices,omitempty"`
+	// Outage is the control plane outage phase (absent without Outage).
+	Outage *OutageReport `json:"outage,omitempty"`
+}
+
+// ControlPlaneReport describes the fleet as the control plane saw it.
+type ControlPlaneReport struct {
+	URL string `json:"url"`
+	// Enrolled and Online count the fleet's agents in the registry at the
+	// end of the run.
+	Enrolled int `json:"enrolled"`
+	Online   int `json:"online"`
+	// EnrollSeconds is, per agent, the time from its start until the
+	// registry showed it online.
+	EnrollSeconds Percentiles `json:"enroll_seconds"`
+}
+
+// DevicesReport describes the simulated devices' telemetry from MQTT to
+// the control plane.
+type DevicesReport struct {
+	Devices  int `json:"devices"`
+	Messages int `json:"messages_published"`
+	// StoredAtAgents is the readings the agents committed.
+	StoredAtAgents int64 `json:"readings_stored_at_agents"`
+	DeadLetters    int64 `json:"dead_letters"`
+	// AtControlPlane is the readings the control plane holds for the
+	// fleet; Duplicates is how many more it holds than the agents stored
+	// (must be 0), Missing how many fewer (0 once uploads drained).
+	AtControlPlane int64 `json:"readings_at_control_plane"`
+	Duplicates     int64 `json:"duplicates_at_control_plane"`
+	Missing        int64 `json:"missing_at_control_plane"`
+	// DrainSeconds is how long the uploads took to drain after the
+	// devices stopped.
+	DrainSeconds float64 `json:"drain_seconds"`
+	Skipped      string  `json:"skipped,omitempty"`
+}
+
+// OutageReport describes the control plane outage phase. Durations are
+// in simulated seconds (real seconds × TimeScale) except RealSeconds.
+type OutageReport struct {
+	SimSeconds  float64 `json:"sim_seconds"`
+	RealSeconds float64 `json:"real_seconds"`
+	TimeScale   float64 `json:"time_scale"`
+	// OfflineAtEnd is how many agents the registry showed offline just
+	// before the link came back.
+	OfflineAtEnd int `json:"offline_at_end"`
+	// ReadingsDuringOutage is the readings the agents stored while cut off.
+	ReadingsDuringOutage int64 `json:"readings_during_outage"`
+	// ResumeSeconds is, per agent, the simulated time from reconnection
+	// to its first acknowledged heartbeat; UploadCatchUpSeconds the
+	// time until the control plane held every reading stored before
+	// reconnection.
+	ResumeSeconds        Percentiles `json:"resume_seconds"`
+	UploadCatchUpSeconds float64     `json:"upload_catch_up_seconds"`
 }
 
 // node is one simulated agent and what is needed to restart it.
 type node struct {
-	idx  int
-	name string
-	dir  string
-	addr string // gossip address, stable across restarts
-	ag   *agent.Agent
+	idx     int
+	name    string
+	dir     string
+	addr    string // gossip address, stable across restarts
+	mqtt    string // embedded broker address, stable across restarts
+	api     string // local API address, stable across restarts
+	token   string // enrollment token (used on first start only)
+	started time.Time
+	ag      *agent.Agent
+	devs    devices
 }
 
 // Fleet is a set of running simulated agents on one partitionable network.
 type Fleet struct {
-	opts  Options
-	part  *agent.Partition
-	nodes []*node
-	dir   string
-	owned bool // dir is temporary and removed on Close
+	opts      Options
+	part      *agent.Partition
+	nodes     []*node
+	dir       string
+	owned     bool // dir is temporary and removed on Close
+	cp        *controlPlane
+	clock     uplink.Clock
+	outage    outage
+	occupancy []string // data files the devices replay; nil: no devices
 }
 
 // Collections the workload writes, with their types.
+// The workload's collections share simPrefix; convergence is judged on
+// them alone, as the device registry keeps changing while devices send.
 const (
+	simPrefix   = "sim."
 	collKV      = "sim.kv"
 	collTags    = "sim.tags"
 	collCounter = "sim.counter"
@@ -156,8 +282,36 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 		}
 		f.dir, f.owned = d, true
 	}
+	f.clock = uplink.RealClock()
+	if o.TimeScale != 1 {
+		f.clock = uplink.NewScaledClock(time.Now(), o.TimeScale)
+	}
+	var tokens []string
+	if !o.NoControlPlane {
+		cp, err := startControlPlane(cpDir(f.dir), f.clock, o.Heartbeat, o.AgentLogger.With("component", "controlplane"))
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		f.cp = cp
+		if tokens, err = cp.enrollmentTokens(ctx, o.Agents); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	if !o.NoDevices {
+		files, err := ingest.OccupancyFiles(o.DataSets)
+		if o.DataSets == "" || err != nil {
+			o.Logger.Warn("no simulated devices: occupancy data set not found (set EDGEFLEET_DATA or --data-sets)", "path", o.DataSets)
+		} else {
+			f.occupancy = files
+		}
+	}
 	for i := 0; i < o.Agents; i++ {
 		n := &node{idx: i, name: fmt.Sprintf("agent-%03d", i), dir: filepath.Join(f.dir, fmt.Sprintf("agent-%03d", i))}
+		if tokens != nil {
+			n.token = tokens[i]
+		}
 		f.nodes = append(f.nodes, n)
 		if err := f.start(ctx, n); err != nil {
 			f.Close()
@@ -171,6 +325,9 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	return f, nil
 }
 
+// DevicesEnabled reports whether simulated devices replay data.
+func (f *Fleet) DevicesEnabled() bool { return f.occupancy != nil }
+
 // start brings up (or restarts) one agent. The first start binds a free
 // port; restarts reuse it so the node keeps its address, as a real device does.
 func (f *Fleet) start(ctx context.Context, n *node) error {
@@ -183,7 +340,12 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	cfg.Gossip.Key = simGossipKey
 	cfg.Gossip.Cluster = "edgefleet-sim"
 	cfg.Labels = map[string]string{"sim": "true", "group": strconv.Itoa(n.idx % 2)}
-	cfg.State.Collections = map[string]crdt.Type{collKV: crdt.TypeLWW, collTags: crdt.TypeORSet, collCounter: crdt.TypeCounter}
+	if cfg.State.Collections == nil {
+		cfg.State.Collections = map[string]crdt.Type{}
+	}
+	cfg.State.Collections[collKV] = crdt.TypeLWW
+	cfg.State.Collections[collTags] = crdt.TypeORSet
+	cfg.State.Collections[collCounter] = crdt.TypeCounter
 	if n.idx > 0 {
 		cfg.Gossip.Join = f.seeds(n.idx)
 	}
@@ -197,21 +359,47 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	} else {
 		cfg.Gossip.BindPort = 0
 	}
+	cfg.Ingest.Enabled = f.occupancy != nil
+	cfg.Ingest.MQTT.EmbeddedListen = orFree(n.mqtt)
+	if f.opts.AgentAPI {
+		cfg.API.Addr = orFree(n.api)
+	}
+	if f.cp != nil {
+		cfg.ControlPlane.URL = f.cp.url
+		cfg.ControlPlane.CAFile = f.cp.caPath
+		cfg.ControlPlane.EnrollmentToken = n.token
+	}
 	ag, err := agent.New(cfg, agent.Deps{
 		Logger: f.opts.AgentLogger.With("agent", n.name),
 		WrapTransport: func(t memberlist.Transport, addr string) memberlist.Transport {
 			n.addr = addr
 			return f.part.Wrap(t, addr)
 		},
+		UplinkClock:         f.clock,
+		UplinkWrapTransport: f.outage.wrap,
 	})
 	if err != nil {
 		return fmt.Errorf("sim: %s: %w", n.name, err)
 	}
+	n.started = time.Now()
 	if err := ag.Start(ctx); err != nil {
 		return fmt.Errorf("sim: start %s: %w", n.name, err)
 	}
 	n.ag = ag
+	n.api = ag.APIAddr()
+	if u := ag.MQTTURL(); u != "" {
+		n.mqtt = strings.TrimPrefix(u, "tcp://")
+		n.devs.start(f, n, u)
+	}
 	return nil
+}
+
+// orFree is addr, or a free loopback port when addr is not known yet.
+func orFree(addr string) string {
+	if addr == "" {
+		return "127.0.0.1:0"
+	}
+	return addr
 }
 
 // seeds are up to three earlier agents, as an operator would list a few
@@ -226,6 +414,7 @@ func (f *Fleet) seeds(idx int) []string {
 
 // Close stops every agent gracefully and removes a temporary data dir.
 func (f *Fleet) Close() {
+	f.stopDevices()
 	var wg sync.WaitGroup
 	for _, n := range f.nodes {
 		if n.ag == nil {
@@ -240,9 +429,22 @@ func (f *Fleet) Close() {
 		}(n)
 	}
 	wg.Wait()
+	if f.cp != nil {
+		f.cp.close()
+	}
 	if f.owned {
 		_ = os.RemoveAll(f.dir)
 	}
+}
+
+// stopDevices ends every agent's device replay.
+func (f *Fleet) stopDevices() {
+	var wg sync.WaitGroup
+	for _, n := range f.nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.devs.stop() }()
+	}
+	wg.Wait()
 }
 
 // Agents returns the running agents in order.
@@ -306,6 +508,14 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	defer f.Close()
 	rep.FormationSeconds = time.Since(start).Seconds()
 	log.Info("fleet formed", "seconds", round(rep.FormationSeconds))
+	if f.cp != nil {
+		enroll, err := f.waitOnline(ctx)
+		if err != nil {
+			return rep, err
+		}
+		rep.ControlPlane = &ControlPlaneReport{URL: f.cp.url, EnrollSeconds: percentiles(enroll)}
+		log.Info("every agent enrolled and online at the control plane", "p99_seconds", rep.ControlPlane.EnrollSeconds.P99)
+	}
 
 	rng := rand.New(rand.NewPCG(o.Seed, 0x5eed))
 	w, err := f.writeRound(ctx, rng, "a", f.nodes)
@@ -356,6 +566,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	victim := f.nodes[len(f.nodes)/2]
 	rep.RestartedAgent = victim.name
 	log.Info("killing agent", "agent", victim.name)
+	victim.devs.stop()
 	if err := victim.ag.Kill(); err != nil {
 		return rep, fmt.Errorf("sim: kill %s: %w", victim.name, err)
 	}
@@ -403,6 +614,16 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.GossipBytesPerAgentPerSecond, err = f.idleGossip(ctx, o.Idle)
 	if err != nil {
 		return rep, err
+	}
+	if o.Outage > 0 {
+		if rep.Outage, err = f.runOutage(ctx); err != nil {
+			return rep, err
+		}
+	}
+	if f.DevicesEnabled() || f.cp != nil {
+		if err := f.finishUplink(ctx, &rep); err != nil {
+			return rep, err
+		}
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	return rep, nil
@@ -487,7 +708,7 @@ func (f *Fleet) oracleHash(ctx context.Context) (string, error) {
 			vv.Advance(ds)
 		}
 	}
-	return o.StateHash(ctx)
+	return o.StateHashPrefix(ctx, simPrefix)
 }
 
 // convergence holds, per agent, the seconds until it held the final state,
@@ -508,7 +729,7 @@ func (f *Fleet) waitConverged(ctx context.Context, want string, since time.Time,
 		done := true
 		for i, n := range f.nodes {
 			if stateAt[i] < 0 {
-				h, err := n.ag.Store().StateHash(ctx)
+				h, err := n.ag.Store().StateHashPrefix(ctx, simPrefix)
 				if err != nil {
 					return convergence{}, fmt.Errorf("sim: state hash of %s: %w", n.name, err)
 				}
@@ -550,7 +771,7 @@ func (f *Fleet) waitConverged(ctx context.Context, want string, since time.Time,
 func (f *Fleet) hashes(ctx context.Context) ([]string, error) {
 	out := make([]string, 0, len(f.nodes))
 	for _, n := range f.nodes {
-		h, err := n.ag.Store().StateHash(ctx)
+		h, err := n.ag.Store().StateHashPrefix(ctx, simPrefix)
 		if err != nil {
 			return nil, fmt.Errorf("sim: state hash of %s: %w", n.name, err)
 		}

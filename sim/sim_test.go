@@ -2,9 +2,27 @@ package sim
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/agent/ingest"
 )
+
+// dataSets is the shared data directory, or "" (devices are skipped) when
+// it is absent, as in a fresh clone.
+func dataSets(t *testing.T) string {
+	d := os.Getenv("EDGEFLEET_DATA")
+	if d == "" {
+		d = filepath.Join("..", "..", "shared", "data")
+	}
+	if _, err := ingest.OccupancyFiles(d); err != nil {
+		t.Logf("occupancy data set not found under %s: the fleet runs without simulated devices", d)
+		return ""
+	}
+	return d
+}
 
 // TestRunConverges plays the whole scenario on a small fleet with fast
 // timers: writes, partition with writes on both sides, heal, kill and
@@ -23,9 +41,27 @@ func TestRunConverges(t *testing.T) {
 		Profile:        "test",
 		DataDir:        t.TempDir(),
 		Timeout:        60 * time.Second,
+		// A 10-minute control plane outage, 60 times faster than real time.
+		Outage:          10 * time.Minute,
+		TimeScale:       60,
+		DevicesPerAgent: 2,
+		DataSets:        dataSets(t),
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cp := rep.ControlPlane; cp == nil || cp.Enrolled != 6 || cp.Online != 6 {
+		t.Fatalf("control plane: %+v", rep.ControlPlane)
+	}
+	if o := rep.Outage; o == nil || o.SimSeconds < 600 || o.OfflineAtEnd != 6 || o.ResumeSeconds.Max <= 0 {
+		t.Fatalf("outage: %+v", rep.Outage)
+	}
+	if d := rep.Devices; d == nil {
+		t.Fatal("no devices report")
+	} else if d.Skipped != "" {
+		t.Logf("devices skipped: %s", d.Skipped)
+	} else if d.StoredAtAgents == 0 || d.Duplicates != 0 || d.Missing != 0 || d.AtControlPlane != d.StoredAtAgents {
+		t.Fatalf("device telemetry not delivered exactly once: %+v", d)
 	}
 	if !rep.Converged || rep.DistinctStateHashes != 1 {
 		t.Fatalf("not converged: %+v", rep)

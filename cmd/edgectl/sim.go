@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/clientconfig"
 	"github.com/edgefleet/edgefleet/sim"
 )
 
@@ -21,21 +23,43 @@ func newSimCmd() *cobra.Command {
 		o       sim.Options
 		asJSON  bool
 		verbose bool
+		serve   bool
 	)
 	c := &cobra.Command{
 		Use:   "sim",
 		Short: "Run a whole simulated fleet on this machine and report how it converged",
 		Long: `sim runs N agents in one process, each with its own data directory, SQLite
-store and memberlist ports on 127.0.0.1, through the same code paths as a real
-agent. It writes on every agent, splits the fleet in two for --partition, writes
-on both sides, heals, kills and restarts one agent, and reports how long each
-agent took to hold the final state, and the idle gossip traffic.`,
-		Example: `  edgectl sim
-  edgectl sim --agents 50 --partition 30s --json`,
+store, memberlist ports and MQTT broker on 127.0.0.1, through the same code
+paths as a real agent, and an in-process control plane they enroll into. Each
+agent's simulated devices replay the occupancy data set (--datasets) over MQTT;
+the agents commit the readings and upload them to the control plane.
+
+The measured run writes on every agent, splits the fleet in two for
+--partition, writes on both sides, heals, kills and restarts one agent,
+optionally cuts the fleet off from the control plane for --outage (simulated
+time, compressed by --time-scale), and reports convergence, enrollment,
+telemetry delivered exactly once, and idle gossip traffic.
+
+With --serve the fleet keeps running until interrupted: edgectl prints the
+control plane's URL and writes and selects the context "sim", so
+'edgectl agents list' and 'edgectl devices list' work from another shell.`,
+		Example: `  edgectl sim --serve
+  edgectl sim
+  edgectl sim --agents 50 --partition 30s --json
+  edgectl sim --outage 1h --time-scale 60 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if o.Agents < 2 {
 				return cli.Usagef("--agents must be at least 2")
+			}
+			if o.TimeScale < 0 || o.Speedup < 0 || o.Outage < 0 {
+				return cli.Usagef("--time-scale, --speedup and --outage must not be negative")
+			}
+			if serve && o.Outage > 0 {
+				return cli.Usagef("--outage is a step of the measured run; it cannot be combined with --serve")
+			}
+			if o.DataSets == "" {
+				o.DataSets = dataSetsDir()
 			}
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -44,6 +68,11 @@ agent took to hold the final state, and the idle gossip traffic.`,
 			}
 			if verbose {
 				o.AgentLogger = newStderrLogger()
+			}
+			if serve {
+				return sim.Serve(ctx, o, func(info sim.ServeInfo) error {
+					return announceServe(c.OutOrStdout(), info)
+				})
 			}
 			rep, err := sim.Run(ctx, o)
 			if err != nil {
@@ -67,7 +96,52 @@ agent took to hold the final state, and the idle gossip traffic.`,
 	f.DurationVar(&o.Timeout, "timeout", 60*time.Second, "bound on each waiting phase")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.BoolVar(&verbose, "verbose", false, "also print the agents' own logs")
+	f.BoolVar(&serve, "serve", false, "keep the fleet and its control plane running until interrupted, and select the edgectl context \"sim\"")
+	f.BoolVar(&o.NoControlPlane, "no-control-plane", false, "run the agents without the in-process control plane")
+	f.DurationVar(&o.Heartbeat, "heartbeat", 10*time.Second, "heartbeat interval the control plane asks for (simulated time)")
+	f.IntVar(&o.DevicesPerAgent, "devices", 3, "simulated devices per agent replaying the occupancy data set over MQTT")
+	f.BoolVar(&o.NoDevices, "no-devices", false, "run without simulated devices")
+	f.Float64Var(&o.Speedup, "speedup", 60, "how much faster than recorded the devices replay the data set")
+	f.StringVar(&o.DataSets, "datasets", "", "shared data directory holding occupancy/ (default $EDGEFLEET_DATA, else ../shared/data)")
+	f.DurationVar(&o.Outage, "outage", 0, "cut the fleet off from the control plane for this long (simulated time) and measure how it resumes")
+	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
+}
+
+// dataSetsDir is where the shared data sets are: $EDGEFLEET_DATA, else
+// ../shared/data.
+func dataSetsDir() string {
+	if d := os.Getenv("EDGEFLEET_DATA"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "shared", "data")
+}
+
+// announceServe tells the user how to reach a served fleet and stores the
+// edgectl context "sim".
+func announceServe(w io.Writer, info sim.ServeInfo) error {
+	ctxErr := clientconfig.WriteAndSelect("", clientconfig.Context{
+		Name:   "sim",
+		Server: info.ControlPlaneURL,
+		Token:  info.AdminToken,
+		CA:     string(info.CAPEM),
+		Agent:  info.AgentAPIs[0],
+	})
+	fmt.Fprintf(w, "fleet running: %d agents online, %d simulated devices\n", info.Agents, info.Devices)
+	fmt.Fprintf(w, "control plane: %s\n", info.ControlPlaneURL)
+	fmt.Fprintf(w, "agent API:     %s (agent-000)\n", info.AgentAPIs[0])
+	fmt.Fprintf(w, "data:          %s\n", info.DataDir)
+	if ctxErr != nil {
+		fmt.Fprintf(w, "could not write the edgectl context \"sim\": %v\n", ctxErr)
+		fmt.Fprintf(w, "use: --server %s --token %s --ca %s\n", info.ControlPlaneURL, info.AdminToken, info.CAPath)
+	} else {
+		fmt.Fprintln(w, "edgectl context \"sim\" written and selected; from another shell try:")
+		fmt.Fprintln(w, "  edgectl agents list")
+		fmt.Fprintln(w, "  edgectl devices list")
+		fmt.Fprintln(w, "  edgectl telemetry query --bucket 1m")
+	}
+	fmt.Fprintln(w, "Ctrl-C stops the fleet.")
+	return nil
 }
 
 func newStderrLogger() *slog.Logger {
@@ -93,6 +167,25 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		{"idle gossip", fmt.Sprintf("%.0f B/s per agent", r.GossipBytesPerAgentPerSecond)},
 		{"fleet formed in", fmt.Sprintf("%.1f s", r.FormationSeconds)},
 		{"total", fmt.Sprintf("%.1f s", r.TotalSeconds)},
+	}
+	if cp := r.ControlPlane; cp != nil {
+		rows = append(rows,
+			[2]string{"control plane", fmt.Sprintf("%d enrolled, %d online at the end", cp.Enrolled, cp.Online)},
+			[2]string{"enrolled and online after", fmt.Sprintf("p50 %.2f s, p99 %.2f s", cp.EnrollSeconds.P50, cp.EnrollSeconds.P99)})
+	}
+	if d := r.Devices; d != nil {
+		if d.Skipped != "" {
+			rows = append(rows, [2]string{"devices", "none: " + d.Skipped})
+		} else {
+			rows = append(rows,
+				[2]string{"devices", fmt.Sprintf("%d sent %d messages; agents stored %d readings, %d dead letters", d.Devices, d.Messages, d.StoredAtAgents, d.DeadLetters)},
+				[2]string{"at the control plane", fmt.Sprintf("%d readings, %d duplicates, %d missing (drained in %.1f s)", d.AtControlPlane, d.Duplicates, d.Missing, d.DrainSeconds)})
+		}
+	}
+	if o := r.Outage; o != nil {
+		rows = append(rows,
+			[2]string{"control plane outage", fmt.Sprintf("%.0f s simulated (%.1f s real, ×%g); %d agents offline in the registry; %d readings stored meanwhile", o.SimSeconds, o.RealSeconds, o.TimeScale, o.OfflineAtEnd, o.ReadingsDuringOutage)},
+			[2]string{"resumed after outage", fmt.Sprintf("heartbeats p50 %.0f s, p99 %.0f s; uploads caught up in %.0f s (simulated)", o.ResumeSeconds.P50, o.ResumeSeconds.P99, o.UploadCatchUpSeconds)})
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
