@@ -305,3 +305,55 @@ func TestIngestExternalBrokerDown(t *testing.T) {
 		t.Fatalf("health: %+v", h)
 	}
 }
+
+// TestEmbeddedBrokerCredentials: with a username, the embedded broker
+// admits only that user (password from password_file), and the agent's
+// own session uses it.
+func TestEmbeddedBrokerCredentials(t *testing.T) {
+	t.Parallel()
+	pwFile := filepath.Join(t.TempDir(), "mqtt-password")
+	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t)
+	a := c.start("locked", nil, func(cfg *Config) {
+		withIngest(cfg)
+		cfg.Ingest.MQTT.Username = "fleet"
+		cfg.Ingest.MQTT.PasswordFile = pwFile
+	})
+	if !a.Ingest().Subscribed() {
+		t.Fatal("agent not subscribed with its credentials")
+	}
+	bad := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("intruder").
+		SetUsername("fleet").SetPassword("wrong").SetConnectTimeout(2 * time.Second))
+	if tok := bad.Connect(); tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+		bad.Disconnect(0)
+		t.Fatal("wrong password admitted")
+	}
+	good := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("dev-ok").
+		SetUsername("fleet").SetPassword("s3cret").SetConnectTimeout(5 * time.Second))
+	if tok := good.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("right password refused: %v", tok.Error())
+	}
+	defer good.Disconnect(50)
+	publish(t, good, "devices/dev-ok/telemetry", `{"v":1}`)
+	waitFor(t, 20*time.Second, "device registered", func() (bool, string) {
+		rec, found, err := a.Device(context.Background(), "dev-ok")
+		return found && rec.Messages == 1, fmt.Sprintf("record %+v (found %v, err %v); ingest %+v; registry writes %d errors %d",
+			rec, found, err, a.Ingest().Stats(), a.registry.writes.Load(), a.registry.errors.Load())
+	})
+
+	// A missing password file fails Start, naming the field.
+	cfg := testConfig(t, "nopw")
+	withIngest(&cfg)
+	cfg.Ingest.MQTT.Username = "fleet"
+	cfg.Ingest.MQTT.PasswordFile = filepath.Join(t.TempDir(), "absent")
+	b, err := New(cfg, Deps{Logger: testLogger(t), Rand: seededRand("nopw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "ingest.mqtt.password_file") {
+		b.Kill()
+		t.Fatalf("missing password file: %v", err)
+	}
+}

@@ -25,14 +25,12 @@ const (
 // heartbeatCheckTimeout bounds the store checks of one heartbeat.
 const heartbeatCheckTimeout = 2 * time.Second
 
-// heartbeat is what the uplink reports to the control plane: identity,
-// health checks and resources.
+// heartbeat is what the uplink reports to the control plane: health
+// checks and resources. The uplink fills in the version, OS and
+// architecture of the binary (internal/buildinfo).
 func (a *Agent) heartbeat() controlplane.Heartbeat {
 	return controlplane.Heartbeat{
 		Name:      a.Name(),
-		Version:   Version,
-		OS:        runtime.GOOS,
-		Arch:      runtime.GOARCH,
 		Health:    a.health(),
 		Resources: a.resources(),
 	}

@@ -61,6 +61,21 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "bind_prot") {
 		t.Fatalf("bad config: exit %d, output %q; want exit 1 naming bind_prot", code, out)
 	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--mqtt-broker", "http://broker:1883"}, "ingest.mqtt.broker"},
+		{[]string{"--mqtt-password", "pw", "--mqtt-password-file", "pwfile"}, "--mqtt-password-file"},
+		{[]string{"--mqtt-password", "pw"}, "ingest.mqtt.username"},
+		{[]string{"--control-plane", "http://cp.example"}, "url"},
+		{[]string{"--enrollment-token", "a", "--enrollment-token-file", "b"}, "--enrollment-token-file"},
+	} {
+		out, code := runBin(t, "edge-agent", append([]string{"run", "--data", dir}, c.args...)...)
+		if code != 1 || !strings.Contains(out, c.want) {
+			t.Errorf("run %v: exit %d, output %q; want exit 1 naming %s", c.args, code, out, c.want)
+		}
+	}
 	out, code = runBin(t, "edge-agent", "run", "--no-such-flag")
 	if code != 2 {
 		t.Fatalf("unknown flag: exit %d, output %q; want 2", code, out)
