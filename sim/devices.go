@@ -25,6 +25,11 @@ func (d *devices) start(f *Fleet, n *node, broker string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	d.mu.Lock()
+	if d.cancel != nil {
+		d.mu.Unlock()
+		cancel()
+		return // already replaying
+	}
 	d.cancel, d.done = cancel, done
 	d.mu.Unlock()
 	cfg := ingest.ReplayConfig{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 )
 
 // ServeInfo tells a user how to reach a served fleet.
@@ -34,6 +35,9 @@ func Serve(ctx context.Context, o Options, ready func(ServeInfo) error) error {
 		return errors.New("sim: serving a fleet needs its control plane")
 	}
 	o.AgentAPI = true
+	if o.DeviceRegistryInterval == 0 {
+		o.DeviceRegistryInterval = 5 * time.Second
+	}
 	if o.Outage > 0 {
 		return errors.New("sim: an outage is a scenario of a measured run, not of a served fleet")
 	}

@@ -82,6 +82,10 @@ type Options struct {
 	// AgentAPI gives every agent its local HTTP API on a free loopback
 	// port (Serve turns it on).
 	AgentAPI bool
+	// DeviceRegistryInterval is how often an agent refreshes a device's
+	// record in replicated state; 0 keeps the agent's default (Serve uses
+	// 5s, so listings stay fresh).
+	DeviceRegistryInterval time.Duration
 }
 
 func (o *Options) setDefaults() error {
@@ -360,6 +364,9 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		cfg.Gossip.BindPort = 0
 	}
 	cfg.Ingest.Enabled = f.occupancy != nil
+	if f.opts.DeviceRegistryInterval > 0 {
+		cfg.Ingest.DeviceRegistryInterval = f.opts.DeviceRegistryInterval
+	}
 	cfg.Ingest.MQTT.EmbeddedListen = orFree(n.mqtt)
 	if f.opts.AgentAPI {
 		cfg.API.Addr = orFree(n.api)
@@ -434,6 +441,15 @@ func (f *Fleet) Close() {
 	}
 	if f.owned {
 		_ = os.RemoveAll(f.dir)
+	}
+}
+
+// startDevices starts every running agent's device replay again.
+func (f *Fleet) startDevices() {
+	for _, n := range f.nodes {
+		if n.ag != nil && n.ag.MQTTURL() != "" && f.DevicesEnabled() {
+			n.devs.start(f, n, n.ag.MQTTURL())
+		}
 	}
 }
 
@@ -610,11 +626,15 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.Converged = len(distinct) == 1 && hashes[0] == want
 	rep.StateHash = want
 
+	// Idle means no writes at all: the devices pause (their registry
+	// updates are writes) while gossip is measured.
+	f.stopDevices()
 	log.Info("measuring idle gossip", "window", o.Idle)
 	rep.GossipBytesPerAgentPerSecond, err = f.idleGossip(ctx, o.Idle)
 	if err != nil {
 		return rep, err
 	}
+	f.startDevices()
 	if o.Outage > 0 {
 		if rep.Outage, err = f.runOutage(ctx); err != nil {
 			return rep, err
