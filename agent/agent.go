@@ -1,6 +1,16 @@
 // Package agent is the edgefleet daemon: membership and failure detection
-// (hashicorp/memberlist), replication of the crdt store between agents, and
-// the local HTTP API.
+// (hashicorp/memberlist), replication of the crdt store between agents,
+// device-data ingestion over MQTT (package agent/ingest, with an embedded
+// broker unless one is configured), the uplink to the control plane
+// (package agent/uplink), and the local HTTP API.
+//
+// Ingestion feeds two consumers after each group commit: the uplink,
+// which uploads the commit's outbox batch, and the device registry, a
+// replicated LWW collection "devices" holding one DeviceRecord per device
+// (written on first sight, then at most every
+// ingest.device_registry_interval), so every agent lists the whole
+// fleet's devices. Neither the control plane nor the broker being away
+// stops the agent: Start never waits for them.
 //
 // Replication has two paths. Local writes go through the agent (Put,
 // SetAdd, ...): the op commits durably in the store, and its delta is

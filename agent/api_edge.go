@@ -121,17 +121,26 @@ func (a *Agent) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rec, found, err := a.Device(r.Context(), id)
-	switch {
-	case err != nil && !found && (errors.Is(err, ErrNotRunning) || strings.HasPrefix(err.Error(), "crdt:")):
+	s, err := a.liveStore()
+	if err != nil {
 		writeStoreError(w, err)
-	case err != nil:
-		writeError(w, http.StatusInternalServerError, err.Error())
-	case !found:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("agent: device %q is not in the registry", id))
-	default:
-		writeJSON(w, http.StatusOK, rec)
+		return
 	}
+	e, found, err := s.Get(r.Context(), DevicesCollection, id)
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	if !found {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("agent: device %q is not in the registry", id))
+		return
+	}
+	rec, err := decodeDeviceRecord(id, e.Value)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
 }
 
 func (a *Agent) handleCommand(w http.ResponseWriter, r *http.Request) {

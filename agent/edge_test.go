@@ -97,6 +97,13 @@ func TestIngestAPI(t *testing.T) {
 		code, obj, raw := peer.do("GET", "/v1/devices", "")
 		return code == 200 && len(obj["devices"].([]any)) == 1, raw
 	})
+	// A value in the collection that is not a device record is skipped by
+	// the listing and reported by the lookup.
+	peer.expect("PUT", "/v1/state/devices/junk", "plain text", 200)
+	if got := peer.expect("GET", "/v1/devices", "", 200); len(got["devices"].([]any)) != 1 {
+		t.Fatalf("junk listed: %v", got)
+	}
+	peer.expect("GET", "/v1/devices/junk", "", 500)
 	api.expect("GET", "/v1/devices/nobody", "", 404)
 	api.expect("GET", "/v1/devices/bad%20id", "", 400)
 
