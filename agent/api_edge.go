@@ -314,7 +314,7 @@ type IngestStatus struct {
 func (a *Agent) handleIngest(w http.ResponseWriter, r *http.Request) {
 	in := a.Ingest()
 	if in == nil || !a.running.Load() {
-		writeJSON(w, http.StatusOK, IngestStatus{Enabled: false})
+		writeJSON(w, http.StatusOK, map[string]bool{"enabled": false})
 		return
 	}
 	st := in.Stats()

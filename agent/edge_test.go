@@ -173,7 +173,7 @@ func TestIngestAPI(t *testing.T) {
 	// The peer has no ingestion: no broker to publish on, no dead letters.
 	peer.expect("POST", "/v1/devices/sensor-1/commands", "x", 503)
 	peer.expect("GET", "/v1/dead-letters", "", 503)
-	if st := peer.expect("GET", "/v1/ingest", "", 200); st["enabled"] != false {
+	if st := peer.expect("GET", "/v1/ingest", "", 200); st["enabled"] != false || len(st) != 1 {
 		t.Fatalf("peer ingest: %v", st)
 	}
 
