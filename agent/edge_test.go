@@ -279,6 +279,23 @@ func TestEmbeddedBrokerPortTaken(t *testing.T) {
 	b.Kill()
 }
 
+// holdConns accepts connections and never answers, until l closes.
+func holdConns(l net.Listener) {
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		conns = append(conns, c)
+	}
+}
+
 // TestIngestExternalBrokerDown: an unreachable external broker never
 // blocks Start; the agent reports itself degraded and answers 503 to
 // commands.
@@ -288,8 +305,11 @@ func TestIngestExternalBrokerDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A listener that never speaks MQTT (kept open, so no other test's
+	// broker can get the port).
+	defer l.Close()
+	go holdConns(l)
 	addr := l.Addr().String()
-	l.Close() // nothing listens there now
 	c := newCluster(t)
 	start := time.Now()
 	a := c.start("lonely", nil, func(cfg *Config) {

@@ -95,8 +95,11 @@ func TestControlPlaneDownNeverBlocksStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A listener that never answers stands for the unreachable server
+	// (kept open, so no other test can get the port).
+	defer l.Close()
+	go holdConns(l)
 	addr := l.Addr().String()
-	l.Close()
 	_, caPEM := selfSigned(t)
 	caFile := t.TempDir() + "/ca.pem"
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
@@ -110,6 +113,7 @@ func TestControlPlaneDownNeverBlocksStart(t *testing.T) {
 		cfg.ControlPlane.CAFile = caFile
 		cfg.ControlPlane.EnrollmentToken = "tok"
 		cfg.ControlPlane.BackoffMin = 50 * time.Millisecond
+		cfg.ControlPlane.RequestTimeout = 300 * time.Millisecond
 	})
 	if d := time.Since(begin); d > 5*time.Second {
 		t.Fatalf("Start took %v", d)
