@@ -7,12 +7,14 @@ import (
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/hashicorp/memberlist"
 )
 
-// Version is the agent version advertised in node metadata. Release builds
-// set it with -ldflags "-X github.com/edgefleet/edgefleet/agent.Version=...".
-var Version = "0.1.0-dev"
+// Version is the agent version advertised in node metadata and in
+// heartbeats: the binary's build version (internal/buildinfo; release
+// builds set it with -ldflags, see the Makefile).
+var Version = buildinfo.Get().Version
 
 // maxMetaBytes is memberlist's limit on node metadata.
 const maxMetaBytes = memberlist.MetaMaxSize
