@@ -9,8 +9,8 @@ LDFLAGS := -s -w -X github.com/edgefleet/edgefleet/internal/buildinfo.Version=$(
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-sim: ## run a simulated 10-agent fleet on this machine with embedded defaults
-	$(GO) run ./cmd/edgectl sim
+sim: build ## run a 10-agent fleet and its control plane on this machine (embedded defaults) until Ctrl-C
+	$(BIN)/edgectl sim --serve
 
 test: ## install test dependencies (Mosquitto) and run the whole test suite
 	./scripts/test.sh
