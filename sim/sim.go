@@ -306,7 +306,7 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	if !o.NoDevices {
 		files, err := ingest.OccupancyFiles(o.DataSets)
 		if o.DataSets == "" || err != nil {
-			o.Logger.Warn("no simulated devices: occupancy data set not found (set EDGEFLEET_DATA or --data-sets)", "path", o.DataSets)
+			o.Logger.Warn("no simulated devices: occupancy data set not found (set EDGEFLEET_DATA or --datasets)", "path", o.DataSets)
 		} else {
 			f.occupancy = files
 		}
