@@ -23,7 +23,7 @@ import (
 // connected: measured without a limit RSS reaches ~750 MB, because Go's
 // default GC target lets the heap double over ~350 MB of live data (see
 // controlplane/README.md).
-const defaultMemoryLimit = "450MiB"
+const defaultMemoryLimit = "420MiB"
 
 // readyInfo is written to --ready-file once the server listens.
 type readyInfo struct {
@@ -63,7 +63,7 @@ enough shares; enrollment, heartbeats and telemetry work meanwhile.
 --dev-unseal instead stores the root key in the clear and unseals at every
 start (development and simulation only; logged as a warning each start).
 
---memory-limit sets the Go runtime's soft memory limit (default 450MiB; 0 or
+--memory-limit sets the Go runtime's soft memory limit (default 420MiB; 0 or
 "off" for none). An explicit --memory-limit wins over GOMEMLIMIT; without the
 flag, a GOMEMLIMIT in the environment is kept. With 10,000 connected agents
 the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.`,
@@ -146,7 +146,7 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 	f.StringVar(&cfg.DataDir, "data", "", "data directory: CA, server certificate, admin token, SQLite database (created 0700)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "TCP address to serve on (port 0 picks a free one)")
 	f.StringArrayVar(&cfg.Hostnames, "host", nil, "extra DNS name or IP address for the server certificate (repeatable, or comma-separated)")
-	f.StringVar(&memLimit, "memory-limit", defaultMemoryLimit, "Go soft memory limit, e.g. 450MiB, 1GiB; 0 or off for none")
+	f.StringVar(&memLimit, "memory-limit", defaultMemoryLimit, "Go soft memory limit, e.g. 420MiB, 1GiB; 0 or off for none")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often agents are told to heartbeat")
 	f.StringVar(&synchronous, "sync", "FULL", "SQLite synchronous setting: FULL (durable on power loss) or NORMAL (faster)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
