@@ -14,7 +14,8 @@ import (
 func auditFixture(t *testing.T) *testEnv {
 	t.Helper()
 	// Dev unseal: the key service's first start then writes no audit
-	// record, so the sequence numbers below are the operations'.
+	// record but the creation of the two built-in keys (after the admin
+	// token's), so the sequence numbers below are known.
 	e := newTestEnv(t, func(c *Config) { c.Keys.DevUnseal = true })
 	a := e.enroll("au", map[string]string{"site": "x"})
 	if _, err := e.admin.UpdateLabels(e.ctx(), a.id, LabelsPatch{Set: map[string]string{"k": "v"}}); err != nil {
@@ -34,11 +35,11 @@ func auditFixture(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !v.OK || v.Records != 7 || v.HeadSeq != 7 {
+	if !v.OK || v.Records != 9 || v.HeadSeq != 9 {
 		t.Fatalf("untampered log: %+v", v)
 	}
 	recs, _ := e.admin.ListAudit(e.ctx(), 0, 100)
-	wantActions := []string{"token.create", "enrollment-token.create", "agent.enroll", "agent.labels", "token.create", "token.revoke", "agent.decommission"}
+	wantActions := []string{"token.create", "key.create-key", "key.create-key", "enrollment-token.create", "agent.enroll", "agent.labels", "token.create", "token.revoke", "agent.decommission"}
 	for i, r := range recs.Records {
 		if r.Action != wantActions[i] || r.Result != "ok" || r.Seq != int64(i+1) {
 			t.Errorf("record %d: %+v, want action %s ok", i, r, wantActions[i])
@@ -47,7 +48,7 @@ func auditFixture(t *testing.T) *testEnv {
 			t.Errorf("record %d not linked", i)
 		}
 	}
-	if recs.Records[2].Actor != "enrollment-token:"+recs.Records[1].Target || recs.Records[3].Actor == "" {
+	if recs.Records[4].Actor != "enrollment-token:"+recs.Records[3].Target || recs.Records[5].Actor == "" {
 		t.Errorf("actors: %+v", recs.Records)
 	}
 	if err := e.srv.Close(); err != nil {
@@ -123,7 +124,7 @@ func TestAuditVerifyDetectsDeletedRecord(t *testing.T) {
 
 func TestAuditVerifyDetectsDeletedNewestRecord(t *testing.T) {
 	e := auditFixture(t)
-	tamper(t, e.dir, `DELETE FROM audit_log WHERE seq = 7`)
+	tamper(t, e.dir, `DELETE FROM audit_log WHERE seq = 9`)
 	v := verifyDir(t, e.dir)
 	if v.OK || !strings.Contains(v.Problem, "removed from the end") {
 		t.Fatalf("deleted newest record: %+v", v)

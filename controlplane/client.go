@@ -126,10 +126,15 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	var rd io.Reader
 	var contentEncoding string
+	contentType := "application/json"
+	var header map[string]string
 	switch b := body.(type) {
 	case nil:
 	case rawBody:
-		rd, contentEncoding = bytes.NewReader(b.data), b.encoding
+		rd, contentEncoding, header = bytes.NewReader(b.data), b.encoding, b.header
+		if b.contentType != "" {
+			contentType = b.contentType
+		}
 	default:
 		buf, err := json.Marshal(b)
 		if err != nil {
@@ -142,10 +147,13 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return fmt.Errorf("controlplane: %s %s: %w", method, path, err)
 	}
 	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	if contentEncoding != "" {
 		req.Header.Set("Content-Encoding", contentEncoding)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
@@ -183,8 +191,10 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 }
 
 type rawBody struct {
-	data     []byte
-	encoding string
+	data        []byte
+	encoding    string
+	contentType string            // "" means application/json
+	header      map[string]string // extra request headers
 }
 
 // Health calls GET /healthz.

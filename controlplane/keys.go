@@ -81,6 +81,17 @@ type KeyConfig struct {
 	// Store holds the key hierarchy. Nil opens SQLite at
 	// DataDir/keys.db; a store passed in is not closed by Server.Close.
 	Store dkms.Store
+	// GossipRotationPeriod is the rotation period of the built-in key
+	// "gossip" when it is created (default RotationPeriod; negative:
+	// rotation on demand only). Its policy can be changed later like any
+	// other key's.
+	GossipRotationPeriod time.Duration
+	// RequireSealedTelemetry refuses plain telemetry uploads (415, the
+	// message starting with ErrUnsealedTelemetry's text): agents must seal
+	// them under the key "telemetry". Default false, so agents and tools
+	// that upload plain JSON keep working; turn it on once every agent
+	// seals (agents do by default, control_plane.seal_telemetry).
+	RequireSealedTelemetry bool
 }
 
 func (k *KeyConfig) setDefaults() {
@@ -96,6 +107,9 @@ func (k *KeyConfig) setDefaults() {
 	if k.CheckInterval == 0 {
 		k.CheckInterval = DefaultKeyCheckInterval
 	}
+	if k.GossipRotationPeriod == 0 {
+		k.GossipRotationPeriod = k.RotationPeriod
+	}
 }
 
 func (k *KeyConfig) validate() error {
@@ -109,6 +123,8 @@ func (k *KeyConfig) validate() error {
 		return bad("Threshold %d out of range 1..Shares (%d)", k.Threshold, k.Shares)
 	case k.RotationPeriod > 0 && k.RotationPeriod < time.Second:
 		return bad("RotationPeriod %s is below 1s", k.RotationPeriod)
+	case k.GossipRotationPeriod > 0 && k.GossipRotationPeriod < time.Second:
+		return bad("GossipRotationPeriod %s is below 1s", k.GossipRotationPeriod)
 	case k.CheckInterval < 0:
 		return bad("CheckInterval %s is negative", k.CheckInterval)
 	case k.MessageTTL < 0:
@@ -138,6 +154,8 @@ type keyState struct {
 	// registered with the key service unrevoked (a decommission while
 	// sealed, or a failed revocation).
 	revokePending atomic.Bool
+	// builtinPending is set until the built-in keys are known to exist.
+	builtinPending atomic.Bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -231,6 +249,7 @@ type keyMetrics struct {
 	delivered prometheus.Counter
 	fetches   *prometheus.CounterVec
 	rotations *prometheus.CounterVec
+	envelopes *prometheus.CounterVec
 }
 
 func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
@@ -247,8 +266,12 @@ func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
 			Name: "controlplane_key_rotations_total",
 			Help: "Key versions created by rotation, by cause (operator, schedule, revocation).",
 		}, []string{"cause"}),
+		envelopes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "controlplane_telemetry_envelopes_total",
+			Help: "Telemetry uploads by sealing result: opened, refused (does not open, or bound to another agent or batch), sealed (key service sealed), unsealed_refused (plain upload while sealed uploads are required).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations} {
+	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations, m.envelopes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -314,8 +337,10 @@ func (s *Server) openKeys(ctx context.Context) error {
 			"shares", kc.Shares, "threshold", kc.Threshold)
 	}
 	ks.revokePending.Store(true)
+	ks.builtinPending.Store(true)
 	s.keys = ks
 	if !svc.Status().Sealed {
+		s.ensureBuiltinKeys(ctx)
 		s.reconcileRevocations(ctx)
 	} else {
 		st := svc.Status()
@@ -414,16 +439,18 @@ func keyCtx(ctx context.Context, c *call) context.Context {
 }
 
 // auditKeyEvent appends a key service event to the audit log. Successful
-// deliveries of key messages to agents are data-plane traffic, as
-// heartbeats are: they are counted (dkms_operations_total,
-// controlplane_key_messages_delivered_total) rather than recorded, so a
+// deliveries of key messages to agents and successful decryptions (every
+// sealed telemetry upload is one) are data-plane traffic, as heartbeats
+// are: they are counted (dkms_operations_total,
+// controlplane_key_messages_delivered_total,
+// controlplane_telemetry_envelopes_total) rather than recorded, so a
 // rotation in a fleet of thousands does not write thousands of records.
-// Failed deliveries are recorded.
+// Failed ones are recorded.
 func (s *Server) auditKeyEvent(ctx context.Context, e dkms.AuditEvent) {
 	if s.keys != nil {
 		s.keys.cache.changed(e)
 	}
-	if e.Action == dkms.ActionDistribute && e.Result == dkms.ResultOK {
+	if (e.Action == dkms.ActionDistribute || e.Action == dkms.ActionDecrypt) && e.Result == dkms.ResultOK {
 		return
 	}
 	if c, ok := ctx.Value(callCtxKey{}).(*call); ok {
@@ -605,6 +632,56 @@ func (s *Server) reconcileRevocations(ctx context.Context) {
 	}
 }
 
+// ---- built-in keys ----
+
+// builtinKeys are the keys every deployment needs: TelemetryKeyName seals
+// agents' telemetry uploads, GossipKeyName is their memberlist keyring.
+// Both go to every agent; the telemetry key rotates every
+// Keys.RotationPeriod, the gossip key every Keys.GossipRotationPeriod.
+func (s *Server) builtinKeys() []struct {
+	name    string
+	purpose dkms.Purpose
+	policy  dkms.Policy
+} {
+	return []struct {
+		name    string
+		purpose dkms.Purpose
+		policy  dkms.Policy
+	}{
+		{TelemetryKeyName, dkms.PurposeData, dkms.Policy{AllAgents: true, RotationPeriod: s.cfg.Keys.defaultRotation()}},
+		{GossipKeyName, dkms.PurposeGossip, dkms.Policy{AllAgents: true, RotationPeriod: max(s.cfg.Keys.GossipRotationPeriod, 0)}},
+	}
+}
+
+// ensureBuiltinKeys creates the built-in keys that do not exist yet. It
+// runs once the service is unsealed (at start in dev mode, at unseal, and
+// on the check interval until it succeeded); a key of that name that
+// exists already, whatever its policy, is left alone.
+func (s *Server) ensureBuiltinKeys(ctx context.Context) {
+	if !s.keys.builtinPending.Load() || s.keys.svc.Status().Sealed {
+		return
+	}
+	ctx = dkms.WithActor(ctx, "system")
+	ok := true
+	for _, b := range s.builtinKeys() {
+		_, err := s.keys.svc.Key(ctx, b.name)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, dkms.ErrUnknownKey) {
+			if _, err = s.keys.svc.CreateKey(ctx, b.name, b.purpose, b.policy); err == nil || errors.Is(err, dkms.ErrKeyExists) {
+				s.log.Info("created built-in key", "key", b.name, "purpose", string(b.purpose), "rotation_period", b.policy.RotationPeriod)
+				continue
+			}
+		}
+		ok = false
+		s.log.Error("creating a built-in key failed; retried on the key check interval", "key", b.name, "err", err)
+	}
+	if ok {
+		s.keys.builtinPending.Store(false)
+	}
+}
+
 // ---- scheduled work ----
 
 // startKeysLoop runs keysTick every Keys.CheckInterval until stopKeysLoop.
@@ -641,6 +718,7 @@ func (s *Server) keysTick(ctx context.Context) {
 	if s.keys.svc.Status().Sealed {
 		return
 	}
+	s.ensureBuiltinKeys(ctx)
 	rotated, err := s.keys.svc.RotateDue(dkms.WithActor(ctx, "system:schedule"), s.cfg.Now())
 	if err != nil {
 		s.log.Error("scheduled key rotation failed", "err", err)

@@ -99,6 +99,7 @@ func (s *Server) handleUnseal(w http.ResponseWriter, r *http.Request, c *call) e
 	st := s.KeyStatus()
 	if wasSealed && !st.Sealed {
 		s.log.Info("key service unsealed", "by", c.actor)
+		s.ensureBuiltinKeys(context.WithoutCancel(r.Context()))
 		s.reconcileRevocations(context.WithoutCancel(r.Context()))
 	}
 	writeJSON(w, http.StatusOK, st)

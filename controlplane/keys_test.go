@@ -332,11 +332,11 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	e := newKeyEnv(t, nil)
 	e.unseal()
 	ctx := e.ctx()
-	k := e.createKey("telemetry", &KeyPolicy{AllAgents: true})
+	k := e.createKey("billing", &KeyPolicy{AllAgents: true})
 	if k.PrimaryVersion != 1 || k.Purpose != "data" || k.Policy.RotationPeriod != DefaultKeyRotationPeriod.String() || k.NextRotation == nil {
 		t.Fatalf("created: %+v", k)
 	}
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "telemetry"}); err == nil {
+	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "billing"}); err == nil {
 		t.Fatal("duplicate key created")
 	} else {
 		wantStatus(t, err, 409)
@@ -350,7 +350,7 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 
 	svc := e.srv.KeyService()
 	aad := []byte("device-7")
-	env1, err := svc.Encrypt(ctx, "telemetry", []byte("reading 21.5"), aad)
+	env1, err := svc.Encrypt(ctx, "billing", []byte("reading 21.5"), aad)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,13 +360,13 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	if _, err := viewer.ListKeys(ctx); err != nil {
 		t.Fatalf("viewer list: %v", err)
 	}
-	_, err = viewer.RotateKey(ctx, "telemetry")
+	_, err = viewer.RotateKey(ctx, "billing")
 	if ae := wantStatus(t, err, 403); !strings.Contains(ae.Message, "role viewer") {
 		t.Fatalf("viewer rotate: %s", ae.Message)
 	}
 
 	op := e.client(e.tokenFor(RoleOperator))
-	k, err = op.RotateKey(ctx, "telemetry")
+	k, err = op.RotateKey(ctx, "billing")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,21 +377,21 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	wantStatus(t, err, 404)
 
 	// Rewrap moves the envelope to v2 without returning the plaintext.
-	rw, err := op.Rewrap(ctx, "telemetry", env1, aad)
+	rw, err := op.Rewrap(ctx, "billing", env1, aad)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rw.FromVersion != 1 || rw.Version != 2 || rw.Key != "telemetry" || strings.Contains(string(rw.Envelope), "reading 21.5") {
+	if rw.FromVersion != 1 || rw.Version != 2 || rw.Key != "billing" || strings.Contains(string(rw.Envelope), "reading 21.5") {
 		t.Fatalf("rewrap: from %d to %d", rw.FromVersion, rw.Version)
 	}
-	if pt, err := svc.Decrypt(ctx, "telemetry", rw.Envelope, aad); err != nil || string(pt) != "reading 21.5" {
+	if pt, err := svc.Decrypt(ctx, "billing", rw.Envelope, aad); err != nil || string(pt) != "reading 21.5" {
 		t.Fatalf("rewrapped envelope opens to %q, %v", pt, err)
 	}
-	_, err = op.Rewrap(ctx, "telemetry", env1, []byte("other aad"))
+	_, err = op.Rewrap(ctx, "billing", env1, []byte("other aad"))
 	if ae := wantStatus(t, err, 400); !strings.Contains(ae.Message, "authentication failed") {
 		t.Fatalf("wrong aad: %s", ae.Message)
 	}
-	_, err = op.Rewrap(ctx, "telemetry", []byte("garbage"), nil)
+	_, err = op.Rewrap(ctx, "billing", []byte("garbage"), nil)
 	wantStatus(t, err, 400)
 	e.createKey("other", nil)
 	_, err = op.Rewrap(ctx, "other", env1, aad)
@@ -400,11 +400,11 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	}
 
 	// The primary can be neither retired nor destroyed.
-	_, err = op.RetireKeyVersion(ctx, "telemetry", 2)
+	_, err = op.RetireKeyVersion(ctx, "billing", 2)
 	if ae := wantStatus(t, err, 409); !strings.Contains(ae.Message, "rotate first") {
 		t.Fatalf("retire primary: %s", ae.Message)
 	}
-	_, err = op.RetireKeyVersion(ctx, "telemetry", 9)
+	_, err = op.RetireKeyVersion(ctx, "billing", 9)
 	wantStatus(t, err, 404)
 	status, body = e.rawRequest("POST", "/v1/keys/telemetry/versions/zero/retire", e.adminToken, nil, nil, nil)
 	if status != 400 || !strings.Contains(body, "version") {
@@ -415,30 +415,30 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	pol := k.Policy
 	pol.MinDecryptVersion = 2
 	pol.RotationPeriod = "0"
-	k, err = op.SetKeyPolicy(ctx, "telemetry", pol)
+	k, err = op.SetKeyPolicy(ctx, "billing", pol)
 	if err != nil || k.MinDecryptVersion != 2 || k.Policy.RotationPeriod != "0s" || k.NextRotation != nil || !k.Policy.AllAgents {
 		t.Fatalf("set policy: %+v %v", k, err)
 	}
-	if _, err := svc.Decrypt(ctx, "telemetry", env1, aad); !errors.Is(err, dkms.ErrBelowMinVersion) {
+	if _, err := svc.Decrypt(ctx, "billing", env1, aad); !errors.Is(err, dkms.ErrBelowMinVersion) {
 		t.Fatalf("v1 envelope after raising the minimum: %v", err)
 	}
-	_, err = op.SetKeyPolicy(ctx, "telemetry", KeyPolicy{MinDecryptVersion: 3})
+	_, err = op.SetKeyPolicy(ctx, "billing", KeyPolicy{MinDecryptVersion: 3})
 	wantStatus(t, err, 400)
-	_, err = op.SetKeyPolicy(ctx, "telemetry", KeyPolicy{RotationPeriod: "soon"})
+	_, err = op.SetKeyPolicy(ctx, "billing", KeyPolicy{RotationPeriod: "soon"})
 	wantStatus(t, err, 400)
-	if k, err = op.RetireKeyVersion(ctx, "telemetry", 1); err != nil || versionState(k, 1) != "retired" {
+	if k, err = op.RetireKeyVersion(ctx, "billing", 1); err != nil || versionState(k, 1) != "retired" {
 		t.Fatalf("retire: %+v %v", k, err)
 	}
-	_, err = op.DestroyKeyVersion(ctx, "telemetry", 1)
+	_, err = op.DestroyKeyVersion(ctx, "billing", 1)
 	wantStatus(t, err, 403)
-	if k, err = e.admin.DestroyKeyVersion(ctx, "telemetry", 1); err != nil || versionState(k, 1) != "destroyed" {
+	if k, err = e.admin.DestroyKeyVersion(ctx, "billing", 1); err != nil || versionState(k, 1) != "destroyed" {
 		t.Fatalf("destroy: %+v %v", k, err)
 	}
-	_, err = op.RetireKeyVersion(ctx, "telemetry", 1)
+	_, err = op.RetireKeyVersion(ctx, "billing", 1)
 	wantStatus(t, err, 409)
 
 	list, err := viewer.ListKeys(ctx)
-	if err != nil || list.Sealed || len(list.Keys) != 2 || list.Keys[1].Name != "telemetry" || list.Keys[1].LatestVersion != 2 {
+	if err != nil || list.Sealed || len(list.Keys) != 4 || list.Keys[0].Name != "billing" || list.Keys[0].LatestVersion != 2 {
 		t.Fatalf("list: %+v %v", list, err)
 	}
 }
@@ -466,13 +466,19 @@ func TestKeysAuditHasKeyEventsAndVerifies(t *testing.T) {
 	count := map[string]int{}
 	for _, r := range recs {
 		count[r.Action+" "+strings.SplitN(r.Result, ":", 2)[0]]++
+		builtin := r.Action == "key.create-key" && r.Actor == "system" && (r.Target == TelemetryKeyName+" v1" || r.Target == GossipKeyName+" v1")
+		// Revoking the agent rotates the built-in keys it held.
+		revocation := r.Action == "key.rotate" && strings.HasSuffix(r.Target, ", agent "+a.id)
 		if strings.HasPrefix(r.Action, "key.") && r.Action != "key.initialize" && r.Action != "key.seal" && r.Action != "key.revoke-agent" &&
-			r.Action != "key.register-agent" && !strings.HasPrefix(r.Actor, "token:") {
+			r.Action != "key.register-agent" && !builtin && !revocation && !strings.HasPrefix(r.Actor, "token:") {
 			t.Errorf("key record without the operator's token as actor: %+v", r)
 		}
 	}
 	want := map[string]int{
-		"key.initialize ok": 1, "key.seal ok": 1, "key.unseal ok": 3, "key.create-key ok": 1, "key.rotate ok": 1,
+		// k by the operator, telemetry and gossip (built in) at unseal
+		"key.initialize ok": 1, "key.seal ok": 1, "key.unseal ok": 3, "key.create-key ok": 3,
+		// k by the operator, telemetry and gossip at the revocation
+		"key.rotate ok": 3,
 		// retiring the primary is refused once (by the key service), the
 		// viewer's rotation once (by the role check)
 		"key.retire error": 1, "key.rotate denied": 1,
@@ -484,7 +490,7 @@ func TestKeysAuditHasKeyEventsAndVerifies(t *testing.T) {
 		}
 	}
 	for _, r := range recs {
-		if r.Action == "key.rotate" && r.Result == "ok" && r.Target != "k v2" {
+		if r.Action == "key.rotate" && r.Result == "ok" && !strings.HasSuffix(r.Target, ", agent "+a.id) && r.Target != "k v2" {
 			t.Errorf("rotate target %q", r.Target)
 		}
 		if r.Action == "key.revoke-agent" && r.Target != "agent "+a.id {
@@ -505,12 +511,12 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 	e.createKey("fleet", &KeyPolicy{AllAgents: true})
 	e.createKey("berlin", &KeyPolicy{AllowedLabels: map[string]string{"site": "berlin"}})
 	e.createKey("cp-only", nil)
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "gossip", Purpose: "gossip", Policy: &KeyPolicy{AllAgents: true}}); err != nil {
+	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "mesh", Purpose: "gossip", Policy: &KeyPolicy{AllAgents: true}}); err != nil {
 		t.Fatal(err)
 	}
 
-	if n := a.fetch(t, ctx); n != 3 {
-		t.Fatalf("first fetch: %d messages, want 3 (fleet, berlin, gossip)", n)
+	if n := a.fetch(t, ctx); n != 5 {
+		t.Fatalf("first fetch: %d messages, want 5 (fleet, berlin, mesh, and the built-in telemetry and gossip)", n)
 	}
 	held := map[string]bool{}
 	for _, k := range a.keys.Keys() {
@@ -569,13 +575,13 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 		t.Fatalf("fetch after losing the label: %d messages", n)
 	}
 	// Raising a minimum decryption version is sent (with the primary).
-	if _, err := e.admin.SetKeyPolicy(ctx, "gossip", KeyPolicy{AllAgents: true}); err != nil {
+	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", KeyPolicy{AllAgents: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.admin.RotateKey(ctx, "gossip"); err != nil {
+	if _, err := e.admin.RotateKey(ctx, "mesh"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.admin.SetKeyPolicy(ctx, "gossip", KeyPolicy{AllAgents: true, MinDecryptVersion: 2}); err != nil {
+	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", KeyPolicy{AllAgents: true, MinDecryptVersion: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if n := a.fetch(t, ctx); n != 1 {
@@ -591,8 +597,8 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 	// A fresh keyring catches up with everything from an empty cursor.
 	fresh := &pqAgent{enrolledAgent: a.enrolledAgent, sk: a.sk, cpKey: a.cpKey, device: a.device}
 	fresh.keys = e.openKeyring(fresh, filepath.Join(e.dir, "fresh.keyring"))
-	if n := fresh.fetch(t, ctx); n != 3 {
-		// fleet v1 (retired) and v2, gossip v2
+	if n := fresh.fetch(t, ctx); n != 5 {
+		// fleet v1 (retired) and v2, mesh v2, telemetry v1, gossip v1
 		t.Fatalf("fresh keyring: %d messages", n)
 	}
 	// Bad cursors are named.
@@ -634,8 +640,8 @@ func TestKeysAgentWithoutXWingKeyAndLateRegistration(t *testing.T) {
 		t.Fatalf("agent known to a new key store: %v", err)
 	}
 	e.createKey("fleet", &KeyPolicy{AllAgents: true})
-	if n := a.fetch(t, ctx); n != 1 {
-		t.Fatalf("late registration: %d messages", n)
+	if n := a.fetch(t, ctx); n != 3 {
+		t.Fatalf("late registration: %d messages, want fleet and the built-in telemetry and gossip", n)
 	}
 }
 
@@ -673,8 +679,9 @@ func TestKeysDecommissionRevokesAgent(t *testing.T) {
 	// The revoked agent is refused; the other receives the new version.
 	_, err = gone.client.KeyMessages(ctx, gone.cursor)
 	wantStatus(t, err, 403)
-	if n := stay.fetch(t, ctx); n != 2 {
-		t.Fatalf("remaining agent: %d messages after the revocation", n)
+	if n := stay.fetch(t, ctx); n != 6 {
+		// the new and previous versions of fleet, telemetry and gossip
+		t.Fatalf("remaining agent: %d messages after the revocation, want 6", n)
 	}
 	env, err := e.srv.KeyService().Encrypt(ctx, "fleet", []byte("after revocation"), nil)
 	if err != nil {
@@ -923,8 +930,8 @@ func TestKeysAgentPollSeesChangesMadeInProcess(t *testing.T) {
 	if _, err := svc.CreateKey(ctx, "direct", dkms.PurposeData, dkms.Policy{AllowedLabels: map[string]string{"zone": "b"}}); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.fetch(t, ctx); n != 0 {
-		t.Fatalf("%d messages for a key the agent may not hold", n)
+	if n := a.fetch(t, ctx); n != 2 {
+		t.Fatalf("%d messages, want only the built-in telemetry and gossip keys, not one the agent may not hold", n)
 	}
 	// Changes made through KeyService, not the HTTP API, reach the next
 	// poll: a policy change, then the agent's labels.

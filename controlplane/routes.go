@@ -430,40 +430,6 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, c *call
 	return nil
 }
 
-func (s *Server) handleTelemetryUpload(w http.ResponseWriter, r *http.Request, c *call) error {
-	if err := checkJSONContentType(r); err != nil {
-		return err
-	}
-	gz := false
-	switch enc := strings.ToLower(r.Header.Get("Content-Encoding")); enc {
-	case "gzip":
-		gz = true
-	case "", "identity":
-	default:
-		return errorf(http.StatusUnsupportedMediaType, "Content-Encoding %q: expected gzip or identity", enc)
-	}
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	batch, err := DecodeTelemetryBatch(body, DecodeOptions{
-		Gzip: gz, MaxBytes: s.cfg.MaxTelemetryBytes, MaxReadings: s.cfg.MaxBatchReadings,
-		Now: c.now, MaxFuture: s.cfg.MaxClockSkew,
-	})
-	if err != nil {
-		return err
-	}
-	res, err := s.store.IngestTelemetry(r.Context(), c.agentID, batch, c.now)
-	if err != nil {
-		return s.agentGone(c, err)
-	}
-	if res.Duplicate {
-		s.metrics.batches.WithLabelValues("duplicate").Inc()
-	} else {
-		s.metrics.batches.WithLabelValues("stored").Inc()
-		s.metrics.readings.Add(float64(res.Accepted))
-	}
-	writeJSON(w, http.StatusOK, res)
-	return nil
-}
-
 // ---- registry (operators) ----
 
 func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request, c *call) error {

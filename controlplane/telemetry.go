@@ -3,17 +3,84 @@ package controlplane
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
+
+// Sealed telemetry. An agent seals each upload's body (the gzip-compressed
+// JSON of a TelemetryBatch, as EncodeTelemetryBatch makes it) into a
+// pqcrypto data-key envelope under the primary version it holds of the
+// built-in key TelemetryKeyName, with TelemetryAAD(agent id, batch_seq) as
+// associated data, and posts the envelope as is with Content-Type
+// EnvelopeContentType and the headers HeaderSealedAgent and
+// HeaderSealedBatchSeq naming that associated data. The server checks
+// that the headers name the calling agent, opens the envelope with its key
+// service (any primary or decrypt-only version of the key), checks that
+// the batch inside carries the sealed batch_seq, and stores it as a plain
+// upload (same idempotency by agent and batch_seq).
+const (
+	// TelemetryKeyName is the built-in data key that seals telemetry
+	// uploads (created at the key service's first unseal, see KeyConfig).
+	TelemetryKeyName = "telemetry"
+	// GossipKeyName is the built-in gossip key, the memberlist keyring of
+	// the agents (created with TelemetryKeyName).
+	GossipKeyName = "gossip"
+	// EnvelopeContentType is the Content-Type of a sealed upload: the body
+	// is one pqcrypto data-key envelope.
+	EnvelopeContentType = "application/vnd.edgefleet.envelope"
+	// HeaderSealedAgent names the agent id a sealed upload was sealed for.
+	HeaderSealedAgent = "Edgefleet-Sealed-Agent"
+	// HeaderSealedBatchSeq names the batch_seq a sealed upload was sealed
+	// for (decimal).
+	HeaderSealedBatchSeq = "Edgefleet-Sealed-Batch-Seq"
+
+	telemetryAADLabel = "edgefleet/telemetry/v1"
+)
+
+// Errors of sealed telemetry uploads. The server's answer (HTTP 400, or
+// 415 for ErrUnsealedTelemetry) starts with the error's text, so a client
+// can tell them apart by the message.
+var (
+	// ErrEnvelopeBinding means a sealed upload is bound to another agent
+	// than the one sending it (HeaderSealedAgent), or the batch inside
+	// carries another batch_seq than the one it was sealed for.
+	ErrEnvelopeBinding = errors.New("controlplane: telemetry envelope bound to another agent or batch")
+	// ErrEnvelopeUnopened means a sealed upload does not open: tampered or
+	// truncated, sealed with other associated data than its headers name,
+	// or not an envelope of the telemetry key.
+	ErrEnvelopeUnopened = errors.New("controlplane: telemetry envelope does not open")
+	// ErrUnsealedTelemetry means the server accepts sealed uploads only
+	// (KeyConfig.RequireSealedTelemetry) and the upload was plain JSON.
+	ErrUnsealedTelemetry = errors.New("controlplane: unsealed telemetry refused")
+)
+
+// TelemetryAAD is the associated data a telemetry upload is sealed with:
+// the label "edgefleet/telemetry/v1", a zero byte, the agent id, a zero
+// byte, and batch_seq as 8 bytes big-endian. It binds the envelope to one
+// agent and one batch, so it cannot be replayed as another's.
+func TelemetryAAD(agentID string, batchSeq uint64) []byte {
+	b := make([]byte, 0, len(telemetryAADLabel)+len(agentID)+10)
+	b = append(b, telemetryAADLabel...)
+	b = append(b, 0)
+	b = append(b, agentID...)
+	b = append(b, 0)
+	return binary.BigEndian.AppendUint64(b, batchSeq)
+}
 
 // Bounds for telemetry readings.
 var (
@@ -235,4 +302,168 @@ func describeJSONError(err error) string {
 		return "invalid JSON: " + s
 	}
 	return "invalid JSON: " + msg
+}
+
+// namedError is an answer whose message starts with a named error's text.
+func namedError(status int, named error, format string, args ...any) error {
+	return &httpError{status: status, msg: named.Error() + ": " + fmt.Sprintf(format, args...), err: errors.Join(statusSentinel(status), named)}
+}
+
+// handleTelemetryUpload stores one upload: plain JSON (gzip or identity),
+// or a sealed envelope (EnvelopeContentType).
+func (s *Server) handleTelemetryUpload(w http.ResponseWriter, r *http.Request, c *call) error {
+	mt := ""
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		var err error
+		if mt, _, err = mime.ParseMediaType(ct); err != nil {
+			mt = ct
+		}
+	}
+	switch mt {
+	case EnvelopeContentType:
+		return s.handleSealedTelemetry(w, r, c)
+	case "", "application/json":
+	default:
+		return errorf(http.StatusUnsupportedMediaType, "Content-Type %q: expected application/json or %s", r.Header.Get("Content-Type"), EnvelopeContentType)
+	}
+	if s.cfg.Keys.RequireSealedTelemetry {
+		s.keys.metrics.envelopes.WithLabelValues("unsealed_refused").Inc()
+		return namedError(http.StatusUnsupportedMediaType, ErrUnsealedTelemetry,
+			"this control plane accepts telemetry sealed under the key %q only (Content-Type %s); the agent must seal its uploads (control_plane.seal_telemetry: true)",
+			TelemetryKeyName, EnvelopeContentType)
+	}
+	gz := false
+	switch enc := strings.ToLower(r.Header.Get("Content-Encoding")); enc {
+	case "gzip":
+		gz = true
+	case "", "identity":
+	default:
+		return errorf(http.StatusUnsupportedMediaType, "Content-Encoding %q: expected gzip or identity", enc)
+	}
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	batch, err := DecodeTelemetryBatch(body, DecodeOptions{
+		Gzip: gz, MaxBytes: s.cfg.MaxTelemetryBytes, MaxReadings: s.cfg.MaxBatchReadings,
+		Now: c.now, MaxFuture: s.cfg.MaxClockSkew,
+	})
+	if err != nil {
+		return err
+	}
+	return s.ingestTelemetry(w, r, c, batch)
+}
+
+// handleSealedTelemetry opens a sealed upload and stores the batch inside.
+// Every check that needs no key comes first: the headers must name the
+// calling agent and a batch_seq.
+func (s *Server) handleSealedTelemetry(w http.ResponseWriter, r *http.Request, c *call) error {
+	if enc := strings.ToLower(r.Header.Get("Content-Encoding")); enc != "" && enc != "identity" {
+		return errorf(http.StatusUnsupportedMediaType, "Content-Encoding %q: an envelope is sent as is (its content is gzip-compressed JSON)", enc)
+	}
+	sealedFor := r.Header.Get(HeaderSealedAgent)
+	if sealedFor == "" {
+		return badRequest("header %s: missing; name the agent id the envelope was sealed for", HeaderSealedAgent)
+	}
+	seqText := r.Header.Get(HeaderSealedBatchSeq)
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil || seq == 0 || seq > math.MaxInt64 {
+		return badRequest("header %s: %q is not a batch_seq (1..%d)", HeaderSealedBatchSeq, seqText, int64(math.MaxInt64))
+	}
+	if sealedFor != c.agentID {
+		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
+		return namedError(http.StatusBadRequest, ErrEnvelopeBinding, "sealed for agent %q, sent by agent %q", sealedFor, c.agentID)
+	}
+	env, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		return telemetryDecodeError(err, s.cfg.MaxTelemetryBytes)
+	}
+	if len(env) == 0 {
+		return badRequest("empty body, expected a %s", EnvelopeContentType)
+	}
+	if err := s.requireUnsealed(); err != nil {
+		s.keys.metrics.envelopes.WithLabelValues("sealed").Inc()
+		return err
+	}
+	pt, err := s.keys.svc.Decrypt(keyCtx(r.Context(), c), TelemetryKeyName, env, TelemetryAAD(sealedFor, seq))
+	if err != nil {
+		return s.envelopeError(err, seq)
+	}
+	defer clear(pt)
+	batch, err := DecodeTelemetryBatch(bytes.NewReader(pt), DecodeOptions{
+		Gzip: true, MaxBytes: s.cfg.MaxTelemetryBytes, MaxReadings: s.cfg.MaxBatchReadings,
+		Now: c.now, MaxFuture: s.cfg.MaxClockSkew,
+	})
+	if err != nil {
+		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
+		return err
+	}
+	if batch.BatchSeq != seq {
+		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
+		return namedError(http.StatusBadRequest, ErrEnvelopeBinding, "sealed for batch_seq %d, the batch inside carries batch_seq %d", seq, batch.BatchSeq)
+	}
+	s.keys.metrics.envelopes.WithLabelValues("opened").Inc()
+	return s.ingestTelemetry(w, r, c, batch)
+}
+
+// envelopeError answers an envelope the key service did not open.
+func (s *Server) envelopeError(err error, seq uint64) error {
+	switch {
+	case errors.Is(err, dkms.ErrSealed), errors.Is(err, dkms.ErrNotInitialized):
+		s.keys.metrics.envelopes.WithLabelValues("sealed").Inc()
+		return s.sealedError()
+	case errors.Is(err, dkms.ErrKeyVersionRetired), errors.Is(err, dkms.ErrKeyVersionDestroyed), errors.Is(err, dkms.ErrBelowMinVersion),
+		errors.Is(err, dkms.ErrUnknownVersion), errors.Is(err, dkms.ErrUnknownKey):
+		// The agent holds an old or unknown version: it fetches its keys
+		// and seals again.
+		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
+		return namedError(http.StatusConflict, ErrEnvelopeUnopened, "%s; fetch the current key versions (GET /v1/agent/keys) and seal again", cleanKeyError(err.Error()))
+	case errors.Is(err, dkms.ErrWrongKey), errors.Is(err, dkms.ErrWrongPurpose), errors.Is(err, dkms.ErrMalformed),
+		errors.Is(err, dkms.ErrInvalidName), envelopeInputError(err):
+		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
+		return namedError(http.StatusBadRequest, ErrEnvelopeUnopened,
+			"%s (tampered or truncated, or sealed for another agent or batch_seq than %d)", cleanKeyError(err.Error()), seq)
+	}
+	return err
+}
+
+// envelopeInputError reports whether err is pqcrypto's verdict on the
+// envelope's bytes (every pqcrypto sentinel is).
+func envelopeInputError(err error) bool {
+	for _, e := range []error{
+		pqcrypto.ErrTruncated, pqcrypto.ErrAuthFailed, pqcrypto.ErrBadSignature, pqcrypto.ErrUnknownSuite,
+		pqcrypto.ErrUnsupportedVersion, pqcrypto.ErrMalformed, pqcrypto.ErrWrongRecipient, pqcrypto.ErrKeyVersion,
+		pqcrypto.ErrWrongKey, pqcrypto.ErrInvalidKey, pqcrypto.ErrUnsupported,
+	} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// ingestTelemetry stores a decoded batch once per (agent, batch_seq).
+func (s *Server) ingestTelemetry(w http.ResponseWriter, r *http.Request, c *call, batch TelemetryBatch) error {
+	res, err := s.store.IngestTelemetry(r.Context(), c.agentID, batch, c.now)
+	if err != nil {
+		return s.agentGone(c, err)
+	}
+	if res.Duplicate {
+		s.metrics.batches.WithLabelValues("duplicate").Inc()
+	} else {
+		s.metrics.batches.WithLabelValues("stored").Inc()
+		s.metrics.readings.Add(float64(res.Accepted))
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// UploadTelemetrySealed sends a sealed upload (mutual TLS): envelope is
+// the batch's EncodeTelemetryBatch form sealed under the key "telemetry"
+// with TelemetryAAD(agentID, batchSeq). Re-sending is safe, as for
+// UploadTelemetry, even sealed anew.
+func (c *Client) UploadTelemetrySealed(ctx context.Context, agentID string, batchSeq uint64, envelope []byte) (IngestResult, error) {
+	var res IngestResult
+	err := c.do(ctx, "POST", "/v1/agents/self/telemetry", nil, rawBody{
+		data: envelope, contentType: EnvelopeContentType,
+		header: map[string]string{HeaderSealedAgent: agentID, HeaderSealedBatchSeq: strconv.FormatUint(batchSeq, 10)},
+	}, &res)
+	return res, err
 }
