@@ -140,7 +140,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			return err
 		}
 		if ic.MQTT.Broker == "" {
-			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker")}
+			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker"), Ingest: true}
 			if ic.MQTT.Username != "" {
 				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
 			}
@@ -162,6 +162,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		in, err = ingest.New(ingest.Config{
 			Store:             store,
 			MQTT:              mc,
+			Embedded:          broker, // nil with an external broker
 			TopicPattern:      ic.Topic,
 			Limits:            ic.Limits.limits(),
 			BatchMessages:     ic.BatchMessages,

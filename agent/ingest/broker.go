@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -26,6 +27,12 @@ type BrokerConfig struct {
 	TLSConfig *tls.Config
 	// Logger receives the broker's logs. Nil discards them.
 	Logger *slog.Logger
+	// Ingest reserves the broker for an Ingestor attached to it later
+	// (Config.Embedded): until one is attached, and after it stops,
+	// clients' publishes wait (their connections stop being read), so
+	// nothing is acknowledged that no Ingestor took. Without it the
+	// broker is an ordinary broker until an Ingestor attaches.
+	Ingest bool
 }
 
 // Broker is an MQTT broker running in this process (mochi-mqtt), the
@@ -34,11 +41,30 @@ type BrokerConfig struct {
 // not the broker stopping. A client's queue of unacknowledged QoS 1
 // messages holds at most 65535 (the packet-id space) and its pending
 // writes 65536; beyond that the broker drops messages (as mochi does).
+//
+// An Ingestor attached to the broker (Config.Embedded) takes the
+// publishes on its topics directly, without an MQTT session of its
+// own: see ingestHook. The broker then acknowledges a device's QoS 1
+// publish only after the Ingestor committed it, so whatever a device
+// saw acknowledged survives a crash of the process (kill -9, power
+// loss): the device keeps every unacknowledged message and sends it
+// again when it reconnects.
 type Broker struct {
 	srv  *mochi.Server
 	addr string
 	once sync.Once
 	tls  bool
+
+	log     *slog.Logger
+	in      atomic.Pointer[Ingestor] // attached Ingestor, nil when none
+	mu      sync.Mutex               // guards hold, stopped, changed
+	hold    bool                     // publishes wait while no Ingestor is attached
+	stopped bool
+	changed chan struct{} // closed and replaced at every attach, detach and stop
+	done    chan struct{} // closed when the broker stops
+
+	amu        sync.Mutex
+	ackWriters map[*mochi.Client]*ackWriter // per connection with QoS 1 messages in the Ingestor
 }
 
 // StartBroker starts an embedded broker and returns once it listens.
@@ -55,7 +81,11 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumInflight = math.MaxUint16
 	caps.MaximumClientWritesPending = 65536
-	srv := mochi.New(&mochi.Options{Capabilities: caps, Logger: cfg.Logger, InlineClient: false})
+	// The inline client publishes the Ingestor's messages (Publish) and
+	// passes the ingested telemetry on to the broker's other subscribers.
+	srv := mochi.New(&mochi.Options{Capabilities: caps, Logger: cfg.Logger, InlineClient: true})
+	b := &Broker{srv: srv, tls: cfg.TLSConfig != nil, log: cfg.Logger, hold: cfg.Ingest,
+		changed: make(chan struct{}), done: make(chan struct{}), ackWriters: map[*mochi.Client]*ackWriter{}}
 	var err error
 	if len(cfg.Users) > 0 {
 		users := auth.Users{}
@@ -69,6 +99,9 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: broker auth: %w", err)
 	}
+	if err := srv.AddHook(&ingestHook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("ingest: broker ingestion hook: %w", err)
+	}
 	l := listeners.NewTCP(listeners.Config{ID: "tcp", Address: cfg.Addr, TLSConfig: cfg.TLSConfig})
 	if err := srv.AddListener(l); err != nil {
 		return nil, fmt.Errorf("ingest: broker listen on %s: %w", cfg.Addr, err)
@@ -77,7 +110,8 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("ingest: broker serve: %w", err)
 	}
-	return &Broker{srv: srv, addr: l.Address(), tls: cfg.TLSConfig != nil}, nil
+	b.addr = l.Address()
+	return b, nil
 }
 
 // Addr returns the address the broker listens on (host:port).
@@ -96,9 +130,22 @@ func (b *Broker) URL() string {
 func (b *Broker) Stop() error {
 	var err error
 	b.once.Do(func() {
+		// Release the publishes waiting for an Ingestor first: mochi
+		// closes the connections whose reads they hold.
+		b.mu.Lock()
+		b.stopped = true
+		b.signalLocked()
+		b.mu.Unlock()
+		close(b.done)
 		if e := b.srv.Close(); e != nil {
 			err = fmt.Errorf("ingest: stop broker: %w", e)
 		}
+		b.amu.Lock()
+		for cl, w := range b.ackWriters {
+			w.close()
+			delete(b.ackWriters, cl)
+		}
+		b.amu.Unlock()
 	})
 	return err
 }

@@ -28,6 +28,25 @@
 // (max_queued_messages) sized for the backlog to keep while the agent is
 // away.
 //
+// # Embedded broker
+//
+// Without a broker of its own, an installation runs one in the agent's
+// process (StartBroker with BrokerConfig.Ingest, and Config.Embedded).
+// The Ingestor then has no MQTT session: the broker hands every publish
+// on its topics straight to Handle (a mochi OnPublish hook) and sends a
+// device's PUBACK only from the acknowledging goroutine, after the
+// group commit holding the message, exactly as the subscriber would.
+// Whatever a device saw acknowledged is on disk, whatever happens to
+// the process afterwards (kill -9, power loss); the rest the device
+// still holds and sends again, flagged DUP, after it reconnects. Every
+// device connection is a connection epoch for redelivery
+// de-duplication. Devices pipeline their QoS 1 messages (mochi's
+// receive maximum bounds MQTT 5 clients); a full queue stops reading
+// the publishing connections. Until an Ingestor is attached, and after
+// it stops, the broker reads no further publishes, so it acknowledges
+// nothing no Ingestor took; the other subscribers of the telemetry
+// topics still receive it (after it is queued for commit).
+//
 // # Payloads
 //
 // Topics follow a pattern (default devices/{device_id}/telemetry); the

@@ -94,6 +94,14 @@ type Config struct {
 	StoreConfig StoreConfig
 	// MQTT configures the subscriber.
 	MQTT MQTTConfig
+	// Embedded, when set, is the in-process broker the Ingestor attaches
+	// to at Start (one Ingestor per broker; start it with
+	// BrokerConfig.Ingest). The broker then hands the publishes on the
+	// Ingestor's topics to it directly and acknowledges each to its
+	// device only after its group commit: there is no subscriber, and
+	// MQTT.Broker must be empty or the broker's URL. Publish goes
+	// through the broker's inline client.
+	Embedded *Broker
 	// TopicPattern maps topics to device ids. Default
 	// "devices/{device_id}/telemetry"; the subscription is the pattern
 	// with {device_id} replaced by "+".
@@ -184,7 +192,11 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MQTT KeepAlive %s (>= 1s), ConnectTimeout %s, MaxReconnectInterval %s (>= 10ms)",
 			ErrInvalidConfig, m.KeepAlive, m.ConnectTimeout, m.MaxReconnectInterval)
 	}
-	if m.Broker != "" {
+	if c.Embedded != nil {
+		if m.Broker != "" && m.Broker != c.Embedded.URL() {
+			return c, fmt.Errorf("%w: MQTT.Broker %q with an embedded broker at %s", ErrInvalidConfig, m.Broker, c.Embedded.URL())
+		}
+	} else if m.Broker != "" {
 		if err := checkBrokerURL(m.Broker); err != nil {
 			return c, err
 		}
@@ -222,6 +234,7 @@ type Ingestor struct {
 	pressure  atomic.Value  // string: current backpressure reason, "" none
 	retainNow chan struct{} // asks the maintenance goroutine for a retention pass
 	epoch     atomic.Int64  // connection epoch: grows at every connection attempt
+	attached  atomic.Bool   // attached to Config.Embedded
 }
 
 // New validates cfg and builds an Ingestor (opening its store when
@@ -260,7 +273,7 @@ func New(cfg Config) (*Ingestor, error) {
 		}
 		in.store, in.ownStore = st, true
 	}
-	if cfg.MQTT.Broker != "" {
+	if cfg.MQTT.Broker != "" && cfg.Embedded == nil {
 		in.mqtt = newSubscriber(in)
 	}
 	return in, nil
@@ -290,13 +303,21 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	go in.runCommitter()
 	go in.runAcker()
 	go in.runMaintenance()
+	if b := in.cfg.Embedded; b != nil {
+		if err := b.attach(in); err != nil {
+			in.Stop()
+			return err
+		}
+		in.attached.Store(true)
+		in.m.connected.Store(1)
+	}
 	if in.mqtt != nil {
 		if err := in.mqtt.start(); err != nil {
 			in.Stop()
 			return err
 		}
 	}
-	in.log.Info("ingestion started", "broker", in.cfg.MQTT.Broker, "topic", in.topics.Filter(), "store", in.store.Path())
+	in.log.Info("ingestion started", "broker", in.Broker(), "topic", in.topics.Filter(), "store", in.store.Path())
 	return nil
 }
 
@@ -316,7 +337,7 @@ func (in *Ingestor) newEpoch() {
 // WaitSubscribed waits until the MQTT subscriber is connected and
 // subscribed (immediately true without a broker).
 func (in *Ingestor) WaitSubscribed(ctx context.Context) error {
-	if in.mqtt == nil {
+	if in.mqtt == nil { // no broker, or attached to the embedded one at Start
 		return nil
 	}
 	select {
@@ -333,11 +354,17 @@ func (in *Ingestor) WaitSubscribed(ctx context.Context) error {
 // (backpressure: the MQTT subscriber then stops reading from the
 // broker). After Stop it returns ErrClosed and the message stays
 // unacknowledged, so the broker delivers it again later.
-func (in *Ingestor) Handle(m Message) error {
+func (in *Ingestor) Handle(m Message) error { return in.handle(m, nil) }
+
+// handle is Handle; it also gives up, returning ErrClosed, when abort
+// is closed while it waits.
+func (in *Ingestor) handle(m Message, abort <-chan struct{}) error {
 	in.hmu.RLock()
 	defer in.hmu.RUnlock()
 	select {
 	case <-in.stopping:
+		return ErrClosed
+	case <-abort:
 		return ErrClosed
 	default:
 	}
@@ -357,9 +384,12 @@ func (in *Ingestor) Handle(m Message) error {
 	case in.queue <- e:
 		return nil
 	case <-in.stopping:
-		in.m.pending.Add(-1)
-		return ErrClosed
+	case <-abort:
 	}
+	in.m.pending.Add(-1)
+	*e = envelope{}
+	envelopePool.Put(e)
+	return ErrClosed
 }
 
 func (in *Ingestor) setQueuePressure(on bool) {
@@ -385,6 +415,13 @@ func (in *Ingestor) Stop() error {
 		}
 		if in.mqtt != nil {
 			in.mqtt.stop()
+		}
+		if in.attached.Load() {
+			// The acknowledgements are queued with the broker's
+			// connections; publishes now wait for the next Ingestor.
+			in.cfg.Embedded.detach(in)
+			in.attached.Store(false)
+			in.m.connected.Store(0)
 		}
 		in.wg.Wait()
 		if in.ownStore {

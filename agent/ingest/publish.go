@@ -16,10 +16,11 @@ const MaxPublishBytes = 256 << 10
 
 // Publish sends payload to topic at QoS 1 on the subscriber's MQTT
 // session and returns once the broker acknowledged it (PUBACK) or ctx
-// ends. It fails with ErrNotConnected when the session is down (the
-// message is not queued for later), and refuses topics holding MQTT
-// wildcards or NUL and payloads over MaxPublishBytes. It is safe for
-// concurrent use.
+// ends; attached to an embedded broker (Config.Embedded), it hands the
+// message to that broker's subscribers directly. It fails with
+// ErrNotConnected when the session is down (the message is not queued
+// for later), and refuses topics holding MQTT wildcards or NUL and
+// payloads over MaxPublishBytes. It is safe for concurrent use.
 func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) error {
 	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
 		return fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
@@ -31,6 +32,16 @@ func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) e
 	case <-in.stopping:
 		return ErrClosed
 	default:
+	}
+	if b := in.cfg.Embedded; b != nil {
+		if !in.attached.Load() {
+			return fmt.Errorf("%w: not attached to the embedded broker", ErrNotConnected)
+		}
+		if err := b.srv.Publish(topic, payload, false, 1); err != nil {
+			return fmt.Errorf("ingest: publish to %s: %w", topic, err)
+		}
+		in.m.published.Add(1)
+		return nil
 	}
 	if in.mqtt == nil || in.mqtt.client == nil {
 		return fmt.Errorf("%w: no broker configured", ErrNotConnected)
@@ -54,8 +65,12 @@ func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) e
 }
 
 // Subscribed reports whether the MQTT subscriber has subscribed at least
-// once and its session is up now. Without a broker it is false.
+// once and its session is up now, or the Ingestor is attached to its
+// embedded broker. Without a broker it is false.
 func (in *Ingestor) Subscribed() bool {
+	if in.cfg.Embedded != nil {
+		return in.attached.Load()
+	}
 	if in.mqtt == nil {
 		return false
 	}
@@ -67,8 +82,13 @@ func (in *Ingestor) Subscribed() bool {
 	}
 }
 
-// Broker is the URL of the broker the subscriber uses ("" without one).
-func (in *Ingestor) Broker() string { return in.cfg.MQTT.Broker }
+// Broker is the URL of the broker the Ingestor takes messages from ("" without one).
+func (in *Ingestor) Broker() string {
+	if in.cfg.Embedded != nil {
+		return in.cfg.Embedded.URL()
+	}
+	return in.cfg.MQTT.Broker
+}
 
 // Reasons lists every dead-letter Reason.
 func Reasons() []Reason { return append([]Reason(nil), reasons...) }

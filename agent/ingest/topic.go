@@ -64,6 +64,31 @@ func (tp TopicPattern) Topic(device string) string {
 	return strings.Join(ls, "/")
 }
 
+// Matches reports whether topic matches the pattern's subscription
+// filter (Filter): its device id is checked by Device.
+func (tp TopicPattern) Matches(topic string) bool {
+	rest := topic
+	for i, l := range tp.levels {
+		var level string
+		if i == len(tp.levels)-1 {
+			if strings.IndexByte(rest, '/') >= 0 {
+				return false
+			}
+			level = rest
+		} else {
+			j := strings.IndexByte(rest, '/')
+			if j < 0 {
+				return false
+			}
+			level, rest = rest[:j], rest[j+1:]
+		}
+		if i != tp.idx && level != l {
+			return false
+		}
+	}
+	return true
+}
+
 // Device extracts and validates the device id of a topic.
 func (tp TopicPattern) Device(topic string) (string, error) {
 	rest := topic
