@@ -43,6 +43,12 @@ type IngestOptions struct {
 	SkipBacklog, SkipLatency bool
 	// NoMosquittoSub leaves out the mosquitto_sub reference drain.
 	NoMosquittoSub bool
+	// Embedded adds the embedded broker run: EmbeddedPublishers devices
+	// (0 = 4) publish Messages between them to the in-process broker
+	// with an ingestor attached (PUBACK after the commit), beside the
+	// same broker with none (PUBACK at once, nothing stored).
+	Embedded           bool
+	EmbeddedPublishers int
 	// Malformed payloads mixed into each backlog (random bytes, broken
 	// JSON, wrong types, NaN, overflowing numbers, huge arrays, far-future
 	// times);
@@ -59,14 +65,14 @@ type IngestOptions struct {
 }
 
 func (o IngestOptions) validate() error {
-	if o.Messages < 0 || o.Rounds < 0 || o.Rate < 0 || o.Devices < 0 || o.Malformed < 0 || o.BatchMessages < 0 || o.BatchDelay < 0 {
-		return fmt.Errorf("bench: ingest: negative option in messages %d, rounds %d, rate %d, devices %d, malformed %d, batch %d, batch delay %s",
-			o.Messages, o.Rounds, o.Rate, o.Devices, o.Malformed, o.BatchMessages, o.BatchDelay)
+	if o.Messages < 0 || o.Rounds < 0 || o.Rate < 0 || o.Devices < 0 || o.Malformed < 0 || o.BatchMessages < 0 || o.BatchDelay < 0 || o.EmbeddedPublishers < 0 {
+		return fmt.Errorf("bench: ingest: negative option in messages %d, rounds %d, rate %d, devices %d, malformed %d, batch %d, batch delay %s, embedded publishers %d",
+			o.Messages, o.Rounds, o.Rate, o.Devices, o.Malformed, o.BatchMessages, o.BatchDelay, o.EmbeddedPublishers)
 	}
 	if o.Duration != 0 && o.Duration < time.Second {
 		return fmt.Errorf("bench: ingest: latency run duration %s is below 1s", o.Duration)
 	}
-	if o.SkipBacklog && o.SkipLatency {
+	if o.SkipBacklog && o.SkipLatency && !o.Embedded {
 		return errors.New("bench: ingest: both parts skipped; nothing to measure")
 	}
 	return nil
@@ -90,6 +96,10 @@ func (o IngestOptions) validate() error {
 //   - ingest_rss_mb: peak resident memory of the process during the
 //     latency run (it includes the publisher's client), with the heap
 //     in use beside it.
+//   - ingest_embedded_publish (msg/s, with Embedded): devices publishing
+//     to the embedded broker with an ingestor attached, until the last
+//     PUBACK (each sent after its commit), beside the same broker with
+//     no ingestor (PUBACK at once, nothing stored).
 //
 // Each message is flat JSON with three metrics and its publish time.
 func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
@@ -112,7 +122,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
 	}
 	broker, brokerDesc := opt.Broker, opt.Broker
-	if broker == "" {
+	if broker == "" && !(opt.SkipBacklog && opt.SkipLatency) {
 		m, desc, err := startMosquitto(filepath.Join(dir, "mosquitto"))
 		if err != nil {
 			return Report{}, err
@@ -125,6 +135,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 		Broker: broker, Dir: filepath.Join(dir, "ingest"), Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
 		Rate: opt.Rate, Duration: opt.Duration, SkipBacklog: opt.SkipBacklog, SkipLatency: opt.SkipLatency,
 		NoMosquittoSub: opt.NoMosquittoSub, Malformed: opt.Malformed,
+		Embedded: opt.Embedded, EmbeddedPublishers: opt.EmbeddedPublishers,
 		BatchMessages: opt.BatchMessages, BatchDelay: opt.BatchDelay, Logger: logger,
 	})
 	if err != nil {
@@ -132,6 +143,12 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	}
 	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
 		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration), defaultInt(opt.Devices, 10)))}
+	if opt.Embedded {
+		rep.Machine["workload"] += fmt.Sprintf(" embedded_publishers=%d", res.EmbeddedPublishers)
+	}
+	if brokerDesc == "" {
+		brokerDesc = "none (embedded broker run only)"
+	}
 	rep.Machine["broker"] = brokerDesc
 	ratio := func(a, b float64) float64 {
 		if b > 0 {
@@ -166,6 +183,15 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 			Result{Name: "ingest_publish_to_commit_max", Unit: "ms", Value: res.Maxms},
 			Result{Name: "ingest_rss_mb", Unit: "MB", Value: res.RSSMB},
 			Result{Name: "ingest_heap_mb", Unit: "MB", Value: res.HeapMB},
+		)
+	}
+	if opt.Embedded {
+		rep.Results = append(rep.Results,
+			Result{Name: "ingest_embedded_publish", Unit: "msg/s", Value: res.EmbeddedRate,
+				Baseline: &Baseline{Name: fmt.Sprintf("embedded broker without ingestor (acks at once, stores nothing), %d publishers", res.EmbeddedPublishers),
+					Value: res.EmbeddedBareRate},
+				Ratio: ratio(res.EmbeddedRate, res.EmbeddedBareRate)},
+			Result{Name: "ingest_embedded_commit_batch", Unit: "messages", Value: res.EmbeddedCommitBatch},
 		)
 	}
 	return rep, nil

@@ -18,6 +18,7 @@ func TestIngestOptionsRefused(t *testing.T) {
 		{BatchDelay: -time.Millisecond},
 		{Duration: 500 * time.Millisecond},
 		{SkipBacklog: true, SkipLatency: true},
+		{Embedded: true, EmbeddedPublishers: -1},
 	} {
 		if _, err := RunIngest(context.Background(), o); err == nil || !strings.HasPrefix(err.Error(), "bench: ingest: ") {
 			t.Errorf("%+v: %v", o, err)
@@ -33,7 +34,7 @@ func TestRunIngestTiny(t *testing.T) {
 		t.Skipf("skipping: %v", err)
 	}
 	rep, err := RunIngest(context.Background(), IngestOptions{
-		Messages: 300, Rounds: 1, Rate: 200, Duration: time.Second, Devices: 3, Malformed: 8, Dir: t.TempDir(),
+		Messages: 300, Rounds: 1, Rate: 200, Duration: time.Second, Devices: 3, Malformed: 8, Dir: t.TempDir(), Embedded: true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -65,5 +66,11 @@ func TestRunIngestTiny(t *testing.T) {
 	}
 	if r := byName["ingest_rss_mb"]; r.Value <= 0 {
 		t.Errorf("rss: %+v", r)
+	}
+	if e := byName["ingest_embedded_publish"]; e.Value <= 0 || e.Baseline == nil || e.Baseline.Value <= 0 || e.Ratio <= 0 {
+		t.Errorf("embedded: %+v", e)
+	}
+	if b := byName["ingest_embedded_commit_batch"]; b.Value < 1 || b.Value > 300 {
+		t.Errorf("embedded commit batch: %+v", b)
 	}
 }

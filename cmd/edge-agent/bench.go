@@ -38,7 +38,9 @@ Suites:
   ingest   MQTT ingestion: durable drain of a QoS 1 backlog (decode, group commit to SQLite,
            PUBACK after the commit) beside a bare paho subscriber that stores nothing and
            beside mosquitto_sub -q 1; publish-to-commit latency at --rate; peak RSS.
-           Against --broker, else a Mosquitto it starts (needs the mosquitto binary).`,
+           Against --broker, else a Mosquitto it starts (needs the mosquitto binary).
+           --embedded adds devices publishing to the in-process broker, PUBACK after the
+           commit, beside the same broker acknowledging at once.`,
 		Example: `  edge-agent bench crdt --json
   edge-agent bench ingest --json
   edge-agent bench ingest --broker tcp://127.0.0.1:1883 --messages 50000 --rate 2000 --duration 5s`,
@@ -108,13 +110,15 @@ Suites:
 	f.BoolVar(&ingO.SkipBacklog, "skip-backlog", false, "ingest: leave out the backlog drains")
 	f.BoolVar(&ingO.SkipLatency, "skip-latency", false, "ingest: leave out the latency run")
 	f.BoolVar(&ingO.NoMosquittoSub, "no-mosquitto-sub", false, "ingest: leave out the mosquitto_sub -q 1 reference drain")
+	f.BoolVar(&ingO.Embedded, "embedded", false, "ingest: also measure the embedded broker with an ingestor attached, beside it without one")
+	f.IntVar(&ingO.EmbeddedPublishers, "embedded-publishers", 4, "ingest: publishing connections of the embedded broker run")
 	f.BoolVarP(&verb, "verbose", "v", false, "print progress on stderr")
 	return c
 }
 
 // ingestFlags are the flags only the ingest suite uses.
 var ingestFlags = []string{"broker", "messages", "rate", "duration", "devices", "malformed",
-	"commit-batch", "commit-delay", "skip-backlog", "skip-latency", "no-mosquitto-sub"}
+	"commit-batch", "commit-delay", "skip-backlog", "skip-latency", "no-mosquitto-sub", "embedded", "embedded-publishers"}
 
 // checkIngestFlags refuses out-of-range ingest options as usage errors.
 func checkIngestFlags(c *cobra.Command, o bench.IngestOptions, rounds int) error {
@@ -123,12 +127,14 @@ func checkIngestFlags(c *cobra.Command, o bench.IngestOptions, rounds int) error
 		return cli.Usagef("--messages, --rate and --devices must be positive")
 	case rounds < 0 || o.Malformed < 0 || o.BatchMessages < 0 || o.BatchDelay < 0:
 		return cli.Usagef("--rounds, --malformed, --commit-batch and --commit-delay must not be negative")
+	case o.EmbeddedPublishers < 1 || o.EmbeddedPublishers > 1000:
+		return cli.Usagef("--embedded-publishers %d: want 1..1000", o.EmbeddedPublishers)
 	case o.Malformed > o.Messages:
 		return cli.Usagef("--malformed %d exceeds --messages %d", o.Malformed, o.Messages)
 	case o.Duration < time.Second:
 		return cli.Usagef("--duration %s: the latency run lasts at least 1s", o.Duration)
-	case o.SkipBacklog && o.SkipLatency:
-		return cli.Usagef("--skip-backlog and --skip-latency together leave nothing to measure")
+	case o.SkipBacklog && o.SkipLatency && !o.Embedded:
+		return cli.Usagef("--skip-backlog and --skip-latency together leave nothing to measure (without --embedded)")
 	}
 	if o.Broker != "" {
 		if !strings.HasPrefix(o.Broker, "tcp://") && !strings.HasPrefix(o.Broker, "mqtt://") && !strings.HasPrefix(o.Broker, "ssl://") {

@@ -17,6 +17,8 @@ func TestBenchIngestUsage(t *testing.T) {
 		{"bench", "ingest", "--duration", "100ms"},
 		{"bench", "ingest", "--malformed", "10", "--messages", "5"},
 		{"bench", "ingest", "--skip-backlog", "--skip-latency"},
+		{"bench", "ingest", "--embedded", "--embedded-publishers", "0"},
+		{"bench", "crdt", "--embedded"},
 		{"bench", "ingest", "--broker", "http://x:1"},
 		{"bench", "ingest", "--ops", "5"},
 		{"bench", "crdt", "--broker", "tcp://127.0.0.1:1883"},

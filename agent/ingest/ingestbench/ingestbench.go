@@ -4,7 +4,10 @@
 // messages compared with a bare paho subscriber that acknowledges at
 // once and stores nothing (same library, broker and stream, same run,
 // interleaved rounds) and with mosquitto_sub; and the publish-to-commit
-// latency at a fixed publish rate, with the process's resident memory.
+// latency at a fixed publish rate, with the process's resident memory;
+// and, with the embedded broker, how fast a few pipelining devices
+// publish when each PUBACK waits for the group commit, beside the same
+// broker acknowledging at once and storing nothing.
 package ingestbench
 
 import (
@@ -53,6 +56,16 @@ type Options struct {
 	// SkipBacklog and SkipLatency leave one part out.
 	SkipBacklog bool
 	SkipLatency bool
+	// Embedded also measures the embedded broker (package ingest's
+	// Broker) with an Ingestor attached: EmbeddedPublishers devices each
+	// publish their share of Messages at QoS 1, many in flight, and the
+	// rate counts until the last PUBACK (sent after the commit); beside
+	// it the same broker without an Ingestor (PUBACK at once, nothing
+	// stored), interleaved over Rounds.
+	Embedded bool
+	// EmbeddedPublishers is how many publishing connections the
+	// embedded run uses. Default 4.
+	EmbeddedPublishers int
 	// MosquittoSub also drains each round's backlog with mosquitto_sub
 	// -q 1, when the binary exists. Default on (set NoMosquittoSub to skip).
 	NoMosquittoSub bool
@@ -97,10 +110,21 @@ type Result struct {
 	RSSMB           float64 `json:"rss_mb"`      // peak VmRSS sampled during the latency run (whole process)
 	HeapMB          float64 `json:"heap_mb"`     // peak Go heap in use during the latency run
 	BaseRSSMB       float64 `json:"base_rss_mb"` // VmRSS before the ingestor started (publisher and runtime)
+
+	// Embedded broker run: publish rates until the last PUBACK,
+	// msg/s, median over rounds, with the ingestor attached (durable)
+	// and without (bare).
+	EmbeddedPublishers  int       `json:"embedded_publishers,omitempty"`
+	EmbeddedRate        float64   `json:"embedded_rate,omitempty"`
+	EmbeddedBareRate    float64   `json:"embedded_bare_rate,omitempty"`
+	EmbeddedRates       []float64 `json:"embedded_rates,omitempty"`
+	EmbeddedBareRates   []float64 `json:"embedded_bare_rates,omitempty"`
+	RatioEmbedded       float64   `json:"ratio_embedded_durable_to_bare,omitempty"`
+	EmbeddedCommitBatch float64   `json:"embedded_commit_messages,omitempty"` // messages per group commit
 }
 
 func (o *Options) defaults() error {
-	if o.Broker == "" {
+	if o.Broker == "" && !(o.SkipBacklog && o.SkipLatency) {
 		return errors.New("ingestbench: Broker is required")
 	}
 	if o.Messages == 0 {
@@ -118,11 +142,17 @@ func (o *Options) defaults() error {
 	if o.Duration == 0 {
 		o.Duration = 10 * time.Second
 	}
+	if o.EmbeddedPublishers == 0 {
+		o.EmbeddedPublishers = 4
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Malformed < 0 || o.Malformed > o.Messages {
 		return fmt.Errorf("ingestbench: Malformed %d outside 0..Messages", o.Malformed)
+	}
+	if o.EmbeddedPublishers < 1 || o.EmbeddedPublishers > 1000 {
+		return fmt.Errorf("ingestbench: EmbeddedPublishers %d outside 1..1000", o.EmbeddedPublishers)
 	}
 	if o.Messages < 1 || o.Rounds < 1 || o.Devices < 1 || o.Rate < 1 || o.Duration < time.Second {
 		return fmt.Errorf("ingestbench: Messages %d, Rounds %d, Devices %d, Rate %d must be positive, Duration %s at least 1s",
@@ -156,6 +186,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	if !o.SkipBacklog {
 		if err := backlog(ctx, o, &res); err != nil {
+			return res, err
+		}
+	}
+	if o.Embedded {
+		if err := embedded(ctx, o, &res); err != nil {
 			return res, err
 		}
 	}
@@ -261,6 +296,12 @@ type Publisher struct {
 
 // NewPublisher connects a publisher for devices dev-0 .. dev-(devices-1).
 func NewPublisher(broker, clientID string, devices int) (*Publisher, error) {
+	return newPublisher(broker, clientID, "dev-", devices)
+}
+
+// newPublisher connects a publisher for devices prefix0 ..
+// prefix(devices-1).
+func newPublisher(broker, clientID, prefix string, devices int) (*Publisher, error) {
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
 		SetOrderMatters(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(30 * time.Second)
 	c := mqtt.NewClient(opts)
@@ -269,7 +310,7 @@ func NewPublisher(broker, clientID string, devices int) (*Publisher, error) {
 	}
 	p := &Publisher{c: c, window: 2000}
 	for d := 0; d < devices; d++ {
-		p.topics = append(p.topics, "devices/dev-"+strconv.Itoa(d)+"/telemetry")
+		p.topics = append(p.topics, "devices/"+prefix+strconv.Itoa(d)+"/telemetry")
 	}
 	return p, nil
 }
@@ -644,4 +685,118 @@ func latency(ctx context.Context, o Options, res *Result) error {
 	}
 	res.RSSMB, res.HeapMB = peakRSS/(1<<20), peakHeap/(1<<20)
 	return nil
+}
+
+// embedded measures the embedded broker with and without an Ingestor
+// attached, interleaved.
+func embedded(ctx context.Context, o Options, res *Result) error {
+	res.EmbeddedPublishers = o.EmbeddedPublishers
+	var commitMsgs, commits int64
+	for r := 0; r < o.Rounds; r++ {
+		kinds := []bool{false, true}
+		if r%2 == 1 {
+			kinds = []bool{true, false}
+		}
+		for _, durable := range kinds {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			dir := filepath.Join(o.Dir, fmt.Sprintf("embedded-%d-%v", r, durable))
+			rate, cm, c, err := publishEmbedded(ctx, o, durable, dir)
+			if err != nil {
+				return fmt.Errorf("ingestbench: embedded round %d (ingestor %v): %w", r, durable, err)
+			}
+			if durable {
+				res.EmbeddedRates = append(res.EmbeddedRates, rate)
+				commitMsgs += cm
+				commits += c
+			} else {
+				res.EmbeddedBareRates = append(res.EmbeddedBareRates, rate)
+			}
+			o.Logger.Info("embedded broker run", "round", r, "ingestor", durable, "publishers", o.EmbeddedPublishers,
+				"messages", o.Messages, "rate", math.Round(rate))
+		}
+	}
+	res.EmbeddedRate, res.EmbeddedBareRate = median(res.EmbeddedRates), median(res.EmbeddedBareRates)
+	if res.EmbeddedBareRate > 0 {
+		res.RatioEmbedded = res.EmbeddedRate / res.EmbeddedBareRate
+	}
+	if commits > 0 {
+		res.EmbeddedCommitBatch = float64(commitMsgs) / float64(commits)
+	}
+	return nil
+}
+
+// publishEmbedded starts an embedded broker (with an Ingestor attached
+// when durable), has the publishers send o.Messages between them, and
+// returns the rate until the last PUBACK.
+func publishEmbedded(ctx context.Context, o Options, durable bool, dir string) (rate float64, commitMsgs, commits int64, err error) {
+	b, err := ingest.StartBroker(ingest.BrokerConfig{Addr: "127.0.0.1:0", Ingest: durable})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer b.Stop()
+	sink := &countSink{done: make(chan struct{})}
+	var in *ingest.Ingestor
+	if durable {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return 0, 0, 0, err
+		}
+		in, err = ingest.New(ingest.Config{
+			DataDir: dir, Embedded: b, BatchMessages: o.BatchMessages, BatchDelay: o.BatchDelay, Sink: sink,
+			Limits: ingest.Limits{MaxPast: 30 * 24 * time.Hour},
+		})
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		if err := in.Start(ctx); err != nil {
+			return 0, 0, 0, err
+		}
+		defer in.Stop()
+	}
+	n := o.EmbeddedPublishers
+	pubs := make([]*Publisher, n)
+	for i := range pubs {
+		// Each publisher has its own devices, so readings never collide.
+		if pubs[i], err = newPublisher(b.URL(), fmt.Sprintf("embedded-pub-%d", i), fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
+			return 0, 0, 0, err
+		}
+		defer pubs[i].Close()
+	}
+	base := time.Now().Add(-time.Duration(o.Messages) * time.Microsecond)
+	runtime.GC()
+	start := time.Now()
+	errs := make(chan error, n)
+	for i, p := range pubs {
+		share := o.Messages / n
+		if i < o.Messages%n {
+			share++
+		}
+		go func() {
+			for j := 0; j < share; j++ {
+				if err := p.Publish(base.Add(time.Duration(j) * time.Microsecond)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- p.Flush()
+		}()
+	}
+	for range pubs {
+		if err := <-errs; err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	el := time.Since(start)
+	if durable {
+		st, err := in.Store().Stats(ctx)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		if st.Messages != int64(o.Messages) || st.StoredTotal != 3*int64(o.Messages) {
+			return 0, 0, 0, fmt.Errorf("every publish acknowledged, but the store holds %d messages and %d readings; want %d and %d",
+				st.Messages, st.StoredTotal, o.Messages, 3*o.Messages)
+		}
+	}
+	return float64(o.Messages) / el.Seconds(), sink.msgs.Load(), sink.commits.Load(), nil
 }

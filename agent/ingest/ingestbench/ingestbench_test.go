@@ -45,10 +45,10 @@ func startBroker(t *testing.T) *mqtttest.Mosquitto {
 // the code that produces the published figures is itself tested.
 func TestRunSmall(t *testing.T) {
 	m := startBroker(t)
-	o := Options{Broker: m.URL(), Messages: 2000, Malformed: 100, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir()}
+	o := Options{Broker: m.URL(), Messages: 2000, Malformed: 100, Rounds: 1, Rate: 500, Duration: 2 * time.Second, Dir: t.TempDir(), Embedded: true}
 	if *full {
 		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency, Malformed: *bad, BatchMessages: *batch,
-			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+			Embedded: *withEmbedded, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	}
 	res, err := Run(context.Background(), o)
 	if err != nil {
@@ -56,7 +56,8 @@ func TestRunSmall(t *testing.T) {
 	}
 	out, _ := json.MarshalIndent(res, "", "  ")
 	t.Logf("%s", out)
-	if !o.SkipBacklog && (res.DurableRate <= 0 || res.BareRate <= 0) || !o.SkipLatency && (res.LatencySent == 0 || res.P99ms <= 0) {
+	if !o.SkipBacklog && (res.DurableRate <= 0 || res.BareRate <= 0) || !o.SkipLatency && (res.LatencySent == 0 || res.P99ms <= 0) ||
+		o.Embedded && (res.EmbeddedRate <= 0 || res.EmbeddedBareRate <= 0) {
 		t.Fatalf("missing figures: %+v", res)
 	}
 }
@@ -64,6 +65,8 @@ func TestRunSmall(t *testing.T) {
 var onlyBacklog = flag.Bool("ingestbench.backlog", false, "measure only the backlog drain")
 
 var onlyLatency = flag.Bool("ingestbench.latency", false, "measure only the publish-to-commit latency")
+
+var withEmbedded = flag.Bool("ingestbench.embedded", false, "also measure the embedded broker with and without an attached ingestor")
 
 // TestHelperAgentProcess is the agent process of TestAgentRSS: an
 // ingestor with the default configuration, until its stdin closes.
