@@ -167,6 +167,9 @@ type Agent struct {
 	registry    *deviceRegistry
 	up          *uplink.Uplink
 	startedAt   time.Time
+	// keysChanged run after key fetches that accepted messages (keys.go).
+	keysMu      sync.Mutex
+	keysChanged []func()
 	cpu         cpuSampler
 
 	cancel  context.CancelFunc

@@ -118,6 +118,10 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Transport:     a.deps.UplinkTransport,
 			WrapTransport: a.deps.UplinkWrapTransport,
 			Status:        a.heartbeat,
+			KeysChanged:   a.fireKeysChanged,
+		}
+		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
+			return err
 		}
 		if store != nil {
 			deps.Outbox = store

@@ -46,13 +46,24 @@ type Config struct {
 	// UploadInterval is how often the outbox is polled at least; every
 	// commit wakes the uploader too. Default 5s.
 	UploadInterval time.Duration `yaml:"upload_interval"`
+	// SealTelemetry seals every upload under the key "telemetry" that the
+	// control plane sends the agent (a pqcrypto envelope bound to the
+	// agent id and batch_seq). Until the agent holds that key, uploads
+	// wait in the outbox: nothing is sent in the clear. Default true
+	// (nil means true); false sends plain gzip JSON, for a control plane
+	// that does not seal or an agent enrolled without an X-Wing key.
+	SealTelemetry *bool `yaml:"seal_telemetry"`
 }
+
+// Seals reports whether uploads are sealed (SealTelemetry, default true).
+func (c *Config) Seals() bool { return c.SealTelemetry == nil || *c.SealTelemetry }
 
 // DefaultConfig returns the defaults: no URL (standalone), heartbeats at
 // the server's interval, 10s request timeout, back-off 1s..2m, breaker
 // opening after 5 failures for 30s, 16 batches per upload round, outbox
-// polled every 5s.
+// polled every 5s, uploads sealed.
 func DefaultConfig() Config {
+	seal := true
 	return Config{
 		RequestTimeout:  10 * time.Second,
 		BackoffMin:      time.Second,
@@ -61,6 +72,7 @@ func DefaultConfig() Config {
 		BreakerCooldown: 30 * time.Second,
 		UploadBatches:   16,
 		UploadInterval:  5 * time.Second,
+		SealTelemetry:   &seal,
 	}
 }
 
@@ -91,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UploadInterval == 0 {
 		c.UploadInterval = d.UploadInterval
+	}
+	if c.SealTelemetry == nil {
+		c.SealTelemetry = d.SealTelemetry
 	}
 	c.URL = strings.TrimSpace(c.URL)
 	bad := func(field, format string, args ...any) error {

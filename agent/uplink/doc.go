@@ -16,6 +16,46 @@
 // reported in Status.LastError and not retried until the token file
 // changes. The agent runs on meanwhile.
 //
+// # Keys
+//
+// The agent's Keyring (Deps.Keyring; the agent keeps it sealed at rest
+// under its device key) supplies the X-Wing public key sent at
+// enrollment, so the control plane can seal key versions to the agent.
+// The enrollment answer's keys_verifying_key, the control plane's
+// ML-DSA-65 key that signs key messages, is pinned in identity.json; an
+// agent enrolled before it was sent fetches it once (GET
+// /v1/keys/verifying-key, over mutual TLS). Once both are known the
+// keyring is opened (at Start for an enrolled agent), and after every
+// acknowledged heartbeat the uplink fetches the key messages that are new
+// since its cursor (GET /v1/agent/keys) and hands each to the keyring,
+// which verifies it (signature, addressee, validity, replay, rollback).
+// The cursor moves only when every message was accepted, so a refused one
+// is fetched again next round; the cursor lives in memory, so a
+// restarted agent fetches everything once. A sealed key service (503)
+// is asked again next round without counting as a failure
+// (Status.KeysSealed); an agent enrolled without an X-Wing key gets 409,
+// logged once. Deps.KeysChanged runs after every fetch that accepted at
+// least one message. Status.KeyVersions names the primary version of
+// every key held, Status.LastKeyFetch the last fetch.
+//
+// # Sealed uploads
+//
+// With seal_telemetry (the default), each request's body, the gzip JSON
+// of a controlplane.TelemetryBatch, is sealed into a pqcrypto envelope
+// under the primary version the agent holds of the key "telemetry", with
+// controlplane.TelemetryAAD(agent id, batch_seq) as associated data, and
+// sent as application/vnd.edgefleet.envelope. It is sealed anew on every
+// attempt, so a retry after a rotation goes out under the new version;
+// the control plane recognizes it by batch_seq as before, and still opens
+// envelopes under decrypt-only versions. Until the agent holds a
+// telemetry key (the key service is sealed, or has not sent it yet), no
+// batch is claimed and nothing is sent: Status.UploadsWaiting says why,
+// and the key's arrival wakes the uploader. An upload answered 503 by a
+// sealed key service is given back to the outbox and retried with
+// back-off, without counting against the breaker. seal_telemetry: false
+// sends plain gzip JSON as before (control planes without a key service,
+// agents enrolled without an X-Wing key).
+//
 // # Requests
 //
 // Every request goes over mutual TLS (TLS 1.3) and is bounded by
@@ -74,7 +114,10 @@
 // edgefleet_uplink_batches_uploaded_total,
 // edgefleet_uplink_readings_uploaded_total,
 // edgefleet_uplink_readings_skipped_total{reason},
-// edgefleet_uplink_enrolled and edgefleet_uplink_decommissioned.
+// edgefleet_uplink_enrolled and edgefleet_uplink_decommissioned. The
+// keyring counts accepted and refused key messages by reason itself
+// (dkms_agent_key_messages_total{result}: accepted, bad_signature,
+// replay, rollback, expired, ...).
 //
 // # Time
 //

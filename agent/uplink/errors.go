@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 )
@@ -24,6 +25,12 @@ var (
 	ErrBreakerOpen = errors.New("uplink: circuit breaker open")
 	// ErrAlreadyStarted is returned by Start after Start or Stop.
 	ErrAlreadyStarted = errors.New("uplink: already started or stopped")
+	// ErrKeyring means the agent's keyring (Deps.Keyring) could not be
+	// opened: a damaged file or another device key.
+	ErrKeyring = errors.New("uplink: agent keyring unusable")
+	// ErrNoTelemetryKey means an upload waits because the agent holds no
+	// version of the key "telemetry" yet (see Status.UploadsWaiting).
+	ErrNoTelemetryKey = errors.New("uplink: no telemetry key yet")
 )
 
 // outcome classifies the result of one request.
@@ -35,6 +42,8 @@ const (
 	outcomeRejected             // another 4xx: the server is up and refuses this request
 	outcomeUnauthorized         // 401/403: the agent's credentials are refused
 	outcomeCanceled             // the uplink is stopping
+	outcomeSealed               // 503 from a sealed key service: the server is up, keys are not available
+	outcomeWaiting              // nothing sent: the agent has no telemetry key yet
 )
 
 func (o outcome) String() string {
@@ -49,6 +58,10 @@ func (o outcome) String() string {
 		return "unauthorized"
 	case outcomeCanceled:
 		return "canceled"
+	case outcomeSealed:
+		return "sealed"
+	case outcomeWaiting:
+		return "waiting"
 	}
 	return "unknown"
 }
@@ -67,6 +80,8 @@ func classify(parent context.Context, err error) outcome {
 		return outcomeFailed
 	}
 	switch {
+	case keyServiceSealed(ae):
+		return outcomeSealed
 	case ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden:
 		return outcomeUnauthorized
 	case ae.Status == http.StatusRequestTimeout || ae.Status == http.StatusTooManyRequests || ae.Status >= 500:
@@ -75,4 +90,11 @@ func classify(parent context.Context, err error) outcome {
 		return outcomeRejected
 	}
 	return outcomeFailed
+}
+
+// keyServiceSealed reports a 503 from the control plane's sealed key
+// service (its message says so), as opposed to a server failing.
+func keyServiceSealed(ae *controlplane.APIError) bool {
+	return ae.Status == http.StatusServiceUnavailable && errors.Is(ae, controlplane.ErrSealed) &&
+		strings.Contains(ae.Message, "key service sealed")
 }

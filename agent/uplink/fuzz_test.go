@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // fuzzIdentity makes a CA, an agent key and a certificate for agent "ag_1"
@@ -67,6 +69,14 @@ func FuzzLoadIdentity(f *testing.F) {
 	f.Add(good, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), caPEM)
 	f.Add(good, certPEM, []byte("not a pem"))
 	f.Add([]byte{}, []byte{}, []byte{})
+	sk, err := pqcrypto.GenerateSigningKey(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	pinned, _ := json.Marshal(identityRecord{AgentID: "ag_1", KeysVerifyingKey: sk.Public().Bytes()})
+	f.Add(pinned, certPEM, caPEM)
+	f.Add([]byte(`{"agent_id":"ag_1","keys_verifying_key":"AAAA"}`), certPEM, caPEM)
+	f.Add([]byte(`{"agent_id":"ag_1","keys_verifying_key":"not base64!"}`), certPEM, caPEM)
 	f.Fuzz(func(t *testing.T, rec, cert, ca []byte) {
 		dir := t.TempDir()
 		for name, data := range map[string][]byte{KeyFile: keyPEM, CertFile: cert, CAFile: ca, IdentityFile: rec} {
@@ -83,6 +93,9 @@ func FuzzLoadIdentity(f *testing.F) {
 		}
 		if id == nil || id.AgentID != "ag_1" || agentIDOf(id.cert.Leaf) != id.AgentID {
 			t.Fatalf("accepted identity %+v", id)
+		}
+		if _, err := id.verifyingKey(); err != nil {
+			t.Fatalf("accepted an unusable pinned key: %v", err)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package uplink
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // cpEnv is a real control plane on 127.0.0.1 running on the test's
@@ -31,6 +35,19 @@ type cpEnv struct {
 	srv   *controlplane.Server
 	admin *controlplane.Client
 	reg   *prometheus.Registry
+	// shares are the root key shares of a production (not dev) key
+	// service's first start.
+	shares []string
+}
+
+// unseal gives the first threshold shares.
+func (c *cpEnv) unseal() {
+	c.t.Helper()
+	for _, sh := range c.shares[:3] {
+		if _, err := c.admin.Unseal(testCtx(c.t), sh); err != nil {
+			c.t.Fatalf("unseal: %v", err)
+		}
+	}
 }
 
 func newClock() *ManualClock {
@@ -41,15 +58,27 @@ func newClock() *ManualClock {
 
 func newCP(t *testing.T, clock *ManualClock) *cpEnv {
 	t.Helper()
+	return newCPWith(t, clock, nil)
+}
+
+// newCPWith starts a control plane after mutate changed its config.
+func newCPWith(t *testing.T, clock *ManualClock, mutate func(*controlplane.Config)) *cpEnv {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	srv, err := controlplane.New(controlplane.Config{
+	cfg := controlplane.Config{
 		DataDir:  t.TempDir(),
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.DiscardHandler),
 		Registry: reg,
 		Now:      clock.Now,
 		SQLite:   controlplane.SQLiteOptions{Synchronous: "NORMAL"},
-	})
+		// Dev mode: unsealed at start, with the built-in telemetry key.
+		Keys: controlplane.KeyConfig{DevUnseal: true},
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := controlplane.New(cfg)
 	if err != nil {
 		t.Fatalf("controlplane.New: %v", err)
 	}
@@ -66,7 +95,7 @@ func newCP(t *testing.T, clock *ManualClock) *cpEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(admin.CloseIdleConnections)
-	return &cpEnv{t: t, clock: clock, srv: srv, admin: admin, reg: reg}
+	return &cpEnv{t: t, clock: clock, srv: srv, admin: admin, reg: reg, shares: srv.TakeRootShares()}
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -178,9 +207,34 @@ type faultTransport struct {
 	requests   atomic.Int64 // requests attempted, refused ones included
 	uploads    atomic.Int64 // upload requests that reached the server
 	inflight   atomic.Int32
+	// holdUploads answers uploads with a 400 without sending them
+	// (recorded in sent);
+	// tamperUploads flips one bit of each upload body on its way;
+	// tamperKeys flips one bit of the first key message of each key
+	// fetch answer.
+	holdUploads   atomic.Bool
+	tamperUploads atomic.Bool
+	tamperKeys    atomic.Bool
+
+	mu   sync.Mutex
+	sent []sentUpload // every upload body, as the uplink made it
+}
+
+// sentUpload is one upload request as the uplink made it.
+type sentUpload struct {
+	contentType string
+	header      http.Header
+	body        []byte
 }
 
 var errTestNetwork = errors.New("test: network unreachable")
+
+// uploadsSent returns the upload requests made so far.
+func (f *faultTransport) uploadsSent() []sentUpload {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.sent)
+}
 
 func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	f.requests.Add(1)
@@ -192,8 +246,35 @@ func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		return nil, errTestNetwork
 	}
+	upload := strings.HasSuffix(r.URL.Path, "/telemetry")
+	if upload && r.Body != nil {
+		body, err := io.ReadAll(r.Body)
+		r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		f.sent = append(f.sent, sentUpload{contentType: r.Header.Get("Content-Type"), header: r.Header.Clone(), body: bytes.Clone(body)})
+		f.mu.Unlock()
+		if f.holdUploads.Load() {
+			// Refused without reaching the server (a 4xx: the breaker and
+			// the heartbeats are left alone).
+			b := []byte(`{"error":"test: upload held"}`)
+			return &http.Response{StatusCode: http.StatusBadRequest, Status: "400 Bad Request", Header: http.Header{"Content-Type": {"application/json"}},
+				Body: io.NopCloser(bytes.NewReader(b)), ContentLength: int64(len(b)), Request: r}, nil
+		}
+		if f.tamperUploads.Load() {
+			body[len(body)/2] ^= 0x10
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
 	resp, err := f.next.RoundTrip(r)
-	if err != nil || !strings.HasSuffix(r.URL.Path, "/telemetry") {
+	if err == nil && strings.HasSuffix(r.URL.Path, "/agent/keys") && f.tamperKeys.Load() {
+		resp = tamperKeyAnswer(resp)
+	}
+	if err != nil || !upload {
 		return resp, err
 	}
 	if n := f.uploads.Add(1); n == f.dropUpload.Load() {
@@ -203,6 +284,23 @@ func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, errors.New("test: connection reset after the server processed the request")
 	}
 	return resp, nil
+}
+
+// tamperKeyAnswer flips one bit in the signature of the first key
+// message of a GET /v1/agent/keys answer.
+func tamperKeyAnswer(resp *http.Response) *http.Response {
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var ans controlplane.AgentKeysResponse
+	if resp.StatusCode == http.StatusOK && json.Unmarshal(b, &ans) == nil && len(ans.Messages) > 0 {
+		m := ans.Messages[0]
+		m[len(m)-10] ^= 0x01
+		b, _ = json.Marshal(ans)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	resp.Header.Del("Content-Length")
+	return resp
 }
 
 // syncBuffer collects log output.
@@ -226,17 +324,19 @@ func (s *syncBuffer) String() string {
 // testAgent is an uplink with a real ingest store and ingestor as its
 // outbox.
 type testAgent struct {
-	t       *testing.T
-	dir     string
-	up      *Uplink
-	tr      *faultTransport
-	reg     *prometheus.Registry
-	logs    *syncBuffer
-	store   *ingest.Store
-	in      *ingest.Ingestor
-	sink    *countingSink
-	msgID   atomic.Uint32
-	written int // numeric readings handed to the ingestor
+	t         *testing.T
+	dir       string
+	keyring   *testKeyring
+	noKeyring bool // start without a keyring (an agent from before keys)
+	up        *Uplink
+	tr        *faultTransport
+	reg       *prometheus.Registry
+	logs      *syncBuffer
+	store     *ingest.Store
+	in        *ingest.Ingestor
+	sink      *countingSink
+	msgID     atomic.Uint32
+	written   int // numeric readings handed to the ingestor
 }
 
 // countingSink forwards commits to the uplink and counts their readings.
@@ -257,6 +357,8 @@ type agentOpts struct {
 	outbox  Outbox // instead of an ingest store
 	noStore bool   // heartbeats only
 	status  func() controlplane.Heartbeat
+	// batchDelay is the ingestor's group-commit delay (default 1ms).
+	batchDelay time.Duration
 }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
@@ -273,7 +375,8 @@ func (a *testAgent) pending() int64 {
 
 func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, sink: &countingSink{}}
+	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, sink: &countingSink{},
+		keyring: newTestKeyring(t, clock)}
 	if a.dir == "" {
 		a.dir = t.TempDir()
 	}
@@ -284,7 +387,11 @@ func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAg
 			t.Fatalf("OpenStore: %v", err)
 		}
 		t.Cleanup(func() { st.Close() })
-		in, err := ingest.New(ingest.Config{Store: st, Clock: clock.Now, Sink: a.sink, BatchDelay: time.Millisecond})
+		delay := o.batchDelay
+		if delay == 0 {
+			delay = time.Millisecond
+		}
+		in, err := ingest.New(ingest.Config{Store: st, Clock: clock.Now, Sink: a.sink, BatchDelay: delay})
 		if err != nil {
 			t.Fatalf("ingest.New: %v", err)
 		}
@@ -302,6 +409,10 @@ func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status 
 	t := a.t
 	t.Helper()
 	a.reg = prometheus.NewRegistry() // a restarted agent is a new process
+	var keyring Keyring = a.keyring
+	if a.noKeyring {
+		keyring = nil
+	}
 	up, err := New(cfg, a.dir, "edge-"+filepath.Base(a.dir), Deps{
 		Logger:   slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registry: a.reg,
@@ -311,8 +422,12 @@ func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status 
 			a.tr.next = rt
 			return a.tr
 		},
-		Outbox: outbox,
-		Status: status,
+		Outbox:  outbox,
+		Status:  status,
+		Keyring: keyring,
+		KeysChanged: func() {
+			a.keyring.changed.Add(1)
+		},
 	})
 	if err != nil {
 		t.Fatalf("uplink.New: %v", err)
@@ -403,4 +518,67 @@ func advanceUntil(t *testing.T, clock *ManualClock, tr *faultTransport, n int, s
 		}
 		clock.Advance(step)
 	}
+}
+
+// testKeyring is a Keyring kept in memory (a process that never
+// restarts): an X-Wing key pair made once, and a dkms keyring on the
+// test's clock, opened once and handed out again on later opens.
+type testKeyring struct {
+	t       *testing.T
+	sk      *pqcrypto.PrivateKey
+	device  *pqcrypto.DataKey
+	clock   Clock
+	reg     *prometheus.Registry // the keyring's metrics
+	changed atomic.Int64         // KeysChanged calls
+
+	mu    sync.Mutex
+	ak    *dkms.AgentKeys
+	opens int
+}
+
+var keyringSeed atomic.Uint32
+
+func newTestKeyring(t *testing.T, clock Clock) *testKeyring {
+	t.Helper()
+	var seed [32]byte
+	seed[0] = byte(keyringSeed.Add(1))
+	sk, err := pqcrypto.NewXWingKeyFromSeed(seed[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed[1] = 0xde
+	device, err := dkms.NewDeviceKey(seed[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testKeyring{t: t, sk: sk, device: device, clock: clock, reg: prometheus.NewRegistry()}
+}
+
+// forget drops the opened keyring, as a new process with an empty
+// keyring file would hold, keeping the X-Wing key.
+func (k *testKeyring) forget() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.ak = nil
+	k.reg = prometheus.NewRegistry()
+}
+
+func (k *testKeyring) XWingPublic() []byte { return k.sk.Public().Bytes() }
+
+func (k *testKeyring) Open(ctx context.Context, agentID string, cp *pqcrypto.VerifyingKey) (*dkms.AgentKeys, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.opens++
+	if k.ak != nil {
+		return k.ak, nil
+	}
+	ak, err := dkms.OpenAgentKeys(ctx, dkms.AgentConfig{
+		AgentID: agentID, PrivateKey: k.sk, ControlPlaneKey: cp, DeviceKey: k.device,
+		Clock: k.clock.Now, Logger: slog.New(slog.DiscardHandler), Registry: k.reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	k.ak = ak
+	return ak, nil
 }

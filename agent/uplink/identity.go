@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // Files of the agent's identity, in DataDir/controlplane/.
@@ -42,6 +43,23 @@ type identityRecord struct {
 	AgentID    string    `json:"agent_id"`
 	Server     string    `json:"server"`
 	EnrolledAt time.Time `json:"enrolled_at"`
+	// KeysVerifyingKey is the control plane's ML-DSA-65 key that signs
+	// key messages (base64 in JSON), pinned at enrollment or, for an
+	// agent enrolled before it was sent, at its first key fetch.
+	KeysVerifyingKey []byte `json:"keys_verifying_key,omitempty"`
+}
+
+// verifyingKey parses the pinned key-message signing key; nil when none
+// is pinned yet.
+func (r *identityRecord) verifyingKey() (*pqcrypto.VerifyingKey, error) {
+	if len(r.KeysVerifyingKey) == 0 {
+		return nil, nil
+	}
+	vk, err := pqcrypto.ParseVerifyingKey(r.KeysVerifyingKey)
+	if err != nil {
+		return nil, fmt.Errorf("keys_verifying_key: %w", err)
+	}
+	return vk, nil
 }
 
 // identity is a loaded agent identity.
@@ -65,6 +83,9 @@ func loadIdentity(dir string) (*identity, error) {
 		}
 		if rec.AgentID == "" {
 			return nil, fmt.Errorf("%w: %s: agent_id is empty", ErrIdentity, recPath)
+		}
+		if _, err := rec.verifyingKey(); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrIdentity, recPath, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		if _, err := os.Stat(filepath.Join(dir, CertFile)); err != nil {
@@ -183,7 +204,10 @@ func saveIdentity(dir string, key crypto.Signer, resp controlplane.EnrollRespons
 	if _, err := controlplane.CertPoolFromPEM([]byte(resp.CABundle)); err != nil {
 		return nil, fmt.Errorf("uplink: enrollment answer: ca_bundle: %w", err)
 	}
-	rec := identityRecord{AgentID: resp.AgentID, Server: server, EnrolledAt: at.UTC()}
+	rec := identityRecord{AgentID: resp.AgentID, Server: server, EnrolledAt: at.UTC(), KeysVerifyingKey: resp.KeysVerifyingKey}
+	if _, err := rec.verifyingKey(); err != nil {
+		return nil, fmt.Errorf("uplink: enrollment answer: %w", err)
+	}
 	for _, f := range []struct {
 		name string
 		data []byte

@@ -23,7 +23,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		breaker: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgefleet_uplink_breaker_state",
 			Help: "Circuit breaker toward the control plane: 0 closed, 1 half-open, 2 open."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgefleet_uplink_requests_total",
-			Help: "Requests to the control plane by op (enroll, heartbeat, upload) and result (ok, duplicate, failed, rejected, unauthorized, canceled)."},
+			Help: "Requests to the control plane by op (enroll, heartbeat, upload, keys) and result (ok, duplicate, failed, rejected, unauthorized, sealed, canceled)."},
 			[]string{"op", "result"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "edgefleet_uplink_request_seconds",
 			Help:    "Duration of requests to the control plane, by op.",

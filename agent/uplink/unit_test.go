@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Error("zero config enabled")
 	}
 	d := DefaultConfig()
-	if c != d {
+	if !reflect.DeepEqual(c, d) || !c.Seals() {
 		t.Errorf("zero config filled to %+v, want the defaults %+v", c, d)
 	}
 	ok := Config{URL: " https://cp.example:8443 ", EnrollmentToken: "efe_x"}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 )
 
@@ -58,6 +59,14 @@ type Deps struct {
 	// Name, Version, OS and Arch are filled in with the agent's name and
 	// build. Nil sends those four fields only.
 	Status func() controlplane.Heartbeat
+	// Keyring is the agent's key material: its X-Wing key is registered
+	// at enrollment, key messages are fetched into it, and uploads are
+	// sealed with it. Required with seal_telemetry (the default); nil
+	// registers no X-Wing key and fetches no keys.
+	Keyring Keyring
+	// KeysChanged is called, on the heartbeat loop, after every key fetch
+	// that accepted at least one key message. It must not block.
+	KeysChanged func()
 }
 
 // Status is the uplink's state, as served by the agent's GET /v1/uplink.
@@ -91,6 +100,19 @@ type Status struct {
 	// SkippedReadings counts outbox readings not uploaded (strings and
 	// data, and values the control plane would refuse).
 	SkippedReadings int64 `json:"skipped_readings"`
+	// SealTelemetry is true when uploads are sealed (seal_telemetry).
+	SealTelemetry bool `json:"seal_telemetry"`
+	// UploadsWaiting says why uploads wait in the outbox ("" while they
+	// flow): no telemetry key yet, or the control plane's key service is
+	// sealed.
+	UploadsWaiting string `json:"uploads_waiting,omitempty"`
+	// KeysSealed is true while the control plane's key service answers
+	// that it is sealed.
+	KeysSealed bool `json:"keys_sealed"`
+	// KeyVersions maps each key the agent holds to its primary version.
+	KeyVersions map[string]uint32 `json:"key_versions,omitempty"`
+	// LastKeyFetch is when key messages were last fetched.
+	LastKeyFetch time.Time `json:"last_key_fetch"`
 }
 
 // Uplink is the agent's side of the control plane: enrollment, heartbeats
@@ -136,6 +158,12 @@ type Uplink struct {
 	upReadings     int64
 	dupBatches     int64
 	skipped        int64
+	keys           *dkms.AgentKeys
+	keyCursor      string // of the last fetch whose messages were all accepted
+	keysSealed     bool
+	keyConflict    bool // the control plane has no X-Wing key for the agent
+	lastKeyFetch   time.Time
+	waiting        string // why uploads wait; "" while they flow
 }
 
 type opError struct {
@@ -154,6 +182,9 @@ func New(cfg Config, dataDir, name string, deps Deps) (*Uplink, error) {
 	}
 	if cfg.Enabled() && dataDir == "" {
 		return nil, fmt.Errorf("%w: the agent's data dir is required with url", ErrInvalidConfig)
+	}
+	if cfg.Enabled() && cfg.Seals() && deps.Keyring == nil {
+		return nil, fmt.Errorf("%w: seal_telemetry: sealing uploads needs the agent keyring (Deps.Keyring)", ErrInvalidConfig)
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
@@ -276,6 +307,10 @@ func (u *Uplink) Start(ctx context.Context) error {
 		if err := u.setIdentity(id); err != nil {
 			return err
 		}
+		if _, err := u.openKeyring(ctx, id); err != nil {
+			u.setError("keys", err)
+			return err
+		}
 		u.log.Info("loaded control plane identity", "agent_id", id.AgentID, "server", u.cfg.URL)
 		if left := id.cert.Leaf.NotAfter.Sub(u.clock.Now()); left < 30*24*time.Hour {
 			u.log.Warn("agent certificate expires soon or has expired", "not_after", id.cert.Leaf.NotAfter)
@@ -361,6 +396,9 @@ func (u *Uplink) Status() Status {
 	st.Heartbeats = u.heartbeats
 	st.UploadedBatches, st.UploadedReadings, st.DuplicateBatches = u.upBatches, u.upReadings, u.dupBatches
 	st.SkippedReadings = u.skipped
+	st.SealTelemetry = u.cfg.Seals()
+	st.UploadsWaiting, st.KeysSealed, st.LastKeyFetch = u.waiting, u.keysSealed, u.lastKeyFetch
+	st.KeyVersions = keyVersions(u.keys)
 	return st
 }
 
@@ -566,7 +604,7 @@ func (u *Uplink) do(ctx context.Context, op string, fn func(context.Context) (st
 	u.m.seconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	o := classify(ctx, err)
 	switch o {
-	case outcomeOK, outcomeRejected, outcomeUnauthorized:
+	case outcomeOK, outcomeRejected, outcomeUnauthorized, outcomeSealed:
 		u.br.success()
 	case outcomeFailed:
 		u.br.failure()
@@ -590,6 +628,10 @@ func (u *Uplink) enrollLoop(ctx context.Context, client *controlplane.Client, ke
 		return
 	}
 	bi := buildinfo.Get()
+	var xwing []byte
+	if u.deps.Keyring != nil {
+		xwing = u.deps.Keyring.XWingPublic()
+	}
 	failures := 0
 	for {
 		if !u.waitReady(ctx) {
@@ -599,7 +641,7 @@ func (u *Uplink) enrollLoop(ctx context.Context, client *controlplane.Client, ke
 		o, err := u.do(ctx, "enroll", func(rctx context.Context) (string, error) {
 			var err error
 			resp, err = client.Enroll(rctx, controlplane.EnrollRequest{
-				Token: token, CSR: csr, Name: u.name, Version: bi.Version, OS: bi.OS, Arch: bi.Arch,
+				Token: token, CSR: csr, Name: u.name, Version: bi.Version, OS: bi.OS, Arch: bi.Arch, XWingPublic: xwing,
 			})
 			return "", err
 		})
@@ -743,6 +785,7 @@ func (u *Uplink) heartbeatLoop(ctx context.Context) {
 			u.lastHB = u.clock.Now()
 			u.mu.Unlock()
 			u.succeeded("heartbeat", true)
+			u.keysRound(ctx, client)
 			next = u.heartbeatInterval()
 		case outcomeUnauthorized:
 			u.refused("heartbeat", err)
@@ -800,10 +843,22 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 			next, wake = 0, nil
 		case outcomeOK:
 			failures = 0
+			u.setWaiting("")
 			next, wake = u.cfg.UploadInterval, u.wake
 			if res.full {
 				next = 0
 			}
+		case outcomeWaiting:
+			// No telemetry key: a key fetch that brings one wakes the
+			// loop, as commits do.
+			failures = 0
+			next, wake = u.cfg.UploadInterval, u.wake
+		case outcomeSealed:
+			// The control plane is up but cannot open envelopes: back off
+			// without counting against the breaker.
+			failures++
+			next, wake = u.backoff(failures), nil
+			u.log.Debug("control plane key service sealed; uploads wait", "retry_in", next)
 		case outcomeUnauthorized:
 			u.refused("upload", res.err)
 			next, wake = u.cfg.BackoffMax, nil
@@ -832,6 +887,14 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 // control plane refuses (4xx) is released and the round goes on; any
 // other failure releases the rest of the round and ends it.
 func (u *Uplink) uploadRound(ctx context.Context) roundResult {
+	var ak *dkms.AgentKeys
+	if u.cfg.Seals() {
+		var err error
+		if ak, err = u.sealer(); err != nil {
+			u.setWaiting(strings.TrimPrefix(err.Error(), ErrNoTelemetryKey.Error()+": "))
+			return roundResult{outcome: outcomeWaiting, err: err}
+		}
+	}
 	batches, err := u.deps.Outbox.ClaimOutbox(ctx, u.cfg.UploadBatches, u.lease)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -847,7 +910,7 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 	res := roundResult{outcome: outcomeOK, full: len(batches) == u.cfg.UploadBatches}
 	client := u.agentClient()
 	for i, b := range batches {
-		o, err := u.sendBatch(ctx, client, b)
+		o, err := u.sendBatch(ctx, client, ak, b)
 		switch o {
 		case outcomeOK:
 			continue
@@ -857,8 +920,12 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 			res.outcome, res.err, res.full = outcomeRejected, err, false
 			continue
 		}
-		// Failed, refused, blocked or stopping: give the rest back.
-		if o != outcomeCanceled && o != outcomeBlocked {
+		// Failed, refused, sealed, blocked or stopping: give the rest back.
+		switch o {
+		case outcomeSealed:
+			u.setWaiting("the control plane's key service is sealed")
+		case outcomeCanceled, outcomeBlocked:
+		default:
 			u.setError("upload", err)
 		}
 		seqs := make([]int64, 0, len(batches)-i)
@@ -880,20 +947,38 @@ func (u *Uplink) release(ctx context.Context, seqs ...int64) {
 	}
 }
 
-// sendBatch uploads one outbox batch (in parts when it is large) and
-// acknowledges it in the outbox.
-func (u *Uplink) sendBatch(ctx context.Context, client *controlplane.Client, b ingest.OutboxBatch) (outcome, error) {
+// sendBatch uploads one outbox batch (in parts when it is large), sealed
+// with ak unless it is nil, and acknowledges it in the outbox.
+func (u *Uplink) sendBatch(ctx context.Context, client *controlplane.Client, ak *dkms.AgentKeys, b ingest.OutboxBatch) (outcome, error) {
 	conv := convertBatch(b)
 	accepted, dup := 0, false
+	agentID := ""
+	if ak != nil {
+		agentID = ak.ID()
+	}
 	for _, part := range conv.parts {
 		data, err := controlplane.EncodeTelemetryBatch(part)
 		if err != nil {
 			return outcomeRejected, fmt.Errorf("uplink: outbox batch %d: %w", b.Seq, err)
 		}
+		if ak != nil {
+			// Sealed anew on every attempt, under the primary version held
+			// now; the control plane recognizes a retry by batch_seq.
+			env, err := ak.Encrypt(ctx, controlplane.TelemetryKeyName, data, controlplane.TelemetryAAD(agentID, part.BatchSeq))
+			clear(data)
+			if err != nil {
+				return outcomeWaiting, fmt.Errorf("uplink: sealing outbox batch %d: %w", b.Seq, err)
+			}
+			data = env
+		}
 		var res controlplane.IngestResult
 		o, err := u.do(ctx, "upload", func(rctx context.Context) (string, error) {
 			var err error
-			res, err = client.UploadTelemetryEncoded(rctx, data)
+			if ak != nil {
+				res, err = client.UploadTelemetrySealed(rctx, agentID, part.BatchSeq, data)
+			} else {
+				res, err = client.UploadTelemetryEncoded(rctx, data)
+			}
 			if err == nil && res.Duplicate {
 				return "duplicate", nil
 			}

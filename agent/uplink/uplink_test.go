@@ -188,7 +188,7 @@ func TestTokenFileIsReadAgainAfterARefusal(t *testing.T) {
 func TestEnrollmentRetriesWhileTheServerIsUnreachable(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: nil, logs: &syncBuffer{}, sink: &countingSink{}}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: nil, logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
 	a.tr.down.Store(true)
 	a.reg = newRegistry()
 	a.start(clock, cp.config(cp.token()), nil, nil)
@@ -213,7 +213,7 @@ func TestUploadsArriveExactlyOnce(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
 	for i := range 10 {
 		a.write(clock, "sensor-"+string(rune('a'+i%3)), 25)
 		clock.Advance(time.Second)
@@ -252,8 +252,9 @@ func TestUploadsArriveExactlyOnce(t *testing.T) {
 func TestLostAnswerIsRetriedAndStoredOnce(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
-	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
+	// The 40 messages go into one outbox batch.
+	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{batchDelay: 300 * time.Millisecond})
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 2)
 
 	a.tr.dropUpload.Store(a.tr.uploads.Load() + 1) // the server stores the next upload, its answer is lost
@@ -352,7 +353,7 @@ func TestLargeBatchAndRollupsArriveOnceAcrossARetry(t *testing.T) {
 		{Device: "d1", Metric: "temp", Resolution: time.Minute, Start: now.Truncate(time.Minute).Add(-time.Hour), Count: 4, Sum: 10, Min: 1, Max: 4},
 	}}
 	ob := &memOutbox{batches: []ingest.OutboxBatch{big, roll}, leased: map[int64]bool{}}
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: newRegistry(), logs: &syncBuffer{}, sink: &countingSink{}}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: newRegistry(), logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
 	a.tr.dropUpload.Store(2) // the second part of the big batch is stored but its answer lost
 	a.start(clock, cp.config(cp.token()), ob, nil)
 	eventually(t, "enrolled", func() bool { return a.up.Status().Enrolled })
@@ -391,7 +392,7 @@ func TestBreakerOpensAfterFailuresAndProbesAfterCooldown(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{noStore: true})
-	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 1)
 
 	a.tr.down.Store(true)
@@ -443,7 +444,7 @@ func TestOneHourOutageHealsByItself(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
 	id := a.up.Status().AgentID
 	a.write(clock, "before", 10)
 	eventually(t, "first readings uploaded", func() bool { return cp.serverPoints(id) == a.written })
@@ -499,7 +500,7 @@ func TestDecommissionedAgentBacksOff(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 2)
 	id := a.up.Status().AgentID
 	if _, err := cp.admin.Decommission(testCtx(t), id); err != nil {
@@ -536,7 +537,7 @@ func TestStartRefusesWhatWaitingCannotFix(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	newUp := func(cfg Config, dir string) *Uplink {
-		u, err := New(cfg, dir, "n", Deps{Clock: clock})
+		u, err := New(cfg, dir, "n", Deps{Clock: clock, Keyring: newTestKeyring(t, clock)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -564,6 +565,10 @@ func TestStartRefusesWhatWaitingCannotFix(t *testing.T) {
 	}
 	if err := newUp(cp.config("efe_x"), dir).Start(testCtx(t)); !errors.Is(err, ErrIdentity) {
 		t.Errorf("corrupt identity: %v", err)
+	}
+	// Sealing uploads needs a keyring.
+	if _, err := New(cp.config("efe_x"), t.TempDir(), "n", Deps{Clock: clock}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "seal_telemetry") {
+		t.Errorf("sealing without a keyring: %v", err)
 	}
 	// Without a URL the uplink is off and Start does nothing.
 	off := newUp(Config{}, "")

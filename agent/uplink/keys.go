@@ -1,0 +1,255 @@
+package uplink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/pqcrypto"
+)
+
+// Keyring is the agent's key material as the uplink uses it: the X-Wing
+// key pair registered at enrollment, and the dkms keyring that receives
+// the control plane's key messages. The agent's implementation keeps both
+// sealed at rest under its device key (package agent, keys.go).
+type Keyring interface {
+	// XWingPublic is the agent's X-Wing public key, sent at enrollment;
+	// the control plane seals key versions to it.
+	XWingPublic() []byte
+	// Open returns the keyring of the enrolled agent, checking key
+	// messages against the pinned control-plane key. The uplink calls it
+	// once it knows both; later calls return the same keyring.
+	Open(ctx context.Context, agentID string, controlPlane *pqcrypto.VerifyingKey) (*dkms.AgentKeys, error)
+}
+
+// Keys returns the agent's opened keyring; nil before the agent is
+// enrolled and its keyring opened, or without Deps.Keyring.
+func (u *Uplink) Keys() *dkms.AgentKeys {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.keys
+}
+
+// openKeyring opens the keyring with the pinned key of id; it does nothing
+// when it is open, or when no key is pinned yet.
+func (u *Uplink) openKeyring(ctx context.Context, id *identity) (*dkms.AgentKeys, error) {
+	if ak := u.Keys(); ak != nil || u.deps.Keyring == nil {
+		return ak, nil
+	}
+	vk, err := id.verifyingKey()
+	if err != nil || vk == nil {
+		return nil, err
+	}
+	ak, err := u.deps.Keyring.Open(ctx, id.AgentID, vk)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKeyring, err)
+	}
+	u.mu.Lock()
+	u.keys = ak
+	u.mu.Unlock()
+	u.log.Info("agent keyring open", "agent_id", id.AgentID, "control_plane_key", vk.Fingerprint(), "keys", len(ak.Keys()))
+	return ak, nil
+}
+
+// pinVerifyingKey fetches the control plane's key-message signing key
+// for an agent that enrolled before it was part of the enrollment answer,
+// and records it in identity.json. Trust comes from the mutual TLS
+// connection to the server the agent enrolled with.
+func (u *Uplink) pinVerifyingKey(ctx context.Context, client *controlplane.Client) (outcome, error) {
+	var resp controlplane.VerifyingKeyResponse
+	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
+		var err error
+		resp, err = client.KeysVerifyingKey(rctx)
+		return "", err
+	})
+	if o != outcomeOK {
+		return o, err
+	}
+	vk, err := pqcrypto.ParseVerifyingKey(resp.PublicKey)
+	if err != nil {
+		return outcomeRejected, fmt.Errorf("uplink: the control plane's key-message signing key: %w", err)
+	}
+	u.mu.Lock()
+	rec := u.id.identityRecord
+	u.mu.Unlock()
+	rec.KeysVerifyingKey = vk.Bytes()
+	if err := writeIdentityRecord(u.idDir, rec); err != nil {
+		return outcomeRejected, err
+	}
+	u.mu.Lock()
+	u.id.KeysVerifyingKey = rec.KeysVerifyingKey
+	u.mu.Unlock()
+	u.log.Info("pinned the control plane's key-message signing key", "fingerprint", vk.Fingerprint())
+	return outcomeOK, nil
+}
+
+// keysRound runs after each acknowledged heartbeat: it pins the
+// control plane's signing key if needed, opens the keyring, fetches the
+// key messages that are new since the last accepted cursor and accepts
+// them. A message that is refused leaves the cursor where it was, so the
+// next round asks again; a sealed key service is asked again next round.
+func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
+	if u.deps.Keyring == nil {
+		return
+	}
+	u.mu.Lock()
+	id := u.id
+	pinned := len(id.KeysVerifyingKey) > 0
+	u.mu.Unlock()
+	if !pinned {
+		if o, err := u.pinVerifyingKey(ctx, client); o != outcomeOK {
+			u.keysFailed(o, err)
+			return
+		}
+	}
+	ak, err := u.openKeyring(ctx, id)
+	if err != nil {
+		u.setError("keys", err)
+		u.log.Error("cannot open the agent keyring; uploads that must be sealed wait", "err", err)
+		return
+	}
+	if ak == nil {
+		return
+	}
+	u.mu.Lock()
+	cursor := u.keyCursor
+	u.mu.Unlock()
+	var resp controlplane.AgentKeysResponse
+	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
+		var err error
+		resp, err = client.KeyMessages(rctx, cursor)
+		return "", err
+	})
+	if o != outcomeOK {
+		u.keysFailed(o, err)
+		return
+	}
+	accepted, rejected := 0, 0
+	var firstErr error
+	for _, raw := range resp.Messages {
+		if _, err := ak.Accept(ctx, raw); err != nil {
+			rejected++
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		accepted++
+	}
+	u.mu.Lock()
+	u.lastKeyFetch = u.clock.Now()
+	u.keysSealed = false
+	u.keyConflict = false
+	if rejected == 0 {
+		u.keyCursor = resp.Cursor
+	}
+	u.mu.Unlock()
+	if rejected > 0 {
+		err := fmt.Errorf("uplink: %d of %d key messages refused (fetched again next round): %w", rejected, len(resp.Messages), firstErr)
+		u.setError("keys", err)
+		u.log.Warn("key messages refused; the key cursor stays, so they are fetched again", "refused", rejected, "accepted", accepted, "err", firstErr)
+	} else {
+		u.succeeded("keys", true)
+	}
+	if accepted > 0 {
+		u.log.Debug("key messages accepted", "accepted", accepted)
+		if u.deps.KeysChanged != nil {
+			u.deps.KeysChanged()
+		}
+		u.wakeUploader()
+	}
+}
+
+// keysFailed records a key fetch that did not succeed.
+func (u *Uplink) keysFailed(o outcome, err error) {
+	switch o {
+	case outcomeCanceled, outcomeBlocked:
+	case outcomeSealed:
+		u.mu.Lock()
+		u.keysSealed = true
+		u.mu.Unlock()
+		u.log.Debug("control plane key service sealed; keys are fetched again next round", "err", err)
+	case outcomeUnauthorized:
+		u.refused("keys", err)
+	case outcomeRejected:
+		u.setError("keys", err)
+		var ae *controlplane.APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+			u.mu.Lock()
+			first := !u.keyConflict
+			u.keyConflict = true
+			u.mu.Unlock()
+			if first {
+				u.log.Error("the control plane holds no X-Wing key for this agent (it enrolled without one), so it sends it no keys "+
+					"and sealed uploads wait: enroll the agent again, or set control_plane.seal_telemetry: false", "err", err)
+			}
+			return
+		}
+		u.log.Error("control plane refused the key fetch", "err", err)
+	default:
+		u.setError("keys", err)
+		u.log.Debug("key fetch failed; retried next round", "err", err)
+	}
+}
+
+func (u *Uplink) wakeUploader() {
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sealer returns the keyring to seal uploads with, or why uploads wait.
+func (u *Uplink) sealer() (*dkms.AgentKeys, error) {
+	u.mu.Lock()
+	ak, sealed, conflict := u.keys, u.keysSealed, u.keyConflict
+	u.mu.Unlock()
+	var why string
+	switch {
+	case ak == nil:
+		why = "the agent keyring is not open yet (it opens once the agent is enrolled and the control plane's signing key is pinned)"
+	default:
+		if _, err := ak.PrimaryDataKey(controlplane.TelemetryKeyName); err == nil {
+			return ak, nil
+		}
+		switch {
+		case conflict:
+			why = "the control plane holds no X-Wing key for this agent (enrolled without one): enroll it again, or set control_plane.seal_telemetry: false"
+		case sealed:
+			why = "the control plane's key service is sealed"
+		default:
+			why = "the control plane has not sent it yet"
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNoTelemetryKey, why)
+}
+
+// setWaiting records why uploads wait ("" when they flow), logging the
+// change.
+func (u *Uplink) setWaiting(why string) {
+	u.mu.Lock()
+	prev := u.waiting
+	u.waiting = why
+	u.mu.Unlock()
+	switch {
+	case why != "" && prev == "":
+		u.log.Info("uploads wait in the outbox", "reason", why)
+	case why == "" && prev != "":
+		u.log.Info("uploads resume", "waited_for", prev)
+	}
+}
+
+// keyVersions maps each key the agent holds to its primary version.
+func keyVersions(ak *dkms.AgentKeys) map[string]uint32 {
+	if ak == nil {
+		return nil
+	}
+	out := map[string]uint32{}
+	for _, k := range ak.Keys() {
+		out[k.Name] = k.Primary
+	}
+	return out
+}
