@@ -369,46 +369,46 @@ func (r *gossipRotator) takeoverAt(plan dkms.GossipKeyring) time.Time {
 
 // removeKeys removes keys from the keyring, never its primary.
 //
-// memberlist's RemoveKey shifts the keyring's slice in place, the very
-// slice GetKeys has handed to the goroutines decrypting at that moment.
-// Removing the last key shifts nothing, so keys are removed from the end of
-// the keyring first. Before removing a key that still has others after it,
-// UseKey of the unchanged primary replaces the slice with a fresh copy, and
-// the fresh copy is the one shifted: only a decryption that fetched the
-// keys between the two calls sees the shift, and at worst it skips the key
-// being removed.
+// memberlist's RemoveKey of a key that others follow shifts them down in
+// place, inside the very slice GetKeys has handed to the goroutines
+// decrypting at that moment (a data race). Removing the last key shifts
+// nothing, so removeKeys takes keys off the end of the keyring, from the
+// last one down to the first key to remove, and puts back those that
+// stay, in their order. Keys that follow one being removed are keys
+// installed ahead of their activation, which nobody encrypts with yet, or
+// the bootstrap key during its grace period; each is missing for the
+// microseconds between its removal and its return.
 func (r *gossipRotator) removeKeys(keys [][]byte) error {
-	for len(keys) > 0 {
-		ring := r.kr.GetKeys()
-		last, lastPos := -1, -1
-		for i, k := range keys {
-			if p := slices.IndexFunc(ring, func(x []byte) bool { return bytes.Equal(x, k) }); p > lastPos {
-				last, lastPos = i, p
-			}
+	ring := slices.Clone(r.kr.GetKeys())
+	first := slices.IndexFunc(ring, func(k []byte) bool { return ringHasKey(keys, k) })
+	switch {
+	case first < 0:
+		return nil // none installed
+	case first == 0:
+		return fmt.Errorf("agent: gossip keyring: refusing to remove the primary key %s", keyFingerprint(ring[0]))
+	}
+	var keep [][]byte
+	for i := len(ring) - 1; i >= first; i-- {
+		k := ring[i]
+		if err := r.kr.RemoveKey(k); err != nil {
+			return fmt.Errorf("agent: gossip keyring: removing key %s: %w", keyFingerprint(k), err)
 		}
-		if lastPos < 0 {
-			return nil // none installed any more
+		if !ringHasKey(keys, k) {
+			keep = append(keep, k)
+			continue
 		}
-		key := keys[last]
-		keys = slices.Delete(keys, last, last+1)
-		if lastPos == 0 {
-			return fmt.Errorf("agent: gossip keyring: refusing to remove the primary key %s", keyFingerprint(key))
-		}
-		if lastPos < len(ring)-1 {
-			if err := r.kr.UseKey(ring[0]); err != nil {
-				return fmt.Errorf("agent: gossip keyring: %w", err)
-			}
-		}
-		if err := r.kr.RemoveKey(key); err != nil {
-			return fmt.Errorf("agent: gossip keyring: removing key %s: %w", keyFingerprint(key), err)
-		}
-		v := gossipVersionOf(r.versions, key)
+		v := gossipVersionOf(r.versions, k)
 		delete(r.versions, v)
 		r.m.steps.WithLabelValues("remove").Inc()
 		if v == 0 {
-			r.log.Info("bootstrap gossip key removed (grace period over)", "fingerprint", keyFingerprint(key))
+			r.log.Info("bootstrap gossip key removed (grace period over)", "fingerprint", keyFingerprint(k))
 		} else {
-			r.log.Info("gossip key removed", "version", v, "fingerprint", keyFingerprint(key))
+			r.log.Info("gossip key removed", "version", v, "fingerprint", keyFingerprint(k))
+		}
+	}
+	for i := len(keep) - 1; i >= 0; i-- {
+		if err := r.kr.AddKey(keep[i]); err != nil {
+			return fmt.Errorf("agent: gossip keyring: reinstalling key %s: %w", keyFingerprint(keep[i]), err)
 		}
 	}
 	return nil
