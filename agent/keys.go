@@ -76,11 +76,25 @@ func openKeyMaterial(dataDir string, rnd io.Reader, clock func() time.Time, log 
 	if err := restrict(devPath, 0o600); err != nil {
 		return nil, err
 	}
-	k := &keyMaterial{dir: dir, device: device, rand: rnd, clock: clock, log: log, reg: reg}
+	// The keyring seals from the uplink's two loops at once; an injected
+	// reader need not be safe for that.
+	k := &keyMaterial{dir: dir, device: device, rand: &lockedReader{r: rnd}, clock: clock, log: log, reg: reg}
 	if k.sk, err = k.loadOrCreateXWing(); err != nil {
 		return nil, err
 	}
 	return k, nil
+}
+
+// lockedReader serializes reads from r.
+type lockedReader struct {
+	mu sync.Mutex
+	r  io.Reader
+}
+
+func (l *lockedReader) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Read(p)
 }
 
 // restrict tightens a file's or folder's mode to at most perm.
