@@ -197,7 +197,9 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 	// Restart with the control plane unreachable: the keys are there at
 	// once, from disk.
 	down := func(http.RoundTripper) http.RoundTripper {
-		return roundTripFunc(func(r *http.Request) (*http.Response, error) { return nil, errors.New("test: control plane unreachable") })
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			return nil, errors.New("test: control plane unreachable")
+		})
 	}
 	cfg.ControlPlane.EnrollmentToken = ""
 	b := startAgent(t, cfg, Deps{Logger: testLogger(t), Rand: seededRand("keeper-2"), UplinkWrapTransport: down})
