@@ -22,12 +22,16 @@ package agent
 //     catches up), N is added as a decrypt-only key;
 //   - make primary at ActivateAt = T + InstallGrace (dkms Policy, default
 //     1 minute): by then every online agent has installed N, so whoever
-//     switches first is understood by everyone, and agents whose clocks
-//     differ by less than InstallGrace never disagree about which keys are
-//     installed;
+//     switches first is understood by everyone;
 //   - remove the versions before N at PrevRemoveAt = ActivateAt +
 //     RemoveGrace (default 1 hour): by then every agent has switched to N,
 //     and packets still in flight under the old key have long arrived.
+//
+// So InstallGrace must exceed the time a key message takes to reach the
+// online agents plus the clock skew between agents (an agent whose clock
+// runs ahead switches early), and RemoveGrace must exceed the skew (an
+// agent whose clock runs behind switches late). Every instant is read from
+// the clock the key messages' times are in (the uplink's).
 //
 // The rotator re-plans at each of these instants (Next, for a timer) and
 // whenever a key message arrives (a wake of run). Apply is idempotent, so
@@ -83,6 +87,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -477,9 +482,10 @@ func (r *gossipRotator) run(ctx context.Context, wake <-chan struct{}) {
 // joinFailed returns err, or, when err shows that the peers' gossip is
 // under a key this agent does not hold, an error wrapping both
 // ErrGossipKeyStale and err that names the recovery, logged at error level
-// (at most once a minute).
+// (at most once a minute). A nil rotator (gossip encryption off) returns
+// err.
 func (r *gossipRotator) joinFailed(err error) error {
-	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "no installed keys could decrypt") {
+	if r == nil || err == nil || !strings.Contains(strings.ToLower(err.Error()), "no installed keys could decrypt") {
 		return err
 	}
 	r.mu.Lock()
@@ -601,4 +607,55 @@ func gossipActivation(p dkms.GossipKeyring, v uint32) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// Wiring into the agent.
+
+// gossipKeySource plans the gossip keyring from the versions of the key
+// controlplane.GossipKeyName (created by the control plane at its first
+// unseal) in the keyring keys returns. No keyring (nil until the agent is
+// enrolled and its keyring open) counts as holding no gossip key.
+func gossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKeyring, error) {
+	return func(now time.Time) (dkms.GossipKeyring, error) {
+		ak := keys()
+		if ak == nil {
+			return dkms.GossipKeyring{}, fmt.Errorf("agent: no dkms keyring yet (not enrolled): %w", dkms.ErrUnknownKey)
+		}
+		return ak.GossipKeyring(controlplane.GossipKeyName, now)
+	}
+}
+
+// newGossipKeys creates the rotator of the agent's memberlist keyring kr,
+// whose bootstrap key is key (the agent's configured or generated gossip
+// key). It plans from the agent's dkms keyring (Keys) on the keyring's
+// clock: the uplink's, which the simulator compresses, else the wall clock.
+func (a *Agent) newGossipKeys(kr *memberlist.Keyring, key []byte) (*gossipRotator, error) {
+	cfg := gossipRotatorConfig{
+		Keyring: kr, Source: gossipKeySource(a.Keys), Bootstrap: key,
+		Now: a.wall, Logger: a.log, Registry: a.reg,
+	}
+	if c := a.deps.UplinkClock; c != nil {
+		cfg.Now = c.Now
+		cfg.After = func(d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
+	}
+	return newGossipRotator(cfg)
+}
+
+// startGossipKeys applies r once, so the agent joins under the fleet's
+// current key (the uplink opens the keyring of an enrolled agent when it
+// starts), then runs it until ctx ends, woken by every key fetch that
+// accepted messages. A nil r (gossip encryption off) does nothing.
+func (a *Agent) startGossipKeys(ctx context.Context, r *gossipRotator) {
+	if r == nil {
+		return
+	}
+	r.Apply() // a failure is logged and retried by run
+	wake := make(chan struct{}, 1)
+	a.onKeysChanged(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	a.goLoop(func() { r.run(ctx, wake) })
 }

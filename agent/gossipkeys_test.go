@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 	"github.com/hashicorp/memberlist"
@@ -1444,5 +1445,68 @@ func TestGossipRotatorRemovalDoesNotRaceDecryption(t *testing.T) {
 	wg.Wait()
 	if missing.Load() > 0 {
 		t.Fatalf("a reader found the keyring without its primary %d times", missing.Load())
+	}
+}
+
+// TestGossipKeysAgentWiring checks the agent-side helpers: the key source
+// reads the dkms keyring (none yet counts as no gossip key), the rotator
+// runs on the uplink's clock, and its loop ends with the agent's context.
+func TestGossipKeysAgentWiring(t *testing.T) {
+	src := gossipKeySource(func() *dkms.AgentKeys { return nil })
+	if _, err := src(gkEpoch); !errors.Is(err, dkms.ErrUnknownKey) {
+		t.Fatalf("no keyring: %v", err)
+	}
+	f := activeFleet(t, 1, gossipPolicy)
+	n := f.nodes[0]
+	plan, err := gossipKeySource(func() *dkms.AgentKeys { return n.keys })(f.clock.Now())
+	if err != nil || plan.Primary != 1 || !slices.Equal(plan.Versions(), []uint32{1}) {
+		t.Fatalf("plan from the agent's keyring: %+v, %v", plan, err)
+	}
+
+	clock := uplink.NewManualClock(gkEpoch.Add(time.Hour))
+	reg := prometheus.NewRegistry()
+	a, err := New(testConfig(t, "gk-wire"), Deps{Logger: f.quiet, Registry: reg, UplinkClock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := bytes.Repeat([]byte{0xb0}, 32)
+	kr, err := memberlist.NewKeyring(nil, boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.newGossipKeys(kr, boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.now().Equal(clock.Now()) {
+		t.Fatalf("rotator clock %v, want the uplink's %v", r.now(), clock.Now())
+	}
+	select {
+	case <-r.after(time.Second):
+		t.Fatal("timer fired before the uplink clock moved")
+	default:
+	}
+	ch := r.after(time.Second)
+	clock.Advance(time.Second)
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("timer did not fire on the uplink clock")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.startGossipKeys(ctx, r)
+	a.startGossipKeys(ctx, nil) // encryption off: nothing
+	a.fireKeysChanged()
+	if got := ringVersions(kr); !slices.Equal(got, []uint32{0}) {
+		t.Fatalf("keyring %v without a dkms keyring", got)
+	}
+	if gkMetric(t, reg, "edgefleet_gossip_keyring_keys", "") != 1 {
+		t.Fatal("metrics not on the agent's registry")
+	}
+	cancel()
+	a.wg.Wait()
+	var nilRot *gossipRotator
+	if err := errors.New("x"); nilRot.joinFailed(err) != err {
+		t.Fatal("nil rotator rewrote a join error")
 	}
 }
