@@ -45,6 +45,7 @@ func checkBrokerURL(s string) error {
 //     answered; without it paho would drop them unacknowledged.
 //   - The subscription is renewed on every connect (SUBSCRIBE is
 //     idempotent), which also covers a broker that lost the session.
+//   - The connection reads through a buffer (openConn).
 //   - paho's in-memory store: the subscriber publishes nothing, and a
 //     received QoS 1 message that was not acknowledged before a crash is
 //     redelivered by the broker, so paho's own persistence would add
@@ -85,6 +86,7 @@ func (s *subscriber) start() error {
 		SetConnectTimeout(c.ConnectTimeout).
 		SetKeepAlive(c.KeepAlive).
 		SetStore(mqtt.NewMemoryStore()).
+		SetCustomOpenConnectionFn(openConn).
 		SetDefaultPublishHandler(handler).
 		SetConnectionAttemptHandler(func(_ *url.URL, tc *tls.Config) *tls.Config {
 			// Runs before each connection attempt, before any message of

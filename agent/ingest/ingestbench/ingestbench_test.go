@@ -49,6 +49,14 @@ func TestRunSmall(t *testing.T) {
 	if *full {
 		o = Options{Broker: m.URL(), Messages: *messages, Rounds: *rounds, Dir: t.TempDir(), SkipLatency: *onlyBacklog, SkipBacklog: *onlyLatency, Malformed: *bad, BatchMessages: *batch,
 			Embedded: *withEmbedded, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+		if *drainProfile != "" {
+			f, err := os.Create(*drainProfile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			o.CPUProfile = f
+		}
 	}
 	res, err := Run(context.Background(), o)
 	if err != nil {
@@ -65,6 +73,8 @@ func TestRunSmall(t *testing.T) {
 var onlyBacklog = flag.Bool("ingestbench.backlog", false, "measure only the backlog drain")
 
 var onlyLatency = flag.Bool("ingestbench.latency", false, "measure only the publish-to-commit latency")
+
+var drainProfile = flag.String("ingestbench.cpuprofile", "", "write a CPU profile of the first durable drain to this file")
 
 var withEmbedded = flag.Bool("ingestbench.embedded", false, "also measure the embedded broker with and without an attached ingestor")
 
