@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // sealBatch seals a batch as an agent does: its gzip JSON form under the
@@ -362,6 +364,11 @@ func FuzzSealedTelemetryUpload(f *testing.F) {
 	})
 }
 
+// pqcryptoSeal seals as dkms.AgentKeys.Encrypt does, without the keyring.
+func pqcryptoSeal(dk *pqcrypto.DataKey, data, aad []byte) ([]byte, error) {
+	return pqcrypto.SealWithDataKey(nil, dk, data, &pqcrypto.SealOptions{AAD: aad})
+}
+
 func mustEncode(f *testing.F, b TelemetryBatch) []byte {
 	data, err := EncodeTelemetryBatch(b)
 	if err != nil {
@@ -393,4 +400,62 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[
 		}
 	}
 	return sum
+}
+
+// BenchmarkSealedTelemetry measures what sealing adds to an upload of
+// 1,000 readings: the agent's seal (AgentKeys.Encrypt of the gzip JSON)
+// and the server's open (Service.Decrypt, one key-store read). Compare
+// with BenchmarkIngest* for the whole upload.
+func BenchmarkSealedTelemetry(b *testing.B) {
+	srv, err := New(Config{
+		DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
+		SQLite: SQLiteOptions{Synchronous: "NORMAL"}, Keys: KeyConfig{DevUnseal: true},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	svc := srv.KeyService()
+	dk, err := svc.PrimaryDataKey(ctx, TelemetryKeyName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch := testBatch(1, time.Now().Add(-time.Hour), 1000)
+	data, err := EncodeTelemetryBatch(batch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	aad := TelemetryAAD("ag_bench", 1)
+	env, err := svc.Encrypt(ctx, TelemetryKeyName, data, aad)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("1,000 readings: %d bytes of gzip JSON, %d sealed", len(data), len(env))
+	b.Run("encode", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := EncodeTelemetryBatch(batch); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("seal", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := pqcryptoSeal(dk, data, aad); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("open", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := svc.Decrypt(ctx, TelemetryKeyName, env, aad); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
