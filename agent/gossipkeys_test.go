@@ -788,6 +788,7 @@ func TestGossipBootstrapToFirstVersion(t *testing.T) {
 	}
 	f.deliver(1)
 	f.traffic("installed")
+	time.Sleep(300 * time.Millisecond) // probes and gossip under this keyring
 	f.checkRings(true)
 	for _, n := range f.nodes {
 		if st := n.rot.state(); st.Primary != 0 {
@@ -803,6 +804,7 @@ func TestGossipBootstrapToFirstVersion(t *testing.T) {
 	clock.Set(gkEpoch.Add(time.Minute))
 	f.applyAll()
 	f.traffic("takeover")
+	time.Sleep(300 * time.Millisecond)
 	for _, n := range f.nodes {
 		if st := n.rot.state(); st.Primary != 1 || !st.Bootstrap {
 			t.Fatalf("%s after the takeover: %+v", n.name, st)
@@ -818,6 +820,7 @@ func TestGossipBootstrapToFirstVersion(t *testing.T) {
 	f.applyAll()
 	f.checkRings(false)
 	f.traffic("v1 only")
+	time.Sleep(300 * time.Millisecond)
 	if c, detail := f.decryptFailures(); c > 0 {
 		t.Fatalf("%d decryption failures:%s", c, detail)
 	}
