@@ -164,10 +164,15 @@ func (k *keyMaterial) Open(ctx context.Context, agentID string, controlPlane *pq
 		}
 		return k.ak, nil
 	}
+	// The keyring registers its metrics before it reads its file, so only
+	// the first attempt gets the registry: a retry after a failed open
+	// would be refused as a duplicate registration.
+	reg := k.reg
+	k.reg = nil
 	ak, err := dkms.OpenAgentKeys(ctx, dkms.AgentConfig{
 		AgentID: agentID, PrivateKey: k.sk, ControlPlaneKey: controlPlane, DeviceKey: k.device,
 		Store: dkms.FileBlobStore{Path: k.keyringPath(agentID)},
-		Rand:  k.rand, Clock: k.clock, Logger: k.log, Registry: k.reg,
+		Rand:  k.rand, Clock: k.clock, Logger: k.log, Registry: reg,
 	})
 	if err != nil {
 		return nil, err

@@ -108,7 +108,13 @@ func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
 	ak, err := u.openKeyring(ctx, id)
 	if err != nil {
 		u.setError("keys", err)
-		u.log.Error("cannot open the agent keyring; uploads that must be sealed wait", "err", err)
+		u.mu.Lock()
+		first := !u.keyringFailed
+		u.keyringFailed = true
+		u.mu.Unlock()
+		if first {
+			u.log.Error("cannot open the agent keyring; retried every heartbeat, uploads that must be sealed wait", "err", err)
+		}
 		return
 	}
 	if ak == nil {

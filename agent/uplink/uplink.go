@@ -162,6 +162,7 @@ type Uplink struct {
 	keyCursor      string // of the last fetch whose messages were all accepted
 	keysSealed     bool
 	keyConflict    bool // the control plane has no X-Wing key for the agent
+	keyringFailed  bool // opening the keyring failed (logged once)
 	lastKeyFetch   time.Time
 	waiting        string // why uploads wait; "" while they flow
 }
