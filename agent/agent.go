@@ -170,6 +170,7 @@ type Agent struct {
 	// keysChanged run after key fetches that accepted messages (keys.go).
 	keysMu      sync.Mutex
 	keysChanged []func()
+	gossipKeys  *gossipRotator // nil with gossip encryption off (gossipkeys.go)
 	cpu         cpuSampler
 
 	cancel  context.CancelFunc
@@ -392,6 +393,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("agent: gossip key: %w", err)
 		}
 		conf.Keyring = kr
+		if a.gossipKeys, err = a.newGossipKeys(kr, key); err != nil {
+			return err
+		}
 		conf.GossipVerifyIncoming = true
 		conf.GossipVerifyOutgoing = true
 	}
@@ -469,6 +473,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	cleanup = append(cleanup, func() { a.stopEdge(context.Background(), false) })
+	// The uplink has opened the dkms keyring of an enrolled agent by now:
+	// the agent joins under the fleet's current gossip key.
+	a.startGossipKeys(bg, a.gossipKeys)
 
 	if err := a.startAPI(); err != nil {
 		return err
@@ -483,7 +490,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		go func() {
 			defer close(joinDone)
 			if n, err := ml.Join(seeds); err != nil {
-				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", err)
+				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", a.gossipKeys.joinFailed(err))
 			} else {
 				a.log.Info("joined cluster", "seeds_reached", n)
 			}

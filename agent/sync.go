@@ -796,7 +796,7 @@ func (a *Agent) seedLoop(ctx context.Context) {
 			continue
 		}
 		if n, err := ml.Join(seeds); err != nil {
-			a.log.Debug("seeds still unreachable", "seeds", seeds, "err", err)
+			a.log.Debug("seeds still unreachable", "seeds", seeds, "err", a.gossipKeys.joinFailed(err))
 		} else {
 			a.log.Info("joined cluster", "seeds_reached", n)
 		}
