@@ -9,7 +9,8 @@
 // is used), sends a CSR with the enrollment token over TLS verified with
 // ca_file, and stores the answer atomically: the CA bundle (ca.pem), the
 // client certificate (agent.pem), then identity.json (agent_id, server,
-// enrolled_at). A restarted agent loads them and never enrolls again; the
+// enrolled_at, keys_verifying_key: see Keys). A restarted agent loads
+// them and never enrolls again; the
 // token is not needed any more. Enrollment runs in the background:
 // network errors and 5xx answers are retried with back-off; a refused
 // token (unknown, used, expired: 401 or 409) is logged as an error,
