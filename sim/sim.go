@@ -82,6 +82,13 @@ type Options struct {
 	// AgentAPI gives every agent its local HTTP API on a free loopback
 	// port (Serve turns it on).
 	AgentAPI bool
+	// Rotate rotates the data key "telemetry" and the gossip key this
+	// often for RotateFor (default 60s) while every agent writes and its
+	// devices send; 0 skips the phase. It needs the control plane, and
+	// makes the heartbeat (when not set) 2s so agents fetch new key
+	// versions quickly.
+	Rotate    time.Duration
+	RotateFor time.Duration
 	// DeviceRegistryInterval is how often an agent refreshes a device's
 	// record in replicated state; 0 keeps the agent's default (Serve uses
 	// 5s, so listings stay fresh).
@@ -122,8 +129,20 @@ func (o *Options) setDefaults() error {
 	if o.Heartbeat < 0 || o.DevicesPerAgent < 0 || o.Speedup < 0 || o.Outage < 0 || o.TimeScale < 0 {
 		return errors.New("sim: heartbeat, devices, speedup, outage and time scale must not be negative")
 	}
+	if o.Rotate < 0 || o.RotateFor < 0 {
+		return errors.New("sim: rotation interval and length must not be negative")
+	}
+	if o.Rotate > 0 && o.NoControlPlane {
+		return errors.New("sim: key rotation needs the control plane")
+	}
+	if o.Rotate > 0 && o.RotateFor == 0 {
+		o.RotateFor = 60 * time.Second
+	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 10 * time.Second
+		if o.Rotate > 0 {
+			o.Heartbeat = 2 * time.Second
+		}
 	}
 	if o.DevicesPerAgent == 0 {
 		o.DevicesPerAgent = 3
@@ -183,6 +202,8 @@ type Report struct {
 	Devices *DevicesReport `json:"devices,omitempty"`
 	// Outage is the control plane outage phase (absent without Outage).
 	Outage *OutageReport `json:"outage,omitempty"`
+	// Rotation is the key rotation phase (absent without Rotate).
+	Rotation *RotationReport `json:"rotation,omitempty"`
 }
 
 // ControlPlaneReport describes the fleet as the control plane saw it.
@@ -577,6 +598,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.ConvergenceSeconds = percentiles(conv.both)
 	rep.RejoinSeconds = percentiles(conv.members)
 	log.Info("converged after heal", "p50", round(rep.ConvergenceSeconds.P50), "p99", round(rep.ConvergenceSeconds.P99))
+
+	if o.Rotate > 0 {
+		if rep.Rotation, err = f.runRotation(ctx); err != nil {
+			return rep, err
+		}
+		rep.Writes += rep.Rotation.Writes
+	}
 
 	// Kill one agent abruptly, write while it is down, restart it.
 	victim := f.nodes[len(f.nodes)/2]

@@ -46,14 +46,18 @@ control plane's URL and writes and selects the context "sim", so
 		Example: `  edgectl sim --serve
   edgectl sim
   edgectl sim --agents 50 --partition 30s --json
-  edgectl sim --outage 1h --time-scale 60 --json`,
+  edgectl sim --outage 1h --time-scale 60 --json
+  edgectl sim --agents 50 --rotate 10s --json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if o.Agents < 2 {
 				return cli.Usagef("--agents must be at least 2")
 			}
-			if o.TimeScale < 0 || o.Speedup < 0 || o.Outage < 0 {
-				return cli.Usagef("--time-scale, --speedup and --outage must not be negative")
+			if o.TimeScale < 0 || o.Speedup < 0 || o.Outage < 0 || o.Rotate < 0 || o.RotateFor < 0 {
+				return cli.Usagef("--time-scale, --speedup, --outage, --rotate and --rotate-for must not be negative")
+			}
+			if serve && o.Rotate > 0 {
+				return cli.Usagef("--rotate is a step of the measured run; it cannot be combined with --serve")
 			}
 			if serve && o.Outage > 0 {
 				return cli.Usagef("--outage is a step of the measured run; it cannot be combined with --serve")
@@ -104,6 +108,8 @@ control plane's URL and writes and selects the context "sim", so
 	f.Float64Var(&o.Speedup, "speedup", 60, "how much faster than recorded the devices replay the data set")
 	f.StringVar(&o.DataSets, "datasets", "", "shared data directory holding occupancy/ (default $EDGEFLEET_DATA, else ../shared/data)")
 	f.DurationVar(&o.Outage, "outage", 0, "cut the fleet off from the control plane for this long (simulated time) and measure how it resumes")
+	f.DurationVar(&o.Rotate, "rotate", 0, "rotate the telemetry data key and the gossip keyring this often while the fleet writes and ingests (0: no rotation phase)")
+	f.DurationVar(&o.RotateFor, "rotate-for", 60*time.Second, "length of the rotation phase")
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }
@@ -186,6 +192,11 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		rows = append(rows,
 			[2]string{"control plane outage", fmt.Sprintf("%.0f s simulated (%.1f s real, ×%g); %d agents offline in the registry; %d readings stored meanwhile", o.SimSeconds, o.RealSeconds, o.TimeScale, o.OfflineAtEnd, o.ReadingsDuringOutage)},
 			[2]string{"resumed after outage", fmt.Sprintf("heartbeats p50 %.0f s, p99 %.0f s; uploads caught up in %.0f s (simulated)", o.ResumeSeconds.P50, o.ResumeSeconds.P99, o.UploadCatchUpSeconds)})
+	}
+	if k := r.Rotation; k != nil {
+		rows = append(rows,
+			[2]string{"key rotation under load", fmt.Sprintf("%d rotations of each key every %.0f s over %.0f s; telemetry key v%d, gossip key v%d (primary on %d agents)", k.Rotations, k.Interval, k.Seconds, k.TelemetryVersion, k.GossipVersion, k.AgentsOnGossipPrimary)},
+			[2]string{"during rotation", fmt.Sprintf("%d of %d membership samples split (min alive %d); %.0f gossip decrypt failures; %.0f uploads refused; %d writes", k.SplitSamples, k.Samples, k.MinAlive, k.GossipDecryptFailures, k.UploadsRefused, k.Writes)})
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])

@@ -1,0 +1,163 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+)
+
+// RotationReport describes the key rotation phase: the data key
+// "telemetry" and the gossip key rotated every Interval while agents
+// write, gossip and ingest.
+type RotationReport struct {
+	Seconds   float64 `json:"seconds"`
+	Interval  float64 `json:"interval_seconds"`
+	Rotations int     `json:"rotations"` // of each key
+	// TelemetryVersion and GossipVersion are the keys' primary versions
+	// at the end; AgentsOnGossipPrimary counts agents whose keyring
+	// primary is GossipVersion once the last rotation has activated.
+	TelemetryVersion      uint32 `json:"telemetry_key_version"`
+	GossipVersion         uint32 `json:"gossip_key_version"`
+	AgentsOnGossipPrimary int    `json:"agents_on_gossip_primary"`
+	// Samples counts membership checks during the phase; SplitSamples
+	// those in which some agent did not see every agent alive (must be
+	// 0: one cluster throughout).
+	Samples      int `json:"membership_samples"`
+	SplitSamples int `json:"split_samples"`
+	MinAlive     int `json:"min_alive_seen"`
+	// GossipDecryptFailures is gossip traffic no installed key could
+	// open; UploadsRefused is telemetry uploads the control plane refused
+	// (an envelope it could not open among them). Both must be 0.
+	GossipDecryptFailures float64 `json:"gossip_decrypt_failures"`
+	UploadsRefused        float64 `json:"uploads_refused"`
+	// Writes is the replicated writes made during the phase; the run's
+	// final convergence check covers them.
+	Writes int `json:"writes"`
+}
+
+// runRotation rotates both keys every o.Rotate for o.RotateFor while every
+// agent writes once a second and the devices keep sending.
+func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
+	o := f.opts
+	rep := &RotationReport{Interval: o.Rotate.Seconds(), MinAlive: len(f.nodes)}
+	c := f.cp.client
+	// New gossip versions become primary 5 s after creation (every agent
+	// has fetched them by then: it polls its key messages each heartbeat),
+	// older ones leave 10 s after that.
+	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: "5s", RemoveGrace: "10s", RotationPeriod: "off"}
+	if _, err := c.SetKeyPolicy(ctx, controlplane.GossipKeyName, pol); err != nil {
+		return nil, fmt.Errorf("sim: gossip key policy: %w", err)
+	}
+	beforeDecrypt, beforeRefused := f.decryptFailures(), f.uploadsRefused()
+
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	var writes atomic.Int64
+	// Every agent writes once a second.
+	for _, n := range f.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				if sleep(pctx, time.Second) != nil {
+					return
+				}
+				if n.ag.Put(pctx, collKV, fmt.Sprintf("rot-%s", n.name), []byte(fmt.Sprintf(`{"n":%d}`, i))) == nil {
+					writes.Add(1)
+				}
+			}
+		}()
+	}
+	// Membership sampler.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for sleep(pctx, 250*time.Millisecond) == nil {
+			split := false
+			for _, n := range f.nodes {
+				a := aliveCount(n.ag)
+				rep.MinAlive = min(rep.MinAlive, a)
+				if a != len(f.nodes) {
+					split = true
+				}
+			}
+			rep.Samples++
+			if split {
+				rep.SplitSamples++
+			}
+		}
+	}()
+	start := time.Now()
+	var rotErr error
+	for time.Since(start) < o.RotateFor {
+		if err := sleep(ctx, o.Rotate); err != nil {
+			rotErr = err
+			break
+		}
+		tk, err := c.RotateKey(ctx, controlplane.TelemetryKeyName)
+		if err != nil {
+			rotErr = fmt.Errorf("sim: rotate telemetry key: %w", err)
+			break
+		}
+		gk, err := c.RotateKey(ctx, controlplane.GossipKeyName)
+		if err != nil {
+			rotErr = fmt.Errorf("sim: rotate gossip key: %w", err)
+			break
+		}
+		rep.Rotations++
+		rep.TelemetryVersion, rep.GossipVersion = tk.PrimaryVersion, gk.LatestVersion
+		f.opts.Logger.Info("rotated keys", "telemetry", tk.PrimaryVersion, "gossip", gk.LatestVersion)
+	}
+	// Let the last gossip version activate and the old ones leave,
+	// still under load and sampling.
+	if rotErr == nil {
+		rotErr = sleep(ctx, 16*time.Second)
+	}
+	stop()
+	wg.Wait()
+	if rotErr != nil {
+		return nil, rotErr
+	}
+	rep.Seconds = round(time.Since(start).Seconds())
+	rep.Writes = int(writes.Load())
+	for _, n := range f.nodes {
+		if v, ok := gaugeValue(n.ag.Registry(), "edgefleet_gossip_keyring_primary_version"); ok && uint32(v) == rep.GossipVersion {
+			rep.AgentsOnGossipPrimary++
+		}
+	}
+	rep.GossipDecryptFailures = f.decryptFailures() - beforeDecrypt
+	rep.UploadsRefused = f.uploadsRefused() - beforeRefused
+	f.opts.Logger.Info("key rotation under load", "rotations", rep.Rotations, "split_samples", rep.SplitSamples,
+		"gossip_decrypt_failures", rep.GossipDecryptFailures, "uploads_refused", rep.UploadsRefused,
+		"agents_on_gossip_primary", rep.AgentsOnGossipPrimary)
+	return rep, nil
+}
+
+// decryptFailures sums, over the agents, gossip traffic rejected because
+// no installed key could open it.
+func (f *Fleet) decryptFailures() float64 {
+	var t float64
+	for _, n := range f.nodes {
+		if n.ag != nil {
+			t += counterValue(n.ag.Registry(), "edgefleet_gossip_rejected_total", "reason", "decrypt_failed")
+		}
+	}
+	return t
+}
+
+// uploadsRefused sums, over the agents, telemetry uploads the control plane
+// refused.
+func (f *Fleet) uploadsRefused() float64 {
+	var t float64
+	for _, n := range f.nodes {
+		if n.ag != nil {
+			t += counterValue(n.ag.Registry(), "edgefleet_uplink_requests_total", "op", "upload", "result", "rejected")
+		}
+	}
+	return t
+}
