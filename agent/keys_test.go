@@ -148,9 +148,7 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 	}
 	t.Cleanup(func() { a.Kill() })
 	waitFor(t, 20*time.Second, "telemetry key", func() (bool, string) { return telemetryVersion(a) == 1, "" })
-	if changes.Load() < 1 {
-		t.Fatal("onKeysChanged hook not called")
-	}
+	waitFor(t, 10*time.Second, "onKeysChanged hook called", func() (bool, string) { return changes.Load() >= 1, "" })
 	api := apiClient{t: t, base: "http://" + a.APIAddr()}
 	dev := mqttClient(t, a.MQTTURL(), "k1")
 	publish(t, dev, "devices/k1/telemetry", `{"t":1}`, `{"t":2}`)
