@@ -45,10 +45,12 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	o := f.opts
 	rep := &RotationReport{Interval: o.Rotate.Seconds(), MinAlive: len(f.nodes)}
 	c := f.cp.client
-	// New gossip versions become primary 5 s after creation (every agent
-	// has fetched them by then: it polls its key messages each heartbeat),
-	// older ones leave 10 s after that.
-	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: "5s", RemoveGrace: "10s", RotationPeriod: "off"}
+	// New gossip versions become primary 5 s (real time) after creation:
+	// every agent has fetched them by then, as it polls its key messages
+	// each heartbeat; older ones leave 10 s after that. The policy is in
+	// the control plane's (possibly compressed) time.
+	scaled := func(d time.Duration) string { return time.Duration(float64(d) * o.TimeScale).String() }
+	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: scaled(5 * time.Second), RemoveGrace: scaled(10 * time.Second), RotationPeriod: "off"}
 	if _, err := c.SetKeyPolicy(ctx, controlplane.GossipKeyName, pol); err != nil {
 		return nil, fmt.Errorf("sim: gossip key policy: %w", err)
 	}

@@ -46,6 +46,9 @@ func TestRunConverges(t *testing.T) {
 		TimeScale:       60,
 		DevicesPerAgent: 2,
 		DataSets:        dataSets(t),
+		// Both keys rotated every 5 s for 10 s while agents write and ingest.
+		Rotate:    5 * time.Second,
+		RotateFor: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +58,9 @@ func TestRunConverges(t *testing.T) {
 	}
 	if o := rep.Outage; o == nil || o.SimSeconds < 600 || o.OfflineAtEnd != 6 || o.ResumeSeconds.Max <= 0 {
 		t.Fatalf("outage: %+v", rep.Outage)
+	}
+	if k := rep.Rotation; k == nil || k.Rotations < 2 || k.SplitSamples != 0 || k.GossipDecryptFailures != 0 || k.UploadsRefused != 0 || k.AgentsOnGossipPrimary != 6 {
+		t.Fatalf("rotation under load: %+v", rep.Rotation)
 	}
 	if d := rep.Devices; d == nil {
 		t.Fatal("no devices report")
@@ -66,7 +72,7 @@ func TestRunConverges(t *testing.T) {
 	if !rep.Converged || rep.DistinctStateHashes != 1 {
 		t.Fatalf("not converged: %+v", rep)
 	}
-	if rep.Writes != 6*15+6*15+5*15 {
+	if rep.Writes != 6*15+6*15+5*15+rep.Rotation.Writes {
 		t.Fatalf("writes = %d", rep.Writes)
 	}
 	if rep.GossipBytesPerAgentPerSecond <= 0 {
