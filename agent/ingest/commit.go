@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -219,6 +220,12 @@ func floorTo(ts, step int64) int64 {
 // batch. When it returns nil everything is on disk and the messages may
 // be acknowledged. On error nothing was written.
 func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, error) {
+	return s.commitInto(ctx, envs, nil)
+}
+
+// commitInto is commit, appending the new readings it reports to
+// buf[:0] (reused across commits).
+func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading) (commitResult, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.closed {
@@ -231,7 +238,7 @@ func (s *Store) commit(ctx context.Context, envs []*envelope) (commitResult, err
 	for _, e := range envs {
 		n += len(e.readings)
 	}
-	res.newReadings = make([]Reading, 0, n)
+	res.newReadings = slices.Grow(buf[:0], n)
 	newRecent, pruned, maxEpoch := int64(0), int64(0), int64(0)
 	deadByReason := map[Reason]int{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {

@@ -89,9 +89,31 @@ func (l Limits) withDefaults() (Limits, error) {
 // JSON objects of numbers. It is not safe for concurrent use (it reuses
 // a scratch buffer); the zero value is not usable, use NewDecoder.
 type Decoder struct {
-	lim Limits
-	now func() time.Time
-	sc  scanner
+	lim   Limits
+	now   func() time.Time
+	sc    scanner
+	names map[string]string // valid flat field names seen, to reuse their strings
+}
+
+// maxNames bounds Decoder.names; past it the map starts over.
+const maxNames = 4096
+
+// flatName returns a flat field name as a checked string, reusing the
+// string of a name seen before: devices send the same few names in
+// every message.
+func (d *Decoder) flatName(key []byte) (string, error) {
+	if name, ok := d.names[string(key)]; ok {
+		return name, nil
+	}
+	name := string(key)
+	if err := d.checkName(name, -1, name); err != nil {
+		return "", err
+	}
+	if d.names == nil || len(d.names) >= maxNames {
+		d.names = make(map[string]string, 64)
+	}
+	d.names[name] = name
+	return name, nil
 }
 
 // NewDecoder returns a decoder enforcing lim (zero fields take their

@@ -48,7 +48,9 @@ func (d *Decoder) appendFlat(dst []Reading, device string, payload []byte, now t
 		isTS := string(key) == "ts"
 		var name string
 		if !isTS {
-			name = string(key)
+			if name, err = d.flatName(key); err != nil {
+				return fail(err)
+			}
 		}
 		if err := sc.expect(':'); err != nil {
 			return fail(err)
@@ -87,9 +89,6 @@ func (d *Decoder) appendFlat(dst []Reading, device string, payload []byte, now t
 			}
 			at = t
 		default:
-			if err := d.checkName(name, -1, name); err != nil {
-				return fail(err)
-			}
 			for i := start; i < len(dst); i++ {
 				if dst[i].Metric == name {
 					return fail(decodeErr(ReasonSchema, -1, name, "duplicate field"))

@@ -219,7 +219,7 @@ type Ingestor struct {
 	m        *ingestMetrics
 
 	queue   chan *envelope
-	batches chan []*envelope
+	batches chan *batch
 	acks    chan committed
 
 	hmu      sync.RWMutex // Handle holds it shared while enqueueing; Stop exclusively
@@ -255,7 +255,7 @@ func New(cfg Config) (*Ingestor, error) {
 	in := &Ingestor{
 		cfg: cfg, log: cfg.Logger, topics: tp, m: m,
 		queue:     make(chan *envelope, cfg.QueueMessages),
-		batches:   make(chan []*envelope, 1),
+		batches:   make(chan *batch, 1),
 		acks:      make(chan committed, 2),
 		retainNow: make(chan struct{}, 1),
 		stopping:  make(chan struct{}),
@@ -443,47 +443,43 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 	defer close(in.batches)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	var batch []*envelope
+	var cur *batch                 // the batch being filled, nil when none
 	due := false                   // BatchDelay has passed since the batch's first message
 	lastRecv := map[string]int64{} // per device: receive times are kept strictly increasing
-	// The readings of a batch's messages share one array, allocated per
-	// batch (the committer owns it until the batch is acknowledged).
-	var arena []Reading
 	for {
-		var out chan<- []*envelope // nil: nothing to offer yet
-		if len(batch) > 0 && (due || len(batch) >= in.cfg.BatchMessages) {
+		var out chan<- *batch // nil: nothing to offer yet
+		full := cur != nil && len(cur.envs) >= in.cfg.BatchMessages
+		if cur != nil && (due || full) {
 			out = in.batches
 		}
 		queue := in.queue
-		if len(batch) >= in.cfg.BatchMessages {
-			queue = nil // full: wait for the committer
+		if full {
+			queue = nil // wait for the committer
 		}
 		var timeout <-chan time.Time
-		if len(batch) > 0 && !due {
+		if cur != nil && !due {
 			timeout = timer.C
 		}
 		select {
-		case out <- batch:
+		case out <- cur:
 			timer.Stop()
-			batch, arena, due = nil, nil, false
+			cur, due = nil, false
 		case <-timeout:
 			due = true
 		case e, ok := <-queue:
 			if !ok {
 				timer.Stop()
-				if len(batch) > 0 {
-					in.batches <- batch
+				if cur != nil {
+					in.batches <- cur
 				}
 				return
 			}
-			if len(batch) == 0 {
+			if cur == nil {
+				cur = batchPool.Get().(*batch)
 				timer.Reset(in.cfg.BatchDelay)
 			}
-			if arena == nil {
-				arena = make([]Reading, 0, 4*in.cfg.BatchMessages)
-			}
-			arena = in.decode(dec, e, lastRecv, arena)
-			batch = append(batch, e)
+			cur.arena = in.decode(dec, e, lastRecv, cur.arena)
+			cur.envs = append(cur.envs, e)
 		}
 	}
 }
@@ -515,12 +511,32 @@ func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64,
 // envelopePool recycles envelopes once their batch is acknowledged.
 var envelopePool = sync.Pool{New: func() any { return new(envelope) }}
 
-// release returns a finished batch's envelopes to the pool.
-func release(batch []*envelope) {
-	for _, e := range batch {
+// batch is a group of messages on its way through the pipeline: the
+// batcher fills it, the committer commits it, the acknowledging
+// goroutine acknowledges it. Its messages' readings share one arena,
+// and the readings its commit stored (for the Sink) another; both are
+// reused by later batches (batchPool), so the pipeline allocates little
+// per message.
+type batch struct {
+	envs   []*envelope
+	arena  []Reading
+	stored []Reading
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batch) }}
+
+// recycle returns an acknowledged batch and its envelopes to their
+// pools, dropping every reference to its messages.
+func (b *batch) recycle() {
+	for _, e := range b.envs {
 		*e = envelope{}
 		envelopePool.Put(e)
 	}
+	clear(b.envs)
+	clear(b.arena)
+	clear(b.stored)
+	b.envs, b.arena, b.stored = b.envs[:0], b.arena[:0], b.stored[:0]
+	batchPool.Put(b)
 }
 
 // runCommitter commits batches, then acknowledges their messages.
@@ -528,29 +544,30 @@ func (in *Ingestor) runCommitter() {
 	defer in.wg.Done()
 	defer close(in.acks)
 	ctx := context.Background()
-	for batch := range in.batches {
+	for b := range in.batches {
 		if !in.waitPressure(ctx) {
-			in.abandon(batch)
+			in.abandon(b.envs)
 			continue
 		}
 		start := time.Now()
-		res, ok := in.commitRetrying(ctx, batch)
+		res, ok := in.commitRetrying(ctx, b.envs, b.stored)
 		if !ok {
-			in.abandon(batch)
+			in.abandon(b.envs)
 			continue
 		}
+		b.stored = res.newReadings
 		at := in.cfg.Clock()
 		in.m.commitSecs.Observe(time.Since(start).Seconds())
-		in.m.batchSize.Observe(float64(len(batch)))
+		in.m.batchSize.Observe(float64(len(b.envs)))
 		in.m.commits.Add(1)
-		in.acks <- committed{batch: batch, res: res, at: at}
+		in.acks <- committed{batch: b, res: res, at: at}
 		in.checkPressure(ctx)
 	}
 }
 
 // committed is a batch on disk, waiting to be acknowledged.
 type committed struct {
-	batch []*envelope
+	batch *batch
 	res   commitResult
 	at    time.Time
 }
@@ -563,21 +580,22 @@ func (in *Ingestor) runAcker() {
 	defer in.wg.Done()
 	defer close(in.done)
 	for c := range in.acks {
-		for _, e := range c.batch {
+		envs := c.batch.envs
+		for _, e := range envs {
 			if e.ack != nil {
 				e.ack()
 			}
 		}
-		in.m.acked.Add(int64(len(c.batch)))
-		in.m.pending.Add(-int64(len(c.batch)))
+		in.m.acked.Add(int64(len(envs)))
+		in.m.pending.Add(-int64(len(envs)))
 		if in.cfg.Sink != nil {
-			in.cfg.Sink.Committed(Commit{Seq: c.res.seq, At: c.at, Messages: len(c.batch), Readings: c.res.newReadings,
+			in.cfg.Sink.Committed(Commit{Seq: c.res.seq, At: c.at, Messages: len(envs), Readings: c.res.newReadings,
 				Duplicates: c.res.duplicates, DeadLetters: c.res.deadLetters})
 		}
 		if in.cfg.Devices != nil && len(c.res.devices) > 0 {
 			in.cfg.Devices.DevicesSeen(c.res.devices)
 		}
-		release(c.batch)
+		c.batch.recycle()
 	}
 }
 
@@ -599,13 +617,13 @@ const splitAfter = 3
 // a message the store refuses on its own is dead-lettered (reason
 // store_error) so the others go through. Nothing is acknowledged before
 // its commit.
-func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope) (commitResult, bool) {
+func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf []Reading) (commitResult, bool) {
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		var res commitResult
 		var err error
 		if attempt <= splitAfter || len(batch) == 1 {
-			res, err = in.store.commit(ctx, batch)
+			res, err = in.store.commitInto(ctx, batch, buf)
 		} else {
 			res, err = in.commitEach(ctx, batch)
 		}
