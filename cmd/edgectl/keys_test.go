@@ -25,7 +25,7 @@ func TestKeysCommands(t *testing.T) {
 	if out := e.must("keys", "status"); !strings.Contains(out, "SEALED (0 of 3 shares given)") {
 		t.Fatalf("status while sealed:\n%s", out)
 	}
-	r := e.run("keys", "create", "telemetry", "--all-agents")
+	r := e.run("keys", "create", "billing", "--all-agents")
 	if r.code != 1 || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "key service sealed") {
 		t.Fatalf("create while sealed: %+v", r)
 	}
@@ -54,28 +54,29 @@ func TestKeysCommands(t *testing.T) {
 	}
 
 	// Create, list, show.
-	if out := e.must("keys", "create", "telemetry", "--all-agents", "--rotation-period", "7d"); !strings.Contains(out, "Key telemetry created (data, v1 primary, rotation 7d, recipients: all agents)") {
+	if out := e.must("keys", "create", "billing", "--all-agents", "--rotation-period", "7d"); !strings.Contains(out, "Key billing created (data, v1 primary, rotation 7d, recipients: all agents)") {
 		t.Fatalf("create: %s", out)
 	}
-	e.must("keys", "create", "gossip", "--purpose", "gossip", "--labels", "site=berlin", "--rotation-period", "off")
+	e.must("keys", "create", "mesh", "--purpose", "gossip", "--labels", "site=berlin", "--rotation-period", "off")
 	for _, bad := range [][]string{
 		{"keys", "create", "x", "--purpose", "signing"},
 		{"keys", "create", "x", "--rotation-period", "soon"},
 		{"keys", "create", "a/b"},
-		{"keys", "retire", "telemetry", "x"},
-		{"keys", "policy", "telemetry", "--labels", "novalue"},
+		{"keys", "retire", "billing", "x"},
+		{"keys", "policy", "billing", "--labels", "novalue"},
 	} {
 		if r := e.run(bad...); r.code != 2 {
 			t.Errorf("%v: exit %d, want 2: %s", bad, r.code, r.stderr)
 		}
 	}
 	keys := decodeJSON[[]controlplane.Key](t, e.must("keys", "list", "--json"))
-	if len(keys) != 2 || keys[1].Name != "telemetry" || keys[1].Policy.RotationPeriod != "168h0m0s" || !keys[1].Policy.AllAgents ||
-		keys[0].Policy.RotationPeriod != "0s" || keys[0].Policy.AllowedLabels["site"] != "berlin" {
+	// billing, gossip (built in), mesh, telemetry (built in)
+	if len(keys) != 4 || keys[0].Name != "billing" || keys[0].Policy.RotationPeriod != "168h0m0s" || !keys[0].Policy.AllAgents ||
+		keys[2].Name != "mesh" || keys[2].Policy.RotationPeriod != "0s" || keys[2].Policy.AllowedLabels["site"] != "berlin" {
 		t.Fatalf("list: %+v", keys)
 	}
 	out := e.must("keys", "list")
-	for _, want := range []string{"NAME", "telemetry", "7d", "all agents", "gossip", "on demand", "labels site=berlin"} {
+	for _, want := range []string{"NAME", "billing", "7d", "all agents", "mesh", "on demand", "labels site=berlin"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list table lacks %q:\n%s", want, out)
 		}
@@ -87,7 +88,7 @@ func TestKeysCommands(t *testing.T) {
 	// Rotate and rewrap an envelope sealed under v1.
 	ctx := context.Background()
 	aad := []byte("device-9")
-	env1, err := e.srv.KeyService().Encrypt(ctx, "telemetry", []byte("21.5 C"), aad)
+	env1, err := e.srv.KeyService().Encrypt(ctx, "billing", []byte("21.5 C"), aad)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,12 +96,12 @@ func TestKeysCommands(t *testing.T) {
 	if err := os.WriteFile(in, env1, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out := e.must("keys", "rotate", "telemetry"); !strings.Contains(out, "v2 is primary; older versions: 1 decrypt-only") {
+	if out := e.must("keys", "rotate", "billing"); !strings.Contains(out, "v2 is primary; older versions: 1 decrypt-only") {
 		t.Fatalf("rotate: %s", out)
 	}
 	outPath := filepath.Join(e.dir, "r2.env")
-	r = e.run("keys", "rewrap", "telemetry", "--in", in, "--out", outPath, "--aad", string(aad))
-	if r.code != 0 || !strings.Contains(r.stderr, "rewrapped under telemetry v2 (was v1)") {
+	r = e.run("keys", "rewrap", "billing", "--in", in, "--out", outPath, "--aad", string(aad))
+	if r.code != 0 || !strings.Contains(r.stderr, "rewrapped under billing v2 (was v1)") {
 		t.Fatalf("rewrap: %+v", r)
 	}
 	env2, err := os.ReadFile(outPath)
@@ -110,44 +111,44 @@ func TestKeysCommands(t *testing.T) {
 	if h, _, err := pqcrypto.ParseHeader(env2); err != nil || h.KeyVersion != 2 {
 		t.Fatalf("rewrapped header: %+v %v", h, err)
 	}
-	if pt, err := e.srv.KeyService().Decrypt(ctx, "telemetry", env2, aad); err != nil || string(pt) != "21.5 C" {
+	if pt, err := e.srv.KeyService().Decrypt(ctx, "billing", env2, aad); err != nil || string(pt) != "21.5 C" {
 		t.Fatalf("rewrapped envelope opens to %q, %v", pt, err)
 	}
 	if st, _ := os.Stat(outPath); st.Mode().Perm() != 0o600 {
 		t.Fatalf("rewrap output mode %v", st.Mode())
 	}
-	rw := decodeJSON[controlplane.RewrapResponse](t, e.mustIn(env1, "keys", "rewrap", "telemetry", "--aad", string(aad), "--json"))
+	rw := decodeJSON[controlplane.RewrapResponse](t, e.mustIn(env1, "keys", "rewrap", "billing", "--aad", string(aad), "--json"))
 	if rw.FromVersion != 1 || rw.Version != 2 || len(rw.Envelope) == 0 {
 		t.Fatalf("rewrap --json: %+v", rw)
 	}
-	r = e.runWith(ctx, strings.NewReader(string(env1)), "keys", "rewrap", "telemetry")
+	r = e.runWith(ctx, strings.NewReader(string(env1)), "keys", "rewrap", "billing")
 	if r.code != 1 || !strings.Contains(r.stderr, "authentication failed") {
 		t.Fatalf("rewrap without the aad: %+v", r)
 	}
 
 	// Policy: only the given fields change.
-	if out := e.must("keys", "policy", "telemetry", "--min-version", "2"); !strings.Contains(out, "Min decrypt version:  2") || !strings.Contains(out, "Rotation:             7d") {
+	if out := e.must("keys", "policy", "billing", "--min-version", "2"); !strings.Contains(out, "Min decrypt version:  2") || !strings.Contains(out, "Rotation:             7d") {
 		t.Fatalf("policy: %s", out)
 	}
-	p := decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "telemetry", "--json"))
+	p := decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
 	if p.MinDecryptVersion != 2 || p.RotationPeriod != "168h0m0s" || !p.AllAgents {
 		t.Fatalf("policy after change: %+v", p)
 	}
-	e.must("keys", "policy", "telemetry", "--all-agents=false", "--agents", "ag_1,ag_2")
-	p = decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "telemetry", "--json"))
+	e.must("keys", "policy", "billing", "--all-agents=false", "--agents", "ag_1,ag_2")
+	p = decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
 	if p.AllAgents || len(p.AllowedAgents) != 2 || p.MinDecryptVersion != 2 {
 		t.Fatalf("policy after recipients change: %+v", p)
 	}
 
 	// Retire, destroy.
-	if out := e.must("keys", "retire", "telemetry", "1"); !strings.Contains(out, "Key telemetry v1 retired.") {
+	if out := e.must("keys", "retire", "billing", "1"); !strings.Contains(out, "Key billing v1 retired.") {
 		t.Fatalf("retire: %s", out)
 	}
-	if r := e.run("keys", "retire", "telemetry", "v2"); r.code != 1 || !strings.Contains(r.stderr, "409") || !strings.Contains(r.stderr, "rotate first") {
+	if r := e.run("keys", "retire", "billing", "v2"); r.code != 1 || !strings.Contains(r.stderr, "409") || !strings.Contains(r.stderr, "rotate first") {
 		t.Fatalf("retire primary: %+v", r)
 	}
-	e.must("keys", "destroy", "telemetry", "v1", "--yes")
-	if out := e.must("keys", "show", "telemetry"); !strings.Contains(out, "v1       destroyed") || !strings.Contains(out, "v2       primary") {
+	e.must("keys", "destroy", "billing", "v1", "--yes")
+	if out := e.must("keys", "show", "billing"); !strings.Contains(out, "v1       destroyed") || !strings.Contains(out, "v2       primary") {
 		t.Fatalf("show:\n%s", out)
 	}
 
@@ -157,7 +158,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.must("keys", "list", "--token", tok.Token)
-	if r := e.run("keys", "rotate", "telemetry", "--token", tok.Token); r.code != 1 || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, "lacks the role") {
+	if r := e.run("keys", "rotate", "billing", "--token", tok.Token); r.code != 1 || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, "lacks the role") {
 		t.Fatalf("viewer rotate: %+v", r)
 	}
 
@@ -165,7 +166,7 @@ func TestKeysCommands(t *testing.T) {
 	if out := e.must("keys", "seal", "--yes"); !strings.Contains(out, "sealed; 3 share(s) unseal it") {
 		t.Fatalf("seal: %s", out)
 	}
-	if r := e.run("keys", "rotate", "telemetry"); r.code != 1 || !strings.Contains(r.stderr, "key service sealed") {
+	if r := e.run("keys", "rotate", "billing"); r.code != 1 || !strings.Contains(r.stderr, "key service sealed") {
 		t.Fatalf("rotate after seal: %+v", r)
 	}
 	if r := e.run("keys", "list"); r.code != 0 || !strings.Contains(r.stderr, "sealed") {
