@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -77,6 +78,8 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	} else {
+		cfg.Logger = slog.New(quietRejects{cfg.Logger.Handler()})
 	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumInflight = math.MaxUint16
@@ -148,4 +151,34 @@ func (b *Broker) Stop() error {
 		b.amu.Unlock()
 	})
 	return err
+}
+
+// quietRejects drops mochi's debug record of every publish the ingestion
+// hook takes ("publish packet rejected": that is how the hook keeps
+// mochi from acknowledging it), which would otherwise log each message.
+type quietRejects struct{ slog.Handler }
+
+func (q quietRejects) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "publish packet rejected" {
+		ours := false
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "hook" && a.Value.String() == ingestHookID {
+				ours = true
+				return false
+			}
+			return true
+		})
+		if ours {
+			return nil
+		}
+	}
+	return q.Handler.Handle(ctx, r)
+}
+
+func (q quietRejects) WithAttrs(as []slog.Attr) slog.Handler {
+	return quietRejects{q.Handler.WithAttrs(as)}
+}
+
+func (q quietRejects) WithGroup(name string) slog.Handler {
+	return quietRejects{q.Handler.WithGroup(name)}
 }

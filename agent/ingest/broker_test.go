@@ -1,8 +1,12 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -78,6 +82,24 @@ func TestEmbeddedBroker(t *testing.T) {
 	}
 }
 
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func connectClient(t *testing.T, broker, id string, clean bool) mqtt.Client {
 	t.Helper()
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(id).SetCleanSession(clean).
@@ -104,7 +126,9 @@ func waitToken(t *testing.T, what string, tok mqtt.Token) {
 // publishes wait while no Ingestor is attached, before the first and
 // between two; Publish reaches devices through the broker.
 func TestEmbeddedIngest(t *testing.T) {
-	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", Ingest: true})
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", Ingest: true, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +198,9 @@ func TestEmbeddedIngest(t *testing.T) {
 		t.Fatalf("after the burst: %+v", rep)
 	}
 	waitFor(t, "the watcher to receive the telemetry and the status", func() bool { return seen.Load() == 505 && other.Load() == 1 })
+	if l := logs.String(); strings.Contains(l, "publish packet rejected") || !strings.Contains(l, "server started") {
+		t.Fatalf("broker debug log (%d bytes): every ingested publish logged, or nothing logged:\n%.3000s", len(l), l)
+	}
 
 	// Commands reach a device's subscription through the broker.
 	got := make(chan string, 1)

@@ -40,8 +40,11 @@ type ingestHook struct {
 	b *Broker
 }
 
+// ingestHookID names the hook.
+const ingestHookID = "edgefleet-ingest"
+
 // ID names the hook.
-func (h *ingestHook) ID() string { return "edgefleet-ingest" }
+func (h *ingestHook) ID() string { return ingestHookID }
 
 // Provides selects the events the hook handles.
 func (h *ingestHook) Provides(e byte) bool {
