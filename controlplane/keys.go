@@ -161,6 +161,7 @@ type keyState struct {
 	done chan struct{}
 
 	cache keyCache
+	relay relayState
 }
 
 // keyCache keeps the key service's metadata (keys, versions, policies, and
@@ -250,6 +251,8 @@ type keyMetrics struct {
 	fetches   *prometheus.CounterVec
 	rotations *prometheus.CounterVec
 	envelopes *prometheus.CounterVec
+	relay     *prometheus.CounterVec
+	relayed   prometheus.Counter
 }
 
 func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
@@ -271,7 +274,15 @@ func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
 			Help: "Telemetry uploads by sealing result: opened, refused (does not open, or bound to another agent or batch), sealed (key service sealed), unsealed_refused (plain upload while sealed uploads are required).",
 		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations, m.envelopes} {
+	m.relay = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "controlplane_key_relay_fetches_total",
+		Help: "GET /v1/agent/keys/relay calls by result (empty, entries, error).",
+	}, []string{"result"})
+	m.relayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "controlplane_key_relay_messages_total",
+		Help: "Key messages of lagging agents handed to other agents by GET /v1/agent/keys/relay.",
+	})
+	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations, m.envelopes, m.relay, m.relayed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -144,3 +144,19 @@ func (c *Client) KeysVerifyingKey(ctx context.Context) (VerifyingKeyResponse, er
 	err := c.do(ctx, "GET", "/v1/keys/verifying-key", nil, nil, &resp)
 	return resp, err
 }
+
+// KeyRelay fetches a page of key messages addressed to OTHER agents that
+// are behind (mutual TLS): GET /v1/agent/keys/relay?after=cursor. Pass ""
+// for the first page and the answer's Cursor for the next; an empty Cursor
+// means the last page was reached. The messages are sealed to their
+// recipients and signed: the caller cannot open them, only pass them on
+// (package agent writes them into the replicated collection "keys.relay").
+func (c *Client) KeyRelay(ctx context.Context, after string) (AgentKeysRelayResponse, error) {
+	var q url.Values
+	if after != "" {
+		q = url.Values{"after": {after}}
+	}
+	var resp AgentKeysRelayResponse
+	err := c.do(ctx, "GET", "/v1/agent/keys/relay", q, nil, &resp)
+	return resp, err
+}

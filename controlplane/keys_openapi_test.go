@@ -15,7 +15,7 @@ func TestOpenAPIKeySchemasMatchGoTypes(t *testing.T) {
 		"KeyServiceStatus": KeyServiceStatus{}, "UnsealRequest": UnsealRequest{}, "KeyPolicy": KeyPolicy{},
 		"KeyVersion": KeyVersion{}, "Key": Key{}, "KeysResponse": KeysResponse{}, "CreateKeyRequest": CreateKeyRequest{},
 		"RewrapRequest": RewrapRequest{}, "RewrapResponse": RewrapResponse{}, "VerifyingKeyResponse": VerifyingKeyResponse{},
-		"AgentKeysResponse": AgentKeysResponse{},
+		"AgentKeysResponse": AgentKeysResponse{}, "AgentKeysRelayResponse": AgentKeysRelayResponse{}, "AgentKeysRelayEntry": AgentKeysRelayEntry{},
 	}
 	for name, v := range types {
 		s, ok := doc.Comps.Schemas[name]

@@ -30,6 +30,7 @@ func (s *Server) keyRoutes() []route {
 		{method: "POST", path: "/v1/keys/{name}/versions/{version}/retire", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRetire, handle: s.handleRetireKeyVersion},
 		{method: "POST", path: "/v1/keys/{name}/versions/{version}/destroy", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionDestroy, handle: s.handleDestroyKeyVersion},
 		{method: "GET", path: "/v1/agent/keys", access: accessAgent, handle: s.handleAgentKeys},
+		{method: "GET", path: "/v1/agent/keys/relay", access: accessAgent, handle: s.handleAgentKeysRelay},
 	}
 }
 
@@ -497,6 +498,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 	cur, allowed := agentKeyState(agent, keys)
 	curText := cur.String()
 	if after == curText {
+		s.keys.noteFetch(c.agentID, curText, cur)
 		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
 		writeJSON(w, http.StatusOK, AgentKeysResponse{Messages: [][]byte{}, Cursor: curText})
 		return nil
@@ -531,6 +533,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		}
 		out.Messages = append(out.Messages, b)
 	}
+	s.keys.noteFetch(c.agentID, curText, cur)
 	s.keys.metrics.fetches.WithLabelValues(kind).Inc()
 	s.keys.metrics.delivered.Add(float64(len(out.Messages)))
 	s.log.Debug("key messages sent", "agent", c.agentID, "messages", len(out.Messages), "kind", kind)
