@@ -170,8 +170,10 @@ type Agent struct {
 	// keysChanged run after key fetches that accepted messages (keys.go).
 	keysMu      sync.Mutex
 	keysChanged []func()
-	gossipKeys  *gossipRotator // nil with gossip encryption off (gossipkeys.go)
-	cpu         cpuSampler
+	// keyRelay passes key messages to and from peers (keyrelay.go).
+	keyRelay   atomic.Pointer[keyRelay]
+	gossipKeys *gossipRotator // nil with gossip encryption off (gossipkeys.go)
+	cpu        cpuSampler
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -476,6 +478,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	// The uplink has opened the dkms keyring of an enrolled agent by now:
 	// the agent joins under the fleet's current gossip key.
 	a.startGossipKeys(bg, a.gossipKeys)
+	if err := a.startKeyRelay(bg); err != nil {
+		return fmt.Errorf("agent: key relay: %w", err)
+	}
 
 	if err := a.startAPI(); err != nil {
 		return err

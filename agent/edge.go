@@ -119,6 +119,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			WrapTransport: a.deps.UplinkWrapTransport,
 			Status:        a.heartbeat,
 			KeysChanged:   a.fireKeysChanged,
+			KeyRelay:      a.relayKeys,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err

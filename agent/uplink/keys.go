@@ -167,6 +167,40 @@ func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
 		}
 		u.wakeUploader()
 	}
+	u.relayRound(ctx, client)
+}
+
+// relayRound fetches one page of the key relay (messages for other agents
+// that are behind) and hands it to Deps.KeyRelay. Pages are walked one
+// per round; after the last, the next round starts over. Failures are
+// logged at debug level only: the relay helps others, and the next round
+// asks again.
+func (u *Uplink) relayRound(ctx context.Context, client *controlplane.Client) {
+	if u.deps.KeyRelay == nil {
+		return
+	}
+	u.mu.Lock()
+	after := u.relayCursor
+	u.mu.Unlock()
+	var resp controlplane.AgentKeysRelayResponse
+	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
+		var err error
+		resp, err = client.KeyRelay(rctx, after)
+		return "", err
+	})
+	if o != outcomeOK {
+		u.mu.Lock()
+		u.relayCursor = ""
+		u.mu.Unlock()
+		u.log.Debug("key relay fetch failed; asked again next round", "err", err)
+		return
+	}
+	u.mu.Lock()
+	u.relayCursor = resp.Cursor
+	u.mu.Unlock()
+	if len(resp.Entries) > 0 {
+		u.deps.KeyRelay(ctx, resp.Entries)
+	}
 }
 
 // keysFailed records a key fetch that did not succeed.

@@ -67,6 +67,12 @@ type Deps struct {
 	// KeysChanged is called, on the heartbeat loop, after every key fetch
 	// that accepted at least one key message. It must not block.
 	KeysChanged func()
+	// KeyRelay, when set, receives after every successful key fetch a
+	// page of key messages the control plane holds for OTHER agents that
+	// are behind (GET /v1/agent/keys/relay), to pass on over gossip. The
+	// messages are sealed to their recipients; nothing here can open
+	// them. Called on the heartbeat loop; it must not block for long.
+	KeyRelay func(ctx context.Context, entries []controlplane.AgentKeysRelayEntry)
 }
 
 // Status is the uplink's state, as served by the agent's GET /v1/uplink.
@@ -159,6 +165,7 @@ type Uplink struct {
 	dupBatches     int64
 	skipped        int64
 	keys           *dkms.AgentKeys
+	relayCursor    string
 	keyCursor      string // of the last fetch whose messages were all accepted
 	keysSealed     bool
 	keyConflict    bool // the control plane has no X-Wing key for the agent
