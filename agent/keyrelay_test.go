@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+)
+
+// counterValue reads a counter.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// gossipPrimary is the dkms version of the agent's memberlist primary key
+// (0: the bootstrap key).
+func gossipPrimary(a *Agent) uint32 {
+	if a.gossipKeys == nil {
+		return 0
+	}
+	return a.gossipKeys.state().Primary
+}
+
+func gossipLatest(a *Agent) uint32 {
+	ak := a.Keys()
+	if ak == nil {
+		return 0
+	}
+	for _, k := range ak.Keys() {
+		if k.Name == controlplane.GossipKeyName {
+			return k.Latest
+		}
+	}
+	return 0
+}
+
+// TestKeyRelayReachesAnAgentCutOffFromTheControlPlane: three agents gossip,
+// one loses its uplink while the telemetry and gossip keys rotate; it gets
+// both new versions from its peers, its gossip keyring follows, and when
+// its uplink heals nothing fails.
+func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
+	cp := startKeysCP(t)
+	ctx := t.Context()
+	if _, err := cp.admin.SetKeyPolicy(ctx, controlplane.GossipKeyName, controlplane.KeyPolicy{
+		RotationPeriod: "0", AllAgents: true, InstallGrace: "2s", RemoveGrace: "1h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var cut atomic.Bool
+	var passedWhileCut atomic.Int64
+	cutDeps := Deps{Logger: testLogger(t), Rand: seededRand("relay-c"), UplinkWrapTransport: func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if cut.Load() {
+				return nil, errors.New("uplink cut by the test")
+			}
+			resp, err := rt.RoundTrip(r)
+			if cut.Load() {
+				passedWhileCut.Add(1)
+			}
+			return resp, err
+		})
+	}}
+	a := startAgent(t, cp.agentConfig(t, "relay-a"), Deps{Logger: testLogger(t), Rand: seededRand("relay-a")})
+	cfgB := cp.agentConfig(t, "relay-b")
+	cfgB.Gossip.Join = []string{a.GossipAddr()}
+	b := startAgent(t, cfgB, Deps{Logger: testLogger(t), Rand: seededRand("relay-b")})
+	cfgC := cp.agentConfig(t, "relay-c")
+	cfgC.Gossip.Join = []string{a.GossipAddr()}
+	c := startAgent(t, cfgC, cutDeps)
+	agents := []*Agent{a, b, c}
+	waitFor(t, 30*time.Second, "enrolled, keyed and gossiping", func() (bool, string) {
+		for _, x := range agents {
+			if telemetryVersion(x) != 1 || gossipLatest(x) != 1 || len(x.Members()) != 3 {
+				return false, fmt.Sprintf("%s not ready: telemetry v%d, gossip primary v%d, %d members", x.Name(), telemetryVersion(x), gossipPrimary(x), len(x.Members()))
+			}
+		}
+		ok, why := allAlive(agents)
+		return ok, why
+	})
+
+	cut.Store(true)
+	for _, k := range []string{controlplane.TelemetryKeyName, controlplane.GossipKeyName} {
+		if _, err := cp.admin.RotateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, "the cut-off agent holds the new versions", func() (bool, string) {
+		if tv, gv := telemetryVersion(c), gossipLatest(c); tv != 2 || gv != 2 {
+			return false, "cut-off agent at telemetry v" + string(rune('0'+tv)) + " gossip v" + string(rune('0'+gv))
+		}
+		return true, ""
+	})
+	if n := passedWhileCut.Load(); n != 0 || !strings.Contains(c.Uplink().Status().LastError, "cut by the test") {
+		t.Fatalf("the uplink was not cut: %d requests went through, last error %q", n, c.Uplink().Status().LastError)
+	}
+	r := c.keyRelay.Load()
+	if got := counterValue(t, r.accepted.WithLabelValues("new")); got < 2 {
+		t.Fatalf("accepted via the relay: %v, want 2", got)
+	}
+	written := counterValue(t, a.keyRelay.Load().writes) + counterValue(t, b.keyRelay.Load().writes)
+	if written < 2 {
+		t.Fatalf("relayed written by the peers: %v", written)
+	}
+	// The new data key works on the cut-off agent and at the control plane.
+	env, err := c.Keys().Encrypt(ctx, controlplane.TelemetryKeyName, []byte("sealed while cut off"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := cp.srv.KeyService().Decrypt(ctx, controlplane.TelemetryKeyName, env, nil); err != nil || string(pt) != "sealed while cut off" {
+		t.Fatalf("control plane opens %q, %v", pt, err)
+	}
+	waitFor(t, 30*time.Second, "the gossip keyrings follow", func() (bool, string) {
+		for _, x := range agents {
+			if gossipPrimary(x) != 2 {
+				return false, x.Name() + " gossip primary not v2"
+			}
+		}
+		return allAlive(agents)
+	})
+
+	// Heal: the agent fetches for itself, holds everything already, and
+	// no refusal surfaces; the relay collection empties.
+	cut.Store(false)
+	healed := time.Now()
+	waitFor(t, 30*time.Second, "healed uplink fetches keys without errors", func() (bool, string) {
+		st := c.Uplink().Status()
+		if st.LastKeyFetch.Before(healed) || st.LastError != "" {
+			return false, "uplink: last key fetch " + st.LastKeyFetch.String() + ", error " + st.LastError
+		}
+		return true, ""
+	})
+	waitFor(t, 30*time.Second, "keys.relay empties everywhere", func() (bool, string) {
+		for _, x := range agents {
+			es, err := x.Store().List(ctx, KeyRelayCollection)
+			if err != nil || len(es) != 0 {
+				return false, x.Name() + " still holds relay entries"
+			}
+		}
+		return true, ""
+	})
+	for _, x := range agents {
+		for _, reason := range []string{"malformed", "bad_signature", "expired", "below_min_version", "keyring", "dropped_full"} {
+			if n := counterValue(t, x.keyRelay.Load().rejected.WithLabelValues(reason)); n != 0 {
+				t.Errorf("%s: %v relay entries rejected as %s", x.Name(), n, reason)
+			}
+		}
+	}
+	if tv, gp := telemetryVersion(c), gossipPrimary(c); tv != 2 || gp != 2 {
+		t.Fatalf("after healing: telemetry v%d, gossip primary v%d", tv, gp)
+	}
+}
