@@ -155,6 +155,9 @@ func (r *keyRelay) store(ctx context.Context, entries []controlplane.AgentKeysRe
 
 func (r *keyRelay) remember(m *dkms.KeyMessage) {
 	r.mu.Lock()
+	if len(r.written) >= 4*maxRelayEntries {
+		clear(r.written) // bounded; at worst a message is written again
+	}
 	r.written[m.ID] = m.ExpiresAt
 	r.mu.Unlock()
 }

@@ -152,7 +152,7 @@ func (ks *keyState) relayAgents(ctx context.Context) ([]dkms.AgentInfo, error) {
 // lagging lists, sorted by recipient and key, the newest version each
 // lagging agent lacks of each key it may hold.
 func (ks *keyState) lagging(ctx context.Context, started time.Time) ([]relayItem, error) {
-	keysGen := ks.cache.keysGen.Load()
+	keysGen, agGen := ks.cache.keysGen.Load(), ks.cache.agentsGen.Load()
 	agents, err := ks.relayAgents(ctx)
 	if err != nil {
 		return nil, err
@@ -161,7 +161,6 @@ func (ks *keyState) lagging(ctx context.Context, started time.Time) ([]relayItem
 	if err != nil {
 		return nil, err
 	}
-	agGen := ks.relayAgentsGen()
 	r := &ks.relay
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -208,8 +207,6 @@ func (ks *keyState) lagging(ctx context.Context, started time.Time) ([]relayItem
 	r.list, r.listKeys, r.listAg, r.listF, r.listOK = out, keysGen, agGen, r.fetchGn, true
 	return out, nil
 }
-
-func (ks *keyState) relayAgentsGen() uint64 { return ks.cache.agentsGen.Load() }
 
 // relayMessage returns the message of it, from the cache while it is
 // fresh.
