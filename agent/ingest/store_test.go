@@ -566,6 +566,7 @@ func TestStoreConfigValidation(t *testing.T) {
 		{Path: dir + "/a", HighWaterBytes: 1 << 20},
 		{Path: dir + "/a", Outbox: OutboxConfig{MaxBytes: 10}},
 		{Path: dir + "/a", DedupMessages: 70000},
+		{Path: dir + "/a", WriteCacheKiB: 32},
 		{Path: dir + "/a", MaxDeadLetterPayload: 1},
 	} {
 		if _, err := OpenStore(c); !errors.Is(err, ErrInvalidConfig) {
@@ -594,5 +595,22 @@ func TestStoreDuplicateWithinBatch(t *testing.T) {
 	}
 	if res.stored != 303 || res.duplicates != 3 {
 		t.Fatalf("stored %d, duplicates %d; want 303, 3", res.stored, res.duplicates)
+	}
+}
+
+// TestStoreCacheSizes: the write connection gets WriteCacheKiB, every
+// other connection the small read cache.
+func TestStoreCacheSizes(t *testing.T) {
+	s := openTestStore(t, StoreConfig{WriteCacheKiB: 1000})
+	ctx := context.Background()
+	var w, r int64
+	if err := s.wconn.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&w); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&r); err != nil {
+		t.Fatal(err)
+	}
+	if w != -1000 || r != -readCacheKiB {
+		t.Fatalf("cache_size: writer %d, others %d; want -1000, %d", w, r, -readCacheKiB)
 	}
 }
