@@ -49,6 +49,12 @@ type IngestOptions struct {
 	// same broker with none (PUBACK at once, nothing stored).
 	Embedded           bool
 	EmbeddedPublishers int
+	// AgentCommand, when set, adds the footprint run (with the latency
+	// run): the command of a separate agent process that runs
+	// ingestbench.RunAgentProcess against the broker with the data
+	// directory given; its resident memory is sampled while it ingests
+	// Rate messages/s for Duration.
+	AgentCommand func(broker, dir string) *exec.Cmd
 	// Malformed payloads mixed into each backlog (random bytes, broken
 	// JSON, wrong types, NaN, overflowing numbers, huge arrays, far-future
 	// times);
@@ -96,6 +102,10 @@ func (o IngestOptions) validate() error {
 //   - ingest_rss_mb: peak resident memory of the process during the
 //     latency run (it includes the publisher's client), with the heap
 //     in use beside it.
+//   - ingest_agent_rss_mb (with AgentCommand): peak resident memory of
+//     a separate agent process ingesting Rate messages/s for Duration
+//     (only the agent: the publisher is in this process), and its
+//     resident memory idle after start.
 //   - ingest_embedded_publish (msg/s, with Embedded): devices publishing
 //     to the embedded broker with an ingestor attached, until the last
 //     PUBACK (each sent after its commit), beside the same broker with
@@ -135,7 +145,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 		Broker: broker, Dir: filepath.Join(dir, "ingest"), Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
 		Rate: opt.Rate, Duration: opt.Duration, SkipBacklog: opt.SkipBacklog, SkipLatency: opt.SkipLatency,
 		NoMosquittoSub: opt.NoMosquittoSub, Malformed: opt.Malformed,
-		Embedded: opt.Embedded, EmbeddedPublishers: opt.EmbeddedPublishers,
+		Embedded: opt.Embedded, EmbeddedPublishers: opt.EmbeddedPublishers, AgentCommand: opt.AgentCommand,
 		BatchMessages: opt.BatchMessages, BatchDelay: opt.BatchDelay, Logger: logger,
 	})
 	if err != nil {
@@ -184,6 +194,12 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 			Result{Name: "ingest_rss_mb", Unit: "MB", Value: res.RSSMB},
 			Result{Name: "ingest_heap_mb", Unit: "MB", Value: res.HeapMB},
 		)
+		if opt.AgentCommand != nil {
+			rep.Results = append(rep.Results,
+				Result{Name: "ingest_agent_rss_mb", Unit: "MB", Value: res.AgentRSSMB},
+				Result{Name: "ingest_agent_idle_rss_mb", Unit: "MB", Value: res.AgentIdleRSSMB},
+			)
+		}
 	}
 	if opt.Embedded {
 		rep.Results = append(rep.Results,

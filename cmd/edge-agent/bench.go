@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
 	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
@@ -39,6 +41,8 @@ Suites:
            PUBACK after the commit) beside a bare paho subscriber that stores nothing and
            beside mosquitto_sub -q 1; publish-to-commit latency at --rate; peak RSS.
            Against --broker, else a Mosquitto it starts (needs the mosquitto binary).
+           The footprint run samples the resident memory of a separate agent process
+           (this binary, ingesting alone) at --rate for --duration.
            --embedded adds devices publishing to the in-process broker, PUBACK after the
            commit, beside the same broker acknowledging at once.`,
 		Example: `  edge-agent bench crdt --json
@@ -46,6 +50,13 @@ Suites:
   edge-agent bench ingest --broker tcp://127.0.0.1:1883 --messages 50000 --rate 2000 --duration 5s`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if args[0] == agentProcessSuite {
+				// The footprint run's agent process (not a suite).
+				if ingO.Broker == "" || dir == "" {
+					return cli.Usagef("%s needs --broker and --dir", agentProcessSuite)
+				}
+				return ingestbench.RunAgentProcess(c.Context(), ingO.Broker, dir, c.InOrStdin(), c.OutOrStdout())
+			}
 			if args[0] == "ingest" {
 				if err := checkIngestFlags(c, ingO, rounds); err != nil {
 					return err
@@ -77,6 +88,11 @@ Suites:
 				rep, err = bench.RunCrypto(c.Context(), bench.CryptoOptions{Rounds: rounds})
 			case "ingest":
 				ingO.Dir, ingO.Rounds = dir, rounds
+				if self, err := os.Executable(); err == nil && !ingO.SkipLatency {
+					ingO.AgentCommand = func(broker, dir string) *exec.Cmd {
+						return exec.Command(self, "bench", agentProcessSuite, "--broker", broker, "--dir", dir)
+					}
+				}
 				if verb {
 					ingO.Logger = slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
 				}
@@ -115,6 +131,10 @@ Suites:
 	f.BoolVarP(&verb, "verbose", "v", false, "print progress on stderr")
 	return c
 }
+
+// agentProcessSuite runs the agent process of the ingest suite's
+// footprint run: an ingestor alone, measured from outside.
+const agentProcessSuite = "ingest-agent-process"
 
 // ingestFlags are the flags only the ingest suite uses.
 var ingestFlags = []string{"broker", "messages", "rate", "duration", "devices", "malformed",

@@ -19,6 +19,7 @@ func TestBenchIngestUsage(t *testing.T) {
 		{"bench", "ingest", "--skip-backlog", "--skip-latency"},
 		{"bench", "ingest", "--embedded", "--embedded-publishers", "0"},
 		{"bench", "crdt", "--embedded"},
+		{"bench", "ingest-agent-process", "--dir", "/tmp"},
 		{"bench", "ingest", "--broker", "http://x:1"},
 		{"bench", "ingest", "--ops", "5"},
 		{"bench", "crdt", "--broker", "tcp://127.0.0.1:1883"},

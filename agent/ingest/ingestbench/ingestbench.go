@@ -11,6 +11,7 @@
 package ingestbench
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -81,6 +82,12 @@ type Options struct {
 	// (zero: its defaults).
 	BatchMessages int
 	BatchDelay    time.Duration
+	// AgentCommand, when set, adds the footprint run: it returns the
+	// command of a separate agent process (one running RunAgentProcess
+	// with the given broker and data directory), whose resident memory
+	// is sampled while this process publishes Rate messages/s to it for
+	// Duration.
+	AgentCommand func(broker, dir string) *exec.Cmd
 	// CPUProfile, when set, receives a CPU profile (pprof) of the first
 	// durable drain only: what the ingestor spends per message, without
 	// the publishing.
@@ -116,6 +123,13 @@ type Result struct {
 	RSSMB           float64 `json:"rss_mb"`      // peak VmRSS sampled during the latency run (whole process)
 	HeapMB          float64 `json:"heap_mb"`     // peak Go heap in use during the latency run
 	BaseRSSMB       float64 `json:"base_rss_mb"` // VmRSS before the ingestor started (publisher and runtime)
+
+	// Footprint run (AgentCommand): the separate agent process's VmRSS
+	// idle after start, its peak sampled while ingesting Rate messages/s,
+	// and its VmHWM at the end.
+	AgentIdleRSSMB float64 `json:"agent_idle_rss_mb,omitempty"`
+	AgentRSSMB     float64 `json:"agent_rss_mb,omitempty"`
+	AgentHWMMB     float64 `json:"agent_hwm_mb,omitempty"`
 
 	// Embedded broker run: publish rates until the last PUBACK,
 	// msg/s, median over rounds, with the ingestor attached (durable)
@@ -188,6 +202,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if !o.SkipLatency {
 		if err := latency(ctx, o, &res); err != nil {
 			return res, err
+		}
+		if o.AgentCommand != nil {
+			if err := footprint(ctx, o, &res); err != nil {
+				return res, err
+			}
 		}
 	}
 	if !o.SkipBacklog {
@@ -571,13 +590,17 @@ func hostPort(broker string) (string, string, error) {
 }
 
 // rss returns the process's resident set size in bytes (Linux).
-func rss() float64 {
-	b, err := os.ReadFile("/proc/self/status")
+func rss() float64 { return procStatus("self", "VmRSS") }
+
+// procStatus returns a memory field of /proc/PID/status in bytes
+// (Linux; 0 elsewhere).
+func procStatus(pid, field string) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
+		if strings.HasPrefix(l, field+":") {
 			f := strings.Fields(l)
 			if len(f) >= 2 {
 				kb, _ := strconv.ParseFloat(f[1], 64)
@@ -812,4 +835,120 @@ func publishEmbedded(ctx context.Context, o Options, durable bool, dir string) (
 		}
 	}
 	return float64(o.Messages) / el.Seconds(), sink.msgs.Load(), sink.commits.Load(), nil
+}
+
+// RunAgentProcess is the agent process of the footprint run: an
+// ingestor with the default configuration subscribed to broker, storing
+// in dir. It writes "ready" to stdout once subscribed and stops when
+// stdin ends.
+func RunAgentProcess(ctx context.Context, broker, dir string, stdin io.Reader, stdout io.Writer) error {
+	in, err := ingest.New(ingest.Config{DataDir: dir, MQTT: ingest.MQTTConfig{Broker: broker, ClientID: "ingestbench-agent"}})
+	if err != nil {
+		return err
+	}
+	if err := in.Start(ctx); err != nil {
+		return err
+	}
+	defer in.Stop()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = in.WaitSubscribed(wctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(stdout, "ready"); err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, stdin)
+	return nil
+}
+
+// footprint samples the resident memory of a separate agent process
+// while this process publishes Rate messages/s to it for Duration.
+func footprint(ctx context.Context, o Options, res *Result) error {
+	dir := filepath.Join(o.Dir, fmt.Sprintf("footprint-%d", time.Now().UnixNano()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cmd := o.AgentCommand(o.Broker, dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("ingestbench: start the agent process: %w", err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		ok := false
+		for sc.Scan() {
+			if sc.Text() == "ready" && !ok {
+				ok = true
+				ready <- true
+			}
+		}
+		if !ok {
+			ready <- false
+		}
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			return fmt.Errorf("ingestbench: the agent process ended before it subscribed: %.500s", stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		return fmt.Errorf("ingestbench: the agent process did not subscribe in 30 s: %.500s", stderr.String())
+	}
+	pid := strconv.Itoa(cmd.Process.Pid)
+	res.AgentIdleRSSMB = procStatus(pid, "VmRSS") / (1 << 20)
+	pub, err := NewPublisher(o.Broker, fmt.Sprintf("footprint-pub-%d", time.Now().UnixNano()), o.Devices)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	var peak float64
+	start := time.Now()
+	next := start
+	sent := 0
+	for time.Since(start) < o.Duration {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for due := int(time.Since(start).Seconds() * float64(o.Rate)); sent < due; sent++ {
+			if err := pub.Publish(time.Now()); err != nil {
+				return err
+			}
+		}
+		if time.Now().After(next) {
+			peak = max(peak, procStatus(pid, "VmRSS"))
+			next = time.Now().Add(100 * time.Millisecond)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := pub.Flush(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rep, err := ingest.Inspect(dir)
+		if err == nil && rep.Stats.Messages >= int64(sent) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ingestbench: the agent process committed %d of %d messages (%v)", rep.Stats.Messages, sent, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	res.AgentRSSMB = max(peak, procStatus(pid, "VmRSS")) / (1 << 20)
+	res.AgentHWMMB = procStatus(pid, "VmHWM") / (1 << 20)
+	return nil
 }
