@@ -109,9 +109,12 @@ type Config struct {
 	// Limits bound each message.
 	Limits Limits
 	// BatchMessages is the most messages one group commit holds.
-	// Default 1000. The broker's in-flight window for this client
-	// (mosquitto max_inflight_messages) should exceed it, or batches
-	// stay small: see the package documentation.
+	// Default 1000. Under load, when commits run back to back, every
+	// commit fills up to it: a commit's fixed costs (the disk sync, the
+	// rollup, series and device updates, the pages rewritten) are then
+	// shared by that many messages. The broker's in-flight window for
+	// this client (mosquitto max_inflight_messages) should exceed it,
+	// or batches stay small: see the package documentation.
 	BatchMessages int
 	// BatchDelay is how long a group commit waits for more messages
 	// after its first one. Default 5ms.
@@ -536,8 +539,23 @@ func (b *batch) recycle() {
 	clear(b.arena)
 	clear(b.stored)
 	b.envs, b.arena, b.stored = b.envs[:0], b.arena[:0], b.stored[:0]
+	// The large arrays of a backlog's batches are left to the collector:
+	// kept in the pool, they would stay resident at a steady rate, whose
+	// batches are small.
+	if cap(b.arena) > maxPooledReadings {
+		b.arena = nil
+	}
+	if cap(b.stored) > maxPooledReadings {
+		b.stored = nil
+	}
+	if cap(b.envs) > maxPooledReadings {
+		b.envs = nil
+	}
 	batchPool.Put(b)
 }
+
+// maxPooledReadings is the largest array a pooled batch keeps.
+const maxPooledReadings = 1024
 
 // runCommitter commits batches, then acknowledges their messages.
 func (in *Ingestor) runCommitter() {
