@@ -40,10 +40,12 @@ type ClientConfig struct {
 // credentials, then heartbeat and telemetry with Certificate). It is safe
 // for concurrent use.
 type Client struct {
-	base  *url.URL
-	token string
-	hc    *http.Client
-	ua    string
+	base    *url.URL
+	token   string
+	hc      *http.Client
+	watch   *http.Client // no Timeout of its own: held requests set theirs
+	timeout time.Duration
+	ua      string
 }
 
 // ClientTLSConfig returns the TLS settings a Client uses: TLS 1.3 only,
@@ -90,26 +92,26 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			return nil, err
 		}
 		rt = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			TLSClientConfig:       tconf,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ResponseHeaderTimeout: cfg.Timeout,
-			MaxIdleConns:          16,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
+			Proxy:               http.ProxyFromEnvironment,
+			TLSClientConfig:     tconf,
+			TLSHandshakeTimeout: 10 * time.Second,
+			// No ResponseHeaderTimeout: the server may hold a request
+			// (WatchKeyMessages); http.Client.Timeout bounds other calls.
+			MaxIdleConns:        16,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
 		}
 	}
+	// The API never redirects; following one would resend the bearer
+	// token to wherever it points.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Client{
-		base:  u,
-		token: cfg.Token,
-		hc: &http.Client{
-			Transport: rt,
-			Timeout:   cfg.Timeout,
-			// The API never redirects; following one would resend the
-			// bearer token to wherever it points.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		ua: cfg.UserAgent,
+		base:    u,
+		token:   cfg.Token,
+		hc:      &http.Client{Transport: rt, Timeout: cfg.Timeout, CheckRedirect: noRedirect},
+		watch:   &http.Client{Transport: rt, CheckRedirect: noRedirect},
+		timeout: cfg.Timeout,
+		ua:      cfg.UserAgent,
 	}, nil
 }
 
@@ -119,6 +121,11 @@ func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 // do sends a request and decodes a JSON answer into out (if not nil).
 // body is JSON-encoded unless it is a rawBody.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, out any) error {
+	return c.doWith(c.hc, ctx, method, path, query, body, out)
+}
+
+// doWith is do on the given HTTP client.
+func (c *Client) doWith(hc *http.Client, ctx context.Context, method, path string, query url.Values, body any, out any) error {
 	u := *c.base
 	u.Path = c.base.Path + path
 	if len(query) > 0 {
@@ -160,7 +167,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("controlplane: %s %s: %w", method, path, err)
 	}

@@ -162,6 +162,7 @@ type keyState struct {
 
 	cache keyCache
 	relay relayState
+	watch *keyWatch
 }
 
 // keyCache keeps the key service's metadata (keys, versions, policies, and
@@ -186,16 +187,19 @@ type cachedAgent struct {
 	gen  uint64
 }
 
-// changed records a key service event in the cache generations.
-func (c *keyCache) changed(e dkms.AuditEvent) {
+// changed records a key service event in the cache generations and
+// reports whether it may have changed key state (what agents hold).
+func (c *keyCache) changed(e dkms.AuditEvent) bool {
 	switch e.Action {
 	case dkms.ActionRegisterAgent, dkms.ActionRevokeAgent:
 		c.agentsGen.Add(1)
 		c.keysGen.Add(1) // a revocation rotates keys
 	case dkms.ActionDistribute, dkms.ActionEncrypt, dkms.ActionDecrypt, dkms.ActionRewrap, dkms.ActionAcceptMessage:
+		return false
 	default:
 		c.keysGen.Add(1)
 	}
+	return true
 }
 
 // keyInfos returns every key, from the cache when it is current.
@@ -253,6 +257,7 @@ type keyMetrics struct {
 	envelopes *prometheus.CounterVec
 	relay     *prometheus.CounterVec
 	relayed   prometheus.Counter
+	held      prometheus.Gauge
 }
 
 func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
@@ -282,7 +287,11 @@ func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
 		Name: "controlplane_key_relay_messages_total",
 		Help: "Key messages of lagging agents handed to other agents by GET /v1/agent/keys/relay.",
 	})
-	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations, m.envelopes, m.relay, m.relayed} {
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "controlplane_key_watches_held",
+		Help: "GET /v1/agent/keys requests with wait held until the agent's key state changes.",
+	})
+	for _, c := range []prometheus.Collector{m.delivered, m.fetches, m.rotations, m.envelopes, m.relay, m.relayed, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -297,7 +306,7 @@ func newKeyMetrics(reg *prometheus.Registry) (*keyMetrics, error) {
 func (s *Server) openKeys(ctx context.Context) error {
 	kc := s.cfg.Keys
 	log := s.cfg.Logger.With("component", "keys")
-	ks := &keyState{}
+	ks := &keyState{watch: newKeyWatch()}
 	m, err := newKeyMetrics(s.cfg.Registry)
 	if err != nil {
 		return fmt.Errorf("controlplane: register key metrics: %w", err)
@@ -458,8 +467,8 @@ func keyCtx(ctx context.Context, c *call) context.Context {
 // rotation in a fleet of thousands does not write thousands of records.
 // Failed ones are recorded.
 func (s *Server) auditKeyEvent(ctx context.Context, e dkms.AuditEvent) {
-	if s.keys != nil {
-		s.keys.cache.changed(e)
+	if s.keys != nil && s.keys.cache.changed(e) {
+		s.keys.watch.notify()
 	}
 	if (e.Action == dkms.ActionDistribute || e.Action == dkms.ActionDecrypt) && e.Result == dkms.ResultOK {
 		return

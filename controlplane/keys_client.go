@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"time"
 )
 
 // Key service calls of Client. Operator calls need a token with the role
@@ -134,6 +135,30 @@ func (c *Client) KeyMessages(ctx context.Context, after string) (AgentKeysRespon
 	}
 	var resp AgentKeysResponse
 	err := c.do(ctx, "GET", "/v1/agent/keys", q, nil, &resp)
+	return resp, err
+}
+
+// WatchKeyMessages is KeyMessages as a long poll (mutual TLS): GET
+// /v1/agent/keys?after=cursor&wait=wait. When nothing is new at after, the
+// server holds the request until the agent's key state changes, then
+// answers what changed; when wait (at most MaxKeyWatchWait) ends first, it
+// answers no messages and the same cursor. The call is bounded by wait
+// plus the client's Timeout (and by ctx); wait 0 is KeyMessages.
+func (c *Client) WatchKeyMessages(ctx context.Context, after string, wait time.Duration) (AgentKeysResponse, error) {
+	var resp AgentKeysResponse
+	if wait < 0 || wait > MaxKeyWatchWait {
+		return resp, fmt.Errorf("controlplane: client: %w: wait %s outside 0..%s", ErrBadRequest, wait, MaxKeyWatchWait)
+	}
+	if wait == 0 {
+		return c.KeyMessages(ctx, after)
+	}
+	q := url.Values{"wait": {wait.String()}}
+	if after != "" {
+		q.Set("after", after)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
+	defer cancel()
+	err := c.doWith(c.watch, ctx, "GET", "/v1/agent/keys", q, nil, &resp)
 	return resp, err
 }
 

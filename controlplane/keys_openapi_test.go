@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"encoding/json"
 	"reflect"
 	"slices"
 	"sort"
@@ -31,5 +32,33 @@ func TestOpenAPIKeySchemasMatchGoTypes(t *testing.T) {
 		if want := jsonFields(reflect.TypeOf(v)); !slices.Equal(props, want) {
 			t.Errorf("schema %s has properties %v, Go type has %v", name, props, want)
 		}
+	}
+}
+
+// TestOpenAPIAgentKeysParameters keeps the documented query parameters of
+// GET /v1/agent/keys in step with the ones the handler accepts.
+func TestOpenAPIAgentKeysParameters(t *testing.T) {
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct {
+				Name string `json:"name"`
+				In   string `json:"in"`
+			} `json:"parameters"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(OpenAPI(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var documented []string
+	for _, p := range doc.Paths["/v1/agent/keys"]["get"].Parameters {
+		if p.In == "query" {
+			documented = append(documented, p.Name)
+		}
+	}
+	sort.Strings(documented)
+	accepted := slices.Clone(agentKeysParams)
+	sort.Strings(accepted)
+	if !slices.Equal(documented, accepted) {
+		t.Fatalf("openapi.json documents %v for GET /v1/agent/keys, the handler accepts %v", documented, accepted)
 	}
 }

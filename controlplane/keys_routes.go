@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -451,17 +452,23 @@ func missing(prev keyCursor, allowed []dkms.KeyInfo) map[string][]uint32 {
 	return out
 }
 
+// agentKeysParams are the query parameters of GET /v1/agent/keys.
+var agentKeysParams = []string{"after", "wait"}
+
 // handleAgentKeys answers the key messages the calling agent should
 // accept. Without "after" it sends everything the agent should hold
 // (dkms CatchUp). With the cursor of its previous answer it sends exactly
 // the versions that are new or changed state since, and nothing when
-// nothing changed; an unchanged state costs no cryptography, so agents can
-// poll at their heartbeat interval.
+// nothing changed; an unchanged state costs no cryptography. With "wait"
+// (a duration up to MaxKeyWatchWait) a request that would get nothing is
+// held until the agent's key state changes, then answered as above, or
+// answered empty with the same cursor when the wait ends, the client goes
+// away, or the server shuts down.
 func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
 	for k, vs := range q {
-		if k != "after" {
-			return badRequest("query parameter %q unknown (accepted: after)", k)
+		if !slices.Contains(agentKeysParams, k) {
+			return badRequest("query parameter %q unknown (accepted: %s)", k, strings.Join(agentKeysParams, ", "))
 		}
 		if len(vs) > 1 {
 			return badRequest("query parameter %q given %d times", k, len(vs))
@@ -475,28 +482,57 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			return err
 		}
 	}
+	wait, err := parseKeyWait(q.Get("wait"))
+	if err != nil {
+		return err
+	}
 	ctx := keyCtx(r.Context(), c)
 	fail := func(err error) error {
 		s.keys.metrics.fetches.WithLabelValues("error").Inc()
 		return err
 	}
-	agent, err := s.keys.agentInfo(ctx, c.agentID)
-	if errors.Is(err, dkms.ErrUnknownAgent) {
-		agent, err = s.registerOnFetch(ctx, c)
+	var (
+		timer   *time.Timer
+		expired <-chan time.Time
+		cur     keyCursor
+		curText string
+		allowed []dkms.KeyInfo
+	)
+	for {
+		changed := s.keys.watch.changed()
+		var err error
+		if cur, allowed, err = s.agentKeyState(ctx, c); err != nil {
+			return fail(err)
+		}
+		curText = cur.String()
+		if after != curText || wait == 0 {
+			break
+		}
+		if timer == nil {
+			if err := extendDeadlines(w, wait+KeyWatchDeadlineMargin); err != nil {
+				s.log.Warn("cannot extend the connection deadlines of a held key request; the server's timeouts apply", "agent", c.agentID, "err", err)
+			}
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+			expired = timer.C
+			s.keys.metrics.held.Inc()
+			s.keys.watch.held.Add(1)
+			defer func() {
+				s.keys.metrics.held.Dec()
+				s.keys.watch.held.Add(-1)
+			}()
+		}
+		select {
+		case <-changed:
+			continue
+		case <-expired:
+		case <-s.keys.watch.closing:
+		case <-r.Context().Done():
+			// The client went away: nobody reads an answer.
+			return nil
+		}
+		break
 	}
-	if err != nil {
-		return fail(s.keyError(err))
-	}
-	if agent.Revoked() {
-		s.setRevoked(c.serial, true)
-		return fail(errorf(http.StatusForbidden, "agent %s is decommissioned; it receives no keys", c.agentID))
-	}
-	keys, err := s.keys.keyInfos(ctx)
-	if err != nil {
-		return fail(s.keyError(err))
-	}
-	cur, allowed := agentKeyState(agent, keys)
-	curText := cur.String()
 	if after == curText {
 		s.keys.noteFetch(c.agentID, curText, cur)
 		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
@@ -539,6 +575,29 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 	s.log.Debug("key messages sent", "agent", c.agentID, "messages", len(out.Messages), "kind", kind)
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// agentKeyState reads the key state the calling agent should hold,
+// registering it with the key service on its first fetch; a revoked agent
+// is refused.
+func (s *Server) agentKeyState(ctx context.Context, c *call) (keyCursor, []dkms.KeyInfo, error) {
+	agent, err := s.keys.agentInfo(ctx, c.agentID)
+	if errors.Is(err, dkms.ErrUnknownAgent) {
+		agent, err = s.registerOnFetch(ctx, c)
+	}
+	if err != nil {
+		return keyCursor{}, nil, s.keyError(err)
+	}
+	if agent.Revoked() {
+		s.setRevoked(c.serial, true)
+		return keyCursor{}, nil, errorf(http.StatusForbidden, "agent %s is decommissioned; it receives no keys", c.agentID)
+	}
+	keys, err := s.keys.keyInfos(ctx)
+	if err != nil {
+		return keyCursor{}, nil, s.keyError(err)
+	}
+	cur, allowed := agentKeyState(agent, keys)
+	return cur, allowed, nil
 }
 
 // registerOnFetch registers an agent that enrolled with an X-Wing key but

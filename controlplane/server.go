@@ -233,6 +233,10 @@ func (s *Server) Start() error {
 	conf := s.tlsConfig.Clone()
 	conf.NextProtos = []string{"http/1.1"}
 	hl := newHandshakeListener(ln, conf, handshakeParallel, 10*time.Second, s.log)
+	// ReadTimeout and WriteTimeout bound every request but held key
+	// requests (GET /v1/agent/keys with wait), which move their
+	// connection's deadlines to wait + KeyWatchDeadlineMargin (at most
+	// MaxKeyWatchWait + 30s); Shutdown answers them at once.
 	s.srv = &http.Server{
 		Handler:           s.handler,
 		Protocols:         &protos,
@@ -243,6 +247,7 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          log.New(&slogWriter{log: s.log}, "", 0),
 	}
+	s.srv.RegisterOnShutdown(s.keys.watch.close)
 	s.ln = hl
 	s.serveErr = make(chan error, 1)
 	s.startKeysLoop()
@@ -490,6 +495,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (held key
+// requests extend their deadlines, see extendDeadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
