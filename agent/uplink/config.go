@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
 )
 
 // Config is the `control_plane:` section of the agent's YAML config. Zero
@@ -29,6 +31,13 @@ type Config struct {
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// RequestTimeout bounds every request, in real time. Default 10s.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// KeyWatchWait is how long the control plane may hold the agent's
+	// key request (GET /v1/agent/keys?wait=) when nothing is new: the
+	// key watch loop asks again as soon as it is answered, so new key
+	// versions arrive within a round trip of their creation. That
+	// request is bounded by KeyWatchWait + RequestTimeout; a proxy in
+	// between must allow it. Default 55s, at most 5m.
+	KeyWatchWait time.Duration `yaml:"key_watch_wait"`
 	// BackoffMin and BackoffMax bound the wait after a failure: attempt
 	// n waits a uniformly random time between BackoffMin and
 	// min(BackoffMax, BackoffMin × 2^(n-1)). Defaults 1s and 2m.
@@ -58,14 +67,19 @@ type Config struct {
 // Seals reports whether uploads are sealed (SealTelemetry, default true).
 func (c *Config) Seals() bool { return c.SealTelemetry == nil || *c.SealTelemetry }
 
+// DefaultKeyWatchWait is the default of KeyWatchWait: below the 60 s
+// idle timeouts common in proxies and load balancers.
+const DefaultKeyWatchWait = 55 * time.Second
+
 // DefaultConfig returns the defaults: no URL (standalone), heartbeats at
-// the server's interval, 10s request timeout, back-off 1s..2m, breaker
+// the server's interval, 10s request timeout, key requests held up to 55s, back-off 1s..2m, breaker
 // opening after 5 failures for 30s, 16 batches per upload round, outbox
 // polled every 5s, uploads sealed.
 func DefaultConfig() Config {
 	seal := true
 	return Config{
 		RequestTimeout:  10 * time.Second,
+		KeyWatchWait:    DefaultKeyWatchWait,
 		BackoffMin:      time.Second,
 		BackoffMax:      2 * time.Minute,
 		BreakerFailures: 5,
@@ -85,6 +99,9 @@ func (c *Config) Validate() error {
 	d := DefaultConfig()
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = d.RequestTimeout
+	}
+	if c.KeyWatchWait == 0 {
+		c.KeyWatchWait = d.KeyWatchWait
 	}
 	if c.BackoffMin == 0 {
 		c.BackoffMin = d.BackoffMin
@@ -136,6 +153,7 @@ func (c *Config) Validate() error {
 		min, max time.Duration
 	}{
 		{"request_timeout", c.RequestTimeout, 10 * time.Millisecond, 10 * time.Minute},
+		{"key_watch_wait", c.KeyWatchWait, time.Second, controlplane.MaxKeyWatchWait},
 		{"backoff_min", c.BackoffMin, time.Millisecond, time.Hour},
 		{"backoff_max", c.BackoffMax, time.Millisecond, 24 * time.Hour},
 		{"breaker_cooldown", c.BreakerCooldown, time.Millisecond, 24 * time.Hour},

@@ -207,6 +207,11 @@ type faultTransport struct {
 	requests   atomic.Int64 // requests attempted, refused ones included
 	uploads    atomic.Int64 // upload requests that reached the server
 	inflight   atomic.Int32
+	watching   atomic.Int32 // key watch requests in flight (GET /v1/agent/keys?wait=)
+	// watchLoop is set when the uplink runs a key watch loop (it has a
+	// keyring); settle then expects it parked too.
+	watchLoop atomic.Bool
+	up        atomic.Pointer[Uplink]
 	// holdUploads answers uploads with a 400 without sending them
 	// (recorded in sent);
 	// tamperUploads flips one bit of each upload body on its way;
@@ -238,8 +243,15 @@ func (f *faultTransport) uploadsSent() []sentUpload {
 
 func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	f.requests.Add(1)
-	f.inflight.Add(1)
-	defer f.inflight.Add(-1)
+	if r.URL.Query().Get("wait") == "" {
+		f.inflight.Add(1)
+		defer f.inflight.Add(-1)
+	} else {
+		// A key watch request, which the server holds: the key watch
+		// loop is parked in it as it would be on the clock.
+		f.watching.Add(1)
+		defer f.watching.Add(-1)
+	}
 	if f.down.Load() {
 		if r.Body != nil {
 			r.Body.Close()
@@ -413,6 +425,7 @@ func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status 
 	if a.noKeyring {
 		keyring = nil
 	}
+	a.tr.watchLoop.Store(keyring != nil)
 	up, err := New(cfg, a.dir, "edge-"+filepath.Base(a.dir), Deps{
 		Logger:   slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registry: a.reg,
@@ -433,6 +446,7 @@ func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status 
 		t.Fatalf("uplink.New: %v", err)
 	}
 	a.up = up
+	a.tr.up.Store(up)
 	a.sink.up.Store(up)
 	t.Cleanup(up.Stop)
 	if err := up.Start(testCtx(t)); err != nil {
@@ -495,11 +509,16 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 // settle waits until n loops are parked on clock timers and no request
-// is in flight.
+// is in flight, and the key watch loop, when there is one, is parked as
+// well: on the clock, or in a request the server holds.
 func settle(t *testing.T, clock *ManualClock, tr *faultTransport, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%d loops waiting on the clock", n), func() bool {
-		return clock.Waiters() == n && tr.inflight.Load() == 0
+	eventually(t, fmt.Sprintf("%d loops waiting on the clock (and the key watch parked)", n), func() bool {
+		want := n
+		if up := tr.up.Load(); tr.watchLoop.Load() && up != nil && up.Status().Enrolled {
+			want++ // before enrollment the key watch waits for it, not on the clock
+		}
+		return clock.Waiters()+int(tr.watching.Load()) == want && tr.inflight.Load() == 0
 	})
 }
 

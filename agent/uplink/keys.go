@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
@@ -86,23 +88,124 @@ func (u *Uplink) pinVerifyingKey(ctx context.Context, client *controlplane.Clien
 	return outcomeOK, nil
 }
 
-// keysRound runs after each acknowledged heartbeat: it pins the
-// control plane's signing key if needed, opens the keyring, fetches the
-// key messages that are new since the last accepted cursor and accepts
-// them. A message that is refused leaves the cursor where it was, so the
-// next round asks again; a sealed key service is asked again next round.
-func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
-	if u.deps.Keyring == nil {
+// keyWatchLoop keeps the agent's keyring current. It pins the control
+// plane's signing key if needed, opens the keyring, and long-polls GET
+// /v1/agent/keys with wait = KeyWatchWait: the control plane answers as
+// soon as the agent's key state changes, and the loop asks again at once,
+// so a new key version reaches the keyring within a round trip of its
+// creation rather than at the next heartbeat. Failures back off with
+// jitter and respect the breaker (while it is not closed the loop asks
+// without waiting, so a held request is never the breaker's probe); a
+// sealed key service is asked again after a back-off; a control plane
+// that does not know "wait" is asked every heartbeat interval instead.
+func (u *Uplink) keyWatchLoop(ctx context.Context) {
+	if !u.waitEnrolled(ctx) {
 		return
 	}
+	client := u.agentClient()
+	failures := 0
+	for {
+		if !u.waitReady(ctx) {
+			return
+		}
+		next, wake, ok := u.keyWatchRound(ctx, client, &failures)
+		if !ok {
+			return
+		}
+		if next > 0 && !u.sleep(ctx, next, wake) {
+			return
+		}
+	}
+}
+
+// keyWatchRound runs one fetch of the key watch and returns how long to
+// wait before the next, and what ends that wait early; ok is false when
+// the uplink stops.
+func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client, failures *int) (next time.Duration, wake <-chan struct{}, ok bool) {
+	ak, o, err := u.prepareKeys(ctx, client)
+	if o == outcomeOK && ak == nil {
+		// The keyring cannot open (logged): try again later.
+		return u.heartbeatInterval(), nil, true
+	}
+	wait := time.Duration(0)
+	if o == outcomeOK {
+		u.mu.Lock()
+		off := u.watchOff
+		u.mu.Unlock()
+		if state, _ := u.br.snapshot(); state == BreakerClosed && !off {
+			wait = u.cfg.KeyWatchWait
+		}
+		var rejected int
+		u.mu.Lock()
+		before := u.keyCursor
+		u.mu.Unlock()
+		start := time.Now()
+		o, err, _, rejected = u.fetchKeys(ctx, client, ak, wait)
+		u.mu.Lock()
+		unchanged := u.keyCursor == before
+		u.mu.Unlock()
+		switch {
+		case o == outcomeOK && rejected > 0:
+			// Asking again at once would get the same messages.
+			*failures++
+			return u.backoff(*failures), nil, true
+		case o == outcomeOK && wait == 0:
+			*failures = 0
+			return u.heartbeatInterval(), nil, true
+		case o == outcomeOK && unchanged && time.Since(start) < wait/2:
+			// Answered empty long before the wait ended (a server
+			// shutting down, or a proxy cutting the request): pause.
+			*failures = 0
+			return u.cfg.BackoffMin, nil, true
+		case o == outcomeOK:
+			*failures = 0
+			return 0, nil, true
+		case o == outcomeRejected && wait > 0 && rejectsWait(err):
+			u.mu.Lock()
+			u.watchOff = true
+			u.mu.Unlock()
+			u.succeeded("keys", true)
+			u.log.Warn("the control plane does not hold key requests (GET /v1/agent/keys?wait=); keys are fetched every heartbeat interval instead", "err", err)
+			return 0, nil, true
+		}
+	}
+	u.keysFailed(o, err)
+	switch o {
+	case outcomeCanceled:
+		return 0, nil, false
+	case outcomeBlocked:
+		return 0, nil, true
+	case outcomeUnauthorized:
+		return u.cfg.BackoffMax, nil, true
+	case outcomeRejected:
+		*failures++
+		return max(u.backoff(*failures), u.heartbeatInterval()), nil, true
+	case outcomeSealed:
+		*failures++
+		return u.backoff(*failures), nil, true
+	}
+	*failures++
+	return u.backoff(*failures), u.br.closedChan(), true
+}
+
+// rejectsWait reports a 400 refusing the "wait" parameter: a control plane
+// older than the key watch.
+func rejectsWait(err error) bool {
+	var ae *controlplane.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, `"wait"`)
+}
+
+// prepareKeys pins the control plane's signing key if needed and opens the
+// keyring. It returns outcomeOK with a nil keyring when the keyring cannot
+// be opened (logged once, recorded in Status).
+func (u *Uplink) prepareKeys(ctx context.Context, client *controlplane.Client) (*dkms.AgentKeys, outcome, error) {
 	u.mu.Lock()
 	id := u.id
 	pinned := len(id.KeysVerifyingKey) > 0
 	u.mu.Unlock()
 	if !pinned {
 		if o, err := u.pinVerifyingKey(ctx, client); o != outcomeOK {
-			u.keysFailed(o, err)
-			return
+			return nil, o, err
 		}
 	}
 	ak, err := u.openKeyring(ctx, id)
@@ -113,27 +216,31 @@ func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
 		u.keyringFailed = true
 		u.mu.Unlock()
 		if first {
-			u.log.Error("cannot open the agent keyring; retried every heartbeat, uploads that must be sealed wait", "err", err)
+			u.log.Error("cannot open the agent keyring; retried every heartbeat interval, uploads that must be sealed wait", "err", err)
 		}
-		return
+		return nil, outcomeOK, nil
 	}
-	if ak == nil {
-		return
-	}
+	return ak, outcomeOK, nil
+}
+
+// fetchKeys fetches the key messages that are new since the last accepted
+// cursor, held by the control plane up to wait when there are none, and
+// accepts them. A message that is refused leaves the cursor where it was,
+// so the next fetch asks again. KeysChanged runs after a fetch that
+// accepted at least one message.
+func (u *Uplink) fetchKeys(ctx context.Context, client *controlplane.Client, ak *dkms.AgentKeys, wait time.Duration) (o outcome, err error, accepted, rejected int) {
 	u.mu.Lock()
 	cursor := u.keyCursor
 	u.mu.Unlock()
 	var resp controlplane.AgentKeysResponse
-	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
+	o, err = u.doFor(ctx, "keys", wait+u.cfg.RequestTimeout, func(rctx context.Context) (string, error) {
 		var err error
-		resp, err = client.KeyMessages(rctx, cursor)
+		resp, err = client.WatchKeyMessages(rctx, cursor, wait)
 		return "", err
 	})
 	if o != outcomeOK {
-		u.keysFailed(o, err)
-		return
+		return o, err, 0, 0
 	}
-	accepted, rejected := 0, 0
 	var firstErr error
 	for _, raw := range resp.Messages {
 		if _, err := ak.Accept(ctx, raw); err != nil {
@@ -154,7 +261,7 @@ func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
 	}
 	u.mu.Unlock()
 	if rejected > 0 {
-		err := fmt.Errorf("uplink: %d of %d key messages refused (fetched again next round): %w", rejected, len(resp.Messages), firstErr)
+		err := fmt.Errorf("uplink: %d of %d key messages refused (fetched again after a back-off): %w", rejected, len(resp.Messages), firstErr)
 		u.setError("keys", err)
 		u.log.Warn("key messages refused; the key cursor stays, so they are fetched again", "refused", rejected, "accepted", accepted, "err", firstErr)
 	} else {
@@ -167,7 +274,19 @@ func (u *Uplink) keysRound(ctx context.Context, client *controlplane.Client) {
 		}
 		u.wakeUploader()
 	}
-	u.relayRound(ctx, client)
+	return outcomeOK, nil, accepted, rejected
+}
+
+// heartbeatKeys runs after each acknowledged heartbeat: once the key
+// watch has fetched the agent's own keys, it fetches a page of the key
+// relay. The agent's own keys come from the key watch loop only.
+func (u *Uplink) heartbeatKeys(ctx context.Context, client *controlplane.Client) {
+	u.mu.Lock()
+	fetched := u.keys != nil && u.keyCursor != ""
+	u.mu.Unlock()
+	if fetched {
+		u.relayRound(ctx, client)
+	}
 }
 
 // relayRound fetches one page of the key relay (messages for other agents
@@ -211,7 +330,7 @@ func (u *Uplink) keysFailed(o outcome, err error) {
 		u.mu.Lock()
 		u.keysSealed = true
 		u.mu.Unlock()
-		u.log.Debug("control plane key service sealed; keys are fetched again next round", "err", err)
+		u.log.Debug("control plane key service sealed; keys are fetched again after a back-off", "err", err)
 	case outcomeUnauthorized:
 		u.refused("keys", err)
 	case outcomeRejected:
@@ -231,7 +350,7 @@ func (u *Uplink) keysFailed(o outcome, err error) {
 		u.log.Error("control plane refused the key fetch", "err", err)
 	default:
 		u.setError("keys", err)
-		u.log.Debug("key fetch failed; retried next round", "err", err)
+		u.log.Debug("key fetch failed; retried after a back-off", "err", err)
 	}
 }
 

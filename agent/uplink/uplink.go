@@ -64,14 +64,15 @@ type Deps struct {
 	// sealed with it. Required with seal_telemetry (the default); nil
 	// registers no X-Wing key and fetches no keys.
 	Keyring Keyring
-	// KeysChanged is called, on the heartbeat loop, after every key fetch
+	// KeysChanged is called, on the key watch loop, after every key fetch
 	// that accepted at least one key message. It must not block.
 	KeysChanged func()
-	// KeyRelay, when set, receives after every successful key fetch a
-	// page of key messages the control plane holds for OTHER agents that
-	// are behind (GET /v1/agent/keys/relay), to pass on over gossip. The
-	// messages are sealed to their recipients; nothing here can open
-	// them. Called on the heartbeat loop; it must not block for long.
+	// KeyRelay, when set, receives after every acknowledged heartbeat
+	// (once the agent's own keys were fetched) a page of key messages the
+	// control plane holds for OTHER agents that are behind (GET
+	// /v1/agent/keys/relay), to pass on over gossip. The messages are
+	// sealed to their recipients; nothing here can open them. Called on
+	// the heartbeat loop; it must not block for long.
 	KeyRelay func(ctx context.Context, entries []controlplane.AgentKeysRelayEntry)
 }
 
@@ -170,6 +171,7 @@ type Uplink struct {
 	keysSealed     bool
 	keyConflict    bool // the control plane has no X-Wing key for the agent
 	keyringFailed  bool // opening the keyring failed (logged once)
+	watchOff       bool // the control plane refused "wait": fetch per heartbeat interval
 	lastKeyFetch   time.Time
 	waiting        string // why uploads wait; "" while they flow
 }
@@ -331,6 +333,9 @@ func (u *Uplink) Start(ctx context.Context) error {
 		u.run(lctx, enroll)
 	}
 	u.run(lctx, u.heartbeatLoop)
+	if u.deps.Keyring != nil {
+		u.run(lctx, u.keyWatchLoop)
+	}
 	if u.deps.Outbox != nil {
 		u.run(lctx, u.uploadLoop)
 	}
@@ -432,13 +437,15 @@ func (u *Uplink) newClient(caPEM []byte, cert *tls.Certificate) (*controlplane.C
 			return nil, fmt.Errorf("uplink: TLS config: %w", err)
 		}
 		t := &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			TLSClientConfig:       tconf,
-			TLSHandshakeTimeout:   u.cfg.RequestTimeout,
-			ResponseHeaderTimeout: u.cfg.RequestTimeout,
-			MaxIdleConns:          2,
-			MaxIdleConnsPerHost:   2,
-			IdleConnTimeout:       90 * time.Second,
+			Proxy:               http.ProxyFromEnvironment,
+			TLSClientConfig:     tconf,
+			TLSHandshakeTimeout: u.cfg.RequestTimeout,
+			// No ResponseHeaderTimeout: the key watch's request is held
+			// by the server; every request is bounded by its context
+			// (RequestTimeout, or KeyWatchWait + RequestTimeout).
+			MaxIdleConns:        2,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     90 * time.Second,
 		}
 		u.mu.Lock()
 		u.idle = append(u.idle, t)
@@ -602,10 +609,15 @@ const outcomeBlocked outcome = -1
 // and records its metrics. fn returns a result label replacing "ok" on
 // success ("" keeps it).
 func (u *Uplink) do(ctx context.Context, op string, fn func(context.Context) (string, error)) (outcome, error) {
+	return u.doFor(ctx, op, u.cfg.RequestTimeout, fn)
+}
+
+// doFor is do bounded by timeout instead of RequestTimeout.
+func (u *Uplink) doFor(ctx context.Context, op string, timeout time.Duration, fn func(context.Context) (string, error)) (outcome, error) {
 	if ok, _, _ := u.br.allow(); !ok {
 		return outcomeBlocked, ErrBreakerOpen
 	}
-	rctx, cancel := context.WithTimeout(ctx, u.cfg.RequestTimeout)
+	rctx, cancel := context.WithTimeout(ctx, timeout)
 	start := time.Now()
 	label, err := fn(rctx)
 	cancel()
@@ -793,7 +805,7 @@ func (u *Uplink) heartbeatLoop(ctx context.Context) {
 			u.lastHB = u.clock.Now()
 			u.mu.Unlock()
 			u.succeeded("heartbeat", true)
-			u.keysRound(ctx, client)
+			u.heartbeatKeys(ctx, client)
 			next = u.heartbeatInterval()
 		case outcomeUnauthorized:
 			u.refused("heartbeat", err)
