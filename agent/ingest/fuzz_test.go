@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -100,6 +101,12 @@ func FuzzDecodePayload(f *testing.F) {
 	tp, _ := ParseTopicPattern("")
 	f.Fuzz(func(t *testing.T, topic string, p []byte) {
 		dev, err := tp.Device(topic)
+		if err == nil && !tp.Matches(topic) {
+			t.Fatalf("device %q from %q, which does not match the pattern", dev, topic)
+		}
+		if err != nil && tp.Matches(topic) && CheckDeviceID(strings.Split(topic, "/")[1]) == nil {
+			t.Fatalf("%q matches the pattern with a valid device id, but: %v", topic, err)
+		}
 		if err != nil {
 			if reasonOf(err) != ReasonTopic {
 				t.Fatalf("topic error %v", err)
