@@ -17,6 +17,11 @@ type RotationReport struct {
 	Seconds   float64 `json:"seconds"`
 	Interval  float64 `json:"interval_seconds"`
 	Rotations int     `json:"rotations"` // of each key
+	// InstallGrace and RemoveGrace are the gossip key policy: a new
+	// version becomes primary InstallGrace after its creation, and the
+	// versions before it leave RemoveGrace later.
+	InstallGrace float64 `json:"install_grace_seconds"`
+	RemoveGrace  float64 `json:"remove_grace_seconds"`
 	// TelemetryVersion and GossipVersion are the keys' primary versions
 	// at the end; AgentsOnGossipPrimary counts agents whose keyring
 	// primary is GossipVersion once the last rotation has activated.
@@ -45,12 +50,16 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	o := f.opts
 	rep := &RotationReport{Interval: o.Rotate.Seconds(), MinAlive: len(f.nodes)}
 	c := f.cp.client
-	// New gossip versions become primary 5 s (real time) after creation:
-	// every agent has fetched them by then, as it polls its key messages
-	// each heartbeat; older ones leave 10 s after that. The policy is in
-	// the control plane's (possibly compressed) time.
+	// New gossip versions become primary InstallGrace (real time) after
+	// creation, so every agent has fetched and installed them before
+	// anyone encrypts with them; older ones leave RemoveGrace after that.
+	// In one process every agent's key store shares one disk (each
+	// accepted version is a synced write), so fetches of a whole
+	// simulated fleet take seconds: Options.RotateGrace defaults to 20 s.
+	// The policy is in the control plane's (possibly compressed) time.
 	scaled := func(d time.Duration) string { return time.Duration(float64(d) * o.TimeScale).String() }
-	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: scaled(5 * time.Second), RemoveGrace: scaled(10 * time.Second), RotationPeriod: "off"}
+	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: scaled(o.RotateGrace), RemoveGrace: scaled(o.RotateGrace), RotationPeriod: "off"}
+	rep.InstallGrace, rep.RemoveGrace = o.RotateGrace.Seconds(), o.RotateGrace.Seconds()
 	if _, err := c.SetKeyPolicy(ctx, controlplane.GossipKeyName, pol); err != nil {
 		return nil, fmt.Errorf("sim: gossip key policy: %w", err)
 	}
@@ -118,7 +127,7 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	// Let the last gossip version activate and the old ones leave,
 	// still under load and sampling.
 	if rotErr == nil {
-		rotErr = sleep(ctx, 16*time.Second)
+		rotErr = sleep(ctx, 2*o.RotateGrace+5*time.Second)
 	}
 	stop()
 	wg.Wait()

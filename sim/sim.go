@@ -89,6 +89,10 @@ type Options struct {
 	// versions quickly.
 	Rotate    time.Duration
 	RotateFor time.Duration
+	// RotateGrace is the gossip key's install and remove grace in the
+	// rotation phase (default 20s): a new version becomes primary this
+	// long after its creation, older ones leave this long after that.
+	RotateGrace time.Duration
 	// DeviceRegistryInterval is how often an agent refreshes a device's
 	// record in replicated state; 0 keeps the agent's default (Serve uses
 	// 5s, so listings stay fresh).
@@ -137,6 +141,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Rotate > 0 && o.RotateFor == 0 {
 		o.RotateFor = 60 * time.Second
+	}
+	if o.RotateGrace < 0 {
+		return errors.New("sim: rotation grace must not be negative")
+	}
+	if o.RotateGrace == 0 {
+		o.RotateGrace = 20 * time.Second
 	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 10 * time.Second

@@ -47,8 +47,9 @@ func TestRunConverges(t *testing.T) {
 		DevicesPerAgent: 2,
 		DataSets:        dataSets(t),
 		// Both keys rotated every 5 s for 10 s while agents write and ingest.
-		Rotate:    5 * time.Second,
-		RotateFor: 10 * time.Second,
+		Rotate:      5 * time.Second,
+		RotateFor:   10 * time.Second,
+		RotateGrace: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -110,6 +110,7 @@ control plane's URL and writes and selects the context "sim", so
 	f.DurationVar(&o.Outage, "outage", 0, "cut the fleet off from the control plane for this long (simulated time) and measure how it resumes")
 	f.DurationVar(&o.Rotate, "rotate", 0, "rotate the telemetry data key and the gossip keyring this often while the fleet writes and ingests (0: no rotation phase)")
 	f.DurationVar(&o.RotateFor, "rotate-for", 60*time.Second, "length of the rotation phase")
+	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that")
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }
@@ -196,6 +197,7 @@ func printSimReport(w io.Writer, r sim.Report) error {
 	if k := r.Rotation; k != nil {
 		rows = append(rows,
 			[2]string{"key rotation under load", fmt.Sprintf("%d rotations of each key every %.0f s over %.0f s; telemetry key v%d, gossip key v%d (primary on %d agents)", k.Rotations, k.Interval, k.Seconds, k.TelemetryVersion, k.GossipVersion, k.AgentsOnGossipPrimary)},
+			[2]string{"gossip key graces", fmt.Sprintf("install %.0f s, remove %.0f s", k.InstallGrace, k.RemoveGrace)},
 			[2]string{"during rotation", fmt.Sprintf("%d of %d membership samples split (min alive %d); %.0f gossip decrypt failures; %.0f uploads refused; %d writes", k.SplitSamples, k.Samples, k.MinAlive, k.GossipDecryptFailures, k.UploadsRefused, k.Writes)})
 	}
 	for _, row := range rows {
