@@ -112,7 +112,19 @@ func (u *Uplink) keyWatchLoop(ctx context.Context) {
 		if !ok {
 			return
 		}
-		if next > 0 && !u.sleep(ctx, next, wake) {
+		if next == 0 {
+			continue
+		}
+		if wake == nil {
+			// After a failure, the next acknowledged heartbeat ends the
+			// back-off: the control plane answers again.
+			select {
+			case <-u.keyWake:
+			default:
+			}
+			wake = u.keyWake
+		}
+		if !u.sleep(ctx, next, wake) {
 			return
 		}
 	}
@@ -169,6 +181,12 @@ func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client,
 			return 0, nil, true
 		}
 	}
+	if o == outcomeAborted {
+		// A heartbeat failed at the network level: the heartbeats probe
+		// the control plane, and the next acknowledged one resumes the
+		// watch (keyWake).
+		return u.cfg.BackoffMax, nil, true
+	}
 	u.keysFailed(o, err)
 	switch o {
 	case outcomeCanceled:
@@ -185,7 +203,7 @@ func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client,
 		return u.backoff(*failures), nil, true
 	}
 	*failures++
-	return u.backoff(*failures), u.br.closedChan(), true
+	return u.backoff(*failures), nil, true
 }
 
 // rejectsWait reports a 400 refusing the "wait" parameter: a control plane
@@ -233,11 +251,24 @@ func (u *Uplink) fetchKeys(ctx context.Context, client *controlplane.Client, ak 
 	cursor := u.keyCursor
 	u.mu.Unlock()
 	var resp controlplane.AgentKeysResponse
-	o, err = u.doFor(ctx, "keys", wait+u.cfg.RequestTimeout, func(rctx context.Context) (string, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	u.mu.Lock()
+	u.watchAbort, u.watchDone = cancel, done
+	u.mu.Unlock()
+	o, err = u.doFor(wctx, "keys", wait+u.cfg.RequestTimeout, func(rctx context.Context) (string, error) {
 		var err error
 		resp, err = client.WatchKeyMessages(rctx, cursor, wait)
 		return "", err
 	})
+	u.mu.Lock()
+	u.watchAbort, u.watchDone = nil, nil
+	u.mu.Unlock()
+	if o == outcomeCanceled && ctx.Err() == nil {
+		return outcomeAborted, err, 0, 0
+	}
 	if o != outcomeOK {
 		return o, err, 0, 0
 	}
@@ -277,10 +308,34 @@ func (u *Uplink) fetchKeys(ctx context.Context, client *controlplane.Client, ak 
 	return outcomeOK, nil, accepted, rejected
 }
 
+// outcomeAborted: abortWatch ended the key request.
+const outcomeAborted outcome = -2
+
+// abortWatch cancels the key request in flight, if any, and waits until
+// it has returned. A heartbeat that failed at the network level suggests
+// the connection is gone: a request held on it could sit there until
+// KeyWatchWait + RequestTimeout. The key watch then waits for the next
+// acknowledged heartbeat (or backoff_max) before it asks again, so an
+// outage is probed by the heartbeats alone.
+func (u *Uplink) abortWatch() {
+	u.mu.Lock()
+	abort, done := u.watchAbort, u.watchDone
+	u.mu.Unlock()
+	if abort == nil {
+		return
+	}
+	abort()
+	<-done
+}
+
 // heartbeatKeys runs after each acknowledged heartbeat: once the key
 // watch has fetched the agent's own keys, it fetches a page of the key
 // relay. The agent's own keys come from the key watch loop only.
 func (u *Uplink) heartbeatKeys(ctx context.Context, client *controlplane.Client) {
+	select {
+	case u.keyWake <- struct{}{}:
+	default:
+	}
 	u.mu.Lock()
 	fetched := u.keys != nil && u.keyCursor != ""
 	u.mu.Unlock()

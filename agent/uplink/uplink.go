@@ -138,6 +138,7 @@ type Uplink struct {
 	m       *metrics
 	br      *breaker
 	wake    chan struct{}
+	keyWake chan struct{} // an acknowledged heartbeat ends the key watch's back-off
 	lease   time.Duration
 
 	randMu sync.Mutex
@@ -169,9 +170,11 @@ type Uplink struct {
 	relayCursor    string
 	keyCursor      string // of the last fetch whose messages were all accepted
 	keysSealed     bool
-	keyConflict    bool // the control plane has no X-Wing key for the agent
-	keyringFailed  bool // opening the keyring failed (logged once)
-	watchOff       bool // the control plane refused "wait": fetch per heartbeat interval
+	keyConflict    bool   // the control plane has no X-Wing key for the agent
+	keyringFailed  bool   // opening the keyring failed (logged once)
+	watchOff       bool   // the control plane refused "wait": fetch per heartbeat interval
+	watchAbort     func() // cancels the held key request, nil when none
+	watchDone      chan struct{}
 	lastKeyFetch   time.Time
 	waiting        string // why uploads wait; "" while they flow
 }
@@ -216,7 +219,7 @@ func New(cfg Config, dataDir, name string, deps Deps) (*Uplink, error) {
 	u := &Uplink{
 		cfg: cfg, dataDir: dataDir, idDir: filepath.Join(dataDir, IdentityDir), name: name, deps: deps,
 		log: deps.Logger.With("component", "uplink"), clock: deps.Clock, m: m, rnd: deps.Rand,
-		wake: make(chan struct{}, 1), enrolledCh: make(chan struct{}), errs: map[string]opError{},
+		wake: make(chan struct{}, 1), keyWake: make(chan struct{}, 1), enrolledCh: make(chan struct{}), errs: map[string]opError{},
 		// The upload loop is the outbox's only reader and releases what it
 		// does not deliver, so the lease matters only after a crash: the
 		// batches of an interrupted round are offered again after it. It
@@ -812,6 +815,9 @@ func (u *Uplink) heartbeatLoop(ctx context.Context) {
 			next = u.cfg.BackoffMax
 		default:
 			failures++
+			if o == outcomeFailed {
+				u.abortWatch()
+			}
 			u.setError("heartbeat", err)
 			next = u.backoff(failures)
 			wake = u.br.closedChan()
