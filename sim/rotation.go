@@ -34,6 +34,14 @@ type RotationReport struct {
 	Samples      int `json:"membership_samples"`
 	SplitSamples int `json:"split_samples"`
 	MinAlive     int `json:"min_alive_seen"`
+	// Baseline* are the same checks over a window of the same load
+	// (writes, devices) just before the first rotation, without rotating:
+	// they tell splits caused by the machine's load from those caused by
+	// rotation.
+	BaselineSeconds      float64 `json:"baseline_seconds"`
+	BaselineSamples      int     `json:"baseline_samples"`
+	BaselineSplitSamples int     `json:"baseline_split_samples"`
+	BaselineMinAlive     int     `json:"baseline_min_alive_seen"`
 	// GossipDecryptFailures is gossip traffic no installed key could
 	// open; UploadsRefused is telemetry uploads the control plane refused
 	// (an envelope it could not open among them). Both must be 0.
@@ -48,7 +56,8 @@ type RotationReport struct {
 // agent writes once a second and the devices keep sending.
 func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	o := f.opts
-	rep := &RotationReport{Interval: o.Rotate.Seconds(), MinAlive: len(f.nodes)}
+	rep := &RotationReport{Interval: o.Rotate.Seconds(), MinAlive: len(f.nodes), BaselineMinAlive: len(f.nodes)}
+	var rotating atomic.Bool
 	c := f.cp.client
 	// New gossip versions become primary InstallGrace (real time) after
 	// creation, so every agent has fetched and installed them before
@@ -89,22 +98,35 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	go func() {
 		defer wg.Done()
 		for sleep(pctx, 250*time.Millisecond) == nil {
-			split := false
+			split, least := false, len(f.nodes)
 			for _, n := range f.nodes {
 				a := aliveCount(n.ag)
-				rep.MinAlive = min(rep.MinAlive, a)
+				least = min(least, a)
 				if a != len(f.nodes) {
 					split = true
 				}
 			}
-			rep.Samples++
+			samples, splits, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineMinAlive
+			if rotating.Load() {
+				samples, splits, minAlive = &rep.Samples, &rep.SplitSamples, &rep.MinAlive
+			}
+			*samples++
+			*minAlive = min(*minAlive, least)
 			if split {
-				rep.SplitSamples++
+				*splits++
 			}
 		}
 	}()
-	start := time.Now()
 	var rotErr error
+	baseStart := time.Now()
+	if err := sleep(ctx, o.RotateGrace); err != nil {
+		stop()
+		wg.Wait()
+		return nil, err
+	}
+	rep.BaselineSeconds = round(time.Since(baseStart).Seconds())
+	rotating.Store(true)
+	start := time.Now()
 	for time.Since(start) < o.RotateFor {
 		if err := sleep(ctx, o.Rotate); err != nil {
 			rotErr = err
@@ -143,7 +165,7 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	}
 	rep.GossipDecryptFailures = f.decryptFailures() - beforeDecrypt
 	rep.UploadsRefused = f.uploadsRefused() - beforeRefused
-	f.opts.Logger.Info("key rotation under load", "rotations", rep.Rotations, "split_samples", rep.SplitSamples,
+	f.opts.Logger.Info("key rotation under load", "rotations", rep.Rotations, "split_samples", rep.SplitSamples, "baseline_split_samples", rep.BaselineSplitSamples,
 		"gossip_decrypt_failures", rep.GossipDecryptFailures, "uploads_refused", rep.UploadsRefused,
 		"agents_on_gossip_primary", rep.AgentsOnGossipPrimary)
 	return rep, nil
