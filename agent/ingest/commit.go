@@ -19,7 +19,8 @@ type envelope struct {
 	pid      uint16    // MQTT packet id
 	epoch    int64     // connection epoch it arrived on
 	recv     time.Time // receive time
-	hash     uint64    // fnv1a(topic, 0, payload)
+	hash     uint64    // fnv1a(topic, 0, payload), once hashed (msgHash)
+	hashed   bool
 	device   string
 	readings []Reading
 	received bool  // some reading took the receive time
@@ -28,6 +29,15 @@ type envelope struct {
 	// set by commit
 	stored    int  // new readings stored
 	committed bool // committed on its own (Ingestor.commitEach)
+}
+
+// msgHash returns the message's hash, computing it on first use: only
+// dead letters and messages stamped with the receive time need it.
+func (e *envelope) msgHash() uint64 {
+	if !e.hashed {
+		e.hash, e.hashed = messageHash(e.topic, e.payload), true
+	}
+	return e.hash
 }
 
 // messageHash is the 64-bit FNV-1a hash of topic, a zero byte and the
@@ -270,7 +280,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 					recentGet = tx.StmtContext(ctx, st.recentGet)
 					recentIns = tx.StmtContext(ctx, st.recentIns)
 				}
-				key := deliveryKey(e.hash, e.pid)
+				key := deliveryKey(e.msgHash(), e.pid)
 				if e.dup {
 					var one int
 					err := recentGet.QueryRowContext(ctx, key, e.epoch, s.recentMax-int64(s.cfg.DedupMessages)).Scan(&one)
@@ -632,6 +642,9 @@ func (s *Store) insertDeadLetter(ctx context.Context, tx *sql.Tx, e *envelope, r
 	if len(p) > s.cfg.MaxDeadLetterPayload {
 		p = p[:s.cfg.MaxDeadLetterPayload]
 	}
+	if p == nil {
+		p = []byte{} // an empty blob, not NULL
+	}
 	msg := e.err.Error()
 	if len(msg) > 1024 {
 		msg = msg[:1024]
@@ -643,7 +656,7 @@ func (s *Store) insertDeadLetter(ctx context.Context, tx *sql.Tx, e *envelope, r
 	topic = strings.ToValidUTF8(topic, "\uFFFD")
 	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	_, err := tx.StmtContext(ctx, s.stmts.deadIns).ExecContext(ctx, recvUS, topic, string(reasonOf(e.err)), msg,
-		append([]byte{}, p...), int64(len(e.payload)), int64(e.hash))
+		p, int64(len(e.payload)), int64(e.msgHash()))
 	if err != nil {
 		return fmt.Errorf("ingest: insert dead letter: %w", err)
 	}

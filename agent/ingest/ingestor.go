@@ -492,7 +492,6 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 // two messages arrive within one), so readings stamped with the receive
 // time never collide on (device, metric, time).
 func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64, arena []Reading) []Reading {
-	e.hash = messageHash(e.topic, e.payload)
 	dev, err := in.topics.Device(e.topic)
 	if err != nil {
 		e.err = err

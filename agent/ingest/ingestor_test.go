@@ -367,3 +367,21 @@ func TestIngestorPoisonMessage(t *testing.T) {
 		t.Fatalf("stats %+v, dead letters %+v, ingestor %+v", s, page.Items, in.Stats())
 	}
 }
+
+// TestIngestorEmptyPayload: a message without a payload (nil, as a
+// broker may hand it over) is dead-lettered and acknowledged.
+func TestIngestorEmptyPayload(t *testing.T) {
+	in := newTestIngestor(t, Config{BatchDelay: time.Millisecond})
+	m := &fakeMsg{topic: "devices/d1/telemetry", pid: 7}
+	if err := in.Handle(m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the acknowledgement", func() bool { return m.acked.Load() == 1 })
+	page, err := in.Store().DeadLetters(context.Background(), DeadLetterQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Items) != 1 || page.Items[0].Reason != ReasonEmpty || len(page.Items[0].Payload) != 0 {
+		t.Fatalf("dead letters %+v", page.Items)
+	}
+}
