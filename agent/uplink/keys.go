@@ -103,48 +103,49 @@ func (u *Uplink) keyWatchLoop(ctx context.Context) {
 		return
 	}
 	client := u.agentClient()
-	failures := 0
+	resume := false
 	for {
 		if !u.waitReady(ctx) {
 			return
 		}
-		next, wake, ok := u.keyWatchRound(ctx, client, &failures)
+		next, ok := u.keyWatchRound(ctx, client, resume)
 		if !ok {
 			return
 		}
-		if next == 0 {
-			continue
-		}
-		if wake == nil {
-			// After a failure, the next acknowledged heartbeat ends the
-			// back-off: the control plane answers again.
-			select {
-			case <-u.keyWake:
-			default:
-			}
-			wake = u.keyWake
-		}
-		if !u.sleep(ctx, next, wake) {
+		resume = next > 0
+		// After a failure, or between fetches without waiting, the next
+		// acknowledged heartbeat ends the pause.
+		u.mu.Lock()
+		acked := u.hbAcked
+		u.mu.Unlock()
+		if next > 0 && !u.sleep(ctx, next, acked) {
 			return
 		}
 	}
 }
 
 // keyWatchRound runs one fetch of the key watch and returns how long to
-// wait before the next, and what ends that wait early; ok is false when
-// the uplink stops.
-func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client, failures *int) (next time.Duration, wake <-chan struct{}, ok bool) {
+// pause before the next (an acknowledged heartbeat ends the pause early);
+// ok is false when the uplink stops. After a pause (resume) the first
+// fetch is answered at once, which confirms that the control plane
+// answers again before a request is held. A failed fetch is asked again after
+// the next acknowledged heartbeat, as when keys were fetched per
+// heartbeat: the heartbeats probe the control plane, and the breaker
+// counts one key failure per heartbeat round at most.
+func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client, resume bool) (next time.Duration, ok bool) {
 	ak, o, err := u.prepareKeys(ctx, client)
 	if o == outcomeOK && ak == nil {
 		// The keyring cannot open (logged): try again later.
-		return u.heartbeatInterval(), nil, true
+		return u.cfg.BackoffMax, true
 	}
 	wait := time.Duration(0)
 	if o == outcomeOK {
 		u.mu.Lock()
 		off := u.watchOff
 		u.mu.Unlock()
-		if state, _ := u.br.snapshot(); state == BreakerClosed && !off {
+		state, _ := u.br.snapshot()
+		watching := state == BreakerClosed && !off
+		if watching && !resume {
 			wait = u.cfg.KeyWatchWait
 		}
 		var rejected int
@@ -159,51 +160,36 @@ func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client,
 		switch {
 		case o == outcomeOK && rejected > 0:
 			// Asking again at once would get the same messages.
-			*failures++
-			return u.backoff(*failures), nil, true
+			return u.cfg.BackoffMax, true
+		case o == outcomeOK && wait == 0 && watching && rejected == 0:
+			return 0, true // resumed: hold the next request
 		case o == outcomeOK && wait == 0:
-			*failures = 0
-			return u.heartbeatInterval(), nil, true
+			return u.cfg.BackoffMax, true
 		case o == outcomeOK && unchanged && time.Since(start) < wait/2:
 			// Answered empty long before the wait ended (a server
 			// shutting down, or a proxy cutting the request): pause.
-			*failures = 0
-			return u.cfg.BackoffMin, nil, true
+			return u.cfg.BackoffMin, true
 		case o == outcomeOK:
-			*failures = 0
-			return 0, nil, true
+			return 0, true
 		case o == outcomeRejected && wait > 0 && rejectsWait(err):
 			u.mu.Lock()
 			u.watchOff = true
 			u.mu.Unlock()
 			u.succeeded("keys", true)
-			u.log.Warn("the control plane does not hold key requests (GET /v1/agent/keys?wait=); keys are fetched every heartbeat interval instead", "err", err)
-			return 0, nil, true
+			u.log.Warn("the control plane does not hold key requests (GET /v1/agent/keys?wait=); keys are fetched every heartbeat instead", "err", err)
+			return 0, true
+		case o == outcomeAborted:
+			return u.cfg.BackoffMax, true
 		}
-	}
-	if o == outcomeAborted {
-		// A heartbeat failed at the network level: the heartbeats probe
-		// the control plane, and the next acknowledged one resumes the
-		// watch (keyWake).
-		return u.cfg.BackoffMax, nil, true
 	}
 	u.keysFailed(o, err)
 	switch o {
 	case outcomeCanceled:
-		return 0, nil, false
+		return 0, false
 	case outcomeBlocked:
-		return 0, nil, true
-	case outcomeUnauthorized:
-		return u.cfg.BackoffMax, nil, true
-	case outcomeRejected:
-		*failures++
-		return max(u.backoff(*failures), u.heartbeatInterval()), nil, true
-	case outcomeSealed:
-		*failures++
-		return u.backoff(*failures), nil, true
+		return 0, true
 	}
-	*failures++
-	return u.backoff(*failures), nil, true
+	return u.cfg.BackoffMax, true
 }
 
 // rejectsWait reports a 400 refusing the "wait" parameter: a control plane
@@ -332,10 +318,10 @@ func (u *Uplink) abortWatch() {
 // watch has fetched the agent's own keys, it fetches a page of the key
 // relay. The agent's own keys come from the key watch loop only.
 func (u *Uplink) heartbeatKeys(ctx context.Context, client *controlplane.Client) {
-	select {
-	case u.keyWake <- struct{}{}:
-	default:
-	}
+	u.mu.Lock()
+	close(u.hbAcked)
+	u.hbAcked = make(chan struct{})
+	u.mu.Unlock()
 	u.mu.Lock()
 	fetched := u.keys != nil && u.keyCursor != ""
 	u.mu.Unlock()

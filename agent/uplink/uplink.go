@@ -138,7 +138,6 @@ type Uplink struct {
 	m       *metrics
 	br      *breaker
 	wake    chan struct{}
-	keyWake chan struct{} // an acknowledged heartbeat ends the key watch's back-off
 	lease   time.Duration
 
 	randMu sync.Mutex
@@ -170,10 +169,11 @@ type Uplink struct {
 	relayCursor    string
 	keyCursor      string // of the last fetch whose messages were all accepted
 	keysSealed     bool
-	keyConflict    bool   // the control plane has no X-Wing key for the agent
-	keyringFailed  bool   // opening the keyring failed (logged once)
-	watchOff       bool   // the control plane refused "wait": fetch per heartbeat interval
-	watchAbort     func() // cancels the held key request, nil when none
+	keyConflict    bool          // the control plane has no X-Wing key for the agent
+	keyringFailed  bool          // opening the keyring failed (logged once)
+	watchOff       bool          // the control plane refused "wait": fetch per heartbeat interval
+	hbAcked        chan struct{} // closed and replaced at every acknowledged heartbeat
+	watchAbort     func()        // cancels the held key request, nil when none
 	watchDone      chan struct{}
 	lastKeyFetch   time.Time
 	waiting        string // why uploads wait; "" while they flow
@@ -219,7 +219,7 @@ func New(cfg Config, dataDir, name string, deps Deps) (*Uplink, error) {
 	u := &Uplink{
 		cfg: cfg, dataDir: dataDir, idDir: filepath.Join(dataDir, IdentityDir), name: name, deps: deps,
 		log: deps.Logger.With("component", "uplink"), clock: deps.Clock, m: m, rnd: deps.Rand,
-		wake: make(chan struct{}, 1), keyWake: make(chan struct{}, 1), enrolledCh: make(chan struct{}), errs: map[string]opError{},
+		wake: make(chan struct{}, 1), hbAcked: make(chan struct{}), enrolledCh: make(chan struct{}), errs: map[string]opError{},
 		// The upload loop is the outbox's only reader and releases what it
 		// does not deliver, so the lease matters only after a crash: the
 		// batches of an interrupted round are offered again after it. It

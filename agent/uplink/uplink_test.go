@@ -480,7 +480,8 @@ func TestOneHourOutageHealsByItself(t *testing.T) {
 	a.tr.down.Store(false)
 	healed := clock.Now()
 	advanceUntil(t, clock, a.tr, 2, 5*time.Second, 5*time.Minute, "everything delivered", func() bool {
-		return cp.serverPoints(id) == a.written && a.up.Status().LastHeartbeat.After(healed)
+		st := a.up.Status()
+		return cp.serverPoints(id) == a.written && st.LastHeartbeat.After(healed) && !st.LastKeyFetch.Before(healed)
 	})
 	eventually(t, "outbox drained", func() bool { return a.pending() == 0 })
 	st = a.up.Status()
