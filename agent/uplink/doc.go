@@ -26,17 +26,28 @@
 // ML-DSA-65 key that signs key messages, is pinned in identity.json; an
 // agent enrolled before it was sent fetches it once (GET
 // /v1/keys/verifying-key, over mutual TLS). Once both are known the
-// keyring is opened (at Start for an enrolled agent), and after every
-// acknowledged heartbeat the uplink fetches the key messages that are new
+// keyring is opened (at Start for an enrolled agent), and a key watch loop,
+// separate from the heartbeats, fetches the key messages that are new
 // since its cursor (GET /v1/agent/keys) and hands each to the keyring,
 // which verifies it (signature, addressee, validity, replay, rollback).
-// The cursor moves only when every message was accepted, so a refused one
-// is fetched again next round; the cursor lives in memory, so a
-// restarted agent fetches everything once. A sealed key service (503)
-// is asked again next round without counting as a failure
-// (Status.KeysSealed); an agent enrolled without an X-Wing key gets 409,
-// logged once. Deps.KeysChanged runs after every fetch that accepted at
-// least one message. Status.KeyVersions names the primary version of
+// The fetch is a long poll (wait = key_watch_wait, default 55s, bounded
+// by key_watch_wait + request_timeout): the control plane holds it until
+// the agent's key state changes, so a new version (a gossip key that
+// becomes primary install_grace after its creation) reaches the keyring
+// within a round trip. While the breaker is not closed, and against a
+// control plane that refuses "wait", keys are fetched without waiting
+// once per acknowledged heartbeat. The cursor moves only when every
+// message was accepted, so a refused one is fetched again after the next
+// heartbeat; the cursor lives in memory, so a restarted agent fetches
+// everything once. A failed fetch, and a sealed key service (503, not
+// counted as a failure; Status.KeysSealed), are asked again after the
+// next acknowledged heartbeat; a heartbeat failing at the network level
+// aborts the held request. An agent enrolled without an X-Wing key gets
+// 409, logged once. Deps.KeysChanged runs, on the key watch loop, after
+// every fetch that accepted at least one message. After every
+// acknowledged heartbeat, once its own keys were fetched, the agent
+// fetches a page of the key relay (Deps.KeyRelay). Status.KeyVersions
+// names the primary version of
 // every key held, Status.LastKeyFetch the last fetch.
 //
 // # Sealed uploads
