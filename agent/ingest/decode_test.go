@@ -306,3 +306,34 @@ func TestTopicPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestCountElements(t *testing.T) {
+	for _, c := range []struct {
+		in       string
+		limit, n int
+	}{
+		{`]`, 10, 0},
+		{` ] `, 10, 0},
+		{`1]`, 10, 1},
+		{`1, 2 ,3]`, 10, 3},
+		{`{"a":[1,2,{"b":3}]},{"c":"x,]\"[,"}]`, 10, 2},
+		{`"\\",1]`, 10, 2},
+		{`1,2,3,4,5]`, 2, 3}, // stops past the limit
+		{`1,2`, 10, 2},       // no closing bracket
+	} {
+		if n := countElements([]byte(c.in), c.limit); n != c.n {
+			t.Errorf("%q (limit %d): %d, want %d", c.in, c.limit, n, c.n)
+		}
+	}
+	// A long pack within the limit decodes; one beyond it is refused
+	// before decoding, whatever its records hold.
+	d := newTestDecoder(t, Limits{MaxRecords: 3})
+	long := `[{"n":"` + strings.Repeat("a", 50) + `","vs":"x,],\"[,"},{"n":"b","v":1},{"n":"c","v":2}]`
+	if rs, _, err := d.appendSenML(nil, "dev1", []byte(long), testNow); err != nil || len(rs) != 3 {
+		t.Fatalf("long pack within the limit: %d readings, %v", len(rs), err)
+	}
+	huge := `[` + strings.Repeat(`{"n":"b","v":1},`, 3) + `{"n":"bad name","v":1}]`
+	if _, _, err := d.appendSenML(nil, "dev1", []byte(huge), testNow); reasonOf(err) != ReasonTooMany {
+		t.Fatalf("pack beyond the limit: %v", err)
+	}
+}

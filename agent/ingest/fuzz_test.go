@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"math"
@@ -77,6 +78,15 @@ func FuzzDecodeSenML(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p []byte) {
 		rs, err := d.DecodeSenML("dev1", p)
 		checkDecoded(t, d, p, rs, err)
+		// countElements agrees with a JSON parser on arrays.
+		var arr []json.RawMessage
+		if json.Unmarshal(p, &arr) == nil {
+			if i := bytes.IndexByte(p, '['); i >= 0 {
+				if n := countElements(p[i+1:], 1<<30); n != len(arr) {
+					t.Fatalf("countElements %d, want %d", n, len(arr))
+				}
+			}
+		}
 	})
 }
 

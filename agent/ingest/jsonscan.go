@@ -19,6 +19,54 @@ type scanner struct {
 	buf  []byte // scratch for unescaping
 }
 
+// countElements counts the elements of the JSON array whose contents
+// (after the opening bracket) data holds, stopping past limit: it only
+// follows strings and nesting, without checking the syntax, which the
+// decoder does. Malformed data yields some count; the decoder then
+// refuses it either way.
+func countElements(data []byte, limit int) int {
+	n, depth, inStr, empty := 0, 0, false, true
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		if inStr {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '"':
+			inStr = true
+		case '[', '{':
+			depth++
+		case ']', '}':
+			if depth == 0 {
+				if !empty {
+					n++
+				}
+				return n
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				if n++; n > limit {
+					return n
+				}
+			}
+		}
+		empty = false
+	}
+	if !empty {
+		n++
+	}
+	return n
+}
+
 // maxJSONDepth bounds the nesting of values the decoders skip over.
 const maxJSONDepth = 32
 

@@ -69,6 +69,12 @@ func (d *Decoder) appendSenML(dst []Reading, device string, payload []byte, now 
 	if err := sc.expect('['); err != nil {
 		return fail(decodeErr(ReasonSyntax, -1, "", "SenML pack must be a JSON array"))
 	}
+	// A record takes at least 3 bytes ("{}," ): a pack too long to
+	// rule out more than MaxRecords is counted first, so a huge pack is
+	// refused without decoding its first MaxRecords records.
+	if len(payload) > 3*d.lim.MaxRecords && countElements(payload[sc.pos:], d.lim.MaxRecords) > d.lim.MaxRecords {
+		return fail(decodeErr(ReasonTooMany, -1, "", "more than %d records", d.lim.MaxRecords))
+	}
 	var (
 		bn, bu       string
 		bt, bv, bs   float64
