@@ -114,6 +114,14 @@ func TestDevicesOverMQTT(t *testing.T) {
 		t.Skip("scenario test: skipped with -short")
 	}
 	p := newProc(t, "edge-mqtt")
+	// The registry writes a device's record on first sight and then at
+	// most every device_registry_interval (30 s by default); the device's
+	// first message may commit alone, so refresh often here.
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(cfg, []byte("ingest:\n  device_registry_interval: 200ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.extra = append(p.extra, "--config", cfg)
 	p.start()
 	broker := p.waitBroker()
 	if !strings.HasPrefix(broker, "tcp://127.0.0.1:") {
