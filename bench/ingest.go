@@ -171,6 +171,9 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 			Result{Name: "ingest_backlog_drain", Unit: "msg/s", Value: res.DurableRate,
 				Baseline: &Baseline{Name: "paho_bare_drain (acks at once, stores nothing)", Value: res.BareRate},
 				Ratio:    ratio(res.DurableRate, res.BareRate)},
+			Result{Name: "ingest_backlog_drain_vs_buffered_bare", Unit: "msg/s", Value: res.DurableRate,
+				Baseline: &Baseline{Name: "paho_bare_drain on the subscriber's buffered connection", Value: res.BufferedBareRate},
+				Ratio:    ratio(res.DurableRate, res.BufferedBareRate)},
 			Result{Name: "ingest_commit_batch", Unit: "messages", Value: res.MeanCommitMessages},
 		)
 		if res.MosquittoSubRate > 0 {

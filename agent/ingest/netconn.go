@@ -152,3 +152,9 @@ func (c *bufferedConn) Close() error {
 	<-c.flushed
 	return c.Conn.Close()
 }
+
+// OpenBufferedConn is the connection opener the subscriber gives paho
+// (mqtt.ClientOptions.SetCustomOpenConnectionFn): paho's own dialing,
+// buffered both ways. The ingestion benchmark gives it to its bare paho
+// subscriber too, so the two differ only by durable storage.
+func OpenBufferedConn(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) { return openConn(uri, o) }

@@ -109,6 +109,12 @@ type Result struct {
 	BareRates          []float64 `json:"bare_rates"`
 	MosquittoSubRates  []float64 `json:"mosquitto_sub_rates,omitempty"`
 	RatioBare          float64   `json:"ratio_durable_to_bare"`
+	// BufferedBare* is the bare subscriber on the durable subscriber's
+	// own connection opener (ingest.OpenBufferedConn, reads and PUBACKs
+	// buffered): the ratio to it isolates the cost of durable storage.
+	BufferedBareRate   float64   `json:"buffered_bare_rate"`
+	BufferedBareRates  []float64 `json:"buffered_bare_rates"`
+	RatioBufferedBare  float64   `json:"ratio_durable_to_buffered_bare"`
 	RatioMosquittoSub  float64   `json:"ratio_durable_to_mosquitto_sub,omitempty"`
 	MeanCommitMessages float64   `json:"mean_commit_messages"` // durable rounds: messages per group commit
 
@@ -243,7 +249,7 @@ func backlog(ctx context.Context, o Options, res *Result) error {
 	for r := 0; r < o.Rounds; r++ {
 		// Interleave: the order rotates each round so no subscriber always
 		// follows the same one.
-		kinds := []string{"bare", "durable"}
+		kinds := []string{"bare", "durable", "buffered_bare"}
 		if subBin != "" {
 			kinds = append(kinds, "mosquitto_sub")
 		}
@@ -259,8 +265,11 @@ func backlog(ctx context.Context, o Options, res *Result) error {
 			var err error
 			switch kind {
 			case "bare":
-				rate, err = drainBare(ctx, o, id)
+				rate, err = drainBare(ctx, o, id, false)
 				res.BareRates = append(res.BareRates, rate)
+			case "buffered_bare":
+				rate, err = drainBare(ctx, o, id, true)
+				res.BufferedBareRates = append(res.BufferedBareRates, rate)
 			case "durable":
 				var cm, c int64
 				rate, cm, c, err = drainDurable(ctx, o, id, filepath.Join(o.Dir, id))
@@ -282,6 +291,9 @@ func backlog(ctx context.Context, o Options, res *Result) error {
 	res.MosquittoSubRate = median(res.MosquittoSubRates)
 	if res.BareRate > 0 {
 		res.RatioBare = res.DurableRate / res.BareRate
+	}
+	if res.BufferedBareRate = median(res.BufferedBareRates); res.BufferedBareRate > 0 {
+		res.RatioBufferedBare = res.DurableRate / res.BufferedBareRate
 	}
 	if res.MosquittoSubRate > 0 {
 		res.RatioMosquittoSub = res.DurableRate / res.MosquittoSubRate
@@ -440,7 +452,7 @@ func publishBacklog(o Options, id string) error {
 	return p.Flush()
 }
 
-func drainBare(ctx context.Context, o Options, id string) (float64, error) {
+func drainBare(ctx context.Context, o Options, id string, buffered bool) (float64, error) {
 	if err := createSession(o, id); err != nil {
 		return 0, err
 	}
@@ -458,6 +470,9 @@ func drainBare(ctx context.Context, o Options, id string) (float64, error) {
 	opts := mqtt.NewClientOptions().AddBroker(o.Broker).SetClientID(id).SetCleanSession(false).
 		SetOrderMatters(true).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 		SetDefaultPublishHandler(handler)
+	if buffered {
+		opts.SetCustomOpenConnectionFn(ingest.OpenBufferedConn)
+	}
 	runtime.GC()
 	start := time.Now()
 	c := mqtt.NewClient(opts)
