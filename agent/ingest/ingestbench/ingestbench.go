@@ -102,13 +102,13 @@ type Result struct {
 	Malformed int `json:"malformed"`
 	Rounds    int `json:"rounds"`
 	// Drain rates, messages/s: median over rounds, and every round.
-	DurableRate        float64   `json:"durable_rate"`
-	BareRate           float64   `json:"bare_rate"`
-	MosquittoSubRate   float64   `json:"mosquitto_sub_rate,omitempty"`
-	DurableRates       []float64 `json:"durable_rates"`
-	BareRates          []float64 `json:"bare_rates"`
-	MosquittoSubRates  []float64 `json:"mosquitto_sub_rates,omitempty"`
-	RatioBare          float64   `json:"ratio_durable_to_bare"`
+	DurableRate       float64   `json:"durable_rate"`
+	BareRate          float64   `json:"bare_rate"`
+	MosquittoSubRate  float64   `json:"mosquitto_sub_rate,omitempty"`
+	DurableRates      []float64 `json:"durable_rates"`
+	BareRates         []float64 `json:"bare_rates"`
+	MosquittoSubRates []float64 `json:"mosquitto_sub_rates,omitempty"`
+	RatioBare         float64   `json:"ratio_durable_to_bare"`
 	// BufferedBare* is the bare subscriber on the durable subscriber's
 	// own connection opener (ingest.OpenBufferedConn, reads and PUBACKs
 	// buffered): the ratio to it isolates the cost of durable storage.
