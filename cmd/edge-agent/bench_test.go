@@ -63,7 +63,7 @@ func TestBenchIngestTiny(t *testing.T) {
 	for _, r := range rep.Results {
 		names = append(names, r.Name)
 	}
-	if strings.Join(names, ",") != "ingest_backlog_drain,ingest_commit_batch" {
+	if strings.Join(names, ",") != "ingest_backlog_drain,ingest_backlog_drain_vs_buffered_bare,ingest_commit_batch" {
 		t.Fatalf("results %v", names)
 	}
 	if d := rep.Results[0]; d.Value <= 0 || d.Baseline == nil || d.Baseline.Value <= 0 || d.Ratio <= 0 {
