@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -54,35 +53,7 @@ func TestHelperEmbeddedProcess(t *testing.T) {
 
 func startEmbeddedHelper(t *testing.T, dir, addr string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperEmbeddedProcess$", "-test.timeout=2h")
-	cmd.Env = append(os.Environ(), "INGEST_EMBEDDED_DIR="+dir, "INGEST_EMBEDDED_ADDR="+addr)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if l := sc.Text(); l == "ready" || strings.HasPrefix(l, "error") {
-				ready <- l
-			}
-		}
-	}()
-	select {
-	case l := <-ready:
-		if l != "ready" {
-			t.Fatalf("helper: %s", l)
-		}
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("helper did not start")
-	}
-	return cmd
+	return startTestProcess(t, "TestHelperEmbeddedProcess", "start", "INGEST_EMBEDDED_DIR="+dir, "INGEST_EMBEDDED_ADDR="+addr)
 }
 
 // ackStore is a paho store that sees the device's acknowledgements: paho

@@ -183,8 +183,16 @@ func TestHelperIngestProcess(t *testing.T) {
 
 func startHelper(t *testing.T, dir, broker string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperIngestProcess$", "-test.timeout=2h")
-	cmd.Env = append(os.Environ(), "INGEST_HELPER_DIR="+dir, "INGEST_HELPER_BROKER="+broker)
+	return startTestProcess(t, "TestHelperIngestProcess", "subscribe", "INGEST_HELPER_DIR="+dir, "INGEST_HELPER_BROKER="+broker)
+}
+
+// startTestProcess re-executes the test binary running only the test
+// named run, with env added, and waits until it prints "ready" (an
+// "error..." line or 30 s without it fails the test: it did not what).
+func startTestProcess(t *testing.T, run, what string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+run+"$", "-test.timeout=2h")
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +206,10 @@ func startHelper(t *testing.T, dir, broker string) *exec.Cmd {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if l := sc.Text(); l == "ready" || strings.HasPrefix(l, "error") {
-				ready <- l
+				select {
+				case ready <- l:
+				default:
+				}
 			}
 		}
 	}()
@@ -209,7 +220,7 @@ func startHelper(t *testing.T, dir, broker string) *exec.Cmd {
 		}
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
-		t.Fatal("helper did not subscribe")
+		t.Fatalf("helper did not %s", what)
 	}
 	return cmd
 }
