@@ -98,7 +98,8 @@ func Start(opts Options) (*Mosquitto, error) {
 	}
 	fmt.Fprintf(&conf, "max_inflight_messages %d\n", opts.MaxInflight)
 	fmt.Fprintf(&conf, "max_queued_messages %d\n", opts.MaxQueued)
-	conf.WriteString("max_queued_bytes 0\nset_tcp_nodelay true\n")
+	// $SYS counters every second: tests read what the broker received.
+	conf.WriteString("max_queued_bytes 0\nset_tcp_nodelay true\nsys_interval 1\n")
 	// Run as root, mosquitto switches to the user "mosquitto", which
 	// cannot read files in a private test directory: stay the invoking
 	// user (the option does nothing for other users).
