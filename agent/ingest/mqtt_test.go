@@ -282,19 +282,11 @@ func TestMosquittoKill9(t *testing.T) {
 	if err := pubCmd.Wait(); err != nil {
 		t.Fatalf("mosquitto_pub: %v: %s", err, pubOut)
 	}
-	// "Published" is what the broker received and acknowledged: under
-	// heavy load mosquitto_pub -l has been seen to exit at end of input
-	// with lines it never sent (the broker's own count then stops short
-	// of the lines written, and the agent has every message it received).
-	published := brokerReceived(t, m.Port())
-	if published != int64(total) {
-		t.Logf("mosquitto_pub delivered %d of the %d lines written to it; the check is against what the broker received", published, total)
-	}
 	var rep InspectReport
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		rep, err = Inspect(dir)
-		if err == nil && rep.Readings >= published {
+		if err == nil && rep.Readings >= int64(total) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -311,43 +303,9 @@ func TestMosquittoKill9(t *testing.T) {
 	}
 	t.Logf("kills %d: readings %d, dead letters %d, duplicate readings %d, duplicate messages %d",
 		kills, rep.Readings, rep.DeadLetters, rep.Stats.DuplicateReadings, rep.Stats.DuplicateMessages)
-	if rep.Readings != published || rep.DeadLetters != 0 {
-		t.Fatalf("stored %d readings and %d dead letters; the broker received %d messages (%d lines written); want exactly %d and 0", rep.Readings, rep.DeadLetters, published, total, published)
+	if rep.Readings != int64(total) || rep.DeadLetters != 0 {
+		t.Fatalf("stored %d readings and %d dead letters; want exactly %d and 0", rep.Readings, rep.DeadLetters, total)
 	}
-	if published < int64(total)*9/10 {
-		t.Fatalf("mosquitto_pub delivered only %d of %d messages: the scenario did not run", published, total)
-	}
-}
-
-// brokerReceived waits until Mosquitto's count of received publishes
-// ($SYS/broker/publish/messages/received, refreshed every second) stops
-// changing, and returns it.
-func brokerReceived(t *testing.T, port int) int64 {
-	t.Helper()
-	bin := needBinary(t, "mosquitto_sub")
-	read := func() int64 {
-		out, err := exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-W", "5", "-C", "1",
-			"-t", "$SYS/broker/publish/messages/received").Output()
-		if err != nil {
-			t.Fatalf("reading the broker's received count: %v", err)
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
-		if err != nil {
-			t.Fatalf("broker's received count %q: %v", out, err)
-		}
-		return n
-	}
-	last := read()
-	for i := 0; i < 30; i++ {
-		time.Sleep(1500 * time.Millisecond)
-		n := read()
-		if n == last {
-			return n
-		}
-		last = n
-	}
-	t.Fatalf("the broker's received count kept changing: %d", last)
-	return 0
 }
 
 // TestMosquittoAuthTLS: username/password and an ssl:// listener.
@@ -427,8 +385,9 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 }
 
 // brokerSys reads Mosquitto's own counters ($SYS, published every
-// sys_interval): what it received and what it still holds, to tell a
-// publisher or broker that stopped from a subscriber that stalled.
+// sys_interval) for a failure message: what it received and sent and what
+// it still holds. (publish/messages/received was seen to lag the messages
+// the agent stored: a hint, not a count.)
 func brokerSys(port int) string {
 	bin, err := exec.LookPath("mosquitto_sub")
 	if err != nil {
