@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ type controlPlane struct {
 	client *controlplane.Client
 	url    string
 	caPath string
+	caPEM  []byte
 	token  string // admin API token
 	dir    string
 }
@@ -50,8 +52,8 @@ func startControlPlane(dir string, clock uplink.Clock, heartbeat time.Duration, 
 		srv.Close()
 		return nil, fmt.Errorf("sim: control plane admin token: %w", err)
 	}
-	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: string(trimSpace(tok)), dir: dir}
-	c.client, err = controlplane.NewClient(controlplane.ClientConfig{URL: c.url, Token: c.token, CAPEM: srv.CAPEM(), Timeout: 30 * time.Second})
+	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: string(bytes.TrimSpace(tok)), caPEM: srv.CAPEM(), dir: dir}
+	c.client, err = controlplane.NewClient(controlplane.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
 	if err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("sim: control plane client: %w", err)
@@ -135,12 +137,5 @@ func (o *outage) wrap(rt http.RoundTripper) http.RoundTripper {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
 
 func cpDir(fleetDir string) string { return filepath.Join(fleetDir, "controlplane") }

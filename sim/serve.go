@@ -3,8 +3,6 @@ package sim
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"time"
 )
 
@@ -52,13 +50,9 @@ func Serve(ctx context.Context, o Options, ready func(ServeInfo) error) error {
 	if _, err := f.waitOnline(ctx); err != nil {
 		return err
 	}
-	caPEM, err := os.ReadFile(f.cp.caPath)
-	if err != nil {
-		return fmt.Errorf("sim: read CA: %w", err)
-	}
 	info := ServeInfo{
 		ControlPlaneURL: f.cp.url,
-		CAPEM:           caPEM,
+		CAPEM:           f.cp.caPEM,
 		CAPath:          f.cp.caPath,
 		AdminToken:      f.cp.token,
 		Agents:          len(f.nodes),
