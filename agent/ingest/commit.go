@@ -17,7 +17,6 @@ type envelope struct {
 	payload  []byte
 	dup      bool      // MQTT DUP flag: the broker delivered it before
 	pid      uint16    // MQTT packet id
-	epoch    int64     // connection epoch it arrived on
 	recv     time.Time // receive time
 	hash     uint64    // fnv1a(topic, 0, payload), once hashed (msgHash)
 	hashed   bool
@@ -249,7 +248,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 		n += len(e.readings)
 	}
 	res.newReadings = slices.Grow(buf[:0], n)
-	newRecent, pruned, maxEpoch := int64(0), int64(0), int64(0)
+	newRecent, pruned := int64(0), int64(0)
 	deadByReason := map[Reason]int{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
 		if s.commitHook != nil {
@@ -283,7 +282,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 				key := deliveryKey(e.msgHash(), e.pid)
 				if e.dup {
 					var one int
-					err := recentGet.QueryRowContext(ctx, key, e.epoch, s.recentMax-int64(s.cfg.DedupMessages)).Scan(&one)
+					err := recentGet.QueryRowContext(ctx, key, s.recentMax-int64(s.cfg.DedupMessages)).Scan(&one)
 					if err == nil {
 						res.dupMessages++
 						continue
@@ -293,8 +292,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 					}
 				}
 				newRecent++
-				maxEpoch = max(maxEpoch, e.epoch)
-				if _, err := recentIns.ExecContext(ctx, s.recentMax+newRecent, key, e.epoch); err != nil {
+				if _, err := recentIns.ExecContext(ctx, s.recentMax+newRecent, key); err != nil {
 					return fmt.Errorf("ingest: remember message hash: %w", err)
 				}
 			}
@@ -377,7 +375,6 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 	}
 	s.recentMax += newRecent
 	s.recentPruned = max(s.recentPruned, pruned)
-	s.maxEpoch = max(s.maxEpoch, maxEpoch)
 	s.applyMeta(sc.meta)
 	if res.seq != 0 {
 		s.obBytes += sc.obAdd

@@ -38,9 +38,9 @@
 // group commit holding the message, exactly as the subscriber would.
 // Whatever a device saw acknowledged is on disk, whatever happens to
 // the process afterwards (kill -9, power loss); the rest the device
-// still holds and sends again, flagged DUP, after it reconnects. Every
-// device connection is a connection epoch for redelivery
-// de-duplication. Devices pipeline their QoS 1 messages (mochi's
+// still holds and sends again, flagged DUP, after it reconnects; a copy
+// of a publish whose packet id is still in flight on its connection is
+// dropped (see ingestHook). Devices pipeline their QoS 1 messages (mochi's
 // receive maximum bounds MQTT 5 clients); a full queue stops reading
 // the publishing connections. Until an Ingestor is attached, and after
 // it stops, the broker reads no further publishes, so it acknowledges
@@ -107,17 +107,23 @@
 //   - Readings that take the receive time (flat JSON without "ts",
 //     SenML relative times) would get a new time on redelivery, so the
 //     key cannot catch them. For these messages the store keeps a key of
-//     (packet id, content hash) and the connection epoch for the last
-//     DedupMessages of them; a DUP message whose key was committed on an
-//     earlier connection, within that window, is skipped. A hash of the
-//     content alone would be wrong: devices that send no time often send
-//     identical payloads (a door still closed), which are distinct
-//     readings. The packet id separates them, and restricting the match
-//     to earlier connections and a window well under the 65535 packet
-//     ids keeps a reused id from matching: some brokers (mochi) also mark
-//     queued, never-delivered messages as DUP. What remains: a publisher
-//     retry of a receive-time message is stored twice. Devices that need
-//     exactly-once should send times.
+//     (packet id, content hash) for the last DedupMessages of them; a
+//     DUP message whose key was committed within that window (or earlier
+//     in the same group commit) is skipped. A hash of the content alone
+//     would be wrong: devices that send no time often send identical
+//     payloads (a door still closed), which are distinct readings. The
+//     packet id separates them: a packet id is reused only after its
+//     message was acknowledged, and a reused id comes without DUP, so it
+//     is never looked up. Only DUP messages are; a window well under the
+//     65535 packet ids keeps an id reused long ago from matching. The
+//     DUP message may come on the same connection as the first copy:
+//     paho, after a reconnect, can send a queued publish twice (from its
+//     session store and from its send queue). What remains: a DUP
+//     message never delivered before (some brokers, mochi among them,
+//     mark queued messages DUP) whose content and packet id equal those
+//     of a message within the window is taken for a redelivery, and a
+//     publisher retrying a receive-time message under a new packet id is
+//     stored twice. Devices that need exactly-once should send times.
 //
 // Receive times are made strictly increasing per device (by a
 // microsecond where two messages arrive within one), so receive-stamped

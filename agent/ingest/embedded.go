@@ -34,7 +34,17 @@ import (
 // unacknowledged: the device keeps it and sends it again, flagged DUP,
 // after it reconnects; the Ingestor's redelivery de-duplication then
 // applies as for a broker redelivering to a subscriber (see the package
-// documentation), with one connection epoch per device connection.
+// documentation).
+//
+// A QoS 1 PUBLISH whose packet id is still in flight on the same
+// connection (received, not yet acknowledged) is the same message sent
+// again, and is dropped: the first one's PUBACK answers both (MQTT
+// 3.1.1 section 4.3.2 makes a packet id a new publication only after
+// its PUBACK). paho sends such copies: a publish queued for sending
+// when the connection drops goes out after the reconnect both from the
+// session store (DUP) and from the send queue. Acknowledging each copy
+// would send a second PUBACK for the id, which the device may take for
+// the next message it gives the same id before that one is committed.
 type ingestHook struct {
 	mochi.HookBase
 	b *Broker
@@ -48,17 +58,7 @@ func (h *ingestHook) ID() string { return ingestHookID }
 
 // Provides selects the events the hook handles.
 func (h *ingestHook) Provides(e byte) bool {
-	return e == mochi.OnPublish || e == mochi.OnConnect || e == mochi.OnDisconnect
-}
-
-// OnConnect starts a new connection epoch for the attached Ingestor: the
-// messages of this connection are told apart from those of the
-// connections before it.
-func (h *ingestHook) OnConnect(_ *mochi.Client, _ packets.Packet) error {
-	if in := h.b.in.Load(); in != nil {
-		in.newEpoch()
-	}
-	return nil
+	return e == mochi.OnPublish || e == mochi.OnDisconnect
 }
 
 // OnDisconnect ends the connection's acknowledgement writer.
@@ -92,7 +92,12 @@ func (h *ingestHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Pac
 		return pk, nil
 	case 1:
 		m.acks = h.b.ackWriter(cl)
+		if !m.acks.claim(pk.PacketID) {
+			in.m.copies.Add(1)
+			return pk, packets.ErrRejectPacket // a copy of a publish in flight
+		}
 		if err := in.handle(m, h.b.done); err != nil {
+			m.acks.release(pk.PacketID)
 			return pk, packets.ErrRejectPacket
 		}
 		h.b.route(pk)
@@ -146,18 +151,38 @@ func (m *brokerMessage) Ack() {
 // they are added, on its own goroutine: a device that stops reading its
 // socket holds back its own acknowledgements, never the Ingestor's.
 type ackWriter struct {
-	cl      *mochi.Client
-	mu      sync.Mutex
-	ids     []uint16 // waiting to be written
-	closed  bool
-	wake    chan struct{}
-	stopped chan struct{}
+	cl       *mochi.Client
+	mu       sync.Mutex
+	inflight map[uint16]struct{} // received, PUBACK not yet written
+	ids      []uint16            // waiting to be written
+	closed   bool
+	wake     chan struct{}
+	stopped  chan struct{}
 }
 
 func newAckWriter(cl *mochi.Client) *ackWriter {
-	w := &ackWriter{cl: cl, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	w := &ackWriter{cl: cl, inflight: map[uint16]struct{}{}, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	go w.run()
 	return w
+}
+
+// claim records a received QoS 1 publish as in flight; false when its
+// packet id already is (the publish is a copy of that one).
+func (w *ackWriter) claim(pid uint16) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.inflight[pid]; ok {
+		return false
+	}
+	w.inflight[pid] = struct{}{}
+	return true
+}
+
+// release forgets an in-flight packet id.
+func (w *ackWriter) release(pid uint16) {
+	w.mu.Lock()
+	delete(w.inflight, pid)
+	w.mu.Unlock()
 }
 
 func (w *ackWriter) add(pid uint16) {
@@ -193,6 +218,11 @@ func (w *ackWriter) run() {
 		}
 		w.mu.Lock()
 		ids, w.ids = w.ids, ids[:0]
+		// Released before the PUBACK is written: the device may reuse an
+		// id as soon as it reads the PUBACK.
+		for _, id := range ids {
+			delete(w.inflight, id)
+		}
 		w.mu.Unlock()
 		for _, id := range ids {
 			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id, ReasonCode: packets.CodeSuccess.Code}

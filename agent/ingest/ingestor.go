@@ -236,7 +236,6 @@ type Ingestor struct {
 
 	pressure  atomic.Value  // string: current backpressure reason, "" none
 	retainNow chan struct{} // asks the maintenance goroutine for a retention pass
-	epoch     atomic.Int64  // connection epoch: grows at every connection attempt
 	attached  atomic.Bool   // attached to Config.Embedded
 }
 
@@ -299,8 +298,6 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	in.epoch.Store(in.store.lastEpoch())
-	in.newEpoch()
 	in.wg.Add(4)
 	go in.runBatcher(dec)
 	go in.runCommitter()
@@ -322,19 +319,6 @@ func (in *Ingestor) Start(ctx context.Context) error {
 	}
 	in.log.Info("ingestion started", "broker", in.Broker(), "topic", in.topics.Filter(), "store", in.store.Path())
 	return nil
-}
-
-// newEpoch starts a new connection epoch (at every connection attempt):
-// a redelivered message is recognized only against messages that
-// arrived in earlier epochs. Epochs are Unix microseconds, kept
-// increasing.
-func (in *Ingestor) newEpoch() {
-	for {
-		old := in.epoch.Load()
-		if in.epoch.CompareAndSwap(old, max(old+1, in.cfg.Clock().UnixMicro())) {
-			return
-		}
-	}
 }
 
 // WaitSubscribed waits until the MQTT subscriber is connected and
@@ -373,7 +357,7 @@ func (in *Ingestor) handle(m Message, abort <-chan struct{}) error {
 	}
 	e := envelopePool.Get().(*envelope)
 	*e = envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), pid: m.MessageID(),
-		epoch: in.epoch.Load(), recv: in.cfg.Clock(), ack: m.Ack}
+		recv: in.cfg.Clock(), ack: m.Ack}
 	in.m.received.Add(1)
 	in.m.pending.Add(1)
 	select {
@@ -773,14 +757,15 @@ func (in *Ingestor) runMaintenance() {
 
 // Stats is a snapshot of the ingestor's counters.
 type Stats struct {
-	Received     int64  `json:"received"`      // messages received
-	Acked        int64  `json:"acked"`         // messages acknowledged after their commit
-	Pending      int64  `json:"pending"`       // received, not yet acknowledged
-	Commits      int64  `json:"commits"`       // group commits
-	CommitErrors int64  `json:"commit_errors"` // failed (retried) commits
-	Connected    bool   `json:"connected"`     // MQTT session up
-	Published    int64  `json:"published"`     // messages published (Publish) and acknowledged by the broker
-	Backpressure string `json:"backpressure"`  // "", "store" or "outbox"
+	Received     int64  `json:"received"`        // messages received
+	Acked        int64  `json:"acked"`           // messages acknowledged after their commit
+	Pending      int64  `json:"pending"`         // received, not yet acknowledged
+	Commits      int64  `json:"commits"`         // group commits
+	CommitErrors int64  `json:"commit_errors"`   // failed (retried) commits
+	Connected    bool   `json:"connected"`       // MQTT session up
+	Published    int64  `json:"published"`       // messages published (Publish) and acknowledged by the broker
+	Copies       int64  `json:"inflight_copies"` // embedded broker: copies of a publish in flight on its connection, dropped
+	Backpressure string `json:"backpressure"`    // "", "store" or "outbox"
 }
 
 // Stats returns the ingestor's counters.
@@ -788,6 +773,6 @@ func (in *Ingestor) Stats() Stats {
 	return Stats{
 		Received: in.m.received.Load(), Acked: in.m.acked.Load(), Pending: in.m.pending.Load(),
 		Commits: in.m.commits.Load(), CommitErrors: in.m.commitErrs.Load(),
-		Connected: in.m.connected.Load() == 1, Published: in.m.published.Load(), Backpressure: in.pressure.Load().(string),
+		Connected: in.m.connected.Load() == 1, Published: in.m.published.Load(), Copies: in.m.copies.Load(), Backpressure: in.pressure.Load().(string),
 	}
 }

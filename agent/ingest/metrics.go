@@ -104,6 +104,7 @@ type ingestMetrics struct {
 	commitErrs  atomic.Int64
 	connected   atomic.Int64
 	published   atomic.Int64
+	copies      atomic.Int64
 	pressureVec *prometheus.GaugeVec
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
@@ -157,6 +158,7 @@ func newIngestMetrics(reg *prometheus.Registry) (*ingestMetrics, error) {
 		cf("edgefleet_ingest_commits_total", "Group commits.", &m.commits),
 		cf("edgefleet_ingest_commit_errors_total", "Group commits that failed and were retried.", &m.commitErrs),
 		cf("edgefleet_ingest_published_total", "Messages published by the agent (device commands), acknowledged by the broker.", &m.published),
+		cf("edgefleet_ingest_messages_inflight_copies_total", "Embedded broker: QoS 1 publishes dropped as copies of one still in flight on the same connection (same packet id, not yet acknowledged).", &m.copies),
 		gf("edgefleet_ingest_pending_messages", "Messages received and not yet acknowledged.", &m.pending),
 		gf("edgefleet_ingest_mqtt_connected", "1 while connected to the MQTT broker.", &m.connected),
 	}

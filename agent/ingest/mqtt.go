@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net/url"
 	"sync"
@@ -88,13 +87,6 @@ func (s *subscriber) start() error {
 		SetStore(mqtt.NewMemoryStore()).
 		SetCustomOpenConnectionFn(openConn).
 		SetDefaultPublishHandler(handler).
-		SetConnectionAttemptHandler(func(_ *url.URL, tc *tls.Config) *tls.Config {
-			// Runs before each connection attempt, before any message of
-			// the new connection: messages arriving from now on belong
-			// to a new epoch.
-			s.in.newEpoch()
-			return tc
-		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			s.in.m.connected.Store(0)
 			log.Warn("mqtt connection lost; reconnecting", "broker", c.Broker, "err", err)

@@ -1,7 +1,14 @@
 package ingest
 
 // schemaVersion is the version of the tables below, recorded in meta.
-const schemaVersion = 1
+// Version 2 dropped recent_messages.epoch (migrations below).
+const schemaVersion = 2
+
+// migrations[v] brings a version v store to version v+1, in the
+// transaction that opens it.
+var migrations = map[int64][]string{
+	1: {`ALTER TABLE recent_messages DROP COLUMN epoch`},
+}
 
 // Times are Unix microseconds (INTEGER). Device and metric names are
 // stored once (devices, series) and referenced by integer id.
@@ -14,8 +21,8 @@ const schemaVersion = 1
 // transaction as the readings, so they always include every stored
 // reading and outlive the raw rows. recent_messages remembers, for the
 // latest messages whose readings took the receive time, a key of their
-// MQTT packet id and content hash and the connection epoch they arrived
-// on, to recognize their redelivery (see the package documentation).
+// MQTT packet id and content hash, to recognize their redelivery (see
+// the package documentation).
 // outbox holds the uplink's batches; AUTOINCREMENT keeps sequence
 // numbers unique forever, even after acknowledged batches are deleted.
 var schema = []string{
@@ -67,8 +74,7 @@ var schema = []string{
 	) WITHOUT ROWID`,
 	`CREATE TABLE IF NOT EXISTS recent_messages (
 		seq   INTEGER PRIMARY KEY,
-		key   INTEGER NOT NULL,
-		epoch INTEGER NOT NULL
+		key   INTEGER NOT NULL
 	)`,
 	`CREATE INDEX IF NOT EXISTS recent_messages_key ON recent_messages (key)`,
 	`CREATE TABLE IF NOT EXISTS dead_letters (

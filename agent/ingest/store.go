@@ -195,7 +195,6 @@ type Store struct {
 	pressure     string
 	recentMax    int64 // highest recent_messages seq
 	recentPruned int64 // recent_messages seqs at or below this are deleted
-	maxEpoch     int64 // highest connection epoch recorded
 	commitScr    commitScratch
 	usedBytesMem int64 // database used bytes at the last check
 
@@ -332,6 +331,17 @@ func (s *Store) init() error {
 			return fmt.Errorf("read schema version: %w", err)
 		case ver > schemaVersion:
 			return fmt.Errorf("%w: %s has schema %d, this build knows %d", ErrSchema, s.cfg.Path, ver, schemaVersion)
+		case ver < schemaVersion:
+			for v := ver; v < schemaVersion; v++ {
+				for _, q := range migrations[v] {
+					if _, err := tx.ExecContext(ctx, q); err != nil {
+						return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
+					}
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = ? WHERE key = ?`, schemaVersion, metaSchema); err != nil {
+				return err
+			}
 		}
 		for _, k := range metaKeys {
 			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)`, k); err != nil {
@@ -367,7 +377,7 @@ func (s *Store) init() error {
 		conn.Close()
 		return fmt.Errorf("ingest: read outbox of %s: %w", s.cfg.Path, err)
 	}
-	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq),0), COALESCE(MAX(epoch),0) FROM recent_messages`).Scan(&s.recentMax, &s.maxEpoch); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq),0) FROM recent_messages`).Scan(&s.recentMax); err != nil {
 		conn.Close()
 		return fmt.Errorf("ingest: read %s: %w", s.cfg.Path, err)
 	}
@@ -408,13 +418,6 @@ func (s *Store) Close() error {
 		return fmt.Errorf("ingest: close %s: %w", s.cfg.Path, err)
 	}
 	return nil
-}
-
-// lastEpoch returns the highest connection epoch recorded.
-func (s *Store) lastEpoch() int64 {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return s.maxEpoch
 }
 
 // Path returns the database file.
@@ -474,8 +477,8 @@ func prepareStmts(ctx context.Context, c *sql.DB) (*stmts, error) {
 	st.rollup = p(`INSERT INTO rollups (res, series, bucket, count, sum, min, max) VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (res, series, bucket) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum,
 		min = min(min, excluded.min), max = max(max, excluded.max)`)
-	st.recentGet = p(`SELECT 1 FROM recent_messages WHERE key = ? AND epoch < ? AND seq > ? LIMIT 1`)
-	st.recentIns = p(`INSERT INTO recent_messages (seq, key, epoch) VALUES (?, ?, ?)`)
+	st.recentGet = p(`SELECT 1 FROM recent_messages WHERE key = ? AND seq > ? LIMIT 1`)
+	st.recentIns = p(`INSERT INTO recent_messages (seq, key) VALUES (?, ?)`)
 	st.recentPrune = p(`DELETE FROM recent_messages WHERE seq <= ?`)
 	st.deadIns = p(`INSERT INTO dead_letters (at, topic, reason, error, payload, payload_size, msg) VALUES (?, ?, ?, ?, ?, ?, ?)`)
 	st.obIns = p(`INSERT INTO outbox (kind, created, readings, min_ts, max_ts, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?)`)

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -87,7 +88,7 @@ func env(t *testing.T, clock func() time.Time, topic, payload string) *envelope 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &envelope{topic: topic, payload: []byte(payload), recv: clock(), epoch: 1, pid: 1}
+	e := &envelope{topic: topic, payload: []byte(payload), recv: clock(), pid: 1}
 	e.hash = messageHash(topic, e.payload)
 	tp, _ := ParseTopicPattern("")
 	dev, err := tp.Device(topic)
@@ -188,29 +189,35 @@ func TestStoreCommitDedupRollups(t *testing.T) {
 func TestStoreReceiveTimeRedelivery(t *testing.T) {
 	clk := newFakeClock()
 	s := openTestStore(t, StoreConfig{Clock: clk.Now})
-	mk := func(pid uint16, epoch int64, dup bool) *envelope {
+	mk := func(pid uint16, dup bool) *envelope {
 		e := env(t, clk.Now, "devices/a/telemetry", `{"door":0}`)
-		e.pid, e.epoch, e.dup = pid, epoch, dup
+		e.pid, e.dup = pid, dup
 		clk.Add(time.Millisecond)
 		return e
 	}
 	// Identical payloads without times are distinct readings.
-	if res := mustCommit(t, s, mk(1, 10, false), mk(2, 10, false)); res.stored != 2 {
+	if res := mustCommit(t, s, mk(1, false), mk(2, false)); res.stored != 2 {
 		t.Fatalf("distinct identical payloads: %+v", res)
 	}
-	// A DUP redelivery in a later connection with a known packet id is skipped.
-	if res := mustCommit(t, s, mk(2, 11, true)); res.stored != 0 || res.dupMessages != 1 {
+	// A DUP redelivery with a known packet id is skipped.
+	if res := mustCommit(t, s, mk(2, true)); res.stored != 0 || res.dupMessages != 1 {
 		t.Fatalf("redelivery: %+v", res)
 	}
 	// A DUP message never seen (other packet id) is stored.
-	if res := mustCommit(t, s, mk(3, 11, true)); res.stored != 1 {
+	if res := mustCommit(t, s, mk(3, true)); res.stored != 1 {
 		t.Fatalf("queued DUP message: %+v", res)
 	}
-	// DUP on the same connection as the original is not a redelivery.
-	if res := mustCommit(t, s, mk(3, 11, true)); res.stored != 1 {
-		t.Fatalf("same connection: %+v", res)
+	// A message and its DUP copy in the same group commit (a publisher
+	// sending a packet twice after a reconnect): stored once.
+	if res := mustCommit(t, s, mk(4, false), mk(4, true)); res.stored != 1 || res.dupMessages != 1 {
+		t.Fatalf("copy in the same commit: %+v", res)
 	}
-	if st := stats(t, s); st.DuplicateMessages != 1 || st.Readings != 4 {
+	// A packet id reused for a new, identical message (no DUP) is a new
+	// reading.
+	if res := mustCommit(t, s, mk(1, false)); res.stored != 1 {
+		t.Fatalf("reused packet id: %+v", res)
+	}
+	if st := stats(t, s); st.DuplicateMessages != 2 || st.Readings != 5 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -229,10 +236,10 @@ func TestStoreDedupWindow(t *testing.T) {
 	// pid 0 is beyond the 10-message window: a DUP with pid 0 is new;
 	// pid 29 is within it: skipped.
 	old := env(t, clk.Now, "devices/a/telemetry", `{"x":1}`)
-	old.pid, old.epoch, old.dup = 0, 2, true
+	old.pid, old.dup = 0, true
 	clk.Add(time.Millisecond)
 	recent := env(t, clk.Now, "devices/a/telemetry", `{"x":1}`)
-	recent.pid, recent.epoch, recent.dup = 29, 2, true
+	recent.pid, recent.dup = 29, true
 	if res := mustCommit(t, s, old, recent); res.stored != 1 || res.dupMessages != 1 {
 		t.Fatalf("window: %+v", res)
 	}
@@ -553,6 +560,45 @@ func TestStoreReopenAndInspect(t *testing.T) {
 	}
 	if _, err := Inspect(dir); !errors.Is(err, ErrSchema) {
 		t.Fatalf("inspect of a newer schema: %v", err)
+	}
+}
+
+// TestStoreMigratesSchema1: a store written by schema 1 (with
+// recent_messages.epoch) opens, is migrated, and still recognizes the
+// redelivery of a message it remembered.
+func TestStoreMigratesSchema1(t *testing.T) {
+	clk := newFakeClock()
+	path := filepath.Join(t.TempDir(), StoreFile)
+	s := openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	first := env(t, clk.Now, "devices/a/telemetry", `{"door":1}`)
+	first.pid = 7
+	mustCommit(t, s, first)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", DSN(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`ALTER TABLE recent_messages ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0`,
+		`UPDATE meta SET value = 1 WHERE key = '` + metaSchema + `'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	clk.Add(time.Second)
+	again := env(t, clk.Now, "devices/a/telemetry", `{"door":1}`)
+	again.pid, again.dup = 7, true
+	if res := mustCommit(t, s, again); res.stored != 0 || res.dupMessages != 1 {
+		t.Fatalf("redelivery after the migration: %+v", res)
+	}
+	var ver int64
+	if err := s.wconn.QueryRowContext(context.Background(), `SELECT value FROM meta WHERE key = ?`, metaSchema).Scan(&ver); err != nil || ver != schemaVersion {
+		t.Fatalf("schema version %d %v", ver, err)
 	}
 }
 
