@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -242,29 +243,57 @@ func TestMosquittoKill9(t *testing.T) {
 	total := *kill9Messages
 	// The real mosquitto_pub, QoS 1, one message per line of its stdin;
 	// lines are written as the test goes, so the kills land mid-stream.
+	// One mosquitto_pub publishes at most pubChunk lines: with -l it
+	// takes the packet id of its last line for the end of the stream,
+	// and packet ids wrap at 65535, so a longer stream that it reads
+	// faster than the broker acknowledges ends early (it disconnects when
+	// an earlier message with that id is acknowledged).
+	const pubChunk = 50000
 	bin := needBinary(t, "mosquitto_pub")
-	pubCmd := exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(m.Port()), "-q", "1", "-i", "kill9-publisher",
-		"-t", "devices/k9/telemetry", "-l")
-	stdin, err := pubCmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
+	var (
+		pubCmd *exec.Cmd
+		stdin  io.WriteCloser
+		w      *bufio.Writer
+		pubOut *strings.Builder
+	)
+	endPublisher := func() {
+		if err := w.Flush(); err != nil {
+			t.Fatalf("write to mosquitto_pub: %v: %s", err, pubOut)
+		}
+		stdin.Close()
+		if err := pubCmd.Wait(); err != nil {
+			t.Fatalf("mosquitto_pub: %v: %s", err, pubOut)
+		}
 	}
-	pubOut := &strings.Builder{}
-	pubCmd.Stdout, pubCmd.Stderr = pubOut, pubOut
-	if err := pubCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := bufio.NewWriter(stdin)
 	base := time.Now().Add(-time.Hour).UnixMicro()
 	kills := 0
 	for i := 0; i < total; i++ {
+		if i%pubChunk == 0 {
+			if pubCmd != nil {
+				endPublisher()
+			}
+			pubCmd = exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(m.Port()), "-q", "1", "-i", "kill9-publisher",
+				"-t", "devices/k9/telemetry", "-l")
+			var err error
+			if stdin, err = pubCmd.StdinPipe(); err != nil {
+				t.Fatal(err)
+			}
+			pubOut = &strings.Builder{}
+			pubCmd.Stdout, pubCmd.Stderr = pubOut, pubOut
+			if err := pubCmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			w = bufio.NewWriter(stdin)
+		}
 		if i%3 == 0 {
 			fmt.Fprintf(w, "{\"seq_rt\":%d}\n", i%97) // repeats: identical payloads are distinct readings
 		} else {
 			fmt.Fprintf(w, "{\"seq\":%d,\"ts\":%.6f}\n", i, float64(base+int64(i))/1e6)
 		}
 		if i%500 == 499 {
-			w.Flush()
+			if err := w.Flush(); err != nil {
+				t.Fatalf("write to mosquitto_pub: %v: %s", err, pubOut)
+			}
 			time.Sleep(10 * time.Millisecond)
 		}
 		if i == total/3 || i == 2*total/3 {
@@ -277,12 +306,9 @@ func TestMosquittoKill9(t *testing.T) {
 			helper = startHelper(t, dir, m.URL())
 		}
 	}
-	w.Flush()
-	stdin.Close()
-	if err := pubCmd.Wait(); err != nil {
-		t.Fatalf("mosquitto_pub: %v: %s", err, pubOut)
-	}
+	endPublisher()
 	var rep InspectReport
+	var err error
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		rep, err = Inspect(dir)
@@ -305,6 +331,39 @@ func TestMosquittoKill9(t *testing.T) {
 		kills, rep.Readings, rep.DeadLetters, rep.Stats.DuplicateReadings, rep.Stats.DuplicateMessages)
 	if rep.Readings != int64(total) || rep.DeadLetters != 0 {
 		t.Fatalf("stored %d readings and %d dead letters; want exactly %d and 0", rep.Readings, rep.DeadLetters, total)
+	}
+	// Each message once: every timed sequence number, and each
+	// receive-time value as often as it was published.
+	st, err := OpenStore(StoreConfig{Path: filepath.Join(dir, StoreFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	want := map[string]map[int]int{"seq": {}, "seq_rt": {}}
+	for i := 0; i < total; i++ {
+		if i%3 == 0 {
+			want["seq_rt"][i%97]++
+		} else {
+			want["seq"][i]++
+		}
+	}
+	for metric, counts := range want {
+		rs, err := st.Readings(context.Background(), ReadingQuery{Device: "k9", Metric: metric, Limit: total})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[int]int{}
+		for _, r := range rs {
+			got[int(r.Value)]++
+		}
+		for v, n := range counts {
+			if got[v] != n {
+				t.Errorf("%s %d stored %d times, published %d times", metric, v, got[v], n)
+			}
+		}
+		if len(got) != len(counts) {
+			t.Errorf("%s: %d distinct values stored, %d published", metric, len(got), len(counts))
+		}
 	}
 }
 
