@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -259,10 +260,9 @@ func validateBatch(b *TelemetryBatch, opts DecodeOptions) error {
 // by Client.UploadTelemetry.
 func EncodeTelemetryBatch(b TelemetryBatch) ([]byte, error) {
 	var buf bytes.Buffer
-	gz, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	if err != nil {
-		return nil, fmt.Errorf("controlplane: encode telemetry: %w", err)
-	}
+	gz := gzipWriters.Get().(*gzip.Writer)
+	defer gzipWriters.Put(gz)
+	gz.Reset(&buf)
 	if err := json.NewEncoder(gz).Encode(b); err != nil {
 		return nil, fmt.Errorf("controlplane: encode telemetry: %w", err)
 	}
@@ -271,6 +271,15 @@ func EncodeTelemetryBatch(b TelemetryBatch) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// gzipWriters keeps BestSpeed gzip writers for EncodeTelemetryBatch: a
+// new one allocates about half a megabyte of compressor state, which an
+// agent uploading many small batches would otherwise turn into garbage
+// at every request.
+var gzipWriters = sync.Pool{New: func() any {
+	gz, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed) // a valid level: no error
+	return gz
+}}
 
 // describeJSONError turns an encoding/json error into a message naming the
 // problem and, where known, the field or byte offset.

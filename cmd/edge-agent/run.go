@@ -6,6 +6,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/agent"
@@ -48,7 +50,11 @@ variables, then the flags below. With no file the agent runs on defaults.`,
 			if err != nil {
 				return err
 			}
-			a, err := agent.New(cfg, agent.Deps{Logger: logger})
+			// The process's own metrics (Go runtime, RSS, CPU) beside the
+			// agent's: one agent per process here.
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			a, err := agent.New(cfg, agent.Deps{Logger: logger, Registry: reg})
 			if err != nil {
 				return err
 			}
