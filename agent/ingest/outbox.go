@@ -8,15 +8,19 @@ import (
 	"time"
 )
 
-// OutboxBatch is one batch of the outbox: the readings of one group
-// commit (BatchReadings) or rollups that replaced evicted readings
-// (BatchRollups). Seq increases with every batch ever written and is
-// never reused: the receiver de-duplicates by (agent, Seq).
+// OutboxBatch is what ClaimOutbox hands out: the readings of one or
+// more consecutive group commits (BatchReadings), or rollups that
+// replaced evicted readings (BatchRollups). Seq names it: the sequence
+// number of its first outbox row, fixed when it is first claimed, with
+// the same rows every time it is claimed again. Row sequence numbers
+// increase with every row ever written and are never reused, so the
+// receiver de-duplicates by (agent, Seq).
 type OutboxBatch struct {
 	Seq      int64
 	Kind     BatchKind
-	Created  time.Time
-	Count    int // readings the batch stands for (raw, plus those summarized by its rollups)
+	Created  time.Time // when its first row was written
+	Count    int       // readings the batch stands for (raw, plus those summarized by its rollups)
+	Rows     int       // outbox rows (group commits or eviction batches) it holds
 	Readings []Reading
 	Rollups  []Rollup
 }
@@ -26,6 +30,12 @@ type OutboxBatch struct {
 // not returned again and not evicted. The uplink sends them and calls
 // AckOutbox; a batch never acknowledged is offered again after its
 // lease, so delivery is at-least-once.
+//
+// A batch is a group of consecutive outbox rows of one kind holding up
+// to Outbox.GroupReadings readings, formed the first time its rows are
+// claimed and kept from then on: offered again, it holds the same rows
+// under the same Seq. Batches claimed before (their lease ran out or
+// was released) come first.
 func (s *Store) ClaimOutbox(ctx context.Context, max int, lease time.Duration) ([]OutboxBatch, error) {
 	if max <= 0 || lease <= 0 {
 		return nil, fmt.Errorf("%w: ClaimOutbox max %d and lease %s must be positive", ErrInvalidConfig, max, lease)
@@ -33,43 +43,30 @@ func (s *Store) ClaimOutbox(ctx context.Context, max int, lease time.Duration) (
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	now := s.cfg.Clock().UnixMicro()
+	until := now + lease.Microseconds()
 	var out []OutboxBatch
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
 		out = out[:0]
-		rows, err := tx.QueryContext(ctx, `SELECT seq, kind, created, readings, payload FROM outbox
-			WHERE claimed_until <= ? ORDER BY seq LIMIT ?`, now, max)
+		groups, err := claimableGroups(ctx, tx, now, max)
 		if err != nil {
-			return fmt.Errorf("ingest: read outbox: %w", err)
+			return err
 		}
-		for rows.Next() {
-			var b OutboxBatch
-			var kind, created, count int64
-			var payload []byte
-			if err := rows.Scan(&b.Seq, &kind, &created, &count, &payload); err != nil {
-				rows.Close()
-				return fmt.Errorf("ingest: read outbox: %w", err)
-			}
-			k, rs, us, err := DecodeOutboxBatch(payload)
+		if len(groups) < max {
+			more, err := s.formGroups(ctx, tx, now, max-len(groups))
 			if err != nil {
-				rows.Close()
-				return fmt.Errorf("ingest: outbox batch %d: %w", b.Seq, err)
+				return err
 			}
-			if int64(k) != kind {
-				rows.Close()
-				return fmt.Errorf("%w: outbox batch %d: kind %d in row, %d in payload", ErrCorrupt, b.Seq, kind, k)
+			groups = append(groups, more...)
+		}
+		for _, g := range groups {
+			b, err := loadGroup(ctx, tx, g)
+			if err != nil {
+				return err
 			}
-			b.Kind, b.Created, b.Count, b.Readings, b.Rollups = k, time.UnixMicro(created).UTC(), int(count), rs, us
+			if _, err := tx.ExecContext(ctx, `UPDATE outbox SET claimed_until = ? WHERE grp = ?`, until, g); err != nil {
+				return fmt.Errorf("ingest: lease outbox batch %d: %w", g, err)
+			}
 			out = append(out, b)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("ingest: read outbox: %w", err)
-		}
-		rows.Close()
-		until := now + lease.Microseconds()
-		for _, b := range out {
-			if _, err := tx.ExecContext(ctx, `UPDATE outbox SET claimed_until = ? WHERE seq = ?`, until, b.Seq); err != nil {
-				return fmt.Errorf("ingest: lease outbox batch %d: %w", b.Seq, err)
-			}
 		}
 		return nil
 	})
@@ -79,28 +76,138 @@ func (s *Store) ClaimOutbox(ctx context.Context, max int, lease time.Duration) (
 	return out, nil
 }
 
-// AckOutbox deletes delivered batches. Unknown sequence numbers (already
-// acknowledged) are ignored; it returns how many batches it deleted.
+// claimableGroups returns up to max groups formed before whose lease
+// ended, oldest first.
+func claimableGroups(ctx context.Context, tx *sql.Tx, now int64, max int) ([]int64, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT grp FROM outbox WHERE grp != 0 AND claimed_until <= ? ORDER BY grp LIMIT ?`, now, max)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: read outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var g int64
+		if err := rows.Scan(&g); err != nil {
+			return nil, fmt.Errorf("ingest: read outbox: %w", err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ingest: read outbox: %w", err)
+	}
+	return out, nil
+}
+
+// formGroups groups up to max runs of never-claimed rows, oldest first,
+// and returns the new groups (named by their first row's seq).
+func (s *Store) formGroups(ctx context.Context, tx *sql.Tx, now int64, max int) ([]int64, error) {
+	limit := s.cfg.Outbox.GroupReadings
+	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, readings FROM outbox WHERE grp = 0 ORDER BY seq LIMIT ?`, max*limit)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: read outbox: %w", err)
+	}
+	type group struct{ first, last, kind, readings int64 }
+	var gs []group
+	for rows.Next() {
+		var seq, kind, n int64
+		if err := rows.Scan(&seq, &kind, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("ingest: read outbox: %w", err)
+		}
+		if k := len(gs); k > 0 && gs[k-1].kind == kind && gs[k-1].readings+n <= int64(limit) {
+			gs[k-1].last, gs[k-1].readings = seq, gs[k-1].readings+n
+			continue
+		}
+		if len(gs) == max {
+			break
+		}
+		gs = append(gs, group{first: seq, last: seq, kind: kind, readings: n})
+	}
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return nil, fmt.Errorf("ingest: read outbox: %w", err)
+	}
+	rows.Close()
+	out := make([]int64, 0, len(gs))
+	for _, g := range gs {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET grp = ? WHERE grp = 0 AND seq BETWEEN ? AND ?`, g.first, g.first, g.last); err != nil {
+			return nil, fmt.Errorf("ingest: group outbox rows %d..%d: %w", g.first, g.last, err)
+		}
+		out = append(out, g.first)
+	}
+	return out, nil
+}
+
+// loadGroup decodes the rows of group g into one batch.
+func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
+	b := OutboxBatch{Seq: g}
+	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, created, readings, payload FROM outbox WHERE grp = ? ORDER BY seq`, g)
+	if err != nil {
+		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq, kind, created, count int64
+		var payload []byte
+		if err := rows.Scan(&seq, &kind, &created, &count, &payload); err != nil {
+			return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+		}
+		k, rs, us, err := DecodeOutboxBatch(payload)
+		if err != nil {
+			return b, fmt.Errorf("ingest: outbox row %d: %w", seq, err)
+		}
+		if int64(k) != kind {
+			return b, fmt.Errorf("%w: outbox row %d: kind %d in row, %d in payload", ErrCorrupt, seq, kind, k)
+		}
+		if b.Rows == 0 {
+			b.Kind, b.Created = k, time.UnixMicro(created).UTC()
+		} else if k != b.Kind {
+			return b, fmt.Errorf("%w: outbox batch %d mixes kinds %d and %d", ErrCorrupt, g, b.Kind, k)
+		}
+		b.Rows++
+		b.Count += int(count)
+		b.Readings = append(b.Readings, rs...)
+		b.Rollups = append(b.Rollups, us...)
+	}
+	if err := rows.Err(); err != nil {
+		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+	}
+	if b.Rows == 0 {
+		return b, fmt.Errorf("%w: outbox batch %d has no rows", ErrCorrupt, g)
+	}
+	return b, nil
+}
+
+// AckOutbox deletes delivered batches (by OutboxBatch.Seq). Unknown
+// sequence numbers (already acknowledged) are ignored; it returns how
+// many batches it deleted.
 func (s *Store) AckOutbox(ctx context.Context, seqs ...int64) (int, error) {
 	if len(seqs) == 0 {
 		return 0, nil
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	var n, bytes, readings int64
+	var n, nrows, bytes, readings int64
 	meta := map[string]int64{}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
-		n, bytes, readings = 0, 0, 0
+		n, nrows, bytes, readings = 0, 0, 0, 0
 		for _, seq := range seqs {
-			var b, r int64
-			err := tx.QueryRowContext(ctx, `DELETE FROM outbox WHERE seq = ? RETURNING bytes, readings`, seq).Scan(&b, &r)
-			if err == sql.ErrNoRows {
+			if seq == 0 {
 				continue
 			}
+			var c, b, r int64
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(bytes),0), COALESCE(SUM(readings),0) FROM outbox WHERE grp = ?`, seq).Scan(&c, &b, &r)
 			if err != nil {
 				return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
 			}
+			if c == 0 {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE grp = ?`, seq); err != nil {
+				return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
+			}
 			n++
+			nrows += c
 			bytes += b
 			readings += r
 		}
@@ -113,14 +220,15 @@ func (s *Store) AckOutbox(ctx context.Context, seqs ...int64) (int, error) {
 	}
 	s.applyMeta(meta)
 	s.obBytes -= bytes
-	s.obBatches -= n
+	s.obBatches -= nrows
 	s.obReadings -= readings
 	s.m.sync(s)
 	return int(n), nil
 }
 
 // ReleaseOutbox ends the lease of claimed batches that were not
-// delivered, so the next ClaimOutbox returns them at once.
+// delivered, so the next ClaimOutbox returns them at once (with the
+// same rows).
 func (s *Store) ReleaseOutbox(ctx context.Context, seqs ...int64) error {
 	if len(seqs) == 0 {
 		return nil
@@ -129,7 +237,10 @@ func (s *Store) ReleaseOutbox(ctx context.Context, seqs ...int64) error {
 	defer s.wmu.Unlock()
 	return s.withTx(ctx, func(tx *sql.Tx) error {
 		for _, seq := range seqs {
-			if _, err := tx.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0 WHERE seq = ?`, seq); err != nil {
+			if seq == 0 {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0 WHERE grp = ?`, seq); err != nil {
 				return fmt.Errorf("ingest: release outbox batch %d: %w", seq, err)
 			}
 		}
@@ -159,8 +270,8 @@ func (s *Store) evictOutbox(ctx context.Context) (int64, error) {
 		}
 		var olds []old
 		rows, err := s.wconn.QueryContext(ctx, `SELECT seq, readings, bytes, payload FROM outbox
-			WHERE kind = ? AND claimed_until <= ? AND max_ts < ? ORDER BY seq LIMIT 64`,
-			int64(BatchReadings), now, minuteStart)
+			WHERE kind = ? AND grp = 0 AND max_ts < ? ORDER BY seq LIMIT 64`,
+			int64(BatchReadings), minuteStart)
 		if err != nil {
 			return total, fmt.Errorf("ingest: outbox eviction: %w", err)
 		}

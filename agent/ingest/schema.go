@@ -1,13 +1,24 @@
 package ingest
 
 // schemaVersion is the version of the tables below, recorded in meta.
-// Version 2 dropped recent_messages.epoch (migrations below).
-const schemaVersion = 2
+// Version 2 dropped recent_messages.epoch, version 3 added outbox.grp
+// (migrations below).
+const schemaVersion = 3
 
 // migrations[v] brings a version v store to version v+1, in the
 // transaction that opens it.
 var migrations = map[int64][]string{
 	1: {`ALTER TABLE recent_messages DROP COLUMN epoch`},
+	// Rows written before grouping may have been sent alone, under their
+	// own seq: they stay groups of one.
+	2: {`ALTER TABLE outbox ADD COLUMN grp INTEGER NOT NULL DEFAULT 0`,
+		`UPDATE outbox SET grp = seq`},
+}
+
+// indexes are created after the migrations (they may use columns a
+// migration adds).
+var indexes = []string{
+	`CREATE INDEX IF NOT EXISTS outbox_grp ON outbox (grp) WHERE grp != 0`,
 }
 
 // Times are Unix microseconds (INTEGER). Device and metric names are
@@ -96,7 +107,8 @@ var schema = []string{
 		max_ts        INTEGER NOT NULL,
 		bytes         INTEGER NOT NULL,
 		claimed_until INTEGER NOT NULL DEFAULT 0,
-		payload       BLOB NOT NULL
+		payload       BLOB NOT NULL,
+		grp           INTEGER NOT NULL DEFAULT 0
 	)`,
 }
 

@@ -88,7 +88,8 @@ type OutboxConfig struct {
 	// Disabled keeps no outbox (an agent without an uplink).
 	Disabled bool
 	// MaxBytes bounds the payload bytes of pending batches. Past it,
-	// unclaimed raw-reading batches whose readings all lie before the
+	// raw-reading rows never claimed by the uplink (a claimed row may
+	// have reached the control plane) whose readings all lie before the
 	// current minute are replaced, oldest first, by batches of
 	// per-minute rollups of their numeric readings (their string and
 	// data readings are carried over unchanged); the replaced readings
@@ -98,6 +99,14 @@ type OutboxConfig struct {
 	// 5,000 messages/s of three metrics (about 15 bytes per reading) with
 	// the uplink away.
 	MaxBytes int64
+	// GroupReadings is how many readings ClaimOutbox gathers into one
+	// claimed batch at most, from consecutive outbox rows of the same
+	// kind (a row with more forms a batch alone). One group commit
+	// writes one row; grouping them at claim time makes one upload of
+	// many commits. Default 1,000: at 5,000 messages/s of three metrics,
+	// about 15 uploads a second instead of 150 (larger batches cost
+	// more transient memory per upload).
+	GroupReadings int
 }
 
 func (c StoreConfig) withDefaults() (StoreConfig, error) {
@@ -125,6 +134,9 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 	}
 	if r.DeadLetterMaxAge == 0 {
 		r.DeadLetterMaxAge = 30 * 24 * time.Hour
+	}
+	if c.Outbox.GroupReadings == 0 {
+		c.Outbox.GroupReadings = 1000
 	}
 	if c.Outbox.MaxBytes == 0 {
 		c.Outbox.MaxBytes = 256 << 20
@@ -157,6 +169,8 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 		return c, fmt.Errorf("%w: Retention.MaxBytes %d below 1 MiB", ErrInvalidConfig, r.MaxBytes)
 	case c.HighWaterBytes < r.MaxBytes:
 		return c, fmt.Errorf("%w: HighWaterBytes %d below Retention.MaxBytes %d", ErrInvalidConfig, c.HighWaterBytes, r.MaxBytes)
+	case c.Outbox.GroupReadings < 1 || c.Outbox.GroupReadings > 1_000_000:
+		return c, fmt.Errorf("%w: Outbox.GroupReadings %d outside 1..1000000", ErrInvalidConfig, c.Outbox.GroupReadings)
 	case c.Outbox.MaxBytes < 64<<10:
 		return c, fmt.Errorf("%w: Outbox.MaxBytes %d below 64 KiB", ErrInvalidConfig, c.Outbox.MaxBytes)
 	case c.MaxDeadLetters < 1:
@@ -341,6 +355,11 @@ func (s *Store) init() error {
 			}
 			if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = ? WHERE key = ?`, schemaVersion, metaSchema); err != nil {
 				return err
+			}
+		}
+		for _, q := range indexes {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("create index: %w", err)
 			}
 		}
 		for _, k := range metaKeys {

@@ -322,7 +322,8 @@ func TestRetentionByAgeAndSize(t *testing.T) {
 
 func TestOutboxClaimAckLease(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now})
+	// Groups of one row each (see TestOutboxGroups for grouping).
+	s := openTestStore(t, StoreConfig{Clock: clk.Now, Outbox: OutboxConfig{GroupReadings: 1}})
 	ctx := context.Background()
 	fill(t, s, clk, "a", 3, testNow.Add(-time.Minute), time.Second)
 	fill(t, s, clk, "a", 2, testNow.Add(-30*time.Second), time.Second)
@@ -360,6 +361,79 @@ func TestOutboxClaimAckLease(t *testing.T) {
 	}
 	if _, err := s.ClaimOutbox(ctx, 0, time.Minute); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatal("claim of 0 batches accepted")
+	}
+}
+
+// TestOutboxGroups: ClaimOutbox gathers consecutive rows of one kind
+// into batches of up to GroupReadings readings, and a batch keeps its
+// rows and Seq when it is offered again, whatever was written since.
+func TestOutboxGroups(t *testing.T) {
+	clk := newFakeClock()
+	s := openTestStore(t, StoreConfig{Clock: clk.Now, Outbox: OutboxConfig{GroupReadings: 10}})
+	ctx := context.Background()
+	for i := 0; i < 5; i++ { // 5 rows of 4 readings
+		fill(t, s, clk, "a", 4, testNow.Add(time.Duration(i-10)*time.Minute), time.Second)
+	}
+	bs, err := s.ClaimOutbox(ctx, 2, time.Minute)
+	if err != nil || len(bs) != 2 || bs[0].Rows != 2 || bs[0].Count != 8 || len(bs[0].Readings) != 8 || bs[1].Rows != 2 || bs[1].Seq <= bs[0].Seq {
+		t.Fatalf("groups of 2 rows (8 of at most 10 readings) expected: %+v %v", bs, err)
+	}
+	// Released, the second batch comes back with the same rows, though
+	// a new row could now join it.
+	fill(t, s, clk, "a", 1, testNow.Add(-time.Minute), time.Second)
+	if err := s.ReleaseOutbox(ctx, bs[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.ClaimOutbox(ctx, 5, time.Minute)
+	if err != nil || len(again) != 2 || again[0].Seq != bs[1].Seq || again[0].Rows != 2 || again[0].Count != 8 {
+		t.Fatalf("released batch not offered first with its rows: %+v %v", again, err)
+	}
+	if again[1].Rows != 2 || again[1].Count != 5 {
+		t.Fatalf("the last row of 4 and the new row of 1 should form a batch: %+v", again[1])
+	}
+	// After the lease, all three come back unchanged.
+	clk.Add(2 * time.Minute)
+	all, err := s.ClaimOutbox(ctx, 10, time.Minute)
+	if err != nil || len(all) != 3 || all[0].Seq != bs[0].Seq || all[1].Seq != bs[1].Seq || all[2].Seq != again[1].Seq {
+		t.Fatalf("after the lease: %+v %v", all, err)
+	}
+	if n, err := s.AckOutbox(ctx, all[0].Seq, all[1].Seq, all[2].Seq); err != nil || n != 3 {
+		t.Fatalf("ack: %d %v", n, err)
+	}
+	if st := stats(t, s); st.OutboxPending != 0 || st.OutboxPendingBatches != 0 || st.OutboxAckedReadings != 21 {
+		t.Fatalf("stats after ack: %+v", st)
+	}
+}
+
+// TestOutboxMigratesToGroups: rows written by schema 2 become batches
+// of their own (they may have been sent alone, under their seq).
+func TestOutboxMigratesToGroups(t *testing.T) {
+	clk := newFakeClock()
+	path := filepath.Join(t.TempDir(), StoreFile)
+	s := openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	fill(t, s, clk, "a", 3, testNow.Add(-time.Minute), time.Second)
+	fill(t, s, clk, "a", 2, testNow.Add(-30*time.Second), time.Second)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", DSN(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`DROP INDEX outbox_grp`,
+		`ALTER TABLE outbox DROP COLUMN grp`,
+		`UPDATE meta SET value = 2 WHERE key = '` + metaSchema + `'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	bs, err := s.ClaimOutbox(context.Background(), 10, time.Minute)
+	if err != nil || len(bs) != 2 || bs[0].Count != 3 || bs[1].Count != 2 {
+		t.Fatalf("migrated rows should stay batches of their own: %+v %v", bs, err)
 	}
 }
 
@@ -582,6 +656,8 @@ func TestStoreMigratesSchema1(t *testing.T) {
 	}
 	for _, q := range []string{
 		`ALTER TABLE recent_messages ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0`,
+		`DROP INDEX outbox_grp`,
+		`ALTER TABLE outbox DROP COLUMN grp`,
 		`UPDATE meta SET value = 1 WHERE key = '` + metaSchema + `'`,
 	} {
 		if _, err := db.Exec(q); err != nil {
