@@ -55,6 +55,14 @@ type Config struct {
 	// UploadInterval is how often the outbox is polled at least; every
 	// commit wakes the uploader too. Default 5s.
 	UploadInterval time.Duration `yaml:"upload_interval"`
+	// UploadLinger is how long a commit waits after the last upload
+	// round before it starts the next one, so that the group commits of
+	// that time go up together (the outbox hands them out in batches of
+	// up to 1,000 readings): at 5,000 messages/s of three metrics, about
+	// 150 commits a second become about 15 requests. A backlog is sent
+	// without waiting. 0 starts a round at every commit. Default 1s (in
+	// DefaultConfig; a zero Config has none).
+	UploadLinger time.Duration `yaml:"upload_linger"`
 	// SealTelemetry seals every upload under the key "telemetry" that the
 	// control plane sends the agent (a pqcrypto envelope bound to the
 	// agent id and batch_seq). Until the agent holds that key, uploads
@@ -86,6 +94,7 @@ func DefaultConfig() Config {
 		BreakerCooldown: 30 * time.Second,
 		UploadBatches:   16,
 		UploadInterval:  5 * time.Second,
+		UploadLinger:    time.Second,
 		SealTelemetry:   &seal,
 	}
 }
@@ -158,6 +167,7 @@ func (c *Config) Validate() error {
 		{"backoff_max", c.BackoffMax, time.Millisecond, 24 * time.Hour},
 		{"breaker_cooldown", c.BreakerCooldown, time.Millisecond, 24 * time.Hour},
 		{"upload_interval", c.UploadInterval, time.Millisecond, 24 * time.Hour},
+		{"upload_linger", c.UploadLinger, 0, time.Hour},
 	}
 	if c.HeartbeatInterval != 0 {
 		durs = append(durs, struct {

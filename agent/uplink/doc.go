@@ -95,16 +95,23 @@
 // the interrupted round are offered again once it ends) and sends them
 // one per request, as gzip-compressed JSON (controlplane.TelemetryBatch),
 // acknowledging each in the outbox once the server answered; a batch the
-// server already had (a retry) is acknowledged too. Its batch_seq is the
-// outbox Seq, which is never reused, so a retry is recognized and stored
-// once: delivery is at-least-once and storage exactly-once. A batch too
+// server already had (a retry) is acknowledged too. A batch gathers the
+// group commits (outbox rows) written since the last round, up to 1,000
+// readings (ingest.OutboxConfig.GroupReadings); it is formed when first claimed and keeps its rows and its
+// Seq (the first row's) on every retry, so its batch_seq is never reused
+// for other readings: a retry is recognized and stored once, delivery is
+// at-least-once and storage exactly-once. A commit wakes the uploader
+// (Committed, the ingest.Sink), which waits until upload_linger has
+// passed since its last round, so that one request carries the commits
+// of that time; it polls every upload_interval anyway. A batch too
 // large for one request (over 5,000 readings or about 768 KiB of JSON)
 // is sent in parts numbered 1<<62 | Seq<<16 | part, the same parts on
-// every retry. A commit (Committed, the ingest.Sink) wakes the uploader;
-// it polls every upload_interval anyway. A network failure ends the
+// every retry. A network failure ends the
 // round and gives its batches back (ReleaseOutbox); a batch the server
-// refuses (400, 413) stays in the outbox, the round goes on, and the
-// next one waits a back-off.
+// refuses (400, 413) stays in the outbox, leased: it is offered again
+// when its lease ends; the round goes on, and the next one waits a
+// back-off. Batches are claimed one at a time, so only the one being
+// sent is held in memory.
 //
 // What is uploaded: numbers, and booleans as 0 and 1, as readings.
 // Strings and data have no place in the control plane's numeric store

@@ -23,6 +23,10 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Error("zero config enabled")
 	}
 	d := DefaultConfig()
+	if d.UploadLinger != time.Second || c.UploadLinger != 0 {
+		t.Errorf("upload linger: default %s, zero config %s (0 means none)", d.UploadLinger, c.UploadLinger)
+	}
+	d.UploadLinger = 0
 	if !reflect.DeepEqual(c, d) || !c.Seals() {
 		t.Errorf("zero config filled to %+v, want the defaults %+v", c, d)
 	}

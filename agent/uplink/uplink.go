@@ -854,13 +854,21 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 	failures := 0
 	var next time.Duration
 	var wake <-chan struct{}
+	var last time.Time // start of the last round
 	for {
-		if next > 0 && !u.sleep(ctx, next, wake) {
-			return
+		if next > 0 {
+			if !u.sleep(ctx, next, wake) {
+				return
+			}
+			// Woken by a commit: the commits of the linger go together.
+			if wait := u.cfg.UploadLinger - u.clock.Now().Sub(last); wake != nil && wait > 0 && !u.sleep(ctx, wait, nil) {
+				return
+			}
 		}
 		if !u.waitReady(ctx) {
 			return
 		}
+		last = u.clock.Now()
 		res := u.uploadRound(ctx)
 		switch res.outcome {
 		case outcomeCanceled:
@@ -921,32 +929,41 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 			return roundResult{outcome: outcomeWaiting, err: err}
 		}
 	}
-	batches, err := u.deps.Outbox.ClaimOutbox(ctx, u.cfg.UploadBatches, u.lease)
-	if err != nil {
-		if ctx.Err() != nil {
-			return roundResult{outcome: outcomeCanceled}
+	// One batch claimed at a time: only the batch being sent is held in
+	// memory (a batch decodes to up to 1,000 readings by default).
+	res := roundResult{outcome: outcomeOK}
+	var client *controlplane.Client
+	for range u.cfg.UploadBatches {
+		batches, err := u.deps.Outbox.ClaimOutbox(ctx, 1, u.lease)
+		if err != nil {
+			if ctx.Err() != nil {
+				return roundResult{outcome: outcomeCanceled}
+			}
+			err = fmt.Errorf("uplink: claim outbox: %w", err)
+			u.setError("upload", err)
+			return roundResult{outcome: outcomeFailed, err: err}
 		}
-		err = fmt.Errorf("uplink: claim outbox: %w", err)
-		u.setError("upload", err)
-		return roundResult{outcome: outcomeFailed, err: err}
-	}
-	if len(batches) == 0 {
-		return roundResult{outcome: outcomeOK}
-	}
-	res := roundResult{outcome: outcomeOK, full: len(batches) == u.cfg.UploadBatches}
-	client := u.agentClient()
-	for i, b := range batches {
+		if len(batches) == 0 {
+			res.full = false
+			return res
+		}
+		if client == nil {
+			client = u.agentClient()
+		}
+		b := batches[0]
 		o, err := u.sendBatch(ctx, client, ak, b)
 		switch o {
 		case outcomeOK:
+			res.full = res.outcome == outcomeOK
 			continue
 		case outcomeRejected:
+			// Kept leased: offered again when the lease ends, while the
+			// other batches go on.
 			u.setError("upload", err)
-			u.release(ctx, b.Seq)
 			res.outcome, res.err, res.full = outcomeRejected, err, false
 			continue
 		}
-		// Failed, refused, sealed, blocked or stopping: give the rest back.
+		// Failed, refused, sealed, blocked or stopping: give it back.
 		switch o {
 		case outcomeSealed:
 			u.setWaiting("the control plane's key service is sealed")
@@ -954,11 +971,7 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 		default:
 			u.setError("upload", err)
 		}
-		seqs := make([]int64, 0, len(batches)-i)
-		for _, r := range batches[i:] {
-			seqs = append(seqs, r.Seq)
-		}
-		u.release(ctx, seqs...)
+		u.release(ctx, b.Seq)
 		return roundResult{outcome: o, err: err}
 	}
 	return res

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -581,5 +582,32 @@ func TestStartRefusesWhatWaitingCannotFix(t *testing.T) {
 	}
 	if err := off.Start(testCtx(t)); !errors.Is(err, ErrAlreadyStarted) {
 		t.Errorf("second Start: %v", err)
+	}
+}
+
+// TestUploadLingerGathersCommits: the group commits made within
+// upload_linger of the last round go up in one request.
+func TestUploadLingerGathersCommits(t *testing.T) {
+	clock := newClock()
+	cp := newCP(t, clock)
+	cfg := cp.config(cp.token())
+	cfg.UploadLinger = time.Second
+	a := newAgent(t, clock, cfg, agentOpts{})
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	a.write(clock, "sensor-a", 5)
+	id := a.up.Status().AgentID
+	advanceUntil(t, clock, a.tr, 2, 100*time.Millisecond, time.Minute, "first readings uploaded", func() bool { return cp.serverPoints(id) == a.written })
+	before := len(a.tr.uploadsSent())
+	// Five commits at once: one request after the linger, none before.
+	for i := range 5 {
+		a.write(clock, "sensor-"+strconv.Itoa(i), 3)
+	}
+	settle(t, clock, a.tr, 2)
+	if n := len(a.tr.uploadsSent()) - before; n != 0 {
+		t.Fatalf("%d uploads before the linger ended", n)
+	}
+	advanceUntil(t, clock, a.tr, 2, 100*time.Millisecond, time.Minute, "the five commits uploaded", func() bool { return cp.serverPoints(id) == a.written })
+	if n := len(a.tr.uploadsSent()) - before; n != 1 {
+		t.Fatalf("%d uploads for five commits within the linger, want 1", n)
 	}
 }
