@@ -142,13 +142,16 @@
 //
 // # Outbox
 //
-// Each commit that stores readings writes one outbox batch holding them,
+// Each commit that stores readings writes one outbox row holding them,
 // under a sequence number that is never reused. The uplink claims
-// batches with a lease (Store.ClaimOutbox), sends them, and acknowledges
-// them (Store.AckOutbox); a batch whose lease runs out is offered again,
-// so delivery is at-least-once and the receiver de-duplicates by (agent,
-// sequence). The outbox is bounded by OutboxConfig.MaxBytes: past it,
-// unclaimed raw batches whose readings all precede the current minute
+// batches with a lease (Store.ClaimOutbox): a batch gathers consecutive
+// rows, up to OutboxConfig.GroupReadings readings, the first time they
+// are claimed, and keeps those rows and the first row's sequence number
+// from then on. The uplink sends them and acknowledges them
+// (Store.AckOutbox); a batch whose lease runs out is offered again, the
+// same, so delivery is at-least-once and the receiver de-duplicates by
+// (agent, sequence). The outbox is bounded by OutboxConfig.MaxBytes: past
+// it, raw rows never claimed whose readings all precede the current minute
 // are replaced, oldest first, by batches of per-minute rollups of their
 // numeric readings (their strings and data are carried over): raw
 // readings older than their rollups go first. Replaced readings are
