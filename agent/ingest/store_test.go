@@ -405,6 +405,22 @@ func TestOutboxGroups(t *testing.T) {
 	}
 }
 
+// execSQL runs statements on the closed store at path (to make it look
+// like one an older schema wrote).
+func execSQL(t *testing.T, path string, stmts ...string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", DSN(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
 // TestOutboxMigratesToGroups: rows written by schema 2 become batches
 // of their own (they may have been sent alone, under their seq).
 func TestOutboxMigratesToGroups(t *testing.T) {
@@ -416,20 +432,10 @@ func TestOutboxMigratesToGroups(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", DSN(path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
+	execSQL(t, path,
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
-		`UPDATE meta SET value = 2 WHERE key = '` + metaSchema + `'`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	db.Close()
+		`UPDATE meta SET value = 2 WHERE key = '`+metaSchema+`'`)
 	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
 	bs, err := s.ClaimOutbox(context.Background(), 10, time.Minute)
 	if err != nil || len(bs) != 2 || bs[0].Count != 3 || bs[1].Count != 2 {
@@ -650,21 +656,11 @@ func TestStoreMigratesSchema1(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", DSN(path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
+	execSQL(t, path,
 		`ALTER TABLE recent_messages ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0`,
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
-		`UPDATE meta SET value = 1 WHERE key = '` + metaSchema + `'`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	db.Close()
+		`UPDATE meta SET value = 1 WHERE key = '`+metaSchema+`'`)
 	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
 	clk.Add(time.Second)
 	again := env(t, clk.Now, "devices/a/telemetry", `{"door":1}`)
