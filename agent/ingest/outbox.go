@@ -195,21 +195,31 @@ func (s *Store) AckOutbox(ctx context.Context, seqs ...int64) (int, error) {
 			if seq == 0 {
 				continue
 			}
-			var c, b, r int64
-			err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(bytes),0), COALESCE(SUM(readings),0) FROM outbox WHERE grp = ?`, seq).Scan(&c, &b, &r)
+			rows, err := tx.QueryContext(ctx, `DELETE FROM outbox WHERE grp = ? RETURNING bytes, readings`, seq)
 			if err != nil {
 				return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
 			}
-			if c == 0 {
-				continue
+			deleted := int64(0)
+			for rows.Next() {
+				var b, r int64
+				if err := rows.Scan(&b, &r); err != nil {
+					rows.Close()
+					return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
+				}
+				deleted++
+				bytes += b
+				readings += r
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE grp = ?`, seq); err != nil {
+			if err := rows.Close(); err != nil {
 				return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
 			}
-			n++
-			nrows += c
-			bytes += b
-			readings += r
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("ingest: ack outbox batch %d: %w", seq, err)
+			}
+			if deleted > 0 {
+				n++
+				nrows += deleted
+			}
 		}
 		meta[metaOutboxAcked] = n
 		meta[metaOutboxAckedRead] = readings

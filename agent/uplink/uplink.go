@@ -932,7 +932,7 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 	// One batch claimed at a time: only the batch being sent is held in
 	// memory (a batch decodes to up to 1,000 readings by default).
 	res := roundResult{outcome: outcomeOK}
-	var client *controlplane.Client
+	client := u.agentClient()
 	for range u.cfg.UploadBatches {
 		batches, err := u.deps.Outbox.ClaimOutbox(ctx, 1, u.lease)
 		if err != nil {
@@ -944,23 +944,18 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 			return roundResult{outcome: outcomeFailed, err: err}
 		}
 		if len(batches) == 0 {
-			res.full = false
 			return res
-		}
-		if client == nil {
-			client = u.agentClient()
 		}
 		b := batches[0]
 		o, err := u.sendBatch(ctx, client, ak, b)
 		switch o {
 		case outcomeOK:
-			res.full = res.outcome == outcomeOK
 			continue
 		case outcomeRejected:
 			// Kept leased: offered again when the lease ends, while the
 			// other batches go on.
 			u.setError("upload", err)
-			res.outcome, res.err, res.full = outcomeRejected, err, false
+			res.outcome, res.err = outcomeRejected, err
 			continue
 		}
 		// Failed, refused, sealed, blocked or stopping: give it back.
@@ -974,6 +969,8 @@ func (u *Uplink) uploadRound(ctx context.Context) roundResult {
 		u.release(ctx, b.Seq)
 		return roundResult{outcome: o, err: err}
 	}
+	// Every claim found a batch: more may be waiting.
+	res.full = res.outcome == outcomeOK
 	return res
 }
 
