@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,24 +65,6 @@ func gkRand(seed uint64) io.Reader {
 	}
 	s[31] = 0x6b
 	return rand.NewChaCha8(s)
-}
-
-// gkBuf is a log sink safe for concurrent writes.
-type gkBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *gkBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *gkBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // gkMLLog is memberlist's log sink: it counts the messages no installed
@@ -200,7 +183,7 @@ type gkNode struct {
 	device  *pqcrypto.DataKey
 	keys    *dkms.AgentKeys
 	mlLog   *gkMLLog
-	rotLog  *gkBuf
+	rotLog  *testutil.SyncBuffer
 	d       *gkDelegate
 	ml      *memberlist.Memberlist
 	kr      *memberlist.Keyring
@@ -242,7 +225,7 @@ func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration)
 		t.Fatal(err)
 	}
 	for i := range n {
-		nd := &gkNode{f: f, name: fmt.Sprintf("gk-%c", 'a'+i), mlLog: &gkMLLog{}, rotLog: &gkBuf{}}
+		nd := &gkNode{f: f, name: fmt.Sprintf("gk-%c", 'a'+i), mlLog: &gkMLLog{}, rotLog: &testutil.SyncBuffer{}}
 		if nd.sk, err = pqcrypto.GenerateXWingKey(gkRand(uint64(10 + i))); err != nil {
 			t.Fatal(err)
 		}
@@ -971,7 +954,7 @@ func (s *gkScript) add(v uint32, created time.Time, install, remove time.Duratio
 
 func gkKey(v uint32) []byte { return bytes.Repeat([]byte{byte(v)}, 32) }
 
-func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossipRotator, *gkScript, *memberlist.Keyring, *gkBuf) {
+func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossipRotator, *gkScript, *memberlist.Keyring, *testutil.SyncBuffer) {
 	t.Helper()
 	boot := bytes.Repeat([]byte{0xb0}, 32)
 	kr, err := memberlist.NewKeyring(nil, boot)
@@ -979,7 +962,7 @@ func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossi
 		t.Fatal(err)
 	}
 	s := &gkScript{}
-	logs := &gkBuf{}
+	logs := &testutil.SyncBuffer{}
 	r, err := newGossipRotator(gossipRotatorConfig{
 		Keyring: kr, Source: s.source, Bootstrap: boot, Grace: 30 * time.Second, FirstActivation: time.Minute,
 		Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: reg,

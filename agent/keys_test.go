@@ -42,11 +42,7 @@ func startKeysCP(t *testing.T) *keysCP {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	tok, err := os.ReadFile(srv.AdminTokenPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := controlplane.NewClient(controlplane.ClientConfig{URL: srv.URL(), Token: strings.TrimSpace(string(tok)), CAPEM: srv.CAPEM()})
+	admin, err := srv.AdminClient(0)
 	if err != nil {
 		t.Fatal(err)
 	}

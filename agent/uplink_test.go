@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,11 +34,7 @@ func TestUplinkWiring(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	admin, err := os.ReadFile(srv.AdminTokenPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := controlplane.NewClient(controlplane.ClientConfig{URL: srv.URL(), Token: strings.TrimSpace(string(admin)), CAPEM: srv.CAPEM()})
+	cp, err := srv.AdminClient(0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func BenchmarkIngest(b *testing.B) {
 func benchEnroll(b *testing.B, srv *Server) *Client {
 	b.Helper()
 	ctx := context.Background()
-	tok, err := readAdminToken(srv)
+	tok, err := srv.AdminToken()
 	if err != nil {
 		b.Fatal(err)
 	}

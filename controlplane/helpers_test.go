@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // fakeClock is an injectable clock that moves only when told.
@@ -59,24 +61,6 @@ func (l *lockedRand) Read(p []byte) (int, error) {
 	return l.r.Read(p)
 }
 
-// syncBuffer collects log output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testEnv struct {
 	t          *testing.T
 	dir        string
@@ -84,14 +68,14 @@ type testEnv struct {
 	srv        *Server
 	adminToken string
 	admin      *Client
-	logs       *syncBuffer
+	logs       *testutil.SyncBuffer
 	cfg        Config
 }
 
 // newTestEnv starts a server on 127.0.0.1:0 in a temporary directory.
 func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, dir: t.TempDir(), clock: newFakeClock(), logs: &syncBuffer{}}
+	e := &testEnv{t: t, dir: t.TempDir(), clock: newFakeClock(), logs: &testutil.SyncBuffer{}}
 	e.cfg = Config{
 		DataDir: e.dir,
 		Listen:  "127.0.0.1:0",
@@ -245,9 +229,4 @@ func wantStatus(t *testing.T, err error, status int) *APIError {
 		t.Fatalf("want HTTP %d, got %d: %s", status, ae.Status, ae.Message)
 	}
 	return ae
-}
-
-func readAdminToken(srv *Server) (string, error) {
-	b, err := os.ReadFile(srv.AdminTokenPath())
-	return strings.TrimSpace(string(b)), err
 }

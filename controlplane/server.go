@@ -373,6 +373,27 @@ func (s *Server) CAPath() string { return filepath.Join(s.cfg.DataDir, CAFile) }
 // AdminTokenPath is the path of the bootstrap admin token file.
 func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, AdminTokenFile) }
 
+// AdminToken reads the bootstrap admin token from AdminTokenPath.
+func (s *Server) AdminToken() (string, error) {
+	b, err := os.ReadFile(s.AdminTokenPath())
+	if err != nil {
+		return "", fmt.Errorf("controlplane: admin token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// AdminClient returns a client of this server that trusts its CA and
+// authenticates with the bootstrap admin token, for programs that run
+// the server in-process (the simulator, tests). A zero timeout is the
+// client's default.
+func (s *Server) AdminClient(timeout time.Duration) (*Client, error) {
+	tok, err := s.AdminToken()
+	if err != nil {
+		return nil, err
+	}
+	return NewClient(ClientConfig{URL: s.URL(), Token: tok, CAPEM: s.CAPEM(), Timeout: timeout})
+}
+
 // Handler returns the HTTP handler, for embedding the API in another TLS
 // server; agent routes need the connection's verified client certificate.
 func (s *Server) Handler() http.Handler { return s.handler }

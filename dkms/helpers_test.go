@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -71,24 +72,6 @@ func (r *recorder) find(action, key string) []AuditEvent {
 	return out
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is a key service on a SQLite file with its dependencies.
 type env struct {
 	t      testing.TB
@@ -98,20 +81,20 @@ type env struct {
 	svc    *Service
 	clock  *fakeClock
 	audit  *recorder
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	signer *pqcrypto.SigningKey
 	shares []Share
 	seed   uint64
 }
 
-func quietLogger(buf *syncBuffer) *slog.Logger {
+func quietLogger(buf *testutil.SyncBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // newEnv starts an initialized, unsealed 3-of-5 key service.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &syncBuffer{}, seed: 1}
+	e := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &testutil.SyncBuffer{}, seed: 1}
 	e.path = filepath.Join(e.dir, "keys.db")
 	var err error
 	if e.signer, err = pqcrypto.GenerateSigningKey(testRand(99)); err != nil {

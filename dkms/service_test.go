@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -149,7 +150,7 @@ func TestInitializeRules(t *testing.T) {
 	mustErr(t, err, ErrAlreadyInitialized)
 
 	// A fresh store: not initialized.
-	e2 := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &syncBuffer{}, signer: e.signer}
+	e2 := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &testutil.SyncBuffer{}, signer: e.signer}
 	e2.path = filepath.Join(e2.dir, "keys.db")
 	if err := e2.open(false); err != nil {
 		t.Fatal(err)
@@ -169,7 +170,7 @@ func TestInitializeRules(t *testing.T) {
 }
 
 func TestDevMode(t *testing.T) {
-	e := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &syncBuffer{}}
+	e := &env{t: t, dir: t.TempDir(), clock: newClock(), audit: &recorder{}, logs: &testutil.SyncBuffer{}}
 	e.path = filepath.Join(e.dir, "dev.db")
 	var err error
 	if e.signer, err = pqcrypto.GenerateSigningKey(testRand(4)); err != nil {

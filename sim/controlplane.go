@@ -1,13 +1,11 @@
 package sim
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -47,12 +45,12 @@ func startControlPlane(dir string, clock uplink.Clock, heartbeat time.Duration, 
 		srv.Close()
 		return nil, fmt.Errorf("sim: control plane: %w", err)
 	}
-	tok, err := os.ReadFile(srv.AdminTokenPath())
+	tok, err := srv.AdminToken()
 	if err != nil {
 		srv.Close()
-		return nil, fmt.Errorf("sim: control plane admin token: %w", err)
+		return nil, fmt.Errorf("sim: %w", err)
 	}
-	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: string(bytes.TrimSpace(tok)), caPEM: srv.CAPEM(), dir: dir}
+	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: tok, caPEM: srv.CAPEM(), dir: dir}
 	c.client, err = controlplane.NewClient(controlplane.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
 	if err != nil {
 		srv.Close()

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // TestAgentRunsOnDefaults starts edge-agent with no config file and no flag
@@ -24,7 +26,7 @@ func TestAgentRunsOnDefaults(t *testing.T) {
 		}
 		l.Close()
 	}
-	p := &proc{t: t, name: "defaults", dataDir: filepath.Join(t.TempDir(), "data"), api: "127.0.0.1:7070", logs: &lockedBuffer{}}
+	p := &proc{t: t, name: "defaults", dataDir: filepath.Join(t.TempDir(), "data"), api: "127.0.0.1:7070", logs: &testutil.SyncBuffer{}}
 	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), "run", "--data", p.dataDir)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs

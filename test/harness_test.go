@@ -14,9 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // binDir holds the binaries built once for the whole test run.
@@ -55,7 +56,7 @@ type proc struct {
 	join    []string
 	extra   []string // more edge-agent run arguments
 	cmd     *exec.Cmd
-	logs    *lockedBuffer
+	logs    *testutil.SyncBuffer
 	exited  chan struct{}
 }
 
@@ -68,7 +69,7 @@ func newProc(t *testing.T, name string, join ...string) *proc {
 		gossip:  freeAddr(t),
 		api:     freeAddr(t),
 		join:    join,
-		logs:    &lockedBuffer{},
+		logs:    &testutil.SyncBuffer{},
 	}
 }
 
@@ -242,21 +243,4 @@ func freeAddr(t *testing.T) string {
 	}
 	t.Fatal("no free port")
 	return ""
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -239,11 +239,7 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	admin, err := os.ReadFile(srv.AdminTokenPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := controlplane.NewClient(controlplane.ClientConfig{URL: srv.URL(), Token: strings.TrimSpace(string(admin)), CAPEM: srv.CAPEM()})
+	cp, err := srv.AdminClient(0)
 	if err != nil {
 		t.Fatal(err)
 	}

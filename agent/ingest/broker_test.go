@@ -1,17 +1,17 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 func publishAll(t *testing.T, broker, user, pass string, topic string, payloads []string) {
@@ -82,24 +82,6 @@ func TestEmbeddedBroker(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func connectClient(t *testing.T, broker, id string, clean bool) mqtt.Client {
 	t.Helper()
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(id).SetCleanSession(clean).
@@ -126,7 +108,7 @@ func waitToken(t *testing.T, what string, tok mqtt.Token) {
 // publishes wait while no Ingestor is attached, before the first and
 // between two; Publish reaches devices through the broker.
 func TestEmbeddedIngest(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", Ingest: true, Logger: logger})
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -86,11 +86,7 @@ func newCPWith(t *testing.T, clock *ManualClock, mutate func(*controlplane.Confi
 		t.Fatalf("controlplane Start: %v", err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	tok, err := os.ReadFile(srv.AdminTokenPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := controlplane.NewClient(controlplane.ClientConfig{URL: srv.URL(), Token: strings.TrimSpace(string(tok)), CAPEM: srv.CAPEM(), Timeout: 20 * time.Second})
+	admin, err := srv.AdminClient(20 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,24 +311,6 @@ func tamperKeyAnswer(resp *http.Response) *http.Response {
 	return resp
 }
 
-// syncBuffer collects log output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testAgent is an uplink with a real ingest store and ingestor as its
 // outbox.
 type testAgent struct {
@@ -343,7 +321,7 @@ type testAgent struct {
 	up        *Uplink
 	tr        *faultTransport
 	reg       *prometheus.Registry
-	logs      *syncBuffer
+	logs      *testutil.SyncBuffer
 	store     *ingest.Store
 	in        *ingest.Ingestor
 	sink      *countingSink
@@ -387,7 +365,7 @@ func (a *testAgent) pending() int64 {
 
 func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, sink: &countingSink{},
+	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &testutil.SyncBuffer{}, sink: &countingSink{},
 		keyring: newTestKeyring(t, clock)}
 	if a.dir == "" {
 		a.dir = t.TempDir()

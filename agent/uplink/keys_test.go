@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -238,7 +239,7 @@ func TestTamperedUploadIsRefusedByNameAndKept(t *testing.T) {
 func TestRefusedKeyMessageKeepsTheCursor(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
 	a.tr.tamperKeys.Store(true)
 	a.start(clock, cp.config(cp.token()), nil, nil)
 	eventually(t, "a refused key message", func() bool { return strings.Contains(a.up.Status().LastError, "key messages refused") })
@@ -306,7 +307,7 @@ func TestAgentWithoutRegisteredXWingKeyWaitsAndSaysWhy(t *testing.T) {
 	off := false
 	cfg := cp.config(cp.token())
 	cfg.SealTelemetry = &off
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock), noKeyring: true}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock), noKeyring: true}
 	a.start(clock, cfg, nil, nil)
 	eventually(t, "enrolled", func() bool { return a.up.Status().Heartbeats >= 1 })
 	if ag, err := cp.admin.GetAgent(testCtx(t), a.up.Status().AgentID); err != nil || len(ag.XWingPublic) != 0 {

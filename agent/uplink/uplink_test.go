@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 func TestEnrollAndHeartbeatMakeTheAgentOnline(t *testing.T) {
@@ -188,7 +189,7 @@ func TestTokenFileIsReadAgainAfterARefusal(t *testing.T) {
 func TestEnrollmentRetriesWhileTheServerIsUnreachable(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: nil, logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: nil, logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
 	a.tr.down.Store(true)
 	a.reg = newRegistry()
 	a.start(clock, cp.config(cp.token()), nil, nil)
@@ -353,7 +354,7 @@ func TestLargeBatchAndRollupsArriveOnceAcrossARetry(t *testing.T) {
 		{Device: "d1", Metric: "temp", Resolution: time.Minute, Start: now.Truncate(time.Minute).Add(-time.Hour), Count: 4, Sum: 10, Min: 1, Max: 4},
 	}}
 	ob := &memOutbox{batches: []ingest.OutboxBatch{big, roll}, leased: map[int64]bool{}}
-	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: newRegistry(), logs: &syncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: newRegistry(), logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
 	a.tr.dropUpload.Store(2) // the second part of the big batch is stored but its answer lost
 	a.start(clock, cp.config(cp.token()), ob, nil)
 	eventually(t, "enrolled", func() bool { return a.up.Status().Enrolled })

@@ -138,12 +138,12 @@ The report has the same shape as 'edge-agent bench'.`,
 					return err
 				}
 				stopServer = srv.Close
-				tok, err := os.ReadFile(srv.AdminTokenPath())
+				tok, err := srv.AdminToken()
 				if err != nil {
 					srv.Close()
 					return fmt.Errorf("bench: %w", err)
 				}
-				load.URL, load.AdminToken, load.CAPEM = srv.URL(), strings.TrimSpace(string(tok)), srv.CAPEM()
+				load.URL, load.AdminToken, load.CAPEM = srv.URL(), tok, srv.CAPEM()
 				rep.Machine["server"] = "in-process (server_rss includes the load generator)"
 				rep.Machine["memory_limit"] = limitDesc
 			default:

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // envMain makes the test binary behave as edgectl itself, so that tests can
@@ -64,12 +64,12 @@ func newTestEnv(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	tok, err := os.ReadFile(srv.AdminTokenPath())
+	tok, err := srv.AdminToken()
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &testEnv{
-		t: t, dir: dir, srv: srv, adminToken: strings.TrimSpace(string(tok)),
+		t: t, dir: dir, srv: srv, adminToken: tok,
 		configPath: filepath.Join(dir, "home", ".config", "edgefleet", "config.yaml"),
 	}
 	e.vars = map[string]string{"HOME": filepath.Join(dir, "home"), clientconfig.EnvConfig: e.configPath}
@@ -509,30 +509,12 @@ func TestAgents(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAgentsListWatch(t *testing.T) {
 	e := newTestEnv(t)
 	e.login()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Run(ctx, newRootFor(e.app()), []string{"agents", "list", "--watch", "--interval", "20ms"}, &out, &errb)
@@ -756,7 +738,7 @@ func TestControlplaneCommand(t *testing.T) {
 	ready := filepath.Join(dir, "ready.json")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Run(ctx, newRootFor(e.app()), []string{"controlplane", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",

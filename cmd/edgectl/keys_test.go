@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -200,13 +201,13 @@ func (e *testEnv) mustIn(stdin []byte, args ...string) string {
 // startControlplane runs 'edgectl controlplane' in-process until the
 // returned stop is called; it returns the ready information and the
 // command's stdout and stderr.
-func startControlplane(t *testing.T, e *testEnv, args ...string) (readyInfo, *syncBuffer, *syncBuffer, func()) {
+func startControlplane(t *testing.T, e *testEnv, args ...string) (readyInfo, *testutil.SyncBuffer, *testutil.SyncBuffer, func()) {
 	t.Helper()
 	prev := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
 	ready := filepath.Join(t.TempDir(), "ready.json")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Run(ctx, newRootFor(e.app()), append([]string{"controlplane", "--listen", "127.0.0.1:0", "--ready-file", ready,
