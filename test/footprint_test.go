@@ -1,0 +1,253 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
+	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/controlplane"
+)
+
+var (
+	footprintFor  = flag.Duration("footprint", 0, "run TestAgentFootprint for this long at -footprint.rate (0: skip it)")
+	footprintRate = flag.Int("footprint.rate", 5000, "TestAgentFootprint: messages/s published")
+	footprintMax  = flag.Float64("footprint.max-mb", 30, "TestAgentFootprint: most resident memory allowed, MB")
+)
+
+// TestAgentFootprint measures the resident memory of a whole edge-agent
+// process on its defaults (gossip, state, API, ingestion from Mosquitto,
+// uploads to a control plane) while devices publish -footprint.rate QoS 1
+// messages/s to the broker, sampling /proc/PID/status every 250 ms. It
+// runs only when asked (-footprint 30s): it needs a quiet machine and the
+// mosquitto binary.
+//
+//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s
+func TestAgentFootprint(t *testing.T) {
+	if *footprintFor <= 0 {
+		t.Skip("footprint run: give -footprint DURATION to run it")
+	}
+	dir := t.TempDir()
+	mosq, err := mqtttest.Start(mqtttest.Options{Dir: t.TempDir()})
+	if errors.Is(err, mqtttest.ErrNoMosquitto) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mosq.Stop()
+
+	cpCfg := controlplane.Config{
+		DataDir: filepath.Join(dir, "cp"),
+		Listen:  "127.0.0.1:0",
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		SQLite:  controlplane.SQLiteOptions{Synchronous: "NORMAL"},
+	}
+	cpCfg.Keys.DevUnseal = true
+	srv, err := controlplane.New(cpCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cp, err := srv.AdminClient(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *footprintFor+2*time.Minute)
+	defer cancel()
+	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(toks[0].Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	p := newProc(t, "footprint")
+	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name,
+		"--mqtt-broker", mosq.URL(), "--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
+	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), args...)
+	cmd.Env = append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey)
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd, p.exited = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	t.Cleanup(p.stop)
+	p.waitReady(30 * time.Second)
+	p.waitBroker()
+	eventually(t, 30*time.Second, "agent enrolled", func() error {
+		var up struct {
+			Enrolled bool `json:"enrolled"`
+		}
+		if err := p.getJSON("/v1/uplink", &up); err != nil {
+			return err
+		}
+		if !up.Enrolled {
+			return fmt.Errorf("not enrolled yet")
+		}
+		return nil
+	})
+	pid := strconv.Itoa(cmd.Process.Pid)
+	idle := readStatus(t, pid)
+
+	pub, err := ingestbench.NewPublisher(mosq.URL(), "footprint-pub", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	var samples []procMem
+	cpu0 := readCPU(t, pid)
+	start := time.Now()
+	next := start
+	sent := 0
+	for time.Since(start) < *footprintFor {
+		for due := int(time.Since(start).Seconds() * float64(*footprintRate)); sent < due; sent++ {
+			if err := pub.Publish(time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if time.Now().After(next) {
+			samples = append(samples, readStatus(t, pid))
+			if len(samples)%4 == 0 {
+				go func(i int) {
+					resp, err := http.Get(p.url("/metrics"))
+					if err != nil {
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					var out []string
+					for _, l := range strings.Split(string(b), "\n") {
+						if strings.HasPrefix(l, "go_memstats_") && !strings.Contains(l, "total") || strings.HasPrefix(l, "go_goroutines") {
+							out = append(out, l)
+						}
+					}
+					os.WriteFile(fmt.Sprintf("/tmp/fp/m%03d", i), []byte(strings.Join(out, "\n")), 0o644)
+				}(len(samples))
+			}
+			next = next.Add(250 * time.Millisecond)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	cpu := readCPU(t, pid) - cpu0
+	eventually(t, 60*time.Second, "every message committed and uploaded", func() error {
+		var st struct {
+			Stats struct {
+				Acked int64 `json:"acked"`
+			} `json:"stats"`
+			Store struct {
+				Pending int64 `json:"outbox_pending"`
+			} `json:"store"`
+		}
+		if err := p.getJSON("/v1/ingest", &st); err != nil {
+			return err
+		}
+		if st.Stats.Acked < int64(sent) || st.Store.Pending > 0 {
+			return fmt.Errorf("acked %d of %d, outbox pending %d", st.Stats.Acked, sent, st.Store.Pending)
+		}
+		return nil
+	})
+	after := readStatus(t, pid)
+
+	rss := make([]float64, len(samples))
+	var peak procMem
+	for i, s := range samples {
+		rss[i] = s.RSS
+		if s.RSS > peak.RSS {
+			peak = s
+		}
+	}
+	slices.Sort(rss)
+	t.Logf("%d messages in %s (%.0f msg/s), %d samples", sent, elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds(), len(samples))
+	t.Logf("agent CPU while publishing and flushing: %.1f s (%.0f%% of one core)", cpu.Seconds(), 100*cpu.Seconds()/time.Since(start).Seconds())
+	t.Logf("idle before: RSS %.1f MB (anon %.1f, file %.1f)", idle.RSS, idle.Anon, idle.File)
+	t.Logf("while ingesting: RSS median %.1f MB, p90 %.1f, max %.1f (at the max: anon %.1f, file %.1f); VmHWM %.1f MB",
+		rss[len(rss)/2], rss[len(rss)*9/10], peak.RSS, peak.Anon, peak.File, after.HWM)
+	if *footprintMax > 0 && peak.RSS > *footprintMax {
+		t.Errorf("peak RSS %.1f MB over %.0f MB", peak.RSS, *footprintMax)
+	}
+}
+
+// procMem is a process's resident memory in MB, from /proc/PID/status.
+type procMem struct {
+	RSS, Anon, File, HWM float64
+}
+
+func readStatus(t *testing.T, pid string) procMem {
+	t.Helper()
+	f, err := os.Open("/proc/" + pid + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var m procMem
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			m.RSS = kb / 1024
+		case "RssAnon":
+			m.Anon = kb / 1024
+		case "RssFile":
+			m.File = kb / 1024
+		case "VmHWM":
+			m.HWM = kb / 1024
+		}
+	}
+	return m
+}
+
+// readCPU returns the user and system CPU time a process used so far.
+func readCPU(t *testing.T, pid string) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name (which may hold spaces): state is
+	// the first, utime and stime the 12th and 13th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		t.Fatalf("/proc/%s/stat: unexpected format", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%s/stat: utime %q stime %q", pid, f[11], f[12])
+	}
+	// Clock ticks are 100 per second on Linux (USER_HZ).
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
