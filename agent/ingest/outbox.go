@@ -152,10 +152,11 @@ func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
 		if err := rows.Scan(&seq, &kind, &created, &count, &payload); err != nil {
 			return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
 		}
-		k, rs, us, err := DecodeOutboxBatch(payload)
+		k, rs, us, err := appendOutboxBatch(b.Readings, b.Rollups, payload)
 		if err != nil {
 			return b, fmt.Errorf("ingest: outbox row %d: %w", seq, err)
 		}
+		b.Readings, b.Rollups = rs, us
 		if int64(k) != kind {
 			return b, fmt.Errorf("%w: outbox row %d: kind %d in row, %d in payload", ErrCorrupt, seq, kind, k)
 		}
@@ -166,8 +167,6 @@ func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
 		}
 		b.Rows++
 		b.Count += int(count)
-		b.Readings = append(b.Readings, rs...)
-		b.Rollups = append(b.Rollups, us...)
 	}
 	if err := rows.Err(); err != nil {
 		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)

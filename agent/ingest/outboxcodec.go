@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -185,8 +186,19 @@ const maxOutboxStrings = 1 << 20
 // rollups. It refuses anything malformed with an error wrapping
 // ErrCorrupt, and never panics.
 func DecodeOutboxBatch(p []byte) (BatchKind, []Reading, []Rollup, error) {
+	return appendOutboxBatch(nil, nil, p)
+}
+
+// appendOutboxBatch decodes an outbox payload like DecodeOutboxBatch,
+// appending its readings and rollups to rs and us. On an error it
+// returns rs and us as they were given.
+func appendOutboxBatch(rs []Reading, us []Rollup, p []byte) (BatchKind, []Reading, []Rollup, error) {
 	d := batchDecoder{p: p}
-	return d.decode()
+	kind, rs2, us2, err := d.decode(rs, us)
+	if err != nil {
+		return 0, rs, us, err
+	}
+	return kind, rs2, us2, nil
 }
 
 type batchDecoder struct {
@@ -293,7 +305,7 @@ func (d *batchDecoder) count(minSize int) int {
 	return int(n)
 }
 
-func (d *batchDecoder) decode() (BatchKind, []Reading, []Rollup, error) {
+func (d *batchDecoder) decode(rs []Reading, us []Rollup) (BatchKind, []Reading, []Rollup, error) {
 	if len(d.p) < 4 || d.p[0] != outboxMagic0 || d.p[1] != outboxMagic1 {
 		return 0, nil, nil, fmt.Errorf("%w: outbox batch: bad magic", ErrCorrupt)
 	}
@@ -314,7 +326,7 @@ func (d *batchDecoder) decode() (BatchKind, []Reading, []Rollup, error) {
 		strs = append(strs, string(d.bytes()))
 	}
 	nr := d.count(6) // smallest reading: three string refs, time delta, kind, empty text
-	rs := make([]Reading, 0, nr)
+	rs = slices.Grow(rs, nr)
 	var ts int64
 	for i := 0; i < nr && d.err == nil; i++ {
 		r := Reading{Device: d.ref(strs), Metric: d.ref(strs), Unit: d.ref(strs)}
@@ -336,7 +348,7 @@ func (d *batchDecoder) decode() (BatchKind, []Reading, []Rollup, error) {
 		rs = append(rs, r)
 	}
 	nu := d.count(30)
-	us := make([]Rollup, 0, nu)
+	us = slices.Grow(us, nu)
 	for i := 0; i < nu && d.err == nil; i++ {
 		u := Rollup{Device: d.ref(strs), Metric: d.ref(strs), Unit: d.ref(strs)}
 		res := d.uvarint()
