@@ -247,6 +247,7 @@ func TestValidateNamesBadField(t *testing.T) {
 		"state.collections":              func(c *Config) { c.State.Collections = map[string]crdt.Type{"x": "tree"} },
 		"log.level":                      func(c *Config) { c.Log.Level = "loud" },
 		"log.format":                     func(c *Config) { c.Log.Format = "xml" },
+		"runtime.gc_percent":             func(c *Config) { c.Runtime.GCPercent = 5 },
 		"labels":                         func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 600)} },
 		"state.collections: \"devices\"": func(c *Config) { c.State.Collections = map[string]crdt.Type{DevicesCollection: crdt.TypeORSet} },
 		"ingest.mqtt.broker":             func(c *Config) { c.Ingest.MQTT.Broker = "http://broker:1883" },
