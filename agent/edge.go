@@ -145,7 +145,8 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			return err
 		}
 		if ic.MQTT.Broker == "" {
-			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker"), Ingest: true}
+			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker"), Ingest: true,
+				ClientQueue: max(2048, 2*ic.BatchMessages)}
 			if ic.MQTT.Username != "" {
 				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
 			}

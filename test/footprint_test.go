@@ -27,29 +27,36 @@ var (
 	footprintFor  = flag.Duration("footprint", 0, "run TestAgentFootprint for this long at -footprint.rate (0: skip it)")
 	footprintRate = flag.Int("footprint.rate", 5000, "TestAgentFootprint: messages/s published")
 	footprintMax  = flag.Float64("footprint.max-mb", 30, "TestAgentFootprint: most resident memory allowed, MB")
+	footprintEmb  = flag.Bool("footprint.embedded", false, "TestAgentFootprint: devices publish to the agent's embedded broker instead of Mosquitto")
+	footprintDevs = flag.Int("footprint.devices", 10, "TestAgentFootprint: devices publishing, each on its own connection")
 )
 
 // TestAgentFootprint measures the resident memory of a whole edge-agent
 // process on its defaults (gossip, state, API, ingestion from Mosquitto,
 // uploads to a control plane) while devices publish -footprint.rate QoS 1
-// messages/s to the broker, sampling /proc/PID/status every 250 ms. It
-// runs only when asked (-footprint 30s): it needs a quiet machine and the
-// mosquitto binary.
+// messages/s to the broker, sampling /proc/PID/status every 250 ms. The
+// broker is Mosquitto, or with -footprint.embedded the agent's own (its
+// memory then counts). It runs only when asked (-footprint 30s): it needs
+// a quiet machine.
 //
-//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s
+//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded]
 func TestAgentFootprint(t *testing.T) {
 	if *footprintFor <= 0 {
 		t.Skip("footprint run: give -footprint DURATION to run it")
 	}
 	dir := t.TempDir()
-	mosq, err := mqtttest.Start(mqtttest.Options{Dir: t.TempDir()})
-	if errors.Is(err, mqtttest.ErrNoMosquitto) {
-		t.Skip(err)
+	brokerArgs := []string{"--mqtt-listen", "127.0.0.1:0"}
+	if !*footprintEmb {
+		mosq, err := mqtttest.Start(mqtttest.Options{Dir: t.TempDir()})
+		if errors.Is(err, mqtttest.ErrNoMosquitto) {
+			t.Skip(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mosq.Stop()
+		brokerArgs = []string{"--mqtt-broker", mosq.URL()}
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mosq.Stop()
 
 	cpCfg := controlplane.Config{
 		DataDir: filepath.Join(dir, "cp"),
@@ -83,7 +90,8 @@ func TestAgentFootprint(t *testing.T) {
 
 	p := newProc(t, "footprint")
 	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name,
-		"--mqtt-broker", mosq.URL(), "--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
+		"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
+	args = append(args, brokerArgs...)
 	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), args...)
 	cmd.Env = append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey)
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
@@ -94,7 +102,7 @@ func TestAgentFootprint(t *testing.T) {
 	go func() { _ = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(p.stop)
 	p.waitReady(30 * time.Second)
-	p.waitBroker()
+	broker := p.waitBroker()
 	eventually(t, 30*time.Second, "agent enrolled", func() error {
 		var up struct {
 			Enrolled bool `json:"enrolled"`
@@ -110,11 +118,15 @@ func TestAgentFootprint(t *testing.T) {
 	pid := strconv.Itoa(cmd.Process.Pid)
 	idle := readStatus(t, pid)
 
-	pub, err := ingestbench.NewPublisher(mosq.URL(), "footprint-pub", 10)
-	if err != nil {
-		t.Fatal(err)
+	pubs := make([]*ingestbench.Publisher, *footprintDevs)
+	for i := range pubs {
+		pub, err := ingestbench.NewPrefixPublisher(broker, fmt.Sprintf("footprint-dev-%d", i), fmt.Sprintf("dev%d-", i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pub.Close()
+		pubs[i] = pub
 	}
-	defer pub.Close()
 	var samples []procMem
 	cpu0 := readCPU(t, pid)
 	start := time.Now()
@@ -122,7 +134,7 @@ func TestAgentFootprint(t *testing.T) {
 	sent := 0
 	for time.Since(start) < *footprintFor {
 		for due := int(time.Since(start).Seconds() * float64(*footprintRate)); sent < due; sent++ {
-			if err := pub.Publish(time.Now()); err != nil {
+			if err := pubs[sent%len(pubs)].Publish(time.Now()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -149,8 +161,10 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if err := pub.Flush(); err != nil {
-		t.Fatal(err)
+	for _, pub := range pubs {
+		if err := pub.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	elapsed := time.Since(start)
 	cpu := readCPU(t, pid) - cpu0
@@ -182,7 +196,7 @@ func TestAgentFootprint(t *testing.T) {
 		}
 	}
 	slices.Sort(rss)
-	t.Logf("%d messages in %s (%.0f msg/s), %d samples", sent, elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds(), len(samples))
+	t.Logf("%d messages from %d devices in %s (%.0f msg/s), %d samples", sent, len(pubs), elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds(), len(samples))
 	t.Logf("agent CPU while publishing and flushing: %.1f s (%.0f%% of one core)", cpu.Seconds(), 100*cpu.Seconds()/time.Since(start).Seconds())
 	t.Logf("idle before: RSS %.1f MB (anon %.1f, file %.1f)", idle.RSS, idle.Anon, idle.File)
 	t.Logf("while ingesting: RSS median %.1f MB, p90 %.1f, max %.1f (at the max: anon %.1f, file %.1f); VmHWM %.1f MB",

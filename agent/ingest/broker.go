@@ -34,6 +34,14 @@ type BrokerConfig struct {
 	// nothing is acknowledged that no Ingestor took. Without it the
 	// broker is an ordinary broker until an Ingestor attaches.
 	Ingest bool
+	// ClientQueue bounds the messages queued for writing to one client
+	// connection (deliveries to its subscriptions; PUBACKs are written
+	// directly); beyond it the broker drops deliveries to that client,
+	// as mochi does. The queue is allocated with each connection, 8
+	// bytes an entry. Telemetry passed on to subscribers comes in bursts
+	// of one group commit, so it should hold two commits' messages.
+	// Default 2048 (16 KiB a connection).
+	ClientQueue int
 }
 
 // Broker is an MQTT broker running in this process (mochi-mqtt), the
@@ -41,7 +49,8 @@ type BrokerConfig struct {
 // queued messages live in memory: they survive clients reconnecting,
 // not the broker stopping. A client's queue of unacknowledged QoS 1
 // messages holds at most 65535 (the packet-id space) and its pending
-// writes 65536; beyond that the broker drops messages (as mochi does).
+// writes BrokerConfig.ClientQueue; beyond that the broker drops
+// messages (as mochi does).
 //
 // An Ingestor attached to the broker (Config.Embedded) takes the
 // publishes on its topics directly, without an MQTT session of its
@@ -83,7 +92,13 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumInflight = math.MaxUint16
-	caps.MaximumClientWritesPending = 65536
+	switch {
+	case cfg.ClientQueue < 0:
+		return nil, fmt.Errorf("%w: broker client queue %d is negative", ErrInvalidConfig, cfg.ClientQueue)
+	case cfg.ClientQueue == 0:
+		cfg.ClientQueue = 2048
+	}
+	caps.MaximumClientWritesPending = int32(min(cfg.ClientQueue, math.MaxInt32))
 	// The inline client publishes the Ingestor's messages (Publish) and
 	// passes the ingested telemetry on to the broker's other subscribers.
 	srv := mochi.New(&mochi.Options{Capabilities: caps, Logger: cfg.Logger, InlineClient: true})

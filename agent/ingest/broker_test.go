@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -79,6 +80,9 @@ func TestEmbeddedBroker(t *testing.T) {
 	}
 	if _, err := StartBroker(BrokerConfig{Addr: "nonsense"}); err == nil {
 		t.Fatal("bad address accepted")
+	}
+	if _, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", ClientQueue: -1}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "client queue") {
+		t.Fatalf("negative client queue: %v", err)
 	}
 }
 

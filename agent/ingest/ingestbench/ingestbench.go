@@ -334,12 +334,12 @@ type Publisher struct {
 
 // NewPublisher connects a publisher for devices dev-0 .. dev-(devices-1).
 func NewPublisher(broker, clientID string, devices int) (*Publisher, error) {
-	return newPublisher(broker, clientID, "dev-", devices)
+	return NewPrefixPublisher(broker, clientID, "dev-", devices)
 }
 
-// newPublisher connects a publisher for devices prefix0 ..
+// NewPrefixPublisher connects a publisher for devices prefix0 ..
 // prefix(devices-1).
-func newPublisher(broker, clientID, prefix string, devices int) (*Publisher, error) {
+func NewPrefixPublisher(broker, clientID, prefix string, devices int) (*Publisher, error) {
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
 		SetOrderMatters(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(30 * time.Second)
 	c := mqtt.NewClient(opts)
@@ -809,7 +809,7 @@ func publishEmbedded(ctx context.Context, o Options, durable bool, dir string) (
 	pubs := make([]*Publisher, n)
 	for i := range pubs {
 		// Each publisher has its own devices, so readings never collide.
-		if pubs[i], err = newPublisher(b.URL(), fmt.Sprintf("embedded-pub-%d", i), fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
+		if pubs[i], err = NewPrefixPublisher(b.URL(), fmt.Sprintf("embedded-pub-%d", i), fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
 			return 0, 0, 0, err
 		}
 		defer pubs[i].Close()
