@@ -138,9 +138,20 @@ func (s *Store) formGroups(ctx context.Context, tx *sql.Tx, now int64, max int) 
 	return out, nil
 }
 
+// maxOutboxGroupPresize bounds the readings loadGroup allocates room
+// for before decoding a batch of readings: the readings column is
+// trusted only that far (in a batch of rollups it counts the readings
+// they represent, and nothing is presized).
+const maxOutboxGroupPresize = 1 << 16
+
 // loadGroup decodes the rows of group g into one batch.
 func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
 	b := OutboxBatch{Seq: g}
+	// Sized once: a group of 1,000 readings is about 100 KB decoded.
+	var total int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(readings), 0) FROM outbox WHERE grp = ?`, g).Scan(&total); err != nil {
+		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+	}
 	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, created, readings, payload FROM outbox WHERE grp = ? ORDER BY seq`, g)
 	if err != nil {
 		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
@@ -151,6 +162,9 @@ func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
 		var payload []byte
 		if err := rows.Scan(&seq, &kind, &created, &count, &payload); err != nil {
 			return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+		}
+		if b.Rows == 0 && BatchKind(kind) == BatchReadings && total > 0 && total <= maxOutboxGroupPresize {
+			b.Readings = make([]Reading, 0, total)
 		}
 		k, rs, us, err := appendOutboxBatch(b.Readings, b.Rollups, payload)
 		if err != nil {

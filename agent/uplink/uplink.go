@@ -139,6 +139,7 @@ type Uplink struct {
 	br      *breaker
 	wake    chan struct{}
 	lease   time.Duration
+	enc     controlplane.TelemetryEncoder // used by the upload loop only
 
 	randMu sync.Mutex
 	rnd    *rand.Rand
@@ -993,7 +994,7 @@ func (u *Uplink) sendBatch(ctx context.Context, client *controlplane.Client, ak 
 		agentID = ak.ID()
 	}
 	for _, part := range conv.parts {
-		data, err := controlplane.EncodeTelemetryBatch(part)
+		data, err := u.enc.Encode(part)
 		if err != nil {
 			return outcomeRejected, fmt.Errorf("uplink: outbox batch %d: %w", b.Seq, err)
 		}
