@@ -410,16 +410,20 @@ func (p *Publisher) Flush() error { return p.wait(0) }
 // Close disconnects.
 func (p *Publisher) Close() { p.c.Disconnect(250) }
 
-// Malformed payloads, one of each kind the ingestor must refuse.
-var malformedPayloads = [][]byte{
-	{0x8b, 0x1f, 0x00, 0xff, 0xfe, 0x07},                           // random bytes
-	[]byte(`{"temperature":21.5,"humidity":`),                      // broken JSON
-	[]byte(`{"temperature":"warm"}`),                               // wrong type
-	[]byte(`{"temperature":NaN}`),                                  // NaN is not JSON
-	[]byte(`[{"n":"t","v":1e999}]`),                                // overflows float64
-	[]byte(`[` + strings.Repeat(`{"n":"t","v":1},`, 1500) + `{}]`), // huge array: more records than allowed
-	[]byte(`{"temperature":21.5,"ts":4102444800}`),                 // far-future time (2100)
-	[]byte(`{"x":"` + strings.Repeat("a", 70000) + `"}`),           // over the payload size limit
+// malformedPayloads returns malformed payloads, one of each kind the
+// ingestor must refuse. Built when asked: the agent binary carries this
+// package, and its processes should not hold these 80 KB.
+func malformedPayloads() [][]byte {
+	return [][]byte{
+		{0x8b, 0x1f, 0x00, 0xff, 0xfe, 0x07},                           // random bytes
+		[]byte(`{"temperature":21.5,"humidity":`),                      // broken JSON
+		[]byte(`{"temperature":"warm"}`),                               // wrong type
+		[]byte(`{"temperature":NaN}`),                                  // NaN is not JSON
+		[]byte(`[{"n":"t","v":1e999}]`),                                // overflows float64
+		[]byte(`[` + strings.Repeat(`{"n":"t","v":1},`, 1500) + `{}]`), // huge array: more records than allowed
+		[]byte(`{"temperature":21.5,"ts":4102444800}`),                 // far-future time (2100)
+		[]byte(`{"x":"` + strings.Repeat("a", 70000) + `"}`),           // over the payload size limit
+	}
 }
 
 // publishBacklog publishes o.Messages with distinct times, o.Malformed
@@ -437,9 +441,13 @@ func publishBacklog(o Options, id string) error {
 		every = o.Messages / o.Malformed
 	}
 	bad := 0
+	var malformed [][]byte
+	if o.Malformed > 0 {
+		malformed = malformedPayloads()
+	}
 	for i := 0; i < o.Messages; i++ {
 		if every > 0 && i%every == every-1 && bad < o.Malformed {
-			if err := p.PublishRaw(malformedPayloads[bad%len(malformedPayloads)]); err != nil {
+			if err := p.PublishRaw(malformed[bad%len(malformed)]); err != nil {
 				return err
 			}
 			bad++
