@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,7 +116,7 @@ func TestAgentFootprint(t *testing.T) {
 		return nil
 	})
 	pid := strconv.Itoa(cmd.Process.Pid)
-	idle := readStatus(t, pid)
+	idle := readStatus(t, pid) // VmHWM here: the peak of start-up and enrollment
 
 	pubs := make([]*ingestbench.Publisher, *footprintDevs)
 	for i := range pubs {
@@ -127,37 +127,43 @@ func TestAgentFootprint(t *testing.T) {
 		defer pub.Close()
 		pubs[i] = pub
 	}
-	var samples []procMem
+	// Sampled every 100 ms while devices publish and until the agent has
+	// committed and uploaded everything.
+	type sample struct {
+		procMem
+		at         time.Duration
+		publishing bool
+	}
+	var (
+		samples    []sample
+		publishing atomic.Bool
+		stopSample = make(chan struct{})
+		sampled    = make(chan struct{})
+	)
+	publishing.Store(true)
 	cpu0 := readCPU(t, pid)
 	start := time.Now()
-	next := start
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if m, err := procStatus(pid); err == nil {
+				samples = append(samples, sample{m, time.Since(start), publishing.Load()})
+			}
+			select {
+			case <-stopSample:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	sent := 0
 	for time.Since(start) < *footprintFor {
 		for due := int(time.Since(start).Seconds() * float64(*footprintRate)); sent < due; sent++ {
 			if err := pubs[sent%len(pubs)].Publish(time.Now()); err != nil {
 				t.Fatal(err)
 			}
-		}
-		if time.Now().After(next) {
-			samples = append(samples, readStatus(t, pid))
-			if len(samples)%4 == 0 {
-				go func(i int) {
-					resp, err := http.Get(p.url("/metrics"))
-					if err != nil {
-						return
-					}
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					var out []string
-					for _, l := range strings.Split(string(b), "\n") {
-						if strings.HasPrefix(l, "go_memstats_") && !strings.Contains(l, "total") || strings.HasPrefix(l, "go_goroutines") {
-							out = append(out, l)
-						}
-					}
-					os.WriteFile(fmt.Sprintf("/tmp/fp/m%03d", i), []byte(strings.Join(out, "\n")), 0o644)
-				}(len(samples))
-			}
-			next = next.Add(250 * time.Millisecond)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -167,6 +173,7 @@ func TestAgentFootprint(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(start)
+	publishing.Store(false)
 	cpu := readCPU(t, pid) - cpu0
 	eventually(t, 60*time.Second, "every message committed and uploaded", func() error {
 		var st struct {
@@ -185,24 +192,36 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		return nil
 	})
+	close(stopSample)
+	<-sampled
 	after := readStatus(t, pid)
 
-	rss := make([]float64, len(samples))
-	var peak procMem
-	for i, s := range samples {
-		rss[i] = s.RSS
-		if s.RSS > peak.RSS {
-			peak = s
+	var rss []float64
+	var peak, drainPeak sample
+	for _, s := range samples {
+		switch {
+		case s.publishing:
+			rss = append(rss, s.RSS)
+			if s.RSS > peak.RSS {
+				peak = s
+			}
+		case s.RSS > drainPeak.RSS:
+			drainPeak = s
 		}
+	}
+	if len(rss) == 0 {
+		t.Fatal("no samples")
 	}
 	slices.Sort(rss)
 	t.Logf("%d messages from %d devices in %s (%.0f msg/s), %d samples", sent, len(pubs), elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds(), len(samples))
 	t.Logf("agent CPU while publishing and flushing: %.1f s (%.0f%% of one core)", cpu.Seconds(), 100*cpu.Seconds()/time.Since(start).Seconds())
-	t.Logf("idle before: RSS %.1f MB (anon %.1f, file %.1f)", idle.RSS, idle.Anon, idle.File)
-	t.Logf("while ingesting: RSS median %.1f MB, p90 %.1f, max %.1f (at the max: anon %.1f, file %.1f); VmHWM %.1f MB",
-		rss[len(rss)/2], rss[len(rss)*9/10], peak.RSS, peak.Anon, peak.File, after.HWM)
-	if *footprintMax > 0 && peak.RSS > *footprintMax {
-		t.Errorf("peak RSS %.1f MB over %.0f MB", peak.RSS, *footprintMax)
+	t.Logf("idle before: RSS %.1f MB (anon %.1f, file %.1f); peak of start-up and enrollment %.1f MB", idle.RSS, idle.Anon, idle.File, idle.HWM)
+	t.Logf("while devices publish: RSS median %.1f MB, p90 %.1f, max %.1f at %.1fs (anon %.1f, file %.1f)",
+		rss[len(rss)/2], rss[len(rss)*9/10], peak.RSS, peak.at.Seconds(), peak.Anon, peak.File)
+	t.Logf("while the last commits and uploads finish: max %.1f MB at %.1fs (anon %.1f); peak of the process (VmHWM) %.1f MB",
+		drainPeak.RSS, drainPeak.at.Seconds(), drainPeak.Anon, after.HWM)
+	if *footprintMax > 0 && after.HWM > *footprintMax {
+		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, *footprintMax)
 	}
 }
 
@@ -213,9 +232,18 @@ type procMem struct {
 
 func readStatus(t *testing.T, pid string) procMem {
 	t.Helper()
-	f, err := os.Open("/proc/" + pid + "/status")
+	m, err := procStatus(pid)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// procStatus reads a process's resident memory from /proc/PID/status.
+func procStatus(pid string) (procMem, error) {
+	f, err := os.Open("/proc/" + pid + "/status")
+	if err != nil {
+		return procMem{}, err
 	}
 	defer f.Close()
 	var m procMem
@@ -240,7 +268,7 @@ func readStatus(t *testing.T, pid string) procMem {
 			m.HWM = kb / 1024
 		}
 	}
-	return m
+	return m, sc.Err()
 }
 
 // readCPU returns the user and system CPU time a process used so far.
