@@ -33,7 +33,10 @@ type IngestConfig struct {
 	// Default 10ms.
 	BatchDelay time.Duration `yaml:"batch_delay"`
 	// QueueMessages bounds received messages waiting to be committed;
-	// when full the agent stops reading from the broker. Default 2000.
+	// when full the agent stops reading from the broker. Each holds its
+	// message and decoded readings in memory while it waits, and a commit
+	// that stalls on the disk fills the queue: this bounds the memory of
+	// a stall. At least batch_messages. Default 1000.
 	QueueMessages int `yaml:"queue_messages"`
 	// Limits bound each message; a message breaking one is dead-lettered.
 	Limits IngestLimits `yaml:"limits"`
@@ -161,7 +164,7 @@ func defaultIngestConfig() IngestConfig {
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
 		BatchDelay:    10 * time.Millisecond,
-		QueueMessages: 2000,
+		QueueMessages: 1000,
 		Limits: IngestLimits{
 			MaxPayloadBytes: lim.MaxPayloadBytes,
 			MaxRecords:      lim.MaxRecords,

@@ -123,7 +123,9 @@ type Config struct {
 	BatchDelay time.Duration
 	// QueueMessages bounds the received messages waiting to be decoded
 	// and committed; when full, the subscriber stops reading from the
-	// broker. Default 2 × BatchMessages.
+	// broker. Each holds its message and decoded readings in memory
+	// while it waits, and a commit that stalls on the disk fills the
+	// queue. Default BatchMessages.
 	QueueMessages int
 	// RetentionInterval is how often retention runs. Default 1 minute.
 	RetentionInterval time.Duration
@@ -164,7 +166,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.BatchDelay = 10 * time.Millisecond
 	}
 	if c.QueueMessages == 0 {
-		c.QueueMessages = 2 * c.BatchMessages
+		c.QueueMessages = c.BatchMessages
 	}
 	if c.RetentionInterval == 0 {
 		c.RetentionInterval = time.Minute
