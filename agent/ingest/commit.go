@@ -22,6 +22,7 @@ type envelope struct {
 	hashed   bool
 	device   string
 	readings []Reading
+	from, to int   // the readings' place in their batch's arena (batch.withViews)
 	received bool  // some reading took the receive time
 	err      error // decode error: dead-letter it
 	ack      func()

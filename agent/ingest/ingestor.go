@@ -442,6 +442,7 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 		full := cur != nil && len(cur.envs) >= in.cfg.BatchMessages
 		if cur != nil && (due || full) {
 			out = in.batches
+			cur.withViews() // offered as it is now
 		}
 		queue := in.queue
 		if full {
@@ -461,7 +462,7 @@ func (in *Ingestor) runBatcher(dec *Decoder) {
 			if !ok {
 				timer.Stop()
 				if cur != nil {
-					in.batches <- cur
+					in.batches <- cur.withViews()
 				}
 				return
 			}
@@ -494,7 +495,7 @@ func (in *Ingestor) decode(dec *Decoder, e *envelope, lastRecv map[string]int64,
 	lastRecv[dev] = us
 	start := len(arena)
 	arena, e.received, e.err = dec.appendDecode(arena, dev, e.payload, e.recv)
-	e.readings = arena[start:len(arena):len(arena)]
+	e.from, e.to = start, len(arena)
 	return arena
 }
 
@@ -511,6 +512,29 @@ type batch struct {
 	envs   []*envelope
 	arena  []Reading
 	stored []Reading
+	// The envelopes' readings are views of arena, set when the batch is
+	// handed on (withViews): while it fills, arena grows by copying, and
+	// views taken earlier would keep every outgrown array alive until the
+	// batch is acknowledged (about twice the final arena).
+	views     int      // envs[:views] hold views of the current arena array
+	viewsBase *Reading // that array
+}
+
+// withViews points every envelope's readings at its part of the arena
+// and returns b.
+func (b *batch) withViews() *batch {
+	var base *Reading
+	if cap(b.arena) > 0 {
+		base = &b.arena[:1][0]
+	}
+	if base != b.viewsBase {
+		b.views, b.viewsBase = 0, base
+	}
+	for _, e := range b.envs[b.views:] {
+		e.readings = b.arena[e.from:e.to:e.to]
+	}
+	b.views = len(b.envs)
+	return b
 }
 
 var batchPool = sync.Pool{New: func() any { return new(batch) }}
@@ -526,6 +550,7 @@ func (b *batch) recycle() {
 	clear(b.arena)
 	clear(b.stored)
 	b.envs, b.arena, b.stored = b.envs[:0], b.arena[:0], b.stored[:0]
+	b.views, b.viewsBase = 0, nil
 	// The large arrays of a backlog's batches are left to the collector:
 	// kept in the pool, they would stay resident at a steady rate, whose
 	// batches are small.
