@@ -30,7 +30,7 @@ type IngestConfig struct {
 	// BatchDelay is how long a group commit waits for more messages after
 	// its first one. Longer means fewer, larger commits (fewer syncs to
 	// the disk, less CPU) and a longer wait for the acknowledgement.
-	// Default 10ms.
+	// Default 5ms.
 	BatchDelay time.Duration `yaml:"batch_delay"`
 	// QueueMessages bounds received messages waiting to be committed;
 	// when full the agent stops reading from the broker. Each holds its
@@ -163,7 +163,7 @@ func defaultIngestConfig() IngestConfig {
 		},
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
-		BatchDelay:    10 * time.Millisecond,
+		BatchDelay:    5 * time.Millisecond,
 		QueueMessages: 1000,
 		Limits: IngestLimits{
 			MaxPayloadBytes: lim.MaxPayloadBytes,

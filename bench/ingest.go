@@ -62,7 +62,7 @@ type IngestOptions struct {
 	// dead-letter exactly these. 0 = none.
 	Malformed int
 	// BatchMessages and BatchDelay adjust the ingestor's group commit;
-	// 0 = its defaults (1000 messages, 10ms).
+	// 0 = its defaults (1000 messages, 5ms).
 	BatchMessages int
 	BatchDelay    time.Duration
 	// Logger receives progress (each drain, the broker started). Nil

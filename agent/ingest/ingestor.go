@@ -119,7 +119,7 @@ type Config struct {
 	// BatchDelay is how long a group commit waits for more messages
 	// after its first one. Longer means fewer, larger commits (fewer
 	// syncs to the disk, less CPU) and a longer wait for the
-	// acknowledgement. Default 10ms.
+	// acknowledgement. Default 5ms.
 	BatchDelay time.Duration
 	// QueueMessages bounds the received messages waiting to be decoded
 	// and committed; when full, the subscriber stops reading from the
@@ -163,7 +163,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.BatchMessages = 1000
 	}
 	if c.BatchDelay == 0 {
-		c.BatchDelay = 10 * time.Millisecond
+		c.BatchDelay = 5 * time.Millisecond
 	}
 	if c.QueueMessages == 0 {
 		c.QueueMessages = c.BatchMessages

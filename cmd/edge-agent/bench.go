@@ -122,7 +122,7 @@ Suites:
 	f.IntVar(&ingO.Devices, "devices", 10, "ingest: device topics the stream is spread over")
 	f.IntVar(&ingO.Malformed, "malformed", 0, "ingest: malformed payloads mixed into each backlog (must be dead-lettered)")
 	f.IntVar(&ingO.BatchMessages, "commit-batch", 0, "ingest: most messages per group commit (0: the ingestor's default, 1000)")
-	f.DurationVar(&ingO.BatchDelay, "commit-delay", 0, "ingest: how long a group commit waits for more messages (0: the default, 10ms)")
+	f.DurationVar(&ingO.BatchDelay, "commit-delay", 0, "ingest: how long a group commit waits for more messages (0: the default, 5ms)")
 	f.BoolVar(&ingO.SkipBacklog, "skip-backlog", false, "ingest: leave out the backlog drains")
 	f.BoolVar(&ingO.SkipLatency, "skip-latency", false, "ingest: leave out the latency run")
 	f.BoolVar(&ingO.NoMosquittoSub, "no-mosquitto-sub", false, "ingest: leave out the mosquitto_sub -q 1 reference drain")
