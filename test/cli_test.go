@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
@@ -27,16 +26,7 @@ func TestAgentRunsOnDefaults(t *testing.T) {
 		l.Close()
 	}
 	p := &proc{t: t, name: "defaults", dataDir: filepath.Join(t.TempDir(), "data"), api: "127.0.0.1:7070", logs: &testutil.SyncBuffer{}}
-	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), "run", "--data", p.dataDir)
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd, p.exited = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(p.exited) }()
-	t.Cleanup(p.stop)
-	p.waitReady(30 * time.Second)
+	p.startWith(cleanEnv(), "run", "--data", p.dataDir)
 	resp, err := http.Get(p.url("/healthz"))
 	if err != nil {
 		t.Fatal(err)

@@ -6,10 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -20,7 +17,6 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
 	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
-	"github.com/edgefleet/edgefleet/controlplane"
 )
 
 var (
@@ -58,25 +54,7 @@ func TestAgentFootprint(t *testing.T) {
 		brokerArgs = []string{"--mqtt-broker", mosq.URL()}
 	}
 
-	cpCfg := controlplane.Config{
-		DataDir: filepath.Join(dir, "cp"),
-		Listen:  "127.0.0.1:0",
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		SQLite:  controlplane.SQLiteOptions{Synchronous: "NORMAL"},
-	}
-	cpCfg.Keys.DevUnseal = true
-	srv, err := controlplane.New(cpCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cp, err := srv.AdminClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cp := startControlPlane(t, testControlPlaneConfig(filepath.Join(dir, "cp")))
 	ctx, cancel := context.WithTimeout(context.Background(), *footprintFor+2*time.Minute)
 	defer cancel()
 	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)
@@ -92,16 +70,7 @@ func TestAgentFootprint(t *testing.T) {
 	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name,
 		"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
 	args = append(args, brokerArgs...)
-	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), args...)
-	cmd.Env = append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey)
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd, p.exited = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(p.exited) }()
-	t.Cleanup(p.stop)
-	p.waitReady(30 * time.Second)
+	p.startWith(append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey), args...)
 	broker := p.waitBroker()
 	eventually(t, 30*time.Second, "agent enrolled", func() error {
 		var up struct {
@@ -115,7 +84,7 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		return nil
 	})
-	pid := strconv.Itoa(cmd.Process.Pid)
+	pid := strconv.Itoa(p.cmd.Process.Pid)
 	idle := readStatus(t, pid) // VmHWM here: the peak of start-up and enrollment
 
 	pubs := make([]*ingestbench.Publisher, *footprintDevs)

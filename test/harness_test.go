@@ -83,8 +83,15 @@ func (p *proc) start() {
 	if len(p.join) > 0 {
 		args = append(args, "--join", strings.Join(p.join, ","))
 	}
+	p.startWith(append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey, "EDGEFLEET_LOG_LEVEL=debug"), args...)
+}
+
+// startWith starts edge-agent with env and args as this process and
+// waits until it is ready; it is stopped when the test ends.
+func (p *proc) startWith(env []string, args ...string) {
+	p.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "edge-agent"), args...)
-	cmd.Env = append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey, "EDGEFLEET_LOG_LEVEL=debug")
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start %s: %v", p.name, err)
