@@ -16,9 +16,9 @@ import (
 )
 
 // applyRuntime configures the Go runtime of an agent process: the GC
-// target unless GOGC is set, and no heap profile sampling (the agent
-// serves no profiles, and sampling keeps a 1.4 MB table of allocation
-// stacks).
+// target unless GOGC is set, and no heap profile sampling from here on
+// (the agent serves no profiles; each sample records its allocation's
+// stack in memory that is never freed).
 func applyRuntime(rc agent.RuntimeConfig) {
 	runtime.MemProfileRate = 0
 	if _, set := os.LookupEnv("GOGC"); !set {
