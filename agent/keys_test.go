@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/internal/cptest"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -31,22 +31,9 @@ type keysCP struct {
 
 func startKeysCP(t *testing.T) *keysCP {
 	t.Helper()
-	cfg := controlplane.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", HeartbeatInterval: 300 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), SQLite: controlplane.SQLiteOptions{Synchronous: "NORMAL"}}
-	cfg.Keys.DevUnseal = true
-	srv, err := controlplane.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	admin, err := srv.AdminClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.CloseIdleConnections)
+	cfg := cptest.Config(t.TempDir())
+	cfg.HeartbeatInterval = 300 * time.Millisecond
+	srv, admin := cptest.Start(t, cfg)
 	return &keysCP{srv: srv, admin: admin}
 }
 

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -11,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -23,21 +21,9 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // it ingests; GET /v1/uplink shows it.
 func TestUplinkWiring(t *testing.T) {
 	t.Parallel()
-	cpCfg := controlplane.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", HeartbeatInterval: 500 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), SQLite: controlplane.SQLiteOptions{Synchronous: "NORMAL"}}
-	cpCfg.Keys.DevUnseal = true
-	srv, err := controlplane.New(cpCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cp, err := srv.AdminClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cpCfg := cptest.Config(t.TempDir())
+	cpCfg.HeartbeatInterval = 500 * time.Millisecond
+	srv, cp := cptest.Start(t, cpCfg)
 	toks, err := cp.CreateEnrollmentTokens(t.Context(), time.Hour, nil, 1)
 	if err != nil {
 		t.Fatal(err)

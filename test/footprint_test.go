@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
 	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
 var (
@@ -54,7 +55,7 @@ func TestAgentFootprint(t *testing.T) {
 		brokerArgs = []string{"--mqtt-broker", mosq.URL()}
 	}
 
-	srv, cp := startControlPlane(t, testControlPlaneConfig(filepath.Join(dir, "cp")))
+	srv, cp := cptest.Start(t, cptest.Config(filepath.Join(dir, "cp")))
 	ctx, cancel := context.WithTimeout(context.Background(), *footprintFor+2*time.Minute)
 	defer cancel()
 	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,39 +17,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/cptest"
 )
-
-// testControlPlaneConfig is an in-process control plane on a free port
-// with its key service unsealed, storing in dir.
-func testControlPlaneConfig(dir string) controlplane.Config {
-	cfg := controlplane.Config{
-		DataDir: dir,
-		Listen:  "127.0.0.1:0",
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		SQLite:  controlplane.SQLiteOptions{Synchronous: "NORMAL"},
-	}
-	cfg.Keys.DevUnseal = true
-	return cfg
-}
-
-// startControlPlane starts a control plane, closed when the test ends,
-// and returns it with an admin client.
-func startControlPlane(t *testing.T, cfg controlplane.Config) (*controlplane.Server, *controlplane.Client) {
-	t.Helper()
-	srv, err := controlplane.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cp, err := srv.AdminClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv, cp
-}
 
 // getJSON decodes the answer of GET path into out; it fails on a status
 // other than 200.
@@ -255,9 +223,9 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("scenario test: skipped with -short")
 	}
-	cpCfg := testControlPlaneConfig(t.TempDir())
+	cpCfg := cptest.Config(t.TempDir())
 	cpCfg.HeartbeatInterval = time.Second
-	srv, cp := startControlPlane(t, cpCfg)
+	srv, cp := cptest.Start(t, cpCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
 	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, map[string]string{"site": "test"}, 1)
