@@ -54,6 +54,7 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -109,7 +110,7 @@ type Deps struct {
 	// UplinkClock is the uplink's clock (heartbeat and upload intervals,
 	// back-off); nil means the real clock. The simulator compresses time
 	// with it.
-	UplinkClock uplink.Clock
+	UplinkClock clock.Clock
 	// UplinkTransport replaces the uplink's HTTPS transport (it must do
 	// TLS itself, see uplink.Deps.Transport); nil means the production
 	// transport.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"log"
 	"log/slog"
@@ -17,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -1449,7 +1449,7 @@ func TestGossipKeysAgentWiring(t *testing.T) {
 		t.Fatalf("plan from the agent's keyring: %+v, %v", plan, err)
 	}
 
-	clock := uplink.NewManualClock(gkEpoch.Add(time.Hour))
+	clock := clock.NewManual(gkEpoch.Add(time.Hour))
 	reg := prometheus.NewRegistry()
 	a, err := New(testConfig(t, "gk-wire"), Deps{Logger: f.quiet, Registry: reg, UplinkClock: clock})
 	if err != nil {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"log/slog"
 	"net/http"
 	"path/filepath"
 	"sync/atomic"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/controlplane"
 )
 
@@ -28,7 +28,7 @@ type controlPlane struct {
 	dir    string
 }
 
-func startControlPlane(dir string, clock uplink.Clock, heartbeat time.Duration, log *slog.Logger) (*controlPlane, error) {
+func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, log *slog.Logger) (*controlPlane, error) {
 	cfg := controlplane.Config{
 		DataDir:           dir,
 		Listen:            "127.0.0.1:0",

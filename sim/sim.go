@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -36,7 +37,6 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -289,7 +289,7 @@ type Fleet struct {
 	dir       string
 	owned     bool // dir is temporary and removed on Close
 	cp        *controlPlane
-	clock     uplink.Clock
+	clock     clock.Clock
 	outage    outage
 	occupancy []string // data files the devices replay; nil: no devices
 }
@@ -317,9 +317,9 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 		}
 		f.dir, f.owned = d, true
 	}
-	f.clock = uplink.RealClock()
+	f.clock = clock.Real()
 	if o.TimeScale != 1 {
-		f.clock = uplink.NewScaledClock(time.Now(), o.TimeScale)
+		f.clock = clock.NewScaled(time.Now(), o.TimeScale)
 	}
 	var tokens []string
 	if !o.NoControlPlane {

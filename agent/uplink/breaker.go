@@ -1,6 +1,7 @@
 package uplink
 
 import (
+	"github.com/edgefleet/edgefleet/clock"
 	"sync"
 	"time"
 )
@@ -21,7 +22,7 @@ const (
 type breaker struct {
 	threshold int
 	cooldown  time.Duration
-	clock     Clock
+	clock     clock.Clock
 	onChange  func(from, to string, failures int)
 
 	mu       sync.Mutex
@@ -32,7 +33,7 @@ type breaker struct {
 	closedCh chan struct{} // closed (and replaced) when the breaker closes
 }
 
-func newBreaker(threshold int, cooldown time.Duration, clock Clock, onChange func(from, to string, failures int)) *breaker {
+func newBreaker(threshold int, cooldown time.Duration, clock clock.Clock, onChange func(from, to string, failures int)) *breaker {
 	return &breaker{threshold: threshold, cooldown: cooldown, clock: clock, onChange: onChange,
 		state: BreakerClosed, closedCh: make(chan struct{})}
 }

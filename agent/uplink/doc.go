@@ -141,6 +141,6 @@
 // # Time
 //
 // Intervals, back-off and the breaker run on Deps.Clock, so tests use a
-// ManualClock and the simulator a scaled clock (NewScaledClock) to play
+// clock.Manual and the simulator a scaled clock (clock.NewScaled) to play
 // an hour-long outage in a minute. Request timeouts are real time.
 package uplink

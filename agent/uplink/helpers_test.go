@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -31,7 +32,7 @@ import (
 // manual clock.
 type cpEnv struct {
 	t     *testing.T
-	clock *ManualClock
+	clock *clock.Manual
 	srv   *controlplane.Server
 	admin *controlplane.Client
 	reg   *prometheus.Registry
@@ -50,19 +51,19 @@ func (c *cpEnv) unseal() {
 	}
 }
 
-func newClock() *ManualClock {
+func newClock() *clock.Manual {
 	// Start at the real time: the server's certificate is checked by the
 	// client against the real clock.
-	return NewManualClock(time.Now().UTC().Truncate(time.Second))
+	return clock.NewManual(time.Now().UTC().Truncate(time.Second))
 }
 
-func newCP(t *testing.T, clock *ManualClock) *cpEnv {
+func newCP(t *testing.T, clock *clock.Manual) *cpEnv {
 	t.Helper()
 	return newCPWith(t, clock, nil)
 }
 
 // newCPWith starts a control plane after mutate changed its config.
-func newCPWith(t *testing.T, clock *ManualClock, mutate func(*controlplane.Config)) *cpEnv {
+func newCPWith(t *testing.T, clock *clock.Manual, mutate func(*controlplane.Config)) *cpEnv {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := controlplane.Config{
@@ -363,7 +364,7 @@ func (a *testAgent) pending() int64 {
 	return st.OutboxPendingBatches
 }
 
-func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAgent {
+func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testAgent {
 	t.Helper()
 	a := &testAgent{t: t, dir: o.dir, tr: &faultTransport{}, reg: prometheus.NewRegistry(), logs: &testutil.SyncBuffer{}, sink: &countingSink{},
 		keyring: newTestKeyring(t, clock)}
@@ -395,7 +396,7 @@ func newAgent(t *testing.T, clock *ManualClock, cfg Config, o agentOpts) *testAg
 	return a
 }
 
-func (a *testAgent) start(clock *ManualClock, cfg Config, outbox Outbox, status func() controlplane.Heartbeat) {
+func (a *testAgent) start(clock *clock.Manual, cfg Config, outbox Outbox, status func() controlplane.Heartbeat) {
 	t := a.t
 	t.Helper()
 	a.reg = prometheus.NewRegistry() // a restarted agent is a new process
@@ -447,7 +448,7 @@ func (m *testMsg) Ack()              {}
 // write hands n flat JSON messages of two numeric readings (a number and
 // a boolean) each, stamped at the clock's time plus a millisecond per
 // message, and waits for their commit.
-func (a *testAgent) write(clock *ManualClock, device string, n int) {
+func (a *testAgent) write(clock *clock.Manual, device string, n int) {
 	a.t.Helper()
 	want := a.sink.readings.Load() + int64(2*n)
 	base := clock.Now()
@@ -463,7 +464,7 @@ func (a *testAgent) write(clock *ManualClock, device string, n int) {
 }
 
 // writeText hands one SenML message with a string reading.
-func (a *testAgent) writeText(clock *ManualClock, device string) {
+func (a *testAgent) writeText(clock *clock.Manual, device string) {
 	a.t.Helper()
 	want := a.sink.readings.Load() + 1
 	t := float64(clock.Now().UnixMicro()) / 1e6
@@ -489,7 +490,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // settle waits until n loops are parked on clock timers and no request
 // is in flight, and the key watch loop, when there is one, is parked as
 // well: on the clock, or in a request the server holds.
-func settle(t *testing.T, clock *ManualClock, tr *faultTransport, n int) {
+func settle(t *testing.T, clock *clock.Manual, tr *faultTransport, n int) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%d loops waiting on the clock (and the key watch parked)", n), func() bool {
 		want := n
@@ -502,7 +503,7 @@ func settle(t *testing.T, clock *ManualClock, tr *faultTransport, n int) {
 
 // advanceUntil moves the clock by step (after letting n loops settle)
 // until cond holds, failing after limit of clock time.
-func advanceUntil(t *testing.T, clock *ManualClock, tr *faultTransport, n int, step, limit time.Duration, what string, cond func() bool) {
+func advanceUntil(t *testing.T, clock *clock.Manual, tr *faultTransport, n int, step, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	start := clock.Now()
 	for !cond() {
@@ -524,7 +525,7 @@ type testKeyring struct {
 	t       *testing.T
 	sk      *pqcrypto.PrivateKey
 	device  *pqcrypto.DataKey
-	clock   Clock
+	clock   clock.Clock
 	reg     *prometheus.Registry // the keyring's metrics
 	changed atomic.Int64         // KeysChanged calls
 
@@ -535,7 +536,7 @@ type testKeyring struct {
 
 var keyringSeed atomic.Uint32
 
-func newTestKeyring(t *testing.T, clock Clock) *testKeyring {
+func newTestKeyring(t *testing.T, clock clock.Clock) *testKeyring {
 	t.Helper()
 	var seed [32]byte
 	seed[0] = byte(keyringSeed.Add(1))

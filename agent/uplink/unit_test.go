@@ -3,6 +3,7 @@ package uplink
 import (
 	"encoding/json"
 	"errors"
+	"github.com/edgefleet/edgefleet/clock"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -193,7 +194,7 @@ func TestJSONStringLenMatchesEncodingJSON(t *testing.T) {
 }
 
 func TestBreakerStateMachine(t *testing.T) {
-	clock := NewManualClock(time.Unix(1e9, 0))
+	clock := clock.NewManual(time.Unix(1e9, 0))
 	var changes []string
 	b := newBreaker(2, 30*time.Second, clock, func(from, to string, _ int) { changes = append(changes, from+">"+to) })
 	mustAllow := func(want bool) {
@@ -264,73 +265,6 @@ func TestBackoffIsExponentialWithJitterWithinBounds(t *testing.T) {
 			t.Errorf("backoff(%d) never above half its cap %s: no jitter over the range", n, hi)
 		}
 	}
-}
-
-func TestManualClock(t *testing.T) {
-	start := time.Unix(1e9, 0)
-	c := NewManualClock(start)
-	t1, t2, t3 := c.NewTimer(2*time.Second), c.NewTimer(time.Second), c.NewTimer(5*time.Second)
-	if c.Waiters() != 3 {
-		t.Fatalf("waiters %d", c.Waiters())
-	}
-	if at, ok := c.NextDeadline(); !ok || !at.Equal(start.Add(time.Second)) {
-		t.Fatalf("next deadline %s %v", at, ok)
-	}
-	if !t3.Stop() || t3.Stop() {
-		t.Fatal("Stop of a pending timer")
-	}
-	c.Advance(2 * time.Second)
-	for _, f := range []struct {
-		tm   Timer
-		want time.Duration
-	}{{t2, time.Second}, {t1, 2 * time.Second}} {
-		select {
-		case at := <-f.tm.C():
-			if !at.Equal(start.Add(f.want)) {
-				t.Errorf("timer of %s fired with %s", f.want, at.Sub(start))
-			}
-		default:
-			t.Fatalf("timer of %s did not fire", f.want)
-		}
-	}
-	if c.Waiters() != 0 || t1.Stop() {
-		t.Error("fired timers still pending")
-	}
-	select {
-	case <-c.NewTimer(0).C():
-	default:
-		t.Error("zero timer did not fire at once")
-	}
-	c.Set(start) // never backwards
-	if !c.Now().Equal(start.Add(2 * time.Second)) {
-		t.Errorf("Set moved the clock back to %s", c.Now())
-	}
-}
-
-func TestScaledClockRunsFaster(t *testing.T) {
-	start := time.Unix(1e9, 0)
-	c := NewScaledClock(start, 3600) // an hour per real second
-	tm := c.NewTimer(time.Minute)    // about 17ms of real time
-	select {
-	case at := <-tm.C():
-		if at.Sub(start) < time.Minute {
-			t.Errorf("timer fired at clock %s, before its minute", at.Sub(start))
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("scaled timer did not fire")
-	}
-	if c.Now().Sub(start) < time.Minute {
-		t.Errorf("clock at %s after a scaled minute", c.Now().Sub(start))
-	}
-	if s := c.NewTimer(time.Hour); !s.Stop() {
-		t.Error("Stop of a pending scaled timer")
-	}
-	defer func() {
-		if recover() == nil {
-			t.Error("factor 0 accepted")
-		}
-	}()
-	NewScaledClock(start, 0)
 }
 
 func TestCommittedNeverBlocks(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	crand "crypto/rand"
 	"crypto/tls"
 	"fmt"
+	"github.com/edgefleet/edgefleet/clock"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -36,8 +37,8 @@ type Deps struct {
 	Logger *slog.Logger
 	// Registry receives the metrics (nil: not registered).
 	Registry *prometheus.Registry
-	// Clock drives intervals, back-off and the breaker (nil: RealClock()).
-	Clock Clock
+	// Clock drives intervals, back-off and the breaker (nil: clock.Real()).
+	Clock clock.Clock
 	// Rand supplies back-off jitter (nil: seeded from crypto/rand). The
 	// uplink serializes its use.
 	Rand *rand.Rand
@@ -134,7 +135,7 @@ type Uplink struct {
 	name    string
 	deps    Deps
 	log     *slog.Logger
-	clock   Clock
+	clock   clock.Clock
 	m       *metrics
 	br      *breaker
 	wake    chan struct{}
@@ -204,7 +205,7 @@ func New(cfg Config, dataDir, name string, deps Deps) (*Uplink, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	if deps.Clock == nil {
-		deps.Clock = RealClock()
+		deps.Clock = clock.Real()
 	}
 	if deps.Rand == nil {
 		var seed [32]byte
