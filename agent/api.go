@@ -52,7 +52,8 @@ func (a *Agent) startAPI() error {
 //	GET    /readyz                         store open and memberlist running (503 otherwise)
 //	GET    /metrics                        Prometheus text format
 //	GET    /v1/state                       collections held: [{"name","type","keys"}]
-//	GET    /v1/state/{collection}          lww: entries; orset: members
+//	GET    /v1/state/{collection}          lww: entries; orset: members; counter: counters [{"key","value"}];
+//	                                       mvreg: registers [{"key","values"}]
 //	GET    /v1/state/{collection}/{key}    lww {"key","value","hlc","origin"}; mvreg {"key","values"};
 //	                                       orset {"key","present"}; counter {"key","value"}
 //	PUT    /v1/state/{collection}/{key}    body: the value (lww, mvreg), {"add": n} (counter), ignored (orset)
@@ -66,6 +67,7 @@ func (a *Agent) startAPI() error {
 //	DELETE /v1/dead-letters                ?all=true | before=RFC3339 | reason=R | id=N&id=M: {"purged":N}
 //	GET    /v1/ingest                      {"enabled","broker","subscribed","pressure","stats","store"}
 //	GET    /v1/uplink                      the uplink's status; {"enabled":false} without a control plane
+//	GET    /v1/status                      the agent at a glance: members, ingestion, uplink, keys (api_status.go)
 //
 // A collection's type comes from state.collections (default lww). A PUT or
 // DELETE answers 200 only after the op committed durably. Errors are JSON
@@ -270,8 +272,10 @@ func (a *Agent) handleList(w http.ResponseWriter, r *http.Request) {
 			members = []string{}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"collection": coll, "type": t, "members": members})
-	default:
-		writeError(w, http.StatusNotImplemented, fmt.Sprintf("listing %s collections is not available (the store has no key listing for %s); GET /v1/state/%s/{key}", t, t, coll))
+	case crdt.TypeCounter:
+		a.listCounters(w, r, s, coll)
+	case crdt.TypeMVReg:
+		a.listRegisters(w, r, s, coll)
 	}
 }
 
@@ -308,15 +312,7 @@ func (a *Agent) handleGet(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("key %q not found in %q", key, coll))
 			return
 		}
-		out := make([]any, 0, len(vals))
-		for _, v := range vals {
-			jv, enc := jsonValue(v)
-			if enc != "" {
-				jv = map[string]string{"value": jv.(string), "encoding": enc}
-			}
-			out = append(out, jv)
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"key": key, "values": out})
+		writeJSON(w, http.StatusOK, map[string]any{"key": key, "values": mvValues(vals)})
 	case crdt.TypeORSet:
 		present, err := s.SetContains(ctx, coll, key)
 		if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -96,7 +97,9 @@ func TestAPIRoundTrips(t *testing.T) {
 	api.expect("PUT", "/v1/state/hits/total", `{"sub": 1}`, 400)
 	api.expect("PUT", "/v1/state/hits/total", `{}`, 400)
 	api.expect("DELETE", "/v1/state/hits/total", "", 405)
-	api.expect("GET", "/v1/state/hits", "", 501)
+	if got := api.expect("GET", "/v1/state/hits", "", 200); fmt.Sprint(got["counters"]) != "[map[key:total value:3]]" {
+		t.Fatalf("counter listing: %v", got)
+	}
 
 	// OR-set.
 	api.expect("PUT", "/v1/state/tags/blue", "", 200)
@@ -116,8 +119,14 @@ func TestAPIRoundTrips(t *testing.T) {
 	if got := api.expect("GET", "/v1/state/conf/mode", "", 200); len(got["values"].([]any)) != 1 || got["values"].([]any)[0] != "eco" {
 		t.Fatalf("mvreg: %v", got)
 	}
+	if got := api.expect("GET", "/v1/state/conf", "", 200); fmt.Sprint(got["registers"]) != "[map[key:mode values:[eco]]]" {
+		t.Fatalf("mvreg listing: %v", got)
+	}
 	api.expect("DELETE", "/v1/state/conf/mode", "", 200)
 	api.expect("GET", "/v1/state/conf/mode", "", 404)
+	if got := api.expect("GET", "/v1/state/conf", "", 200); fmt.Sprint(got["registers"]) != "[]" {
+		t.Fatalf("mvreg listing after clear: %v", got)
+	}
 
 	// Bad input.
 	api.expect("PUT", "/v1/state/devices/big", strings.Repeat("x", 2000), 413)
