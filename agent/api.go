@@ -100,6 +100,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/dead-letters", a.handlePurgeDeadLetters)
 	mux.HandleFunc("GET /v1/ingest", a.handleIngest)
 	mux.HandleFunc("GET /v1/uplink", a.handleUplink)
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
 	for path, allow := range map[string]string{
 		"/healthz":                        "GET",
 		"/readyz":                         "GET",
@@ -114,6 +115,7 @@ func (a *Agent) Handler() http.Handler {
 		"/v1/dead-letters":                "GET, DELETE",
 		"/v1/ingest":                      "GET",
 		"/v1/uplink":                      "GET",
+		"/v1/status":                      "GET",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)

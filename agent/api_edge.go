@@ -311,28 +311,38 @@ type IngestStatus struct {
 	StoreError string             `json:"store_error,omitempty"`
 }
 
-func (a *Agent) handleIngest(w http.ResponseWriter, r *http.Request) {
+// ingestStatus is the answer of GET /v1/ingest: {"enabled": false} when
+// ingestion is off or the agent is not running.
+func (a *Agent) ingestStatus(ctx context.Context) any {
 	in := a.Ingest()
 	if in == nil || !a.running.Load() {
-		writeJSON(w, http.StatusOK, map[string]bool{"enabled": false})
-		return
+		return map[string]bool{"enabled": false}
 	}
 	st := in.Stats()
 	out := IngestStatus{Enabled: true, Broker: in.Broker(), Embedded: a.cfg.Ingest.MQTT.Broker == "",
 		Topic: a.cfg.Ingest.Topic, Subscribed: in.Subscribed(), Pressure: st.Backpressure, Stats: &st}
-	if ss, err := in.Store().Stats(r.Context()); err != nil {
+	if ss, err := in.Store().Stats(ctx); err != nil {
 		out.StoreError = err.Error()
 	} else {
 		out.Store = &ss
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
+}
+
+func (a *Agent) handleIngest(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.ingestStatus(r.Context()))
+}
+
+// uplinkStatus is the answer of GET /v1/uplink: {"enabled": false}
+// without a control plane.
+func (a *Agent) uplinkStatus() any {
+	up := a.Uplink()
+	if up == nil {
+		return map[string]bool{"enabled": false}
+	}
+	return up.Status()
 }
 
 func (a *Agent) handleUplink(w http.ResponseWriter, r *http.Request) {
-	up := a.Uplink()
-	if up == nil {
-		writeJSON(w, http.StatusOK, map[string]bool{"enabled": false})
-		return
-	}
-	writeJSON(w, http.StatusOK, up.Status())
+	writeJSON(w, http.StatusOK, a.uplinkStatus())
 }

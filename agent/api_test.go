@@ -164,6 +164,12 @@ func TestAPIRoundTrips(t *testing.T) {
 	if len(members) != 1 || members[0].Name != "api" || members[0].State != StateAlive {
 		t.Fatalf("members: %+v", members)
 	}
+	// Status of an agent without ingestion or a control plane.
+	st := api.expect("GET", "/v1/status", "", 200)
+	if st["node"] != "api" || st["running"] != true || fmt.Sprint(st["ingest"]) != "map[enabled:false]" || fmt.Sprint(st["uplink"]) != "map[enabled:false]" ||
+		fmt.Sprint(st["members"].(map[string]any)["alive"]) != "1" || fmt.Sprint(st["keys"]) != "map[gossip:map[bootstrap:true encrypted:true primary:0 versions:[]] held:[]]" {
+		t.Fatalf("status: %v", st)
+	}
 	resp, err = http.Get(api.base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
