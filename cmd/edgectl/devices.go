@@ -1,16 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"mime"
-	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,8 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
 )
@@ -29,38 +23,8 @@ import (
 // maxCommandBytes is the largest command payload the agent accepts.
 const maxCommandBytes = 64 << 10
 
-// maxAgentAnswer bounds an answer read from the agent API (a page of 1000
-// dead letters with 4 KiB payloads is about 6 MB).
-const maxAgentAnswer = 64 << 20
-
 // deadLetterPage is the most dead letters the agent returns per request.
 const deadLetterPage = 1000
-
-// deviceRecord is a device's entry in the fleet's replicated device
-// registry, as the agent API returns it.
-type deviceRecord struct {
-	ID         string             `json:"id"`
-	Agent      string             `json:"agent"`
-	FirstSeen  time.Time          `json:"first_seen"`
-	LastSeen   time.Time          `json:"last_seen"`
-	Messages   int64              `json:"messages"`
-	Readings   int64              `json:"readings"`
-	Rate       float64            `json:"rate"`
-	LastValues map[string]float64 `json:"last_values"`
-	Updated    time.Time          `json:"updated"`
-}
-
-// commandSent is the agent's answer to a command.
-type commandSent struct {
-	Device string `json:"device"`
-	Topic  string `json:"topic"`
-	Bytes  int    `json:"bytes"`
-}
-
-// purgeResult is the agent's answer to a purge.
-type purgeResult struct {
-	Purged int64 `json:"purged"`
-}
 
 // deadLetterReasons are the reasons --reason accepts.
 var deadLetterReasons = func() []string {
@@ -94,185 +58,36 @@ field of the selected context, else ` + clientconfig.DefaultAgent + ` (an agent
 on this machine with its default api.addr).`,
 		RunE: cli.GroupRunE,
 	}
-	c.PersistentFlags().StringVar(&d.agent, "agent", "", "agent API URL, http://host:port (env "+clientconfig.EnvAgent+"; default: the context's agent, else "+clientconfig.DefaultAgent+")")
+	c.PersistentFlags().StringVar(&d.agent, "agent", "", agentFlagUsage)
 	c.AddCommand(d.newListCmd(), d.newShowCmd(), d.newSendCmd(), d.newDeadLettersCmd())
 	return c
 }
 
-// agentAPI is a client of one agent's local API.
-type agentAPI struct {
-	target  clientconfig.AgentTarget
-	client  *http.Client
-	timeout time.Duration
-}
-
-// api resolves the agent API and returns a client for it.
-func (d *devicesCmd) api(c *cobra.Command) (*agentAPI, error) {
-	if d.agent != "" {
-		if _, err := clientconfig.NormalizeAgent(d.agent); err != nil {
-			return nil, cli.Usagef("--agent: %v", err)
-		}
-	}
-	env := clientconfig.FromEnv(d.a.getenv)
-	flags := clientconfig.Settings{Agent: d.agent, Context: d.a.flags.Context}
-	// The contexts file only matters when neither the flag nor the
-	// environment names the agent, or a context is named explicitly.
-	var f *clientconfig.File
-	if (flags.Agent == "" && env.Agent == "") || flags.Context != "" {
-		var err error
-		if f, _, err = d.a.loadContexts(c); err != nil {
-			return nil, err
-		}
-	}
-	target, err := clientconfig.ResolveAgent(f, flags, env)
-	if err != nil {
-		if errors.Is(err, clientconfig.ErrNoContext) && flags.Context != "" {
-			return nil, cli.UsageError{Err: err}
-		}
-		return nil, err
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	return &agentAPI{target: target, client: &http.Client{Transport: tr}, timeout: d.a.timeout}, nil
-}
-
-func (api *agentAPI) close() { api.client.CloseIdleConnections() }
-
-// unreachable explains a request that got no answer. When the address
-// came from the environment or a context, the message says so.
-func (api *agentAPI) unreachable(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	from := ""
-	if f := api.target.From; f != "default" && f != "--agent" {
-		from = " (address from " + f + ")"
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("agent API at %s did not answer within %s (--timeout)%s", api.target.URL, api.timeout, from)
-	}
-	return fmt.Errorf("cannot reach agent API at %s: %w (is edge-agent running? set --agent or %s)%s", api.target.URL, err, clientconfig.EnvAgent, from)
-}
-
-// call makes one request, bounded by --timeout, and decodes the JSON
-// answer into out when the status is want. Any other status is an error
-// carrying the agent's message.
-func (api *agentAPI) call(ctx context.Context, method, path string, query url.Values, body []byte, want int, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, api.timeout)
-	defer cancel()
-	u := api.target.URL + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return fmt.Errorf("agent API request %s %s: %w", method, path, err)
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "edgectl/"+buildinfo.Get().Version)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/octet-stream")
-	}
-	resp, err := api.client.Do(req)
-	if err != nil {
-		if errors.Is(err, context.Canceled) && ctx.Err() != context.DeadlineExceeded {
-			return err
-		}
-		return api.unreachable(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAgentAnswer+1))
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return api.unreachable(err)
-		}
-		return fmt.Errorf("agent API at %s: %s %s: reading the answer: %w", api.target.URL, method, path, err)
-	}
-	if len(data) > maxAgentAnswer {
-		return fmt.Errorf("agent API at %s: %s %s: answer larger than %d bytes", api.target.URL, method, path, maxAgentAnswer)
-	}
-	isJSON := false
-	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err == nil && mt == "application/json" {
-		isJSON = true
-	}
-	if resp.StatusCode != want {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if isJSON && json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("agent API at %s: %s %s: %s: %s", api.target.URL, method, path, resp.Status, e.Error)
-		}
-		return fmt.Errorf("agent API at %s: %s %s: %s (the answer is not an agent API error; is %s an edge-agent's API?)%s",
-			api.target.URL, method, path, resp.Status, api.target.URL, snippet(data))
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("agent API at %s: %s %s: unexpected answer (is %s an edge-agent's API?): %v", api.target.URL, method, path, api.target.URL, err)
+// checkDeviceID refuses ids the agent would refuse.
+func checkDeviceID(id string) error {
+	if err := ingest.CheckDeviceID(id); err != nil {
+		return cli.Usagef("device id %q: want 1 to %d characters of A-Z a-z 0-9 - _ . : @", id, ingest.MaxDeviceIDLen)
 	}
 	return nil
 }
 
-// snippet renders the start of an unexpected answer, safe for a
-// terminal, as ": <text>" ("" for an empty answer).
-func snippet(b []byte) string {
-	const n = 120
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return ""
-	}
-	if len(s) > n {
-		s = s[:n] + "..."
-	}
-	return ": " + strconv.Quote(s)
-}
-
-// devicePath is the API path of a device, after checking its id.
-func devicePath(id string) (string, error) {
-	if err := ingest.CheckDeviceID(id); err != nil {
-		return "", cli.Usagef("device id %q: want 1 to %d characters of A-Z a-z 0-9 - _ . : @", id, ingest.MaxDeviceIDLen)
-	}
-	return "/v1/devices/" + url.PathEscape(id), nil
-}
-
-// withAPI resolves the agent API and runs fn with it.
-func withAPI[T any](d *devicesCmd, c *cobra.Command, fn func(context.Context, *agentAPI) (T, error)) (T, error) {
-	var zero T
-	api, err := d.api(c)
+// listDevices lists the registry, [] when empty, with {} for no values.
+func listDevices(ctx context.Context, api *agentapi.Client) ([]agentapi.DeviceRecord, error) {
+	devs, err := api.Devices(ctx)
 	if err != nil {
-		return zero, err
-	}
-	defer api.close()
-	v, err := fn(c.Context(), api)
-	if err != nil {
-		return zero, err
-	}
-	return v, nil
-}
-
-func (api *agentAPI) listDevices(ctx context.Context) ([]deviceRecord, error) {
-	var body struct {
-		Devices []deviceRecord `json:"devices"`
-	}
-	if err := api.call(ctx, http.MethodGet, "/v1/devices", nil, nil, http.StatusOK, &body); err != nil {
 		return nil, err
 	}
-	if body.Devices == nil {
-		body.Devices = []deviceRecord{}
+	if devs == nil {
+		devs = []agentapi.DeviceRecord{}
 	}
-	for i := range body.Devices {
-		normalizeDevice(&body.Devices[i])
+	for i := range devs {
+		normalizeDevice(&devs[i])
 	}
-	return body.Devices, nil
+	return devs, nil
 }
 
 // normalizeDevice makes output print {} instead of null.
-func normalizeDevice(r *deviceRecord) {
+func normalizeDevice(r *agentapi.DeviceRecord) {
 	if r.LastValues == nil {
 		r.LastValues = map[string]float64{}
 	}
@@ -297,9 +112,7 @@ last_seen, messages, readings, rate, last_values, updated).`,
 			if err != nil {
 				return err
 			}
-			devs, err := withAPI(d, c, func(ctx context.Context, api *agentAPI) ([]deviceRecord, error) {
-				return api.listDevices(ctx)
-			})
+			devs, err := withAgent(d.a, c, d.agent, listDevices)
 			if err != nil {
 				return err
 			}
@@ -311,7 +124,7 @@ last_seen, messages, readings, rate, last_values, updated).`,
 	return c
 }
 
-func printDeviceTable(w io.Writer, devs []deviceRecord, now time.Time) error {
+func printDeviceTable(w io.Writer, devs []agentapi.DeviceRecord, now time.Time) error {
 	if len(devs) == 0 {
 		_, err := fmt.Fprintln(w, "No devices.")
 		return err
@@ -377,14 +190,11 @@ func (d *devicesCmd) newShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			path, err := devicePath(args[0])
-			if err != nil {
+			if err := checkDeviceID(args[0]); err != nil {
 				return err
 			}
-			rec, err := withAPI(d, c, func(ctx context.Context, api *agentAPI) (deviceRecord, error) {
-				var r deviceRecord
-				err := api.call(ctx, http.MethodGet, path, nil, nil, http.StatusOK, &r)
-				return r, err
+			rec, err := withAgent(d.a, c, d.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.DeviceRecord, error) {
+				return api.Device(ctx, args[0])
 			})
 			if err != nil {
 				return err
@@ -397,7 +207,7 @@ func (d *devicesCmd) newShowCmd() *cobra.Command {
 	return c
 }
 
-func printDevice(w io.Writer, r deviceRecord, now time.Time) error {
+func printDevice(w io.Writer, r agentapi.DeviceRecord, now time.Time) error {
 	tw := cli.NewTable(w)
 	when := func(t time.Time) string {
 		if t.IsZero() {
@@ -435,13 +245,13 @@ func (d *devicesCmd) completeDeviceIDs(c *cobra.Command, args []string, _ string
 	if len(args) > 0 {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	api, err := d.api(c)
+	ac, err := d.a.agentConn(c, d.agent)
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	defer api.close()
-	api.timeout = 3 * time.Second
-	devs, err := api.listDevices(c.Context())
+	defer ac.close()
+	ac.timeout = 3 * time.Second
+	devs, err := agentCall(c.Context(), ac, listDevices)
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -470,8 +280,7 @@ answers once the broker has it. It prints the topic.`,
 			if err != nil {
 				return err
 			}
-			path, err := devicePath(args[0])
-			if err != nil {
+			if err := checkDeviceID(args[0]); err != nil {
 				return err
 			}
 			payload := []byte(args[1])
@@ -487,10 +296,8 @@ answers once the broker has it. It prints the topic.`,
 			if len(payload) > maxCommandBytes {
 				return cli.Usagef("the payload is larger than %d bytes", maxCommandBytes)
 			}
-			sent, err := withAPI(d, c, func(ctx context.Context, api *agentAPI) (commandSent, error) {
-				var s commandSent
-				err := api.call(ctx, http.MethodPost, path+"/commands", nil, payload, http.StatusAccepted, &s)
-				return s, err
+			sent, err := withAgent(d.a, c, d.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.CommandSent, error) {
+				return api.SendCommand(ctx, args[0], payload)
 			})
 			if err != nil {
 				return err
@@ -586,44 +393,43 @@ func (d *devicesCmd) listDeadLetters(c *cobra.Command, fl *deadLetterFlags) erro
 		return cli.Usagef("--limit and --after must not be negative")
 	}
 	type listing struct {
-		items []ingest.DeadLetter
+		items []agentapi.DeadLetter
 		next  int64 // id to continue after, 0 when all were listed
 	}
-	l, err := withAPI(d, c, func(ctx context.Context, api *agentAPI) (listing, error) {
-		var l listing
-		after := fl.after
-		for {
-			n := deadLetterPage
-			if fl.limit > 0 {
-				n = min(n, fl.limit-len(l.items))
-			}
-			q := url.Values{"after": {strconv.FormatInt(after, 10)}, "limit": {strconv.Itoa(n)}}
-			if fl.reason != "" {
-				q.Set("reason", fl.reason)
-			}
-			var page ingest.DeadLetterPage
-			if err := api.call(ctx, http.MethodGet, "/v1/dead-letters", q, nil, http.StatusOK, &page); err != nil {
-				return l, err
-			}
-			l.items = append(l.items, page.Items...)
-			if page.Next == 0 || len(page.Items) == 0 {
-				l.next = 0
-				return l, nil
-			}
-			if page.Next <= after {
-				return l, fmt.Errorf("agent API at %s: GET /v1/dead-letters: page after %d continues at %d, which does not advance", api.target.URL, after, page.Next)
-			}
-			after, l.next = page.Next, page.Next
-			if fl.limit > 0 && len(l.items) >= fl.limit {
-				return l, nil
-			}
-		}
-	})
+	ac, err := d.a.agentConn(c, d.agent)
 	if err != nil {
 		return err
 	}
+	defer ac.close()
+	var l listing
+	after := fl.after
+	for {
+		n := deadLetterPage
+		if fl.limit > 0 {
+			n = min(n, fl.limit-len(l.items))
+		}
+		q := agentapi.DeadLetterQuery{After: after, Limit: n, Reason: fl.reason}
+		page, err := agentCall(c.Context(), ac, func(ctx context.Context, api *agentapi.Client) (agentapi.DeadLetterPage, error) {
+			return api.DeadLetters(ctx, q)
+		})
+		if err != nil {
+			return err
+		}
+		l.items = append(l.items, page.Items...)
+		if page.Next == 0 || len(page.Items) == 0 {
+			l.next = 0
+			break
+		}
+		if page.Next <= after {
+			return fmt.Errorf("agent API at %s: GET /v1/dead-letters: page after %d continues at %d, which does not advance", ac.target.URL, after, page.Next)
+		}
+		after, l.next = page.Next, page.Next
+		if fl.limit > 0 && len(l.items) >= fl.limit {
+			break
+		}
+	}
 	if l.items == nil {
-		l.items = []ingest.DeadLetter{}
+		l.items = []agentapi.DeadLetter{}
 	}
 	if l.next != 0 {
 		fmt.Fprintf(c.ErrOrStderr(), "More dead letters follow: --after %d continues, --limit 0 lists all.\n", l.next)
@@ -636,7 +442,7 @@ func (d *devicesCmd) listDeadLetters(c *cobra.Command, fl *deadLetterFlags) erro
 	})
 }
 
-func printDeadLetterTable(w io.Writer, items []ingest.DeadLetter) error {
+func printDeadLetterTable(w io.Writer, items []agentapi.DeadLetter) error {
 	if len(items) == 0 {
 		_, err := fmt.Fprintln(w, "No dead letters.")
 		return err
@@ -645,12 +451,12 @@ func printDeadLetterTable(w io.Writer, items []ingest.DeadLetter) error {
 	fmt.Fprintln(tw, "ID\tTIME\tTOPIC\tREASON\tSIZE\tERROR")
 	for _, dl := range items {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", dl.ID, dl.At.Local().Format(time.RFC3339), cell(dl.Topic, 48),
-			cell(string(dl.Reason), 0), bytesIEC(uint64(max(dl.PayloadSize, 0))), cell(dl.Error, 80))
+			cell(dl.Reason, 0), bytesIEC(uint64(max(dl.PayloadSize, 0))), cell(dl.Error, 80))
 	}
 	return tw.Flush()
 }
 
-func printDeadLettersFull(w io.Writer, items []ingest.DeadLetter) error {
+func printDeadLettersFull(w io.Writer, items []agentapi.DeadLetter) error {
 	if len(items) == 0 {
 		_, err := fmt.Fprintln(w, "No dead letters.")
 		return err
@@ -663,7 +469,7 @@ func printDeadLettersFull(w io.Writer, items []ingest.DeadLetter) error {
 		fmt.Fprintf(tw, "Dead letter:\t%d\n", dl.ID)
 		fmt.Fprintf(tw, "Time:\t%s\n", dl.At.Local().Format(time.RFC3339Nano))
 		fmt.Fprintf(tw, "Topic:\t%s\n", cell(dl.Topic, 0))
-		fmt.Fprintf(tw, "Reason:\t%s\n", cell(string(dl.Reason), 0))
+		fmt.Fprintf(tw, "Reason:\t%s\n", cell(dl.Reason, 0))
 		fmt.Fprintf(tw, "Error:\t%s\n", cell(dl.Error, 0))
 		size := bytesIEC(uint64(max(dl.PayloadSize, 0)))
 		if dl.Truncated {
@@ -737,33 +543,31 @@ func (d *devicesCmd) newDeadLettersPurgeCmd() *cobra.Command {
 			if n != 1 {
 				return cli.Usagef("purge needs exactly one of --all, --before, --reason or --id")
 			}
-			q := url.Values{}
+			var p agentapi.DeadLetterPurge
 			switch {
 			case all:
-				q.Set("all", "true")
+				p.All = true
 			case before != "":
 				t, err := cli.ParseTime(before, d.a.now())
 				if err != nil {
 					return cli.Usagef("--before: %v", err)
 				}
-				q.Set("before", t.UTC().Format(time.RFC3339Nano))
+				p.Before = t
 			case reason != "":
 				if err := checkReason(reason); err != nil {
 					return err
 				}
-				q.Set("reason", reason)
+				p.Reason = reason
 			default:
 				for _, id := range ids {
 					if id <= 0 {
 						return cli.Usagef("--id %d: dead-letter ids are positive", id)
 					}
-					q.Add("id", strconv.FormatInt(id, 10))
 				}
+				p.IDs = ids
 			}
-			res, err := withAPI(d, c, func(ctx context.Context, api *agentAPI) (purgeResult, error) {
-				var r purgeResult
-				err := api.call(ctx, http.MethodDelete, "/v1/dead-letters", q, nil, http.StatusOK, &r)
-				return r, err
+			res, err := withAgent(d.a, c, d.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.PurgeResult, error) {
+				return api.PurgeDeadLetters(ctx, p)
 			})
 			if err != nil {
 				return err

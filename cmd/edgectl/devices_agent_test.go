@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
@@ -93,11 +94,11 @@ func TestDevicesAgainstAgent(t *testing.T) {
 
 	// The registry entry appears once the agent has written it.
 	deadline := time.Now().Add(20 * time.Second)
-	var rec deviceRecord
+	var rec agentapi.DeviceRecord
 	for {
 		r := e.run("devices", "show", "sensor-1", "--json")
 		if r.code == 0 {
-			rec = decodeJSON[deviceRecord](t, r.stdout)
+			rec = decodeJSON[agentapi.DeviceRecord](t, r.stdout)
 			if rec.Messages == 2 {
 				break
 			}
@@ -114,7 +115,7 @@ func TestDevicesAgainstAgent(t *testing.T) {
 	if !strings.Contains(out, "sensor-1") || !strings.Contains(out, "edge-1") || !strings.Contains(out, "hum=41 temp=22.5") {
 		t.Fatalf("list:\n%s", out)
 	}
-	if list := decodeJSON[[]deviceRecord](t, e.must("devices", "list", "--json")); len(list) != 1 || list[0].ID != "sensor-1" {
+	if list := decodeJSON[[]agentapi.DeviceRecord](t, e.must("devices", "list", "--json")); len(list) != 1 || list[0].ID != "sensor-1" {
 		t.Fatalf("list json: %+v", list)
 	}
 	if r := e.run("devices", "show", "nobody"); r.code != 1 || !strings.Contains(r.stderr, "404") {
@@ -160,7 +161,7 @@ func TestDevicesAgainstAgent(t *testing.T) {
 	if out := e.must("devices", "dead-letters"); out != "No dead letters.\n" {
 		t.Fatalf("after purge: %q", out)
 	}
-	if got := decodeJSON[purgeResult](t, e.must("devices", "dead-letters", "purge", "--all", "--json")); got.Purged != 0 {
+	if got := decodeJSON[agentapi.PurgeResult](t, e.must("devices", "dead-letters", "purge", "--all", "--json")); got.Purged != 0 {
 		t.Fatalf("purge all: %+v", got)
 	}
 }

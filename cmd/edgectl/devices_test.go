@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
@@ -30,7 +31,7 @@ import (
 // agent uses, and records what it was asked.
 type fakeAgentAPI struct {
 	mu          sync.Mutex
-	devices     []deviceRecord
+	devices     []agentapi.DeviceRecord
 	deadLetters []ingest.DeadLetter
 	// pageCap caps a dead-letter page below the requested limit, so
 	// paging is exercised.
@@ -56,7 +57,7 @@ func newFakeAgentAPI(t *testing.T) *fakeAgentAPI {
 		defer f.mu.Unlock()
 		devs := slices.Clone(f.devices)
 		if devs == nil {
-			devs = []deviceRecord{}
+			devs = []agentapi.DeviceRecord{}
 		}
 		fakeJSON(w, http.StatusOK, map[string]any{"devices": devs})
 	})
@@ -170,8 +171,8 @@ func (e *devicesEnv) must(args ...string) string {
 	return r.stdout
 }
 
-func testDevices(now time.Time) []deviceRecord {
-	return []deviceRecord{
+func testDevices(now time.Time) []agentapi.DeviceRecord {
+	return []agentapi.DeviceRecord{
 		{ID: "room-1", Agent: "gw-a", FirstSeen: now.Add(-2 * time.Hour), LastSeen: now.Add(-5 * time.Second), Messages: 7200, Readings: 21600, Rate: 1,
 			LastValues: map[string]float64{"temperature": 21.5, "co2": 412, "humidity": 31.25}, Updated: now.Add(-5 * time.Second)},
 		{ID: "room-2", Agent: "gw-b", FirstSeen: now.Add(-time.Hour), LastSeen: now.Add(-3 * time.Minute), Messages: 1, Readings: 1,
@@ -208,7 +209,7 @@ func TestDevicesListAndShow(t *testing.T) {
 		t.Errorf("row 2:\n%s", out)
 	}
 
-	got := decodeJSON[[]deviceRecord](t, e.must("devices", "list", agent, "--json"))
+	got := decodeJSON[[]agentapi.DeviceRecord](t, e.must("devices", "list", agent, "--json"))
 	if len(got) != 2 || got[0].ID != "room-1" || got[0].LastValues["co2"] != 412 || !got[0].LastSeen.Equal(e.now.Add(-5*time.Second)) ||
 		got[1].LastValues == nil {
 		t.Fatalf("json: %+v", got)
@@ -231,7 +232,7 @@ func TestDevicesListAndShow(t *testing.T) {
 			t.Errorf("show lacks %q:\n%s", want, out)
 		}
 	}
-	one := decodeJSON[deviceRecord](t, e.must("devices", "show", "room-2", agent, "--json"))
+	one := decodeJSON[agentapi.DeviceRecord](t, e.must("devices", "show", "room-2", agent, "--json"))
 	if one.ID != "room-2" || one.Agent != "gw-b" {
 		t.Fatalf("show json: %+v", one)
 	}
@@ -269,7 +270,7 @@ func TestDevicesSend(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("send from stdin: %+v", r)
 	}
-	sent := decodeJSON[commandSent](t, r.stdout)
+	sent := decodeJSON[agentapi.CommandSent](t, r.stdout)
 	if sent.Device != "room-2" || sent.Topic != "devices/room-2/commands" || sent.Bytes != 400 {
 		t.Fatalf("send json: %+v", sent)
 	}
@@ -431,7 +432,7 @@ func TestDevicesDeadLettersPurge(t *testing.T) {
 			t.Errorf("%v: query %v, want %v", c.args, f.purges, c.want)
 		}
 	}
-	if got := decodeJSON[purgeResult](t, e.must("devices", "dead-letters", "purge", "--all", agent, "--json")); got.Purged != 3 {
+	if got := decodeJSON[agentapi.PurgeResult](t, e.must("devices", "dead-letters", "purge", "--all", agent, "--json")); got.Purged != 3 {
 		t.Fatalf("json: %+v", got)
 	}
 
@@ -586,7 +587,7 @@ func FuzzDevicesOutput(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, devicesJSON, pageJSON []byte) {
 		var body struct {
-			Devices []deviceRecord `json:"devices"`
+			Devices []agentapi.DeviceRecord `json:"devices"`
 		}
 		if json.Unmarshal(devicesJSON, &body) == nil {
 			for i := range body.Devices {
@@ -605,7 +606,7 @@ func FuzzDevicesOutput(f *testing.F) {
 				check(t, "device", b.String())
 			}
 		}
-		var page ingest.DeadLetterPage
+		var page agentapi.DeadLetterPage
 		if json.Unmarshal(pageJSON, &page) == nil {
 			var b strings.Builder
 			if err := printDeadLetterTable(&b, page.Items); err != nil {
