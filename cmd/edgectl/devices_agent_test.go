@@ -19,6 +19,16 @@ import (
 // startIngestAgent runs an agent in this process with ingestion from its
 // embedded broker and its local API, both on free loopback ports.
 func startIngestAgent(t *testing.T, name string) *agent.Agent {
+	return startTestAgent(t, name, func(cfg *agent.Config) {
+		cfg.Ingest.Enabled = true
+		cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
+		cfg.Ingest.DeviceRegistryInterval = 200 * time.Millisecond
+	})
+}
+
+// startTestAgent runs an agent in this process with its local API on a
+// free loopback port, configured further by mod.
+func startTestAgent(t *testing.T, name string, mod func(*agent.Config)) *agent.Agent {
 	t.Helper()
 	cfg := agent.DefaultConfig()
 	cfg.NodeName = name
@@ -29,9 +39,7 @@ func startIngestAgent(t *testing.T, name string) *agent.Agent {
 	cfg.Gossip.Cluster = "edgectl-test"
 	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 	cfg.API.Addr = "127.0.0.1:0"
-	cfg.Ingest.Enabled = true
-	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
-	cfg.Ingest.DeviceRegistryInterval = 200 * time.Millisecond
+	mod(&cfg)
 	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
 	if err != nil {
 		t.Fatal(err)
