@@ -22,7 +22,6 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -378,26 +377,10 @@ func FuzzParseIdentity(f *testing.F) {
 // TestInspectStoppedAgent inspects the data directory a real agent left
 // behind: its ingestion database and replicated state.
 func TestInspectStoppedAgent(t *testing.T) {
-	cfg := agent.DefaultConfig()
-	cfg.NodeName = "edge-1"
-	cfg.DataDir = t.TempDir()
-	cfg.Gossip.BindAddr = "127.0.0.1"
-	cfg.Gossip.BindPort = 0
-	cfg.Gossip.Profile = agent.ProfileTest
-	cfg.Gossip.Cluster = "inspect-test"
-	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-	cfg.API.Addr = ""
-	cfg.Ingest.Enabled = true
-	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
-	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testAgentConfig(t)
+	a := startTestAgent(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	dev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("sensor-1").SetConnectTimeout(5 * time.Second))
 	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())

@@ -1,5 +1,6 @@
 // Command edge-agent is the edgefleet daemon for edge devices. `edge-agent
-// run` runs it; `edge-agent inspect` describes its data directory;
+// run` runs it; `edge-agent status` asks a running one how it is;
+// `edge-agent inspect` describes its data directory;
 // `edge-agent bench SUITE` measures it beside its baselines.
 package main
 
@@ -16,6 +17,6 @@ func newRoot() *cobra.Command {
 		Use:   "edge-agent",
 		Short: "The edgefleet agent: device data, replicated state and gossip on an edge device",
 	}
-	root.AddCommand(newRunCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
+	root.AddCommand(newRunCmd(), newStatusCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
 	return root
 }
