@@ -381,7 +381,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	mlLog := memberlistLogger(a.log.With("component", "memberlist"), a.m.reject)
+	mlLog := memberlistLogger(a.log, a.m.reject)
 	conf := memberlistProfile(a.cfg.Gossip.Profile)
 	conf.Name = name
 	conf.Label = a.cfg.Gossip.Cluster

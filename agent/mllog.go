@@ -25,9 +25,10 @@ const (
 // rejected traffic (failed decryption, oversized or undecodable messages)
 // through reject. memberlist drops that traffic itself before it reaches
 // the agent; its log line is the only signal. (Foreign cluster labels are
-// checked and counted earlier, by the agent's transport.)
+// checked and counted earlier, by the agent's transport.) Every line
+// carries component=memberlist, added here once: pass l without it.
 func memberlistLogger(l *slog.Logger, reject func(reason string)) *log.Logger {
-	return log.New(&mlLogWriter{log: l, reject: reject}, "", 0)
+	return log.New(&mlLogWriter{log: l.With("component", "memberlist"), reject: reject}, "", 0)
 }
 
 type mlLogWriter struct {
@@ -68,7 +69,7 @@ func (w *mlLogWriter) line(s string) {
 		}
 	}
 	if w.log.Enabled(context.Background(), level) {
-		w.log.Log(context.Background(), level, s, "component", "memberlist")
+		w.log.Log(context.Background(), level, s)
 	}
 }
 

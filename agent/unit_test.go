@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -346,5 +348,25 @@ func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
 	peers.setVV("p", crdt.VersionVector{"self": 1, "p": 4})
 	if a.peerHasNothingNew(ctx, "p", before) {
 		t.Fatal("skipped a peer holding ops this agent lacks")
+	}
+}
+
+// TestMemberlistLoggerComponentOnce: every memberlist line, forwarded or
+// counted as a rejection, names its component exactly once.
+func TestMemberlistLoggerComponentOnce(t *testing.T) {
+	var buf bytes.Buffer
+	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var rejected []string
+	ml := memberlistLogger(l, func(reason string) { rejected = append(rejected, reason) })
+	ml.Printf("[DEBUG] memberlist: Stream connection from=127.0.0.1:1234")
+	ml.Printf("[WARN] memberlist: failed to decode packet: no installed keys could decrypt the message")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 || len(rejected) != 1 || rejected[0] != reasonDecrypt {
+		t.Fatalf("lines %q, rejected %v", lines, rejected)
+	}
+	for _, line := range lines {
+		if n := strings.Count(line, "component="); n != 1 || !strings.Contains(line, "component=memberlist") {
+			t.Errorf("%d component keys in %q", n, line)
+		}
 	}
 }
