@@ -54,7 +54,6 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -69,8 +68,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/uplink"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,8 +95,9 @@ type Deps struct {
 	// new registry owned by the agent. It is served on /metrics. Give every
 	// agent of a process its own registry.
 	Registry *prometheus.Registry
-	// Wall is the wall clock; nil means time.Now.
-	Wall func() time.Time
+	// Clock is the agent's clock (timestamps of replicated writes and of
+	// device records, the intervals of its loops); nil means clock.Real().
+	Clock clock.Clock
 	// Rand seeds jitter and peer choice and generates the gossip key; nil
 	// means crypto/rand.
 	Rand io.Reader
@@ -137,7 +139,7 @@ type Agent struct {
 	deps  Deps
 	log   *slog.Logger
 	reg   *prometheus.Registry
-	wall  func() time.Time
+	clk   clock.Clock
 	rnd   io.Reader
 	rngMu sync.Mutex
 	rng   *mrand.Rand
@@ -165,7 +167,7 @@ type Agent struct {
 	ingestor    *ingest.Ingestor
 	broker      *ingest.Broker
 	mqttURL     string
-	registry    *deviceRegistry
+	registry    *devices.Registry
 	up          *uplink.Uplink
 	startedAt   time.Time
 	// keysChanged run after key fetches that accepted messages (keys.go).
@@ -203,7 +205,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		cfg:     cfg,
 		log:     deps.Logger,
 		reg:     deps.Registry,
-		wall:    deps.Wall,
+		clk:     clock.Or(deps.Clock),
 		rnd:     deps.Rand,
 		rejoins: make(chan struct{}, 3),
 	}
@@ -212,9 +214,6 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	if a.reg == nil {
 		a.reg = prometheus.NewRegistry()
-	}
-	if a.wall == nil {
-		a.wall = time.Now
 	}
 	if a.rnd == nil {
 		a.rnd = crand.Reader
@@ -235,7 +234,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil, fmt.Errorf("agent: host name is not a usable node name, set node_name: %w", err)
 		}
 	}
-	a.peers.Store(newPeerTable(a.name, a.wall))
+	a.peers.Store(newPeerTable(a.name, a.clk.Now))
 	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
 	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
 	if err != nil {
@@ -244,7 +243,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.m = m
 	a.inbound = make(chan []byte, cfg.Gossip.InboundQueue)
 	a.deps = deps
-	a.syncer = newSyncer(a.wall)
+	a.syncer = newSyncer(a.clk.Now)
 	a.shipper = newShipper()
 	a.bcast = &memberlist.TransmitLimitedQueue{
 		NumNodes: func() int {
@@ -363,7 +362,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	store, err := crdt.Open(filepath.Join(a.cfg.DataDir, stateDBFile), crdt.Options{
 		ReplicaID:    name,
-		Wall:         a.wall,
+		Wall:         a.clk.Now,
 		MaxDrift:     a.cfg.State.MaxClockDrift,
 		Logger:       a.log,
 		TombstoneTTL: a.cfg.State.TombstoneTTL,
@@ -470,7 +469,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.cfg.State.CompactionInterval > 0 {
 		a.goLoop(func() { a.compactLoop(bg) })
 	}
-	a.startedAt = a.wall()
+	a.startedAt = a.clk.Now()
 
 	if err := a.startEdge(ctx, name); err != nil {
 		return err
@@ -533,7 +532,7 @@ func (a *Agent) claimName() error {
 			a.mu.Lock()
 			a.name = recorded
 			a.mu.Unlock()
-			a.peers.Store(newPeerTable(recorded, a.wall))
+			a.peers.Store(newPeerTable(recorded, a.clk.Now))
 			return nil
 		}
 		if recorded != a.cfg.NodeName {

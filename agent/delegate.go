@@ -78,7 +78,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		return
 	}
 	if prev == StateDead {
-		a.lastRevival.Store(a.wall().UnixNano())
+		a.lastRevival.Store(a.clk.Now().UnixNano())
 		a.announceAlive()
 	}
 	a.log.Info("member joined", "member", n.Name, "addr", n.Address(), "previous", prev)

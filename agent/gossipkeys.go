@@ -632,7 +632,7 @@ func gossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKe
 func (a *Agent) newGossipKeys(kr *memberlist.Keyring, key []byte) (*gossipRotator, error) {
 	cfg := gossipRotatorConfig{
 		Keyring: kr, Source: gossipKeySource(a.Keys), Bootstrap: key,
-		Now: a.wall, Logger: a.log, Registry: a.reg,
+		Now: a.clk.Now, Logger: a.log, Registry: a.reg,
 	}
 	if c := a.deps.UplinkClock; c != nil {
 		cfg.Now = c.Now

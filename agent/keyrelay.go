@@ -304,7 +304,7 @@ func (a *Agent) startKeyRelay(ctx context.Context) error {
 	if a.cfg.ControlPlane.URL == "" {
 		return nil
 	}
-	now := a.wall
+	now := a.clk.Now
 	if c := a.deps.UplinkClock; c != nil {
 		now = c.Now
 	}

@@ -221,7 +221,7 @@ func (a *Agent) fireKeysChanged() {
 // clock is the uplink's (key messages carry the control plane's time,
 // which the simulator compresses together with the uplink's).
 func (a *Agent) uplinkKeyring() (uplink.Keyring, error) {
-	clock := a.wall
+	clock := a.clk.Now
 	if a.deps.UplinkClock != nil {
 		clock = a.deps.UplinkClock.Now
 	}

@@ -95,7 +95,7 @@ func (a *Agent) resources() *controlplane.Resources {
 	r.Load1 = readLoad1()
 	r.MemUsedBytes, r.MemTotalBytes = memoryUsage()
 	r.DiskUsedBytes, r.DiskTotalBytes, _ = diskUsage(a.cfg.DataDir)
-	if up := a.wall().Sub(a.startedAt); up > 0 && !a.startedAt.IsZero() {
+	if up := a.clk.Now().Sub(a.startedAt); up > 0 && !a.startedAt.IsZero() {
 		r.UptimeSeconds = uint64(up / time.Second)
 	}
 	return r

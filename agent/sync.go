@@ -193,7 +193,7 @@ func (a *Agent) act(m message) {
 // back) spares that round trip: the new incarnation spreads by gossip and
 // by every push/pull of the reconnect loop.
 func (a *Agent) announceAlive() {
-	now := a.wall().UnixNano()
+	now := a.clk.Now().UnixNano()
 	last := a.lastAnnounce.Load()
 	if now-last < int64(healBoostWindow) || !a.lastAnnounce.CompareAndSwap(last, now) {
 		return
@@ -214,7 +214,7 @@ func (a *Agent) announceAlive() {
 // healing reports whether a failed member came back within
 // healBoostWindow: the cluster is reassembling after a partition or outage.
 func (a *Agent) healing() bool {
-	return a.wall().Sub(time.Unix(0, a.lastRevival.Load())) < healBoostWindow
+	return a.clk.Now().Sub(time.Unix(0, a.lastRevival.Load())) < healBoostWindow
 }
 
 // reconcileMembers runs a memberlist push/pull with a peer whose view of
@@ -227,7 +227,7 @@ func (a *Agent) reconcileMembers(peer, addr string) {
 	if a.healing() || a.peers.Load().count(StateDead) > 0 {
 		return
 	}
-	now := a.wall().UnixNano()
+	now := a.clk.Now().UnixNano()
 	last := a.lastReconcile.Load()
 	if now-last < int64(reconcileMinInterval) || !a.lastReconcile.CompareAndSwap(last, now) {
 		return
@@ -651,7 +651,7 @@ func (a *Agent) ship(ctx context.Context, j shipJob) error {
 			return err
 		}
 		a.m.syncRounds.Add(1)
-		pushBack = holdsMore(j.vv, own) && a.pushBacks.claim(j.peer, a.wall(), a.cfg.Gossip.SyncTimeout)
+		pushBack = holdsMore(j.vv, own) && a.pushBacks.claim(j.peer, a.clk.Now(), a.cfg.Gossip.SyncTimeout)
 	}
 	vv := j.vv.Clone()
 	if vv == nil {
@@ -736,7 +736,7 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			continue
 		}
 		target := failed[a.randIntN(len(failed))]
-		now := a.wall()
+		now := a.clk.Now()
 		recovering := now.Sub(time.Unix(0, a.lastRevival.Load())) < recoveryWindow || now.Sub(target.since) < recoveryWindow
 		if p := float64(len(failed)) / float64(max(peers.count(StateAlive), 1)); !recovering && a.randFloat() > p {
 			continue
@@ -835,7 +835,7 @@ func (a *Agent) compact(ctx context.Context) error {
 		a.log.Debug("compacting superseded ops only: not every member has reported its version vector")
 		stable = crdt.VersionVector{}
 	}
-	st, err := s.Compact(ctx, stable, a.wall())
+	st, err := s.Compact(ctx, stable, a.clk.Now())
 	if err != nil {
 		return err
 	}

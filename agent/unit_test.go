@@ -370,3 +370,34 @@ func TestMemberlistLoggerComponentOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestResourceHelpers(t *testing.T) {
+	used, total, err := parseMeminfo([]byte("MemTotal:       16000 kB\nMemFree:  100 kB\nMemAvailable:    4000 kB\n"))
+	if err != nil || total != 16000*1024 || used != 12000*1024 {
+		t.Fatalf("meminfo: %d %d %v", used, total, err)
+	}
+	for _, bad := range []string{"", "MemTotal: 10 kB\n", "MemTotal: 10 kB\nMemAvailable: 20 kB\n", "garbage"} {
+		if _, _, err := parseMeminfo([]byte(bad)); err == nil {
+			t.Errorf("meminfo %q accepted", bad)
+		}
+	}
+	if v := parseLoad1([]byte("0.52 0.40 0.33 1/234 5678\n")); v != 0.52 {
+		t.Errorf("load1 %v", v)
+	}
+	for _, bad := range []string{"", "x y", "-1 0 0"} {
+		if v := parseLoad1([]byte(bad)); v != 0 {
+			t.Errorf("load1 of %q = %v", bad, v)
+		}
+	}
+	var c cpuSampler
+	t0 := time.Unix(1000, 0)
+	if p := c.percent(t0, 5); p != 0 {
+		t.Errorf("first sample %v", p)
+	}
+	if p := c.percent(t0.Add(2*time.Second), 6); p != 50 {
+		t.Errorf("1 s of CPU in 2 s = %v%%, want 50", p)
+	}
+	if p := c.percent(t0.Add(2*time.Second), 7); p != 0 {
+		t.Errorf("no wall time: %v", p)
+	}
+}
