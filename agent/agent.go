@@ -70,6 +70,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
@@ -150,7 +152,7 @@ type Agent struct {
 	mu      sync.Mutex // guards phase, name and the fields set by Start
 	phase   int        // 0 new, 1 running, 2 stopped
 	name    string
-	peers   atomic.Pointer[peerTable]
+	peers   atomic.Pointer[membership.Table]
 	store   *crdt.Store
 	ml      *memberlist.Memberlist
 	mlReady atomic.Pointer[memberlist.Memberlist]
@@ -170,12 +172,11 @@ type Agent struct {
 	registry    *devices.Registry
 	up          *uplink.Uplink
 	startedAt   time.Time
-	// keysChanged run after key fetches that accepted messages (keys.go).
-	keysMu      sync.Mutex
-	keysChanged []func()
-	// keyRelay passes key messages to and from peers (keyrelay.go).
-	keyRelay   atomic.Pointer[keyRelay]
-	gossipKeys *gossipRotator // nil with gossip encryption off (gossipkeys.go)
+	// keysChanged run after key fetches that accepted messages.
+	keysChanged keys.Hooks
+	// keyRelay passes key messages to and from peers.
+	keyRelay   atomic.Pointer[keys.Relay]
+	gossipKeys *keys.Rotator // nil with gossip encryption off
 	cpu        cpuSampler
 
 	cancel  context.CancelFunc
@@ -234,7 +235,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil, fmt.Errorf("agent: host name is not a usable node name, set node_name: %w", err)
 		}
 	}
-	a.peers.Store(newPeerTable(a.name, a.clk.Now))
+	a.peers.Store(membership.NewTable(a.name, a.clk))
 	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
 	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
 	if err != nil {
@@ -292,7 +293,7 @@ func (a *Agent) APIAddr() string {
 // Members lists the cluster members this agent knows, itself included,
 // sorted by name. Members that failed or left are listed until
 // gossip.reconnect_timeout has passed.
-func (a *Agent) Members() []Member { return a.peers.Load().members() }
+func (a *Agent) Members() []Member { return a.peers.Load().Members() }
 
 // Stats returns a snapshot of the agent's counters.
 func (a *Agent) Stats() Stats { return a.m.stats() }
@@ -303,7 +304,7 @@ func (a *Agent) Registry() *prometheus.Registry { return a.reg }
 // Running reports whether the agent is started and not stopped.
 func (a *Agent) Running() bool { return a.running.Load() }
 
-func (a *Agent) memberCount(state string) float64 { return float64(a.peers.Load().count(state)) }
+func (a *Agent) memberCount(state string) float64 { return float64(a.peers.Load().Count(state)) }
 
 func (a *Agent) syncLag() float64 {
 	s := a.Store()
@@ -316,7 +317,7 @@ func (a *Agent) syncLag() float64 {
 	if err != nil {
 		return 0
 	}
-	return float64(a.peers.Load().lag(vv))
+	return float64(a.peers.Load().Lag(vv))
 }
 
 // Start opens the store, starts memberlist, joins the seeds (unreachable
@@ -355,7 +356,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	name := a.Name()
 	a.log = a.log.With("node", name)
 
-	key, err := a.loadGossipKey(a.rnd)
+	g := a.cfg.Gossip
+	key, err := keys.LoadGossipKey(keys.BootstrapConfig{Encrypt: g.Encrypt, Key: g.Key, KeyFile: g.KeyFile,
+		DataDir: a.cfg.DataDir, Rand: a.rnd, Logger: a.log})
 	if err != nil {
 		return err
 	}
@@ -376,12 +379,12 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.store = store
 	a.mu.Unlock()
 
-	if a.meta, err = encodeMeta(NodeMeta{ID: name, Version: Version, Labels: a.cfg.Labels}); err != nil {
+	if a.meta, err = membership.EncodeMeta(NodeMeta{ID: name, Version: Version, Labels: a.cfg.Labels}); err != nil {
 		return err
 	}
 
-	mlLog := memberlistLogger(a.log, a.m.reject)
-	conf := memberlistProfile(a.cfg.Gossip.Profile)
+	mlLog := membership.Logger(a.log, a.m.reject)
+	conf := membership.Profile(a.cfg.Gossip.Profile)
 	conf.Name = name
 	conf.Label = a.cfg.Gossip.Cluster
 	conf.Logger = mlLog
@@ -395,7 +398,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("agent: gossip key: %w", err)
 		}
 		conf.Keyring = kr
-		if a.gossipKeys, err = a.newGossipKeys(kr, key); err != nil {
+		if a.gossipKeys, err = keys.NewRotator(a.gossipKeysConfig(kr, key)); err != nil {
 			return err
 		}
 		conf.GossipVerifyIncoming = true
@@ -422,7 +425,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
 		conf.AdvertisePort = conf.BindPort
 	}
-	tr, err := newCountingTransport(inner, &a.m.traffic, conf.Label, func(reason, detail string) {
+	tr, err := membership.NewCountingTransport(inner, &a.m.traffic, conf.Label, func(reason, detail string) {
 		a.m.reject(reason)
 		a.log.Warn("gossip rejected", "reason", reason, "detail", detail)
 	})
@@ -495,7 +498,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		go func() {
 			defer close(joinDone)
 			if n, err := ml.Join(seeds); err != nil {
-				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", a.gossipKeys.joinFailed(err))
+				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", a.gossipKeys.JoinFailed(err))
 			} else {
 				a.log.Info("joined cluster", "seeds_reached", n)
 			}
@@ -532,7 +535,7 @@ func (a *Agent) claimName() error {
 			a.mu.Lock()
 			a.name = recorded
 			a.mu.Unlock()
-			a.peers.Store(newPeerTable(recorded, a.clk.Now))
+			a.peers.Store(membership.NewTable(recorded, a.clk))
 			return nil
 		}
 		if recorded != a.cfg.NodeName {
@@ -555,10 +558,10 @@ func (a *Agent) claimName() error {
 
 // seeds returns the configured seeds other than this agent's own address.
 func (a *Agent) seeds() []string {
-	self := canonicalAddr(a.GossipAddr())
+	self := membership.CanonicalAddr(a.GossipAddr())
 	var out []string
 	for _, s := range a.cfg.Gossip.Join {
-		if canonicalAddr(s) != self {
+		if membership.CanonicalAddr(s) != self {
 			out = append(out, s)
 		}
 	}

@@ -161,7 +161,7 @@ func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().count(StateAlive)})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().Count(StateAlive)})
 }
 
 // collType is the configured type of coll (lww when not configured).

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/membership"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -264,8 +266,8 @@ func TestForeignClusterRejected(t *testing.T) {
 		t.Fatal("unencrypted agent joined")
 	}
 	waitFor(t, 5*time.Second, "rejections counted", func() (bool, string) {
-		foreign := rejectedCount(home, reasonForeignCluster)
-		decrypt := rejectedCount(home, reasonDecrypt)
+		foreign := rejectedCount(home, membership.ReasonForeignCluster)
+		decrypt := rejectedCount(home, membership.ReasonDecrypt)
 		return foreign >= 1 && decrypt >= 2, fmt.Sprintf("foreign=%v decrypt=%v", foreign, decrypt)
 	})
 	if ml.NumMembers() != 1 {
@@ -291,15 +293,15 @@ func TestMalformedMessagesRejectedAndCounted(t *testing.T) {
 	before, _ := agents[1].Store().StateHash(ctx)
 
 	sender := agents[0].mlReady.Load()
-	node, ok := agents[0].peers.Load().lookup("a1")
+	node, ok := agents[0].peers.Load().Lookup("a1")
 	if !ok {
 		t.Fatal("a1 unknown to a0")
 	}
 	bad := map[string][]byte{
-		reasonUnknownType:  {99, 1, 2, 3},
-		reasonMalformed:    {msgSyncReq, 200},
-		reasonInvalidDelta: {msgDeltas, 0xff, 0xff, 0xff},
-		reasonOwnName:      mustEncode(t, message{Type: msgSyncReq, From: "a1", Addr: agents[0].GossipAddr()}),
+		reasonUnknownType:          {99, 1, 2, 3},
+		membership.ReasonMalformed: {msgSyncReq, 200},
+		reasonInvalidDelta:         {msgDeltas, 0xff, 0xff, 0xff},
+		reasonOwnName:              mustEncode(t, message{Type: msgSyncReq, From: "a1", Addr: agents[0].GossipAddr()}),
 	}
 	for reason, msg := range bad {
 		if err := sender.SendReliable(node, msg); err != nil {
@@ -342,7 +344,7 @@ func TestGeneratedGossipKey(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	a := c.start("gen", nil, func(cfg *Config) { cfg.Gossip.Key = "" })
-	path := filepath.Join(c.dirs["gen"], gossipKeyFile)
+	path := filepath.Join(c.dirs["gen"], keys.GossipKeyFile)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +353,7 @@ func TestGeneratedGossipKey(t *testing.T) {
 		t.Fatalf("gossip.key mode %v", st.Mode().Perm())
 	}
 	first, _ := os.ReadFile(path)
-	if _, err := decodeGossipKey(strings.TrimSpace(string(first))); err != nil {
+	if _, err := keys.DecodeGossipKey(strings.TrimSpace(string(first))); err != nil {
 		t.Fatal(err)
 	}
 	a.Kill()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -73,7 +74,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	a := d.a
 	meta := a.peerMeta(n)
-	prev, _ := a.peers.Load().upsert(n, StateAlive, meta)
+	prev, _ := a.peers.Load().Upsert(n, StateAlive, meta)
 	if n.Name == a.Name() {
 		return
 	}
@@ -89,7 +90,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 // intent, left.
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	a := d.a
-	_, state := a.peers.Load().upsert(n, StateDead, a.peerMeta(n))
+	_, state := a.peers.Load().Upsert(n, StateDead, a.peerMeta(n))
 	if n.Name != a.Name() {
 		a.log.Info("member down", "member", n.Name, "state", state)
 	}
@@ -98,11 +99,11 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 // NotifyUpdate records a member's new metadata or address.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 	a := d.a
-	a.peers.Load().upsert(n, StateAlive, a.peerMeta(n))
+	a.peers.Load().Upsert(n, StateAlive, a.peerMeta(n))
 }
 
 func (a *Agent) peerMeta(n *memberlist.Node) NodeMeta {
-	meta, err := decodeMeta(n.Meta)
+	meta, err := membership.DecodeMeta(n.Meta)
 	if err != nil {
 		a.log.Warn("ignoring bad node metadata", "member", n.Name, "err", err)
 		return NodeMeta{}
@@ -113,8 +114,8 @@ func (a *Agent) peerMeta(n *memberlist.Node) NodeMeta {
 // enqueueInbound copies b onto the inbound queue, or drops it.
 func (a *Agent) enqueueInbound(b []byte) {
 	if len(b) > maxMessageBytes {
-		a.m.reject(reasonOversized)
-		a.log.Warn("gossip rejected", "reason", reasonOversized, "bytes", len(b), "limit", maxMessageBytes)
+		a.m.reject(membership.ReasonOversized)
+		a.log.Warn("gossip rejected", "reason", membership.ReasonOversized, "bytes", len(b), "limit", maxMessageBytes)
 		return
 	}
 	if a.inBytes.Load()+int64(len(b)) > inboundBudget {

@@ -129,7 +129,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Transport:     a.deps.UplinkTransport,
 			WrapTransport: a.deps.UplinkWrapTransport,
 			Status:        a.heartbeat,
-			KeysChanged:   a.fireKeysChanged,
+			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -32,6 +33,15 @@ import (
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
 // (flagLast) marks the last message of an answer; bit 1 (flagPushBack, in
 // msgSyncResp) asks the requester to push back what the responder lacks.
+// Rejection reasons of replication messages (label values of
+// edgefleet_gossip_rejected_total, beside membership's).
+const (
+	reasonUnknownType  = "unknown_type"
+	reasonInvalidDelta = "invalid_delta"
+	reasonClockDrift   = "clock_drift"
+	reasonOwnName      = "own_name" // a peer claims this agent's name
+)
+
 const (
 	msgDeltas   byte = 1
 	msgSyncReq  byte = 2
@@ -77,7 +87,7 @@ func (e *decodeError) Error() string { return e.err.Error() }
 func (e *decodeError) Unwrap() error { return e.err }
 
 func malformed(format string, args ...any) error {
-	return &decodeError{reason: reasonMalformed, err: fmt.Errorf("agent: malformed message: "+format, args...)}
+	return &decodeError{reason: membership.ReasonMalformed, err: fmt.Errorf("agent: malformed message: "+format, args...)}
 }
 
 // rejectReason returns the metric label for an error from decodeMessage or
@@ -92,7 +102,7 @@ func rejectReason(err error) string {
 	case errors.Is(err, crdt.ErrInvalidDelta):
 		return reasonInvalidDelta
 	}
-	return reasonMalformed
+	return membership.ReasonMalformed
 }
 
 // decodeMessage decodes and validates one replication message. It never
@@ -102,7 +112,7 @@ func decodeMessage(b []byte) (message, error) {
 		return message{}, malformed("empty")
 	}
 	if len(b) > maxMessageBytes {
-		return message{}, &decodeError{reason: reasonOversized, err: fmt.Errorf("agent: message of %d bytes exceeds limit %d", len(b), maxMessageBytes)}
+		return message{}, &decodeError{reason: membership.ReasonOversized, err: fmt.Errorf("agent: message of %d bytes exceeds limit %d", len(b), maxMessageBytes)}
 	}
 	m := message{Type: b[0]}
 	rest := b[1:]
@@ -194,7 +204,7 @@ func decodeDeltas(b []byte) ([]crdt.Delta, error) {
 
 func decodeVV(b []byte) (crdt.VersionVector, error) {
 	if len(b) > maxVVBytes {
-		return nil, &decodeError{reason: reasonOversized, err: fmt.Errorf("agent: version vector of %d bytes exceeds limit %d", len(b), maxVVBytes)}
+		return nil, &decodeError{reason: membership.ReasonOversized, err: fmt.Errorf("agent: version vector of %d bytes exceeds limit %d", len(b), maxVVBytes)}
 	}
 	vv, err := crdt.DecodeVersionVector(b)
 	if err != nil {

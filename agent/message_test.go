@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -93,24 +94,24 @@ func TestDecodeMessageRejects(t *testing.T) {
 		b      []byte
 		reason string
 	}{
-		{"empty", nil, reasonMalformed},
+		{"empty", nil, membership.ReasonMalformed},
 		{"unknown type", []byte{42}, reasonUnknownType},
-		{"oversized", make([]byte, maxMessageBytes+1), reasonOversized},
-		{"deltas missing", []byte{msgDeltas}, reasonMalformed},
+		{"oversized", make([]byte, maxMessageBytes+1), membership.ReasonOversized},
+		{"deltas missing", []byte{msgDeltas}, membership.ReasonMalformed},
 		{"deltas garbage", []byte{msgDeltas, 9, 9, 9}, reasonInvalidDelta},
-		{"name too long", append([]byte{msgSyncReq, 100}, make([]byte, 100)...), reasonMalformed},
-		{"name truncated", []byte{msgSyncReq, 10, 'a'}, reasonMalformed},
-		{"empty name", []byte{msgSyncReq, 0}, reasonMalformed},
-		{"bad utf8 name", []byte{msgSyncReq, 2, 0xff, 0xfe}, reasonMalformed},
-		{"vv garbage", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 77, 1, 2)...), reasonMalformed},
-		{"digest truncated", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0)...), reasonMalformed},
-		{"bad addr", append([]byte{msgSyncReq, 1, 'p', 3}, []byte("x:1")...), reasonMalformed},
-		{"bad port", append([]byte{msgSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), reasonMalformed},
-		{"unknown flag", []byte{msgSyncData, 0x80, 1, 'p', 1}, reasonMalformed},
-		{"push-back on data", []byte{msgSyncData, 3, 1, 'p', 1}, reasonMalformed},
-		{"data without deltas", []byte{msgSyncData, 1, 1, 'p'}, reasonMalformed},
-		{"resp vv length beyond end", []byte{msgSyncResp, 1, 1, 'p', 50, 1}, reasonMalformed},
-		{"leave trailing", append(append([]byte(nil), msgs["leave"]...), 0), reasonMalformed},
+		{"name too long", append([]byte{msgSyncReq, 100}, make([]byte, 100)...), membership.ReasonMalformed},
+		{"name truncated", []byte{msgSyncReq, 10, 'a'}, membership.ReasonMalformed},
+		{"empty name", []byte{msgSyncReq, 0}, membership.ReasonMalformed},
+		{"bad utf8 name", []byte{msgSyncReq, 2, 0xff, 0xfe}, membership.ReasonMalformed},
+		{"vv garbage", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 77, 1, 2)...), membership.ReasonMalformed},
+		{"digest truncated", append([]byte{msgSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0)...), membership.ReasonMalformed},
+		{"bad addr", append([]byte{msgSyncReq, 1, 'p', 3}, []byte("x:1")...), membership.ReasonMalformed},
+		{"bad port", append([]byte{msgSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), membership.ReasonMalformed},
+		{"unknown flag", []byte{msgSyncData, 0x80, 1, 'p', 1}, membership.ReasonMalformed},
+		{"push-back on data", []byte{msgSyncData, 3, 1, 'p', 1}, membership.ReasonMalformed},
+		{"data without deltas", []byte{msgSyncData, 1, 1, 'p'}, membership.ReasonMalformed},
+		{"resp vv length beyond end", []byte{msgSyncResp, 1, 1, 'p', 50, 1}, membership.ReasonMalformed},
+		{"leave trailing", append(append([]byte(nil), msgs["leave"]...), 0), membership.ReasonMalformed},
 		{"truncated deltas", msgs["deltas-all"][:len(msgs["deltas-all"])-3], reasonInvalidDelta},
 	}
 	for _, c := range cases {

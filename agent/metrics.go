@@ -3,6 +3,7 @@ package agent
 import (
 	"sync/atomic"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -10,7 +11,7 @@ import (
 // registry. Counters that Stats also reports are kept in atomics and
 // exposed through CounterFuncs so both read the same numbers.
 type metrics struct {
-	traffic trafficCounters
+	traffic membership.Traffic
 
 	deltasApplied atomic.Uint64 // ops applied from peers
 	syncRounds    atomic.Uint64 // anti-entropy exchanges this agent answered or completed
@@ -55,10 +56,10 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 	}
 	cs := []prometheus.Collector{
 		m.rejectedVec,
-		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.msgsOut),
-		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.msgsIn),
-		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.bytesOut),
-		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.bytesIn),
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.MsgsOut),
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.MsgsIn),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.BytesOut),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.BytesIn),
 		counterFunc("edgefleet_deltas_applied_total", "Remote CRDT ops applied to the local store.", nil, &m.deltasApplied),
 		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.syncRounds),
 		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.dropped),
@@ -69,7 +70,7 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 			Help: "Ops that known live peers reported holding and this agent lacks (from their version vectors).",
 		}, syncLag),
 	}
-	for _, state := range memberStates {
+	for _, state := range membership.States {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "edgefleet_members",
 			Help:        "Cluster members known to this agent, by state (this agent included).",
@@ -91,10 +92,10 @@ func (m *metrics) reject(reason string) {
 
 func (m *metrics) stats() Stats {
 	return Stats{
-		GossipBytesSent:        m.traffic.bytesOut.Load(),
-		GossipBytesReceived:    m.traffic.bytesIn.Load(),
-		GossipMessagesSent:     m.traffic.msgsOut.Load(),
-		GossipMessagesReceived: m.traffic.msgsIn.Load(),
+		GossipBytesSent:        m.traffic.BytesOut.Load(),
+		GossipBytesReceived:    m.traffic.BytesIn.Load(),
+		GossipMessagesSent:     m.traffic.MsgsOut.Load(),
+		GossipMessagesReceived: m.traffic.MsgsIn.Load(),
 		DeltasApplied:          m.deltasApplied.Load(),
 		SyncRounds:             m.syncRounds.Load(),
 		Rejected:               m.rejected.Load(),

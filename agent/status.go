@@ -58,8 +58,8 @@ func (a *Agent) health() *controlplane.Health {
 		h.Checks["state_store"] = healthOK
 	}
 	peers := a.peers.Load()
-	h.Checks["members_alive"] = strconv.Itoa(peers.count(StateAlive))
-	if n := peers.count(StateDead); n > 0 {
+	h.Checks["members_alive"] = strconv.Itoa(peers.Count(StateAlive))
+	if n := peers.Count(StateDead); n > 0 {
 		h.Checks["members_dead"] = strconv.Itoa(n)
 	}
 	a.mu.Lock()

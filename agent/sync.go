@@ -155,13 +155,13 @@ func (a *Agent) act(m message) {
 	peers := a.peers.Load()
 	switch m.Type {
 	case msgSyncReq:
-		peers.setVV(m.From, m.VV)
+		peers.SetVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, addr: m.Addr, vv: m.VV, respond: true})
-		if m.Digest != peers.membersDigest() {
+		if m.Digest != peers.Digest() {
 			a.reconcileMembers(m.From, m.Addr)
 		}
 	case msgSyncResp:
-		peers.setVV(m.From, m.VV)
+		peers.SetVV(m.From, m.VV)
 		if m.PushBack {
 			a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
 		}
@@ -172,10 +172,10 @@ func (a *Agent) act(m message) {
 			a.pushBacks.done(m.From)
 		}
 	case msgState:
-		peers.setVV(m.From, m.VV)
+		peers.SetVV(m.From, m.VV)
 		a.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
 	case msgLeave:
-		if peers.markLeaving(m.From) {
+		if peers.MarkLeaving(m.From) {
 			a.log.Info("member is leaving", "member", m.From)
 			if msg, err := encodeMessage(message{Type: msgLeave, From: m.From}, nil); err == nil {
 				a.queueBroadcast(msg) // pass the intent on, once
@@ -224,7 +224,7 @@ func (a *Agent) healing() bool {
 // and the reconnect loop is at work, so it stays out of the way; and it
 // runs at most once per reconcileMinInterval.
 func (a *Agent) reconcileMembers(peer, addr string) {
-	if a.healing() || a.peers.Load().count(StateDead) > 0 {
+	if a.healing() || a.peers.Load().Count(StateDead) > 0 {
 		return
 	}
 	now := a.clk.Now().UnixNano()
@@ -232,7 +232,7 @@ func (a *Agent) reconcileMembers(peer, addr string) {
 	if now-last < int64(reconcileMinInterval) || !a.lastReconcile.CompareAndSwap(last, now) {
 		return
 	}
-	if node, ok := a.peers.Load().lookup(peer); ok {
+	if node, ok := a.peers.Load().Lookup(peer); ok {
 		addr = net.JoinHostPort(node.Addr.String(), strconv.Itoa(int(node.Port)))
 	}
 	if addr == "" {
@@ -269,12 +269,12 @@ func (a *Agent) announceLeave() {
 		return
 	}
 	a.queueBroadcast(msg)
-	alive := a.peers.Load().withState(StateAlive)
+	alive := a.peers.Load().WithState(StateAlive)
 	done := make(chan struct{}, 3)
 	sent := 0
 	for ; sent < 3 && len(alive) > 0; sent++ {
 		j := a.randIntN(len(alive))
-		name := alive[j].name
+		name := alive[j].Name
 		alive = append(alive[:j], alive[j+1:]...)
 		go func() {
 			if err := a.sendTo(name, msg); err != nil {
@@ -301,7 +301,7 @@ func (a *Agent) sendTo(name string, msg []byte) error {
 // sendToAddr is sendTo with a fallback address ("ip:port") for a sender
 // this agent does not know yet (its join has not reached us).
 func (a *Agent) sendToAddr(name, addr string, msg []byte) error {
-	node, ok := a.peers.Load().lookup(name)
+	node, ok := a.peers.Load().Lookup(name)
 	if !ok {
 		host, port, err := net.SplitHostPort(addr)
 		p, perr := strconv.Atoi(port)
@@ -451,7 +451,7 @@ func (a *Agent) awaitRound(ctx context.Context, peer string) bool {
 // one exchange per pair of agents: the peers that ask this agent first
 // have told it what they hold.
 func (a *Agent) peerHasNothingNew(ctx context.Context, peer string, since time.Time) bool {
-	theirs, at, ok := a.peers.Load().reportedVV(peer)
+	theirs, at, ok := a.peers.Load().ReportedVV(peer)
 	if !ok || at.Before(since) {
 		return false
 	}
@@ -465,7 +465,7 @@ func (a *Agent) requestSync(ctx context.Context, peer string) error {
 		return err
 	}
 	msg, err := encodeMessage(message{Type: msgSyncReq, From: a.Name(), Addr: a.GossipAddr(),
-		Digest: a.peers.Load().membersDigest(), VV: vv}, nil)
+		Digest: a.peers.Load().Digest(), VV: vv}, nil)
 	if err != nil {
 		return err
 	}
@@ -480,11 +480,11 @@ func (a *Agent) periodicSyncLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		alive := a.peers.Load().withState(StateAlive)
+		alive := a.peers.Load().WithState(StateAlive)
 		if len(alive) == 0 {
 			continue
 		}
-		a.syncer.enqueue(alive[a.randIntN(len(alive))].name)
+		a.syncer.enqueue(alive[a.randIntN(len(alive))].Name)
 	}
 }
 
@@ -728,17 +728,17 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			return
 		}
 		peers := a.peers.Load()
-		for _, name := range peers.reap(a.cfg.Gossip.ReconnectTimeout) {
+		for _, name := range peers.Reap(a.cfg.Gossip.ReconnectTimeout) {
 			a.log.Info("forgetting member", "member", name)
 		}
-		failed := peers.withState(StateDead)
+		failed := peers.WithState(StateDead)
 		if len(failed) == 0 {
 			continue
 		}
 		target := failed[a.randIntN(len(failed))]
 		now := a.clk.Now()
-		recovering := now.Sub(time.Unix(0, a.lastRevival.Load())) < recoveryWindow || now.Sub(target.since) < recoveryWindow
-		if p := float64(len(failed)) / float64(max(peers.count(StateAlive), 1)); !recovering && a.randFloat() > p {
+		recovering := now.Sub(time.Unix(0, a.lastRevival.Load())) < recoveryWindow || now.Sub(target.Since) < recoveryWindow
+		if p := float64(len(failed)) / float64(max(peers.Count(StateAlive), 1)); !recovering && a.randFloat() > p {
 			continue
 		}
 		select {
@@ -754,12 +754,12 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			if ml == nil || ctx.Err() != nil {
 				return
 			}
-			if _, err := ml.Join([]string{target.addr()}); err != nil {
-				a.log.Debug("reconnect failed", "member", target.name, "addr", target.addr(), "err", err)
+			if _, err := ml.Join([]string{target.Addr}); err != nil {
+				a.log.Debug("reconnect failed", "member", target.Name, "addr", target.Addr, "err", err)
 				return
 			}
 			a.m.reconnects.Add(1)
-			a.log.Info("reconnected to failed member", "member", target.name, "addr", target.addr())
+			a.log.Info("reconnected to failed member", "member", target.Name, "addr", target.Addr)
 			a.announceAlive()
 			// The first exchange makes both sides refute the other's view
 			// of them (each still holds the other dead at the same
@@ -770,9 +770,9 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			if !a.healing() && a.peers.Load().stateOf(target.name) == StateDead {
-				if _, err := ml.Join([]string{target.addr()}); err != nil {
-					a.log.Debug("reconnect follow-up failed", "member", target.name, "err", err)
+			if !a.healing() && a.peers.Load().StateOf(target.Name) == StateDead {
+				if _, err := ml.Join([]string{target.Addr}); err != nil {
+					a.log.Debug("reconnect follow-up failed", "member", target.Name, "err", err)
 				}
 			}
 		}()
@@ -788,7 +788,7 @@ func (a *Agent) seedLoop(ctx context.Context) {
 			return
 		}
 		seeds := a.seeds()
-		if len(seeds) == 0 || len(a.peers.Load().withState(StateAlive)) > 0 {
+		if len(seeds) == 0 || len(a.peers.Load().WithState(StateAlive)) > 0 {
 			continue
 		}
 		ml := a.mlReady.Load()
@@ -796,7 +796,7 @@ func (a *Agent) seedLoop(ctx context.Context) {
 			continue
 		}
 		if n, err := ml.Join(seeds); err != nil {
-			a.log.Debug("seeds still unreachable", "seeds", seeds, "err", a.gossipKeys.joinFailed(err))
+			a.log.Debug("seeds still unreachable", "seeds", seeds, "err", a.gossipKeys.JoinFailed(err))
 		} else {
 			a.log.Info("joined cluster", "seeds_reached", n)
 		}
@@ -828,7 +828,7 @@ func (a *Agent) compact(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stable, ok := a.peers.Load().stableVV(vv)
+	stable, ok := a.peers.Load().StableVV(vv)
 	if !ok {
 		// Superseded history can always go; removals wait until every
 		// member has reported what it holds.

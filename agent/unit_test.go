@@ -1,90 +1,18 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 )
-
-func TestPartitionBlocksBetweenGroupsOnly(t *testing.T) {
-	p := NewPartition()
-	a, b, c, free := "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1009"
-	if p.blocked(a, c) {
-		t.Fatal("healed partition blocks")
-	}
-	p.Split([]string{a, b}, []string{"127.0.0.1:01003"})
-	cases := []struct {
-		from, to string
-		blocked  bool
-	}{
-		{a, b, false}, {a, c, true}, {c, b, true}, {a, free, false}, {free, c, false},
-		{a, "[::ffff:127.0.0.1]:1003", true},
-	}
-	for _, cs := range cases {
-		if got := p.blocked(canonicalAddr(cs.from), cs.to); got != cs.blocked {
-			t.Errorf("%s -> %s: blocked=%v", cs.from, cs.to, got)
-		}
-	}
-	p.Heal()
-	if p.blocked(a, c) {
-		t.Fatal("Heal did not heal")
-	}
-}
-
-func TestPartitionedTransportDropsAndRefuses(t *testing.T) {
-	mock := &memberlist.MockNetwork{}
-	ta, tb := mock.NewTransport("a"), mock.NewTransport("b")
-	addrOf := func(tr *memberlist.MockTransport) string {
-		ip, port, err := tr.FinalAdvertiseAddr("", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return net.JoinHostPort(ip.String(), fmt.Sprint(port))
-	}
-	aAddr, bAddr := addrOf(ta), addrOf(tb)
-	got := make(chan string, 10)
-	go func() { // the mock delivers synchronously: keep reading
-		for pkt := range tb.PacketCh() {
-			got <- string(pkt.Buf)
-		}
-	}()
-	p := NewPartition()
-	wa := p.Wrap(ta, aAddr).(memberlist.NodeAwareTransport)
-	p.Split([]string{aAddr}, []string{bAddr})
-	if _, err := wa.WriteTo([]byte("x"), bAddr); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wa.WriteToAddress([]byte("x"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wa.DialTimeout(bAddr, time.Second); err == nil {
-		t.Fatal("dial crossed the partition")
-	}
-	if _, err := wa.DialAddressTimeout(memberlist.Address{Addr: bAddr, Name: "b"}, time.Second); err == nil || !strings.Contains(err.Error(), "partitioned") {
-		t.Fatalf("dial error %v", err)
-	}
-	p.Heal()
-	if _, err := wa.WriteToAddress([]byte("y"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case s := <-got:
-		if s != "y" {
-			t.Fatalf("packet %q crossed the partition", s)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("packet lost after heal")
-	}
-}
 
 func TestNotifyMsgDropsWhenQueueFull(t *testing.T) {
 	cfg := testConfig(t, "q")
@@ -106,60 +34,8 @@ func TestNotifyMsgDropsWhenQueueFull(t *testing.T) {
 		t.Fatal("queued message aliases memberlist's buffer")
 	}
 	d.NotifyMsg(make([]byte, maxMessageBytes+1))
-	if rejectedCount(a, reasonOversized) != 1 {
+	if rejectedCount(a, membership.ReasonOversized) != 1 {
 		t.Fatal("oversized message not rejected")
-	}
-}
-
-func TestPeerTableStableVVAndLag(t *testing.T) {
-	now := time.Unix(1000, 0)
-	pt := newPeerTable("self", func() time.Time { return now })
-	node := func(name string) *memberlist.Node {
-		return &memberlist.Node{Name: name, Addr: net.IPv4(127, 0, 0, 1), Port: 1}
-	}
-	pt.upsert(node("self"), StateAlive, NodeMeta{})
-	pt.upsert(node("b"), StateAlive, NodeMeta{})
-	pt.upsert(node("c"), StateAlive, NodeMeta{})
-	self := crdt.VersionVector{"self": 5, "b": 3}
-	if _, ok := pt.stableVV(self); ok {
-		t.Fatal("stable VV without reports from every live member")
-	}
-	pt.setVV("b", crdt.VersionVector{"self": 4, "b": 7})
-	pt.setVV("c", crdt.VersionVector{"self": 5, "b": 2})
-	pt.setVV("c", crdt.VersionVector{"self": 1, "b": 3}) // older report: merged, never lowered
-	stable, ok := pt.stableVV(self)
-	if !ok || stable["self"] != 4 || stable["b"] != 3 {
-		t.Fatalf("stable = %v %v", stable, ok)
-	}
-	if lag := pt.lag(self); lag != 4 { // b holds b:4..7 that self lacks
-		t.Fatalf("lag = %d", lag)
-	}
-	// A failed member still bounds stability; one that left does not.
-	pt.upsert(node("d"), StateAlive, NodeMeta{})
-	pt.upsert(node("d"), StateDead, NodeMeta{})
-	if _, ok := pt.stableVV(self); ok {
-		t.Fatal("stable VV without a report from a failed member")
-	}
-	pt.setVV("d", crdt.VersionVector{"self": 1})
-	if stable, _ := pt.stableVV(self); stable["self"] != 1 {
-		t.Fatalf("failed member ignored: %v", stable)
-	}
-	if !pt.markLeaving("d") || pt.stateOf("d") != StateLeft {
-		t.Fatal("leave intent after failure not recorded")
-	}
-	if stable, _ := pt.stableVV(self); stable["self"] != 4 {
-		t.Fatalf("left member still counted: %v", stable)
-	}
-	// Leave intent first, then down: left.
-	pt.markLeaving("c")
-	pt.upsert(node("c"), StateDead, NodeMeta{})
-	if pt.stateOf("c") != StateLeft {
-		t.Fatal("member that announced leaving recorded as failed")
-	}
-	// Reaping forgets old failures and departures.
-	now = now.Add(time.Hour)
-	if gone := pt.reap(30 * time.Minute); len(gone) != 2 {
-		t.Fatalf("reaped %v", gone)
 	}
 }
 
@@ -208,7 +84,7 @@ func TestCompactionRunsWithEveryMemberReported(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
 	waitFor(t, 10*time.Second, "version vectors reported", func() (bool, string) {
-		_, ok := agents[0].peers.Load().stableVV(crdt.VersionVector{})
+		_, ok := agents[0].peers.Load().StableVV(crdt.VersionVector{})
 		return ok, "a1 has not reported"
 	})
 	before, err := agents[0].Store().Stats(ctx)
@@ -239,7 +115,7 @@ func TestDifferingMemberViewsReconcile(t *testing.T) {
 	a := c.start("a", nil, nil)
 	b := c.start("b", nil, nil) // not joined: neither knows the other
 	req := mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
-		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
+		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
 	a.handleBatch(context.Background(), [][]byte{req})
 	waitFor(t, 10*time.Second, "views reconciled", func() (bool, string) { return allAlive([]*Agent{a, b}) })
 	if a.Stats().MemberSyncs != 1 {
@@ -247,7 +123,7 @@ func TestDifferingMemberViewsReconcile(t *testing.T) {
 	}
 	// Equal views: no push/pull.
 	req = mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
-		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
+		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
 	a.handleBatch(context.Background(), [][]byte{req})
 	time.Sleep(100 * time.Millisecond)
 	if a.Stats().MemberSyncs != 1 {
@@ -333,41 +209,21 @@ func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	peers := a.peers.Load()
-	peers.upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
+	peers.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
 	before := time.Now().Add(-time.Second)
 	if a.peerHasNothingNew(ctx, "p", before) {
 		t.Fatal("skipped a peer that never reported")
 	}
-	peers.setVV("p", crdt.VersionVector{"self": 1})
+	peers.SetVV("p", crdt.VersionVector{"self": 1})
 	if !a.peerHasNothingNew(ctx, "p", before) {
 		t.Fatal("asked a peer that just reported holding nothing new")
 	}
 	if a.peerHasNothingNew(ctx, "p", time.Now().Add(time.Second)) {
 		t.Fatal("skipped on a report older than the reason to ask")
 	}
-	peers.setVV("p", crdt.VersionVector{"self": 1, "p": 4})
+	peers.SetVV("p", crdt.VersionVector{"self": 1, "p": 4})
 	if a.peerHasNothingNew(ctx, "p", before) {
 		t.Fatal("skipped a peer holding ops this agent lacks")
-	}
-}
-
-// TestMemberlistLoggerComponentOnce: every memberlist line, forwarded or
-// counted as a rejection, names its component exactly once.
-func TestMemberlistLoggerComponentOnce(t *testing.T) {
-	var buf bytes.Buffer
-	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	var rejected []string
-	ml := memberlistLogger(l, func(reason string) { rejected = append(rejected, reason) })
-	ml.Printf("[DEBUG] memberlist: Stream connection from=127.0.0.1:1234")
-	ml.Printf("[WARN] memberlist: failed to decode packet: no installed keys could decrypt the message")
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 2 || len(rejected) != 1 || rejected[0] != reasonDecrypt {
-		t.Fatalf("lines %q, rejected %v", lines, rejected)
-	}
-	for _, line := range lines {
-		if n := strings.Count(line, "component="); n != 1 || !strings.Contains(line, "component=memberlist") {
-			t.Errorf("%d component keys in %q", n, line)
-		}
 	}
 }
 

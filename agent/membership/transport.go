@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"bufio"
@@ -12,17 +12,17 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// trafficCounters holds the byte and message totals of all memberlist
-// traffic of one agent (packets and streams, both directions), as seen on
-// the wire below memberlist's encryption and labels.
-type trafficCounters struct {
-	bytesOut, bytesIn atomic.Uint64
-	msgsOut, msgsIn   atomic.Uint64
-	// streamBytesOut and streamBytesIn are the stream part of the totals.
-	streamBytesOut, streamBytesIn atomic.Uint64
+// Traffic holds the byte and message totals of all memberlist traffic of
+// one agent (packets and streams, both directions), as seen on the wire
+// below memberlist's encryption and labels.
+type Traffic struct {
+	BytesOut, BytesIn atomic.Uint64
+	MsgsOut, MsgsIn   atomic.Uint64
+	// StreamBytesOut and StreamBytesIn are the stream part of the totals.
+	StreamBytesOut, StreamBytesIn atomic.Uint64
 }
 
-// countingTransport wraps a memberlist transport and counts what crosses
+// CountingTransport wraps a memberlist transport and counts what crosses
 // it. Every packet is one message; every stream (dialed or accepted) is one
 // message, and all bytes read or written on it are counted.
 //
@@ -31,9 +31,9 @@ type trafficCounters struct {
 // (memberlist drops it too, but only logs it): packets and streams with
 // another label or none are rejected as foreign_cluster; streams closed
 // before sending anything (a peer's abandoned dial) are dropped silently.
-type countingTransport struct {
+type CountingTransport struct {
 	inner  memberlist.NodeAwareTransport
-	c      *trafficCounters
+	c      *Traffic
 	header []byte // label header every packet and stream must start with; nil: no label
 	reject func(reason, detail string)
 
@@ -51,7 +51,7 @@ type countingTransport struct {
 // label header.
 const labelPeekTimeout = 5 * time.Second
 
-var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
+var _ memberlist.NodeAwareTransport = (*CountingTransport)(nil)
 
 // nodeAware adapts a plain Transport the way memberlist does.
 func nodeAware(t memberlist.Transport) memberlist.NodeAwareTransport {
@@ -71,8 +71,10 @@ func (s plainShim) DialAddressTimeout(a memberlist.Address, timeout time.Duratio
 	return s.DialTimeout(a.Addr, timeout)
 }
 
-func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label string, reject func(reason, detail string)) (*countingTransport, error) {
-	t := &countingTransport{
+// NewCountingTransport wraps inner, counting into c; with a cluster label
+// it rejects traffic of other clusters through reject (reason, detail).
+func NewCountingTransport(inner memberlist.Transport, c *Traffic, label string, reject func(reason, detail string)) (*CountingTransport, error) {
+	t := &CountingTransport{
 		inner:    nodeAware(inner),
 		c:        c,
 		reject:   reject,
@@ -84,7 +86,7 @@ func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label 
 	if label != "" {
 		h, err := memberlist.AddLabelHeaderToPacket([]byte{}, label)
 		if err != nil {
-			return nil, fmt.Errorf("agent: cluster label: %w", err)
+			return nil, fmt.Errorf("membership: cluster label: %w", err)
 		}
 		t.header = h
 	}
@@ -94,7 +96,7 @@ func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label 
 	return t, nil
 }
 
-func (t *countingTransport) forwardPackets() {
+func (t *CountingTransport) forwardPackets() {
 	defer t.wg.Done()
 	in := t.inner.PacketCh()
 	for {
@@ -107,8 +109,8 @@ func (t *countingTransport) forwardPackets() {
 			if p == nil {
 				continue
 			}
-			t.c.msgsIn.Add(1)
-			t.c.bytesIn.Add(uint64(len(p.Buf)))
+			t.c.MsgsIn.Add(1)
+			t.c.BytesIn.Add(uint64(len(p.Buf)))
 			if t.header != nil && !bytes.HasPrefix(p.Buf, t.header) {
 				t.rejectLabel(p.Buf, "packet", p.From)
 				continue
@@ -126,16 +128,16 @@ func (t *countingTransport) forwardPackets() {
 
 // rejectLabel counts traffic whose first bytes b are not this cluster's
 // label header.
-func (t *countingTransport) rejectLabel(b []byte, what string, from net.Addr) {
+func (t *CountingTransport) rejectLabel(b []byte, what string, from net.Addr) {
 	_, label, err := memberlist.RemoveLabelHeaderFromPacket(b)
 	if err != nil {
-		t.reject(reasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
+		t.reject(ReasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
 		return
 	}
-	t.reject(reasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
+	t.reject(ReasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
 }
 
-func (t *countingTransport) forwardStreams() {
+func (t *CountingTransport) forwardStreams() {
 	defer t.wg.Done()
 	in := t.inner.StreamCh()
 	for {
@@ -148,7 +150,7 @@ func (t *countingTransport) forwardStreams() {
 			if conn == nil {
 				continue
 			}
-			t.c.msgsIn.Add(1)
+			t.c.MsgsIn.Add(1)
 			cc := &countingConn{Conn: conn, c: t.c}
 			if t.header == nil {
 				t.deliver(cc)
@@ -165,7 +167,7 @@ func (t *countingTransport) forwardStreams() {
 	}
 }
 
-func (t *countingTransport) deliver(conn net.Conn) {
+func (t *CountingTransport) deliver(conn net.Conn) {
 	select {
 	case t.streamCh <- conn:
 	case <-t.done:
@@ -175,7 +177,7 @@ func (t *countingTransport) deliver(conn net.Conn) {
 
 // checkStream reads an accepted stream's label header (without consuming
 // it) and hands the stream to memberlist only if it is this cluster's.
-func (t *countingTransport) checkStream(cc *countingConn) {
+func (t *CountingTransport) checkStream(cc *countingConn) {
 	defer t.wg.Done()
 	defer func() {
 		t.pendingMu.Lock()
@@ -211,47 +213,47 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+func (t *CountingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
 	return t.inner.FinalAdvertiseAddr(ip, port)
 }
 
-func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	t.c.msgsOut.Add(1)
-	t.c.bytesOut.Add(uint64(len(b)))
+func (t *CountingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	t.c.MsgsOut.Add(1)
+	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteTo(b, addr)
 }
 
-func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
-	t.c.msgsOut.Add(1)
-	t.c.bytesOut.Add(uint64(len(b)))
+func (t *CountingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	t.c.MsgsOut.Add(1)
+	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteToAddress(b, a)
 }
 
-func (t *countingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
+func (t *CountingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 
-func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
+func (t *CountingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
-func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+func (t *CountingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	conn, err := t.inner.DialTimeout(addr, timeout)
 	if err != nil {
 		return nil, err
 	}
-	t.c.msgsOut.Add(1)
+	t.c.MsgsOut.Add(1)
 	return &countingConn{Conn: conn, c: t.c}, nil
 }
 
-func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+func (t *CountingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	conn, err := t.inner.DialAddressTimeout(a, timeout)
 	if err != nil {
 		return nil, err
 	}
-	t.c.msgsOut.Add(1)
+	t.c.MsgsOut.Add(1)
 	return &countingConn{Conn: conn, c: t.c}, nil
 }
 
 // Shutdown shuts the inner transport down (memberlist keeps draining our
 // channels meanwhile), then stops the forwarders.
-func (t *countingTransport) Shutdown() error {
+func (t *CountingTransport) Shutdown() error {
 	err := t.inner.Shutdown()
 	t.once.Do(func() { close(t.done) })
 	t.pendingMu.Lock()
@@ -266,19 +268,19 @@ func (t *countingTransport) Shutdown() error {
 // countingConn counts the bytes read and written on a stream.
 type countingConn struct {
 	net.Conn
-	c *trafficCounters
+	c *Traffic
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.c.bytesIn.Add(uint64(n))
-	c.c.streamBytesIn.Add(uint64(n))
+	c.c.BytesIn.Add(uint64(n))
+	c.c.StreamBytesIn.Add(uint64(n))
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.c.bytesOut.Add(uint64(n))
-	c.c.streamBytesOut.Add(uint64(n))
+	c.c.BytesOut.Add(uint64(n))
+	c.c.StreamBytesOut.Add(uint64(n))
 	return n, err
 }
