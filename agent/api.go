@@ -153,7 +153,7 @@ func writeStoreError(w http.ResponseWriter, err error) {
 }
 
 func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
-	if !a.running.Load() || a.mlReady.Load() == nil {
+	if !a.running.Load() || a.repl.Load() == nil {
 		writeError(w, http.StatusServiceUnavailable, "agent not running")
 		return
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 	"gopkg.in/yaml.v3"
@@ -173,11 +174,11 @@ const (
 
 // Config limits.
 const (
-	maxNodeNameLen   = 64
+	maxNodeNameLen   = replication.MaxNodeNameLen
 	maxClusterLen    = 200
 	maxLabels        = 32
 	minChunkBytes    = 4 << 10
-	maxChunkBytesCap = 4 << 20
+	maxChunkBytesCap = replication.MaxChunkBytesCap
 )
 
 // DefaultConfig returns the configuration used when nothing is configured.

@@ -9,35 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/crdt"
-	"github.com/hashicorp/memberlist"
 )
-
-func TestNotifyMsgDropsWhenQueueFull(t *testing.T) {
-	cfg := testConfig(t, "q")
-	cfg.Gossip.InboundQueue = 2
-	a, err := New(cfg, Deps{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &delegate{a: a}
-	buf := []byte{msgLeave, 1, 'p'}
-	for i := 0; i < 5; i++ {
-		d.NotifyMsg(buf)
-	}
-	buf[0] = 0 // memberlist reuses its buffer: the queued copies must not change
-	if got := a.Stats().Dropped; got != 3 {
-		t.Fatalf("dropped %d, want 3", got)
-	}
-	if q := <-a.inbound; q[0] != msgLeave {
-		t.Fatal("queued message aliases memberlist's buffer")
-	}
-	d.NotifyMsg(make([]byte, maxMessageBytes+1))
-	if rejectedCount(a, membership.ReasonOversized) != 1 {
-		t.Fatal("oversized message not rejected")
-	}
-}
 
 // TestLargeStateShipsInChunks: a newcomer catches up on state larger than
 // a chunk, through several anti-entropy messages; values too large for a
@@ -91,7 +65,7 @@ func TestCompactionRunsWithEveryMemberReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := agents[0].compact(ctx); err != nil {
+	if err := agents[0].repl.Load().Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
 	after, err := agents[0].Store().Stats(ctx)
@@ -114,26 +88,26 @@ func TestDifferingMemberViewsReconcile(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil, nil)
 	b := c.start("b", nil, nil) // not joined: neither knows the other
-	req := mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
+	req := mustEncodeTB(t, replication.Message{Type: replication.TypeSyncReq, From: "b", Addr: b.GossipAddr(),
 		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
-	a.handleBatch(context.Background(), [][]byte{req})
+	a.repl.Load().NotifyMsg(req)
 	waitFor(t, 10*time.Second, "views reconciled", func() (bool, string) { return allAlive([]*Agent{a, b}) })
 	if a.Stats().MemberSyncs != 1 {
 		t.Fatalf("member syncs = %d", a.Stats().MemberSyncs)
 	}
 	// Equal views: no push/pull.
-	req = mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
+	req = mustEncodeTB(t, replication.Message{Type: replication.TypeSyncReq, From: "b", Addr: b.GossipAddr(),
 		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
-	a.handleBatch(context.Background(), [][]byte{req})
+	a.repl.Load().NotifyMsg(req)
 	time.Sleep(100 * time.Millisecond)
 	if a.Stats().MemberSyncs != 1 {
 		t.Fatalf("push/pull although views agree: %d", a.Stats().MemberSyncs)
 	}
 }
 
-func mustEncodeTB(t testing.TB, m message) []byte {
+func mustEncodeTB(t testing.TB, m replication.Message) []byte {
 	t.Helper()
-	b, err := encodeMessage(m, nil)
+	b, err := replication.Encode(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,59 +146,6 @@ func TestUnreachableSeedRetried(t *testing.T) {
 		t.Fatalf("seed advertises %s, want %s", seed.GossipAddr(), seedAddr)
 	}
 	waitFor(t, 10*time.Second, "late seed joined", func() (bool, string) { return allAlive([]*Agent{b, seed}) })
-}
-
-func TestPushBackGateAdmitsOnePeerAtATime(t *testing.T) {
-	var g pushBackGate
-	now := time.Unix(100, 0)
-	if !g.claim("a", now, time.Second) {
-		t.Fatal("free gate refused")
-	}
-	if g.claim("b", now.Add(500*time.Millisecond), time.Second) {
-		t.Fatal("second peer admitted while the first pushes back")
-	}
-	if !g.claim("a", now, time.Second) {
-		t.Fatal("holder refused again")
-	}
-	g.done("b") // not the holder: no effect
-	if g.claim("b", now, time.Second) {
-		t.Fatal("released by a non-holder")
-	}
-	g.done("a")
-	if !g.claim("b", now, time.Second) {
-		t.Fatal("gate not released")
-	}
-	if !g.claim("c", now.Add(2*time.Second), time.Second) {
-		t.Fatal("expired claim still blocks")
-	}
-	if !holdsMore(crdt.VersionVector{"x": 2}, crdt.VersionVector{"x": 1}) || holdsMore(crdt.VersionVector{"x": 1}, crdt.VersionVector{"x": 1, "y": 3}) {
-		t.Fatal("holdsMore")
-	}
-}
-
-func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
-	a := newHandlerAgent(t, testLogger(t))
-	ctx := context.Background()
-	if _, err := a.Store().Put(ctx, "kv", "k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	peers := a.peers.Load()
-	peers.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
-	before := time.Now().Add(-time.Second)
-	if a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("skipped a peer that never reported")
-	}
-	peers.SetVV("p", crdt.VersionVector{"self": 1})
-	if !a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("asked a peer that just reported holding nothing new")
-	}
-	if a.peerHasNothingNew(ctx, "p", time.Now().Add(time.Second)) {
-		t.Fatal("skipped on a report older than the reason to ask")
-	}
-	peers.SetVV("p", crdt.VersionVector{"self": 1, "p": 4})
-	if a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("skipped a peer holding ops this agent lacks")
-	}
 }
 
 func TestResourceHelpers(t *testing.T) {
