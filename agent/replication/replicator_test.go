@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 )
@@ -82,4 +83,47 @@ func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
 	if a.peerHasNothingNew(ctx, "p", before) {
 		t.Fatal("skipped a peer holding ops this agent lacks")
 	}
+}
+
+// TestLoopsRunOnTheClock: the periodic sync request and compaction wait on
+// the injected clock, not the system's: with hour-long intervals on a
+// manual clock nothing happens until the clock is advanced.
+func TestLoopsRunOnTheClock(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1e9, 0))
+	a := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) {
+		c.Clock, c.SyncInterval, c.CompactionInterval = clk, time.Hour, 2*time.Hour
+	})
+	a.members.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, membership.StateAlive, membership.NodeMeta{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Run(ctx)
+	}()
+	sent := func() int {
+		a.members.mu.Lock()
+		defer a.members.mu.Unlock()
+		return a.members.sent["p"]
+	}
+	waitWaiters := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); clk.Waiters() < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d timers pending, want %d", clk.Waiters(), n)
+			}
+		}
+	}
+	waitWaiters(2) // the sync and compaction loops sleep
+	time.Sleep(50 * time.Millisecond)
+	if n := sent(); n != 0 {
+		t.Fatalf("%d requests before the interval passed", n)
+	}
+	clk.Advance(72 * time.Minute) // past the sync interval's +20%
+	for deadline := time.Now().Add(5 * time.Second); sent() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync request after the interval passed on the clock")
+		}
+	}
+	cancel()
+	<-done
 }
