@@ -1,3 +1,10 @@
+// Package membership is the agent's membership and gossip transport:
+// memberlist with its profiles (Profile), the member table (Table: states,
+// metadata, the version vectors members report), the counting transport
+// that checks cluster labels, partition injection for tests and the
+// simulator (Partition), memberlist's logger adapter, and Cluster, which
+// runs memberlist, retries failed members and seeds, and hands everything
+// that is not membership to a Data delegate (package replication).
 package membership
 
 import (
@@ -104,7 +111,7 @@ type Cluster struct {
 	rnd   Rand
 	log   *slog.Logger
 	conf  *memberlist.Config
-	tr    *CountingTransport
+	tr    *countingTransport
 	data  Data
 
 	ml      atomic.Pointer[memberlist.Memberlist]
@@ -168,7 +175,7 @@ func New(cfg Config) (*Cluster, error) {
 	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
 		conf.AdvertisePort = conf.BindPort
 	}
-	tr, err := NewCountingTransport(inner, cfg.Traffic, conf.Label, func(reason, detail string) {
+	tr, err := newCountingTransport(inner, cfg.Traffic, conf.Label, func(reason, detail string) {
 		cfg.Reject(reason)
 		c.log.Warn("gossip rejected", "reason", reason, "detail", detail)
 	})
@@ -336,14 +343,23 @@ func (c *Cluster) SendTo(name, addr string, msg []byte) error {
 	return ml.SendReliable(node, msg)
 }
 
-// The table's version vectors and digest, for replication.
-
+// SetVV records the version vector a member reported (Table.SetVV).
 func (c *Cluster) SetVV(name string, vv crdt.VersionVector) { c.table.SetVV(name, vv) }
+
+// ReportedVV returns the version vector a member last reported and when
+// (Table.ReportedVV).
 func (c *Cluster) ReportedVV(name string) (crdt.VersionVector, time.Time, bool) {
 	return c.table.ReportedVV(name)
 }
+
+// StableVV is the pointwise minimum of own and the version vectors of the
+// members that have not left (Table.StableVV).
 func (c *Cluster) StableVV(own crdt.VersionVector) (crdt.VersionVector, bool) {
 	return c.table.StableVV(own)
 }
-func (c *Cluster) Digest() uint64               { return c.table.Digest() }
+
+// Digest summarizes the members seen alive (Table.Digest).
+func (c *Cluster) Digest() uint64 { return c.table.Digest() }
+
+// MarkLeaving records a member's leave intent (Table.MarkLeaving).
 func (c *Cluster) MarkLeaving(name string) bool { return c.table.MarkLeaving(name) }

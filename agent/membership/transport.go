@@ -22,7 +22,7 @@ type Traffic struct {
 	StreamBytesOut, StreamBytesIn atomic.Uint64
 }
 
-// CountingTransport wraps a memberlist transport and counts what crosses
+// countingTransport wraps a memberlist transport and counts what crosses
 // it. Every packet is one message; every stream (dialed or accepted) is one
 // message, and all bytes read or written on it are counted.
 //
@@ -31,7 +31,7 @@ type Traffic struct {
 // (memberlist drops it too, but only logs it): packets and streams with
 // another label or none are rejected as foreign_cluster; streams closed
 // before sending anything (a peer's abandoned dial) are dropped silently.
-type CountingTransport struct {
+type countingTransport struct {
 	inner  memberlist.NodeAwareTransport
 	c      *Traffic
 	header []byte // label header every packet and stream must start with; nil: no label
@@ -51,7 +51,7 @@ type CountingTransport struct {
 // label header.
 const labelPeekTimeout = 5 * time.Second
 
-var _ memberlist.NodeAwareTransport = (*CountingTransport)(nil)
+var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
 
 // nodeAware adapts a plain Transport the way memberlist does.
 func nodeAware(t memberlist.Transport) memberlist.NodeAwareTransport {
@@ -71,10 +71,10 @@ func (s plainShim) DialAddressTimeout(a memberlist.Address, timeout time.Duratio
 	return s.DialTimeout(a.Addr, timeout)
 }
 
-// NewCountingTransport wraps inner, counting into c; with a cluster label
+// newCountingTransport wraps inner, counting into c; with a cluster label
 // it rejects traffic of other clusters through reject (reason, detail).
-func NewCountingTransport(inner memberlist.Transport, c *Traffic, label string, reject func(reason, detail string)) (*CountingTransport, error) {
-	t := &CountingTransport{
+func newCountingTransport(inner memberlist.Transport, c *Traffic, label string, reject func(reason, detail string)) (*countingTransport, error) {
+	t := &countingTransport{
 		inner:    nodeAware(inner),
 		c:        c,
 		reject:   reject,
@@ -96,7 +96,7 @@ func NewCountingTransport(inner memberlist.Transport, c *Traffic, label string, 
 	return t, nil
 }
 
-func (t *CountingTransport) forwardPackets() {
+func (t *countingTransport) forwardPackets() {
 	defer t.wg.Done()
 	in := t.inner.PacketCh()
 	for {
@@ -128,7 +128,7 @@ func (t *CountingTransport) forwardPackets() {
 
 // rejectLabel counts traffic whose first bytes b are not this cluster's
 // label header.
-func (t *CountingTransport) rejectLabel(b []byte, what string, from net.Addr) {
+func (t *countingTransport) rejectLabel(b []byte, what string, from net.Addr) {
 	_, label, err := memberlist.RemoveLabelHeaderFromPacket(b)
 	if err != nil {
 		t.reject(ReasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
@@ -137,7 +137,7 @@ func (t *CountingTransport) rejectLabel(b []byte, what string, from net.Addr) {
 	t.reject(ReasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
 }
 
-func (t *CountingTransport) forwardStreams() {
+func (t *countingTransport) forwardStreams() {
 	defer t.wg.Done()
 	in := t.inner.StreamCh()
 	for {
@@ -167,7 +167,7 @@ func (t *CountingTransport) forwardStreams() {
 	}
 }
 
-func (t *CountingTransport) deliver(conn net.Conn) {
+func (t *countingTransport) deliver(conn net.Conn) {
 	select {
 	case t.streamCh <- conn:
 	case <-t.done:
@@ -177,7 +177,7 @@ func (t *CountingTransport) deliver(conn net.Conn) {
 
 // checkStream reads an accepted stream's label header (without consuming
 // it) and hands the stream to memberlist only if it is this cluster's.
-func (t *CountingTransport) checkStream(cc *countingConn) {
+func (t *countingTransport) checkStream(cc *countingConn) {
 	defer t.wg.Done()
 	defer func() {
 		t.pendingMu.Lock()
@@ -213,27 +213,27 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (t *CountingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
 	return t.inner.FinalAdvertiseAddr(ip, port)
 }
 
-func (t *CountingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 	t.c.MsgsOut.Add(1)
 	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteTo(b, addr)
 }
 
-func (t *CountingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	t.c.MsgsOut.Add(1)
 	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteToAddress(b, a)
 }
 
-func (t *CountingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
+func (t *countingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 
-func (t *CountingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
+func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
-func (t *CountingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	conn, err := t.inner.DialTimeout(addr, timeout)
 	if err != nil {
 		return nil, err
@@ -242,7 +242,7 @@ func (t *CountingTransport) DialTimeout(addr string, timeout time.Duration) (net
 	return &countingConn{Conn: conn, c: t.c}, nil
 }
 
-func (t *CountingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	conn, err := t.inner.DialAddressTimeout(a, timeout)
 	if err != nil {
 		return nil, err
@@ -253,7 +253,7 @@ func (t *CountingTransport) DialAddressTimeout(a memberlist.Address, timeout tim
 
 // Shutdown shuts the inner transport down (memberlist keeps draining our
 // channels meanwhile), then stops the forwarders.
-func (t *CountingTransport) Shutdown() error {
+func (t *countingTransport) Shutdown() error {
 	err := t.inner.Shutdown()
 	t.once.Do(func() { close(t.done) })
 	t.pendingMu.Lock()
