@@ -4,6 +4,14 @@
 // broker unless one is configured), the uplink to the control plane
 // (package agent/uplink), and the local HTTP API.
 //
+// The agent is wired from rooms, one package per job: agent/membership
+// (memberlist, the member table, the gossip transport, reconnects),
+// agent/replication (the protocol described below, reaching peers only
+// through its Members interface), agent/keys (key material, the key relay,
+// gossip key rotation), agent/devices (the device registry), agent/ingest
+// and agent/uplink. A room imports only rooms below it (replication imports
+// membership); this package builds them in Start and keeps the Agent API.
+//
 // Ingestion feeds two consumers after each group commit: the uplink,
 // which uploads the commit's outbox batch, and the device registry, a
 // replicated LWW collection "devices" holding one DeviceRecord per device
@@ -54,23 +62,25 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,8 +104,9 @@ type Deps struct {
 	// new registry owned by the agent. It is served on /metrics. Give every
 	// agent of a process its own registry.
 	Registry *prometheus.Registry
-	// Wall is the wall clock; nil means time.Now.
-	Wall func() time.Time
+	// Clock is the agent's clock (timestamps of replicated writes and of
+	// device records, the intervals of its loops); nil means clock.Real().
+	Clock clock.Clock
 	// Rand seeds jitter and peer choice and generates the gossip key; nil
 	// means crypto/rand.
 	Rand io.Reader
@@ -123,8 +134,6 @@ type Deps struct {
 const (
 	stateDBFile   = "state.db"
 	nodeNameFile  = "node-name"
-	maxQueuedBcst = 4096     // local deltas retained for gossip; older ones are left to anti-entropy
-	inboundBudget = 64 << 20 // bytes of received messages waiting to be applied
 	leaveTimeout  = 5 * time.Second
 	startJoinWait = 5 * time.Second // how long Start waits for the first join
 )
@@ -133,65 +142,46 @@ const (
 // Agent runs once: after Stop or Kill, create a new one (with the same
 // DataDir it resumes where it stopped).
 type Agent struct {
-	cfg   Config
-	deps  Deps
-	log   *slog.Logger
-	reg   *prometheus.Registry
-	wall  func() time.Time
-	rnd   io.Reader
-	rngMu sync.Mutex
-	rng   *mrand.Rand
-	m     *metrics
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	clk  clock.Clock
+	rnd  io.Reader
+	rng  *lockedRand
+	m    *metrics
 
 	// lifeMu is held by Start and by Stop/Kill, so they never overlap.
 	lifeMu  sync.Mutex
 	mu      sync.Mutex // guards phase, name and the fields set by Start
 	phase   int        // 0 new, 1 running, 2 stopped
 	name    string
-	peers   atomic.Pointer[peerTable]
+	peers   atomic.Pointer[membership.Table]
 	store   *crdt.Store
-	ml      *memberlist.Memberlist
-	mlReady atomic.Pointer[memberlist.Memberlist]
-	bcast   *memberlist.TransmitLimitedQueue
-	maxBcst int
-	meta    []byte
+	cluster *membership.Cluster
+	repl    atomic.Pointer[replication.Replicator]
 
-	gossipAddr string
-	apiAddr    string
-	api        *http.Server
+	apiAddr string
+	api     *http.Server
 
 	// Device-facing and control-plane parts (nil when not configured).
 	ingestStore *ingest.Store
 	ingestor    *ingest.Ingestor
 	broker      *ingest.Broker
 	mqttURL     string
-	registry    *deviceRegistry
+	registry    *devices.Registry
 	up          *uplink.Uplink
 	startedAt   time.Time
-	// keysChanged run after key fetches that accepted messages (keys.go).
-	keysMu      sync.Mutex
-	keysChanged []func()
-	// keyRelay passes key messages to and from peers (keyrelay.go).
-	keyRelay   atomic.Pointer[keyRelay]
-	gossipKeys *gossipRotator // nil with gossip encryption off (gossipkeys.go)
+	// keysChanged run after key fetches that accepted messages.
+	keysChanged keys.Hooks
+	// keyRelay passes key messages to and from peers.
+	keyRelay   atomic.Pointer[keys.Relay]
+	gossipKeys *keys.Rotator // nil with gossip encryption off
 	cpu        cpuSampler
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	inbound chan []byte
-	inBytes atomic.Int64
-	syncer  *syncer
-	shipper *shipper
-	// pushBacks admits one peer at a time to push back what this agent lacks.
-	pushBacks pushBackGate
-	rejoins   chan struct{} // bounds concurrent reconnect attempts
-	// lastRevival is when (wall clock, Unix ns) a failed member last came back.
-	lastRevival atomic.Int64
-	// lastReconcile is when (Unix ns) a member-view push/pull last started.
-	lastReconcile atomic.Int64
-	// lastAnnounce is when (Unix ns) this agent last re-advertised itself.
-	lastAnnounce atomic.Int64
-	running      atomic.Bool
+	running atomic.Bool
 }
 
 // New validates cfg and builds an agent; it does no network or disk I/O.
@@ -200,21 +190,17 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		cfg:     cfg,
-		log:     deps.Logger,
-		reg:     deps.Registry,
-		wall:    deps.Wall,
-		rnd:     deps.Rand,
-		rejoins: make(chan struct{}, 3),
+		cfg: cfg,
+		log: deps.Logger,
+		reg: deps.Registry,
+		clk: clock.Or(deps.Clock),
+		rnd: deps.Rand,
 	}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	if a.reg == nil {
 		a.reg = prometheus.NewRegistry()
-	}
-	if a.wall == nil {
-		a.wall = time.Now
 	}
 	if a.rnd == nil {
 		a.rnd = crand.Reader
@@ -223,7 +209,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if _, err := io.ReadFull(a.rnd, seed[:]); err != nil {
 		return nil, fmt.Errorf("agent: seeding random source: %w", err)
 	}
-	a.rng = mrand.New(mrand.NewChaCha8(seed))
+	a.rng = &lockedRand{r: mrand.New(mrand.NewChaCha8(seed))}
 	a.name = cfg.NodeName
 	if a.name == "" {
 		host, err := os.Hostname()
@@ -235,26 +221,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil, fmt.Errorf("agent: host name is not a usable node name, set node_name: %w", err)
 		}
 	}
-	a.peers.Store(newPeerTable(a.name, a.wall))
+	a.peers.Store(membership.NewTable(a.name, a.clk))
 	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
 	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
 	if err != nil {
 		return nil, fmt.Errorf("agent: registering metrics: %w", err)
 	}
 	a.m = m
-	a.inbound = make(chan []byte, cfg.Gossip.InboundQueue)
 	a.deps = deps
-	a.syncer = newSyncer(a.wall)
-	a.shipper = newShipper()
-	a.bcast = &memberlist.TransmitLimitedQueue{
-		NumNodes: func() int {
-			if ml := a.mlReady.Load(); ml != nil {
-				return ml.NumMembers()
-			}
-			return 1
-		},
-		RetransmitMult: memberlist.DefaultLANConfig().RetransmitMult,
-	}
 	return a, nil
 }
 
@@ -279,8 +253,12 @@ func (a *Agent) Store() *crdt.Store {
 // GossipAddr is the gossip address (host:port) advertised to peers; "" before Start.
 func (a *Agent) GossipAddr() string {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.gossipAddr
+	c := a.cluster
+	a.mu.Unlock()
+	if c == nil {
+		return ""
+	}
+	return c.Addr()
 }
 
 // APIAddr is the HTTP API's listen address; "" when disabled or not started.
@@ -293,7 +271,7 @@ func (a *Agent) APIAddr() string {
 // Members lists the cluster members this agent knows, itself included,
 // sorted by name. Members that failed or left are listed until
 // gossip.reconnect_timeout has passed.
-func (a *Agent) Members() []Member { return a.peers.Load().members() }
+func (a *Agent) Members() []Member { return a.peers.Load().Members() }
 
 // Stats returns a snapshot of the agent's counters.
 func (a *Agent) Stats() Stats { return a.m.stats() }
@@ -304,7 +282,7 @@ func (a *Agent) Registry() *prometheus.Registry { return a.reg }
 // Running reports whether the agent is started and not stopped.
 func (a *Agent) Running() bool { return a.running.Load() }
 
-func (a *Agent) memberCount(state string) float64 { return float64(a.peers.Load().count(state)) }
+func (a *Agent) memberCount(state string) float64 { return float64(a.peers.Load().Count(state)) }
 
 func (a *Agent) syncLag() float64 {
 	s := a.Store()
@@ -317,7 +295,7 @@ func (a *Agent) syncLag() float64 {
 	if err != nil {
 		return 0
 	}
-	return float64(a.peers.Load().lag(vv))
+	return float64(a.peers.Load().Lag(vv))
 }
 
 // Start opens the store, starts memberlist, joins the seeds (unreachable
@@ -356,14 +334,16 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	name := a.Name()
 	a.log = a.log.With("node", name)
 
-	key, err := a.loadGossipKey(a.rnd)
+	g := a.cfg.Gossip
+	key, err := keys.LoadGossipKey(keys.BootstrapConfig{Encrypt: g.Encrypt, Key: g.Key, KeyFile: g.KeyFile,
+		DataDir: a.cfg.DataDir, Rand: a.rnd, Logger: a.log})
 	if err != nil {
 		return err
 	}
 
 	store, err := crdt.Open(filepath.Join(a.cfg.DataDir, stateDBFile), crdt.Options{
 		ReplicaID:    name,
-		Wall:         a.wall,
+		Wall:         a.clk.Now,
 		MaxDrift:     a.cfg.State.MaxClockDrift,
 		Logger:       a.log,
 		TombstoneTTL: a.cfg.State.TombstoneTTL,
@@ -377,100 +357,58 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.store = store
 	a.mu.Unlock()
 
-	if a.meta, err = encodeMeta(NodeMeta{ID: name, Version: Version, Labels: a.cfg.Labels}); err != nil {
+	meta, err := membership.EncodeMeta(NodeMeta{ID: name, Version: Version, Labels: a.cfg.Labels})
+	if err != nil {
 		return err
 	}
-
-	mlLog := memberlistLogger(a.log.With("component", "memberlist"), a.m.reject)
-	conf := memberlistProfile(a.cfg.Gossip.Profile)
-	conf.Name = name
-	conf.Label = a.cfg.Gossip.Cluster
-	conf.Logger = mlLog
-	conf.BindAddr = a.cfg.Gossip.BindAddr
-	conf.BindPort = a.cfg.Gossip.BindPort
-	conf.AdvertiseAddr = a.cfg.Gossip.AdvertiseAddr
-	conf.AdvertisePort = a.cfg.Gossip.AdvertisePort
+	var kr *memberlist.Keyring
 	if key != nil {
-		kr, err := memberlist.NewKeyring(nil, key)
-		if err != nil {
+		if kr, err = memberlist.NewKeyring(nil, key); err != nil {
 			return fmt.Errorf("agent: gossip key: %w", err)
 		}
-		conf.Keyring = kr
-		if a.gossipKeys, err = a.newGossipKeys(kr, key); err != nil {
+		if a.gossipKeys, err = keys.NewRotator(a.gossipKeysConfig(kr, key)); err != nil {
 			return err
 		}
-		conf.GossipVerifyIncoming = true
-		conf.GossipVerifyOutgoing = true
 	}
-
-	inner := a.deps.Transport
-	if inner == nil {
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{a.cfg.Gossip.BindAddr},
-			BindPort:  a.cfg.Gossip.BindPort,
-			Logger:    mlLog,
-		})
-		if err != nil {
-			return fmt.Errorf("agent: gossip transport on %s: %w",
-				net.JoinHostPort(a.cfg.Gossip.BindAddr, strconv.Itoa(a.cfg.Gossip.BindPort)), err)
-		}
-		conf.BindPort = nt.GetAutoBindPort()
-		inner = nt
-		if a.deps.WrapTransport != nil {
-			inner = a.deps.WrapTransport(nt, net.JoinHostPort(a.cfg.Gossip.BindAddr, strconv.Itoa(conf.BindPort)))
-		}
-	}
-	if conf.AdvertiseAddr != "" && conf.AdvertisePort == 0 {
-		conf.AdvertisePort = conf.BindPort
-	}
-	tr, err := newCountingTransport(inner, &a.m.traffic, conf.Label, func(reason, detail string) {
-		a.m.reject(reason)
-		a.log.Warn("gossip rejected", "reason", reason, "detail", detail)
+	joinFailed := func(err error) error { return a.gossipKeys.JoinFailed(err) }
+	cluster, err := membership.New(membership.Config{
+		Name: name, Label: g.Cluster, Profile: g.Profile,
+		BindAddr: g.BindAddr, BindPort: g.BindPort, AdvertiseAddr: g.AdvertiseAddr, AdvertisePort: g.AdvertisePort,
+		Keyring: kr, Meta: meta, Seeds: g.Join,
+		ReconnectInterval: g.ReconnectInterval, ReconnectTimeout: g.ReconnectTimeout, JoinRetryInterval: g.JoinRetryInterval,
+		Table: a.peers.Load(), Transport: a.deps.Transport, WrapTransport: a.deps.WrapTransport,
+		Traffic: &a.m.traffic, Counters: &a.m.members, Reject: a.m.reject, JoinFailed: joinFailed,
+		Clock: a.clk, Rand: a.rng, Logger: a.log,
 	})
 	if err != nil {
-		inner.Shutdown()
 		return err
 	}
-	conf.Transport = tr
-	transportOwned := true
-	cleanup = append(cleanup, func() {
-		if transportOwned {
-			tr.Shutdown()
-		}
+	cleanup = append(cleanup, cluster.Close)
+	repl, err := replication.New(replication.Config{
+		Name: name, Store: store, Members: cluster,
+		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
+		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
+		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
+		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject,
 	})
-
-	a.bcast.RetransmitMult = conf.RetransmitMult
-	a.maxBcst = conf.UDPBufferSize - 64 - len(conf.Label)
-	d := &delegate{a: a}
-	conf.Delegate = d
-	conf.Events = d
-
-	ml, err := memberlist.Create(conf)
 	if err != nil {
-		return fmt.Errorf("agent: starting memberlist: %w", err)
+		return err
 	}
-	transportOwned = false // memberlist shuts it down from now on
-	cleanup = append(cleanup, func() { ml.Shutdown() })
-	a.mlReady.Store(ml)
-	local := ml.LocalNode()
+	if err := cluster.Start(repl); err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() { cluster.Shutdown() })
+	a.repl.Store(repl)
 	a.mu.Lock()
-	a.ml = ml
-	a.gossipAddr = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
+	a.cluster = cluster
 	a.mu.Unlock()
 
 	bg, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	cleanup = append(cleanup, func() { cancel(); a.wg.Wait() })
-	a.goLoop(func() { a.applyLoop(bg) })
-	a.goLoop(func() { a.syncLoop(bg) })
-	a.goLoop(func() { a.shipLoop(bg) })
-	a.goLoop(func() { a.periodicSyncLoop(bg) })
-	a.goLoop(func() { a.reconnectLoop(bg) })
-	a.goLoop(func() { a.seedLoop(bg) })
-	if a.cfg.State.CompactionInterval > 0 {
-		a.goLoop(func() { a.compactLoop(bg) })
-	}
-	a.startedAt = a.wall()
+	cleanup = append(cleanup, func() { cancel(); a.wg.Wait(); cluster.Wait() })
+	a.goLoop(func() { repl.Run(bg) })
+	a.goLoop(func() { cluster.Run(bg) })
+	a.startedAt = a.clk.Now()
 
 	if err := a.startEdge(ctx, name); err != nil {
 		return err
@@ -491,22 +429,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		"cluster", a.cfg.Gossip.Cluster, "encrypted", key != nil, "profile", a.cfg.Gossip.Profile,
 		"mqtt", a.MQTTURL(), "control_plane", a.cfg.ControlPlane.URL)
 
-	if seeds := a.seeds(); len(seeds) > 0 {
-		joinDone := make(chan struct{})
-		go func() {
-			defer close(joinDone)
-			if n, err := ml.Join(seeds); err != nil {
-				a.log.Warn("joining seeds failed; retrying in the background", "seeds", seeds, "err", a.gossipKeys.joinFailed(err))
-			} else {
-				a.log.Info("joined cluster", "seeds_reached", n)
-			}
-		}()
-		select { // a slow or unreachable seed finishes joining in the background
-		case <-joinDone:
-		case <-ctx.Done():
-		case <-time.After(startJoinWait):
-		}
-	}
+	cluster.JoinSeeds(ctx, startJoinWait)
 	return nil
 }
 
@@ -533,7 +456,7 @@ func (a *Agent) claimName() error {
 			a.mu.Lock()
 			a.name = recorded
 			a.mu.Unlock()
-			a.peers.Store(newPeerTable(recorded, a.wall))
+			a.peers.Store(membership.NewTable(recorded, a.clk))
 			return nil
 		}
 		if recorded != a.cfg.NodeName {
@@ -552,18 +475,6 @@ func (a *Agent) claimName() error {
 	default:
 		return fmt.Errorf("agent: reading node name: %w", err)
 	}
-}
-
-// seeds returns the configured seeds other than this agent's own address.
-func (a *Agent) seeds() []string {
-	self := canonicalAddr(a.GossipAddr())
-	var out []string
-	for _, s := range a.cfg.Gossip.Join {
-		if canonicalAddr(s) != self {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // Run starts the agent, waits for ctx to end, then stops it gracefully.
@@ -603,7 +514,7 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 		return nil
 	}
 	a.phase = 2
-	api, ml, store := a.api, a.ml, a.store
+	api, cluster, store := a.api, a.cluster, a.store
 	a.mu.Unlock()
 	a.running.Store(false)
 
@@ -619,7 +530,7 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 	}
 	errs = append(errs, a.stopEdge(ctx, graceful)...)
 	if graceful {
-		a.announceLeave()
+		a.repl.Load().AnnounceLeave()
 	}
 	a.cancel()
 	if graceful {
@@ -627,14 +538,15 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = time.Until(dl)
 		}
-		if err := ml.Leave(timeout); err != nil {
+		if err := cluster.Leave(timeout); err != nil {
 			errs = append(errs, fmt.Errorf("agent: leaving cluster: %w", err))
 		}
 	}
-	if err := ml.Shutdown(); err != nil {
+	if err := cluster.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("agent: stopping memberlist: %w", err))
 	}
 	a.wg.Wait()
+	cluster.Wait()
 	if err := store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("agent: closing state: %w", err))
 	}
@@ -712,52 +624,28 @@ func (a *Agent) MVDelete(ctx context.Context, coll, key string) error {
 	return err
 }
 
-// broadcast queues a local delta for gossip. Deltas too large for one
-// gossip packet are left to anti-entropy.
+// broadcast queues a local delta for gossip (replication.Broadcast).
 func (a *Agent) broadcast(d crdt.Delta) {
-	msg, err := encodeMessage(message{Type: msgDeltas, Deltas: []crdt.Delta{d}}, nil)
-	if err != nil {
-		a.log.Error("encoding local delta for broadcast", "err", err)
-		return
-	}
-	if len(msg) > a.maxBcst {
-		a.log.Debug("delta too large for a gossip packet; anti-entropy carries it", "bytes", len(msg), "limit", a.maxBcst)
-		return
-	}
-	a.queueBroadcast(msg)
-	a.m.broadcasts.Add(1)
-}
-
-// queueBroadcast queues msg for gossip, keeping the queue bounded.
-func (a *Agent) queueBroadcast(msg []byte) {
-	a.bcast.QueueBroadcast(deltaBroadcast(msg))
-	if a.bcast.NumQueued() > maxQueuedBcst {
-		a.bcast.Prune(maxQueuedBcst)
+	if r := a.repl.Load(); r != nil {
+		r.Broadcast(d)
 	}
 }
 
-// deltaBroadcast is one queued gossip message.
-type deltaBroadcast []byte
-
-func (b deltaBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
-func (b deltaBroadcast) Message() []byte                       { return b }
-func (b deltaBroadcast) Finished()                             {}
-
-// randIntN returns a uniform int in [0, n).
-func (a *Agent) randIntN(n int) int {
-	a.rngMu.Lock()
-	defer a.rngMu.Unlock()
-	return a.rng.IntN(n)
+// lockedRand is the agent's random source of peer choice and jitter,
+// shared by its rooms.
+type lockedRand struct {
+	mu sync.Mutex
+	r  *mrand.Rand
 }
 
-func (a *Agent) randFloat() float64 {
-	a.rngMu.Lock()
-	defer a.rngMu.Unlock()
-	return a.rng.Float64()
+func (l *lockedRand) IntN(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.IntN(n)
 }
 
-// jitter returns d randomized by ±frac.
-func (a *Agent) jitter(d time.Duration, frac float64) time.Duration {
-	f := 1 + frac*(2*a.randFloat()-1)
-	return time.Duration(float64(d) * f)
+func (l *lockedRand) Float64() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Float64()
 }

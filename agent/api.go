@@ -157,7 +157,7 @@ func writeStoreError(w http.ResponseWriter, err error) {
 }
 
 func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
-	if !a.running.Load() || a.mlReady.Load() == nil {
+	if !a.running.Load() || a.repl.Load() == nil {
 		writeError(w, http.StatusServiceUnavailable, "agent not running")
 		return
 	}
@@ -165,7 +165,7 @@ func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().count(StateAlive)})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().Count(StateAlive)})
 }
 
 // collType is the configured type of coll (lww when not configured).

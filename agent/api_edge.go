@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 )
 
@@ -31,7 +32,7 @@ func (a *Agent) Devices(ctx context.Context) ([]DeviceRecord, error) {
 	}
 	out := make([]DeviceRecord, 0, len(entries))
 	for _, e := range entries {
-		rec, err := decodeDeviceRecord(e.Key, e.Value)
+		rec, err := devices.Decode(e.Key, e.Value)
 		if err != nil {
 			a.log.Debug("skipping a value of the devices collection that is not a device record", "key", e.Key, "err", err)
 			continue
@@ -53,7 +54,7 @@ func (a *Agent) Device(ctx context.Context, id string) (rec DeviceRecord, found 
 	if err != nil || !found {
 		return DeviceRecord{}, false, err
 	}
-	rec, err = decodeDeviceRecord(id, e.Value)
+	rec, err = devices.Decode(id, e.Value)
 	return rec, err == nil, err
 }
 
@@ -135,7 +136,7 @@ func (a *Agent) handleDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("agent: device %q is not in the registry", id))
 		return
 	}
-	rec, err := decodeDeviceRecord(id, e.Value)
+	rec, err := devices.Decode(id, e.Value)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -246,26 +249,26 @@ func TestForeignClusterRejected(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	home := c.start("home", nil, nil)
-	ml := home.mlReady.Load()
+	ml := home.cluster.Memberlist()
 
 	// Same key, another cluster name: memberlist's label check drops it.
 	other := c.start("other", nil, func(cfg *Config) { cfg.Gossip.Cluster = "elsewhere" })
-	if _, err := other.mlReady.Load().Join([]string{home.GossipAddr()}); err == nil {
+	if _, err := other.cluster.Memberlist().Join([]string{home.GossipAddr()}); err == nil {
 		t.Fatal("agent of another cluster joined")
 	}
 	// Right name, wrong key: decryption fails.
 	wrongKey := c.start("wrongkey", nil, func(cfg *Config) { cfg.Gossip.Key = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=" })
-	if _, err := wrongKey.mlReady.Load().Join([]string{home.GossipAddr()}); err == nil {
+	if _, err := wrongKey.cluster.Memberlist().Join([]string{home.GossipAddr()}); err == nil {
 		t.Fatal("agent with another key joined")
 	}
 	// No encryption at all.
 	plain := c.start("plain", nil, func(cfg *Config) { cfg.Gossip.Encrypt = false; cfg.Gossip.Key = "" })
-	if _, err := plain.mlReady.Load().Join([]string{home.GossipAddr()}); err == nil {
+	if _, err := plain.cluster.Memberlist().Join([]string{home.GossipAddr()}); err == nil {
 		t.Fatal("unencrypted agent joined")
 	}
 	waitFor(t, 5*time.Second, "rejections counted", func() (bool, string) {
-		foreign := rejectedCount(home, reasonForeignCluster)
-		decrypt := rejectedCount(home, reasonDecrypt)
+		foreign := rejectedCount(home, membership.ReasonForeignCluster)
+		decrypt := rejectedCount(home, membership.ReasonDecrypt)
 		return foreign >= 1 && decrypt >= 2, fmt.Sprintf("foreign=%v decrypt=%v", foreign, decrypt)
 	})
 	if ml.NumMembers() != 1 {
@@ -290,16 +293,16 @@ func TestMalformedMessagesRejectedAndCounted(t *testing.T) {
 	waitFor(t, 10*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
 	before, _ := agents[1].Store().StateHash(ctx)
 
-	sender := agents[0].mlReady.Load()
-	node, ok := agents[0].peers.Load().lookup("a1")
+	sender := agents[0].cluster.Memberlist()
+	node, ok := agents[0].peers.Load().Lookup("a1")
 	if !ok {
 		t.Fatal("a1 unknown to a0")
 	}
 	bad := map[string][]byte{
-		reasonUnknownType:  {99, 1, 2, 3},
-		reasonMalformed:    {msgSyncReq, 200},
-		reasonInvalidDelta: {msgDeltas, 0xff, 0xff, 0xff},
-		reasonOwnName:      mustEncode(t, message{Type: msgSyncReq, From: "a1", Addr: agents[0].GossipAddr()}),
+		replication.ReasonUnknownType:  {99, 1, 2, 3},
+		membership.ReasonMalformed:     {replication.TypeSyncReq, 200},
+		replication.ReasonInvalidDelta: {replication.TypeDeltas, 0xff, 0xff, 0xff},
+		replication.ReasonOwnName:      mustEncode(t, replication.Message{Type: replication.TypeSyncReq, From: "a1", Addr: agents[0].GossipAddr()}),
 	}
 	for reason, msg := range bad {
 		if err := sender.SendReliable(node, msg); err != nil {
@@ -329,9 +332,9 @@ func TestMalformedMessagesRejectedAndCounted(t *testing.T) {
 	waitFor(t, 10*time.Second, "convergence after bad input", func() (bool, string) { return sameState(agents) })
 }
 
-func mustEncode(t *testing.T, m message) []byte {
+func mustEncode(t *testing.T, m replication.Message) []byte {
 	t.Helper()
-	b, err := encodeMessage(m, nil)
+	b, err := replication.Encode(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +345,7 @@ func TestGeneratedGossipKey(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	a := c.start("gen", nil, func(cfg *Config) { cfg.Gossip.Key = "" })
-	path := filepath.Join(c.dirs["gen"], gossipKeyFile)
+	path := filepath.Join(c.dirs["gen"], keys.GossipKeyFile)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +354,7 @@ func TestGeneratedGossipKey(t *testing.T) {
 		t.Fatalf("gossip.key mode %v", st.Mode().Perm())
 	}
 	first, _ := os.ReadFile(path)
-	if _, err := decodeGossipKey(strings.TrimSpace(string(first))); err != nil {
+	if _, err := keys.DecodeGossipKey(strings.TrimSpace(string(first))); err != nil {
 		t.Fatal(err)
 	}
 	a.Kill()

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 	"gopkg.in/yaml.v3"
@@ -166,17 +168,17 @@ type RuntimeConfig struct {
 
 // Gossip profiles.
 const (
-	ProfileLAN  = "lan"
-	ProfileTest = "test"
+	ProfileLAN  = membership.ProfileLAN
+	ProfileTest = membership.ProfileTest
 )
 
 // Config limits.
 const (
-	maxNodeNameLen   = 64
+	maxNodeNameLen   = replication.MaxNodeNameLen
 	maxClusterLen    = 200
 	maxLabels        = 32
 	minChunkBytes    = 4 << 10
-	maxChunkBytesCap = 4 << 20
+	maxChunkBytesCap = replication.MaxChunkBytesCap
 )
 
 // DefaultConfig returns the configuration used when nothing is configured.
@@ -478,12 +480,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("agent: labels: key %q or its value is empty or not UTF-8", k)
 		}
 	}
-	meta, err := encodeMeta(NodeMeta{ID: c.nameForSizeCheck(), Version: Version, Labels: c.Labels})
+	meta, err := membership.EncodeMeta(NodeMeta{ID: c.nameForSizeCheck(), Version: Version, Labels: c.Labels})
 	if err != nil {
 		return fmt.Errorf("agent: labels: %w", err)
 	}
-	if len(meta) > maxMetaBytes {
-		return fmt.Errorf("agent: labels: node metadata is %d bytes, at most %d (use fewer or shorter labels)", len(meta), maxMetaBytes)
+	if len(meta) > membership.MaxMetaBytes {
+		return fmt.Errorf("agent: labels: node metadata is %d bytes, at most %d (use fewer or shorter labels)", len(meta), membership.MaxMetaBytes)
 	}
 	if err := c.Gossip.validate(); err != nil {
 		return err
@@ -568,7 +570,7 @@ func (g *GossipConfig) validate() error {
 		return fmt.Errorf("agent: gossip.cluster: must be 1..%d bytes of UTF-8", maxClusterLen)
 	}
 	if g.Key != "" {
-		if _, err := decodeGossipKey(g.Key); err != nil {
+		if _, err := keys.DecodeGossipKey(g.Key); err != nil {
 			return fmt.Errorf("agent: gossip.key: %w", err)
 		}
 	}
@@ -664,20 +666,4 @@ func validateNodeName(name string) error {
 		}
 	}
 	return nil
-}
-
-// decodeGossipKey decodes a base64 (standard or URL alphabet, padded or
-// not) key of 16, 24 or 32 bytes.
-func decodeGossipKey(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if k, err := enc.DecodeString(s); err == nil {
-			switch len(k) {
-			case 16, 24, 32:
-				return k, nil
-			}
-			return nil, fmt.Errorf("key is %d bytes, want 16, 24 or 32", len(k))
-		}
-	}
-	return nil, errors.New("key is not base64")
 }

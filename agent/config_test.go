@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/crdt"
 	"gopkg.in/yaml.v3"
 )
@@ -329,12 +330,12 @@ func TestSetBind(t *testing.T) {
 
 func TestDecodeGossipKey(t *testing.T) {
 	for _, k := range []string{"MDEyMzQ1Njc4OWFiY2RlZg==", "MDEyMzQ1Njc4OWFiY2RlZg", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="} {
-		if _, err := decodeGossipKey(k); err != nil {
+		if _, err := keys.DecodeGossipKey(k); err != nil {
 			t.Errorf("%q: %v", k, err)
 		}
 	}
 	for _, k := range []string{"", "!!!", "c2hvcnQ="} {
-		if _, err := decodeGossipKey(k); err == nil {
+		if _, err := keys.DecodeGossipKey(k); err == nil {
 			t.Errorf("%q accepted", k)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 )
@@ -51,6 +52,10 @@ func (a *Agent) MQTTURL() string {
 	return a.mqttURL
 }
 
+// DeviceRecord is a device's entry in the replicated device registry
+// (package agent/devices).
+type DeviceRecord = devices.Record
+
 // sinkFanout tells every sink about each commit, in order.
 type sinkFanout []ingest.Sink
 
@@ -75,17 +80,18 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 	}()
 	ic := &a.cfg.Ingest
 	var store *ingest.Store
-	var reg *deviceRegistry
+	var reg *devices.Registry
 	if ic.Enabled {
 		ilog := a.log.With("component", "ingest")
 		sc := ic.storeConfig(filepath.Join(a.cfg.DataDir, ingest.StoreFile), a.cfg.ControlPlane.URL != "")
-		sc.Clock, sc.Logger, sc.Registry = a.wall, ilog, a.reg
+		sc.Clock, sc.Logger, sc.Registry = a.clk.Now, ilog, a.reg
 		if store, err = ingest.OpenStore(sc); err != nil {
 			return fmt.Errorf("agent: opening the ingestion database: %w", err)
 		}
 		undo = append(undo, func() { store.Close() })
-		reg = newDeviceRegistry(name, ic.DeviceRegistryInterval, a.wall, a.log.With("component", "devices"),
-			func(ctx context.Context, id string, value []byte) error {
+		reg, err = devices.New(devices.Config{
+			Agent: name, Interval: ic.DeviceRegistryInterval, Clock: a.clk, Logger: a.log.With("component", "devices"),
+			Put: func(ctx context.Context, id string, value []byte) error {
 				s := a.Store()
 				d, err := s.Put(ctx, DevicesCollection, id, value)
 				if err != nil {
@@ -93,15 +99,20 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 				}
 				a.broadcast(d)
 				return nil
-			}, store.Devices)
-		if err := reg.register(a.reg); err != nil {
+			},
+			Reload: store.Devices,
+		})
+		if err != nil {
+			return fmt.Errorf("agent: device registry: %w", err)
+		}
+		if err := reg.Register(a.reg); err != nil {
 			return fmt.Errorf("agent: registering device registry metrics: %w", err)
 		}
 		devs, err := store.Devices(ctx)
 		if err != nil {
 			return fmt.Errorf("agent: reading the ingestion database's devices: %w", err)
 		}
-		reg.seed(devs)
+		reg.Seed(devs)
 	}
 
 	var up *uplink.Uplink
@@ -118,7 +129,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Transport:     a.deps.UplinkTransport,
 			WrapTransport: a.deps.UplinkWrapTransport,
 			Status:        a.heartbeat,
-			KeysChanged:   a.fireKeysChanged,
+			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
@@ -175,7 +186,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			BatchDelay:        ic.BatchDelay,
 			QueueMessages:     ic.QueueMessages,
 			RetentionInterval: ic.Retention.Interval,
-			Clock:             a.wall,
+			Clock:             a.clk.Now,
 			Logger:            a.log.With("component", "ingest"),
 			Registry:          a.reg,
 			Sink:              sinks,
@@ -184,8 +195,8 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if err != nil {
 			return fmt.Errorf("agent: ingest: %w", err)
 		}
-		reg.start()
-		undo = append(undo, func() { reg.stop(context.Background(), false) })
+		reg.Start()
+		undo = append(undo, func() { reg.Stop(context.Background(), false) })
 		if err := in.Start(ctx); err != nil {
 			return fmt.Errorf("agent: starting ingestion: %w", err)
 		}
@@ -270,7 +281,7 @@ func (a *Agent) stopEdge(ctx context.Context, graceful bool) []error {
 		up.Stop()
 	}
 	if reg != nil {
-		reg.stop(ctx, graceful)
+		reg.Stop(ctx, graceful)
 	}
 	if broker != nil {
 		if err := broker.Stop(); err != nil {

@@ -80,7 +80,7 @@ func BenchmarkFleetPartitionHeal(b *testing.B) {
 		streamOf := func() uint64 {
 			var t uint64
 			for _, a := range agents {
-				t += a.m.traffic.streamBytesOut.Load() + a.m.traffic.streamBytesIn.Load()
+				t += a.m.traffic.StreamBytesOut.Load() + a.m.traffic.StreamBytesIn.Load()
 			}
 			return t
 		}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -101,17 +103,17 @@ func seededRand(name string) io.Reader {
 	return mrand.NewChaCha8(seed)
 }
 
-// cluster is a set of agents on loopback sharing a Partition.
+// cluster is a set of agents on loopback sharing a membership.Partition.
 type cluster struct {
 	t      testing.TB
-	part   *Partition
+	part   *membership.Partition
 	mu     sync.Mutex
 	agents map[string]*Agent
 	dirs   map[string]string
 }
 
 func newCluster(t testing.TB) *cluster {
-	return &cluster{t: t, part: NewPartition(), agents: map[string]*Agent{}, dirs: map[string]string{}}
+	return &cluster{t: t, part: membership.NewPartition(), agents: map[string]*Agent{}, dirs: map[string]string{}}
 }
 
 // start starts (or restarts, on the same data dir) the named agent, joining
@@ -134,7 +136,7 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{"127.0.0.1"},
 		BindPort:  0,
-		Logger:    memberlistLogger(slog.New(slog.NewTextHandler(io.Discard, nil)), func(string) {}),
+		Logger:    membership.Logger(slog.New(slog.NewTextHandler(io.Discard, nil)), func(string) {}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -196,19 +198,7 @@ func (c *cluster) startN(n int) []*Agent {
 }
 
 // waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var detail string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, detail = cond(); ok {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, detail)
-}
+var waitFor = testutil.WaitFor
 
 // allAlive reports whether every agent sees every other as alive.
 func allAlive(agents []*Agent) (bool, string) {
@@ -238,3 +228,6 @@ func sameState(agents []*Agent) (bool, string) {
 	}
 	return len(hashes) == 1, fmt.Sprintf("%d distinct state hashes: %v", len(hashes), hashes)
 }
+
+// metricSum sums the series of a metric on reg.
+var metricSum = testutil.MetricSum

@@ -9,21 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/edgefleet/edgefleet/controlplane"
 )
-
-// counterValue reads a counter.
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
 
 // gossipPrimary is the dkms version of the agent's memberlist primary key
 // (0: the bootstrap key).
@@ -31,7 +18,7 @@ func gossipPrimary(a *Agent) uint32 {
 	if a.gossipKeys == nil {
 		return 0
 	}
-	return a.gossipKeys.state().Primary
+	return a.gossipKeys.State().Primary
 }
 
 func gossipLatest(a *Agent) uint32 {
@@ -112,11 +99,10 @@ func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 	if n := passedWhileCut.Load(); n != before || !strings.Contains(c.Uplink().Status().LastError, "cut by the test") {
 		t.Fatalf("the uplink was not cut: %d requests went through, last error %q", n-before, c.Uplink().Status().LastError)
 	}
-	r := c.keyRelay.Load()
-	if got := counterValue(t, r.accepted.WithLabelValues("new")); got < 2 {
+	if got := metricSum(t, c.Registry(), "agent_key_relay_accepted_total", "new"); got < 2 {
 		t.Fatalf("accepted via the relay: %v, want 2", got)
 	}
-	written := counterValue(t, a.keyRelay.Load().writes) + counterValue(t, b.keyRelay.Load().writes)
+	written := metricSum(t, a.Registry(), "agent_key_relay_written_total", "") + metricSum(t, b.Registry(), "agent_key_relay_written_total", "")
 	if written < 2 {
 		t.Fatalf("relayed written by the peers: %v", written)
 	}
@@ -159,7 +145,7 @@ func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 	})
 	for _, x := range agents {
 		for _, reason := range []string{"malformed", "bad_signature", "expired", "below_min_version", "keyring", "dropped_full"} {
-			if n := counterValue(t, x.keyRelay.Load().rejected.WithLabelValues(reason)); n != 0 {
+			if n := metricSum(t, x.Registry(), "agent_key_relay_rejected_total", reason); n != 0 {
 				t.Errorf("%s: %v relay entries rejected as %s", x.Name(), n, reason)
 			}
 		}
@@ -167,20 +153,4 @@ func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 	if tv, gp := telemetryVersion(c), gossipPrimary(c); tv != 2 || gp != 2 {
 		t.Fatalf("after healing: telemetry v%d, gossip primary v%d", tv, gp)
 	}
-}
-
-// FuzzParseRelayEntry: entries of keys.relay come from peers; any bytes
-// under any key give a message stored under its own key or an error,
-// never a panic.
-func FuzzParseRelayEntry(f *testing.F) {
-	f.Add("ag_1/telemetry/2", []byte("EFKM\x01"))
-	f.Add("a/b", []byte{})
-	f.Add("ag_1/gossip/1", make([]byte, 5000))
-	f.Add("x/y/z", []byte("EFKM\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
-	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		m, err := parseRelayEntry(key, value)
-		if err == nil && relayEntryKey(m) != key {
-			t.Fatalf("entry %q accepted for message %q", key, relayEntryKey(m))
-		}
-	})
 }

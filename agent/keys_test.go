@@ -16,10 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/cptest"
 	"github.com/edgefleet/edgefleet/pqcrypto"
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // keysCP is a control plane in dev mode (unsealed, with the built-in
@@ -122,7 +126,7 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	var changes atomic.Int64
-	a.onKeysChanged(func() { changes.Add(1) })
+	a.keysChanged.On(func() { changes.Add(1) })
 	if a.Keys() != nil {
 		t.Fatal("keyring before Start")
 	}
@@ -159,18 +163,33 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	keys := filepath.Join(cfg.DataDir, KeysDir)
-	for name, perm := range map[string]fs.FileMode{"": 0o700, DeviceKeyFile: 0o600, XWingKeyFile: 0o600, KeyringFilePrefix + id + ".sealed": 0o600} {
-		st, err := os.Stat(filepath.Join(keys, name))
+	dir := filepath.Join(cfg.DataDir, keys.Dir)
+	for name, perm := range map[string]fs.FileMode{"": 0o700, keys.DeviceKeyFile: 0o600, keys.XWingKeyFile: 0o600, keys.KeyringFilePrefix + id + ".sealed": 0o600} {
+		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || st.Mode().Perm() != perm {
-			t.Errorf("%s: %v, mode %v, want %v", filepath.Join(keys, name), err, st.Mode().Perm(), perm)
+			t.Errorf("%s: %v, mode %v, want %v", filepath.Join(dir, name), err, st.Mode().Perm(), perm)
 		}
 	}
-	km, err := openKeyMaterial(cfg.DataDir, seededRand("other"), time.Now, slog.New(slog.DiscardHandler), nil)
+	km, err := keys.OpenMaterial(cfg.DataDir, seededRand("other"), nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	xwingSeed := km.sk.Bytes()
+	// The X-Wing seed, unsealed from its file with the device key.
+	device, err := dkms.LoadOrCreateDeviceKeyFile(filepath.Join(dir, keys.DeviceKeyFile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealedSeed, err := os.ReadFile(filepath.Join(dir, keys.XWingKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	xwingSeed, _, err := pqcrypto.Open(nil, sealedSeed, &pqcrypto.Keys{DataKey: pqcrypto.DataKeys(device), AAD: []byte(keys.XWingAD)})
+	if err != nil {
+		t.Fatalf("unsealing the X-Wing key file: %v", err)
+	}
+	if sk, err := pqcrypto.NewXWingKeyFromSeed(xwingSeed); err != nil || !bytes.Equal(sk.Public().Bytes(), km.XWingPublic()) {
+		t.Fatalf("X-Wing key file holds another key: %v", err)
+	}
 	scanFor(t, cfg.DataDir, "telemetry key", telemetrySecret)
 	scanFor(t, cfg.DataDir, "gossip key", gossipSecret)
 	scanFor(t, cfg.DataDir, "X-Wing private key", xwingSeed)
@@ -223,7 +242,7 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 	}
 	// An attacker copies the agent's data dir, device key included.
 	stolen := t.TempDir()
-	if err := os.CopyFS(filepath.Join(stolen, KeysDir), os.DirFS(filepath.Join(gone.cfg.DataDir, KeysDir))); err != nil {
+	if err := os.CopyFS(filepath.Join(stolen, keys.Dir), os.DirFS(filepath.Join(gone.cfg.DataDir, keys.Dir))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cp.admin.Decommission(t.Context(), goneID); err != nil {
@@ -238,7 +257,7 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 		t.Fatalf("control plane opens v2: %q %v", pt, err)
 	}
 
-	km, err := openKeyMaterial(stolen, seededRand("thief"), time.Now, slog.New(slog.DiscardHandler), nil)
+	km, err := keys.OpenMaterial(stolen, seededRand("thief"), nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +289,7 @@ func TestKeyringFileDamageStopsStart(t *testing.T) {
 	waitFor(t, 20*time.Second, "telemetry key", func() (bool, string) { return telemetryVersion(a) == 1, "" })
 	id := a.Keys().ID()
 	a.Kill()
-	path := filepath.Join(cfg.DataDir, KeysDir, KeyringFilePrefix+id+".sealed")
+	path := filepath.Join(cfg.DataDir, keys.Dir, keys.KeyringFilePrefix+id+".sealed")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +320,51 @@ func TestNoKeysWithoutControlPlane(t *testing.T) {
 	if a.Keys() != nil {
 		t.Fatal("keyring without a control plane")
 	}
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, KeysDir)); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, keys.Dir)); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("keys dir made without a control plane: %v", err)
 	}
+}
+
+// TestGossipKeysAgentWiring checks the agent-side wiring: the rotator
+// plans from the agent's keyring on the uplink's clock with the agent's
+// registry, and its loop ends with the agent's context.
+func TestGossipKeysAgentWiring(t *testing.T) {
+	clk := clock.NewManual(time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC))
+	reg := prometheus.NewRegistry()
+	quiet := slog.New(slog.DiscardHandler)
+	a, err := New(testConfig(t, "gk-wire"), Deps{Logger: quiet, Registry: reg, UplinkClock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := bytes.Repeat([]byte{0xb0}, 32)
+	kr, err := memberlist.NewKeyring(nil, boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := a.gossipKeysConfig(kr, boot)
+	if cfg.Clock != clock.Clock(clk) || cfg.Registry != reg || cfg.Keyring != kr || !bytes.Equal(cfg.Bootstrap, boot) {
+		t.Fatalf("rotator config %+v: want the uplink's clock, the agent's registry and keyring", cfg)
+	}
+	if _, err := cfg.Source(clk.Now()); !errors.Is(err, dkms.ErrUnknownKey) {
+		t.Fatalf("source without a keyring: %v", err)
+	}
+	if b, _ := New(testConfig(t, "gk-wire-2"), Deps{Logger: quiet}); b.gossipKeysConfig(kr, boot).Clock != b.clk {
+		t.Fatal("without an uplink clock the rotator does not run on the agent's")
+	}
+	r, err := keys.NewRotator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.startGossipKeys(ctx, r)
+	a.startGossipKeys(ctx, nil) // encryption off: nothing
+	a.keysChanged.Fire()
+	if st := r.State(); st.Primary != 0 || len(st.Versions) != 0 || !st.Bootstrap {
+		t.Fatalf("keyring %+v without a dkms keyring", st)
+	}
+	if metricSum(t, reg, "edgefleet_gossip_keyring_keys", "") != 1 {
+		t.Fatal("metrics not on the agent's registry")
+	}
+	cancel()
+	a.wg.Wait()
 }

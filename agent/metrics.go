@@ -3,6 +3,8 @@ package agent
 import (
 	"sync/atomic"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -10,17 +12,10 @@ import (
 // registry. Counters that Stats also reports are kept in atomics and
 // exposed through CounterFuncs so both read the same numbers.
 type metrics struct {
-	traffic trafficCounters
-
-	deltasApplied atomic.Uint64 // ops applied from peers
-	syncRounds    atomic.Uint64 // anti-entropy exchanges this agent answered or completed
-	rejected      atomic.Uint64
-	dropped       atomic.Uint64
-	broadcasts    atomic.Uint64
-	reconnects    atomic.Uint64 // successful rejoins of failed members
-	chunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
-	memberSyncs   atomic.Uint64 // push/pulls run because member views differed
-	syncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
+	traffic  membership.Traffic
+	members  membership.Counters
+	repl     replication.Counters
+	rejected atomic.Uint64
 
 	rejectedVec *prometheus.CounterVec
 }
@@ -55,21 +50,21 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 	}
 	cs := []prometheus.Collector{
 		m.rejectedVec,
-		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.msgsOut),
-		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.msgsIn),
-		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.bytesOut),
-		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.bytesIn),
-		counterFunc("edgefleet_deltas_applied_total", "Remote CRDT ops applied to the local store.", nil, &m.deltasApplied),
-		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.syncRounds),
-		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.dropped),
-		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.broadcasts),
-		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.reconnects),
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.MsgsOut),
+		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.MsgsIn),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.BytesOut),
+		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.BytesIn),
+		counterFunc("edgefleet_deltas_applied_total", "Remote CRDT ops applied to the local store.", nil, &m.repl.DeltasApplied),
+		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.repl.SyncRounds),
+		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.repl.Dropped),
+		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.repl.Broadcasts),
+		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.members.Reconnects),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_sync_lag_ops",
 			Help: "Ops that known live peers reported holding and this agent lacks (from their version vectors).",
 		}, syncLag),
 	}
-	for _, state := range memberStates {
+	for _, state := range membership.States {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "edgefleet_members",
 			Help:        "Cluster members known to this agent, by state (this agent included).",
@@ -91,18 +86,18 @@ func (m *metrics) reject(reason string) {
 
 func (m *metrics) stats() Stats {
 	return Stats{
-		GossipBytesSent:        m.traffic.bytesOut.Load(),
-		GossipBytesReceived:    m.traffic.bytesIn.Load(),
-		GossipMessagesSent:     m.traffic.msgsOut.Load(),
-		GossipMessagesReceived: m.traffic.msgsIn.Load(),
-		DeltasApplied:          m.deltasApplied.Load(),
-		SyncRounds:             m.syncRounds.Load(),
+		GossipBytesSent:        m.traffic.BytesOut.Load(),
+		GossipBytesReceived:    m.traffic.BytesIn.Load(),
+		GossipMessagesSent:     m.traffic.MsgsOut.Load(),
+		GossipMessagesReceived: m.traffic.MsgsIn.Load(),
+		DeltasApplied:          m.repl.DeltasApplied.Load(),
+		SyncRounds:             m.repl.SyncRounds.Load(),
 		Rejected:               m.rejected.Load(),
-		Dropped:                m.dropped.Load(),
-		Broadcasts:             m.broadcasts.Load(),
-		Reconnects:             m.reconnects.Load(),
-		SyncChunksSent:         m.chunksSent.Load(),
-		MemberSyncs:            m.memberSyncs.Load(),
-		SyncSkipped:            m.syncSkipped.Load(),
+		Dropped:                m.repl.Dropped.Load(),
+		Broadcasts:             m.repl.Broadcasts.Load(),
+		Reconnects:             m.members.Reconnects.Load(),
+		SyncChunksSent:         m.repl.ChunksSent.Load(),
+		MemberSyncs:            m.members.MemberSyncs.Load(),
+		SyncSkipped:            m.repl.SyncSkipped.Load(),
 	}
 }

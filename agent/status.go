@@ -58,8 +58,8 @@ func (a *Agent) health() *controlplane.Health {
 		h.Checks["state_store"] = healthOK
 	}
 	peers := a.peers.Load()
-	h.Checks["members_alive"] = strconv.Itoa(peers.count(StateAlive))
-	if n := peers.count(StateDead); n > 0 {
+	h.Checks["members_alive"] = strconv.Itoa(peers.Count(StateAlive))
+	if n := peers.Count(StateDead); n > 0 {
 		h.Checks["members_dead"] = strconv.Itoa(n)
 	}
 	a.mu.Lock()
@@ -95,7 +95,7 @@ func (a *Agent) resources() *controlplane.Resources {
 	r.Load1 = readLoad1()
 	r.MemUsedBytes, r.MemTotalBytes = memoryUsage()
 	r.DiskUsedBytes, r.DiskTotalBytes, _ = diskUsage(a.cfg.DataDir)
-	if up := a.wall().Sub(a.startedAt); up > 0 && !a.startedAt.IsZero() {
+	if up := a.clk.Now().Sub(a.startedAt); up > 0 && !a.startedAt.IsZero() {
 		r.UptimeSeconds = uint64(up / time.Second)
 	}
 	return r

@@ -9,157 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/crdt"
-	"github.com/hashicorp/memberlist"
 )
-
-func TestPartitionBlocksBetweenGroupsOnly(t *testing.T) {
-	p := NewPartition()
-	a, b, c, free := "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1009"
-	if p.blocked(a, c) {
-		t.Fatal("healed partition blocks")
-	}
-	p.Split([]string{a, b}, []string{"127.0.0.1:01003"})
-	cases := []struct {
-		from, to string
-		blocked  bool
-	}{
-		{a, b, false}, {a, c, true}, {c, b, true}, {a, free, false}, {free, c, false},
-		{a, "[::ffff:127.0.0.1]:1003", true},
-	}
-	for _, cs := range cases {
-		if got := p.blocked(canonicalAddr(cs.from), cs.to); got != cs.blocked {
-			t.Errorf("%s -> %s: blocked=%v", cs.from, cs.to, got)
-		}
-	}
-	p.Heal()
-	if p.blocked(a, c) {
-		t.Fatal("Heal did not heal")
-	}
-}
-
-func TestPartitionedTransportDropsAndRefuses(t *testing.T) {
-	mock := &memberlist.MockNetwork{}
-	ta, tb := mock.NewTransport("a"), mock.NewTransport("b")
-	addrOf := func(tr *memberlist.MockTransport) string {
-		ip, port, err := tr.FinalAdvertiseAddr("", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return net.JoinHostPort(ip.String(), fmt.Sprint(port))
-	}
-	aAddr, bAddr := addrOf(ta), addrOf(tb)
-	got := make(chan string, 10)
-	go func() { // the mock delivers synchronously: keep reading
-		for pkt := range tb.PacketCh() {
-			got <- string(pkt.Buf)
-		}
-	}()
-	p := NewPartition()
-	wa := p.Wrap(ta, aAddr).(memberlist.NodeAwareTransport)
-	p.Split([]string{aAddr}, []string{bAddr})
-	if _, err := wa.WriteTo([]byte("x"), bAddr); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wa.WriteToAddress([]byte("x"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wa.DialTimeout(bAddr, time.Second); err == nil {
-		t.Fatal("dial crossed the partition")
-	}
-	if _, err := wa.DialAddressTimeout(memberlist.Address{Addr: bAddr, Name: "b"}, time.Second); err == nil || !strings.Contains(err.Error(), "partitioned") {
-		t.Fatalf("dial error %v", err)
-	}
-	p.Heal()
-	if _, err := wa.WriteToAddress([]byte("y"), memberlist.Address{Addr: bAddr, Name: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case s := <-got:
-		if s != "y" {
-			t.Fatalf("packet %q crossed the partition", s)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("packet lost after heal")
-	}
-}
-
-func TestNotifyMsgDropsWhenQueueFull(t *testing.T) {
-	cfg := testConfig(t, "q")
-	cfg.Gossip.InboundQueue = 2
-	a, err := New(cfg, Deps{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &delegate{a: a}
-	buf := []byte{msgLeave, 1, 'p'}
-	for i := 0; i < 5; i++ {
-		d.NotifyMsg(buf)
-	}
-	buf[0] = 0 // memberlist reuses its buffer: the queued copies must not change
-	if got := a.Stats().Dropped; got != 3 {
-		t.Fatalf("dropped %d, want 3", got)
-	}
-	if q := <-a.inbound; q[0] != msgLeave {
-		t.Fatal("queued message aliases memberlist's buffer")
-	}
-	d.NotifyMsg(make([]byte, maxMessageBytes+1))
-	if rejectedCount(a, reasonOversized) != 1 {
-		t.Fatal("oversized message not rejected")
-	}
-}
-
-func TestPeerTableStableVVAndLag(t *testing.T) {
-	now := time.Unix(1000, 0)
-	pt := newPeerTable("self", func() time.Time { return now })
-	node := func(name string) *memberlist.Node {
-		return &memberlist.Node{Name: name, Addr: net.IPv4(127, 0, 0, 1), Port: 1}
-	}
-	pt.upsert(node("self"), StateAlive, NodeMeta{})
-	pt.upsert(node("b"), StateAlive, NodeMeta{})
-	pt.upsert(node("c"), StateAlive, NodeMeta{})
-	self := crdt.VersionVector{"self": 5, "b": 3}
-	if _, ok := pt.stableVV(self); ok {
-		t.Fatal("stable VV without reports from every live member")
-	}
-	pt.setVV("b", crdt.VersionVector{"self": 4, "b": 7})
-	pt.setVV("c", crdt.VersionVector{"self": 5, "b": 2})
-	pt.setVV("c", crdt.VersionVector{"self": 1, "b": 3}) // older report: merged, never lowered
-	stable, ok := pt.stableVV(self)
-	if !ok || stable["self"] != 4 || stable["b"] != 3 {
-		t.Fatalf("stable = %v %v", stable, ok)
-	}
-	if lag := pt.lag(self); lag != 4 { // b holds b:4..7 that self lacks
-		t.Fatalf("lag = %d", lag)
-	}
-	// A failed member still bounds stability; one that left does not.
-	pt.upsert(node("d"), StateAlive, NodeMeta{})
-	pt.upsert(node("d"), StateDead, NodeMeta{})
-	if _, ok := pt.stableVV(self); ok {
-		t.Fatal("stable VV without a report from a failed member")
-	}
-	pt.setVV("d", crdt.VersionVector{"self": 1})
-	if stable, _ := pt.stableVV(self); stable["self"] != 1 {
-		t.Fatalf("failed member ignored: %v", stable)
-	}
-	if !pt.markLeaving("d") || pt.stateOf("d") != StateLeft {
-		t.Fatal("leave intent after failure not recorded")
-	}
-	if stable, _ := pt.stableVV(self); stable["self"] != 4 {
-		t.Fatalf("left member still counted: %v", stable)
-	}
-	// Leave intent first, then down: left.
-	pt.markLeaving("c")
-	pt.upsert(node("c"), StateDead, NodeMeta{})
-	if pt.stateOf("c") != StateLeft {
-		t.Fatal("member that announced leaving recorded as failed")
-	}
-	// Reaping forgets old failures and departures.
-	now = now.Add(time.Hour)
-	if gone := pt.reap(30 * time.Minute); len(gone) != 2 {
-		t.Fatalf("reaped %v", gone)
-	}
-}
 
 // TestLargeStateShipsInChunks: a newcomer catches up on state larger than
 // a chunk, through several anti-entropy messages; values too large for a
@@ -206,14 +58,14 @@ func TestCompactionRunsWithEveryMemberReported(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
 	waitFor(t, 10*time.Second, "version vectors reported", func() (bool, string) {
-		_, ok := agents[0].peers.Load().stableVV(crdt.VersionVector{})
+		_, ok := agents[0].peers.Load().StableVV(crdt.VersionVector{})
 		return ok, "a1 has not reported"
 	})
 	before, err := agents[0].Store().Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := agents[0].compact(ctx); err != nil {
+	if err := agents[0].repl.Load().Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
 	after, err := agents[0].Store().Stats(ctx)
@@ -236,26 +88,26 @@ func TestDifferingMemberViewsReconcile(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil, nil)
 	b := c.start("b", nil, nil) // not joined: neither knows the other
-	req := mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
-		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
-	a.handleBatch(context.Background(), [][]byte{req})
+	req := mustEncodeTB(t, replication.Message{Type: replication.TypeSyncReq, From: "b", Addr: b.GossipAddr(),
+		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
+	a.repl.Load().NotifyMsg(req)
 	waitFor(t, 10*time.Second, "views reconciled", func() (bool, string) { return allAlive([]*Agent{a, b}) })
 	if a.Stats().MemberSyncs != 1 {
 		t.Fatalf("member syncs = %d", a.Stats().MemberSyncs)
 	}
 	// Equal views: no push/pull.
-	req = mustEncodeTB(t, message{Type: msgSyncReq, From: "b", Addr: b.GossipAddr(),
-		Digest: b.peers.Load().membersDigest(), VV: crdt.VersionVector{}})
-	a.handleBatch(context.Background(), [][]byte{req})
+	req = mustEncodeTB(t, replication.Message{Type: replication.TypeSyncReq, From: "b", Addr: b.GossipAddr(),
+		Digest: b.peers.Load().Digest(), VV: crdt.VersionVector{}})
+	a.repl.Load().NotifyMsg(req)
 	time.Sleep(100 * time.Millisecond)
 	if a.Stats().MemberSyncs != 1 {
 		t.Fatalf("push/pull although views agree: %d", a.Stats().MemberSyncs)
 	}
 }
 
-func mustEncodeTB(t testing.TB, m message) []byte {
+func mustEncodeTB(t testing.TB, m replication.Message) []byte {
 	t.Helper()
-	b, err := encodeMessage(m, nil)
+	b, err := replication.Encode(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,55 +148,33 @@ func TestUnreachableSeedRetried(t *testing.T) {
 	waitFor(t, 10*time.Second, "late seed joined", func() (bool, string) { return allAlive([]*Agent{b, seed}) })
 }
 
-func TestPushBackGateAdmitsOnePeerAtATime(t *testing.T) {
-	var g pushBackGate
-	now := time.Unix(100, 0)
-	if !g.claim("a", now, time.Second) {
-		t.Fatal("free gate refused")
+func TestResourceHelpers(t *testing.T) {
+	used, total, err := parseMeminfo([]byte("MemTotal:       16000 kB\nMemFree:  100 kB\nMemAvailable:    4000 kB\n"))
+	if err != nil || total != 16000*1024 || used != 12000*1024 {
+		t.Fatalf("meminfo: %d %d %v", used, total, err)
 	}
-	if g.claim("b", now.Add(500*time.Millisecond), time.Second) {
-		t.Fatal("second peer admitted while the first pushes back")
+	for _, bad := range []string{"", "MemTotal: 10 kB\n", "MemTotal: 10 kB\nMemAvailable: 20 kB\n", "garbage"} {
+		if _, _, err := parseMeminfo([]byte(bad)); err == nil {
+			t.Errorf("meminfo %q accepted", bad)
+		}
 	}
-	if !g.claim("a", now, time.Second) {
-		t.Fatal("holder refused again")
+	if v := parseLoad1([]byte("0.52 0.40 0.33 1/234 5678\n")); v != 0.52 {
+		t.Errorf("load1 %v", v)
 	}
-	g.done("b") // not the holder: no effect
-	if g.claim("b", now, time.Second) {
-		t.Fatal("released by a non-holder")
+	for _, bad := range []string{"", "x y", "-1 0 0"} {
+		if v := parseLoad1([]byte(bad)); v != 0 {
+			t.Errorf("load1 of %q = %v", bad, v)
+		}
 	}
-	g.done("a")
-	if !g.claim("b", now, time.Second) {
-		t.Fatal("gate not released")
+	var c cpuSampler
+	t0 := time.Unix(1000, 0)
+	if p := c.percent(t0, 5); p != 0 {
+		t.Errorf("first sample %v", p)
 	}
-	if !g.claim("c", now.Add(2*time.Second), time.Second) {
-		t.Fatal("expired claim still blocks")
+	if p := c.percent(t0.Add(2*time.Second), 6); p != 50 {
+		t.Errorf("1 s of CPU in 2 s = %v%%, want 50", p)
 	}
-	if !holdsMore(crdt.VersionVector{"x": 2}, crdt.VersionVector{"x": 1}) || holdsMore(crdt.VersionVector{"x": 1}, crdt.VersionVector{"x": 1, "y": 3}) {
-		t.Fatal("holdsMore")
-	}
-}
-
-func TestSyncSkippedWhenPeerJustReportedNothingNew(t *testing.T) {
-	a := newHandlerAgent(t, testLogger(t))
-	ctx := context.Background()
-	if _, err := a.Store().Put(ctx, "kv", "k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	peers := a.peers.Load()
-	peers.upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
-	before := time.Now().Add(-time.Second)
-	if a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("skipped a peer that never reported")
-	}
-	peers.setVV("p", crdt.VersionVector{"self": 1})
-	if !a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("asked a peer that just reported holding nothing new")
-	}
-	if a.peerHasNothingNew(ctx, "p", time.Now().Add(time.Second)) {
-		t.Fatal("skipped on a report older than the reason to ask")
-	}
-	peers.setVV("p", crdt.VersionVector{"self": 1, "p": 4})
-	if a.peerHasNothingNew(ctx, "p", before) {
-		t.Fatal("skipped a peer holding ops this agent lacks")
+	if p := c.percent(t0.Add(2*time.Second), 7); p != 0 {
+		t.Errorf("no wall time: %v", p)
 	}
 }

@@ -1,7 +1,7 @@
 // Package sim runs a whole edgefleet fleet inside one process: N agents, each
 // with its own data directory, SQLite store and memberlist ports on
 // 127.0.0.1, built through the same agent code paths as production. Network
-// partitions are made by agent.Partition, a wrapper around memberlist's
+// partitions are made by membership.Partition, a wrapper around memberlist's
 // transport that drops traffic between groups.
 //
 // Run plays the standard scenario and measures it:
@@ -37,6 +37,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -284,7 +285,7 @@ type node struct {
 // Fleet is a set of running simulated agents on one partitionable network.
 type Fleet struct {
 	opts      Options
-	part      *agent.Partition
+	part      *membership.Partition
 	nodes     []*node
 	dir       string
 	owned     bool // dir is temporary and removed on Close
@@ -309,7 +310,7 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
 	}
-	f := &Fleet{opts: o, part: agent.NewPartition(), dir: o.DataDir}
+	f := &Fleet{opts: o, part: membership.NewPartition(), dir: o.DataDir}
 	if f.dir == "" {
 		d, err := os.MkdirTemp("", "edgefleet-sim-")
 		if err != nil {
@@ -504,7 +505,7 @@ func (f *Fleet) Agents() []*agent.Agent {
 }
 
 // Partition returns the fleet's network, to split and heal.
-func (f *Fleet) Partition() *agent.Partition { return f.part }
+func (f *Fleet) Partition() *membership.Partition { return f.part }
 
 // waitMembers waits until every agent sees every agent alive.
 func (f *Fleet) waitMembers(ctx context.Context, timeout time.Duration) error {

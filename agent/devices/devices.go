@@ -1,4 +1,9 @@
-package agent
+// Package devices is the agent's device registry: it keeps the replicated
+// LWW collection "devices" up to date with one Record per device the agent
+// ingests from (written on first sight, then at most every interval), fed
+// by ingestion's commits. It writes through a Put function the agent gives
+// it (a replicated write) and reads nothing but its own state.
+package devices
 
 import (
 	"context"
@@ -13,14 +18,15 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// DeviceRecord is a device's entry in the replicated device registry (LWW
+// Record is a device's entry in the replicated device registry (LWW
 // collection "devices", key = device id). Each agent writes the records
 // of the devices it ingests from; when a device moves to another agent,
 // that agent's later write wins.
-type DeviceRecord struct {
+type Record struct {
 	// ID is the device id (from its telemetry topic).
 	ID string `json:"id"`
 	// Agent is the node name of the agent that ingests from it.
@@ -78,15 +84,33 @@ type devState struct {
 	dirty         bool
 }
 
-// deviceRegistry keeps the "devices" collection up to date. Ingestion
-// tells it about commits on its acknowledging goroutine (Committed,
-// DevicesSeen), which must not wait: updates are merged into a bounded
-// map per device and a worker writes the records, a device's at once on
-// first sight and then at most every interval.
-type deviceRegistry struct {
+// Config configures a Registry. Put is required.
+type Config struct {
+	// Agent is this agent's node name, written into every record.
+	Agent string
+	// Interval is the least time between two writes of a device's record
+	// (ingest.device_registry_interval); its first sight is written at once.
+	Interval time.Duration
+	// Put writes a device's record (value: its JSON) as a replicated write.
+	Put func(ctx context.Context, id string, value []byte) error
+	// Reload returns this agent's devices from the ingestion database; it
+	// is called after updates were dropped. Nil skips that.
+	Reload func(ctx context.Context) ([]ingest.Device, error)
+	// Clock is the registry's clock; nil means clock.Real().
+	Clock clock.Clock
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Registry keeps the "devices" collection up to date. Ingestion tells it
+// about commits on its acknowledging goroutine (Committed, DevicesSeen),
+// which must not wait: updates are merged into a bounded map per device
+// and a worker writes the records, a device's at once on first sight and
+// then at most every interval.
+type Registry struct {
 	agent    string
 	interval time.Duration
-	now      func() time.Time
+	clock    clock.Clock
 	put      func(ctx context.Context, id string, value []byte) error
 	reload   func(ctx context.Context) ([]ingest.Device, error) // this agent's devices from the ingestion database
 	log      *slog.Logger
@@ -109,20 +133,41 @@ type deviceRegistry struct {
 	done   chan struct{}
 }
 
-func newDeviceRegistry(agent string, interval time.Duration, now func() time.Time, log *slog.Logger,
-	put func(ctx context.Context, id string, value []byte) error,
-	reload func(ctx context.Context) ([]ingest.Device, error)) *deviceRegistry {
-	return &deviceRegistry{
-		agent: agent, interval: interval, now: now, put: put, reload: reload, log: log,
+// New returns a registry; it writes nothing until Start.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Put == nil {
+		return nil, errors.New("devices: Config.Put is required")
+	}
+	if cfg.Interval <= 0 {
+		return nil, fmt.Errorf("devices: interval %v is not positive", cfg.Interval)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Registry{
+		agent: cfg.Agent, interval: cfg.Interval, clock: clock.Or(cfg.Clock), put: cfg.Put, reload: cfg.Reload, log: log,
 		maxPending: maxPendingDevices,
 		pending:    map[string]*devUpdate{},
 		wake:       make(chan struct{}, 1),
 		state:      map[string]*devState{},
-	}
+	}, nil
 }
 
-// register exposes the registry's counters on reg.
-func (r *deviceRegistry) register(reg *prometheus.Registry) error {
+// Stats counts the registry's work since New.
+type Stats struct {
+	Writes  int64 // records written
+	Dropped int64 // updates dropped past the pending bound
+	Errors  int64 // failed writes (retried)
+}
+
+// Stats returns the registry's counters.
+func (r *Registry) Stats() Stats {
+	return Stats{Writes: r.writes.Load(), Dropped: r.dropped.Load(), Errors: r.errors.Load()}
+}
+
+// Register exposes the registry's counters on reg.
+func (r *Registry) Register(reg *prometheus.Registry) error {
 	for _, c := range []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "edgefleet_device_registry_writes_total",
 			Help: "Device records written to the replicated device registry."}, func() float64 { return float64(r.writes.Load()) }),
@@ -141,7 +186,7 @@ func (r *deviceRegistry) register(reg *prometheus.Registry) error {
 
 // entry returns the pending update of device, or nil when the pending map
 // is full (the update is dropped and counted). r.mu is held.
-func (r *deviceRegistry) entry(device string) *devUpdate {
+func (r *Registry) entry(device string) *devUpdate {
 	u := r.pending[device]
 	if u != nil {
 		return u
@@ -158,7 +203,7 @@ func (r *deviceRegistry) entry(device string) *devUpdate {
 
 // Committed takes the latest numeric value of each metric from a commit's
 // readings (ingest.Sink).
-func (r *deviceRegistry) Committed(c ingest.Commit) {
+func (r *Registry) Committed(c ingest.Commit) {
 	if len(c.Readings) == 0 {
 		return
 	}
@@ -189,7 +234,7 @@ func (r *deviceRegistry) Committed(c ingest.Commit) {
 
 // DevicesSeen counts the devices' messages and readings
 // (ingest.DeviceObserver).
-func (r *deviceRegistry) DevicesSeen(seen []ingest.DeviceSeen) {
+func (r *Registry) DevicesSeen(seen []ingest.DeviceSeen) {
 	r.mu.Lock()
 	for _, s := range seen {
 		u := r.entry(s.Device)
@@ -209,16 +254,16 @@ func (r *deviceRegistry) DevicesSeen(seen []ingest.DeviceSeen) {
 	r.signal()
 }
 
-func (r *deviceRegistry) signal() {
+func (r *Registry) signal() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
 }
 
-// seed loads this agent's devices from the ingestion database, so counters
+// Seed loads this agent's devices from the ingestion database, so counters
 // continue across restarts. Nothing is written until a device is seen.
-func (r *deviceRegistry) seed(devs []ingest.Device) {
+func (r *Registry) Seed(devs []ingest.Device) {
 	for _, d := range devs {
 		st := &devState{first: d.FirstSeen, last: d.LastSeen, messages: d.Messages, readings: d.Readings, rate: d.Rate,
 			values: map[string]timedValue{}}
@@ -231,31 +276,31 @@ func (r *deviceRegistry) seed(devs []ingest.Device) {
 	}
 }
 
-// start runs the worker until stop.
-func (r *deviceRegistry) start() {
+// Start runs the worker until Stop.
+func (r *Registry) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.done = make(chan struct{})
 	tick := min(r.interval/4, time.Second)
 	go func() {
 		defer close(r.done)
-		t := time.NewTicker(tick)
+		t := r.clock.NewTicker(tick)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-r.wake:
-			case <-t.C:
+			case <-t.C():
 			}
 			r.pass(ctx, false)
 		}
 	}()
 }
 
-// stop ends the worker; with flush, every record with unwritten changes
+// Stop ends the worker; with flush, every record with unwritten changes
 // is written first.
-func (r *deviceRegistry) stop(ctx context.Context, flush bool) {
+func (r *Registry) Stop(ctx context.Context, flush bool) {
 	if r.cancel == nil {
 		return
 	}
@@ -269,7 +314,7 @@ func (r *deviceRegistry) stop(ctx context.Context, flush bool) {
 
 // pass merges the pending updates and writes the records that are due
 // (all changed ones with force).
-func (r *deviceRegistry) pass(ctx context.Context, force bool) {
+func (r *Registry) pass(ctx context.Context, force bool) {
 	r.mu.Lock()
 	pending, overflow := r.pending, r.overflow
 	if len(pending) > 0 {
@@ -305,7 +350,7 @@ func (r *deviceRegistry) pass(ctx context.Context, force bool) {
 		r.resync(ctx)
 	}
 
-	now := r.now()
+	now := r.clock.Now()
 	for id, st := range r.state {
 		if !st.dirty || st.messages == 0 && len(st.values) == 0 {
 			continue
@@ -322,7 +367,7 @@ func (r *deviceRegistry) pass(ctx context.Context, force bool) {
 
 // resync re-reads every device's counters from the ingestion database
 // after updates were dropped.
-func (r *deviceRegistry) resync(ctx context.Context) {
+func (r *Registry) resync(ctx context.Context) {
 	devs, err := r.reload(ctx)
 	if err != nil {
 		r.log.Warn("device registry: re-reading devices after dropped updates", "err", err)
@@ -351,7 +396,7 @@ func (r *deviceRegistry) resync(ctx context.Context) {
 
 // write stores one device's record; a failure leaves it dirty for the
 // next pass.
-func (r *deviceRegistry) write(ctx context.Context, id string, st *devState, now time.Time) {
+func (r *Registry) write(ctx context.Context, id string, st *devState, now time.Time) {
 	rate := st.rate
 	if st.written {
 		rate = 0
@@ -362,7 +407,7 @@ func (r *deviceRegistry) write(ctx context.Context, id string, st *devState, now
 	if math.IsNaN(rate) || math.IsInf(rate, 0) || rate < 0 {
 		rate = 0
 	}
-	rec := DeviceRecord{ID: id, Agent: r.agent, FirstSeen: st.first.UTC(), LastSeen: st.last.UTC(),
+	rec := Record{ID: id, Agent: r.agent, FirstSeen: st.first.UTC(), LastSeen: st.last.UTC(),
 		Messages: st.messages, Readings: st.readings, Rate: rate,
 		LastValues: make(map[string]float64, len(st.values)), Updated: now.UTC()}
 	for m, v := range st.values {
@@ -387,20 +432,21 @@ func (r *deviceRegistry) write(ctx context.Context, id string, st *devState, now
 	st.written, st.dirty = true, false
 }
 
-// decodeDeviceRecord decodes a registry value.
-func decodeDeviceRecord(key string, value []byte) (DeviceRecord, error) {
+// Decode decodes a registry value read from replicated state (key: the
+// device id).
+func Decode(key string, value []byte) (Record, error) {
 	if err := ingest.CheckDeviceID(key); err != nil {
-		return DeviceRecord{}, fmt.Errorf("agent: device record key: %w", err)
+		return Record{}, fmt.Errorf("devices: record key: %w", err)
 	}
-	var rec DeviceRecord
+	var rec Record
 	if err := json.Unmarshal(value, &rec); err != nil {
-		return DeviceRecord{}, fmt.Errorf("agent: device record %q: %w", key, err)
+		return Record{}, fmt.Errorf("devices: record %q: %w", key, err)
 	}
 	if rec.ID == "" {
 		rec.ID = key
 	}
 	if rec.ID != key {
-		return DeviceRecord{}, fmt.Errorf("agent: device record %q holds id %q", key, rec.ID)
+		return Record{}, fmt.Errorf("devices: record %q holds id %q", key, rec.ID)
 	}
 	if rec.LastValues == nil {
 		rec.LastValues = map[string]float64{}

@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"time"
@@ -6,7 +6,13 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// memberlistProfile returns memberlist's configuration for a profile.
+// Profiles of memberlist's timers (config gossip.profile).
+const (
+	ProfileLAN  = "lan"
+	ProfileTest = "test"
+)
+
+// Profile returns memberlist's configuration for a profile.
 //
 // "lan" is memberlist's DefaultLANConfig (1 s probes, 200 ms gossip, push/pull
 // every 30 s scaled up with cluster size), plus DeadNodeReclaimTime so a
@@ -15,7 +21,7 @@ import (
 //
 // "test" shrinks every timer for agents on one host in unit tests: failures
 // are detected within about a second and push/pull runs every second.
-func memberlistProfile(profile string) *memberlist.Config {
+func Profile(profile string) *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	c.DeadNodeReclaimTime = 30 * time.Second
 	if profile != ProfileTest {

@@ -1,4 +1,4 @@
-package agent
+package replication
 
 import (
 	"encoding/binary"
@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
 )
 
@@ -15,30 +16,48 @@ import (
 // broadcasts, SendReliable streams) and push/pull state. Each starts with a
 // one-byte type:
 //
-//	msgDeltas    [1][deltas]                               gossip broadcast of local ops
-//	msgSyncReq   [2][name][addr][digest][vv]               "here is my VV; send what I lack"
+//	TypeDeltas    [1][deltas]                               gossip broadcast of local ops
+//	TypeSyncReq   [2][name][addr][digest][vv]               "here is my VV; send what I lack"
 //	                                                       (addr: where to answer if the
 //	                                                       receiver does not know the sender yet;
-//	                                                       digest: 8 bytes, see membersDigest)
-//	msgSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
+//	                                                       digest: 8 bytes, see membership.Table.Digest)
+//	TypeSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
 //	                                                       responder's VV and a first chunk
-//	msgSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
+//	TypeSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
 //	                                                       the responder lacks
-//	msgState     [5][name][vv]                             memberlist push/pull local state
-//	msgLeave     [6][name]                                 leave intent: name is leaving gracefully
+//	TypeState     [5][name][vv]                             memberlist push/pull local state
+//	TypeLeave     [6][name]                                 leave intent: name is leaving gracefully
 //
-// name and addr ("ip:port") are a uvarint length and that many bytes; vv in msgSyncResp is
+// name and addr ("ip:port") are a uvarint length and that many bytes; vv in TypeSyncResp is
 // length-prefixed the same way, elsewhere it runs to the end; deltas are
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
 // (flagLast) marks the last message of an answer; bit 1 (flagPushBack, in
-// msgSyncResp) asks the requester to push back what the responder lacks.
+// TypeSyncResp) asks the requester to push back what the responder lacks.
+// Rejection reasons of replication messages (label values of
+// edgefleet_gossip_rejected_total, beside membership's).
 const (
-	msgDeltas   byte = 1
-	msgSyncReq  byte = 2
-	msgSyncResp byte = 3
-	msgSyncData byte = 4
-	msgState    byte = 5
-	msgLeave    byte = 6
+	ReasonUnknownType  = "unknown_type"
+	ReasonInvalidDelta = "invalid_delta"
+	ReasonClockDrift   = "clock_drift"
+	ReasonOwnName      = "own_name" // a peer claims this agent's name
+)
+
+// Bounds of the protocol.
+const (
+	// MaxNodeNameLen bounds a node name (config node_name).
+	MaxNodeNameLen = 64
+	// MaxChunkBytesCap is the largest configurable chunk of deltas
+	// (config gossip.max_chunk_bytes).
+	MaxChunkBytesCap = 4 << 20
+)
+
+const (
+	TypeDeltas   byte = 1
+	TypeSyncReq  byte = 2
+	TypeSyncResp byte = 3
+	TypeSyncData byte = 4
+	TypeState    byte = 5
+	TypeLeave    byte = 6
 )
 
 const (
@@ -48,130 +67,130 @@ const (
 	knownFlags = flagLast | flagPushBack
 	// maxVVBytes bounds an encoded version vector.
 	maxVVBytes = 2 << 20
-	// maxMessageBytes bounds any replication message: a chunk at the
+	// MaxMessageBytes bounds any replication message: a chunk at the
 	// largest configurable size plus a version vector and framing.
-	maxMessageBytes = maxChunkBytesCap + maxVVBytes + 1024
+	MaxMessageBytes = MaxChunkBytesCap + maxVVBytes + 1024
 )
 
-// message is a decoded replication message.
-type message struct {
+// Message is a decoded replication message.
+type Message struct {
 	Type   byte
 	From   string
-	Addr   string // msgSyncReq: the sender's gossip address
-	Digest uint64 // msgSyncReq: digest of the members the sender sees alive
+	Addr   string // TypeSyncReq: the sender's gossip address
+	Digest uint64 // TypeSyncReq: digest of the members the sender sees alive
 	Last   bool
-	// PushBack (msgSyncResp): the responder wants what it lacks pushed back.
+	// PushBack (TypeSyncResp): the responder wants what it lacks pushed back.
 	PushBack bool
 	VV       crdt.VersionVector
 	Deltas   []crdt.Delta
 }
 
-// decodeError is a message that failed to decode, with the reason used as
+// DecodeError is a message refused as bad input, with the reason used as
 // the metric label.
-type decodeError struct {
-	reason string
-	err    error
+type DecodeError struct {
+	Reason string
+	Err    error
 }
 
-func (e *decodeError) Error() string { return e.err.Error() }
-func (e *decodeError) Unwrap() error { return e.err }
+func (e *DecodeError) Error() string { return e.Err.Error() }
+func (e *DecodeError) Unwrap() error { return e.Err }
 
 func malformed(format string, args ...any) error {
-	return &decodeError{reason: reasonMalformed, err: fmt.Errorf("agent: malformed message: "+format, args...)}
+	return &DecodeError{Reason: membership.ReasonMalformed, Err: fmt.Errorf("replication: malformed message: "+format, args...)}
 }
 
-// rejectReason returns the metric label for an error from decodeMessage or
+// RejectReason returns the metric label for an error from Decode or
 // from merging its deltas.
-func rejectReason(err error) string {
-	var de *decodeError
+func RejectReason(err error) string {
+	var de *DecodeError
 	switch {
 	case errors.As(err, &de):
-		return de.reason
+		return de.Reason
 	case errors.Is(err, crdt.ErrClockDrift):
-		return reasonClockDrift
+		return ReasonClockDrift
 	case errors.Is(err, crdt.ErrInvalidDelta):
-		return reasonInvalidDelta
+		return ReasonInvalidDelta
 	}
-	return reasonMalformed
+	return membership.ReasonMalformed
 }
 
-// decodeMessage decodes and validates one replication message. It never
+// Decode decodes and validates one replication message. It never
 // panics; errors name what is wrong and carry a rejection reason.
-func decodeMessage(b []byte) (message, error) {
+func Decode(b []byte) (Message, error) {
 	if len(b) == 0 {
-		return message{}, malformed("empty")
+		return Message{}, malformed("empty")
 	}
-	if len(b) > maxMessageBytes {
-		return message{}, &decodeError{reason: reasonOversized, err: fmt.Errorf("agent: message of %d bytes exceeds limit %d", len(b), maxMessageBytes)}
+	if len(b) > MaxMessageBytes {
+		return Message{}, &DecodeError{Reason: membership.ReasonOversized, Err: fmt.Errorf("replication: message of %d bytes exceeds limit %d", len(b), MaxMessageBytes)}
 	}
-	m := message{Type: b[0]}
+	m := Message{Type: b[0]}
 	rest := b[1:]
 	var err error
 	switch m.Type {
-	case msgDeltas:
+	case TypeDeltas:
 		if len(rest) == 0 {
-			return message{}, malformed("deltas message without deltas")
+			return Message{}, malformed("deltas message without deltas")
 		}
 		if m.Deltas, err = decodeDeltas(rest); err != nil {
-			return message{}, err
+			return Message{}, err
 		}
-	case msgSyncReq, msgState:
+	case TypeSyncReq, TypeState:
 		if m.From, rest, err = readName(rest); err != nil {
-			return message{}, err
+			return Message{}, err
 		}
-		if m.Type == msgSyncReq {
+		if m.Type == TypeSyncReq {
 			if m.Addr, rest, err = readAddr(rest); err != nil {
-				return message{}, err
+				return Message{}, err
 			}
 			if len(rest) < 8 {
-				return message{}, malformed("members digest truncated")
+				return Message{}, malformed("members digest truncated")
 			}
 			m.Digest, rest = binary.BigEndian.Uint64(rest), rest[8:]
 		}
 		if m.VV, err = decodeVV(rest); err != nil {
-			return message{}, err
+			return Message{}, err
 		}
-	case msgLeave:
+	case TypeLeave:
 		if m.From, rest, err = readName(rest); err != nil {
-			return message{}, err
+			return Message{}, err
 		}
 		if len(rest) != 0 {
-			return message{}, malformed("%d trailing bytes after leave intent", len(rest))
+			return Message{}, malformed("%d trailing bytes after leave intent", len(rest))
 		}
-	case msgSyncResp, msgSyncData:
+	case TypeSyncResp, TypeSyncData:
 		if len(rest) == 0 {
-			return message{}, malformed("missing flags")
+			return Message{}, malformed("missing flags")
 		}
 		flags := rest[0]
 		if flags&^knownFlags != 0 {
-			return message{}, malformed("unknown flags %#x", flags)
+			return Message{}, malformed("unknown flags %#x", flags)
 		}
 		m.Last = flags&flagLast != 0
 		m.PushBack = flags&flagPushBack != 0
-		if m.PushBack && m.Type != msgSyncResp {
-			return message{}, malformed("push-back flag outside a sync response")
+		if m.PushBack && m.Type != TypeSyncResp {
+			return Message{}, malformed("push-back flag outside a sync response")
 		}
 		if m.From, rest, err = readName(rest[1:]); err != nil {
-			return message{}, err
+			return Message{}, err
 		}
-		if m.Type == msgSyncResp {
+		if m.Type == TypeSyncResp {
 			var vvb []byte
 			if vvb, rest, err = readBytes(rest, maxVVBytes, "version vector"); err != nil {
-				return message{}, err
+				return Message{}, err
 			}
 			if m.VV, err = decodeVV(vvb); err != nil {
-				return message{}, err
+				return Message{}, err
 			}
 		}
 		if len(rest) > 0 {
 			if m.Deltas, err = decodeDeltas(rest); err != nil {
-				return message{}, err
+				return Message{}, err
 			}
-		} else if m.Type == msgSyncData {
-			return message{}, malformed("sync data without deltas")
+		} else if m.Type == TypeSyncData {
+			return Message{}, malformed("sync data without deltas")
 		}
 	default:
-		return message{}, &decodeError{reason: reasonUnknownType, err: fmt.Errorf("agent: unknown message type %d", m.Type)}
+		return Message{}, &DecodeError{Reason: ReasonUnknownType, Err: fmt.Errorf("replication: unknown message type %d", m.Type)}
 	}
 	return m, nil
 }
@@ -179,14 +198,14 @@ func decodeMessage(b []byte) (message, error) {
 func decodeDeltas(b []byte) ([]crdt.Delta, error) {
 	ds, err := crdt.DecodeDeltas(b)
 	if err != nil {
-		return nil, &decodeError{reason: reasonInvalidDelta, err: fmt.Errorf("agent: deltas: %w", err)}
+		return nil, &DecodeError{Reason: ReasonInvalidDelta, Err: fmt.Errorf("replication: deltas: %w", err)}
 	}
 	if len(ds) == 0 {
 		return nil, malformed("deltas section holds no delta")
 	}
 	for i := range ds {
 		if err := ds[i].Validate(); err != nil {
-			return nil, &decodeError{reason: reasonInvalidDelta, err: fmt.Errorf("agent: delta %d: %w", i, err)}
+			return nil, &DecodeError{Reason: ReasonInvalidDelta, Err: fmt.Errorf("replication: delta %d: %w", i, err)}
 		}
 	}
 	return ds, nil
@@ -194,7 +213,7 @@ func decodeDeltas(b []byte) ([]crdt.Delta, error) {
 
 func decodeVV(b []byte) (crdt.VersionVector, error) {
 	if len(b) > maxVVBytes {
-		return nil, &decodeError{reason: reasonOversized, err: fmt.Errorf("agent: version vector of %d bytes exceeds limit %d", len(b), maxVVBytes)}
+		return nil, &DecodeError{Reason: membership.ReasonOversized, Err: fmt.Errorf("replication: version vector of %d bytes exceeds limit %d", len(b), maxVVBytes)}
 	}
 	vv, err := crdt.DecodeVersionVector(b)
 	if err != nil {
@@ -219,7 +238,7 @@ func readBytes(b []byte, limit int, what string) ([]byte, []byte, error) {
 }
 
 func readName(b []byte) (string, []byte, error) {
-	nb, rest, err := readBytes(b, maxNodeNameLen, "node name")
+	nb, rest, err := readBytes(b, MaxNodeNameLen, "node name")
 	if err != nil {
 		return "", nil, err
 	}
@@ -252,13 +271,13 @@ func appendBytes(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-// encodeMessage encodes m; encDeltas, when non-nil, is the already encoded
+// Encode encodes m; encDeltas, when non-nil, is the already encoded
 // deltas (crdt.EncodeDeltas) and takes the place of m.Deltas.
-func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
+func Encode(m Message, encDeltas []byte) ([]byte, error) {
 	if encDeltas == nil && len(m.Deltas) > 0 {
 		var err error
 		if encDeltas, err = crdt.EncodeDeltas(m.Deltas); err != nil {
-			return nil, fmt.Errorf("agent: encoding deltas: %w", err)
+			return nil, fmt.Errorf("replication: encoding deltas: %w", err)
 		}
 	}
 	out := make([]byte, 0, 16+len(m.From)+len(encDeltas)+16*len(m.VV))
@@ -267,38 +286,38 @@ func encodeMessage(m message, encDeltas []byte) ([]byte, error) {
 	if m.Last {
 		flags |= flagLast
 	}
-	if m.PushBack && m.Type == msgSyncResp {
+	if m.PushBack && m.Type == TypeSyncResp {
 		flags |= flagPushBack
 	}
 	switch m.Type {
-	case msgDeltas:
+	case TypeDeltas:
 		if len(encDeltas) == 0 {
-			return nil, errors.New("agent: encoding deltas message without deltas")
+			return nil, errors.New("replication: encoding deltas message without deltas")
 		}
 		out = append(out, encDeltas...)
-	case msgSyncReq, msgState:
+	case TypeSyncReq, TypeState:
 		out = appendBytes(out, []byte(m.From))
-		if m.Type == msgSyncReq {
+		if m.Type == TypeSyncReq {
 			out = appendBytes(out, []byte(m.Addr))
 			out = binary.BigEndian.AppendUint64(out, m.Digest)
 		}
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
-	case msgLeave:
+	case TypeLeave:
 		out = appendBytes(out, []byte(m.From))
-	case msgSyncResp:
+	case TypeSyncResp:
 		out = append(out, flags)
 		out = appendBytes(out, []byte(m.From))
 		out = appendBytes(out, crdt.EncodeVersionVector(m.VV))
 		out = append(out, encDeltas...)
-	case msgSyncData:
+	case TypeSyncData:
 		if len(encDeltas) == 0 {
-			return nil, errors.New("agent: encoding sync data without deltas")
+			return nil, errors.New("replication: encoding sync data without deltas")
 		}
 		out = append(out, flags)
 		out = appendBytes(out, []byte(m.From))
 		out = append(out, encDeltas...)
 	default:
-		return nil, fmt.Errorf("agent: encoding unknown message type %d", m.Type)
+		return nil, fmt.Errorf("replication: encoding unknown message type %d", m.Type)
 	}
 	return out, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 
 // ErrPartitioned is returned by a partitioned transport's dials to an
 // address in another group.
-var ErrPartitioned = errors.New("agent: network partitioned")
+var ErrPartitioned = errors.New("membership: network partitioned")
 
 // Partition injects network partitions between agents, for tests and the
 // simulator (like memberlist's MockNetwork, but over real transports). One
@@ -38,7 +38,7 @@ func (p *Partition) Split(groups ...[]string) {
 	m := make(map[string]int)
 	for i, g := range groups {
 		for _, addr := range g {
-			m[canonicalAddr(addr)] = i
+			m[CanonicalAddr(addr)] = i
 		}
 	}
 	p.mu.Lock()
@@ -61,7 +61,7 @@ func (p *Partition) blocked(a, b string) bool {
 		return false
 	}
 	ga, oka := p.group[a]
-	gb, okb := p.group[canonicalAddr(b)]
+	gb, okb := p.group[CanonicalAddr(b)]
 	return oka && okb && ga != gb
 }
 
@@ -69,7 +69,7 @@ func (p *Partition) blocked(a, b string) bool {
 // agent's advertise address ("host:port"). Every agent of the network must
 // be wrapped, since only outgoing traffic is filtered.
 func (p *Partition) Wrap(t memberlist.Transport, self string) memberlist.Transport {
-	return &partitionedTransport{NodeAwareTransport: nodeAware(t), p: p, self: canonicalAddr(self)}
+	return &partitionedTransport{NodeAwareTransport: nodeAware(t), p: p, self: CanonicalAddr(self)}
 }
 
 type partitionedTransport struct {
@@ -96,21 +96,21 @@ func (t *partitionedTransport) WriteToAddress(b []byte, a memberlist.Address) (t
 
 func (t *partitionedTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	if t.p.blocked(t.self, addr) {
-		return nil, fmt.Errorf("agent: dial %s from %s: %w", addr, t.self, ErrPartitioned)
+		return nil, fmt.Errorf("membership: dial %s from %s: %w", addr, t.self, ErrPartitioned)
 	}
 	return t.NodeAwareTransport.DialTimeout(addr, timeout)
 }
 
 func (t *partitionedTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	if t.p.blocked(t.self, a.Addr) {
-		return nil, fmt.Errorf("agent: dial %s from %s: %w", a.Addr, t.self, ErrPartitioned)
+		return nil, fmt.Errorf("membership: dial %s from %s: %w", a.Addr, t.self, ErrPartitioned)
 	}
 	return t.NodeAwareTransport.DialAddressTimeout(a, timeout)
 }
 
-// canonicalAddr normalizes "host:port" so that equal addresses compare
+// CanonicalAddr normalizes "host:port" so that equal addresses compare
 // equal (IPv4-mapped IPv6 forms, bracketed IPv6).
-func canonicalAddr(addr string) string {
+func CanonicalAddr(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return addr

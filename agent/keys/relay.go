@@ -1,8 +1,9 @@
-package agent
+package keys
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/dkms"
 )
 
@@ -19,7 +22,7 @@ import (
 // versions from its peers: every agent with a working uplink fetches, each
 // heartbeat round, the control plane's page of key messages for agents
 // that are behind (GET /v1/agent/keys/relay) and writes each into the
-// replicated LWW collection KeyRelayCollection, key
+// replicated LWW collection RelayCollection, key
 // "<recipient agent id>/<key name>/<version>", value the raw key message.
 // Every agent scans that collection every Gossip.SyncInterval and hands
 // the entries addressed to it to its keyring (dkms AgentKeys.Accept), then
@@ -35,18 +38,48 @@ import (
 // once, and no one writes while the collection holds maxRelayEntries live
 // entries.
 
-// KeyRelayCollection is the replicated LWW collection of relayed key
+// RelayCollection is the replicated LWW collection of relayed key
 // messages.
-const KeyRelayCollection = "keys.relay"
+const RelayCollection = "keys.relay"
 
-// maxRelayEntries bounds the live entries of KeyRelayCollection agents
+// maxRelayEntries bounds the live entries of RelayCollection agents
 // write to (a relayed message is about 4.7 KB).
 const maxRelayEntries = 1024
 
-// keyRelay is an agent's side of the key relay.
-type keyRelay struct {
-	a        *Agent
-	now      func() time.Time
+// State is what the relay needs of the replicated state.
+type State interface {
+	// LiveStore returns the store, or an error when the agent is not
+	// running.
+	LiveStore() (*crdt.Store, error)
+	// Broadcast gossips the delta of a local write at once (anti-entropy
+	// carries it otherwise).
+	Broadcast(crdt.Delta)
+}
+
+// RelayConfig configures a Relay. State and Keys are required.
+type RelayConfig struct {
+	State State
+	// Keys returns the agent's keyring; nil before it is enrolled.
+	Keys func() *dkms.AgentKeys
+	// Changed runs after a scan changed the keyring (Hooks.Fire).
+	Changed func()
+	// Interval is how often Run scans the collection.
+	Interval time.Duration
+	// Clock is the key messages' clock (the uplink's); nil means clock.Real().
+	Clock clock.Clock
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registry receives the agent_key_relay_* metrics; nil leaves them
+	// unregistered.
+	Registry *prometheus.Registry
+}
+
+// Relay is an agent's side of the key relay.
+type Relay struct {
+	state    State
+	keys     func() *dkms.AgentKeys
+	changed  func()
+	clock    clock.Clock
 	log      *slog.Logger
 	interval time.Duration
 
@@ -60,8 +93,24 @@ type keyRelay struct {
 	deleted  *prometheus.CounterVec
 }
 
-func newKeyRelay(a *Agent, now func() time.Time, interval time.Duration, log *slog.Logger, reg *prometheus.Registry) (*keyRelay, error) {
-	r := &keyRelay{a: a, now: now, log: log, interval: interval, written: map[[dkms.MessageIDSize]byte]time.Time{}}
+// NewRelay returns a relay; it registers its metrics and does nothing else
+// until Run, Scan or Write.
+func NewRelay(cfg RelayConfig) (*Relay, error) {
+	if cfg.State == nil || cfg.Keys == nil {
+		return nil, errors.New("keys: relay: State and Keys are required")
+	}
+	if cfg.Interval <= 0 {
+		return nil, fmt.Errorf("keys: relay: interval %v is not positive", cfg.Interval)
+	}
+	r := &Relay{state: cfg.State, keys: cfg.Keys, changed: cfg.Changed, clock: clock.Or(cfg.Clock), log: cfg.Logger,
+		interval: cfg.Interval, written: map[[dkms.MessageIDSize]byte]time.Time{}}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if r.changed == nil {
+		r.changed = func() {}
+	}
+	reg := cfg.Registry
 	r.writes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "agent_key_relay_written_total",
 		Help: "Key messages for other agents written into the replicated collection keys.relay.",
@@ -94,18 +143,18 @@ func relayEntryKey(m *dkms.KeyMessage) string {
 }
 
 // selfID is this agent's id at the control plane ("" before enrollment).
-func (r *keyRelay) selfID() string {
-	if ak := r.a.Keys(); ak != nil {
+func (r *Relay) selfID() string {
+	if ak := r.keys(); ak != nil {
 		return ak.ID()
 	}
 	return ""
 }
 
-// store writes relayed entries from the control plane into the
-// collection, each message once.
-func (r *keyRelay) store(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
-	self, now := r.selfID(), r.now()
-	s, err := r.a.liveStore()
+// Write writes relayed entries from the control plane into the
+// collection, each message once (the uplink's Deps.KeyRelay).
+func (r *Relay) Write(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
+	self, now := r.selfID(), r.clock.Now()
+	s, err := r.state.LiveStore()
 	if err != nil {
 		return
 	}
@@ -135,16 +184,16 @@ func (r *keyRelay) store(ctx context.Context, entries []controlplane.AgentKeysRe
 			continue
 		}
 		key := relayEntryKey(m)
-		if cur, ok, err := s.Get(ctx, KeyRelayCollection, key); err == nil && ok && string(cur.Value) == string(e.Message) {
+		if cur, ok, err := s.Get(ctx, RelayCollection, key); err == nil && ok && string(cur.Value) == string(e.Message) {
 			r.remember(m)
 			continue
 		}
-		d, err := s.Put(ctx, KeyRelayCollection, key, e.Message)
+		d, err := s.Put(ctx, RelayCollection, key, e.Message)
 		if err != nil {
 			r.log.Warn("key relay: writing an entry failed", "key", key, "err", err)
 			continue
 		}
-		r.a.broadcast(d)
+		r.state.Broadcast(d)
 		r.remember(m)
 		r.mu.Lock()
 		r.live++
@@ -153,7 +202,7 @@ func (r *keyRelay) store(ctx context.Context, entries []controlplane.AgentKeysRe
 	}
 }
 
-func (r *keyRelay) remember(m *dkms.KeyMessage) {
+func (r *Relay) remember(m *dkms.KeyMessage) {
 	r.mu.Lock()
 	if len(r.written) >= 4*maxRelayEntries {
 		clear(r.written) // bounded; at worst a message is written again
@@ -162,47 +211,47 @@ func (r *keyRelay) remember(m *dkms.KeyMessage) {
 	r.mu.Unlock()
 }
 
-// run scans the collection every interval until ctx ends.
-func (r *keyRelay) run(ctx context.Context) {
-	t := time.NewTicker(r.interval)
+// Run scans the collection every interval until ctx ends.
+func (r *Relay) Run(ctx context.Context) {
+	t := r.clock.NewTicker(r.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			r.scan(ctx)
+		case <-t.C():
+			r.Scan(ctx)
 		}
 	}
 }
 
-// scan takes the entries addressed to this agent and deletes what is
+// Scan takes the entries addressed to this agent and deletes what is
 // taken, expired or malformed. It reports whether the keyring changed.
-func (r *keyRelay) scan(ctx context.Context) bool {
-	s, err := r.a.liveStore()
+func (r *Relay) Scan(ctx context.Context) bool {
+	s, err := r.state.LiveStore()
 	if err != nil {
 		return false
 	}
-	entries, err := s.List(ctx, KeyRelayCollection)
+	entries, err := s.List(ctx, RelayCollection)
 	if err != nil {
 		r.log.Warn("key relay: reading the collection failed", "err", err)
 		return false
 	}
-	ak := r.a.Keys()
+	ak := r.keys()
 	self := ""
 	if ak != nil {
 		self = ak.ID()
 	}
-	now := r.now()
+	now := r.clock.Now()
 	changed := false
 	live := 0
 	del := func(key, reason string) {
-		d, err := s.Delete(ctx, KeyRelayCollection, key)
+		d, err := s.Delete(ctx, RelayCollection, key)
 		if err != nil {
 			r.log.Warn("key relay: deleting an entry failed", "key", key, "err", err)
 			return
 		}
-		r.a.broadcast(d)
+		r.state.Broadcast(d)
 		r.deleted.WithLabelValues(reason).Inc()
 	}
 	for _, e := range entries {
@@ -266,7 +315,7 @@ func (r *keyRelay) scan(ctx context.Context) bool {
 	}
 	r.mu.Unlock()
 	if changed {
-		r.a.fireKeysChanged()
+		r.changed()
 	}
 	return changed
 }
@@ -275,44 +324,17 @@ func (r *keyRelay) scan(ctx context.Context) bool {
 // a well-formed key message stored under its own key.
 func parseRelayEntry(key string, value []byte) (*dkms.KeyMessage, error) {
 	if len(value) > dkms.MaxKeyMessageSize {
-		return nil, errors.New("agent: key relay entry larger than a key message")
+		return nil, errors.New("keys: key relay entry larger than a key message")
 	}
 	if strings.Count(key, "/") != 2 {
-		return nil, errors.New("agent: key relay entry key is not recipient/key/version")
+		return nil, errors.New("keys: key relay entry key is not recipient/key/version")
 	}
 	m, err := dkms.ParseKeyMessage(value)
 	if err != nil {
 		return nil, err
 	}
 	if relayEntryKey(m) != key {
-		return nil, errors.New("agent: key relay entry is stored under another key than its message's recipient/key/version")
+		return nil, errors.New("keys: key relay entry is stored under another key than its message's recipient/key/version")
 	}
 	return m, nil
-}
-
-// relayKeys is the uplink's Deps.KeyRelay: it stores the page in the
-// collection once the relay runs.
-func (a *Agent) relayKeys(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
-	if r := a.keyRelay.Load(); r != nil {
-		r.store(ctx, entries)
-	}
-}
-
-// startKeyRelay starts scanning keys.relay for this agent's messages; it
-// does nothing without a control plane.
-func (a *Agent) startKeyRelay(ctx context.Context) error {
-	if a.cfg.ControlPlane.URL == "" {
-		return nil
-	}
-	now := a.wall
-	if c := a.deps.UplinkClock; c != nil {
-		now = c.Now
-	}
-	r, err := newKeyRelay(a, now, a.cfg.Gossip.SyncInterval, a.log.With("component", "key-relay"), a.reg)
-	if err != nil {
-		return err
-	}
-	a.keyRelay.Store(r)
-	a.goLoop(func() { r.run(ctx) })
-	return nil
 }

@@ -1,4 +1,4 @@
-package agent
+package devices
 
 import (
 	"context"
@@ -12,47 +12,55 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 )
 
-// regHarness drives a deviceRegistry by hand: a settable clock and a
-// recording put.
+// regHarness drives a Registry by hand: a manual clock and a recording
+// put.
 type regHarness struct {
 	t      *testing.T
-	now    time.Time
+	clk    *clock.Manual
 	mu     sync.Mutex
-	writes map[string][]DeviceRecord
+	writes map[string][]Record
 	fail   error
-	reg    *deviceRegistry
+	reg    *Registry
 	reload []ingest.Device
 }
 
 func newRegHarness(t *testing.T) *regHarness {
-	h := &regHarness{t: t, now: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), writes: map[string][]DeviceRecord{}}
-	h.reg = newDeviceRegistry("agent-1", 30*time.Second, func() time.Time { return h.now },
-		slog.New(slog.NewTextHandler(io.Discard, nil)),
-		func(_ context.Context, id string, v []byte) error {
+	h := &regHarness{t: t, clk: clock.NewManual(time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)), writes: map[string][]Record{}}
+	var err error
+	h.reg, err = New(Config{Agent: "agent-1", Interval: 30 * time.Second, Clock: h.clk,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Put: func(_ context.Context, id string, v []byte) error {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			if h.fail != nil {
 				return h.fail
 			}
-			rec, err := decodeDeviceRecord(id, v)
+			rec, err := Decode(id, v)
 			if err != nil {
 				t.Fatalf("registry wrote an undecodable record: %v", err)
 			}
 			h.writes[id] = append(h.writes[id], rec)
 			return nil
 		},
-		func(context.Context) ([]ingest.Device, error) { return h.reload, nil })
+		Reload: func(context.Context) ([]ingest.Device, error) { return h.reload, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return h
 }
 
-func (h *regHarness) last(id string) (DeviceRecord, int) {
+// now is the harness clock's time.
+func (h *regHarness) now() time.Time { return h.clk.Now() }
+
+func (h *regHarness) last(id string) (Record, int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ws := h.writes[id]
 	if len(ws) == 0 {
-		return DeviceRecord{}, 0
+		return Record{}, 0
 	}
 	return ws[len(ws)-1], len(ws)
 }
@@ -62,17 +70,17 @@ func (h *regHarness) last(id string) (DeviceRecord, int) {
 func (h *regHarness) commit(device string, msgs int, value float64) {
 	var rs []ingest.Reading
 	for i := 0; i < msgs; i++ {
-		rs = append(rs, ingest.Reading{Device: device, Metric: "t", Time: h.now.Add(time.Duration(i) * time.Millisecond), Kind: ingest.KindNumber, Value: value + float64(i)})
+		rs = append(rs, ingest.Reading{Device: device, Metric: "t", Time: h.now().Add(time.Duration(i) * time.Millisecond), Kind: ingest.KindNumber, Value: value + float64(i)})
 	}
-	rs = append(rs, ingest.Reading{Device: device, Metric: "state", Time: h.now, Kind: ingest.KindString, Text: "on"})
+	rs = append(rs, ingest.Reading{Device: device, Metric: "state", Time: h.now(), Kind: ingest.KindString, Text: "on"})
 	h.reg.Committed(ingest.Commit{Messages: msgs, Readings: rs})
-	h.reg.DevicesSeen([]ingest.DeviceSeen{{Device: device, At: h.now, Messages: msgs, Readings: msgs + 1}})
+	h.reg.DevicesSeen([]ingest.DeviceSeen{{Device: device, At: h.now(), Messages: msgs, Readings: msgs + 1}})
 }
 
 func TestDeviceRegistryCoalesces(t *testing.T) {
 	h := newRegHarness(t)
 	ctx := context.Background()
-	t0 := h.now
+	t0 := h.now()
 
 	// First sight: written at once.
 	h.commit("d1", 1, 20)
@@ -88,7 +96,7 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 
 	// Many commits within the interval: no write, counts accumulate.
 	for i := 0; i < 50; i++ {
-		h.now = h.now.Add(200 * time.Millisecond)
+		h.clk.Set(h.now().Add(200 * time.Millisecond))
 		h.commit("d1", 2, float64(100+i))
 		h.reg.pass(ctx, false)
 	}
@@ -96,7 +104,7 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 		t.Fatalf("%d writes within one interval, want 1", n)
 	}
 	// Once the interval has passed, one write holds everything.
-	h.now = t0.Add(30 * time.Second)
+	h.clk.Set(t0.Add(30 * time.Second))
 	h.reg.pass(ctx, false)
 	rec, n = h.last("d1")
 	if n != 2 || rec.Messages != 101 || rec.Readings != 152 || rec.LastValues["t"] != 150 {
@@ -107,7 +115,7 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 		t.Fatalf("rate %v, want %v", rec.Rate, want)
 	}
 	// Nothing new: no write, however long.
-	h.now = h.now.Add(time.Hour)
+	h.clk.Set(h.now().Add(time.Hour))
 	h.reg.pass(ctx, false)
 	if _, n := h.last("d1"); n != 2 {
 		t.Fatalf("idle device rewritten: %d writes", n)
@@ -115,14 +123,14 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 
 	// An older reading arriving late does not replace a newer last value.
 	h.reg.Committed(ingest.Commit{Readings: []ingest.Reading{{Device: "d1", Metric: "t", Time: t0, Kind: ingest.KindNumber, Value: -1}}})
-	h.reg.DevicesSeen([]ingest.DeviceSeen{{Device: "d1", At: h.now, Messages: 1, Readings: 1}})
+	h.reg.DevicesSeen([]ingest.DeviceSeen{{Device: "d1", At: h.now(), Messages: 1, Readings: 1}})
 	h.reg.pass(ctx, false)
 	if rec, _ := h.last("d1"); rec.LastValues["t"] != 150 || rec.Messages != 102 {
 		t.Fatalf("late reading: %+v", rec)
 	}
 
 	// A failed write is retried on the next pass.
-	h.now = h.now.Add(time.Minute)
+	h.clk.Set(h.now().Add(time.Minute))
 	h.commit("d2", 1, 1)
 	h.fail = errors.New("disk full")
 	h.reg.pass(ctx, false)
@@ -136,14 +144,14 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 	}
 
 	// stop with flush writes what the interval held back.
-	h.now = h.now.Add(time.Second)
+	h.clk.Set(h.now().Add(time.Second))
 	h.commit("d2", 3, 7)
 	h.reg.pass(ctx, false)
 	if _, n := h.last("d2"); n != 1 {
 		t.Fatal("written before its interval")
 	}
-	h.reg.start()
-	h.reg.stop(ctx, true)
+	h.reg.Start()
+	h.reg.Stop(ctx, true)
 	if rec, n := h.last("d2"); n != 2 || rec.Messages != 4 {
 		t.Fatalf("flush on stop: %d %+v", n, rec)
 	}
@@ -152,8 +160,8 @@ func TestDeviceRegistryCoalesces(t *testing.T) {
 func TestDeviceRegistrySeedAndOverflow(t *testing.T) {
 	h := newRegHarness(t)
 	ctx := context.Background()
-	first := h.now.Add(-time.Hour)
-	h.reg.seed([]ingest.Device{{ID: "old", FirstSeen: first, LastSeen: h.now.Add(-time.Minute), Messages: 40, Readings: 80, Rate: 0.5,
+	first := h.now().Add(-time.Hour)
+	h.reg.Seed([]ingest.Device{{ID: "old", FirstSeen: first, LastSeen: h.now().Add(-time.Minute), Messages: 40, Readings: 80, Rate: 0.5,
 		Metrics: []ingest.MetricInfo{{Name: "t", Kind: "number", LastTime: first, Value: 3}, {Name: "s", Kind: "string", Text: "x"}}}})
 	h.reg.pass(ctx, false)
 	if _, n := h.last("old"); n != 0 {
@@ -169,15 +177,15 @@ func TestDeviceRegistrySeedAndOverflow(t *testing.T) {
 	// Past the pending bound updates are dropped, and the worker re-reads
 	// the counters from the ingestion database.
 	h.reg.maxPending = 2
-	h.now = h.now.Add(time.Minute)
+	h.clk.Set(h.now().Add(time.Minute))
 	h.commit("a", 1, 1)
 	h.commit("b", 1, 1)
 	h.commit("c", 1, 1)
 	if h.reg.dropped.Load() == 0 {
 		t.Fatal("no update dropped past the bound")
 	}
-	h.reload = []ingest.Device{{ID: "c", FirstSeen: h.now, LastSeen: h.now, Messages: 1, Readings: 2,
-		Metrics: []ingest.MetricInfo{{Name: "t", Kind: "number", LastTime: h.now, Value: 1}}}}
+	h.reload = []ingest.Device{{ID: "c", FirstSeen: h.now(), LastSeen: h.now(), Messages: 1, Readings: 2,
+		Metrics: []ingest.MetricInfo{{Name: "t", Kind: "number", LastTime: h.now(), Value: 1}}}}
 	h.reg.pass(ctx, false)
 	for _, id := range []string{"a", "b", "c"} {
 		if rec, n := h.last(id); n != 1 || rec.Messages != 1 || rec.LastValues["t"] != 1 {
@@ -191,9 +199,8 @@ func TestDeviceRegistrySeedAndOverflow(t *testing.T) {
 func TestDeviceRegistryConcurrent(t *testing.T) {
 	h := newRegHarness(t)
 	h.reg.interval = time.Millisecond
-	var clockMu sync.Mutex
-	h.reg.now = func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return time.Now() }
-	h.reg.start()
+	h.reg.clock = clock.Real()
+	h.reg.Start()
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -208,7 +215,7 @@ func TestDeviceRegistryConcurrent(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
-	h.reg.stop(context.Background(), true)
+	h.reg.Stop(context.Background(), true)
 	for _, id := range []string{"x", "y"} {
 		if rec, _ := h.last(id); rec.Messages != 1000 || rec.Readings != 1000 {
 			t.Errorf("%s: %+v", id, rec)
@@ -218,16 +225,16 @@ func TestDeviceRegistryConcurrent(t *testing.T) {
 
 func TestDecodeDeviceRecord(t *testing.T) {
 	good := `{"id":"d1","agent":"a","first_seen":"2024-05-01T12:00:00Z","last_seen":"2024-05-01T12:00:01Z","messages":2,"readings":4,"rate":1,"last_values":{"t":21.5},"updated":"2024-05-01T12:00:02Z"}`
-	rec, err := decodeDeviceRecord("d1", []byte(good))
+	rec, err := Decode("d1", []byte(good))
 	if err != nil || rec.LastValues["t"] != 21.5 || rec.Messages != 2 {
 		t.Fatalf("%v %+v", err, rec)
 	}
 	for _, bad := range []string{``, `nope`, `[]`, `{"id":"other"}`, `{"messages":"x"}`} {
-		if _, err := decodeDeviceRecord("d1", []byte(bad)); err == nil {
+		if _, err := Decode("d1", []byte(bad)); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
-	if rec, err := decodeDeviceRecord("d9", []byte(`{}`)); err != nil || rec.ID != "d9" || rec.LastValues == nil {
+	if rec, err := Decode("d9", []byte(`{}`)); err != nil || rec.ID != "d9" || rec.LastValues == nil {
 		t.Errorf("empty object: %v %+v", err, rec)
 	}
 }
@@ -242,7 +249,7 @@ func FuzzDecodeDeviceRecord(f *testing.F) {
 	f.Add("x", []byte(`{"first_seen":"not a time"}`))
 	f.Add("x", []byte("\xff\x00"))
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		rec, err := decodeDeviceRecord(key, value)
+		rec, err := Decode(key, value)
 		if err != nil {
 			return
 		}
@@ -253,40 +260,9 @@ func FuzzDecodeDeviceRecord(f *testing.F) {
 		if err != nil {
 			return // e.g. a time outside JSON's range
 		}
-		again, err := decodeDeviceRecord(key, b)
+		again, err := Decode(key, b)
 		if err != nil || again.Messages != rec.Messages || len(again.LastValues) != len(rec.LastValues) {
 			t.Fatalf("round trip: %v %+v vs %+v", err, again, rec)
 		}
 	})
-}
-
-func TestResourceHelpers(t *testing.T) {
-	used, total, err := parseMeminfo([]byte("MemTotal:       16000 kB\nMemFree:  100 kB\nMemAvailable:    4000 kB\n"))
-	if err != nil || total != 16000*1024 || used != 12000*1024 {
-		t.Fatalf("meminfo: %d %d %v", used, total, err)
-	}
-	for _, bad := range []string{"", "MemTotal: 10 kB\n", "MemTotal: 10 kB\nMemAvailable: 20 kB\n", "garbage"} {
-		if _, _, err := parseMeminfo([]byte(bad)); err == nil {
-			t.Errorf("meminfo %q accepted", bad)
-		}
-	}
-	if v := parseLoad1([]byte("0.52 0.40 0.33 1/234 5678\n")); v != 0.52 {
-		t.Errorf("load1 %v", v)
-	}
-	for _, bad := range []string{"", "x y", "-1 0 0"} {
-		if v := parseLoad1([]byte(bad)); v != 0 {
-			t.Errorf("load1 of %q = %v", bad, v)
-		}
-	}
-	var c cpuSampler
-	t0 := time.Unix(1000, 0)
-	if p := c.percent(t0, 5); p != 0 {
-		t.Errorf("first sample %v", p)
-	}
-	if p := c.percent(t0.Add(2*time.Second), 6); p != 50 {
-		t.Errorf("1 s of CPU in 2 s = %v%%, want 50", p)
-	}
-	if p := c.percent(t0.Add(2*time.Second), 7); p != 0 {
-		t.Errorf("no wall time: %v", p)
-	}
 }

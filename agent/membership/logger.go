@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"bytes"
@@ -8,26 +8,24 @@ import (
 	"strings"
 )
 
-// Rejection reasons (label values of edgefleet_gossip_rejected_total).
+// Rejection reasons of gossip traffic refused below replication (label
+// values of edgefleet_gossip_rejected_total).
 const (
-	reasonForeignCluster = "foreign_cluster" // memberlist label of another cluster
-	reasonDecrypt        = "decrypt_failed"  // wrong gossip key, or unencrypted traffic
-	reasonOversized      = "oversized"
-	reasonMalformed      = "malformed"
-	reasonUnknownType    = "unknown_type"
-	reasonInvalidDelta   = "invalid_delta"
-	reasonClockDrift     = "clock_drift"
-	reasonOwnName        = "own_name" // a peer claims this agent's name
+	ReasonForeignCluster = "foreign_cluster" // memberlist label of another cluster
+	ReasonDecrypt        = "decrypt_failed"  // wrong gossip key, or unencrypted traffic
+	ReasonOversized      = "oversized"
+	ReasonMalformed      = "malformed"
 )
 
-// memberlistLogger returns a *log.Logger for memberlist that forwards its
+// Logger returns a *log.Logger for memberlist that forwards its
 // lines to slog at the matching level and counts the lines that report
 // rejected traffic (failed decryption, oversized or undecodable messages)
 // through reject. memberlist drops that traffic itself before it reaches
 // the agent; its log line is the only signal. (Foreign cluster labels are
-// checked and counted earlier, by the agent's transport.)
-func memberlistLogger(l *slog.Logger, reject func(reason string)) *log.Logger {
-	return log.New(&mlLogWriter{log: l, reject: reject}, "", 0)
+// checked and counted earlier, by the agent's transport.) Every line
+// carries component=memberlist, added here once: pass l without it.
+func Logger(l *slog.Logger, reject func(reason string)) *log.Logger {
+	return log.New(&mlLogWriter{log: l.With("component", "memberlist"), reject: reject}, "", 0)
 }
 
 type mlLogWriter struct {
@@ -68,7 +66,7 @@ func (w *mlLogWriter) line(s string) {
 		}
 	}
 	if w.log.Enabled(context.Background(), level) {
-		w.log.Log(context.Background(), level, s, "component", "memberlist")
+		w.log.Log(context.Background(), level, s)
 	}
 }
 
@@ -83,10 +81,10 @@ func classifyMemberlistError(s string) string {
 		strings.Contains(l, "remote state is encrypted and encryption is not configured"),
 		strings.Contains(l, "payload is too small to decrypt"),
 		strings.Contains(l, "unsupported encryption version"):
-		return reasonDecrypt
+		return ReasonDecrypt
 	case strings.Contains(l, "exceeds limit"),
 		strings.Contains(l, "larger than limit"):
-		return reasonOversized
+		return ReasonOversized
 	case strings.Contains(l, "failed to decode"),
 		strings.Contains(l, "invalid checksum"),
 		strings.Contains(l, "not supported"),
@@ -95,7 +93,7 @@ func classifyMemberlistError(s string) string {
 		strings.Contains(l, "missing message type"),
 		strings.Contains(l, "invalid msgtype"),
 		strings.Contains(l, "truncated messages"):
-		return reasonMalformed
+		return ReasonMalformed
 	}
 	return ""
 }

@@ -1,4 +1,4 @@
-package agent
+package keys
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -34,29 +35,8 @@ import (
 
 var gkEpoch = time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)
 
-// gkClock is a settable clock.
-type gkClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *gkClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *gkClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *gkClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// gkClock is the tests' settable clock.
+type gkClock = clock.Manual
 
 func gkRand(seed uint64) io.Reader {
 	var s [32]byte
@@ -187,7 +167,7 @@ type gkNode struct {
 	d       *gkDelegate
 	ml      *memberlist.Memberlist
 	kr      *memberlist.Keyring
-	rot     *gossipRotator
+	rot     *Rotator
 	reg     *prometheus.Registry
 	wake    chan struct{}
 	stopRun context.CancelFunc
@@ -270,17 +250,17 @@ func (n *gkNode) start(seeds ...string) error {
 		t.Fatal(err)
 	}
 	n.kr, n.reg = kr, prometheus.NewRegistry()
-	var clockNow func() time.Time
+	var clk clock.Clock // nil: the real clock
 	if n.f.clock != nil {
-		clockNow = n.f.clock.Now
+		clk = n.f.clock
 	}
-	n.rot, err = newGossipRotator(gossipRotatorConfig{
+	n.rot, err = NewRotator(RotatorConfig{
 		Keyring:         kr,
 		Source:          func(now time.Time) (dkms.GossipKeyring, error) { return n.keys.GossipKeyring("gossip", now) },
 		Bootstrap:       n.f.bootstrap,
 		Grace:           n.f.grace,
 		FirstActivation: n.f.first,
-		Now:             clockNow,
+		Clock:           clk,
 		Logger:          slog.New(slog.NewTextHandler(n.rotLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name),
 		Registry:        n.reg,
 	})
@@ -290,7 +270,7 @@ func (n *gkNode) start(seeds ...string) error {
 	if err := n.rot.Apply(); err != nil {
 		t.Fatalf("%s: first Apply: %v", n.name, err)
 	}
-	conf := memberlistProfile(ProfileTest)
+	conf := membership.Profile(membership.ProfileTest)
 	conf.Name = n.name
 	conf.BindAddr = "127.0.0.1"
 	conf.BindPort = 0
@@ -315,7 +295,7 @@ func (n *gkNode) start(seeds ...string) error {
 		return nil
 	}
 	_, err = ml.Join(seeds)
-	return n.rot.joinFailed(err)
+	return n.rot.JoinFailed(err)
 }
 
 // runLoop starts the rotator's run loop with a wake channel.
@@ -324,7 +304,7 @@ func (n *gkNode) runLoop() {
 	n.wake, n.stopRun, n.runDone = make(chan struct{}, 1), cancel, make(chan struct{})
 	go func() {
 		defer close(n.runDone)
-		n.rot.run(ctx, n.wake)
+		n.rot.Run(ctx, n.wake)
 	}()
 }
 
@@ -385,7 +365,7 @@ func (f *gkFleet) startAll() {
 // waitAllAlive waits until every running node sees every running node alive.
 func (f *gkFleet) waitAllAlive(timeout time.Duration) {
 	f.t.Helper()
-	waitFor(f.t, timeout, "every node to see every node alive", func() (bool, string) {
+	testutil.WaitFor(f.t, timeout, "every node to see every node alive", func() (bool, string) {
 		nodes := f.running()
 		for _, n := range nodes {
 			alive := 0
@@ -499,7 +479,7 @@ func (f *gkFleet) checkRings(wantBootstrap bool) {
 		if err != nil {
 			f.t.Fatalf("%s: plan: %v", n.name, err)
 		}
-		st := n.rot.state()
+		st := n.rot.State()
 		if !slices.Equal(st.Versions, plan.Versions()) || st.Bootstrap != wantBootstrap {
 			f.t.Fatalf("%s: keyring holds %+v, dkms plans %v (bootstrap %v)", n.name, st, plan.Versions(), wantBootstrap)
 		}
@@ -578,7 +558,7 @@ func (f *gkFleet) checkDelivered() {
 	for _, msgs := range f.sent {
 		total += len(msgs)
 	}
-	waitFor(f.t, 10*time.Second, "every message delivered", func() (bool, string) {
+	testutil.WaitFor(f.t, 10*time.Second, "every message delivered", func() (bool, string) {
 		for n, msgs := range f.sent {
 			for _, m := range msgs {
 				if !n.d.has(m) {
@@ -688,7 +668,7 @@ var gossipPolicy = dkms.Policy{AllAgents: true, InstallGrace: 20 * time.Second, 
 // bootstrap key's grace period over), at fake time gkEpoch+2m.
 func activeFleet(t *testing.T, n int, policy dkms.Policy) *gkFleet {
 	t.Helper()
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	f := newGKFleet(t, n, clock, 30*time.Second, time.Minute)
 	if _, err := f.svc.CreateKey(f.ctx, "gossip", dkms.PurposeGossip, policy); err != nil {
 		t.Fatal(err)
@@ -741,11 +721,11 @@ func TestGossipRotationUnderTraffic(t *testing.T) {
 		t.Fatalf("at most %d keys were installed at once; the schedule should overlap three versions", maxKeys)
 	}
 	for _, n := range f.running() {
-		st := n.rot.state()
+		st := n.rot.State()
 		if st.Primary != latest || !slices.Equal(st.Versions, []uint32{latest}) || st.Bootstrap {
 			t.Fatalf("%s ends with %+v, want only v%d", n.name, st, latest)
 		}
-		if got := gkMetric(t, n.reg, "edgefleet_gossip_keyring_rotations_total", ""); got != 6 { // the takeover at start, then 5
+		if got := testutil.MetricSum(t, n.reg, "edgefleet_gossip_keyring_rotations_total", ""); got != 6 { // the takeover at start, then 5
 			t.Fatalf("%s: %v rotations applied, want 6", n.name, got)
 		}
 	}
@@ -757,11 +737,11 @@ func TestGossipRotationUnderTraffic(t *testing.T) {
 // it, primary everywhere at the takeover (ActivateAt + FirstActivation),
 // the bootstrap key removed Grace later, with no split or failure.
 func TestGossipBootstrapToFirstVersion(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	f := newGKFleet(t, 4, clock, 30*time.Second, time.Minute)
 	f.startAll() // no gossip key at dkms yet: the bootstrap key serves
 	for _, n := range f.nodes {
-		if st := n.rot.state(); st.Primary != 0 || len(st.Versions) != 0 || !st.Bootstrap {
+		if st := n.rot.State(); st.Primary != 0 || len(st.Versions) != 0 || !st.Bootstrap {
 			t.Fatalf("%s before any dkms key: %+v", n.name, st)
 		}
 	}
@@ -774,7 +754,7 @@ func TestGossipBootstrapToFirstVersion(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // probes and gossip under this keyring
 	f.checkRings(true)
 	for _, n := range f.nodes {
-		if st := n.rot.state(); st.Primary != 0 {
+		if st := n.rot.State(); st.Primary != 0 {
 			t.Fatalf("%s switched to v%d before the takeover", n.name, st.Primary)
 		}
 		if next := n.rot.Next(); !next.Equal(gkEpoch.Add(time.Minute)) {
@@ -789,7 +769,7 @@ func TestGossipBootstrapToFirstVersion(t *testing.T) {
 	f.traffic("takeover")
 	time.Sleep(300 * time.Millisecond)
 	for _, n := range f.nodes {
-		if st := n.rot.state(); st.Primary != 1 || !st.Bootstrap {
+		if st := n.rot.State(); st.Primary != 1 || !st.Bootstrap {
 			t.Fatalf("%s after the takeover: %+v", n.name, st)
 		}
 		if next := n.rot.Next(); !next.Equal(gkEpoch.Add(90 * time.Second)) {
@@ -847,16 +827,16 @@ func TestGossipOfflineNodeRejoinsWithinGrace(t *testing.T) {
 	if c, detail := f.decryptFailures(d); c > 0 {
 		t.Fatalf("within the grace period the cluster failed to decrypt the returning node %d times:%s", c, detail)
 	}
-	if st := d.rot.state(); st.Primary != 1 {
+	if st := d.rot.State(); st.Primary != 1 {
 		t.Fatalf("returning node before catching up: %+v", st)
 	}
 	d.catchUp()
-	if st := d.rot.state(); st.Primary != 2 || !slices.Equal(st.Versions, []uint32{1, 2}) {
+	if st := d.rot.State(); st.Primary != 2 || !slices.Equal(st.Versions, []uint32{1, 2}) {
 		t.Fatalf("returning node after catching up: %+v", st)
 	}
 	began := time.Now()
 	if _, err := d.ml.Join([]string{f.nodes[0].addr()}); err != nil {
-		t.Fatalf("rejoin after catching up: %v", d.rot.joinFailed(err))
+		t.Fatalf("rejoin after catching up: %v", d.rot.JoinFailed(err))
 	}
 	f.waitAllAlive(15 * time.Second)
 	t.Logf("rejoined %v after fetching its keys", time.Since(began).Round(time.Millisecond))
@@ -899,12 +879,12 @@ func TestGossipOfflineBeyondGraceCannotRejoin(t *testing.T) {
 			}
 		}
 	}
-	if _, err := d.ml.Join([]string{seed.addr()}); !errors.Is(d.rot.joinFailed(err), ErrGossipKeyStale) {
+	if _, err := d.ml.Join([]string{seed.addr()}); !errors.Is(d.rot.JoinFailed(err), ErrGossipKeyStale) {
 		t.Fatalf("second join with removed keys: %v", err)
 	}
 
 	d.catchUp() // the documented recovery: fetch the pending key messages
-	if st := d.rot.state(); st.Primary != 2 || !slices.Equal(st.Versions, []uint32{2}) || st.Bootstrap {
+	if st := d.rot.State(); st.Primary != 2 || !slices.Equal(st.Versions, []uint32{2}) || st.Bootstrap {
 		t.Fatalf("after catching up: %+v", st)
 	}
 	if _, err := d.ml.Join([]string{seed.addr()}); err != nil {
@@ -954,7 +934,7 @@ func (s *gkScript) add(v uint32, created time.Time, install, remove time.Duratio
 
 func gkKey(v uint32) []byte { return bytes.Repeat([]byte{byte(v)}, 32) }
 
-func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossipRotator, *gkScript, *memberlist.Keyring, *testutil.SyncBuffer) {
+func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*Rotator, *gkScript, *memberlist.Keyring, *testutil.SyncBuffer) {
 	t.Helper()
 	boot := bytes.Repeat([]byte{0xb0}, 32)
 	kr, err := memberlist.NewKeyring(nil, boot)
@@ -963,9 +943,9 @@ func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossi
 	}
 	s := &gkScript{}
 	logs := &testutil.SyncBuffer{}
-	r, err := newGossipRotator(gossipRotatorConfig{
+	r, err := NewRotator(RotatorConfig{
 		Keyring: kr, Source: s.source, Bootstrap: boot, Grace: 30 * time.Second, FirstActivation: time.Minute,
-		Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: reg,
+		Clock: clock, Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -986,43 +966,17 @@ func ringVersions(kr *memberlist.Keyring) []uint32 {
 	return out
 }
 
-// gkMetric sums the series of a metric on reg (with a label of value
-// label, when label is not empty).
-func gkMetric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, lp := range m.GetLabel() {
-				match = match || lp.GetValue() == label
-			}
-			if match {
-				sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
 func gkSteps(t *testing.T, reg *prometheus.Registry) string {
 	const name = "edgefleet_gossip_keyring_steps_total"
 	return fmt.Sprintf("install=%v use=%v remove=%v",
-		gkMetric(t, reg, name, "install"), gkMetric(t, reg, name, "use"), gkMetric(t, reg, name, "remove"))
+		testutil.MetricSum(t, reg, name, "install"), testutil.MetricSum(t, reg, name, "use"), testutil.MetricSum(t, reg, name, "remove"))
 }
 
 // TestGossipRotatorApplyIdempotentNeverRemovesPrimary walks a keyring
 // through the bootstrap era, the takeover, overlapping rotations and a
 // broken key source, applying twice at every point.
 func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	reg := prometheus.NewRegistry()
 	r, s, kr, logs := newScripted(t, clock, reg)
 	apply := func(want []uint32) {
@@ -1052,7 +1006,7 @@ func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
 	}
 	clock.Set(gkEpoch.Add(time.Minute))
 	apply([]uint32{1, 0}) // takeover; bootstrap decrypt-only
-	if got := gkMetric(t, reg, "edgefleet_gossip_keyring_primary_version", ""); got != 1 {
+	if got := testutil.MetricSum(t, reg, "edgefleet_gossip_keyring_primary_version", ""); got != 1 {
 		t.Fatalf("primary version gauge %v", got)
 	}
 
@@ -1080,7 +1034,7 @@ func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
 			t.Fatalf("plan %+v changed the keyring to %v", raw, got)
 		}
 	}
-	if got := gkMetric(t, reg, "edgefleet_gossip_keyring_failures_total", ""); got != 6 {
+	if got := testutil.MetricSum(t, reg, "edgefleet_gossip_keyring_failures_total", ""); got != 6 {
 		t.Fatalf("failures counted %v, want 6", got)
 	}
 	s.mu.Lock()
@@ -1110,10 +1064,10 @@ func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
 	if !r.Next().IsZero() {
 		t.Fatalf("next %v after the last change", r.Next())
 	}
-	if got := gkMetric(t, reg, "edgefleet_gossip_keyring_rotations_total", ""); got != 4 {
+	if got := testutil.MetricSum(t, reg, "edgefleet_gossip_keyring_rotations_total", ""); got != 4 {
 		t.Fatalf("rotations %v, want 4", got)
 	}
-	if got := gkMetric(t, reg, "edgefleet_gossip_keyring_keys", ""); got != 1 {
+	if got := testutil.MetricSum(t, reg, "edgefleet_gossip_keyring_keys", ""); got != 1 {
 		t.Fatalf("keys gauge %v", got)
 	}
 
@@ -1152,26 +1106,26 @@ func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
 
 // TestGossipRotatorJoinFailed classifies join errors.
 func TestGossipRotatorJoinFailed(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	r, _, _, logs := newScripted(t, clock, nil)
-	if r.joinFailed(nil) != nil {
+	if r.JoinFailed(nil) != nil {
 		t.Fatal("nil error classified")
 	}
 	other := errors.New("1 error occurred:\n\t* Failed to join 127.0.0.1:7946: dial tcp: connection refused")
-	if err := r.joinFailed(other); err != other {
+	if err := r.JoinFailed(other); err != other {
 		t.Fatalf("unrelated error rewritten: %v", err)
 	}
 	stale := errors.New("1 error occurred:\n\t* Failed to join 127.0.0.1:7946: No installed keys could decrypt the message")
-	err := r.joinFailed(stale)
+	err := r.JoinFailed(stale)
 	if !errors.Is(err, ErrGossipKeyStale) || !errors.Is(err, stale) || !strings.Contains(err.Error(), "bootstrap key (primary)") {
 		t.Fatalf("stale-key join error: %v", err)
 	}
-	r.joinFailed(stale)
+	r.JoinFailed(stale)
 	if c := strings.Count(logs.String(), "cannot rejoin"); c != 1 {
 		t.Fatalf("logged %d times within a minute, want once:\n%s", c, logs)
 	}
 	clock.Advance(time.Minute)
-	r.joinFailed(stale)
+	r.JoinFailed(stale)
 	if c := strings.Count(logs.String(), "cannot rejoin"); c != 2 {
 		t.Fatalf("logged %d times, want twice", c)
 	}
@@ -1184,20 +1138,20 @@ func TestGossipRotatorConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := func(time.Time) (dkms.GossipKeyring, error) { return dkms.GossipKeyring{}, nil }
-	for name, cfg := range map[string]gossipRotatorConfig{
+	for name, cfg := range map[string]RotatorConfig{
 		"no keyring":     {Source: src, Bootstrap: gkKey(9)},
 		"no source":      {Keyring: kr, Bootstrap: gkKey(9)},
 		"no bootstrap":   {Keyring: kr, Source: src},
 		"short key":      {Keyring: kr, Source: src, Bootstrap: []byte("0123456789")},
 		"negative grace": {Keyring: kr, Source: src, Bootstrap: gkKey(9), Grace: -time.Second},
 	} {
-		if _, err := newGossipRotator(cfg); err == nil || !strings.HasPrefix(err.Error(), "agent: ") {
+		if _, err := NewRotator(cfg); err == nil || !strings.HasPrefix(err.Error(), "keys: ") {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
 	reg := prometheus.NewRegistry()
-	cfg := gossipRotatorConfig{Keyring: kr, Source: src, Bootstrap: gkKey(8), Registry: reg}
-	r, err := newGossipRotator(cfg)
+	cfg := RotatorConfig{Keyring: kr, Source: src, Bootstrap: gkKey(8), Registry: reg}
+	r, err := NewRotator(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1207,31 +1161,21 @@ func TestGossipRotatorConfig(t *testing.T) {
 	if got := ringVersions(kr); len(got) != 2 || !bytes.Equal(kr.GetPrimaryKey(), gkKey(9)) {
 		t.Fatalf("bootstrap key not added beside the keyring's primary: %d keys", len(got))
 	}
-	if _, err := newGossipRotator(cfg); err == nil {
+	if _, err := NewRotator(cfg); err == nil {
 		t.Fatal("second rotator registered the same metrics")
 	}
 }
 
-// TestGossipRotatorRun drives run with a fake timer: it applies at once,
+// TestGossipRotatorRun drives Run on a manual clock: it applies at once,
 // sleeps until Next, wakes on key messages, and retries after failures.
 func TestGossipRotatorRun(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	boot := bytes.Repeat([]byte{0xb0}, 32)
 	kr, _ := memberlist.NewKeyring(nil, boot)
 	s := &gkScript{}
-	type timer struct {
-		d  time.Duration
-		ch chan time.Time
-	}
-	timers := make(chan timer, 1)
-	r, err := newGossipRotator(gossipRotatorConfig{
+	r, err := NewRotator(RotatorConfig{
 		Keyring: kr, Source: s.source, Bootstrap: boot, Grace: 30 * time.Second, FirstActivation: time.Minute,
-		Recheck: 10 * time.Minute, Now: clock.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		After: func(d time.Duration) <-chan time.Time {
-			ch := make(chan time.Time, 1)
-			timers <- timer{d, ch}
-			return ch
-		},
+		Recheck: 10 * time.Minute, Clock: clock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -1241,45 +1185,45 @@ func TestGossipRotatorRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.run(ctx, wake)
+		r.Run(ctx, wake)
 	}()
-	next := func(want time.Duration) timer {
+	// next waits until Run sleeps on one timer of want from now.
+	next := func(want time.Duration) {
 		t.Helper()
-		select {
-		case tm := <-timers:
-			if tm.d != want {
-				t.Fatalf("run sleeps %v, want %v", tm.d, want)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			at, ok := clock.NextDeadline()
+			if ok && clock.Waiters() == 1 && at.Sub(clock.Now()) == want {
+				return
 			}
-			return tm
-		case <-time.After(5 * time.Second):
-			t.Fatal("run did not arm its timer")
+			if time.Now().After(deadline) {
+				t.Fatalf("run sleeps until %v (%d timers, %v), want %v", at.Sub(clock.Now()), clock.Waiters(), ok, want)
+			}
+			time.Sleep(time.Millisecond)
 		}
-		return timer{}
 	}
 	next(10 * time.Minute) // nothing scheduled: the recheck bound
 
 	s.add(1, gkEpoch, 0, 0) // a key message arrives
 	wake <- struct{}{}
-	tm := next(time.Minute) // until the takeover
+	next(time.Minute) // until the takeover
 	if got := ringVersions(kr); !slices.Equal(got, []uint32{0, 1}) {
 		t.Fatalf("after the wake: %v", got)
 	}
 	clock.Advance(time.Minute)
-	tm.ch <- clock.Now()
-	tm = next(30 * time.Second) // until the bootstrap key's removal
+	next(30 * time.Second) // until the bootstrap key's removal
 	if got := ringVersions(kr); !slices.Equal(got, []uint32{1, 0}) {
 		t.Fatalf("after the takeover timer: %v", got)
 	}
-	clock.Advance(30 * time.Second)
 	s.mu.Lock()
 	s.err = errors.New("keyring unreadable")
 	s.mu.Unlock()
-	tm.ch <- clock.Now()
-	tm = next(gossipRetryDelay) // failed: retry soon
+	clock.Advance(30 * time.Second)
+	next(gossipRetryDelay) // failed: retry soon
 	s.mu.Lock()
 	s.err = nil
 	s.mu.Unlock()
-	tm.ch <- clock.Now()
+	clock.Advance(gossipRetryDelay)
 	next(10 * time.Minute)
 	if got := ringVersions(kr); !slices.Equal(got, []uint32{1}) {
 		t.Fatalf("after the retry: %v", got)
@@ -1289,6 +1233,9 @@ func TestGossipRotatorRun(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("run did not return after cancel")
+	}
+	if n := clock.Waiters(); n != 0 {
+		t.Fatalf("%d timers left pending after Run returned", n)
 	}
 }
 
@@ -1330,9 +1277,9 @@ func TestGossipRotatorRunLoopRealClock(t *testing.T) {
 		t.Helper()
 		var last time.Time
 		for _, n := range f.nodes {
-			for n.rot.state().Primary != v {
+			for n.rot.State().Primary != v {
 				if time.Since(at) > 10*time.Second {
-					t.Fatalf("%s never made v%d primary: %+v", n.name, v, n.rot.state())
+					t.Fatalf("%s never made v%d primary: %+v", n.name, v, n.rot.State())
 				}
 				time.Sleep(2 * time.Millisecond)
 			}
@@ -1361,9 +1308,9 @@ func TestGossipRotatorRunLoopRealClock(t *testing.T) {
 		installed := time.Since(rotated)
 		lag := waitPrimary(vi.Version, vi.ActivateAt)
 		converged := time.Since(rotated)
-		waitFor(t, 10*time.Second, "the old versions' removal", func() (bool, string) {
+		testutil.WaitFor(t, 10*time.Second, "the old versions' removal", func() (bool, string) {
 			for _, n := range f.nodes {
-				if st := n.rot.state(); len(st.Versions) != 1 || st.Bootstrap {
+				if st := n.rot.State(); len(st.Versions) != 1 || st.Bootstrap {
 					return false, fmt.Sprintf("%s holds %+v", n.name, st)
 				}
 			}
@@ -1387,7 +1334,7 @@ func TestGossipRotatorRunLoopRealClock(t *testing.T) {
 // this fails if a removal shifts keys inside a slice GetKeys handed out;
 // the primary must be installed at every instant.
 func TestGossipRotatorRemovalDoesNotRaceDecryption(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	r, s, kr, _ := newScripted(t, clock, nil)
 	s.add(1, gkEpoch, 0, 0)
 	clock.Set(gkEpoch.Add(2 * time.Minute))
@@ -1434,65 +1381,21 @@ func TestGossipRotatorRemovalDoesNotRaceDecryption(t *testing.T) {
 	}
 }
 
-// TestGossipKeysAgentWiring checks the agent-side helpers: the key source
-// reads the dkms keyring (none yet counts as no gossip key), the rotator
-// runs on the uplink's clock, and its loop ends with the agent's context.
-func TestGossipKeysAgentWiring(t *testing.T) {
-	src := gossipKeySource(func() *dkms.AgentKeys { return nil })
+// TestGossipKeySource: no keyring means no gossip key yet; an agent's
+// keyring plans from its versions of the gossip key.
+func TestGossipKeySource(t *testing.T) {
+	src := GossipKeySource(func() *dkms.AgentKeys { return nil })
 	if _, err := src(gkEpoch); !errors.Is(err, dkms.ErrUnknownKey) {
 		t.Fatalf("no keyring: %v", err)
 	}
 	f := activeFleet(t, 1, gossipPolicy)
 	n := f.nodes[0]
-	plan, err := gossipKeySource(func() *dkms.AgentKeys { return n.keys })(f.clock.Now())
+	plan, err := GossipKeySource(func() *dkms.AgentKeys { return n.keys })(f.clock.Now())
 	if err != nil || plan.Primary != 1 || !slices.Equal(plan.Versions(), []uint32{1}) {
 		t.Fatalf("plan from the agent's keyring: %+v, %v", plan, err)
 	}
-
-	clock := clock.NewManual(gkEpoch.Add(time.Hour))
-	reg := prometheus.NewRegistry()
-	a, err := New(testConfig(t, "gk-wire"), Deps{Logger: f.quiet, Registry: reg, UplinkClock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	boot := bytes.Repeat([]byte{0xb0}, 32)
-	kr, err := memberlist.NewKeyring(nil, boot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := a.newGossipKeys(kr, boot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !r.now().Equal(clock.Now()) {
-		t.Fatalf("rotator clock %v, want the uplink's %v", r.now(), clock.Now())
-	}
-	select {
-	case <-r.after(time.Second):
-		t.Fatal("timer fired before the uplink clock moved")
-	default:
-	}
-	ch := r.after(time.Second)
-	clock.Advance(time.Second)
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
-		t.Fatal("timer did not fire on the uplink clock")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a.startGossipKeys(ctx, r)
-	a.startGossipKeys(ctx, nil) // encryption off: nothing
-	a.fireKeysChanged()
-	if got := ringVersions(kr); !slices.Equal(got, []uint32{0}) {
-		t.Fatalf("keyring %v without a dkms keyring", got)
-	}
-	if gkMetric(t, reg, "edgefleet_gossip_keyring_keys", "") != 1 {
-		t.Fatal("metrics not on the agent's registry")
-	}
-	cancel()
-	a.wg.Wait()
-	var nilRot *gossipRotator
-	if err := errors.New("x"); nilRot.joinFailed(err) != err {
+	var nilRot *Rotator
+	if err := errors.New("x"); nilRot.JoinFailed(err) != err {
 		t.Fatal("nil rotator rewrote a join error")
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"bufio"
@@ -12,14 +12,14 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// trafficCounters holds the byte and message totals of all memberlist
-// traffic of one agent (packets and streams, both directions), as seen on
-// the wire below memberlist's encryption and labels.
-type trafficCounters struct {
-	bytesOut, bytesIn atomic.Uint64
-	msgsOut, msgsIn   atomic.Uint64
-	// streamBytesOut and streamBytesIn are the stream part of the totals.
-	streamBytesOut, streamBytesIn atomic.Uint64
+// Traffic holds the byte and message totals of all memberlist traffic of
+// one agent (packets and streams, both directions), as seen on the wire
+// below memberlist's encryption and labels.
+type Traffic struct {
+	BytesOut, BytesIn atomic.Uint64
+	MsgsOut, MsgsIn   atomic.Uint64
+	// StreamBytesOut and StreamBytesIn are the stream part of the totals.
+	StreamBytesOut, StreamBytesIn atomic.Uint64
 }
 
 // countingTransport wraps a memberlist transport and counts what crosses
@@ -33,7 +33,7 @@ type trafficCounters struct {
 // before sending anything (a peer's abandoned dial) are dropped silently.
 type countingTransport struct {
 	inner  memberlist.NodeAwareTransport
-	c      *trafficCounters
+	c      *Traffic
 	header []byte // label header every packet and stream must start with; nil: no label
 	reject func(reason, detail string)
 
@@ -71,7 +71,9 @@ func (s plainShim) DialAddressTimeout(a memberlist.Address, timeout time.Duratio
 	return s.DialTimeout(a.Addr, timeout)
 }
 
-func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label string, reject func(reason, detail string)) (*countingTransport, error) {
+// newCountingTransport wraps inner, counting into c; with a cluster label
+// it rejects traffic of other clusters through reject (reason, detail).
+func newCountingTransport(inner memberlist.Transport, c *Traffic, label string, reject func(reason, detail string)) (*countingTransport, error) {
 	t := &countingTransport{
 		inner:    nodeAware(inner),
 		c:        c,
@@ -84,7 +86,7 @@ func newCountingTransport(inner memberlist.Transport, c *trafficCounters, label 
 	if label != "" {
 		h, err := memberlist.AddLabelHeaderToPacket([]byte{}, label)
 		if err != nil {
-			return nil, fmt.Errorf("agent: cluster label: %w", err)
+			return nil, fmt.Errorf("membership: cluster label: %w", err)
 		}
 		t.header = h
 	}
@@ -107,8 +109,8 @@ func (t *countingTransport) forwardPackets() {
 			if p == nil {
 				continue
 			}
-			t.c.msgsIn.Add(1)
-			t.c.bytesIn.Add(uint64(len(p.Buf)))
+			t.c.MsgsIn.Add(1)
+			t.c.BytesIn.Add(uint64(len(p.Buf)))
 			if t.header != nil && !bytes.HasPrefix(p.Buf, t.header) {
 				t.rejectLabel(p.Buf, "packet", p.From)
 				continue
@@ -129,10 +131,10 @@ func (t *countingTransport) forwardPackets() {
 func (t *countingTransport) rejectLabel(b []byte, what string, from net.Addr) {
 	_, label, err := memberlist.RemoveLabelHeaderFromPacket(b)
 	if err != nil {
-		t.reject(reasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
+		t.reject(ReasonMalformed, fmt.Sprintf("%s from %v: %v", what, from, err))
 		return
 	}
-	t.reject(reasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
+	t.reject(ReasonForeignCluster, fmt.Sprintf("%s from %v with cluster label %q", what, from, label))
 }
 
 func (t *countingTransport) forwardStreams() {
@@ -148,7 +150,7 @@ func (t *countingTransport) forwardStreams() {
 			if conn == nil {
 				continue
 			}
-			t.c.msgsIn.Add(1)
+			t.c.MsgsIn.Add(1)
 			cc := &countingConn{Conn: conn, c: t.c}
 			if t.header == nil {
 				t.deliver(cc)
@@ -216,14 +218,14 @@ func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int
 }
 
 func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	t.c.msgsOut.Add(1)
-	t.c.bytesOut.Add(uint64(len(b)))
+	t.c.MsgsOut.Add(1)
+	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteTo(b, addr)
 }
 
 func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
-	t.c.msgsOut.Add(1)
-	t.c.bytesOut.Add(uint64(len(b)))
+	t.c.MsgsOut.Add(1)
+	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteToAddress(b, a)
 }
 
@@ -236,7 +238,7 @@ func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net
 	if err != nil {
 		return nil, err
 	}
-	t.c.msgsOut.Add(1)
+	t.c.MsgsOut.Add(1)
 	return &countingConn{Conn: conn, c: t.c}, nil
 }
 
@@ -245,7 +247,7 @@ func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout tim
 	if err != nil {
 		return nil, err
 	}
-	t.c.msgsOut.Add(1)
+	t.c.MsgsOut.Add(1)
 	return &countingConn{Conn: conn, c: t.c}, nil
 }
 
@@ -266,19 +268,19 @@ func (t *countingTransport) Shutdown() error {
 // countingConn counts the bytes read and written on a stream.
 type countingConn struct {
 	net.Conn
-	c *trafficCounters
+	c *Traffic
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.c.bytesIn.Add(uint64(n))
-	c.c.streamBytesIn.Add(uint64(n))
+	c.c.BytesIn.Add(uint64(n))
+	c.c.StreamBytesIn.Add(uint64(n))
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.c.bytesOut.Add(uint64(n))
-	c.c.streamBytesOut.Add(uint64(n))
+	c.c.BytesOut.Add(uint64(n))
+	c.c.StreamBytesOut.Add(uint64(n))
 	return n, err
 }

@@ -1,53 +1,18 @@
 package agent
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
-	"github.com/hashicorp/memberlist"
 )
 
 // Version is the agent version advertised in node metadata and in
 // heartbeats: the binary's build version (internal/buildinfo; release
 // builds set it with -ldflags, see the Makefile).
 var Version = buildinfo.Get().Version
-
-// maxMetaBytes is memberlist's limit on node metadata.
-const maxMetaBytes = memberlist.MetaMaxSize
-
-// NodeMeta is the metadata an agent advertises to its peers.
-type NodeMeta struct {
-	ID      string            `json:"id"`
-	Version string            `json:"version"`
-	Labels  map[string]string `json:"labels,omitempty"`
-}
-
-func encodeMeta(m NodeMeta) ([]byte, error) {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("agent: encoding node metadata: %w", err)
-	}
-	return b, nil
-}
-
-// decodeMeta decodes a peer's metadata (outside data).
-func decodeMeta(b []byte) (NodeMeta, error) {
-	var m NodeMeta
-	if len(b) == 0 {
-		return m, nil
-	}
-	if len(b) > maxMetaBytes {
-		return NodeMeta{}, fmt.Errorf("agent: node metadata is %d bytes, limit %d", len(b), maxMetaBytes)
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return NodeMeta{}, fmt.Errorf("agent: node metadata: %w", err)
-	}
-	return m, nil
-}
 
 // Name limits for collections and keys accepted by the API: the store's.
 const (

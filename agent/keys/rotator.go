@@ -1,4 +1,4 @@
-package agent
+package keys
 
 // Gossip keyring rotation.
 //
@@ -6,7 +6,7 @@ package agent
 // keyring and decrypts with whichever installed key opens the message. The
 // fleet's gossip key is the dkms key "gossip" (PurposeGossip): the control
 // plane creates versions, and key messages deliver each version with its
-// schedule to every agent. A gossipRotator turns that schedule into
+// schedule to every agent. A Rotator turns that schedule into
 // memberlist keyring operations, always in the order install → make
 // primary → remove, so the keyring never lacks its primary and never goes
 // empty.
@@ -34,7 +34,7 @@ package agent
 // the clock the key messages' times are in (the uplink's).
 //
 // The rotator re-plans at each of these instants (Next, for a timer) and
-// whenever a key message arrives (a wake of run). Apply is idempotent, so
+// whenever a key message arrives (a wake of Run). Apply is idempotent, so
 // extra wakes cost nothing.
 //
 // # The bootstrap key and its grace period
@@ -72,7 +72,7 @@ package agent
 // every key it holds and refuse its traffic too. Either way the recovery is
 // the same: fetch the pending key messages from the control plane over the
 // uplink, or re-enroll the agent when its keyring is lost or it was
-// revoked. joinFailed recognizes the failure and says so
+// revoked. JoinFailed recognizes the failure and says so
 // (ErrGossipKeyStale).
 
 import (
@@ -87,6 +87,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/hashicorp/memberlist"
@@ -98,7 +99,7 @@ import (
 // (or has not received the fleet's gossip key yet). Fetch the agent's
 // pending key messages from the control plane; re-enroll it if its keyring
 // is lost or it was revoked.
-var ErrGossipKeyStale = errors.New("agent: gossip keys out of date")
+var ErrGossipKeyStale = errors.New("keys: gossip keys out of date")
 
 // Gossip keyring rotation defaults.
 const (
@@ -108,17 +109,17 @@ const (
 	// defaultGossipFirstActivation delays the takeover of version 1 (which
 	// dkms activates at its creation) so every agent installs it first.
 	defaultGossipFirstActivation = dkms.DefaultGossipInstallGrace
-	// defaultGossipRecheck bounds how long run sleeps without a wake.
+	// defaultGossipRecheck bounds how long Run sleeps without a wake.
 	defaultGossipRecheck = time.Minute
-	// gossipRetryDelay is how soon run retries after a failed Apply.
+	// gossipRetryDelay is how soon Run retries after a failed Apply.
 	gossipRetryDelay = 5 * time.Second
-	// gossipStaleLogEvery rate-limits joinFailed's error log.
+	// gossipStaleLogEvery rate-limits JoinFailed's error log.
 	gossipStaleLogEvery = time.Minute
 )
 
-// gossipRotatorConfig configures a gossipRotator. Keyring, Source and
+// RotatorConfig configures a Rotator. Keyring, Source and
 // Bootstrap are required.
-type gossipRotatorConfig struct {
+type RotatorConfig struct {
 	// Keyring is the running memberlist's keyring (memberlist.Config.Keyring).
 	Keyring *memberlist.Keyring
 	// Source returns the keyring dkms plans for now, e.g.
@@ -136,13 +137,12 @@ type gossipRotatorConfig struct {
 	// over from the bootstrap key; zero means
 	// defaultGossipFirstActivation (1 minute).
 	FirstActivation time.Duration
-	// Recheck bounds run's sleep when nothing is scheduled; zero means
+	// Recheck bounds Run's sleep when nothing is scheduled; zero means
 	// defaultGossipRecheck (1 minute).
 	Recheck time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-	// After is run's timer; nil means time.After.
-	After func(time.Duration) <-chan time.Time
+	// Clock is the clock the key messages' times are in (the uplink's);
+	// nil means clock.Real().
+	Clock clock.Clock
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registry receives the edgefleet_gossip_keyring_* metrics; nil leaves
@@ -150,17 +150,16 @@ type gossipRotatorConfig struct {
 	Registry *prometheus.Registry
 }
 
-// gossipRotator applies the fleet's gossip key versions (delivered by dkms
+// Rotator applies the fleet's gossip key versions (delivered by dkms
 // key messages) to memberlist's keyring. Safe for concurrent use.
-type gossipRotator struct {
+type Rotator struct {
 	kr        *memberlist.Keyring
 	source    func(time.Time) (dkms.GossipKeyring, error)
 	bootstrap []byte
 	grace     time.Duration
 	first     time.Duration
 	recheck   time.Duration
-	now       func() time.Time
-	after     func(time.Duration) <-chan time.Time
+	clock     clock.Clock
 	log       *slog.Logger
 	m         gossipKeyringMetrics
 
@@ -179,41 +178,34 @@ type gossipKeyringMetrics struct {
 	failures  prometheus.Counter
 }
 
-// newGossipRotator validates cfg, adds the bootstrap key to the keyring
+// NewRotator validates cfg, adds the bootstrap key to the keyring
 // when it is missing, and registers the metrics. It changes nothing else:
 // call Apply (before memberlist starts, so it gossips under the right key
-// from its first packet), then run.
-func newGossipRotator(cfg gossipRotatorConfig) (*gossipRotator, error) {
+// from its first packet), then Run.
+func NewRotator(cfg RotatorConfig) (*Rotator, error) {
 	if cfg.Keyring == nil {
-		return nil, errors.New("agent: gossip rotator: no memberlist keyring")
+		return nil, errors.New("keys: gossip rotator: no memberlist keyring")
 	}
 	if cfg.Source == nil {
-		return nil, errors.New("agent: gossip rotator: no key source")
+		return nil, errors.New("keys: gossip rotator: no key source")
 	}
 	if err := memberlist.ValidateKey(cfg.Bootstrap); err != nil {
-		return nil, fmt.Errorf("agent: gossip rotator: bootstrap key: %w", err)
+		return nil, fmt.Errorf("keys: gossip rotator: bootstrap key: %w", err)
 	}
 	if cfg.Grace < 0 || cfg.FirstActivation < 0 || cfg.Recheck < 0 {
-		return nil, fmt.Errorf("agent: gossip rotator: negative duration (grace %v, first activation %v, recheck %v)",
+		return nil, fmt.Errorf("keys: gossip rotator: negative duration (grace %v, first activation %v, recheck %v)",
 			cfg.Grace, cfg.FirstActivation, cfg.Recheck)
 	}
-	r := &gossipRotator{
+	r := &Rotator{
 		kr:        cfg.Keyring,
 		source:    cfg.Source,
 		bootstrap: slices.Clone(cfg.Bootstrap),
 		grace:     gossipDurationOr(cfg.Grace, defaultGossipGrace),
 		first:     gossipDurationOr(cfg.FirstActivation, defaultGossipFirstActivation),
 		recheck:   gossipDurationOr(cfg.Recheck, defaultGossipRecheck),
-		now:       cfg.Now,
-		after:     cfg.After,
+		clock:     clock.Or(cfg.Clock),
 		log:       cfg.Logger,
 		versions:  map[uint32][]byte{},
-	}
-	if r.now == nil {
-		r.now = time.Now
-	}
-	if r.after == nil {
-		r.after = time.After
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -244,12 +236,12 @@ func newGossipRotator(cfg gossipRotatorConfig) (*gossipRotator, error) {
 	if cfg.Registry != nil {
 		for _, c := range []prometheus.Collector{r.m.keys, r.m.primary, r.m.rotations, r.m.steps, r.m.failures} {
 			if err := cfg.Registry.Register(c); err != nil {
-				return nil, fmt.Errorf("agent: gossip rotator metrics: %w", err)
+				return nil, fmt.Errorf("keys: gossip rotator metrics: %w", err)
 			}
 		}
 	}
 	if err := r.kr.AddKey(r.bootstrap); err != nil {
-		return nil, fmt.Errorf("agent: gossip rotator: installing the bootstrap key: %w", err)
+		return nil, fmt.Errorf("keys: gossip rotator: installing the bootstrap key: %w", err)
 	}
 	r.updateGauges()
 	return r, nil
@@ -268,10 +260,10 @@ func gossipDurationOr(d, def time.Duration) time.Duration {
 // bootstrap key. It is idempotent, never removes the primary and never
 // empties the keyring; when the source fails or gives nothing usable it
 // leaves the keyring as it is and returns the error.
-func (r *gossipRotator) Apply() error {
+func (r *Rotator) Apply() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.applyLocked(r.now()); err != nil {
+	if err := r.applyLocked(r.clock.Now()); err != nil {
 		r.m.failures.Inc()
 		r.log.Error("gossip keyring not updated; keeping the installed keys", "err", err, "keys", r.describeLocked())
 		return err
@@ -279,20 +271,20 @@ func (r *gossipRotator) Apply() error {
 	return nil
 }
 
-func (r *gossipRotator) applyLocked(now time.Time) error {
+func (r *Rotator) applyLocked(now time.Time) error {
 	plan, err := r.source(now)
 	switch {
 	case err == nil:
 	case errors.Is(err, dkms.ErrUnknownKey) && r.takeover.IsZero():
 		plan = dkms.GossipKeyring{} // no gossip key delivered yet: the bootstrap key serves
 	default:
-		return fmt.Errorf("agent: gossip keyring: key source: %w", err)
+		return fmt.Errorf("keys: gossip keyring: key source: %w", err)
 	}
 	if err := checkGossipPlan(plan); err != nil {
 		return err
 	}
 	if len(plan.Keys) == 0 && !r.takeover.IsZero() {
-		return fmt.Errorf("agent: gossip keyring: dkms plans no gossip key (all versions retired, destroyed or below the minimum) after version %d took over", r.plan.Primary)
+		return fmt.Errorf("keys: gossip keyring: dkms plans no gossip key (all versions retired, destroyed or below the minimum) after version %d took over", r.plan.Primary)
 	}
 	r.plan = plan
 
@@ -328,19 +320,19 @@ func (r *gossipRotator) applyLocked(now time.Time) error {
 		switch s.Kind {
 		case dkms.GossipInstall:
 			if err := r.kr.AddKey(s.Key); err != nil {
-				return fmt.Errorf("agent: gossip keyring: installing version %d: %w", s.Version, err)
+				return fmt.Errorf("keys: gossip keyring: installing version %d: %w", s.Version, err)
 			}
 			r.versions[s.Version] = slices.Clone(s.Key)
 			r.m.steps.WithLabelValues("install").Inc()
-			r.log.Info("gossip key installed", "version", s.Version, "fingerprint", keyFingerprint(s.Key),
+			r.log.Info("gossip key installed", "version", s.Version, "fingerprint", Fingerprint(s.Key),
 				"primary_at", gossipActivation(plan, s.Version))
 		case dkms.GossipUse:
 			if err := r.kr.UseKey(s.Key); err != nil {
-				return fmt.Errorf("agent: gossip keyring: making version %d primary: %w", s.Version, err)
+				return fmt.Errorf("keys: gossip keyring: making version %d primary: %w", s.Version, err)
 			}
 			r.m.steps.WithLabelValues("use").Inc()
 			r.m.rotations.Inc()
-			r.log.Info("gossip key is primary", "version", s.Version, "previous", primary, "fingerprint", keyFingerprint(s.Key))
+			r.log.Info("gossip key is primary", "version", s.Version, "previous", primary, "fingerprint", Fingerprint(s.Key))
 		case dkms.GossipRemove:
 			removals = append(removals, s.Key)
 		}
@@ -360,7 +352,7 @@ func (r *gossipRotator) applyLocked(now time.Time) error {
 }
 
 // takeoverAt is when plan's primary may take over from the bootstrap key.
-func (r *gossipRotator) takeoverAt(plan dkms.GossipKeyring) time.Time {
+func (r *Rotator) takeoverAt(plan dkms.GossipKeyring) time.Time {
 	for _, k := range plan.Keys {
 		if k.Version == plan.Primary {
 			if k.Version == 1 {
@@ -383,20 +375,20 @@ func (r *gossipRotator) takeoverAt(plan dkms.GossipKeyring) time.Time {
 // installed ahead of their activation, which nobody encrypts with yet, or
 // the bootstrap key during its grace period; each is missing for the
 // microseconds between its removal and its return.
-func (r *gossipRotator) removeKeys(keys [][]byte) error {
+func (r *Rotator) removeKeys(keys [][]byte) error {
 	ring := slices.Clone(r.kr.GetKeys())
 	first := slices.IndexFunc(ring, func(k []byte) bool { return ringHasKey(keys, k) })
 	switch {
 	case first < 0:
 		return nil // none installed
 	case first == 0:
-		return fmt.Errorf("agent: gossip keyring: refusing to remove the primary key %s", keyFingerprint(ring[0]))
+		return fmt.Errorf("keys: gossip keyring: refusing to remove the primary key %s", Fingerprint(ring[0]))
 	}
 	var keep [][]byte
 	for i := len(ring) - 1; i >= first; i-- {
 		k := ring[i]
 		if err := r.kr.RemoveKey(k); err != nil {
-			return fmt.Errorf("agent: gossip keyring: removing key %s: %w", keyFingerprint(k), err)
+			return fmt.Errorf("keys: gossip keyring: removing key %s: %w", Fingerprint(k), err)
 		}
 		if !ringHasKey(keys, k) {
 			keep = append(keep, k)
@@ -406,20 +398,20 @@ func (r *gossipRotator) removeKeys(keys [][]byte) error {
 		delete(r.versions, v)
 		r.m.steps.WithLabelValues("remove").Inc()
 		if v == 0 {
-			r.log.Info("bootstrap gossip key removed (grace period over)", "fingerprint", keyFingerprint(k))
+			r.log.Info("bootstrap gossip key removed (grace period over)", "fingerprint", Fingerprint(k))
 		} else {
-			r.log.Info("gossip key removed", "version", v, "fingerprint", keyFingerprint(k))
+			r.log.Info("gossip key removed", "version", v, "fingerprint", Fingerprint(k))
 		}
 	}
 	for i := len(keep) - 1; i >= 0; i-- {
 		if err := r.kr.AddKey(keep[i]); err != nil {
-			return fmt.Errorf("agent: gossip keyring: reinstalling key %s: %w", keyFingerprint(keep[i]), err)
+			return fmt.Errorf("keys: gossip keyring: reinstalling key %s: %w", Fingerprint(keep[i]), err)
 		}
 	}
 	return nil
 }
 
-func (r *gossipRotator) updateGauges() {
+func (r *Rotator) updateGauges() {
 	ring := r.kr.GetKeys()
 	r.m.keys.Set(float64(len(ring)))
 	if len(ring) > 0 {
@@ -430,10 +422,10 @@ func (r *gossipRotator) updateGauges() {
 // Next is when the schedule changes next (a version becomes primary, old
 // versions or the bootstrap key leave), as of the last Apply and Now(); the
 // zero time when nothing is scheduled.
-func (r *gossipRotator) Next() time.Time {
+func (r *Rotator) Next() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.now()
+	now := r.clock.Now()
 	next := dkms.NextGossipChange(r.plan.Keys, now)
 	consider := func(t time.Time) {
 		if t.After(now) && (next.IsZero() || t.Before(next)) {
@@ -450,7 +442,7 @@ func (r *gossipRotator) Next() time.Time {
 	return next
 }
 
-func (r *gossipRotator) hasForeignLocked() bool {
+func (r *Rotator) hasForeignLocked() bool {
 	for _, k := range r.kr.GetKeys() {
 		if gossipVersionOf(r.versions, k) == 0 {
 			return true
@@ -459,32 +451,35 @@ func (r *gossipRotator) hasForeignLocked() bool {
 	return false
 }
 
-// run applies the schedule until ctx ends: at once, whenever wake fires (a
+// Run applies the schedule until ctx ends: at once, whenever wake fires (a
 // key message was accepted), at Next, and at least every Recheck; after a
 // failure it retries within gossipRetryDelay.
-func (r *gossipRotator) run(ctx context.Context, wake <-chan struct{}) {
+func (r *Rotator) Run(ctx context.Context, wake <-chan struct{}) {
 	for {
 		delay := r.recheck
 		if err := r.Apply(); err != nil {
 			delay = min(delay, gossipRetryDelay)
 		} else if next := r.Next(); !next.IsZero() {
-			delay = min(delay, max(next.Sub(r.now()), 0))
+			delay = min(delay, max(next.Sub(r.clock.Now()), 0))
 		}
+		t := r.clock.NewTimer(delay)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-wake:
-		case <-r.after(delay):
+		case <-t.C():
 		}
+		t.Stop()
 	}
 }
 
-// joinFailed returns err, or, when err shows that the peers' gossip is
+// JoinFailed returns err, or, when err shows that the peers' gossip is
 // under a key this agent does not hold, an error wrapping both
 // ErrGossipKeyStale and err that names the recovery, logged at error level
 // (at most once a minute). A nil rotator (gossip encryption off) returns
 // err.
-func (r *gossipRotator) joinFailed(err error) error {
+func (r *Rotator) JoinFailed(err error) error {
 	if r == nil || err == nil || !strings.Contains(strings.ToLower(err.Error()), "no installed keys could decrypt") {
 		return err
 	}
@@ -495,7 +490,7 @@ func (r *gossipRotator) joinFailed(err error) error {
 		"it was offline during a gossip key rotation or has not received the fleet's gossip key: "+
 		"fetch its pending key messages from the control plane (its peers still accept its keys until the rotation's grace period ends), "+
 		"or re-enroll it if its keyring is lost or it was revoked: %w", ErrGossipKeyStale, keys, err)
-	if now := r.now(); r.staleLog.IsZero() || now.Sub(r.staleLog) >= gossipStaleLogEvery {
+	if now := r.clock.Now(); r.staleLog.IsZero() || now.Sub(r.staleLog) >= gossipStaleLogEvery {
 		r.staleLog = now
 		r.log.Error("cannot rejoin the cluster: gossip keys out of date; fetch the pending key messages from the control plane or re-enroll this agent",
 			"keys", keys, "err", err)
@@ -503,22 +498,22 @@ func (r *gossipRotator) joinFailed(err error) error {
 	return err
 }
 
-// gossipKeyringState describes the keyring without its key material.
-type gossipKeyringState struct {
+// RingState describes the gossip keyring without its key material.
+type RingState struct {
 	Primary   uint32   // dkms version of the primary; 0 for the bootstrap key
 	Versions  []uint32 // dkms versions installed, ascending
 	Bootstrap bool     // the bootstrap key (or another key dkms did not deliver) is installed
 }
 
-// state describes the keyring now.
-func (r *gossipRotator) state() gossipKeyringState {
+// State describes the keyring now.
+func (r *Rotator) State() RingState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.stateLocked()
 }
 
-func (r *gossipRotator) stateLocked() gossipKeyringState {
-	var st gossipKeyringState
+func (r *Rotator) stateLocked() RingState {
+	var st RingState
 	ring := r.kr.GetKeys()
 	for i, k := range ring {
 		v := gossipVersionOf(r.versions, k)
@@ -535,7 +530,7 @@ func (r *gossipRotator) stateLocked() gossipKeyringState {
 	return st
 }
 
-func (r *gossipRotator) describeLocked() string {
+func (r *Rotator) describeLocked() string {
 	st := r.stateLocked()
 	var parts []string
 	for _, v := range st.Versions {
@@ -564,20 +559,20 @@ func checkGossipPlan(p dkms.GossipKeyring) error {
 	seen := map[uint32]bool{}
 	for i, k := range p.Keys {
 		if err := memberlist.ValidateKey(k.Key); err != nil {
-			return fmt.Errorf("agent: gossip keyring: version %d: %w", k.Version, err)
+			return fmt.Errorf("keys: gossip keyring: version %d: %w", k.Version, err)
 		}
 		if k.Version == 0 || seen[k.Version] {
-			return fmt.Errorf("agent: gossip keyring: version %d is invalid or listed twice", k.Version)
+			return fmt.Errorf("keys: gossip keyring: version %d is invalid or listed twice", k.Version)
 		}
 		seen[k.Version] = true
 		for _, o := range p.Keys[:i] {
 			if bytes.Equal(o.Key, k.Key) {
-				return fmt.Errorf("agent: gossip keyring: versions %d and %d have the same key", o.Version, k.Version)
+				return fmt.Errorf("keys: gossip keyring: versions %d and %d have the same key", o.Version, k.Version)
 			}
 		}
 	}
 	if p.PrimaryKey() == nil {
-		return fmt.Errorf("agent: gossip keyring: primary version %d is not among the planned versions %v", p.Primary, p.Versions())
+		return fmt.Errorf("keys: gossip keyring: primary version %d is not among the planned versions %v", p.Primary, p.Versions())
 	}
 	return nil
 }
@@ -609,53 +604,16 @@ func gossipActivation(p dkms.GossipKeyring, v uint32) time.Time {
 	return time.Time{}
 }
 
-// Wiring into the agent.
-
-// gossipKeySource plans the gossip keyring from the versions of the key
+// GossipKeySource plans the gossip keyring from the versions of the key
 // controlplane.GossipKeyName (created by the control plane at its first
 // unseal) in the keyring keys returns. No keyring (nil until the agent is
 // enrolled and its keyring open) counts as holding no gossip key.
-func gossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKeyring, error) {
+func GossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKeyring, error) {
 	return func(now time.Time) (dkms.GossipKeyring, error) {
 		ak := keys()
 		if ak == nil {
-			return dkms.GossipKeyring{}, fmt.Errorf("agent: no dkms keyring yet (not enrolled): %w", dkms.ErrUnknownKey)
+			return dkms.GossipKeyring{}, fmt.Errorf("keys: no dkms keyring yet (not enrolled): %w", dkms.ErrUnknownKey)
 		}
 		return ak.GossipKeyring(controlplane.GossipKeyName, now)
 	}
-}
-
-// newGossipKeys creates the rotator of the agent's memberlist keyring kr,
-// whose bootstrap key is key (the agent's configured or generated gossip
-// key). It plans from the agent's dkms keyring (Keys) on the keyring's
-// clock: the uplink's, which the simulator compresses, else the wall clock.
-func (a *Agent) newGossipKeys(kr *memberlist.Keyring, key []byte) (*gossipRotator, error) {
-	cfg := gossipRotatorConfig{
-		Keyring: kr, Source: gossipKeySource(a.Keys), Bootstrap: key,
-		Now: a.wall, Logger: a.log, Registry: a.reg,
-	}
-	if c := a.deps.UplinkClock; c != nil {
-		cfg.Now = c.Now
-		cfg.After = func(d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
-	}
-	return newGossipRotator(cfg)
-}
-
-// startGossipKeys applies r once, so the agent joins under the fleet's
-// current key (the uplink opens the keyring of an enrolled agent when it
-// starts), then runs it until ctx ends, woken by every key fetch that
-// accepted messages. A nil r (gossip encryption off) does nothing.
-func (a *Agent) startGossipKeys(ctx context.Context, r *gossipRotator) {
-	if r == nil {
-		return
-	}
-	r.Apply() // a failure is logged and retried by run
-	wake := make(chan struct{}, 1)
-	a.onKeysChanged(func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	})
-	a.goLoop(func() { r.run(ctx, wake) })
 }

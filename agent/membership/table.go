@@ -1,4 +1,4 @@
-package agent
+package membership
 
 import (
 	"crypto/sha256"
@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 )
@@ -22,7 +23,8 @@ const (
 	StateLeft  = "left" // left gracefully
 )
 
-var memberStates = []string{StateAlive, StateDead, StateLeft}
+// States lists the member states.
+var States = []string{StateAlive, StateDead, StateLeft}
 
 // Member is a cluster member as this agent knows it.
 type Member struct {
@@ -30,6 +32,14 @@ type Member struct {
 	Addr  string   `json:"addr"` // gossip address host:port
 	State string   `json:"state"`
 	Meta  NodeMeta `json:"meta"`
+}
+
+// Peer is a snapshot of another member (Table.WithState).
+type Peer struct {
+	Name  string
+	Addr  string // gossip address host:port
+	State string
+	Since time.Time // when State last changed
 }
 
 // peer is the agent's record of one member.
@@ -56,25 +66,27 @@ func (p *peer) node() *memberlist.Node {
 	return &memberlist.Node{Name: p.name, Addr: p.ip, Port: p.port}
 }
 
-// peerTable tracks members from memberlist's events (which memberlist
+// Table tracks members from memberlist's events (which memberlist
 // delivers one at a time, in order) and the version vectors peers report.
-type peerTable struct {
-	self string
-	now  func() time.Time
+type Table struct {
+	self  string
+	clock clock.Clock
 
 	mu    sync.Mutex
 	peers map[string]*peer
 }
 
-func newPeerTable(self string, now func() time.Time) *peerTable {
-	return &peerTable{self: self, now: now, peers: make(map[string]*peer)}
+// NewTable returns the table of the agent named self; nil clk means
+// clock.Real().
+func NewTable(self string, clk clock.Clock) *Table {
+	return &Table{self: self, clock: clock.Or(clk), peers: make(map[string]*peer)}
 }
 
-// upsert records n in state, returning the previous state ("" if new) and
+// Upsert records n in state, returning the previous state ("" if new) and
 // the state recorded. memberlist does not tell failed members from members
 // that left (its Node.State is not maintained in events), so a member going
-// down is recorded as left only after its leave intent (markLeaving).
-func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) (prev, now string) {
+// down is recorded as left only after its leave intent (MarkLeaving).
+func (t *Table) Upsert(n *memberlist.Node, state string, meta NodeMeta) (prev, now string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[n.Name]
@@ -87,7 +99,7 @@ func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) (pre
 	case StateAlive:
 		p.leavingUntil = time.Time{}
 	case StateDead:
-		if t.now().Before(p.leavingUntil) {
+		if t.clock.Now().Before(p.leavingUntil) {
 			state = StateLeft
 		}
 	}
@@ -96,21 +108,21 @@ func (t *peerTable) upsert(n *memberlist.Node, state string, meta NodeMeta) (pre
 	p.meta = meta
 	if prev != state {
 		p.state = state
-		p.since = t.now()
+		p.since = t.clock.Now()
 	}
 	return prev, state
 }
 
-// markLeaving records a member's leave intent and reports whether it was
+// MarkLeaving records a member's leave intent and reports whether it was
 // news (then it is worth passing on).
-func (t *peerTable) markLeaving(name string) bool {
+func (t *Table) MarkLeaving(name string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[name]
 	if !ok || name == t.self {
 		return false
 	}
-	now := t.now()
+	now := t.clock.Now()
 	switch p.state {
 	case StateDead:
 		p.state = StateLeft
@@ -126,16 +138,16 @@ func (t *peerTable) markLeaving(name string) bool {
 	return false
 }
 
-// setVV records a version vector reported by a peer. Reports can arrive out
+// SetVV records a version vector reported by a peer. Reports can arrive out
 // of order and a peer's state only grows, so they are merged.
-func (t *peerTable) setVV(name string, vv crdt.VersionVector) {
+func (t *Table) SetVV(name string, vv crdt.VersionVector) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[name]
 	if !ok {
 		return // not a member (yet): its VV is learned again on the next exchange
 	}
-	p.vvAt = t.now()
+	p.vvAt = t.clock.Now()
 	if p.vv == nil {
 		p.vv = vv.Clone()
 		return
@@ -143,9 +155,9 @@ func (t *peerTable) setVV(name string, vv crdt.VersionVector) {
 	p.vv.Merge(vv)
 }
 
-// reportedVV returns a copy of the version vector the named peer last
+// ReportedVV returns a copy of the version vector the named peer last
 // reported and when.
-func (t *peerTable) reportedVV(name string) (crdt.VersionVector, time.Time, bool) {
+func (t *Table) ReportedVV(name string) (crdt.VersionVector, time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[name]
@@ -155,8 +167,8 @@ func (t *peerTable) reportedVV(name string) (crdt.VersionVector, time.Time, bool
 	return p.vv.Clone(), p.vvAt, true
 }
 
-// lookup returns a copy of the named peer's address record.
-func (t *peerTable) lookup(name string) (*memberlist.Node, bool) {
+// Lookup returns a copy of the named peer's address record.
+func (t *Table) Lookup(name string) (*memberlist.Node, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[name]
@@ -166,26 +178,26 @@ func (t *peerTable) lookup(name string) (*memberlist.Node, bool) {
 	return p.node(), true
 }
 
-// withState returns the names and addresses of the other members in state.
-func (t *peerTable) withState(state string) []*peer {
+// WithState returns the other members in state, sorted by name.
+func (t *Table) WithState(state string) []Peer {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []*peer
+	var out []Peer
 	for _, p := range t.peers {
 		if p.name != t.self && p.state == state {
-			out = append(out, &peer{name: p.name, ip: p.ip, port: p.port, state: p.state, since: p.since})
+			out = append(out, Peer{Name: p.name, Addr: p.addr(), State: p.state, Since: p.since})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// membersDigest summarizes the set of members seen alive (this agent
+// Digest summarizes the set of members seen alive (this agent
 // included). Agents exchange it in sync requests; when two disagree they
 // run a memberlist push/pull, so a member whose join announcement one of
 // them missed is learned within a sync interval instead of waiting for
 // memberlist's own push/pull (30-60 s at fleet sizes).
-func (t *peerTable) membersDigest() uint64 {
+func (t *Table) Digest() uint64 {
 	t.mu.Lock()
 	names := make([]string, 0, len(t.peers))
 	for name, p := range t.peers {
@@ -203,8 +215,8 @@ func (t *peerTable) membersDigest() uint64 {
 	return binary.BigEndian.Uint64(h.Sum(nil))
 }
 
-// stateOf returns the named member's state, "" if unknown.
-func (t *peerTable) stateOf(name string) string {
+// StateOf returns the named member's state, "" if unknown.
+func (t *Table) StateOf(name string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.peers[name]; ok {
@@ -213,7 +225,8 @@ func (t *peerTable) stateOf(name string) string {
 	return ""
 }
 
-func (t *peerTable) count(state string) int {
+// Count returns how many members (this agent included) are in state.
+func (t *Table) Count(state string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
@@ -225,11 +238,11 @@ func (t *peerTable) count(state string) int {
 	return n
 }
 
-// reap forgets members that failed or left longer than timeout ago.
-func (t *peerTable) reap(timeout time.Duration) []string {
+// Reap forgets members that failed or left longer than timeout ago.
+func (t *Table) Reap(timeout time.Duration) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
+	now := t.clock.Now()
 	var gone []string
 	for name, p := range t.peers {
 		if name != t.self && p.state != StateAlive && now.Sub(p.since) > timeout {
@@ -240,11 +253,11 @@ func (t *peerTable) reap(timeout time.Duration) []string {
 	return gone
 }
 
-// stableVV returns the pointwise minimum of self and the version vectors
+// StableVV returns the pointwise minimum of self and the version vectors
 // of every member that has not left, and whether it is usable: every such
 // member, alive or failed, must have reported one (a failed member may come
 // back holding no more than what it last reported).
-func (t *peerTable) stableVV(self crdt.VersionVector) (crdt.VersionVector, bool) {
+func (t *Table) StableVV(self crdt.VersionVector) (crdt.VersionVector, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	vvs := []crdt.VersionVector{self}
@@ -260,9 +273,9 @@ func (t *peerTable) stableVV(self crdt.VersionVector) (crdt.VersionVector, bool)
 	return crdt.MinVersionVector(vvs...), true
 }
 
-// lag sums, over alive peers' reported version vectors, the ops they hold
+// Lag sums, over alive peers' reported version vectors, the ops they hold
 // that self lacks.
-func (t *peerTable) lag(self crdt.VersionVector) uint64 {
+func (t *Table) Lag(self crdt.VersionVector) uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var total uint64
@@ -279,7 +292,8 @@ func (t *peerTable) lag(self crdt.VersionVector) uint64 {
 	return total
 }
 
-func (t *peerTable) members() []Member {
+// Members lists every member, this agent included, sorted by name.
+func (t *Table) Members() []Member {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]Member, 0, len(t.peers))
