@@ -79,7 +79,7 @@ type GossipKeyring struct {
 }
 
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
-	now := a.wall()
+	now := a.clk.Now()
 	st := Status{
 		Node:    a.Name(),
 		Version: buildinfo.Get().Version,
@@ -121,7 +121,7 @@ func (a *Agent) statusKeys() StatusKeys {
 		}
 	}
 	if a.running.Load() && a.gossipKeys != nil {
-		gs := a.gossipKeys.state()
+		gs := a.gossipKeys.State()
 		out.Gossip = GossipKeyring{Encrypted: true, Primary: gs.Primary, Versions: gs.Versions, Bootstrap: gs.Bootstrap}
 		if out.Gossip.Versions == nil {
 			out.Gossip.Versions = []uint32{}
