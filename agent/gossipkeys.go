@@ -87,7 +87,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -612,7 +612,7 @@ func gossipActivation(p dkms.GossipKeyring, v uint32) time.Time {
 // Wiring into the agent.
 
 // gossipKeySource plans the gossip keyring from the versions of the key
-// controlplane.GossipKeyName (created by the control plane at its first
+// cpapi.GossipKeyName (created by the control plane at its first
 // unseal) in the keyring keys returns. No keyring (nil until the agent is
 // enrolled and its keyring open) counts as holding no gossip key.
 func gossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKeyring, error) {
@@ -621,7 +621,7 @@ func gossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKe
 		if ak == nil {
 			return dkms.GossipKeyring{}, fmt.Errorf("agent: no dkms keyring yet (not enrolled): %w", dkms.ErrUnknownKey)
 		}
-		return ak.GossipKeyring(controlplane.GossipKeyName, now)
+		return ak.GossipKeyring(cpapi.GossipKeyName, now)
 	}
 }
 

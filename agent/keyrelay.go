@@ -11,7 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 )
 
@@ -103,7 +103,7 @@ func (r *keyRelay) selfID() string {
 
 // store writes relayed entries from the control plane into the
 // collection, each message once.
-func (r *keyRelay) store(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
+func (r *keyRelay) store(ctx context.Context, entries []cpapi.AgentKeysRelayEntry) {
 	self, now := r.selfID(), r.now()
 	s, err := r.a.liveStore()
 	if err != nil {
@@ -292,7 +292,7 @@ func parseRelayEntry(key string, value []byte) (*dkms.KeyMessage, error) {
 
 // relayKeys is the uplink's Deps.KeyRelay: it stores the page in the
 // collection once the relay runs.
-func (a *Agent) relayKeys(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
+func (a *Agent) relayKeys(ctx context.Context, entries []cpapi.AgentKeysRelayEntry) {
 	if r := a.keyRelay.Load(); r != nil {
 		r.store(ctx, entries)
 	}

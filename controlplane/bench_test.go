@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // BenchmarkIngest compares telemetry ingest (batches of 1,000 readings)
@@ -66,7 +68,7 @@ func BenchmarkIngest(b *testing.B) {
 		batches := benchBatches(b.N, size, 20, now.Add(-time.Duration(b.N*size/20+1)*time.Second))
 		encoded := make([][]byte, b.N)
 		for i := range batches {
-			if encoded[i], err = EncodeTelemetryBatch(batches[i]); err != nil {
+			if encoded[i], err = cpapi.EncodeTelemetryBatch(batches[i]); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -84,14 +86,14 @@ func BenchmarkIngest(b *testing.B) {
 
 // benchEnroll enrolls one agent with the server's admin token and returns
 // its client.
-func benchEnroll(b *testing.B, srv *Server) *Client {
+func benchEnroll(b *testing.B, srv *Server) *cpapi.Client {
 	b.Helper()
 	ctx := context.Background()
 	tok, err := srv.AdminToken()
 	if err != nil {
 		b.Fatal(err)
 	}
-	admin, err := NewClient(ClientConfig{URL: srv.URL(), Token: tok, CAPEM: srv.CAPEM()})
+	admin, err := cpapi.NewClient(cpapi.ClientConfig{URL: srv.URL(), Token: tok, CAPEM: srv.CAPEM()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,19 +101,19 @@ func benchEnroll(b *testing.B, srv *Server) *Client {
 	if err != nil {
 		b.Fatal(err)
 	}
-	key, csr, err := GenerateAgentKey("bench")
+	key, csr, err := cpapi.GenerateAgentKey("bench")
 	if err != nil {
 		b.Fatal(err)
 	}
-	resp, err := admin.Enroll(ctx, EnrollRequest{Token: toks[0].Token, CSR: csr})
+	resp, err := admin.Enroll(ctx, cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr})
 	if err != nil {
 		b.Fatal(err)
 	}
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := NewClient(ClientConfig{URL: srv.URL(), CAPEM: srv.CAPEM(), Certificate: &cert})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: srv.URL(), CAPEM: srv.CAPEM(), Certificate: &cert})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -134,7 +136,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 		b.Fatal(err)
 	}
 	agent := benchEnroll(b, srv)
-	hb := Heartbeat{Version: "1", Health: &Health{Status: "ok"}, Resources: &Resources{CPUPercent: 5, MemUsedBytes: 1, MemTotalBytes: 2}}
+	hb := cpapi.Heartbeat{Version: "1", Health: &cpapi.Health{Status: "ok"}, Resources: &cpapi.Resources{CPUPercent: 5, MemUsedBytes: 1, MemTotalBytes: 2}}
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()

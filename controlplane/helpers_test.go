@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
@@ -67,7 +68,7 @@ type testEnv struct {
 	clock      *fakeClock
 	srv        *Server
 	adminToken string
-	admin      *Client
+	admin      *cpapi.Client
 	logs       *testutil.SyncBuffer
 	cfg        Config
 }
@@ -120,9 +121,9 @@ func (e *testEnv) restart() {
 	e.start()
 }
 
-func (e *testEnv) client(token string) *Client {
+func (e *testEnv) client(token string) *cpapi.Client {
 	e.t.Helper()
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -137,7 +138,7 @@ func (e *testEnv) ctx() context.Context {
 }
 
 // tokenFor creates an API token with the given role.
-func (e *testEnv) tokenFor(role Role) string {
+func (e *testEnv) tokenFor(role cpapi.Role) string {
 	e.t.Helper()
 	tok, err := e.admin.CreateAPIToken(e.ctx(), "test "+string(role), role, 0)
 	if err != nil {
@@ -148,9 +149,9 @@ func (e *testEnv) tokenFor(role Role) string {
 
 type enrolledAgent struct {
 	id     string
-	resp   EnrollResponse
+	resp   cpapi.EnrollResponse
 	cert   tls.Certificate
-	client *Client
+	client *cpapi.Client
 }
 
 // enroll creates a token and enrolls one agent with it.
@@ -165,19 +166,19 @@ func (e *testEnv) enroll(name string, labels map[string]string) *enrolledAgent {
 
 func (e *testEnv) enrollWith(token, name string) *enrolledAgent {
 	e.t.Helper()
-	key, csr, err := GenerateAgentKey(name)
+	key, csr, err := cpapi.GenerateAgentKey(name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := e.client("").Enroll(e.ctx(), EnrollRequest{Token: token, CSR: csr, Name: name, Version: "1.0.0", OS: "linux", Arch: "arm64"})
+	resp, err := e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: token, CSR: csr, Name: name, Version: "1.0.0", OS: "linux", Arch: "arm64"})
 	if err != nil {
 		e.t.Fatalf("Enroll: %v", err)
 	}
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func (e *testEnv) enrollWith(token, name string) *enrolledAgent {
 // decoded error message.
 func (e *testEnv) rawRequest(method, path, token string, body []byte, header map[string]string, cert *tls.Certificate) (int, string) {
 	e.t.Helper()
-	conf, err := ClientTLSConfig(e.srv.CAPEM(), cert)
+	conf, err := cpapi.ClientTLSConfig(e.srv.CAPEM(), cert)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -219,9 +220,9 @@ func (e *testEnv) rawRequest(method, path, token string, body []byte, header map
 	return resp.StatusCode, string(b)
 }
 
-func wantStatus(t *testing.T, err error, status int) *APIError {
+func wantStatus(t *testing.T, err error, status int) *cpapi.APIError {
 	t.Helper()
-	var ae *APIError
+	var ae *cpapi.APIError
 	if !errors.As(err, &ae) {
 		t.Fatalf("want HTTP %d, got error %v", status, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // IngestBenchOptions configures RunIngestBench.
@@ -40,14 +42,14 @@ type IngestBenchReport struct {
 
 // benchBatches builds n batches of size readings over series series, one
 // reading per series per second.
-func benchBatches(n, size, series int, start time.Time) []TelemetryBatch {
-	out := make([]TelemetryBatch, n)
+func benchBatches(n, size, series int, start time.Time) []cpapi.TelemetryBatch {
+	out := make([]cpapi.TelemetryBatch, n)
 	k := 0
 	for i := range out {
-		b := TelemetryBatch{BatchSeq: uint64(i + 1), Readings: make([]Reading, size)}
+		b := cpapi.TelemetryBatch{BatchSeq: uint64(i + 1), Readings: make([]cpapi.Reading, size)}
 		for j := range b.Readings {
 			s := k % series
-			b.Readings[j] = Reading{
+			b.Readings[j] = cpapi.Reading{
 				Device: fmt.Sprintf("device-%02d", s/4),
 				Metric: [...]string{"temperature", "humidity", "co2", "light"}[s%4],
 				TS:     start.Add(time.Duration(k/series) * time.Second),
@@ -87,7 +89,7 @@ func openPlainSQLite(path, synchronous string) (*plainSQLite, error) {
 	return &plainSQLite{db: db, ins: ins}, nil
 }
 
-func (p *plainSQLite) insert(ctx context.Context, agent string, b TelemetryBatch) error {
+func (p *plainSQLite) insert(ctx context.Context, agent string, b cpapi.TelemetryBatch) error {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("controlplane: plain sqlite: %w", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -49,11 +50,6 @@ const (
 
 // DevUnsealWarning is logged at WARN level on every start in dev mode.
 const DevUnsealWarning = "dev mode: root key auto-unsealed, do not use in production"
-
-// ErrSealed means the key service is sealed: key operations are refused
-// (HTTP 503) until enough root key shares were given to POST
-// /v1/keys/unseal. Client errors for 503 answers unwrap to it.
-var ErrSealed = errors.New("controlplane: key service sealed")
 
 // KeyConfig configures the control plane's key service (package dkms).
 type KeyConfig struct {
@@ -436,9 +432,9 @@ func (s *Server) TakeRootShares() []string {
 func (s *Server) KeyService() *dkms.Service { return s.keys.svc }
 
 // KeyStatus reports the key service's custody state.
-func (s *Server) KeyStatus() KeyServiceStatus {
+func (s *Server) KeyStatus() cpapi.KeyServiceStatus {
 	st := s.keys.svc.Status()
-	return KeyServiceStatus{
+	return cpapi.KeyServiceStatus{
 		Initialized: st.Initialized, Sealed: st.Sealed, DevMode: st.DevMode,
 		SharesProvided: st.Progress, SharesNeeded: st.Threshold, SharesTotal: st.Shares,
 		RootVersion: st.RootVersion, RootKCV: st.RootKCV, KEKVersion: st.KEKVersion,
@@ -668,8 +664,8 @@ func (s *Server) builtinKeys() []struct {
 		purpose dkms.Purpose
 		policy  dkms.Policy
 	}{
-		{TelemetryKeyName, dkms.PurposeData, dkms.Policy{AllAgents: true, RotationPeriod: s.cfg.Keys.defaultRotation()}},
-		{GossipKeyName, dkms.PurposeGossip, dkms.Policy{AllAgents: true, RotationPeriod: max(s.cfg.Keys.GossipRotationPeriod, 0)}},
+		{cpapi.TelemetryKeyName, dkms.PurposeData, dkms.Policy{AllAgents: true, RotationPeriod: s.cfg.Keys.defaultRotation()}},
+		{cpapi.GossipKeyName, dkms.PurposeGossip, dkms.Policy{AllAgents: true, RotationPeriod: max(s.cfg.Keys.GossipRotationPeriod, 0)}},
 	}
 }
 

@@ -19,6 +19,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/procstat"
 )
 
 // LoadOptions configures RunHeartbeatLoad.
@@ -135,7 +138,7 @@ func (o *LoadOptions) setDefaults() error {
 // loadAgent is one simulated agent: its identity and one connection.
 type loadAgent struct {
 	id     string
-	client *Client
+	client *cpapi.Client
 	tr     *connTransport
 	busy   atomic.Bool
 }
@@ -243,12 +246,12 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
 	}
-	admin, err := NewClient(ClientConfig{URL: opts.URL, Token: opts.AdminToken, CAPEM: opts.CAPEM, Timeout: time.Minute})
+	admin, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, Token: opts.AdminToken, CAPEM: opts.CAPEM, Timeout: time.Minute})
 	if err != nil {
 		return rep, err
 	}
 	defer admin.CloseIdleConnections()
-	baseTLS, err := ClientTLSConfig(opts.CAPEM, nil)
+	baseTLS, err := cpapi.ClientTLSConfig(opts.CAPEM, nil)
 	if err != nil {
 		return rep, err
 	}
@@ -258,7 +261,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	// Enroll.
 	start := time.Now()
 	agents := make([]*loadAgent, opts.Agents)
-	var tokens []NewEnrollmentToken
+	var tokens []cpapi.NewEnrollmentToken
 	for len(tokens) < opts.Agents {
 		n := min(opts.Agents-len(tokens), maxTokensPerCreate)
 		toks, err := admin.CreateEnrollmentTokens(ctx, time.Hour, opts.Labels, n)
@@ -267,29 +270,29 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		}
 		tokens = append(tokens, toks...)
 	}
-	enrollClient, err := NewClient(ClientConfig{URL: opts.URL, CAPEM: opts.CAPEM, Timeout: time.Minute})
+	enrollClient, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, CAPEM: opts.CAPEM, Timeout: time.Minute})
 	if err != nil {
 		return rep, err
 	}
 	defer enrollClient.CloseIdleConnections()
 	err = parallel(ctx, opts.Agents, opts.EnrollConcurrency, func(i int) error {
 		name := fmt.Sprintf("load-%05d", i)
-		key, csr, err := GenerateAgentKey(name)
+		key, csr, err := cpapi.GenerateAgentKey(name)
 		if err != nil {
 			return err
 		}
-		resp, err := enrollClient.Enroll(ctx, EnrollRequest{Token: tokens[i].Token, CSR: csr, Name: name, Version: "loadgen", OS: runtime.GOOS, Arch: runtime.GOARCH})
+		resp, err := enrollClient.Enroll(ctx, cpapi.EnrollRequest{Token: tokens[i].Token, CSR: csr, Name: name, Version: "loadgen", OS: runtime.GOOS, Arch: runtime.GOARCH})
 		if err != nil {
 			return fmt.Errorf("controlplane: load: enroll agent %d: %w", i, err)
 		}
-		cert, err := AgentCertificate(resp.Certificate, key)
+		cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 		if err != nil {
 			return err
 		}
 		conf := baseTLS.Clone()
 		conf.Certificates = []tls.Certificate{cert}
 		tr := &connTransport{addr: addr, conf: conf, timeout: opts.Timeout}
-		c, err := NewClient(ClientConfig{URL: opts.URL, Transport: tr, Timeout: opts.Timeout})
+		c, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, Transport: tr, Timeout: opts.Timeout})
 		if err != nil {
 			return err
 		}
@@ -309,8 +312,8 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	rep.EnrollSec = time.Since(start).Seconds()
 	opts.Logger.Info("load: enrolled", "agents", opts.Agents, "seconds", rep.EnrollSec)
 
-	hb := Heartbeat{Version: "loadgen", Health: &Health{Status: "ok"},
-		Resources: &Resources{CPUPercent: 12.5, Load1: 0.3, MemUsedBytes: 64 << 20, MemTotalBytes: 1 << 30, DiskUsedBytes: 1 << 30, DiskTotalBytes: 8 << 30, UptimeSeconds: 3600}}
+	hb := cpapi.Heartbeat{Version: "loadgen", Health: &cpapi.Health{Status: "ok"},
+		Resources: &cpapi.Resources{CPUPercent: 12.5, Load1: 0.3, MemUsedBytes: 64 << 20, MemTotalBytes: 1 << 30, DiskUsedBytes: 1 << 30, DiskTotalBytes: 8 << 30, UptimeSeconds: 3600}}
 
 	// Connect: each agent's first heartbeat opens its connection.
 	start = time.Now()
@@ -384,7 +387,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		period = time.Nanosecond
 	}
 	var skipped int64
-	cpuBefore, serverCPUBefore := ProcessCPUSeconds(), -1.0
+	cpuBefore, serverCPUBefore := procstat.CPUSeconds(), -1.0
 	bucketsBefore, _ := heartbeatHistogram(ctx, admin)
 	if st, err := admin.ServerStatus(ctx); err == nil {
 		serverCPUBefore = st.CPUSeconds
@@ -458,9 +461,9 @@ schedule:
 	if after, err := heartbeatHistogram(ctx, admin); err == nil && bucketsBefore != nil {
 		rep.ServerP99UpperMS = histogramQuantileUpper(bucketsBefore, after, 0.99) * 1000
 	}
-	rep.LoadRSSBytes = ProcessRSS()
+	rep.LoadRSSBytes = procstat.RSS()
 	if rep.Heartbeats > 0 {
-		rep.LoadCPUPerBeatMS = (ProcessCPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
+		rep.LoadCPUPerBeatMS = (procstat.CPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
 	}
 	if st, err := admin.ServerStatus(ctx); err == nil {
 		if serverCPUBefore >= 0 && rep.Heartbeats > 0 {
@@ -468,7 +471,7 @@ schedule:
 		}
 		rep.ServerRSSBytes = st.RSSBytes
 		rep.ServerHeapBytes, rep.ServerStackBytes = st.HeapBytes, st.StackBytes
-		rep.OnlineAtEnd = st.Agents[StateOnline]
+		rep.OnlineAtEnd = st.Agents[cpapi.StateOnline]
 	} else {
 		opts.Logger.Warn("load: server status unavailable", "err", err)
 	}
@@ -518,7 +521,7 @@ const heartbeatRoute = "POST /v1/agents/self/heartbeat"
 // heartbeatHistogram reads the cumulative bucket counts of the server's
 // heartbeat latency histogram from /metrics, keyed by upper bound in
 // seconds.
-func heartbeatHistogram(ctx context.Context, c *Client) (map[float64]float64, error) {
+func heartbeatHistogram(ctx context.Context, c *cpapi.Client) (map[float64]float64, error) {
 	text, err := c.Metrics(ctx)
 	if err != nil {
 		return nil, err

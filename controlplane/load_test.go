@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // TestMain lets the test binary double as a standalone control plane for
@@ -77,7 +79,7 @@ func TestRunHeartbeatLoadSmall(t *testing.T) {
 	if rep.OnlineAtEnd != 20 || rep.ServerRSSBytes <= 0 || rep.ServerP99UpperMS <= 0 {
 		t.Errorf("report %+v", rep)
 	}
-	agents, err := e.admin.ListAgents(e.ctx(), AgentFilter{Labels: []string{"loadtest=true"}})
+	agents, err := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{Labels: []string{"loadtest=true"}})
 	if err != nil || len(agents) != 20 {
 		t.Fatalf("%d load agents, %v", len(agents), err)
 	}
@@ -93,35 +95,35 @@ func TestRunHeartbeatLoadSmall(t *testing.T) {
 func TestConnTransportReconnects(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("rc", nil)
-	conf, err := ClientTLSConfig(e.srv.CAPEM(), &a.cert)
+	conf, err := cpapi.ClientTLSConfig(e.srv.CAPEM(), &a.cert)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conf.ServerName = "127.0.0.1"
 	tr := &connTransport{addr: e.srv.Addr().String(), conf: conf, timeout: 5 * time.Second}
 	defer tr.Close()
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), Transport: tr})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), Transport: tr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
 	first := tr.conn
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
 	if tr.conn != first {
 		t.Error("connection not reused")
 	}
 	tr.Close()
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatalf("after close: %v", err)
 	}
 	// Error answers are read fully and keep the connection usable.
-	_, err = c.UploadTelemetry(e.ctx(), TelemetryBatch{})
+	_, err = c.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{})
 	wantStatus(t, err, 400)
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
 }

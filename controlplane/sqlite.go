@@ -15,6 +15,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // schemaVersion is stored in PRAGMA user_version.
@@ -429,11 +431,11 @@ func unmarshalLabels(s string) (map[string]string, error) {
 
 func marshalNullable(v any) sql.NullString {
 	switch x := v.(type) {
-	case *Health:
+	case *cpapi.Health:
 		if x == nil {
 			return sql.NullString{}
 		}
-	case *Resources:
+	case *cpapi.Resources:
 		if x == nil {
 			return sql.NullString{}
 		}
@@ -446,14 +448,14 @@ func marshalNullable(v any) sql.NullString {
 }
 
 // appendAudit appends e to the chain inside tx.
-func (s *SQLiteStore) appendAudit(ctx context.Context, tx *sql.Tx, e AuditEntry) (AuditRecord, error) {
+func (s *SQLiteStore) appendAudit(ctx context.Context, tx *sql.Tx, e AuditEntry) (cpapi.AuditRecord, error) {
 	var seq int64
 	prev := GenesisHash
 	err := tx.StmtContext(ctx, s.stAuditHead).QueryRowContext(ctx).Scan(&seq, &prev)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return AuditRecord{}, fmt.Errorf("controlplane: audit head: %w", err)
+		return cpapi.AuditRecord{}, fmt.Errorf("controlplane: audit head: %w", err)
 	}
-	rec := AuditRecord{
+	rec := cpapi.AuditRecord{
 		Seq:      seq + 1,
 		Time:     fromNanos(nanos(e.Time)),
 		Actor:    e.Actor,
@@ -464,17 +466,17 @@ func (s *SQLiteStore) appendAudit(ctx context.Context, tx *sql.Tx, e AuditEntry)
 	}
 	rec.Hash = AuditHash(rec)
 	if _, err := tx.StmtContext(ctx, s.stAuditPut).ExecContext(ctx, rec.Seq, nanos(rec.Time), rec.Actor, rec.Action, rec.Target, rec.Result, rec.PrevHash, rec.Hash); err != nil {
-		return AuditRecord{}, fmt.Errorf("controlplane: append audit: %w", err)
+		return cpapi.AuditRecord{}, fmt.Errorf("controlplane: append audit: %w", err)
 	}
 	if _, err := tx.StmtContext(ctx, s.stAuditMove).ExecContext(ctx, rec.Seq, rec.Hash); err != nil {
-		return AuditRecord{}, fmt.Errorf("controlplane: append audit: %w", err)
+		return cpapi.AuditRecord{}, fmt.Errorf("controlplane: append audit: %w", err)
 	}
 	return rec, nil
 }
 
 // AppendAudit appends one record in its own transaction.
-func (s *SQLiteStore) AppendAudit(ctx context.Context, e AuditEntry) (AuditRecord, error) {
-	var rec AuditRecord
+func (s *SQLiteStore) AppendAudit(ctx context.Context, e AuditEntry) (cpapi.AuditRecord, error) {
+	var rec cpapi.AuditRecord
 	err := s.inTx(ctx, "append audit", func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		rec, err = s.appendAudit(ctx, tx, e)
@@ -484,7 +486,7 @@ func (s *SQLiteStore) AppendAudit(ctx context.Context, e AuditEntry) (AuditRecor
 }
 
 // ListAudit returns up to limit records after afterSeq.
-func (s *SQLiteStore) ListAudit(ctx context.Context, afterSeq int64, limit int) ([]AuditRecord, error) {
+func (s *SQLiteStore) ListAudit(ctx context.Context, afterSeq int64, limit int) ([]cpapi.AuditRecord, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -494,9 +496,9 @@ func (s *SQLiteStore) ListAudit(ctx context.Context, afterSeq int64, limit int) 
 		return nil, fmt.Errorf("controlplane: list audit: %w", err)
 	}
 	defer rows.Close()
-	out := []AuditRecord{}
+	out := []cpapi.AuditRecord{}
 	for rows.Next() {
-		var r AuditRecord
+		var r cpapi.AuditRecord
 		var t int64
 		if err := rows.Scan(&r.Seq, &t, &r.Actor, &r.Action, &r.Target, &r.Result, &r.PrevHash, &r.Hash); err != nil {
 			return nil, fmt.Errorf("controlplane: list audit: %w", err)
@@ -525,7 +527,7 @@ func (s *SQLiteStore) AuditHead(ctx context.Context) (int64, string, error) {
 }
 
 // CreateEnrollmentTokens stores tokens.
-func (s *SQLiteStore) CreateEnrollmentTokens(ctx context.Context, tokens []EnrollmentToken, audit AuditEntry) error {
+func (s *SQLiteStore) CreateEnrollmentTokens(ctx context.Context, tokens []cpapi.EnrollmentToken, audit AuditEntry) error {
 	return s.inTx(ctx, "create enrollment tokens", func(ctx context.Context, tx *sql.Tx) error {
 		st, err := tx.PrepareContext(ctx, `INSERT INTO enrollment_tokens (id, hash, labels, created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?)`)
 		if err != nil {
@@ -544,8 +546,8 @@ func (s *SQLiteStore) CreateEnrollmentTokens(ctx context.Context, tokens []Enrol
 
 const enrollmentColumns = `id, hash, labels, created_at, created_by, expires_at, used_at, used_by`
 
-func scanEnrollmentToken(sc interface{ Scan(...any) error }, now time.Time) (EnrollmentToken, error) {
-	var t EnrollmentToken
+func scanEnrollmentToken(sc interface{ Scan(...any) error }, now time.Time) (cpapi.EnrollmentToken, error) {
+	var t cpapi.EnrollmentToken
 	var labels string
 	var created, expires int64
 	var used sql.NullInt64
@@ -570,7 +572,7 @@ func scanEnrollmentToken(sc interface{ Scan(...any) error }, now time.Time) (Enr
 }
 
 // ListEnrollmentTokens returns every enrollment token, newest first.
-func (s *SQLiteStore) ListEnrollmentTokens(ctx context.Context, now time.Time) ([]EnrollmentToken, error) {
+func (s *SQLiteStore) ListEnrollmentTokens(ctx context.Context, now time.Time) ([]cpapi.EnrollmentToken, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -579,7 +581,7 @@ func (s *SQLiteStore) ListEnrollmentTokens(ctx context.Context, now time.Time) (
 		return nil, fmt.Errorf("controlplane: list enrollment tokens: %w", err)
 	}
 	defer rows.Close()
-	out := []EnrollmentToken{}
+	out := []cpapi.EnrollmentToken{}
 	for rows.Next() {
 		t, err := scanEnrollmentToken(rows, now)
 		if err != nil {
@@ -594,13 +596,13 @@ func (s *SQLiteStore) ListEnrollmentTokens(ctx context.Context, now time.Time) (
 }
 
 // LookupEnrollmentToken finds a token by digest.
-func (s *SQLiteStore) LookupEnrollmentToken(ctx context.Context, hash string) (EnrollmentToken, error) {
+func (s *SQLiteStore) LookupEnrollmentToken(ctx context.Context, hash string) (cpapi.EnrollmentToken, error) {
 	if err := s.check(); err != nil {
-		return EnrollmentToken{}, err
+		return cpapi.EnrollmentToken{}, err
 	}
 	t, err := scanEnrollmentToken(s.r.QueryRowContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollment_tokens WHERE hash = ?`, hash), time.Time{})
 	if errors.Is(err, sql.ErrNoRows) {
-		return t, fmt.Errorf("controlplane: enrollment token: %w", ErrNotFound)
+		return t, fmt.Errorf("controlplane: enrollment token: %w", cpapi.ErrNotFound)
 	}
 	if err != nil {
 		return t, fmt.Errorf("controlplane: lookup enrollment token: %w", err)
@@ -609,7 +611,7 @@ func (s *SQLiteStore) LookupEnrollmentToken(ctx context.Context, hash string) (E
 }
 
 // EnrollAgent consumes the token and inserts the agent atomically.
-func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a Agent, now time.Time, audit AuditEntry) error {
+func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a cpapi.Agent, now time.Time, audit AuditEntry) error {
 	return s.inTx(ctx, "enroll", func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE enrollment_tokens SET used_at = ?, used_by = ?
 			WHERE id = ? AND used_at IS NULL AND expires_at > ?`, nanos(now), a.ID, tokenID, nanos(now))
@@ -622,7 +624,7 @@ func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a Agent, 
 			err := tx.QueryRowContext(ctx, `SELECT used_at, expires_at FROM enrollment_tokens WHERE id = ?`, tokenID).Scan(&used, &expires)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
-				return fmt.Errorf("controlplane: enroll: token %s: %w", tokenID, ErrNotFound)
+				return fmt.Errorf("controlplane: enroll: token %s: %w", tokenID, cpapi.ErrNotFound)
 			case err != nil:
 				return fmt.Errorf("controlplane: enroll: %w", err)
 			case used.Valid:
@@ -654,8 +656,8 @@ func nilIfEmpty(b []byte) any {
 const agentColumns = `id, name, labels, version, os, arch, first_seen, last_seen, health, resources,
 	cert_serial, cert_not_after, enrollment_token_id, decommissioned_at`
 
-func scanAgent(sc interface{ Scan(...any) error }, extra ...any) (Agent, error) {
-	var a Agent
+func scanAgent(sc interface{ Scan(...any) error }, extra ...any) (cpapi.Agent, error) {
+	var a cpapi.Agent
 	var labels string
 	var first, last, notAfter int64
 	var health, resources sql.NullString
@@ -671,13 +673,13 @@ func scanAgent(sc interface{ Scan(...any) error }, extra ...any) (Agent, error) 
 	}
 	a.FirstSeen, a.LastSeen, a.CertNotAfter, a.DecommissionedAt = fromNanos(first), fromNanos(last), fromNanos(notAfter), timePtr(decom)
 	if health.Valid {
-		a.Health = new(Health)
+		a.Health = new(cpapi.Health)
 		if err := json.Unmarshal([]byte(health.String), a.Health); err != nil {
 			return a, fmt.Errorf("controlplane: stored health of %s: %w", a.ID, err)
 		}
 	}
 	if resources.Valid {
-		a.Resources = new(Resources)
+		a.Resources = new(cpapi.Resources)
 		if err := json.Unmarshal([]byte(resources.String), a.Resources); err != nil {
 			return a, fmt.Errorf("controlplane: stored resources of %s: %w", a.ID, err)
 		}
@@ -687,11 +689,11 @@ func scanAgent(sc interface{ Scan(...any) error }, extra ...any) (Agent, error) 
 
 func (s *SQLiteStore) getAgent(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, id string) (Agent, error) {
+}, id string) (cpapi.Agent, error) {
 	var xw, md []byte
 	a, err := scanAgent(q.QueryRowContext(ctx, `SELECT `+agentColumns+`, xwing_public, mldsa_public FROM agents WHERE id = ?`, id), &xw, &md)
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, fmt.Errorf("controlplane: agent %q: %w", id, ErrNotFound)
+		return a, fmt.Errorf("controlplane: agent %q: %w", id, cpapi.ErrNotFound)
 	}
 	if err != nil {
 		return a, fmt.Errorf("controlplane: get agent %q: %w", id, err)
@@ -701,15 +703,15 @@ func (s *SQLiteStore) getAgent(ctx context.Context, q interface {
 }
 
 // GetAgent returns one agent with its public keys.
-func (s *SQLiteStore) GetAgent(ctx context.Context, id string) (Agent, error) {
+func (s *SQLiteStore) GetAgent(ctx context.Context, id string) (cpapi.Agent, error) {
 	if err := s.check(); err != nil {
-		return Agent{}, err
+		return cpapi.Agent{}, err
 	}
 	return s.getAgent(ctx, s.r, id)
 }
 
 // ListAgents returns all agents ordered by id.
-func (s *SQLiteStore) ListAgents(ctx context.Context) ([]Agent, error) {
+func (s *SQLiteStore) ListAgents(ctx context.Context) ([]cpapi.Agent, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -718,7 +720,7 @@ func (s *SQLiteStore) ListAgents(ctx context.Context) ([]Agent, error) {
 		return nil, fmt.Errorf("controlplane: list agents: %w", err)
 	}
 	defer rows.Close()
-	out := []Agent{}
+	out := []cpapi.Agent{}
 	for rows.Next() {
 		a, err := scanAgent(rows)
 		if err != nil {
@@ -739,7 +741,7 @@ func (s *SQLiteStore) agentGone(ctx context.Context, id string) error {
 	err := s.stGetAgentID.QueryRowContext(ctx, id).Scan(&decom)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return fmt.Errorf("controlplane: agent %q: %w", id, ErrNotFound)
+		return fmt.Errorf("controlplane: agent %q: %w", id, cpapi.ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("controlplane: agent %q: %w", id, err)
 	case decom.Valid:
@@ -751,13 +753,13 @@ func (s *SQLiteStore) agentGone(ctx context.Context, id string) error {
 // heartbeatReq is one heartbeat waiting for the group commit.
 type heartbeatReq struct {
 	id   string
-	hb   Heartbeat
+	hb   cpapi.Heartbeat
 	at   time.Time
 	done chan heartbeatRes
 }
 
 type heartbeatRes struct {
-	agent Agent
+	agent cpapi.Agent
 	err   error
 }
 
@@ -769,17 +771,17 @@ const maxHeartbeatGroup = 512
 // was running in a single transaction, so that with synchronous=FULL a
 // thousand heartbeats per second cost tens of fsyncs, not a thousand.
 // The call returns once its heartbeat is committed.
-func (s *SQLiteStore) RecordHeartbeat(ctx context.Context, id string, hb Heartbeat, at time.Time) (Agent, error) {
+func (s *SQLiteStore) RecordHeartbeat(ctx context.Context, id string, hb cpapi.Heartbeat, at time.Time) (cpapi.Agent, error) {
 	if err := s.check(); err != nil {
-		return Agent{}, err
+		return cpapi.Agent{}, err
 	}
 	req := &heartbeatReq{id: id, hb: hb, at: at, done: make(chan heartbeatRes, 1)}
 	select {
 	case s.hbQueue <- req:
 	case <-s.hbStopped:
-		return Agent{}, ErrClosed
+		return cpapi.Agent{}, ErrClosed
 	case <-ctx.Done():
-		return Agent{}, ctx.Err()
+		return cpapi.Agent{}, ctx.Err()
 	}
 	var res heartbeatRes
 	select {
@@ -789,17 +791,17 @@ func (s *SQLiteStore) RecordHeartbeat(ctx context.Context, id string, hb Heartbe
 		select {
 		case res = <-req.done:
 		default:
-			return Agent{}, ErrClosed
+			return cpapi.Agent{}, ErrClosed
 		}
 	}
 	if errors.Is(res.err, sql.ErrNoRows) {
 		if gone := s.agentGone(context.WithoutCancel(ctx), id); gone != nil {
-			return Agent{}, gone
+			return cpapi.Agent{}, gone
 		}
-		return Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, ErrNotFound)
+		return cpapi.Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, cpapi.ErrNotFound)
 	}
 	if res.err != nil {
-		return Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, res.err)
+		return cpapi.Agent{}, fmt.Errorf("controlplane: heartbeat %q: %w", id, res.err)
 	}
 	return res.agent, nil
 }
@@ -886,8 +888,8 @@ func (s *SQLiteStore) writeHeartbeats(group []*heartbeatReq) {
 }
 
 // UpdateAgentLabels edits labels.
-func (s *SQLiteStore) UpdateAgentLabels(ctx context.Context, id string, set map[string]string, remove []string, audit AuditEntry) (Agent, error) {
-	var out Agent
+func (s *SQLiteStore) UpdateAgentLabels(ctx context.Context, id string, set map[string]string, remove []string, audit AuditEntry) (cpapi.Agent, error) {
+	var out cpapi.Agent
 	err := s.inTx(ctx, "update labels", func(ctx context.Context, tx *sql.Tx) error {
 		a, err := s.getAgent(ctx, tx, id)
 		if err != nil {
@@ -916,8 +918,8 @@ func (s *SQLiteStore) UpdateAgentLabels(ctx context.Context, id string, set map[
 
 // DecommissionAgent marks an agent decommissioned and revokes its
 // certificate.
-func (s *SQLiteStore) DecommissionAgent(ctx context.Context, id string, at time.Time, audit AuditEntry) (Agent, error) {
-	var out Agent
+func (s *SQLiteStore) DecommissionAgent(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.Agent, error) {
+	var out cpapi.Agent
 	err := s.inTx(ctx, "decommission", func(ctx context.Context, tx *sql.Tx) error {
 		a, err := s.getAgent(ctx, tx, id)
 		if err != nil {
@@ -969,10 +971,10 @@ func (s *SQLiteStore) RevokedSerials(ctx context.Context) ([]string, error) {
 }
 
 // IngestTelemetry stores a batch once per (agent, batch_seq).
-func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b TelemetryBatch, receivedAt time.Time) (IngestResult, error) {
-	res := IngestResult{BatchSeq: b.BatchSeq}
+func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b cpapi.TelemetryBatch, receivedAt time.Time) (cpapi.IngestResult, error) {
+	res := cpapi.IngestResult{BatchSeq: b.BatchSeq}
 	if b.BatchSeq > 1<<63-1 {
-		return res, fmt.Errorf("controlplane: batch_seq %d out of range: %w", b.BatchSeq, ErrBadRequest)
+		return res, fmt.Errorf("controlplane: batch_seq %d out of range: %w", b.BatchSeq, cpapi.ErrBadRequest)
 	}
 	var added map[seriesKey]int64
 	err := s.inTx(ctx, "ingest telemetry", func(ctx context.Context, tx *sql.Tx) error {
@@ -1040,7 +1042,7 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 		return nil
 	})
 	if err != nil {
-		return IngestResult{BatchSeq: b.BatchSeq}, err
+		return cpapi.IngestResult{BatchSeq: b.BatchSeq}, err
 	}
 	if len(added) > 0 {
 		s.seriesMu.Lock()
@@ -1057,8 +1059,8 @@ func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b Tel
 const maxQuerySeries = 1000
 
 // QueryTelemetry answers a query from the read pool.
-func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (TelemetryResult, error) {
-	res := TelemetryResult{From: q.From.UTC(), To: q.To.UTC(), Series: []Series{}}
+func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q cpapi.TelemetryQuery) (cpapi.TelemetryResult, error) {
+	res := cpapi.TelemetryResult{From: q.From.UTC(), To: q.To.UTC(), Series: []cpapi.Series{}}
 	if err := s.check(); err != nil {
 		return res, err
 	}
@@ -1084,7 +1086,7 @@ func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (Tel
 	}
 	type sel struct {
 		id int64
-		s  Series
+		s  cpapi.Series
 	}
 	var sels []sel
 	for rows.Next() {
@@ -1100,7 +1102,7 @@ func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (Tel
 		return res, fmt.Errorf("controlplane: query telemetry: series: %w", err)
 	}
 	if len(sels) > maxQuerySeries {
-		return res, fmt.Errorf("controlplane: query matches more than %d series; filter by agent, device or metric: %w", maxQuerySeries, ErrBadRequest)
+		return res, fmt.Errorf("controlplane: query matches more than %d series; filter by agent, device or metric: %w", maxQuerySeries, cpapi.ErrBadRequest)
 	}
 	from, to := nanos(q.From), nanos(q.To)
 	remaining := q.Limit
@@ -1114,7 +1116,7 @@ func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (Tel
 			}
 			for rows.Next() {
 				var bi int64
-				var bk Bucket
+				var bk cpapi.Bucket
 				if err := rows.Scan(&bi, &bk.Min, &bk.Max, &bk.Avg, &bk.Count); err != nil {
 					rows.Close()
 					return res, fmt.Errorf("controlplane: query telemetry: buckets: %w", err)
@@ -1138,7 +1140,7 @@ func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (Tel
 			}
 			for rows.Next() {
 				var ts int64
-				var p Point
+				var p cpapi.Point
 				if err := rows.Scan(&ts, &p.Value); err != nil {
 					rows.Close()
 					return res, fmt.Errorf("controlplane: query telemetry: points: %w", err)
@@ -1165,8 +1167,8 @@ func (s *SQLiteStore) QueryTelemetry(ctx context.Context, q TelemetryQuery) (Tel
 
 const apiTokenColumns = `id, hash, name, role, created_at, created_by, expires_at, revoked_at`
 
-func scanAPIToken(sc interface{ Scan(...any) error }) (APIToken, error) {
-	var t APIToken
+func scanAPIToken(sc interface{ Scan(...any) error }) (cpapi.APIToken, error) {
+	var t cpapi.APIToken
 	var created int64
 	var expires, revoked sql.NullInt64
 	if err := sc.Scan(&t.ID, &t.Hash, &t.Name, &t.Role, &created, &t.CreatedBy, &expires, &revoked); err != nil {
@@ -1177,7 +1179,7 @@ func scanAPIToken(sc interface{ Scan(...any) error }) (APIToken, error) {
 }
 
 // CreateAPIToken stores a token.
-func (s *SQLiteStore) CreateAPIToken(ctx context.Context, t APIToken, audit AuditEntry) error {
+func (s *SQLiteStore) CreateAPIToken(ctx context.Context, t cpapi.APIToken, audit AuditEntry) error {
 	return s.inTx(ctx, "create api token", func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (`+apiTokenColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`,
 			t.ID, t.Hash, t.Name, string(t.Role), nanos(t.CreatedAt), t.CreatedBy, nullNanos(t.ExpiresAt)); err != nil {
@@ -1189,7 +1191,7 @@ func (s *SQLiteStore) CreateAPIToken(ctx context.Context, t APIToken, audit Audi
 }
 
 // ListAPITokens returns all tokens, newest first.
-func (s *SQLiteStore) ListAPITokens(ctx context.Context) ([]APIToken, error) {
+func (s *SQLiteStore) ListAPITokens(ctx context.Context) ([]cpapi.APIToken, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -1198,7 +1200,7 @@ func (s *SQLiteStore) ListAPITokens(ctx context.Context) ([]APIToken, error) {
 		return nil, fmt.Errorf("controlplane: list api tokens: %w", err)
 	}
 	defer rows.Close()
-	out := []APIToken{}
+	out := []cpapi.APIToken{}
 	for rows.Next() {
 		t, err := scanAPIToken(rows)
 		if err != nil {
@@ -1213,13 +1215,13 @@ func (s *SQLiteStore) ListAPITokens(ctx context.Context) ([]APIToken, error) {
 }
 
 // LookupAPIToken finds a token by digest.
-func (s *SQLiteStore) LookupAPIToken(ctx context.Context, hash string) (APIToken, error) {
+func (s *SQLiteStore) LookupAPIToken(ctx context.Context, hash string) (cpapi.APIToken, error) {
 	if err := s.check(); err != nil {
-		return APIToken{}, err
+		return cpapi.APIToken{}, err
 	}
 	t, err := scanAPIToken(s.r.QueryRowContext(ctx, `SELECT `+apiTokenColumns+` FROM api_tokens WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
-		return t, fmt.Errorf("controlplane: api token: %w", ErrNotFound)
+		return t, fmt.Errorf("controlplane: api token: %w", cpapi.ErrNotFound)
 	}
 	if err != nil {
 		return t, fmt.Errorf("controlplane: lookup api token: %w", err)
@@ -1228,18 +1230,18 @@ func (s *SQLiteStore) LookupAPIToken(ctx context.Context, hash string) (APIToken
 }
 
 // RevokeAPIToken marks a token revoked; revoking twice is a conflict.
-func (s *SQLiteStore) RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (APIToken, error) {
-	var out APIToken
+func (s *SQLiteStore) RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.APIToken, error) {
+	var out cpapi.APIToken
 	err := s.inTx(ctx, "revoke api token", func(ctx context.Context, tx *sql.Tx) error {
 		t, err := scanAPIToken(tx.QueryRowContext(ctx, `SELECT `+apiTokenColumns+` FROM api_tokens WHERE id = ?`, id))
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("controlplane: api token %q: %w", id, ErrNotFound)
+			return fmt.Errorf("controlplane: api token %q: %w", id, cpapi.ErrNotFound)
 		}
 		if err != nil {
 			return fmt.Errorf("controlplane: revoke api token %q: %w", id, err)
 		}
 		if t.RevokedAt != nil {
-			return fmt.Errorf("controlplane: api token %q already revoked at %s: %w", id, t.RevokedAt.Format(time.RFC3339), ErrConflict)
+			return fmt.Errorf("controlplane: api token %q already revoked at %s: %w", id, t.RevokedAt.Format(time.RFC3339), cpapi.ErrConflict)
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE api_tokens SET revoked_at = ? WHERE id = ?`, nanos(at), id); err != nil {
 			return fmt.Errorf("controlplane: revoke api token %q: %w", id, err)
