@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -230,4 +231,20 @@ func wantStatus(t *testing.T, err error, status int) *cpapi.APIError {
 		t.Fatalf("want HTTP %d, got %d: %s", status, ae.Status, ae.Message)
 	}
 	return ae
+}
+
+// seriesBatch is one telemetry batch of size readings over series
+// (device, metric) pairs, one reading per series per second from start.
+func seriesBatch(size, series int, start time.Time) cpapi.TelemetryBatch {
+	b := cpapi.TelemetryBatch{BatchSeq: 1, Readings: make([]cpapi.Reading, size)}
+	for k := range b.Readings {
+		s := k % series
+		b.Readings[k] = cpapi.Reading{
+			Device: fmt.Sprintf("device-%02d", s/4),
+			Metric: [...]string{"temperature", "humidity", "co2", "light"}[s%4],
+			TS:     start.Add(time.Duration(k/series) * time.Second),
+			Value:  float64(k%1000) / 10,
+		}
+	}
+	return b
 }

@@ -36,16 +36,15 @@ func OpenAPI() []byte { return bytes.Clone(openAPIDoc) }
 
 // Limits on request values.
 const (
-	maxLabels          = 64
-	maxLabelKeyLen     = 63
-	maxLabelValueLen   = 255
-	maxFieldLen        = 128
-	maxTokensPerCreate = 1000
-	maxAuditPage       = 1000
-	defaultAuditPage   = 100
-	defaultPointLimit  = 10000
-	maxPointLimit      = 100000
-	maxBuckets         = 100000
+	maxLabels         = 64
+	maxLabelKeyLen    = 63
+	maxLabelValueLen  = 255
+	maxFieldLen       = 128
+	maxAuditPage      = 1000
+	defaultAuditPage  = 100
+	defaultPointLimit = 10000
+	maxPointLimit     = 100000
+	maxBuckets        = 100000
 )
 
 func (s *Server) buildRoutes() []route {
@@ -173,8 +172,8 @@ func (s *Server) handleCreateEnrollmentTokens(w http.ResponseWriter, r *http.Req
 	if count == 0 {
 		count = 1
 	}
-	if count < 0 || count > maxTokensPerCreate {
-		return badRequest("count: %d out of range 1..%d", req.Count, maxTokensPerCreate)
+	if count < 0 || count > cpapi.MaxEnrollmentTokensPerRequest {
+		return badRequest("count: %d out of range 1..%d", req.Count, cpapi.MaxEnrollmentTokensPerRequest)
 	}
 	if req.Labels == nil {
 		req.Labels = map[string]string{}

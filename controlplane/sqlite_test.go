@@ -109,7 +109,7 @@ func TestStoreIngestChunksAndDuplicates(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	// A batch larger than one insert chunk plus a remainder, two series.
-	b := benchBatches(1, readingsChunk*2+7, 2, now)[0]
+	b := seriesBatch(readingsChunk*2+7, 2, now)
 	res, err := st.IngestTelemetry(ctx, "ag_x", b, now)
 	if err != nil || res.Accepted != len(b.Readings) {
 		t.Fatalf("%+v %v", res, err)
@@ -158,7 +158,7 @@ func TestBackgroundCheckpointCopiesWALIntoDatabase(t *testing.T) {
 	}
 	before := size()
 	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	if _, err := st.IngestTelemetry(context.Background(), "ag_cp", benchBatches(1, 5000, 10, now)[0], now); err != nil {
+	if _, err := st.IngestTelemetry(context.Background(), "ag_cp", seriesBatch(5000, 10, now), now); err != nil {
 		t.Fatal(err)
 	}
 	// Commits do not checkpoint (wal_autocheckpoint is off); the

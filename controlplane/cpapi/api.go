@@ -14,9 +14,12 @@ type CreateEnrollmentTokensRequest struct {
 	// Labels are given to every agent enrolled with these tokens.
 	Labels map[string]string `json:"labels,omitempty"`
 	// Count is how many single-use tokens to make (default 1, at most
-	// 1000).
+	// MaxEnrollmentTokensPerRequest).
 	Count int `json:"count,omitempty"`
 }
+
+// MaxEnrollmentTokensPerRequest bounds CreateEnrollmentTokensRequest.Count.
+const MaxEnrollmentTokensPerRequest = 1000
 
 // NewEnrollmentToken is an enrollment token with its secret, shown only in
 // the answer to its creation.

@@ -6,10 +6,9 @@ import (
 	"testing"
 )
 
-// TestAgentLinksNoServer: the agent reaches the control plane through this
-// package only, so none of the server (its store, its key service) is
-// linked into edge-agent.
-func TestAgentLinksNoServer(t *testing.T) {
+// goListDeps returns the packages the patterns depend on.
+func goListDeps(t *testing.T, patterns ...string) []string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
@@ -17,13 +16,31 @@ func TestAgentLinksNoServer(t *testing.T) {
 	if err != nil {
 		t.Skip("no go command")
 	}
-	out, err := exec.Command(goBin, "list", "-deps", "github.com/edgefleet/edgefleet/agent/...").Output()
+	out, err := exec.Command(goBin, append([]string{"list", "-deps"}, patterns...)...).Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
-	for _, p := range strings.Fields(string(out)) {
+	return strings.Fields(string(out))
+}
+
+// TestAgentLinksNoServer: the agent reaches the control plane through this
+// package only, so none of the server (its store, its key service) is
+// linked into edge-agent.
+func TestAgentLinksNoServer(t *testing.T) {
+	for _, p := range goListDeps(t, "github.com/edgefleet/edgefleet/agent/...") {
 		if p == "github.com/edgefleet/edgefleet/controlplane" {
 			t.Errorf("the agent depends on the control plane server (%s)", p)
+		}
+	}
+}
+
+// TestNoBenchHarnessInProduction: the measurement harnesses (package bench
+// and below, the Mosquitto test helper) are linked by the bench commands
+// only, never by the agent or the control plane.
+func TestNoBenchHarnessInProduction(t *testing.T) {
+	for _, p := range goListDeps(t, "github.com/edgefleet/edgefleet/agent/...", "github.com/edgefleet/edgefleet/controlplane/...") {
+		if strings.HasPrefix(p, "github.com/edgefleet/edgefleet/bench") || p == "github.com/edgefleet/edgefleet/internal/mqtttest" {
+			t.Errorf("agent or control plane depends on the harness %s", p)
 		}
 	}
 }

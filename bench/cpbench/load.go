@@ -1,4 +1,4 @@
-package controlplane
+package cpbench
 
 import (
 	"bufio"
@@ -103,7 +103,7 @@ type LoadReport struct {
 
 func (o *LoadOptions) setDefaults() error {
 	if o.URL == "" || o.AdminToken == "" {
-		return fmt.Errorf("%w: load: URL and AdminToken are required", ErrInvalidConfig)
+		return fmt.Errorf("%w: load: URL and AdminToken are required", ErrInvalidOptions)
 	}
 	if o.Agents == 0 {
 		o.Agents = 100
@@ -130,7 +130,7 @@ func (o *LoadOptions) setDefaults() error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Agents < 0 || o.Interval < 0 || o.Duration < 0 || o.EnrollConcurrency < 0 || o.Workers < 0 || o.Timeout < 0 {
-		return fmt.Errorf("%w: load: negative option", ErrInvalidConfig)
+		return fmt.Errorf("%w: load: negative option", ErrInvalidOptions)
 	}
 	return nil
 }
@@ -240,7 +240,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		TargetRate: float64(opts.Agents) / opts.Interval.Seconds()}
 	u, err := url.Parse(opts.URL)
 	if err != nil || u.Host == "" {
-		return rep, fmt.Errorf("%w: load: URL %q", ErrInvalidConfig, opts.URL)
+		return rep, fmt.Errorf("%w: load: URL %q", ErrInvalidOptions, opts.URL)
 	}
 	addr := u.Host
 	if u.Port() == "" {
@@ -263,10 +263,10 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	agents := make([]*loadAgent, opts.Agents)
 	var tokens []cpapi.NewEnrollmentToken
 	for len(tokens) < opts.Agents {
-		n := min(opts.Agents-len(tokens), maxTokensPerCreate)
+		n := min(opts.Agents-len(tokens), cpapi.MaxEnrollmentTokensPerRequest)
 		toks, err := admin.CreateEnrollmentTokens(ctx, time.Hour, opts.Labels, n)
 		if err != nil {
-			return rep, fmt.Errorf("controlplane: load: create enrollment tokens: %w", err)
+			return rep, fmt.Errorf("cpbench: load: create enrollment tokens: %w", err)
 		}
 		tokens = append(tokens, toks...)
 	}
@@ -283,7 +283,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		}
 		resp, err := enrollClient.Enroll(ctx, cpapi.EnrollRequest{Token: tokens[i].Token, CSR: csr, Name: name, Version: "loadgen", OS: runtime.GOOS, Arch: runtime.GOARCH})
 		if err != nil {
-			return fmt.Errorf("controlplane: load: enroll agent %d: %w", i, err)
+			return fmt.Errorf("cpbench: load: enroll agent %d: %w", i, err)
 		}
 		cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 		if err != nil {
@@ -321,7 +321,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		hctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 		defer cancel()
 		if _, err := agents[i].client.Heartbeat(hctx, hb); err != nil {
-			return fmt.Errorf("controlplane: load: first heartbeat of %s: %w", agents[i].id, err)
+			return fmt.Errorf("cpbench: load: first heartbeat of %s: %w", agents[i].id, err)
 		}
 		return nil
 	})
@@ -544,7 +544,7 @@ func heartbeatHistogram(ctx context.Context, c *cpapi.Client) (map[float64]float
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("controlplane: load: no heartbeat histogram in /metrics")
+		return nil, fmt.Errorf("cpbench: load: no heartbeat histogram in /metrics")
 	}
 	return out, nil
 }
