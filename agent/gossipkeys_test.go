@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"log"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -33,30 +33,6 @@ import (
 // time with the "test" profile.
 
 var gkEpoch = time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)
-
-// gkClock is a settable clock.
-type gkClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *gkClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *gkClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *gkClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func gkRand(seed uint64) io.Reader {
 	var s [32]byte
@@ -160,7 +136,7 @@ func (d *gkDelegate) leaveEvents() []string {
 type gkFleet struct {
 	t         *testing.T
 	ctx       context.Context
-	clock     *gkClock
+	clock     *clock.Manual
 	now       func() time.Time
 	svc       *dkms.Service
 	bootstrap []byte
@@ -196,7 +172,7 @@ type gkNode struct {
 
 // newGKFleet starts a key service (dev mode, SQLite) and registers n agents.
 // A nil clock means the real clock.
-func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration) *gkFleet {
+func newGKFleet(t *testing.T, n int, clock *clock.Manual, grace, first time.Duration) *gkFleet {
 	t.Helper()
 	f := &gkFleet{
 		t: t, ctx: context.Background(), clock: clock, dir: t.TempDir(),
@@ -219,7 +195,7 @@ func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration)
 	}
 	cfg := dkms.Config{Store: store, SigningKey: signer, DevMode: true, Rand: gkRand(2), Logger: f.quiet}
 	if clock != nil {
-		cfg.Clock = clock.Now
+		cfg.Clock = clock
 	}
 	if f.svc, err = dkms.Open(f.ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -249,11 +225,15 @@ func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration)
 // openKeys (re)opens the node's dkms keyring from its file, as a restart does.
 func (n *gkNode) openKeys() {
 	n.f.t.Helper()
-	k, err := dkms.OpenAgentKeys(n.f.ctx, dkms.AgentConfig{
+	cfg := dkms.AgentConfig{
 		AgentID: n.name, PrivateKey: n.sk, ControlPlaneKey: n.f.svc.VerifyingKey(), DeviceKey: n.device,
 		Store: dkms.FileBlobStore{Path: filepath.Join(n.f.dir, n.name+".keyring")},
-		Clock: n.f.now, Rand: gkRand(99), Logger: n.f.quiet,
-	})
+		Rand:  gkRand(99), Logger: n.f.quiet,
+	}
+	if n.f.clock != nil {
+		cfg.Clock = n.f.clock
+	}
+	k, err := dkms.OpenAgentKeys(n.f.ctx, cfg)
 	if err != nil {
 		n.f.t.Fatal(err)
 	}
@@ -688,7 +668,7 @@ var gossipPolicy = dkms.Policy{AllAgents: true, InstallGrace: 20 * time.Second, 
 // bootstrap key's grace period over), at fake time gkEpoch+2m.
 func activeFleet(t *testing.T, n int, policy dkms.Policy) *gkFleet {
 	t.Helper()
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	f := newGKFleet(t, n, clock, 30*time.Second, time.Minute)
 	if _, err := f.svc.CreateKey(f.ctx, "gossip", dkms.PurposeGossip, policy); err != nil {
 		t.Fatal(err)
@@ -757,7 +737,7 @@ func TestGossipRotationUnderTraffic(t *testing.T) {
 // it, primary everywhere at the takeover (ActivateAt + FirstActivation),
 // the bootstrap key removed Grace later, with no split or failure.
 func TestGossipBootstrapToFirstVersion(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	f := newGKFleet(t, 4, clock, 30*time.Second, time.Minute)
 	f.startAll() // no gossip key at dkms yet: the bootstrap key serves
 	for _, n := range f.nodes {
@@ -954,7 +934,7 @@ func (s *gkScript) add(v uint32, created time.Time, install, remove time.Duratio
 
 func gkKey(v uint32) []byte { return bytes.Repeat([]byte{byte(v)}, 32) }
 
-func newScripted(t *testing.T, clock *gkClock, reg *prometheus.Registry) (*gossipRotator, *gkScript, *memberlist.Keyring, *testutil.SyncBuffer) {
+func newScripted(t *testing.T, clock *clock.Manual, reg *prometheus.Registry) (*gossipRotator, *gkScript, *memberlist.Keyring, *testutil.SyncBuffer) {
 	t.Helper()
 	boot := bytes.Repeat([]byte{0xb0}, 32)
 	kr, err := memberlist.NewKeyring(nil, boot)
@@ -1022,7 +1002,7 @@ func gkSteps(t *testing.T, reg *prometheus.Registry) string {
 // through the bootstrap era, the takeover, overlapping rotations and a
 // broken key source, applying twice at every point.
 func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	reg := prometheus.NewRegistry()
 	r, s, kr, logs := newScripted(t, clock, reg)
 	apply := func(want []uint32) {
@@ -1152,7 +1132,7 @@ func TestGossipRotatorApplyIdempotentNeverRemovesPrimary(t *testing.T) {
 
 // TestGossipRotatorJoinFailed classifies join errors.
 func TestGossipRotatorJoinFailed(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	r, _, _, logs := newScripted(t, clock, nil)
 	if r.joinFailed(nil) != nil {
 		t.Fatal("nil error classified")
@@ -1215,7 +1195,7 @@ func TestGossipRotatorConfig(t *testing.T) {
 // TestGossipRotatorRun drives run with a fake timer: it applies at once,
 // sleeps until Next, wakes on key messages, and retries after failures.
 func TestGossipRotatorRun(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	boot := bytes.Repeat([]byte{0xb0}, 32)
 	kr, _ := memberlist.NewKeyring(nil, boot)
 	s := &gkScript{}
@@ -1387,7 +1367,7 @@ func TestGossipRotatorRunLoopRealClock(t *testing.T) {
 // this fails if a removal shifts keys inside a slice GetKeys handed out;
 // the primary must be installed at every instant.
 func TestGossipRotatorRemovalDoesNotRaceDecryption(t *testing.T) {
-	clock := &gkClock{t: gkEpoch}
+	clock := clock.NewManual(gkEpoch)
 	r, s, kr, _ := newScripted(t, clock, nil)
 	s.add(1, gkEpoch, 0, 0)
 	clock.Set(gkEpoch.Add(2 * time.Minute))

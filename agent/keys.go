@@ -8,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/agent/uplink"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -50,7 +50,7 @@ type keyMaterial struct {
 	device *pqcrypto.DataKey
 	sk     *pqcrypto.PrivateKey
 	rand   io.Reader
-	clock  func() time.Time
+	clock  clock.Clock
 	log    *slog.Logger
 	reg    *prometheus.Registry
 
@@ -60,7 +60,7 @@ type keyMaterial struct {
 
 // openKeyMaterial loads DataDir/keys/, creating the device key and the
 // X-Wing key on first use.
-func openKeyMaterial(dataDir string, rnd io.Reader, clock func() time.Time, log *slog.Logger, reg *prometheus.Registry) (*keyMaterial, error) {
+func openKeyMaterial(dataDir string, rnd io.Reader, clk clock.Clock, log *slog.Logger, reg *prometheus.Registry) (*keyMaterial, error) {
 	dir := filepath.Join(dataDir, KeysDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: keys dir: %w", err)
@@ -78,7 +78,7 @@ func openKeyMaterial(dataDir string, rnd io.Reader, clock func() time.Time, log 
 	}
 	// The keyring seals from the uplink's two loops at once; an injected
 	// reader need not be safe for that.
-	k := &keyMaterial{dir: dir, device: device, rand: &lockedReader{r: rnd}, clock: clock, log: log, reg: reg}
+	k := &keyMaterial{dir: dir, device: device, rand: &lockedReader{r: rnd}, clock: clk, log: log, reg: reg}
 	if k.sk, err = k.loadOrCreateXWing(); err != nil {
 		return nil, err
 	}
@@ -221,11 +221,7 @@ func (a *Agent) fireKeysChanged() {
 // clock is the uplink's (key messages carry the control plane's time,
 // which the simulator compresses together with the uplink's).
 func (a *Agent) uplinkKeyring() (uplink.Keyring, error) {
-	clock := a.wall
-	if a.deps.UplinkClock != nil {
-		clock = a.deps.UplinkClock.Now
-	}
-	k, err := openKeyMaterial(a.cfg.DataDir, a.rnd, clock, a.log.With("component", "keys"), a.reg)
+	k, err := openKeyMaterial(a.cfg.DataDir, a.rnd, clock.Or(a.deps.UplinkClock), a.log.With("component", "keys"), a.reg)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
@@ -167,7 +168,7 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 			t.Errorf("%s: %v, mode %v, want %v", filepath.Join(keys, name), err, st.Mode().Perm(), perm)
 		}
 	}
-	km, err := openKeyMaterial(cfg.DataDir, seededRand("other"), time.Now, slog.New(slog.DiscardHandler), nil)
+	km, err := openKeyMaterial(cfg.DataDir, seededRand("other"), clock.Real(), slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +240,7 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 		t.Fatalf("control plane opens v2: %q %v", pt, err)
 	}
 
-	km, err := openKeyMaterial(stolen, seededRand("thief"), time.Now, slog.New(slog.DiscardHandler), nil)
+	km, err := openKeyMaterial(stolen, seededRand("thief"), clock.Real(), slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,32 +17,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
-// fakeClock is an injectable clock that moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	// Start at the real time so that certificates issued by the server
-	// are valid for clients verifying with the real clock.
-	return &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+// newFakeClock is a manual clock started at the real time, so that
+// certificates issued by the server are valid for clients verifying with
+// the real clock.
+func newFakeClock() *clock.Manual {
+	return clock.NewManual(time.Now().UTC().Truncate(time.Second))
 }
 
 // lockedRand is a deterministic, concurrency-safe io.Reader.
@@ -66,7 +50,7 @@ func (l *lockedRand) Read(p []byte) (int, error) {
 type testEnv struct {
 	t          *testing.T
 	dir        string
-	clock      *fakeClock
+	clock      *clock.Manual
 	srv        *Server
 	adminToken string
 	admin      *cpapi.Client
@@ -82,7 +66,7 @@ func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 		DataDir: e.dir,
 		Listen:  "127.0.0.1:0",
 		Logger:  slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Now:     e.clock.Now,
+		Clock:   e.clock,
 		Rand:    newTestRand(1),
 		SQLite:  SQLiteOptions{Synchronous: "NORMAL"},
 	}

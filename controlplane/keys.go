@@ -68,8 +68,9 @@ type KeyConfig struct {
 	// policy names none (default 30 days; negative: rotation on demand
 	// only).
 	RotationPeriod time.Duration
-	// CheckInterval is how often the server rotates keys that are due and
-	// applies revocations deferred while it was sealed (default 1m).
+	// CheckInterval is how often, on the server's Config.Clock, the server
+	// rotates keys that are due and applies revocations deferred while it
+	// was sealed (default 1m).
 	CheckInterval time.Duration
 	// MessageTTL is how long key messages to agents stay valid (default
 	// dkms.DefaultMessageTTL, 24h).
@@ -326,7 +327,7 @@ func (s *Server) openKeys(ctx context.Context) error {
 	}
 	svc, err := dkms.Open(dkms.WithActor(ctx, "system"), dkms.Config{
 		Store: ks.store, SigningKey: ks.signer, DevMode: kc.DevUnseal, MessageTTL: kc.MessageTTL,
-		Rand: s.cfg.Rand, Clock: s.cfg.Now, Logger: log, Auditor: dkms.AuditFunc(s.auditKeyEvent), Registry: s.cfg.Registry,
+		Rand: s.cfg.Rand, Clock: s.cfg.Clock, Logger: log, Auditor: dkms.AuditFunc(s.auditKeyEvent), Registry: s.cfg.Registry,
 	})
 	if err != nil {
 		ks.closeStore()
@@ -706,13 +707,13 @@ func (s *Server) startKeysLoop() {
 	ks.stop, ks.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(ks.done)
-		t := time.NewTicker(s.cfg.Keys.CheckInterval)
+		t := s.cfg.Clock.NewTicker(s.cfg.Keys.CheckInterval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ks.stop:
 				return
-			case <-t.C:
+			case <-t.C():
 				s.keysTick(context.Background())
 			}
 		}
@@ -735,7 +736,7 @@ func (s *Server) keysTick(ctx context.Context) {
 		return
 	}
 	s.ensureBuiltinKeys(ctx)
-	rotated, err := s.keys.svc.RotateDue(dkms.WithActor(ctx, "system:schedule"), s.cfg.Now())
+	rotated, err := s.keys.svc.RotateDue(dkms.WithActor(ctx, "system:schedule"), s.cfg.Clock.Now())
 	if err != nil {
 		s.log.Error("scheduled key rotation failed", "err", err)
 	}

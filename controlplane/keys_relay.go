@@ -271,7 +271,7 @@ func (s *Server) handleAgentKeysRelay(w http.ResponseWriter, r *http.Request, c 
 	if err != nil {
 		return fail(s.keyError(err))
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	grace := s.cfg.HeartbeatInterval
 	out := cpapi.AgentKeysRelayResponse{Entries: []cpapi.AgentKeysRelayEntry{}}
 	last := ""

@@ -110,7 +110,7 @@ func (e *keyEnv) openKeyring(a *pqAgent, path string) *dkms.AgentKeys {
 	e.t.Helper()
 	k, err := dkms.OpenAgentKeys(context.Background(), dkms.AgentConfig{
 		AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: a.cpKey, DeviceKey: a.device,
-		Store: dkms.FileBlobStore{Path: path}, Clock: e.clock.Now, Rand: newTestRand(7), Logger: e.cfg.Logger,
+		Store: dkms.FileBlobStore{Path: path}, Clock: e.clock, Rand: newTestRand(7), Logger: e.cfg.Logger,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -763,15 +763,23 @@ func TestKeysScheduledRotation(t *testing.T) {
 	}
 }
 
+// TestKeysSchedulerRunsOnTheCheckInterval: the background check ticks on
+// the server's clock, so an hour's interval passes when the clock says so.
 func TestKeysSchedulerRunsOnTheCheckInterval(t *testing.T) {
 	e := newKeyEnv(t, func(c *Config) {
 		c.Keys.DevUnseal = true
 		c.Keys.RotationPeriod = time.Minute
-		c.Keys.CheckInterval = 10 * time.Millisecond
+		c.Keys.CheckInterval = time.Hour
 	})
 	e.createKey("k", nil)
-	e.clock.Advance(2 * time.Minute)
 	deadline := time.Now().Add(10 * time.Second)
+	for e.clock.Waiters() == 0 { // the check's ticker
+		if time.Now().After(deadline) {
+			t.Fatal("the background check never started its ticker")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.clock.Advance(time.Hour)
 	for {
 		k, _ := e.srv.KeyService().Key(e.ctx(), "k")
 		if k.Latest >= 2 {

@@ -755,7 +755,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, c *call) e
 
 // Status reports the server's version, uptime, memory and agent counts.
 func (s *Server) Status(ctx context.Context) (cpapi.ServerStatus, error) {
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	agents, err := s.store.ListAgents(ctx)
 	if err != nil {
 		return cpapi.ServerStatus{}, err

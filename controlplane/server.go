@@ -62,7 +62,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{}}
-	now := cfg.Now()
+	now := cfg.Clock.Now()
 	s.started = now
 
 	ca, created, err := loadOrCreateCA(cfg.DataDir, now, cfg.Rand, s.log)
@@ -123,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 		Certificates: []tls.Certificate{serverCert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    ca.pool,
-		Time:         cfg.Now,
+		Time:         cfg.Clock.Now,
 		// CurvePreferences is left nil on purpose: Go's default prefers
 		// the hybrid post-quantum X25519MLKEM768 key exchange.
 	}
@@ -198,7 +198,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	tok := cpapi.APIToken{ID: id, Hash: hashToken(secret), Name: "bootstrap admin", Role: cpapi.RoleAdmin, CreatedAt: now, CreatedBy: "system"}
 	// Write the file first: a token stored without its file could never
 	// be used, while a file without a stored token is replaced next start.
@@ -536,7 +536,7 @@ func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
-		c := &call{now: s.cfg.Now(), action: rt.action}
+		c := &call{now: s.cfg.Clock.Now(), action: rt.action}
 		err := s.authenticate(r, rt, c)
 		if err == nil {
 			err = rt.handle(w, r, c)

@@ -34,7 +34,7 @@ func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, l
 		DataDir:           dir,
 		Listen:            "127.0.0.1:0",
 		Logger:            log,
-		Now:               clock.Now,
+		Clock:             clock,
 		HeartbeatInterval: heartbeat,
 	}
 	cfg.Keys.DevUnseal = true

@@ -72,7 +72,7 @@ func newCPWith(t *testing.T, clock *clock.Manual, mutate func(*controlplane.Conf
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.DiscardHandler),
 		Registry: reg,
-		Now:      clock.Now,
+		Clock:    clock,
 		SQLite:   controlplane.SQLiteOptions{Synchronous: "NORMAL"},
 		// Dev mode: unsealed at start, with the built-in telemetry key.
 		Keys: controlplane.KeyConfig{DevUnseal: true},
@@ -494,7 +494,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func settle(t *testing.T, clock *clock.Manual, tr *faultTransport, n int) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%d loops waiting on the clock (and the key watch parked)", n), func() bool {
-		want := n
+		want := n + 1 // the control plane's key check ticker (newCPWith)
 		if up := tr.up.Load(); tr.watchLoop.Load() && up != nil && up.Status().Enrolled {
 			want++ // before enrollment the key watch waits for it, not on the clock
 		}
@@ -573,7 +573,7 @@ func (k *testKeyring) Open(ctx context.Context, agentID string, cp *pqcrypto.Ver
 	}
 	ak, err := dkms.OpenAgentKeys(ctx, dkms.AgentConfig{
 		AgentID: agentID, PrivateKey: k.sk, ControlPlaneKey: cp, DeviceKey: k.device,
-		Clock: k.clock.Now, Logger: slog.New(slog.DiscardHandler), Registry: k.reg,
+		Clock: k.clock, Logger: slog.New(slog.DiscardHandler), Registry: k.reg,
 	})
 	if err != nil {
 		return nil, err
