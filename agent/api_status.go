@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 )
 
@@ -25,10 +25,10 @@ type Status struct {
 	At time.Time `json:"at"`
 	// StartedAt is when the agent started (zero before), UptimeSeconds
 	// the time since.
-	StartedAt     time.Time            `json:"started_at"`
-	UptimeSeconds float64              `json:"uptime_seconds"`
-	Health        *controlplane.Health `json:"health"`
-	Members       StatusMembers        `json:"members"`
+	StartedAt     time.Time     `json:"started_at"`
+	UptimeSeconds float64       `json:"uptime_seconds"`
+	Health        *cpapi.Health `json:"health"`
+	Members       StatusMembers `json:"members"`
 	// Ingest is the answer of GET /v1/ingest: the pending count of its
 	// stats is the backlog (received, not yet committed and acknowledged),
 	// its store's outbox_pending the readings waiting for the uplink.

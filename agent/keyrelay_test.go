@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // gossipPrimary is the dkms version of the agent's memberlist primary key
@@ -27,7 +27,7 @@ func gossipLatest(a *Agent) uint32 {
 		return 0
 	}
 	for _, k := range ak.Keys() {
-		if k.Name == controlplane.GossipKeyName {
+		if k.Name == cpapi.GossipKeyName {
 			return k.Latest
 		}
 	}
@@ -41,7 +41,7 @@ func gossipLatest(a *Agent) uint32 {
 func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 	cp := startKeysCP(t)
 	ctx := t.Context()
-	if _, err := cp.admin.SetKeyPolicy(ctx, controlplane.GossipKeyName, controlplane.KeyPolicy{
+	if _, err := cp.admin.SetKeyPolicy(ctx, cpapi.GossipKeyName, cpapi.KeyPolicy{
 		RotationPeriod: "0", AllAgents: true, InstallGrace: "2s", RemoveGrace: "1h",
 	}); err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 		return strings.Contains(c.Uplink().Status().LastError, "cut by the test"), c.Uplink().Status().LastError
 	})
 	before := passedWhileCut.Load()
-	for _, k := range []string{controlplane.TelemetryKeyName, controlplane.GossipKeyName} {
+	for _, k := range []string{cpapi.TelemetryKeyName, cpapi.GossipKeyName} {
 		if _, err := cp.admin.RotateKey(ctx, k); err != nil {
 			t.Fatal(err)
 		}
@@ -107,11 +107,11 @@ func TestKeyRelayReachesAnAgentCutOffFromTheControlPlane(t *testing.T) {
 		t.Fatalf("relayed written by the peers: %v", written)
 	}
 	// The new data key works on the cut-off agent and at the control plane.
-	env, err := c.Keys().Encrypt(ctx, controlplane.TelemetryKeyName, []byte("sealed while cut off"), nil)
+	env, err := c.Keys().Encrypt(ctx, cpapi.TelemetryKeyName, []byte("sealed while cut off"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := cp.srv.KeyService().Decrypt(ctx, controlplane.TelemetryKeyName, env, nil); err != nil || string(pt) != "sealed while cut off" {
+	if pt, err := cp.srv.KeyService().Decrypt(ctx, cpapi.TelemetryKeyName, env, nil); err != nil || string(pt) != "sealed while cut off" {
 		t.Fatalf("control plane opens %q, %v", pt, err)
 	}
 	waitFor(t, 30*time.Second, "the gossip keyrings follow", func() (bool, string) {

@@ -8,7 +8,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/dkms"
 )
@@ -65,7 +65,7 @@ func (r replicated) Broadcast(d crdt.Delta)          { r.a.broadcast(d) }
 
 // relayKeys is the uplink's Deps.KeyRelay: it stores the page in the
 // collection once the relay runs.
-func (a *Agent) relayKeys(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
+func (a *Agent) relayKeys(ctx context.Context, entries []cpapi.AgentKeysRelayEntry) {
 	if r := a.keyRelay.Load(); r != nil {
 		r.Write(ctx, entries)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/cptest"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -30,7 +31,7 @@ import (
 // keys) that asks for a heartbeat every 300 ms, and its admin client.
 type keysCP struct {
 	srv   *controlplane.Server
-	admin *controlplane.Client
+	admin *cpapi.Client
 }
 
 func startKeysCP(t *testing.T) *keysCP {
@@ -75,7 +76,7 @@ func telemetryVersion(a *Agent) uint32 {
 	if ak == nil {
 		return 0
 	}
-	dk, err := ak.PrimaryDataKey(controlplane.TelemetryKeyName)
+	dk, err := ak.PrimaryDataKey(cpapi.TelemetryKeyName)
 	if err != nil {
 		return 0
 	}
@@ -145,17 +146,17 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 		return obj["uploaded_readings"] == float64(2) && obj["seal_telemetry"] == true && kv["telemetry"] == float64(1), raw
 	})
 	id := a.Uplink().Status().AgentID
-	dk, err := a.Keys().PrimaryDataKey(controlplane.TelemetryKeyName)
+	dk, err := a.Keys().PrimaryDataKey(cpapi.TelemetryKeyName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	telemetrySecret := dk.Secret()
-	gv, err := a.Keys().GossipVersions(controlplane.GossipKeyName)
+	gv, err := a.Keys().GossipVersions(cpapi.GossipKeyName)
 	if err != nil || len(gv) != 1 || len(gv[0].Key) != 32 {
 		t.Fatalf("gossip key: %+v %v", gv, err)
 	}
 	gossipSecret := gv[0].Key
-	envBefore, err := a.Keys().Encrypt(t.Context(), controlplane.TelemetryKeyName, []byte("before the crash"), nil)
+	envBefore, err := a.Keys().Encrypt(t.Context(), cpapi.TelemetryKeyName, []byte("before the crash"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,10 +210,10 @@ func TestKeysSurviveAKillAndAreSealedOnDisk(t *testing.T) {
 	if b.Keys().ID() != id {
 		t.Fatalf("keyring of %q after restart, want %q", b.Keys().ID(), id)
 	}
-	if pt, err := b.Keys().Decrypt(t.Context(), controlplane.TelemetryKeyName, envBefore, nil); err != nil || string(pt) != "before the crash" {
+	if pt, err := b.Keys().Decrypt(t.Context(), cpapi.TelemetryKeyName, envBefore, nil); err != nil || string(pt) != "before the crash" {
 		t.Fatalf("restarted keyring opens %q, %v", pt, err)
 	}
-	dk2, err := b.Keys().PrimaryDataKey(controlplane.TelemetryKeyName)
+	dk2, err := b.Keys().PrimaryDataKey(cpapi.TelemetryKeyName)
 	if err != nil || !bytes.Equal(dk2.Secret(), telemetrySecret) {
 		t.Fatalf("telemetry key changed across the restart: %v", err)
 	}
@@ -233,7 +234,7 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 		return telemetryVersion(gone) == 1 && telemetryVersion(stay) == 1, ""
 	})
 	goneID := gone.Keys().ID()
-	v1, err := stay.Keys().Encrypt(t.Context(), controlplane.TelemetryKeyName, []byte("before"), nil)
+	v1, err := stay.Keys().Encrypt(t.Context(), cpapi.TelemetryKeyName, []byte("before"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,11 +250,11 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "the remaining agent holds v2", func() (bool, string) { return telemetryVersion(stay) == 2, "" })
-	v2, err := stay.Keys().Encrypt(t.Context(), controlplane.TelemetryKeyName, []byte("after"), nil)
+	v2, err := stay.Keys().Encrypt(t.Context(), cpapi.TelemetryKeyName, []byte("after"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := cp.srv.KeyService().Decrypt(t.Context(), controlplane.TelemetryKeyName, v2, nil); err != nil || string(pt) != "after" {
+	if pt, err := cp.srv.KeyService().Decrypt(t.Context(), cpapi.TelemetryKeyName, v2, nil); err != nil || string(pt) != "after" {
 		t.Fatalf("control plane opens v2: %q %v", pt, err)
 	}
 
@@ -269,12 +270,12 @@ func TestRevokedAgentsKeyringCopyOpensNothingNew(t *testing.T) {
 	if err != nil {
 		t.Fatalf("opening the copied keyring: %v", err)
 	}
-	if _, err := copyKeys.Decrypt(t.Context(), controlplane.TelemetryKeyName, v2, nil); !errors.Is(err, dkms.ErrUnknownVersion) {
+	if _, err := copyKeys.Decrypt(t.Context(), cpapi.TelemetryKeyName, v2, nil); !errors.Is(err, dkms.ErrUnknownVersion) {
 		t.Fatalf("the copy opens data sealed after the revocation: %v", err)
 	}
 	// What was sealed before stays readable to the copy (rewrap and
 	// destroy v1 if that matters).
-	if pt, err := copyKeys.Decrypt(t.Context(), controlplane.TelemetryKeyName, v1, nil); err != nil || string(pt) != "before" {
+	if pt, err := copyKeys.Decrypt(t.Context(), cpapi.TelemetryKeyName, v1, nil); err != nil || string(pt) != "before" {
 		t.Fatalf("copy and v1: %q %v", pt, err)
 	}
 }

@@ -12,7 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/procstat"
 )
 
 // Health statuses reported in heartbeats.
@@ -28,8 +29,8 @@ const heartbeatCheckTimeout = 2 * time.Second
 // heartbeat is what the uplink reports to the control plane: health
 // checks and resources. The uplink fills in the version, OS and
 // architecture of the binary (internal/buildinfo).
-func (a *Agent) heartbeat() controlplane.Heartbeat {
-	return controlplane.Heartbeat{
+func (a *Agent) heartbeat() cpapi.Heartbeat {
+	return cpapi.Heartbeat{
 		Name:      a.Name(),
 		Health:    a.health(),
 		Resources: a.resources(),
@@ -39,10 +40,10 @@ func (a *Agent) heartbeat() controlplane.Heartbeat {
 // health runs the agent's checks: "failing" when the replicated state
 // cannot be read, "degraded" when ingestion is impaired (no broker
 // session, held back, its database unreadable), else "ok".
-func (a *Agent) health() *controlplane.Health {
+func (a *Agent) health() *cpapi.Health {
 	ctx, cancel := context.WithTimeout(context.Background(), heartbeatCheckTimeout)
 	defer cancel()
-	h := &controlplane.Health{Status: healthOK, Checks: map[string]string{}}
+	h := &cpapi.Health{Status: healthOK, Checks: map[string]string{}}
 	worse := func(s string) {
 		if s == healthFailing || h.Status == healthOK {
 			h.Status = s
@@ -90,8 +91,8 @@ func (a *Agent) health() *controlplane.Health {
 
 // resources samples CPU, load, memory, the data directory's file system
 // and the agent's uptime. Values a platform does not report are 0.
-func (a *Agent) resources() *controlplane.Resources {
-	r := &controlplane.Resources{CPUPercent: a.cpu.percent(time.Now(), controlplane.ProcessCPUSeconds())}
+func (a *Agent) resources() *cpapi.Resources {
+	r := &cpapi.Resources{CPUPercent: a.cpu.percent(time.Now(), procstat.CPUSeconds())}
 	r.Load1 = readLoad1()
 	r.MemUsedBytes, r.MemTotalBytes = memoryUsage()
 	r.DiskUsedBytes, r.DiskTotalBytes, _ = diskUsage(a.cfg.DataDir)

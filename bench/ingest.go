@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/bench/ingestbench"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 // IngestOptions configure RunIngest. Zero values take the defaults.
@@ -23,7 +23,7 @@ type IngestOptions struct {
 	// ingestor's group-commit batch (1000) and whose queue
 	// (max_queued_messages) holds the backlog: see package agent/ingest.
 	// Empty: RunIngest starts such a Mosquitto itself (package
-	// agent/ingest/mqtttest), which needs the mosquitto binary.
+	// internal/mqtttest), which needs the mosquitto binary.
 	Broker string
 	// Messages is the backlog drained per round; 0 = 200000.
 	Messages int

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 func TestIngestOptionsRefused(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // GenesisHash is the prev_hash of the first audit record.
@@ -27,7 +29,7 @@ type auditHashInput struct {
 
 // AuditHash computes the hash of a record from its fields and PrevHash:
 // hex(SHA-256(canonical JSON)). The record's own Hash field is ignored.
-func AuditHash(r AuditRecord) string {
+func AuditHash(r cpapi.AuditRecord) string {
 	b, err := json.Marshal(auditHashInput{
 		Seq:      r.Seq,
 		Time:     r.Time.UTC().Format(time.RFC3339Nano),
@@ -45,26 +47,9 @@ func AuditHash(r AuditRecord) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// AuditVerification is the result of checking the audit chain.
-type AuditVerification struct {
-	// OK is true when every record links to its predecessor, every hash
-	// recomputes and the newest record matches the recorded head.
-	OK bool `json:"ok"`
-	// Records is the number of records checked.
-	Records int64 `json:"records"`
-	// HeadSeq and HeadHash are the recorded head of the chain.
-	HeadSeq  int64  `json:"head_seq"`
-	HeadHash string `json:"head_hash"`
-	// BadSeq is the sequence number where verification failed (0 if OK or
-	// the failure concerns the head).
-	BadSeq int64 `json:"bad_seq,omitempty"`
-	// Problem explains the failure.
-	Problem string `json:"problem,omitempty"`
-}
-
 // auditChecker verifies records fed to it in sequence order.
 type auditChecker struct {
-	v        AuditVerification
+	v        cpapi.AuditVerification
 	prevSeq  int64
 	prevHash string
 }
@@ -78,7 +63,7 @@ func (c *auditChecker) fail(seq int64, format string, args ...any) bool {
 }
 
 // add checks one record; it returns false at the first problem.
-func (c *auditChecker) add(r AuditRecord) bool {
+func (c *auditChecker) add(r cpapi.AuditRecord) bool {
 	if r.Seq != c.prevSeq+1 {
 		return c.fail(r.Seq, "record %d follows record %d: records %d..%d are missing or reordered", r.Seq, c.prevSeq, c.prevSeq+1, r.Seq-1)
 	}
@@ -93,7 +78,7 @@ func (c *auditChecker) add(r AuditRecord) bool {
 	return true
 }
 
-func (c *auditChecker) finish(headSeq int64, headHash string) AuditVerification {
+func (c *auditChecker) finish(headSeq int64, headHash string) cpapi.AuditVerification {
 	c.v.HeadSeq, c.v.HeadHash = headSeq, headHash
 	if c.v.Problem != "" {
 		return c.v
@@ -115,7 +100,7 @@ func short(h string) string {
 
 // VerifyAuditRecords checks a complete, ordered audit log against its
 // recorded head.
-func VerifyAuditRecords(records []AuditRecord, headSeq int64, headHash string) AuditVerification {
+func VerifyAuditRecords(records []cpapi.AuditRecord, headSeq int64, headHash string) cpapi.AuditVerification {
 	c := newAuditChecker()
 	for _, r := range records {
 		if !c.add(r) {
@@ -129,10 +114,10 @@ func VerifyAuditRecords(records []AuditRecord, headSeq int64, headHash string) A
 // chain. The returned error is non-nil only when the store cannot be read;
 // a broken chain is reported in the result (OK false, with Problem) and is
 // not an error.
-func VerifyAudit(ctx context.Context, s Store) (AuditVerification, error) {
+func VerifyAudit(ctx context.Context, s Store) (cpapi.AuditVerification, error) {
 	headSeq, headHash, err := s.AuditHead(ctx)
 	if err != nil {
-		return AuditVerification{}, fmt.Errorf("controlplane: verify audit: %w", err)
+		return cpapi.AuditVerification{}, fmt.Errorf("controlplane: verify audit: %w", err)
 	}
 	c := newAuditChecker()
 	var after int64
@@ -140,7 +125,7 @@ func VerifyAudit(ctx context.Context, s Store) (AuditVerification, error) {
 	for {
 		recs, err := s.ListAudit(ctx, after, page)
 		if err != nil {
-			return AuditVerification{}, fmt.Errorf("controlplane: verify audit: %w", err)
+			return cpapi.AuditVerification{}, fmt.Errorf("controlplane: verify audit: %w", err)
 		}
 		for _, r := range recs {
 			if !c.add(r) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // auditFixture runs some audited operations and stops the server, leaving
@@ -18,10 +20,10 @@ func auditFixture(t *testing.T) *testEnv {
 	// token's), so the sequence numbers below are known.
 	e := newTestEnv(t, func(c *Config) { c.Keys.DevUnseal = true })
 	a := e.enroll("au", map[string]string{"site": "x"})
-	if _, err := e.admin.UpdateLabels(e.ctx(), a.id, LabelsPatch{Set: map[string]string{"k": "v"}}); err != nil {
+	if _, err := e.admin.UpdateLabels(e.ctx(), a.id, cpapi.LabelsPatch{Set: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := e.admin.CreateAPIToken(e.ctx(), "v", RoleViewer, 0)
+	tok, err := e.admin.CreateAPIToken(e.ctx(), "v", cpapi.RoleViewer, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +75,7 @@ func tamper(t *testing.T, dir, stmt string) {
 	}
 }
 
-func verifyDir(t *testing.T, dir string) AuditVerification {
+func verifyDir(t *testing.T, dir string) cpapi.AuditVerification {
 	t.Helper()
 	st, err := OpenSQLite(filepath.Join(dir, DatabaseFile), SQLiteOptions{})
 	if err != nil {
@@ -155,10 +157,10 @@ func TestAuditVerifyDetectsRehashedRecordWithoutRelinking(t *testing.T) {
 }
 
 func TestVerifyAuditRecordsUnit(t *testing.T) {
-	var recs []AuditRecord
+	var recs []cpapi.AuditRecord
 	prev := GenesisHash
 	for i := int64(1); i <= 3; i++ {
-		r := AuditRecord{Seq: i, Time: time.Unix(i, 0).UTC(), Actor: "a", Action: "x", Target: "t", Result: "ok", PrevHash: prev}
+		r := cpapi.AuditRecord{Seq: i, Time: time.Unix(i, 0).UTC(), Actor: "a", Action: "x", Target: "t", Result: "ok", PrevHash: prev}
 		r.Hash = AuditHash(r)
 		prev = r.Hash
 		recs = append(recs, r)
@@ -169,7 +171,7 @@ func TestVerifyAuditRecordsUnit(t *testing.T) {
 	if v := VerifyAuditRecords(nil, 0, GenesisHash); !v.OK {
 		t.Fatalf("empty: %+v", v)
 	}
-	swapped := []AuditRecord{recs[1], recs[0], recs[2]}
+	swapped := []cpapi.AuditRecord{recs[1], recs[0], recs[2]}
 	if v := VerifyAuditRecords(swapped, 3, prev); v.OK {
 		t.Fatal("reordered log verified")
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 func gzipBytes(b []byte) []byte {
@@ -87,12 +89,12 @@ func TestBadInputTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, csr, _ := GenerateAgentKey("b64")
+	_, csr, _ := cpapi.GenerateAgentKey("b64")
 	b64body, _ := json.Marshal(map[string]string{"token": toks[0].Token, "csr": csr, "xwing_public": "!!!"})
 	cases[len(cases)-1].body = b64body
 
 	auditBefore, _ := e.admin.ListAudit(e.ctx(), 0, 1000)
-	agentsBefore, _ := e.admin.ListAgents(e.ctx(), AgentFilter{})
+	agentsBefore, _ := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var cert *tls.Certificate
@@ -104,7 +106,7 @@ func TestBadInputTable(t *testing.T) {
 			if status != c.status {
 				t.Fatalf("status %d, want %d: %s", status, c.status, body)
 			}
-			var eb errorBody
+			var eb cpapi.ErrorBody
 			if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error == "" {
 				t.Fatalf("body is not {\"error\": ...}: %s", body)
 			}
@@ -118,7 +120,7 @@ func TestBadInputTable(t *testing.T) {
 	if len(toksAfter) != 1 {
 		t.Errorf("%d API tokens after bad input, want 1", len(toksAfter))
 	}
-	agentsAfter, _ := e.admin.ListAgents(e.ctx(), AgentFilter{})
+	agentsAfter, _ := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{})
 	if len(agentsAfter) != len(agentsBefore) || len(agentsAfter[0].Labels) != 0 {
 		t.Errorf("agents changed: %+v", agentsAfter)
 	}
@@ -126,7 +128,7 @@ func TestBadInputTable(t *testing.T) {
 	if len(enr) != 2 {
 		t.Errorf("%d enrollment tokens, want 2", len(enr))
 	}
-	res, err := e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{From: now.Add(-24 * time.Hour), To: now.Add(24 * time.Hour)})
+	res, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{From: now.Add(-24 * time.Hour), To: now.Add(24 * time.Hour)})
 	if err != nil || len(res.Series) != 0 {
 		t.Errorf("telemetry after bad input: %+v %v", res, err)
 	}

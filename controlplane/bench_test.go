@@ -1,97 +1,23 @@
 package controlplane
 
 import (
-	"cmp"
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
-)
 
-// BenchmarkIngest compares telemetry ingest (batches of 1,000 readings)
-// through the store and through the whole HTTPS API with the baseline of
-// plain SQLite inserts of the same rows. Each iteration is one batch; the
-// readings/s metric is the figure to compare.
-func BenchmarkIngest(b *testing.B) {
-	const size = 1000
-	start := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	report := func(b *testing.B) {
-		b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "readings/s")
-	}
-	b.Run("plain-sqlite", func(b *testing.B) {
-		p, err := openPlainSQLite(filepath.Join(b.TempDir(), "plain.db"), benchSync)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		batches := benchBatches(b.N, size, 20, start)
-		ctx := context.Background()
-		b.ResetTimer()
-		for i := range b.N {
-			if err := p.insert(ctx, "ag_bench", batches[i]); err != nil {
-				b.Fatal(err)
-			}
-		}
-		report(b)
-	})
-	b.Run("store", func(b *testing.B) {
-		st, err := OpenSQLite(filepath.Join(b.TempDir(), "store.db"), SQLiteOptions{Synchronous: benchSync})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer st.Close()
-		batches := benchBatches(b.N, size, 20, start)
-		ctx := context.Background()
-		b.ResetTimer()
-		for i := range b.N {
-			if _, err := st.IngestTelemetry(ctx, "ag_bench", batches[i], start); err != nil {
-				b.Fatal(err)
-			}
-		}
-		report(b)
-	})
-	b.Run("https", func(b *testing.B) {
-		dir := b.TempDir()
-		srv, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: discardLogger(), SQLite: SQLiteOptions{Synchronous: benchSync}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer srv.Close()
-		if err := srv.Start(); err != nil {
-			b.Fatal(err)
-		}
-		agent := benchEnroll(b, srv)
-		now := time.Now()
-		batches := benchBatches(b.N, size, 20, now.Add(-time.Duration(b.N*size/20+1)*time.Second))
-		encoded := make([][]byte, b.N)
-		for i := range batches {
-			if encoded[i], err = EncodeTelemetryBatch(batches[i]); err != nil {
-				b.Fatal(err)
-			}
-		}
-		ctx := context.Background()
-		b.ResetTimer()
-		for i := range b.N {
-			res, err := agent.UploadTelemetryEncoded(ctx, encoded[i])
-			if err != nil || res.Accepted != size {
-				b.Fatalf("upload: %+v %v", res, err)
-			}
-		}
-		report(b)
-	})
-}
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+)
 
 // benchEnroll enrolls one agent with the server's admin token and returns
 // its client.
-func benchEnroll(b *testing.B, srv *Server) *Client {
+func benchEnroll(b *testing.B, srv *Server) *cpapi.Client {
 	b.Helper()
 	ctx := context.Background()
 	tok, err := srv.AdminToken()
 	if err != nil {
 		b.Fatal(err)
 	}
-	admin, err := NewClient(ClientConfig{URL: srv.URL(), Token: tok, CAPEM: srv.CAPEM()})
+	admin, err := cpapi.NewClient(cpapi.ClientConfig{URL: srv.URL(), Token: tok, CAPEM: srv.CAPEM()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,28 +25,24 @@ func benchEnroll(b *testing.B, srv *Server) *Client {
 	if err != nil {
 		b.Fatal(err)
 	}
-	key, csr, err := GenerateAgentKey("bench")
+	key, csr, err := cpapi.GenerateAgentKey("bench")
 	if err != nil {
 		b.Fatal(err)
 	}
-	resp, err := admin.Enroll(ctx, EnrollRequest{Token: toks[0].Token, CSR: csr})
+	resp, err := admin.Enroll(ctx, cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr})
 	if err != nil {
 		b.Fatal(err)
 	}
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := NewClient(ClientConfig{URL: srv.URL(), CAPEM: srv.CAPEM(), Certificate: &cert})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: srv.URL(), CAPEM: srv.CAPEM(), Certificate: &cert})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return c
 }
-
-// benchSync is the SQLite synchronous setting of the ingest benchmarks;
-// set EDGEFLEET_BENCH_SYNC=NORMAL to measure without an fsync per commit.
-var benchSync = cmp.Or(os.Getenv("EDGEFLEET_BENCH_SYNC"), "FULL")
 
 // BenchmarkHeartbeat measures one agent's heartbeat over its kept-alive
 // mutual-TLS connection, client and server in this process.
@@ -134,7 +56,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 		b.Fatal(err)
 	}
 	agent := benchEnroll(b, srv)
-	hb := Heartbeat{Version: "1", Health: &Health{Status: "ok"}, Resources: &Resources{CPUPercent: 5, MemUsedBytes: 1, MemTotalBytes: 2}}
+	hb := cpapi.Heartbeat{Version: "1", Health: &cpapi.Health{Status: "ok"}, Resources: &cpapi.Resources{CPUPercent: 5, MemUsedBytes: 1, MemTotalBytes: 2}}
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // Config configures a Server. Zero values take the defaults documented on
@@ -34,8 +36,10 @@ type Config struct {
 	// Registry receives the server's Prometheus metrics, which /metrics
 	// serves (nil: a private registry).
 	Registry *prometheus.Registry
-	// Now is the clock (nil: time.Now).
-	Now func() time.Time
+	// Clock is the server's clock: timestamps, token expiry, agent
+	// states, certificate validity, the key service and its rotation
+	// schedule (nil: clock.Real()).
+	Clock clock.Clock
 	// Rand supplies token secrets, identifiers and serial numbers (nil:
 	// crypto/rand.Reader).
 	Rand io.Reader
@@ -88,9 +92,7 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	c.Clock = clock.Or(c.Clock)
 	if c.Rand == nil {
 		c.Rand = rand.Reader
 	}

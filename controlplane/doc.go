@@ -1,5 +1,6 @@
-// Package controlplane is the central server of an edgefleet deployment and
-// its typed Go client.
+// Package controlplane is the central server of an edgefleet deployment.
+// The API's wire types, errors and typed Go client are in package
+// controlplane/cpapi, which agents import without this server.
 //
 // The server enrolls agents (single-use, expiring enrollment tokens plus a
 // certificate signing request, answered with a client certificate issued by

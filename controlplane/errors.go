@@ -3,31 +3,18 @@ package controlplane
 import (
 	"errors"
 	"fmt"
-	"net/http"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
+// The errors a Client sees (cpapi.ErrNotFound, ErrUnauthorized,
+// ErrForbidden, ErrConflict, ErrBadRequest, ErrTooLarge, ErrSealed) are
+// the API's own, in package cpapi; the server and its Store return them
+// too. These are the server's own.
 var (
-	// ErrInvalidConfig is returned by New and NewClient when a configuration
-	// value is missing or out of range.
+	// ErrInvalidConfig is returned by New when a configuration value is
+	// missing or out of range.
 	ErrInvalidConfig = errors.New("controlplane: invalid config")
-	// ErrNotFound means the requested record (agent, token, series) does not
-	// exist.
-	ErrNotFound = errors.New("controlplane: not found")
-	// ErrUnauthorized means the request carried no credentials, or
-	// credentials that are unknown, expired or revoked (HTTP 401).
-	ErrUnauthorized = errors.New("controlplane: unauthorized")
-	// ErrForbidden means the caller is known but may not perform the call:
-	// a viewer attempting a change, or a decommissioned agent (HTTP 403).
-	ErrForbidden = errors.New("controlplane: forbidden")
-	// ErrConflict means the request clashes with existing state, such as an
-	// enrollment token that was already used (HTTP 409).
-	ErrConflict = errors.New("controlplane: conflict")
-	// ErrBadRequest means the request was malformed or out of range
-	// (HTTP 400).
-	ErrBadRequest = errors.New("controlplane: bad request")
-	// ErrTooLarge means a request body, or its decompressed form, exceeded
-	// the configured limit (HTTP 413).
-	ErrTooLarge = errors.New("controlplane: request too large")
 	// ErrTokenUsed means an enrollment token has already been consumed.
 	ErrTokenUsed = errors.New("controlplane: enrollment token already used")
 	// ErrTokenExpired means an enrollment token is past its expiry time.
@@ -42,49 +29,6 @@ var (
 	ErrClosed = errors.New("controlplane: closed")
 )
 
-// APIError is an error answer from the control plane as seen by Client. It
-// unwraps to the sentinel matching its status code (ErrUnauthorized,
-// ErrForbidden, ErrNotFound, ErrConflict, ErrBadRequest, ErrTooLarge), so
-// callers can use errors.Is.
-type APIError struct {
-	// Status is the HTTP status code.
-	Status int
-	// Message is the server's explanation.
-	Message string
-	// Method and Path identify the call.
-	Method, Path string
-}
-
-// Error implements error.
-func (e *APIError) Error() string {
-	return fmt.Sprintf("controlplane: %s %s: %d %s: %s", e.Method, e.Path, e.Status, http.StatusText(e.Status), e.Message)
-}
-
-// Unwrap returns the sentinel error for the status code, or nil.
-func (e *APIError) Unwrap() error {
-	return statusSentinel(e.Status)
-}
-
-func statusSentinel(status int) error {
-	switch status {
-	case http.StatusBadRequest:
-		return ErrBadRequest
-	case http.StatusUnauthorized:
-		return ErrUnauthorized
-	case http.StatusForbidden:
-		return ErrForbidden
-	case http.StatusNotFound:
-		return ErrNotFound
-	case http.StatusConflict:
-		return ErrConflict
-	case http.StatusRequestEntityTooLarge:
-		return ErrTooLarge
-	case http.StatusServiceUnavailable:
-		return ErrSealed
-	}
-	return nil
-}
-
 // httpError is an error with the HTTP status a handler should answer with.
 type httpError struct {
 	status int
@@ -96,5 +40,5 @@ func (e *httpError) Error() string { return e.msg }
 func (e *httpError) Unwrap() error { return e.err }
 
 func errorf(status int, format string, args ...any) *httpError {
-	return &httpError{status: status, msg: fmt.Sprintf(format, args...), err: statusSentinel(status)}
+	return &httpError{status: status, msg: fmt.Sprintf(format, args...), err: cpapi.StatusError(status)}
 }

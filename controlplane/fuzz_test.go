@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // FuzzDecodeRequestBodies feeds arbitrary bytes to the JSON body decoder
@@ -36,7 +38,7 @@ func FuzzDecodeRequestBodies(f *testing.F) {
 				t.Fatalf("refusal %v is not a 400/413 with a message", err)
 			}
 		}
-		var hb Heartbeat
+		var hb cpapi.Heartbeat
 		if err := decode(&hb); err == nil {
 			check(validHeartbeat(&hb))
 		} else {
@@ -53,13 +55,13 @@ func FuzzDecodeRequestBodies(f *testing.F) {
 		} else {
 			check(err)
 		}
-		var lp LabelsPatch
+		var lp cpapi.LabelsPatch
 		if err := decode(&lp); err == nil {
 			check(validLabels("set", lp.Set))
 		} else {
 			check(err)
 		}
-		var et CreateEnrollmentTokensRequest
+		var et cpapi.CreateEnrollmentTokensRequest
 		if err := decode(&et); err == nil {
 			check(validLabels("labels", et.Labels))
 			_, err := parseTTL("ttl", et.TTL, 0, 1<<62)
@@ -73,7 +75,7 @@ func FuzzDecodeRequestBodies(f *testing.F) {
 // FuzzParseCSR checks that arbitrary PEM input never panics the CSR parser
 // and that anything accepted has a verified signature.
 func FuzzParseCSR(f *testing.F) {
-	_, csr, err := GenerateAgentKey("seed")
+	_, csr, err := cpapi.GenerateAgentKey("seed")
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -16,31 +17,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
-// fakeClock is an injectable clock that moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	// Start at the real time so that certificates issued by the server
-	// are valid for clients verifying with the real clock.
-	return &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+// newFakeClock is a manual clock started at the real time, so that
+// certificates issued by the server are valid for clients verifying with
+// the real clock.
+func newFakeClock() *clock.Manual {
+	return clock.NewManual(time.Now().UTC().Truncate(time.Second))
 }
 
 // lockedRand is a deterministic, concurrency-safe io.Reader.
@@ -64,10 +50,10 @@ func (l *lockedRand) Read(p []byte) (int, error) {
 type testEnv struct {
 	t          *testing.T
 	dir        string
-	clock      *fakeClock
+	clock      *clock.Manual
 	srv        *Server
 	adminToken string
-	admin      *Client
+	admin      *cpapi.Client
 	logs       *testutil.SyncBuffer
 	cfg        Config
 }
@@ -80,7 +66,7 @@ func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 		DataDir: e.dir,
 		Listen:  "127.0.0.1:0",
 		Logger:  slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Now:     e.clock.Now,
+		Clock:   e.clock,
 		Rand:    newTestRand(1),
 		SQLite:  SQLiteOptions{Synchronous: "NORMAL"},
 	}
@@ -120,9 +106,9 @@ func (e *testEnv) restart() {
 	e.start()
 }
 
-func (e *testEnv) client(token string) *Client {
+func (e *testEnv) client(token string) *cpapi.Client {
 	e.t.Helper()
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -137,7 +123,7 @@ func (e *testEnv) ctx() context.Context {
 }
 
 // tokenFor creates an API token with the given role.
-func (e *testEnv) tokenFor(role Role) string {
+func (e *testEnv) tokenFor(role cpapi.Role) string {
 	e.t.Helper()
 	tok, err := e.admin.CreateAPIToken(e.ctx(), "test "+string(role), role, 0)
 	if err != nil {
@@ -148,9 +134,9 @@ func (e *testEnv) tokenFor(role Role) string {
 
 type enrolledAgent struct {
 	id     string
-	resp   EnrollResponse
+	resp   cpapi.EnrollResponse
 	cert   tls.Certificate
-	client *Client
+	client *cpapi.Client
 }
 
 // enroll creates a token and enrolls one agent with it.
@@ -165,19 +151,19 @@ func (e *testEnv) enroll(name string, labels map[string]string) *enrolledAgent {
 
 func (e *testEnv) enrollWith(token, name string) *enrolledAgent {
 	e.t.Helper()
-	key, csr, err := GenerateAgentKey(name)
+	key, csr, err := cpapi.GenerateAgentKey(name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := e.client("").Enroll(e.ctx(), EnrollRequest{Token: token, CSR: csr, Name: name, Version: "1.0.0", OS: "linux", Arch: "arm64"})
+	resp, err := e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: token, CSR: csr, Name: name, Version: "1.0.0", OS: "linux", Arch: "arm64"})
 	if err != nil {
 		e.t.Fatalf("Enroll: %v", err)
 	}
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -189,7 +175,7 @@ func (e *testEnv) enrollWith(token, name string) *enrolledAgent {
 // decoded error message.
 func (e *testEnv) rawRequest(method, path, token string, body []byte, header map[string]string, cert *tls.Certificate) (int, string) {
 	e.t.Helper()
-	conf, err := ClientTLSConfig(e.srv.CAPEM(), cert)
+	conf, err := cpapi.ClientTLSConfig(e.srv.CAPEM(), cert)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -219,9 +205,9 @@ func (e *testEnv) rawRequest(method, path, token string, body []byte, header map
 	return resp.StatusCode, string(b)
 }
 
-func wantStatus(t *testing.T, err error, status int) *APIError {
+func wantStatus(t *testing.T, err error, status int) *cpapi.APIError {
 	t.Helper()
-	var ae *APIError
+	var ae *cpapi.APIError
 	if !errors.As(err, &ae) {
 		t.Fatalf("want HTTP %d, got error %v", status, err)
 	}
@@ -229,4 +215,20 @@ func wantStatus(t *testing.T, err error, status int) *APIError {
 		t.Fatalf("want HTTP %d, got %d: %s", status, ae.Status, ae.Message)
 	}
 	return ae
+}
+
+// seriesBatch is one telemetry batch of size readings over series
+// (device, metric) pairs, one reading per series per second from start.
+func seriesBatch(size, series int, start time.Time) cpapi.TelemetryBatch {
+	b := cpapi.TelemetryBatch{BatchSeq: 1, Readings: make([]cpapi.Reading, size)}
+	for k := range b.Readings {
+		s := k % series
+		b.Readings[k] = cpapi.Reading{
+			Device: fmt.Sprintf("device-%02d", s/4),
+			Metric: [...]string{"temperature", "humidity", "co2", "light"}[s%4],
+			TS:     start.Add(time.Duration(k/series) * time.Second),
+			Value:  float64(k%1000) / 10,
+		}
+	}
+	return b
 }

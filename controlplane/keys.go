@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -50,11 +51,6 @@ const (
 // DevUnsealWarning is logged at WARN level on every start in dev mode.
 const DevUnsealWarning = "dev mode: root key auto-unsealed, do not use in production"
 
-// ErrSealed means the key service is sealed: key operations are refused
-// (HTTP 503) until enough root key shares were given to POST
-// /v1/keys/unseal. Client errors for 503 answers unwrap to it.
-var ErrSealed = errors.New("controlplane: key service sealed")
-
 // KeyConfig configures the control plane's key service (package dkms).
 type KeyConfig struct {
 	// Shares is how many root key shares the first start makes (default
@@ -72,8 +68,9 @@ type KeyConfig struct {
 	// policy names none (default 30 days; negative: rotation on demand
 	// only).
 	RotationPeriod time.Duration
-	// CheckInterval is how often the server rotates keys that are due and
-	// applies revocations deferred while it was sealed (default 1m).
+	// CheckInterval is how often, on the server's Config.Clock, the server
+	// rotates keys that are due and applies revocations deferred while it
+	// was sealed (default 1m).
 	CheckInterval time.Duration
 	// MessageTTL is how long key messages to agents stay valid (default
 	// dkms.DefaultMessageTTL, 24h).
@@ -330,7 +327,7 @@ func (s *Server) openKeys(ctx context.Context) error {
 	}
 	svc, err := dkms.Open(dkms.WithActor(ctx, "system"), dkms.Config{
 		Store: ks.store, SigningKey: ks.signer, DevMode: kc.DevUnseal, MessageTTL: kc.MessageTTL,
-		Rand: s.cfg.Rand, Clock: s.cfg.Now, Logger: log, Auditor: dkms.AuditFunc(s.auditKeyEvent), Registry: s.cfg.Registry,
+		Rand: s.cfg.Rand, Clock: s.cfg.Clock, Logger: log, Auditor: dkms.AuditFunc(s.auditKeyEvent), Registry: s.cfg.Registry,
 	})
 	if err != nil {
 		ks.closeStore()
@@ -436,9 +433,9 @@ func (s *Server) TakeRootShares() []string {
 func (s *Server) KeyService() *dkms.Service { return s.keys.svc }
 
 // KeyStatus reports the key service's custody state.
-func (s *Server) KeyStatus() KeyServiceStatus {
+func (s *Server) KeyStatus() cpapi.KeyServiceStatus {
 	st := s.keys.svc.Status()
-	return KeyServiceStatus{
+	return cpapi.KeyServiceStatus{
 		Initialized: st.Initialized, Sealed: st.Sealed, DevMode: st.DevMode,
 		SharesProvided: st.Progress, SharesNeeded: st.Threshold, SharesTotal: st.Shares,
 		RootVersion: st.RootVersion, RootKCV: st.RootKCV, KEKVersion: st.KEKVersion,
@@ -668,8 +665,8 @@ func (s *Server) builtinKeys() []struct {
 		purpose dkms.Purpose
 		policy  dkms.Policy
 	}{
-		{TelemetryKeyName, dkms.PurposeData, dkms.Policy{AllAgents: true, RotationPeriod: s.cfg.Keys.defaultRotation()}},
-		{GossipKeyName, dkms.PurposeGossip, dkms.Policy{AllAgents: true, RotationPeriod: max(s.cfg.Keys.GossipRotationPeriod, 0)}},
+		{cpapi.TelemetryKeyName, dkms.PurposeData, dkms.Policy{AllAgents: true, RotationPeriod: s.cfg.Keys.defaultRotation()}},
+		{cpapi.GossipKeyName, dkms.PurposeGossip, dkms.Policy{AllAgents: true, RotationPeriod: max(s.cfg.Keys.GossipRotationPeriod, 0)}},
 	}
 }
 
@@ -710,13 +707,13 @@ func (s *Server) startKeysLoop() {
 	ks.stop, ks.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(ks.done)
-		t := time.NewTicker(s.cfg.Keys.CheckInterval)
+		t := s.cfg.Clock.NewTicker(s.cfg.Keys.CheckInterval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ks.stop:
 				return
-			case <-t.C:
+			case <-t.C():
 				s.keysTick(context.Background())
 			}
 		}
@@ -739,7 +736,7 @@ func (s *Server) keysTick(ctx context.Context) {
 		return
 	}
 	s.ensureBuiltinKeys(ctx)
-	rotated, err := s.keys.svc.RotateDue(dkms.WithActor(ctx, "system:schedule"), s.cfg.Now())
+	rotated, err := s.keys.svc.RotateDue(dkms.WithActor(ctx, "system:schedule"), s.cfg.Clock.Now())
 	if err != nil {
 		s.log.Error("scheduled key rotation failed", "err", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -47,13 +48,13 @@ func benchKeyServer(b *testing.B) (*Server, *call) {
 	return s, &call{agentID: "ag_bench", actor: "agent:ag_bench"}
 }
 
-func fetchKeys(b *testing.B, s *Server, c *call, after string) AgentKeysResponse {
+func fetchKeys(b *testing.B, s *Server, c *call, after string) cpapi.AgentKeysResponse {
 	r := httptest.NewRequest("GET", "/v1/agent/keys?after="+url.QueryEscape(after), nil)
 	w := httptest.NewRecorder()
 	if err := s.handleAgentKeys(w, r, c); err != nil {
 		b.Fatal(err)
 	}
-	var resp AgentKeysResponse
+	var resp cpapi.AgentKeysResponse
 	if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil {
 		b.Fatal(err)
 	}

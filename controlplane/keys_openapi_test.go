@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // TestOpenAPIKeySchemasMatchGoTypes extends TestOpenAPISchemasMatchGoTypes
@@ -13,10 +15,10 @@ import (
 func TestOpenAPIKeySchemasMatchGoTypes(t *testing.T) {
 	doc := loadOpenAPI(t, OpenAPI())
 	types := map[string]any{
-		"KeyServiceStatus": KeyServiceStatus{}, "UnsealRequest": UnsealRequest{}, "KeyPolicy": KeyPolicy{},
-		"KeyVersion": KeyVersion{}, "Key": Key{}, "KeysResponse": KeysResponse{}, "CreateKeyRequest": CreateKeyRequest{},
-		"RewrapRequest": RewrapRequest{}, "RewrapResponse": RewrapResponse{}, "VerifyingKeyResponse": VerifyingKeyResponse{},
-		"AgentKeysResponse": AgentKeysResponse{}, "AgentKeysRelayResponse": AgentKeysRelayResponse{}, "AgentKeysRelayEntry": AgentKeysRelayEntry{},
+		"KeyServiceStatus": cpapi.KeyServiceStatus{}, "UnsealRequest": cpapi.UnsealRequest{}, "KeyPolicy": cpapi.KeyPolicy{},
+		"KeyVersion": cpapi.KeyVersion{}, "Key": cpapi.Key{}, "KeysResponse": cpapi.KeysResponse{}, "CreateKeyRequest": cpapi.CreateKeyRequest{},
+		"RewrapRequest": cpapi.RewrapRequest{}, "RewrapResponse": cpapi.RewrapResponse{}, "VerifyingKeyResponse": cpapi.VerifyingKeyResponse{},
+		"AgentKeysResponse": cpapi.AgentKeysResponse{}, "AgentKeysRelayResponse": cpapi.AgentKeysRelayResponse{}, "AgentKeysRelayEntry": cpapi.AgentKeysRelayEntry{},
 	}
 	for name, v := range types {
 		s, ok := doc.Comps.Schemas[name]

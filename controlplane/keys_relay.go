@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 )
 
@@ -46,25 +47,6 @@ const (
 
 // relayPageSize is RelayPageSize; tests lower it.
 var relayPageSize = RelayPageSize
-
-// AgentKeysRelayEntry is one key message for another agent.
-type AgentKeysRelayEntry struct {
-	// RecipientAgentID is the agent the message is sealed to.
-	RecipientAgentID string `json:"recipient_agent_id"`
-	// Message is the dkms key message in its binary form (base64 in
-	// JSON); only the recipient can open it, anyone can check its
-	// signature.
-	Message []byte `json:"message"`
-}
-
-// AgentKeysRelayResponse is the answer of GET /v1/agent/keys/relay.
-type AgentKeysRelayResponse struct {
-	// Entries are sorted by recipient, then key name.
-	Entries []AgentKeysRelayEntry `json:"entries"`
-	// Cursor, when not empty, names where the next page starts: pass it
-	// as "after". Empty when this page was the last.
-	Cursor string `json:"cursor"`
-}
 
 // relayState is what the relay knows of agents' own key fetches, and its
 // message cache.
@@ -289,9 +271,9 @@ func (s *Server) handleAgentKeysRelay(w http.ResponseWriter, r *http.Request, c 
 	if err != nil {
 		return fail(s.keyError(err))
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	grace := s.cfg.HeartbeatInterval
-	out := AgentKeysRelayResponse{Entries: []AgentKeysRelayEntry{}}
+	out := cpapi.AgentKeysRelayResponse{Entries: []cpapi.AgentKeysRelayEntry{}}
 	last := ""
 	for _, it := range items {
 		if it.agent == c.agentID || (after != "" && it.pos() <= after) || now.Sub(it.changedAt) < grace {
@@ -308,7 +290,7 @@ func (s *Server) handleAgentKeysRelay(w http.ResponseWriter, r *http.Request, c 
 			}
 			return fail(s.keyError(err))
 		}
-		out.Entries = append(out.Entries, AgentKeysRelayEntry{RecipientAgentID: it.agent, Message: raw})
+		out.Entries = append(out.Entries, cpapi.AgentKeysRelayEntry{RecipientAgentID: it.agent, Message: raw})
 		last = it.pos()
 	}
 	if after == "" && out.Cursor == "" {

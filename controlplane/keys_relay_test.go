@@ -8,13 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 )
 
 // relayOf fetches every page of the relay as agent a.
-func relayOf(t *testing.T, a *pqAgent) []AgentKeysRelayEntry {
+func relayOf(t *testing.T, a *pqAgent) []cpapi.AgentKeysRelayEntry {
 	t.Helper()
-	var out []AgentKeysRelayEntry
+	var out []cpapi.AgentKeysRelayEntry
 	after := ""
 	for range 100 {
 		resp, err := a.client.KeyRelay(t.Context(), after)
@@ -31,7 +32,7 @@ func relayOf(t *testing.T, a *pqAgent) []AgentKeysRelayEntry {
 	return nil
 }
 
-func relayRecipients(t *testing.T, es []AgentKeysRelayEntry) []string {
+func relayRecipients(t *testing.T, es []cpapi.AgentKeysRelayEntry) []string {
 	t.Helper()
 	var out []string
 	for _, e := range es {
@@ -53,7 +54,7 @@ func TestKeyRelayHandsLaggingAgentsMessagesToPeers(t *testing.T) {
 	a := e.enrollPQ("relay-a", nil, 31)
 	b := e.enrollPQ("relay-b", nil, 32)
 	c := e.enrollPQ("relay-c", nil, 33)
-	e.createKey("fleet", &KeyPolicy{AllAgents: true})
+	e.createKey("fleet", &cpapi.KeyPolicy{AllAgents: true})
 	for _, x := range []*pqAgent{a, b, c} {
 		x.fetch(t, ctx)
 	}
@@ -137,8 +138,8 @@ func TestKeyRelayPagesAndRefusals(t *testing.T) {
 	ctx := e.ctx()
 	a := e.enrollPQ("page-a", nil, 41)
 	b := e.enrollPQ("page-b", nil, 42)
-	e.createKey("k1", &KeyPolicy{AllAgents: true})
-	e.createKey("k2", &KeyPolicy{AllAgents: true})
+	e.createKey("k1", &cpapi.KeyPolicy{AllAgents: true})
+	e.createKey("k2", &cpapi.KeyPolicy{AllAgents: true})
 	a.fetch(t, ctx)
 	b.fetch(t, ctx)
 	for _, k := range []string{"k1", "k2"} {

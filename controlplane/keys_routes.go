@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -19,17 +20,17 @@ import (
 // keyRoutes are the key service's endpoints; buildRoutes appends them.
 func (s *Server) keyRoutes() []route {
 	return []route{
-		{method: "GET", path: "/v1/keys", access: accessBearer, role: RoleViewer, handle: s.handleListKeys},
-		{method: "POST", path: "/v1/keys", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionCreateKey, handle: s.handleCreateKey},
-		{method: "GET", path: "/v1/keys/status", access: accessBearer, role: RoleViewer, handle: s.handleKeyStatus},
-		{method: "POST", path: "/v1/keys/unseal", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionUnseal, handle: s.handleUnseal},
-		{method: "POST", path: "/v1/keys/seal", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionSeal, handle: s.handleSeal},
+		{method: "GET", path: "/v1/keys", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListKeys},
+		{method: "POST", path: "/v1/keys", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionCreateKey, handle: s.handleCreateKey},
+		{method: "GET", path: "/v1/keys/status", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleKeyStatus},
+		{method: "POST", path: "/v1/keys/unseal", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionUnseal, handle: s.handleUnseal},
+		{method: "POST", path: "/v1/keys/seal", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionSeal, handle: s.handleSeal},
 		{method: "GET", path: "/v1/keys/verifying-key", access: accessAgent, handle: s.handleVerifyingKey},
-		{method: "POST", path: "/v1/keys/{name}/rotate", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRotate, handle: s.handleRotateKey},
-		{method: "POST", path: "/v1/keys/{name}/rewrap", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRewrap, handle: s.handleRewrap},
-		{method: "PUT", path: "/v1/keys/{name}/policy", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionSetPolicy, handle: s.handleSetKeyPolicy},
-		{method: "POST", path: "/v1/keys/{name}/versions/{version}/retire", access: accessBearer, role: RoleOperator, action: "key." + dkms.ActionRetire, handle: s.handleRetireKeyVersion},
-		{method: "POST", path: "/v1/keys/{name}/versions/{version}/destroy", access: accessBearer, role: RoleAdmin, action: "key." + dkms.ActionDestroy, handle: s.handleDestroyKeyVersion},
+		{method: "POST", path: "/v1/keys/{name}/rotate", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionRotate, handle: s.handleRotateKey},
+		{method: "POST", path: "/v1/keys/{name}/rewrap", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionRewrap, handle: s.handleRewrap},
+		{method: "PUT", path: "/v1/keys/{name}/policy", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionSetPolicy, handle: s.handleSetKeyPolicy},
+		{method: "POST", path: "/v1/keys/{name}/versions/{version}/retire", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionRetire, handle: s.handleRetireKeyVersion},
+		{method: "POST", path: "/v1/keys/{name}/versions/{version}/destroy", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionDestroy, handle: s.handleDestroyKeyVersion},
 		{method: "GET", path: "/v1/agent/keys", access: accessAgent, handle: s.handleAgentKeys},
 		{method: "GET", path: "/v1/agent/keys/relay", access: accessAgent, handle: s.handleAgentKeysRelay},
 	}
@@ -80,7 +81,7 @@ func (s *Server) handleKeyStatus(w http.ResponseWriter, r *http.Request, c *call
 
 func (s *Server) handleUnseal(w http.ResponseWriter, r *http.Request, c *call) error {
 	c.target = "root"
-	var req UnsealRequest
+	var req cpapi.UnsealRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -124,7 +125,7 @@ func (s *Server) handleListKeys(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return s.keyError(err)
 	}
-	out := KeysResponse{Keys: make([]Key, 0, len(keys)), Sealed: s.keys.svc.Status().Sealed}
+	out := cpapi.KeysResponse{Keys: make([]cpapi.Key, 0, len(keys)), Sealed: s.keys.svc.Status().Sealed}
 	for _, k := range keys {
 		out.Keys = append(out.Keys, keyToWire(k))
 	}
@@ -133,7 +134,7 @@ func (s *Server) handleListKeys(w http.ResponseWriter, r *http.Request, c *call)
 }
 
 func (s *Server) handleCreateKey(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req CreateKeyRequest
+	var req cpapi.CreateKeyRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -182,7 +183,7 @@ func (s *Server) handleRewrap(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	var req RewrapRequest
+	var req cpapi.RewrapRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -204,7 +205,7 @@ func (s *Server) handleRewrap(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return fmt.Errorf("controlplane: rewrapped envelope: %w", err)
 	}
-	writeJSON(w, http.StatusOK, RewrapResponse{Key: name, FromVersion: h.KeyVersion, Version: nh.KeyVersion, Envelope: env})
+	writeJSON(w, http.StatusOK, cpapi.RewrapResponse{Key: name, FromVersion: h.KeyVersion, Version: nh.KeyVersion, Envelope: env})
 	return nil
 }
 
@@ -213,7 +214,7 @@ func (s *Server) handleSetKeyPolicy(w http.ResponseWriter, r *http.Request, c *c
 	if err != nil {
 		return err
 	}
-	var req KeyPolicy
+	var req cpapi.KeyPolicy
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -265,7 +266,7 @@ func (s *Server) changeKeyVersion(w http.ResponseWriter, r *http.Request, c *cal
 
 func (s *Server) handleVerifyingKey(w http.ResponseWriter, r *http.Request, c *call) error {
 	vk := s.keys.signer.Public()
-	writeJSON(w, http.StatusOK, VerifyingKeyResponse{
+	writeJSON(w, http.StatusOK, cpapi.VerifyingKeyResponse{
 		Algorithm: "ML-DSA-65", PublicKey: vk.Bytes(), Fingerprint: vk.Fingerprint(), Context: dkms.KeyMessageContext,
 	})
 	return nil
@@ -536,7 +537,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 	if after == curText {
 		s.keys.noteFetch(c.agentID, curText, cur)
 		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
-		writeJSON(w, http.StatusOK, AgentKeysResponse{Messages: [][]byte{}, Cursor: curText})
+		writeJSON(w, http.StatusOK, cpapi.AgentKeysResponse{Messages: [][]byte{}, Cursor: curText})
 		return nil
 	}
 	if err := s.requireUnsealed(); err != nil {
@@ -561,7 +562,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			}
 		}
 	}
-	out := AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: curText}
+	out := cpapi.AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: curText}
 	for _, m := range msgs {
 		b, err := m.MarshalBinary()
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -37,7 +38,7 @@ func (e *keyEnv) unseal(idx ...int) {
 	if len(idx) == 0 {
 		idx = []int{0, 1, 2}
 	}
-	var st KeyServiceStatus
+	var st cpapi.KeyServiceStatus
 	for _, i := range idx {
 		var err error
 		if st, err = e.admin.Unseal(e.ctx(), e.shares[i]); err != nil {
@@ -70,19 +71,19 @@ func (e *keyEnv) enrollPQ(name string, labels map[string]string, seed byte) *pqA
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	key, csr, err := GenerateAgentKey(name)
+	key, csr, err := cpapi.GenerateAgentKey(name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := e.client("").Enroll(e.ctx(), EnrollRequest{Token: toks[0].Token, CSR: csr, Name: name, XWingPublic: sk.Public().Bytes()})
+	resp, err := e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, Name: name, XWingPublic: sk.Public().Bytes()})
 	if err != nil {
 		e.t.Fatalf("enroll: %v", err)
 	}
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func (e *keyEnv) openKeyring(a *pqAgent, path string) *dkms.AgentKeys {
 	e.t.Helper()
 	k, err := dkms.OpenAgentKeys(context.Background(), dkms.AgentConfig{
 		AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: a.cpKey, DeviceKey: a.device,
-		Store: dkms.FileBlobStore{Path: path}, Clock: e.clock.Now, Rand: newTestRand(7), Logger: e.cfg.Logger,
+		Store: dkms.FileBlobStore{Path: path}, Clock: e.clock, Rand: newTestRand(7), Logger: e.cfg.Logger,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -137,16 +138,16 @@ func (a *pqAgent) fetch(t *testing.T, ctx context.Context) int {
 	return len(resp.Messages)
 }
 
-func (e *keyEnv) createKey(name string, policy *KeyPolicy) Key {
+func (e *keyEnv) createKey(name string, policy *cpapi.KeyPolicy) cpapi.Key {
 	e.t.Helper()
-	k, err := e.admin.CreateKey(e.ctx(), CreateKeyRequest{Name: name, Policy: policy})
+	k, err := e.admin.CreateKey(e.ctx(), cpapi.CreateKeyRequest{Name: name, Policy: policy})
 	if err != nil {
 		e.t.Fatalf("create key %s: %v", name, err)
 	}
 	return k
 }
 
-func versionState(k Key, v uint32) string {
+func versionState(k cpapi.Key, v uint32) string {
 	for _, kv := range k.Versions {
 		if kv.Version == v {
 			return kv.State
@@ -155,7 +156,7 @@ func versionState(k Key, v uint32) string {
 	return "absent"
 }
 
-func auditActions(t *testing.T, e *keyEnv) []AuditRecord {
+func auditActions(t *testing.T, e *keyEnv) []cpapi.AuditRecord {
 	t.Helper()
 	recs, err := e.admin.ListAudit(e.ctx(), 0, 1000)
 	if err != nil {
@@ -204,7 +205,7 @@ func TestKeysSealedStartRefusesKeyOpsButNotEnrollment(t *testing.T) {
 		t.Fatalf("create while sealed: %d %s", status, body)
 	}
 	_, err = e.admin.RotateKey(e.ctx(), "k1")
-	if ae := wantStatus(t, err, 503); !errors.Is(ae, ErrSealed) {
+	if ae := wantStatus(t, err, 503); !errors.Is(ae, cpapi.ErrSealed) {
 		t.Fatalf("503 does not unwrap to ErrSealed: %v", ae)
 	}
 	status, body = e.rawRequest("POST", "/v1/keys/k1/versions/1/retire", e.adminToken, nil, nil, nil)
@@ -214,10 +215,10 @@ func TestKeysSealedStartRefusesKeyOpsButNotEnrollment(t *testing.T) {
 
 	// Enrollment, heartbeats and telemetry keep working.
 	a := e.enrollPQ("sealed-1", map[string]string{"site": "x"}, 11)
-	if _, err := a.client.Heartbeat(e.ctx(), Heartbeat{Health: &Health{Status: "ok"}}); err != nil {
+	if _, err := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{Health: &cpapi.Health{Status: "ok"}}); err != nil {
 		t.Fatalf("heartbeat while sealed: %v", err)
 	}
-	if _, err := a.client.UploadTelemetry(e.ctx(), TelemetryBatch{BatchSeq: 1, Readings: []Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}}); err != nil {
+	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}}); err != nil {
 		t.Fatalf("telemetry while sealed: %v", err)
 	}
 	// The agent was registered with the key service while sealed.
@@ -273,7 +274,7 @@ func TestKeysUnsealWithSharesNamesBadOnes(t *testing.T) {
 		t.Fatalf("garbage share: %s", ae.Message)
 	}
 	// Only admins unseal.
-	_, err = e.client(e.tokenFor(RoleOperator)).Unseal(e.ctx(), e.shares[1])
+	_, err = e.client(e.tokenFor(cpapi.RoleOperator)).Unseal(e.ctx(), e.shares[1])
 	wantStatus(t, err, 403)
 	st, _ = e.admin.KeyStatus(e.ctx())
 	if st.SharesProvided != 1 || !st.Sealed {
@@ -332,16 +333,16 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	e := newKeyEnv(t, nil)
 	e.unseal()
 	ctx := e.ctx()
-	k := e.createKey("billing", &KeyPolicy{AllAgents: true})
+	k := e.createKey("billing", &cpapi.KeyPolicy{AllAgents: true})
 	if k.PrimaryVersion != 1 || k.Purpose != "data" || k.Policy.RotationPeriod != DefaultKeyRotationPeriod.String() || k.NextRotation == nil {
 		t.Fatalf("created: %+v", k)
 	}
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "billing"}); err == nil {
+	if _, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "billing"}); err == nil {
 		t.Fatal("duplicate key created")
 	} else {
 		wantStatus(t, err, 409)
 	}
-	_, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "g", Purpose: "signing"})
+	_, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "g", Purpose: "signing"})
 	wantStatus(t, err, 400)
 	status, body := e.rawRequest("POST", "/v1/keys", e.adminToken, []byte(`{"name":"bad/name"}`), nil, nil)
 	if status != 400 || !strings.Contains(body, "bad/name") {
@@ -356,7 +357,7 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	}
 
 	// A viewer may list but not rotate.
-	viewer := e.client(e.tokenFor(RoleViewer))
+	viewer := e.client(e.tokenFor(cpapi.RoleViewer))
 	if _, err := viewer.ListKeys(ctx); err != nil {
 		t.Fatalf("viewer list: %v", err)
 	}
@@ -365,7 +366,7 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 		t.Fatalf("viewer rotate: %s", ae.Message)
 	}
 
-	op := e.client(e.tokenFor(RoleOperator))
+	op := e.client(e.tokenFor(cpapi.RoleOperator))
 	k, err = op.RotateKey(ctx, "billing")
 	if err != nil {
 		t.Fatal(err)
@@ -422,9 +423,9 @@ func TestKeysRotateRewrapPolicyRetireDestroyThroughAPI(t *testing.T) {
 	if _, err := svc.Decrypt(ctx, "billing", env1, aad); !errors.Is(err, dkms.ErrBelowMinVersion) {
 		t.Fatalf("v1 envelope after raising the minimum: %v", err)
 	}
-	_, err = op.SetKeyPolicy(ctx, "billing", KeyPolicy{MinDecryptVersion: 3})
+	_, err = op.SetKeyPolicy(ctx, "billing", cpapi.KeyPolicy{MinDecryptVersion: 3})
 	wantStatus(t, err, 400)
-	_, err = op.SetKeyPolicy(ctx, "billing", KeyPolicy{RotationPeriod: "soon"})
+	_, err = op.SetKeyPolicy(ctx, "billing", cpapi.KeyPolicy{RotationPeriod: "soon"})
 	wantStatus(t, err, 400)
 	if k, err = op.RetireKeyVersion(ctx, "billing", 1); err != nil || versionState(k, 1) != "retired" {
 		t.Fatalf("retire: %+v %v", k, err)
@@ -454,7 +455,7 @@ func TestKeysAuditHasKeyEventsAndVerifies(t *testing.T) {
 	if _, err := e.admin.RetireKeyVersion(ctx, "k", 2); err == nil {
 		t.Fatal("retired the primary")
 	}
-	viewer := e.client(e.tokenFor(RoleViewer))
+	viewer := e.client(e.tokenFor(cpapi.RoleViewer))
 	if _, err := viewer.RotateKey(ctx, "k"); err == nil {
 		t.Fatal("viewer rotated")
 	}
@@ -466,7 +467,7 @@ func TestKeysAuditHasKeyEventsAndVerifies(t *testing.T) {
 	count := map[string]int{}
 	for _, r := range recs {
 		count[r.Action+" "+strings.SplitN(r.Result, ":", 2)[0]]++
-		builtin := r.Action == "key.create-key" && r.Actor == "system" && (r.Target == TelemetryKeyName+" v1" || r.Target == GossipKeyName+" v1")
+		builtin := r.Action == "key.create-key" && r.Actor == "system" && (r.Target == cpapi.TelemetryKeyName+" v1" || r.Target == cpapi.GossipKeyName+" v1")
 		// Revoking the agent rotates the built-in keys it held.
 		revocation := r.Action == "key.rotate" && strings.HasSuffix(r.Target, ", agent "+a.id)
 		if strings.HasPrefix(r.Action, "key.") && r.Action != "key.initialize" && r.Action != "key.seal" && r.Action != "key.revoke-agent" &&
@@ -508,10 +509,10 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 	e.unseal()
 	ctx := e.ctx()
 	a := e.enrollPQ("edge-1", map[string]string{"site": "berlin"}, 21)
-	e.createKey("fleet", &KeyPolicy{AllAgents: true})
-	e.createKey("berlin", &KeyPolicy{AllowedLabels: map[string]string{"site": "berlin"}})
+	e.createKey("fleet", &cpapi.KeyPolicy{AllAgents: true})
+	e.createKey("berlin", &cpapi.KeyPolicy{AllowedLabels: map[string]string{"site": "berlin"}})
 	e.createKey("cp-only", nil)
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "mesh", Purpose: "gossip", Policy: &KeyPolicy{AllAgents: true}}); err != nil {
+	if _, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "mesh", Purpose: "gossip", Policy: &cpapi.KeyPolicy{AllAgents: true}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -565,7 +566,7 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 	}
 	// The agent loses the label: the berlin key's next version does not
 	// reach it.
-	if _, err := e.admin.UpdateLabels(ctx, a.id, LabelsPatch{Remove: []string{"site"}}); err != nil {
+	if _, err := e.admin.UpdateLabels(ctx, a.id, cpapi.LabelsPatch{Remove: []string{"site"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.admin.RotateKey(ctx, "berlin"); err != nil {
@@ -575,13 +576,13 @@ func TestKeysAgentFetchesKeyMessagesOverMutualTLS(t *testing.T) {
 		t.Fatalf("fetch after losing the label: %d messages", n)
 	}
 	// Raising a minimum decryption version is sent (with the primary).
-	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", KeyPolicy{AllAgents: true}); err != nil {
+	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", cpapi.KeyPolicy{AllAgents: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.admin.RotateKey(ctx, "mesh"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", KeyPolicy{AllAgents: true, MinDecryptVersion: 2}); err != nil {
+	if _, err := e.admin.SetKeyPolicy(ctx, "mesh", cpapi.KeyPolicy{AllAgents: true, MinDecryptVersion: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if n := a.fetch(t, ctx); n != 1 {
@@ -631,7 +632,7 @@ func TestKeysAgentWithoutXWingKeyAndLateRegistration(t *testing.T) {
 		os.Remove(filepath.Join(e.dir, f))
 	}
 	e.start()
-	a.client, err = NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
+	a.client, err = cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,7 +640,7 @@ func TestKeysAgentWithoutXWingKeyAndLateRegistration(t *testing.T) {
 	if _, err := e.srv.KeyService().Agent(ctx, a.id); !errors.Is(err, dkms.ErrUnknownAgent) {
 		t.Fatalf("agent known to a new key store: %v", err)
 	}
-	e.createKey("fleet", &KeyPolicy{AllAgents: true})
+	e.createKey("fleet", &cpapi.KeyPolicy{AllAgents: true})
 	if n := a.fetch(t, ctx); n != 3 {
 		t.Fatalf("late registration: %d messages, want fleet and the built-in telemetry and gossip", n)
 	}
@@ -651,7 +652,7 @@ func TestKeysDecommissionRevokesAgent(t *testing.T) {
 	ctx := e.ctx()
 	gone := e.enrollPQ("gone", nil, 31)
 	stay := e.enrollPQ("stay", nil, 32)
-	e.createKey("fleet", &KeyPolicy{AllAgents: true})
+	e.createKey("fleet", &cpapi.KeyPolicy{AllAgents: true})
 	gone.fetch(t, ctx)
 	stay.fetch(t, ctx)
 	// An attacker keeps a copy of the revoked agent's keyring.
@@ -703,7 +704,7 @@ func TestKeysDecommissionWhileSealedRevokesAtUnseal(t *testing.T) {
 	e.unseal()
 	ctx := e.ctx()
 	a := e.enrollPQ("a", nil, 41)
-	e.createKey("fleet", &KeyPolicy{AllAgents: true})
+	e.createKey("fleet", &cpapi.KeyPolicy{AllAgents: true})
 	if _, err := e.admin.Seal(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -731,7 +732,7 @@ func TestKeysScheduledRotation(t *testing.T) {
 	e.unseal()
 	ctx := e.ctx()
 	e.createKey("hourly", nil)
-	e.createKey("manual", &KeyPolicy{RotationPeriod: "off"})
+	e.createKey("manual", &cpapi.KeyPolicy{RotationPeriod: "off"})
 	e.srv.keysTick(ctx)
 	if k, _ := e.srv.KeyService().Key(ctx, "hourly"); k.Latest != 1 {
 		t.Fatalf("rotated early: v%d", k.Latest)
@@ -762,15 +763,23 @@ func TestKeysScheduledRotation(t *testing.T) {
 	}
 }
 
+// TestKeysSchedulerRunsOnTheCheckInterval: the background check ticks on
+// the server's clock, so an hour's interval passes when the clock says so.
 func TestKeysSchedulerRunsOnTheCheckInterval(t *testing.T) {
 	e := newKeyEnv(t, func(c *Config) {
 		c.Keys.DevUnseal = true
 		c.Keys.RotationPeriod = time.Minute
-		c.Keys.CheckInterval = 10 * time.Millisecond
+		c.Keys.CheckInterval = time.Hour
 	})
 	e.createKey("k", nil)
-	e.clock.Advance(2 * time.Minute)
 	deadline := time.Now().Add(10 * time.Second)
+	for e.clock.Waiters() == 0 { // the check's ticker
+		if time.Now().After(deadline) {
+			t.Fatal("the background check never started its ticker")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.clock.Advance(time.Hour)
 	for {
 		k, _ := e.srv.KeyService().Key(e.ctx(), "k")
 		if k.Latest >= 2 {
@@ -904,7 +913,7 @@ func FuzzKeyPolicyFromWire(f *testing.F) {
 	f.Add("off", "", "-1h", "", "", uint32(0), false)
 	f.Add("soon", "x", "y", "bad key!", "\x00", uint32(1<<31), false)
 	f.Fuzz(func(t *testing.T, rot, ig, rg, lk, lv string, minV uint32, all bool) {
-		p := &KeyPolicy{RotationPeriod: rot, InstallGrace: ig, RemoveGrace: rg, MinDecryptVersion: minV, AllAgents: all}
+		p := &cpapi.KeyPolicy{RotationPeriod: rot, InstallGrace: ig, RemoveGrace: rg, MinDecryptVersion: minV, AllAgents: all}
 		if lk != "" {
 			p.AllowedLabels = map[string]string{lk: lv}
 		}
@@ -953,7 +962,7 @@ func TestKeysAgentPollSeesChangesMadeInProcess(t *testing.T) {
 	if n := a.fetch(t, ctx); n != 0 {
 		t.Fatalf("same versions under a label policy the agent matches: %d messages", n)
 	}
-	if _, err := e.admin.UpdateLabels(ctx, a.id, LabelsPatch{Set: map[string]string{"zone": "c"}}); err != nil {
+	if _, err := e.admin.UpdateLabels(ctx, a.id, cpapi.LabelsPatch{Set: map[string]string{"zone": "c"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := svc.Rotate(ctx, "direct"); err != nil {
@@ -990,7 +999,7 @@ func FuzzKeyRequestBodies(f *testing.F) {
 				t.Fatalf("refusal %v is not a 400/413 with a message", err)
 			}
 		}
-		var ck CreateKeyRequest
+		var ck cpapi.CreateKeyRequest
 		if err := decode(&ck); err == nil {
 			if _, err := purposeFromWire(ck.Purpose); err != nil {
 				check(err)
@@ -1000,20 +1009,20 @@ func FuzzKeyRequestBodies(f *testing.F) {
 		} else {
 			check(err)
 		}
-		var kp KeyPolicy
+		var kp cpapi.KeyPolicy
 		if err := decode(&kp); err == nil {
 			_, err := policyFromWire(&kp, 0)
 			check(err)
 		} else {
 			check(err)
 		}
-		var rw RewrapRequest
+		var rw cpapi.RewrapRequest
 		if err := decode(&rw); err == nil {
 			pqcrypto.ParseHeader(rw.Envelope)
 		} else {
 			check(err)
 		}
-		var ur UnsealRequest
+		var ur cpapi.UnsealRequest
 		if err := decode(&ur); err == nil {
 			dkms.ParseShare(ur.Share)
 		} else {

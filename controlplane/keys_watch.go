@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // Long poll of GET /v1/agent/keys: with "wait", a request whose cursor is
@@ -18,8 +20,6 @@ import (
 // compare the agent's state with its cursor again.
 
 const (
-	// MaxKeyWatchWait bounds the "wait" parameter of GET /v1/agent/keys.
-	MaxKeyWatchWait = 5 * time.Minute
 	// KeyWatchDeadlineMargin is added to "wait" for the read and write
 	// deadlines of a held request's connection, which replace the
 	// server's 60 s ReadTimeout and WriteTimeout for that request: the
@@ -75,13 +75,13 @@ func parseKeyWait(v string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil {
-		return 0, badRequest("wait: %q is not a duration (e.g. \"55s\"; at most %s)", v, MaxKeyWatchWait)
+		return 0, badRequest("wait: %q is not a duration (e.g. \"55s\"; at most %s)", v, cpapi.MaxKeyWatchWait)
 	}
 	switch {
 	case d < 0:
 		return 0, badRequest("wait: %s is negative", v)
-	case d > MaxKeyWatchWait:
-		return 0, badRequest("wait: %s exceeds the maximum %s", v, MaxKeyWatchWait)
+	case d > cpapi.MaxKeyWatchWait:
+		return 0, badRequest("wait: %s exceeds the maximum %s", v, cpapi.MaxKeyWatchWait)
 	}
 	return d, nil
 }

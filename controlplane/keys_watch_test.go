@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // watchResult is what a WatchKeyMessages call in the background returned.
 type watchResult struct {
-	resp AgentKeysResponse
+	resp cpapi.AgentKeysResponse
 	err  error
 	at   time.Time
 }
@@ -52,7 +54,7 @@ func TestKeysWatchAnswersAtTheRotation(t *testing.T) {
 	e.waitHeld(1)
 	// A change to a key the agent may not hold wakes the request, which
 	// keeps waiting.
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "cp-only"}); err != nil {
+	if _, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "cp-only"}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -61,7 +63,7 @@ func TestKeysWatchAnswersAtTheRotation(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	rotated := time.Now()
-	if _, err := e.admin.RotateKey(ctx, GossipKeyName); err != nil {
+	if _, err := e.admin.RotateKey(ctx, cpapi.GossipKeyName); err != nil {
 		t.Fatal(err)
 	}
 	var r watchResult
@@ -154,7 +156,7 @@ func TestKeysWatchWaitValidated(t *testing.T) {
 	if status != http.StatusBadRequest || !strings.Contains(msg, "wait") {
 		t.Errorf("wait twice: %d %s", status, msg)
 	}
-	if _, err := a.client.WatchKeyMessages(e.ctx(), "", MaxKeyWatchWait+time.Second); !errors.Is(err, ErrBadRequest) {
+	if _, err := a.client.WatchKeyMessages(e.ctx(), "", cpapi.MaxKeyWatchWait+time.Second); !errors.Is(err, cpapi.ErrBadRequest) {
 		t.Errorf("client with wait above the maximum: %v", err)
 	}
 	for _, w := range []string{"0", "0s", "5m"} {

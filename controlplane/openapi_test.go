@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 type openAPIDocument struct {
@@ -90,7 +92,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 				t.Errorf("%s: 401 not documented", k)
 			}
 		}
-		if rt.role == RoleOperator || rt.role == RoleAdmin {
+		if rt.role == cpapi.RoleOperator || rt.role == cpapi.RoleAdmin {
 			if _, ok := op.Responses["403"]; !ok {
 				t.Errorf("%s: 403 not documented", k)
 			}
@@ -140,16 +142,16 @@ func jsonFields(t reflect.Type) []string {
 func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 	doc := loadOpenAPI(t, OpenAPI())
 	types := map[string]any{
-		"Error": errorBody{}, "Health": Health{}, "Resources": Resources{}, "Heartbeat": Heartbeat{},
-		"HeartbeatResponse": HeartbeatResponse{}, "Agent": Agent{}, "AgentsResponse": AgentsResponse{},
-		"LabelsPatch": LabelsPatch{}, "EnrollmentToken": EnrollmentToken{},
-		"CreateEnrollmentTokensRequest": CreateEnrollmentTokensRequest{}, "EnrollmentTokensResponse": EnrollmentTokensResponse{},
-		"EnrollmentTokenList": EnrollmentTokenList{}, "EnrollRequest": EnrollRequest{}, "EnrollResponse": EnrollResponse{},
-		"Reading": Reading{}, "TelemetryBatch": TelemetryBatch{}, "IngestResult": IngestResult{}, "Point": Point{},
-		"Bucket": Bucket{}, "Series": Series{}, "TelemetryResult": TelemetryResult{}, "APIToken": APIToken{},
-		"CreateAPITokenRequest": CreateAPITokenRequest{}, "APITokensResponse": APITokensResponse{},
-		"AuditRecord": AuditRecord{}, "AuditResponse": AuditResponse{}, "AuditVerification": AuditVerification{},
-		"ServerStatus": ServerStatus{},
+		"Error": cpapi.ErrorBody{}, "Health": cpapi.Health{}, "Resources": cpapi.Resources{}, "Heartbeat": cpapi.Heartbeat{},
+		"HeartbeatResponse": cpapi.HeartbeatResponse{}, "Agent": cpapi.Agent{}, "AgentsResponse": cpapi.AgentsResponse{},
+		"LabelsPatch": cpapi.LabelsPatch{}, "EnrollmentToken": cpapi.EnrollmentToken{},
+		"CreateEnrollmentTokensRequest": cpapi.CreateEnrollmentTokensRequest{}, "EnrollmentTokensResponse": cpapi.EnrollmentTokensResponse{},
+		"EnrollmentTokenList": cpapi.EnrollmentTokenList{}, "EnrollRequest": cpapi.EnrollRequest{}, "EnrollResponse": cpapi.EnrollResponse{},
+		"Reading": cpapi.Reading{}, "TelemetryBatch": cpapi.TelemetryBatch{}, "IngestResult": cpapi.IngestResult{}, "Point": cpapi.Point{},
+		"Bucket": cpapi.Bucket{}, "Series": cpapi.Series{}, "TelemetryResult": cpapi.TelemetryResult{}, "APIToken": cpapi.APIToken{},
+		"CreateAPITokenRequest": cpapi.CreateAPITokenRequest{}, "APITokensResponse": cpapi.APITokensResponse{},
+		"AuditRecord": cpapi.AuditRecord{}, "AuditResponse": cpapi.AuditResponse{}, "AuditVerification": cpapi.AuditVerification{},
+		"ServerStatus": cpapi.ServerStatus{},
 	}
 	for name, v := range types {
 		s, ok := doc.Comps.Schemas[name]
@@ -167,7 +169,7 @@ func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 		}
 	}
 	// enrollWire is the server's view of EnrollRequest.
-	if a, b := jsonFields(reflect.TypeOf(enrollWire{})), jsonFields(reflect.TypeOf(EnrollRequest{})); !slices.Equal(a, b) {
+	if a, b := jsonFields(reflect.TypeOf(enrollWire{})), jsonFields(reflect.TypeOf(cpapi.EnrollRequest{})); !slices.Equal(a, b) {
 		t.Errorf("enrollWire %v differs from EnrollRequest %v", a, b)
 	}
 	// Every $ref resolves.

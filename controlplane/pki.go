@@ -26,6 +26,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // File names inside Config.DataDir.
@@ -43,11 +45,6 @@ const (
 	// DatabaseFile is the default SQLite database.
 	DatabaseFile = "controlplane.db"
 )
-
-const agentURIPrefix = "urn:edgefleet:agent:"
-
-// AgentURI returns the URI SAN carried by an agent's client certificate.
-func AgentURI(agentID string) string { return agentURIPrefix + agentID }
 
 // authority is the control plane's certificate authority.
 type authority struct {
@@ -419,7 +416,7 @@ func (a *authority) issueAgentCert(csr *x509.CertificateRequest, agentID string,
 	if err != nil {
 		return nil, nil, err
 	}
-	u, err := url.Parse(AgentURI(agentID))
+	u, err := url.Parse(cpapi.AgentURI(agentID))
 	if err != nil {
 		return nil, nil, fmt.Errorf("controlplane: agent URI: %w", err)
 	}
@@ -454,8 +451,8 @@ func (a *authority) issueAgentCert(csr *x509.CertificateRequest, agentID string,
 func agentIDFromCert(c *x509.Certificate) (string, error) {
 	var id string
 	for _, u := range c.URIs {
-		if s := u.String(); strings.HasPrefix(s, agentURIPrefix) {
-			id = strings.TrimPrefix(s, agentURIPrefix)
+		if s := u.String(); strings.HasPrefix(s, cpapi.AgentURIPrefix) {
+			id = strings.TrimPrefix(s, cpapi.AgentURIPrefix)
 			break
 		}
 	}
@@ -466,59 +463,4 @@ func agentIDFromCert(c *x509.Certificate) (string, error) {
 		return "", fmt.Errorf("client certificate CommonName %q does not match agent URI %q", c.Subject.CommonName, id)
 	}
 	return id, nil
-}
-
-// GenerateAgentKey creates an ECDSA P-256 key pair for an agent and a PEM
-// certificate signing request for it, ready for EnrollRequest.CSR.
-func GenerateAgentKey(name string) (*ecdsa.PrivateKey, string, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, "", fmt.Errorf("controlplane: generate agent key: %w", err)
-	}
-	csrPEM, err := CreateCSR(key, name)
-	if err != nil {
-		return nil, "", err
-	}
-	return key, csrPEM, nil
-}
-
-// CreateCSR returns a PEM certificate signing request for key. The subject
-// is informative only; the control plane names the certificate itself.
-func CreateCSR(key crypto.Signer, name string) (string, error) {
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		return "", fmt.Errorf("controlplane: create CSR: %w", err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
-}
-
-// AgentCertificate combines an enrollment answer's certificate with the
-// agent's private key into a tls.Certificate for Client.
-func AgentCertificate(certPEM string, key crypto.PrivateKey) (tls.Certificate, error) {
-	der, err := decodePEM([]byte(certPEM), "CERTIFICATE", "agent certificate")
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("controlplane: parse agent certificate: %w", err)
-	}
-	if pk, ok := key.(interface{ Public() crypto.PublicKey }); !ok || !publicKeysEqual(pk.Public(), leaf.PublicKey) {
-		return tls.Certificate{}, errors.New("controlplane: agent certificate does not match the private key")
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ea.Equal(b)
-}
-
-// CertPoolFromPEM parses one or more PEM certificates into a pool.
-func CertPoolFromPEM(pemBytes []byte) (*x509.CertPool, error) {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, errors.New("controlplane: CA bundle holds no PEM certificate")
-	}
-	return pool, nil
 }

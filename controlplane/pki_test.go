@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -24,7 +26,7 @@ func contextWithCancel() (context.Context, context.CancelFunc) {
 // is not issued by the control plane CA.
 func selfSignedClientCert(t *testing.T, key *ecdsa.PrivateKey, agentID string) tls.Certificate {
 	t.Helper()
-	u, _ := url.Parse(AgentURI(agentID))
+	u, _ := url.Parse(cpapi.AgentURI(agentID))
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: agentID},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
@@ -38,7 +40,7 @@ func selfSignedClientCert(t *testing.T, key *ecdsa.PrivateKey, agentID string) t
 }
 
 func TestAgentIDFromCertRequiresMatchingNames(t *testing.T) {
-	u, _ := url.Parse(AgentURI("ag_1"))
+	u, _ := url.Parse(cpapi.AgentURI("ag_1"))
 	if id, err := agentIDFromCert(&x509.Certificate{Subject: pkix.Name{CommonName: "ag_1"}, URIs: []*url.URL{u}}); err != nil || id != "ag_1" {
 		t.Errorf("matching: %q %v", id, err)
 	}
@@ -53,8 +55,8 @@ func TestAgentIDFromCertRequiresMatchingNames(t *testing.T) {
 func TestAgentCertificateRejectsWrongKey(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("k", nil)
-	other, _, _ := GenerateAgentKey("other")
-	if _, err := AgentCertificate(a.resp.Certificate, other); err == nil {
+	other, _, _ := cpapi.GenerateAgentKey("other")
+	if _, err := cpapi.AgentCertificate(a.resp.Certificate, other); err == nil {
 		t.Error("certificate paired with a foreign key")
 	}
 }

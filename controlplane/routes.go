@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	_ "embed"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"os"
 	"regexp"
 	"runtime"
 	"slices"
@@ -25,6 +23,9 @@ import (
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/procstat"
 )
 
 //go:embed openapi.json
@@ -35,16 +36,15 @@ func OpenAPI() []byte { return bytes.Clone(openAPIDoc) }
 
 // Limits on request values.
 const (
-	maxLabels          = 64
-	maxLabelKeyLen     = 63
-	maxLabelValueLen   = 255
-	maxFieldLen        = 128
-	maxTokensPerCreate = 1000
-	maxAuditPage       = 1000
-	defaultAuditPage   = 100
-	defaultPointLimit  = 10000
-	maxPointLimit      = 100000
-	maxBuckets         = 100000
+	maxLabels         = 64
+	maxLabelKeyLen    = 63
+	maxLabelValueLen  = 255
+	maxFieldLen       = 128
+	maxAuditPage      = 1000
+	defaultAuditPage  = 100
+	defaultPointLimit = 10000
+	maxPointLimit     = 100000
+	maxBuckets        = 100000
 )
 
 func (s *Server) buildRoutes() []route {
@@ -60,33 +60,33 @@ func (s *Server) buildRoutes() []route {
 			w.Write(openAPIDoc)
 			return nil
 		}},
-		{method: "GET", path: "/metrics", access: accessBearer, role: RoleViewer, handle: func(w http.ResponseWriter, r *http.Request, c *call) error {
+		{method: "GET", path: "/metrics", access: accessBearer, role: cpapi.RoleViewer, handle: func(w http.ResponseWriter, r *http.Request, c *call) error {
 			metricsHandler.ServeHTTP(w, r)
 			return nil
 		}},
-		{method: "GET", path: "/v1/server/status", access: accessBearer, role: RoleViewer, handle: s.handleStatus},
+		{method: "GET", path: "/v1/server/status", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleStatus},
 
-		{method: "POST", path: "/v1/enrollment-tokens", access: accessBearer, role: RoleOperator, action: "enrollment-token.create", handle: s.handleCreateEnrollmentTokens},
-		{method: "GET", path: "/v1/enrollment-tokens", access: accessBearer, role: RoleOperator, handle: s.handleListEnrollmentTokens},
+		{method: "POST", path: "/v1/enrollment-tokens", access: accessBearer, role: cpapi.RoleOperator, action: "enrollment-token.create", handle: s.handleCreateEnrollmentTokens},
+		{method: "GET", path: "/v1/enrollment-tokens", access: accessBearer, role: cpapi.RoleOperator, handle: s.handleListEnrollmentTokens},
 		{method: "POST", path: "/v1/enroll", access: accessEnroll, action: "agent.enroll", handle: s.handleEnroll},
 
 		{method: "GET", path: "/v1/agents/self", access: accessAgent, handle: s.handleSelf},
 		{method: "POST", path: "/v1/agents/self/heartbeat", access: accessAgent, handle: s.handleHeartbeat},
 		{method: "POST", path: "/v1/agents/self/telemetry", access: accessAgent, handle: s.handleTelemetryUpload},
 
-		{method: "GET", path: "/v1/agents", access: accessBearer, role: RoleViewer, handle: s.handleListAgents},
-		{method: "GET", path: "/v1/agents/{id}", access: accessBearer, role: RoleViewer, handle: s.handleGetAgent},
-		{method: "PATCH", path: "/v1/agents/{id}/labels", access: accessBearer, role: RoleOperator, action: "agent.labels", handle: s.handleLabels},
-		{method: "POST", path: "/v1/agents/{id}/decommission", access: accessBearer, role: RoleOperator, action: "agent.decommission", handle: s.handleDecommission},
+		{method: "GET", path: "/v1/agents", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListAgents},
+		{method: "GET", path: "/v1/agents/{id}", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleGetAgent},
+		{method: "PATCH", path: "/v1/agents/{id}/labels", access: accessBearer, role: cpapi.RoleOperator, action: "agent.labels", handle: s.handleLabels},
+		{method: "POST", path: "/v1/agents/{id}/decommission", access: accessBearer, role: cpapi.RoleOperator, action: "agent.decommission", handle: s.handleDecommission},
 
-		{method: "GET", path: "/v1/telemetry", access: accessBearer, role: RoleViewer, handle: s.handleTelemetryQuery},
+		{method: "GET", path: "/v1/telemetry", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleTelemetryQuery},
 
-		{method: "POST", path: "/v1/tokens", access: accessBearer, role: RoleAdmin, action: "token.create", handle: s.handleCreateAPIToken},
-		{method: "GET", path: "/v1/tokens", access: accessBearer, role: RoleAdmin, handle: s.handleListAPITokens},
-		{method: "DELETE", path: "/v1/tokens/{id}", access: accessBearer, role: RoleAdmin, action: "token.revoke", handle: s.handleRevokeAPIToken},
+		{method: "POST", path: "/v1/tokens", access: accessBearer, role: cpapi.RoleAdmin, action: "token.create", handle: s.handleCreateAPIToken},
+		{method: "GET", path: "/v1/tokens", access: accessBearer, role: cpapi.RoleAdmin, handle: s.handleListAPITokens},
+		{method: "DELETE", path: "/v1/tokens/{id}", access: accessBearer, role: cpapi.RoleAdmin, action: "token.revoke", handle: s.handleRevokeAPIToken},
 
-		{method: "GET", path: "/v1/audit", access: accessBearer, role: RoleViewer, handle: s.handleListAudit},
-		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: RoleViewer, handle: s.handleVerifyAudit},
+		{method: "GET", path: "/v1/audit", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListAudit},
+		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleVerifyAudit},
 	}, s.keyRoutes()...)
 }
 
@@ -157,7 +157,7 @@ func parseTTL(field, v string, def, max time.Duration) (time.Duration, error) {
 // ---- enrollment ----
 
 func (s *Server) handleCreateEnrollmentTokens(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req CreateEnrollmentTokensRequest
+	var req cpapi.CreateEnrollmentTokensRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -172,14 +172,14 @@ func (s *Server) handleCreateEnrollmentTokens(w http.ResponseWriter, r *http.Req
 	if count == 0 {
 		count = 1
 	}
-	if count < 0 || count > maxTokensPerCreate {
-		return badRequest("count: %d out of range 1..%d", req.Count, maxTokensPerCreate)
+	if count < 0 || count > cpapi.MaxEnrollmentTokensPerRequest {
+		return badRequest("count: %d out of range 1..%d", req.Count, cpapi.MaxEnrollmentTokensPerRequest)
 	}
 	if req.Labels == nil {
 		req.Labels = map[string]string{}
 	}
-	out := make([]NewEnrollmentToken, count)
-	toks := make([]EnrollmentToken, count)
+	out := make([]cpapi.NewEnrollmentToken, count)
+	toks := make([]cpapi.EnrollmentToken, count)
 	for i := range out {
 		secret, err := newSecret(s.cfg.Rand, enrollmentTokenPrefix)
 		if err != nil {
@@ -189,8 +189,8 @@ func (s *Server) handleCreateEnrollmentTokens(w http.ResponseWriter, r *http.Req
 		if err != nil {
 			return err
 		}
-		toks[i] = EnrollmentToken{ID: id, Hash: hashToken(secret), Labels: req.Labels, CreatedAt: c.now.UTC(), CreatedBy: c.actor, ExpiresAt: c.now.Add(ttl).UTC(), State: "unused"}
-		out[i] = NewEnrollmentToken{EnrollmentToken: toks[i], Token: secret}
+		toks[i] = cpapi.EnrollmentToken{ID: id, Hash: hashToken(secret), Labels: req.Labels, CreatedAt: c.now.UTC(), CreatedBy: c.actor, ExpiresAt: c.now.Add(ttl).UTC(), State: "unused"}
+		out[i] = cpapi.NewEnrollmentToken{EnrollmentToken: toks[i], Token: secret}
 	}
 	c.target = toks[0].ID
 	if count > 1 {
@@ -199,7 +199,7 @@ func (s *Server) handleCreateEnrollmentTokens(w http.ResponseWriter, r *http.Req
 	if err := s.store.CreateEnrollmentTokens(r.Context(), toks, c.entry()); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, EnrollmentTokensResponse{Tokens: out})
+	writeJSON(w, http.StatusCreated, cpapi.EnrollmentTokensResponse{Tokens: out})
 	return nil
 }
 
@@ -208,7 +208,7 @@ func (s *Server) handleListEnrollmentTokens(w http.ResponseWriter, r *http.Reque
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, EnrollmentTokenList{Tokens: toks})
+	writeJSON(w, http.StatusOK, cpapi.EnrollmentTokenList{Tokens: toks})
 	return nil
 }
 
@@ -270,7 +270,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 		return badRequest("token: missing enrollment token")
 	}
 	tok, err := s.store.LookupEnrollmentToken(r.Context(), hashToken(req.Token))
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, cpapi.ErrNotFound) {
 		s.metrics.enrollments.WithLabelValues("refused").Inc()
 		return errorf(http.StatusUnauthorized, "enrollment token not recognized")
 	}
@@ -322,7 +322,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 	if name == "" {
 		name = id
 	}
-	agent := Agent{
+	agent := cpapi.Agent{
 		ID: id, Name: name, Labels: tok.Labels, Version: req.Version, OS: req.OS, Arch: req.Arch,
 		FirstSeen: c.now, LastSeen: c.now, CertSerial: serialString(cert.SerialNumber), CertNotAfter: cert.NotAfter,
 		XWingPublic: xw, MLDSAPublic: md, EnrollmentTokenID: tok.ID,
@@ -336,7 +336,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 	if xw != nil {
 		s.registerAgentKey(keyCtx(r.Context(), c), id, xw, tok.Labels)
 	}
-	writeJSON(w, http.StatusCreated, EnrollResponse{
+	writeJSON(w, http.StatusCreated, cpapi.EnrollResponse{
 		AgentID: id, Certificate: string(certPEM), CABundle: string(s.ca.certPEM),
 		Labels: tok.Labels, HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
 		KeysVerifyingKey: s.keys.signer.Public().Bytes(),
@@ -369,7 +369,7 @@ func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request, c *call) err
 	return nil
 }
 
-func validHeartbeat(hb *Heartbeat) error {
+func validHeartbeat(hb *cpapi.Heartbeat) error {
 	for _, f := range []struct{ name, v string }{{"name", hb.Name}, {"version", hb.Version}, {"os", hb.OS}, {"arch", hb.Arch}} {
 		if err := validText(f.name, f.v, maxFieldLen); err != nil {
 			return err
@@ -411,7 +411,7 @@ func validHeartbeat(hb *Heartbeat) error {
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, c *call) error {
-	var hb Heartbeat
+	var hb cpapi.Heartbeat
 	if err := s.decodeJSON(w, r, &hb); err != nil {
 		return err
 	}
@@ -423,7 +423,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, c *call
 		return s.agentGone(c, err)
 	}
 	s.metrics.heartbeats.Inc()
-	writeJSON(w, http.StatusOK, HeartbeatResponse{
+	writeJSON(w, http.StatusOK, cpapi.HeartbeatResponse{
 		AgentID: a.ID, Labels: a.Labels, ServerTime: c.now.UTC(),
 		HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
 	})
@@ -439,10 +439,10 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request, c *cal
 			return badRequest("query parameter %q unknown (accepted: state, label)", k)
 		}
 	}
-	var state AgentState
-	switch v := q.Get("state"); AgentState(v) {
-	case "", StateOnline, StateStale, StateOffline, StateDecommissioned:
-		state = AgentState(v)
+	var state cpapi.AgentState
+	switch v := q.Get("state"); cpapi.AgentState(v) {
+	case "", cpapi.StateOnline, cpapi.StateStale, cpapi.StateOffline, cpapi.StateDecommissioned:
+		state = cpapi.AgentState(v)
 	default:
 		return badRequest("state: %q must be online, stale, offline or decommissioned", v)
 	}
@@ -480,7 +480,7 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request, c *cal
 			out = append(out, a)
 		}
 	}
-	writeJSON(w, http.StatusOK, AgentsResponse{Agents: out})
+	writeJSON(w, http.StatusOK, cpapi.AgentsResponse{Agents: out})
 	return nil
 }
 
@@ -497,7 +497,7 @@ func (s *Server) handleGetAgent(w http.ResponseWriter, r *http.Request, c *call)
 func (s *Server) handleLabels(w http.ResponseWriter, r *http.Request, c *call) error {
 	id := r.PathValue("id")
 	c.target = id
-	var p LabelsPatch
+	var p cpapi.LabelsPatch
 	if err := s.decodeJSON(w, r, &p); err != nil {
 		return err
 	}
@@ -545,7 +545,7 @@ func (s *Server) handleDecommission(w http.ResponseWriter, r *http.Request, c *c
 	}
 	s.log.Info("agent decommissioned", "agent", id, "by", c.actor, "serial", a.CertSerial)
 	s.revokeAgentKeys(keyCtx(context.WithoutCancel(r.Context()), c), id)
-	a.State = StateDecommissioned
+	a.State = cpapi.StateDecommissioned
 	writeJSON(w, http.StatusOK, a)
 	return nil
 }
@@ -558,8 +558,8 @@ func parseQueryTime(field, v string, def time.Time) (time.Time, error) {
 	}
 	var t time.Time
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 || n > MaxQueryTime.Unix() {
-			return t, badRequest("%s: Unix time %d out of range 0..%d", field, n, MaxQueryTime.Unix())
+		if n < 0 || n > cpapi.MaxQueryTime.Unix() {
+			return t, badRequest("%s: Unix time %d out of range 0..%d", field, n, cpapi.MaxQueryTime.Unix())
 		}
 		t = time.Unix(n, 0).UTC()
 	} else {
@@ -569,8 +569,8 @@ func parseQueryTime(field, v string, def time.Time) (time.Time, error) {
 			return t, badRequest("%s: %q is neither RFC 3339 (2024-05-01T12:00:00Z) nor Unix seconds", field, v)
 		}
 	}
-	if t.Before(time.Unix(0, 0)) || t.After(MaxQueryTime) {
-		return t, badRequest("%s: %s out of range %s..%s", field, t.Format(time.RFC3339), time.Unix(0, 0).UTC().Format(time.RFC3339), MaxQueryTime.Format(time.RFC3339))
+	if t.Before(time.Unix(0, 0)) || t.After(cpapi.MaxQueryTime) {
+		return t, badRequest("%s: %s out of range %s..%s", field, t.Format(time.RFC3339), time.Unix(0, 0).UTC().Format(time.RFC3339), cpapi.MaxQueryTime.Format(time.RFC3339))
 	}
 	return t.UTC(), nil
 }
@@ -586,7 +586,7 @@ func (s *Server) handleTelemetryQuery(w http.ResponseWriter, r *http.Request, c 
 			return badRequest("query parameter %q given %d times", k, len(vs))
 		}
 	}
-	tq := TelemetryQuery{Agent: q.Get("agent"), Device: q.Get("device"), Metric: q.Get("metric")}
+	tq := cpapi.TelemetryQuery{Agent: q.Get("agent"), Device: q.Get("device"), Metric: q.Get("metric")}
 	for _, f := range []struct{ name, v string }{{"agent", tq.Agent}, {"device", tq.Device}, {"metric", tq.Metric}} {
 		if err := validText(f.name, f.v, maxNameLen); err != nil {
 			return err
@@ -638,7 +638,7 @@ func (s *Server) handleTelemetryQuery(w http.ResponseWriter, r *http.Request, c 
 // ---- API tokens ----
 
 func (s *Server) handleCreateAPIToken(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req CreateAPITokenRequest
+	var req cpapi.CreateAPITokenRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -664,7 +664,7 @@ func (s *Server) handleCreateAPIToken(w http.ResponseWriter, r *http.Request, c 
 		return err
 	}
 	c.target = id
-	tok := APIToken{ID: id, Hash: hashToken(secret), Name: req.Name, Role: req.Role, CreatedAt: c.now.UTC(), CreatedBy: c.actor}
+	tok := cpapi.APIToken{ID: id, Hash: hashToken(secret), Name: req.Name, Role: req.Role, CreatedAt: c.now.UTC(), CreatedBy: c.actor}
 	if ttl > 0 {
 		exp := c.now.Add(ttl).UTC()
 		tok.ExpiresAt = &exp
@@ -672,7 +672,7 @@ func (s *Server) handleCreateAPIToken(w http.ResponseWriter, r *http.Request, c 
 	if err := s.store.CreateAPIToken(r.Context(), tok, c.entry()); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, NewAPIToken{APIToken: tok, Token: secret})
+	writeJSON(w, http.StatusCreated, cpapi.NewAPIToken{APIToken: tok, Token: secret})
 	return nil
 }
 
@@ -681,7 +681,7 @@ func (s *Server) handleListAPITokens(w http.ResponseWriter, r *http.Request, c *
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, APITokensResponse{Tokens: toks})
+	writeJSON(w, http.StatusOK, cpapi.APITokensResponse{Tokens: toks})
 	return nil
 }
 
@@ -729,7 +729,7 @@ func (s *Server) handleListAudit(w http.ResponseWriter, r *http.Request, c *call
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, AuditResponse{Records: recs, HeadSeq: head})
+	writeJSON(w, http.StatusOK, cpapi.AuditResponse{Records: recs, HeadSeq: head})
 	return nil
 }
 
@@ -754,46 +754,22 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, c *call) e
 }
 
 // Status reports the server's version, uptime, memory and agent counts.
-func (s *Server) Status(ctx context.Context) (ServerStatus, error) {
-	now := s.cfg.Now()
+func (s *Server) Status(ctx context.Context) (cpapi.ServerStatus, error) {
+	now := s.cfg.Clock.Now()
 	agents, err := s.store.ListAgents(ctx)
 	if err != nil {
-		return ServerStatus{}, err
+		return cpapi.ServerStatus{}, err
 	}
-	counts := map[AgentState]int{StateOnline: 0, StateStale: 0, StateOffline: 0, StateDecommissioned: 0}
+	counts := map[cpapi.AgentState]int{cpapi.StateOnline: 0, cpapi.StateStale: 0, cpapi.StateOffline: 0, cpapi.StateDecommissioned: 0}
 	for _, a := range agents {
 		counts[s.stateOf(a, now)]++
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ServerStatus{
-		HeapBytes: ms.HeapInuse, StackBytes: ms.StackInuse, GoSysBytes: ms.Sys, CPUSeconds: ProcessCPUSeconds(),
+	return cpapi.ServerStatus{
+		HeapBytes: ms.HeapInuse, StackBytes: ms.StackInuse, GoSysBytes: ms.Sys, CPUSeconds: procstat.CPUSeconds(),
 		Version: s.cfg.Version, StartedAt: s.started.UTC(), Now: now.UTC(),
-		UptimeSeconds: now.Sub(s.started).Seconds(), RSSBytes: ProcessRSS(), Goroutines: runtime.NumGoroutine(),
+		UptimeSeconds: now.Sub(s.started).Seconds(), RSSBytes: procstat.RSS(), Goroutines: runtime.NumGoroutine(),
 		Agents: counts, TotalAgents: len(agents), HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
 	}, nil
-}
-
-// ProcessRSS returns this process's resident set size in bytes from the
-// VmRSS line of /proc/self/status, or 0 where that file does not exist.
-func ProcessRSS() int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) >= 1 {
-				kb, err := strconv.ParseInt(fields[0], 10, 64)
-				if err == nil {
-					return kb * 1024
-				}
-			}
-		}
-	}
-	return 0
 }

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // Server is the control plane HTTP server. Create it with New, then Start
@@ -60,7 +62,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{}}
-	now := cfg.Now()
+	now := cfg.Clock.Now()
 	s.started = now
 
 	ca, created, err := loadOrCreateCA(cfg.DataDir, now, cfg.Rand, s.log)
@@ -121,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 		Certificates: []tls.Certificate{serverCert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    ca.pool,
-		Time:         cfg.Now,
+		Time:         cfg.Clock.Now,
 		// CurvePreferences is left nil on purpose: Go's default prefers
 		// the hybrid post-quantum X25519MLKEM768 key exchange.
 	}
@@ -180,7 +182,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) (string, error) {
 			}
 			return path, nil
 		}
-		if !errors.Is(lerr, ErrNotFound) {
+		if !errors.Is(lerr, cpapi.ErrNotFound) {
 			return "", lerr
 		}
 		s.log.Warn("admin token file is not known to the store; issuing a new admin token", "path", path)
@@ -196,8 +198,8 @@ func (s *Server) bootstrapAdmin(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	now := s.cfg.Now()
-	tok := APIToken{ID: id, Hash: hashToken(secret), Name: "bootstrap admin", Role: RoleAdmin, CreatedAt: now, CreatedBy: "system"}
+	now := s.cfg.Clock.Now()
+	tok := cpapi.APIToken{ID: id, Hash: hashToken(secret), Name: "bootstrap admin", Role: cpapi.RoleAdmin, CreatedAt: now, CreatedBy: "system"}
 	// Write the file first: a token stored without its file could never
 	// be used, while a file without a stored token is replaced next start.
 	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
@@ -386,12 +388,12 @@ func (s *Server) AdminToken() (string, error) {
 // authenticates with the bootstrap admin token, for programs that run
 // the server in-process (the simulator, tests). A zero timeout is the
 // client's default.
-func (s *Server) AdminClient(timeout time.Duration) (*Client, error) {
+func (s *Server) AdminClient(timeout time.Duration) (*cpapi.Client, error) {
 	tok, err := s.AdminToken()
 	if err != nil {
 		return nil, err
 	}
-	return NewClient(ClientConfig{URL: s.URL(), Token: tok, CAPEM: s.CAPEM(), Timeout: timeout})
+	return cpapi.NewClient(cpapi.ClientConfig{URL: s.URL(), Token: tok, CAPEM: s.CAPEM(), Timeout: timeout})
 }
 
 // Handler returns the HTTP handler, for embedding the API in another TLS
@@ -422,18 +424,18 @@ func (s *Server) setRevoked(serial string, on bool) {
 }
 
 // stateOf derives an agent's state at now.
-func (s *Server) stateOf(a Agent, now time.Time) AgentState {
+func (s *Server) stateOf(a cpapi.Agent, now time.Time) cpapi.AgentState {
 	if a.DecommissionedAt != nil {
-		return StateDecommissioned
+		return cpapi.StateDecommissioned
 	}
 	age := now.Sub(a.LastSeen)
 	switch {
 	case age < s.cfg.StaleAfter:
-		return StateOnline
+		return cpapi.StateOnline
 	case age < s.cfg.OfflineAfter:
-		return StateStale
+		return cpapi.StateStale
 	}
-	return StateOffline
+	return cpapi.StateOffline
 }
 
 // ---- request plumbing ----
@@ -454,8 +456,8 @@ type route struct {
 	method string
 	path   string
 	access access
-	role   Role   // minimum role for accessBearer
-	action string // audit action; empty for reads and data-plane calls
+	role   cpapi.Role // minimum role for accessBearer
+	action string     // audit action; empty for reads and data-plane calls
 	handle func(w http.ResponseWriter, r *http.Request, c *call) error
 }
 
@@ -463,7 +465,7 @@ type route struct {
 type call struct {
 	now     time.Time
 	actor   string
-	role    Role
+	role    cpapi.Role
 	agentID string
 	serial  string
 	action  string
@@ -534,7 +536,7 @@ func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
-		c := &call{now: s.cfg.Now(), action: rt.action}
+		c := &call{now: s.cfg.Clock.Now(), action: rt.action}
 		err := s.authenticate(r, rt, c)
 		if err == nil {
 			err = rt.handle(w, r, c)
@@ -611,7 +613,7 @@ func (s *Server) authenticate(r *http.Request, rt route, c *call) error {
 			return errorf(http.StatusUnauthorized, "Authorization header must be \"Bearer <api token>\"")
 		}
 		tok, err := s.store.LookupAPIToken(r.Context(), hashToken(strings.TrimSpace(secret)))
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, cpapi.ErrNotFound) {
 			return errorf(http.StatusUnauthorized, "unknown API token")
 		}
 		if err != nil {
@@ -640,19 +642,19 @@ func (s *Server) errorStatus(err error, r *http.Request) (int, string) {
 	}
 	msg := strings.ReplaceAll(err.Error(), "controlplane: ", "")
 	switch {
-	case errors.Is(err, ErrTooLarge):
+	case errors.Is(err, cpapi.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, msg
-	case errors.Is(err, ErrBadRequest):
+	case errors.Is(err, cpapi.ErrBadRequest):
 		return http.StatusBadRequest, msg
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, cpapi.ErrNotFound):
 		return http.StatusNotFound, msg
 	case errors.Is(err, ErrTokenExpired):
 		return http.StatusUnauthorized, msg
-	case errors.Is(err, ErrTokenUsed), errors.Is(err, ErrConflict), errors.Is(err, ErrDecommissioned):
+	case errors.Is(err, ErrTokenUsed), errors.Is(err, cpapi.ErrConflict), errors.Is(err, ErrDecommissioned):
 		return http.StatusConflict, msg
-	case errors.Is(err, ErrUnauthorized):
+	case errors.Is(err, cpapi.ErrUnauthorized):
 		return http.StatusUnauthorized, msg
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, cpapi.ErrForbidden):
 		return http.StatusForbidden, msg
 	case errors.Is(err, context.Canceled):
 		return 499, "request canceled"
@@ -661,13 +663,8 @@ func (s *Server) errorStatus(err error, r *http.Request) (int, string) {
 	return http.StatusInternalServerError, "internal error; see server log"
 }
 
-// errorBody is every error answer's JSON shape.
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, errorBody{Error: msg})
+	writeJSON(w, status, cpapi.ErrorBody{Error: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/cloudflare/circl/kem/xwing"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 func TestFirstStartCreatesCAAndAdminTokenThenReuses(t *testing.T) {
@@ -63,11 +65,11 @@ func TestFirstStartCreatesCAAndAdminTokenThenReuses(t *testing.T) {
 		t.Errorf("labels after restart: %v", got.Labels)
 	}
 	// The agent's certificate from before the restart still works.
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatalf("heartbeat after restart: %v", err)
 	}
 }
@@ -107,7 +109,7 @@ func TestServerCertificateCoversConfiguredNames(t *testing.T) {
 func TestTLS13OnlyWithHybridPostQuantumKeyExchange(t *testing.T) {
 	e := newTestEnv(t, nil)
 	addr := e.srv.Addr().String()
-	pool, err := CertPoolFromPEM(e.srv.CAPEM())
+	pool, err := cpapi.CertPoolFromPEM(e.srv.CAPEM())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +118,7 @@ func TestTLS13OnlyWithHybridPostQuantumKeyExchange(t *testing.T) {
 		c.Close()
 		t.Fatal("TLS 1.2 handshake succeeded")
 	}
-	conf, err := ClientTLSConfig(e.srv.CAPEM(), nil)
+	conf, err := cpapi.ClientTLSConfig(e.srv.CAPEM(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,10 +179,10 @@ func TestNoCredentialsIs401(t *testing.T) {
 func TestViewerAttemptingChangeIs403AndAudited(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("a1", nil)
-	viewer := e.tokenFor(RoleViewer)
+	viewer := e.tokenFor(cpapi.RoleViewer)
 	var mutating int
 	for _, rt := range e.srv.routes {
-		if rt.access != accessBearer || rt.role == RoleViewer {
+		if rt.access != accessBearer || rt.role == cpapi.RoleViewer {
 			continue
 		}
 		mutating += btoi(rt.action != "")
@@ -198,7 +200,7 @@ func TestViewerAttemptingChangeIs403AndAudited(t *testing.T) {
 	}
 	// Reads work.
 	vc := e.client(viewer)
-	if _, err := vc.ListAgents(e.ctx(), AgentFilter{}); err != nil {
+	if _, err := vc.ListAgents(e.ctx(), cpapi.AgentFilter{}); err != nil {
 		t.Errorf("viewer list agents: %v", err)
 	}
 	if _, err := vc.VerifyAudit(e.ctx()); err != nil {
@@ -234,11 +236,11 @@ func btoi(b bool) int {
 
 func TestOperatorRole(t *testing.T) {
 	e := newTestEnv(t, nil)
-	op := e.client(e.tokenFor(RoleOperator))
+	op := e.client(e.tokenFor(cpapi.RoleOperator))
 	if _, err := op.CreateEnrollmentTokens(e.ctx(), time.Minute, nil, 2); err != nil {
 		t.Errorf("operator creating enrollment tokens: %v", err)
 	}
-	_, err := op.CreateAPIToken(e.ctx(), "x", RoleAdmin, 0)
+	_, err := op.CreateAPIToken(e.ctx(), "x", cpapi.RoleAdmin, 0)
 	wantStatus(t, err, 403)
 	_, err = op.ListAPITokens(e.ctx())
 	wantStatus(t, err, 403)
@@ -246,7 +248,7 @@ func TestOperatorRole(t *testing.T) {
 
 func TestAPITokensCreateListRevoke(t *testing.T) {
 	e := newTestEnv(t, nil)
-	tok, err := e.admin.CreateAPIToken(e.ctx(), "ci", RoleViewer, 2*time.Hour)
+	tok, err := e.admin.CreateAPIToken(e.ctx(), "ci", cpapi.RoleViewer, 2*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,13 +277,13 @@ func TestAPITokensCreateListRevoke(t *testing.T) {
 	e.start()
 
 	vc := e.client(tok.Token)
-	if _, err := vc.ListAgents(e.ctx(), AgentFilter{}); err != nil {
+	if _, err := vc.ListAgents(e.ctx(), cpapi.AgentFilter{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.admin.RevokeAPIToken(e.ctx(), tok.ID); err != nil {
 		t.Fatal(err)
 	}
-	_, err = vc.ListAgents(e.ctx(), AgentFilter{})
+	_, err = vc.ListAgents(e.ctx(), cpapi.AgentFilter{})
 	ae := wantStatus(t, err, 401)
 	if !strings.Contains(ae.Message, "revoked") {
 		t.Errorf("message %q does not say revoked", ae.Message)
@@ -292,12 +294,12 @@ func TestAPITokensCreateListRevoke(t *testing.T) {
 	wantStatus(t, err, 404)
 
 	// Expiry.
-	tok2, err := e.admin.CreateAPIToken(e.ctx(), "short", RoleViewer, time.Minute)
+	tok2, err := e.admin.CreateAPIToken(e.ctx(), "short", cpapi.RoleViewer, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.clock.Advance(2 * time.Minute)
-	_, err = e.client(tok2.Token).ListAgents(e.ctx(), AgentFilter{})
+	_, err = e.client(tok2.Token).ListAgents(e.ctx(), cpapi.AgentFilter{})
 	ae = wantStatus(t, err, 401)
 	if !strings.Contains(ae.Message, "expired") {
 		t.Errorf("message %q does not say expired", ae.Message)
@@ -334,12 +336,12 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 	if !strings.HasPrefix(toks[0].Token, enrollmentTokenPrefix) || toks[0].State != "unused" {
 		t.Fatalf("token %+v", toks[0])
 	}
-	key, csr, err := GenerateAgentKey("pump-7")
+	key, csr, err := cpapi.GenerateAgentKey("pump-7")
 	if err != nil {
 		t.Fatal(err)
 	}
 	xw, md := genPQKeys(t)
-	resp, err := e.client("").Enroll(e.ctx(), EnrollRequest{Token: toks[0].Token, CSR: csr, Name: "pump-7", Version: "0.3.1", OS: "linux", Arch: "arm64", XWingPublic: xw, MLDSAPublic: md})
+	resp, err := e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, Name: "pump-7", Version: "0.3.1", OS: "linux", Arch: "arm64", XWingPublic: xw, MLDSAPublic: md})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,28 +354,28 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, _ := CertPoolFromPEM([]byte(resp.CABundle))
+	pool, _ := cpapi.CertPoolFromPEM([]byte(resp.CABundle))
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("certificate does not verify: %v", err)
 	}
-	if leaf.Subject.CommonName != resp.AgentID || len(leaf.URIs) != 1 || leaf.URIs[0].String() != AgentURI(resp.AgentID) {
+	if leaf.Subject.CommonName != resp.AgentID || len(leaf.URIs) != 1 || leaf.URIs[0].String() != cpapi.AgentURI(resp.AgentID) {
 		t.Errorf("certificate names %q %v, want %s", leaf.Subject.CommonName, leaf.URIs, resp.AgentID)
 	}
 	if !key.PublicKey.Equal(leaf.PublicKey) {
 		t.Error("certificate is not for the agent's key")
 	}
 
-	cert, err := AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ac, err := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert})
+	ac, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.clock.Advance(5 * time.Second)
-	hr, err := ac.Heartbeat(e.ctx(), Heartbeat{Version: "0.3.2", Health: &Health{Status: "degraded", Checks: map[string]string{"mqtt": "reconnecting"}},
-		Resources: &Resources{CPUPercent: 42, MemUsedBytes: 100, MemTotalBytes: 200}})
+	hr, err := ac.Heartbeat(e.ctx(), cpapi.Heartbeat{Version: "0.3.2", Health: &cpapi.Health{Status: "degraded", Checks: map[string]string{"mqtt": "reconnecting"}},
+		Resources: &cpapi.Resources{CPUPercent: 42, MemUsedBytes: 100, MemTotalBytes: 200}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +386,7 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if self.ID != resp.AgentID || self.Version != "0.3.2" || self.Health.Checks["mqtt"] != "reconnecting" || self.Resources.CPUPercent != 42 || self.State != StateOnline {
+	if self.ID != resp.AgentID || self.Version != "0.3.2" || self.Health.Checks["mqtt"] != "reconnecting" || self.Resources.CPUPercent != 42 || self.State != cpapi.StateOnline {
 		t.Errorf("self %+v", self)
 	}
 	got, err := e.admin.GetAgent(e.ctx(), resp.AgentID)
@@ -405,10 +407,10 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 		t.Errorf("token after use: %+v", list[0])
 	}
 	// A certificate from another CA is refused at the TLS layer or with 401.
-	otherKey, _, _ := GenerateAgentKey("x")
+	otherKey, _, _ := cpapi.GenerateAgentKey("x")
 	selfSigned := selfSignedClientCert(t, otherKey, resp.AgentID)
-	bad, _ := NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: e.srv.CAPEM(), Certificate: &selfSigned})
-	if _, err := bad.Heartbeat(e.ctx(), Heartbeat{}); err == nil {
+	bad, _ := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: e.srv.CAPEM(), Certificate: &selfSigned})
+	if _, err := bad.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err == nil {
 		t.Error("heartbeat with a certificate from another CA succeeded")
 	}
 }
@@ -420,21 +422,21 @@ func TestEnrollmentTokenReuseAndExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.enrollWith(toks[0].Token, "first")
-	_, csr, _ := GenerateAgentKey("second")
-	_, err = e.client("").Enroll(e.ctx(), EnrollRequest{Token: toks[0].Token, CSR: csr})
+	_, csr, _ := cpapi.GenerateAgentKey("second")
+	_, err = e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr})
 	ae := wantStatus(t, err, 409)
 	if !strings.Contains(ae.Message, "already used") {
 		t.Errorf("reuse message %q", ae.Message)
 	}
 	e.clock.Advance(10 * time.Minute)
-	_, err = e.client("").Enroll(e.ctx(), EnrollRequest{Token: toks[1].Token, CSR: csr})
+	_, err = e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: toks[1].Token, CSR: csr})
 	ae = wantStatus(t, err, 401)
 	if !strings.Contains(ae.Message, "expired") {
 		t.Errorf("expiry message %q", ae.Message)
 	}
-	_, err = e.client("").Enroll(e.ctx(), EnrollRequest{Token: "efe_forged", CSR: csr})
+	_, err = e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: "efe_forged", CSR: csr})
 	wantStatus(t, err, 401)
-	agents, _ := e.admin.ListAgents(e.ctx(), AgentFilter{})
+	agents, _ := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{})
 	if len(agents) != 1 {
 		t.Errorf("%d agents, want 1", len(agents))
 	}
@@ -469,8 +471,8 @@ func TestEnrollmentTokenRaceSingleUse(t *testing.T) {
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {
-			_, csr, _ := GenerateAgentKey("racer")
-			_, err := e.client("").Enroll(e.ctx(), EnrollRequest{Token: toks[0].Token, CSR: csr, Name: string(rune('a' + i))})
+			_, csr, _ := cpapi.GenerateAgentKey("racer")
+			_, err := e.client("").Enroll(e.ctx(), cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, Name: string(rune('a' + i))})
 			errs <- err
 		}()
 	}
@@ -478,7 +480,7 @@ func TestEnrollmentTokenRaceSingleUse(t *testing.T) {
 	for range n {
 		if err := <-errs; err == nil {
 			ok++
-		} else if !errors.Is(err, ErrConflict) {
+		} else if !errors.Is(err, cpapi.ErrConflict) {
 			t.Errorf("unexpected error %v", err)
 		}
 	}
@@ -490,21 +492,21 @@ func TestEnrollmentTokenRaceSingleUse(t *testing.T) {
 func TestEnrollRejectsBadCSRAndKeys(t *testing.T) {
 	e := newTestEnv(t, nil)
 	toks, _ := e.admin.CreateEnrollmentTokens(e.ctx(), time.Hour, nil, 1)
-	_, csr, _ := GenerateAgentKey("x")
+	_, csr, _ := cpapi.GenerateAgentKey("x")
 	xw, md := genPQKeys(t)
 	tampered := []byte(csr)
 	tampered[len(tampered)/2] ^= 1
 	cases := []struct {
 		name string
-		req  EnrollRequest
+		req  cpapi.EnrollRequest
 		want string
 	}{
-		{"no csr", EnrollRequest{Token: toks[0].Token}, "csr"},
-		{"garbage csr", EnrollRequest{Token: toks[0].Token, CSR: "hello"}, "csr: no PEM block"},
-		{"tampered csr", EnrollRequest{Token: toks[0].Token, CSR: string(tampered)}, "csr"},
-		{"short xwing", EnrollRequest{Token: toks[0].Token, CSR: csr, XWingPublic: xw[:100]}, "xwing_public"},
-		{"bad mldsa", EnrollRequest{Token: toks[0].Token, CSR: csr, MLDSAPublic: md[:999]}, "mldsa_public"},
-		{"control chars", EnrollRequest{Token: toks[0].Token, CSR: csr, Name: "a\x00b"}, "name"},
+		{"no csr", cpapi.EnrollRequest{Token: toks[0].Token}, "csr"},
+		{"garbage csr", cpapi.EnrollRequest{Token: toks[0].Token, CSR: "hello"}, "csr: no PEM block"},
+		{"tampered csr", cpapi.EnrollRequest{Token: toks[0].Token, CSR: string(tampered)}, "csr"},
+		{"short xwing", cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, XWingPublic: xw[:100]}, "xwing_public"},
+		{"bad mldsa", cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, MLDSAPublic: md[:999]}, "mldsa_public"},
+		{"control chars", cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, Name: "a\x00b"}, "name"},
 	}
 	for _, c := range cases {
 		_, err := e.client("").Enroll(e.ctx(), c.req)
@@ -520,7 +522,7 @@ func TestEnrollRejectsBadCSRAndKeys(t *testing.T) {
 func TestAgentStatesFromHeartbeats(t *testing.T) {
 	e := newTestEnv(t, func(c *Config) { c.HeartbeatInterval = 10 * time.Second })
 	a := e.enroll("s1", nil)
-	state := func() AgentState {
+	state := func() cpapi.AgentState {
 		t.Helper()
 		got, err := e.admin.GetAgent(e.ctx(), a.id)
 		if err != nil {
@@ -528,36 +530,36 @@ func TestAgentStatesFromHeartbeats(t *testing.T) {
 		}
 		return got.State
 	}
-	if s := state(); s != StateOnline {
+	if s := state(); s != cpapi.StateOnline {
 		t.Fatalf("after enrollment: %s", s)
 	}
 	e.clock.Advance(29 * time.Second)
-	if s := state(); s != StateOnline {
+	if s := state(); s != cpapi.StateOnline {
 		t.Errorf("29s: %s, want online", s)
 	}
 	e.clock.Advance(1 * time.Second)
-	if s := state(); s != StateStale {
+	if s := state(); s != cpapi.StateStale {
 		t.Errorf("30s: %s, want stale", s)
 	}
 	e.clock.Advance(70 * time.Second)
-	if s := state(); s != StateOffline {
+	if s := state(); s != cpapi.StateOffline {
 		t.Errorf("100s: %s, want offline", s)
 	}
-	offline, _ := e.admin.ListAgents(e.ctx(), AgentFilter{State: StateOffline})
+	offline, _ := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{State: cpapi.StateOffline})
 	if len(offline) != 1 {
 		t.Errorf("offline filter: %d agents", len(offline))
 	}
-	if _, err := a.client.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
-	if s := state(); s != StateOnline {
+	if s := state(); s != cpapi.StateOnline {
 		t.Errorf("after heartbeat: %s", s)
 	}
 	st, err := e.admin.ServerStatus(e.ctx())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Agents[StateOnline] != 1 || st.TotalAgents != 1 || st.RSSBytes <= 0 {
+	if st.Agents[cpapi.StateOnline] != 1 || st.TotalAgents != 1 || st.RSSBytes <= 0 {
 		t.Errorf("status %+v", st)
 	}
 }
@@ -566,29 +568,29 @@ func TestLabels(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("l1", map[string]string{"site": "berlin", "old": "x"})
 	e.enroll("l2", map[string]string{"site": "paris"})
-	got, err := e.admin.UpdateLabels(e.ctx(), a.id, LabelsPatch{Set: map[string]string{"rack": "r7", "site": "hamburg"}, Remove: []string{"old"}})
+	got, err := e.admin.UpdateLabels(e.ctx(), a.id, cpapi.LabelsPatch{Set: map[string]string{"rack": "r7", "site": "hamburg"}, Remove: []string{"old"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got.Labels) != 2 || got.Labels["site"] != "hamburg" || got.Labels["rack"] != "r7" {
 		t.Errorf("labels %v", got.Labels)
 	}
-	sel, err := e.admin.ListAgents(e.ctx(), AgentFilter{Labels: []string{"site=hamburg", "rack"}})
+	sel, err := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{Labels: []string{"site=hamburg", "rack"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(sel) != 1 || sel[0].ID != a.id {
 		t.Errorf("selector matched %v", sel)
 	}
-	hr, _ := a.client.Heartbeat(e.ctx(), Heartbeat{})
+	hr, _ := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{})
 	if hr.Labels["rack"] != "r7" {
 		t.Errorf("agent sees labels %v", hr.Labels)
 	}
-	for _, p := range []LabelsPatch{{}, {Set: map[string]string{"bad key": "v"}}, {Remove: []string{"-x"}}, {Set: map[string]string{"k": strings.Repeat("v", 300)}}} {
+	for _, p := range []cpapi.LabelsPatch{{}, {Set: map[string]string{"bad key": "v"}}, {Remove: []string{"-x"}}, {Set: map[string]string{"k": strings.Repeat("v", 300)}}} {
 		_, err := e.admin.UpdateLabels(e.ctx(), a.id, p)
 		wantStatus(t, err, 400)
 	}
-	_, err = e.admin.UpdateLabels(e.ctx(), "ag_missing", LabelsPatch{Set: map[string]string{"a": "b"}})
+	_, err = e.admin.UpdateLabels(e.ctx(), "ag_missing", cpapi.LabelsPatch{Set: map[string]string{"a": "b"}})
 	wantStatus(t, err, 404)
 }
 
@@ -596,45 +598,45 @@ func TestDecommissionRefusesAgent(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("doomed", nil)
 	other := e.enroll("fine", nil)
-	if _, err := a.client.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
-	op := e.client(e.tokenFor(RoleOperator))
+	op := e.client(e.tokenFor(cpapi.RoleOperator))
 	got, err := op.Decommission(e.ctx(), a.id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateDecommissioned || got.DecommissionedAt == nil {
+	if got.State != cpapi.StateDecommissioned || got.DecommissionedAt == nil {
 		t.Errorf("after decommission %+v", got)
 	}
 	check := func() {
 		t.Helper()
-		_, err := a.client.Heartbeat(e.ctx(), Heartbeat{})
+		_, err := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{})
 		ae := wantStatus(t, err, 403)
 		if !strings.Contains(ae.Message, "decommissioned") {
 			t.Errorf("message %q", ae.Message)
 		}
-		_, err = a.client.UploadTelemetry(e.ctx(), TelemetryBatch{BatchSeq: 1, Readings: []Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}})
+		_, err = a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}})
 		wantStatus(t, err, 403)
 		_, err = a.client.Self(e.ctx())
 		wantStatus(t, err, 403)
-		if _, err := other.client.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+		if _, err := other.client.Heartbeat(e.ctx(), cpapi.Heartbeat{}); err != nil {
 			t.Errorf("other agent refused: %v", err)
 		}
 	}
 	check()
 	// The revocation survives a restart (loaded from the store).
 	e.restart()
-	a.client, _ = NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
-	other.client, _ = NewClient(ClientConfig{URL: e.srv.URL(), CAPEM: []byte(other.resp.CABundle), Certificate: &other.cert})
+	a.client, _ = cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert})
+	other.client, _ = cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(other.resp.CABundle), Certificate: &other.cert})
 	check()
 	_, err = e.admin.Decommission(e.ctx(), a.id)
 	wantStatus(t, err, 409)
-	_, err = e.admin.UpdateLabels(e.ctx(), a.id, LabelsPatch{Set: map[string]string{"a": "b"}})
+	_, err = e.admin.UpdateLabels(e.ctx(), a.id, cpapi.LabelsPatch{Set: map[string]string{"a": "b"}})
 	wantStatus(t, err, 409)
 	_, err = e.admin.Decommission(e.ctx(), "ag_missing")
 	wantStatus(t, err, 404)
-	dec, _ := e.admin.ListAgents(e.ctx(), AgentFilter{State: StateDecommissioned})
+	dec, _ := e.admin.ListAgents(e.ctx(), cpapi.AgentFilter{State: cpapi.StateDecommissioned})
 	if len(dec) != 1 || dec[0].ID != a.id {
 		t.Errorf("decommissioned listing %v", dec)
 	}
@@ -655,7 +657,7 @@ func TestNotFoundAndMethodNotAllowedAreJSON(t *testing.T) {
 	}
 	for _, id := range []string{"ag_missing", "ag_Zz-9"} {
 		_, err := e.admin.GetAgent(e.ctx(), id)
-		if !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, cpapi.ErrNotFound) {
 			t.Errorf("GetAgent(%q): %v, want ErrNotFound", id, err)
 		}
 	}
@@ -664,10 +666,10 @@ func TestNotFoundAndMethodNotAllowedAreJSON(t *testing.T) {
 func TestMetricsEndpoint(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a := e.enroll("m", nil)
-	a.client.Heartbeat(e.ctx(), Heartbeat{})
+	a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{})
 	_, err := e.client("").Metrics(e.ctx())
 	wantStatus(t, err, 401)
-	m, err := e.client(e.tokenFor(RoleViewer)).Metrics(e.ctx())
+	m, err := e.client(e.tokenFor(cpapi.RoleViewer)).Metrics(e.ctx())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -692,9 +694,6 @@ func TestConfigValidation(t *testing.T) {
 		if _, err := New(c); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", c, err)
 		}
-	}
-	if _, err := NewClient(ClientConfig{URL: "http://x"}); !errors.Is(err, ErrInvalidConfig) {
-		t.Errorf("NewClient http: %v", err)
 	}
 }
 

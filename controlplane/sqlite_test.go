@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 func openTestStore(t *testing.T) *SQLiteStore {
@@ -23,11 +25,11 @@ func openTestStore(t *testing.T) *SQLiteStore {
 func enrollDirect(t *testing.T, st *SQLiteStore, id string, now time.Time) {
 	t.Helper()
 	ctx := context.Background()
-	tok := EnrollmentToken{ID: "enr_" + id, Hash: "h_" + id, Labels: map[string]string{"a": "b"}, CreatedAt: now, CreatedBy: "t", ExpiresAt: now.Add(time.Hour)}
-	if err := st.CreateEnrollmentTokens(ctx, []EnrollmentToken{tok}, AuditEntry{Time: now, Actor: "t", Action: "x", Result: "ok"}); err != nil {
+	tok := cpapi.EnrollmentToken{ID: "enr_" + id, Hash: "h_" + id, Labels: map[string]string{"a": "b"}, CreatedAt: now, CreatedBy: "t", ExpiresAt: now.Add(time.Hour)}
+	if err := st.CreateEnrollmentTokens(ctx, []cpapi.EnrollmentToken{tok}, AuditEntry{Time: now, Actor: "t", Action: "x", Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}
-	a := Agent{ID: id, Name: id, Labels: tok.Labels, FirstSeen: now, LastSeen: now, CertSerial: "serial-" + id, CertNotAfter: now.Add(time.Hour)}
+	a := cpapi.Agent{ID: id, Name: id, Labels: tok.Labels, FirstSeen: now, LastSeen: now, CertSerial: "serial-" + id, CertNotAfter: now.Add(time.Hour)}
 	if err := st.EnrollAgent(ctx, tok.ID, a, now, AuditEntry{Time: now, Actor: "t", Action: "enroll", Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +50,7 @@ func TestHeartbeatGroupCommitKeepsFullDurabilityForOtherWrites(t *testing.T) {
 			defer wg.Done()
 			for k := range 10 {
 				at := now.Add(time.Duration(k+1) * time.Second)
-				a, err := st.RecordHeartbeat(context.Background(), "ag_"+string(rune('a'+i)), Heartbeat{Version: "v2", Health: &Health{Status: "ok"}}, at)
+				a, err := st.RecordHeartbeat(context.Background(), "ag_"+string(rune('a'+i)), cpapi.Heartbeat{Version: "v2", Health: &cpapi.Health{Status: "ok"}}, at)
 				if err != nil {
 					errs <- err
 					return
@@ -93,11 +95,11 @@ func TestHeartbeatGroupCommitKeepsFullDurabilityForOtherWrites(t *testing.T) {
 		t.Fatalf("writer synchronous = %d after an audited write, want 2 (FULL)", v)
 	}
 	// Unknown agent and closed store.
-	if _, err := st.RecordHeartbeat(context.Background(), "ag_none", Heartbeat{}, now); !errors.Is(err, ErrNotFound) {
+	if _, err := st.RecordHeartbeat(context.Background(), "ag_none", cpapi.Heartbeat{}, now); !errors.Is(err, cpapi.ErrNotFound) {
 		t.Errorf("unknown agent: %v", err)
 	}
 	st.Close()
-	if _, err := st.RecordHeartbeat(context.Background(), "ag_a", Heartbeat{}, now); !errors.Is(err, ErrClosed) {
+	if _, err := st.RecordHeartbeat(context.Background(), "ag_a", cpapi.Heartbeat{}, now); !errors.Is(err, ErrClosed) {
 		t.Errorf("after close: %v", err)
 	}
 }
@@ -107,12 +109,12 @@ func TestStoreIngestChunksAndDuplicates(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	// A batch larger than one insert chunk plus a remainder, two series.
-	b := benchBatches(1, readingsChunk*2+7, 2, now)[0]
+	b := seriesBatch(readingsChunk*2+7, 2, now)
 	res, err := st.IngestTelemetry(ctx, "ag_x", b, now)
 	if err != nil || res.Accepted != len(b.Readings) {
 		t.Fatalf("%+v %v", res, err)
 	}
-	q, err := st.QueryTelemetry(ctx, TelemetryQuery{Agent: "ag_x", From: now.Add(-time.Hour), To: now.Add(24 * time.Hour), Bucket: time.Hour * 100, Limit: 10})
+	q, err := st.QueryTelemetry(ctx, cpapi.TelemetryQuery{Agent: "ag_x", From: now.Add(-time.Hour), To: now.Add(24 * time.Hour), Bucket: time.Hour * 100, Limit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +131,7 @@ func TestStoreIngestChunksAndDuplicates(t *testing.T) {
 		t.Fatalf("duplicate: %+v %v", res, err)
 	}
 	// A cancelled caller gets an error and nothing is written.
-	next := TelemetryBatch{BatchSeq: 2, Readings: []Reading{{Device: "new", Metric: "m", TS: now, Value: 1}}}
+	next := cpapi.TelemetryBatch{BatchSeq: 2, Readings: []cpapi.Reading{{Device: "new", Metric: "m", TS: now, Value: 1}}}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := st.IngestTelemetry(cctx, "ag_x", next, now); err == nil {
@@ -156,7 +158,7 @@ func TestBackgroundCheckpointCopiesWALIntoDatabase(t *testing.T) {
 	}
 	before := size()
 	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	if _, err := st.IngestTelemetry(context.Background(), "ag_cp", benchBatches(1, 5000, 10, now)[0], now); err != nil {
+	if _, err := st.IngestTelemetry(context.Background(), "ag_cp", seriesBatch(5000, 10, now), now); err != nil {
 		t.Fatal(err)
 	}
 	// Commits do not checkpoint (wal_autocheckpoint is off); the

@@ -14,28 +14,29 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // sealBatch seals a batch as an agent does: its gzip JSON form under the
 // agent's primary version of the telemetry key, bound to agent and seq.
-func sealBatch(t *testing.T, a *pqAgent, aadAgent string, aadSeq uint64, b TelemetryBatch) []byte {
+func sealBatch(t *testing.T, a *pqAgent, aadAgent string, aadSeq uint64, b cpapi.TelemetryBatch) []byte {
 	t.Helper()
-	data, err := EncodeTelemetryBatch(b)
+	data, err := cpapi.EncodeTelemetryBatch(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := a.keys.Encrypt(context.Background(), TelemetryKeyName, data, TelemetryAAD(aadAgent, aadSeq))
+	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(aadAgent, aadSeq))
 	if err != nil {
 		t.Fatalf("seal: %v", err)
 	}
 	return env
 }
 
-func testBatch(seq uint64, at time.Time, n int) TelemetryBatch {
-	b := TelemetryBatch{BatchSeq: seq}
+func testBatch(seq uint64, at time.Time, n int) cpapi.TelemetryBatch {
+	b := cpapi.TelemetryBatch{BatchSeq: seq}
 	for i := range n {
-		b.Readings = append(b.Readings, Reading{Device: "pump-1", Metric: "flow", TS: at.Add(time.Duration(i) * time.Second), Value: float64(i) + 0.5})
+		b.Readings = append(b.Readings, cpapi.Reading{Device: "pump-1", Metric: "flow", TS: at.Add(time.Duration(i) * time.Second), Value: float64(i) + 0.5})
 	}
 	return b
 }
@@ -44,7 +45,7 @@ func testBatch(seq uint64, at time.Time, n int) TelemetryBatch {
 func storedPoints(t *testing.T, e *keyEnv, agent string) int {
 	t.Helper()
 	now := e.clock.Now()
-	res, err := e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{Agent: agent, From: now.Add(-24 * time.Hour), To: now.Add(time.Hour), Limit: 100000})
+	res, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: agent, From: now.Add(-24 * time.Hour), To: now.Add(time.Hour), Limit: 100000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,20 +77,20 @@ func TestBuiltinKeysAreCreatedAtFirstUnseal(t *testing.T) {
 		t.Fatalf("keys after the first unseal: %+v %v", list, err)
 	}
 	g, tk := list.Keys[0], list.Keys[1]
-	if tk.Name != TelemetryKeyName || tk.Purpose != "data" || !tk.Policy.AllAgents || tk.Policy.RotationPeriod != DefaultKeyRotationPeriod.String() || tk.PrimaryVersion != 1 {
+	if tk.Name != cpapi.TelemetryKeyName || tk.Purpose != "data" || !tk.Policy.AllAgents || tk.Policy.RotationPeriod != DefaultKeyRotationPeriod.String() || tk.PrimaryVersion != 1 {
 		t.Errorf("telemetry key: %+v", tk)
 	}
-	if g.Name != GossipKeyName || g.Purpose != "gossip" || !g.Policy.AllAgents || g.Policy.RotationPeriod != "24h0m0s" || g.PrimaryVersion != 1 {
+	if g.Name != cpapi.GossipKeyName || g.Purpose != "gossip" || !g.Policy.AllAgents || g.Policy.RotationPeriod != "24h0m0s" || g.PrimaryVersion != 1 {
 		t.Errorf("gossip key: %+v", g)
 	}
 	// An operator's policy change stays; later unseals create nothing.
-	if _, err := e.admin.SetKeyPolicy(ctx, TelemetryKeyName, KeyPolicy{AllowedLabels: map[string]string{"site": "x"}}); err != nil {
+	if _, err := e.admin.SetKeyPolicy(ctx, cpapi.TelemetryKeyName, cpapi.KeyPolicy{AllowedLabels: map[string]string{"site": "x"}}); err != nil {
 		t.Fatal(err)
 	}
 	e.restart()
 	e.unseal(1, 2, 3)
 	e.srv.keysTick(ctx)
-	k, err := e.srv.KeyService().Key(ctx, TelemetryKeyName)
+	k, err := e.srv.KeyService().Key(ctx, cpapi.TelemetryKeyName)
 	if err != nil || k.Policy.AllAgents || k.Latest != 1 {
 		t.Fatalf("telemetry key after restart: %+v %v", k, err)
 	}
@@ -165,48 +166,48 @@ func TestSealedTelemetryRefusesWrongBindingAndTampering(t *testing.T) {
 
 	// Headers naming another agent: refused before any key is used.
 	_, err := a.client.UploadTelemetrySealed(ctx, other.id, 1, sealBatch(t, a, other.id, 1, testBatch(1, at, 3)))
-	wantNamed(t, err, 400, ErrEnvelopeBinding)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeBinding)
 	// Another agent's envelope replayed by a: its headers name a, the
 	// sealed associated data b.
 	stolen := sealBatch(t, other, other.id, 1, testBatch(1, at, 3))
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, stolen)
-	wantNamed(t, err, 400, ErrEnvelopeUnopened)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Sealed for batch_seq 5, sent as 6.
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 6, sealBatch(t, a, a.id, 5, testBatch(5, at, 3)))
-	wantNamed(t, err, 400, ErrEnvelopeUnopened)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Sealed and sent as 7, the batch inside says 8.
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 7, sealBatch(t, a, a.id, 7, testBatch(8, at, 3)))
-	wantNamed(t, err, 400, ErrEnvelopeBinding)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeBinding)
 	// One flipped bit anywhere, and a truncated envelope.
 	good := sealBatch(t, a, a.id, 9, testBatch(9, at, 3))
 	for _, i := range []int{0, 10, len(good) / 2, len(good) - 1} {
 		bad := bytes.Clone(good)
 		bad[i] ^= 0x04
 		_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, bad)
-		if ae := wantStatus(t, err, 400); !strings.HasPrefix(ae.Message, ErrEnvelopeUnopened.Error()) && !strings.Contains(ae.Message, "envelope") {
+		if ae := wantStatus(t, err, 400); !strings.HasPrefix(ae.Message, cpapi.ErrEnvelopeUnopened.Error()) && !strings.Contains(ae.Message, "envelope") {
 			t.Fatalf("flipped byte %d: %s", i, ae.Message)
 		}
 	}
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, good[:len(good)-20])
-	wantNamed(t, err, 400, ErrEnvelopeUnopened)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// An envelope of another data key.
-	if _, err := e.admin.CreateKey(ctx, CreateKeyRequest{Name: "fleet", Policy: &KeyPolicy{AllAgents: true}}); err != nil {
+	if _, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "fleet", Policy: &cpapi.KeyPolicy{AllAgents: true}}); err != nil {
 		t.Fatal(err)
 	}
 	a.fetch(t, ctx)
-	data, _ := EncodeTelemetryBatch(testBatch(9, at, 3))
-	foreign, err := a.keys.Encrypt(ctx, "fleet", data, TelemetryAAD(a.id, 9))
+	data, _ := cpapi.EncodeTelemetryBatch(testBatch(9, at, 3))
+	foreign, err := a.keys.Encrypt(ctx, "fleet", data, cpapi.TelemetryAAD(a.id, 9))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, foreign)
-	wantNamed(t, err, 400, ErrEnvelopeUnopened)
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Missing or bad headers, other content types.
 	for _, h := range []map[string]string{
-		{"Content-Type": EnvelopeContentType, HeaderSealedBatchSeq: "9"},
-		{"Content-Type": EnvelopeContentType, HeaderSealedAgent: a.id, HeaderSealedBatchSeq: "0"},
-		{"Content-Type": EnvelopeContentType, HeaderSealedAgent: a.id, HeaderSealedBatchSeq: "nine"},
-		{"Content-Type": EnvelopeContentType, HeaderSealedAgent: a.id},
+		{"Content-Type": cpapi.EnvelopeContentType, cpapi.HeaderSealedBatchSeq: "9"},
+		{"Content-Type": cpapi.EnvelopeContentType, cpapi.HeaderSealedAgent: a.id, cpapi.HeaderSealedBatchSeq: "0"},
+		{"Content-Type": cpapi.EnvelopeContentType, cpapi.HeaderSealedAgent: a.id, cpapi.HeaderSealedBatchSeq: "nine"},
+		{"Content-Type": cpapi.EnvelopeContentType, cpapi.HeaderSealedAgent: a.id},
 	} {
 		status, body := e.rawRequest("POST", "/v1/agents/self/telemetry", "", good, h, &a.cert)
 		if status != 400 || !strings.Contains(body, "header Edgefleet-Sealed") {
@@ -215,7 +216,7 @@ func TestSealedTelemetryRefusesWrongBindingAndTampering(t *testing.T) {
 	}
 	status, body := e.rawRequest("POST", "/v1/agents/self/telemetry", "", good,
 		map[string]string{"Content-Type": "application/octet-stream"}, &a.cert)
-	if status != 415 || !strings.Contains(body, EnvelopeContentType) {
+	if status != 415 || !strings.Contains(body, cpapi.EnvelopeContentType) {
 		t.Errorf("octet-stream: %d %s", status, body)
 	}
 	// The good envelope still goes through; nothing else was stored.
@@ -243,7 +244,7 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 	a := e.enrollPQ("edge-r", nil, 81)
 	// Sealed: no key reaches the agent, and an envelope cannot be opened.
 	_, err := a.client.KeyMessages(ctx, "")
-	if !errors.Is(wantStatus(t, err, 503), ErrSealed) {
+	if !errors.Is(wantStatus(t, err, 503), cpapi.ErrSealed) {
 		t.Fatal("key fetch while sealed does not unwrap to ErrSealed")
 	}
 	e.unseal()
@@ -262,13 +263,13 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 
 	// Rotation: the agent seals under v2, a batch sealed under v1 before
 	// still opens (v1 is decrypt-only).
-	if _, err := e.admin.RotateKey(ctx, TelemetryKeyName); err != nil {
+	if _, err := e.admin.RotateKey(ctx, cpapi.TelemetryKeyName); err != nil {
 		t.Fatal(err)
 	}
 	if n := a.fetch(t, ctx); n != 2 {
 		t.Fatalf("%d messages after the rotation", n)
 	}
-	dk, err := a.keys.PrimaryDataKey(TelemetryKeyName)
+	dk, err := a.keys.PrimaryDataKey(cpapi.TelemetryKeyName)
 	if err != nil || dk.Version() != 2 {
 		t.Fatalf("agent's primary telemetry version: %v %v", dk, err)
 	}
@@ -282,11 +283,11 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 		t.Fatalf("%d readings stored, want 8", n)
 	}
 	// Once v1 is retired it opens nothing: the agent is told to seal again.
-	if _, err := e.admin.RetireKeyVersion(ctx, TelemetryKeyName, 1); err != nil {
+	if _, err := e.admin.RetireKeyVersion(ctx, cpapi.TelemetryKeyName, 1); err != nil {
 		t.Fatal(err)
 	}
 	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, old)
-	wantNamed(t, err, 409, ErrEnvelopeUnopened)
+	wantNamed(t, err, 409, cpapi.ErrEnvelopeUnopened)
 }
 
 func TestRequireSealedTelemetryRefusesPlainUploads(t *testing.T) {
@@ -296,7 +297,7 @@ func TestRequireSealedTelemetryRefusesPlainUploads(t *testing.T) {
 	a.fetch(t, ctx)
 	at := e.clock.Now().Add(-time.Minute)
 	_, err := a.client.UploadTelemetry(ctx, testBatch(1, at, 2))
-	wantNamed(t, err, 415, ErrUnsealedTelemetry)
+	wantNamed(t, err, 415, cpapi.ErrUnsealedTelemetry)
 	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, 1, sealBatch(t, a, a.id, 1, testBatch(1, at, 2))); err != nil {
 		t.Fatalf("sealed upload: %v", err)
 	}
@@ -311,7 +312,7 @@ func TestTelemetryAADIsUnambiguous(t *testing.T) {
 		agent string
 		seq   uint64
 	}{{"ag_1", 1}, {"ag_1", 256}, {"ag_12", 1}, {"ag_1\x00", 1}, {"", 1}} {
-		k := string(TelemetryAAD(c.agent, c.seq))
+		k := string(cpapi.TelemetryAAD(c.agent, c.seq))
 		if prev, dup := seen[k]; dup {
 			t.Fatalf("%q/%d and %s share associated data", c.agent, c.seq, prev)
 		}
@@ -335,7 +336,7 @@ func FuzzSealedTelemetryUpload(f *testing.F) {
 	}
 	defer srv.Close()
 	ctx := context.Background()
-	env, err := srv.KeyService().Encrypt(ctx, TelemetryKeyName, mustEncode(f, testBatch(3, time.Now().Add(-time.Hour), 2)), TelemetryAAD("ag_fuzz", 3))
+	env, err := srv.KeyService().Encrypt(ctx, cpapi.TelemetryKeyName, mustEncode(f, testBatch(3, time.Now().Add(-time.Hour), 2)), cpapi.TelemetryAAD("ag_fuzz", 3))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -346,9 +347,9 @@ func FuzzSealedTelemetryUpload(f *testing.F) {
 	f.Add("", "", []byte{})
 	f.Fuzz(func(t *testing.T, agent, seq string, body []byte) {
 		r := httptest.NewRequest("POST", "/v1/agents/self/telemetry", bytes.NewReader(body))
-		r.Header.Set("Content-Type", EnvelopeContentType)
-		r.Header.Set(HeaderSealedAgent, agent)
-		r.Header.Set(HeaderSealedBatchSeq, seq)
+		r.Header.Set("Content-Type", cpapi.EnvelopeContentType)
+		r.Header.Set(cpapi.HeaderSealedAgent, agent)
+		r.Header.Set(cpapi.HeaderSealedBatchSeq, seq)
 		w := httptest.NewRecorder()
 		err := srv.handleTelemetryUpload(w, r, &call{now: time.Now(), agentID: "ag_fuzz", actor: "agent:ag_fuzz"})
 		if err == nil {
@@ -369,8 +370,8 @@ func pqcryptoSeal(dk *pqcrypto.DataKey, data, aad []byte) ([]byte, error) {
 	return pqcrypto.SealWithDataKey(nil, dk, data, &pqcrypto.SealOptions{AAD: aad})
 }
 
-func mustEncode(f *testing.F, b TelemetryBatch) []byte {
-	data, err := EncodeTelemetryBatch(b)
+func mustEncode(f *testing.F, b cpapi.TelemetryBatch) []byte {
+	data, err := cpapi.EncodeTelemetryBatch(b)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -420,24 +421,24 @@ func BenchmarkSealedTelemetry(b *testing.B) {
 	defer srv.Close()
 	ctx := context.Background()
 	svc := srv.KeyService()
-	dk, err := svc.PrimaryDataKey(ctx, TelemetryKeyName)
+	dk, err := svc.PrimaryDataKey(ctx, cpapi.TelemetryKeyName)
 	if err != nil {
 		b.Fatal(err)
 	}
 	batch := testBatch(1, time.Now().Add(-time.Hour), 1000)
-	data, err := EncodeTelemetryBatch(batch)
+	data, err := cpapi.EncodeTelemetryBatch(batch)
 	if err != nil {
 		b.Fatal(err)
 	}
-	aad := TelemetryAAD("ag_bench", 1)
-	env, err := svc.Encrypt(ctx, TelemetryKeyName, data, aad)
+	aad := cpapi.TelemetryAAD("ag_bench", 1)
+	env, err := svc.Encrypt(ctx, cpapi.TelemetryKeyName, data, aad)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("1,000 readings: %d bytes of gzip JSON, %d sealed", len(data), len(env))
 	b.Run("encode", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := EncodeTelemetryBatch(batch); err != nil {
+			if _, err := cpapi.EncodeTelemetryBatch(batch); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -453,7 +454,7 @@ func BenchmarkSealedTelemetry(b *testing.B) {
 	b.Run("open", func(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		for b.Loop() {
-			if _, err := svc.Decrypt(ctx, TelemetryKeyName, env, aad); err != nil {
+			if _, err := svc.Decrypt(ctx, cpapi.TelemetryKeyName, env, aad); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -10,20 +10,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
-func makeBatch(seq uint64, start time.Time, n int, devices ...string) TelemetryBatch {
+func makeBatch(seq uint64, start time.Time, n int, devices ...string) cpapi.TelemetryBatch {
 	if len(devices) == 0 {
 		devices = []string{"dev-1"}
 	}
-	b := TelemetryBatch{BatchSeq: seq, Readings: make([]Reading, n)}
+	b := cpapi.TelemetryBatch{BatchSeq: seq, Readings: make([]cpapi.Reading, n)}
 	for i := range n {
-		b.Readings[i] = Reading{Device: devices[i%len(devices)], Metric: "temperature", TS: start.Add(time.Duration(i) * time.Second), Value: float64(i)}
+		b.Readings[i] = cpapi.Reading{Device: devices[i%len(devices)], Metric: "temperature", TS: start.Add(time.Duration(i) * time.Second), Value: float64(i)}
 	}
 	return b
 }
 
-func countReadings(t *testing.T, e *testEnv, q TelemetryQuery) int64 {
+func countReadings(t *testing.T, e *testEnv, q cpapi.TelemetryQuery) int64 {
 	t.Helper()
 	if q.Bucket == 0 {
 		q.Bucket = 1000 * time.Hour
@@ -69,7 +71,7 @@ func TestTelemetryUploadIsIdempotent(t *testing.T) {
 	if err != nil || !res.Duplicate {
 		t.Fatalf("changed retry %+v %v", res, err)
 	}
-	q := TelemetryQuery{Agent: a.id, From: start.Add(-time.Hour), To: e.clock.Now().Add(time.Hour)}
+	q := cpapi.TelemetryQuery{Agent: a.id, From: start.Add(-time.Hour), To: e.clock.Now().Add(time.Hour)}
 	if n := countReadings(t, e, q); n != 1000 {
 		t.Fatalf("%d readings stored, want 1000", n)
 	}
@@ -92,15 +94,15 @@ func TestTelemetryDownsampling(t *testing.T) {
 	a := e.enroll("ds", nil)
 	base := e.clock.Now().Truncate(time.Hour).Add(-2 * time.Hour)
 	// 120 readings one per 30 s over one hour; value = minute index*10 + (0 or 5).
-	var rs []Reading
+	var rs []cpapi.Reading
 	for i := range 120 {
-		rs = append(rs, Reading{Device: "pump", Metric: "pressure", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: float64(i/2*10 + (i%2)*5)})
-		rs = append(rs, Reading{Device: "pump", Metric: "flow", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: 1})
+		rs = append(rs, cpapi.Reading{Device: "pump", Metric: "pressure", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: float64(i/2*10 + (i%2)*5)})
+		rs = append(rs, cpapi.Reading{Device: "pump", Metric: "flow", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: 1})
 	}
-	if _, err := a.client.UploadTelemetry(e.ctx(), TelemetryBatch{BatchSeq: 1, Readings: rs}); err != nil {
+	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: rs}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{Agent: a.id, Device: "pump", Metric: "pressure", From: base, To: base.Add(time.Hour), Bucket: 10 * time.Minute})
+	res, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, Device: "pump", Metric: "pressure", From: base, To: base.Add(time.Hour), Bucket: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func TestTelemetryDownsampling(t *testing.T) {
 		}
 	}
 	// Raw points, time range (from inclusive, to exclusive), metric filter.
-	res, err = e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{Metric: "pressure", From: base.Add(time.Minute), To: base.Add(3 * time.Minute)})
+	res, err = e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Metric: "pressure", From: base.Add(time.Minute), To: base.Add(3 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +133,7 @@ func TestTelemetryDownsampling(t *testing.T) {
 		t.Errorf("raw points %+v", res.Series)
 	}
 	// Both metrics without a filter, and truncation at the limit.
-	res, err = e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{Agent: a.id, From: base, To: base.Add(time.Hour), Limit: 150})
+	res, err = e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, From: base, To: base.Add(time.Hour), Limit: 150})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +145,7 @@ func TestTelemetryDownsampling(t *testing.T) {
 		t.Errorf("limit: %d series, %d points, truncated %v", len(res.Series), total, res.Truncated)
 	}
 	// A non-matching filter answers an empty list, not an error.
-	res, err = e.admin.QueryTelemetry(e.ctx(), TelemetryQuery{Device: "nothing", From: base, To: base.Add(time.Hour)})
+	res, err = e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Device: "nothing", From: base, To: base.Add(time.Hour)})
 	if err != nil || len(res.Series) != 0 {
 		t.Errorf("empty query %+v %v", res, err)
 	}
@@ -160,7 +162,7 @@ func TestTelemetryBadBatchWritesNothing(t *testing.T) {
 	if !strings.Contains(ae.Message, "readings[99].ts") {
 		t.Errorf("message %q does not name the reading", ae.Message)
 	}
-	q := TelemetryQuery{Agent: a.id, From: start.Add(-time.Hour), To: e.clock.Now().Add(time.Hour)}
+	q := cpapi.TelemetryQuery{Agent: a.id, From: start.Add(-time.Hour), To: e.clock.Now().Add(time.Hour)}
 	if n := countReadings(t, e, q); n != 0 {
 		t.Fatalf("%d readings stored from a refused batch", n)
 	}
@@ -203,7 +205,7 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 	}
 	for _, c := range cases {
 		_, err := DecodeTelemetryBatch(strings.NewReader(c.in), opts)
-		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), c.want) {
+		if !errors.Is(err, cpapi.ErrBadRequest) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%.60q: %v, want ErrBadRequest naming %q", c.in, err, c.want)
 		}
 	}
@@ -213,16 +215,16 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 	fmt.Fprintf(gz, `{"batch_seq":1,"readings":[{"device":"%s"`, strings.Repeat("x", 100000))
 	gz.Close()
 	_, err = DecodeTelemetryBatch(&big, DecodeOptions{Gzip: true, MaxBytes: 4096})
-	if !errors.Is(err, ErrTooLarge) {
+	if !errors.Is(err, cpapi.ErrTooLarge) {
 		t.Errorf("bomb: %v, want ErrTooLarge", err)
 	}
 	// Corrupt gzip.
-	enc, _ := EncodeTelemetryBatch(b)
+	enc, _ := cpapi.EncodeTelemetryBatch(b)
 	enc[len(enc)-5] ^= 0xff
-	if _, err := DecodeTelemetryBatch(bytes.NewReader(enc), DecodeOptions{Gzip: true}); !errors.Is(err, ErrBadRequest) {
+	if _, err := DecodeTelemetryBatch(bytes.NewReader(enc), DecodeOptions{Gzip: true}); !errors.Is(err, cpapi.ErrBadRequest) {
 		t.Errorf("corrupt gzip: %v", err)
 	}
-	if _, err := DecodeTelemetryBatch(strings.NewReader("not gzip"), DecodeOptions{Gzip: true}); !errors.Is(err, ErrBadRequest) {
+	if _, err := DecodeTelemetryBatch(strings.NewReader("not gzip"), DecodeOptions{Gzip: true}); !errors.Is(err, cpapi.ErrBadRequest) {
 		t.Errorf("not gzip: %v", err)
 	}
 }
@@ -230,7 +232,7 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 func FuzzDecodeTelemetryBatch(f *testing.F) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 	good := []byte(`{"batch_seq":3,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1.5}]}`)
-	enc, _ := EncodeTelemetryBatch(TelemetryBatch{BatchSeq: 9, Readings: []Reading{{Device: "a", Metric: "b", TS: now, Value: -2}}})
+	enc, _ := cpapi.EncodeTelemetryBatch(cpapi.TelemetryBatch{BatchSeq: 9, Readings: []cpapi.Reading{{Device: "a", Metric: "b", TS: now, Value: -2}}})
 	f.Add(good, false)
 	f.Add(enc, true)
 	f.Add([]byte(`{"batch_seq":18446744073709551615,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":0}]}`), false)
@@ -242,7 +244,7 @@ func FuzzDecodeTelemetryBatch(f *testing.F) {
 		opts := DecodeOptions{Gzip: gz, MaxBytes: 1 << 16, MaxReadings: 100, Now: now, MaxFuture: time.Hour}
 		b, err := DecodeTelemetryBatch(bytes.NewReader(data), opts)
 		if err != nil {
-			if !errors.Is(err, ErrBadRequest) && !errors.Is(err, ErrTooLarge) {
+			if !errors.Is(err, cpapi.ErrBadRequest) && !errors.Is(err, cpapi.ErrTooLarge) {
 				t.Fatalf("error %v wraps neither ErrBadRequest nor ErrTooLarge", err)
 			}
 			return
@@ -251,12 +253,12 @@ func FuzzDecodeTelemetryBatch(f *testing.F) {
 			t.Fatalf("accepted invalid batch %+v", b)
 		}
 		for i, r := range b.Readings {
-			if r.Device == "" || r.Metric == "" || r.TS.Before(MinReadingTime) || r.TS.After(now.Add(time.Hour)) || math.IsNaN(r.Value) {
+			if r.Device == "" || r.Metric == "" || r.TS.Before(cpapi.MinReadingTime) || r.TS.After(now.Add(time.Hour)) || math.IsNaN(r.Value) {
 				t.Fatalf("accepted invalid reading %d %+v", i, r)
 			}
 		}
 		// What is accepted survives a round trip unchanged.
-		re, err := EncodeTelemetryBatch(b)
+		re, err := cpapi.EncodeTelemetryBatch(b)
 		if err != nil {
 			t.Fatal(err)
 		}

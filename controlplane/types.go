@@ -3,156 +3,9 @@ package controlplane
 import (
 	"context"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
-
-// Role is the permission level of an operator API token.
-type Role string
-
-// Roles, from least to most privileged. A role may do everything the roles
-// below it may do.
-const (
-	// RoleViewer may read the registry, telemetry and audit log.
-	RoleViewer Role = "viewer"
-	// RoleOperator may also create enrollment tokens, edit labels and
-	// decommission agents.
-	RoleOperator Role = "operator"
-	// RoleAdmin may also create, list and revoke API tokens.
-	RoleAdmin Role = "admin"
-)
-
-func (r Role) rank() int {
-	switch r {
-	case RoleViewer:
-		return 1
-	case RoleOperator:
-		return 2
-	case RoleAdmin:
-		return 3
-	}
-	return 0
-}
-
-// Valid reports whether r is one of the defined roles.
-func (r Role) Valid() bool { return r.rank() > 0 }
-
-// Allows reports whether a token with role r may perform a call that needs
-// role need.
-func (r Role) Allows(need Role) bool { return r.Valid() && r.rank() >= need.rank() }
-
-// AgentState is the registry's view of an agent, derived from the time of
-// its last heartbeat.
-type AgentState string
-
-// Agent states.
-const (
-	// StateOnline means the last heartbeat is more recent than
-	// Config.StaleAfter.
-	StateOnline AgentState = "online"
-	// StateStale means the last heartbeat is older than Config.StaleAfter but
-	// more recent than Config.OfflineAfter.
-	StateStale AgentState = "stale"
-	// StateOffline means no heartbeat for Config.OfflineAfter or longer.
-	StateOffline AgentState = "offline"
-	// StateDecommissioned means the agent was decommissioned; its
-	// certificate is revoked.
-	StateDecommissioned AgentState = "decommissioned"
-)
-
-// Health is the agent's own assessment, sent with each heartbeat.
-type Health struct {
-	// Status is "ok", "degraded" or "failing".
-	Status string `json:"status"`
-	// Checks maps a check name to a short result ("ok" or an explanation).
-	Checks map[string]string `json:"checks,omitempty"`
-}
-
-// Resources is the agent's resource status, sent with each heartbeat.
-type Resources struct {
-	CPUPercent     float64 `json:"cpu_percent"`
-	Load1          float64 `json:"load1,omitempty"`
-	MemUsedBytes   uint64  `json:"mem_used_bytes"`
-	MemTotalBytes  uint64  `json:"mem_total_bytes"`
-	DiskUsedBytes  uint64  `json:"disk_used_bytes"`
-	DiskTotalBytes uint64  `json:"disk_total_bytes"`
-	UptimeSeconds  uint64  `json:"uptime_seconds"`
-}
-
-// Heartbeat is what an agent reports about itself periodically.
-type Heartbeat struct {
-	// Name, Version, OS and Arch replace the registry's values when not
-	// empty.
-	Name      string     `json:"name,omitempty"`
-	Version   string     `json:"version,omitempty"`
-	OS        string     `json:"os,omitempty"`
-	Arch      string     `json:"arch,omitempty"`
-	Health    *Health    `json:"health,omitempty"`
-	Resources *Resources `json:"resources,omitempty"`
-}
-
-// HeartbeatResponse is the server's answer to a heartbeat.
-type HeartbeatResponse struct {
-	AgentID string            `json:"agent_id"`
-	Labels  map[string]string `json:"labels"`
-	// ServerTime lets the agent estimate its clock offset.
-	ServerTime time.Time `json:"server_time"`
-	// HeartbeatIntervalSeconds is the interval the server expects.
-	HeartbeatIntervalSeconds float64 `json:"heartbeat_interval_seconds"`
-}
-
-// Agent is one enrolled agent in the registry.
-type Agent struct {
-	ID      string            `json:"id"`
-	Name    string            `json:"name"`
-	Labels  map[string]string `json:"labels"`
-	Version string            `json:"version"`
-	OS      string            `json:"os"`
-	Arch    string            `json:"arch"`
-	// State is derived from LastSeen when the record is read.
-	State     AgentState `json:"state"`
-	FirstSeen time.Time  `json:"first_seen"`
-	LastSeen  time.Time  `json:"last_seen"`
-	Health    *Health    `json:"health,omitempty"`
-	Resources *Resources `json:"resources,omitempty"`
-	// CertSerial is the hexadecimal serial number of the agent's client
-	// certificate.
-	CertSerial   string    `json:"cert_serial"`
-	CertNotAfter time.Time `json:"cert_not_after"`
-	// XWingPublic and MLDSAPublic are the agent's post-quantum public keys
-	// (X-Wing KEM and ML-DSA), if it sent them at enrollment. They are
-	// filled by GetAgent only, not by listings.
-	XWingPublic       []byte     `json:"xwing_public,omitempty"`
-	MLDSAPublic       []byte     `json:"mldsa_public,omitempty"`
-	EnrollmentTokenID string     `json:"enrollment_token_id"`
-	DecommissionedAt  *time.Time `json:"decommissioned_at,omitempty"`
-}
-
-// EnrollmentToken is a single-use, expiring credential that lets one agent
-// enroll. Only the SHA-256 digest of its secret is stored.
-type EnrollmentToken struct {
-	ID        string            `json:"id"`
-	Hash      string            `json:"-"`
-	Labels    map[string]string `json:"labels"`
-	CreatedAt time.Time         `json:"created_at"`
-	CreatedBy string            `json:"created_by"`
-	ExpiresAt time.Time         `json:"expires_at"`
-	UsedAt    *time.Time        `json:"used_at,omitempty"`
-	UsedBy    string            `json:"used_by,omitempty"`
-	// State is "unused", "used" or "expired"; derived when read.
-	State string `json:"state"`
-}
-
-// APIToken is an operator credential. Only the SHA-256 digest of its secret
-// is stored.
-type APIToken struct {
-	ID        string     `json:"id"`
-	Hash      string     `json:"-"`
-	Name      string     `json:"name"`
-	Role      Role       `json:"role"`
-	CreatedAt time.Time  `json:"created_at"`
-	CreatedBy string     `json:"created_by"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-}
 
 // AuditEntry is what a caller supplies to append to the audit log; the store
 // assigns the sequence number and chain hashes.
@@ -164,146 +17,60 @@ type AuditEntry struct {
 	Result string
 }
 
-// AuditRecord is one link of the hash-chained audit log.
-type AuditRecord struct {
-	Seq      int64     `json:"seq"`
-	Time     time.Time `json:"time"`
-	Actor    string    `json:"actor"`
-	Action   string    `json:"action"`
-	Target   string    `json:"target"`
-	Result   string    `json:"result"`
-	PrevHash string    `json:"prev_hash"`
-	Hash     string    `json:"hash"`
-}
-
-// Reading is one telemetry value.
-type Reading struct {
-	Device string    `json:"device"`
-	Metric string    `json:"metric"`
-	TS     time.Time `json:"ts"`
-	Value  float64   `json:"value"`
-}
-
-// TelemetryBatch is one upload from an agent. BatchSeq numbers the agent's
-// batches; a batch whose (agent id, batch_seq) was already stored is a
-// retry and is not stored again.
-type TelemetryBatch struct {
-	BatchSeq uint64    `json:"batch_seq"`
-	Readings []Reading `json:"readings"`
-}
-
-// IngestResult is the outcome of storing a telemetry batch.
-type IngestResult struct {
-	BatchSeq uint64 `json:"batch_seq"`
-	// Accepted is the number of readings stored (0 for a duplicate).
-	Accepted int `json:"accepted"`
-	// Duplicate is true when the batch had already been stored.
-	Duplicate bool `json:"duplicate"`
-}
-
-// TelemetryQuery selects readings. Empty Agent, Device or Metric match all.
-// From is inclusive, To exclusive. A zero Bucket returns raw points;
-// otherwise readings are grouped into buckets of that width aligned to the
-// Unix epoch.
-type TelemetryQuery struct {
-	Agent  string
-	Device string
-	Metric string
-	From   time.Time
-	To     time.Time
-	Bucket time.Duration
-	// Limit caps the number of raw points returned over all series.
-	Limit int
-}
-
-// Point is one raw reading in a query answer.
-type Point struct {
-	TS    time.Time `json:"ts"`
-	Value float64   `json:"value"`
-}
-
-// Bucket summarises the readings of one series in [Start, Start+bucket).
-type Bucket struct {
-	Start time.Time `json:"start"`
-	Min   float64   `json:"min"`
-	Max   float64   `json:"max"`
-	Avg   float64   `json:"avg"`
-	Count int64     `json:"count"`
-}
-
-// Series is the answer for one (agent, device, metric).
-type Series struct {
-	Agent   string   `json:"agent"`
-	Device  string   `json:"device"`
-	Metric  string   `json:"metric"`
-	Points  []Point  `json:"points,omitempty"`
-	Buckets []Bucket `json:"buckets,omitempty"`
-}
-
-// TelemetryResult is the answer to a telemetry query.
-type TelemetryResult struct {
-	From          time.Time `json:"from"`
-	To            time.Time `json:"to"`
-	BucketSeconds float64   `json:"bucket_seconds,omitempty"`
-	Series        []Series  `json:"series"`
-	// Truncated is true when raw points were cut at the limit.
-	Truncated bool `json:"truncated,omitempty"`
-}
-
 // Store is the control plane's persistent state. Methods that change state
 // and take an AuditEntry append that entry to the audit log in the same
 // transaction, so a change and its record are written together or not at
 // all. Implementations must be safe for concurrent use.
 type Store interface {
 	// CreateEnrollmentTokens stores new enrollment tokens.
-	CreateEnrollmentTokens(ctx context.Context, tokens []EnrollmentToken, audit AuditEntry) error
+	CreateEnrollmentTokens(ctx context.Context, tokens []cpapi.EnrollmentToken, audit AuditEntry) error
 	// ListEnrollmentTokens returns all enrollment tokens, newest first,
 	// with State derived at now.
-	ListEnrollmentTokens(ctx context.Context, now time.Time) ([]EnrollmentToken, error)
+	ListEnrollmentTokens(ctx context.Context, now time.Time) ([]cpapi.EnrollmentToken, error)
 	// LookupEnrollmentToken finds a token by the SHA-256 digest of its
 	// secret; ErrNotFound if there is none.
-	LookupEnrollmentToken(ctx context.Context, hash string) (EnrollmentToken, error)
+	LookupEnrollmentToken(ctx context.Context, hash string) (cpapi.EnrollmentToken, error)
 	// EnrollAgent consumes the enrollment token tokenID and inserts agent,
 	// atomically. It fails with ErrTokenUsed or ErrTokenExpired (at now)
 	// and then writes nothing.
-	EnrollAgent(ctx context.Context, tokenID string, agent Agent, now time.Time, audit AuditEntry) error
+	EnrollAgent(ctx context.Context, tokenID string, agent cpapi.Agent, now time.Time, audit AuditEntry) error
 
 	// GetAgent returns one agent, including its public keys.
-	GetAgent(ctx context.Context, id string) (Agent, error)
+	GetAgent(ctx context.Context, id string) (cpapi.Agent, error)
 	// ListAgents returns every agent ordered by id, without public keys.
 	// State is left empty; the server derives it.
-	ListAgents(ctx context.Context) ([]Agent, error)
+	ListAgents(ctx context.Context) ([]cpapi.Agent, error)
 	// RecordHeartbeat updates last_seen and the reported fields. It fails
 	// with ErrNotFound or ErrDecommissioned.
-	RecordHeartbeat(ctx context.Context, id string, hb Heartbeat, at time.Time) (Agent, error)
+	RecordHeartbeat(ctx context.Context, id string, hb cpapi.Heartbeat, at time.Time) (cpapi.Agent, error)
 	// UpdateAgentLabels sets and removes labels of a live agent.
-	UpdateAgentLabels(ctx context.Context, id string, set map[string]string, remove []string, audit AuditEntry) (Agent, error)
+	UpdateAgentLabels(ctx context.Context, id string, set map[string]string, remove []string, audit AuditEntry) (cpapi.Agent, error)
 	// DecommissionAgent marks the agent decommissioned and revokes its
 	// certificate serial. It fails with ErrDecommissioned if it already was.
-	DecommissionAgent(ctx context.Context, id string, at time.Time, audit AuditEntry) (Agent, error)
+	DecommissionAgent(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.Agent, error)
 	// RevokedSerials returns the serial numbers of every revoked client
 	// certificate.
 	RevokedSerials(ctx context.Context) ([]string, error)
 
 	// IngestTelemetry stores a batch unless (agentID, batch.BatchSeq) was
 	// stored before, in which case it reports Duplicate and writes nothing.
-	IngestTelemetry(ctx context.Context, agentID string, batch TelemetryBatch, receivedAt time.Time) (IngestResult, error)
+	IngestTelemetry(ctx context.Context, agentID string, batch cpapi.TelemetryBatch, receivedAt time.Time) (cpapi.IngestResult, error)
 	// QueryTelemetry answers a telemetry query.
-	QueryTelemetry(ctx context.Context, q TelemetryQuery) (TelemetryResult, error)
+	QueryTelemetry(ctx context.Context, q cpapi.TelemetryQuery) (cpapi.TelemetryResult, error)
 
 	// CreateAPIToken stores a new operator token.
-	CreateAPIToken(ctx context.Context, tok APIToken, audit AuditEntry) error
+	CreateAPIToken(ctx context.Context, tok cpapi.APIToken, audit AuditEntry) error
 	// ListAPITokens returns every operator token, newest first.
-	ListAPITokens(ctx context.Context) ([]APIToken, error)
+	ListAPITokens(ctx context.Context) ([]cpapi.APIToken, error)
 	// LookupAPIToken finds a token by the SHA-256 digest of its secret.
-	LookupAPIToken(ctx context.Context, hash string) (APIToken, error)
+	LookupAPIToken(ctx context.Context, hash string) (cpapi.APIToken, error)
 	// RevokeAPIToken marks a token revoked.
-	RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (APIToken, error)
+	RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.APIToken, error)
 
 	// AppendAudit appends one record on its own.
-	AppendAudit(ctx context.Context, e AuditEntry) (AuditRecord, error)
+	AppendAudit(ctx context.Context, e AuditEntry) (cpapi.AuditRecord, error)
 	// ListAudit returns up to limit records with seq > afterSeq, in order.
-	ListAudit(ctx context.Context, afterSeq int64, limit int) ([]AuditRecord, error)
+	ListAudit(ctx context.Context, afterSeq int64, limit int) ([]cpapi.AuditRecord, error)
 	// AuditHead returns the sequence number and hash of the newest record
 	// as recorded separately from the log itself (0 and the genesis hash
 	// when empty), so that removing the newest records is detectable.

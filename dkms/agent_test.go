@@ -543,7 +543,7 @@ func TestAgentKeyringInSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cfg := AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, Store: st.Blob("keyring"), Clock: e.clock.Now}
+	cfg := AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, Store: st.Blob("keyring"), Clock: e.clock}
 	k, err := OpenAgentKeys(ctxb(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -568,7 +568,7 @@ func (f failSave) Save(context.Context, []byte) error { return os.ErrPermission 
 
 func TestAcceptLosesNothingWhenSaveFails(t *testing.T) {
 	e, a, _, _ := fleet(t)
-	k, err := OpenAgentKeys(ctxb(), AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, Store: failSave{FileBlobStore{Path: a.path}}, Clock: e.clock.Now})
+	k, err := OpenAgentKeys(ctxb(), AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, Store: failSave{FileBlobStore{Path: a.path}}, Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +675,7 @@ func TestReplayMemoryIsBounded(t *testing.T) {
 
 	// Through the keyring: with a bound of 2, replays within the bound are caught.
 	e, a, _, _ := fleet(t)
-	k, _ := OpenAgentKeys(ctxb(), AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, ReplayCacheSize: 2, Clock: e.clock.Now})
+	k, _ := OpenAgentKeys(ctxb(), AgentConfig{AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev, ReplayCacheSize: 2, Clock: e.clock})
 	var raw [][]byte
 	for range 3 {
 		m, _ := e.svc.MessageFor(ctxb(), a.id, "telemetry", 1)

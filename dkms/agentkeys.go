@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -56,8 +57,9 @@ type AgentConfig struct {
 	ReplayCacheSize int
 	// Rand supplies random bytes; nil means crypto/rand.
 	Rand io.Reader
-	// Clock returns the current time; nil means time.Now.
-	Clock func() time.Time
+	// Clock is the keyring's clock (message validity, keyring changes);
+	// nil means clock.Real().
+	Clock clock.Clock
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Auditor receives every accepted or rejected key message; nil
@@ -164,9 +166,7 @@ func OpenAgentKeys(ctx context.Context, cfg AgentConfig) (*AgentKeys, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -180,7 +180,7 @@ func OpenAgentKeys(ctx context.Context, cfg AgentConfig) (*AgentKeys, error) {
 	a := &AgentKeys{
 		id: cfg.AgentID, sk: cfg.PrivateKey, skID: cfg.PrivateKey.Public().Fingerprint(), cp: cfg.ControlPlaneKey,
 		device: cfg.DeviceKey, store: cfg.Store, suite: cfg.Suite, skew: cfg.MaxClockSkew, maxSeen: cfg.ReplayCacheSize,
-		rand: &lockedReader{r: cfg.Rand}, now: cfg.Clock, log: cfg.Logger, audit: cfg.Auditor, m: m,
+		rand: &lockedReader{r: cfg.Rand}, now: cfg.Clock.Now, log: cfg.Logger, audit: cfg.Auditor, m: m,
 		atRestAD: append([]byte(labelAgentKeyring+"\x00"), cfg.AgentID...),
 		st:       &agentState{Keys: map[string]*agentKey{}, Seen: map[string]time.Time{}},
 		dks:      map[versionRef]*pqcrypto.DataKey{},

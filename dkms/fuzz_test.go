@@ -21,8 +21,8 @@ func fuzzFleet(f *testing.F) ([][]byte, *AgentKeys) {
 	}
 	f.Cleanup(func() { st.Close() })
 	signer, _ := pqcrypto.GenerateSigningKey(testRand(1))
-	clock := newClock()
-	svc, err := Open(ctxb(), Config{Store: st, SigningKey: signer, DevMode: true, Rand: testRand(2), Clock: clock.Now, Logger: quietLogger(&testutil.SyncBuffer{})})
+	clk := newClock()
+	svc, err := Open(ctxb(), Config{Store: st, SigningKey: signer, DevMode: true, Rand: testRand(2), Clock: clk, Logger: quietLogger(&testutil.SyncBuffer{})})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func fuzzFleet(f *testing.F) ([][]byte, *AgentKeys) {
 		out = append(out, b)
 	}
 	dev, _ := NewDeviceKey(bytes.Repeat([]byte{9}, 32))
-	keys, err := OpenAgentKeys(ctxb(), AgentConfig{AgentID: "agent-1", PrivateKey: sk, ControlPlaneKey: signer.Public(), DeviceKey: dev, Clock: clock.Now, Logger: quietLogger(&testutil.SyncBuffer{})})
+	keys, err := OpenAgentKeys(ctxb(), AgentConfig{AgentID: "agent-1", PrivateKey: sk, ControlPlaneKey: signer.Public(), DeviceKey: dev, Clock: clk, Logger: quietLogger(&testutil.SyncBuffer{})})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -26,27 +27,9 @@ func testRand(seed uint64) io.Reader {
 	return rand.NewChaCha8(s)
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func newClock() *fakeClock { return &fakeClock{t: epoch} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock.Manual { return clock.NewManual(epoch) }
 
 // recorder is an Auditor that keeps every event.
 type recorder struct {
@@ -79,7 +62,7 @@ type env struct {
 	path   string
 	store  *SQLiteStore
 	svc    *Service
-	clock  *fakeClock
+	clock  *clock.Manual
 	audit  *recorder
 	logs   *testutil.SyncBuffer
 	signer *pqcrypto.SigningKey
@@ -110,7 +93,7 @@ func newEnv(t testing.TB) *env {
 func (e *env) config(dev bool) Config {
 	e.seed++
 	return Config{
-		Store: e.store, SigningKey: e.signer, DevMode: dev, Rand: testRand(e.seed), Clock: e.clock.Now,
+		Store: e.store, SigningKey: e.signer, DevMode: dev, Rand: testRand(e.seed), Clock: e.clock,
 		Logger: quietLogger(e.logs), Auditor: e.audit,
 	}
 }
@@ -178,7 +161,7 @@ func (e *env) openAgent(a *testAgent, path string) *AgentKeys {
 	e.seed++
 	k, err := OpenAgentKeys(context.Background(), AgentConfig{
 		AgentID: a.id, PrivateKey: a.sk, ControlPlaneKey: e.signer.Public(), DeviceKey: a.dev,
-		Store: FileBlobStore{Path: path}, Rand: testRand(e.seed), Clock: e.clock.Now, Logger: quietLogger(e.logs), Auditor: e.audit,
+		Store: FileBlobStore{Path: path}, Rand: testRand(e.seed), Clock: e.clock, Logger: quietLogger(e.logs), Auditor: e.audit,
 	})
 	if err != nil {
 		e.t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -66,8 +67,9 @@ type Config struct {
 	RecipientSuite string
 	// Rand supplies every random byte dkms draws; nil means crypto/rand.
 	Rand io.Reader
-	// Clock returns the current time; nil means time.Now.
-	Clock func() time.Time
+	// Clock is the service's clock (key creation, rotation schedule,
+	// message validity); nil means clock.Real().
+	Clock clock.Clock
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Auditor receives every key operation; nil discards them.
@@ -170,9 +172,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -184,7 +184,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("dkms: register metrics: %w", err)
 	}
 	s := &Service{
-		store: cfg.Store, rand: &lockedReader{r: cfg.Rand}, now: cfg.Clock, log: cfg.Logger, audit: cfg.Auditor, m: m,
+		store: cfg.Store, rand: &lockedReader{r: cfg.Rand}, now: cfg.Clock.Now, log: cfg.Logger, audit: cfg.Auditor, m: m,
 		signer: cfg.SigningKey, signerID: cfg.SignerID, ttl: cfg.MessageTTL, suite: cfg.Suite, rsuite: cfg.RecipientSuite, dev: cfg.DevMode,
 		cache: map[versionRef]*pqcrypto.DataKey{},
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // controlPlane is the simulator's in-process control plane: the real
@@ -20,7 +21,7 @@ import (
 // time-compressed run compresses both ends of the uplink alike.
 type controlPlane struct {
 	srv    *controlplane.Server
-	client *controlplane.Client
+	client *cpapi.Client
 	url    string
 	caPath string
 	caPEM  []byte
@@ -33,7 +34,7 @@ func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, l
 		DataDir:           dir,
 		Listen:            "127.0.0.1:0",
 		Logger:            log,
-		Now:               clock.Now,
+		Clock:             clock,
 		HeartbeatInterval: heartbeat,
 	}
 	cfg.Keys.DevUnseal = true
@@ -51,7 +52,7 @@ func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, l
 		return nil, fmt.Errorf("sim: %w", err)
 	}
 	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: tok, caPEM: srv.CAPEM(), dir: dir}
-	c.client, err = controlplane.NewClient(controlplane.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
+	c.client, err = cpapi.NewClient(cpapi.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
 	if err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("sim: control plane client: %w", err)
@@ -81,12 +82,12 @@ func (c *controlPlane) enrollmentTokens(ctx context.Context, n int) ([]string, e
 }
 
 // agents returns the registry, by agent name.
-func (c *controlPlane) agents(ctx context.Context) (map[string]controlplane.Agent, error) {
-	list, err := c.client.ListAgents(ctx, controlplane.AgentFilter{})
+func (c *controlPlane) agents(ctx context.Context) (map[string]cpapi.Agent, error) {
+	list, err := c.client.ListAgents(ctx, cpapi.AgentFilter{})
 	if err != nil {
 		return nil, fmt.Errorf("sim: list agents: %w", err)
 	}
-	out := make(map[string]controlplane.Agent, len(list))
+	out := make(map[string]cpapi.Agent, len(list))
 	for _, a := range list {
 		out[a.Name] = a
 	}
@@ -96,7 +97,7 @@ func (c *controlPlane) agents(ctx context.Context) (map[string]controlplane.Agen
 // readings counts the telemetry readings the control plane holds for one
 // agent id, over every device and metric.
 func (c *controlPlane) readings(ctx context.Context, agentID string, now time.Time) (int64, error) {
-	res, err := c.client.QueryTelemetry(ctx, controlplane.TelemetryQuery{
+	res, err := c.client.QueryTelemetry(ctx, cpapi.TelemetryQuery{
 		Agent:  agentID,
 		From:   now.Add(-30 * 24 * time.Hour),
 		To:     now.Add(30 * time.Minute),

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // RotationReport describes the key rotation phase: the data key
@@ -67,9 +67,9 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	// simulated fleet take seconds: Options.RotateGrace defaults to 20 s.
 	// The policy is in the control plane's (possibly compressed) time.
 	scaled := func(d time.Duration) string { return time.Duration(float64(d) * o.TimeScale).String() }
-	pol := controlplane.KeyPolicy{AllAgents: true, InstallGrace: scaled(o.RotateGrace), RemoveGrace: scaled(o.RotateGrace), RotationPeriod: "off"}
+	pol := cpapi.KeyPolicy{AllAgents: true, InstallGrace: scaled(o.RotateGrace), RemoveGrace: scaled(o.RotateGrace), RotationPeriod: "off"}
 	rep.InstallGrace, rep.RemoveGrace = o.RotateGrace.Seconds(), o.RotateGrace.Seconds()
-	if _, err := c.SetKeyPolicy(ctx, controlplane.GossipKeyName, pol); err != nil {
+	if _, err := c.SetKeyPolicy(ctx, cpapi.GossipKeyName, pol); err != nil {
 		return nil, fmt.Errorf("sim: gossip key policy: %w", err)
 	}
 	beforeDecrypt, beforeRefused := f.decryptFailures(), f.uploadsRefused()
@@ -132,12 +132,12 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 			rotErr = err
 			break
 		}
-		tk, err := c.RotateKey(ctx, controlplane.TelemetryKeyName)
+		tk, err := c.RotateKey(ctx, cpapi.TelemetryKeyName)
 		if err != nil {
 			rotErr = fmt.Errorf("sim: rotate telemetry key: %w", err)
 			break
 		}
-		gk, err := c.RotateKey(ctx, controlplane.GossipKeyName)
+		gk, err := c.RotateKey(ctx, cpapi.GossipKeyName)
 		if err != nil {
 			rotErr = fmt.Errorf("sim: rotate gossip key: %w", err)
 			break

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // waitOnline waits until the control plane's registry shows every agent
@@ -26,7 +26,7 @@ func (f *Fleet) waitOnline(ctx context.Context) ([]float64, error) {
 			if at[i] >= 0 {
 				continue
 			}
-			if a, ok := reg[n.name]; ok && a.State == controlplane.StateOnline {
+			if a, ok := reg[n.name]; ok && a.State == cpapi.StateOnline {
 				at[i] = time.Since(n.started).Seconds()
 			} else {
 				done = false
@@ -80,7 +80,7 @@ func (f *Fleet) runOutage(ctx context.Context) (*OutageReport, error) {
 		return nil, err
 	}
 	for _, n := range f.nodes {
-		if reg[n.name].State == controlplane.StateOffline {
+		if reg[n.name].State == cpapi.StateOffline {
 			rep.OfflineAtEnd++
 		}
 	}
@@ -260,7 +260,7 @@ func (f *Fleet) finishUplink(ctx context.Context, rep *Report) error {
 		for _, n := range f.nodes {
 			if a, ok := reg[n.name]; ok {
 				rep.ControlPlane.Enrolled++
-				if a.State == controlplane.StateOnline {
+				if a.State == cpapi.StateOnline {
 					rep.ControlPlane.Online++
 				}
 			}

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/bench/ingestbench"
 	"github.com/edgefleet/edgefleet/internal/cptest"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 var (

@@ -17,6 +17,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
@@ -257,18 +258,18 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 
 	var agentID string
 	eventually(t, 30*time.Second, "agent enrolled and online", func() error {
-		agents, err := cp.ListAgents(ctx, controlplane.AgentFilter{})
+		agents, err := cp.ListAgents(ctx, cpapi.AgentFilter{})
 		if err != nil {
 			return err
 		}
-		if len(agents) != 1 || agents[0].Name != "edge-cp" || agents[0].State != controlplane.StateOnline {
+		if len(agents) != 1 || agents[0].Name != "edge-cp" || agents[0].State != cpapi.StateOnline {
 			return fmt.Errorf("agents %+v", agents)
 		}
 		agentID = agents[0].ID
 		return nil
 	})
 	count := func() (int64, error) {
-		res, err := cp.QueryTelemetry(ctx, controlplane.TelemetryQuery{Agent: agentID, From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Bucket: 24 * time.Hour})
+		res, err := cp.QueryTelemetry(ctx, cpapi.TelemetryQuery{Agent: agentID, From: start.Add(-time.Hour), To: time.Now().Add(time.Hour), Bucket: 24 * time.Hour})
 		if err != nil {
 			return 0, err
 		}
@@ -353,7 +354,7 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.State != controlplane.StateOnline || a.Health == nil || a.Health.Status != "ok" || a.Resources == nil || a.Resources.DiskTotalBytes == 0 {
+	if a.State != cpapi.StateOnline || a.Health == nil || a.Health.Status != "ok" || a.Resources == nil || a.Resources.DiskTotalBytes == 0 {
 		t.Fatalf("agent at the control plane: %+v health %+v resources %+v", a, a.Health, a.Resources)
 	}
 }

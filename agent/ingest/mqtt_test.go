@@ -27,7 +27,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 var kill9Messages = flag.Int("ingest.kill9", 12000, "messages TestMosquittoKill9 publishes")

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 // dataDir returns the shared data directory: $EDGEFLEET_DATA, else

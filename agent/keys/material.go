@@ -181,7 +181,7 @@ func (k *Material) Open(ctx context.Context, agentID string, controlPlane *pqcry
 	ak, err := dkms.OpenAgentKeys(ctx, dkms.AgentConfig{
 		AgentID: agentID, PrivateKey: k.sk, ControlPlaneKey: controlPlane, DeviceKey: k.device,
 		Store: dkms.FileBlobStore{Path: k.keyringPath(agentID)},
-		Rand:  k.rand, Clock: k.clock.Now, Logger: k.log, Registry: reg,
+		Rand:  k.rand, Clock: k.clock, Logger: k.log, Registry: reg,
 	})
 	if err != nil {
 		return nil, err

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/clock"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/dkms"
 )
@@ -152,7 +152,7 @@ func (r *Relay) selfID() string {
 
 // Write writes relayed entries from the control plane into the
 // collection, each message once (the uplink's Deps.KeyRelay).
-func (r *Relay) Write(ctx context.Context, entries []controlplane.AgentKeysRelayEntry) {
+func (r *Relay) Write(ctx context.Context, entries []cpapi.AgentKeysRelayEntry) {
 	self, now := r.selfID(), r.clock.Now()
 	s, err := r.state.LiveStore()
 	if err != nil {

@@ -88,7 +88,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/clock"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
@@ -605,7 +605,7 @@ func gossipActivation(p dkms.GossipKeyring, v uint32) time.Time {
 }
 
 // GossipKeySource plans the gossip keyring from the versions of the key
-// controlplane.GossipKeyName (created by the control plane at its first
+// cpapi.GossipKeyName (created by the control plane at its first
 // unseal) in the keyring keys returns. No keyring (nil until the agent is
 // enrolled and its keyring open) counts as holding no gossip key.
 func GossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKeyring, error) {
@@ -614,6 +614,6 @@ func GossipKeySource(keys func() *dkms.AgentKeys) func(time.Time) (dkms.GossipKe
 		if ak == nil {
 			return dkms.GossipKeyring{}, fmt.Errorf("keys: no dkms keyring yet (not enrolled): %w", dkms.ErrUnknownKey)
 		}
-		return ak.GossipKeyring(controlplane.GossipKeyName, now)
+		return ak.GossipKeyring(cpapi.GossipKeyName, now)
 	}
 }

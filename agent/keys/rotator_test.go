@@ -38,6 +38,9 @@ var gkEpoch = time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)
 // gkClock is the tests' settable clock.
 type gkClock = clock.Manual
 
+// realClock is the system clock, for fleets run without a gkClock.
+var realClock = clock.Real()
+
 func gkRand(seed uint64) io.Reader {
 	var s [32]byte
 	for i := range 8 {
@@ -141,7 +144,7 @@ type gkFleet struct {
 	t         *testing.T
 	ctx       context.Context
 	clock     *gkClock
-	now       func() time.Time
+	clk       clock.Clock
 	svc       *dkms.Service
 	bootstrap []byte
 	grace     time.Duration
@@ -184,9 +187,9 @@ func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration)
 		quiet: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		rng:   rand.New(rand.NewPCG(7, 11)), sent: map[*gkNode][]string{},
 	}
-	f.now = time.Now
+	f.clk = realClock
 	if clock != nil {
-		f.now = clock.Now
+		f.clk = clock
 	}
 	store, err := dkms.OpenSQLite(filepath.Join(f.dir, "keys.db"))
 	if err != nil {
@@ -198,9 +201,7 @@ func newGKFleet(t *testing.T, n int, clock *gkClock, grace, first time.Duration)
 		t.Fatal(err)
 	}
 	cfg := dkms.Config{Store: store, SigningKey: signer, DevMode: true, Rand: gkRand(2), Logger: f.quiet}
-	if clock != nil {
-		cfg.Clock = clock.Now
-	}
+	cfg.Clock = f.clk
 	if f.svc, err = dkms.Open(f.ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func (n *gkNode) openKeys() {
 	k, err := dkms.OpenAgentKeys(n.f.ctx, dkms.AgentConfig{
 		AgentID: n.name, PrivateKey: n.sk, ControlPlaneKey: n.f.svc.VerifyingKey(), DeviceKey: n.device,
 		Store: dkms.FileBlobStore{Path: filepath.Join(n.f.dir, n.name+".keyring")},
-		Clock: n.f.now, Rand: gkRand(99), Logger: n.f.quiet,
+		Clock: n.f.clk, Rand: gkRand(99), Logger: n.f.quiet,
 	})
 	if err != nil {
 		n.f.t.Fatal(err)
@@ -475,7 +476,7 @@ func (f *gkFleet) applyAll() {
 func (f *gkFleet) checkRings(wantBootstrap bool) {
 	f.t.Helper()
 	for _, n := range f.running() {
-		plan, err := n.keys.GossipKeyring("gossip", f.now())
+		plan, err := n.keys.GossipKeyring("gossip", f.clk.Now())
 		if err != nil {
 			f.t.Fatalf("%s: plan: %v", n.name, err)
 		}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // Config is the `control_plane:` section of the agent's YAML config. Zero
@@ -162,7 +162,7 @@ func (c *Config) Validate() error {
 		min, max time.Duration
 	}{
 		{"request_timeout", c.RequestTimeout, 10 * time.Millisecond, 10 * time.Minute},
-		{"key_watch_wait", c.KeyWatchWait, time.Second, controlplane.MaxKeyWatchWait},
+		{"key_watch_wait", c.KeyWatchWait, time.Second, cpapi.MaxKeyWatchWait},
 		{"backoff_min", c.BackoffMin, time.Millisecond, time.Hour},
 		{"backoff_max", c.BackoffMax, time.Millisecond, 24 * time.Hour},
 		{"breaker_cooldown", c.BreakerCooldown, time.Millisecond, 24 * time.Hour},

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // Request sizing. The control plane refuses batches of more than
@@ -52,7 +52,7 @@ const (
 
 // converted is an outbox batch in wire form.
 type converted struct {
-	parts   []controlplane.TelemetryBatch
+	parts   []cpapi.TelemetryBatch
 	skipped map[string]int // reason -> readings
 }
 
@@ -89,17 +89,17 @@ func RollupMetric(metric, stat string, resolution time.Duration) string {
 // and readings the control plane would refuse, are skipped and counted.
 func convertBatch(b ingest.OutboxBatch) converted {
 	out := converted{skipped: map[string]int{}}
-	rs := make([]controlplane.Reading, 0, len(b.Readings)+4*len(b.Rollups))
+	rs := make([]cpapi.Reading, 0, len(b.Readings)+4*len(b.Rollups))
 	add := func(device, metric string, ts time.Time, v float64) {
 		switch {
 		case !validName(device) || !validName(metric):
 			out.skipped[skipName]++
 		case math.IsNaN(v) || math.IsInf(v, 0):
 			out.skipped[skipValue]++
-		case ts.Before(controlplane.MinReadingTime) || !ts.Before(controlplane.MaxQueryTime):
+		case ts.Before(cpapi.MinReadingTime) || !ts.Before(cpapi.MaxQueryTime):
 			out.skipped[skipTime]++
 		default:
-			rs = append(rs, controlplane.Reading{Device: device, Metric: metric, TS: ts.UTC(), Value: v})
+			rs = append(rs, cpapi.Reading{Device: device, Metric: metric, TS: ts.UTC(), Value: v})
 		}
 	}
 	for _, r := range b.Readings {
@@ -132,7 +132,7 @@ func convertBatch(b ingest.OutboxBatch) converted {
 	}
 	cuts = append(cuts, len(rs))
 	if len(cuts) == 1 {
-		out.parts = []controlplane.TelemetryBatch{{BatchSeq: uint64(b.Seq), Readings: rs}}
+		out.parts = []cpapi.TelemetryBatch{{BatchSeq: uint64(b.Seq), Readings: rs}}
 		return out
 	}
 	if len(cuts) > maxSplitParts || b.Seq > maxSplitSeq || b.Seq < 1 {
@@ -141,7 +141,7 @@ func convertBatch(b ingest.OutboxBatch) converted {
 	}
 	start = 0
 	for i, end := range cuts {
-		out.parts = append(out.parts, controlplane.TelemetryBatch{
+		out.parts = append(out.parts, cpapi.TelemetryBatch{
 			BatchSeq: splitFlag | uint64(b.Seq)<<splitPartBits | uint64(i),
 			Readings: rs[start:end],
 		})

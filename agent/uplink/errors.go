@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 var (
@@ -75,7 +75,7 @@ func classify(parent context.Context, err error) outcome {
 	if parent.Err() != nil {
 		return outcomeCanceled
 	}
-	var ae *controlplane.APIError
+	var ae *cpapi.APIError
 	if !errors.As(err, &ae) {
 		return outcomeFailed
 	}
@@ -94,7 +94,7 @@ func classify(parent context.Context, err error) outcome {
 
 // keyServiceSealed reports a 503 from the control plane's sealed key
 // service (its message says so), as opposed to a server failing.
-func keyServiceSealed(ae *controlplane.APIError) bool {
-	return ae.Status == http.StatusServiceUnavailable && errors.Is(ae, controlplane.ErrSealed) &&
+func keyServiceSealed(ae *cpapi.APIError) bool {
+	return ae.Status == http.StatusServiceUnavailable && errors.Is(ae, cpapi.ErrSealed) &&
 		strings.Contains(ae.Message, "key service sealed")
 }

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -39,7 +39,7 @@ func fuzzIdentity(f *testing.F) (keyPEM, certPEM, caPEM []byte) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	u, _ := url.Parse(controlplane.AgentURI("ag_1"))
+	u, _ := url.Parse(cpapi.AgentURI("ag_1"))
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "ag_1"}, NotBefore: now.Add(-time.Hour),
 		NotAfter: now.Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, URIs: []*url.URL{u}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)

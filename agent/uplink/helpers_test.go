@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -34,7 +35,7 @@ type cpEnv struct {
 	t     *testing.T
 	clock *clock.Manual
 	srv   *controlplane.Server
-	admin *controlplane.Client
+	admin *cpapi.Client
 	reg   *prometheus.Registry
 	// shares are the root key shares of a production (not dev) key
 	// service's first start.
@@ -71,7 +72,7 @@ func newCPWith(t *testing.T, clock *clock.Manual, mutate func(*controlplane.Conf
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.DiscardHandler),
 		Registry: reg,
-		Now:      clock.Now,
+		Clock:    clock,
 		SQLite:   controlplane.SQLiteOptions{Synchronous: "NORMAL"},
 		// Dev mode: unsealed at start, with the built-in telemetry key.
 		Keys: controlplane.KeyConfig{DevUnseal: true},
@@ -125,7 +126,7 @@ func (c *cpEnv) config(token string) Config {
 func (c *cpEnv) serverPoints(agent string) int {
 	c.t.Helper()
 	now := c.clock.Now()
-	res, err := c.admin.QueryTelemetry(testCtx(c.t), controlplane.TelemetryQuery{
+	res, err := c.admin.QueryTelemetry(testCtx(c.t), cpapi.TelemetryQuery{
 		Agent: agent, From: now.Add(-48 * time.Hour), To: now.Add(2 * time.Hour), Limit: 100000,
 	})
 	if err != nil {
@@ -178,9 +179,9 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[
 	return sum
 }
 
-func (c *cpEnv) agentRecord(id string) controlplane.Agent {
+func (c *cpEnv) agentRecord(id string) cpapi.Agent {
 	c.t.Helper()
-	agents, err := c.admin.ListAgents(testCtx(c.t), controlplane.AgentFilter{})
+	agents, err := c.admin.ListAgents(testCtx(c.t), cpapi.AgentFilter{})
 	if err != nil {
 		c.t.Fatalf("ListAgents: %v", err)
 	}
@@ -190,7 +191,7 @@ func (c *cpEnv) agentRecord(id string) controlplane.Agent {
 		}
 	}
 	c.t.Fatalf("agent %s not in the registry (%d agents)", id, len(agents))
-	return controlplane.Agent{}
+	return cpapi.Agent{}
 }
 
 // faultTransport sits between the uplink and its TLS transport: it can
@@ -300,7 +301,7 @@ func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func tamperKeyAnswer(resp *http.Response) *http.Response {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	var ans controlplane.AgentKeysResponse
+	var ans cpapi.AgentKeysResponse
 	if resp.StatusCode == http.StatusOK && json.Unmarshal(b, &ans) == nil && len(ans.Messages) > 0 {
 		m := ans.Messages[0]
 		m[len(m)-10] ^= 0x01
@@ -347,7 +348,7 @@ type agentOpts struct {
 	dir     string // reuse a data dir (restart); "" makes one
 	outbox  Outbox // instead of an ingest store
 	noStore bool   // heartbeats only
-	status  func() controlplane.Heartbeat
+	status  func() cpapi.Heartbeat
 	// batchDelay is the ingestor's group-commit delay (default 1ms).
 	batchDelay time.Duration
 }
@@ -396,7 +397,7 @@ func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testA
 	return a
 }
 
-func (a *testAgent) start(clock *clock.Manual, cfg Config, outbox Outbox, status func() controlplane.Heartbeat) {
+func (a *testAgent) start(clock *clock.Manual, cfg Config, outbox Outbox, status func() cpapi.Heartbeat) {
 	t := a.t
 	t.Helper()
 	a.reg = prometheus.NewRegistry() // a restarted agent is a new process
@@ -493,7 +494,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func settle(t *testing.T, clock *clock.Manual, tr *faultTransport, n int) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%d loops waiting on the clock (and the key watch parked)", n), func() bool {
-		want := n
+		want := n + 1 // the control plane's key check ticker (newCPWith)
 		if up := tr.up.Load(); tr.watchLoop.Load() && up != nil && up.Status().Enrolled {
 			want++ // before enrollment the key watch waits for it, not on the clock
 		}
@@ -572,7 +573,7 @@ func (k *testKeyring) Open(ctx context.Context, agentID string, cp *pqcrypto.Ver
 	}
 	ak, err := dkms.OpenAgentKeys(ctx, dkms.AgentConfig{
 		AgentID: agentID, PrivateKey: k.sk, ControlPlaneKey: cp, DeviceKey: k.device,
-		Clock: k.clock.Now, Logger: slog.New(slog.DiscardHandler), Registry: k.reg,
+		Clock: k.clock, Logger: slog.New(slog.DiscardHandler), Registry: k.reg,
 	})
 	if err != nil {
 		return nil, err

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -103,7 +103,7 @@ func loadIdentity(dir string) (*identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIdentity, err)
 	}
-	cert, err := controlplane.AgentCertificate(string(certPEM), key)
+	cert, err := cpapi.AgentCertificate(string(certPEM), key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrIdentity, certPath, err)
 	}
@@ -112,7 +112,7 @@ func loadIdentity(dir string) (*identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIdentity, err)
 	}
-	if _, err := controlplane.CertPoolFromPEM(caPEM); err != nil {
+	if _, err := cpapi.CertPoolFromPEM(caPEM); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrIdentity, caPath, err)
 	}
 	id := agentIDOf(cert.Leaf)
@@ -130,7 +130,7 @@ func loadIdentity(dir string) (*identity, error) {
 // agentIDOf returns the agent id a control plane certificate names (its
 // urn:edgefleet:agent: URI, which matches its CommonName).
 func agentIDOf(c *x509.Certificate) string {
-	prefix := controlplane.AgentURI("")
+	prefix := cpapi.AgentURI("")
 	for _, u := range c.URIs {
 		if s := u.String(); strings.HasPrefix(s, prefix) {
 			return strings.TrimPrefix(s, prefix)
@@ -193,15 +193,15 @@ func enrollmentKey(dir string) (crypto.Signer, error) {
 
 // saveIdentity stores an enrollment answer: CA bundle, certificate, then
 // identity.json, each written atomically.
-func saveIdentity(dir string, key crypto.Signer, resp controlplane.EnrollResponse, server string, at time.Time) (*identity, error) {
-	cert, err := controlplane.AgentCertificate(resp.Certificate, key)
+func saveIdentity(dir string, key crypto.Signer, resp cpapi.EnrollResponse, server string, at time.Time) (*identity, error) {
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		return nil, fmt.Errorf("uplink: enrollment answer: %w", err)
 	}
 	if id := agentIDOf(cert.Leaf); id != resp.AgentID {
 		return nil, fmt.Errorf("uplink: enrollment answer: certificate names agent %q, answer %q", id, resp.AgentID)
 	}
-	if _, err := controlplane.CertPoolFromPEM([]byte(resp.CABundle)); err != nil {
+	if _, err := cpapi.CertPoolFromPEM([]byte(resp.CABundle)); err != nil {
 		return nil, fmt.Errorf("uplink: enrollment answer: ca_bundle: %w", err)
 	}
 	rec := identityRecord{AgentID: resp.AgentID, Server: server, EnrolledAt: at.UTC(), KeysVerifyingKey: resp.KeysVerifyingKey}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -60,8 +60,8 @@ func (u *Uplink) openKeyring(ctx context.Context, id *identity) (*dkms.AgentKeys
 // for an agent that enrolled before it was part of the enrollment answer,
 // and records it in identity.json. Trust comes from the mutual TLS
 // connection to the server the agent enrolled with.
-func (u *Uplink) pinVerifyingKey(ctx context.Context, client *controlplane.Client) (outcome, error) {
-	var resp controlplane.VerifyingKeyResponse
+func (u *Uplink) pinVerifyingKey(ctx context.Context, client *cpapi.Client) (outcome, error) {
+	var resp cpapi.VerifyingKeyResponse
 	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
 		var err error
 		resp, err = client.KeysVerifyingKey(rctx)
@@ -132,7 +132,7 @@ func (u *Uplink) keyWatchLoop(ctx context.Context) {
 // the next acknowledged heartbeat, as when keys were fetched per
 // heartbeat: the heartbeats probe the control plane, and the breaker
 // counts one key failure per heartbeat round at most.
-func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client, resume bool) (next time.Duration, ok bool) {
+func (u *Uplink) keyWatchRound(ctx context.Context, client *cpapi.Client, resume bool) (next time.Duration, ok bool) {
 	ak, o, err := u.prepareKeys(ctx, client)
 	if o == outcomeOK && ak == nil {
 		// The keyring cannot open (logged): try again later.
@@ -195,14 +195,14 @@ func (u *Uplink) keyWatchRound(ctx context.Context, client *controlplane.Client,
 // rejectsWait reports a 400 refusing the "wait" parameter: a control plane
 // older than the key watch.
 func rejectsWait(err error) bool {
-	var ae *controlplane.APIError
+	var ae *cpapi.APIError
 	return errors.As(err, &ae) && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, `"wait"`)
 }
 
 // prepareKeys pins the control plane's signing key if needed and opens the
 // keyring. It returns outcomeOK with a nil keyring when the keyring cannot
 // be opened (logged once, recorded in Status).
-func (u *Uplink) prepareKeys(ctx context.Context, client *controlplane.Client) (*dkms.AgentKeys, outcome, error) {
+func (u *Uplink) prepareKeys(ctx context.Context, client *cpapi.Client) (*dkms.AgentKeys, outcome, error) {
 	u.mu.Lock()
 	id := u.id
 	pinned := len(id.KeysVerifyingKey) > 0
@@ -232,11 +232,11 @@ func (u *Uplink) prepareKeys(ctx context.Context, client *controlplane.Client) (
 // accepts them. A message that is refused leaves the cursor where it was,
 // so the next fetch asks again. KeysChanged runs after a fetch that
 // accepted at least one message.
-func (u *Uplink) fetchKeys(ctx context.Context, client *controlplane.Client, ak *dkms.AgentKeys, wait time.Duration) (o outcome, err error, accepted, rejected int) {
+func (u *Uplink) fetchKeys(ctx context.Context, client *cpapi.Client, ak *dkms.AgentKeys, wait time.Duration) (o outcome, err error, accepted, rejected int) {
 	u.mu.Lock()
 	cursor := u.keyCursor
 	u.mu.Unlock()
-	var resp controlplane.AgentKeysResponse
+	var resp cpapi.AgentKeysResponse
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
@@ -317,7 +317,7 @@ func (u *Uplink) abortWatch() {
 // heartbeatKeys runs after each acknowledged heartbeat: once the key
 // watch has fetched the agent's own keys, it fetches a page of the key
 // relay. The agent's own keys come from the key watch loop only.
-func (u *Uplink) heartbeatKeys(ctx context.Context, client *controlplane.Client) {
+func (u *Uplink) heartbeatKeys(ctx context.Context, client *cpapi.Client) {
 	u.mu.Lock()
 	close(u.hbAcked)
 	u.hbAcked = make(chan struct{})
@@ -335,14 +335,14 @@ func (u *Uplink) heartbeatKeys(ctx context.Context, client *controlplane.Client)
 // per round; after the last, the next round starts over. Failures are
 // logged at debug level only: the relay helps others, and the next round
 // asks again.
-func (u *Uplink) relayRound(ctx context.Context, client *controlplane.Client) {
+func (u *Uplink) relayRound(ctx context.Context, client *cpapi.Client) {
 	if u.deps.KeyRelay == nil {
 		return
 	}
 	u.mu.Lock()
 	after := u.relayCursor
 	u.mu.Unlock()
-	var resp controlplane.AgentKeysRelayResponse
+	var resp cpapi.AgentKeysRelayResponse
 	o, err := u.do(ctx, "keys", func(rctx context.Context) (string, error) {
 		var err error
 		resp, err = client.KeyRelay(rctx, after)
@@ -376,7 +376,7 @@ func (u *Uplink) keysFailed(o outcome, err error) {
 		u.refused("keys", err)
 	case outcomeRejected:
 		u.setError("keys", err)
-		var ae *controlplane.APIError
+		var ae *cpapi.APIError
 		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
 			u.mu.Lock()
 			first := !u.keyConflict
@@ -412,7 +412,7 @@ func (u *Uplink) sealer() (*dkms.AgentKeys, error) {
 	case ak == nil:
 		why = "the agent keyring is not open yet (it opens once the agent is enrolled and the control plane's signing key is pinned)"
 	default:
-		if _, err := ak.PrimaryDataKey(controlplane.TelemetryKeyName); err == nil {
+		if _, err := ak.PrimaryDataKey(cpapi.TelemetryKeyName); err == nil {
 			return ak, nil
 		}
 		switch {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -21,11 +22,11 @@ import (
 // bound to agent and returns its key version.
 func sealedVersion(t *testing.T, s sentUpload, agent string) uint32 {
 	t.Helper()
-	if s.contentType != controlplane.EnvelopeContentType || s.header.Get(controlplane.HeaderSealedAgent) != agent {
-		t.Fatalf("upload sent as %q for agent %q, want an envelope for %s", s.contentType, s.header.Get(controlplane.HeaderSealedAgent), agent)
+	if s.contentType != cpapi.EnvelopeContentType || s.header.Get(cpapi.HeaderSealedAgent) != agent {
+		t.Fatalf("upload sent as %q for agent %q, want an envelope for %s", s.contentType, s.header.Get(cpapi.HeaderSealedAgent), agent)
 	}
 	h, _, err := pqcrypto.ParseHeader(s.body)
-	if err != nil || h.KeyID != controlplane.TelemetryKeyName {
+	if err != nil || h.KeyID != cpapi.TelemetryKeyName {
 		t.Fatalf("upload body is not a telemetry envelope: %+v %v", h, err)
 	}
 	return h.KeyVersion
@@ -35,10 +36,10 @@ func TestEnrollsWithXWingKeyAndSealsUploads(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 1 })
+	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 1 })
 	st := a.up.Status()
 	id := st.AgentID
-	if !st.SealTelemetry || st.KeysSealed || st.LastKeyFetch.IsZero() || st.KeyVersions[controlplane.GossipKeyName] != 1 || st.LastError != "" {
+	if !st.SealTelemetry || st.KeysSealed || st.LastKeyFetch.IsZero() || st.KeyVersions[cpapi.GossipKeyName] != 1 || st.LastError != "" {
 		t.Fatalf("status after the first key fetch: %+v", st)
 	}
 	if ag, err := cp.admin.GetAgent(testCtx(t), id); err != nil || !bytes.Equal(ag.XWingPublic, a.keyring.XWingPublic()) {
@@ -146,7 +147,7 @@ func TestRotationMovesUploadsToTheNewVersionAndOldEnvelopesStillOpen(t *testing.
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 1 })
+	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 1 })
 	id := a.up.Status().AgentID
 	a.write(clock, "meter", 10)
 	eventually(t, "first batch delivered", func() bool { return cp.serverPoints(id) == a.written })
@@ -162,16 +163,16 @@ func TestRotationMovesUploadsToTheNewVersionAndOldEnvelopesStillOpen(t *testing.
 		t.Fatalf("held batch sealed under v%d", v)
 	}
 
-	if _, err := cp.admin.RotateKey(testCtx(t), controlplane.TelemetryKeyName); err != nil {
+	if _, err := cp.admin.RotateKey(testCtx(t), cpapi.TelemetryKeyName); err != nil {
 		t.Fatal(err)
 	}
 	advanceUntil(t, clock, a.tr, 2, 10*time.Second, time.Minute, "v2 at the agent", func() bool {
-		return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 2
+		return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 2
 	})
 	eventually(t, "KeysChanged after the rotation", func() bool { return a.keyring.changed.Load() == 2 })
 	// The batch sealed under v1 still opens at the control plane: v1 is
 	// decrypt-only.
-	seq, err := strconv.ParseUint(held.header.Get(controlplane.HeaderSealedBatchSeq), 10, 64)
+	seq, err := strconv.ParseUint(held.header.Get(cpapi.HeaderSealedBatchSeq), 10, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestRotationMovesUploadsToTheNewVersionAndOldEnvelopesStillOpen(t *testing.
 	a.up.mu.Lock()
 	ident := a.up.id
 	a.up.mu.Unlock()
-	replay, err := controlplane.NewClient(controlplane.ClientConfig{URL: cp.srv.URL(), CAPEM: ident.caPEM, Certificate: &ident.cert})
+	replay, err := cpapi.NewClient(cpapi.ClientConfig{URL: cp.srv.URL(), CAPEM: ident.caPEM, Certificate: &ident.cert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,12 +214,12 @@ func TestTamperedUploadIsRefusedByNameAndKept(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 1 })
+	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 1 })
 	id := a.up.Status().AgentID
 	a.tr.tamperUploads.Store(true)
 	a.write(clock, "valve", 10)
 	eventually(t, "refusal", func() bool {
-		return strings.Contains(a.up.Status().LastError, controlplane.ErrEnvelopeUnopened.Error())
+		return strings.Contains(a.up.Status().LastError, cpapi.ErrEnvelopeUnopened.Error())
 	})
 	if n := cp.serverPoints(id); n != 0 || a.pending() == 0 {
 		t.Fatalf("tampered batch: %d readings stored, %d pending", n, a.pending())
@@ -271,7 +272,7 @@ func TestOlderEnrollmentPinsTheSigningKeyAtItsFirstFetch(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{noStore: true})
-	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 1 })
+	eventually(t, "telemetry key", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 1 })
 	a.up.Stop()
 	// identity.json as written before enrollment pinned the key.
 	path := filepath.Join(a.dir, IdentityDir, IdentityFile)
@@ -289,7 +290,7 @@ func TestOlderEnrollmentPinsTheSigningKeyAtItsFirstFetch(t *testing.T) {
 	if a.up.Keys() != nil {
 		t.Fatal("keyring open without a pinned key")
 	}
-	eventually(t, "keys after pinning", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] == 1 })
+	eventually(t, "keys after pinning", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] == 1 })
 	b, _ = os.ReadFile(path)
 	var again identityRecord
 	if err := json.Unmarshal(b, &again); err != nil || len(again.KeysVerifyingKey) == 0 {
@@ -339,14 +340,14 @@ func TestAgentWithoutRegisteredXWingKeyWaitsAndSaysWhy(t *testing.T) {
 
 func TestSealedAnswerIsNotAServerFailure(t *testing.T) {
 	ctx := testCtx(t)
-	sealed := &controlplane.APIError{Status: 503, Message: "controlplane: key service sealed: 1 of 3 root key shares given"}
+	sealed := &cpapi.APIError{Status: 503, Message: "controlplane: key service sealed: 1 of 3 root key shares given"}
 	if o := classify(ctx, sealed); o != outcomeSealed {
 		t.Errorf("sealed key service: %v", o)
 	}
-	if o := classify(ctx, &controlplane.APIError{Status: 503, Message: "overloaded"}); o != outcomeFailed {
+	if o := classify(ctx, &cpapi.APIError{Status: 503, Message: "overloaded"}); o != outcomeFailed {
 		t.Errorf("plain 503: %v", o)
 	}
-	if !errors.Is(sealed, controlplane.ErrSealed) {
+	if !errors.Is(sealed, cpapi.ErrSealed) {
 		t.Error("APIError 503 does not unwrap to ErrSealed")
 	}
 }

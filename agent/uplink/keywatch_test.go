@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // TestKeyWatchDeliversARotationBeforeTheNextHeartbeat: with heartbeats an
@@ -18,14 +18,14 @@ func TestKeyWatchDeliversARotationBeforeTheNextHeartbeat(t *testing.T) {
 	cfg := cp.config(cp.token())
 	cfg.HeartbeatInterval = time.Hour
 	a := newAgent(t, clock, cfg, agentOpts{noStore: true})
-	eventually(t, "gossip key v1", func() bool { return a.up.Status().KeyVersions[controlplane.GossipKeyName] == 1 })
+	eventually(t, "gossip key v1", func() bool { return a.up.Status().KeyVersions[cpapi.GossipKeyName] == 1 })
 	settle(t, clock, a.tr, 1) // the heartbeat loop waits an hour; the watch is held
 	hb := a.up.Status().Heartbeats
 	rotated := time.Now()
-	if _, err := cp.admin.RotateKey(testCtx(t), controlplane.GossipKeyName); err != nil {
+	if _, err := cp.admin.RotateKey(testCtx(t), cpapi.GossipKeyName); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "gossip key v2 through the watch", func() bool { return a.up.Status().KeyVersions[controlplane.GossipKeyName] == 2 })
+	eventually(t, "gossip key v2 through the watch", func() bool { return a.up.Status().KeyVersions[cpapi.GossipKeyName] == 2 })
 	t.Logf("gossip key v2 in the agent's keyring %v after the rotation call began", time.Since(rotated))
 	eventually(t, "KeysChanged", func() bool { return a.keyring.changed.Load() == 2 })
 	if st := a.up.Status(); st.Heartbeats != hb {
@@ -62,12 +62,12 @@ func TestKeyWatchDeliveryLatencyFiftyAgents(t *testing.T) {
 	}
 	wg.Wait()
 	for _, a := range agents {
-		eventually(t, "gossip key v1", func() bool { return a.up.Status().KeyVersions[controlplane.GossipKeyName] == 1 })
+		eventually(t, "gossip key v1", func() bool { return a.up.Status().KeyVersions[cpapi.GossipKeyName] == 1 })
 		eventually(t, "key watch held", func() bool { return a.tr.watching.Load() == 1 })
 	}
 	for round := 1; round <= 3; round++ {
 		rotated := time.Now()
-		if _, err := cp.admin.RotateKey(testCtx(t), controlplane.GossipKeyName); err != nil {
+		if _, err := cp.admin.RotateKey(testCtx(t), cpapi.GossipKeyName); err != nil {
 			t.Fatal(err)
 		}
 		want := uint32(round + 1)
@@ -78,7 +78,7 @@ func TestKeyWatchDeliveryLatencyFiftyAgents(t *testing.T) {
 			go func() {
 				defer lwg.Done()
 				deadline := time.Now().Add(20 * time.Second)
-				for a.up.Status().KeyVersions[controlplane.GossipKeyName] != want {
+				for a.up.Status().KeyVersions[cpapi.GossipKeyName] != want {
 					if time.Now().After(deadline) {
 						t.Errorf("agent %d: gossip key v%d not delivered", i, want)
 						return

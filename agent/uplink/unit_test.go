@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 func TestConfigDefaultsAndValidation(t *testing.T) {
@@ -168,7 +168,7 @@ func TestConvertBatchMapsSkipsAndSplits(t *testing.T) {
 		if len(js) > maxRequestJSONBytes {
 			t.Errorf("part %d is %d bytes of JSON, bound %d: the estimate is too low", i, len(js), maxRequestJSONBytes)
 		}
-		enc, err := controlplane.EncodeTelemetryBatch(p)
+		enc, err := cpapi.EncodeTelemetryBatch(p)
 		if err != nil || len(enc) > 1<<20 {
 			t.Errorf("part %d: %d bytes gzip, %v", i, len(enc), err)
 		}

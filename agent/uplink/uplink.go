@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 )
@@ -59,7 +59,7 @@ type Deps struct {
 	// Status builds each heartbeat's contents (health, resources). Empty
 	// Name, Version, OS and Arch are filled in with the agent's name and
 	// build. Nil sends those four fields only.
-	Status func() controlplane.Heartbeat
+	Status func() cpapi.Heartbeat
 	// Keyring is the agent's key material: its X-Wing key is registered
 	// at enrollment, key messages are fetched into it, and uploads are
 	// sealed with it. Required with seal_telemetry (the default); nil
@@ -74,7 +74,7 @@ type Deps struct {
 	// /v1/agent/keys/relay), to pass on over gossip. The messages are
 	// sealed to their recipients; nothing here can open them. Called on
 	// the heartbeat loop; it must not block for long.
-	KeyRelay func(ctx context.Context, entries []controlplane.AgentKeysRelayEntry)
+	KeyRelay func(ctx context.Context, entries []cpapi.AgentKeysRelayEntry)
 }
 
 // Status is the uplink's state, as served by the agent's GET /v1/uplink.
@@ -140,7 +140,7 @@ type Uplink struct {
 	br      *breaker
 	wake    chan struct{}
 	lease   time.Duration
-	enc     controlplane.TelemetryEncoder // used by the upload loop only
+	enc     cpapi.TelemetryEncoder // used by the upload loop only
 
 	randMu sync.Mutex
 	rnd    *rand.Rand
@@ -155,7 +155,7 @@ type Uplink struct {
 
 	mu             sync.Mutex // guards everything below
 	id             *identity
-	client         *controlplane.Client
+	client         *cpapi.Client
 	idle           []interface{ CloseIdleConnections() }
 	serverInterval time.Duration
 	decommissioned bool
@@ -294,7 +294,7 @@ func (u *Uplink) Start(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("uplink: ca_file: %w", err)
 		}
-		if _, err := controlplane.CertPoolFromPEM(caPEM); err != nil {
+		if _, err := cpapi.CertPoolFromPEM(caPEM); err != nil {
 			return fmt.Errorf("uplink: ca_file %s: %w", u.cfg.CAFile, err)
 		}
 		key, err := enrollmentKey(u.idDir)
@@ -434,10 +434,10 @@ func (u *Uplink) readToken() (string, error) {
 
 // newClient builds a control plane client verifying the server with caPEM
 // and presenting cert (nil while enrolling).
-func (u *Uplink) newClient(caPEM []byte, cert *tls.Certificate) (*controlplane.Client, error) {
+func (u *Uplink) newClient(caPEM []byte, cert *tls.Certificate) (*cpapi.Client, error) {
 	rt := u.deps.Transport
 	if rt == nil {
-		tconf, err := controlplane.ClientTLSConfig(caPEM, cert)
+		tconf, err := cpapi.ClientTLSConfig(caPEM, cert)
 		if err != nil {
 			return nil, fmt.Errorf("uplink: TLS config: %w", err)
 		}
@@ -460,7 +460,7 @@ func (u *Uplink) newClient(caPEM []byte, cert *tls.Certificate) (*controlplane.C
 	if u.deps.WrapTransport != nil {
 		rt = u.deps.WrapTransport(rt)
 	}
-	c, err := controlplane.NewClient(controlplane.ClientConfig{
+	c, err := cpapi.NewClient(cpapi.ClientConfig{
 		URL: u.cfg.URL, CAPEM: caPEM, Certificate: cert, Timeout: u.cfg.RequestTimeout, Transport: rt,
 		UserAgent: "edgefleet-agent/" + buildinfo.Get().Version,
 	})
@@ -484,7 +484,7 @@ func (u *Uplink) setIdentity(id *identity) error {
 	return nil
 }
 
-func (u *Uplink) agentClient() *controlplane.Client {
+func (u *Uplink) agentClient() *cpapi.Client {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.client
@@ -645,8 +645,8 @@ func (u *Uplink) doFor(ctx context.Context, op string, timeout time.Duration, fn
 
 // enrollLoop enrolls with token until it succeeds, the token is refused,
 // or the uplink stops.
-func (u *Uplink) enrollLoop(ctx context.Context, client *controlplane.Client, key crypto.Signer, token string) {
-	csr, err := controlplane.CreateCSR(key, u.name)
+func (u *Uplink) enrollLoop(ctx context.Context, client *cpapi.Client, key crypto.Signer, token string) {
+	csr, err := cpapi.CreateCSR(key, u.name)
 	if err != nil {
 		u.setError("enroll", err)
 		u.log.Error("cannot enroll: CSR", "err", err)
@@ -662,10 +662,10 @@ func (u *Uplink) enrollLoop(ctx context.Context, client *controlplane.Client, ke
 		if !u.waitReady(ctx) {
 			return
 		}
-		var resp controlplane.EnrollResponse
+		var resp cpapi.EnrollResponse
 		o, err := u.do(ctx, "enroll", func(rctx context.Context) (string, error) {
 			var err error
-			resp, err = client.Enroll(rctx, controlplane.EnrollRequest{
+			resp, err = client.Enroll(rctx, cpapi.EnrollRequest{
 				Token: token, CSR: csr, Name: u.name, Version: bi.Version, OS: bi.OS, Arch: bi.Arch, XWingPublic: xwing,
 			})
 			return "", err
@@ -750,8 +750,8 @@ func (u *Uplink) heartbeatInterval() time.Duration {
 	return 10 * time.Second
 }
 
-func (u *Uplink) heartbeatBody() controlplane.Heartbeat {
-	var hb controlplane.Heartbeat
+func (u *Uplink) heartbeatBody() cpapi.Heartbeat {
+	var hb cpapi.Heartbeat
 	if u.deps.Status != nil {
 		hb = u.deps.Status()
 	}
@@ -784,7 +784,7 @@ func (u *Uplink) heartbeatLoop(ctx context.Context) {
 			return
 		}
 		hb := u.heartbeatBody()
-		var resp controlplane.HeartbeatResponse
+		var resp cpapi.HeartbeatResponse
 		o, err := u.do(ctx, "heartbeat", func(rctx context.Context) (string, error) {
 			var err error
 			resp, err = client.Heartbeat(rctx, hb)
@@ -987,7 +987,7 @@ func (u *Uplink) release(ctx context.Context, seqs ...int64) {
 
 // sendBatch uploads one outbox batch (in parts when it is large), sealed
 // with ak unless it is nil, and acknowledges it in the outbox.
-func (u *Uplink) sendBatch(ctx context.Context, client *controlplane.Client, ak *dkms.AgentKeys, b ingest.OutboxBatch) (outcome, error) {
+func (u *Uplink) sendBatch(ctx context.Context, client *cpapi.Client, ak *dkms.AgentKeys, b ingest.OutboxBatch) (outcome, error) {
 	conv := convertBatch(b)
 	accepted, dup := 0, false
 	agentID := ""
@@ -1002,14 +1002,14 @@ func (u *Uplink) sendBatch(ctx context.Context, client *controlplane.Client, ak 
 		if ak != nil {
 			// Sealed anew on every attempt, under the primary version held
 			// now; the control plane recognizes a retry by batch_seq.
-			env, err := ak.Encrypt(ctx, controlplane.TelemetryKeyName, data, controlplane.TelemetryAAD(agentID, part.BatchSeq))
+			env, err := ak.Encrypt(ctx, cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(agentID, part.BatchSeq))
 			clear(data)
 			if err != nil {
 				return outcomeWaiting, fmt.Errorf("uplink: sealing outbox batch %d: %w", b.Seq, err)
 			}
 			data = env
 		}
-		var res controlplane.IngestResult
+		var res cpapi.IngestResult
 		o, err := u.do(ctx, "upload", func(rctx context.Context) (string, error) {
 			var err error
 			if ak != nil {

@@ -14,16 +14,16 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 func TestEnrollAndHeartbeatMakeTheAgentOnline(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
-	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{noStore: true, status: func() controlplane.Heartbeat {
-		return controlplane.Heartbeat{Health: &controlplane.Health{Status: "ok", Checks: map[string]string{"ingest": "ok"}},
-			Resources: &controlplane.Resources{CPUPercent: 12.5, MemUsedBytes: 1 << 20, MemTotalBytes: 1 << 30}}
+	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{noStore: true, status: func() cpapi.Heartbeat {
+		return cpapi.Heartbeat{Health: &cpapi.Health{Status: "ok", Checks: map[string]string{"ingest": "ok"}},
+			Resources: &cpapi.Resources{CPUPercent: 12.5, MemUsedBytes: 1 << 20, MemTotalBytes: 1 << 30}}
 	}})
 	eventually(t, "first heartbeat", func() bool { return a.up.Status().Heartbeats >= 1 })
 
@@ -35,7 +35,7 @@ func TestEnrollAndHeartbeatMakeTheAgentOnline(t *testing.T) {
 		t.Errorf("LastHeartbeat %s, want the clock's %s", st.LastHeartbeat, clock.Now())
 	}
 	ag := cp.agentRecord(st.AgentID)
-	if ag.State != controlplane.StateOnline {
+	if ag.State != cpapi.StateOnline {
 		t.Errorf("agent state %q, want online", ag.State)
 	}
 	if ag.Name != "edge-"+filepath.Base(a.dir) || ag.OS != runtime.GOOS || ag.Arch != runtime.GOARCH || ag.Version == "" {
@@ -97,7 +97,7 @@ func TestRestartReusesTheStoredIdentity(t *testing.T) {
 		t.Fatalf("restarted uplink: %+v, want enrolled as %s", st, id)
 	}
 	eventually(t, "heartbeat after restart", func() bool { return a.up.Status().Heartbeats >= 1 })
-	agents, err := cp.admin.ListAgents(testCtx(t), controlplane.AgentFilter{})
+	agents, err := cp.admin.ListAgents(testCtx(t), cpapi.AgentFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestUploadsArriveExactlyOnce(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	for i := range 10 {
 		a.write(clock, "sensor-"+string(rune('a'+i%3)), 25)
 		clock.Advance(time.Second)
@@ -238,7 +238,7 @@ func TestUploadsArriveExactlyOnce(t *testing.T) {
 		t.Errorf("edgefleet_uplink_readings_uploaded_total = %v", v)
 	}
 	// Booleans arrive as 0 and 1.
-	res, err := cp.admin.QueryTelemetry(testCtx(t), controlplane.TelemetryQuery{Agent: id, Device: "sensor-a", Metric: "door_open",
+	res, err := cp.admin.QueryTelemetry(testCtx(t), cpapi.TelemetryQuery{Agent: id, Device: "sensor-a", Metric: "door_open",
 		From: clock.Now().Add(-time.Hour), To: clock.Now().Add(time.Hour)})
 	if err != nil || len(res.Series) != 1 {
 		t.Fatalf("door_open: %v %+v", err, res)
@@ -255,7 +255,7 @@ func TestLostAnswerIsRetriedAndStoredOnce(t *testing.T) {
 	cp := newCP(t, clock)
 	// The 40 messages go into one outbox batch.
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{batchDelay: 300 * time.Millisecond})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 2)
 
 	a.tr.dropUpload.Store(a.tr.uploads.Load() + 1) // the server stores the next upload, its answer is lost
@@ -370,7 +370,7 @@ func TestLargeBatchAndRollupsArriveOnceAcrossARetry(t *testing.T) {
 	if a.tr.dropped.Load() != 1 {
 		t.Errorf("the fault was not injected")
 	}
-	res, err := cp.admin.QueryTelemetry(testCtx(t), controlplane.TelemetryQuery{Agent: id(), Device: "d1",
+	res, err := cp.admin.QueryTelemetry(testCtx(t), cpapi.TelemetryQuery{Agent: id(), Device: "d1",
 		From: now.Add(-2 * time.Hour), To: now.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -393,7 +393,7 @@ func TestBreakerOpensAfterFailuresAndProbesAfterCooldown(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{noStore: true})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 1)
 
 	a.tr.down.Store(true)
@@ -445,7 +445,7 @@ func TestOneHourOutageHealsByItself(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	id := a.up.Status().AgentID
 	a.write(clock, "before", 10)
 	eventually(t, "first readings uploaded", func() bool { return cp.serverPoints(id) == a.written })
@@ -471,7 +471,7 @@ func TestOneHourOutageHealsByItself(t *testing.T) {
 	if attempts > 130 {
 		t.Errorf("%d requests during a 1h outage: the dead server was hammered", attempts)
 	}
-	if cp.agentRecord(id).State == controlplane.StateOnline {
+	if cp.agentRecord(id).State == cpapi.StateOnline {
 		t.Errorf("agent still online after an hour without heartbeats")
 	}
 	pending := a.pending()
@@ -493,7 +493,7 @@ func TestOneHourOutageHealsByItself(t *testing.T) {
 	if v := cp.serverCounter("controlplane_telemetry_readings_total", nil); v != float64(a.written) {
 		t.Errorf("server stored %v readings, want %d: something was stored twice or lost", v, a.written)
 	}
-	if cp.agentRecord(id).State != controlplane.StateOnline {
+	if cp.agentRecord(id).State != cpapi.StateOnline {
 		t.Errorf("agent not online after the heal")
 	}
 }
@@ -502,7 +502,7 @@ func TestDecommissionedAgentBacksOff(t *testing.T) {
 	clock := newClock()
 	cp := newCP(t, clock)
 	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	settle(t, clock, a.tr, 2)
 	id := a.up.Status().AgentID
 	if _, err := cp.admin.Decommission(testCtx(t), id); err != nil {
@@ -594,7 +594,7 @@ func TestUploadLingerGathersCommits(t *testing.T) {
 	cfg := cp.config(cp.token())
 	cfg.UploadLinger = time.Second
 	a := newAgent(t, clock, cfg, agentOpts{})
-	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[controlplane.TelemetryKeyName] >= 1 })
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
 	a.write(clock, "sensor-a", 5)
 	id := a.up.Status().AgentID
 	advanceUntil(t, clock, a.tr, 2, 100*time.Millisecond, time.Minute, "first readings uploaded", func() bool { return cp.serverPoints(id) == a.written })

@@ -13,8 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/ingestbench"
 	"github.com/edgefleet/edgefleet/bench"
+	"github.com/edgefleet/edgefleet/bench/ingestbench"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/edgefleet/edgefleet/agent/ingest/mqtttest"
 	"github.com/edgefleet/edgefleet/bench"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
 func TestBenchIngestUsage(t *testing.T) {

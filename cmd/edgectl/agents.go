@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -27,7 +27,7 @@ func (a *app) newAgentsCmd() *cobra.Command {
 	return c
 }
 
-var agentStates = []string{string(controlplane.StateOnline), string(controlplane.StateStale), string(controlplane.StateOffline), string(controlplane.StateDecommissioned)}
+var agentStates = []string{string(cpapi.StateOnline), string(cpapi.StateStale), string(cpapi.StateOffline), string(cpapi.StateDecommissioned)}
 
 func (a *app) newAgentsListCmd() *cobra.Command {
 	var (
@@ -61,7 +61,7 @@ resources, ...). --watch redraws the listing every --interval until interrupted.
 			if watch && interval <= 0 {
 				return cli.Usagef("--interval must be positive")
 			}
-			filter := controlplane.AgentFilter{State: controlplane.AgentState(state), Labels: cli.SplitList(selectors)}
+			filter := cpapi.AgentFilter{State: cpapi.AgentState(state), Labels: cli.SplitList(selectors)}
 			for _, sel := range filter.Labels {
 				if k, _, _ := strings.Cut(sel, "="); k == "" {
 					return cli.Usagef("--selector %q: want key=value or key", sel)
@@ -72,7 +72,7 @@ resources, ...). --watch redraws the listing every --interval until interrupted.
 				return err
 			}
 			defer s.client.CloseIdleConnections()
-			list := func(ctx context.Context) ([]controlplane.Agent, error) {
+			list := func(ctx context.Context) ([]cpapi.Agent, error) {
 				ctx, cancel := context.WithTimeout(ctx, a.timeout)
 				defer cancel()
 				agents, err := s.client.ListAgents(ctx, filter)
@@ -135,9 +135,9 @@ resources, ...). --watch redraws the listing every --interval until interrupted.
 }
 
 // normalizeAgents makes listings print [] and {} instead of null.
-func normalizeAgents(agents []controlplane.Agent) []controlplane.Agent {
+func normalizeAgents(agents []cpapi.Agent) []cpapi.Agent {
 	if agents == nil {
-		agents = []controlplane.Agent{}
+		agents = []cpapi.Agent{}
 	}
 	for i := range agents {
 		if agents[i].Labels == nil {
@@ -147,7 +147,7 @@ func normalizeAgents(agents []controlplane.Agent) []controlplane.Agent {
 	return agents
 }
 
-func printAgentTable(w io.Writer, agents []controlplane.Agent, now time.Time) error {
+func printAgentTable(w io.Writer, agents []cpapi.Agent, now time.Time) error {
 	if len(agents) == 0 {
 		_, err := fmt.Fprintln(w, "No agents.")
 		return err
@@ -184,7 +184,7 @@ func (a *app) newAgentsShowCmd() *cobra.Command {
 			if err := checkID("agent", args[0]); err != nil {
 				return err
 			}
-			ag, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Agent, error) {
+			ag, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.Agent, error) {
 				return cl.GetAgent(ctx, args[0])
 			})
 			if err != nil {
@@ -200,7 +200,7 @@ func (a *app) newAgentsShowCmd() *cobra.Command {
 	return c
 }
 
-func printAgent(w io.Writer, ag controlplane.Agent, now time.Time) error {
+func printAgent(w io.Writer, ag cpapi.Agent, now time.Time) error {
 	tw := cli.NewTable(w)
 	row := func(k, format string, args ...any) {
 		fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, args...)...)
@@ -272,8 +272,8 @@ func (a *app) newAgentsLabelCmd() *cobra.Command {
 			if err != nil {
 				return cli.UsageError{Err: err}
 			}
-			ag, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Agent, error) {
-				return cl.UpdateLabels(ctx, args[0], controlplane.LabelsPatch{Set: set, Remove: remove})
+			ag, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.Agent, error) {
+				return cl.UpdateLabels(ctx, args[0], cpapi.LabelsPatch{Set: set, Remove: remove})
 			})
 			if err != nil {
 				return err
@@ -399,7 +399,7 @@ func (a *app) completeAgentIDs(c *cobra.Command, args []string, _ string) ([]str
 	defer cl.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(c.Context(), 3*time.Second)
 	defer cancel()
-	agents, err := cl.ListAgents(ctx, controlplane.AgentFilter{})
+	agents, err := cl.ListAgents(ctx, cpapi.AgentFilter{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -71,7 +71,7 @@ the whole log.`,
 			}
 			recs := resp.Records
 			if recs == nil {
-				recs = []controlplane.AuditRecord{}
+				recs = []cpapi.AuditRecord{}
 			}
 			return cli.Print(c.OutOrStdout(), format, recs, func(w io.Writer) error {
 				if len(recs) == 0 {
@@ -108,7 +108,7 @@ func (a *app) newAuditVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.AuditVerification, error) {
+			v, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.AuditVerification, error) {
 				return cl.VerifyAudit(ctx)
 			})
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/bench"
+	"github.com/edgefleet/edgefleet/bench/cpbench"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -33,7 +34,7 @@ const (
 func (a *app) newBenchCmd() *cobra.Command {
 	var (
 		out           cli.OutputFlags
-		load          controlplane.LoadOptions
+		load          cpbench.LoadOptions
 		serverMode    string
 		memLimit      string
 		dir           string
@@ -168,7 +169,7 @@ The report has the same shape as 'edge-agent bench'.`,
 			}
 
 			logger.Info("heartbeat load", "agents", load.Agents, "interval", load.Interval, "duration", load.Duration, "server", load.URL)
-			lr, err := controlplane.RunHeartbeatLoad(ctx, load)
+			lr, err := cpbench.RunHeartbeatLoad(ctx, load)
 			if stopServer != nil {
 				if serr := stopServer(); serr != nil && err == nil {
 					logger.Warn("stopping the server", "err", serr)
@@ -188,7 +189,7 @@ The report has the same shape as 'edge-agent bench'.`,
 				if err := os.MkdirAll(idir, 0o700); err != nil {
 					return fmt.Errorf("bench: %w", err)
 				}
-				ir, err := controlplane.RunIngestBench(ctx, controlplane.IngestBenchOptions{Dir: idir, Batches: ingestBatches, BatchSize: batchSize})
+				ir, err := cpbench.RunIngestBench(ctx, cpbench.IngestBenchOptions{Dir: idir, Batches: ingestBatches, BatchSize: batchSize})
 				if err != nil {
 					return err
 				}
@@ -217,7 +218,7 @@ The report has the same shape as 'edge-agent bench'.`,
 }
 
 // loadResults turns a load report into bench results.
-func loadResults(lr controlplane.LoadReport) []bench.Result {
+func loadResults(lr cpbench.LoadReport) []bench.Result {
 	res := []bench.Result{
 		{Name: "heartbeat_latency_p50", Unit: "ms", Value: lr.P50MS},
 		{Name: "heartbeat_latency_p90", Unit: "ms", Value: lr.P90MS},

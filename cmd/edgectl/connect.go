@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
@@ -101,7 +101,7 @@ func (a *app) resolve(c *cobra.Command) (clientconfig.Connection, error) {
 // session is a resolved connection and its client.
 type session struct {
 	conn   clientconfig.Connection
-	client *controlplane.Client
+	client *cpapi.Client
 }
 
 // connect resolves the connection and builds a client.
@@ -120,7 +120,7 @@ func (a *app) connect(c *cobra.Command) (*session, error) {
 // fetch connects, makes one call with a context bounded by --timeout, and
 // explains an error the server answered. Commands that make a single call
 // use it; those that make several hold a session from connect.
-func fetch[T any](a *app, c *cobra.Command, call func(context.Context, *controlplane.Client) (T, error)) (T, error) {
+func fetch[T any](a *app, c *cobra.Command, call func(context.Context, *cpapi.Client) (T, error)) (T, error) {
 	var zero T
 	s, err := a.connect(c)
 	if err != nil {
@@ -136,8 +136,8 @@ func fetch[T any](a *app, c *cobra.Command, call func(context.Context, *controlp
 	return v, nil
 }
 
-func newClient(conn clientconfig.Connection, timeout time.Duration) (*controlplane.Client, error) {
-	return controlplane.NewClient(controlplane.ClientConfig{
+func newClient(conn clientconfig.Connection, timeout time.Duration) (*cpapi.Client, error) {
+	return cpapi.NewClient(cpapi.ClientConfig{
 		URL:       conn.Server,
 		Token:     conn.Token,
 		CAPEM:     conn.CAPEM,
@@ -159,9 +159,9 @@ func (s *session) explain(err error) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return err
-	case errors.Is(err, controlplane.ErrUnauthorized):
+	case errors.Is(err, cpapi.ErrUnauthorized):
 		return fmt.Errorf("%w (the API token from %s was refused: it is unknown, expired or revoked; pass --token or run 'edgectl login')", err, tokenFrom)
-	case errors.Is(err, controlplane.ErrForbidden):
+	case errors.Is(err, cpapi.ErrForbidden):
 		return fmt.Errorf("%w (the API token from %s lacks the role for this call)", err, tokenFrom)
 	case errors.As(err, &unknownCA):
 		src := s.conn.CAFrom

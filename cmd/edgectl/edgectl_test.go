@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
 	"github.com/edgefleet/edgefleet/internal/testutil"
@@ -43,7 +44,7 @@ type testEnv struct {
 	dir        string
 	srv        *controlplane.Server
 	adminToken string
-	admin      *controlplane.Client
+	admin      *cpapi.Client
 	configPath string
 	vars       map[string]string
 }
@@ -86,9 +87,9 @@ func bareEnv(t *testing.T) *testEnv {
 	return e
 }
 
-func (e *testEnv) client(token string) *controlplane.Client {
+func (e *testEnv) client(token string) *cpapi.Client {
 	e.t.Helper()
-	c, err := controlplane.NewClient(controlplane.ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), Token: token, CAPEM: e.srv.CAPEM(), Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -142,30 +143,30 @@ func (e *testEnv) login() {
 // enrolled is an agent enrolled through the controlplane client.
 type enrolled struct {
 	id     string
-	client *controlplane.Client
+	client *cpapi.Client
 }
 
 func (e *testEnv) enroll(name, enrollmentToken string) enrolled {
 	e.t.Helper()
 	ctx := context.Background()
-	key, csr, err := controlplane.GenerateAgentKey(name)
+	key, csr, err := cpapi.GenerateAgentKey(name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := e.client("").Enroll(ctx, controlplane.EnrollRequest{Token: enrollmentToken, CSR: csr, Name: name, Version: "1.2.3", OS: "linux", Arch: "arm64"})
+	resp, err := e.client("").Enroll(ctx, cpapi.EnrollRequest{Token: enrollmentToken, CSR: csr, Name: name, Version: "1.2.3", OS: "linux", Arch: "arm64"})
 	if err != nil {
 		e.t.Fatalf("enroll: %v", err)
 	}
-	cert, err := controlplane.AgentCertificate(resp.Certificate, key)
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c, err := controlplane.NewClient(controlplane.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(resp.CABundle), Certificate: &cert, Timeout: 20 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(c.CloseIdleConnections)
-	if _, err := c.Heartbeat(ctx, controlplane.Heartbeat{Health: &controlplane.Health{Status: "ok"}}); err != nil {
+	if _, err := c.Heartbeat(ctx, cpapi.Heartbeat{Health: &cpapi.Health{Status: "ok"}}); err != nil {
 		e.t.Fatalf("heartbeat: %v", err)
 	}
 	return enrolled{id: resp.AgentID, client: c}
@@ -298,7 +299,7 @@ func TestUnauthenticatedAndForbidden(t *testing.T) {
 		t.Fatalf("bad token: %+v", r)
 	}
 	// Viewer attempting a change: 403.
-	viewer, err := e.admin.CreateAPIToken(context.Background(), "v", controlplane.RoleViewer, 0)
+	viewer, err := e.admin.CreateAPIToken(context.Background(), "v", cpapi.RoleViewer, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,11 +314,11 @@ func TestTokens(t *testing.T) {
 	e.login()
 
 	// API tokens.
-	tok := decodeJSON[controlplane.NewAPIToken](t, e.must("tokens", "create", "--role", "viewer", "--name", "grafana", "--json"))
-	if tok.Role != controlplane.RoleViewer || tok.Name != "grafana" || !strings.HasPrefix(tok.Token, "efp_") || tok.ID == "" {
+	tok := decodeJSON[cpapi.NewAPIToken](t, e.must("tokens", "create", "--role", "viewer", "--name", "grafana", "--json"))
+	if tok.Role != cpapi.RoleViewer || tok.Name != "grafana" || !strings.HasPrefix(tok.Token, "efp_") || tok.ID == "" {
 		t.Fatalf("created %+v", tok)
 	}
-	expiring := decodeJSON[controlplane.NewAPIToken](t, e.must("tokens", "create", "--role", "operator", "--name", "ci", "--ttl", "2d", "-o", "json"))
+	expiring := decodeJSON[cpapi.NewAPIToken](t, e.must("tokens", "create", "--role", "operator", "--name", "ci", "--ttl", "2d", "-o", "json"))
 	if expiring.ExpiresAt == nil || time.Until(*expiring.ExpiresAt) < 47*time.Hour {
 		t.Fatalf("--ttl 2d: %+v", expiring)
 	}
@@ -325,7 +326,7 @@ func TestTokens(t *testing.T) {
 	if !strings.Contains(out, "efp_") || !strings.Contains(out, "not shown again") {
 		t.Fatalf("human output: %s", out)
 	}
-	list := decodeJSON[[]controlplane.APIToken](t, e.must("tokens", "list", "--json"))
+	list := decodeJSON[[]cpapi.APIToken](t, e.must("tokens", "list", "--json"))
 	if len(list) != 4 { // bootstrap admin + 3
 		t.Fatalf("tokens list: %+v", list)
 	}
@@ -343,7 +344,7 @@ func TestTokens(t *testing.T) {
 	if r := e.run("--token", tok.Token, "agents", "list"); r.code != 1 || !strings.Contains(r.stderr, "401") {
 		t.Fatalf("revoked token used: %+v", r)
 	}
-	list = decodeJSON[[]controlplane.APIToken](t, e.must("tokens", "list", "--json"))
+	list = decodeJSON[[]cpapi.APIToken](t, e.must("tokens", "list", "--json"))
 	for _, x := range list {
 		if x.ID == tok.ID {
 			t.Fatal("revoked token listed without --revoked")
@@ -360,22 +361,22 @@ func TestTokens(t *testing.T) {
 	}
 
 	// Enrollment tokens, as the issue spells them.
-	et := decodeJSON[controlplane.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=berlin", "--json"))
+	et := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=berlin", "--json"))
 	if et.Labels["site"] != "berlin" || !strings.HasPrefix(et.Token, "efe_") || time.Until(et.ExpiresAt) > time.Hour+time.Minute {
 		t.Fatalf("enrollment token: %+v", et)
 	}
-	several := decodeJSON[[]controlplane.NewEnrollmentToken](t, e.must("enrollment-tokens", "create", "--count", "3", "--labels", "a=1", "--labels", "b=2", "--json"))
+	several := decodeJSON[[]cpapi.NewEnrollmentToken](t, e.must("enrollment-tokens", "create", "--count", "3", "--labels", "a=1", "--labels", "b=2", "--json"))
 	if len(several) != 3 || several[0].Labels["b"] != "2" {
 		t.Fatalf("enrollment-tokens create --count 3: %+v", several)
 	}
-	etl := decodeJSON[[]controlplane.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
+	etl := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
 	if len(etl) != 4 {
 		t.Fatalf("enrollment-tokens list: %+v", etl)
 	}
 	// A used token leaves the default listing.
 	e.enroll("a1", et.Token)
-	etl = decodeJSON[[]controlplane.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
-	etAll := decodeJSON[[]controlplane.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--all", "--json"))
+	etl = decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
+	etAll := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--all", "--json"))
 	if len(etl) != 3 || len(etAll) != 4 {
 		t.Fatalf("after enrollment: %d unused, %d all", len(etl), len(etAll))
 	}
@@ -407,9 +408,9 @@ func TestTokens(t *testing.T) {
 func TestAgents(t *testing.T) {
 	e := newTestEnv(t)
 	e.login()
-	et := decodeJSON[controlplane.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=berlin,rack=4", "--json"))
+	et := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=berlin,rack=4", "--json"))
 	ag := e.enroll("pump-7", et.Token)
-	et2 := decodeJSON[controlplane.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=paris", "--json"))
+	et2 := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=paris", "--json"))
 	e.enroll("pump-8", et2.Token)
 
 	// agents list --json: an array of objects with at least these keys.
@@ -430,14 +431,14 @@ func TestAgents(t *testing.T) {
 			t.Errorf("last_seen: %v", err)
 		}
 	}
-	sel := decodeJSON[[]controlplane.Agent](t, e.must("agents", "list", "--selector", "site=berlin", "--json"))
+	sel := decodeJSON[[]cpapi.Agent](t, e.must("agents", "list", "--selector", "site=berlin", "--json"))
 	if len(sel) != 1 || sel[0].ID != ag.id || sel[0].Labels["rack"] != "4" {
 		t.Fatalf("--selector site=berlin: %+v", sel)
 	}
-	if got := decodeJSON[[]controlplane.Agent](t, e.must("agents", "list", "-l", "site=berlin,rack", "--state", "online", "--json")); len(got) != 1 {
+	if got := decodeJSON[[]cpapi.Agent](t, e.must("agents", "list", "-l", "site=berlin,rack", "--state", "online", "--json")); len(got) != 1 {
 		t.Fatalf("selector with presence and state: %+v", got)
 	}
-	if got := decodeJSON[[]controlplane.Agent](t, e.must("agents", "list", "--state", "offline", "--json")); len(got) != 0 {
+	if got := decodeJSON[[]cpapi.Agent](t, e.must("agents", "list", "--state", "offline", "--json")); len(got) != 0 {
 		t.Fatalf("--state offline: %+v", got)
 	}
 	out := e.must("agents", "list")
@@ -449,7 +450,7 @@ func TestAgents(t *testing.T) {
 	}
 
 	// show
-	shown := decodeJSON[controlplane.Agent](t, e.must("agents", "show", ag.id, "--json"))
+	shown := decodeJSON[cpapi.Agent](t, e.must("agents", "show", ag.id, "--json"))
 	if shown.ID != ag.id || shown.Name != "pump-7" || shown.Health == nil {
 		t.Fatalf("show: %+v", shown)
 	}
@@ -461,7 +462,7 @@ func TestAgents(t *testing.T) {
 	}
 
 	// label: set and remove in one call
-	labeled := decodeJSON[controlplane.Agent](t, e.must("agents", "label", ag.id, "tier=gold", "rack-", "--json"))
+	labeled := decodeJSON[cpapi.Agent](t, e.must("agents", "label", ag.id, "tier=gold", "rack-", "--json"))
 	if labeled.Labels["tier"] != "gold" || labeled.Labels["site"] != "berlin" {
 		t.Fatalf("label: %+v", labeled.Labels)
 	}
@@ -494,11 +495,11 @@ func TestAgents(t *testing.T) {
 	if out := e.must("agents", "decommission", ag.id, "--yes"); !strings.Contains(out, "decommissioned") {
 		t.Fatalf("decommission: %s", out)
 	}
-	if _, err := ag.client.Heartbeat(context.Background(), controlplane.Heartbeat{}); !errors.Is(err, controlplane.ErrForbidden) {
+	if _, err := ag.client.Heartbeat(context.Background(), cpapi.Heartbeat{}); !errors.Is(err, cpapi.ErrForbidden) {
 		t.Fatalf("heartbeat after decommission: %v, want 403", err)
 	}
-	got := decodeJSON[controlplane.Agent](t, e.must("agents", "show", ag.id, "-o", "json"))
-	if got.State != controlplane.StateDecommissioned || got.DecommissionedAt == nil {
+	got := decodeJSON[cpapi.Agent](t, e.must("agents", "show", ag.id, "-o", "json"))
+	if got.State != cpapi.StateDecommissioned || got.DecommissionedAt == nil {
 		t.Fatalf("after decommission: %+v", got)
 	}
 	if r := e.run("agents", "decommission", ag.id, "--yes"); r.code != 1 {
@@ -554,22 +555,22 @@ func TestAgentsListWatch(t *testing.T) {
 func TestTelemetryQuery(t *testing.T) {
 	e := newTestEnv(t)
 	e.login()
-	et := decodeJSON[controlplane.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--json"))
+	et := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--json"))
 	ag := e.enroll("sensor", et.Token)
 	base := time.Now().UTC().Add(-10 * time.Minute).Truncate(time.Minute)
-	batch := controlplane.TelemetryBatch{BatchSeq: 1}
+	batch := cpapi.TelemetryBatch{BatchSeq: 1}
 	for i := range 6 {
-		batch.Readings = append(batch.Readings, controlplane.Reading{Device: "room-1", Metric: "temperature", TS: base.Add(time.Duration(i) * 10 * time.Second), Value: 20 + float64(i)})
+		batch.Readings = append(batch.Readings, cpapi.Reading{Device: "room-1", Metric: "temperature", TS: base.Add(time.Duration(i) * 10 * time.Second), Value: 20 + float64(i)})
 	}
 	if _, err := ag.client.UploadTelemetry(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}
 
-	raw := decodeJSON[controlplane.TelemetryResult](t, e.must("telemetry", "query", "--agent", ag.id, "--metric", "temperature", "--from", "-1h", "--json"))
+	raw := decodeJSON[cpapi.TelemetryResult](t, e.must("telemetry", "query", "--agent", ag.id, "--metric", "temperature", "--from", "-1h", "--json"))
 	if len(raw.Series) != 1 || len(raw.Series[0].Points) != 6 {
 		t.Fatalf("raw query: %+v", raw)
 	}
-	b := decodeJSON[controlplane.TelemetryResult](t, e.must("telemetry", "query", "--device", "room-1", "--from", base.Format(time.RFC3339), "--to", "now", "--bucket", "1m", "--json"))
+	b := decodeJSON[cpapi.TelemetryResult](t, e.must("telemetry", "query", "--device", "room-1", "--from", base.Format(time.RFC3339), "--to", "now", "--bucket", "1m", "--json"))
 	if len(b.Series) != 1 || len(b.Series[0].Buckets) != 1 || b.Series[0].Buckets[0].Count != 6 || b.Series[0].Buckets[0].Max != 25 || b.Series[0].Buckets[0].Avg != 22.5 {
 		t.Fatalf("bucketed query: %+v", b)
 	}
@@ -604,14 +605,14 @@ func TestAuditListAndVerify(t *testing.T) {
 	}
 	// The first start wrote 3: the bootstrap admin token, and the key
 	// service's root key initialized and sealed.
-	recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--json"))
+	recs := decodeJSON[[]cpapi.AuditRecord](t, e.must("audit", "list", "--json"))
 	if len(recs) != 6 || recs[0].Seq != 1 || recs[5].Action != "token.create" {
 		t.Fatalf("audit list: %+v", recs)
 	}
-	if recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 5 {
+	if recs := decodeJSON[[]cpapi.AuditRecord](t, e.must("audit", "list", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 5 {
 		t.Fatalf("audit list --limit 2 (newest): %+v", recs)
 	}
-	if recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "--after", "1", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 2 {
+	if recs := decodeJSON[[]cpapi.AuditRecord](t, e.must("audit", "list", "--after", "1", "--limit", "2", "--json")); len(recs) != 2 || recs[0].Seq != 2 {
 		t.Fatalf("audit list --after 1: %+v", recs)
 	}
 	if out := e.must("audit", "list"); !strings.Contains(out, "token.create") {
@@ -638,7 +639,7 @@ func TestAuditListAndVerify(t *testing.T) {
 		t.Fatalf("verify after tampering: %+v", r)
 	}
 	r = e.run("audit", "verify", "--json")
-	v := decodeJSON[controlplane.AuditVerification](t, r.stdout)
+	v := decodeJSON[cpapi.AuditVerification](t, r.stdout)
 	if r.code != 1 || v.OK || v.BadSeq != 2 {
 		t.Fatalf("verify --json after tampering: %+v %+v", r, v)
 	}
@@ -880,7 +881,7 @@ func TestBenchAgainstServer(t *testing.T) {
 		t.Fatalf("bench table:\n%s", out)
 	}
 	// The load agents stay enrolled on the server used.
-	if got := decodeJSON[[]controlplane.Agent](t, e.must("agents", "list", "-l", "loadtest=true", "--json")); len(got) != 3 {
+	if got := decodeJSON[[]cpapi.Agent](t, e.must("agents", "list", "-l", "loadtest=true", "--json")); len(got) != 3 {
 		t.Fatalf("load agents: %d", len(got))
 	}
 }

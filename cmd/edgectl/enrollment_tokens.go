@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -73,7 +73,7 @@ func (a *app) createEnrollmentTokens(c *cobra.Command, format string, ttl time.D
 	if err != nil {
 		return cli.Usagef("--labels: %v", err)
 	}
-	toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.NewEnrollmentToken, error) {
+	toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.NewEnrollmentToken, error) {
 		return cl.CreateEnrollmentTokens(ctx, ttl, labels, count)
 	})
 	if err != nil {
@@ -112,13 +112,13 @@ func (a *app) newEnrollmentTokensListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.EnrollmentToken, error) {
+			toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.EnrollmentToken, error) {
 				return cl.ListEnrollmentTokens(ctx)
 			})
 			if err != nil {
 				return err
 			}
-			shown := []controlplane.EnrollmentToken{}
+			shown := []cpapi.EnrollmentToken{}
 			for _, t := range toks {
 				if all || t.State == "unused" {
 					if t.Labels == nil {

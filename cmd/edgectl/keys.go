@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -49,7 +49,7 @@ rewrap, change policies and retire; admin may also destroy, unseal and seal.`,
 
 // ---- status, unseal, seal ----
 
-func sealedText(st controlplane.KeyServiceStatus) string {
+func sealedText(st cpapi.KeyServiceStatus) string {
 	switch {
 	case !st.Initialized:
 		return "not initialized"
@@ -61,7 +61,7 @@ func sealedText(st controlplane.KeyServiceStatus) string {
 	return "unsealed"
 }
 
-func printKeyStatus(w io.Writer, st controlplane.KeyServiceStatus) error {
+func printKeyStatus(w io.Writer, st cpapi.KeyServiceStatus) error {
 	tw := cli.NewTable(w)
 	fmt.Fprintf(tw, "Key service:\t%s\n", sealedText(st))
 	fmt.Fprintf(tw, "Root key:\tv%d, key-check value %s\n", st.RootVersion, dash(st.RootKCV))
@@ -90,7 +90,7 @@ func (a *app) newKeysStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.KeyServiceStatus, error) {
+			st, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.KeyServiceStatus, error) {
 				return cl.KeyStatus(ctx)
 			})
 			if err != nil {
@@ -143,7 +143,7 @@ in the shell history.`,
 			}
 			defer s.client.CloseIdleConnections()
 			w, ew := c.OutOrStdout(), c.ErrOrStderr()
-			var st controlplane.KeyServiceStatus
+			var st cpapi.KeyServiceStatus
 			for i, sh := range list {
 				ctx, cancel := a.ctx(c)
 				st, err = s.client.Unseal(ctx, sh)
@@ -260,7 +260,7 @@ a restart). Without --yes the command asks for confirmation.`,
 					return errors.New("seal cancelled")
 				}
 			}
-			st, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.KeyServiceStatus, error) {
+			st, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.KeyServiceStatus, error) {
 				return cl.Seal(ctx)
 			})
 			if err != nil {
@@ -279,7 +279,7 @@ a restart). Without --yes the command asks for confirmation.`,
 
 // ---- listing ----
 
-func recipientsText(p controlplane.KeyPolicy) string {
+func recipientsText(p cpapi.KeyPolicy) string {
 	var parts []string
 	if p.AllAgents {
 		parts = append(parts, "all agents")
@@ -310,7 +310,7 @@ func durationShort(s string) string {
 	return strings.TrimSuffix(strings.TrimSuffix(d.String(), "0s"), "0m")
 }
 
-func statesText(k controlplane.Key) string {
+func statesText(k cpapi.Key) string {
 	count := map[string]int{}
 	for _, v := range k.Versions {
 		count[v.State]++
@@ -327,7 +327,7 @@ func statesText(k controlplane.Key) string {
 	return strings.Join(parts, ", ")
 }
 
-func nextRotationText(k controlplane.Key, now time.Time) string {
+func nextRotationText(k cpapi.Key, now time.Time) string {
 	if k.NextRotation == nil {
 		return "-"
 	}
@@ -338,7 +338,7 @@ func nextRotationText(k controlplane.Key, now time.Time) string {
 	return "in " + strings.TrimSuffix(cli.Age(now, *k.NextRotation), " ahead")
 }
 
-func printKeysTable(w io.Writer, keys []controlplane.Key, now time.Time) error {
+func printKeysTable(w io.Writer, keys []cpapi.Key, now time.Time) error {
 	if len(keys) == 0 {
 		_, err := fmt.Fprintln(w, "No keys.")
 		return err
@@ -368,7 +368,7 @@ stderr says so.`,
 			if err != nil {
 				return err
 			}
-			resp, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.KeysResponse, error) {
+			resp, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.KeysResponse, error) {
 				return cl.ListKeys(ctx)
 			})
 			if err != nil {
@@ -389,14 +389,14 @@ stderr says so.`,
 }
 
 // selectKeys keeps the named keys, in the order named; none named keeps all.
-func selectKeys(keys []controlplane.Key, names []string) ([]controlplane.Key, error) {
+func selectKeys(keys []cpapi.Key, names []string) ([]cpapi.Key, error) {
 	if keys == nil {
-		keys = []controlplane.Key{}
+		keys = []cpapi.Key{}
 	}
 	if len(names) == 0 {
 		return keys, nil
 	}
-	out := []controlplane.Key{}
+	out := []cpapi.Key{}
 	for _, n := range names {
 		found := false
 		for _, k := range keys {
@@ -414,21 +414,21 @@ func selectKeys(keys []controlplane.Key, names []string) ([]controlplane.Key, er
 }
 
 // getKey fetches one key by name through the listing.
-func (a *app) getKey(c *cobra.Command, s *session, name string) (controlplane.Key, error) {
+func (a *app) getKey(c *cobra.Command, s *session, name string) (cpapi.Key, error) {
 	ctx, cancel := a.ctx(c)
 	defer cancel()
 	resp, err := s.client.ListKeys(ctx)
 	if err != nil {
-		return controlplane.Key{}, s.explain(err)
+		return cpapi.Key{}, s.explain(err)
 	}
 	keys, err := selectKeys(resp.Keys, []string{name})
 	if err != nil {
-		return controlplane.Key{}, err
+		return cpapi.Key{}, err
 	}
 	return keys[0], nil
 }
 
-func printKey(w io.Writer, k controlplane.Key, now time.Time) error {
+func printKey(w io.Writer, k cpapi.Key, now time.Time) error {
 	tw := cli.NewTable(w)
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{name}, args...)...)
@@ -526,7 +526,7 @@ func policyDuration(flag, v string) (string, error) {
 }
 
 // apply changes p by the flags that were given.
-func (pf *policyFlags) apply(c *cobra.Command, p *controlplane.KeyPolicy) error {
+func (pf *policyFlags) apply(c *cobra.Command, p *cpapi.KeyPolicy) error {
 	fl := c.Flags()
 	var err error
 	if fl.Changed("rotation-period") {
@@ -606,12 +606,12 @@ defaults to the server's (--key-rotation-period of 'edgectl controlplane').`,
 			if purpose != "data" && purpose != "gossip" {
 				return cli.Usagef("--purpose %q: want data or gossip", purpose)
 			}
-			var p controlplane.KeyPolicy
+			var p cpapi.KeyPolicy
 			if err := pf.apply(c, &p); err != nil {
 				return err
 			}
-			k, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Key, error) {
-				return cl.CreateKey(ctx, controlplane.CreateKeyRequest{Name: args[0], Purpose: purpose, Policy: &p})
+			k, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.Key, error) {
+				return cl.CreateKey(ctx, cpapi.CreateKeyRequest{Name: args[0], Purpose: purpose, Policy: &p})
 			})
 			if err != nil {
 				return err
@@ -647,7 +647,7 @@ rewrap it, raise the minimum decryption version ('keys policy
 			if err := checkKeyName(args[0]); err != nil {
 				return err
 			}
-			k, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Key, error) {
+			k, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.Key, error) {
 				return cl.RotateKey(ctx, args[0])
 			})
 			if err != nil {
@@ -701,7 +701,7 @@ from_version, version, envelope in base64) is printed instead.`,
 			if c.Flags().Changed("aad") {
 				aadBytes = []byte(aad)
 			}
-			res, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.RewrapResponse, error) {
+			res, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.RewrapResponse, error) {
 				return cl.Rewrap(ctx, args[0], env, aadBytes)
 			})
 			if err != nil {
@@ -916,7 +916,7 @@ func (a *app) changeVersion(c *cobra.Command, out *cli.OutputFlags, args []strin
 			return fmt.Errorf("destroy of %s v%d cancelled", args[0], v)
 		}
 	}
-	k, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.Key, error) {
+	k, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.Key, error) {
 		if op == "destroy" {
 			return cl.DestroyKeyVersion(ctx, args[0], v)
 		}

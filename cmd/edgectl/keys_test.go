@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -47,7 +48,7 @@ func TestKeysCommands(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "1 more share(s) not needed") {
 		t.Fatalf("shares from stdin: %+v", r)
 	}
-	if st := decodeJSON[controlplane.KeyServiceStatus](t, r.stdout); st.Sealed || st.KEKVersion == 0 {
+	if st := decodeJSON[cpapi.KeyServiceStatus](t, r.stdout); st.Sealed || st.KEKVersion == 0 {
 		t.Fatalf("status after unseal: %+v", st)
 	}
 	if r = e.runWith(context.Background(), strings.NewReader("\n# nothing\n"), "keys", "unseal"); r.code != 2 {
@@ -70,7 +71,7 @@ func TestKeysCommands(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2: %s", bad, r.code, r.stderr)
 		}
 	}
-	keys := decodeJSON[[]controlplane.Key](t, e.must("keys", "list", "--json"))
+	keys := decodeJSON[[]cpapi.Key](t, e.must("keys", "list", "--json"))
 	// billing, gossip (built in), mesh, telemetry (built in)
 	if len(keys) != 4 || keys[0].Name != "billing" || keys[0].Policy.RotationPeriod != "168h0m0s" || !keys[0].Policy.AllAgents ||
 		keys[2].Name != "mesh" || keys[2].Policy.RotationPeriod != "0s" || keys[2].Policy.AllowedLabels["site"] != "berlin" {
@@ -118,7 +119,7 @@ func TestKeysCommands(t *testing.T) {
 	if st, _ := os.Stat(outPath); st.Mode().Perm() != 0o600 {
 		t.Fatalf("rewrap output mode %v", st.Mode())
 	}
-	rw := decodeJSON[controlplane.RewrapResponse](t, e.mustIn(env1, "keys", "rewrap", "billing", "--aad", string(aad), "--json"))
+	rw := decodeJSON[cpapi.RewrapResponse](t, e.mustIn(env1, "keys", "rewrap", "billing", "--aad", string(aad), "--json"))
 	if rw.FromVersion != 1 || rw.Version != 2 || len(rw.Envelope) == 0 {
 		t.Fatalf("rewrap --json: %+v", rw)
 	}
@@ -131,12 +132,12 @@ func TestKeysCommands(t *testing.T) {
 	if out := e.must("keys", "policy", "billing", "--min-version", "2"); !strings.Contains(out, "Min decrypt version:  2") || !strings.Contains(out, "Rotation:             7d") {
 		t.Fatalf("policy: %s", out)
 	}
-	p := decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
+	p := decodeJSON[cpapi.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
 	if p.MinDecryptVersion != 2 || p.RotationPeriod != "168h0m0s" || !p.AllAgents {
 		t.Fatalf("policy after change: %+v", p)
 	}
 	e.must("keys", "policy", "billing", "--all-agents=false", "--agents", "ag_1,ag_2")
-	p = decodeJSON[controlplane.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
+	p = decodeJSON[cpapi.KeyPolicy](t, e.must("keys", "policy", "billing", "--json"))
 	if p.AllAgents || len(p.AllowedAgents) != 2 || p.MinDecryptVersion != 2 {
 		t.Fatalf("policy after recipients change: %+v", p)
 	}
@@ -154,7 +155,7 @@ func TestKeysCommands(t *testing.T) {
 	}
 
 	// A viewer lists but does not rotate.
-	tok, err := e.admin.CreateAPIToken(ctx, "v", controlplane.RoleViewer, 0)
+	tok, err := e.admin.CreateAPIToken(ctx, "v", cpapi.RoleViewer, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestKeysCommands(t *testing.T) {
 	if r := e.run("audit", "verify"); r.code != 0 {
 		t.Fatalf("audit verify: %+v", r)
 	}
-	recs := decodeJSON[[]controlplane.AuditRecord](t, e.must("audit", "list", "-n", "1000", "--json"))
+	recs := decodeJSON[[]cpapi.AuditRecord](t, e.must("audit", "list", "-n", "1000", "--json"))
 	actions := map[string]bool{}
 	for _, rec := range recs {
 		actions[rec.Action] = true

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -26,7 +26,7 @@ func (a *app) newTelemetryCmd() *cobra.Command {
 func (a *app) newTelemetryQueryCmd() *cobra.Command {
 	var (
 		out              cli.OutputFlags
-		q                controlplane.TelemetryQuery
+		q                cpapi.TelemetryQuery
 		from, to, bucket string
 	)
 	c := &cobra.Command{
@@ -65,14 +65,14 @@ each with min, max, avg and count; without it raw points are printed (at most
 			if q.Limit < 0 {
 				return cli.Usagef("--limit must not be negative")
 			}
-			res, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.TelemetryResult, error) {
+			res, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.TelemetryResult, error) {
 				return cl.QueryTelemetry(ctx, q)
 			})
 			if err != nil {
 				return err
 			}
 			if res.Series == nil {
-				res.Series = []controlplane.Series{}
+				res.Series = []cpapi.Series{}
 			}
 			if res.Truncated {
 				fmt.Fprintf(c.ErrOrStderr(), "%s: raw points were cut at the limit; narrow the range, raise --limit or use --bucket\n", c.Root().Name())
@@ -95,7 +95,7 @@ each with min, max, avg and count; without it raw points are printed (at most
 	return c
 }
 
-func printTelemetry(w io.Writer, res controlplane.TelemetryResult) error {
+func printTelemetry(w io.Writer, res cpapi.TelemetryResult) error {
 	if len(res.Series) == 0 {
 		_, err := fmt.Fprintf(w, "No readings from %s to %s.\n", res.From.Local().Format(time.RFC3339), res.To.Local().Format(time.RFC3339))
 		return err

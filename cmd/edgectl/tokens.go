@@ -9,11 +9,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
-var roles = []string{string(controlplane.RoleViewer), string(controlplane.RoleOperator), string(controlplane.RoleAdmin)}
+var roles = []string{string(cpapi.RoleViewer), string(cpapi.RoleOperator), string(cpapi.RoleAdmin)}
 
 func (a *app) newTokensCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -96,7 +96,7 @@ The secret is printed once; the server keeps only its SHA-256 digest. With
 				if strings.TrimSpace(name) == "" {
 					return cli.Usagef("API tokens need --name, saying who or what uses the token")
 				}
-				return a.createAPIToken(c, format, name, controlplane.Role(role), d)
+				return a.createAPIToken(c, format, name, cpapi.Role(role), d)
 			}
 			return a.createEnrollmentTokens(c, format, d, labels, count)
 		},
@@ -114,8 +114,8 @@ The secret is printed once; the server keeps only its SHA-256 digest. With
 	return c
 }
 
-func (a *app) createAPIToken(c *cobra.Command, format, name string, role controlplane.Role, ttl time.Duration) error {
-	tok, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.NewAPIToken, error) {
+func (a *app) createAPIToken(c *cobra.Command, format, name string, role cpapi.Role, ttl time.Duration) error {
+	tok, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.NewAPIToken, error) {
 		return cl.CreateAPIToken(ctx, name, role, ttl)
 	})
 	if err != nil {
@@ -150,13 +150,13 @@ func (a *app) newTokensListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			toks, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) ([]controlplane.APIToken, error) {
+			toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.APIToken, error) {
 				return cl.ListAPITokens(ctx)
 			})
 			if err != nil {
 				return err
 			}
-			shown := []controlplane.APIToken{}
+			shown := []cpapi.APIToken{}
 			for _, t := range toks {
 				if t.RevokedAt == nil || revoked {
 					shown = append(shown, t)
@@ -203,7 +203,7 @@ func (a *app) newTokensRevokeCmd() *cobra.Command {
 			if err := checkID("token", args[0]); err != nil {
 				return err
 			}
-			tok, err := fetch(a, c, func(ctx context.Context, cl *controlplane.Client) (controlplane.APIToken, error) {
+			tok, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.APIToken, error) {
 				return cl.RevokeAPIToken(ctx, args[0])
 			})
 			if err != nil {

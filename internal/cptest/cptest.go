@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // Config is a test control plane storing in dir: a free loopback port,
@@ -24,7 +25,7 @@ func Config(dir string) controlplane.Config {
 
 // Start starts a control plane with cfg, closed when the test ends, and
 // returns it with a client authenticated as its bootstrap admin.
-func Start(t testing.TB, cfg controlplane.Config) (*controlplane.Server, *controlplane.Client) {
+func Start(t testing.TB, cfg controlplane.Config) (*controlplane.Server, *cpapi.Client) {
 	t.Helper()
 	srv, err := controlplane.New(cfg)
 	if err != nil {

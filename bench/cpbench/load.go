@@ -1,4 +1,4 @@
-package controlplane
+package cpbench
 
 import (
 	"bufio"
@@ -19,6 +19,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/procstat"
 )
 
 // LoadOptions configures RunHeartbeatLoad.
@@ -100,7 +103,7 @@ type LoadReport struct {
 
 func (o *LoadOptions) setDefaults() error {
 	if o.URL == "" || o.AdminToken == "" {
-		return fmt.Errorf("%w: load: URL and AdminToken are required", ErrInvalidConfig)
+		return fmt.Errorf("%w: load: URL and AdminToken are required", ErrInvalidOptions)
 	}
 	if o.Agents == 0 {
 		o.Agents = 100
@@ -127,7 +130,7 @@ func (o *LoadOptions) setDefaults() error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Agents < 0 || o.Interval < 0 || o.Duration < 0 || o.EnrollConcurrency < 0 || o.Workers < 0 || o.Timeout < 0 {
-		return fmt.Errorf("%w: load: negative option", ErrInvalidConfig)
+		return fmt.Errorf("%w: load: negative option", ErrInvalidOptions)
 	}
 	return nil
 }
@@ -135,7 +138,7 @@ func (o *LoadOptions) setDefaults() error {
 // loadAgent is one simulated agent: its identity and one connection.
 type loadAgent struct {
 	id     string
-	client *Client
+	client *cpapi.Client
 	tr     *connTransport
 	busy   atomic.Bool
 }
@@ -237,18 +240,18 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		TargetRate: float64(opts.Agents) / opts.Interval.Seconds()}
 	u, err := url.Parse(opts.URL)
 	if err != nil || u.Host == "" {
-		return rep, fmt.Errorf("%w: load: URL %q", ErrInvalidConfig, opts.URL)
+		return rep, fmt.Errorf("%w: load: URL %q", ErrInvalidOptions, opts.URL)
 	}
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
 	}
-	admin, err := NewClient(ClientConfig{URL: opts.URL, Token: opts.AdminToken, CAPEM: opts.CAPEM, Timeout: time.Minute})
+	admin, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, Token: opts.AdminToken, CAPEM: opts.CAPEM, Timeout: time.Minute})
 	if err != nil {
 		return rep, err
 	}
 	defer admin.CloseIdleConnections()
-	baseTLS, err := ClientTLSConfig(opts.CAPEM, nil)
+	baseTLS, err := cpapi.ClientTLSConfig(opts.CAPEM, nil)
 	if err != nil {
 		return rep, err
 	}
@@ -258,38 +261,38 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	// Enroll.
 	start := time.Now()
 	agents := make([]*loadAgent, opts.Agents)
-	var tokens []NewEnrollmentToken
+	var tokens []cpapi.NewEnrollmentToken
 	for len(tokens) < opts.Agents {
-		n := min(opts.Agents-len(tokens), maxTokensPerCreate)
+		n := min(opts.Agents-len(tokens), cpapi.MaxEnrollmentTokensPerRequest)
 		toks, err := admin.CreateEnrollmentTokens(ctx, time.Hour, opts.Labels, n)
 		if err != nil {
-			return rep, fmt.Errorf("controlplane: load: create enrollment tokens: %w", err)
+			return rep, fmt.Errorf("cpbench: load: create enrollment tokens: %w", err)
 		}
 		tokens = append(tokens, toks...)
 	}
-	enrollClient, err := NewClient(ClientConfig{URL: opts.URL, CAPEM: opts.CAPEM, Timeout: time.Minute})
+	enrollClient, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, CAPEM: opts.CAPEM, Timeout: time.Minute})
 	if err != nil {
 		return rep, err
 	}
 	defer enrollClient.CloseIdleConnections()
 	err = parallel(ctx, opts.Agents, opts.EnrollConcurrency, func(i int) error {
 		name := fmt.Sprintf("load-%05d", i)
-		key, csr, err := GenerateAgentKey(name)
+		key, csr, err := cpapi.GenerateAgentKey(name)
 		if err != nil {
 			return err
 		}
-		resp, err := enrollClient.Enroll(ctx, EnrollRequest{Token: tokens[i].Token, CSR: csr, Name: name, Version: "loadgen", OS: runtime.GOOS, Arch: runtime.GOARCH})
+		resp, err := enrollClient.Enroll(ctx, cpapi.EnrollRequest{Token: tokens[i].Token, CSR: csr, Name: name, Version: "loadgen", OS: runtime.GOOS, Arch: runtime.GOARCH})
 		if err != nil {
-			return fmt.Errorf("controlplane: load: enroll agent %d: %w", i, err)
+			return fmt.Errorf("cpbench: load: enroll agent %d: %w", i, err)
 		}
-		cert, err := AgentCertificate(resp.Certificate, key)
+		cert, err := cpapi.AgentCertificate(resp.Certificate, key)
 		if err != nil {
 			return err
 		}
 		conf := baseTLS.Clone()
 		conf.Certificates = []tls.Certificate{cert}
 		tr := &connTransport{addr: addr, conf: conf, timeout: opts.Timeout}
-		c, err := NewClient(ClientConfig{URL: opts.URL, Transport: tr, Timeout: opts.Timeout})
+		c, err := cpapi.NewClient(cpapi.ClientConfig{URL: opts.URL, Transport: tr, Timeout: opts.Timeout})
 		if err != nil {
 			return err
 		}
@@ -309,8 +312,8 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 	rep.EnrollSec = time.Since(start).Seconds()
 	opts.Logger.Info("load: enrolled", "agents", opts.Agents, "seconds", rep.EnrollSec)
 
-	hb := Heartbeat{Version: "loadgen", Health: &Health{Status: "ok"},
-		Resources: &Resources{CPUPercent: 12.5, Load1: 0.3, MemUsedBytes: 64 << 20, MemTotalBytes: 1 << 30, DiskUsedBytes: 1 << 30, DiskTotalBytes: 8 << 30, UptimeSeconds: 3600}}
+	hb := cpapi.Heartbeat{Version: "loadgen", Health: &cpapi.Health{Status: "ok"},
+		Resources: &cpapi.Resources{CPUPercent: 12.5, Load1: 0.3, MemUsedBytes: 64 << 20, MemTotalBytes: 1 << 30, DiskUsedBytes: 1 << 30, DiskTotalBytes: 8 << 30, UptimeSeconds: 3600}}
 
 	// Connect: each agent's first heartbeat opens its connection.
 	start = time.Now()
@@ -318,7 +321,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		hctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 		defer cancel()
 		if _, err := agents[i].client.Heartbeat(hctx, hb); err != nil {
-			return fmt.Errorf("controlplane: load: first heartbeat of %s: %w", agents[i].id, err)
+			return fmt.Errorf("cpbench: load: first heartbeat of %s: %w", agents[i].id, err)
 		}
 		return nil
 	})
@@ -384,7 +387,7 @@ func RunHeartbeatLoad(ctx context.Context, opts LoadOptions) (LoadReport, error)
 		period = time.Nanosecond
 	}
 	var skipped int64
-	cpuBefore, serverCPUBefore := ProcessCPUSeconds(), -1.0
+	cpuBefore, serverCPUBefore := procstat.CPUSeconds(), -1.0
 	bucketsBefore, _ := heartbeatHistogram(ctx, admin)
 	if st, err := admin.ServerStatus(ctx); err == nil {
 		serverCPUBefore = st.CPUSeconds
@@ -458,9 +461,9 @@ schedule:
 	if after, err := heartbeatHistogram(ctx, admin); err == nil && bucketsBefore != nil {
 		rep.ServerP99UpperMS = histogramQuantileUpper(bucketsBefore, after, 0.99) * 1000
 	}
-	rep.LoadRSSBytes = ProcessRSS()
+	rep.LoadRSSBytes = procstat.RSS()
 	if rep.Heartbeats > 0 {
-		rep.LoadCPUPerBeatMS = (ProcessCPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
+		rep.LoadCPUPerBeatMS = (procstat.CPUSeconds() - cpuBefore) * 1000 / float64(rep.Heartbeats)
 	}
 	if st, err := admin.ServerStatus(ctx); err == nil {
 		if serverCPUBefore >= 0 && rep.Heartbeats > 0 {
@@ -468,7 +471,7 @@ schedule:
 		}
 		rep.ServerRSSBytes = st.RSSBytes
 		rep.ServerHeapBytes, rep.ServerStackBytes = st.HeapBytes, st.StackBytes
-		rep.OnlineAtEnd = st.Agents[StateOnline]
+		rep.OnlineAtEnd = st.Agents[cpapi.StateOnline]
 	} else {
 		opts.Logger.Warn("load: server status unavailable", "err", err)
 	}
@@ -518,7 +521,7 @@ const heartbeatRoute = "POST /v1/agents/self/heartbeat"
 // heartbeatHistogram reads the cumulative bucket counts of the server's
 // heartbeat latency histogram from /metrics, keyed by upper bound in
 // seconds.
-func heartbeatHistogram(ctx context.Context, c *Client) (map[float64]float64, error) {
+func heartbeatHistogram(ctx context.Context, c *cpapi.Client) (map[float64]float64, error) {
 	text, err := c.Metrics(ctx)
 	if err != nil {
 		return nil, err
@@ -541,7 +544,7 @@ func heartbeatHistogram(ctx context.Context, c *Client) (map[float64]float64, er
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("controlplane: load: no heartbeat histogram in /metrics")
+		return nil, fmt.Errorf("cpbench: load: no heartbeat histogram in /metrics")
 	}
 	return out, nil
 }

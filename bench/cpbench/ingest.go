@@ -1,4 +1,4 @@
-package controlplane
+package cpbench
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // IngestBenchOptions configures RunIngestBench.
@@ -40,14 +43,14 @@ type IngestBenchReport struct {
 
 // benchBatches builds n batches of size readings over series series, one
 // reading per series per second.
-func benchBatches(n, size, series int, start time.Time) []TelemetryBatch {
-	out := make([]TelemetryBatch, n)
+func benchBatches(n, size, series int, start time.Time) []cpapi.TelemetryBatch {
+	out := make([]cpapi.TelemetryBatch, n)
 	k := 0
 	for i := range out {
-		b := TelemetryBatch{BatchSeq: uint64(i + 1), Readings: make([]Reading, size)}
+		b := cpapi.TelemetryBatch{BatchSeq: uint64(i + 1), Readings: make([]cpapi.Reading, size)}
 		for j := range b.Readings {
 			s := k % series
-			b.Readings[j] = Reading{
+			b.Readings[j] = cpapi.Reading{
 				Device: fmt.Sprintf("device-%02d", s/4),
 				Metric: [...]string{"temperature", "humidity", "co2", "light"}[s%4],
 				TS:     start.Add(time.Duration(k/series) * time.Second),
@@ -72,35 +75,35 @@ func openPlainSQLite(path, synchronous string) (*plainSQLite, error) {
 	}
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous("+strings.ToUpper(synchronous)+")&_txlock=immediate")
 	if err != nil {
-		return nil, fmt.Errorf("controlplane: plain sqlite: %w", err)
+		return nil, fmt.Errorf("cpbench: plain sqlite: %w", err)
 	}
 	db.SetMaxOpenConns(1)
 	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS readings (agent_id TEXT, device TEXT, metric TEXT, ts INTEGER, value REAL)`); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("controlplane: plain sqlite: %w", err)
+		return nil, fmt.Errorf("cpbench: plain sqlite: %w", err)
 	}
 	ins, err := db.Prepare(`INSERT INTO readings (agent_id, device, metric, ts, value) VALUES (?, ?, ?, ?, ?)`)
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("controlplane: plain sqlite: %w", err)
+		return nil, fmt.Errorf("cpbench: plain sqlite: %w", err)
 	}
 	return &plainSQLite{db: db, ins: ins}, nil
 }
 
-func (p *plainSQLite) insert(ctx context.Context, agent string, b TelemetryBatch) error {
+func (p *plainSQLite) insert(ctx context.Context, agent string, b cpapi.TelemetryBatch) error {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("controlplane: plain sqlite: %w", err)
+		return fmt.Errorf("cpbench: plain sqlite: %w", err)
 	}
 	st := tx.StmtContext(ctx, p.ins)
 	for _, r := range b.Readings {
 		if _, err := st.ExecContext(ctx, agent, r.Device, r.Metric, r.TS.UnixNano(), r.Value); err != nil {
 			tx.Rollback()
-			return fmt.Errorf("controlplane: plain sqlite: %w", err)
+			return fmt.Errorf("cpbench: plain sqlite: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("controlplane: plain sqlite: %w", err)
+		return fmt.Errorf("cpbench: plain sqlite: %w", err)
 	}
 	return nil
 }
@@ -114,7 +117,7 @@ func (p *plainSQLite) Close() error {
 // plain SQLite inserts of the same rows, both in opts.Dir.
 func RunIngestBench(ctx context.Context, opts IngestBenchOptions) (IngestBenchReport, error) {
 	if opts.Dir == "" {
-		return IngestBenchReport{}, fmt.Errorf("%w: ingest bench: Dir is required", ErrInvalidConfig)
+		return IngestBenchReport{}, fmt.Errorf("%w: ingest bench: Dir is required", ErrInvalidOptions)
 	}
 	if opts.Batches <= 0 {
 		opts.Batches = 200
@@ -126,12 +129,12 @@ func RunIngestBench(ctx context.Context, opts IngestBenchOptions) (IngestBenchRe
 		opts.Series = 20
 	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return IngestBenchReport{}, fmt.Errorf("controlplane: ingest bench: %w", err)
+		return IngestBenchReport{}, fmt.Errorf("cpbench: ingest bench: %w", err)
 	}
 	batches := benchBatches(opts.Batches, opts.BatchSize, opts.Series, time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))
 	rep := IngestBenchReport{Readings: opts.Batches * opts.BatchSize, BatchSize: opts.BatchSize}
 
-	st, err := OpenSQLite(filepath.Join(opts.Dir, "ingest-bench-store.db"), SQLiteOptions{Synchronous: opts.Synchronous})
+	st, err := controlplane.OpenSQLite(filepath.Join(opts.Dir, "ingest-bench-store.db"), controlplane.SQLiteOptions{Synchronous: opts.Synchronous})
 	if err != nil {
 		return rep, err
 	}

@@ -1,12 +1,12 @@
 //go:build unix
 
-package controlplane
+package procstat
 
 import "syscall"
 
-// ProcessCPUSeconds returns the user plus system CPU time this process has
+// CPUSeconds returns the user plus system CPU time this process has
 // used, or 0 where the platform does not report it.
-func ProcessCPUSeconds() float64 {
+func CPUSeconds() float64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -1,4 +1,4 @@
-package controlplane
+package cpapi
 
 import (
 	"time"
@@ -9,14 +9,17 @@ import (
 // CreateEnrollmentTokensRequest is the body of POST /v1/enrollment-tokens.
 type CreateEnrollmentTokensRequest struct {
 	// TTL is a Go duration ("1h", "30m"); default 1h, at most
-	// Config.MaxEnrollmentTTL.
+	// controlplane.Config.MaxEnrollmentTTL.
 	TTL string `json:"ttl,omitempty"`
 	// Labels are given to every agent enrolled with these tokens.
 	Labels map[string]string `json:"labels,omitempty"`
 	// Count is how many single-use tokens to make (default 1, at most
-	// 1000).
+	// MaxEnrollmentTokensPerRequest).
 	Count int `json:"count,omitempty"`
 }
+
+// MaxEnrollmentTokensPerRequest bounds CreateEnrollmentTokensRequest.Count.
+const MaxEnrollmentTokensPerRequest = 1000
 
 // NewEnrollmentToken is an enrollment token with its secret, shown only in
 // the answer to its creation.

@@ -1,9 +1,10 @@
-package controlplane
+package cpapi
 
 import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 // TestClientRefusesPathTraversalIDs: an id that would leave its path segment
@@ -20,6 +21,18 @@ func TestClientRefusesPathTraversalIDs(t *testing.T) {
 		}
 		if _, err := c.RevokeAPIToken(context.Background(), id); !errors.Is(err, ErrBadRequest) {
 			t.Errorf("RevokeAPIToken(%q) = %v, want ErrBadRequest", id, err)
+		}
+	}
+}
+
+func TestNewClientRefusesBadConfig(t *testing.T) {
+	for _, c := range []ClientConfig{
+		{URL: "http://x"},
+		{URL: "https://"},
+		{URL: "https://x", Timeout: -time.Second},
+	} {
+		if _, err := NewClient(c); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("NewClient(%+v) = %v, want ErrInvalidConfig", c, err)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package controlplane
+package cpapi
 
 import (
 	"bytes"
@@ -177,7 +177,7 @@ func (c *Client) doWith(hc *http.Client, ctx context.Context, method, path strin
 		return fmt.Errorf("controlplane: %s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		var eb errorBody
+		var eb ErrorBody
 		msg := strings.TrimSpace(string(data))
 		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
 			msg = eb.Error
@@ -434,4 +434,17 @@ func checkID(id string) error {
 		}
 	}
 	return nil
+}
+
+// UploadTelemetrySealed sends a sealed upload (mutual TLS): envelope is
+// the batch's EncodeTelemetryBatch form sealed under the key "telemetry"
+// with TelemetryAAD(agentID, batchSeq). Re-sending is safe, as for
+// UploadTelemetry, even sealed anew.
+func (c *Client) UploadTelemetrySealed(ctx context.Context, agentID string, batchSeq uint64, envelope []byte) (IngestResult, error) {
+	var res IngestResult
+	err := c.do(ctx, "POST", "/v1/agents/self/telemetry", nil, rawBody{
+		data: envelope, contentType: EnvelopeContentType,
+		header: map[string]string{HeaderSealedAgent: agentID, HeaderSealedBatchSeq: strconv.FormatUint(batchSeq, 10)},
+	}, &res)
+	return res, err
 }

@@ -1,9 +1,11 @@
-package controlplane
+package cpbench
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -17,6 +19,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
 // TestMain lets the test binary double as a standalone control plane for
@@ -30,10 +36,10 @@ func TestMain(m *testing.M) {
 }
 
 func runLoadServer(dir string) int {
-	srv, err := New(Config{
+	srv, err := controlplane.New(controlplane.Config{
 		DataDir: dir, Listen: "127.0.0.1:0",
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		SQLite: SQLiteOptions{Synchronous: os.Getenv("EDGEFLEET_LOADSERVER_SYNC")},
+		SQLite: controlplane.SQLiteOptions{Synchronous: os.Getenv("EDGEFLEET_LOADSERVER_SYNC")},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -61,11 +67,14 @@ func runLoadServer(dir string) int {
 }
 
 func TestRunHeartbeatLoadSmall(t *testing.T) {
-	e := newTestEnv(t, nil)
-	// The load generator measures real time; the server's fake clock
-	// does not move, which is fine for latency.
-	rep, err := RunHeartbeatLoad(e.ctx(), LoadOptions{
-		URL: e.srv.URL(), AdminToken: e.adminToken, CAPEM: e.srv.CAPEM(),
+	srv, admin := cptest.Start(t, cptest.Config(t.TempDir()))
+	tok, err := srv.AdminToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rep, err := RunHeartbeatLoad(ctx, LoadOptions{
+		URL: srv.URL(), AdminToken: tok, CAPEM: srv.CAPEM(),
 		Agents: 20, Interval: 200 * time.Millisecond, Duration: time.Second, Workers: 8, EnrollConcurrency: 4,
 	})
 	if err != nil {
@@ -77,7 +86,7 @@ func TestRunHeartbeatLoadSmall(t *testing.T) {
 	if rep.OnlineAtEnd != 20 || rep.ServerRSSBytes <= 0 || rep.ServerP99UpperMS <= 0 {
 		t.Errorf("report %+v", rep)
 	}
-	agents, err := e.admin.ListAgents(e.ctx(), AgentFilter{Labels: []string{"loadtest=true"}})
+	agents, err := admin.ListAgents(ctx, cpapi.AgentFilter{Labels: []string{"loadtest=true"}})
 	if err != nil || len(agents) != 20 {
 		t.Fatalf("%d load agents, %v", len(agents), err)
 	}
@@ -91,46 +100,73 @@ func TestRunHeartbeatLoadSmall(t *testing.T) {
 }
 
 func TestConnTransportReconnects(t *testing.T) {
-	e := newTestEnv(t, nil)
-	a := e.enroll("rc", nil)
-	conf, err := ClientTLSConfig(e.srv.CAPEM(), &a.cert)
+	srv, admin := cptest.Start(t, cptest.Config(t.TempDir()))
+	ctx := context.Background()
+	cert := enrollAgent(t, admin, "rc")
+	conf, err := cpapi.ClientTLSConfig(srv.CAPEM(), &cert)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conf.ServerName = "127.0.0.1"
-	tr := &connTransport{addr: e.srv.Addr().String(), conf: conf, timeout: 5 * time.Second}
+	tr := &connTransport{addr: srv.Addr().String(), conf: conf, timeout: 5 * time.Second}
 	defer tr.Close()
-	c, err := NewClient(ClientConfig{URL: e.srv.URL(), Transport: tr})
+	c, err := cpapi.NewClient(cpapi.ClientConfig{URL: srv.URL(), Transport: tr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(ctx, cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
 	first := tr.conn
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(ctx, cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
 	if tr.conn != first {
 		t.Error("connection not reused")
 	}
 	tr.Close()
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	if _, err := c.Heartbeat(ctx, cpapi.Heartbeat{}); err != nil {
 		t.Fatalf("after close: %v", err)
 	}
 	// Error answers are read fully and keep the connection usable.
-	_, err = c.UploadTelemetry(e.ctx(), TelemetryBatch{})
-	wantStatus(t, err, 400)
-	if _, err := c.Heartbeat(e.ctx(), Heartbeat{}); err != nil {
+	var ae *cpapi.APIError
+	if _, err = c.UploadTelemetry(ctx, cpapi.TelemetryBatch{}); !errors.As(err, &ae) || ae.Status != 400 {
+		t.Fatalf("empty batch: %v, want HTTP 400", err)
+	}
+	if _, err := c.Heartbeat(ctx, cpapi.Heartbeat{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// enrollAgent enrolls an agent named name with the admin client and
+// returns its client certificate.
+func enrollAgent(t testing.TB, admin *cpapi.Client, name string) tls.Certificate {
+	t.Helper()
+	ctx := context.Background()
+	toks, err := admin.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, csr, err := cpapi.GenerateAgentKey(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.Enroll(ctx, cpapi.EnrollRequest{Token: toks[0].Token, CSR: csr, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := cpapi.AgentCertificate(resp.Certificate, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
 
 // TestHeartbeatLoadMeasured runs the load generator against a server in a
 // separate process. It is skipped unless EDGEFLEET_LOAD_AGENTS is set:
 //
 //	EDGEFLEET_LOAD_AGENTS=1000 EDGEFLEET_LOAD_INTERVAL=10s EDGEFLEET_LOAD_DURATION=20s \
-//	  go test -run TestHeartbeatLoadMeasured -v -timeout 30m ./controlplane/
+//	  go test -run TestHeartbeatLoadMeasured -v -timeout 30m ./bench/cpbench/
 //
 // EDGEFLEET_LOADSERVER_GOMEMLIMIT sets GOMEMLIMIT for the server process
 // only; EDGEFLEET_LOADSERVER_SYNC its SQLite synchronous setting.
@@ -169,11 +205,11 @@ func TestHeartbeatLoadMeasured(t *testing.T) {
 		t.Fatalf("server did not start: %v", err)
 	}
 	url := strings.TrimSpace(strings.TrimPrefix(line, "URL "))
-	tok, err := os.ReadFile(filepath.Join(dir, AdminTokenFile))
+	tok, err := os.ReadFile(filepath.Join(dir, controlplane.AdminTokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := os.ReadFile(filepath.Join(dir, CAFile))
+	ca, err := os.ReadFile(filepath.Join(dir, controlplane.CAFile))
 	if err != nil {
 		t.Fatal(err)
 	}
