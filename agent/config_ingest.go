@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // IngestConfig configures device-data ingestion (package agent/ingest):
@@ -362,3 +363,15 @@ func (l IngestLimits) limits() ingest.Limits {
 		MaxFuture:       l.MaxFuture,
 	}
 }
+
+// ingestClock is ingestion's clock: it reads the time from the agent's
+// wall clock (Deps.Wall) and runs ingestion's timers on the system clock.
+func ingestClock(wall func() time.Time) clock.Clock { return wallClock{clock.Real(), wall} }
+
+// wallClock is a clock.Clock whose Now is a wall-clock function.
+type wallClock struct {
+	clock.Clock
+	now func() time.Time
+}
+
+func (w wallClock) Now() time.Time { return w.now() }

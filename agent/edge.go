@@ -79,7 +79,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 	if ic.Enabled {
 		ilog := a.log.With("component", "ingest")
 		sc := ic.storeConfig(filepath.Join(a.cfg.DataDir, ingest.StoreFile), a.cfg.ControlPlane.URL != "")
-		sc.Clock, sc.Logger, sc.Registry = a.wall, ilog, a.reg
+		sc.Clock, sc.Logger, sc.Registry = ingestClock(a.wall), ilog, a.reg
 		if store, err = ingest.OpenStore(sc); err != nil {
 			return fmt.Errorf("agent: opening the ingestion database: %w", err)
 		}
@@ -175,7 +175,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			BatchDelay:        ic.BatchDelay,
 			QueueMessages:     ic.QueueMessages,
 			RetentionInterval: ic.Retention.Interval,
-			Clock:             a.wall,
+			Clock:             ingestClock(a.wall),
 			Logger:            a.log.With("component", "ingest"),
 			Registry:          a.reg,
 			Sink:              sinks,
