@@ -1,6 +1,8 @@
 // Command edge-agent is the edgefleet daemon for edge devices. `edge-agent
-// run` runs it; `edge-agent inspect` describes its data directory;
-// `edge-agent bench SUITE` measures it beside its baselines.
+// run` runs it; `edge-agent config validate FILE` checks a configuration
+// and `edge-agent config defaults` prints the default one; `edge-agent
+// inspect` describes its data directory; `edge-agent bench SUITE`
+// measures it beside its baselines.
 package main
 
 import (
@@ -16,6 +18,6 @@ func newRoot() *cobra.Command {
 		Use:   "edge-agent",
 		Short: "The edgefleet agent: device data, replicated state and gossip on an edge device",
 	}
-	root.AddCommand(newRunCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
+	root.AddCommand(newRunCmd(), newConfigCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
 	return root
 }
