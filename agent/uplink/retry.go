@@ -86,7 +86,7 @@ func (u *Uplink) doFor(ctx context.Context, op string, timeout time.Duration, fn
 		return outcomeBlocked, ErrBreakerOpen
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
-	start := time.Now()
+	start := time.Now() // system clock: the request's real duration, for the metric
 	label, err := fn(rctx)
 	cancel()
 	u.m.seconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
