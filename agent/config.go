@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -224,15 +225,16 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads the YAML file at path over DefaultConfig. Unknown
-// fields are an error naming the field.
+// LoadConfig reads the YAML file at path over DefaultConfig. Its errors
+// read "agent: config PATH: ..." and name the offending field by its
+// dotted YAML path and line.
 func LoadConfig(path string) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("agent: config: %w", err)
+		return Config{}, fmt.Errorf("agent: config: %w", err) // names path
 	}
 	defer f.Close()
-	cfg, err := ParseConfig(f)
+	cfg, err := parseConfig(f)
 	if err != nil {
 		return Config{}, fmt.Errorf("agent: config %s: %w", path, err)
 	}
@@ -240,16 +242,27 @@ func LoadConfig(path string) (Config, error) {
 }
 
 // ParseConfig decodes YAML from r over DefaultConfig (fields absent from
-// the document keep their defaults). Unknown fields are an error naming the
-// field; an empty document yields DefaultConfig.
+// the document keep their defaults). Unknown fields and values of the
+// wrong kind are an error naming the field; an empty document yields
+// DefaultConfig.
 func ParseConfig(r io.Reader) (Config, error) {
+	cfg, err := parseConfig(r)
+	if err != nil {
+		return Config{}, fmt.Errorf("agent: config: %w", err)
+	}
+	return cfg, nil
+}
+
+// parseConfig is ParseConfig; its errors carry no prefix, which its
+// callers add once.
+func parseConfig(r io.Reader) (Config, error) {
 	cfg := DefaultConfig()
 	data, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
 	if err != nil {
-		return Config{}, fmt.Errorf("agent: reading config: %w", err)
+		return Config{}, err
 	}
 	if len(data) > 1<<20 {
-		return Config{}, errors.New("agent: config larger than 1 MiB")
+		return Config{}, errors.New("larger than 1 MiB")
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -257,11 +270,18 @@ func ParseConfig(r io.Reader) (Config, error) {
 		if errors.Is(err, io.EOF) {
 			return DefaultConfig(), nil
 		}
-		return Config{}, fmt.Errorf("agent: config: %w", err)
+		// Name the field, which the decoder's errors do not.
+		var doc yaml.Node
+		if yaml.Unmarshal(data, &doc) == nil {
+			if ferr := checkYAML(&doc, reflect.TypeOf(cfg), ""); ferr != nil {
+				return Config{}, ferr
+			}
+		}
+		return Config{}, err
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return Config{}, errors.New("agent: config: more than one YAML document")
+		return Config{}, errors.New("more than one YAML document")
 	}
 	if cfg.Labels == nil {
 		cfg.Labels = map[string]string{}
@@ -273,6 +293,121 @@ func ParseConfig(r io.Reader) (Config, error) {
 		cfg.State.Collections = map[string]crdt.Type{}
 	}
 	return cfg, nil
+}
+
+var (
+	durationType    = reflect.TypeOf(time.Duration(0))
+	unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+)
+
+// checkYAML returns an error for the first node of n that does not fit
+// type t: a key t has no field for, or a value of the wrong kind. The
+// error names the field by its dotted YAML path (path is n's) and line,
+// which the YAML decoder's own errors do not.
+func checkYAML(n *yaml.Node, t reflect.Type, path string) error {
+	if n.Kind == 0 || n.Kind == yaml.AliasNode {
+		return nil // no document; an alias is checked where it is anchored
+	}
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil
+		}
+		return checkYAML(n.Content[0], t, path)
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // keeps the default
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	at := func(format string, args ...any) error {
+		if path == "" {
+			return fmt.Errorf("line %d: %s", n.Line, fmt.Sprintf(format, args...))
+		}
+		return fmt.Errorf("line %d: %s: %s", n.Line, path, fmt.Sprintf(format, args...))
+	}
+	join := func(key string) string {
+		if path == "" {
+			return key
+		}
+		return path + "." + key
+	}
+	scalar := t == durationType || reflect.PointerTo(t).Implements(unmarshalerType) ||
+		(t.Kind() != reflect.Struct && t.Kind() != reflect.Map && t.Kind() != reflect.Slice)
+	switch {
+	case scalar:
+		if n.Kind != yaml.ScalarNode {
+			return at("want %s, got a list or mapping", kindWord(t))
+		}
+		if err := n.Decode(reflect.New(t).Interface()); err != nil {
+			return at("%q is not %s", n.Value, kindWord(t))
+		}
+	case t.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return at("want a mapping of fields")
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			f, ok := yamlField(t, k.Value)
+			if !ok {
+				return fmt.Errorf("line %d: %s: unknown field", k.Line, join(k.Value))
+			}
+			if err := checkYAML(v, f.Type, join(k.Value)); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return at("want a mapping")
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if err := checkYAML(k, t.Key(), join(k.Value)); err != nil {
+				return err
+			}
+			if err := checkYAML(v, t.Elem(), join(k.Value)); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			return at("want a list")
+		}
+		for i, v := range n.Content {
+			if err := checkYAML(v, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// yamlField returns t's field whose YAML name is key.
+func yamlField(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == key && name != "-" {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// kindWord describes what a value of type t is written as.
+func kindWord(t reflect.Type) string {
+	switch {
+	case t == durationType:
+		return "a duration (such as 500ms, 3s, 10m or 72h)"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uintptr:
+		return "an integer"
+	case t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64:
+		return "a number"
+	case t.Kind() == reflect.String:
+		return "a string"
+	}
+	return "a " + t.String()
 }
 
 // Environment variables read by ApplyEnv.
@@ -520,6 +655,10 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.ControlPlane.Validate(); err != nil {
+		var fe *uplink.FieldError
+		if errors.As(err, &fe) {
+			return &fieldError{"control_plane." + fe.Field, fe.Msg, err}
+		}
 		return fmt.Errorf("agent: control_plane: %w", err)
 	}
 	if _, err := c.Log.level(); err != nil {
@@ -535,6 +674,17 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// fieldError is an invalid field of a part of the config another package
+// validates: its message names the field by its full YAML path, once
+// prefixed, and it unwraps to that package's error.
+type fieldError struct {
+	path, msg string
+	err       error
+}
+
+func (e *fieldError) Error() string { return "agent: " + e.path + ": " + e.msg }
+func (e *fieldError) Unwrap() error { return e.err }
 
 func (c *Config) nameForSizeCheck() string {
 	if c.NodeName != "" {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/crdt"
 	"gopkg.in/yaml.v3"
 )
@@ -339,4 +341,50 @@ func TestDecodeGossipKey(t *testing.T) {
 			t.Errorf("%q accepted", k)
 		}
 	}
+}
+
+// TestConfigErrorsPrefixedOnce: config errors carry "agent:" once, name
+// the field by its YAML path, and still match the validating package's
+// sentinel.
+func TestConfigErrorsPrefixedOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(path, []byte("gossip:\n  bogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadConfig(path)
+	if want := "agent: config " + path + ": line 2: gossip.bogus: unknown field"; err == nil || err.Error() != want {
+		t.Errorf("LoadConfig: %v, want %s", err, want)
+	}
+	_, err = ParseConfig(strings.NewReader("ingest:\n  mqtt:\n    keep_alive: [1]\n"))
+	if want := "agent: config: line 3: ingest.mqtt.keep_alive: want a duration (such as 500ms, 3s, 10m or 72h), got a list or mapping"; err == nil || err.Error() != want {
+		t.Errorf("ParseConfig: %v, want %s", err, want)
+	}
+	cfg := DefaultConfig()
+	cfg.ControlPlane.URL = "http://cp"
+	err = cfg.Validate()
+	if want := `agent: control_plane.url: "http://cp" must be https://host[:port]`; err == nil || err.Error() != want {
+		t.Errorf("Validate: %v, want %s", err, want)
+	}
+	if !errors.Is(err, uplink.ErrInvalidConfig) {
+		t.Errorf("Validate: %v does not match uplink.ErrInvalidConfig", err)
+	}
+}
+
+// FuzzParseConfig: any input parses or fails with an "agent: config:"
+// error, without panicking; what parses can be validated.
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{"", "gossip:\n  bind_port: 1\n", "labels: {a: b}\n", "a: &x [1]\nb: *x\n",
+		"ingest:\n  mqtt: [1]\n", "state:\n  collections:\n    x: lww\n", "control_plane:\n  seal_telemetry: null\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		cfg, err := ParseConfig(strings.NewReader(doc))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "agent: config: ") || strings.Contains(strings.TrimPrefix(err.Error(), "agent: config: "), "agent: ") {
+				t.Fatalf("error %q", err)
+			}
+			return
+		}
+		_ = cfg.Validate()
+	})
 }

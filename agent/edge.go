@@ -84,7 +84,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 	if ic.Enabled {
 		ilog := a.log.With("component", "ingest")
 		sc := ic.storeConfig(filepath.Join(a.cfg.DataDir, ingest.StoreFile), a.cfg.ControlPlane.URL != "")
-		sc.Clock, sc.Logger, sc.Registry = a.clk.Now, ilog, a.reg
+		sc.Clock, sc.Logger, sc.Registry = a.clk, ilog, a.reg
 		if store, err = ingest.OpenStore(sc); err != nil {
 			return fmt.Errorf("agent: opening the ingestion database: %w", err)
 		}
@@ -186,7 +186,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			BatchDelay:        ic.BatchDelay,
 			QueueMessages:     ic.QueueMessages,
 			RetentionInterval: ic.Retention.Interval,
-			Clock:             a.clk.Now,
+			Clock:             a.clk,
 			Logger:            a.log.With("component", "ingest"),
 			Registry:          a.reg,
 			Sink:              sinks,

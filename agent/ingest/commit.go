@@ -341,7 +341,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 		}
 		if res.stored > 0 && !s.cfg.Outbox.Disabled {
 			p := sc.enc.payload(BatchReadings)
-			out, err := tx.StmtContext(ctx, st.obIns).ExecContext(ctx, int64(BatchReadings), s.cfg.Clock().UnixMicro(),
+			out, err := tx.StmtContext(ctx, st.obIns).ExecContext(ctx, int64(BatchReadings), s.cfg.Clock.Now().UnixMicro(),
 				int64(sc.enc.n), sc.enc.minTS, sc.enc.maxTS, int64(len(p)), p)
 			if err != nil {
 				return fmt.Errorf("ingest: insert outbox batch: %w", err)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // Limits bound what one message may hold. The zero value of a field
@@ -117,17 +119,14 @@ func (d *Decoder) flatName(key []byte) (string, error) {
 }
 
 // NewDecoder returns a decoder enforcing lim (zero fields take their
-// defaults). now is the clock that relative and missing times resolve
-// against; nil means time.Now.
-func NewDecoder(lim Limits, now func() time.Time) (*Decoder, error) {
+// defaults). c is the clock that relative and missing times resolve
+// against; nil means clock.Real().
+func NewDecoder(lim Limits, c clock.Clock) (*Decoder, error) {
 	lim, err := lim.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if now == nil {
-		now = time.Now
-	}
-	return &Decoder{lim: lim, now: now}, nil
+	return &Decoder{lim: lim, now: clock.Or(c).Now}, nil
 }
 
 // Decode sniffs the payload's shape (a JSON array is SenML, an object is

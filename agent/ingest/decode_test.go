@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // testNow is the fixed receive time of decoder tests.
@@ -13,7 +15,7 @@ var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func newTestDecoder(t testing.TB, lim Limits) *Decoder {
 	t.Helper()
-	d, err := NewDecoder(lim, func() time.Time { return testNow })
+	d, err := NewDecoder(lim, clock.NewManual(testNow))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // Message is one received message. paho's mqtt.Message satisfies it.
@@ -132,9 +134,12 @@ type Config struct {
 	// PressureInterval is how often the store's state is re-checked
 	// while ingestion is held back. Default 200ms.
 	PressureInterval time.Duration
-	// Clock is the time source (receive times, relative SenML times).
-	// Nil means time.Now.
-	Clock func() time.Time
+	// Clock is the time source (receive times, relative SenML times) and
+	// drives RetentionInterval; it is also the store's clock. Nil means
+	// clock.Real(). BatchDelay, PressureInterval and the back-off between
+	// failed commits run on the system clock: they bound real latency and
+	// poll or wait for the disk.
+	Clock clock.Clock
 	// Logger receives the ingestor's logs. Nil discards them.
 	Logger *slog.Logger
 	// Registry receives the metrics. Nil leaves them unregistered.
@@ -147,9 +152,7 @@ type Config struct {
 
 func (c Config) withDefaults() (Config, error) {
 	var err error
-	if c.Clock == nil {
-		c.Clock = time.Now
-	}
+	c.Clock = clock.Or(c.Clock)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -361,7 +364,7 @@ func (in *Ingestor) handle(m Message, abort <-chan struct{}) error {
 	}
 	e := envelopePool.Get().(*envelope)
 	*e = envelope{topic: m.Topic(), payload: m.Payload(), dup: m.Duplicate(), pid: m.MessageID(),
-		recv: in.cfg.Clock(), ack: m.Ack}
+		recv: in.cfg.Clock.Now(), ack: m.Ack}
 	in.m.received.Add(1)
 	in.m.pending.Add(1)
 	select {
@@ -432,6 +435,8 @@ func (in *Ingestor) Stop() error {
 func (in *Ingestor) runBatcher(dec *Decoder) {
 	defer in.wg.Done()
 	defer close(in.batches)
+	// The linger is on the system clock: it bounds real publish-to-commit
+	// latency and exists to share a real fsync among messages.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var cur *batch                 // the batch being filled, nil when none
@@ -586,7 +591,7 @@ func (in *Ingestor) runCommitter() {
 			continue
 		}
 		b.stored = res.newReadings
-		at := in.cfg.Clock()
+		at := in.cfg.Clock.Now()
 		in.m.commitSecs.Observe(time.Since(start).Seconds())
 		in.m.batchSize.Observe(float64(len(b.envs)))
 		in.m.commits.Add(1)
@@ -670,7 +675,7 @@ func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf [
 		select {
 		case <-in.stopping:
 			return res, false
-		case <-time.After(backoff):
+		case <-time.After(backoff): // system clock: waits for the disk
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -746,6 +751,7 @@ func (in *Ingestor) waitPressure(ctx context.Context) bool {
 	if in.pressure.Load().(string) == "" {
 		return true
 	}
+	// System clock: this polls the database's real size and outbox.
 	t := time.NewTicker(in.cfg.PressureInterval)
 	defer t.Stop()
 	for p := in.checkPressure(ctx); p != ""; p = in.checkPressure(ctx) {
@@ -769,13 +775,13 @@ func (in *Ingestor) waitPressure(ctx context.Context) bool {
 // when the committer is held back by the database's size.
 func (in *Ingestor) runMaintenance() {
 	defer in.wg.Done()
-	t := time.NewTicker(in.cfg.RetentionInterval)
+	t := in.cfg.Clock.NewTicker(in.cfg.RetentionInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-in.stopping:
 			return
-		case <-t.C:
+		case <-t.C():
 		case <-in.retainNow:
 		}
 		if _, err := in.store.Retain(context.Background()); err != nil && !errors.Is(err, ErrClosed) {

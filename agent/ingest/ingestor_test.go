@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // fakeMsg is a received message whose acknowledgement is observable.
@@ -203,7 +205,7 @@ func TestIngestorStop(t *testing.T) {
 func TestIngestorBackpressure(t *testing.T) {
 	clk := newFakeClock()
 	reg := prometheus.NewRegistry()
-	in := newTestIngestor(t, Config{Clock: clk.Now, Registry: reg, BatchMessages: 100, QueueMessages: 200,
+	in := newTestIngestor(t, Config{Clock: clk, Registry: reg, BatchMessages: 100, QueueMessages: 200,
 		BatchDelay: time.Millisecond, PressureInterval: 5 * time.Millisecond,
 		StoreConfig: StoreConfig{Outbox: OutboxConfig{MaxBytes: 64 << 10}}})
 	ctx := context.Background()
@@ -266,7 +268,7 @@ func TestIngestorBackpressure(t *testing.T) {
 
 func TestIngestorReceiveTimesUnique(t *testing.T) {
 	// A frozen clock: every message arrives in the same microsecond.
-	in := newTestIngestor(t, Config{Clock: func() time.Time { return testNow }})
+	in := newTestIngestor(t, Config{Clock: clock.NewManual(testNow)})
 	var msgs []*fakeMsg
 	for i := 0; i < 100; i++ {
 		m := &fakeMsg{topic: "devices/a/telemetry", payload: []byte(`{"door":0}`), pid: uint16(i)}
@@ -304,7 +306,7 @@ func TestIngestorConfigValidation(t *testing.T) {
 // interval), and resumes when the oldest raw readings are gone.
 func TestIngestorStorePressureRetention(t *testing.T) {
 	clk := newFakeClock()
-	in := newTestIngestor(t, Config{Clock: clk.Now, BatchMessages: 500, BatchDelay: time.Millisecond, PressureInterval: 5 * time.Millisecond,
+	in := newTestIngestor(t, Config{Clock: clk, BatchMessages: 500, BatchDelay: time.Millisecond, PressureInterval: 5 * time.Millisecond,
 		RetentionInterval: time.Hour,
 		StoreConfig:       StoreConfig{Retention: RetentionConfig{MaxBytes: 1 << 20}, HighWaterBytes: 2 << 20, Outbox: OutboxConfig{Disabled: true}}})
 	const total = 150000
@@ -384,4 +386,33 @@ func TestIngestorEmptyPayload(t *testing.T) {
 	if len(page.Items) != 1 || page.Items[0].Reason != ReasonEmpty || len(page.Items[0].Payload) != 0 {
 		t.Fatalf("dead letters %+v", page.Items)
 	}
+}
+
+// TestIngestorRetentionOnClock: retention runs every RetentionInterval of
+// the configured clock, so a manual clock moved past the interval and a
+// reading's maximum age removes the reading without waiting in real time.
+func TestIngestorRetentionOnClock(t *testing.T) {
+	clk := newFakeClock()
+	in := newTestIngestor(t, Config{Clock: clk, BatchDelay: time.Millisecond, RetentionInterval: time.Hour,
+		StoreConfig: StoreConfig{Retention: RetentionConfig{RawMaxAge: 2 * time.Hour}, Outbox: OutboxConfig{Disabled: true}}})
+	ctx := context.Background()
+	m := &fakeMsg{topic: "devices/a/telemetry", pid: 1,
+		payload: []byte(fmt.Sprintf(`{"v":1,"ts":%d}`, testNow.Add(-time.Hour).Unix()))}
+	if err := in.Handle(m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "acknowledgement", func() bool { return m.acked.Load() == 1 })
+	readings := func() int64 {
+		st, err := in.Store().Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Readings
+	}
+	if n := readings(); n != 1 {
+		t.Fatalf("readings before retention: %d, want 1", n)
+	}
+	waitFor(t, "the retention ticker", func() bool { return clk.Waiters() > 0 })
+	clk.Advance(2 * time.Hour) // the reading is now 3 hours old
+	waitFor(t, "retention", func() bool { return readings() == 0 })
 }

@@ -42,7 +42,7 @@ func (s *Store) ClaimOutbox(ctx context.Context, max int, lease time.Duration) (
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	now := s.cfg.Clock().UnixMicro()
+	now := s.cfg.Clock.Now().UnixMicro()
 	until := now + lease.Microseconds()
 	var out []OutboxBatch
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
@@ -285,7 +285,7 @@ type outboxRollKey struct {
 func (s *Store) evictOutbox(ctx context.Context) (int64, error) {
 	var total int64
 	for s.obBytes > s.cfg.Outbox.MaxBytes {
-		now := s.cfg.Clock().UnixMicro()
+		now := s.cfg.Clock.Now().UnixMicro()
 		minuteStart := floorTo(now, minuteUS)
 		type old struct {
 			seq, readings, bytes int64

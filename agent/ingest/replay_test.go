@@ -107,7 +107,7 @@ func TestReplayDeterministic(t *testing.T) {
 	}
 	var pubs []pub
 	cfg := ReplayConfig{Files: files[:1], Devices: 4, Rows: 30, Speedup: 600, Clock: clk.Now,
-		Sleep: func(ctx context.Context, d time.Duration) error { slept += d; clk.Add(d); return nil },
+		Sleep: func(ctx context.Context, d time.Duration) error { slept += d; clk.Advance(d); return nil },
 		Publish: func(topic string, p []byte) error {
 			pubs = append(pubs, pub{topic, p, clk.Now()})
 			return nil

@@ -26,7 +26,7 @@ const retentionChunk = 5000
 // proceeds meanwhile.
 func (s *Store) Retain(ctx context.Context) (RetentionResult, error) {
 	var res RetentionResult
-	now := s.cfg.Clock().UnixMicro()
+	now := s.cfg.Clock.Now().UnixMicro()
 	ids, err := s.seriesIDs(ctx)
 	if err != nil {
 		return res, err

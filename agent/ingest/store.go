@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // StoreConfig configures a Store. Zero fields take the defaults named in
@@ -23,8 +25,8 @@ type StoreConfig struct {
 	// Path is the SQLite database file (created when absent). Required.
 	Path string
 	// Clock is the time source for retention, the outbox and dead-letter
-	// times. Nil means time.Now.
-	Clock func() time.Time
+	// times. Nil means clock.Real().
+	Clock clock.Clock
 	// Logger receives the store's logs. Nil discards them.
 	Logger *slog.Logger
 	// Registry receives the store's metrics. Nil leaves them unregistered.
@@ -116,9 +118,7 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 	if c.Path == "" || strings.ContainsAny(c.Path, "?#") {
 		return c, fmt.Errorf("%w: store path %q is empty or holds ? or #", ErrInvalidConfig, c.Path)
 	}
-	if c.Clock == nil {
-		c.Clock = time.Now
-	}
+	c.Clock = clock.Or(c.Clock)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -283,7 +283,9 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 }
 
 // checkpointInterval is how often the WAL is copied back into the
-// database file.
+// database file. It runs on the system clock, not StoreConfig.Clock: it
+// bounds how far the WAL grows on disk, which real commits fill in real
+// time.
 const checkpointInterval = 500 * time.Millisecond
 
 // runCheckpointer checkpoints the WAL in the background. Connections

@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // metricValue returns the value of a counter or gauge in reg whose
@@ -48,25 +49,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 	return -1
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: testNow} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newFakeClock returns a manual clock at testNow.
+func newFakeClock() *clock.Manual { return clock.NewManual(testNow) }
 
 func openTestStore(t *testing.T, cfg StoreConfig) *Store {
 	t.Helper()
@@ -82,13 +66,13 @@ func openTestStore(t *testing.T, cfg StoreConfig) *Store {
 }
 
 // env decodes a message as the ingestor would.
-func env(t *testing.T, clock func() time.Time, topic, payload string) *envelope {
+func env(t *testing.T, c clock.Clock, topic, payload string) *envelope {
 	t.Helper()
-	d, err := NewDecoder(Limits{}, clock)
+	d, err := NewDecoder(Limits{}, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &envelope{topic: topic, payload: []byte(payload), recv: clock(), pid: 1}
+	e := &envelope{topic: topic, payload: []byte(payload), recv: c.Now(), pid: 1}
 	e.hash = messageHash(topic, e.payload)
 	tp, _ := ParseTopicPattern("")
 	dev, err := tp.Device(topic)
@@ -122,21 +106,21 @@ func stats(t *testing.T, s *Store) StoreStats {
 func TestStoreCommitDedupRollups(t *testing.T) {
 	clk := newFakeClock()
 	reg := prometheus.NewRegistry()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Registry: reg})
+	s := openTestStore(t, StoreConfig{Clock: clk, Registry: reg})
 	ts := testNow.Unix() - 30
 	p1 := fmt.Sprintf(`{"temp":20,"hum":40,"ts":%d}`, ts)
 	p2 := fmt.Sprintf(`[{"bt":%d,"n":"temp","u":"Cel","v":22},{"n":"state","vs":"ok"},{"n":"temp","u":"Cel","t":10,"v":24}]`, ts+1)
 	res := mustCommit(t, s,
-		env(t, clk.Now, "devices/a/telemetry", p1),
-		env(t, clk.Now, "devices/a/telemetry", p2),
-		env(t, clk.Now, "devices/a/telemetry", `{"temp":"hot"}`),
-		env(t, clk.Now, "devices/b c/telemetry", `{"x":1}`),
+		env(t, clk, "devices/a/telemetry", p1),
+		env(t, clk, "devices/a/telemetry", p2),
+		env(t, clk, "devices/a/telemetry", `{"temp":"hot"}`),
+		env(t, clk, "devices/b c/telemetry", `{"x":1}`),
 	)
 	if res.stored != 5 || res.deadLetters != 2 || res.duplicates != 0 || res.seq == 0 {
 		t.Fatalf("first commit: %+v", res)
 	}
 	// Redelivery of the same messages: every timestamped reading is a duplicate.
-	res = mustCommit(t, s, env(t, clk.Now, "devices/a/telemetry", p1), env(t, clk.Now, "devices/a/telemetry", p2))
+	res = mustCommit(t, s, env(t, clk, "devices/a/telemetry", p1), env(t, clk, "devices/a/telemetry", p2))
 	if res.stored != 0 || res.duplicates != 5 || res.seq != 0 {
 		t.Fatalf("redelivery: %+v", res)
 	}
@@ -188,11 +172,11 @@ func TestStoreCommitDedupRollups(t *testing.T) {
 
 func TestStoreReceiveTimeRedelivery(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now})
+	s := openTestStore(t, StoreConfig{Clock: clk})
 	mk := func(pid uint16, dup bool) *envelope {
-		e := env(t, clk.Now, "devices/a/telemetry", `{"door":0}`)
+		e := env(t, clk, "devices/a/telemetry", `{"door":0}`)
 		e.pid, e.dup = pid, dup
-		clk.Add(time.Millisecond)
+		clk.Advance(time.Millisecond)
 		return e
 	}
 	// Identical payloads without times are distinct readings.
@@ -224,21 +208,21 @@ func TestStoreReceiveTimeRedelivery(t *testing.T) {
 
 func TestStoreDedupWindow(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, DedupMessages: 10})
+	s := openTestStore(t, StoreConfig{Clock: clk, DedupMessages: 10})
 	var envs []*envelope
 	for i := 0; i < 30; i++ {
-		e := env(t, clk.Now, "devices/a/telemetry", `{"x":1}`)
+		e := env(t, clk, "devices/a/telemetry", `{"x":1}`)
 		e.pid = uint16(i)
-		clk.Add(time.Millisecond)
+		clk.Advance(time.Millisecond)
 		envs = append(envs, e)
 	}
 	mustCommit(t, s, envs...)
 	// pid 0 is beyond the 10-message window: a DUP with pid 0 is new;
 	// pid 29 is within it: skipped.
-	old := env(t, clk.Now, "devices/a/telemetry", `{"x":1}`)
+	old := env(t, clk, "devices/a/telemetry", `{"x":1}`)
 	old.pid, old.dup = 0, true
-	clk.Add(time.Millisecond)
-	recent := env(t, clk.Now, "devices/a/telemetry", `{"x":1}`)
+	clk.Advance(time.Millisecond)
+	recent := env(t, clk, "devices/a/telemetry", `{"x":1}`)
 	recent.pid, recent.dup = 29, true
 	if res := mustCommit(t, s, old, recent); res.stored != 1 || res.dupMessages != 1 {
 		t.Fatalf("window: %+v", res)
@@ -247,12 +231,12 @@ func TestStoreDedupWindow(t *testing.T) {
 
 // fill commits n timestamped messages of device dev, one reading each,
 // starting at from and step apart.
-func fill(t *testing.T, s *Store, clk *fakeClock, dev string, n int, from time.Time, step time.Duration) {
+func fill(t *testing.T, s *Store, clk *clock.Manual, dev string, n int, from time.Time, step time.Duration) {
 	t.Helper()
 	var envs []*envelope
 	for i := 0; i < n; i++ {
 		ts := from.Add(time.Duration(i) * step)
-		envs = append(envs, env(t, clk.Now, "devices/"+dev+"/telemetry",
+		envs = append(envs, env(t, clk, "devices/"+dev+"/telemetry",
 			fmt.Sprintf(`{"v":%d,"ts":%.6f}`, i, float64(ts.UnixMicro())/1e6)))
 		if len(envs) == 500 {
 			mustCommit(t, s, envs...)
@@ -266,7 +250,7 @@ func fill(t *testing.T, s *Store, clk *fakeClock, dev string, n int, from time.T
 
 func TestRetentionByAgeAndSize(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Retention: RetentionConfig{RawMaxAge: 2 * time.Hour, MaxBytes: 1 << 20},
+	s := openTestStore(t, StoreConfig{Clock: clk, Retention: RetentionConfig{RawMaxAge: 2 * time.Hour, MaxBytes: 1 << 20},
 		HighWaterBytes: 64 << 20, Outbox: OutboxConfig{Disabled: true}})
 	ctx := context.Background()
 	// 3 hours of one reading per 10 s, ending now.
@@ -307,7 +291,7 @@ func TestRetentionByAgeAndSize(t *testing.T) {
 		t.Fatalf("size retention: %+v, before %+v, after %+v", res, before, after)
 	}
 	// Old rollups go by their own age.
-	clk.Add(40 * 24 * time.Hour)
+	clk.Advance(40 * 24 * time.Hour)
 	res, err = s.Retain(ctx)
 	if err != nil || res.Rollups == 0 {
 		t.Fatalf("rollup retention: %+v %v", res, err)
@@ -323,7 +307,7 @@ func TestRetentionByAgeAndSize(t *testing.T) {
 func TestOutboxClaimAckLease(t *testing.T) {
 	clk := newFakeClock()
 	// Groups of one row each (see TestOutboxGroups for grouping).
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Outbox: OutboxConfig{GroupReadings: 1}})
+	s := openTestStore(t, StoreConfig{Clock: clk, Outbox: OutboxConfig{GroupReadings: 1}})
 	ctx := context.Background()
 	fill(t, s, clk, "a", 3, testNow.Add(-time.Minute), time.Second)
 	fill(t, s, clk, "a", 2, testNow.Add(-30*time.Second), time.Second)
@@ -340,7 +324,7 @@ func TestOutboxClaimAckLease(t *testing.T) {
 	if again, _ := s.ClaimOutbox(ctx, 10, time.Minute); len(again) != 1 || again[0].Seq != bs[1].Seq {
 		t.Fatalf("released batch not offered: %+v", again)
 	}
-	clk.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	if again, _ := s.ClaimOutbox(ctx, 10, time.Minute); len(again) != 2 {
 		t.Fatalf("expired leases: %d batches", len(again))
 	}
@@ -369,7 +353,7 @@ func TestOutboxClaimAckLease(t *testing.T) {
 // rows and Seq when it is offered again, whatever was written since.
 func TestOutboxGroups(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Outbox: OutboxConfig{GroupReadings: 10}})
+	s := openTestStore(t, StoreConfig{Clock: clk, Outbox: OutboxConfig{GroupReadings: 10}})
 	ctx := context.Background()
 	for i := 0; i < 5; i++ { // 5 rows of 4 readings
 		fill(t, s, clk, "a", 4, testNow.Add(time.Duration(i-10)*time.Minute), time.Second)
@@ -392,7 +376,7 @@ func TestOutboxGroups(t *testing.T) {
 		t.Fatalf("the last row of 4 and the new row of 1 should form a batch: %+v", again[1])
 	}
 	// After the lease, all three come back unchanged.
-	clk.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	all, err := s.ClaimOutbox(ctx, 10, time.Minute)
 	if err != nil || len(all) != 3 || all[0].Seq != bs[0].Seq || all[1].Seq != bs[1].Seq || all[2].Seq != again[1].Seq {
 		t.Fatalf("after the lease: %+v %v", all, err)
@@ -426,7 +410,7 @@ func execSQL(t *testing.T, path string, stmts ...string) {
 func TestOutboxMigratesToGroups(t *testing.T) {
 	clk := newFakeClock()
 	path := filepath.Join(t.TempDir(), StoreFile)
-	s := openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	s := openTestStore(t, StoreConfig{Path: path, Clock: clk})
 	fill(t, s, clk, "a", 3, testNow.Add(-time.Minute), time.Second)
 	fill(t, s, clk, "a", 2, testNow.Add(-30*time.Second), time.Second)
 	if err := s.Close(); err != nil {
@@ -436,7 +420,7 @@ func TestOutboxMigratesToGroups(t *testing.T) {
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
 		`UPDATE meta SET value = 2 WHERE key = '`+metaSchema+`'`)
-	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
+	s = openTestStore(t, StoreConfig{Path: path, Clock: clk})
 	bs, err := s.ClaimOutbox(context.Background(), 10, time.Minute)
 	if err != nil || len(bs) != 2 || bs[0].Count != 3 || bs[1].Count != 2 {
 		t.Fatalf("migrated rows should stay batches of their own: %+v %v", bs, err)
@@ -446,12 +430,12 @@ func TestOutboxMigratesToGroups(t *testing.T) {
 func TestOutboxEvictionAndPressure(t *testing.T) {
 	clk := newFakeClock()
 	reg := prometheus.NewRegistry()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Registry: reg, Outbox: OutboxConfig{MaxBytes: 64 << 10}})
+	s := openTestStore(t, StoreConfig{Clock: clk, Registry: reg, Outbox: OutboxConfig{MaxBytes: 64 << 10}})
 	ctx := context.Background()
 	// 10 minutes of readings, 10 per second: about 150 KB of outbox.
 	fill(t, s, clk, "a", 6000, testNow.Add(-10*time.Minute), 100*time.Millisecond)
 	s.commitScr.reset()
-	env1 := env(t, clk.Now, "devices/a/telemetry", `{"state":1}`)
+	env1 := env(t, clk, "devices/a/telemetry", `{"state":1}`)
 	mustCommit(t, s, env1)
 	before := stats(t, s)
 	if before.OutboxPendingBytes <= 64<<10 {
@@ -490,7 +474,7 @@ func TestOutboxEvictionAndPressure(t *testing.T) {
 		t.Fatalf("raw %d + summarized %d, evicted %d; want 6001 readings", raw, summarized, after.OutboxEvicted)
 	}
 	// Readings of the current minute cannot be evicted: pressure.
-	s2 := openTestStore(t, StoreConfig{Clock: clk.Now, Outbox: OutboxConfig{MaxBytes: 64 << 10}})
+	s2 := openTestStore(t, StoreConfig{Clock: clk, Outbox: OutboxConfig{MaxBytes: 64 << 10}})
 	fill(t, s2, clk, "a", 6000, testNow, time.Millisecond)
 	if p, _ := s2.Pressure(ctx); p != pressureOutbox {
 		t.Fatalf("pressure %q, want outbox", p)
@@ -508,7 +492,7 @@ func TestOutboxEvictionAndPressure(t *testing.T) {
 
 func TestStorePressureHighWater(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, Retention: RetentionConfig{MaxBytes: 1 << 20}, HighWaterBytes: 1 << 20,
+	s := openTestStore(t, StoreConfig{Clock: clk, Retention: RetentionConfig{MaxBytes: 1 << 20}, HighWaterBytes: 1 << 20,
 		Outbox: OutboxConfig{Disabled: true}})
 	ctx := context.Background()
 	fill(t, s, clk, "a", 80000, testNow.Add(-time.Hour), 40*time.Millisecond)
@@ -531,7 +515,7 @@ func TestStorePressureHighWater(t *testing.T) {
 
 func TestDeadLettersPagePurgeTrim(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now, MaxDeadLetters: 20, MaxDeadLetterPayload: 64})
+	s := openTestStore(t, StoreConfig{Clock: clk, MaxDeadLetters: 20, MaxDeadLetterPayload: 64})
 	ctx := context.Background()
 	big := "{" + strings.Repeat(" ", 100) // syntax: unterminated
 	var envs []*envelope
@@ -540,8 +524,8 @@ func TestDeadLettersPagePurgeTrim(t *testing.T) {
 		if i%5 == 0 {
 			p = big
 		}
-		envs = append(envs, env(t, clk.Now, "devices/a/telemetry", p))
-		clk.Add(time.Second)
+		envs = append(envs, env(t, clk, "devices/a/telemetry", p))
+		clk.Advance(time.Second)
 	}
 	mustCommit(t, s, envs...)
 	st := stats(t, s)
@@ -596,12 +580,12 @@ func TestStoreReopenAndInspect(t *testing.T) {
 	if _, err := Inspect(dir); !errors.Is(err, ErrNoData) {
 		t.Fatalf("inspect of an empty dir: %v", err)
 	}
-	s, err := OpenStore(StoreConfig{Path: path, Clock: clk.Now})
+	s, err := OpenStore(StoreConfig{Path: path, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	fill(t, s, clk, "a", 10, testNow.Add(-time.Minute), time.Second)
-	mustCommit(t, s, env(t, clk.Now, "devices/b/telemetry", `{"x":[]}`))
+	mustCommit(t, s, env(t, clk, "devices/b/telemetry", `{"x":[]}`))
 	want := stats(t, s)
 	// Inspect while the store is open, then after it closed.
 	rep, err := Inspect(dir)
@@ -619,7 +603,7 @@ func TestStoreReopenAndInspect(t *testing.T) {
 	if err != nil || rep2.Readings != 10 || rep2.Stats.Messages != want.Messages {
 		t.Fatalf("inspect of a closed store: %+v %v", rep2, err)
 	}
-	s, err = OpenStore(StoreConfig{Path: path, Clock: clk.Now})
+	s, err = OpenStore(StoreConfig{Path: path, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,8 +633,8 @@ func TestStoreReopenAndInspect(t *testing.T) {
 func TestStoreMigratesSchema1(t *testing.T) {
 	clk := newFakeClock()
 	path := filepath.Join(t.TempDir(), StoreFile)
-	s := openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
-	first := env(t, clk.Now, "devices/a/telemetry", `{"door":1}`)
+	s := openTestStore(t, StoreConfig{Path: path, Clock: clk})
+	first := env(t, clk, "devices/a/telemetry", `{"door":1}`)
 	first.pid = 7
 	mustCommit(t, s, first)
 	if err := s.Close(); err != nil {
@@ -661,9 +645,9 @@ func TestStoreMigratesSchema1(t *testing.T) {
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
 		`UPDATE meta SET value = 1 WHERE key = '`+metaSchema+`'`)
-	s = openTestStore(t, StoreConfig{Path: path, Clock: clk.Now})
-	clk.Add(time.Second)
-	again := env(t, clk.Now, "devices/a/telemetry", `{"door":1}`)
+	s = openTestStore(t, StoreConfig{Path: path, Clock: clk})
+	clk.Advance(time.Second)
+	again := env(t, clk, "devices/a/telemetry", `{"door":1}`)
 	again.pid, again.dup = 7, true
 	if res := mustCommit(t, s, again); res.stored != 0 || res.dupMessages != 1 {
 		t.Fatalf("redelivery after the migration: %+v", res)
@@ -698,15 +682,15 @@ func TestStoreConfigValidation(t *testing.T) {
 // record) is stored once and counted as a duplicate.
 func TestStoreDuplicateWithinBatch(t *testing.T) {
 	clk := newFakeClock()
-	s := openTestStore(t, StoreConfig{Clock: clk.Now})
+	s := openTestStore(t, StoreConfig{Clock: clk})
 	ts := testNow.Unix() - 10
 	p := fmt.Sprintf(`{"a":1,"b":2,"ts":%d}`, ts)
 	var envs []*envelope
 	for i := 0; i < 300; i++ { // enough fresh rows for the multi-row statements
-		envs = append(envs, env(t, clk.Now, "devices/d/telemetry", fmt.Sprintf(`{"a":%d,"ts":%d.%06d}`, i, ts-100, i)))
+		envs = append(envs, env(t, clk, "devices/d/telemetry", fmt.Sprintf(`{"a":%d,"ts":%d.%06d}`, i, ts-100, i)))
 	}
-	envs = append(envs, env(t, clk.Now, "devices/d/telemetry", p), env(t, clk.Now, "devices/d/telemetry", p),
-		env(t, clk.Now, "devices/d/telemetry", fmt.Sprintf(`[{"bt":%d,"n":"c","v":1},{"n":"c","v":2}]`, ts)))
+	envs = append(envs, env(t, clk, "devices/d/telemetry", p), env(t, clk, "devices/d/telemetry", p),
+		env(t, clk, "devices/d/telemetry", fmt.Sprintf(`[{"bt":%d,"n":"c","v":1},{"n":"c","v":2}]`, ts)))
 	res, err := s.commit(context.Background(), envs)
 	if err != nil {
 		t.Fatal(err)

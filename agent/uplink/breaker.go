@@ -1,9 +1,10 @@
 package uplink
 
 import (
-	"github.com/edgefleet/edgefleet/clock"
 	"sync"
 	"time"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // Breaker states, as reported in Status.Breaker and (as numbers) by the

@@ -135,7 +135,7 @@ func (c *Config) Validate() error {
 	}
 	c.URL = strings.TrimSpace(c.URL)
 	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...))
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
 	if c.URL != "" {
 		u, err := url.Parse(c.URL)

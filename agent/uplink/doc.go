@@ -53,9 +53,9 @@
 // # Sealed uploads
 //
 // With seal_telemetry (the default), each request's body, the gzip JSON
-// of a controlplane.TelemetryBatch, is sealed into a pqcrypto envelope
+// of a cpapi.TelemetryBatch, is sealed into a pqcrypto envelope
 // under the primary version the agent holds of the key "telemetry", with
-// controlplane.TelemetryAAD(agent id, batch_seq) as associated data, and
+// cpapi.TelemetryAAD(agent id, batch_seq) as associated data, and
 // sent as application/vnd.edgefleet.envelope. It is sealed anew on every
 // attempt, so a retry after a rotation goes out under the new version;
 // the control plane recognizes it by batch_seq as before, and still opens
@@ -93,7 +93,7 @@
 // The uploader claims up to upload_batches outbox batches with a lease
 // ((upload_batches + 2) × request_timeout: after a crash the batches of
 // the interrupted round are offered again once it ends) and sends them
-// one per request, as gzip-compressed JSON (controlplane.TelemetryBatch),
+// one per request, as gzip-compressed JSON (cpapi.TelemetryBatch),
 // acknowledging each in the outbox once the server answered; a batch the
 // server already had (a retry) is acknowledged too. A batch gathers the
 // group commits (outbox rows) written since the last round, up to 1,000

@@ -98,3 +98,17 @@ func keyServiceSealed(ae *cpapi.APIError) bool {
 	return ae.Status == http.StatusServiceUnavailable && errors.Is(ae, cpapi.ErrSealed) &&
 		strings.Contains(ae.Message, "key service sealed")
 }
+
+// FieldError is an invalid field of Config. It matches ErrInvalidConfig
+// (errors.Is).
+type FieldError struct {
+	// Field is the field's YAML name.
+	Field string
+	// Msg says what is wrong with it.
+	Msg string
+}
+
+func (e *FieldError) Error() string { return ErrInvalidConfig.Error() + ": " + e.Field + ": " + e.Msg }
+
+// Is reports whether target is ErrInvalidConfig.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidConfig }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/edgefleet/edgefleet/clock"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
@@ -209,7 +209,10 @@ type faultTransport struct {
 	// watchLoop is set when the uplink runs a key watch loop (it has a
 	// keyring); settle then expects it parked too.
 	watchLoop atomic.Bool
-	up        atomic.Pointer[Uplink]
+	// ingestTicker is set when the agent runs an ingestor: its retention
+	// ticker waits on the clock too.
+	ingestTicker atomic.Bool
+	up           atomic.Pointer[Uplink]
 	// holdUploads answers uploads with a 400 without sending them
 	// (recorded in sent);
 	// tamperUploads flips one bit of each upload body on its way;
@@ -374,7 +377,7 @@ func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testA
 	}
 	outbox := o.outbox
 	if outbox == nil && !o.noStore {
-		st, err := ingest.OpenStore(ingest.StoreConfig{Path: filepath.Join(a.dir, "ingest.db"), Clock: clock.Now})
+		st, err := ingest.OpenStore(ingest.StoreConfig{Path: filepath.Join(a.dir, "ingest.db"), Clock: clock})
 		if err != nil {
 			t.Fatalf("OpenStore: %v", err)
 		}
@@ -383,7 +386,7 @@ func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testA
 		if delay == 0 {
 			delay = time.Millisecond
 		}
-		in, err := ingest.New(ingest.Config{Store: st, Clock: clock.Now, Sink: a.sink, BatchDelay: delay})
+		in, err := ingest.New(ingest.Config{Store: st, Clock: clock, Sink: a.sink, BatchDelay: delay})
 		if err != nil {
 			t.Fatalf("ingest.New: %v", err)
 		}
@@ -392,6 +395,7 @@ func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testA
 		}
 		t.Cleanup(func() { in.Stop() })
 		a.store, a.in, outbox = st, in, st
+		a.tr.ingestTicker.Store(true)
 	}
 	a.start(clock, cfg, outbox, o.status)
 	return a
@@ -495,6 +499,9 @@ func settle(t *testing.T, clock *clock.Manual, tr *faultTransport, n int) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%d loops waiting on the clock (and the key watch parked)", n), func() bool {
 		want := n + 1 // the control plane's key check ticker (newCPWith)
+		if tr.ingestTicker.Load() {
+			want++
+		}
 		if up := tr.up.Load(); tr.watchLoop.Load() && up != nil && up.Status().Enrolled {
 			want++ // before enrollment the key watch waits for it, not on the clock
 		}

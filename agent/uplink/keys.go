@@ -152,7 +152,7 @@ func (u *Uplink) keyWatchRound(ctx context.Context, client *cpapi.Client, resume
 		u.mu.Lock()
 		before := u.keyCursor
 		u.mu.Unlock()
-		start := time.Now()
+		start := time.Now() // system clock: how long the server held the request
 		o, err, _, rejected = u.fetchKeys(ctx, client, ak, wait)
 		u.mu.Lock()
 		unchanged := u.keyCursor == before

@@ -3,7 +3,6 @@ package uplink
 import (
 	"encoding/json"
 	"errors"
-	"github.com/edgefleet/edgefleet/clock"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 

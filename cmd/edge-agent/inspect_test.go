@@ -23,6 +23,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
@@ -71,7 +72,7 @@ var inspectT0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 // pattern).
 func ingestData(t *testing.T, dir string) {
 	t.Helper()
-	in, err := ingest.New(ingest.Config{DataDir: dir, Clock: func() time.Time { return inspectT0 }})
+	in, err := ingest.New(ingest.Config{DataDir: dir, Clock: clock.NewManual(inspectT0)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 // Command edge-agent is the edgefleet daemon for edge devices. `edge-agent
 // run` runs it; `edge-agent status` asks a running one how it is;
-// `edge-agent inspect` describes its data directory;
-// `edge-agent bench SUITE` measures it beside its baselines.
+// `edge-agent config validate FILE` checks a configuration
+// and `edge-agent config defaults` prints the default one; `edge-agent
+// inspect` describes its data directory; `edge-agent bench SUITE`
+// measures it beside its baselines.
 package main
 
 import (
@@ -17,6 +19,6 @@ func newRoot() *cobra.Command {
 		Use:   "edge-agent",
 		Short: "The edgefleet agent: device data, replicated state and gossip on an edge device",
 	}
-	root.AddCommand(newRunCmd(), newStatusCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
+	root.AddCommand(newRunCmd(), newConfigCmd(), newStatusCmd(), newInspectCmd(), newBenchCmd(), cli.NewVersionCmd("edge-agent"))
 	return root
 }

@@ -105,18 +105,12 @@ variables, then the flags below. With no file the agent runs on defaults.`,
 // loadConfig applies, in order: defaults, the config file, EDGEFLEET_*
 // variables, then the flags the user set.
 func loadConfig(c *cobra.Command, fl runFlags) (agent.Config, error) {
-	cfg := agent.DefaultConfig()
 	path := fl.config
 	if path == "" {
 		path = os.Getenv("EDGEFLEET_CONFIG")
 	}
-	if path != "" {
-		var err error
-		if cfg, err = agent.LoadConfig(path); err != nil {
-			return cfg, err
-		}
-	}
-	if err := cfg.ApplyEnv(nil); err != nil {
+	cfg, _, err := fileAndEnv(path)
+	if err != nil {
 		return cfg, err
 	}
 	set := c.Flags().Changed
@@ -195,4 +189,26 @@ func loadConfig(c *cobra.Command, fl runFlags) (agent.Config, error) {
 		cfg.Ingest.Enabled = !fl.noIngest
 	}
 	return cfg, cfg.Validate()
+}
+
+// fileAndEnv returns the defaults overridden by the config file at path
+// (none when "") and then by EDGEFLEET_* variables, and the names of the
+// variables that were set.
+func fileAndEnv(path string) (agent.Config, []string, error) {
+	cfg := agent.DefaultConfig()
+	if path != "" {
+		var err error
+		if cfg, err = agent.LoadConfig(path); err != nil {
+			return cfg, nil, err
+		}
+	}
+	var set []string
+	err := cfg.ApplyEnv(func(name string) (string, bool) {
+		v, ok := os.LookupEnv(name)
+		if ok {
+			set = append(set, name)
+		}
+		return v, ok
+	})
+	return cfg, set, err
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -360,25 +361,42 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("revoke unknown: %+v", r)
 	}
 
-	// Enrollment tokens, as the issue spells them.
+	// Enrollment tokens, as the README makes them.
 	et := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--labels", "site=berlin", "--json"))
 	if et.Labels["site"] != "berlin" || !strings.HasPrefix(et.Token, "efe_") || time.Until(et.ExpiresAt) > time.Hour+time.Minute {
 		t.Fatalf("enrollment token: %+v", et)
 	}
-	several := decodeJSON[[]cpapi.NewEnrollmentToken](t, e.must("enrollment-tokens", "create", "--count", "3", "--labels", "a=1", "--labels", "b=2", "--json"))
+	several := decodeJSON[[]cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--count", "3", "--labels", "a=1", "--labels", "b=2", "--json"))
 	if len(several) != 3 || several[0].Labels["b"] != "2" {
-		t.Fatalf("enrollment-tokens create --count 3: %+v", several)
+		t.Fatalf("tokens create --count 3: %+v", several)
 	}
-	etl := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
+	etl := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("tokens", "list", "--enrollment", "--json"))
 	if len(etl) != 4 {
-		t.Fatalf("enrollment-tokens list: %+v", etl)
+		t.Fatalf("tokens list --enrollment: %+v", etl)
+	}
+	if out := e.must("tokens", "list", "--enrollment"); !strings.Contains(out, "site=berlin") || strings.Contains(out, et.Token) {
+		t.Fatalf("tokens list --enrollment table: %s", out)
 	}
 	// A used token leaves the default listing.
 	e.enroll("a1", et.Token)
-	etl = decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--json"))
-	etAll := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--all", "--json"))
+	etl = decodeJSON[[]cpapi.EnrollmentToken](t, e.must("tokens", "list", "--enrollment", "--json"))
+	etAll := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("tokens", "list", "--enrollment", "--all", "--json"))
 	if len(etl) != 3 || len(etAll) != 4 {
 		t.Fatalf("after enrollment: %d unused, %d all", len(etl), len(etAll))
+	}
+
+	// 'enrollment-tokens' is a hidden alias: same tokens, not in the help.
+	one := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("enrollment-tokens", "create", "--json"))
+	if !strings.HasPrefix(one.Token, "efe_") || time.Until(one.ExpiresAt) > time.Hour+time.Minute {
+		t.Fatalf("enrollment-tokens create: %+v", one)
+	}
+	aliasAll := decodeJSON[[]cpapi.EnrollmentToken](t, e.must("enrollment-tokens", "list", "--all", "--json"))
+	etAll = decodeJSON[[]cpapi.EnrollmentToken](t, e.must("tokens", "list", "--enrollment", "--all", "--json"))
+	if len(aliasAll) != 5 || !reflect.DeepEqual(aliasAll, etAll) {
+		t.Fatalf("enrollment-tokens list --all: %+v, tokens list --enrollment --all: %+v", aliasAll, etAll)
+	}
+	if help := e.must("--help"); strings.Contains(help, "enrollment-tokens") || !strings.Contains(help, "tokens") {
+		t.Fatalf("help lists the hidden alias, or not tokens:\n%s", help)
 	}
 
 	// Mixing the two kinds, or saying neither, is a usage error.
@@ -392,6 +410,9 @@ func TestTokens(t *testing.T) {
 		{"tokens", "create", "--ttl", "soon"},
 		{"tokens", "create", "--ttl", "1h", "--labels", "novalue"},
 		{"tokens", "create", "--ttl", "1h", "--count", "0"},
+		{"tokens", "list", "--enrollment", "--revoked"},
+		{"tokens", "list", "--all"},
+		{"enrollment-tokens", "create", "--ttl", "0"},
 		{"tokens", "revoke"},
 	} {
 		if r := e.run(args...); r.code != 2 {

@@ -19,7 +19,7 @@ func (a *app) newTokensCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "tokens",
 		Aliases: []string{"token"},
-		Short:   "Create, list and revoke API tokens; create enrollment tokens",
+		Short:   "Create and list API and enrollment tokens; revoke API tokens",
 		Long: `Two kinds of token exist:
 
   API tokens        credentials of operators and scripts, with a role
@@ -28,9 +28,9 @@ func (a *app) newTokensCmd() *cobra.Command {
                     optionally giving it labels.
 
 'tokens create --role ROLE' makes an API token; 'tokens create' with --ttl,
---labels or --count (and no --role) makes enrollment tokens, the same as
-'enrollment-tokens create'. 'tokens list' and 'tokens revoke' act on API
-tokens; 'enrollment-tokens list' lists enrollment tokens.`,
+--labels or --count (and no --role) makes enrollment tokens. 'tokens list'
+lists API tokens, 'tokens list --enrollment' enrollment tokens. 'tokens
+revoke' revokes an API token (an enrollment token expires, or is used up).`,
 		RunE: cli.GroupRunE,
 	}
 	c.AddCommand(a.newTokensCreateCmd(), a.newTokensListCmd(), a.newTokensRevokeCmd())
@@ -135,20 +135,96 @@ func (a *app) createAPIToken(c *cobra.Command, format, name string, role cpapi.R
 	})
 }
 
+// createEnrollmentTokens makes enrollment tokens for 'tokens create'
+// (without --role) and its hidden alias 'enrollment-tokens create'. A zero ttl takes the server default (1h).
+// With --json a single token prints as an object, and as an array when
+// --count was given.
+func (a *app) createEnrollmentTokens(c *cobra.Command, format string, ttl time.Duration, labelArgs []string, count int) error {
+	if count < 1 {
+		return cli.Usagef("--count must be at least 1")
+	}
+	labels, err := cli.ParseLabels(labelArgs)
+	if err != nil {
+		return cli.Usagef("--labels: %v", err)
+	}
+	toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.NewEnrollmentToken, error) {
+		return cl.CreateEnrollmentTokens(ctx, ttl, labels, count)
+	})
+	if err != nil {
+		return err
+	}
+	for i := range toks {
+		if toks[i].Labels == nil {
+			toks[i].Labels = map[string]string{}
+		}
+	}
+	var v any = toks
+	if !c.Flags().Changed("count") && len(toks) == 1 {
+		v = toks[0]
+	}
+	return cli.Print(c.OutOrStdout(), format, v, func(w io.Writer) error {
+		for _, t := range toks {
+			fmt.Fprintf(w, "Enrollment token %s (expires %s, labels %s):\n%s\n", t.ID, t.ExpiresAt.Local().Format(time.RFC3339), cli.FormatLabels(t.Labels), t.Token)
+		}
+		_, err := fmt.Fprintln(w, "Single use; not shown again. Start an agent with it to enroll.")
+		return err
+	})
+}
+
+// listEnrollmentTokens lists enrollment tokens for 'tokens list
+// --enrollment' and its hidden alias 'enrollment-tokens list': the unused
+// ones, or all of them.
+func (a *app) listEnrollmentTokens(c *cobra.Command, format string, all bool) error {
+	toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.EnrollmentToken, error) {
+		return cl.ListEnrollmentTokens(ctx)
+	})
+	if err != nil {
+		return err
+	}
+	shown := []cpapi.EnrollmentToken{}
+	for _, t := range toks {
+		if all || t.State == "unused" {
+			if t.Labels == nil {
+				t.Labels = map[string]string{}
+			}
+			shown = append(shown, t)
+		}
+	}
+	now := a.now()
+	return cli.Print(c.OutOrStdout(), format, shown, func(w io.Writer) error {
+		tw := cli.NewTable(w)
+		fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tEXPIRES\tLABELS\tUSED BY")
+		for _, t := range shown {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.State, cli.Age(now, t.CreatedAt), t.ExpiresAt.Local().Format(time.RFC3339), cli.FormatLabels(t.Labels), dash(t.UsedBy))
+		}
+		return tw.Flush()
+	})
+}
+
 func (a *app) newTokensListCmd() *cobra.Command {
 	var (
-		out     cli.OutputFlags
-		revoked bool
+		out                  cli.OutputFlags
+		revoked, enroll, all bool
 	)
 	c := &cobra.Command{
-		Use:     "list",
+		Use:     "list [--revoked | --enrollment [--all]]",
 		Aliases: []string{"ls"},
-		Short:   "List API tokens (without secrets); admin role",
-		Args:    cobra.NoArgs,
+		Short:   "List API tokens (admin role), or enrollment tokens with --enrollment (viewer role); never their secrets",
+		Example: `  edgectl tokens list
+  edgectl tokens list --enrollment --all --json`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			format, err := out.Format()
 			if err != nil {
 				return err
+			}
+			switch {
+			case enroll && revoked:
+				return cli.Usagef("--revoked is for API tokens; enrollment tokens are not revoked (--all shows used and expired ones)")
+			case all && !enroll:
+				return cli.Usagef("--all is for enrollment tokens: add --enrollment (API tokens: --revoked)")
+			case enroll:
+				return a.listEnrollmentTokens(c, format, all)
 			}
 			toks, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) ([]cpapi.APIToken, error) {
 				return cl.ListAPITokens(ctx)
@@ -184,7 +260,10 @@ func (a *app) newTokensListCmd() *cobra.Command {
 		},
 	}
 	out.Register(c)
-	c.Flags().BoolVar(&revoked, "revoked", false, "include revoked tokens")
+	f := c.Flags()
+	f.BoolVar(&revoked, "revoked", false, "API tokens: include revoked tokens")
+	f.BoolVar(&enroll, "enrollment", false, "list enrollment tokens instead of API tokens (unused ones, unless --all)")
+	f.BoolVarP(&all, "all", "a", false, "enrollment tokens: include used and expired tokens")
 	return c
 }
 
