@@ -703,8 +703,7 @@ func (w *modelWorld) endRound() {
 		}
 	}
 	for i := range w.st {
-		w.checkReplica(i, "after anti-entropy")
-		if got := w.hash(i); got != want {
+		if got := w.checkReplica(i, "after anti-entropy"); got != want {
 			w.fail("after anti-entropy %s holds the model of the ops it applied but not of every op made:\n%s",
 				w.ids[i], diffRows(w.state(i).rows(w.prefix), full.rows(w.prefix)))
 		}
@@ -742,14 +741,17 @@ func (w *modelWorld) hash(i int) string {
 	return h
 }
 
-// checkReplica checks that replica i holds the model of the ops it applied.
-func (w *modelWorld) checkReplica(i int, stage string) {
+// checkReplica checks that replica i holds the model of the ops it applied
+// and returns its state hash.
+func (w *modelWorld) checkReplica(i int, stage string) string {
 	m := w.state(i)
-	if got, want := w.hash(i), m.hash(w.prefix); got != want {
+	got := w.hash(i)
+	if got != m.hash(w.prefix) {
 		w.fail("%s: %s differs from the model of the ops it applied (- store, + model):\n%s",
 			stage, w.ids[i], diffStore(w.ctx, w.st[i], m, w.prefix))
 	}
 	w.stats["check"]++
+	return got
 }
 
 // storeRows renders the state rows of s's collections starting with prefix
