@@ -307,17 +307,14 @@ func (w *modelWorld) localOp(i int, q *modelSeq) {
 	if t == "" {
 		t = []Type{TypeLWW, TypeORSet, TypeCounter, TypeMVReg}[w.rng.Intn(4)]
 	}
-	var kind Kind
-	del := w.rng.Intn(10) < 3
-	switch t {
-	case TypeLWW:
-		kind = map[bool]Kind{false: KindPut, true: KindDelete}[del]
-	case TypeORSet:
-		kind = map[bool]Kind{false: KindAdd, true: KindRemove}[del]
-	case TypeCounter:
-		kind = KindCounter
-	case TypeMVReg:
-		kind = map[bool]Kind{false: KindMVPut, true: KindMVDelete}[del]
+	// The writing kind, or 3 times in 10 the removing one.
+	kinds := map[Type][2]Kind{
+		TypeLWW: {KindPut, KindDelete}, TypeORSet: {KindAdd, KindRemove},
+		TypeCounter: {KindCounter, KindCounter}, TypeMVReg: {KindMVPut, KindMVDelete},
+	}[t]
+	kind := kinds[0]
+	if w.rng.Intn(10) < 3 {
+		kind = kinds[1]
 	}
 	key := q.keys[w.rng.Intn(len(q.keys))]
 	var value []byte
