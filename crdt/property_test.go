@@ -1,7 +1,6 @@
 package crdt
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -345,120 +343,25 @@ func TestPropertyConvergence(t *testing.T) {
 	}
 }
 
-// checkModel compares s's reads with the state computed directly from ops
-// by the textbook definitions of the four types.
+// checkModel compares s's state with the reference model of ops (each dot
+// counted once), by state hash.
 func checkModel(t *testing.T, s *Store, ops []Op) {
 	t.Helper()
 	ctx := context.Background()
-	type ck struct{ coll, key string }
-	lww := map[ck]Op{}
-	adds := map[ck][]Dot{}
-	removedSet := map[Dot]bool{}
-	removedMV := map[Dot]bool{}
-	type cko struct{ coll, key, origin string }
-	pn := map[cko][2]uint64{}
-	mv := map[ck][]Op{}
-	later := func(a, b Op) bool {
-		if a.HLC != b.HLC {
-			return a.HLC > b.HLC
-		}
-		if a.Dot.Origin != b.Dot.Origin {
-			return a.Dot.Origin > b.Dot.Origin
-		}
-		return a.Dot.Seq > b.Dot.Seq
-	}
 	seen := map[Dot]bool{}
-	for _, op := range ops {
-		if seen[op.Dot] {
-			continue
-		}
-		seen[op.Dot] = true
-		k := ck{op.Collection, op.Key}
-		switch op.Kind {
-		case KindPut, KindDelete:
-			if cur, ok := lww[k]; !ok || later(op, cur) {
-				lww[k] = op
-			}
-		case KindAdd:
-			adds[k] = append(adds[k], op.Dot)
-		case KindRemove:
-			for _, d := range op.Observed {
-				removedSet[d] = true
-			}
-		case KindCounter:
-			kk := cko{op.Collection, op.Key, op.Dot.Origin}
-			v := pn[kk]
-			v[0], v[1] = max(v[0], op.P), max(v[1], op.N)
-			pn[kk] = v
-		case KindMVPut, KindMVDelete:
-			for _, d := range op.Observed {
-				removedMV[d] = true
-			}
-			if op.Kind == KindMVPut {
-				mv[k] = append(mv[k], op)
-			}
+	var set []*Op
+	for i := range ops {
+		if !seen[ops[i].Dot] {
+			seen[ops[i].Dot] = true
+			set = append(set, &ops[i])
 		}
 	}
-	for k, op := range lww {
-		e, ok, err := s.Get(ctx, k.coll, k.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok != (op.Kind == KindPut) || (ok && (!bytes.Equal(e.Value, op.Value) || e.HLC != op.HLC || e.Origin != op.Dot.Origin)) {
-			t.Fatalf("%s: lww %v = %+v %v, model %+v", s.ReplicaID(), k, e, ok, op)
-		}
+	m := evalOps(set)
+	got, err := s.StateHash(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, dots := range adds {
-		want := false
-		for _, d := range dots {
-			want = want || !removedSet[d]
-		}
-		got, err := s.SetContains(ctx, k.coll, k.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("%s: set %v contains = %v, model %v", s.ReplicaID(), k, got, want)
-		}
-	}
-	sums := map[ck]int64{}
-	for k, v := range pn {
-		sums[ck{k.coll, k.key}] += int64(v[0]) - int64(v[1])
-	}
-	for k, want := range sums {
-		got, err := s.CounterValue(ctx, k.coll, k.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("%s: counter %v = %d, model %d", s.ReplicaID(), k, got, want)
-		}
-	}
-	for k, writes := range mv {
-		var live []Op
-		for _, op := range writes {
-			if !removedMV[op.Dot] {
-				live = append(live, op)
-			}
-		}
-		sort.Slice(live, func(i, j int) bool {
-			a, b := live[i], live[j]
-			if a.HLC != b.HLC {
-				return a.HLC > b.HLC
-			}
-			return dotLess(a.Dot, b.Dot)
-		})
-		got, err := s.MVGet(ctx, k.coll, k.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got) != len(live) {
-			t.Fatalf("%s: mv %v has %d values, model %d", s.ReplicaID(), k, len(got), len(live))
-		}
-		for i := range got {
-			if !bytes.Equal(got[i], nonNil(live[i].Value)) {
-				t.Fatalf("%s: mv %v value %d = %q, model %q", s.ReplicaID(), k, i, got[i], live[i].Value)
-			}
-		}
+	if got != m.hash("") {
+		t.Fatalf("%s differs from the model of %d ops (- store, + model):\n%s", s.ReplicaID(), len(set), diffStore(ctx, s, m, ""))
 	}
 }

@@ -153,11 +153,20 @@ func (s *Store) DeltasSince(ctx context.Context, peer VersionVector, maxBytes in
 // never issued or differ from its op log); any failure rejects the whole
 // call with nothing written. Then it applies everything in one transaction.
 //
-// Merge is idempotent, commutative and associative: ops already covered by
-// the version vector are skipped, ops beyond a gap are applied (state join)
-// but the version vector only advances over ranges contiguous with it.
-// Deltas are taken in (origin, From) order so a chain of ranges within one
-// call advances the vector across all of them.
+// Merge is idempotent, commutative and associative on the state, which is
+// that of the set of ops applied: ops already covered by the version vector
+// are skipped, ops beyond a gap are applied (state join) but the version
+// vector only advances over ranges contiguous with it (so it can depend on
+// the order of calls; the ranges left out are offered again). Deltas are
+// taken in (origin, From) order so a chain of ranges within one call
+// advances the vector across all of them.
+//
+// A delta from a compacted store covers the superseded ops it leaves out, so
+// a replica that merges it skips those ops if they arrive later on their
+// own: until the ops that superseded them arrive too, its state can differ
+// from that of a replica that got them in the other order, with the same
+// version vector. Once both have received everything they agree (given
+// compactions that keep the safety rule on Compact).
 func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
 	var st MergeStats
 	var maxHLC Timestamp

@@ -4,10 +4,13 @@
 // Every replica (agent) owns a hybrid logical clock and a sequence counter.
 // A local change is an Op, identified by its Dot (origin replica, sequence
 // number). The store applies local ops durably, exports the ops a peer lacks
-// given that peer's VersionVector, and merges ops received from peers. Merge
-// is idempotent, commutative and associative, so replicas that have seen the
-// same ops hold the same state whatever the order, duplication or loss of
-// deliveries on the way.
+// given that peer's VersionVector, and merges ops received from peers. A
+// store's state is a function of the set of ops it has applied (Merge is
+// idempotent, commutative and associative on it), so replicas that have
+// applied the same ops hold the same state whatever the order or
+// duplication of deliveries, and replicas that have received everything
+// hold the same state whatever was lost, reordered or compacted on the way.
+// See Store.Merge for what compacted deltas change before that.
 //
 // Which type to use for what:
 //
