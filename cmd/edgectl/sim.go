@@ -31,8 +31,11 @@ func newSimCmd() *cobra.Command {
 		Long: `sim runs N agents in one process, each with its own data directory, SQLite
 store, memberlist ports and MQTT broker on 127.0.0.1, through the same code
 paths as a real agent, and an in-process control plane they enroll into. Each
-agent's simulated devices replay the occupancy data set (--datasets) over MQTT;
-the agents commit the readings and upload them to the control plane.
+agent's simulated devices replay the occupancy data set (--datasets) over MQTT,
+each agent from a different point in the data; without the data set they are
+synthetic rooms (ids agent-NNN-synthetic-room-K) with readings that look like
+an office's. The agents commit the readings and upload them to the control
+plane.
 
 The measured run writes on every agent, splits the fleet in two for
 --partition, writes on both sides, heals, kills and restarts one agent,
@@ -103,7 +106,7 @@ control plane's URL and writes and selects the context "sim", so
 	f.BoolVar(&serve, "serve", false, "keep the fleet and its control plane running until interrupted, and select the edgectl context \"sim\"")
 	f.BoolVar(&o.NoControlPlane, "no-control-plane", false, "run the agents without the in-process control plane")
 	f.DurationVar(&o.Heartbeat, "heartbeat", 10*time.Second, "heartbeat interval the control plane asks for (simulated time)")
-	f.IntVar(&o.DevicesPerAgent, "devices", 3, "simulated devices per agent replaying the occupancy data set over MQTT")
+	f.IntVar(&o.DevicesPerAgent, "devices", 3, "simulated devices per agent sending over MQTT (the occupancy data set, else synthetic rooms)")
 	f.BoolVar(&o.NoDevices, "no-devices", false, "run without simulated devices")
 	f.Float64Var(&o.Speedup, "speedup", 60, "how much faster than recorded the devices replay the data set")
 	f.StringVar(&o.DataSets, "datasets", "", "shared data directory holding occupancy/ (default $EDGEFLEET_DATA, else ../shared/data)")
@@ -134,7 +137,14 @@ func announceServe(w io.Writer, info sim.ServeInfo) error {
 		CA:     string(info.CAPEM),
 		Agent:  info.AgentAPIs[0],
 	})
-	fmt.Fprintf(w, "fleet running: %d agents online, %d simulated devices\n", info.Agents, info.Devices)
+	devices := fmt.Sprintf("%d devices replaying the occupancy data set (%s)", info.Devices, info.DataSets)
+	switch {
+	case info.Devices == 0:
+		devices = "no devices"
+	case info.Synthetic:
+		devices = fmt.Sprintf("%d synthetic devices (no occupancy data at %s)", info.Devices, info.DataSets)
+	}
+	fmt.Fprintf(w, "fleet running: %d agents online, %s\n", info.Agents, devices)
 	fmt.Fprintf(w, "control plane: %s\n", info.ControlPlaneURL)
 	fmt.Fprintf(w, "agent API:     %s (agent-000)\n", info.AgentAPIs[0])
 	fmt.Fprintf(w, "data:          %s\n", info.DataDir)
@@ -181,13 +191,13 @@ func printSimReport(w io.Writer, r sim.Report) error {
 			[2]string{"enrolled and online after", fmt.Sprintf("p50 %.2f s, p99 %.2f s", cp.EnrollSeconds.P50, cp.EnrollSeconds.P99)})
 	}
 	if d := r.Devices; d != nil {
-		if d.Skipped != "" {
-			rows = append(rows, [2]string{"devices", "none: " + d.Skipped})
-		} else {
-			rows = append(rows,
-				[2]string{"devices", fmt.Sprintf("%d sent %d messages; agents stored %d readings, %d dead letters", d.Devices, d.Messages, d.StoredAtAgents, d.DeadLetters)},
-				[2]string{"at the control plane", fmt.Sprintf("%d readings, %d duplicates, %d missing (drained in %.1f s)", d.AtControlPlane, d.Duplicates, d.Missing, d.DrainSeconds)})
+		kind := "occupancy replay"
+		if d.Synthetic {
+			kind = "synthetic, no occupancy data"
 		}
+		rows = append(rows,
+			[2]string{"devices", fmt.Sprintf("%d (%s) sent %d messages; agents stored %d readings, %d dead letters", d.Devices, kind, d.Messages, d.StoredAtAgents, d.DeadLetters)},
+			[2]string{"at the control plane", fmt.Sprintf("%d readings, %d duplicates, %d missing (drained in %.1f s)", d.AtControlPlane, d.Duplicates, d.Missing, d.DrainSeconds)})
 	}
 	if o := r.Outage; o != nil {
 		rows = append(rows,
