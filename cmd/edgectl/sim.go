@@ -5,8 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -78,7 +80,7 @@ control plane's URL and writes and selects the context "sim", so
 			}
 			if serve {
 				return sim.Serve(ctx, o, func(info sim.ServeInfo) error {
-					return announceServe(c.OutOrStdout(), info)
+					return announceServe(c.OutOrStdout(), invokedAs(os.Args[0]), info)
 				})
 			}
 			rep, err := sim.Run(ctx, o)
@@ -128,8 +130,9 @@ func dataSetsDir() string {
 }
 
 // announceServe tells the user how to reach a served fleet and stores the
-// edgectl context "sim".
-func announceServe(w io.Writer, info sim.ServeInfo) error {
+// edgectl context "sim"; the commands it suggests start with self, edgectl
+// as the user invoked it.
+func announceServe(w io.Writer, self string, info sim.ServeInfo) error {
 	ctxErr := clientconfig.WriteAndSelect("", clientconfig.Context{
 		Name:   "sim",
 		Server: info.ControlPlaneURL,
@@ -153,12 +156,37 @@ func announceServe(w io.Writer, info sim.ServeInfo) error {
 		fmt.Fprintf(w, "use: --server %s --token %s --ca %s\n", info.ControlPlaneURL, info.AdminToken, info.CAPath)
 	} else {
 		fmt.Fprintln(w, "edgectl context \"sim\" written and selected; from another shell try:")
-		fmt.Fprintln(w, "  edgectl agents list")
-		fmt.Fprintln(w, "  edgectl devices list")
-		fmt.Fprintln(w, "  edgectl telemetry query --bucket 1m")
+		fmt.Fprintf(w, "  %s agents list\n", self)
+		fmt.Fprintf(w, "  %s devices list\n", self)
+		fmt.Fprintf(w, "  %s telemetry query --bucket 1m\n", self)
 	}
 	fmt.Fprintln(w, "Ctrl-C stops the fleet.")
 	return nil
+}
+
+// invokedAs is how the user runs edgectl, given os.Args[0]: a name found
+// on $PATH as is ("edgectl"), a path as typed ("bin/edgectl" after make
+// sim), an absolute path relative to the working directory when under it,
+// and "go run ./cmd/edgectl" for go run's temporary binary.
+func invokedAs(arg0 string) string {
+	if arg0 == "" {
+		return "edgectl"
+	}
+	if strings.Contains(filepath.ToSlash(arg0), "/go-build") {
+		return "go run ./cmd/edgectl"
+	}
+	if !filepath.IsAbs(arg0) {
+		return arg0
+	}
+	if p, err := exec.LookPath(filepath.Base(arg0)); err == nil && p == arg0 {
+		return filepath.Base(arg0)
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, arg0); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return arg0
 }
 
 func newStderrLogger() *slog.Logger {
