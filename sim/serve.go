@@ -18,16 +18,21 @@ type ServeInfo struct {
 	// AgentAPIs are the agents' local API base URLs, in agent order.
 	AgentAPIs []string
 	// Agents is how many agents run; Devices how many simulated devices
-	// send telemetry (0 without the occupancy data set).
+	// send telemetry (0 with NoDevices).
 	Agents  int
 	Devices int
+	// Synthetic is true when the devices send synthetic rooms' readings
+	// because there is no occupancy data set at DataSets.
+	Synthetic bool
+	DataSets  string
 	// DataDir holds the fleet's data (removed on exit unless chosen).
 	DataDir string
 }
 
 // Serve starts a fleet with its control plane, waits until every agent is
 // online there, calls ready, and keeps the fleet running until ctx ends.
-// Devices replay the occupancy data set for as long as it lasts.
+// Devices replay the occupancy data set for as long as it lasts, or, without
+// it, send synthetic rooms' readings until ctx ends.
 func Serve(ctx context.Context, o Options, ready func(ServeInfo) error) error {
 	if o.NoControlPlane {
 		return errors.New("sim: serving a fleet needs its control plane")
@@ -56,6 +61,8 @@ func Serve(ctx context.Context, o Options, ready func(ServeInfo) error) error {
 		CAPath:          f.cp.caPath,
 		AdminToken:      f.cp.token,
 		Agents:          len(f.nodes),
+		Synthetic:       f.synthetic,
+		DataSets:        o.DataSets,
 		DataDir:         f.dir,
 	}
 	for _, n := range f.nodes {

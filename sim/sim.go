@@ -61,16 +61,18 @@ type Options struct {
 	// Heartbeat is the interval the control plane asks agents to
 	// heartbeat at, in simulated time; default 10s.
 	Heartbeat time.Duration
-	// DevicesPerAgent is how many simulated devices replay the occupancy
-	// data set to each agent over MQTT; default 3. NoDevices skips them.
+	// DevicesPerAgent is how many simulated devices send to each agent
+	// over MQTT; default 3. NoDevices skips them. They replay the
+	// occupancy data set, or without it send synthetic rooms' readings
+	// (ingest.SyntheticRoom), with "synthetic" in their ids.
 	DevicesPerAgent int
 	NoDevices       bool
 	// Speedup compresses the replayed data set's time: a data minute per
 	// 60/Speedup seconds; default 60.
 	Speedup float64
 	// DataSets is the shared data directory holding occupancy/ (see
-	// ../shared/data/README.md). Empty or missing data skips the devices
-	// with a logged note.
+	// ../shared/data/README.md). Empty or missing data makes the devices
+	// synthetic, with a logged note.
 	DataSets string
 	// Outage cuts every agent off from the control plane for this long
 	// (simulated time) after the restart phase, then reconnects them and
@@ -232,8 +234,11 @@ type ControlPlaneReport struct {
 // DevicesReport describes the simulated devices' telemetry from MQTT to
 // the control plane.
 type DevicesReport struct {
-	Devices  int `json:"devices"`
-	Messages int `json:"messages_published"`
+	Devices int `json:"devices"`
+	// Synthetic is true when the devices sent synthetic rooms' readings
+	// because the occupancy data set was absent.
+	Synthetic bool `json:"synthetic"`
+	Messages  int  `json:"messages_published"`
 	// StoredAtAgents is the readings the agents committed.
 	StoredAtAgents int64 `json:"readings_stored_at_agents"`
 	DeadLetters    int64 `json:"dead_letters"`
@@ -246,7 +251,6 @@ type DevicesReport struct {
 	// DrainSeconds is how long the uploads took to drain after the
 	// devices stopped.
 	DrainSeconds float64 `json:"drain_seconds"`
-	Skipped      string  `json:"skipped,omitempty"`
 }
 
 // OutageReport describes the control plane outage phase. Durations are
@@ -292,7 +296,8 @@ type Fleet struct {
 	cp        *controlPlane
 	clock     clock.Clock
 	outage    outage
-	occupancy []string // data files the devices replay; nil: no devices
+	occupancy []string // data files the devices replay
+	synthetic bool     // the devices send synthetic rooms' readings (no occupancy data)
 }
 
 // Collections the workload writes, with their types.
@@ -338,7 +343,8 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	if !o.NoDevices {
 		files, err := ingest.OccupancyFiles(o.DataSets)
 		if o.DataSets == "" || err != nil {
-			o.Logger.Warn("no simulated devices: occupancy data set not found (set EDGEFLEET_DATA or --datasets)", "path", o.DataSets)
+			o.Logger.Info("synthetic devices: no occupancy data set (set EDGEFLEET_DATA or --datasets to replay it)", "path", o.DataSets)
+			f.synthetic = true
 		} else {
 			f.occupancy = files
 		}
@@ -361,8 +367,12 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	return f, nil
 }
 
-// DevicesEnabled reports whether simulated devices replay data.
-func (f *Fleet) DevicesEnabled() bool { return f.occupancy != nil }
+// DevicesEnabled reports whether simulated devices send to the agents.
+func (f *Fleet) DevicesEnabled() bool { return f.occupancy != nil || f.synthetic }
+
+// SyntheticDevices reports whether the devices send synthetic rooms'
+// readings because the occupancy data set is absent.
+func (f *Fleet) SyntheticDevices() bool { return f.synthetic }
 
 // start brings up (or restarts) one agent. The first start binds a free
 // port; restarts reuse it so the node keeps its address, as a real device does.
@@ -395,7 +405,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	} else {
 		cfg.Gossip.BindPort = 0
 	}
-	cfg.Ingest.Enabled = f.occupancy != nil
+	cfg.Ingest.Enabled = f.DevicesEnabled()
 	if f.opts.DeviceRegistryInterval > 0 {
 		cfg.Ingest.DeviceRegistryInterval = f.opts.DeviceRegistryInterval
 	}

@@ -2,12 +2,15 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // dataSets is the shared data directory, or "" (devices are skipped) when
@@ -18,7 +21,7 @@ func dataSets(t *testing.T) string {
 		d = filepath.Join("..", "..", "shared", "data")
 	}
 	if _, err := ingest.OccupancyFiles(d); err != nil {
-		t.Logf("occupancy data set not found under %s: the fleet runs without simulated devices", d)
+		t.Logf("occupancy data set not found under %s: the fleet's devices are synthetic", d)
 		return ""
 	}
 	return d
@@ -31,8 +34,10 @@ func TestRunConverges(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a fleet: skipped with -short")
 	}
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	sets := dataSets(t)
 	rep, err := Run(ctx, Options{
 		Agents:         6,
 		Partition:      3 * time.Second,
@@ -45,7 +50,7 @@ func TestRunConverges(t *testing.T) {
 		Outage:          10 * time.Minute,
 		TimeScale:       60,
 		DevicesPerAgent: 2,
-		DataSets:        dataSets(t),
+		DataSets:        sets,
 		// Both keys rotated every 5 s for 10 s while agents write and ingest.
 		Rotate:      5 * time.Second,
 		RotateFor:   10 * time.Second,
@@ -65,9 +70,7 @@ func TestRunConverges(t *testing.T) {
 	}
 	if d := rep.Devices; d == nil {
 		t.Fatal("no devices report")
-	} else if d.Skipped != "" {
-		t.Logf("devices skipped: %s", d.Skipped)
-	} else if d.StoredAtAgents == 0 || d.Duplicates != 0 || d.Missing != 0 || d.AtControlPlane != d.StoredAtAgents {
+	} else if d.Synthetic != (sets == "") || d.Devices != 6*2 || d.StoredAtAgents == 0 || d.Duplicates != 0 || d.Missing != 0 || d.AtControlPlane != d.StoredAtAgents {
 		t.Fatalf("device telemetry not delivered exactly once: %+v", d)
 	}
 	if !rep.Converged || rep.DistinctStateHashes != 1 {
@@ -80,6 +83,123 @@ func TestRunConverges(t *testing.T) {
 		t.Fatalf("no gossip traffic measured: %+v", rep)
 	}
 	t.Logf("report: %+v", rep)
+}
+
+// TestServeSyntheticDevices is `make sim` on a fresh clone: no data sets.
+// The devices are synthetic, say so in their ids, and their readings reach
+// the control plane, where `edgectl telemetry query` finds them.
+func TestServeSyntheticDevices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet: skipped with -short")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	noData := filepath.Join(t.TempDir(), "no-data-here")
+	ready := make(chan ServeInfo, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, Options{Agents: 2, Profile: "test", DataDir: t.TempDir(), DataSets: noData, DevicesPerAgent: 2, Speedup: 600},
+			func(info ServeInfo) error { ready <- info; return nil })
+	}()
+	var info ServeInfo
+	select {
+	case info = <-ready:
+	case err := <-served:
+		t.Fatalf("serve ended before the fleet was ready: %v", err)
+	}
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	if !info.Synthetic || info.Devices != 4 || info.DataSets != noData {
+		t.Fatalf("serve info: %d devices, synthetic %v, data sets %q", info.Devices, info.Synthetic, info.DataSets)
+	}
+	client, err := cpapi.NewClient(cpapi.ClientConfig{URL: info.ControlPlaneURL, Token: info.AdminToken, CAPEM: info.CAPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, a := range []string{"agent-000", "agent-001"} {
+		for _, k := range []string{"0", "1"} {
+			for _, m := range []string{"temperature", "humidity", "light", "co2", "humidity_ratio", "occupancy"} {
+				want[a+"-synthetic-room-"+k+" "+m] = true
+			}
+		}
+	}
+	for {
+		now := time.Now()
+		res, err := client.QueryTelemetry(ctx, cpapi.TelemetryQuery{From: now.Add(-time.Hour), To: now.Add(time.Minute), Bucket: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, s := range res.Series {
+			got[s.Device+" "+s.Metric] = true
+		}
+		missing := 0
+		for k := range want {
+			if !got[k] {
+				missing++
+			}
+		}
+		if missing == 0 && len(got) == len(want) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the control plane holds the series %v, want %v", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestAgentsSendDifferentValues: each agent's devices start elsewhere in
+// the data (or in their synthetic rooms' day), so the fleet does not send
+// ten copies of the same readings.
+func TestAgentsSendDifferentValues(t *testing.T) {
+	cases := []string{""} // synthetic devices
+	if d := dataSets(t); d != "" {
+		cases = append(cases, d)
+	}
+	for _, sets := range cases {
+		f := &Fleet{opts: Options{DevicesPerAgent: 3, Speedup: 60, Seed: 1}}
+		if sets == "" {
+			f.synthetic = true
+		} else {
+			files, err := ingest.OccupancyFiles(sets)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.occupancy = files
+		}
+		_ = f.opts.setDefaults()
+		first := map[string]string{} // values (time stripped) -> the device that sent them
+		for i := range 10 {
+			n := &node{idx: i, name: fmt.Sprintf("agent-%03d", i)}
+			cfg := f.replayConfig(n)
+			cfg.Rows = 1
+			cfg.Publish = func(topic string, p []byte) error {
+				if f.synthetic != strings.Contains(topic, "-synthetic-room-") || !strings.Contains(topic, n.name) {
+					t.Errorf("device topic %s", topic)
+				}
+				v := string(p)
+				v = v[strings.Index(v, `"n":`):]
+				if other, ok := first[v]; ok {
+					t.Errorf("%s and %s both sent %s first", other, topic, v)
+				}
+				first[v] = topic
+				return nil
+			}
+			if _, err := ingest.Replay(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(first) != 30 {
+			t.Fatalf("synthetic %v: %d distinct first messages of 30 devices", f.synthetic, len(first))
+		}
+	}
 }
 
 func TestOptionsRejectNonsense(t *testing.T) {

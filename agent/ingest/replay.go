@@ -16,6 +16,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // OccupancyRow is one reading of the UCI Occupancy Detection data set
@@ -114,24 +116,37 @@ func OccupancyFiles(dataDir string) ([]string, error) {
 
 // ReplayConfig configures an occupancy replay.
 type ReplayConfig struct {
-	// Files are occupancy data files (see OccupancyFiles). Required.
+	// Files are occupancy data files (see OccupancyFiles). Required
+	// unless Synthetic.
 	Files []string
+	// Synthetic makes the devices send readings of SyntheticRoom instead
+	// of replaying Files: same topics, payloads and pacing, one row per
+	// data minute, until Rows are sent or ctx ends. Device k's room is
+	// seeded with Seed and k.
+	Synthetic bool
+	Seed      uint64
 	// Devices is how many devices replay; device k replays file k mod
 	// len(Files), starting at a row offset that differs per device
 	// sharing a file. Default 3.
 	Devices int
+	// Offset starts every device this many rows (data minutes) later:
+	// into its file, wrapping around to the file's start, or into the
+	// synthetic rooms' day. Replays given different offsets (one per
+	// agent, say) send different values.
+	Offset int
 	// DevicePrefix names the devices: prefix + index. Default "room-".
 	DevicePrefix string
 	// Speedup compresses time: a minute between two rows takes a
 	// minute/Speedup to replay. Default 60 (a data minute per second).
 	Speedup float64
-	// Rows caps the rows each device sends; 0 replays its whole file.
+	// Rows caps the rows each device sends; 0 replays its whole file
+	// (synthetic devices: sends until ctx ends).
 	Rows int
 	// Flat sends flat JSON objects instead of SenML packs.
 	Flat bool
 	// OriginalTimes stamps readings with the data set's times (2015)
 	// instead of the send time; the ingestor's Limits.MaxPast must then
-	// reach back that far.
+	// reach back that far. Synthetic rows carry their data time.
 	OriginalTimes bool
 	// TopicPattern is where devices publish. Default DefaultTopicPattern.
 	TopicPattern string
@@ -145,10 +160,9 @@ type ReplayConfig struct {
 	TLSConfig *tls.Config
 	// Publish, when set, sends instead of MQTT (tests, other transports).
 	Publish func(topic string, payload []byte) error
-	// Clock and Sleep are the time sources. Nil mean time.Now and a
-	// context-aware time.Sleep.
-	Clock func() time.Time
-	Sleep func(ctx context.Context, d time.Duration) error
+	// Clock paces the replay and stamps the readings; nil is the system
+	// clock.
+	Clock clock.Clock
 	// Logger receives progress. Nil discards it.
 	Logger *slog.Logger
 }
@@ -160,25 +174,12 @@ type ReplayStats struct {
 	Readings int `json:"readings"`
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// Replay publishes the occupancy data as several devices, time
-// compressed, until every device has sent its rows or ctx ends.
+// Replay publishes the occupancy data (or synthetic rooms' readings) as
+// several devices, time compressed, until every device has sent its rows
+// or ctx ends.
 func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	var st ReplayStats
-	if len(cfg.Files) == 0 {
+	if len(cfg.Files) == 0 && !cfg.Synthetic {
 		return st, fmt.Errorf("%w: replay: no occupancy files", ErrInvalidConfig)
 	}
 	if cfg.Devices == 0 {
@@ -193,12 +194,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	if cfg.ClientID == "" {
 		cfg.ClientID = "edgefleet-replay"
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
-	if cfg.Sleep == nil {
-		cfg.Sleep = sleepCtx
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -207,8 +203,8 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 		return st, fmt.Errorf("%w: replay: Devices %d outside 1..100000", ErrInvalidConfig, cfg.Devices)
 	case !(cfg.Speedup > 0) || cfg.Speedup > 1e9:
 		return st, fmt.Errorf("%w: replay: Speedup %g outside (0, 1e9]", ErrInvalidConfig, cfg.Speedup)
-	case cfg.Rows < 0:
-		return st, fmt.Errorf("%w: replay: negative Rows", ErrInvalidConfig)
+	case cfg.Rows < 0 || cfg.Offset < 0:
+		return st, fmt.Errorf("%w: replay: negative Rows or Offset", ErrInvalidConfig)
 	}
 	if err := CheckDeviceID(cfg.DevicePrefix + "0"); err != nil {
 		return st, fmt.Errorf("%w: replay: DevicePrefix %q: %v", ErrInvalidConfig, cfg.DevicePrefix, err)
@@ -217,17 +213,21 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	if err != nil {
 		return st, err
 	}
-	data := make([][]OccupancyRow, len(cfg.Files))
-	for i, f := range cfg.Files {
+	var data [][]OccupancyRow
+	if cfg.Synthetic {
+		cfg.Files = nil // the rooms are generated
+	}
+	for _, f := range cfg.Files {
 		fh, err := os.Open(f)
 		if err != nil {
 			return st, fmt.Errorf("ingest: replay: %w", err)
 		}
-		data[i], err = ReadOccupancy(fh)
+		rows, err := ReadOccupancy(fh)
 		fh.Close()
 		if err != nil {
 			return st, fmt.Errorf("%w (%s)", err, f)
 		}
+		data = append(data, rows)
 	}
 	publish := cfg.Publish
 	flush := func() error { return nil }
@@ -239,34 +239,41 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 		defer p.close()
 		publish, flush = p.publish, p.flush
 	}
+	start := cfg.Clock.Now()
 	// Each device walks its rows; the next message is the device whose
 	// next row is due first in compressed time.
 	type dev struct {
-		id    string
 		topic string
-		rows  []OccupancyRow
-		next  int
+		next  func() (OccupancyRow, bool)
+		row   OccupancyRow  // the row to send at due
+		ok    bool          // row is valid: the device has not finished
 		due   time.Duration // offset from the start, compressed
 	}
 	devs := make([]*dev, cfg.Devices)
-	perFile := (cfg.Devices + len(cfg.Files) - 1) / len(cfg.Files)
+	perFile := (cfg.Devices + max(len(cfg.Files), 1) - 1) / max(len(cfg.Files), 1)
 	for k := range devs {
-		rows := data[k%len(cfg.Files)]
-		off := (k / len(cfg.Files)) * len(rows) / max(perFile, 1)
-		rows = append(slices.Clone(rows[off:]), rows[:off]...)
-		if cfg.Rows > 0 && cfg.Rows < len(rows) {
-			rows = rows[:cfg.Rows]
-		}
 		id := cfg.DevicePrefix + strconv.Itoa(k)
-		devs[k] = &dev{id: id, topic: tp.Topic(id), rows: rows}
+		d := &dev{topic: tp.Topic(id)}
+		if cfg.Synthetic {
+			d.next = syntheticRows(cfg.Seed, k, start.Add(time.Duration(cfg.Offset)*time.Minute), cfg.Rows)
+		} else {
+			rows := data[k%len(cfg.Files)]
+			off := ((k/len(cfg.Files))*len(rows)/max(perFile, 1) + cfg.Offset) % len(rows)
+			rows = append(slices.Clone(rows[off:]), rows[:off]...)
+			if cfg.Rows > 0 && cfg.Rows < len(rows) {
+				rows = rows[:cfg.Rows]
+			}
+			d.next = fileRows(rows)
+		}
+		d.row, d.ok = d.next()
+		devs[k] = d
 	}
 	st.Devices = cfg.Devices
-	start := cfg.Clock()
 	var buf []byte
 	for {
 		var d *dev
 		for _, x := range devs {
-			if x.next < len(x.rows) && (d == nil || x.due < d.due) {
+			if x.ok && (d == nil || x.due < d.due) {
 				d = x
 			}
 		}
@@ -276,15 +283,15 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 			}
 			return st, nil
 		}
-		if wait := d.due - cfg.Clock().Sub(start); wait > 0 {
-			if err := cfg.Sleep(ctx, wait); err != nil {
+		if wait := d.due - cfg.Clock.Now().Sub(start); wait > 0 {
+			if err := clock.Sleep(ctx, cfg.Clock, wait); err != nil {
 				return st, err
 			}
 		} else if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		row := d.rows[d.next]
-		at := cfg.Clock()
+		row := d.row
+		at := cfg.Clock.Now()
 		if cfg.OriginalTimes {
 			at = row.Time
 		}
@@ -294,14 +301,39 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 		}
 		st.Messages++
 		st.Readings += 6
-		d.next++
-		if d.next < len(d.rows) {
-			step := d.rows[d.next].Time.Sub(row.Time)
+		if d.row, d.ok = d.next(); d.ok {
+			step := d.row.Time.Sub(row.Time)
 			if step < 0 {
 				step = time.Minute // rows out of order, or the wrap-around to the file's start
 			}
 			d.due += time.Duration(float64(step) / cfg.Speedup)
 		}
+	}
+}
+
+// fileRows returns rows one by one.
+func fileRows(rows []OccupancyRow) func() (OccupancyRow, bool) {
+	i := 0
+	return func() (OccupancyRow, bool) {
+		if i == len(rows) {
+			return OccupancyRow{}, false
+		}
+		i++
+		return rows[i-1], true
+	}
+}
+
+// syntheticRows returns device k's synthetic room's rows from start, n of
+// them (0: without end).
+func syntheticRows(seed uint64, k int, start time.Time, n int) func() (OccupancyRow, bool) {
+	room := NewSyntheticRoom(seed^(uint64(k)+1)*0x9e3779b97f4a7c15, start)
+	sent := 0
+	return func() (OccupancyRow, bool) {
+		if n > 0 && sent == n {
+			return OccupancyRow{}, false
+		}
+		sent++
+		return room.Next(), true
 	}
 }
 

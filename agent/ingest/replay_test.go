@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
@@ -98,24 +100,23 @@ func TestReadOccupancyDataSet(t *testing.T) {
 // every payload decodes into the six readings of its row.
 func TestReplayDeterministic(t *testing.T) {
 	files := occupancyFiles(t)
-	clk := newFakeClock()
-	var slept time.Duration
 	type pub struct {
 		topic   string
 		payload []byte
 		at      time.Time
 	}
 	var pubs []pub
-	cfg := ReplayConfig{Files: files[:1], Devices: 4, Rows: 30, Speedup: 600, Clock: clk.Now,
-		Sleep: func(ctx context.Context, d time.Duration) error { slept += d; clk.Advance(d); return nil },
+	clk := clock.NewManual(testNow)
+	cfg := ReplayConfig{Files: files[:1], Devices: 4, Rows: 30, Speedup: 600, Clock: clk,
 		Publish: func(topic string, p []byte) error {
 			pubs = append(pubs, pub{topic, p, clk.Now()})
 			return nil
 		}}
-	st, err := Replay(context.Background(), cfg)
+	st, err := replayManual(clk, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	slept := clk.Now().Sub(testNow)
 	if st.Messages != 120 || st.Devices != 4 || len(pubs) != 120 || st.Readings != 720 {
 		t.Fatalf("stats %+v, %d publications", st, len(pubs))
 	}
@@ -153,7 +154,7 @@ func TestReplayDeterministic(t *testing.T) {
 	// Flat payloads and the original times.
 	pubs = nil
 	cfg.Flat, cfg.OriginalTimes, cfg.Devices, cfg.Rows = true, true, 1, 2
-	if _, err := Replay(context.Background(), cfg); err != nil {
+	if _, err := replayManual(clk, cfg); err != nil {
 		t.Fatal(err)
 	}
 	fh, err := os.Open(files[0])
@@ -204,5 +205,198 @@ func TestReplayOverMosquitto(t *testing.T) {
 		if len(d.Metrics) != 6 {
 			t.Fatalf("device %+v", d)
 		}
+	}
+}
+
+// replayManual runs Replay on a manual clock, moving the clock to the
+// replay's next deadline whenever it waits: the replay runs at once, and
+// the clock ends where the last message was due.
+func replayManual(clk *clock.Manual, cfg ReplayConfig) (ReplayStats, error) {
+	cfg.Clock = clk
+	type result struct {
+		st  ReplayStats
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := Replay(context.Background(), cfg)
+		done <- result{st, err}
+	}()
+	for {
+		select {
+		case r := <-done:
+			return r.st, r.err
+		default:
+		}
+		if at, ok := clk.NextDeadline(); ok {
+			clk.Set(at)
+		} else {
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+}
+
+// firstValues replays one row of each of n devices and returns their
+// SenML payloads with the time stripped, by device.
+func firstValues(t *testing.T, cfg ReplayConfig) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	cfg.Rows = 1
+	cfg.Publish = func(topic string, p []byte) error {
+		s := string(p)
+		out[topic] = s[strings.Index(s, `"n":`):]
+		return nil
+	}
+	if _, err := replayManual(clock.NewManual(testNow), cfg); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestReplayOffset: replays at different offsets (as the simulator gives
+// each agent) send different values from their first message on; the
+// same offset sends the same.
+func TestReplayOffset(t *testing.T) {
+	for _, synthetic := range []bool{false, true} {
+		t.Run(map[bool]string{false: "occupancy", true: "synthetic"}[synthetic], func(t *testing.T) {
+			cfg := ReplayConfig{Synthetic: true, Seed: 7, Devices: 3}
+			if !synthetic {
+				cfg = ReplayConfig{Files: occupancyFiles(t), Devices: 3}
+			}
+			a, again := firstValues(t, cfg), firstValues(t, cfg)
+			cfg.Offset = 577
+			b := firstValues(t, cfg)
+			if len(a) != 3 || len(b) != 3 {
+				t.Fatalf("devices %v %v", a, b)
+			}
+			for topic, v := range a {
+				if v != again[topic] {
+					t.Errorf("%s: the same offset sent %s, then %s", topic, v, again[topic])
+				}
+				if v == b[topic] {
+					t.Errorf("%s sent %s at offsets 0 and 577", topic, v)
+				}
+			}
+		})
+	}
+}
+
+// TestReplaySynthetic: synthetic devices need no files, send a row per
+// data minute (paced by Speedup), readings a room would have, and the
+// same seed sends the same payloads.
+func TestReplaySynthetic(t *testing.T) {
+	run := func(seed uint64) ([]string, time.Duration) {
+		var pubs []string
+		clk := clock.NewManual(testNow)
+		st, err := replayManual(clk, ReplayConfig{Synthetic: true, Seed: seed, Devices: 2, Rows: 120, Speedup: 60, DevicePrefix: "synthetic-room-",
+			Publish: func(topic string, p []byte) error { pubs = append(pubs, topic+" "+string(p)); return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Messages != 240 || st.Readings != 1440 {
+			t.Fatalf("stats %+v", st)
+		}
+		return pubs, clk.Now().Sub(testNow)
+	}
+	a, took := run(1)
+	b, _ := run(1)
+	c, _ := run(2)
+	// 119 data minutes at 60×: 119 s.
+	if took != 119*time.Second {
+		t.Fatalf("120 rows at 60× took %s", took)
+	}
+	if strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Fatal("the same seed sent different payloads")
+	}
+	if strings.Join(a, "\n") == strings.Join(c, "\n") {
+		t.Fatal("different seeds sent the same payloads")
+	}
+	dec := newTestDecoder(t, Limits{})
+	tp, _ := ParseTopicPattern("")
+	for _, p := range a {
+		topic, payload, _ := strings.Cut(p, " ")
+		dev, err := tp.Device(topic)
+		if err != nil || !strings.HasPrefix(dev, "synthetic-room-") {
+			t.Fatalf("topic %s: %q %v", topic, dev, err)
+		}
+		if rs, _, err := dec.appendDecode(nil, dev, []byte(payload), testNow); err != nil || len(rs) != 6 {
+			t.Fatalf("payload %s: %v %v", payload, rs, err)
+		}
+	}
+}
+
+// TestSyntheticRoom: a week of a room, minute by minute: deterministic,
+// within what an office room reads, with a daily cycle, light and CO2
+// that follow occupancy, and rooms that differ.
+func TestSyntheticRoom(t *testing.T) {
+	start := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC) // a Monday
+	week := func(seed uint64) []OccupancyRow {
+		r := NewSyntheticRoom(seed, start)
+		rows := make([]OccupancyRow, 7*24*60)
+		for i := range rows {
+			rows[i] = r.Next()
+		}
+		return rows
+	}
+	rows := week(42)
+	if again := week(42); !slices.Equal(rows, again) {
+		t.Fatal("the same seed gave different rows")
+	}
+	if other := week(43); slices.Equal(rows[:60], other[:60]) {
+		t.Fatal("different seeds gave the same first hour")
+	}
+	var occ, free struct{ n, light, co2 float64 }
+	minT, maxT := map[int]float64{}, map[int]float64{}
+	occupiedDays := map[int]bool{}
+	for i, r := range rows {
+		if !r.Time.Equal(start.Add(time.Duration(i) * time.Minute)) {
+			t.Fatalf("row %d at %s", i, r.Time)
+		}
+		switch {
+		case r.Temperature < 17 || r.Temperature > 27,
+			r.Humidity < 10 || r.Humidity > 70,
+			r.Light < 0 || r.Light > 1000,
+			r.CO2 < 380 || r.CO2 > 2000,
+			r.HumidityRatio < 0.002 || r.HumidityRatio > 0.01:
+			t.Fatalf("row %d out of an office's range: %+v", i, r)
+		}
+		day := i / (24 * 60)
+		if _, ok := minT[day]; !ok {
+			minT[day], maxT[day] = r.Temperature, r.Temperature
+		}
+		minT[day], maxT[day] = min(minT[day], r.Temperature), max(maxT[day], r.Temperature)
+		s := &free
+		if r.Occupied {
+			s = &occ
+			occupiedDays[day] = true
+			if h := r.Time.Hour(); h < 7 || h > 19 {
+				t.Fatalf("occupied at %s", r.Time)
+			}
+		}
+		s.n++
+		s.light += r.Light
+		s.co2 += r.CO2
+	}
+	for d := 0; d < 5; d++ {
+		if !occupiedDays[d] {
+			t.Errorf("nobody came in on working day %d", d)
+		}
+		if swing := maxT[d] - minT[d]; swing < 0.4 {
+			t.Errorf("day %d: temperature swung %.2f °C, no daily cycle", d, swing)
+		}
+	}
+	if occ.n == 0 || free.n == 0 {
+		t.Fatalf("occupied %v minutes, free %v", occ.n, free.n)
+	}
+	if occ.light/occ.n < 300 || free.light/free.n > 100 {
+		t.Errorf("mean light %.0f lux occupied, %.0f free", occ.light/occ.n, free.light/free.n)
+	}
+	if occ.co2/occ.n < free.co2/free.n+150 {
+		t.Errorf("mean CO2 %.0f ppm occupied, %.0f free", occ.co2/occ.n, free.co2/free.n)
+	}
+	// The humidity ratio of the data set's first row from its temperature
+	// and humidity (23.18 °C, 27.272 %: 0.004793).
+	if w := humidityRatio(23.18, 27.272); w < 0.00474 || w > 0.00484 {
+		t.Errorf("humidity ratio %g", w)
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -31,8 +33,11 @@ func newSimCmd() *cobra.Command {
 		Long: `sim runs N agents in one process, each with its own data directory, SQLite
 store, memberlist ports and MQTT broker on 127.0.0.1, through the same code
 paths as a real agent, and an in-process control plane they enroll into. Each
-agent's simulated devices replay the occupancy data set (--datasets) over MQTT;
-the agents commit the readings and upload them to the control plane.
+agent's simulated devices replay the occupancy data set (--datasets) over MQTT,
+each agent from a different point in the data; without the data set they are
+synthetic rooms (ids agent-NNN-synthetic-room-K) with readings that look like
+an office's. The agents commit the readings and upload them to the control
+plane.
 
 The measured run writes on every agent, splits the fleet in two for
 --partition, writes on both sides, heals, kills and restarts one agent,
@@ -75,7 +80,7 @@ control plane's URL and writes and selects the context "sim", so
 			}
 			if serve {
 				return sim.Serve(ctx, o, func(info sim.ServeInfo) error {
-					return announceServe(c.OutOrStdout(), info)
+					return announceServe(c.OutOrStdout(), invokedAs(os.Args[0]), info)
 				})
 			}
 			rep, err := sim.Run(ctx, o)
@@ -103,7 +108,7 @@ control plane's URL and writes and selects the context "sim", so
 	f.BoolVar(&serve, "serve", false, "keep the fleet and its control plane running until interrupted, and select the edgectl context \"sim\"")
 	f.BoolVar(&o.NoControlPlane, "no-control-plane", false, "run the agents without the in-process control plane")
 	f.DurationVar(&o.Heartbeat, "heartbeat", 10*time.Second, "heartbeat interval the control plane asks for (simulated time)")
-	f.IntVar(&o.DevicesPerAgent, "devices", 3, "simulated devices per agent replaying the occupancy data set over MQTT")
+	f.IntVar(&o.DevicesPerAgent, "devices", 3, "simulated devices per agent sending over MQTT (the occupancy data set, else synthetic rooms)")
 	f.BoolVar(&o.NoDevices, "no-devices", false, "run without simulated devices")
 	f.Float64Var(&o.Speedup, "speedup", 60, "how much faster than recorded the devices replay the data set")
 	f.StringVar(&o.DataSets, "datasets", "", "shared data directory holding occupancy/ (default $EDGEFLEET_DATA, else ../shared/data)")
@@ -125,8 +130,9 @@ func dataSetsDir() string {
 }
 
 // announceServe tells the user how to reach a served fleet and stores the
-// edgectl context "sim".
-func announceServe(w io.Writer, info sim.ServeInfo) error {
+// edgectl context "sim"; the commands it suggests start with self, edgectl
+// as the user invoked it.
+func announceServe(w io.Writer, self string, info sim.ServeInfo) error {
 	ctxErr := clientconfig.WriteAndSelect("", clientconfig.Context{
 		Name:   "sim",
 		Server: info.ControlPlaneURL,
@@ -134,7 +140,14 @@ func announceServe(w io.Writer, info sim.ServeInfo) error {
 		CA:     string(info.CAPEM),
 		Agent:  info.AgentAPIs[0],
 	})
-	fmt.Fprintf(w, "fleet running: %d agents online, %d simulated devices\n", info.Agents, info.Devices)
+	devices := fmt.Sprintf("%d devices replaying the occupancy data set (%s)", info.Devices, info.DataSets)
+	switch {
+	case info.Devices == 0:
+		devices = "no devices"
+	case info.Synthetic:
+		devices = fmt.Sprintf("%d synthetic devices (no occupancy data at %s)", info.Devices, info.DataSets)
+	}
+	fmt.Fprintf(w, "fleet running: %d agents online, %s\n", info.Agents, devices)
 	fmt.Fprintf(w, "control plane: %s\n", info.ControlPlaneURL)
 	fmt.Fprintf(w, "agent API:     %s (agent-000)\n", info.AgentAPIs[0])
 	fmt.Fprintf(w, "data:          %s\n", info.DataDir)
@@ -143,12 +156,37 @@ func announceServe(w io.Writer, info sim.ServeInfo) error {
 		fmt.Fprintf(w, "use: --server %s --token %s --ca %s\n", info.ControlPlaneURL, info.AdminToken, info.CAPath)
 	} else {
 		fmt.Fprintln(w, "edgectl context \"sim\" written and selected; from another shell try:")
-		fmt.Fprintln(w, "  edgectl agents list")
-		fmt.Fprintln(w, "  edgectl devices list")
-		fmt.Fprintln(w, "  edgectl telemetry query --bucket 1m")
+		fmt.Fprintf(w, "  %s agents list\n", self)
+		fmt.Fprintf(w, "  %s devices list\n", self)
+		fmt.Fprintf(w, "  %s telemetry query --bucket 1m\n", self)
 	}
 	fmt.Fprintln(w, "Ctrl-C stops the fleet.")
 	return nil
+}
+
+// invokedAs is how the user runs edgectl, given os.Args[0]: a name found
+// on $PATH as is ("edgectl"), a path as typed ("bin/edgectl" after make
+// sim), an absolute path relative to the working directory when under it,
+// and "go run ./cmd/edgectl" for go run's temporary binary.
+func invokedAs(arg0 string) string {
+	if arg0 == "" {
+		return "edgectl"
+	}
+	if strings.Contains(filepath.ToSlash(arg0), "/go-build") {
+		return "go run ./cmd/edgectl"
+	}
+	if !filepath.IsAbs(arg0) {
+		return arg0
+	}
+	if p, err := exec.LookPath(filepath.Base(arg0)); err == nil && p == arg0 {
+		return filepath.Base(arg0)
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, arg0); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return arg0
 }
 
 func newStderrLogger() *slog.Logger {
@@ -181,13 +219,13 @@ func printSimReport(w io.Writer, r sim.Report) error {
 			[2]string{"enrolled and online after", fmt.Sprintf("p50 %.2f s, p99 %.2f s", cp.EnrollSeconds.P50, cp.EnrollSeconds.P99)})
 	}
 	if d := r.Devices; d != nil {
-		if d.Skipped != "" {
-			rows = append(rows, [2]string{"devices", "none: " + d.Skipped})
-		} else {
-			rows = append(rows,
-				[2]string{"devices", fmt.Sprintf("%d sent %d messages; agents stored %d readings, %d dead letters", d.Devices, d.Messages, d.StoredAtAgents, d.DeadLetters)},
-				[2]string{"at the control plane", fmt.Sprintf("%d readings, %d duplicates, %d missing (drained in %.1f s)", d.AtControlPlane, d.Duplicates, d.Missing, d.DrainSeconds)})
+		kind := "occupancy replay"
+		if d.Synthetic {
+			kind = "synthetic, no occupancy data"
 		}
+		rows = append(rows,
+			[2]string{"devices", fmt.Sprintf("%d (%s) sent %d messages; agents stored %d readings, %d dead letters", d.Devices, kind, d.Messages, d.StoredAtAgents, d.DeadLetters)},
+			[2]string{"at the control plane", fmt.Sprintf("%d readings, %d duplicates, %d missing (drained in %.1f s)", d.AtControlPlane, d.Duplicates, d.Missing, d.DrainSeconds)})
 	}
 	if o := r.Outage; o != nil {
 		rows = append(rows,
