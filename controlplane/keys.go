@@ -537,7 +537,7 @@ func (s *Server) keyError(err error) error {
 		return s.sealedError()
 	case errors.Is(err, dkms.ErrUnknownKey), errors.Is(err, dkms.ErrUnknownVersion), errors.Is(err, dkms.ErrUnknownAgent):
 		return errorf(404, "%s", msg)
-	case errors.Is(err, dkms.ErrKeyExists), errors.Is(err, dkms.ErrAgentExists), errors.Is(err, dkms.ErrPrimaryVersion),
+	case errors.Is(err, dkms.ErrKeyExists), errors.Is(err, dkms.ErrAgentExists), errors.Is(err, dkms.ErrPrimaryVersion), errors.Is(err, dkms.ErrDevStore),
 		errors.Is(err, dkms.ErrKeyVersionRetired), errors.Is(err, dkms.ErrKeyVersionDestroyed),
 		errors.Is(err, dkms.ErrBelowMinVersion), errors.Is(err, dkms.ErrRevoked), errors.Is(err, dkms.ErrDuplicateShare):
 		return errorf(409, "%s", msg)

@@ -19,6 +19,7 @@ func TestOpenAPIKeySchemasMatchGoTypes(t *testing.T) {
 		"KeyVersion": cpapi.KeyVersion{}, "Key": cpapi.Key{}, "KeysResponse": cpapi.KeysResponse{}, "CreateKeyRequest": cpapi.CreateKeyRequest{},
 		"RewrapRequest": cpapi.RewrapRequest{}, "RewrapResponse": cpapi.RewrapResponse{}, "VerifyingKeyResponse": cpapi.VerifyingKeyResponse{},
 		"AgentKeysResponse": cpapi.AgentKeysResponse{}, "AgentKeysRelayResponse": cpapi.AgentKeysRelayResponse{}, "AgentKeysRelayEntry": cpapi.AgentKeysRelayEntry{},
+		"RotateKEKResponse": cpapi.RotateKEKResponse{}, "RekeyRootRequest": cpapi.RekeyRootRequest{}, "RekeyRootResponse": cpapi.RekeyRootResponse{},
 	}
 	for name, v := range types {
 		s, ok := doc.Comps.Schemas[name]

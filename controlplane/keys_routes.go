@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -25,6 +26,8 @@ func (s *Server) keyRoutes() []route {
 		{method: "GET", path: "/v1/keys/status", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleKeyStatus},
 		{method: "POST", path: "/v1/keys/unseal", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionUnseal, handle: s.handleUnseal},
 		{method: "POST", path: "/v1/keys/seal", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionSeal, handle: s.handleSeal},
+		{method: "POST", path: "/v1/keys/rotate-kek", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionRotateKEK, handle: s.handleRotateKEK},
+		{method: "POST", path: "/v1/keys/rekey-root", access: accessBearer, role: cpapi.RoleAdmin, action: "key." + dkms.ActionRekeyRoot, handle: s.handleRekeyRoot},
 		{method: "GET", path: "/v1/keys/verifying-key", access: accessAgent, handle: s.handleVerifyingKey},
 		{method: "POST", path: "/v1/keys/{name}/rotate", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionRotate, handle: s.handleRotateKey},
 		{method: "POST", path: "/v1/keys/{name}/rewrap", access: accessBearer, role: cpapi.RoleOperator, action: "key." + dkms.ActionRewrap, handle: s.handleRewrap},
@@ -114,6 +117,73 @@ func (s *Server) handleSeal(w http.ResponseWriter, r *http.Request, c *call) err
 	s.keys.svc.Seal(keyCtx(r.Context(), c))
 	s.log.Warn("key service sealed by an operator; key operations are refused until it is unsealed", "by", c.actor)
 	writeJSON(w, http.StatusOK, s.KeyStatus())
+	return nil
+}
+
+// handleRotateKEK creates a new key-encryption key version, rewraps every
+// key version under it and destroys the older KEK versions.
+func (s *Server) handleRotateKEK(w http.ResponseWriter, r *http.Request, c *call) error {
+	c.target = dkms.KEKName
+	if len(r.URL.Query()) > 0 {
+		return badRequest("%s takes no query parameters", r.URL.Path)
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	v, err := s.keys.svc.RotateKEK(keyCtx(r.Context(), c))
+	if err != nil {
+		return s.keyError(err)
+	}
+	s.log.Info("key-encryption key rotated", "by", c.actor, "kek_version", v)
+	writeJSON(w, http.StatusOK, cpapi.RotateKEKResponse{KEKVersion: v})
+	return nil
+}
+
+// handleRekeyRoot replaces the root key with a new one split into new
+// shares and answers them, once. The audit record (dkms's rekey-root
+// event) names the new root version, never a share.
+func (s *Server) handleRekeyRoot(w http.ResponseWriter, r *http.Request, c *call) error {
+	c.target = "root"
+	var req cpapi.RekeyRootRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if err := checkRekeyRequest(req); err != nil {
+		return err
+	}
+	if err := s.requireUnsealed(); err != nil {
+		return err
+	}
+	shares, err := s.keys.svc.RekeyRoot(keyCtx(r.Context(), c), req.Threshold, req.Shares)
+	if err != nil {
+		return s.keyError(err)
+	}
+	// Shares of the first start not yet taken are useless now.
+	s.keys.sharesMu.Lock()
+	s.keys.rootShares = nil
+	s.keys.sharesMu.Unlock()
+	out := cpapi.RekeyRootResponse{
+		RootVersion: shares[0].RootVersion, RootKCV: hex.EncodeToString(shares[0].KCV[:]),
+		SharesNeeded: req.Threshold, SharesTotal: len(shares), Shares: make([]string, len(shares)),
+	}
+	for i, sh := range shares {
+		out.Shares[i] = sh.Text()
+	}
+	s.log.Warn("root key replaced: the previous shares no longer unseal; the new ones were sent to the caller once",
+		"by", c.actor, "root_version", out.RootVersion, "threshold", out.SharesNeeded, "shares", out.SharesTotal)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// checkRekeyRequest refuses a split dkms would refuse, naming the field.
+func checkRekeyRequest(req cpapi.RekeyRootRequest) error {
+	switch {
+	case req.Shares < 1 || req.Shares > dkms.MaxShares:
+		return badRequest("shares: %d out of range 1..%d (how many shares the new root key is split into)", req.Shares, dkms.MaxShares)
+	case req.Threshold < 1 || req.Threshold > req.Shares:
+		return badRequest("threshold: %d out of range 1..shares (%d) (how many shares unseal)", req.Threshold, req.Shares)
+	}
 	return nil
 }
 

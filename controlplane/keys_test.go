@@ -983,6 +983,8 @@ func FuzzKeyRequestBodies(f *testing.F) {
 	f.Add([]byte(`{"share":"dkms-share:AAAA"}`))
 	f.Add([]byte(`{"purpose":"gossip","policy":null}`))
 	f.Add([]byte(`{"envelope":"!!"}`))
+	f.Add([]byte(`{"shares":5,"threshold":3}`))
+	f.Add([]byte(`{"shares":2,"threshold":3}`))
 	s := &Server{cfg: Config{MaxBodyBytes: 4096}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		decode := func(v any) error {
@@ -1025,6 +1027,12 @@ func FuzzKeyRequestBodies(f *testing.F) {
 		var ur cpapi.UnsealRequest
 		if err := decode(&ur); err == nil {
 			dkms.ParseShare(ur.Share)
+		} else {
+			check(err)
+		}
+		var rk cpapi.RekeyRootRequest
+		if err := decode(&rk); err == nil {
+			check(checkRekeyRequest(rk))
 		} else {
 			check(err)
 		}

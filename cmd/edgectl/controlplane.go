@@ -227,30 +227,16 @@ func handOutShares(c *cobra.Command, shares []string, path string, kc controlpla
 	if threshold == 0 {
 		threshold = min(controlplane.DefaultKeyThreshold, len(shares))
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# edgefleet control plane root key shares, made %s.\n", now.UTC().Format(time.RFC3339))
-	fmt.Fprintf(&b, "# Any %d of these %d shares unseal the key service; fewer reveal nothing.\n", threshold, len(shares))
-	fmt.Fprintf(&b, "# They are shown this once and stored nowhere else. Give each share to one\n")
-	fmt.Fprintf(&b, "# custodian, then destroy this copy. After every start of the control plane,\n")
-	fmt.Fprintf(&b, "# %d custodians each run: edgectl keys unseal   (and paste their share)\n", threshold)
-	for i, sh := range shares {
-		fmt.Fprintf(&b, "# share %d of %d\n%s\n", i+1, len(shares), sh)
-	}
+	text := sharesText(shares, threshold, now)
 	ew := c.ErrOrStderr()
 	if path != "" {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err == nil {
-			_, err = f.WriteString(b.String())
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
+		err := createSecretFile(path, text)
 		if err == nil {
 			fmt.Fprintf(ew, "%s controlplane: key service initialized; %d root key shares written to %s (mode 0600): hand them out and delete the file\n", c.Root().Name(), len(shares), path)
 			return nil
 		}
 		fmt.Fprintf(ew, "%s controlplane: writing the shares to %s failed (%v); here they are instead:\n", c.Root().Name(), path, err)
 	}
-	fmt.Fprintf(ew, "%s controlplane: key service initialized. ROOT KEY SHARES (shown once):\n%s", c.Root().Name(), b.String())
+	fmt.Fprintf(ew, "%s controlplane: key service initialized. ROOT KEY SHARES (shown once):\n%s", c.Root().Name(), text)
 	return nil
 }

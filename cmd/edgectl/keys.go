@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -39,11 +40,14 @@ keyring), versions (primary, decrypt-only, retired, destroyed) and a policy
 them). Agents fetch the versions sealed to their own X-Wing key.
 
 Roles: viewer may list and read the status; operator may create, rotate,
-rewrap, change policies and retire; admin may also destroy, unseal and seal.`,
+rewrap, change policies and retire; admin may also destroy, unseal, seal,
+rotate the key-encryption key (rotate-kek) and replace the root key and its
+shares (rekey-root).`,
 		RunE: cli.GroupRunE,
 	}
 	c.AddCommand(a.newKeysStatusCmd(), a.newKeysListCmd(), a.newKeysShowCmd(), a.newKeysCreateCmd(), a.newKeysRotateCmd(),
-		a.newKeysRewrapCmd(), a.newKeysPolicyCmd(), a.newKeysRetireCmd(), a.newKeysDestroyCmd(), a.newKeysUnsealCmd(), a.newKeysSealCmd())
+		a.newKeysRewrapCmd(), a.newKeysPolicyCmd(), a.newKeysRetireCmd(), a.newKeysDestroyCmd(), a.newKeysUnsealCmd(), a.newKeysSealCmd(),
+		a.newKeysRotateKEKCmd(), a.newKeysRekeyRootCmd())
 	return c
 }
 
@@ -275,6 +279,173 @@ a restart). Without --yes the command asks for confirmation.`,
 	out.Register(c)
 	c.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	return c
+}
+
+// ---- key-encryption key and root key ----
+
+func (a *app) newKeysRotateKEKCmd() *cobra.Command {
+	var out cli.OutputFlags
+	c := &cobra.Command{
+		Use:   "rotate-kek",
+		Short: "Rewrap every key version under a new key-encryption key and destroy the old one (admin)",
+		Long: `rotate-kek creates a new version of the key service's key-encryption key
+(KEK, the layer between the root key and the keys), rewraps every stored key
+version under it and destroys the older KEK versions, in one transaction on
+the control plane. Keys, their versions, their material and the agents are
+unaffected. Run it after destroying key versions, so that copies of their
+wrapped material (backups, disk remnants) open under no KEK the key store
+still holds. The key service must be unsealed. --json prints
+{"kek_version": N}.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			resp, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.RotateKEKResponse, error) {
+				return cl.RotateKEK(ctx)
+			})
+			if err != nil {
+				return err
+			}
+			return cli.Print(c.OutOrStdout(), format, resp, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "Key-encryption key rotated: v%d is primary; every key version is wrapped under it, older KEK versions are destroyed.\n", resp.KEKVersion)
+				return err
+			})
+		},
+	}
+	out.Register(c)
+	return c
+}
+
+func (a *app) newKeysRekeyRootCmd() *cobra.Command {
+	var (
+		out               cli.OutputFlags
+		shares, threshold int
+		sharesFile        string
+		yes               bool
+	)
+	c := &cobra.Command{
+		Use:   "rekey-root --shares N --threshold K [--shares-file FILE] [--yes]",
+		Short: "Replace the root key with a new one split into new shares; the old shares stop working (admin)",
+		Long: `rekey-root makes a new root key, splits it into --shares shares of which
+--threshold unseal the key service, and rewraps the key-encryption keys
+under it. The key service must be unsealed and stays unsealed. From then on
+the old shares no longer unseal this control plane (copies of keys.db made
+before still open with them: retire those with the old shares). Use it when
+a custodian leaves or a share may have leaked, or to change N or K.
+
+The new shares are shown once and stored nowhere: written to --shares-file
+(a new file of mode 0600, never replaced) or printed on stdout, in the form
+'edgectl keys unseal' reads. Hand one to each custodian, then destroy the
+copy. If the answer is lost (connection cut), run rekey-root again while the
+key service is still unsealed. Without --yes the command asks for
+confirmation. --json prints the answer (root_version, root_kcv,
+shares_needed, shares_total, shares); with --shares-file the shares go to the
+file only.`,
+		Example: `  edgectl keys rekey-root --shares 5 --threshold 3 --shares-file /root/new-shares.txt
+  edgectl keys rekey-root --shares 3 --threshold 2 --yes > new-shares.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			if !c.Flags().Changed("shares") || !c.Flags().Changed("threshold") {
+				return cli.Usagef("rekey-root needs --shares N and --threshold K")
+			}
+			if shares < 1 || shares > dkms.MaxShares {
+				return cli.Usagef("--shares %d: want 1..%d", shares, dkms.MaxShares)
+			}
+			if threshold < 1 || threshold > shares {
+				return cli.Usagef("--threshold %d: want 1..--shares (%d)", threshold, shares)
+			}
+			if sharesFile != "" {
+				if _, err := os.Stat(sharesFile); err == nil {
+					return cli.Usagef("--shares-file %s exists; it is never replaced", sharesFile)
+				}
+			}
+			if !yes {
+				ok, err := confirm(c, "Replace the root key? The current shares stop unsealing this control plane; the new ones are shown once. [y/N] ")
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("rekey-root cancelled")
+				}
+			}
+			resp, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.RekeyRootResponse, error) {
+				return cl.RekeyRoot(ctx, shares, threshold)
+			})
+			if err != nil {
+				return err
+			}
+			return handOutNewShares(c, format, resp, sharesFile, a.now())
+		},
+	}
+	out.Register(c)
+	f := c.Flags()
+	f.IntVar(&shares, "shares", 0, "split the new root key into this many shares (1..255)")
+	f.IntVar(&threshold, "threshold", 0, "shares needed to unseal (1..--shares)")
+	f.StringVar(&sharesFile, "shares-file", "", "write the new shares to this new file (mode 0600) instead of stdout")
+	f.BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	return c
+}
+
+// handOutNewShares shows the shares of a rekey once: in a new file of mode
+// 0600, or on stdout. If the file cannot be written the shares go to
+// stdout, since they exist nowhere else.
+func handOutNewShares(c *cobra.Command, format string, resp cpapi.RekeyRootResponse, path string, now time.Time) error {
+	name, w, ew := c.Root().Name(), c.OutOrStdout(), c.ErrOrStderr()
+	text := sharesText(resp.Shares, resp.SharesNeeded, now)
+	summary := fmt.Sprintf("root key replaced: v%d, key-check value %s; any %d of its %d shares unseal, the old shares no longer do", resp.RootVersion, resp.RootKCV, resp.SharesNeeded, resp.SharesTotal)
+	if path != "" {
+		err := createSecretFile(path, text)
+		if err == nil {
+			fmt.Fprintf(ew, "%s: %s; the new shares are written to %s (mode 0600): hand them out and delete the file\n", name, summary, path)
+			resp.Shares = []string{}
+			return cli.Print(w, format, resp, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "Root key replaced: v%d; %d new shares in %s.\n", resp.RootVersion, resp.SharesTotal, path)
+				return err
+			})
+		}
+		fmt.Fprintf(ew, "%s: writing the shares to %s failed (%v); here they are instead\n", name, path, err)
+	}
+	fmt.Fprintf(ew, "%s: %s. NEW ROOT KEY SHARES (shown once, stored nowhere):\n", name, summary)
+	return cli.Print(w, format, resp, func(w io.Writer) error {
+		_, err := io.WriteString(w, text)
+		return err
+	})
+}
+
+// sharesText is the text of a root key shares file: comments saying what
+// the shares are and how to use them, then one share per line, as
+// 'edgectl keys unseal' reads it from stdin.
+func sharesText(shares []string, threshold int, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# edgefleet control plane root key shares, made %s.\n", now.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "# Any %d of these %d shares unseal the key service; fewer reveal nothing.\n", threshold, len(shares))
+	fmt.Fprintf(&b, "# They are shown this once and stored nowhere else. Give each share to one\n")
+	fmt.Fprintf(&b, "# custodian, then destroy this copy. After every start of the control plane,\n")
+	fmt.Fprintf(&b, "# %d custodians each run: edgectl keys unseal   (and paste their share)\n", threshold)
+	for i, sh := range shares {
+		fmt.Fprintf(&b, "# share %d of %d\n%s\n", i+1, len(shares), sh)
+	}
+	return b.String()
+}
+
+// createSecretFile writes text to a new file of mode 0600; an existing
+// file is never replaced.
+func createSecretFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // ---- listing ----

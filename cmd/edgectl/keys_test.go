@@ -300,3 +300,129 @@ func TestControlplanePrintsSharesWithoutFileAndDevUnseal(t *testing.T) {
 		t.Fatalf("bad --key-rotation-period: %+v", r)
 	}
 }
+
+func TestKeysRotateKEKAndRekeyRoot(t *testing.T) {
+	e := newTestEnv(t)
+	first := e.srv.TakeRootShares()
+	e.login()
+	ctx := context.Background()
+
+	// Sealed: both refused like every key operation.
+	for _, args := range [][]string{{"keys", "rotate-kek"}, {"keys", "rekey-root", "--shares", "3", "--threshold", "2", "--yes"}} {
+		if r := e.run(args...); r.code != 1 || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "key service sealed") {
+			t.Fatalf("%v while sealed: %+v", args, r)
+		}
+	}
+	e.mustIn([]byte(strings.Join(first[:3], "\n")), "keys", "unseal")
+
+	// Bad flags are usage errors, and change nothing.
+	existing := filepath.Join(e.dir, "existing.txt")
+	if err := os.WriteFile(existing, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{
+		{"keys", "rekey-root", "--shares", "3", "--yes"},
+		{"keys", "rekey-root", "--threshold", "2", "--yes"},
+		{"keys", "rekey-root", "--shares", "3", "--threshold", "4", "--yes"},
+		{"keys", "rekey-root", "--shares", "256", "--threshold", "2", "--yes"},
+		{"keys", "rekey-root", "--shares", "3", "--threshold", "0", "--yes"},
+		{"keys", "rekey-root", "--shares", "3", "--threshold", "2", "--yes", "--shares-file", existing},
+	} {
+		if r := e.run(bad...); r.code != 2 {
+			t.Errorf("%v: exit %d, want 2: %s", bad, r.code, r.stderr)
+		}
+	}
+	if r := e.runWith(ctx, strings.NewReader("n\n"), "keys", "rekey-root", "--shares", "3", "--threshold", "2"); r.code != 1 || !strings.Contains(r.stderr, "cancelled") {
+		t.Fatalf("declined rekey: %+v", r)
+	}
+	if b, _ := os.ReadFile(existing); string(b) != "keep me" {
+		t.Fatalf("existing shares file replaced: %q", b)
+	}
+	// Only admins.
+	for _, role := range []cpapi.Role{cpapi.RoleViewer, cpapi.RoleOperator} {
+		tok, err := e.admin.CreateAPIToken(ctx, "t-"+string(role), role, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"keys", "rotate-kek"}, {"keys", "rekey-root", "--shares", "3", "--threshold", "2", "--yes"}} {
+			if r := e.run(append(args, "--token", tok.Token)...); r.code != 1 || !strings.Contains(r.stderr, "403") {
+				t.Fatalf("%s %v: %+v", role, args, r)
+			}
+		}
+	}
+	st := decodeJSON[cpapi.KeyServiceStatus](t, e.must("keys", "status", "--json"))
+	if st.RootVersion != 1 || st.KEKVersion != 1 || st.SharesTotal != 5 {
+		t.Fatalf("refused commands changed the key service: %+v", st)
+	}
+
+	// rotate-kek, table and JSON.
+	e.must("keys", "create", "billing")
+	env, err := e.srv.KeyService().Encrypt(ctx, "billing", []byte("21.5 C"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must("keys", "rotate-kek"); !strings.Contains(out, "Key-encryption key rotated: v2 is primary") {
+		t.Fatalf("rotate-kek: %s", out)
+	}
+	if k := decodeJSON[cpapi.RotateKEKResponse](t, e.must("keys", "rotate-kek", "--json")); k.KEKVersion != 3 {
+		t.Fatalf("rotate-kek --json: %+v", k)
+	}
+
+	// rekey-root into a file: 0600, shares only there.
+	file := filepath.Join(e.dir, "v2-shares.txt")
+	r := e.run("keys", "rekey-root", "--shares", "3", "--threshold", "2", "--yes", "--shares-file", file)
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "dkms-share:") || !strings.Contains(r.stderr, "the old shares no longer do") {
+		t.Fatalf("rekey-root --shares-file: %+v", r)
+	}
+	fst, err := os.Stat(file)
+	if err != nil || fst.Mode().Perm() != 0o600 {
+		t.Fatalf("shares file: %v %v", fst, err)
+	}
+	v2, _ := os.ReadFile(file)
+	if n := strings.Count(string(v2), "\ndkms-share:"); n != 3 || !strings.Contains(string(v2), "Any 2 of these 3 shares") {
+		t.Fatalf("shares file holds %d shares:\n%s", n, v2)
+	}
+	// --json: the answer with its shares.
+	v3 := decodeJSON[cpapi.RekeyRootResponse](t, e.must("keys", "rekey-root", "--shares", "2", "--threshold", "2", "--yes", "--json"))
+	if v3.RootVersion != 3 || len(v3.Shares) != 2 || v3.SharesNeeded != 2 {
+		t.Fatalf("rekey-root --json: %+v", v3)
+	}
+	// On stdout, in the form unseal reads, with a warning on stderr.
+	r = e.runWith(ctx, strings.NewReader("y\n"), "keys", "rekey-root", "--shares", "4", "--threshold", "3")
+	if r.code != 0 || strings.Count(r.stdout, "\ndkms-share:") != 4 || !strings.Contains(r.stderr, "shown once") || !strings.Contains(r.stderr, "v4") {
+		t.Fatalf("rekey-root to stdout: %+v", r)
+	}
+	v4 := r.stdout
+
+	// Sealed again, only the newest shares unseal; the data still opens.
+	e.must("keys", "seal", "--yes")
+	for name, old := range map[string]string{"first start": strings.Join(first, "\n"), "v2": string(v2), "v3": strings.Join(v3.Shares, "\n")} {
+		r := e.runWith(ctx, strings.NewReader(old), "keys", "unseal")
+		if r.code != 1 || !strings.Contains(r.stderr, "400") || !strings.Contains(r.stderr, "this service's root is v4") {
+			t.Fatalf("unseal with the %s shares: %+v", name, r)
+		}
+	}
+	if r := e.runWith(ctx, strings.NewReader(v4), "keys", "unseal"); r.code != 0 || !strings.Contains(r.stdout, "Key service unsealed (root key v4") {
+		t.Fatalf("unseal with the new shares: %+v", r)
+	}
+	if pt, err := e.srv.KeyService().Decrypt(ctx, "billing", env, nil); err != nil || string(pt) != "21.5 C" {
+		t.Fatalf("decrypt after rekeys: %q %v", pt, err)
+	}
+
+	// Audited, without the shares.
+	out := e.must("audit", "list", "-n", "1000", "--json")
+	for _, sh := range append(append(first, v3.Shares...), strings.Fields(v4)...) {
+		if strings.HasPrefix(sh, "dkms-share:") && strings.Contains(out, sh[len("dkms-share:"):]) {
+			t.Fatal("a share is in the audit log")
+		}
+	}
+	count := map[string]int{}
+	for _, rec := range decodeJSON[[]cpapi.AuditRecord](t, out) {
+		if rec.Result == "ok" {
+			count[rec.Action]++
+		}
+	}
+	if count["key.rotate-kek"] != 2 || count["key.rekey-root"] != 3 {
+		t.Fatalf("audit ok records: %v", count)
+	}
+}

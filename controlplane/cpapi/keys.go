@@ -41,6 +41,38 @@ type UnsealRequest struct {
 	Share string `json:"share"`
 }
 
+// RotateKEKResponse is the answer of POST /v1/keys/rotate-kek.
+type RotateKEKResponse struct {
+	// KEKVersion is the new primary key-encryption key version. Every key
+	// version is wrapped under it now; the older KEK versions are destroyed.
+	KEKVersion uint32 `json:"kek_version"`
+}
+
+// RekeyRootRequest is the body of POST /v1/keys/rekey-root.
+type RekeyRootRequest struct {
+	// Shares is how many shares the new root key is split into
+	// (1..255).
+	Shares int `json:"shares"`
+	// Threshold is how many of them unseal the key service (1..Shares).
+	Threshold int `json:"threshold"`
+}
+
+// RekeyRootResponse is the answer of POST /v1/keys/rekey-root: the new
+// root key's shares, shown this once and stored nowhere. The previous
+// shares no longer unseal.
+type RekeyRootResponse struct {
+	// RootVersion and RootKCV identify the new root key (as in
+	// KeyServiceStatus).
+	RootVersion uint32 `json:"root_version"`
+	RootKCV     string `json:"root_kcv"`
+	// SharesNeeded is the threshold; SharesTotal the shares issued.
+	SharesNeeded int `json:"shares_needed"`
+	SharesTotal  int `json:"shares_total"`
+	// Shares are the new root key shares in their text form
+	// ("dkms-share:..."), one per custodian.
+	Shares []string `json:"shares"`
+}
+
 // KeyPolicy is a key's policy on the wire. Durations are Go durations
 // ("720h", "90m").
 type KeyPolicy struct {

@@ -48,6 +48,24 @@ func (c *Client) Seal(ctx context.Context) (KeyServiceStatus, error) {
 	return st, err
 }
 
+// RotateKEK creates a new key-encryption key version, rewraps every key
+// version under it and destroys the older KEK versions (admin).
+func (c *Client) RotateKEK(ctx context.Context) (RotateKEKResponse, error) {
+	var resp RotateKEKResponse
+	err := c.do(ctx, "POST", "/v1/keys/rotate-kek", nil, nil, &resp)
+	return resp, err
+}
+
+// RekeyRoot replaces the root key with a new one split into shares of
+// which threshold unseal (admin). The answer carries the new shares, once:
+// the previous shares stop working at once, so keep the answer. If it is
+// lost, call RekeyRoot again while the service is still unsealed.
+func (c *Client) RekeyRoot(ctx context.Context, shares, threshold int) (RekeyRootResponse, error) {
+	var resp RekeyRootResponse
+	err := c.do(ctx, "POST", "/v1/keys/rekey-root", nil, RekeyRootRequest{Shares: shares, Threshold: threshold}, &resp)
+	return resp, err
+}
+
 // ListKeys lists keys with their versions and policies (viewer); it works
 // while sealed.
 func (c *Client) ListKeys(ctx context.Context) (KeysResponse, error) {
