@@ -1,7 +1,7 @@
-// Package agentapi is a client of an edge-agent's local HTTP API (see
-// agent.Handler for the endpoints): wire types mirroring the agent's JSON
-// and a Client with one method per endpoint. It imports nothing of the
-// agent, so commands can use it without linking the agent in.
+// Package agentapi is the wire of an edge-agent's local HTTP API (see
+// package agent/localapi for the endpoints): the types the agent encodes
+// and a Client with one method per endpoint. It imports nothing but the
+// standard library, so commands can use it without linking the agent in.
 package agentapi
 
 import (
