@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/localapi"
 	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
@@ -629,7 +630,7 @@ func (c *Config) Validate() error {
 		return err
 	}
 	for name, t := range c.State.Collections {
-		if err := validateName("collection", name); err != nil {
+		if err := localapi.ValidateName("collection", name); err != nil {
 			return fmt.Errorf("agent: state.collections: %w", err)
 		}
 		if !t.Valid() {

@@ -1,15 +1,22 @@
 package agentapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
 
-// The wire types below mirror the JSON the agent's local API answers
-// (package agent, api*.go). They are copies, not the server's Go types, so
-// a client need not import the agent; a test decodes every endpoint's
-// real answer into them with unknown fields disallowed, so the two cannot
-// drift apart unnoticed.
+// The wire types below are the JSON the agent's local API answers: the
+// server (package agent/localapi) encodes these very types, converting
+// the agent's domain types (device records, ingestion and uplink stats,
+// members) to them in one place (localapi/wire.go). This package stays
+// stdlib-only, so a client need not import the agent; a test decodes
+// every endpoint's real answer into them with unknown fields disallowed.
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
 
 // Health is the answer of GET /healthz.
 type Health struct {
@@ -38,14 +45,16 @@ const (
 )
 
 // Listing is the answer of GET /v1/state/{collection}; which of Entries,
-// Members, Counters and Registers is set depends on Type.
+// Members, Counters and Registers is set depends on Type. The one set is
+// never nil in an answer (an empty collection lists []), the others are
+// (and absent).
 type Listing struct {
 	Collection string     `json:"collection"`
 	Type       string     `json:"type"`
-	Entries    []Entry    `json:"entries,omitempty"`   // lww
-	Members    []string   `json:"members,omitempty"`   // orset
-	Counters   []Counter  `json:"counters,omitempty"`  // counter
-	Registers  []Register `json:"registers,omitempty"` // mvreg
+	Entries    []Entry    `json:"entries,omitzero"`   // lww
+	Members    []string   `json:"members,omitzero"`   // orset
+	Counters   []Counter  `json:"counters,omitzero"`  // counter
+	Registers  []Register `json:"registers,omitzero"` // mvreg
 }
 
 // Entry is one key of a last-writer-wins collection.
@@ -133,6 +142,11 @@ type DeviceRecord struct {
 	Updated    time.Time          `json:"updated"`
 }
 
+// DeviceList is the answer of GET /v1/devices.
+type DeviceList struct {
+	Devices []DeviceRecord `json:"devices"`
+}
+
 // CommandSent is the answer of POST /v1/devices/{id}/commands.
 type CommandSent struct {
 	Device string `json:"device"`
@@ -176,6 +190,26 @@ type IngestStatus struct {
 	Stats      *IngestStats      `json:"stats,omitempty"`
 	Store      *IngestStoreStats `json:"store,omitempty"`
 	StoreError string            `json:"store_error,omitempty"`
+}
+
+// MarshalJSON encodes a disabled ingestion as {"enabled":false}.
+func (s IngestStatus) MarshalJSON() ([]byte, error) {
+	if !s.Enabled {
+		return []byte(`{"enabled":false}`), nil
+	}
+	type plain IngestStatus
+	return marshalRaw(plain(s))
+}
+
+// marshalRaw encodes v as the agent does: without escaping <, > and &.
+func marshalRaw(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // IngestStats are the ingestor's counters.
@@ -239,6 +273,15 @@ type UplinkStatus struct {
 	KeysSealed          bool              `json:"keys_sealed"`
 	KeyVersions         map[string]uint32 `json:"key_versions,omitempty"`
 	LastKeyFetch        time.Time         `json:"last_key_fetch"`
+}
+
+// MarshalJSON encodes a disabled uplink as {"enabled":false}.
+func (s UplinkStatus) MarshalJSON() ([]byte, error) {
+	if !s.Enabled {
+		return []byte(`{"enabled":false}`), nil
+	}
+	type plain UplinkStatus
+	return marshalRaw(plain(s))
 }
 
 // Status is the answer of GET /v1/status: the agent at a glance. The
