@@ -91,6 +91,10 @@ func TestTelemetryUploadIsIdempotent(t *testing.T) {
 	if n := countReadings(t, e, q); n != 1000 {
 		t.Fatalf("%d readings stored, want 1000", n)
 	}
+	if logs := e.logs.String(); strings.Count(logs, "telemetry batch refused") != 3 || !strings.Contains(logs, "epoch=ep-test batch_seq=1") ||
+		!strings.Contains(logs, "with other readings (1000 then, 999 in this upload)") {
+		t.Errorf("conflicts not logged with their reason:\n%s", logs)
+	}
 	after, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, From: q.From, To: q.To, Limit: 5000})
 	if err != nil || fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("stored readings changed by a refused upload (%v)", err)
