@@ -89,6 +89,8 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 			failures++
 			next, wake = u.backoff(failures), u.br.closedChan()
 			switch {
+			case res.outcome == outcomeRejected && batchConflict(res.err):
+				// Logged with its identity by conflict.
 			case res.outcome == outcomeRejected:
 				u.log.Error("control plane refused an upload; the batch stays in the outbox", "err", res.err, "retry_in", next)
 			case failures == 1:
