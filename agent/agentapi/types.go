@@ -267,6 +267,7 @@ type UplinkStatus struct {
 	UploadedBatches     int64             `json:"uploaded_batches"`
 	UploadedReadings    int64             `json:"uploaded_readings"`
 	DuplicateBatches    int64             `json:"duplicate_batches"`
+	ConflictBatches     int64             `json:"conflict_batches"` // refused as conflicts (409), kept in the outbox
 	SkippedReadings     int64             `json:"skipped_readings"`
 	SealTelemetry       bool              `json:"seal_telemetry"`
 	UploadsWaiting      string            `json:"uploads_waiting,omitempty"`

@@ -150,7 +150,12 @@
 // from then on. The uplink sends them and acknowledges them
 // (Store.AckOutbox); a batch whose lease runs out is offered again, the
 // same, so delivery is at-least-once and the receiver de-duplicates by
-// (agent, sequence). The outbox is bounded by OutboxConfig.MaxBytes: past
+// (agent, epoch, sequence). The epoch is a random id made with the
+// database (Store.Epoch): a database made anew, whose sequence numbers
+// start again at 1, numbers its batches in a new epoch, so none of them
+// is taken for a batch of the database before. Rows of another database
+// can be imported with their epoch and numbers (Store.ImportOutbox, for
+// a salvage). The outbox is bounded by OutboxConfig.MaxBytes: past
 // it, raw rows never claimed whose readings all precede the current minute
 // are replaced, oldest first, by batches of per-minute rollups of their
 // numeric readings (their strings and data are carried over): raw
