@@ -16,10 +16,10 @@ import (
 // (SQLITE_FULL, as on a full disk; here max_page_count caps it), the
 // ingestor retries without acknowledging and without dead-lettering
 // valid messages, reports disk_full pressure, and stores every message
-// once space returns.
+// once space returns, its readings in the outbox too.
 func TestIngestorFullDatabaseHoldsBack(t *testing.T) {
 	dir := t.TempDir()
-	st, err := OpenStore(StoreConfig{Path: dir + "/" + StoreFile, Outbox: OutboxConfig{Disabled: true}})
+	st, err := OpenStore(StoreConfig{Path: dir + "/" + StoreFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +79,8 @@ func TestIngestorFullDatabaseHoldsBack(t *testing.T) {
 		}
 	}
 	s, _ := st.Stats(ctx)
-	if s.Readings != 2*total || s.DeadLetters != 0 {
-		t.Fatalf("stored %d readings and %d dead letters, want %d and 0", s.Readings, s.DeadLetters, 2*total)
+	if s.Readings != 2*total || s.DeadLetters != 0 || s.OutboxPending != 2*total {
+		t.Fatalf("stored %d readings (%d in the outbox) and %d dead letters, want %d and 0", s.Readings, s.OutboxPending, s.DeadLetters, 2*total)
 	}
 	waitFor(t, "pressure off", func() bool { return in.Stats().Backpressure == "" })
 }
