@@ -253,6 +253,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			BatchDelay:        ic.BatchDelay,
 			QueueMessages:     ic.QueueMessages,
 			RetentionInterval: ic.Retention.Interval,
+			MinFreeBytes:      ic.minFreeBytes(),
 			Clock:             a.clk,
 			Logger:            a.log.With("component", "ingest"),
 			Registry:          a.reg,

@@ -43,7 +43,7 @@ func (s *Store) local(ctx context.Context, what string, kind Kind, coll, key str
 	}
 	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
-		return Delta{}, fmt.Errorf("crdt: %s: begin: %w", what, err)
+		return Delta{}, unavailable(fmt.Errorf("crdt: %s: begin: %w", what, err))
 	}
 	w := &wtx{ctx: ctx, tx: tx}
 	delta, err := s.localTx(w, what, &op, fill)

@@ -425,13 +425,14 @@ func readVV(ctx context.Context, q interface {
 	return vv, nil
 }
 
-// corrupt counts and logs an error about a corrupt row and returns it.
+// corrupt counts and logs an error about a corrupt row and returns it;
+// a failure of the storage itself it marks ErrUnavailable.
 func (s *Store) corrupt(err error) error {
 	if errors.Is(err, ErrCorrupt) {
 		s.metrics.corrupt.Inc()
 		s.log.Error("crdt: corrupt row", "err", err)
 	}
-	return err
+	return unavailable(err)
 }
 
 func (s *Store) closeStatements() {

@@ -186,7 +186,7 @@ type IngestStatus struct {
 	Embedded   bool              `json:"embedded,omitempty"`
 	Topic      string            `json:"topic,omitempty"`
 	Subscribed bool              `json:"subscribed"`
-	Pressure   string            `json:"pressure"` // "", "store" or "outbox": why acknowledgements are held back
+	Pressure   string            `json:"pressure"` // why acknowledgements are held back: "", "store", "outbox", "disk_full" or "error"
 	Stats      *IngestStats      `json:"stats,omitempty"`
 	Store      *IngestStoreStats `json:"store,omitempty"`
 	StoreError string            `json:"store_error,omitempty"`
@@ -223,6 +223,10 @@ type IngestStats struct {
 	Published    int64  `json:"published"`     // commands published and acknowledged by the broker
 	Copies       int64  `json:"inflight_copies"`
 	Backpressure string `json:"backpressure"`
+	// DiskFreeBytes is free on the ingestion database's file system (-1:
+	// unknown); below MinFreeBytes (-1: not enforced) ingestion holds back.
+	DiskFreeBytes int64 `json:"disk_free_bytes"`
+	MinFreeBytes  int64 `json:"min_free_bytes"`
 }
 
 // IngestStoreStats describe the ingestion database and its outbox.

@@ -80,12 +80,14 @@
 // error and payload (the first MaxDeadLetterPayload bytes; the full size
 // is kept), and counted in edgefleet_ingest_dead_letters_total{reason}.
 // It is then acknowledged like any committed message, so bad input
-// never stalls the stream. A message that decodes but that the store
-// keeps refusing is dead-lettered too (reason store_error): after three
-// failed attempts a batch is committed message by message, so one such
-// message cannot hold back the others, while a failing disk (which
-// refuses everything) still holds ingestion back without losing
-// anything. Store.DeadLetters pages through them;
+// never stalls the stream. A failure of the storage itself (disk full,
+// I/O error, database locked or read-only: SQLite's FULL, IOERR, BUSY,
+// LOCKED, READONLY, CANTOPEN and the like) is never the message's fault:
+// the batch is retried whole, unacknowledged, under backpressure, until
+// a commit succeeds. A message that decodes but that the store keeps
+// refusing for another reason is dead-lettered (reason store_error):
+// after three failed attempts a batch is committed message by message,
+// so one such message cannot hold back the others. Store.DeadLetters pages through them;
 // Store.PurgeDeadLetters deletes them. Past MaxDeadLetters or
 // DeadLetterMaxAge the oldest are deleted and counted
 // (edgefleet_ingest_dead_letters_evicted_total): never silently.
@@ -173,5 +175,10 @@
 // publishers. Nothing is dropped: every message received and not
 // acknowledged stays with the broker. Ingestion resumes below 90% of the
 // bound. A failing disk holds ingestion the same way while commits are
-// retried (reason "error").
+// retried: reason "disk_full" when SQLite reports the disk full, "error"
+// for other failures of the storage. Before the disk fills, ingestion
+// holds back while the store's file system has less than
+// Config.MinFreeBytes free (reason "disk_full", gauge
+// edgefleet_ingest_disk_free_bytes), and resumes once a tenth more is
+// free. Each change of state is logged once.
 package ingest

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -34,9 +35,10 @@ var (
 // fake is a Backend without an agent: a real store (nil while "down"),
 // no ingestion and no control plane; SendCommand answers cmdErr.
 type fake struct {
-	store  *crdt.Store
-	types  map[string]crdt.Type
-	cmdErr error
+	store     *crdt.Store
+	types     map[string]crdt.Type
+	cmdErr    error
+	commitErr error // answered by Commit instead of running the op
 }
 
 func (f *fake) LiveStore() (*crdt.Store, error) {
@@ -50,6 +52,9 @@ func (f *fake) Commit(op func(s *crdt.Store) (crdt.Delta, error)) (crdt.Delta, e
 	s, err := f.LiveStore()
 	if err != nil {
 		return crdt.Delta{}, err
+	}
+	if f.commitErr != nil {
+		return crdt.Delta{}, f.commitErr
 	}
 	return op(s)
 }
@@ -159,6 +164,22 @@ func TestUnavailable(t *testing.T) {
 	if st.Running || st.Health != nil || st.Members.Alive != 1 || st.Members.Dead != 1 || st.Version != "v-test" ||
 		!st.At.Equal(time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("status: %+v", st)
+	}
+}
+
+// TestStateWriteStorageUnavailable: a local write the state store could
+// not take (disk full: crdt.ErrUnavailable) is answered 503 with its
+// reason, so the caller retries; never 200, never a 4xx.
+func TestStateWriteStorageUnavailable(t *testing.T) {
+	s, err := crdt.Open(filepath.Join(t.TempDir(), "state.db"), crdt.Options{ReplicaID: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	f := &fake{store: s, commitErr: fmt.Errorf("crdt: put: insert op n1:1: database or disk is full (13): %w", crdt.ErrUnavailable)}
+	body := call(t, newServer(t, f), "PUT", "/v1/state/c/k", `"v"`, 503)
+	if !strings.Contains(string(body), "database or disk is full") {
+		t.Fatalf("503 without the store's reason: %s", body)
 	}
 }
 
