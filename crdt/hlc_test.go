@@ -3,7 +3,9 @@ package crdt
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -148,5 +150,72 @@ func TestStoreRejectsDrift(t *testing.T) {
 	w.Add(5 * time.Minute)
 	if _, err := s.Merge(ctx, []Delta{{Origin: "c", From: 0, To: 1, Ops: []Op{bad}}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestClockReferenceWhenWallIsWrong: a board that boots with its wall clock
+// in 1970 and its last timestamp three weeks old judges drift against the
+// median of its peers' clocks, and against its wall clock again once that
+// is sane.
+func TestClockReferenceWhenWallIsWrong(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	w := &fakeWall{t: time.Unix(0, 0)}
+	var peers []time.Time
+	last := timestampFromMillis(now.Add(-21 * 24 * time.Hour).UnixMilli())
+	var logs strings.Builder
+	c := NewClockConfig(ClockConfig{Wall: w.Now, Last: last, Fleet: func() []time.Time { return peers },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	peerOp := timestampFromMillis(now.Add(-time.Second).UnixMilli())
+	// No peer clock known: the last timestamp is all there is.
+	if r := c.Reference(); r.Source != SourceLast || !r.Time.Equal(last.Time()) {
+		t.Fatalf("reference %+v", r)
+	}
+	if err := c.CheckDrift(peerOp); !errors.Is(err, ErrClockDrift) {
+		t.Fatalf("three weeks ahead of the last timestamp accepted: %v", err)
+	}
+	if !strings.Contains(logs.String(), "local wall clock is wrong") {
+		t.Fatalf("no warning: %s", logs.String())
+	}
+	// Two peers (even count: the lower middle one).
+	peers = []time.Time{now.Add(2 * time.Second), now}
+	if r := c.Reference(); r.Source != SourceFleet || !r.Time.Equal(now) || r.Sane() {
+		t.Fatalf("reference %+v", r)
+	}
+	if err := c.CheckDrift(peerOp); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckDrift(timestampFromMillis(now.Add(time.Hour).UnixMilli())); !errors.Is(err, ErrClockDrift) {
+		t.Fatalf("an hour ahead of the fleet accepted: %v", err)
+	}
+	// Local readings follow the fleet, not 1970.
+	if ts := c.Now(); ts.Millis() != now.UnixMilli() {
+		t.Fatalf("local reading %s", ts)
+	}
+	// NTP sets the wall clock: it is the reference again.
+	w.Set(now.Add(time.Second))
+	if r := c.Reference(); r.Source != SourceWall || !r.Time.Equal(w.Now()) {
+		t.Fatalf("reference %+v", r)
+	}
+	if !strings.Contains(logs.String(), "sane again") {
+		t.Fatalf("no notice of the sane clock: %s", logs.String())
+	}
+	// A wall clock an hour ahead of two peers out of three is wrong; one
+	// peer against it is a tie, which the wall clock keeps.
+	w.Set(now.Add(time.Hour))
+	if r := c.Reference(); r.Source != SourceFleet || !r.Time.Equal(now) {
+		t.Fatalf("reference %+v", r)
+	}
+	peers = peers[:1]
+	if r := c.Reference(); r.Source != SourceWall {
+		t.Fatalf("reference %+v", r)
+	}
+	behind := NewClockConfig(ClockConfig{Wall: (&fakeWall{t: now.Add(-time.Hour)}).Now, Fleet: func() []time.Time { return peers }})
+	if r := behind.Reference(); r.Source != SourceWall {
+		t.Fatalf("tie with a peer ahead: reference %+v", r)
+	}
+	// Before MinWall the wall clock is wrong even without a last timestamp.
+	c = NewClockConfig(ClockConfig{Wall: (&fakeWall{t: time.Unix(0, 0)}).Now, MinWall: now.Add(-365 * 24 * time.Hour)})
+	if r := c.Reference(); r.Source != SourceLast {
+		t.Fatalf("reference %+v", r)
 	}
 }
