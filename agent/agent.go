@@ -52,9 +52,15 @@
 // bounded queue drained by one worker; when it is full, messages are
 // dropped and counted (anti-entropy repairs them). Gossip is encrypted
 // (memberlist keyring) and labelled with the cluster name. Malformed,
-// oversized, foreign-cluster, undecryptable and undecodable traffic, deltas
-// from a clock too far ahead and invalid deltas are rejected with a logged
-// reason and counted in edgefleet_gossip_rejected_total{reason}.
+// oversized, foreign-cluster, undecryptable and undecodable traffic and
+// invalid deltas are rejected with a logged reason and counted in
+// edgefleet_gossip_rejected_total{reason}.
+//
+// Ops whose timestamp is more than state.max_clock_drift ahead of the
+// store clock's reference time are refused for their origin alone (the
+// other origins of the same message apply) and counted in
+// edgefleet_gossip_refused_ops_total{origin} (see crdt.Clock for the
+// reference time).
 package agent
 
 import (
@@ -389,7 +395,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
 		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
-		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject,
+		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
 	})
 	if err != nil {
 		return err

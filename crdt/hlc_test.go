@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -127,29 +128,58 @@ func TestStoreHLCPersistsAcrossReopen(t *testing.T) {
 	}
 }
 
-func TestStoreRejectsDrift(t *testing.T) {
+// TestStoreRefusesDriftByOrigin: an origin whose clock is too far ahead
+// is refused alone; the other origins of the same call apply, and the
+// version vector does not advance over the refused ops.
+func TestStoreRefusesDriftByOrigin(t *testing.T) {
 	ctx := context.Background()
 	w := newFakeWall()
 	s := openTest(t, t.TempDir(), "a", w)
 	if _, err := s.Put(ctx, "m", "k", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	h0, _ := s.StateHash(ctx)
-	ok := Op{Dot: Dot{"b", 1}, HLC: timestampFromMillis(w.Now().UnixMilli()), Type: TypeLWW, Collection: "m", Key: "x", Kind: KindPut}
-	bad := Op{Dot: Dot{"c", 1}, HLC: timestampFromMillis(w.Now().Add(5 * time.Minute).UnixMilli()), Type: TypeLWW, Collection: "m", Key: "y", Kind: KindPut}
-	_, err := s.Merge(ctx, []Delta{{Origin: "b", From: 0, To: 1, Ops: []Op{ok}}, {Origin: "c", From: 0, To: 1, Ops: []Op{bad}}})
-	if !errors.Is(err, ErrClockDrift) {
-		t.Fatalf("err = %v", err)
+	at := func(d time.Duration) Timestamp { return timestampFromMillis(w.Now().Add(d).UnixMilli()) }
+	put := func(o string, seq uint64, hlc Timestamp) Op {
+		return Op{Dot: Dot{o, seq}, HLC: hlc, Type: TypeLWW, Collection: "m", Key: fmt.Sprintf("%s%d", o, seq), Kind: KindPut}
 	}
-	h1, _ := s.StateHash(ctx)
+	ok := put("b", 1, at(0))
+	// c's clock jumps an hour ahead at its second op: its first op applies,
+	// the rest of c is refused, in both deltas that carry it.
+	c1, c2, c3 := put("c", 1, at(-time.Second)), put("c", 2, at(time.Hour)), put("c", 3, at(time.Hour+time.Second))
+	st, err := s.Merge(ctx, []Delta{
+		{Origin: "c", From: 0, To: 3, Ops: []Op{c1, c2, c3}},
+		{Origin: "b", From: 0, To: 1, Ops: []Op{ok}},
+		{Origin: "c", From: 2, To: 3, Ops: []Op{c3}},
+	})
+	if err != nil {
+		t.Fatalf("merge refused the whole call: %v", err)
+	}
+	if st.Applied != 2 || len(st.Refused) != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if r := st.Refused[0]; r.Origin != "c" || r.Ops != 3 || r.HLC != c2.HLC || r.Ahead != time.Hour || r.Source != SourceWall {
+		t.Fatalf("refusal %+v", r)
+	}
 	vv, _ := s.VersionVector(ctx)
-	if h0 != h1 || len(vv) != 1 {
-		t.Fatalf("rejected merge wrote something: vv %v", vv)
+	if vv["b"] != 1 || vv["c"] != 1 {
+		t.Fatalf("version vector %v, want b:1 c:1", vv)
 	}
-	// Once the wall clock catches up the same delta is accepted.
-	w.Add(5 * time.Minute)
-	if _, err := s.Merge(ctx, []Delta{{Origin: "c", From: 0, To: 1, Ops: []Op{bad}}}); err != nil {
-		t.Fatal(err)
+	for _, k := range []string{"b1", "c1"} {
+		if _, found, _ := s.Get(ctx, "m", k); !found {
+			t.Errorf("%s not applied", k)
+		}
+	}
+	if _, found, _ := s.Get(ctx, "m", "c2"); found {
+		t.Error("op from an hour ahead applied")
+	}
+	if s.Clock().Last() >= c2.HLC {
+		t.Error("refused timestamp moved the clock")
+	}
+	// Once the wall clock catches up the same deltas are accepted.
+	w.Add(time.Hour)
+	st, err = s.Merge(ctx, []Delta{{Origin: "c", From: 1, To: 3, Ops: []Op{c2, c3}}})
+	if err != nil || st.Applied != 2 || len(st.Refused) != 0 {
+		t.Fatalf("after catching up: %+v %v", st, err)
 	}
 }
 

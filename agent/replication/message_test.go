@@ -169,6 +169,13 @@ type testReplicator struct {
 	members *testMembers
 	mu      sync.Mutex
 	rejects map[string]int
+	refused map[string]int // ops, by origin label
+}
+
+func (tr *testReplicator) refusedOps(origin string) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.refused[origin]
 }
 
 func (tr *testReplicator) rejected(reason string) int {
@@ -184,7 +191,7 @@ func newTestReplicator(t testing.TB, logger *slog.Logger, mod func(*Config)) *te
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	tr := &testReplicator{rejects: map[string]int{},
+	tr := &testReplicator{rejects: map[string]int{}, refused: map[string]int{},
 		members: &testMembers{Table: membership.NewTable("self", nil), sent: map[string]int{}}}
 	cfg := Config{
 		Name: "self", Store: s, Members: tr.members,
@@ -195,6 +202,11 @@ func newTestReplicator(t testing.TB, logger *slog.Logger, mod func(*Config)) *te
 			tr.mu.Lock()
 			defer tr.mu.Unlock()
 			tr.rejects[reason]++
+		},
+		Refused: func(origin string, n int) {
+			tr.mu.Lock()
+			defer tr.mu.Unlock()
+			tr.refused[origin] += n
 		},
 	}
 	if mod != nil {
@@ -211,8 +223,13 @@ func TestHandleBatchIsolatesBadMessages(t *testing.T) {
 	msgs := sampleMessages(t)
 	ctx := context.Background()
 	a.handleBatch(ctx, [][]byte{msgs["clock-drift"], msgs["deltas-all"], {TypeDeltas, 1, 2}, msgs["syncreq"]})
-	if got := a.rejected(ReasonClockDrift); got != 1 {
+	// The op from a clock a day ahead is refused for its origin, not
+	// rejected as a message.
+	if got := a.rejected(ReasonClockDrift); got != 0 {
 		t.Errorf("clock drift rejections = %v", got)
+	}
+	if got := a.refusedOps("clockless"); got != 1 {
+		t.Errorf("refused ops of clockless = %v", got)
 	}
 	if got := a.rejected(ReasonInvalidDelta); got != 1 {
 		t.Errorf("invalid delta rejections = %v", got)

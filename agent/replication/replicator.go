@@ -66,10 +66,12 @@ type Counters struct {
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
+	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
+	DeferredOps   atomic.Uint64 // ops refused while this agent's wall clock is wrong and no peer's clock is known (not the origin's fault)
 }
 
-// Config configures a Replicator. Store, Members, Rand, Counters and Reject
-// are required.
+// Config configures a Replicator. Store, Members, Rand, Counters, Reject
+// and Refused are required.
 type Config struct {
 	// Name is this agent's node name (the store's replica id).
 	Name    string
@@ -95,6 +97,10 @@ type Config struct {
 	Counters          *Counters
 	// Reject counts a message refused as bad input, by reason.
 	Reject func(reason string)
+	// Refused counts ops refused because their origin's clock is too far
+	// ahead, by origin: the origin's name for the first MaxRefusedOrigins
+	// origins refused, RefusedOther for the rest.
+	Refused func(origin string, ops int)
 }
 
 const (
@@ -121,13 +127,14 @@ type Replicator struct {
 	shipper *shipper
 	// pushBacks admits one peer at a time to push back what this agent lacks.
 	pushBacks pushBackGate
+	refusals  refusals
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
 // (and memberlist calls it as its data delegate).
 func New(cfg Config) (*Replicator, error) {
-	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil {
-		return nil, errors.New("replication: Store, Members, Rand, Counters and Reject are required")
+	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil || cfg.Refused == nil {
+		return nil, errors.New("replication: Store, Members, Rand, Counters, Reject and Refused are required")
 	}
 	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 {
 		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v: out of range",
@@ -136,8 +143,9 @@ func New(cfg Config) (*Replicator, error) {
 	r := &Replicator{
 		cfg: cfg, store: cfg.Store, members: cfg.Members, clock: clock.Or(cfg.Clock), rnd: cfg.Rand,
 		log: cfg.Logger, c: cfg.Counters,
-		inbound: make(chan []byte, cfg.InboundQueue),
-		shipper: newShipper(),
+		inbound:  make(chan []byte, cfg.InboundQueue),
+		shipper:  newShipper(),
+		refusals: refusals{warned: map[string]time.Time{}},
 	}
 	if r.log == nil {
 		r.log = slog.Default()
