@@ -41,7 +41,7 @@ type Stats struct {
 	DeferredOps            uint64 // remote ops refused while this agent's wall clock was wrong and no peer's clock was known
 }
 
-func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
+func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag, clockSane func() float64) (*metrics, error) {
 	m := &metrics{
 		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgefleet_gossip_rejected_total",
@@ -59,6 +59,10 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 	cs := []prometheus.Collector{
 		m.rejectedVec,
 		m.refusedVec,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_clock_wall_sane",
+			Help: "1 while the local wall clock is sane and clock drift is judged against it; 0 while it is known wrong (judged against the median of peers' clocks or the last timestamp).",
+		}, clockSane),
 		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.MsgsOut),
 		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.MsgsIn),
 		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.BytesOut),

@@ -86,6 +86,14 @@ func (r *Replicator) handleBatch(ctx context.Context, raw [][]byte) {
 	if len(msgs) == 0 {
 		return
 	}
+	// Clock samples first: the deltas of the same messages are judged
+	// against them (a board whose wall clock is wrong has no other time).
+	for _, m := range msgs {
+		switch m.Type {
+		case TypeSyncReq, TypeSyncResp, TypeState:
+			r.members.SetClock(m.From, m.Clock.Time(), m.Clock.Sane)
+		}
+	}
 	if err := r.mergeMessages(ctx, msgs); err != nil {
 		if ctx.Err() != nil || errors.Is(err, crdt.ErrClosed) {
 			return // shutting down

@@ -41,6 +41,10 @@ type Members interface {
 	// reported; StableVV is the pointwise minimum over members that have
 	// not left, once all reported one.
 	SetVV(name string, vv crdt.VersionVector)
+	// SetClock records a member's clock reading, received now, and whether
+	// the member judged its wall clock sane (the fleet clock the store's
+	// clock falls back on: membership.Table.FleetClocks).
+	SetClock(name string, at time.Time, sane bool)
 	ReportedVV(name string) (crdt.VersionVector, time.Time, bool)
 	StableVV(own crdt.VersionVector) (crdt.VersionVector, bool)
 	// Digest summarizes the members seen alive; Reconcile runs a member
@@ -202,6 +206,12 @@ func (b deltaBroadcast) Finished()                             {}
 
 var _ memberlist.Broadcast = deltaBroadcast(nil)
 
+// clockSample is this agent's clock for its peers (crdt.Clock.Reference).
+func (r *Replicator) clockSample() ClockSample {
+	ref := r.store.Clock().Reference()
+	return ClockSample{UnixMilli: ref.Time.UnixMilli(), Sane: ref.Sane()}
+}
+
 // jitter returns d randomized by ±frac.
 func (r *Replicator) jitter(d time.Duration, frac float64) time.Duration {
 	return time.Duration(float64(d) * (1 + frac*(2*r.rnd.Float64()-1)))
@@ -235,7 +245,7 @@ func (r *Replicator) LocalState(join bool) []byte {
 		r.log.Debug("push/pull without version vector", "err", err)
 		return nil
 	}
-	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, VV: vv}, nil)
+	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, Clock: r.clockSample(), VV: vv}, nil)
 	if err != nil {
 		r.log.Error("encoding push/pull state", "err", err)
 		return nil
