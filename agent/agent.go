@@ -52,9 +52,20 @@
 // bounded queue drained by one worker; when it is full, messages are
 // dropped and counted (anti-entropy repairs them). Gossip is encrypted
 // (memberlist keyring) and labelled with the cluster name. Malformed,
-// oversized, foreign-cluster, undecryptable and undecodable traffic, deltas
-// from a clock too far ahead and invalid deltas are rejected with a logged
-// reason and counted in edgefleet_gossip_rejected_total{reason}.
+// oversized, foreign-cluster, undecryptable and undecodable traffic and
+// invalid deltas are rejected with a logged reason and counted in
+// edgefleet_gossip_rejected_total{reason}.
+//
+// Ops whose timestamp is more than state.max_clock_drift ahead of the
+// store clock's reference time are refused for their origin alone (the
+// other origins of the same message apply) and counted in
+// edgefleet_gossip_refused_ops_total{origin}. The reference time is the
+// local wall clock while it is sane; a board that boots with its clock in
+// 1970 (no real-time clock, no NTP yet), or behind its last persisted
+// timestamp, judges drift against the median of the clocks its peers
+// report in sync requests, responses and push/pull state (a peer reports
+// whether its own wall clock is sane; only sane ones count), and warns
+// (edgefleet_clock_wall_sane is 0 meanwhile).
 package agent
 
 import (
@@ -223,7 +234,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.peers.Store(membership.NewTable(a.name, a.clk))
 	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
-	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
+	m, err := newMetrics(a.reg, a.memberCount, a.syncLag, a.clockSane)
 	if err != nil {
 		return nil, fmt.Errorf("agent: registering metrics: %w", err)
 	}
@@ -298,6 +309,20 @@ func (a *Agent) syncLag() float64 {
 	return float64(a.peers.Load().Lag(vv))
 }
 
+// clockSane is 1 while the store's clock judges drift against the local
+// wall clock (crdt.Clock.Reference), 0 while that is known wrong.
+func (a *Agent) clockSane() float64 {
+	s := a.Store()
+	if s == nil || s.Clock().Reference().Sane() {
+		return 1
+	}
+	return 0
+}
+
+// minPlausibleWall: a wall clock reading before it is known wrong (a board
+// without a real-time clock boots in 1970 until NTP sets it).
+var minPlausibleWall = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // Start opens the store, starts memberlist, joins the seeds (unreachable
 // seeds are retried in the background, never fatal), starts the sync loops
 // and the API server, and returns once all are running. ctx bounds the
@@ -348,6 +373,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Logger:       a.log,
 		TombstoneTTL: a.cfg.State.TombstoneTTL,
 		Registerer:   a.reg,
+		// While the wall clock is wrong, drift is judged against the
+		// clocks peers report in sync messages.
+		Fleet:   func() []time.Time { return a.peers.Load().FleetClocks() },
+		MinWall: minPlausibleWall,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: opening state: %w", err)
@@ -389,7 +418,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
 		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
-		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject,
+		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
 	})
 	if err != nil {
 		return err

@@ -142,7 +142,9 @@ type StateConfig struct {
 	// remove it (and only once every member has seen it). Default 168h.
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
 	// MaxClockDrift is how far ahead of the local clock a remote timestamp
-	// may be before its delta is rejected. Default 1m.
+	// may be before the ops of its origin are refused (the local clock is
+	// the wall clock while it is sane, else the median of the peers'
+	// clocks). Default 1m.
 	MaxClockDrift time.Duration `yaml:"max_clock_drift"`
 }
 

@@ -35,6 +35,11 @@ type Options struct {
 	// Registerer receives the store's Prometheus metrics; nil leaves them
 	// unregistered.
 	Registerer prometheus.Registerer
+	// Fleet and MinWall let the clock tell when the local wall clock is
+	// wrong and what to judge drift against then (ClockConfig); nil and
+	// zero mean the wall clock is judged against the last timestamp only.
+	Fleet   func() []time.Time
+	MinWall time.Time
 }
 
 // Store is a replica's CRDT state in one SQLite database: an op log, the
@@ -384,7 +389,8 @@ func (s *Store) init(opts Options) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("crdt: open %s: %w", s.path, err)
 	}
-	s.clock = NewClock(opts.Wall, opts.MaxDrift, Timestamp(hlc))
+	s.clock = NewClockConfig(ClockConfig{Wall: opts.Wall, MaxDrift: opts.MaxDrift, Last: Timestamp(hlc),
+		Fleet: opts.Fleet, MinWall: opts.MinWall, Logger: s.log})
 	return s.prepare(ctx)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
@@ -17,15 +18,15 @@ import (
 // one-byte type:
 //
 //	TypeDeltas    [1][deltas]                               gossip broadcast of local ops
-//	TypeSyncReq   [2][name][addr][digest][vv]               "here is my VV; send what I lack"
+//	TypeSyncReq   [2][name][addr][digest][clock][vv]        "here is my VV; send what I lack"
 //	                                                       (addr: where to answer if the
 //	                                                       receiver does not know the sender yet;
 //	                                                       digest: 8 bytes, see membership.Table.Digest)
-//	TypeSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
+//	TypeSyncResp  [3][flags][name][clock][vv][deltas?]      first answer to a request: the
 //	                                                       responder's VV and a first chunk
 //	TypeSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
 //	                                                       the responder lacks
-//	TypeState     [5][name][vv]                             memberlist push/pull local state
+//	TypeState     [5][name][clock][vv]                      memberlist push/pull local state
 //	TypeLeave     [6][name]                                 leave intent: name is leaving gracefully
 //
 // name and addr ("ip:port") are a uvarint length and that many bytes; vv in TypeSyncResp is
@@ -33,6 +34,10 @@ import (
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
 // (flagLast) marks the last message of an answer; bit 1 (flagPushBack, in
 // TypeSyncResp) asks the requester to push back what the responder lacks.
+// clock is the sender's clock when it sent the message (ClockSample): one
+// byte of clock flags (bit 0, clockSane: the sender judges its wall clock
+// sane) and 8 bytes, big-endian, of Unix milliseconds of its reference
+// time. Receivers keep the sane ones as samples of the fleet's time.
 // Rejection reasons of replication messages (label values of
 // edgefleet_gossip_rejected_total, beside membership's).
 const (
@@ -65,6 +70,10 @@ const (
 	flagPushBack byte = 1 << 1
 	// knownFlags are the flag bits this version understands.
 	knownFlags = flagLast | flagPushBack
+	// clockSane (clock flags): the sender judges its wall clock sane.
+	clockSane byte = 1 << 0
+	// clockBytes is the size of an encoded ClockSample.
+	clockBytes = 9
 	// maxVVBytes bounds an encoded version vector.
 	maxVVBytes = 2 << 20
 	// MaxMessageBytes bounds any replication message: a chunk at the
@@ -83,6 +92,38 @@ type Message struct {
 	PushBack bool
 	VV       crdt.VersionVector
 	Deltas   []crdt.Delta
+	// Clock (TypeSyncReq, TypeSyncResp, TypeState): the sender's clock.
+	Clock ClockSample
+}
+
+// ClockSample is a sender's clock reading: its reference time (crdt.Clock)
+// in Unix milliseconds, and whether that is its own wall clock, judged
+// sane.
+type ClockSample struct {
+	UnixMilli int64
+	Sane      bool
+}
+
+// Time is the sample's reading.
+func (c ClockSample) Time() time.Time { return time.UnixMilli(c.UnixMilli) }
+
+func appendClock(dst []byte, c ClockSample) []byte {
+	var flags byte
+	if c.Sane {
+		flags |= clockSane
+	}
+	dst = append(dst, flags)
+	return binary.BigEndian.AppendUint64(dst, uint64(c.UnixMilli))
+}
+
+func readClock(b []byte) (ClockSample, []byte, error) {
+	if len(b) < clockBytes {
+		return ClockSample{}, nil, malformed("clock truncated")
+	}
+	if b[0]&^clockSane != 0 {
+		return ClockSample{}, nil, malformed("unknown clock flags %#x", b[0])
+	}
+	return ClockSample{Sane: b[0]&clockSane != 0, UnixMilli: int64(binary.BigEndian.Uint64(b[1:]))}, b[clockBytes:], nil
 }
 
 // DecodeError is a message refused as bad input, with the reason used as
@@ -147,6 +188,9 @@ func Decode(b []byte) (Message, error) {
 			}
 			m.Digest, rest = binary.BigEndian.Uint64(rest), rest[8:]
 		}
+		if m.Clock, rest, err = readClock(rest); err != nil {
+			return Message{}, err
+		}
 		if m.VV, err = decodeVV(rest); err != nil {
 			return Message{}, err
 		}
@@ -174,6 +218,9 @@ func Decode(b []byte) (Message, error) {
 			return Message{}, err
 		}
 		if m.Type == TypeSyncResp {
+			if m.Clock, rest, err = readClock(rest); err != nil {
+				return Message{}, err
+			}
 			var vvb []byte
 			if vvb, rest, err = readBytes(rest, maxVVBytes, "version vector"); err != nil {
 				return Message{}, err
@@ -301,12 +348,14 @@ func Encode(m Message, encDeltas []byte) ([]byte, error) {
 			out = appendBytes(out, []byte(m.Addr))
 			out = binary.BigEndian.AppendUint64(out, m.Digest)
 		}
+		out = appendClock(out, m.Clock)
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
 	case TypeLeave:
 		out = appendBytes(out, []byte(m.From))
 	case TypeSyncResp:
 		out = append(out, flags)
 		out = appendBytes(out, []byte(m.From))
+		out = appendClock(out, m.Clock)
 		out = appendBytes(out, crdt.EncodeVersionVector(m.VV))
 		out = append(out, encDeltas...)
 	case TypeSyncData:

@@ -41,6 +41,10 @@ type Members interface {
 	// reported; StableVV is the pointwise minimum over members that have
 	// not left, once all reported one.
 	SetVV(name string, vv crdt.VersionVector)
+	// SetClock records a member's clock reading, received now, and whether
+	// the member judged its wall clock sane (the fleet clock the store's
+	// clock falls back on: membership.Table.FleetClocks).
+	SetClock(name string, at time.Time, sane bool)
 	ReportedVV(name string) (crdt.VersionVector, time.Time, bool)
 	StableVV(own crdt.VersionVector) (crdt.VersionVector, bool)
 	// Digest summarizes the members seen alive; Reconcile runs a member
@@ -66,10 +70,12 @@ type Counters struct {
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
+	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
+	DeferredOps   atomic.Uint64 // ops refused while this agent's wall clock is wrong and no peer's clock is known (not the origin's fault)
 }
 
-// Config configures a Replicator. Store, Members, Rand, Counters and Reject
-// are required.
+// Config configures a Replicator. Store, Members, Rand, Counters, Reject
+// and Refused are required.
 type Config struct {
 	// Name is this agent's node name (the store's replica id).
 	Name    string
@@ -95,6 +101,10 @@ type Config struct {
 	Counters          *Counters
 	// Reject counts a message refused as bad input, by reason.
 	Reject func(reason string)
+	// Refused counts ops refused because their origin's clock is too far
+	// ahead, by origin: the origin's name for the first MaxRefusedOrigins
+	// origins refused, RefusedOther for the rest.
+	Refused func(origin string, ops int)
 }
 
 const (
@@ -121,13 +131,14 @@ type Replicator struct {
 	shipper *shipper
 	// pushBacks admits one peer at a time to push back what this agent lacks.
 	pushBacks pushBackGate
+	refusals  refusals
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
 // (and memberlist calls it as its data delegate).
 func New(cfg Config) (*Replicator, error) {
-	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil {
-		return nil, errors.New("replication: Store, Members, Rand, Counters and Reject are required")
+	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil || cfg.Refused == nil {
+		return nil, errors.New("replication: Store, Members, Rand, Counters, Reject and Refused are required")
 	}
 	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 {
 		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v: out of range",
@@ -136,8 +147,9 @@ func New(cfg Config) (*Replicator, error) {
 	r := &Replicator{
 		cfg: cfg, store: cfg.Store, members: cfg.Members, clock: clock.Or(cfg.Clock), rnd: cfg.Rand,
 		log: cfg.Logger, c: cfg.Counters,
-		inbound: make(chan []byte, cfg.InboundQueue),
-		shipper: newShipper(),
+		inbound:  make(chan []byte, cfg.InboundQueue),
+		shipper:  newShipper(),
+		refusals: refusals{warned: map[string]time.Time{}},
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -194,6 +206,12 @@ func (b deltaBroadcast) Finished()                             {}
 
 var _ memberlist.Broadcast = deltaBroadcast(nil)
 
+// clockSample is this agent's clock for its peers (crdt.Clock.Reference).
+func (r *Replicator) clockSample() ClockSample {
+	ref := r.store.Clock().Reference()
+	return ClockSample{UnixMilli: ref.Time.UnixMilli(), Sane: ref.Sane()}
+}
+
 // jitter returns d randomized by ±frac.
 func (r *Replicator) jitter(d time.Duration, frac float64) time.Duration {
 	return time.Duration(float64(d) * (1 + frac*(2*r.rnd.Float64()-1)))
@@ -227,7 +245,7 @@ func (r *Replicator) LocalState(join bool) []byte {
 		r.log.Debug("push/pull without version vector", "err", err)
 		return nil
 	}
-	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, VV: vv}, nil)
+	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, Clock: r.clockSample(), VV: vv}, nil)
 	if err != nil {
 		r.log.Error("encoding push/pull state", "err", err)
 		return nil

@@ -190,7 +190,7 @@ func (r *Replicator) ship(ctx context.Context, j shipJob) error {
 		var m Message
 		switch {
 		case first && j.respond:
-			m = Message{Type: TypeSyncResp, From: self, VV: own, Last: last, PushBack: pushBack, Deltas: cur}
+			m = Message{Type: TypeSyncResp, From: self, Clock: r.clockSample(), VV: own, Last: last, PushBack: pushBack, Deltas: cur}
 		case len(cur) == 0:
 			return nil // nothing to push
 		default:
