@@ -143,7 +143,7 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 // writeStoreError maps a store or agent error to a status.
 func writeStoreError(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, ErrNotRunning), errors.Is(err, crdt.ErrClosed):
+	case errors.Is(err, ErrNotRunning), errors.Is(err, crdt.ErrClosed), errors.Is(err, crdt.ErrAwaitingState):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	case errors.Is(err, crdt.ErrTypeMismatch):
 		writeError(w, http.StatusConflict, err.Error())

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/hashicorp/memberlist"
 )
@@ -110,6 +111,8 @@ type cluster struct {
 	mu     sync.Mutex
 	agents map[string]*Agent
 	dirs   map[string]string
+	// clk, when set, is every agent's clock (Deps.Clock).
+	clk clock.Clock
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -146,6 +149,7 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		Logger:    testLogger(t),
 		Rand:      seededRand(name + strconv.Itoa(int(time.Now().UnixNano()%1000))),
 		Transport: c.part.Wrap(nt, self),
+		Clock:     c.clk,
 	})
 	if err != nil {
 		nt.Shutdown()
