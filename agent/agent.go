@@ -32,7 +32,9 @@
 // with exactly the deltas the sender lacks, in chunks of at most
 // gossip.max_chunk_bytes, and includes its own version vector so the sender
 // pushes back what the receiver lacks: one exchange converges both sides.
-// Full state is never shipped. An agent asks one peer at a time and waits
+// Full state is shipped only to an agent deltas cannot repair (behind a
+// peer's compaction horizon, or a new database under a known node name: see
+// package replication, recover.go). An agent asks one peer at a time and waits
 // for the answer, and asks only one requester at a time to push back, so a
 // burst of joins (a healed partition, a restart) moves each missing op
 // about once rather than once per peer.
@@ -147,6 +149,9 @@ const (
 	nodeNameFile  = "node-name"
 	leaveTimeout  = 5 * time.Second
 	startJoinWait = 5 * time.Second // how long Start waits for the first join
+	// startReportWait is how long Start waits, once joined, for a peer to
+	// release the local writes of a new database.
+	startReportWait = 2 * time.Second
 )
 
 // Agent is one edgefleet daemon. Create with New, then Start (or Run); an
@@ -417,6 +422,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Name: name, Store: store, Members: cluster,
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
+		Seeded: len(g.Join) > 0, RecoveryTimeout: a.cfg.State.RecoveryTimeout, TombstoneTTL: a.cfg.State.TombstoneTTL,
 		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
 		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
 	})
@@ -459,7 +465,30 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		"mqtt", a.MQTTURL(), "control_plane", a.cfg.ControlPlane.URL)
 
 	cluster.JoinSeeds(ctx, startJoinWait)
+	a.awaitPeerReport(ctx, repl, cluster)
 	return nil
+}
+
+// awaitPeerReport gives a new database a moment, once joined, to hear from
+// a peer whether the fleet knows this node name (replication holds local
+// writes until then), so Start does not return into a burst of 503s. It
+// waits at most startReportWait (network time, on the system clock).
+func (a *Agent) awaitPeerReport(ctx context.Context, repl *replication.Replicator, cluster *membership.Cluster) {
+	if repl.Recovering() == "" || len(cluster.Alive()) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, startReportWait)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for repl.Recovering() != "" {
+		select {
+		case <-ctx.Done():
+			a.log.Info("local writes held: awaiting state from peers", "reason", repl.Recovering())
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func (a *Agent) goLoop(f func()) {

@@ -138,9 +138,16 @@ type StateConfig struct {
 	// CompactionInterval is how often superseded history and stable
 	// tombstones are compacted; 0 disables compaction. Default 10m.
 	CompactionInterval time.Duration `yaml:"compaction_interval"`
-	// TombstoneTTL is the minimum age of a tombstone before compaction may
-	// remove it (and only once every member has seen it). Default 168h.
+	// TombstoneTTL is the minimum age of a removal (tombstone) before
+	// compaction may drop it, and only once every member not forgotten has
+	// applied it. Default 168h. An agent that misses a dropped removal
+	// recovers by a state transfer (see package replication).
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
+	// RecoveryTimeout is how long an agent that starts with an empty
+	// database and has seeds holds local writes (503) waiting for a peer
+	// to tell whether the fleet knows its node name; after it, the agent
+	// assumes it is new. Default 2m.
+	RecoveryTimeout time.Duration `yaml:"recovery_timeout"`
 	// MaxClockDrift is how far ahead of the local clock a remote timestamp
 	// may be before the ops of its origin are refused (the local clock is
 	// the wall clock while it is sane, else the median of the peers'
@@ -219,6 +226,7 @@ func DefaultConfig() Config {
 			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW},
 			CompactionInterval: 10 * time.Minute,
 			TombstoneTTL:       7 * 24 * time.Hour,
+			RecoveryTimeout:    2 * time.Minute,
 			MaxClockDrift:      time.Minute,
 		},
 		Ingest:       defaultIngestConfig(),
@@ -650,6 +658,9 @@ func (c *Config) Validate() error {
 	}
 	if c.State.TombstoneTTL <= 0 {
 		return errors.New("agent: state.tombstone_ttl: must be positive")
+	}
+	if c.State.RecoveryTimeout <= 0 {
+		return errors.New("agent: state.recovery_timeout: must be positive")
 	}
 	if c.State.MaxClockDrift <= 0 {
 		return errors.New("agent: state.max_clock_drift: must be positive")

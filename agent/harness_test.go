@@ -112,6 +112,8 @@ type cluster struct {
 	agents map[string]*Agent
 	dirs   map[string]string
 	clocks map[string]clock.Clock // Deps.Clock by agent name; none means the real clock
+	// clk, when set, is every agent's clock (Deps.Clock).
+	clk clock.Clock
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -139,6 +141,9 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		c.dirs[name] = cfg.DataDir
 	}
 	clk := c.clocks[name]
+	if clk == nil {
+		clk = c.clk
+	}
 	c.mu.Unlock()
 	cfg.Gossip.Join = seeds
 	if mod != nil {

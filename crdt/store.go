@@ -72,6 +72,11 @@ type Store struct {
 	seq   uint64
 	vv    VersionVector // includes this replica's own entry (= seq)
 	colls map[string]typeSet
+	// horizon is the compaction horizon (see Horizon); hold, when set,
+	// is why local ops are refused (see HoldLocalOps).
+	horizon    VersionVector
+	horizonHLC Timestamp
+	hold       string
 
 	st statements
 }
@@ -159,6 +164,11 @@ CREATE TABLE IF NOT EXISTS mvreg (
 	PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mvreg_key ON mvreg (coll, key);
+CREATE TABLE IF NOT EXISTS horizon (
+	origin TEXT    PRIMARY KEY,
+	seq    INTEGER NOT NULL,
+	hlc    INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS removed (
 	type   TEXT    NOT NULL,
 	origin TEXT    NOT NULL,
@@ -365,25 +375,10 @@ func (s *Store) init(opts Options) error {
 	if err != nil {
 		return s.corrupt(fmt.Errorf("crdt: open %s: %w", s.path, err))
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT name, type FROM colls`)
-	if err != nil {
-		return fmt.Errorf("crdt: open %s: %w", s.path, err)
+	if s.horizon, s.horizonHLC, err = readHorizon(ctx, tx); err != nil {
+		return s.corrupt(fmt.Errorf("crdt: open %s: %w", s.path, err))
 	}
-	for rows.Next() {
-		var name, typ string
-		if err := rows.Scan(&name, &typ); err != nil {
-			rows.Close()
-			return s.corrupt(fmt.Errorf("%w: colls: %v", ErrCorrupt, err))
-		}
-		if !Type(typ).Valid() {
-			// Only the type-mismatch check of local ops relies on this
-			// cache; Collections reports the damaged row.
-			s.corrupt(fmt.Errorf("%w: colls: collection %q has unknown type %q (ignored)", ErrCorrupt, name, typ))
-			continue
-		}
-		s.colls[name] |= typeBit(Type(typ))
-	}
-	if err := rows.Close(); err != nil {
+	if s.colls, err = s.readColls(ctx, tx); err != nil {
 		return fmt.Errorf("crdt: open %s: %w", s.path, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -392,6 +387,30 @@ func (s *Store) init(opts Options) error {
 	s.clock = NewClockConfig(ClockConfig{Wall: opts.Wall, MaxDrift: opts.MaxDrift, Last: Timestamp(hlc),
 		Fleet: opts.Fleet, MinWall: opts.MinWall, Logger: s.log})
 	return s.prepare(ctx)
+}
+
+// readColls reads the colls table into the cache of collection types.
+func (s *Store) readColls(ctx context.Context, tx *sql.Tx) (map[string]typeSet, error) {
+	colls := map[string]typeSet{}
+	rows, err := tx.QueryContext(ctx, `SELECT name, type FROM colls`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, s.corrupt(fmt.Errorf("%w: colls: %v", ErrCorrupt, err))
+		}
+		if !Type(typ).Valid() {
+			// Only the type-mismatch check of local ops relies on this
+			// cache; Collections reports the damaged row.
+			s.corrupt(fmt.Errorf("%w: colls: collection %q has unknown type %q (ignored)", ErrCorrupt, name, typ))
+			continue
+		}
+		colls[name] |= typeBit(Type(typ))
+	}
+	return colls, rows.Err()
 }
 
 // readVV reads the version vector persisted in the vv table plus the own

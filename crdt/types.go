@@ -31,9 +31,12 @@
 // one SQLite transaction (WAL, synchronous=FULL) that also persists the
 // replica's sequence number, clock and version vector, so a crash loses
 // nothing acknowledged and the clock never goes backwards across restarts.
-// A replica id belongs to one database for good: a replica whose database
-// is lost must come back under a new id, because peers still hold its old
-// ops and Merge rejects ops of the own id beyond the local history.
+// A replica id belongs to one history for good: Merge rejects ops of the
+// own id beyond the local history. A replica whose database is lost comes
+// back under its id only through InstallSnapshot of a peer's state (which
+// restores its sequence number), holding local ops until then
+// (HoldLocalOps); a replica behind a peer's compaction horizon (Horizon)
+// recovers the same way.
 //
 // Delta wire format, merge rules and the compaction safety rule are
 // documented on EncodeDeltas, Store.Merge and Store.Compact.

@@ -235,10 +235,11 @@ func (s *server) unavailable(err error) bool {
 }
 
 // writeStoreError maps a store or agent error to a status: a store that
-// cannot take a write (disk full, I/O error) answers 503, retryable.
+// cannot take a write (disk full, I/O error) or holds writes until its
+// state comes back from a peer answers 503, retryable.
 func (s *server) writeStoreError(w http.ResponseWriter, err error) {
 	switch {
-	case s.unavailable(err), errors.Is(err, crdt.ErrClosed), errors.Is(err, crdt.ErrUnavailable):
+	case s.unavailable(err), errors.Is(err, crdt.ErrClosed), errors.Is(err, crdt.ErrUnavailable), errors.Is(err, crdt.ErrAwaitingState):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	case errors.Is(err, crdt.ErrTypeMismatch):
 		writeError(w, http.StatusConflict, err.Error())

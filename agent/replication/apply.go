@@ -258,12 +258,14 @@ func (r *Replicator) act(m Message) {
 	switch m.Type {
 	case TypeSyncReq:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, nil)
 		r.shipper.enqueue(shipJob{peer: m.From, addr: m.Addr, vv: m.VV, respond: true})
 		if m.Digest != r.members.Digest() {
 			r.members.Reconcile(m.From, m.Addr)
 		}
 	case TypeSyncResp:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, m.Horizon)
 		if m.PushBack {
 			r.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
 		}
@@ -275,7 +277,12 @@ func (r *Replicator) act(m Message) {
 		}
 	case TypeState:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, nil)
 		r.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
+	case TypeSnapReq:
+		r.requestedSnapshot(m.From)
+	case TypeSnapData:
+		r.snapshotChunk(m)
 	case TypeLeave:
 		if r.members.MarkLeaving(m.From) {
 			r.log.Info("member is leaving", "member", m.From)

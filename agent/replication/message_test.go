@@ -67,6 +67,9 @@ func sampleMessages(t testing.TB) map[string][]byte {
 		"syncresp-0":  enc(Message{Type: TypeSyncResp, From: "peer", VV: vv, Last: true}),
 		"syncdata":    enc(Message{Type: TypeSyncData, From: "peer", Deltas: ds[4:]}),
 		"state":       enc(Message{Type: TypeState, From: "peer", Clock: ClockSample{UnixMilli: 1, Sane: true}, VV: vv}),
+		"syncresp-h":  enc(Message{Type: TypeSyncResp, From: "peer", VV: vv, Horizon: crdt.VersionVector{"src": 9}, Last: true}),
+		"snapreq":     enc(Message{Type: TypeSnapReq, From: "peer"}),
+		"snapdata":    enc(Message{Type: TypeSnapData, From: "peer", Xfer: 7, Total: 5, Offset: 2, Chunk: []byte("abc"), Last: true}),
 		"leave":       enc(Message{Type: TypeLeave, From: "peer"}),
 		"clock-drift": enc(Message{Type: TypeDeltas, Deltas: []crdt.Delta{future}}),
 	}
@@ -135,6 +138,7 @@ type testMembers struct {
 	*membership.Table
 	mu         sync.Mutex
 	sent       map[string]int
+	msgs       []sentMsg
 	reconciled []string
 }
 
@@ -146,7 +150,13 @@ func (m *testMembers) SendTo(name, addr string, msg []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sent[name]++
+	m.msgs = append(m.msgs, sentMsg{name, msg})
 	return nil
+}
+
+type sentMsg struct {
+	to  string
+	msg []byte
 }
 
 func (m *testMembers) Reconcile(peer, addr string) {

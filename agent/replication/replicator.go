@@ -89,6 +89,14 @@ type Config struct {
 	MaxChunkBytes int
 	// CompactionInterval spaces compactions (±10%); 0 turns them off.
 	CompactionInterval time.Duration
+	// Seeded: there are seeds to join, so a store that starts empty holds
+	// local writes until a peer reports what it holds of this replica, or
+	// RecoveryTimeout passes (see recover.go).
+	Seeded          bool
+	RecoveryTimeout time.Duration
+	// TombstoneTTL is the store's (0 means crdt.DefaultTombstoneTTL): an
+	// own op older than it that a peer lacks is not shipped (recover.go).
+	TombstoneTTL time.Duration
 	// InboundQueue bounds the received messages waiting to be applied.
 	InboundQueue int
 	// RetransmitMult and MaxBroadcastBytes size gossip broadcasts
@@ -120,6 +128,7 @@ type Replicator struct {
 	store   *crdt.Store
 	members Members
 	clock   clock.Clock
+	ttl     time.Duration
 	rnd     Rand
 	log     *slog.Logger
 	c       *Counters
@@ -132,6 +141,12 @@ type Replicator struct {
 	// pushBacks admits one peer at a time to push back what this agent lacks.
 	pushBacks pushBackGate
 	refusals  refusals
+	// rec is the state transfer (recover.go); recKick wakes its loop,
+	// serve queues peers' snapshot requests, install assembled snapshots.
+	rec     recovery
+	recKick chan struct{}
+	serve   chan serveReq
+	install chan installReq
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
@@ -140,9 +155,9 @@ func New(cfg Config) (*Replicator, error) {
 	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil || cfg.Refused == nil {
 		return nil, errors.New("replication: Store, Members, Rand, Counters, Reject and Refused are required")
 	}
-	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 {
-		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v: out of range",
-			cfg.SyncInterval, cfg.SyncTimeout, cfg.MaxChunkBytes, cfg.InboundQueue, cfg.CompactionInterval)
+	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 || cfg.RecoveryTimeout < 0 {
+		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v, recovery timeout %v: out of range",
+			cfg.SyncInterval, cfg.SyncTimeout, cfg.MaxChunkBytes, cfg.InboundQueue, cfg.CompactionInterval, cfg.RecoveryTimeout)
 	}
 	r := &Replicator{
 		cfg: cfg, store: cfg.Store, members: cfg.Members, clock: clock.Or(cfg.Clock), rnd: cfg.Rand,
@@ -150,11 +165,18 @@ func New(cfg Config) (*Replicator, error) {
 		inbound:  make(chan []byte, cfg.InboundQueue),
 		shipper:  newShipper(),
 		refusals: refusals{warned: map[string]time.Time{}},
+		recKick:  make(chan struct{}, 1),
+		serve:    make(chan serveReq, 4),
+		install:  make(chan installReq, 1),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
+	if r.ttl = cfg.TombstoneTTL; r.ttl <= 0 {
+		r.ttl = crdt.DefaultTombstoneTTL
+	}
 	r.syncer = newSyncer(r.clock)
+	r.startRecovery()
 	r.bcast = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
 	return r, nil
 }
@@ -163,7 +185,7 @@ func New(cfg Config) (*Replicator, error) {
 // ctx ends.
 func (r *Replicator) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){r.applyLoop, r.syncLoop, r.shipLoop, r.periodicSyncLoop, r.compactLoop} {
+	for _, loop := range []func(context.Context){r.applyLoop, r.syncLoop, r.shipLoop, r.periodicSyncLoop, r.compactLoop, r.recoverLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
