@@ -83,8 +83,9 @@ type uplinkFaults struct {
 // errAnswerLost is what an upload whose answer the run dropped fails with.
 var errAnswerLost = errors.New("sim: upload answer lost (injected fault)")
 
-// answerLoss drops the answer of every n-th telemetry upload after the
-// control plane handled it.
+// answerLoss drops the answer of the first telemetry upload and of every
+// n-th after it (1, 1+n, 1+2n, ...), after the control plane handled it:
+// a run with any upload at all loses one answer.
 type answerLoss struct {
 	every   int64
 	uploads atomic.Int64
@@ -97,7 +98,7 @@ func (l *answerLoss) wrap(rt http.RoundTripper) http.RoundTripper {
 	}
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		resp, err := rt.RoundTrip(r)
-		if err != nil || r.Method != http.MethodPost || r.URL.Path != "/v1/agents/self/telemetry" || l.uploads.Add(1)%l.every != 0 {
+		if err != nil || r.Method != http.MethodPost || r.URL.Path != "/v1/agents/self/telemetry" || (l.uploads.Add(1)-1)%l.every != 0 {
 			return resp, err
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
