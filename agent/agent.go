@@ -150,6 +150,8 @@ type Agent struct {
 	rnd  io.Reader
 	rng  *lockedRand
 	m    *metrics
+	dbm  *dbMetrics
+	dbs  dbIncidents // databases quarantined since Start
 
 	// lifeMu is held by Start and by Stop/Kill, so they never overlap.
 	lifeMu  sync.Mutex
@@ -228,6 +230,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("agent: registering metrics: %w", err)
 	}
 	a.m = m
+	if a.dbm, err = newDBMetrics(a.reg); err != nil {
+		return nil, fmt.Errorf("agent: registering metrics: %w", err)
+	}
 	a.deps = deps
 	return a, nil
 }
@@ -341,16 +346,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	store, err := crdt.Open(filepath.Join(a.cfg.DataDir, stateDBFile), crdt.Options{
-		ReplicaID:    name,
-		Wall:         a.clk.Now,
-		MaxDrift:     a.cfg.State.MaxClockDrift,
-		Logger:       a.log,
-		TombstoneTTL: a.cfg.State.TombstoneTTL,
-		Registerer:   a.reg,
-	})
+	store, err := a.openState(ctx, name)
 	if err != nil {
-		return fmt.Errorf("agent: opening state: %w", err)
+		return err
 	}
 	cleanup = append(cleanup, func() { store.Close() })
 	a.mu.Lock()

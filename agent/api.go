@@ -49,7 +49,7 @@ func (a *Agent) startAPI() error {
 // Handler is the agent's HTTP API:
 //
 //	GET    /healthz                        process is up
-//	GET    /readyz                         store open and memberlist running (503 otherwise)
+//	GET    /readyz                         store open, memberlist running, state not being rebuilt (503 otherwise; "degraded" notes quarantined databases)
 //	GET    /metrics                        Prometheus text format
 //	GET    /v1/state                       collections held: [{"name","type","keys"}]
 //	GET    /v1/state/{collection}          lww: entries; orset: members; counter: counters [{"key","value"}];
@@ -165,7 +165,11 @@ func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().Count(StateAlive)})
+	if r := a.Readiness(); r.NotReady != "" {
+		writeError(w, http.StatusServiceUnavailable, r.NotReady)
+	} else {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "members": a.peers.Load().Count(StateAlive), "degraded": r.Degraded})
+	}
 }
 
 // collType is the configured type of coll (lww when not configured).

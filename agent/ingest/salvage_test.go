@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"database/sql"
+	"math"
 	"path/filepath"
 	"testing"
 	"time"
@@ -101,6 +102,10 @@ func TestSalvageCorruptKeepsWhatReads(t *testing.T) {
 	if rep.Readings == 0 || rep.Readings >= held {
 		t.Fatalf("salvaged %d of %d readings: want most, not all", rep.Readings, held)
 	}
+	// One 4 KiB page holds a few hundred readings: reading goes on past it.
+	if rep.ReadingsLost > 600 {
+		t.Fatalf("lost %d readings to one damaged page", rep.ReadingsLost)
+	}
 	if rep.Readings+rep.ReadingsLost != held {
 		t.Fatalf("salvaged %d + lost %d != held %d", rep.Readings, rep.ReadingsLost, held)
 	}
@@ -126,5 +131,28 @@ func TestSalvageCorruptKeepsWhatReads(t *testing.T) {
 	s := openTestStore(t, StoreConfig{Path: dst})
 	if st := stats(t, s); st.Readings+st.TextReadings != rep.Readings {
 		t.Fatalf("salvaged store holds %d readings, report says %d", st.Readings+st.TextReadings, rep.Readings)
+	}
+}
+
+func TestSkipUnreadable(t *testing.T) {
+	for _, tc := range []struct {
+		bad, from, to int64 // keys in [from, to) are unreadable (to 0: all from on)
+		want          int64
+		ok            bool
+	}{
+		{bad: 100, from: 100, to: 5000, want: 5000, ok: true},
+		{bad: 100, from: 100, to: 101, want: 101, ok: true},
+		{bad: math.MinInt64, from: math.MinInt64, to: 1 << 40, want: 1 << 40, ok: true},
+		{bad: 7, from: 0, to: 0, ok: false},
+		{bad: math.MaxInt64 - 3, from: 0, to: math.MaxInt64, want: math.MaxInt64, ok: true},
+	} {
+		probes := 0
+		got, ok := skipUnreadable(tc.bad, func(k int64) bool {
+			probes++
+			return k < tc.from || (tc.to != 0 && k >= tc.to)
+		})
+		if ok != tc.ok || (ok && got != tc.want) || probes > 130 {
+			t.Errorf("skip from %d over [%d,%d): %d %v after %d probes, want %d %v", tc.bad, tc.from, tc.to, got, ok, probes, tc.want, tc.ok)
+		}
 	}
 }
