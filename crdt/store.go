@@ -56,6 +56,7 @@ type Store struct {
 	clock   *Clock
 	metrics *metrics
 	closed  atomic.Bool
+	damaged atomic.Pointer[error] // see Damaged
 
 	// wc is the connection every write transaction runs on: one
 	// connection keeps its page cache warm across transactions (a pool
@@ -425,8 +426,10 @@ func readVV(ctx context.Context, q interface {
 	return vv, nil
 }
 
-// corrupt counts and logs an error about a corrupt row and returns it.
+// corrupt counts and logs an error about a corrupt row and returns it; an
+// error showing the file damaged is noted for Damaged.
 func (s *Store) corrupt(err error) error {
+	s.noteDamage(err)
 	if errors.Is(err, ErrCorrupt) {
 		s.metrics.corrupt.Inc()
 		s.log.Error("crdt: corrupt row", "err", err)
