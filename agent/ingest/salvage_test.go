@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"math"
 	"path/filepath"
 	"testing"
@@ -154,5 +155,33 @@ func TestSkipUnreadable(t *testing.T) {
 		if ok != tc.ok || (ok && got != tc.want) || probes > 130 {
 			t.Errorf("skip from %d over [%d,%d): %d %v after %d probes, want %d %v", tc.bad, tc.from, tc.to, got, ok, probes, tc.want, tc.ok)
 		}
+	}
+}
+
+// TestStoreNotesDamage: a page of an open store's file overwritten; the
+// commit that meets it fails and the store reports itself damaged.
+func TestStoreNotesDamage(t *testing.T) {
+	path, _, _ := filledStore(t)
+	clk := newFakeClock()
+	s := openTestStore(t, StoreConfig{Path: path, Clock: clk})
+	if s.Damaged() != nil {
+		t.Fatalf("healthy store damaged: %v", s.Damaged())
+	}
+	testutil.CorruptMiddle(t, path)
+	var err error
+	for i := 0; i < 50 && err == nil; i++ {
+		var envs []*envelope
+		for _, dev := range []string{"d1", "d2", "d3"} {
+			// Readings inside each series' time range touch its pages.
+			ts := testNow.Add(-2*time.Hour + time.Duration(i)*71*time.Second + 50*time.Millisecond)
+			envs = append(envs, env(t, clk, "devices/"+dev+"/telemetry", fmt.Sprintf(`{"v":1,"ts":%.6f}`, float64(ts.UnixMicro())/1e6)))
+		}
+		_, err = s.commit(context.Background(), envs)
+	}
+	if err == nil {
+		t.Fatal("commits over a damaged page succeeded")
+	}
+	if d := s.Damaged(); d == nil || !sqlitecheck.IsCorrupt(d) {
+		t.Fatalf("Damaged() = %v after %v", d, err)
 	}
 }
