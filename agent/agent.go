@@ -406,6 +406,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	cleanup = append(cleanup, func() { cancel(); a.wg.Wait(); cluster.Wait() })
 	a.goLoop(func() { repl.Run(bg) })
 	a.goLoop(func() { cluster.Run(bg) })
+	a.goLoop(func() { a.watchDBs(bg) })
 	a.startedAt = a.clk.Now()
 
 	if err := a.startEdge(ctx, name); err != nil {
@@ -475,15 +476,20 @@ func (a *Agent) claimName() error {
 	}
 }
 
-// Run starts the agent, waits for ctx to end, then stops it gracefully.
+// Run starts the agent, waits for ctx to end (or for a database to be
+// found damaged in use, see Failed), then stops it gracefully.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-a.Failed():
+	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return a.Stop(stopCtx)
+	return errors.Join(failed, a.Stop(stopCtx))
 }
 
 // Stop leaves the cluster gracefully: it stops the API (letting requests in

@@ -30,6 +30,30 @@ func quarantinedFiles(t *testing.T, dir, base string) []string {
 	return out
 }
 
+// fleetWithState starts three agents and writes 400 keys of 300 bytes
+// from a0 and a1, so each state.db is large enough that its middle is a
+// data page; it returns once all three hold the same state. None are
+// written by a2: a new empty store refuses the fleet's copies of its own
+// earlier ops (crdt checkOwn: "claims ops 1..n of this replica, which
+// has only issued 0") until the state-transfer recovery for a fresh store
+// with a known replica id adopts them.
+func fleetWithState(t *testing.T) (*cluster, []*Agent) {
+	t.Helper()
+	c := newCluster(t)
+	agents := c.startN(3)
+	waitFor(t, 10*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
+	value := []byte(strings.Repeat("v", 300))
+	for i, a := range agents[:2] {
+		for k := 0; k < 200; k++ {
+			if err := a.Put(context.Background(), "kv", fmt.Sprintf("a%d-%03d", i, k), value); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, 20*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
+	return c, agents
+}
+
 // TestCorruptStateDBQuarantinedAndRebuilt: 4 KiB in the middle of a
 // stopped agent's state.db overwritten; on restart it finds it, keeps
 // the file under a quarantine name, says it is not ready (with the
@@ -38,19 +62,8 @@ func quarantinedFiles(t *testing.T, dir, base string) []string {
 // and reports the incident in its heartbeat.
 func TestCorruptStateDBQuarantinedAndRebuilt(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t)
-	agents := c.startN(3)
-	waitFor(t, 10*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
+	c, agents := fleetWithState(t)
 	ctx := context.Background()
-	value := []byte(strings.Repeat("v", 300))
-	for i, a := range agents[:2] {
-		for k := 0; k < 200; k++ {
-			if err := a.Put(ctx, "kv", fmt.Sprintf("a%d-%03d", i, k), value); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	waitFor(t, 20*time.Second, "convergence", func() (bool, string) { return sameState(agents) })
 	want, err := agents[0].Store().StateHash(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -187,5 +200,62 @@ func TestCorruptIngestDBSalvaged(t *testing.T) {
 	waitFor(t, 10*time.Second, "a reading after the salvage", func() (bool, string) {
 		now, err := edge.ingestStore.Stats(ctx)
 		return err == nil && now.Readings == st.Readings+1, fmt.Sprintf("%+v %v", now, err)
+	})
+}
+
+// TestStateDBDamagedInUse: a page of a running agent's state.db
+// overwritten; the read that meets it makes the store report damage, the
+// agent stops serving (Failed, readyz 503) and leaves a marker; its next
+// start quarantines the file (quick_check or not) and holds the fleet's
+// state again.
+func TestStateDBDamagedInUse(t *testing.T) {
+	t.Parallel()
+	c, agents := fleetWithState(t)
+	ctx := context.Background()
+	// Restart a2 so its whole state sits in the database file, read by
+	// nothing yet.
+	if err := agents[2].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	a2 := c.start("a2", []string{agents[0].GossipAddr()}, nil)
+	path := filepath.Join(c.dirs["a2"], stateDBFile)
+	testutil.CorruptMiddle(t, path)
+	if _, err := a2.Store().StateHash(ctx); err == nil {
+		t.Fatal("reading the whole state over a damaged page succeeded")
+	}
+	select {
+	case err := <-a2.Failed():
+		if !strings.Contains(err.Error(), "state database") {
+			t.Fatalf("failed with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not give up on its damaged state database")
+	}
+	api := apiClient{t: t, base: "http://" + a2.APIAddr()}
+	if obj := api.expect("GET", "/readyz", "", 503); !strings.Contains(fmt.Sprint(obj["error"]), "damaged in use") {
+		t.Fatalf("readyz: %v", obj)
+	}
+	if _, err := os.Stat(path + damagedSuffix); err != nil {
+		t.Fatalf("marker: %v", err)
+	}
+	if err := a2.Kill(); err != nil {
+		t.Fatal(err)
+	}
+
+	a2 = c.start("a2", []string{agents[0].GossipAddr()}, nil)
+	if q := quarantinedFiles(t, c.dirs["a2"], stateDBFile); len(q) != 1 {
+		t.Fatalf("quarantined files %v", q)
+	}
+	if _, err := os.Stat(path + damagedSuffix); !os.IsNotExist(err) {
+		t.Fatalf("marker left after the quarantine: %v", err)
+	}
+	if inc := a2.Incidents(); len(inc) != 1 || !strings.Contains(inc[0].Reason, "damaged in use") {
+		t.Fatalf("incidents: %+v", inc)
+	}
+	now := []*Agent{agents[0], agents[1], a2}
+	waitFor(t, 30*time.Second, "the quarantined agent holds the fleet's state", func() (bool, string) { return sameState(now) })
+	waitFor(t, 10*time.Second, "ready again", func() (bool, string) {
+		r := a2.Readiness()
+		return r.NotReady == "", fmt.Sprintf("%+v", r)
 	})
 }

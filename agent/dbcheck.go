@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -78,6 +80,10 @@ type dbIncidents struct {
 	// counted when it was replaced.
 	rebuilding int
 	roundsAt   uint64
+	// damaged, when set, is why the agent stopped serving: a database
+	// damaged in use. failed carries it to Run.
+	damaged string
+	failed  chan error
 }
 
 // Incidents lists the databases found corrupt and quarantined since the
@@ -109,6 +115,10 @@ func (a *Agent) Readiness() Readiness {
 	a.dbs.mu.Lock()
 	defer a.dbs.mu.Unlock()
 	var r Readiness
+	if a.dbs.damaged != "" {
+		r.NotReady = a.dbs.damaged
+		return r
+	}
 	if i := a.dbs.rebuilding; i > 0 {
 		inc := &a.dbs.list[i-1]
 		if !a.stateRebuilt(a.dbs.roundsAt) {
@@ -159,6 +169,18 @@ func (a *Agent) stateRebuilt(roundsAt uint64) bool {
 // and metrics) and quarantines it when it is corrupt; the incident is nil
 // when the file is kept.
 func (a *Agent) checkDB(ctx context.Context, db, path string) (*cpapi.DBIncident, error) {
+	if marker, err := os.ReadFile(path + damagedSuffix); err == nil {
+		inc, err := a.quarantine(db, path, errors.New(strings.TrimSpace(string(marker))))
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Remove(path + damagedSuffix); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		return inc, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	cctx, cancel := context.WithTimeout(ctx, dbCheckTimeout)
 	start := time.Now()
 	err := sqlitecheck.Check(cctx, path)
@@ -341,4 +363,97 @@ func (a *Agent) openIngest(ctx context.Context, sc ingest.StoreConfig) (*ingest.
 		return nil, fmt.Errorf("agent: opening the salvaged ingestion database: %w", err)
 	}
 	return store, nil
+}
+
+// dbWatchInterval is how often the agent asks its stores whether they
+// met a damaged page in use.
+const dbWatchInterval = time.Second
+
+// damagedSuffix names the marker a database damaged in use leaves beside
+// it (path + damagedSuffix, holding the error): the next start
+// quarantines that database whatever quick_check says.
+const damagedSuffix = ".damaged"
+
+// Failed delivers the error that made the agent give up serving: a
+// database found damaged in use. Run then stops the agent and returns
+// it, so the process exits with an error and its service manager
+// restarts it (deploy/edge-agent.service: Restart=on-failure); the next
+// start quarantines the database and rebuilds (state) or salvages
+// (ingestion) it, through the same path as corruption found by the
+// start-up check. Replacing a store under the running agent would mean
+// rewiring replication, ingestion, the uplink and their metrics; a
+// restart does it with the code every start runs.
+func (a *Agent) Failed() <-chan error { return a.failedCh() }
+
+func (a *Agent) failedCh() chan error {
+	a.dbs.mu.Lock()
+	defer a.dbs.mu.Unlock()
+	if a.dbs.failed == nil {
+		a.dbs.failed = make(chan error, 1)
+	}
+	return a.dbs.failed
+}
+
+// watchDBs runs until ctx ends, checking the stores for damage met in use.
+func (a *Agent) watchDBs(ctx context.Context) {
+	t := a.clk.NewTicker(dbWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+		a.mu.Lock()
+		state, in := a.store, a.ingestStore
+		a.mu.Unlock()
+		if state != nil {
+			if err := state.Damaged(); err != nil {
+				a.dbDamaged("state", filepath.Join(a.cfg.DataDir, stateDBFile), err)
+				return
+			}
+		}
+		if in != nil {
+			if err := in.Damaged(); err != nil {
+				a.dbDamaged("ingest", filepath.Join(a.cfg.DataDir, ingest.StoreFile), err)
+				return
+			}
+		}
+	}
+}
+
+// dbDamaged leaves the marker that has the next start quarantine the
+// database, makes the agent not ready, and signals Failed.
+func (a *Agent) dbDamaged(db, path string, cause error) {
+	reason := fmt.Sprintf("%s database %s damaged in use: %v", db, path, cause)
+	if err := writeMarker(path+damagedSuffix, reason); err != nil {
+		a.log.Error("recording the damaged database for the next start", "db", db, "file", path, "err", err)
+	}
+	a.log.Error("database damaged in use: the agent stops serving; its next start quarantines it", "db", db,
+		"file", path, "err", cause)
+	ch := a.failedCh()
+	a.dbs.mu.Lock()
+	a.dbs.damaged = reason + ": stopping, to quarantine it at the next start"
+	a.dbs.mu.Unlock()
+	select {
+	case ch <- fmt.Errorf("agent: %s", reason):
+	default:
+	}
+}
+
+// writeMarker writes text to path durably.
+func writeMarker(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
