@@ -32,7 +32,9 @@
 // with exactly the deltas the sender lacks, in chunks of at most
 // gossip.max_chunk_bytes, and includes its own version vector so the sender
 // pushes back what the receiver lacks: one exchange converges both sides.
-// Full state is never shipped. An agent asks one peer at a time and waits
+// Full state is shipped only to an agent deltas cannot repair (behind a
+// peer's compaction horizon, or a new database under a known node name: see
+// package replication, recover.go). An agent asks one peer at a time and waits
 // for the answer, and asks only one requester at a time to push back, so a
 // burst of joins (a healed partition, a restart) moves each missing op
 // about once rather than once per peer.
@@ -52,9 +54,20 @@
 // bounded queue drained by one worker; when it is full, messages are
 // dropped and counted (anti-entropy repairs them). Gossip is encrypted
 // (memberlist keyring) and labelled with the cluster name. Malformed,
-// oversized, foreign-cluster, undecryptable and undecodable traffic, deltas
-// from a clock too far ahead and invalid deltas are rejected with a logged
-// reason and counted in edgefleet_gossip_rejected_total{reason}.
+// oversized, foreign-cluster, undecryptable and undecodable traffic and
+// invalid deltas are rejected with a logged reason and counted in
+// edgefleet_gossip_rejected_total{reason}.
+//
+// Ops whose timestamp is more than state.max_clock_drift ahead of the
+// store clock's reference time are refused for their origin alone (the
+// other origins of the same message apply) and counted in
+// edgefleet_gossip_refused_ops_total{origin}. The reference time is the
+// local wall clock while it is sane; a board that boots with its clock in
+// 1970 (no real-time clock, no NTP yet), or behind its last persisted
+// timestamp, judges drift against the median of the clocks its peers
+// report in sync requests, responses and push/pull state (a peer reports
+// whether its own wall clock is sane; only sane ones count), and warns
+// (edgefleet_clock_wall_sane is 0 meanwhile).
 package agent
 
 import (
@@ -136,6 +149,9 @@ const (
 	nodeNameFile  = "node-name"
 	leaveTimeout  = 5 * time.Second
 	startJoinWait = 5 * time.Second // how long Start waits for the first join
+	// startReportWait is how long Start waits, once joined, for a peer to
+	// release the local writes of a new database.
+	startReportWait = 2 * time.Second
 )
 
 // Agent is one edgefleet daemon. Create with New, then Start (or Run); an
@@ -225,7 +241,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.peers.Store(membership.NewTable(a.name, a.clk))
 	a.cfg.Gossip.Join = append([]string(nil), cfg.Gossip.Join...)
-	m, err := newMetrics(a.reg, a.memberCount, a.syncLag)
+	m, err := newMetrics(a.reg, a.memberCount, a.syncLag, a.clockSane)
 	if err != nil {
 		return nil, fmt.Errorf("agent: registering metrics: %w", err)
 	}
@@ -302,6 +318,20 @@ func (a *Agent) syncLag() float64 {
 	}
 	return float64(a.peers.Load().Lag(vv))
 }
+
+// clockSane is 1 while the store's clock judges drift against the local
+// wall clock (crdt.Clock.Reference), 0 while that is known wrong.
+func (a *Agent) clockSane() float64 {
+	s := a.Store()
+	if s == nil || s.Clock().Reference().Sane() {
+		return 1
+	}
+	return 0
+}
+
+// minPlausibleWall: a wall clock reading before it is known wrong (a board
+// without a real-time clock boots in 1970 until NTP sets it).
+var minPlausibleWall = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Start opens the store, starts memberlist, joins the seeds (unreachable
 // seeds are retried in the background, never fatal), starts the sync loops
@@ -386,8 +416,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Name: name, Store: store, Members: cluster,
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
+		Seeded: len(g.Join) > 0, RecoveryTimeout: a.cfg.State.RecoveryTimeout, TombstoneTTL: a.cfg.State.TombstoneTTL,
 		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
-		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject,
+		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
 	})
 	if err != nil {
 		return err
@@ -429,7 +460,30 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		"mqtt", a.MQTTURL(), "control_plane", a.cfg.ControlPlane.URL)
 
 	cluster.JoinSeeds(ctx, startJoinWait)
+	a.awaitPeerReport(ctx, repl, cluster)
 	return nil
+}
+
+// awaitPeerReport gives a new database a moment, once joined, to hear from
+// a peer whether the fleet knows this node name (replication holds local
+// writes until then), so Start does not return into a burst of 503s. It
+// waits at most startReportWait (network time, on the system clock).
+func (a *Agent) awaitPeerReport(ctx context.Context, repl *replication.Replicator, cluster *membership.Cluster) {
+	if repl.Recovering() == "" || len(cluster.Alive()) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, startReportWait)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for repl.Recovering() != "" {
+		select {
+		case <-ctx.Done():
+			a.log.Info("local writes held: awaiting state from peers", "reason", repl.Recovering())
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func (a *Agent) goLoop(f func()) {

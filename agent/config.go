@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/agent/keys"
+	"github.com/edgefleet/edgefleet/agent/localapi"
 	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
@@ -137,11 +138,20 @@ type StateConfig struct {
 	// CompactionInterval is how often superseded history and stable
 	// tombstones are compacted; 0 disables compaction. Default 10m.
 	CompactionInterval time.Duration `yaml:"compaction_interval"`
-	// TombstoneTTL is the minimum age of a tombstone before compaction may
-	// remove it (and only once every member has seen it). Default 168h.
+	// TombstoneTTL is the minimum age of a removal (tombstone) before
+	// compaction may drop it, and only once every member not forgotten has
+	// applied it. Default 168h. An agent that misses a dropped removal
+	// recovers by a state transfer (see package replication).
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
+	// RecoveryTimeout is how long an agent that starts with an empty
+	// database and has seeds holds local writes (503) waiting for a peer
+	// to tell whether the fleet knows its node name; after it, the agent
+	// assumes it is new. Default 2m.
+	RecoveryTimeout time.Duration `yaml:"recovery_timeout"`
 	// MaxClockDrift is how far ahead of the local clock a remote timestamp
-	// may be before its delta is rejected. Default 1m.
+	// may be before the ops of its origin are refused (the local clock is
+	// the wall clock while it is sane, else the median of the peers'
+	// clocks). Default 1m.
 	MaxClockDrift time.Duration `yaml:"max_clock_drift"`
 }
 
@@ -216,6 +226,7 @@ func DefaultConfig() Config {
 			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW},
 			CompactionInterval: 10 * time.Minute,
 			TombstoneTTL:       7 * 24 * time.Hour,
+			RecoveryTimeout:    2 * time.Minute,
 			MaxClockDrift:      time.Minute,
 		},
 		Ingest:       defaultIngestConfig(),
@@ -629,7 +640,7 @@ func (c *Config) Validate() error {
 		return err
 	}
 	for name, t := range c.State.Collections {
-		if err := validateName("collection", name); err != nil {
+		if err := localapi.ValidateName("collection", name); err != nil {
 			return fmt.Errorf("agent: state.collections: %w", err)
 		}
 		if !t.Valid() {
@@ -647,6 +658,9 @@ func (c *Config) Validate() error {
 	}
 	if c.State.TombstoneTTL <= 0 {
 		return errors.New("agent: state.tombstone_ttl: must be positive")
+	}
+	if c.State.RecoveryTimeout <= 0 {
+		return errors.New("agent: state.recovery_timeout: must be positive")
 	}
 	if c.State.MaxClockDrift <= 0 {
 		return errors.New("agent: state.max_clock_drift: must be positive")

@@ -51,6 +51,14 @@ type IngestConfig struct {
 	// back (acknowledgements stop, the broker keeps the messages) until
 	// retention brings it below 90%. Default 805306368 (768 MiB).
 	HighWaterBytes int64 `yaml:"high_water_bytes"`
+	// MinFreeBytes is the space kept free on the data directory's file
+	// system: below it ingestion is held back (acknowledgements stop, the
+	// broker keeps the messages; /v1/ingest and the metrics show
+	// backpressure "disk_full") until a tenth more is free, so the
+	// database, its WAL and the replicated state keep room to work. 0
+	// turns the check off (a disk that fills still holds ingestion back,
+	// never dead-letters a message). Default 33554432 (32 MiB).
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
 	// MaxDeadLetters bounds the dead letters kept (oldest deleted first,
 	// counted). Default 10000.
 	MaxDeadLetters int `yaml:"max_dead_letters"`
@@ -184,6 +192,7 @@ func defaultIngestConfig() IngestConfig {
 		},
 		OutboxMaxBytes:         256 << 20,
 		HighWaterBytes:         768 << 20,
+		MinFreeBytes:           ingest.DefaultMinFreeBytes,
 		MaxDeadLetters:         10000,
 		MaxDeadLetterPayload:   4096,
 		DedupMessages:          16384,
@@ -319,6 +328,8 @@ func (c *IngestConfig) validate() error {
 		return bad("outbox_max_bytes", "%d, at least %d (64 KiB)", c.OutboxMaxBytes, 64<<10)
 	case c.HighWaterBytes < r.MaxBytes:
 		return bad("high_water_bytes", "%d below retention.max_bytes %d", c.HighWaterBytes, r.MaxBytes)
+	case c.MinFreeBytes < 0:
+		return bad("min_free_bytes", "%d: want 0 (off) or more", c.MinFreeBytes)
 	case c.MaxDeadLetters < 1:
 		return bad("max_dead_letters", "%d, at least 1", c.MaxDeadLetters)
 	case c.MaxDeadLetterPayload < 64 || c.MaxDeadLetterPayload > 1<<20:
@@ -348,6 +359,14 @@ func (c *IngestConfig) storeConfig(path string, outbox bool) ingest.StoreConfig 
 		MaxDeadLetterPayload: c.MaxDeadLetterPayload,
 		DedupMessages:        c.DedupMessages,
 	}
+}
+
+// minFreeBytes is ingest.Config.MinFreeBytes: 0 (off) becomes -1.
+func (c *IngestConfig) minFreeBytes() int64 {
+	if c.MinFreeBytes == 0 {
+		return -1
+	}
+	return c.MinFreeBytes
 }
 
 // limits converts the message limits.

@@ -272,6 +272,7 @@ func TestValidateNamesBadField(t *testing.T) {
 		"ingest.outbox_max_bytes":         func(c *Config) { c.Ingest.OutboxMaxBytes = 1 },
 		"ingest.high_water_bytes":         func(c *Config) { c.Ingest.HighWaterBytes = 1 << 20 },
 		"ingest.dedup_messages":           func(c *Config) { c.Ingest.DedupMessages = 0 },
+		"ingest.min_free_bytes":           func(c *Config) { c.Ingest.MinFreeBytes = -1 },
 		"ingest.device_registry_interval": func(c *Config) { c.Ingest.DeviceRegistryInterval = 0 },
 		"control_plane":                   func(c *Config) { c.ControlPlane.URL = "ftp://cp" },
 	}

@@ -300,6 +300,10 @@ func (a *Agent) openState(ctx context.Context, name string) (*crdt.Store, error)
 		Logger:       a.log,
 		TombstoneTTL: a.cfg.State.TombstoneTTL,
 		Registerer:   replacingRegisterer{a.reg},
+		// While the wall clock is wrong, drift is judged against the
+		// clocks peers report in sync messages.
+		Fleet:   func() []time.Time { return a.peers.Load().FleetClocks() },
+		MinWall: minPlausibleWall,
 	}
 	store, err := crdt.Open(path, opts)
 	if err != nil && inc == nil && corruptOpen(err) {

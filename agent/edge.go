@@ -10,6 +10,7 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -55,6 +56,72 @@ func (a *Agent) MQTTURL() string {
 // DeviceRecord is a device's entry in the replicated device registry
 // (package agent/devices).
 type DeviceRecord = devices.Record
+
+// Devices lists the device registry (the replicated "devices" collection,
+// so every agent's devices), sorted by id. Values that are not device
+// records are skipped.
+func (a *Agent) Devices(ctx context.Context) ([]DeviceRecord, error) {
+	s, err := a.liveStore()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := s.List(ctx, DevicesCollection)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeviceRecord, 0, len(entries))
+	for _, e := range entries {
+		rec, err := devices.Decode(e.Key, e.Value)
+		if err != nil {
+			a.log.Debug("skipping a value of the devices collection that is not a device record", "key", e.Key, "err", err)
+			continue
+		}
+		out = append(out, rec)
+	}
+	slices.SortFunc(out, func(x, y DeviceRecord) int { return strings.Compare(x.ID, y.ID) })
+	return out, nil
+}
+
+// Device returns one device's record; found is false when the registry
+// has none.
+func (a *Agent) Device(ctx context.Context, id string) (rec DeviceRecord, found bool, err error) {
+	s, err := a.liveStore()
+	if err != nil {
+		return DeviceRecord{}, false, err
+	}
+	e, found, err := s.Get(ctx, DevicesCollection, id)
+	if err != nil || !found {
+		return DeviceRecord{}, false, err
+	}
+	rec, err = devices.Decode(id, e.Value)
+	return rec, err == nil, err
+}
+
+// SendCommand publishes payload at QoS 1 to devices/{id}/commands on the
+// agent's broker and returns the topic once the broker acknowledged it.
+func (a *Agent) SendCommand(ctx context.Context, id string, payload []byte) (string, error) {
+	if err := ingest.CheckDeviceID(id); err != nil {
+		return "", fmt.Errorf("agent: device id: %w", err)
+	}
+	if len(payload) == 0 {
+		return "", errors.New("agent: command payload is empty")
+	}
+	if len(payload) > maxCommandBytes {
+		return "", fmt.Errorf("agent: command payload of %d bytes exceeds %d", len(payload), maxCommandBytes)
+	}
+	if !a.running.Load() {
+		return "", ErrNotRunning
+	}
+	in := a.Ingest()
+	if in == nil {
+		return "", ErrIngestDisabled
+	}
+	topic := CommandTopic(id)
+	if err := in.Publish(ctx, topic, payload); err != nil {
+		return "", fmt.Errorf("agent: command to %s: %w", id, err)
+	}
+	return topic, nil
+}
 
 // sinkFanout tells every sink about each commit, in order.
 type sinkFanout []ingest.Sink
@@ -186,6 +253,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			BatchDelay:        ic.BatchDelay,
 			QueueMessages:     ic.QueueMessages,
 			RetentionInterval: ic.Retention.Interval,
+			MinFreeBytes:      ic.minFreeBytes(),
 			Clock:             a.clk,
 			Logger:            a.log.With("component", "ingest"),
 			Registry:          a.reg,

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/internal/testutil"
 	"github.com/hashicorp/memberlist"
 )
@@ -110,10 +111,21 @@ type cluster struct {
 	mu     sync.Mutex
 	agents map[string]*Agent
 	dirs   map[string]string
+	clocks map[string]clock.Clock // Deps.Clock by agent name; none means the real clock
+	// clk, when set, is every agent's clock (Deps.Clock).
+	clk clock.Clock
 }
 
 func newCluster(t testing.TB) *cluster {
-	return &cluster{t: t, part: membership.NewPartition(), agents: map[string]*Agent{}, dirs: map[string]string{}}
+	return &cluster{t: t, part: membership.NewPartition(), agents: map[string]*Agent{}, dirs: map[string]string{},
+		clocks: map[string]clock.Clock{}}
+}
+
+// setClock makes the named agent run on clk from its next start on.
+func (c *cluster) setClock(name string, clk clock.Clock) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clocks[name] = clk
 }
 
 // start starts (or restarts, on the same data dir) the named agent, joining
@@ -127,6 +139,10 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		cfg.DataDir = dir
 	} else {
 		c.dirs[name] = cfg.DataDir
+	}
+	clk := c.clocks[name]
+	if clk == nil {
+		clk = c.clk
 	}
 	c.mu.Unlock()
 	cfg.Gossip.Join = seeds
@@ -146,6 +162,7 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		Logger:    testLogger(t),
 		Rand:      seededRand(name + strconv.Itoa(int(time.Now().UnixNano()%1000))),
 		Transport: c.part.Wrap(nt, self),
+		Clock:     clk,
 	})
 	if err != nil {
 		nt.Shutdown()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strconv"
 	"sync/atomic"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
@@ -18,6 +19,7 @@ type metrics struct {
 	rejected atomic.Uint64
 
 	rejectedVec *prometheus.CounterVec
+	refusedVec  *prometheus.CounterVec
 }
 
 // Stats is a snapshot of an agent's counters.
@@ -35,14 +37,20 @@ type Stats struct {
 	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
 	MemberSyncs            uint64 // push/pulls run because a peer saw other members alive
 	SyncSkipped            uint64 // sync requests not sent: the peer had just reported holding nothing new
+	RefusedOps             uint64 // remote ops refused: their origin's clock is too far ahead
+	DeferredOps            uint64 // remote ops refused while this agent's wall clock was wrong and no peer's clock was known
 }
 
-func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag func() float64) (*metrics, error) {
+func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag, clockSane func() float64) (*metrics, error) {
 	m := &metrics{
 		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgefleet_gossip_rejected_total",
 			Help: "Gossip messages and deltas rejected as bad input, by reason.",
 		}, []string{"reason"}),
+		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgefleet_gossip_refused_ops_total",
+			Help: "Remote ops refused because their origin's clock is too far ahead, by origin (" + replication.RefusedOther + " beyond the first " + strconv.Itoa(replication.MaxRefusedOrigins) + " origins).",
+		}, []string{"origin"}),
 	}
 	counterFunc := func(name, help string, labels prometheus.Labels, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
@@ -50,6 +58,11 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 	}
 	cs := []prometheus.Collector{
 		m.rejectedVec,
+		m.refusedVec,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_clock_wall_sane",
+			Help: "1 while the local wall clock is sane and clock drift is judged against it; 0 while it is known wrong (judged against the median of peers' clocks or the last timestamp).",
+		}, clockSane),
 		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.MsgsOut),
 		counterFunc("edgefleet_gossip_messages_total", "Memberlist messages (packets and streams).", prometheus.Labels{"dir": "in"}, &m.traffic.MsgsIn),
 		counterFunc("edgefleet_gossip_bytes_total", "Memberlist bytes on the wire (packets and streams).", prometheus.Labels{"dir": "out"}, &m.traffic.BytesOut),
@@ -57,6 +70,7 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 		counterFunc("edgefleet_deltas_applied_total", "Remote CRDT ops applied to the local store.", nil, &m.repl.DeltasApplied),
 		counterFunc("edgefleet_sync_rounds_total", "Anti-entropy exchanges answered or completed.", nil, &m.repl.SyncRounds),
 		counterFunc("edgefleet_gossip_dropped_total", "Replication messages dropped because the inbound queue was full (anti-entropy repairs them).", nil, &m.repl.Dropped),
+		counterFunc("edgefleet_gossip_deferred_ops_total", "Remote ops refused while this agent's wall clock was wrong and no peer's clock was known yet (anti-entropy offers them again).", nil, &m.repl.DeferredOps),
 		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.repl.Broadcasts),
 		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.members.Reconnects),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -84,6 +98,10 @@ func (m *metrics) reject(reason string) {
 	m.rejectedVec.WithLabelValues(reason).Inc()
 }
 
+func (m *metrics) refused(origin string, ops int) {
+	m.refusedVec.WithLabelValues(origin).Add(float64(ops))
+}
+
 func (m *metrics) stats() Stats {
 	return Stats{
 		GossipBytesSent:        m.traffic.BytesOut.Load(),
@@ -99,5 +117,7 @@ func (m *metrics) stats() Stats {
 		SyncChunksSent:         m.repl.ChunksSent.Load(),
 		MemberSyncs:            m.members.MemberSyncs.Load(),
 		SyncSkipped:            m.repl.SyncSkipped.Load(),
+		RefusedOps:             m.repl.RefusedOps.Load(),
+		DeferredOps:            m.repl.DeferredOps.Load(),
 	}
 }

@@ -94,6 +94,11 @@ func (a *Agent) health() *cpapi.Health {
 
 // resources samples CPU, load, memory, the data directory's file system
 // and the agent's uptime. Values a platform does not report are 0.
+//
+// The CPU sample pairs the process's CPU time with the system clock, not
+// a.clk: both are measurements of the real process, and a percentage of
+// real CPU seconds over simulated (scaled or manual) seconds would mean
+// nothing. Uptime is logic and uses a.clk.
 func (a *Agent) resources() *cpapi.Resources {
 	r := &cpapi.Resources{CPUPercent: a.cpu.percent(time.Now(), procstat.CPUSeconds())}
 	r.Load1 = readLoad1()

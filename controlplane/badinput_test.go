@@ -28,7 +28,7 @@ func TestBadInputTable(t *testing.T) {
 	jsonH := map[string]string{"Content-Type": "application/json"}
 	gzH := map[string]string{"Content-Type": "application/json", "Content-Encoding": "gzip"}
 	reading := func(ts string) string {
-		return fmt.Sprintf(`{"batch_seq":5,"readings":[{"device":"d","metric":"m","ts":%q,"value":1}]}`, ts)
+		return fmt.Sprintf(`{"batch_seq":5,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":%q,"value":1}]}`, ts)
 	}
 	huge := []byte(`{"name":"` + strings.Repeat("x", 70<<10) + `"}`)
 	cases := []struct {
@@ -59,14 +59,14 @@ func TestBadInputTable(t *testing.T) {
 		{"heartbeat bad health", "POST", "/v1/agents/self/heartbeat", true, []byte(`{"health":{"status":"great"}}`), jsonH, 400, "health.status"},
 		{"heartbeat negative cpu", "POST", "/v1/agents/self/heartbeat", true, []byte(`{"resources":{"cpu_percent":-1}}`), jsonH, 400, "cpu_percent"},
 		{"telemetry malformed", "POST", "/v1/agents/self/telemetry", true, []byte(`{"batch_seq":`), jsonH, 400, "unexpected end"},
-		{"telemetry unknown field", "POST", "/v1/agents/self/telemetry", true, gzipBytes([]byte(`{"batch_seq":1,"readings":[],"x":1}`)), gzH, 400, `unknown field "x"`},
+		{"telemetry unknown field", "POST", "/v1/agents/self/telemetry", true, gzipBytes([]byte(`{"batch_seq":1,"epoch":"e1","readings":[],"x":1}`)), gzH, 400, `unknown field "x"`},
 		{"telemetry not gzip", "POST", "/v1/agents/self/telemetry", true, []byte(`{}`), gzH, 400, "gzip"},
 		{"telemetry bad encoding", "POST", "/v1/agents/self/telemetry", true, []byte(`{}`), map[string]string{"Content-Encoding": "br"}, 415, "Content-Encoding"},
 		{"telemetry future ts", "POST", "/v1/agents/self/telemetry", true, []byte(reading(now.Add(2 * time.Hour).Format(time.RFC3339))), jsonH, 400, "readings[0].ts"},
 		{"telemetry ancient ts", "POST", "/v1/agents/self/telemetry", true, []byte(reading("1970-01-01T00:00:00Z")), jsonH, 400, "before 2000"},
 		{"telemetry year 10000", "POST", "/v1/agents/self/telemetry", true, []byte(reading("10000-01-01T00:00:00Z")), jsonH, 400, "time"},
 		{"telemetry oversized", "POST", "/v1/agents/self/telemetry", true, bytes.Repeat([]byte(" "), 65<<10), jsonH, 413, "limit"},
-		{"telemetry bomb", "POST", "/v1/agents/self/telemetry", true, gzipBytes(append([]byte(`{"batch_seq":1,"readings":[{"device":"`), bytes.Repeat([]byte("x"), 17<<20)...)), gzH, 413, "decompressed"},
+		{"telemetry bomb", "POST", "/v1/agents/self/telemetry", true, gzipBytes(append([]byte(`{"batch_seq":1,"epoch":"e1","readings":[{"device":"`), bytes.Repeat([]byte("x"), 17<<20)...)), gzH, 413, "decompressed"},
 		{"query from after to", "GET", "/v1/telemetry?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z", false, nil, nil, 400, "before to"},
 		{"query bad from", "GET", "/v1/telemetry?from=yesterday", false, nil, nil, 400, "from"},
 		{"query from 1900", "GET", "/v1/telemetry?from=1900-01-01T00:00:00Z", false, nil, nil, 400, "out of range"},

@@ -220,7 +220,7 @@ func wantStatus(t *testing.T, err error, status int) *cpapi.APIError {
 // seriesBatch is one telemetry batch of size readings over series
 // (device, metric) pairs, one reading per series per second from start.
 func seriesBatch(size, series int, start time.Time) cpapi.TelemetryBatch {
-	b := cpapi.TelemetryBatch{BatchSeq: 1, Readings: make([]cpapi.Reading, size)}
+	b := cpapi.TelemetryBatch{BatchSeq: 1, Epoch: testEpoch, Readings: make([]cpapi.Reading, size)}
 	for k := range b.Readings {
 		s := k % series
 		b.Readings[k] = cpapi.Reading{
@@ -232,3 +232,6 @@ func seriesBatch(size, series int, start time.Time) cpapi.TelemetryBatch {
 	}
 	return b
 }
+
+// testEpoch is the epoch of the test batches.
+const testEpoch = "ep-test"

@@ -218,7 +218,7 @@ func TestKeysSealedStartRefusesKeyOpsButNotEnrollment(t *testing.T) {
 	if _, err := a.client.Heartbeat(e.ctx(), cpapi.Heartbeat{Health: &cpapi.Health{Status: "ok"}}); err != nil {
 		t.Fatalf("heartbeat while sealed: %v", err)
 	}
-	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}}); err != nil {
+	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Epoch: testEpoch, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}}); err != nil {
 		t.Fatalf("telemetry while sealed: %v", err)
 	}
 	// The agent was registered with the key service while sealed.

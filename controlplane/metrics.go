@@ -38,7 +38,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "controlplane_telemetry_batches_total",
-			Help: "Telemetry batches received, by result (stored, duplicate).",
+			Help: "Telemetry batches received, by result (stored, duplicate, conflict: same identity, other readings, refused).",
 		}, []string{"result"}),
 		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "controlplane_enrollments_total",

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/sqliteerr"
 )
 
 // Server is the control plane HTTP server. Create it with New, then Start
@@ -658,9 +659,23 @@ func (s *Server) errorStatus(err error, r *http.Request) (int, string) {
 		return http.StatusForbidden, msg
 	case errors.Is(err, context.Canceled):
 		return 499, "request canceled"
+	case sqliteerr.Unavailable(err):
+		// The database cannot take the write now (disk full, I/O error,
+		// locked): the client keeps what it sent and tries again.
+		s.log.Error("request failed: storage unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		return http.StatusServiceUnavailable, "storage unavailable, try again later: " + storageReason(err)
 	}
 	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	return http.StatusInternalServerError, "internal error; see server log"
+}
+
+// storageReason names why the storage refused a write, without the
+// server's internals (paths, statements).
+func storageReason(err error) string {
+	if sqliteerr.Full(err) {
+		return "database or disk is full"
+	}
+	return "database busy, locked, read-only or failing"
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

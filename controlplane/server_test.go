@@ -627,7 +627,7 @@ func TestDecommissionRefusesAgent(t *testing.T) {
 		if !strings.Contains(ae.Message, "decommissioned") {
 			t.Errorf("message %q", ae.Message)
 		}
-		_, err = a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}})
+		_, err = a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Epoch: testEpoch, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: e.clock.Now(), Value: 1}}})
 		wantStatus(t, err, 403)
 		_, err = a.client.Self(e.ctx())
 		wantStatus(t, err, 403)

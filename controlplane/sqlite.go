@@ -18,8 +18,38 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
-// schemaVersion is stored in PRAGMA user_version.
-const schemaVersion = 1
+// schemaVersion is stored in PRAGMA user_version. schemaSQL creates the
+// current version; migrations[v] brings version v to v+1.
+const schemaVersion = 2
+
+// migrations: version 2 keys telemetry_batches by (agent_id, epoch,
+// batch_seq) and records each batch's digest. Batches stored before
+// keep the empty epoch and no digest: no agent sends an empty epoch, so they
+// match no new upload.
+var migrations = map[int]string{
+	1: `
+ALTER TABLE telemetry_batches RENAME TO telemetry_batches_v1;
+` + telemetryBatchesSQL + `
+INSERT INTO telemetry_batches (agent_id, epoch, batch_seq, received_at, readings, digest)
+	SELECT agent_id, '', batch_seq, received_at, readings, NULL FROM telemetry_batches_v1;
+DROP TABLE telemetry_batches_v1;
+`,
+}
+
+// telemetryBatchesSQL is the idempotency record of telemetry uploads:
+// one row per accepted batch, with the SHA-256 digest of its decoded
+// readings (batchDigest).
+const telemetryBatchesSQL = `
+CREATE TABLE telemetry_batches (
+	agent_id    TEXT NOT NULL,
+	epoch       TEXT NOT NULL,
+	batch_seq   INTEGER NOT NULL,
+	received_at INTEGER NOT NULL,
+	readings    INTEGER NOT NULL,
+	digest      BLOB,
+	PRIMARY KEY (agent_id, epoch, batch_seq)
+) WITHOUT ROWID;
+`
 
 const schemaSQL = `
 CREATE TABLE enrollment_tokens (
@@ -94,14 +124,7 @@ CREATE TABLE readings (
 	value     REAL NOT NULL,
 	PRIMARY KEY (series_id, ts)
 ) WITHOUT ROWID;
-CREATE TABLE telemetry_batches (
-	agent_id    TEXT NOT NULL,
-	batch_seq   INTEGER NOT NULL,
-	received_at INTEGER NOT NULL,
-	readings    INTEGER NOT NULL,
-	PRIMARY KEY (agent_id, batch_seq)
-) WITHOUT ROWID;
-`
+` + telemetryBatchesSQL
 
 // SQLiteStore is the default Store: one SQLite database in WAL mode. All
 // writes go through a single connection (SQLite admits one writer at a
@@ -231,11 +254,10 @@ func (s *SQLiteStore) migrate() error {
 	if err := s.w.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return fmt.Errorf("controlplane: open %s: %w", s.path, err)
 	}
-	switch v {
-	case schemaVersion:
+	switch {
+	case v == schemaVersion:
 		return nil
-	case 0:
-	default:
+	case v < 0 || v > schemaVersion:
 		return fmt.Errorf("controlplane: %s has schema version %d; this build knows version %d", s.path, v, schemaVersion)
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -243,8 +265,15 @@ func (s *SQLiteStore) migrate() error {
 		return fmt.Errorf("controlplane: migrate %s: %w", s.path, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, schemaSQL); err != nil {
-		return fmt.Errorf("controlplane: migrate %s: %w", s.path, err)
+	if v == 0 {
+		if _, err := tx.ExecContext(ctx, schemaSQL); err != nil {
+			return fmt.Errorf("controlplane: migrate %s: %w", s.path, err)
+		}
+	}
+	for ; v > 0 && v < schemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("controlplane: migrate %s from schema version %d to %d: %w", s.path, v, v+1, err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion)); err != nil {
 		return fmt.Errorf("controlplane: migrate %s: %w", s.path, err)
@@ -270,7 +299,7 @@ func (s *SQLiteStore) prepare() error {
 			resources = COALESCE(?, resources)
 			WHERE id = ? AND decommissioned_at IS NULL
 			RETURNING ` + agentColumns},
-		{&s.stBatch, `INSERT INTO telemetry_batches (agent_id, batch_seq, received_at, readings) VALUES (?, ?, ?, ?)
+		{&s.stBatch, `INSERT INTO telemetry_batches (agent_id, epoch, batch_seq, received_at, readings, digest) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT DO NOTHING`},
 		{&s.stReading, `INSERT INTO readings (series_id, ts, value) VALUES (?, ?, ?)
 			ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value`},

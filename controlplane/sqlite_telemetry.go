@@ -1,11 +1,15 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -13,19 +17,56 @@ import (
 
 // Telemetry ingest and queries of SQLiteStore.
 
-// IngestTelemetry stores a batch once per (agent, batch_seq).
+// batchDigest is the SHA-256 of a batch's decoded readings, in order:
+// per reading the device and metric (each as 4-byte big-endian length
+// and bytes), the time in Unix nanoseconds and the value's IEEE 754 bits
+// (8 bytes big-endian each). A retry of a batch has the same readings,
+// hence the same digest, however it was encoded or sealed.
+func batchDigest(rs []cpapi.Reading) []byte {
+	h := sha256.New()
+	var buf []byte
+	for i := range rs {
+		r := &rs[i]
+		buf = binary.BigEndian.AppendUint32(buf[:0], uint32(len(r.Device)))
+		buf = append(buf, r.Device...)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(r.Metric)))
+		buf = append(buf, r.Metric...)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(r.TS.UnixNano()))
+		buf = binary.BigEndian.AppendUint64(buf, math.Float64bits(r.Value))
+		h.Write(buf)
+	}
+	return h.Sum(nil)
+}
+
+// IngestTelemetry stores a batch once per (agent, epoch, batch_seq); the
+// same identity with other readings is refused (cpapi.ErrBatchConflict).
 func (s *SQLiteStore) IngestTelemetry(ctx context.Context, agentID string, b cpapi.TelemetryBatch, receivedAt time.Time) (cpapi.IngestResult, error) {
 	res := cpapi.IngestResult{BatchSeq: b.BatchSeq}
 	if b.BatchSeq > 1<<63-1 {
 		return res, fmt.Errorf("controlplane: batch_seq %d out of range: %w", b.BatchSeq, cpapi.ErrBadRequest)
 	}
+	if err := cpapi.ValidEpoch(b.Epoch); err != nil {
+		return res, fmt.Errorf("controlplane: epoch: %v: %w", err, cpapi.ErrBadRequest)
+	}
+	digest := batchDigest(b.Readings)
 	var added map[seriesKey]int64
 	err := s.inTx(ctx, "ingest telemetry", func(ctx context.Context, tx *sql.Tx) error {
-		r, err := tx.StmtContext(ctx, s.stBatch).ExecContext(ctx, agentID, int64(b.BatchSeq), nanos(receivedAt), len(b.Readings))
+		r, err := tx.StmtContext(ctx, s.stBatch).ExecContext(ctx, agentID, b.Epoch, int64(b.BatchSeq), nanos(receivedAt), len(b.Readings), digest)
 		if err != nil {
 			return fmt.Errorf("controlplane: ingest telemetry: record batch: %w", err)
 		}
 		if n, _ := r.RowsAffected(); n == 0 {
+			var had []byte
+			var hadReadings int64
+			var at int64
+			if err := tx.QueryRowContext(ctx, `SELECT digest, readings, received_at FROM telemetry_batches WHERE agent_id = ? AND epoch = ? AND batch_seq = ?`,
+				agentID, b.Epoch, int64(b.BatchSeq)).Scan(&had, &hadReadings, &at); err != nil {
+				return fmt.Errorf("controlplane: ingest telemetry: read batch record: %w", err)
+			}
+			if !bytes.Equal(had, digest) {
+				return fmt.Errorf("%w: epoch %q batch_seq %d was stored at %s with other readings (%d then, %d in this upload); this upload is refused and what is stored is unchanged",
+					cpapi.ErrBatchConflict, b.Epoch, b.BatchSeq, fromNanos(at).Format(time.RFC3339), hadReadings, len(b.Readings))
+			}
 			res.Duplicate = true
 			return nil
 		}

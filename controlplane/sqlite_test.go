@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -131,7 +132,7 @@ func TestStoreIngestChunksAndDuplicates(t *testing.T) {
 		t.Fatalf("duplicate: %+v %v", res, err)
 	}
 	// A cancelled caller gets an error and nothing is written.
-	next := cpapi.TelemetryBatch{BatchSeq: 2, Readings: []cpapi.Reading{{Device: "new", Metric: "m", TS: now, Value: 1}}}
+	next := cpapi.TelemetryBatch{BatchSeq: 2, Epoch: testEpoch, Readings: []cpapi.Reading{{Device: "new", Metric: "m", TS: now, Value: 1}}}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := st.IngestTelemetry(cctx, "ag_x", next, now); err == nil {
@@ -169,5 +170,52 @@ func TestBackgroundCheckpointCopiesWALIntoDatabase(t *testing.T) {
 			t.Fatalf("database file still %d bytes (was %d): no checkpoint", size(), before)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestMigrateTelemetryBatchesToEpochs: a version 1 database (batches
+// keyed by agent and batch_seq) opens as version 2; its batches are kept
+// under epoch "" and no longer shadow new uploads of the same batch_seq.
+func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	st, err := OpenSQLite(path, SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`DROP TABLE telemetry_batches`,
+		`CREATE TABLE telemetry_batches (agent_id TEXT NOT NULL, batch_seq INTEGER NOT NULL, received_at INTEGER NOT NULL,
+			readings INTEGER NOT NULL, PRIMARY KEY (agent_id, batch_seq)) WITHOUT ROWID`,
+		`INSERT INTO telemetry_batches VALUES ('ag_old', 1, 5, 3)`,
+		`PRAGMA user_version = 1`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	st, err = OpenSQLite(path, SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var v, n int
+	var epoch string
+	if err := st.w.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != schemaVersion {
+		t.Fatalf("user_version %d (%v)", v, err)
+	}
+	if err := st.w.QueryRow(`SELECT count(*), max(epoch) FROM telemetry_batches WHERE agent_id = 'ag_old' AND batch_seq = 1 AND readings = 3`).Scan(&n, &epoch); err != nil || n != 1 || epoch != "" {
+		t.Fatalf("old batch after migration: %d rows, epoch %q (%v)", n, epoch, err)
+	}
+	now := time.Now().UTC()
+	b := cpapi.TelemetryBatch{BatchSeq: 1, Epoch: testEpoch, Readings: []cpapi.Reading{{Device: "d", Metric: "m", TS: now, Value: 1}}}
+	if res, err := st.IngestTelemetry(context.Background(), "ag_old", b, now); err != nil || res.Duplicate || res.Accepted != 1 {
+		t.Fatalf("new upload after migration: %+v %v", res, err)
 	}
 }

@@ -148,6 +148,9 @@ func validateBatch(b *cpapi.TelemetryBatch, opts DecodeOptions) error {
 	if b.BatchSeq > math.MaxInt64 {
 		return bad("batch_seq: %d exceeds %d", b.BatchSeq, int64(math.MaxInt64))
 	}
+	if err := cpapi.ValidEpoch(b.Epoch); err != nil {
+		return bad("epoch: %v", err)
+	}
 	if len(b.Readings) == 0 {
 		return bad("readings: empty batch")
 	}
@@ -267,7 +270,7 @@ func (s *Server) handleTelemetryUpload(w http.ResponseWriter, r *http.Request, c
 
 // handleSealedTelemetry opens a sealed upload and stores the batch inside.
 // Every check that needs no key comes first: the headers must name the
-// calling agent and a batch_seq.
+// calling agent, an epoch and a batch_seq.
 func (s *Server) handleSealedTelemetry(w http.ResponseWriter, r *http.Request, c *call) error {
 	if enc := strings.ToLower(r.Header.Get("Content-Encoding")); enc != "" && enc != "identity" {
 		return errorf(http.StatusUnsupportedMediaType, "Content-Encoding %q: an envelope is sent as is (its content is gzip-compressed JSON)", enc)
@@ -275,6 +278,10 @@ func (s *Server) handleSealedTelemetry(w http.ResponseWriter, r *http.Request, c
 	sealedFor := r.Header.Get(cpapi.HeaderSealedAgent)
 	if sealedFor == "" {
 		return badRequest("header %s: missing; name the agent id the envelope was sealed for", cpapi.HeaderSealedAgent)
+	}
+	epoch := r.Header.Get(cpapi.HeaderSealedEpoch)
+	if err := cpapi.ValidEpoch(epoch); err != nil {
+		return badRequest("header %s: %v", cpapi.HeaderSealedEpoch, err)
 	}
 	seqText := r.Header.Get(cpapi.HeaderSealedBatchSeq)
 	seq, err := strconv.ParseUint(seqText, 10, 64)
@@ -296,7 +303,7 @@ func (s *Server) handleSealedTelemetry(w http.ResponseWriter, r *http.Request, c
 		s.keys.metrics.envelopes.WithLabelValues("sealed").Inc()
 		return err
 	}
-	pt, err := s.keys.svc.Decrypt(keyCtx(r.Context(), c), cpapi.TelemetryKeyName, env, cpapi.TelemetryAAD(sealedFor, seq))
+	pt, err := s.keys.svc.Decrypt(keyCtx(r.Context(), c), cpapi.TelemetryKeyName, env, cpapi.TelemetryAAD(sealedFor, epoch, seq))
 	if err != nil {
 		return s.envelopeError(err, seq)
 	}
@@ -309,9 +316,9 @@ func (s *Server) handleSealedTelemetry(w http.ResponseWriter, r *http.Request, c
 		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
 		return err
 	}
-	if batch.BatchSeq != seq {
+	if batch.BatchSeq != seq || batch.Epoch != epoch {
 		s.keys.metrics.envelopes.WithLabelValues("refused").Inc()
-		return namedError(http.StatusBadRequest, cpapi.ErrEnvelopeBinding, "sealed for batch_seq %d, the batch inside carries batch_seq %d", seq, batch.BatchSeq)
+		return namedError(http.StatusBadRequest, cpapi.ErrEnvelopeBinding, "sealed for epoch %q batch_seq %d, the batch inside carries epoch %q batch_seq %d", epoch, seq, batch.Epoch, batch.BatchSeq)
 	}
 	s.keys.metrics.envelopes.WithLabelValues("opened").Inc()
 	return s.ingestTelemetry(w, r, c, batch)
@@ -353,9 +360,16 @@ func envelopeInputError(err error) bool {
 	return false
 }
 
-// ingestTelemetry stores a decoded batch once per (agent, batch_seq).
+// ingestTelemetry stores a decoded batch once per (agent, epoch,
+// batch_seq); the same identity with other readings is refused (409).
 func (s *Server) ingestTelemetry(w http.ResponseWriter, r *http.Request, c *call, batch cpapi.TelemetryBatch) error {
 	res, err := s.store.IngestTelemetry(r.Context(), c.agentID, batch, c.now)
+	if errors.Is(err, cpapi.ErrBatchConflict) {
+		s.metrics.batches.WithLabelValues("conflict").Inc()
+		s.log.Warn("telemetry batch refused: its identity was stored before with other readings",
+			"agent", c.agentID, "epoch", batch.Epoch, "batch_seq", batch.BatchSeq, "readings", len(batch.Readings), "err", err)
+		return &httpError{status: http.StatusConflict, msg: err.Error(), err: errors.Join(cpapi.ErrConflict, err)}
+	}
 	if err != nil {
 		return s.agentGone(c, err)
 	}

@@ -26,7 +26,7 @@ func sealBatch(t *testing.T, a *pqAgent, aadAgent string, aadSeq uint64, b cpapi
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(aadAgent, aadSeq))
+	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(aadAgent, testEpoch, aadSeq))
 	if err != nil {
 		t.Fatalf("seal: %v", err)
 	}
@@ -34,7 +34,7 @@ func sealBatch(t *testing.T, a *pqAgent, aadAgent string, aadSeq uint64, b cpapi
 }
 
 func testBatch(seq uint64, at time.Time, n int) cpapi.TelemetryBatch {
-	b := cpapi.TelemetryBatch{BatchSeq: seq}
+	b := cpapi.TelemetryBatch{BatchSeq: seq, Epoch: testEpoch}
 	for i := range n {
 		b.Readings = append(b.Readings, cpapi.Reading{Device: "pump-1", Metric: "flow", TS: at.Add(time.Duration(i) * time.Second), Value: float64(i) + 0.5})
 	}
@@ -128,12 +128,12 @@ func TestSealedTelemetryIsStoredOnce(t *testing.T) {
 	if bytes.Contains(env, []byte("pump-1")) {
 		t.Fatal("device name in the clear in the envelope")
 	}
-	res, err := a.client.UploadTelemetrySealed(ctx, a.id, 1, env)
+	res, err := a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, env)
 	if err != nil || res.Accepted != 20 || res.Duplicate {
 		t.Fatalf("sealed upload: %+v %v", res, err)
 	}
 	// A retry is sealed again (other bytes) and recognized.
-	res, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, sealBatch(t, a, a.id, 1, b))
+	res, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, sealBatch(t, a, a.id, 1, b))
 	if err != nil || !res.Duplicate {
 		t.Fatalf("sealed retry: %+v %v", res, err)
 	}
@@ -165,30 +165,43 @@ func TestSealedTelemetryRefusesWrongBindingAndTampering(t *testing.T) {
 	at := e.clock.Now().Add(-time.Minute)
 
 	// Headers naming another agent: refused before any key is used.
-	_, err := a.client.UploadTelemetrySealed(ctx, other.id, 1, sealBatch(t, a, other.id, 1, testBatch(1, at, 3)))
+	_, err := a.client.UploadTelemetrySealed(ctx, other.id, testEpoch, 1, sealBatch(t, a, other.id, 1, testBatch(1, at, 3)))
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeBinding)
 	// Another agent's envelope replayed by a: its headers name a, the
 	// sealed associated data b.
 	stolen := sealBatch(t, other, other.id, 1, testBatch(1, at, 3))
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, stolen)
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, stolen)
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Sealed for batch_seq 5, sent as 6.
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 6, sealBatch(t, a, a.id, 5, testBatch(5, at, 3)))
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 6, sealBatch(t, a, a.id, 5, testBatch(5, at, 3)))
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Sealed and sent as 7, the batch inside says 8.
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 7, sealBatch(t, a, a.id, 7, testBatch(8, at, 3)))
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 7, sealBatch(t, a, a.id, 7, testBatch(8, at, 3)))
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeBinding)
+	// Sealed for one epoch, sent as another.
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, "ep-else", 7, sealBatch(t, a, a.id, 7, testBatch(7, at, 3)))
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
+	// Sealed and sent for one epoch, the batch inside names another.
+	inner := testBatch(7, at, 3)
+	inner.Epoch = "ep-else"
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 7, sealBatch(t, a, a.id, 7, inner))
+	wantNamed(t, err, 400, cpapi.ErrEnvelopeBinding)
+	// No epoch header (an agent from before epochs).
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, "", 7, sealBatch(t, a, a.id, 7, testBatch(7, at, 3)))
+	if ae := wantStatus(t, err, 400); !strings.Contains(ae.Message, cpapi.HeaderSealedEpoch+": missing") {
+		t.Fatalf("no epoch header: %s", ae.Message)
+	}
 	// One flipped bit anywhere, and a truncated envelope.
 	good := sealBatch(t, a, a.id, 9, testBatch(9, at, 3))
 	for _, i := range []int{0, 10, len(good) / 2, len(good) - 1} {
 		bad := bytes.Clone(good)
 		bad[i] ^= 0x04
-		_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, bad)
+		_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 9, bad)
 		if ae := wantStatus(t, err, 400); !strings.HasPrefix(ae.Message, cpapi.ErrEnvelopeUnopened.Error()) && !strings.Contains(ae.Message, "envelope") {
 			t.Fatalf("flipped byte %d: %s", i, ae.Message)
 		}
 	}
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, good[:len(good)-20])
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 9, good[:len(good)-20])
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// An envelope of another data key.
 	if _, err := e.admin.CreateKey(ctx, cpapi.CreateKeyRequest{Name: "fleet", Policy: &cpapi.KeyPolicy{AllAgents: true}}); err != nil {
@@ -196,11 +209,11 @@ func TestSealedTelemetryRefusesWrongBindingAndTampering(t *testing.T) {
 	}
 	a.fetch(t, ctx)
 	data, _ := cpapi.EncodeTelemetryBatch(testBatch(9, at, 3))
-	foreign, err := a.keys.Encrypt(ctx, "fleet", data, cpapi.TelemetryAAD(a.id, 9))
+	foreign, err := a.keys.Encrypt(ctx, "fleet", data, cpapi.TelemetryAAD(a.id, testEpoch, 9))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 9, foreign)
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 9, foreign)
 	wantNamed(t, err, 400, cpapi.ErrEnvelopeUnopened)
 	// Missing or bad headers, other content types.
 	for _, h := range []map[string]string{
@@ -220,7 +233,7 @@ func TestSealedTelemetryRefusesWrongBindingAndTampering(t *testing.T) {
 		t.Errorf("octet-stream: %d %s", status, body)
 	}
 	// The good envelope still goes through; nothing else was stored.
-	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, 9, good); err != nil {
+	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 9, good); err != nil {
 		t.Fatal(err)
 	}
 	if n := storedPoints(t, e, a.id); n != 3 {
@@ -255,7 +268,7 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 	if _, err := e.admin.Seal(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, old)
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, old)
 	if ae := wantStatus(t, err, 503); !strings.Contains(ae.Message, "key service sealed") {
 		t.Fatalf("sealed: %s", ae.Message)
 	}
@@ -273,10 +286,10 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 	if err != nil || dk.Version() != 2 {
 		t.Fatalf("agent's primary telemetry version: %v %v", dk, err)
 	}
-	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, 2, sealBatch(t, a, a.id, 2, testBatch(2, at.Add(time.Hour), 4))); err != nil {
+	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 2, sealBatch(t, a, a.id, 2, testBatch(2, at.Add(time.Hour), 4))); err != nil {
 		t.Fatalf("upload under v2: %v", err)
 	}
-	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, 1, old); err != nil {
+	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, old); err != nil {
 		t.Fatalf("pending batch under v1: %v", err)
 	}
 	if n := storedPoints(t, e, a.id); n != 8 {
@@ -286,7 +299,7 @@ func TestSealedTelemetryAcrossRotationAndSealing(t *testing.T) {
 	if _, err := e.admin.RetireKeyVersion(ctx, cpapi.TelemetryKeyName, 1); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.UploadTelemetrySealed(ctx, a.id, 1, old)
+	_, err = a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, old)
 	wantNamed(t, err, 409, cpapi.ErrEnvelopeUnopened)
 }
 
@@ -298,7 +311,7 @@ func TestRequireSealedTelemetryRefusesPlainUploads(t *testing.T) {
 	at := e.clock.Now().Add(-time.Minute)
 	_, err := a.client.UploadTelemetry(ctx, testBatch(1, at, 2))
 	wantNamed(t, err, 415, cpapi.ErrUnsealedTelemetry)
-	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, 1, sealBatch(t, a, a.id, 1, testBatch(1, at, 2))); err != nil {
+	if _, err := a.client.UploadTelemetrySealed(ctx, a.id, testEpoch, 1, sealBatch(t, a, a.id, 1, testBatch(1, at, 2))); err != nil {
 		t.Fatalf("sealed upload: %v", err)
 	}
 	if n := storedPoints(t, e, a.id); n != 2 {
@@ -309,14 +322,15 @@ func TestRequireSealedTelemetryRefusesPlainUploads(t *testing.T) {
 func TestTelemetryAADIsUnambiguous(t *testing.T) {
 	seen := map[string]string{}
 	for _, c := range []struct {
-		agent string
-		seq   uint64
-	}{{"ag_1", 1}, {"ag_1", 256}, {"ag_12", 1}, {"ag_1\x00", 1}, {"", 1}} {
-		k := string(cpapi.TelemetryAAD(c.agent, c.seq))
+		agent, epoch string
+		seq          uint64
+	}{{"ag_1", "e", 1}, {"ag_1", "e", 256}, {"ag_12", "e", 1}, {"ag_1\x00", "e", 1}, {"", "e", 1},
+		{"ag_1", "e2", 1}, {"ag_1", "", 1}, {"ag_1\x00e", "", 1}} {
+		k := string(cpapi.TelemetryAAD(c.agent, c.epoch, c.seq))
 		if prev, dup := seen[k]; dup {
-			t.Fatalf("%q/%d and %s share associated data", c.agent, c.seq, prev)
+			t.Fatalf("%q/%q/%d and %s share associated data", c.agent, c.epoch, c.seq, prev)
 		}
-		seen[k] = c.agent + "/" + strconv.FormatUint(c.seq, 10)
+		seen[k] = c.agent + "/" + c.epoch + "/" + strconv.FormatUint(c.seq, 10)
 	}
 }
 
@@ -336,7 +350,7 @@ func FuzzSealedTelemetryUpload(f *testing.F) {
 	}
 	defer srv.Close()
 	ctx := context.Background()
-	env, err := srv.KeyService().Encrypt(ctx, cpapi.TelemetryKeyName, mustEncode(f, testBatch(3, time.Now().Add(-time.Hour), 2)), cpapi.TelemetryAAD("ag_fuzz", 3))
+	env, err := srv.KeyService().Encrypt(ctx, cpapi.TelemetryKeyName, mustEncode(f, testBatch(3, time.Now().Add(-time.Hour), 2)), cpapi.TelemetryAAD("ag_fuzz", testEpoch, 3))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -430,7 +444,7 @@ func BenchmarkSealedTelemetry(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	aad := cpapi.TelemetryAAD("ag_bench", 1)
+	aad := cpapi.TelemetryAAD("ag_bench", testEpoch, 1)
 	env, err := svc.Encrypt(ctx, cpapi.TelemetryKeyName, data, aad)
 	if err != nil {
 		b.Fatal(err)

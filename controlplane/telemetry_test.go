@@ -18,7 +18,7 @@ func makeBatch(seq uint64, start time.Time, n int, devices ...string) cpapi.Tele
 	if len(devices) == 0 {
 		devices = []string{"dev-1"}
 	}
-	b := cpapi.TelemetryBatch{BatchSeq: seq, Readings: make([]cpapi.Reading, n)}
+	b := cpapi.TelemetryBatch{BatchSeq: seq, Epoch: testEpoch, Readings: make([]cpapi.Reading, n)}
 	for i := range n {
 		b.Readings[i] = cpapi.Reading{Device: devices[i%len(devices)], Metric: "temperature", TS: start.Add(time.Duration(i) * time.Second), Value: float64(i)}
 	}
@@ -65,15 +65,53 @@ func TestTelemetryUploadIsIdempotent(t *testing.T) {
 			t.Fatalf("retry %+v", res)
 		}
 	}
-	// Even a retry whose content differs does not add rows: (agent, seq) is the key.
-	changed := makeBatch(1, start.Add(time.Hour), 10)
-	res, err = a.client.UploadTelemetry(e.ctx(), changed)
-	if err != nil || !res.Duplicate {
-		t.Fatalf("changed retry %+v %v", res, err)
-	}
+	// The same identity with other readings is refused by name (409) and
+	// changes nothing: not the readings, not the batch's record.
 	q := cpapi.TelemetryQuery{Agent: a.id, From: start.Add(-time.Hour), To: e.clock.Now().Add(time.Hour)}
+	before, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, From: q.From, To: q.To, Limit: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, changed := range []cpapi.TelemetryBatch{
+		makeBatch(1, start.Add(time.Hour), 10),     // other readings
+		makeBatch(1, start, 999, "dev-1", "dev-2"), // one reading fewer
+		func() cpapi.TelemetryBatch { // one value changed
+			c := makeBatch(1, start, 1000, "dev-1", "dev-2")
+			c.Readings[500].Value += 0.25
+			return c
+		}(),
+	} {
+		res, err = a.client.UploadTelemetry(e.ctx(), changed)
+		var ae *cpapi.APIError
+		if !errors.As(err, &ae) || ae.Status != 409 || !errors.Is(err, cpapi.ErrConflict) ||
+			!strings.HasPrefix(ae.Message, cpapi.ErrBatchConflict.Error()) || !strings.Contains(ae.Message, `epoch "ep-test" batch_seq 1`) {
+			t.Fatalf("changed retry %+v %v", res, err)
+		}
+	}
 	if n := countReadings(t, e, q); n != 1000 {
 		t.Fatalf("%d readings stored, want 1000", n)
+	}
+	if logs := e.logs.String(); strings.Count(logs, "telemetry batch refused") != 3 || !strings.Contains(logs, "epoch=ep-test batch_seq=1") ||
+		!strings.Contains(logs, "with other readings (1000 then, 999 in this upload)") {
+		t.Errorf("conflicts not logged with their reason:\n%s", logs)
+	}
+	after, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, From: q.From, To: q.To, Limit: 5000})
+	if err != nil || fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("stored readings changed by a refused upload (%v)", err)
+	}
+	// The original is still a duplicate, not a conflict.
+	if res, err = a.client.UploadTelemetry(e.ctx(), batch); err != nil || !res.Duplicate {
+		t.Fatalf("retry after conflicts %+v %v", res, err)
+	}
+	// The same batch_seq in another epoch (a new ingestion database) is
+	// a new batch.
+	next := makeBatch(1, start, 7, "dev-9")
+	next.Epoch = "ep-other"
+	if res, err = a.client.UploadTelemetry(e.ctx(), next); err != nil || res.Duplicate || res.Accepted != 7 {
+		t.Fatalf("new epoch %+v %v", res, err)
+	}
+	if n := countReadings(t, e, q); n != 1007 {
+		t.Fatalf("%d readings stored, want 1007", n)
 	}
 	// The same batch_seq from another agent is a different batch.
 	b := e.enroll("tele2", nil)
@@ -99,7 +137,7 @@ func TestTelemetryDownsampling(t *testing.T) {
 		rs = append(rs, cpapi.Reading{Device: "pump", Metric: "pressure", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: float64(i/2*10 + (i%2)*5)})
 		rs = append(rs, cpapi.Reading{Device: "pump", Metric: "flow", TS: base.Add(time.Duration(i) * 30 * time.Second), Value: 1})
 	}
-	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Readings: rs}); err != nil {
+	if _, err := a.client.UploadTelemetry(e.ctx(), cpapi.TelemetryBatch{BatchSeq: 1, Epoch: testEpoch, Readings: rs}); err != nil {
 		t.Fatal(err)
 	}
 	res, err := e.admin.QueryTelemetry(e.ctx(), cpapi.TelemetryQuery{Agent: a.id, Device: "pump", Metric: "pressure", From: base, To: base.Add(time.Hour), Bucket: 10 * time.Minute})
@@ -177,7 +215,7 @@ func TestTelemetryBadBatchWritesNothing(t *testing.T) {
 func TestDecodeTelemetryBatch(t *testing.T) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 	opts := DecodeOptions{MaxReadings: 3, MaxBytes: 4096, Now: now, MaxFuture: time.Hour}
-	good := `{"batch_seq":3,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00+02:00","value":1.5}]}`
+	good := `{"batch_seq":3,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00+02:00","value":1.5}]}`
 	b, err := DecodeTelemetryBatch(strings.NewReader(good), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -188,20 +226,24 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 	cases := []struct{ in, want string }{
 		{``, "empty body"},
 		{`{"batch_seq":1,`, "unexpected end"},
-		{`{"batch_seq":1,"readings":[],"extra":1}`, `unknown field "extra"`},
+		{`{"batch_seq":1,"epoch":"e1","readings":[],"extra":1}`, `unknown field "extra"`},
 		{`{"batch_seq":"one"}`, `field "batch_seq"`},
-		{`{"batch_seq":0,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "batch_seq"},
+		{`{"batch_seq":0,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "batch_seq"},
 		{`{"batch_seq":-1}`, "batch_seq"},
-		{`{"batch_seq":1,"readings":[]}`, "empty batch"},
-		{`{"batch_seq":1,"readings":[{"device":"","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "readings[0].device: empty"},
-		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","value":1}]}`, "readings[0].ts: missing"},
-		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","ts":"yesterday","value":1}]}`, "invalid time"},
-		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","ts":"1999-12-31T23:59:59Z","value":1}]}`, "before 2000"},
-		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T13:00:01Z","value":1}]}`, "ahead of the server clock"},
-		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1e999}]}`, "value"},
-		{`{"batch_seq":1,"readings":[{"device":"d\u0007","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "control"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[]}`, "empty batch"},
+		{`{"batch_seq":1,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "epoch: missing"},
+		{`{"batch_seq":1,"epoch":"","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "epoch: missing"},
+		{`{"batch_seq":1,"epoch":"a b","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "epoch: \"a b\": only letters"},
+		{`{"batch_seq":1,"epoch":"` + strings.Repeat("e", 65) + `","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "epoch: 65 bytes"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "readings[0].device: empty"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d","metric":"m","value":1}]}`, "readings[0].ts: missing"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"yesterday","value":1}]}`, "invalid time"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"1999-12-31T23:59:59Z","value":1}]}`, "before 2000"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T13:00:01Z","value":1}]}`, "ahead of the server clock"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1e999}]}`, "value"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[{"device":"d\u0007","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "control"},
 		{good + `{}`, "after the batch"},
-		{`{"batch_seq":1,"readings":[` + strings.Repeat(`{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1},`, 3) + `{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "limit 3"},
+		{`{"batch_seq":1,"epoch":"e1","readings":[` + strings.Repeat(`{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1},`, 3) + `{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1}]}`, "limit 3"},
 	}
 	for _, c := range cases {
 		_, err := DecodeTelemetryBatch(strings.NewReader(c.in), opts)
@@ -212,7 +254,7 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 	// Decompression bomb: small gzip, large JSON.
 	var big bytes.Buffer
 	gz := gzip.NewWriter(&big)
-	fmt.Fprintf(gz, `{"batch_seq":1,"readings":[{"device":"%s"`, strings.Repeat("x", 100000))
+	fmt.Fprintf(gz, `{"batch_seq":1,"epoch":"e1","readings":[{"device":"%s"`, strings.Repeat("x", 100000))
 	gz.Close()
 	_, err = DecodeTelemetryBatch(&big, DecodeOptions{Gzip: true, MaxBytes: 4096})
 	if !errors.Is(err, cpapi.ErrTooLarge) {
@@ -231,13 +273,13 @@ func TestDecodeTelemetryBatch(t *testing.T) {
 
 func FuzzDecodeTelemetryBatch(f *testing.F) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-	good := []byte(`{"batch_seq":3,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1.5}]}`)
-	enc, _ := cpapi.EncodeTelemetryBatch(cpapi.TelemetryBatch{BatchSeq: 9, Readings: []cpapi.Reading{{Device: "a", Metric: "b", TS: now, Value: -2}}})
+	good := []byte(`{"batch_seq":3,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":1.5}]}`)
+	enc, _ := cpapi.EncodeTelemetryBatch(cpapi.TelemetryBatch{BatchSeq: 9, Epoch: testEpoch, Readings: []cpapi.Reading{{Device: "a", Metric: "b", TS: now, Value: -2}}})
 	f.Add(good, false)
 	f.Add(enc, true)
-	f.Add([]byte(`{"batch_seq":18446744073709551615,"readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":0}]}`), false)
-	f.Add([]byte(`{"batch_seq":1,"readings":[{"device":"\ud800","metric":"m","ts":"0001-01-01T00:00:00Z","value":0}]}`), false)
-	f.Add([]byte(`{"batch_seq":1,"readings":null}`), false)
+	f.Add([]byte(`{"batch_seq":18446744073709551615,"epoch":"e1","readings":[{"device":"d","metric":"m","ts":"2024-05-01T11:00:00Z","value":0}]}`), false)
+	f.Add([]byte(`{"batch_seq":1,"epoch":"e1","readings":[{"device":"\ud800","metric":"m","ts":"0001-01-01T00:00:00Z","value":0}]}`), false)
+	f.Add([]byte(`{"batch_seq":1,"epoch":"e1","readings":null}`), false)
 	f.Add([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, true)
 	f.Add([]byte(`[]`), false)
 	f.Fuzz(func(t *testing.T, data []byte, gz bool) {

@@ -52,8 +52,11 @@ type Store interface {
 	// certificate.
 	RevokedSerials(ctx context.Context) ([]string, error)
 
-	// IngestTelemetry stores a batch unless (agentID, batch.BatchSeq) was
-	// stored before, in which case it reports Duplicate and writes nothing.
+	// IngestTelemetry stores a batch unless its identity (agentID,
+	// batch.Epoch, batch.BatchSeq) was stored before: with the same
+	// readings (by digest) it reports Duplicate and writes nothing, with
+	// other readings it returns an error wrapping cpapi.ErrBatchConflict
+	// and writes nothing.
 	IngestTelemetry(ctx context.Context, agentID string, batch cpapi.TelemetryBatch, receivedAt time.Time) (cpapi.IngestResult, error)
 	// QueryTelemetry answers a telemetry query.
 	QueryTelemetry(ctx context.Context, q cpapi.TelemetryQuery) (cpapi.TelemetryResult, error)

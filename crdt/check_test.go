@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/internal/sqlitecheck"
 )
 
 // TestDamagedFileNoted: a page of an open store's file overwritten; the
@@ -43,7 +45,7 @@ func TestDamagedFileNoted(t *testing.T) {
 	if err1 == nil && err2 == nil {
 		t.Fatal("reads over a damaged page succeeded")
 	}
-	if err := s.Damaged(); err == nil || !isDamage(err) {
+	if err := s.Damaged(); err == nil || !sqlitecheck.IsCorrupt(err) {
 		t.Fatalf("Damaged() = %v after %v / %v", err, err1, err2)
 	}
 }

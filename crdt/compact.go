@@ -30,8 +30,10 @@ import (
 //     the TTL (or that is not among the members stable was computed from)
 //     may still hold, or later receive from its own old state, ops whose
 //     removals are gone everywhere; merging would resurrect deleted keys
-//     and removed elements, so such a replica must discard its database and
-//     resync from scratch under a new replica id.
+//     and removed elements. Every removal dropped here raises the store's
+//     compaction horizon (Horizon): a replica whose version vector is
+//     behind it for some origin cannot be repaired by deltas and must
+//     install a snapshot (ExportSnapshot, InstallSnapshot) instead.
 //  3. Removed-dot records (removals that arrived before the op they remove)
 //     are dropped once this store's own version vector covers the dot: an
 //     op it covers is never applied again.
@@ -69,7 +71,7 @@ func (s *Store) Compact(ctx context.Context, stable VersionVector, now time.Time
 	}
 
 	cutoff := timestampFromMillis(now.Add(-s.ttl).UnixMilli())
-	rows, err := tx.QueryContext(ctx, `SELECT origin, seq, kind FROM ops
+	rows, err := tx.QueryContext(ctx, `SELECT origin, seq, kind, hlc FROM ops
 		WHERE kind IN (2, 4, 6, 7) AND hlc < ?
 		AND NOT (kind = 6 AND EXISTS (SELECT 1 FROM mvreg m WHERE m.origin = ops.origin AND m.seq = ops.seq))`, int64(cutoff))
 	if err != nil {
@@ -78,26 +80,34 @@ func (s *Store) Compact(ctx context.Context, stable VersionVector, now time.Time
 	type cand struct {
 		dot  Dot
 		kind Kind
+		hlc  Timestamp
 	}
 	var expired []cand
 	for rows.Next() {
 		var (
-			o         string
-			seq, kind int64
+			o              string
+			seq, kind, hlc int64
 		)
-		if err := rows.Scan(&o, &seq, &kind); err != nil {
+		if err := rows.Scan(&o, &seq, &kind, &hlc); err != nil {
 			rows.Close()
 			return st, s.corrupt(fmt.Errorf("crdt: compact: %w: %v", ErrCorrupt, err))
 		}
 		d := Dot{Origin: o, Seq: uint64(seq)}
 		if seq > 0 && stable.Covers(d) {
-			expired = append(expired, cand{d, Kind(kind)})
+			expired = append(expired, cand{d, Kind(kind), Timestamp(hlc)})
 		}
 	}
 	if err := rows.Close(); err != nil {
 		return st, fmt.Errorf("crdt: compact: %w", err)
 	}
+	horizon, horizonHLC := s.horizon.Clone(), s.horizonHLC
 	for _, c := range expired {
+		if c.dot.Seq > horizon[c.dot.Origin] {
+			horizon[c.dot.Origin] = c.dot.Seq
+		}
+		if c.hlc > horizonHLC {
+			horizonHLC = c.hlc
+		}
 		if c.kind == KindDelete {
 			res, err := tx.ExecContext(ctx, `DELETE FROM lww WHERE origin = ? AND seq = ? AND deleted = 1
 				AND (coll, key) IN (SELECT coll, key FROM ops WHERE origin = ? AND seq = ?)`,
@@ -124,9 +134,15 @@ func (s *Store) Compact(ctx context.Context, stable VersionVector, now time.Time
 		k, _ := res.RowsAffected()
 		st.TombstonesRemoved += int(k)
 	}
+	if len(expired) > 0 {
+		if err := writeHorizon(ctx, tx, horizon, horizonHLC); err != nil {
+			return st, fmt.Errorf("crdt: compact: %w", err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return st, fmt.Errorf("crdt: compact: commit: %w", err)
 	}
+	s.horizon, s.horizonHLC = horizon, horizonHLC
 	s.metrics.compacted.WithLabelValues("ops").Add(float64(st.OpsRemoved))
 	s.metrics.compacted.WithLabelValues("tombstones").Add(float64(st.TombstonesRemoved))
 	s.log.Debug("crdt: compacted", "ops_removed", st.OpsRemoved, "tombstones_removed", st.TombstonesRemoved)

@@ -33,6 +33,16 @@ func (s *Store) StateHashPrefix(ctx context.Context, prefix string) (string, err
 		return "", fmt.Errorf("crdt: state hash: %w", err)
 	}
 	defer tx.Rollback()
+	sum, err := stateHashTx(ctx, tx, prefix)
+	if err != nil {
+		return "", s.corrupt(fmt.Errorf("crdt: state hash: %w", err))
+	}
+	return sum, nil
+}
+
+// stateHashTx computes StateHashPrefix inside tx (a snapshot install
+// checks the rows it wrote before committing them).
+func stateHashTx(ctx context.Context, tx *sql.Tx, prefix string) (string, error) {
 	h := sha256.New()
 	parts := []struct {
 		tag   string
@@ -48,7 +58,7 @@ func (s *Store) StateHashPrefix(ctx context.Context, prefix string) (string, err
 	for _, p := range parts {
 		writeField(h, []byte(p.tag))
 		if err := hashRows(ctx, tx, h, p.query, p.ints, len(prefix), prefix); err != nil {
-			return "", s.corrupt(fmt.Errorf("crdt: state hash: %s: %w", p.tag, err))
+			return "", fmt.Errorf("%s: %w", p.tag, err)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

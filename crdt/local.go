@@ -29,6 +29,9 @@ func (s *Store) local(ctx context.Context, what string, kind Kind, coll, key str
 	if s.closed.Load() {
 		return Delta{}, ErrClosed
 	}
+	if err := s.holdErr(what); err != nil {
+		return Delta{}, err
+	}
 	if have := s.colls[coll]; have != 0 && have&typeBit(t) == 0 {
 		return Delta{}, fmt.Errorf("%w: %s on %s collection %q, which exists here as %s",
 			ErrTypeMismatch, what, t, coll, typesOf(have))
@@ -43,7 +46,7 @@ func (s *Store) local(ctx context.Context, what string, kind Kind, coll, key str
 	}
 	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
-		return Delta{}, fmt.Errorf("crdt: %s: begin: %w", what, err)
+		return Delta{}, unavailable(fmt.Errorf("crdt: %s: begin: %w", what, err))
 	}
 	w := &wtx{ctx: ctx, tx: tx}
 	delta, err := s.localTx(w, what, &op, fill)

@@ -14,6 +14,7 @@ type metrics struct {
 	mergedOps    *prometheus.CounterVec
 	mergeApplied prometheus.Counter
 	mergeDup     prometheus.Counter
+	mergeRefused prometheus.Counter
 	rejected     *prometheus.CounterVec
 	corrupt      prometheus.Counter
 	compacted    *prometheus.CounterVec
@@ -27,11 +28,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"type"}),
 		mergedOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "edgefleet", Subsystem: "crdt", Name: "merged_ops_total",
-			Help: "Remote ops received by Merge, by result (applied, duplicate).",
+			Help: "Remote ops received by Merge, by result (applied, duplicate, refused: the origin's clock is too far ahead).",
 		}, []string{"result"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "edgefleet", Subsystem: "crdt", Name: "merge_rejected_total",
-			Help: "Merge calls rejected before writing anything, by reason (invalid, drift, conflict).",
+			Help: "Merge calls rejected before writing anything, by reason (invalid, conflict).",
 		}, []string{"reason"}),
 		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "edgefleet", Subsystem: "crdt", Name: "corrupt_rows_total",
@@ -48,6 +49,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.mergeApplied = m.mergedOps.WithLabelValues("applied")
 	m.mergeDup = m.mergedOps.WithLabelValues("duplicate")
+	m.mergeRefused = m.mergedOps.WithLabelValues("refused")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.localOps, m.mergedOps, m.rejected, m.corrupt, m.compacted} {
 			if err := reg.Register(c); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 )
 
 // VersionVector returns a copy of the store's version vector: for every
@@ -147,11 +148,15 @@ func (s *Store) DeltasSince(ctx context.Context, peer VersionVector, maxBytes in
 }
 
 // Merge applies deltas received from peers. It first validates all of ds
-// (ErrInvalidDelta), checks their timestamps against the clock's drift limit
-// (ErrClockDrift) and checks deltas claiming this replica's own origin
+// (ErrInvalidDelta) and checks deltas claiming this replica's own origin
 // against its history (ErrInvalidDelta when they claim sequence numbers it
 // never issued or differ from its op log); any failure rejects the whole
-// call with nothing written. Then it applies everything in one transaction.
+// call with nothing written. Then it applies everything in one transaction,
+// except the ops of an origin whose clock is too far ahead: from an
+// origin's first op with a timestamp more than the maximum drift ahead of
+// the clock's reference time (see Clock), its ops in ds are refused (listed
+// in MergeStats.Refused) and the version vector does not advance over them,
+// while the ops of every other origin apply.
 //
 // Merge is idempotent, commutative and associative on the state, which is
 // that of the set of ops applied: ops already covered by the version vector
@@ -169,17 +174,11 @@ func (s *Store) DeltasSince(ctx context.Context, peer VersionVector, maxBytes in
 // compactions that keep the safety rule on Compact).
 func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
 	var st MergeStats
-	var maxHLC Timestamp
 	for i := range ds {
 		if err := ds[i].Validate(); err != nil {
 			s.metrics.rejected.WithLabelValues("invalid").Inc()
 			s.log.Warn("crdt: merge rejected", "reason", "invalid", "err", err)
 			return st, fmt.Errorf("crdt: merge: delta %d: %w", i, err)
-		}
-		for j := range ds[i].Ops {
-			if h := ds[i].Ops[j].HLC; h > maxHLC {
-				maxHLC = h
-			}
 		}
 	}
 	s.mu.Lock()
@@ -187,23 +186,30 @@ func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
 	if s.closed.Load() {
 		return st, fmt.Errorf("crdt: merge: %w", ErrClosed)
 	}
-	if err := s.clock.CheckDrift(maxHLC); err != nil {
-		s.metrics.rejected.WithLabelValues("drift").Inc()
-		s.log.Warn("crdt: merge rejected", "reason", "drift", "err", err)
-		return st, fmt.Errorf("crdt: merge: %w", err)
-	}
 	if err := s.checkOwn(ctx, ds); err != nil {
 		s.metrics.rejected.WithLabelValues("conflict").Inc()
 		s.log.Warn("crdt: merge rejected", "reason", "conflict", "err", err)
 		return st, s.corrupt(err)
 	}
+	ref, limit := s.clock.Limit()
+	ds, refused := refuseAhead(ds, ref, limit)
+	for _, r := range refused {
+		s.metrics.mergeRefused.Add(float64(r.Ops))
+		s.log.Debug("crdt: merge refused ops of an origin whose clock is too far ahead",
+			"origin", r.Origin, "ops", r.Ops, "hlc", r.HLC.String(), "ahead", r.Ahead, "source", string(r.Source))
+	}
 	if len(ds) == 0 {
+		st.Refused = refused
 		return st, nil
 	}
-	if maxHLC > 0 {
-		if _, err := s.clock.Observe(maxHLC); err != nil {
-			return st, fmt.Errorf("crdt: merge: %w", err)
+	var maxHLC Timestamp
+	for i := range ds {
+		for j := range ds[i].Ops {
+			maxHLC = max(maxHLC, ds[i].Ops[j].HLC)
 		}
+	}
+	if maxHLC > 0 {
+		s.clock.observeChecked(maxHLC)
 	}
 	tx, err := s.wc.BeginTx(ctx, nil)
 	if err != nil {
@@ -224,7 +230,59 @@ func (s *Store) Merge(ctx context.Context, ds []Delta) (MergeStats, error) {
 	s.commitCollections(pending)
 	s.metrics.mergeApplied.Add(float64(st.Applied))
 	s.metrics.mergeDup.Add(float64(st.Duplicates))
+	st.Refused = refused
 	return st, nil
+}
+
+// refuseAhead cuts from ds, per origin, the ops from the first one stamped
+// after limit on: each delta of such an origin ends just before that op (a
+// range cut like DeltasSince's), or is dropped when nothing is left of it.
+// It returns the deltas kept and the refusals, sorted by origin; ds itself
+// is not modified.
+func refuseAhead(ds []Delta, ref Reference, limit Timestamp) ([]Delta, []Refusal) {
+	first := map[string]*Op{} // per origin, its op of lowest sequence stamped after limit
+	for i := range ds {
+		for j := range ds[i].Ops {
+			op := &ds[i].Ops[j]
+			if op.HLC > limit {
+				if f, ok := first[op.Dot.Origin]; !ok || op.Dot.Seq < f.Dot.Seq {
+					first[op.Dot.Origin] = op
+				}
+			}
+		}
+	}
+	if len(first) == 0 {
+		return ds, nil
+	}
+	counts := map[string]int{}
+	kept := make([]Delta, 0, len(ds))
+	for _, d := range ds {
+		f, ok := first[d.Origin]
+		if !ok {
+			kept = append(kept, d)
+			continue
+		}
+		cut := f.Dot.Seq
+		n := 0
+		for n < len(d.Ops) && d.Ops[n].Dot.Seq < cut {
+			n++
+		}
+		counts[d.Origin] += len(d.Ops) - n
+		if d.To >= cut {
+			d.To = cut - 1
+		}
+		if d.To > d.From {
+			d.Ops = d.Ops[:n:n]
+			kept = append(kept, d)
+		}
+	}
+	out := make([]Refusal, 0, len(first))
+	for o, f := range first {
+		out = append(out, Refusal{Origin: o, Ops: counts[o], HLC: f.HLC,
+			Ahead: time.Duration(f.HLC.Millis()-ref.Time.UnixMilli()) * time.Millisecond, Source: ref.Source})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Origin < out[j].Origin })
+	return kept, out
 }
 
 func (s *Store) mergeTx(w *wtx, ds []Delta, vv VersionVector, pending map[string]typeSet) (MergeStats, error) {

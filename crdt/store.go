@@ -35,6 +35,11 @@ type Options struct {
 	// Registerer receives the store's Prometheus metrics; nil leaves them
 	// unregistered.
 	Registerer prometheus.Registerer
+	// Fleet and MinWall let the clock tell when the local wall clock is
+	// wrong and what to judge drift against then (ClockConfig); nil and
+	// zero mean the wall clock is judged against the last timestamp only.
+	Fleet   func() []time.Time
+	MinWall time.Time
 }
 
 // Store is a replica's CRDT state in one SQLite database: an op log, the
@@ -68,6 +73,11 @@ type Store struct {
 	seq   uint64
 	vv    VersionVector // includes this replica's own entry (= seq)
 	colls map[string]typeSet
+	// horizon is the compaction horizon (see Horizon); hold, when set,
+	// is why local ops are refused (see HoldLocalOps).
+	horizon    VersionVector
+	horizonHLC Timestamp
+	hold       string
 
 	st statements
 }
@@ -155,6 +165,11 @@ CREATE TABLE IF NOT EXISTS mvreg (
 	PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mvreg_key ON mvreg (coll, key);
+CREATE TABLE IF NOT EXISTS horizon (
+	origin TEXT    PRIMARY KEY,
+	seq    INTEGER NOT NULL,
+	hlc    INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS removed (
 	type   TEXT    NOT NULL,
 	origin TEXT    NOT NULL,
@@ -361,15 +376,32 @@ func (s *Store) init(opts Options) error {
 	if err != nil {
 		return s.corrupt(fmt.Errorf("crdt: open %s: %w", s.path, err))
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT name, type FROM colls`)
-	if err != nil {
+	if s.horizon, s.horizonHLC, err = readHorizon(ctx, tx); err != nil {
+		return s.corrupt(fmt.Errorf("crdt: open %s: %w", s.path, err))
+	}
+	if s.colls, err = s.readColls(ctx, tx); err != nil {
 		return fmt.Errorf("crdt: open %s: %w", s.path, err)
 	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("crdt: open %s: %w", s.path, err)
+	}
+	s.clock = NewClockConfig(ClockConfig{Wall: opts.Wall, MaxDrift: opts.MaxDrift, Last: Timestamp(hlc),
+		Fleet: opts.Fleet, MinWall: opts.MinWall, Logger: s.log})
+	return s.prepare(ctx)
+}
+
+// readColls reads the colls table into the cache of collection types.
+func (s *Store) readColls(ctx context.Context, tx *sql.Tx) (map[string]typeSet, error) {
+	colls := map[string]typeSet{}
+	rows, err := tx.QueryContext(ctx, `SELECT name, type FROM colls`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
 	for rows.Next() {
 		var name, typ string
 		if err := rows.Scan(&name, &typ); err != nil {
-			rows.Close()
-			return s.corrupt(fmt.Errorf("%w: colls: %v", ErrCorrupt, err))
+			return nil, s.corrupt(fmt.Errorf("%w: colls: %v", ErrCorrupt, err))
 		}
 		if !Type(typ).Valid() {
 			// Only the type-mismatch check of local ops relies on this
@@ -377,16 +409,9 @@ func (s *Store) init(opts Options) error {
 			s.corrupt(fmt.Errorf("%w: colls: collection %q has unknown type %q (ignored)", ErrCorrupt, name, typ))
 			continue
 		}
-		s.colls[name] |= typeBit(Type(typ))
+		colls[name] |= typeBit(Type(typ))
 	}
-	if err := rows.Close(); err != nil {
-		return fmt.Errorf("crdt: open %s: %w", s.path, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("crdt: open %s: %w", s.path, err)
-	}
-	s.clock = NewClock(opts.Wall, opts.MaxDrift, Timestamp(hlc))
-	return s.prepare(ctx)
+	return colls, rows.Err()
 }
 
 // readVV reads the version vector persisted in the vv table plus the own
@@ -426,15 +451,16 @@ func readVV(ctx context.Context, q interface {
 	return vv, nil
 }
 
-// corrupt counts and logs an error about a corrupt row and returns it; an
-// error showing the file damaged is noted for Damaged.
+// corrupt counts and logs an error about a corrupt row and returns it;
+// a failure of the storage itself it marks ErrUnavailable, and one
+// showing the file damaged it notes for Damaged.
 func (s *Store) corrupt(err error) error {
 	s.noteDamage(err)
 	if errors.Is(err, ErrCorrupt) {
 		s.metrics.corrupt.Inc()
 		s.log.Error("crdt: corrupt row", "err", err)
 	}
-	return err
+	return unavailable(err)
 }
 
 func (s *Store) closeStatements() {

@@ -31,9 +31,12 @@
 // one SQLite transaction (WAL, synchronous=FULL) that also persists the
 // replica's sequence number, clock and version vector, so a crash loses
 // nothing acknowledged and the clock never goes backwards across restarts.
-// A replica id belongs to one database for good: a replica whose database
-// is lost must come back under a new id, because peers still hold its old
-// ops and Merge rejects ops of the own id beyond the local history.
+// A replica id belongs to one history for good: Merge rejects ops of the
+// own id beyond the local history. A replica whose database is lost comes
+// back under its id only through InstallSnapshot of a peer's state (which
+// restores its sequence number), holding local ops until then
+// (HoldLocalOps); a replica behind a peer's compaction horizon (Horizon)
+// recovers the same way.
 //
 // Delta wire format, merge rules and the compaction safety rule are
 // documented on EncodeDeltas, Store.Merge and Store.Compact.
@@ -44,6 +47,7 @@ package crdt
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Type names the kind of replicated collection an op belongs to.
@@ -119,8 +123,9 @@ type Delta struct {
 // Sentinel errors. Errors returned by this package wrap them and carry
 // context, prefixed "crdt:".
 var (
-	// ErrClockDrift: a remote timestamp is further ahead of the local wall
-	// clock than the configured maximum drift.
+	// ErrClockDrift: a remote timestamp is further ahead of the clock's
+	// reference time than the configured maximum drift (Clock.Observe;
+	// Merge refuses such ops by origin instead, see MergeStats.Refused).
 	ErrClockDrift = errors.New("crdt: clock drift beyond limit")
 	// ErrInvalidDelta: a delta or op is malformed (bad kind, type, sizes,
 	// ranges, dots); nothing of the call that carried it was applied.
@@ -200,6 +205,21 @@ type MergeStats struct {
 	Duplicates int  // ops already held (covered by the version vector or already in the log)
 	Stale      int  // deltas starting beyond this store's version vector (a gap): their ops were applied but the vector did not advance over them, so they will be offered again
 	Advanced   bool // the version vector moved
+	// Refused lists, by origin, the ops refused for a timestamp too far
+	// ahead of the reference time (see Merge).
+	Refused []Refusal
+}
+
+// Refusal is what Merge refused of one origin: the ops from its first one
+// too far ahead of the reference time on (an origin's timestamps only grow,
+// so all of them would be). They are not applied and the version vector
+// does not advance over them: anti-entropy offers them again.
+type Refusal struct {
+	Origin string
+	Ops    int           // ops refused (counting each copy received)
+	HLC    Timestamp     // timestamp of the first op refused
+	Ahead  time.Duration // how far it is ahead of the reference time
+	Source ClockSource   // what the reference time came from
 }
 
 // CompactStats reports what one Compact call removed.

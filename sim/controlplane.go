@@ -7,9 +7,12 @@ import (
 	"github.com/edgefleet/edgefleet/clock"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -21,6 +24,8 @@ import (
 // time-compressed run compresses both ends of the uplink alike.
 type controlPlane struct {
 	srv    *controlplane.Server
+	reg    *prometheus.Registry // the server's metrics
+	store  controlplane.Store   // opened here (noDedup), else nil
 	client *cpapi.Client
 	url    string
 	caPath string
@@ -29,40 +34,65 @@ type controlPlane struct {
 	dir    string
 }
 
-func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, log *slog.Logger) (*controlPlane, error) {
+// startControlPlane starts the control plane; noDedup switches its
+// de-duplication of telemetry off (noDedupStore, for tests).
+func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, noDedup bool, log *slog.Logger) (*controlPlane, error) {
 	cfg := controlplane.Config{
 		DataDir:           dir,
 		Listen:            "127.0.0.1:0",
 		Logger:            log,
 		Clock:             clock,
 		HeartbeatInterval: heartbeat,
+		Registry:          prometheus.NewRegistry(),
 	}
 	cfg.Keys.DevUnseal = true
+	c := &controlPlane{reg: cfg.Registry, dir: dir}
+	if noDedup {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("sim: control plane: %w", err)
+		}
+		st, err := controlplane.OpenSQLite(filepath.Join(dir, "controlplane.db"), controlplane.SQLiteOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("sim: control plane: %w", err)
+		}
+		c.store = st
+		cfg.Store = &noDedupStore{Store: st}
+	}
 	srv, err := controlplane.New(cfg)
 	if err != nil {
+		c.closeStore()
 		return nil, fmt.Errorf("sim: control plane: %w", err)
 	}
+	c.srv = srv
 	if err := srv.Start(); err != nil {
-		srv.Close()
+		c.close()
 		return nil, fmt.Errorf("sim: control plane: %w", err)
 	}
-	tok, err := srv.AdminToken()
-	if err != nil {
-		srv.Close()
+	if c.token, err = srv.AdminToken(); err != nil {
+		c.close()
 		return nil, fmt.Errorf("sim: %w", err)
 	}
-	c := &controlPlane{srv: srv, url: srv.URL(), caPath: srv.CAPath(), token: tok, caPEM: srv.CAPEM(), dir: dir}
+	c.url, c.caPath, c.caPEM = srv.URL(), srv.CAPath(), srv.CAPEM()
 	c.client, err = cpapi.NewClient(cpapi.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
 	if err != nil {
-		srv.Close()
+		c.close()
 		return nil, fmt.Errorf("sim: control plane client: %w", err)
 	}
 	return c, nil
 }
 
 func (c *controlPlane) close() {
-	c.client.CloseIdleConnections()
+	if c.client != nil {
+		c.client.CloseIdleConnections()
+	}
 	_ = c.srv.Close()
+	c.closeStore()
+}
+
+func (c *controlPlane) closeStore() {
+	if c.store != nil {
+		_ = c.store.Close()
+	}
 }
 
 // enrollmentTokens makes one single-use token per agent.

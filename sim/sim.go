@@ -100,6 +100,8 @@ type Options struct {
 	// record in replicated state; 0 keeps the agent's default (Serve uses
 	// 5s, so listings stay fresh).
 	DeviceRegistryInterval time.Duration
+
+	faults uplinkFaults // tests only (exactlyonce.go)
 }
 
 func (o *Options) setDefaults() error {
@@ -243,14 +245,18 @@ type DevicesReport struct {
 	StoredAtAgents int64 `json:"readings_stored_at_agents"`
 	DeadLetters    int64 `json:"dead_letters"`
 	// AtControlPlane is the readings the control plane holds for the
-	// fleet; Duplicates is how many more it holds than the agents stored
-	// (must be 0), Missing how many fewer (0 once uploads drained).
+	// fleet; Duplicates is how many it stored more than once (must be 0),
+	// Missing how many sent readings it lacks or holds with another value
+	// (0 once uploads drained); see Delivery.
 	AtControlPlane int64 `json:"readings_at_control_plane"`
 	Duplicates     int64 `json:"duplicates_at_control_plane"`
 	Missing        int64 `json:"missing_at_control_plane"`
 	// DrainSeconds is how long the uploads took to drain after the
 	// devices stopped.
 	DrainSeconds float64 `json:"drain_seconds"`
+	// Delivery is the exactly-once check, reading by reading (absent
+	// without the control plane).
+	Delivery *DeliveryReport `json:"delivery,omitempty"`
 }
 
 // OutageReport describes the control plane outage phase. Durations are
@@ -298,6 +304,8 @@ type Fleet struct {
 	outage    outage
 	occupancy []string // data files the devices replay
 	synthetic bool     // the devices send synthetic rooms' readings (no occupancy data)
+
+	loss answerLoss // lost upload answers (Options.faults)
 }
 
 // Collections the workload writes, with their types.
@@ -329,7 +337,8 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	}
 	var tokens []string
 	if !o.NoControlPlane {
-		cp, err := startControlPlane(cpDir(f.dir), f.clock, o.Heartbeat, o.AgentLogger.With("component", "controlplane"))
+		f.loss.every = o.faults.loseAnswerEvery
+		cp, err := startControlPlane(cpDir(f.dir), f.clock, o.Heartbeat, o.faults.noDedup, o.AgentLogger.With("component", "controlplane"))
 		if err != nil {
 			f.Close()
 			return nil, err
@@ -425,7 +434,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 			return f.part.Wrap(t, addr)
 		},
 		UplinkClock:         f.clock,
-		UplinkWrapTransport: f.outage.wrap,
+		UplinkWrapTransport: f.wrapUplink,
 	})
 	if err != nil {
 		return fmt.Errorf("sim: %s: %w", n.name, err)

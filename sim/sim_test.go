@@ -70,8 +70,8 @@ func TestRunConverges(t *testing.T) {
 	}
 	if d := rep.Devices; d == nil {
 		t.Fatal("no devices report")
-	} else if d.Synthetic != (sets == "") || d.Devices != 6*2 || d.StoredAtAgents == 0 || d.Duplicates != 0 || d.Missing != 0 || d.AtControlPlane != d.StoredAtAgents {
-		t.Fatalf("device telemetry not delivered exactly once: %+v", d)
+	} else if err := d.Delivery.Err(); err != nil || d.Synthetic != (sets == "") || d.Devices != 6*2 || d.StoredAtAgents == 0 || d.Duplicates != 0 || d.Missing != 0 || d.AtControlPlane != d.StoredAtAgents || d.Delivery.Sent != d.StoredAtAgents {
+		t.Fatalf("device telemetry not delivered exactly once: %v: %+v %+v", err, d, d.Delivery)
 	}
 	if !rep.Converged || rep.DistinctStateHashes != 1 {
 		t.Fatalf("not converged: %+v", rep)

@@ -230,10 +230,16 @@ func (f *Fleet) finishUplink(ctx context.Context, rep *Report) error {
 				} else {
 					d.Missing += stored - got
 				}
-				if got != stored {
+				// A batch stored but not yet acknowledged (its answer lost)
+				// is sent again: wait for that too.
+				pending, err := n.outboxPending(ctx)
+				if err != nil {
+					return err
+				}
+				if got != stored || pending != 0 {
 					equal = false
 					if time.Now().After(deadline) {
-						f.opts.Logger.Warn("control plane and agent disagree on the agent's readings", "agent", n.name, "stored", stored, "at_control_plane", got)
+						f.opts.Logger.Warn("control plane and agent disagree on the agent's readings", "agent", n.name, "stored", stored, "at_control_plane", got, "outbox_batches", pending)
 					}
 				}
 			}
@@ -246,6 +252,17 @@ func (f *Fleet) finishUplink(ctx context.Context, rep *Report) error {
 		}
 		if f.cp != nil {
 			d.DrainSeconds = round(time.Since(t0).Seconds())
+			// The counts above only tell when the uploads drained (the
+			// control plane holds one row per series and time, however
+			// often it stored it): compare reading by reading.
+			var err error
+			if d.Delivery, err = f.checkDelivery(ctx); err != nil {
+				return err
+			}
+			d.Duplicates, d.Missing = d.Delivery.StoredTwice, d.Delivery.Missing+d.Delivery.OtherValue
+			if err := d.Delivery.Err(); err != nil {
+				f.opts.Logger.Warn("device telemetry", "err", err)
+			}
 		}
 		rep.Devices = d
 		f.opts.Logger.Info("device telemetry", "messages", d.Messages, "stored", d.StoredAtAgents, "at_control_plane", d.AtControlPlane, "duplicates", d.Duplicates, "missing", d.Missing)

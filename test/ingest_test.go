@@ -229,29 +229,12 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 	srv, cp := cptest.Start(t, cpCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, map[string]string{"site": "test"}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokFile, []byte(toks[0].Token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	p := newProc(t, "edge-cp")
-	p.extra = []string{"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
+	p := newEnrolledProc(ctx, t, srv, cp, "edge-cp")
 	p.start()
 	broker := p.waitBroker()
 
 	start := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
-	batch := func(from, n int) []string {
-		var lines []string
-		for i := from; i < from+n; i++ {
-			ts := float64(start.UnixMilli()+int64(i)*10) / 1000
-			lines = append(lines, fmt.Sprintf(`{"ts":%.3f,"temp":%d,"hum":%d}`, ts, i, i%100))
-		}
-		return lines
-	}
+	batch := func(from, n int) []string { return telemetryLines(start, from, n) }
 	const first, second = 300, 200
 	publishLines(t, broker, "devices/d1/telemetry", batch(0, first/2))
 	publishLines(t, broker, "devices/d2/telemetry", batch(first/2, first/2))
@@ -325,6 +308,7 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 	})
 	p.kill9()
 	cpCfg.Listen = cpAddr
+	var err error
 	if srv, err = controlplane.New(cpCfg); err != nil {
 		t.Fatal(err)
 	}
@@ -357,4 +341,32 @@ func TestTelemetryReachesControlPlaneOnce(t *testing.T) {
 	if a.State != cpapi.StateOnline || a.Health == nil || a.Health.Status != "ok" || a.Resources == nil || a.Resources.DiskTotalBytes == 0 {
 		t.Fatalf("agent at the control plane: %+v health %+v resources %+v", a, a.Health, a.Resources)
 	}
+}
+
+// newEnrolledProc is an edge-agent process (not started yet) that
+// enrolls with the control plane srv with a single-use token made by cp.
+func newEnrolledProc(ctx context.Context, t *testing.T, srv *controlplane.Server, cp *cpapi.Client, name string) *proc {
+	t.Helper()
+	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, map[string]string{"site": "test"}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte(toks[0].Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := newProc(t, name)
+	p.extra = []string{"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
+	return p
+}
+
+// telemetryLines returns flat JSON messages i = from..from+n-1 of a
+// device: time start + i×10 ms, temp i, hum i%100.
+func telemetryLines(start time.Time, from, n int) []string {
+	var lines []string
+	for i := from; i < from+n; i++ {
+		ts := float64(start.UnixMilli()+int64(i)*10) / 1000
+		lines = append(lines, fmt.Sprintf(`{"ts":%.3f,"temp":%d,"hum":%d}`, ts, i, i%100))
+	}
+	return lines
 }

@@ -1,7 +1,7 @@
-// Package agentapi is a client of an edge-agent's local HTTP API (see
-// agent.Handler for the endpoints): wire types mirroring the agent's JSON
-// and a Client with one method per endpoint. It imports nothing of the
-// agent, so commands can use it without linking the agent in.
+// Package agentapi is the wire of an edge-agent's local HTTP API (see
+// package agent/localapi for the endpoints): the types the agent encodes
+// and a Client with one method per endpoint. It imports nothing but the
+// standard library, so commands can use it without linking the agent in.
 package agentapi
 
 import (
@@ -155,9 +155,7 @@ func (c *Client) raw(ctx context.Context, method, path string, query url.Values,
 	}
 	if resp.StatusCode != want {
 		e := &Error{Method: method, Path: path, URL: c.base, StatusCode: resp.StatusCode, Status: resp.Status}
-		var msg struct {
-			Error string `json:"error"`
-		}
+		var msg ErrorBody
 		if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err == nil && mt == "application/json" &&
 			json.Unmarshal(data, &msg) == nil && msg.Error != "" {
 			e.Message = msg.Error
@@ -263,9 +261,7 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 
 // Devices lists the fleet's device registry, sorted by id.
 func (c *Client) Devices(ctx context.Context) ([]DeviceRecord, error) {
-	var body struct {
-		Devices []DeviceRecord `json:"devices"`
-	}
+	var body DeviceList
 	if err := c.do(ctx, http.MethodGet, "/v1/devices", nil, nil, http.StatusOK, &body); err != nil {
 		return nil, err
 	}

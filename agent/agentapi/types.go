@@ -1,15 +1,22 @@
 package agentapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
 
-// The wire types below mirror the JSON the agent's local API answers
-// (package agent, api*.go). They are copies, not the server's Go types, so
-// a client need not import the agent; a test decodes every endpoint's
-// real answer into them with unknown fields disallowed, so the two cannot
-// drift apart unnoticed.
+// The wire types below are the JSON the agent's local API answers: the
+// server (package agent/localapi) encodes these very types, converting
+// the agent's domain types (device records, ingestion and uplink stats,
+// members) to them in one place (localapi/wire.go). This package stays
+// stdlib-only, so a client need not import the agent; a test decodes
+// every endpoint's real answer into them with unknown fields disallowed.
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
 
 // Health is the answer of GET /healthz.
 type Health struct {
@@ -20,6 +27,9 @@ type Health struct {
 type Ready struct {
 	Status  string `json:"status"`  // "ready"
 	Members int    `json:"members"` // members alive, itself included
+	// Degraded, when set, says what the agent lost while serving again
+	// (a database quarantined, see agent.Readiness).
+	Degraded string `json:"degraded,omitempty"`
 }
 
 // Collection is one collection of GET /v1/state.
@@ -38,14 +48,16 @@ const (
 )
 
 // Listing is the answer of GET /v1/state/{collection}; which of Entries,
-// Members, Counters and Registers is set depends on Type.
+// Members, Counters and Registers is set depends on Type. The one set is
+// never nil in an answer (an empty collection lists []), the others are
+// (and absent).
 type Listing struct {
 	Collection string     `json:"collection"`
 	Type       string     `json:"type"`
-	Entries    []Entry    `json:"entries,omitempty"`   // lww
-	Members    []string   `json:"members,omitempty"`   // orset
-	Counters   []Counter  `json:"counters,omitempty"`  // counter
-	Registers  []Register `json:"registers,omitempty"` // mvreg
+	Entries    []Entry    `json:"entries,omitzero"`   // lww
+	Members    []string   `json:"members,omitzero"`   // orset
+	Counters   []Counter  `json:"counters,omitzero"`  // counter
+	Registers  []Register `json:"registers,omitzero"` // mvreg
 }
 
 // Entry is one key of a last-writer-wins collection.
@@ -133,6 +145,11 @@ type DeviceRecord struct {
 	Updated    time.Time          `json:"updated"`
 }
 
+// DeviceList is the answer of GET /v1/devices.
+type DeviceList struct {
+	Devices []DeviceRecord `json:"devices"`
+}
+
 // CommandSent is the answer of POST /v1/devices/{id}/commands.
 type CommandSent struct {
 	Device string `json:"device"`
@@ -172,10 +189,30 @@ type IngestStatus struct {
 	Embedded   bool              `json:"embedded,omitempty"`
 	Topic      string            `json:"topic,omitempty"`
 	Subscribed bool              `json:"subscribed"`
-	Pressure   string            `json:"pressure"` // "", "store" or "outbox": why acknowledgements are held back
+	Pressure   string            `json:"pressure"` // why acknowledgements are held back: "", "store", "outbox", "disk_full" or "error"
 	Stats      *IngestStats      `json:"stats,omitempty"`
 	Store      *IngestStoreStats `json:"store,omitempty"`
 	StoreError string            `json:"store_error,omitempty"`
+}
+
+// MarshalJSON encodes a disabled ingestion as {"enabled":false}.
+func (s IngestStatus) MarshalJSON() ([]byte, error) {
+	if !s.Enabled {
+		return []byte(`{"enabled":false}`), nil
+	}
+	type plain IngestStatus
+	return marshalRaw(plain(s))
+}
+
+// marshalRaw encodes v as the agent does: without escaping <, > and &.
+func marshalRaw(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // IngestStats are the ingestor's counters.
@@ -189,6 +226,10 @@ type IngestStats struct {
 	Published    int64  `json:"published"`     // commands published and acknowledged by the broker
 	Copies       int64  `json:"inflight_copies"`
 	Backpressure string `json:"backpressure"`
+	// DiskFreeBytes is free on the ingestion database's file system (-1:
+	// unknown); below MinFreeBytes (-1: not enforced) ingestion holds back.
+	DiskFreeBytes int64 `json:"disk_free_bytes"`
+	MinFreeBytes  int64 `json:"min_free_bytes"`
 }
 
 // IngestStoreStats describe the ingestion database and its outbox.
@@ -233,12 +274,22 @@ type UplinkStatus struct {
 	UploadedBatches     int64             `json:"uploaded_batches"`
 	UploadedReadings    int64             `json:"uploaded_readings"`
 	DuplicateBatches    int64             `json:"duplicate_batches"`
+	ConflictBatches     int64             `json:"conflict_batches"` // refused as conflicts (409), kept in the outbox
 	SkippedReadings     int64             `json:"skipped_readings"`
 	SealTelemetry       bool              `json:"seal_telemetry"`
 	UploadsWaiting      string            `json:"uploads_waiting,omitempty"`
 	KeysSealed          bool              `json:"keys_sealed"`
 	KeyVersions         map[string]uint32 `json:"key_versions,omitempty"`
 	LastKeyFetch        time.Time         `json:"last_key_fetch"`
+}
+
+// MarshalJSON encodes a disabled uplink as {"enabled":false}.
+func (s UplinkStatus) MarshalJSON() ([]byte, error) {
+	if !s.Enabled {
+		return []byte(`{"enabled":false}`), nil
+	}
+	type plain UplinkStatus
+	return marshalRaw(plain(s))
 }
 
 // Status is the answer of GET /v1/status: the agent at a glance. The
@@ -263,6 +314,24 @@ type Status struct {
 type AgentHealth struct {
 	Status string            `json:"status"` // ok, degraded or failing
 	Checks map[string]string `json:"checks,omitempty"`
+	// Incidents are the databases found corrupt and quarantined since the
+	// agent started.
+	Incidents []DBIncident `json:"incidents,omitempty"`
+}
+
+// DBIncident is a database the agent found corrupt, quarantined (renamed,
+// kept) and replaced (the heartbeat's cpapi.DBIncident).
+type DBIncident struct {
+	DB               string    `json:"db"` // state or ingest
+	File             string    `json:"file"`
+	QuarantinedAs    string    `json:"quarantined_as"`
+	At               time.Time `json:"at"`
+	Reason           string    `json:"reason"`
+	SalvagedReadings int64     `json:"salvaged_readings,omitempty"`
+	LostReadings     int64     `json:"lost_readings,omitempty"` // -1: unknown
+	SalvagedOutbox   int64     `json:"salvaged_outbox_batches,omitempty"`
+	LostOutbox       int64     `json:"lost_outbox_batches,omitempty"`
+	Status           string    `json:"status"` // rebuilding, rebuilt or salvaged
 }
 
 // StatusMembers counts the members the agent knows by state, and lists

@@ -80,12 +80,14 @@
 // error and payload (the first MaxDeadLetterPayload bytes; the full size
 // is kept), and counted in edgefleet_ingest_dead_letters_total{reason}.
 // It is then acknowledged like any committed message, so bad input
-// never stalls the stream. A message that decodes but that the store
-// keeps refusing is dead-lettered too (reason store_error): after three
-// failed attempts a batch is committed message by message, so one such
-// message cannot hold back the others, while a failing disk (which
-// refuses everything) still holds ingestion back without losing
-// anything. Store.DeadLetters pages through them;
+// never stalls the stream. A failure of the storage itself (disk full,
+// I/O error, database locked or read-only: SQLite's FULL, IOERR, BUSY,
+// LOCKED, READONLY, CANTOPEN and the like) is never the message's fault:
+// the batch is retried whole, unacknowledged, under backpressure, until
+// a commit succeeds. A message that decodes but that the store keeps
+// refusing for another reason is dead-lettered (reason store_error):
+// after three failed attempts a batch is committed message by message,
+// so one such message cannot hold back the others. Store.DeadLetters pages through them;
 // Store.PurgeDeadLetters deletes them. Past MaxDeadLetters or
 // DeadLetterMaxAge the oldest are deleted and counted
 // (edgefleet_ingest_dead_letters_evicted_total): never silently.
@@ -150,7 +152,12 @@
 // from then on. The uplink sends them and acknowledges them
 // (Store.AckOutbox); a batch whose lease runs out is offered again, the
 // same, so delivery is at-least-once and the receiver de-duplicates by
-// (agent, sequence). The outbox is bounded by OutboxConfig.MaxBytes: past
+// (agent, epoch, sequence). The epoch is a random id made with the
+// database (Store.Epoch): a database made anew, whose sequence numbers
+// start again at 1, numbers its batches in a new epoch, so none of them
+// is taken for a batch of the database before. Rows of another database
+// can be imported with their epoch and numbers (Store.ImportOutbox, for
+// a salvage). The outbox is bounded by OutboxConfig.MaxBytes: past
 // it, raw rows never claimed whose readings all precede the current minute
 // are replaced, oldest first, by batches of per-minute rollups of their
 // numeric readings (their strings and data are carried over): raw
@@ -168,5 +175,10 @@
 // publishers. Nothing is dropped: every message received and not
 // acknowledged stays with the broker. Ingestion resumes below 90% of the
 // bound. A failing disk holds ingestion the same way while commits are
-// retried (reason "error").
+// retried: reason "disk_full" when SQLite reports the disk full, "error"
+// for other failures of the storage. Before the disk fills, ingestion
+// holds back while the store's file system has less than
+// Config.MinFreeBytes free (reason "disk_full", gauge
+// edgefleet_ingest_disk_free_bytes), and resumes once a tenth more is
+// free. Each change of state is logged once.
 package ingest

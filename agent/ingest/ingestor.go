@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/clock"
+	"github.com/edgefleet/edgefleet/internal/sqliteerr"
 )
 
 // Message is one received message. paho's mqtt.Message satisfies it.
@@ -134,6 +135,17 @@ type Config struct {
 	// PressureInterval is how often the store's state is re-checked
 	// while ingestion is held back. Default 200ms.
 	PressureInterval time.Duration
+	// MinFreeBytes is the space kept free on the file system holding the
+	// store. While less is free (to unprivileged users), the committer
+	// stops committing and acknowledging (backpressure reason
+	// "disk_full"): the broker keeps the backlog, and the database, its
+	// WAL and whatever else shares the file system keep room to work. It
+	// resumes once MinFreeBytes plus a tenth is free. The free space is
+	// read after every commit and every PressureInterval while held back.
+	// Default 32 MiB; -1 turns the check off (a disk that fills still
+	// holds ingestion back, through the failing commits, never dropping
+	// or dead-lettering a message).
+	MinFreeBytes int64
 	// Clock is the time source (receive times, relative SenML times) and
 	// drives RetentionInterval; it is also the store's clock. Nil means
 	// clock.Real(). BatchDelay, PressureInterval and the back-off between
@@ -149,6 +161,9 @@ type Config struct {
 	// Devices, if set, is told which devices were seen in each commit.
 	Devices DeviceObserver
 }
+
+// DefaultMinFreeBytes is the default of Config.MinFreeBytes: 32 MiB.
+const DefaultMinFreeBytes = 32 << 20
 
 func (c Config) withDefaults() (Config, error) {
 	var err error
@@ -177,6 +192,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PressureInterval == 0 {
 		c.PressureInterval = 200 * time.Millisecond
 	}
+	if c.MinFreeBytes == 0 {
+		c.MinFreeBytes = DefaultMinFreeBytes
+	}
 	m := &c.MQTT
 	if m.KeepAlive == 0 {
 		m.KeepAlive = 30 * time.Second
@@ -198,6 +216,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: RetentionInterval %s below 1s", ErrInvalidConfig, c.RetentionInterval)
 	case c.PressureInterval < time.Millisecond:
 		return c, fmt.Errorf("%w: PressureInterval %s below 1ms", ErrInvalidConfig, c.PressureInterval)
+	case c.MinFreeBytes < -1:
+		return c, fmt.Errorf("%w: MinFreeBytes %d: want -1 (off) or at least 0", ErrInvalidConfig, c.MinFreeBytes)
 	case m.KeepAlive < time.Second || m.ConnectTimeout < 10*time.Millisecond || m.MaxReconnectInterval < 10*time.Millisecond:
 		return c, fmt.Errorf("%w: MQTT KeepAlive %s (>= 1s), ConnectTimeout %s, MaxReconnectInterval %s (>= 10ms)",
 			ErrInvalidConfig, m.KeepAlive, m.ConnectTimeout, m.MaxReconnectInterval)
@@ -241,7 +261,12 @@ type Ingestor struct {
 
 	mqtt *subscriber
 
-	pressure  atomic.Value  // string: current backpressure reason, "" none
+	pressure  atomic.Value // string: current backpressure reason, "" none
+	failing   atomic.Value // string: pressureDisk or pressureError while commits fail, "" once one succeeds
+	dir       string       // the store's directory, for its free space
+	statfs    func(dir string) (int64, error)
+	diskHeld  bool          // committer: under MinFreeBytes (hysteresis)
+	statfsErr bool          // committer: a failing statfs was logged
 	retainNow chan struct{} // asks the maintenance goroutine for a retention pass
 	attached  atomic.Bool   // attached to Config.Embedded
 }
@@ -271,6 +296,8 @@ func New(cfg Config) (*Ingestor, error) {
 		done:      make(chan struct{}),
 	}
 	in.pressure.Store("")
+	in.failing.Store("")
+	in.statfs = freeBytes
 	in.store = cfg.Store
 	if in.store == nil {
 		sc := cfg.StoreConfig
@@ -282,6 +309,7 @@ func New(cfg Config) (*Ingestor, error) {
 		}
 		in.store, in.ownStore = st, true
 	}
+	in.dir = filepath.Dir(in.store.Path())
 	if cfg.MQTT.Broker != "" && cfg.Embedded == nil {
 		in.mqtt = newSubscriber(in)
 	}
@@ -646,32 +674,42 @@ func (in *Ingestor) abandon(batch []*envelope) {
 const splitAfter = 3
 
 // commitRetrying commits a batch, retrying with back-off while the
-// store fails; it gives up only when stopping. A failure that persists
-// could be caused by one message rather than by the disk: after
-// splitAfter failed attempts the messages are committed one by one, and
-// a message the store refuses on its own is dead-lettered (reason
-// store_error) so the others go through. Nothing is acknowledged before
-// its commit.
+// store fails; it gives up only when stopping. A failure that says the
+// storage cannot take writes (disk full, I/O error, locked, read-only:
+// sqliteerr.Unavailable) holds the batch whole, under backpressure
+// ("disk_full" or "error"), until a commit succeeds. Any other failure
+// that persists could be caused by one message rather than by the disk:
+// after splitAfter failed attempts the messages are committed one by
+// one, and a message the store refuses on its own is dead-lettered
+// (reason store_error) so the others go through. Nothing is
+// acknowledged before its commit.
 func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf []Reading) (commitResult, bool) {
 	backoff := 50 * time.Millisecond
+	split, unavailable := false, false
 	for attempt := 1; ; attempt++ {
+		// Once split, always split: some messages may be committed already.
+		split = split || (attempt > splitAfter && len(batch) > 1 && !unavailable)
 		var res commitResult
 		var err error
-		if attempt <= splitAfter || len(batch) == 1 {
-			res, err = in.store.commitInto(ctx, batch, buf)
-		} else {
+		if split {
 			res, err = in.commitEach(ctx, batch)
+		} else {
+			res, err = in.store.commitInto(ctx, batch, buf)
 		}
 		if err == nil {
-			in.m.pressureVec.WithLabelValues(pressureError).Set(0)
+			in.setFailing("", nil, len(batch), attempt)
 			return res, true
 		}
 		in.m.commitErrs.Add(1)
-		in.m.pressureVec.WithLabelValues(pressureError).Set(1)
-		in.log.Error("group commit failed; retrying, nothing acknowledged", "messages", len(batch), "attempt", attempt, "err", err)
 		if errors.Is(err, ErrClosed) {
 			return res, false
 		}
+		unavailable = sqliteerr.Unavailable(err)
+		reason := pressureError
+		if sqliteerr.Full(err) {
+			reason = pressureDisk
+		}
+		in.setFailing(reason, err, len(batch), attempt)
 		select {
 		case <-in.stopping:
 			return res, false
@@ -681,11 +719,43 @@ func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf [
 	}
 }
 
+// setFailing records whether commits fail, and why (reason "" after a
+// success): the backpressure gauges follow, and each change is logged
+// once; repeated failures log at debug level.
+func (in *Ingestor) setFailing(reason string, err error, messages, attempt int) {
+	old := in.failing.Swap(reason)
+	if old == reason {
+		if err != nil {
+			in.log.Debug("group commit failed again; retrying, nothing acknowledged", "reason", reason, "messages", messages, "attempt", attempt, "err", err)
+		}
+		return
+	}
+	in.setGauges()
+	if reason == "" {
+		in.log.Info("group commit succeeded: backpressure off", "after_attempts", attempt)
+		return
+	}
+	in.log.Error("group commit failed; retrying, nothing acknowledged: backpressure on", "reason", reason, "messages", messages, "attempt", attempt, "err", err)
+}
+
+// setGauges sets edgefleet_ingest_backpressure for every reason but
+// the queue's from the committer's state.
+func (in *Ingestor) setGauges() {
+	held, failing := in.pressure.Load().(string), in.failing.Load().(string)
+	for _, r := range []string{pressureStore, pressureOutbox, pressureError, pressureDisk} {
+		v := 0.0
+		if r == held || r == failing {
+			v = 1
+		}
+		in.m.pressureVec.WithLabelValues(r).Set(v)
+	}
+}
+
 // commitEach commits the batch's not yet committed messages one by one,
-// dead-lettering a message whose own commit fails. It returns an error
-// only when a dead letter cannot be committed either (the store itself
-// fails); messages committed so far stay marked and are not written
-// again.
+// dead-lettering a message whose own commit fails for a reason other
+// than the storage being unavailable. It returns an error when the
+// storage is unavailable or a dead letter cannot be committed either;
+// messages committed so far stay marked and are not written again.
 func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitResult, error) {
 	var total commitResult
 	add := func(r commitResult) {
@@ -706,7 +776,7 @@ func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitRe
 		one := []*envelope{e}
 		r, err := in.store.commit(ctx, one)
 		if err != nil {
-			if errors.Is(err, ErrClosed) {
+			if errors.Is(err, ErrClosed) || sqliteerr.Unavailable(err) {
 				return total, err
 			}
 			in.log.Error("message refused by the store; dead-lettering it", "topic", e.topic, "err", err)
@@ -722,27 +792,55 @@ func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitRe
 	return total, nil
 }
 
-// checkPressure re-evaluates the store's backpressure state.
+// checkPressure re-evaluates the backpressure state: the store's, then
+// the free disk space. It runs on the committer.
 func (in *Ingestor) checkPressure(ctx context.Context) string {
 	p, err := in.store.pressureCheck(ctx, false)
 	if err != nil {
 		in.log.Warn("evaluate backpressure", "err", err)
 	}
+	if p == "" {
+		p = in.diskPressure()
+	}
 	if old := in.pressure.Swap(p); old != p {
-		for _, r := range []string{pressureStore, pressureOutbox} {
-			v := 0.0
-			if r == p {
-				v = 1
-			}
-			in.m.pressureVec.WithLabelValues(r).Set(v)
-		}
+		in.setGauges()
 		if p != "" {
-			in.log.Warn("backpressure on: holding acknowledgements", "reason", p)
+			in.log.Warn("backpressure on: holding acknowledgements", "reason", p,
+				"free_bytes", in.m.diskFree.Load(), "min_free_bytes", in.cfg.MinFreeBytes)
 		} else {
-			in.log.Info("backpressure off")
+			in.log.Info("backpressure off", "free_bytes", in.m.diskFree.Load())
 		}
 	}
 	return p
+}
+
+// diskPressure reads the free space of the store's file system:
+// pressureDisk while it is under MinFreeBytes (and, once under, until
+// MinFreeBytes plus a tenth is free), else "". It runs on the committer.
+func (in *Ingestor) diskPressure() string {
+	if in.cfg.MinFreeBytes < 0 {
+		return ""
+	}
+	free, err := in.statfs(in.dir)
+	if err != nil {
+		if !in.statfsErr {
+			in.log.Warn("free disk space unknown: the min_free_bytes reserve is not enforced", "err", err)
+			in.statfsErr = true
+		}
+		in.diskHeld = false
+		return ""
+	}
+	in.statfsErr = false
+	in.m.diskFree.Store(free)
+	limit := in.cfg.MinFreeBytes
+	if in.diskHeld {
+		limit += limit / 10
+	}
+	in.diskHeld = free < limit
+	if in.diskHeld {
+		return pressureDisk
+	}
+	return ""
 }
 
 // waitPressure blocks while the store reports backpressure; false means
@@ -800,14 +898,29 @@ type Stats struct {
 	Connected    bool   `json:"connected"`       // MQTT session up
 	Published    int64  `json:"published"`       // messages published (Publish) and acknowledged by the broker
 	Copies       int64  `json:"inflight_copies"` // embedded broker: copies of a publish in flight on its connection, dropped
-	Backpressure string `json:"backpressure"`    // "", "store" or "outbox"
+	Backpressure string `json:"backpressure"`    // why acknowledgements are held back: "", "store", "outbox", "disk_full" or "error"
+	// DiskFreeBytes is what is free on the store's file system (-1 when
+	// unknown); ingestion holds back below MinFreeBytes.
+	DiskFreeBytes int64 `json:"disk_free_bytes"`
+	MinFreeBytes  int64 `json:"min_free_bytes"` // the reserve; -1: not enforced
 }
 
-// Stats returns the ingestor's counters.
+// Stats returns the ingestor's counters. A failing commit's reason
+// (disk_full, error) comes before the committer's other backpressure
+// reasons.
 func (in *Ingestor) Stats() Stats {
+	p := in.failing.Load().(string)
+	if p == "" {
+		p = in.pressure.Load().(string)
+	}
+	free, err := in.statfs(in.dir)
+	if err != nil {
+		free = -1
+	}
 	return Stats{
 		Received: in.m.received.Load(), Acked: in.m.acked.Load(), Pending: in.m.pending.Load(),
 		Commits: in.m.commits.Load(), CommitErrors: in.m.commitErrs.Load(),
-		Connected: in.m.connected.Load() == 1, Published: in.m.published.Load(), Copies: in.m.copies.Load(), Backpressure: in.pressure.Load().(string),
+		Connected: in.m.connected.Load() == 1, Published: in.m.published.Load(), Copies: in.m.copies.Load(), Backpressure: p,
+		DiskFreeBytes: free, MinFreeBytes: in.cfg.MinFreeBytes,
 	}
 }

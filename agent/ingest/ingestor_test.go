@@ -71,6 +71,16 @@ func (r *recorder) count() (msgs, readings int) {
 	return r.messages, r.readings
 }
 
+// allAcked reports whether every message was acknowledged once.
+func allAcked(ms []*fakeMsg) bool {
+	for _, m := range ms {
+		if m.acked.Load() != 1 {
+			return false
+		}
+	}
+	return true
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -355,14 +365,7 @@ func TestIngestorPoisonMessage(t *testing.T) {
 		msgs = append(msgs, m)
 		in.Handle(m)
 	}
-	waitFor(t, "acknowledgements", func() bool {
-		for _, m := range msgs {
-			if m.acked.Load() != 1 {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, "acknowledgements", func() bool { return allAcked(msgs) })
 	s, _ := st.Stats(context.Background())
 	page, _ := st.DeadLetters(context.Background(), DeadLetterQuery{})
 	if s.Readings != 9 || s.DeadLetters != 1 || len(page.Items) != 1 || page.Items[0].Reason != ReasonStore || in.Stats().CommitErrors < splitAfter {

@@ -105,6 +105,7 @@ type ingestMetrics struct {
 	connected   atomic.Int64
 	published   atomic.Int64
 	copies      atomic.Int64
+	diskFree    atomic.Int64 // bytes free on the store's file system at the last check
 	pressureVec *prometheus.GaugeVec
 	commitSecs  prometheus.Histogram
 	batchSize   prometheus.Histogram
@@ -112,19 +113,20 @@ type ingestMetrics struct {
 
 // backpressure reasons: the gauge edgefleet_ingest_backpressure{reason}.
 const (
-	pressureStore  = "store"  // database above its high-water mark
-	pressureOutbox = "outbox" // outbox full and nothing evictable
-	pressureQueue  = "queue"  // in-memory queue of received messages full
-	pressureError  = "error"  // commits failing (disk), retrying
+	pressureStore  = "store"     // database above its high-water mark
+	pressureOutbox = "outbox"    // outbox full and nothing evictable
+	pressureQueue  = "queue"     // in-memory queue of received messages full
+	pressureError  = "error"     // commits failing (disk I/O error, locked, read-only), retrying
+	pressureDisk   = "disk_full" // file system under Config.MinFreeBytes free, or commits failing because it is full
 )
 
-var pressureReasons = []string{pressureStore, pressureOutbox, pressureQueue, pressureError}
+var pressureReasons = []string{pressureStore, pressureOutbox, pressureQueue, pressureError, pressureDisk}
 
 func newIngestMetrics(reg *prometheus.Registry) (*ingestMetrics, error) {
 	m := &ingestMetrics{
 		pressureVec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgefleet_ingest_backpressure",
-			Help: "1 while ingestion holds back acknowledgements (and reading from the broker), by reason: store, outbox, queue, error.",
+			Help: "1 while ingestion holds back acknowledgements (and reading from the broker), by reason: store, outbox, queue, error, disk_full.",
 		}, []string{"reason"}),
 		commitSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "edgefleet_ingest_commit_seconds",
@@ -161,6 +163,7 @@ func newIngestMetrics(reg *prometheus.Registry) (*ingestMetrics, error) {
 		cf("edgefleet_ingest_messages_inflight_copies_total", "Embedded broker: QoS 1 publishes dropped as copies of one still in flight on the same connection (same packet id, not yet acknowledged).", &m.copies),
 		gf("edgefleet_ingest_pending_messages", "Messages received and not yet acknowledged.", &m.pending),
 		gf("edgefleet_ingest_mqtt_connected", "1 while connected to the MQTT broker.", &m.connected),
+		gf("edgefleet_ingest_disk_free_bytes", "Bytes free (to unprivileged users) on the ingestion database's file system at the last check.", &m.diskFree),
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

@@ -10,13 +10,23 @@ import (
 
 // OutboxBatch is what ClaimOutbox hands out: the readings of one or
 // more consecutive group commits (BatchReadings), or rollups that
-// replaced evicted readings (BatchRollups). Seq names it: the sequence
-// number of its first outbox row, fixed when it is first claimed, with
-// the same rows every time it is claimed again. Row sequence numbers
-// increase with every row ever written and are never reused, so the
-// receiver de-duplicates by (agent, Seq).
+// replaced evicted readings (BatchRollups). Seq names it in this store
+// (AckOutbox, ReleaseOutbox): the sequence number of its first outbox
+// row, fixed when it is first claimed, with the same rows every time it
+// is claimed again. Row sequence numbers increase with every row ever
+// written and are never reused.
+//
+// (Epoch, EpochSeq) is its identity for the receiver, which
+// de-duplicates by (agent, Epoch, EpochSeq): Epoch names the database
+// that numbered its rows, EpochSeq is its first row's sequence number
+// there. For the rows this database wrote, Epoch is Store.Epoch and
+// EpochSeq is Seq; rows imported from another database (ImportOutbox)
+// keep that database's epoch and numbers. A batch holds rows of one
+// epoch.
 type OutboxBatch struct {
 	Seq      int64
+	Epoch    string
+	EpochSeq int64
 	Kind     BatchKind
 	Created  time.Time // when its first row was written
 	Count    int       // readings the batch stands for (raw, plus those summarized by its rollups)
@@ -102,26 +112,26 @@ func claimableGroups(ctx context.Context, tx *sql.Tx, now int64, max int) ([]int
 // and returns the new groups (named by their first row's seq).
 func (s *Store) formGroups(ctx context.Context, tx *sql.Tx, now int64, max int) ([]int64, error) {
 	limit := s.cfg.Outbox.GroupReadings
-	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, readings FROM outbox WHERE grp = 0 ORDER BY seq LIMIT ?`, max*limit)
+	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, readings, epoch FROM outbox WHERE grp = 0 ORDER BY seq LIMIT ?`, max*limit)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: read outbox: %w", err)
 	}
-	type group struct{ first, last, kind, readings int64 }
+	type group struct{ first, last, kind, readings, epoch int64 }
 	var gs []group
 	for rows.Next() {
-		var seq, kind, n int64
-		if err := rows.Scan(&seq, &kind, &n); err != nil {
+		var seq, kind, n, epoch int64
+		if err := rows.Scan(&seq, &kind, &n, &epoch); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("ingest: read outbox: %w", err)
 		}
-		if k := len(gs); k > 0 && gs[k-1].kind == kind && gs[k-1].readings+n <= int64(limit) {
+		if k := len(gs); k > 0 && gs[k-1].kind == kind && gs[k-1].epoch == epoch && gs[k-1].readings+n <= int64(limit) {
 			gs[k-1].last, gs[k-1].readings = seq, gs[k-1].readings+n
 			continue
 		}
 		if len(gs) == max {
 			break
 		}
-		gs = append(gs, group{first: seq, last: seq, kind: kind, readings: n})
+		gs = append(gs, group{first: seq, last: seq, kind: kind, readings: n, epoch: epoch})
 	}
 	if err := rows.Err(); err != nil {
 		rows.Close()
@@ -152,16 +162,31 @@ func loadGroup(ctx context.Context, tx *sql.Tx, g int64) (OutboxBatch, error) {
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(readings), 0) FROM outbox WHERE grp = ?`, g).Scan(&total); err != nil {
 		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, kind, created, readings, payload FROM outbox WHERE grp = ? ORDER BY seq`, g)
+	rows, err := tx.QueryContext(ctx, `SELECT o.seq, o.kind, o.created, o.readings, o.payload, o.eseq, e.id, e.epoch
+		FROM outbox o LEFT JOIN epochs e ON e.id = o.epoch WHERE o.grp = ? ORDER BY o.seq`, g)
 	if err != nil {
 		return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
 	}
 	defer rows.Close()
+	var epochID sql.NullInt64
 	for rows.Next() {
-		var seq, kind, created, count int64
+		var seq, kind, created, count, eseq int64
+		var eid sql.NullInt64
+		var epoch sql.NullString
 		var payload []byte
-		if err := rows.Scan(&seq, &kind, &created, &count, &payload); err != nil {
+		if err := rows.Scan(&seq, &kind, &created, &count, &payload, &eseq, &eid, &epoch); err != nil {
 			return b, fmt.Errorf("ingest: read outbox batch %d: %w", g, err)
+		}
+		switch {
+		case !eid.Valid:
+			return b, fmt.Errorf("%w: outbox row %d names an unknown epoch", ErrCorrupt, seq)
+		case b.Rows == 0:
+			epochID, b.Epoch, b.EpochSeq = eid, epoch.String, seq
+			if eseq != 0 {
+				b.EpochSeq = eseq
+			}
+		case eid != epochID:
+			return b, fmt.Errorf("%w: outbox batch %d mixes epochs", ErrCorrupt, g)
 		}
 		if b.Rows == 0 && BatchKind(kind) == BatchReadings && total > 0 && total <= maxOutboxGroupPresize {
 			b.Readings = make([]Reading, 0, total)

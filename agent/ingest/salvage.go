@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
+	"time"
 )
 
 // SalvageReport counts what Salvage copied from a damaged ingestion
@@ -97,7 +99,6 @@ func Salvage(ctx context.Context, cfg StoreConfig, from string) (SalvageReport, 
 		{name: "devices", key: "id", dense: true},
 		{name: "series", key: "id", dense: true},
 		{name: "dead_letters", key: "id", dense: true},
-		{name: "outbox", key: "seq", dense: true},
 		{name: "recent_messages", key: "seq", dense: true},
 	} {
 		var keys []int64
@@ -113,6 +114,10 @@ func Salvage(ctx context.Context, cfg StoreConfig, from string) (SalvageReport, 
 			seriesIDs = keys
 		}
 		rep.Tables[t.name] = c
+	}
+	outbox, oc, err := sv.readOutbox()
+	if err != nil {
+		return rep, err
 	}
 	for _, t := range []salvageTable{
 		{name: "readings", parts: []string{"series"}, key: "ts"},
@@ -142,8 +147,6 @@ func Salvage(ctx context.Context, cfg StoreConfig, from string) (SalvageReport, 
 		rep.Tables[t.name] = total
 	}
 	rep.Readings = rep.Tables["readings"].Copied + rep.Tables["text_readings"].Copied
-	rep.OutboxBatches = rep.Tables["outbox"].Copied
-	rep.OutboxLost = rep.Tables["outbox"].LostEstimate
 	held, err := sv.copyMeta(rep.Tables["readings"].Copied, rep.Tables["text_readings"].Copied)
 	if err != nil {
 		return rep, err
@@ -154,7 +157,129 @@ func Salvage(ctx context.Context, cfg StoreConfig, from string) (SalvageReport, 
 	if err := dst.Close(); err != nil {
 		return rep, fmt.Errorf("ingest: salvage: close %s: %w", cfg.Path, err)
 	}
+	// The outbox goes in through ImportOutbox: each row keeps its
+	// identity (epoch, seq) and its batch, and the new database numbers
+	// its own rows in a new epoch.
+	if len(outbox) > 0 {
+		st, err := OpenStore(cfg)
+		if err != nil {
+			return rep, err
+		}
+		err = st.ImportOutbox(ctx, outbox)
+		if cerr := st.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return rep, fmt.Errorf("ingest: salvage: %w", err)
+		}
+		oc.Copied = int64(len(outbox))
+	}
+	rep.Tables["outbox"] = oc
+	rep.OutboxBatches, rep.OutboxLost = oc.Copied, oc.LostEstimate
 	return rep, nil
+}
+
+// readOutbox reads the outbox rows that still read, with the epochs
+// that number them, as ImportOutbox takes them. Rows whose epoch or
+// payload cannot be read are counted lost. A database from before epochs
+// (schema 3) gets a new epoch for its rows, as its migration would have.
+func (sv *salvager) readOutbox() ([]OutboxRow, SalvageCount, error) {
+	names := map[int64]string{}
+	var ec SalvageCount
+	if cols, err := sv.srcColumns("epochs"); err == nil && len(cols) > 0 {
+		c, err := sv.scanTable(salvageTable{name: "epochs", key: "id", dense: true}, []string{"id", "epoch"}, nil,
+			func(rows [][]any) (int64, error) {
+				for _, r := range rows {
+					if name, ok := r[1].(string); ok && validEpoch(name) {
+						names[r[0].(int64)] = name
+					}
+				}
+				return int64(len(rows)), nil
+			})
+		if err != nil {
+			return nil, ec, err
+		}
+		ec = c
+	} else {
+		e, err := newEpoch()
+		if err != nil {
+			return nil, ec, fmt.Errorf("ingest: salvage: %w", err)
+		}
+		names[1] = e
+	}
+	have, err := sv.srcColumns("outbox")
+	if err != nil || len(have) == 0 {
+		return nil, SalvageCount{Unreadable: 1}, nil
+	}
+	cols := []string{"seq", "created", "payload", "grp", "epoch", "eseq"}
+	for i, c := range cols {
+		if !have[c] {
+			cols[i] = "0" // a column of a later schema: its default
+		}
+	}
+	type raw struct {
+		seq, created, grp, epoch, eseq int64
+		payload                        []byte
+	}
+	var rows []raw
+	oc, err := sv.scanTable(salvageTable{name: "outbox", key: "seq", dense: true}, cols, nil, func(got [][]any) (int64, error) {
+		for _, r := range got {
+			var x raw
+			var ok [5]bool
+			x.seq, ok[0] = r[0].(int64)
+			x.created, ok[1] = r[1].(int64)
+			x.payload, ok[2] = r[2].([]byte)
+			x.grp, ok[3] = r[3].(int64)
+			x.epoch, ok[4] = r[4].(int64)
+			x.eseq, _ = r[5].(int64)
+			if ok != [5]bool{true, true, true, true, true} {
+				continue
+			}
+			if !have["epoch"] {
+				x.epoch = 1
+			}
+			rows = append(rows, x)
+		}
+		return int64(len(got)), nil
+	})
+	if err != nil {
+		return nil, oc, err
+	}
+	oc.Unreadable += ec.Unreadable
+	// A row's identity is its eseq in its epoch (its own seq for this
+	// database's rows, epoch 1); a group is named by its first row.
+	ident := func(x raw) int64 {
+		if x.eseq != 0 {
+			return x.eseq
+		}
+		return x.seq
+	}
+	bySeq := make(map[int64]raw, len(rows))
+	for _, x := range rows {
+		bySeq[x.seq] = x
+	}
+	out := make([]OutboxRow, 0, len(rows))
+	for _, x := range rows {
+		name, ok := names[x.epoch]
+		if !ok {
+			oc.LostEstimate++ // its epoch's row is lost: no identity
+			continue
+		}
+		if _, _, _, err := DecodeOutboxBatch(x.payload); err != nil {
+			oc.LostEstimate++
+			continue
+		}
+		r := OutboxRow{Epoch: name, Seq: ident(x), Created: time.UnixMicro(x.created), Payload: x.payload}
+		if x.grp != 0 {
+			if first, ok := bySeq[x.grp]; ok {
+				r.Group = ident(first)
+			} else {
+				r.Group = r.Seq // its group's first row is lost: it forms a batch of its own
+			}
+		}
+		out = append(out, r)
+	}
+	return out, oc, nil
 }
 
 type salvager struct {
@@ -200,16 +325,53 @@ func (sv *salvager) columns(table string) ([]string, error) {
 	return cols, nil
 }
 
-// copyTable copies the rows of t in partition part (values of t.parts).
-// A table whose schema cannot be read counts as one unreadable range.
-// seen is called with each copied row's key.
+// srcColumns returns the set of columns of table in the damaged database.
+func (sv *salvager) srcColumns(table string) (map[string]bool, error) {
+	rows, err := sv.src.QueryContext(sv.ctx, `SELECT name FROM pragma_table_info(?)`, table)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	set := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		set[n] = true
+	}
+	return set, rows.Err()
+}
+
+// copyTable copies the rows of t in partition part (values of t.parts)
+// into the new database, with the columns both databases hold. A table
+// whose schema cannot be read counts as one unreadable range. seen is
+// called with each copied row's key.
 func (sv *salvager) copyTable(t salvageTable, part []any, seen func(int64)) (SalvageCount, error) {
-	var c SalvageCount
 	cols, err := sv.columns(t.name)
 	if err != nil || len(cols) == 0 {
-		c.Unreadable++
-		return c, nil
+		return SalvageCount{Unreadable: 1}, nil
 	}
+	keyAt := slices.Index(cols, t.key)
+	ins := fmt.Sprintf(`INSERT OR IGNORE INTO %s (%s) VALUES (%s)`,
+		t.name, strings.Join(cols, ", "), strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", "))
+	return sv.scanTable(t, cols, part, func(rows [][]any) (int64, error) {
+		n, err := sv.write(ins, rows)
+		if err == nil && seen != nil && keyAt >= 0 {
+			for _, r := range rows {
+				seen(r[keyAt].(int64))
+			}
+		}
+		return n, err
+	})
+}
+
+// scanTable reads the rows of t in partition part, columns cols (which
+// hold t.key), in key order and batches, going on past unreadable key
+// ranges, and hands each batch to put, which returns how many rows it
+// kept (the rest count as lost).
+func (sv *salvager) scanTable(t salvageTable, cols []string, part []any, put func([][]any) (int64, error)) (SalvageCount, error) {
+	var c SalvageCount
 	keyAt := -1
 	for i, col := range cols {
 		if col == t.key {
@@ -226,8 +388,6 @@ func (sv *salvager) copyTable(t salvageTable, part []any, seen func(int64)) (Sal
 	where = append(where, t.key+" >= ?")
 	sel := fmt.Sprintf(`SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT ?`,
 		strings.Join(cols, ", "), t.name, strings.Join(where, " AND "), t.key)
-	ins := fmt.Sprintf(`INSERT OR IGNORE INTO %s (%s) VALUES (%s)`,
-		t.name, strings.Join(cols, ", "), strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", "))
 
 	// read returns the rows from key lo on (at most n), and the error
 	// that ended the read early, if any.
@@ -269,17 +429,12 @@ func (sv *salvager) copyTable(t salvageTable, part []any, seen func(int64)) (Sal
 		}
 		got, rerr := read(lo, salvageBatch)
 		if len(got) > 0 {
-			n, err := sv.write(ins, got)
+			n, err := put(got)
 			if err != nil {
 				return c, err
 			}
 			c.Copied += n
 			c.LostEstimate += int64(len(got)) - n
-			for _, r := range got {
-				if seen != nil {
-					seen(r[keyAt].(int64))
-				}
-			}
 			lastKey, haveLast = got[len(got)-1][keyAt].(int64), true
 		}
 		if rerr == nil && len(got) < salvageBatch {

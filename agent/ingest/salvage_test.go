@@ -13,27 +13,31 @@ import (
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
-// outboxRows reads the outbox's seq -> payload of the database at path.
-func outboxRows(t *testing.T, path string) map[int64]string {
+// outboxFileRows reads the outbox of the database at path: each row's
+// identity ("epoch/seq": its seq in the epoch that numbered it) and its
+// payload.
+func outboxFileRows(t *testing.T, path string) map[string]string {
 	t.Helper()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query(`SELECT seq, payload FROM outbox`)
+	rows, err := db.Query(`SELECT e.epoch, CASE WHEN o.eseq != 0 THEN o.eseq ELSE o.seq END, o.payload
+		FROM outbox o JOIN epochs e ON e.id = o.epoch`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	out := map[int64]string{}
+	out := map[string]string{}
 	for rows.Next() {
+		var epoch string
 		var seq int64
 		var p []byte
-		if err := rows.Scan(&seq, &p); err != nil {
+		if err := rows.Scan(&epoch, &seq, &p); err != nil {
 			t.Fatal(err)
 		}
-		out[seq] = string(p)
+		out[fmt.Sprintf("%s/%d", epoch, seq)] = string(p)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
@@ -44,7 +48,7 @@ func outboxRows(t *testing.T, path string) map[int64]string {
 // filledStore writes three devices' readings (and their outbox batches)
 // to a closed ingestion database of a few MiB and returns its path and
 // how many readings and outbox rows it holds.
-func filledStore(t *testing.T) (string, int64, map[int64]string) {
+func filledStore(t *testing.T) (string, int64, map[string]string) {
 	t.Helper()
 	clk := newFakeClock()
 	path := filepath.Join(t.TempDir(), StoreFile)
@@ -60,7 +64,7 @@ func filledStore(t *testing.T) (string, int64, map[int64]string) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return path, st.Readings + st.TextReadings, outboxRows(t, path)
+	return path, st.Readings + st.TextReadings, outboxFileRows(t, path)
 }
 
 func TestSalvageHealthyCopiesEverything(t *testing.T) {
@@ -73,24 +77,35 @@ func TestSalvageHealthyCopiesEverything(t *testing.T) {
 	if rep.Readings != held || rep.ReadingsLost != 0 || rep.OutboxBatches != int64(len(outbox)) || rep.OutboxLost != 0 {
 		t.Fatalf("report %+v; held %d readings, %d outbox rows", rep, held, len(outbox))
 	}
-	got := outboxRows(t, dst)
-	for seq, p := range outbox {
-		if got[seq] != p {
-			t.Fatalf("outbox row %d not copied as it was", seq)
+	got := outboxFileRows(t, dst)
+	for id, p := range outbox {
+		if got[id] != p {
+			t.Fatalf("outbox row %s not copied as it was", id)
 		}
 	}
 	s := openTestStore(t, StoreConfig{Path: dst})
 	if st := stats(t, s); st.Readings != held || st.Devices != 3 || st.OutboxPendingBatches != int64(len(outbox)) {
 		t.Fatalf("salvaged store: %+v", st)
 	}
+	// The batches are offered under their old identity; the new
+	// database's own rows will be numbered in a new epoch.
+	batches, err := s.ClaimOutbox(context.Background(), 1000, time.Minute)
+	if err != nil || len(batches) == 0 {
+		t.Fatalf("claim: %d batches, %v", len(batches), err)
+	}
+	for _, b := range batches {
+		if _, ok := outbox[fmt.Sprintf("%s/%d", b.Epoch, b.EpochSeq)]; !ok || b.Epoch == s.Epoch() {
+			t.Fatalf("batch offered as %s/%d, not under its old identity", b.Epoch, b.EpochSeq)
+		}
+	}
 }
 
-// TestSalvageCorruptKeepsWhatReads: 4 KiB overwritten in the middle of
-// an ingestion database; Salvage copies the rows that still read, counts
+// TestSalvageCorruptKeepsWhatReads: a 4 KiB page in the middle of an
+// ingestion database's readings overwritten; Salvage copies the rows that still read, counts
 // the lost ones, and the new database is sound and opens as a store.
 func TestSalvageCorruptKeepsWhatReads(t *testing.T) {
 	path, held, outbox := filledStore(t)
-	testutil.CorruptMiddle(t, path)
+	testutil.CorruptTablePage(t, path, "readings")
 	if err := sqlitecheck.Check(context.Background(), path); !sqlitecheck.IsCorrupt(err) {
 		t.Fatalf("quick_check of the damaged file: %v", err)
 	}
@@ -120,10 +135,10 @@ func TestSalvageCorruptKeepsWhatReads(t *testing.T) {
 	if err := sqlitecheck.Check(context.Background(), dst); err != nil {
 		t.Fatalf("salvaged database: %v", err)
 	}
-	got := outboxRows(t, dst)
-	for seq, p := range got {
-		if outbox[seq] != p {
-			t.Fatalf("outbox row %d changed identity or content", seq)
+	got := outboxFileRows(t, dst)
+	for id, p := range got {
+		if outbox[id] != p {
+			t.Fatalf("outbox row %s changed identity or content", id)
 		}
 	}
 	if int64(len(got)) != rep.OutboxBatches {
@@ -167,13 +182,13 @@ func TestStoreNotesDamage(t *testing.T) {
 	if s.Damaged() != nil {
 		t.Fatalf("healthy store damaged: %v", s.Damaged())
 	}
-	testutil.CorruptMiddle(t, path)
+	testutil.CorruptTablePage(t, path, "readings")
 	var err error
 	for i := 0; i < 50 && err == nil; i++ {
 		var envs []*envelope
 		for _, dev := range []string{"d1", "d2", "d3"} {
 			// Readings inside each series' time range touch its pages.
-			ts := testNow.Add(-2*time.Hour + time.Duration(i)*71*time.Second + 50*time.Millisecond)
+			ts := testNow.Add(-2*time.Hour + time.Duration(i)*23*time.Second + 50*time.Millisecond)
 			envs = append(envs, env(t, clk, "devices/"+dev+"/telemetry", fmt.Sprintf(`{"v":1,"ts":%.6f}`, float64(ts.UnixMicro())/1e6)))
 		}
 		_, err = s.commit(context.Background(), envs)

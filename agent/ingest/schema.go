@@ -1,9 +1,10 @@
 package ingest
 
 // schemaVersion is the version of the tables below, recorded in meta.
-// Version 2 dropped recent_messages.epoch, version 3 added outbox.grp
+// Version 2 dropped recent_messages.epoch, version 3 added outbox.grp,
+// version 4 the epochs table and outbox.epoch and outbox.eseq
 // (migrations below).
-const schemaVersion = 3
+const schemaVersion = 4
 
 // migrations[v] brings a version v store to version v+1, in the
 // transaction that opens it.
@@ -13,6 +14,10 @@ var migrations = map[int64][]string{
 	// own seq: they stay groups of one.
 	2: {`ALTER TABLE outbox ADD COLUMN grp INTEGER NOT NULL DEFAULT 0`,
 		`UPDATE outbox SET grp = seq`},
+	// Rows written before epochs are the database's own: its epoch (made
+	// at this migration, see Store.init) numbers them by their seq.
+	3: {`ALTER TABLE outbox ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1`,
+		`ALTER TABLE outbox ADD COLUMN eseq INTEGER NOT NULL DEFAULT 0`},
 }
 
 // indexes are created after the migrations (they may use columns a
@@ -36,6 +41,16 @@ var indexes = []string{
 // the package documentation).
 // outbox holds the uplink's batches; AUTOINCREMENT keeps sequence
 // numbers unique forever, even after acknowledged batches are deleted.
+//
+// epochs names the databases whose sequence numbers outbox rows carry.
+// Row 1 is this database's own epoch, a random id made when the database
+// was created (or migrated to schema 4): the control plane knows a batch
+// by (agent, epoch, seq), so a database made anew (lost, deleted) never
+// reuses the identity of a batch of the one before, though its seqs start
+// again at 1. An outbox row's epoch column points into epochs (1 for the
+// rows this database wrote); eseq is the row's seq in the database of its
+// epoch, kept for rows imported from another database (ImportOutbox), 0
+// for this database's own rows, whose seq it is.
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS meta (
 		key   TEXT PRIMARY KEY,
@@ -108,7 +123,13 @@ var schema = []string{
 		bytes         INTEGER NOT NULL,
 		claimed_until INTEGER NOT NULL DEFAULT 0,
 		payload       BLOB NOT NULL,
-		grp           INTEGER NOT NULL DEFAULT 0
+		grp           INTEGER NOT NULL DEFAULT 0,
+		epoch         INTEGER NOT NULL DEFAULT 1,
+		eseq          INTEGER NOT NULL DEFAULT 0
+	)`,
+	`CREATE TABLE IF NOT EXISTS epochs (
+		id    INTEGER PRIMARY KEY,
+		epoch TEXT NOT NULL UNIQUE
 	)`,
 }
 

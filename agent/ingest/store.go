@@ -194,10 +194,11 @@ func (c StoreConfig) withDefaults() (StoreConfig, error) {
 // Writes are serialized inside the store; reads run concurrently. Its
 // methods are safe for concurrent use.
 type Store struct {
-	cfg StoreConfig
-	db  *sql.DB
-	log *slog.Logger
-	m   *storeMetrics
+	cfg   StoreConfig
+	db    *sql.DB
+	log   *slog.Logger
+	m     *storeMetrics
+	epoch string // this database's epoch (epochs row 1)
 
 	wmu    sync.Mutex // serializes writes; guards everything below
 	wconn  *sql.Conn  // the one connection writes use
@@ -369,6 +370,14 @@ func (s *Store) init() error {
 				return fmt.Errorf("create index: %w", err)
 			}
 		}
+		// A new database, or one from before epochs, gets its epoch now.
+		epoch, err := newEpoch()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO epochs (id, epoch) VALUES (1, ?)`, epoch); err != nil {
+			return fmt.Errorf("record epoch: %w", err)
+		}
 		for _, k := range metaKeys {
 			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)`, k); err != nil {
 				return err
@@ -381,6 +390,10 @@ func (s *Store) init() error {
 			return err
 		}
 		return fmt.Errorf("ingest: init %s: %w", s.cfg.Path, err)
+	}
+	if err := conn.QueryRowContext(ctx, `SELECT epoch FROM epochs WHERE id = 1`).Scan(&s.epoch); err != nil {
+		conn.Close()
+		return fmt.Errorf("ingest: read epoch of %s: %w", s.cfg.Path, err)
 	}
 	rows, err := conn.QueryContext(ctx, `SELECT key, value FROM meta`)
 	if err != nil {

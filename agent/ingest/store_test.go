@@ -419,6 +419,9 @@ func TestOutboxMigratesToGroups(t *testing.T) {
 	execSQL(t, path,
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
+		`ALTER TABLE outbox DROP COLUMN epoch`,
+		`ALTER TABLE outbox DROP COLUMN eseq`,
+		`DROP TABLE epochs`,
 		`UPDATE meta SET value = 2 WHERE key = '`+metaSchema+`'`)
 	s = openTestStore(t, StoreConfig{Path: path, Clock: clk})
 	bs, err := s.ClaimOutbox(context.Background(), 10, time.Minute)
@@ -644,6 +647,9 @@ func TestStoreMigratesSchema1(t *testing.T) {
 		`ALTER TABLE recent_messages ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0`,
 		`DROP INDEX outbox_grp`,
 		`ALTER TABLE outbox DROP COLUMN grp`,
+		`ALTER TABLE outbox DROP COLUMN epoch`,
+		`ALTER TABLE outbox DROP COLUMN eseq`,
+		`DROP TABLE epochs`,
 		`UPDATE meta SET value = 1 WHERE key = '`+metaSchema+`'`)
 	s = openTestStore(t, StoreConfig{Path: path, Clock: clk})
 	clk.Advance(time.Second)

@@ -346,6 +346,9 @@ func (c *Cluster) SendTo(name, addr string, msg []byte) error {
 // SetVV records the version vector a member reported (Table.SetVV).
 func (c *Cluster) SetVV(name string, vv crdt.VersionVector) { c.table.SetVV(name, vv) }
 
+// SetClock records a member's clock reading (Table.SetClock).
+func (c *Cluster) SetClock(name string, at time.Time, sane bool) { c.table.SetClock(name, at, sane) }
+
 // ReportedVV returns the version vector a member last reported and when
 // (Table.ReportedVV).
 func (c *Cluster) ReportedVV(name string) (crdt.VersionVector, time.Time, bool) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,37 @@ func TestMemberlistLoggerComponentOnce(t *testing.T) {
 		if n := strings.Count(line, "component="); n != 1 || !strings.Contains(line, "component=memberlist") {
 			t.Errorf("%d component keys in %q", n, line)
 		}
+	}
+}
+
+// TestFleetClocks: the fleet's clocks are the sane readings of alive peers,
+// aged on the local clock, until ClockSampleTTL.
+func TestFleetClocks(t *testing.T) {
+	clk := clock.NewManual(time.Unix(0, 0)) // the local wall clock is no help
+	pt := NewTable("self", clk)
+	for _, n := range []string{"self", "b", "c", "d"} {
+		pt.Upsert(&memberlist.Node{Name: n, Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateAlive, NodeMeta{})
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	pt.SetClock("self", now, true)                   // not a peer
+	pt.SetClock("b", now, true)                      // counts
+	pt.SetClock("c", time.Unix(5, 0), false)         // its own clock is wrong: ignored
+	pt.SetClock("d", now.Add(time.Second), true)     // counts until it goes down
+	pt.SetClock("unknown", now.Add(time.Hour), true) // not a member
+	clk.Advance(30 * time.Second)
+	got := pt.FleetClocks()
+	sort.Slice(got, func(i, j int) bool { return got[i].Before(got[j]) })
+	if len(got) != 2 || !got[0].Equal(now.Add(30*time.Second)) || !got[1].Equal(now.Add(31*time.Second)) {
+		t.Fatalf("fleet clocks %v", got)
+	}
+	pt.Upsert(&memberlist.Node{Name: "d", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, StateDead, NodeMeta{})
+	pt.SetClock("b", time.Unix(9, 0), false) // b's clock turned wrong: its old reading goes
+	if got := pt.FleetClocks(); len(got) != 0 {
+		t.Fatalf("fleet clocks %v", got)
+	}
+	pt.SetClock("b", now, true)
+	clk.Advance(ClockSampleTTL + time.Second)
+	if got := pt.FleetClocks(); len(got) != 0 {
+		t.Fatalf("expired fleet clocks %v", got)
 	}
 }

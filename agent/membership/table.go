@@ -55,7 +55,13 @@ type peer struct {
 	// leavingUntil is set by the peer's leave intent: if it goes down
 	// before then, it left rather than failed.
 	leavingUntil time.Time
+	// clock is the peer's clock as last reported while its wall clock was
+	// sane (zero if never), clockAt when that was on the local clock.
+	clock, clockAt time.Time
 }
+
+// ClockSampleTTL is how long a peer's reported clock counts in FleetClocks.
+const ClockSampleTTL = 10 * time.Minute
 
 // leaveIntentTTL is how long a leave intent marks a live peer as leaving.
 const leaveIntentTTL = 15 * time.Second
@@ -153,6 +159,43 @@ func (t *Table) SetVV(name string, vv crdt.VersionVector) {
 		return
 	}
 	p.vv.Merge(vv)
+}
+
+// SetClock records a peer's clock reading, received now; sane is whether
+// the peer judged its own wall clock sane. A reading of a peer whose wall
+// clock is wrong is forgotten: it says nothing about the fleet's time.
+func (t *Table) SetClock(name string, at time.Time, sane bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[name]
+	if !ok || name == t.self {
+		return
+	}
+	if !sane {
+		p.clock, p.clockAt = time.Time{}, time.Time{}
+		return
+	}
+	p.clock, p.clockAt = at, t.clock.Now()
+}
+
+// FleetClocks returns the clocks of the alive peers that reported a sane
+// one within ClockSampleTTL, each aged on the local clock to now (the local
+// clock's monotonic reading, so a wall clock being set does not move
+// them).
+func (t *Table) FleetClocks() []time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock.Now()
+	var out []time.Time
+	for name, p := range t.peers {
+		if name == t.self || p.state != StateAlive || p.clockAt.IsZero() {
+			continue
+		}
+		if age := now.Sub(p.clockAt); age >= 0 && age <= ClockSampleTTL {
+			out = append(out, p.clock.Add(age))
+		}
+	}
+	return out
 }
 
 // ReportedVV returns a copy of the version vector the named peer last

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/crdt"
-	"time"
 )
 
 // enqueueInbound copies b onto the inbound queue, or drops it.
@@ -85,6 +86,14 @@ func (r *Replicator) handleBatch(ctx context.Context, raw [][]byte) {
 	if len(msgs) == 0 {
 		return
 	}
+	// Clock samples first: the deltas of the same messages are judged
+	// against them (a board whose wall clock is wrong has no other time).
+	for _, m := range msgs {
+		switch m.Type {
+		case TypeSyncReq, TypeSyncResp, TypeState:
+			r.members.SetClock(m.From, m.Clock.Time(), m.Clock.Sane)
+		}
+	}
 	if err := r.mergeMessages(ctx, msgs); err != nil {
 		if ctx.Err() != nil || errors.Is(err, crdt.ErrClosed) {
 			return // shutting down
@@ -126,7 +135,7 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 	}
 	st, err := s.Merge(ctx, all)
 	if err == nil {
-		r.c.DeltasApplied.Add(uint64(st.Applied))
+		r.merged(st)
 		return nil
 	}
 	if !isBadInput(err) {
@@ -139,7 +148,7 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 		st, err := s.Merge(ctx, msgs[i].Deltas)
 		switch {
 		case err == nil:
-			r.c.DeltasApplied.Add(uint64(st.Applied))
+			r.merged(st)
 		case isBadInput(err):
 			r.rejectMsg(err, msgs[i].From)
 			msgs[i].Deltas = nil
@@ -148,6 +157,86 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 		}
 	}
 	return nil
+}
+
+// merged counts what a Merge call applied and refused. Ops refused while
+// this agent's wall clock is wrong and no peer's clock is known yet (the
+// store judged them against its last timestamp) are counted as deferred,
+// not against their origin: the fault is local, and anti-entropy offers
+// them again once peers have reported their clocks.
+func (r *Replicator) merged(st crdt.MergeStats) {
+	r.c.DeltasApplied.Add(uint64(st.Applied))
+	for _, x := range st.Refused {
+		if x.Source == crdt.SourceLast {
+			r.c.DeferredOps.Add(uint64(x.Ops))
+			if r.refusals.noteDeferred(r.clock.Now()) {
+				r.log.Warn("gossip ops deferred: this agent's wall clock is wrong and no peer's clock is known yet (anti-entropy offers them again)",
+					"origin", x.Origin, "ops", x.Ops, "hlc", x.HLC.String())
+			}
+			continue
+		}
+		r.c.RefusedOps.Add(uint64(x.Ops))
+		label, warn := r.refusals.note(x.Origin, r.clock.Now())
+		r.cfg.Refused(label, x.Ops)
+		if warn {
+			r.log.Warn("gossip ops refused: their origin's clock is too far ahead (further refusals of it are logged again in a minute)",
+				"origin", x.Origin, "ops", x.Ops, "hlc", x.HLC.String(), "ahead", x.Ahead, "reference", string(x.Source))
+		}
+	}
+}
+
+// Bounds of the refused-ops accounting.
+const (
+	// MaxRefusedOrigins bounds the origin label values of refused ops
+	// (origins are names from the network: a bad peer could make up any
+	// number of them).
+	MaxRefusedOrigins = 256
+	// RefusedOther is the origin label of the origins beyond the bound.
+	RefusedOther = "_other"
+	// refusalWarnInterval spaces the warnings about one origin, and those
+	// about deferred ops.
+	refusalWarnInterval = time.Minute
+)
+
+// refusals tracks the origins whose ops were refused: their metric label
+// and when each was last warned about.
+type refusals struct {
+	mu       sync.Mutex
+	warned   map[string]time.Time // by label
+	deferred time.Time            // last warning about deferred ops
+}
+
+// note returns the label of origin and whether to warn about it now.
+func (f *refusals) note(origin string, now time.Time) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	label := origin
+	if _, ok := f.warned[origin]; !ok && len(f.warned) >= MaxRefusedOrigins {
+		label = RefusedOther
+	}
+	last, ok := f.warned[label]
+	if ok && !warnDue(last, now) {
+		return label, false
+	}
+	f.warned[label] = now
+	return label, true
+}
+
+// noteDeferred reports whether to warn about deferred ops now.
+func (f *refusals) noteDeferred(now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.deferred.IsZero() && !warnDue(f.deferred, now) {
+		return false
+	}
+	f.deferred = now
+	return true
+}
+
+// warnDue: the warning interval has passed since last (or the clock went
+// backwards).
+func warnDue(last, now time.Time) bool {
+	return now.Sub(last) >= refusalWarnInterval || now.Before(last)
 }
 
 func isBadInput(err error) bool {
@@ -169,12 +258,14 @@ func (r *Replicator) act(m Message) {
 	switch m.Type {
 	case TypeSyncReq:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, nil)
 		r.shipper.enqueue(shipJob{peer: m.From, addr: m.Addr, vv: m.VV, respond: true})
 		if m.Digest != r.members.Digest() {
 			r.members.Reconcile(m.From, m.Addr)
 		}
 	case TypeSyncResp:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, m.Horizon)
 		if m.PushBack {
 			r.shipper.enqueue(shipJob{peer: m.From, vv: m.VV}) // push back what the responder lacks
 		}
@@ -186,7 +277,12 @@ func (r *Replicator) act(m Message) {
 		}
 	case TypeState:
 		r.members.SetVV(m.From, m.VV)
+		r.observe(m.From, m.VV, nil)
 		r.shipper.enqueue(shipJob{peer: m.From, vv: m.VV})
+	case TypeSnapReq:
+		r.requestedSnapshot(m.From)
+	case TypeSnapData:
+		r.snapshotChunk(m)
 	case TypeLeave:
 		if r.members.MarkLeaving(m.From) {
 			r.log.Info("member is leaving", "member", m.From)

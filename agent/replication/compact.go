@@ -11,8 +11,10 @@ import (
 // minimum of the version vectors of every member that has not left, once
 // every such member has reported one; superseded ops always (see
 // crdt.Store.Compact). Members are forgotten after
-// gossip.reconnect_timeout (72 h), well before the tombstone TTL (7 days)
-// lets a removal go.
+// gossip.reconnect_timeout (72 h) and then no longer hold removals back
+// once the tombstone TTL (7 days) has passed: a forgotten member that
+// returns behind the compaction horizon recovers by a state transfer
+// (recover.go).
 func (r *Replicator) compactLoop(ctx context.Context) {
 	if r.cfg.CompactionInterval <= 0 {
 		return

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
@@ -17,22 +18,36 @@ import (
 // one-byte type:
 //
 //	TypeDeltas    [1][deltas]                               gossip broadcast of local ops
-//	TypeSyncReq   [2][name][addr][digest][vv]               "here is my VV; send what I lack"
+//	TypeSyncReq   [2][name][addr][digest][clock][vv]        "here is my VV; send what I lack"
 //	                                                       (addr: where to answer if the
 //	                                                       receiver does not know the sender yet;
 //	                                                       digest: 8 bytes, see membership.Table.Digest)
-//	TypeSyncResp  [3][flags][name][vv][deltas?]             first answer to a request: the
-//	                                                       responder's VV and a first chunk
+//	TypeSyncResp  [3][flags][name][clock][vv][horizon?][deltas?] first answer to a request: the
+//	                                                       responder's VV, its compaction
+//	                                                       horizon (flagHorizon) and a first chunk
 //	TypeSyncData  [4][flags][name][deltas]                  further chunks, or a push of what
 //	                                                       the responder lacks
-//	TypeState     [5][name][vv]                             memberlist push/pull local state
+//	TypeState     [5][name][clock][vv]                      memberlist push/pull local state
 //	TypeLeave     [6][name]                                 leave intent: name is leaving gracefully
+//	TypeSnapReq   [7][name]                                 "send me your whole state" (recovery)
+//	TypeSnapData  [8][flags][name][xfer][total][offset][b]  a chunk of an encoded snapshot
+//	                                                       (crdt.ExportSnapshot): transfer id
+//	                                                       (8 bytes), total size and offset
+//	                                                       (uvarints), bytes to the end
 //
 // name and addr ("ip:port") are a uvarint length and that many bytes; vv in TypeSyncResp is
 // length-prefixed the same way, elsewhere it runs to the end; deltas are
 // crdt.EncodeDeltas output running to the end of the message. flags bit 0
-// (flagLast) marks the last message of an answer; bit 1 (flagPushBack, in
-// TypeSyncResp) asks the requester to push back what the responder lacks.
+// (flagLast) marks the last message of an answer (or of a snapshot); bit 1
+// (flagPushBack, in TypeSyncResp) asks the requester to push back what the
+// responder lacks; bit 2 (flagHorizon, in TypeSyncResp) says a
+// length-prefixed compaction horizon follows the version vector (it is set
+// only by a responder that has compacted removals away, so fleets that
+// never did exchange the same bytes as before).
+// clock is the sender's clock when it sent the message (ClockSample): one
+// byte of clock flags (bit 0, clockSane: the sender judges its wall clock
+// sane) and 8 bytes, big-endian, of Unix milliseconds of its reference
+// time. Receivers keep the sane ones as samples of the fleet's time.
 // Rejection reasons of replication messages (label values of
 // edgefleet_gossip_rejected_total, beside membership's).
 const (
@@ -58,13 +73,20 @@ const (
 	TypeSyncData byte = 4
 	TypeState    byte = 5
 	TypeLeave    byte = 6
+	TypeSnapReq  byte = 7
+	TypeSnapData byte = 8
 )
 
 const (
 	flagLast     byte = 1 << 0
 	flagPushBack byte = 1 << 1
+	flagHorizon  byte = 1 << 2
 	// knownFlags are the flag bits this version understands.
-	knownFlags = flagLast | flagPushBack
+	knownFlags = flagLast | flagPushBack | flagHorizon
+	// clockSane (clock flags): the sender judges its wall clock sane.
+	clockSane byte = 1 << 0
+	// clockBytes is the size of an encoded ClockSample.
+	clockBytes = 9
 	// maxVVBytes bounds an encoded version vector.
 	maxVVBytes = 2 << 20
 	// MaxMessageBytes bounds any replication message: a chunk at the
@@ -82,7 +104,46 @@ type Message struct {
 	// PushBack (TypeSyncResp): the responder wants what it lacks pushed back.
 	PushBack bool
 	VV       crdt.VersionVector
-	Deltas   []crdt.Delta
+	// Horizon (TypeSyncResp): the responder's compaction horizon
+	// (crdt.Store.Horizon); nil when it has none.
+	Horizon crdt.VersionVector
+	Deltas  []crdt.Delta
+	// TypeSnapData: transfer id, total encoded size, offset of Chunk.
+	Xfer          uint64
+	Total, Offset uint64
+	Chunk         []byte
+	// Clock (TypeSyncReq, TypeSyncResp, TypeState): the sender's clock.
+	Clock ClockSample
+}
+
+// ClockSample is a sender's clock reading: its reference time (crdt.Clock)
+// in Unix milliseconds, and whether that is its own wall clock, judged
+// sane.
+type ClockSample struct {
+	UnixMilli int64
+	Sane      bool
+}
+
+// Time is the sample's reading.
+func (c ClockSample) Time() time.Time { return time.UnixMilli(c.UnixMilli) }
+
+func appendClock(dst []byte, c ClockSample) []byte {
+	var flags byte
+	if c.Sane {
+		flags |= clockSane
+	}
+	dst = append(dst, flags)
+	return binary.BigEndian.AppendUint64(dst, uint64(c.UnixMilli))
+}
+
+func readClock(b []byte) (ClockSample, []byte, error) {
+	if len(b) < clockBytes {
+		return ClockSample{}, nil, malformed("clock truncated")
+	}
+	if b[0]&^clockSane != 0 {
+		return ClockSample{}, nil, malformed("unknown clock flags %#x", b[0])
+	}
+	return ClockSample{Sane: b[0]&clockSane != 0, UnixMilli: int64(binary.BigEndian.Uint64(b[1:]))}, b[clockBytes:], nil
 }
 
 // DecodeError is a message refused as bad input, with the reason used as
@@ -147,15 +208,22 @@ func Decode(b []byte) (Message, error) {
 			}
 			m.Digest, rest = binary.BigEndian.Uint64(rest), rest[8:]
 		}
+		if m.Clock, rest, err = readClock(rest); err != nil {
+			return Message{}, err
+		}
 		if m.VV, err = decodeVV(rest); err != nil {
 			return Message{}, err
 		}
-	case TypeLeave:
+	case TypeLeave, TypeSnapReq:
 		if m.From, rest, err = readName(rest); err != nil {
 			return Message{}, err
 		}
 		if len(rest) != 0 {
-			return Message{}, malformed("%d trailing bytes after leave intent", len(rest))
+			return Message{}, malformed("%d trailing bytes after %s", len(rest), typeName(m.Type))
+		}
+	case TypeSnapData:
+		if m, err = decodeSnapData(m, rest); err != nil {
+			return Message{}, err
 		}
 	case TypeSyncResp, TypeSyncData:
 		if len(rest) == 0 {
@@ -167,19 +235,33 @@ func Decode(b []byte) (Message, error) {
 		}
 		m.Last = flags&flagLast != 0
 		m.PushBack = flags&flagPushBack != 0
-		if m.PushBack && m.Type != TypeSyncResp {
-			return Message{}, malformed("push-back flag outside a sync response")
+		if (m.PushBack || flags&flagHorizon != 0) && m.Type != TypeSyncResp {
+			return Message{}, malformed("push-back or horizon flag outside a sync response")
 		}
 		if m.From, rest, err = readName(rest[1:]); err != nil {
 			return Message{}, err
 		}
 		if m.Type == TypeSyncResp {
+			if m.Clock, rest, err = readClock(rest); err != nil {
+				return Message{}, err
+			}
 			var vvb []byte
 			if vvb, rest, err = readBytes(rest, maxVVBytes, "version vector"); err != nil {
 				return Message{}, err
 			}
 			if m.VV, err = decodeVV(vvb); err != nil {
 				return Message{}, err
+			}
+			if flags&flagHorizon != 0 {
+				if vvb, rest, err = readBytes(rest, maxVVBytes, "horizon"); err != nil {
+					return Message{}, err
+				}
+				if m.Horizon, err = decodeVV(vvb); err != nil {
+					return Message{}, err
+				}
+				if len(m.Horizon) == 0 {
+					return Message{}, malformed("empty horizon")
+				}
 			}
 		}
 		if len(rest) > 0 {
@@ -301,14 +383,29 @@ func Encode(m Message, encDeltas []byte) ([]byte, error) {
 			out = appendBytes(out, []byte(m.Addr))
 			out = binary.BigEndian.AppendUint64(out, m.Digest)
 		}
+		out = appendClock(out, m.Clock)
 		out = append(out, crdt.EncodeVersionVector(m.VV)...)
-	case TypeLeave:
+	case TypeLeave, TypeSnapReq:
 		out = appendBytes(out, []byte(m.From))
 	case TypeSyncResp:
+		if len(m.Horizon) > 0 {
+			flags |= flagHorizon
+		}
 		out = append(out, flags)
 		out = appendBytes(out, []byte(m.From))
+		out = appendClock(out, m.Clock)
 		out = appendBytes(out, crdt.EncodeVersionVector(m.VV))
+		if len(m.Horizon) > 0 {
+			out = appendBytes(out, crdt.EncodeVersionVector(m.Horizon))
+		}
 		out = append(out, encDeltas...)
+	case TypeSnapData:
+		out = append(out, flags)
+		out = appendBytes(out, []byte(m.From))
+		out = binary.BigEndian.AppendUint64(out, m.Xfer)
+		out = binary.AppendUvarint(out, m.Total)
+		out = binary.AppendUvarint(out, m.Offset)
+		out = append(out, m.Chunk...)
 	case TypeSyncData:
 		if len(encDeltas) == 0 {
 			return nil, errors.New("replication: encoding sync data without deltas")
@@ -320,4 +417,51 @@ func Encode(m Message, encDeltas []byte) ([]byte, error) {
 		return nil, fmt.Errorf("replication: encoding unknown message type %d", m.Type)
 	}
 	return out, nil
+}
+
+func typeName(t byte) string {
+	switch t {
+	case TypeLeave:
+		return "leave intent"
+	case TypeSnapReq:
+		return "snapshot request"
+	}
+	return fmt.Sprintf("message type %d", t)
+}
+
+// decodeSnapData decodes the rest of a TypeSnapData message.
+func decodeSnapData(m Message, rest []byte) (Message, error) {
+	if len(rest) == 0 {
+		return Message{}, malformed("missing flags")
+	}
+	flags := rest[0]
+	if flags&^flagLast != 0 {
+		return Message{}, malformed("unknown snapshot flags %#x", flags)
+	}
+	m.Last = flags&flagLast != 0
+	var err error
+	if m.From, rest, err = readName(rest[1:]); err != nil {
+		return Message{}, err
+	}
+	if len(rest) < 8 {
+		return Message{}, malformed("snapshot transfer id truncated")
+	}
+	m.Xfer, rest = binary.BigEndian.Uint64(rest), rest[8:]
+	var k int
+	if m.Total, k = binary.Uvarint(rest); k <= 0 {
+		return Message{}, malformed("snapshot size")
+	}
+	rest = rest[k:]
+	if m.Offset, k = binary.Uvarint(rest); k <= 0 {
+		return Message{}, malformed("snapshot offset")
+	}
+	rest = rest[k:]
+	if m.Total > crdt.MaxSnapshotBytes || m.Offset > m.Total || uint64(len(rest)) > m.Total-m.Offset || len(rest) == 0 {
+		return Message{}, malformed("snapshot chunk of %d bytes at %d of %d", len(rest), m.Offset, m.Total)
+	}
+	if m.Last != (m.Offset+uint64(len(rest)) == m.Total) {
+		return Message{}, malformed("snapshot chunk ending at %d of %d flagged last=%v", m.Offset+uint64(len(rest)), m.Total, m.Last)
+	}
+	m.Chunk = rest
+	return m, nil
 }

@@ -61,12 +61,15 @@ func sampleMessages(t testing.TB) map[string][]byte {
 	return map[string][]byte{
 		"deltas":      enc(Message{Type: TypeDeltas, Deltas: ds[:1]}),
 		"deltas-all":  enc(Message{Type: TypeDeltas, Deltas: ds}),
-		"syncreq":     enc(Message{Type: TypeSyncReq, From: "peer", Addr: "127.0.0.1:7946", Digest: 0x0102030405060708, VV: vv}),
+		"syncreq":     enc(Message{Type: TypeSyncReq, From: "peer", Addr: "127.0.0.1:7946", Digest: 0x0102030405060708, Clock: ClockSample{UnixMilli: time.Now().UnixMilli(), Sane: true}, VV: vv}),
 		"syncreq-0":   enc(Message{Type: TypeSyncReq, From: "peer", Addr: "[::1]:1", VV: crdt.VersionVector{}}),
-		"syncresp":    enc(Message{Type: TypeSyncResp, From: "peer", VV: vv, Last: true, PushBack: true, Deltas: ds[2:4]}),
+		"syncresp":    enc(Message{Type: TypeSyncResp, From: "peer", Clock: ClockSample{UnixMilli: -1}, VV: vv, Last: true, PushBack: true, Deltas: ds[2:4]}),
 		"syncresp-0":  enc(Message{Type: TypeSyncResp, From: "peer", VV: vv, Last: true}),
 		"syncdata":    enc(Message{Type: TypeSyncData, From: "peer", Deltas: ds[4:]}),
-		"state":       enc(Message{Type: TypeState, From: "peer", VV: vv}),
+		"state":       enc(Message{Type: TypeState, From: "peer", Clock: ClockSample{UnixMilli: 1, Sane: true}, VV: vv}),
+		"syncresp-h":  enc(Message{Type: TypeSyncResp, From: "peer", VV: vv, Horizon: crdt.VersionVector{"src": 9}, Last: true}),
+		"snapreq":     enc(Message{Type: TypeSnapReq, From: "peer"}),
+		"snapdata":    enc(Message{Type: TypeSnapData, From: "peer", Xfer: 7, Total: 5, Offset: 2, Chunk: []byte("abc"), Last: true}),
 		"leave":       enc(Message{Type: TypeLeave, From: "peer"}),
 		"clock-drift": enc(Message{Type: TypeDeltas, Deltas: []crdt.Delta{future}}),
 	}
@@ -104,7 +107,9 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"name truncated", []byte{TypeSyncReq, 10, 'a'}, membership.ReasonMalformed},
 		{"empty name", []byte{TypeSyncReq, 0}, membership.ReasonMalformed},
 		{"bad utf8 name", []byte{TypeSyncReq, 2, 0xff, 0xfe}, membership.ReasonMalformed},
-		{"vv garbage", append([]byte{TypeSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 77, 1, 2)...), membership.ReasonMalformed},
+		{"vv garbage", append([]byte{TypeSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 77, 1, 2)...), membership.ReasonMalformed},
+		{"clock truncated", append([]byte{TypeSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0)...), membership.ReasonMalformed},
+		{"unknown clock flag", []byte{TypeState, 1, 'p', 2, 0, 0, 0, 0, 0, 0, 0, 0, 0}, membership.ReasonMalformed},
 		{"digest truncated", append([]byte{TypeSyncReq, 1, 'p', 9}, append([]byte("1.2.3.4:5"), 0, 0, 0)...), membership.ReasonMalformed},
 		{"bad addr", append([]byte{TypeSyncReq, 1, 'p', 3}, []byte("x:1")...), membership.ReasonMalformed},
 		{"bad port", append([]byte{TypeSyncReq, 1, 'p', 9}, []byte("1.2.3.4:0")...), membership.ReasonMalformed},
@@ -133,6 +138,7 @@ type testMembers struct {
 	*membership.Table
 	mu         sync.Mutex
 	sent       map[string]int
+	msgs       []sentMsg
 	reconciled []string
 }
 
@@ -144,7 +150,13 @@ func (m *testMembers) SendTo(name, addr string, msg []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sent[name]++
+	m.msgs = append(m.msgs, sentMsg{name, msg})
 	return nil
+}
+
+type sentMsg struct {
+	to  string
+	msg []byte
 }
 
 func (m *testMembers) Reconcile(peer, addr string) {
@@ -169,6 +181,13 @@ type testReplicator struct {
 	members *testMembers
 	mu      sync.Mutex
 	rejects map[string]int
+	refused map[string]int // ops, by origin label
+}
+
+func (tr *testReplicator) refusedOps(origin string) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.refused[origin]
 }
 
 func (tr *testReplicator) rejected(reason string) int {
@@ -184,7 +203,7 @@ func newTestReplicator(t testing.TB, logger *slog.Logger, mod func(*Config)) *te
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	tr := &testReplicator{rejects: map[string]int{},
+	tr := &testReplicator{rejects: map[string]int{}, refused: map[string]int{},
 		members: &testMembers{Table: membership.NewTable("self", nil), sent: map[string]int{}}}
 	cfg := Config{
 		Name: "self", Store: s, Members: tr.members,
@@ -195,6 +214,11 @@ func newTestReplicator(t testing.TB, logger *slog.Logger, mod func(*Config)) *te
 			tr.mu.Lock()
 			defer tr.mu.Unlock()
 			tr.rejects[reason]++
+		},
+		Refused: func(origin string, n int) {
+			tr.mu.Lock()
+			defer tr.mu.Unlock()
+			tr.refused[origin] += n
 		},
 	}
 	if mod != nil {
@@ -211,8 +235,13 @@ func TestHandleBatchIsolatesBadMessages(t *testing.T) {
 	msgs := sampleMessages(t)
 	ctx := context.Background()
 	a.handleBatch(ctx, [][]byte{msgs["clock-drift"], msgs["deltas-all"], {TypeDeltas, 1, 2}, msgs["syncreq"]})
-	if got := a.rejected(ReasonClockDrift); got != 1 {
+	// The op from a clock a day ahead is refused for its origin, not
+	// rejected as a message.
+	if got := a.rejected(ReasonClockDrift); got != 0 {
 		t.Errorf("clock drift rejections = %v", got)
+	}
+	if got := a.refusedOps("clockless"); got != 1 {
+		t.Errorf("refused ops of clockless = %v", got)
 	}
 	if got := a.rejected(ReasonInvalidDelta); got != 1 {
 		t.Errorf("invalid delta rejections = %v", got)

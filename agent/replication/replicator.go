@@ -41,6 +41,10 @@ type Members interface {
 	// reported; StableVV is the pointwise minimum over members that have
 	// not left, once all reported one.
 	SetVV(name string, vv crdt.VersionVector)
+	// SetClock records a member's clock reading, received now, and whether
+	// the member judged its wall clock sane (the fleet clock the store's
+	// clock falls back on: membership.Table.FleetClocks).
+	SetClock(name string, at time.Time, sane bool)
 	ReportedVV(name string) (crdt.VersionVector, time.Time, bool)
 	StableVV(own crdt.VersionVector) (crdt.VersionVector, bool)
 	// Digest summarizes the members seen alive; Reconcile runs a member
@@ -66,10 +70,12 @@ type Counters struct {
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
+	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
+	DeferredOps   atomic.Uint64 // ops refused while this agent's wall clock is wrong and no peer's clock is known (not the origin's fault)
 }
 
-// Config configures a Replicator. Store, Members, Rand, Counters and Reject
-// are required.
+// Config configures a Replicator. Store, Members, Rand, Counters, Reject
+// and Refused are required.
 type Config struct {
 	// Name is this agent's node name (the store's replica id).
 	Name    string
@@ -83,6 +89,14 @@ type Config struct {
 	MaxChunkBytes int
 	// CompactionInterval spaces compactions (±10%); 0 turns them off.
 	CompactionInterval time.Duration
+	// Seeded: there are seeds to join, so a store that starts empty holds
+	// local writes until a peer reports what it holds of this replica, or
+	// RecoveryTimeout passes (see recover.go).
+	Seeded          bool
+	RecoveryTimeout time.Duration
+	// TombstoneTTL is the store's (0 means crdt.DefaultTombstoneTTL): an
+	// own op older than it that a peer lacks is not shipped (recover.go).
+	TombstoneTTL time.Duration
 	// InboundQueue bounds the received messages waiting to be applied.
 	InboundQueue int
 	// RetransmitMult and MaxBroadcastBytes size gossip broadcasts
@@ -95,6 +109,10 @@ type Config struct {
 	Counters          *Counters
 	// Reject counts a message refused as bad input, by reason.
 	Reject func(reason string)
+	// Refused counts ops refused because their origin's clock is too far
+	// ahead, by origin: the origin's name for the first MaxRefusedOrigins
+	// origins refused, RefusedOther for the rest.
+	Refused func(origin string, ops int)
 }
 
 const (
@@ -110,6 +128,7 @@ type Replicator struct {
 	store   *crdt.Store
 	members Members
 	clock   clock.Clock
+	ttl     time.Duration
 	rnd     Rand
 	log     *slog.Logger
 	c       *Counters
@@ -121,28 +140,43 @@ type Replicator struct {
 	shipper *shipper
 	// pushBacks admits one peer at a time to push back what this agent lacks.
 	pushBacks pushBackGate
+	refusals  refusals
+	// rec is the state transfer (recover.go); recKick wakes its loop,
+	// serve queues peers' snapshot requests, install assembled snapshots.
+	rec     recovery
+	recKick chan struct{}
+	serve   chan serveReq
+	install chan installReq
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
 // (and memberlist calls it as its data delegate).
 func New(cfg Config) (*Replicator, error) {
-	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil {
-		return nil, errors.New("replication: Store, Members, Rand, Counters and Reject are required")
+	if cfg.Store == nil || cfg.Members == nil || cfg.Rand == nil || cfg.Counters == nil || cfg.Reject == nil || cfg.Refused == nil {
+		return nil, errors.New("replication: Store, Members, Rand, Counters, Reject and Refused are required")
 	}
-	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 {
-		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v: out of range",
-			cfg.SyncInterval, cfg.SyncTimeout, cfg.MaxChunkBytes, cfg.InboundQueue, cfg.CompactionInterval)
+	if cfg.SyncInterval <= 0 || cfg.SyncTimeout <= 0 || cfg.MaxChunkBytes <= 0 || cfg.InboundQueue <= 0 || cfg.CompactionInterval < 0 || cfg.RecoveryTimeout < 0 {
+		return nil, fmt.Errorf("replication: sync interval %v, sync timeout %v, chunk %d, inbound queue %d, compaction interval %v, recovery timeout %v: out of range",
+			cfg.SyncInterval, cfg.SyncTimeout, cfg.MaxChunkBytes, cfg.InboundQueue, cfg.CompactionInterval, cfg.RecoveryTimeout)
 	}
 	r := &Replicator{
 		cfg: cfg, store: cfg.Store, members: cfg.Members, clock: clock.Or(cfg.Clock), rnd: cfg.Rand,
 		log: cfg.Logger, c: cfg.Counters,
-		inbound: make(chan []byte, cfg.InboundQueue),
-		shipper: newShipper(),
+		inbound:  make(chan []byte, cfg.InboundQueue),
+		shipper:  newShipper(),
+		refusals: refusals{warned: map[string]time.Time{}},
+		recKick:  make(chan struct{}, 1),
+		serve:    make(chan serveReq, 4),
+		install:  make(chan installReq, 1),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
+	if r.ttl = cfg.TombstoneTTL; r.ttl <= 0 {
+		r.ttl = crdt.DefaultTombstoneTTL
+	}
 	r.syncer = newSyncer(r.clock)
+	r.startRecovery()
 	r.bcast = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
 	return r, nil
 }
@@ -151,7 +185,7 @@ func New(cfg Config) (*Replicator, error) {
 // ctx ends.
 func (r *Replicator) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){r.applyLoop, r.syncLoop, r.shipLoop, r.periodicSyncLoop, r.compactLoop} {
+	for _, loop := range []func(context.Context){r.applyLoop, r.syncLoop, r.shipLoop, r.periodicSyncLoop, r.compactLoop, r.recoverLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -194,6 +228,12 @@ func (b deltaBroadcast) Finished()                             {}
 
 var _ memberlist.Broadcast = deltaBroadcast(nil)
 
+// clockSample is this agent's clock for its peers (crdt.Clock.Reference).
+func (r *Replicator) clockSample() ClockSample {
+	ref := r.store.Clock().Reference()
+	return ClockSample{UnixMilli: ref.Time.UnixMilli(), Sane: ref.Sane()}
+}
+
 // jitter returns d randomized by ±frac.
 func (r *Replicator) jitter(d time.Duration, frac float64) time.Duration {
 	return time.Duration(float64(d) * (1 + frac*(2*r.rnd.Float64()-1)))
@@ -227,7 +267,7 @@ func (r *Replicator) LocalState(join bool) []byte {
 		r.log.Debug("push/pull without version vector", "err", err)
 		return nil
 	}
-	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, VV: vv}, nil)
+	msg, err := Encode(Message{Type: TypeState, From: r.cfg.Name, Clock: r.clockSample(), VV: vv}, nil)
 	if err != nil {
 		r.log.Error("encoding push/pull state", "err", err)
 		return nil

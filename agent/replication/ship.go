@@ -154,13 +154,32 @@ func (g *pushBackGate) done(peer string) {
 func (r *Replicator) ship(ctx context.Context, j shipJob) error {
 	s := r.store
 	self := r.cfg.Name
-	var own crdt.VersionVector
-	pushBack := false
-	if j.respond {
-		var err error
-		if own, err = s.VersionVector(ctx); err != nil {
+	own, err := s.VersionVector(ctx)
+	if err != nil {
+		return err
+	}
+	horizon := s.Horizon()
+	// Deltas must not reach a replica they cannot repair (recover.go):
+	// it is answered with this agent's vector and horizon only. Nor may a
+	// replica awaiting a state transfer ship what it holds.
+	why := r.deltasCannotRepair(j.peer, j.vv, own, horizon)
+	if why == "" && r.needsState() {
+		why = "this agent awaits a state transfer"
+	}
+	if why != "" {
+		r.log.Debug("no deltas shipped: a state transfer is needed", "peer", j.peer, "reason", why)
+		if !j.respond {
+			return nil
+		}
+		r.c.SyncRounds.Add(1)
+		msg, err := Encode(Message{Type: TypeSyncResp, From: self, VV: own, Horizon: horizon, Last: true}, nil)
+		if err != nil {
 			return err
 		}
+		return r.members.SendTo(j.peer, j.addr, msg)
+	}
+	pushBack := false
+	if j.respond {
 		r.c.SyncRounds.Add(1)
 		pushBack = holdsMore(j.vv, own) && r.pushBacks.claim(j.peer, r.clock.Now(), r.cfg.SyncTimeout)
 	}
@@ -187,10 +206,17 @@ func (r *Replicator) ship(ctx context.Context, j shipJob) error {
 				last = len(next) == 0
 			}
 		}
+		if why := r.staleOwnOp(cur); why != "" {
+			r.needState(j.peer, why)
+			if !first || !j.respond {
+				return nil
+			}
+			cur, last = nil, true // answer with the version vector only
+		}
 		var m Message
 		switch {
 		case first && j.respond:
-			m = Message{Type: TypeSyncResp, From: self, VV: own, Last: last, PushBack: pushBack, Deltas: cur}
+			m = Message{Type: TypeSyncResp, From: self, Clock: r.clockSample(), VV: own, Horizon: horizon, Last: last, PushBack: pushBack, Deltas: cur}
 		case len(cur) == 0:
 			return nil // nothing to push
 		default:

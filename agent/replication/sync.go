@@ -158,7 +158,7 @@ func (r *Replicator) requestSync(ctx context.Context, peer string) error {
 		return err
 	}
 	msg, err := Encode(Message{Type: TypeSyncReq, From: r.cfg.Name, Addr: r.members.Addr(),
-		Digest: r.members.Digest(), VV: vv}, nil)
+		Digest: r.members.Digest(), Clock: r.clockSample(), VV: vv}, nil)
 	if err != nil {
 		return err
 	}

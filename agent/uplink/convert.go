@@ -26,11 +26,12 @@ const (
 	readingJSONOverhead = 112
 )
 
-// Batch sequence numbers. An outbox batch that fits one request is sent
-// with batch_seq = its outbox Seq. A larger one is split into parts
-// numbered splitFlag | Seq<<splitPartBits | part: distinct from every
-// unsplit Seq and from each other, and the same on every retry because
-// the split depends only on the batch's content.
+// Batch sequence numbers. An outbox batch is sent in its epoch
+// (OutboxBatch.Epoch); one that fits one request is sent with batch_seq =
+// its EpochSeq. A larger one is split into parts numbered splitFlag |
+// EpochSeq<<splitPartBits | part: distinct from every unsplit EpochSeq
+// and from each other, and the same on every retry because the split
+// depends only on the batch's content.
 const (
 	splitFlag     = uint64(1) << 62
 	splitPartBits = 16
@@ -132,17 +133,18 @@ func convertBatch(b ingest.OutboxBatch) converted {
 	}
 	cuts = append(cuts, len(rs))
 	if len(cuts) == 1 {
-		out.parts = []cpapi.TelemetryBatch{{BatchSeq: uint64(b.Seq), Readings: rs}}
+		out.parts = []cpapi.TelemetryBatch{{BatchSeq: uint64(b.EpochSeq), Epoch: b.Epoch, Readings: rs}}
 		return out
 	}
-	if len(cuts) > maxSplitParts || b.Seq > maxSplitSeq || b.Seq < 1 {
+	if len(cuts) > maxSplitParts || b.EpochSeq > maxSplitSeq || b.EpochSeq < 1 {
 		out.skipped[skipTooLarge] += len(rs)
 		return out
 	}
 	start = 0
 	for i, end := range cuts {
 		out.parts = append(out.parts, cpapi.TelemetryBatch{
-			BatchSeq: splitFlag | uint64(b.Seq)<<splitPartBits | uint64(i),
+			BatchSeq: splitFlag | uint64(b.EpochSeq)<<splitPartBits | uint64(i),
+			Epoch:    b.Epoch,
 			Readings: rs[start:end],
 		})
 		start = end

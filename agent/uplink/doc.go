@@ -55,10 +55,10 @@
 // With seal_telemetry (the default), each request's body, the gzip JSON
 // of a cpapi.TelemetryBatch, is sealed into a pqcrypto envelope
 // under the primary version the agent holds of the key "telemetry", with
-// cpapi.TelemetryAAD(agent id, batch_seq) as associated data, and
+// cpapi.TelemetryAAD(agent id, epoch, batch_seq) as associated data, and
 // sent as application/vnd.edgefleet.envelope. It is sealed anew on every
 // attempt, so a retry after a rotation goes out under the new version;
-// the control plane recognizes it by batch_seq as before, and still opens
+// the control plane recognizes it by epoch and batch_seq as before, and still opens
 // envelopes under decrypt-only versions. Until the agent holds a
 // telemetry key (the key service is sealed, or has not sent it yet), no
 // batch is claimed and nothing is sent: Status.UploadsWaiting says why,
@@ -98,14 +98,22 @@
 // server already had (a retry) is acknowledged too. A batch gathers the
 // group commits (outbox rows) written since the last round, up to 1,000
 // readings (ingest.OutboxConfig.GroupReadings); it is formed when first claimed and keeps its rows and its
-// Seq (the first row's) on every retry, so its batch_seq is never reused
-// for other readings: a retry is recognized and stored once, delivery is
-// at-least-once and storage exactly-once. A commit wakes the uploader
+// identity (OutboxBatch.Epoch and EpochSeq: the ingestion database's
+// epoch and the first row's seq) on every retry, sent as epoch and
+// batch_seq, so an identity is never reused for other readings, not even
+// by a database made anew: a retry is recognized and stored once,
+// delivery is at-least-once and storage exactly-once. Should the control
+// plane hold other readings under a batch's identity, it refuses the
+// upload (409, cpapi.ErrBatchConflict): the batch stays in the outbox,
+// never acknowledged, offered again when its lease ends; the refusal is
+// logged at ERROR with its reason, counted
+// (edgefleet_uplink_batch_conflicts_total, Status.ConflictBatches) and
+// shown in Status.LastError. A commit wakes the uploader
 // (Committed, the ingest.Sink), which waits until upload_linger has
 // passed since its last round, so that one request carries the commits
 // of that time; it polls every upload_interval anyway. A batch too
 // large for one request (over 5,000 readings or about 768 KiB of JSON)
-// is sent in parts numbered 1<<62 | Seq<<16 | part, the same parts on
+// is sent in parts numbered 1<<62 | EpochSeq<<16 | part, the same parts on
 // every retry. A network failure ends the
 // round and gives its batches back (ReleaseOutbox); a batch the server
 // refuses (400, 413) stays in the outbox, leased: it is offered again
@@ -131,6 +139,7 @@
 // enroll, heartbeat, upload; result ok, duplicate, failed, rejected,
 // unauthorized, canceled), edgefleet_uplink_request_seconds{op},
 // edgefleet_uplink_batches_uploaded_total,
+// edgefleet_uplink_batch_conflicts_total,
 // edgefleet_uplink_readings_uploaded_total,
 // edgefleet_uplink_readings_skipped_total{reason},
 // edgefleet_uplink_enrolled and edgefleet_uplink_decommissioned. The

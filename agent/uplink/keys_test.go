@@ -185,7 +185,7 @@ func TestRotationMovesUploadsToTheNewVersionAndOldEnvelopesStillOpen(t *testing.
 		t.Fatal(err)
 	}
 	defer replay.CloseIdleConnections()
-	res, err := replay.UploadTelemetrySealed(testCtx(t), id, seq, held.body)
+	res, err := replay.UploadTelemetrySealed(testCtx(t), id, held.header.Get(cpapi.HeaderSealedEpoch), seq, held.body)
 	if err != nil || res.Duplicate || res.Accepted == 0 {
 		t.Fatalf("v1 envelope after the rotation: %+v %v", res, err)
 	}

@@ -12,6 +12,7 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	seconds   *prometheus.HistogramVec
 	batches   prometheus.Counter
+	conflicts prometheus.Counter
 	readings  prometheus.Counter
 	skipped   *prometheus.CounterVec
 	enrolled  prometheus.Gauge
@@ -31,6 +32,8 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			[]string{"op"}),
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgefleet_uplink_batches_uploaded_total",
 			Help: "Outbox batches delivered to the control plane and acknowledged (including batches it already had)."}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgefleet_uplink_batch_conflicts_total",
+			Help: "Uploads the control plane refused as conflicts: it holds other readings under the batch's identity (agent, epoch, batch_seq). The batch stays in the outbox."}),
 		readings: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgefleet_uplink_readings_uploaded_total",
 			Help: "Readings the control plane stored from this agent's uploads."}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgefleet_uplink_readings_skipped_total",
@@ -44,7 +47,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.breaker, m.requests, m.seconds, m.batches, m.readings, m.skipped, m.enrolled, m.decommiss} {
+	for _, c := range []prometheus.Collector{m.breaker, m.requests, m.seconds, m.batches, m.conflicts, m.readings, m.skipped, m.enrolled, m.decommiss} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("uplink: register metrics: %w", err)
 		}

@@ -32,6 +32,11 @@ type Status struct {
 	UploadedBatches  int64 `json:"uploaded_batches"`
 	UploadedReadings int64 `json:"uploaded_readings"`
 	DuplicateBatches int64 `json:"duplicate_batches"`
+	// ConflictBatches counts uploads the control plane refused as
+	// conflicts (409: it holds other readings under the batch's
+	// identity); such a batch stays in the outbox, never acknowledged,
+	// and LastError holds the refusal's reason.
+	ConflictBatches int64 `json:"conflict_batches"`
 	// SkippedReadings counts outbox readings not uploaded (strings and
 	// data, and values the control plane would refuse).
 	SkippedReadings int64 `json:"skipped_readings"`
@@ -80,6 +85,7 @@ func (u *Uplink) Status() Status {
 	st.LastError = latest.msg
 	st.Heartbeats = u.heartbeats
 	st.UploadedBatches, st.UploadedReadings, st.DuplicateBatches = u.upBatches, u.upReadings, u.dupBatches
+	st.ConflictBatches = u.conflicts
 	st.SkippedReadings = u.skipped
 	st.SealTelemetry = u.cfg.Seals()
 	st.UploadsWaiting, st.KeysSealed, st.LastKeyFetch = u.waiting, u.keysSealed, u.lastKeyFetch

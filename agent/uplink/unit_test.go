@@ -91,7 +91,8 @@ func TestRollupMetric(t *testing.T) {
 
 func TestConvertBatchMapsSkipsAndSplits(t *testing.T) {
 	at := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
-	b := ingest.OutboxBatch{Seq: 42, Kind: ingest.BatchRollups,
+	// Sent under its identity in its epoch, not its seq in the store.
+	b := ingest.OutboxBatch{Seq: 3, Epoch: "ep-1", EpochSeq: 42, Kind: ingest.BatchRollups,
 		Readings: []ingest.Reading{
 			{Device: "d", Metric: "t", Time: at, Kind: ingest.KindNumber, Value: 1.5},
 			{Device: "d", Metric: "on", Time: at, Kind: ingest.KindBool, Value: 1},
@@ -105,7 +106,7 @@ func TestConvertBatchMapsSkipsAndSplits(t *testing.T) {
 		Rollups: []ingest.Rollup{{Device: "d", Metric: "t", Resolution: time.Hour, Start: at.Truncate(time.Hour), Count: 2, Sum: 3, Min: 1, Max: 2}},
 	}
 	c := convertBatch(b)
-	if len(c.parts) != 1 || c.parts[0].BatchSeq != 42 {
+	if len(c.parts) != 1 || c.parts[0].BatchSeq != 42 || c.parts[0].Epoch != "ep-1" {
 		t.Fatalf("parts %+v", c.parts)
 	}
 	got := map[string]float64{}
@@ -138,7 +139,7 @@ func TestConvertBatchMapsSkipsAndSplits(t *testing.T) {
 
 	// A large batch is split the same way every time, in order, under the
 	// server's limits.
-	big := ingest.OutboxBatch{Seq: 9}
+	big := ingest.OutboxBatch{Seq: 1, Epoch: "ep-2", EpochSeq: 9}
 	rnd := rand.New(rand.NewPCG(3, 4))
 	for i := range 23456 {
 		name := "m<&>" + strings.Repeat("x", rnd.IntN(150))
@@ -151,7 +152,7 @@ func TestConvertBatchMapsSkipsAndSplits(t *testing.T) {
 	seen := map[uint64]bool{}
 	n := 0
 	for i, p := range c1.parts {
-		if p.BatchSeq != c2.parts[i].BatchSeq || len(p.Readings) != len(c2.parts[i].Readings) {
+		if p.BatchSeq != c2.parts[i].BatchSeq || len(p.Readings) != len(c2.parts[i].Readings) || p.Epoch != "ep-2" {
 			t.Fatalf("part %d differs between two conversions", i)
 		}
 		if want := splitFlag | 9<<splitPartBits | uint64(i); p.BatchSeq != want || seen[p.BatchSeq] || p.BatchSeq > math.MaxInt64 {

@@ -118,6 +118,7 @@ type Uplink struct {
 	upBatches      int64
 	upReadings     int64
 	dupBatches     int64
+	conflicts      int64
 	skipped        int64
 	keys           *dkms.AgentKeys
 	relayCursor    string

@@ -302,6 +302,9 @@ func (m *memOutbox) ClaimOutbox(_ context.Context, max int, lease time.Duration)
 	for _, b := range m.batches {
 		if len(out) < max && !m.leased[b.Seq] {
 			m.leased[b.Seq] = true
+			if b.Epoch == "" { // numbered as a store numbers its own batches
+				b.Epoch, b.EpochSeq = "mem-outbox", b.Seq
+			}
 			out = append(out, b)
 		}
 	}
@@ -610,5 +613,67 @@ func TestUploadLingerGathersCommits(t *testing.T) {
 	advanceUntil(t, clock, a.tr, 2, 100*time.Millisecond, time.Minute, "the five commits uploaded", func() bool { return cp.serverPoints(id) == a.written })
 	if n := len(a.tr.uploadsSent()) - before; n != 1 {
 		t.Fatalf("%d uploads for five commits within the linger, want 1", n)
+	}
+}
+
+// TestConflictingBatchIsKeptAndReported: a batch whose identity the
+// control plane stored before with other readings is refused (409); the
+// agent logs the reason, counts it, shows it in its status and keeps the
+// batch, never acknowledged, and the control plane keeps what it had.
+func TestConflictingBatchIsKeptAndReported(t *testing.T) {
+	clock := newClock()
+	cp := newCP(t, clock)
+	now := clock.Now()
+	batch := func(seq int64, v float64) ingest.OutboxBatch {
+		b := ingest.OutboxBatch{Seq: seq, Epoch: "ep-conflict", EpochSeq: 1, Kind: ingest.BatchReadings}
+		for i := range 5 {
+			b.Readings = append(b.Readings, ingest.Reading{Device: "d1", Metric: "t", Time: now.Add(-time.Duration(i) * time.Second), Value: v})
+		}
+		return b
+	}
+	ob := &memOutbox{batches: []ingest.OutboxBatch{batch(1, 1)}, leased: map[int64]bool{}}
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, reg: newRegistry(), logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
+	a.start(clock, cp.config(cp.token()), ob, nil)
+	eventually(t, "enrolled", func() bool { return a.up.Status().Enrolled })
+	id := a.up.Status().AgentID
+	advanceUntil(t, clock, a.tr, 2, time.Second, 5*time.Minute, "first batch delivered", func() bool { return ob.pending() == 0 })
+
+	// Another batch under the same identity (epoch, batch_seq 1), other
+	// values: as if two databases had numbered batches in one epoch.
+	ob.mu.Lock()
+	ob.batches = append(ob.batches, batch(2, 2))
+	ob.mu.Unlock()
+	advanceUntil(t, clock, a.tr, 2, time.Second, 5*time.Minute, "conflict reported", func() bool { return a.up.Status().ConflictBatches > 0 })
+	// Later rounds do not acknowledge it either (this outbox's leases do
+	// not expire; the store's offer the batch again, refused again).
+	for range 10 {
+		settle(t, clock, a.tr, 2)
+		clock.Advance(time.Minute)
+	}
+
+	st := a.up.Status()
+	if !strings.Contains(st.LastError, cpapi.ErrBatchConflict.Error()) || !strings.Contains(st.LastError, `epoch "ep-conflict" batch_seq 1`) {
+		t.Errorf("status error %q", st.LastError)
+	}
+	if ob.pending() != 1 || len(ob.acked) != 1 || ob.acked[0] != 1 {
+		t.Errorf("the conflicting batch must stay in the outbox, unacknowledged: pending %d, acked %v", ob.pending(), ob.acked)
+	}
+	if v := counterValue(t, a.reg, "edgefleet_uplink_batch_conflicts_total", nil); v != float64(st.ConflictBatches) {
+		t.Errorf("edgefleet_uplink_batch_conflicts_total = %v, status %d", v, st.ConflictBatches)
+	}
+	if logs := a.logs.String(); !strings.Contains(logs, "same identity") || !strings.Contains(logs, "batch_seq=1") || !strings.Contains(logs, "stored at") {
+		t.Errorf("no logged reason:\n%s", logs)
+	}
+	if v := cp.serverCounter("controlplane_telemetry_batches_total", map[string]string{"result": "conflict"}); v != float64(st.ConflictBatches) {
+		t.Errorf("server counted %v conflicts", v)
+	}
+	res, err := cp.admin.QueryTelemetry(testCtx(t), cpapi.TelemetryQuery{Agent: id, From: now.Add(-time.Hour), To: now.Add(time.Hour)})
+	if err != nil || len(res.Series) != 1 || len(res.Series[0].Points) != 5 {
+		t.Fatalf("stored: %+v %v", res, err)
+	}
+	for _, p := range res.Series[0].Points {
+		if p.Value != 1 {
+			t.Fatalf("a refused upload changed a stored reading: %+v", p)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package uplink
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -87,6 +89,8 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 			failures++
 			next, wake = u.backoff(failures), u.br.closedChan()
 			switch {
+			case res.outcome == outcomeRejected && batchConflict(res.err):
+				// Logged with its identity by conflict.
 			case res.outcome == outcomeRejected:
 				u.log.Error("control plane refused an upload; the batch stays in the outbox", "err", res.err, "retry_in", next)
 			case failures == 1:
@@ -186,8 +190,9 @@ func (u *Uplink) sendBatch(ctx context.Context, client *cpapi.Client, ak *dkms.A
 		}
 		if ak != nil {
 			// Sealed anew on every attempt, under the primary version held
-			// now; the control plane recognizes a retry by batch_seq.
-			env, err := ak.Encrypt(ctx, cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(agentID, part.BatchSeq))
+			// now; the control plane recognizes a retry by epoch and
+			// batch_seq.
+			env, err := ak.Encrypt(ctx, cpapi.TelemetryKeyName, data, cpapi.TelemetryAAD(agentID, part.Epoch, part.BatchSeq))
 			clear(data)
 			if err != nil {
 				return outcomeWaiting, fmt.Errorf("uplink: sealing outbox batch %d: %w", b.Seq, err)
@@ -198,7 +203,7 @@ func (u *Uplink) sendBatch(ctx context.Context, client *cpapi.Client, ak *dkms.A
 		o, err := u.do(ctx, "upload", func(rctx context.Context) (string, error) {
 			var err error
 			if ak != nil {
-				res, err = client.UploadTelemetrySealed(rctx, agentID, part.BatchSeq, data)
+				res, err = client.UploadTelemetrySealed(rctx, agentID, part.Epoch, part.BatchSeq, data)
 			} else {
 				res, err = client.UploadTelemetryEncoded(rctx, data)
 			}
@@ -209,7 +214,10 @@ func (u *Uplink) sendBatch(ctx context.Context, client *cpapi.Client, ak *dkms.A
 		})
 		if o != outcomeOK {
 			if err != nil {
-				err = fmt.Errorf("uplink: outbox batch %d (batch_seq %d): %w", b.Seq, part.BatchSeq, err)
+				err = fmt.Errorf("uplink: outbox batch %d (epoch %s batch_seq %d): %w", b.Seq, part.Epoch, part.BatchSeq, err)
+			}
+			if batchConflict(err) {
+				u.conflict(b, part, err)
 			}
 			return o, err
 		}
@@ -244,4 +252,25 @@ func (u *Uplink) sendBatch(ctx context.Context, client *cpapi.Client, ak *dkms.A
 		u.succeeded("upload", true)
 	}
 	return outcomeOK, nil
+}
+
+// batchConflict reports the control plane's answer to a batch whose
+// identity it stored before with other readings (409,
+// cpapi.ErrBatchConflict).
+func batchConflict(err error) bool {
+	var ae *cpapi.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusConflict && strings.HasPrefix(ae.Message, cpapi.ErrBatchConflict.Error())
+}
+
+// conflict records a batch refused as a conflict: it stays in the
+// outbox, leased (offered again when the lease ends) and never
+// acknowledged, so nothing it holds is lost; the refusal is logged with
+// its reason and counted.
+func (u *Uplink) conflict(b ingest.OutboxBatch, part cpapi.TelemetryBatch, err error) {
+	u.m.conflicts.Inc()
+	u.mu.Lock()
+	u.conflicts++
+	u.mu.Unlock()
+	u.log.Error("control plane refused an outbox batch: it holds other readings under the same identity; the batch stays in the outbox",
+		"seq", b.Seq, "epoch", part.Epoch, "batch_seq", part.BatchSeq, "readings", len(part.Readings), "err", err)
 }

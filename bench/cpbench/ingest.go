@@ -47,7 +47,7 @@ func benchBatches(n, size, series int, start time.Time) []cpapi.TelemetryBatch {
 	out := make([]cpapi.TelemetryBatch, n)
 	k := 0
 	for i := range out {
-		b := cpapi.TelemetryBatch{BatchSeq: uint64(i + 1), Readings: make([]cpapi.Reading, size)}
+		b := cpapi.TelemetryBatch{BatchSeq: uint64(i + 1), Epoch: "bench", Readings: make([]cpapi.Reading, size)}
 		for j := range b.Readings {
 			s := k % series
 			b.Readings[j] = cpapi.Reading{

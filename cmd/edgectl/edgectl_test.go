@@ -589,7 +589,7 @@ func TestTelemetryQuery(t *testing.T) {
 	et := decodeJSON[cpapi.NewEnrollmentToken](t, e.must("tokens", "create", "--ttl", "1h", "--json"))
 	ag := e.enroll("sensor", et.Token)
 	base := time.Now().UTC().Add(-10 * time.Minute).Truncate(time.Minute)
-	batch := cpapi.TelemetryBatch{BatchSeq: 1}
+	batch := cpapi.TelemetryBatch{BatchSeq: 1, Epoch: "e1"}
 	for i := range 6 {
 		batch.Readings = append(batch.Readings, cpapi.Reading{Device: "room-1", Metric: "temperature", TS: base.Add(time.Duration(i) * 10 * time.Second), Value: 20 + float64(i)})
 	}

@@ -273,8 +273,9 @@ func (c *Client) Heartbeat(ctx context.Context, hb Heartbeat) (HeartbeatResponse
 }
 
 // UploadTelemetry sends a gzip-compressed batch (mutual TLS). Re-sending a
-// batch with the same BatchSeq is safe: the answer has Duplicate set and
-// nothing is stored twice.
+// batch with the same Epoch, BatchSeq and readings is safe: the answer has
+// Duplicate set and nothing is stored twice. The same identity with other
+// readings is refused (409, ErrBatchConflict).
 func (c *Client) UploadTelemetry(ctx context.Context, b TelemetryBatch) (IngestResult, error) {
 	data, err := EncodeTelemetryBatch(b)
 	if err != nil {
@@ -438,13 +439,13 @@ func checkID(id string) error {
 
 // UploadTelemetrySealed sends a sealed upload (mutual TLS): envelope is
 // the batch's EncodeTelemetryBatch form sealed under the key "telemetry"
-// with TelemetryAAD(agentID, batchSeq). Re-sending is safe, as for
+// with TelemetryAAD(agentID, epoch, batchSeq). Re-sending is safe, as for
 // UploadTelemetry, even sealed anew.
-func (c *Client) UploadTelemetrySealed(ctx context.Context, agentID string, batchSeq uint64, envelope []byte) (IngestResult, error) {
+func (c *Client) UploadTelemetrySealed(ctx context.Context, agentID, epoch string, batchSeq uint64, envelope []byte) (IngestResult, error) {
 	var res IngestResult
 	err := c.do(ctx, "POST", "/v1/agents/self/telemetry", nil, rawBody{
 		data: envelope, contentType: EnvelopeContentType,
-		header: map[string]string{HeaderSealedAgent: agentID, HeaderSealedBatchSeq: strconv.FormatUint(batchSeq, 10)},
+		header: map[string]string{HeaderSealedAgent: agentID, HeaderSealedEpoch: epoch, HeaderSealedBatchSeq: strconv.FormatUint(batchSeq, 10)},
 	}, &res)
 	return res, err
 }

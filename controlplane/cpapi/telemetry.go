@@ -16,14 +16,15 @@ import (
 // Sealed telemetry. An agent seals each upload's body (the gzip-compressed
 // JSON of a TelemetryBatch, as EncodeTelemetryBatch makes it) into a
 // pqcrypto data-key envelope under the primary version it holds of the
-// built-in key TelemetryKeyName, with TelemetryAAD(agent id, batch_seq) as
-// associated data, and posts the envelope as is with Content-Type
-// EnvelopeContentType and the headers HeaderSealedAgent and
-// HeaderSealedBatchSeq naming that associated data. The server checks
-// that the headers name the calling agent, opens the envelope with its key
-// service (any primary or decrypt-only version of the key), checks that
-// the batch inside carries the sealed batch_seq, and stores it as a plain
-// upload (same idempotency by agent and batch_seq).
+// built-in key TelemetryKeyName, with TelemetryAAD(agent id, epoch,
+// batch_seq) as associated data, and posts the envelope as is with
+// Content-Type EnvelopeContentType and the headers HeaderSealedAgent,
+// HeaderSealedEpoch and HeaderSealedBatchSeq naming that associated data.
+// The server checks that the headers name the calling agent, opens the
+// envelope with its key service (any primary or decrypt-only version of
+// the key), checks that the batch inside carries the sealed epoch and
+// batch_seq, and stores it as a plain upload (same idempotency by agent,
+// epoch and batch_seq).
 const (
 	// TelemetryKeyName is the built-in data key that seals telemetry
 	// uploads (created at the key service's first unseal, see controlplane.KeyConfig).
@@ -39,8 +40,15 @@ const (
 	// HeaderSealedBatchSeq names the batch_seq a sealed upload was sealed
 	// for (decimal).
 	HeaderSealedBatchSeq = "Edgefleet-Sealed-Batch-Seq"
+	// HeaderSealedEpoch names the epoch a sealed upload was sealed for.
+	HeaderSealedEpoch = "Edgefleet-Sealed-Epoch"
 
-	telemetryAADLabel = "edgefleet/telemetry/v1"
+	// telemetryAADLabel is version 2 of the associated data: version 1
+	// ("edgefleet/telemetry/v1") bound agent and batch_seq without the
+	// epoch; envelopes sealed so do not open any more.
+	telemetryAADLabel = "edgefleet/telemetry/v2"
+	// MaxEpochLen bounds an epoch's length (bytes).
+	MaxEpochLen = 64
 )
 
 // Errors of sealed telemetry uploads. The server's answer (HTTP 400, or
@@ -58,17 +66,45 @@ var (
 	// ErrUnsealedTelemetry means the server accepts sealed uploads only
 	// (controlplane.KeyConfig.RequireSealedTelemetry) and the upload was plain JSON.
 	ErrUnsealedTelemetry = errors.New("controlplane: unsealed telemetry refused")
+	// ErrBatchConflict means the control plane already stored a batch of
+	// the same identity (agent, epoch, batch_seq) with other readings: the
+	// upload is refused (HTTP 409; the client's error unwraps to
+	// ErrConflict and its message starts with this text) and what was
+	// stored is left as it was. An agent keeps such a batch and reports
+	// it; it is never acknowledged.
+	ErrBatchConflict = errors.New("controlplane: telemetry batch conflict")
 )
 
+// ValidEpoch checks an epoch, the id of the agent database that numbered
+// a batch: 1 to MaxEpochLen letters, digits, '-' or '_'.
+func ValidEpoch(epoch string) error {
+	if epoch == "" {
+		return errors.New("missing (the id of the agent's ingestion database; agents older than the epoch send none and must be updated)")
+	}
+	if len(epoch) > MaxEpochLen {
+		return fmt.Errorf("%d bytes, limit %d", len(epoch), MaxEpochLen)
+	}
+	for i := 0; i < len(epoch); i++ {
+		c := epoch[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("%q: only letters, digits, '-' and '_'", epoch)
+		}
+	}
+	return nil
+}
+
 // TelemetryAAD is the associated data a telemetry upload is sealed with:
-// the label "edgefleet/telemetry/v1", a zero byte, the agent id, a zero
-// byte, and batch_seq as 8 bytes big-endian. It binds the envelope to one
-// agent and one batch, so it cannot be replayed as another's.
-func TelemetryAAD(agentID string, batchSeq uint64) []byte {
-	b := make([]byte, 0, len(telemetryAADLabel)+len(agentID)+10)
+// the label "edgefleet/telemetry/v2", a zero byte, the agent id, a zero
+// byte, the epoch, a zero byte, and batch_seq as 8 bytes big-endian. It
+// binds the envelope to one agent and one batch identity, so it cannot be
+// replayed as another's. (Agent ids and epochs hold no zero byte.)
+func TelemetryAAD(agentID, epoch string, batchSeq uint64) []byte {
+	b := make([]byte, 0, len(telemetryAADLabel)+len(agentID)+len(epoch)+11)
 	b = append(b, telemetryAADLabel...)
 	b = append(b, 0)
 	b = append(b, agentID...)
+	b = append(b, 0)
+	b = append(b, epoch...)
 	b = append(b, 0)
 	return binary.BigEndian.AppendUint64(b, batchSeq)
 }
@@ -137,6 +173,8 @@ func (e *TelemetryEncoder) Encode(b TelemetryBatch) ([]byte, error) {
 func appendTelemetryJSON(dst []byte, b TelemetryBatch) ([]byte, error) {
 	dst = append(dst, `{"batch_seq":`...)
 	dst = strconv.AppendUint(dst, b.BatchSeq, 10)
+	dst = append(dst, `,"epoch":`...)
+	dst = appendJSONString(dst, b.Epoch)
 	dst = append(dst, `,"readings":`...)
 	if b.Readings == nil {
 		dst = append(dst, "null"...)

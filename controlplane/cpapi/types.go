@@ -200,11 +200,15 @@ type Reading struct {
 	Value  float64   `json:"value"`
 }
 
-// TelemetryBatch is one upload from an agent. BatchSeq numbers the agent's
-// batches; a batch whose (agent id, batch_seq) was already stored is a
-// retry and is not stored again.
+// TelemetryBatch is one upload from an agent. (agent id, Epoch, BatchSeq)
+// is its identity: Epoch names the agent's ingestion database (a random id
+// made with it, see ValidEpoch), BatchSeq numbers the batches of that
+// database. A batch whose identity was already stored with the same
+// readings is a retry and is not stored again; with other readings it is
+// refused (ErrBatchConflict).
 type TelemetryBatch struct {
 	BatchSeq uint64    `json:"batch_seq"`
+	Epoch    string    `json:"epoch"`
 	Readings []Reading `json:"readings"`
 }
 

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"modernc.org/sqlite"
+	"github.com/edgefleet/edgefleet/internal/sqliteerr"
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
@@ -56,12 +56,9 @@ func IsCorrupt(err error) bool {
 	if errors.Is(err, ErrCorrupt) {
 		return true
 	}
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
-			return true
-		}
+	switch sqliteerr.Code(err) {
+	case sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
+		return true
 	}
 	msg := err.Error()
 	return strings.Contains(msg, "database disk image is malformed") || strings.Contains(msg, "file is not a database")
