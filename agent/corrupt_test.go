@@ -214,8 +214,8 @@ func TestCorruptIngestDBSalvaged(t *testing.T) {
 	})
 }
 
-// TestStateDBDamagedInUse: a page of a running agent's state.db
-// overwritten; the read that meets it makes the store report damage, the
+// TestStateDBDamagedInUse: a page of a running agent's state.db (of its
+// lww table) overwritten; the read that meets it makes the store report damage, the
 // agent stops serving (Failed, readyz 503) and leaves a marker; its next
 // start quarantines the file (quick_check or not) and holds the fleet's
 // state again.
@@ -223,14 +223,14 @@ func TestStateDBDamagedInUse(t *testing.T) {
 	t.Parallel()
 	c, agents := fleetWithState(t)
 	ctx := context.Background()
-	// Restart a2 so its whole state sits in the database file, read by
-	// nothing yet.
+	// Restart a2, alone (a seed nobody answers), so its whole state sits
+	// in the database file, read by nothing yet.
 	if err := agents[2].Kill(); err != nil {
 		t.Fatal(err)
 	}
-	a2 := c.start("a2", []string{agents[0].GossipAddr()}, nil)
+	a2 := c.start("a2", []string{"127.0.0.1:1"}, nil)
 	path := filepath.Join(c.dirs["a2"], stateDBFile)
-	testutil.CorruptMiddle(t, path)
+	testutil.CorruptTablePage(t, path, "lww") // a table StateHash reads
 	if _, err := a2.Store().StateHash(ctx); err == nil {
 		t.Fatal("reading the whole state over a damaged page succeeded")
 	}
