@@ -138,6 +138,28 @@ func TestCorruptStateDBQuarantinedAndRebuilt(t *testing.T) {
 	}
 }
 
+// ingestReadings publishes 600 messages of 20 metrics (12,000 readings,
+// an ingest.db of a few hundred KiB) to edge and waits until they are
+// stored; msg(i) is the i-th message.
+func ingestReadings(t *testing.T, edge *Agent) (msg func(i int) string) {
+	t.Helper()
+	dev := mqttClient(t, edge.MQTTURL(), "sensor-1")
+	base := time.Now().Add(-time.Hour).Unix()
+	var metrics []string
+	for m := 0; m < 20; m++ {
+		metrics = append(metrics, fmt.Sprintf(`"m%02d":%d.5`, m, m))
+	}
+	msg = func(i int) string { return fmt.Sprintf(`{"ts":%d,%s}`, base+int64(i), strings.Join(metrics, ",")) }
+	for i := 0; i < 600; i++ {
+		publish(t, dev, "devices/sensor-1/telemetry", msg(i))
+	}
+	waitFor(t, 20*time.Second, "readings stored", func() (bool, string) {
+		st, err := edge.ingestStore.Stats(context.Background())
+		return err == nil && st.Readings == 600*20, fmt.Sprintf("%+v %v", st, err)
+	})
+	return msg
+}
+
 // TestCorruptIngestDBSalvaged: a 4 KiB page in the middle of a stopped
 // agent's ingest.db readings overwritten; on restart it finds it, quarantines it, copies
 // the readings and outbox rows that still read into a new database,
@@ -148,20 +170,8 @@ func TestCorruptIngestDBSalvaged(t *testing.T) {
 	c := newCluster(t)
 	agents := c.startN(2)
 	edge := c.start("a2", []string{agents[0].GossipAddr()}, withIngest)
-	dev := mqttClient(t, edge.MQTTURL(), "sensor-1")
-	base := time.Now().Add(-time.Hour).Unix()
-	var metrics []string
-	for m := 0; m < 20; m++ {
-		metrics = append(metrics, fmt.Sprintf(`"m%02d":%d.5`, m, m))
-	}
-	for i := 0; i < 600; i++ {
-		publish(t, dev, "devices/sensor-1/telemetry", fmt.Sprintf(`{"ts":%d,%s}`, base+int64(i), strings.Join(metrics, ",")))
-	}
+	ingestReadings(t, edge)
 	ctx := context.Background()
-	waitFor(t, 20*time.Second, "readings stored", func() (bool, string) {
-		st, err := edge.ingestStore.Stats(ctx)
-		return err == nil && st.Readings == 600*20, fmt.Sprintf("%+v %v", st, err)
-	})
 	held := int64(600 * 20)
 	if err := edge.Kill(); err != nil {
 		t.Fatal(err)
@@ -206,8 +216,8 @@ func TestCorruptIngestDBSalvaged(t *testing.T) {
 		t.Fatalf("heartbeat health: %+v", h)
 	}
 	// Ingestion goes on into the new database.
-	dev = mqttClient(t, edge.MQTTURL(), "sensor-1b")
-	publish(t, dev, "devices/sensor-1/telemetry", fmt.Sprintf(`{"ts":%d,"after":1}`, base+700))
+	dev := mqttClient(t, edge.MQTTURL(), "sensor-1b")
+	publish(t, dev, "devices/sensor-1/telemetry", `{"after":1}`)
 	waitFor(t, 10*time.Second, "a reading after the salvage", func() (bool, string) {
 		now, err := edge.ingestStore.Stats(ctx)
 		return err == nil && now.Readings == st.Readings+1, fmt.Sprintf("%+v %v", now, err)
@@ -269,4 +279,53 @@ func TestStateDBDamagedInUse(t *testing.T) {
 		r := a2.Readiness()
 		return r.NotReady == "", fmt.Sprintf("%+v", r)
 	})
+}
+
+// TestIngestDBDamagedInUse: a page of a running agent's ingest.db (of its
+// readings) overwritten; the commit that meets it fails (its messages
+// are not acknowledged), the agent stops serving and its next start
+// quarantines and salvages the database.
+func TestIngestDBDamagedInUse(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	edge := c.start("a2", nil, withIngest)
+	msg := ingestReadings(t, edge)
+	// Restart so the readings sit in the database file, read by nothing.
+	if err := edge.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	edge = c.start("a2", nil, withIngest)
+	path := filepath.Join(c.dirs["a2"], "ingest.db")
+	testutil.CorruptTablePage(t, path, "readings")
+	// Messages again at every time: each commit touches every series'
+	// pages, the damaged one among them.
+	dev := mqttClient(t, edge.MQTTURL(), "sensor-1b")
+	go func() {
+		for i := 0; i < 600; i += 7 {
+			if tok := dev.Publish("devices/sensor-1/telemetry", 1, false, msg(i)); !tok.WaitTimeout(time.Second) {
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-edge.Failed():
+		if !strings.Contains(err.Error(), "ingest database") {
+			t.Fatalf("failed with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not give up on its damaged ingestion database")
+	}
+	if err := edge.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	edge = c.start("a2", nil, withIngest)
+	if q := quarantinedFiles(t, c.dirs["a2"], "ingest.db"); len(q) != 1 {
+		t.Fatalf("quarantined files %v", q)
+	}
+	inc := edge.Incidents()
+	if len(inc) != 1 || inc[0].Status != incidentSalvaged || !strings.Contains(inc[0].Reason, "damaged in use") ||
+		inc[0].SalvagedReadings == 0 || inc[0].LostReadings <= 0 {
+		t.Fatalf("incidents: %+v", inc)
+	}
+	t.Logf("salvaged %d readings, lost %d", inc[0].SalvagedReadings, inc[0].LostReadings)
 }
