@@ -166,6 +166,8 @@ type Agent struct {
 	rnd  io.Reader
 	rng  *lockedRand
 	m    *metrics
+	dbm  *dbMetrics
+	dbs  dbIncidents // databases quarantined since Start
 
 	// lifeMu is held by Start and by Stop/Kill, so they never overlap.
 	lifeMu  sync.Mutex
@@ -244,6 +246,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("agent: registering metrics: %w", err)
 	}
 	a.m = m
+	if a.dbm, err = newDBMetrics(a.reg); err != nil {
+		return nil, fmt.Errorf("agent: registering metrics: %w", err)
+	}
 	a.deps = deps
 	return a, nil
 }
@@ -371,20 +376,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	store, err := crdt.Open(filepath.Join(a.cfg.DataDir, stateDBFile), crdt.Options{
-		ReplicaID:    name,
-		Wall:         a.clk.Now,
-		MaxDrift:     a.cfg.State.MaxClockDrift,
-		Logger:       a.log,
-		TombstoneTTL: a.cfg.State.TombstoneTTL,
-		Registerer:   a.reg,
-		// While the wall clock is wrong, drift is judged against the
-		// clocks peers report in sync messages.
-		Fleet:   func() []time.Time { return a.peers.Load().FleetClocks() },
-		MinWall: minPlausibleWall,
-	})
+	store, err := a.openState(ctx, name)
 	if err != nil {
-		return fmt.Errorf("agent: opening state: %w", err)
+		return err
 	}
 	cleanup = append(cleanup, func() { store.Close() })
 	a.mu.Lock()
@@ -443,6 +437,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	cleanup = append(cleanup, func() { cancel(); a.wg.Wait(); cluster.Wait() })
 	a.goLoop(func() { repl.Run(bg) })
 	a.goLoop(func() { cluster.Run(bg) })
+	a.goLoop(func() { a.watchDBs(bg) })
 	a.startedAt = a.clk.Now()
 
 	if err := a.startEdge(ctx, name); err != nil {
@@ -535,15 +530,20 @@ func (a *Agent) claimName() error {
 	}
 }
 
-// Run starts the agent, waits for ctx to end, then stops it gracefully.
+// Run starts the agent, waits for ctx to end (or for a database to be
+// found damaged in use, see Failed), then stops it gracefully.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-a.Failed():
+	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return a.Stop(stopCtx)
+	return errors.Join(failed, a.Stop(stopCtx))
 }
 
 // Stop leaves the cluster gracefully: it stops the API (letting requests in

@@ -152,7 +152,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		ilog := a.log.With("component", "ingest")
 		sc := ic.storeConfig(filepath.Join(a.cfg.DataDir, ingest.StoreFile), a.cfg.ControlPlane.URL != "")
 		sc.Clock, sc.Logger, sc.Registry = a.clk, ilog, a.reg
-		if store, err = ingest.OpenStore(sc); err != nil {
+		if store, err = a.openIngest(ctx, sc); err != nil {
 			return fmt.Errorf("agent: opening the ingestion database: %w", err)
 		}
 		undo = append(undo, func() { store.Close() })

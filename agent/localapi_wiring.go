@@ -89,15 +89,19 @@ func (b apiBackend) StartedAt() time.Time         { return b.a.startedAt }
 func (b apiBackend) Members() []membership.Member { return b.a.Members() }
 func (b apiBackend) Health() *cpapi.Health        { return b.a.health() }
 
-func (b apiBackend) Ready(ctx context.Context) (int, error) {
+func (b apiBackend) Ready(ctx context.Context) (int, string, error) {
 	a := b.a
 	if !a.running.Load() || a.repl.Load() == nil {
-		return 0, errors.New("agent not running")
+		return 0, "", errors.New("agent not running")
 	}
 	if _, err := a.Store().VersionVector(ctx); err != nil {
-		return 0, fmt.Errorf("store: %w", err)
+		return 0, "", fmt.Errorf("store: %w", err)
 	}
-	return a.peers.Load().Count(StateAlive), nil
+	r := a.Readiness()
+	if r.NotReady != "" {
+		return 0, "", errors.New(r.NotReady)
+	}
+	return a.peers.Load().Count(StateAlive), r.Degraded, nil
 }
 
 func (b apiBackend) Devices(ctx context.Context) ([]devices.Record, error) { return b.a.Devices(ctx) }

@@ -63,6 +63,9 @@ func (a *Agent) health() *cpapi.Health {
 	if n := peers.Count(StateDead); n > 0 {
 		h.Checks["members_dead"] = strconv.Itoa(n)
 	}
+	if h.Incidents = heartbeatIncidents(a.Incidents()); len(h.Incidents) > 0 {
+		worse(healthDegraded)
+	}
 	a.mu.Lock()
 	in, store := a.ingestor, a.ingestStore
 	a.mu.Unlock()

@@ -142,7 +142,7 @@ func jsonFields(t reflect.Type) []string {
 func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 	doc := loadOpenAPI(t, OpenAPI())
 	types := map[string]any{
-		"Error": cpapi.ErrorBody{}, "Health": cpapi.Health{}, "Resources": cpapi.Resources{}, "Heartbeat": cpapi.Heartbeat{},
+		"Error": cpapi.ErrorBody{}, "Health": cpapi.Health{}, "DBIncident": cpapi.DBIncident{}, "Resources": cpapi.Resources{}, "Heartbeat": cpapi.Heartbeat{},
 		"HeartbeatResponse": cpapi.HeartbeatResponse{}, "Agent": cpapi.Agent{}, "AgentsResponse": cpapi.AgentsResponse{},
 		"LabelsPatch": cpapi.LabelsPatch{}, "EnrollmentToken": cpapi.EnrollmentToken{},
 		"CreateEnrollmentTokensRequest": cpapi.CreateEnrollmentTokensRequest{}, "EnrollmentTokensResponse": cpapi.EnrollmentTokensResponse{},

@@ -40,6 +40,7 @@ const (
 	maxLabelKeyLen    = 63
 	maxLabelValueLen  = 255
 	maxFieldLen       = 128
+	maxIncidents      = 16 // database incidents in one heartbeat
 	maxAuditPage      = 1000
 	defaultAuditPage  = 100
 	defaultPointLimit = 10000
@@ -390,6 +391,18 @@ func validHeartbeat(hb *cpapi.Heartbeat) error {
 			}
 			if err := validText(fmt.Sprintf("health.checks[%q]", k), v, maxLabelValueLen); err != nil {
 				return err
+			}
+		}
+	}
+	if h := hb.Health; h != nil && len(h.Incidents) > maxIncidents {
+		return badRequest("health.incidents: %d incidents, limit %d", len(h.Incidents), maxIncidents)
+	} else if h != nil {
+		for i, inc := range h.Incidents {
+			for _, f := range []struct{ name, v string }{{"db", inc.DB}, {"file", inc.File}, {"quarantined_as", inc.QuarantinedAs},
+				{"reason", inc.Reason}, {"status", inc.Status}} {
+				if err := validText(fmt.Sprintf("health.incidents[%d].%s", i, f.name), f.v, maxLabelValueLen); err != nil {
+					return err
+				}
 			}
 		}
 	}

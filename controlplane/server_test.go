@@ -374,7 +374,15 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.Advance(5 * time.Second)
-	hr, err := ac.Heartbeat(e.ctx(), cpapi.Heartbeat{Version: "0.3.2", Health: &cpapi.Health{Status: "degraded", Checks: map[string]string{"mqtt": "reconnecting"}},
+	incident := cpapi.DBIncident{DB: "state", File: "/var/lib/edgefleet/state.db", QuarantinedAs: "/var/lib/edgefleet/state.db.corrupt-20261207T030000Z",
+		At: e.clock.Now().UTC(), Reason: "database disk image is malformed", Status: "rebuilding"}
+	badIncident := incident
+	badIncident.Reason = "*** in database main ***\nPage 12: btreeInitPage() returns error code 11"
+	if _, err := ac.Heartbeat(e.ctx(), cpapi.Heartbeat{Health: &cpapi.Health{Status: "degraded", Incidents: []cpapi.DBIncident{badIncident}}}); err == nil {
+		t.Error("heartbeat with a control character in an incident accepted")
+	}
+	hr, err := ac.Heartbeat(e.ctx(), cpapi.Heartbeat{Version: "0.3.2", Health: &cpapi.Health{Status: "degraded", Checks: map[string]string{"mqtt": "reconnecting"},
+		Incidents: []cpapi.DBIncident{incident}},
 		Resources: &cpapi.Resources{CPUPercent: 42, MemUsedBytes: 100, MemTotalBytes: 200}})
 	if err != nil {
 		t.Fatal(err)
@@ -392,6 +400,9 @@ func TestEnrollHappyPathAndMutualTLS(t *testing.T) {
 	got, err := e.admin.GetAgent(e.ctx(), resp.AgentID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if inc := got.Health.Incidents; len(inc) != 1 || inc[0] != incident {
+		t.Errorf("incidents stored %+v, want %+v", inc, incident)
 	}
 	if !bytes.Equal(got.XWingPublic, xw) || !bytes.Equal(got.MLDSAPublic, md) {
 		t.Error("post-quantum public keys not stored")

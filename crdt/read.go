@@ -60,7 +60,7 @@ func (s *Store) scanErr(what string, err error) error {
 	if isConversionError(err) {
 		return s.corrupt(fmt.Errorf("crdt: %s: %w: %v", what, ErrCorrupt, err))
 	}
-	return fmt.Errorf("crdt: %s: %w", what, err)
+	return s.corrupt(fmt.Errorf("crdt: %s: %w", what, err))
 }
 
 // isConversionError reports whether err is database/sql failing to convert

@@ -61,6 +61,7 @@ type Store struct {
 	clock   *Clock
 	metrics *metrics
 	closed  atomic.Bool
+	damaged atomic.Pointer[error] // see Damaged
 
 	// wc is the connection every write transaction runs on: one
 	// connection keeps its page cache warm across transactions (a pool
@@ -451,8 +452,10 @@ func readVV(ctx context.Context, q interface {
 }
 
 // corrupt counts and logs an error about a corrupt row and returns it;
-// a failure of the storage itself it marks ErrUnavailable.
+// a failure of the storage itself it marks ErrUnavailable, and one
+// showing the file damaged it notes for Damaged.
 func (s *Store) corrupt(err error) error {
+	s.noteDamage(err)
 	if errors.Is(err, ErrCorrupt) {
 		s.metrics.corrupt.Inc()
 		s.log.Error("crdt: corrupt row", "err", err)

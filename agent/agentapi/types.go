@@ -27,6 +27,9 @@ type Health struct {
 type Ready struct {
 	Status  string `json:"status"`  // "ready"
 	Members int    `json:"members"` // members alive, itself included
+	// Degraded, when set, says what the agent lost while serving again
+	// (a database quarantined, see agent.Readiness).
+	Degraded string `json:"degraded,omitempty"`
 }
 
 // Collection is one collection of GET /v1/state.
@@ -311,6 +314,24 @@ type Status struct {
 type AgentHealth struct {
 	Status string            `json:"status"` // ok, degraded or failing
 	Checks map[string]string `json:"checks,omitempty"`
+	// Incidents are the databases found corrupt and quarantined since the
+	// agent started.
+	Incidents []DBIncident `json:"incidents,omitempty"`
+}
+
+// DBIncident is a database the agent found corrupt, quarantined (renamed,
+// kept) and replaced (the heartbeat's cpapi.DBIncident).
+type DBIncident struct {
+	DB               string    `json:"db"` // state or ingest
+	File             string    `json:"file"`
+	QuarantinedAs    string    `json:"quarantined_as"`
+	At               time.Time `json:"at"`
+	Reason           string    `json:"reason"`
+	SalvagedReadings int64     `json:"salvaged_readings,omitempty"`
+	LostReadings     int64     `json:"lost_readings,omitempty"` // -1: unknown
+	SalvagedOutbox   int64     `json:"salvaged_outbox_batches,omitempty"`
+	LostOutbox       int64     `json:"lost_outbox_batches,omitempty"`
+	Status           string    `json:"status"` // rebuilding, rebuilt or salvaged
 }
 
 // StatusMembers counts the members the agent knows by state, and lists

@@ -218,6 +218,8 @@ type Store struct {
 
 	commitHook func([]*envelope) error // tests: fail a commit on demand
 
+	damaged atomic.Pointer[error] // see Damaged
+
 	commits        atomic.Int64 // write transactions committed, for the checkpointer
 	sizeChecked    int64        // commits at the last database size reading
 	ckStop, ckDone chan struct{}
@@ -561,10 +563,10 @@ func (s *Store) withTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return s.noteDamage(err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("ingest: commit: %w", err)
+		return s.noteDamage(fmt.Errorf("ingest: commit: %w", err))
 	}
 	s.commits.Add(1)
 	return nil

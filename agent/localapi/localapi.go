@@ -49,8 +49,9 @@ type Node interface {
 	// StartedAt is when the agent started (zero before).
 	StartedAt() time.Time
 	// Ready is nil when the agent serves (store readable, replication
-	// running), with the members alive (itself included).
-	Ready(ctx context.Context) (alive int, err error)
+	// running, state not being rebuilt), with the members alive (itself
+	// included) and what it lost, if anything (degraded).
+	Ready(ctx context.Context) (alive int, degraded string, err error)
 	Members() []membership.Member
 	// Health runs the agent's health checks (as its heartbeats report).
 	Health() *cpapi.Health
@@ -128,7 +129,7 @@ type server struct {
 // New returns the agent's HTTP API:
 //
 //	GET    /healthz                        process is up
-//	GET    /readyz                         store open and memberlist running (503 otherwise)
+//	GET    /readyz                         store open, memberlist running, state not being rebuilt (503 otherwise; "degraded" notes quarantined databases)
 //	GET    /metrics                        Prometheus text format
 //	GET    /v1/state                       collections held: [{"name","type","keys"}]
 //	GET    /v1/state/{collection}          lww: entries; orset: members; counter: counters [{"key","value"}];
@@ -253,10 +254,10 @@ func (s *server) writeStoreError(w http.ResponseWriter, err error) {
 }
 
 func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
-	alive, err := s.b.Ready(r.Context())
+	alive, degraded, err := s.b.Ready(r.Context())
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, agentapi.Ready{Status: "ready", Members: alive})
+	writeJSON(w, http.StatusOK, agentapi.Ready{Status: "ready", Members: alive, Degraded: degraded})
 }

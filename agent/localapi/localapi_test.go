@@ -69,11 +69,11 @@ func (f *fake) CollectionType(coll string) crdt.Type {
 func (f *fake) Name() string         { return "n1" }
 func (f *fake) Running() bool        { return f.store != nil }
 func (f *fake) StartedAt() time.Time { return time.Time{} }
-func (f *fake) Ready(context.Context) (int, error) {
+func (f *fake) Ready(context.Context) (int, string, error) {
 	if f.store == nil {
-		return 0, errors.New("agent not running")
+		return 0, "", errors.New("agent not running")
 	}
-	return 1, nil
+	return 1, "", nil
 }
 func (f *fake) Members() []membership.Member {
 	return []membership.Member{{Name: "n1", State: membership.StateAlive}, {Name: "n2", State: membership.StateDead}}

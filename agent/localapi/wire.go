@@ -31,7 +31,10 @@ func wireHealth(h *cpapi.Health) *agentapi.AgentHealth {
 	if h == nil {
 		return nil
 	}
-	w := agentapi.AgentHealth(*h)
+	w := agentapi.AgentHealth{Status: h.Status, Checks: h.Checks}
+	for _, inc := range h.Incidents {
+		w.Incidents = append(w.Incidents, agentapi.DBIncident(inc))
+	}
 	return &w
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -229,6 +230,10 @@ func printAgent(w io.Writer, ag cpapi.Agent, now time.Time) error {
 		} else {
 			row("Health", "%s", h.Status)
 		}
+		for _, inc := range h.Incidents {
+			row("DB incident", "%s database quarantined as %s at %s (%s)%s", inc.DB, inc.QuarantinedAs,
+				inc.At.Local().Format(time.RFC3339), inc.Status, incidentCounts(inc))
+		}
 	} else {
 		row("Health", "not reported")
 	}
@@ -408,4 +413,17 @@ func (a *app) completeAgentIDs(c *cobra.Command, args []string, _ string) ([]str
 		out = append(out, ag.ID+"\t"+ag.Name+" ("+string(ag.State)+")")
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// incidentCounts tells what a salvage of an ingestion database kept and lost.
+func incidentCounts(inc cpapi.DBIncident) string {
+	if inc.DB != "ingest" {
+		return ""
+	}
+	lost := "unknown"
+	if inc.LostReadings >= 0 {
+		lost = strconv.FormatInt(inc.LostReadings, 10)
+	}
+	return fmt.Sprintf(": %d readings salvaged, %s lost; %d outbox batches salvaged, about %d lost",
+		inc.SalvagedReadings, lost, inc.SalvagedOutbox, inc.LostOutbox)
 }

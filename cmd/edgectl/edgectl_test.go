@@ -478,6 +478,16 @@ func TestAgents(t *testing.T) {
 	if out := e.must("agents", "show", ag.id); !strings.Contains(out, "pump-7") || !strings.Contains(out, "Health:") {
 		t.Fatalf("show table:\n%s", out)
 	}
+	// A database incident in the heartbeat is shown.
+	if _, err := ag.client.Heartbeat(context.Background(), cpapi.Heartbeat{Health: &cpapi.Health{Status: "degraded",
+		Incidents: []cpapi.DBIncident{{DB: "ingest", File: "/data/ingest.db", QuarantinedAs: "/data/ingest.db.corrupt-20261207T030000Z",
+			At: time.Now(), Reason: "database disk image is malformed", Status: "salvaged", SalvagedReadings: 11861, LostReadings: 139}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must("agents", "show", ag.id); !strings.Contains(out, "ingest database quarantined as /data/ingest.db.corrupt-20261207T030000Z") ||
+		!strings.Contains(out, "11861 readings salvaged, 139 lost") {
+		t.Fatalf("show table with an incident:\n%s", out)
+	}
 	if r := e.run("agents", "show", "agt_missing"); r.code != 1 || !strings.Contains(r.stderr, "404") {
 		t.Fatalf("show missing: %+v", r)
 	}

@@ -61,6 +61,35 @@ type Health struct {
 	Status string `json:"status"`
 	// Checks maps a check name to a short result ("ok" or an explanation).
 	Checks map[string]string `json:"checks,omitempty"`
+	// Incidents are the databases the agent found corrupt and quarantined
+	// since it started (an agent with incidents reports "degraded").
+	Incidents []DBIncident `json:"incidents,omitempty"`
+}
+
+// DBIncident is a database an agent found corrupt at start (quick_check)
+// or in use, quarantined (renamed, kept) and replaced.
+type DBIncident struct {
+	// DB is "state" (replicated state, rebuilt from peers) or "ingest"
+	// (ingestion database, salvaged).
+	DB string `json:"db"`
+	// File is the database's path; QuarantinedAs the name it was moved to.
+	File          string `json:"file"`
+	QuarantinedAs string `json:"quarantined_as"`
+	// At is when it was quarantined.
+	At time.Time `json:"at"`
+	// Reason is what found it (quick_check's first problems, or the error).
+	Reason string `json:"reason"`
+	// Salvaged and Lost count the rows of an ingestion database copied
+	// into the new one and those lost (readings: the damaged database's
+	// counters minus those copied, -1 when unknown; outbox: estimated from
+	// sequence-number gaps).
+	SalvagedReadings int64 `json:"salvaged_readings,omitempty"`
+	LostReadings     int64 `json:"lost_readings,omitempty"`
+	SalvagedOutbox   int64 `json:"salvaged_outbox_batches,omitempty"`
+	LostOutbox       int64 `json:"lost_outbox_batches,omitempty"`
+	// Status is "rebuilding" while a state database is being rebuilt
+	// from peers, then "rebuilt"; "salvaged" for an ingestion database.
+	Status string `json:"status"`
 }
 
 // Resources is the agent's resource status, sent with each heartbeat.
