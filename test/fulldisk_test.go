@@ -99,13 +99,16 @@ func TestFullDiskHoldsBack(t *testing.T) {
 	if free := fsFree(t, mnt); free > 1<<20 {
 		t.Fatalf("disk_full with %d bytes free on the file system", free)
 	}
-	// Held: nothing more acknowledged, nothing dead-lettered, the agent up.
+	// Held: nothing acknowledged that is not stored, nothing
+	// dead-lettered, the agent up. Acknowledgements follow commits
+	// asynchronously, so they may still catch up with messages committed
+	// before the disk filled; they never run ahead of the store.
 	time.Sleep(2 * time.Second)
 	var held fullDiskStatus
 	if err := p.getJSON("/v1/ingest", &held); err != nil {
 		t.Fatal(err)
 	}
-	if held.Pressure != "disk_full" || held.Stats.Acked != st.Stats.Acked || held.Store.DeadLetters != 0 || held.Stats.Backpressure != "disk_full" {
+	if held.Pressure != "disk_full" || held.Stats.Acked > held.Store.Messages+held.Store.DuplicateMessages || held.Store.DeadLetters != 0 || held.Stats.Backpressure != "disk_full" {
 		t.Fatalf("while full: %+v (2 s before: %+v)", held, st)
 	}
 	t.Logf("full: %d of %d messages acknowledged, %d readings stored, %d bytes free", held.Stats.Acked, total, held.Store.Readings, fsFree(t, mnt))
@@ -174,6 +177,8 @@ type fullDiskStatus struct {
 		StoredTotal int64 `json:"stored_total"`
 		DeadLetters int64 `json:"dead_letters"`
 		Messages    int64 `json:"messages"`
+		// Redelivered messages acknowledged without storing them again.
+		DuplicateMessages int64 `json:"duplicate_messages"`
 	} `json:"store"`
 }
 
