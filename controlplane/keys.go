@@ -157,9 +157,10 @@ type keyState struct {
 	stop chan struct{}
 	done chan struct{}
 
-	cache keyCache
-	relay relayState
-	watch *keyWatch
+	cache       keyCache
+	relay       relayState
+	watch       *keyWatch
+	revocations revocationState
 }
 
 // keyCache keeps the key service's metadata (keys, versions, policies, and

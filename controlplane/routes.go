@@ -558,6 +558,7 @@ func (s *Server) handleDecommission(w http.ResponseWriter, r *http.Request, c *c
 	}
 	s.log.Info("agent decommissioned", "agent", id, "by", c.actor, "serial", a.CertSerial)
 	s.revokeAgentKeys(keyCtx(context.WithoutCancel(r.Context()), c), id)
+	s.revocationChanged(context.WithoutCancel(r.Context()))
 	a.State = cpapi.StateDecommissioned
 	writeJSON(w, http.StatusOK, a)
 	return nil
