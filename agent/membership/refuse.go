@@ -78,6 +78,12 @@ func (c *Cluster) SetRefused(names map[string]bool) {
 // Refused reports whether name is refused.
 func (c *Cluster) Refused(name string) bool { return c.tr.refused.Load().has(name) }
 
+// RefusesAny reports whether any name is refused.
+func (c *Cluster) RefusesAny() bool {
+	r := c.tr.refused.Load()
+	return r != nil && len(r.names) > 0
+}
+
 // refuseAddr blocks the gossip address of a refused node seen in an alive
 // message.
 func (c *Cluster) refuseAddr(addr string) {
