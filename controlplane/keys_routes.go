@@ -552,6 +552,8 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		if prev, err = parseKeyCursor(after); err != nil {
 			return err
 		}
+		// The cursor an agent sends is the key state it accepted.
+		s.noteConfirmed(c.agentID, prev)
 	}
 	wait, err := parseKeyWait(q.Get("wait"))
 	if err != nil {
