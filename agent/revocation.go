@@ -38,7 +38,7 @@ func (a *Agent) newRevocations(cluster *membership.Cluster) error {
 		return nil
 	}
 	r, err := keys.NewRevocations(keys.RevocationsConfig{
-		State: replicated{a}, Keys: a.Keys, Changed: cluster.SetRefused,
+		State: replicated{a}, Keys: a.Keys, Changed: func(names map[string]bool) { a.refuse(cluster, names) },
 		Interval: a.cfg.Gossip.SyncInterval, Clock: a.clk,
 		Logger: a.log.With("component", "revocations"), Registry: a.reg,
 	})
@@ -47,6 +47,17 @@ func (a *Agent) newRevocations(cluster *membership.Cluster) error {
 	}
 	a.revocations.Store(r)
 	return nil
+}
+
+// refuse enforces a newer revocation list: the cluster refuses the
+// revoked nodes, and the bootstrap gossip key, which they know, leaves
+// the keyring now rather than at the end of its grace period.
+func (a *Agent) refuse(cluster *membership.Cluster, names map[string]bool) {
+	cluster.SetRefused(names)
+	if a.gossipKeys != nil && len(names) > 0 {
+		a.gossipKeys.EndGrace()
+		a.keysChanged.Fire() // the rotator re-plans its next step
+	}
 }
 
 // startRevocations reads the replicated list now and every sync interval.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
 // RevokeBound is the time within which every live agent must refuse a
@@ -42,6 +43,19 @@ type RevokeReport struct {
 	// LiveMinAlive is the fewest live agents some live agent saw alive
 	// at the end (must be LiveAgents: the live cluster did not split).
 	LiveMinAlive int `json:"live_min_alive"`
+	// The revocation rotates the gossip key. GossipInstallGrace is the
+	// key's install grace in this phase (the new version becomes primary
+	// that long after its creation); GossipRemoveGrace its remove grace,
+	// which no longer applies: the control plane retires the older
+	// versions once every live agent confirmed the new one.
+	// OldGossipKeyRemovedSeconds is the time from the decommission until
+	// every live agent's keyring holds GossipVersion alone: neither an
+	// older version nor the shared bootstrap key, so the revoked agent's
+	// keys open nothing of theirs any more.
+	GossipInstallGrace         float64 `json:"gossip_install_grace_seconds"`
+	GossipRemoveGrace          float64 `json:"gossip_remove_grace_seconds"`
+	GossipVersion              uint32  `json:"gossip_key_version"`
+	OldGossipKeyRemovedSeconds float64 `json:"old_gossip_key_removed_seconds"`
 }
 
 // runRevoke decommissions the last agent and measures how fast the
@@ -65,12 +79,33 @@ func (f *Fleet) runRevoke(ctx context.Context) (*RevokeReport, error) {
 	if id == "" {
 		return nil, fmt.Errorf("sim: revoke: %s is not enrolled", revoked.name)
 	}
+	// The gossip key's install grace as in the rotation phase; a remove
+	// grace of an hour shows that retirement does not wait for it.
+	scaled := func(d time.Duration) string { return time.Duration(float64(d) * f.opts.TimeScale).String() }
+	pol := cpapi.KeyPolicy{AllAgents: true, InstallGrace: scaled(f.opts.RotateGrace), RemoveGrace: scaled(time.Hour), RotationPeriod: "off"}
+	if _, err := f.cp.client.SetKeyPolicy(ctx, cpapi.GossipKeyName, pol); err != nil {
+		return nil, fmt.Errorf("sim: revoke: gossip key policy: %w", err)
+	}
+	rep.GossipInstallGrace, rep.GossipRemoveGrace = f.opts.RotateGrace.Seconds(), time.Hour.Seconds()
 	fromPeers0 := f.adoptedFromPeers(live)
 	start := time.Now()
 	if _, err := f.cp.client.Decommission(ctx, id); err != nil {
 		return nil, fmt.Errorf("sim: revoke: decommission %s: %w", revoked.name, err)
 	}
 	log.Info("agent decommissioned; waiting until every live agent refuses it", "agent", revoked.name)
+	ks, err := f.cp.client.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sim: revoke: listing keys: %w", err)
+	}
+	for _, k := range ks.Keys {
+		if k.Name == cpapi.GossipKeyName {
+			rep.GossipVersion = k.LatestVersion
+		}
+	}
+	keyGone := make(chan keyGoneResult, 1)
+	go func() {
+		keyGone <- waitGossipKeyAlone(ctx, live, rep.GossipVersion, start, f.opts.RotateGrace+wait)
+	}()
 	adopted := make([]float64, len(live))
 	for time.Since(start) < wait {
 		done := 0
@@ -125,9 +160,46 @@ func (f *Fleet) runRevoke(ctx context.Context) (*RevokeReport, error) {
 		}
 		rep.LiveMinAlive = min(rep.LiveMinAlive, alive)
 	}
+	// The old gossip key leaves every live keyring (timed from the
+	// decommission, in the background meanwhile).
+	gone := <-keyGone
+	if gone.err != nil {
+		return nil, gone.err
+	}
+	rep.OldGossipKeyRemovedSeconds = gone.seconds
 	log.Info("revocation phase", "refused_seconds", rep.RefusedSeconds, "injected_op_reached", rep.InjectedReached,
-		"earlier_op_kept", rep.EarlierKept, "live_min_alive", rep.LiveMinAlive)
+		"earlier_op_kept", rep.EarlierKept, "live_min_alive", rep.LiveMinAlive, "old_gossip_key_removed_seconds", rep.OldGossipKeyRemovedSeconds)
 	return rep, nil
+}
+
+type keyGoneResult struct {
+	seconds float64
+	err     error
+}
+
+// waitGossipKeyAlone waits until every node's gossip keyring holds version
+// alone (no older version, no bootstrap key) and returns the time since
+// start.
+func waitGossipKeyAlone(ctx context.Context, nodes []*node, version uint32, start time.Time, limit time.Duration) keyGoneResult {
+	for {
+		done := 0
+		for _, n := range nodes {
+			if st := n.ag.GossipKeyring(); st.Primary == version && !st.Bootstrap && len(st.Versions) == 1 {
+				done++
+			}
+		}
+		if done == len(nodes) {
+			return keyGoneResult{seconds: round(time.Since(start).Seconds())}
+		}
+		if time.Since(start) > limit {
+			st := nodes[0].ag.GossipKeyring()
+			return keyGoneResult{err: fmt.Errorf("sim: revoke: the old gossip key is still installed on %d of %d live agents %v after the revocation (%s: primary v%d, versions %v, bootstrap %v; want v%d alone)",
+				len(nodes)-done, len(nodes), time.Since(start).Round(time.Second), nodes[0].name, st.Primary, st.Versions, st.Bootstrap, version)}
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return keyGoneResult{err: err}
+		}
+	}
 }
 
 // holdsAlive reports whether n's member table holds name alive.

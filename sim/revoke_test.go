@@ -19,7 +19,7 @@ func TestRunRevoke(t *testing.T) {
 	defer cancel()
 	rep, err := Run(ctx, Options{
 		Agents: 5, NoPartition: true, WritesPerAgent: 5, Idle: time.Second, Profile: "test",
-		DataDir: t.TempDir(), Timeout: 60 * time.Second, NoDevices: true, Revoke: true,
+		DataDir: t.TempDir(), Timeout: 60 * time.Second, NoDevices: true, Revoke: true, RotateGrace: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +37,11 @@ func TestRunRevoke(t *testing.T) {
 	}
 	if r.EarlierKept != r.LiveAgents {
 		t.Fatalf("the op written before the revocation is kept by %d of %d agents", r.EarlierKept, r.LiveAgents)
+	}
+	// The old gossip key left every live keyring long before its remove
+	// grace (an hour).
+	if r.OldGossipKeyRemovedSeconds == 0 || r.OldGossipKeyRemovedSeconds > r.GossipInstallGrace+30 || r.GossipVersion < 2 {
+		t.Fatalf("old gossip key removed after %.1fs (install grace %.0fs), version %d", r.OldGossipKeyRemovedSeconds, r.GossipInstallGrace, r.GossipVersion)
 	}
 	if r.LiveMinAlive != r.LiveAgents {
 		t.Fatalf("the live cluster split: some agent saw %d of %d alive", r.LiveMinAlive, r.LiveAgents)

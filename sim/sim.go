@@ -94,7 +94,8 @@ type Options struct {
 	RotateFor time.Duration
 	// RotateGrace is the gossip key's install and remove grace in the
 	// rotation phase (default 20s): a new version becomes primary this
-	// long after its creation, older ones leave this long after that.
+	// long after its creation, older ones leave this long after that. The
+	// revocation phase uses it as the install grace.
 	RotateGrace time.Duration
 	// Revoke, at the end of the run, decommissions one agent and measures
 	// how long until every other agent refuses it, and whether an op it

@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/internal/testutil"
@@ -132,3 +135,68 @@ func TestRevocationsVerifyCarryAndKeep(t *testing.T) {
 }
 
 func testLogger(w *testutil.SyncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// TestRotatorEndGraceRemovesBootstrapKey: after the takeover by a dkms
+// version the bootstrap key stays installed for its grace period (an
+// hour) unless EndGrace (a revocation) shortens it to endedGrace: at once
+// when the takeover is older, else endedGrace after it.
+func TestRotatorEndGraceRemovesBootstrapKey(t *testing.T) {
+	bootstrap := bytes.Repeat([]byte{0xb0}, 32)
+	v2 := bytes.Repeat([]byte{0x02}, 32)
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	newRotator := func(activate time.Time) (*Rotator, *clock.Manual, *atomic.Bool) {
+		t.Helper()
+		clk := clock.NewManual(now)
+		var delivered atomic.Bool
+		kr, err := memberlist.NewKeyring(nil, bootstrap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewRotator(RotatorConfig{Keyring: kr, Bootstrap: bootstrap, Clock: clk, Logger: testLogger(&testutil.SyncBuffer{}),
+			Source: func(time.Time) (dkms.GossipKeyring, error) {
+				if !delivered.Load() {
+					return dkms.GossipKeyring{}, dkms.ErrUnknownKey
+				}
+				return dkms.GossipKeyring{Primary: 2, Keys: []dkms.GossipKeyVersion{{Version: 2, Key: v2, State: dkms.StatePrimary, ActivateAt: activate}}}, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, clk, &delivered
+	}
+
+	// Taken over a minute ago: the bootstrap key stays until EndGrace.
+	r, clk, delivered := newRotator(now.Add(-time.Minute))
+	delivered.Store(true)
+	if err := r.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Minute)
+	r.Apply()
+	if st := r.State(); st.Primary != 2 || !st.Bootstrap {
+		t.Fatalf("after the takeover: %+v, want v2 primary and the bootstrap key kept for its grace", st)
+	}
+	r.EndGrace()
+	if st := r.State(); st.Bootstrap || len(st.Versions) != 1 {
+		t.Fatalf("after EndGrace: %+v", st)
+	}
+
+	// EndGrace before the takeover: the bootstrap key leaves endedGrace
+	// after it.
+	r, clk, delivered = newRotator(now.Add(time.Minute))
+	r.EndGrace()
+	delivered.Store(true)
+	clk.Advance(time.Minute)
+	r.Apply()
+	if st := r.State(); st.Primary != 2 || !st.Bootstrap {
+		t.Fatalf("at the takeover: %+v, want the bootstrap key kept endedGrace", st)
+	}
+	if next := r.Next(); !next.Equal(now.Add(time.Minute + endedGrace)) {
+		t.Fatalf("next step at %v, want the end of the shortened grace", next)
+	}
+	clk.Advance(endedGrace)
+	r.Apply()
+	if st := r.State(); st.Bootstrap {
+		t.Fatalf("endedGrace after the takeover: %+v", st)
+	}
+}
