@@ -193,9 +193,11 @@ type Agent struct {
 	// keysChanged run after key fetches that accepted messages.
 	keysChanged keys.Hooks
 	// keyRelay passes key messages to and from peers.
-	keyRelay   atomic.Pointer[keys.Relay]
-	gossipKeys *keys.Rotator // nil with gossip encryption off
-	cpu        cpuSampler
+	keyRelay atomic.Pointer[keys.Relay]
+	// revocations holds the revocation list the cluster enforces.
+	revocations atomic.Pointer[keys.Revocations]
+	gossipKeys  *keys.Rotator // nil with gossip encryption off
+	cpu         cpuSampler
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -423,7 +425,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := cluster.Start(repl); err != nil {
+	if err := a.newRevocations(cluster); err != nil {
+		return fmt.Errorf("agent: revocations: %w", err)
+	}
+	if err := cluster.Start(refusingData{Data: repl, cluster: cluster, reject: a.m.reject}); err != nil {
 		return err
 	}
 	cleanup = append(cleanup, func() { cluster.Shutdown() })
@@ -450,6 +455,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := a.startKeyRelay(bg); err != nil {
 		return fmt.Errorf("agent: key relay: %w", err)
 	}
+	a.startRevocations(bg)
 
 	if err := a.startAPI(); err != nil {
 		return err

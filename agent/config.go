@@ -132,8 +132,9 @@ type APIConfig struct {
 type StateConfig struct {
 	// Collections maps a collection name to its type (lww, orset, counter,
 	// mvreg) for the HTTP API. Collections not listed are lww. Default
-	// {devices: lww, keys.relay: lww} (the device registry and the key
-	// relay, which must stay lww).
+	// {devices: lww, keys.relay: lww, keys.revocations: lww} (the device
+	// registry, the key relay and the revocation list, which must stay
+	// lww).
 	Collections map[string]crdt.Type `yaml:"collections"`
 	// CompactionInterval is how often superseded history and stable
 	// tombstones are compacted; 0 disables compaction. Default 10m.
@@ -223,7 +224,7 @@ func DefaultConfig() Config {
 			MaxBodyBytes:     1 << 20,
 		},
 		State: StateConfig{
-			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW},
+			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW},
 			CompactionInterval: 10 * time.Minute,
 			TombstoneTTL:       7 * 24 * time.Hour,
 			RecoveryTimeout:    2 * time.Minute,
@@ -651,6 +652,9 @@ func (c *Config) Validate() error {
 		}
 		if name == KeyRelayCollection && t != crdt.TypeLWW {
 			return fmt.Errorf("agent: state.collections: %q is the key relay and must be lww, not %q", name, t)
+		}
+		if name == RevocationCollection && t != crdt.TypeLWW {
+			return fmt.Errorf("agent: state.collections: %q is the revocation list and must be lww, not %q", name, t)
 		}
 	}
 	if c.State.CompactionInterval < 0 {

@@ -198,6 +198,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Status:        a.heartbeat,
 			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
+			Revocations:   a.offerRevocations,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err

@@ -119,3 +119,12 @@ func (a *Agent) startGossipKeys(ctx context.Context, r *keys.Rotator) {
 	})
 	a.goLoop(func() { r.Run(ctx, wake) })
 }
+
+// GossipKeyring describes the memberlist keyring now (the zero value with
+// gossip encryption off).
+func (a *Agent) GossipKeyring() keys.RingState {
+	if a.gossipKeys == nil {
+		return keys.RingState{}
+	}
+	return a.gossipKeys.State()
+}

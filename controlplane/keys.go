@@ -157,9 +157,11 @@ type keyState struct {
 	stop chan struct{}
 	done chan struct{}
 
-	cache keyCache
-	relay relayState
-	watch *keyWatch
+	cache       keyCache
+	relay       relayState
+	watch       *keyWatch
+	revocations revocationState
+	retire      retireState
 }
 
 // keyCache keeps the key service's metadata (keys, versions, policies, and
@@ -304,6 +306,7 @@ func (s *Server) openKeys(ctx context.Context) error {
 	kc := s.cfg.Keys
 	log := s.cfg.Logger.With("component", "keys")
 	ks := &keyState{watch: newKeyWatch()}
+	ks.retire.wake = make(chan struct{}, 1)
 	m, err := newKeyMetrics(s.cfg.Registry)
 	if err != nil {
 		return fmt.Errorf("controlplane: register key metrics: %w", err)
@@ -603,6 +606,7 @@ func (s *Server) revokeAgentKeys(ctx context.Context, id string) {
 	}
 	s.keys.metrics.rotations.WithLabelValues("revocation").Add(float64(len(rotated)))
 	s.log.Info("agent revoked in the key service", "agent", id, "keys_rotated", len(rotated))
+	s.afterRevocationRotation(ctx, rotated)
 }
 
 // reconcileRevocations revokes every decommissioned agent that the key
@@ -646,6 +650,7 @@ func (s *Server) reconcileRevocations(ctx context.Context) {
 		}
 		s.keys.metrics.rotations.WithLabelValues("revocation").Add(float64(len(rotated)))
 		s.log.Info("deferred key revocation applied", "agent", r.ID, "keys_rotated", len(rotated))
+		s.afterRevocationRotation(ctx, rotated)
 	}
 }
 
@@ -701,19 +706,35 @@ func (s *Server) ensureBuiltinKeys(ctx context.Context) {
 
 // ---- scheduled work ----
 
-// startKeysLoop runs keysTick every Keys.CheckInterval until stopKeysLoop.
+// startKeysLoop runs keysTick every Keys.CheckInterval until stopKeysLoop,
+// and once early when a gossip retirement falls due before the next tick.
 func (s *Server) startKeysLoop() {
 	ks := s.keys
 	ks.stop, ks.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(ks.done)
-		t := s.cfg.Clock.NewTicker(s.cfg.Keys.CheckInterval)
+		every := s.cfg.Keys.CheckInterval
+		t := s.cfg.Clock.NewTicker(every)
 		defer t.Stop()
+		interval := every
 		for {
 			select {
 			case <-ks.stop:
 				return
+			case <-ks.retire.wake:
+				// Tick early when a revocation's gossip retirement falls due
+				// before the next tick.
+				if due := s.nextRetireDue(); !due.IsZero() {
+					if d := max(due.Sub(s.cfg.Clock.Now()), time.Millisecond); d < interval {
+						t.Reset(d)
+						interval = d
+					}
+				}
 			case <-t.C():
+				if interval != every {
+					t.Reset(every)
+					interval = every
+				}
 				s.keysTick(context.Background())
 			}
 		}
@@ -744,4 +765,5 @@ func (s *Server) keysTick(ctx context.Context) {
 		s.keys.metrics.rotations.WithLabelValues("schedule").Add(float64(len(rotated)))
 	}
 	s.reconcileRevocations(ctx)
+	s.retireSupersededAsync()
 }

@@ -552,6 +552,8 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		if prev, err = parseKeyCursor(after); err != nil {
 			return err
 		}
+		// The cursor an agent sends is the key state it accepted.
+		s.noteConfirmed(c.agentID, prev)
 	}
 	wait, err := parseKeyWait(q.Get("wait"))
 	if err != nil {
@@ -569,6 +571,10 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 		curText string
 		allowed []dkms.KeyInfo
 	)
+	var (
+		revoked     []byte
+		listAtStart uint64
+	)
 	for {
 		changed := s.keys.watch.changed()
 		var err error
@@ -576,7 +582,17 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			return fail(err)
 		}
 		curText = cur.String()
-		if after != curText || wait == 0 {
+		// A new revocation list ends a held request too (its version
+		// grows with every decommission).
+		raw, version, err := s.revocationList(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		if revoked == nil && timer == nil {
+			listAtStart = version
+		}
+		revoked = raw
+		if after != curText || wait == 0 || version != listAtStart {
 			break
 		}
 		if timer == nil {
@@ -607,7 +623,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 	if after == curText {
 		s.keys.noteFetch(c.agentID, curText, cur)
 		s.keys.metrics.fetches.WithLabelValues("unchanged").Inc()
-		writeJSON(w, http.StatusOK, cpapi.AgentKeysResponse{Messages: [][]byte{}, Cursor: curText})
+		writeJSON(w, http.StatusOK, cpapi.AgentKeysResponse{Messages: [][]byte{}, Cursor: curText, Revocations: revoked})
 		return nil
 	}
 	if err := s.requireUnsealed(); err != nil {
@@ -632,7 +648,7 @@ func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call
 			}
 		}
 	}
-	out := cpapi.AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: curText}
+	out := cpapi.AgentKeysResponse{Messages: make([][]byte, 0, len(msgs)), Cursor: curText, Revocations: revoked}
 	for _, m := range msgs {
 		b, err := m.MarshalBinary()
 		if err != nil {

@@ -557,6 +557,9 @@ func (s *Server) handleDecommission(w http.ResponseWriter, r *http.Request, c *c
 		return err
 	}
 	s.log.Info("agent decommissioned", "agent", id, "by", c.actor, "serial", a.CertSerial)
+	// The list first: the key rotation below wakes held key requests,
+	// which answer with the list.
+	s.revocationChanged(context.WithoutCancel(r.Context()))
 	s.revokeAgentKeys(keyCtx(context.WithoutCancel(r.Context()), c), id)
 	a.State = cpapi.StateDecommissioned
 	writeJSON(w, http.StatusOK, a)

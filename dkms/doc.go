@@ -111,6 +111,13 @@
 // revocation. What it could open before stays readable to that copy:
 // rewrap such data and destroy the old versions if that matters.
 //
+// A RevocationList tells agents which peers to refuse: every revoked
+// agent (id, node name, when), versioned by the number of entries
+// (revocations are never undone), signed by SignRevocationList with the
+// key-message signing key under RevocationListContext. Agents parse it
+// with ParseRevocationList and check it with Verify against the pinned
+// control-plane key (AgentKeys.ControlPlaneKey) before using it.
+//
 // # Gossip keyring
 //
 // memberlist encrypts gossip with the primary key of its keyring and

@@ -94,8 +94,14 @@ type Options struct {
 	RotateFor time.Duration
 	// RotateGrace is the gossip key's install and remove grace in the
 	// rotation phase (default 20s): a new version becomes primary this
-	// long after its creation, older ones leave this long after that.
+	// long after its creation, older ones leave this long after that. The
+	// revocation phase uses it as the install grace.
 	RotateGrace time.Duration
+	// Revoke, at the end of the run, decommissions one agent and measures
+	// how long until every other agent refuses it, and whether an op it
+	// injects afterwards reaches anyone (sim/revoke.go). It needs the
+	// control plane.
+	Revoke bool
 	// DeviceRegistryInterval is how often an agent refreshes a device's
 	// record in replicated state; 0 keeps the agent's default (Serve uses
 	// 5s, so listings stay fresh).
@@ -165,6 +171,9 @@ func (o *Options) setDefaults() error {
 	if o.Speedup == 0 {
 		o.Speedup = 60
 	}
+	if o.Revoke && o.NoControlPlane {
+		return errors.New("sim: revocation needs the control plane")
+	}
 	if o.Outage > 0 && o.NoControlPlane {
 		return errors.New("sim: an outage needs the control plane")
 	}
@@ -219,6 +228,8 @@ type Report struct {
 	Outage *OutageReport `json:"outage,omitempty"`
 	// Rotation is the key rotation phase (absent without Rotate).
 	Rotation *RotationReport `json:"rotation,omitempty"`
+	// Revoke is the revocation phase (absent without Revoke).
+	Revoke *RevokeReport `json:"revoke,omitempty"`
 }
 
 // ControlPlaneReport describes the fleet as the control plane saw it.
@@ -700,6 +711,11 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	if f.DevicesEnabled() || f.cp != nil {
 		if err := f.finishUplink(ctx, &rep); err != nil {
+			return rep, err
+		}
+	}
+	if o.Revoke {
+		if rep.Revoke, err = f.runRevoke(ctx); err != nil {
 			return rep, err
 		}
 	}

@@ -168,6 +168,8 @@ type Rotator struct {
 	plan     dkms.GossipKeyring // the last plan applied
 	takeover time.Time          // when a dkms version took over from the bootstrap key; zero before
 	staleLog time.Time          // last ErrGossipKeyStale log
+	// graceEnded: EndGrace shortened the bootstrap key's grace period.
+	graceEnded bool
 }
 
 type gossipKeyringMetrics struct {
@@ -306,7 +308,7 @@ func (r *Rotator) applyLocked(now time.Time) error {
 		if at := r.takeoverAt(plan); !now.Before(at) {
 			r.takeover = at
 			r.log.Info("dkms gossip key takes over from the bootstrap key",
-				"version", plan.Primary, "takeover", at, "bootstrap_removed_at", at.Add(r.grace))
+				"version", plan.Primary, "takeover", at, "bootstrap_removed_at", at.Add(r.graceLocked()))
 		}
 	}
 	target := plan
@@ -337,7 +339,7 @@ func (r *Rotator) applyLocked(now time.Time) error {
 			removals = append(removals, s.Key)
 		}
 	}
-	if !r.takeover.IsZero() && !now.Before(r.takeover.Add(r.grace)) {
+	if !r.takeover.IsZero() && !now.Before(r.takeover.Add(r.graceLocked())) {
 		for _, k := range r.kr.GetKeys() {
 			if gossipVersionOf(r.versions, k) == 0 && !gossipPlanHasKey(plan, k) {
 				removals = append(removals, slices.Clone(k))
@@ -437,7 +439,7 @@ func (r *Rotator) Next() time.Time {
 			consider(r.takeoverAt(r.plan))
 		}
 	} else if r.hasForeignLocked() {
-		consider(r.takeover.Add(r.grace))
+		consider(r.takeover.Add(r.graceLocked()))
 	}
 	return next
 }
@@ -503,6 +505,39 @@ type RingState struct {
 	Primary   uint32   // dkms version of the primary; 0 for the bootstrap key
 	Versions  []uint32 // dkms versions installed, ascending
 	Bootstrap bool     // the bootstrap key (or another key dkms did not deliver) is installed
+}
+
+// endedGrace is the bootstrap key's grace period after EndGrace: the
+// clock skew between agents switching from it at the same scheduled
+// instant.
+const endedGrace = 5 * time.Second
+
+// EndGrace shortens the grace period of the bootstrap key (and of any
+// other key dkms did not deliver) to endedGrace after the takeover by a
+// dkms version: at once when that is past, else endedGrace after the
+// takeover. An agent revoked from the fleet knows the bootstrap key, which
+// every agent shares, so a revocation must not leave it installed for the
+// rest of the hour. Agents that have not taken over by then (not
+// enrolled, or cut off from the control plane since before their first
+// gossip key) lose their peers until they receive the fleet's gossip key.
+func (r *Rotator) EndGrace() {
+	r.mu.Lock()
+	if r.graceEnded {
+		r.mu.Unlock()
+		return
+	}
+	r.graceEnded = true
+	r.log.Info("bootstrap gossip key grace shortened (a peer was revoked)", "grace", endedGrace, "takeover", r.takeover)
+	r.mu.Unlock()
+	r.Apply() //nolint:errcheck // logged; Run retries
+}
+
+// graceLocked is the bootstrap key's grace period after the takeover.
+func (r *Rotator) graceLocked() time.Duration {
+	if r.graceEnded {
+		return min(r.grace, endedGrace)
+	}
+	return r.grace
 }
 
 // State describes the keyring now.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -203,6 +204,8 @@ func (c *Cluster) Start(data Data) error {
 	d := &delegate{c: c}
 	c.conf.Delegate = d
 	c.conf.Events = d
+	c.conf.Alive = d
+	c.conf.Merge = d
 	ml, err := memberlist.Create(c.conf)
 	if err != nil {
 		return fmt.Errorf("membership: starting memberlist: %w", err)
@@ -321,7 +324,14 @@ func (c *Cluster) NumMembers() int {
 }
 
 // Alive lists the other members alive now, sorted by name.
-func (c *Cluster) Alive() []Peer { return c.table.WithState(StateAlive) }
+func (c *Cluster) Alive() []Peer {
+	peers := c.table.WithState(StateAlive)
+	r := c.tr.refused.Load()
+	if r == nil {
+		return peers
+	}
+	return slices.DeleteFunc(peers, func(p Peer) bool { return r.has(p.Name) })
+}
 
 // SendTo sends one message reliably (a memberlist stream) to a member,
 // or to addr ("ip:port") when the sender is not known yet (its join has

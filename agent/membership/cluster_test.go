@@ -48,10 +48,18 @@ func (l *lockedTestRand) Float64() float64 { l.mu.Lock(); defer l.mu.Unlock(); r
 
 func startTestCluster(t *testing.T, net *memberlist.MockNetwork, name string, seeds ...string) (*Cluster, *recordingData) {
 	t.Helper()
+	return startTestClusterOn(t, net.NewTransport(name), name, seeds...)
+}
+
+// startTestClusterOn starts a cluster on a transport made beforehand
+// (MockNetwork.NewTransport must not run while other mock transports
+// send).
+func startTestClusterOn(t *testing.T, tr memberlist.Transport, name string, seeds ...string) (*Cluster, *recordingData) {
+	t.Helper()
 	c, err := New(Config{
 		Name: name, Label: "test", Profile: ProfileTest, Meta: []byte(`{"id":"` + name + `"}`), Seeds: seeds,
 		ReconnectInterval: time.Hour, ReconnectTimeout: time.Hour, JoinRetryInterval: time.Hour,
-		Table: NewTable(name, nil), Transport: net.NewTransport(name), Traffic: &Traffic{}, Counters: &Counters{},
+		Table: NewTable(name, nil), Transport: tr, Traffic: &Traffic{}, Counters: &Counters{},
 		Reject: func(string) {}, Rand: &lockedTestRand{r: rand.New(rand.NewPCG(1, 2))},
 		Logger: slog.New(slog.DiscardHandler),
 	})

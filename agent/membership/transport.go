@@ -36,6 +36,8 @@ type countingTransport struct {
 	c      *Traffic
 	header []byte // label header every packet and stream must start with; nil: no label
 	reject func(reason, detail string)
+	// refused are the revoked members (Cluster.SetRefused); nil: none.
+	refused atomic.Pointer[refusal]
 
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
@@ -113,6 +115,9 @@ func (t *countingTransport) forwardPackets() {
 			t.c.BytesIn.Add(uint64(len(p.Buf)))
 			if t.header != nil && !bytes.HasPrefix(p.Buf, t.header) {
 				t.rejectLabel(p.Buf, "packet", p.From)
+				continue
+			}
+			if t.refusedPacket(p) {
 				continue
 			}
 			select {
@@ -218,12 +223,18 @@ func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int
 }
 
 func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.refusedTo(memberlist.Address{Addr: addr}) {
+		return droppedWrite()
+	}
 	t.c.MsgsOut.Add(1)
 	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteTo(b, addr)
 }
 
 func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if t.refusedTo(a) {
+		return droppedWrite()
+	}
 	t.c.MsgsOut.Add(1)
 	t.c.BytesOut.Add(uint64(len(b)))
 	return t.inner.WriteToAddress(b, a)
@@ -234,6 +245,9 @@ func (t *countingTransport) PacketCh() <-chan *memberlist.Packet { return t.pack
 func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
 func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if a := (memberlist.Address{Addr: addr}); t.refusedTo(a) {
+		return nil, errRefusedDial(a)
+	}
 	conn, err := t.inner.DialTimeout(addr, timeout)
 	if err != nil {
 		return nil, err
@@ -243,6 +257,9 @@ func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net
 }
 
 func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if t.refusedTo(a) {
+		return nil, errRefusedDial(a)
+	}
 	conn, err := t.inner.DialAddressTimeout(a, timeout)
 	if err != nil {
 		return nil, err

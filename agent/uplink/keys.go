@@ -258,6 +258,9 @@ func (u *Uplink) fetchKeys(ctx context.Context, client *cpapi.Client, ak *dkms.A
 	if o != outcomeOK {
 		return o, err, 0, 0
 	}
+	if len(resp.Revocations) > 0 && u.deps.Revocations != nil {
+		u.deps.Revocations(ctx, resp.Revocations)
+	}
 	var firstErr error
 	for _, raw := range resp.Messages {
 		if _, err := ak.Accept(ctx, raw); err != nil {

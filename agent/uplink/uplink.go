@@ -73,6 +73,11 @@ type Deps struct {
 	// sealed to their recipients; nothing here can open them. Called on
 	// the heartbeat loop; it must not block for long.
 	KeyRelay func(ctx context.Context, entries []cpapi.AgentKeysRelayEntry)
+	// Revocations, when set, receives the control plane's signed
+	// revocation list (dkms.RevocationList, binary) with every key answer
+	// that carries one. Called on the key watch loop; it must not block
+	// for long.
+	Revocations func(ctx context.Context, list []byte)
 }
 
 // Uplink is the agent's side of the control plane: enrollment, heartbeats

@@ -64,6 +64,12 @@ control plane's URL and writes and selects the context "sim", so
 			if serve && o.Rotate > 0 {
 				return cli.Usagef("--rotate is a step of the measured run; it cannot be combined with --serve")
 			}
+			if serve && o.Revoke {
+				return cli.Usagef("--revoke is a step of the measured run; it cannot be combined with --serve")
+			}
+			if o.Revoke && o.NoControlPlane {
+				return cli.Usagef("--revoke needs the control plane; drop --no-control-plane")
+			}
 			if serve && o.Outage > 0 {
 				return cli.Usagef("--outage is a step of the measured run; it cannot be combined with --serve")
 			}
@@ -114,8 +120,9 @@ control plane's URL and writes and selects the context "sim", so
 	f.StringVar(&o.DataSets, "datasets", "", "shared data directory holding occupancy/ (default $EDGEFLEET_DATA, else ../shared/data)")
 	f.DurationVar(&o.Outage, "outage", 0, "cut the fleet off from the control plane for this long (simulated time) and measure how it resumes")
 	f.DurationVar(&o.Rotate, "rotate", 0, "rotate the telemetry data key and the gossip keyring this often while the fleet writes and ingests (0: no rotation phase)")
+	f.BoolVar(&o.Revoke, "revoke", false, "at the end, decommission one agent and report how long until every other agent refuses its gossip, whether an op it injects afterwards reaches anyone, and when the old gossip key has left every keyring (the gossip key's install grace is --rotate-grace)")
 	f.DurationVar(&o.RotateFor, "rotate-for", 60*time.Second, "length of the rotation phase")
-	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that")
+	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that; revocation phase: the install grace")
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }

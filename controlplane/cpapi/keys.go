@@ -194,6 +194,11 @@ type AgentKeysResponse struct {
 	// it back as "after" returns only what changed since; an empty or
 	// unknown "after" returns everything the agent should hold.
 	Cursor string `json:"cursor"`
+	// Revocations is the control plane's signed list of revoked agents
+	// (dkms.RevocationList.MarshalBinary; base64 in JSON), absent while no
+	// agent is revoked. Agents verify it, carry it to their peers in
+	// replicated state and refuse the listed nodes.
+	Revocations []byte `json:"revocations,omitempty"`
 }
 
 // AgentKeysRelayEntry is one key message for another agent.
