@@ -388,7 +388,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Name: name, Store: store, Members: cluster,
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
-		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
+		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(), Relay: g.Relay,
 		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject,
 	})
 	if err != nil {

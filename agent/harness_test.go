@@ -110,6 +110,9 @@ type cluster struct {
 	mu     sync.Mutex
 	agents map[string]*Agent
 	dirs   map[string]string
+	// wrap, when set, wraps each agent's (partitioned) transport; self is
+	// its address.
+	wrap func(t memberlist.Transport, self string) memberlist.Transport
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -142,10 +145,14 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		t.Fatal(err)
 	}
 	self := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
+	tr := c.part.Wrap(nt, self)
+	if c.wrap != nil {
+		tr = c.wrap(tr, self)
+	}
 	a, err := New(cfg, Deps{
 		Logger:    testLogger(t),
 		Rand:      seededRand(name + strconv.Itoa(int(time.Now().UnixNano()%1000))),
-		Transport: c.part.Wrap(nt, self),
+		Transport: tr,
 	})
 	if err != nil {
 		nt.Shutdown()

@@ -92,6 +92,8 @@ func (r *Replicator) handleBatch(ctx context.Context, raw [][]byte) {
 		// The deltas stay missing (anti-entropy offers them again); the
 		// requests and version vectors in the messages are still good.
 		r.log.Error("merging received deltas", "err", err)
+	} else {
+		r.relay(msgs)
 	}
 	for _, m := range msgs {
 		r.act(m)

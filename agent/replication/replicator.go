@@ -2,8 +2,8 @@
 // agent package documentation for the protocol): local deltas gossiped on
 // memberlist's broadcast queue, anti-entropy requests answered with the
 // deltas the requester lacks in chunks, push-back of what the responder
-// lacks, the bounded inbound queue with its apply worker, the leave
-// intent, and compaction. It reaches other agents only through Members
+// lacks, relay of gossiped deltas that were new (relay.go), the bounded
+// inbound queue with its apply worker, the leave intent, and compaction. It reaches other agents only through Members
 // (package membership implements it) and rides on memberlist as its data
 // delegate (NotifyMsg, GetBroadcasts, LocalState, MergeRemoteState,
 // Joined).
@@ -64,6 +64,7 @@ type Counters struct {
 	SyncRounds    atomic.Uint64 // anti-entropy exchanges this agent answered or completed
 	Dropped       atomic.Uint64 // messages dropped: inbound queue full
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
+	Relayed       atomic.Uint64 // deltas received by gossip, new here, queued for gossip again
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 }
@@ -89,16 +90,19 @@ type Config struct {
 	// (memberlist's configuration).
 	RetransmitMult    int
 	MaxBroadcastBytes int
-	Clock             clock.Clock // nil means clock.Real()
-	Rand              Rand
-	Logger            *slog.Logger // nil means slog.Default()
-	Counters          *Counters
+	// Relay queues deltas received by gossip that were new to this agent
+	// for gossip again (see relay.go; config gossip.relay).
+	Relay    bool
+	Clock    clock.Clock // nil means clock.Real()
+	Rand     Rand
+	Logger   *slog.Logger // nil means slog.Default()
+	Counters *Counters
 	// Reject counts a message refused as bad input, by reason.
 	Reject func(reason string)
 }
 
 const (
-	maxQueuedBcst   = 4096     // local deltas retained for gossip; older ones are left to anti-entropy
+	maxQueuedBcst   = 4096     // local and relayed deltas retained for gossip; older ones are left to anti-entropy
 	inboundBudget   = 64 << 20 // bytes of received messages waiting to be applied
 	applyBatchMsgs  = 64       // received messages merged in one store transaction
 	applyBatchBytes = 4 << 20  // and at most this many of their bytes
@@ -121,6 +125,8 @@ type Replicator struct {
 	shipper *shipper
 	// pushBacks admits one peer at a time to push back what this agent lacks.
 	pushBacks pushBackGate
+	// relayed remembers the deltas this agent relayed.
+	relayed relaySet
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
