@@ -10,11 +10,23 @@ import (
 // (RetransmitMult × log10(N+1) sends), so without help a write reaches the
 // rest of a fleet only by anti-entropy, one sync interval at a time. Like
 // serf's user events, a delta received by gossip that was new to this agent
-// is queued for gossip again: the broadcast queue sends it the same bounded
+// is queued for gossip again: a queue of its own sends it the same bounded
 // number of times from here, and the recent set makes each agent relay a
-// delta (origin, from, to) at most once while it is remembered. Deltas that
-// came by anti-entropy are not relayed (anti-entropy is the repair path and
-// its chunks are large); neither are deltas too large for a gossip packet.
+// delta (origin, from, to) at most once while it is remembered.
+//
+// Relaying costs every delta RetransmitMult × log10(N+1) sends per agent
+// instead of per fleet, so it is bounded: the relay queue is served after
+// this agent's own deltas (and memberlist's own messages), and holds at
+// most relayMaxQueued deltas; beyond that, during a burst of writes,
+// deltas are not relayed and anti-entropy carries them, as before. Deltas
+// that came by anti-entropy are not relayed (anti-entropy is the repair
+// path and its chunks are large); neither are deltas too large for a
+// gossip packet.
+
+// relayMaxQueued bounds the relayed deltas waiting in the relay queue:
+// about a second of gossip at the LAN profile's pace, so single writes
+// are always relayed and a burst does not fill gossip for minutes.
+const relayMaxQueued = 16
 
 // relaySeenCap bounds the deltas remembered as relayed; a delta forgotten
 // and received again is relayed again only if it is still new to the store
@@ -71,12 +83,28 @@ func (r *Replicator) relay(msgs []Message) {
 			if d.Origin == r.cfg.Name || !r.relayed.add(relayKey{d.Origin, d.From, d.To}) {
 				continue
 			}
+			if r.relayQ.NumQueued() >= relayMaxQueued {
+				r.c.RelaySkipped.Add(1) // anti-entropy carries it
+				continue
+			}
 			msg, err := Encode(Message{Type: TypeDeltas, Deltas: []crdt.Delta{d}}, nil)
 			if err != nil || len(msg) > r.cfg.MaxBroadcastBytes {
 				continue // anti-entropy carries it
 			}
-			r.queueBroadcast(msg)
+			r.relayQ.QueueBroadcast(deltaBroadcast(msg))
 			r.c.Relayed.Add(1)
 		}
 	}
+}
+
+// relayBroadcasts fills what room a gossip packet has left after this
+// agent's own broadcasts with relayed deltas.
+func (r *Replicator) relayBroadcasts(own [][]byte, overhead, limit int) [][]byte {
+	for _, b := range own {
+		limit -= overhead + len(b)
+	}
+	if limit <= overhead {
+		return own
+	}
+	return append(own, r.relayQ.GetBroadcasts(overhead, limit)...)
 }

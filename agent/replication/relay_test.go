@@ -2,8 +2,10 @@ package replication
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
@@ -104,4 +106,43 @@ func mustEncodeMsg(t *testing.T, m Message) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestRelayIsBoundedAndYieldsToOwnDeltas: a burst fills the relay queue
+// only up to relayMaxQueued (the rest is left to anti-entropy), and this
+// agent's own deltas go out before relayed ones.
+func TestRelayIsBoundedAndYieldsToOwnDeltas(t *testing.T) {
+	ctx := context.Background()
+	src, err := crdt.Open(filepath.Join(t.TempDir(), "src.db"), crdt.Options{ReplicaID: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var burst [][]byte
+	for i := 0; i < relayMaxQueued+5; i++ {
+		d, err := src.Put(ctx, "kv", fmt.Sprintf("k%d", i), []byte("1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		burst = append(burst, mustEncodeMsg(t, Message{Type: TypeDeltas, Deltas: []crdt.Delta{d}}))
+	}
+	b := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) { c.Relay = true })
+	b.members.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, membership.StateAlive, membership.NodeMeta{})
+	b.handleBatch(ctx, burst)
+	if got, skipped := b.c.Relayed.Load(), b.c.RelaySkipped.Load(); got != relayMaxQueued || skipped != 5 {
+		t.Fatalf("relayed %d, skipped %d of a burst of %d; want %d and 5", got, skipped, len(burst), relayMaxQueued)
+	}
+
+	own, err := b.store.Put(ctx, "kv", "mine", []byte("2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Broadcast(own)
+	first := b.GetBroadcasts(2, len(mustEncodeMsg(t, Message{Type: TypeDeltas, Deltas: []crdt.Delta{own}}))+2)
+	if len(first) != 1 {
+		t.Fatalf("a packet with room for one message carried %d", len(first))
+	}
+	if m, err := Decode(first[0]); err != nil || m.Deltas[0].Origin != "self" {
+		t.Fatalf("relayed delta went out before this agent's own: %+v (%v)", m, err)
+	}
 }

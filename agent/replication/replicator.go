@@ -65,6 +65,7 @@ type Counters struct {
 	Dropped       atomic.Uint64 // messages dropped: inbound queue full
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	Relayed       atomic.Uint64 // deltas received by gossip, new here, queued for gossip again
+	RelaySkipped  atomic.Uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 }
@@ -102,7 +103,7 @@ type Config struct {
 }
 
 const (
-	maxQueuedBcst   = 4096     // local and relayed deltas retained for gossip; older ones are left to anti-entropy
+	maxQueuedBcst   = 4096     // local deltas retained for gossip; older ones are left to anti-entropy
 	inboundBudget   = 64 << 20 // bytes of received messages waiting to be applied
 	applyBatchMsgs  = 64       // received messages merged in one store transaction
 	applyBatchBytes = 4 << 20  // and at most this many of their bytes
@@ -119,6 +120,7 @@ type Replicator struct {
 	c       *Counters
 
 	bcast   *memberlist.TransmitLimitedQueue
+	relayQ  *memberlist.TransmitLimitedQueue // relayed deltas (relay.go)
 	inbound chan []byte
 	inBytes atomic.Int64
 	syncer  *syncer
@@ -150,6 +152,7 @@ func New(cfg Config) (*Replicator, error) {
 	}
 	r.syncer = newSyncer(r.clock)
 	r.bcast = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
+	r.relayQ = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
 	return r, nil
 }
 
@@ -218,9 +221,10 @@ func (r *Replicator) sleep(ctx context.Context, d time.Duration) bool {
 // when the queue is full the message is dropped and counted.
 func (r *Replicator) NotifyMsg(b []byte) { r.enqueueInbound(b) }
 
-// GetBroadcasts serves queued local deltas to memberlist's gossip.
+// GetBroadcasts serves queued local deltas, then relayed ones, to
+// memberlist's gossip.
 func (r *Replicator) GetBroadcasts(overhead, limit int) [][]byte {
-	return r.bcast.GetBroadcasts(overhead, limit)
+	return r.relayBroadcasts(r.bcast.GetBroadcasts(overhead, limit), overhead, limit)
 }
 
 // LocalState is this agent's part of a push/pull exchange: its name and
