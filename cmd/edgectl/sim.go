@@ -209,7 +209,7 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		{"writes", fmt.Sprint(r.Writes)},
 		{"partition", fmt.Sprintf("%.1f s", r.PartitionSeconds)},
 		{"convergence after heal", fmt.Sprintf("p50 %.2f s, p99 %.2f s, max %.2f s", r.ConvergenceSeconds.P50, r.ConvergenceSeconds.P99, r.ConvergenceSeconds.Max)},
-		{"fresh-write propagation", fmt.Sprintf("p50 %.2f s, p95 %.2f s, p99 %.2f s, max %.2f s over %d writes %s", r.PropagationSeconds.P50, r.PropagationSeconds.P95, r.PropagationSeconds.P99, r.PropagationSeconds.Max, r.PropagationWrites, relayNote(r.Relay))},
+		{"fresh-write propagation", fmt.Sprintf("p50 %.2f s, p95 %.2f s, p99 %.2f s, max %.2f s over %d writes%s", r.PropagationSeconds.P50, r.PropagationSeconds.P95, r.PropagationSeconds.P99, r.PropagationSeconds.Max, r.PropagationWrites, relayNote(r.Relay))},
 		{"membership rejoin", fmt.Sprintf("p50 %.2f s, p99 %.2f s", r.RejoinSeconds.P50, r.RejoinSeconds.P99)},
 		{"restarted agent", fmt.Sprintf("%s caught up in %.2f s; every agent saw it alive after %.2f s", r.RestartedAgent, r.RestartCatchUpSeconds, r.RestartRejoinSeconds)},
 		{"idle gossip", fmt.Sprintf("%.0f B/s per agent", r.GossipBytesPerAgentPerSecond)},
