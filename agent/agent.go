@@ -24,7 +24,11 @@
 // SetAdd, ...): the op commits durably in the store, and its delta is
 // queued on memberlist's transmit-limited broadcast queue, which piggybacks
 // it on gossip to a few random members per round (deltas too large for a
-// gossip packet are left to anti-entropy). Broadcasts can be lost, so
+// gossip packet are left to anti-entropy). memberlist sends a broadcast
+// only from the node that queued it, a bounded number of times, so an
+// agent that receives a delta by gossip and finds it new queues it for
+// gossip again, once per delta (gossip.relay): a write spreads
+// epidemically, as serf's events do. Broadcasts can be lost, so
 // anti-entropy repairs whatever they miss: an agent sends its version
 // vector to one random live peer every gossip.sync_interval, to every member
 // that joins or comes back (after a partition heals, after a restart), and
@@ -419,7 +423,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
 		CompactionInterval: a.cfg.State.CompactionInterval, InboundQueue: g.InboundQueue,
 		Seeded: len(g.Join) > 0, RecoveryTimeout: a.cfg.State.RecoveryTimeout, TombstoneTTL: a.cfg.State.TombstoneTTL,
-		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(),
+		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(), Relay: g.Relay,
 		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
 	})
 	if err != nil {

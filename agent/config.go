@@ -114,6 +114,12 @@ type GossipConfig struct {
 	// InboundQueue is how many received replication messages may wait to
 	// be applied; more are dropped (and repaired by anti-entropy). Default 1024.
 	InboundQueue int `yaml:"inbound_queue"`
+	// Relay passes on, by gossip, each delta received by gossip that was
+	// new to this agent (once per delta), so a write spreads epidemically
+	// instead of only from its origin; anti-entropy still repairs what
+	// gossip misses. false leaves spreading to the origin's broadcasts and
+	// anti-entropy. Default true.
+	Relay bool `yaml:"relay"`
 }
 
 // APIConfig configures the local HTTP API.
@@ -217,6 +223,7 @@ func DefaultConfig() Config {
 			JoinRetryInterval: 5 * time.Second,
 			MaxChunkBytes:     256 << 10,
 			InboundQueue:      1024,
+			Relay:             true,
 		},
 		API: APIConfig{
 			Addr:             "127.0.0.1:7070",
@@ -436,6 +443,7 @@ const (
 	EnvGossipKey         = "EDGEFLEET_GOSSIP_KEY"
 	EnvGossipKeyFile     = "EDGEFLEET_GOSSIP_KEY_FILE"
 	EnvSyncInterval      = "EDGEFLEET_SYNC_INTERVAL"
+	EnvGossipRelay       = "EDGEFLEET_GOSSIP_RELAY" // true or false
 	EnvReconnectInterval = "EDGEFLEET_RECONNECT_INTERVAL"
 	EnvAPI               = "EDGEFLEET_API"
 	EnvLogLevel          = "EDGEFLEET_LOG_LEVEL"
@@ -506,19 +514,18 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	if v, ok := lookup(EnvJoin); ok {
 		c.Gossip.Join = SplitList(v)
 	}
-	if v, ok := lookup(EnvEncrypt); ok {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return fmt.Errorf("agent: %s: %q is not a boolean", EnvEncrypt, v)
+	for name, dst := range map[string]*bool{
+		EnvEncrypt:     &c.Gossip.Encrypt,
+		EnvIngest:      &c.Ingest.Enabled,
+		EnvGossipRelay: &c.Gossip.Relay,
+	} {
+		if v, ok := lookup(name); ok {
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("agent: %s: %q is not a boolean", name, v)
+			}
+			*dst = b
 		}
-		c.Gossip.Encrypt = b
-	}
-	if v, ok := lookup(EnvIngest); ok {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return fmt.Errorf("agent: %s: %q is not a boolean", EnvIngest, v)
-		}
-		c.Ingest.Enabled = b
 	}
 	for name, dst := range map[string]*time.Duration{
 		EnvSyncInterval:      &c.Gossip.SyncInterval,

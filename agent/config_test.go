@@ -151,13 +151,14 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := map[string]string{
-		EnvNodeName:  "from-env",
-		EnvBind:      "127.0.0.1:9100",
-		EnvJoin:      " a:1, ,b:2 ",
-		EnvAPI:       "",
-		EnvGossipKey: "MDEyMzQ1Njc4OWFiY2RlZg==",
-		EnvLabels:    "zone=a,rack=7",
-		EnvEncrypt:   "false",
+		EnvNodeName:    "from-env",
+		EnvBind:        "127.0.0.1:9100",
+		EnvJoin:        " a:1, ,b:2 ",
+		EnvAPI:         "",
+		EnvGossipKey:   "MDEyMzQ1Njc4OWFiY2RlZg==",
+		EnvLabels:      "zone=a,rack=7",
+		EnvEncrypt:     "false",
+		EnvGossipRelay: "false",
 	}
 	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 		t.Fatal(err)
@@ -172,7 +173,7 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 	if cfg.API.Addr != "" {
 		t.Errorf("EDGEFLEET_API=\"\" should disable the API, got %q", cfg.API.Addr)
 	}
-	if cfg.Gossip.Encrypt || cfg.Gossip.Key == "" || cfg.Labels["rack"] != "7" {
+	if cfg.Gossip.Encrypt || cfg.Gossip.Relay || cfg.Gossip.Key == "" || cfg.Labels["rack"] != "7" {
 		t.Errorf("encrypt/key/labels not applied: %+v", cfg)
 	}
 	// File wins over defaults where env is silent.
@@ -221,6 +222,7 @@ func TestApplyEnvRejectsMalformed(t *testing.T) {
 		EnvBind:         "1.2.3.4:notaport",
 		EnvLabels:       "novalue",
 		EnvIngest:       "perhaps",
+		EnvGossipRelay:  "sometimes",
 	} {
 		cfg := DefaultConfig()
 		err := cfg.ApplyEnv(func(k string) (string, bool) {

@@ -114,6 +114,9 @@ type cluster struct {
 	clocks map[string]clock.Clock // Deps.Clock by agent name; none means the real clock
 	// clk, when set, is every agent's clock (Deps.Clock).
 	clk clock.Clock
+	// wrap, when set, wraps each agent's (partitioned) transport; self is
+	// its address.
+	wrap func(t memberlist.Transport, self string) memberlist.Transport
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -158,10 +161,14 @@ func (c *cluster) start(name string, seeds []string, mod func(*Config)) *Agent {
 		t.Fatal(err)
 	}
 	self := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
+	tr := c.part.Wrap(nt, self)
+	if c.wrap != nil {
+		tr = c.wrap(tr, self)
+	}
 	a, err := New(cfg, Deps{
 		Logger:    testLogger(t),
 		Rand:      seededRand(name + strconv.Itoa(int(time.Now().UnixNano()%1000))),
-		Transport: c.part.Wrap(nt, self),
+		Transport: tr,
 		Clock:     clk,
 	})
 	if err != nil {

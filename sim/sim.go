@@ -11,6 +11,7 @@
 //  3. partition into two halves for Options.Partition, with writes on both sides;
 //  4. heal, and time how long each agent takes to hold the final state
 //     (the merge of every write, computed independently by an oracle store);
+//     then time single fresh writes until every agent holds each;
 //  5. kill one agent abruptly, write elsewhere, restart it on the same data
 //     directory, and time its catch-up;
 //  6. measure idle gossip traffic per agent.
@@ -106,6 +107,13 @@ type Options struct {
 	// record in replicated state; 0 keeps the agent's default (Serve uses
 	// 5s, so listings stay fresh).
 	DeviceRegistryInterval time.Duration
+	// PropagationWrites is how many single writes, on rotating agents,
+	// the propagation phase times until every agent holds each; default
+	// 20 (propagation.go).
+	PropagationWrites int
+	// NoRelay turns the agents' relay of gossiped deltas off (config
+	// gossip.relay), for a baseline.
+	NoRelay bool
 
 	faults uplinkFaults // tests only (exactlyonce.go)
 }
@@ -128,6 +136,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.WritesPerAgent == 0 {
 		o.WritesPerAgent = 20
+	}
+	if o.PropagationWrites < 0 {
+		return errors.New("sim: propagation writes must not be negative")
+	}
+	if o.PropagationWrites == 0 {
+		o.PropagationWrites = 20
 	}
 	if o.Idle == 0 {
 		o.Idle = 10 * time.Second
@@ -230,6 +244,14 @@ type Report struct {
 	Rotation *RotationReport `json:"rotation,omitempty"`
 	// Revoke is the revocation phase (absent without Revoke).
 	Revoke *RevokeReport `json:"revoke,omitempty"`
+
+	// PropagationSeconds is, per single write on the healed fleet, the
+	// time until every agent held it (PropagationWrites writes, one at a
+	// time, on rotating agents); Relay whether the agents relayed
+	// gossiped deltas.
+	PropagationSeconds Quantiles `json:"propagation_seconds"`
+	PropagationWrites  int       `json:"propagation_writes"`
+	Relay              bool      `json:"relay"`
 }
 
 // ControlPlaneReport describes the fleet as the control plane saw it.
@@ -405,6 +427,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	cfg.Gossip.BindAddr = "127.0.0.1"
 	cfg.Gossip.Key = simGossipKey
 	cfg.Gossip.Cluster = "edgefleet-sim"
+	cfg.Gossip.Relay = !f.opts.NoRelay
 	cfg.Labels = map[string]string{"sim": "true", "group": strconv.Itoa(n.idx % 2)}
 	if cfg.State.Collections == nil {
 		cfg.State.Collections = map[string]crdt.Type{}
@@ -577,7 +600,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	start := time.Now()
 	log := o.Logger
-	rep := Report{Agents: o.Agents}
+	rep := Report{Agents: o.Agents, Relay: !o.NoRelay}
 	log.Info("starting fleet", "agents", o.Agents, "profile", o.Profile)
 	f, err := StartFleet(ctx, o)
 	if err != nil {
@@ -639,6 +662,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.ConvergenceSeconds = percentiles(conv.both)
 	rep.RejoinSeconds = percentiles(conv.members)
 	log.Info("converged after heal", "p50", round(rep.ConvergenceSeconds.P50), "p99", round(rep.ConvergenceSeconds.P99))
+
+	prop, err := f.propagation(ctx, o.PropagationWrites)
+	if err != nil {
+		return rep, err
+	}
+	rep.PropagationSeconds, rep.PropagationWrites = quantiles(prop), len(prop)
+	log.Info("fresh writes reached every agent", "writes", len(prop), "p50", rep.PropagationSeconds.P50, "p95", rep.PropagationSeconds.P95)
 
 	if o.Rotate > 0 {
 		if rep.Rotation, err = f.runRotation(ctx); err != nil {

@@ -57,6 +57,7 @@ type proc struct {
 	api     string // 127.0.0.1:port
 	join    []string
 	extra   []string // more edge-agent run arguments
+	env     []string // more environment, after the defaults (later wins)
 	cmd     *exec.Cmd
 	logs    *testutil.SyncBuffer
 	exited  chan struct{}
@@ -83,7 +84,8 @@ func (p *proc) start() {
 	if len(p.join) > 0 {
 		args = append(args, "--join", strings.Join(p.join, ","))
 	}
-	p.startWith(append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey, "EDGEFLEET_LOG_LEVEL=debug"), args...)
+	env := append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey, "EDGEFLEET_LOG_LEVEL=debug")
+	p.startWith(append(env, p.env...), args...)
 }
 
 // startWith starts edge-agent with env and args as this process and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -101,6 +102,8 @@ func (r *Replicator) handleBatch(ctx context.Context, raw [][]byte) {
 		// The deltas stay missing (anti-entropy offers them again); the
 		// requests and version vectors in the messages are still good.
 		r.log.Error("merging received deltas", "err", err)
+	} else {
+		r.relay(msgs)
 	}
 	for _, m := range msgs {
 		r.act(m)
@@ -136,6 +139,7 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 	st, err := s.Merge(ctx, all)
 	if err == nil {
 		r.merged(st)
+		dropRefused(msgs, st.Refused)
 		return nil
 	}
 	if !isBadInput(err) {
@@ -149,6 +153,7 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 		switch {
 		case err == nil:
 			r.merged(st)
+			dropRefused(msgs[i:i+1], st.Refused)
 		case isBadInput(err):
 			r.rejectMsg(err, msgs[i].From)
 			msgs[i].Deltas = nil
@@ -157,6 +162,24 @@ func (r *Replicator) mergeMessages(ctx context.Context, msgs []Message) error {
 		}
 	}
 	return nil
+}
+
+// dropRefused removes from msgs the deltas of the origins Merge refused
+// (clock too far ahead), so what is left is what was applied: the relay
+// passes on only that, never a refused origin's ops.
+func dropRefused(msgs []Message, refused []crdt.Refusal) {
+	if len(refused) == 0 {
+		return
+	}
+	for i := range msgs {
+		kept := msgs[i].Deltas[:0:0]
+		for _, d := range msgs[i].Deltas {
+			if !slices.ContainsFunc(refused, func(x crdt.Refusal) bool { return x.Origin == d.Origin }) {
+				kept = append(kept, d)
+			}
+		}
+		msgs[i].Deltas = kept
+	}
 }
 
 // merged counts what a Merge call applied and refused. Ops refused while

@@ -2,8 +2,8 @@
 // agent package documentation for the protocol): local deltas gossiped on
 // memberlist's broadcast queue, anti-entropy requests answered with the
 // deltas the requester lacks in chunks, push-back of what the responder
-// lacks, the bounded inbound queue with its apply worker, the leave
-// intent, and compaction. It reaches other agents only through Members
+// lacks, relay of gossiped deltas that were new (relay.go), the bounded
+// inbound queue with its apply worker, the leave intent, and compaction. It reaches other agents only through Members
 // (package membership implements it) and rides on memberlist as its data
 // delegate (NotifyMsg, GetBroadcasts, LocalState, MergeRemoteState,
 // Joined).
@@ -68,6 +68,8 @@ type Counters struct {
 	SyncRounds    atomic.Uint64 // anti-entropy exchanges this agent answered or completed
 	Dropped       atomic.Uint64 // messages dropped: inbound queue full
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
+	Relayed       atomic.Uint64 // deltas received by gossip, new here, queued for gossip again
+	RelaySkipped  atomic.Uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
@@ -103,10 +105,13 @@ type Config struct {
 	// (memberlist's configuration).
 	RetransmitMult    int
 	MaxBroadcastBytes int
-	Clock             clock.Clock // nil means clock.Real()
-	Rand              Rand
-	Logger            *slog.Logger // nil means slog.Default()
-	Counters          *Counters
+	// Relay queues deltas received by gossip that were new to this agent
+	// for gossip again (see relay.go; config gossip.relay).
+	Relay    bool
+	Clock    clock.Clock // nil means clock.Real()
+	Rand     Rand
+	Logger   *slog.Logger // nil means slog.Default()
+	Counters *Counters
 	// Reject counts a message refused as bad input, by reason.
 	Reject func(reason string)
 	// Refused counts ops refused because their origin's clock is too far
@@ -134,6 +139,7 @@ type Replicator struct {
 	c       *Counters
 
 	bcast   *memberlist.TransmitLimitedQueue
+	relayQ  *memberlist.TransmitLimitedQueue // relayed deltas (relay.go)
 	inbound chan []byte
 	inBytes atomic.Int64
 	syncer  *syncer
@@ -147,6 +153,8 @@ type Replicator struct {
 	recKick chan struct{}
 	serve   chan serveReq
 	install chan installReq
+	// relayed remembers the deltas this agent relayed.
+	relayed relaySet
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
@@ -178,6 +186,7 @@ func New(cfg Config) (*Replicator, error) {
 	r.syncer = newSyncer(r.clock)
 	r.startRecovery()
 	r.bcast = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
+	r.relayQ = &memberlist.TransmitLimitedQueue{NumNodes: r.members.NumMembers, RetransmitMult: cfg.RetransmitMult}
 	return r, nil
 }
 
@@ -252,9 +261,10 @@ func (r *Replicator) sleep(ctx context.Context, d time.Duration) bool {
 // when the queue is full the message is dropped and counted.
 func (r *Replicator) NotifyMsg(b []byte) { r.enqueueInbound(b) }
 
-// GetBroadcasts serves queued local deltas to memberlist's gossip.
+// GetBroadcasts serves queued local deltas, then relayed ones, to
+// memberlist's gossip.
 func (r *Replicator) GetBroadcasts(overhead, limit int) [][]byte {
-	return r.bcast.GetBroadcasts(overhead, limit)
+	return r.relayBroadcasts(r.bcast.GetBroadcasts(overhead, limit), overhead, limit)
 }
 
 // LocalState is this agent's part of a push/pull exchange: its name and

@@ -123,6 +123,8 @@ control plane's URL and writes and selects the context "sim", so
 	f.BoolVar(&o.Revoke, "revoke", false, "at the end, decommission one agent and report how long until every other agent refuses its gossip, whether an op it injects afterwards reaches anyone, and when the old gossip key has left every keyring (the gossip key's install grace is --rotate-grace)")
 	f.DurationVar(&o.RotateFor, "rotate-for", 60*time.Second, "length of the rotation phase")
 	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that; revocation phase: the install grace")
+	f.IntVar(&o.PropagationWrites, "propagation-writes", 20, "single writes, on rotating agents, timed until every agent holds each (propagation_seconds)")
+	f.BoolVar(&o.NoRelay, "no-relay", false, "agents do not relay gossiped deltas (gossip.relay false): the baseline of propagation_seconds")
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }
@@ -214,6 +216,7 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		{"writes", fmt.Sprint(r.Writes)},
 		{"partition", fmt.Sprintf("%.1f s", r.PartitionSeconds)},
 		{"convergence after heal", fmt.Sprintf("p50 %.2f s, p99 %.2f s, max %.2f s", r.ConvergenceSeconds.P50, r.ConvergenceSeconds.P99, r.ConvergenceSeconds.Max)},
+		{"fresh-write propagation", fmt.Sprintf("p50 %.2f s, p95 %.2f s, p99 %.2f s, max %.2f s over %d writes%s", r.PropagationSeconds.P50, r.PropagationSeconds.P95, r.PropagationSeconds.P99, r.PropagationSeconds.Max, r.PropagationWrites, relayNote(r.Relay))},
 		{"membership rejoin", fmt.Sprintf("p50 %.2f s, p99 %.2f s", r.RejoinSeconds.P50, r.RejoinSeconds.P99)},
 		{"restarted agent", fmt.Sprintf("%s caught up in %.2f s; every agent saw it alive after %.2f s", r.RestartedAgent, r.RestartCatchUpSeconds, r.RestartRejoinSeconds)},
 		{"idle gossip", fmt.Sprintf("%.0f B/s per agent", r.GossipBytesPerAgentPerSecond)},
@@ -250,4 +253,12 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	return tw.Flush()
+}
+
+// relayNote marks a run whose agents did not relay gossiped deltas.
+func relayNote(relay bool) string {
+	if relay {
+		return ""
+	}
+	return " (relay off)"
 }
