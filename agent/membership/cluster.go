@@ -289,8 +289,7 @@ func (c *Cluster) Run(ctx context.Context) {
 }
 
 // Leave broadcasts this agent's leave and waits up to timeout (at least
-// minLeaveWait) for it to
-// spread.
+// minLeaveWait) for it to spread.
 func (c *Cluster) Leave(timeout time.Duration) error {
 	ml := c.ml.Load()
 	if ml == nil {
