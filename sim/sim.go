@@ -111,9 +111,9 @@ type Options struct {
 	// the propagation phase times until every agent holds each; default
 	// 20 (propagation.go).
 	PropagationWrites int
-	// NoRelay turns the agents' relay of gossiped deltas off (config
-	// gossip.relay), for a baseline.
-	NoRelay bool
+	// Relay turns the agents' relay of gossiped deltas on (config
+	// gossip.relay, off by default).
+	Relay bool
 
 	faults uplinkFaults // tests only (exactlyonce.go)
 }
@@ -427,7 +427,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	cfg.Gossip.BindAddr = "127.0.0.1"
 	cfg.Gossip.Key = simGossipKey
 	cfg.Gossip.Cluster = "edgefleet-sim"
-	cfg.Gossip.Relay = !f.opts.NoRelay
+	cfg.Gossip.Relay = f.opts.Relay
 	cfg.Labels = map[string]string{"sim": "true", "group": strconv.Itoa(n.idx % 2)}
 	if cfg.State.Collections == nil {
 		cfg.State.Collections = map[string]crdt.Type{}
@@ -600,7 +600,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	start := time.Now()
 	log := o.Logger
-	rep := Report{Agents: o.Agents, Relay: !o.NoRelay}
+	rep := Report{Agents: o.Agents, Relay: o.Relay}
 	log.Info("starting fleet", "agents", o.Agents, "profile", o.Profile)
 	f, err := StartFleet(ctx, o)
 	if err != nil {

@@ -124,7 +124,7 @@ control plane's URL and writes and selects the context "sim", so
 	f.DurationVar(&o.RotateFor, "rotate-for", 60*time.Second, "length of the rotation phase")
 	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that; revocation phase: the install grace")
 	f.IntVar(&o.PropagationWrites, "propagation-writes", 20, "single writes, on rotating agents, timed until every agent holds each (propagation_seconds)")
-	f.BoolVar(&o.NoRelay, "no-relay", false, "agents do not relay gossiped deltas (gossip.relay false): the baseline of propagation_seconds")
+	f.BoolVar(&o.Relay, "relay", false, "agents relay gossiped deltas (gossip.relay true); without it, propagation_seconds is the baseline of the origin's broadcasts and anti-entropy")
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }
