@@ -80,7 +80,10 @@ func Salvage(ctx context.Context, cfg StoreConfig, from string) (SalvageReport, 
 	if err := fresh.Close(); err != nil {
 		return rep, err
 	}
-	src, err := sql.Open("sqlite", "file:"+from+"?mode=ro&_pragma=query_only(1)&_pragma=busy_timeout(10000)")
+	// The quarantined file is read once, page by page: a small cache
+	// (SQLite's default 2 MB would fill, and what it takes stays with
+	// the process after the connection closes).
+	src, err := sql.Open("sqlite", fmt.Sprintf("file:%s?mode=ro&_pragma=query_only(1)&_pragma=busy_timeout(10000)&_pragma=cache_size(%d)", from, -readCacheKiB))
 	if err != nil {
 		return rep, fmt.Errorf("ingest: salvage: open %s: %w", from, err)
 	}
