@@ -139,7 +139,10 @@ func TestFullDiskHoldsBack(t *testing.T) {
 	}
 
 	// The file system grows: everything is stored, once.
-	remountTmpfs(t, mnt, "256m")
+	// Room for the whole backlog: about 150 bytes a reading stored (rows,
+	// indexes, WAL), never less than 256 MiB. 200,000 messages of 20
+	// readings filled 256 MiB again before the last ones were stored.
+	remountTmpfs(t, mnt, fmt.Sprintf("%dm", max(256, total*fullDiskMetrics*150>>20+64)))
 	eventually(t, 300*time.Second, "every message stored", func() error {
 		st = fullDiskStatus{}
 		if err := p.getJSON("/v1/ingest", &st); err != nil {
