@@ -19,7 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/crdt"
-	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/agenttest"
 	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
@@ -36,15 +36,7 @@ func startAgent(t *testing.T) *agent.Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := agent.DefaultConfig()
-	cfg.NodeName = "api-1"
-	cfg.DataDir = t.TempDir()
-	cfg.Gossip.BindAddr = "127.0.0.1"
-	cfg.Gossip.BindPort = 0
-	cfg.Gossip.Profile = agent.ProfileTest
-	cfg.Gossip.Cluster = "agentapi-test"
-	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-	cfg.API.Addr = "127.0.0.1:0"
+	cfg := agenttest.Config(t, "api-1", "agentapi-test")
 	cfg.Ingest.Enabled = true
 	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
 	cfg.Ingest.DeviceRegistryInterval = 100 * time.Millisecond
@@ -53,21 +45,7 @@ func startAgent(t *testing.T) *agent.Agent {
 	cfg.ControlPlane.URL = srv.URL()
 	cfg.ControlPlane.CAFile = srv.CAPath()
 	cfg.ControlPlane.EnrollmentToken = toks[0].Token
-	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		a.Stop(ctx)
-	})
-	return a
+	return agenttest.Start(t, cfg)
 }
 
 func eventually(t *testing.T, what string, cond func() error) {

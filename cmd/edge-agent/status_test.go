@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -12,7 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgefleet/edgefleet/agent"
-	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/agenttest"
 )
 
 // TestStatusOfRunningAgent asks a real agent with ingestion for its
@@ -21,7 +20,6 @@ func TestStatusOfRunningAgent(t *testing.T) {
 	cfg := testAgentConfig(t)
 	cfg.API.Addr = "127.0.0.1:0"
 	a := startTestAgent(t, cfg)
-	t.Cleanup(func() { a.Stop(context.Background()) })
 
 	// A device publishes 50 messages a second while status measures.
 	dev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("sensor-1").SetConnectTimeout(5 * time.Second))
@@ -75,33 +73,17 @@ func TestStatusOfRunningAgent(t *testing.T) {
 // testAgentConfig is an agent on loopback ports with ingestion from its
 // embedded broker and no API.
 func testAgentConfig(t *testing.T) agent.Config {
-	cfg := agent.DefaultConfig()
-	cfg.NodeName = "edge-1"
-	cfg.DataDir = t.TempDir()
-	cfg.Gossip.BindAddr = "127.0.0.1"
-	cfg.Gossip.BindPort = 0
-	cfg.Gossip.Profile = agent.ProfileTest
-	cfg.Gossip.Cluster = "edge-agent-test"
-	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	cfg := agenttest.Config(t, "edge-1", "edge-agent-test")
 	cfg.API.Addr = ""
 	cfg.Ingest.Enabled = true
 	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
 	return cfg
 }
 
-// startTestAgent starts an agent in this process.
+// startTestAgent starts an agent in this process, stopped when the test ends.
 func startTestAgent(t *testing.T, cfg agent.Config) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return agenttest.Start(t, cfg)
 }
 
 func TestStatusErrors(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -13,7 +12,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
-	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/agenttest"
 )
 
 // startIngestAgent runs an agent in this process with ingestion from its
@@ -30,31 +29,9 @@ func startIngestAgent(t *testing.T, name string) *agent.Agent {
 // free loopback port, configured further by mod.
 func startTestAgent(t *testing.T, name string, mod func(*agent.Config)) *agent.Agent {
 	t.Helper()
-	cfg := agent.DefaultConfig()
-	cfg.NodeName = name
-	cfg.DataDir = t.TempDir()
-	cfg.Gossip.BindAddr = "127.0.0.1"
-	cfg.Gossip.BindPort = 0
-	cfg.Gossip.Profile = agent.ProfileTest
-	cfg.Gossip.Cluster = "edgectl-test"
-	cfg.Gossip.Key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-	cfg.API.Addr = "127.0.0.1:0"
+	cfg := agenttest.Config(t, name, "edgectl-test")
 	mod(&cfg)
-	a, err := agent.New(cfg, agent.Deps{Logger: cli.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		a.Stop(ctx)
-	})
-	return a
+	return agenttest.Start(t, cfg)
 }
 
 func mqttConnect(t *testing.T, broker, id string) mqtt.Client {
