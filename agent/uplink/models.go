@@ -61,15 +61,31 @@ func (u *Uplink) modelRound(ctx context.Context, client *cpapi.Client) (next tim
 	}
 	var resp cpapi.AgentModelsResponse
 	start := time.Now() // system clock: how long the server held the request
-	o, err := u.doFor(ctx, "models", wait+u.cfg.RequestTimeout, func(rctx context.Context) (string, error) {
+	// abortWatch (a heartbeat failed at the network level) cancels the
+	// held request, as the key watch's.
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	u.mu.Lock()
+	u.modelAbort, u.modelDone = cancel, done
+	u.mu.Unlock()
+	o, err := u.doFor(wctx, "models", wait+u.cfg.RequestTimeout, func(rctx context.Context) (string, error) {
 		var err error
 		resp, err = client.WatchModels(rctx, cursor, wait)
 		return "", err
 	})
+	u.mu.Lock()
+	u.modelAbort, u.modelDone = nil, nil
+	u.mu.Unlock()
+	cancel()
+	close(done)
 	switch o {
 	case outcomeOK:
 	case outcomeCanceled:
-		return 0, ctx.Err() == nil
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		// Aborted: ask again after the next acknowledged heartbeat.
+		return u.cfg.BackoffMax, true
 	case outcomeBlocked:
 		return 0, true
 	case outcomeUnauthorized:

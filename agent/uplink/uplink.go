@@ -142,8 +142,10 @@ type Uplink struct {
 	watchAbort     func()        // cancels the held key request, nil when none
 	watchDone      chan struct{}
 	lastKeyFetch   time.Time
-	modelCursor    string // of the last assignments all installed
-	waiting        string // why uploads wait; "" while they flow
+	modelCursor    string        // of the last assignments all installed
+	modelAbort     func()        // cancels the held model request, nil when none
+	modelDone      chan struct{} // closed when that request returned
+	waiting        string        // why uploads wait; "" while they flow
 }
 
 // New validates cfg (see Config.Validate) and prepares an uplink; it does
