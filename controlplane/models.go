@@ -99,6 +99,7 @@ func (s *Server) handlePushModel(w http.ResponseWriter, r *http.Request, c *call
 	}
 	f, err := fedlearn.Decode(b)
 	if err != nil {
+		s.metrics.models.WithLabelValues("refused").Inc()
 		return badRequest("model file refused: %s", strings.TrimPrefix(err.Error(), "fedlearn: "))
 	}
 	c.target = f.Name + "@" + f.Version
@@ -116,6 +117,7 @@ func (s *Server) handlePushModel(w http.ResponseWriter, r *http.Request, c *call
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
+		s.metrics.models.WithLabelValues("stored").Inc()
 		s.log.Info("model pushed", "model", f.Name, "version", f.Version, "digest", m.Digest, "by", c.actor)
 	} else if m, err = s.store.GetModel(r.Context(), f.Name, f.Version); err != nil {
 		return err

@@ -370,6 +370,9 @@ func TestAgentModelDelivery(t *testing.T) {
 		t.Fatalf("agent b after relabel: %v %+v", err, r)
 	}
 	open(b, "occupancy", "1")
+	if m, err := e.admin.Metrics(e.ctx()); err != nil || !strings.Contains(m, `controlplane_model_files_total{result="delivered"} 3`) {
+		t.Errorf("delivery metric: %v", err)
+	}
 	// Bad parameters.
 	_, err = a.client.WatchModels(e.ctx(), "", 6*time.Minute)
 	if !errors.Is(err, cpapi.ErrBadRequest) {
