@@ -95,6 +95,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
@@ -150,6 +151,10 @@ type Deps struct {
 	// (the agent serves, has joined or tried to); the process uses it to
 	// hand start-up's memory back (see RuntimeConfig.ReleaseStartupPages).
 	Started func()
+	// Models is the agent's model runtime, which receives the model
+	// versions deployed to the agent through the uplink (see
+	// uplink.Deps.Models); nil fetches no models.
+	Models modelsync.ModelInstaller
 }
 
 const (
