@@ -368,3 +368,45 @@ func TestSelectK(t *testing.T) {
 		}
 	}
 }
+
+// The robust strategies agree with plain sort-based implementations of
+// numpy's median and scipy's trim_mean on random rounds.
+func TestRobustMatchesSortReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, n := range []int{1, 2, 3, 4, 5, 10, 11, 33} {
+		us := randomRound(rng, n, 131)
+		global := make([]float64, 131)
+		col := make([]float64, n)
+		for _, beta := range []float64{0, 0.1, 0.2, 0.3, 0.45} {
+			got := mustAggregate(t, FedTrimmedAvg{Beta: beta}, global, us)
+			lower := int(beta * float64(n))
+			for j := range global {
+				for i, u := range us {
+					col[i] = float64(u.Delta[j])
+				}
+				slices.Sort(col)
+				s := 0.0
+				for _, v := range col[lower : n-lower] {
+					s += v
+				}
+				if want := s / float64(n-2*lower); math.Abs(got[j]-want) > 1e-12 {
+					t.Fatalf("FedTrimmedAvg(%v) n=%d coordinate %d = %v, sorted reference %v", beta, n, j, got[j], want)
+				}
+			}
+		}
+		got := mustAggregate(t, FedMedian{}, global, us)
+		for j := range global {
+			for i, u := range us {
+				col[i] = float64(u.Delta[j])
+			}
+			slices.Sort(col)
+			want := col[n/2]
+			if n%2 == 0 {
+				want = (col[n/2-1] + col[n/2]) / 2
+			}
+			if got[j] != want {
+				t.Fatalf("FedMedian n=%d coordinate %d = %v, sorted reference %v", n, j, got[j], want)
+			}
+		}
+	}
+}
