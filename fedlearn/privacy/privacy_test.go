@@ -142,7 +142,7 @@ func TestLocal(t *testing.T) {
 	for j := range delta {
 		delta[j] = 0.01 // norm 0.01·√200000 ≈ 4.47
 	}
-	l := &Local{Clip: 1, NoiseMultiplier: 0.5, Source: NewSource(seed(3))}
+	l := &Local{Clip: 2, NoiseMultiplier: 0.25, Source: NewSource(seed(3))}
 	out, clipped, err := l.Privatize(delta)
 	if err != nil {
 		t.Fatal(err)
@@ -150,8 +150,8 @@ func TestLocal(t *testing.T) {
 	if !clipped || delta[0] != 0.01 {
 		t.Fatalf("clipped %v, input changed to %v", clipped, delta[0])
 	}
-	// Each value: 0.01·(1/4.4721) = 0.002236 plus noise of σ = 0.5·1 = 0.5.
-	want := 0.01 / L2Norm(delta)
+	// Each value: 0.01·(2/4.4721) = 0.004472 plus noise of σ = 0.25·2 = 0.5.
+	want := 0.01 * 2 / L2Norm(delta)
 	mean, sq := 0.0, 0.0
 	for _, v := range out {
 		mean += float64(v)
@@ -159,7 +159,7 @@ func TestLocal(t *testing.T) {
 	}
 	mean /= dim
 	std := math.Sqrt(sq/dim - mean*mean)
-	if math.Abs(std-0.5) > 0.005 || math.Abs(mean-want) > 0.005 {
+	if math.Abs(std-0.5) > 0.005 || math.Abs(mean-want) > 0.003 {
 		t.Fatalf("mean %v std %v, want %v and 0.5", mean, std, want)
 	}
 	// Without noise the result is the clipped delta, norm C.
