@@ -72,19 +72,7 @@ func RunFL(ctx context.Context, opt FLOptions) (Report, error) {
 		opt.Now = time.Now
 	}
 	n, d := opt.Clients, opt.Params
-	rng := rand.New(rand.NewPCG(opt.Seed, 0x666c))
-	updates := make([]strategy.Update, n)
-	for i := range updates {
-		delta := make([]float32, d)
-		for j := range delta {
-			delta[j] = float32(0.01 * rng.NormFloat64())
-		}
-		updates[i] = strategy.Update{Client: fmt.Sprintf("agent-%05d", i), Delta: delta, Examples: 1 + rng.IntN(500)}
-	}
-	global := make([]float64, d)
-	for j := range global {
-		global[j] = rng.NormFloat64()
-	}
+	global, updates := flRound(n, d, opt.Seed)
 
 	krum := strategy.Krum{Malicious: opt.KrumMalicious}
 	pairs := []struct {
@@ -140,6 +128,25 @@ func RunFL(ctx context.Context, opt FLOptions) (Report, error) {
 		rep.Results = append(rep.Results, r)
 	}
 	return rep, nil
+}
+
+// flRound draws a global model and n updates of d values: Gaussian deltas
+// of standard deviation 0.01, 1..500 examples each.
+func flRound(n, d int, seed uint64) ([]float64, []strategy.Update) {
+	rng := rand.New(rand.NewPCG(seed, 0x666c))
+	updates := make([]strategy.Update, n)
+	for i := range updates {
+		delta := make([]float32, d)
+		for j := range delta {
+			delta[j] = float32(0.01 * rng.NormFloat64())
+		}
+		updates[i] = strategy.Update{Client: fmt.Sprintf("agent-%05d", i), Delta: delta, Examples: 1 + rng.IntN(500)}
+	}
+	global := make([]float64, d)
+	for j := range global {
+		global[j] = rng.NormFloat64()
+	}
+	return global, updates
 }
 
 // agg returns a function running s (nil on error).

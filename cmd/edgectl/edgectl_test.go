@@ -697,6 +697,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"bench", "controlplane", "--agents", "0"},
 		{"bench", "widgets"},
 		{"bench", "fl", "--fl-clients", "0"},
+		{"bench", "fl", "--fl-clock", "sundial"},
 		{"--timeout", "soon", "agents", "list"},
 	} {
 		if r := e.run(args...); r.code != 2 {
@@ -887,7 +888,7 @@ func TestBenchControlplaneInProcess(t *testing.T) {
 func TestBenchFL(t *testing.T) {
 	e := bareEnv(t)
 	rep := decodeJSON[bench.Report](t, e.must("bench", "fl", "--fl-clients", "12", "--fl-params", "100", "--fl-rounds", "1", "--json"))
-	if rep.Suite != "fl" || len(rep.Results) != 4 {
+	if rep.Suite != "fl" || len(rep.Results) != 4 || rep.Machine["clock"] != "cpu" {
 		t.Fatalf("report: %+v", rep)
 	}
 	for _, r := range rep.Results {
