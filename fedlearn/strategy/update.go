@@ -99,7 +99,8 @@ func CheckUpdate(dim int, u Update) error {
 		return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("example count %d, want a positive number", u.Examples)}
 	}
 	for i, v := range u.Delta {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+		// All exponent bits set: ±Inf or NaN.
+		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
 			return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("delta value %d is %v", i, v)}
 		}
 	}
@@ -155,11 +156,11 @@ func weightedMean(sorted []Update, dim int) []float64 {
 	return mean
 }
 
-// axpy32 adds a·x to y.
+// axpy32 adds a·x to y; len(x) ≥ len(y).
 func axpy32(y []float64, a float64, x []float32) {
 	x = x[:len(y)]
-	for j, v := range x {
-		y[j] += a * float64(v)
+	for j := range y {
+		y[j] += a * float64(x[j])
 	}
 }
 
