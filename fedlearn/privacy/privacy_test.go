@@ -318,3 +318,28 @@ func TestAccountant(t *testing.T) {
 		t.Error("negative rounds accepted")
 	}
 }
+
+// With the same seed, central DP gives the same model whatever the order
+// of the updates.
+func TestCentralOrderInvariance(t *testing.T) {
+	us := []strategy.Update{
+		{Client: "c", Delta: []float32{0.3, -2, 0.1}, Examples: 5},
+		{Client: "a", Delta: []float32{0.1, 0.1, 9}, Examples: 1},
+		{Client: "b", Delta: []float32{-0.7, 0.2, 0.3}, Examples: 2},
+	}
+	run := func(us []strategy.Update) []float64 {
+		d := &Central{Clip: 1, NoiseMultiplier: 1, Next: strategy.FedAvg{}, Source: NewSource(seed(9))}
+		out, err := d.Aggregate([]float64{0, 0, 0}, us)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	want := run(us)
+	got := run([]strategy.Update{us[1], us[2], us[0]})
+	for j := range want {
+		if math.Float64bits(got[j]) != math.Float64bits(want[j]) {
+			t.Fatalf("value %d: %v in one order, %v in another", j, got[j], want[j])
+		}
+	}
+}
