@@ -15,11 +15,15 @@ func (FedAvg) Name() string { return "FedAvg" }
 
 // Aggregate implements Strategy.
 func (f FedAvg) Aggregate(global []float64, updates []Update) ([]float64, error) {
-	sorted, err := Check(global, updates)
+	sorted, err := check(global, updates, false)
 	if err != nil {
 		return nil, err
 	}
-	return f.ApplyMean(global, weightedMean(sorted, len(global)))
+	mean, err := weightedMean(sorted, len(global))
+	if err != nil {
+		return nil, err
+	}
+	return f.ApplyMean(global, mean)
 }
 
 // ApplyMean implements MeanApplier: global + mean.

@@ -113,11 +113,15 @@ func (f *FedOpt) Config() FedOptConfig { return f.cfg }
 
 // Aggregate implements Strategy and advances the optimiser by one round.
 func (f *FedOpt) Aggregate(global []float64, updates []Update) ([]float64, error) {
-	sorted, err := Check(global, updates)
+	sorted, err := check(global, updates, false)
 	if err != nil {
 		return nil, err
 	}
-	return f.ApplyMean(global, weightedMean(sorted, len(global)))
+	mean, err := weightedMean(sorted, len(global))
+	if err != nil {
+		return nil, err
+	}
+	return f.ApplyMean(global, mean)
 }
 
 // ApplyMean implements MeanApplier: one optimiser step with pseudo-gradient

@@ -60,7 +60,11 @@ func (k Krum) Aggregate(global []float64, updates []Update) ([]float64, error) {
 		axpy32(out, 1, chosen[0].Delta)
 		return out, nil
 	}
-	return add(global, weightedMean(chosen, len(global))), nil
+	mean, err := weightedMean(chosen, len(global))
+	if err != nil {
+		return nil, err
+	}
+	return add(global, mean), nil
 }
 
 // Select returns the names of the clients whose updates Aggregate would

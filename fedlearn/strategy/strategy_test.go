@@ -410,3 +410,19 @@ func TestRobustMatchesSortReference(t *testing.T) {
 		}
 	}
 }
+
+// A NaN deep in a long delta (past the first chunk FedAvg checks while
+// summing) is found and named.
+func TestBadValueFarIn(t *testing.T) {
+	g := make([]float64, 10000)
+	ok, bad := make([]float32, 10000), make([]float32, 10000)
+	bad[5000] = float32(math.Inf(1))
+	for _, newS := range allStrategies(t) {
+		s := newS()
+		_, err := s.Aggregate(g, []Update{{Client: "ok", Delta: ok, Examples: 1}, {Client: "bad", Delta: bad, Examples: 1}, {Client: "ok2", Delta: ok, Examples: 1}})
+		var ue *UpdateError
+		if !errors.As(err, &ue) || ue.Client != "bad" || !strings.Contains(err.Error(), "value 5000 is +Inf") {
+			t.Fatalf("%s: %v", s.Name(), err)
+		}
+	}
+}

@@ -89,6 +89,17 @@ type MeanApplier interface {
 // values, and a positive example count. A coordinator calls it on receipt
 // to refuse a bad update and go on with the round.
 func CheckUpdate(dim int, u Update) error {
+	if err := checkMeta(dim, u); err != nil {
+		return err
+	}
+	if i := firstNonFinite(u.Delta); i >= 0 {
+		return nonFinite(u, i)
+	}
+	return nil
+}
+
+// checkMeta is CheckUpdate without the scan of the values.
+func checkMeta(dim int, u Update) error {
 	if u.Client == "" {
 		return &UpdateError{Client: u.Client, Reason: "no client name"}
 	}
@@ -98,13 +109,22 @@ func CheckUpdate(dim int, u Update) error {
 	if u.Examples <= 0 {
 		return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("example count %d, want a positive number", u.Examples)}
 	}
-	for i, v := range u.Delta {
+	return nil
+}
+
+// firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
+func firstNonFinite(v []float32) int {
+	for i, x := range v {
 		// All exponent bits set: ±Inf or NaN.
-		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
-			return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("delta value %d is %v", i, v)}
+		if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+			return i
 		}
 	}
-	return nil
+	return -1
+}
+
+func nonFinite(u Update, i int) error {
+	return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("delta value %d is %v", i, u.Delta[i])}
 }
 
 // Check validates a whole call: a non-empty finite global model, at least
@@ -112,6 +132,12 @@ func CheckUpdate(dim int, u Update) error {
 // returns the updates sorted by client name (a new slice; the deltas are
 // shared, not copied).
 func Check(global []float64, updates []Update) ([]Update, error) {
+	return check(global, updates, true)
+}
+
+// check is Check; with scan false it leaves the deltas' values to be
+// checked while they are read (weightedMean).
+func check(global []float64, updates []Update, scan bool) ([]Update, error) {
 	if len(global) == 0 {
 		return nil, fmt.Errorf("%w: empty global model", ErrConfig)
 	}
@@ -124,8 +150,15 @@ func Check(global []float64, updates []Update) ([]Update, error) {
 		return nil, fmt.Errorf("%w: no updates to aggregate", ErrConfig)
 	}
 	for _, u := range updates {
-		if err := CheckUpdate(len(global), u); err != nil {
+		if err := checkMeta(len(global), u); err != nil {
 			return nil, err
+		}
+	}
+	if scan {
+		for _, u := range updates {
+			if i := firstNonFinite(u.Delta); i >= 0 {
+				return nil, nonFinite(u, i)
+			}
 		}
 	}
 	sorted := slices.Clone(updates)
@@ -138,22 +171,35 @@ func Check(global []float64, updates []Update) ([]Update, error) {
 	return sorted, nil
 }
 
+// meanChunk is how many values of a delta weightedMean checks and then
+// adds while they are in the L1 cache (8 KB of float32).
+const meanChunk = 2048
+
 // weightedMean returns Σ n_i·Δ_i / Σ n_i over sorted updates (Flower's
-// aggregate), as float64.
-func weightedMean(sorted []Update, dim int) []float64 {
+// aggregate), as float64. It checks the values as it reads them (one pass
+// over the deltas instead of two) and fails on the first NaN or Inf.
+func weightedMean(sorted []Update, dim int) ([]float64, error) {
 	mean := make([]float64, dim)
 	total := 0.0
 	for _, u := range sorted {
 		total += float64(u.Examples)
 	}
 	for _, u := range sorted {
-		axpy32(mean, float64(u.Examples), u.Delta)
+		w := float64(u.Examples)
+		for j0 := 0; j0 < dim; j0 += meanChunk {
+			j1 := min(j0+meanChunk, dim)
+			c := u.Delta[j0:j1]
+			if i := firstNonFinite(c); i >= 0 {
+				return nil, nonFinite(u, j0+i)
+			}
+			axpy32(mean[j0:j1], w, c)
+		}
 	}
 	inv := 1 / total
 	for j := range mean {
 		mean[j] *= inv
 	}
-	return mean
+	return mean, nil
 }
 
 // axpy32 adds a·x to y; len(x) ≥ len(y).
