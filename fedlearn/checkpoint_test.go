@@ -162,7 +162,9 @@ func TestCheckpointRefusals(t *testing.T) {
 		{"negative epochs", withHeader(ck, func(s string) string { return strings.Replace(s, `"epochs":1`, `"epochs":-1`, 1) }), a, cfg, "negative"},
 		{"weight name", withHeader(ck, func(s string) string { return strings.Replace(s, `"w0"`, `"w9"`, 1) }), a, cfg, "weight tensor 0"},
 		{"state name", withHeader(ck, func(s string) string { return strings.Replace(s, `"m.w0"`, `"v.w0"`, 1) }), a, cfg, "solver state tensor"},
-		{"state shape", withHeader(ck, func(s string) string { return strings.Replace(s, `"m.w1","shape":[3,2]`, `"m.w1","shape":[3,4000000]`, 1) }), a, cfg, "too large"},
+		{"state shape", withHeader(ck, func(s string) string {
+			return strings.Replace(s, `"m.w1","shape":[3,2]`, `"m.w1","shape":[3,4000000]`, 1)
+		}), a, cfg, "too large"},
 		{"rng", withHeader(ck, func(s string) string { return strings.Replace(s, `"rng":"`, `"rng":"AA`, 1) }), a, cfg, ""},
 		{"bad header length", reseal(func() []byte { c := bytes.Clone(ck); binary.LittleEndian.PutUint32(c[8:], 1<<30); return c }()), a, cfg, "header length"},
 		{"odd values", reseal(append(bytes.Clone(ck[:len(ck)-sha256.Size]), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), a, cfg, "whole number"},
