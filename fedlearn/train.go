@@ -165,6 +165,7 @@ type Trainer struct {
 
 	g      *G.ExprGraph
 	vm     G.VM
+	rw     rewinder
 	x, tgt *G.Node
 	xData  []float64 // BatchSize x Inputs, bound to x
 	tData  []float64 // BatchSize x Classes: 1/n at the label, else 0
@@ -247,25 +248,15 @@ func (t *Trainer) build(init Weights) error {
 			}
 		}
 	}
-	logp, err := G.LogSoftMax(h)
-	if err != nil {
-		return fmt.Errorf("fedlearn: graph log-softmax: %w", err)
-	}
-	weighted, err := G.HadamardProd(logp, t.tgt)
-	if err != nil {
-		return fmt.Errorf("fedlearn: graph loss: %w", err)
-	}
-	sum, err := G.Sum(weighted)
-	if err != nil {
-		return fmt.Errorf("fedlearn: graph loss: %w", err)
-	}
-	if t.loss, err = G.Neg(sum); err != nil {
+	var err error
+	if t.loss, err = softmaxXentLoss(h, t.tgt); err != nil {
 		return fmt.Errorf("fedlearn: graph loss: %w", err)
 	}
 	if _, err = G.Grad(t.loss, t.params...); err != nil {
 		return fmt.Errorf("fedlearn: graph gradients: %w", err)
 	}
 	t.vm = G.NewTapeMachine(g, G.BindDualValues(t.params...))
+	t.rw = newRewinder(t.vm)
 	t.vgs = G.NodesToValueGrads(t.params)
 	switch t.cfg.Solver {
 	case SolverSGD:
@@ -352,7 +343,7 @@ func (t *Trainer) runGraph() (float64, error) {
 	if t.vm == nil {
 		return 0, errors.New("fedlearn: trainer is closed")
 	}
-	t.vm.Reset()
+	t.rw.rewind()
 	if err := t.vm.RunAll(); err != nil {
 		return 0, fmt.Errorf("fedlearn: training step: %w", err)
 	}
