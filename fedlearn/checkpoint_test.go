@@ -208,3 +208,32 @@ func FuzzRestoreTrainer(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckpointBeforeFirstStep: a trainer that has not stepped yet has no
+// solver state; its checkpoint restores and trains like a fresh trainer.
+func TestCheckpointBeforeFirstStep(t *testing.T) {
+	a := mustArch(t, "mlp:4", 3, 2)
+	d := blobs(2, 40, 3, 2)
+	for _, s := range []Solver{SolverSGD, SolverMomentum, SolverAdam} {
+		cfg := TrainConfig{Solver: s, LearnRate: 0.01, BatchSize: 8, Seed: 4}
+		if s == SolverMomentum {
+			cfg.Momentum = 0.9
+		}
+		fresh := newTrainer(t, a, InitWeights(a, 7), cfg)
+		ck, err := fresh.Checkpoint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := RestoreTrainer(a, cfg, ck)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		defer r.Close()
+		if _, err := r.Epoch(d); err != nil {
+			t.Fatal(err)
+		}
+		if !sameBits(r.Weights(), train(t, a, cfg, d, 1)) {
+			t.Errorf("%s: restored fresh trainer trained differently", s)
+		}
+	}
+}
