@@ -23,12 +23,16 @@ const EnvDir = "EDGEFLEET_DATA"
 var DefaultDir = filepath.Join("..", "shared", "data")
 
 // Dir returns the shared data directory: flag when it is set, else
-// $EDGEFLEET_DATA, else DefaultDir.
-func Dir(flag string) string {
+// $EDGEFLEET_DATA as getenv reads it (nil reads the process's
+// environment), else DefaultDir.
+func Dir(flag string, getenv func(string) string) string {
 	if flag != "" {
 		return flag
 	}
-	if d := os.Getenv(EnvDir); d != "" {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if d := getenv(EnvDir); d != "" {
 		return d
 	}
 	return DefaultDir
