@@ -1,0 +1,142 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgefleet/edgefleet/fedlearn"
+	"github.com/edgefleet/edgefleet/fedlearn/datasets"
+	"github.com/edgefleet/edgefleet/internal/cli"
+)
+
+// flTrainResult is what 'fl train' prints.
+type flTrainResult struct {
+	datasets.RunResult
+	DataDir string  `json:"data_dir"`
+	Seconds float64 `json:"seconds"`
+}
+
+func (a *app) newFLTrainCmd() *cobra.Command {
+	var (
+		out      cli.OutputFlags
+		dataset  string
+		model    string
+		dataDir  string
+		seed     uint64
+		solver   string
+		momentum float64
+	)
+	cfg := datasets.DefaultRunConfig("", 0)
+	c := &cobra.Command{
+		Use:   "train --dataset wisdm|occupancy --model lr|mlp:W[,W...]",
+		Short: "Train one model on a whole data set in this process and print its test accuracy",
+		Long: `train reads a public data set from the shared data directory (--data, else
+EDGEFLEET_DATA, else ../shared/data), splits it, fits the feature
+normalisation on the training part, trains one model with fedlearn's
+gorgonia trainer and prints its accuracy on each test set (with --json also
+the loss and training accuracy of every epoch).
+
+Data sets and splits:
+  wisdm      WISDM v1.1 (36 users, 43 features, 6 activities): each user's
+             examples shuffled with --seed, the first max(1, n/5) of each
+             user to test, the rest to train.
+  occupancy  UCI occupancy detection (5 sensor features, empty/occupied):
+             train on datatraining.txt, test on datatest.txt and
+             datatest2.txt.
+Missing values are imputed with the training means; every feature is
+standardised with the training mean and standard deviation.
+
+--seed also draws the initial weights and the order of the examples in each
+epoch: the same command gives the same numbers, bit for bit.
+
+The defaults (Adam, learning rate 0.001, batch 64, L2 0.001, 60 epochs) reach
+about 97.9 % / 99.2 % on occupancy's test sets with lr and about 83 % on
+WISDM with mlp:64 (mean of seeds 0-4).`,
+		Example: `  edgectl fl train --dataset occupancy --model lr
+  edgectl fl train --dataset wisdm --model mlp:64 --seed 3 --json
+  edgectl fl train --dataset wisdm --model mlp:64 --solver momentum --lr 0.01 --momentum 0.9 --epochs 30`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			format, err := out.Format()
+			if err != nil {
+				return err
+			}
+			if !slices.Contains(datasets.Names, dataset) {
+				return cli.Usagef("--dataset %q: want %s", dataset, strings.Join(datasets.Names, " or "))
+			}
+			if _, err := fedlearn.ParseArch(model, 1, 2); err != nil {
+				return cli.Usagef("--model: %v", err)
+			}
+			if cfg.Epochs < 1 {
+				return cli.Usagef("--epochs must be at least 1")
+			}
+			cfg.Model, cfg.Train.Seed, cfg.Train.Solver = model, seed, fedlearn.Solver(solver)
+			if cfg.Train.Solver == fedlearn.SolverMomentum && !c.Flags().Changed("momentum") {
+				momentum = 0.9
+			}
+			if cfg.Train.Solver == fedlearn.SolverMomentum {
+				cfg.Train.Momentum = momentum
+			} else if momentum != 0 {
+				return cli.Usagef("--momentum is only for --solver momentum")
+			}
+			dir := datasets.Dir(dataDir, a.getenv)
+			start := a.now()
+			p, err := datasets.Load(dir, dataset, seed)
+			if err != nil {
+				return err
+			}
+			var progress io.Writer = io.Discard
+			if format == cli.FormatTable {
+				progress = c.ErrOrStderr()
+			}
+			cfg.OnEpoch = func(e datasets.EpochResult) {
+				if e.Epoch%10 == 0 || e.Epoch == cfg.Epochs {
+					fmt.Fprintf(progress, "epoch %d/%d: loss %.4f, train accuracy %.2f %%\n", e.Epoch, cfg.Epochs, e.Loss, 100*e.TrainAccuracy)
+				}
+			}
+			res, err := datasets.Run(p, cfg)
+			if err != nil {
+				return err
+			}
+			r := flTrainResult{RunResult: res, DataDir: dir, Seconds: a.now().Sub(start).Seconds()}
+			return cli.Print(c.OutOrStdout(), format, r, func(w io.Writer) error { return printFLTrain(w, r) })
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&dataset, "dataset", "", "data set: wisdm or occupancy (required)")
+	f.StringVar(&model, "model", "", "model: lr, or mlp:W[,W...] (ReLU hidden layers of these widths), e.g. mlp:64 (required)")
+	f.StringVar(&dataDir, "data", "", "shared data directory (default $EDGEFLEET_DATA, else ../shared/data)")
+	f.Uint64Var(&seed, "seed", 0, "seed of the WISDM split, the initial weights and the example order")
+	f.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "passes over the training set")
+	f.StringVar(&solver, "solver", string(cfg.Train.Solver), "solver: sgd, momentum or adam")
+	f.Float64Var(&cfg.Train.LearnRate, "lr", cfg.Train.LearnRate, "learning rate")
+	f.Float64Var(&momentum, "momentum", 0, "momentum of --solver momentum (default 0.9 with it)")
+	f.IntVar(&cfg.Train.BatchSize, "batch", cfg.Train.BatchSize, "mini-batch size")
+	f.Float64Var(&cfg.Train.L2, "l2", cfg.Train.L2, "L2 penalty l2/2·‖W‖² on the weight matrices")
+	c.MarkFlagRequired("dataset")
+	c.MarkFlagRequired("model")
+	out.Register(c)
+	return c
+}
+
+func printFLTrain(w io.Writer, r flTrainResult) error {
+	tw := cli.NewTable(w)
+	t := r.Config
+	fmt.Fprintf(tw, "Data set:\t%s (%d training examples, from %s)\n", r.Dataset, r.TrainExamples, r.DataDir)
+	fmt.Fprintf(tw, "Model:\t%s, %d inputs, %d classes, %d parameters\n", r.Model, r.Arch.Inputs, r.Arch.Classes, r.Arch.NumParams())
+	solver := string(t.Solver)
+	if t.Solver == fedlearn.SolverMomentum {
+		solver += fmt.Sprintf(" %g", t.Momentum)
+	}
+	fmt.Fprintf(tw, "Training:\t%s, learning rate %g, batch %d, L2 %g, %d epochs, seed %d\n", solver, t.LearnRate, t.BatchSize, t.L2, len(r.Epochs), t.Seed)
+	fmt.Fprintf(tw, "Train:\tloss %.4f, accuracy %.2f %%\n", r.TrainLoss, 100*r.TrainAccuracy)
+	for _, s := range r.Tests {
+		fmt.Fprintf(tw, "Test %s:\tloss %.4f, accuracy %.2f %% (%d examples)\n", s.Name, s.Loss, 100*s.Accuracy, s.Examples)
+	}
+	fmt.Fprintf(tw, "Took:\t%.1f s\n", r.Seconds)
+	return tw.Flush()
+}
