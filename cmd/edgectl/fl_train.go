@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 
@@ -18,6 +19,10 @@ type flTrainResult struct {
 	datasets.RunResult
 	DataDir string  `json:"data_dir"`
 	Seconds float64 `json:"seconds"`
+	// ModelFile and ModelDigest are where --out wrote the model and its
+	// SHA-256.
+	ModelFile   string `json:"model_file,omitempty"`
+	ModelDigest string `json:"model_digest,omitempty"`
 }
 
 func (a *app) newFLTrainCmd() *cobra.Command {
@@ -29,6 +34,9 @@ func (a *app) newFLTrainCmd() *cobra.Command {
 		seed     uint64
 		solver   string
 		momentum float64
+		outFile  string
+		name     string
+		version  string
 	)
 	cfg := datasets.DefaultRunConfig("", 0)
 	c := &cobra.Command{
@@ -38,7 +46,8 @@ func (a *app) newFLTrainCmd() *cobra.Command {
 EDGEFLEET_DATA, else ../shared/data), splits it, fits the feature
 normalisation on the training part, trains one model with fedlearn's
 gorgonia trainer and prints its accuracy on each test set (with --json also
-the loss and training accuracy of every epoch).
+the loss and training accuracy of every epoch). --out writes the trained
+model, with its feature schema and normalisation, as a model file.
 
 Data sets and splits:
   wisdm      WISDM v1.1 (36 users, 43 features, 6 activities): each user's
@@ -83,6 +92,17 @@ WISDM with mlp:64 (mean of seeds 0-4).`,
 			} else if momentum != 0 {
 				return cli.Usagef("--momentum is only for --solver momentum")
 			}
+			if outFile != "" {
+				if name == "" {
+					name = dataset + "-" + strings.NewReplacer(":", "", ",", "-").Replace(model)
+				}
+				if err := fedlearn.CheckName(name); err != nil {
+					return cli.Usagef("--name: %v", err)
+				}
+				if err := fedlearn.CheckVersion(version); err != nil {
+					return cli.Usagef("--version: %v", err)
+				}
+			}
 			dir := datasets.Dir(dataDir, a.getenv)
 			start := a.now()
 			p, err := datasets.Load(dir, dataset, seed)
@@ -103,6 +123,20 @@ WISDM with mlp:64 (mean of seeds 0-4).`,
 				return err
 			}
 			r := flTrainResult{RunResult: res, DataDir: dir, Seconds: a.now().Sub(start).Seconds()}
+			if outFile != "" {
+				mf, err := res.ModelFile(p, name, version, a.now())
+				if err != nil {
+					return err
+				}
+				b, err := mf.Encode()
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(outFile, b, 0o644); err != nil {
+					return fmt.Errorf("fl train: %w", err)
+				}
+				r.ModelFile, r.ModelDigest = outFile, mf.DigestHex()
+			}
 			return cli.Print(c.OutOrStdout(), format, r, func(w io.Writer) error { return printFLTrain(w, r) })
 		},
 	}
@@ -117,6 +151,9 @@ WISDM with mlp:64 (mean of seeds 0-4).`,
 	f.Float64Var(&momentum, "momentum", 0, "momentum of --solver momentum (default 0.9 with it)")
 	f.IntVar(&cfg.Train.BatchSize, "batch", cfg.Train.BatchSize, "mini-batch size")
 	f.Float64Var(&cfg.Train.L2, "l2", cfg.Train.L2, "L2 penalty l2/2·‖W‖² on the weight matrices")
+	f.StringVar(&outFile, "out", "", "write the trained model to this model file (for 'edgectl models push')")
+	f.StringVar(&name, "name", "", "model name in the --out file (default DATASET-MODEL, e.g. wisdm-mlp64)")
+	f.StringVar(&version, "version", "1", "model version in the --out file")
 	c.MarkFlagRequired("dataset")
 	c.MarkFlagRequired("model")
 	out.Register(c)
@@ -136,6 +173,9 @@ func printFLTrain(w io.Writer, r flTrainResult) error {
 	fmt.Fprintf(tw, "Train:\tloss %.4f, accuracy %.2f %%\n", r.TrainLoss, 100*r.TrainAccuracy)
 	for _, s := range r.Tests {
 		fmt.Fprintf(tw, "Test %s:\tloss %.4f, accuracy %.2f %% (%d examples)\n", s.Name, s.Loss, 100*s.Accuracy, s.Examples)
+	}
+	if r.ModelFile != "" {
+		fmt.Fprintf(tw, "Model file:\t%s (SHA-256 %s)\n", r.ModelFile, r.ModelDigest)
 	}
 	fmt.Fprintf(tw, "Took:\t%.1f s\n", r.Seconds)
 	return tw.Flush()

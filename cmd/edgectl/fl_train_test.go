@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/fedlearn/datasets"
 )
 
@@ -45,7 +47,8 @@ func writeSyntheticData(t *testing.T) string {
 func TestFLTrainOccupancy(t *testing.T) {
 	e := bareEnv(t)
 	dir := writeSyntheticData(t)
-	out := e.must("fl", "train", "--dataset", "occupancy", "--model", "lr", "--epochs", "20", "--lr", "0.05", "--data", dir, "--json")
+	modelPath := filepath.Join(t.TempDir(), "occ.model")
+	out := e.must("fl", "train", "--dataset", "occupancy", "--model", "lr", "--epochs", "20", "--lr", "0.05", "--data", dir, "--json", "--out", modelPath)
 	r := decodeJSON[flTrainResult](t, out)
 	if r.Dataset != "occupancy" || r.Model != "lr" || r.TrainExamples != 300 || len(r.Epochs) != 20 || len(r.Tests) != 2 ||
 		r.Tests[0].Name != "datatest" || r.Tests[1].Examples != 90 || r.DataDir != dir || r.Config.LearnRate != 0.05 || r.Config.Solver != "adam" {
@@ -53,6 +56,43 @@ func TestFLTrainOccupancy(t *testing.T) {
 	}
 	if r.Epochs[19].Loss >= r.Epochs[0].Loss || r.Tests[0].Accuracy < 0.95 {
 		t.Fatalf("did not learn the light: losses %v..%v, test accuracy %v", r.Epochs[0].Loss, r.Epochs[19].Loss, r.Tests[0].Accuracy)
+	}
+	// The model file carries the model and its normalisation: served on
+	// the raw test readings, it scores what the run reported.
+	b, err := os.ReadFile(modelPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := fedlearn.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mf.Name != "occupancy-lr" || mf.Version != "1" || mf.DigestHex() != r.ModelDigest || mf.Training.Epochs != 20 ||
+		mf.Training.Params["learn_rate"] != "0.05" || mf.Schema.Features[2].Metric != "light" || mf.Labels[1] != "occupied" {
+		t.Fatalf("model file %+v", mf)
+	}
+	raw, err := datasets.LoadOccupancyFile(dir, datasets.OccupancyTestFiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, err := fedlearn.NewForward(mf.Arch, mf.Weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	correct, loss := 0, 0.0
+	x, probs := make([]float64, mf.Arch.Inputs), make([]float64, mf.Arch.Classes)
+	for i, row := range raw.X {
+		if err := mf.Schema.Normalize(x, row); err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := fw.Predict(x, probs); c == raw.Y[i] {
+			correct++
+		}
+		loss -= math.Log(probs[raw.Y[i]])
+	}
+	loss /= float64(raw.Len())
+	if acc := float64(correct) / float64(raw.Len()); acc != r.Tests[0].Accuracy || mf.Training.Accuracy != acc || math.Abs(loss-r.Tests[0].Loss) > 1e-12 {
+		t.Fatalf("model file scores %v (loss %v) on datatest, run reported %v (loss %v), file says %v", acc, loss, r.Tests[0].Accuracy, r.Tests[0].Loss, mf.Training.Accuracy)
 	}
 	// The table, and the data directory from the environment.
 	e.vars[datasets.EnvDir] = dir
@@ -80,6 +120,9 @@ func TestFLTrainErrors(t *testing.T) {
 		{[]string{"--dataset", "occupancy", "--model", "lr", "--solver", "rmsprop"}, 1, "unknown solver"},
 		{[]string{"--dataset", "occupancy", "--model", "lr", "--lr", "-1"}, 1, "learning rate"},
 		{[]string{"--dataset", "wisdm", "--model", "lr"}, 1, "WISDM_ar_v1.1_transformed.arff"},
+		{[]string{"--dataset", "occupancy", "--model", "lr", "--out", "m", "--name", "a/b"}, 2, "--name"},
+		{[]string{"--dataset", "occupancy", "--model", "lr", "--out", "m", "--version", ""}, 2, "--version"},
+		{[]string{"--dataset", "occupancy", "--model", "lr", "--epochs", "1", "--out", filepath.Join(dir, "no", "such", "m")}, 1, "no such file"},
 	} {
 		args := append([]string{"fl", "train", "--data", dir}, c.args...)
 		r := e.run(args...)

@@ -2,6 +2,8 @@ package datasets
 
 import (
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/edgefleet/edgefleet/fedlearn"
 )
@@ -125,4 +127,35 @@ func Run(p *Prepared, cfg RunConfig) (RunResult, error) {
 		res.Tests = append(res.Tests, TestResult{Name: t.Name, Examples: t.Len(), Loss: loss, Accuracy: acc})
 	}
 	return res, nil
+}
+
+// ModelFile packs a run's trained model as a model file: its architecture
+// and weights, p's schema (with the normalisation fitted on the training
+// part) and class names, and how it was trained (the accuracy is on the
+// first test part). created stamps it.
+func (r RunResult) ModelFile(p *Prepared, name, version string, created time.Time) (*fedlearn.File, error) {
+	t := fedlearn.Training{
+		Dataset: r.Dataset, Epochs: len(r.Epochs), Seed: r.Config.Seed, Examples: r.TrainExamples,
+		Params: map[string]string{
+			"solver":     string(r.Config.Solver),
+			"learn_rate": strconv.FormatFloat(r.Config.LearnRate, 'g', -1, 64),
+			"batch_size": strconv.Itoa(r.Config.BatchSize),
+			"l2":         strconv.FormatFloat(r.Config.L2, 'g', -1, 64),
+		},
+		Created: created.UTC(),
+	}
+	if r.Config.Solver == fedlearn.SolverMomentum {
+		t.Params["momentum"] = strconv.FormatFloat(r.Config.Momentum, 'g', -1, 64)
+	}
+	if n := len(r.Epochs); n > 0 {
+		t.Loss = r.Epochs[n-1].Loss
+	}
+	if len(r.Tests) > 0 {
+		t.HeldOut, t.Accuracy = r.Tests[0].Examples, r.Tests[0].Accuracy
+	}
+	f := &fedlearn.File{Name: name, Version: version, Arch: r.Arch, Weights: r.Weights, Schema: p.Schema, Labels: p.Classes, Training: t}
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
