@@ -170,13 +170,19 @@ func printFLTrain(w io.Writer, r flTrainResult) error {
 		solver += fmt.Sprintf(" %g", t.Momentum)
 	}
 	fmt.Fprintf(tw, "Training:\t%s, learning rate %g, batch %d, L2 %g, %d epochs, seed %d\n", solver, t.LearnRate, t.BatchSize, t.L2, len(r.Epochs), t.Seed)
-	fmt.Fprintf(tw, "Train:\tloss %.4f, accuracy %.2f %%\n", r.TrainLoss, 100*r.TrainAccuracy)
-	for _, s := range r.Tests {
-		fmt.Fprintf(tw, "Test %s:\tloss %.4f, accuracy %.2f %% (%d examples)\n", s.Name, s.Loss, 100*s.Accuracy, s.Examples)
-	}
 	if r.ModelFile != "" {
 		fmt.Fprintf(tw, "Model file:\t%s (SHA-256 %s)\n", r.ModelFile, r.ModelDigest)
 	}
 	fmt.Fprintf(tw, "Took:\t%.1f s\n", r.Seconds)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = cli.NewTable(w)
+	fmt.Fprintf(tw, "PART\tEXAMPLES\tLOSS\tACCURACY\n")
+	fmt.Fprintf(tw, "train\t%d\t%.4f\t%.2f %%\n", r.TrainExamples, r.TrainLoss, 100*r.TrainAccuracy)
+	for _, s := range r.Tests {
+		fmt.Fprintf(tw, "%s\t%d\t%.4f\t%.2f %%\n", s.Name, s.Examples, s.Loss, 100*s.Accuracy)
+	}
 	return tw.Flush()
 }

@@ -97,7 +97,7 @@ func TestFLTrainOccupancy(t *testing.T) {
 	// The table, and the data directory from the environment.
 	e.vars[datasets.EnvDir] = dir
 	table := e.must("fl", "train", "--dataset", "occupancy", "--model", "mlp:4", "--epochs", "2", "--solver", "momentum", "--lr", "0.01")
-	for _, want := range []string{"Test datatest2:", "momentum 0.9, learning rate 0.01", "mlp:4, 5 inputs, 2 classes, 34 parameters"} {
+	for _, want := range []string{"\ndatatest2  90", "momentum 0.9, learning rate 0.01", "mlp:4, 5 inputs, 2 classes, 34 parameters"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
