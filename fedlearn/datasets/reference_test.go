@@ -93,16 +93,27 @@ func TestRunDeterministic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := func(seed uint64) RunResult {
-		cfg := DefaultRunConfig("mlp:8", seed)
-		cfg.Epochs = 3
-		r, err := Run(p, cfg)
+	// Three runs at once, on the same prepared data, as the WISDM bar
+	// test runs its seeds (go test -race checks they share nothing
+	// mutable).
+	seeds := []uint64{7, 7, 8}
+	res := make([]RunResult, len(seeds))
+	errs := make([]error, len(seeds))
+	var wg sync.WaitGroup
+	for i, seed := range seeds {
+		wg.Go(func() {
+			cfg := DefaultRunConfig("mlp:8", seed)
+			cfg.Epochs = 3
+			res[i], errs[i] = Run(p, cfg)
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return r
 	}
-	a, b, c := run(7), run(7), run(8)
+	a, b, c := res[0], res[1], res[2]
 	same := func(x, y RunResult) bool {
 		for i := range x.Weights {
 			if !slices.EqualFunc(x.Weights[i].Data, y.Weights[i].Data, func(u, v float64) bool { return math.Float64bits(u) == math.Float64bits(v) }) {
