@@ -3,6 +3,7 @@ package localapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -82,4 +83,37 @@ func TestTrainingSpecErrors(t *testing.T) {
 	// Training disabled: 503.
 	off := newServer(t, &fake{})
 	call(t, off, "GET", "/v1/training/jobs", "", 503)
+}
+
+// FuzzTrainingSpec: any body either decodes into a spec the manager checks
+// (accepted or refused naming a field) or is refused as a bad body; never
+// a panic.
+func FuzzTrainingSpec(f *testing.F) {
+	f.Add([]byte(goodSpec))
+	f.Add([]byte(`{"model":"mlp:64,32","labels":["a","b","c"],"hold_out":0,"schema":{"features":[{"name":"x","metric":"x","agg":"std","window":"1h"}],"label":{"state_key":"labels/{device}"}}}`))
+	f.Add([]byte(`{"base":{"arch":{"kind":"lr","inputs":1,"classes":2},"weights":[{"name":"w0","shape":[1,2],"data":[0,0]},{"name":"b0","shape":[2],"data":[0,0]}]},"labels":["a","b"],"mu":0.1,"schema":{"features":[{"name":"x","metric":"x","agg":"latest"}],"label":{"metric":"y"}}}`))
+	f.Add([]byte(`{"epochs":1e400}`))
+	f.Add([]byte(`{"from":"2026-01-01T00:00:00Z","to":"2025-01-01T00:00:00Z"}`))
+	m, err := training.New(training.Config{Dir: f.TempDir(), Readings: noReadings{}, MaxExamples: 1000, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(m.Close)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		spec, err := decodeSpec(body)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "training: invalid job spec: ") && !strings.HasPrefix(err.Error(), "agent: training job spec: ") {
+				t.Fatalf("error without its prefix: %v", err)
+			}
+			return
+		}
+		j, err := m.Submit(spec)
+		switch {
+		case err == nil:
+			m.Wait(context.Background(), j.ID)
+		case errors.Is(err, training.ErrInvalidSpec), errors.Is(err, training.ErrBusy):
+		default:
+			t.Fatalf("submit: %v", err)
+		}
+	})
 }

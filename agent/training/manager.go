@@ -181,6 +181,12 @@ func New(cfg Config) (*Manager, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("training: %w", err)
 	}
+	// Temporary files of writes a crash interrupted.
+	if stale, err := filepath.Glob(filepath.Join(cfg.Dir, ".*.tmp-*")); err == nil {
+		for _, f := range stale {
+			os.Remove(f)
+		}
+	}
 	files, err := filepath.Glob(filepath.Join(cfg.Dir, "*.job"))
 	if err != nil {
 		return nil, fmt.Errorf("training: %w", err)
