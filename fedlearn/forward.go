@@ -13,6 +13,7 @@ type Forward struct {
 	arch    Arch
 	w       Weights
 	scratch [][]float64
+	batch   [][]float64 // PredictBatch's, per layer
 }
 
 // NewForward checks the weights against the architecture and returns a

@@ -163,22 +163,24 @@ type Trainer struct {
 	cfg    TrainConfig
 	global [][]float64 // flat copy per parameter, when Mu > 0
 
-	g      *G.ExprGraph
-	vm     G.VM
-	x, tgt *G.Node
-	xData  []float64 // BatchSize x Inputs, bound to x
-	tData  []float64 // BatchSize x Classes: 1/n at the label, else 0
-	params G.Nodes   // in Weights order: w0, b0, w1, b1, ...
-	shapes [][]int   // Weights shapes of params
-	vgs    []G.ValueGrad
-	loss   *G.Node
-	solver G.Solver
-	pcg    *rand.PCG
-	rng    *rand.Rand
-	perm   []int
-	epochs int
-	steps  int
-	broken error
+	g       *G.ExprGraph
+	vm      G.VM
+	runner  runner
+	lossVal float64 // written by the loss op on each run
+	x, tgt  *G.Node
+	xData   []float64 // BatchSize x Inputs, bound to x
+	tData   []float64 // BatchSize x Classes: 1/n at the label, else 0
+	params  G.Nodes   // in Weights order: w0, b0, w1, b1, ...
+	shapes  [][]int   // Weights shapes of params
+	vgs     []G.ValueGrad
+	loss    *G.Node
+	solver  G.Solver
+	pcg     *rand.PCG
+	rng     *rand.Rand
+	perm    []int
+	epochs  int
+	steps   int
+	broken  error
 }
 
 // NewTrainer validates the configuration and the starting weights, and
@@ -247,25 +249,25 @@ func (t *Trainer) build(init Weights) error {
 			}
 		}
 	}
-	logp, err := G.LogSoftMax(h)
-	if err != nil {
-		return fmt.Errorf("fedlearn: graph log-softmax: %w", err)
-	}
-	weighted, err := G.HadamardProd(logp, t.tgt)
-	if err != nil {
+	var err error
+	if t.loss, err = softmaxXentLoss(h, t.tgt, &t.lossVal); err != nil {
 		return fmt.Errorf("fedlearn: graph loss: %w", err)
 	}
-	sum, err := G.Sum(weighted)
+	grads, err := G.Grad(t.loss, t.params...)
 	if err != nil {
-		return fmt.Errorf("fedlearn: graph loss: %w", err)
-	}
-	if t.loss, err = G.Neg(sum); err != nil {
-		return fmt.Errorf("fedlearn: graph loss: %w", err)
-	}
-	if _, err = G.Grad(t.loss, t.params...); err != nil {
 		return fmt.Errorf("fedlearn: graph gradients: %w", err)
 	}
-	t.vm = G.NewTapeMachine(g, G.BindDualValues(t.params...))
+	// Compile only what the loss and the parameters' gradients need.
+	// gorgonia's matrix product differentiates both operands, so the whole
+	// graph also holds the gradient of the input batch x: one more GEMM
+	// (batch x inputs x width) a step that nothing reads.
+	outputs := append(G.Nodes{t.loss}, grads...)
+	prog, locMap, err := G.CompileFunction(g, append(G.Nodes{t.x, t.tgt}, t.params...), outputs)
+	if err != nil {
+		return fmt.Errorf("fedlearn: compiling the graph: %w", err)
+	}
+	t.vm = G.NewTapeMachine(g, G.WithPrecompiled(prog, locMap), G.BindDualValues(t.params...))
+	t.runner = newRunner(t.vm, prog)
 	t.vgs = G.NodesToValueGrads(t.params)
 	switch t.cfg.Solver {
 	case SolverSGD:
@@ -352,11 +354,10 @@ func (t *Trainer) runGraph() (float64, error) {
 	if t.vm == nil {
 		return 0, errors.New("fedlearn: trainer is closed")
 	}
-	t.vm.Reset()
-	if err := t.vm.RunAll(); err != nil {
+	if err := t.runner.exec(); err != nil {
 		return 0, fmt.Errorf("fedlearn: training step: %w", err)
 	}
-	loss := t.loss.Value().Data().(float64)
+	loss := t.lossVal
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return 0, fmt.Errorf("%w: loss is %v", ErrNotFinite, loss)
 	}

@@ -1,0 +1,63 @@
+package fedlearn
+
+import (
+	"fmt"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas64"
+)
+
+// PredictBatch computes the class probabilities of rows examples (x
+// row-major, rows x Inputs, already normalised) into probs (rows x
+// Classes) and, when classes is not nil (len rows), each row's most
+// probable class. Each layer is one matrix product through gonum's BLAS,
+// which is several times faster per row than Predict for batches; the
+// results equal Predict's up to rounding. Its scratch space grows to the
+// largest batch seen and is then reused.
+func (f *Forward) PredictBatch(x []float64, rows int, probs []float64, classes []int) error {
+	a := f.arch
+	switch {
+	case rows < 1:
+		return fmt.Errorf("fedlearn: batch of %d rows", rows)
+	case len(x) != rows*a.Inputs:
+		return fmt.Errorf("fedlearn: %d feature values for %d rows of %d features", len(x), rows, a.Inputs)
+	case len(probs) != rows*a.Classes:
+		return fmt.Errorf("fedlearn: room for %d probabilities, %d rows of %d classes need %d", len(probs), rows, a.Classes, rows*a.Classes)
+	case classes != nil && len(classes) != rows:
+		return fmt.Errorf("fedlearn: room for %d classes, batch has %d rows", len(classes), rows)
+	}
+	layers := a.Layers()
+	if len(f.batch) == 0 || len(f.batch[0]) < rows*layers[0][1] {
+		f.batch = f.batch[:0]
+		for _, l := range layers {
+			f.batch = append(f.batch, make([]float64, rows*l[1]))
+		}
+	}
+	in := blas64.General{Rows: rows, Cols: a.Inputs, Stride: a.Inputs, Data: x}
+	last := len(layers) - 1
+	for l, io := range layers {
+		out := blas64.General{Rows: rows, Cols: io[1], Stride: io[1], Data: f.batch[l][:rows*io[1]]}
+		b := f.w[2*l+1].Data
+		for r := 0; r < rows; r++ {
+			copy(out.Data[r*io[1]:(r+1)*io[1]], b)
+		}
+		w := blas64.General{Rows: io[0], Cols: io[1], Stride: io[1], Data: f.w[2*l].Data}
+		blas64.Gemm(blas.NoTrans, blas.NoTrans, 1, in, w, 1, out)
+		if l != last {
+			for i, v := range out.Data {
+				if v < 0 {
+					out.Data[i] = 0
+				}
+			}
+		}
+		in = out
+	}
+	c := a.Classes
+	for r := 0; r < rows; r++ {
+		best := softmax(in.Data[r*c:(r+1)*c], probs[r*c:(r+1)*c])
+		if classes != nil {
+			classes[r] = best
+		}
+	}
+	return nil
+}
