@@ -70,7 +70,7 @@ func TestKill9DuringTraining(t *testing.T) {
 
 	api := agentapi.New("http://"+p.api, nil)
 	defer api.CloseIdleConnections()
-	spec := datasettest.OccupancySpec("room-1", "mlp:64", 40, from, to)
+	spec := datasettest.OccupancySpec("room-1", "mlp:64", 100, from, to)
 	spec.BatchSize = 8
 	j, err := api.CreateTrainingJob(context.Background(), spec)
 	if err != nil {

@@ -95,7 +95,7 @@ func newManager(t *testing.T, dir string, r Readings, st State) *Manager {
 
 func waitDone(t *testing.T, m *Manager, id string) Job {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	j, err := m.Wait(ctx, id)
 	if err != nil {
@@ -173,7 +173,7 @@ func TestJobTrainsAndKeepsModel(t *testing.T) {
 // manager closed, as at a shutdown) resumes from its checkpoint in a new
 // manager and ends with the very weights of an uninterrupted run.
 func TestJobResumesFromCheckpoint(t *testing.T) {
-	r := &memReadings{series: map[string]map[string][]ingest.SeriesPoint{"d1": twoBlobs(20000, 2)}}
+	r := &memReadings{series: map[string]map[string][]ingest.SeriesPoint{"d1": twoBlobs(8000, 2)}}
 	spec := blobSpec()
 	spec.Epochs = 30
 
@@ -198,7 +198,7 @@ func TestJobResumesFromCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(180 * time.Second)
 	for {
 		cur, _ := m1.Job(j.ID)
 		if cur.EpochsDone >= 2 {
