@@ -592,3 +592,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	return m, nil
 }
+
+// FeatureStats reads the examples spec selects, as a job would (same
+// sample, same split), and returns the per-feature count, sum and sum of
+// squares of the raw features of the training split and its size, without
+// training: this device's share of normalisation statistics computed
+// across devices. It may run beside a job.
+func (m *Manager) FeatureStats(ctx context.Context, spec Spec) (fedlearn.FeatureStats, int, error) {
+	if _, err := spec.resolve(m.clk.Now().UTC(), m.cfg.MaxExamples); err != nil {
+		return fedlearn.FeatureStats{}, 0, err
+	}
+	data, err := buildDataset(ctx, m.cfg.Readings, m.cfg.State, &spec)
+	if err != nil {
+		return fedlearn.FeatureStats{}, 0, err
+	}
+	return data.stats, len(data.train.Y), nil
+}

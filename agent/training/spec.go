@@ -89,7 +89,9 @@ type Spec struct {
 	Device string `json:"device,omitempty"`
 	// From and To bound the anchors' times, [From, To). A zero To is set
 	// to the submission time, so the job's data does not grow while it
-	// runs.
+	// runs. Readings of a feature's metric up to its widest window before
+	// From still feed the windows of the first examples; a "latest"
+	// feature without a window sees readings from From on only.
 	From time.Time `json:"from,omitzero"`
 	To   time.Time `json:"to,omitzero"`
 	// Normalize is NormalizeFit or NormalizeKeep; default fit for a new

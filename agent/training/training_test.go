@@ -367,3 +367,54 @@ func TestSpecErrorsNameTheField(t *testing.T) {
 		t.Fatalf("defaults: %v %+v", err, s)
 	}
 }
+
+// TestFeatureStatsAcrossDevices: the statistics two devices report, added
+// up, standardise as the two devices' training splits together would.
+func TestFeatureStatsAcrossDevices(t *testing.T) {
+	r := &memReadings{series: map[string]map[string][]ingest.SeriesPoint{"d1": twoBlobs(500, 1), "d2": twoBlobs(700, 2)}}
+	m := newManager(t, t.TempDir(), r, nil)
+	total := fedlearn.NewFeatureStats(2)
+	n := 0
+	for _, dev := range []string{"d1", "d2"} {
+		spec := blobSpec()
+		spec.Device = dev
+		st, k, err := m.FeatureStats(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += k
+		for i := range total.Count {
+			total.Count[i] += st.Count[i]
+			total.Sum[i] += st.Sum[i]
+			total.SumSq[i] += st.SumSq[i]
+		}
+	}
+	both := blobSpec()
+	j, err := m.Submit(both) // every device
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, m, j.ID)
+	md, err := m.Model(j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 400+560 || total.Count[0] != float64(n) {
+		t.Fatalf("%d examples, counts %v", n, total.Count)
+	}
+	got := fedlearn.Schema{Features: slices.Clone(md.Schema.Features)}
+	if err := total.Apply(&got); err != nil {
+		t.Fatal(err)
+	}
+	// The job on both devices samples and splits them together, so its
+	// split differs from the per-device ones: compare loosely.
+	for i, f := range got.Features {
+		w := md.Schema.Features[i]
+		if math.Abs(f.Mean-w.Mean) > 0.1*w.Std || math.Abs(f.Std-w.Std) > 0.05*w.Std {
+			t.Errorf("feature %s: federated mean %.3f std %.3f, pooled %.3f %.3f", f.Name, f.Mean, f.Std, w.Mean, w.Std)
+		}
+	}
+	if _, _, err := m.FeatureStats(context.Background(), Spec{}); !errors.Is(err, ErrInvalidSpec) {
+		t.Fatalf("empty spec: %v", err)
+	}
+}
