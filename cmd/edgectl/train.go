@@ -240,34 +240,25 @@ func printJob(w io.Writer, j agentapi.TrainingJob) error {
 }
 
 func (tc *trainCmd) newGetCmd() *cobra.Command {
-	var out cli.OutputFlags
-	c := &cobra.Command{
-		Use:   "get ID",
-		Short: "Show a training job: its state, data and the loss and accuracy of every epoch",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			format, err := out.Format()
-			if err != nil {
-				return err
-			}
-			j, err := withAgent(tc.a, c, tc.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.TrainingJob, error) {
-				return api.TrainingJob(ctx, args[0])
-			})
-			if err != nil {
-				return err
-			}
-			return cli.Print(c.OutOrStdout(), format, j, func(w io.Writer) error { return printJob(w, j) })
-		},
-	}
-	out.Register(c)
-	return c
+	return tc.jobCmd("get ID", "Show a training job: its state, data and the loss and accuracy of every epoch",
+		func(ctx context.Context, api *agentapi.Client, id string) (agentapi.TrainingJob, error) {
+			return api.TrainingJob(ctx, id)
+		})
 }
 
 func (tc *trainCmd) newCancelCmd() *cobra.Command {
+	return tc.jobCmd("cancel ID", "Cancel a queued or running training job",
+		func(ctx context.Context, api *agentapi.Client, id string) (agentapi.TrainingJob, error) {
+			return api.CancelTrainingJob(ctx, id)
+		})
+}
+
+// jobCmd is a command that makes one call about job ID and prints the job.
+func (tc *trainCmd) jobCmd(use, short string, call func(context.Context, *agentapi.Client, string) (agentapi.TrainingJob, error)) *cobra.Command {
 	var out cli.OutputFlags
 	c := &cobra.Command{
-		Use:   "cancel ID",
-		Short: "Cancel a queued or running training job",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			format, err := out.Format()
@@ -275,7 +266,7 @@ func (tc *trainCmd) newCancelCmd() *cobra.Command {
 				return err
 			}
 			j, err := withAgent(tc.a, c, tc.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.TrainingJob, error) {
-				return api.CancelTrainingJob(ctx, args[0])
+				return call(ctx, api, args[0])
 			})
 			if err != nil {
 				return err

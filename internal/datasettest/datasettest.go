@@ -19,30 +19,12 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // Dir is the shared data directory: $EDGEFLEET_DATA, else ../shared/data
-// relative to the repository root (the directory holding go.mod).
-func Dir(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("EDGEFLEET_DATA"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared", "data")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("datasettest: no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+// beside the repository.
+func Dir(t testing.TB) string { return testutil.DataDir(t) }
 
 // OccupancyMetrics are the metric names the occupancy messages carry; the
 // last is the label (0 empty, 1 occupied).
