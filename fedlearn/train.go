@@ -195,8 +195,12 @@ func NewTrainer(a Arch, init Weights, cfg TrainConfig) (*Trainer, error) {
 	if err := cfg.Validate(a); err != nil {
 		return nil, err
 	}
-	if cfg.BatchSize*max(a.Inputs, a.Classes) > MaxParams {
-		return nil, fmt.Errorf("%w: batch size %d with %d inputs and %d classes needs too much memory", ErrTrainConfig, cfg.BatchSize, a.Inputs, a.Classes)
+	widest := max(a.Inputs, a.Classes)
+	for _, h := range a.Hidden {
+		widest = max(widest, h)
+	}
+	if cfg.BatchSize*widest > MaxParams {
+		return nil, fmt.Errorf("%w: batch size %d with layers %d wide needs too much memory (batch x width at most %d)", ErrTrainConfig, cfg.BatchSize, widest, MaxParams)
 	}
 	t := &Trainer{arch: a, cfg: cfg}
 	t.cfg.Global = nil

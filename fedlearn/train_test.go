@@ -319,6 +319,10 @@ func TestTrainConfigErrors(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrTrainConfig naming %q", tc.name, err, tc.want)
 		}
 	}
+	wide := mustArch(t, "mlp:4096", 3, 2)
+	if _, err := NewTrainer(wide, InitWeights(wide, 1), TrainConfig{Solver: SolverSGD, LearnRate: 0.1, BatchSize: 2048}); err == nil || !strings.Contains(err.Error(), "too much memory") {
+		t.Errorf("batch 2048 x hidden 4096: err = %v", err)
+	}
 	bad := w.Clone()
 	bad[0].Data[0] = math.Inf(1)
 	if _, err := NewTrainer(a, bad, ok); !errors.Is(err, ErrWeights) {
