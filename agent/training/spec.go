@@ -247,8 +247,12 @@ func (s *Spec) resolve(now time.Time, maxExamples int) (fedlearn.Arch, error) {
 	if s.BatchSize < 1 || s.BatchSize > MaxBatchSize {
 		return arch, specErr("batch_size", "%d (want 1-%d)", s.BatchSize, MaxBatchSize)
 	}
-	if s.BatchSize*max(arch.Inputs, arch.Classes) > fedlearn.MaxParams {
-		return arch, specErr("batch_size", "%d with %d inputs and %d classes needs too much memory", s.BatchSize, arch.Inputs, arch.Classes)
+	widest := max(arch.Inputs, arch.Classes)
+	for _, h := range arch.Hidden {
+		widest = max(widest, h)
+	}
+	if s.BatchSize*widest > fedlearn.MaxParams {
+		return arch, specErr("batch_size", "%d with layers %d wide needs too much memory (batch x width at most %d)", s.BatchSize, widest, fedlearn.MaxParams)
 	}
 	if !(s.L2 >= 0 && s.L2 < math.Inf(1)) {
 		return arch, specErr("l2", "%v (want a finite value >= 0)", s.L2)

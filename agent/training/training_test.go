@@ -339,6 +339,7 @@ func TestSpecErrorsNameTheField(t *testing.T) {
 		{"momentum", func(s *Spec) { s.Momentum = 1 }},
 		{"momentum", func(s *Spec) { s.Momentum = 0.5 }}, // adam
 		{"batch_size", func(s *Spec) { s.BatchSize = -3 }},
+		{"batch_size", func(s *Spec) { s.Model, s.BatchSize = "mlp:4096", 4096 }},
 		{"l2", func(s *Spec) { s.L2 = -1 }},
 		{"mu", func(s *Spec) { s.Mu = 0.1 }},
 		{"hold_out", func(s *Spec) { h := 0.95; s.HoldOut = &h }},
