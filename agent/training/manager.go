@@ -129,6 +129,10 @@ type Model struct {
 	Finished    time.Time             `json:"finished"`
 }
 
+// Params are the model's weights (sharing the data): with the job's base
+// weights, the update of a federated round is Params minus them.
+func (m Model) Params() fedlearn.Weights { return weights(m.Weights) }
+
 // checkpoint is the state after a finished epoch.
 type checkpoint struct {
 	Epoch   int             `json:"epoch"`

@@ -133,6 +133,13 @@ type Tensor struct {
 	Data  []float64 `json:"data"`
 }
 
+// NewBase is the base of a job that starts from weights w of
+// architecture a (a federated round's global model); the data are shared,
+// not copied.
+func NewBase(a fedlearn.Arch, w fedlearn.Weights) *Base {
+	return &Base{Arch: a, Weights: tensors(w)}
+}
+
 // tensors converts weights to their JSON form (sharing the data).
 func tensors(w fedlearn.Weights) []Tensor {
 	out := make([]Tensor, len(w))

@@ -419,3 +419,54 @@ func TestFeatureStatsAcrossDevices(t *testing.T) {
 		t.Fatalf("empty spec: %v", err)
 	}
 }
+
+// TestRoundFromGlobalWeights is the local part of a federated round: train
+// from given global weights, with the global schema's normalisation, for
+// some epochs with FedProx's mu, and hand back the weights and the example
+// count. A large mu keeps the weights near the global ones.
+func TestRoundFromGlobalWeights(t *testing.T) {
+	r := &memReadings{series: map[string]map[string][]ingest.SeriesPoint{"d1": twoBlobs(2000, 6)}}
+	m := newManager(t, t.TempDir(), r, nil)
+	first, err := m.Submit(blobSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, m, first.ID)
+	prev, err := m.Model(first.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	global := fedlearn.InitWeights(prev.Arch, 42)
+	dist := func(mu float64) (float64, Model) {
+		spec := blobSpec()
+		spec.Model, spec.Base, spec.Mu, spec.Epochs = "", NewBase(prev.Arch, global), mu, 3
+		spec.Schema = prev.Schema // the global normalisation, kept
+		j, err := m.Submit(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Spec.Normalize != NormalizeKeep {
+			t.Fatalf("normalize %q with a base", j.Spec.Normalize)
+		}
+		waitDone(t, m, j.ID)
+		md, err := m.Model(j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if md.Examples != 1600 || !slices.EqualFunc(md.Schema.Features, prev.Schema.Features, func(a, b fedlearn.Feature) bool { return a == b }) {
+			t.Fatalf("examples %d, schema %+v", md.Examples, md.Schema)
+		}
+		d := 0.0
+		got, want := md.Params().Flatten(nil), global.Flatten(nil)
+		for i := range got {
+			d += (got[i] - want[i]) * (got[i] - want[i])
+		}
+		return math.Sqrt(d), md
+	}
+	free, md := dist(0)
+	held, _ := dist(50)
+	t.Logf("distance to the global weights: %.4f with mu 0, %.4f with mu 50; held-out accuracy %.3f", free, held, md.HeldOutAcc)
+	if free == 0 || held >= free/2 {
+		t.Fatalf("mu 50 moved the weights %.4f from the global ones, mu 0 %.4f", held, free)
+	}
+}
