@@ -26,23 +26,37 @@ func (f *Forward) PredictBatch(x []float64, rows int, probs []float64, classes [
 	case classes != nil && len(classes) != rows:
 		return fmt.Errorf("fedlearn: room for %d classes, batch has %d rows", len(classes), rows)
 	}
-	layers := a.Layers()
-	if len(f.batch) == 0 || len(f.batch[0]) < rows*layers[0][1] {
+	if len(f.batch) == 0 || len(f.batch[0]) < rows*len(f.scratch[0]) {
 		f.batch = f.batch[:0]
-		for _, l := range layers {
-			f.batch = append(f.batch, make([]float64, rows*l[1]))
+		for _, l := range f.scratch {
+			f.batch = append(f.batch, make([]float64, rows*len(l)))
 		}
 	}
-	in := blas64.General{Rows: rows, Cols: a.Inputs, Stride: a.Inputs, Data: x}
-	last := len(layers) - 1
-	for l, io := range layers {
-		out := blas64.General{Rows: rows, Cols: io[1], Stride: io[1], Data: f.batch[l][:rows*io[1]]}
-		b := f.w[2*l+1].Data
-		for r := 0; r < rows; r++ {
-			copy(out.Data[r*io[1]:(r+1)*io[1]], b)
+	logits := f.layers(x, rows, f.batch)
+	c := a.Classes
+	for r := 0; r < rows; r++ {
+		best := softmax(logits[r*c:(r+1)*c], probs[r*c:(r+1)*c])
+		if classes != nil {
+			classes[r] = best
 		}
-		w := blas64.General{Rows: io[0], Cols: io[1], Stride: io[1], Data: f.w[2*l].Data}
-		blas64.Gemm(blas.NoTrans, blas.NoTrans, 1, in, w, 1, out)
+	}
+	return nil
+}
+
+// layers computes the logits of rows examples of x, each dense layer one
+// matrix product (gonum BLAS) into bufs[l] (at least rows x the layer's
+// width), ReLU between layers, and returns the logits (rows x Classes).
+func (f *Forward) layers(x []float64, rows int, bufs [][]float64) []float64 {
+	in := blas64.General{Rows: rows, Cols: f.arch.Inputs, Stride: f.arch.Inputs, Data: x}
+	last := len(bufs) - 1
+	for l := range bufs {
+		w, b := f.w[2*l], f.w[2*l+1].Data
+		width := len(b)
+		out := blas64.General{Rows: rows, Cols: width, Stride: width, Data: bufs[l][:rows*width]}
+		for r := 0; r < rows; r++ {
+			copy(out.Data[r*width:(r+1)*width], b)
+		}
+		blas64.Gemm(blas.NoTrans, blas.NoTrans, 1, in, blas64.General{Rows: w.Shape[0], Cols: width, Stride: width, Data: w.Data}, 1, out)
 		if l != last {
 			for i, v := range out.Data {
 				if v < 0 {
@@ -52,12 +66,5 @@ func (f *Forward) PredictBatch(x []float64, rows int, probs []float64, classes [
 		}
 		in = out
 	}
-	c := a.Classes
-	for r := 0; r < rows; r++ {
-		best := softmax(in.Data[r*c:(r+1)*c], probs[r*c:(r+1)*c])
-		if classes != nil {
-			classes[r] = best
-		}
-	}
-	return nil
+	return in.Data
 }

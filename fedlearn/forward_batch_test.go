@@ -56,3 +56,13 @@ func TestPredictBatchLikePredict(t *testing.T) {
 		}
 	}
 }
+
+func TestPredictAllocatesNothing(t *testing.T) {
+	a := mustArch(t, "mlp:64,32", 43, 6)
+	f, _ := NewForward(a, InitWeights(a, 1))
+	x := blobs(1, 1, 43, 6).X
+	p := make([]float64, 6)
+	if n := testing.AllocsPerRun(100, func() { f.Predict(x, p) }); n != 0 {
+		t.Errorf("Predict allocates %v times a call", n)
+	}
+}

@@ -192,14 +192,15 @@ func (t *Trainer) setSolverState(st solverState) error {
 //
 // Run differs from RunAll in two ways that do not matter here: it does not
 // run the machine's closure queue (filled only for gradients of identity
-// ops, which these graphs do not have; checked at build time) and, after
+// ops, which these graphs do not have; checked on every run) and, after
 // the program, it binds each node to its register's final value. The
 // trainer reads nothing through those bindings: the loss op records its
 // value and the gradients are read from the parameters' dual values.
 type runner struct {
-	vm   G.VM
-	run  reflect.Value // the machine's Run method, or invalid
-	args []reflect.Value
+	vm    G.VM
+	run   reflect.Value // the machine's Run method, or invalid
+	args  []reflect.Value
+	queue reflect.Value // the machine's closure queue (read only)
 }
 
 func newRunner(vm G.VM, prog any) runner {
@@ -214,10 +215,11 @@ func newRunner(vm G.VM, prog any) runner {
 		run.Type().NumOut() != 1 || run.Type().Out(0) != reflect.TypeFor[error]() {
 		return r
 	}
-	if q := reflect.ValueOf(vm).Elem().FieldByName("closureQueue"); !q.IsValid() || q.Kind() != reflect.Slice {
+	q := reflect.ValueOf(vm).Elem().FieldByName("closureQueue")
+	if !q.IsValid() || q.Kind() != reflect.Slice {
 		return r
 	}
-	r.run = run
+	r.run, r.queue = run, q
 	r.args = []reflect.Value{reflect.NewAt(instr.Type(), unsafe.Pointer(instr.UnsafeAddr())).Elem()}
 	return r
 }
@@ -228,8 +230,8 @@ func (r runner) exec() error {
 		r.vm.Reset()
 		return r.vm.RunAll()
 	}
-	if q := reflect.ValueOf(r.vm).Elem().FieldByName("closureQueue"); q.Len() != 0 {
-		return fmt.Errorf("fedlearn: the graph queued %d deferred gradient updates, which the runner does not run", q.Len())
+	if n := r.queue.Len(); n != 0 {
+		return fmt.Errorf("fedlearn: the graph queued %d deferred gradient updates, which the runner does not run", n)
 	}
 	if err, _ := r.run.Call(r.args)[0].Interface().(error); err != nil {
 		return err
