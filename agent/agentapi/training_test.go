@@ -131,13 +131,17 @@ func TestOccupancyTrainingOnTheAgent(t *testing.T) {
 	t.Logf("trained in %s", time.Since(start).Round(time.Millisecond))
 	// Rows sharing a second (the data set has a few) are one reading of
 	// each metric in the store: one example.
-	distinct := map[string]bool{}
+	distinct, occupied := map[string]bool{}, 0
 	for _, l := range lines {
 		ts, _, _ := strings.Cut(l, ",")
 		distinct[ts] = true
+		if strings.HasSuffix(l, `"Occupancy":1}`) {
+			occupied++
+		}
 	}
 	d, m := j.Data, int64(len(distinct))
-	if d.Anchors != m || d.Examples != m || d.Kept != int(m) || d.Train+d.HeldOut != int(m) || d.HeldOut != int(m)/5 || d.Incomplete != 0 {
+	if d.Anchors != m || d.Examples != m || d.Kept != int(m) || d.Train+d.HeldOut != int(m) || d.HeldOut != int(m)/5 || d.Incomplete != 0 ||
+		d.ClassCounts[1] != occupied || d.ClassCounts[0]+d.ClassCounts[1] != int(m) {
 		t.Fatalf("data %+v", *d)
 	}
 	last := j.History[len(j.History)-1]
