@@ -97,6 +97,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/membership"
 	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/agent/replication"
+	"github.com/edgefleet/edgefleet/agent/training"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
@@ -202,6 +203,7 @@ type Agent struct {
 	mqttURL     string
 	registry    *devices.Registry
 	up          *uplink.Uplink
+	training    *training.Manager // nil when training is disabled
 	startedAt   time.Time
 	// keysChanged run after key fetches that accepted messages.
 	keysChanged keys.Hooks
@@ -462,6 +464,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	cleanup = append(cleanup, func() { a.stopEdge(context.Background(), false) })
+	if err := a.startTraining(); err != nil {
+		return err
+	}
+	cleanup = append(cleanup, a.stopTraining)
 	// The uplink has opened the dkms keyring of an enrolled agent by now:
 	// the agent joins under the fleet's current gossip key.
 	a.startGossipKeys(bg, a.gossipKeys)
@@ -608,6 +614,7 @@ func (a *Agent) stop(ctx context.Context, graceful bool) error {
 			api.Close()
 		}
 	}
+	a.stopTraining()
 	errs = append(errs, a.stopEdge(ctx, graceful)...)
 	if graceful {
 		a.repl.Load().AnnounceLeave()

@@ -54,6 +54,8 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Runtime configures the Go runtime the agent runs on.
 	Runtime RuntimeConfig `yaml:"runtime"`
+	// Training configures local training jobs (package agent/training).
+	Training TrainingConfig `yaml:"training"`
 }
 
 // GossipConfig configures memberlist and the anti-entropy protocol.
@@ -201,6 +203,21 @@ type RuntimeConfig struct {
 // released a second time (RuntimeConfig.ReleaseStartupPages).
 const StartupPagesDelay = 30 * time.Second
 
+// TrainingConfig configures local training jobs on the device's own data.
+type TrainingConfig struct {
+	// Enabled serves /v1/training (it needs ingestion: the examples are
+	// the stored readings). Default true.
+	Enabled bool `yaml:"enabled"`
+	// MaxExamples bounds the examples of one job (a uniform sample of the
+	// range is kept when it holds more), and so its memory: about
+	// 8 bytes per feature and example, plus the model and its optimiser
+	// state. A job may ask for fewer. 2..10,000,000; default 50,000.
+	MaxExamples int `yaml:"max_examples"`
+	// KeepJobs is how many finished jobs (status, checkpoint, model) are
+	// kept in data_dir/training; the oldest go first. 1..10,000; default 20.
+	KeepJobs int `yaml:"keep_jobs"`
+}
+
 // Gossip profiles.
 const (
 	ProfileLAN  = membership.ProfileLAN
@@ -258,6 +275,7 @@ func DefaultConfig() Config {
 		ControlPlane: uplink.DefaultConfig(),
 		Log:          LogConfig{Level: "info", Format: "text"},
 		Runtime:      RuntimeConfig{GCPercent: 25, ReleaseStartupPages: true},
+		Training:     TrainingConfig{Enabled: true, MaxExamples: 50000, KeepJobs: 20},
 	}
 }
 
@@ -713,6 +731,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Runtime.GCPercent < 10 || c.Runtime.GCPercent > 1000 {
 		return fmt.Errorf("agent: runtime.gc_percent: %d (want 10..1000)", c.Runtime.GCPercent)
+	}
+	if c.Training.MaxExamples < 2 || c.Training.MaxExamples > 10_000_000 {
+		return fmt.Errorf("agent: training.max_examples: %d (want 2..10000000)", c.Training.MaxExamples)
+	}
+	if c.Training.KeepJobs < 1 || c.Training.KeepJobs > 10_000 {
+		return fmt.Errorf("agent: training.keep_jobs: %d (want 1..10000)", c.Training.KeepJobs)
 	}
 	return nil
 }

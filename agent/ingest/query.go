@@ -399,3 +399,63 @@ func readStats(ctx context.Context, db querier) (StoreStats, error) {
 	st.UsedBytes = (pages - free) * size
 	return st, nil
 }
+
+// SeriesPoint is one numeric reading of a series: Unix microseconds and
+// value.
+type SeriesPoint struct {
+	TS    int64
+	Value float64
+}
+
+// MaxSeriesPage bounds one page of SeriesPage.
+const MaxSeriesPage = 10000
+
+// SeriesPage returns up to limit numeric readings (numbers and booleans;
+// text readings are not part of it) of one device's metric with times in
+// (after, to), Unix microseconds, oldest first: a page of a walk through
+// a series in bounded memory, the next page starting after the last
+// time returned. A device or metric never seen has no readings. limit
+// is capped at MaxSeriesPage; 0 means MaxSeriesPage.
+func (s *Store) SeriesPage(ctx context.Context, device, metric string, after, to int64, limit int) ([]SeriesPoint, error) {
+	if limit <= 0 || limit > MaxSeriesPage {
+		limit = MaxSeriesPage
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT r.ts, r.value FROM readings r
+		WHERE r.series = (SELECT s.id FROM series s JOIN devices d ON d.id = s.device WHERE d.name = ?1 AND s.metric = ?2)
+		AND r.ts > ?3 AND r.ts < ?4 ORDER BY r.ts LIMIT ?5`, device, metric, after, to, limit)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: read series %s/%s: %w", device, metric, err)
+	}
+	defer rows.Close()
+	out := make([]SeriesPoint, 0, min(limit, 1024))
+	for rows.Next() {
+		var p SeriesPoint
+		if err := rows.Scan(&p.TS, &p.Value); err != nil {
+			return nil, fmt.Errorf("ingest: read series %s/%s: %w", device, metric, err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ingest: read series %s/%s: %w", device, metric, err)
+	}
+	return out, nil
+}
+
+// DeviceNames lists the devices this agent has stored readings of, by
+// name.
+func (s *Store) DeviceNames(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name FROM devices ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: list device names: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("ingest: list device names: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}

@@ -13,30 +13,11 @@ import (
 
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
-// dataDir returns the shared data directory: $EDGEFLEET_DATA, else
-// ../shared/data relative to the repository root.
-func dataDir(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("EDGEFLEET_DATA"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared", "data")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+// dataDir returns the shared data directory.
+func dataDir(t *testing.T) string { return testutil.DataDir(t) }
 
 func occupancyFiles(t *testing.T) []string {
 	t.Helper()

@@ -91,6 +91,7 @@ type Backend interface {
 	Node
 	Edge
 	Control
+	Training
 }
 
 // Config are the API's settings.
@@ -148,6 +149,12 @@ type server struct {
 //	GET    /v1/ingest                      {"enabled","broker","subscribed","pressure","stats","store"}
 //	GET    /v1/uplink                      the uplink's status; {"enabled":false} without a control plane
 //	GET    /v1/status                      the agent at a glance: members, ingestion, uplink, keys
+//	POST   /v1/training/jobs               body: a training job spec (training.Spec); 202 the job; 400 naming a bad
+//	                                       field; 409 while another job runs
+//	GET    /v1/training/jobs               {"jobs": [TrainingJob...]}, newest first
+//	GET    /v1/training/jobs/{id}          TrainingJob: state, epochs done, loss and accuracy per epoch; 404 unknown
+//	DELETE /v1/training/jobs/{id}          cancels a queued or running job; answers the job
+//	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done
 //
 // The answers are package agentapi's types. A collection's type comes
 // from State.CollectionType. A PUT or DELETE answers 200 only after the
@@ -186,7 +193,8 @@ func New(b Backend, cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/ingest", s.handleIngest)
 	mux.HandleFunc("GET /v1/uplink", s.handleUplink)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
-	for path, allow := range map[string]string{
+	s.routeTraining(mux)
+	allowed := map[string]string{
 		"/healthz":                        "GET",
 		"/readyz":                         "GET",
 		"/metrics":                        "GET",
@@ -201,7 +209,11 @@ func New(b Backend, cfg Config) http.Handler {
 		"/v1/ingest":                      "GET",
 		"/v1/uplink":                      "GET",
 		"/v1/status":                      "GET",
-	} {
+	}
+	for path, allow := range trainingAllow {
+		allowed[path] = allow
+	}
+	for path, allow := range allowed {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow))
