@@ -91,25 +91,8 @@ func RunCrypto(ctx context.Context, opt CryptoOptions) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	for round := 0; round < opt.Rounds; round++ {
-		for i := range pairs {
-			p := &pairs[i]
-			first, second := p.ours, p.base
-			firstOut, secondOut := &p.oursVals, &p.baseVals
-			if round%2 == 1 {
-				first, second = second, first
-				firstOut, secondOut = secondOut, firstOut
-			}
-			v, err := measureOps(ctx, opt.Now, opt.MinTime, first)
-			if err != nil {
-				return Report{}, fmt.Errorf("bench: crypto: %s round %d: %w", p.name, round, err)
-			}
-			*firstOut = append(*firstOut, v)
-			if v, err = measureOps(ctx, opt.Now, opt.MinTime, second); err != nil {
-				return Report{}, fmt.Errorf("bench: crypto: %s round %d: %w", p.name, round, err)
-			}
-			*secondOut = append(*secondOut, v)
-		}
+	if err := runPairs(ctx, "crypto", opt.Now, opt.MinTime, opt.Rounds, pairs); err != nil {
+		return Report{}, err
 	}
 
 	rep := Report{
@@ -117,34 +100,18 @@ func RunCrypto(ctx context.Context, opt CryptoOptions) (Report, error) {
 		Machine: machine(fmt.Sprintf("sizes=%v rounds=%d min_time=%s hpke_payload=%d envelope_suite=%s hpke_suite=%s",
 			opt.Sizes, opt.Rounds, opt.MinTime, opt.HPKEPayload, pqcrypto.SuiteDataKeyAES256GCM, pqcrypto.SuiteXWingAES256GCM)),
 	}
-	for _, p := range pairs {
-		ours, base := median(p.oursVals)*p.scale, median(p.baseVals)*p.scale
-		r := Result{Name: p.name, Unit: p.unit, Value: ours, Baseline: &Baseline{Name: p.baseName, Value: base}}
-		if base > 0 {
-			r.Ratio = ours / base
-		}
-		rep.Results = append(rep.Results, r)
-	}
+	rep.Results = pairResults(pairs)
 	return rep, nil
 }
 
-// cryptoPair is one measured figure and its baseline. Measurements are in
-// ops/s; scale turns them into the reported unit.
-type cryptoPair struct {
-	name, baseName, unit string
-	scale                float64
-	ours, base           func() error
-	oursVals, baseVals   []float64
-}
-
-func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
-	fail := func(err error) ([]cryptoPair, error) { return nil, fmt.Errorf("bench: crypto: setup: %w", err) }
+func cryptoPairs(opt CryptoOptions) ([]pair, error) {
+	fail := func(err error) ([]pair, error) { return nil, fmt.Errorf("bench: crypto: setup: %w", err) }
 	randBytes := func(n int) ([]byte, error) {
 		b := make([]byte, n)
 		_, err := io.ReadFull(opt.Rand, b)
 		return b, err
 	}
-	var pairs []cryptoPair
+	var pairs []pair
 
 	// Envelopes under a data key beside raw AES-256-GCM.
 	secret, err := randBytes(pqcrypto.DataKeySize)
@@ -177,7 +144,7 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 		mb := float64(size) / 1e6
 		sealBuf := make([]byte, 0, size+1024)
 		rawBuf := make([]byte, 0, size+64)
-		pairs = append(pairs, cryptoPair{
+		pairs = append(pairs, pair{
 			name: "envelope_seal_" + label, baseName: "aes256gcm_seal_" + label, unit: "MB/s", scale: mb,
 			ours: func() error {
 				out, err := pqcrypto.SealWithDataKey(sealBuf[:0], dk, pt, nil)
@@ -200,7 +167,7 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 		}
 		openBuf := make([]byte, 0, size)
 		rawOpenBuf := make([]byte, 0, size)
-		pairs = append(pairs, cryptoPair{
+		pairs = append(pairs, pair{
 			name: "envelope_open_" + label, baseName: "aes256gcm_open_" + label, unit: "MB/s", scale: mb,
 			ours: func() error {
 				out, _, err := pqcrypto.Open(openBuf[:0], env, keys)
@@ -244,7 +211,7 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 		return fail(err)
 	}
 	pairs = append(pairs,
-		cryptoPair{
+		pair{
 			name: "hpke_seal", baseName: "circl_hpke_seal", unit: "ops/s", scale: 1,
 			ours: func() error { _, _, err := suite.Seal(nil, sk.Public(), info, aad, msg); return err },
 			base: func() error {
@@ -260,7 +227,7 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 				return err
 			},
 		},
-		cryptoPair{
+		pair{
 			name: "hpke_open", baseName: "circl_hpke_open", unit: "ops/s", scale: 1,
 			ours: func() error { _, err := suite.Open(sk, enc, info, aad, ct); return err },
 			base: func() error {
@@ -285,17 +252,17 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 		return fail(err)
 	}
 	pairs = append(pairs,
-		cryptoPair{
+		pair{
 			name: "xwing_keygen", baseName: "circl_xwing_keygen", unit: "ops/s", scale: 1,
 			ours: func() error { _, err := pqcrypto.GenerateXWingKey(nil); return err },
 			base: func() error { _, _, err := xwing.GenerateKeyPair(nil); return err },
 		},
-		cryptoPair{
+		pair{
 			name: "xwing_encap", baseName: "circl_xwing_encap", unit: "ops/s", scale: 1,
 			ours: func() error { _, _, err := xw.Encapsulate(nil, sk.Public()); return err },
 			base: func() error { _, _, err := xsch.Encapsulate(barePK); return err },
 		},
-		cryptoPair{
+		pair{
 			name: "xwing_decap", baseName: "circl_xwing_decap", unit: "ops/s", scale: 1,
 			ours: func() error { _, err := xw.Decapsulate(sk, kemCT); return err },
 			base: func() error { _, err := xsch.Decapsulate(bareSK, kemCT); return err },
@@ -324,12 +291,12 @@ func cryptoPairs(opt CryptoOptions) ([]cryptoPair, error) {
 	}
 	bareSig := make([]byte, mldsa65.SignatureSize)
 	pairs = append(pairs,
-		cryptoPair{
+		pair{
 			name: "mldsa65_sign", baseName: "circl_mldsa65_sign", unit: "ops/s", scale: 1,
 			ours: func() error { _, err := signer.Sign(signCtx, signMsg); return err },
 			base: func() error { return mldsa65.SignTo(bareSigner, signMsg, []byte(signCtx), true, bareSig) },
 		},
-		cryptoPair{
+		pair{
 			name: "mldsa65_verify", baseName: "circl_mldsa65_verify", unit: "ops/s", scale: 1,
 			ours: func() error { return signer.Public().Verify(signCtx, signMsg, sig) },
 			base: func() error {

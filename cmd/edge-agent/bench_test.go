@@ -23,6 +23,8 @@ func TestBenchIngestUsage(t *testing.T) {
 		{"bench", "ingest", "--broker", "http://x:1"},
 		{"bench", "ingest", "--ops", "5"},
 		{"bench", "crdt", "--broker", "tcp://127.0.0.1:1883"},
+		{"bench", "crypto", "--cpu-clock"},
+		{"bench", "ml", "--messages", "5"},
 		{"bench", "nope"},
 	} {
 		if r := runAgent(t, args...); r.code != 2 {
@@ -76,5 +78,19 @@ func TestBenchIngestTiny(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestBenchMLTiny(t *testing.T) {
+	out := mustAgent(t, "bench", "ml", "--rounds", "1", "--cpu-clock", "--json")
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if rep.Suite != "ml" || !strings.Contains(rep.Machine["workload"], "clock=process-cpu") || len(rep.Results) != 9 {
+		t.Fatalf("report: %+v", rep)
+	}
+	if r := rep.Results[0]; r.Name != "ml_train_step_mlp_43x64x6_b256" || r.Baseline == nil || r.Baseline.Name != "gonum_train_step_mlp_43x64x6_b256" {
+		t.Fatalf("first result: %+v", r)
 	}
 }
