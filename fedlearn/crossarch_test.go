@@ -11,32 +11,33 @@ import (
 	"github.com/edgefleet/edgefleet/internal/archcheck"
 )
 
-// The cross-architecture check (test/crossarch_test.go) runs this test on
+// The cross-architecture check (test/arm64_test.go) runs this test on
 // amd64 and on arm64 under qemu with EDGEFLEET_PREDICTIONS_OUT set, and
 // compares the two files with archcheck.Compare: weights must match bit for
 // bit, probabilities within archcheck.Tolerance.
 // EDGEFLEET_PREDICTIONS_PERTURB adds a value to one weight of every model, so
 // that the check can be shown to fail.
 
-// crossArchModels are deterministic models: seeded Glorot weights, and
-// fixed weights that are exact binary fractions (so they are the same on
-// every platform without depending on any library function).
-func crossArchModels(t *testing.T) []struct {
-	name string
-	arch Arch
-	w    Weights
-} {
+// crossArchModel is one model of the cross-architecture check.
+type crossArchModel struct {
+	name   string
+	arch   Arch
+	w      Weights
+	exact  bool      // weights from seeds and exact arithmetic only
+	losses []float64 // per epoch, for trained models
+}
+
+// crossArchModels are deterministic models: seeded Glorot weights; fixed
+// weights that are exact binary fractions (the same on every platform
+// without depending on any library function); and models trained for a few
+// seeded epochs by gorgonia (an MLP with Adam and L2, LR with momentum and
+// the FedProx term), whose weights differ between architectures by rounding
+// only.
+func crossArchModels(t *testing.T) []crossArchModel {
 	t.Helper()
-	mustArch := func(s string, in, out int) Arch {
-		a, err := ParseArch(s, in, out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	lr := mustArch("lr", 5, 2)
-	mlp := mustArch("mlp:64", 43, 6)
-	deep := mustArch("mlp:16,16", 8, 3)
+	lr := mustArch(t, "lr", 5, 2)
+	mlp := mustArch(t, "mlp:64", 43, 6)
+	deep := mustArch(t, "mlp:16,16", 8, 3)
 	fixed := NewWeights(deep)
 	for ti, tn := range fixed {
 		for j := range tn.Data {
@@ -48,15 +49,37 @@ func crossArchModels(t *testing.T) []struct {
 			tn.Data[j] = v
 		}
 	}
-	return []struct {
+	models := []crossArchModel{
+		{name: "lr-5x2-glorot-seed1", arch: lr, w: InitWeights(lr, 1), exact: true},
+		{name: "mlp-43x64x6-glorot-seed7", arch: mlp, w: InitWeights(mlp, 7), exact: true},
+		{name: "mlp-8x16x16x3-fixed", arch: deep, w: fixed, exact: true},
+	}
+
+	small := mustArch(t, "mlp:16", 6, 3)
+	lr6 := mustArch(t, "lr", 6, 3)
+	for _, tc := range []struct {
 		name string
 		arch Arch
-		w    Weights
+		cfg  TrainConfig
 	}{
-		{"lr-5x2-glorot-seed1", lr, InitWeights(lr, 1)},
-		{"mlp-43x64x6-glorot-seed7", mlp, InitWeights(mlp, 7)},
-		{"mlp-8x16x16x3-fixed", deep, fixed},
+		{"mlp-6x16x3-adam-l2-trained", small, TrainConfig{Solver: SolverAdam, LearnRate: 0.01, BatchSize: 32, L2: 1e-3, Seed: 3}},
+		{"lr-6x3-momentum-fedprox-trained", lr6, TrainConfig{Solver: SolverMomentum, LearnRate: 0.05, Momentum: 0.9, BatchSize: 16,
+			Mu: 0.1, Global: InitWeights(lr6, 9), Seed: 4}},
+	} {
+		tr := newTrainer(t, tc.arch, InitWeights(tc.arch, 7), tc.cfg)
+		d := blobs(11, 300, tc.arch.Inputs, tc.arch.Classes)
+		m := crossArchModel{name: tc.name, arch: tc.arch}
+		for range 5 {
+			loss, err := tr.Epoch(d)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			m.losses = append(m.losses, loss)
+		}
+		m.w = tr.Weights()
+		models = append(models, m)
 	}
+	return models
 }
 
 // crossArchInputs are n inputs from a fixed seed in [-3, 3) (exact
@@ -96,8 +119,8 @@ func TestCrossArchPredictions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", m.name, err)
 		}
-		c := archcheck.Model{Name: m.name, Arch: m.arch.String(), Weights: w.Flatten(nil),
-			Inputs: crossArchInputs(m.arch.Inputs, 16, uint64(100+i))}
+		c := archcheck.Model{Name: m.name, Arch: m.arch.String(), Exact: m.exact, Weights: w.Flatten(nil),
+			Losses: m.losses, Inputs: crossArchInputs(m.arch.Inputs, 16, uint64(100+i))}
 		for _, x := range c.Inputs {
 			p := make([]float64, m.arch.Classes)
 			class, err := f.Predict(x, p)

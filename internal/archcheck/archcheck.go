@@ -25,9 +25,15 @@ type Dump struct {
 // Model is one model's weights (flattened), inputs, and for each input the
 // predicted class and the class probabilities.
 type Model struct {
-	Name    string      `json:"name"`
-	Arch    string      `json:"arch"`
-	Weights []float64   `json:"weights"`
+	Name string `json:"name"`
+	Arch string `json:"arch"`
+	// Exact is set when the weights come from seeds and exact arithmetic,
+	// so they must be equal bit for bit; trained weights need only be
+	// within the tolerance.
+	Exact   bool      `json:"exact"`
+	Weights []float64 `json:"weights"`
+	// Losses are the training losses (one per epoch) of a trained model.
+	Losses  []float64   `json:"losses,omitempty"`
 	Inputs  [][]float64 `json:"inputs"`
 	Classes []int       `json:"classes"`
 	Probs   [][]float64 `json:"probs"`
@@ -63,10 +69,11 @@ func Read(path string) (Dump, error) {
 }
 
 // Compare lists every way got differs from want: the models, their
-// architectures, weights and inputs must be the same bit for bit (they come
-// from seeds and exact arithmetic), the probabilities within tol, and the
-// predicted class the same unless want's two best probabilities are within
-// tol of each other.
+// architectures and inputs must be the same bit for bit (they come from
+// seeds and exact arithmetic), and so must the weights of Exact models;
+// trained weights, training losses and the probabilities must be within
+// tol, and the predicted class the same unless want's two best
+// probabilities are within tol of each other.
 func Compare(want, got Dump, tol float64) []string {
 	var diffs []string
 	add := func(format string, a ...any) { diffs = append(diffs, fmt.Sprintf(format, a...)) }
@@ -76,12 +83,20 @@ func Compare(want, got Dump, tol float64) []string {
 	}
 	for i, w := range want.Models {
 		g := got.Models[i]
-		if g.Name != w.Name || g.Arch != w.Arch {
-			add("model %d is %s (%s), want %s (%s)", i, g.Name, g.Arch, w.Name, w.Arch)
+		if g.Name != w.Name || g.Arch != w.Arch || g.Exact != w.Exact {
+			add("model %d is %s (%s, exact %v), want %s (%s, exact %v)", i, g.Name, g.Arch, g.Exact, w.Name, w.Arch, w.Exact)
 			continue
 		}
-		if !sameBits(g.Weights, w.Weights) {
+		if w.Exact && !sameBits(g.Weights, w.Weights) {
 			add("%s: weights differ", w.Name)
+		}
+		if !w.Exact {
+			if j, d := farthest(g.Weights, w.Weights); !(d <= tol) {
+				add("%s: weight %d differs by %.3g", w.Name, j, d)
+			}
+		}
+		if j, d := farthest(g.Losses, w.Losses); !(d <= tol) {
+			add("%s: loss of epoch %d differs by %.3g", w.Name, j+1, d)
 		}
 		n := len(w.Inputs)
 		if len(w.Probs) != n || len(w.Classes) != n || len(g.Inputs) != n || len(g.Probs) != n || len(g.Classes) != n {
@@ -122,6 +137,22 @@ func MaxDiff(a, b Dump) float64 {
 		}
 	}
 	return m
+}
+
+// farthest returns the index and size of the largest difference between a
+// and b, or +Inf when their lengths differ.
+func farthest(a, b []float64) (int, float64) {
+	if len(a) != len(b) {
+		return -1, math.Inf(1)
+	}
+	at, m := 0, 0.0
+	for i := range a {
+		d := math.Abs(a[i] - b[i])
+		if !(d <= m) {
+			at, m = i, d
+		}
+	}
+	return at, m
 }
 
 func sameBits(a, b []float64) bool {
