@@ -25,6 +25,7 @@ func TestRunMLTiny(t *testing.T) {
 			{"ml_train_step_lr_5x2_b64", "examples/s"},
 			{"ml_train_step_mlp_43x64x6_b256_adam", "examples/s"},
 			{"ml_infer_batch_mlp_43x64x6_b256", "examples/s"},
+			{"ml_infer_batch_rowwise_mlp_43x64x6_b256", "examples/s"},
 			{"ml_infer_batch_gorgonia_mlp_43x64x6_b256", "examples/s"},
 			{"ml_infer_single_mlp_43x64x6", "predictions/s"},
 			{"ml_infer_single_mlp_43x64x6_p50", "us"},

@@ -204,8 +204,7 @@ func shapeLen(s []int) (int, error) {
 // the values, all finite.
 func decodeCheckpoint(b []byte) (checkpointHeader, []float64, error) {
 	var h checkpointHeader
-	min := len(checkpointMagic) + 4 + sha256.Size
-	if len(b) < min {
+	if len(b) < len(checkpointMagic)+4+sha256.Size {
 		return h, nil, fmt.Errorf("%w: %d bytes, shorter than the smallest checkpoint", ErrCheckpoint, len(b))
 	}
 	if !bytes.Equal(b[:len(checkpointMagic)], checkpointMagic) {

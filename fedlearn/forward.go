@@ -13,6 +13,7 @@ type Forward struct {
 	arch    Arch
 	w       Weights
 	scratch [][]float64
+	batch   [][]float64 // PredictBatch's, per layer
 }
 
 // NewForward checks the weights against the architecture and returns a
@@ -37,7 +38,8 @@ func (f *Forward) Arch() Arch { return f.arch }
 
 // Predict computes the class probabilities of one example x (already
 // normalised, len Inputs) into probs (len Classes) and returns the most
-// probable class. It allocates nothing.
+// probable class. It allocates nothing. It runs the same arithmetic as
+// PredictBatch on a batch of one.
 func (f *Forward) Predict(x, probs []float64) (int, error) {
 	if len(x) != f.arch.Inputs {
 		return 0, fmt.Errorf("fedlearn: %d features, model takes %d", len(x), f.arch.Inputs)
@@ -45,31 +47,8 @@ func (f *Forward) Predict(x, probs []float64) (int, error) {
 	if len(probs) != f.arch.Classes {
 		return 0, fmt.Errorf("fedlearn: room for %d probabilities, model has %d classes", len(probs), f.arch.Classes)
 	}
-	in := x
-	last := len(f.scratch) - 1
-	for l, out := range f.scratch {
-		W, b := f.w[2*l], f.w[2*l+1]
-		nOut := len(out)
-		copy(out, b.Data)
-		for i, xi := range in {
-			if xi == 0 {
-				continue
-			}
-			row := W.Data[i*nOut : (i+1)*nOut]
-			for j, wij := range row {
-				out[j] += xi * wij
-			}
-		}
-		if l != last {
-			for j, v := range out {
-				if v < 0 {
-					out[j] = 0
-				}
-			}
-		}
-		in = out
-	}
-	return softmax(in, probs), nil
+	logits := f.layers(x, 1, f.scratch)
+	return softmax(logits, probs), nil
 }
 
 // softmax writes the softmax of logits into probs and returns the argmax.

@@ -163,23 +163,24 @@ type Trainer struct {
 	cfg    TrainConfig
 	global [][]float64 // flat copy per parameter, when Mu > 0
 
-	g      *G.ExprGraph
-	vm     G.VM
-	rw     rewinder
-	x, tgt *G.Node
-	xData  []float64 // BatchSize x Inputs, bound to x
-	tData  []float64 // BatchSize x Classes: 1/n at the label, else 0
-	params G.Nodes   // in Weights order: w0, b0, w1, b1, ...
-	shapes [][]int   // Weights shapes of params
-	vgs    []G.ValueGrad
-	loss   *G.Node
-	solver G.Solver
-	pcg    *rand.PCG
-	rng    *rand.Rand
-	perm   []int
-	epochs int
-	steps  int
-	broken error
+	g       *G.ExprGraph
+	vm      G.VM
+	runner  runner
+	lossVal float64 // written by the loss op on each run
+	x, tgt  *G.Node
+	xData   []float64 // BatchSize x Inputs, bound to x
+	tData   []float64 // BatchSize x Classes: 1/n at the label, else 0
+	params  G.Nodes   // in Weights order: w0, b0, w1, b1, ...
+	shapes  [][]int   // Weights shapes of params
+	vgs     []G.ValueGrad
+	loss    *G.Node
+	solver  G.Solver
+	pcg     *rand.PCG
+	rng     *rand.Rand
+	perm    []int
+	epochs  int
+	steps   int
+	broken  error
 }
 
 // NewTrainer validates the configuration and the starting weights, and
@@ -194,8 +195,12 @@ func NewTrainer(a Arch, init Weights, cfg TrainConfig) (*Trainer, error) {
 	if err := cfg.Validate(a); err != nil {
 		return nil, err
 	}
-	if cfg.BatchSize*max(a.Inputs, a.Classes) > MaxParams {
-		return nil, fmt.Errorf("%w: batch size %d with %d inputs and %d classes needs too much memory", ErrTrainConfig, cfg.BatchSize, a.Inputs, a.Classes)
+	widest := max(a.Inputs, a.Classes)
+	for _, h := range a.Hidden {
+		widest = max(widest, h)
+	}
+	if cfg.BatchSize*widest > MaxParams {
+		return nil, fmt.Errorf("%w: batch size %d with layers %d wide needs too much memory (batch x width at most %d)", ErrTrainConfig, cfg.BatchSize, widest, MaxParams)
 	}
 	t := &Trainer{arch: a, cfg: cfg}
 	t.cfg.Global = nil
@@ -249,14 +254,24 @@ func (t *Trainer) build(init Weights) error {
 		}
 	}
 	var err error
-	if t.loss, err = softmaxXentLoss(h, t.tgt); err != nil {
+	if t.loss, err = softmaxXentLoss(h, t.tgt, &t.lossVal); err != nil {
 		return fmt.Errorf("fedlearn: graph loss: %w", err)
 	}
-	if _, err = G.Grad(t.loss, t.params...); err != nil {
+	grads, err := G.Grad(t.loss, t.params...)
+	if err != nil {
 		return fmt.Errorf("fedlearn: graph gradients: %w", err)
 	}
-	t.vm = G.NewTapeMachine(g, G.BindDualValues(t.params...))
-	t.rw = newRewinder(t.vm)
+	// Compile only what the loss and the parameters' gradients need.
+	// gorgonia's matrix product differentiates both operands, so the whole
+	// graph also holds the gradient of the input batch x: one more GEMM
+	// (batch x inputs x width) a step that nothing reads.
+	outputs := append(G.Nodes{t.loss}, grads...)
+	prog, locMap, err := G.CompileFunction(g, append(G.Nodes{t.x, t.tgt}, t.params...), outputs)
+	if err != nil {
+		return fmt.Errorf("fedlearn: compiling the graph: %w", err)
+	}
+	t.vm = G.NewTapeMachine(g, G.WithPrecompiled(prog, locMap), G.BindDualValues(t.params...))
+	t.runner = newRunner(t.vm, prog)
 	t.vgs = G.NodesToValueGrads(t.params)
 	switch t.cfg.Solver {
 	case SolverSGD:
@@ -343,11 +358,10 @@ func (t *Trainer) runGraph() (float64, error) {
 	if t.vm == nil {
 		return 0, errors.New("fedlearn: trainer is closed")
 	}
-	t.rw.rewind()
-	if err := t.vm.RunAll(); err != nil {
+	if err := t.runner.exec(); err != nil {
 		return 0, fmt.Errorf("fedlearn: training step: %w", err)
 	}
-	loss := t.loss.Value().Data().(float64)
+	loss := t.lossVal
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return 0, fmt.Errorf("%w: loss is %v", ErrNotFinite, loss)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -318,6 +319,10 @@ func TestTrainConfigErrors(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrTrainConfig naming %q", tc.name, err, tc.want)
 		}
 	}
+	wide := mustArch(t, "mlp:4096", 3, 2)
+	if _, err := NewTrainer(wide, InitWeights(wide, 1), TrainConfig{Solver: SolverSGD, LearnRate: 0.1, BatchSize: 2048}); err == nil || !strings.Contains(err.Error(), "too much memory") {
+		t.Errorf("batch 2048 x hidden 4096: err = %v", err)
+	}
 	bad := w.Clone()
 	bad[0].Data[0] = math.Inf(1)
 	if _, err := NewTrainer(a, bad, ok); !errors.Is(err, ErrWeights) {
@@ -415,5 +420,37 @@ func TestEvaluate(t *testing.T) {
 	}
 	if _, _, err := Evaluate(a, w, Examples{Inputs: 2}); err == nil {
 		t.Error("no examples: no error")
+	}
+}
+
+// TestRunnerLikeRunAll: running the program through the machine's Run
+// gives the same weights, bit for bit, as gorgonia's Reset and RunAll.
+func TestRunnerLikeRunAll(t *testing.T) {
+	d := blobs(12, 300, 5, 3)
+	a := mustArch(t, "mlp:9,4", 5, 3)
+	for _, s := range []Solver{SolverSGD, SolverAdam} {
+		cfg := TrainConfig{Solver: s, LearnRate: 0.01, BatchSize: 64, Seed: 2, L2: 1e-3}
+		fast := newTrainer(t, a, InitWeights(a, 1), cfg)
+		slow := newTrainer(t, a, InitWeights(a, 1), cfg)
+		if !fast.runner.run.IsValid() {
+			t.Fatal("the runner fell back to RunAll: gorgonia's layout changed")
+		}
+		slow.runner.run = reflect.Value{}
+		for range 3 {
+			lf, err := fast.Epoch(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls, err := slow.Epoch(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if math.Float64bits(lf) != math.Float64bits(ls) {
+				t.Errorf("%s: epoch loss %v vs %v", s, lf, ls)
+			}
+		}
+		if !sameBits(fast.Weights(), slow.Weights()) {
+			t.Errorf("%s: Run and RunAll trained differently", s)
+		}
 	}
 }

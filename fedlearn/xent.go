@@ -29,10 +29,13 @@ import (
 // they take each row's maximum from the first element of the whole
 // tensor rather than of the row, so a row far below the first one can
 // underflow to log(0).
-type softmaxXent struct{}
+//
+// Each run also stores the loss in *out, so the trainer reads it without
+// going through the node's binding.
+type softmaxXent struct{ out *float64 }
 
-func softmaxXentLoss(logits, target *G.Node) (*G.Node, error) {
-	return G.ApplyOp(softmaxXent{}, logits, target)
+func softmaxXentLoss(logits, target *G.Node, out *float64) (*G.Node, error) {
+	return G.ApplyOp(softmaxXent{out: out}, logits, target)
 }
 
 func (softmaxXent) Arity() int { return 2 }
@@ -66,6 +69,9 @@ func (op softmaxXent) Do(inputs ...G.Value) (G.Value, error) {
 				loss -= t * (zr[j] - lse)
 			}
 		}
+	}
+	if op.out != nil {
+		*op.out = loss
 	}
 	return G.NewF64(loss), nil
 }

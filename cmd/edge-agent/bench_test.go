@@ -87,7 +87,7 @@ func TestBenchMLTiny(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v:\n%s", err, out)
 	}
-	if rep.Suite != "ml" || !strings.Contains(rep.Machine["workload"], "clock=process-cpu") || len(rep.Results) != 9 {
+	if rep.Suite != "ml" || !strings.Contains(rep.Machine["workload"], "clock=process-cpu") || len(rep.Results) != 10 {
 		t.Fatalf("report: %+v", rep)
 	}
 	if r := rep.Results[0]; r.Name != "ml_train_step_mlp_43x64x6_b256" || r.Baseline == nil || r.Baseline.Name != "gonum_train_step_mlp_43x64x6_b256" {

@@ -175,36 +175,66 @@ func (t *Trainer) setSolverState(st solverState) error {
 	return nil
 }
 
-// rewinder restarts a tape machine at its first instruction while keeping
-// its registers. gorgonia's Reset also drops every register, so the next
-// run allocates each intermediate tensor again (about 0.5 MB a step for the
-// MLP 43-64-6 at batch 256, most of a step's allocations); rewinding only
-// the program counter lets the ops write into last run's tensors. The
-// program counter is unexported (tapeMachine.pc), so it is set through
-// reflection; if the layout is not the expected one, Reset is used.
-type rewinder struct {
-	vm G.VM
-	pc reflect.Value // settable int, or invalid
+// runner executes a compiled tape machine's program once per call.
+//
+// gorgonia's RunAll locks the calling goroutine to its OS thread, starts a
+// goroutine for the program and waits on channels for it (the design
+// serves CUDA); on the CPU that is two thread hand-offs (futex sleeps and
+// wake-ups) per step, a third of the LR step's time in pprof. And Reset,
+// which RunAll needs before every run, drops every register, so each run
+// allocated all intermediate tensors again (957 KB a step for the MLP
+// 43-64-6 at batch 256). The machine's exported Run method executes a
+// program fragment on the calling goroutine and leaves the registers in
+// place, so the ops write into last run's tensors; its argument type is
+// unexported, so the program's instructions are fetched and Run is called
+// through reflection. If the layout is not the expected one (a gorgonia
+// other than the pinned v0.9.18), runner falls back to Reset and RunAll.
+//
+// Run differs from RunAll in two ways that do not matter here: it does not
+// run the machine's closure queue (filled only for gradients of identity
+// ops, which these graphs do not have; checked on every run) and, after
+// the program, it binds each node to its register's final value. The
+// trainer reads nothing through those bindings: the loss op records its
+// value and the gradients are read from the parameters' dual values.
+type runner struct {
+	vm    G.VM
+	run   reflect.Value // the machine's Run method, or invalid
+	args  []reflect.Value
+	queue reflect.Value // the machine's closure queue (read only)
 }
 
-func newRewinder(vm G.VM) rewinder {
-	r := rewinder{vm: vm}
-	v := reflect.ValueOf(vm)
-	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+func newRunner(vm G.VM, prog any) runner {
+	r := runner{vm: vm}
+	p := reflect.ValueOf(prog)
+	if p.Kind() != reflect.Pointer || p.IsNil() || p.Elem().Kind() != reflect.Struct {
 		return r
 	}
-	f := v.Elem().FieldByName("pc")
-	if f.IsValid() && f.Kind() == reflect.Int {
-		r.pc = reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
+	instr := p.Elem().FieldByName("instructions")
+	run := reflect.ValueOf(vm).MethodByName("Run")
+	if !instr.IsValid() || !run.IsValid() || run.Type().NumIn() != 1 || run.Type().In(0) != instr.Type() ||
+		run.Type().NumOut() != 1 || run.Type().Out(0) != reflect.TypeFor[error]() {
+		return r
 	}
+	q := reflect.ValueOf(vm).Elem().FieldByName("closureQueue")
+	if !q.IsValid() || q.Kind() != reflect.Slice {
+		return r
+	}
+	r.run, r.queue = run, q
+	r.args = []reflect.Value{reflect.NewAt(instr.Type(), unsafe.Pointer(instr.UnsafeAddr())).Elem()}
 	return r
 }
 
-// rewind prepares the machine for the next run.
-func (r rewinder) rewind() {
-	if r.pc.IsValid() {
-		r.pc.SetInt(0)
-		return
+// exec runs the program once.
+func (r runner) exec() error {
+	if !r.run.IsValid() {
+		r.vm.Reset()
+		return r.vm.RunAll()
 	}
-	r.vm.Reset()
+	if n := r.queue.Len(); n != 0 {
+		return fmt.Errorf("fedlearn: the graph queued %d deferred gradient updates, which the runner does not run", n)
+	}
+	if err, _ := r.run.Call(r.args)[0].Interface().(error); err != nil {
+		return err
+	}
+	return nil
 }
