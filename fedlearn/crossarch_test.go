@@ -140,7 +140,7 @@ func TestCrossArchPredictions(t *testing.T) {
 			c.Classes = append(c.Classes, class)
 			c.Probs = append(c.Probs, p)
 		}
-		dump.Models = append(dump.Models, c)
+		dump.Models = append(dump.Models, c, crossArchBatch(t, f, c))
 	}
 	out := os.Getenv("EDGEFLEET_PREDICTIONS_OUT")
 	if out == "" {
@@ -150,4 +150,28 @@ func TestCrossArchPredictions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("wrote %d models' predictions on %s to %s", len(dump.Models), runtime.GOARCH, out)
+}
+
+// crossArchBatch is m predicted again in one batch (PredictBatch, gonum's
+// GEMM), as its own entry "<name>/batch".
+func crossArchBatch(t *testing.T, f *Forward, m archcheck.Model) archcheck.Model {
+	t.Helper()
+	a := f.Arch()
+	var x []float64
+	for _, in := range m.Inputs {
+		x = append(x, in...)
+	}
+	rows := len(m.Inputs)
+	probs := make([]float64, rows*a.Classes)
+	b := m
+	b.Name += "/batch"
+	b.Classes = make([]int, rows)
+	b.Probs = nil
+	if err := f.PredictBatch(x, rows, probs, b.Classes); err != nil {
+		t.Fatalf("%s: %v", b.Name, err)
+	}
+	for r := range rows {
+		b.Probs = append(b.Probs, probs[r*a.Classes:(r+1)*a.Classes])
+	}
+	return b
 }
