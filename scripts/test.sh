@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole edgefleet test suite: installs what the tests need (Debian
-# packages), checks formatting and vet, runs every package's tests, and runs
-# the concurrent packages again under the race detector.
+# packages: Mosquitto, and qemu-user-static to run the fedlearn tests as
+# linux/arm64 binaries), checks formatting and vet, runs every package's tests,
+# and runs the concurrent packages again under the race detector.
 #
 #   scripts/test.sh            # everything (what `make test` and CI run)
 #   SKIP_INSTALL=1 scripts/test.sh   # do not touch system packages
@@ -18,6 +19,7 @@ install_deps() {
 	local missing=()
 	command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 	command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+	command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 		log "missing ${missing[*]} and cannot install them (need root and apt-get); tests that need them will skip"
@@ -30,6 +32,9 @@ install_deps() {
 }
 
 install_deps
+# test/arm64_test.go calls the emulator explicitly (binfmt_misc is often not
+# registered in containers).
+command -v qemu-aarch64-static >/dev/null 2>&1 || log "no qemu-aarch64-static: the fedlearn tests will not run on linux/arm64"
 
 log "go version: $(go version)"
 # Real data sets live beside the project; tests that need them skip when absent.
