@@ -192,6 +192,7 @@ type Agent struct {
 	broker      *ingest.Broker
 	mqttURL     string
 	registry    *devices.Registry
+	models      *modelParts // nil with the model runtime off
 	up          *uplink.Uplink
 	startedAt   time.Time
 	// keysChanged run after key fetches that accepted messages.

@@ -215,6 +215,12 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		undo = append(undo, up.Stop)
 	}
 
+	mp, err := a.startModels(ctx, store, up)
+	if err != nil {
+		return fmt.Errorf("agent: models: %w", err)
+	}
+	undo = append(undo, func() { mp.stop() })
+
 	var broker *ingest.Broker
 	var in *ingest.Ingestor
 	mqttURL := ""
@@ -244,6 +250,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if up != nil {
 			sinks = append(sinks, up)
 		}
+		if mp != nil && mp.tap != nil {
+			sinks = append(sinks, mp.tap)
+		}
 		in, err = ingest.New(ingest.Config{
 			Store:             store,
 			MQTT:              mc,
@@ -272,8 +281,10 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		undo = append(undo, func() { in.Stop() })
 	}
 
+	a.runModels(ctx, mp, in)
 	a.mu.Lock()
 	a.ingestStore, a.registry, a.up, a.broker, a.ingestor, a.mqttURL = store, reg, up, broker, in, mqttURL
+	a.models = mp
 	a.mu.Unlock()
 
 	if broker != nil {
@@ -338,13 +349,16 @@ func (a *Agent) mqttClientConfig(name string) (ingest.MQTTConfig, error) {
 // database last.
 func (a *Agent) stopEdge(ctx context.Context, graceful bool) []error {
 	a.mu.Lock()
-	in, up, reg, broker, store := a.ingestor, a.up, a.registry, a.broker, a.ingestStore
+	in, up, reg, broker, store, mp := a.ingestor, a.up, a.registry, a.broker, a.ingestStore, a.models
 	a.mu.Unlock()
 	var errs []error
 	if in != nil {
 		if err := in.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("agent: stopping ingestion: %w", err))
 		}
+	}
+	if err := mp.stop(); err != nil {
+		errs = append(errs, err)
 	}
 	if up != nil {
 		up.Stop()

@@ -14,6 +14,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/localapi"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/crdt"
@@ -29,7 +30,7 @@ func (a *Agent) Handler() http.Handler {
 		IngestTopic:     a.cfg.Ingest.Topic,
 		IngestEmbedded:  a.cfg.Ingest.MQTT.Broker == "",
 		Version:         Version,
-		Unavailable:     []error{ErrNotRunning, ErrIngestDisabled},
+		Unavailable:     []error{ErrNotRunning, ErrIngestDisabled, ErrModelsDisabled},
 		Registry:        a.reg,
 		Logger:          a.log,
 		Clock:           a.clk,
@@ -145,4 +146,15 @@ func (b apiBackend) GossipKeys() (keys.RingState, bool) {
 		return keys.RingState{}, false
 	}
 	return b.a.gossipKeys.State(), true
+}
+
+func (b apiBackend) Models() (*models.Manager, error) {
+	if !b.a.running.Load() {
+		return nil, ErrNotRunning
+	}
+	mg := b.a.Models()
+	if mg == nil {
+		return nil, ErrModelsDisabled
+	}
+	return mg, nil
 }

@@ -22,46 +22,90 @@ const MaxPublishBytes = 256 << 10
 // for later), and refuses topics holding MQTT wildcards or NUL and
 // payloads over MaxPublishBytes. It is safe for concurrent use.
 func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) error {
+	wait, err := in.send(topic, payload)
+	if err != nil {
+		return err
+	}
+	return wait(ctx)
+}
+
+// Outgoing is one message for PublishAll.
+type Outgoing struct {
+	Topic   string
+	Payload []byte
+}
+
+// PublishAll sends every message as Publish does, but sends them all
+// before waiting for their acknowledgements, so they travel pipelined
+// rather than one round trip each. It returns how many the broker
+// acknowledged and the errors of the others, joined.
+func (in *Ingestor) PublishAll(ctx context.Context, msgs []Outgoing) (int, error) {
+	waits := make([]func(context.Context) error, 0, len(msgs))
+	var errs []error
+	for _, m := range msgs {
+		wait, err := in.send(m.Topic, m.Payload)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		waits = append(waits, wait)
+	}
+	ok := 0
+	for _, wait := range waits {
+		if err := wait(ctx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ok++
+	}
+	return ok, errors.Join(errs...)
+}
+
+// send checks and sends one QoS 1 message and returns what waits for the
+// broker's acknowledgement.
+func (in *Ingestor) send(topic string, payload []byte) (func(context.Context) error, error) {
 	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
-		return fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
+		return nil, fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
 	}
 	if len(payload) > MaxPublishBytes {
-		return fmt.Errorf("%w: publish payload of %d bytes exceeds %d", ErrInvalidConfig, len(payload), MaxPublishBytes)
+		return nil, fmt.Errorf("%w: publish payload of %d bytes exceeds %d", ErrInvalidConfig, len(payload), MaxPublishBytes)
 	}
 	select {
 	case <-in.stopping:
-		return ErrClosed
+		return nil, ErrClosed
 	default:
 	}
 	if b := in.cfg.Embedded; b != nil {
 		if !in.attached.Load() {
-			return fmt.Errorf("%w: not attached to the embedded broker", ErrNotConnected)
+			return nil, fmt.Errorf("%w: not attached to the embedded broker", ErrNotConnected)
 		}
 		if err := b.srv.Publish(topic, payload, false, 1); err != nil {
-			return fmt.Errorf("ingest: publish to %s: %w", topic, err)
+			return nil, fmt.Errorf("ingest: publish to %s: %w", topic, err)
 		}
 		in.m.published.Add(1)
-		return nil
+		return func(context.Context) error { return nil }, nil
 	}
 	if in.mqtt == nil || in.mqtt.client == nil {
-		return fmt.Errorf("%w: no broker configured", ErrNotConnected)
+		return nil, fmt.Errorf("%w: no broker configured", ErrNotConnected)
 	}
 	if in.m.connected.Load() != 1 || !in.mqtt.client.IsConnectionOpen() {
-		return fmt.Errorf("%w (%s)", ErrNotConnected, in.cfg.MQTT.Broker)
+		return nil, fmt.Errorf("%w (%s)", ErrNotConnected, in.cfg.MQTT.Broker)
 	}
 	tok := in.mqtt.client.Publish(topic, 1, false, payload)
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return fmt.Errorf("ingest: publish to %s: %w", topic, err)
+	return func(ctx context.Context) error {
+		select {
+		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				return fmt.Errorf("ingest: publish to %s: %w", topic, err)
+			}
+			in.m.published.Add(1)
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("ingest: publish to %s: waiting for the broker's acknowledgement: %w", topic, ctx.Err())
+		case <-in.stopping:
+			return fmt.Errorf("ingest: publish to %s: %w", topic, ErrClosed)
 		}
-		in.m.published.Add(1)
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("ingest: publish to %s: waiting for the broker's acknowledgement: %w", topic, ctx.Err())
-	case <-in.stopping:
-		return fmt.Errorf("ingest: publish to %s: %w", topic, ErrClosed)
-	}
+	}, nil
 }
 
 // Subscribed reports whether the MQTT subscriber has subscribed at least

@@ -91,6 +91,7 @@ type Backend interface {
 	Node
 	Edge
 	Control
+	Inference
 }
 
 // Config are the API's settings.
@@ -148,6 +149,11 @@ type server struct {
 //	GET    /v1/ingest                      {"enabled","broker","subscribed","pressure","stats","store"}
 //	GET    /v1/uplink                      the uplink's status; {"enabled":false} without a control plane
 //	GET    /v1/status                      the agent at a glance: members, ingestion, uplink, keys
+//	GET    /v1/models                      {"models": [Model...]}: the models serving, by name
+//	POST   /v1/models/{name}/predict       body {"features": [v...]} or {"features": {"name": v}} (null: imputed);
+//	                                       {"model","version","class":{"index","label"},"probabilities"};
+//	                                       400 naming a wrong count, an unknown or missing name, a non-finite value;
+//	                                       404 unknown model
 //
 // The answers are package agentapi's types. A collection's type comes
 // from State.CollectionType. A PUT or DELETE answers 200 only after the
@@ -186,6 +192,8 @@ func New(b Backend, cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/ingest", s.handleIngest)
 	mux.HandleFunc("GET /v1/uplink", s.handleUplink)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("POST /v1/models/{name}/predict", s.handlePredict)
 	for path, allow := range map[string]string{
 		"/healthz":                        "GET",
 		"/readyz":                         "GET",
@@ -201,6 +209,8 @@ func New(b Backend, cfg Config) http.Handler {
 		"/v1/ingest":                      "GET",
 		"/v1/uplink":                      "GET",
 		"/v1/status":                      "GET",
+		"/v1/models":                      "GET",
+		"/v1/models/{name}/predict":       "POST",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)

@@ -19,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -39,6 +40,7 @@ type fake struct {
 	types     map[string]crdt.Type
 	cmdErr    error
 	commitErr error // answered by Commit instead of running the op
+	models    *models.Manager
 }
 
 func (f *fake) LiveStore() (*crdt.Store, error) {
@@ -92,6 +94,12 @@ func (f *fake) Ingestor() (*ingest.Ingestor, error)      { return nil, errDisabl
 func (f *fake) Uplink() (uplink.Status, bool)            { return uplink.Status{}, false }
 func (f *fake) HeldKeys() []dkms.KeyInfo                 { return nil }
 func (f *fake) GossipKeys() (st keys.RingState, ok bool) { return keys.RingState{}, false }
+func (f *fake) Models() (*models.Manager, error) {
+	if f.models == nil {
+		return nil, errDisabled
+	}
+	return f.models, nil
+}
 
 func newServer(t *testing.T, f *fake) string {
 	t.Helper()
