@@ -35,10 +35,9 @@ type Store struct {
 	cfg StoreConfig
 	db  *sql.DB
 
-	mu      sync.Mutex // serialises writes
-	ins     *sql.Stmt
-	writes  int
-	trimmed time.Time
+	mu    sync.Mutex // serialises writes
+	ins   *sql.Stmt
+	since int64 // predictions added since the bounds were last applied
 }
 
 // StoredPrediction is one stored prediction.
@@ -105,12 +104,9 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// trimEvery is how many write transactions pass between two applications
-// of the bounds.
-const trimEvery = 64
-
-// Add stores predictions in one transaction, then applies the bounds
-// every trimEvery calls.
+// Add stores predictions in one transaction. The bounds are applied
+// each time MaxRows/16 more were added (so at most about 6% more than
+// MaxRows are kept), and at least every 4096.
 func (s *Store) Add(ctx context.Context, ps []StoredPrediction) error {
 	if len(ps) == 0 {
 		return nil
@@ -138,8 +134,9 @@ func (s *Store) Add(ctx context.Context, ps []StoredPrediction) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("models: storing predictions: %w", err)
 	}
-	s.writes++
-	if s.writes%trimEvery == 0 {
+	s.since += int64(len(ps))
+	if s.since >= min(s.cfg.MaxRows/16+1, 4096) {
+		s.since = 0
 		return s.trimLocked(ctx, ps[len(ps)-1].At)
 	}
 	return nil
