@@ -35,6 +35,12 @@ type ModelsConfig struct {
 	// PredictionsMaxAge bounds how long a prediction is stored. Default
 	// 168h (7 days).
 	PredictionsMaxAge time.Duration `yaml:"predictions_max_age"`
+	// VerifyingKeyFile, when set, names a file holding the ML-DSA-65
+	// public key (base64 of its 1952 bytes) that model files must be
+	// signed with, instead of the control plane's key pinned at
+	// enrollment: for agents without a control plane, or models signed
+	// by a key of their own. Default "" (the control plane's key).
+	VerifyingKeyFile string `yaml:"verifying_key_file"`
 }
 
 func defaultModelsConfig() ModelsConfig {

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
@@ -47,12 +50,22 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, up *uplink
 		return nil, nil
 	}
 	p := &modelParts{}
+	var fileKey *pqcrypto.VerifyingKey
+	if mc.VerifyingKeyFile != "" {
+		var err error
+		if fileKey, err = readVerifyingKey(mc.VerifyingKeyFile); err != nil {
+			return nil, err
+		}
+	}
 	cfg := models.Config{
 		Dir:      filepath.Join(a.cfg.DataDir, models.DirName),
 		Clock:    a.clk,
 		Logger:   a.log.With("component", "models"),
 		Registry: a.reg,
 		VerifyingKey: func() *pqcrypto.VerifyingKey {
+			if fileKey != nil {
+				return fileKey
+			}
 			if up == nil {
 				return nil
 			}
@@ -160,4 +173,22 @@ func (p *modelParts) close() error {
 		}
 	}
 	return nil
+}
+
+// readVerifyingKey reads models.verifying_key_file: base64 of an
+// ML-DSA-65 public key.
+func readVerifyingKey(path string) (*pqcrypto.VerifyingKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent: models.verifying_key_file: %w", err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("agent: models.verifying_key_file: %s is not base64: %w", path, err)
+	}
+	vk, err := pqcrypto.ParseVerifyingKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("agent: models.verifying_key_file: %s: %w", path, err)
+	}
+	return vk, nil
 }

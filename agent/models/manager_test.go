@@ -8,28 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/edgefleet/edgefleet/fedlearn"
 )
-
-// forwardOf is what fedlearn's forward pass predicts for raw features.
-func forwardOf(t *testing.T, f *fedlearn.File, raw []float64) (int, []float64) {
-	t.Helper()
-	x := append([]float64(nil), raw...)
-	if err := f.Schema.Normalize(x, x); err != nil {
-		t.Fatal(err)
-	}
-	fw, err := fedlearn.NewForward(f.Arch, f.Weights)
-	if err != nil {
-		t.Fatal(err)
-	}
-	probs := make([]float64, f.Arch.Classes)
-	c, err := fw.Predict(x, probs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, probs
-}
 
 func TestInstallPredictAndPersist(t *testing.T) {
 	k := signingKey(t, 1)
@@ -82,18 +61,6 @@ func TestInstallPredictAndPersist(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "comfort.model.refused")); err != nil {
 		t.Fatalf("refused file not set aside: %v", err)
 	}
-}
-
-func equalProbs(a, b []float64, tol float64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if math.Abs(a[i]-b[i]) > tol {
-			return false
-		}
-	}
-	return true
 }
 
 func TestInstallRefusedKeepsPrevious(t *testing.T) {
