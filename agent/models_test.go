@@ -138,13 +138,13 @@ func TestModelServesReadings(t *testing.T) {
 		t.Fatalf("predict %v, forward %d %v", res, wc, wp)
 	}
 	for body, want := range map[string]string{
-		`{"features":[1,2]}`:                                 "wrong number of features: 2 given",
-		`{"features":[1,"NaN",3]}`:                           `feature "hum" (index 1) is NaN: not finite`,
-		`{"features":[1,2,1e999]}`:                           `feature "co2_mean" (index 2) is 1e999: not finite`,
-		`{"features":{"temp":1,"hum":2,"co2":3}}`:            `no feature "co2"`,
-		`{"features":{"temp":1,"hum":2}}`:                    `feature "co2_mean" (index 2) is missing`,
-		`{"features":[1,2,"x"]}`:                             `want a number or null`,
-		`{"feature":[1,2,3]}`:                                `unknown field "feature"`,
+		`{"features":[1,2]}`:                                "wrong number of features: 2 given",
+		`{"features":[1,"NaN",3]}`:                          `feature "hum" (index 1) is NaN: not finite`,
+		`{"features":[1,2,1e999]}`:                          `feature "co2_mean" (index 2) is 1e999: not finite`,
+		`{"features":{"temp":1,"hum":2,"co2":3}}`:           `no feature "co2"`,
+		`{"features":{"temp":1,"hum":2}}`:                   `feature "co2_mean" (index 2) is missing`,
+		`{"features":[1,2,"x"]}`:                            `want a number or null`,
+		`{"feature":[1,2,3]}`:                               `unknown field "feature"`,
 		`{"features":{"temp":1,"hum":2,"co2_mean":"-Inf"}}`: `is -Inf: not finite`,
 	} {
 		_, obj, raw := api.do("POST", "/v1/models/comfort/predict", body)
