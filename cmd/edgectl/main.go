@@ -39,7 +39,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newTokensCmd(), a.newEnrollmentTokensCmd(),
 		a.newAgentsCmd(), a.newTelemetryCmd(), a.newAuditCmd(),
 		a.newBenchCmd(),
-		a.newDevicesCmd(), a.newStateCmd(),
+		a.newDevicesCmd(), a.newStateCmd(), a.newInferenceCmd(),
 		a.newKeysCmd(), a.newCryptoCmd(),
 	)
 	return root
