@@ -537,13 +537,8 @@ var agentKeysParams = []string{"after", "wait"}
 // away, or the server shuts down.
 func (s *Server) handleAgentKeys(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
-	for k, vs := range q {
-		if !slices.Contains(agentKeysParams, k) {
-			return badRequest("query parameter %q unknown (accepted: %s)", k, strings.Join(agentKeysParams, ", "))
-		}
-		if len(vs) > 1 {
-			return badRequest("query parameter %q given %d times", k, len(vs))
-		}
+	if err := checkQuery(q, agentKeysParams...); err != nil {
+		return err
 	}
 	after := q.Get("after")
 	var prev keyCursor

@@ -112,6 +112,27 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
+// checkSchemas checks that each named schema of doc has exactly the JSON
+// fields of its Go type.
+func checkSchemas(t *testing.T, doc openAPIDocument, types map[string]any) {
+	t.Helper()
+	for name, v := range types {
+		s, ok := doc.Comps.Schemas[name]
+		if !ok {
+			t.Errorf("schema %s missing", name)
+			continue
+		}
+		var props []string
+		for p := range s.Properties {
+			props = append(props, p)
+		}
+		sort.Strings(props)
+		if want := jsonFields(reflect.TypeOf(v)); !slices.Equal(props, want) {
+			t.Errorf("schema %s has properties %v, Go type has %v", name, props, want)
+		}
+	}
+}
+
 // jsonFields lists the JSON names of a struct's fields, flattening
 // embedded structs as encoding/json does.
 func jsonFields(t reflect.Type) []string {
@@ -153,21 +174,7 @@ func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 		"AuditRecord": cpapi.AuditRecord{}, "AuditResponse": cpapi.AuditResponse{}, "AuditVerification": cpapi.AuditVerification{},
 		"ServerStatus": cpapi.ServerStatus{},
 	}
-	for name, v := range types {
-		s, ok := doc.Comps.Schemas[name]
-		if !ok {
-			t.Errorf("schema %s missing", name)
-			continue
-		}
-		var props []string
-		for p := range s.Properties {
-			props = append(props, p)
-		}
-		sort.Strings(props)
-		if want := jsonFields(reflect.TypeOf(v)); !slices.Equal(props, want) {
-			t.Errorf("schema %s has properties %v, Go type has %v", name, props, want)
-		}
-	}
+	checkSchemas(t, doc, types)
 	// enrollWire is the server's view of EnrollRequest.
 	if a, b := jsonFields(reflect.TypeOf(enrollWire{})), jsonFields(reflect.TypeOf(cpapi.EnrollRequest{})); !slices.Equal(a, b) {
 		t.Errorf("enrollWire %v differs from EnrollRequest %v", a, b)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"net/url"
 	"regexp"
 	"runtime"
 	"slices"
@@ -88,10 +89,23 @@ func (s *Server) buildRoutes() []route {
 
 		{method: "GET", path: "/v1/audit", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListAudit},
 		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleVerifyAudit},
-	}, s.keyRoutes()...)
+	}, append(s.keyRoutes(), s.modelRoutes()...)...)
 }
 
 // ---- validation helpers ----
+
+// checkQuery refuses query parameters not in allowed, and any given twice.
+func checkQuery(q url.Values, allowed ...string) error {
+	for k, vs := range q {
+		if !slices.Contains(allowed, k) {
+			return badRequest("query parameter %q unknown (accepted: %s)", k, strings.Join(allowed, ", "))
+		}
+		if len(vs) > 1 {
+			return badRequest("query parameter %q given %d times", k, len(vs))
+		}
+	}
+	return nil
+}
 
 var labelKeyRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
 
@@ -533,6 +547,7 @@ func (s *Server) handleLabels(w http.ResponseWriter, r *http.Request, c *call) e
 		return err
 	}
 	s.updateAgentKeyLabels(keyCtx(r.Context(), c), id, a.Labels)
+	s.models.watch.notify() // the agent's model assignments may change
 	a.State = s.stateOf(a, c.now)
 	writeJSON(w, http.StatusOK, a)
 	return nil
@@ -593,14 +608,8 @@ func parseQueryTime(field, v string, def time.Time) (time.Time, error) {
 
 func (s *Server) handleTelemetryQuery(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
-	allowed := []string{"agent", "device", "metric", "from", "to", "bucket", "limit"}
-	for k, vs := range q {
-		if !slices.Contains(allowed, k) {
-			return badRequest("query parameter %q unknown (accepted: %s)", k, strings.Join(allowed, ", "))
-		}
-		if len(vs) > 1 {
-			return badRequest("query parameter %q given %d times", k, len(vs))
-		}
+	if err := checkQuery(q, "agent", "device", "metric", "from", "to", "bucket", "limit"); err != nil {
+		return err
 	}
 	tq := cpapi.TelemetryQuery{Agent: q.Get("agent"), Device: q.Get("device"), Metric: q.Get("metric")}
 	for _, f := range []struct{ name, v string }{{"agent", tq.Agent}, {"device", tq.Device}, {"metric", tq.Metric}} {

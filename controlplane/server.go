@@ -43,7 +43,8 @@ type Server struct {
 	revokedMu sync.RWMutex
 	revoked   map[string]struct{}
 
-	keys *keyState
+	keys   *keyState
+	models *modelState
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -62,7 +63,8 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("controlplane: data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{},
+		models: &modelState{watch: newKeyWatch()}}
 	now := cfg.Clock.Now()
 	s.started = now
 
@@ -251,6 +253,7 @@ func (s *Server) Start() error {
 		ErrorLog:          log.New(&slogWriter{log: s.log}, "", 0),
 	}
 	s.srv.RegisterOnShutdown(s.keys.watch.close)
+	s.srv.RegisterOnShutdown(s.models.watch.close)
 	s.ln = hl
 	s.serveErr = make(chan error, 1)
 	s.startKeysLoop()

@@ -174,7 +174,8 @@ func TestBackgroundCheckpointCopiesWALIntoDatabase(t *testing.T) {
 }
 
 // TestMigrateTelemetryBatchesToEpochs: a version 1 database (batches
-// keyed by agent and batch_seq) opens as version 2; its batches are kept
+// keyed by agent and batch_seq, no model registry) opens as the current
+// version; its batches are kept
 // under epoch "" and no longer shadow new uploads of the same batch_seq.
 func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "v1.db")
@@ -188,6 +189,8 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
+		`DROP TABLE model_deployments`, // version 3
+		`DROP TABLE models`,
 		`DROP TABLE telemetry_batches`,
 		`CREATE TABLE telemetry_batches (agent_id TEXT NOT NULL, batch_seq INTEGER NOT NULL, received_at INTEGER NOT NULL,
 			readings INTEGER NOT NULL, PRIMARY KEY (agent_id, batch_seq)) WITHOUT ROWID`,
@@ -209,6 +212,9 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 	var epoch string
 	if err := st.w.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != schemaVersion {
 		t.Fatalf("user_version %d (%v)", v, err)
+	}
+	if err := st.w.QueryRow(`SELECT count(*) FROM models`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("model registry after migration: %d rows (%v)", n, err)
 	}
 	if err := st.w.QueryRow(`SELECT count(*), max(epoch) FROM telemetry_batches WHERE agent_id = 'ag_old' AND batch_seq = 1 AND readings = 3`).Scan(&n, &epoch); err != nil || n != 1 || epoch != "" {
 		t.Fatalf("old batch after migration: %d rows, epoch %q (%v)", n, epoch, err)

@@ -70,6 +70,31 @@ type Store interface {
 	// RevokeAPIToken marks a token revoked.
 	RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.APIToken, error)
 
+	// PutModel stores a signed model file described by m. The same name
+	// and version stored before with the same digest is not stored again
+	// (created false, nothing written, audit included); with another
+	// digest it fails with cpapi.ErrConflict.
+	PutModel(ctx context.Context, m cpapi.Model, file []byte, audit AuditEntry) (created bool, err error)
+	// ListModels returns every stored model version, by name and push time.
+	ListModels(ctx context.Context) ([]cpapi.Model, error)
+	// GetModel describes one version; cpapi.ErrNotFound if there is none.
+	GetModel(ctx context.Context, name, version string) (cpapi.Model, error)
+	// ModelFile returns the signed file of one version.
+	ModelFile(ctx context.Context, name, version string) ([]byte, error)
+	// DeployModel pushes d on the deployment stack of (d.Name,
+	// d.Selector), unless d.Version is already active there (changed
+	// false, nothing written). cpapi.ErrNotFound if the version is not
+	// stored.
+	DeployModel(ctx context.Context, d cpapi.ModelDeployment, audit AuditEntry) (out cpapi.ModelDeployment, changed bool, err error)
+	// RollbackModel marks the active deployment of (name, selector) rolled
+	// back and returns it with the deployment active after it.
+	// cpapi.ErrNotFound if nothing is deployed there, cpapi.ErrConflict
+	// if there is no earlier deployment to return to.
+	RollbackModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) (rolledBack, active cpapi.ModelDeployment, err error)
+	// ModelDeployments returns the deployments of name ("" for every
+	// name), newest first; only the active ones when activeOnly.
+	ModelDeployments(ctx context.Context, name string, activeOnly bool) ([]cpapi.ModelDeployment, error)
+
 	// AppendAudit appends one record on its own.
 	AppendAudit(ctx context.Context, e AuditEntry) (cpapi.AuditRecord, error)
 	// ListAudit returns up to limit records with seq > afterSeq, in order.
