@@ -6,6 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/bench/ingestbench"
 	"github.com/edgefleet/edgefleet/internal/cptest"
+	"github.com/edgefleet/edgefleet/internal/modeltest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
@@ -26,6 +30,7 @@ var (
 	footprintMax  = flag.Float64("footprint.max-mb", 30, "TestAgentFootprint: most resident memory allowed, MB")
 	footprintEmb  = flag.Bool("footprint.embedded", false, "TestAgentFootprint: devices publish to the agent's embedded broker instead of Mosquitto")
 	footprintDevs = flag.Int("footprint.devices", 10, "TestAgentFootprint: devices publishing, each on its own connection")
+	footprintMod  = flag.Bool("footprint.model", false, "TestAgentFootprint: deploy a model (MLP 3→8→2, a windowed feature) that predicts on every message")
 )
 
 // TestAgentFootprint measures the resident memory of a whole edge-agent
@@ -36,7 +41,12 @@ var (
 // memory then counts). It runs only when asked (-footprint 30s): it needs
 // a quiet machine.
 //
-//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded]
+// With -footprint.model the agent serves a model on every message: it is
+// deployed (signed, with models.verifying_key_file naming its key) in the
+// data directory before start, loaded and verified there, and every
+// reading's prediction is published and stored.
+//
+//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded] [-footprint.model]
 func TestAgentFootprint(t *testing.T) {
 	if *footprintFor <= 0 {
 		t.Skip("footprint run: give -footprint DURATION to run it")
@@ -71,6 +81,9 @@ func TestAgentFootprint(t *testing.T) {
 	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name,
 		"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
 	args = append(args, brokerArgs...)
+	if *footprintMod {
+		args = append(args, "--config", deployTestModel(t, p.dataDir))
+	}
 	p.startWith(append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey), args...)
 	broker := p.waitBroker()
 	eventually(t, 30*time.Second, "agent enrolled", func() error {
@@ -190,9 +203,98 @@ func TestAgentFootprint(t *testing.T) {
 		rss[len(rss)/2], rss[len(rss)*9/10], peak.RSS, peak.at.Seconds(), peak.Anon, peak.File)
 	t.Logf("while the last commits and uploads finish: max %.1f MB at %.1fs (anon %.1f); peak of the process (VmHWM) %.1f MB",
 		drainPeak.RSS, drainPeak.at.Seconds(), drainPeak.Anon, after.HWM)
+	if *footprintMod {
+		reportInference(t, p, sent)
+	}
 	if *footprintMax > 0 && after.HWM > *footprintMax {
 		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, *footprintMax)
 	}
+}
+
+// deployTestModel writes the comfort model, signed, into the agent's data
+// directory and a config naming its verifying key; it returns the
+// config's path.
+func deployTestModel(t *testing.T, dataDir string) string {
+	t.Helper()
+	k := modeltest.Key(t, 7)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "models.yaml")
+	if err := os.WriteFile(cfg, []byte("models:\n  verifying_key_file: "+modeltest.KeyFile(t, dir, k)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dataDir, "models"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "models", "comfort.model"), modeltest.Sign(t, modeltest.Comfort(t, "1", 7), k), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// reportInference logs the model's predictions and inference latency from
+// the agent's metrics and checks that every message got its prediction.
+func reportInference(t *testing.T, p *proc, sent int) {
+	t.Helper()
+	var val map[string]float64
+	var buckets [][2]float64 // le, cumulative count
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		val, buckets = scrapeAll(t, p)
+		done := val[`edgefleet_inference_predictions_total{model="comfort"}`] + val["edgefleet_inference_dropped_readings_total"]
+		if done >= float64(sent) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	preds := val[`edgefleet_inference_predictions_total{model="comfort"}`]
+	count := val["edgefleet_inference_latency_seconds_count"]
+	p99 := math.Inf(1)
+	for _, bk := range buckets {
+		if bk[1] >= 0.99*count {
+			p99 = bk[0]
+			break
+		}
+	}
+	t.Logf("inference: %.0f predictions for %d messages, mean latency %.1f µs, p99 <= %g ms (histogram bucket), dropped readings %.0f, publish failures %.0f, store failures %.0f",
+		preds, sent, 1e6*val["edgefleet_inference_latency_seconds_sum"]/count, p99*1e3,
+		val["edgefleet_inference_dropped_readings_total"], val["edgefleet_inference_publish_failures_total"], val["edgefleet_inference_store_failures_total"])
+	if preds+val["edgefleet_inference_dropped_readings_total"] < float64(sent) {
+		t.Errorf("%.0f predictions and %.0f dropped readings for %d messages", preds, val["edgefleet_inference_dropped_readings_total"], sent)
+	}
+}
+
+// scrapeAll reads the agent's metrics: value by name and labels, and the
+// inference latency histogram's buckets.
+func scrapeAll(t *testing.T, p *proc) (map[string]float64, [][2]float64) {
+	t.Helper()
+	resp, err := http.Get(p.url("/metrics"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := map[string]float64{}
+	var buckets [][2]float64
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			continue
+		}
+		val[name] = f
+		if le, ok := strings.CutPrefix(name, `edgefleet_inference_latency_seconds_bucket{le="`); ok {
+			if x, err := strconv.ParseFloat(strings.TrimSuffix(le, `"}`), 64); err == nil {
+				buckets = append(buckets, [2]float64{x, f})
+			}
+		}
+	}
+	return val, buckets
 }
 
 // procMem is a process's resident memory in MB, from /proc/PID/status.

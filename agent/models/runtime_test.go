@@ -42,7 +42,7 @@ type published struct {
 	Time          time.Time `json:"time"`
 }
 
-func newTestRuntime(t *testing.T, f *fedlearn.File) (*Runtime, *recorder, *Store, *ingest.Tap) {
+func newTestRuntime(t testing.TB, f *fedlearn.File) (*Runtime, *recorder, *Store, *ingest.Tap) {
 	t.Helper()
 	k := signingKey(t, 1)
 	dir := t.TempDir()
