@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // ErrNotConnected: the Ingestor has no broker, or its MQTT session is
@@ -22,48 +25,38 @@ const MaxPublishBytes = 256 << 10
 // for later), and refuses topics holding MQTT wildcards or NUL and
 // payloads over MaxPublishBytes. It is safe for concurrent use.
 func (in *Ingestor) Publish(ctx context.Context, topic string, payload []byte) error {
-	wait, err := in.send(topic, payload)
+	s, err := in.sendTracked(topic, payload)
 	if err != nil {
 		return err
 	}
-	return wait(ctx)
-}
-
-// Outgoing is one message for PublishAll.
-type Outgoing struct {
-	Topic   string
-	Payload []byte
-}
-
-// PublishAll sends every message as Publish does, but sends them all
-// before waiting for their acknowledgements, so they travel pipelined
-// rather than one round trip each. It returns how many the broker
-// acknowledged and the errors of the others, joined.
-func (in *Ingestor) PublishAll(ctx context.Context, msgs []Outgoing) (int, error) {
-	waits := make([]func(context.Context) error, 0, len(msgs))
-	var errs []error
-	for _, m := range msgs {
-		wait, err := in.send(m.Topic, m.Payload)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		waits = append(waits, wait)
+	select {
+	case <-s.Done():
+		return s.Err()
+	case <-ctx.Done():
+		return fmt.Errorf("ingest: publish to %s: waiting for the broker's acknowledgement: %w", topic, ctx.Err())
+	case <-in.stopping:
+		return fmt.Errorf("ingest: publish to %s: %w", topic, ErrClosed)
 	}
-	ok := 0
-	for _, wait := range waits {
-		if err := wait(ctx); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		ok++
-	}
-	return ok, errors.Join(errs...)
 }
 
-// send checks and sends one QoS 1 message and returns what waits for the
-// broker's acknowledgement.
-func (in *Ingestor) send(topic string, payload []byte) (func(context.Context) error, error) {
+// Sent is a QoS 1 message on its way to the broker (Send).
+type Sent interface {
+	// Done is closed once the broker acknowledged the message or it
+	// failed.
+	Done() <-chan struct{}
+	// Err is nil once the broker acknowledged the message.
+	Err() error
+}
+
+// Send sends payload to topic at QoS 1 as Publish does, but returns
+// without waiting for the broker's acknowledgement: the caller watches
+// the returned Sent, so many messages travel pipelined.
+func (in *Ingestor) Send(topic string, payload []byte) (Sent, error) {
+	return in.sendTracked(topic, payload)
+}
+
+// sendTracked checks and sends one QoS 1 message.
+func (in *Ingestor) sendTracked(topic string, payload []byte) (Sent, error) {
 	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
 		return nil, fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
 	}
@@ -83,7 +76,7 @@ func (in *Ingestor) send(topic string, payload []byte) (func(context.Context) er
 			return nil, fmt.Errorf("ingest: publish to %s: %w", topic, err)
 		}
 		in.m.published.Add(1)
-		return func(context.Context) error { return nil }, nil
+		return sentDone{}, nil
 	}
 	if in.mqtt == nil || in.mqtt.client == nil {
 		return nil, fmt.Errorf("%w: no broker configured", ErrNotConnected)
@@ -91,21 +84,41 @@ func (in *Ingestor) send(topic string, payload []byte) (func(context.Context) er
 	if in.m.connected.Load() != 1 || !in.mqtt.client.IsConnectionOpen() {
 		return nil, fmt.Errorf("%w (%s)", ErrNotConnected, in.cfg.MQTT.Broker)
 	}
-	tok := in.mqtt.client.Publish(topic, 1, false, payload)
-	return func(ctx context.Context) error {
-		select {
-		case <-tok.Done():
-			if err := tok.Error(); err != nil {
-				return fmt.Errorf("ingest: publish to %s: %w", topic, err)
-			}
-			in.m.published.Add(1)
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("ingest: publish to %s: waiting for the broker's acknowledgement: %w", topic, ctx.Err())
-		case <-in.stopping:
-			return fmt.Errorf("ingest: publish to %s: %w", topic, ErrClosed)
-		}
-	}, nil
+	return &sentToken{in: in, topic: topic, tok: in.mqtt.client.Publish(topic, 1, false, payload)}, nil
+}
+
+// sentDone is a message the embedded broker took.
+type sentDone struct{}
+
+var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (sentDone) Done() <-chan struct{} { return closedCh }
+func (sentDone) Err() error            { return nil }
+
+// sentToken is a message paho sends; it counts it published once
+// acknowledged.
+type sentToken struct {
+	in      *Ingestor
+	topic   string
+	tok     mqtt.Token
+	counted atomic.Bool
+}
+
+func (s *sentToken) Done() <-chan struct{} { return s.tok.Done() }
+
+func (s *sentToken) Err() error {
+	select {
+	case <-s.tok.Done():
+	default:
+		return fmt.Errorf("ingest: publish to %s: not acknowledged yet", s.topic)
+	}
+	if err := s.tok.Error(); err != nil {
+		return fmt.Errorf("ingest: publish to %s: %w", s.topic, err)
+	}
+	if s.counted.CompareAndSwap(false, true) {
+		s.in.m.published.Add(1)
+	}
+	return nil
 }
 
 // Subscribed reports whether the MQTT subscriber has subscribed at least

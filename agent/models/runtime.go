@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -22,10 +23,11 @@ import (
 // InferenceTopic is the topic a device's predictions are published to.
 func InferenceTopic(device string) string { return "devices/" + device + "/inference" }
 
-// Publisher sends messages at QoS 1 (the agent's MQTT client:
-// ingest.Ingestor.PublishAll).
+// Publisher sends messages at QoS 1 without waiting for the broker's
+// acknowledgement (the agent's MQTT client: ingest.Ingestor.Send). The
+// payload must not be changed afterwards.
 type Publisher interface {
-	PublishAll(ctx context.Context, msgs []ingest.Outgoing) (int, error)
+	Send(topic string, payload []byte) (ingest.Sent, error)
 }
 
 // RuntimeConfig configures a Runtime. Zero fields take the defaults in
@@ -47,9 +49,11 @@ type RuntimeConfig struct {
 	// MaxPoints bounds the readings held per device and metric. Default
 	// 128.
 	MaxPoints int
-	// PublishTimeout bounds waiting for the broker to acknowledge one
-	// round of predictions. Default 5s.
-	PublishTimeout time.Duration
+	// MaxInFlight bounds the predictions published and not yet
+	// acknowledged by the broker; past it predictions are not published
+	// (counted in edgefleet_inference_publish_failures_total), so a slow
+	// broker never holds inference back nor grows memory. Default 1024.
+	MaxInFlight int
 	// Clock stamps predictions. Nil means clock.Real().
 	Clock clock.Clock
 	// Logger receives the runtime's logs. Nil discards them.
@@ -77,9 +81,18 @@ type Runtime struct {
 	pending  []trigger
 	seen     map[trigger]struct{}
 	raw      []float64
-	out      []ingest.Outgoing
+	out      []outgoing
 	stored   []StoredPrediction
-	payload  []byte
+	inflight []ingest.Sent
+	failed   int       // publish failures since the last log
+	lastLog  time.Time // of publish failures
+	lastErr  error
+}
+
+// outgoing is a prediction to publish.
+type outgoing struct {
+	topic   string
+	payload []byte
 }
 
 // plan is what the runtime needs of the serving models.
@@ -123,8 +136,8 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 	if cfg.MaxPoints <= 0 {
 		cfg.MaxPoints = 128
 	}
-	if cfg.PublishTimeout <= 0 {
-		cfg.PublishTimeout = 5 * time.Second
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
 	}
 	rt := &Runtime{cfg: cfg, clk: clock.Or(cfg.Clock), log: cfg.Logger, mg: cfg.Manager,
 		devices: map[string]*deviceWindow{}, lru: list.New(), seen: map[trigger]struct{}{}}
@@ -205,7 +218,7 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.Reading) {
 		}
 	}
 	now := rt.clk.Now()
-	rt.out, rt.stored, rt.payload = rt.out[:0], rt.stored[:0], rt.payload[:0]
+	rt.out, rt.stored = rt.out[:0], rt.stored[:0]
 	for _, tr := range rt.pending {
 		if tr.dev.elem == nil {
 			continue // evicted later in this round
@@ -305,9 +318,9 @@ func (rt *Runtime) predict(sm *servingModel, tr trigger, now time.Time) {
 	sm.count.Inc()
 	at := time.Unix(0, tr.t).UTC()
 	if rt.cfg.Publisher != nil {
-		startLen := len(rt.payload)
-		rt.payload = appendPayload(rt.payload, sm, tr.dev.id, c, at)
-		rt.out = append(rt.out, ingest.Outgoing{Topic: tr.dev.topic, Payload: rt.payload[startLen:len(rt.payload):len(rt.payload)]})
+		// Each payload is its own: the MQTT client holds it until the
+		// broker acknowledges it.
+		rt.out = append(rt.out, outgoing{tr.dev.topic, appendPayload(make([]byte, 0, 160+32*len(sm.probs)), sm, tr.dev.id, c, at)})
 	}
 	if rt.cfg.Store != nil {
 		rt.stored = append(rt.stored, StoredPrediction{Device: tr.dev.id, Model: m.spec.Name, Version: m.spec.Version,
@@ -348,12 +361,21 @@ func appendPayload(b []byte, sm *servingModel, device string, class int, at time
 // flush publishes and stores the round's predictions.
 func (rt *Runtime) flush(ctx context.Context) {
 	if len(rt.out) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, rt.cfg.PublishTimeout)
-		ok, err := rt.cfg.Publisher.PublishAll(pctx, rt.out)
-		cancel()
-		if failed := len(rt.out) - ok; failed > 0 {
-			rt.mg.m.publishFailures.Add(float64(failed))
-			rt.log.Warn("predictions not published", "failed", failed, "of", len(rt.out), "err", err)
+		rt.reap()
+		for i, o := range rt.out {
+			if len(rt.inflight) >= rt.cfg.MaxInFlight {
+				rt.reap()
+			}
+			if len(rt.inflight) >= rt.cfg.MaxInFlight {
+				rt.publishFailed(len(rt.out)-i, fmt.Errorf("models: %d predictions await the broker's acknowledgement (the most in flight)", len(rt.inflight)))
+				break
+			}
+			s, err := rt.cfg.Publisher.Send(o.topic, o.payload)
+			if err != nil {
+				rt.publishFailed(1, err)
+				continue
+			}
+			rt.inflight = append(rt.inflight, s)
 		}
 		clear(rt.out)
 	}
@@ -363,5 +385,38 @@ func (rt *Runtime) flush(ctx context.Context) {
 			rt.log.Warn("predictions not stored", "count", len(rt.stored), "err", err)
 		}
 		clear(rt.stored)
+	}
+}
+
+// reap drops the acknowledged messages from the in-flight list, counting
+// the failed ones.
+func (rt *Runtime) reap() {
+	keep := rt.inflight[:0]
+	for _, s := range rt.inflight {
+		select {
+		case <-s.Done():
+			if err := s.Err(); err != nil {
+				rt.publishFailed(1, err)
+			}
+		default:
+			keep = append(keep, s)
+		}
+	}
+	clear(rt.inflight[len(keep):])
+	rt.inflight = keep
+}
+
+// publishLogEvery spaces the logs of failed publishes.
+const publishLogEvery = 10 * time.Second
+
+// publishFailed counts n predictions not published, and logs them at
+// most every publishLogEvery.
+func (rt *Runtime) publishFailed(n int, err error) {
+	rt.mg.m.publishFailures.Add(float64(n))
+	rt.failed += n
+	rt.lastErr = err
+	if now := time.Now(); now.Sub(rt.lastLog) >= publishLogEvery {
+		rt.log.Warn("predictions not published (they are stored)", "count", rt.failed, "last_err", rt.lastErr)
+		rt.failed, rt.lastLog = 0, now
 	}
 }

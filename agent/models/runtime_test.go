@@ -14,20 +14,31 @@ import (
 	"github.com/edgefleet/edgefleet/fedlearn"
 )
 
-// recorder is a Publisher keeping what it was given.
+// recorder is a Publisher keeping what it was given, acknowledged at
+// once.
 type recorder struct {
 	mu   sync.Mutex
-	msgs []ingest.Outgoing
+	msgs []sentMsg
 }
 
-func (r *recorder) PublishAll(_ context.Context, msgs []ingest.Outgoing) (int, error) {
+type sentMsg struct {
+	Topic   string
+	Payload []byte
+}
+
+func (r *recorder) Send(topic string, payload []byte) (ingest.Sent, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, m := range msgs {
-		r.msgs = append(r.msgs, ingest.Outgoing{Topic: m.Topic, Payload: append([]byte(nil), m.Payload...)})
-	}
-	return len(msgs), nil
+	r.msgs = append(r.msgs, sentMsg{topic, payload})
+	return acked{}, nil
 }
+
+type acked struct{}
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (acked) Done() <-chan struct{} { return closed }
+func (acked) Err() error            { return nil }
 
 // published is the JSON of a prediction on devices/{id}/inference.
 type published struct {
@@ -197,5 +208,34 @@ func TestRuntimeSkipsNonFinite(t *testing.T) {
 		reading("r", "temperature", 0, math.NaN()), reading("r", "humidity", 0, 40), reading("r", "co2", 0, 600)})
 	if len(rec.msgs) != 0 {
 		t.Fatalf("predicted without a finite temperature: %s", rec.msgs[0].Payload)
+	}
+}
+
+// stuck is a Publisher whose messages the broker never acknowledges.
+type stuck struct{ n int }
+
+func (s *stuck) Send(string, []byte) (ingest.Sent, error) { s.n++; return pending{}, nil }
+
+type pending struct{}
+
+func (pending) Done() <-chan struct{} { return nil }
+func (pending) Err() error            { return nil }
+
+// TestRuntimeBoundsInFlight: with a broker that never acknowledges,
+// inference goes on, at most MaxInFlight predictions are in flight and
+// the rest are counted as publish failures.
+func TestRuntimeBoundsInFlight(t *testing.T) {
+	rt, _, st, _ := newTestRuntime(t, testFile(t, "1", 3))
+	pub := &stuck{}
+	rt.cfg.Publisher, rt.cfg.MaxInFlight = pub, 5
+	for i := 0; i < 8; i++ {
+		rt.Process(context.Background(), []ingest.Reading{
+			reading("r", "temperature", float64(i), 20), reading("r", "humidity", float64(i), 40), reading("r", "co2", float64(i), 600)})
+	}
+	if pub.n != 5 || len(rt.inflight) != 5 || counter(rt.mg.m.publishFailures) != 3 {
+		t.Fatalf("sent %d, in flight %d, failures %v", pub.n, len(rt.inflight), counter(rt.mg.m.publishFailures))
+	}
+	if n, _ := st.Count(context.Background()); n != 8 {
+		t.Fatalf("stored %d of 8", n)
 	}
 }
