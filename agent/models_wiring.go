@@ -25,6 +25,7 @@ type modelParts struct {
 	tap    *ingest.Tap   // nil without ingestion
 	store  *models.Store // nil without ingestion
 	rt     *models.Runtime
+	pub    *ingest.Publisher // predictions' own connection to an external broker
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -132,7 +133,12 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 		rc := models.RuntimeConfig{Manager: p.mgr, Tap: p.tap, Store: p.store, MaxDevices: a.cfg.Models.MaxDevices,
 			MaxPoints: a.cfg.Models.MaxPoints, Clock: a.clk, Logger: a.log.With("component", "inference")}
 		if a.cfg.Models.Publish && in != nil {
-			rc.Publisher = in
+			pub, own, err := a.inferencePublisher(in)
+			if err != nil {
+				a.log.Error("predictions will not be published", "err", err)
+			} else {
+				rc.Publisher, p.pub = pub, own
+			}
 		}
 		p.rt = models.NewRuntime(rc)
 	}
@@ -153,6 +159,24 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 	}
 }
 
+// inferencePublisher is what publishes predictions: the ingestor, which
+// hands them to the embedded broker in process, or, with an external
+// broker, a connection of its own (own; see ingest.Publisher for why).
+func (a *Agent) inferencePublisher(in *ingest.Ingestor) (pub models.Publisher, own *ingest.Publisher, err error) {
+	if a.cfg.Ingest.MQTT.Broker == "" {
+		return in, nil, nil
+	}
+	mc, err := a.mqttClientConfig(a.Name())
+	if err != nil {
+		return nil, nil, err
+	}
+	mc.ClientID += "-inference"
+	if own, err = ingest.NewPublisher(mc, a.log.With("component", "inference")); err != nil {
+		return nil, nil, err
+	}
+	return own, own, nil
+}
+
 // stop stops the runtime (after ingestion) and closes the predictions
 // database.
 func (p *modelParts) stop() error {
@@ -162,6 +186,9 @@ func (p *modelParts) stop() error {
 	if p.cancel != nil {
 		p.cancel()
 		p.wg.Wait()
+	}
+	if p.pub != nil {
+		p.pub.Close()
 	}
 	return p.close()
 }

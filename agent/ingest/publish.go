@@ -57,11 +57,8 @@ func (in *Ingestor) Send(topic string, payload []byte) (Sent, error) {
 
 // sendTracked checks and sends one QoS 1 message.
 func (in *Ingestor) sendTracked(topic string, payload []byte) (Sent, error) {
-	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
-		return nil, fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
-	}
-	if len(payload) > MaxPublishBytes {
-		return nil, fmt.Errorf("%w: publish payload of %d bytes exceeds %d", ErrInvalidConfig, len(payload), MaxPublishBytes)
+	if err := checkPublish(topic, payload); err != nil {
+		return nil, err
 	}
 	select {
 	case <-in.stopping:
@@ -84,7 +81,19 @@ func (in *Ingestor) sendTracked(topic string, payload []byte) (Sent, error) {
 	if in.m.connected.Load() != 1 || !in.mqtt.client.IsConnectionOpen() {
 		return nil, fmt.Errorf("%w (%s)", ErrNotConnected, in.cfg.MQTT.Broker)
 	}
-	return &sentToken{in: in, topic: topic, tok: in.mqtt.client.Publish(topic, 1, false, payload)}, nil
+	return &sentToken{published: &in.m.published, topic: topic, tok: in.mqtt.client.Publish(topic, 1, false, payload)}, nil
+}
+
+// checkPublish refuses topics holding MQTT wildcards or NUL and payloads
+// over MaxPublishBytes.
+func checkPublish(topic string, payload []byte) error {
+	if topic == "" || len(topic) > 65535 || strings.ContainsAny(topic, "+#\x00") {
+		return fmt.Errorf("%w: publish topic %.128q is empty, too long or holds a wildcard or NUL", ErrInvalidConfig, topic)
+	}
+	if len(payload) > MaxPublishBytes {
+		return fmt.Errorf("%w: publish payload of %d bytes exceeds %d", ErrInvalidConfig, len(payload), MaxPublishBytes)
+	}
+	return nil
 }
 
 // sentDone is a message the embedded broker took.
@@ -95,13 +104,13 @@ var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return
 func (sentDone) Done() <-chan struct{} { return closedCh }
 func (sentDone) Err() error            { return nil }
 
-// sentToken is a message paho sends; it counts it published once
+// sentToken is a message paho sends; it counts it in published once
 // acknowledged.
 type sentToken struct {
-	in      *Ingestor
-	topic   string
-	tok     mqtt.Token
-	counted atomic.Bool
+	published *atomic.Int64
+	topic     string
+	tok       mqtt.Token
+	counted   atomic.Bool
 }
 
 func (s *sentToken) Done() <-chan struct{} { return s.tok.Done() }
@@ -116,7 +125,7 @@ func (s *sentToken) Err() error {
 		return fmt.Errorf("ingest: publish to %s: %w", s.topic, err)
 	}
 	if s.counted.CompareAndSwap(false, true) {
-		s.in.m.published.Add(1)
+		s.published.Add(1)
 	}
 	return nil
 }
