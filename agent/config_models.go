@@ -17,7 +17,7 @@ type ModelsConfig struct {
 	// QueueReadings bounds the committed readings waiting for inference;
 	// when full the oldest are dropped and counted
 	// (edgefleet_inference_dropped_readings_total). Only readings of
-	// metrics a deployed model reads are queued. Default 8192.
+	// metrics a deployed model reads are queued. Default 4096.
 	QueueReadings int `yaml:"queue_readings"`
 	// MaxDevices bounds the devices whose recent readings are held for
 	// windowed features; past it the least recently seen device's are
@@ -44,7 +44,7 @@ type ModelsConfig struct {
 }
 
 func defaultModelsConfig() ModelsConfig {
-	return ModelsConfig{Enabled: true, QueueReadings: 8192, MaxDevices: 1024, MaxPoints: 128, Publish: true,
+	return ModelsConfig{Enabled: true, QueueReadings: 4096, MaxDevices: 1024, MaxPoints: 128, Publish: true,
 		PredictionsMaxRows: 100000, PredictionsMaxAge: 7 * 24 * time.Hour}
 }
 

@@ -20,19 +20,19 @@ import (
 // is the bare forward pass over the same model.
 func BenchmarkInferenceReading(b *testing.B) {
 	rt, _, _, _ := newTestRuntime(b, testFile(b, "1", 3))
-	rt.cfg.Publisher, rt.cfg.Store = nil, nil
+	rt.cfg.Publisher, rt.cfg.Store, rt.cfg.MaxDevices = nil, nil, 1024
 	base := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
 	devs := make([]string, 100)
 	for i := range devs {
 		devs[i] = fmt.Sprintf("dev-%d", i)
 	}
-	msg := func(i int) []ingest.Reading {
-		d, at := devs[i%len(devs)], base.Add(time.Duration(i/len(devs))*time.Second)
-		return []ingest.Reading{
-			{Device: d, Metric: "temperature", Time: at, Kind: ingest.KindNumber, Value: 20 + float64(i%10)},
-			{Device: d, Metric: "humidity", Time: at, Kind: ingest.KindNumber, Value: 40},
-			{Device: d, Metric: "co2", Time: at, Kind: ingest.KindNumber, Value: 400 + float64(i%500)},
-		}
+	rs := make([]ingest.TapReading, 3)
+	msg := func(i int) []ingest.TapReading {
+		d, at := devs[i%len(devs)], base.Add(time.Duration(i/len(devs))*time.Second).UnixNano()
+		rs[0] = ingest.TapReading{Device: d, Metric: "temperature", Time: at, Value: 20 + float64(i%10)}
+		rs[1] = ingest.TapReading{Device: d, Metric: "humidity", Time: at, Value: 40}
+		rs[2] = ingest.TapReading{Device: d, Metric: "co2", Time: at, Value: 400 + float64(i%500)}
+		return rs
 	}
 	ctx := context.Background()
 	for i := 0; i < 100*len(devs); i++ { // fill the windows

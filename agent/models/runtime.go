@@ -52,7 +52,8 @@ type RuntimeConfig struct {
 	// MaxInFlight bounds the predictions published and not yet
 	// acknowledged by the broker; past it predictions are not published
 	// (counted in edgefleet_inference_publish_failures_total), so a slow
-	// broker never holds inference back nor grows memory. Default 1024.
+	// broker never holds inference back nor grows memory (about 1 KB
+	// each). Default 512.
 	MaxInFlight int
 	// Clock stamps predictions. Nil means clock.Real().
 	Clock clock.Clock
@@ -77,12 +78,13 @@ type Runtime struct {
 	lru     *list.List // *deviceWindow, most recently seen at the front
 
 	// Scratch reused across rounds.
-	readings []ingest.Reading
+	readings []ingest.TapReading
 	pending  []trigger
 	seen     map[trigger]struct{}
 	raw      []float64
 	out      []outgoing
-	stored   []StoredPrediction
+	round    []byte // the round's predictions, encoded for the Store
+	roundN   int
 	inflight []ingest.Sent
 	failed   int       // publish failures since the last log
 	lastLog  time.Time // of publish failures
@@ -137,7 +139,7 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 		cfg.MaxPoints = 128
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 1024
+		cfg.MaxInFlight = 512
 	}
 	rt := &Runtime{cfg: cfg, clk: clock.Or(cfg.Clock), log: cfg.Logger, mg: cfg.Manager,
 		devices: map[string]*deviceWindow{}, lru: list.New(), seen: map[trigger]struct{}{}}
@@ -195,7 +197,7 @@ func (rt *Runtime) Run(ctx context.Context) {
 // every model whose metrics the device sends, and publishes and stores
 // the predictions. Run calls it; tests and benchmarks may too (never
 // concurrently with Run).
-func (rt *Runtime) Process(ctx context.Context, readings []ingest.Reading) {
+func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 	p := rt.plan.Load()
 	if len(p.models) == 0 || len(readings) == 0 {
 		return
@@ -209,7 +211,7 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.Reading) {
 			continue
 		}
 		dev := rt.device(r.Device)
-		t := r.Time.UnixNano()
+		t := r.Time
 		dev.add(r.Metric, fedlearn.Point{T: t, V: r.Value}, h, rt.cfg.MaxPoints)
 		tr := trigger{dev: dev, t: t}
 		if _, dup := rt.seen[tr]; !dup {
@@ -218,7 +220,7 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.Reading) {
 		}
 	}
 	now := rt.clk.Now()
-	rt.out, rt.stored = rt.out[:0], rt.stored[:0]
+	rt.out, rt.round, rt.roundN = rt.out[:0], append(rt.round[:0], roundFormat), 0
 	for _, tr := range rt.pending {
 		if tr.dev.elem == nil {
 			continue // evicted later in this round
@@ -323,8 +325,8 @@ func (rt *Runtime) predict(sm *servingModel, tr trigger, now time.Time) {
 		rt.out = append(rt.out, outgoing{tr.dev.topic, appendPayload(make([]byte, 0, 160+32*len(sm.probs)), sm, tr.dev.id, c, at)})
 	}
 	if rt.cfg.Store != nil {
-		rt.stored = append(rt.stored, StoredPrediction{Device: tr.dev.id, Model: m.spec.Name, Version: m.spec.Version,
-			Class: c, Label: m.spec.Labels[c], Probabilities: append([]float64(nil), sm.probs...), ReadingTime: at, At: now})
+		rt.round = appendPrediction(rt.round, tr.dev.id, m.spec.Name, m.spec.Version, m.spec.Labels[c], c, at.UnixMicro(), now.UnixMicro(), sm.probs)
+		rt.roundN++
 	}
 }
 
@@ -378,13 +380,18 @@ func (rt *Runtime) flush(ctx context.Context) {
 			rt.inflight = append(rt.inflight, s)
 		}
 		clear(rt.out)
-	}
-	if len(rt.stored) > 0 {
-		if err := rt.cfg.Store.Add(ctx, rt.stored); err != nil {
-			rt.mg.m.storeFailures.Add(float64(len(rt.stored)))
-			rt.log.Warn("predictions not stored", "count", len(rt.stored), "err", err)
+		if cap(rt.out) > 1024 {
+			rt.out = nil
 		}
-		clear(rt.stored)
+	}
+	if rt.roundN > 0 {
+		if err := rt.cfg.Store.AddRound(ctx, rt.roundN, rt.clk.Now(), rt.round); err != nil {
+			rt.mg.m.storeFailures.Add(float64(rt.roundN))
+			rt.log.Warn("predictions not stored", "count", rt.roundN, "err", err)
+		}
+	}
+	if cap(rt.round) > 64<<10 {
+		rt.round = nil // a backlog's round: not kept
 	}
 }
 

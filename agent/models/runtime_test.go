@@ -79,9 +79,9 @@ func newTestRuntime(t testing.TB, f *fedlearn.File) (*Runtime, *recorder, *Store
 }
 
 // reading is one numeric reading at base+sec seconds.
-func reading(dev, metric string, sec float64, v float64) ingest.Reading {
+func reading(dev, metric string, sec float64, v float64) ingest.TapReading {
 	base := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
-	return ingest.Reading{Device: dev, Metric: metric, Time: base.Add(time.Duration(sec * float64(time.Second))), Kind: ingest.KindNumber, Value: v}
+	return ingest.TapReading{Device: dev, Metric: metric, Time: base.Add(time.Duration(sec * float64(time.Second))).UnixNano(), Value: v}
 }
 
 // TestRuntimePredictionsEqualForward feeds readings through the runtime
@@ -90,12 +90,12 @@ func reading(dev, metric string, sec float64, v float64) ingest.Reading {
 func TestRuntimePredictionsEqualForward(t *testing.T) {
 	f := testFile(t, "1", 3)
 	rt, rec, st, _ := newTestRuntime(t, f)
-	var all []ingest.Reading
+	var all []ingest.TapReading
 	// room-1 sends all three metrics every 10 s; room-2 never sends co2
 	// (no prediction); room-3 sends humidity only after a while.
 	for i := 0; i < 12; i++ {
 		s := float64(10 * i)
-		round := []ingest.Reading{
+		round := []ingest.TapReading{
 			reading("room-1", "temperature", s, 20+float64(i)/3),
 			reading("room-1", "humidity", s, 35+float64(i)),
 			reading("room-1", "co2", s, 500+40*float64(i%5)),
@@ -115,8 +115,8 @@ func TestRuntimePredictionsEqualForward(t *testing.T) {
 		return func(metric string) []fedlearn.Point {
 			var pts []fedlearn.Point
 			for _, r := range all {
-				if r.Device == dev && r.Metric == metric && r.Time.UnixNano() <= upTo {
-					pts = append(pts, fedlearn.Point{T: r.Time.UnixNano(), V: r.Value})
+				if r.Device == dev && r.Metric == metric && r.Time <= upTo {
+					pts = append(pts, fedlearn.Point{T: r.Time, V: r.Value})
 				}
 			}
 			return pts
@@ -163,7 +163,7 @@ func TestRuntimeBounds(t *testing.T) {
 	rt, _, st, _ := newTestRuntime(t, testFile(t, "1", 3))
 	for d := 0; d < 10; d++ {
 		dev := fmt.Sprintf("dev-%d", d)
-		var rs []ingest.Reading
+		var rs []ingest.TapReading
 		for i := 0; i < 40; i++ {
 			rs = append(rs, reading(dev, "co2", float64(i)/10, float64(i)), reading(dev, "temperature", float64(i)/10, 20), reading(dev, "humidity", float64(i)/10, 40))
 		}
@@ -206,7 +206,7 @@ func TestRuntimeBounds(t *testing.T) {
 // TestRuntimeSkipsNonFinite: a NaN reading is not added to a window.
 func TestRuntimeSkipsNonFinite(t *testing.T) {
 	rt, rec, _, _ := newTestRuntime(t, testFile(t, "1", 3))
-	rt.Process(context.Background(), []ingest.Reading{
+	rt.Process(context.Background(), []ingest.TapReading{
 		reading("r", "temperature", 0, math.NaN()), reading("r", "humidity", 0, 40), reading("r", "co2", 0, 600)})
 	if len(rec.msgs) != 0 {
 		t.Fatalf("predicted without a finite temperature: %s", rec.msgs[0].Payload)
@@ -231,7 +231,7 @@ func TestRuntimeBoundsInFlight(t *testing.T) {
 	pub := &stuck{}
 	rt.cfg.Publisher, rt.cfg.MaxInFlight = pub, 5
 	for i := 0; i < 8; i++ {
-		rt.Process(context.Background(), []ingest.Reading{
+		rt.Process(context.Background(), []ingest.TapReading{
 			reading("r", "temperature", float64(i), 20), reading("r", "humidity", float64(i), 40), reading("r", "co2", float64(i), 600)})
 	}
 	if pub.n != 5 || len(rt.inflight) != 5 || counter(rt.mg.m.publishFailures) != 3 {

@@ -113,19 +113,32 @@ func (s *Store) Add(ctx context.Context, ps []StoredPrediction) error {
 	if len(ps) == 0 {
 		return nil
 	}
+	b := []byte{roundFormat}
+	for i := range ps {
+		p := &ps[i]
+		b = appendPrediction(b, p.Device, p.Model, p.Version, p.Label, p.Class, p.ReadingTime.UnixMicro(), p.At.UnixMicro(), p.Probabilities)
+	}
+	return s.AddRound(ctx, len(ps), ps[len(ps)-1].At, b)
+}
+
+// AddRound stores n predictions encoded in round (roundFormat, then
+// appendPrediction for each), the newest at at, as Add does.
+func (s *Store) AddRound(ctx context.Context, n int, at time.Time, round []byte) error {
+	if n == 0 {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	blob := encodeRound(nil, ps)
-	total := s.total + int64(len(ps))
+	total := s.total + int64(n)
 	if _, err := s.db.ExecContext(ctx, `INSERT INTO prediction_rounds (at_us, upto, n, data) VALUES (?, ?, ?, ?)`,
-		ps[len(ps)-1].At.UnixMicro(), total, len(ps), blob); err != nil {
+		at.UnixMicro(), total, n, round); err != nil {
 		return fmt.Errorf("models: storing predictions: %w", err)
 	}
 	s.total = total
-	s.since += int64(len(ps))
+	s.since += int64(n)
 	if s.since >= min(s.cfg.MaxRows/16+1, 4096) {
 		s.since = 0
-		return s.trimLocked(ctx, ps[len(ps)-1].At)
+		return s.trimLocked(ctx, at)
 	}
 	return nil
 }
@@ -195,30 +208,21 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // roundFormat is the first byte of an encoded round.
 const roundFormat = 1
 
-// encodeRound appends a round of predictions: format byte, count, then
-// per prediction device, model, version, label (length-prefixed), class,
-// reading and prediction times (Unix µs), probabilities (count, float64
-// little-endian).
-func encodeRound(b []byte, ps []StoredPrediction) []byte {
-	b = append(b, roundFormat)
-	b = binary.AppendUvarint(b, uint64(len(ps)))
-	str := func(s string) {
+// appendPrediction appends one prediction of a round: device, model,
+// version, label (length-prefixed), class, reading and prediction times
+// (Unix µs), probabilities (count, float64 little-endian). A round is
+// the byte roundFormat followed by its predictions.
+func appendPrediction(b []byte, device, model, version, label string, class int, readingUS, atUS int64, probs []float64) []byte {
+	for _, s := range [...]string{device, model, version, label} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	for i := range ps {
-		p := &ps[i]
-		str(p.Device)
-		str(p.Model)
-		str(p.Version)
-		str(p.Label)
-		b = binary.AppendUvarint(b, uint64(p.Class))
-		b = binary.AppendVarint(b, p.ReadingTime.UnixMicro())
-		b = binary.AppendVarint(b, p.At.UnixMicro())
-		b = binary.AppendUvarint(b, uint64(len(p.Probabilities)))
-		for _, v := range p.Probabilities {
-			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
-		}
+	b = binary.AppendUvarint(b, uint64(class))
+	b = binary.AppendVarint(b, readingUS)
+	b = binary.AppendVarint(b, atUS)
+	b = binary.AppendUvarint(b, uint64(len(probs)))
+	for _, v := range probs {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
 	}
 	return b
 }
@@ -257,12 +261,8 @@ func decodeRound(b []byte) ([]StoredPrediction, error) {
 		b = b[n:]
 		return s, true
 	}
-	n, ok := uv()
-	if !ok || n > uint64(len(b)) {
-		return nil, fmt.Errorf("%w: count", errRound)
-	}
-	out := make([]StoredPrediction, 0, n)
-	for i := uint64(0); i < n; i++ {
+	var out []StoredPrediction
+	for i := 0; len(b) > 0; i++ {
 		var p StoredPrediction
 		var ok1, ok2, ok3, ok4, ok5, ok6, ok7 bool
 		p.Device, ok1 = str()
@@ -284,9 +284,6 @@ func decodeRound(b []byte) ([]StoredPrediction, error) {
 			b = b[8:]
 		}
 		out = append(out, p)
-	}
-	if len(b) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", errRound, len(b))
 	}
 	return out, nil
 }
