@@ -12,12 +12,14 @@
 // and agent/uplink. A room imports only rooms below it (replication imports
 // membership); this package builds them in Start and keeps the Agent API.
 //
-// Ingestion feeds two consumers after each group commit: the uplink,
-// which uploads the commit's outbox batch, and the device registry, a
+// Ingestion feeds three consumers after each group commit: the uplink,
+// which uploads the commit's outbox batch, the device registry, a
 // replicated LWW collection "devices" holding one DeviceRecord per device
 // (written on first sight, then at most every
 // ingest.device_registry_interval), so every agent lists the whole
-// fleet's devices. Neither the control plane nor the broker being away
+// fleet's devices, and the model runtime (package agent/models), which
+// takes the readings its deployed models read through a bounded queue
+// and publishes their predictions. Neither the control plane nor the broker being away
 // stops the agent: Start never waits for them.
 //
 // Replication has two paths. Local writes go through the agent (Put,
