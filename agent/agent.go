@@ -97,6 +97,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/agent/replication"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
@@ -148,6 +149,10 @@ type Deps struct {
 	// UplinkWrapTransport wraps the uplink's transport; the simulator
 	// injects control plane outages with it. Nil wraps nothing.
 	UplinkWrapTransport func(http.RoundTripper) http.RoundTripper
+	// Models is the agent's model runtime, which receives the model
+	// versions deployed to the agent through the uplink (see
+	// uplink.Deps.Models); nil fetches no models.
+	Models modelsync.ModelInstaller
 }
 
 const (

@@ -199,6 +199,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
 			Revocations:   a.offerRevocations,
+			Models:        a.deps.Models,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err

@@ -15,6 +15,7 @@ type metrics struct {
 	enrollments   *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	auditAppended prometheus.Counter
+	models        *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -52,8 +53,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "controlplane_audit_records_total",
 			Help: "Audit records appended by this process.",
 		}),
+		models: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "controlplane_model_files_total",
+			Help: "Model files pushed (stored, refused) and delivered to agents (delivered).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended, m.models} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

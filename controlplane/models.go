@@ -50,16 +50,29 @@ func (s *Server) modelSignerID() string {
 func modelName(r *http.Request, c *call) (name, version string, err error) {
 	name, version = r.PathValue("name"), r.PathValue("version")
 	c.target = name
-	if err := fedlearn.CheckName(name); err != nil {
-		return "", "", badRequest("%s", strings.TrimPrefix(err.Error(), "fedlearn: "))
+	if err := checkModelName("name", name); err != nil {
+		return "", "", err
 	}
-	if r.Pattern != "" && strings.Contains(r.Pattern, "{version}") {
-		if err := fedlearn.CheckVersion(version); err != nil {
-			return "", "", badRequest("%s", strings.TrimPrefix(err.Error(), "fedlearn: "))
+	if strings.Contains(r.Pattern, "{version}") {
+		if err := checkModelName("version", version); err != nil {
+			return "", "", err
 		}
 		c.target = name + "@" + version
 	}
 	return name, version, nil
+}
+
+// checkModelName answers 400 for a model name or version fedlearn would
+// not write into a model file.
+func checkModelName(field, v string) error {
+	check, chars := fedlearn.CheckName, "letters, digits, '.', '_', '-'"
+	if field == "version" {
+		check, chars = fedlearn.CheckVersion, "letters, digits, '.', '_', '-', '+'"
+	}
+	if check(v) != nil {
+		return badRequest("%s: %q must be 1-%d %s, starting with a letter or digit", field, v, fedlearn.MaxNameLen, chars)
+	}
+	return nil
 }
 
 // modelInfo describes a decoded, signed model file.
@@ -99,6 +112,7 @@ func (s *Server) handlePushModel(w http.ResponseWriter, r *http.Request, c *call
 	}
 	f, err := fedlearn.Decode(b)
 	if err != nil {
+		s.metrics.models.WithLabelValues("refused").Inc()
 		return badRequest("model file refused: %s", strings.TrimPrefix(err.Error(), "fedlearn: "))
 	}
 	c.target = f.Name + "@" + f.Version
@@ -116,6 +130,7 @@ func (s *Server) handlePushModel(w http.ResponseWriter, r *http.Request, c *call
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
+		s.metrics.models.WithLabelValues("stored").Inc()
 		s.log.Info("model pushed", "model", f.Name, "version", f.Version, "digest", m.Digest, "by", c.actor)
 	} else if m, err = s.store.GetModel(r.Context(), f.Name, f.Version); err != nil {
 		return err
@@ -222,8 +237,8 @@ func (s *Server) handleDeployModel(w http.ResponseWriter, r *http.Request, c *ca
 	if err := s.decodeJSON(w, r, &req); err != nil {
 		return err
 	}
-	if err := fedlearn.CheckVersion(req.Version); err != nil {
-		return badRequest("%s", strings.TrimPrefix(err.Error(), "fedlearn: "))
+	if err := checkModelName("version", req.Version); err != nil {
+		return err
 	}
 	sel, err := parseModelSelector(req.Selector)
 	if err != nil {

@@ -146,6 +146,7 @@ func (s *Server) handleAgentModelFile(w http.ResponseWriter, r *http.Request, c 
 	if err != nil {
 		return err
 	}
+	s.metrics.models.WithLabelValues("delivered").Inc()
 	s.log.Debug("model delivered", "agent", c.agentID, "model", name, "version", version, "bytes", len(env))
 	writeBinary(w, cpapi.EnvelopeContentType, env)
 	return nil

@@ -370,6 +370,9 @@ func TestAgentModelDelivery(t *testing.T) {
 		t.Fatalf("agent b after relabel: %v %+v", err, r)
 	}
 	open(b, "occupancy", "1")
+	if m, err := e.admin.Metrics(e.ctx()); err != nil || !strings.Contains(m, `controlplane_model_files_total{result="delivered"} 3`) {
+		t.Errorf("delivery metric: %v", err)
+	}
 	// Bad parameters.
 	_, err = a.client.WatchModels(e.ctx(), "", 6*time.Minute)
 	if !errors.Is(err, cpapi.ErrBadRequest) {
@@ -378,5 +381,61 @@ func TestAgentModelDelivery(t *testing.T) {
 	status, msg := e.rawRequest("GET", "/v1/agent/models?wait=forever", "", nil, nil, &a.cert)
 	if status != http.StatusBadRequest || !strings.Contains(msg, "wait") {
 		t.Errorf("bad wait: %d %s", status, msg)
+	}
+}
+
+// TestAgentModelSelectors: an agent serves, per model, the newest active
+// deployment whose selector all its labels match.
+func TestAgentModelSelectors(t *testing.T) {
+	e := newKeyEnv(t, func(c *Config) { c.Keys.DevUnseal = true })
+	a := e.enrollPQ("edge-a", map[string]string{"site": "a", "floor": "2"}, 1)
+	for i, v := range []string{"1", "2", "3"} {
+		if _, err := e.admin.PushModel(e.ctx(), testModelFile(t, "occupancy", v, uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.admin.PushModel(e.ctx(), testModelFile(t, "hvac", "1", 9)); err != nil {
+		t.Fatal(err)
+	}
+	assigned := func() map[string]string {
+		t.Helper()
+		r, err := a.client.WatchModels(e.ctx(), "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, as := range r.Assignments {
+			out[as.Name] = as.Version + " via " + as.Selector
+		}
+		return out
+	}
+	deploy := func(name, v, sel string) {
+		t.Helper()
+		if _, err := e.admin.DeployModel(e.ctx(), name, v, sel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deploy("occupancy", "1", "site=a")
+	deploy("occupancy", "3", "site=a,floor=3") // not this agent: floor differs
+	deploy("occupancy", "2", "site=b")         // not this agent
+	if got := assigned(); got["occupancy"] != "1 via site=a" || len(got) != 1 {
+		t.Fatalf("assignments: %v", got)
+	}
+	deploy("occupancy", "2", "floor=2,site=a") // matches, newer
+	deploy("hvac", "1", "floor=2")
+	if got := assigned(); got["occupancy"] != "2 via floor=2,site=a" || got["hvac"] != "1 via floor=2" {
+		t.Fatalf("assignments: %v", got)
+	}
+	// Rollback works per selector: the first deployment has nothing below
+	// it; a later one returns to the version below it.
+	if _, err := e.admin.RollbackModel(e.ctx(), "occupancy", "site=a,floor=2"); !errors.Is(err, cpapi.ErrConflict) {
+		t.Fatalf("rollback of a first deployment: %v", err)
+	}
+	deploy("occupancy", "3", "floor=2,site=a")
+	if _, err := e.admin.RollbackModel(e.ctx(), "occupancy", "site=a,floor=2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := assigned(); got["occupancy"] != "2 via floor=2,site=a" {
+		t.Fatalf("after rollback: %v", got)
 	}
 }

@@ -576,6 +576,7 @@ func (s *Server) handleDecommission(w http.ResponseWriter, r *http.Request, c *c
 	// which answer with the list.
 	s.revocationChanged(context.WithoutCancel(r.Context()))
 	s.revokeAgentKeys(keyCtx(context.WithoutCancel(r.Context()), c), id)
+	s.models.watch.notify() // its held model request ends with 403
 	a.State = cpapi.StateDecommissioned
 	writeJSON(w, http.StatusOK, a)
 	return nil

@@ -595,6 +595,19 @@ func (a *AgentKeys) Keys() []KeyInfo {
 // ID is the agent id.
 func (a *AgentKeys) ID() string { return a.id }
 
+// OpenSealed opens an envelope the control plane sealed to this agent's
+// X-Wing key (recipient id = the agent id) with associated data aad: how
+// other material than key messages reaches the agent, such as model files.
+func (a *AgentKeys) OpenSealed(envelope, aad []byte) ([]byte, error) {
+	pt, _, err := pqcrypto.Open(nil, envelope, &pqcrypto.Keys{
+		RecipientID: a.id, PrivateKey: pqcrypto.PrivateKeyFor(a.skID, 1, a.sk), AAD: aad,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dkms: opening an envelope sealed to agent %q: %w", a.id, err)
+	}
+	return pt, nil
+}
+
 // seenIDs returns the remembered message ids (for tests).
 func (a *AgentKeys) seenIDs() []string {
 	a.mu.RLock()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -446,4 +447,46 @@ func FuzzDecodeContent(f *testing.F) {
 			t.Fatalf("decoded file does not encode: %v", err)
 		}
 	})
+}
+
+// wisdmModel is a model of the WISDM MLP's shape (43→64→6).
+func wisdmModel(b *testing.B) []byte {
+	a, err := ParseArch("mlp:64", 43, 6)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := &File{Name: "wisdm", Version: "1", Arch: a, Weights: InitWeights(a, 1), Labels: []string{"a", "b", "c", "d", "e", "f"},
+		Training: Training{Created: time.Unix(0, 0).UTC()}}
+	for i := range 43 {
+		m.Schema.Features = append(m.Schema.Features, Feature{Name: fmt.Sprintf("f%d", i), Metric: "m", Agg: AggLatest, Std: 1})
+	}
+	enc, err := m.Encode()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return enc
+}
+
+func BenchmarkModelFileDecode(b *testing.B) {
+	enc := wisdmModel(b)
+	b.SetBytes(int64(len(enc)))
+	for b.Loop() {
+		if _, err := Decode(enc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkModelFileVerify(b *testing.B) {
+	k, _ := pqcrypto.NewSigningKey(bytes.Repeat([]byte{1}, 32))
+	signed, err := Sign(wisdmModel(b), "cp", k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(signed)))
+	for b.Loop() {
+		if _, err := Verify(signed, k.Public()); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -300,21 +300,25 @@ func (u *Uplink) fetchKeys(ctx context.Context, client *cpapi.Client, ak *dkms.A
 // outcomeAborted: abortWatch ended the key request.
 const outcomeAborted outcome = -2
 
-// abortWatch cancels the key request in flight, if any, and waits until
-// it has returned. A heartbeat that failed at the network level suggests
+// abortWatch cancels the key request and the model request in flight, if
+// any, and waits until they have returned. A heartbeat that failed at the network level suggests
 // the connection is gone: a request held on it could sit there until
 // KeyWatchWait + RequestTimeout. The key watch then waits for the next
 // acknowledged heartbeat (or backoff_max) before it asks again, so an
 // outage is probed by the heartbeats alone.
 func (u *Uplink) abortWatch() {
 	u.mu.Lock()
-	abort, done := u.watchAbort, u.watchDone
+	held := []struct {
+		abort func()
+		done  chan struct{}
+	}{{u.watchAbort, u.watchDone}, {u.modelAbort, u.modelDone}}
 	u.mu.Unlock()
-	if abort == nil {
-		return
+	for _, h := range held {
+		if h.abort != nil {
+			h.abort()
+			<-h.done
+		}
 	}
-	abort()
-	<-done
 }
 
 // heartbeatKeys runs after each acknowledged heartbeat: once the key

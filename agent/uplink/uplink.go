@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
@@ -78,6 +79,11 @@ type Deps struct {
 	// that carries one. Called on the key watch loop; it must not block
 	// for long.
 	Revocations func(ctx context.Context, list []byte)
+	// Models, when set, is the agent's model runtime: the uplink watches
+	// the agent's model assignments and installs each assigned version it
+	// does not serve yet (see models.go). Needs Keyring (model files are
+	// sealed to the agent's key). Nil fetches no models.
+	Models modelsync.ModelInstaller
 }
 
 // Uplink is the agent's side of the control plane: enrollment, heartbeats
@@ -136,7 +142,10 @@ type Uplink struct {
 	watchAbort     func()        // cancels the held key request, nil when none
 	watchDone      chan struct{}
 	lastKeyFetch   time.Time
-	waiting        string // why uploads wait; "" while they flow
+	modelCursor    string        // of the last assignments all installed
+	modelAbort     func()        // cancels the held model request, nil when none
+	modelDone      chan struct{} // closed when that request returned
+	waiting        string        // why uploads wait; "" while they flow
 }
 
 // New validates cfg (see Config.Validate) and prepares an uplink; it does
@@ -152,6 +161,9 @@ func New(cfg Config, dataDir, name string, deps Deps) (*Uplink, error) {
 	}
 	if cfg.Enabled() && cfg.Seals() && deps.Keyring == nil {
 		return nil, fmt.Errorf("%w: seal_telemetry: sealing uploads needs the agent keyring (Deps.Keyring)", ErrInvalidConfig)
+	}
+	if deps.Models != nil && deps.Keyring == nil {
+		return nil, fmt.Errorf("%w: receiving models needs the agent keyring (Deps.Keyring): they are sealed to the agent's key", ErrInvalidConfig)
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
@@ -292,6 +304,9 @@ func (u *Uplink) Start(ctx context.Context) error {
 	u.run(lctx, u.heartbeatLoop)
 	if u.deps.Keyring != nil {
 		u.run(lctx, u.keyWatchLoop)
+	}
+	if u.deps.Models != nil {
+		u.run(lctx, u.modelWatchLoop)
 	}
 	if u.deps.Outbox != nil {
 		u.run(lctx, u.uploadLoop)

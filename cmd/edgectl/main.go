@@ -41,6 +41,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newBenchCmd(),
 		a.newDevicesCmd(), a.newStateCmd(), a.newInferenceCmd(),
 		a.newKeysCmd(), a.newCryptoCmd(),
+		a.newModelsCmd(),
 	)
 	return root
 }

@@ -35,7 +35,16 @@ func Config(t testing.TB, name, cluster string) agent.Config {
 // ends (Stop is a no-op on an agent the test stopped itself).
 func Start(t testing.TB, cfg agent.Config) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(cfg, agent.Deps{Logger: slog.New(slog.DiscardHandler)})
+	return StartWith(t, cfg, agent.Deps{})
+}
+
+// StartWith is Start with deps (a nil Logger discards logs).
+func StartWith(t testing.TB, cfg agent.Config, deps agent.Deps) *agent.Agent {
+	t.Helper()
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	a, err := agent.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
