@@ -71,14 +71,14 @@ features [{name, metric, agg, window}], labels, metrics, loaded, predictions}.`,
 				return err
 			}
 			ms = nonNil(ms)
-			return cli.Print(c.OutOrStdout(), format, ms, func(w io.Writer) error { return printModels(w, ms, s.a.now()) })
+			return cli.Print(c.OutOrStdout(), format, ms, func(w io.Writer) error { return printAgentModels(w, ms, s.a.now()) })
 		},
 	}
 	out.Register(c)
 	return c
 }
 
-func printModels(w io.Writer, ms []agentapi.Model, now time.Time) error {
+func printAgentModels(w io.Writer, ms []agentapi.Model, now time.Time) error {
 	if len(ms) == 0 {
 		_, err := fmt.Fprintln(w, "No models deployed on this agent.")
 		return err
