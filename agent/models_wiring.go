@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/models"
@@ -22,10 +23,10 @@ var ErrModelsDisabled = errors.New("agent: the model runtime is disabled (models
 // modelParts are the model runtime's parts (package agent/models).
 type modelParts struct {
 	mgr    *models.Manager
-	tap    *ingest.Tap   // nil without ingestion
-	store  *models.Store // nil without ingestion
-	rt     *models.Runtime
-	pub    *ingest.Publisher // predictions' own connection to an external broker
+	tap    *ingest.Tap                    // nil without ingestion
+	store  *models.Store                  // nil without ingestion
+	rt     atomic.Pointer[models.Runtime] // set once the runtime exists
+	pub    *ingest.Publisher              // predictions' own connection to an external broker
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -73,8 +74,8 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, up *uplink
 			return up.VerifyingKey()
 		},
 		Changed: func(serving []*models.Model) {
-			if p.rt != nil {
-				p.rt.SetModels(serving)
+			if rt := p.rt.Load(); rt != nil {
+				rt.SetModels(serving)
 			}
 		},
 	}
@@ -140,21 +141,21 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 				rc.Publisher, p.pub = pub, own
 			}
 		}
-		p.rt = models.NewRuntime(rc)
+		p.rt.Store(models.NewRuntime(rc))
 	}
 	if n, err := p.mgr.Load(ctx); err != nil {
 		a.log.Error("loading the deployed models", "err", err)
 	} else if n > 0 {
 		a.log.Info("deployed models loaded", "models", n)
 	}
-	if p.rt != nil {
-		p.rt.SetModels(p.mgr.List())
+	if rt := p.rt.Load(); rt != nil {
+		rt.SetModels(p.mgr.List())
 		bg, cancel := context.WithCancel(context.Background())
 		p.cancel = cancel
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.rt.Run(bg)
+			rt.Run(bg)
 		}()
 	}
 }
