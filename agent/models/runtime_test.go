@@ -241,3 +241,51 @@ func TestRuntimeBoundsInFlight(t *testing.T) {
 		t.Fatalf("stored %d of 8", n)
 	}
 }
+
+// TestInstallWhileServing swaps versions while the runtime predicts on
+// readings and the API predicts (run with -race): every prediction comes
+// from a whole version.
+func TestInstallWhileServing(t *testing.T) {
+	k := signingKey(t, 1)
+	rt, _, _, _ := newTestRuntime(t, testFile(t, "1", 3))
+	files := [][]byte{sign(t, testFile(t, "2", 4), k), sign(t, testFile(t, "3", 5), k)}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rt.Process(ctx, []ingest.TapReading{reading("r", "temperature", float64(i), 20), reading("r", "humidity", float64(i), 40), reading("r", "co2", float64(i), 600)})
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := rt.mg.Predict("comfort", []float64{21, 40, 600}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		if err := rt.mg.Install(ctx, files[i%2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if m, _ := rt.mg.Get("comfort"); m.Version() != "3" {
+		t.Fatalf("serving %s", m.Version())
+	}
+}
