@@ -149,6 +149,10 @@ type Deps struct {
 	// UplinkWrapTransport wraps the uplink's transport; the simulator
 	// injects control plane outages with it. Nil wraps nothing.
 	UplinkWrapTransport func(http.RoundTripper) http.RoundTripper
+	// Started, when set, is called once by Run after Start has returned
+	// (the agent serves, has joined or tried to); the process uses it to
+	// hand start-up's memory back (see RuntimeConfig.ReleaseStartupPages).
+	Started func()
 	// Models is the agent's model runtime, which receives the model
 	// versions deployed to the agent through the uplink (see
 	// uplink.Deps.Models); nil fetches no models.
@@ -553,6 +557,9 @@ func (a *Agent) claimName() error {
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Start(ctx); err != nil {
 		return err
+	}
+	if a.deps.Started != nil {
+		a.deps.Started()
 	}
 	var failed error
 	select {

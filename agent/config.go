@@ -188,7 +188,21 @@ type RuntimeConfig struct {
 	// environment variable, when set, takes precedence. 10..1000;
 	// default 25.
 	GCPercent int `yaml:"gc_percent"`
+	// ReleaseStartupPages, on Linux 5.4 or later, hands the pages of the
+	// agent's executable back to the kernel once start-up is over (when
+	// the agent serves, and again StartupPagesDelay later, after
+	// enrollment and the first syncs): the kernel maps code and read-only
+	// data in large pieces around every page touched, and start-up runs
+	// code that never runs again. Pages in use fault back in from the page
+	// cache or the disk. Measured on the 20.9 MB amd64 binary: 16.8 MB of
+	// it resident when idle after start, 7.6-9.3 MB after a release and
+	// 12,000 messages ingested. Default true.
+	ReleaseStartupPages bool `yaml:"release_startup_pages"`
 }
+
+// StartupPagesDelay is how long after start the executable's pages are
+// released a second time (RuntimeConfig.ReleaseStartupPages).
+const StartupPagesDelay = 30 * time.Second
 
 // Gossip profiles.
 const (
@@ -247,7 +261,7 @@ func DefaultConfig() Config {
 		Models:       defaultModelsConfig(),
 		ControlPlane: uplink.DefaultConfig(),
 		Log:          LogConfig{Level: "info", Format: "text"},
-		Runtime:      RuntimeConfig{GCPercent: 25},
+		Runtime:      RuntimeConfig{GCPercent: 25, ReleaseStartupPages: true},
 	}
 }
 

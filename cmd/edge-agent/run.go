@@ -1,18 +1,22 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/internal/procmem"
 )
 
 // applyRuntime configures the Go runtime of an agent process: the GC
@@ -23,6 +27,27 @@ func applyRuntime(rc agent.RuntimeConfig) {
 	runtime.MemProfileRate = 0
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(rc.GCPercent)
+	}
+}
+
+// releaseStartupPages hands the executable's pages back to the kernel now
+// and once more agent.StartupPagesDelay later (runtime.release_startup_pages).
+func releaseStartupPages(ctx context.Context, log *slog.Logger) {
+	for i := 0; ; i++ {
+		r, err := procmem.Release()
+		if err != nil {
+			log.Warn("releasing start-up pages of the executable", "err", err)
+			return
+		}
+		log.Debug("released start-up pages of the executable", "mappings", r.Mappings, "bytes", r.Bytes)
+		if i == 1 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(agent.StartupPagesDelay):
+		}
 	}
 }
 
@@ -68,12 +93,16 @@ variables, then the flags below. With no file the agent runs on defaults.`,
 			// agent's: one agent per process here.
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			a, err := agent.New(cfg, agent.Deps{Logger: logger, Registry: reg})
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			deps := agent.Deps{Logger: logger, Registry: reg}
+			if cfg.Runtime.ReleaseStartupPages {
+				deps.Started = func() { go releaseStartupPages(ctx, logger) }
+			}
+			a, err := agent.New(cfg, deps)
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			return a.Run(ctx)
 		},
 	}

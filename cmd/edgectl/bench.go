@@ -23,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
+	"github.com/edgefleet/edgefleet/internal/procstat"
 )
 
 // benchServer modes.
@@ -40,10 +41,12 @@ func (a *app) newBenchCmd() *cobra.Command {
 		dir           string
 		ingestBatches int
 		batchSize     int
+		flOpt         bench.FLOptions
+		flClock       string
 	)
 	c := &cobra.Command{
-		Use:   "bench controlplane",
-		Short: "Measure the control plane: heartbeat latency under N agents, server RSS, telemetry ingest",
+		Use:   "bench controlplane|fl",
+		Short: "Measure the control plane (heartbeat latency under N agents, server RSS, telemetry ingest) or FL aggregation",
 		Long: `bench controlplane enrolls --agents simulated agents, opens one mutual-TLS
 connection per agent, sends heartbeats at agents/interval per second for
 --duration and reports API latency percentiles (p50, p90, p99, max), the
@@ -62,18 +65,45 @@ The server is, in order of preference:
   --server-mode in-process: the server in this process (RSS then includes
       the load generator).
 
-The report has the same shape as 'edge-agent bench'.`,
+The report has the same shape as 'edge-agent bench'.
+
+bench fl measures federated-learning aggregation on this machine, no server:
+--fl-clients float32 updates of --fl-params values each, aggregated by
+FedAvg, FedMedian, FedTrimmedAvg (beta 0.2) and Krum (f = clients/10), each
+beside a plain loop computing the same model in the same run (updates/s,
+ratio = ours / plain; the two models are compared before timing). Time is
+this process's CPU time by default (--fl-clock cpu), so that other load on
+the machine does not count; everything runs on one goroutine.`,
 		Example: `  edgectl bench controlplane --agents 1000 --json
-  edgectl bench controlplane --agents 10000 --interval 10s --duration 20s --json`,
+  edgectl bench controlplane --agents 10000 --interval 10s --duration 20s --json
+  edgectl bench fl --json`,
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"controlplane"},
+		ValidArgs: []string{"controlplane", "fl"},
 		RunE: func(c *cobra.Command, args []string) error {
-			if args[0] != "controlplane" {
-				return cli.Usagef("unknown bench suite %q (suites: controlplane)", args[0])
+			if args[0] != "controlplane" && args[0] != "fl" {
+				return cli.Usagef("unknown bench suite %q (suites: controlplane, fl)", args[0])
 			}
 			format, err := out.Format()
 			if err != nil {
 				return err
+			}
+			if args[0] == "fl" {
+				if flOpt.Clients < 1 || flOpt.Params < 1 || flOpt.Rounds < 1 {
+					return cli.Usagef("--fl-clients, --fl-params and --fl-rounds must be positive")
+				}
+				switch flClock {
+				case "cpu":
+					flOpt.Now = func() time.Time { return time.Unix(0, int64(procstat.CPUSeconds()*1e9)) }
+				case "wall":
+				default:
+					return cli.Usagef("--fl-clock %q: want cpu or wall", flClock)
+				}
+				rep, err := bench.RunFL(c.Context(), flOpt)
+				if err != nil {
+					return err
+				}
+				rep.Machine["clock"] = flClock
+				return cli.Print(c.OutOrStdout(), format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
 			}
 			if load.Agents < 1 || load.Interval <= 0 || load.Duration <= 0 {
 				return cli.Usagef("--agents, --interval and --duration must be positive")
@@ -214,6 +244,11 @@ The report has the same shape as 'edge-agent bench'.`,
 	f.StringVar(&dir, "dir", "", "scratch directory for the server and ingest databases (default: a temporary directory, removed afterwards)")
 	f.IntVar(&ingestBatches, "ingest-batches", 200, "telemetry ingest: batches to write (0 skips the ingest measurement)")
 	f.IntVar(&batchSize, "batch-size", 1000, "telemetry ingest: readings per batch")
+	f.IntVar(&flOpt.Clients, "fl-clients", 1000, "fl: updates per aggregation")
+	f.IntVar(&flOpt.Params, "fl-params", 10000, "fl: model parameters per update")
+	f.IntVar(&flOpt.Rounds, "fl-rounds", 3, "fl: measurement rounds (medians are reported)")
+	f.Uint64Var(&flOpt.Seed, "fl-seed", 1, "fl: seed of the random updates")
+	f.StringVar(&flClock, "fl-clock", "cpu", "fl: time by this process's CPU time (cpu: per-core cost, robust to other load on the machine) or by the wall clock (wall)")
 	return c
 }
 

@@ -696,6 +696,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"controlplane", "--data", "x", "--memory-limit", "lots"},
 		{"bench", "controlplane", "--agents", "0"},
 		{"bench", "widgets"},
+		{"bench", "fl", "--fl-clients", "0"},
+		{"bench", "fl", "--fl-clock", "sundial"},
 		{"--timeout", "soon", "agents", "list"},
 	} {
 		if r := e.run(args...); r.code != 2 {
@@ -880,6 +882,22 @@ func TestBenchControlplaneInProcess(t *testing.T) {
 	checkBenchReport(t, rep)
 	if !strings.HasPrefix(rep.Machine["server"], "in-process") {
 		t.Errorf("machine: %v", rep.Machine)
+	}
+}
+
+func TestBenchFL(t *testing.T) {
+	e := bareEnv(t)
+	rep := decodeJSON[bench.Report](t, e.must("bench", "fl", "--fl-clients", "12", "--fl-params", "100", "--fl-rounds", "1", "--json"))
+	if rep.Suite != "fl" || len(rep.Results) != 4 || rep.Machine["clock"] != "cpu" {
+		t.Fatalf("report: %+v", rep)
+	}
+	for _, r := range rep.Results {
+		if r.Baseline == nil || r.Value <= 0 || r.Baseline.Value <= 0 || math.Abs(r.Ratio-r.Value/r.Baseline.Value) > 1e-9 {
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	if out := e.must("bench", "fl", "--fl-clients", "12", "--fl-params", "100", "--fl-rounds", "1"); !strings.Contains(out, "krum") || !strings.Contains(out, "all_pairs_krum") {
+		t.Errorf("table: %s", out)
 	}
 }
 
