@@ -153,9 +153,10 @@ type Deps struct {
 	// (the agent serves, has joined or tried to); the process uses it to
 	// hand start-up's memory back (see RuntimeConfig.ReleaseStartupPages).
 	Started func()
-	// Models is the agent's model runtime, which receives the model
-	// versions deployed to the agent through the uplink (see
-	// uplink.Deps.Models); nil fetches no models.
+	// Models is the model runtime that receives the model versions
+	// deployed to the agent through the uplink (see uplink.Deps.Models);
+	// nil means the agent's own (package agent/models, models.enabled;
+	// with the model runtime disabled no models are fetched).
 	Models modelsync.ModelInstaller
 }
 

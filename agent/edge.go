@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/uplink"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // ErrIngestDisabled: ingestion is off (ingest.enabled false), so there is
@@ -183,6 +184,24 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 	}
 
 	var up *uplink.Uplink
+	// The model runtime checks model files with the control plane's key,
+	// which the uplink pins; the uplink installs the models deployed to
+	// the agent into it.
+	mp, err := a.startModels(ctx, store, func() *pqcrypto.VerifyingKey {
+		if up == nil {
+			return nil
+		}
+		return up.VerifyingKey()
+	})
+	if err != nil {
+		return fmt.Errorf("agent: models: %w", err)
+	}
+	undo = append(undo, func() { mp.stop() })
+	installer := a.deps.Models
+	if installer == nil && mp != nil {
+		installer = mp.mgr
+	}
+
 	if a.cfg.ControlPlane.URL != "" {
 		var seed [32]byte
 		if _, err := io.ReadFull(a.rnd, seed[:]); err != nil {
@@ -199,7 +218,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
 			Revocations:   a.offerRevocations,
-			Models:        a.deps.Models,
+			Models:        installer,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err
@@ -215,12 +234,6 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		}
 		undo = append(undo, up.Stop)
 	}
-
-	mp, err := a.startModels(ctx, store, up)
-	if err != nil {
-		return fmt.Errorf("agent: models: %w", err)
-	}
-	undo = append(undo, func() { mp.stop() })
 
 	var broker *ingest.Broker
 	var in *ingest.Ingestor

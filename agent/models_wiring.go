@@ -13,7 +13,6 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/models"
-	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -44,9 +43,10 @@ func (a *Agent) Models() *models.Manager {
 
 // startModels builds the model manager, and with ingestion the tap
 // ingestion hands committed readings to and the predictions database.
-// Models are loaded (and verified again) once the uplink has the control
-// plane's key: see runModels.
-func (a *Agent) startModels(ctx context.Context, store *ingest.Store, up *uplink.Uplink) (*modelParts, error) {
+// controlPlaneKey is the key the uplink pinned (nil before enrollment).
+// Models are loaded (and verified again) once the uplink has started:
+// see runModels.
+func (a *Agent) startModels(ctx context.Context, store *ingest.Store, controlPlaneKey func() *pqcrypto.VerifyingKey) (*modelParts, error) {
 	mc := a.cfg.Models
 	if !mc.Enabled {
 		return nil, nil
@@ -68,10 +68,7 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, up *uplink
 			if fileKey != nil {
 				return fileKey
 			}
-			if up == nil {
-				return nil
-			}
-			return up.VerifyingKey()
+			return controlPlaneKey()
 		},
 		Changed: func(serving []*models.Model) {
 			if rt := p.rt.Load(); rt != nil {

@@ -37,7 +37,10 @@
 // (readings after it are ignored), imputed and standardised as the
 // schema says: the same code builds training examples, so a model sees
 // the same features in training and in service. Non-finite readings are
-// not used.
+// not used. The windows hold the readings committed while a model reads
+// their metric: after a model is deployed, or the agent restarts, a
+// windowed feature sees only the readings since then until its window
+// has passed (they are not read back from the ingestion database).
 //
 // # From commit to prediction
 //

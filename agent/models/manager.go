@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
@@ -115,6 +116,19 @@ func (mg *Manager) List() []*Model {
 	sort.Slice(out, func(i, j int) bool { return out[i].spec.Name < out[j].spec.Name })
 	return out
 }
+
+// Installed lists the serving models' name, version and digest
+// (modelsync.ModelInstaller, for the uplink).
+func (mg *Manager) Installed() []modelsync.InstalledModel {
+	ms := mg.List()
+	out := make([]modelsync.InstalledModel, len(ms))
+	for i, m := range ms {
+		out[i] = modelsync.InstalledModel{Name: m.spec.Name, Version: m.spec.Version, Digest: m.spec.Digest}
+	}
+	return out
+}
+
+var _ modelsync.ModelInstaller = (*Manager)(nil)
 
 // Predict predicts with the named model from raw features in schema
 // order (NaN: missing, imputed). Errors wrap ErrUnknownModel or
