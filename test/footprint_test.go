@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/bench/ingestbench"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cptest"
 	"github.com/edgefleet/edgefleet/internal/modeltest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
@@ -42,9 +43,9 @@ var (
 // a quiet machine.
 //
 // With -footprint.model the agent serves a model on every message: it is
-// deployed (signed, with models.verifying_key_file naming its key) in the
-// data directory before start, loaded and verified there, and every
-// reading's prediction is published and stored.
+// pushed to the control plane and deployed to the agent (signed, sealed,
+// verified) before devices publish, and every message's prediction is
+// published and stored.
 //
 //	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded] [-footprint.model]
 func TestAgentFootprint(t *testing.T) {
@@ -68,7 +69,7 @@ func TestAgentFootprint(t *testing.T) {
 	srv, cp := cptest.Start(t, cptest.Config(filepath.Join(dir, "cp")))
 	ctx, cancel := context.WithTimeout(context.Background(), *footprintFor+2*time.Minute)
 	defer cancel()
-	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)
+	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, map[string]string{"role": "footprint"}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +82,6 @@ func TestAgentFootprint(t *testing.T) {
 	args := []string{"run", "--data", p.dataDir, "--bind", p.gossip, "--api", p.api, "--node-name", p.name,
 		"--control-plane", srv.URL(), "--ca", srv.CAPath(), "--enrollment-token-file", tokFile}
 	args = append(args, brokerArgs...)
-	if *footprintMod {
-		args = append(args, "--config", deployTestModel(t, p.dataDir))
-	}
 	p.startWith(append(os.Environ(), "EDGEFLEET_GOSSIP_KEY="+testGossipKey), args...)
 	broker := p.waitBroker()
 	eventually(t, 30*time.Second, "agent enrolled", func() error {
@@ -98,6 +96,9 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		return nil
 	})
+	if *footprintMod {
+		deployTestModel(t, ctx, cp, p)
+	}
 	pid := strconv.Itoa(p.cmd.Process.Pid)
 	idle := readStatus(t, pid) // VmHWM here: the peak of start-up and enrollment
 
@@ -211,24 +212,34 @@ func TestAgentFootprint(t *testing.T) {
 	}
 }
 
-// deployTestModel writes the comfort model, signed, into the agent's data
-// directory and a config naming its verifying key; it returns the
-// config's path.
-func deployTestModel(t *testing.T, dataDir string) string {
+// deployTestModel pushes the comfort model to the control plane, deploys
+// it to the agent's label and waits until the agent serves it.
+func deployTestModel(t *testing.T, ctx context.Context, cp *cpapi.Client, p *proc) {
 	t.Helper()
-	k := modeltest.Key(t, 7)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "models.yaml")
-	if err := os.WriteFile(cfg, []byte("models:\n  verifying_key_file: "+modeltest.KeyFile(t, dir, k)+"\n"), 0o600); err != nil {
+	b, err := modeltest.Comfort(t, "1", 7).Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(dataDir, "models"), 0o700); err != nil {
+	if _, err := cp.PushModel(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dataDir, "models", "comfort.model"), modeltest.Sign(t, modeltest.Comfort(t, "1", 7), k), 0o600); err != nil {
+	if _, err := cp.DeployModel(ctx, "comfort", "1", "role=footprint"); err != nil {
 		t.Fatal(err)
 	}
-	return cfg
+	eventually(t, 30*time.Second, "the agent serves the model", func() error {
+		var l struct {
+			Models []struct {
+				Name string `json:"name"`
+			} `json:"models"`
+		}
+		if err := p.getJSON("/v1/models", &l); err != nil {
+			return err
+		}
+		if len(l.Models) != 1 {
+			return fmt.Errorf("models %v", l.Models)
+		}
+		return nil
+	})
 }
 
 // reportInference logs the model's predictions and inference latency from
