@@ -129,7 +129,7 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 	}
 	if p.tap != nil {
 		rc := models.RuntimeConfig{Manager: p.mgr, Tap: p.tap, Store: p.store, MaxDevices: a.cfg.Models.MaxDevices,
-			MaxPoints: a.cfg.Models.MaxPoints, Clock: a.clk, Logger: a.log.With("component", "inference")}
+			MaxPoints: a.cfg.Models.MaxPoints, MaxInFlight: a.cfg.Models.PublishMaxInFlight, Clock: a.clk, Logger: a.log.With("component", "inference")}
 		if a.cfg.Models.Publish && in != nil {
 			pub, own, err := a.inferencePublisher(in)
 			if err != nil {

@@ -53,7 +53,7 @@ type RuntimeConfig struct {
 	// acknowledged by the broker; past it predictions are not published
 	// (counted in edgefleet_inference_publish_failures_total), so a slow
 	// broker never holds inference back nor grows memory (about 1 KB
-	// each). Default 512.
+	// each). Default 128.
 	MaxInFlight int
 	// Clock stamps predictions. Nil means clock.Real().
 	Clock clock.Clock
@@ -139,7 +139,7 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 		cfg.MaxPoints = 128
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 512
+		cfg.MaxInFlight = 128
 	}
 	rt := &Runtime{cfg: cfg, clk: clock.Or(cfg.Clock), log: cfg.Logger, mg: cfg.Manager,
 		devices: map[string]*deviceWindow{}, lru: list.New(), seen: map[trigger]struct{}{}}
