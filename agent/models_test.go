@@ -191,3 +191,32 @@ func (c apiClient) metrics() string {
 }
 
 func nanF() float64 { return math.NaN() }
+
+// TestModelsWithoutIngestOrDisabled: without ingestion models still
+// install and answer predict; with the model runtime off the API says so.
+func TestModelsWithoutIngestOrDisabled(t *testing.T) {
+	t.Parallel()
+	k := modeltest.Key(t, 6)
+	keyFile := modeltest.KeyFile(t, t.TempDir(), k)
+	c := newCluster(t)
+	a := c.start("no-ingest", nil, func(cfg *Config) { cfg.Models.VerifyingKeyFile = keyFile })
+	if a.Ingest() != nil {
+		t.Fatal("ingestion runs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Models().Install(ctx, modeltest.Sign(t, modeltest.Comfort(t, "1", 2), k)); err != nil {
+		t.Fatal(err)
+	}
+	api := apiClient{t: t, base: "http://" + a.APIAddr()}
+	api.expect("POST", "/v1/models/comfort/predict", `{"features":[21,40,600]}`, 200)
+
+	b := c.start("disabled", nil, func(cfg *Config) { cfg.Models.Enabled = false })
+	if b.Models() != nil {
+		t.Fatal("model manager with models.enabled false")
+	}
+	off := apiClient{t: t, base: "http://" + b.APIAddr()}
+	if obj := off.expect("GET", "/v1/models", "", 503); !strings.Contains(obj["error"].(string), "models.enabled") {
+		t.Fatalf("disabled: %v", obj)
+	}
+}
