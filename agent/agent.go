@@ -12,12 +12,14 @@
 // and agent/uplink. A room imports only rooms below it (replication imports
 // membership); this package builds them in Start and keeps the Agent API.
 //
-// Ingestion feeds two consumers after each group commit: the uplink,
-// which uploads the commit's outbox batch, and the device registry, a
+// Ingestion feeds three consumers after each group commit: the uplink,
+// which uploads the commit's outbox batch, the device registry, a
 // replicated LWW collection "devices" holding one DeviceRecord per device
 // (written on first sight, then at most every
 // ingest.device_registry_interval), so every agent lists the whole
-// fleet's devices. Neither the control plane nor the broker being away
+// fleet's devices, and the model runtime (package agent/models), which
+// takes the readings its deployed models read through a bounded queue
+// and publishes their predictions. Neither the control plane nor the broker being away
 // stops the agent: Start never waits for them.
 //
 // Replication has two paths. Local writes go through the agent (Put,
@@ -152,9 +154,10 @@ type Deps struct {
 	// (the agent serves, has joined or tried to); the process uses it to
 	// hand start-up's memory back (see RuntimeConfig.ReleaseStartupPages).
 	Started func()
-	// Models is the agent's model runtime, which receives the model
-	// versions deployed to the agent through the uplink (see
-	// uplink.Deps.Models); nil fetches no models.
+	// Models is the model runtime that receives the model versions
+	// deployed to the agent through the uplink (see uplink.Deps.Models);
+	// nil means the agent's own (package agent/models, models.enabled;
+	// with the model runtime disabled no models are fetched).
 	Models modelsync.ModelInstaller
 }
 
@@ -202,6 +205,7 @@ type Agent struct {
 	broker      *ingest.Broker
 	mqttURL     string
 	registry    *devices.Registry
+	models      *modelParts // nil with the model runtime off
 	up          *uplink.Uplink
 	training    *training.Manager // nil when training is disabled
 	startedAt   time.Time

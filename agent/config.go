@@ -47,6 +47,9 @@ type Config struct {
 	State StateConfig `yaml:"state"`
 	// Ingest configures device-data ingestion over MQTT.
 	Ingest IngestConfig `yaml:"ingest"`
+	// Models configures the model runtime: deployed models run on
+	// arriving readings.
+	Models ModelsConfig `yaml:"models"`
 	// ControlPlane configures the uplink to the control plane; an empty
 	// URL runs the agent standalone.
 	ControlPlane uplink.Config `yaml:"control_plane"`
@@ -272,6 +275,7 @@ func DefaultConfig() Config {
 			MaxClockDrift:      time.Minute,
 		},
 		Ingest:       defaultIngestConfig(),
+		Models:       defaultModelsConfig(),
 		ControlPlane: uplink.DefaultConfig(),
 		Log:          LogConfig{Level: "info", Format: "text"},
 		Runtime:      RuntimeConfig{GCPercent: 25, ReleaseStartupPages: true},
@@ -712,6 +716,9 @@ func (c *Config) Validate() error {
 		return errors.New("agent: state.max_clock_drift: must be positive")
 	}
 	if err := c.Ingest.validate(); err != nil {
+		return err
+	}
+	if err := c.Models.validate(); err != nil {
 		return err
 	}
 	if err := c.ControlPlane.Validate(); err != nil {

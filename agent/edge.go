@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/devices"
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/uplink"
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 // ErrIngestDisabled: ingestion is off (ingest.enabled false), so there is
@@ -183,6 +184,24 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 	}
 
 	var up *uplink.Uplink
+	// The model runtime checks model files with the control plane's key,
+	// which the uplink pins; the uplink installs the models deployed to
+	// the agent into it.
+	mp, err := a.startModels(ctx, store, func() *pqcrypto.VerifyingKey {
+		if up == nil {
+			return nil
+		}
+		return up.VerifyingKey()
+	})
+	if err != nil {
+		return fmt.Errorf("agent: models: %w", err)
+	}
+	undo = append(undo, func() { mp.stop() })
+	installer := a.deps.Models
+	if installer == nil && mp != nil {
+		installer = mp.mgr
+	}
+
 	if a.cfg.ControlPlane.URL != "" {
 		var seed [32]byte
 		if _, err := io.ReadFull(a.rnd, seed[:]); err != nil {
@@ -199,7 +218,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			KeysChanged:   a.keysChanged.Fire,
 			KeyRelay:      a.relayKeys,
 			Revocations:   a.offerRevocations,
-			Models:        a.deps.Models,
+			Models:        installer,
 		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err
@@ -245,6 +264,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if up != nil {
 			sinks = append(sinks, up)
 		}
+		if mp != nil && mp.tap != nil {
+			sinks = append(sinks, mp.tap)
+		}
 		in, err = ingest.New(ingest.Config{
 			Store:             store,
 			MQTT:              mc,
@@ -273,8 +295,10 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		undo = append(undo, func() { in.Stop() })
 	}
 
+	a.runModels(ctx, mp, in)
 	a.mu.Lock()
 	a.ingestStore, a.registry, a.up, a.broker, a.ingestor, a.mqttURL = store, reg, up, broker, in, mqttURL
+	a.models = mp
 	a.mu.Unlock()
 
 	if broker != nil {
@@ -339,13 +363,16 @@ func (a *Agent) mqttClientConfig(name string) (ingest.MQTTConfig, error) {
 // database last.
 func (a *Agent) stopEdge(ctx context.Context, graceful bool) []error {
 	a.mu.Lock()
-	in, up, reg, broker, store := a.ingestor, a.up, a.registry, a.broker, a.ingestStore
+	in, up, reg, broker, store, mp := a.ingestor, a.up, a.registry, a.broker, a.ingestStore, a.models
 	a.mu.Unlock()
 	var errs []error
 	if in != nil {
 		if err := in.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("agent: stopping ingestion: %w", err))
 		}
+	}
+	if err := mp.stop(); err != nil {
+		errs = append(errs, err)
 	}
 	if up != nil {
 		up.Stop()

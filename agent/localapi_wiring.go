@@ -14,6 +14,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/localapi"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/agent/training"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -30,7 +31,7 @@ func (a *Agent) Handler() http.Handler {
 		IngestTopic:     a.cfg.Ingest.Topic,
 		IngestEmbedded:  a.cfg.Ingest.MQTT.Broker == "",
 		Version:         Version,
-		Unavailable:     []error{ErrNotRunning, ErrIngestDisabled, ErrTrainingDisabled},
+		Unavailable:     []error{ErrNotRunning, ErrIngestDisabled, ErrTrainingDisabled, ErrModelsDisabled},
 		Registry:        a.reg,
 		Logger:          a.log,
 		Clock:           a.clk,
@@ -157,4 +158,15 @@ func (b apiBackend) Training() (*training.Manager, error) {
 		return nil, ErrTrainingDisabled
 	}
 	return m, nil
+}
+
+func (b apiBackend) Models() (*models.Manager, error) {
+	if !b.a.running.Load() {
+		return nil, ErrNotRunning
+	}
+	mg := b.a.Models()
+	if mg == nil {
+		return nil, ErrModelsDisabled
+	}
+	return mg, nil
 }

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +19,9 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/bench/ingestbench"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cptest"
+	"github.com/edgefleet/edgefleet/internal/modeltest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
@@ -26,6 +31,7 @@ var (
 	footprintMax  = flag.Float64("footprint.max-mb", 30, "TestAgentFootprint: most resident memory allowed, MB")
 	footprintEmb  = flag.Bool("footprint.embedded", false, "TestAgentFootprint: devices publish to the agent's embedded broker instead of Mosquitto")
 	footprintDevs = flag.Int("footprint.devices", 10, "TestAgentFootprint: devices publishing, each on its own connection")
+	footprintMod  = flag.Bool("footprint.model", false, "TestAgentFootprint: deploy a model (MLP 3→8→2, a windowed feature) that predicts on every message")
 )
 
 // TestAgentFootprint measures the resident memory of a whole edge-agent
@@ -36,7 +42,12 @@ var (
 // memory then counts). It runs only when asked (-footprint 30s): it needs
 // a quiet machine.
 //
-//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded]
+// With -footprint.model the agent serves a model on every message: it is
+// pushed to the control plane and deployed to the agent (signed, sealed,
+// verified) before devices publish, and every message's prediction is
+// published and stored.
+//
+//	go test ./test/ -run TestAgentFootprint -v -args -footprint 30s [-footprint.embedded] [-footprint.model]
 func TestAgentFootprint(t *testing.T) {
 	if *footprintFor <= 0 {
 		t.Skip("footprint run: give -footprint DURATION to run it")
@@ -58,7 +69,7 @@ func TestAgentFootprint(t *testing.T) {
 	srv, cp := cptest.Start(t, cptest.Config(filepath.Join(dir, "cp")))
 	ctx, cancel := context.WithTimeout(context.Background(), *footprintFor+2*time.Minute)
 	defer cancel()
-	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, nil, 1)
+	toks, err := cp.CreateEnrollmentTokens(ctx, time.Hour, map[string]string{"role": "footprint"}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,6 +96,9 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		return nil
 	})
+	if *footprintMod {
+		deployTestModel(t, ctx, cp, p)
+	}
 	pid := strconv.Itoa(p.cmd.Process.Pid)
 	idle := readStatus(t, pid) // VmHWM here: the peak of start-up and enrollment
 
@@ -190,9 +204,108 @@ func TestAgentFootprint(t *testing.T) {
 		rss[len(rss)/2], rss[len(rss)*9/10], peak.RSS, peak.at.Seconds(), peak.Anon, peak.File)
 	t.Logf("while the last commits and uploads finish: max %.1f MB at %.1fs (anon %.1f); peak of the process (VmHWM) %.1f MB",
 		drainPeak.RSS, drainPeak.at.Seconds(), drainPeak.Anon, after.HWM)
+	if *footprintMod {
+		reportInference(t, p, sent)
+	}
 	if *footprintMax > 0 && after.HWM > *footprintMax {
 		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, *footprintMax)
 	}
+}
+
+// deployTestModel pushes the comfort model to the control plane, deploys
+// it to the agent's label and waits until the agent serves it.
+func deployTestModel(t *testing.T, ctx context.Context, cp *cpapi.Client, p *proc) {
+	t.Helper()
+	b, err := modeltest.Comfort(t, "1", 7).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.PushModel(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.DeployModel(ctx, "comfort", "1", "role=footprint"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the agent serves the model", func() error {
+		var l struct {
+			Models []struct {
+				Name string `json:"name"`
+			} `json:"models"`
+		}
+		if err := p.getJSON("/v1/models", &l); err != nil {
+			return err
+		}
+		if len(l.Models) != 1 {
+			return fmt.Errorf("models %v", l.Models)
+		}
+		return nil
+	})
+}
+
+// reportInference logs the model's predictions and inference latency from
+// the agent's metrics and checks that every message got its prediction.
+func reportInference(t *testing.T, p *proc, sent int) {
+	t.Helper()
+	var val map[string]float64
+	var buckets [][2]float64 // le, cumulative count
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		val, buckets = scrapeAll(t, p)
+		done := val[`edgefleet_inference_predictions_total{model="comfort"}`] + val["edgefleet_inference_dropped_readings_total"]
+		if done >= float64(sent) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	preds := val[`edgefleet_inference_predictions_total{model="comfort"}`]
+	count := val["edgefleet_inference_latency_seconds_count"]
+	p99 := math.Inf(1)
+	for _, bk := range buckets {
+		if bk[1] >= 0.99*count {
+			p99 = bk[0]
+			break
+		}
+	}
+	t.Logf("inference: %.0f predictions for %d messages, mean latency %.1f µs, p99 <= %g ms (histogram bucket), dropped readings %.0f, publish failures %.0f, store failures %.0f",
+		preds, sent, 1e6*val["edgefleet_inference_latency_seconds_sum"]/count, p99*1e3,
+		val["edgefleet_inference_dropped_readings_total"], val["edgefleet_inference_publish_failures_total"], val["edgefleet_inference_store_failures_total"])
+	if preds+val["edgefleet_inference_dropped_readings_total"] < float64(sent) {
+		t.Errorf("%.0f predictions and %.0f dropped readings for %d messages", preds, val["edgefleet_inference_dropped_readings_total"], sent)
+	}
+}
+
+// scrapeAll reads the agent's metrics: value by name and labels, and the
+// inference latency histogram's buckets.
+func scrapeAll(t *testing.T, p *proc) (map[string]float64, [][2]float64) {
+	t.Helper()
+	resp, err := http.Get(p.url("/metrics"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := map[string]float64{}
+	var buckets [][2]float64
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			continue
+		}
+		val[name] = f
+		if le, ok := strings.CutPrefix(name, `edgefleet_inference_latency_seconds_bucket{le="`); ok {
+			if x, err := strconv.ParseFloat(strings.TrimSuffix(le, `"}`), 64); err == nil {
+				buckets = append(buckets, [2]float64{x, f})
+			}
+		}
+	}
+	return val, buckets
 }
 
 // procMem is a process's resident memory in MB, from /proc/PID/status.

@@ -266,6 +266,10 @@ func TestWireTypesMatchTheAgent(t *testing.T) {
 	if p := strict[agentapi.PurgeResult](t, base, "DELETE", "/v1/dead-letters?all=true", "", 200); p.Purged != 1 {
 		t.Fatalf("purge: %+v", p)
 	}
+	if l := strict[agentapi.ModelList](t, base, "GET", "/v1/models", "", 200); l.Models == nil || len(l.Models) != 0 {
+		t.Fatalf("models: %+v", l)
+	}
+	strict[agentapi.ErrorBody](t, base, "POST", "/v1/models/none/predict", `{"features":[1]}`, 404)
 
 	// The client's calls decode the same answers.
 	if l, err := c.List(ctx, "hits"); err != nil || len(l.Counters) != 1 {

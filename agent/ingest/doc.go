@@ -165,6 +165,13 @@
 // counted (edgefleet_ingest_outbox_evicted_readings_total,
 // StoreStats.OutboxEvicted) and logged.
 //
+// # Post-commit observers
+//
+// A Tap is a Sink that copies the numeric readings of the metrics it is
+// given into a bounded queue for a consumer on another goroutine (the
+// model runtime). It never blocks the commit path: when its queue is
+// full it drops the oldest readings and counts them.
+//
 // # Backpressure
 //
 // When the outbox stays over its bound after eviction, or the database

@@ -92,6 +92,7 @@ type Backend interface {
 	Edge
 	Control
 	Training
+	Inference
 }
 
 // Config are the API's settings.
@@ -155,6 +156,11 @@ type server struct {
 //	GET    /v1/training/jobs/{id}          TrainingJob: state, epochs done, loss and accuracy per epoch; 404 unknown
 //	DELETE /v1/training/jobs/{id}          cancels a queued or running job; answers the job
 //	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done
+//	GET    /v1/models                      {"models": [Model...]}: the models serving, by name
+//	POST   /v1/models/{name}/predict       body {"features": [v...]} or {"features": {"name": v}} (null: imputed);
+//	                                       {"model","version","class":{"index","label"},"probabilities"};
+//	                                       400 naming a wrong count, an unknown or missing name, a non-finite value;
+//	                                       404 unknown model
 //
 // The answers are package agentapi's types. A collection's type comes
 // from State.CollectionType. A PUT or DELETE answers 200 only after the
@@ -194,6 +200,8 @@ func New(b Backend, cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/uplink", s.handleUplink)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	s.routeTraining(mux)
+	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("POST /v1/models/{name}/predict", s.handlePredict)
 	allowed := map[string]string{
 		"/healthz":                        "GET",
 		"/readyz":                         "GET",
@@ -209,6 +217,8 @@ func New(b Backend, cfg Config) http.Handler {
 		"/v1/ingest":                      "GET",
 		"/v1/uplink":                      "GET",
 		"/v1/status":                      "GET",
+		"/v1/models":                      "GET",
+		"/v1/models/{name}/predict":       "POST",
 	}
 	for path, allow := range trainingAllow {
 		allowed[path] = allow

@@ -19,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/agent/keys"
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/agent/training"
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
@@ -41,6 +42,7 @@ type fake struct {
 	cmdErr    error
 	commitErr error // answered by Commit instead of running the op
 	training  *training.Manager
+	models    *models.Manager
 }
 
 func (f *fake) LiveStore() (*crdt.Store, error) {
@@ -99,6 +101,13 @@ func (f *fake) Training() (*training.Manager, error) {
 		return nil, errDisabled
 	}
 	return f.training, nil
+}
+
+func (f *fake) Models() (*models.Manager, error) {
+	if f.models == nil {
+		return nil, errDisabled
+	}
+	return f.models, nil
 }
 
 func newServer(t *testing.T, f *fake) string {

@@ -173,7 +173,7 @@ func (s *server) handleTrainingModel(w http.ResponseWriter, r *http.Request) {
 	md, err := m.Model(r.PathValue("id"))
 	switch {
 	case err == nil:
-		writeJSON(w, http.StatusOK, wireModel(md))
+		writeJSON(w, http.StatusOK, wireTrainedModel(md))
 	case errors.Is(err, training.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, training.ErrNotDone):
@@ -210,7 +210,7 @@ func wireJob(j training.Job) agentapi.TrainingJob {
 	return out
 }
 
-func wireModel(m training.Model) agentapi.TrainedModel {
+func wireTrainedModel(m training.Model) agentapi.TrainedModel {
 	arch, _ := json.Marshal(m.Arch)
 	schema, _ := json.Marshal(m.Schema)
 	stats, _ := json.Marshal(m.Stats)

@@ -460,3 +460,20 @@ func keyVersions(ak *dkms.AgentKeys) map[string]uint32 {
 	}
 	return out
 }
+
+// VerifyingKey is the control plane's pinned ML-DSA-65 key (the one that
+// signs key messages and model files); nil before the agent is enrolled
+// and has pinned it.
+func (u *Uplink) VerifyingKey() *pqcrypto.VerifyingKey {
+	u.mu.Lock()
+	var rec identityRecord
+	if u.id != nil {
+		rec = u.id.identityRecord
+	}
+	u.mu.Unlock()
+	vk, err := rec.verifyingKey()
+	if err != nil {
+		return nil
+	}
+	return vk
+}
