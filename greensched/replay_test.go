@@ -127,3 +127,52 @@ func TestReplaySharedTraces(t *testing.T) {
 			c.zone, perfect.SavingsPercent, perfect.MeanAtArrival, perfect.MeanScheduled, noisy, 100*share, raw, 100*raw/perfect.SavingsPercent, pers.SavingsPercent)
 	}
 }
+
+func TestForecastSpec(t *testing.T) {
+	for in, want := range map[string]ForecastSpec{"perfect": {Kind: "perfect"}, "persistence": {Kind: "persistence"}, "noisy:0.05": {Kind: "noisy", E: 0.05}} {
+		got, err := ParseForecastSpec(in)
+		if err != nil || got != want || got.String() != in {
+			t.Errorf("%q: %+v %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "oracle", "noisy:", "noisy:-1", "noisy:NaN", "noisy:x"} {
+		if _, err := ParseForecastSpec(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+	if tm, err := ParseWallClock("2020-01-01 01:00", nil); err != nil || !tm.Equal(hour(1)) {
+		t.Errorf("wall clock: %v %v", tm, err)
+	}
+	if _, err := ParseWallClock("2020-01-01T01:00:00Z", nil); err == nil {
+		t.Error("RFC 3339 accepted as wall clock")
+	}
+}
+
+func TestReplaySeeds(t *testing.T) {
+	vals := make([]float64, 24*10)
+	for i := range vals {
+		vals[i] = 100 + float64((i*37)%24)
+	}
+	truth := hourly(vals...)
+	o := ReplayOptions{First: hour(30), Until: hour(200), Every: 24 * time.Hour, Duration: time.Hour, Window: 3 * time.Hour}
+	spec, _ := ParseForecastSpec("noisy:0.1")
+	rep, err := ReplaySeeds(truth, spec, 4, o)
+	if err != nil || len(rep.Runs) != 4 || rep.Seeds != 4 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	var mean float64
+	for _, r := range rep.Runs {
+		mean += r.SavingsPercent / 4
+	}
+	if math.Abs(mean-rep.SavingsPercent) > 1e-9 || rep.Runs[0].SavingsPercent == rep.Runs[1].SavingsPercent {
+		t.Fatalf("mean %v vs %v; runs %+v", mean, rep.SavingsPercent, rep.Runs)
+	}
+	again, _ := ReplaySeeds(truth, spec, 4, o)
+	if again.SavingsPercent != rep.SavingsPercent {
+		t.Fatal("same seeds, different result")
+	}
+	perfect, _ := ReplaySeeds(truth, ForecastSpec{Kind: "perfect"}, 10, o)
+	if len(perfect.Runs) != 1 {
+		t.Fatalf("perfect ran %d times", len(perfect.Runs))
+	}
+}
