@@ -43,6 +43,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newKeysCmd(), a.newCryptoCmd(),
 		a.newModelsCmd(),
 		a.newFLCmd(),
+		a.newGreenCmd(),
 	)
 	return root
 }
