@@ -23,12 +23,12 @@ const maxTraceLine = 4096
 // TraceStats describes what ReadTrace read.
 type TraceStats struct {
 	// Points read.
-	Points int
+	Points int `json:"points"`
 	// Gaps is the number of places where neighbouring points lie more than
 	// one Step apart; Missing is the number of Step-spaced samples those
 	// gaps lack (a 45-minute jump in a 15-minute trace: 1 gap, 2 missing).
-	Gaps    int
-	Missing int
+	Gaps    int `json:"gaps"`
+	Missing int `json:"missing"`
 }
 
 // ReadTrace reads a carbon-intensity trace in the format of the shared data

@@ -42,6 +42,7 @@ Exit codes: 0 success, 1 error (including errors answered by the server),
 		a.newDevicesCmd(), a.newStateCmd(),
 		a.newKeysCmd(), a.newCryptoCmd(),
 		a.newModelsCmd(),
+		a.newGreenCmd(),
 	)
 	return root
 }
