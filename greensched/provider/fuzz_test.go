@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/greensched"
@@ -104,3 +105,46 @@ func FuzzDecodeWattTimeLogin(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodersRefuse: bodies that are not the documented shape, or carry
+// impossible values, are refused with the reason and the field named.
+func TestDecodersRefuse(t *testing.T) {
+	wt := func(meta, data string) string { return `{"data":[` + data + `],"meta":{` + meta + `}}` }
+	const wtPoint = `{"point_time":"2024-06-01T12:00:00+00:00","value":900}`
+	for _, c := range []struct {
+		name, body string
+		decode     func([]byte) error
+		reason     string
+		want       string
+	}{
+		{"trailing data", string(readFixture(t, "watttime/forecast.json")) + "{}", decodeWT, ReasonBadJSON, "data after the JSON value"},
+		{"wt unit", wt(`"units":"kg_co2_per_mwh"`, wtPoint), decodeWT, ReasonBadData, `meta.units "kg_co2_per_mwh"`},
+		{"wt signal", wt(`"signal_type":"health_damage"`, wtPoint), decodeWT, ReasonBadData, `meta.signal_type "health_damage"`},
+		{"wt period", wt(`"data_point_period_seconds":-5`, wtPoint), decodeWT, ReasonBadData, "data_point_period_seconds"},
+		{"wt time", wt(``, `{"point_time":"2024-06-01 12:00","value":1}`), decodeWT, ReasonBadData, "data[0].point_time"},
+		{"wt no value", wt(``, `{"point_time":"2024-06-01T12:00:00Z"}`), decodeWT, ReasonBadData, "data[0].value missing"},
+		{"wt duplicate", wt(``, wtPoint+","+wtPoint), decodeWT, ReasonBadData, "two points at"},
+		{"wt empty", wt(`"units":"lbs_co2_per_mwh"`, ``), decodeWT, ReasonEmpty, "empty data"},
+		{"em all null", `{"zone":"DE","history":[{"carbonIntensity":null,"datetime":"2024-06-01T12:00:00Z"}]}`, decodeEMHistory, ReasonEmpty, "no history point"},
+		{"em negative", `{"zone":"DE","history":[{"carbonIntensity":-4,"datetime":"2024-06-01T12:00:00Z"}]}`, decodeEMHistory, ReasonBadData, "history[0].carbonIntensity"},
+		{"em string", `{"zone":"DE","history":[{"carbonIntensity":"12","datetime":"2024-06-01T12:00:00Z"}]}`, decodeEMHistory, ReasonBadJSON, "electricity maps history"},
+		{"ca two", `[{"forecastData":[]},{"forecastData":[]}]`, decodeCAForecast, ReasonBadData, "2 forecasts"},
+		{"ca rating", `[{"location":"x","time":"2024-06-01T12:00:00Z"}]`, decodeCAEmissions, ReasonBadData, "emissions[0].rating missing"},
+		{"ca object", `{"location":"x"}`, decodeCAEmissions, ReasonBadJSON, "carbon aware emissions"},
+		{"login", `{"token":""}`, func(b []byte) error { _, err := decodeWattTimeLogin(b); return err }, ReasonBadData, "no token"},
+	} {
+		err := c.decode([]byte(c.body))
+		var fe *FetchError
+		if !errors.As(err, &fe) || fe.Reason != c.reason || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want reason %s and %q", c.name, err, c.reason, c.want)
+		}
+	}
+}
+
+func decodeWT(b []byte) error { _, err := decodeWattTimeData(b); return err }
+
+func decodeEMHistory(b []byte) error { _, err := decodeElectricityMaps(b, "history"); return err }
+
+func decodeCAForecast(b []byte) error { _, _, err := decodeCarbonAwareForecast(b); return err }
+
+func decodeCAEmissions(b []byte) error { _, err := decodeCarbonAwareEmissions(b); return err }
