@@ -38,6 +38,10 @@ func TestReplayHandComputed(t *testing.T) {
 	if r.MeanScheduled != 4 { // 5 and 3
 		t.Fatalf("gap: %+v", r)
 	}
+	// a forecast that has the missing mark does not make it a candidate
+	if r, _ = Replay(gap, Perfect(truth), o); r.MeanScheduled != 4 {
+		t.Fatalf("gap, forecast without it: %+v", r)
+	}
 	gap.Points = append(gap.Points[:1], gap.Points[2:]...) // drop 01:00 too
 	r, _ = Replay(gap, Perfect(gap), ReplayOptions{First: hour(1), Until: hour(48), Every: 24 * time.Hour, Duration: time.Hour, Window: 2 * time.Hour})
 	if r.Skipped != 1 || r.Jobs != 1 {

@@ -166,8 +166,12 @@ const tieEps = 1e-12
 // better reports whether (sum, dist, k) beats (bestSum, bestDist, bestK):
 // a lower sum, then nearer the arrival, then earlier.
 func better(sum float64, dist, k int, bestSum float64, bestDist, bestK int) bool {
-	if d := sum - bestSum; math.Abs(d) > tieEps*math.Max(math.Abs(sum), math.Abs(bestSum)) {
-		return d < 0
+	tol := tieEps * (math.Abs(sum) + math.Abs(bestSum))
+	if sum < bestSum-tol {
+		return true
+	}
+	if sum > bestSum+tol {
+		return false
 	}
 	if dist != bestDist {
 		return dist < bestDist
@@ -234,29 +238,43 @@ func (p *Planner) bestStart(n, lo, hiStart, arr int) (Placement, bool) {
 }
 
 // bestSlots picks the n greenest free slots in [lo, end): lowest intensity,
-// then nearest the arrival, then earliest.
+// then nearest the arrival, then earliest. It keeps the n best seen so far
+// in order (insertion), which for short jobs costs about one comparison
+// per slot.
 func (p *Planner) bestSlots(n, lo, end, arr int) (Placement, bool) {
 	v := p.grid.Values
-	p.order = p.order[:0]
-	for k := lo; k < end; k++ {
-		if p.free(k) {
-			p.order = append(p.order, k)
+	less := func(a, b int) bool {
+		if v[a] != v[b] {
+			return v[a] < v[b]
 		}
-	}
-	if len(p.order) < n {
-		return Placement{}, false
-	}
-	sort.Slice(p.order, func(a, b int) bool {
-		ka, kb := p.order[a], p.order[b]
-		if v[ka] != v[kb] {
-			return v[ka] < v[kb]
-		}
-		if da, db := absInt(ka-arr), absInt(kb-arr); da != db {
+		if da, db := absInt(a-arr), absInt(b-arr); da != db {
 			return da < db
 		}
-		return ka < kb
-	})
-	slots := append([]int(nil), p.order[:n]...)
+		return a < b
+	}
+	top := p.order[:0]
+	for k := lo; k < end; k++ {
+		if !p.free(k) {
+			continue
+		}
+		if len(top) == n {
+			if !less(k, top[n-1]) {
+				continue
+			}
+			top = top[:n-1]
+		}
+		i := len(top)
+		top = append(top, k)
+		for ; i > 0 && less(k, top[i-1]); i-- {
+			top[i] = top[i-1]
+		}
+		top[i] = k
+	}
+	p.order = top
+	if len(top) < n {
+		return Placement{}, false
+	}
+	slots := append([]int(nil), top...)
 	sort.Ints(slots)
 	var sum float64
 	for _, k := range slots {

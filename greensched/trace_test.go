@@ -141,3 +141,21 @@ func TestReadSharedTraces(t *testing.T) {
 		t.Logf("%s: %d points, step %v, %d gaps, %d missing, mean %.1f", c.file, st.Points, s.Step, st.Gaps, st.Missing, s.Mean())
 	}
 }
+
+func TestMarks(t *testing.T) {
+	in := "Time,Carbon Intensity\n2020-01-01 00:00:00,1\n2020-01-01 00:15:00,2\n2020-01-01 00:30:00,3\n2020-01-01 00:45:00,4\n2020-01-01 01:00:00,5\n"
+	s, _, err := ReadTrace(strings.NewReader(in), "DE", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Marks(30 * time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Step != 30*time.Minute || len(m.Points) != 3 || m.Points[0].Intensity != 1 || m.Points[1].Intensity != 3 || m.Points[2].Intensity != 5 {
+		t.Fatalf("marks %+v", m)
+	}
+	if _, err := s.Marks(7 * time.Minute); err == nil {
+		t.Fatal("7-minute marks accepted")
+	}
+}

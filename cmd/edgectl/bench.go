@@ -43,10 +43,12 @@ func (a *app) newBenchCmd() *cobra.Command {
 		batchSize     int
 		flOpt         bench.FLOptions
 		flClock       string
+		greenOpt      bench.GreenOptions
+		greenClock    string
 	)
 	c := &cobra.Command{
-		Use:   "bench controlplane|fl",
-		Short: "Measure the control plane (heartbeat latency under N agents, server RSS, telemetry ingest) or FL aggregation",
+		Use:   "bench controlplane|fl|green",
+		Short: "Measure the control plane (heartbeat latency under N agents, server RSS, telemetry ingest), FL aggregation or carbon-aware job placement",
 		Long: `bench controlplane enrolls --agents simulated agents, opens one mutual-TLS
 connection per agent, sends heartbeats at agents/interval per second for
 --duration and reports API latency percentiles (p50, p90, p99, max), the
@@ -73,30 +75,52 @@ FedAvg, FedMedian, FedTrimmedAvg (beta 0.2) and Krum (f = clients/10), each
 beside a plain loop computing the same model in the same run (updates/s,
 ratio = ours / plain; the two models are compared before timing). Time is
 this process's CPU time by default (--fl-clock cpu), so that other load on
-the machine does not count; everything runs on one goroutine.`,
+the machine does not count; everything runs on one goroutine.
+
+bench green places --green-jobs jobs (15 min to 4 h, windows or deadlines,
+20 % interruptible) one after another on a day of --green-slots quarter-hour
+slots holding --green-capacity jobs each, with greensched's planner beside a
+brute-force planner (every start summed afresh, every slot's capacity
+checked) in the same run; the two placements are compared job by job before
+timing. It reports the time to place all jobs (ms, medians of
+--green-rounds) and jobs/s with the ratio ours / brute force. Time is CPU
+time by default (--green-clock), one goroutine.`,
 		Example: `  edgectl bench controlplane --agents 1000 --json
   edgectl bench controlplane --agents 10000 --interval 10s --duration 20s --json
-  edgectl bench fl --json`,
+  edgectl bench fl --json
+  edgectl bench green --json`,
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"controlplane", "fl"},
+		ValidArgs: []string{"controlplane", "fl", "green"},
 		RunE: func(c *cobra.Command, args []string) error {
-			if args[0] != "controlplane" && args[0] != "fl" {
-				return cli.Usagef("unknown bench suite %q (suites: controlplane, fl)", args[0])
+			if args[0] != "controlplane" && args[0] != "fl" && args[0] != "green" {
+				return cli.Usagef("unknown bench suite %q (suites: controlplane, fl, green)", args[0])
 			}
 			format, err := out.Format()
 			if err != nil {
 				return err
 			}
+			if args[0] == "green" {
+				if greenOpt.Jobs < 1 || greenOpt.Slots < 1 || greenOpt.Capacity < 0 || greenOpt.Rounds < 1 {
+					return cli.Usagef("--green-jobs, --green-slots and --green-rounds must be positive, --green-capacity not negative")
+				}
+				now, err := benchClock(greenClock, "--green-clock")
+				if err != nil {
+					return err
+				}
+				greenOpt.Now = now
+				rep, err := bench.RunGreen(c.Context(), greenOpt)
+				if err != nil {
+					return err
+				}
+				rep.Machine["clock"] = greenClock
+				return cli.Print(c.OutOrStdout(), format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
+			}
 			if args[0] == "fl" {
 				if flOpt.Clients < 1 || flOpt.Params < 1 || flOpt.Rounds < 1 {
 					return cli.Usagef("--fl-clients, --fl-params and --fl-rounds must be positive")
 				}
-				switch flClock {
-				case "cpu":
-					flOpt.Now = func() time.Time { return time.Unix(0, int64(procstat.CPUSeconds()*1e9)) }
-				case "wall":
-				default:
-					return cli.Usagef("--fl-clock %q: want cpu or wall", flClock)
+				if flOpt.Now, err = benchClock(flClock, "--fl-clock"); err != nil {
+					return err
 				}
 				rep, err := bench.RunFL(c.Context(), flOpt)
 				if err != nil {
@@ -249,7 +273,25 @@ the machine does not count; everything runs on one goroutine.`,
 	f.IntVar(&flOpt.Rounds, "fl-rounds", 3, "fl: measurement rounds (medians are reported)")
 	f.Uint64Var(&flOpt.Seed, "fl-seed", 1, "fl: seed of the random updates")
 	f.StringVar(&flClock, "fl-clock", "cpu", "fl: time by this process's CPU time (cpu: per-core cost, robust to other load on the machine) or by the wall clock (wall)")
+	f.IntVar(&greenOpt.Jobs, "green-jobs", 10000, "green: jobs placed per run")
+	f.IntVar(&greenOpt.Slots, "green-slots", 96, "green: quarter-hour slots in the grid")
+	f.IntVar(&greenOpt.Capacity, "green-capacity", 0, "green: jobs one slot holds at once (0: jobs/8)")
+	f.IntVar(&greenOpt.Rounds, "green-rounds", 5, "green: measurement rounds (medians are reported)")
+	f.Uint64Var(&greenOpt.Seed, "green-seed", 1, "green: seed of the grid and the jobs")
+	f.StringVar(&greenClock, "green-clock", "cpu", "green: time by this process's CPU time (cpu) or by the wall clock (wall)")
 	return c
+}
+
+// benchClock returns the clock a local suite is timed by: this process's
+// CPU time (cpu) or nil for the wall clock (wall).
+func benchClock(name, flag string) (func() time.Time, error) {
+	switch name {
+	case "cpu":
+		return func() time.Time { return time.Unix(0, int64(procstat.CPUSeconds()*1e9)) }, nil
+	case "wall":
+		return nil, nil
+	}
+	return nil, cli.Usagef("%s %q: want cpu or wall", flag, name)
 }
 
 // loadResults turns a load report into bench results.
