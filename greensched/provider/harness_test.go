@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ const (
 	modeGarbage   = "garbage"
 	modeTruncated = "truncated"
 	modeEmpty     = "empty"
+	modeCut       = "cut" // the connection drops halfway through the body
 )
 
 // fakeServer serves fixtures at paths, as a provider would, and fails on
@@ -127,6 +129,11 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		body = []byte("<html><body>Bad gateway</body></html>")
 	case modeTruncated:
 		body = body[:len(body)/2]
+	case modeCut:
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
 	case modeEmpty:
 		if e, ok := f.empty[r.URL.Path]; ok {
 			if e == "204" {

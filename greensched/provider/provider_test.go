@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -280,6 +281,7 @@ func TestOutageFallback(t *testing.T) {
 		{mode500, ReasonServerError},
 		{modeGarbage, ReasonBadJSON},
 		{modeTruncated, ReasonBadJSON},
+		{modeCut, ReasonBadJSON},
 		{modeEmpty, ReasonEmpty},
 	}
 	for _, s := range specs() {
@@ -467,4 +469,35 @@ func readFixture(t testing.TB, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestConcurrentCallers: callers of one zone arriving together share one
+// fetch; zones do not block each other (run with -race).
+func TestConcurrentCallers(t *testing.T) {
+	s := specs()[1]
+	srv := newFakeServer(t, s.routes, s.empty)
+	e := newEnv(t, s.config(t, srv.srv.URL))
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			zone := []string{"DE", "FR"}[i%2]
+			if _, err := e.p.Current(context.Background(), zone); err != nil {
+				errs <- err
+			}
+			if _, err := e.p.Forecast(context.Background(), zone, at("12:00"), at("16:00")); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if e.requests("current") != 2 || e.requests("forecast") != 2 {
+		t.Fatalf("requests current %v forecast %v for 2 zones, want 2 and 2", e.requests("current"), e.requests("forecast"))
+	}
 }

@@ -81,3 +81,18 @@ func TestReadConfigs(t *testing.T) {
 		}
 	}
 }
+
+// TestForecasterAdapter: a provider as a greensched.Forecaster.
+func TestForecasterAdapter(t *testing.T) {
+	p, err := New(Config{Kind: KindTrace, Zone: "DE", TraceFile: "testdata/trace.csv"}, Options{Clock: clock.NewManual(at("11:00"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Forecaster(context.Background(), p, "DE").Forecast(at("11:00"), at("12:00"), at("13:00"))
+	if err != nil || len(s.Points) != 2 || s.Points[1].Intensity != 180.5 {
+		t.Fatalf("%+v %v", s, err)
+	}
+	if _, err := Forecaster(context.Background(), p, "DE").Forecast(at("11:00"), at("20:00"), at("21:00")); err == nil {
+		t.Fatal("forecast outside the trace without error")
+	}
+}
