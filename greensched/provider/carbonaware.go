@@ -65,9 +65,12 @@ func (c *carbonAware) forecast(ctx context.Context, zone string, now, from, to t
 	if err != nil {
 		return greensched.Series{}, nil, err
 	}
-	s, err = rangeOf(s, zone, from, to)
-	return s, opt, err
+	return s, opt, nil
 }
+
+// ranged: the SDK scopes its forecast (and its optimal points) to
+// dataStartAt..dataEndAt.
+func (c *carbonAware) ranged() bool { return true }
 
 // carbonAwareEmissionsData is an element of /emissions/bylocation.
 type carbonAwareEmissionsData struct {

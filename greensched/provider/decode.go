@@ -98,16 +98,6 @@ func latestOf(pts []greensched.Point, now time.Time) (greensched.Point, error) {
 	return p, nil
 }
 
-// rangeOf returns the points of s in [from, to), Zone set to zone.
-func rangeOf(s greensched.Series, zone string, from, to time.Time) (greensched.Series, error) {
-	s.Zone = zone
-	s = s.Between(from, to)
-	if len(s.Points) == 0 {
-		return greensched.Series{}, errEmpty("no point from " + rfc3339(from) + " to " + rfc3339(to))
-	}
-	return s, nil
-}
-
 // inForce returns the point of s in force at t: the last at or before t,
 // provided t is before the end of the series (its last point plus Step).
 func inForce(s greensched.Series, t time.Time) (greensched.Point, bool) {

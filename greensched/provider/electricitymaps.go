@@ -58,9 +58,11 @@ func (e *electricityMaps) forecast(ctx context.Context, zone string, now, from, 
 	if err != nil {
 		return greensched.Series{}, nil, err
 	}
-	s, err := rangeOf(greensched.Series{Step: electricityMapsStep, Points: pts}, zone, from, to)
-	return s, nil, err
+	return greensched.Series{Step: electricityMapsStep, Points: pts}, nil, nil
 }
+
+// ranged: the forecast endpoint takes no range.
+func (e *electricityMaps) ranged() bool { return false }
 
 type electricityMapsPoint struct {
 	CarbonIntensity *float64 `json:"carbonIntensity"`

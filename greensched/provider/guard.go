@@ -119,35 +119,46 @@ func (g *guard) Forecast(ctx context.Context, zone string, from, to time.Time) (
 	st.fetch.Lock()
 	defer st.fetch.Unlock()
 	now := g.clk.Now()
-	if st.hasFc && g.fresh(st.fcAt, now) && !from.Before(st.fcFrom) && !to.After(st.fcTo) {
-		f := st.fc
-		f.Series = f.Series.Between(from, to)
-		return f, nil
+	// A fresh forecast answers any range of a source whose forecast does
+	// not depend on the range, else the ranges within the one fetched.
+	covered := !g.src.ranged() || (!from.Before(st.fcFrom) && !to.After(st.fcTo))
+	if st.hasFc && g.fresh(st.fcAt, now) && covered {
+		if f, ok := cut(st.fc, from, to); ok {
+			return f, nil
+		}
 	}
 	g.m.Requests.WithLabelValues(g.Name(), "forecast").Inc()
 	s, opt, err := g.src.forecast(ctx, zone, now, from, to)
 	if err == nil {
+		s.Zone = zone
 		if verr := s.Validate(); verr != nil { // sources check; this guards against a bug
 			err = &FetchError{Reason: ReasonBadData, Err: verr}
 		}
 	}
 	if err == nil {
-		f := Forecast{Zone: zone, Source: g.Name(), Series: s, Optimal: opt, FetchedAt: now}
-		st.fc, st.fcFrom, st.fcTo, st.fcAt, st.hasFc = f, from, to, now, true
-		return f, nil
+		full := Forecast{Zone: zone, Source: g.Name(), Series: s, Optimal: opt, FetchedAt: now}
+		st.fc, st.fcFrom, st.fcTo, st.fcAt, st.hasFc = full, from, to, now, true
+		if f, ok := cut(full, from, to); ok {
+			return f, nil
+		}
+		err = errEmpty("no forecast point from " + rfc3339(from) + " to " + rfc3339(to))
 	}
 	err = fetchErr(g.Name(), "forecast", zone, err)
 	reason := g.failed(err)
 	if st.hasFc {
-		f := st.fc
-		f.Series = f.Series.Between(from, to)
-		if len(f.Series.Points) > 0 {
+		if f, ok := cut(st.fc, from, to); ok {
 			f.Stale, f.Reason = true, reason
 			g.fellBack(zone, "forecast", "last good forecast", reason, err)
 			return f, nil
 		}
 	}
 	return Forecast{}, fmt.Errorf("%w; %w", err, ErrNoData)
+}
+
+// cut returns f with its points in [from, to), false when there is none.
+func cut(f Forecast, from, to time.Time) (Forecast, bool) {
+	f.Series = f.Series.Between(from, to)
+	return f, len(f.Series.Points) > 0
 }
 
 // failed counts a failed fetch and returns its reason.

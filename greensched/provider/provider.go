@@ -10,7 +10,9 @@
 //   - Timeouts: every HTTP request is bounded by Config.Timeout on the
 //     system clock (a bound on real network time, not scheduling logic).
 //   - Caching: answers are kept per zone for Config.CacheTTL on the
-//     injected clock; a forecast is reused while it covers the range asked.
+//     injected clock. A provider's whole forecast (Electricity Maps,
+//     WattTime, a trace) answers every range; the Carbon Aware SDK's,
+//     scoped to the range asked, answers the ranges within it.
 //   - Outages: a fetch that fails (timeout, network error, HTTP 401, 403,
 //     429, 5xx or any other non-success status, garbage or truncated JSON,
 //     no data, values that are not finite and non-negative) is counted in
@@ -147,9 +149,13 @@ func reasonOf(err error) string {
 type source interface {
 	name() string
 	current(ctx context.Context, zone string, now time.Time) (greensched.Point, error)
-	// forecast returns the series of points in [from, to) (Zone and Step
-	// set) and the provider's optimal points, if any.
+	// forecast returns the provider's forecast (Step set) and its optimal
+	// points, if any. A source whose answer depends on the range (ranged)
+	// returns what it has for [from, to); the others their whole forecast,
+	// which the guard keeps and cuts to each range asked.
 	forecast(ctx context.Context, zone string, now, from, to time.Time) (s greensched.Series, optimal []greensched.Point, err error)
+	// ranged reports whether forecast's answer depends on [from, to).
+	ranged() bool
 }
 
 // Forecaster adapts p to greensched.Forecaster for zone, each call bounded

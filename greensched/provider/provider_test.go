@@ -216,7 +216,7 @@ func TestWattTimeRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	q = query(srv.last("/v3/forecast"))
-	if q.Get("region") != "CAISO_NORTH" || q.Get("signal_type") != "co2_moer" || q.Get("horizon_hours") != "3" {
+	if q.Get("region") != "CAISO_NORTH" || q.Get("signal_type") != "co2_moer" || q.Get("horizon_hours") != "72" {
 		t.Fatalf("forecast query %v", q)
 	}
 	if f.Series.Step != 5*time.Minute || len(f.Series.Points) != 6 {
@@ -411,11 +411,12 @@ func TestCache(t *testing.T) {
 	if e.requests("current") != 1 || e.requests("forecast") != 1 {
 		t.Fatalf("requests current %v forecast %v within the TTL, want 1 and 1", e.requests("current"), e.requests("forecast"))
 	}
+	// Electricity Maps' forecast takes no range: one answer serves all.
 	if _, err := e.p.Forecast(ctx, "DE", at("12:00"), at("17:00")); err != nil {
 		t.Fatal(err)
 	}
-	if e.requests("forecast") != 2 {
-		t.Fatal("a wider range was served from the cache")
+	if e.requests("forecast") != 1 {
+		t.Fatal("a whole forecast fetched again for a wider range")
 	}
 	// Zones are cached apart.
 	if _, err := e.p.Current(ctx, "FR"); err != nil {
@@ -430,6 +431,20 @@ func TestCache(t *testing.T) {
 	}
 	if e.requests("current") != 3 {
 		t.Fatal("not fetched again after the TTL")
+	}
+
+	// The Carbon Aware SDK scopes its forecast to the range: a range
+	// within the cached one is served, a wider one fetched.
+	ca := specs()[0]
+	casrv := newFakeServer(t, ca.routes, ca.empty)
+	ce := newEnv(t, ca.config(t, casrv.srv.URL))
+	for _, r := range [][2]string{{"12:00", "12:30"}, {"12:05", "12:20"}, {"12:00", "13:00"}} {
+		if _, err := ce.p.Forecast(ctx, "eastus", at(r[0]), at(r[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ce.requests("forecast") != 2 {
+		t.Fatalf("carbon aware: %v forecast requests, want 2", ce.requests("forecast"))
 	}
 
 	cfg := s.config(t, srv.srv.URL)

@@ -60,10 +60,12 @@ func (tr *trace) forecast(_ context.Context, zone string, _, from, to time.Time)
 	if err != nil {
 		return s, nil, err
 	}
-	in := s.Between(from, to)
-	if len(in.Points) == 0 {
+	if len(s.Between(from, to).Points) == 0 {
 		return greensched.Series{}, nil, &FetchError{Reason: ReasonOutsideTrace,
 			Err: fmt.Errorf("no trace point from %s to %s", rfc3339(from), rfc3339(to))}
 	}
-	return in, nil, nil
+	return s, nil, nil
 }
+
+// ranged: a trace is one fixed series.
+func (tr *trace) ranged() bool { return false }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -18,6 +17,10 @@ import (
 // LbsPerMWhToGPerKWh converts WattTime's MOER unit (lbs CO2 per MWh) to
 // gCO2/kWh: 453.59237 g per lb, 1000 kWh per MWh.
 const LbsPerMWhToGPerKWh = 0.45359237
+
+// watttimeHorizonHours is the forecast horizon asked of WattTime, its
+// longest (horizon_hours 0 to 72), so that one answer serves every range.
+const watttimeHorizonHours = 72
 
 // watttimeTokenLife is how long a WattTime login token is used before a
 // new login; WattTime documents 30 minutes, a margin is kept.
@@ -64,21 +67,17 @@ func (w *wattTime) current(ctx context.Context, zone string, now time.Time) (gre
 }
 
 func (w *wattTime) forecast(ctx context.Context, zone string, now, from, to time.Time) (greensched.Series, []greensched.Point, error) {
-	// horizon_hours: 0 to 72, enough to reach to.
-	h := int(math.Ceil(to.Sub(now).Hours()))
-	h = max(0, min(h, 72))
-	q := url.Values{"region": {zone}, "signal_type": {"co2_moer"}, "horizon_hours": {strconv.Itoa(h)}}
+	q := url.Values{"region": {zone}, "signal_type": {"co2_moer"}, "horizon_hours": {strconv.Itoa(watttimeHorizonHours)}}
 	body, err := w.authGet(ctx, joinURL(w.base, "v3/forecast", q))
 	if err != nil {
 		return greensched.Series{}, nil, err
 	}
 	s, err := decodeWattTimeData(body)
-	if err != nil {
-		return greensched.Series{}, nil, err
-	}
-	s, err = rangeOf(s, zone, from, to)
 	return s, nil, err
 }
+
+// ranged: the forecast is always asked for the longest horizon.
+func (w *wattTime) ranged() bool { return false }
 
 // authGet GETs rawURL with the bearer token, logging in first when there
 // is no fresh token and once more when the answer is 401.
