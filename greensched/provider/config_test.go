@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/clock"
+	"github.com/edgefleet/edgefleet/internal/testutil"
+	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 )
 
@@ -89,5 +92,33 @@ func TestSecretsStayOut(t *testing.T) {
 	_, err = e.p.Current(t.Context(), "DE")
 	if err == nil || strings.Contains(err.Error(), "em-secret-token") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestMetricsRegistered: the counters appear on the registry given, once.
+func TestMetricsRegistered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewMetrics(reg); err == nil {
+		t.Fatal("registered twice on one registry")
+	}
+	s := specs()[1]
+	srv := newFakeServer(t, s.routes, s.empty)
+	srv.setMode(mode429)
+	p, err := New(s.config(t, srv.srv.URL), Options{Metrics: m, Clock: clock.NewManual(t0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Current(t.Context(), "DE"); err == nil {
+		t.Fatal("no error")
+	}
+	if got := testutil.MetricSum(t, reg, "edgefleet_carbon_provider_failures_total", ReasonRateLimited); got != 1 {
+		t.Fatalf("failures{rate_limited} = %v", got)
+	}
+	if got := testutil.MetricSum(t, reg, "edgefleet_carbon_provider_requests_total", "current"); got != 1 {
+		t.Fatalf("requests{current} = %v", got)
 	}
 }
