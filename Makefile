@@ -11,10 +11,12 @@ LDFLAGS := -s -w -X github.com/edgefleet/edgefleet/internal/buildinfo.Version=$(
 #   -458,752 bytes, and edge-agent bench ml measured no difference beyond noise.
 # - protobuf (Prometheus's exposition formats), gogo/protobuf (gorgonia's tensor
 #   serialisation) and miekg/dns (memberlist's DNS join): -458,752 bytes more.
+# - gonum's lapack, arrow and gographviz, which tensor and gorgonia link but the
+#   agent never calls: -65,536 bytes (one segment step) more.
 # With inlining everywhere the agent is 29,687,970 bytes (28.31 MiB). Most of
 # gorgonia's cost is that tensor.Dtype embeds reflect.Type, which makes the
 # linker keep every exported method in the binary (see README, ARM).
-NOINLINE := gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns
+NOINLINE := gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns gonum.org/v1/gonum/lapack/... github.com/apache/arrow/... github.com/awalterschulze/...
 GCFLAGS  := $(foreach p,$(NOINLINE),-gcflags=$(p)=-l)
 
 .PHONY: help sim test build bench-crdt arm64 arm64-agent clean

@@ -151,7 +151,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
 	}
-	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
+	rep := Report{Suite: "ingest", Machine: Machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
 		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration), defaultInt(opt.Devices, 10)))}
 	if opt.Embedded {
 		rep.Machine["workload"] += fmt.Sprintf(" embedded_publishers=%d", res.EmbeddedPublishers)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/bench/cpbench"
+	"github.com/edgefleet/edgefleet/bench/flbench"
+	"github.com/edgefleet/edgefleet/bench/greenbench"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -41,9 +43,9 @@ func (a *app) newBenchCmd() *cobra.Command {
 		dir           string
 		ingestBatches int
 		batchSize     int
-		flOpt         bench.FLOptions
+		flOpt         flbench.FLOptions
 		flClock       string
-		greenOpt      bench.GreenOptions
+		greenOpt      greenbench.GreenOptions
 		greenClock    string
 	)
 	c := &cobra.Command{
@@ -108,7 +110,7 @@ time by default (--green-clock), one goroutine.`,
 					return err
 				}
 				greenOpt.Now = now
-				rep, err := bench.RunGreen(c.Context(), greenOpt)
+				rep, err := greenbench.RunGreen(c.Context(), greenOpt)
 				if err != nil {
 					return err
 				}
@@ -122,7 +124,7 @@ time by default (--green-clock), one goroutine.`,
 				if flOpt.Now, err = benchClock(flClock, "--fl-clock"); err != nil {
 					return err
 				}
-				rep, err := bench.RunFL(c.Context(), flOpt)
+				rep, err := flbench.RunFL(c.Context(), flOpt)
 				if err != nil {
 					return err
 				}
