@@ -34,6 +34,12 @@ type round struct {
 	tamper func(stage, client string, b []byte) []byte
 	// onMasked sees every masked vector the server receives.
 	onMasked func(client string, m MaskedVector)
+	// stopBefore ("keys", "collect" or "unmask") ends the run once the
+	// server has handed out that stage's requests, before any client
+	// takes them.
+	stopBefore string
+	// wire sees every encoded message, both ways.
+	wire func(b []byte)
 }
 
 type roundOutcome struct {
@@ -97,6 +103,9 @@ func (r round) withRound(id uint64) roundOutcome {
 			b = r.tamper(stage, c, b)
 		}
 		o.bytesDown[c][stage] += len(b)
+		if r.wire != nil {
+			r.wire(b)
+		}
 		return b
 	}
 	fail := func(err error) roundOutcome { o.err = err; return o }
@@ -117,6 +126,9 @@ func (r round) withRound(id uint64) roundOutcome {
 		}
 		b := pk.Marshal()
 		o.bytesUp[c]["keys"] += len(b)
+		if r.wire != nil {
+			r.wire(b)
+		}
 		var got PublicKeys
 		if err := got.Unmarshal(b); err != nil {
 			return fail(err)
@@ -128,6 +140,9 @@ func (r round) withRound(id uint64) roundOutcome {
 	kreq, err := srv.KeysRequests()
 	if err != nil {
 		return fail(err)
+	}
+	if r.stopBefore == "keys" {
+		return o
 	}
 	drop = r.names(r.dropShares)
 	for _, c := range sortedKeys(kreq) {
@@ -145,6 +160,9 @@ func (r round) withRound(id uint64) roundOutcome {
 		}
 		b := sh.Marshal()
 		o.bytesUp[c]["shares"] += len(b)
+		if r.wire != nil {
+			r.wire(b)
+		}
 		var got Shares
 		if err := got.Unmarshal(b); err != nil {
 			return fail(err)
@@ -156,6 +174,9 @@ func (r round) withRound(id uint64) roundOutcome {
 	creq, err := srv.CollectRequests()
 	if err != nil {
 		return fail(err)
+	}
+	if r.stopBefore == "collect" {
+		return o
 	}
 	drop = r.names(r.dropMasked)
 	for _, c := range sortedKeys(creq) {
@@ -173,6 +194,9 @@ func (r round) withRound(id uint64) roundOutcome {
 		}
 		b := mv.Marshal()
 		o.bytesUp[c]["masked"] += len(b)
+		if r.wire != nil {
+			r.wire(b)
+		}
 		var got MaskedVector
 		if err := got.Unmarshal(b); err != nil {
 			return fail(err)
@@ -187,6 +211,9 @@ func (r round) withRound(id uint64) roundOutcome {
 	ureq, err := srv.UnmaskRequests()
 	if err != nil {
 		return fail(err)
+	}
+	if r.stopBefore == "unmask" {
+		return o
 	}
 	drop = r.names(r.dropUnmask)
 	for _, c := range sortedKeys(ureq) {
@@ -204,6 +231,9 @@ func (r round) withRound(id uint64) roundOutcome {
 		}
 		b := resp.Marshal()
 		o.bytesUp[c]["unmask"] += len(b)
+		if r.wire != nil {
+			r.wire(b)
+		}
 		var got UnmaskResponse
 		if err := got.Unmarshal(b); err != nil {
 			return fail(err)
