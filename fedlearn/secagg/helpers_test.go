@@ -40,6 +40,8 @@ type round struct {
 	stopBefore string
 	// wire sees every encoded message, both ways.
 	wire func(b []byte)
+	// deltas replaces the Gaussian deltas.
+	deltas map[string][]float32
 }
 
 type roundOutcome struct {
@@ -83,7 +85,10 @@ func (r round) withRound(id uint64) roundOutcome {
 	if r.sigma == 0 {
 		r.sigma = 0.05
 	}
-	o := roundOutcome{deltas: makeDeltas(r.n, r.dim, r.sigma, r.seed), clients: map[string]*Client{},
+	if r.deltas == nil {
+		r.deltas = makeDeltas(r.n, r.dim, r.sigma, r.seed)
+	}
+	o := roundOutcome{deltas: r.deltas, clients: map[string]*Client{},
 		bytesUp: map[string]map[string]int{}, bytesDown: map[string]map[string]int{}}
 	names := make([]string, r.n)
 	for i := range names {
