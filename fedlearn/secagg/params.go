@@ -71,6 +71,7 @@ type Params struct {
 // Resolve applies the defaults and Flower's rules for n sampled clients
 // and updates of dim values:
 //
+//   - rounding is Python's (half to even), as in Flower;
 //   - a proportion of shares is round(p·n), made odd when below n, and n
 //     when that leaves 2 or fewer; a count above n is cut to n (Flower lets
 //     the neighbour window wrap around; the neighbourhood is the same);
@@ -97,7 +98,7 @@ func (c Config) Resolve(n, dim int) (Params, error) {
 		return Params{}, err
 	}
 	if k < 0 { // a proportion
-		k = int(math.Round(c.NumShares * float64(n)))
+		k = int(math.RoundToEven(c.NumShares * float64(n))) // Python's round
 		if k < n && k%2 == 0 {
 			k++
 		}
@@ -119,7 +120,7 @@ func (c Config) Resolve(n, dim int) (Params, error) {
 		return Params{}, err
 	}
 	if t < 0 {
-		t = max(int(math.Round(c.ReconstructionThreshold*float64(k))), 2)
+		t = max(int(math.RoundToEven(c.ReconstructionThreshold*float64(k))), 2)
 	} else if c.NumShares > 1 && t >= int(c.NumShares) {
 		return Params{}, fmt.Errorf("%w: reconstruction_threshold %d must be less than num_shares %v", ErrConfig, t, c.NumShares)
 	}
