@@ -27,7 +27,7 @@ type SecAggOptions struct {
 	// NumShares and Threshold as in secagg.Config; 0 = 0.5 and 0.5
 	// (proportions: half the clients, and half of those; with 20 % random
 	// dropouts, 11 and 6 at 100 clients leave some neighbourhood below the
-	// threshold in about half the rounds).
+	// threshold in 4 of 20 seeded rounds).
 	NumShares, Threshold float64
 	// Dropout is the fraction of clients that send their shares and then
 	// drop before their masked vector arrives (their pairwise masks are
