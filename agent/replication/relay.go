@@ -106,5 +106,15 @@ func (r *Replicator) relayBroadcasts(own [][]byte, overhead, limit int) [][]byte
 	if limit <= overhead {
 		return own
 	}
-	return append(own, r.relayQ.GetBroadcasts(overhead, limit)...)
+	relayed := r.relayQ.GetBroadcasts(overhead, limit)
+	for _, b := range relayed {
+		r.c.Sent.add(b, true)
+	}
+	return append(own, relayed...)
+}
+
+// Queued returns how many broadcasts wait in this agent's own gossip queue
+// and in its relay queue.
+func (r *Replicator) Queued() (own, relay int) {
+	return r.bcast.NumQueued(), r.relayQ.NumQueued()
 }

@@ -74,6 +74,7 @@ type Counters struct {
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
 	DeferredOps   atomic.Uint64 // ops refused while this agent's wall clock is wrong and no peer's clock is known (not the origin's fault)
+	Sent          Sent          // what was sent, by kind
 }
 
 // Config configures a Replicator. Store, Members, Rand, Counters, Reject
@@ -264,7 +265,17 @@ func (r *Replicator) NotifyMsg(b []byte) { r.enqueueInbound(b) }
 // GetBroadcasts serves queued local deltas, then relayed ones, to
 // memberlist's gossip.
 func (r *Replicator) GetBroadcasts(overhead, limit int) [][]byte {
-	return r.relayBroadcasts(r.bcast.GetBroadcasts(overhead, limit), overhead, limit)
+	own := r.bcast.GetBroadcasts(overhead, limit)
+	for _, b := range own {
+		r.c.Sent.add(b, false)
+	}
+	return r.relayBroadcasts(own, overhead, limit)
+}
+
+// sendTo sends msg to peer (Members.SendTo), counting it.
+func (r *Replicator) sendTo(peer, addr string, msg []byte) error {
+	r.c.Sent.add(msg, false)
+	return r.members.SendTo(peer, addr, msg)
 }
 
 // LocalState is this agent's part of a push/pull exchange: its name and
@@ -282,6 +293,7 @@ func (r *Replicator) LocalState(join bool) []byte {
 		r.log.Error("encoding push/pull state", "err", err)
 		return nil
 	}
+	r.c.Sent.add(msg, false)
 	return msg
 }
 
