@@ -254,6 +254,10 @@ type Report struct {
 	Relay              bool      `json:"relay"`
 	// IdleGossip breaks GossipBytesPerAgentPerSecond down.
 	IdleGossip *IdleGossip `json:"idle_gossip,omitempty"`
+	// DevicesGossip is the same measure over a window of the same length
+	// just before, while the devices send and the agents write their
+	// device records (absent without devices).
+	DevicesGossip *IdleGossip `json:"devices_gossip,omitempty"`
 }
 
 // ControlPlaneReport describes the fleet as the control plane saw it.
@@ -727,6 +731,19 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.Converged = len(distinct) == 1 && hashes[0] == want
 	rep.StateHash = want
 
+	// The same window with the devices sending: the device registry's
+	// writes (a record per device at most every
+	// ingest.device_registry_interval) are the fleet's steady write load.
+	if f.DevicesEnabled() {
+		log.Info("measuring gossip while devices send", "window", o.Idle)
+		busy, err := f.idleGossip(ctx, o.Idle)
+		if err != nil {
+			return rep, err
+		}
+		busy.Total = round(busy.Total)
+		rep.DevicesGossip = &busy
+	}
+
 	// Idle means no writes at all: the devices pause (their registry
 	// updates are writes) while gossip is measured, and the window starts
 	// once the writes they caused have been made and gossiped (quiesce).
@@ -978,8 +995,8 @@ type IdleGossip struct {
 	TopAgentBytesPerSec float64 `json:"top_agent_bytes_per_second"`
 }
 
-// idleGossip measures all gossip bytes sent by the agents over window, with
-// no writes, per agent per second, and breaks them down.
+// idleGossip measures all gossip bytes sent by the agents over window per
+// agent per second, and breaks them down.
 func (f *Fleet) idleGossip(ctx context.Context, window time.Duration) (IdleGossip, error) {
 	snap := func() []agent.Stats {
 		out := make([]agent.Stats, len(f.nodes))
