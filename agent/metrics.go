@@ -34,7 +34,7 @@ type Stats struct {
 	Dropped                uint64 // messages dropped because the inbound queue was full
 	Broadcasts             uint64 // local deltas queued for gossip
 	Relayed                uint64 // deltas received by gossip, new here, queued for gossip again
-	RelaySkipped           uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
+	RelaySkipped           uint64 // relayed deltas dropped from the full relay queue before all their sends
 	Reconnects             uint64 // failed members rejoined by the reconnect loop
 	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
 	MemberSyncs            uint64 // push/pulls run because a peer saw other members alive
@@ -83,7 +83,7 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 		counterFunc("edgefleet_gossip_deferred_ops_total", "Remote ops refused while this agent's wall clock was wrong and no peer's clock was known yet (anti-entropy offers them again).", nil, &m.repl.DeferredOps),
 		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.repl.Broadcasts),
 		counterFunc("edgefleet_gossip_relayed_total", "Deltas received by gossip, new to this agent, queued for gossip again.", nil, &m.repl.Relayed),
-		counterFunc("edgefleet_gossip_relay_skipped_total", "Deltas received by gossip, new to this agent, not relayed because the relay queue was full (anti-entropy carries them).", nil, &m.repl.RelaySkipped),
+		counterFunc("edgefleet_gossip_relay_skipped_total", "Relayed deltas dropped from the full relay queue before all their sends, the most sent first (anti-entropy carries them).", nil, &m.repl.RelaySkipped),
 		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.members.Reconnects),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_sync_lag_ops",

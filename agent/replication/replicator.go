@@ -69,7 +69,7 @@ type Counters struct {
 	Dropped       atomic.Uint64 // messages dropped: inbound queue full
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	Relayed       atomic.Uint64 // deltas received by gossip, new here, queued for gossip again
-	RelaySkipped  atomic.Uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
+	RelaySkipped  atomic.Uint64 // relayed deltas dropped from the full relay queue before all their sends (the most sent ones)
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
@@ -154,8 +154,10 @@ type Replicator struct {
 	recKick chan struct{}
 	serve   chan serveReq
 	install chan installReq
-	// relayed remembers the deltas this agent relayed.
-	relayed relaySet
+	// relayed remembers the deltas this agent relayed; relayBudget bounds
+	// the bytes it relays.
+	relayed     relaySet
+	relayBudget tokenBucket
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
