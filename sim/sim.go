@@ -466,6 +466,12 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		cfg.ControlPlane.URL = f.cp.url
 		cfg.ControlPlane.CAFile = f.cp.caPath
 		cfg.ControlPlane.EnrollmentToken = n.token
+		// The control plane shares this process with every agent: on a
+		// loaded machine an enrollment can take longer than the default
+		// 10 s, and a retry after a client-side timeout is refused (the
+		// server used the token), which leaves the agent without the
+		// fleet's gossip key for good.
+		cfg.ControlPlane.RequestTimeout = max(cfg.ControlPlane.RequestTimeout, simRequestTimeout)
 	}
 	ag, err := agent.New(cfg, agent.Deps{
 		Logger: f.opts.AgentLogger.With("agent", n.name),
@@ -491,6 +497,10 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	}
 	return nil
 }
+
+// simRequestTimeout bounds each of the simulated agents' requests to the
+// in-process control plane.
+const simRequestTimeout = time.Minute
 
 // orFree is addr, or a free loopback port when addr is not known yet.
 func orFree(addr string) string {
@@ -904,13 +914,20 @@ func (f *Fleet) waitConverged(ctx context.Context, want string, since time.Time,
 			return c, nil
 		}
 		if time.Now().After(deadline) {
-			lag := 0
+			lag, noState, noMembers := 0, 0, 0
 			for i := range stateAt {
 				if stateAt[i] < 0 || memAt[i] < 0 {
 					lag++
 				}
+				if stateAt[i] < 0 {
+					noState++
+				}
+				if memAt[i] < 0 {
+					noMembers++
+				}
 			}
-			return convergence{}, fmt.Errorf("sim: %d of %d agents had not converged within %s", lag, len(f.nodes), timeout)
+			return convergence{}, fmt.Errorf("sim: %d of %d agents had not converged within %s (%d lacked the final state, %d did not see every agent alive)",
+				lag, len(f.nodes), timeout, noState, noMembers)
 		}
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
 			return convergence{}, err
