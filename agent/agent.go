@@ -316,7 +316,13 @@ func (a *Agent) APIAddr() string {
 func (a *Agent) Members() []Member { return a.peers.Load().Members() }
 
 // Stats returns a snapshot of the agent's counters.
-func (a *Agent) Stats() Stats { return a.m.stats() }
+func (a *Agent) Stats() Stats {
+	st := a.m.stats()
+	if r := a.repl.Load(); r != nil {
+		st.BroadcastsQueued, st.RelayQueued = r.Queued()
+	}
+	return st
+}
 
 // Registry is the registry holding the agent's metrics.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }

@@ -37,6 +37,23 @@ func (a *Agent) Ingest() *ingest.Ingestor {
 	return a.ingestor
 }
 
+// FlushDevices writes every device record with unwritten changes now
+// instead of when ingest.device_registry_interval is due (the simulator
+// does, so that no registry write falls into its idle window); nothing
+// without ingestion.
+func (a *Agent) FlushDevices(ctx context.Context) error {
+	a.mu.Lock()
+	reg := a.registry
+	a.mu.Unlock()
+	if reg == nil {
+		return nil
+	}
+	if err := reg.Flush(ctx); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
 // Uplink is the agent's uplink to the control plane; nil without a
 // control plane (control_plane.url empty) or before Start.
 func (a *Agent) Uplink() *uplink.Uplink {

@@ -266,3 +266,37 @@ func FuzzDecodeDeviceRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestDeviceRegistryFlush: Flush writes a changed record at once, not when
+// the interval is due, and writes nothing for a device with no change.
+func TestDeviceRegistryFlush(t *testing.T) {
+	h := newRegHarness(t)
+	ctx := context.Background()
+	if err := h.reg.Flush(ctx); err == nil {
+		t.Fatal("Flush before Start: no error")
+	}
+	h.reg.Start()
+	defer h.reg.Stop(ctx, false)
+	h.commit("d1", 1, 20)
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := h.last("d1"); n != 1 {
+		t.Fatalf("first sight: %d writes, want 1", n)
+	}
+	h.clk.Set(h.now().Add(time.Second)) // well within the 30 s interval
+	h.commit("d1", 3, 30)
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, n := h.last("d1")
+	if n != 2 || rec.Messages != 4 {
+		t.Fatalf("after a flush within the interval: %d writes, last %+v; want 2 writes, 4 messages", n, rec)
+	}
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := h.last("d1"); n != 2 {
+		t.Fatalf("flush without changes wrote again: %d writes", n)
+	}
+}
