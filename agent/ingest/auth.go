@@ -46,6 +46,9 @@ type AuthConfig struct {
 	CacheEntries int
 	// Registry receives the auth metrics; nil registers none.
 	Registry *prometheus.Registry
+	// Identities are admitted from the start (Broker.SetIdentities
+	// replaces them).
+	Identities []Identity
 }
 
 // Refusal reasons, the "reason" label of
@@ -119,6 +122,7 @@ func newAuthHook(cfg *AuthConfig, log *slog.Logger) (*authHook, error) {
 	}
 	empty := map[string]*authID{}
 	h.ids.Store(&empty)
+	h.set(cfg.Identities)
 	if cfg.Registry != nil {
 		for _, c := range []prometheus.Collector{h.refused, h.accepted, h.kicked} {
 			if err := cfg.Registry.Register(c); err != nil {
