@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/devcred"
@@ -203,7 +204,7 @@ func (a *Agent) putIdentity(ctx context.Context, d DeviceIdentity, action string
 	w := a.idWatch
 	a.mu.Unlock()
 	if w != nil {
-		w.poke()
+		w.refresh(ctx) // this agent enforces the change before answering
 	}
 	return nil
 }
@@ -215,23 +216,17 @@ type identityWatch struct {
 	broker *ingest.Broker
 	own    []ingest.Identity // the agent's own user, if configured
 	every  time.Duration
-	wake   chan struct{}
-	last   crdt.VersionVector
+
+	mu   sync.Mutex // serializes refresh (watcher and local writes)
+	last crdt.VersionVector
 }
 
-func (w *identityWatch) poke() {
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
-// newIdentityWatch prepares the embedded broker's auth: the agent's own
+// brokerAuth prepares the embedded broker's auth: the agent's own
 // user (ingest.mqtt.username, when set) and the identities stored now,
 // so devices are admitted from the broker's first connection.
 func (a *Agent) brokerAuth(ctx context.Context, password string) (*ingest.AuthConfig, *identityWatch, error) {
 	ic := &a.cfg.Ingest
-	w := &identityWatch{a: a, every: ic.Broker.IdentityPoll, wake: make(chan struct{}, 1)}
+	w := &identityWatch{a: a, every: ic.Broker.IdentityPoll}
 	if ic.MQTT.Username != "" {
 		hash, err := devcred.HashSecret(a.rnd, password)
 		if err != nil {
@@ -282,6 +277,8 @@ func (w *identityWatch) read(ctx context.Context) ([]ingest.Identity, error) {
 
 // refresh applies the identities when replicated state changed.
 func (w *identityWatch) refresh(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	vv, err := w.a.Store().VersionVector(ctx)
 	if err != nil || maps.Equal(vv, w.last) {
 		return
@@ -315,7 +312,6 @@ func (a *Agent) startIdentityWatch(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-t.C():
-			case <-w.wake:
 			}
 			w.refresh(ctx)
 		}
