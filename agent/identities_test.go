@@ -86,6 +86,12 @@ func TestDisableClosesConnectionsOnEveryAgent(t *testing.T) {
 			cl.Disconnect(0)
 			t.Fatalf("g%d admits the disabled device", i)
 		}
+		if n := metricValue(t, a, "edgefleet_broker_auth_refused_total", "disabled"); n != 1 {
+			t.Fatalf("g%d counted %v refusals of a disabled device, want 1", i, n)
+		}
+		if n := metricValue(t, a, "edgefleet_broker_auth_disconnects_total", "disabled"); n != 1 {
+			t.Fatalf("g%d counted %v disconnects of a disabled device, want 1", i, n)
+		}
 	}
 
 	t0 = time.Now()
@@ -117,4 +123,26 @@ func TestDisableClosesConnectionsOnEveryAgent(t *testing.T) {
 	if _, _, err := as[0].RegisterDevice(ctx, "x1", []string{"devices/#/x"}, nil); !errors.Is(err, ErrBadIdentity) {
 		t.Fatalf("bad topic: %v", err)
 	}
+}
+
+// metricValue reads a counter of the agent's registry by its one label's
+// value.
+func metricValue(t *testing.T, a *Agent, name, label string) float64 {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s}", name, label)
+	return 0
 }
