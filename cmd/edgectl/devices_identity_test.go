@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/agentapi"
+	"github.com/edgefleet/edgefleet/internal/agenttest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
 
@@ -33,11 +37,12 @@ func deviceLogin(broker, clientID, user, secret string) (mqtt.Client, error) {
 // old secret; errors exit as they should.
 func TestDeviceIdentitiesAgainstAgent(t *testing.T) {
 	e := newDevicesEnv(t)
-	ag := startTestAgent(t, "edge-id", func(cfg *agent.Config) {
-		cfg.Ingest.Enabled = true
-		cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
-		cfg.Ingest.Broker.AllowAnonymous = false
-	})
+	cfg := agenttest.Config(t, "edge-id", "edgectl-test")
+	cfg.Ingest.Enabled = true
+	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
+	cfg.Ingest.Broker.AllowAnonymous = false
+	logs := &syncBuffer{}
+	ag := agenttest.StartWith(t, cfg, agent.Deps{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	e.vars["EDGEFLEET_AGENT"] = "http://" + ag.APIAddr()
 
 	out := e.must("devices", "register", "room-9")
@@ -109,6 +114,39 @@ func TestDeviceIdentitiesAgainstAgent(t *testing.T) {
 	if strings.Contains(e.must("devices", "list", "--json"), rot.Secret) {
 		t.Fatal("list shows a secret")
 	}
+	// Each change is an audit record in the agent's log, without secrets.
+	log := logs.String()
+	for _, want := range []string{"action=device.register device=room-9", "action=device.register device=cam-1",
+		"action=device.disable device=cam-1", "action=device.enable device=cam-1", "action=device.rotate-secret device=cam-1"} {
+		found := false
+		for _, line := range strings.Split(log, "\n") {
+			found = found || strings.Contains(line, "msg=audit ") && strings.Contains(line, want) && strings.Contains(line, "result=ok")
+		}
+		if !found {
+			t.Errorf("agent log lacks the audit record %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, reg.Secret) || strings.Contains(log, rot.Secret) {
+		t.Fatal("a secret is in the agent's log")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the agent's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func waitForCond(t *testing.T, what string, cond func() bool) {
