@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/internal/agenttest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // deviceLogin connects with user name = client id = id.
@@ -41,7 +40,7 @@ func TestDeviceIdentitiesAgainstAgent(t *testing.T) {
 	cfg.Ingest.Enabled = true
 	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
 	cfg.Ingest.Broker.AllowAnonymous = false
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	ag := agenttest.StartWith(t, cfg, agent.Deps{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	e.vars["EDGEFLEET_AGENT"] = "http://" + ag.APIAddr()
 
@@ -129,24 +128,6 @@ func TestDeviceIdentitiesAgainstAgent(t *testing.T) {
 	if strings.Contains(log, reg.Secret) || strings.Contains(log, rot.Secret) {
 		t.Fatal("a secret is in the agent's log")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the agent's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func waitForCond(t *testing.T, what string, cond func() bool) {
