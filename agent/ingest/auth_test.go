@@ -160,10 +160,23 @@ func TestBrokerAuthTopics(t *testing.T) {
 	if got := refused(b, RefuseSubscribe); got != 4 {
 		t.Fatalf("subscribe refusals %v, want 4", got)
 	}
-	tok = c1.Subscribe("devices/d1/commands", 1, nil)
+	cmds := make(chan string, 4)
+	tok = c1.Subscribe("devices/d1/commands", 1, func(_ mqtt.Client, m mqtt.Message) { cmds <- string(m.Payload()) })
 	waitToken(t, "own commands", tok)
 	if code := tok.(*mqtt.SubscribeToken).Result()["devices/d1/commands"]; code != 1 {
 		t.Fatalf("own commands: code %#x", code)
+	}
+	// The agent's commands (inline client) reach the device.
+	if err := in.Publish(context.Background(), "devices/d1/commands", []byte("fan-on")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-cmds:
+		if c != "fan-on" {
+			t.Fatalf("command %q", c)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent's command did not reach the device")
 	}
 
 	// QoS 1 to d2's topic: the 3.1.1 client is disconnected.
