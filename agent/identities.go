@@ -219,6 +219,7 @@ type identityWatch struct {
 
 	mu   sync.Mutex // serializes refresh (watcher and local writes)
 	last crdt.VersionVector
+	seen map[string]decodedIdentity // by key, as of last
 }
 
 // brokerAuth prepares the embedded broker's auth: the agent's own
@@ -252,27 +253,50 @@ func (a *Agent) brokerAuth(ctx context.Context, password string) (*ingest.AuthCo
 }
 
 // read returns the broker identities: the agent's own and every
-// registered device's; it records the store's version vector.
+// registered device's; it records the store's version vector. Only the
+// entries written since the last read are decoded (and an invalid one
+// is logged once per write).
 func (w *identityWatch) read(ctx context.Context) ([]ingest.Identity, error) {
 	s := w.a.Store()
 	vv, err := s.VersionVector(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("agent: reading device identities: %w", err)
 	}
-	list, err := w.a.readIdentities(ctx, s)
+	entries, err := s.List(ctx, IdentitiesCollection)
 	if err != nil {
 		return nil, fmt.Errorf("agent: reading device identities: %w", err)
 	}
-	out := append([]ingest.Identity(nil), w.own...)
-	for _, d := range list {
-		if len(w.own) > 0 && d.ID == w.own[0].Name {
-			w.a.log.Warn("a device identity has the agent's own MQTT user name; the agent's user wins", "device", d.ID)
-			continue
+	seen := make(map[string]decodedIdentity, len(entries))
+	out := append(make([]ingest.Identity, 0, len(entries)+len(w.own)), w.own...)
+	for _, e := range entries {
+		d, ok := w.seen[e.Key]
+		if !ok || d.hlc != e.HLC || d.origin != e.Origin {
+			d = decodedIdentity{hlc: e.HLC, origin: e.Origin}
+			id, err := devices.DecodeIdentity(e.Key, e.Value)
+			switch {
+			case err != nil:
+				w.a.log.Warn("skipping an invalid device identity in replicated state", "key", e.Key, "origin", e.Origin, "err", err)
+			case len(w.own) > 0 && id.ID == w.own[0].Name:
+				w.a.log.Warn("a device identity has the agent's own MQTT user name; the agent's user wins", "device", id.ID)
+			default:
+				d.id, d.ok = id.Broker(), true
+			}
 		}
-		out = append(out, d.Broker())
+		seen[e.Key] = d
+		if d.ok {
+			out = append(out, d.id)
+		}
 	}
-	w.last = vv
+	w.seen, w.last = seen, vv
 	return out, nil
+}
+
+// decodedIdentity is an entry of the collection as last decoded.
+type decodedIdentity struct {
+	hlc    crdt.Timestamp
+	origin string
+	id     ingest.Identity
+	ok     bool // decoded and valid
 }
 
 // refresh applies the identities when replicated state changed.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,4 +147,56 @@ func metricValue(t *testing.T, a *Agent, name, label string) float64 {
 	}
 	t.Fatalf("no metric %s{%s}", name, label)
 	return 0
+}
+
+// TestInvalidIdentitySkipped: a value in device_identities that is not a
+// valid identity (written around the API, e.g. by a faulty peer) admits
+// no one and hides no valid identity; the local API refuses generic
+// writes to the collection.
+func TestInvalidIdentitySkipped(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("solo", nil, func(cfg *Config) {
+		withIngest(cfg)
+		cfg.Ingest.Broker.AllowAnonymous = false
+		cfg.Ingest.Broker.IdentityPoll = 50 * time.Millisecond
+	})
+	ctx := context.Background()
+	_, secret, err := a.RegisterDevice(ctx, "ok-1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, val := range map[string]string{
+		"bad-1": `{"id":"bad-1","hash":"","state":"active"}`,
+		"bad-2": `{"id":"other","hash":"$7$101$k6NdYsnn/MLMDKSh$JxJImt6dOABI1/oJCEhJ+gCRPyPhRRx6fYnZGwTsKE9UEjCL/56jnnXhQ/ZGb1AD1bichVZgMYnzPir+Da/grQ==","state":"active"}`,
+		"bad-3": `not json`,
+	} {
+		if _, err := a.Store().Put(ctx, IdentitiesCollection, key, []byte(val)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a few polls
+	ids, err := a.DeviceIdentities(ctx)
+	if err != nil || len(ids) != 1 || ids[0].ID != "ok-1" {
+		t.Fatalf("identities %+v, %v", ids, err)
+	}
+	if cl, err := dialDevice(a.MQTTURL(), "ok-1", secret, nil); err != nil {
+		t.Fatalf("valid device refused beside invalid entries: %v", err)
+	} else {
+		cl.Disconnect(0)
+	}
+	for _, id := range []string{"bad-1", "bad-2", "other"} {
+		if cl, err := dialDevice(a.MQTTURL(), id, "secret", nil); err == nil {
+			cl.Disconnect(0)
+			t.Fatalf("%s admitted", id)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPut, "http://"+a.APIAddr()+"/v1/state/"+IdentitiesCollection+"/x", strings.NewReader(`{}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("generic write to %s: %s, want 403", IdentitiesCollection, resp.Status)
+	}
 }
