@@ -244,7 +244,9 @@ is written there (mode 0600): give that file to the agent as
 ingest.mqtt.password_file, with ingest.mqtt.username = --agent-user and
 ingest.mqtt.broker = the Mosquitto broker.
 
-Mosquitto cannot tie a client id to a user name, as the embedded broker does.`,
+The embedded broker also requires a device's client id to be its id; Mosquitto
+does not check that (its use_username_as_clientid option comes close, but
+then agents sharing --agent-user also share one session).`,
 		Example: `  edgectl devices credentials export --format mosquitto --dir /etc/mosquitto/edgefleet`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
