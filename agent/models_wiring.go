@@ -71,6 +71,7 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, controlPla
 			}
 			return controlPlaneKey()
 		},
+		ControlPlaneKey: controlPlaneKey,
 		Changed: func(serving []*models.Model) {
 			if rt := p.rt.Load(); rt != nil {
 				rt.SetModels(serving)
