@@ -2,10 +2,13 @@ package models
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -72,6 +75,8 @@ type Outbox struct {
 	roundIdx int
 	cursor   int64 // next sequence number to send
 
+	payload  []byte // scratch for predictions skipped
+	topic    []byte // scratch
 	inflight []inflightMsg
 	retry    time.Duration
 	failed   int
@@ -248,7 +253,6 @@ func (o *Outbox) reap(now time.Time) {
 // is left.
 func (o *Outbox) fill(ctx context.Context, now time.Time) error {
 	st := o.cfg.Store
-	var p StoredPrediction
 	for len(o.inflight) < o.cfg.MaxInFlight {
 		if len(o.round) == 0 {
 			first, last, data, ok, err := st.roundAfter(ctx, o.cursor-1)
@@ -264,18 +268,23 @@ func (o *Outbox) fill(ctx context.Context, now time.Time) error {
 				o.cursor = first
 			}
 		}
-		rest, err := decodePrediction(o.round, &p, o.roundIdx)
+		seq := o.roundSeq + int64(o.roundIdx)
+		payload := o.payload[:0]
+		if seq >= o.cursor {
+			payload = make([]byte, 0, 256) // the MQTT client holds it until acknowledged
+		}
+		payload, device, rest, err := appendPayloadFromRound(payload, o.round, st.Epoch(), seq)
 		if err != nil {
-			o.skip(o.roundSeq+int64(o.roundIdx), o.roundEnd, err)
+			o.skip(seq, o.roundEnd, fmt.Errorf("%w: prediction %d: %v", errRound, o.roundIdx, err))
 			continue
 		}
-		seq := o.roundSeq + int64(o.roundIdx)
 		o.round, o.roundIdx = rest, o.roundIdx+1
 		if seq < o.cursor {
-			continue // sent before a rewind's mark, or acknowledged
+			o.payload = payload // scratch: not sent
+			continue            // sent before a rewind's mark, or acknowledged
 		}
-		payload := appendOutboxPayload(make([]byte, 0, 192+32*len(p.Probabilities)), &p, st.Epoch(), seq)
-		s, err := o.cfg.Publisher.Send(InferenceTopic(p.Device), payload)
+		o.topic = append(append(append(o.topic[:0], "devices/"...), device...), "/inference"...)
+		s, err := o.cfg.Publisher.Send(string(o.topic), payload)
 		if err != nil {
 			o.rewind()
 			return err
@@ -325,40 +334,92 @@ func (o *Outbox) fail(err error) {
 	}
 }
 
-// appendOutboxPayload appends the JSON of a stored prediction as
-// published:
+// appendPayloadFromRound appends the JSON of the prediction encoded at
+// the start of round (appendPrediction's format) as published, and
+// returns it with the prediction's device and the rest of round:
 //
 //	{"id":"1796623200000000-42","model":"occupancy","version":"3",
 //	 "device":"room-1","class":{"index":1,"label":"occupied"},
 //	 "probabilities":[0.02,0.98],"time":"2026-01-02T03:04:05.123456Z"}
 //
 // id is PredictionID; time is the reading's time; probabilities are in
-// class order.
-func appendOutboxPayload(b []byte, p *StoredPrediction, epoch, seq int64) []byte {
+// class order. It reads the encoding in place: nothing is allocated
+// beyond b's growth.
+func appendPayloadFromRound(b, round []byte, epoch, seq int64) (payload, device, rest []byte, err error) {
+	errShort := errors.New("truncated")
+	field := func() ([]byte, error) {
+		n, k := binary.Uvarint(round)
+		if k <= 0 || n > uint64(len(round)-k) {
+			return nil, errShort
+		}
+		f := round[k : k+int(n)]
+		round = round[k+int(n):]
+		return f, nil
+	}
+	var fs [4][]byte // device, model, version, label
+	for i := range fs {
+		if fs[i], err = field(); err != nil {
+			return b, nil, nil, err
+		}
+	}
+	class, k := binary.Uvarint(round)
+	if k <= 0 || class > math.MaxInt32 {
+		return b, nil, nil, errShort
+	}
+	round = round[k:]
+	readingUS, k := binary.Varint(round)
+	if k <= 0 {
+		return b, nil, nil, errShort
+	}
+	round = round[k:]
+	if _, k = binary.Varint(round); k <= 0 { // the prediction's time: not published
+		return b, nil, nil, errShort
+	}
+	round = round[k:]
+	nprobs, k := binary.Uvarint(round)
+	if k <= 0 || nprobs > uint64(len(round)-k)/8 {
+		return b, nil, nil, errShort
+	}
+	round = round[k:]
+
 	b = append(b, `{"id":"`...)
 	b = strconv.AppendInt(b, epoch, 10)
 	b = append(b, '-')
 	b = strconv.AppendInt(b, seq, 10)
 	b = append(b, `","model":`...)
-	b = strconv.AppendQuote(b, p.Model) // model names are plain ASCII (CheckName)
+	b = appendJSONBytes(b, fs[1])
 	b = append(b, `,"version":`...)
-	b = appendJSONString(b, p.Version)
+	b = appendJSONBytes(b, fs[2])
 	b = append(b, `,"device":`...)
-	b = strconv.AppendQuote(b, p.Device) // device ids are plain ASCII (ingest.CheckDeviceID)
+	b = appendJSONBytes(b, fs[0])
 	b = append(b, `,"class":{"index":`...)
-	b = strconv.AppendInt(b, int64(p.Class), 10)
+	b = strconv.AppendUint(b, class, 10)
 	b = append(b, `,"label":`...)
-	b = appendJSONString(b, p.Label)
+	b = appendJSONBytes(b, fs[3])
 	b = append(b, `},"probabilities":[`...)
-	for i, v := range p.Probabilities {
+	for i := range int(nprobs) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = strconv.AppendFloat(b, v, 'g', -1, 64)
+		b = strconv.AppendFloat(b, math.Float64frombits(binary.LittleEndian.Uint64(round[8*i:])), 'g', -1, 64)
 	}
+	round = round[8*nprobs:]
 	b = append(b, `],"time":"`...)
-	b = p.ReadingTime.AppendFormat(b, time.RFC3339Nano)
-	return append(b, `"}`...)
+	b = time.UnixMicro(readingUS).UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, `"}`...), fs[0], round, nil
+}
+
+// appendJSONBytes appends s as a JSON string: plain printable ASCII as
+// is, anything else through encoding/json.
+func appendJSONBytes(b, s []byte) []byte {
+	for _, c := range s {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return appendJSONString(b, string(s))
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // appendJSONString appends s as a JSON string.
