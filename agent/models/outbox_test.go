@@ -376,3 +376,19 @@ func TestOutboxThroughMosquittoRestart(t *testing.T) {
 	mu.Unlock()
 	t.Logf("%d predictions received through a broker restart, %d duplicates, %v failed publishes retried", total, dups, counter(o.failures))
 }
+
+// TestStoreFromBeforeTheOutbox: predictions stored before the outbox
+// existed count as published: an upgrade does not send them again.
+func TestStoreFromBeforeTheOutbox(t *testing.T) {
+	path := filepath.Join(t.TempDir(), StoreFile)
+	st := openOutboxStore(t, path, 1000)
+	storeN(t, st, "r", 0, 12, 4)
+	if _, err := st.db.Exec(`DROP TABLE outbox`); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st = openOutboxStore(t, path, 1000)
+	if st.Published() != 12 || st.Total() != 12 {
+		t.Fatalf("published %d of %d after the upgrade", st.Published(), st.Total())
+	}
+}

@@ -118,7 +118,10 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("models: open %s: create schema: %w", cfg.Path, err)
 	}
-	if _, err := db.ExecContext(ctx, `INSERT OR IGNORE INTO outbox (id, published, epoch) VALUES (1, 0, ?)`,
+	// A database from before the outbox: what it holds was published
+	// then (or given up), and is not sent again.
+	if _, err := db.ExecContext(ctx, `INSERT OR IGNORE INTO outbox (id, published, epoch)
+		VALUES (1, (SELECT coalesce(max(upto), 0) FROM prediction_rounds), ?)`,
 		clock.Or(cfg.Clock).Now().UnixMicro()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("models: open %s: %w", cfg.Path, err)
