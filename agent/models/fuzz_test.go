@@ -3,8 +3,8 @@ package models
 import (
 	"encoding/json"
 	"testing"
-	"unicode/utf8"
 	"time"
+	"unicode/utf8"
 )
 
 // FuzzDecodeRound: a stored round decodes or fails with an error, never
