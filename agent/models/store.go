@@ -60,6 +60,7 @@ type Store struct {
 	since     int64      // predictions added since the bounds were last applied
 	published int64      // predictions published through this sequence number (Outbox)
 	epoch     int64      // creation time of the database, Unix µs
+	newest    atomic.Int64 // total, read without the lock
 	dropped   atomic.Int64
 	added     chan struct{} // signalled after each stored round
 }
@@ -138,6 +139,7 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	if !cfg.Outbox {
 		st.published = st.total
 	}
+	st.newest.Store(st.total)
 	return st, nil
 }
 
@@ -147,11 +149,7 @@ func (s *Store) Epoch() int64 { return s.epoch }
 
 // Total is the sequence number of the newest stored prediction (the
 // first is 1).
-func (s *Store) Total() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.total
-}
+func (s *Store) Total() int64 { return s.newest.Load() }
 
 // Published is the sequence number through which predictions were
 // published (MarkPublished) or dropped unpublished by the count bound.
@@ -242,6 +240,7 @@ func (s *Store) AddRound(ctx context.Context, n int, at time.Time, round []byte)
 		return fmt.Errorf("models: storing predictions: %w", err)
 	}
 	s.total = total
+	s.newest.Store(total)
 	if !s.cfg.Outbox {
 		s.published = total
 	}
