@@ -55,11 +55,11 @@ type Store struct {
 	cfg StoreConfig
 	db  *sql.DB
 
-	mu        sync.Mutex // serialises writes
-	total     int64      // predictions stored through the newest row
-	since     int64      // predictions added since the bounds were last applied
-	published int64      // predictions published through this sequence number (Outbox)
-	epoch     int64      // creation time of the database, Unix µs
+	mu        sync.Mutex   // serialises writes
+	total     int64        // predictions stored through the newest row
+	since     int64        // predictions added since the bounds were last applied
+	published int64        // predictions published through this sequence number (Outbox)
+	epoch     int64        // creation time of the database, Unix µs
 	newest    atomic.Int64 // total, read without the lock
 	dropped   atomic.Int64
 	added     chan struct{} // signalled after each stored round
