@@ -23,7 +23,12 @@
 // (edgefleet_model_install_failures_total{reason}). At start, Load reads
 // the deployed files and verifies each again (the devices check aside:
 // devices come and go); a file that fails is renamed NAME.model.refused
-// and does not serve. Inference uses fedlearn.Forward, the light forward
+// and does not serve; a later good install of that name deletes it.
+// Manager.Remove stops serving a model and deletes its file (the uplink
+// calls it when the control plane no longer assigns a model that came
+// from it: one whose signature verifies with the control plane's pinned
+// key; models signed only by models.verifying_key_file's key are left
+// alone). Inference uses fedlearn.Forward, the light forward
 // pass, so nothing of gorgonia runs on the ingestion path.
 //
 // # Which devices a model serves

@@ -34,6 +34,8 @@ type OutboxConfig struct {
 	// connection lost with messages in flight). Default 10s.
 	AckTimeout time.Duration
 	// MarkEvery spaces the writes of the published mark. Default 250ms.
+	// Timeouts, marks and retries are looked at on a ticker of the
+	// shortest of MarkEvery, RetryMin and AckTimeout/4.
 	MarkEvery time.Duration
 	// RetryMin and RetryMax bound the pause after a failed publish,
 	// doubling from RetryMin. Defaults 100ms and 5s.
@@ -162,6 +164,8 @@ func (o *Outbox) Run(ctx context.Context) {
 	marked := st.Published()
 	lastMark := o.clk.Now()
 	var retryAt time.Time
+	tick := o.clk.NewTicker(min(o.cfg.MarkEvery, o.cfg.RetryMin, o.cfg.AckTimeout/4))
+	defer tick.Stop()
 	for {
 		now := o.clk.Now()
 		o.reap(now)
@@ -183,26 +187,22 @@ func (o *Outbox) Run(ctx context.Context) {
 		}
 
 		// Wait for the oldest acknowledgement, new predictions, the
-		// next mark or retry, or the end.
-		wait := o.cfg.AckTimeout
-		var front <-chan struct{}
+		// ticker (acknowledgement timeout, mark, retry) or the end. The
+		// ticker is one for the run: a timer per wait would be garbage
+		// at every acknowledgement.
+		var front, added <-chan struct{}
+		var tc <-chan time.Time
 		if len(o.inflight) > 0 {
-			front = o.inflight[0].s.Done()
-			wait = o.inflight[0].sent.Add(o.cfg.AckTimeout).Sub(now)
+			front, tc = o.inflight[0].s.Done(), tick.C()
 		}
-		if acked > marked {
-			wait = min(wait, lastMark.Add(o.cfg.MarkEvery).Sub(now))
+		if acked > marked || now.Before(retryAt) {
+			tc = tick.C()
 		}
-		var added <-chan struct{}
-		if now.Before(retryAt) {
-			wait = min(wait, retryAt.Sub(now))
-		} else if len(o.inflight) < o.cfg.MaxInFlight {
+		if !now.Before(retryAt) && len(o.inflight) < o.cfg.MaxInFlight {
 			added = st.Added()
 		}
-		t := o.clk.NewTimer(max(wait, time.Millisecond))
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			if a := o.acked.Load(); a > marked {
 				if err := st.MarkPublished(context.WithoutCancel(ctx), a); err != nil {
 					o.log.Warn("could not record the published predictions; they may be sent again", "err", err)
@@ -211,9 +211,8 @@ func (o *Outbox) Run(ctx context.Context) {
 			return
 		case <-front:
 		case <-added:
-		case <-t.C():
+		case <-tc:
 		}
-		t.Stop()
 	}
 }
 
