@@ -91,6 +91,10 @@ type Store interface {
 	// cpapi.ErrNotFound if nothing is deployed there, cpapi.ErrConflict
 	// if there is no earlier deployment to return to.
 	RollbackModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) (rolledBack, active cpapi.ModelDeployment, err error)
+	// UndeployModel marks every deployment of (name, selector) not rolled
+	// back yet rolled back, ending the deployment there, and returns them
+	// newest first. cpapi.ErrNotFound if nothing is deployed there.
+	UndeployModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) ([]cpapi.ModelDeployment, error)
 	// ModelDeployments returns the deployments of name ("" for every
 	// name), newest first; only the active ones when activeOnly.
 	ModelDeployments(ctx context.Context, name string, activeOnly bool) ([]cpapi.ModelDeployment, error)

@@ -165,7 +165,10 @@ type server struct {
 //	GET    /v1/training/jobs               {"jobs": [TrainingJob...]}, newest first
 //	GET    /v1/training/jobs/{id}          TrainingJob: state, epochs done, loss and accuracy per epoch; 404 unknown
 //	DELETE /v1/training/jobs/{id}          cancels a queued or running job; answers the job
-//	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done
+//	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done;
+//	                                       ?format=file[&name=N][&version=V]: the model file (fedlearn
+//	                                       format, unsigned, octet-stream) for edgectl models push;
+//	                                       400 naming a bad format, name or version
 //	GET    /v1/models                      {"models": [Model...]}: the models serving, by name
 //	POST   /v1/models/{name}/predict       body {"features": [v...]} or {"features": {"name": v}} (null: imputed);
 //	                                       {"model","version","class":{"index","label"},"probabilities"};
