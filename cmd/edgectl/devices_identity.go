@@ -338,18 +338,18 @@ func exportMosquitto(dir, agentUser, agentPwFile string, ids []agentapi.DeviceId
 		return res, err
 	}
 	for _, f := range []struct{ path, text string }{{res.PasswordFile, pwb.String()}, {res.ACLFile, aclb.String()}} {
-		if err := writeFileAtomic(f.path, f.text); err != nil {
+		if err := writeFileAtomic(f.path, []byte(f.text)); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
 }
 
-// writeFileAtomic writes text to path through a temporary file and a
-// rename, mode 0600 (the password file holds hashes).
-func writeFileAtomic(path, text string) error {
+// writeFileAtomic writes b to path through a temporary file and a rename,
+// mode 0600 (a password file holds hashes, a model file weights).
+func writeFileAtomic(path string, b []byte) error {
 	tmp := fmt.Sprintf("%s.tmp-%d", path, time.Now().UnixNano())
-	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

@@ -359,12 +359,3 @@ func (tc *trainCmd) writeModelJSON(c *cobra.Command, id, file string) error {
 	_, err = fmt.Fprintf(c.OutOrStdout(), "Wrote the model of job %s (%d examples, held-out accuracy %.4f) to %s.\n", md.Job, md.Examples, md.HeldOutAcc, file)
 	return err
 }
-
-// writeFileAtomic writes b to file through a temporary file renamed over it.
-func writeFileAtomic(file string, b []byte) error {
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, file)
-}
