@@ -69,7 +69,6 @@ type Runtime struct {
 
 	// Scratch reused across rounds.
 	readings []ingest.TapReading
-	pending  []trigger
 	seen     map[trigger]struct{}
 	raw      []float64
 	round    []byte // the round's predictions, encoded for the Store
@@ -155,18 +154,39 @@ func (rt *Runtime) Run(ctx context.Context) {
 	}
 }
 
-// Process runs one round over readings (oldest first): it adds them to
-// the devices' windows, predicts for each device and reading time with
-// every model whose metrics the device sends, and stores the
-// predictions. Run calls it; tests and benchmarks may too (never
-// concurrently with Run).
+// Process runs one round over readings (oldest first, as committed): it
+// adds them to the devices' windows and, as each reading time of a device
+// is complete (the next reading is of another device or time), predicts
+// for it with every model whose metrics the device sends, then stores
+// the round's predictions. Predicting as the readings come, not after
+// the whole round, gives a burst drained at once the predictions the same
+// readings arriving one by one get: the windows are bounded, and a later
+// reading of the burst could push out points an earlier reading time
+// needs. Run calls it; tests and benchmarks may too (never concurrently
+// with Run).
 func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 	p := rt.plan.Load()
 	if len(p.models) == 0 || len(readings) == 0 {
 		return
 	}
-	rt.pending = rt.pending[:0]
 	clear(rt.seen)
+	now := rt.clk.Now()
+	rt.round, rt.roundN = append(rt.round[:0], roundFormat), 0
+	var cur trigger
+	fire := func() {
+		if cur.dev == nil || cur.dev.elem == nil {
+			return // none yet, or evicted since
+		}
+		if _, dup := rt.seen[cur]; dup {
+			return // a reading time split in the round: predicted once
+		}
+		rt.seen[cur] = struct{}{}
+		for _, sm := range p.models {
+			if cur.dev.serves(sm.m, cur.t) {
+				rt.predict(sm, cur, now)
+			}
+		}
+	}
 	for i := range readings {
 		r := &readings[i]
 		h, ok := p.horizon[r.Metric]
@@ -174,27 +194,14 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 			continue
 		}
 		dev := rt.device(r.Device)
-		t := r.Time
-		dev.add(r.Metric, fedlearn.Point{T: t, V: r.Value}, h, rt.cfg.MaxPoints)
-		tr := trigger{dev: dev, t: t}
-		if _, dup := rt.seen[tr]; !dup {
-			rt.seen[tr] = struct{}{}
-			rt.pending = append(rt.pending, tr)
+		tr := trigger{dev: dev, t: r.Time}
+		if tr != cur {
+			fire()
+			cur = tr
 		}
+		dev.add(r.Metric, fedlearn.Point{T: r.Time, V: r.Value}, h, rt.cfg.MaxPoints)
 	}
-	now := rt.clk.Now()
-	rt.round, rt.roundN = append(rt.round[:0], roundFormat), 0
-	for _, tr := range rt.pending {
-		if tr.dev.elem == nil {
-			continue // evicted later in this round
-		}
-		for _, sm := range p.models {
-			if !tr.dev.serves(sm.m, tr.t) {
-				continue
-			}
-			rt.predict(sm, tr, now)
-		}
-	}
+	fire()
 	rt.flush(ctx)
 }
 

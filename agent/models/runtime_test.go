@@ -268,3 +268,46 @@ func TestInstallWhileServing(t *testing.T) {
 		t.Fatalf("serving %s", m.Version())
 	}
 }
+
+// TestRuntimeBurstEqualsOneByOne: a burst of one device's messages drained
+// in one round (more than the window's point bound) gets the predictions
+// the same messages get arriving one by one: one per reading time, with
+// the same features.
+func TestRuntimeBurstEqualsOneByOne(t *testing.T) {
+	const n = 40 // over MaxPoints (16), within the store's 50 rows
+	var burst []ingest.TapReading
+	for i := 0; i < n; i++ {
+		s := float64(10 * i)
+		burst = append(burst,
+			reading("room-1", "temperature", s, 20+float64(i%7)),
+			reading("room-1", "humidity", s, 30+float64(i%11)),
+			reading("room-1", "co2", s, 400+float64(13*i%90)))
+	}
+	run := func(oneByOne bool) []published {
+		rt, rec, st, _ := newTestRuntime(t, testFile(t, "1", 3))
+		if oneByOne {
+			for i := 0; i < len(burst); i += 3 {
+				rt.Process(context.Background(), burst[i:i+3])
+			}
+		} else {
+			rt.Process(context.Background(), burst)
+		}
+		publishAll(t, st, rec)
+		out := make([]published, len(rec.msgs))
+		for i, m := range rec.msgs {
+			if err := json.Unmarshal(m.Payload, &out[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	want, got := run(true), run(false)
+	if len(want) != n || len(got) != n {
+		t.Fatalf("one by one: %d predictions, burst: %d; want %d each", len(want), len(got), n)
+	}
+	for i := range want {
+		if !want[i].Time.Equal(got[i].Time) || want[i].Class != got[i].Class || !equalProbs(want[i].Probabilities, got[i].Probabilities, 0) {
+			t.Fatalf("prediction %d: one by one %+v, burst %+v", i, want[i], got[i])
+		}
+	}
+}
