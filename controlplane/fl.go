@@ -89,7 +89,17 @@ func (s *Server) startFL() error {
 		j := &flJob{rec: rec}
 		if rec.Status == coord.JobRunning {
 			if j.c, err = s.restoreFLJob(rec, states[i]); err != nil {
-				return err
+				// One broken job does not keep the server down: it is
+				// marked failed, with the reason.
+				s.log.Error("fl job cannot be restored; marked failed", "job", rec.ID, "err", err)
+				j.rec.Status, j.rec.Reason = coord.JobFailed, "not restored after a restart: "+err.Error()
+				t := s.cfg.Clock.Now().UTC()
+				j.rec.Finished = &t
+				if err := s.flSave(context.Background(), j, mustState(j), FLSave{}); err != nil {
+					return err
+				}
+				f.jobs[rec.ID] = j
+				continue
 			}
 			if st := j.c.State(); st.Current != nil {
 				s.log.Info("fl job resumed mid-round", "job", rec.ID, "round", st.Current.Round, "attempt", st.Current.Attempt, "reported", len(st.Current.Reported))

@@ -42,9 +42,19 @@ func (u *Uplink) flLoop(ctx context.Context) {
 	client := u.agentClient()
 	cursor, asked := "", false
 	var done []string // keys of tasks answered, newest last
+	var pending *flPending
 	for {
 		if !u.waitReady(ctx) {
 			return
+		}
+		if pending != nil {
+			if !u.flSend(ctx, client, pending) {
+				if !u.sleep(ctx, u.cfg.BackoffMin, nil) {
+					return
+				}
+				continue
+			}
+			pending = nil
 		}
 		wait := time.Duration(0)
 		if state, _ := u.br.snapshot(); state == BreakerClosed && asked {
@@ -65,7 +75,7 @@ func (u *Uplink) flLoop(ctx context.Context) {
 			}
 			cursor, asked = resp.Cursor, true
 			if t := resp.Task; t != nil && !slices.Contains(done, t.Key()) {
-				u.flTask(ctx, client, *t)
+				pending = u.flTask(ctx, client, *t)
 				done = append(done, t.Key())
 				if len(done) > flDoneKeep {
 					done = done[1:]
@@ -92,9 +102,18 @@ func (u *Uplink) flLoop(ctx context.Context) {
 	}
 }
 
-// flTask trains one task and uploads its update; failures are logged
-// (the round counts the agent as failed and goes on).
-func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTask) {
+// flPending is a sealed update not delivered yet (the control plane was
+// unreachable): it is sent again before the next ask, until the task's
+// deadline.
+type flPending struct {
+	task     cpapi.FLTask
+	env, sig []byte
+}
+
+// flTask trains one task and uploads its update; failures are logged (the
+// round counts the agent as failed and goes on). It returns the update
+// when it could not be delivered for want of a control plane.
+func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTask) *flPending {
 	log := u.log.With("fl_job", t.Job, "round", t.Round, "attempt", t.Attempt)
 	log.Info("fl round task received; training")
 	tctx := ctx
@@ -106,33 +125,42 @@ func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTas
 	delta, examples, err := u.deps.FL.Train(tctx, t)
 	if err != nil {
 		log.Warn("fl local training failed; this agent sits the round out", "err", err)
-		return
+		return nil
 	}
 	env, sig, err := u.sealFLUpdate(ctx, t, delta, examples)
 	if err != nil {
 		log.Warn("fl update not sealed", "err", err)
-		return
+		return nil
 	}
-	for attempt := 0; ; attempt++ {
-		o, err := u.do(ctx, "fl", func(rctx context.Context) (string, error) {
-			_, err := client.UploadFLUpdate(rctx, t, env, sig)
-			return "", err
-		})
-		switch {
-		case o == outcomeOK:
-			log.Info("fl update accepted", "examples", examples, "bytes", len(env))
-			return
-		case o == outcomeRejected || o == outcomeUnauthorized:
-			log.Warn("fl update refused", "err", err)
-			return
-		case ctx.Err() != nil || attempt >= 5 || time.Now().After(t.Deadline):
-			log.Warn("fl update not delivered", "err", err)
-			return
-		}
-		if !u.sleep(ctx, u.cfg.BackoffMin<<attempt, nil) {
-			return
-		}
+	p := &flPending{task: t, env: env, sig: sig}
+	if u.flSend(ctx, client, p) {
+		return nil
 	}
+	return p
+}
+
+// flSend uploads a sealed update; it reports whether the update is
+// settled (accepted, refused, or past its deadline).
+func (u *Uplink) flSend(ctx context.Context, client *cpapi.Client, p *flPending) bool {
+	t := p.task
+	log := u.log.With("fl_job", t.Job, "round", t.Round, "attempt", t.Attempt)
+	o, err := u.do(ctx, "fl", func(rctx context.Context) (string, error) {
+		_, err := client.UploadFLUpdate(rctx, t, p.env, p.sig)
+		return "", err
+	})
+	switch {
+	case o == outcomeOK:
+		log.Info("fl update accepted", "bytes", len(p.env))
+		return true
+	case o == outcomeRejected || o == outcomeUnauthorized:
+		log.Warn("fl update refused", "err", err)
+		return true
+	case !t.Deadline.IsZero() && u.clock.Now().After(t.Deadline):
+		log.Warn("fl update not delivered before the round's deadline", "err", err)
+		return true
+	}
+	log.Info("fl update not delivered yet; sent again", "err", err)
+	return false
 }
 
 // sealFLUpdate encodes, seals and signs an update.
