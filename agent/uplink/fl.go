@@ -115,6 +115,10 @@ type flPending struct {
 // when it could not be delivered for want of a control plane.
 func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTask) *flPending {
 	log := u.log.With("fl_job", t.Job, "round", t.Round, "attempt", t.Attempt)
+	if err := t.Validate(); err != nil {
+		log.Warn("fl round task refused; this agent sits the round out", "err", err)
+		return nil
+	}
 	log.Info("fl round task received; training")
 	tctx := ctx
 	if !t.Deadline.IsZero() {

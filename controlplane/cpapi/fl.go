@@ -294,3 +294,46 @@ func (c *Client) UploadFLUpdate(ctx context.Context, task FLTask, envelope, sign
 	}, &res)
 	return res, err
 }
+
+// MaxFLTaskBytes bounds the JSON of a task answer an agent reads.
+const MaxFLTaskBytes = 256 << 20
+
+// Validate checks a task before an agent trains on it: a valid
+// architecture, schema and labels that fit it, a finite global model of
+// the architecture's size, and training parameters in range.
+func (t FLTask) Validate() error {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%w: fl task %s: %s", ErrBadRequest, t.Key(), fmt.Sprintf(format, args...))
+	}
+	if t.Job == "" || len(t.Job) > MaxFLJobIDLen || t.Round < 1 || t.Attempt < 0 {
+		return fail("job, round or attempt out of range")
+	}
+	if err := t.Arch.Validate(); err != nil {
+		return fail("arch: %v", err)
+	}
+	if err := t.Schema.Validate(); err != nil {
+		return fail("schema: %v", err)
+	}
+	if len(t.Schema.Features) != t.Arch.Inputs || len(t.Labels) != t.Arch.Classes {
+		return fail("%d features and %d labels for an architecture of %d inputs and %d classes", len(t.Schema.Features), len(t.Labels), t.Arch.Inputs, t.Arch.Classes)
+	}
+	if n := t.Arch.NumParams(); len(t.Global) != n {
+		return fail("global model has %d values, the architecture %d", len(t.Global), n)
+	}
+	for i, v := range t.Global {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fail("global model value %d is %v", i, v)
+		}
+	}
+	switch {
+	case t.Epochs < 1 || t.Epochs > 10000:
+		return fail("epochs %d", t.Epochs)
+	case t.BatchSize < 1 || t.BatchSize > fedlearn.MaxBatchSize:
+		return fail("batch_size %d", t.BatchSize)
+	case !(t.LearnRate > 0 && t.LearnRate <= 10):
+		return fail("learn_rate %v", t.LearnRate)
+	case !(t.Mu >= 0) || math.IsInf(t.Mu, 0):
+		return fail("mu %v", t.Mu)
+	}
+	return nil
+}
