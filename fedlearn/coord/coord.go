@@ -77,6 +77,9 @@ type State struct {
 	Retries int       `json:"retries"`
 	// Current is the round attempt in progress; nil between rounds.
 	Current *Round `json:"current,omitempty"`
+	// Optimizer is the server optimiser's state of FedAdam, FedYogi and
+	// FedAdagrad after the last aggregated round.
+	Optimizer *strategy.FedOptState `json:"optimizer,omitempty"`
 }
 
 // Event kinds.
@@ -146,6 +149,11 @@ func Restore(spec Spec, st State, updates []strategy.Update) (*Coordinator, erro
 		return nil, fmt.Errorf("coord: restoring job %s: global model has %d values, the architecture %d", st.Job, len(st.Global), spec.Arch.NumParams())
 	}
 	c := &Coordinator{spec: spec, strat: strat, st: st, deltas: map[string]strategy.Update{}}
+	if fo, ok := strat.(*strategy.FedOpt); ok && st.Optimizer != nil {
+		if err := fo.SetState(*st.Optimizer); err != nil {
+			return nil, fmt.Errorf("coord: restoring job %s: %w", st.Job, err)
+		}
+	}
 	for _, u := range updates {
 		if c.st.Current == nil || !slices.Contains(c.st.Current.Reported, u.Client) {
 			return nil, fmt.Errorf("coord: restoring job %s: stored update of %s is not in the round's state", st.Job, u.Client)
@@ -168,6 +176,10 @@ func (c *Coordinator) Spec() Spec { return c.spec }
 func (c *Coordinator) State() State {
 	st := c.st
 	st.Global = slices.Clone(st.Global)
+	if st.Optimizer != nil {
+		os := strategy.FedOptState{Round: st.Optimizer.Round, M: slices.Clone(st.Optimizer.M), V: slices.Clone(st.Optimizer.V)}
+		st.Optimizer = &os
+	}
 	if st.Current != nil {
 		r := cloneRound(*st.Current)
 		st.Current = &r
@@ -340,6 +352,10 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 	}
 	r.Phase, r.Reason = RoundAggregated, why
 	c.st.Global = global
+	if fo, ok := c.strat.(*strategy.FedOpt); ok {
+		os := fo.State()
+		c.st.Optimizer = &os
+	}
 	c.st.Done++
 	c.st.Retries = 0
 	c.st.Current = nil

@@ -133,6 +133,10 @@ func (s *Spec) Resolve() error {
 	if p, ok := st.(strategy.FedProx); ok && s.Mu == 0 {
 		s.Mu = p.ProximalMu
 	}
+	if o, ok := st.(*strategy.FedOpt); ok && s.LearnRate == 0 {
+		// Flower's η_l is the clients' learning rate.
+		s.LearnRate = o.Config().EtaL
+	}
 	def := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
