@@ -285,6 +285,16 @@ func TestFederatedOccupancy(t *testing.T) {
 	if refused[coord.RefusedUnsigned] != 2*n || refused[coord.RefusedUnsealed] != 2*n {
 		t.Errorf("refused %v, want %d unsigned and %d unsealed", refused, 2*n, 2*n)
 	}
+	// The replay of the last update may still be on its way.
+	waitUntil(t, 10*time.Second, "every update replayed", func() (bool, string) {
+		k := 0
+		for _, tap := range taps {
+			tap.mu.Lock()
+			k += len(tap.statuses["replay"])
+			tap.mu.Unlock()
+		}
+		return k == 5*n, fmt.Sprint(k)
+	})
 	replays := 0
 	for i, tap := range taps {
 		tap.mu.Lock()

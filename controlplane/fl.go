@@ -448,11 +448,12 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if err := s.store.SaveFL(r.Context(), FLSave{Job: j.rec, State: state, Create: true, Audit: &e}); err != nil {
 		return err
 	}
+	rec := j.rec // the driver owns j once it is in the map
 	s.fl.mu.Lock()
 	s.fl.jobs[id] = j
 	s.fl.mu.Unlock()
-	s.log.Info("fl job created", "job", id, "model", spec.Model, "strategy", spec.Strategy.Name, "rounds", co.Spec().Rounds, "by", c.actor)
-	writeJSON(w, http.StatusCreated, j.rec)
+	s.log.Info("fl job created", "job", id, "model", spec.Model, "strategy", spec.Strategy.Name, "rounds", rec.Spec.Rounds, "by", c.actor)
+	writeJSON(w, http.StatusCreated, rec)
 	return nil
 }
 
