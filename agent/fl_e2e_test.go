@@ -372,9 +372,13 @@ func TestFederatedOccupancy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range rs2.Rounds {
-		t.Logf("job 2 round %d attempt %d: %s, %d participants, refused %v, %d examples, accuracy %v", r.Round, r.Attempt, r.Phase, r.Participants, r.Refused, r.Examples, r.Accuracy)
+		t.Logf("job 2 round %d attempt %d: %s, %d participants, refused %v, %d examples, accuracy %v, up %d B", r.Round, r.Attempt, r.Phase, r.Participants, r.Refused, r.Examples, r.Accuracy, r.BytesUp)
 		if r.Phase != coord.RoundAggregated || r.Participants != n || r.Examples != n*per {
 			t.Errorf("job 2 round %d: %s, %d participants, %d examples; want %d and %d", r.Round, r.Phase, r.Participants, r.Examples, n, n*per)
+		}
+		// Bytes up count the accepted updates, across the restart too.
+		if r.BytesUp != rs.Rounds[0].BytesUp {
+			t.Errorf("job 2 round %d: %d bytes up, job 1's rounds %d", r.Round, r.BytesUp, rs.Rounds[0].BytesUp)
 		}
 	}
 	if len(rs2.Rounds) != 3 {

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/edgefleet/edgefleet/agent/training"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -27,14 +29,29 @@ func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int
 		return nil, 0, fmt.Errorf("agent: fl task %s: global model: %w", task.Key(), err)
 	}
 	noHoldOut := 0.0
-	job, err := m.Submit(training.Spec{
+	spec := training.Spec{
 		Base: training.NewBase(task.Arch, w), Schema: task.Schema, Labels: task.Labels,
 		From: task.From, To: task.To, Normalize: training.NormalizeKeep,
 		Epochs: task.Epochs, Solver: task.Solver, LearnRate: task.LearnRate, BatchSize: task.BatchSize,
 		Mu: task.Mu, Seed: task.Seed, HoldOut: &noHoldOut,
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+	}
+	var job training.Job
+	for {
+		var err error
+		job, err = m.Submit(spec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, training.ErrBusy) {
+			return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+		}
+		// Another job runs (an operator's, or one resumed after a
+		// restart): the round's task waits for it, within its deadline.
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("agent: fl task %s: waiting for a running training job: %w", task.Key(), ctx.Err())
+		case <-time.After(time.Second):
+		}
 	}
 	j, err := m.Wait(ctx, job.ID)
 	if err != nil {

@@ -102,6 +102,15 @@ func (s *Server) startFL() error {
 				continue
 			}
 			if st := j.c.State(); st.Current != nil {
+				rounds, err := s.store.FLRounds(context.Background(), rec.ID)
+				if err != nil {
+					return err
+				}
+				for _, r := range rounds {
+					if r.Round == st.Current.Round && r.Attempt == st.Current.Attempt {
+						j.bytesUp, j.bytesDown = r.BytesUp, r.BytesDown
+					}
+				}
 				s.log.Info("fl job resumed mid-round", "job", rec.ID, "round", st.Current.Round, "attempt", st.Current.Attempt, "reported", len(st.Current.Reported))
 			}
 		}
@@ -257,6 +266,11 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 		}
 	}
 	st := j.c.State()
+	if st.Current != nil && len(ev) > 0 && ev[0].Kind == coord.EvUpdateAccepted {
+		// The attempt's record follows its updates (participants, bytes
+		// up), so a restart resumes its traffic counts.
+		save.Rounds = append(save.Rounds, flRoundRecord(j, *st.Current))
+	}
 	j.rec.Status, j.rec.Reason, j.rec.Done, j.rec.Current = st.Status, st.Reason, st.Done, st.Current
 	if finished != "" {
 		t := now.UTC()
