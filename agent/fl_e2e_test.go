@@ -194,7 +194,8 @@ func waitFLJob(t *testing.T, cp func() *cpapi.Client, id string, d time.Duration
 // plane) rises, and the final model lands in the registry. Then a second
 // job's round 2 is interrupted by a control plane restart after three of
 // the four updates arrived: it resumes with them and the fourth, and
-// finishes without counting any update twice.
+// finishes without counting any update twice. FedProx and FedMedian jobs
+// follow.
 func TestFederatedOccupancy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains four agents")
@@ -383,5 +384,30 @@ func TestFederatedOccupancy(t *testing.T) {
 	}
 	if len(rs2.Rounds) != 3 {
 		t.Errorf("job 2: %d round attempts, want 3", len(rs2.Rounds))
+	}
+
+	// Other strategies run the same way: FedProx (μ sent to the clients'
+	// training) and FedMedian, two rounds each.
+	mu := 0.1
+	for _, sc := range []strategy.Config{{Name: "fedprox", ProximalMu: &mu}, {Name: "fedmedian"}} {
+		sp := flOccupancySpec(t, 2)
+		sp.Selector, sp.Strategy = "fl=occupancy", sc
+		j, err := admin2.CreateFLJob(t.Context(), sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]float64{"fedprox": mu}[sc.Name]; j.Spec.Mu != want {
+			t.Errorf("%s: clients' mu %v", sc.Name, j.Spec.Mu)
+		}
+		j = waitFLJob(t, cp, j.ID, 3*time.Minute)
+		rs, err := admin2.FLRounds(t.Context(), j.ID)
+		if err != nil || j.Status != coord.JobDone || len(rs.Rounds) != 2 {
+			t.Fatalf("%s job: %+v, %d rounds, %v", sc.Name, j, len(rs.Rounds), err)
+		}
+		last := rs.Rounds[1]
+		t.Logf("%s: round 2 datatest accuracy %.4f, %d participants", sc.Name, last.Accuracy["datatest"], last.Participants)
+		if last.Participants != n || last.Accuracy["datatest"] < 0.9 {
+			t.Errorf("%s: round 2 %+v", sc.Name, last)
+		}
 	}
 }
