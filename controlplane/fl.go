@@ -45,6 +45,8 @@ type flState struct {
 	watch *keyWatch
 	stop  chan struct{}
 	done  chan struct{}
+	// wake tells an idle driver that a job was created.
+	wake chan struct{}
 	// evalData caches prepared evaluation data sets by name and seed.
 	evalData map[string]*datasets.Prepared
 }
@@ -59,7 +61,7 @@ type flJob struct {
 }
 
 func newFLState() *flState {
-	return &flState{jobs: map[string]*flJob{}, watch: newKeyWatch(), evalData: map[string]*datasets.Prepared{}}
+	return &flState{jobs: map[string]*flJob{}, watch: newKeyWatch(), evalData: map[string]*datasets.Prepared{}, wake: make(chan struct{}, 1)}
 }
 
 func (s *Server) flRoutes() []route {
@@ -151,18 +153,41 @@ func (s *Server) stopFL() {
 	f.watch.close()
 }
 
+// flLoop ticks the running jobs every FL.Tick on the server's clock. With
+// no running job it waits on nothing but f.wake (a job created), so an idle
+// coordinator holds no timer.
 func (s *Server) flLoop(stop, done chan struct{}) {
 	defer close(done)
-	t := s.cfg.Clock.NewTicker(s.cfg.FL.Tick)
-	defer t.Stop()
 	for {
+		if !s.flRunning() {
+			select {
+			case <-stop:
+				return
+			case <-s.fl.wake:
+			}
+			continue
+		}
+		t := s.cfg.Clock.NewTimer(s.cfg.FL.Tick)
 		select {
 		case <-stop:
+			t.Stop()
 			return
 		case <-t.C():
 			s.flTick(context.Background())
 		}
 	}
+}
+
+// flRunning reports whether a job is running.
+func (s *Server) flRunning() bool {
+	s.fl.mu.Lock()
+	defer s.fl.mu.Unlock()
+	for _, j := range s.fl.jobs {
+		if j.c != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // FLTick ticks every running job once at the server's clock; the driver
@@ -466,6 +491,10 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	s.fl.mu.Lock()
 	s.fl.jobs[id] = j
 	s.fl.mu.Unlock()
+	select {
+	case s.fl.wake <- struct{}{}:
+	default:
+	}
 	s.log.Info("fl job created", "job", id, "model", spec.Model, "strategy", spec.Strategy.Name, "rounds", rec.Spec.Rounds, "by", c.actor)
 	writeJSON(w, http.StatusCreated, rec)
 	return nil
