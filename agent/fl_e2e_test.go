@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -396,8 +397,12 @@ func TestFederatedOccupancy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := map[string]float64{"fedprox": mu}[sc.Name]; j.Spec.Mu != want {
-			t.Errorf("%s: clients' mu %v", sc.Name, j.Spec.Mu)
+		var got coord.Spec
+		if err := json.Unmarshal(j.Spec, &got); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]float64{"fedprox": mu}[sc.Name]; got.Mu != want {
+			t.Errorf("%s: clients' mu %v", sc.Name, got.Mu)
 		}
 		j = waitFLJob(t, cp, j.ID, 3*time.Minute)
 		rs, err := admin2.FLRounds(t.Context(), j.ID)

@@ -54,7 +54,10 @@ type flState struct {
 // flJob is one job with its coordinator (nil once finished) and the
 // current attempt's traffic.
 type flJob struct {
+	// rec.Spec is the whole resolved spec, initial weights included, as
+	// stored; answers leave the weights out (flPublic).
 	rec       cpapi.FLJob
+	spec      coord.Spec
 	c         *coord.Coordinator
 	bytesUp   int64
 	bytesDown int64
@@ -89,8 +92,11 @@ func (s *Server) startFL() error {
 	defer f.mu.Unlock()
 	for i, rec := range jobs {
 		j := &flJob{rec: rec}
+		if err := json.Unmarshal(rec.Spec, &j.spec); err != nil {
+			return fmt.Errorf("controlplane: fl job %s: stored spec: %w", rec.ID, err)
+		}
 		if rec.Status == coord.JobRunning {
-			if j.c, err = s.restoreFLJob(rec, states[i]); err != nil {
+			if j.c, err = s.restoreFLJob(rec.ID, j.spec, states[i]); err != nil {
 				// One broken job does not keep the server down: it is
 				// marked failed, with the reason.
 				s.log.Error("fl job cannot be restored; marked failed", "job", rec.ID, "err", err)
@@ -123,19 +129,19 @@ func (s *Server) startFL() error {
 	return nil
 }
 
-func (s *Server) restoreFLJob(rec cpapi.FLJob, state []byte) (*coord.Coordinator, error) {
+func (s *Server) restoreFLJob(id string, spec coord.Spec, state []byte) (*coord.Coordinator, error) {
 	var st coord.State
 	if err := json.Unmarshal(state, &st); err != nil {
-		return nil, fmt.Errorf("controlplane: fl job %s: stored state: %w", rec.ID, err)
+		return nil, fmt.Errorf("controlplane: fl job %s: stored state: %w", id, err)
 	}
 	var updates []strategy.Update
 	if st.Current != nil {
 		var err error
-		if updates, err = s.store.FLUpdates(context.Background(), rec.ID, st.Current.Round, st.Current.Attempt); err != nil {
+		if updates, err = s.store.FLUpdates(context.Background(), id, st.Current.Round, st.Current.Attempt); err != nil {
 			return nil, err
 		}
 	}
-	c, err := coord.Restore(rec.Spec, st, updates)
+	c, err := coord.Restore(spec, st, updates)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -211,7 +217,7 @@ func (s *Server) flTick(ctx context.Context) {
 			}
 		}
 		now := s.cfg.Clock.Now()
-		avail, err := s.flAvailable(j.rec.Spec, agents, now)
+		avail, err := s.flAvailable(j.spec, agents, now)
 		if err != nil {
 			s.log.Warn("fl driver", "job", j.rec.ID, "err", err)
 			continue
@@ -296,7 +302,7 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 		// up), so a restart resumes its traffic counts.
 		save.Rounds = append(save.Rounds, flRoundRecord(j, *st.Current))
 	}
-	j.rec.Status, j.rec.Reason, j.rec.Done, j.rec.Current = st.Status, st.Reason, st.Done, st.Current
+	j.rec.Status, j.rec.Reason, j.rec.Done, j.rec.Current = st.Status, st.Reason, st.Done, flRoundState(st.Current)
 	if finished != "" {
 		t := now.UTC()
 		j.rec.Finished = &t
@@ -344,7 +350,7 @@ func (s *Server) flReload(ctx context.Context, j *flJob) {
 			j.rec = rec
 			j.c = nil
 			if rec.Status == coord.JobRunning {
-				if j.c, err = s.restoreFLJob(rec, states[i]); err != nil {
+				if j.c, err = s.restoreFLJob(rec.ID, j.spec, states[i]); err != nil {
 					s.log.Error("fl job cannot be restored", "job", rec.ID, "err", err)
 				}
 			}
@@ -355,7 +361,7 @@ func (s *Server) flReload(ctx context.Context, j *flJob) {
 // flEvaluate fills the round's accuracy and loss on the job's evaluation
 // set, when it names one and the data are there.
 func (s *Server) flEvaluate(j *flJob, global []float64, r *cpapi.FLRound) {
-	ev := j.rec.Spec.Evaluation
+	ev := j.spec.Evaluation
 	if ev == nil {
 		return
 	}
@@ -369,7 +375,7 @@ func (s *Server) flEvaluate(j *flJob, global []float64, r *cpapi.FLRound) {
 		}
 		s.fl.evalData[key] = p
 	}
-	spec := j.rec.Spec
+	spec := j.spec
 	w := fedlearn.NewWeights(spec.Arch)
 	if err := w.SetFlat(global); err != nil {
 		s.log.Warn("fl evaluation", "job", j.rec.ID, "err", err)
@@ -402,7 +408,7 @@ func flModelVersion(job string) string { return job }
 // flPublish stores the finished job's global model in the registry,
 // signed as a pushed model is.
 func (s *Server) flPublish(ctx context.Context, j *flJob, global []float64) error {
-	spec := j.rec.Spec
+	spec := j.spec
 	w := fedlearn.NewWeights(spec.Arch)
 	if err := w.SetFlat(global); err != nil {
 		return err
@@ -477,7 +483,11 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 			return err
 		}
 	}
-	j := &flJob{c: co, rec: cpapi.FLJob{ID: id, Spec: co.Spec(), Status: coord.JobRunning, Created: c.now.UTC(), Creator: c.actor}}
+	full, err := json.Marshal(co.Spec())
+	if err != nil {
+		return err
+	}
+	j := &flJob{c: co, spec: co.Spec(), rec: cpapi.FLJob{ID: id, Spec: full, Status: coord.JobRunning, Created: c.now.UTC(), Creator: c.actor}}
 	st := co.State()
 	state, err := json.Marshal(st)
 	if err != nil {
@@ -487,7 +497,7 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if err := s.store.SaveFL(r.Context(), FLSave{Job: j.rec, State: state, Create: true, Audit: &e}); err != nil {
 		return err
 	}
-	rec := j.rec // the driver owns j once it is in the map
+	rec := flPublic(j.rec) // the driver owns j once it is in the map
 	s.fl.mu.Lock()
 	s.fl.jobs[id] = j
 	s.fl.mu.Unlock()
@@ -495,7 +505,7 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	case s.fl.wake <- struct{}{}:
 	default:
 	}
-	s.log.Info("fl job created", "job", id, "model", spec.Model, "strategy", spec.Strategy.Name, "rounds", rec.Spec.Rounds, "by", c.actor)
+	s.log.Info("fl job created", "job", id, "model", spec.Model, "strategy", spec.Strategy.Name, "rounds", j.spec.Rounds, "by", c.actor)
 	writeJSON(w, http.StatusCreated, rec)
 	return nil
 }
@@ -523,7 +533,7 @@ func (s *Server) handleListFLJobs(w http.ResponseWriter, r *http.Request, c *cal
 		return err
 	}
 	for i := range jobs {
-		jobs[i].Spec.Initial = nil // the listing leaves the weights out
+		jobs[i] = flPublic(jobs[i])
 	}
 	writeJSON(w, http.StatusOK, cpapi.FLJobsResponse{Jobs: jobs})
 	return nil
@@ -538,7 +548,7 @@ func (s *Server) flJobRecord(id string, c *call) (cpapi.FLJob, error) {
 	if !ok {
 		return cpapi.FLJob{}, errorf(http.StatusNotFound, "fl job %s not found", id)
 	}
-	return j.rec, nil
+	return flPublic(j.rec), nil
 }
 
 func (s *Server) handleGetFLJob(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -559,7 +569,6 @@ func (s *Server) handleFLRounds(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return err
 	}
-	j.Spec.Initial = nil
 	writeJSON(w, http.StatusOK, cpapi.FLRoundsResponse{Job: j, Rounds: rounds})
 	return nil
 }
@@ -589,8 +598,30 @@ func (s *Server) handleCancelFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if err := s.flApply(r.Context(), j, c.now, j.c.Cancel(c.now, reason), nil, &e); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, j.rec)
+	writeJSON(w, http.StatusOK, flPublic(j.rec))
 	return nil
+}
+
+// flPublic is a job's description as answered: its spec without the
+// initial weights, which can be large.
+func flPublic(rec cpapi.FLJob) cpapi.FLJob {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(rec.Spec, &m) == nil {
+		delete(m, "initial")
+		if b, err := json.Marshal(m); err == nil {
+			rec.Spec = b
+		}
+	}
+	return rec
+}
+
+// flRoundState converts the coordinator's round for the API.
+func flRoundState(r *coord.Round) *cpapi.FLRoundState {
+	if r == nil {
+		return nil
+	}
+	return &cpapi.FLRoundState{Round: r.Round, Attempt: r.Attempt, Phase: r.Phase, Opened: r.Opened.UTC(), Deadline: r.Deadline.UTC(),
+		Selected: r.Selected, Reported: r.Reported, Examples: r.Examples, Refused: r.Refused}
 }
 
 // ---- agent API ----

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
@@ -26,9 +28,17 @@ plane runs its rounds, and a finished job's model goes to the model registry.`,
 	return c
 }
 
+// flSpec decodes a job's spec; a spec this build cannot read shows as
+// empty fields rather than failing the listing.
+func flSpec(j cpapi.FLJob) coord.Spec {
+	var s coord.Spec
+	_ = json.Unmarshal(j.Spec, &s)
+	return s
+}
+
 // printFLJob prints one job in a few lines.
 func printFLJob(w io.Writer, j cpapi.FLJob) error {
-	s := j.Spec
+	s := flSpec(j)
 	fmt.Fprintf(w, "Job:       %s\n", j.ID)
 	fmt.Fprintf(w, "Status:    %s\n", j.Status)
 	if j.Reason != "" {

@@ -42,8 +42,9 @@ rounds done. --json prints {jobs: [...]} (without initial weights).`,
 				tw := cli.NewTable(w)
 				fmt.Fprintln(tw, "JOB\tSTATUS\tMODEL\tSTRATEGY\tROUNDS\tSELECTOR\tCREATED")
 				for _, j := range jobs {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.Status, cell(j.Spec.Model, 0), strings.ToLower(j.Spec.Strategy.Name),
-						j.Done, j.Spec.Rounds, cell(j.Spec.Selector, 40), j.Created.Format("2006-01-02 15:04"))
+					sp := flSpec(j)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.Status, cell(sp.Model, 0), strings.ToLower(sp.Strategy.Name),
+						j.Done, sp.Rounds, cell(sp.Selector, 40), j.Created.Format("2006-01-02 15:04"))
 				}
 				return tw.Flush()
 			})

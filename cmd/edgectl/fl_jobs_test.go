@@ -37,7 +37,7 @@ func TestFLJobsCommands(t *testing.T) {
 		t.Fatalf("empty list: %s", out)
 	}
 	j := decodeJSON[cpapi.FLJob](t, e.must("fl", "jobs", "create", "--file", path, "--rounds", "4", "--selector", "site=a", "--json"))
-	if j.Status != coord.JobRunning || j.Spec.Rounds != 4 || j.Spec.Selector != "site=a" || j.Spec.Strategy.Name != "fedavg" {
+	if sp := flSpec(j); j.Status != coord.JobRunning || sp.Rounds != 4 || sp.Selector != "site=a" || sp.Strategy.Name != "fedavg" {
 		t.Fatalf("created %+v", j)
 	}
 	if out := e.must("fl", "jobs", "list"); !strings.Contains(out, j.ID) || !strings.Contains(out, "0/4") {

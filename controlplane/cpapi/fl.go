@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/url"
@@ -11,7 +12,6 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fedlearn"
-	"github.com/edgefleet/edgefleet/fedlearn/coord"
 )
 
 // Federated learning: operators create jobs (POST /v1/fl/jobs); agents
@@ -36,23 +36,40 @@ const HeaderFLSignature = "Edgefleet-Signature"
 // associated data the envelope is opened with (FLUpdateAAD).
 const HeaderFLTask = "Edgefleet-FL-Task"
 
-// FL job states are coord's (running, done, failed, canceled).
+// FL job states are fedlearn/coord's (running, done, failed, canceled).
 
-// FLJob is a federated-learning job.
+// FLJob is a federated-learning job. Spec is the resolved job spec as
+// JSON (fedlearn/coord.Spec, without its initial weights in answers):
+// this package leaves coord out so that the agent, which links it, does
+// not link the coordinator and every strategy.
 type FLJob struct {
-	ID       string     `json:"id"`
-	Spec     coord.Spec `json:"spec"`
-	Status   string     `json:"status"`
-	Reason   string     `json:"reason,omitempty"`
-	Created  time.Time  `json:"created"`
-	Creator  string     `json:"created_by"`
-	Finished *time.Time `json:"finished,omitempty"`
+	ID       string          `json:"id"`
+	Spec     json.RawMessage `json:"spec"`
+	Status   string          `json:"status"`
+	Reason   string          `json:"reason,omitempty"`
+	Created  time.Time       `json:"created"`
+	Creator  string          `json:"created_by"`
+	Finished *time.Time      `json:"finished,omitempty"`
 	// Done is the number of aggregated rounds; Current the attempt in
 	// progress.
-	Done    int          `json:"rounds_done"`
-	Current *coord.Round `json:"current,omitempty"`
+	Done    int           `json:"rounds_done"`
+	Current *FLRoundState `json:"current,omitempty"`
 	// ModelVersion is the registry version of the finished job's model.
 	ModelVersion string `json:"model_version,omitempty"`
+}
+
+// FLRoundState is the round attempt in progress (fedlearn/coord.Round's
+// JSON).
+type FLRoundState struct {
+	Round    int            `json:"round"`
+	Attempt  int            `json:"attempt"`
+	Phase    string         `json:"phase"`
+	Opened   time.Time      `json:"opened"`
+	Deadline time.Time      `json:"deadline"`
+	Selected []string       `json:"selected"`
+	Reported []string       `json:"reported"`
+	Examples int            `json:"examples"`
+	Refused  map[string]int `json:"refused,omitempty"`
 }
 
 // FLRound is one round attempt's record with its metrics.
@@ -223,8 +240,9 @@ func FLUpdateAAD(agentID, job string, round, attempt int) []byte {
 	return []byte("edgefleet/fl-update/v1\x00" + agentID + "\x00" + job + "\x00" + strconv.Itoa(round) + "\x00" + strconv.Itoa(attempt))
 }
 
-// CreateFLJob creates a federated-learning job (admin).
-func (c *Client) CreateFLJob(ctx context.Context, spec coord.Spec) (FLJob, error) {
+// CreateFLJob creates a federated-learning job (admin) from a spec that
+// encodes as fedlearn/coord.Spec's JSON.
+func (c *Client) CreateFLJob(ctx context.Context, spec any) (FLJob, error) {
 	var j FLJob
 	err := c.do(ctx, "POST", "/v1/fl/jobs", nil, spec, &j)
 	return j, err
