@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/fedlearn/coord"
 	"github.com/edgefleet/edgefleet/fedlearn/datasets"
@@ -36,6 +37,10 @@ import (
 // restart the driver restores each running job from its state and the
 // stored updates of its current attempt, so the round resumes and no
 // update counts twice.
+
+// errFLKeysSealed: a job's stored updates cannot be opened while the key
+// service is sealed.
+var errFLKeysSealed = errors.New("controlplane: the key service is sealed")
 
 // flState is the coordinator's share of the server.
 type flState struct {
@@ -56,8 +61,11 @@ type flState struct {
 type flJob struct {
 	// rec.Spec is the whole resolved spec, initial weights included, as
 	// stored; answers leave the weights out (flPublic).
-	rec       cpapi.FLJob
-	spec      coord.Spec
+	rec  cpapi.FLJob
+	spec coord.Spec
+	// pending is the stored state of a running job not restored yet (the
+	// key service was sealed at start).
+	pending   []byte
 	c         *coord.Coordinator
 	bytesUp   int64
 	bytesDown int64
@@ -96,7 +104,14 @@ func (s *Server) startFL() error {
 			return fmt.Errorf("controlplane: fl job %s: stored spec: %w", rec.ID, err)
 		}
 		if rec.Status == coord.JobRunning {
-			if j.c, err = s.restoreFLJob(rec.ID, j.spec, states[i]); err != nil {
+			if j.c, err = s.restoreFLJob(rec.ID, j.spec, states[i]); errors.Is(err, errFLKeysSealed) {
+				// Restored by the driver once the key service is unsealed.
+				s.log.Warn("fl job waits for the key service to be unsealed: its round's stored updates are sealed", "job", rec.ID)
+				j.pending = states[i]
+				f.jobs[rec.ID] = j
+				continue
+			}
+			if err != nil {
 				// One broken job does not keep the server down: it is
 				// marked failed, with the reason.
 				s.log.Error("fl job cannot be restored; marked failed", "job", rec.ID, "err", err)
@@ -136,9 +151,25 @@ func (s *Server) restoreFLJob(id string, spec coord.Spec, state []byte) (*coord.
 	}
 	var updates []strategy.Update
 	if st.Current != nil {
-		var err error
-		if updates, err = s.store.FLUpdates(context.Background(), id, st.Current.Round, st.Current.Attempt); err != nil {
+		stored, err := s.store.FLUpdates(context.Background(), id, st.Current.Round, st.Current.Attempt)
+		if err != nil {
 			return nil, err
+		}
+		if len(stored) > 0 && s.keys.svc.Status().Sealed {
+			return nil, errFLKeysSealed
+		}
+		ctx := dkms.WithActor(context.Background(), "fl:"+id)
+		for _, su := range stored {
+			pt, err := s.keys.svc.Decrypt(ctx, cpapi.TelemetryKeyName, su.Envelope, cpapi.FLUpdateAAD(su.Agent, id, su.Round, su.Attempt))
+			if err != nil {
+				return nil, fmt.Errorf("controlplane: fl job %s: opening the stored update of %s: %w", id, su.Agent, err)
+			}
+			u, err := cpapi.DecodeFLUpdate(pt)
+			clear(pt)
+			if err != nil {
+				return nil, fmt.Errorf("controlplane: fl job %s: stored update of %s: %w", id, su.Agent, err)
+			}
+			updates = append(updates, strategy.Update{Client: su.Agent, Delta: u.Delta, Examples: u.Examples})
 		}
 	}
 	c, err := coord.Restore(spec, st, updates)
@@ -189,7 +220,7 @@ func (s *Server) flRunning() bool {
 	s.fl.mu.Lock()
 	defer s.fl.mu.Unlock()
 	for _, j := range s.fl.jobs {
-		if j.c != nil {
+		if j.c != nil || j.pending != nil {
 			return true
 		}
 	}
@@ -206,6 +237,15 @@ func (s *Server) flTick(ctx context.Context) {
 	defer f.mu.Unlock()
 	var agents []cpapi.Agent
 	for _, j := range f.jobs {
+		if j.pending != nil && !s.keys.svc.Status().Sealed {
+			c, err := s.restoreFLJob(j.rec.ID, j.spec, j.pending)
+			if err != nil {
+				s.log.Error("fl job cannot be restored", "job", j.rec.ID, "err", err)
+				continue
+			}
+			j.c, j.pending = c, nil
+			s.log.Info("fl job restored after the unseal", "job", j.rec.ID)
+		}
 		if j.c == nil {
 			continue
 		}
@@ -591,6 +631,9 @@ func (s *Server) handleCancelFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if !ok {
 		return errorf(http.StatusNotFound, "fl job %s not found", id)
 	}
+	if j.pending != nil {
+		return s.sealedError()
+	}
 	if j.c == nil {
 		return errorf(http.StatusConflict, "fl job %s is %s already", id, j.rec.Status)
 	}
@@ -822,6 +865,9 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if j.pending != nil {
+		return s.sealedError()
+	}
 	if j.c == nil {
 		s.metrics.flUpdates.WithLabelValues(coord.RefusedClosed).Inc()
 		return errorf(http.StatusConflict, "fl update refused: %s: job %s is %s", coord.RefusedClosed, jobID, j.rec.Status)
@@ -838,7 +884,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 		return errorf(status, "fl update refused: %s", ev[0].Reason)
 	}
 	j.bytesUp += int64(len(body))
-	stored := &FLStoredUpdate{Round: u.Round, Attempt: u.Attempt, Agent: c.agentID, Examples: u.Examples, Delta: u.Delta, ReceivedAt: nanos(c.now)}
+	stored := &FLStoredUpdate{Round: u.Round, Attempt: u.Attempt, Agent: c.agentID, Examples: u.Examples, Envelope: body, ReceivedAt: nanos(c.now)}
 	if err := s.flApply(r.Context(), j, c.now, ev, stored, nil); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -127,5 +128,74 @@ func TestFLUpdateRefusals(t *testing.T) {
 	}
 	if j, _ := e.admin.GetFLJob(ctx, job.ID); j.Status != coord.JobRunning || j.Done != 1 {
 		t.Fatalf("job after the failed round: %+v", j)
+	}
+}
+
+// TestFLRestartWhileSealed: updates are stored sealed; after a restart
+// with the key service sealed the job waits (its updates answered 503)
+// and resumes its round, with the stored update, once unsealed.
+func TestFLRestartWhileSealed(t *testing.T) {
+	e := newKeyEnv(t, func(c *Config) { c.FL.Tick = time.Hour })
+	e.unseal()
+	ctx := e.ctx()
+	var agents []*pqAgent
+	for i := range 2 {
+		a := e.enrollPQ("fls-"+string(rune('a'+i)), nil, byte(90+i))
+		a.fetch(t, ctx)
+		agents = append(agents, a)
+	}
+	arch := fedlearn.Arch{Kind: fedlearn.KindLR, Inputs: 1, Classes: 2}
+	job, err := e.admin.CreateFLJob(ctx, coord.Spec{Model: "fl-sealed", Arch: arch, Labels: []string{"a", "b"},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "y"}},
+		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 1, MinAvailable: 2, MinFit: 2, RoundTimeout: fedlearn.Duration(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.FLTick()
+	r, err := agents[0].client.WatchFLTask(ctx, "", 0)
+	if err != nil || r.Task == nil {
+		t.Fatalf("task: %+v %v", r, err)
+	}
+	task := *r.Task
+	if err := sendFLUpdate(t, agents[0], task, []float32{1, 2, 3, 4}); err != nil {
+		t.Fatal(err)
+	}
+	// At rest the update is the envelope, not the encoded delta.
+	stored, err := e.srv.store.FLUpdates(ctx, job.ID, 1, 0)
+	if err != nil || len(stored) != 1 || bytes.Contains(stored[0].Envelope, []byte("EFLU1")) {
+		t.Fatalf("stored %d updates (%v), or in clear", len(stored), err)
+	}
+	e.restart()
+	for _, a := range agents {
+		c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert, Timeout: 20 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.CloseIdleConnections)
+		a.client = c
+	}
+	wantStatus(t, sendFLUpdate(t, agents[1], task, []float32{3, 4, 5, 6}), http.StatusServiceUnavailable)
+	e.unseal()
+	e.srv.FLTick()
+	j, err := e.admin.GetFLJob(ctx, job.ID)
+	if err != nil || j.Current == nil || len(j.Current.Reported) != 1 {
+		t.Fatalf("after the unseal: %+v %v", j.Current, err)
+	}
+	if err := sendFLUpdate(t, agents[1], task, []float32{3, 4, 5, 6}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := e.admin.FLRounds(ctx, job.ID)
+	if err != nil || len(rs.Rounds) != 1 || rs.Rounds[0].Participants != 2 || rs.Rounds[0].Phase != coord.RoundAggregated || rs.Job.Status != coord.JobDone {
+		t.Fatalf("rounds %+v %v", rs, err)
+	}
+	g, err := e.srv.store.FLGlobal(ctx, job.ID, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := fedlearn.InitWeights(arch, 0).Flatten(nil)
+	for i := range g {
+		if d := g[i] - init[i] - float64([]float32{2, 3, 4, 5}[i]); math.Abs(d) > 1e-12 {
+			t.Fatalf("global[%d] = %v: not the mean of both updates", i, g[i])
+		}
 	}
 }

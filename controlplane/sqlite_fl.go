@@ -10,14 +10,14 @@ import (
 	"math"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
-	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
 // Federated learning in SQLiteStore: jobs with the coordinator's state
 // (coord.State, JSON), round attempts with their metrics and the global
 // model after each aggregated round, and the accepted updates by (job,
 // round, attempt, agent): that key is what makes an update count once,
-// across restarts too.
+// across restarts too. An update is stored as it arrived, sealed under
+// the telemetry key: no client's delta is in clear at rest.
 
 const flSQL = `
 CREATE TABLE fl_jobs (
@@ -41,7 +41,7 @@ CREATE TABLE fl_updates (
 	attempt     INTEGER NOT NULL,
 	agent_id    TEXT NOT NULL,
 	examples    INTEGER NOT NULL,
-	delta       BLOB NOT NULL,
+	envelope    BLOB NOT NULL,
 	received_at INTEGER NOT NULL,
 	PRIMARY KEY (job_id, round, attempt, agent_id)
 ) WITHOUT ROWID;
@@ -63,21 +63,14 @@ type FLSave struct {
 	Create bool
 }
 
-// FLStoredUpdate is an accepted update.
+// FLStoredUpdate is an accepted update: its sealed envelope, opened with
+// cpapi.FLUpdateAAD(Agent, job, Round, Attempt).
 type FLStoredUpdate struct {
 	Round, Attempt int
 	Agent          string
 	Examples       int
-	Delta          []float32
+	Envelope       []byte
 	ReceivedAt     int64
-}
-
-func encodeF32(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
 }
 
 func encodeF64(v []float64) []byte {
@@ -132,8 +125,8 @@ func (s *SQLiteStore) SaveFL(ctx context.Context, f FLSave) error {
 			if !errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("controlplane: save fl update: %w", err)
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO fl_updates (job_id, round, attempt, agent_id, examples, delta, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-				f.Job.ID, u.Round, u.Attempt, u.Agent, u.Examples, encodeF32(u.Delta), u.ReceivedAt); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO fl_updates (job_id, round, attempt, agent_id, examples, envelope, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				f.Job.ID, u.Round, u.Attempt, u.Agent, u.Examples, u.Envelope, u.ReceivedAt); err != nil {
 				return fmt.Errorf("controlplane: save fl update: %w", err)
 			}
 		}
@@ -230,29 +223,22 @@ func (s *SQLiteStore) FLGlobal(ctx context.Context, job string, round int) ([]fl
 	return decodeF64(b)
 }
 
-// FLUpdates returns the accepted updates of one round attempt.
-func (s *SQLiteStore) FLUpdates(ctx context.Context, job string, round, attempt int) ([]strategy.Update, error) {
+// FLUpdates returns the accepted updates of one round attempt, sealed,
+// by agent.
+func (s *SQLiteStore) FLUpdates(ctx context.Context, job string, round, attempt int) ([]FLStoredUpdate, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT agent_id, examples, delta FROM fl_updates WHERE job_id = ? AND round = ? AND attempt = ? ORDER BY agent_id`, job, round, attempt)
+	rows, err := s.r.QueryContext(ctx, `SELECT agent_id, examples, envelope, received_at FROM fl_updates WHERE job_id = ? AND round = ? AND attempt = ? ORDER BY agent_id`, job, round, attempt)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: fl updates: %w", err)
 	}
 	defer rows.Close()
-	var out []strategy.Update
+	var out []FLStoredUpdate
 	for rows.Next() {
-		var u strategy.Update
-		var b []byte
-		if err := rows.Scan(&u.Client, &u.Examples, &b); err != nil {
+		u := FLStoredUpdate{Round: round, Attempt: attempt}
+		if err := rows.Scan(&u.Agent, &u.Examples, &u.Envelope, &u.ReceivedAt); err != nil {
 			return nil, fmt.Errorf("controlplane: fl updates: %w", err)
-		}
-		if len(b)%4 != 0 {
-			return nil, fmt.Errorf("controlplane: stored update of %s: %d bytes", u.Client, len(b))
-		}
-		u.Delta = make([]float32, len(b)/4)
-		for i := range u.Delta {
-			u.Delta[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 		}
 		out = append(out, u)
 	}

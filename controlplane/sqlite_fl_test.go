@@ -23,7 +23,7 @@ func TestSQLiteFL(t *testing.T) {
 	if err := st.SaveFL(ctx, FLSave{Job: job, State: []byte(`{}`), Create: true}); err == nil {
 		t.Fatal("created the job twice")
 	}
-	up := &FLStoredUpdate{Round: 1, Attempt: 0, Agent: "ag-1", Examples: 7, Delta: []float32{1, -2, 3.5}, ReceivedAt: now.UnixNano()}
+	up := &FLStoredUpdate{Round: 1, Attempt: 0, Agent: "ag-1", Examples: 7, Envelope: []byte("sealed update"), ReceivedAt: now.UnixNano()}
 	if err := st.SaveFL(ctx, FLSave{Job: job, State: []byte(`{"reported":1}`), Update: up}); err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestSQLiteFL(t *testing.T) {
 		t.Fatalf("jobs %+v states %q %v: the refused save wrote", jobs, states, err)
 	}
 	ups, err := st.FLUpdates(ctx, "flj-1", 1, 0)
-	if err != nil || len(ups) != 1 || ups[0].Client != "ag-1" || ups[0].Examples != 7 || !slices.Equal(ups[0].Delta, up.Delta) {
+	if err != nil || len(ups) != 1 || ups[0].Agent != "ag-1" || ups[0].Examples != 7 || string(ups[0].Envelope) != "sealed update" || ups[0].Round != 1 {
 		t.Fatalf("updates %+v %v", ups, err)
 	}
 	if ups, _ := st.FLUpdates(ctx, "flj-1", 1, 1); len(ups) != 0 {

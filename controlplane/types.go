@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
-	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
 // AuditEntry is what a caller supplies to append to the audit log; the store
@@ -106,8 +105,8 @@ type Store interface {
 	FLRounds(ctx context.Context, job string) ([]cpapi.FLRound, error)
 	// FLGlobal returns the global model after an aggregated round.
 	FLGlobal(ctx context.Context, job string, round int) ([]float64, error)
-	// FLUpdates returns the accepted updates of one round attempt.
-	FLUpdates(ctx context.Context, job string, round, attempt int) ([]strategy.Update, error)
+	// FLUpdates returns the accepted updates of one round attempt, sealed.
+	FLUpdates(ctx context.Context, job string, round, attempt int) ([]FLStoredUpdate, error)
 
 	// AppendAudit appends one record on its own.
 	AppendAudit(ctx context.Context, e AuditEntry) (cpapi.AuditRecord, error)
