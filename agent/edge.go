@@ -237,6 +237,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Revocations:   a.offerRevocations,
 			Models:        installer,
 		}
+		if a.cfg.Training.Enabled && store != nil {
+			deps.FL = flTrainer{a}
+		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err
 		}
