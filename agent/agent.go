@@ -205,7 +205,8 @@ type Agent struct {
 	broker      *ingest.Broker
 	mqttURL     string
 	registry    *devices.Registry
-	models      *modelParts // nil with the model runtime off
+	idWatch     *identityWatch // nil without the embedded broker
+	models      *modelParts    // nil with the model runtime off
 	up          *uplink.Uplink
 	training    *training.Manager // nil when training is disabled
 	startedAt   time.Time
@@ -485,6 +486,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("agent: key relay: %w", err)
 	}
 	a.startRevocations(bg)
+	a.startIdentityWatch(bg)
 
 	if err := a.startAPI(); err != nil {
 		return err

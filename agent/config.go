@@ -268,7 +268,7 @@ func DefaultConfig() Config {
 			MaxBodyBytes:     1 << 20,
 		},
 		State: StateConfig{
-			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW},
+			Collections:        map[string]crdt.Type{DevicesCollection: crdt.TypeLWW, IdentitiesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW},
 			CompactionInterval: 10 * time.Minute,
 			TombstoneTTL:       7 * 24 * time.Hour,
 			RecoveryTimeout:    2 * time.Minute,
@@ -695,6 +695,9 @@ func (c *Config) Validate() error {
 		}
 		if name == DevicesCollection && t != crdt.TypeLWW {
 			return fmt.Errorf("agent: state.collections: %q is the device registry and must be lww, not %q", name, t)
+		}
+		if name == IdentitiesCollection && t != crdt.TypeLWW {
+			return fmt.Errorf("agent: state.collections: %q holds the device identities and must be lww, not %q", name, t)
 		}
 		if name == KeyRelayCollection && t != crdt.TypeLWW {
 			return fmt.Errorf("agent: state.collections: %q is the key relay and must be lww, not %q", name, t)

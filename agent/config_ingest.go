@@ -19,6 +19,8 @@ type IngestConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// MQTT configures the broker connection (or the embedded broker).
 	MQTT MQTTConfig `yaml:"mqtt"`
+	// Broker says whom the embedded broker admits (config_deviceauth.go).
+	Broker BrokerAuthConfig `yaml:"broker"`
 	// Topic maps topics to device ids; exactly one level is {device_id}.
 	// The agent subscribes to it with that level replaced by "+". Default
 	// "devices/{device_id}/telemetry".
@@ -87,8 +89,9 @@ type MQTTConfig struct {
 	// session: keep it stable. Empty means "edge-agent-" + node name.
 	ClientID string `yaml:"client_id"`
 	// Username and Password authenticate to the broker. With the embedded
-	// broker and a username set, the broker admits only that user (devices
-	// included).
+	// broker and a username set, the broker admits that user as the
+	// agent's own (any client id; subscribe to every device's telemetry,
+	// publish commands and inference), beside the registered devices.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	// PasswordFile holds the password (trailing newline ignored); set it
@@ -169,6 +172,7 @@ func defaultIngestConfig() IngestConfig {
 			ConnectTimeout:       10 * time.Second,
 			MaxReconnectInterval: 10 * time.Second,
 		},
+		Broker:        defaultBrokerAuthConfig(),
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
 		BatchDelay:    5 * time.Millisecond,
@@ -279,6 +283,9 @@ func (c *IngestConfig) validate() error {
 	}
 	if m.MaxReconnectInterval < 10*time.Millisecond {
 		return bad("mqtt.max_reconnect_interval", "%s, at least 10ms", m.MaxReconnectInterval)
+	}
+	if err := c.Broker.validate(); err != nil {
+		return err
 	}
 	if _, err := ingest.ParseTopicPattern(c.Topic); err != nil || c.Topic == "" {
 		return bad("topic", "%q: want a pattern with one {device_id} level, like %q", c.Topic, ingest.DefaultTopicPattern)

@@ -123,7 +123,7 @@ func TestParseConfigPartialKeepsDefaults(t *testing.T) {
 	want.Gossip.SyncInterval = 3 * time.Second
 	want.Gossip.Join = []string{"a:1", "b:2"}
 	// Maps merge into the defaults: the device registry stays declared.
-	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet, DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW}
+	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet, DevicesCollection: crdt.TypeLWW, IdentitiesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}

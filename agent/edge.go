@@ -237,6 +237,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Revocations:   a.offerRevocations,
 			Models:        installer,
 		}
+		if a.cfg.Training.Enabled && store != nil {
+			deps.FL = flTrainer{a}
+		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err
 		}
@@ -263,8 +266,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if ic.MQTT.Broker == "" {
 			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker"), Ingest: true,
 				ClientQueue: max(2048, 2*ic.BatchMessages)}
-			if ic.MQTT.Username != "" {
-				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
+			var w *identityWatch
+			if bc.Auth, w, err = a.brokerAuth(ctx, mc.Password); err != nil {
+				return err
 			}
 			if broker, err = ingest.StartBroker(bc); err != nil {
 				hint := ""
@@ -274,6 +278,10 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 				return fmt.Errorf("agent: ingest.mqtt.embedded_listen %s: starting the embedded broker: %w%s", ic.MQTT.EmbeddedListen, err, hint)
 			}
 			undo = append(undo, func() { broker.Stop() })
+			w.broker = broker
+			a.mu.Lock()
+			a.idWatch = w
+			a.mu.Unlock()
 			mc.Broker = broker.URL()
 		}
 		mqttURL = mc.Broker

@@ -189,7 +189,10 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
-		`DROP TABLE enrollments`,       // version 4
+		`DROP TABLE enrollments`, // version 5
+		`DROP TABLE fl_updates`,  // version 4
+		`DROP TABLE fl_rounds`,
+		`DROP TABLE fl_jobs`,
 		`DROP TABLE model_deployments`, // version 3
 		`DROP TABLE models`,
 		`DROP TABLE telemetry_batches`,

@@ -935,6 +935,24 @@ func (f *Fleet) waitConverged(ctx context.Context, want string, since time.Time,
 	}
 }
 
+// sameWholeState reports whether every agent holds the same state, all
+// collections included (the device registry's too).
+func (f *Fleet) sameWholeState(ctx context.Context) (bool, error) {
+	first := ""
+	for i, n := range f.nodes {
+		h, err := n.ag.Store().StateHash(ctx)
+		if err != nil {
+			return false, fmt.Errorf("sim: state hash of %s: %w", n.name, err)
+		}
+		if i == 0 {
+			first = h
+		} else if h != first {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 func (f *Fleet) hashes(ctx context.Context) ([]string, error) {
 	out := make([]string, 0, len(f.nodes))
 	for _, n := range f.nodes {
@@ -953,7 +971,10 @@ func (f *Fleet) hashes(ctx context.Context) ([]string, error) {
 // ingest.device_registry_interval, so without the flush its last records
 // would be written up to that long after the devices stopped, inside the
 // idle window, and be relayed by every agent), and every agent's gossip
-// and relay queues empty for a second.
+// and relay queues empty for a second, and every agent holding the same
+// whole state (on a loaded machine, deltas still on their way when the
+// queues empty would otherwise arrive, by anti-entropy, inside the window,
+// and be relayed).
 func (f *Fleet) quiesce(ctx context.Context) error {
 	if err := f.waitIngestIdle(ctx); err != nil {
 		return err
@@ -972,6 +993,13 @@ func (f *Fleet) quiesce(ctx context.Context) error {
 				busy = true
 				break
 			}
+		}
+		if !busy {
+			same, err := f.sameWholeState(ctx)
+			if err != nil {
+				return err
+			}
+			busy = !same
 		}
 		now := time.Now()
 		switch {
