@@ -60,6 +60,13 @@ type Config struct {
 	ClientCertTTL time.Duration
 	// MaxEnrollmentTTL caps the TTL of enrollment tokens (default 30 days).
 	MaxEnrollmentTTL time.Duration
+	// EnrollRetryWindow: for this long after an enrollment token was used,
+	// an enrollment with the same token and the same agent keys (the CSR's
+	// key, X-Wing and ML-DSA keys) is answered again with the agent id and
+	// certificate issued the first time, so an agent whose answer was lost
+	// (a client-side timeout) can retry. Other keys are refused as for any
+	// used token. Default 15 minutes.
+	EnrollRetryWindow time.Duration
 	// MaxBodyBytes caps every request body as sent, compressed or not
 	// (default 1 MiB). Larger bodies get 413.
 	MaxBodyBytes int64
@@ -127,6 +134,9 @@ func (c *Config) setDefaults() {
 	if c.MaxEnrollmentTTL == 0 {
 		c.MaxEnrollmentTTL = 30 * 24 * time.Hour
 	}
+	if c.EnrollRetryWindow == 0 {
+		c.EnrollRetryWindow = 15 * time.Minute
+	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 1 << 20
 	}
@@ -178,6 +188,8 @@ func (c *Config) validate() error {
 		return bad("ClientCertTTL %s is shorter than 1h", c.ClientCertTTL)
 	case c.MaxEnrollmentTTL <= 0:
 		return bad("MaxEnrollmentTTL %s must be positive", c.MaxEnrollmentTTL)
+	case c.EnrollRetryWindow < 0:
+		return bad("EnrollRetryWindow %s must be positive", c.EnrollRetryWindow)
 	case c.MaxBodyBytes < 1024:
 		return bad("MaxBodyBytes %d is below 1024", c.MaxBodyBytes)
 	case c.MaxTelemetryBytes < c.MaxBodyBytes:

@@ -44,7 +44,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}, []string{"result"}),
 		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "controlplane_enrollments_total",
-			Help: "Enrollment attempts by result (ok, refused).",
+			Help: "Enrollment attempts by result (ok; retry: a lost answer sent again; refused).",
 		}, []string{"result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "controlplane_auth_failures_total",

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	_ "embed"
 	"encoding/base64"
 	"errors"
@@ -293,36 +294,16 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 		return err
 	}
 	c.actor = "enrollment-token:" + tok.ID
-	switch {
-	case tok.UsedAt != nil:
-		s.metrics.enrollments.WithLabelValues("refused").Inc()
-		return errorf(http.StatusConflict, "enrollment token %s was already used at %s", tok.ID, tok.UsedAt.Format(time.RFC3339))
-	case !c.now.Before(tok.ExpiresAt):
+	if tok.UsedAt == nil && !c.now.Before(tok.ExpiresAt) {
 		s.metrics.enrollments.WithLabelValues("refused").Inc()
 		return errorf(http.StatusUnauthorized, "enrollment token %s expired at %s", tok.ID, tok.ExpiresAt.Format(time.RFC3339))
 	}
-	if req.CSR == "" {
-		return badRequest("csr: missing certificate signing request")
-	}
-	csr, err := parseCSR(req.CSR)
-	if err != nil {
-		return badRequest("%v", err)
-	}
-	for _, f := range []struct{ name, v string }{{"name", req.Name}, {"version", req.Version}, {"os", req.OS}, {"arch", req.Arch}} {
-		if err := validText(f.name, f.v, maxFieldLen); err != nil {
-			return err
-		}
-	}
-	xw, err := decodeKey("xwing_public", req.XWingPublic)
+	csr, xw, md, err := parseEnrollRequest(&req)
 	if err != nil {
 		return err
 	}
-	md, err := decodeKey("mldsa_public", req.MLDSAPublic)
-	if err != nil {
-		return err
-	}
-	if err := validatePQKeys(xw, md); err != nil {
-		return err
+	if tok.UsedAt != nil {
+		return s.enrollRetry(w, r, c, tok, csr, xw, md)
 	}
 	id, err := newID(s.cfg.Rand, "ag_")
 	if err != nil {
@@ -342,7 +323,15 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 		FirstSeen: c.now, LastSeen: c.now, CertSerial: serialString(cert.SerialNumber), CertNotAfter: cert.NotAfter,
 		XWingPublic: xw, MLDSAPublic: md, EnrollmentTokenID: tok.ID,
 	}
-	if err := s.store.EnrollAgent(r.Context(), tok.ID, agent, c.now, c.entry()); err != nil {
+	if err := s.store.EnrollAgent(r.Context(), tok.ID, agent, string(certPEM), c.now, c.entry()); err != nil {
+		if errors.Is(err, ErrTokenUsed) {
+			// A concurrent request with the same token won: this one may
+			// be its retry.
+			if tok, lerr := s.store.LookupEnrollmentToken(r.Context(), tok.Hash); lerr == nil && tok.UsedAt != nil {
+				c.target = ""
+				return s.enrollRetry(w, r, c, tok, csr, xw, md)
+			}
+		}
 		s.metrics.enrollments.WithLabelValues("refused").Inc()
 		return err
 	}
@@ -351,11 +340,97 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request, c *call) e
 	if xw != nil {
 		s.registerAgentKey(keyCtx(r.Context(), c), id, xw, tok.Labels)
 	}
+	s.writeEnrollment(w, id, string(certPEM), tok.Labels)
+	return nil
+}
+
+func (s *Server) writeEnrollment(w http.ResponseWriter, id, certPEM string, labels map[string]string) {
 	writeJSON(w, http.StatusCreated, cpapi.EnrollResponse{
-		AgentID: id, Certificate: string(certPEM), CABundle: string(s.ca.certPEM),
-		Labels: tok.Labels, HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
+		AgentID: id, Certificate: certPEM, CABundle: string(s.ca.certPEM),
+		Labels: labels, HeartbeatIntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
 		KeysVerifyingKey: s.keys.signer.Public().Bytes(),
 	})
+}
+
+// parseEnrollRequest checks an enrollment request's fields and decodes
+// its CSR and post-quantum keys.
+func parseEnrollRequest(req *enrollWire) (*x509.CertificateRequest, []byte, []byte, error) {
+	if req.CSR == "" {
+		return nil, nil, nil, badRequest("csr: missing certificate signing request")
+	}
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		return nil, nil, nil, badRequest("%v", err)
+	}
+	for _, f := range []struct{ name, v string }{{"name", req.Name}, {"version", req.Version}, {"os", req.OS}, {"arch", req.Arch}} {
+		if err := validText(f.name, f.v, maxFieldLen); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	xw, err := decodeKey("xwing_public", req.XWingPublic)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	md, err := decodeKey("mldsa_public", req.MLDSAPublic)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := validatePQKeys(xw, md); err != nil {
+		return nil, nil, nil, err
+	}
+	return csr, xw, md, nil
+}
+
+// enrollRetry answers an enrollment with a used token. Within
+// EnrollRetryWindow of its use, a request with the same keys as the
+// enrollment that used it (CSR key, X-Wing and ML-DSA keys) is a retry
+// whose answer was lost: it gets the same agent id and certificate again.
+// Anything else is refused (and audited by the route wrapper).
+func (s *Server) enrollRetry(w http.ResponseWriter, r *http.Request, c *call, tok cpapi.EnrollmentToken, csr *x509.CertificateRequest, xw, md []byte) error {
+	refuse := func(why string) error {
+		s.metrics.enrollments.WithLabelValues("refused").Inc()
+		return errorf(http.StatusConflict, "enrollment token %s was already used at %s%s", tok.ID, tok.UsedAt.Format(time.RFC3339), why)
+	}
+	if c.now.Sub(*tok.UsedAt) > s.cfg.EnrollRetryWindow {
+		return refuse("")
+	}
+	agentID, certPEM, err := s.store.LookupEnrollment(r.Context(), tok.ID)
+	if errors.Is(err, cpapi.ErrNotFound) {
+		return refuse("")
+	}
+	if err != nil {
+		return err
+	}
+	c.target = agentID
+	a, err := s.store.GetAgent(r.Context(), agentID)
+	if err != nil {
+		return err
+	}
+	if a.DecommissionedAt != nil {
+		return refuse(fmt.Sprintf(" by agent %s, since decommissioned", agentID))
+	}
+	der, err := decodePEM([]byte(certPEM), "CERTIFICATE", "certificate of agent "+agentID)
+	if err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("controlplane: certificate of agent %s: %w", agentID, err)
+	}
+	issued, err1 := x509.MarshalPKIXPublicKey(cert.PublicKey)
+	asked, err2 := x509.MarshalPKIXPublicKey(csr.PublicKey)
+	if err1 != nil || err2 != nil || !bytes.Equal(issued, asked) || !bytes.Equal(xw, a.XWingPublic) || !bytes.Equal(md, a.MLDSAPublic) {
+		return refuse(" by another key")
+	}
+	s.metrics.enrollments.WithLabelValues("retry").Inc()
+	e := c.entry()
+	e.Result = "ok (retry: answer of " + tok.UsedAt.Format(time.RFC3339Nano) + " sent again)"
+	if _, err := s.store.AppendAudit(r.Context(), e); err != nil {
+		return err
+	}
+	s.metrics.auditAppended.Inc()
+	s.log.Info("enrollment retried; answered again", "agent", agentID, "token", tok.ID)
+	s.writeEnrollment(w, agentID, certPEM, tok.Labels)
 	return nil
 }
 

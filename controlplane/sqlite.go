@@ -20,14 +20,18 @@ import (
 
 // schemaVersion is stored in PRAGMA user_version. schemaSQL creates the
 // current version; migrations[v] brings version v to v+1.
-const schemaVersion = 4
+const schemaVersion = 5
 
 // migrations: version 2 keys telemetry_batches by (agent_id, epoch,
 // batch_seq) and records each batch's digest. Batches stored before
 // keep the empty epoch and no digest: no agent sends an empty epoch, so they
 // match no new upload. Version 3 adds the model registry, version 4
-// federated learning (sqlite_fl.go).
+// federated learning (sqlite_fl.go). Version 5 adds enrollment answers
+// (enrollments), kept so that a retried enrollment is answered again;
+// agents enrolled before have none, and their tokens refuse every retry
+// as before.
 var migrations = map[int]string{
+	4: enrollmentsSQL,
 	3: flSQL,
 	2: modelsSQL,
 	1: `
@@ -127,7 +131,7 @@ CREATE TABLE readings (
 	value     REAL NOT NULL,
 	PRIMARY KEY (series_id, ts)
 ) WITHOUT ROWID;
-` + telemetryBatchesSQL + modelsSQL + flSQL
+` + telemetryBatchesSQL + modelsSQL + flSQL + enrollmentsSQL
 
 // SQLiteStore is the default Store: one SQLite database in WAL mode. All
 // writes go through a single connection (SQLite admits one writer at a

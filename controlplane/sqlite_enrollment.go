@@ -12,6 +12,17 @@ import (
 
 // Enrollment tokens and enrollment of SQLiteStore.
 
+// enrollmentsSQL keeps the answer of each enrollment (the agent and the
+// certificate issued), by token: a client that lost the answer retries
+// with the same token and keys and gets it again (see Server.enrollRetry).
+const enrollmentsSQL = `
+CREATE TABLE enrollments (
+	token_id    TEXT PRIMARY KEY REFERENCES enrollment_tokens(id),
+	agent_id    TEXT NOT NULL REFERENCES agents(id),
+	certificate TEXT NOT NULL
+);
+`
+
 // CreateEnrollmentTokens stores tokens.
 func (s *SQLiteStore) CreateEnrollmentTokens(ctx context.Context, tokens []cpapi.EnrollmentToken, audit AuditEntry) error {
 	return s.inTx(ctx, "create enrollment tokens", func(ctx context.Context, tx *sql.Tx) error {
@@ -96,8 +107,9 @@ func (s *SQLiteStore) LookupEnrollmentToken(ctx context.Context, hash string) (c
 	return t, nil
 }
 
-// EnrollAgent consumes the token and inserts the agent atomically.
-func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a cpapi.Agent, now time.Time, audit AuditEntry) error {
+// EnrollAgent consumes the token and inserts the agent and its
+// enrollment answer atomically.
+func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a cpapi.Agent, certPEM string, now time.Time, audit AuditEntry) error {
 	return s.inTx(ctx, "enroll", func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE enrollment_tokens SET used_at = ?, used_by = ?
 			WHERE id = ? AND used_at IS NULL AND expires_at > ?`, nanos(now), a.ID, tokenID, nanos(now))
@@ -127,9 +139,29 @@ func (s *SQLiteStore) EnrollAgent(ctx context.Context, tokenID string, a cpapi.A
 		if err != nil {
 			return fmt.Errorf("controlplane: enroll: insert agent %s: %w", a.ID, err)
 		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO enrollments (token_id, agent_id, certificate) VALUES (?, ?, ?)`, tokenID, a.ID, certPEM)
+		if err != nil {
+			return fmt.Errorf("controlplane: enroll: record enrollment of %s: %w", a.ID, err)
+		}
 		_, err = s.appendAudit(ctx, tx, audit)
 		return err
 	})
+}
+
+// LookupEnrollment returns the agent enrolled with token tokenID and the
+// certificate it was issued.
+func (s *SQLiteStore) LookupEnrollment(ctx context.Context, tokenID string) (agentID, certPEM string, err error) {
+	if err := s.check(); err != nil {
+		return "", "", err
+	}
+	err = s.r.QueryRowContext(ctx, `SELECT agent_id, certificate FROM enrollments WHERE token_id = ?`, tokenID).Scan(&agentID, &certPEM)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", fmt.Errorf("controlplane: enrollment of token %s: %w", tokenID, cpapi.ErrNotFound)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("controlplane: lookup enrollment of token %s: %w", tokenID, err)
+	}
+	return agentID, certPEM, nil
 }
 
 func nilIfEmpty(b []byte) any {

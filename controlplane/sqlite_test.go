@@ -31,7 +31,7 @@ func enrollDirect(t *testing.T, st *SQLiteStore, id string, now time.Time) {
 		t.Fatal(err)
 	}
 	a := cpapi.Agent{ID: id, Name: id, Labels: tok.Labels, FirstSeen: now, LastSeen: now, CertSerial: "serial-" + id, CertNotAfter: now.Add(time.Hour)}
-	if err := st.EnrollAgent(ctx, tok.ID, a, now, AuditEntry{Time: now, Actor: "t", Action: "enroll", Result: "ok"}); err != nil {
+	if err := st.EnrollAgent(ctx, tok.ID, a, "", now, AuditEntry{Time: now, Actor: "t", Action: "enroll", Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -189,7 +189,8 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
-		`DROP TABLE fl_updates`, // version 4
+		`DROP TABLE enrollments`, // version 5
+		`DROP TABLE fl_updates`,  // version 4
 		`DROP TABLE fl_rounds`,
 		`DROP TABLE fl_jobs`,
 		`DROP TABLE model_deployments`, // version 3

@@ -30,10 +30,15 @@ type Store interface {
 	// LookupEnrollmentToken finds a token by the SHA-256 digest of its
 	// secret; ErrNotFound if there is none.
 	LookupEnrollmentToken(ctx context.Context, hash string) (cpapi.EnrollmentToken, error)
-	// EnrollAgent consumes the enrollment token tokenID and inserts agent,
-	// atomically. It fails with ErrTokenUsed or ErrTokenExpired (at now)
-	// and then writes nothing.
-	EnrollAgent(ctx context.Context, tokenID string, agent cpapi.Agent, now time.Time, audit AuditEntry) error
+	// EnrollAgent consumes the enrollment token tokenID and inserts agent
+	// and the certificate it was issued (certPEM), atomically. It fails
+	// with ErrTokenUsed or ErrTokenExpired (at now) and then writes
+	// nothing.
+	EnrollAgent(ctx context.Context, tokenID string, agent cpapi.Agent, certPEM string, now time.Time, audit AuditEntry) error
+	// LookupEnrollment returns the agent enrolled with token tokenID and
+	// its certificate (PEM); ErrNotFound if the token was not used, or was
+	// used before enrollments were recorded.
+	LookupEnrollment(ctx context.Context, tokenID string) (agentID, certPEM string, err error)
 
 	// GetAgent returns one agent, including its public keys.
 	GetAgent(ctx context.Context, id string) (cpapi.Agent, error)

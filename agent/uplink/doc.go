@@ -12,7 +12,11 @@
 // enrolled_at, keys_verifying_key: see Keys). A restarted agent loads
 // them and never enrolls again; the
 // token is not needed any more. Enrollment runs in the background:
-// network errors and 5xx answers are retried with back-off; a refused
+// network errors and 5xx answers are retried with back-off, with the same
+// key and X-Wing key (both stored before the first attempt, so a restart
+// between attempts does not change them): the control plane answers a
+// retry of an enrollment whose answer was lost with the same agent id and
+// certificate (controlplane.Config.EnrollRetryWindow). A refused
 // token (unknown, used, expired: 401 or 409) is logged as an error,
 // reported in Status.LastError and not retried until the token file
 // changes. The agent runs on meanwhile.

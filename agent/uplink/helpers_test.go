@@ -201,6 +201,7 @@ type faultTransport struct {
 	next       http.RoundTripper
 	down       atomic.Bool
 	dropUpload atomic.Int64 // the ordinal (1-based) of the upload whose answer is lost; 0: none
+	dropEnroll atomic.Int64 // how many more enrollment answers are lost after the server processed them
 	dropped    atomic.Int64
 	requests   atomic.Int64 // requests attempted, refused ones included
 	uploads    atomic.Int64 // upload requests that reached the server
@@ -286,6 +287,12 @@ func (f *faultTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := f.next.RoundTrip(r)
 	if err == nil && strings.HasSuffix(r.URL.Path, "/agent/keys") && f.tamperKeys.Load() {
 		resp = tamperKeyAnswer(resp)
+	}
+	if err == nil && strings.HasSuffix(r.URL.Path, "/enroll") && f.dropEnroll.Add(-1) >= 0 {
+		f.dropped.Add(1)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil, errors.New("test: connection reset after the server processed the enrollment")
 	}
 	if err != nil || !upload {
 		return resp, err

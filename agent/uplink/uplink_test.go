@@ -677,3 +677,43 @@ func TestConflictingBatchIsKeptAndReported(t *testing.T) {
 		}
 	}
 }
+
+// The control plane consumed the token but its answer was lost; the agent
+// restarts before retrying. It retries with the key and X-Wing key it
+// stored before its first attempt, and gets the enrollment it was given.
+func TestEnrollmentRetryAfterALostAnswerKeepsTheAgentID(t *testing.T) {
+	clock := newClock()
+	cp := newCP(t, clock)
+	cfg := cp.config(cp.token())
+	a := &testAgent{t: t, dir: t.TempDir(), tr: &faultTransport{}, logs: &testutil.SyncBuffer{}, sink: &countingSink{}, keyring: newTestKeyring(t, clock)}
+	a.tr.dropEnroll.Store(1)
+	a.start(clock, cfg, nil, nil)
+	eventually(t, "first enrollment answer lost", func() bool { return a.tr.dropped.Load() == 1 })
+	agents, err := cp.admin.ListAgents(testCtx(t), cpapi.AgentFilter{})
+	if err != nil || len(agents) != 1 {
+		t.Fatalf("agents after the lost answer: %v (%v)", agents, err)
+	}
+	if st := a.up.Status(); st.Enrolled {
+		t.Fatalf("enrolled although the answer was lost: %+v", st)
+	}
+	a.up.Stop()
+	a.start(clock, cfg, nil, nil)
+	// The restarted agent retries at once.
+	eventually(t, "retry answered", func() bool { st := a.up.Status(); return st.Enrolled || st.LastError != "" })
+	if st := a.up.Status(); !st.Enrolled {
+		t.Fatalf("retry after a lost answer not enrolled: %s", st.LastError)
+	}
+	advanceUntil(t, clock, a.tr, 1, time.Second, 10*time.Minute, "heartbeat after the retry", func() bool {
+		return a.up.Status().Heartbeats >= 1
+	})
+	st := a.up.Status()
+	if st.AgentID != agents[0].ID || st.LastError != "" {
+		t.Fatalf("status after the retry: %+v, want agent %s", st, agents[0].ID)
+	}
+	if after, _ := cp.admin.ListAgents(testCtx(t), cpapi.AgentFilter{}); len(after) != 1 {
+		t.Errorf("%d agents after the retry, want 1", len(after))
+	}
+	if ag := cp.agentRecord(st.AgentID); ag.State != cpapi.StateOnline {
+		t.Errorf("agent state %q, want online", ag.State)
+	}
+}
