@@ -104,6 +104,11 @@ type MQTTConfig struct {
 	// MaxReconnectInterval caps the back-off between reconnection
 	// attempts. Default 10s.
 	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
+	// EmbeddedTLS serves the embedded broker over TLS too (see
+	// config_broker.go).
+	EmbeddedTLS EmbeddedTLSConfig `yaml:"embedded_tls"`
+	// EmbeddedLimits protect the embedded broker (see config_broker.go).
+	EmbeddedLimits EmbeddedLimitsConfig `yaml:"embedded_limits"`
 }
 
 // IngestLimits bound one message.
@@ -168,6 +173,8 @@ func defaultIngestConfig() IngestConfig {
 			KeepAlive:            30 * time.Second,
 			ConnectTimeout:       10 * time.Second,
 			MaxReconnectInterval: 10 * time.Second,
+			EmbeddedTLS:          defaultEmbeddedTLS(),
+			EmbeddedLimits:       defaultEmbeddedLimits(),
 		},
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
@@ -258,6 +265,9 @@ func (c *IngestConfig) validate() error {
 		if m.CAFile != "" {
 			return bad("mqtt.ca_file", "set, but the embedded broker (mqtt.broker empty) serves plain TCP")
 		}
+	}
+	if err := m.validateEmbedded(c.Limits.MaxPayloadBytes); err != nil {
+		return err
 	}
 	if m.CAFile != "" && m.Broker != "" && !brokerTLS(m.Broker) {
 		return bad("mqtt.ca_file", "set, but mqtt.broker %q is not ssl://", m.Broker)

@@ -249,6 +249,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			if ic.MQTT.Username != "" {
 				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
 			}
+			if err := a.embeddedBroker(&bc); err != nil {
+				return err
+			}
 			if broker, err = ingest.StartBroker(bc); err != nil {
 				hint := ""
 				if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {

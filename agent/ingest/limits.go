@@ -39,12 +39,17 @@ type BrokerLimits struct {
 	// MaximumPacketSize; MQTT 5 clients are told it in the CONNACK).
 	MaxPacketBytes int
 	// MessageRate is the sustained publishes per second allowed to one
-	// device (its username, or its client id without one), a token
-	// bucket holding MessageBurst. A device going faster is disconnected:
+	// device (its client id, or its username with RateByUsername), a
+	// token bucket holding MessageBurst. A device going faster is disconnected:
 	// MQTT 5 clients receive DISCONNECT reason 0x96 "message rate too
 	// high"; unacknowledged messages come again after it reconnects.
 	MessageRate  float64
 	MessageBurst int
+	// RateByUsername keys the message rate by username (client id when a
+	// client has none): right when every device has its own credential.
+	// Off, it is keyed by client id, as one username shared by many
+	// devices would put them all in one bucket.
+	RateByUsername bool
 	// LoginDelay is the delay before refusing the first failed login of a
 	// client id or address; each further failure doubles it, up to
 	// LoginMaxDelay. Zero turns the slow-down off.
@@ -234,10 +239,10 @@ func loginDelay(n int, base, max time.Duration) time.Duration {
 	return min(d, max)
 }
 
-// clientKey names the device a client speaks for: its username, or its
-// client id when it has none.
-func clientKey(cl *mochi.Client) string {
-	if len(cl.Properties.Username) > 0 {
+// clientKey names the device a client speaks for: its client id, or its
+// username (client id when it has none) with byUser.
+func clientKey(cl *mochi.Client, byUser bool) string {
+	if byUser && len(cl.Properties.Username) > 0 {
 		return "u:" + string(cl.Properties.Username)
 	}
 	return "c:" + cl.ID
@@ -281,7 +286,7 @@ func (h *limitsHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Pac
 	if cl.Net.Inline {
 		return pk, nil
 	}
-	key := clientKey(cl)
+	key := clientKey(cl, h.g.lim.RateByUsername)
 	now := h.g.clk.Now()
 	h.g.rmu.Lock()
 	b := h.g.buckets.get(key, func() *bucket { return &bucket{tokens: float64(h.g.lim.MessageBurst), last: now} })

@@ -3,22 +3,15 @@ package ingest
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // rawClient speaks MQTT byte by byte (mochi's packet codec), to send what
@@ -32,7 +25,15 @@ type rawClient struct {
 
 func dialMQTT(t *testing.T, addr string) *rawClient {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return dialMQTTFrom(t, "127.0.0.1", addr)
+}
+
+// dialMQTTFrom dials from a local address: any 127.0.0.0/8 address works
+// on Linux, so tests can have clients "from" several addresses.
+func dialMQTTFrom(t *testing.T, local, addr string) *rawClient {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
@@ -94,6 +95,7 @@ func (r *rawClient) read(version byte, timeout time.Duration) (packets.Packet, e
 	if err != nil {
 		return pk, err
 	}
+	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r.br, body); err != nil {
 		return pk, err
@@ -108,61 +110,29 @@ func (r *rawClient) read(version byte, timeout time.Duration) (packets.Packet, e
 	return pk, err
 }
 
-// testPKI is a fleet CA and a server certificate under it for 127.0.0.1
-// and localhost, written as PEM files.
-type testPKI struct {
-	caPool            *x509.CertPool
-	certFile, keyFile string
-	caCert            *x509.Certificate
-	caKey             *ecdsa.PrivateKey
-}
-
-func newTestPKI(t *testing.T) *testPKI {
+func serverTLS(t *testing.T, p *testutil.PKI) *tls.Config {
 	t.Helper()
-	dir := t.TempDir()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test fleet CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	p := &testPKI{caPool: x509.NewCertPool(), caCert: caCert, caKey: caKey}
-	p.caPool.AddCert(caCert)
-	p.certFile, p.keyFile = p.issue(t, dir, "server", time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour),
-		[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
-	return p
-}
-
-// issue writes a certificate for 127.0.0.1 and localhost and its key.
-func (p *testPKI) issue(t *testing.T, dir, name string, from, to time.Time, eku []x509.ExtKeyUsage) (string, string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "agent"},
-		NotBefore: from, NotAfter: to, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: eku,
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(key)
-	cf, kf := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	if err := os.WriteFile(cf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cf, kf
-}
-
-func (p *testPKI) serverTLS(t *testing.T) *tls.Config {
-	t.Helper()
-	c, err := LoadServerTLS(p.certFile, p.keyFile, tls.VersionTLS12, time.Now())
+	c, err := LoadServerTLS(p.CertFile, p.KeyFile, tls.VersionTLS12, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// tryDial dials from a local address, returning the error.
+func tryDial(local, addr string) (*rawClient, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &rawClient{conn: c, br: bufio.NewReader(c)}, nil
+}
+
+func encodeConnect(pk packets.Packet) []byte {
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
 }

@@ -174,7 +174,7 @@ func (l *guardedListener) handle(conn net.Conn, establish listeners.EstablishFn)
 		l.g.refuse(RefusedPacketTooLarge, remote, "", err)
 	case connectPhase && isTimeout(err):
 		l.g.refuse(RefusedConnectTimeout, remote, "", err)
-	case isProtocolError(err):
+	case connectPhase && !isEOF(err), isProtocolError(err):
 		l.g.refuse(RefusedMalformed, remote, "", err)
 	}
 }
@@ -271,10 +271,15 @@ func timeoutOr(err error, timeout, other string) string {
 	return other
 }
 
+// isEOF reports a connection the client closed.
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
 // isProtocolError reports a connection ended by a packet mochi could not
 // decode or accept (not by the client going away).
 func isProtocolError(err error) bool {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+	if isEOF(err) {
 		return false
 	}
 	var code packets.Code

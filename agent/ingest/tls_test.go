@@ -13,6 +13,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // TestBrokerTLS: a device connects over mqtts and verifies the agent's
@@ -21,8 +23,8 @@ import (
 // TLS port gets a CONNACK refusal at once (no hang), counted; TLS below
 // 1.2 is refused.
 func TestBrokerTLS(t *testing.T) {
-	pki := newTestPKI(t)
-	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", TLSAddr: "127.0.0.1:0", TLSConfig: pki.serverTLS(t), Ingest: true,
+	pki := testutil.NewPKI(t)
+	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", TLSAddr: "127.0.0.1:0", TLSConfig: serverTLS(t, pki), Ingest: true,
 		Limits: BrokerLimits{ConnectTimeout: 3 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +54,7 @@ func TestBrokerTLS(t *testing.T) {
 		return c, tok.Error()
 	}
 
-	c, err := connect(b.TLSURL(), &tls.Config{RootCAs: pki.caPool})
+	c, err := connect(b.TLSURL(), &tls.Config{RootCAs: pki.CAPool})
 	if err != nil {
 		t.Fatalf("device over mqtts, verifying the fleet CA: %v", err)
 	}
@@ -66,8 +68,8 @@ func TestBrokerTLS(t *testing.T) {
 	waitMessages(t, dir, 20)
 
 	// A client trusting another CA refuses the agent's certificate.
-	other := newTestPKI(t)
-	if _, err := connect(b.TLSURL(), &tls.Config{RootCAs: other.caPool}); err == nil {
+	other := testutil.NewPKI(t)
+	if _, err := connect(b.TLSURL(), &tls.Config{RootCAs: other.CAPool}); err == nil {
 		t.Fatal("a client trusting another CA connected")
 	} else if ua := (x509.UnknownAuthorityError{}); !errors.As(err, &ua) && !strings.Contains(err.Error(), "unknown authority") {
 		t.Fatalf("wrong-CA client: %v, want an unknown-authority error", err)
@@ -99,7 +101,7 @@ func TestBrokerTLS(t *testing.T) {
 
 	// TLS 1.1 is refused by the handshake.
 	d := &net.Dialer{Timeout: 3 * time.Second}
-	if conn, err := tls.DialWithDialer(d, "tcp", tlsAddr, &tls.Config{RootCAs: pki.caPool, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+	if conn, err := tls.DialWithDialer(d, "tcp", tlsAddr, &tls.Config{RootCAs: pki.CAPool, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
 		conn.Close()
 		t.Fatal("TLS 1.1 handshake succeeded")
 	}
@@ -114,28 +116,28 @@ func TestBrokerTLS(t *testing.T) {
 
 // TestLoadServerTLS: what is wrong with the files is named.
 func TestLoadServerTLS(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testutil.NewPKI(t)
 	dir := t.TempDir()
 	now := time.Now()
-	expiredCert, expiredKey := pki.issue(t, dir, "expired", now.Add(-48*time.Hour), now.Add(-24*time.Hour), []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
-	clientCert, clientKey := pki.issue(t, dir, "client", now.Add(-time.Hour), now.Add(time.Hour), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+	expiredCert, expiredKey := pki.Issue(t, dir, "expired", now.Add(-48*time.Hour), now.Add(-24*time.Hour), []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
+	clientCert, clientKey := pki.Issue(t, dir, "client", now.Add(-time.Hour), now.Add(time.Hour), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
 	for _, tc := range []struct {
 		name, cert, key string
 		min             uint16
 		want            string
 	}{
-		{"missing", dir + "/nope.pem", pki.keyFile, 0, "no such file"},
-		{"mismatched key", pki.certFile, expiredKey, 0, "private key does not match"},
+		{"missing", dir + "/nope.pem", pki.KeyFile, 0, "no such file"},
+		{"mismatched key", pki.CertFile, expiredKey, 0, "private key does not match"},
 		{"expired", expiredCert, expiredKey, 0, "not now"},
 		{"client only", clientCert, clientKey, 0, "serverAuth"},
-		{"TLS 1.0", pki.certFile, pki.keyFile, tls.VersionTLS10, "want 1.2 or 1.3"},
+		{"TLS 1.0", pki.CertFile, pki.KeyFile, tls.VersionTLS10, "want 1.2 or 1.3"},
 	} {
 		_, err := LoadServerTLS(tc.cert, tc.key, tc.min, now)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
 		}
 	}
-	c, err := LoadServerTLS(pki.certFile, pki.keyFile, 0, now)
+	c, err := LoadServerTLS(pki.CertFile, pki.KeyFile, 0, now)
 	if err != nil || c.MinVersion != tls.VersionTLS12 {
 		t.Fatalf("good pair: %v, min version %#x", err, c.MinVersion)
 	}
