@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/edgefleet/edgefleet/agent/ingest"
 )
 
 // EmbeddedTLSConfig configures the embedded broker's MQTT-over-TLS
@@ -70,17 +72,18 @@ type EmbeddedLimitsConfig struct {
 func defaultEmbeddedTLS() EmbeddedTLSConfig { return EmbeddedTLSConfig{MinVersion: "1.2"} }
 
 func defaultEmbeddedLimits() EmbeddedLimitsConfig {
+	l := ingest.DefaultBrokerLimits()
 	return EmbeddedLimitsConfig{
-		MaxConnections:           1024,
-		MaxConnectionsPerAddress: 128,
-		ConnectTimeout:           10 * time.Second,
-		MaxClientIDLen:           128,
-		MaxPacketBytes:           1 << 20,
-		MessageRate:              1000,
-		MessageBurst:             2000,
-		LoginDelay:               250 * time.Millisecond,
-		LoginMaxDelay:            10 * time.Second,
-		Offenders:                4096,
+		MaxConnections:           l.MaxConnections,
+		MaxConnectionsPerAddress: l.MaxConnectionsPerAddress,
+		ConnectTimeout:           l.ConnectTimeout,
+		MaxClientIDLen:           l.MaxClientIDLen,
+		MaxPacketBytes:           l.MaxPacketBytes,
+		MessageRate:              l.MessageRate,
+		MessageBurst:             l.MessageBurst,
+		LoginDelay:               l.LoginDelay,
+		LoginMaxDelay:            l.LoginMaxDelay,
+		Offenders:                l.Offenders,
 	}
 }
 

@@ -61,6 +61,22 @@ type BrokerLimits struct {
 	Offenders int
 }
 
+// DefaultBrokerLimits are the agent's defaults (ingest.mqtt.embedded_limits).
+func DefaultBrokerLimits() BrokerLimits {
+	return BrokerLimits{
+		MaxConnections:           1024,
+		MaxConnectionsPerAddress: 128,
+		ConnectTimeout:           10 * time.Second,
+		MaxClientIDLen:           128,
+		MaxPacketBytes:           1 << 20,
+		MessageRate:              1000,
+		MessageBurst:             2000,
+		LoginDelay:               250 * time.Millisecond,
+		LoginMaxDelay:            10 * time.Second,
+		Offenders:                4096,
+	}
+}
+
 func (l *BrokerLimits) validate() error {
 	switch {
 	case l.MaxConnections < 0, l.MaxConnectionsPerAddress < 0, l.ConnectTimeout < 0, l.MaxClientIDLen < 0,

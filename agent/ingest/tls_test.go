@@ -142,3 +142,34 @@ func TestLoadServerTLS(t *testing.T) {
 		t.Fatalf("good pair: %v, min version %#x", err, c.MinVersion)
 	}
 }
+
+// FuzzSniffConnect: reading the protocol level of a clear-text CONNECT
+// never panics, accepts only a CONNECT's start, and the refusal it leads
+// to is a CONNACK mochi's own decoder reads back.
+func FuzzSniffConnect(f *testing.F) {
+	f.Add(encodeConnect(connectPacket(4, "dev", "", "")))
+	f.Add(encodeConnect(connectPacket(5, "dev", "u", "p")))
+	f.Add([]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Add([]byte{0x10, 0x0c, 0x00, 0x06, 'M', 'Q', 'I', 's', 'd', 'p', 0x03})
+	f.Add([]byte{0x16, 0x03, 0x01})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		level, ok := sniffConnect(b)
+		if !ok {
+			return
+		}
+		if b[0] != 0x10 || !strings.Contains(string(b), "MQ") {
+			t.Fatalf("%x taken for a CONNECT", b)
+		}
+		out := plainRefusal(level)
+		var pk packets.Packet
+		if err := pk.FixedHeader.Decode(out[0]); err != nil || pk.FixedHeader.Type != packets.Connack {
+			t.Fatalf("refusal %x: %v", out, err)
+		}
+		pk.FixedHeader.Remaining = int(out[1])
+		pk.ProtocolVersion = level
+		if err := pk.ConnackDecode(out[2:]); err != nil || pk.ReasonCode == 0 || int(out[1]) != len(out)-2 {
+			t.Fatalf("refusal %x for level %d: reason %#x, %v", out, level, pk.ReasonCode, err)
+		}
+	})
+}
