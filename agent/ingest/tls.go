@@ -67,9 +67,10 @@ type guardedListener struct {
 	tls  *tls.Config
 	g    *brokerGuard
 
-	mu  sync.Mutex
-	ln  net.Listener
-	end atomic.Bool
+	mu    sync.Mutex
+	ln    net.Listener
+	end   atomic.Bool
+	conns map[net.Conn]struct{} // open connections, closed by Close
 }
 
 var _ listeners.Listener = (*guardedListener)(nil)
@@ -117,21 +118,57 @@ func (l *guardedListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// Close stops accepting, disconnects the MQTT clients and closes every
+// connection still open, also those accepted but not yet clients (a
+// device reconnecting during Close must not keep the broker's Close
+// waiting for it).
 func (l *guardedListener) Close(closeClients listeners.CloseFn) {
-	if l.end.CompareAndSwap(false, true) {
-		closeClients(l.id)
-	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	first := l.end.CompareAndSwap(false, true)
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
+	l.mu.Unlock()
+	if !first {
+		return
+	}
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+}
+
+// track records an open connection; false once the listener is closed.
+func (l *guardedListener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.end.Load() {
+		return false
+	}
+	if l.conns == nil {
+		l.conns = map[net.Conn]struct{}{}
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *guardedListener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
 }
 
 // handle runs one connection until it ends.
 func (l *guardedListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	remote := conn.RemoteAddr().String()
 	ip := remoteIP(remote)
+	if !l.track(conn) {
+		_ = conn.Close()
+		return
+	}
+	defer l.untrack(conn)
 	if !l.g.acquire(ip, remote) {
 		_ = conn.Close()
 		return
