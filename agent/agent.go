@@ -205,7 +205,8 @@ type Agent struct {
 	broker      *ingest.Broker
 	mqttURL     string
 	registry    *devices.Registry
-	models      *modelParts // nil with the model runtime off
+	idWatch     *identityWatch // nil without the embedded broker
+	models      *modelParts    // nil with the model runtime off
 	up          *uplink.Uplink
 	training    *training.Manager // nil when training is disabled
 	startedAt   time.Time
@@ -316,7 +317,13 @@ func (a *Agent) APIAddr() string {
 func (a *Agent) Members() []Member { return a.peers.Load().Members() }
 
 // Stats returns a snapshot of the agent's counters.
-func (a *Agent) Stats() Stats { return a.m.stats() }
+func (a *Agent) Stats() Stats {
+	st := a.m.stats()
+	if r := a.repl.Load(); r != nil {
+		st.BroadcastsQueued, st.RelayQueued = r.Queued()
+	}
+	return st
+}
 
 // Registry is the registry holding the agent's metrics.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
@@ -479,6 +486,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("agent: key relay: %w", err)
 	}
 	a.startRevocations(bg)
+	a.startIdentityWatch(bg)
 
 	if err := a.startAPI(); err != nil {
 		return err

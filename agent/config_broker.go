@@ -10,8 +10,49 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 )
 
+// EmbeddedBrokerConfig configures the embedded broker (ingest.broker):
+// whom it admits, TLS and limits. Devices registered with edgectl
+// devices register (the replicated collection "device_identities") log
+// in with user name = device id = client id and their secret, and are
+// confined to their topics.
+type EmbeddedBrokerConfig struct {
+	// AllowAnonymous admits clients that send no user name, with access
+	// to every topic (they cannot use a registered device's client id).
+	// Default true, for the loopback development default; the agent
+	// warns at start while it is true. Set it false once the devices are
+	// registered. Setting ingest.mqtt.username turns it off.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
+	// AuthCacheEntries bounds the verified secrets kept in memory (a
+	// SHA-256 of the secret per device), which spare reconnecting devices
+	// the PBKDF2 derivation. Default 4096; -1 turns the cache off.
+	AuthCacheEntries int `yaml:"auth_cache_entries"`
+	// IdentityPoll is how often the agent looks for changed identities in
+	// replicated state (a change made on another agent arrives by gossip;
+	// the connections of a disabled device are then closed). Default 1s.
+	IdentityPoll time.Duration `yaml:"identity_poll"`
+	// TLS serves the embedded broker over TLS too.
+	TLS EmbeddedTLSConfig `yaml:"tls"`
+	// Limits protect the embedded broker from noisy or hostile clients.
+	Limits EmbeddedLimitsConfig `yaml:"limits"`
+}
+
+func defaultEmbeddedBrokerConfig() EmbeddedBrokerConfig {
+	return EmbeddedBrokerConfig{AllowAnonymous: true, AuthCacheEntries: 4096, IdentityPoll: time.Second,
+		TLS: defaultEmbeddedTLS(), Limits: defaultEmbeddedLimits()}
+}
+
+func (c *EmbeddedBrokerConfig) validateAuth() error {
+	switch {
+	case c.AuthCacheEntries < -1 || c.AuthCacheEntries == 0 || c.AuthCacheEntries > 1_000_000:
+		return fmt.Errorf("agent: ingest.broker.auth_cache_entries: %d: want -1 (off) or 1..1000000", c.AuthCacheEntries)
+	case c.IdentityPoll < 10*time.Millisecond || c.IdentityPoll > time.Minute:
+		return fmt.Errorf("agent: ingest.broker.identity_poll: %s outside 10ms..1m", c.IdentityPoll)
+	}
+	return nil
+}
+
 // EmbeddedTLSConfig configures the embedded broker's MQTT-over-TLS
-// listener (ingest.mqtt.embedded_tls). The clear-text listener
+// listener (ingest.broker.tls). The clear-text listener
 // (ingest.mqtt.embedded_listen) keeps serving; keep it on loopback (the
 // default) when devices must use TLS.
 type EmbeddedTLSConfig struct {
@@ -34,7 +75,7 @@ type EmbeddedTLSConfig struct {
 }
 
 // EmbeddedLimitsConfig protect the embedded broker from noisy or hostile
-// clients (ingest.mqtt.embedded_limits); 0 turns a limit off. Refusals
+// clients (ingest.broker.limits); 0 turns a limit off. Refusals
 // are counted in edgefleet_mqtt_broker_refused_total{reason}.
 type EmbeddedLimitsConfig struct {
 	// MaxConnections bounds the open connections (all listeners). Default
@@ -98,61 +139,64 @@ func tlsVersion(s string) (uint16, error) {
 	return 0, fmt.Errorf("%q: want \"1.2\" or \"1.3\"", s)
 }
 
-// validateEmbedded checks the embedded broker's TLS and limits; payload
-// is ingest.limits.max_payload_bytes.
-func (m *MQTTConfig) validateEmbedded(payload int) error {
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("agent: ingest.mqtt.%s: %s", field, fmt.Sprintf(format, args...))
+// validate checks the embedded broker's settings; external is
+// ingest.mqtt.broker, payload ingest.limits.max_payload_bytes.
+func (c *EmbeddedBrokerConfig) validate(external string, payload int) error {
+	if err := c.validateAuth(); err != nil {
+		return err
 	}
-	t := &m.EmbeddedTLS
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("agent: ingest.broker.%s: %s", field, fmt.Sprintf(format, args...))
+	}
+	t := &c.TLS
 	if _, err := tlsVersion(t.MinVersion); err != nil {
-		return bad("embedded_tls.min_version", "%v", err)
+		return bad("tls.min_version", "%v", err)
 	}
 	if t.Listen != "" {
-		if m.Broker != "" {
-			return bad("embedded_tls.listen", "set, but mqtt.broker %q is external (the embedded broker does not run)", m.Broker)
+		if external != "" {
+			return bad("tls.listen", "set, but ingest.mqtt.broker %q is external (the embedded broker does not run)", external)
 		}
 		host, port, err := net.SplitHostPort(t.Listen)
 		if err != nil {
-			return bad("embedded_tls.listen", "%q: %v", t.Listen, err)
+			return bad("tls.listen", "%q: %v", t.Listen, err)
 		}
 		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-			return bad("embedded_tls.listen", "%q: bad port", t.Listen)
+			return bad("tls.listen", "%q: bad port", t.Listen)
 		}
 		if host != "" && host != "localhost" && net.ParseIP(host) == nil {
-			return bad("embedded_tls.listen", "%q: host is not an IP address", t.Listen)
+			return bad("tls.listen", "%q: host is not an IP address", t.Listen)
 		}
 		switch {
 		case t.FromControlPlane:
-			return bad("embedded_tls.from_control_plane", "not available yet: the control plane issues agents client certificates only; set cert_file and key_file (a certificate under the fleet CA)")
+			return bad("tls.from_control_plane", "not available yet: the control plane issues agents client certificates only; set cert_file and key_file (a certificate under the fleet CA)")
 		case t.CertFile == "" || t.KeyFile == "":
-			return bad("embedded_tls", "listen %q needs cert_file and key_file", t.Listen)
+			return bad("tls", "listen %q needs cert_file and key_file", t.Listen)
 		}
 	} else if t.CertFile != "" || t.KeyFile != "" || t.FromControlPlane {
-		return bad("embedded_tls.listen", "empty, but a certificate is configured; set the TLS listen address")
+		return bad("tls.listen", "empty, but a certificate is configured; set the TLS listen address")
 	}
-	l := &m.EmbeddedLimits
+	l := &c.Limits
 	switch {
 	case l.MaxConnections < 0:
-		return bad("embedded_limits.max_connections", "%d: want 0 (off) or more", l.MaxConnections)
+		return bad("limits.max_connections", "%d: want 0 (off) or more", l.MaxConnections)
 	case l.MaxConnectionsPerAddress < 0:
-		return bad("embedded_limits.max_connections_per_address", "%d: want 0 (off) or more", l.MaxConnectionsPerAddress)
+		return bad("limits.max_connections_per_address", "%d: want 0 (off) or more", l.MaxConnectionsPerAddress)
 	case l.ConnectTimeout < 0 || (l.ConnectTimeout > 0 && l.ConnectTimeout < 100*time.Millisecond):
-		return bad("embedded_limits.connect_timeout", "%s: want 0 (off) or at least 100ms", l.ConnectTimeout)
+		return bad("limits.connect_timeout", "%s: want 0 (off) or at least 100ms", l.ConnectTimeout)
 	case l.MaxClientIDLen < 0 || (l.MaxClientIDLen > 0 && l.MaxClientIDLen < 23):
-		return bad("embedded_limits.max_client_id_len", "%d: want 0 (off) or at least 23 (MQTT requires 23)", l.MaxClientIDLen)
+		return bad("limits.max_client_id_len", "%d: want 0 (off) or at least 23 (MQTT requires 23)", l.MaxClientIDLen)
 	case l.MaxPacketBytes < 0 || (l.MaxPacketBytes > 0 && l.MaxPacketBytes < payload) || l.MaxPacketBytes > 256<<20:
-		return bad("embedded_limits.max_packet_bytes", "%d: want 0 (off) or limits.max_payload_bytes (%d) .. %d", l.MaxPacketBytes, payload, 256<<20)
+		return bad("limits.max_packet_bytes", "%d: want 0 (off) or limits.max_payload_bytes (%d) .. %d", l.MaxPacketBytes, payload, 256<<20)
 	case l.MessageRate < 0:
-		return bad("embedded_limits.message_rate", "%g: want 0 (off) or more", l.MessageRate)
+		return bad("limits.message_rate", "%g: want 0 (off) or more", l.MessageRate)
 	case l.MessageRate > 0 && l.MessageBurst < 1:
-		return bad("embedded_limits.message_burst", "%d: at least 1 with a message rate", l.MessageBurst)
+		return bad("limits.message_burst", "%d: at least 1 with a message rate", l.MessageBurst)
 	case l.LoginDelay < 0:
-		return bad("embedded_limits.login_delay", "%s: want 0 (off) or more", l.LoginDelay)
+		return bad("limits.login_delay", "%s: want 0 (off) or more", l.LoginDelay)
 	case l.LoginDelay > 0 && (l.LoginMaxDelay < l.LoginDelay || l.LoginMaxDelay > time.Minute):
-		return bad("embedded_limits.login_max_delay", "%s: want login_delay (%s) .. 1m", l.LoginMaxDelay, l.LoginDelay)
+		return bad("limits.login_max_delay", "%s: want login_delay (%s) .. 1m", l.LoginMaxDelay, l.LoginDelay)
 	case l.Offenders < 1 || l.Offenders > 1_000_000:
-		return bad("embedded_limits.offenders", "%d outside 1..1000000", l.Offenders)
+		return bad("limits.offenders", "%d outside 1..1000000", l.Offenders)
 	}
 	return nil
 }

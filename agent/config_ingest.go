@@ -19,6 +19,9 @@ type IngestConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// MQTT configures the broker connection (or the embedded broker).
 	MQTT MQTTConfig `yaml:"mqtt"`
+	// Broker configures the embedded broker: whom it admits, TLS, limits
+	// (config_broker.go).
+	Broker EmbeddedBrokerConfig `yaml:"broker"`
 	// Topic maps topics to device ids; exactly one level is {device_id}.
 	// The agent subscribes to it with that level replaced by "+". Default
 	// "devices/{device_id}/telemetry".
@@ -87,8 +90,9 @@ type MQTTConfig struct {
 	// session: keep it stable. Empty means "edge-agent-" + node name.
 	ClientID string `yaml:"client_id"`
 	// Username and Password authenticate to the broker. With the embedded
-	// broker and a username set, the broker admits only that user (devices
-	// included).
+	// broker and a username set, the broker admits that user as the
+	// agent's own (any client id; subscribe to every device's telemetry,
+	// publish commands and inference), beside the registered devices.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	// PasswordFile holds the password (trailing newline ignored); set it
@@ -104,11 +108,6 @@ type MQTTConfig struct {
 	// MaxReconnectInterval caps the back-off between reconnection
 	// attempts. Default 10s.
 	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
-	// EmbeddedTLS serves the embedded broker over TLS too (see
-	// config_broker.go).
-	EmbeddedTLS EmbeddedTLSConfig `yaml:"embedded_tls"`
-	// EmbeddedLimits protect the embedded broker (see config_broker.go).
-	EmbeddedLimits EmbeddedLimitsConfig `yaml:"embedded_limits"`
 }
 
 // IngestLimits bound one message.
@@ -173,9 +172,8 @@ func defaultIngestConfig() IngestConfig {
 			KeepAlive:            30 * time.Second,
 			ConnectTimeout:       10 * time.Second,
 			MaxReconnectInterval: 10 * time.Second,
-			EmbeddedTLS:          defaultEmbeddedTLS(),
-			EmbeddedLimits:       defaultEmbeddedLimits(),
 		},
+		Broker:        defaultEmbeddedBrokerConfig(),
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
 		BatchDelay:    5 * time.Millisecond,
@@ -266,7 +264,7 @@ func (c *IngestConfig) validate() error {
 			return bad("mqtt.ca_file", "set, but the embedded broker (mqtt.broker empty) serves plain TCP")
 		}
 	}
-	if err := m.validateEmbedded(c.Limits.MaxPayloadBytes); err != nil {
+	if err := c.Broker.validate(m.Broker, c.Limits.MaxPayloadBytes); err != nil {
 		return err
 	}
 	if m.CAFile != "" && m.Broker != "" && !brokerTLS(m.Broker) {

@@ -27,22 +27,25 @@ type ModelsConfig struct {
 	// feature's window keeps at most this many). Default 128.
 	MaxPoints int `yaml:"max_points"`
 	// Publish sends each prediction to devices/{device_id}/inference
-	// (QoS 1). Default true.
+	// (QoS 1, at least once: see package agent/models). The predictions
+	// database is the outbox: predictions are published from it in order
+	// and marked published once the broker acknowledged them, so a slow
+	// or absent broker delays them and loses none (within
+	// predictions_max_rows). Default true.
 	Publish bool `yaml:"publish"`
 	// PublishMaxInFlight bounds the predictions published and not yet
-	// acknowledged by the broker; past it predictions are not published
-	// (they are stored; counted in
-	// edgefleet_inference_publish_failures_total), so a slow broker never
-	// holds inference back. Each costs memory until acknowledged: at
-	// 5,000 predictions/s through Mosquitto on the shared test VM, the
-	// agent's anonymous memory peaked at 16.5 MB with 128 and 22.4 MB
-	// with 512 (one footprint run each). Default 128.
+	// acknowledged by the broker; the others wait in the predictions
+	// database, so a slow broker never holds inference back nor grows
+	// memory. Default 128.
 	PublishMaxInFlight int `yaml:"publish_max_in_flight"`
 	// PredictionsMaxRows bounds the predictions stored (oldest deleted
-	// first). Default 100000.
+	// first). It is the outbox's bound too: when the broker stays away
+	// long enough for it to be reached, the oldest unpublished
+	// predictions are deleted and counted in
+	// edgefleet_inference_unpublished_dropped_total. Default 100000.
 	PredictionsMaxRows int64 `yaml:"predictions_max_rows"`
-	// PredictionsMaxAge bounds how long a prediction is stored. Default
-	// 168h (7 days).
+	// PredictionsMaxAge bounds how long a published prediction is
+	// stored (unpublished ones do not age out). Default 168h (7 days).
 	PredictionsMaxAge time.Duration `yaml:"predictions_max_age"`
 	// VerifyingKeyFile, when set, names a file holding the ML-DSA-65
 	// public key (base64 of its 1952 bytes) that model files must be

@@ -123,7 +123,7 @@ func TestParseConfigPartialKeepsDefaults(t *testing.T) {
 	want.Gossip.SyncInterval = 3 * time.Second
 	want.Gossip.Join = []string{"a:1", "b:2"}
 	// Maps merge into the defaults: the device registry stays declared.
-	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet, DevicesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW}
+	want.State.Collections = map[string]crdt.Type{"tags": crdt.TypeORSet, DevicesCollection: crdt.TypeLWW, IdentitiesCollection: crdt.TypeLWW, KeyRelayCollection: crdt.TypeLWW, RevocationCollection: crdt.TypeLWW}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
@@ -158,7 +158,7 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 		EnvGossipKey:   "MDEyMzQ1Njc4OWFiY2RlZg==",
 		EnvLabels:      "zone=a,rack=7",
 		EnvEncrypt:     "false",
-		EnvGossipRelay: "true",
+		EnvGossipRelay: "false",
 	}
 	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 	if cfg.API.Addr != "" {
 		t.Errorf("EDGEFLEET_API=\"\" should disable the API, got %q", cfg.API.Addr)
 	}
-	if cfg.Gossip.Encrypt || !cfg.Gossip.Relay || cfg.Gossip.Key == "" || cfg.Labels["rack"] != "7" {
+	if cfg.Gossip.Encrypt || cfg.Gossip.Relay || cfg.Gossip.Key == "" || cfg.Labels["rack"] != "7" {
 		t.Errorf("encrypt/key/labels not applied: %+v", cfg)
 	}
 	// File wins over defaults where env is silent.

@@ -37,6 +37,23 @@ func (a *Agent) Ingest() *ingest.Ingestor {
 	return a.ingestor
 }
 
+// FlushDevices writes every device record with unwritten changes now
+// instead of when ingest.device_registry_interval is due (the simulator
+// does, so that no registry write falls into its idle window); nothing
+// without ingestion.
+func (a *Agent) FlushDevices(ctx context.Context) error {
+	a.mu.Lock()
+	reg := a.registry
+	a.mu.Unlock()
+	if reg == nil {
+		return nil
+	}
+	if err := reg.Flush(ctx); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
 // Uplink is the agent's uplink to the control plane; nil without a
 // control plane (control_plane.url empty) or before Start.
 func (a *Agent) Uplink() *uplink.Uplink {
@@ -220,6 +237,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			Revocations:   a.offerRevocations,
 			Models:        installer,
 		}
+		if a.cfg.Training.Enabled && store != nil {
+			deps.FL = flTrainer{a}
+		}
 		if deps.Keyring, err = a.uplinkKeyring(); err != nil {
 			return err
 		}
@@ -246,8 +266,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if ic.MQTT.Broker == "" {
 			bc := ingest.BrokerConfig{Addr: ic.MQTT.EmbeddedListen, Logger: a.log.With("component", "mqtt-broker"), Ingest: true,
 				ClientQueue: max(2048, 2*ic.BatchMessages)}
-			if ic.MQTT.Username != "" {
-				bc.Users = map[string]string{ic.MQTT.Username: mc.Password}
+			var w *identityWatch
+			if bc.Auth, w, err = a.brokerAuth(ctx, mc.Password); err != nil {
+				return err
 			}
 			if err := a.embeddedBroker(&bc); err != nil {
 				return err
@@ -260,6 +281,10 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 				return fmt.Errorf("agent: ingest.mqtt.embedded_listen %s: starting the embedded broker: %w%s", ic.MQTT.EmbeddedListen, err, hint)
 			}
 			undo = append(undo, func() { broker.Stop() })
+			w.broker = broker
+			a.mu.Lock()
+			a.idWatch = w
+			a.mu.Unlock()
 			mc.Broker = broker.URL()
 		}
 		mqttURL = mc.Broker

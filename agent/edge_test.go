@@ -357,10 +357,34 @@ func TestEmbeddedBrokerCredentials(t *testing.T) {
 		bad.Disconnect(0)
 		t.Fatal("wrong password admitted")
 	}
-	good := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("dev-ok").
+	// The configured user is the agent's own: it may read every device's
+	// telemetry, not publish it; devices log in with their own identity.
+	own := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("dashboard").
 		SetUsername("fleet").SetPassword("s3cret").SetConnectTimeout(5 * time.Second))
-	if tok := good.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := own.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("right password refused: %v", tok.Error())
+	}
+	defer own.Disconnect(50)
+	got := make(chan string, 1)
+	if tok := own.Subscribe("devices/+/telemetry", 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("agent user subscribing to telemetry: %v", tok.Error())
+	} else if code := tok.(*mqtt.SubscribeToken).Result()["devices/+/telemetry"]; code >= 0x80 {
+		t.Fatalf("agent user refused telemetry (code %#x)", code)
+	}
+	// A configured user turns anonymous access off.
+	anon := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("anon").SetConnectTimeout(2 * time.Second))
+	if tok := anon.Connect(); tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+		anon.Disconnect(0)
+		t.Fatal("anonymous client admitted with ingest.mqtt.username set")
+	}
+	_, secret, err := a.RegisterDevice(context.Background(), "dev-ok", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("dev-ok").
+		SetUsername("dev-ok").SetPassword(secret).SetConnectTimeout(5 * time.Second))
+	if tok := good.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("registered device refused: %v", tok.Error())
 	}
 	defer good.Disconnect(50)
 	publish(t, good, "devices/dev-ok/telemetry", `{"v":1}`)
@@ -369,6 +393,14 @@ func TestEmbeddedBrokerCredentials(t *testing.T) {
 		return found && rec.Messages == 1, fmt.Sprintf("record %+v (found %v, err %v); ingest %+v; registry %+v",
 			rec, found, err, a.Ingest().Stats(), a.registry.Stats())
 	})
+	select {
+	case topic := <-got:
+		if topic != "devices/dev-ok/telemetry" {
+			t.Fatalf("agent user received %s", topic)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent user did not receive the device's telemetry")
+	}
 
 	// A missing password file fails Start, naming the field.
 	cfg := testConfig(t, "nopw")

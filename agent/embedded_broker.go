@@ -8,8 +8,8 @@ import (
 
 // embeddedBroker fills the embedded broker's TLS listener and limits.
 func (a *Agent) embeddedBroker(bc *ingest.BrokerConfig) error {
-	m := a.cfg.Ingest.MQTT
-	l := m.EmbeddedLimits
+	m := a.cfg.Ingest.Broker
+	l := m.Limits
 	bc.Limits = ingest.BrokerLimits{
 		MaxConnections: l.MaxConnections, MaxConnectionsPerAddress: l.MaxConnectionsPerAddress,
 		ConnectTimeout: l.ConnectTimeout, MaxClientIDLen: l.MaxClientIDLen, MaxPacketBytes: l.MaxPacketBytes,
@@ -18,18 +18,18 @@ func (a *Agent) embeddedBroker(bc *ingest.BrokerConfig) error {
 	}
 	bc.Clock = a.clk
 	bc.Registry = a.reg
-	if m.EmbeddedTLS.Listen == "" {
+	if m.TLS.Listen == "" {
 		return nil
 	}
-	v, err := tlsVersion(m.EmbeddedTLS.MinVersion)
+	v, err := tlsVersion(m.TLS.MinVersion)
 	if err != nil {
-		return fmt.Errorf("agent: ingest.mqtt.embedded_tls.min_version: %w", err)
+		return fmt.Errorf("agent: ingest.broker.tls.min_version: %w", err)
 	}
-	tc, err := ingest.LoadServerTLS(m.EmbeddedTLS.CertFile, m.EmbeddedTLS.KeyFile, v, a.clk.Now())
+	tc, err := ingest.LoadServerTLS(m.TLS.CertFile, m.TLS.KeyFile, v, a.clk.Now())
 	if err != nil {
-		return fmt.Errorf("agent: ingest.mqtt.embedded_tls: %w", err)
+		return fmt.Errorf("agent: ingest.broker.tls: %w", err)
 	}
-	bc.TLSConfig, bc.TLSAddr = tc, m.EmbeddedTLS.Listen
+	bc.TLSConfig, bc.TLSAddr = tc, m.TLS.Listen
 	return nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
-// TestEmbeddedBrokerTLSFromConfig: ingest.mqtt.embedded_tls serves mqtts
+// TestEmbeddedBrokerTLSFromConfig: ingest.broker.tls serves mqtts
 // from the configured files; a device verifying the fleet CA publishes
 // and its readings are stored; the refusal counter is exported.
 func TestEmbeddedBrokerTLSFromConfig(t *testing.T) {
@@ -20,9 +20,9 @@ func TestEmbeddedBrokerTLSFromConfig(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("edge", nil, func(cfg *Config) {
 		withIngest(cfg)
-		cfg.Ingest.MQTT.EmbeddedTLS.Listen = "127.0.0.1:0"
-		cfg.Ingest.MQTT.EmbeddedTLS.CertFile = pki.CertFile
-		cfg.Ingest.MQTT.EmbeddedTLS.KeyFile = pki.KeyFile
+		cfg.Ingest.Broker.TLS.Listen = "127.0.0.1:0"
+		cfg.Ingest.Broker.TLS.CertFile = pki.CertFile
+		cfg.Ingest.Broker.TLS.KeyFile = pki.KeyFile
 	})
 	url := a.MQTTTLSURL()
 	if !strings.HasPrefix(url, "ssl://127.0.0.1:") {
@@ -54,20 +54,20 @@ func TestEmbeddedBrokerTLSFromConfig(t *testing.T) {
 
 func TestEmbeddedBrokerConfigNamesBadField(t *testing.T) {
 	cases := map[string]func(c *Config){
-		"ingest.mqtt.embedded_tls.min_version": func(c *Config) { c.Ingest.MQTT.EmbeddedTLS.MinVersion = "1.1" },
-		"ingest.mqtt.embedded_tls.listen":      func(c *Config) { c.Ingest.MQTT.EmbeddedTLS.Listen = "nowhere" },
-		"ingest.mqtt.embedded_tls.from_control_plane": func(c *Config) {
-			c.Ingest.MQTT.EmbeddedTLS.Listen, c.Ingest.MQTT.EmbeddedTLS.FromControlPlane = ":8883", true
+		"ingest.broker.tls.min_version": func(c *Config) { c.Ingest.Broker.TLS.MinVersion = "1.1" },
+		"ingest.broker.tls.listen":      func(c *Config) { c.Ingest.Broker.TLS.Listen = "nowhere" },
+		"ingest.broker.tls.from_control_plane": func(c *Config) {
+			c.Ingest.Broker.TLS.Listen, c.Ingest.Broker.TLS.FromControlPlane = ":8883", true
 		},
-		"ingest.mqtt.embedded_tls: listen":                        func(c *Config) { c.Ingest.MQTT.EmbeddedTLS.Listen = ":8883" },
-		"ingest.mqtt.embedded_limits.max_connections":             func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.MaxConnections = -1 },
-		"ingest.mqtt.embedded_limits.max_connections_per_address": func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.MaxConnectionsPerAddress = -1 },
-		"ingest.mqtt.embedded_limits.connect_timeout":             func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.ConnectTimeout = time.Millisecond },
-		"ingest.mqtt.embedded_limits.max_client_id_len":           func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.MaxClientIDLen = 5 },
-		"ingest.mqtt.embedded_limits.max_packet_bytes":            func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.MaxPacketBytes = 1000 },
-		"ingest.mqtt.embedded_limits.message_burst":               func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.MessageBurst = 0 },
-		"ingest.mqtt.embedded_limits.login_max_delay":             func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.LoginMaxDelay = time.Millisecond },
-		"ingest.mqtt.embedded_limits.offenders":                   func(c *Config) { c.Ingest.MQTT.EmbeddedLimits.Offenders = 0 },
+		"ingest.broker.tls: listen":                        func(c *Config) { c.Ingest.Broker.TLS.Listen = ":8883" },
+		"ingest.broker.limits.max_connections":             func(c *Config) { c.Ingest.Broker.Limits.MaxConnections = -1 },
+		"ingest.broker.limits.max_connections_per_address": func(c *Config) { c.Ingest.Broker.Limits.MaxConnectionsPerAddress = -1 },
+		"ingest.broker.limits.connect_timeout":             func(c *Config) { c.Ingest.Broker.Limits.ConnectTimeout = time.Millisecond },
+		"ingest.broker.limits.max_client_id_len":           func(c *Config) { c.Ingest.Broker.Limits.MaxClientIDLen = 5 },
+		"ingest.broker.limits.max_packet_bytes":            func(c *Config) { c.Ingest.Broker.Limits.MaxPacketBytes = 1000 },
+		"ingest.broker.limits.message_burst":               func(c *Config) { c.Ingest.Broker.Limits.MessageBurst = 0 },
+		"ingest.broker.limits.login_max_delay":             func(c *Config) { c.Ingest.Broker.Limits.LoginMaxDelay = time.Millisecond },
+		"ingest.broker.limits.offenders":                   func(c *Config) { c.Ingest.Broker.Limits.Offenders = 0 },
 	}
 	for field, f := range cases {
 		cfg := DefaultConfig()
@@ -77,7 +77,7 @@ func TestEmbeddedBrokerConfigNamesBadField(t *testing.T) {
 		}
 	}
 	ok := DefaultConfig()
-	ok.Ingest.MQTT.EmbeddedTLS = EmbeddedTLSConfig{Listen: "0.0.0.0:8883", CertFile: "/c.pem", KeyFile: "/k.pem", MinVersion: "1.3"}
+	ok.Ingest.Broker.TLS = EmbeddedTLSConfig{Listen: "0.0.0.0:8883", CertFile: "/c.pem", KeyFile: "/k.pem", MinVersion: "1.3"}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("TLS listener with files: %v", err)
 	}

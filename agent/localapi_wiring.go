@@ -35,6 +35,8 @@ func (a *Agent) Handler() http.Handler {
 		Registry:        a.reg,
 		Logger:          a.log,
 		Clock:           a.clk,
+		Guarded: map[string]string{IdentitiesCollection: "agent: " + IdentitiesCollection +
+			" holds device credentials: change them through /v1/identities (edgectl devices register, rotate-secret, disable, enable)"},
 	})
 }
 
@@ -104,6 +106,26 @@ func (b apiBackend) Ready(ctx context.Context) (int, string, error) {
 		return 0, "", errors.New(r.NotReady)
 	}
 	return a.peers.Load().Count(StateAlive), r.Degraded, nil
+}
+
+func (b apiBackend) DeviceIdentities(ctx context.Context) ([]devices.Identity, error) {
+	return b.a.DeviceIdentities(ctx)
+}
+
+func (b apiBackend) DeviceIdentity(ctx context.Context, id string) (devices.Identity, bool, error) {
+	return b.a.DeviceIdentity(ctx, id)
+}
+
+func (b apiBackend) RegisterDevice(ctx context.Context, id string, publish, subscribe []string) (devices.Identity, string, error) {
+	return b.a.RegisterDevice(ctx, id, publish, subscribe)
+}
+
+func (b apiBackend) RotateDeviceSecret(ctx context.Context, id string) (devices.Identity, string, error) {
+	return b.a.RotateDeviceSecret(ctx, id)
+}
+
+func (b apiBackend) SetDeviceState(ctx context.Context, id, state string) (devices.Identity, error) {
+	return b.a.SetDeviceState(ctx, id, state)
 }
 
 func (b apiBackend) Devices(ctx context.Context) ([]devices.Record, error) { return b.a.Devices(ctx) }

@@ -34,13 +34,21 @@ type Stats struct {
 	Dropped                uint64 // messages dropped because the inbound queue was full
 	Broadcasts             uint64 // local deltas queued for gossip
 	Relayed                uint64 // deltas received by gossip, new here, queued for gossip again
-	RelaySkipped           uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
+	RelaySkipped           uint64 // relayed deltas dropped from the full relay queue before all their sends
 	Reconnects             uint64 // failed members rejoined by the reconnect loop
 	SyncChunksSent         uint64 // anti-entropy messages sent carrying deltas
 	MemberSyncs            uint64 // push/pulls run because a peer saw other members alive
 	SyncSkipped            uint64 // sync requests not sent: the peer had just reported holding nothing new
 	RefusedOps             uint64 // remote ops refused: their origin's clock is too far ahead
 	DeferredOps            uint64 // remote ops refused while this agent's wall clock was wrong and no peer's clock was known
+	BroadcastsQueued       int    // local deltas (and leave intents) waiting in the gossip queue
+	RelayQueued            int    // relayed deltas waiting in the relay queue
+	GossipStreamBytesSent  uint64 // the stream part of GossipBytesSent (reliable messages, push/pulls)
+	// ReplicationBytesSent and ReplicationMessagesSent are replication's
+	// part of the traffic out, by kind (replication.SentKinds), before
+	// memberlist's framing and encryption.
+	ReplicationBytesSent    map[string]uint64
+	ReplicationMessagesSent map[string]uint64
 }
 
 func newMetrics(reg *prometheus.Registry, members func(state string) float64, syncLag, clockSane func() float64) (*metrics, error) {
@@ -75,12 +83,25 @@ func newMetrics(reg *prometheus.Registry, members func(state string) float64, sy
 		counterFunc("edgefleet_gossip_deferred_ops_total", "Remote ops refused while this agent's wall clock was wrong and no peer's clock was known yet (anti-entropy offers them again).", nil, &m.repl.DeferredOps),
 		counterFunc("edgefleet_broadcasts_total", "Local deltas queued for gossip broadcast.", nil, &m.repl.Broadcasts),
 		counterFunc("edgefleet_gossip_relayed_total", "Deltas received by gossip, new to this agent, queued for gossip again.", nil, &m.repl.Relayed),
-		counterFunc("edgefleet_gossip_relay_skipped_total", "Deltas received by gossip, new to this agent, not relayed because the relay queue was full (anti-entropy carries them).", nil, &m.repl.RelaySkipped),
+		counterFunc("edgefleet_gossip_relay_skipped_total", "Relayed deltas dropped from the full relay queue before all their sends, the most sent first (anti-entropy carries them).", nil, &m.repl.RelaySkipped),
 		counterFunc("edgefleet_reconnects_total", "Failed members rejoined by the reconnect loop.", nil, &m.members.Reconnects),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_sync_lag_ops",
 			Help: "Ops that known live peers reported holding and this agent lacks (from their version vectors).",
 		}, syncLag),
+	}
+	for _, kind := range replication.SentKinds {
+		cs = append(cs,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "edgefleet_replication_sent_bytes_total",
+				Help:        "Replication bytes handed to memberlist, by kind of message (before memberlist's framing and encryption).",
+				ConstLabels: prometheus.Labels{"kind": kind},
+			}, func() float64 { return float64(m.repl.Sent.Bytes(kind)) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "edgefleet_replication_sent_messages_total",
+				Help:        "Replication messages handed to memberlist, by kind.",
+				ConstLabels: prometheus.Labels{"kind": kind},
+			}, func() float64 { return float64(m.repl.Sent.Msgs(kind)) }))
 	}
 	for _, state := range membership.States {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -107,23 +128,31 @@ func (m *metrics) refused(origin string, ops int) {
 }
 
 func (m *metrics) stats() Stats {
-	return Stats{
-		GossipBytesSent:        m.traffic.BytesOut.Load(),
-		GossipBytesReceived:    m.traffic.BytesIn.Load(),
-		GossipMessagesSent:     m.traffic.MsgsOut.Load(),
-		GossipMessagesReceived: m.traffic.MsgsIn.Load(),
-		DeltasApplied:          m.repl.DeltasApplied.Load(),
-		SyncRounds:             m.repl.SyncRounds.Load(),
-		Rejected:               m.rejected.Load(),
-		Dropped:                m.repl.Dropped.Load(),
-		Broadcasts:             m.repl.Broadcasts.Load(),
-		Relayed:                m.repl.Relayed.Load(),
-		RelaySkipped:           m.repl.RelaySkipped.Load(),
-		Reconnects:             m.members.Reconnects.Load(),
-		SyncChunksSent:         m.repl.ChunksSent.Load(),
-		MemberSyncs:            m.members.MemberSyncs.Load(),
-		SyncSkipped:            m.repl.SyncSkipped.Load(),
-		RefusedOps:             m.repl.RefusedOps.Load(),
-		DeferredOps:            m.repl.DeferredOps.Load(),
+	st := Stats{
+		GossipBytesSent:         m.traffic.BytesOut.Load(),
+		GossipBytesReceived:     m.traffic.BytesIn.Load(),
+		GossipMessagesSent:      m.traffic.MsgsOut.Load(),
+		GossipMessagesReceived:  m.traffic.MsgsIn.Load(),
+		DeltasApplied:           m.repl.DeltasApplied.Load(),
+		SyncRounds:              m.repl.SyncRounds.Load(),
+		Rejected:                m.rejected.Load(),
+		Dropped:                 m.repl.Dropped.Load(),
+		Broadcasts:              m.repl.Broadcasts.Load(),
+		Relayed:                 m.repl.Relayed.Load(),
+		RelaySkipped:            m.repl.RelaySkipped.Load(),
+		Reconnects:              m.members.Reconnects.Load(),
+		SyncChunksSent:          m.repl.ChunksSent.Load(),
+		MemberSyncs:             m.members.MemberSyncs.Load(),
+		SyncSkipped:             m.repl.SyncSkipped.Load(),
+		RefusedOps:              m.repl.RefusedOps.Load(),
+		DeferredOps:             m.repl.DeferredOps.Load(),
+		GossipStreamBytesSent:   m.traffic.StreamBytesOut.Load(),
+		ReplicationBytesSent:    map[string]uint64{},
+		ReplicationMessagesSent: map[string]uint64{},
 	}
+	for _, k := range replication.SentKinds {
+		st.ReplicationBytesSent[k] = m.repl.Sent.Bytes(k)
+		st.ReplicationMessagesSent[k] = m.repl.Sent.Msgs(k)
+	}
+	return st
 }

@@ -50,7 +50,7 @@ func (in *testInstaller) Install(ctx context.Context, signed []byte) error {
 		in.failNext--
 		return errors.New("test installer: refused on purpose")
 	}
-	in.serving[f.Name] = modelsync.InstalledModel{Name: f.Name, Version: f.Version, Digest: f.DigestHex()}
+	in.serving[f.Name] = modelsync.InstalledModel{Name: f.Name, Version: f.Version, Digest: f.DigestHex(), FromControlPlane: true}
 	in.forwards[f.Name] = fw
 	in.installs = append(in.installs, f.Name+"@"+f.Version)
 	return nil
@@ -64,6 +64,15 @@ func (in *testInstaller) Installed() []modelsync.InstalledModel {
 		out = append(out, m)
 	}
 	return out
+}
+
+func (in *testInstaller) Remove(ctx context.Context, name string) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	delete(in.serving, name)
+	delete(in.forwards, name)
+	in.installs = append(in.installs, "-"+name)
+	return nil
 }
 
 func (in *testInstaller) version(name string) string {
@@ -197,6 +206,27 @@ func TestModelDelivery(t *testing.T) {
 	}
 	waitUntil(t, 10*time.Second, "agent b serves version 1", func() (bool, string) {
 		return instB.version("occupancy") == "1", fmt.Sprint(instB.history(), b.Uplink().Status().LastError)
+	})
+	// Relabelled away (site=c), agent b removes the model; a model it did
+	// not receive from the control plane stays.
+	instB.mu.Lock()
+	instB.serving["local"] = modelsync.InstalledModel{Name: "local", Version: "1", Digest: "00"}
+	instB.mu.Unlock()
+	if _, err := cp.UpdateLabels(t.Context(), b.Uplink().Status().AgentID, cpapi.LabelsPatch{Set: map[string]string{"site": "c"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "agent b removes occupancy", func() (bool, string) {
+		return instB.version("occupancy") == "", fmt.Sprint(instB.history(), b.Uplink().Status().LastError)
+	})
+	if instB.version("local") != "1" {
+		t.Fatal("agent b removed a model it did not receive from the control plane")
+	}
+	// Undeployed from site=a, agent a removes it too.
+	if _, err := cp.UndeployModel(t.Context(), "occupancy", "site=a"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "agent a removes occupancy", func() (bool, string) {
+		return instA.version("occupancy") == "", fmt.Sprint(instA.history(), a.Uplink().Status().LastError)
 	})
 	if st := a.Uplink().Status(); st.LastError != "" {
 		t.Errorf("agent a uplink error after all installs: %s", st.LastError)

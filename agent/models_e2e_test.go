@@ -2,9 +2,12 @@ package agent_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/internal/agenttest"
 	"github.com/edgefleet/edgefleet/internal/cptest"
@@ -164,6 +168,21 @@ func TestDeployedModelServesReadings(t *testing.T) {
 	})
 	if m, _ := a.Models().Get("comfort"); m.Version() != "1" {
 		t.Fatalf("serving %s after version 2 was refused", m.Version())
+	}
+
+	// Undeployed from site=a, the model stops serving and its file goes.
+	if _, err := cp.UndeployModel(t.Context(), "comfort", "site=a"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 15*time.Second, "the agent removes comfort", func() (bool, string) {
+		_, ok := a.Models().Get("comfort")
+		return !ok, fmt.Sprint(a.Models().Installed(), a.Uplink().Status().LastError)
+	})
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, models.DirName, "comfort.model")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("model file still there: %v", err)
+	}
+	if m := metricsText(t, "http://"+a.APIAddr()); strings.Contains(m, `edgefleet_model_info{model="comfort"`) {
+		t.Fatal("edgefleet_model_info still reports comfort")
 	}
 }
 

@@ -26,6 +26,7 @@ type modelParts struct {
 	store  *models.Store                  // nil without ingestion
 	rt     atomic.Pointer[models.Runtime] // set once the runtime exists
 	pub    *ingest.Publisher              // predictions' own connection to an external broker
+	outbox *models.Outbox                 // publishes the stored predictions
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -70,6 +71,7 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, controlPla
 			}
 			return controlPlaneKey()
 		},
+		ControlPlaneKey: controlPlaneKey,
 		Changed: func(serving []*models.Model) {
 			if rt := p.rt.Load(); rt != nil {
 				rt.SetModels(serving)
@@ -80,7 +82,7 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, controlPla
 		cfg.Devices = func(ctx context.Context) ([]models.DeviceMetrics, error) { return deviceMetrics(ctx, store) }
 		p.tap = ingest.NewTap(ingest.TapConfig{MaxReadings: mc.QueueReadings, MaxNames: mc.MaxDevices + 256})
 		ps, err := models.OpenStore(models.StoreConfig{Path: filepath.Join(a.cfg.DataDir, models.StoreFile),
-			MaxRows: mc.PredictionsMaxRows, MaxAge: mc.PredictionsMaxAge})
+			MaxRows: mc.PredictionsMaxRows, MaxAge: mc.PredictionsMaxAge, Outbox: mc.Publish, Clock: a.clk})
 		if err != nil {
 			return nil, err
 		}
@@ -129,13 +131,16 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 	}
 	if p.tap != nil {
 		rc := models.RuntimeConfig{Manager: p.mgr, Tap: p.tap, Store: p.store, MaxDevices: a.cfg.Models.MaxDevices,
-			MaxPoints: a.cfg.Models.MaxPoints, MaxInFlight: a.cfg.Models.PublishMaxInFlight, Clock: a.clk, Logger: a.log.With("component", "inference")}
+			MaxPoints: a.cfg.Models.MaxPoints, Clock: a.clk, Logger: a.log.With("component", "inference")}
 		if a.cfg.Models.Publish && in != nil {
 			pub, own, err := a.inferencePublisher(in)
+			if err == nil {
+				p.pub = own
+				p.outbox, err = models.NewOutbox(models.OutboxConfig{Store: p.store, Publisher: pub,
+					MaxInFlight: a.cfg.Models.PublishMaxInFlight, Clock: a.clk, Logger: a.log.With("component", "inference"), Registry: a.reg})
+			}
 			if err != nil {
-				a.log.Error("predictions will not be published", "err", err)
-			} else {
-				rc.Publisher, p.pub = pub, own
+				a.log.Error("predictions will not be published (they are stored)", "err", err)
 			}
 		}
 		p.rt.Store(models.NewRuntime(rc))
@@ -154,6 +159,13 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 			defer p.wg.Done()
 			rt.Run(bg)
 		}()
+		if p.outbox != nil {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				p.outbox.Run(bg)
+			}()
+		}
 	}
 }
 
@@ -175,8 +187,9 @@ func (a *Agent) inferencePublisher(in *ingest.Ingestor) (pub models.Publisher, o
 	return own, own, nil
 }
 
-// stop stops the runtime (after ingestion) and closes the predictions
-// database.
+// stop stops the runtime and the outbox (after ingestion), which
+// records how far the predictions were published, and closes the
+// predictions database.
 func (p *modelParts) stop() error {
 	if p == nil {
 		return nil

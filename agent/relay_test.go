@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/edgefleet/edgefleet/agent/replication"
 )
 
 // streamCut fails every stream (TCP) dial to or from one address while on:
@@ -95,4 +97,74 @@ func holds(a *Agent, key string) (bool, string) {
 		return false, err.Error()
 	}
 	return ok, a.Name() + " lacks " + key
+}
+
+// TestQuietAfterHeal: with the relay on, after a partition with writes on
+// both sides heals and the fleet holds one state, replication sends no
+// deltas at all while nothing is written: no relayed or own deltas, no
+// anti-entropy chunks. A relay that passed deltas on again and again, or
+// anti-entropy that shipped the same ops every round, would show here.
+func TestQuietAfterHeal(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	agents := c.startN(4)
+	waitFor(t, 10*time.Second, "membership", func() (bool, string) { return allAlive(agents) })
+	for _, a := range agents {
+		if !a.cfg.Gossip.Relay {
+			t.Fatalf("%s: relay off by default", a.Name())
+		}
+	}
+	c.part.Split([]string{agents[0].GossipAddr(), agents[1].GossipAddr()}, []string{agents[2].GossipAddr(), agents[3].GossipAddr()})
+	ctx := context.Background()
+	for i, a := range agents {
+		for k := 0; k < 20; k++ {
+			if err := a.Put(ctx, "kv", fmt.Sprintf("k%d-%d", i, k%5), []byte(fmt.Sprintf(`%d`, k))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(2 * time.Second)
+	c.part.Heal()
+	waitFor(t, 20*time.Second, "one state after heal", func() (bool, string) {
+		if ok, why := allAlive(agents); !ok {
+			return false, why
+		}
+		return sameState(agents)
+	})
+	// The last relays and broadcasts drain.
+	waitFor(t, 10*time.Second, "gossip queues empty", func() (bool, string) {
+		for _, a := range agents {
+			if st := a.Stats(); st.BroadcastsQueued > 0 || st.RelayQueued > 0 {
+				return false, fmt.Sprintf("%s: %d own, %d relayed queued", a.Name(), st.BroadcastsQueued, st.RelayQueued)
+			}
+		}
+		return true, ""
+	})
+	stats := func() (out []Stats) {
+		for _, a := range agents {
+			out = append(out, a.Stats())
+		}
+		return out
+	}
+	before := stats()
+	time.Sleep(3 * time.Second) // six sync intervals
+	after := stats()
+	for i, a := range agents {
+		b, e := before[i], after[i]
+		t.Logf("%s: quiet window sent %v -> %v", a.Name(), b.ReplicationBytesSent, e.ReplicationBytesSent)
+		if d := e.SyncChunksSent - b.SyncChunksSent; d != 0 {
+			t.Errorf("%s sent %d anti-entropy chunks of deltas in 3 quiet seconds", a.Name(), d)
+		}
+		if d := e.Relayed - b.Relayed; d != 0 {
+			t.Errorf("%s relayed %d deltas in 3 quiet seconds", a.Name(), d)
+		}
+		for _, kind := range []string{replication.SentDeltas, replication.SentRelay, replication.SentSyncData} {
+			if d := e.ReplicationBytesSent[kind] - b.ReplicationBytesSent[kind]; d != 0 {
+				t.Errorf("%s sent %d bytes of %s in 3 quiet seconds", a.Name(), d, kind)
+			}
+		}
+		if e.ReplicationBytesSent[replication.SentSyncReq] == b.ReplicationBytesSent[replication.SentSyncReq] && e.ReplicationBytesSent[replication.SentSyncResp] == b.ReplicationBytesSent[replication.SentSyncResp] {
+			t.Errorf("%s: no anti-entropy exchange in 3 s: the counters measure nothing", a.Name())
+		}
+	}
 }

@@ -118,11 +118,11 @@ func RunCRDT(ctx context.Context, opt CRDTOptions) (Report, error) {
 	}
 	rep := Report{
 		Suite: "crdt",
-		Machine: machine(fmt.Sprintf("ops=%d batch=%d rounds=%d key_bytes=%d value_bytes=%d",
+		Machine: Machine(fmt.Sprintf("ops=%d batch=%d rounds=%d key_bytes=%d value_bytes=%d",
 			opt.Ops, opt.BatchSize, opt.Rounds, benchKeyLen, benchValueLen)),
 	}
 	for _, p := range pairs {
-		ours, base := median(p.oursVals), median(p.baseVals)
+		ours, base := Median(p.oursVals), Median(p.baseVals)
 		r := Result{Name: p.ours, Unit: "ops/s", Value: ours, Baseline: &Baseline{Name: p.base, Value: base}}
 		if base > 0 {
 			r.Ratio = ours / base

@@ -37,13 +37,13 @@ func TestRunCRDTSmall(t *testing.T) {
 }
 
 func TestMedian(t *testing.T) {
-	if m := median([]float64{5, 1, 3}); m != 3 {
+	if m := Median([]float64{5, 1, 3}); m != 3 {
 		t.Fatal(m)
 	}
-	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
+	if m := Median([]float64{4, 1, 3, 2}); m != 2.5 {
 		t.Fatal(m)
 	}
-	if median(nil) != 0 {
+	if Median(nil) != 0 {
 		t.Fatal("empty")
 	}
 }

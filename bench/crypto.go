@@ -97,7 +97,7 @@ func RunCrypto(ctx context.Context, opt CryptoOptions) (Report, error) {
 
 	rep := Report{
 		Suite: "crypto",
-		Machine: machine(fmt.Sprintf("sizes=%v rounds=%d min_time=%s hpke_payload=%d envelope_suite=%s hpke_suite=%s",
+		Machine: Machine(fmt.Sprintf("sizes=%v rounds=%d min_time=%s hpke_payload=%d envelope_suite=%s hpke_suite=%s",
 			opt.Sizes, opt.Rounds, opt.MinTime, opt.HPKEPayload, pqcrypto.SuiteDataKeyAES256GCM, pqcrypto.SuiteXWingAES256GCM)),
 	}
 	rep.Results = pairResults(pairs)

@@ -50,8 +50,8 @@ type IngestOptions struct {
 	Embedded           bool
 	EmbeddedPublishers int
 	// EmbeddedTLS adds to the embedded run the durable drain with the
-	// devices over TLS and the broker's limits on, beside the same drain
-	// in clear text without limits.
+	// devices over TLS, logged in with their secrets, under ACLs and the
+	// broker's limits, beside the same drain in clear text without them.
 	EmbeddedTLS bool
 	// AgentCommand, when set, adds the footprint run (with the latency
 	// run): the command of a separate agent process that runs
@@ -159,7 +159,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("bench: ingest: %w", err)
 	}
-	rep := Report{Suite: "ingest", Machine: machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
+	rep := Report{Suite: "ingest", Machine: Machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
 		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration), defaultInt(opt.Devices, 10)))}
 	if opt.Embedded || opt.EmbeddedTLS {
 		rep.Machine["workload"] += fmt.Sprintf(" embedded_publishers=%d", res.EmbeddedPublishers)

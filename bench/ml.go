@@ -85,7 +85,7 @@ func RunML(ctx context.Context, opt MLOptions) (Report, error) {
 	}
 	rep := Report{
 		Suite:   "ml",
-		Machine: machine(fmt.Sprintf("rounds=%d min_time=%s latencies=%d seed=%d clock=%s float64", opt.Rounds, opt.MinTime, opt.Latencies, opt.Seed, opt.ClockName)),
+		Machine: Machine(fmt.Sprintf("rounds=%d min_time=%s latencies=%d seed=%d clock=%s float64", opt.Rounds, opt.MinTime, opt.Latencies, opt.Seed, opt.ClockName)),
 	}
 	rep.Results = pairResults(pairs)
 	lat, err := mlLatencies(ctx, opt)

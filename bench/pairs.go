@@ -47,7 +47,7 @@ func runPairs(ctx context.Context, suite string, now func() time.Time, minTime t
 func pairResults(pairs []pair) []Result {
 	var out []Result
 	for _, p := range pairs {
-		ours, base := median(p.oursVals)*p.scale, median(p.baseVals)*p.scale
+		ours, base := Median(p.oursVals)*p.scale, Median(p.baseVals)*p.scale
 		r := Result{Name: p.name, Unit: p.unit, Value: ours, Baseline: &Baseline{Name: p.baseName, Value: base}}
 		if base > 0 {
 			r.Ratio = ours / base

@@ -33,7 +33,7 @@ type Report struct {
 }
 
 // machine describes where a suite ran and with what workload.
-func machine(workload string) map[string]string {
+func Machine(workload string) map[string]string {
 	return map[string]string{
 		"goos":       runtime.GOOS,
 		"goarch":     runtime.GOARCH,
@@ -44,7 +44,7 @@ func machine(workload string) map[string]string {
 }
 
 // median of xs (0 for none); xs is not modified.
-func median(xs []float64) float64 {
+func Median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}

@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgefleet/edgefleet/clock"
+	"github.com/edgefleet/edgefleet/fedlearn/datasets"
 )
 
 // Config configures a Server. Zero values take the defaults documented on
@@ -80,6 +82,20 @@ type Config struct {
 	// Keys configures the key service (root key custody, rotation); see
 	// KeyConfig.
 	Keys KeyConfig
+	// FL configures the federated-learning coordinator; see FLConfig.
+	FL FLConfig
+}
+
+// FLConfig configures the federated-learning coordinator.
+type FLConfig struct {
+	// Tick is how often the round driver ticks the running jobs: opens
+	// rounds, closes timed-out ones (default 1s).
+	Tick time.Duration
+	// DataDir holds the data sets a job may name as its evaluation set
+	// (default: $EDGEFLEET_DATA, else ../shared/data).
+	DataDir string
+	// MaxUpdateBytes caps a sealed update's body (default 64 MiB).
+	MaxUpdateBytes int64
 }
 
 func (c *Config) setDefaults() {
@@ -125,6 +141,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = max(3*c.HeartbeatInterval, 2*time.Minute)
+	}
+	if c.FL.Tick == 0 {
+		c.FL.Tick = time.Second
+	}
+	if c.FL.DataDir == "" {
+		c.FL.DataDir = datasets.Dir("", os.Getenv)
+	}
+	if c.FL.MaxUpdateBytes == 0 {
+		c.FL.MaxUpdateBytes = 64 << 20
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second

@@ -16,6 +16,7 @@ type metrics struct {
 	authFailures  *prometheus.CounterVec
 	auditAppended prometheus.Counter
 	models        *prometheus.CounterVec
+	flUpdates     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -57,8 +58,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "controlplane_model_files_total",
 			Help: "Model files pushed (stored, refused) and delivered to agents (delivered).",
 		}, []string{"result"}),
+		flUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "controlplane_fl_updates_total",
+			Help: "Federated-learning updates received: accepted, or refused by reason (not_selected, closed_round, replayed, invalid, late, unsealed, unsigned).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended, m.models} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended, m.models, m.flUpdates} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -35,6 +35,7 @@ func (s *Server) modelRoutes() []route {
 		{method: "GET", path: "/v1/models/{name}/versions/{version}/file", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleDownloadModel},
 		{method: "POST", path: "/v1/models/{name}/deploy", access: accessBearer, role: cpapi.RoleAdmin, action: "model.deploy", handle: s.handleDeployModel},
 		{method: "POST", path: "/v1/models/{name}/rollback", access: accessBearer, role: cpapi.RoleAdmin, action: "model.rollback", handle: s.handleRollbackModel},
+		{method: "POST", path: "/v1/models/{name}/undeploy", access: accessBearer, role: cpapi.RoleAdmin, action: "model.undeploy", handle: s.handleUndeployModel},
 		{method: "GET", path: "/v1/agent/models", access: accessAgent, handle: s.handleAgentModels},
 		{method: "GET", path: "/v1/agent/models/{name}/versions/{version}", access: accessAgent, handle: s.handleAgentModelFile},
 	}
@@ -299,5 +300,35 @@ func (s *Server) handleRollbackModel(w http.ResponseWriter, r *http.Request, c *
 	s.log.Info("model deployment rolled back", "model", name, "selector", sel, "from", rolled.Version, "to", active.Version, "by", c.actor)
 	s.models.watch.notify()
 	writeJSON(w, http.StatusOK, cpapi.RollbackModelResponse{RolledBack: rolled, Active: active})
+	return nil
+}
+
+// handleUndeployModel ends every deployment of a model on a selector:
+// its agents that received the model through that selector stop serving
+// it (unless another selector they match deploys it).
+func (s *Server) handleUndeployModel(w http.ResponseWriter, r *http.Request, c *call) error {
+	name, _, err := modelName(r, c)
+	if err != nil {
+		return err
+	}
+	var req cpapi.UndeployModelRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Selector == "" {
+		return badRequest("selector: name the selector to undeploy model %s from", name)
+	}
+	sel, err := parseModelSelector(req.Selector)
+	if err != nil {
+		return err
+	}
+	c.target = name + " on " + sel
+	ended, err := s.store.UndeployModel(r.Context(), name, sel, c.now.UTC(), c.actor, c.entry())
+	if err != nil {
+		return err
+	}
+	s.log.Info("model undeployed", "model", name, "selector", sel, "version", ended[0].Version, "deployments", len(ended), "by", c.actor)
+	s.models.watch.notify()
+	writeJSON(w, http.StatusOK, cpapi.UndeployModelResponse{Ended: ended})
 	return nil
 }

@@ -270,6 +270,32 @@ func TestModelDeployRollback(t *testing.T) {
 	if n != 3 {
 		t.Errorf("%d rollbacks audited ok, want 3", n)
 	}
+
+	// Undeploy ends the whole stack of a selector: nothing is active
+	// there; the other selector keeps its deployment.
+	_, err = e.admin.UndeployModel(e.ctx(), "occupancy", "")
+	wantStatus(t, err, http.StatusBadRequest)
+	_, err = e.client(e.tokenFor(cpapi.RoleViewer)).UndeployModel(e.ctx(), "occupancy", "site=a")
+	wantStatus(t, err, http.StatusForbidden)
+	un, err := e.admin.UndeployModel(e.ctx(), "occupancy", "site=a")
+	if err != nil || len(un.Ended) != 1 || un.Ended[0].Version != "1" || un.Ended[0].RolledBackAt == nil || un.Ended[0].Active {
+		t.Fatalf("undeploy: %v %+v", err, un)
+	}
+	if got := active(); got["site=a"] != "" || got["site=b,zone=x"] != "1" || len(got) != 1 {
+		t.Fatalf("active after undeploy: %v", got)
+	}
+	_, err = e.admin.UndeployModel(e.ctx(), "occupancy", "site=a")
+	wantStatus(t, err, http.StatusNotFound)
+	recs, _ = e.admin.ListAudit(e.ctx(), 0, 1000)
+	n = 0
+	for _, r := range recs.Records {
+		if r.Action == "model.undeploy" && r.Result == "ok" && r.Target == "occupancy on site=a" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d undeploys audited ok, want 1", n)
+	}
 }
 
 func TestAgentModelDelivery(t *testing.T) {

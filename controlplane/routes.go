@@ -89,7 +89,7 @@ func (s *Server) buildRoutes() []route {
 
 		{method: "GET", path: "/v1/audit", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListAudit},
 		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleVerifyAudit},
-	}, append(s.keyRoutes(), s.modelRoutes()...)...)
+	}, append(append(s.keyRoutes(), s.modelRoutes()...), s.flRoutes()...)...)
 }
 
 // ---- validation helpers ----

@@ -45,6 +45,7 @@ type Server struct {
 
 	keys   *keyState
 	models *modelState
+	fl     *flState
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -64,7 +65,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{},
-		models: &modelState{watch: newKeyWatch()}}
+		models: &modelState{watch: newKeyWatch()}, fl: newFLState()}
 	now := cfg.Clock.Now()
 	s.started = now
 
@@ -254,6 +255,12 @@ func (s *Server) Start() error {
 	}
 	s.srv.RegisterOnShutdown(s.keys.watch.close)
 	s.srv.RegisterOnShutdown(s.models.watch.close)
+	s.srv.RegisterOnShutdown(s.fl.watch.close)
+	if err := s.startFL(); err != nil {
+		hl.Close()
+		s.srv = nil
+		return err
+	}
 	s.ln = hl
 	s.serveErr = make(chan error, 1)
 	s.startKeysLoop()
@@ -328,6 +335,7 @@ func (s *Server) Close() error {
 		s.serveErr <- nil
 	}
 	s.stopKeysLoop()
+	s.stopFL()
 	if err := s.keys.closeStore(); err != nil {
 		errs = append(errs, fmt.Errorf("controlplane: key store: %w", err))
 	}

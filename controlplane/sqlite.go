@@ -20,13 +20,15 @@ import (
 
 // schemaVersion is stored in PRAGMA user_version. schemaSQL creates the
 // current version; migrations[v] brings version v to v+1.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // migrations: version 2 keys telemetry_batches by (agent_id, epoch,
 // batch_seq) and records each batch's digest. Batches stored before
 // keep the empty epoch and no digest: no agent sends an empty epoch, so they
-// match no new upload. Version 3 adds the model registry.
+// match no new upload. Version 3 adds the model registry, version 4
+// federated learning (sqlite_fl.go).
 var migrations = map[int]string{
+	3: flSQL,
 	2: modelsSQL,
 	1: `
 ALTER TABLE telemetry_batches RENAME TO telemetry_batches_v1;
@@ -125,7 +127,7 @@ CREATE TABLE readings (
 	value     REAL NOT NULL,
 	PRIMARY KEY (series_id, ts)
 ) WITHOUT ROWID;
-` + telemetryBatchesSQL + modelsSQL
+` + telemetryBatchesSQL + modelsSQL + flSQL
 
 // SQLiteStore is the default Store: one SQLite database in WAL mode. All
 // writes go through a single connection (SQLite admits one writer at a

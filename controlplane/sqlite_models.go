@@ -228,6 +228,43 @@ func (s *SQLiteStore) RollbackModel(ctx context.Context, name, selector string, 
 	return rolled, active, err
 }
 
+// UndeployModel empties the deployment stack of (name, selector).
+func (s *SQLiteStore) UndeployModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) ([]cpapi.ModelDeployment, error) {
+	var ended []cpapi.ModelDeployment
+	err := s.inTx(ctx, "undeploy model", func(ctx context.Context, tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+deploymentColumns+` FROM model_deployments
+			WHERE name = ? AND selector = ? AND rolled_back_at IS NULL ORDER BY seq DESC`, name, selector)
+		if err != nil {
+			return fmt.Errorf("controlplane: undeploy model: %w", err)
+		}
+		for rows.Next() {
+			d, err := scanDeployment(rows)
+			if err != nil {
+				rows.Close()
+				return fmt.Errorf("controlplane: undeploy model: %w", err)
+			}
+			ended = append(ended, d)
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("controlplane: undeploy model: %w", err)
+		}
+		if len(ended) == 0 {
+			return fmt.Errorf("controlplane: model %s is not deployed to %s: %w", name, selector, cpapi.ErrNotFound)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE model_deployments SET rolled_back_at = ?, rolled_back_by = ?
+			WHERE name = ? AND selector = ? AND rolled_back_at IS NULL`, nanos(at), by, name, selector); err != nil {
+			return fmt.Errorf("controlplane: undeploy model: %w", err)
+		}
+		t := fromNanos(nanos(at))
+		for i := range ended {
+			ended[i].RolledBackAt, ended[i].RolledBackBy, ended[i].Active = &t, by, false
+		}
+		_, err = s.appendAudit(ctx, tx, audit)
+		return err
+	})
+	return ended, err
+}
+
 // ModelDeployments returns deployments newest first.
 func (s *SQLiteStore) ModelDeployments(ctx context.Context, name string, activeOnly bool) ([]cpapi.ModelDeployment, error) {
 	if err := s.check(); err != nil {

@@ -189,6 +189,9 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
+		`DROP TABLE fl_updates`, // version 4
+		`DROP TABLE fl_rounds`,
+		`DROP TABLE fl_jobs`,
 		`DROP TABLE model_deployments`, // version 3
 		`DROP TABLE models`,
 		`DROP TABLE telemetry_batches`,

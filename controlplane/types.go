@@ -91,9 +91,26 @@ type Store interface {
 	// cpapi.ErrNotFound if nothing is deployed there, cpapi.ErrConflict
 	// if there is no earlier deployment to return to.
 	RollbackModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) (rolledBack, active cpapi.ModelDeployment, err error)
+	// UndeployModel marks every deployment of (name, selector) not rolled
+	// back yet rolled back, ending the deployment there, and returns them
+	// newest first. cpapi.ErrNotFound if nothing is deployed there.
+	UndeployModel(ctx context.Context, name, selector string, at time.Time, by string, audit AuditEntry) ([]cpapi.ModelDeployment, error)
 	// ModelDeployments returns the deployments of name ("" for every
 	// name), newest first; only the active ones when activeOnly.
 	ModelDeployments(ctx context.Context, name string, activeOnly bool) ([]cpapi.ModelDeployment, error)
+
+	// SaveFL writes a change of a federated-learning job atomically
+	// (FLSave); an update stored before for the same job, round, attempt
+	// and agent fails with cpapi.ErrConflict and writes nothing.
+	SaveFL(ctx context.Context, f FLSave) error
+	// FLJobs returns every job with its coordinator state, newest first.
+	FLJobs(ctx context.Context) ([]cpapi.FLJob, [][]byte, error)
+	// FLRounds returns a job's stored round attempts in order.
+	FLRounds(ctx context.Context, job string) ([]cpapi.FLRound, error)
+	// FLGlobal returns the global model after an aggregated round.
+	FLGlobal(ctx context.Context, job string, round int) ([]float64, error)
+	// FLUpdates returns the accepted updates of one round attempt, sealed.
+	FLUpdates(ctx context.Context, job string, round, attempt int) ([]FLStoredUpdate, error)
 
 	// AppendAudit appends one record on its own.
 	AppendAudit(ctx context.Context, e AuditEntry) (cpapi.AuditRecord, error)

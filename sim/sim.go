@@ -111,9 +111,9 @@ type Options struct {
 	// the propagation phase times until every agent holds each; default
 	// 20 (propagation.go).
 	PropagationWrites int
-	// Relay turns the agents' relay of gossiped deltas on (config
-	// gossip.relay, off by default).
-	Relay bool
+	// NoRelay turns the agents' relay of gossiped deltas off (config
+	// gossip.relay, on by default).
+	NoRelay bool
 
 	faults uplinkFaults // tests only (exactlyonce.go)
 }
@@ -252,6 +252,12 @@ type Report struct {
 	PropagationSeconds Quantiles `json:"propagation_seconds"`
 	PropagationWrites  int       `json:"propagation_writes"`
 	Relay              bool      `json:"relay"`
+	// IdleGossip breaks GossipBytesPerAgentPerSecond down.
+	IdleGossip *IdleGossip `json:"idle_gossip,omitempty"`
+	// DevicesGossip is the same measure over a window of the same length
+	// just before, while the devices send and the agents write their
+	// device records (absent without devices).
+	DevicesGossip *IdleGossip `json:"devices_gossip,omitempty"`
 }
 
 // ControlPlaneReport describes the fleet as the control plane saw it.
@@ -427,7 +433,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	cfg.Gossip.BindAddr = "127.0.0.1"
 	cfg.Gossip.Key = simGossipKey
 	cfg.Gossip.Cluster = "edgefleet-sim"
-	cfg.Gossip.Relay = f.opts.Relay
+	cfg.Gossip.Relay = !f.opts.NoRelay
 	cfg.Labels = map[string]string{"sim": "true", "group": strconv.Itoa(n.idx % 2)}
 	if cfg.State.Collections == nil {
 		cfg.State.Collections = map[string]crdt.Type{}
@@ -454,7 +460,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	}
 	cfg.Ingest.MQTT.EmbeddedListen = orFree(n.mqtt)
 	// Every simulated device dials from loopback: one address.
-	cfg.Ingest.MQTT.EmbeddedLimits.MaxConnectionsPerAddress = 0
+	cfg.Ingest.Broker.Limits.MaxConnectionsPerAddress = 0
 	if f.opts.AgentAPI {
 		cfg.API.Addr = orFree(n.api)
 	}
@@ -462,6 +468,12 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		cfg.ControlPlane.URL = f.cp.url
 		cfg.ControlPlane.CAFile = f.cp.caPath
 		cfg.ControlPlane.EnrollmentToken = n.token
+		// The control plane shares this process with every agent: on a
+		// loaded machine an enrollment can take longer than the default
+		// 10 s, and a retry after a client-side timeout is refused (the
+		// server used the token), which leaves the agent without the
+		// fleet's gossip key for good.
+		cfg.ControlPlane.RequestTimeout = max(cfg.ControlPlane.RequestTimeout, simRequestTimeout)
 	}
 	ag, err := agent.New(cfg, agent.Deps{
 		Logger: f.opts.AgentLogger.With("agent", n.name),
@@ -487,6 +499,10 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	}
 	return nil
 }
+
+// simRequestTimeout bounds each of the simulated agents' requests to the
+// in-process control plane.
+const simRequestTimeout = time.Minute
 
 // orFree is addr, or a free loopback port when addr is not known yet.
 func orFree(addr string) string {
@@ -602,7 +618,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	start := time.Now()
 	log := o.Logger
-	rep := Report{Agents: o.Agents, Relay: o.Relay}
+	rep := Report{Agents: o.Agents, Relay: !o.NoRelay}
 	log.Info("starting fleet", "agents", o.Agents, "profile", o.Profile)
 	f, err := StartFleet(ctx, o)
 	if err != nil {
@@ -727,14 +743,34 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.Converged = len(distinct) == 1 && hashes[0] == want
 	rep.StateHash = want
 
+	// The same window with the devices sending: the device registry's
+	// writes (a record per device at most every
+	// ingest.device_registry_interval) are the fleet's steady write load.
+	if f.DevicesEnabled() {
+		log.Info("measuring gossip while devices send", "window", o.Idle)
+		busy, err := f.idleGossip(ctx, o.Idle)
+		if err != nil {
+			return rep, err
+		}
+		busy.Total = round(busy.Total)
+		rep.DevicesGossip = &busy
+	}
+
 	// Idle means no writes at all: the devices pause (their registry
-	// updates are writes) while gossip is measured.
+	// updates are writes) while gossip is measured, and the window starts
+	// once the writes they caused have been made and gossiped (quiesce).
 	f.stopDevices()
+	if err := f.quiesce(ctx); err != nil {
+		return rep, err
+	}
 	log.Info("measuring idle gossip", "window", o.Idle)
-	rep.GossipBytesPerAgentPerSecond, err = f.idleGossip(ctx, o.Idle)
+	idle, err := f.idleGossip(ctx, o.Idle)
 	if err != nil {
 		return rep, err
 	}
+	rep.GossipBytesPerAgentPerSecond = idle.Total
+	idle.Total = round(idle.Total)
+	rep.IdleGossip = &idle
 	f.startDevices()
 	if o.Outage > 0 {
 		if rep.Outage, err = f.runOutage(ctx); err != nil {
@@ -880,18 +916,43 @@ func (f *Fleet) waitConverged(ctx context.Context, want string, since time.Time,
 			return c, nil
 		}
 		if time.Now().After(deadline) {
-			lag := 0
+			lag, noState, noMembers := 0, 0, 0
 			for i := range stateAt {
 				if stateAt[i] < 0 || memAt[i] < 0 {
 					lag++
 				}
+				if stateAt[i] < 0 {
+					noState++
+				}
+				if memAt[i] < 0 {
+					noMembers++
+				}
 			}
-			return convergence{}, fmt.Errorf("sim: %d of %d agents had not converged within %s", lag, len(f.nodes), timeout)
+			return convergence{}, fmt.Errorf("sim: %d of %d agents had not converged within %s (%d lacked the final state, %d did not see every agent alive)",
+				lag, len(f.nodes), timeout, noState, noMembers)
 		}
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
 			return convergence{}, err
 		}
 	}
+}
+
+// sameWholeState reports whether every agent holds the same state, all
+// collections included (the device registry's too).
+func (f *Fleet) sameWholeState(ctx context.Context) (bool, error) {
+	first := ""
+	for i, n := range f.nodes {
+		h, err := n.ag.Store().StateHash(ctx)
+		if err != nil {
+			return false, fmt.Errorf("sim: state hash of %s: %w", n.name, err)
+		}
+		if i == 0 {
+			first = h
+		} else if h != first {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (f *Fleet) hashes(ctx context.Context) ([]string, error) {
@@ -906,22 +967,128 @@ func (f *Fleet) hashes(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// idleGossip measures all gossip bytes sent by the agents over window, with
-// no writes, per agent per second.
-func (f *Fleet) idleGossip(ctx context.Context, window time.Duration) (float64, error) {
-	sent := func() uint64 {
-		var s uint64
-		for _, n := range f.nodes {
-			s += n.ag.Stats().GossipBytesSent
+// quiesce waits until the fleet has nothing left to write or gossip: the
+// devices' last messages committed, every device registry's pending
+// records written (a registry writes a device's record at most every
+// ingest.device_registry_interval, so without the flush its last records
+// would be written up to that long after the devices stopped, inside the
+// idle window, and be relayed by every agent), and every agent's gossip
+// and relay queues empty for a second, and every agent holding the same
+// whole state (on a loaded machine, deltas still on their way when the
+// queues empty would otherwise arrive, by anti-entropy, inside the window,
+// and be relayed).
+func (f *Fleet) quiesce(ctx context.Context) error {
+	if err := f.waitIngestIdle(ctx); err != nil {
+		return err
+	}
+	for _, n := range f.nodes {
+		if err := n.ag.FlushDevices(ctx); err != nil {
+			return fmt.Errorf("sim: %s: %w", n.name, err)
 		}
-		return s
 	}
-	before, t0 := sent(), time.Now()
+	deadline := time.Now().Add(f.opts.Timeout)
+	var quietSince time.Time
+	for {
+		busy := false
+		for _, n := range f.nodes {
+			if st := n.ag.Stats(); st.BroadcastsQueued > 0 || st.RelayQueued > 0 {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			same, err := f.sameWholeState(ctx)
+			if err != nil {
+				return err
+			}
+			busy = !same
+		}
+		now := time.Now()
+		switch {
+		case busy:
+			quietSince = time.Time{}
+		case quietSince.IsZero():
+			quietSince = now
+		case now.Sub(quietSince) >= time.Second:
+			return nil
+		}
+		if now.After(deadline) {
+			return fmt.Errorf("sim: gossip queues not empty after %s without writes", f.opts.Timeout)
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// IdleGossip breaks the idle window's gossip traffic down, in bytes (or
+// messages) per agent per second.
+type IdleGossip struct {
+	// Total is all memberlist traffic out (GossipBytesPerAgentPerSecond);
+	// Streams its stream part (reliable messages and push/pulls), the rest
+	// being packets (probes, gossip).
+	Total   float64 `json:"total"`
+	Streams float64 `json:"streams"`
+	// Replication is replication's part by kind (replication.SentKinds),
+	// before memberlist's framing and encryption; ReplicationMessages the
+	// same in messages.
+	Replication         map[string]float64 `json:"replication"`
+	ReplicationMessages map[string]float64 `json:"replication_messages"`
+	// Memberlist is the rest: probes, membership gossip, push/pull member
+	// lists, framing and encryption.
+	Memberlist float64 `json:"memberlist"`
+	// TopAgent is the agent that sent the most, and its bytes per second.
+	TopAgent            string  `json:"top_agent"`
+	TopAgentBytesPerSec float64 `json:"top_agent_bytes_per_second"`
+}
+
+// idleGossip measures all gossip bytes sent by the agents over window per
+// agent per second, and breaks them down.
+func (f *Fleet) idleGossip(ctx context.Context, window time.Duration) (IdleGossip, error) {
+	snap := func() []agent.Stats {
+		out := make([]agent.Stats, len(f.nodes))
+		for i, n := range f.nodes {
+			out[i] = n.ag.Stats()
+		}
+		return out
+	}
+	before, t0 := snap(), time.Now()
 	if err := sleep(ctx, window); err != nil {
-		return 0, err
+		return IdleGossip{}, err
 	}
-	after, el := sent(), time.Since(t0).Seconds()
-	return float64(after-before) / el / float64(len(f.nodes)), nil
+	after, el := snap(), time.Since(t0).Seconds()
+	return idleBreakdown(f.nodes, before, after, el), nil
+}
+
+// idleBreakdown turns the agents' counters before and after a window of
+// el seconds into an IdleGossip.
+func idleBreakdown(nodes []*node, before, after []agent.Stats, el float64) IdleGossip {
+	per := el * float64(len(nodes))
+	g := IdleGossip{Replication: map[string]float64{}, ReplicationMessages: map[string]float64{}}
+	var total, streams, repl uint64
+	for i := range nodes {
+		b, a := before[i], after[i]
+		sent := a.GossipBytesSent - b.GossipBytesSent
+		total += sent
+		streams += a.GossipStreamBytesSent - b.GossipStreamBytesSent
+		if rate := float64(sent) / el; rate > g.TopAgentBytesPerSec {
+			g.TopAgent, g.TopAgentBytesPerSec = nodes[i].name, round(rate)
+		}
+		for k, v := range a.ReplicationBytesSent {
+			d := v - b.ReplicationBytesSent[k]
+			repl += d
+			g.Replication[k] += float64(d)
+			g.ReplicationMessages[k] += float64(a.ReplicationMessagesSent[k] - b.ReplicationMessagesSent[k])
+		}
+	}
+	for k := range g.Replication {
+		g.Replication[k] = round(g.Replication[k] / per)
+		g.ReplicationMessages[k] = round(g.ReplicationMessages[k] / per)
+	}
+	g.Total = float64(total) / per
+	g.Streams = round(float64(streams) / per)
+	g.Memberlist = round((float64(total) - float64(repl)) / per)
+	return g
 }
 
 func addrs(ns []*node) []string {

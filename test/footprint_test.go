@@ -176,6 +176,10 @@ func TestAgentFootprint(t *testing.T) {
 		}
 		return nil
 	})
+	var drained time.Duration
+	if *footprintMod {
+		drained = waitPublished(t, p, elapsed, start)
+	}
 	close(stopSample)
 	<-sampled
 	after := readStatus(t, pid)
@@ -205,7 +209,7 @@ func TestAgentFootprint(t *testing.T) {
 	t.Logf("while the last commits and uploads finish: max %.1f MB at %.1fs (anon %.1f); peak of the process (VmHWM) %.1f MB",
 		drainPeak.RSS, drainPeak.at.Seconds(), drainPeak.Anon, after.HWM)
 	if *footprintMod {
-		reportInference(t, p, sent)
+		reportInference(t, p, sent, drained)
 	}
 	if *footprintMax > 0 && after.HWM > *footprintMax {
 		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, *footprintMax)
@@ -243,8 +247,11 @@ func deployTestModel(t *testing.T, ctx context.Context, cp *cpapi.Client, p *pro
 }
 
 // reportInference logs the model's predictions and inference latency from
-// the agent's metrics and checks that every message got its prediction.
-func reportInference(t *testing.T, p *proc, sent int) {
+// the agent's metrics and checks that every message got its prediction
+// and every prediction was published (acknowledged by the broker);
+// drained is how long after the load the backlog of predictions to
+// publish drained (waitPublished).
+func reportInference(t *testing.T, p *proc, sent int, drained time.Duration) {
 	t.Helper()
 	var val map[string]float64
 	var buckets [][2]float64 // le, cumulative count
@@ -257,6 +264,7 @@ func reportInference(t *testing.T, p *proc, sent int) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
 	preds := val[`edgefleet_inference_predictions_total{model="comfort"}`]
 	count := val["edgefleet_inference_latency_seconds_count"]
 	p99 := math.Inf(1)
@@ -266,12 +274,33 @@ func reportInference(t *testing.T, p *proc, sent int) {
 			break
 		}
 	}
-	t.Logf("inference: %.0f predictions for %d messages, mean latency %.1f µs, p99 <= %g ms (histogram bucket), dropped readings %.0f, publish failures %.0f, store failures %.0f",
+	t.Logf("inference: %.0f predictions for %d messages, mean latency %.1f µs, p99 <= %g ms (histogram bucket), dropped readings %.0f, publish failures (sent again) %.0f, store failures %.0f",
 		preds, sent, 1e6*val["edgefleet_inference_latency_seconds_sum"]/count, p99*1e3,
 		val["edgefleet_inference_dropped_readings_total"], val["edgefleet_inference_publish_failures_total"], val["edgefleet_inference_store_failures_total"])
+	t.Logf("published: %.0f acknowledged by the broker, backlog %.0f, unpublished dropped %.0f; the backlog drained %.1f s after the load ended",
+		val["edgefleet_inference_published_total"], val["edgefleet_inference_publish_backlog"], val["edgefleet_inference_unpublished_dropped_total"], drained.Seconds())
+	if b := val["edgefleet_inference_publish_backlog"]; b > 0 || val["edgefleet_inference_published_total"] < preds || val["edgefleet_inference_unpublished_dropped_total"] > 0 {
+		t.Errorf("%.0f predictions, %.0f published, backlog %.0f, unpublished dropped %.0f", preds, val["edgefleet_inference_published_total"], b, val["edgefleet_inference_unpublished_dropped_total"])
+	}
 	if preds+val["edgefleet_inference_dropped_readings_total"] < float64(sent) {
 		t.Errorf("%.0f predictions and %.0f dropped readings for %d messages", preds, val["edgefleet_inference_dropped_readings_total"], sent)
 	}
+}
+
+// waitPublished waits (up to 5 minutes) until every message has its
+// prediction and the agent has no prediction left to publish, and
+// returns how long after the load (elapsed after start) that was.
+func waitPublished(t *testing.T, p *proc, elapsed time.Duration, start time.Time) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		val, _ := scrapeAll(t, p)
+		if val["edgefleet_inference_publish_backlog"] == 0 && val["edgefleet_inference_latency_seconds_count"] > 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return time.Since(start) - elapsed
 }
 
 // scrapeAll reads the agent's metrics: value by name and labels, and the

@@ -177,3 +177,18 @@ func (c *Client) TrainedModel(ctx context.Context, id string) (TrainedModel, err
 	var m TrainedModel
 	return m, c.do(ctx, http.MethodGet, "/v1/training/jobs/"+url.PathEscape(id)+"/model", nil, nil, http.StatusOK, &m)
 }
+
+// TrainedModelFile calls GET /v1/training/jobs/{id}/model?format=file:
+// the done job's model as an unsigned model file (fedlearn's format),
+// named name and version ("" for the agent's defaults: "job-ID" and
+// "1").
+func (c *Client) TrainedModelFile(ctx context.Context, id, name, version string) ([]byte, error) {
+	q := url.Values{"format": {"file"}}
+	if name != "" {
+		q.Set("name", name)
+	}
+	if version != "" {
+		q.Set("version", version)
+	}
+	return c.raw(ctx, http.MethodGet, "/v1/training/jobs/"+url.PathEscape(id)+"/model", q, nil, http.StatusOK)
+}

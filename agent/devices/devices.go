@@ -121,6 +121,8 @@ type Registry struct {
 	pending  map[string]*devUpdate
 	overflow bool
 	wake     chan struct{}
+	// flushes asks the worker to write every changed record now (Flush).
+	flushes chan chan struct{}
 
 	// Owned by the worker (or by the caller before run and after it ends).
 	state map[string]*devState
@@ -150,6 +152,7 @@ func New(cfg Config) (*Registry, error) {
 		maxPending: maxPendingDevices,
 		pending:    map[string]*devUpdate{},
 		wake:       make(chan struct{}, 1),
+		flushes:    make(chan chan struct{}),
 		state:      map[string]*devState{},
 	}, nil
 }
@@ -290,12 +293,40 @@ func (r *Registry) Start() {
 			select {
 			case <-ctx.Done():
 				return
+			case done := <-r.flushes:
+				r.pass(ctx, true)
+				close(done)
+				continue
 			case <-r.wake:
 			case <-t.C():
 			}
 			r.pass(ctx, false)
 		}
 	}()
+}
+
+// Flush makes the running worker write every record with unwritten
+// changes now, not when its interval is due, and waits until it has (or
+// ctx ends, or the worker is not running). Not concurrently with Start
+// or Stop.
+func (r *Registry) Flush(ctx context.Context) error {
+	if r.cancel == nil {
+		return errors.New("devices: flush: registry not started")
+	}
+	done := make(chan struct{})
+	select {
+	case r.flushes <- done:
+	case <-r.done:
+		return errors.New("devices: flush: registry stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Stop ends the worker; with flush, every record with unwritten changes

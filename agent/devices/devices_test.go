@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -265,4 +266,91 @@ func FuzzDecodeDeviceRecord(f *testing.F) {
 			t.Fatalf("round trip: %v %+v vs %+v", err, again, rec)
 		}
 	})
+}
+
+// TestDeviceRegistryFlush: Flush writes a changed record at once, not when
+// the interval is due, and writes nothing for a device with no change.
+func TestDeviceRegistryFlush(t *testing.T) {
+	h := newRegHarness(t)
+	ctx := context.Background()
+	if err := h.reg.Flush(ctx); err == nil {
+		t.Fatal("Flush before Start: no error")
+	}
+	h.reg.Start()
+	defer h.reg.Stop(ctx, false)
+	h.commit("d1", 1, 20)
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := h.last("d1"); n != 1 {
+		t.Fatalf("first sight: %d writes, want 1", n)
+	}
+	h.clk.Set(h.now().Add(time.Second)) // well within the 30 s interval
+	h.commit("d1", 3, 30)
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, n := h.last("d1")
+	if n != 2 || rec.Messages != 4 {
+		t.Fatalf("after a flush within the interval: %d writes, last %+v; want 2 writes, 4 messages", n, rec)
+	}
+	if err := h.reg.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := h.last("d1"); n != 2 {
+		t.Fatalf("flush without changes wrote again: %d writes", n)
+	}
+}
+
+func FuzzDecodeIdentity(f *testing.F) {
+	f.Add("d1", []byte(`{"id":"d1","hash":"$7$101$k6NdYsnn/MLMDKSh$JxJImt6dOABI1/oJCEhJ+gCRPyPhRRx6fYnZGwTsKE9UEjCL/56jnnXhQ/ZGb1AD1bichVZgMYnzPir+Da/grQ==","publish":["devices/d1/telemetry"],"subscribe":["devices/d1/commands"],"state":"active"}`))
+	f.Add("d1", []byte(`{"id":"d1","hash":"$6$x","state":"active"}`))
+	f.Add("d1", []byte(`{"id":"d2"}`))
+	f.Add("x", []byte(`[`))
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		d, err := DecodeIdentity(key, value)
+		if err != nil {
+			return
+		}
+		if d.ID != key || d.Check() != nil {
+			t.Fatalf("decoded an invalid identity %+v", d)
+		}
+	})
+}
+
+func TestIdentityCheck(t *testing.T) {
+	const h = "$7$101$k6NdYsnn/MLMDKSh$JxJImt6dOABI1/oJCEhJ+gCRPyPhRRx6fYnZGwTsKE9UEjCL/56jnnXhQ/ZGb1AD1bichVZgMYnzPir+Da/grQ=="
+	pub, sub := DefaultTopics("d1", "")
+	good := Identity{ID: "d1", Hash: h, Publish: pub, Subscribe: sub, State: StateActive}
+	if err := good.Check(); err != nil {
+		t.Fatal(err)
+	}
+	many := make([]string, 33)
+	for i := range many {
+		many[i] = "a"
+	}
+	for _, c := range []struct {
+		mod  func(*Identity)
+		want string
+	}{
+		{func(d *Identity) { d.ID = "a/b" }, "identity id"},
+		{func(d *Identity) { d.Hash = "plain" }, "$7$"},
+		{func(d *Identity) { d.State = "gone" }, "state"},
+		{func(d *Identity) { d.Publish = []string{"devices/#/x"} }, "publish topic"},
+		{func(d *Identity) { d.Subscribe = []string{"$SYS/#"} }, "subscribe topic"},
+		{func(d *Identity) { d.Publish = many }, "33 publish topics"},
+	} {
+		d := good
+		c.mod(&d)
+		if err := d.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %q", d, err, c.want)
+		}
+	}
+	b, _ := json.Marshal(good)
+	if _, err := DecodeIdentity("d2", b); err == nil || !strings.Contains(err.Error(), "holds id") {
+		t.Fatalf("key mismatch: %v", err)
+	}
+	if pub[0] != "devices/d1/telemetry" || sub[0] != "devices/d1/commands" || sub[1] != "devices/d1/inference" {
+		t.Fatalf("defaults %v %v", pub, sub)
+	}
 }

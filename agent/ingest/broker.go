@@ -24,8 +24,13 @@ type BrokerConfig struct {
 	// port 0 picks a free port (see Broker.Addr).
 	Addr string
 	// Users, when set, maps user names to passwords and refuses
-	// anonymous clients; when empty every client may connect.
+	// anonymous clients; when empty every client may connect. Ignored
+	// when Auth is set.
 	Users map[string]string
+	// Auth, when set, authenticates every client against the identities
+	// given to Broker.SetIdentities (none until then) and confines each
+	// to its topics (see auth.go).
+	Auth *AuthConfig
 	// TLSConfig, when set, serves MQTT over TLS (ssl:// clients): on
 	// TLSAddr when set (Addr then stays clear text), else on Addr. See
 	// LoadServerTLS.
@@ -82,6 +87,7 @@ type Broker struct {
 	once    sync.Once
 	tls     bool
 	guard   *brokerGuard
+	auth    *authHook // nil without BrokerConfig.Auth
 
 	log     *slog.Logger
 	in      atomic.Pointer[Ingestor] // attached Ingestor, nil when none
@@ -146,7 +152,11 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		return nil, fmt.Errorf("ingest: broker limits: %w", err)
 	}
 	var err error
-	if len(cfg.Users) > 0 {
+	if cfg.Auth != nil {
+		if b.auth, err = newAuthHook(cfg.Auth, cfg.Logger); err == nil {
+			err = srv.AddHook(b.auth, nil)
+		}
+	} else if len(cfg.Users) > 0 {
 		users := auth.Users{}
 		for u, p := range cfg.Users {
 			users[u] = auth.UserRule{Username: auth.RString(u), Password: auth.RString(p)}

@@ -61,7 +61,7 @@ type BrokerLimits struct {
 	Offenders int
 }
 
-// DefaultBrokerLimits are the agent's defaults (ingest.mqtt.embedded_limits).
+// DefaultBrokerLimits are the agent's defaults (ingest.broker.limits).
 func DefaultBrokerLimits() BrokerLimits {
 	return BrokerLimits{
 		MaxConnections:           1024,

@@ -89,6 +89,9 @@ func (p *Publisher) Send(topic string, payload []byte) (Sent, error) {
 	return &sentToken{published: &p.published, topic: topic, tok: p.client.Publish(topic, 1, false, payload)}, nil
 }
 
+// Connected reports whether the connection to the broker is up.
+func (p *Publisher) Connected() bool { return p.connected.Load() && p.client.IsConnectionOpen() }
+
 // Published is how many messages the broker acknowledged.
 func (p *Publisher) Published() int64 { return p.published.Load() }
 

@@ -117,6 +117,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock stamps /v1/status; nil means the real clock.
 	Clock clock.Clock
+	// Guarded collections refuse writes through /v1/state (403 with the
+	// message): they have their own API, which validates what it writes.
+	Guarded map[string]string
 }
 
 // CommandTimeout bounds waiting for the broker to acknowledge a command.
@@ -145,6 +148,13 @@ type server struct {
 //	GET    /v1/devices/{id}                DeviceRecord; 404 when unknown
 //	POST   /v1/devices/{id}/commands       body: the payload (<= MaxCommandBytes), published QoS 1 to
 //	                                       devices/{id}/commands; 202 {"device","topic","bytes"}
+//	GET    /v1/identities                  {"identities": [DeviceIdentity...]}: registered devices, by id
+//	POST   /v1/identities                  body {"id","publish","subscribe"}: 201 {"identity","secret"} (the
+//	                                       secret is shown only here); 409 registered; 400 bad id or topics
+//	GET    /v1/identities/{id}             DeviceIdentity; 404 not registered
+//	POST   /v1/identities/{id}/rotate      200 {"identity","secret"}: a new secret; 404 not registered
+//	POST   /v1/identities/{id}/disable     200 DeviceIdentity; its connections close on every agent
+//	POST   /v1/identities/{id}/enable      200 DeviceIdentity
 //	GET    /v1/dead-letters                ?after=N&limit=N&reason=R: {"items":[...],"next":N}
 //	DELETE /v1/dead-letters                ?all=true | before=RFC3339 | reason=R | id=N&id=M: {"purged":N}
 //	GET    /v1/ingest                      {"enabled","broker","subscribed","pressure","stats","store"}
@@ -155,7 +165,10 @@ type server struct {
 //	GET    /v1/training/jobs               {"jobs": [TrainingJob...]}, newest first
 //	GET    /v1/training/jobs/{id}          TrainingJob: state, epochs done, loss and accuracy per epoch; 404 unknown
 //	DELETE /v1/training/jobs/{id}          cancels a queued or running job; answers the job
-//	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done
+//	GET    /v1/training/jobs/{id}/model    TrainedModel (weights, schema, labels, examples); 409 until done;
+//	                                       ?format=file[&name=N][&version=V]: the model file (fedlearn
+//	                                       format, unsigned, octet-stream) for edgectl models push;
+//	                                       400 naming a bad format, name or version
 //	GET    /v1/models                      {"models": [Model...]}: the models serving, by name
 //	POST   /v1/models/{name}/predict       body {"features": [v...]} or {"features": {"name": v}} (null: imputed);
 //	                                       {"model","version","class":{"index","label"},"probabilities"};
@@ -200,6 +213,7 @@ func New(b Backend, cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/uplink", s.handleUplink)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	s.routeTraining(mux)
+	s.routeIdentities(mux)
 	mux.HandleFunc("GET /v1/models", s.handleModels)
 	mux.HandleFunc("POST /v1/models/{name}/predict", s.handlePredict)
 	allowed := map[string]string{
@@ -219,6 +233,9 @@ func New(b Backend, cfg Config) http.Handler {
 		"/v1/status":                      "GET",
 		"/v1/models":                      "GET",
 		"/v1/models/{name}/predict":       "POST",
+	}
+	for path, allow := range identitiesAllow {
+		allowed[path] = allow
 	}
 	for path, allow := range trainingAllow {
 		allowed[path] = allow

@@ -315,6 +315,10 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) writeOp(w http.ResponseWriter, coll, key string, t crdt.Type, op func(st *crdt.Store) (crdt.Delta, error)) {
+	if msg, ok := s.cfg.Guarded[coll]; ok {
+		writeError(w, http.StatusForbidden, msg)
+		return
+	}
 	d, err := s.b.Commit(op)
 	if err != nil {
 		s.writeStoreError(w, err)

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/training"
+	"github.com/edgefleet/edgefleet/fedlearn"
 )
 
 // Training is the local training side.
@@ -170,6 +172,16 @@ func (s *server) handleTrainingModel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	q := r.URL.Query()
+	switch q.Get("format") {
+	case "", "json":
+	case "file":
+		s.handleTrainingModelFile(w, r, m)
+		return
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("localapi: format %q: want json (default) or file", q.Get("format")))
+		return
+	}
 	md, err := m.Model(r.PathValue("id"))
 	switch {
 	case err == nil:
@@ -178,6 +190,34 @@ func (s *server) handleTrainingModel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, training.ErrNotDone):
 		writeError(w, http.StatusConflict, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+// handleTrainingModelFile answers ?format=file: the job's model as a
+// model file (fedlearn's format, unsigned), named by ?name and ?version
+// (defaults training.DefaultFileName and "1").
+func (s *server) handleTrainingModelFile(w http.ResponseWriter, r *http.Request, m *training.Manager) {
+	q := r.URL.Query()
+	f, err := m.ModelFile(r.PathValue("id"), q.Get("name"), q.Get("version"))
+	var b []byte
+	if err == nil {
+		b, err = f.Encode()
+	}
+	switch {
+	case err == nil:
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", f.Name+"-"+f.Version+".model"))
+		w.WriteHeader(http.StatusOK)
+		w.Write(b)
+	case errors.Is(err, training.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, training.ErrNotDone):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, fedlearn.ErrModelFile):
+		writeError(w, http.StatusBadRequest, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	}

@@ -20,7 +20,7 @@ import (
 // is the bare forward pass over the same model.
 func BenchmarkInferenceReading(b *testing.B) {
 	rt, _, _, _ := newTestRuntime(b, testFile(b, "1", 3))
-	rt.cfg.Publisher, rt.cfg.Store, rt.cfg.MaxDevices = nil, nil, 1024
+	rt.cfg.Store, rt.cfg.MaxDevices = nil, 1024
 	base := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
 	devs := make([]string, 100)
 	for i := range devs {

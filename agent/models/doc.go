@@ -23,7 +23,12 @@
 // (edgefleet_model_install_failures_total{reason}). At start, Load reads
 // the deployed files and verifies each again (the devices check aside:
 // devices come and go); a file that fails is renamed NAME.model.refused
-// and does not serve. Inference uses fedlearn.Forward, the light forward
+// and does not serve; a later good install of that name deletes it.
+// Manager.Remove stops serving a model and deletes its file (the uplink
+// calls it when the control plane no longer assigns a model that came
+// from it: one whose signature verifies with the control plane's pinned
+// key; models signed only by models.verifying_key_file's key are left
+// alone). Inference uses fedlearn.Forward, the light forward
 // pass, so nothing of gorgonia runs on the ingestion path.
 //
 // # Which devices a model serves
@@ -61,26 +66,48 @@
 // seen evicted and counted; per device and metric at most
 // models.max_points readings, and only as far back as the longest window
 // of a feature reading it; a metric read only as "latest" keeps one),
-// the predictions in flight to the broker (RuntimeConfig.MaxInFlight),
+// the predictions in flight to the broker (OutboxConfig.MaxInFlight,
+// models.publish_max_in_flight) and one stored round the outbox reads,
 // and the predictions database (models.predictions_max_rows and
-// predictions_max_age).
+// predictions_max_age): a backlog waits on disk, not in memory.
 //
 // # Publishing and storing
 //
-// Each prediction is published at QoS 1 to devices/{device_id}/inference:
+// Every prediction is stored in DataDir/predictions.db, a round (one
+// drained batch) per row, and numbered in the order stored (its sequence
+// number). The database is the outbox of devices/{device_id}/inference:
+// an Outbox reads the stored predictions not yet published, in order,
+// and publishes each at QoS 1:
 //
-//	{"model":"comfort","version":"3","device":"room-1",
-//	 "class":{"index":1,"label":"stuffy"},"probabilities":[0.12,0.88],
-//	 "time":"2026-12-07T06:00:00.5Z"}
+//	{"id":"1796623200000000-42","model":"comfort","version":"3",
+//	 "device":"room-1","class":{"index":1,"label":"stuffy"},
+//	 "probabilities":[0.12,0.88],"time":"2026-12-07T06:00:00.5Z"}
 //
-// time is the reading's time; probabilities are in class order. With the
-// embedded broker it is handed over in process; with an external broker
-// it goes on a connection of its own (ingest.Publisher) without waiting
-// for the acknowledgement, at most MaxInFlight unacknowledged (beyond,
-// and when the broker is away, predictions are not published and are
-// counted in edgefleet_inference_publish_failures_total). Every
-// prediction is stored in DataDir/predictions.db, a round (one drained
-// batch) per row.
+// time is the reading's time; probabilities are in class order; id is
+// the database's creation time (Unix µs) and the sequence number, the
+// same each time the prediction is sent. With the embedded broker it is
+// handed over in process; with an external broker it goes on a
+// connection of its own (ingest.Publisher). At most
+// models.publish_max_in_flight are unacknowledged; the outbox records
+// (at most every 250 ms, and when it catches up) the sequence number
+// through which the broker acknowledged them without a gap. A publish
+// refused (broker away), failed, or not acknowledged within 10 s, counted
+// in edgefleet_inference_publish_failures_total, makes it send again from
+// the oldest unacknowledged prediction after a pause (100 ms doubling to
+// 5 s); after a restart it starts after the recorded mark.
+//
+// Delivery is therefore at least once: a prediction sent but not yet
+// recorded as acknowledged (a restart, a connection lost with messages in
+// flight) is sent again with the same id; consumers de-duplicate by
+// (device, id). Order is the store's while nothing fails; a prediction
+// sent again may arrive after later ones.
+//
+// Retention: predictions_max_age deletes only published predictions. The
+// count bound (predictions_max_rows) deletes the oldest rounds whether
+// published or not: it bounds the disk while the broker stays away, and
+// the unpublished predictions it deletes are counted in
+// edgefleet_inference_unpublished_dropped_total and never sent. With
+// models.publish false nothing waits to be published.
 //
 // # Metrics
 //
@@ -90,7 +117,10 @@
 // edgefleet_model_info{model,version,digest},
 // edgefleet_model_install_failures_total{reason},
 // edgefleet_inference_dropped_readings_total,
+// edgefleet_inference_published_total,
 // edgefleet_inference_publish_failures_total,
+// edgefleet_inference_publish_backlog,
+// edgefleet_inference_unpublished_dropped_total,
 // edgefleet_inference_store_failures_total,
 // edgefleet_inference_devices_evicted_total.
 package models

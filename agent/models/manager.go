@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/clock"
+	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
@@ -27,6 +29,9 @@ const DirName = "models"
 // fileExt ends the file of a deployed model: DirName/NAME.model holds
 // the signed file as the control plane sent it.
 const fileExt = ".model"
+
+// refusedExt is added to the file of a deployed model refused at start.
+const refusedExt = ".refused"
 
 // MaxFileBytes bounds a model file.
 const MaxFileBytes = 64 << 20
@@ -45,6 +50,12 @@ type Config struct {
 	// VerifyingKey returns the control plane's ML-DSA-65 key that signs
 	// model files; nil (the agent is not enrolled) refuses every install.
 	VerifyingKey func() *pqcrypto.VerifyingKey
+	// ControlPlaneKey returns the control plane's key pinned at
+	// enrollment (nil before). A model whose signature verifies with it
+	// came from the control plane (InstalledModel.FromControlPlane), and
+	// is removed when no longer assigned. Nil: no model counts as from
+	// the control plane.
+	ControlPlaneKey func() *pqcrypto.VerifyingKey
 	// Devices lists this agent's devices and their metrics, to refuse a
 	// model none of them can serve (see Install). Nil skips that check.
 	Devices func(ctx context.Context) ([]DeviceMetrics, error)
@@ -123,7 +134,7 @@ func (mg *Manager) Installed() []modelsync.InstalledModel {
 	ms := mg.List()
 	out := make([]modelsync.InstalledModel, len(ms))
 	for i, m := range ms {
-		out[i] = modelsync.InstalledModel{Name: m.spec.Name, Version: m.spec.Version, Digest: m.spec.Digest}
+		out[i] = modelsync.InstalledModel{Name: m.spec.Name, Version: m.spec.Version, Digest: m.spec.Digest, FromControlPlane: m.fromCP}
 	}
 	return out
 }
@@ -182,8 +193,13 @@ func (mg *Manager) install(ctx context.Context, signed []byte) error {
 	if err := mg.checkDevices(ctx, m); err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(mg.cfg.Dir, name+fileExt), signed); err != nil {
+	path := filepath.Join(mg.cfg.Dir, name+fileExt)
+	if err := writeFileSync(path, signed); err != nil {
 		return &InstallError{Reason: ReasonStorage, Err: fmt.Errorf("models: storing model %s: %w", name, err)}
+	}
+	// A file refused at an earlier start is stale now.
+	if err := os.Remove(path + refusedExt); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		mg.log.Warn("could not delete the stale refused model file", "file", path+refusedExt, "err", err)
 	}
 	prev := mg.swap(m)
 	if prev != nil {
@@ -210,7 +226,67 @@ func (mg *Manager) verify(signed []byte) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newModel(s, mg.clk.Now())
+	m, err := newModel(s, mg.clk.Now())
+	if err != nil {
+		return nil, err
+	}
+	m.fromCP = mg.fromControlPlane(signed, vk)
+	return m, nil
+}
+
+// fromControlPlane reports whether a file verified with vk is signed
+// with the control plane's key.
+func (mg *Manager) fromControlPlane(signed []byte, vk *pqcrypto.VerifyingKey) bool {
+	if mg.cfg.ControlPlaneKey == nil {
+		return false
+	}
+	cp := mg.cfg.ControlPlaneKey()
+	if cp == nil {
+		return false
+	}
+	if cp.Fingerprint() == vk.Fingerprint() {
+		return true
+	}
+	_, err := fedlearn.Verify(signed, cp)
+	return err == nil
+}
+
+// Remove stops serving the named model and deletes its file (and a
+// refused one of that name) durably: the directory is synced. Removing
+// a model that does not serve is not an error.
+func (mg *Manager) Remove(ctx context.Context, name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	mg.installMu.Lock()
+	defer mg.installMu.Unlock()
+	path := filepath.Join(mg.cfg.Dir, name+fileExt)
+	for _, p := range []string{path, path + refusedExt} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("models: removing model %s: %w", name, err)
+		}
+	}
+	if err := syncDir(mg.cfg.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("models: removing model %s: %w", name, err)
+	}
+	cur := *mg.serving.Load()
+	prev, ok := cur[name]
+	if !ok {
+		return nil
+	}
+	next := make(map[string]*Model, len(cur))
+	for k, v := range cur {
+		if k != name {
+			next[k] = v
+		}
+	}
+	mg.serving.Store(&next)
+	mg.m.info.DeleteLabelValues(prev.spec.Name, prev.spec.Version, prev.spec.Digest)
+	if mg.cfg.Changed != nil {
+		mg.cfg.Changed(mg.List())
+	}
+	mg.log.Info("model removed", "model", name, "version", prev.spec.Version, "digest", prev.spec.Digest)
+	return nil
 }
 
 // checkDevices refuses a model that none of the agent's devices can
@@ -311,7 +387,7 @@ func (mg *Manager) Load(ctx context.Context) (int, error) {
 			}
 			mg.m.installFailures.WithLabelValues(reason).Inc()
 			mg.log.Error("deployed model refused at start; it does not serve", "file", path, "reason", reason, "err", err)
-			if rerr := os.Rename(path, path+".refused"); rerr != nil {
+			if rerr := os.Rename(path, path+refusedExt); rerr != nil {
 				mg.log.Warn("could not set the refused model file aside", "file", path, "err", rerr)
 			}
 			continue
@@ -381,6 +457,12 @@ func writeFileSync(path string, data []byte) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
+	return syncDir(dir)
+}
+
+// syncDir syncs a directory, making the renames and removals in it
+// durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

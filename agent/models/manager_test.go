@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/pqcrypto"
 )
 
 func TestInstallPredictAndPersist(t *testing.T) {
@@ -170,5 +172,96 @@ func TestNoKeyRefusesAndLoadLeavesFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "comfort.model")); err != nil {
 		t.Fatalf("load without a key touched the file: %v", err)
+	}
+}
+
+// TestRemove: a removed model stops serving, its file (and a refused one)
+// is gone, its info gauge too, the runtime is told, and a new manager
+// over the directory does not load it. Removing it again is no error.
+func TestRemove(t *testing.T) {
+	k := signingKey(t, 1)
+	dir := t.TempDir()
+	mg, reg := newTestManager(t, dir, k, nil)
+	var changed [][]*Model
+	mg.cfg.Changed = func(s []*Model) { changed = append(changed, s) }
+	if err := mg.Install(context.Background(), sign(t, testFile(t, "1", 1), k)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "comfort"+fileExt)
+	if err := os.WriteFile(path+refusedExt, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := mg.Remove(context.Background(), "comfort"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := mg.Get("comfort"); ok || len(mg.Installed()) != 0 {
+		t.Fatal("still serving after Remove")
+	}
+	for _, p := range []string{path, path + refusedExt} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s still there: %v", p, err)
+		}
+	}
+	if len(changed) != 2 || len(changed[1]) != 0 {
+		t.Fatalf("Changed calls %v", changed)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "edgefleet_model_info" && len(mf.GetMetric()) != 0 {
+			t.Fatalf("model info still reported: %v", mf.GetMetric())
+		}
+	}
+	if err := mg.Remove(context.Background(), "comfort"); err != nil {
+		t.Fatalf("removing again: %v", err)
+	}
+	if err := mg.Remove(context.Background(), "../x"); err == nil {
+		t.Fatal("a bad name was accepted")
+	}
+	mg2, _ := newTestManager(t, dir, k, nil)
+	if n, err := mg2.Load(context.Background()); err != nil || n != 0 {
+		t.Fatalf("after Remove a new manager loads %d: %v", n, err)
+	}
+}
+
+// TestInstallDeletesStaleRefused: a good install of a name whose file was
+// refused at an earlier start deletes the refused file.
+func TestInstallDeletesStaleRefused(t *testing.T) {
+	k := signingKey(t, 1)
+	dir := t.TempDir()
+	refused := filepath.Join(dir, "comfort"+fileExt+refusedExt)
+	if err := os.WriteFile(refused, []byte("corrupt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mg, _ := newTestManager(t, dir, k, nil)
+	if err := mg.Install(context.Background(), sign(t, testFile(t, "1", 1), k)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(refused); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale refused file still there: %v", err)
+	}
+}
+
+// TestFromControlPlane: a model counts as from the control plane when its
+// signature verifies with the control plane's key, not when it verifies
+// only with another trusted key.
+func TestFromControlPlane(t *testing.T) {
+	own, cp := signingKey(t, 1), signingKey(t, 2)
+	mg, _ := newTestManager(t, t.TempDir(), own, nil)
+	mg.cfg.ControlPlaneKey = func() *pqcrypto.VerifyingKey { return cp.Public() }
+	if err := mg.Install(context.Background(), sign(t, testFile(t, "1", 1), own)); err != nil {
+		t.Fatal(err)
+	}
+	if in := mg.Installed(); len(in) != 1 || in[0].FromControlPlane {
+		t.Fatalf("a model signed with the agent's own key counts as from the control plane: %+v", in)
+	}
+	mg.cfg.ControlPlaneKey = func() *pqcrypto.VerifyingKey { return own.Public() }
+	if err := mg.Install(context.Background(), sign(t, testFile(t, "2", 1), own)); err != nil {
+		t.Fatal(err)
+	}
+	if in := mg.Installed(); len(in) != 1 || !in[0].FromControlPlane {
+		t.Fatalf("a model signed with the control plane's key does not count as from it: %+v", in)
 	}
 }

@@ -12,7 +12,6 @@ type metrics struct {
 	latency         prometheus.Histogram
 	info            *prometheus.GaugeVec   // {model, version, digest}
 	installFailures *prometheus.CounterVec // {reason}
-	publishFailures prometheus.Counter
 	storeFailures   prometheus.Counter
 	evicted         prometheus.Counter
 	reg             *prometheus.Registry
@@ -41,10 +40,6 @@ func newMetrics(reg *prometheus.Registry, _ *Manager) (*metrics, error) {
 			Name: "edgefleet_model_install_failures_total",
 			Help: "Model files refused (at install or when loaded at start), by reason; the previous version keeps serving.",
 		}, []string{"reason"}),
-		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edgefleet_inference_publish_failures_total",
-			Help: "Predictions not published to devices/{id}/inference (broker unreachable or refusing); they are still stored.",
-		}),
 		storeFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_inference_store_failures_total",
 			Help: "Predictions that could not be stored in the predictions database.",
@@ -61,7 +56,7 @@ func newMetrics(reg *prometheus.Registry, _ *Manager) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.predictions, m.latency, m.info, m.installFailures, m.publishFailures, m.storeFailures, m.evicted} {
+	for _, c := range []prometheus.Collector{m.predictions, m.latency, m.info, m.installFailures, m.storeFailures, m.evicted} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -124,6 +124,7 @@ type Model struct {
 	index   map[string]int // feature name -> position
 	served  atomic.Int64
 	fwd     sync.Pool // *fedlearn.Forward over spec.Weights
+	fromCP  bool      // signed with the control plane's key
 }
 
 func newModel(s Spec, loaded time.Time) (*Model, error) {

@@ -3,13 +3,10 @@ package models
 import (
 	"container/list"
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"sort"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -38,9 +35,8 @@ type RuntimeConfig struct {
 	// Tap is the post-commit observer of ingestion the readings come
 	// from. Required; the Runtime sets the metrics it queues.
 	Tap *ingest.Tap
-	// Publisher publishes predictions; nil publishes none.
-	Publisher Publisher
-	// Store keeps predictions; nil keeps none.
+	// Store keeps predictions; nil keeps none. An Outbox publishes them
+	// from there.
 	Store *Store
 	// MaxDevices bounds the devices whose recent readings are held; past
 	// it the least recently seen device's window is dropped (counted in
@@ -49,12 +45,6 @@ type RuntimeConfig struct {
 	// MaxPoints bounds the readings held per device and metric. Default
 	// 128.
 	MaxPoints int
-	// MaxInFlight bounds the predictions published and not yet
-	// acknowledged by the broker; past it predictions are not published
-	// (counted in edgefleet_inference_publish_failures_total), so a slow
-	// broker never holds inference back nor grows memory (about 1 KB
-	// each). Default 128.
-	MaxInFlight int
 	// Clock stamps predictions. Nil means clock.Real().
 	Clock clock.Clock
 	// Logger receives the runtime's logs. Nil discards them.
@@ -63,8 +53,8 @@ type RuntimeConfig struct {
 
 // Runtime runs the deployed models on the readings ingestion commits.
 // One goroutine (Run) drains the tap, updates the devices' windows,
-// predicts, then publishes and stores the round's predictions: the
-// commit path only hands readings to the tap.
+// predicts, then stores the round's predictions (an Outbox publishes
+// them): the commit path only hands readings to the tap.
 type Runtime struct {
 	cfg RuntimeConfig
 	clk clock.Clock
@@ -79,22 +69,10 @@ type Runtime struct {
 
 	// Scratch reused across rounds.
 	readings []ingest.TapReading
-	pending  []trigger
 	seen     map[trigger]struct{}
 	raw      []float64
-	out      []outgoing
 	round    []byte // the round's predictions, encoded for the Store
 	roundN   int
-	inflight []ingest.Sent
-	failed   int       // publish failures since the last log
-	lastLog  time.Time // of publish failures
-	lastErr  error
-}
-
-// outgoing is a prediction to publish.
-type outgoing struct {
-	topic   string
-	payload []byte
 }
 
 // plan is what the runtime needs of the serving models.
@@ -107,19 +85,15 @@ type plan struct {
 
 // servingModel is a model with its encoded, reusable parts.
 type servingModel struct {
-	m       *Model
-	name    []byte // JSON strings
-	version []byte
-	labels  [][]byte
-	probs   []float64
-	count   prometheus.Counter // predictions of this model
+	m     *Model
+	probs []float64
+	count prometheus.Counter // predictions of this model
 }
 
 // deviceWindow holds a device's recent readings of the metrics the
 // models read.
 type deviceWindow struct {
 	id     string
-	topic  string                      // InferenceTopic(id)
 	series map[string][]fedlearn.Point // oldest first
 	elem   *list.Element
 }
@@ -138,9 +112,6 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 	if cfg.MaxPoints <= 0 {
 		cfg.MaxPoints = 128
 	}
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 128
-	}
 	rt := &Runtime{cfg: cfg, clk: clock.Or(cfg.Clock), log: cfg.Logger, mg: cfg.Manager,
 		devices: map[string]*deviceWindow{}, lru: list.New(), seen: map[trigger]struct{}{}}
 	if rt.log == nil {
@@ -155,11 +126,7 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 func (rt *Runtime) SetModels(serving []*Model) {
 	p := &plan{horizon: map[string]int64{}}
 	for _, m := range serving {
-		sm := &servingModel{m: m, name: jsonString(m.spec.Name), version: jsonString(m.spec.Version),
-			probs: make([]float64, m.spec.Arch.Classes), count: rt.mg.m.predictions.WithLabelValues(m.spec.Name)}
-		for _, l := range m.spec.Labels {
-			sm.labels = append(sm.labels, jsonString(l))
-		}
+		sm := &servingModel{m: m, probs: make([]float64, m.spec.Arch.Classes), count: rt.mg.m.predictions.WithLabelValues(m.spec.Name)}
 		p.models = append(p.models, sm)
 		for _, f := range m.spec.Schema.Features {
 			p.horizon[f.Metric] = max(p.horizon[f.Metric], int64(f.Window))
@@ -172,11 +139,6 @@ func (rt *Runtime) SetModels(serving []*Model) {
 	sort.Strings(metrics)
 	rt.plan.Store(p)
 	rt.cfg.Tap.SetMetrics(metrics)
-}
-
-func jsonString(s string) []byte {
-	b, _ := json.Marshal(s) // a string always encodes
-	return b
 }
 
 // Run drains the tap until ctx ends.
@@ -192,18 +154,39 @@ func (rt *Runtime) Run(ctx context.Context) {
 	}
 }
 
-// Process runs one round over readings (oldest first): it adds them to
-// the devices' windows, predicts for each device and reading time with
-// every model whose metrics the device sends, and publishes and stores
-// the predictions. Run calls it; tests and benchmarks may too (never
-// concurrently with Run).
+// Process runs one round over readings (oldest first, as committed): it
+// adds them to the devices' windows and, as each reading time of a device
+// is complete (the next reading is of another device or time), predicts
+// for it with every model whose metrics the device sends, then stores
+// the round's predictions. Predicting as the readings come, not after
+// the whole round, gives a burst drained at once the predictions the same
+// readings arriving one by one get: the windows are bounded, and a later
+// reading of the burst could push out points an earlier reading time
+// needs. Run calls it; tests and benchmarks may too (never concurrently
+// with Run).
 func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 	p := rt.plan.Load()
 	if len(p.models) == 0 || len(readings) == 0 {
 		return
 	}
-	rt.pending = rt.pending[:0]
 	clear(rt.seen)
+	now := rt.clk.Now()
+	rt.round, rt.roundN = append(rt.round[:0], roundFormat), 0
+	var cur trigger
+	fire := func() {
+		if cur.dev == nil || cur.dev.elem == nil {
+			return // none yet, or evicted since
+		}
+		if _, dup := rt.seen[cur]; dup {
+			return // a reading time split in the round: predicted once
+		}
+		rt.seen[cur] = struct{}{}
+		for _, sm := range p.models {
+			if cur.dev.serves(sm.m, cur.t) {
+				rt.predict(sm, cur, now)
+			}
+		}
+	}
 	for i := range readings {
 		r := &readings[i]
 		h, ok := p.horizon[r.Metric]
@@ -211,27 +194,14 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 			continue
 		}
 		dev := rt.device(r.Device)
-		t := r.Time
-		dev.add(r.Metric, fedlearn.Point{T: t, V: r.Value}, h, rt.cfg.MaxPoints)
-		tr := trigger{dev: dev, t: t}
-		if _, dup := rt.seen[tr]; !dup {
-			rt.seen[tr] = struct{}{}
-			rt.pending = append(rt.pending, tr)
+		tr := trigger{dev: dev, t: r.Time}
+		if tr != cur {
+			fire()
+			cur = tr
 		}
+		dev.add(r.Metric, fedlearn.Point{T: r.Time, V: r.Value}, h, rt.cfg.MaxPoints)
 	}
-	now := rt.clk.Now()
-	rt.out, rt.round, rt.roundN = rt.out[:0], append(rt.round[:0], roundFormat), 0
-	for _, tr := range rt.pending {
-		if tr.dev.elem == nil {
-			continue // evicted later in this round
-		}
-		for _, sm := range p.models {
-			if !tr.dev.serves(sm.m, tr.t) {
-				continue
-			}
-			rt.predict(sm, tr, now)
-		}
-	}
+	fire()
 	rt.flush(ctx)
 }
 
@@ -242,7 +212,7 @@ func (rt *Runtime) device(id string) *deviceWindow {
 		rt.lru.MoveToFront(d.elem)
 		return d
 	}
-	d := &deviceWindow{id: id, topic: InferenceTopic(id), series: map[string][]fedlearn.Point{}}
+	d := &deviceWindow{id: id, series: map[string][]fedlearn.Point{}}
 	d.elem = rt.lru.PushFront(d)
 	rt.devices[id] = d
 	for len(rt.devices) > rt.cfg.MaxDevices {
@@ -318,72 +288,14 @@ func (rt *Runtime) predict(sm *servingModel, tr trigger, now time.Time) {
 	}
 	rt.mg.m.latency.Observe(time.Since(start).Seconds())
 	sm.count.Inc()
-	at := time.Unix(0, tr.t).UTC()
-	if rt.cfg.Publisher != nil {
-		// Each payload is its own: the MQTT client holds it until the
-		// broker acknowledges it.
-		rt.out = append(rt.out, outgoing{tr.dev.topic, appendPayload(make([]byte, 0, 160+32*len(sm.probs)), sm, tr.dev.id, c, at)})
-	}
 	if rt.cfg.Store != nil {
-		rt.round = appendPrediction(rt.round, tr.dev.id, m.spec.Name, m.spec.Version, m.spec.Labels[c], c, at.UnixMicro(), now.UnixMicro(), sm.probs)
+		rt.round = appendPrediction(rt.round, tr.dev.id, m.spec.Name, m.spec.Version, m.spec.Labels[c], c, tr.t/1e3, now.UnixMicro(), sm.probs)
 		rt.roundN++
 	}
 }
 
-// appendPayload appends the JSON of a prediction as published:
-//
-//	{"model":"occupancy","version":"3","device":"room-1",
-//	 "class":{"index":1,"label":"occupied"},"probabilities":[0.02,0.98],
-//	 "time":"2026-01-02T03:04:05.123456Z"}
-//
-// time is the reading's time; probabilities are in class order.
-func appendPayload(b []byte, sm *servingModel, device string, class int, at time.Time) []byte {
-	b = append(b, `{"model":`...)
-	b = append(b, sm.name...)
-	b = append(b, `,"version":`...)
-	b = append(b, sm.version...)
-	b = append(b, `,"device":`...)
-	b = strconv.AppendQuote(b, device) // device ids are plain ASCII (ingest.CheckDeviceID)
-	b = append(b, `,"class":{"index":`...)
-	b = strconv.AppendInt(b, int64(class), 10)
-	b = append(b, `,"label":`...)
-	b = append(b, sm.labels[class]...)
-	b = append(b, `},"probabilities":[`...)
-	for i, v := range sm.probs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendFloat(b, v, 'g', -1, 64)
-	}
-	b = append(b, `],"time":"`...)
-	b = at.AppendFormat(b, time.RFC3339Nano)
-	return append(b, `"}`...)
-}
-
-// flush publishes and stores the round's predictions.
+// flush stores the round's predictions.
 func (rt *Runtime) flush(ctx context.Context) {
-	if len(rt.out) > 0 {
-		rt.reap()
-		for i, o := range rt.out {
-			if len(rt.inflight) >= rt.cfg.MaxInFlight {
-				rt.reap()
-			}
-			if len(rt.inflight) >= rt.cfg.MaxInFlight {
-				rt.publishFailed(len(rt.out)-i, fmt.Errorf("models: %d predictions await the broker's acknowledgement (the most in flight)", len(rt.inflight)))
-				break
-			}
-			s, err := rt.cfg.Publisher.Send(o.topic, o.payload)
-			if err != nil {
-				rt.publishFailed(1, err)
-				continue
-			}
-			rt.inflight = append(rt.inflight, s)
-		}
-		clear(rt.out)
-		if cap(rt.out) > 1024 {
-			rt.out = nil
-		}
-	}
 	if rt.roundN > 0 {
 		if err := rt.cfg.Store.AddRound(ctx, rt.roundN, rt.clk.Now(), rt.round); err != nil {
 			rt.mg.m.storeFailures.Add(float64(rt.roundN))
@@ -392,38 +304,5 @@ func (rt *Runtime) flush(ctx context.Context) {
 	}
 	if cap(rt.round) > 64<<10 {
 		rt.round = nil // a backlog's round: not kept
-	}
-}
-
-// reap drops the acknowledged messages from the in-flight list, counting
-// the failed ones.
-func (rt *Runtime) reap() {
-	keep := rt.inflight[:0]
-	for _, s := range rt.inflight {
-		select {
-		case <-s.Done():
-			if err := s.Err(); err != nil {
-				rt.publishFailed(1, err)
-			}
-		default:
-			keep = append(keep, s)
-		}
-	}
-	clear(rt.inflight[len(keep):])
-	rt.inflight = keep
-}
-
-// publishLogEvery spaces the logs of failed publishes.
-const publishLogEvery = 10 * time.Second
-
-// publishFailed counts n predictions not published, and logs them at
-// most every publishLogEvery.
-func (rt *Runtime) publishFailed(n int, err error) {
-	rt.mg.m.publishFailures.Add(float64(n))
-	rt.failed += n
-	rt.lastErr = err
-	if now := time.Now(); now.Sub(rt.lastLog) >= publishLogEvery {
-		rt.log.Warn("predictions not published (they are stored)", "count", rt.failed, "last_err", rt.lastErr)
-		rt.failed, rt.lastLog = 0, now
 	}
 }

@@ -42,6 +42,7 @@ func (acked) Err() error            { return nil }
 
 // published is the JSON of a prediction on devices/{id}/inference.
 type published struct {
+	ID      string `json:"id"`
 	Model   string `json:"model"`
 	Version string `json:"version"`
 	Device  string `json:"device"`
@@ -64,14 +65,14 @@ func newTestRuntime(t testing.TB, f *fedlearn.File) (*Runtime, *recorder, *Store
 			rt.SetModels(s)
 		}
 	}
-	st, err := OpenStore(StoreConfig{Path: filepath.Join(dir, StoreFile), MaxRows: 50})
+	st, err := OpenStore(StoreConfig{Path: filepath.Join(dir, StoreFile), MaxRows: 50, Outbox: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 	rec := &recorder{}
 	tap := ingest.NewTap(ingest.TapConfig{})
-	rt = NewRuntime(RuntimeConfig{Manager: mg, Tap: tap, Publisher: rec, Store: st, MaxDevices: 4, MaxPoints: 16})
+	rt = NewRuntime(RuntimeConfig{Manager: mg, Tap: tap, Store: st, MaxDevices: 4, MaxPoints: 16})
 	if err := mg.Install(context.Background(), sign(t, f, k)); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,9 @@ func TestRuntimePredictionsEqualForward(t *testing.T) {
 			return pts
 		}
 	}
+	publishAll(t, st, rec)
 	perDevice := map[string]int{}
+	ids := map[string]bool{}
 	for _, m := range rec.msgs {
 		var p published
 		if err := json.Unmarshal(m.Payload, &p); err != nil {
@@ -132,6 +135,10 @@ func TestRuntimePredictionsEqualForward(t *testing.T) {
 			t.Fatalf("topic %s payload %s", m.Topic, m.Payload)
 		}
 		perDevice[p.Device]++
+		if p.ID == "" || ids[p.ID] {
+			t.Fatalf("id %q empty or repeated: %s", p.ID, m.Payload)
+		}
+		ids[p.ID] = true
 		raw := make([]float64, 3)
 		f.Schema.Extract(raw, p.Time.UnixNano(), series(p.Device, p.Time.UnixNano()))
 		wc, wp := forwardOf(t, f, raw)
@@ -208,37 +215,9 @@ func TestRuntimeSkipsNonFinite(t *testing.T) {
 	rt, rec, _, _ := newTestRuntime(t, testFile(t, "1", 3))
 	rt.Process(context.Background(), []ingest.TapReading{
 		reading("r", "temperature", 0, math.NaN()), reading("r", "humidity", 0, 40), reading("r", "co2", 0, 600)})
+	publishAll(t, rt.cfg.Store, rec)
 	if len(rec.msgs) != 0 {
 		t.Fatalf("predicted without a finite temperature: %s", rec.msgs[0].Payload)
-	}
-}
-
-// stuck is a Publisher whose messages the broker never acknowledges.
-type stuck struct{ n int }
-
-func (s *stuck) Send(string, []byte) (ingest.Sent, error) { s.n++; return pending{}, nil }
-
-type pending struct{}
-
-func (pending) Done() <-chan struct{} { return nil }
-func (pending) Err() error            { return nil }
-
-// TestRuntimeBoundsInFlight: with a broker that never acknowledges,
-// inference goes on, at most MaxInFlight predictions are in flight and
-// the rest are counted as publish failures.
-func TestRuntimeBoundsInFlight(t *testing.T) {
-	rt, _, st, _ := newTestRuntime(t, testFile(t, "1", 3))
-	pub := &stuck{}
-	rt.cfg.Publisher, rt.cfg.MaxInFlight = pub, 5
-	for i := 0; i < 8; i++ {
-		rt.Process(context.Background(), []ingest.TapReading{
-			reading("r", "temperature", float64(i), 20), reading("r", "humidity", float64(i), 40), reading("r", "co2", float64(i), 600)})
-	}
-	if pub.n != 5 || len(rt.inflight) != 5 || counter(rt.mg.m.publishFailures) != 3 {
-		t.Fatalf("sent %d, in flight %d, failures %v", pub.n, len(rt.inflight), counter(rt.mg.m.publishFailures))
-	}
-	if n, _ := st.Count(context.Background()); n != 8 {
-		t.Fatalf("stored %d of 8", n)
 	}
 }
 
@@ -287,5 +266,48 @@ func TestInstallWhileServing(t *testing.T) {
 	wg.Wait()
 	if m, _ := rt.mg.Get("comfort"); m.Version() != "3" {
 		t.Fatalf("serving %s", m.Version())
+	}
+}
+
+// TestRuntimeBurstEqualsOneByOne: a burst of one device's messages drained
+// in one round (more than the window's point bound) gets the predictions
+// the same messages get arriving one by one: one per reading time, with
+// the same features.
+func TestRuntimeBurstEqualsOneByOne(t *testing.T) {
+	const n = 40 // over MaxPoints (16), within the store's 50 rows
+	var burst []ingest.TapReading
+	for i := 0; i < n; i++ {
+		s := float64(10 * i)
+		burst = append(burst,
+			reading("room-1", "temperature", s, 20+float64(i%7)),
+			reading("room-1", "humidity", s, 30+float64(i%11)),
+			reading("room-1", "co2", s, 400+float64(13*i%90)))
+	}
+	run := func(oneByOne bool) []published {
+		rt, rec, st, _ := newTestRuntime(t, testFile(t, "1", 3))
+		if oneByOne {
+			for i := 0; i < len(burst); i += 3 {
+				rt.Process(context.Background(), burst[i:i+3])
+			}
+		} else {
+			rt.Process(context.Background(), burst)
+		}
+		publishAll(t, st, rec)
+		out := make([]published, len(rec.msgs))
+		for i, m := range rec.msgs {
+			if err := json.Unmarshal(m.Payload, &out[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	want, got := run(true), run(false)
+	if len(want) != n || len(got) != n {
+		t.Fatalf("one by one: %d predictions, burst: %d; want %d each", len(want), len(got), n)
+	}
+	for i := range want {
+		if !want[i].Time.Equal(got[i].Time) || want[i].Class != got[i].Class || !equalProbs(want[i].Probabilities, got[i].Probabilities, 0) {
+			t.Fatalf("prediction %d: one by one %+v, burst %+v", i, want[i], got[i])
+		}
 	}
 }

@@ -13,9 +13,16 @@ type InstalledModel struct {
 	// Digest is the lower-case hex SHA-256 of the model file's content
 	// (fedlearn.File.DigestHex; a signature does not change it).
 	Digest string `json:"digest"`
+	// FromControlPlane is true when the model came from the control
+	// plane: its signature verifies with the control plane's key pinned
+	// at enrollment. Only such models are removed when the control plane
+	// no longer assigns them; others (signed with
+	// models.verifying_key_file's key and placed in the models folder)
+	// are left alone.
+	FromControlPlane bool `json:"from_control_plane"`
 }
 
-// ModelInstaller is the agent's model runtime as the uplink sees it. Both
+// ModelInstaller is the agent's model runtime as the uplink sees it. Its
 // methods are called from one goroutine (the uplink's model watch) but
 // must be safe alongside the runtime's own use.
 type ModelInstaller interface {
@@ -29,4 +36,8 @@ type ModelInstaller interface {
 	Install(ctx context.Context, signedFile []byte) error
 	// Installed lists the model versions serving now.
 	Installed() []InstalledModel
+	// Remove stops serving the named model and deletes its file durably
+	// (the agent's control-plane assignments no longer name it). Removing
+	// a model that is not serving is not an error.
+	Remove(ctx context.Context, name string) error
 }

@@ -335,7 +335,7 @@ func (r *Replicator) AnnounceLeave() {
 		name := alive[j].Name
 		alive = append(alive[:j], alive[j+1:]...)
 		go func() {
-			if err := r.members.SendTo(name, "", msg); err != nil {
+			if err := r.sendTo(name, "", msg); err != nil {
 				r.log.Debug("sending leave intent", "peer", name, "err", err)
 			}
 			done <- struct{}{}

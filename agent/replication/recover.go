@@ -227,7 +227,7 @@ func (r *Replicator) recoverStep(ctx context.Context) {
 	r.rec.mu.Unlock()
 	msg, err := Encode(Message{Type: TypeSnapReq, From: r.cfg.Name}, nil)
 	if err == nil {
-		err = r.members.SendTo(peer, "", msg)
+		err = r.sendTo(peer, "", msg)
 	}
 	if err != nil && ctx.Err() == nil {
 		r.log.Debug("snapshot request failed", "peer", peer, "err", err)
@@ -267,7 +267,7 @@ func (r *Replicator) serveSnapshot(ctx context.Context, peer string) {
 			r.log.Error("encoding snapshot chunk", "err", err)
 			return
 		}
-		if err := r.members.SendTo(peer, "", msg); err != nil {
+		if err := r.sendTo(peer, "", msg); err != nil {
 			r.log.Debug("sending snapshot failed", "peer", peer, "err", err)
 			return
 		}

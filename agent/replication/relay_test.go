@@ -6,10 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/membership"
+	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
 	"github.com/hashicorp/memberlist"
 )
@@ -130,8 +132,8 @@ func TestRelayIsBoundedAndYieldsToOwnDeltas(t *testing.T) {
 	b := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) { c.Relay = true })
 	b.members.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, membership.StateAlive, membership.NodeMeta{})
 	b.handleBatch(ctx, burst)
-	if got, skipped := b.c.Relayed.Load(), b.c.RelaySkipped.Load(); got != relayMaxQueued || skipped != 5 {
-		t.Fatalf("relayed %d, skipped %d of a burst of %d; want %d and 5", got, skipped, len(burst), relayMaxQueued)
+	if got, skipped, queued := b.c.Relayed.Load(), b.c.RelaySkipped.Load(), b.relayQ.NumQueued(); got != uint64(len(burst)) || skipped != 5 || queued != relayMaxQueued {
+		t.Fatalf("relayed %d, dropped %d, queued %d of a burst of %d; want %d, 5, %d", got, skipped, queued, len(burst), len(burst), relayMaxQueued)
 	}
 
 	own, err := b.store.Put(ctx, "kv", "mine", []byte("2"))
@@ -161,5 +163,89 @@ func TestRefusedOriginNotRelayed(t *testing.T) {
 	_, relayed := gossiped(t, b)
 	if len(relayed) != 1 || relayed[0].Origin != "ok" {
 		t.Fatalf("relayed %v, want only origin ok's delta", relayed)
+	}
+}
+
+// relayBurst returns n gossip messages of single deltas of origin "src",
+// each with a value of size bytes.
+func relayBurst(t *testing.T, n, size int) [][]byte {
+	t.Helper()
+	ctx := context.Background()
+	src, err := crdt.Open(filepath.Join(t.TempDir(), "src.db"), crdt.Options{ReplicaID: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var out [][]byte
+	for i := 0; i < n; i++ {
+		d, err := src.Put(ctx, "kv", fmt.Sprintf("k%03d", i), []byte(fmt.Sprintf("%q", strings.Repeat("v", size))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, mustEncodeMsg(t, Message{Type: TypeDeltas, Deltas: []crdt.Delta{d}}))
+	}
+	return out
+}
+
+// TestRelayKeepsTheFreshest: a delta that finds the relay queue full of
+// deltas already sent is queued, and the most sent one leaves; it goes
+// out first.
+func TestRelayKeepsTheFreshest(t *testing.T) {
+	ctx := context.Background()
+	msgs := relayBurst(t, relayMaxQueued+1, 10)
+	b := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) { c.Relay = true })
+	b.members.Upsert(&memberlist.Node{Name: "p", Addr: net.IPv4(127, 0, 0, 1), Port: 1}, membership.StateAlive, membership.NodeMeta{})
+	b.handleBatch(ctx, msgs[:relayMaxQueued])
+	if got := len(b.GetBroadcasts(0, 1<<20)); got != relayMaxQueued { // each sent once
+		t.Fatalf("first round sent %d relayed deltas, want %d", got, relayMaxQueued)
+	}
+	b.handleBatch(ctx, msgs[relayMaxQueued:])
+	if q, dropped := b.relayQ.NumQueued(), b.c.RelaySkipped.Load(); q != relayMaxQueued || dropped != 1 {
+		t.Fatalf("queue holds %d, dropped %d; want %d and 1", q, dropped, relayMaxQueued)
+	}
+	one := b.GetBroadcasts(0, len(msgs[relayMaxQueued]))
+	if len(one) != 1 || string(one[0]) != string(msgs[relayMaxQueued]) {
+		t.Fatalf("a packet with room for one relayed delta did not carry the newest")
+	}
+}
+
+// TestRelayByteBudget: relayed deltas go out at most relayBurstBytes at
+// once and relayBytesPerSecond on average; this agent's own deltas are not
+// held by it.
+func TestRelayByteBudget(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewManual(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	b := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) { c.Relay = true; c.Clock = clk })
+	for i := 0; i < 40; i++ { // log10(41) rounds up to 2: 6 sends a delta
+		b.members.Upsert(&memberlist.Node{Name: fmt.Sprintf("p%d", i), Addr: net.IPv4(127, 0, 0, 1), Port: uint16(1 + i)}, membership.StateAlive, membership.NodeMeta{})
+	}
+	b.handleBatch(ctx, relayBurst(t, relayMaxQueued, 900))
+	sent := func() int {
+		n := 0
+		for {
+			got := b.GetBroadcasts(2, 1400)
+			if len(got) == 0 {
+				return n
+			}
+			for _, m := range got {
+				n += 2 + len(m)
+			}
+		}
+	}
+	n1 := sent()
+	if n1 > relayBurstBytes || n1 < relayBurstBytes-1400 {
+		t.Fatalf("sent %d relayed bytes at once, want about the burst, %d", n1, relayBurstBytes)
+	}
+	clk.Advance(time.Second)
+	if n2 := sent(); n1+n2 > relayBurstBytes+relayBytesPerSecond || n2 < relayBytesPerSecond-1400 {
+		t.Fatalf("sent %d relayed bytes at once and %d a second later, want about %d and %d", n1, n2, relayBurstBytes, relayBytesPerSecond)
+	}
+	own, err := b.store.Put(ctx, "kv", "mine", []byte("2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Broadcast(own)
+	if got := b.GetBroadcasts(2, 1400); len(got) != 1 {
+		t.Fatalf("own delta held by the relay budget: %d messages", len(got))
 	}
 }

@@ -69,11 +69,12 @@ type Counters struct {
 	Dropped       atomic.Uint64 // messages dropped: inbound queue full
 	Broadcasts    atomic.Uint64 // local deltas queued for gossip
 	Relayed       atomic.Uint64 // deltas received by gossip, new here, queued for gossip again
-	RelaySkipped  atomic.Uint64 // deltas received by gossip, new here, not relayed: the relay queue was full
+	RelaySkipped  atomic.Uint64 // relayed deltas dropped from the full relay queue before all their sends (the most sent ones)
 	ChunksSent    atomic.Uint64 // anti-entropy messages carrying deltas
 	SyncSkipped   atomic.Uint64 // sync requests not sent: the peer had just reported nothing new
 	RefusedOps    atomic.Uint64 // ops refused: their origin's clock is too far ahead
 	DeferredOps   atomic.Uint64 // ops refused while this agent's wall clock is wrong and no peer's clock is known (not the origin's fault)
+	Sent          Sent          // what was sent, by kind
 }
 
 // Config configures a Replicator. Store, Members, Rand, Counters, Reject
@@ -153,8 +154,10 @@ type Replicator struct {
 	recKick chan struct{}
 	serve   chan serveReq
 	install chan installReq
-	// relayed remembers the deltas this agent relayed.
-	relayed relaySet
+	// relayed remembers the deltas this agent relayed; relayBudget bounds
+	// the bytes it relays.
+	relayed     relaySet
+	relayBudget tokenBucket
 }
 
 // New validates cfg and returns a replicator; it sends nothing until Run
@@ -264,7 +267,17 @@ func (r *Replicator) NotifyMsg(b []byte) { r.enqueueInbound(b) }
 // GetBroadcasts serves queued local deltas, then relayed ones, to
 // memberlist's gossip.
 func (r *Replicator) GetBroadcasts(overhead, limit int) [][]byte {
-	return r.relayBroadcasts(r.bcast.GetBroadcasts(overhead, limit), overhead, limit)
+	own := r.bcast.GetBroadcasts(overhead, limit)
+	for _, b := range own {
+		r.c.Sent.add(b, false)
+	}
+	return r.relayBroadcasts(own, overhead, limit)
+}
+
+// sendTo sends msg to peer (Members.SendTo), counting it.
+func (r *Replicator) sendTo(peer, addr string, msg []byte) error {
+	r.c.Sent.add(msg, false)
+	return r.members.SendTo(peer, addr, msg)
 }
 
 // LocalState is this agent's part of a push/pull exchange: its name and
@@ -282,6 +295,7 @@ func (r *Replicator) LocalState(join bool) []byte {
 		r.log.Error("encoding push/pull state", "err", err)
 		return nil
 	}
+	r.c.Sent.add(msg, false)
 	return msg
 }
 

@@ -176,7 +176,7 @@ func (r *Replicator) ship(ctx context.Context, j shipJob) error {
 		if err != nil {
 			return err
 		}
-		return r.members.SendTo(j.peer, j.addr, msg)
+		return r.sendTo(j.peer, j.addr, msg)
 	}
 	pushBack := false
 	if j.respond {
@@ -226,7 +226,7 @@ func (r *Replicator) ship(ctx context.Context, j shipJob) error {
 		if err != nil {
 			return err
 		}
-		if err := r.members.SendTo(j.peer, j.addr, msg); err != nil {
+		if err := r.sendTo(j.peer, j.addr, msg); err != nil {
 			return err
 		}
 		if len(cur) > 0 {

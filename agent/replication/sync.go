@@ -162,7 +162,7 @@ func (r *Replicator) requestSync(ctx context.Context, peer string) error {
 	if err != nil {
 		return err
 	}
-	return r.members.SendTo(peer, "", msg)
+	return r.sendTo(peer, "", msg)
 }
 
 // periodicSyncLoop asks one random live peer every sync interval (±20%).

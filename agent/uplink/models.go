@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/edgefleet/edgefleet/agent/modelsync"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
 	"github.com/edgefleet/edgefleet/fedlearn"
@@ -16,7 +15,10 @@ import (
 // watch's), fetches each one its runtime does not serve yet (sealed to the
 // agent's X-Wing key), opens it, checks the control plane's signature and
 // the digest the assignment names, and hands the signed file to
-// Deps.Models.
+// Deps.Models. A model from the control plane that the assignments no
+// longer name (the agent was relabelled, the deployment was undeployed)
+// is removed (Deps.Models.Remove); models the runtime did not receive
+// from the control plane are left alone.
 
 // modelWatchLoop runs the model watch until ctx ends. It waits for the
 // keyring (the key watch opens it), since model files are sealed to the
@@ -116,15 +118,30 @@ func (u *Uplink) modelRound(ctx context.Context, client *cpapi.Client) (next tim
 	return 0, true
 }
 
-// installAssignments fetches and installs every assignment the runtime
-// does not serve. It stops at the first failure.
+// installAssignments removes the models from the control plane that the
+// assignments no longer name, then fetches and installs every assignment
+// the runtime does not serve. It stops at the first failure. Models that
+// did not come from the control plane (InstalledModel.FromControlPlane)
+// are left alone.
 func (u *Uplink) installAssignments(ctx context.Context, client *cpapi.Client, ak *dkms.AgentKeys, as []cpapi.ModelAssignment) error {
-	serving := map[modelsync.InstalledModel]bool{}
+	assigned := map[string]bool{}
+	for _, a := range as {
+		assigned[a.Name] = true
+	}
+	type served struct{ name, version, digest string }
+	serving := map[served]bool{}
 	for _, m := range u.deps.Models.Installed() {
-		serving[m] = true
+		if m.FromControlPlane && !assigned[m.Name] {
+			if err := u.deps.Models.Remove(ctx, m.Name); err != nil {
+				return fmt.Errorf("uplink: removing model %s, no longer assigned: %w", m.Name, err)
+			}
+			u.log.Info("model removed: no longer assigned to this agent", "model", m.Name, "version", m.Version)
+			continue
+		}
+		serving[served{m.Name, m.Version, m.Digest}] = true
 	}
 	for _, a := range as {
-		if serving[modelsync.InstalledModel{Name: a.Name, Version: a.Version, Digest: a.Digest}] {
+		if serving[served{a.Name, a.Version, a.Digest}] {
 			continue
 		}
 		var env []byte

@@ -84,6 +84,10 @@ type Deps struct {
 	// does not serve yet (see models.go). Needs Keyring (model files are
 	// sealed to the agent's key). Nil fetches no models.
 	Models modelsync.ModelInstaller
+	// FL, when set, trains the federated-learning round tasks the control
+	// plane gives the agent (see fl.go). Needs Keyring (updates are
+	// sealed under the telemetry key). Nil takes part in no round.
+	FL FLTrainer
 }
 
 // Uplink is the agent's side of the control plane: enrollment, heartbeats
@@ -307,6 +311,9 @@ func (u *Uplink) Start(ctx context.Context) error {
 	}
 	if u.deps.Models != nil {
 		u.run(lctx, u.modelWatchLoop)
+	}
+	if u.deps.FL != nil && u.deps.Keyring != nil {
+		u.run(lctx, u.flLoop)
 	}
 	if u.deps.Outbox != nil {
 		u.run(lctx, u.uploadLoop)

@@ -72,7 +72,8 @@ type Options struct {
 	EmbeddedPublishers int
 	// EmbeddedTLS adds to the embedded run the same durable drain with
 	// the devices connected over TLS (a fresh CA and server certificate,
-	// ECDSA P-256, TLS 1.3) and the broker's limits on (the agent's
+	// ECDSA P-256, TLS 1.3), logged in with secrets ($7$ hashes) and
+	// confined by ACLs, and the broker's limits on (the agent's
 	// defaults, the message rate set so high that it is checked on every
 	// publish but never trips), interleaved with the others.
 	EmbeddedTLS bool
@@ -356,10 +357,19 @@ func NewPrefixPublisher(broker, clientID, prefix string, devices int) (*Publishe
 // NewTLSPrefixPublisher is NewPrefixPublisher for an ssl:// broker
 // verified with tc (nil: tcp://).
 func NewTLSPrefixPublisher(broker string, tc *tls.Config, clientID, prefix string, devices int) (*Publisher, error) {
+	return newPublisher(broker, tc, clientID, "", prefix, devices)
+}
+
+// newPublisher connects a publisher, logging in as clientID with secret
+// when secret is set.
+func newPublisher(broker string, tc *tls.Config, clientID, secret, prefix string, devices int) (*Publisher, error) {
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
 		SetOrderMatters(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(30 * time.Second)
 	if tc != nil {
 		opts.SetTLSConfig(tc)
+	}
+	if secret != "" {
+		opts.SetUsername(clientID).SetPassword(secret)
 	}
 	c := mqtt.NewClient(opts)
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
@@ -773,7 +783,7 @@ func embedded(ctx context.Context, o Options, res *Result) error {
 	var sec *securedBroker
 	if o.EmbeddedTLS {
 		var err error
-		if sec, err = newSecuredBroker(); err != nil {
+		if sec, err = newSecuredBroker(o.EmbeddedPublishers); err != nil {
 			return fmt.Errorf("ingestbench: embedded TLS: %w", err)
 		}
 	}
@@ -862,7 +872,11 @@ func publishEmbedded(ctx context.Context, o Options, kind embeddedKind, sec *sec
 	pubs := make([]*Publisher, n)
 	for i := range pubs {
 		// Each publisher has its own devices, so readings never collide.
-		if pubs[i], err = NewTLSPrefixPublisher(url, tc, fmt.Sprintf("embedded-pub-%d", i), fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
+		secret := ""
+		if sec != nil && kind == embeddedSecured {
+			secret = sec.secrets[i]
+		}
+		if pubs[i], err = newPublisher(url, tc, publisherID(i), secret, fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
 			return 0, 0, 0, err
 		}
 		defer pubs[i].Close()

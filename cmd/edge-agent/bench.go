@@ -145,7 +145,7 @@ Suites:
 	f.BoolVar(&ingO.NoMosquittoSub, "no-mosquitto-sub", false, "ingest: leave out the mosquitto_sub -q 1 reference drain")
 	f.BoolVar(&ingO.Embedded, "embedded", false, "ingest: also measure the embedded broker with an ingestor attached, beside it without one")
 	f.IntVar(&ingO.EmbeddedPublishers, "embedded-publishers", 4, "ingest: publishing connections of the embedded broker run")
-	f.BoolVar(&ingO.EmbeddedTLS, "embedded-tls", false, "ingest: also measure the embedded broker's durable drain with devices over TLS and the broker's limits on, beside it in clear text (implies --embedded)")
+	f.BoolVar(&ingO.EmbeddedTLS, "embedded-tls", false, "ingest: also measure the embedded broker's durable drain with devices over TLS, with credentials, ACLs and the broker's limits on, beside it in clear text (implies --embedded)")
 	f.BoolVar(&cpuClk, "cpu-clock", false, "ml: time with the process's CPU time (user+system) instead of wall time")
 	f.BoolVarP(&verb, "verbose", "v", false, "print progress on stderr")
 	return c

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +20,9 @@ import (
 
 	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/bench/cpbench"
+	"github.com/edgefleet/edgefleet/bench/flbench"
+	"github.com/edgefleet/edgefleet/bench/greenbench"
+	"github.com/edgefleet/edgefleet/bench/secaggbench"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -41,14 +45,17 @@ func (a *app) newBenchCmd() *cobra.Command {
 		dir           string
 		ingestBatches int
 		batchSize     int
-		flOpt         bench.FLOptions
+		flOpt         flbench.FLOptions
 		flClock       string
-		greenOpt      bench.GreenOptions
+		greenOpt      greenbench.GreenOptions
 		greenClock    string
+		secOpt        secaggbench.SecAggOptions
+		secSizes      string
+		secClock      string
 	)
 	c := &cobra.Command{
-		Use:   "bench controlplane|fl|green",
-		Short: "Measure the control plane (heartbeat latency under N agents, server RSS, telemetry ingest), FL aggregation or carbon-aware job placement",
+		Use:   "bench controlplane|fl|green|secagg",
+		Short: "Measure the control plane (heartbeat latency under N agents, server RSS, telemetry ingest), FL aggregation, secure aggregation or carbon-aware job placement",
 		Long: `bench controlplane enrolls --agents simulated agents, opens one mutual-TLS
 connection per agent, sends heartbeats at agents/interval per second for
 --duration and reports API latency percentiles (p50, p90, p99, max), the
@@ -84,16 +91,27 @@ brute-force planner (every start summed afresh, every slot's capacity
 checked) in the same run; the two placements are compared job by job before
 timing. It reports the time to place all jobs (ms, medians of
 --green-rounds) and jobs/s with the ratio ours / brute force. Time is CPU
-time by default (--green-clock), one goroutine.`,
+time by default (--green-clock), one goroutine.
+
+bench secagg runs whole SecAgg+ rounds (fedlearn/secagg, Flower's default
+ranges) for each of --secagg-sizes (clients x values), --secagg-dropout of
+the clients dropping after sending their shares, every message encoded and
+decoded, beside the plain round (float32 updates encoded, decoded, summed).
+Per size: client and server CPU per round (us; ratio = cost factor over
+plain), bytes of the masked update and of keys and shares per client beside
+the plain float32 update, bytes sent to each client, survivors, and the
+relative error of the sum. Medians of --secagg-rounds; CPU time by default
+(--secagg-clock), one goroutine.`,
 		Example: `  edgectl bench controlplane --agents 1000 --json
   edgectl bench controlplane --agents 10000 --interval 10s --duration 20s --json
   edgectl bench fl --json
-  edgectl bench green --json`,
+  edgectl bench green --json
+  edgectl bench secagg --json`,
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"controlplane", "fl", "green"},
+		ValidArgs: []string{"controlplane", "fl", "green", "secagg"},
 		RunE: func(c *cobra.Command, args []string) error {
-			if args[0] != "controlplane" && args[0] != "fl" && args[0] != "green" {
-				return cli.Usagef("unknown bench suite %q (suites: controlplane, fl, green)", args[0])
+			if !slices.Contains([]string{"controlplane", "fl", "green", "secagg"}, args[0]) {
+				return cli.Usagef("unknown bench suite %q (suites: controlplane, fl, green, secagg)", args[0])
 			}
 			format, err := out.Format()
 			if err != nil {
@@ -108,12 +126,28 @@ time by default (--green-clock), one goroutine.`,
 					return err
 				}
 				greenOpt.Now = now
-				rep, err := bench.RunGreen(c.Context(), greenOpt)
+				rep, err := greenbench.RunGreen(c.Context(), greenOpt)
 				if err != nil {
 					return err
 				}
 				rep.Machine["clock"] = greenClock
 				return cli.Print(c.OutOrStdout(), format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
+			}
+			if args[0] == "secagg" {
+				if secOpt.Sizes, err = secaggbench.ParseSecAggSizes(secSizes); err != nil {
+					return cli.Usagef("--secagg-sizes: %v", err)
+				}
+				if secOpt.Rounds < 1 || secOpt.NumShares <= 0 || secOpt.Threshold <= 0 || secOpt.Dropout < 0 || secOpt.Dropout >= 1 {
+					return cli.Usagef("--secagg-rounds, --secagg-shares and --secagg-threshold must be positive, --secagg-dropout in [0, 1)")
+				}
+				if secOpt.Dropout == 0 {
+					secOpt.Dropout = -1 // none (0 means the default in bench)
+				}
+				if secOpt.Now, err = benchClock(secClock, "--secagg-clock"); err != nil {
+					return err
+				}
+				rep, err := secaggbench.RunSecAgg(c.Context(), secOpt)
+				return printLocalBench(c.OutOrStdout(), format, rep, err, secClock)
 			}
 			if args[0] == "fl" {
 				if flOpt.Clients < 1 || flOpt.Params < 1 || flOpt.Rounds < 1 {
@@ -122,12 +156,8 @@ time by default (--green-clock), one goroutine.`,
 				if flOpt.Now, err = benchClock(flClock, "--fl-clock"); err != nil {
 					return err
 				}
-				rep, err := bench.RunFL(c.Context(), flOpt)
-				if err != nil {
-					return err
-				}
-				rep.Machine["clock"] = flClock
-				return cli.Print(c.OutOrStdout(), format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
+				rep, err := flbench.RunFL(c.Context(), flOpt)
+				return printLocalBench(c.OutOrStdout(), format, rep, err, flClock)
 			}
 			if load.Agents < 1 || load.Interval <= 0 || load.Duration <= 0 {
 				return cli.Usagef("--agents, --interval and --duration must be positive")
@@ -279,7 +309,23 @@ time by default (--green-clock), one goroutine.`,
 	f.IntVar(&greenOpt.Rounds, "green-rounds", 5, "green: measurement rounds (medians are reported)")
 	f.Uint64Var(&greenOpt.Seed, "green-seed", 1, "green: seed of the grid and the jobs")
 	f.StringVar(&greenClock, "green-clock", "cpu", "green: time by this process's CPU time (cpu) or by the wall clock (wall)")
+	f.StringVar(&secSizes, "secagg-sizes", "36x3206,100x10000", "secagg: rounds to run, CLIENTSxVALUES, comma-separated")
+	f.Float64Var(&secOpt.NumShares, "secagg-shares", 0.5, "secagg: num_shares (a count > 2, or a proportion of the clients in (0, 1])")
+	f.Float64Var(&secOpt.Threshold, "secagg-threshold", 0.5, "secagg: reconstruction_threshold (a count, or a proportion of num_shares)")
+	f.Float64Var(&secOpt.Dropout, "secagg-dropout", 0.2, "secagg: fraction of clients dropping after sending their shares")
+	f.IntVar(&secOpt.Rounds, "secagg-rounds", 3, "secagg: rounds per size (medians are reported)")
+	f.Uint64Var(&secOpt.Seed, "secagg-seed", 1, "secagg: seed of the deltas and the dropouts")
+	f.StringVar(&secClock, "secagg-clock", "cpu", "secagg: time by this process's CPU time (cpu) or by the wall clock (wall)")
 	return c
+}
+
+// printLocalBench prints the report of a local suite timed by clock.
+func printLocalBench(w io.Writer, format string, rep bench.Report, err error, clock string) error {
+	if err != nil {
+		return err
+	}
+	rep.Machine["clock"] = clock
+	return cli.Print(w, format, rep, func(w io.Writer) error { return printBenchReport(w, rep) })
 }
 
 // benchClock returns the clock a local suite is timed by: this process's

@@ -47,11 +47,13 @@ func (a *app) newDevicesCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "devices",
 		Aliases: []string{"device"},
-		Short:   "List devices, send them commands and manage dead letters, through an agent's local API",
+		Short:   "List devices, manage their identities, send them commands and manage dead letters, through an agent's local API",
 		Long: `devices talks to one agent's local HTTP API (not to the control plane): the
-device registry it lists is the fleet's replicated state, so any agent shows
-every device; commands go out on that agent's MQTT broker; dead letters are
-that agent's own.
+device registry it lists and the device identities (register, rotate-secret,
+disable, enable) are the fleet's replicated state, so any agent shows and
+changes every device, also while the control plane is unreachable (which has
+no device API); each change is an audit record in that agent's log; commands
+go out on that agent's MQTT broker; dead letters are that agent's own.
 
 The agent API is taken from --agent, else EDGEFLEET_AGENT, else the 'agent'
 field of the selected context, else ` + clientconfig.DefaultAgent + ` (an agent
@@ -59,7 +61,8 @@ on this machine with its default api.addr).`,
 		RunE: cli.GroupRunE,
 	}
 	c.PersistentFlags().StringVar(&d.agent, "agent", "", agentFlagUsage)
-	c.AddCommand(d.newListCmd(), d.newShowCmd(), d.newSendCmd(), d.newDeadLettersCmd())
+	c.AddCommand(d.newListCmd(), d.newShowCmd(), d.newSendCmd(), d.newDeadLettersCmd(),
+		d.newRegisterCmd(), d.newRotateCmd(), d.newStateCmd(false), d.newStateCmd(true), d.newCredentialsCmd())
 	return c
 }
 
@@ -100,10 +103,12 @@ func (d *devicesCmd) newListCmd() *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List the fleet's devices from the replicated device registry",
 		Long: `list prints every device any agent has received data from, from the device
-registry replicated among the agents: the agent that last heard from it, when,
-how many messages and readings, the message rate and the last value of each
-metric. --json prints an array of device objects (id, agent, first_seen,
-last_seen, messages, readings, rate, last_values, updated).`,
+registry replicated among the agents, and every registered device: its
+identity's state (active, disabled, or unregistered), the agent that last
+heard from it, when, how many messages and readings, the message rate and the
+last value of each metric. --json prints an array of device objects (id,
+state, agent, first_seen, last_seen, messages, readings, rate, last_values,
+updated).`,
 		Example: `  edgectl devices list
   edgectl devices list --agent http://10.0.0.3:7070 -o yaml`,
 		Args: cobra.NoArgs,
@@ -112,7 +117,7 @@ last_seen, messages, readings, rate, last_values, updated).`,
 			if err != nil {
 				return err
 			}
-			devs, err := withAgent(d.a, c, d.agent, listDevices)
+			devs, err := withAgent(d.a, c, d.agent, listDeviceRows)
 			if err != nil {
 				return err
 			}
@@ -124,15 +129,15 @@ last_seen, messages, readings, rate, last_values, updated).`,
 	return c
 }
 
-func printDeviceTable(w io.Writer, devs []agentapi.DeviceRecord, now time.Time) error {
+func printDeviceTable(w io.Writer, devs []deviceRow, now time.Time) error {
 	if len(devs) == 0 {
 		_, err := fmt.Fprintln(w, "No devices.")
 		return err
 	}
 	tw := cli.NewTable(w)
-	fmt.Fprintln(tw, "ID\tAGENT\tLAST SEEN\tMESSAGES\tREADINGS\tRATE\tLAST VALUES")
+	fmt.Fprintln(tw, "ID\tSTATE\tAGENT\tLAST SEEN\tMESSAGES\tREADINGS\tRATE\tLAST VALUES")
 	for _, r := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cell(r.ID, 0), cell(dash(r.Agent), 0), cli.Age(now, r.LastSeen),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cell(r.ID, 0), dash(r.State), cell(dash(r.Agent), 0), cli.Age(now, r.LastSeen),
 			r.Messages, r.Readings, formatRate(r.Rate), cell(formatValues(r.LastValues, " "), 60))
 	}
 	return tw.Flush()

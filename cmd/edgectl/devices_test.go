@@ -590,11 +590,13 @@ func FuzzDevicesOutput(f *testing.F) {
 			Devices []agentapi.DeviceRecord `json:"devices"`
 		}
 		if json.Unmarshal(devicesJSON, &body) == nil {
+			rows := make([]deviceRow, len(body.Devices))
 			for i := range body.Devices {
 				normalizeDevice(&body.Devices[i])
+				rows[i] = deviceRow{DeviceRecord: body.Devices[i], State: "active"}
 			}
 			var b strings.Builder
-			if err := printDeviceTable(&b, body.Devices, now); err != nil {
+			if err := printDeviceTable(&b, rows, now); err != nil {
 				t.Fatal(err)
 			}
 			check(t, "device table", b.String())

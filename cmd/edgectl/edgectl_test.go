@@ -698,6 +698,9 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"bench", "widgets"},
 		{"bench", "fl", "--fl-clients", "0"},
 		{"bench", "fl", "--fl-clock", "sundial"},
+		{"bench", "secagg", "--secagg-sizes", "1x10"},
+		{"bench", "secagg", "--secagg-sizes", "36by3206"},
+		{"bench", "secagg", "--secagg-dropout", "1"},
 		{"--timeout", "soon", "agents", "list"},
 	} {
 		if r := e.run(args...); r.code != 2 {
@@ -897,6 +900,22 @@ func TestBenchFL(t *testing.T) {
 		}
 	}
 	if out := e.must("bench", "fl", "--fl-clients", "12", "--fl-params", "100", "--fl-rounds", "1"); !strings.Contains(out, "krum") || !strings.Contains(out, "all_pairs_krum") {
+		t.Errorf("table: %s", out)
+	}
+}
+
+func TestBenchSecAgg(t *testing.T) {
+	e := bareEnv(t)
+	rep := decodeJSON[bench.Report](t, e.must("bench", "secagg", "--secagg-sizes", "10x200,6x50", "--secagg-rounds", "1", "--json"))
+	if rep.Suite != "secagg" || len(rep.Results) != 14 || rep.Machine["clock"] != "cpu" {
+		t.Fatalf("report: %+v", rep)
+	}
+	for _, r := range rep.Results {
+		if r.Name == "10x200/survivors" && r.Value != 8 || r.Value <= 0 {
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	if out := e.must("bench", "secagg", "--secagg-sizes", "6x50", "--secagg-rounds", "1", "--secagg-dropout", "0"); !strings.Contains(out, "6x50/update_bytes") || !strings.Contains(out, "plain_float32_update") {
 		t.Errorf("table: %s", out)
 	}
 }

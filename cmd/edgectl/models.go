@@ -19,7 +19,7 @@ func (a *app) newModelsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "models",
 		Aliases: []string{"model"},
-		Short:   "Push, list, fetch, deploy and roll back models in the control plane's registry",
+		Short:   "Push, list, fetch, deploy, roll back and undeploy models in the control plane's registry",
 		Long: `models manages the control plane's model registry. A model file (made by
 'edgectl fl train' or an agent's training job) is pushed; the control plane
 checks it (digest, architecture, weights, feature schema, labels) and signs it
@@ -27,17 +27,20 @@ with the ML-DSA-65 key it signs key messages with. A version is deployed to
 the agents whose labels match a selector (key=value[,key=value...]); each of
 them receives the signed file sealed to its own X-Wing key, verifies it and
 swaps it in. Deployments of a model to a selector form a stack: rollback
-returns those agents to the version deployed before.
+returns those agents to the version deployed before; undeploy ends the
+deployment, and those agents stop serving the model.
 
-push, deploy and rollback need the admin role; list and get the viewer role.`,
+push, deploy, rollback and undeploy need the admin role; list and get the
+viewer role.`,
 		Example: `  edgectl models push occupancy-lr.model
   edgectl models list
   edgectl models deploy occupancy-lr --version 3 --selector site=berlin
   edgectl models rollback occupancy-lr
+  edgectl models undeploy occupancy-lr --selector site=berlin
   edgectl models get occupancy-lr --version 3 --out occupancy-lr-3.model`,
 		RunE: cli.GroupRunE,
 	}
-	c.AddCommand(a.newModelsPushCmd(), a.newModelsListCmd(), a.newModelsGetCmd(), a.newModelsDeployCmd(), a.newModelsRollbackCmd())
+	c.AddCommand(a.newModelsPushCmd(), a.newModelsListCmd(), a.newModelsGetCmd(), a.newModelsDeployCmd(), a.newModelsRollbackCmd(), a.newModelsUndeployCmd())
 	return c
 }
 

@@ -118,4 +118,20 @@ func TestModelsCommands(t *testing.T) {
 	if r := e.run("models", "get", "nothing"); r.code != 1 || !strings.Contains(r.stderr, "404") {
 		t.Fatalf("get unknown: %+v", r)
 	}
+
+	// undeploy ends the selector's whole stack (1, then 2 on top).
+	if r := e.run("models", "undeploy", "occupancy"); r.code == 0 || !strings.Contains(r.stderr, "--selector") {
+		t.Fatalf("undeploy without --selector: %+v", r)
+	}
+	e.must("models", "deploy", "occupancy", "--version", "2", "--selector", "site=a")
+	un := decodeJSON[cpapi.UndeployModelResponse](t, e.must("models", "undeploy", "occupancy", "--selector", "site=a", "--json"))
+	if len(un.Ended) != 2 || un.Ended[0].Version != "2" || un.Ended[1].Version != "1" {
+		t.Fatalf("undeploy --json: %+v", un)
+	}
+	if list := decodeJSON[cpapi.ModelsResponse](t, e.must("models", "list", "--json")); len(list.Deployments) != 0 {
+		t.Fatalf("active deployments after undeploy: %+v", list.Deployments)
+	}
+	if r := e.run("models", "undeploy", "occupancy", "--selector", "site=a"); r.code != 1 || !strings.Contains(r.stderr, "404") {
+		t.Fatalf("undeploy again: %+v", r)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
+	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
 )
@@ -52,7 +53,7 @@ field of the selected context, else ` + clientconfig.DefaultAgent + `.`,
 		Example: `  edgectl train create -f job.json --wait
   edgectl train list
   edgectl train get 20261207t101500-3f2a9c01be47 --json
-  edgectl train model 20261207t101500-3f2a9c01be47 --out model.json`,
+  edgectl train model 20261207t101500-3f2a9c01be47 --out model.model --name room-1-occupancy`,
 		RunE: cli.GroupRunE,
 	}
 	c.PersistentFlags().StringVar(&tc.agent, "agent", "", agentFlagUsage)
@@ -279,42 +280,82 @@ func (tc *trainCmd) jobCmd(use, short string, call func(context.Context, *agenta
 }
 
 func (tc *trainCmd) newModelCmd() *cobra.Command {
-	var file string
+	var (
+		file, name, version string
+		asJSON              bool
+	)
 	c := &cobra.Command{
-		Use:   "model ID",
-		Short: "Export a finished job's model (architecture, weights, schema, labels) as JSON",
-		Long: `model prints the model a finished job trained, as JSON: architecture, weights,
-the feature schema with the normalisation it was trained with, labels, the
-number of training examples and the held-out accuracy. --out writes it to a
-file instead (atomically replaced).`,
+		Use:   "model ID [--out FILE [--name NAME] [--version V]] [--json]",
+		Short: "Export a finished job's model: a model file for 'edgectl models push', or JSON",
+		Long: `model exports the model a finished job trained.
+
+With --out it writes a model file (the format of 'edgectl fl train --out',
+unsigned): architecture, weights, the feature schema with the normalisation it
+was trained with, labels and the training metadata (data range, epochs, seed,
+examples, held-out accuracy, solver). Push it to the registry with 'edgectl
+models push FILE' and deploy it. --name and --version name the model (defaults
+job-ID and 1). The file is written atomically.
+
+With --json (or without --out) it prints the job's result as JSON instead:
+architecture, weights, schema, labels, the number of training examples, the
+held-out accuracy and the feature statistics; with --out as well, the JSON goes
+to the file.`,
+		Example: `  edgectl train model 20261207t101500-3f2a9c01be47 --out room-1.model --name room-1-occupancy
+  edgectl models push room-1.model
+  edgectl train model 20261207t101500-3f2a9c01be47 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			md, err := withAgent(tc.a, c, tc.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.TrainedModel, error) {
-				return api.TrainedModel(ctx, args[0])
+			if file == "" || asJSON {
+				if name != "" || version != "" {
+					return fmt.Errorf("edgectl: train model: --name and --version name a model file: give --out without --json")
+				}
+				return tc.writeModelJSON(c, args[0], file)
+			}
+			b, err := withAgent(tc.a, c, tc.agent, func(ctx context.Context, api *agentapi.Client) ([]byte, error) {
+				return api.TrainedModelFile(ctx, args[0], name, version)
 			})
 			if err != nil {
 				return err
 			}
-			b, err := json.MarshalIndent(md, "", "  ")
+			f, err := fedlearn.Decode(b)
 			if err != nil {
+				return fmt.Errorf("edgectl: train model: the agent answered a model file that does not decode: %w", err)
+			}
+			if err := writeFileAtomic(file, b); err != nil {
 				return err
 			}
-			b = append(b, '\n')
-			if file == "" {
-				_, err = c.OutOrStdout().Write(b)
-				return err
-			}
-			tmp := file + ".tmp"
-			if err := os.WriteFile(tmp, b, 0o600); err != nil {
-				return err
-			}
-			if err := os.Rename(tmp, file); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(c.OutOrStdout(), "Wrote the model of job %s (%d examples, held-out accuracy %.4f) to %s.\n", md.Job, md.Examples, md.HeldOutAcc, file)
+			_, err = fmt.Fprintf(c.OutOrStdout(), "Wrote model %s version %s (job %s: %s, %d examples, held-out accuracy %.4f, sha256:%s) to %s.\n",
+				f.Name, f.Version, args[0], f.Arch, f.Training.Examples, f.Training.Accuracy, f.DigestHex(), file)
 			return err
 		},
 	}
-	c.Flags().StringVar(&file, "out", "", "write the model to this file")
+	c.Flags().StringVar(&file, "out", "", "write the model file (or, with --json, the JSON) to this file")
+	c.Flags().StringVar(&name, "name", "", "the model file's name (default job-ID)")
+	c.Flags().StringVar(&version, "version", "", "the model file's version (default 1)")
+	c.Flags().BoolVar(&asJSON, "json", false, "export the job's result as JSON instead of a model file")
 	return c
+}
+
+// writeModelJSON prints a done job's result as JSON, or writes it to file.
+func (tc *trainCmd) writeModelJSON(c *cobra.Command, id, file string) error {
+	md, err := withAgent(tc.a, c, tc.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.TrainedModel, error) {
+		return api.TrainedModel(ctx, id)
+	})
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(md, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if file == "" {
+		_, err = c.OutOrStdout().Write(b)
+		return err
+	}
+	if err := writeFileAtomic(file, b); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c.OutOrStdout(), "Wrote the model of job %s (%d examples, held-out accuracy %.4f) to %s.\n", md.Job, md.Examples, md.HeldOutAcc, file)
+	return err
 }

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
+	"github.com/edgefleet/edgefleet/fedlearn"
 )
 
 // TestTrainAgainstAgent drives the train commands against a real agent
@@ -73,12 +75,32 @@ func TestTrainAgainstAgent(t *testing.T) {
 		t.Fatalf("get --json: %+v", j)
 	}
 	path := filepath.Join(dir, "model.json")
-	if out := e.must("train", "model", id, "--out", path); !strings.Contains(out, "160 examples") {
-		t.Fatalf("model --out: %q", out)
+	if out := e.must("train", "model", id, "--out", path, "--json"); !strings.Contains(out, "160 examples") {
+		t.Fatalf("model --out --json: %q", out)
 	}
 	b, _ := os.ReadFile(path)
-	if md := decodeJSON[agentapi.TrainedModel](t, string(b)); md.Job != id || len(md.Weights) != 2 || len(md.Weights[0].Data) != 2 {
+	md := decodeJSON[agentapi.TrainedModel](t, string(b))
+	if md.Job != id || len(md.Weights) != 2 || len(md.Weights[0].Data) != 2 {
 		t.Fatalf("exported model: %+v", md)
+	}
+	// --out without --json: a model file for 'models push', with the
+	// job's weights.
+	mpath := filepath.Join(dir, "sensor.model")
+	if out := e.must("train", "model", id, "--out", mpath, "--name", "sensor-hot", "--version", "2"); !strings.Contains(out, "model sensor-hot version 2") {
+		t.Fatalf("model --out: %q", out)
+	}
+	mb, _ := os.ReadFile(mpath)
+	f, err := fedlearn.Decode(mb)
+	if err != nil || f.Name != "sensor-hot" || f.Version != "2" || f.Training.Examples != 160 || f.Training.Params["job"] != id {
+		t.Fatalf("model file: %v %+v", err, f)
+	}
+	for i, w := range md.Weights {
+		if !slices.Equal(f.Weights[i].Data, w.Data) {
+			t.Fatalf("weights %s: file %v, job %v", w.Name, f.Weights[i].Data, w.Data)
+		}
+	}
+	if r := e.run("train", "model", id, "--out", mpath, "--name", "-bad"); r.code != 1 || !strings.Contains(r.stderr, "400") {
+		t.Fatalf("bad name: %+v", r)
 	}
 	if r := e.run("train", "get", "nope"); r.code != 1 || !strings.Contains(r.stderr, "404") {
 		t.Fatalf("unknown job: %+v", r)

@@ -108,6 +108,17 @@ type RollbackModelResponse struct {
 	Active     ModelDeployment `json:"active"`
 }
 
+// UndeployModelRequest is the body of POST /v1/models/{name}/undeploy.
+type UndeployModelRequest struct {
+	Selector string `json:"selector"`
+}
+
+// UndeployModelResponse lists the deployments of the stack that the
+// undeploy ended (marked rolled back), newest first.
+type UndeployModelResponse struct {
+	Ended []ModelDeployment `json:"ended"`
+}
+
 // ModelAssignment is a model an agent should serve.
 type ModelAssignment struct {
 	Name     string `json:"name"`
@@ -230,6 +241,15 @@ func (c *Client) DeployModel(ctx context.Context, name, version, selector string
 func (c *Client) RollbackModel(ctx context.Context, name, selector string) (RollbackModelResponse, error) {
 	var resp RollbackModelResponse
 	err := c.do(ctx, "POST", modelPath(name, "rollback"), nil, RollbackModelRequest{Selector: selector}, &resp)
+	return resp, err
+}
+
+// UndeployModel ends every deployment of model name on selector (admin):
+// the agents of selector that received it through that selector stop
+// serving it.
+func (c *Client) UndeployModel(ctx context.Context, name, selector string) (UndeployModelResponse, error) {
+	var resp UndeployModelResponse
+	err := c.do(ctx, "POST", modelPath(name, "undeploy"), nil, UndeployModelRequest{Selector: selector}, &resp)
 	return resp, err
 }
 

@@ -41,6 +41,11 @@ type Options struct {
 	// Users maps user names to passwords; when set, anonymous clients
 	// are refused.
 	Users map[string]string
+	// PasswordFile, when set, is a ready mosquitto password file
+	// (password_file; anonymous clients are refused); it excludes Users.
+	PasswordFile string
+	// ACLFile, when set, is a mosquitto ACL file (acl_file).
+	ACLFile string
 	// CertFile and KeyFile, when set, make the listener TLS (ssl://).
 	CertFile, KeyFile string
 }
@@ -109,7 +114,15 @@ func Start(opts Options) (*Mosquitto, error) {
 	} else {
 		conf.WriteString("persistence false\n")
 	}
-	if len(opts.Users) > 0 {
+	if opts.PasswordFile != "" && len(opts.Users) > 0 {
+		return nil, errors.New("mqtttest: Options.PasswordFile and Options.Users are both set")
+	}
+	if opts.ACLFile != "" {
+		fmt.Fprintf(&conf, "acl_file %s\n", opts.ACLFile)
+	}
+	if opts.PasswordFile != "" {
+		fmt.Fprintf(&conf, "allow_anonymous false\npassword_file %s\n", opts.PasswordFile)
+	} else if len(opts.Users) > 0 {
 		pw := filepath.Join(opts.Dir, "passwd")
 		if err := writePasswords(pw, opts.Users); err != nil {
 			return nil, err

@@ -1,4 +1,4 @@
-package bench
+package flbench
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
@@ -49,9 +50,9 @@ type FLOptions struct {
 // aggregation); Ratio is ours / baseline (higher is better). Before timing,
 // each pair's outputs are compared: a baseline that computes another model
 // is an error, not a result. All runs are on one goroutine.
-func RunFL(ctx context.Context, opt FLOptions) (Report, error) {
+func RunFL(ctx context.Context, opt FLOptions) (bench.Report, error) {
 	if opt.Clients < 0 || opt.Params < 0 || opt.Rounds < 0 || opt.MinTime < 0 || opt.KrumMalicious < 0 {
-		return Report{}, fmt.Errorf("bench: fl: negative option in %+v", opt)
+		return bench.Report{}, fmt.Errorf("bench: fl: negative option in %+v", opt)
 	}
 	if opt.Clients == 0 {
 		opt.Clients = 1000
@@ -85,22 +86,22 @@ func RunFL(ctx context.Context, opt FLOptions) (Report, error) {
 		{"fedtrimmedavg", "sort_columns_trim_mean", agg(strategy.FedTrimmedAvg{Beta: 0.2}, global, updates), func() []float64 { return plainTrimmed(global, updates, 0.2) }, 1e-12},
 		{"krum", "all_pairs_krum", agg(krum, global, updates), func() []float64 { return plainKrum(global, updates, opt.KrumMalicious) }, 0},
 	}
-	rep := Report{
+	rep := bench.Report{
 		Suite: "fl",
-		Machine: machine(fmt.Sprintf("clients=%d params=%d rounds=%d min_time=%s krum_f=%d seed=%d float32 deltas, float64 sums, one goroutine",
+		Machine: bench.Machine(fmt.Sprintf("clients=%d params=%d rounds=%d min_time=%s krum_f=%d seed=%d float32 deltas, float64 sums, one goroutine",
 			n, d, opt.Rounds, opt.MinTime, opt.KrumMalicious, opt.Seed)),
 	}
 	for _, p := range pairs {
 		if err := ctx.Err(); err != nil {
-			return Report{}, err
+			return bench.Report{}, err
 		}
 		a, b := p.ours(), p.base()
 		if a == nil {
-			return Report{}, fmt.Errorf("bench: fl: %s failed on valid updates", p.name)
+			return bench.Report{}, fmt.Errorf("bench: fl: %s failed on valid updates", p.name)
 		}
 		for j := range a {
 			if math.Abs(a[j]-b[j]) > p.tol*math.Max(1, math.Abs(b[j])) {
-				return Report{}, fmt.Errorf("bench: fl: %s and %s disagree at %d: %v vs %v", p.name, p.baseName, j, a[j], b[j])
+				return bench.Report{}, fmt.Errorf("bench: fl: %s and %s disagree at %d: %v vs %v", p.name, p.baseName, j, a[j], b[j])
 			}
 		}
 		var ours, base []float64
@@ -116,12 +117,12 @@ func RunFL(ctx context.Context, opt FLOptions) (Report, error) {
 			}{{first, fo}, {second, so}} {
 				v, err := timeAggregations(ctx, opt.Now, opt.MinTime, m.op)
 				if err != nil {
-					return Report{}, fmt.Errorf("bench: fl: %s round %d: %w", p.name, round, err)
+					return bench.Report{}, fmt.Errorf("bench: fl: %s round %d: %w", p.name, round, err)
 				}
 				*m.out = append(*m.out, v*float64(n))
 			}
 		}
-		r := Result{Name: p.name, Unit: "updates/s", Value: median(ours), Baseline: &Baseline{Name: p.baseName, Value: median(base)}}
+		r := bench.Result{Name: p.name, Unit: "updates/s", Value: bench.Median(ours), Baseline: &bench.Baseline{Name: p.baseName, Value: bench.Median(base)}}
 		if r.Baseline.Value > 0 {
 			r.Ratio = r.Value / r.Baseline.Value
 		}

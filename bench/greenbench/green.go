@@ -1,4 +1,4 @@
-package bench
+package greenbench
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/edgefleet/edgefleet/bench"
 	"github.com/edgefleet/edgefleet/greensched"
 )
 
@@ -47,9 +48,9 @@ type GreenOptions struct {
 //
 // Results: the time to place all jobs (ms, ours and baseline) and the
 // throughput (jobs/s, ratio ours / baseline, higher is better).
-func RunGreen(ctx context.Context, opt GreenOptions) (Report, error) {
+func RunGreen(ctx context.Context, opt GreenOptions) (bench.Report, error) {
 	if opt.Jobs < 0 || opt.Slots < 0 || opt.Capacity < 0 || opt.Rounds < 0 || opt.Interruptible > 1 || math.IsNaN(opt.Interruptible) {
-		return Report{}, fmt.Errorf("bench: green: bad option in %+v", opt)
+		return bench.Report{}, fmt.Errorf("bench: green: bad option in %+v", opt)
 	}
 	if opt.Jobs == 0 {
 		opt.Jobs = 10000
@@ -74,13 +75,13 @@ func RunGreen(ctx context.Context, opt GreenOptions) (Report, error) {
 
 	ours, err := placeOurs(grid, opt.Capacity, jobs)
 	if err != nil {
-		return Report{}, err
+		return bench.Report{}, err
 	}
 	base := placeBrute(grid, opt.Capacity, jobs)
 	placed := 0
 	for i := range jobs {
 		if !slices.Equal(ours[i], base[i]) {
-			return Report{}, fmt.Errorf("bench: green: planner and brute force disagree on job %d (%+v): %v vs %v", i, jobs[i], ours[i], base[i])
+			return bench.Report{}, fmt.Errorf("bench: green: planner and brute force disagree on job %d (%+v): %v vs %v", i, jobs[i], ours[i], base[i])
 		}
 		if ours[i] != nil {
 			placed++
@@ -91,12 +92,12 @@ func RunGreen(ctx context.Context, opt GreenOptions) (Report, error) {
 	for round := 0; round < opt.Rounds; round++ {
 		for k := 0; k < 2; k++ {
 			if err := ctx.Err(); err != nil {
-				return Report{}, err
+				return bench.Report{}, err
 			}
 			start := opt.Now()
 			if (k == 0) == (round%2 == 0) {
 				if _, err := placeOurs(grid, opt.Capacity, jobs); err != nil {
-					return Report{}, err
+					return bench.Report{}, err
 				}
 				oursMS = append(oursMS, msSince(opt.Now, start))
 			} else {
@@ -105,17 +106,17 @@ func RunGreen(ctx context.Context, opt GreenOptions) (Report, error) {
 			}
 		}
 	}
-	o, b := median(oursMS), median(baseMS)
-	rep := Report{
+	o, b := bench.Median(oursMS), bench.Median(baseMS)
+	rep := bench.Report{
 		Suite: "green",
-		Machine: machine(fmt.Sprintf("jobs=%d slots=%d (15m) capacity=%d interruptible=%.2f rounds=%d seed=%d placed=%d, one goroutine",
+		Machine: bench.Machine(fmt.Sprintf("jobs=%d slots=%d (15m) capacity=%d interruptible=%.2f rounds=%d seed=%d placed=%d, one goroutine",
 			opt.Jobs, opt.Slots, opt.Capacity, opt.Interruptible, opt.Rounds, opt.Seed, placed)),
 	}
 	rep.Results = append(rep.Results,
-		Result{Name: "place_all", Unit: "ms", Value: o},
-		Result{Name: "brute_force_all", Unit: "ms", Value: b},
+		bench.Result{Name: "place_all", Unit: "ms", Value: o},
+		bench.Result{Name: "brute_force_all", Unit: "ms", Value: b},
 	)
-	r := Result{Name: "place", Unit: "jobs/s", Value: float64(opt.Jobs) / (o / 1000), Baseline: &Baseline{Name: "brute_force", Value: float64(opt.Jobs) / (b / 1000)}}
+	r := bench.Result{Name: "place", Unit: "jobs/s", Value: float64(opt.Jobs) / (o / 1000), Baseline: &bench.Baseline{Name: "brute_force", Value: float64(opt.Jobs) / (b / 1000)}}
 	if o <= 0 || b <= 0 {
 		r.Value, r.Baseline.Value = 0, 0
 	} else {

@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent/training"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/fedlearn"
+)
+
+// flTrainer runs the federated-learning round tasks the uplink receives
+// as local training jobs (agent/training) on the agent's stored readings.
+type flTrainer struct{ a *Agent }
+
+// Train implements uplink.FLTrainer: a job from the task's global weights
+// over the task's time range, normalised with the task's schema (the
+// global model's), every example used for training; Δ is the trained
+// weights minus the global ones.
+func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int, error) {
+	m := t.a.Training()
+	if m == nil {
+		return nil, 0, ErrTrainingDisabled
+	}
+	w := fedlearn.NewWeights(task.Arch)
+	if err := w.SetFlat(task.Global); err != nil {
+		return nil, 0, fmt.Errorf("agent: fl task %s: global model: %w", task.Key(), err)
+	}
+	noHoldOut := 0.0
+	spec := training.Spec{
+		Base: training.NewBase(task.Arch, w), Schema: task.Schema, Labels: task.Labels,
+		From: task.From, To: task.To, Normalize: training.NormalizeKeep,
+		Epochs: task.Epochs, Solver: task.Solver, LearnRate: task.LearnRate, BatchSize: task.BatchSize,
+		Mu: task.Mu, Seed: task.Seed, HoldOut: &noHoldOut,
+	}
+	var job training.Job
+	for {
+		var err error
+		job, err = m.Submit(spec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, training.ErrBusy) {
+			return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+		}
+		// Another job runs (an operator's, or one resumed after a
+		// restart): the round's task waits for it, within its deadline.
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("agent: fl task %s: waiting for a running training job: %w", task.Key(), ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+	j, err := m.Wait(ctx, job.ID)
+	if err != nil {
+		m.Cancel(job.ID)
+		return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+	}
+	if j.State != training.StateDone {
+		return nil, 0, fmt.Errorf("agent: fl task %s: training job %s %s: %s", task.Key(), j.ID, j.State, j.Error)
+	}
+	md, err := m.Model(job.ID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+	}
+	local := md.Params().Flatten(nil)
+	if len(local) != len(task.Global) {
+		return nil, 0, fmt.Errorf("agent: fl task %s: trained %d parameters, the global model has %d", task.Key(), len(local), len(task.Global))
+	}
+	delta := make([]float32, len(local))
+	for i := range local {
+		delta[i] = float32(local[i] - task.Global[i])
+	}
+	return delta, md.Examples, nil
+}

@@ -1,0 +1,357 @@
+package cpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/edgefleet/edgefleet/fedlearn"
+)
+
+// Federated learning: operators create jobs (POST /v1/fl/jobs); agents
+// pull their round task by long poll (GET /v1/agent/fl/task, "wait" as GET
+// /v1/agent/keys), train from the task's global weights on their own
+// readings, and post the update Δ = w_local − w_global (POST
+// /v1/agent/fl/update): EncodeFLUpdate's bytes sealed under the data key
+// TelemetryKeyName with FLUpdateAAD as associated data (the envelope of a
+// sealed telemetry upload), and signed over the envelope with the agent's
+// identity key (the key of its mTLS client certificate) in the header
+// HeaderFLSignature.
+
+// MaxFLTaskWait bounds the "wait" parameter of GET /v1/agent/fl/task.
+const MaxFLTaskWait = 5 * time.Minute
+
+// HeaderFLSignature carries the agent's signature over the sealed update,
+// base64 (standard, padded): ECDSA ASN.1 or Ed25519 over SHA-256 of the
+// envelope, by the key of the client certificate the request comes with.
+const HeaderFLSignature = "Edgefleet-Signature"
+
+// HeaderFLTask names the task an update answers, "job/round/attempt": the
+// associated data the envelope is opened with (FLUpdateAAD).
+const HeaderFLTask = "Edgefleet-FL-Task"
+
+// FL job states are fedlearn/coord's (running, done, failed, canceled).
+
+// FLJob is a federated-learning job. Spec is the resolved job spec as
+// JSON (fedlearn/coord.Spec, without its initial weights in answers):
+// this package leaves coord out so that the agent, which links it, does
+// not link the coordinator and every strategy.
+type FLJob struct {
+	ID       string          `json:"id"`
+	Spec     json.RawMessage `json:"spec"`
+	Status   string          `json:"status"`
+	Reason   string          `json:"reason,omitempty"`
+	Created  time.Time       `json:"created"`
+	Creator  string          `json:"created_by"`
+	Finished *time.Time      `json:"finished,omitempty"`
+	// Done is the number of aggregated rounds; Current the attempt in
+	// progress.
+	Done    int           `json:"rounds_done"`
+	Current *FLRoundState `json:"current,omitempty"`
+	// ModelVersion is the registry version of the finished job's model.
+	ModelVersion string `json:"model_version,omitempty"`
+}
+
+// FLRoundState is the round attempt in progress (fedlearn/coord.Round's
+// JSON).
+type FLRoundState struct {
+	Round    int            `json:"round"`
+	Attempt  int            `json:"attempt"`
+	Phase    string         `json:"phase"`
+	Opened   time.Time      `json:"opened"`
+	Deadline time.Time      `json:"deadline"`
+	Selected []string       `json:"selected"`
+	Reported []string       `json:"reported"`
+	Examples int            `json:"examples"`
+	Refused  map[string]int `json:"refused,omitempty"`
+}
+
+// FLRound is one round attempt's record with its metrics.
+type FLRound struct {
+	Job          string         `json:"job"`
+	Round        int            `json:"round"`
+	Attempt      int            `json:"attempt"`
+	Phase        string         `json:"phase"`
+	Opened       time.Time      `json:"opened"`
+	Closed       *time.Time     `json:"closed,omitempty"`
+	Selected     []string       `json:"selected"`
+	Participants int            `json:"participants"`
+	Failures     int            `json:"failures"`
+	Refused      map[string]int `json:"refused,omitempty"`
+	Examples     int            `json:"examples"`
+	Reason       string         `json:"reason,omitempty"`
+	// Accuracy and Loss of the new global model on the job's evaluation
+	// set, per test part; empty without one.
+	Accuracy map[string]float64 `json:"accuracy,omitempty"`
+	Loss     map[string]float64 `json:"loss,omitempty"`
+	// BytesUp are the update bodies received, BytesDown the task bodies
+	// sent; Seconds from open to close.
+	BytesUp   int64   `json:"bytes_up"`
+	BytesDown int64   `json:"bytes_down"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// FLJobsResponse answers GET /v1/fl/jobs.
+type FLJobsResponse struct {
+	Jobs []FLJob `json:"jobs"`
+}
+
+// FLRoundsResponse answers GET /v1/fl/jobs/{id}/rounds.
+type FLRoundsResponse struct {
+	Job    FLJob     `json:"job"`
+	Rounds []FLRound `json:"rounds"`
+}
+
+// FLCancelRequest is the body of POST /v1/fl/jobs/{id}/cancel.
+type FLCancelRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// FLTask is an agent's round task.
+type FLTask struct {
+	Job      string          `json:"job"`
+	Round    int             `json:"round"`
+	Attempt  int             `json:"attempt"`
+	Deadline time.Time       `json:"deadline"`
+	Arch     fedlearn.Arch   `json:"arch"`
+	Schema   fedlearn.Schema `json:"schema"`
+	Labels   []string        `json:"labels"`
+	// Global is the global model, flat (fedlearn.Weights.Flatten order).
+	Global    []float64 `json:"global"`
+	From      time.Time `json:"from,omitzero"`
+	To        time.Time `json:"to,omitzero"`
+	Epochs    int       `json:"epochs"`
+	BatchSize int       `json:"batch_size"`
+	LearnRate float64   `json:"learn_rate"`
+	Solver    string    `json:"solver"`
+	Mu        float64   `json:"mu,omitempty"`
+	Seed      uint64    `json:"seed"`
+}
+
+// Key names the task: job, round and attempt.
+func (t FLTask) Key() string { return fmt.Sprintf("%s/%d/%d", t.Job, t.Round, t.Attempt) }
+
+// FLTaskResponse answers GET /v1/agent/fl/task: the agent's task, if it
+// has one, and a cursor naming it ("" without a task).
+type FLTaskResponse struct {
+	Task   *FLTask `json:"task,omitempty"`
+	Cursor string  `json:"cursor"`
+}
+
+// FLUpdateResult answers POST /v1/agent/fl/update.
+type FLUpdateResult struct {
+	Accepted bool   `json:"accepted"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// FLUpdate is the plaintext of an update.
+type FLUpdate struct {
+	Job      string
+	Round    int
+	Attempt  int
+	Examples int
+	Delta    []float32
+}
+
+const flUpdateMagic = "EFLU1\n"
+
+// Bounds of a decoded update.
+const (
+	MaxFLJobIDLen   = 64
+	MaxFLUpdateDims = 1 << 24
+)
+
+// EncodeFLUpdate writes u: the magic "EFLU1\n", the job id (uint16 length
+// and bytes), round, attempt (uint32), examples (uint64), the number of
+// values (uint32) and the values as float32, little-endian.
+func EncodeFLUpdate(u FLUpdate) []byte {
+	b := make([]byte, 0, len(flUpdateMagic)+2+len(u.Job)+20+4*len(u.Delta))
+	b = append(b, flUpdateMagic...)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(u.Job)))
+	b = append(b, u.Job...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(u.Round))
+	b = binary.LittleEndian.AppendUint32(b, uint32(u.Attempt))
+	b = binary.LittleEndian.AppendUint64(b, uint64(u.Examples))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(u.Delta)))
+	for _, v := range u.Delta {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+	}
+	return b
+}
+
+// DecodeFLUpdate reads EncodeFLUpdate's bytes. It checks the framing and
+// the bounds, not the values (the coordinator refuses NaN and Inf, and a
+// wrong number of values, with a reason).
+func DecodeFLUpdate(b []byte) (FLUpdate, error) {
+	var u FLUpdate
+	fail := func(format string, args ...any) (FLUpdate, error) {
+		return FLUpdate{}, fmt.Errorf("%w: fl update: %s", ErrBadRequest, fmt.Sprintf(format, args...))
+	}
+	if len(b) < len(flUpdateMagic) || string(b[:len(flUpdateMagic)]) != flUpdateMagic {
+		return fail("does not start with %q", flUpdateMagic)
+	}
+	b = b[len(flUpdateMagic):]
+	if len(b) < 2 {
+		return fail("truncated before the job id")
+	}
+	n := int(binary.LittleEndian.Uint16(b))
+	b = b[2:]
+	if n == 0 || n > MaxFLJobIDLen {
+		return fail("job id of %d bytes (want 1-%d)", n, MaxFLJobIDLen)
+	}
+	if len(b) < n+20 {
+		return fail("truncated in the header")
+	}
+	u.Job = string(b[:n])
+	b = b[n:]
+	round, attempt := binary.LittleEndian.Uint32(b), binary.LittleEndian.Uint32(b[4:])
+	ex := binary.LittleEndian.Uint64(b[8:])
+	dims := binary.LittleEndian.Uint32(b[16:])
+	b = b[20:]
+	switch {
+	case round < 1 || round > math.MaxInt32:
+		return fail("round %d", round)
+	case attempt > math.MaxInt32:
+		return fail("attempt %d", attempt)
+	case ex < 1 || ex > math.MaxInt32:
+		return fail("example count %d (want 1-%d)", ex, math.MaxInt32)
+	case dims > MaxFLUpdateDims:
+		return fail("%d values (at most %d)", dims, MaxFLUpdateDims)
+	case uint64(len(b)) != 4*uint64(dims):
+		return fail("%d values announced, %d bytes follow (want %d)", dims, len(b), 4*uint64(dims))
+	}
+	u.Round, u.Attempt, u.Examples = int(round), int(attempt), int(ex)
+	u.Delta = make([]float32, dims)
+	for i := range u.Delta {
+		u.Delta[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return u, nil
+}
+
+// FLUpdateAAD is the associated data an update is sealed with: it binds the
+// envelope to the agent, the job, the round and the attempt.
+func FLUpdateAAD(agentID, job string, round, attempt int) []byte {
+	return []byte("edgefleet/fl-update/v1\x00" + agentID + "\x00" + job + "\x00" + strconv.Itoa(round) + "\x00" + strconv.Itoa(attempt))
+}
+
+// CreateFLJob creates a federated-learning job (admin) from a spec that
+// encodes as fedlearn/coord.Spec's JSON.
+func (c *Client) CreateFLJob(ctx context.Context, spec any) (FLJob, error) {
+	var j FLJob
+	err := c.do(ctx, "POST", "/v1/fl/jobs", nil, spec, &j)
+	return j, err
+}
+
+// ListFLJobs lists the jobs, newest first.
+func (c *Client) ListFLJobs(ctx context.Context) ([]FLJob, error) {
+	var r FLJobsResponse
+	err := c.do(ctx, "GET", "/v1/fl/jobs", nil, nil, &r)
+	return r.Jobs, err
+}
+
+// GetFLJob describes one job.
+func (c *Client) GetFLJob(ctx context.Context, id string) (FLJob, error) {
+	var j FLJob
+	err := c.do(ctx, "GET", "/v1/fl/jobs/"+url.PathEscape(id), nil, nil, &j)
+	return j, err
+}
+
+// CancelFLJob cancels a running job (admin).
+func (c *Client) CancelFLJob(ctx context.Context, id, reason string) (FLJob, error) {
+	var j FLJob
+	err := c.do(ctx, "POST", "/v1/fl/jobs/"+url.PathEscape(id)+"/cancel", nil, FLCancelRequest{Reason: reason}, &j)
+	return j, err
+}
+
+// FLRounds lists a job's round attempts with their metrics.
+func (c *Client) FLRounds(ctx context.Context, id string) (FLRoundsResponse, error) {
+	var r FLRoundsResponse
+	err := c.do(ctx, "GET", "/v1/fl/jobs/"+url.PathEscape(id)+"/rounds", nil, nil, &r)
+	return r, err
+}
+
+// WatchFLTask asks for the agent's round task (mutual TLS). With after
+// equal to the current cursor and a wait (at most MaxFLTaskWait), the
+// server holds the request until the task changes or the wait ends.
+func (c *Client) WatchFLTask(ctx context.Context, after string, wait time.Duration) (FLTaskResponse, error) {
+	var resp FLTaskResponse
+	if wait < 0 || wait > MaxFLTaskWait {
+		return resp, fmt.Errorf("controlplane: client: %w: wait %s outside 0..%s", ErrBadRequest, wait, MaxFLTaskWait)
+	}
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if wait == 0 {
+		err := c.do(ctx, "GET", "/v1/agent/fl/task", q, nil, &resp)
+		return resp, err
+	}
+	q.Set("wait", wait.String())
+	ctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
+	defer cancel()
+	err := c.doWith(c.watch, ctx, "GET", "/v1/agent/fl/task", q, nil, &resp)
+	return resp, err
+}
+
+// UploadFLUpdate posts a sealed update with the agent's signature over it
+// (mutual TLS).
+func (c *Client) UploadFLUpdate(ctx context.Context, task FLTask, envelope, signature []byte) (FLUpdateResult, error) {
+	var res FLUpdateResult
+	h := map[string]string{HeaderFLTask: task.Key()}
+	if signature != nil {
+		h[HeaderFLSignature] = base64.StdEncoding.EncodeToString(signature)
+	}
+	err := c.do(ctx, "POST", "/v1/agent/fl/update", nil, rawBody{
+		data: envelope, contentType: EnvelopeContentType, header: h,
+	}, &res)
+	return res, err
+}
+
+// MaxFLTaskBytes bounds the JSON of a task answer an agent reads.
+const MaxFLTaskBytes = 256 << 20
+
+// Validate checks a task before an agent trains on it: a valid
+// architecture, schema and labels that fit it, a finite global model of
+// the architecture's size, and training parameters in range.
+func (t FLTask) Validate() error {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%w: fl task %s: %s", ErrBadRequest, t.Key(), fmt.Sprintf(format, args...))
+	}
+	if t.Job == "" || len(t.Job) > MaxFLJobIDLen || t.Round < 1 || t.Attempt < 0 {
+		return fail("job, round or attempt out of range")
+	}
+	if err := t.Arch.Validate(); err != nil {
+		return fail("arch: %v", err)
+	}
+	if err := t.Schema.Validate(); err != nil {
+		return fail("schema: %v", err)
+	}
+	if len(t.Schema.Features) != t.Arch.Inputs || len(t.Labels) != t.Arch.Classes {
+		return fail("%d features and %d labels for an architecture of %d inputs and %d classes", len(t.Schema.Features), len(t.Labels), t.Arch.Inputs, t.Arch.Classes)
+	}
+	if n := t.Arch.NumParams(); len(t.Global) != n {
+		return fail("global model has %d values, the architecture %d", len(t.Global), n)
+	}
+	for i, v := range t.Global {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fail("global model value %d is %v", i, v)
+		}
+	}
+	switch {
+	case t.Epochs < 1 || t.Epochs > 10000:
+		return fail("epochs %d", t.Epochs)
+	case t.BatchSize < 1 || t.BatchSize > fedlearn.MaxBatchSize:
+		return fail("batch_size %d", t.BatchSize)
+	case !(t.LearnRate > 0 && t.LearnRate <= 10):
+		return fail("learn_rate %v", t.LearnRate)
+	case !(t.Mu >= 0) || math.IsInf(t.Mu, 0):
+		return fail("mu %v", t.Mu)
+	}
+	return nil
+}

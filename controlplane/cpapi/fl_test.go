@@ -1,0 +1,92 @@
+package cpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"slices"
+	"testing"
+
+	"github.com/edgefleet/edgefleet/fedlearn"
+)
+
+func TestFLUpdateRoundTrip(t *testing.T) {
+	u := FLUpdate{Job: "flj-1", Round: 3, Attempt: 1, Examples: 42, Delta: []float32{1, -2.5, float32(math.NaN())}}
+	got, err := DecodeFLUpdate(EncodeFLUpdate(u))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Job != u.Job || got.Round != 3 || got.Attempt != 1 || got.Examples != 42 || len(got.Delta) != 3 ||
+		got.Delta[1] != -2.5 || !math.IsNaN(float64(got.Delta[2])) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	b := EncodeFLUpdate(u)
+	for _, bad := range [][]byte{nil, b[:5], b[:len(b)-1], append(slices.Clone(b), 0)} {
+		if _, err := DecodeFLUpdate(bad); err == nil {
+			t.Errorf("decoded %d bytes of %d", len(bad), len(b))
+		}
+	}
+	z := EncodeFLUpdate(FLUpdate{Job: "j", Round: 1, Examples: 0})
+	if _, err := DecodeFLUpdate(z); err == nil {
+		t.Error("decoded an update of 0 examples")
+	}
+}
+
+func FuzzDecodeFLUpdate(f *testing.F) {
+	f.Add(EncodeFLUpdate(FLUpdate{Job: "flj-1", Round: 1, Examples: 5, Delta: []float32{1, 2, 3}}))
+	f.Add(EncodeFLUpdate(FLUpdate{Job: "j", Round: 7, Attempt: 2, Examples: 1}))
+	f.Add([]byte(flUpdateMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		u, err := DecodeFLUpdate(b)
+		if err != nil {
+			return
+		}
+		if again := EncodeFLUpdate(u); !bytes.Equal(again, b) {
+			t.Fatalf("decoded %x, encodes back to %x", b, again)
+		}
+	})
+}
+
+func validTask() FLTask {
+	return FLTask{Job: "flj-1", Round: 1, Arch: fedlearn.Arch{Kind: fedlearn.KindLR, Inputs: 1, Classes: 2},
+		Schema: fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "y"}},
+		Labels: []string{"a", "b"}, Global: []float64{0, 0, 0, 0}, Epochs: 1, BatchSize: 8, LearnRate: 0.1, Solver: "sgd"}
+}
+
+func TestFLTaskValidate(t *testing.T) {
+	if err := validTask().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(*FLTask){
+		"global size": func(x *FLTask) { x.Global = x.Global[:3] },
+		"nan":         func(x *FLTask) { x.Global[2] = math.NaN() },
+		"labels":      func(x *FLTask) { x.Labels = []string{"a"} },
+		"epochs":      func(x *FLTask) { x.Epochs = 0 },
+		"round":       func(x *FLTask) { x.Round = 0 },
+		"learn_rate":  func(x *FLTask) { x.LearnRate = math.Inf(1) },
+	} {
+		x := validTask()
+		edit(&x)
+		if err := x.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// FuzzFLTask: any JSON an agent might receive as its task decodes and
+// validates without a panic.
+func FuzzFLTask(f *testing.F) {
+	b, _ := json.Marshal(FLTaskResponse{Task: ptr(validTask()), Cursor: "flj-1/1/0"})
+	f.Add(b)
+	f.Add([]byte(`{"task":{"arch":{"kind":"mlp","inputs":3,"classes":2,"hidden":[4]},"global":[1e308,-1e308]}}`))
+	f.Add([]byte(`{"cursor":""}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r FLTaskResponse
+		if json.Unmarshal(b, &r) != nil || r.Task == nil {
+			return
+		}
+		_ = r.Task.Validate()
+	})
+}
+
+func ptr[T any](v T) *T { return &v }

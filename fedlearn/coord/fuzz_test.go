@@ -1,0 +1,27 @@
+package coord
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// FuzzSpec: any JSON job spec (an operator's request body) is resolved or
+// refused with an error, never a panic; a resolved one starts a job whose
+// first round opens.
+func FuzzSpec(f *testing.F) {
+	b, _ := json.Marshal(testSpec())
+	f.Add(b)
+	f.Add([]byte(`{"model":"m","arch":{"kind":"mlp","inputs":1,"classes":2,"hidden":[3]},"labels":["a","b"],"schema":{"features":[{"name":"x","metric":"x","agg":"mean","window":"1m"}]},"strategy":{"name":"multikrum","num_clients_to_keep":2},"fraction_fit":0.3}`))
+	f.Add([]byte(`{"strategy":{"name":"fedprox","proximal_mu":-1}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s Spec
+		if json.Unmarshal(b, &s) != nil {
+			return
+		}
+		c, err := New("j", s)
+		if err != nil {
+			return
+		}
+		c.Tick(t0, []string{"a", "b", "c", "d"})
+	})
+}
