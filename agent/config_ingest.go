@@ -19,8 +19,9 @@ type IngestConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// MQTT configures the broker connection (or the embedded broker).
 	MQTT MQTTConfig `yaml:"mqtt"`
-	// Broker says whom the embedded broker admits (config_deviceauth.go).
-	Broker BrokerAuthConfig `yaml:"broker"`
+	// Broker configures the embedded broker: whom it admits, TLS, limits
+	// (config_broker.go).
+	Broker EmbeddedBrokerConfig `yaml:"broker"`
 	// Topic maps topics to device ids; exactly one level is {device_id}.
 	// The agent subscribes to it with that level replaced by "+". Default
 	// "devices/{device_id}/telemetry".
@@ -172,7 +173,7 @@ func defaultIngestConfig() IngestConfig {
 			ConnectTimeout:       10 * time.Second,
 			MaxReconnectInterval: 10 * time.Second,
 		},
-		Broker:        defaultBrokerAuthConfig(),
+		Broker:        defaultEmbeddedBrokerConfig(),
 		Topic:         ingest.DefaultTopicPattern,
 		BatchMessages: 1000,
 		BatchDelay:    5 * time.Millisecond,
@@ -263,6 +264,9 @@ func (c *IngestConfig) validate() error {
 			return bad("mqtt.ca_file", "set, but the embedded broker (mqtt.broker empty) serves plain TCP")
 		}
 	}
+	if err := c.Broker.validate(m.Broker, c.Limits.MaxPayloadBytes); err != nil {
+		return err
+	}
 	if m.CAFile != "" && m.Broker != "" && !brokerTLS(m.Broker) {
 		return bad("mqtt.ca_file", "set, but mqtt.broker %q is not ssl://", m.Broker)
 	}
@@ -283,9 +287,6 @@ func (c *IngestConfig) validate() error {
 	}
 	if m.MaxReconnectInterval < 10*time.Millisecond {
 		return bad("mqtt.max_reconnect_interval", "%s, at least 10ms", m.MaxReconnectInterval)
-	}
-	if err := c.Broker.validate(); err != nil {
-		return err
 	}
 	if _, err := ingest.ParseTopicPattern(c.Topic); err != nil || c.Topic == "" {
 		return bad("topic", "%q: want a pattern with one {device_id} level, like %q", c.Topic, ingest.DefaultTopicPattern)

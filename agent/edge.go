@@ -270,6 +270,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			if bc.Auth, w, err = a.brokerAuth(ctx, mc.Password); err != nil {
 				return err
 			}
+			if err := a.embeddedBroker(&bc); err != nil {
+				return err
+			}
 			if broker, err = ingest.StartBroker(bc); err != nil {
 				hint := ""
 				if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {

@@ -49,6 +49,10 @@ type IngestOptions struct {
 	// same broker with none (PUBACK at once, nothing stored).
 	Embedded           bool
 	EmbeddedPublishers int
+	// EmbeddedTLS adds to the embedded run the durable drain with the
+	// devices over TLS, logged in with their secrets, under ACLs and the
+	// broker's limits, beside the same drain in clear text without them.
+	EmbeddedTLS bool
 	// AgentCommand, when set, adds the footprint run (with the latency
 	// run): the command of a separate agent process that runs
 	// ingestbench.RunAgentProcess against the broker with the data
@@ -78,7 +82,7 @@ func (o IngestOptions) validate() error {
 	if o.Duration != 0 && o.Duration < time.Second {
 		return fmt.Errorf("bench: ingest: latency run duration %s is below 1s", o.Duration)
 	}
-	if o.SkipBacklog && o.SkipLatency && !o.Embedded {
+	if o.SkipBacklog && o.SkipLatency && !o.Embedded && !o.EmbeddedTLS {
 		return errors.New("bench: ingest: both parts skipped; nothing to measure")
 	}
 	return nil
@@ -110,6 +114,9 @@ func (o IngestOptions) validate() error {
 //     to the embedded broker with an ingestor attached, until the last
 //     PUBACK (each sent after its commit), beside the same broker with
 //     no ingestor (PUBACK at once, nothing stored).
+//   - ingest_embedded_publish_tls (msg/s, with EmbeddedTLS): the same
+//     durable run with the devices over TLS and the broker's limits on,
+//     beside the durable run in clear text; ratio TLS / clear text.
 //
 // Each message is flat JSON with three metrics and its publish time.
 func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
@@ -145,7 +152,8 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 		Broker: broker, Dir: filepath.Join(dir, "ingest"), Messages: opt.Messages, Rounds: opt.Rounds, Devices: opt.Devices,
 		Rate: opt.Rate, Duration: opt.Duration, SkipBacklog: opt.SkipBacklog, SkipLatency: opt.SkipLatency,
 		NoMosquittoSub: opt.NoMosquittoSub, Malformed: opt.Malformed,
-		Embedded: opt.Embedded, EmbeddedPublishers: opt.EmbeddedPublishers, AgentCommand: opt.AgentCommand,
+		Embedded: opt.Embedded || opt.EmbeddedTLS, EmbeddedPublishers: opt.EmbeddedPublishers, EmbeddedTLS: opt.EmbeddedTLS,
+		AgentCommand:  opt.AgentCommand,
 		BatchMessages: opt.BatchMessages, BatchDelay: opt.BatchDelay, Logger: logger,
 	})
 	if err != nil {
@@ -153,7 +161,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 	}
 	rep := Report{Suite: "ingest", Machine: Machine(fmt.Sprintf("backlog=%d malformed=%d rounds=%d latency_rate=%d/s latency_duration=%s devices=%d payload=flat-json-3-metrics",
 		res.Messages, res.Malformed, res.Rounds, res.LatencyRate, defaultDuration(opt.Duration), defaultInt(opt.Devices, 10)))}
-	if opt.Embedded {
+	if opt.Embedded || opt.EmbeddedTLS {
 		rep.Machine["workload"] += fmt.Sprintf(" embedded_publishers=%d", res.EmbeddedPublishers)
 	}
 	if brokerDesc == "" {
@@ -204,7 +212,7 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 			)
 		}
 	}
-	if opt.Embedded {
+	if opt.Embedded || opt.EmbeddedTLS {
 		rep.Results = append(rep.Results,
 			Result{Name: "ingest_embedded_publish", Unit: "msg/s", Value: res.EmbeddedRate,
 				Baseline: &Baseline{Name: fmt.Sprintf("embedded broker without ingestor (acks at once, stores nothing), %d publishers", res.EmbeddedPublishers),
@@ -212,6 +220,12 @@ func RunIngest(ctx context.Context, opt IngestOptions) (Report, error) {
 				Ratio: ratio(res.EmbeddedRate, res.EmbeddedBareRate)},
 			Result{Name: "ingest_embedded_commit_batch", Unit: "messages", Value: res.EmbeddedCommitBatch},
 		)
+	}
+	if opt.EmbeddedTLS {
+		rep.Results = append(rep.Results,
+			Result{Name: "ingest_embedded_publish_tls", Unit: "msg/s", Value: res.EmbeddedTLSRate,
+				Baseline: &Baseline{Name: "the same durable drain in clear text, no broker limits", Value: res.EmbeddedRate},
+				Ratio:    ratio(res.EmbeddedTLSRate, res.EmbeddedRate)})
 	}
 	return rep, nil
 }

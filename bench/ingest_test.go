@@ -74,3 +74,27 @@ func TestRunIngestTiny(t *testing.T) {
 		t.Errorf("embedded commit batch: %+v", b)
 	}
 }
+
+// TestRunIngestEmbeddedTLS: the TLS variant reports its drain beside the
+// clear-text one, and the stores hold every message (publishEmbedded
+// checks them).
+func TestRunIngestEmbeddedTLS(t *testing.T) {
+	rep, err := RunIngest(context.Background(), IngestOptions{
+		Messages: 500, Rounds: 1, Devices: 3, Dir: t.TempDir(), SkipBacklog: true, SkipLatency: true, EmbeddedTLS: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tlsRes, plain *Result
+	for i, r := range rep.Results {
+		switch r.Name {
+		case "ingest_embedded_publish_tls":
+			tlsRes = &rep.Results[i]
+		case "ingest_embedded_publish":
+			plain = &rep.Results[i]
+		}
+	}
+	if tlsRes == nil || plain == nil || tlsRes.Value <= 0 || tlsRes.Baseline == nil || tlsRes.Baseline.Value != plain.Value || tlsRes.Ratio <= 0 {
+		t.Fatalf("TLS result %+v beside %+v", tlsRes, plain)
+	}
+}

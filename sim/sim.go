@@ -459,6 +459,8 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		cfg.Ingest.DeviceRegistryInterval = f.opts.DeviceRegistryInterval
 	}
 	cfg.Ingest.MQTT.EmbeddedListen = orFree(n.mqtt)
+	// Every simulated device dials from loopback: one address.
+	cfg.Ingest.Broker.Limits.MaxConnectionsPerAddress = 0
 	if f.opts.AgentAPI {
 		cfg.API.Addr = orFree(n.api)
 	}

@@ -13,7 +13,9 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/clock"
 )
 
 // BrokerConfig configures the embedded broker.
@@ -29,8 +31,22 @@ type BrokerConfig struct {
 	// given to Broker.SetIdentities (none until then) and confines each
 	// to its topics (see auth.go).
 	Auth *AuthConfig
-	// TLSConfig, when set, serves MQTT over TLS (ssl:// clients).
+	// TLSConfig, when set, serves MQTT over TLS (ssl:// clients): on
+	// TLSAddr when set (Addr then stays clear text), else on Addr. See
+	// LoadServerTLS.
 	TLSConfig *tls.Config
+	// TLSAddr is the address of a second listener serving MQTT over TLS
+	// with TLSConfig ("" = none).
+	TLSAddr string
+	// Limits protect the broker from noisy and hostile clients (see
+	// BrokerLimits); the zero value sets none.
+	Limits BrokerLimits
+	// Clock times the message rate and the failed-login delays. Nil is
+	// the real clock.
+	Clock clock.Clock
+	// Registry, when set, receives the broker's metrics
+	// (edgefleet_mqtt_broker_refused_total).
+	Registry *prometheus.Registry
 	// Logger receives the broker's logs. Nil discards them.
 	Logger *slog.Logger
 	// Ingest reserves the broker for an Ingestor attached to it later
@@ -65,11 +81,13 @@ type BrokerConfig struct {
 // loss): the device keeps every unacknowledged message and sends it
 // again when it reconnects.
 type Broker struct {
-	srv  *mochi.Server
-	addr string
-	once sync.Once
-	tls  bool
-	auth *authHook // nil without BrokerConfig.Auth
+	srv     *mochi.Server
+	addr    string
+	tlsAddr string
+	once    sync.Once
+	tls     bool
+	guard   *brokerGuard
+	auth    *authHook // nil without BrokerConfig.Auth
 
 	log     *slog.Logger
 	in      atomic.Pointer[Ingestor] // attached Ingestor, nil when none
@@ -105,11 +123,34 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		cfg.ClientQueue = 2048
 	}
 	caps.MaximumClientWritesPending = int32(min(cfg.ClientQueue, math.MaxInt32))
+	if err := cfg.Limits.validate(); err != nil {
+		return nil, err
+	}
+	caps.MaximumPacketSize = uint32(cfg.Limits.MaxPacketBytes)
+	if cfg.TLSAddr != "" {
+		if cfg.TLSConfig == nil {
+			return nil, fmt.Errorf("%w: broker TLS address %q without a TLS configuration", ErrInvalidConfig, cfg.TLSAddr)
+		}
+		if _, _, err := net.SplitHostPort(cfg.TLSAddr); err != nil {
+			return nil, fmt.Errorf("%w: broker TLS address %q: %v", ErrInvalidConfig, cfg.TLSAddr, err)
+		}
+	}
 	// The inline client publishes the Ingestor's messages (Publish) and
 	// passes the ingested telemetry on to the broker's other subscribers.
 	srv := mochi.New(&mochi.Options{Capabilities: caps, Logger: cfg.Logger, InlineClient: true})
-	b := &Broker{srv: srv, tls: cfg.TLSConfig != nil, log: cfg.Logger, hold: cfg.Ingest,
+	b := &Broker{srv: srv, tls: cfg.TLSConfig != nil && cfg.TLSAddr == "", log: cfg.Logger, hold: cfg.Ingest,
 		changed: make(chan struct{}), done: make(chan struct{}), ackWriters: map[*mochi.Client]*ackWriter{}}
+	b.guard = newBrokerGuard(cfg.Limits, clock.Or(cfg.Clock), cfg.Logger, b.done)
+	b.guard.srv = srv
+	if err := b.guard.register(cfg.Registry); err != nil {
+		return nil, err
+	}
+	// Hook order matters: the limits first (a publish over the rate
+	// reaches no other hook), the failed-login delay after every
+	// authentication hook (see loginDelayHook).
+	if err := srv.AddHook(&limitsHook{g: b.guard}, nil); err != nil {
+		return nil, fmt.Errorf("ingest: broker limits: %w", err)
+	}
 	var err error
 	if cfg.Auth != nil {
 		if b.auth, err = newAuthHook(cfg.Auth, cfg.Logger); err == nil {
@@ -127,20 +168,62 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: broker auth: %w", err)
 	}
+	if err := srv.AddHook(&loginDelayHook{g: b.guard}, nil); err != nil {
+		return nil, fmt.Errorf("ingest: broker login delay: %w", err)
+	}
 	if err := srv.AddHook(&ingestHook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("ingest: broker ingestion hook: %w", err)
 	}
-	l := listeners.NewTCP(listeners.Config{ID: "tcp", Address: cfg.Addr, TLSConfig: cfg.TLSConfig})
+	l := &guardedListener{id: "tcp", addr: cfg.Addr, g: b.guard}
+	if b.tls {
+		l.tls = cfg.TLSConfig
+	}
 	if err := srv.AddListener(l); err != nil {
 		return nil, fmt.Errorf("ingest: broker listen on %s: %w", cfg.Addr, err)
+	}
+	var tl *guardedListener
+	if cfg.TLSAddr != "" {
+		tl = &guardedListener{id: "tls", addr: cfg.TLSAddr, tls: cfg.TLSConfig, g: b.guard}
+		if err := srv.AddListener(tl); err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("ingest: broker listen (TLS) on %s: %w", cfg.TLSAddr, err)
+		}
 	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("ingest: broker serve: %w", err)
 	}
 	b.addr = l.Address()
+	if tl != nil {
+		b.tlsAddr = tl.Address()
+	}
 	return b, nil
 }
+
+// TLSURL returns ssl://host:port of the TLS listener (BrokerConfig.TLSAddr
+// or a TLS Addr), or "" without one.
+func (b *Broker) TLSURL() string {
+	switch {
+	case b.tlsAddr != "":
+		return "ssl://" + b.tlsAddr
+	case b.tls:
+		return "ssl://" + b.addr
+	}
+	return ""
+}
+
+// Refused returns how many connections and clients the broker refused or
+// disconnected, by reason (the Refused* constants).
+func (b *Broker) Refused() map[string]int64 {
+	m := make(map[string]int64, len(b.guard.count))
+	for r, v := range b.guard.count {
+		m[r] = v.Load()
+	}
+	return m
+}
+
+// Connections returns the open network connections.
+func (b *Broker) Connections() int { return b.guard.connections() }
 
 // Addr returns the address the broker listens on (host:port).
 func (b *Broker) Addr() string { return b.addr }

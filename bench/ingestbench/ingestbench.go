@@ -13,6 +13,7 @@ package ingestbench
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -69,6 +70,13 @@ type Options struct {
 	// EmbeddedPublishers is how many publishing connections the
 	// embedded run uses. Default 4.
 	EmbeddedPublishers int
+	// EmbeddedTLS adds to the embedded run the same durable drain with
+	// the devices connected over TLS (a fresh CA and server certificate,
+	// ECDSA P-256, TLS 1.3), logged in with secrets ($7$ hashes) and
+	// confined by ACLs, and the broker's limits on (the agent's
+	// defaults, the message rate set so high that it is checked on every
+	// publish but never trips), interleaved with the others.
+	EmbeddedTLS bool
 	// MosquittoSub also drains each round's backlog with mosquitto_sub
 	// -q 1, when the binary exists. Default on (set NoMosquittoSub to skip).
 	NoMosquittoSub bool
@@ -146,6 +154,9 @@ type Result struct {
 	EmbeddedRates       []float64 `json:"embedded_rates,omitempty"`
 	EmbeddedBareRates   []float64 `json:"embedded_bare_rates,omitempty"`
 	RatioEmbedded       float64   `json:"ratio_embedded_durable_to_bare,omitempty"`
+	EmbeddedTLSRate     float64   `json:"embedded_tls_rate,omitempty"`
+	EmbeddedTLSRates    []float64 `json:"embedded_tls_rates,omitempty"`
+	RatioEmbeddedTLS    float64   `json:"ratio_embedded_tls_to_plain,omitempty"`
 	EmbeddedCommitBatch float64   `json:"embedded_commit_messages,omitempty"` // messages per group commit
 }
 
@@ -340,8 +351,26 @@ func NewPublisher(broker, clientID string, devices int) (*Publisher, error) {
 // NewPrefixPublisher connects a publisher for devices prefix0 ..
 // prefix(devices-1).
 func NewPrefixPublisher(broker, clientID, prefix string, devices int) (*Publisher, error) {
+	return NewTLSPrefixPublisher(broker, nil, clientID, prefix, devices)
+}
+
+// NewTLSPrefixPublisher is NewPrefixPublisher for an ssl:// broker
+// verified with tc (nil: tcp://).
+func NewTLSPrefixPublisher(broker string, tc *tls.Config, clientID, prefix string, devices int) (*Publisher, error) {
+	return newPublisher(broker, tc, clientID, "", prefix, devices)
+}
+
+// newPublisher connects a publisher, logging in as clientID with secret
+// when secret is set.
+func newPublisher(broker string, tc *tls.Config, clientID, secret, prefix string, devices int) (*Publisher, error) {
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
 		SetOrderMatters(false).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(30 * time.Second)
+	if tc != nil {
+		opts.SetTLSConfig(tc)
+	}
+	if secret != "" {
+		opts.SetUsername(clientID).SetPassword(secret)
+	}
 	c := mqtt.NewClient(opts)
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return nil, fmt.Errorf("ingestbench: connect publisher: %v", t.Error())
@@ -751,34 +780,51 @@ func latency(ctx context.Context, o Options, res *Result) error {
 func embedded(ctx context.Context, o Options, res *Result) error {
 	res.EmbeddedPublishers = o.EmbeddedPublishers
 	var commitMsgs, commits int64
-	for r := 0; r < o.Rounds; r++ {
-		kinds := []bool{false, true}
-		if r%2 == 1 {
-			kinds = []bool{true, false}
+	var sec *securedBroker
+	if o.EmbeddedTLS {
+		var err error
+		if sec, err = newSecuredBroker(o.EmbeddedPublishers); err != nil {
+			return fmt.Errorf("ingestbench: embedded TLS: %w", err)
 		}
-		for _, durable := range kinds {
+	}
+	kinds := []embeddedKind{embeddedBare, embeddedDurable}
+	if sec != nil {
+		kinds = append(kinds, embeddedSecured)
+	}
+	for r := 0; r < o.Rounds; r++ {
+		for k := range kinds {
+			kind := kinds[(k+r)%len(kinds)] // the order rotates each round
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			dir := filepath.Join(o.Dir, fmt.Sprintf("embedded-%d-%v", r, durable))
-			rate, cm, c, err := publishEmbedded(ctx, o, durable, dir)
+			dir := filepath.Join(o.Dir, fmt.Sprintf("embedded-%d-%s", r, kind))
+			rate, cm, c, err := publishEmbedded(ctx, o, kind, sec, dir)
 			if err != nil {
-				return fmt.Errorf("ingestbench: embedded round %d (ingestor %v): %w", r, durable, err)
+				return fmt.Errorf("ingestbench: embedded round %d (%s): %w", r, kind, err)
 			}
-			if durable {
+			switch kind {
+			case embeddedBare:
+				res.EmbeddedBareRates = append(res.EmbeddedBareRates, rate)
+			case embeddedDurable:
 				res.EmbeddedRates = append(res.EmbeddedRates, rate)
 				commitMsgs += cm
 				commits += c
-			} else {
-				res.EmbeddedBareRates = append(res.EmbeddedBareRates, rate)
+			case embeddedSecured:
+				res.EmbeddedTLSRates = append(res.EmbeddedTLSRates, rate)
 			}
-			o.Logger.Info("embedded broker run", "round", r, "ingestor", durable, "publishers", o.EmbeddedPublishers,
+			o.Logger.Info("embedded broker run", "round", r, "kind", kind, "publishers", o.EmbeddedPublishers,
 				"messages", o.Messages, "rate", math.Round(rate))
 		}
 	}
 	res.EmbeddedRate, res.EmbeddedBareRate = median(res.EmbeddedRates), median(res.EmbeddedBareRates)
 	if res.EmbeddedBareRate > 0 {
 		res.RatioEmbedded = res.EmbeddedRate / res.EmbeddedBareRate
+	}
+	if sec != nil {
+		res.EmbeddedTLSRate = median(res.EmbeddedTLSRates)
+		if res.EmbeddedRate > 0 {
+			res.RatioEmbeddedTLS = res.EmbeddedTLSRate / res.EmbeddedRate
+		}
 	}
 	if commits > 0 {
 		res.EmbeddedCommitBatch = float64(commitMsgs) / float64(commits)
@@ -789,12 +835,21 @@ func embedded(ctx context.Context, o Options, res *Result) error {
 // publishEmbedded starts an embedded broker (with an Ingestor attached
 // when durable), has the publishers send o.Messages between them, and
 // returns the rate until the last PUBACK.
-func publishEmbedded(ctx context.Context, o Options, durable bool, dir string) (rate float64, commitMsgs, commits int64, err error) {
-	b, err := ingest.StartBroker(ingest.BrokerConfig{Addr: "127.0.0.1:0", Ingest: durable})
+func publishEmbedded(ctx context.Context, o Options, kind embeddedKind, sec *securedBroker, dir string) (rate float64, commitMsgs, commits int64, err error) {
+	durable := kind != embeddedBare
+	bc := ingest.BrokerConfig{Addr: "127.0.0.1:0", Ingest: durable}
+	if kind == embeddedSecured {
+		sec.configure(&bc)
+	}
+	b, err := ingest.StartBroker(bc)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer b.Stop()
+	url, tc := b.URL(), (*tls.Config)(nil)
+	if kind == embeddedSecured {
+		url, tc = b.TLSURL(), sec.client
+	}
 	sink := &countSink{done: make(chan struct{})}
 	var in *ingest.Ingestor
 	if durable {
@@ -817,7 +872,11 @@ func publishEmbedded(ctx context.Context, o Options, durable bool, dir string) (
 	pubs := make([]*Publisher, n)
 	for i := range pubs {
 		// Each publisher has its own devices, so readings never collide.
-		if pubs[i], err = NewPrefixPublisher(b.URL(), fmt.Sprintf("embedded-pub-%d", i), fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
+		secret := ""
+		if sec != nil && kind == embeddedSecured {
+			secret = sec.secrets[i]
+		}
+		if pubs[i], err = newPublisher(url, tc, publisherID(i), secret, fmt.Sprintf("p%d-dev-", i), o.Devices); err != nil {
 			return 0, 0, 0, err
 		}
 		defer pubs[i].Close()

@@ -145,6 +145,7 @@ Suites:
 	f.BoolVar(&ingO.NoMosquittoSub, "no-mosquitto-sub", false, "ingest: leave out the mosquitto_sub -q 1 reference drain")
 	f.BoolVar(&ingO.Embedded, "embedded", false, "ingest: also measure the embedded broker with an ingestor attached, beside it without one")
 	f.IntVar(&ingO.EmbeddedPublishers, "embedded-publishers", 4, "ingest: publishing connections of the embedded broker run")
+	f.BoolVar(&ingO.EmbeddedTLS, "embedded-tls", false, "ingest: also measure the embedded broker's durable drain with devices over TLS, with credentials, ACLs and the broker's limits on, beside it in clear text (implies --embedded)")
 	f.BoolVar(&cpuClk, "cpu-clock", false, "ml: time with the process's CPU time (user+system) instead of wall time")
 	f.BoolVarP(&verb, "verbose", "v", false, "print progress on stderr")
 	return c
@@ -156,7 +157,7 @@ const agentProcessSuite = "ingest-agent-process"
 
 // ingestFlags are the flags only the ingest suite uses.
 var ingestFlags = []string{"broker", "messages", "rate", "duration", "devices", "malformed",
-	"commit-batch", "commit-delay", "skip-backlog", "skip-latency", "no-mosquitto-sub", "embedded", "embedded-publishers"}
+	"commit-batch", "commit-delay", "skip-backlog", "skip-latency", "no-mosquitto-sub", "embedded", "embedded-publishers", "embedded-tls"}
 
 // checkIngestFlags refuses out-of-range ingest options as usage errors.
 func checkIngestFlags(c *cobra.Command, o bench.IngestOptions, rounds int) error {
@@ -171,7 +172,7 @@ func checkIngestFlags(c *cobra.Command, o bench.IngestOptions, rounds int) error
 		return cli.Usagef("--malformed %d exceeds --messages %d", o.Malformed, o.Messages)
 	case o.Duration < time.Second:
 		return cli.Usagef("--duration %s: the latency run lasts at least 1s", o.Duration)
-	case o.SkipBacklog && o.SkipLatency && !o.Embedded:
+	case o.SkipBacklog && o.SkipLatency && !o.Embedded && !o.EmbeddedTLS:
 		return cli.Usagef("--skip-backlog and --skip-latency together leave nothing to measure (without --embedded)")
 	}
 	if o.Broker != "" {
