@@ -21,7 +21,7 @@ LDFLAGS := -s -w -X github.com/edgefleet/edgefleet/internal/buildinfo.Version=$(
 # With inlining everywhere the agent is 29,687,970 bytes (28.31 MiB). Most of
 # gorgonia's cost is that tensor.Dtype embeds reflect.Type, which makes the
 # linker keep every exported method in the binary (see README, ARM).
-NOINLINE := gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns gonum.org/v1/gonum/lapack/... github.com/apache/arrow/... github.com/awalterschulze/... gorgonia.org/gorgonia gorgonia.org/tensor
+NOINLINE := gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns gonum.org/v1/gonum/lapack/... github.com/apache/arrow/... github.com/awalterschulze/... gorgonia.org/gorgonia gorgonia.org/tensor gopkg.in/yaml.v3 github.com/spf13/... encoding/gob text/template/...
 GCFLAGS  := $(foreach p,$(NOINLINE),-gcflags=$(p)=-l)
 
 .PHONY: help sim test build bench-crdt arm64 arm64-agent clean
