@@ -18,10 +18,17 @@ LDFLAGS := -s -w -X github.com/edgefleet/edgefleet/internal/buildinfo.Version=$(
 #   bench ml --cpu-clock, two interleaved runs each (load 5-7): MLP step at
 #   batch 256 0.913/0.868 -> 0.896/0.896 of gonum, batched inference
 #   0.948/1.078 -> 1.008/1.031, LR step 0.20/0.19 -> 0.18/0.14.
+# - carbon-aware scheduling (greensched and its providers, agent/deferred) added
+#   196,608 bytes (29,425,826); compiling these cold paths without inlining took
+#   them back off (29,229,218): greensched, agent/deferred, the control-plane
+#   client types (cpapi), dkms, the uplink, the local API, the command itself and
+#   its bench harnesses, and Prometheus's client and exposition code (a counter
+#   increment is a call now). Fewer of them did not cross a 64 KiB step. Not
+#   measured for speed (edge-agent bench was not rerun with this list).
 # With inlining everywhere the agent is 29,687,970 bytes (28.31 MiB). Most of
 # gorgonia's cost is that tensor.Dtype embeds reflect.Type, which makes the
 # linker keep every exported method in the binary (see README, ARM).
-NOINLINE := gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns gonum.org/v1/gonum/lapack/... github.com/apache/arrow/... github.com/awalterschulze/... gorgonia.org/gorgonia gorgonia.org/tensor gopkg.in/yaml.v3 github.com/spf13/... encoding/gob text/template/...
+NOINLINE := github.com/edgefleet/edgefleet/greensched/... github.com/edgefleet/edgefleet/controlplane/cpapi github.com/edgefleet/edgefleet/dkms/... github.com/edgefleet/edgefleet/agent/uplink github.com/edgefleet/edgefleet/agent/localapi github.com/edgefleet/edgefleet/cmd/edge-agent github.com/edgefleet/edgefleet/bench/... github.com/edgefleet/edgefleet/agent/deferred github.com/prometheus/common/... github.com/prometheus/client_golang/... gorgonia.org/tensor/internal/execution google.golang.org/protobuf/... github.com/gogo/... github.com/miekg/dns gonum.org/v1/gonum/lapack/... github.com/apache/arrow/... github.com/awalterschulze/... gorgonia.org/gorgonia gorgonia.org/tensor gopkg.in/yaml.v3 github.com/spf13/... encoding/gob text/template/...
 GCFLAGS  := $(foreach p,$(NOINLINE),-gcflags=$(p)=-l)
 
 .PHONY: help sim test build bench-crdt arm64 arm64-agent clean
