@@ -236,7 +236,8 @@ func (c *Coordinator) finish(now time.Time, status, reason string) []Event {
 // Tick advances the job at now: the job deadline, the round timeout, and
 // opening the next round when enough agents are available. available are
 // the eligible agents (matching the selector, reachable); the order does
-// not matter.
+// not matter, except with Spec.Carbon, where the caller ranks them
+// (cleanest first) and the round takes the first ones.
 func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if c.Finished() {
 		return nil
@@ -250,17 +251,30 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		}
 		return c.close(now, "round timeout")
 	}
-	avail := slices.Clone(available)
-	slices.Sort(avail)
-	avail = slices.Compact(avail)
+	var avail []string
+	if c.spec.Carbon != nil {
+		// ranked by the caller, cleanest first: keep the order
+		seen := map[string]bool{}
+		for _, a := range available {
+			if !seen[a] {
+				seen[a] = true
+				avail = append(avail, a)
+			}
+		}
+	} else {
+		avail = slices.Clone(available)
+		slices.Sort(avail)
+		avail = slices.Compact(avail)
+	}
 	if len(avail) < c.spec.MinAvailable {
 		return nil
 	}
 	round, attempt := c.st.Done+1, c.st.Retries
-	n := max(c.spec.MinFit, int(math.Ceil(c.spec.Fraction*float64(len(avail)))))
-	n = min(n, len(avail))
-	rng := rand.New(rand.NewPCG(c.spec.Seed, uint64(round)<<20|uint64(attempt)))
-	rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
+	n := c.ClientCount(len(avail))
+	if c.spec.Carbon == nil {
+		rng := rand.New(rand.NewPCG(c.spec.Seed, uint64(round)<<20|uint64(attempt)))
+		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
+	}
 	sel := avail[:n]
 	slices.Sort(sel)
 	r := &Round{Round: round, Attempt: attempt, Phase: RoundOpen, Opened: now,

@@ -92,6 +92,9 @@ type Spec struct {
 	// Seed draws the clients of each round and the initial weights.
 	Seed       uint64      `json:"seed,omitempty"`
 	Evaluation *Evaluation `json:"evaluation,omitempty"`
+	// Carbon, when set, makes the rounds carbon- and battery-aware (see
+	// Carbon).
+	Carbon *Carbon `json:"carbon,omitempty"`
 }
 
 func specErr(field, format string, args ...any) error {
@@ -194,7 +197,7 @@ func (s *Spec) Resolve() error {
 	default:
 		return specErr("solver", "%q (want sgd, momentum or adam)", s.Solver)
 	}
-	return nil
+	return s.Carbon.resolve()
 }
 
 // InitialWeights is the flat initial global model.
