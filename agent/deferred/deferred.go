@@ -34,6 +34,7 @@ import (
 // Defaults of Config.
 const (
 	DefaultBatteryRecheck = 5 * time.Minute
+	DefaultReplan         = 30 * time.Minute
 	// statusTimeout bounds the provider call of Status (network time).
 	statusTimeout = 2 * time.Second
 	// planTimeout bounds the forecast fetch of a plan (network time).
@@ -67,9 +68,14 @@ type Config struct {
 	// BatteryRecheck is how often a job held by the battery looks again.
 	// Default 5m.
 	BatteryRecheck time.Duration
-	Clock          clock.Clock           // nil: clock.Real()
-	Logger         *slog.Logger          // nil: slog.Default()
-	Registry       prometheus.Registerer // nil: metrics registered nowhere
+	// Replan is how often work waiting for its start decides again on a
+	// fresh forecast (it starts when now has become the greenest start
+	// left; the trace replay's figures come from deciding this way at
+	// every mark); negative keeps the first plan. Default 30m.
+	Replan   time.Duration
+	Clock    clock.Clock           // nil: clock.Real()
+	Logger   *slog.Logger          // nil: slog.Default()
+	Registry prometheus.Registerer // nil: metrics registered nowhere
 }
 
 // Request is a piece of deferrable work.
@@ -112,6 +118,9 @@ func New(cfg Config) (*Scheduler, error) {
 	if cfg.BatteryRecheck == 0 {
 		cfg.BatteryRecheck = DefaultBatteryRecheck
 	}
+	if cfg.Replan == 0 {
+		cfg.Replan = DefaultReplan
+	}
 	if cfg.BatteryRecheck < 0 {
 		return nil, fmt.Errorf("deferred: battery recheck %v is negative", cfg.BatteryRecheck)
 	}
@@ -144,8 +153,9 @@ type Run struct {
 
 // Wait blocks until req may start: at once without a window, else at the
 // greenest start of the zone's forecast between now and req.Latest (ties
-// to the earliest), then while the battery is too low and not charging,
-// until req.Latest. It returns ctx.Err() if ctx ends first.
+// to the earliest), deciding again every Config.Replan on a fresh
+// forecast, then while the battery is too low and not charging, until
+// req.Latest. It returns ctx.Err() if ctx ends first.
 func (s *Scheduler) Wait(ctx context.Context, req Request) (*Run, error) {
 	if req.Duration <= 0 {
 		return nil, fmt.Errorf("deferred: %s %s: expected duration %v must be positive", req.Kind, req.ID, req.Duration)
@@ -158,11 +168,22 @@ func (s *Scheduler) Wait(ctx context.Context, req Request) (*Run, error) {
 	s.m.waiting.Inc()
 	defer s.m.waiting.Dec()
 	s.plan(ctx, r)
-	if r.Start.After(now) {
-		s.log.Info("deferring work to a greener start", "kind", req.Kind, "id", req.ID, "start", r.Start,
-			"intensity", r.Intensity, "at_arrival", r.AtArrival)
-		if err := clock.Sleep(ctx, s.clk, r.Start.Sub(now)); err != nil {
+	logged := false
+	for t := now; r.Start.After(t); t = s.clk.Now() {
+		if !logged {
+			s.log.Info("deferring work to a greener start", "kind", req.Kind, "id", req.ID, "start", r.Start,
+				"intensity", r.Intensity, "at_arrival", r.AtArrival)
+			logged = true
+		}
+		wait := r.Start.Sub(t)
+		if s.cfg.Replan > 0 {
+			wait = min(wait, s.cfg.Replan)
+		}
+		if err := clock.Sleep(ctx, s.clk, wait); err != nil {
 			return nil, err
+		}
+		if now := s.clk.Now(); now.Before(r.Start) {
+			s.replan(ctx, r, now)
 		}
 	}
 	if err := s.waitBattery(ctx, r); err != nil {
@@ -173,12 +194,45 @@ func (s *Scheduler) Wait(ctx context.Context, req Request) (*Run, error) {
 	return r, nil
 }
 
-// plan sets r's start and intensities from the forecast.
+// plan sets r's start and intensities from the forecast at its arrival.
 func (s *Scheduler) plan(ctx context.Context, r *Run) {
 	if s.cfg.Provider == nil {
 		return
 	}
-	req, now := r.req, r.Arrival
+	best, atNow, err := s.best(ctx, r.req, r.Arrival)
+	if err == nil {
+		r.Intensity, r.AtArrival, r.Known = best.Intensity, atNow, true
+		if best.Start.After(r.Arrival) {
+			r.Start, r.Outcome = best.Start, OutcomeDeferred
+		}
+		return
+	}
+	r.Outcome = OutcomeNoForecast
+	s.log.Warn("no usable carbon forecast: running work at arrival", "kind", r.req.Kind, "id", r.req.ID, "zone", s.cfg.Zone, "err", err)
+	// the intensity now, if any, still prices the run
+	pctx, cancel := context.WithTimeout(ctx, planTimeout)
+	defer cancel()
+	if rd, err := s.cfg.Provider.Current(pctx, s.cfg.Zone); err == nil {
+		r.Intensity, r.AtArrival, r.Known = rd.Point.Intensity, rd.Point.Intensity, true
+	}
+}
+
+// replan decides again at now, on the forecast of now, while r waits for
+// its start (Config.Replan): it starts now when now has become the
+// greenest start left. Without a usable forecast the plan stands.
+func (s *Scheduler) replan(ctx context.Context, r *Run, now time.Time) {
+	best, _, err := s.best(ctx, r.req, now)
+	if err != nil {
+		s.log.Debug("replanning deferred work: keeping the plan", "kind", r.req.Kind, "id", r.req.ID, "err", err)
+		return
+	}
+	r.Intensity = best.Intensity
+	r.Start = maxTime(best.Start, now)
+}
+
+// best is the greenest placement of req from now to its latest start, and
+// the intensity of starting now.
+func (s *Scheduler) best(ctx context.Context, req Request, now time.Time) (greensched.Placement, float64, error) {
 	latest := req.Latest
 	if latest.Before(now) {
 		latest = now
@@ -186,33 +240,35 @@ func (s *Scheduler) plan(ctx context.Context, r *Run) {
 	pctx, cancel := context.WithTimeout(ctx, planTimeout)
 	defer cancel()
 	fc, err := s.cfg.Provider.Forecast(pctx, s.cfg.Zone, now.Add(-2*time.Hour), latest.Add(req.Duration+time.Hour))
-	var g greensched.Grid
-	if err == nil {
-		g, err = grid(fc.Series, now, latest.Add(req.Duration))
+	if err != nil {
+		return greensched.Placement{}, 0, err
 	}
-	if err == nil {
-		var p *greensched.Planner
-		if p, err = greensched.NewPlanner(g, 1); err == nil {
-			job := greensched.Job{ID: req.ID, Arrival: g.Start, Earliest: g.Start, Latest: latest, Duration: req.Duration}
-			var best, first greensched.Placement
-			if best, err = p.Best(job); err == nil {
-				job.Latest = g.Start
-				if first, err = p.Best(job); err == nil {
-					r.Intensity, r.AtArrival, r.Known = best.Intensity, first.Intensity, true
-					if best.Start.After(now) {
-						r.Start, r.Outcome = best.Start, OutcomeDeferred
-					}
-					return
-				}
-			}
-		}
+	g, err := grid(fc.Series, now, latest.Add(req.Duration))
+	if err != nil {
+		return greensched.Placement{}, 0, err
 	}
-	r.Outcome = OutcomeNoForecast
-	s.log.Warn("no usable carbon forecast: running work at arrival", "kind", req.Kind, "id", req.ID, "zone", s.cfg.Zone, "err", err)
-	// the intensity now, if any, still prices the run
-	if rd, err := s.cfg.Provider.Current(pctx, s.cfg.Zone); err == nil {
-		r.Intensity, r.AtArrival, r.Known = rd.Point.Intensity, rd.Point.Intensity, true
+	p, err := greensched.NewPlanner(g, 1)
+	if err != nil {
+		return greensched.Placement{}, 0, err
 	}
+	job := greensched.Job{ID: req.ID, Arrival: g.Start, Earliest: g.Start, Latest: latest, Duration: req.Duration}
+	best, err := p.Best(job)
+	if err != nil {
+		return best, 0, err
+	}
+	job.Latest = g.Start
+	first, err := p.Best(job)
+	if err != nil {
+		return best, 0, err
+	}
+	return best, first.Intensity, nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // grid samples the forecast from the slot holding now to end; a slot

@@ -286,3 +286,57 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	}
 	return -1
 }
+
+// changingForecast is a provider whose forecast of zone DE changes at
+// switchAt: before, the trace a; from then on, the trace b.
+type changingForecast struct {
+	clk      clock.Clock
+	switchAt time.Time
+	a, b     greensched.Series
+}
+
+func (c changingForecast) Name() string { return "test" }
+
+func (c changingForecast) series() greensched.Series {
+	if c.clk.Now().Before(c.switchAt) {
+		return c.a
+	}
+	return c.b
+}
+
+func (c changingForecast) Current(_ context.Context, zone string) (provider.Reading, error) {
+	s := c.series()
+	return provider.Reading{Zone: zone, Point: s.Points[0]}, nil
+}
+
+func (c changingForecast) Forecast(_ context.Context, zone string, from, to time.Time) (provider.Forecast, error) {
+	return provider.Forecast{Zone: zone, Series: c.series().Between(from, to)}, nil
+}
+
+// TestWaitReplans: work waiting for its start decides again every
+// Replan on a fresh forecast, and starts when now has become the greenest.
+func TestWaitReplans(t *testing.T) {
+	clk := clock.NewManual(t0)
+	p := changingForecast{clk: clk, switchAt: t0.Add(30 * time.Minute),
+		a: halfHourly("DE", 300, 280, 100, 250, 260, 270),
+		b: halfHourly("DE", 300, 90, 200, 250, 260, 270)}
+	s, err := New(Config{Zone: "DE", Provider: p, Profile: greensched.Profile{IdleW: 1, MaxW: 2}, Clock: clk, Replan: 30 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{clk: clk, s: s}
+	ch := f.wait(context.Background(), Request{Kind: "training", ID: "r", Duration: 30 * time.Minute, Latest: t0.Add(2 * time.Hour)})
+	r := f.advanceUntil(t, ch, 3*time.Hour)
+	if r == nil || !r.Start.Equal(t0.Add(30*time.Minute)) || r.Intensity != 90 || r.AtArrival != 300 {
+		t.Fatalf("run %+v, want a start at 12:30 (the new forecast's greenest) at 90", r)
+	}
+	// without replanning it keeps the first plan (13:00)
+	clk = clock.NewManual(t0)
+	p.clk = clk
+	s, _ = New(Config{Zone: "DE", Provider: p, Profile: greensched.Profile{IdleW: 1, MaxW: 2}, Clock: clk, Replan: -1})
+	f = &fixture{clk: clk, s: s}
+	ch = f.wait(context.Background(), Request{Kind: "training", ID: "r", Duration: 30 * time.Minute, Latest: t0.Add(2 * time.Hour)})
+	if r = f.advanceUntil(t, ch, 3*time.Hour); r == nil || !r.Start.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("without replanning: %+v", r)
+	}
+}
