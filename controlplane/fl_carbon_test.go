@@ -44,9 +44,12 @@ func TestFLCarbonRound(t *testing.T) {
 		c.FL.Carbon = &fc
 	})
 	ctx := e.ctx()
+	// start on a forecast step, so that the candidate starts are the
+	// forecast's points
+	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
 	now := e.clock.Now()
 	fc = fixedForecasts{base: map[string]float64{"DE": 300, "FR": 60, "GB": 150}, green: map[string]float64{"DE": 250, "FR": 20, "GB": 90},
-		greenFrom: now.Truncate(30 * time.Minute).Add(90 * time.Minute), greenTo: now.Truncate(30 * time.Minute).Add(150 * time.Minute)}
+		greenFrom: now.Add(90 * time.Minute), greenTo: now.Add(150 * time.Minute)}
 	f := func(v float64) *float64 { return &v }
 	type spec struct {
 		zone    string
@@ -104,7 +107,7 @@ func TestFLCarbonRound(t *testing.T) {
 	if want := []string{"fr-chg", "gb"}; !slices.Equal(got, want) {
 		t.Fatalf("selected %v, want %v", got, want)
 	}
-	if opened := j.Current.Opened; opened.Before(fc.greenFrom) {
-		t.Fatalf("opened at %s, before the greener hour at %s", opened, fc.greenFrom)
+	if opened := j.Current.Opened; !opened.Equal(fc.greenFrom) {
+		t.Fatalf("opened at %s, not at the start of the greener hour %s", opened, fc.greenFrom)
 	}
 }
