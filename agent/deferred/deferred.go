@@ -344,7 +344,13 @@ func (r *Run) Done() {
 			d = 0
 		}
 		wh, _ := r.s.cfg.Profile.EnergyWh(r.req.Utilisation, d)
-		r.s.account(r.req.Kind, wh, r.Known, wh/1000*r.Intensity, wh/1000*r.AtArrival)
+		grams, atArrival := wh/1000*r.Intensity, wh/1000*r.AtArrival
+		r.s.account(r.req.Kind, r.Outcome == OutcomeDeferred, wh, r.Known, grams, atArrival)
+		if r.Known {
+			tot := r.s.Stats()["total"]
+			r.s.log.Debug("deferred work done", "kind", r.req.Kind, "id", r.req.ID, "outcome", r.Outcome, "energy_wh", wh,
+				"grams", grams, "grams_at_arrival", atArrival, "total_saved_grams", tot.Saved)
+		}
 	})
 }
 
@@ -360,7 +366,7 @@ type KindStats struct {
 	Saved          float64 `json:"saved_grams"`
 }
 
-func (s *Scheduler) account(kind string, wh float64, known bool, grams, atArrival float64) {
+func (s *Scheduler) account(kind string, deferred bool, wh float64, known bool, grams, atArrival float64) {
 	s.m.energy.WithLabelValues(kind).Add(wh)
 	if known {
 		s.m.grams.WithLabelValues(kind).Add(grams)
@@ -371,6 +377,9 @@ func (s *Scheduler) account(kind string, wh float64, known bool, grams, atArriva
 	defer s.mu.Unlock()
 	st := s.stats[kind]
 	st.Jobs++
+	if deferred {
+		st.Deferred++
+	}
 	st.EnergyWh += wh
 	if known {
 		st.Grams += grams
@@ -389,6 +398,7 @@ func (s *Scheduler) Stats() map[string]KindStats {
 	for k, v := range s.stats {
 		out[k] = v
 		tot.Jobs += v.Jobs
+		tot.Deferred += v.Deferred
 		tot.EnergyWh += v.EnergyWh
 		tot.Grams += v.Grams
 		tot.GramsAtArrival += v.GramsAtArrival

@@ -134,9 +134,9 @@ func TestWaitPicksGreenestStart(t *testing.T) {
 	r.Done() // once only
 	// 10 W for 30 min = 5 Wh; 5 Wh × 100 g/kWh = 0.5 g; at arrival 1.5 g
 	st := f.s.Stats()
-	want := KindStats{Jobs: 1, EnergyWh: 5, Grams: 0.5, GramsAtArrival: 1.5, Saved: 1}
+	want := KindStats{Jobs: 1, Deferred: 1, EnergyWh: 5, Grams: 0.5, GramsAtArrival: 1.5, Saved: 1}
 	for _, k := range []string{"training", "total"} {
-		if g := st[k]; g.Jobs != want.Jobs || !near(g.EnergyWh, 5) || !near(g.Grams, 0.5) || !near(g.GramsAtArrival, 1.5) || !near(g.Saved, 1) {
+		if g := st[k]; g.Jobs != want.Jobs || g.Deferred != 1 || !near(g.EnergyWh, 5) || !near(g.Grams, 0.5) || !near(g.GramsAtArrival, 1.5) || !near(g.Saved, 1) {
 			t.Errorf("%s stats %+v, want %+v", k, g, want)
 		}
 	}
