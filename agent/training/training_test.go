@@ -514,7 +514,17 @@ func TestDeferredJobWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := <-calls
+	next := func() call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatal("the job did not ask the scheduler")
+			return call{}
+		}
+	}
+	c := next()
 	if c.id != j.ID || !c.latest.Equal(spec.StartBy) || c.expected != 20*time.Minute {
 		t.Fatalf("defer call %+v", c)
 	}
@@ -528,7 +538,7 @@ func TestDeferredJobWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := <-calls; c.id != j2.ID || !c.latest.IsZero() {
+	if c := next(); c.id != j2.ID || !c.latest.IsZero() {
 		t.Fatalf("undeferred job's call %+v", c)
 	}
 	waitDone(t, m, j2.ID)
