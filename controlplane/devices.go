@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/edgefleet/edgefleet/agent/devcred"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
@@ -237,48 +236,31 @@ func (s *Server) handleAgentDevices(w http.ResponseWriter, r *http.Request, c *c
 	if err := s.agentActive(r.Context(), c); err != nil {
 		return err
 	}
-	var timer *time.Timer
-	var expired <-chan time.Time
-	for {
-		changed := s.devices.watch.changed()
-		ch, top, err := s.store.DevicesAfter(r.Context(), after, maxDeviceChanges)
-		if err != nil {
-			return err
+	var ch []cpapi.DeviceIdentity
+	var top int64
+	answer, err := s.longPoll(w, r, s.devices.watch, wait, "device", c.agentID, func() (bool, error) {
+		var err error
+		if ch, top, err = s.store.DevicesAfter(r.Context(), after, maxDeviceChanges); err != nil {
+			return false, err
 		}
 		if after > top {
 			after = 0
-			continue
+			ch, top, err = s.store.DevicesAfter(r.Context(), after, maxDeviceChanges)
 		}
-		if len(ch) > 0 || wait == 0 {
-			next := top
-			if len(ch) == maxDeviceChanges {
-				next = ch[len(ch)-1].Seq
-			}
-			if len(ch) == 0 {
-				next = after
-			}
-			writeJSON(w, http.StatusOK, cpapi.AgentDevicesResponse{Changes: ch, Seq: next})
-			return nil
-		}
-		if timer == nil {
-			if err := extendDeadlines(w, wait+KeyWatchDeadlineMargin); err != nil {
-				s.log.Warn("cannot extend the connection deadlines of a held device request; the server's timeouts apply", "agent", c.agentID, "err", err)
-			}
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-			expired = timer.C
-		}
-		select {
-		case <-changed:
-			continue
-		case <-expired:
-		case <-s.devices.watch.closing:
-		case <-r.Context().Done():
-			return nil
-		}
-		writeJSON(w, http.StatusOK, cpapi.AgentDevicesResponse{Changes: []cpapi.DeviceIdentity{}, Seq: after})
-		return nil
+		return len(ch) > 0, err
+	})
+	if !answer {
+		return err
 	}
+	next := after
+	switch {
+	case len(ch) == maxDeviceChanges:
+		next = ch[len(ch)-1].Seq
+	case len(ch) > 0:
+		next = top
+	}
+	writeJSON(w, http.StatusOK, cpapi.AgentDevicesResponse{Changes: ch, Seq: next})
+	return nil
 }
 
 // agentActive refuses a decommissioned agent.

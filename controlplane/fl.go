@@ -780,32 +780,18 @@ func (s *Server) handleFLTask(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	var expired <-chan time.Time
-	for {
-		changed := s.fl.watch.changed()
-		task, j := s.flTaskFor(c.agentID)
-		cur := flCursor(task)
-		if after != cur || wait == 0 {
-			return s.writeFLTask(w, task, j, cur)
-		}
-		if expired == nil {
-			if err := extendDeadlines(w, wait+KeyWatchDeadlineMargin); err != nil {
-				s.log.Warn("cannot extend the connection deadlines of a held fl task request", "agent", c.agentID, "err", err)
-			}
-			timer := time.NewTimer(wait)
-			defer timer.Stop()
-			expired = timer.C
-		}
-		select {
-		case <-changed:
-			continue
-		case <-expired:
-		case <-s.fl.watch.closing:
-		case <-r.Context().Done():
-			return nil
-		}
-		return s.writeFLTask(w, task, j, cur)
+	var task *cpapi.FLTask
+	var j *flJob
+	var cur string
+	answer, err := s.longPoll(w, r, s.fl.watch, wait, "fl task", c.agentID, func() (bool, error) {
+		task, j = s.flTaskFor(c.agentID)
+		cur = flCursor(task)
+		return after != cur, nil
+	})
+	if !answer {
+		return err
 	}
+	return s.writeFLTask(w, task, j, cur)
 }
 
 func (s *Server) writeFLTask(w http.ResponseWriter, task *cpapi.FLTask, j *flJob, cur string) error {

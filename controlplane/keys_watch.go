@@ -99,3 +99,42 @@ func extendDeadlines(w http.ResponseWriter, d time.Duration) error {
 	}
 	return rc.SetWriteDeadline(at)
 }
+
+// longPoll holds a request for a change, as GET /v1/agent/{keys,models,
+// devices} and /v1/agent/fl/task do. It calls look, which reads the state
+// and reports whether to answer now, and again at each change of watch,
+// until look says so, the wait ends or the server shuts down (answer:
+// true; the caller answers what look saw last), or the client goes away
+// (answer: false; nothing to write). what names the request in a log
+// line.
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, watch *keyWatch, wait time.Duration, what, agent string,
+	look func() (now bool, err error)) (answer bool, err error) {
+	var expired <-chan time.Time
+	for {
+		changed := watch.changed() // before look: no change is missed in between
+		now, err := look()
+		if err != nil {
+			return false, err
+		}
+		if now || wait == 0 {
+			return true, nil
+		}
+		if expired == nil {
+			if err := extendDeadlines(w, wait+KeyWatchDeadlineMargin); err != nil {
+				s.log.Warn("cannot extend the connection deadlines of a held "+what+" request; the server's timeouts apply", "agent", agent, "err", err)
+			}
+			timer := time.NewTimer(wait)
+			defer timer.Stop()
+			expired = timer.C
+		}
+		select {
+		case <-changed:
+			continue
+		case <-expired:
+		case <-watch.closing:
+		case <-r.Context().Done():
+			return false, nil
+		}
+		return true, nil
+	}
+}

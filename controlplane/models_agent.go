@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/pqcrypto"
@@ -81,38 +80,21 @@ func (s *Server) handleAgentModels(w http.ResponseWriter, r *http.Request, c *ca
 	if err != nil {
 		return err
 	}
-	var timer *time.Timer
-	var expired <-chan time.Time
-	for {
-		changed := s.models.watch.changed()
-		_, as, err := s.agentAssignments(r.Context(), c)
-		if err != nil {
-			return err
+	var as []cpapi.ModelAssignment
+	var cur string
+	answer, err := s.longPoll(w, r, s.models.watch, wait, "model", c.agentID, func() (bool, error) {
+		var err error
+		if _, as, err = s.agentAssignments(r.Context(), c); err != nil {
+			return false, err
 		}
-		cur := assignmentsCursor(as)
-		if after != cur || wait == 0 {
-			writeJSON(w, http.StatusOK, cpapi.AgentModelsResponse{Assignments: as, Cursor: cur})
-			return nil
-		}
-		if timer == nil {
-			if err := extendDeadlines(w, wait+KeyWatchDeadlineMargin); err != nil {
-				s.log.Warn("cannot extend the connection deadlines of a held model request; the server's timeouts apply", "agent", c.agentID, "err", err)
-			}
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-			expired = timer.C
-		}
-		select {
-		case <-changed:
-			continue
-		case <-expired:
-		case <-s.models.watch.closing:
-		case <-r.Context().Done():
-			return nil
-		}
-		writeJSON(w, http.StatusOK, cpapi.AgentModelsResponse{Assignments: as, Cursor: cur})
-		return nil
+		cur = assignmentsCursor(as)
+		return after != cur, nil
+	})
+	if !answer {
+		return err
 	}
+	writeJSON(w, http.StatusOK, cpapi.AgentModelsResponse{Assignments: as, Cursor: cur})
+	return nil
 }
 
 // handleAgentModelFile answers an assigned model version sealed to the
