@@ -1,0 +1,129 @@
+package sim
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
+	"github.com/edgefleet/edgefleet/fedlearn/datasets"
+	"github.com/edgefleet/edgefleet/internal/testutil"
+)
+
+// flDataSets is the shared data directory; the test skips, saying so, when
+// the data set it needs is absent.
+func flDataSets(t *testing.T, file string) string {
+	d := testutil.DataDir(t)
+	if _, err := os.Stat(filepath.Join(d, file)); err != nil {
+		t.Skipf("SKIP: data set not found (set EDGEFLEET_DATA): %v", err)
+	}
+	return d
+}
+
+// TestRunFLOccupancy is the federated simulation in small: four agents,
+// each holding a contiguous slice of the occupancy training file sent by
+// its device over MQTT, run four rounds of FedAvg LR; one agent is killed
+// mid-round 2 and the control plane restarted mid-round 3. The job must
+// finish with every round aggregated from every agent's update counted
+// once, the global accuracy evaluated by the control plane must equal the
+// sim's own evaluation of the registry's model and rise past 0.95 on
+// datatest.
+func TestRunFLOccupancy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const agents, rounds = 4, 4
+	rep, err := RunFL(ctx, FLOptions{
+		Dataset: datasets.Occupancy, Agents: agents, Rounds: rounds, Seed: 1,
+		KillDuringRound: true, RestartControlPlaneDuringRound: true,
+		RoundTimeout: 2 * time.Minute,
+		Reference:    map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+		DataSets:     sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Rounds {
+		t.Logf("round %d/%d %s: accuracy %v, %d/%d participants, %d failures, refused %v, %d examples, up %d B, down %d B, %.1f s",
+			r.Round, r.Attempt, r.Phase, r.Accuracy, r.Participants, r.Selected, r.Failures, r.Refused, r.Examples, r.BytesUp, r.BytesDown, r.Seconds)
+	}
+	t.Logf("updates %+v; evaluation %+v; faults killed %+v restart %+v; job %.1f s", rep.Updates, rep.EvaluationCheck, rep.Faults.Killed, rep.Faults.ControlPlaneRestart, rep.JobSeconds)
+	if rep.Status != coord.JobDone || len(rep.Rounds) != rounds {
+		t.Fatalf("job %s %s (%s) after %d round attempts, want done after %d", rep.Job, rep.Status, rep.Reason, len(rep.Rounds), rounds)
+	}
+	for _, r := range rep.Rounds {
+		if r.Phase != coord.RoundAggregated || r.Participants != agents || r.Examples != rep.Examples {
+			t.Errorf("round %d: %s, %d participants, %d examples; want aggregated from %d agents' %d examples", r.Round, r.Phase, r.Participants, r.Examples, agents, rep.Examples)
+		}
+	}
+	if k := rep.Faults.Killed; k == nil || k.Round < 1 || !k.Reported {
+		t.Errorf("killed agent: %+v, want one killed mid-round whose update counted after its restart", k)
+	}
+	if rep.Faults.ControlPlaneRestart == nil {
+		t.Error("the control plane was not restarted mid-round")
+	}
+	if u := rep.Updates; !u.CountedOnce || u.Accepted != agents*rounds {
+		t.Errorf("updates %+v: want %d accepted, each counted once", u, agents*rounds)
+	}
+	if !rep.EvaluationCheck.Match {
+		t.Errorf("the control plane's evaluation %v differs from the sim's %v", rep.EvaluationCheck.ControlPlane, rep.EvaluationCheck.Sim)
+	}
+	first, last := rep.Rounds[0].Accuracy["datatest"], rep.FinalAccuracy["datatest"]
+	if !(last >= 0.95) || !(last >= first) {
+		t.Errorf("datatest accuracy %.4f after round 1, %.4f at the end: want rising to at least 0.95", first, last)
+	}
+}
+
+func TestFLShares(t *testing.T) {
+	sets := flDataSets(t, datasets.WISDMFile)
+	p, err := datasets.Load(sets, datasets.WISDM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := len(p.RawTrain.ByUser())
+	for _, n := range []int{users, 5} {
+		shares, err := flShares(p, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex, tests, devs := 0, 0, 0
+		seen := map[int]bool{}
+		for _, s := range shares {
+			ex += s.examples
+			tests += s.tests
+			devs += len(s.devices)
+			for _, d := range s.devices {
+				if seen[d.user] {
+					t.Errorf("%d agents: user %d dealt twice", n, d.user)
+				}
+				seen[d.user] = true
+			}
+		}
+		if ex != p.RawTrain.Len() || tests != p.Tests[0].Len() || devs != users {
+			t.Errorf("%d agents: %d train and %d test examples over %d devices; want %d, %d, %d", n, ex, tests, devs, p.RawTrain.Len(), p.Tests[0].Len(), users)
+		}
+	}
+	if _, err := flShares(p, users+1); err == nil {
+		t.Errorf("%d agents for %d users: no error", users+1, users)
+	}
+}
+
+func TestParseStrategy(t *testing.T) {
+	c, err := ParseStrategy("multikrum:num_malicious_clients=4,num_clients_to_keep=32")
+	if err != nil || c.Name != "multikrum" || *c.NumMalicious != 4 || *c.NumToKeep != 32 {
+		t.Errorf("multikrum: %+v %v", c, err)
+	}
+	if c, err := ParseStrategy("fedtrimmedavg:beta=0.2"); err != nil || *c.Beta != 0.2 {
+		t.Errorf("fedtrimmedavg: %+v %v", c, err)
+	}
+	for _, bad := range []string{"", "nosuch", "fedavg:beta=0.2", "fedtrimmedavg:beta", "fedtrimmedavg:beta=x", "multikrum:num_clients_to_keep=2.5", "krum:what=1"} {
+		if _, err := ParseStrategy(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
