@@ -29,7 +29,7 @@ func flDataSets(t *testing.T, file string) string {
 // finish with every round aggregated from every agent's update counted
 // once, the global accuracy evaluated by the control plane must equal the
 // sim's own evaluation of the registry's model and rise past 0.95 on
-// datatest.
+// datatest and datatest2.
 func TestRunFLOccupancy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a fleet and trains: skipped with -short")
@@ -73,9 +73,13 @@ func TestRunFLOccupancy(t *testing.T) {
 	if !rep.EvaluationCheck.Match {
 		t.Errorf("the control plane's evaluation %v differs from the sim's %v", rep.EvaluationCheck.ControlPlane, rep.EvaluationCheck.Sim)
 	}
-	first, last := rep.Rounds[0].Accuracy["datatest"], rep.FinalAccuracy["datatest"]
-	if !(last >= 0.95) || !(last >= first) {
-		t.Errorf("datatest accuracy %.4f after round 1, %.4f at the end: want rising to at least 0.95", first, last)
+	// datatest2 separates the rounds: about 0.86 after one, 0.97 after four.
+	first, last := rep.Rounds[0].Accuracy["datatest2"], rep.FinalAccuracy["datatest2"]
+	if !(last >= 0.95) || !(last >= first+0.05) {
+		t.Errorf("datatest2 accuracy %.4f after round 1, %.4f at the end: want rising by 0.05 or more to at least 0.95", first, last)
+	}
+	if acc := rep.FinalAccuracy["datatest"]; !(acc >= 0.95) {
+		t.Errorf("datatest accuracy %.4f at the end, want at least 0.95", acc)
 	}
 }
 
