@@ -131,3 +131,43 @@ func TestParseStrategy(t *testing.T) {
 		}
 	}
 }
+
+// TestRunFLFaultHooks: dropouts and a Byzantine agent reach the agents
+// through agent.Deps.FLFaults. With one agent of four sending −10·Δ, FedAvg
+// moves the model away from the others' updates and datatest2 accuracy
+// collapses; the dropped tasks are exactly the selected clients that did
+// not report.
+func TestRunFLFaultHooks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := RunFL(ctx, FLOptions{
+		Dataset: datasets.Occupancy, Agents: 4, Rounds: 4, Seed: 3,
+		Dropout: 0.3, Byzantine: 1, ByzantineScale: -10,
+		RoundTimeout: 5 * time.Second,
+		Reference:    map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+		DataSets:     sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	selected, reported := 0, 0
+	for _, r := range rep.Rounds {
+		t.Logf("round %d/%d %s: accuracy %v, %d/%d participants, %d failures %s", r.Round, r.Attempt, r.Phase, r.Accuracy, r.Participants, r.Selected, r.Failures, r.Reason)
+		selected += r.Selected
+		reported += r.Participants
+	}
+	t.Logf("faults %+v, updates %+v", rep.Faults, rep.Updates)
+	if rep.Faults.Dropped == 0 || selected-reported != rep.Faults.Dropped {
+		t.Errorf("%d tasks dropped, %d selected clients did not report: want the same, more than 0", rep.Faults.Dropped, selected-reported)
+	}
+	if len(rep.Faults.Byzantine) != 1 {
+		t.Errorf("Byzantine agents %v, want one", rep.Faults.Byzantine)
+	}
+	if acc := rep.FinalAccuracy["datatest2"]; !(acc < 0.8) {
+		t.Errorf("datatest2 accuracy %.4f with a Byzantine agent under FedAvg: want a collapse below 0.8", acc)
+	}
+}
