@@ -236,6 +236,7 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 			KeyRelay:      a.relayKeys,
 			Revocations:   a.offerRevocations,
 			Models:        installer,
+			Devices:       cpDevices{a},
 		}
 		if a.cfg.Training.Enabled && store != nil {
 			deps.FL = flTrainer{a}

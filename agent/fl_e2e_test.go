@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -212,6 +214,7 @@ func TestFederatedOccupancy(t *testing.T) {
 
 	const n, per = 4, 2000
 	var agents []*agent.Agent
+	var published []string // every agent's readings, for centralised statistics
 	var taps []*flTap
 	end := time.Now()
 	for i := range n {
@@ -236,6 +239,7 @@ func TestFederatedOccupancy(t *testing.T) {
 		agents = append(agents, a)
 		lines, _, _ := datasettest.Occupancy(t, i*per, per, end)
 		flPublish(t, a, fmt.Sprintf("room-%d", i), lines)
+		published = append(published, lines...)
 	}
 	waitUntil(t, 30*time.Second, "agents enrolled with keys", func() (bool, string) {
 		for _, a := range agents {
@@ -414,5 +418,78 @@ func TestFederatedOccupancy(t *testing.T) {
 		if last.Participants != n || last.Accuracy["datatest"] < 0.9 {
 			t.Errorf("%s: round 2 %+v", sc.Name, last)
 		}
+	}
+
+	// A schema without normalisation: round 0 collects the agents'
+	// feature statistics, which equal the centralised ones of the four
+	// slices; the job trains with them as well as with the training
+	// file's.
+	spec3 := flOccupancySpec(t, 5)
+	spec3.Selector = "fl=occupancy"
+	spec3.Schema.Features = slices.Clone(spec3.Schema.Features)
+	for i := range spec3.Schema.Features {
+		f := &spec3.Schema.Features[i]
+		f.Mean, f.Std, f.Impute = 0, 0, 0
+	}
+	j3, err := admin2.CreateFLJob(t.Context(), spec3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j3 = waitFLJob(t, cp, j3.ID, 5*time.Minute)
+	rs3, err := admin2.FLRounds(t.Context(), j3.ID)
+	if err != nil || j3.Status != coord.JobDone || j3.Schema == nil || len(rs3.Rounds) != 6 {
+		t.Fatalf("statistics job: %+v, %d rounds, %v", j3, len(rs3.Rounds), err)
+	}
+	if r0 := rs3.Rounds[0]; r0.Kind != coord.RoundStats || r0.Participants != n || r0.Examples != n*per {
+		t.Errorf("statistics round %+v", r0)
+	}
+	rows := make([][]float64, len(published))
+	for i, l := range published {
+		var m map[string]float64
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range spec3.Schema.Features {
+			rows[i] = append(rows[i], m[f.Metric])
+		}
+	}
+	want := spec3.Schema
+	want.Features = slices.Clone(want.Features)
+	want.Standardize(rows)
+	for i, w := range want.Features {
+		g := j3.Schema.Features[i]
+		t.Logf("%s: federated mean %.10g std %.10g, centralised %.10g %.10g", w.Name, g.Mean, g.Std, w.Mean, w.Std)
+		if math.Abs(g.Mean-w.Mean) > 1e-9*math.Abs(w.Mean) || math.Abs(g.Std-w.Std) > 1e-9*w.Std {
+			t.Errorf("%s: federated %+v, centralised %+v", w.Name, g, w)
+		}
+	}
+	last3 := rs3.Rounds[5]
+	t.Logf("federated statistics: round 5 datatest accuracy %.4f, datatest2 %.4f", last3.Accuracy["datatest"], last3.Accuracy["datatest2"])
+	if last3.Accuracy["datatest"] < 0.95 {
+		t.Errorf("with federated statistics: round 5 %+v", last3)
+	}
+
+	// Local differential privacy: each agent clips and noises its update
+	// before sealing it; every round reports the ε spent.
+	spec4 := flOccupancySpec(t, 2)
+	spec4.Selector = "fl=occupancy"
+	spec4.DP = &coord.DP{Mode: coord.DPLocal, NoiseMultiplier: 0.05, Clip: 5}
+	j4, err := admin2.CreateFLJob(t.Context(), spec4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j4 = waitFLJob(t, cp, j4.ID, 3*time.Minute)
+	rs4, err := admin2.FLRounds(t.Context(), j4.ID)
+	if err != nil || j4.Status != coord.JobDone || len(rs4.Rounds) != 2 || j4.Privacy == nil {
+		t.Fatalf("local DP job: %+v, %d rounds, %v", j4, len(rs4.Rounds), err)
+	}
+	for _, r := range rs4.Rounds {
+		t.Logf("local DP round %d: %d participants, ε %.4g at δ %g, datatest accuracy %.4f", r.Round, r.Participants, r.Epsilon, r.Delta, r.Accuracy["datatest"])
+		if r.Participants != n || !(r.Epsilon > 0) || r.Delta != coord.DefaultDPDelta {
+			t.Errorf("local DP round %+v", r)
+		}
+	}
+	if j4.Privacy.Epsilon != rs4.Rounds[1].Epsilon || j4.Privacy.Rounds != 2 {
+		t.Errorf("local DP job privacy %+v", j4.Privacy)
 	}
 }

@@ -29,10 +29,44 @@ var ErrFLSkipped = errors.New("agent: fl round skipped (injected dropout)")
 // as local training jobs (agent/training) on the agent's stored readings.
 type flTrainer struct{ a *Agent }
 
-// Train implements uplink.FLTrainer: a job from the task's global weights
-// over the task's time range, normalised with the task's schema (the
-// global model's), every example used for training; Δ is the trained
-// weights minus the global ones.
+// flSpec is the local training job of a task: from the task's global
+// weights over the task's time range, normalised with the task's schema
+// (the global model's), every example used for training.
+func flSpec(task cpapi.FLTask) (training.Spec, error) {
+	w := fedlearn.NewWeights(task.Arch)
+	if err := w.SetFlat(task.Global); err != nil {
+		return training.Spec{}, fmt.Errorf("agent: fl task %s: global model: %w", task.Key(), err)
+	}
+	noHoldOut := 0.0
+	return training.Spec{
+		Base: training.NewBase(task.Arch, w), Schema: task.Schema, Labels: task.Labels,
+		From: task.From, To: task.To, Normalize: training.NormalizeKeep,
+		Epochs: task.Epochs, Solver: task.Solver, LearnRate: task.LearnRate, BatchSize: task.BatchSize,
+		Mu: task.Mu, Seed: task.Seed, HoldOut: &noHoldOut,
+	}, nil
+}
+
+// Stats implements uplink.FLTrainer: the per-feature count, sum and sum of
+// squares of the raw features of the examples the task's training job
+// would read, and their number; no example leaves the agent.
+func (t flTrainer) Stats(ctx context.Context, task cpapi.FLTask) (fedlearn.FeatureStats, int, error) {
+	m := t.a.Training()
+	if m == nil {
+		return fedlearn.FeatureStats{}, 0, ErrTrainingDisabled
+	}
+	spec, err := flSpec(task)
+	if err != nil {
+		return fedlearn.FeatureStats{}, 0, err
+	}
+	st, n, err := m.FeatureStats(ctx, spec)
+	if err != nil {
+		return fedlearn.FeatureStats{}, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), err)
+	}
+	return st, n, nil
+}
+
+// Train implements uplink.FLTrainer: the task's local training job (flSpec);
+// Δ is the trained weights minus the global ones.
 func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int, error) {
 	faults := t.a.deps.FLFaults
 	if faults.Skip != nil && faults.Skip(task) {
@@ -42,16 +76,9 @@ func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int
 	if m == nil {
 		return nil, 0, ErrTrainingDisabled
 	}
-	w := fedlearn.NewWeights(task.Arch)
-	if err := w.SetFlat(task.Global); err != nil {
-		return nil, 0, fmt.Errorf("agent: fl task %s: global model: %w", task.Key(), err)
-	}
-	noHoldOut := 0.0
-	spec := training.Spec{
-		Base: training.NewBase(task.Arch, w), Schema: task.Schema, Labels: task.Labels,
-		From: task.From, To: task.To, Normalize: training.NormalizeKeep,
-		Epochs: task.Epochs, Solver: task.Solver, LearnRate: task.LearnRate, BatchSize: task.BatchSize,
-		Mu: task.Mu, Seed: task.Seed, HoldOut: &noHoldOut,
+	spec, err := flSpec(task)
+	if err != nil {
+		return nil, 0, err
 	}
 	var job training.Job
 	for {

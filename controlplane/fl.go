@@ -23,7 +23,6 @@ import (
 	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/fedlearn/coord"
 	"github.com/edgefleet/edgefleet/fedlearn/datasets"
-	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
 // Federated learning: the control plane runs each job's coordinator
@@ -103,6 +102,9 @@ func (s *Server) startFL() error {
 		if err := json.Unmarshal(rec.Spec, &j.spec); err != nil {
 			return fmt.Errorf("controlplane: fl job %s: stored spec: %w", rec.ID, err)
 		}
+		if p := rec.Privacy; p != nil {
+			s.metrics.flEpsilon.WithLabelValues(rec.ID).Set(p.Epsilon)
+		}
 		if rec.Status == coord.JobRunning {
 			if j.c, err = s.restoreFLJob(rec.ID, j.spec, states[i]); errors.Is(err, errFLKeysSealed) {
 				// Restored by the driver once the key service is unsealed.
@@ -149,7 +151,7 @@ func (s *Server) restoreFLJob(id string, spec coord.Spec, state []byte) (*coord.
 	if err := json.Unmarshal(state, &st); err != nil {
 		return nil, fmt.Errorf("controlplane: fl job %s: stored state: %w", id, err)
 	}
-	var updates []strategy.Update
+	var updates []coord.Submission
 	if st.Current != nil {
 		stored, err := s.store.FLUpdates(context.Background(), id, st.Current.Round, st.Current.Attempt)
 		if err != nil {
@@ -169,10 +171,10 @@ func (s *Server) restoreFLJob(id string, spec coord.Spec, state []byte) (*coord.
 			if err != nil {
 				return nil, fmt.Errorf("controlplane: fl job %s: stored update of %s: %w", id, su.Agent, err)
 			}
-			updates = append(updates, strategy.Update{Client: su.Agent, Delta: u.Delta, Examples: u.Examples})
+			updates = append(updates, coord.Submission{Agent: su.Agent, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples, Stats: u.Stats})
 		}
 	}
-	c, err := coord.Restore(spec, st, updates)
+	c, err := coord.RestoreSubmissions(spec, st, updates)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -294,9 +296,16 @@ func (s *Server) flAvailable(spec coord.Spec, agents []cpapi.Agent, now time.Tim
 
 // flRoundRecord is the record of an attempt with the job's traffic.
 func flRoundRecord(j *flJob, r coord.Round) cpapi.FLRound {
-	out := cpapi.FLRound{Job: j.rec.ID, Round: r.Round, Attempt: r.Attempt, Phase: r.Phase, Opened: r.Opened.UTC(),
+	kind := r.Kind
+	if kind == "" {
+		kind = coord.RoundTrain
+	}
+	out := cpapi.FLRound{Job: j.rec.ID, Round: r.Round, Attempt: r.Attempt, Kind: kind, Phase: r.Phase, Opened: r.Opened.UTC(),
 		Selected: r.Selected, Participants: len(r.Reported), Failures: r.Failures(), Refused: r.Refused,
-		Examples: r.Examples, Reason: r.Reason, BytesUp: j.bytesUp, BytesDown: j.bytesDown}
+		Examples: r.Examples, Reason: r.Reason, BytesUp: j.bytesUp, BytesDown: j.bytesDown, Q: r.Q}
+	if d := j.spec.DP; d != nil && !r.Stats() && !r.Closed.IsZero() {
+		out.Epsilon, out.Delta = r.Epsilon, d.Delta
+	}
 	if !r.Closed.IsZero() {
 		t := r.Closed.UTC()
 		out.Closed = &t
@@ -323,11 +332,15 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 			s.log.Info("fl round opened", "job", j.rec.ID, "round", e.Round.Round, "attempt", e.Round.Attempt, "clients", len(e.Round.Selected))
 		case coord.EvRoundAggregated:
 			r := flRoundRecord(j, e.Round)
-			s.flEvaluate(j, e.Global, &r)
+			s.flEvaluate(j, j.c.Schema(), e.Global, &r)
 			save.Rounds = append(save.Rounds, r)
 			save.Globals[r.Round] = e.Global
 			wake = true
-			s.log.Info("fl round aggregated", "job", j.rec.ID, "round", r.Round, "participants", r.Participants, "failures", r.Failures, "accuracy", r.Accuracy)
+			s.log.Info("fl round aggregated", "job", j.rec.ID, "round", r.Round, "participants", r.Participants, "failures", r.Failures, "accuracy", r.Accuracy, "epsilon", r.Epsilon)
+		case coord.EvStatsAggregated:
+			save.Rounds = append(save.Rounds, flRoundRecord(j, e.Round))
+			wake = true
+			s.log.Info("fl statistics round aggregated: the schema is normalised", "job", j.rec.ID, "participants", len(e.Round.Reported), "examples", e.Round.Examples)
 		case coord.EvRoundFailed:
 			save.Rounds = append(save.Rounds, flRoundRecord(j, e.Round))
 			wake = true
@@ -343,6 +356,15 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 		save.Rounds = append(save.Rounds, flRoundRecord(j, *st.Current))
 	}
 	j.rec.Status, j.rec.Reason, j.rec.Done, j.rec.Current = st.Status, st.Reason, st.Done, flRoundState(st.Current)
+	j.rec.Schema = st.Schema
+	if d := j.spec.DP; d != nil {
+		p := &cpapi.FLPrivacy{Mode: d.Mode, Delta: d.Delta, Budget: d.Budget}
+		if st.Privacy != nil {
+			p.Epsilon, p.Rounds = st.Privacy.Spent.Epsilon, len(st.Privacy.Q)
+		}
+		j.rec.Privacy = p
+		s.metrics.flEpsilon.WithLabelValues(j.rec.ID).Set(p.Epsilon)
+	}
 	if finished != "" {
 		t := now.UTC()
 		j.rec.Finished = &t
@@ -351,7 +373,7 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 		return err
 	}
 	if finished == coord.JobDone {
-		if err := s.flPublish(ctx, j, st.Global); err != nil {
+		if err := s.flPublish(ctx, j, st.Global, j.c.Schema()); err != nil {
 			s.log.Warn("fl job finished; its model is not in the registry yet (tried again at the next start)", "job", j.rec.ID, "err", err)
 		}
 	}
@@ -399,8 +421,9 @@ func (s *Server) flReload(ctx context.Context, j *flJob) {
 }
 
 // flEvaluate fills the round's accuracy and loss on the job's evaluation
-// set, when it names one and the data are there.
-func (s *Server) flEvaluate(j *flJob, global []float64, r *cpapi.FLRound) {
+// set, when it names one and the data are there; schema is the job's (with
+// its federated normalisation).
+func (s *Server) flEvaluate(j *flJob, schema fedlearn.Schema, global []float64, r *cpapi.FLRound) {
 	ev := j.spec.Evaluation
 	if ev == nil {
 		return
@@ -428,7 +451,7 @@ func (s *Server) flEvaluate(j *flJob, global []float64, r *cpapi.FLRound) {
 			continue
 		}
 		// Normalised by the job's schema, as the agents normalise.
-		part, err := raw.Normalize(name, spec.Schema)
+		part, err := raw.Normalize(name, schema)
 		if err != nil {
 			s.log.Warn("fl evaluation", "job", j.rec.ID, "split", name, "err", err)
 			continue
@@ -446,8 +469,9 @@ func (s *Server) flEvaluate(j *flJob, global []float64, r *cpapi.FLRound) {
 func flModelVersion(job string) string { return job }
 
 // flPublish stores the finished job's global model in the registry,
-// signed as a pushed model is.
-func (s *Server) flPublish(ctx context.Context, j *flJob, global []float64) error {
+// signed as a pushed model is, with the job's schema (normalised by its
+// statistics round, if it had one).
+func (s *Server) flPublish(ctx context.Context, j *flJob, global []float64, schema fedlearn.Schema) error {
 	spec := j.spec
 	w := fedlearn.NewWeights(spec.Arch)
 	if err := w.SetFlat(global); err != nil {
@@ -457,11 +481,19 @@ func (s *Server) flPublish(ctx context.Context, j *flJob, global []float64) erro
 	if j.rec.Finished != nil {
 		created = *j.rec.Finished
 	}
-	f := &fedlearn.File{Name: spec.Model, Version: flModelVersion(j.rec.ID), Arch: spec.Arch, Weights: w, Schema: spec.Schema, Labels: spec.Labels,
+	f := &fedlearn.File{Name: spec.Model, Version: flModelVersion(j.rec.ID), Arch: spec.Arch, Weights: w, Schema: schema, Labels: spec.Labels,
 		Training: fedlearn.Training{Dataset: "federated:" + j.rec.ID, From: spec.From, To: spec.To, Epochs: spec.Epochs * spec.Rounds, Seed: spec.Seed,
 			Params: map[string]string{"strategy": spec.Strategy.Name, "rounds": strconv.Itoa(spec.Rounds), "solver": spec.Solver,
 				"learn_rate": strconv.FormatFloat(spec.LearnRate, 'g', -1, 64)},
 			Created: created.UTC()}}
+	if spec.FederatedStats != nil && *spec.FederatedStats {
+		f.Training.Params["normalize"] = "federated"
+	}
+	if p := j.rec.Privacy; p != nil {
+		f.Training.Params["dp"] = p.Mode
+		f.Training.Params["epsilon"] = strconv.FormatFloat(p.Epsilon, 'g', 6, 64)
+		f.Training.Params["delta"] = strconv.FormatFloat(p.Delta, 'g', -1, 64)
+	}
 	b, err := f.Encode()
 	if err != nil {
 		return err
@@ -518,6 +550,17 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if err != nil {
 		return badRequest("%s", strings.TrimPrefix(err.Error(), coord.ErrSpec.Error()+": "))
 	}
+	if spec.DP != nil {
+		// The central noise's seed gets a secret beside the spec's seed,
+		// which every viewer of the job can read.
+		key := make([]byte, 32)
+		if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
+			return fmt.Errorf("controlplane: fl job noise key: %w", err)
+		}
+		if err := co.SetNoiseKey(key); err != nil {
+			return err
+		}
+	}
 	if spec.Selector != "" {
 		if _, err := parseModelSelector(spec.Selector); err != nil {
 			return err
@@ -528,6 +571,9 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 		return err
 	}
 	j := &flJob{c: co, spec: co.Spec(), rec: cpapi.FLJob{ID: id, Spec: full, Status: coord.JobRunning, Created: c.now.UTC(), Creator: c.actor}}
+	if d := j.spec.DP; d != nil {
+		j.rec.Privacy = &cpapi.FLPrivacy{Mode: d.Mode, Delta: d.Delta, Budget: d.Budget}
+	}
 	st := co.State()
 	state, err := json.Marshal(st)
 	if err != nil {
@@ -663,7 +709,7 @@ func flRoundState(r *coord.Round) *cpapi.FLRoundState {
 	if r == nil {
 		return nil
 	}
-	return &cpapi.FLRoundState{Round: r.Round, Attempt: r.Attempt, Phase: r.Phase, Opened: r.Opened.UTC(), Deadline: r.Deadline.UTC(),
+	return &cpapi.FLRoundState{Round: r.Round, Attempt: r.Attempt, Kind: r.Kind, Phase: r.Phase, Opened: r.Opened.UTC(), Deadline: r.Deadline.UTC(),
 		Selected: r.Selected, Reported: r.Reported, Examples: r.Examples, Refused: r.Refused}
 }
 
@@ -696,10 +742,16 @@ func (s *Server) flTaskFor(agent string) (*cpapi.FLTask, *flJob) {
 	}
 	sp := best.c.Spec()
 	st := best.c.State()
-	return &cpapi.FLTask{Job: best.rec.ID, Round: round.Round, Attempt: round.Attempt, Deadline: round.Deadline.UTC(),
-		Arch: sp.Arch, Schema: sp.Schema, Labels: sp.Labels, Global: st.Global, From: sp.From, To: sp.To,
+	t := &cpapi.FLTask{Job: best.rec.ID, Round: round.Round, Attempt: round.Attempt, Kind: cpapi.FLTaskTrain, Deadline: round.Deadline.UTC(),
+		Arch: sp.Arch, Schema: best.c.Schema(), Labels: sp.Labels, Global: st.Global, From: sp.From, To: sp.To,
 		Epochs: sp.Epochs, BatchSize: sp.BatchSize, LearnRate: sp.LearnRate, Solver: sp.Solver, Mu: sp.Mu,
-		Seed: sp.Seed ^ uint64(round.Round)<<32 ^ uint64(round.Attempt)}, best
+		Seed: sp.Seed ^ uint64(round.Round)<<32 ^ uint64(round.Attempt)}
+	if round.Stats() {
+		t.Kind = cpapi.FLTaskStats
+	} else if d := sp.DP; d != nil && d.Mode == coord.DPLocal {
+		t.DP = &cpapi.FLTaskDP{Clip: d.Clip, NoiseMultiplier: d.NoiseMultiplier}
+	}
+	return t, best
 }
 
 func flCursor(t *cpapi.FLTask) string {
@@ -775,7 +827,7 @@ func parseFLTaskHeader(v string) (job string, round, attempt int, err error) {
 	}
 	round, err1 := strconv.Atoi(parts[1])
 	attempt, err2 := strconv.Atoi(parts[2])
-	if err1 != nil || err2 != nil || round < 1 || attempt < 0 {
+	if err1 != nil || err2 != nil || round < 0 || attempt < 0 {
 		return "", 0, 0, badRequest("header %s: %q, want job/round/attempt", cpapi.HeaderFLTask, v)
 	}
 	return parts[0], round, attempt, nil
@@ -872,7 +924,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 		s.metrics.flUpdates.WithLabelValues(coord.RefusedClosed).Inc()
 		return errorf(http.StatusConflict, "fl update refused: %s: job %s is %s", coord.RefusedClosed, jobID, j.rec.Status)
 	}
-	ev := j.c.Offer(c.now, coord.Submission{Agent: c.agentID, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples})
+	ev := j.c.Offer(c.now, coord.Submission{Agent: c.agentID, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples, Stats: u.Stats})
 	if ev[0].Kind == coord.EvUpdateRefused {
 		s.flApply(r.Context(), j, c.now, nil, nil, nil)
 		s.metrics.flUpdates.WithLabelValues(strings.SplitN(ev[0].Reason, ":", 2)[0]).Inc()

@@ -2,10 +2,6 @@ package controlplane
 
 import (
 	"bytes"
-	"context"
-	"crypto"
-	"crypto/rand"
-	"crypto/sha256"
 	"math"
 	"net/http"
 	"testing"
@@ -17,21 +13,10 @@ import (
 	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
-// sendFLUpdate seals and signs an update as an agent does and posts it.
+// sendFLUpdate seals and signs a delta as an agent does and posts it.
 func sendFLUpdate(t *testing.T, a *pqAgent, task cpapi.FLTask, delta []float32) error {
 	t.Helper()
-	pt := cpapi.EncodeFLUpdate(cpapi.FLUpdate{Job: task.Job, Round: task.Round, Attempt: task.Attempt, Examples: 10, Delta: delta})
-	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, pt, cpapi.FLUpdateAAD(a.id, task.Job, task.Round, task.Attempt))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := sha256.Sum256(env)
-	sig, err := a.cert.PrivateKey.(crypto.Signer).Sign(rand.Reader, d[:], crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = a.client.UploadFLUpdate(context.Background(), task, env, sig)
-	return err
+	return sendFLSealed(t, a, task, cpapi.FLUpdate{Examples: 10, Delta: delta})
 }
 
 // TestFLUpdateRefusals: through the real handlers with a manual clock,
@@ -49,7 +34,7 @@ func TestFLUpdateRefusals(t *testing.T) {
 	}
 	arch := fedlearn.Arch{Kind: fedlearn.KindLR, Inputs: 1, Classes: 2}
 	job, err := e.admin.CreateFLJob(ctx, coord.Spec{Model: "fl-test", Arch: arch, Labels: []string{"a", "b"},
-		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "y"}},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest, Std: 1}}, Label: fedlearn.Label{Metric: "y"}},
 		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 2, MinAvailable: 3, MinFit: 2, Fraction: 0.5, MinCompletion: 1,
 		RoundTimeout: fedlearn.Duration(time.Minute), Selector: "fl=yes", Seed: 3})
 	if err != nil {
@@ -146,7 +131,7 @@ func TestFLRestartWhileSealed(t *testing.T) {
 	}
 	arch := fedlearn.Arch{Kind: fedlearn.KindLR, Inputs: 1, Classes: 2}
 	job, err := e.admin.CreateFLJob(ctx, coord.Spec{Model: "fl-sealed", Arch: arch, Labels: []string{"a", "b"},
-		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "y"}},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest, Std: 1}}, Label: fedlearn.Label{Metric: "y"}},
 		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 1, MinAvailable: 2, MinFit: 2, RoundTimeout: fedlearn.Duration(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -166,14 +151,7 @@ func TestFLRestartWhileSealed(t *testing.T) {
 		t.Fatalf("stored %d updates (%v), or in clear", len(stored), err)
 	}
 	e.restart()
-	for _, a := range agents {
-		c, err := cpapi.NewClient(cpapi.ClientConfig{URL: e.srv.URL(), CAPEM: []byte(a.resp.CABundle), Certificate: &a.cert, Timeout: 20 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.CloseIdleConnections)
-		a.client = c
-	}
+	reconnect(t, e, agents)
 	wantStatus(t, sendFLUpdate(t, agents[1], task, []float32{3, 4, 5, 6}), http.StatusServiceUnavailable)
 	e.unseal()
 	e.srv.FLTick()

@@ -17,6 +17,7 @@ type metrics struct {
 	auditAppended prometheus.Counter
 	models        *prometheus.CounterVec
 	flUpdates     *prometheus.CounterVec
+	flEpsilon     *prometheus.GaugeVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -62,8 +63,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "controlplane_fl_updates_total",
 			Help: "Federated-learning updates received: accepted, or refused by reason (not_selected, closed_round, replayed, invalid, late, unsealed, unsigned).",
 		}, []string{"result"}),
+		flEpsilon: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "controlplane_fl_epsilon",
+			Help: "Differential privacy spent by a federated-learning job with DP: ε at the job's δ after its last round.",
+		}, []string{"job"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended, m.models, m.flUpdates} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.heartbeats, m.readings, m.batches, m.enrollments, m.authFailures, m.auditAppended, m.models, m.flUpdates, m.flEpsilon} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

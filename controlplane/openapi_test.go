@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
 )
 
 type openAPIDocument struct {
@@ -173,6 +174,8 @@ func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 		"CreateAPITokenRequest": cpapi.CreateAPITokenRequest{}, "APITokensResponse": cpapi.APITokensResponse{},
 		"AuditRecord": cpapi.AuditRecord{}, "AuditResponse": cpapi.AuditResponse{}, "AuditVerification": cpapi.AuditVerification{},
 		"ServerStatus": cpapi.ServerStatus{},
+		"FLJobSpec":    coord.Spec{}, "FLJob": cpapi.FLJob{}, "FLPrivacy": cpapi.FLPrivacy{}, "FLRound": cpapi.FLRound{},
+		"FLRoundState": cpapi.FLRoundState{}, "FLTask": cpapi.FLTask{}, "FLTaskDP": cpapi.FLTaskDP{},
 	}
 	checkSchemas(t, doc, types)
 	// enrollWire is the server's view of EnrollRequest.

@@ -90,7 +90,7 @@ func (s *Server) buildRoutes() []route {
 
 		{method: "GET", path: "/v1/audit", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleListAudit},
 		{method: "GET", path: "/v1/audit/verify", access: accessBearer, role: cpapi.RoleViewer, handle: s.handleVerifyAudit},
-	}, append(append(s.keyRoutes(), s.modelRoutes()...), s.flRoutes()...)...)
+	}, append(append(append(s.keyRoutes(), s.modelRoutes()...), s.flRoutes()...), s.deviceRoutes()...)...)
 }
 
 // ---- validation helpers ----

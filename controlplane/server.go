@@ -43,9 +43,10 @@ type Server struct {
 	revokedMu sync.RWMutex
 	revoked   map[string]struct{}
 
-	keys   *keyState
-	models *modelState
-	fl     *flState
+	keys    *keyState
+	models  *modelState
+	devices *deviceState
+	fl      *flState
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -65,7 +66,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controlplane"), revoked: map[string]struct{}{},
-		models: &modelState{watch: newKeyWatch()}, fl: newFLState()}
+		models: &modelState{watch: newKeyWatch()}, devices: &deviceState{watch: newKeyWatch()}, fl: newFLState()}
 	now := cfg.Clock.Now()
 	s.started = now
 
@@ -256,6 +257,7 @@ func (s *Server) Start() error {
 	s.srv.RegisterOnShutdown(s.keys.watch.close)
 	s.srv.RegisterOnShutdown(s.models.watch.close)
 	s.srv.RegisterOnShutdown(s.fl.watch.close)
+	s.srv.RegisterOnShutdown(s.devices.watch.close)
 	if err := s.startFL(); err != nil {
 		hl.Close()
 		s.srv = nil

@@ -20,7 +20,7 @@ import (
 
 // schemaVersion is stored in PRAGMA user_version. schemaSQL creates the
 // current version; migrations[v] brings version v to v+1.
-const schemaVersion = 5
+const schemaVersion = 6
 
 // migrations: version 2 keys telemetry_batches by (agent_id, epoch,
 // batch_seq) and records each batch's digest. Batches stored before
@@ -29,8 +29,9 @@ const schemaVersion = 5
 // federated learning (sqlite_fl.go). Version 5 adds enrollment answers
 // (enrollments), kept so that a retried enrollment is answered again;
 // agents enrolled before have none, and their tokens refuse every retry
-// as before.
+// as before. Version 6 adds the device identities (sqlite_devices.go).
 var migrations = map[int]string{
+	5: devicesSQL,
 	4: enrollmentsSQL,
 	3: flSQL,
 	2: modelsSQL,
@@ -131,7 +132,7 @@ CREATE TABLE readings (
 	value     REAL NOT NULL,
 	PRIMARY KEY (series_id, ts)
 ) WITHOUT ROWID;
-` + telemetryBatchesSQL + modelsSQL + flSQL + enrollmentsSQL
+` + telemetryBatchesSQL + modelsSQL + flSQL + enrollmentsSQL + devicesSQL
 
 // SQLiteStore is the default Store: one SQLite database in WAL mode. All
 // writes go through a single connection (SQLite admits one writer at a

@@ -189,8 +189,9 @@ func TestMigrateTelemetryBatchesToEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
-		`DROP TABLE enrollments`, // version 5
-		`DROP TABLE fl_updates`,  // version 4
+		`DROP TABLE device_identities`, // version 6
+		`DROP TABLE enrollments`,       // version 5
+		`DROP TABLE fl_updates`,        // version 4
 		`DROP TABLE fl_rounds`,
 		`DROP TABLE fl_jobs`,
 		`DROP TABLE model_deployments`, // version 3

@@ -75,6 +75,19 @@ type Store interface {
 	// RevokeAPIToken marks a token revoked.
 	RevokeAPIToken(ctx context.Context, id string, at time.Time, audit AuditEntry) (cpapi.APIToken, error)
 
+	// ChangeDevice applies change to the identity of device id (found
+	// false and a zero identity when it has none) and stores its result
+	// under the next sequence number, with the audit record, in one
+	// transaction; an error from change is returned as is, nothing
+	// written.
+	ChangeDevice(ctx context.Context, id string, change func(cur cpapi.DeviceIdentity, found bool) (cpapi.DeviceIdentity, error), audit AuditEntry) (cpapi.DeviceIdentity, error)
+	// GetDevice returns one identity; cpapi.ErrNotFound if there is none.
+	GetDevice(ctx context.Context, id string) (cpapi.DeviceIdentity, error)
+	// DevicesAfter returns the identities changed after sequence number
+	// after, in sequence order, at most limit (0: all), and the highest
+	// sequence number stored.
+	DevicesAfter(ctx context.Context, after int64, limit int) ([]cpapi.DeviceIdentity, int64, error)
+
 	// PutModel stores a signed model file described by m. The same name
 	// and version stored before with the same digest is not stored again
 	// (created false, nothing written, audit included); with another

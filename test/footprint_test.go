@@ -28,7 +28,8 @@ import (
 var (
 	footprintFor  = flag.Duration("footprint", 0, "run TestAgentFootprint for this long at -footprint.rate (0: skip it)")
 	footprintRate = flag.Int("footprint.rate", 5000, "TestAgentFootprint: messages/s published")
-	footprintMax  = flag.Float64("footprint.max-mb", 30, "TestAgentFootprint: most resident memory allowed, MB")
+	footprintMax  = flag.Float64("footprint.max-mb", 0, "TestAgentFootprint: most resident memory allowed, MB (0: 30, or 36 with -footprint.model)")
+	footprintAnon = flag.Float64("footprint.max-anon-mb", 0, "TestAgentFootprint: most anonymous memory allowed while devices publish, MB (0: no bound, or 16 with -footprint.model)")
 	footprintEmb  = flag.Bool("footprint.embedded", false, "TestAgentFootprint: devices publish to the agent's embedded broker instead of Mosquitto")
 	footprintDevs = flag.Int("footprint.devices", 10, "TestAgentFootprint: devices publishing, each on its own connection")
 	footprintMod  = flag.Bool("footprint.model", false, "TestAgentFootprint: deploy a model (MLP 3→8→2, a windowed feature) that predicts on every message")
@@ -211,8 +212,28 @@ func TestAgentFootprint(t *testing.T) {
 	if *footprintMod {
 		reportInference(t, p, sent, drained)
 	}
-	if *footprintMax > 0 && after.HWM > *footprintMax {
-		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, *footprintMax)
+	maxRSS, maxAnon := *footprintMax, *footprintAnon
+	if maxRSS == 0 {
+		maxRSS = 30 // the ingestion issue's bar
+		if *footprintMod {
+			maxRSS = 36 // the on-device learning issue's bar, with a model serving
+		}
+	}
+	if maxAnon == 0 && *footprintMod {
+		maxAnon = 16
+	}
+	if after.HWM > maxRSS {
+		t.Errorf("peak RSS (VmHWM) %.1f MB over %.0f MB", after.HWM, maxRSS)
+	}
+	var anonPeak float64
+	for _, s := range samples {
+		if s.publishing {
+			anonPeak = max(anonPeak, s.Anon)
+		}
+	}
+	t.Logf("anonymous memory while devices publish: max %.1f MB", anonPeak)
+	if maxAnon > 0 && anonPeak > maxAnon {
+		t.Errorf("anonymous memory %.1f MB while devices publish, over %.0f MB", anonPeak, maxAnon)
 	}
 }
 

@@ -85,3 +85,25 @@ func Covers(allowed, req string) bool {
 		allowed, req = arest, rrest
 	}
 }
+
+// MaxIDLen is the longest device id, in bytes.
+const MaxIDLen = 128
+
+// CheckID validates a device id (its MQTT user name and client id): 1 to
+// MaxIDLen bytes of A-Z a-z 0-9 and - _ . : @.
+func CheckID(id string) error {
+	if id == "" {
+		return fmt.Errorf("devcred: empty device id")
+	}
+	if len(id) > MaxIDLen {
+		return fmt.Errorf("devcred: device id of %d bytes exceeds %d", len(id), MaxIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && c != '-' && c != '_' && c != '.' && c != ':' && c != '@' {
+			return fmt.Errorf("devcred: device id %.64q holds %q (allowed: A-Z a-z 0-9 - _ . : @)", id, c)
+		}
+	}
+	return nil
+}

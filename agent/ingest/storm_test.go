@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"runtime"
@@ -15,6 +16,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgefleet/edgefleet/agent/devcred"
 )
 
 // TestBrokerLoginStorm: 10,000 connection attempts with a wrong password,
@@ -30,8 +33,15 @@ func TestBrokerLoginStorm(t *testing.T) {
 	lim := BrokerLimits{MaxConnections: 1024, MaxConnectionsPerAddress: 64, ConnectTimeout: 5 * time.Second,
 		MaxClientIDLen: 128, MaxPacketBytes: 128 << 10, MessageRate: 100_000, MessageBurst: 100_000,
 		LoginDelay: 20 * time.Millisecond, LoginMaxDelay: 320 * time.Millisecond, Offenders: 4096}
+	// The device registry's credentials: every wrong secret costs a
+	// PBKDF2 derivation, as in the field.
+	hash, err := devcred.HashSecret(rand.Reader, "secret-good")
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", Ingest: true, Limits: lim,
-		Users: map[string]string{"good": "secret-good", "agent": "secret-agent"}})
+		Auth: &AuthConfig{Identities: []Identity{{Name: "good", Hash: hash,
+			Publish: []string{"devices/good/telemetry"}, Subscribe: []string{"devices/good/commands"}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +183,7 @@ func stormAttempt(t *testing.T, addr string, i int, admitted *atomic.Int64) {
 	case i%12 == 1:
 		raw = encodeConnect(connectPacket(5, strings.Repeat("z", 4000), "", ""))
 	default:
-		raw = encodeConnect(connectPacket(4, fmt.Sprintf("guess-%d", i%500), "good", "guess-"+strconv.Itoa(i)))
+		raw = encodeConnect(connectPacket(4, fmt.Sprintf("good/guess-%d", i%500), "good", "guess-"+strconv.Itoa(i)))
 	}
 	if _, err := r.conn.Write(raw); err != nil {
 		return

@@ -3,6 +3,8 @@ package ingest
 import (
 	"fmt"
 	"strings"
+
+	"github.com/edgefleet/edgefleet/agent/devcred"
 )
 
 // DefaultTopicPattern is the topic devices publish readings to.
@@ -12,7 +14,7 @@ const DefaultTopicPattern = "devices/{device_id}/telemetry"
 const deviceIDLevel = "{device_id}"
 
 // MaxDeviceIDLen is the longest device id accepted, in bytes.
-const MaxDeviceIDLen = 128
+const MaxDeviceIDLen = devcred.MaxIDLen
 
 // TopicPattern maps topics such as devices/{device_id}/telemetry to
 // device ids. Exactly one level of the pattern is {device_id}; the
@@ -120,19 +122,10 @@ func (tp TopicPattern) Device(topic string) (string, error) {
 }
 
 // CheckDeviceID validates a device id: 1 to MaxDeviceIDLen bytes of
-// A-Z a-z 0-9 and - _ . : @.
+// A-Z a-z 0-9 and - _ . : @ (devcred.CheckID, the one definition).
 func CheckDeviceID(id string) error {
-	if id == "" {
-		return decodeErr(ReasonTopic, -1, "", "empty device id")
-	}
-	if len(id) > MaxDeviceIDLen {
-		return decodeErr(ReasonTopic, -1, "", "device id of %d bytes exceeds %d", len(id), MaxDeviceIDLen)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !isAlnum(c) && c != '-' && c != '_' && c != '.' && c != ':' && c != '@' {
-			return decodeErr(ReasonTopic, -1, "", "device id %.64q holds %q (allowed: A-Z a-z 0-9 - _ . : @)", id, c)
-		}
+	if err := devcred.CheckID(id); err != nil {
+		return decodeErr(ReasonTopic, -1, "", "%s", strings.TrimPrefix(err.Error(), "devcred: "))
 	}
 	return nil
 }

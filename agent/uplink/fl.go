@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/fedlearn"
+	"github.com/edgefleet/edgefleet/fedlearn/privacy"
 )
 
 // Federated learning: the agent long-polls its round task (GET
@@ -22,7 +24,11 @@ import (
 // signed over the sealed bytes with the key of its client certificate,
 // the identity the control plane knows it by. An agent that is offline or
 // behind NAT while a round runs simply asks again later and joins the
-// round open then.
+// round open then. A statistics task (round 0) is answered, by the same
+// path, with the examples' per-feature count, sum and sum of squares; a
+// task with local differential privacy has its delta clipped and noised
+// here, before it is sealed, with noise the control plane cannot predict
+// (seeded from the operating system, not from the task).
 
 // FLTrainer trains a round task on the agent's data.
 type FLTrainer interface {
@@ -30,6 +36,9 @@ type FLTrainer interface {
 	// returns Δ = w_local − w_global (fedlearn.Weights.Flatten order) and
 	// the number of training examples.
 	Train(ctx context.Context, task cpapi.FLTask) (delta []float32, examples int, err error)
+	// Stats returns the per-feature count, sum and sum of squares of the
+	// raw features of the examples Train would use, and their number.
+	Stats(ctx context.Context, task cpapi.FLTask) (stats fedlearn.FeatureStats, examples int, err error)
 }
 
 // flDoneKeep bounds the remembered finished tasks.
@@ -119,19 +128,37 @@ func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTas
 		log.Warn("fl round task refused; this agent sits the round out", "err", err)
 		return nil
 	}
-	log.Info("fl round task received; training")
 	tctx := ctx
 	if !t.Deadline.IsZero() {
 		var cancel context.CancelFunc
 		tctx, cancel = context.WithDeadline(ctx, t.Deadline)
 		defer cancel()
 	}
-	delta, examples, err := u.deps.FL.Train(tctx, t)
-	if err != nil {
-		log.Warn("fl local training failed; this agent sits the round out", "err", err)
-		return nil
+	upd := cpapi.FLUpdate{Job: t.Job, Round: t.Round, Attempt: t.Attempt}
+	if t.Stats() {
+		log.Info("fl statistics task received; summarising the examples")
+		st, examples, err := u.deps.FL.Stats(tctx, t)
+		if err != nil {
+			log.Warn("fl feature statistics failed; this agent sits the round out", "err", err)
+			return nil
+		}
+		upd.Stats, upd.Examples = &st, examples
+	} else {
+		log.Info("fl round task received; training")
+		delta, examples, err := u.deps.FL.Train(tctx, t)
+		if err != nil {
+			log.Warn("fl local training failed; this agent sits the round out", "err", err)
+			return nil
+		}
+		if d := t.DP; d != nil {
+			if delta, err = privatize(delta, d); err != nil {
+				log.Warn("fl update not privatised; this agent sits the round out", "err", err)
+				return nil
+			}
+		}
+		upd.Delta, upd.Examples = delta, examples
 	}
-	env, sig, err := u.sealFLUpdate(ctx, t, delta, examples)
+	env, sig, err := u.sealFLUpdate(ctx, upd)
 	if err != nil {
 		log.Warn("fl update not sealed", "err", err)
 		return nil
@@ -167,8 +194,24 @@ func (u *Uplink) flSend(ctx context.Context, client *cpapi.Client, p *flPending)
 	return false
 }
 
+// privatize is local differential privacy (fedlearn/privacy.Local): delta
+// clipped to L2 norm d.Clip, then Gaussian noise of σ = z·C on every value,
+// drawn from a source seeded by the operating system.
+func privatize(delta []float32, d *cpapi.FLTaskDP) ([]float32, error) {
+	v := make([]float64, len(delta))
+	for i, x := range delta {
+		v[i] = float64(x)
+	}
+	l := privacy.Local{Clip: d.Clip, NoiseMultiplier: d.NoiseMultiplier}
+	out, _, err := l.Privatize(v)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: %w", err)
+	}
+	return out, nil
+}
+
 // sealFLUpdate encodes, seals and signs an update.
-func (u *Uplink) sealFLUpdate(ctx context.Context, t cpapi.FLTask, delta []float32, examples int) (env, sig []byte, err error) {
+func (u *Uplink) sealFLUpdate(ctx context.Context, upd cpapi.FLUpdate) (env, sig []byte, err error) {
 	ak := u.Keys()
 	if ak == nil {
 		return nil, nil, errors.New("uplink: no keyring to seal the update with")
@@ -179,8 +222,8 @@ func (u *Uplink) sealFLUpdate(ctx context.Context, t cpapi.FLTask, delta []float
 	if id == nil {
 		return nil, nil, errors.New("uplink: not enrolled")
 	}
-	pt := cpapi.EncodeFLUpdate(cpapi.FLUpdate{Job: t.Job, Round: t.Round, Attempt: t.Attempt, Examples: examples, Delta: delta})
-	env, err = ak.Encrypt(ctx, cpapi.TelemetryKeyName, pt, cpapi.FLUpdateAAD(ak.ID(), t.Job, t.Round, t.Attempt))
+	pt := cpapi.EncodeFLUpdate(upd)
+	env, err = ak.Encrypt(ctx, cpapi.TelemetryKeyName, pt, cpapi.FLUpdateAAD(ak.ID(), upd.Job, upd.Round, upd.Attempt))
 	clear(pt)
 	if err != nil {
 		return nil, nil, fmt.Errorf("uplink: sealing the fl update: %w", err)

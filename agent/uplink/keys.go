@@ -300,7 +300,7 @@ func (u *Uplink) fetchKeys(ctx context.Context, client *cpapi.Client, ak *dkms.A
 // outcomeAborted: abortWatch ended the key request.
 const outcomeAborted outcome = -2
 
-// abortWatch cancels the key request and the model request in flight, if
+// abortWatch cancels the key, model and device requests in flight, if
 // any, and waits until they have returned. A heartbeat that failed at the network level suggests
 // the connection is gone: a request held on it could sit there until
 // KeyWatchWait + RequestTimeout. The key watch then waits for the next
@@ -311,7 +311,7 @@ func (u *Uplink) abortWatch() {
 	held := []struct {
 		abort func()
 		done  chan struct{}
-	}{{u.watchAbort, u.watchDone}, {u.modelAbort, u.modelDone}}
+	}{{u.watchAbort, u.watchDone}, {u.modelAbort, u.modelDone}, {u.deviceAbort, u.deviceDone}}
 	u.mu.Unlock()
 	for _, h := range held {
 		if h.abort != nil {

@@ -88,6 +88,9 @@ type Deps struct {
 	// plane gives the agent (see fl.go). Needs Keyring (updates are
 	// sealed under the telemetry key). Nil takes part in no round.
 	FL FLTrainer
+	// Devices, when set, applies the control plane's device identity
+	// changes (see devices.go). Nil follows none.
+	Devices DeviceSink
 }
 
 // Uplink is the agent's side of the control plane: enrollment, heartbeats
@@ -149,6 +152,8 @@ type Uplink struct {
 	modelCursor    string        // of the last assignments all installed
 	modelAbort     func()        // cancels the held model request, nil when none
 	modelDone      chan struct{} // closed when that request returned
+	deviceAbort    func()        // cancels the held device request, nil when none
+	deviceDone     chan struct{} // closed when that request returned
 	waiting        string        // why uploads wait; "" while they flow
 }
 
@@ -311,6 +316,9 @@ func (u *Uplink) Start(ctx context.Context) error {
 	}
 	if u.deps.Models != nil {
 		u.run(lctx, u.modelWatchLoop)
+	}
+	if u.deps.Devices != nil {
+		u.run(lctx, u.deviceWatchLoop)
 	}
 	if u.deps.FL != nil && u.deps.Keyring != nil {
 		u.run(lctx, u.flLoop)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/clientconfig"
 )
@@ -40,6 +41,9 @@ type devicesCmd struct {
 	a *app
 	// agent is --agent.
 	agent string
+	// cp is --control-plane: the identity commands and list go to the
+	// control plane.
+	cp bool
 }
 
 func (a *app) newDevicesCmd() *cobra.Command {
@@ -47,13 +51,22 @@ func (a *app) newDevicesCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "devices",
 		Aliases: []string{"device"},
-		Short:   "List devices, manage their identities, send them commands and manage dead letters, through an agent's local API",
-		Long: `devices talks to one agent's local HTTP API (not to the control plane): the
-device registry it lists and the device identities (register, rotate-secret,
-disable, enable) are the fleet's replicated state, so any agent shows and
-changes every device, also while the control plane is unreachable (which has
-no device API); each change is an audit record in that agent's log; commands
-go out on that agent's MQTT broker; dead letters are that agent's own.
+		Short:   "List devices, manage their identities, send them commands and manage dead letters",
+		Long: `devices talks to one agent's local HTTP API: the device registry it lists
+and the device identities (register, rotate-secret, disable, enable) are the
+fleet's replicated state, so any agent shows and changes every device, also
+while the control plane is unreachable; each change is an audit record in
+that agent's log; commands go out on that agent's MQTT broker; dead letters
+are that agent's own.
+
+With --control-plane, list, register, rotate-secret, disable and enable go to
+the control plane instead (the selected context's server and token): it keeps
+the identities it manages fleet-wide, records each change in its audit chain,
+and every agent follows its changes (a long poll) and writes them into
+replicated state, so they reach agents behind NAT. list then shows the
+identities the control plane manages (state, topics, times), not device
+activity. Identities are last-writer-wins by their update time, wherever they
+were changed.
 
 The agent API is taken from --agent, else EDGEFLEET_AGENT, else the 'agent'
 field of the selected context, else ` + clientconfig.DefaultAgent + ` (an agent
@@ -61,6 +74,7 @@ on this machine with its default api.addr).`,
 		RunE: cli.GroupRunE,
 	}
 	c.PersistentFlags().StringVar(&d.agent, "agent", "", agentFlagUsage)
+	c.PersistentFlags().BoolVar(&d.cp, "control-plane", false, "list and identity commands: use the control plane (fleet-wide, audited there) instead of an agent")
 	c.AddCommand(d.newListCmd(), d.newShowCmd(), d.newSendCmd(), d.newDeadLettersCmd(),
 		d.newRegisterCmd(), d.newRotateCmd(), d.newStateCmd(false), d.newStateCmd(true), d.newCredentialsCmd())
 	return c
@@ -108,8 +122,10 @@ identity's state (active, disabled, or unregistered), the agent that last
 heard from it, when, how many messages and readings, the message rate and the
 last value of each metric. --json prints an array of device objects (id,
 state, agent, first_seen, last_seen, messages, readings, rate, last_values,
-updated).`,
+updated). With --control-plane it prints the identities the control plane
+manages, fleet-wide, with their state.`,
 		Example: `  edgectl devices list
+  edgectl devices list --control-plane --json
   edgectl devices list --agent http://10.0.0.3:7070 -o yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -117,7 +133,12 @@ updated).`,
 			if err != nil {
 				return err
 			}
-			devs, err := withAgent(d.a, c, d.agent, listDeviceRows)
+			var devs []deviceRow
+			if d.cp {
+				devs, err = fetch(d.a, c, listControlPlaneDevices)
+			} else {
+				devs, err = withAgent(d.a, c, d.agent, listDeviceRows)
+			}
 			if err != nil {
 				return err
 			}
@@ -127,6 +148,20 @@ updated).`,
 	}
 	out.Register(c)
 	return c
+}
+
+// listControlPlaneDevices lists the control plane's identities as rows
+// (no activity: the control plane does not hold the device registry).
+func listControlPlaneDevices(ctx context.Context, cp *cpapi.Client) ([]deviceRow, error) {
+	ids, err := cp.ListDevices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]deviceRow, 0, len(ids))
+	for _, d := range ids {
+		rows = append(rows, deviceRow{DeviceRecord: agentapi.DeviceRecord{ID: d.ID, LastValues: map[string]float64{}}, State: d.State})
+	}
+	return rows, nil
 }
 
 func printDeviceTable(w io.Writer, devs []deviceRow, now time.Time) error {

@@ -16,15 +16,17 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/devcred"
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
 
-// Device identities are managed through an agent's local API, like the
-// rest of the devices commands: they live in the agents' replicated state
-// (collection device_identities), so any agent of the site changes them
-// for all, also while the control plane is unreachable; the control plane
-// has no device API. The agent writes an audit record to its log for
-// each change.
+// Device identities live in the agents' replicated state (collection
+// device_identities), so any agent of the site changes them for all, also
+// while the control plane is unreachable; the agent writes an audit
+// record to its log for each change. With --control-plane the identity
+// commands go to the control plane instead (fleet-wide, recorded in its
+// audit chain), whose changes every agent follows and writes into
+// replicated state.
 
 // deviceRow is a line of devices list: the activity record and the
 // identity's state ("unregistered" without one; omitted when the agent
@@ -121,8 +123,11 @@ receiving (repeat the flag or separate with commas).`,
 			if err != nil {
 				return err
 			}
-			r, err := withAgent(d.a, c, d.agent, func(ctx context.Context, api *agentapi.Client) (agentapi.IdentitySecret, error) {
+			r, err := identityCall(d, c, func(ctx context.Context, api *agentapi.Client) (agentapi.IdentitySecret, error) {
 				return api.Register(ctx, agentapi.RegisterRequest{ID: args[0], Publish: pub, Subscribe: sub})
+			}, func(ctx context.Context, cp *cpapi.Client) (agentapi.IdentitySecret, error) {
+				r, err := cp.RegisterDevice(ctx, cpapi.RegisterDeviceRequest{ID: args[0], Publish: pub, Subscribe: sub})
+				return secretFromCP(r), err
 			})
 			if err != nil {
 				return err
@@ -145,10 +150,30 @@ func printSecret(w io.Writer, r agentapi.IdentitySecret, what string) error {
 	return tw.Flush()
 }
 
+// identityCall makes an identity call on the agent, or with
+// --control-plane on the control plane.
+func identityCall[T any](d *devicesCmd, c *cobra.Command, viaAgent func(context.Context, *agentapi.Client) (T, error),
+	viaCP func(context.Context, *cpapi.Client) (T, error)) (T, error) {
+	if d.cp {
+		return fetch(d.a, c, viaCP)
+	}
+	return withAgent(d.a, c, d.agent, viaAgent)
+}
+
+// identityFromCP is the control plane's identity in the agent's terms.
+func identityFromCP(d cpapi.DeviceIdentity) agentapi.DeviceIdentity {
+	return agentapi.DeviceIdentity{ID: d.ID, Hash: d.Hash, Publish: d.Publish, Subscribe: d.Subscribe, State: d.State,
+		Created: d.Created, Rotated: d.Rotated, Updated: d.Updated}
+}
+
+func secretFromCP(r cpapi.DeviceSecretResponse) agentapi.IdentitySecret {
+	return agentapi.IdentitySecret{Identity: identityFromCP(r.Device), Secret: r.Secret}
+}
+
 // oneDeviceCmd is a command on one device id that prints what the agent
-// answers (table, --json or -o yaml).
+// (or the control plane) answers (table, --json or -o yaml).
 func oneDeviceCmd[T any](d *devicesCmd, use, short, long string, call func(ctx context.Context, api *agentapi.Client, id string) (T, error),
-	table func(w io.Writer, v T) error) *cobra.Command {
+	cpCall func(ctx context.Context, cp *cpapi.Client, id string) (T, error), table func(w io.Writer, v T) error) *cobra.Command {
 	var out cli.OutputFlags
 	c := &cobra.Command{
 		Use:   use,
@@ -163,7 +188,8 @@ func oneDeviceCmd[T any](d *devicesCmd, use, short, long string, call func(ctx c
 			if err := checkDeviceID(args[0]); err != nil {
 				return err
 			}
-			v, err := withAgent(d.a, c, d.agent, func(ctx context.Context, api *agentapi.Client) (T, error) { return call(ctx, api, args[0]) })
+			v, err := identityCall(d, c, func(ctx context.Context, api *agentapi.Client) (T, error) { return call(ctx, api, args[0]) },
+				func(ctx context.Context, cp *cpapi.Client) (T, error) { return cpCall(ctx, cp, args[0]) })
 			if err != nil {
 				return err
 			}
@@ -182,6 +208,10 @@ ingest.broker.identity_poll of it).`,
 		func(ctx context.Context, api *agentapi.Client, id string) (agentapi.IdentitySecret, error) {
 			return api.RotateSecret(ctx, id)
 		},
+		func(ctx context.Context, cp *cpapi.Client, id string) (agentapi.IdentitySecret, error) {
+			r, err := cp.RotateDeviceSecret(ctx, id)
+			return secretFromCP(r), err
+		},
 		func(w io.Writer, r agentapi.IdentitySecret) error { return printSecret(w, r, "has a new secret") })
 }
 
@@ -196,6 +226,10 @@ ingest.broker.identity_poll of it; the agent answering at once).`
 	return oneDeviceCmd(d, use, short, long,
 		func(ctx context.Context, api *agentapi.Client, id string) (agentapi.DeviceIdentity, error) {
 			return api.SetIdentityEnabled(ctx, id, enable)
+		},
+		func(ctx context.Context, cp *cpapi.Client, id string) (agentapi.DeviceIdentity, error) {
+			d, err := cp.SetDeviceState(ctx, id, enable)
+			return identityFromCP(d), err
 		},
 		func(w io.Writer, id agentapi.DeviceIdentity) error {
 			_, err := fmt.Fprintf(w, "Device %s is %s.\n", cell(id.ID, 0), id.State)

@@ -52,8 +52,26 @@ func printFLJob(w io.Writer, j cpapi.FLJob) error {
 		sel = "every agent"
 	}
 	fmt.Fprintf(w, "Clients:   %s; at least %d available, fraction %.2g, at least %d per round\n", cell(sel, 0), s.MinAvailable, s.Fraction, s.MinFit)
+	if s.FederatedStats != nil && *s.FederatedStats {
+		done := "pending"
+		if j.Schema != nil {
+			done = "done"
+		}
+		fmt.Fprintf(w, "Normalise: federated statistics round (round 0) %s\n", done)
+	}
+	if s.DP != nil {
+		spent := ""
+		if p := j.Privacy; p != nil {
+			spent = fmt.Sprintf("; spent ε=%.4g at δ=%g over %d rounds", p.Epsilon, p.Delta, p.Rounds)
+		}
+		fmt.Fprintf(w, "Privacy:   %s%s\n", s.DP, spent)
+	}
 	if r := j.Current; r != nil {
-		fmt.Fprintf(w, "Current:   round %d attempt %d, %s, %d of %d reported, deadline %s\n", r.Round, r.Attempt, r.Phase, len(r.Reported), len(r.Selected), r.Deadline.UTC().Format("2006-01-02 15:04:05"))
+		kind := ""
+		if r.Kind == coord.RoundStats {
+			kind = " (statistics)"
+		}
+		fmt.Fprintf(w, "Current:   round %d%s attempt %d, %s, %d of %d reported, deadline %s\n", r.Round, kind, r.Attempt, r.Phase, len(r.Reported), len(r.Selected), r.Deadline.UTC().Format("2006-01-02 15:04:05"))
 	}
 	if j.ModelVersion != "" {
 		fmt.Fprintf(w, "Registry:  %s version %s\n", cell(s.Model, 0), cell(j.ModelVersion, 0))

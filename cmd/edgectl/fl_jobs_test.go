@@ -85,3 +85,43 @@ func TestFLJobsCommands(t *testing.T) {
 		t.Errorf("audit %q", actions)
 	}
 }
+
+// TestFLJobsCreateDP: --dp sets the job's differential privacy, shown by
+// get and in the job's JSON; a bad --dp is a usage error naming what is
+// wrong; a schema without normalisation gets a statistics round.
+func TestFLJobsCreateDP(t *testing.T) {
+	e := newTestEnv(t)
+	e.login()
+	a, _ := fedlearn.ParseArch("lr", 1, 2)
+	spec := coord.Spec{
+		Model: "occ-dp", Arch: a, Labels: []string{"empty", "occupied"},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "c", Metric: "co2", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "occupancy"}},
+		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 3, MinAvailable: 2, MinFit: 2,
+	}
+	b, _ := json.Marshal(spec)
+	path := filepath.Join(t.TempDir(), "job.json")
+	os.WriteFile(path, b, 0o644)
+	j := decodeJSON[cpapi.FLJob](t, e.must("fl", "jobs", "create", "--file", path, "--dp", "central:z=1.0,C=0.5,budget=8", "--json"))
+	sp := flSpec(j)
+	if sp.DP == nil || *sp.DP != (coord.DP{Mode: "central", NoiseMultiplier: 1, Clip: 0.5, Delta: 1e-5, Budget: 8}) ||
+		j.Privacy == nil || j.Privacy.Mode != "central" || j.Privacy.Budget != 8 || j.Privacy.Epsilon != 0 {
+		t.Fatalf("created %+v %+v", sp.DP, j.Privacy)
+	}
+	if sp.FederatedStats == nil || !*sp.FederatedStats {
+		t.Fatalf("federated_stats %v for a schema without normalisation", sp.FederatedStats)
+	}
+	out := e.must("fl", "jobs", "get", j.ID)
+	if !strings.Contains(out, "Privacy:   central:z=1,C=0.5,delta=1e-05,budget=8") || !strings.Contains(out, "statistics round (round 0) pending") {
+		t.Fatalf("get: %s", out)
+	}
+	for _, bad := range []string{"global:z=1,C=1", "central:z=1", "central:z=1,C=1,eps=3"} {
+		r := e.run("fl", "jobs", "create", "--file", path, "--dp", bad)
+		if r.code == 0 || !strings.Contains(r.stderr, "--dp") {
+			t.Errorf("--dp %s: exit %d, %s", bad, r.code, r.stderr)
+		}
+	}
+	// Ranges are the control plane's: a clipping norm of 0 is refused there.
+	if r := e.run("fl", "jobs", "create", "--file", path, "--dp", "local:z=1,C=0"); r.code == 0 || !strings.Contains(r.stderr, "dp.clip") {
+		t.Errorf("--dp with C=0: exit %d, %s", r.code, r.stderr)
+	}
+}

@@ -22,7 +22,9 @@ func (a *app) newFLRoundsCmd() *cobra.Command {
 		Long: `rounds lists every round attempt of a job: its phase, participants of the
 clients selected, failures (selected clients that did not report plus refused
 updates), refusals by reason, examples, accuracy and loss of the new global
-model on the job's evaluation set, bytes up and down, and seconds.
+model on the job's evaluation set, bytes up and down, and seconds; a
+statistics round (round 0, kind stats) sets the schema's normalisation; a job
+with differential privacy shows the ε spent after each round (at the job's δ).
 --json prints {job, rounds: [...]}.`,
 		Example: `  edgectl fl rounds flj-0a1b2c3d4e5f
   edgectl fl rounds flj-0a1b2c3d4e5f --json`,
@@ -51,11 +53,31 @@ func printFLRounds(w io.Writer, rounds []cpapi.FLRound) error {
 		_, err := fmt.Fprintln(w, "No rounds yet.")
 		return err
 	}
-	tw := cli.NewTable(w)
-	fmt.Fprintln(tw, "ROUND\tPHASE\tCLIENTS\tFAILURES\tREFUSED\tEXAMPLES\tACCURACY\tLOSS\tUP\tDOWN\tSECONDS")
+	dp := false
 	for _, r := range rounds {
-		fmt.Fprintf(tw, "%d.%d\t%s\t%d/%d\t%d\t%s\t%d\t%s\t%s\t%d\t%d\t%.2f\n", r.Round, r.Attempt, r.Phase, r.Participants, len(r.Selected),
+		dp = dp || r.Delta > 0
+	}
+	tw := cli.NewTable(w)
+	head := "ROUND\tKIND\tPHASE\tCLIENTS\tFAILURES\tREFUSED\tEXAMPLES\tACCURACY\tLOSS\tUP\tDOWN\tSECONDS"
+	if dp {
+		head += "\tEPSILON"
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range rounds {
+		kind := r.Kind
+		if kind == "" {
+			kind = "train"
+		}
+		fmt.Fprintf(tw, "%d.%d\t%s\t%s\t%d/%d\t%d\t%s\t%d\t%s\t%s\t%d\t%d\t%.2f", r.Round, r.Attempt, kind, r.Phase, r.Participants, len(r.Selected),
 			r.Failures, kv(r.Refused, "%d"), r.Examples, kv(r.Accuracy, "%.4f"), kv(r.Loss, "%.4f"), r.BytesUp, r.BytesDown, r.Seconds)
+		if dp {
+			eps := "-"
+			if r.Delta > 0 {
+				eps = fmt.Sprintf("%.4f", r.Epsilon)
+			}
+			fmt.Fprintf(tw, "\t%s", eps)
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

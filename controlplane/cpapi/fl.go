@@ -23,6 +23,14 @@ import (
 // sealed telemetry upload), and signed over the envelope with the agent's
 // identity key (the key of its mTLS client certificate) in the header
 // HeaderFLSignature.
+//
+// A job without normalisation starts with a statistics round, round 0
+// (FLTask.Kind FLTaskStats): the agent sends, by the same sealed and
+// signed path, its examples' per-feature count, sum and sum of squares
+// (FLUpdate.Stats) instead of a delta, and every later task carries the
+// schema normalised with their sums. Under local differential privacy
+// (FLTask.DP) the agent clips its delta and adds Gaussian noise before
+// sealing it.
 
 // MaxFLTaskWait bounds the "wait" parameter of GET /v1/agent/fl/task.
 const MaxFLTaskWait = 5 * time.Minute
@@ -56,6 +64,23 @@ type FLJob struct {
 	Current *FLRoundState `json:"current,omitempty"`
 	// ModelVersion is the registry version of the finished job's model.
 	ModelVersion string `json:"model_version,omitempty"`
+	// Schema is the job's schema normalised by its statistics round, once
+	// that round aggregated.
+	Schema *fedlearn.Schema `json:"schema,omitempty"`
+	// Privacy is what a job with differential privacy has spent.
+	Privacy *FLPrivacy `json:"privacy,omitempty"`
+}
+
+// FLPrivacy is the differential privacy a job has spent: the rounds are
+// (Epsilon, Delta)-DP (fedlearn/privacy's accountant).
+type FLPrivacy struct {
+	Mode    string  `json:"mode"`
+	Epsilon float64 `json:"epsilon"`
+	Delta   float64 `json:"delta"`
+	// Budget is the ε the job stops before exceeding; 0 means none.
+	Budget float64 `json:"epsilon_budget,omitempty"`
+	// Rounds is the number of round attempts charged.
+	Rounds int `json:"rounds"`
 }
 
 // FLRoundState is the round attempt in progress (fedlearn/coord.Round's
@@ -63,6 +88,7 @@ type FLJob struct {
 type FLRoundState struct {
 	Round    int            `json:"round"`
 	Attempt  int            `json:"attempt"`
+	Kind     string         `json:"kind,omitempty"`
 	Phase    string         `json:"phase"`
 	Opened   time.Time      `json:"opened"`
 	Deadline time.Time      `json:"deadline"`
@@ -74,9 +100,11 @@ type FLRoundState struct {
 
 // FLRound is one round attempt's record with its metrics.
 type FLRound struct {
-	Job          string         `json:"job"`
-	Round        int            `json:"round"`
-	Attempt      int            `json:"attempt"`
+	Job     string `json:"job"`
+	Round   int    `json:"round"`
+	Attempt int    `json:"attempt"`
+	// Kind is "train", or "stats" for the statistics round (round 0).
+	Kind         string         `json:"kind,omitempty"`
 	Phase        string         `json:"phase"`
 	Opened       time.Time      `json:"opened"`
 	Closed       *time.Time     `json:"closed,omitempty"`
@@ -95,6 +123,11 @@ type FLRound struct {
 	BytesUp   int64   `json:"bytes_up"`
 	BytesDown int64   `json:"bytes_down"`
 	Seconds   float64 `json:"seconds"`
+	// Epsilon is the ε a DP job has spent after this attempt, at Delta;
+	// Q the fraction of the available clients it selected.
+	Epsilon float64 `json:"epsilon,omitempty"`
+	Delta   float64 `json:"delta,omitempty"`
+	Q       float64 `json:"q,omitempty"`
 }
 
 // FLJobsResponse answers GET /v1/fl/jobs.
@@ -113,11 +146,28 @@ type FLCancelRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// FL task kinds.
+const (
+	FLTaskTrain = "train"
+	FLTaskStats = "stats"
+)
+
+// FLTaskDP is local differential privacy for a task: the agent clips its
+// delta to L2 norm Clip and adds Gaussian noise of σ = NoiseMultiplier·Clip
+// to every value before sealing it.
+type FLTaskDP struct {
+	Clip            float64 `json:"clip"`
+	NoiseMultiplier float64 `json:"noise_multiplier"`
+}
+
 // FLTask is an agent's round task.
 type FLTask struct {
-	Job      string          `json:"job"`
-	Round    int             `json:"round"`
-	Attempt  int             `json:"attempt"`
+	Job     string `json:"job"`
+	Round   int    `json:"round"`
+	Attempt int    `json:"attempt"`
+	// Kind is FLTaskTrain ("" reads as train) or FLTaskStats: send the
+	// examples' feature statistics instead of training (round 0).
+	Kind     string          `json:"kind,omitempty"`
 	Deadline time.Time       `json:"deadline"`
 	Arch     fedlearn.Arch   `json:"arch"`
 	Schema   fedlearn.Schema `json:"schema"`
@@ -132,7 +182,12 @@ type FLTask struct {
 	Solver    string    `json:"solver"`
 	Mu        float64   `json:"mu,omitempty"`
 	Seed      uint64    `json:"seed"`
+	// DP, when set, is local differential privacy for the delta.
+	DP *FLTaskDP `json:"dp,omitempty"`
 }
+
+// Stats reports whether t is a statistics task.
+func (t FLTask) Stats() bool { return t.Kind == FLTaskStats }
 
 // Key names the task: job, round and attempt.
 func (t FLTask) Key() string { return fmt.Sprintf("%s/%d/%d", t.Job, t.Round, t.Attempt) }
@@ -150,16 +205,21 @@ type FLUpdateResult struct {
 	Reason   string `json:"reason,omitempty"`
 }
 
-// FLUpdate is the plaintext of an update.
+// FLUpdate is the plaintext of an update: a delta, or for a statistics
+// task the feature statistics (Stats set, Delta empty).
 type FLUpdate struct {
 	Job      string
 	Round    int
 	Attempt  int
 	Examples int
 	Delta    []float32
+	Stats    *fedlearn.FeatureStats
 }
 
-const flUpdateMagic = "EFLU1\n"
+const (
+	flUpdateMagic = "EFLU1\n"
+	flStatsMagic  = "EFLS1\n"
+)
 
 // Bounds of a decoded update.
 const (
@@ -169,16 +229,35 @@ const (
 
 // EncodeFLUpdate writes u: the magic "EFLU1\n", the job id (uint16 length
 // and bytes), round, attempt (uint32), examples (uint64), the number of
-// values (uint32) and the values as float32, little-endian.
+// values (uint32) and the values as float32, little-endian. An update
+// with Stats is "EFLS1\n", the same header, the number of features n
+// (uint32) and the n counts, n sums and n sums of squares as float64 (a
+// sum of thousands of readings needs more than float32's 24 bits).
 func EncodeFLUpdate(u FLUpdate) []byte {
-	b := make([]byte, 0, len(flUpdateMagic)+2+len(u.Job)+20+4*len(u.Delta))
-	b = append(b, flUpdateMagic...)
+	magic, n := flUpdateMagic, len(u.Delta)
+	if u.Stats != nil {
+		magic, n = flStatsMagic, len(u.Stats.Count)
+	}
+	b := make([]byte, 0, len(magic)+2+len(u.Job)+20+24*n)
+	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(u.Job)))
 	b = append(b, u.Job...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(u.Round))
 	b = binary.LittleEndian.AppendUint32(b, uint32(u.Attempt))
 	b = binary.LittleEndian.AppendUint64(b, uint64(u.Examples))
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(u.Delta)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(n))
+	if u.Stats != nil {
+		for _, col := range [][]float64{u.Stats.Count, u.Stats.Sum, u.Stats.SumSq} {
+			for i := range n {
+				v := 0.0
+				if i < len(col) {
+					v = col[i]
+				}
+				b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+			}
+		}
+		return b
+	}
 	for _, v := range u.Delta {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
 	}
@@ -193,9 +272,10 @@ func DecodeFLUpdate(b []byte) (FLUpdate, error) {
 	fail := func(format string, args ...any) (FLUpdate, error) {
 		return FLUpdate{}, fmt.Errorf("%w: fl update: %s", ErrBadRequest, fmt.Sprintf(format, args...))
 	}
-	if len(b) < len(flUpdateMagic) || string(b[:len(flUpdateMagic)]) != flUpdateMagic {
-		return fail("does not start with %q", flUpdateMagic)
+	if len(b) < len(flUpdateMagic) || (string(b[:len(flUpdateMagic)]) != flUpdateMagic && string(b[:len(flStatsMagic)]) != flStatsMagic) {
+		return fail("does not start with %q or %q", flUpdateMagic, flStatsMagic)
 	}
+	stats := string(b[:len(flStatsMagic)]) == flStatsMagic
 	b = b[len(flUpdateMagic):]
 	if len(b) < 2 {
 		return fail("truncated before the job id")
@@ -214,19 +294,34 @@ func DecodeFLUpdate(b []byte) (FLUpdate, error) {
 	ex := binary.LittleEndian.Uint64(b[8:])
 	dims := binary.LittleEndian.Uint32(b[16:])
 	b = b[20:]
+	width, minRound, limit := uint64(4), uint32(1), uint32(MaxFLUpdateDims)
+	if stats {
+		// Statistics: three float64 per feature, in round 0.
+		width, minRound, limit = 24, 0, fedlearn.MaxInputs
+	}
 	switch {
-	case round < 1 || round > math.MaxInt32:
+	case round < minRound || round > math.MaxInt32:
 		return fail("round %d", round)
 	case attempt > math.MaxInt32:
 		return fail("attempt %d", attempt)
 	case ex < 1 || ex > math.MaxInt32:
 		return fail("example count %d (want 1-%d)", ex, math.MaxInt32)
-	case dims > MaxFLUpdateDims:
-		return fail("%d values (at most %d)", dims, MaxFLUpdateDims)
-	case uint64(len(b)) != 4*uint64(dims):
-		return fail("%d values announced, %d bytes follow (want %d)", dims, len(b), 4*uint64(dims))
+	case dims > limit:
+		return fail("%d values (at most %d)", dims, limit)
+	case uint64(len(b)) != width*uint64(dims):
+		return fail("%d values announced, %d bytes follow (want %d)", dims, len(b), width*uint64(dims))
 	}
 	u.Round, u.Attempt, u.Examples = int(round), int(attempt), int(ex)
+	if stats {
+		f := fedlearn.NewFeatureStats(int(dims))
+		for k, col := range [][]float64{f.Count, f.Sum, f.SumSq} {
+			for i := range col {
+				col[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[8*(k*int(dims)+i):]))
+			}
+		}
+		u.Stats = &f
+		return u, nil
+	}
 	u.Delta = make([]float32, dims)
 	for i := range u.Delta {
 		u.Delta[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
@@ -323,8 +418,25 @@ func (t FLTask) Validate() error {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("%w: fl task %s: %s", ErrBadRequest, t.Key(), fmt.Sprintf(format, args...))
 	}
-	if t.Job == "" || len(t.Job) > MaxFLJobIDLen || t.Round < 1 || t.Attempt < 0 {
+	if t.Job == "" || len(t.Job) > MaxFLJobIDLen || t.Round < 0 || t.Attempt < 0 {
 		return fail("job, round or attempt out of range")
+	}
+	switch t.Kind {
+	case "", FLTaskTrain:
+		if t.Round < 1 {
+			return fail("a training task of round %d", t.Round)
+		}
+	case FLTaskStats:
+		if t.Round != 0 {
+			return fail("a statistics task of round %d (want 0)", t.Round)
+		}
+	default:
+		return fail("kind %q (want train or stats)", t.Kind)
+	}
+	if d := t.DP; d != nil {
+		if !(d.Clip > 0) || math.IsInf(d.Clip, 0) || !(d.NoiseMultiplier > 0) || math.IsInf(d.NoiseMultiplier, 0) {
+			return fail("dp clip %v and noise multiplier %v (want finite numbers > 0)", d.Clip, d.NoiseMultiplier)
+		}
 	}
 	if err := t.Arch.Validate(); err != nil {
 		return fail("arch: %v", err)

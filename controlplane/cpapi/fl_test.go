@@ -32,10 +32,41 @@ func TestFLUpdateRoundTrip(t *testing.T) {
 	}
 }
 
+// TestFLStatsUpdateRoundTrip: feature statistics travel as float64 (a
+// sum that float32 would round survives exactly), in round 0 only.
+func TestFLStatsUpdateRoundTrip(t *testing.T) {
+	st := &fedlearn.FeatureStats{Count: []float64{8000, 7999}, Sum: []float64{4801234.56789, -3}, SumSq: []float64{2.9e9 + 0.125, 9}}
+	u := FLUpdate{Job: "flj-1", Round: 0, Attempt: 2, Examples: 8000, Stats: st}
+	got, err := DecodeFLUpdate(EncodeFLUpdate(u))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Stats == nil || got.Delta != nil || got.Round != 0 || got.Attempt != 2 || got.Examples != 8000 ||
+		!slices.Equal(got.Stats.Count, st.Count) || !slices.Equal(got.Stats.Sum, st.Sum) || !slices.Equal(got.Stats.SumSq, st.SumSq) {
+		t.Fatalf("round trip: %+v %+v", got, got.Stats)
+	}
+	b := EncodeFLUpdate(u)
+	for _, bad := range [][]byte{b[:len(b)-8], append(slices.Clone(b), 0)} {
+		if _, err := DecodeFLUpdate(bad); err == nil {
+			t.Errorf("decoded %d bytes of %d", len(bad), len(b))
+		}
+	}
+	if _, err := DecodeFLUpdate(EncodeFLUpdate(FLUpdate{Job: "j", Round: 0, Examples: 1, Delta: []float32{1}})); err == nil {
+		t.Error("decoded a delta for round 0")
+	}
+	x := validTask()
+	x.Kind, x.Round, x.DP = FLTaskStats, 0, &FLTaskDP{Clip: 1, NoiseMultiplier: 0.5}
+	if err := x.Validate(); err != nil {
+		t.Errorf("statistics task: %v", err)
+	}
+}
+
 func FuzzDecodeFLUpdate(f *testing.F) {
 	f.Add(EncodeFLUpdate(FLUpdate{Job: "flj-1", Round: 1, Examples: 5, Delta: []float32{1, 2, 3}}))
 	f.Add(EncodeFLUpdate(FLUpdate{Job: "j", Round: 7, Attempt: 2, Examples: 1}))
 	f.Add([]byte(flUpdateMagic))
+	f.Add(EncodeFLUpdate(FLUpdate{Job: "flj-1", Round: 0, Examples: 9, Stats: &fedlearn.FeatureStats{Count: []float64{9, 8}, Sum: []float64{1.5, -2}, SumSq: []float64{3, 4}}}))
+	f.Add([]byte(flStatsMagic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		u, err := DecodeFLUpdate(b)
 		if err != nil {
@@ -63,6 +94,10 @@ func TestFLTaskValidate(t *testing.T) {
 		"labels":      func(x *FLTask) { x.Labels = []string{"a"} },
 		"epochs":      func(x *FLTask) { x.Epochs = 0 },
 		"round":       func(x *FLTask) { x.Round = 0 },
+		"stats round": func(x *FLTask) { x.Kind = FLTaskStats },
+		"kind":        func(x *FLTask) { x.Kind = "evaluate" },
+		"dp clip":     func(x *FLTask) { x.DP = &FLTaskDP{Clip: 0, NoiseMultiplier: 1} },
+		"dp z":        func(x *FLTask) { x.DP = &FLTaskDP{Clip: 1, NoiseMultiplier: math.NaN()} },
 		"learn_rate":  func(x *FLTask) { x.LearnRate = math.Inf(1) },
 	} {
 		x := validTask()

@@ -1,12 +1,17 @@
 package coord
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
 
+	"github.com/edgefleet/edgefleet/fedlearn"
+	"github.com/edgefleet/edgefleet/fedlearn/privacy"
 	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
@@ -27,6 +32,19 @@ const (
 	RoundFailed     = "failed"
 )
 
+// Round kinds: round 0 of a job with federated statistics is a
+// statistics round, the others train.
+const (
+	RoundTrain = "train"
+	RoundStats = "stats"
+)
+
+// StatsRound is the number of the statistics round.
+const StatsRound = 0
+
+// Reason prefix of a job stopped by its ε budget.
+const ReasonBudget = "epsilon budget"
+
 // Refusal reasons, the keys of Round.Refused.
 const (
 	RefusedNotSelected = "not_selected"
@@ -40,8 +58,10 @@ const (
 
 // Round is one attempt at a round.
 type Round struct {
-	Round    int       `json:"round"`
-	Attempt  int       `json:"attempt"`
+	Round   int `json:"round"`
+	Attempt int `json:"attempt"`
+	// Kind is RoundTrain or RoundStats ("" reads as train).
+	Kind     string    `json:"kind,omitempty"`
 	Phase    string    `json:"phase"`
 	Opened   time.Time `json:"opened"`
 	Deadline time.Time `json:"deadline"`
@@ -53,7 +73,15 @@ type Round struct {
 	// Refused counts refused updates by reason.
 	Refused map[string]int `json:"refused,omitempty"`
 	Reason  string         `json:"reason,omitempty"`
+	// Q is the fraction of the available clients the attempt selected:
+	// the sampling rate the accountant charges it with (a DP job).
+	Q float64 `json:"q,omitempty"`
+	// Epsilon is the ε spent after the attempt closed (a DP job).
+	Epsilon float64 `json:"epsilon,omitempty"`
 }
+
+// Stats reports whether r is the statistics round.
+func (r *Round) Stats() bool { return r.Kind == RoundStats }
 
 // Failures is the number of selected clients that did not report plus
 // the refused updates.
@@ -80,6 +108,25 @@ type State struct {
 	// Optimizer is the server optimiser's state of FedAdam, FedYogi and
 	// FedAdagrad after the last aggregated round.
 	Optimizer *strategy.FedOptState `json:"optimizer,omitempty"`
+	// Schema is the spec's schema with the statistics round's
+	// normalisation, once that round aggregated.
+	Schema *fedlearn.Schema `json:"schema,omitempty"`
+	// Privacy is what a DP job has spent.
+	Privacy *Privacy `json:"privacy,omitempty"`
+	// NoiseKey is a secret mixed into the seed of the central noise, so
+	// that knowing the spec's seed is not knowing the noise; empty means
+	// the seed alone. The caller keeps the state from the job's readers.
+	NoiseKey []byte `json:"noise_key,omitempty"`
+}
+
+// Privacy is the privacy a DP job has spent.
+type Privacy struct {
+	// Q is the sampling rate of every attempt charged so far, in order:
+	// the aggregated rounds (central), or every attempt that received an
+	// update (local: the clients' noisy updates were released to the
+	// coordinator whether or not the round aggregated).
+	Q     []float64     `json:"q"`
+	Spent privacy.Spent `json:"spent"`
 }
 
 // Event kinds.
@@ -90,6 +137,8 @@ const (
 	EvRoundAggregated = "round_aggregated"
 	EvRoundFailed     = "round_failed"
 	EvJobFinished     = "job_finished"
+	// EvStatsAggregated: the statistics round closed and set the schema.
+	EvStatsAggregated = "stats_aggregated"
 )
 
 // Event is one thing that happened; Round is a copy of the attempt it
@@ -105,15 +154,20 @@ type Event struct {
 	Retry bool
 	// Status is the job's final state (EvJobFinished).
 	Status string
+	// Schema is the schema with the federated normalisation
+	// (EvStatsAggregated).
+	Schema *fedlearn.Schema
 }
 
-// Submission is one agent's update for a round attempt.
+// Submission is one agent's update for a round attempt: a delta for a
+// training round, feature statistics for the statistics round.
 type Submission struct {
 	Agent    string
 	Round    int
 	Attempt  int
 	Delta    []float32
 	Examples int
+	Stats    *fedlearn.FeatureStats
 }
 
 // Coordinator runs one job. It is not safe for concurrent use.
@@ -121,7 +175,9 @@ type Coordinator struct {
 	spec   Spec
 	strat  strategy.Strategy
 	st     State
-	deltas map[string]strategy.Update // the current attempt's accepted updates
+	deltas map[string]strategy.Update       // the current attempt's accepted updates
+	stats  map[string]fedlearn.FeatureStats // the statistics round's
+	acct   *privacy.Accountant              // nil without DP
 }
 
 // New starts job id with a spec (resolved here).
@@ -134,12 +190,30 @@ func New(id string, spec Spec) (*Coordinator, error) {
 }
 
 // Restore rebuilds a coordinator from a persisted state and the accepted
-// updates of its current attempt (the deltas the state does not hold).
-// Updates of agents the state does not list as reported are refused: the
-// store and the state disagree.
+// updates of its current training attempt (the deltas the state does not
+// hold). Updates of agents the state does not list as reported are
+// refused: the store and the state disagree.
 func Restore(spec Spec, st State, updates []strategy.Update) (*Coordinator, error) {
+	subs := make([]Submission, len(updates))
+	for i, u := range updates {
+		subs[i] = Submission{Agent: u.Client, Delta: u.Delta, Examples: u.Examples}
+	}
+	return RestoreSubmissions(spec, st, subs)
+}
+
+// RestoreSubmissions is Restore with the current attempt's accepted
+// submissions of either kind: deltas of a training round, statistics of
+// the statistics round. Their Round and Attempt are not read.
+func RestoreSubmissions(spec Spec, st State, subs []Submission) (*Coordinator, error) {
+	// A job stored before statistics rounds existed has no
+	// federated_stats; once it trained it must not start one.
+	legacy := spec.FederatedStats == nil && (st.Done > 0 || (st.Current != nil && !st.Current.Stats()))
 	if err := spec.Resolve(); err != nil {
 		return nil, err
+	}
+	if legacy {
+		off := false
+		spec.FederatedStats = &off
 	}
 	strat, err := strategy.New(spec.Strategy)
 	if err != nil {
@@ -148,25 +222,134 @@ func Restore(spec Spec, st State, updates []strategy.Update) (*Coordinator, erro
 	if len(st.Global) != spec.Arch.NumParams() {
 		return nil, fmt.Errorf("coord: restoring job %s: global model has %d values, the architecture %d", st.Job, len(st.Global), spec.Arch.NumParams())
 	}
-	c := &Coordinator{spec: spec, strat: strat, st: st, deltas: map[string]strategy.Update{}}
+	c := &Coordinator{spec: spec, strat: strat, st: st, deltas: map[string]strategy.Update{}, stats: map[string]fedlearn.FeatureStats{}}
 	if fo, ok := strat.(*strategy.FedOpt); ok && st.Optimizer != nil {
 		if err := fo.SetState(*st.Optimizer); err != nil {
 			return nil, fmt.Errorf("coord: restoring job %s: %w", st.Job, err)
 		}
 	}
-	for _, u := range updates {
-		if c.st.Current == nil || !slices.Contains(c.st.Current.Reported, u.Client) {
-			return nil, fmt.Errorf("coord: restoring job %s: stored update of %s is not in the round's state", st.Job, u.Client)
+	if st.Schema != nil {
+		if err := st.Schema.Validate(); err != nil || len(st.Schema.Features) != len(spec.Schema.Features) {
+			return nil, fmt.Errorf("coord: restoring job %s: the state's schema does not fit the spec's (%v)", st.Job, err)
 		}
-		if err := strategy.CheckUpdate(len(st.Global), u); err != nil {
+	}
+	if d := spec.DP; d != nil {
+		acct, err := privacy.NewAccountant(d.Delta, d.Budget)
+		if err != nil {
 			return nil, fmt.Errorf("coord: restoring job %s: %w", st.Job, err)
 		}
-		c.deltas[u.Client] = u
+		if st.Privacy != nil {
+			for _, q := range st.Privacy.Q {
+				if err := acct.Add(q, d.NoiseMultiplier, 1); err != nil {
+					return nil, fmt.Errorf("coord: restoring job %s: %w", st.Job, err)
+				}
+			}
+		}
+		c.acct = acct
 	}
-	if c.st.Current != nil && len(c.deltas) != len(c.st.Current.Reported) {
-		return nil, fmt.Errorf("coord: restoring job %s: %d stored updates, the round's state lists %d", st.Job, len(c.deltas), len(c.st.Current.Reported))
+	for _, s := range subs {
+		if c.st.Current == nil || !slices.Contains(c.st.Current.Reported, s.Agent) {
+			return nil, fmt.Errorf("coord: restoring job %s: stored update of %s is not in the round's state", st.Job, s.Agent)
+		}
+		if err := c.accept(c.st.Current, s); err != nil {
+			return nil, fmt.Errorf("coord: restoring job %s: stored update of %s: %w", st.Job, s.Agent, err)
+		}
+	}
+	if r := c.st.Current; r != nil && len(c.deltas)+len(c.stats) != len(r.Reported) {
+		return nil, fmt.Errorf("coord: restoring job %s: %d stored updates, the round's state lists %d", st.Job, len(c.deltas)+len(c.stats), len(r.Reported))
 	}
 	return c, nil
+}
+
+// SetNoiseKey sets the secret mixed into the seed of the central noise
+// (State.NoiseKey); only before the job's first round opens.
+func (c *Coordinator) SetNoiseKey(key []byte) error {
+	if len(key) < 16 {
+		return fmt.Errorf("coord: noise key of %d bytes, want at least 16", len(key))
+	}
+	if c.st.Current != nil || c.st.Done > 0 || c.st.Schema != nil || c.st.Retries > 0 {
+		return fmt.Errorf("coord: job %s: the noise key is set before the first round", c.st.Job)
+	}
+	c.st.NoiseKey = slices.Clone(key)
+	return nil
+}
+
+// Schema is the schema the job's clients use: the spec's, with the
+// statistics round's normalisation once it aggregated.
+func (c *Coordinator) Schema() fedlearn.Schema {
+	if c.st.Schema != nil {
+		return cloneSchema(*c.st.Schema)
+	}
+	return cloneSchema(c.spec.Schema)
+}
+
+func cloneSchema(s fedlearn.Schema) fedlearn.Schema {
+	s.Features = slices.Clone(s.Features)
+	return s
+}
+
+// Spent is the privacy spent so far; ok is false without DP.
+func (c *Coordinator) Spent() (privacy.Spent, bool) {
+	if c.acct == nil {
+		return privacy.Spent{}, false
+	}
+	return c.acct.Spent(), true
+}
+
+// needStats reports whether the statistics round is still to run.
+func (c *Coordinator) needStats() bool {
+	return c.spec.FederatedStats != nil && *c.spec.FederatedStats && c.st.Schema == nil
+}
+
+// checkStats checks a client's feature statistics: one count, sum and sum
+// of squares per feature, finite, the counts whole numbers between 0 and
+// the client's examples, the sums of squares not negative.
+func checkStats(features int, s Submission) error {
+	f := s.Stats
+	if len(f.Count) != features || len(f.Sum) != features || len(f.SumSq) != features {
+		return fmt.Errorf("statistics of %d, %d and %d values, the schema has %d features", len(f.Count), len(f.Sum), len(f.SumSq), features)
+	}
+	if s.Examples < 1 {
+		return fmt.Errorf("%d examples (want ≥ 1)", s.Examples)
+	}
+	for i := range features {
+		n, sum, sq := f.Count[i], f.Sum[i], f.SumSq[i]
+		for _, v := range []float64{n, sum, sq} {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return fmt.Errorf("feature %d: statistic %v", i, v)
+			}
+		}
+		if n < 0 || n > float64(s.Examples) || n != math.Trunc(n) {
+			return fmt.Errorf("feature %d: count %v (want a whole number 0-%d)", i, n, s.Examples)
+		}
+		if sq < 0 {
+			return fmt.Errorf("feature %d: sum of squares %v is negative", i, sq)
+		}
+	}
+	return nil
+}
+
+// accept checks a submission against the kind of round r and keeps it.
+func (c *Coordinator) accept(r *Round, s Submission) error {
+	if r.Stats() {
+		if s.Stats == nil {
+			return errors.New("round 0 collects feature statistics; the update carries a delta")
+		}
+		if err := checkStats(len(c.spec.Schema.Features), s); err != nil {
+			return err
+		}
+		c.stats[s.Agent] = fedlearn.FeatureStats{Count: slices.Clone(s.Stats.Count), Sum: slices.Clone(s.Stats.Sum), SumSq: slices.Clone(s.Stats.SumSq)}
+		return nil
+	}
+	if s.Stats != nil {
+		return fmt.Errorf("round %d trains; the update carries feature statistics", r.Round)
+	}
+	u := strategy.Update{Client: s.Agent, Delta: s.Delta, Examples: s.Examples}
+	if err := strategy.CheckUpdate(len(c.st.Global), u); err != nil {
+		return err
+	}
+	c.deltas[s.Agent] = u
+	return nil
 }
 
 // Spec is the resolved spec.
@@ -184,6 +367,15 @@ func (c *Coordinator) State() State {
 		r := cloneRound(*st.Current)
 		st.Current = &r
 	}
+	if st.Schema != nil {
+		sc := cloneSchema(*st.Schema)
+		st.Schema = &sc
+	}
+	if st.Privacy != nil {
+		p := Privacy{Q: slices.Clone(st.Privacy.Q), Spent: st.Privacy.Spent}
+		st.Privacy = &p
+	}
+	st.NoiseKey = slices.Clone(st.NoiseKey)
 	return st
 }
 
@@ -226,8 +418,9 @@ func (c *Coordinator) finish(now time.Time, status, reason string) []Event {
 	if r := c.st.Current; r != nil {
 		r.Phase, r.Closed, r.Reason = RoundFailed, now, reason
 		ev = append(ev, Event{Kind: EvRoundFailed, Round: cloneRound(*r), Reason: reason})
+		c.charge(r)
 		c.st.Current = nil
-		clear(c.deltas)
+		c.clearUpdates()
 	}
 	c.st.Status, c.st.Reason = status, reason
 	return append(ev, Event{Kind: EvJobFinished, Status: status, Reason: reason})
@@ -256,18 +449,73 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if len(avail) < c.spec.MinAvailable {
 		return nil
 	}
-	round, attempt := c.st.Done+1, c.st.Retries
+	round, attempt, kind := c.st.Done+1, c.st.Retries, RoundTrain
+	if c.needStats() {
+		round, kind = StatsRound, RoundStats
+	}
 	n := max(c.spec.MinFit, int(math.Ceil(c.spec.Fraction*float64(len(avail)))))
 	n = min(n, len(avail))
+	q := float64(n) / float64(len(avail))
+	if c.acct != nil && kind == RoundTrain {
+		if _, err := c.acct.Check(q, c.spec.DP.NoiseMultiplier, 1); errors.Is(err, privacy.ErrBudgetExceeded) {
+			sp := c.acct.Spent()
+			return c.finish(now, JobDone, fmt.Sprintf("%s: round %d would spend more than ε=%g (spent ε=%.4g at δ=%g after %d rounds)",
+				ReasonBudget, round, c.spec.DP.Budget, sp.Epsilon, sp.Delta, c.st.Done))
+		}
+	}
 	rng := rand.New(rand.NewPCG(c.spec.Seed, uint64(round)<<20|uint64(attempt)))
 	rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
 	sel := avail[:n]
 	slices.Sort(sel)
-	r := &Round{Round: round, Attempt: attempt, Phase: RoundOpen, Opened: now,
+	r := &Round{Round: round, Attempt: attempt, Kind: kind, Phase: RoundOpen, Opened: now,
 		Deadline: now.Add(time.Duration(c.spec.RoundTimeout)), Selected: sel, Reported: []string{}}
+	if c.acct != nil && kind == RoundTrain {
+		r.Q = q
+	}
 	c.st.Current = r
-	clear(c.deltas)
+	c.clearUpdates()
 	return []Event{{Kind: EvRoundOpened, Round: cloneRound(*r)}}
+}
+
+func (c *Coordinator) clearUpdates() {
+	clear(c.deltas)
+	clear(c.stats)
+}
+
+// charge records the privacy an attempt spends as it closes: an
+// aggregated one under central DP, one that received any update under
+// local DP (the clients released their noisy updates). It sets the
+// attempt's Epsilon.
+func (c *Coordinator) charge(r *Round) {
+	if c.acct == nil || r.Stats() {
+		return
+	}
+	if (c.spec.DP.Mode == DPCentral && r.Phase == RoundAggregated) || (c.spec.DP.Mode == DPLocal && len(r.Reported) > 0) {
+		// q and z were checked when the spec resolved and the round opened.
+		_ = c.acct.Add(r.Q, c.spec.DP.NoiseMultiplier, 1)
+		if c.st.Privacy == nil {
+			c.st.Privacy = &Privacy{Q: []float64{}}
+		}
+		c.st.Privacy.Q = append(c.st.Privacy.Q, r.Q)
+		c.st.Privacy.Spent = c.acct.Spent()
+	}
+	r.Epsilon = c.acct.Spent().Epsilon
+}
+
+// noiseSeed is the seed of the central noise of an attempt: the same job,
+// round and attempt draw the same noise, after a restart too.
+func (c *Coordinator) noiseSeed(round, attempt int) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("edgefleet/fl/dp-noise/v1\x00" + c.st.Job + "\x00"))
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[:], c.spec.Seed)
+	binary.LittleEndian.PutUint64(b[8:], uint64(round))
+	binary.LittleEndian.PutUint64(b[16:], uint64(attempt))
+	h.Write(b[:])
+	h.Write(c.st.NoiseKey)
+	var seed [32]byte
+	copy(seed[:], h.Sum(nil))
+	return seed
 }
 
 // Refuse counts an update refused before it reached Offer (unsealed,
@@ -310,11 +558,9 @@ func (c *Coordinator) Offer(now time.Time, s Submission) []Event {
 	case !now.Before(r.Deadline):
 		return refuse(RefusedLate, fmt.Sprintf("round %d attempt %d timed out at %s", r.Round, r.Attempt, r.Deadline.UTC().Format(time.RFC3339)))
 	}
-	u := strategy.Update{Client: s.Agent, Delta: s.Delta, Examples: s.Examples}
-	if err := strategy.CheckUpdate(len(c.st.Global), u); err != nil {
+	if err := c.accept(r, s); err != nil {
 		return refuse(RefusedInvalid, err.Error())
 	}
-	c.deltas[s.Agent] = u
 	r.Reported = append(r.Reported, s.Agent)
 	r.Examples += s.Examples
 	r.Phase = RoundCollecting
@@ -342,15 +588,25 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 		}
 		return c.failRound(now, reason)
 	}
+	if r.Stats() {
+		return c.closeStats(now, why)
+	}
 	updates := make([]strategy.Update, 0, len(c.deltas))
 	for _, u := range c.deltas {
 		updates = append(updates, u)
 	}
-	global, err := c.strat.Aggregate(c.st.Global, updates)
+	agg := c.strat
+	if d := c.spec.DP; d != nil && d.Mode == DPCentral {
+		// Resolve checked that the strategy applies a mean.
+		agg = &privacy.Central{Clip: d.Clip, NoiseMultiplier: d.NoiseMultiplier, Next: c.strat.(strategy.MeanApplier),
+			Source: privacy.NewSource(c.noiseSeed(r.Round, r.Attempt))}
+	}
+	global, err := agg.Aggregate(c.st.Global, updates)
 	if err != nil {
 		return c.failRound(now, "aggregation: "+err.Error())
 	}
 	r.Phase, r.Reason = RoundAggregated, why
+	c.charge(r)
 	c.st.Global = global
 	if fo, ok := c.strat.(*strategy.FedOpt); ok {
 		os := fo.State()
@@ -359,7 +615,7 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 	c.st.Done++
 	c.st.Retries = 0
 	c.st.Current = nil
-	clear(c.deltas)
+	c.clearUpdates()
 	ev := []Event{{Kind: EvRoundAggregated, Round: cloneRound(*r), Global: slices.Clone(global)}}
 	if c.st.Done >= c.spec.Rounds {
 		c.st.Status = JobDone
@@ -368,11 +624,54 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 	return ev
 }
 
+// closeStats ends the statistics round: the clients' counts, sums and sums
+// of squares are added up (in the order of the agents' names), and the
+// schema gets each feature's mean as its mean and impute value and its
+// population standard deviation as its std (1 where it is 0).
+func (c *Coordinator) closeStats(now time.Time, why string) []Event {
+	r := c.st.Current
+	n := len(c.spec.Schema.Features)
+	total := fedlearn.NewFeatureStats(n)
+	agents := make([]string, 0, len(c.stats))
+	for a := range c.stats {
+		agents = append(agents, a)
+	}
+	slices.Sort(agents)
+	for _, a := range agents {
+		s := c.stats[a]
+		for i := range n {
+			total.Count[i] += s.Count[i]
+			total.Sum[i] += s.Sum[i]
+			total.SumSq[i] += s.SumSq[i]
+		}
+	}
+	schema := cloneSchema(c.spec.Schema)
+	if err := total.Apply(&schema); err != nil {
+		return c.failRound(now, "statistics: "+err.Error())
+	}
+	for i := range schema.Features {
+		if schema.Features[i].Std == 0 {
+			schema.Features[i].Std = 1
+		}
+	}
+	if err := schema.Validate(); err != nil {
+		return c.failRound(now, "statistics: "+err.Error())
+	}
+	r.Phase, r.Reason = RoundAggregated, why
+	c.st.Schema = &schema
+	c.st.Retries = 0
+	c.st.Current = nil
+	c.clearUpdates()
+	sc := cloneSchema(schema)
+	return []Event{{Kind: EvStatsAggregated, Round: cloneRound(*r), Schema: &sc}}
+}
+
 func (c *Coordinator) failRound(now time.Time, reason string) []Event {
 	r := c.st.Current
 	r.Phase, r.Reason = RoundFailed, reason
+	c.charge(r)
 	c.st.Current = nil
-	clear(c.deltas)
+	c.clearUpdates()
 	c.st.Retries++
 	retry := c.st.Retries <= c.spec.MaxRetries
 	ev := []Event{{Kind: EvRoundFailed, Round: cloneRound(*r), Reason: reason, Retry: retry}}

@@ -25,3 +25,21 @@ func FuzzSpec(f *testing.F) {
 		c.Tick(t0, []string{"a", "b", "c", "d"})
 	})
 }
+
+// FuzzParseDP: any --dp flag is parsed or refused with an error, never a
+// panic; a parsed one prints back to itself.
+func FuzzParseDP(f *testing.F) {
+	for _, s := range []string{"central:z=1.0,C=1.0", "local:z=0.5,C=2,delta=1e-6,budget=8", "z=1,C=1", "global:z=1", "z=1,z=2,C=1", "central:", ":,="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDP(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseDP(d.String())
+		if err != nil || *again != *d {
+			t.Fatalf("%q parsed as %+v, printed %q, parsed back as %+v (%v)", s, d, d.String(), again, err)
+		}
+	})
+}

@@ -8,15 +8,30 @@
 //
 // Clients send Δ = w_local − w_global as float32 (strategy.Update);
 // aggregation is fedlearn/strategy's.
+//
+// A job whose schema has no normalisation first runs a statistics round,
+// round 0: its clients send each feature's count, sum and sum of squares
+// over their examples (fedlearn.FeatureStats, never an example), and the
+// coordinator sets the schema's mean, std and impute values from their
+// sums; every later round's task carries that schema (State.Schema).
+//
+// With differential privacy (Spec.DP) the coordinator clips and noises the
+// mean centrally (fedlearn/privacy.Central, its noise seeded from the job's
+// seed, its noise key and the round, so a restart re-runs a round exactly)
+// or leaves that to the clients (local), and its accountant reports the
+// (ε, δ) spent after every round.
 package coord
 
 import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/fedlearn"
+	"github.com/edgefleet/edgefleet/fedlearn/privacy"
 	"github.com/edgefleet/edgefleet/fedlearn/strategy"
 )
 
@@ -92,6 +107,55 @@ type Spec struct {
 	// Seed draws the clients of each round and the initial weights.
 	Seed       uint64      `json:"seed,omitempty"`
 	Evaluation *Evaluation `json:"evaluation,omitempty"`
+	// FederatedStats runs a statistics round (round 0) before round 1:
+	// the clients send each feature's count, sum and sum of squares over
+	// their examples, and their sums set the schema's mean, std and
+	// impute values. Unset means on when every feature of the schema has
+	// mean 0 and std 0 (no normalisation given).
+	FederatedStats *bool `json:"federated_stats,omitempty"`
+	// DP is differential privacy; nil means none.
+	DP *DP `json:"dp,omitempty"`
+}
+
+// Differential-privacy modes.
+const (
+	// DPCentral: the coordinator clips each update to norm Clip and adds
+	// Gaussian noise σ = z·C/m to the mean of the m updates it aggregates
+	// (fedlearn/privacy.Central).
+	DPCentral = "central"
+	// DPLocal: each client clips its update and adds noise σ = z·C before
+	// sealing it (fedlearn/privacy.Local); the coordinator aggregates as
+	// usual.
+	DPLocal = "local"
+	// DefaultDPDelta is the δ the privacy spent is reported at.
+	DefaultDPDelta = 1e-5
+)
+
+// DP is a job's differential privacy. The accountant (fedlearn/privacy)
+// reports (ε, δ) after every round, with q the fraction of the available
+// clients the round selected, and the job stops (done, reason "epsilon
+// budget") before a round that would spend more than Budget.
+type DP struct {
+	Mode string `json:"mode"`
+	// NoiseMultiplier is z.
+	NoiseMultiplier float64 `json:"noise_multiplier"`
+	// Clip is the clipping norm C.
+	Clip float64 `json:"clip"`
+	// Delta is δ; 0 means DefaultDPDelta.
+	Delta float64 `json:"delta,omitempty"`
+	// Budget is the largest ε the job may spend; 0 means no budget.
+	Budget float64 `json:"epsilon_budget,omitempty"`
+}
+
+// Unnormalized reports whether no feature of s has a mean or a std: the
+// schema of a job whose statistics are to be computed federatedly.
+func Unnormalized(s fedlearn.Schema) bool {
+	for _, f := range s.Features {
+		if f.Mean != 0 || f.Std != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func specErr(field, format string, args ...any) error {
@@ -194,6 +258,44 @@ func (s *Spec) Resolve() error {
 	default:
 		return specErr("solver", "%q (want sgd, momentum or adam)", s.Solver)
 	}
+	if s.FederatedStats == nil {
+		on := Unnormalized(s.Schema)
+		s.FederatedStats = &on
+	}
+	if s.DP != nil {
+		if err := s.DP.resolve(st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *DP) resolve(st strategy.Strategy) error {
+	if d.Delta == 0 {
+		d.Delta = DefaultDPDelta
+	}
+	switch d.Mode {
+	case DPCentral:
+		if _, ok := st.(strategy.MeanApplier); !ok {
+			return specErr("dp.mode", "central DP needs a strategy that averages (fedavg, fedprox, fedadam, fedyogi, fedadagrad); %s has another sensitivity", st.Name())
+		}
+	case DPLocal:
+	default:
+		return specErr("dp.mode", "%q (want central or local)", d.Mode)
+	}
+	switch {
+	case !(d.NoiseMultiplier > 0) || math.IsInf(d.NoiseMultiplier, 0):
+		return specErr("dp.noise_multiplier", "%v (want a finite number > 0)", d.NoiseMultiplier)
+	case !(d.Clip > 0) || math.IsInf(d.Clip, 0):
+		return specErr("dp.clip", "%v (want a finite number > 0)", d.Clip)
+	}
+	if _, err := privacy.NewAccountant(d.Delta, d.Budget); err != nil {
+		field := "dp.delta"
+		if d.Delta > 0 && d.Delta < 1 {
+			field = "dp.epsilon_budget"
+		}
+		return specErr(field, "%v", err)
+	}
 	return nil
 }
 
@@ -203,4 +305,67 @@ func (s *Spec) InitialWeights() []float64 {
 		return append([]float64(nil), s.Initial...)
 	}
 	return fedlearn.InitWeights(s.Arch, s.Seed).Flatten(nil)
+}
+
+// ParseDP reads differential privacy from a flag:
+// "[central:|local:]z=Z,C=C[,delta=D][,budget=E]" (mode central when
+// left out; "clip" for C and "noise_multiplier" for z too). It checks the
+// syntax and the numbers' form; Spec.Resolve checks their ranges.
+func ParseDP(s string) (*DP, error) {
+	fail := func(format string, args ...any) (*DP, error) {
+		return nil, fmt.Errorf("%w: dp %q: %s", ErrSpec, s, fmt.Sprintf(format, args...))
+	}
+	d := &DP{Mode: DPCentral}
+	rest := s
+	if mode, tail, ok := strings.Cut(s, ":"); ok {
+		d.Mode, rest = mode, tail
+		if mode != DPCentral && mode != DPLocal {
+			return fail("mode %q (want central or local)", mode)
+		}
+	}
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(rest, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || v == "" {
+			return fail("%q is not key=value", kv)
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+			return fail("%s: %q is not a finite number", k, v)
+		}
+		var dst *float64
+		switch k {
+		case "z", "noise_multiplier":
+			k, dst = "z", &d.NoiseMultiplier
+		case "C", "c", "clip":
+			k, dst = "C", &d.Clip
+		case "delta":
+			dst = &d.Delta
+		case "budget", "epsilon_budget":
+			k, dst = "budget", &d.Budget
+		default:
+			return fail("unknown key %q (want z, C, delta, budget)", k)
+		}
+		if seen[k] {
+			return fail("%s given twice", k)
+		}
+		seen[k] = true
+		*dst = x
+	}
+	if !seen["z"] || !seen["C"] {
+		return fail("z and C are required")
+	}
+	return d, nil
+}
+
+// String is the DP in ParseDP's form.
+func (d DP) String() string {
+	s := fmt.Sprintf("%s:z=%g,C=%g", d.Mode, d.NoiseMultiplier, d.Clip)
+	if d.Delta != 0 {
+		s += fmt.Sprintf(",delta=%g", d.Delta)
+	}
+	if d.Budget != 0 {
+		s += fmt.Sprintf(",budget=%g", d.Budget)
+	}
+	return s
 }
