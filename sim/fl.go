@@ -304,8 +304,10 @@ type FLReport struct {
 
 // FLRoundReport is one round attempt.
 type FLRoundReport struct {
-	Round        int                `json:"round"`
-	Attempt      int                `json:"attempt"`
+	Round   int `json:"round"`
+	Attempt int `json:"attempt"`
+	// Kind is "train", or "stats" for the statistics round (round 0).
+	Kind         string             `json:"kind,omitempty"`
 	Phase        string             `json:"phase"`
 	Accuracy     map[string]float64 `json:"accuracy,omitempty"`
 	Loss         map[string]float64 `json:"loss,omitempty"`
@@ -374,6 +376,10 @@ type FLEvaluationCheck struct {
 	ControlPlane map[string]float64 `json:"control_plane"`
 	Sim          map[string]float64 `json:"sim"`
 	Match        bool               `json:"match"`
+	// SchemaMaxRelDiff is the largest relative difference between the
+	// model's normalisation (means and standard deviations from the
+	// statistics round) and the one fitted centrally on the training part.
+	SchemaMaxRelDiff float64 `json:"schema_max_rel_diff"`
 }
 
 // LoadReport is the machine's load during the run (1-minute load
@@ -560,18 +566,22 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	rep.SetupSeconds = round(time.Since(start).Seconds())
 	log.Info("every agent holds its examples", "examples", rep.Examples, "devices", rep.Devices, "seconds", rep.SetupSeconds)
 
-	// TEMPORARY (until the federated statistics round is in main): the
-	// job's schema carries the normalisation fitted centrally on the whole
-	// training part, which no real coordinator could know. The federated
-	// round computes the same statistics from the agents' counts, sums and
-	// sums of squares.
+	// The job's schema names the features and the label and no
+	// normalisation: the control plane runs a statistics round (round 0)
+	// first, in which the agents send each feature's count, sum and sum
+	// of squares over their examples, and sets the means, standard
+	// deviations and imputation values from their sums (coord.Spec's
+	// FederatedStats). The sim compares them with the central fit
+	// (EvaluationCheck.SchemaMaxRelDiff).
 	schema := p.Schema
 	schema.Features = slices.Clone(schema.Features)
 	for i := range schema.Features {
+		f := &schema.Features[i]
+		f.Mean, f.Std, f.Impute = 0, 0, 0
 		// A missing value is left out of its message: with a window
 		// shorter than the examples' spacing it is missing, and imputed,
 		// rather than the previous example's.
-		schema.Features[i].Window = fedlearn.Duration(500 * time.Millisecond)
+		f.Window = fedlearn.Duration(500 * time.Millisecond)
 	}
 	spec := coord.Spec{
 		Model: "sim-" + o.Dataset, Arch: arch, Schema: schema, Labels: p.Classes,
@@ -602,7 +612,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	rep.Updates.Refused = map[string]int{}
 	var last *cpapi.FLRound
 	for i, r := range rounds.Rounds {
-		rep.Rounds = append(rep.Rounds, FLRoundReport{Round: r.Round, Attempt: r.Attempt, Phase: r.Phase, Accuracy: r.Accuracy, Loss: r.Loss,
+		rep.Rounds = append(rep.Rounds, FLRoundReport{Round: r.Round, Attempt: r.Attempt, Kind: r.Kind, Phase: r.Phase, Accuracy: r.Accuracy, Loss: r.Loss,
 			Selected: len(r.Selected), Participants: r.Participants, Failures: r.Failures, Refused: r.Refused, Examples: r.Examples,
 			BytesUp: r.BytesUp, BytesDown: r.BytesDown, Seconds: round(r.Seconds), Reason: r.Reason})
 		rep.BytesUp += r.BytesUp
@@ -611,7 +621,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 		for k, v := range r.Refused {
 			rep.Updates.Refused[k] += v
 		}
-		if r.Phase == coord.RoundAggregated {
+		if r.Phase == coord.RoundAggregated && r.Kind != cpapi.FLTaskStats {
 			last = &rounds.Rounds[i]
 			for name, ref := range rep.Reference {
 				if acc, ok := r.Accuracy[name]; ok {
@@ -915,6 +925,15 @@ func (f *Fleet) checkEvaluation(ctx context.Context, p *datasets.Prepared, model
 		return c, fmt.Errorf("sim: the job's model: %w", err)
 	}
 	c.Match = len(cp) == len(p.Tests)
+	if len(mf.Schema.Features) != len(p.Schema.Features) {
+		return c, fmt.Errorf("sim: the job's model has %d features, the data set %d", len(mf.Schema.Features), len(p.Schema.Features))
+	}
+	for i, f := range mf.Schema.Features {
+		want := p.Schema.Features[i]
+		for _, d := range [][2]float64{{f.Mean, want.Mean}, {f.Std, want.Std}, {f.Impute, want.Impute}} {
+			c.SchemaMaxRelDiff = max(c.SchemaMaxRelDiff, math.Abs(d[0]-d[1])/max(math.Abs(d[1]), 1e-12))
+		}
+	}
 	for i, raw := range p.RawTests {
 		name := p.Tests[i].Name
 		part, err := raw.Normalize(name, mf.Schema)

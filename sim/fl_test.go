@@ -53,8 +53,12 @@ func TestRunFLOccupancy(t *testing.T) {
 			r.Round, r.Attempt, r.Phase, r.Accuracy, r.Participants, r.Selected, r.Failures, r.Refused, r.Examples, r.BytesUp, r.BytesDown, r.Seconds)
 	}
 	t.Logf("updates %+v; evaluation %+v; faults killed %+v restart %+v; job %.1f s", rep.Updates, rep.EvaluationCheck, rep.Faults.Killed, rep.Faults.ControlPlaneRestart, rep.JobSeconds)
-	if rep.Status != coord.JobDone || len(rep.Rounds) != rounds {
-		t.Fatalf("job %s %s (%s) after %d round attempts, want done after %d", rep.Job, rep.Status, rep.Reason, len(rep.Rounds), rounds)
+	// Round 0 is the statistics round.
+	if rep.Status != coord.JobDone || len(rep.Rounds) != rounds+1 || rep.Rounds[0].Kind != "stats" {
+		t.Fatalf("job %s %s (%s) after %d round attempts, want done after the statistics round and %d", rep.Job, rep.Status, rep.Reason, len(rep.Rounds), rounds)
+	}
+	if d := rep.EvaluationCheck.SchemaMaxRelDiff; !(d < 1e-9) {
+		t.Errorf("the federated normalisation differs from the central fit by %g (relative)", d)
 	}
 	for _, r := range rep.Rounds {
 		if r.Phase != coord.RoundAggregated || r.Participants != agents || r.Examples != rep.Examples {
@@ -67,14 +71,14 @@ func TestRunFLOccupancy(t *testing.T) {
 	if rep.Faults.ControlPlaneRestart == nil {
 		t.Error("the control plane was not restarted mid-round")
 	}
-	if u := rep.Updates; !u.CountedOnce || u.Accepted != agents*rounds {
-		t.Errorf("updates %+v: want %d accepted, each counted once", u, agents*rounds)
+	if u := rep.Updates; !u.CountedOnce || u.Accepted != agents*(rounds+1) {
+		t.Errorf("updates %+v: want %d accepted, each counted once", u, agents*(rounds+1))
 	}
 	if !rep.EvaluationCheck.Match {
 		t.Errorf("the control plane's evaluation %v differs from the sim's %v", rep.EvaluationCheck.ControlPlane, rep.EvaluationCheck.Sim)
 	}
 	// datatest2 separates the rounds: about 0.86 after one, 0.97 after four.
-	first, last := rep.Rounds[0].Accuracy["datatest2"], rep.FinalAccuracy["datatest2"]
+	first, last := rep.Rounds[1].Accuracy["datatest2"], rep.FinalAccuracy["datatest2"]
 	if !(last >= 0.95) || !(last >= first+0.05) {
 		t.Errorf("datatest2 accuracy %.4f after round 1, %.4f at the end: want rising by 0.05 or more to at least 0.95", first, last)
 	}

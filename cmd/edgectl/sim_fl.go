@@ -153,7 +153,11 @@ func printSimFLReport(w io.Writer, r sim.FLReport) error {
 	}
 	fmt.Fprintf(tw, "PARTICIPANTS\tFAILURES\tUP\tDOWN\tSECONDS\n")
 	for _, rd := range r.Rounds {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t", rd.Round, rd.Attempt, rd.Phase)
+		phase := rd.Phase
+		if rd.Kind == "stats" {
+			phase += " (statistics)"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t", rd.Round, rd.Attempt, phase)
 		for _, p := range parts {
 			fmt.Fprintf(tw, "%.4f\t", rd.Accuracy[p])
 		}
