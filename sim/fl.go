@@ -376,9 +376,10 @@ type FLEvaluationCheck struct {
 	ControlPlane map[string]float64 `json:"control_plane"`
 	Sim          map[string]float64 `json:"sim"`
 	Match        bool               `json:"match"`
-	// SchemaMaxRelDiff is the largest relative difference between the
-	// model's normalisation (means and standard deviations from the
-	// statistics round) and the one fitted centrally on the training part.
+	// SchemaMaxRelDiff is the largest difference (relative above 1,
+	// absolute below) between the model's normalisation (means, standard
+	// deviations and imputation values from the statistics round) and the
+	// one fitted centrally on the training part.
 	SchemaMaxRelDiff float64 `json:"schema_max_rel_diff"`
 }
 
@@ -928,10 +929,18 @@ func (f *Fleet) checkEvaluation(ctx context.Context, p *datasets.Prepared, model
 	if len(mf.Schema.Features) != len(p.Schema.Features) {
 		return c, fmt.Errorf("sim: the job's model has %d features, the data set %d", len(mf.Schema.Features), len(p.Schema.Features))
 	}
+	// A std of 0 is read as 1 (fedlearn.Schema.Normalize): compare what
+	// is used. The difference is relative above 1 and absolute below.
+	std := func(v float64) float64 {
+		if v == 0 {
+			return 1
+		}
+		return v
+	}
 	for i, f := range mf.Schema.Features {
 		want := p.Schema.Features[i]
-		for _, d := range [][2]float64{{f.Mean, want.Mean}, {f.Std, want.Std}, {f.Impute, want.Impute}} {
-			c.SchemaMaxRelDiff = max(c.SchemaMaxRelDiff, math.Abs(d[0]-d[1])/max(math.Abs(d[1]), 1e-12))
+		for _, d := range [][2]float64{{f.Mean, want.Mean}, {std(f.Std), std(want.Std)}, {f.Impute, want.Impute}} {
+			c.SchemaMaxRelDiff = max(c.SchemaMaxRelDiff, math.Abs(d[0]-d[1])/max(math.Abs(d[1]), 1))
 		}
 	}
 	for i, raw := range p.RawTests {
