@@ -867,10 +867,11 @@ func verifyFLSignature(r *http.Request, env []byte, sigText string) error {
 
 // handleFLUpdate receives a sealed, signed update. A refused update is
 // counted against its round with a reason and answered 4xx naming it;
-// the round goes on. Once the coordinator has taken an update, its save
-// does not depend on the client staying: with the request's context a
-// client killed while its update waited for the job's lock left the
-// update aggregated from memory, unsaved and uncounted.
+// the round goes on. Once its body is in, an update is handled whether
+// or not the client stays: with the request's context a client killed
+// while its update waited for the job's lock left the update aggregated
+// from memory, unsaved and uncounted, and one killed during the key
+// service's decryption had its update refused as unsealed.
 func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call) error {
 	ctx := context.WithoutCancel(r.Context())
 	jobID, round, attempt, err := parseFLTaskHeader(r.Header.Get(cpapi.HeaderFLTask))
@@ -910,7 +911,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 	if err := s.requireUnsealed(); err != nil {
 		return err
 	}
-	pt, err := s.keys.svc.Decrypt(keyCtx(r.Context(), c), cpapi.TelemetryKeyName, body, cpapi.FLUpdateAAD(c.agentID, jobID, round, attempt))
+	pt, err := s.keys.svc.Decrypt(keyCtx(ctx, c), cpapi.TelemetryKeyName, body, cpapi.FLUpdateAAD(c.agentID, jobID, round, attempt))
 	if err != nil {
 		return refuse(http.StatusBadRequest, coord.RefusedUnsealed, "the envelope does not open for this agent, job, round and attempt: "+cleanKeyError(err.Error()))
 	}
