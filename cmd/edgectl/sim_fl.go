@@ -159,7 +159,11 @@ func printSimFLReport(w io.Writer, r sim.FLReport) error {
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%s\t", rd.Round, rd.Attempt, phase)
 		for _, p := range parts {
-			fmt.Fprintf(tw, "%.4f\t", rd.Accuracy[p])
+			if acc, ok := rd.Accuracy[p]; ok {
+				fmt.Fprintf(tw, "%.4f\t", acc)
+			} else {
+				fmt.Fprintf(tw, "-\t")
+			}
 		}
 		fmt.Fprintf(tw, "%d/%d\t%d\t%d\t%d\t%.1f\n", rd.Participants, rd.Selected, rd.Failures, rd.BytesUp, rd.BytesDown, rd.Seconds)
 	}
@@ -176,11 +180,11 @@ func printSimFLReport(w io.Writer, r sim.FLReport) error {
 	for _, p := range parts {
 		to := func(m map[string]int) string {
 			if n, ok := m[p]; ok {
-				return strconv.Itoa(n)
+				return "at round " + strconv.Itoa(n)
 			}
 			return "never"
 		}
-		rows = append(rows, [2]string{"accuracy " + p, fmt.Sprintf("final %.4f; centralised %.4f (%s); 0.95x at round %s, 0.97x at round %s",
+		rows = append(rows, [2]string{"accuracy " + p, fmt.Sprintf("final %.4f; centralised %.4f (%s); 0.95x %s, 0.97x %s",
 			r.FinalAccuracy[p], r.Reference[p], r.ReferenceSource, to(r.RoundsTo95), to(r.RoundsTo97))})
 	}
 	rows = append(rows,
