@@ -2,9 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto"
-	"crypto/rand"
-	"crypto/sha256"
 	"path/filepath"
 	"testing"
 	"time"
@@ -60,16 +57,7 @@ func TestFLUpdateClientGone(t *testing.T) {
 	e.srv.FLTick()
 	task := flTasks(t, agents)[0]
 	a := agents[0]
-	u := cpapi.FLUpdate{Job: task.Job, Round: task.Round, Attempt: task.Attempt, Examples: 10, Delta: make([]float32, spec.Arch.NumParams())}
-	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, cpapi.EncodeFLUpdate(u), cpapi.FLUpdateAAD(a.id, task.Job, task.Round, task.Attempt))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := sha256.Sum256(env)
-	sig, err := a.cert.PrivateKey.(crypto.Signer).Sign(rand.Reader, d[:], crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, sig := sealFL(t, a, task, cpapi.FLUpdate{Examples: 10, Delta: make([]float32, spec.Arch.NumParams())})
 	held := hs.held
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
