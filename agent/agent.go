@@ -213,6 +213,7 @@ type Agent struct {
 	models      *modelParts    // nil with the model runtime off
 	up          *uplink.Uplink
 	training    *training.Manager // nil when training is disabled
+	green       atomic.Pointer[greenParts]
 	startedAt   time.Time
 	// keysChanged run after key fetches that accepted messages.
 	keysChanged keys.Hooks
@@ -444,6 +445,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	cleanup = append(cleanup, cluster.Close)
+	if err := a.startGreen(); err != nil {
+		return err
+	}
 	repl, err := replication.New(replication.Config{
 		Name: name, Store: store, Members: cluster,
 		SyncInterval: g.SyncInterval, SyncTimeout: g.SyncTimeout, MaxChunkBytes: g.MaxChunkBytes,
@@ -451,6 +455,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Seeded: len(g.Join) > 0, RecoveryTimeout: a.cfg.State.RecoveryTimeout, TombstoneTTL: a.cfg.State.TombstoneTTL,
 		RetransmitMult: cluster.RetransmitMult(), MaxBroadcastBytes: cluster.MaxBroadcastBytes(), Relay: g.Relay,
 		Clock: a.clk, Rand: a.rng, Logger: a.log, Counters: &a.m.repl, Reject: a.m.reject, Refused: a.m.refused,
+		Defer: a.deferCompaction,
 	})
 	if err != nil {
 		return err

@@ -59,6 +59,9 @@ type Config struct {
 	Runtime RuntimeConfig `yaml:"runtime"`
 	// Training configures local training jobs (package agent/training).
 	Training TrainingConfig `yaml:"training"`
+	// Green configures energy- and carbon-aware scheduling of deferrable
+	// work (config_green.go).
+	Green GreenConfig `yaml:"green"`
 }
 
 // GossipConfig configures memberlist and the anti-entropy protocol.
@@ -280,6 +283,7 @@ func DefaultConfig() Config {
 		Log:          LogConfig{Level: "info", Format: "text"},
 		Runtime:      RuntimeConfig{GCPercent: 25, ReleaseStartupPages: true},
 		Training:     TrainingConfig{Enabled: true, MaxExamples: 50000, KeepJobs: 20},
+		Green:        defaultGreenConfig(),
 	}
 }
 
@@ -748,7 +752,7 @@ func (c *Config) Validate() error {
 	if c.Training.KeepJobs < 1 || c.Training.KeepJobs > 10_000 {
 		return fmt.Errorf("agent: training.keep_jobs: %d (want 1..10000)", c.Training.KeepJobs)
 	}
-	return nil
+	return c.Green.validate()
 }
 
 // fieldError is an invalid field of a part of the config another package

@@ -277,6 +277,16 @@ func TestValidateNamesBadField(t *testing.T) {
 		"ingest.min_free_bytes":           func(c *Config) { c.Ingest.MinFreeBytes = -1 },
 		"ingest.device_registry_interval": func(c *Config) { c.Ingest.DeviceRegistryInterval = 0 },
 		"control_plane":                   func(c *Config) { c.ControlPlane.URL = "ftp://cp" },
+		"green.zone":                      func(c *Config) { c.Green.Zone = "D E" },
+		"green.carbon.zone":               func(c *Config) { c.Green.Carbon.Kind = "trace" },
+		"green.carbon: trace_file":        func(c *Config) { c.Green.Zone, c.Green.Carbon.Kind = "DE", "trace" },
+		"green.carbon: kind":              func(c *Config) { c.Green.Zone, c.Green.Carbon.Kind = "DE", "co2signal" },
+		"green.profile":                   func(c *Config) { c.Green.Profile.IdleW = 10 },
+		"green.battery.level":             func(c *Config) { c.Green.Battery.Present, c.Green.Battery.Level = true, 1.5 },
+		"green.min_battery":               func(c *Config) { c.Green.MinBattery = -0.1 },
+		"green.battery_recheck":           func(c *Config) { c.Green.BatteryRecheck = 0 },
+		"green.compaction_window":         func(c *Config) { c.Green.CompactionWindow = -time.Second },
+		"green.training_duration":         func(c *Config) { c.Green.TrainingDuration = 0 },
 	}
 	names := make([]string, 0, len(cases))
 	for n := range cases {

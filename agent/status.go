@@ -107,6 +107,7 @@ func (a *Agent) resources() *cpapi.Resources {
 	if up := a.clk.Now().Sub(a.startedAt); up > 0 && !a.startedAt.IsZero() {
 		r.UptimeSeconds = uint64(up / time.Second)
 	}
+	r.Energy = a.energyReport()
 	return r
 }
 

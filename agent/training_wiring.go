@@ -42,6 +42,7 @@ func (a *Agent) startTraining() error {
 		Rand:        a.rnd,
 		Logger:      a.log,
 		Registry:    a.reg,
+		Defer:       a.deferTraining,
 	})
 	if err != nil {
 		return err

@@ -103,6 +103,10 @@ type FLConfig struct {
 	DataDir string
 	// MaxUpdateBytes caps a sealed update's body (default 64 MiB).
 	MaxUpdateBytes int64
+	// Carbon gives zones' carbon forecasts to jobs with a carbon option
+	// (fl_carbon.go); nil: such jobs rank clients by the intensities the
+	// agents report and open rounds when ready.
+	Carbon CarbonForecaster
 }
 
 func (c *Config) setDefaults() {

@@ -68,6 +68,9 @@ type flJob struct {
 	c         *coord.Coordinator
 	bytesUp   int64
 	bytesDown int64
+	// ready is when the next round became ready to open (carbon jobs:
+	// the start of its window; zero while a round is open).
+	ready time.Time
 }
 
 func newFLState() *flState {
@@ -263,6 +266,9 @@ func (s *Server) flTick(ctx context.Context) {
 		if err != nil {
 			s.log.Warn("fl driver", "job", j.rec.ID, "err", err)
 			continue
+		}
+		if j.spec.Carbon != nil {
+			avail = s.flCarbon(ctx, j, agents, avail, now)
 		}
 		if ev := j.c.Tick(now, avail); len(ev) > 0 {
 			s.flApply(ctx, j, now, ev, nil, nil)

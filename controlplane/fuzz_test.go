@@ -20,6 +20,8 @@ func FuzzDecodeRequestBodies(f *testing.F) {
 	f.Add([]byte(`{"ttl":"1h","labels":{"a":"b"},"count":3}`))
 	f.Add([]byte(`{"name":"ci","role":"viewer","ttl":"24h"}`))
 	f.Add([]byte(`{"resources":{"cpu_percent":-1e308}}`))
+	f.Add([]byte(`{"resources":{"energy":{"zone":"DE","intensity":312.5,"intensity_at":"2026-01-01T00:00:00Z","battery":{"present":true,"level":0.4,"charging":true}}}}`))
+	f.Add([]byte(`{"resources":{"energy":{"intensity":-1,"battery":{"level":2}}}}`))
 	f.Add([]byte(`{} {}`))
 	f.Add([]byte(`[`))
 	s := &Server{cfg: Config{MaxBodyBytes: 4096}}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -508,6 +509,26 @@ func validHeartbeat(hb *cpapi.Heartbeat) error {
 		if rs.DiskUsedBytes > rs.DiskTotalBytes && rs.DiskTotalBytes != 0 {
 			return badRequest("resources.disk_used_bytes %d exceeds disk_total_bytes %d", rs.DiskUsedBytes, rs.DiskTotalBytes)
 		}
+		if err := validEnergy(rs.Energy); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validEnergy checks the optional energy report of a heartbeat.
+func validEnergy(e *cpapi.Energy) error {
+	if e == nil {
+		return nil
+	}
+	if err := validText("resources.energy.zone", e.Zone, maxFieldLen); err != nil {
+		return err
+	}
+	if v := e.Intensity; v != nil && (math.IsNaN(*v) || math.IsInf(*v, 0) || *v < 0 || *v > 1e5) {
+		return badRequest("resources.energy.intensity: %g is not a carbon intensity (gCO2eq/kWh, 0..100000)", *v)
+	}
+	if b := e.Battery; b != nil && (math.IsNaN(b.Level) || b.Level < 0 || b.Level > 1) {
+		return badRequest("resources.energy.battery.level: %g outside 0..1", b.Level)
 	}
 	return nil
 }

@@ -104,31 +104,3 @@ func TestStatic(t *testing.T) {
 		t.Fatalf("%v %v", got.Points, err)
 	}
 }
-
-func TestDenoise(t *testing.T) {
-	// a smooth daily curve plus noise: the smoothed forecast is closer to
-	// the truth than the raw one; sigma 0 changes nothing
-	vals := make([]float64, 48*20)
-	for i := range vals {
-		vals[i] = 200 + 80*math.Sin(2*math.Pi*float64(i)/48)
-	}
-	truth := hourly(vals...)
-	fc, _ := NewNoisy(truth, 0.05, 1)
-	if got := Denoise(fc.S, 0, 0); &got.Points[0] != &fc.S.Points[0] {
-		t.Fatal("sigma 0 changed the forecast")
-	}
-	rmse := func(s Series) float64 {
-		var sq float64
-		for i, p := range s.Points {
-			d := p.Intensity - vals[i]
-			sq += d * d
-		}
-		return math.Sqrt(sq / float64(len(vals)))
-	}
-	for _, q := range []float64{0, StepVariance(truth)} {
-		raw, smooth := rmse(fc.S), rmse(Denoise(fc.S, fc.ErrorSigma(), q))
-		if smooth > 0.6*raw {
-			t.Errorf("q %v: rmse %.2f smoothed, %.2f raw", q, smooth, raw)
-		}
-	}
-}

@@ -16,10 +16,13 @@ type ReplayOptions struct {
 	Duration      time.Duration
 	Window        time.Duration
 	Interruptible bool
-	// Raw turns off the denoising of forecasts that declare their error
-	// (see Uncertain, Denoise): the scheduler then ranks by the forecast as
-	// it is.
+	// Raw turns off the estimation of the truth from forecasts that
+	// declare their error (see Uncertain, Estimate): the scheduler then
+	// ranks by the forecast as it is.
 	Raw bool
+	// OneShot plans each job once, on a forecast issued at its earliest
+	// start, instead of deciding at each mark (see replayJob).
+	OneShot bool
 }
 
 // ReplayResult sums a replay up. Intensities are gCO2eq/kWh.
@@ -36,17 +39,20 @@ type ReplayResult struct {
 	MeanScheduled float64 `json:"mean_intensity_scheduled"`
 	// SavingsPercent = 100 × (1 − Σ scheduled / Σ at arrival).
 	SavingsPercent float64 `json:"savings_percent"`
+	// Starts are the jobs' starts (the first slot's), in arrival order.
+	Starts []time.Time `json:"-"`
 }
 
-// denoiseContext widens the forecast asked for on both sides of a job's
-// window so that the smoother has neighbours at the window's edges (4 h
-// measured best of 0, 4 h, 12 h and 24 h on the 2020 traces).
-const denoiseContext = 4 * time.Hour
+// estimateContext widens the forecast asked for after a job's span so
+// that the estimate has neighbours at the window's end (the past before
+// the issue time is the truth itself).
+const estimateContext = 4 * time.Hour
 
 // Replay runs the scheduler over a trace. marks is the truth read at the
 // replay's marks (see Series.Marks; its Step is the slot length); fc is the
-// forecast the scheduler sees, issued at each job's earliest start
-// (arrival − Window, the last moment it can still choose that start).
+// forecast the scheduler sees, issued at each mark where it decides (see
+// replayJob: at each mark from the job's earliest start, starting when
+// now is the greenest start left; OneShot: once, at the earliest start).
 //
 // Definitions: a job covers the marks from its start for Duration (a
 // 30-minute job on 30-minute marks covers one); its intensity is the mean
@@ -56,9 +62,8 @@ const denoiseContext = 4 * time.Hour
 // as scheduled / Σ intensity at arrival, over all jobs.
 //
 // A forecaster that declares its error (Uncertain, as Noisy does) is
-// denoised before the scheduler sees it (Denoise), with the zone's
-// step variance learnt from the marks before the first window; Raw skips
-// this.
+// turned into an estimate of the truth before the scheduler sees it
+// (Estimate, with the truth known at the issue time); Raw skips this.
 func Replay(marks Series, fc Forecaster, o ReplayOptions) (ReplayResult, error) {
 	step := marks.Step
 	switch {
@@ -73,54 +78,33 @@ func Replay(marks Series, fc Forecaster, o ReplayOptions) (ReplayResult, error) 
 	}
 	n := int((o.Duration + step - 1) / step)
 	slots := int(2*o.Window/step) + n
-	// the zone's volatility, learnt from the history before the first
-	// job (0: none, Denoise estimates it from each forecast)
-	q := 0.0
-	if hist := marks.Between(time.Time{}, o.First.Add(-o.Window)); len(hist.Points) >= 48 {
-		q = StepVariance(hist)
-	}
+	w := int(o.Window / step)
 	var r ReplayResult
 	var sumArrival, sumScheduled float64
 	for arr := o.First; arr.Before(o.Until); arr = arr.Add(o.Every) {
 		start := arr.Add(-o.Window)
 		truth := marks.Grid(start, step, slots)
-		w := int(o.Window / step)
 		atArrival, ok := meanOf(truth.Values[w : w+n])
 		if !ok {
 			r.Skipped++
 			continue
 		}
-		f, err := fc.Forecast(start, start.Add(-denoiseContext), start.Add(time.Duration(slots)*step+denoiseContext))
+		job := Job{ID: arr.Format(time.DateTime), Arrival: arr, Duration: o.Duration, Interruptible: o.Interruptible}.Window(o.Window, o.Window)
+		run, err := replayJob(marks, fc, o, job, truth)
 		if err != nil {
 			return ReplayResult{}, fmt.Errorf("greensched: replay: job at %s: %w", arr.Format(time.DateTime), err)
 		}
-		if u, ok := fc.(Uncertain); ok && !o.Raw {
-			f = Denoise(f, u.ErrorSigma(), q)
-		}
-		g := f.Grid(start, step, slots)
-		for k, v := range truth.Values {
-			if math.IsNaN(v) {
-				g.Values[k] = math.NaN()
-			}
-		}
-		p, err := NewPlanner(g, 1)
-		if err != nil {
-			return ReplayResult{}, err
-		}
-		job := Job{ID: arr.Format(time.DateTime), Arrival: arr, Duration: o.Duration, Interruptible: o.Interruptible}.Window(o.Window, o.Window)
 		scheduled := atArrival
-		pl, err := p.Best(job)
-		switch {
-		case errors.Is(err, ErrNoSlot):
+		if run == nil {
 			r.AtArrival++
-		case err != nil:
-			return ReplayResult{}, err
-		default:
+			r.Starts = append(r.Starts, arr)
+		} else {
 			var sum float64
-			for _, k := range pl.Slots {
+			for _, k := range run {
 				sum += truth.Values[k]
 			}
-			scheduled = sum / float64(len(pl.Slots))
+			scheduled = sum / float64(len(run))
+			r.Starts = append(r.Starts, truth.Time(run[0]))
 		}
 		r.Jobs++
 		sumArrival += atArrival
@@ -150,4 +134,80 @@ func meanOf(vs []float64) (float64, bool) {
 		s += v
 	}
 	return s / float64(len(vs)), true
+}
+
+// replayJob decides where job runs; truth is the true grid of its span
+// (NaN: a mark missing, never a candidate). It returns the slots of
+// truth it runs in, nil when no start was a candidate (run at arrival).
+//
+// By default the scheduler decides as it goes: at each mark from the
+// earliest start it asks the forecaster for a forecast issued then,
+// estimates the truth from it and the truth known by then (Estimate, for
+// forecasts that declare their error), and starts now if now is the
+// greenest start left (interruptible: runs this slot if it is among the
+// greenest left), else waits for the next mark; at the latest start it
+// starts. OneShot plans once, at the earliest start.
+func replayJob(marks Series, fc Forecaster, o ReplayOptions, job Job, truth Grid) ([]int, error) {
+	step := truth.Step
+	n := int((o.Duration + step - 1) / step)
+	var run []int
+	for k0 := 0; k0 < len(truth.Values); k0++ {
+		issued := truth.Time(k0)
+		rest := len(truth.Values) - k0
+		f, err := fc.Forecast(issued, issued, truth.Time(len(truth.Values)).Add(estimateContext))
+		if err != nil {
+			return nil, err
+		}
+		if u, ok := fc.(Uncertain); ok && !o.Raw {
+			f = Estimate(f, u.ErrorSigma(), marks.Between(time.Time{}, issued), issued)
+		}
+		g := f.Grid(issued, step, rest)
+		for k := range g.Values {
+			if math.IsNaN(truth.Values[k0+k]) {
+				g.Values[k] = math.NaN()
+			}
+		}
+		p, err := NewPlanner(g, 1)
+		if err != nil {
+			return nil, err
+		}
+		j := job
+		j.Earliest = issued
+		if j.Interruptible {
+			// the slots still to run, before the same end
+			j.Duration = time.Duration(n-len(run)) * step
+			j.Latest, j.Deadline = time.Time{}, truth.Time(len(truth.Values))
+		}
+		pl, err := p.Best(j)
+		if errors.Is(err, ErrNoSlot) {
+			if len(run) > 0 {
+				return run, nil // interruptible: no more candidates
+			}
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case o.OneShot:
+			for _, k := range pl.Slots {
+				run = append(run, k0+k)
+			}
+			return run, nil
+		case !j.Interruptible && pl.Slots[0] == 0:
+			for _, k := range pl.Slots {
+				run = append(run, k0+k)
+			}
+			return run, nil
+		case j.Interruptible && pl.Slots[0] == 0:
+			run = append(run, k0)
+			if len(run) == n {
+				return run, nil
+			}
+		}
+	}
+	if len(run) > 0 {
+		return run, nil
+	}
+	return nil, nil
 }

@@ -266,7 +266,8 @@ type Report struct {
 type ControlPlaneReport struct {
 	URL string `json:"url"`
 	// Enrolled and Online count the fleet's agents in the registry at the
-	// end of the run.
+	// end of the run, once every enrolled agent is online again (or at the
+	// phase timeout).
 	Enrolled int `json:"enrolled"`
 	Online   int `json:"online"`
 	// EnrollSeconds is, per agent, the time from its start until the

@@ -268,16 +268,32 @@ func (f *Fleet) finishUplink(ctx context.Context, rep *Report) error {
 		f.opts.Logger.Info("device telemetry", "messages", d.Messages, "stored", d.StoredAtAgents, "at_control_plane", d.AtControlPlane, "duplicates", d.Duplicates, "missing", d.Missing)
 	}
 	if f.cp != nil {
-		reg, err := f.cp.agents(ctx)
-		if err != nil {
-			return err
-		}
-		for _, n := range f.nodes {
-			if a, ok := reg[n.name]; ok {
-				rep.ControlPlane.Enrolled++
-				if a.State == cpapi.StateOnline {
-					rep.ControlPlane.Online++
+		// The control plane's clock may run faster than real time
+		// (TimeScale): a heartbeat that comes late in real time, on a
+		// loaded machine, shows its agent offline for a moment. Count
+		// once every enrolled agent is online again, or at the phase
+		// timeout.
+		deadline := time.Now().Add(f.opts.Timeout)
+		for {
+			reg, err := f.cp.agents(ctx)
+			if err != nil {
+				return err
+			}
+			enrolled, online := 0, 0
+			for _, n := range f.nodes {
+				if a, ok := reg[n.name]; ok {
+					enrolled++
+					if a.State == cpapi.StateOnline {
+						online++
+					}
 				}
+			}
+			if online == enrolled || time.Now().After(deadline) {
+				rep.ControlPlane.Enrolled, rep.ControlPlane.Online = enrolled, online
+				break
+			}
+			if err := sleep(ctx, 100*time.Millisecond); err != nil {
+				return err
 			}
 		}
 	}

@@ -44,6 +44,12 @@ type TrainingJobSpec struct {
 	HoldOut     *float64 `json:"hold_out,omitempty"`
 	Seed        uint64   `json:"seed,omitempty"`
 	MaxExamples int      `json:"max_examples,omitempty"`
+	// StartBy defers the job: the agent starts it at the greenest time of
+	// its zone's carbon forecast until then, battery permitting (state
+	// "waiting" meanwhile); zero runs it now. ExpectedDuration ("30m")
+	// sizes its window and energy estimate.
+	StartBy          time.Time `json:"start_by,omitzero"`
+	ExpectedDuration string    `json:"expected_duration,omitempty"`
 }
 
 // TrainingBase is a model to start from: its architecture
@@ -64,7 +70,7 @@ type Tensor struct {
 // /v1/training/jobs/{id}, and an item of GET /v1/training/jobs.
 type TrainingJob struct {
 	ID    string `json:"id"`
-	State string `json:"state"` // queued, preparing, running, done, failed, canceled
+	State string `json:"state"` // queued, waiting, preparing, running, done, failed, canceled
 	// Error says why a failed job failed.
 	Error    string          `json:"error,omitempty"`
 	Spec     json.RawMessage `json:"spec"`

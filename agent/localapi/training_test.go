@@ -48,6 +48,10 @@ func TestTrainingSpecErrors(t *testing.T) {
 		{strings.Replace(goodSpec, `"epochs":2`, `"hold_out":1.5`, 1), "hold_out:"},
 		{strings.Replace(goodSpec, `"epochs":2`, `"max_examples":5000`, 1), "max_examples:"},
 		{strings.Replace(goodSpec, `"epochs":2`, `"solver":"rmsprop"`, 1), "solver:"},
+		{strings.Replace(goodSpec, `"epochs":2`, `"expected_duration":"soon"`, 1), "expected_duration:"},
+		{strings.Replace(goodSpec, `"epochs":2`, `"expected_duration":"-5m"`, 1), "expected_duration:"},
+		{strings.Replace(goodSpec, `"epochs":2`, `"start_by":"tonight"`, 1), "start_by:"},
+		{strings.Replace(goodSpec, `"epochs":2`, `"start_by":"2999-01-01T00:00:00Z"`, 1), "start_by:"},
 	} {
 		raw := call(t, base, "POST", "/v1/training/jobs", tc.body, 400)
 		var e agentapi.ErrorBody

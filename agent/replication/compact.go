@@ -7,7 +7,7 @@ import (
 )
 
 // compactLoop compacts the store every compaction interval (±10%), when
-// one is set. Removals (tombstones) are compacted up to the pointwise
+// one is set, at the start Config.Defer allows. Removals (tombstones) are compacted up to the pointwise
 // minimum of the version vectors of every member that has not left, once
 // every such member has reported one; superseded ops always (see
 // crdt.Store.Compact). Members are forgotten after
@@ -20,7 +20,21 @@ func (r *Replicator) compactLoop(ctx context.Context) {
 		return
 	}
 	for r.sleep(ctx, r.jitter(r.cfg.CompactionInterval, 0.1)) {
-		if err := r.Compact(ctx); err != nil && ctx.Err() == nil {
+		done := func() {}
+		if r.cfg.Defer != nil {
+			d, err := r.cfg.Defer(ctx)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				r.log.Warn("compaction scheduler failed; compacting now", "err", err)
+			default:
+				done = d
+			}
+		}
+		err := r.Compact(ctx)
+		done()
+		if err != nil && ctx.Err() == nil {
 			r.log.Warn("compaction failed", "err", err)
 		}
 	}

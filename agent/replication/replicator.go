@@ -92,6 +92,11 @@ type Config struct {
 	MaxChunkBytes int
 	// CompactionInterval spaces compactions (±10%); 0 turns them off.
 	CompactionInterval time.Duration
+	// Defer, when set, is asked before each due compaction: it returns
+	// when the compaction may start (the agent's deferrable-work
+	// scheduler, by carbon and battery) and a func to call once it has
+	// run. nil compacts when due.
+	Defer func(ctx context.Context) (done func(), err error)
 	// Seeded: there are seeds to join, so a store that starts empty holds
 	// local writes until a peer reports what it holds of this replica, or
 	// RecoveryTimeout passes (see recover.go).

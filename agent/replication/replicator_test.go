@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,4 +127,54 @@ func TestLoopsRunOnTheClock(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestCompactionWaitsForDefer: a due compaction asks Config.Defer and runs
+// only once it returns, then reports its end.
+func TestCompactionWaitsForDefer(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1e9, 0))
+	asked := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var ended atomic.Int32
+	a := newTestReplicator(t, slog.New(slog.DiscardHandler), func(c *Config) {
+		c.Clock, c.SyncInterval, c.CompactionInterval = clk, time.Hour, time.Hour
+		c.Defer = func(ctx context.Context) (func(), error) {
+			asked <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return func() { ended.Add(1) }, nil
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		a.Run(ctx)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); clk.Waiters() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("loops did not start")
+		}
+	}
+	clk.Advance(67 * time.Minute) // past the compaction interval's +10%
+	select {
+	case <-asked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the due compaction did not ask its scheduler")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if ended.Load() != 0 {
+		t.Fatal("compaction ran before its scheduler let it")
+	}
+	close(release)
+	for deadline := time.Now().Add(5 * time.Second); ended.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("compaction did not run once released")
+		}
+	}
+	cancel()
+	<-stopped
 }

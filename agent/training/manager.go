@@ -59,6 +59,7 @@ var (
 // Job states.
 const (
 	StateQueued    = "queued"
+	StateWaiting   = "waiting"   // deferred: waiting for the scheduler's start (Spec.StartBy)
 	StatePreparing = "preparing" // reading the examples
 	StateRunning   = "running"
 	StateDone      = "done"
@@ -86,6 +87,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the metrics; nil registers none.
 	Registry prometheus.Registerer
+	// Defer, when set, is asked before a job runs: it returns when the job
+	// may start — at once when latest is zero (no window), else at the
+	// start it picks until latest (the agent's deferrable-work scheduler)
+	// — and a func to call when the job has ended, which accounts its
+	// energy. expected is the spec's expected duration (0: unknown). nil
+	// runs jobs at once.
+	Defer func(ctx context.Context, id string, latest time.Time, expected time.Duration) (done func(), err error)
 }
 
 // Job is a job's spec and status (agentapi.TrainingJob).
@@ -473,6 +481,20 @@ func (m *Manager) train(ctx context.Context, id string) error {
 	j := copyJob(m.jobs[id])
 	m.mu.Unlock()
 	spec := j.Spec
+	if m.cfg.Defer != nil {
+		// A job that started before (resumed after a restart) runs at
+		// once; a new one waits for its start when it has a window.
+		var latest time.Time
+		if j.Started.IsZero() && spec.StartBy.After(m.clk.Now()) {
+			latest = spec.StartBy
+			m.update(id, func(j *Job) { j.State = StateWaiting })
+		}
+		done, err := m.cfg.Defer(ctx, id, latest, time.Duration(spec.ExpectedDuration))
+		if err != nil {
+			return err
+		}
+		defer done()
+	}
 	m.update(id, func(j *Job) {
 		j.State = StatePreparing
 		if j.Started.IsZero() {

@@ -117,7 +117,23 @@ type Spec struct {
 	// MaxExamples caps the examples kept (a uniform sample of them); 0
 	// means the agent's training.max_examples, which also bounds it.
 	MaxExamples int `json:"max_examples,omitempty"`
+	// StartBy makes the job deferrable: it may start at any time until
+	// then, and the agent's scheduler starts it at the greenest time of
+	// its zone's carbon forecast, battery permitting (state "waiting"
+	// meanwhile; as the one job, it keeps others out until it has run).
+	// Zero runs it now. At most MaxStartDelay after submission.
+	StartBy time.Time `json:"start_by,omitzero"`
+	// ExpectedDuration is how long the job is expected to run, to fit it
+	// in its window and estimate its energy; 0 means the agent's
+	// green.training_duration. At most MaxExpectedDuration.
+	ExpectedDuration fedlearn.Duration `json:"expected_duration,omitempty"`
 }
+
+// Bounds of a job's deferral.
+const (
+	MaxStartDelay       = 7 * 24 * time.Hour
+	MaxExpectedDuration = 24 * time.Hour
+)
 
 // Base is a model to start from.
 type Base struct {
@@ -276,6 +292,12 @@ func (s *Spec) resolve(now time.Time, maxExamples int) (fedlearn.Arch, error) {
 	}
 	if h := *s.HoldOut; !(h >= 0 && h <= MaxHoldOut) {
 		return arch, specErr("hold_out", "%v (want 0-%v)", h, MaxHoldOut)
+	}
+	if !s.StartBy.IsZero() && s.StartBy.After(now.Add(MaxStartDelay)) {
+		return arch, specErr("start_by", "%s is more than %v after the submission (%s)", s.StartBy.Format(time.RFC3339), MaxStartDelay, now.Format(time.RFC3339))
+	}
+	if d := time.Duration(s.ExpectedDuration); d < 0 || d > MaxExpectedDuration {
+		return arch, specErr("expected_duration", "%v (want 0-%v)", d, MaxExpectedDuration)
 	}
 	if s.MaxExamples == 0 {
 		s.MaxExamples = maxExamples

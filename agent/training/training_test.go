@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -346,6 +347,9 @@ func TestSpecErrorsNameTheField(t *testing.T) {
 		{"from", func(s *Spec) { s.From = now.Add(time.Hour) }},
 		{"normalize", func(s *Spec) { s.Normalize = "zscore" }},
 		{"device", func(s *Spec) { s.Device = "a/b" }},
+		{"start_by", func(s *Spec) { s.StartBy = now.Add(MaxStartDelay + time.Second) }},
+		{"expected_duration", func(s *Spec) { s.ExpectedDuration = fedlearn.Duration(-time.Minute) }},
+		{"expected_duration", func(s *Spec) { s.ExpectedDuration = fedlearn.Duration(MaxExpectedDuration + time.Second) }},
 		{"base.weights", func(s *Spec) {
 			a, _ := fedlearn.ParseArch("lr", 2, 2)
 			s.Model, s.Base = "", &Base{Arch: a, Weights: tensors(fedlearn.NewWeights(a))[:1]}
@@ -468,5 +472,77 @@ func TestRoundFromGlobalWeights(t *testing.T) {
 	t.Logf("distance to the global weights: %.4f with mu 0, %.4f with mu 50; held-out accuracy %.3f", free, held, md.HeldOutAcc)
 	if free == 0 || held >= free/2 {
 		t.Fatalf("mu 50 moved the weights %.4f from the global ones, mu 0 %.4f", held, free)
+	}
+}
+
+// TestDeferredJobWaits: a job with a window (start_by) waits, in state
+// waiting, until the scheduler lets it start; one without runs at once;
+// both account their end.
+func TestDeferredJobWaits(t *testing.T) {
+	r := &memReadings{series: map[string]map[string][]ingest.SeriesPoint{"d1": twoBlobs(500, 1)}}
+	clk := clock.NewManual(t0.Add(30 * 24 * time.Hour))
+	type call struct {
+		id       string
+		latest   time.Time
+		expected time.Duration
+	}
+	calls := make(chan call, 4)
+	release := make(chan struct{})
+	var ended atomic.Int32
+	m, err := New(Config{Dir: t.TempDir(), Readings: r, MaxExamples: 50000, KeepJobs: 5, Clock: clk, Logger: slog.New(slog.DiscardHandler),
+		Defer: func(ctx context.Context, id string, latest time.Time, expected time.Duration) (func(), error) {
+			calls <- call{id, latest, expected}
+			if !latest.IsZero() {
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			return func() { ended.Add(1) }, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	m.Start()
+	spec := blobSpec()
+	spec.Epochs = 1
+	spec.StartBy = clk.Now().Add(6 * time.Hour)
+	spec.ExpectedDuration = fedlearn.Duration(20 * time.Minute)
+	j, err := m.Submit(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatal("the job did not ask the scheduler")
+			return call{}
+		}
+	}
+	c := next()
+	if c.id != j.ID || !c.latest.Equal(spec.StartBy) || c.expected != 20*time.Minute {
+		t.Fatalf("defer call %+v", c)
+	}
+	if got, _ := m.Job(j.ID); got.State != StateWaiting || !got.Started.IsZero() {
+		t.Fatalf("while deferred: %s started %v", got.State, got.Started)
+	}
+	close(release)
+	waitDone(t, m, j.ID)
+	spec.StartBy = time.Time{}
+	j2, err := m.Submit(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.id != j2.ID || !c.latest.IsZero() {
+		t.Fatalf("undeferred job's call %+v", c)
+	}
+	waitDone(t, m, j2.ID)
+	if n := ended.Load(); n != 2 {
+		t.Fatalf("%d jobs accounted, want 2", n)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/greensched/provider"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/cli"
 )
@@ -43,6 +45,7 @@ func (a *app) newControlplaneCmd() *cobra.Command {
 		synchronous string
 		sharesFile  string
 		keyRotation string
+		carbonFile  string
 	)
 	c := &cobra.Command{
 		Use:   "controlplane --data DIR [--listen ADDR] [--host NAME...]",
@@ -107,6 +110,11 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if carbonFile != "" {
+				if cfg.FL.Carbon, err = carbonForecasts(carbonFile, logger); err != nil {
+					return err
+				}
+			}
 			srv, err := controlplane.New(cfg)
 			if err != nil {
 				return err
@@ -143,6 +151,7 @@ the server needs about 350 MB live; without a limit Go lets RSS grow to ~750 MB.
 		},
 	}
 	f := c.Flags()
+	f.StringVar(&carbonFile, "carbon-providers", "", "YAML providers: list (as edgectl green status --providers) giving zones' carbon forecasts to federated jobs with a carbon option")
 	f.StringVar(&cfg.DataDir, "data", "", "data directory: CA, server certificate, admin token, SQLite database (created 0700)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "TCP address to serve on (port 0 picks a free one)")
 	f.StringArrayVar(&cfg.Hostnames, "host", nil, "extra DNS name or IP address for the server certificate (repeatable, or comma-separated)")
@@ -239,4 +248,22 @@ func handOutShares(c *cobra.Command, shares []string, path string, kc controlpla
 	}
 	fmt.Fprintf(ew, "%s controlplane: key service initialized. ROOT KEY SHARES (shown once):\n%s", c.Root().Name(), text)
 	return nil
+}
+
+// carbonForecasts builds the zones' carbon providers of a providers file
+// (as edgectl green status --providers) for the FL round driver.
+func carbonForecasts(file string, logger *slog.Logger) (controlplane.CarbonForecaster, error) {
+	cfgs, err := greenStatusConfigs(file, nil)
+	if err != nil {
+		return nil, err
+	}
+	byZone := map[string]provider.Provider{}
+	for _, cfg := range cfgs {
+		p, err := provider.New(cfg, provider.Options{Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("--carbon-providers: %w", err)
+		}
+		byZone[cfg.Zone] = p
+	}
+	return controlplane.ProviderForecasts(byZone), nil
 }

@@ -40,11 +40,15 @@ rounds done. --json prints {jobs: [...]} (without initial weights).`,
 					return err
 				}
 				tw := cli.NewTable(w)
-				fmt.Fprintln(tw, "JOB\tSTATUS\tMODEL\tSTRATEGY\tROUNDS\tSELECTOR\tCREATED")
+				fmt.Fprintln(tw, "JOB\tSTATUS\tMODEL\tSTRATEGY\tROUNDS\tEPSILON\tSELECTOR\tCREATED")
 				for _, j := range jobs {
 					sp := flSpec(j)
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.Status, cell(sp.Model, 0), strings.ToLower(sp.Strategy.Name),
-						j.Done, sp.Rounds, cell(sp.Selector, 40), j.Created.Format("2006-01-02 15:04"))
+					eps := "-"
+					if j.Privacy != nil {
+						eps = fmt.Sprintf("%.3g (%s)", j.Privacy.Epsilon, j.Privacy.Mode)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", j.ID, j.Status, cell(sp.Model, 0), strings.ToLower(sp.Strategy.Name),
+						j.Done, sp.Rounds, eps, cell(sp.Selector, 40), j.Created.Format("2006-01-02 15:04"))
 				}
 				return tw.Flush()
 			})

@@ -114,6 +114,9 @@ func TestFLJobsCreateDP(t *testing.T) {
 	if !strings.Contains(out, "Privacy:   central:z=1,C=0.5,delta=1e-05,budget=8") || !strings.Contains(out, "statistics round (round 0) pending") {
 		t.Fatalf("get: %s", out)
 	}
+	if out := e.must("fl", "jobs", "list"); !strings.Contains(out, "EPSILON") || !strings.Contains(out, "0 (central)") {
+		t.Fatalf("list: %s", out)
+	}
 	for _, bad := range []string{"global:z=1,C=1", "central:z=1", "central:z=1,C=1,eps=3"} {
 		r := e.run("fl", "jobs", "create", "--file", path, "--dp", bad)
 		if r.code == 0 || !strings.Contains(r.stderr, "--dp") {

@@ -25,6 +25,7 @@ type greenReplayOutput struct {
 	Window        string                  `json:"window"`
 	Interruptible bool                    `json:"interruptible"`
 	RawForecast   bool                    `json:"raw_forecast"`
+	OneShot       bool                    `json:"one_shot"`
 	Report        greensched.ReplayReport `json:"result"`
 }
 
@@ -106,7 +107,7 @@ Times are wall-clock times as the trace writes them.`,
 				Trace: trace, TraceStats: stats,
 				First: o.First.Format(greensched.TraceTimeLayout), Until: o.Until.Format(greensched.TraceTimeLayout),
 				Every: o.Every.String(), JobDuration: o.Duration.String(), Window: o.Window.String(),
-				Interruptible: o.Interruptible, RawForecast: o.Raw, Report: rep,
+				Interruptible: o.Interruptible, RawForecast: o.Raw, OneShot: o.OneShot, Report: rep,
 			}
 			return cli.Print(c.OutOrStdout(), format, res, func(w io.Writer) error { return printGreenReplay(w, res) })
 		},
@@ -123,7 +124,8 @@ Times are wall-clock times as the trace writes them.`,
 	fl.StringVar(&fcSpec, "forecast", "perfect", "perfect, persistence or noisy:E")
 	fl.IntVar(&seeds, "seeds", 1, "noisy forecast: replay with seeds 0..N-1 and report the means")
 	fl.BoolVar(&o.Interruptible, "interruptible", false, "jobs may run in separate 30-minute marks")
-	fl.BoolVar(&o.Raw, "raw-forecast", false, "do not smooth a noisy forecast before scheduling")
+	fl.BoolVar(&o.Raw, "raw-forecast", false, "rank by a noisy forecast as it is, without estimating the truth from it and the past")
+	fl.BoolVar(&o.OneShot, "one-shot", false, "plan each job once at its earliest start instead of deciding at each mark")
 	return c
 }
 

@@ -101,6 +101,32 @@ type Resources struct {
 	DiskUsedBytes  uint64  `json:"disk_used_bytes"`
 	DiskTotalBytes uint64  `json:"disk_total_bytes"`
 	UptimeSeconds  uint64  `json:"uptime_seconds"`
+	// Energy is the agent's grid zone, its carbon intensity and the
+	// battery, when the agent knows them (optional).
+	Energy *Energy `json:"energy,omitempty"`
+}
+
+// Energy is an agent's energy situation, sent with its heartbeat's
+// resources: what carbon-aware scheduling of federated rounds selects on.
+type Energy struct {
+	// Zone is the grid zone the agent draws power from ("" unknown).
+	Zone string `json:"zone,omitempty"`
+	// Intensity is the zone's carbon intensity now, gCO2eq/kWh, when
+	// known; IntensityAt its time; IntensityStale when it is the
+	// provider's last good value after a failure.
+	Intensity      *float64   `json:"intensity,omitempty"`
+	IntensityAt    *time.Time `json:"intensity_at,omitempty"`
+	IntensityStale bool       `json:"intensity_stale,omitempty"`
+	// Battery is the battery state when known: Present false for a
+	// mains-powered device; Level 0..1; Charging on external power.
+	Battery *Battery `json:"battery,omitempty"`
+}
+
+// Battery is an agent's battery state.
+type Battery struct {
+	Present  bool    `json:"present"`
+	Level    float64 `json:"level"`
+	Charging bool    `json:"charging"`
 }
 
 // Heartbeat is what an agent reports about itself periodically.

@@ -429,7 +429,8 @@ func (c *Coordinator) finish(now time.Time, status, reason string) []Event {
 // Tick advances the job at now: the job deadline, the round timeout, and
 // opening the next round when enough agents are available. available are
 // the eligible agents (matching the selector, reachable); the order does
-// not matter.
+// not matter, except with Spec.Carbon, where the caller ranks them
+// (cleanest first) and the round takes the first ones.
 func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if c.Finished() {
 		return nil
@@ -443,9 +444,21 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		}
 		return c.close(now, "round timeout")
 	}
-	avail := slices.Clone(available)
-	slices.Sort(avail)
-	avail = slices.Compact(avail)
+	var avail []string
+	if c.spec.Carbon != nil {
+		// ranked by the caller, cleanest first: keep the order
+		seen := map[string]bool{}
+		for _, a := range available {
+			if !seen[a] {
+				seen[a] = true
+				avail = append(avail, a)
+			}
+		}
+	} else {
+		avail = slices.Clone(available)
+		slices.Sort(avail)
+		avail = slices.Compact(avail)
+	}
 	if len(avail) < c.spec.MinAvailable {
 		return nil
 	}
@@ -453,8 +466,7 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if c.needStats() {
 		round, kind = StatsRound, RoundStats
 	}
-	n := max(c.spec.MinFit, int(math.Ceil(c.spec.Fraction*float64(len(avail)))))
-	n = min(n, len(avail))
+	n := c.ClientCount(len(avail))
 	q := float64(n) / float64(len(avail))
 	if c.acct != nil && kind == RoundTrain {
 		if _, err := c.acct.Check(q, c.spec.DP.NoiseMultiplier, 1); errors.Is(err, privacy.ErrBudgetExceeded) {
@@ -463,8 +475,10 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 				ReasonBudget, round, c.spec.DP.Budget, sp.Epsilon, sp.Delta, c.st.Done))
 		}
 	}
-	rng := rand.New(rand.NewPCG(c.spec.Seed, uint64(round)<<20|uint64(attempt)))
-	rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
+	if c.spec.Carbon == nil {
+		rng := rand.New(rand.NewPCG(c.spec.Seed, uint64(round)<<20|uint64(attempt)))
+		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
+	}
 	sel := avail[:n]
 	slices.Sort(sel)
 	r := &Round{Round: round, Attempt: attempt, Kind: kind, Phase: RoundOpen, Opened: now,

@@ -13,6 +13,10 @@ func FuzzSpec(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte(`{"model":"m","arch":{"kind":"mlp","inputs":1,"classes":2,"hidden":[3]},"labels":["a","b"],"schema":{"features":[{"name":"x","metric":"x","agg":"mean","window":"1m"}]},"strategy":{"name":"multikrum","num_clients_to_keep":2},"fraction_fit":0.3}`))
 	f.Add([]byte(`{"strategy":{"name":"fedprox","proximal_mu":-1}}`))
+	sp := testSpec()
+	sp.Carbon = &Carbon{Window: 3600e9, MinBattery: 0.2}
+	b, _ = json.Marshal(sp)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s Spec
 		if json.Unmarshal(b, &s) != nil {

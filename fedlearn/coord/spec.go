@@ -115,6 +115,9 @@ type Spec struct {
 	FederatedStats *bool `json:"federated_stats,omitempty"`
 	// DP is differential privacy; nil means none.
 	DP *DP `json:"dp,omitempty"`
+	// Carbon, when set, makes the rounds carbon- and battery-aware (see
+	// Carbon).
+	Carbon *Carbon `json:"carbon,omitempty"`
 }
 
 // Differential-privacy modes.
@@ -267,7 +270,7 @@ func (s *Spec) Resolve() error {
 			return err
 		}
 	}
-	return nil
+	return s.Carbon.resolve()
 }
 
 func (d *DP) resolve(st strategy.Strategy) error {

@@ -1,0 +1,113 @@
+package controlplane
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/fedlearn"
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
+	"github.com/edgefleet/edgefleet/fedlearn/strategy"
+	"github.com/edgefleet/edgefleet/greensched"
+)
+
+// fixedForecasts are zones' forecasts: a constant, and a greener value in
+// [greenFrom, greenTo).
+type fixedForecasts struct {
+	base               map[string]float64
+	green              map[string]float64
+	greenFrom, greenTo time.Time
+}
+
+func (f fixedForecasts) Forecast(_ context.Context, zone string, from, to time.Time) (greensched.Series, error) {
+	s := greensched.Series{Zone: zone, Step: 30 * time.Minute}
+	for t := from.Truncate(30 * time.Minute); t.Before(to); t = t.Add(30 * time.Minute) {
+		v := f.base[zone]
+		if !t.Before(f.greenFrom) && t.Before(f.greenTo) {
+			v = f.green[zone]
+		}
+		s.Points = append(s.Points, greensched.Point{Time: t, Intensity: v})
+	}
+	return s, nil
+}
+
+// TestFLCarbonRound: a job with a carbon option waits for the greener hour
+// the forecasts show (within its window) and then selects the agents in
+// the cleanest zones whose battery allows, from their heartbeats.
+func TestFLCarbonRound(t *testing.T) {
+	var fc fixedForecasts
+	e := newKeyEnv(t, func(c *Config) {
+		c.Keys.DevUnseal = true
+		c.FL.Tick = time.Hour
+		c.FL.Carbon = &fc
+	})
+	ctx := e.ctx()
+	// start on a forecast step, so that the candidate starts are the
+	// forecast's points
+	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
+	now := e.clock.Now()
+	fc = fixedForecasts{base: map[string]float64{"DE": 300, "FR": 60, "GB": 150}, green: map[string]float64{"DE": 250, "FR": 20, "GB": 90},
+		greenFrom: now.Add(90 * time.Minute), greenTo: now.Add(150 * time.Minute)}
+	f := func(v float64) *float64 { return &v }
+	type spec struct {
+		zone    string
+		battery *cpapi.Battery
+	}
+	specs := map[string]spec{
+		"de":     {"DE", nil},
+		"fr-low": {"FR", &cpapi.Battery{Present: true, Level: 0.1}},
+		"fr-chg": {"FR", &cpapi.Battery{Present: true, Level: 0.1, Charging: true}},
+		"gb":     {"GB", &cpapi.Battery{Present: true, Level: 0.8}},
+	}
+	agents := map[string]*enrolledAgent{}
+	ids := map[string]string{}
+	beat := func() {
+		for name, sp := range specs {
+			hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: sp.zone, Intensity: f(fc.base[sp.zone]), Battery: sp.battery}}}
+			if _, err := agents[name].client.Heartbeat(ctx, hb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for name := range specs {
+		agents[name] = e.enroll(name, map[string]string{"fl": "yes"})
+		ids[agents[name].id] = name
+	}
+	beat()
+	arch := fedlearn.Arch{Kind: fedlearn.KindLR, Inputs: 1, Classes: 2}
+	job, err := e.admin.CreateFLJob(ctx, coord.Spec{Model: "fl-carbon", Arch: arch, Labels: []string{"a", "b"},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "t", Metric: "t", Agg: fedlearn.AggLatest}}, Label: fedlearn.Label{Metric: "y"}},
+		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 1, MinAvailable: 2, MinFit: 2, Fraction: 0.5,
+		RoundTimeout: fedlearn.Duration(10 * time.Minute), Selector: "fl=yes", Seed: 3,
+		Carbon: &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour), MinBattery: 0.3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.FLTick()
+	if j, _ := e.admin.GetFLJob(ctx, job.ID); j.Current != nil {
+		t.Fatalf("round opened now, before the greener hour: %+v", j.Current)
+	}
+	for _, step := range []time.Duration{30 * time.Minute, 30 * time.Minute, 30 * time.Minute} {
+		e.clock.Advance(step)
+		beat()
+		e.srv.FLTick()
+	}
+	j, err := e.admin.GetFLJob(ctx, job.ID)
+	if err != nil || j.Current == nil {
+		t.Fatalf("no round open in the greener hour: %+v %v", j, err)
+	}
+	var got []string
+	for _, id := range j.Current.Selected {
+		got = append(got, ids[id])
+	}
+	slices.Sort(got)
+	// 3 eligible (fr-low is below 30 % and not charging), fraction 0.5 -> 2: FR and GB
+	if want := []string{"fr-chg", "gb"}; !slices.Equal(got, want) {
+		t.Fatalf("selected %v, want %v", got, want)
+	}
+	if opened := j.Current.Opened; !opened.Equal(fc.greenFrom) {
+		t.Fatalf("opened at %s, not at the start of the greener hour %s", opened, fc.greenFrom)
+	}
+}
