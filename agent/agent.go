@@ -159,6 +159,10 @@ type Deps struct {
 	// nil means the agent's own (package agent/models, models.enabled;
 	// with the model runtime disabled no models are fetched).
 	Models modelsync.ModelInstaller
+	// FLFaults injects faults into the agent's federated-learning rounds:
+	// the simulator's dropouts and Byzantine clients. The zero value
+	// injects nothing; no configuration key reaches it.
+	FLFaults FLFaults
 }
 
 const (

@@ -11,6 +11,20 @@ import (
 	"github.com/edgefleet/edgefleet/fedlearn"
 )
 
+// FLFaults are the fault hooks of federated-learning rounds (Deps.FLFaults),
+// for the simulator; nil hooks inject nothing.
+type FLFaults struct {
+	// Skip, when it returns true for a task, makes the agent sit the
+	// round out without training, as a device that dropped out would.
+	Skip func(task cpapi.FLTask) bool
+	// Tamper may change the trained Δ in place before it is sealed (a
+	// Byzantine client).
+	Tamper func(task cpapi.FLTask, delta []float32)
+}
+
+// ErrFLSkipped: the agent sat a round out because Deps.FLFaults.Skip said so.
+var ErrFLSkipped = errors.New("agent: fl round skipped (injected dropout)")
+
 // flTrainer runs the federated-learning round tasks the uplink receives
 // as local training jobs (agent/training) on the agent's stored readings.
 type flTrainer struct{ a *Agent }
@@ -54,6 +68,10 @@ func (t flTrainer) Stats(ctx context.Context, task cpapi.FLTask) (fedlearn.Featu
 // Train implements uplink.FLTrainer: the task's local training job (flSpec);
 // Δ is the trained weights minus the global ones.
 func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int, error) {
+	faults := t.a.deps.FLFaults
+	if faults.Skip != nil && faults.Skip(task) {
+		return nil, 0, fmt.Errorf("agent: fl task %s: %w", task.Key(), ErrFLSkipped)
+	}
 	m := t.a.Training()
 	if m == nil {
 		return nil, 0, ErrTrainingDisabled
@@ -99,6 +117,9 @@ func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int
 	delta := make([]float32, len(local))
 	for i := range local {
 		delta[i] = float32(local[i] - task.Global[i])
+	}
+	if faults.Tamper != nil {
+		faults.Tamper(task, delta)
 	}
 	return delta, md.Examples, nil
 }

@@ -409,8 +409,11 @@ func (s *Server) flSave(ctx context.Context, j *flJob, st coord.State, save FLSa
 
 // flReload restores a job from the store after a failed save.
 func (s *Server) flReload(ctx context.Context, j *flJob) {
-	jobs, states, err := s.store.FLJobs(ctx)
+	// Not the request's context: a client gone away must not leave the
+	// memory ahead of the disk.
+	jobs, states, err := s.store.FLJobs(context.WithoutCancel(ctx))
 	if err != nil {
+		s.log.Error("fl job not restored from the store after a failed save", "job", j.rec.ID, "err", err)
 		return
 	}
 	for i, rec := range jobs {
@@ -856,8 +859,13 @@ func verifyFLSignature(r *http.Request, env []byte, sigText string) error {
 
 // handleFLUpdate receives a sealed, signed update. A refused update is
 // counted against its round with a reason and answered 4xx naming it;
-// the round goes on.
+// the round goes on. Once its body is in, an update is handled whether
+// or not the client stays: with the request's context a client killed
+// while its update waited for the job's lock left the update aggregated
+// from memory, unsaved and uncounted, and one killed during the key
+// service's decryption had its update refused as unsealed.
 func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call) error {
+	ctx := context.WithoutCancel(r.Context())
 	jobID, round, attempt, err := parseFLTaskHeader(r.Header.Get(cpapi.HeaderFLTask))
 	if err != nil {
 		return err
@@ -879,7 +887,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 		defer f.mu.Unlock()
 		if j.c != nil {
 			j.c.Refuse(c.agentID, kind)
-			s.flApply(r.Context(), j, c.now, nil, nil, nil)
+			s.flApply(ctx, j, c.now, nil, nil, nil)
 		}
 		s.metrics.flUpdates.WithLabelValues(kind).Inc()
 		s.log.Warn("fl update refused", "job", jobID, "agent", c.agentID, "round", round, "reason", kind, "detail", why)
@@ -895,7 +903,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 	if err := s.requireUnsealed(); err != nil {
 		return err
 	}
-	pt, err := s.keys.svc.Decrypt(keyCtx(r.Context(), c), cpapi.TelemetryKeyName, body, cpapi.FLUpdateAAD(c.agentID, jobID, round, attempt))
+	pt, err := s.keys.svc.Decrypt(keyCtx(ctx, c), cpapi.TelemetryKeyName, body, cpapi.FLUpdateAAD(c.agentID, jobID, round, attempt))
 	if err != nil {
 		return refuse(http.StatusBadRequest, coord.RefusedUnsealed, "the envelope does not open for this agent, job, round and attempt: "+cleanKeyError(err.Error()))
 	}
@@ -918,7 +926,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 	}
 	ev := j.c.Offer(c.now, coord.Submission{Agent: c.agentID, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples, Stats: u.Stats})
 	if ev[0].Kind == coord.EvUpdateRefused {
-		s.flApply(r.Context(), j, c.now, nil, nil, nil)
+		s.flApply(ctx, j, c.now, nil, nil, nil)
 		s.metrics.flUpdates.WithLabelValues(strings.SplitN(ev[0].Reason, ":", 2)[0]).Inc()
 		s.log.Warn("fl update refused", "job", jobID, "agent", c.agentID, "round", round, "reason", ev[0].Reason)
 		status := http.StatusConflict
@@ -929,7 +937,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 	}
 	j.bytesUp += int64(len(body))
 	stored := &FLStoredUpdate{Round: u.Round, Attempt: u.Attempt, Agent: c.agentID, Examples: u.Examples, Envelope: body, ReceivedAt: nanos(c.now)}
-	if err := s.flApply(r.Context(), j, c.now, ev, stored, nil); err != nil {
+	if err := s.flApply(ctx, j, c.now, ev, stored, nil); err != nil {
 		return err
 	}
 	s.metrics.flUpdates.WithLabelValues("accepted").Inc()

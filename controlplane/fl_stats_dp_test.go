@@ -24,6 +24,14 @@ import (
 // posts it.
 func sendFLSealed(t *testing.T, a *pqAgent, task cpapi.FLTask, u cpapi.FLUpdate) error {
 	t.Helper()
+	env, sig := sealFL(t, a, task, u)
+	_, err := a.client.UploadFLUpdate(context.Background(), task, env, sig)
+	return err
+}
+
+// sealFL seals and signs an update for task as an agent does.
+func sealFL(t *testing.T, a *pqAgent, task cpapi.FLTask, u cpapi.FLUpdate) (env, sig []byte) {
+	t.Helper()
 	u.Job, u.Round, u.Attempt = task.Job, task.Round, task.Attempt
 	pt := cpapi.EncodeFLUpdate(u)
 	env, err := a.keys.Encrypt(context.Background(), cpapi.TelemetryKeyName, pt, cpapi.FLUpdateAAD(a.id, task.Job, task.Round, task.Attempt))
@@ -31,12 +39,11 @@ func sendFLSealed(t *testing.T, a *pqAgent, task cpapi.FLTask, u cpapi.FLUpdate)
 		t.Fatal(err)
 	}
 	d := sha256.Sum256(env)
-	sig, err := a.cert.PrivateKey.(crypto.Signer).Sign(rand.Reader, d[:], crypto.SHA256)
+	sig, err = a.cert.PrivateKey.(crypto.Signer).Sign(rand.Reader, d[:], crypto.SHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.UploadFLUpdate(context.Background(), task, env, sig)
-	return err
+	return env, sig
 }
 
 // reconnect gives the agents clients of the restarted server.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,28 +33,52 @@ type controlPlane struct {
 	caPEM  []byte
 	token  string // admin API token
 	dir    string
+	cfg    cpConfig
+	// regs are the registries of the instances before a restart.
+	regs []*prometheus.Registry
 }
 
-// startControlPlane starts the control plane; noDedup switches its
-// de-duplication of telemetry off (noDedupStore, for tests).
-func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, noDedup bool, log *slog.Logger) (*controlPlane, error) {
+// cpConfig is what a control plane is started with.
+type cpConfig struct {
+	clock     clock.Clock
+	heartbeat time.Duration
+	noDedup   bool
+	log       *slog.Logger
+	// fl configures the coordinator (tick, evaluation data); zero keeps
+	// the server's defaults.
+	fl controlplane.FLConfig
+}
+
+// startControlPlane starts the control plane in dir on a free port;
+// cfg.noDedup switches its de-duplication of telemetry off (noDedupStore,
+// for tests).
+func startControlPlane(dir string, cfg cpConfig) (*controlPlane, error) {
+	c := &controlPlane{dir: dir, cfg: cfg}
+	if err := c.start("127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *controlPlane) start(listen string) error {
 	cfg := controlplane.Config{
-		DataDir:           dir,
-		Listen:            "127.0.0.1:0",
-		Logger:            log,
-		Clock:             clock,
-		HeartbeatInterval: heartbeat,
+		DataDir:           c.dir,
+		Listen:            listen,
+		Logger:            c.cfg.log,
+		Clock:             c.cfg.clock,
+		HeartbeatInterval: c.cfg.heartbeat,
 		Registry:          prometheus.NewRegistry(),
+		FL:                c.cfg.fl,
 	}
 	cfg.Keys.DevUnseal = true
-	c := &controlPlane{reg: cfg.Registry, dir: dir}
-	if noDedup {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("sim: control plane: %w", err)
+	c.reg = cfg.Registry
+	if c.cfg.noDedup {
+		if err := os.MkdirAll(c.dir, 0o700); err != nil {
+			return fmt.Errorf("sim: control plane: %w", err)
 		}
-		st, err := controlplane.OpenSQLite(filepath.Join(dir, "controlplane.db"), controlplane.SQLiteOptions{})
+		st, err := controlplane.OpenSQLite(filepath.Join(c.dir, "controlplane.db"), controlplane.SQLiteOptions{})
 		if err != nil {
-			return nil, fmt.Errorf("sim: control plane: %w", err)
+			return fmt.Errorf("sim: control plane: %w", err)
 		}
 		c.store = st
 		cfg.Store = &noDedupStore{Store: st}
@@ -61,24 +86,46 @@ func startControlPlane(dir string, clock clock.Clock, heartbeat time.Duration, n
 	srv, err := controlplane.New(cfg)
 	if err != nil {
 		c.closeStore()
-		return nil, fmt.Errorf("sim: control plane: %w", err)
+		return fmt.Errorf("sim: control plane: %w", err)
 	}
 	c.srv = srv
 	if err := srv.Start(); err != nil {
 		c.close()
-		return nil, fmt.Errorf("sim: control plane: %w", err)
+		return fmt.Errorf("sim: control plane: %w", err)
 	}
 	if c.token, err = srv.AdminToken(); err != nil {
 		c.close()
-		return nil, fmt.Errorf("sim: %w", err)
+		return fmt.Errorf("sim: %w", err)
 	}
 	c.url, c.caPath, c.caPEM = srv.URL(), srv.CAPath(), srv.CAPEM()
 	c.client, err = cpapi.NewClient(cpapi.ClientConfig{URL: c.url, Token: c.token, CAPEM: c.caPEM, Timeout: 30 * time.Second})
 	if err != nil {
 		c.close()
-		return nil, fmt.Errorf("sim: control plane client: %w", err)
+		return fmt.Errorf("sim: control plane client: %w", err)
 	}
-	return c, nil
+	return nil
+}
+
+// restart stops the control plane abruptly and starts it again on the
+// same data dir and address, as after a crash: the agents keep its URL.
+func (c *controlPlane) restart() error {
+	addr := c.srv.Addr().String()
+	c.close()
+	c.regs = append(c.regs, c.reg)
+	return c.start(addr)
+}
+
+// counter sums a counter over every instance of the control plane.
+func (c *controlPlane) counter(name, label, value string) (int64, error) {
+	var sum int64
+	for _, reg := range append(slices.Clone(c.regs), c.reg) {
+		n, err := counter(reg, name, label, value)
+		if err != nil {
+			return 0, err
+		}
+		sum += n
+	}
+	return sum, nil
 }
 
 func (c *controlPlane) close() {

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -116,6 +117,7 @@ type Options struct {
 	NoRelay bool
 
 	faults uplinkFaults // tests only (exactlyonce.go)
+	fl     *flFleet     // set by RunFL (fl.go)
 }
 
 func (o *Options) setDefaults() error {
@@ -378,7 +380,8 @@ func StartFleet(ctx context.Context, o Options) (*Fleet, error) {
 	var tokens []string
 	if !o.NoControlPlane {
 		f.loss.every = o.faults.loseAnswerEvery
-		cp, err := startControlPlane(cpDir(f.dir), f.clock, o.Heartbeat, o.faults.noDedup, o.AgentLogger.With("component", "controlplane"))
+		cp, err := startControlPlane(cpDir(f.dir), cpConfig{clock: f.clock, heartbeat: o.Heartbeat, noDedup: o.faults.noDedup,
+			log: o.AgentLogger.With("component", "controlplane"), fl: o.flControlPlane()})
 		if err != nil {
 			f.Close()
 			return nil, err
@@ -455,7 +458,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	} else {
 		cfg.Gossip.BindPort = 0
 	}
-	cfg.Ingest.Enabled = f.DevicesEnabled()
+	cfg.Ingest.Enabled = f.DevicesEnabled() || f.opts.fl != nil
 	if f.opts.DeviceRegistryInterval > 0 {
 		cfg.Ingest.DeviceRegistryInterval = f.opts.DeviceRegistryInterval
 	}
@@ -476,7 +479,7 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		// fleet's gossip key for good.
 		cfg.ControlPlane.RequestTimeout = max(cfg.ControlPlane.RequestTimeout, simRequestTimeout)
 	}
-	ag, err := agent.New(cfg, agent.Deps{
+	deps := agent.Deps{
 		Logger: f.opts.AgentLogger.With("agent", n.name),
 		WrapTransport: func(t memberlist.Transport, addr string) memberlist.Transport {
 			n.addr = addr
@@ -484,7 +487,15 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		},
 		UplinkClock:         f.clock,
 		UplinkWrapTransport: f.wrapUplink,
-	})
+	}
+	if fl := f.opts.fl; fl != nil {
+		deps.FLFaults = fl.faults(n.idx)
+		deps.UplinkWrapTransport = func(rt http.RoundTripper) http.RoundTripper { return fl.tap.wrap(n.name, f.wrapUplink(rt)) }
+		// Back on the control plane soon after its restart.
+		cfg.ControlPlane.BackoffMin = 100 * time.Millisecond
+		cfg.ControlPlane.BackoffMax = 2 * time.Second
+	}
+	ag, err := agent.New(cfg, deps)
 	if err != nil {
 		return fmt.Errorf("sim: %s: %w", n.name, err)
 	}
@@ -496,7 +507,9 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	n.api = ag.APIAddr()
 	if u := ag.MQTTURL(); u != "" {
 		n.mqtt = strings.TrimPrefix(u, "tcp://")
-		n.devs.start(f, n, u)
+		if f.DevicesEnabled() {
+			n.devs.start(f, n, u)
+		}
 	}
 	return nil
 }

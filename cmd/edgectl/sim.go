@@ -27,6 +27,7 @@ func newSimCmd() *cobra.Command {
 		verbose bool
 		serve   bool
 		relay   bool
+		fl      simFLFlags
 	)
 	c := &cobra.Command{
 		Use:   "sim",
@@ -50,12 +51,16 @@ caused has been made and gossiped).
 
 With --serve the fleet keeps running until interrupted: edgectl prints the
 control plane's URL and writes and selects the context "sim", so
-'edgectl agents list' and 'edgectl devices list' work from another shell.`,
+'edgectl agents list' and 'edgectl devices list' work from another shell.
+` + simFLHelp,
 		Example: `  edgectl sim --serve
   edgectl sim
   edgectl sim --agents 50 --partition 30s --json
   edgectl sim --outage 1h --time-scale 60 --json
-  edgectl sim --agents 50 --rotate 10s --json`,
+  edgectl sim --agents 50 --rotate 10s --json
+  edgectl sim --fl wisdm --agents 36 --rounds 50 --strategy fedavg --json
+  edgectl sim --fl wisdm --byzantine 4:scale=-10 --strategy fedtrimmedavg:beta=0.2 --json
+  edgectl sim --fl occupancy --kill-during-round --restart-controlplane-during-round`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if o.Agents < 2 {
@@ -87,6 +92,12 @@ control plane's URL and writes and selects the context "sim", so
 			}
 			if verbose {
 				o.AgentLogger = newStderrLogger()
+			}
+			if fl.dataset != "" {
+				if serve {
+					return cli.Usagef("--fl runs a job and reports it; it cannot be combined with --serve")
+				}
+				return fl.run(ctx, c, o, asJSON)
 			}
 			if serve {
 				return sim.Serve(ctx, o, func(info sim.ServeInfo) error {
@@ -129,6 +140,7 @@ control plane's URL and writes and selects the context "sim", so
 	f.DurationVar(&o.RotateGrace, "rotate-grace", 20*time.Second, "rotation phase: a new gossip key version becomes primary this long after its creation, and older ones leave this long after that; revocation phase: the install grace")
 	f.IntVar(&o.PropagationWrites, "propagation-writes", 20, "single writes, on rotating agents, timed until every agent holds each (propagation_seconds)")
 	f.BoolVar(&relay, "relay", true, "agents relay gossiped deltas (gossip.relay); --relay=false measures the baseline of the origin's broadcasts and anti-entropy")
+	fl.register(c)
 	f.Float64Var(&o.TimeScale, "time-scale", 0, "how much faster than real time the uplink and control plane clocks run (default 60 with --outage, else 1)")
 	return c
 }
