@@ -157,16 +157,19 @@ type FLCarbonRun struct {
 	Reason string `json:"reason,omitempty"`
 	// TraceFrom and TraceTo are the trace times of the job's creation and
 	// end.
-	TraceFrom     string          `json:"trace_from"`
-	TraceTo       string          `json:"trace_to"`
-	JobSeconds    float64         `json:"job_seconds"`
-	Rounds        []FLCarbonRound `json:"rounds"`
-	Aggregated    int             `json:"aggregated_rounds"`
-	Trainings     int             `json:"trainings"`
-	Wh            float64         `json:"wh"`
-	Grams         float64         `json:"grams"`
-	GramsPerRound float64         `json:"grams_per_round"`
-	WhPerRound    float64         `json:"wh_per_round"`
+	TraceFrom  string          `json:"trace_from"`
+	TraceTo    string          `json:"trace_to"`
+	JobSeconds float64         `json:"job_seconds"`
+	Rounds     []FLCarbonRound `json:"rounds"`
+	Aggregated int             `json:"aggregated_rounds"`
+	Trainings  int             `json:"trainings"`
+	// OutsideTrace counts trainings past the trace's end (not counted; the
+	// run then fails).
+	OutsideTrace  int     `json:"trainings_outside_trace,omitempty"`
+	Wh            float64 `json:"wh"`
+	Grams         float64 `json:"grams"`
+	GramsPerRound float64 `json:"grams_per_round"`
+	WhPerRound    float64 `json:"wh_per_round"`
 	// The same with each training's own wall time.
 	WhMeasured            float64            `json:"wh_measured"`
 	GramsMeasured         float64            `json:"grams_measured"`
@@ -221,7 +224,15 @@ func newSimCarbon(o FLCarbon) (*simCarbon, error) {
 		}
 		c.series = append(c.series, s)
 	}
-	return c, c.reset(time.Now())
+	if err := c.reset(time.Now()); err != nil {
+		return nil, err
+	}
+	for _, z := range CarbonZones {
+		if _, err := c.tz.Load().Now(z.Zone, c.tz.Load().Map().SimStart); err != nil {
+			return nil, fmt.Errorf("sim: carbon: start %s: %w", o.Start.Format(time.DateTime), err)
+		}
+	}
+	return c, nil
 }
 
 // reset maps sim time simStart to the trace's Start.
@@ -340,6 +351,10 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		run.TraceFrom, run.TraceTo = m.Trace(t0).Format(time.DateTime), m.Trace(end).Format(time.DateTime)
 		run.JobSeconds = round(end.Sub(t0).Seconds())
 		rep.Job, rep.Status, rep.Reason, rep.FinalAccuracy, rep.JobSeconds = run.Job, run.Status, run.Reason, run.FinalAccuracy, run.JobSeconds
+		if n := run.OutsideTrace; n > 0 {
+			rep.Carbon = cr
+			return fmt.Errorf("sim: carbon: %d trainings of job %s ran past the end of the traces (%s): lower --time-scale or start earlier", n, job.ID, run.TraceTo)
+		}
 		if job.Status != coord.JobDone {
 			rep.Carbon = cr
 			return fmt.Errorf("sim: carbon: fl job %s (carbon %v) %s: %s", job.ID, carbon, job.Status, job.Reason)
@@ -420,7 +435,8 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 			}
 			pt, err := tz.Now(tr.zone, tr.start.Add(tr.end.Sub(tr.start)/2))
 			if err != nil {
-				continue // outside the trace: not counted (the job ran past the trace's end)
+				run.OutsideTrace++
+				continue
 			}
 			rr.ByZone[tr.zone]++
 			run.ByZone[tr.zone]++
