@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -11,23 +10,8 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/internal/agenttest"
 	"github.com/edgefleet/edgefleet/internal/cptest"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
-
-// connectDevice connects a device with its secret; lost receives the
-// time its connection is lost.
-func connectDevice(broker, id, secret string, lost chan<- time.Time) (mqtt.Client, error) {
-	o := mqtt.NewClientOptions().AddBroker(broker).SetClientID(id).SetUsername(id).SetPassword(secret).
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(3 * time.Second)
-	if lost != nil {
-		o.SetConnectionLostHandler(func(mqtt.Client, error) { lost <- time.Now() })
-	}
-	c := mqtt.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(5 * time.Second) {
-		return nil, errors.New("connect timed out")
-	}
-	return c, tok.Error()
-}
 
 // TestControlPlaneDeviceIdentities: a device registered through the
 // control plane is admitted by an agent that never talks to the control
@@ -65,7 +49,7 @@ func TestControlPlaneDeviceIdentities(t *testing.T) {
 	var dev mqtt.Client
 	waitUntil(t, 20*time.Second, "device admitted by the agent without a control plane", func() (bool, string) {
 		var err error
-		dev, err = connectDevice(b.MQTTURL(), "meter-9", reg.Secret, lost)
+		dev, err = mqtttest.DialDevice(b.MQTTURL(), "meter-9", reg.Secret, lost)
 		return err == nil, fmt.Sprint(err)
 	})
 	if tok := dev.Publish("devices/meter-9/telemetry", 1, false, `{"ts":1,"kwh":3}`); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -79,7 +63,7 @@ func TestControlPlaneDeviceIdentities(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("publishing to another device's topic was not refused")
 	}
-	if dev, err = connectDevice(b.MQTTURL(), "meter-9", reg.Secret, lost); err != nil {
+	if dev, err = mqtttest.DialDevice(b.MQTTURL(), "meter-9", reg.Secret, lost); err != nil {
 		t.Fatal(err)
 	}
 
@@ -96,7 +80,7 @@ func TestControlPlaneDeviceIdentities(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("disabling through the control plane did not close the connection")
 	}
-	if _, err := connectDevice(b.MQTTURL(), "meter-9", reg.Secret, nil); err == nil {
+	if _, err := mqtttest.DialDevice(b.MQTTURL(), "meter-9", reg.Secret, nil); err == nil {
 		t.Fatal("a disabled device connected")
 	}
 
@@ -104,7 +88,7 @@ func TestControlPlaneDeviceIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 10*time.Second, "enabled device admitted again", func() (bool, string) {
-		c, err := connectDevice(b.MQTTURL(), "meter-9", reg.Secret, nil)
+		c, err := mqtttest.DialDevice(b.MQTTURL(), "meter-9", reg.Secret, nil)
 		if err == nil {
 			c.Disconnect(50)
 		}
@@ -116,11 +100,11 @@ func TestControlPlaneDeviceIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 10*time.Second, "new secret admitted, old refused", func() (bool, string) {
-		if c, err := connectDevice(b.MQTTURL(), "meter-9", reg.Secret, nil); err == nil {
+		if c, err := mqtttest.DialDevice(b.MQTTURL(), "meter-9", reg.Secret, nil); err == nil {
 			c.Disconnect(50)
 			return false, "old secret still admitted"
 		}
-		c, err := connectDevice(b.MQTTURL(), "meter-9", rot.Secret, nil)
+		c, err := mqtttest.DialDevice(b.MQTTURL(), "meter-9", rot.Secret, nil)
 		if err == nil {
 			c.Disconnect(50)
 		}

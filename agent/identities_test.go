@@ -9,26 +9,9 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/edgefleet/edgefleet/agent/devices"
+	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
-
-// dialDevice connects a device with its identity; lost receives the
-// time its connection is lost.
-func dialDevice(broker, id, secret string, lost chan<- time.Time) (mqtt.Client, error) {
-	o := mqtt.NewClientOptions().AddBroker(broker).SetClientID(id).SetUsername(id).SetPassword(secret).
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(3 * time.Second)
-	if lost != nil {
-		o.SetConnectionLostHandler(func(mqtt.Client, error) { lost <- time.Now() })
-	}
-	c := mqtt.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(5 * time.Second) {
-		return nil, errors.New("connect timed out")
-	}
-	return c, tok.Error()
-}
 
 // TestDisableClosesConnectionsOnEveryAgent: a device registered on one
 // agent is admitted by all three (replicated identity); disabling it on
@@ -61,7 +44,7 @@ func TestDisableClosesConnectionsOnEveryAgent(t *testing.T) {
 	for i, a := range as {
 		lost[i] = make(chan time.Time, 1)
 		waitFor(t, 10*time.Second, "device admitted by "+a.Name(), func() (bool, string) {
-			cl, err := dialDevice(a.MQTTURL(), "sensor-7", secret, lost[i])
+			cl, err := mqtttest.DialDevice(a.MQTTURL(), "sensor-7", secret, lost[i])
 			if err != nil {
 				return false, err.Error()
 			}
@@ -84,7 +67,7 @@ func TestDisableClosesConnectionsOnEveryAgent(t *testing.T) {
 		}
 	}
 	for i, a := range as {
-		if cl, err := dialDevice(a.MQTTURL(), "sensor-7", secret, nil); err == nil {
+		if cl, err := mqtttest.DialDevice(a.MQTTURL(), "sensor-7", secret, nil); err == nil {
 			cl.Disconnect(0)
 			t.Fatalf("g%d admits the disabled device", i)
 		}
@@ -102,7 +85,7 @@ func TestDisableClosesConnectionsOnEveryAgent(t *testing.T) {
 	}
 	for i, a := range as {
 		waitFor(t, 10*time.Second, "enabled device admitted", func() (bool, string) {
-			cl, err := dialDevice(a.MQTTURL(), "sensor-7", secret, nil)
+			cl, err := mqtttest.DialDevice(a.MQTTURL(), "sensor-7", secret, nil)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -179,13 +162,13 @@ func TestInvalidIdentitySkipped(t *testing.T) {
 	if err != nil || len(ids) != 1 || ids[0].ID != "ok-1" {
 		t.Fatalf("identities %+v, %v", ids, err)
 	}
-	if cl, err := dialDevice(a.MQTTURL(), "ok-1", secret, nil); err != nil {
+	if cl, err := mqtttest.DialDevice(a.MQTTURL(), "ok-1", secret, nil); err != nil {
 		t.Fatalf("valid device refused beside invalid entries: %v", err)
 	} else {
 		cl.Disconnect(0)
 	}
 	for _, id := range []string{"bad-1", "bad-2", "other"} {
-		if cl, err := dialDevice(a.MQTTURL(), id, "secret", nil); err == nil {
+		if cl, err := mqtttest.DialDevice(a.MQTTURL(), id, "secret", nil); err == nil {
 			cl.Disconnect(0)
 			t.Fatalf("%s admitted", id)
 		}

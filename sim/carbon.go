@@ -351,6 +351,7 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		run.TraceFrom, run.TraceTo = m.Trace(t0).Format(time.DateTime), m.Trace(end).Format(time.DateTime)
 		run.JobSeconds = round(end.Sub(t0).Seconds())
 		rep.Job, rep.Status, rep.Reason, rep.FinalAccuracy, rep.JobSeconds = run.Job, run.Status, run.Reason, run.FinalAccuracy, run.JobSeconds
+		rep.Privacy = job.Privacy
 		if n := run.OutsideTrace; n > 0 {
 			rep.Carbon = cr
 			return fmt.Errorf("sim: carbon: %d trainings of job %s ran past the end of the traces (%s): lower --time-scale or start earlier", n, job.ID, run.TraceTo)

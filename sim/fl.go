@@ -112,6 +112,8 @@ type FLOptions struct {
 	// ByzantineScale.
 	Byzantine      int
 	ByzantineScale float64
+	// DP is the job's differential privacy (coord.ParseDP); nil: none.
+	DP *coord.DP
 	// Reference is the centralised reference accuracy per test part; nil
 	// trains it in this process (datasets.Run with the defaults of `edgectl
 	// fl train` and the same seed).
@@ -293,6 +295,8 @@ type FLReport struct {
 	Job    string `json:"job"`
 	Status string `json:"status"`
 	Reason string `json:"reason,omitempty"`
+	// Privacy is the differential privacy the job spent (with DP).
+	Privacy *cpapi.FLPrivacy `json:"privacy,omitempty"`
 	// Rounds lists every round attempt, failed ones included.
 	Rounds []FLRoundReport `json:"rounds"`
 	// FinalAccuracy is the last aggregated round's, per test part.
@@ -346,6 +350,9 @@ type FLRoundReport struct {
 	BytesDown    int64              `json:"bytes_down"`
 	Seconds      float64            `json:"seconds"`
 	Reason       string             `json:"reason,omitempty"`
+	// Epsilon is the ε a DP job has spent after this attempt, at the
+	// job's δ (absent without DP).
+	Epsilon float64 `json:"epsilon,omitempty"`
 }
 
 // FLFaultsReport says which faults were injected.
@@ -629,6 +636,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 		Epochs:       o.Training.Epochs, BatchSize: o.Training.BatchSize, LearnRate: o.Training.LearnRate, Solver: o.Training.Solver,
 		Seed:       o.Seed,
 		Evaluation: &coord.Evaluation{Dataset: o.Dataset, Seed: o.Seed},
+		DP:         o.DP,
 	}
 	if o.Carbon != nil {
 		err := f.runCarbon(ctx, o, spec, &rep)
@@ -647,6 +655,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	}
 	rep.JobSeconds = round(time.Since(jobStart).Seconds())
 	rep.Status, rep.Reason = job.Status, job.Reason
+	rep.Privacy = job.Privacy
 	rounds, err := f.cp.client.FLRounds(ctx, job.ID)
 	if err != nil {
 		return rep, fmt.Errorf("sim: fl rounds: %w", err)
@@ -656,7 +665,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	for i, r := range rounds.Rounds {
 		rep.Rounds = append(rep.Rounds, FLRoundReport{Round: r.Round, Attempt: r.Attempt, Kind: r.Kind, Phase: r.Phase, Accuracy: r.Accuracy, Loss: r.Loss,
 			Selected: len(r.Selected), Participants: r.Participants, Failures: r.Failures, Refused: r.Refused, Examples: r.Examples,
-			BytesUp: r.BytesUp, BytesDown: r.BytesDown, Seconds: round(r.Seconds), Reason: r.Reason})
+			BytesUp: r.BytesUp, BytesDown: r.BytesDown, Seconds: round(r.Seconds), Reason: r.Reason, Epsilon: r.Epsilon})
 		rep.BytesUp += r.BytesUp
 		rep.BytesDown += r.BytesDown
 		rep.Updates.Participants += r.Participants

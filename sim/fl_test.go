@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -174,4 +175,48 @@ func TestRunFLFaultHooks(t *testing.T) {
 	if acc := rep.FinalAccuracy["datatest2"]; !(acc < 0.8) {
 		t.Errorf("datatest2 accuracy %.4f with a Byzantine agent under FedAvg: want a collapse below 0.8", acc)
 	}
+}
+
+// TestRunFLDP: --dp reaches the job: the control plane's accountant
+// reports after each round the ε of the Gaussian mechanism with q = 1,
+// computed here independently (Rényi DP at integer orders 2..512 of
+// T Gaussian rounds, α/(2z²) each).
+func TestRunFLDP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const z = 3.0
+	rep, err := RunFL(ctx, FLOptions{
+		Dataset: datasets.Occupancy, Agents: 3, Rounds: 3, Seed: 1,
+		DP:        &coord.DP{Mode: coord.DPCentral, NoiseMultiplier: z, Clip: 1},
+		Reference: map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+		DataSets:  sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	independent := func(rounds int) float64 {
+		best := math.Inf(1)
+		for a := 2; a <= 512; a++ {
+			best = min(best, float64(rounds)*float64(a)/(2*z*z)+math.Log(1/1e-5)/float64(a-1))
+		}
+		return best
+	}
+	n := 0
+	for _, r := range rep.Rounds {
+		if r.Kind == "stats" || r.Phase != coord.RoundAggregated {
+			continue
+		}
+		n++
+		if want := independent(n); math.Abs(r.Epsilon-want) > 0.01*want {
+			t.Errorf("round %d: ε %.6g, independently %.6g", r.Round, r.Epsilon, want)
+		}
+	}
+	if n != 3 || rep.Privacy == nil || rep.Privacy.Mode != coord.DPCentral || math.Abs(rep.Privacy.Epsilon-independent(3)) > 0.01*independent(3) {
+		t.Fatalf("%d rounds, privacy %+v, want ε %.6g", n, rep.Privacy, independent(3))
+	}
+	t.Logf("ε after 3 rounds %.4f; final accuracy %v", rep.Privacy.Epsilon, rep.FinalAccuracy)
 }

@@ -463,8 +463,12 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 		cfg.Ingest.DeviceRegistryInterval = f.opts.DeviceRegistryInterval
 	}
 	cfg.Ingest.MQTT.EmbeddedListen = orFree(n.mqtt)
-	// Every simulated device dials from loopback: one address.
+	// Every simulated device dials from loopback: one address. And the
+	// devices replay data sets many times faster than real time (a
+	// federated run's device sends its whole share at once), past the
+	// per-device message rate meant for real devices.
 	cfg.Ingest.Broker.Limits.MaxConnectionsPerAddress = 0
+	cfg.Ingest.Broker.Limits.MessageRate = 0
 	if f.opts.AgentAPI {
 		cfg.API.Addr = orFree(n.api)
 	}

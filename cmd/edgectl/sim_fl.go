@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
 	"github.com/edgefleet/edgefleet/fedlearn/datasets"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/sim"
@@ -23,6 +24,7 @@ type simFLFlags struct {
 	dataset   string
 	strategy  string
 	byzantine string
+	dp        string
 	reference string
 	carbon    simCarbonFlags
 	o         sim.FLOptions
@@ -43,7 +45,9 @@ datatest2. The report gives each round's accuracy, loss, participants,
 failures, bytes and seconds, the centralised model's accuracy on the same split
 (trained in-process unless --reference) and the rounds to 0.95x and 0.97x of
 it. Faults: --dropout, --kill-during-round, --restart-controlplane-during-round,
---byzantine K:scale=X.` + simCarbonHelp
+--byzantine K:scale=X. --dp z=Z,C=C[,budget=E] runs the job with differential
+privacy (central by default; local:... on the devices) and reports the ε spent
+after every round.` + simCarbonHelp
 
 func (s *simFLFlags) register(c *cobra.Command) {
 	f := c.Flags()
@@ -54,6 +58,7 @@ func (s *simFLFlags) register(c *cobra.Command) {
 	f.BoolVar(&s.o.KillDuringRound, "kill-during-round", false, "--fl: kill one agent hard in the middle of a round and restart it")
 	f.BoolVar(&s.o.RestartControlPlaneDuringRound, "restart-controlplane-during-round", false, "--fl: restart the control plane on its database in the middle of a round")
 	f.StringVar(&s.byzantine, "byzantine", "", "--fl: K:scale=X, K agents (seeded) send their update scaled by X")
+	f.StringVar(&s.dp, "dp", "", "--fl: differential privacy, [central:|local:]z=Z,C=C[,delta=D][,budget=E] (central when the mode is left out)")
 	f.StringVar(&s.o.Training.Model, "model", "", "--fl: model, lr or mlp:W[,W...] (default mlp:64 for wisdm, lr for occupancy)")
 	f.IntVar(&s.o.Training.Epochs, "local-epochs", 0, "--fl: local epochs per round (default: the data set's, see sim.FLDefaults)")
 	f.IntVar(&s.o.Training.BatchSize, "batch", 0, "--fl: local mini-batch size (default: the data set's)")
@@ -91,6 +96,11 @@ func (s *simFLFlags) run(ctx context.Context, c *cobra.Command, base sim.Options
 	if s.byzantine != "" {
 		if o.Byzantine, o.ByzantineScale, err = parseByzantine(s.byzantine); err != nil {
 			return cli.Usagef("--byzantine: %v", err)
+		}
+	}
+	if s.dp != "" {
+		if o.DP, err = coord.ParseDP(s.dp); err != nil {
+			return cli.Usagef("--dp: %v", err)
 		}
 	}
 	if s.reference != "" {
@@ -207,6 +217,9 @@ func printSimFLReport(w io.Writer, r sim.FLReport) error {
 		[2]string{"time", fmt.Sprintf("setup %.1f s, job %.1f s, total %.1f s", r.SetupSeconds, r.JobSeconds, r.TotalSeconds)},
 		[2]string{"load", fmt.Sprintf("1-min load mean %.2f, max %.2f on %d CPUs", r.Load.Mean, r.Load.Max, r.Load.CPUs)},
 	)
+	if p := r.Privacy; p != nil {
+		rows = append(rows, [2]string{"privacy", fmt.Sprintf("%s DP: ε %.4g at δ %g after %d rounds", p.Mode, p.Epsilon, p.Delta, p.Rounds)})
+	}
 	if f := r.Faults; f.Dropout > 0 || f.Killed != nil || f.ControlPlaneRestart != nil || len(f.Byzantine) > 0 {
 		rows = append(rows, [2]string{"faults", fmt.Sprintf("dropout %g (%d tasks sat out); Byzantine %v ×%g", f.Dropout, f.Dropped, f.Byzantine, f.ByzantineScale)})
 		if k := f.Killed; k != nil {
