@@ -84,10 +84,10 @@ func printSimCarbon(w io.Writer, r *sim.FLCarbonReport) {
 		name string
 		run  sim.FLCarbonRun
 	}{{"unscheduled", r.Unscheduled}, {"scheduled", r.Scheduled}} {
-		fmt.Fprintf(w, "  %-11s %s %s, trace %s to %s, %d rounds, %.4f g/round, %.5f Wh/round, %.1f g/kWh mean, by zone %v, accuracy %v\n",
-			x.name, x.run.Job, x.run.Status, x.run.TraceFrom, x.run.TraceTo, x.run.Aggregated, x.run.GramsPerRound, x.run.WhPerRound,
+		fmt.Fprintf(w, "  %-11s %s %s, trace %s to %s, %d rounds, %.6f g/round, %.6f Wh/round (measured %.6f g, %.6f Wh), %.1f g/kWh mean, by zone %v, accuracy %v\n",
+			x.name, x.run.Job, x.run.Status, x.run.TraceFrom, x.run.TraceTo, x.run.Aggregated, x.run.GramsPerRound, x.run.WhPerRound, x.run.GramsPerRoundMeasured, x.run.WhPerRoundMeasured,
 			x.run.Intensity, x.run.ByZone, x.run.FinalAccuracy)
 	}
-	fmt.Fprintf(w, "  saved: %.2f %% grams per round, %.2f %% intensity; energy per round ×%.3f; accuracy difference (points) %v\n",
-		r.Comparison.GramsPerRoundSavedPercent, r.Comparison.IntensitySavedPercent, r.Comparison.EnergyPerRoundRatio, r.Comparison.AccuracyDiffPoints)
+	fmt.Fprintf(w, "  saved: %.2f %% grams per round (%.2f %% measured), %.2f %% intensity; measured energy per round ×%.3f; accuracy difference (points) %v\n",
+		r.Comparison.GramsPerRoundSavedPercent, r.Comparison.GramsPerRoundMeasuredSavedPercent, r.Comparison.IntensitySavedPercent, r.Comparison.EnergyPerRoundRatio, r.Comparison.AccuracyDiffPoints)
 }
