@@ -103,6 +103,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/uplink"
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/crdt"
+	"github.com/edgefleet/edgefleet/greensched/provider"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -163,6 +164,10 @@ type Deps struct {
 	// the simulator's dropouts and Byzantine clients. The zero value
 	// injects nothing; no configuration key reaches it.
 	FLFaults FLFaults
+	// CarbonProvider, when set, replaces the carbon provider of
+	// green.carbon (green.zone names the zone): the simulator's traces
+	// replayed on its clock. Nil: green.carbon's.
+	CarbonProvider provider.Provider
 }
 
 const (

@@ -47,7 +47,9 @@ func (a *Agent) startGreen() error {
 		Zone: gc.Zone, Profile: gc.Profile, MinBattery: gc.MinBattery, BatteryRecheck: gc.BatteryRecheck,
 		Battery: gc.batteryState, Clock: a.clk, Logger: a.log, Registry: a.reg,
 	}
-	if gc.carbonEnabled() {
+	if p := a.deps.CarbonProvider; p != nil {
+		cfg.Provider = p
+	} else if gc.carbonEnabled() {
 		pc := gc.providerConfig()
 		pm, err := provider.NewMetrics(a.reg)
 		if err != nil {

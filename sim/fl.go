@@ -128,6 +128,14 @@ type FLOptions struct {
 	Timeout     time.Duration
 	Logger      *slog.Logger
 	AgentLogger *slog.Logger
+	// Fraction of the agents a round selects (a seeded random draw, or
+	// the cleanest zones' with Carbon); 0 means 1 (every agent).
+	Fraction float64
+	// Carbon, when set, spreads the agents over zones replaying carbon
+	// traces and runs the job twice, unscheduled and with a carbon option
+	// (carbon.go); the round timeout then defaults to
+	// DefaultCarbonRoundTimeout.
+	Carbon *FLCarbon
 }
 
 func (o *FLOptions) setDefaults() error {
@@ -161,6 +169,20 @@ func (o *FLOptions) setDefaults() error {
 	}
 	if o.RoundTimeout == 0 {
 		o.RoundTimeout = 2 * time.Minute
+		if o.Carbon != nil {
+			o.RoundTimeout = DefaultCarbonRoundTimeout
+		}
+	}
+	if o.Fraction == 0 {
+		o.Fraction = 1
+	}
+	if !(o.Fraction > 0 && o.Fraction <= 1) {
+		return fmt.Errorf("sim: fraction %v (want 0 < f <= 1)", o.Fraction)
+	}
+	if o.Carbon != nil {
+		if err := o.Carbon.setDefaults(o.DataSets); err != nil {
+			return err
+		}
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Minute
@@ -304,6 +326,10 @@ type FLReport struct {
 	// own split.
 	EvaluationCheck FLEvaluationCheck `json:"evaluation_check"`
 	Load            LoadReport        `json:"load"`
+	// Carbon compares the job unscheduled and scheduled by carbon (with
+	// FLOptions.Carbon; the job fields above are then the scheduled
+	// job's, and the rounds are in Carbon).
+	Carbon *FLCarbonReport `json:"carbon,omitempty"`
 }
 
 // FLRoundReport is one round attempt.
@@ -407,6 +433,7 @@ type flFleet struct {
 	dataDir string
 	faults  func(idx int) agent.FLFaults
 	tap     *flTap
+	carbon  *simCarbon // nil: no zones
 }
 
 // flControlPlane is the control plane's FL configuration.
@@ -414,7 +441,11 @@ func (o *Options) flControlPlane() controlplane.FLConfig {
 	if o.fl == nil {
 		return controlplane.FLConfig{}
 	}
-	return controlplane.FLConfig{Tick: 100 * time.Millisecond, DataDir: o.fl.dataDir}
+	c := controlplane.FLConfig{Tick: 100 * time.Millisecond, DataDir: o.fl.dataDir}
+	if o.fl.carbon != nil {
+		c.Carbon = o.fl.carbon
+	}
+	return c
 }
 
 // flTap records the FL updates the control plane accepted, as the agents
@@ -550,6 +581,11 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 			return f
 		}},
 	}
+	if o.Carbon != nil {
+		if fo.fl.carbon, err = newSimCarbon(*o.Carbon); err != nil {
+			return rep, err
+		}
+	}
 	log.Info("starting fleet", "agents", o.Agents)
 	f, err := StartFleet(ctx, fo)
 	if err != nil {
@@ -595,12 +631,17 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 		Model: "sim-" + o.Dataset, Arch: arch, Schema: schema, Labels: p.Classes,
 		From: from, To: time.Now(), Selector: "sim=true",
 		Strategy: o.Strategy, Rounds: o.Rounds,
-		MinAvailable: o.Agents, MinFit: o.Agents, Fraction: 1,
+		MinAvailable: o.Agents, MinFit: minFit(o), Fraction: o.Fraction,
 		RoundTimeout: fedlearn.Duration(o.RoundTimeout),
 		Epochs:       o.Training.Epochs, BatchSize: o.Training.BatchSize, LearnRate: o.Training.LearnRate, Solver: o.Training.Solver,
 		Seed:       o.Seed,
 		Evaluation: &coord.Evaluation{Dataset: o.Dataset, Seed: o.Seed},
 		DP:         o.DP,
+	}
+	if o.Carbon != nil {
+		err := f.runCarbon(ctx, o, spec, &rep)
+		rep.TotalSeconds = round(time.Since(start).Seconds())
+		return rep, err
 	}
 	jobStart := time.Now()
 	job, err := f.cp.client.CreateFLJob(ctx, spec)
@@ -1025,4 +1066,12 @@ func load1() float64 {
 		return -1
 	}
 	return v
+}
+
+// minFit is the job's min_fit: every agent, or one with a fraction below 1.
+func minFit(o FLOptions) int {
+	if o.Fraction < 1 {
+		return 1
+	}
+	return o.Agents
 }

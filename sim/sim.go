@@ -494,6 +494,12 @@ func (f *Fleet) start(ctx context.Context, n *node) error {
 	}
 	if fl := f.opts.fl; fl != nil {
 		deps.FLFaults = fl.faults(n.idx)
+		if c := fl.carbon; c != nil {
+			z := zoneOf(n.idx)
+			cfg.Labels["zone"], cfg.Green.Zone, cfg.Green.Battery.SysfsRoot = z, z, ""
+			deps.CarbonProvider = carbonProvider{c}
+			deps.FLFaults = c.wrapFaults(n.name, z, deps.FLFaults)
+		}
 		deps.UplinkWrapTransport = func(rt http.RoundTripper) http.RoundTripper { return fl.tap.wrap(n.name, f.wrapUplink(rt)) }
 		// Back on the control plane soon after its restart.
 		cfg.ControlPlane.BackoffMin = 100 * time.Millisecond

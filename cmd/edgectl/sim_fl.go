@@ -26,6 +26,7 @@ type simFLFlags struct {
 	byzantine string
 	dp        string
 	reference string
+	carbon    simCarbonFlags
 	o         sim.FLOptions
 }
 
@@ -46,7 +47,7 @@ failures, bytes and seconds, the centralised model's accuracy on the same split
 it. Faults: --dropout, --kill-during-round, --restart-controlplane-during-round,
 --byzantine K:scale=X. --dp z=Z,C=C[,budget=E] runs the job with differential
 privacy (central by default; local:... on the devices) and reports the ε spent
-after every round.`
+after every round.` + simCarbonHelp
 
 func (s *simFLFlags) register(c *cobra.Command) {
 	f := c.Flags()
@@ -64,6 +65,8 @@ func (s *simFLFlags) register(c *cobra.Command) {
 	f.Float64Var(&s.o.Training.LearnRate, "lr", 0, "--fl: local learning rate (default: the data set's)")
 	f.StringVar(&s.o.Training.Solver, "solver", "", "--fl: local solver, sgd, momentum or adam (default: the data set's)")
 	f.DurationVar(&s.o.RoundTimeout, "round-timeout", 0, "--fl: a round closes this long after it opened when not every client reported (default 2m)")
+	f.Float64Var(&s.o.Fraction, "fraction", 0, "--fl: fraction of the agents a round selects (default 1: every agent)")
+	s.carbon.register(f)
 	f.StringVar(&s.reference, "reference", "", "--fl: the centralised accuracy per test part, PART=ACC[,...] (e.g. test=0.833); default: trained in-process with the seed")
 }
 
@@ -105,6 +108,9 @@ func (s *simFLFlags) run(ctx context.Context, c *cobra.Command, base sim.Options
 			return cli.Usagef("--reference: %v", err)
 		}
 	}
+	if o.Carbon, err = s.carbon.options(fl, base.TimeScale); err != nil {
+		return err
+	}
 	rep, err := sim.RunFL(ctx, o)
 	if err != nil {
 		if asJSON && rep.Job != "" {
@@ -115,7 +121,13 @@ func (s *simFLFlags) run(ctx context.Context, c *cobra.Command, base sim.Options
 	if asJSON {
 		return cli.PrintJSON(c.OutOrStdout(), rep)
 	}
-	return printSimFLReport(c.OutOrStdout(), rep)
+	if err := printSimFLReport(c.OutOrStdout(), rep); err != nil {
+		return err
+	}
+	if rep.Carbon != nil {
+		printSimCarbon(c.OutOrStdout(), rep.Carbon)
+	}
+	return nil
 }
 
 // parseByzantine reads "K:scale=X".

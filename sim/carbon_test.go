@@ -1,0 +1,88 @@
+package sim
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/fedlearn/coord"
+	"github.com/edgefleet/edgefleet/fedlearn/datasets"
+	"github.com/edgefleet/edgefleet/greensched"
+	"github.com/edgefleet/edgefleet/greensched/provider"
+)
+
+// TestRunFLCarbon runs the occupancy job on six agents, two per zone
+// (DE, GB, FR; fewer agents would hold more examples each than the
+// broker's message-rate burst admits), one client per round for 5 rounds,
+// unscheduled and with carbon. The scheduled job must train every round in
+// the zone whose trace is the cleanest at that time (computed here from
+// the traces; the unscheduled draw lands there every round with
+// probability (1/3)^5), and its mean intensity must not be above the
+// unscheduled job's. The accuracies are logged: with one client of a
+// contiguous slice per round they depend on which slices train.
+func TestRunFLCarbon(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains twice: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	flDataSets(t, filepath.Join("carbon", CarbonZones[0].File))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Date(2020, 3, 1, 0, 0, 0, 0, time.UTC)
+	rep, err := RunFL(ctx, FLOptions{
+		Dataset: datasets.Occupancy, Agents: 6, Rounds: 5, Seed: 1, Fraction: 0.16,
+		Reference: map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+		DataSets:  sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+		Carbon: &FLCarbon{Start: start, Window: time.Hour},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Carbon
+	for _, run := range []FLCarbonRun{c.Unscheduled, c.Scheduled} {
+		for _, r := range run.Rounds {
+			t.Logf("%s round %d/%d %s opened %s, by zone %v, %.6f Wh, %.6f g, %.1f g/kWh", run.Job, r.Round, r.Attempt, r.Phase, r.Opened, r.ByZone, r.Wh, r.Grams, r.Intensity)
+		}
+		t.Logf("%s: %d rounds, %.6f g/round, %.1f g/kWh, accuracy %v", run.Job, run.Aggregated, run.GramsPerRound, run.Intensity, run.FinalAccuracy)
+	}
+	t.Logf("comparison %+v", c.Comparison)
+	if c.Unscheduled.Status != coord.JobDone || c.Scheduled.Status != coord.JobDone || c.Scheduled.Aggregated != 5 || c.Unscheduled.Aggregated != 5 {
+		t.Fatalf("jobs %s and %s, %d and %d rounds aggregated, want both done after 5", c.Unscheduled.Status, c.Scheduled.Status, c.Unscheduled.Aggregated, c.Scheduled.Aggregated)
+	}
+	var series []greensched.Series
+	for _, z := range CarbonZones {
+		s, err := provider.ReadTraceFile(filepath.Join(sets, "carbon", z.File), z.Zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		series = append(series, s)
+	}
+	tz, err := greensched.NewTraceZones(greensched.TimeMap{SimStart: start, TraceStart: start, Scale: 1}, series...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range c.Scheduled.Rounds {
+		at, err := time.Parse(time.DateTime, r.Opened)
+		if err != nil {
+			t.Fatal(err)
+		}
+		best, bestV := "", 0.0
+		for _, z := range tz.Zones() {
+			p, err := tz.Now(z, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if best == "" || p.Intensity < bestV {
+				best, bestV = z, p.Intensity
+			}
+		}
+		if r.ByZone[best] != 1 || len(r.ByZone) != 1 {
+			t.Errorf("scheduled round %d opened at %s trained in %v, want one client in %s (cleanest, %.1f g/kWh)", r.Round, r.Opened, r.ByZone, best, bestV)
+		}
+	}
+	if c.Scheduled.Intensity > c.Unscheduled.Intensity {
+		t.Errorf("scheduled %.1f g/kWh, %.6f g/round; unscheduled %.1f g/kWh, %.6f g/round: want scheduled not above",
+			c.Scheduled.Intensity, c.Scheduled.GramsPerRound, c.Unscheduled.Intensity, c.Unscheduled.GramsPerRound)
+	}
+}
