@@ -20,6 +20,9 @@ type FLFaults struct {
 	// Tamper may change the trained Δ in place before it is sealed (a
 	// Byzantine client).
 	Tamper func(task cpapi.FLTask, delta []float32)
+	// Delay, when set, is called after training, before the update is
+	// sealed and sent, and may block until ctx ends (a slow device).
+	Delay func(ctx context.Context, task cpapi.FLTask)
 }
 
 // ErrFLSkipped: the agent sat a round out because Deps.FLFaults.Skip said so.
@@ -120,6 +123,9 @@ func (t flTrainer) Train(ctx context.Context, task cpapi.FLTask) ([]float32, int
 	}
 	if faults.Tamper != nil {
 		faults.Tamper(task, delta)
+	}
+	if faults.Delay != nil {
+		faults.Delay(ctx, task)
 	}
 	return delta, md.Examples, nil
 }

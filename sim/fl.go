@@ -453,6 +453,46 @@ func (o *Options) flControlPlane() controlplane.FLConfig {
 type flTap struct {
 	mu       sync.Mutex
 	accepted map[string]int // "agent job/round/attempt" -> 200 answers
+	// hold keeps the straggler's update back for the mid-round faults.
+	hold flHold
+}
+
+// flHold keeps one agent's update (the straggler's) back while a
+// mid-round fault is pending for its round, so the fault finds the round
+// midway: a small job's rounds last milliseconds, and the driver, polling
+// every 20 ms, could miss every moment some agents had reported and
+// others not.
+type flHold struct {
+	mu      sync.Mutex
+	from    int           // hold in training rounds >= from; 0: none pending
+	release chan struct{} // closed when the pending fault is done
+}
+
+// wait blocks a straggler's update of round while a fault is pending
+// for it (at most 30 s, so a fault that never comes cannot stall a job).
+func (h *flHold) wait(ctx context.Context, round int) {
+	h.mu.Lock()
+	from, ch := h.from, h.release
+	h.mu.Unlock()
+	if from == 0 || round < from {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	case <-time.After(30 * time.Second):
+	}
+}
+
+// next releases what the previous fault held and arms the hold for a
+// fault from round r (0: none left).
+func (h *flHold) next(r int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.release != nil {
+		close(h.release)
+	}
+	h.from, h.release = r, make(chan struct{})
 }
 
 func (t *flTap) wrap(agentName string, rt http.RoundTripper) http.RoundTripper {
@@ -569,6 +609,9 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 					}
 					return skip
 				}
+			}
+			if idx == o.Agents-1 && (o.KillDuringRound || o.RestartControlPlaneDuringRound) {
+				f.Delay = func(ctx context.Context, t cpapi.FLTask) { tap.hold.wait(ctx, t.Round) }
 			}
 			if byz[idx] {
 				scale := float32(o.ByzantineScale)
@@ -905,6 +948,13 @@ func (f *Fleet) driveFL(ctx context.Context, o FLOptions, id string, faults *FLF
 		}
 	}
 	killPending, restartPending := o.KillDuringRound, o.RestartControlPlaneDuringRound
+	switch {
+	case killPending:
+		tap.hold.next(killAt)
+	case restartPending:
+		tap.hold.next(restartAt)
+	}
+	defer tap.hold.next(0)
 	lastRound := 0
 	for {
 		job, err := f.cp.client.GetFLJob(ctx, id)
@@ -942,6 +992,11 @@ func (f *Fleet) driveFL(ctx context.Context, o FLOptions, id string, faults *FLF
 					}
 					faults.Killed = &FLInterruption{Agent: victim.name, Round: c.Round, ReportedBefore: len(c.Reported), Selected: len(c.Selected),
 						DownSeconds: round(time.Since(t0).Seconds())}
+					if restartPending {
+						tap.hold.next(max(restartAt, c.Round+1))
+					} else {
+						tap.hold.next(0)
+					}
 					continue
 				}
 			case restartPending && !killPending && c.Round >= restartAt && midway:
@@ -953,6 +1008,7 @@ func (f *Fleet) driveFL(ctx context.Context, o FLOptions, id string, faults *FLF
 				}
 				faults.ControlPlaneRestart = &FLInterruption{Round: c.Round, ReportedBefore: len(c.Reported), Selected: len(c.Selected),
 					DownSeconds: round(time.Since(t0).Seconds())}
+				tap.hold.next(0)
 				continue
 			}
 		}
