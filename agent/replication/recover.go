@@ -56,9 +56,10 @@ type recovery struct {
 	askedAt  time.Time // when peer was asked (zero: not yet)
 	fresh    bool      // the store started empty; no peer has reported yet
 	deadline time.Time // fresh: when to give up waiting for a report
-	xfer     uint64    // transfer being received
-	buf      []byte
-	total    uint64
+	xfer     uint64    // transfer being received (0: none yet)
+	buf      []byte    // its bytes, Total long, filled chunk by chunk
+	got      uint64    // bytes received of it
+	offsets  map[uint64]bool
 }
 
 // serveReq is a snapshot request to serve; installReq an assembled
@@ -223,7 +224,7 @@ func (r *Replicator) recoverStep(ctx context.Context) {
 		return
 	}
 	r.rec.peer, r.rec.askedAt = peer, now
-	r.rec.buf, r.rec.total, r.rec.xfer = nil, 0, 0
+	r.rec.buf, r.rec.got, r.rec.xfer, r.rec.offsets = nil, 0, 0, nil
 	r.rec.mu.Unlock()
 	msg, err := Encode(Message{Type: TypeSnapReq, From: r.cfg.Name}, nil)
 	if err == nil {
@@ -276,7 +277,10 @@ func (r *Replicator) serveSnapshot(ctx context.Context, peer string) {
 }
 
 // snapshotChunk assembles a chunk from the peer asked and installs the
-// snapshot once complete.
+// snapshot once complete. Chunks may arrive in any order (each travels on
+// its own connection): each is placed at its offset. The first chunk after
+// a request picks the transfer; chunks of any other (an earlier request
+// still being served) are ignored.
 func (r *Replicator) snapshotChunk(m Message) {
 	r.rec.mu.Lock()
 	if r.rec.need == "" || m.From != r.rec.peer {
@@ -284,22 +288,32 @@ func (r *Replicator) snapshotChunk(m Message) {
 		r.log.Debug("unrequested snapshot chunk ignored", "peer", m.From)
 		return
 	}
-	if m.Offset == 0 {
-		r.rec.xfer, r.rec.total, r.rec.buf = m.Xfer, m.Total, make([]byte, 0, m.Total)
+	if r.rec.xfer == 0 && m.Xfer != 0 {
+		r.rec.xfer, r.rec.buf, r.rec.got, r.rec.offsets = m.Xfer, make([]byte, m.Total), 0, map[uint64]bool{}
 	}
-	if m.Xfer != r.rec.xfer || m.Total != r.rec.total || m.Offset != uint64(len(r.rec.buf)) {
+	if m.Xfer != r.rec.xfer || m.Total != uint64(len(r.rec.buf)) {
 		r.rec.mu.Unlock()
-		r.log.Debug("out-of-order snapshot chunk ignored", "peer", m.From)
+		r.log.Debug("snapshot chunk of another transfer ignored", "peer", m.From)
 		return
 	}
-	r.rec.buf = append(r.rec.buf, m.Chunk...)
+	if r.rec.offsets[m.Offset] {
+		r.rec.mu.Unlock()
+		r.log.Debug("duplicate snapshot chunk ignored", "peer", m.From, "offset", m.Offset)
+		return
+	}
+	// Decode bounds the chunk within Total. Overlapping chunks from a
+	// broken sender could complete the count with a hole: the snapshot's
+	// hash, checked at install, refuses that.
+	r.rec.offsets[m.Offset] = true
+	copy(r.rec.buf[m.Offset:], m.Chunk)
+	r.rec.got += uint64(len(m.Chunk))
 	r.rec.askedAt = r.clock.Now() // progress keeps the request alive
-	if !m.Last {
+	if r.rec.got < uint64(len(r.rec.buf)) {
 		r.rec.mu.Unlock()
 		return
 	}
 	snap := r.rec.buf
-	r.rec.buf = nil
+	r.rec.buf, r.rec.got, r.rec.offsets = nil, 0, nil
 	r.rec.mu.Unlock()
 	select {
 	case r.install <- installReq{peer: m.From, snap: snap}:

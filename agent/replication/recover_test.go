@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -140,17 +141,24 @@ func TestStateTransferRefusesBadHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	feed := func(b []byte) {
+	chunks := func(b []byte, xfer uint64) [][]byte {
 		t.Helper()
 		var raw [][]byte
 		for off := 0; off < len(b); off += 256 {
 			end := min(off+256, len(b))
-			msg, err := Encode(Message{Type: TypeSnapData, From: "peer", Xfer: 1, Total: uint64(len(b)), Offset: uint64(off), Chunk: b[off:end], Last: end == len(b)}, nil)
+			msg, err := Encode(Message{Type: TypeSnapData, From: "peer", Xfer: xfer, Total: uint64(len(b)), Offset: uint64(off), Chunk: b[off:end], Last: end == len(b)}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			raw = append(raw, msg)
 		}
+		if len(raw) < 3 {
+			t.Fatalf("snapshot of %d bytes is not several chunks", len(b))
+		}
+		return raw
+	}
+	feed := func(raw [][]byte) {
+		t.Helper()
 		a.handleBatch(ctx, raw)
 		select {
 		case req := <-a.install:
@@ -161,7 +169,7 @@ func TestStateTransferRefusesBadHash(t *testing.T) {
 	}
 	before, _ := a.store.StateHash(ctx)
 	bad := bytes.Replace(snap, []byte(`"key":"k2"`), []byte(`"key":"k3"`), 1)
-	feed(bad)
+	feed(chunks(bad, 1))
 	if a.rejected(ReasonSnapshotHash) != 1 {
 		t.Fatalf("bad snapshot not counted as %s: %v", ReasonSnapshotHash, a.rejects)
 	}
@@ -173,7 +181,12 @@ func TestStateTransferRefusesBadHash(t *testing.T) {
 	if reqs := sentOf(t, a.members, TypeSnapReq); len(reqs) != 2 {
 		t.Fatalf("snapshot requests after a refusal: %d", len(reqs))
 	}
-	feed(snap)
+	// Chunks travel on separate connections: they arrive in any order,
+	// some twice, mixed with those of an earlier transfer still being sent.
+	raw := chunks(snap, 2)
+	slices.Reverse(raw)
+	raw = slices.Insert(raw, 1, raw[0], chunks(snap, 3)[1])
+	feed(raw)
 	if a.needsState() || a.Recovering() != "" {
 		t.Fatal("good snapshot did not end the recovery")
 	}
