@@ -17,8 +17,6 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/models"
 	"github.com/edgefleet/edgefleet/fedlearn"
-	"github.com/edgefleet/edgefleet/internal/agenttest"
-	"github.com/edgefleet/edgefleet/internal/cptest"
 	"github.com/edgefleet/edgefleet/internal/modeltest"
 )
 
@@ -30,24 +28,8 @@ import (
 // readings. A version whose schema reads a metric the device does not
 // send is refused by the agent and version 1 keeps serving.
 func TestDeployedModelServesReadings(t *testing.T) {
-	cpCfg := cptest.Config(t.TempDir())
-	srv, cp := cptest.Start(t, cpCfg)
-	toks, err := cp.CreateEnrollmentTokens(t.Context(), time.Hour, map[string]string{"site": "a"}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := agenttest.Config(t, "edge-m", "models-e2e")
-	cfg.Ingest.Enabled = true
-	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
-	cfg.ControlPlane.URL = srv.URL()
-	cfg.ControlPlane.CAFile = srv.CAPath()
-	cfg.ControlPlane.EnrollmentToken = toks[0].Token
-	cfg.ControlPlane.BackoffMin = 50 * time.Millisecond
-	cfg.ControlPlane.BackoffMax = 200 * time.Millisecond
-	a := agenttest.Start(t, cfg)
-	waitUntil(t, 20*time.Second, "agent enrolled with keys", func() (bool, string) {
-		return a.Uplink().Status().Enrolled && a.Uplink().Keys() != nil && a.Uplink().VerifyingKey() != nil, fmt.Sprintf("%+v", a.Uplink().Status())
-	})
+	e := startEnrolled(t, "edge-m", "models-e2e", map[string]string{"site": "a"}, nil)
+	cp, a := e.cp, e.a
 
 	// The device sends first, so the agent knows its metrics.
 	dev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("room-1"))
@@ -81,16 +63,7 @@ func TestDeployedModelServesReadings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cp.PushModel(t.Context(), plain); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cp.DeployModel(t.Context(), "comfort", "1", "site=a"); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, 15*time.Second, "agent serves comfort 1", func() (bool, string) {
-		m, ok := a.Models().Get("comfort")
-		return ok && m.Version() == "1", fmt.Sprint(a.Models().Installed(), a.Uplink().Status().LastError)
-	})
+	e.deploy(t, plain, "comfort", "1", "site=a")
 
 	// Windows fill from the readings committed once the model serves:
 	// reading 0 came before.
@@ -178,7 +151,7 @@ func TestDeployedModelServesReadings(t *testing.T) {
 		_, ok := a.Models().Get("comfort")
 		return !ok, fmt.Sprint(a.Models().Installed(), a.Uplink().Status().LastError)
 	})
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, models.DirName, "comfort.model")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(e.cfg.DataDir, models.DirName, "comfort.model")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("model file still there: %v", err)
 	}
 	if m := metricsText(t, "http://"+a.APIAddr()); strings.Contains(m, `edgefleet_model_info{model="comfort"`) {

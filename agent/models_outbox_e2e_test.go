@@ -11,8 +11,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgefleet/edgefleet/internal/agenttest"
-	"github.com/edgefleet/edgefleet/internal/cptest"
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/internal/modeltest"
 	"github.com/edgefleet/edgefleet/internal/mqtttest"
 )
@@ -34,24 +33,11 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mosq.Stop()
-	srv, cp := cptest.Start(t, cptest.Config(t.TempDir()))
-	toks, err := cp.CreateEnrollmentTokens(t.Context(), time.Hour, map[string]string{"site": "a"}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := agenttest.Config(t, "edge-o", "outbox-e2e")
-	cfg.Ingest.Enabled = true
-	cfg.Ingest.MQTT.Broker = mosq.URL()
-	cfg.Models.PublishMaxInFlight = 1
-	cfg.ControlPlane.URL = srv.URL()
-	cfg.ControlPlane.CAFile = srv.CAPath()
-	cfg.ControlPlane.EnrollmentToken = toks[0].Token
-	cfg.ControlPlane.BackoffMin = 50 * time.Millisecond
-	cfg.ControlPlane.BackoffMax = 200 * time.Millisecond
-	a := agenttest.Start(t, cfg)
-	waitUntil(t, 20*time.Second, "agent enrolled with keys", func() (bool, string) {
-		return a.Uplink().Status().Enrolled && a.Uplink().Keys() != nil && a.Uplink().VerifyingKey() != nil, fmt.Sprintf("%+v", a.Uplink().Status())
+	e := startEnrolled(t, "edge-o", "outbox-e2e", map[string]string{"site": "a"}, func(cfg *agent.Config) {
+		cfg.Ingest.MQTT.Broker = mosq.URL()
+		cfg.Models.PublishMaxInFlight = 1
 	})
+	a := e.a
 	connect := func(id string) mqtt.Client {
 		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mosq.URL()).SetClientID(id))
 		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -87,16 +73,7 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cp.PushModel(t.Context(), plain); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cp.DeployModel(t.Context(), "comfort", "1", "site=a"); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, 15*time.Second, "agent serves comfort", func() (bool, string) {
-		_, ok := a.Models().Get("comfort")
-		return ok, fmt.Sprint(a.Models().Installed(), a.Uplink().Status().LastError)
-	})
+	e.deploy(t, plain, "comfort", "1", "site=a")
 
 	var mu sync.Mutex
 	got := map[string]bool{} // devices and reading times with a prediction

@@ -12,8 +12,6 @@ import (
 	"github.com/edgefleet/edgefleet/agent/agentapi"
 	"github.com/edgefleet/edgefleet/agent/training"
 	"github.com/edgefleet/edgefleet/fedlearn"
-	"github.com/edgefleet/edgefleet/internal/agenttest"
-	"github.com/edgefleet/edgefleet/internal/cptest"
 )
 
 // TestTrainedModelExportDeploys: a local training job's model, exported
@@ -21,23 +19,8 @@ import (
 // model does (within 1e-12), is accepted by a real control plane's
 // registry, and deployed back to the agent serves the same predictions.
 func TestTrainedModelExportDeploys(t *testing.T) {
-	srv, cp := cptest.Start(t, cptest.Config(t.TempDir()))
-	toks, err := cp.CreateEnrollmentTokens(t.Context(), time.Hour, map[string]string{"site": "a"}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := agenttest.Config(t, "edge-x", "train-export")
-	cfg.Ingest.Enabled = true
-	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
-	cfg.ControlPlane.URL = srv.URL()
-	cfg.ControlPlane.CAFile = srv.CAPath()
-	cfg.ControlPlane.EnrollmentToken = toks[0].Token
-	cfg.ControlPlane.BackoffMin = 50 * time.Millisecond
-	cfg.ControlPlane.BackoffMax = 200 * time.Millisecond
-	a := agenttest.Start(t, cfg)
-	waitUntil(t, 20*time.Second, "agent enrolled with keys", func() (bool, string) {
-		return a.Uplink().Status().Enrolled && a.Uplink().Keys() != nil && a.Uplink().VerifyingKey() != nil, fmt.Sprintf("%+v", a.Uplink().Status())
-	})
+	e := startEnrolled(t, "edge-x", "train-export", map[string]string{"site": "a"}, nil)
+	a := e.a
 
 	dev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(a.MQTTURL()).SetClientID("sensor-1"))
 	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -122,16 +105,7 @@ func TestTrainedModelExportDeploys(t *testing.T) {
 
 	// Pushed to the registry and deployed back to the agent, it serves
 	// the same predictions.
-	if _, err := cp.PushModel(t.Context(), b); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cp.DeployModel(t.Context(), "sensor-hot", "1", "site=a"); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, 15*time.Second, "agent serves sensor-hot", func() (bool, string) {
-		_, ok := a.Models().Get("sensor-hot")
-		return ok, fmt.Sprint(a.Models().Installed(), a.Uplink().Status().LastError)
-	})
+	e.deploy(t, b, "sensor-hot", "1", "site=a")
 	for i, raw := range inputs {
 		p, err := a.Models().Predict("sensor-hot", append([]float64(nil), raw...))
 		if err != nil {
