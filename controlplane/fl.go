@@ -23,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/fedlearn/coord"
 	"github.com/edgefleet/edgefleet/fedlearn/datasets"
+	"github.com/edgefleet/edgefleet/fedlearn/secagg"
 )
 
 // Federated learning: the control plane runs each job's coordinator
@@ -312,6 +313,7 @@ func flRoundRecord(j *flJob, r coord.Round) cpapi.FLRound {
 	if d := j.spec.DP; d != nil && !r.Stats() && !r.Closed.IsZero() {
 		out.Epsilon, out.Delta = r.Epsilon, d.Delta
 	}
+	out.SecAgg = flSecAggState(r.SecAgg)
 	if !r.Closed.IsZero() {
 		t := r.Closed.UTC()
 		out.Closed = &t
@@ -347,6 +349,10 @@ func (s *Server) flApply(ctx context.Context, j *flJob, now time.Time, ev []coor
 			save.Rounds = append(save.Rounds, flRoundRecord(j, e.Round))
 			wake = true
 			s.log.Info("fl statistics round aggregated: the schema is normalised", "job", j.rec.ID, "participants", len(e.Round.Reported), "examples", e.Round.Examples)
+		case coord.EvSecAggStage:
+			save.Rounds = append(save.Rounds, flRoundRecord(j, e.Round))
+			wake = true
+			s.log.Info("fl secure aggregation: next stage", "job", j.rec.ID, "round", e.Round.Round, "attempt", e.Round.Attempt, "stage", e.Round.SecAgg.Stage)
 		case coord.EvRoundFailed:
 			save.Rounds = append(save.Rounds, flRoundRecord(j, e.Round))
 			wake = true
@@ -559,9 +565,10 @@ func (s *Server) handleCreateFLJob(w http.ResponseWriter, r *http.Request, c *ca
 	if err != nil {
 		return badRequest("%s", strings.TrimPrefix(err.Error(), coord.ErrSpec.Error()+": "))
 	}
-	if spec.DP != nil {
-		// The central noise's seed gets a secret beside the spec's seed,
-		// which every viewer of the job can read.
+	if spec.DP != nil || spec.SecAgg != nil {
+		// The central noise's seed (and secure aggregation's ring of
+		// neighbours) gets a secret beside the spec's seed, which every
+		// viewer of the job can read.
 		key := make([]byte, 32)
 		if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
 			return fmt.Errorf("controlplane: fl job noise key: %w", err)
@@ -713,13 +720,21 @@ func flPublic(rec cpapi.FLJob) cpapi.FLJob {
 	return rec
 }
 
+// flSecAggState converts a round's secure-aggregation progress.
+func flSecAggState(sa *coord.SecAggState) *cpapi.FLSecAggState {
+	if sa == nil {
+		return nil
+	}
+	return &cpapi.FLSecAggState{Stage: sa.Stage, Keys: sa.Keys, Shares: sa.Shares, Vectors: sa.Vectors, Unmasked: sa.Unmasked, Dropped: sa.Dropped}
+}
+
 // flRoundState converts the coordinator's round for the API.
 func flRoundState(r *coord.Round) *cpapi.FLRoundState {
 	if r == nil {
 		return nil
 	}
 	return &cpapi.FLRoundState{Round: r.Round, Attempt: r.Attempt, Kind: r.Kind, Phase: r.Phase, Opened: r.Opened.UTC(), Deadline: r.Deadline.UTC(),
-		Selected: r.Selected, Reported: r.Reported, Examples: r.Examples, Refused: r.Refused}
+		Selected: r.Selected, Reported: r.Reported, Examples: r.Examples, Refused: r.Refused, SecAgg: flSecAggState(r.SecAgg)}
 }
 
 // ---- agent API ----
@@ -760,6 +775,17 @@ func (s *Server) flTaskFor(agent string) (*cpapi.FLTask, *flJob) {
 	} else if d := sp.DP; d != nil && d.Mode == coord.DPLocal {
 		t.DP = &cpapi.FLTaskDP{Clip: d.Clip, NoiseMultiplier: d.NoiseMultiplier}
 	}
+	if round.SecAgg != nil {
+		sa, ok := best.c.SecAggTask(agent)
+		if !ok {
+			return nil, nil
+		}
+		t.SecAgg = &cpapi.FLTaskSecAgg{Stage: sa.Stage, Message: sa.Message, MaxWeight: sa.MaxWeight}
+		if !t.Trains() {
+			// Only the collect stage trains: the others carry no model.
+			t.Global, t.Arch, t.Schema, t.Labels = nil, fedlearn.Arch{}, fedlearn.Schema{}, nil
+		}
+	}
 	return t, best
 }
 
@@ -767,7 +793,7 @@ func flCursor(t *cpapi.FLTask) string {
 	if t == nil {
 		return ""
 	}
-	return t.Key()
+	return t.Step()
 }
 
 // handleFLTask answers the calling agent's round task. With "after" equal
@@ -924,7 +950,7 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 		s.metrics.flUpdates.WithLabelValues(coord.RefusedClosed).Inc()
 		return errorf(http.StatusConflict, "fl update refused: %s: job %s is %s", coord.RefusedClosed, jobID, j.rec.Status)
 	}
-	ev := j.c.Offer(c.now, coord.Submission{Agent: c.agentID, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples, Stats: u.Stats})
+	ev := j.c.Offer(c.now, coord.Submission{Agent: c.agentID, Round: u.Round, Attempt: u.Attempt, Delta: u.Delta, Examples: u.Examples, Stats: u.Stats, SecAgg: u.SecAgg})
 	if ev[0].Kind == coord.EvUpdateRefused {
 		s.flApply(ctx, j, c.now, nil, nil, nil)
 		s.metrics.flUpdates.WithLabelValues(strings.SplitN(ev[0].Reason, ":", 2)[0]).Inc()
@@ -936,11 +962,22 @@ func (s *Server) handleFLUpdate(w http.ResponseWriter, r *http.Request, c *call)
 		return errorf(status, "fl update refused: %s", ev[0].Reason)
 	}
 	j.bytesUp += int64(len(body))
-	stored := &FLStoredUpdate{Round: u.Round, Attempt: u.Attempt, Agent: c.agentID, Examples: u.Examples, Envelope: body, ReceivedAt: nanos(c.now)}
+	var stored *FLStoredUpdate
+	if u.SecAgg == nil {
+		// A secure-aggregation answer is not stored: the round's key
+		// material is in memory only, and a restart re-runs the round.
+		stored = &FLStoredUpdate{Round: u.Round, Attempt: u.Attempt, Agent: c.agentID, Examples: u.Examples, Envelope: body, ReceivedAt: nanos(c.now)}
+	}
 	if err := s.flApply(ctx, j, c.now, ev, stored, nil); err != nil {
 		return err
 	}
-	s.metrics.flUpdates.WithLabelValues("accepted").Inc()
+	// A secure-aggregation round's update is the masked vector; its other
+	// stages' answers are counted apart.
+	if u.SecAgg == nil || secagg.IsMaskedVector(u.SecAgg) {
+		s.metrics.flUpdates.WithLabelValues("accepted").Inc()
+	} else {
+		s.metrics.flUpdates.WithLabelValues("accepted_secagg_stage").Inc()
+	}
 	writeJSON(w, http.StatusOK, cpapi.FLUpdateResult{Accepted: true})
 	return nil
 }

@@ -61,7 +61,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}, []string{"result"}),
 		flUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "controlplane_fl_updates_total",
-			Help: "Federated-learning updates received: accepted, or refused by reason (not_selected, closed_round, replayed, invalid, late, unsealed, unsigned).",
+			Help: "Federated-learning updates received: accepted, accepted_secagg_stage (a secure-aggregation answer other than the masked vector), or refused by reason (not_selected, closed_round, replayed, invalid, late, unsealed, unsigned).",
 		}, []string{"result"}),
 		flEpsilon: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "controlplane_fl_epsilon",

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -114,6 +115,9 @@ type FLOptions struct {
 	ByzantineScale float64
 	// DP is the job's differential privacy (coord.ParseDP); nil: none.
 	DP *coord.DP
+	// SecAgg runs the training rounds under secure aggregation
+	// (coord.ParseSecAgg); nil: none.
+	SecAgg *coord.SecAgg
 	// Reference is the centralised reference accuracy per test part; nil
 	// trains it in this process (datasets.Run with the defaults of `edgectl
 	// fl train` and the same seed).
@@ -297,6 +301,9 @@ type FLReport struct {
 	Reason string `json:"reason,omitempty"`
 	// Privacy is the differential privacy the job spent (with DP).
 	Privacy *cpapi.FLPrivacy `json:"privacy,omitempty"`
+	// SecAgg is the job's secure aggregation, as resolved (absent
+	// without).
+	SecAgg *coord.SecAgg `json:"secagg,omitempty"`
 	// Rounds lists every round attempt, failed ones included.
 	Rounds []FLRoundReport `json:"rounds"`
 	// FinalAccuracy is the last aggregated round's, per test part.
@@ -353,6 +360,9 @@ type FLRoundReport struct {
 	// Epsilon is the ε a DP job has spent after this attempt, at the
 	// job's δ (absent without DP).
 	Epsilon float64 `json:"epsilon,omitempty"`
+	// SecAgg is a secure-aggregation round's stages: how many clients
+	// answered each, and who dropped after sending their shares.
+	SecAgg *cpapi.FLSecAggState `json:"secagg,omitempty"`
 }
 
 // FLFaultsReport says which faults were injected.
@@ -498,7 +508,11 @@ func (h *flHold) next(r int) {
 func (t *flTap) wrap(agentName string, rt http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		resp, err := rt.RoundTrip(r)
-		if err == nil && r.Method == http.MethodPost && r.URL.Path == "/v1/agent/fl/update" && resp.StatusCode == http.StatusOK {
+		// A secure-aggregation round's update is its collect stage's
+		// answer; the other stages' answers are the protocol's.
+		stage := r.Header.Get(cpapi.HeaderFLStage)
+		if err == nil && r.Method == http.MethodPost && r.URL.Path == "/v1/agent/fl/update" && resp.StatusCode == http.StatusOK &&
+			(stage == "" || stage == cpapi.FLSecAggCollect) {
 			t.mu.Lock()
 			t.accepted[agentName+" "+r.Header.Get(cpapi.HeaderFLTask)]++
 			t.mu.Unlock()
@@ -680,6 +694,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 		Seed:       o.Seed,
 		Evaluation: &coord.Evaluation{Dataset: o.Dataset, Seed: o.Seed},
 		DP:         o.DP,
+		SecAgg:     o.SecAgg,
 	}
 	if o.Carbon != nil {
 		err := f.runCarbon(ctx, o, spec, &rep)
@@ -699,6 +714,12 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	rep.JobSeconds = round(time.Since(jobStart).Seconds())
 	rep.Status, rep.Reason = job.Status, job.Reason
 	rep.Privacy = job.Privacy
+	if o.SecAgg != nil {
+		var sp coord.Spec
+		if err := json.Unmarshal(job.Spec, &sp); err == nil {
+			rep.SecAgg = sp.SecAgg
+		}
+	}
 	rounds, err := f.cp.client.FLRounds(ctx, job.ID)
 	if err != nil {
 		return rep, fmt.Errorf("sim: fl rounds: %w", err)
@@ -708,7 +729,7 @@ func RunFL(ctx context.Context, o FLOptions) (rep FLReport, err error) {
 	for i, r := range rounds.Rounds {
 		rep.Rounds = append(rep.Rounds, FLRoundReport{Round: r.Round, Attempt: r.Attempt, Kind: r.Kind, Phase: r.Phase, Accuracy: r.Accuracy, Loss: r.Loss,
 			Selected: len(r.Selected), Participants: r.Participants, Failures: r.Failures, Refused: r.Refused, Examples: r.Examples,
-			BytesUp: r.BytesUp, BytesDown: r.BytesDown, Seconds: round(r.Seconds), Reason: r.Reason, Epsilon: r.Epsilon})
+			BytesUp: r.BytesUp, BytesDown: r.BytesDown, Seconds: round(r.Seconds), Reason: r.Reason, Epsilon: r.Epsilon, SecAgg: r.SecAgg})
 		rep.BytesUp += r.BytesUp
 		rep.BytesDown += r.BytesDown
 		rep.Updates.Participants += r.Participants

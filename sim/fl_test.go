@@ -220,3 +220,74 @@ func TestRunFLDP(t *testing.T) {
 	}
 	t.Logf("ε after 3 rounds %.4f; final accuracy %v", rep.Privacy.Epsilon, rep.FinalAccuracy)
 }
+
+// TestRunFLSecAgg: --secagg runs every training round in SecAgg+'s four
+// stages; agents that drop after sending their shares (the dropout
+// fault strikes at training, in the collect stage) have their masks
+// removed, and the job's accuracy is plain FedAvg's with the same
+// faults within half a point.
+func TestRunFLSecAgg(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := func(sa *coord.SecAgg) FLReport {
+		t.Helper()
+		rep, err := RunFL(ctx, FLOptions{
+			Dataset: datasets.Occupancy, Agents: 5, Rounds: 3, Seed: 1, Dropout: 0.2,
+			RoundTimeout: 5 * time.Second, SecAgg: sa,
+			Reference: map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+			DataSets:  sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rep.Rounds {
+			t.Logf("secagg=%v round %d/%d %s: accuracy %v, %d/%d participants, up %d B, down %d B, %.1f s, secagg %+v, reason %q",
+				sa != nil, r.Round, r.Attempt, r.Phase, r.Accuracy, r.Participants, r.Selected, r.BytesUp, r.BytesDown, r.Seconds, r.SecAgg, r.Reason)
+		}
+		if rep.Status != coord.JobDone {
+			t.Fatalf("job %s (%s)", rep.Status, rep.Reason)
+		}
+		return rep
+	}
+	sa, err := coord.ParseSecAgg("num_shares=5,reconstruction_threshold=3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secure := run(sa)
+	plain := run(nil)
+	dropped := 0
+	for _, r := range secure.Rounds {
+		if r.Kind == "stats" {
+			if r.SecAgg != nil {
+				t.Errorf("statistics round %d/%d under secure aggregation", r.Round, r.Attempt)
+			}
+			continue
+		}
+		if r.SecAgg == nil {
+			t.Fatalf("training round %d/%d without secure aggregation", r.Round, r.Attempt)
+		}
+		if r.Phase == coord.RoundAggregated {
+			if r.SecAgg.Vectors != r.Participants || r.SecAgg.Unmasked != r.Participants {
+				t.Errorf("round %d: %d vectors, %d unmasked, %d participants", r.Round, r.SecAgg.Vectors, r.SecAgg.Unmasked, r.Participants)
+			}
+			dropped += len(r.SecAgg.Dropped)
+		}
+	}
+	if !secure.Updates.CountedOnce {
+		t.Errorf("updates not counted once: %+v", secure.Updates)
+	}
+	if dropped == 0 || secure.Faults.Dropped == 0 {
+		t.Fatalf("no client dropped after its shares in an aggregated round (%d dropouts injected): the recovery went untested", secure.Faults.Dropped)
+	}
+	for part, acc := range plain.FinalAccuracy {
+		if d := math.Abs(secure.FinalAccuracy[part] - acc); d > 0.005 {
+			t.Errorf("%s: secure %.4f, plain %.4f: %.2f points apart", part, secure.FinalAccuracy[part], acc, 100*d)
+		}
+	}
+	t.Logf("final accuracy secure %v plain %v; %d clients dropped after their shares; bytes up %d vs %d, down %d vs %d; job %.1f s vs %.1f s",
+		secure.FinalAccuracy, plain.FinalAccuracy, dropped, secure.BytesUp, plain.BytesUp, secure.BytesDown, plain.BytesDown, secure.JobSeconds, plain.JobSeconds)
+}

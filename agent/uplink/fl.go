@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -83,9 +84,9 @@ func (u *Uplink) flLoop(ctx context.Context) {
 				next = u.cfg.BackoffMin
 			}
 			cursor, asked = resp.Cursor, true
-			if t := resp.Task; t != nil && !slices.Contains(done, t.Key()) {
+			if t := resp.Task; t != nil && !slices.Contains(done, t.Step()) {
 				pending = u.flTask(ctx, client, *t)
-				done = append(done, t.Key())
+				done = append(done, t.Step())
 				if len(done) > flDoneKeep {
 					done = done[1:]
 				}
@@ -128,6 +129,9 @@ func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTas
 		log.Warn("fl round task refused; this agent sits the round out", "err", err)
 		return nil
 	}
+	if t.SecAgg != nil {
+		return u.flSecAgg(ctx, client, t)
+	}
 	tctx := ctx
 	if !t.Deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -145,19 +149,35 @@ func (u *Uplink) flTask(ctx context.Context, client *cpapi.Client, t cpapi.FLTas
 		upd.Stats, upd.Examples = &st, examples
 	} else {
 		log.Info("fl round task received; training")
-		delta, examples, err := u.deps.FL.Train(tctx, t)
-		if err != nil {
-			log.Warn("fl local training failed; this agent sits the round out", "err", err)
+		delta, examples, ok := u.flTrain(tctx, t, log)
+		if !ok {
 			return nil
-		}
-		if d := t.DP; d != nil {
-			if delta, err = privatize(delta, d); err != nil {
-				log.Warn("fl update not privatised; this agent sits the round out", "err", err)
-				return nil
-			}
 		}
 		upd.Delta, upd.Examples = delta, examples
 	}
+	return u.flSeal(ctx, client, t, upd, log)
+}
+
+// flTrain trains a task and privatises the delta under local DP; false
+// means the agent sits the round out (logged).
+func (u *Uplink) flTrain(ctx context.Context, t cpapi.FLTask, log *slog.Logger) ([]float32, int, bool) {
+	delta, examples, err := u.deps.FL.Train(ctx, t)
+	if err != nil {
+		log.Warn("fl local training failed; this agent sits the round out", "err", err)
+		return nil, 0, false
+	}
+	if d := t.DP; d != nil {
+		if delta, err = privatize(delta, d); err != nil {
+			log.Warn("fl update not privatised; this agent sits the round out", "err", err)
+			return nil, 0, false
+		}
+	}
+	return delta, examples, true
+}
+
+// flSeal seals, signs and sends an update; it returns the update when it
+// could not be delivered for want of a control plane.
+func (u *Uplink) flSeal(ctx context.Context, client *cpapi.Client, t cpapi.FLTask, upd cpapi.FLUpdate, log *slog.Logger) *flPending {
 	env, sig, err := u.sealFLUpdate(ctx, upd)
 	if err != nil {
 		log.Warn("fl update not sealed", "err", err)

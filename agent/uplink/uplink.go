@@ -20,6 +20,7 @@ import (
 	"github.com/edgefleet/edgefleet/clock"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/dkms"
+	"github.com/edgefleet/edgefleet/fedlearn/secagg"
 	"github.com/edgefleet/edgefleet/internal/buildinfo"
 )
 
@@ -122,6 +123,11 @@ type Uplink struct {
 	wg      sync.WaitGroup
 
 	enrolledCh chan struct{} // closed once an identity is set
+
+	// sa holds the agent's side of its secure-aggregation rounds by task
+	// key, oldest first in saOrder; the fl loop alone touches them.
+	sa      map[string]*secagg.Client
+	saOrder []string
 
 	mu             sync.Mutex // guards everything below
 	id             *identity

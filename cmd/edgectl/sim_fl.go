@@ -25,6 +25,7 @@ type simFLFlags struct {
 	strategy  string
 	byzantine string
 	dp        string
+	secagg    string
 	reference string
 	carbon    simCarbonFlags
 	o         sim.FLOptions
@@ -47,7 +48,13 @@ failures, bytes and seconds, the centralised model's accuracy on the same split
 it. Faults: --dropout, --kill-during-round, --restart-controlplane-during-round,
 --byzantine K:scale=X. --dp z=Z,C=C[,budget=E] runs the job with differential
 privacy (central by default; local:... on the devices) and reports the ε spent
-after every round.` + simCarbonHelp
+after every round. --secagg runs the training rounds under SecAgg+ (four stages
+per round; the control plane sees only the sum of the survivors' updates) and
+reports each round's stages and the clients that dropped after their shares.` + simCarbonHelp
+
+// simSecAggDefault is bare --secagg: neighbourhoods of half the round's
+// clients, 60 % of a neighbourhood to reconstruct, Flower's ranges.
+const simSecAggDefault = "num_shares=0.5,reconstruction_threshold=0.6"
 
 func (s *simFLFlags) register(c *cobra.Command) {
 	f := c.Flags()
@@ -59,6 +66,8 @@ func (s *simFLFlags) register(c *cobra.Command) {
 	f.BoolVar(&s.o.RestartControlPlaneDuringRound, "restart-controlplane-during-round", false, "--fl: restart the control plane on its database in the middle of a round")
 	f.StringVar(&s.byzantine, "byzantine", "", "--fl: K:scale=X, K agents (seeded) send their update scaled by X")
 	f.StringVar(&s.dp, "dp", "", "--fl: differential privacy, [central:|local:]z=Z,C=C[,delta=D][,budget=E] (central when the mode is left out)")
+	f.StringVar(&s.secagg, "secagg", "", "--fl: secure aggregation (SecAgg+), num_shares=N,reconstruction_threshold=T[,clipping_range=C,quantization_range=Q,modulus_range=M,max_weight=W,stage_timeout=D]; bare --secagg: "+simSecAggDefault)
+	f.Lookup("secagg").NoOptDefVal = simSecAggDefault
 	f.StringVar(&s.o.Training.Model, "model", "", "--fl: model, lr or mlp:W[,W...] (default mlp:64 for wisdm, lr for occupancy)")
 	f.IntVar(&s.o.Training.Epochs, "local-epochs", 0, "--fl: local epochs per round (default: the data set's, see sim.FLDefaults)")
 	f.IntVar(&s.o.Training.BatchSize, "batch", 0, "--fl: local mini-batch size (default: the data set's)")
@@ -101,6 +110,11 @@ func (s *simFLFlags) run(ctx context.Context, c *cobra.Command, base sim.Options
 	if s.dp != "" {
 		if o.DP, err = coord.ParseDP(s.dp); err != nil {
 			return cli.Usagef("--dp: %v", err)
+		}
+	}
+	if s.secagg != "" {
+		if o.SecAgg, err = coord.ParseSecAgg(s.secagg); err != nil {
+			return cli.Usagef("--secagg: %v", err)
 		}
 	}
 	if s.reference != "" {

@@ -44,6 +44,10 @@ const HeaderFLSignature = "Edgefleet-Signature"
 // associated data the envelope is opened with (FLUpdateAAD).
 const HeaderFLTask = "Edgefleet-FL-Task"
 
+// HeaderFLStage names the secure-aggregation stage an answer is for
+// (FLTaskSecAgg.Stage); informational: the message inside says it too.
+const HeaderFLStage = "Edgefleet-FL-Stage"
+
 // FL job states are fedlearn/coord's (running, done, failed, canceled).
 
 // FLJob is a federated-learning job. Spec is the resolved job spec as
@@ -96,6 +100,7 @@ type FLRoundState struct {
 	Reported []string       `json:"reported"`
 	Examples int            `json:"examples"`
 	Refused  map[string]int `json:"refused,omitempty"`
+	SecAgg   *FLSecAggState `json:"secagg,omitempty"`
 }
 
 // FLRound is one round attempt's record with its metrics.
@@ -128,6 +133,20 @@ type FLRound struct {
 	Epsilon float64 `json:"epsilon,omitempty"`
 	Delta   float64 `json:"delta,omitempty"`
 	Q       float64 `json:"q,omitempty"`
+	// SecAgg is a secure-aggregation round's progress.
+	SecAgg *FLSecAggState `json:"secagg,omitempty"`
+}
+
+// FLSecAggState is a secure-aggregation round's stage and how many
+// clients answered each stage; Dropped sent shares but no masked vector
+// (their masks were removed from the others' vectors).
+type FLSecAggState struct {
+	Stage    string   `json:"stage"`
+	Keys     int      `json:"keys"`
+	Shares   int      `json:"shares"`
+	Vectors  int      `json:"vectors"`
+	Unmasked int      `json:"unmasked"`
+	Dropped  []string `json:"dropped,omitempty"`
 }
 
 // FLJobsResponse answers GET /v1/fl/jobs.
@@ -184,6 +203,45 @@ type FLTask struct {
 	Seed      uint64    `json:"seed"`
 	// DP, when set, is local differential privacy for the delta.
 	DP *FLTaskDP `json:"dp,omitempty"`
+	// SecAgg, when set, is the current stage of a secure-aggregation
+	// round: the agent answers its message (FLUpdate.SecAgg) instead of
+	// sending a delta. Only the collect stage's task carries the global
+	// model (the agent trains then).
+	SecAgg *FLTaskSecAgg `json:"secagg,omitempty"`
+}
+
+// FLTaskSecAgg is a stage of a secure-aggregation round (fedlearn/coord's
+// stages setup, share_keys, collect, unmask) with the control plane's
+// message of that stage (fedlearn/secagg's encoding).
+type FLTaskSecAgg struct {
+	Stage   string `json:"stage"`
+	Message []byte `json:"message"`
+	// MaxWeight weights the collect stage's vector: r = min(examples /
+	// MaxWeight, 1) (fedlearn/secagg.Weighted).
+	MaxWeight float64 `json:"max_weight"`
+}
+
+// Secure-aggregation stages (fedlearn/coord's).
+const (
+	FLSecAggSetup     = "setup"
+	FLSecAggShareKeys = "share_keys"
+	FLSecAggCollect   = "collect"
+	FLSecAggUnmask    = "unmask"
+)
+
+// Step names the task and, in a secure-aggregation round, its stage: a
+// new step is a new thing to answer.
+func (t FLTask) Step() string {
+	if t.SecAgg != nil {
+		return t.Key() + "/" + t.SecAgg.Stage
+	}
+	return t.Key()
+}
+
+// Trains reports whether answering t needs training: a plain training
+// task, or a secure-aggregation round's collect stage.
+func (t FLTask) Trains() bool {
+	return !t.Stats() && (t.SecAgg == nil || t.SecAgg.Stage == FLSecAggCollect)
 }
 
 // Stats reports whether t is a statistics task.
@@ -206,7 +264,9 @@ type FLUpdateResult struct {
 }
 
 // FLUpdate is the plaintext of an update: a delta, or for a statistics
-// task the feature statistics (Stats set, Delta empty).
+// task the feature statistics (Stats set, Delta empty), or in a
+// secure-aggregation round the answer to the stage's message (SecAgg set,
+// Examples 0).
 type FLUpdate struct {
 	Job      string
 	Round    int
@@ -214,11 +274,13 @@ type FLUpdate struct {
 	Examples int
 	Delta    []float32
 	Stats    *fedlearn.FeatureStats
+	SecAgg   []byte
 }
 
 const (
 	flUpdateMagic = "EFLU1\n"
 	flStatsMagic  = "EFLS1\n"
+	flSecAggMagic = "EFLA1\n"
 )
 
 // Bounds of a decoded update.
@@ -232,11 +294,16 @@ const (
 // values (uint32) and the values as float32, little-endian. An update
 // with Stats is "EFLS1\n", the same header, the number of features n
 // (uint32) and the n counts, n sums and n sums of squares as float64 (a
-// sum of thousands of readings needs more than float32's 24 bits).
+// sum of thousands of readings needs more than float32's 24 bits). A
+// secure-aggregation answer is "EFLA1\n", the same header with examples
+// 0, the message's length in bytes and the message.
 func EncodeFLUpdate(u FLUpdate) []byte {
 	magic, n := flUpdateMagic, len(u.Delta)
 	if u.Stats != nil {
 		magic, n = flStatsMagic, len(u.Stats.Count)
+	}
+	if u.SecAgg != nil {
+		magic, n = flSecAggMagic, len(u.SecAgg)
 	}
 	b := make([]byte, 0, len(magic)+2+len(u.Job)+20+24*n)
 	b = append(b, magic...)
@@ -258,6 +325,9 @@ func EncodeFLUpdate(u FLUpdate) []byte {
 		}
 		return b
 	}
+	if u.SecAgg != nil {
+		return append(b, u.SecAgg...)
+	}
 	for _, v := range u.Delta {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
 	}
@@ -272,10 +342,14 @@ func DecodeFLUpdate(b []byte) (FLUpdate, error) {
 	fail := func(format string, args ...any) (FLUpdate, error) {
 		return FLUpdate{}, fmt.Errorf("%w: fl update: %s", ErrBadRequest, fmt.Sprintf(format, args...))
 	}
-	if len(b) < len(flUpdateMagic) || (string(b[:len(flUpdateMagic)]) != flUpdateMagic && string(b[:len(flStatsMagic)]) != flStatsMagic) {
-		return fail("does not start with %q or %q", flUpdateMagic, flStatsMagic)
+	if len(b) < len(flUpdateMagic) {
+		return fail("does not start with %q, %q or %q", flUpdateMagic, flStatsMagic, flSecAggMagic)
 	}
-	stats := string(b[:len(flStatsMagic)]) == flStatsMagic
+	magic := string(b[:len(flUpdateMagic)])
+	if magic != flUpdateMagic && magic != flStatsMagic && magic != flSecAggMagic {
+		return fail("does not start with %q, %q or %q", flUpdateMagic, flStatsMagic, flSecAggMagic)
+	}
+	stats, sa := magic == flStatsMagic, magic == flSecAggMagic
 	b = b[len(flUpdateMagic):]
 	if len(b) < 2 {
 		return fail("truncated before the job id")
@@ -294,17 +368,24 @@ func DecodeFLUpdate(b []byte) (FLUpdate, error) {
 	ex := binary.LittleEndian.Uint64(b[8:])
 	dims := binary.LittleEndian.Uint32(b[16:])
 	b = b[20:]
-	width, minRound, limit := uint64(4), uint32(1), uint32(MaxFLUpdateDims)
+	width, minRound, limit, minEx := uint64(4), uint32(1), uint32(MaxFLUpdateDims), uint64(1)
 	if stats {
 		// Statistics: three float64 per feature, in round 0.
 		width, minRound, limit = 24, 0, fedlearn.MaxInputs
+	}
+	if sa {
+		// A stage message: bytes; the masked vector is the largest, 4
+		// bytes a value and a header.
+		width, limit, minEx = 1, 4*MaxFLUpdateDims+1024, 0
 	}
 	switch {
 	case round < minRound || round > math.MaxInt32:
 		return fail("round %d", round)
 	case attempt > math.MaxInt32:
 		return fail("attempt %d", attempt)
-	case ex < 1 || ex > math.MaxInt32:
+	case sa && ex != 0:
+		return fail("example count %d in a secure-aggregation answer (want 0: the count is not revealed)", ex)
+	case ex < minEx || ex > math.MaxInt32:
 		return fail("example count %d (want 1-%d)", ex, math.MaxInt32)
 	case dims > limit:
 		return fail("%d values (at most %d)", dims, limit)
@@ -312,6 +393,13 @@ func DecodeFLUpdate(b []byte) (FLUpdate, error) {
 		return fail("%d values announced, %d bytes follow (want %d)", dims, len(b), width*uint64(dims))
 	}
 	u.Round, u.Attempt, u.Examples = int(round), int(attempt), int(ex)
+	if sa {
+		if dims == 0 {
+			return fail("empty secure-aggregation message")
+		}
+		u.SecAgg = append([]byte(nil), b...)
+		return u, nil
+	}
 	if stats {
 		f := fedlearn.NewFeatureStats(int(dims))
 		for k, col := range [][]float64{f.Count, f.Sum, f.SumSq} {
@@ -399,6 +487,9 @@ func (c *Client) WatchFLTask(ctx context.Context, after string, wait time.Durati
 func (c *Client) UploadFLUpdate(ctx context.Context, task FLTask, envelope, signature []byte) (FLUpdateResult, error) {
 	var res FLUpdateResult
 	h := map[string]string{HeaderFLTask: task.Key()}
+	if task.SecAgg != nil {
+		h[HeaderFLStage] = task.SecAgg.Stage
+	}
 	if signature != nil {
 		h[HeaderFLSignature] = base64.StdEncoding.EncodeToString(signature)
 	}
@@ -432,6 +523,22 @@ func (t FLTask) Validate() error {
 		}
 	default:
 		return fail("kind %q (want train or stats)", t.Kind)
+	}
+	if sa := t.SecAgg; sa != nil {
+		switch {
+		case t.Stats():
+			return fail("a statistics task under secure aggregation")
+		case sa.Stage != FLSecAggSetup && sa.Stage != FLSecAggShareKeys && sa.Stage != FLSecAggCollect && sa.Stage != FLSecAggUnmask:
+			return fail("secagg stage %q (want setup, share_keys, collect or unmask)", sa.Stage)
+		case len(sa.Message) == 0:
+			return fail("secagg stage %s without a message", sa.Stage)
+		case !(sa.MaxWeight >= 1) || math.IsInf(sa.MaxWeight, 0):
+			return fail("secagg max_weight %v (want a finite number ≥ 1)", sa.MaxWeight)
+		}
+		if !t.Trains() {
+			// The stages without training carry no model.
+			return nil
+		}
 	}
 	if d := t.DP; d != nil {
 		if !(d.Clip > 0) || math.IsInf(d.Clip, 0) || !(d.NoiseMultiplier > 0) || math.IsInf(d.NoiseMultiplier, 0) {

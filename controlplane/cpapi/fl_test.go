@@ -67,6 +67,8 @@ func FuzzDecodeFLUpdate(f *testing.F) {
 	f.Add([]byte(flUpdateMagic))
 	f.Add(EncodeFLUpdate(FLUpdate{Job: "flj-1", Round: 0, Examples: 9, Stats: &fedlearn.FeatureStats{Count: []float64{9, 8}, Sum: []float64{1.5, -2}, SumSq: []float64{3, 4}}}))
 	f.Add([]byte(flStatsMagic))
+	f.Add(EncodeFLUpdate(FLUpdate{Job: "flj-1", Round: 2, Attempt: 1, SecAgg: []byte("EFSA\x01\x02\x00\x00\x00\x00\x00\x00\x00\x07keys")}))
+	f.Add([]byte(flSecAggMagic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		u, err := DecodeFLUpdate(b)
 		if err != nil {
@@ -76,6 +78,49 @@ func FuzzDecodeFLUpdate(f *testing.F) {
 			t.Fatalf("decoded %x, encodes back to %x", b, again)
 		}
 	})
+}
+
+// TestFLSecAggUpdateRoundTrip: a secure-aggregation answer carries its
+// stage message and no example count.
+func TestFLSecAggUpdateRoundTrip(t *testing.T) {
+	u := FLUpdate{Job: "flj-1", Round: 2, Attempt: 1, SecAgg: []byte("EFSA message")}
+	b := EncodeFLUpdate(u)
+	got, err := DecodeFLUpdate(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.SecAgg) != "EFSA message" || got.Delta != nil || got.Stats != nil || got.Examples != 0 || got.Round != 2 || got.Attempt != 1 {
+		t.Fatalf("round trip: %+v", got)
+	}
+	withExamples := slices.Clone(b)
+	withExamples[len(flSecAggMagic)+2+len(u.Job)+8] = 5 // the examples field
+	for _, bad := range [][]byte{b[:len(b)-1], append(slices.Clone(b), 0), withExamples, EncodeFLUpdate(FLUpdate{Job: "j", Round: 1, SecAgg: []byte{}})} {
+		if _, err := DecodeFLUpdate(bad); err == nil {
+			t.Errorf("decoded %q", bad)
+		}
+	}
+	x := validTask()
+	x.Global, x.Arch = nil, fedlearn.Arch{}
+	x.SecAgg = &FLTaskSecAgg{Stage: FLSecAggSetup, Message: []byte("m"), MaxWeight: 1000}
+	if err := x.Validate(); err != nil {
+		t.Errorf("setup stage without a model: %v", err)
+	}
+	x.SecAgg.Stage = FLSecAggCollect
+	if err := x.Validate(); err == nil {
+		t.Error("collect stage without a model accepted")
+	}
+	for name, edit := range map[string]func(*FLTaskSecAgg){
+		"stage":      func(s *FLTaskSecAgg) { s.Stage = "train" },
+		"message":    func(s *FLTaskSecAgg) { s.Message = nil },
+		"max_weight": func(s *FLTaskSecAgg) { s.MaxWeight = 0 },
+	} {
+		y := validTask()
+		y.SecAgg = &FLTaskSecAgg{Stage: FLSecAggUnmask, Message: []byte("m"), MaxWeight: 1000}
+		edit(y.SecAgg)
+		if err := y.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
 }
 
 func validTask() FLTask {

@@ -78,6 +78,8 @@ type Round struct {
 	Q float64 `json:"q,omitempty"`
 	// Epsilon is the ε spent after the attempt closed (a DP job).
 	Epsilon float64 `json:"epsilon,omitempty"`
+	// SecAgg is the progress of a secure-aggregation round (Spec.SecAgg).
+	SecAgg *SecAggState `json:"secagg,omitempty"`
 }
 
 // Stats reports whether r is the statistics round.
@@ -139,6 +141,9 @@ const (
 	EvJobFinished     = "job_finished"
 	// EvStatsAggregated: the statistics round closed and set the schema.
 	EvStatsAggregated = "stats_aggregated"
+	// EvSecAggStage: a secure-aggregation round moved to its next stage
+	// (Round.SecAgg.Stage): its clients have a new task.
+	EvSecAggStage = "secagg_stage"
 )
 
 // Event is one thing that happened; Round is a copy of the attempt it
@@ -168,6 +173,9 @@ type Submission struct {
 	Delta    []float32
 	Examples int
 	Stats    *fedlearn.FeatureStats
+	// SecAgg is a secure-aggregation round's stage message
+	// (fedlearn/secagg's encoding); Delta, Examples and Stats are empty.
+	SecAgg []byte
 }
 
 // Coordinator runs one job. It is not safe for concurrent use.
@@ -178,6 +186,10 @@ type Coordinator struct {
 	deltas map[string]strategy.Update       // the current attempt's accepted updates
 	stats  map[string]fedlearn.FeatureStats // the statistics round's
 	acct   *privacy.Accountant              // nil without DP
+	sa     *saRound                         // a secure-aggregation round's memory
+	// saLost: restored while a secure-aggregation round was open; the
+	// next Tick fails it.
+	saLost bool
 }
 
 // New starts job id with a spec (resolved here).
@@ -246,6 +258,12 @@ func RestoreSubmissions(spec Spec, st State, subs []Submission) (*Coordinator, e
 			}
 		}
 		c.acct = acct
+	}
+	if r := c.st.Current; r != nil && r.SecAgg != nil {
+		// Nothing of a secure-aggregation round is stored: its key
+		// material was in memory. The next Tick fails it.
+		c.saLost = true
+		return c, nil
 	}
 	for _, s := range subs {
 		if c.st.Current == nil || !slices.Contains(c.st.Current.Reported, s.Agent) {
@@ -344,6 +362,9 @@ func (c *Coordinator) accept(r *Round, s Submission) error {
 	if s.Stats != nil {
 		return fmt.Errorf("round %d trains; the update carries feature statistics", r.Round)
 	}
+	if s.SecAgg != nil {
+		return fmt.Errorf("round %d takes plain updates; the update carries a secure-aggregation message", r.Round)
+	}
 	u := strategy.Update{Client: s.Agent, Delta: s.Delta, Examples: s.Examples}
 	if err := strategy.CheckUpdate(len(c.st.Global), u); err != nil {
 		return err
@@ -380,6 +401,11 @@ func (c *Coordinator) State() State {
 }
 
 func cloneRound(r Round) Round {
+	if r.SecAgg != nil {
+		sa := *r.SecAgg
+		sa.Dropped = slices.Clone(sa.Dropped)
+		r.SecAgg = &sa
+	}
 	r.Selected = slices.Clone(r.Selected)
 	r.Reported = slices.Clone(r.Reported)
 	if r.Refused != nil {
@@ -399,7 +425,14 @@ func (c *Coordinator) Finished() bool { return c.st.Status != JobRunning }
 // has not reported yet, and the attempt.
 func (c *Coordinator) Selected(agent string) (Round, bool) {
 	r := c.st.Current
-	if r == nil || c.Finished() || !slices.Contains(r.Selected, agent) || slices.Contains(r.Reported, agent) {
+	if r == nil || c.Finished() || !slices.Contains(r.Selected, agent) {
+		return Round{}, false
+	}
+	if r.SecAgg != nil {
+		if _, ok := c.SecAggTask(agent); !ok {
+			return Round{}, false
+		}
+	} else if slices.Contains(r.Reported, agent) {
 		return Round{}, false
 	}
 	return cloneRound(*r), true
@@ -439,6 +472,9 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		return c.finish(now, JobFailed, fmt.Sprintf("job deadline %s passed after %d of %d rounds", c.spec.Deadline.UTC().Format(time.RFC3339), c.st.Done, c.spec.Rounds))
 	}
 	if r := c.st.Current; r != nil {
+		if r.SecAgg != nil {
+			return c.tickSecAgg(now)
+		}
 		if now.Before(r.Deadline) {
 			return nil
 		}
@@ -488,12 +524,20 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	}
 	c.st.Current = r
 	c.clearUpdates()
+	if c.spec.SecAgg != nil && kind == RoundTrain {
+		if err := c.openSecAgg(now, r); err != nil {
+			ev := []Event{{Kind: EvRoundOpened, Round: cloneRound(*r)}}
+			r.Closed = now
+			return append(ev, c.failRound(now, "secure aggregation: "+err.Error())...)
+		}
+	}
 	return []Event{{Kind: EvRoundOpened, Round: cloneRound(*r)}}
 }
 
 func (c *Coordinator) clearUpdates() {
 	clear(c.deltas)
 	clear(c.stats)
+	c.sa, c.saLost = nil, false
 }
 
 // charge records the privacy an attempt spends as it closes: an
@@ -567,6 +611,14 @@ func (c *Coordinator) Offer(now time.Time, s Submission) []Event {
 		return refuse(RefusedClosed, fmt.Sprintf("update for round %d attempt %d; %s", s.Round, s.Attempt, cur))
 	case !slices.Contains(r.Selected, s.Agent):
 		return refuse(RefusedNotSelected, fmt.Sprintf("agent %s is not a client of round %d attempt %d", s.Agent, r.Round, r.Attempt))
+	case r.SecAgg != nil:
+		if c.saLost || c.sa == nil {
+			return refuse(RefusedClosed, fmt.Sprintf("round %d attempt %d: %s", r.Round, r.Attempt, ReasonSecAggRestart))
+		}
+		if !now.Before(r.SecAgg.StageDeadline) {
+			return refuse(RefusedLate, fmt.Sprintf("stage %s of round %d attempt %d timed out at %s", r.SecAgg.Stage, r.Round, r.Attempt, r.SecAgg.StageDeadline.UTC().Format(time.RFC3339)))
+		}
+		return c.offerSecAgg(now, r, s, refuse)
 	case slices.Contains(r.Reported, s.Agent):
 		return refuse(RefusedReplayed, fmt.Sprintf("agent %s already reported for round %d attempt %d", s.Agent, r.Round, r.Attempt))
 	case !now.Before(r.Deadline):
@@ -619,6 +671,11 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 	if err != nil {
 		return c.failRound(now, "aggregation: "+err.Error())
 	}
+	return c.aggregated(now, r, global, why)
+}
+
+// aggregated ends attempt r with the new global model.
+func (c *Coordinator) aggregated(now time.Time, r *Round, global []float64, why string) []Event {
 	r.Phase, r.Reason = RoundAggregated, why
 	c.charge(r)
 	c.st.Global = global

@@ -54,7 +54,7 @@ func TestRoundsFedAvg(t *testing.T) {
 	}
 	// Hand-computed: examples 1,1,2 with deltas 1,2,4 and one missing:
 	// closes only at the timeout with 3 of 4 (min completion 0.5).
-	for i, s := range []Submission{{sel[0], 1, 0, delta(1), 1, nil}, {sel[1], 1, 0, delta(2), 1, nil}, {sel[2], 1, 0, delta(4), 2, nil}} {
+	for i, s := range []Submission{{sel[0], 1, 0, delta(1), 1, nil, nil}, {sel[1], 1, 0, delta(2), 1, nil, nil}, {sel[2], 1, 0, delta(4), 2, nil, nil}} {
 		ev := c.Offer(t0.Add(time.Second), s)
 		if ev[0].Kind != EvUpdateAccepted || len(ev) != 1 {
 			t.Fatalf("update %d: %v %s", i, kinds(ev), ev[0].Reason)
@@ -64,12 +64,12 @@ func TestRoundsFedAvg(t *testing.T) {
 		s    Submission
 		want string
 	}{
-		{Submission{sel[0], 1, 0, delta(1), 1, nil}, RefusedReplayed},
-		{Submission{"zz", 1, 0, delta(1), 1, nil}, RefusedNotSelected},
-		{Submission{sel[3], 2, 0, delta(1), 1, nil}, RefusedClosed},
-		{Submission{sel[3], 1, 0, []float32{1, 2}, 1, nil}, RefusedInvalid},
-		{Submission{sel[3], 1, 0, []float32{1, 2, 3, float32(math.NaN()), 5, 6}, 1, nil}, RefusedInvalid},
-		{Submission{sel[3], 1, 0, []float32{1, 2, 3, float32(math.Inf(1)), 5, 6}, 1, nil}, RefusedInvalid},
+		{Submission{sel[0], 1, 0, delta(1), 1, nil, nil}, RefusedReplayed},
+		{Submission{"zz", 1, 0, delta(1), 1, nil, nil}, RefusedNotSelected},
+		{Submission{sel[3], 2, 0, delta(1), 1, nil, nil}, RefusedClosed},
+		{Submission{sel[3], 1, 0, []float32{1, 2}, 1, nil, nil}, RefusedInvalid},
+		{Submission{sel[3], 1, 0, []float32{1, 2, 3, float32(math.NaN()), 5, 6}, 1, nil, nil}, RefusedInvalid},
+		{Submission{sel[3], 1, 0, []float32{1, 2, 3, float32(math.Inf(1)), 5, 6}, 1, nil, nil}, RefusedInvalid},
 	} {
 		ev := c.Offer(t0.Add(2*time.Second), tc.s)
 		if len(ev) != 1 || ev[0].Kind != EvUpdateRefused || !strings.HasPrefix(ev[0].Reason, tc.want+": ") {
@@ -94,14 +94,14 @@ func TestRoundsFedAvg(t *testing.T) {
 		}
 	}
 	// A late update for the closed round is refused as closed.
-	if ev := c.Offer(t0.Add(61*time.Second), Submission{sel[3], 1, 0, delta(1), 1, nil}); ev[0].Kind != EvUpdateRefused {
+	if ev := c.Offer(t0.Add(61*time.Second), Submission{sel[3], 1, 0, delta(1), 1, nil, nil}); ev[0].Kind != EvUpdateRefused {
 		t.Fatalf("late update: %v", kinds(ev))
 	}
 	// Round 2: all three report, it closes at once and the job is done.
 	ev = c.Tick(t0.Add(2*time.Minute), []string{"a", "b", "c"})
 	sel = ev[0].Round.Selected
 	for i, a := range sel {
-		ev = c.Offer(t0.Add(2*time.Minute+time.Second), Submission{a, 2, 0, delta(0), 1, nil})
+		ev = c.Offer(t0.Add(2*time.Minute+time.Second), Submission{a, 2, 0, delta(0), 1, nil, nil})
 		if i < 2 && len(ev) != 1 {
 			t.Fatalf("closed early: %v", kinds(ev))
 		}
@@ -119,9 +119,9 @@ func TestRoundFailsAndRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := c.Tick(t0, []string{"a", "b", "c"})
-	c.Offer(t0, Submission{"a", 1, 0, delta(1), 1, nil})
+	c.Offer(t0, Submission{"a", 1, 0, delta(1), 1, nil, nil})
 	// A late update is refused and counted.
-	ev = c.Offer(t0.Add(time.Minute), Submission{"b", 1, 0, delta(1), 1, nil})
+	ev = c.Offer(t0.Add(time.Minute), Submission{"b", 1, 0, delta(1), 1, nil, nil})
 	if ev[0].Reason == "" || !strings.HasPrefix(ev[0].Reason, RefusedLate) {
 		t.Fatalf("late: %v %q", kinds(ev), ev[0].Reason)
 	}
@@ -134,7 +134,7 @@ func TestRoundFailsAndRetries(t *testing.T) {
 		t.Fatalf("retry: %+v", ev[0].Round)
 	}
 	// An update for the failed attempt is refused.
-	if ev := c.Offer(t0.Add(2*time.Minute), Submission{"c", 1, 0, delta(1), 1, nil}); ev[0].Kind != EvUpdateRefused {
+	if ev := c.Offer(t0.Add(2*time.Minute), Submission{"c", 1, 0, delta(1), 1, nil, nil}); ev[0].Kind != EvUpdateRefused {
 		t.Fatalf("old attempt accepted: %v", kinds(ev))
 	}
 	ev = c.Tick(t0.Add(3*time.Minute), nil)
@@ -173,18 +173,18 @@ func TestRestoreMidRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	sel := c.Tick(t0, []string{"a", "b", "c"})[0].Round.Selected
-	c.Offer(t0, Submission{sel[0], 1, 0, delta(1), 1, nil})
+	c.Offer(t0, Submission{sel[0], 1, 0, delta(1), 1, nil, nil})
 	st, _ := jsonState(t, c)
 	stored := []strategy.Update{{Client: sel[0], Delta: delta(1), Examples: 1}}
 	r, err := Restore(testSpec(), st, stored)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev := r.Offer(t0, Submission{sel[0], 1, 0, delta(1), 1, nil}); ev[0].Kind != EvUpdateRefused {
+	if ev := r.Offer(t0, Submission{sel[0], 1, 0, delta(1), 1, nil, nil}); ev[0].Kind != EvUpdateRefused {
 		t.Fatalf("replay after restore accepted")
 	}
-	r.Offer(t0, Submission{sel[1], 1, 0, delta(3), 1, nil})
-	ev := r.Offer(t0, Submission{sel[2], 1, 0, delta(5), 1, nil})
+	r.Offer(t0, Submission{sel[1], 1, 0, delta(3), 1, nil, nil})
+	ev := r.Offer(t0, Submission{sel[2], 1, 0, delta(5), 1, nil, nil})
 	if ev[len(ev)-1].Kind != EvRoundAggregated || ev[len(ev)-1].Round.Examples != 3 {
 		t.Fatalf("after restore: %v", kinds(ev))
 	}
@@ -224,7 +224,7 @@ func TestFedAdamStateSurvivesRestore(t *testing.T) {
 		sel := c.Tick(at, []string{"a", "b", "c"})[0].Round.Selected
 		var ev []Event
 		for i, a := range sel {
-			ev = c.Offer(at, Submission{a, round, 0, delta(float32(i+round) / 10), i + 1, nil})
+			ev = c.Offer(at, Submission{a, round, 0, delta(float32(i+round) / 10), i + 1, nil, nil})
 		}
 		for _, e := range ev {
 			if e.Kind == EvRoundAggregated {

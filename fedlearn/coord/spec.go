@@ -118,6 +118,9 @@ type Spec struct {
 	// Carbon, when set, makes the rounds carbon- and battery-aware (see
 	// Carbon).
 	Carbon *Carbon `json:"carbon,omitempty"`
+	// SecAgg, when set, runs the training rounds under secure
+	// aggregation (SecAgg+; see SecAgg).
+	SecAgg *SecAgg `json:"secagg,omitempty"`
 }
 
 // Differential-privacy modes.
@@ -267,6 +270,11 @@ func (s *Spec) Resolve() error {
 	}
 	if s.DP != nil {
 		if err := s.DP.resolve(st); err != nil {
+			return err
+		}
+	}
+	if s.SecAgg != nil {
+		if err := s.SecAgg.resolve(s, st); err != nil {
 			return err
 		}
 	}

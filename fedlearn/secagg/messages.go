@@ -492,3 +492,10 @@ func (m *UnmaskResponse) Unmarshal(b []byte) error {
 	*m = UnmaskResponse{Round: round, From: from, Shares: ss}
 	return nil
 }
+
+// IsMaskedVector reports whether b is framed as a masked vector (the
+// client's update; the other messages are the protocol's). It checks the
+// header only.
+func IsMaskedVector(b []byte) bool {
+	return len(b) >= headerSize && string(b[:4]) == magic && b[4] == version && b[5] == typeMaskedVector
+}

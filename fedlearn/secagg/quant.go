@@ -50,3 +50,17 @@ func dequantize(sum []uint32, n int, p Params) ([]float64, error) {
 	}
 	return out, nil
 }
+
+// Weighted is the vector a client masks for a weighted mean, as Flower's
+// secaggplus_mod builds it: its weight r = min(examples/maxWeight, 1)
+// first, then r·delta. The server divides the sum of the r·delta by the
+// sum of the r; the examples themselves are not revealed.
+func Weighted(delta []float32, examples int, maxWeight float64) []float32 {
+	r := float32(math.Min(float64(examples)/maxWeight, 1))
+	out := make([]float32, len(delta)+1)
+	out[0] = r
+	for i, d := range delta {
+		out[i+1] = r * d
+	}
+	return out
+}
