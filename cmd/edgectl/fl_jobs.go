@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -66,10 +67,17 @@ func printFLJob(w io.Writer, j cpapi.FLJob) error {
 		}
 		fmt.Fprintf(w, "Privacy:   %s%s\n", s.DP, spent)
 	}
+	if a := s.SecAgg; a != nil {
+		fmt.Fprintf(w, "SecAgg:    SecAgg+ num_shares=%g, reconstruction_threshold=%g, max_weight=%g, stage_timeout=%s\n",
+			a.NumShares, a.ReconstructionThreshold, a.MaxWeight, time.Duration(a.StageTimeout))
+	}
 	if r := j.Current; r != nil {
 		kind := ""
 		if r.Kind == coord.RoundStats {
 			kind = " (statistics)"
+		}
+		if sa := r.SecAgg; sa != nil {
+			kind += ", secure aggregation stage " + sa.Stage
 		}
 		fmt.Fprintf(w, "Current:   round %d%s attempt %d, %s, %d of %d reported, deadline %s\n", r.Round, kind, r.Attempt, r.Phase, len(r.Reported), len(r.Selected), r.Deadline.UTC().Format("2006-01-02 15:04:05"))
 	}

@@ -23,6 +23,7 @@ func (a *app) newFLJobsCreateCmd() *cobra.Command {
 		rounds   int
 		selector string
 		dp       string
+		secAgg   string
 	)
 	c := &cobra.Command{
 		Use:   "create --file SPEC.json",
@@ -84,6 +85,11 @@ role.`,
 					return cli.Usagef("--dp: %s", strings.TrimPrefix(err.Error(), coord.ErrSpec.Error()+": "))
 				}
 			}
+			if c.Flags().Changed("secagg") {
+				if spec.SecAgg, err = coord.ParseSecAgg(secAgg); err != nil {
+					return cli.Usagef("--secagg: %s", strings.TrimPrefix(err.Error(), coord.ErrSpec.Error()+": "))
+				}
+			}
 			j, err := fetch(a, c, func(ctx context.Context, cl *cpapi.Client) (cpapi.FLJob, error) {
 				return cl.CreateFLJob(ctx, spec)
 			})
@@ -101,5 +107,6 @@ role.`,
 	c.Flags().IntVar(&rounds, "rounds", 0, "number of rounds (overrides the spec's)")
 	c.Flags().StringVar(&selector, "selector", "", "agents whose labels match key=value[,key=value...] (overrides the spec's)")
 	c.Flags().StringVar(&dp, "dp", "", "differential privacy MODE:z=Z,C=C[,delta=D][,budget=E], MODE central or local (overrides the spec's)")
+	c.Flags().StringVar(&secAgg, "secagg", "", "secure aggregation (SecAgg+) num_shares=N,reconstruction_threshold=T[,clipping_range=C,quantization_range=Q,modulus_range=M,max_weight=W,stage_timeout=D] (overrides the spec's)")
 	return c
 }

@@ -128,3 +128,41 @@ func TestFLJobsCreateDP(t *testing.T) {
 		t.Errorf("--dp with C=0: exit %d, %s", r.code, r.stderr)
 	}
 }
+
+// TestFLJobsCreateSecAgg: --secagg sets the job's secure aggregation,
+// resolved by the control plane; bad parameters are named.
+func TestFLJobsCreateSecAgg(t *testing.T) {
+	e := newTestEnv(t)
+	e.login()
+	a, _ := fedlearn.ParseArch("lr", 1, 2)
+	spec := coord.Spec{
+		Model: "occ-sa", Arch: a, Labels: []string{"empty", "occupied"},
+		Schema:   fedlearn.Schema{Features: []fedlearn.Feature{{Name: "c", Metric: "co2", Agg: fedlearn.AggLatest, Std: 1}}, Label: fedlearn.Label{Metric: "occupancy"}},
+		Strategy: strategy.Config{Name: "fedavg"}, Rounds: 3, MinAvailable: 3, MinFit: 3,
+	}
+	b, _ := json.Marshal(spec)
+	path := filepath.Join(t.TempDir(), "job.json")
+	os.WriteFile(path, b, 0o644)
+	j := decodeJSON[cpapi.FLJob](t, e.must("fl", "jobs", "create", "--file", path, "--secagg", "num_shares=3,reconstruction_threshold=2", "--json"))
+	sp := flSpec(j)
+	if sp.SecAgg == nil || sp.SecAgg.NumShares != 3 || sp.SecAgg.ReconstructionThreshold != 2 || sp.SecAgg.MaxWeight != coord.DefaultSecAggMaxWeight || sp.SecAgg.StageTimeout <= 0 {
+		t.Fatalf("created %+v", sp.SecAgg)
+	}
+	if out := e.must("fl", "jobs", "get", j.ID); !strings.Contains(out, "SecAgg:    SecAgg+ num_shares=3, reconstruction_threshold=2, max_weight=1000") {
+		t.Fatalf("get: %s", out)
+	}
+	if r := e.run("fl", "jobs", "create", "--file", path, "--secagg", "num_shares=3"); r.code == 0 || !strings.Contains(r.stderr, "--secagg") {
+		t.Errorf("--secagg without a threshold: exit %d, %s", r.code, r.stderr)
+	}
+	// Ranges are the control plane's: a threshold above the shares is refused there.
+	if r := e.run("fl", "jobs", "create", "--file", path, "--secagg", "num_shares=3,reconstruction_threshold=5"); r.code == 0 || !strings.Contains(r.stderr, "secagg") {
+		t.Errorf("threshold 5 of 3: exit %d, %s", r.code, r.stderr)
+	}
+	// Robust strategies need every update: refused with the reason.
+	spec.Strategy = strategy.Config{Name: "fedmedian"}
+	b, _ = json.Marshal(spec)
+	os.WriteFile(path, b, 0o644)
+	if r := e.run("fl", "jobs", "create", "--file", path, "--secagg", "num_shares=3,reconstruction_threshold=2"); r.code == 0 || !strings.Contains(r.stderr, "averages") {
+		t.Errorf("fedmedian under secagg: exit %d, %s", r.code, r.stderr)
+	}
+}
