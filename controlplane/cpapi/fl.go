@@ -30,7 +30,9 @@ import (
 // (FLUpdate.Stats) instead of a delta, and every later task carries the
 // schema normalised with their sums. Under local differential privacy
 // (FLTask.DP) the agent clips its delta and adds Gaussian noise before
-// sealing it.
+// sealing it. Under secure aggregation (FLTask.SecAgg) a round comes as
+// four tasks, one per SecAgg+ stage, each answered by the same path with
+// the stage's message (FLUpdate.SecAgg).
 
 // MaxFLTaskWait bounds the "wait" parameter of GET /v1/agent/fl/task.
 const MaxFLTaskWait = 5 * time.Minute

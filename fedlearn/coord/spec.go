@@ -20,6 +20,10 @@
 // seed, its noise key and the round, so a restart re-runs a round exactly)
 // or leaves that to the clients (local), and its accountant reports the
 // (ε, δ) spent after every round.
+//
+// With secure aggregation (Spec.SecAgg) a training round runs SecAgg+'s
+// four stages (secagg.go) and the coordinator sees only the sum of the
+// survivors' weighted deltas.
 package coord
 
 import (
