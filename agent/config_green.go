@@ -46,6 +46,11 @@ type GreenConfig struct {
 	// TrainingDuration is the expected run time of a training job that
 	// declares a window but no expected_duration. Default 10m.
 	TrainingDuration time.Duration `yaml:"training_duration"`
+	// UploadWindow is how long telemetry waiting in the outbox may wait
+	// for a greener start before it is uploaded, in bulk (the readings
+	// are durable and acknowledged to their devices meanwhile); 0 uploads
+	// at once. Default 0.
+	UploadWindow time.Duration `yaml:"upload_window"`
 }
 
 // BatteryConfig is where the battery state comes from: the Linux sysfs
@@ -117,6 +122,8 @@ func (g *GreenConfig) validate() error {
 		return bad("compaction_window", "%v (want 0 or a positive duration)", g.CompactionWindow)
 	case g.TrainingDuration <= 0:
 		return bad("training_duration", "%v (want a positive duration)", g.TrainingDuration)
+	case g.UploadWindow < 0:
+		return bad("upload_window", "%v (want 0 or a positive duration)", g.UploadWindow)
 	}
 	return nil
 }

@@ -286,6 +286,7 @@ func TestValidateNamesBadField(t *testing.T) {
 		"green.min_battery":               func(c *Config) { c.Green.MinBattery = -0.1 },
 		"green.battery_recheck":           func(c *Config) { c.Green.BatteryRecheck = 0 },
 		"green.compaction_window":         func(c *Config) { c.Green.CompactionWindow = -time.Second },
+		"green.upload_window":             func(c *Config) { c.Green.UploadWindow = -time.Second },
 		"green.training_duration":         func(c *Config) { c.Green.TrainingDuration = 0 },
 	}
 	names := make([]string, 0, len(cases))

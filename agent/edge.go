@@ -247,6 +247,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if store != nil {
 			deps.Outbox = store
 		}
+		if a.cfg.Green.UploadWindow > 0 {
+			deps.DeferUpload = a.deferUpload
+		}
 		if up, err = uplink.New(a.cfg.ControlPlane, a.cfg.DataDir, name, deps); err != nil {
 			return fmt.Errorf("agent: control_plane: %w", err)
 		}

@@ -57,6 +57,22 @@ func TestGreenHeartbeatAndCompaction(t *testing.T) {
 	if _, err := a.deferCompaction(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("compaction with a 6 h window ran at once: %v", err)
 	}
+	// A bulk upload with a window waits for the greener slot as well.
+	a.cfg.Green.UploadWindow = 6 * time.Hour
+	uctx, ucancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer ucancel()
+	if _, err := a.deferUpload(uctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("upload with a 6 h window ran at once: %v", err)
+	}
+	a.cfg.Green.UploadWindow = time.Minute // the greener slot is 3 h away: now
+	udone, err := a.deferUpload(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	udone()
+	if st := a.Green().Stats()["upload"]; st.Jobs != 1 {
+		t.Fatalf("upload stats %+v", st)
+	}
 	a.cfg.Green.CompactionWindow = 0
 	done, err := a.deferCompaction(context.Background())
 	if err != nil {

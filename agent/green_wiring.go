@@ -14,6 +14,7 @@ import (
 const (
 	workTraining   = "training"
 	workCompaction = "compaction"
+	workUpload     = "upload"
 )
 
 // Utilisation of the device while a kind of work runs, for its energy
@@ -21,6 +22,7 @@ const (
 const (
 	trainingUtilisation   = 1.0
 	compactionUtilisation = 0.3
+	uploadUtilisation     = 0.2
 )
 
 // greenParts is the agent's deferrable-work scheduler.
@@ -29,6 +31,8 @@ type greenParts struct {
 	// lastCompaction is how long the last compaction ran (nanoseconds),
 	// the next one's expected duration.
 	lastCompaction atomic.Int64
+	// lastUpload is how long the last bulk upload ran (nanoseconds).
+	lastUpload atomic.Int64
 }
 
 // Green is the scheduler of deferrable work; nil before Start.
@@ -88,6 +92,26 @@ func (a *Agent) deferCompaction(ctx context.Context) (func(), error) {
 	}
 	return func() {
 		g.lastCompaction.Store(int64(a.clk.Now().Sub(run.Start)))
+		run.Done()
+	}, nil
+}
+
+// deferUpload holds the upload of the telemetry waiting in the outbox
+// until the scheduler's start within green.upload_window
+// (uplink.Deps.DeferUpload); done is called when the outbox is drained.
+func (a *Agent) deferUpload(ctx context.Context) (func(), error) {
+	g := a.green.Load()
+	if g == nil {
+		return func() {}, nil
+	}
+	expected := max(time.Duration(g.lastUpload.Load()), time.Second)
+	run, err := g.sched.Wait(ctx, deferred.Request{Kind: workUpload, ID: "telemetry", Duration: expected,
+		Utilisation: uploadUtilisation, Latest: a.clk.Now().Add(a.cfg.Green.UploadWindow)})
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		g.lastUpload.Store(int64(a.clk.Now().Sub(run.Start)))
 		run.Done()
 	}, nil
 }

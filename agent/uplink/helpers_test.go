@@ -339,6 +339,8 @@ type testAgent struct {
 	sink      *countingSink
 	msgID     atomic.Uint32
 	written   int // numeric readings handed to the ingestor
+	// deferUpload is Deps.DeferUpload (agentOpts.deferUpload).
+	deferUpload func(ctx context.Context) (func(), error)
 }
 
 // countingSink forwards commits to the uplink and counts their readings.
@@ -361,6 +363,8 @@ type agentOpts struct {
 	status  func() cpapi.Heartbeat
 	// batchDelay is the ingestor's group-commit delay (default 1ms).
 	batchDelay time.Duration
+	// deferUpload is Deps.DeferUpload.
+	deferUpload func(ctx context.Context) (func(), error)
 }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
@@ -404,6 +408,7 @@ func newAgent(t *testing.T, clock *clock.Manual, cfg Config, o agentOpts) *testA
 		a.store, a.in, outbox = st, in, st
 		a.tr.ingestTicker.Store(true)
 	}
+	a.deferUpload = o.deferUpload
 	a.start(clock, cfg, outbox, o.status)
 	return a
 }
@@ -426,9 +431,10 @@ func (a *testAgent) start(clock *clock.Manual, cfg Config, outbox Outbox, status
 			a.tr.next = rt
 			return a.tr
 		},
-		Outbox:  outbox,
-		Status:  status,
-		Keyring: keyring,
+		Outbox:      outbox,
+		Status:      status,
+		Keyring:     keyring,
+		DeferUpload: a.deferUpload,
 		KeysChanged: func() {
 			a.keyring.changed.Add(1)
 		},

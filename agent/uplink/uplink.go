@@ -56,6 +56,13 @@ type Deps struct {
 	WrapTransport func(http.RoundTripper) http.RoundTripper
 	// Outbox is the telemetry to upload (nil: heartbeats only).
 	Outbox Outbox
+	// DeferUpload, when set, is asked before telemetry waiting in the
+	// outbox is uploaded: it returns when the upload may start (the
+	// agent's deferrable-work scheduler: the greenest start within a
+	// window), and done is called once the outbox has been drained. The
+	// readings stay in the outbox meanwhile (acknowledged to their
+	// devices, durable); uploads then go in bulk.
+	DeferUpload func(ctx context.Context) (done func(), err error)
 	// Status builds each heartbeat's contents (health, resources). Empty
 	// Name, Version, OS and Arch are filled in with the agent's name and
 	// build. Nil sends those four fields only.

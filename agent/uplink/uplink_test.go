@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -715,5 +716,62 @@ func TestEnrollmentRetryAfterALostAnswerKeepsTheAgentID(t *testing.T) {
 	}
 	if ag := cp.agentRecord(st.AgentID); ag.State != cpapi.StateOnline {
 		t.Errorf("agent state %q, want online", ag.State)
+	}
+}
+
+// TestDeferredUploadGoesInBulk: with Deps.DeferUpload the readings wait in
+// the outbox while the deferral holds (none reach the control plane), go
+// up together once it lets them, and the deferral's done is called when
+// the outbox is empty; the next readings are held again.
+func TestDeferredUploadGoesInBulk(t *testing.T) {
+	clock := newClock()
+	cp := newCP(t, clock)
+	release := make(chan struct{}, 4)
+	var asked, done atomic.Int32
+	a := newAgent(t, clock, cp.config(cp.token()), agentOpts{deferUpload: func(ctx context.Context) (func(), error) {
+		asked.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return func() { done.Add(1) }, nil
+	}})
+	eventually(t, "enrolled, telemetry key held", func() bool { return a.up.Status().KeyVersions[cpapi.TelemetryKeyName] >= 1 })
+	id := a.up.Status().AgentID
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("deferral asked %d times with an empty outbox", n)
+	}
+	for i := range 6 {
+		a.write(clock, "sensor-"+strconv.Itoa(i), 20)
+		clock.Advance(10 * time.Second)
+	}
+	eventually(t, "the upload asks the deferral", func() bool { return asked.Load() == 1 })
+	// The upload loop is held by the deferral, not the clock: one loop
+	// (the heartbeat's) waits on the clock.
+	settle(t, clock, a.tr, 1)
+	clock.Advance(time.Hour)
+	settle(t, clock, a.tr, 1)
+	if n := cp.serverPoints(id); n != 0 || len(a.tr.uploadsSent()) != 0 {
+		t.Fatalf("%d readings in %d uploads reached the control plane while the upload was deferred", n, len(a.tr.uploadsSent()))
+	}
+	if a.pending() == 0 {
+		t.Fatal("the outbox is empty while the upload is deferred")
+	}
+	release <- struct{}{}
+	advanceUntil(t, clock, a.tr, 2, 100*time.Millisecond, time.Minute, "every reading uploaded", func() bool { return cp.serverPoints(id) == a.written })
+	eventually(t, "the deferral told the outbox is drained", func() bool { return done.Load() == 1 && a.pending() == 0 })
+	// The next readings wait for the next start.
+	uploaded := a.written
+	a.write(clock, "sensor-x", 5)
+	// (The upload loop leaves the clock once it asks: advance by hand.)
+	for end := time.Now().Add(20 * time.Second); asked.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the next readings' upload did not ask the deferral")
+		}
+		clock.Advance(100 * time.Millisecond)
+	}
+	if n := cp.serverPoints(id); n != uploaded {
+		t.Fatalf("%d readings at the control plane, want %d: the new ones went up undeferred", n, uploaded)
 	}
 }

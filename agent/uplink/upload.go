@@ -44,6 +44,12 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 	var next time.Duration
 	var wake <-chan struct{}
 	var last time.Time // start of the last round
+	var drained func() // with DeferUpload: the granted upload's end, until the outbox is empty
+	defer func() {
+		if drained != nil {
+			drained()
+		}
+	}()
 	for {
 		if next > 0 {
 			if !u.sleep(ctx, next, wake) {
@@ -57,8 +63,36 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 		if !u.waitReady(ctx) {
 			return
 		}
+		if u.deps.DeferUpload != nil && drained == nil {
+			pending, ok := u.outboxPending(ctx)
+			if !ok {
+				return
+			}
+			if !pending {
+				next, wake = u.cfg.UploadInterval, u.wake
+				continue
+			}
+			done, err := u.deps.DeferUpload(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				u.log.Warn("upload deferral failed; uploading now", "err", err)
+				done = func() {}
+			}
+			drained = done
+			if !u.waitReady(ctx) {
+				return
+			}
+		}
 		last = u.clock.Now()
 		res := u.uploadRound(ctx)
+		if drained != nil && res.outcome == outcomeOK && !res.full {
+			// The outbox is empty: the bulk upload is over; the next
+			// readings wait for the next start.
+			drained()
+			drained = nil
+		}
 		switch res.outcome {
 		case outcomeCanceled:
 			return
@@ -100,6 +134,24 @@ func (u *Uplink) uploadLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// outboxPending reports whether a batch waits in the outbox (claimed and
+// released at once); ok is false when ctx ended.
+func (u *Uplink) outboxPending(ctx context.Context) (pending, ok bool) {
+	batches, err := u.deps.Outbox.ClaimOutbox(ctx, 1, u.lease)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, false
+		}
+		u.setError("upload", fmt.Errorf("uplink: claim outbox: %w", err))
+		return true, true // let the round find and report it
+	}
+	if len(batches) == 0 {
+		return false, true
+	}
+	u.release(ctx, batches[0].Seq)
+	return true, true
 }
 
 // detached returns a context for outbox bookkeeping that outlives a
