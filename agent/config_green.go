@@ -51,6 +51,13 @@ type GreenConfig struct {
 	// are durable and acknowledged to their devices meanwhile); 0 uploads
 	// at once. Default 0.
 	UploadWindow time.Duration `yaml:"upload_window"`
+	// UpdateWindow is how long the install of models newly assigned by
+	// the control plane may wait for a greener start (the models serving
+	// keep serving); 0 installs at once. Default 0.
+	UpdateWindow time.Duration `yaml:"update_window"`
+	// UpdateDuration is the expected run time of a model update (fetch,
+	// verify, load), for its energy estimate. Default 30s.
+	UpdateDuration time.Duration `yaml:"update_duration"`
 }
 
 // BatteryConfig is where the battery state comes from: the Linux sysfs
@@ -75,6 +82,7 @@ func defaultGreenConfig() GreenConfig {
 		BatteryRecheck:   5 * time.Minute,
 		CompactionWindow: time.Hour,
 		TrainingDuration: 10 * time.Minute,
+		UpdateDuration:   30 * time.Second,
 	}
 }
 
@@ -124,6 +132,10 @@ func (g *GreenConfig) validate() error {
 		return bad("training_duration", "%v (want a positive duration)", g.TrainingDuration)
 	case g.UploadWindow < 0:
 		return bad("upload_window", "%v (want 0 or a positive duration)", g.UploadWindow)
+	case g.UpdateWindow < 0:
+		return bad("update_window", "%v (want 0 or a positive duration)", g.UpdateWindow)
+	case g.UpdateDuration <= 0:
+		return bad("update_duration", "%v (want a positive duration)", g.UpdateDuration)
 	}
 	return nil
 }

@@ -287,6 +287,8 @@ func TestValidateNamesBadField(t *testing.T) {
 		"green.battery_recheck":           func(c *Config) { c.Green.BatteryRecheck = 0 },
 		"green.compaction_window":         func(c *Config) { c.Green.CompactionWindow = -time.Second },
 		"green.upload_window":             func(c *Config) { c.Green.UploadWindow = -time.Second },
+		"green.update_window":             func(c *Config) { c.Green.UpdateWindow = -time.Second },
+		"green.update_duration":           func(c *Config) { c.Green.UpdateDuration = 0 },
 		"green.training_duration":         func(c *Config) { c.Green.TrainingDuration = 0 },
 	}
 	names := make([]string, 0, len(cases))

@@ -250,6 +250,9 @@ func (a *Agent) startEdge(ctx context.Context, name string) (err error) {
 		if a.cfg.Green.UploadWindow > 0 {
 			deps.DeferUpload = a.deferUpload
 		}
+		if a.cfg.Green.UpdateWindow > 0 {
+			deps.DeferModelUpdate = a.deferModelUpdate
+		}
 		if up, err = uplink.New(a.cfg.ControlPlane, a.cfg.DataDir, name, deps); err != nil {
 			return fmt.Errorf("agent: control_plane: %w", err)
 		}

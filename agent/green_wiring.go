@@ -15,6 +15,7 @@ const (
 	workTraining   = "training"
 	workCompaction = "compaction"
 	workUpload     = "upload"
+	workUpdate     = "update"
 )
 
 // Utilisation of the device while a kind of work runs, for its energy
@@ -23,6 +24,7 @@ const (
 	trainingUtilisation   = 1.0
 	compactionUtilisation = 0.3
 	uploadUtilisation     = 0.2
+	updateUtilisation     = 0.5
 )
 
 // greenParts is the agent's deferrable-work scheduler.
@@ -114,6 +116,22 @@ func (a *Agent) deferUpload(ctx context.Context) (func(), error) {
 		g.lastUpload.Store(int64(a.clk.Now().Sub(run.Start)))
 		run.Done()
 	}, nil
+}
+
+// deferModelUpdate holds the install of newly assigned models until the
+// scheduler's start within green.update_window
+// (uplink.Deps.DeferModelUpdate).
+func (a *Agent) deferModelUpdate(ctx context.Context) (func(), error) {
+	g := a.green.Load()
+	if g == nil {
+		return func() {}, nil
+	}
+	run, err := g.sched.Wait(ctx, deferred.Request{Kind: workUpdate, ID: "models", Duration: a.cfg.Green.UpdateDuration,
+		Utilisation: updateUtilisation, Latest: a.clk.Now().Add(a.cfg.Green.UpdateWindow)})
+	if err != nil {
+		return nil, err
+	}
+	return run.Done, nil
 }
 
 // deferTraining holds a training job until the scheduler's start before

@@ -63,6 +63,12 @@ type Deps struct {
 	// readings stay in the outbox meanwhile (acknowledged to their
 	// devices, durable); uploads then go in bulk.
 	DeferUpload func(ctx context.Context) (done func(), err error)
+	// DeferModelUpdate, when set, is asked before models the control
+	// plane assigns and the runtime does not serve are fetched and
+	// installed (removals are not held): it returns when the update may
+	// start, and done is called after it. The models serving keep serving
+	// meanwhile.
+	DeferModelUpdate func(ctx context.Context) (done func(), err error)
 	// Status builds each heartbeat's contents (health, resources). Empty
 	// Name, Version, OS and Arch are filled in with the agent's name and
 	// build. Nil sends those four fields only.
