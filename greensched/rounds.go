@@ -112,11 +112,14 @@ func (c RoundClient) Eligible(minBattery float64) bool {
 // zone's intensity over the round (lowest first, unknown last), then by a
 // hash of Seed, Round and id. The key is Credit − Slack × dev, where dev
 // is the zone's mean intensity over [start, start+Duration) minus its mean
-// over the span the job's remaining rounds cover, divided by the mean of
-// the latter over the eligible clients, clamped to [-1, 1] (0 when
-// unknown). Because every client gets its share of rounds in the long run,
-// which zone is cleaner on average does not change the job's emissions;
-// training each client while its own zone is cleaner than usual does. With
+// over the span the job's later rounds cover (from now + Duration to the
+// latest start + H, see below), divided by the mean of the latter over the
+// eligible clients, clamped to [-1, 1] (0 when unknown or when this is the
+// last round). Because every client gets its share of rounds in the long
+// run, which zone is cleaner on average does not change the job's
+// emissions; training each client while its own zone is cleaner than it
+// will be later does. In the last round only credit and the zones'
+// intensities count. With
 // constant eligibility a client's credit stays at most 1 + 2×Slack
 // (TestSelectionKeepsEveryClientsShare): over k rounds it is selected at
 // least k×Select/N − 1 − 2×Slack times.
@@ -181,7 +184,7 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 			starts = append(starts, t)
 		}
 	}
-	p := newRoundPlan(eligible, r, latest.Sub(r.Now)+horizon)
+	p := newRoundPlan(eligible, r, latest.Sub(r.Now)+horizon-r.Duration)
 	best, bestCost := 0, math.NaN()
 	var bestRank []RoundClient
 	for i, t := range starts {
@@ -208,8 +211,9 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 type roundPlan struct {
 	r       RoundRequest
 	clients []RoundClient
-	// ref is each client's zone's mean over the span any candidate's
-	// remaining rounds cover (NaN: unknown); norm the mean of ref.
+	// ref is each client's zone's mean over the span the rounds after
+	// this one cover, from any candidate start (NaN: unknown, or no round
+	// after this one); norm the mean of ref.
 	ref  []float64
 	norm float64
 	tie  []uint64
@@ -220,7 +224,10 @@ func newRoundPlan(clients []RoundClient, r RoundRequest, span time.Duration) *ro
 	var sum float64
 	n := 0
 	for i, c := range clients {
-		p.ref[i] = p.intensity(c, r.Now, span)
+		p.ref[i] = math.NaN()
+		if r.Remaining > 1 && span > 0 {
+			p.ref[i] = p.intensity(c, r.Now.Add(r.Duration), span)
+		}
 		if !math.IsNaN(p.ref[i]) {
 			sum += p.ref[i]
 			n++

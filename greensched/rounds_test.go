@@ -133,9 +133,9 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 	cl := []RoundClient{{ID: "de1", Zone: "DE"}, {ID: "de2", Zone: "DE"}, {ID: "fr1", Zone: "FR"}, {ID: "fr2", Zone: "FR"}}
 	req := RoundRequest{Now: hour(0), Ready: hour(0), Duration: time.Hour, Remaining: 2, Clients: cl, Select: 2,
 		Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: map[string]float64{"fr1": 0.5, "fr2": 0.5, "de1": -0.5, "de2": -0.5}}
-	// refs over [0h, 2h): DE 300, FR 50; norm (300+300+50+50)/4 = 175;
-	// dev DE (200-300)/175 = -0.571, FR (60-50)/175 = 0.057.
-	// later rounds over [1h, 2h): (400+400+40+40)/4 = 220.
+	// refs over the later round [1h, 2h): DE 400, FR 40; norm
+	// (400+400+40+40)/4 = 220; dev DE (200-400)/220 = -0.909, FR
+	// (60-40)/220 = 0.091. Expected: half this round, half 220.
 	for _, c := range []struct {
 		slack     float64
 		first     string // zone of the first two
@@ -143,8 +143,8 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 		expected  float64
 	}{
 		{0, "fr", 60, 0.5*60 + 0.5*220},
-		{1, "fr", 60, 0.5*60 + 0.5*220},   // keys FR 0.443, DE 0.071
-		{2, "de", 200, 0.5*200 + 0.5*220}, // keys FR 0.386, DE 0.643
+		{0.5, "fr", 60, 0.5*60 + 0.5*220}, // keys FR 0.455, DE -0.045
+		{2, "de", 200, 0.5*200 + 0.5*220}, // keys FR 0.318, DE 1.318
 	} {
 		req.Slack = c.slack
 		d, err := PlanRound(req)
@@ -157,6 +157,12 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 		if math.Abs(d.Intensity-c.intensity) > 1e-9 || math.Abs(d.Expected-c.expected) > 1e-9 {
 			t.Errorf("slack %v: intensity %v expected %v, want %v %v", c.slack, d.Intensity, d.Expected, c.intensity, c.expected)
 		}
+	}
+	// the last round: no later round to take a turn in, the deviation
+	// does not count, the credit does
+	req.Remaining = 1
+	if d, _ := PlanRound(req); !strings.HasPrefix(d.Clients[0], "fr") || !strings.HasPrefix(d.Clients[1], "fr") {
+		t.Errorf("last round: clients %v, want fr first", d.Clients)
 	}
 }
 

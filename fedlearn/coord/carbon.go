@@ -1,7 +1,9 @@
 package coord
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/edgefleet/edgefleet/fedlearn"
@@ -24,7 +26,20 @@ type Carbon struct {
 	// MinBattery (0..1) is the battery level a client must have unless it
 	// is charging or mains powered.
 	MinBattery float64 `json:"min_battery,omitempty"`
+	// Slack is how many rounds of participation credit a client's zone
+	// being cleaner or dirtier than usual may outweigh when the clients
+	// are ranked (greensched.RoundRequest.Slack): 0 rotates the clients
+	// strictly; with constant availability every client is selected at
+	// least k×fraction − 1 − 2×Slack times in k rounds. Default
+	// DefaultCarbonSlack when absent.
+	Slack *float64 `json:"slack,omitempty"`
 }
+
+// DefaultCarbonSlack is Carbon.Slack's default; MaxCarbonSlack bounds it.
+const (
+	DefaultCarbonSlack = 2.0
+	MaxCarbonSlack     = 100.0
+)
 
 func (c *Carbon) resolve() error {
 	if c == nil {
@@ -36,7 +51,55 @@ func (c *Carbon) resolve() error {
 	if math.IsNaN(c.MinBattery) || c.MinBattery < 0 || c.MinBattery > 1 {
 		return specErr("carbon.min_battery", "%v (want 0-1)", c.MinBattery)
 	}
+	if c.Slack == nil {
+		v := DefaultCarbonSlack
+		c.Slack = &v
+	}
+	if v := *c.Slack; !(v >= 0 && v <= MaxCarbonSlack) {
+		return specErr("carbon.slack", "%v (want 0-%v)", v, MaxCarbonSlack)
+	}
 	return nil
+}
+
+// credit moves the participation credit as a round opens: each available
+// agent is due len(sel)/len(avail) of it, each selected one received 1.
+func (c *Coordinator) credit(avail, sel []string) {
+	if c.st.Credit == nil {
+		c.st.Credit = map[string]float64{}
+	}
+	share := float64(len(sel)) / float64(len(avail))
+	for _, a := range avail {
+		c.st.Credit[a] += share
+	}
+	for _, a := range sel {
+		c.st.Credit[a]--
+	}
+}
+
+// Credit returns a copy of the agents' participation credit (State.Credit).
+func (c *Coordinator) Credit() map[string]float64 { return maps.Clone(c.st.Credit) }
+
+// NextRound is the number of the round the next attempt opens.
+func (c *Coordinator) NextRound() int {
+	if c.needStats() {
+		return StatsRound
+	}
+	return c.st.Done + 1
+}
+
+// RoundDuration is the median length of the job's aggregated training
+// rounds (State.RoundSeconds), the round timeout before any.
+func (c *Coordinator) RoundDuration() time.Duration {
+	s := slices.Clone(c.st.RoundSeconds)
+	if len(s) == 0 {
+		return time.Duration(c.spec.RoundTimeout)
+	}
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + m) / 2
+	}
+	return max(time.Duration(m*float64(time.Second)), time.Millisecond)
 }
 
 // RoundOpen reports whether a round attempt is in progress (between

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -117,6 +118,15 @@ type State struct {
 	// that knowing the spec's seed is not knowing the noise; empty means
 	// the seed alone. The caller keeps the state from the job's readers.
 	NoiseKey []byte `json:"noise_key,omitempty"`
+	// Credit is each agent's participation credit in a carbon job: the
+	// rounds it was due (selected/available per round opened while it was
+	// available) minus the rounds it was selected for. The caller ranks
+	// agents with more credit first (greensched.PlanRound), so that a
+	// fraction below 1 rotates the clients.
+	Credit map[string]float64 `json:"credit,omitempty"`
+	// RoundSeconds are the lengths of a carbon job's aggregated training
+	// rounds, in order (RoundDuration).
+	RoundSeconds []float64 `json:"round_seconds,omitempty"`
 }
 
 // Privacy is the privacy a DP job has spent.
@@ -376,6 +386,8 @@ func (c *Coordinator) State() State {
 		st.Privacy = &p
 	}
 	st.NoiseKey = slices.Clone(st.NoiseKey)
+	st.Credit = maps.Clone(st.Credit)
+	st.RoundSeconds = slices.Clone(st.RoundSeconds)
 	return st
 }
 
@@ -480,6 +492,10 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
 	}
 	sel := avail[:n]
+	if c.spec.Carbon != nil {
+		c.credit(avail, sel)
+	}
+	sel = slices.Clone(sel)
 	slices.Sort(sel)
 	r := &Round{Round: round, Attempt: attempt, Kind: kind, Phase: RoundOpen, Opened: now,
 		Deadline: now.Add(time.Duration(c.spec.RoundTimeout)), Selected: sel, Reported: []string{}}
@@ -625,6 +641,9 @@ func (c *Coordinator) close(now time.Time, why string) []Event {
 	if fo, ok := c.strat.(*strategy.FedOpt); ok {
 		os := fo.State()
 		c.st.Optimizer = &os
+	}
+	if c.spec.Carbon != nil {
+		c.st.RoundSeconds = append(c.st.RoundSeconds, r.Closed.Sub(r.Opened).Seconds())
 	}
 	c.st.Done++
 	c.st.Retries = 0
