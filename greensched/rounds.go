@@ -55,10 +55,9 @@ type RoundRequest struct {
 	// more credit comes first, so that every client takes its turn.
 	Credit map[string]float64
 	// Slack (>= 0) is how much credit carbon may outweigh: a client's
-	// rank key is its credit minus Slack × its zone's relative deviation
-	// over the round from the zone's own mean over the rest of the job,
-	// clamped to [-1, 1]. 0 is a strict rotation in which carbon only
-	// breaks ties. See PlanRound.
+	// rank key is its credit minus Slack × how much dirtier than the
+	// fleet's usual its zone is over the round, clamped to [-1, 1]. 0 is
+	// a strict rotation in which carbon only breaks ties. See PlanRound.
 	Slack float64
 	// Seed and Round break the remaining ties: a hash of seed, round and
 	// client id, so that no client is always first.
@@ -111,16 +110,14 @@ func (c RoundClient) Eligible(minBattery float64) bool {
 // mains powered), ordered by rank key (highest first), then by their
 // zone's intensity over the round (lowest first, unknown last), then by a
 // hash of Seed, Round and id. The key is Credit − Slack × dev, where dev
-// is the zone's mean intensity over [start, start+Duration) minus its mean
-// over the span the job's later rounds cover (from now + Duration to the
-// latest start + H, see below), divided by the mean of the latter over the
-// eligible clients, clamped to [-1, 1] (0 when unknown or when this is the
-// last round). Because every client gets its share of rounds in the long
-// run, which zone is cleaner on average does not change the job's
-// emissions; training each client while its own zone is cleaner than it
-// will be later does. In the last round only credit and the zones'
-// intensities count. With
-// constant eligibility a client's credit stays at most 1 + 2×Slack
+// is how much dirtier than the fleet's usual the client's zone is over the
+// round: its mean intensity over [start, start+Duration) divided by the
+// mean, over the eligible clients, of their zones' means from now to the
+// latest start + H (see below), minus 1, clamped to [-1, 1] (0 when
+// unknown). Credit makes every client take its turn; Slack lets a client
+// of a cleaner zone, or of a zone cleaner than usual, go before one that
+// is up to Slack × 2 rounds of credit further behind. With constant
+// eligibility a client's credit stays at most 1 + 2×Slack
 // (TestSelectionKeepsEveryClientsShare): over k rounds it is selected at
 // least k×Select/N − 1 − 2×Slack times.
 //
@@ -184,7 +181,7 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 			starts = append(starts, t)
 		}
 	}
-	p := newRoundPlan(eligible, r, latest.Sub(r.Now)+horizon-r.Duration)
+	p := newRoundPlan(eligible, r, latest.Sub(r.Now)+horizon)
 	best, bestCost := 0, math.NaN()
 	var bestRank []RoundClient
 	for i, t := range starts {
@@ -211,25 +208,19 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 type roundPlan struct {
 	r       RoundRequest
 	clients []RoundClient
-	// ref is each client's zone's mean over the span the rounds after
-	// this one cover, from any candidate start (NaN: unknown, or no round
-	// after this one); norm the mean of ref.
-	ref  []float64
+	// norm is the mean over the clients of their zones' mean intensity
+	// over the span any candidate's remaining rounds cover (NaN: unknown).
 	norm float64
 	tie  []uint64
 }
 
 func newRoundPlan(clients []RoundClient, r RoundRequest, span time.Duration) *roundPlan {
-	p := &roundPlan{r: r, clients: clients, ref: make([]float64, len(clients)), tie: make([]uint64, len(clients))}
+	p := &roundPlan{r: r, clients: clients, tie: make([]uint64, len(clients))}
 	var sum float64
 	n := 0
 	for i, c := range clients {
-		p.ref[i] = math.NaN()
-		if r.Remaining > 1 && span > 0 {
-			p.ref[i] = p.intensity(c, r.Now.Add(r.Duration), span)
-		}
-		if !math.IsNaN(p.ref[i]) {
-			sum += p.ref[i]
+		if v := p.intensity(c, r.Now, span); !math.IsNaN(v) {
+			sum += v
 			n++
 		}
 		p.tie[i] = tieHash(r.Seed, r.Round, c.ID)
@@ -259,8 +250,8 @@ func (p *roundPlan) rankAt(t time.Time) ([]RoundClient, float64) {
 	for i, c := range p.clients {
 		v := p.intensity(c, t, p.r.Duration)
 		dev := 0.0
-		if ref := p.ref[i]; !math.IsNaN(v) && !math.IsNaN(ref) && !math.IsNaN(p.norm) {
-			dev = max(-1, min(1, (v-ref)/p.norm))
+		if !math.IsNaN(v) && !math.IsNaN(p.norm) {
+			dev = max(-1, min(1, v/p.norm-1))
 		}
 		// rounded so that credits equal but for float error tie
 		key := math.Round((p.r.Credit[c.ID]-p.r.Slack*dev)*1e9) / 1e9

@@ -125,26 +125,25 @@ func TestPlanRoundTieBreakIsSeeded(t *testing.T) {
 }
 
 // TestPlanRoundCreditAndSlackHandComputed: the rank key is credit −
-// slack × the zone's deviation over the round from its mean over the
-// remaining rounds, relative to the mean of those means.
+// slack × (the zone's intensity over the round / the fleet's usual − 1).
 func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 	de, fr := hourly(200, 400, 400), hourly(60, 40, 40)
 	de.Zone, fr.Zone = "DE", "FR"
 	cl := []RoundClient{{ID: "de1", Zone: "DE"}, {ID: "de2", Zone: "DE"}, {ID: "fr1", Zone: "FR"}, {ID: "fr2", Zone: "FR"}}
 	req := RoundRequest{Now: hour(0), Ready: hour(0), Duration: time.Hour, Remaining: 2, Clients: cl, Select: 2,
-		Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: map[string]float64{"fr1": 0.5, "fr2": 0.5, "de1": -0.5, "de2": -0.5}}
-	// refs over the later round [1h, 2h): DE 400, FR 40; norm
-	// (400+400+40+40)/4 = 220; dev DE (200-400)/220 = -0.909, FR
-	// (60-40)/220 = 0.091. Expected: half this round, half 220.
+		Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: map[string]float64{"fr1": -0.5, "fr2": -0.5, "de1": 0.5, "de2": 0.5}}
+	// usual over [0h, 2h): DE 300, FR 50, norm (300+300+50+50)/4 = 175;
+	// dev DE 200/175-1 = 0.143, FR 60/175-1 = -0.657.
+	// Expected: half this round, half the next over [1h, 2h):
+	// (400+400+40+40)/4 = 220.
 	for _, c := range []struct {
 		slack     float64
 		first     string // zone of the first two
 		intensity float64
-		expected  float64
 	}{
-		{0, "fr", 60, 0.5*60 + 0.5*220},
-		{0.5, "fr", 60, 0.5*60 + 0.5*220}, // keys FR 0.455, DE -0.045
-		{2, "de", 200, 0.5*200 + 0.5*220}, // keys FR 0.318, DE 1.318
+		{0, "de", 200},
+		{0.5, "de", 200}, // keys DE 0.429, FR -0.171
+		{2, "fr", 60},    // keys DE 0.214, FR 0.814
 	} {
 		req.Slack = c.slack
 		d, err := PlanRound(req)
@@ -154,15 +153,15 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 		if !d.Open || !strings.HasPrefix(d.Clients[0], c.first) || !strings.HasPrefix(d.Clients[1], c.first) {
 			t.Errorf("slack %v: clients %v, want %s first", c.slack, d.Clients, c.first)
 		}
-		if math.Abs(d.Intensity-c.intensity) > 1e-9 || math.Abs(d.Expected-c.expected) > 1e-9 {
-			t.Errorf("slack %v: intensity %v expected %v, want %v %v", c.slack, d.Intensity, d.Expected, c.intensity, c.expected)
+		if want := 0.5*c.intensity + 0.5*220; math.Abs(d.Intensity-c.intensity) > 1e-9 || math.Abs(d.Expected-want) > 1e-9 {
+			t.Errorf("slack %v: intensity %v expected %v, want %v %v", c.slack, d.Intensity, d.Expected, c.intensity, want)
 		}
 	}
-	// the last round: no later round to take a turn in, the deviation
-	// does not count, the credit does
-	req.Remaining = 1
-	if d, _ := PlanRound(req); !strings.HasPrefix(d.Clients[0], "fr") || !strings.HasPrefix(d.Clients[1], "fr") {
-		t.Errorf("last round: clients %v, want fr first", d.Clients)
+	// the last round: usual over [0h, 1h) is 130; dev DE 0.538, FR
+	// -0.538; slack 1: keys DE -0.038, FR 0.038
+	req.Remaining, req.Slack = 1, 1
+	if d, _ := PlanRound(req); !strings.HasPrefix(d.Clients[0], "fr") || !strings.HasPrefix(d.Clients[1], "fr") || d.Expected != 60 {
+		t.Errorf("last round: clients %v expected %v, want fr first at 60", d.Clients, d.Expected)
 	}
 }
 

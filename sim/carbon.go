@@ -74,6 +74,8 @@ type FLCarbon struct {
 	// Window is how long a ready round may wait for a greener start, in
 	// trace time; default 6h.
 	Window time.Duration
+	// Slack is the job's carbon.slack (nil: coord.DefaultCarbonSlack).
+	Slack *float64
 	// MinBattery is the job's carbon.min_battery (the simulated agents
 	// are mains powered, so it excludes none); default 0.2.
 	MinBattery float64
@@ -108,6 +110,8 @@ func (c *FLCarbon) setDefaults(dataSets string) error {
 		return fmt.Errorf("sim: carbon: window %s (want 0-%s of trace time)", c.Window, coord.MaxCarbonWindow)
 	case math.IsNaN(c.MinBattery) || c.MinBattery < 0 || c.MinBattery > 1:
 		return fmt.Errorf("sim: carbon: minimum battery %v (want 0-1)", c.MinBattery)
+	case c.Slack != nil && !(*c.Slack >= 0 && *c.Slack <= coord.MaxCarbonSlack):
+		return fmt.Errorf("sim: carbon: slack %v (want 0-%v)", *c.Slack, coord.MaxCarbonSlack)
 	}
 	return nil
 }
@@ -123,7 +127,9 @@ type FLCarbonReport struct {
 	Window        string  `json:"window"`
 	WindowSeconds float64 `json:"window_sim_seconds"`
 	MinBattery    float64 `json:"min_battery"`
-	Forecast      string  `json:"forecast"`
+	// Slack is the scheduled job's carbon.slack.
+	Slack    float64 `json:"slack"`
+	Forecast string  `json:"forecast"`
 	// PowerW is the power of a training client (green.profile max_w).
 	PowerW      float64        `json:"power_w"`
 	Fraction    float64        `json:"fraction"`
@@ -171,13 +177,17 @@ type FLCarbonRun struct {
 	GramsPerRound float64 `json:"grams_per_round"`
 	WhPerRound    float64 `json:"wh_per_round"`
 	// The same with each training's own wall time.
-	WhMeasured            float64            `json:"wh_measured"`
-	GramsMeasured         float64            `json:"grams_measured"`
-	GramsPerRoundMeasured float64            `json:"grams_per_round_measured"`
-	WhPerRoundMeasured    float64            `json:"wh_per_round_measured"`
-	Intensity             float64            `json:"mean_intensity"`
-	ByZone                map[string]int     `json:"trainings_by_zone"`
-	FinalAccuracy         map[string]float64 `json:"final_accuracy"`
+	WhMeasured            float64        `json:"wh_measured"`
+	GramsMeasured         float64        `json:"grams_measured"`
+	GramsPerRoundMeasured float64        `json:"grams_per_round_measured"`
+	WhPerRoundMeasured    float64        `json:"wh_per_round_measured"`
+	Intensity             float64        `json:"mean_intensity"`
+	ByZone                map[string]int `json:"trainings_by_zone"`
+	// ClientTrainingsMin and Max are the fewest and most trainings of one
+	// agent of the fleet (0: an agent that never trained).
+	ClientTrainingsMin int                `json:"client_trainings_min"`
+	ClientTrainingsMax int                `json:"client_trainings_max"`
+	FinalAccuracy      map[string]float64 `json:"final_accuracy"`
 }
 
 // FLCarbonRound is one training round attempt of a job.
@@ -318,6 +328,10 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 	cr := &FLCarbonReport{TraceStart: c.o.Start.Format(time.DateTime), TimeScale: c.o.Scale, Window: c.o.Window.String(),
 		WindowSeconds: round(c.o.Window.Seconds() / c.o.Scale), MinBattery: c.o.MinBattery,
 		Forecast: "perfect: the zones' traces on the sim's clock", PowerW: carbonPowerW, Fraction: spec.Fraction}
+	cr.Slack = coord.DefaultCarbonSlack
+	if c.o.Slack != nil {
+		cr.Slack = *c.o.Slack
+	}
 	for _, z := range CarbonZones {
 		cr.Zones = append(cr.Zones, z.Zone)
 	}
@@ -327,7 +341,7 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		run := &cr.Unscheduled
 		if carbon {
 			run = &cr.Scheduled
-			sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(time.Duration(float64(c.o.Window) / c.o.Scale)), MinBattery: c.o.MinBattery}
+			sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(time.Duration(float64(c.o.Window) / c.o.Scale)), MinBattery: c.o.MinBattery, Slack: c.o.Slack}
 		}
 		t0 := time.Now()
 		if err := c.reset(t0); err != nil {
@@ -449,6 +463,17 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 			run.FinalAccuracy = r.Accuracy
 		}
 		run.Rounds = append(run.Rounds, rr)
+	}
+	per := map[string]int{}
+	for _, t := range ts {
+		per[t.name]++
+	}
+	for _, name := range names {
+		n := per[name]
+		if run.ClientTrainingsMax == 0 || n < run.ClientTrainingsMin {
+			run.ClientTrainingsMin = n
+		}
+		run.ClientTrainingsMax = max(run.ClientTrainingsMax, n)
 	}
 	return run, ts
 }
