@@ -76,9 +76,7 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 		Forecasts: map[string]greensched.Series{},
 		Credit:    j.c.Credit(), Seed: j.spec.Seed, Round: j.c.NextRound(),
 	}
-	if sl := j.spec.Carbon.Slack; sl != nil {
-		req.Slack = *sl
-	}
+	req.Slack = j.c.SlackRounds(len(clients))
 	// the forecasts cover every candidate start and the remaining rounds
 	// after it (PlanRound looks up to MaxRoundHorizon ahead)
 	horizon := min(time.Duration(max(req.Remaining, 1))*dur, greensched.MaxRoundHorizon)

@@ -54,10 +54,11 @@ type RoundRequest struct {
 	// the rounds it was selected for; missing means 0. The client with
 	// more credit comes first, so that every client takes its turn.
 	Credit map[string]float64
-	// Slack (>= 0) is how much credit carbon may outweigh: a client's
-	// rank key is its credit minus Slack × how much dirtier than the
-	// fleet's usual its zone is over the round, clamped to [-1, 1]. 0 is
-	// a strict rotation in which carbon only breaks ties. See PlanRound.
+	// Slack (>= 0) is how much credit carbon may outweigh, in rounds: a
+	// client's rank key is its credit minus Slack × how much dirtier than
+	// the fleet's usual its zone is over the round, on a scale of -1 to 1.
+	// 0 is a strict rotation in which carbon only breaks ties. See
+	// PlanRound.
 	Slack float64
 	// Seed and Round break the remaining ties: a hash of seed, round and
 	// client id, so that no client is always first.
@@ -111,10 +112,13 @@ func (c RoundClient) Eligible(minBattery float64) bool {
 // zone's intensity over the round (lowest first, unknown last), then by a
 // hash of Seed, Round and id. The key is Credit − Slack × dev, where dev
 // is how much dirtier than the fleet's usual the client's zone is over the
-// round: its mean intensity over [start, start+Duration) divided by the
-// mean, over the eligible clients, of their zones' means from now to the
-// latest start + H (see below), minus 1, clamped to [-1, 1] (0 when
-// unknown). Credit makes every client take its turn; Slack lets a client
+// round: (its mean intensity over [start, start+Duration) − m) / h,
+// clamped to [-1, 1] (0 when unknown), where m is the mean over the
+// eligible clients of their zones' usual intensity (the mean from now to
+// the latest start + H, see below) and h half the range of those usual
+// intensities (m when they are all equal): the cleanest zone usually sits
+// near -1, the dirtiest near +1, and a zone moves with its intensity.
+// Credit makes every client take its turn; Slack lets a client
 // of a cleaner zone, or of a zone cleaner than usual, go before one that
 // is up to Slack × 2 rounds of credit further behind. With constant
 // eligibility a client's credit stays at most 1 + 2×Slack
@@ -208,26 +212,40 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 type roundPlan struct {
 	r       RoundRequest
 	clients []RoundClient
-	// norm is the mean over the clients of their zones' mean intensity
-	// over the span any candidate's remaining rounds cover (NaN: unknown).
-	norm float64
-	tie  []uint64
+	// mid is the mean over the clients of their zones' usual intensity
+	// (the mean over the span any candidate's remaining rounds cover),
+	// half half the range of the usual intensities (NaN: unknown).
+	mid, half float64
+	tie       []uint64
 }
 
 func newRoundPlan(clients []RoundClient, r RoundRequest, span time.Duration) *roundPlan {
-	p := &roundPlan{r: r, clients: clients, tie: make([]uint64, len(clients))}
-	var sum float64
+	p := &roundPlan{r: r, clients: clients, mid: math.NaN(), half: math.NaN(), tie: make([]uint64, len(clients))}
+	var sum, lo, hi float64
 	n := 0
 	for i, c := range clients {
 		if v := p.intensity(c, r.Now, span); !math.IsNaN(v) {
+			if n == 0 || v < lo {
+				lo = v
+			}
+			if n == 0 || v > hi {
+				hi = v
+			}
 			sum += v
 			n++
 		}
 		p.tie[i] = tieHash(r.Seed, r.Round, c.ID)
 	}
-	p.norm = math.NaN()
-	if n > 0 && sum > 0 {
-		p.norm = sum / float64(n)
+	if n > 0 {
+		p.mid = sum / float64(n)
+		p.half = (hi - lo) / 2
+		if p.half <= 0 {
+			// one zone, or zones alike: deviations relative to the mean
+			p.half = p.mid
+		}
+		if !(p.half > 0) {
+			p.half = math.NaN()
+		}
 	}
 	return p
 }
@@ -250,8 +268,8 @@ func (p *roundPlan) rankAt(t time.Time) ([]RoundClient, float64) {
 	for i, c := range p.clients {
 		v := p.intensity(c, t, p.r.Duration)
 		dev := 0.0
-		if !math.IsNaN(v) && !math.IsNaN(p.norm) {
-			dev = max(-1, min(1, v/p.norm-1))
+		if !math.IsNaN(v) && !math.IsNaN(p.half) {
+			dev = max(-1, min(1, (v-p.mid)/p.half))
 		}
 		// rounded so that credits equal but for float error tie
 		key := math.Round((p.r.Credit[c.ID]-p.r.Slack*dev)*1e9) / 1e9

@@ -132,8 +132,8 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 	cl := []RoundClient{{ID: "de1", Zone: "DE"}, {ID: "de2", Zone: "DE"}, {ID: "fr1", Zone: "FR"}, {ID: "fr2", Zone: "FR"}}
 	req := RoundRequest{Now: hour(0), Ready: hour(0), Duration: time.Hour, Remaining: 2, Clients: cl, Select: 2,
 		Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: map[string]float64{"fr1": -0.5, "fr2": -0.5, "de1": 0.5, "de2": 0.5}}
-	// usual over [0h, 2h): DE 300, FR 50, norm (300+300+50+50)/4 = 175;
-	// dev DE 200/175-1 = 0.143, FR 60/175-1 = -0.657.
+	// usual over [0h, 2h): DE 300, FR 50; m 175, h 125; dev DE
+	// (200-175)/125 = 0.2, FR (60-175)/125 = -0.92.
 	// Expected: half this round, half the next over [1h, 2h):
 	// (400+400+40+40)/4 = 220.
 	for _, c := range []struct {
@@ -142,8 +142,8 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 		intensity float64
 	}{
 		{0, "de", 200},
-		{0.5, "de", 200}, // keys DE 0.429, FR -0.171
-		{2, "fr", 60},    // keys DE 0.214, FR 0.814
+		{0.5, "de", 200}, // keys DE 0.4, FR -0.04
+		{2, "fr", 60},    // keys DE 0.1, FR 1.34
 	} {
 		req.Slack = c.slack
 		d, err := PlanRound(req)
@@ -157,8 +157,8 @@ func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
 			t.Errorf("slack %v: intensity %v expected %v, want %v %v", c.slack, d.Intensity, d.Expected, c.intensity, want)
 		}
 	}
-	// the last round: usual over [0h, 1h) is 130; dev DE 0.538, FR
-	// -0.538; slack 1: keys DE -0.038, FR 0.038
+	// the last round: usual over [0h, 1h): DE 200, FR 60, m 130, h 70;
+	// dev DE 1, FR -1; slack 1: keys DE -0.5, FR 0.5
 	req.Remaining, req.Slack = 1, 1
 	if d, _ := PlanRound(req); !strings.HasPrefix(d.Clients[0], "fr") || !strings.HasPrefix(d.Clients[1], "fr") || d.Expected != 60 {
 		t.Errorf("last round: clients %v expected %v, want fr first at 60", d.Clients, d.Expected)

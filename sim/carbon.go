@@ -110,8 +110,8 @@ func (c *FLCarbon) setDefaults(dataSets string) error {
 		return fmt.Errorf("sim: carbon: window %s (want 0-%s of trace time)", c.Window, coord.MaxCarbonWindow)
 	case math.IsNaN(c.MinBattery) || c.MinBattery < 0 || c.MinBattery > 1:
 		return fmt.Errorf("sim: carbon: minimum battery %v (want 0-1)", c.MinBattery)
-	case c.Slack != nil && !(*c.Slack >= 0 && *c.Slack <= coord.MaxCarbonSlack):
-		return fmt.Errorf("sim: carbon: slack %v (want 0-%v)", *c.Slack, coord.MaxCarbonSlack)
+	case c.Slack != nil && !(*c.Slack >= 0 && *c.Slack <= 1):
+		return fmt.Errorf("sim: carbon: slack %v (want 0-1)", *c.Slack)
 	}
 	return nil
 }
@@ -154,6 +154,8 @@ type FLCarbonSaving struct {
 	// AccuracyDiffPoints is scheduled − unscheduled final accuracy per
 	// test part, in percentage points.
 	AccuracyDiffPoints map[string]float64 `json:"accuracy_diff_points"`
+	// LastAccuracyDiffPoints is the same of LastAccuracy.
+	LastAccuracyDiffPoints map[string]float64 `json:"last_rounds_accuracy_diff_points"`
 }
 
 // FLCarbonRun is one of the two jobs.
@@ -188,7 +190,15 @@ type FLCarbonRun struct {
 	ClientTrainingsMin int                `json:"client_trainings_min"`
 	ClientTrainingsMax int                `json:"client_trainings_max"`
 	FinalAccuracy      map[string]float64 `json:"final_accuracy"`
+	// LastAccuracy is the mean accuracy per test part over the last
+	// LastRounds aggregated rounds: with a fraction below 1 the accuracy
+	// moves by points from one round to the next with the clients drawn.
+	LastAccuracy map[string]float64 `json:"last_rounds_mean_accuracy"`
 }
+
+// LastRounds is how many aggregated rounds FLCarbonRun.LastAccuracy
+// averages.
+const LastRounds = 10
 
 // FLCarbonRound is one training round attempt of a job.
 type FLCarbonRound struct {
@@ -385,6 +395,12 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		IntensitySavedPercent:             round(100 * (1 - s.Intensity/u.Intensity)),
 		EnergyPerRoundRatio:               round(s.WhPerRoundMeasured / u.WhPerRoundMeasured),
 		AccuracyDiffPoints:                map[string]float64{},
+		LastAccuracyDiffPoints:            map[string]float64{},
+	}
+	for p, a := range s.LastAccuracy {
+		if b, ok := u.LastAccuracy[p]; ok {
+			cr.Comparison.LastAccuracyDiffPoints[p] = round(100 * (a - b))
+		}
 	}
 	for p, a := range s.FinalAccuracy {
 		if b, ok := u.FinalAccuracy[p]; ok {
@@ -424,6 +440,7 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 	})
 	var ts []trained
 	var prevClose time.Time
+	var accs []map[string]float64
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range rounds {
@@ -461,8 +478,20 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 		if r.Phase == coord.RoundAggregated {
 			run.Aggregated++
 			run.FinalAccuracy = r.Accuracy
+			accs = append(accs, r.Accuracy)
 		}
 		run.Rounds = append(run.Rounds, rr)
+	}
+	if len(accs) > 0 {
+		run.LastAccuracy = map[string]float64{}
+		last := accs[max(0, len(accs)-LastRounds):]
+		for p := range last[len(last)-1] {
+			var sum float64
+			for _, a := range last {
+				sum += a[p]
+			}
+			run.LastAccuracy[p] = sum / float64(len(last))
+		}
 	}
 	per := map[string]int{}
 	for _, t := range ts {

@@ -45,7 +45,7 @@ func (s *simCarbonFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&s.start, "carbon-start", "2020-03-01 00:00", "--carbon: the trace instant each job starts at, YYYY-MM-DD HH:MM (trace wall-clock time)")
 	f.StringVar(&s.traces, "carbon-traces", "", "--carbon: directory of the zones' traces (default DATASETS/carbon)")
 	f.DurationVar(&s.c.Window, "carbon-window", sim.DefaultCarbonWindow, "--carbon: how long a ready round may wait for a greener start, in trace time")
-	f.Float64Var(&s.slack, "carbon-slack", coord.DefaultCarbonSlack, "--carbon: the job's carbon.slack: how much participation credit a zone cleaner or dirtier than usual may outweigh (0: strict rotation)")
+	f.Float64Var(&s.slack, "carbon-slack", coord.DefaultCarbonSlack, "--carbon: the job's carbon.slack (0-1): the part of its turns a client may give up to clients in cleaner zones (0: strict rotation)")
 	f.Float64Var(&s.c.MinBattery, "carbon-min-battery", 0.2, "--carbon: the job's carbon.min_battery (the simulated agents are mains powered)")
 }
 
@@ -90,10 +90,10 @@ func printSimCarbon(w io.Writer, r *sim.FLCarbonReport) {
 		name string
 		run  sim.FLCarbonRun
 	}{{"unscheduled", r.Unscheduled}, {"scheduled", r.Scheduled}} {
-		fmt.Fprintf(w, "  %-11s %s %s, trace %s to %s, %d rounds, %.6f g/round, %.6f Wh/round (measured %.6f g, %.6f Wh), %.1f g/kWh mean, by zone %v, trainings per client %d-%d, accuracy %v\n",
+		fmt.Fprintf(w, "  %-11s %s %s, trace %s to %s, %d rounds, %.6f g/round, %.6f Wh/round (measured %.6f g, %.6f Wh), %.1f g/kWh mean, by zone %v, trainings per client %d-%d, accuracy %v (last %d rounds' mean %v)\n",
 			x.name, x.run.Job, x.run.Status, x.run.TraceFrom, x.run.TraceTo, x.run.Aggregated, x.run.GramsPerRound, x.run.WhPerRound, x.run.GramsPerRoundMeasured, x.run.WhPerRoundMeasured,
-			x.run.Intensity, x.run.ByZone, x.run.ClientTrainingsMin, x.run.ClientTrainingsMax, x.run.FinalAccuracy)
+			x.run.Intensity, x.run.ByZone, x.run.ClientTrainingsMin, x.run.ClientTrainingsMax, x.run.FinalAccuracy, sim.LastRounds, x.run.LastAccuracy)
 	}
-	fmt.Fprintf(w, "  saved: %.2f %% grams per round (%.2f %% measured), %.2f %% intensity; measured energy per round ×%.3f; accuracy difference (points) %v\n",
-		r.Comparison.GramsPerRoundSavedPercent, r.Comparison.GramsPerRoundMeasuredSavedPercent, r.Comparison.IntensitySavedPercent, r.Comparison.EnergyPerRoundRatio, r.Comparison.AccuracyDiffPoints)
+	fmt.Fprintf(w, "  saved: %.2f %% grams per round (%.2f %% measured), %.2f %% intensity; measured energy per round ×%.3f; accuracy difference (points) %v (last rounds' mean %v)\n",
+		r.Comparison.GramsPerRoundSavedPercent, r.Comparison.GramsPerRoundMeasuredSavedPercent, r.Comparison.IntensitySavedPercent, r.Comparison.EnergyPerRoundRatio, r.Comparison.AccuracyDiffPoints, r.Comparison.LastAccuracyDiffPoints)
 }

@@ -26,20 +26,19 @@ type Carbon struct {
 	// MinBattery (0..1) is the battery level a client must have unless it
 	// is charging or mains powered.
 	MinBattery float64 `json:"min_battery,omitempty"`
-	// Slack is how many rounds of participation credit a client's zone
-	// being cleaner or dirtier than usual may outweigh when the clients
-	// are ranked (greensched.RoundRequest.Slack): 0 rotates the clients
-	// strictly; with constant availability every client is selected at
-	// least k×fraction − 1 − 2×Slack times in k rounds. Default
+	// Slack (0..1) is the part of its turns over the job a client may
+	// give up to clients in cleaner zones: with constant availability
+	// every client is selected at least (1 − Slack) × rounds × fraction −
+	// 1 times (greensched.PlanRound with SlackRounds). 0 rotates the
+	// clients strictly (carbon only breaks ties). Default
 	// DefaultCarbonSlack when absent.
 	Slack *float64 `json:"slack,omitempty"`
 }
 
-// DefaultCarbonSlack is Carbon.Slack's default; MaxCarbonSlack bounds it.
-const (
-	DefaultCarbonSlack = 2.0
-	MaxCarbonSlack     = 100.0
-)
+// DefaultCarbonSlack is Carbon.Slack's default: at least 60 % of a
+// client's share, about the fewest turns a seeded random draw gives a
+// client of 36 over 50 rounds at fraction 0.5 (15 of 25 in the sim).
+const DefaultCarbonSlack = 0.4
 
 func (c *Carbon) resolve() error {
 	if c == nil {
@@ -55,8 +54,8 @@ func (c *Carbon) resolve() error {
 		v := DefaultCarbonSlack
 		c.Slack = &v
 	}
-	if v := *c.Slack; !(v >= 0 && v <= MaxCarbonSlack) {
-		return specErr("carbon.slack", "%v (want 0-%v)", v, MaxCarbonSlack)
+	if v := *c.Slack; !(v >= 0 && v <= 1) {
+		return specErr("carbon.slack", "%v (want 0-1)", v)
 	}
 	return nil
 }
@@ -74,6 +73,19 @@ func (c *Coordinator) credit(avail, sel []string) {
 	for _, a := range sel {
 		c.st.Credit[a]--
 	}
+}
+
+// SlackRounds is greensched.RoundRequest.Slack for a round among
+// available agents: Slack × the job's rounds × the fraction selected / 2,
+// so that a client falls at most (1 − Slack) of its share behind over the
+// job (PlanRound's bound: k×fraction − 1 − 2×SlackRounds turns in k
+// rounds). 0 without a carbon option.
+func (c *Coordinator) SlackRounds(available int) float64 {
+	if c.spec.Carbon == nil || c.spec.Carbon.Slack == nil || available < 1 {
+		return 0
+	}
+	f := float64(c.ClientCount(available)) / float64(available)
+	return *c.spec.Carbon.Slack * float64(c.spec.Rounds) * f / 2
 }
 
 // Credit returns a copy of the agents' participation credit (State.Credit).

@@ -52,7 +52,7 @@ func TestCarbonSpecErrors(t *testing.T) {
 		"carbon.min_battery": {MinBattery: 1.5},
 		"carbon.slack":       {Slack: ptr(-1.0)},
 		"carbon.slack ":      {Slack: ptr(math.NaN())},
-		"carbon.slack  ":     {Slack: ptr(MaxCarbonSlack + 1)},
+		"carbon.slack  ":     {Slack: ptr(1.5)},
 	} {
 		sp := testSpec()
 		sp.Carbon = cb
@@ -77,6 +77,10 @@ func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 	}
 	if s := c.Spec().Carbon.Slack; s == nil || *s != DefaultCarbonSlack {
 		t.Fatalf("slack %v, want the default", s)
+	}
+	// 0.4 × 4 rounds × 2/4 selected / 2
+	if s := c.SlackRounds(4); math.Abs(s-0.4) > 1e-12 {
+		t.Fatalf("slack rounds %v, want 0.4", s)
 	}
 	if d := c.RoundDuration(); d != time.Minute {
 		t.Fatalf("duration before any round %v, want the timeout", d)
