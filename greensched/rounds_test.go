@@ -243,3 +243,23 @@ func TestSelectionKeepsEveryClientsShare(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanRoundWaitsOnlyForAMaterialGain: a start less than MinWaitGain
+// greener than now is not waited for.
+func TestPlanRoundWaitsOnlyForAMaterialGain(t *testing.T) {
+	for _, c := range []struct {
+		later float64
+		open  bool
+	}{{96, true}, {95.5, true}, {94, false}} {
+		fr := hourly(100, c.later, 100)
+		fr.Zone = "FR"
+		d, err := PlanRound(RoundRequest{Now: hour(0), Ready: hour(0), Window: 2 * time.Hour, Duration: time.Hour, Remaining: 1,
+			Clients: []RoundClient{{ID: "a", Zone: "FR"}}, Select: 1, Forecasts: map[string]Series{"FR": fr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Open != c.open {
+			t.Errorf("later %v against 100 now: open %v, want %v", c.later, d.Open, c.open)
+		}
+	}
+}
