@@ -33,9 +33,11 @@ import (
 //   - The same job runs twice on the same fleet, seed, data and clock
 //     mapping (each job's creation mapped to Start): first unscheduled
 //     (no carbon option: rounds open when ready, a seeded random draw of
-//     clients), then with carbon: {window, min_battery} (rounds wait up to
-//     Window of trace time, Window/Scale of sim time, for the greenest
-//     start; clients from the cleanest zones first).
+//     clients), then with carbon: {window, min_battery, slack} (rounds
+//     wait up to Window of trace time, Window/Scale of sim time, for a
+//     start at least 5 % greener over the remaining rounds; clients
+//     rotate by participation credit, cleaner zones first within the
+//     slack: greensched.PlanRound).
 //   - Emissions: for every training a selected client finished (from the
 //     task handed to its trainer to its Δ), energy = the agents' power
 //     model at full utilisation (green.profile max_w, default 6 W;
@@ -83,8 +85,9 @@ type FLCarbon struct {
 
 // DefaultCarbonScale and DefaultCarbonWindow are FLCarbon's defaults;
 // DefaultCarbonRoundTimeout is the round timeout of a carbon run when none
-// is given: the control plane plans a round over its timeout (the round's
-// expected length, PlanRound's Duration), 2m would be 40 trace hours.
+// is given: the control plane plans a job's first round over its timeout
+// (later ones over the median of the aggregated rounds), and 2m would be
+// 40 trace hours.
 const (
 	DefaultCarbonScale        = 1200
 	DefaultCarbonWindow       = 6 * time.Hour

@@ -34,11 +34,15 @@ seconds (default 1200). The control plane's forecasts are the same traces
 (perfect). The same job runs twice on the same fleet, seed and data: first
 unscheduled (rounds open when ready, seeded random draw of --fraction of the
 clients), then with carbon: {window: --carbon-window of trace time,
-min_battery}. The report gives each job's grams CO2eq and Wh per round (power
-of the agents' default profile at full utilisation × each accepted training's
-wall time × its zone's intensity at the training's midpoint), the saving in
-percent and the final accuracies and their difference in points. The round
-timeout defaults to 10s (the control plane plans a round over its timeout).`
+min_battery, slack: --carbon-slack} (clients rotate by participation credit,
+cleaner zones first within the slack). The report gives each job's grams CO2eq
+and Wh per round (power of the agents' default profile at full utilisation ×
+each accepted training's wall time × its zone's intensity at the training's
+midpoint), the saving in percent, the fewest and most trainings of a client,
+and the final accuracies (and their mean over the last 10 rounds) and their
+difference in points. The round timeout defaults to 10s (the control plane
+plans a job's first round over its timeout, later ones over the median of its
+rounds).`
 
 func (s *simCarbonFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&s.on, "carbon", false, "--fl: run the job unscheduled and scheduled by carbon over agents in zones DE, GB, FR and compare the emissions")

@@ -140,3 +140,23 @@ func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestCarbonStatsRoundTakesNoTurn: the statistics round selects clients
+// but trains nothing: it leaves the participation credit alone.
+func TestCarbonStatsRoundTakesNoTurn(t *testing.T) {
+	sp := testSpec()
+	on := true
+	sp.FederatedStats, sp.MinAvailable, sp.MinFit, sp.Fraction = &on, 2, 1, 0.5
+	sp.Carbon = &Carbon{}
+	c, err := New("j", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := c.Tick(t0, []string{"a", "b", "c", "d"})
+	if len(ev) != 1 || !ev[0].Round.Stats() {
+		t.Fatalf("events %v, want the statistics round opened", kinds(ev))
+	}
+	if cr := c.Credit(); len(cr) != 0 {
+		t.Fatalf("credit %v after the statistics round opened", cr)
+	}
+}

@@ -119,8 +119,8 @@ type State struct {
 	// the seed alone. The caller keeps the state from the job's readers.
 	NoiseKey []byte `json:"noise_key,omitempty"`
 	// Credit is each agent's participation credit in a carbon job: the
-	// rounds it was due (selected/available per round opened while it was
-	// available) minus the rounds it was selected for. The caller ranks
+	// training rounds it was due (selected/available per training round
+	// opened while it was available) minus those it was selected for. The caller ranks
 	// agents with more credit first (greensched.PlanRound), so that a
 	// fraction below 1 rotates the clients.
 	Credit map[string]float64 `json:"credit,omitempty"`
@@ -492,7 +492,8 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
 	}
 	sel := avail[:n]
-	if c.spec.Carbon != nil {
+	if c.spec.Carbon != nil && kind == RoundTrain {
+		// training turns only: the statistics round trains nothing
 		c.credit(avail, sel)
 	}
 	sel = slices.Clone(sel)
