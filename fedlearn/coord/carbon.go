@@ -13,12 +13,14 @@ import (
 const MaxCarbonWindow = 7 * 24 * time.Hour
 
 // Carbon makes a job's rounds carbon-aware: a ready round may wait up to
-// Window for the greenest start (within the job's deadline), and its
-// clients are the eligible agents whose zones are cleanest, a battery at
-// MinBattery or above or charging. The caller (the control plane, with
-// greensched.PlanRound) decides when to tick a round open and passes the
-// eligible agents ranked cleanest first; the coordinator then takes the
-// first of them instead of a seeded random draw.
+// Window for a greener start (within the job's deadline), and its clients
+// are eligible agents (a battery at MinBattery or above or charging) taken
+// in turn, those in cleaner zones first within Slack. The caller (the
+// control plane, with greensched.PlanRound) decides when to tick a round
+// open and passes the eligible agents ranked by the participation credit
+// the coordinator keeps (State.Credit, Credit) and carbon; the coordinator
+// takes the first of them instead of a seeded random draw and moves the
+// credit.
 type Carbon struct {
 	// Window is how long a ready round may wait for a greener start;
 	// 0 opens it when ready (the clients are still chosen by carbon).
@@ -77,8 +79,8 @@ func (c *Coordinator) credit(avail, sel []string) {
 
 // SlackRounds is greensched.RoundRequest.Slack for a round among
 // available agents: Slack × the job's rounds × the fraction selected / 2,
-// so that a client falls at most (1 − Slack) of its share behind over the
-// job (PlanRound's bound: k×fraction − 1 − 2×SlackRounds turns in k
+// so that over the job a client falls at most Slack of its share (and 1)
+// behind (PlanRound's bound: k×fraction − 1 − 2×SlackRounds turns in k
 // rounds). 0 without a carbon option.
 func (c *Coordinator) SlackRounds(available int) float64 {
 	if c.spec.Carbon == nil || c.spec.Carbon.Slack == nil || available < 1 {

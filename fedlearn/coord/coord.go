@@ -442,7 +442,8 @@ func (c *Coordinator) finish(now time.Time, status, reason string) []Event {
 // opening the next round when enough agents are available. available are
 // the eligible agents (matching the selector, reachable); the order does
 // not matter, except with Spec.Carbon, where the caller ranks them
-// (cleanest first) and the round takes the first ones.
+// (greensched.PlanRound: participation credit and carbon) and the round
+// takes the first ones.
 func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if c.Finished() {
 		return nil
@@ -458,7 +459,7 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	}
 	var avail []string
 	if c.spec.Carbon != nil {
-		// ranked by the caller, cleanest first: keep the order
+		// ranked by the caller: keep the order
 		seen := map[string]bool{}
 		for _, a := range available {
 			if !seen[a] {
