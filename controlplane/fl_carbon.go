@@ -42,9 +42,12 @@ const carbonForecastTimeout = 5 * time.Second
 
 // flCarbon is the carbon hook of the round driver for a job with a carbon
 // option, between rounds: it returns the available agents that are
-// eligible by battery, ranked cleanest zone first (the coordinator takes
-// the first), or none while greensched.PlanRound says a greener start is
-// coming within the job's window. f.mu is held.
+// eligible by battery, in greensched.PlanRound's order (participation
+// credit, kept by the coordinator, against how much cleaner than usual
+// their zone is; the coordinator takes the first), or none while PlanRound
+// says a greener start is coming within the job's window. Rounds are
+// planned over the job's observed round length
+// (coord.Coordinator.RoundDuration). f.mu is held.
 func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, avail []string, now time.Time) []string {
 	if j.c.RoundOpen() {
 		j.ready = time.Time{}
@@ -65,16 +68,22 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 			zones[z] = true
 		}
 	}
+	dur := j.c.RoundDuration()
 	req := greensched.RoundRequest{
 		Now: now, Ready: j.ready, Window: time.Duration(j.spec.Carbon.Window), Deadline: j.spec.Deadline,
-		Remaining: j.c.Remaining(), Duration: time.Duration(j.spec.RoundTimeout), Clients: clients,
+		Remaining: j.c.Remaining(), Duration: dur, Clients: clients,
 		Select: max(1, j.c.ClientCount(len(clients))), MinBattery: j.spec.Carbon.MinBattery,
 		Forecasts: map[string]greensched.Series{},
+		Credit:    j.c.Credit(), Seed: j.spec.Seed, Round: j.c.NextRound(),
 	}
-	if fc := s.cfg.FL.Carbon; fc != nil && req.Window > 0 {
+	req.Slack = j.c.SlackRounds(len(clients))
+	// the forecasts cover every candidate start and the remaining rounds
+	// after it (PlanRound looks up to MaxRoundHorizon ahead)
+	horizon := min(time.Duration(max(req.Remaining, 1))*dur, greensched.MaxRoundHorizon)
+	if fc := s.cfg.FL.Carbon; fc != nil {
 		fctx, cancel := context.WithTimeout(ctx, carbonForecastTimeout)
 		for z := range zones {
-			f, err := fc.Forecast(fctx, z, now.Add(-time.Hour), now.Add(req.Window+req.Duration+time.Hour))
+			f, err := fc.Forecast(fctx, z, now.Add(-time.Hour), now.Add(req.Window+horizon+time.Hour))
 			if err != nil {
 				s.log.Warn("fl carbon: no forecast for a zone; using the intensity its agents report", "job", j.rec.ID, "zone", z, "err", err)
 				continue
@@ -97,7 +106,7 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 		s.log.Info("fl carbon: clients left out", "job", j.rec.ID, "excluded", d.Excluded)
 	}
 	if !math.IsNaN(d.Intensity) {
-		s.log.Info("fl carbon: round opens", "job", j.rec.ID, "intensity", d.Intensity, "waited", now.Sub(j.ready))
+		s.log.Info("fl carbon: round opens", "job", j.rec.ID, "intensity", d.Intensity, "expected", d.Expected, "round_length", dur, "waited", now.Sub(j.ready))
 	}
 	return d.Clients
 }

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -109,5 +110,69 @@ func TestFLCarbonRound(t *testing.T) {
 	}
 	if opened := j.Current.Opened; !opened.Equal(fc.greenFrom) {
 		t.Fatalf("opened at %s, not at the start of the greener hour %s", opened, fc.greenFrom)
+	}
+}
+
+// TestFLCarbonRotationSurvivesRestart: a carbon job with half the agents
+// per round rotates them (the participation credit in the coordinator's
+// state), and a control plane restart between rounds keeps the credit:
+// the round after it takes the agents the round before it left out.
+func TestFLCarbonRotationSurvivesRestart(t *testing.T) {
+	e := newKeyEnv(t, func(c *Config) { c.Keys.DevUnseal = true; c.FL.Tick = time.Hour })
+	ctx := e.ctx()
+	agents := flTestAgents(t, e, "flrot", 4, 60)
+	byID := map[string]*pqAgent{}
+	for _, a := range agents {
+		byID[a.id] = a
+	}
+	slack := 0.0
+	sp := flTestSpec("fl-rotate", 1)
+	sp.Schema.Features[0].Std = 1
+	sp.Rounds, sp.MinAvailable, sp.MinFit, sp.Fraction = 3, 4, 1, 0.5
+	sp.Carbon = &coord.Carbon{Slack: &slack}
+	job, err := e.admin.CreateFLJob(ctx, sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	round := func() []string {
+		t.Helper()
+		e.srv.FLTick()
+		j, err := e.admin.GetFLJob(ctx, job.ID)
+		if err != nil || j.Current == nil || len(j.Current.Selected) != 2 {
+			t.Fatalf("no round of 2 open: %+v %v", j.Current, err)
+		}
+		for _, id := range j.Current.Selected {
+			r, err := byID[id].client.WatchFLTask(ctx, "", 0)
+			if err != nil || r.Task == nil {
+				t.Fatalf("task of %s: %+v %v", id, r, err)
+			}
+			if err := sendFLUpdate(t, byID[id], *r.Task, []float32{1, 2, 3, 4}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return slices.Sorted(slices.Values(j.Current.Selected))
+	}
+	credit := func() map[string]float64 {
+		e.srv.fl.mu.Lock()
+		defer e.srv.fl.mu.Unlock()
+		return e.srv.fl.jobs[job.ID].c.Credit()
+	}
+	first := round()
+	before := credit()
+	for _, id := range first {
+		if before[id] != -0.5 {
+			t.Fatalf("credit %v after round 1 with %v", before, first)
+		}
+	}
+	e.restart()
+	reconnect(t, e, agents)
+	if after := credit(); !maps.Equal(after, before) {
+		t.Fatalf("credit %v after the restart, %v before", after, before)
+	}
+	second := round()
+	for _, id := range second {
+		if slices.Contains(first, id) {
+			t.Fatalf("round 2 took %v again (round 1: %v)", second, first)
+		}
 	}
 }

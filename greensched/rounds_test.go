@@ -1,8 +1,11 @@
 package greensched
 
 import (
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,8 +30,9 @@ func TestPlanRoundSelectsCleanEligibleClients(t *testing.T) {
 	if !d.Open || !d.Start.Equal(now) {
 		t.Fatalf("not open now: %+v", d)
 	}
-	if want := []string{"c", "d", "a", "f", "e"}; !reflect.DeepEqual(d.Clients, want) {
-		t.Fatalf("clients %v, want %v", d.Clients, want)
+	// a and f tie on credit and intensity: their order is the seeded hash
+	if len(d.Clients) != 5 || d.Clients[0] != "c" || d.Clients[1] != "d" || d.Clients[4] != "e" {
+		t.Fatalf("clients %v, want c d {a f} e", d.Clients)
 	}
 	if _, ok := d.Excluded["b"]; !ok || len(d.Excluded) != 1 {
 		t.Fatalf("excluded %v", d.Excluded)
@@ -84,9 +88,178 @@ func TestPlanRoundRefusesBadRequests(t *testing.T) {
 		{Select: 1, Duration: time.Minute, Window: -time.Minute},
 		{Select: 1, Duration: time.Minute, MinBattery: 1.5},
 		{Select: 1, Duration: time.Minute, MinBattery: math.NaN()},
+		{Select: 1, Duration: time.Minute, Slack: -1},
+		{Select: 1, Duration: time.Minute, Slack: math.Inf(1)},
+		{Select: 1, Duration: time.Minute, Credit: map[string]float64{"a": math.NaN()}},
 	} {
 		if _, err := PlanRound(r); err == nil {
 			t.Errorf("%+v accepted", r)
+		}
+	}
+}
+
+// TestPlanRoundTieBreakIsSeeded: clients equal on credit and intensity
+// are ordered by a hash of seed, round and id, not by id: the order
+// changes from round to round and is the same for the same round.
+func TestPlanRoundTieBreakIsSeeded(t *testing.T) {
+	var cl []RoundClient
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		cl = append(cl, RoundClient{ID: id, Zone: "FR", Intensity: 50})
+	}
+	orders := map[string]bool{}
+	for round := 1; round <= 5; round++ {
+		req := RoundRequest{Now: hour(0), Ready: hour(0), Duration: time.Hour, Clients: cl, Select: 2, Seed: 7, Round: round}
+		d1, _ := PlanRound(req)
+		d2, _ := PlanRound(req)
+		if !reflect.DeepEqual(d1.Clients, d2.Clients) {
+			t.Fatalf("round %d: %v then %v", round, d1.Clients, d2.Clients)
+		}
+		orders[strings.Join(d1.Clients, "")] = true
+	}
+	if len(orders) < 4 {
+		t.Fatalf("5 rounds gave %d orders: %v", len(orders), orders)
+	}
+	if orders["abcdefgh"] && len(orders) == 1 {
+		t.Fatal("ordered by id")
+	}
+}
+
+// TestPlanRoundCreditAndSlackHandComputed: the rank key is credit −
+// slack × (the zone's intensity over the round / the fleet's usual − 1).
+func TestPlanRoundCreditAndSlackHandComputed(t *testing.T) {
+	de, fr := hourly(200, 400, 400), hourly(60, 40, 40)
+	de.Zone, fr.Zone = "DE", "FR"
+	cl := []RoundClient{{ID: "de1", Zone: "DE"}, {ID: "de2", Zone: "DE"}, {ID: "fr1", Zone: "FR"}, {ID: "fr2", Zone: "FR"}}
+	req := RoundRequest{Now: hour(0), Ready: hour(0), Duration: time.Hour, Remaining: 2, Clients: cl, Select: 2,
+		Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: map[string]float64{"fr1": -0.5, "fr2": -0.5, "de1": 0.5, "de2": 0.5}}
+	// usual over [0h, 2h): DE 300, FR 50; m 175, h 125; dev DE
+	// (200-175)/125 = 0.2, FR (60-175)/125 = -0.92.
+	// Expected: half this round, half the next over [1h, 2h):
+	// (400+400+40+40)/4 = 220.
+	for _, c := range []struct {
+		slack     float64
+		first     string // zone of the first two
+		intensity float64
+	}{
+		{0, "de", 200},
+		{0.5, "de", 200}, // keys DE 0.4, FR -0.04
+		{2, "fr", 60},    // keys DE 0.1, FR 1.34
+	} {
+		req.Slack = c.slack
+		d, err := PlanRound(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.Open || !strings.HasPrefix(d.Clients[0], c.first) || !strings.HasPrefix(d.Clients[1], c.first) {
+			t.Errorf("slack %v: clients %v, want %s first", c.slack, d.Clients, c.first)
+		}
+		if want := 0.5*c.intensity + 0.5*220; math.Abs(d.Intensity-c.intensity) > 1e-9 || math.Abs(d.Expected-want) > 1e-9 {
+			t.Errorf("slack %v: intensity %v expected %v, want %v %v", c.slack, d.Intensity, d.Expected, c.intensity, want)
+		}
+	}
+	// the last round: usual over [0h, 1h): DE 200, FR 60, m 130, h 70;
+	// dev DE 1, FR -1; slack 1: keys DE -0.5, FR 0.5
+	req.Remaining, req.Slack = 1, 1
+	if d, _ := PlanRound(req); !strings.HasPrefix(d.Clients[0], "fr") || !strings.HasPrefix(d.Clients[1], "fr") || d.Expected != 60 {
+		t.Errorf("last round: clients %v expected %v, want fr first at 60", d.Clients, d.Expected)
+	}
+}
+
+// TestPlanRoundLooksPastTheRound: a start that is greener for the round
+// alone but pushes the remaining rounds into a dirtier time is not
+// taken; with one round left it is.
+func TestPlanRoundLooksPastTheRound(t *testing.T) {
+	fr := hourly(100, 90, 100, 100, 500, 500, 500)
+	fr.Zone = "FR"
+	cl := []RoundClient{{ID: "a", Zone: "FR"}}
+	req := RoundRequest{Now: hour(0), Ready: hour(0), Window: 2 * time.Hour, Duration: time.Hour, Remaining: 1, Clients: cl, Select: 1,
+		Forecasts: map[string]Series{"FR": fr}}
+	d, err := PlanRound(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Open || !d.Start.Equal(hour(1)) || d.Intensity != 90 {
+		t.Fatalf("one round left: want to wait for 01:00 at 90: %+v", d)
+	}
+	// four rounds: now covers 0-4h (100 90 100 100), 01:00 covers 1-5h
+	// (90 100 100 500)
+	req.Remaining = 4
+	if d, _ = PlanRound(req); !d.Open || d.Expected != 97.5 || d.AtNow != 100 {
+		t.Fatalf("four rounds left: want to open now at 97.5: %+v", d)
+	}
+}
+
+// TestSelectionKeepsEveryClientsShare: the property behind Slack. With
+// every client eligible every round and the credit kept as the
+// coordinator keeps it (each client +Select/N per round, each selected
+// client -1), over k rounds every client is selected at least k×Select/N
+// − 1 − 2×Slack times, whatever the intensities.
+func TestSelectionKeepsEveryClientsShare(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	zones := []string{"DE", "GB", "FR"}
+	for trial := range 300 {
+		n := 2 + rng.IntN(40)
+		sel := 1 + rng.IntN(n)
+		slack := []float64{0, 0.5, 1, 2, 3}[rng.IntN(5)]
+		k := 1 + rng.IntN(80)
+		fc := map[string]Series{}
+		for _, z := range zones {
+			s := Series{Zone: z, Step: time.Hour}
+			for h := range k + 100 {
+				v := 20 + 500*rng.Float64()
+				if rng.IntN(10) == 0 {
+					v *= 5 // spikes
+				}
+				s.Points = append(s.Points, Point{Time: hour(h), Intensity: v})
+			}
+			fc[z] = s
+		}
+		var cl []RoundClient
+		for i := range n {
+			cl = append(cl, RoundClient{ID: fmt.Sprintf("c%02d", i), Zone: zones[rng.IntN(3)], Intensity: math.NaN()})
+		}
+		credit := map[string]float64{}
+		count := map[string]int{}
+		for round := 1; round <= k; round++ {
+			now := hour(round)
+			d, err := PlanRound(RoundRequest{Now: now, Ready: now, Duration: time.Hour, Remaining: k - round + 1, Clients: cl, Select: sel,
+				Forecasts: fc, Credit: credit, Slack: slack, Seed: uint64(trial), Round: round})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cl {
+				credit[c.ID] += float64(sel) / float64(n)
+			}
+			for _, id := range d.Clients[:sel] {
+				credit[id]--
+				count[id]++
+			}
+		}
+		for _, c := range cl {
+			if due := float64(k*sel)/float64(n) - 1 - 2*slack; float64(count[c.ID]) < due-1e-9 {
+				t.Fatalf("trial %d (%d clients, select %d, slack %v, %d rounds): %s selected %d times, due at least %.2f",
+					trial, n, sel, slack, k, c.ID, count[c.ID], due)
+			}
+		}
+	}
+}
+
+// TestPlanRoundWaitsOnlyForAMaterialGain: a start less than MinWaitGain
+// greener than now is not waited for.
+func TestPlanRoundWaitsOnlyForAMaterialGain(t *testing.T) {
+	for _, c := range []struct {
+		later float64
+		open  bool
+	}{{96, true}, {95.5, true}, {94, false}} {
+		fr := hourly(100, c.later, 100)
+		fr.Zone = "FR"
+		d, err := PlanRound(RoundRequest{Now: hour(0), Ready: hour(0), Window: 2 * time.Hour, Duration: time.Hour, Remaining: 1,
+			Clients: []RoundClient{{ID: "a", Zone: "FR"}}, Select: 1, Forecasts: map[string]Series{"FR": fr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Open != c.open {
+			t.Errorf("later %v against 100 now: open %v, want %v", c.later, d.Open, c.open)
 		}
 	}
 }

@@ -33,9 +33,11 @@ import (
 //   - The same job runs twice on the same fleet, seed, data and clock
 //     mapping (each job's creation mapped to Start): first unscheduled
 //     (no carbon option: rounds open when ready, a seeded random draw of
-//     clients), then with carbon: {window, min_battery} (rounds wait up to
-//     Window of trace time, Window/Scale of sim time, for the greenest
-//     start; clients from the cleanest zones first).
+//     clients), then with carbon: {window, min_battery, slack} (rounds
+//     wait up to Window of trace time, Window/Scale of sim time, for a
+//     start at least 5 % greener over the remaining rounds; clients
+//     rotate by participation credit, cleaner zones first within the
+//     slack: greensched.PlanRound).
 //   - Emissions: for every training a selected client finished (from the
 //     task handed to its trainer to its Δ), energy = the agents' power
 //     model at full utilisation (green.profile max_w, default 6 W;
@@ -74,6 +76,8 @@ type FLCarbon struct {
 	// Window is how long a ready round may wait for a greener start, in
 	// trace time; default 6h.
 	Window time.Duration
+	// Slack is the job's carbon.slack (nil: coord.DefaultCarbonSlack).
+	Slack *float64
 	// MinBattery is the job's carbon.min_battery (the simulated agents
 	// are mains powered, so it excludes none); default 0.2.
 	MinBattery float64
@@ -81,8 +85,9 @@ type FLCarbon struct {
 
 // DefaultCarbonScale and DefaultCarbonWindow are FLCarbon's defaults;
 // DefaultCarbonRoundTimeout is the round timeout of a carbon run when none
-// is given: the control plane plans a round over its timeout (the round's
-// expected length, PlanRound's Duration), 2m would be 40 trace hours.
+// is given: the control plane plans a job's first round over its timeout
+// (later ones over the median of the aggregated rounds), and 2m would be
+// 40 trace hours.
 const (
 	DefaultCarbonScale        = 1200
 	DefaultCarbonWindow       = 6 * time.Hour
@@ -108,6 +113,8 @@ func (c *FLCarbon) setDefaults(dataSets string) error {
 		return fmt.Errorf("sim: carbon: window %s (want 0-%s of trace time)", c.Window, coord.MaxCarbonWindow)
 	case math.IsNaN(c.MinBattery) || c.MinBattery < 0 || c.MinBattery > 1:
 		return fmt.Errorf("sim: carbon: minimum battery %v (want 0-1)", c.MinBattery)
+	case c.Slack != nil && !(*c.Slack >= 0 && *c.Slack <= 1):
+		return fmt.Errorf("sim: carbon: slack %v (want 0-1)", *c.Slack)
 	}
 	return nil
 }
@@ -123,7 +130,9 @@ type FLCarbonReport struct {
 	Window        string  `json:"window"`
 	WindowSeconds float64 `json:"window_sim_seconds"`
 	MinBattery    float64 `json:"min_battery"`
-	Forecast      string  `json:"forecast"`
+	// Slack is the scheduled job's carbon.slack.
+	Slack    float64 `json:"slack"`
+	Forecast string  `json:"forecast"`
 	// PowerW is the power of a training client (green.profile max_w).
 	PowerW      float64        `json:"power_w"`
 	Fraction    float64        `json:"fraction"`
@@ -148,6 +157,8 @@ type FLCarbonSaving struct {
 	// AccuracyDiffPoints is scheduled − unscheduled final accuracy per
 	// test part, in percentage points.
 	AccuracyDiffPoints map[string]float64 `json:"accuracy_diff_points"`
+	// LastAccuracyDiffPoints is the same of LastAccuracy.
+	LastAccuracyDiffPoints map[string]float64 `json:"last_rounds_accuracy_diff_points"`
 }
 
 // FLCarbonRun is one of the two jobs.
@@ -171,14 +182,26 @@ type FLCarbonRun struct {
 	GramsPerRound float64 `json:"grams_per_round"`
 	WhPerRound    float64 `json:"wh_per_round"`
 	// The same with each training's own wall time.
-	WhMeasured            float64            `json:"wh_measured"`
-	GramsMeasured         float64            `json:"grams_measured"`
-	GramsPerRoundMeasured float64            `json:"grams_per_round_measured"`
-	WhPerRoundMeasured    float64            `json:"wh_per_round_measured"`
-	Intensity             float64            `json:"mean_intensity"`
-	ByZone                map[string]int     `json:"trainings_by_zone"`
-	FinalAccuracy         map[string]float64 `json:"final_accuracy"`
+	WhMeasured            float64        `json:"wh_measured"`
+	GramsMeasured         float64        `json:"grams_measured"`
+	GramsPerRoundMeasured float64        `json:"grams_per_round_measured"`
+	WhPerRoundMeasured    float64        `json:"wh_per_round_measured"`
+	Intensity             float64        `json:"mean_intensity"`
+	ByZone                map[string]int `json:"trainings_by_zone"`
+	// ClientTrainingsMin and Max are the fewest and most trainings of one
+	// agent of the fleet (0: an agent that never trained).
+	ClientTrainingsMin int                `json:"client_trainings_min"`
+	ClientTrainingsMax int                `json:"client_trainings_max"`
+	FinalAccuracy      map[string]float64 `json:"final_accuracy"`
+	// LastAccuracy is the mean accuracy per test part over the last
+	// LastRounds aggregated rounds: with a fraction below 1 the accuracy
+	// moves by points from one round to the next with the clients drawn.
+	LastAccuracy map[string]float64 `json:"last_rounds_mean_accuracy"`
 }
+
+// LastRounds is how many aggregated rounds FLCarbonRun.LastAccuracy
+// averages.
+const LastRounds = 10
 
 // FLCarbonRound is one training round attempt of a job.
 type FLCarbonRound struct {
@@ -318,6 +341,10 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 	cr := &FLCarbonReport{TraceStart: c.o.Start.Format(time.DateTime), TimeScale: c.o.Scale, Window: c.o.Window.String(),
 		WindowSeconds: round(c.o.Window.Seconds() / c.o.Scale), MinBattery: c.o.MinBattery,
 		Forecast: "perfect: the zones' traces on the sim's clock", PowerW: carbonPowerW, Fraction: spec.Fraction}
+	cr.Slack = coord.DefaultCarbonSlack
+	if c.o.Slack != nil {
+		cr.Slack = *c.o.Slack
+	}
 	for _, z := range CarbonZones {
 		cr.Zones = append(cr.Zones, z.Zone)
 	}
@@ -327,7 +354,7 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		run := &cr.Unscheduled
 		if carbon {
 			run = &cr.Scheduled
-			sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(time.Duration(float64(c.o.Window) / c.o.Scale)), MinBattery: c.o.MinBattery}
+			sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(time.Duration(float64(c.o.Window) / c.o.Scale)), MinBattery: c.o.MinBattery, Slack: c.o.Slack}
 		}
 		t0 := time.Now()
 		if err := c.reset(t0); err != nil {
@@ -371,6 +398,12 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		IntensitySavedPercent:             round(100 * (1 - s.Intensity/u.Intensity)),
 		EnergyPerRoundRatio:               round(s.WhPerRoundMeasured / u.WhPerRoundMeasured),
 		AccuracyDiffPoints:                map[string]float64{},
+		LastAccuracyDiffPoints:            map[string]float64{},
+	}
+	for p, a := range s.LastAccuracy {
+		if b, ok := u.LastAccuracy[p]; ok {
+			cr.Comparison.LastAccuracyDiffPoints[p] = round(100 * (a - b))
+		}
 	}
 	for p, a := range s.FinalAccuracy {
 		if b, ok := u.FinalAccuracy[p]; ok {
@@ -410,6 +443,7 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 	})
 	var ts []trained
 	var prevClose time.Time
+	var accs []map[string]float64
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range rounds {
@@ -447,8 +481,31 @@ func (c *simCarbon) collect(job cpapi.FLJob, rounds []cpapi.FLRound, names map[s
 		if r.Phase == coord.RoundAggregated {
 			run.Aggregated++
 			run.FinalAccuracy = r.Accuracy
+			accs = append(accs, r.Accuracy)
 		}
 		run.Rounds = append(run.Rounds, rr)
+	}
+	if len(accs) > 0 {
+		run.LastAccuracy = map[string]float64{}
+		last := accs[max(0, len(accs)-LastRounds):]
+		for p := range last[len(last)-1] {
+			var sum float64
+			for _, a := range last {
+				sum += a[p]
+			}
+			run.LastAccuracy[p] = sum / float64(len(last))
+		}
+	}
+	per := map[string]int{}
+	for _, t := range ts {
+		per[t.name]++
+	}
+	for _, name := range names {
+		n := per[name]
+		if run.ClientTrainingsMax == 0 || n < run.ClientTrainingsMin {
+			run.ClientTrainingsMin = n
+		}
+		run.ClientTrainingsMax = max(run.ClientTrainingsMax, n)
 	}
 	return run, ts
 }

@@ -1,6 +1,9 @@
 package coord
 
 import (
+	"encoding/json"
+	"maps"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -47,6 +50,9 @@ func TestCarbonSpecErrors(t *testing.T) {
 		"carbon.window":      {Window: fedlearn.Duration(-time.Minute)},
 		"carbon.window ":     {Window: fedlearn.Duration(MaxCarbonWindow + time.Second)},
 		"carbon.min_battery": {MinBattery: 1.5},
+		"carbon.slack":       {Slack: ptr(-1.0)},
+		"carbon.slack ":      {Slack: ptr(math.NaN())},
+		"carbon.slack  ":     {Slack: ptr(1.5)},
 	} {
 		sp := testSpec()
 		sp.Carbon = cb
@@ -54,5 +60,103 @@ func TestCarbonSpecErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), strings.TrimSpace(name)) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestCarbonCreditAndRoundSeconds: opening a carbon round moves each
+// available agent's credit by its share and each selected one's by -1;
+// aggregated rounds' lengths give RoundDuration (median; the timeout
+// before any); both survive State and Restore.
+func TestCarbonCreditAndRoundSeconds(t *testing.T) {
+	sp := testSpec()
+	sp.Rounds, sp.MinAvailable, sp.MinFit, sp.Fraction = 4, 2, 1, 0.5
+	sp.Carbon = &Carbon{}
+	c, err := New("j", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Spec().Carbon.Slack; s == nil || *s != DefaultCarbonSlack {
+		t.Fatalf("slack %v, want the default", s)
+	}
+	// 0.4 × 4 rounds × 2/4 selected / 2
+	if s := c.SlackRounds(4); math.Abs(s-0.4) > 1e-12 {
+		t.Fatalf("slack rounds %v, want 0.4", s)
+	}
+	if d := c.RoundDuration(); d != time.Minute {
+		t.Fatalf("duration before any round %v, want the timeout", d)
+	}
+	run := func(now time.Time, secs int, avail ...string) {
+		t.Helper()
+		ev := c.Tick(now, avail)
+		if len(ev) != 1 || ev[0].Kind != EvRoundOpened {
+			t.Fatalf("events %v", kinds(ev))
+		}
+		for _, a := range ev[0].Round.Selected {
+			c.Offer(now.Add(time.Duration(secs)*time.Second), Submission{Agent: a, Round: ev[0].Round.Round, Attempt: ev[0].Round.Attempt, Delta: delta(1), Examples: 1})
+		}
+		if c.RoundOpen() {
+			t.Fatal("round did not aggregate")
+		}
+	}
+	run(t0, 10, "d", "c", "b", "a") // selects d, c
+	want := map[string]float64{"a": 0.5, "b": 0.5, "c": -0.5, "d": -0.5}
+	if got := c.Credit(); !maps.Equal(got, want) {
+		t.Fatalf("credit %v, want %v", got, want)
+	}
+	run(t0.Add(time.Minute), 30, "a", "b", "c") // selects a, b of three: due 2/3 each
+	want = map[string]float64{"a": 0.5 + 2.0/3 - 1, "b": 0.5 + 2.0/3 - 1, "c": -0.5 + 2.0/3, "d": -0.5}
+	for k, v := range want {
+		if math.Abs(c.Credit()[k]-v) > 1e-12 {
+			t.Fatalf("credit %v, want %v", c.Credit(), want)
+		}
+	}
+	run(t0.Add(2*time.Minute), 20, "c", "a")
+	if d := c.RoundDuration(); d != 20*time.Second {
+		t.Fatalf("median of 10, 30, 20 s: %v", d)
+	}
+	st := c.State()
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back State
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Restore(c.Spec(), back, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(r.Credit(), c.Credit()) || r.RoundDuration() != 20*time.Second || r.NextRound() != 4 {
+		t.Fatalf("restored credit %v duration %v next %d", r.Credit(), r.RoundDuration(), r.NextRound())
+	}
+	// without the carbon option nothing is kept
+	sp.Carbon = nil
+	c2, _ := New("j", sp)
+	c2.Tick(t0, []string{"a", "b"})
+	if st := c2.State(); st.Credit != nil || st.RoundSeconds != nil {
+		t.Fatalf("credit %v seconds %v without carbon", st.Credit, st.RoundSeconds)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestCarbonStatsRoundTakesNoTurn: the statistics round selects clients
+// but trains nothing: it leaves the participation credit alone.
+func TestCarbonStatsRoundTakesNoTurn(t *testing.T) {
+	sp := testSpec()
+	on := true
+	sp.FederatedStats, sp.MinAvailable, sp.MinFit, sp.Fraction = &on, 2, 1, 0.5
+	sp.Carbon = &Carbon{}
+	c, err := New("j", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := c.Tick(t0, []string{"a", "b", "c", "d"})
+	if len(ev) != 1 || !ev[0].Round.Stats() {
+		t.Fatalf("events %v, want the statistics round opened", kinds(ev))
+	}
+	if cr := c.Credit(); len(cr) != 0 {
+		t.Fatalf("credit %v after the statistics round opened", cr)
 	}
 }

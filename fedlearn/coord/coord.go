@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -119,6 +120,15 @@ type State struct {
 	// that knowing the spec's seed is not knowing the noise; empty means
 	// the seed alone. The caller keeps the state from the job's readers.
 	NoiseKey []byte `json:"noise_key,omitempty"`
+	// Credit is each agent's participation credit in a carbon job: the
+	// training rounds it was due (selected/available per training round
+	// opened while it was available) minus those it was selected for. The caller ranks
+	// agents with more credit first (greensched.PlanRound), so that a
+	// fraction below 1 rotates the clients.
+	Credit map[string]float64 `json:"credit,omitempty"`
+	// RoundSeconds are the lengths of a carbon job's aggregated training
+	// rounds, in order (RoundDuration).
+	RoundSeconds []float64 `json:"round_seconds,omitempty"`
 }
 
 // Privacy is the privacy a DP job has spent.
@@ -397,6 +407,8 @@ func (c *Coordinator) State() State {
 		st.Privacy = &p
 	}
 	st.NoiseKey = slices.Clone(st.NoiseKey)
+	st.Credit = maps.Clone(st.Credit)
+	st.RoundSeconds = slices.Clone(st.RoundSeconds)
 	return st
 }
 
@@ -463,7 +475,8 @@ func (c *Coordinator) finish(now time.Time, status, reason string) []Event {
 // opening the next round when enough agents are available. available are
 // the eligible agents (matching the selector, reachable); the order does
 // not matter, except with Spec.Carbon, where the caller ranks them
-// (cleanest first) and the round takes the first ones.
+// (greensched.PlanRound: participation credit and carbon) and the round
+// takes the first ones.
 func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	if c.Finished() {
 		return nil
@@ -482,7 +495,7 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 	}
 	var avail []string
 	if c.spec.Carbon != nil {
-		// ranked by the caller, cleanest first: keep the order
+		// ranked by the caller: keep the order
 		seen := map[string]bool{}
 		for _, a := range available {
 			if !seen[a] {
@@ -516,6 +529,11 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
 	}
 	sel := avail[:n]
+	if c.spec.Carbon != nil && kind == RoundTrain {
+		// training turns only: the statistics round trains nothing
+		c.credit(avail, sel)
+	}
+	sel = slices.Clone(sel)
 	slices.Sort(sel)
 	r := &Round{Round: round, Attempt: attempt, Kind: kind, Phase: RoundOpen, Opened: now,
 		Deadline: now.Add(time.Duration(c.spec.RoundTimeout)), Selected: sel, Reported: []string{}}
@@ -682,6 +700,9 @@ func (c *Coordinator) aggregated(now time.Time, r *Round, global []float64, why 
 	if fo, ok := c.strat.(*strategy.FedOpt); ok {
 		os := fo.State()
 		c.st.Optimizer = &os
+	}
+	if c.spec.Carbon != nil {
+		c.st.RoundSeconds = append(c.st.RoundSeconds, r.Closed.Sub(r.Opened).Seconds())
 	}
 	c.st.Done++
 	c.st.Retries = 0
