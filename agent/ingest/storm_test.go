@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,7 +93,9 @@ func TestBrokerLoginStorm(t *testing.T) {
 		calm = append(calm, publish(2000))
 	}
 
-	runtime.GC()
+	// RSS is read after the freed heap went back to the system: what the
+	// storm left behind, not what the runtime has yet to return.
+	debug.FreeOSMemory()
 	rssBefore, goBefore := procRSS(), runtime.NumGoroutine()
 	const wrong, malformed, longIDs = 10_000, 1_000, 1_000
 	var attempts, admitted atomic.Int64
@@ -133,8 +136,8 @@ func TestBrokerLoginStorm(t *testing.T) {
 	if admitted.Load() != 0 {
 		t.Fatalf("%d storm connections admitted", admitted.Load())
 	}
-	runtime.GC()
 	waitFor(t, "storm connections closed", func() bool { return b.Connections() == 1 })
+	debug.FreeOSMemory()
 	rssAfter, goAfter := procRSS(), runtime.NumGoroutine()
 	ref := b.Refused()
 	t.Logf("storm: %d attempts; refused %v", attempts.Load(), ref)
@@ -152,7 +155,9 @@ func TestBrokerLoginStorm(t *testing.T) {
 	if got := ref[RefusedBadLogin] + ref[RefusedMaxConnections] + ref[RefusedPerAddress]; got < wrong {
 		t.Errorf("wrong-password attempts refused %d times, want at least %d", got, wrong)
 	}
-	if rssAfter-rssBefore > 64 {
+	// Under the race detector RSS is mostly its shadow memory, which is
+	// never returned (120 MB after a storm that leaves 6 MB without it).
+	if rssAfter-rssBefore > 64 && !raceEnabled {
 		t.Errorf("RSS grew %.1f MB over the storm", rssAfter-rssBefore)
 	}
 	if goAfter > goBefore+20 {

@@ -140,21 +140,21 @@ func (u *Uplink) installAssignments(ctx context.Context, client *cpapi.Client, a
 		}
 		serving[served{m.Name, m.Version, m.Digest}] = true
 	}
-	var todo []cpapi.ModelAssignment
+	var missing []cpapi.ModelAssignment
 	for _, a := range as {
 		if !serving[served{a.Name, a.Version, a.Digest}] {
-			todo = append(todo, a)
+			missing = append(missing, a)
 		}
 	}
-	if len(todo) > 0 && u.deps.DeferModelUpdate != nil {
-		u.log.Info("model update waits for its start (green.update_window)", "models", len(todo))
+	if len(missing) > 0 && u.deps.DeferModelUpdate != nil {
+		u.log.Info("model update waits for its start (green.update_window)", "models", len(missing))
 		done, err := u.deps.DeferModelUpdate(ctx)
 		if err != nil {
 			return fmt.Errorf("uplink: deferring the model update: %w", err)
 		}
 		defer done()
 	}
-	for _, a := range todo {
+	for _, a := range missing {
 		var env []byte
 		o, err := u.do(ctx, "models", func(rctx context.Context) (string, error) {
 			var err error
