@@ -138,6 +138,14 @@ type saRound struct {
 	answered map[string]bool
 }
 
+// stageAnswer is the answer (secagg.Answer) each stage takes; stageNames
+// the stages in order.
+var (
+	stageAnswer = map[string]int{StageSetup: secagg.AnswerPublicKeys, StageShareKeys: secagg.AnswerShares,
+		StageCollect: secagg.AnswerMaskedVector, StageUnmask: secagg.AnswerUnmask}
+	stageNames = []string{StageSetup, StageShareKeys, StageCollect, StageUnmask}
+)
+
 // SecAggTask is what a client of a secure-aggregation round gets in the
 // current stage.
 type SecAggTask struct {
@@ -195,14 +203,17 @@ func (c *Coordinator) SecAggTask(agent string) (SecAggTask, bool) {
 // offerSecAgg takes a client's answer to the current stage.
 func (c *Coordinator) offerSecAgg(now time.Time, r *Round, s Submission, refuse func(kind, why string) []Event) []Event {
 	st := r.SecAgg
+	if len(s.SecAgg) < 6 {
+		return refuse(RefusedInvalid, fmt.Sprintf("secure aggregation round %d attempt %d takes stage %s messages; the update carries none", r.Round, r.Attempt, st.Stage))
+	}
+	if got, want := secagg.Answer(s.SecAgg), stageAnswer[st.Stage]; got != 0 && got < want {
+		return refuse(RefusedLate, fmt.Sprintf("an answer to stage %s of round %d attempt %d, which is in stage %s", stageNames[got-1], r.Round, r.Attempt, st.Stage))
+	}
 	if _, asked := c.sa.out[s.Agent]; !asked {
 		return refuse(RefusedNotSelected, fmt.Sprintf("agent %s has no part in stage %s of round %d attempt %d", s.Agent, st.Stage, r.Round, r.Attempt))
 	}
 	if c.sa.answered[s.Agent] {
 		return refuse(RefusedReplayed, fmt.Sprintf("agent %s already answered stage %s of round %d attempt %d", s.Agent, st.Stage, r.Round, r.Attempt))
-	}
-	if len(s.SecAgg) < 6 {
-		return refuse(RefusedInvalid, fmt.Sprintf("secure aggregation round %d attempt %d takes stage %s messages; the update carries none", r.Round, r.Attempt, st.Stage))
 	}
 	var err error
 	switch st.Stage {

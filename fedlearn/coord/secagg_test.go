@@ -101,8 +101,16 @@ func runSecAggRound(t *testing.T, c *Coordinator, at time.Time, names []string, 
 		clients[n] = &saClient{c: secagg.NewClient(n, rand.Reader), delta: d, examples: 200 + rng.IntN(1500)}
 	}
 	var last []Event
+	var prev []byte // the first client's answer to the stage before
 	for _, stage := range []string{StageSetup, StageShareKeys, StageCollect, StageUnmask} {
-		for _, n := range r.Selected {
+		if prev != nil {
+			// An answer to a stage that has closed is late, not malformed.
+			ev := c.Offer(at, Submission{Agent: r.Selected[0], Round: r.Round, Attempt: r.Attempt, SecAgg: prev})
+			if ev[0].Kind != EvUpdateRefused || !strings.HasPrefix(ev[0].Reason, RefusedLate) {
+				t.Fatalf("stage %s: the previous stage's answer: %v %q", stage, kinds(ev), ev[0].Reason)
+			}
+		}
+		for i, n := range r.Selected {
 			if dropAfterShares[n] && (stage == StageCollect || stage == StageUnmask) {
 				continue
 			}
@@ -116,7 +124,11 @@ func runSecAggRound(t *testing.T, c *Coordinator, at time.Time, names []string, 
 			if _, sel := c.Selected(n); !sel {
 				t.Fatalf("stage %s: %s not selected while its task waits", stage, n)
 			}
-			last = c.Offer(at, Submission{Agent: n, Round: r.Round, Attempt: r.Attempt, SecAgg: clients[n].answer(t, task)})
+			ans := clients[n].answer(t, task)
+			if i == 0 {
+				prev = ans
+			}
+			last = c.Offer(at, Submission{Agent: n, Round: r.Round, Attempt: r.Attempt, SecAgg: ans})
 			if last[0].Kind != EvUpdateAccepted {
 				t.Fatalf("stage %s, %s: %v %s", stage, n, kinds(last), last[0].Reason)
 			}

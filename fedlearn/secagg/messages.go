@@ -496,6 +496,31 @@ func (m *UnmaskResponse) Unmarshal(b []byte) error {
 // IsMaskedVector reports whether b is framed as a masked vector (the
 // client's update; the other messages are the protocol's). It checks the
 // header only.
-func IsMaskedVector(b []byte) bool {
-	return len(b) >= headerSize && string(b[:4]) == magic && b[4] == version && b[5] == typeMaskedVector
+func IsMaskedVector(b []byte) bool { return Answer(b) == AnswerMaskedVector }
+
+// A client's answers, in stage order (Answer).
+const (
+	AnswerPublicKeys = 1 + iota
+	AnswerShares
+	AnswerMaskedVector
+	AnswerUnmask
+)
+
+// Answer tells which of a client's four answers b is framed as, 1 to 4 in
+// stage order, from its header alone; 0 for anything else.
+func Answer(b []byte) int {
+	if len(b) < headerSize || string(b[:4]) != magic || b[4] != version {
+		return 0
+	}
+	switch b[5] {
+	case typePublicKeys:
+		return AnswerPublicKeys
+	case typeShares:
+		return AnswerShares
+	case typeMaskedVector:
+		return AnswerMaskedVector
+	case typeUnmaskResponse:
+		return AnswerUnmask
+	}
+	return 0
 }
