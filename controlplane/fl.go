@@ -725,7 +725,7 @@ func flSecAggState(sa *coord.SecAggState) *cpapi.FLSecAggState {
 	if sa == nil {
 		return nil
 	}
-	return &cpapi.FLSecAggState{Stage: sa.Stage, Keys: sa.Keys, Shares: sa.Shares, Vectors: sa.Vectors, Unmasked: sa.Unmasked, Dropped: sa.Dropped}
+	return &cpapi.FLSecAggState{Stage: sa.Stage, StageDeadline: sa.StageDeadline.UTC(), Keys: sa.Keys, Shares: sa.Shares, Vectors: sa.Vectors, Unmasked: sa.Unmasked, Dropped: sa.Dropped}
 }
 
 // flRoundState converts the coordinator's round for the API.
@@ -781,6 +781,9 @@ func (s *Server) flTaskFor(agent string) (*cpapi.FLTask, *flJob) {
 			return nil, nil
 		}
 		t.SecAgg = &cpapi.FLTaskSecAgg{Stage: sa.Stage, Message: sa.Message, MaxWeight: sa.MaxWeight}
+		// The answer is due by the stage's deadline (the unmask stage's
+		// lies after the round's when the collect stage ran to it).
+		t.Deadline = round.SecAgg.StageDeadline.UTC()
 		if !t.Trains() {
 			// Only the collect stage trains: the others carry no model.
 			t.Global, t.Arch, t.Schema, t.Labels = nil, fedlearn.Arch{}, fedlearn.Schema{}, nil

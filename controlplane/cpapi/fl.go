@@ -143,12 +143,14 @@ type FLRound struct {
 // clients answered each stage; Dropped sent shares but no masked vector
 // (their masks were removed from the others' vectors).
 type FLSecAggState struct {
-	Stage    string   `json:"stage"`
-	Keys     int      `json:"keys"`
-	Shares   int      `json:"shares"`
-	Vectors  int      `json:"vectors"`
-	Unmasked int      `json:"unmasked"`
-	Dropped  []string `json:"dropped,omitempty"`
+	Stage string `json:"stage"`
+	// StageDeadline is when the current stage closes at the latest.
+	StageDeadline time.Time `json:"stage_deadline,omitzero"`
+	Keys          int       `json:"keys"`
+	Shares        int       `json:"shares"`
+	Vectors       int       `json:"vectors"`
+	Unmasked      int       `json:"unmasked"`
+	Dropped       []string  `json:"dropped,omitempty"`
 }
 
 // FLJobsResponse answers GET /v1/fl/jobs.
