@@ -28,6 +28,9 @@ func Config(t testing.TB, name, cluster string) agent.Config {
 	cfg.Gossip.Cluster = cluster
 	cfg.Gossip.Key = GossipKey
 	cfg.API.Addr = "127.0.0.1:0"
+	// Ingestion is on by default: its embedded broker on a free port, not
+	// the fixed default 1883 another test process or a system broker holds.
+	cfg.Ingest.MQTT.EmbeddedListen = "127.0.0.1:0"
 	return cfg
 }
 
