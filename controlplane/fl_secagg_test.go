@@ -57,34 +57,14 @@ func TestFLSecureAggregation(t *testing.T) {
 			if (task.Global != nil) != (stage == cpapi.FLSecAggCollect) {
 				t.Fatalf("stage %s: task carries the model: %v", stage, task.Global != nil)
 			}
-			c := clients[a.id]
-			var msg []byte
-			switch stage {
-			case cpapi.FLSecAggSetup:
-				var m secagg.Setup
-				must(t, m.Unmarshal(sa.Message))
-				pk, err := c.Setup(m)
-				must(t, err)
-				msg = pk.Marshal()
-			case cpapi.FLSecAggShareKeys:
-				var m secagg.KeysRequest
-				must(t, m.Unmarshal(sa.Message))
-				sh, err := c.ShareKeys(m)
-				must(t, err)
-				msg = sh.Marshal()
-			case cpapi.FLSecAggCollect:
+			if stage == cpapi.FLSecAggCollect {
 				g0 = task.Global
-				var m secagg.CollectRequest
-				must(t, m.Unmarshal(sa.Message))
-				mv, err := c.MaskVector(m, secagg.Weighted(deltas[a.id], 5000, sa.MaxWeight)) // weight 1 each
-				must(t, err)
-				msg = mv.Marshal()
-			case cpapi.FLSecAggUnmask:
-				var m secagg.UnmaskRequest
-				must(t, m.Unmarshal(sa.Message))
-				ur, err := c.Unmask(m)
-				must(t, err)
-				msg = ur.Marshal()
+			}
+			msg, err := clients[a.id].Respond(sa.Message, func() ([]float32, error) {
+				return secagg.Weighted(deltas[a.id], 5000, sa.MaxWeight), nil // weight 1 each
+			})
+			if err != nil {
+				t.Fatalf("stage %s, %s: %v", stage, a.id, err)
 			}
 			if err := sendFLSealed(t, a, task, cpapi.FLUpdate{SecAgg: msg}); err != nil {
 				t.Fatalf("stage %s, %s: %v", stage, a.id, err)
@@ -128,12 +108,5 @@ func TestFLSecureAggregation(t *testing.T) {
 	e.srv.FLTick()
 	if j, _ := e.admin.GetFLJob(ctx, job.ID); j.Current == nil || j.Current.Round != 2 || j.Current.Attempt != 1 || j.Current.SecAgg == nil {
 		t.Fatalf("round 2 not run again: %+v", j.Current)
-	}
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
 	}
 }

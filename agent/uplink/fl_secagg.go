@@ -3,8 +3,7 @@ package uplink
 import (
 	"context"
 	"crypto/rand"
-	"fmt"
-	"log/slog"
+	"errors"
 
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 	"github.com/edgefleet/edgefleet/fedlearn/secagg"
@@ -43,52 +42,7 @@ func (u *Uplink) flSecAgg(ctx context.Context, client *cpapi.Client, t cpapi.FLT
 		log.Warn("fl secure aggregation: no state for this round (the agent restarted after its setup stage); this agent sits the round out")
 		return nil
 	}
-	msg, err := u.secAggAnswer(ctx, c, t, log)
-	if err != nil {
-		log.Warn("fl secure aggregation: this agent sits the round out", "err", err)
-		delete(u.sa, t.Key())
-		return nil
-	}
-	if msg == nil {
-		return nil // training failed, logged
-	}
-	if sa.Stage == cpapi.FLSecAggUnmask {
-		delete(u.sa, t.Key())
-	}
-	return u.flSeal(ctx, client, t, cpapi.FLUpdate{Job: t.Job, Round: t.Round, Attempt: t.Attempt, SecAgg: msg}, log)
-}
-
-// secAggAnswer is the client's answer to the stage's message; nil and no
-// error when training failed (logged).
-func (u *Uplink) secAggAnswer(ctx context.Context, c *secagg.Client, t cpapi.FLTask, log *slog.Logger) ([]byte, error) {
-	sa := t.SecAgg
-	switch sa.Stage {
-	case cpapi.FLSecAggSetup:
-		var m secagg.Setup
-		if err := m.Unmarshal(sa.Message); err != nil {
-			return nil, err
-		}
-		pk, err := c.Setup(m)
-		if err != nil {
-			return nil, err
-		}
-		log.Info("fl secure aggregation: keys sent")
-		return pk.Marshal(), nil
-	case cpapi.FLSecAggShareKeys:
-		var m secagg.KeysRequest
-		if err := m.Unmarshal(sa.Message); err != nil {
-			return nil, err
-		}
-		sh, err := c.ShareKeys(m)
-		if err != nil {
-			return nil, err
-		}
-		return sh.Marshal(), nil
-	case cpapi.FLSecAggCollect:
-		var m secagg.CollectRequest
-		if err := m.Unmarshal(sa.Message); err != nil {
-			return nil, err
-		}
+	msg, err := c.Respond(sa.Message, func() ([]float32, error) {
 		tctx := ctx
 		if !t.Deadline.IsZero() {
 			var cancel context.CancelFunc
@@ -98,26 +52,26 @@ func (u *Uplink) secAggAnswer(ctx context.Context, c *secagg.Client, t cpapi.FLT
 		log.Info("fl round task received; training (secure aggregation)")
 		delta, examples, ok := u.flTrain(tctx, t, log)
 		if !ok {
-			return nil, nil
+			return nil, errSatOut
 		}
-		mv, err := c.MaskVector(m, secagg.Weighted(delta, examples, sa.MaxWeight))
-		if err != nil {
-			return nil, err
-		}
-		return mv.Marshal(), nil
-	case cpapi.FLSecAggUnmask:
-		var m secagg.UnmaskRequest
-		if err := m.Unmarshal(sa.Message); err != nil {
-			return nil, err
-		}
-		ur, err := c.Unmask(m)
-		if err != nil {
-			return nil, err
-		}
-		return ur.Marshal(), nil
+		return secagg.Weighted(delta, examples, sa.MaxWeight), nil
+	})
+	switch {
+	case errors.Is(err, errSatOut):
+		return nil // logged by flTrain
+	case err != nil:
+		log.Warn("fl secure aggregation: this agent sits the round out", "err", err)
+		delete(u.sa, t.Key())
+		return nil
 	}
-	return nil, fmt.Errorf("uplink: secagg stage %q", sa.Stage)
+	if sa.Stage == cpapi.FLSecAggUnmask {
+		delete(u.sa, t.Key())
+	}
+	return u.flSeal(ctx, client, t, cpapi.FLUpdate{Job: t.Job, Round: t.Round, Attempt: t.Attempt, SecAgg: msg}, log)
 }
+
+// errSatOut: local training failed (logged); the agent sits the round out.
+var errSatOut = errors.New("uplink: fl training failed")
 
 // agentName is the agent's id once enrolled, else its configured name.
 func (u *Uplink) agentName() string {

@@ -395,17 +395,18 @@ func ParseSecAgg(s string) (*SecAgg, error) {
 		seen[k] = true
 		var err error
 		switch k {
-		case "num_shares", "reconstruction_threshold", "clipping_range", "max_weight":
-			var x float64
-			if x, err = strconv.ParseFloat(v, 64); err == nil && (math.IsNaN(x) || math.IsInf(x, 0)) {
-				err = errors.New("not finite")
-			}
-			*map[string]*float64{"num_shares": &a.NumShares, "reconstruction_threshold": &a.ReconstructionThreshold,
-				"clipping_range": &a.ClippingRange, "max_weight": &a.MaxWeight}[k] = x
-		case "quantization_range", "modulus_range":
-			var x uint64
-			x, err = strconv.ParseUint(v, 10, 64)
-			*map[string]*uint64{"quantization_range": &a.QuantizationRange, "modulus_range": &a.ModulusRange}[k] = x
+		case "num_shares":
+			a.NumShares, err = parseFinite(v)
+		case "reconstruction_threshold":
+			a.ReconstructionThreshold, err = parseFinite(v)
+		case "clipping_range":
+			a.ClippingRange, err = parseFinite(v)
+		case "max_weight":
+			a.MaxWeight, err = parseFinite(v)
+		case "quantization_range":
+			a.QuantizationRange, err = strconv.ParseUint(v, 10, 64)
+		case "modulus_range":
+			a.ModulusRange, err = strconv.ParseUint(v, 10, 64)
 		case "stage_timeout":
 			var d time.Duration
 			d, err = time.ParseDuration(v)
@@ -421,4 +422,13 @@ func ParseSecAgg(s string) (*SecAgg, error) {
 		return fail("num_shares and reconstruction_threshold are required")
 	}
 	return a, nil
+}
+
+// parseFinite reads a finite number.
+func parseFinite(v string) (float64, error) {
+	x, err := strconv.ParseFloat(v, 64)
+	if err == nil && (math.IsNaN(x) || math.IsInf(x, 0)) {
+		err = errors.New("not finite")
+	}
+	return x, err
 }

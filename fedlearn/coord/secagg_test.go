@@ -43,42 +43,13 @@ type saClient struct {
 // the agent does (the collect stage masks [r, r·Δ]).
 func (sc *saClient) answer(t *testing.T, task SecAggTask) []byte {
 	t.Helper()
-	var out interface{ Marshal() []byte }
-	var err error
-	switch task.Stage {
-	case StageSetup:
-		var m secagg.Setup
-		if err = m.Unmarshal(task.Message); err == nil {
-			var pk secagg.PublicKeys
-			pk, err = sc.c.Setup(m)
-			out = &pk
-		}
-	case StageShareKeys:
-		var m secagg.KeysRequest
-		if err = m.Unmarshal(task.Message); err == nil {
-			var sh secagg.Shares
-			sh, err = sc.c.ShareKeys(m)
-			out = &sh
-		}
-	case StageCollect:
-		var m secagg.CollectRequest
-		if err = m.Unmarshal(task.Message); err == nil {
-			var mv secagg.MaskedVector
-			mv, err = sc.c.MaskVector(m, secagg.Weighted(sc.delta, sc.examples, task.MaxWeight))
-			out = &mv
-		}
-	case StageUnmask:
-		var m secagg.UnmaskRequest
-		if err = m.Unmarshal(task.Message); err == nil {
-			var ur secagg.UnmaskResponse
-			ur, err = sc.c.Unmask(m)
-			out = &ur
-		}
-	}
+	b, err := sc.c.Respond(task.Message, func() ([]float32, error) {
+		return secagg.Weighted(sc.delta, sc.examples, task.MaxWeight), nil
+	})
 	if err != nil {
 		t.Fatalf("stage %s: %v", task.Stage, err)
 	}
-	return out.Marshal()
+	return b
 }
 
 // runSecAggRound opens a round over names and plays it: every client

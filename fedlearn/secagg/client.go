@@ -303,3 +303,55 @@ func (c *Client) Unmask(m UnmaskRequest) (UnmaskResponse, error) {
 	c.stage = clientDone
 	return out, nil
 }
+
+// Respond answers a message of the server's, whatever its stage: it
+// decodes msg by its type, takes the step that answers it and encodes
+// the answer. The collect stage's vector comes from vector, called only
+// then (a client trains there); its error is returned as is.
+func (c *Client) Respond(msg []byte, vector func() ([]float32, error)) ([]byte, error) {
+	if len(msg) < headerSize {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrDecode, len(msg), headerSize)
+	}
+	switch msg[5] {
+	case typeSetup:
+		var m Setup
+		if err := m.Unmarshal(msg); err != nil {
+			return nil, err
+		}
+		a, err := c.Setup(m)
+		return marshalOK(&a, err)
+	case typeKeysRequest:
+		var m KeysRequest
+		if err := m.Unmarshal(msg); err != nil {
+			return nil, err
+		}
+		a, err := c.ShareKeys(m)
+		return marshalOK(&a, err)
+	case typeCollectRequest:
+		var m CollectRequest
+		if err := m.Unmarshal(msg); err != nil {
+			return nil, err
+		}
+		v, err := vector()
+		if err != nil {
+			return nil, err
+		}
+		a, err := c.MaskVector(m, v)
+		return marshalOK(&a, err)
+	case typeUnmaskRequest:
+		var m UnmaskRequest
+		if err := m.Unmarshal(msg); err != nil {
+			return nil, err
+		}
+		a, err := c.Unmask(m)
+		return marshalOK(&a, err)
+	}
+	return nil, fmt.Errorf("%w: message type %d is not one a client answers", ErrDecode, msg[5])
+}
+
+func marshalOK(m interface{ Marshal() []byte }, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	return m.Marshal(), nil
+}

@@ -544,3 +544,65 @@ func decodeAny(typ byte, b []byte) ([]byte, error) {
 	}
 	return m.Marshal(), nil
 }
+
+// TestRespondDispatchesByMessage: Respond takes each stage's step from the
+// message's type, calls vector only in the collect stage, and refuses
+// what a client does not answer.
+func TestRespondDispatchesByMessage(t *testing.T) {
+	srv, err := NewServer(Config{NumShares: 3, ReconstructionThreshold: 2}, 9, []string{"a", "b", "c"}, 2, seeded(2, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := map[string]*Client{}
+	calls := 0
+	vec := func() ([]float32, error) { calls++; return []float32{0.5, -0.25}, nil }
+	for n, m := range srv.Setup() {
+		clients[n] = NewClient(n, seeded(4, uint64(len(clients))))
+		b, err := clients[n].Respond(m.Marshal(), vec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pk PublicKeys
+		if err := pk.Unmarshal(b); err != nil {
+			t.Fatalf("setup answered with %v", err)
+		}
+		if err := srv.AddPublicKeys(n, pk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 0 {
+		t.Fatalf("vector asked %d times before the collect stage", calls)
+	}
+	if _, err := clients["a"].Respond((&PublicKeys{Round: 9}).Marshal(), vec); !errors.Is(err, ErrDecode) {
+		t.Fatalf("a client's own kind of message: %v", err)
+	}
+	if _, err := clients["a"].Respond([]byte("EFSA"), vec); !errors.Is(err, ErrDecode) {
+		t.Fatalf("a short message: %v", err)
+	}
+	boom := errors.New("training failed")
+	reqs, err := srv.KeysRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n, m := range reqs {
+		b, err := clients[n].Respond(m.Marshal(), vec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sh Shares
+		if err := sh.Unmarshal(b); err != nil || srv.AddShares(n, sh) != nil {
+			t.Fatalf("shares: %v", err)
+		}
+	}
+	creqs, err := srv.CollectRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, cb := creqs["a"], creqs["b"]
+	if _, err := clients["a"].Respond(ca.Marshal(), func() ([]float32, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Fatalf("the vector's error: %v", err)
+	}
+	if _, err := clients["b"].Respond(cb.Marshal(), vec); err != nil || calls != 1 {
+		t.Fatalf("collect: %v, vector asked %d times", err, calls)
+	}
+}
