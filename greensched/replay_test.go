@@ -77,7 +77,15 @@ var nightly = ReplayOptions{
 // average: DE reaches it (97 %); GB and FR do not (83 % and 89 % with the
 // estimate and decisions at each mark, 76 % and 71 % raw), so for those
 // the test holds the measured floor and that the estimate helps, and says
-// so.
+// so. Why: their optimum lives in the truth's mark-to-mark detail. A
+// scheduler that knew the truth's centred 5-mark (2-hour) mean exactly
+// would reach GB 83 % and FR 90 %, the 3-mark mean 92 % and 99 %; a
+// forecast whose error per mark (σ = 10.6 g/kWh in GB) exceeds GB's own
+// mark-to-mark zig-zag (about 6 g/kWh) does not tell more than that. A
+// model of the truth as a trend plus independent jitter (the method of
+// moments on its second differences) scored GB 8.38 % against 8.45 %, and
+// a margin for the winner's curse between starting now and waiting only
+// lowered the savings (±0.1σ, ±0.25σ, 0.5σ): neither is kept.
 func TestReplaySharedTraces(t *testing.T) {
 	for _, c := range []struct {
 		file, zone string
@@ -124,12 +132,24 @@ func TestReplaySharedTraces(t *testing.T) {
 		case share < 0.9:
 			t.Logf("%s: ISSUE BAR NOT MET: noisy e=0.05 reaches %.0f %% of the optimum, not 90 %%", c.zone, 100*share)
 		}
+		// What the optimum owes to the truth's fine structure: a
+		// scheduler that knew the truth's centred mean over 3 and over 5
+		// marks exactly (and nothing finer).
+		var oracle [2]float64
+		for i, w := range []int{1, 2} {
+			r, err := Replay(marks, Perfect(centredMean(marks, w)), nightly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			oracle[i] = r.SavingsPercent
+		}
 		pers, err := Replay(marks, Persistence{Truth: marks}, nightly)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s: perfect %.2f %% (at arrival %.1f, scheduled %.1f g/kWh), noisy e=0.05 mean of 10 seeds %.2f %% (%.0f %% of optimum; raw %.2f %%, %.0f %%), persistence %.2f %%",
-			c.zone, perfect.SavingsPercent, perfect.MeanAtArrival, perfect.MeanScheduled, noisy, 100*share, raw, 100*raw/perfect.SavingsPercent, pers.SavingsPercent)
+		t.Logf("%s: perfect %.2f %% (at arrival %.1f, scheduled %.1f g/kWh), noisy e=0.05 mean of 10 seeds %.2f %% (%.0f %% of optimum; raw %.2f %%, %.0f %%), persistence %.2f %%; knowing the true 3-mark mean %.2f %% (%.0f %%), the true 5-mark mean %.2f %% (%.0f %%)",
+			c.zone, perfect.SavingsPercent, perfect.MeanAtArrival, perfect.MeanScheduled, noisy, 100*share, raw, 100*raw/perfect.SavingsPercent, pers.SavingsPercent,
+			oracle[0], 100*oracle[0]/perfect.SavingsPercent, oracle[1], 100*oracle[1]/perfect.SavingsPercent)
 	}
 }
 
@@ -180,4 +200,22 @@ func TestReplaySeeds(t *testing.T) {
 	if len(perfect.Runs) != 1 {
 		t.Fatalf("perfect ran %d times", len(perfect.Runs))
 	}
+}
+
+// centredMean is s with each point replaced by the mean of the points
+// within w steps of it (those present).
+func centredMean(s Series, w int) Series {
+	out := Series{Zone: s.Zone, Step: s.Step, Points: make([]Point, len(s.Points))}
+	for i, p := range s.Points {
+		var sum float64
+		var n int
+		for k := -w; k <= w; k++ {
+			if v, ok := s.At(p.Time.Add(time.Duration(k) * s.Step)); ok {
+				sum += v
+				n++
+			}
+		}
+		out.Points[i] = Point{Time: p.Time, Intensity: sum / float64(n)}
+	}
+	return out
 }
