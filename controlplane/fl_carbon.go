@@ -78,12 +78,17 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 	}
 	req.Slack = j.c.SlackRounds(len(clients))
 	// the forecasts cover every candidate start and the remaining rounds
-	// after it (PlanRound looks up to MaxRoundHorizon ahead)
+	// after it (PlanRound looks up to MaxRoundHorizon ahead), or up to the job's
+	// deadline
 	horizon := min(time.Duration(max(req.Remaining, 1))*dur, greensched.MaxRoundHorizon)
+	until := now.Add(req.Window + horizon + time.Hour)
+	if !req.Deadline.IsZero() {
+		until = req.Deadline.Add(time.Hour)
+	}
 	if fc := s.cfg.FL.Carbon; fc != nil {
 		fctx, cancel := context.WithTimeout(ctx, carbonForecastTimeout)
 		for z := range zones {
-			f, err := fc.Forecast(fctx, z, now.Add(-time.Hour), now.Add(req.Window+horizon+time.Hour))
+			f, err := fc.Forecast(fctx, z, now.Add(-time.Hour), until)
 			if err != nil {
 				s.log.Warn("fl carbon: no forecast for a zone; using the intensity its agents report", "job", j.rec.ID, "zone", z, "err", err)
 				continue

@@ -101,6 +101,21 @@ const MaxRoundHorizon = 24 * time.Hour
 // 2020-03-02 from 00:00 drifted 40 trace hours into dirtier days).
 const MinWaitGain = 0.05
 
+// DeadlineMargin is the part of the remaining rounds' expected time a job
+// with a deadline keeps in hand: its rounds are planned as if each took
+// 1 + DeadlineMargin times the expected length, so that a few slow rounds
+// do not fail the job at its deadline.
+const DeadlineMargin = 0.25
+
+// MaxDeadlineSlots bounds the round slots PlanRound weighs before a
+// deadline; further apart deadlines group several rounds in a slot.
+const MaxDeadlineSlots = 4096
+
+// paddedRounds is the time n rounds of d take, DeadlineMargin included.
+func paddedRounds(n int, d time.Duration) time.Duration {
+	return time.Duration(float64(n) * float64(d) * (1 + DeadlineMargin))
+}
+
 // Eligible reports whether a client's battery lets it train: unknown
 // batteries, mains power and charging devices always; otherwise a level
 // of at least minBattery.
@@ -139,6 +154,20 @@ func (c RoundClient) Eligible(minBattery float64) bool {
 // over [t+Duration, t+H), ties to the earliest (now); a later start only
 // when it saves at least MinWaitGain of opening now. Looking past the
 // round keeps a wait from pushing the later rounds into a dirtier time.
+//
+// With a Deadline the job's rounds are placed like an interruptible job's
+// slots instead: the span from now to the deadline is cut into slots of
+// one round (Duration) each, the remaining rounds take the greenest slots
+// (each at its round's expected intensity, clients ranked as above; ties
+// to the earliest), and the round opens now when the slot now is among
+// them, else Start is the first chosen slot, waiting at most until the
+// latest start (Ready + Window, and the time the remaining rounds need
+// before the deadline, with DeadlineMargin in hand; when the first chosen
+// slot is later, the greenest slot up to the latest start, now on ties).
+// Expected is then the
+// mean over the chosen slots. No MinWaitGain: the deadline, not the gain,
+// keeps the job from drifting.
+//
 // It is pure: the control plane calls it on every tick while a round is
 // ready, with the latest heartbeats and forecasts, and opens the round
 // when it says Open.
@@ -170,7 +199,7 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 	rounds := max(r.Remaining, 1)
 	latest := r.Ready.Add(r.Window)
 	if !r.Deadline.IsZero() {
-		latest = minTime(latest, r.Deadline.Add(-time.Duration(rounds)*r.Duration))
+		latest = minTime(latest, r.Deadline.Add(-paddedRounds(rounds, r.Duration)))
 	}
 	if latest.Before(r.Now) {
 		latest = r.Now
@@ -192,6 +221,11 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 		for t := r.Now.Add(step); !t.After(latest); t = t.Add(step) {
 			starts = append(starts, t)
 		}
+	}
+	if !r.Deadline.IsZero() {
+		p := newRoundPlan(eligible, r, max(r.Deadline.Sub(r.Now), r.Duration))
+		p.beforeDeadline(&d, rounds, latest)
+		return d, nil
 	}
 	p := newRoundPlan(eligible, r, latest.Sub(r.Now)+horizon)
 	best, bestCost := 0, math.NaN()
@@ -217,6 +251,103 @@ func PlanRound(r RoundRequest) (RoundDecision, error) {
 		d.Clients = append(d.Clients, c.ID)
 	}
 	return d, nil
+}
+
+// beforeDeadline fills d for a job with a deadline (see PlanRound): the
+// rounds remaining take the greenest round slots before the deadline.
+func (p *roundPlan) beforeDeadline(d *RoundDecision, rounds int, latest time.Time) {
+	r := p.r
+	span := r.Deadline.Sub(r.Now)
+	width, per := r.Duration, 1
+	if n := span / r.Duration; n > MaxDeadlineSlots {
+		per = int((n + MaxDeadlineSlots - 1) / MaxDeadlineSlots)
+		width = time.Duration(per) * r.Duration
+	}
+	type slot struct {
+		i    int
+		cost float64
+		rank []RoundClient
+	}
+	var slots []slot
+	for i := 0; i == 0 || !r.Now.Add(time.Duration(i)*width+r.Duration).After(r.Deadline); i++ {
+		rank, v := p.rankAt(r.Now.Add(time.Duration(i) * width))
+		slots = append(slots, slot{i, v, rank})
+	}
+	d.AtNow, d.Intensity = slots[0].cost, slots[0].cost
+	now := slots[0]
+	sort.SliceStable(slots, func(a, b int) bool {
+		ca, cb := slots[a].cost, slots[b].cost
+		if na, nb := math.IsNaN(ca), math.IsNaN(cb); na != nb {
+			return nb // unknown last
+		} else if !na && ca != cb {
+			return ca < cb
+		}
+		return slots[a].i < slots[b].i
+	})
+	// the chosen slots hold the remaining rounds, per rounds each
+	first, open := slots[0], false
+	var sum, sumNow float64
+	n, nNow, left := 0, 0, rounds
+	for _, s := range slots {
+		if left <= 0 {
+			break
+		}
+		if s.i == 0 {
+			open = true
+		}
+		if s.i < first.i {
+			first = s
+		}
+		take := min(per, left)
+		left -= take
+		if !math.IsNaN(s.cost) {
+			sum += float64(take) * s.cost
+			n += take
+		}
+	}
+	// what opening now would cost: the slot now, then the greenest others
+	left = rounds
+	for k, s := range append([]slot{now}, slots...) {
+		if left <= 0 {
+			break
+		}
+		if s.i == 0 && k > 0 {
+			continue
+		}
+		take := min(per, left)
+		left -= take
+		if !math.IsNaN(s.cost) {
+			sumNow += float64(take) * s.cost
+			nNow += take
+		}
+	}
+	d.Expected, d.ExpectedNow = math.NaN(), math.NaN()
+	if n > 0 {
+		d.Expected = sum / float64(n)
+	}
+	if nNow > 0 {
+		d.ExpectedNow = sumNow / float64(nNow)
+	}
+	start := r.Now.Add(time.Duration(first.i) * width)
+	switch {
+	case open || !latest.After(r.Now):
+		first, start = now, r.Now
+	case start.After(latest):
+		// the first chosen slot is past the latest start: the greenest
+		// slot up to it instead (now on ties)
+		first = now
+		for _, s := range slots {
+			if t := r.Now.Add(time.Duration(s.i) * width); !t.After(latest) && !math.IsNaN(s.cost) && (math.IsNaN(first.cost) || s.cost < first.cost) {
+				first = s
+			}
+		}
+		start = r.Now.Add(time.Duration(first.i) * width)
+	}
+	d.Open = first.i == 0
+	d.Start, d.Intensity = start, first.cost
+	for _, c := range first.rank {
+		d.Clients = append(d.Clients, c.ID)
+	}
 }
 
 // roundPlan holds what PlanRound computes once per request.

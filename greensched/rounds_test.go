@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -74,9 +75,16 @@ func TestPlanRoundWaitsForGreenerWindow(t *testing.T) {
 	if d, _ = PlanRound(req); !d.Open || !d.Latest.Equal(now) {
 		t.Fatalf("deadline: %+v", d)
 	}
-	// with room for 6 rounds of 10 min before a deadline at 13:05, it waits
+	// 6 rounds of 10 min need 75 min with the margin: before a deadline
+	// at 13:05 the latest start is 11:50, before the green hour: now
 	req.Deadline = hour(13).Add(5 * time.Minute)
-	if d, _ = PlanRound(req); d.Open || !d.Latest.Equal(hour(12).Add(5*time.Minute)) {
+	if d, _ = PlanRound(req); !d.Open || !d.Latest.Equal(hour(11).Add(50*time.Minute)) {
+		t.Fatalf("deadline with room before the green hour: %+v", d)
+	}
+	// before 13:20 the latest start is 12:05: it waits for 12:00, where
+	// all six rounds fit
+	req.Deadline = hour(13).Add(20 * time.Minute)
+	if d, _ = PlanRound(req); d.Open || !d.Start.Equal(hour(12)) || !d.Latest.Equal(hour(12).Add(5*time.Minute)) || d.Expected != 60 || d.ExpectedNow != 67.5 {
 		t.Fatalf("deadline with room: %+v", d)
 	}
 }
@@ -261,5 +269,76 @@ func TestPlanRoundWaitsOnlyForAMaterialGain(t *testing.T) {
 		if d.Open != c.open {
 			t.Errorf("later %v against 100 now: open %v, want %v", c.later, d.Open, c.open)
 		}
+	}
+}
+
+// TestDeadlineRoundsTakeTheGreenestSlots drives jobs with a deadline
+// through PlanRound on random hourly forecasts, one round of 10 minutes at
+// a time, jumping to each start it names: every job finishes before its
+// deadline, and its rounds' mean intensity comes close to the greenest
+// slots' (the offline optimum over the round slots before the deadline,
+// brute force), against running the rounds back to back at once.
+func TestDeadlineRoundsTakeTheGreenestSlots(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	const dur = 10 * time.Minute
+	var sumPlan, sumOpt, sumNow float64
+	for trial := range 200 {
+		vals := make([]float64, 72)
+		v := 100 + 100*rng.Float64()
+		for i := range vals {
+			v = max(5, v+20*rng.NormFloat64())
+			vals[i] = v
+		}
+		fc := hourly(vals...)
+		rounds := 3 + rng.IntN(30)
+		start := hour(rng.IntN(12)).Add(time.Duration(rng.IntN(6)) * dur)
+		deadline := start.Add(paddedRounds(rounds, dur) + time.Duration(rng.IntN(36*60))*time.Minute)
+		at := func(t time.Time) float64 { return zoneIntensity(fc, math.NaN(), t, dur) }
+		clients := []RoundClient{{ID: "a", Zone: "Z", Intensity: math.NaN()}}
+		now, ready := start, start
+		var got float64
+		for left := rounds; left > 0; {
+			d, err := PlanRound(RoundRequest{Now: now, Ready: ready, Window: 7 * 24 * time.Hour, Deadline: deadline,
+				Remaining: left, Duration: dur, Clients: clients, Select: 1, Forecasts: map[string]Series{"Z": fc}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !d.Open {
+				if !d.Start.After(now) {
+					t.Fatalf("trial %d: waits for %s at %s", trial, d.Start, now)
+				}
+				now = d.Start
+				continue
+			}
+			got += at(now)
+			now = now.Add(dur)
+			ready = now
+			left--
+		}
+		if now.After(deadline) {
+			t.Fatalf("trial %d: %d rounds end at %s, after the deadline %s", trial, rounds, now, deadline)
+		}
+		var slots, atOnce []float64
+		for s := start; !s.Add(dur).After(deadline); s = s.Add(dur) {
+			slots = append(slots, at(s))
+		}
+		for i := range rounds {
+			atOnce = append(atOnce, slots[i])
+		}
+		sort.Float64s(slots)
+		var opt, once float64
+		for i := range rounds {
+			opt += slots[i]
+			once += atOnce[i]
+		}
+		if got < opt-1e-6 {
+			t.Fatalf("trial %d: %.1f below the optimum %.1f", trial, got, opt)
+		}
+		sumPlan, sumOpt, sumNow = sumPlan+got, sumOpt+opt, sumNow+once
+	}
+	saved, best := 1-sumPlan/sumNow, 1-sumOpt/sumNow
+	t.Logf("saved %.1f %% against running at once; the greenest slots %.1f %%", 100*saved, 100*best)
+	if saved < 0.9*best {
+		t.Fatalf("saved %.1f %%, below 90 %% of the optimum's %.1f %%", 100*saved, 100*best)
 	}
 }

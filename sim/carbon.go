@@ -76,6 +76,10 @@ type FLCarbon struct {
 	// Window is how long a ready round may wait for a greener start, in
 	// trace time; default 6h.
 	Window time.Duration
+	// Deadline, when positive, gives both jobs a deadline this long after
+	// their creation, in trace time: the scheduled job's rounds then take
+	// the greenest round slots before it (greensched.PlanRound).
+	Deadline time.Duration
 	// Slack is the job's carbon.slack (nil: coord.DefaultCarbonSlack).
 	Slack *float64
 	// MinBattery is the job's carbon.min_battery (the simulated agents
@@ -111,6 +115,8 @@ func (c *FLCarbon) setDefaults(dataSets string) error {
 		return fmt.Errorf("sim: carbon: time scale %v must be a finite number > 0", c.Scale)
 	case c.Window < 0 || c.Window > coord.MaxCarbonWindow:
 		return fmt.Errorf("sim: carbon: window %s (want 0-%s of trace time)", c.Window, coord.MaxCarbonWindow)
+	case c.Deadline < 0:
+		return fmt.Errorf("sim: carbon: deadline %s must not be negative", c.Deadline)
 	case math.IsNaN(c.MinBattery) || c.MinBattery < 0 || c.MinBattery > 1:
 		return fmt.Errorf("sim: carbon: minimum battery %v (want 0-1)", c.MinBattery)
 	case c.Slack != nil && !(*c.Slack >= 0 && *c.Slack <= 1):
@@ -130,6 +136,9 @@ type FLCarbonReport struct {
 	Window        string  `json:"window"`
 	WindowSeconds float64 `json:"window_sim_seconds"`
 	MinBattery    float64 `json:"min_battery"`
+	// Deadline is each job's deadline after its creation, in trace time
+	// ("" for none).
+	Deadline string `json:"deadline,omitempty"`
 	// Slack is the scheduled job's carbon.slack.
 	Slack    float64 `json:"slack"`
 	Forecast string  `json:"forecast"`
@@ -341,6 +350,9 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 	cr := &FLCarbonReport{TraceStart: c.o.Start.Format(time.DateTime), TimeScale: c.o.Scale, Window: c.o.Window.String(),
 		WindowSeconds: round(c.o.Window.Seconds() / c.o.Scale), MinBattery: c.o.MinBattery,
 		Forecast: "perfect: the zones' traces on the sim's clock", PowerW: carbonPowerW, Fraction: spec.Fraction}
+	if c.o.Deadline > 0 {
+		cr.Deadline = c.o.Deadline.String()
+	}
 	cr.Slack = coord.DefaultCarbonSlack
 	if c.o.Slack != nil {
 		cr.Slack = *c.o.Slack
@@ -359,6 +371,9 @@ func (f *Fleet) runCarbon(ctx context.Context, o FLOptions, spec coord.Spec, rep
 		t0 := time.Now()
 		if err := c.reset(t0); err != nil {
 			return err
+		}
+		if c.o.Deadline > 0 {
+			sp.Deadline = t0.Add(time.Duration(float64(c.o.Deadline) / c.o.Scale))
 		}
 		job, err := f.cp.client.CreateFLJob(ctx, sp)
 		if err != nil {

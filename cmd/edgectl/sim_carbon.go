@@ -35,7 +35,9 @@ seconds (default 1200). The control plane's forecasts are the same traces
 unscheduled (rounds open when ready, seeded random draw of --fraction of the
 clients), then with carbon: {window: --carbon-window of trace time,
 min_battery, slack: --carbon-slack} (clients rotate by participation credit,
-cleaner zones first within the slack). The report gives each job's grams CO2eq
+cleaner zones first within the slack). --carbon-deadline gives both jobs a
+deadline (trace time after their creation): the scheduled job's rounds then
+take the greenest round slots before it, not one block. The report gives each job's grams CO2eq
 and Wh per round (power of the agents' default profile at full utilisation ×
 each accepted training's wall time × its zone's intensity at the training's
 midpoint), the saving in percent, the fewest and most trainings of a client,
@@ -49,6 +51,7 @@ func (s *simCarbonFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&s.start, "carbon-start", "2020-03-01 00:00", "--carbon: the trace instant each job starts at, YYYY-MM-DD HH:MM (trace wall-clock time)")
 	f.StringVar(&s.traces, "carbon-traces", "", "--carbon: directory of the zones' traces (default DATASETS/carbon)")
 	f.DurationVar(&s.c.Window, "carbon-window", sim.DefaultCarbonWindow, "--carbon: how long a ready round may wait for a greener start, in trace time")
+	f.DurationVar(&s.c.Deadline, "carbon-deadline", 0, "--carbon: give both jobs a deadline this long after their creation, in trace time; the scheduled job's rounds then take the greenest round slots before it (0: none)")
 	f.Float64Var(&s.slack, "carbon-slack", coord.DefaultCarbonSlack, "--carbon: the job's carbon.slack (0-1): the part of its turns a client may give up to clients in cleaner zones (0: strict rotation)")
 	f.Float64Var(&s.c.MinBattery, "carbon-min-battery", 0.2, "--carbon: the job's carbon.min_battery (the simulated agents are mains powered)")
 }
@@ -57,7 +60,7 @@ func (s *simCarbonFlags) register(f *pflag.FlagSet) {
 // --time-scale when given.
 func (s *simCarbonFlags) options(fs *pflag.FlagSet, scale float64) (*sim.FLCarbon, error) {
 	if !s.on {
-		for _, n := range []string{"carbon-start", "carbon-traces", "carbon-window", "carbon-min-battery", "carbon-slack"} {
+		for _, n := range []string{"carbon-start", "carbon-traces", "carbon-window", "carbon-deadline", "carbon-min-battery", "carbon-slack"} {
 			if fs.Changed(n) {
 				return nil, cli.Usagef("--%s needs --carbon", n)
 			}
@@ -85,6 +88,9 @@ func (s *simCarbonFlags) options(fs *pflag.FlagSet, scale float64) (*sim.FLCarbo
 func printSimCarbon(w io.Writer, r *sim.FLCarbonReport) {
 	fmt.Fprintf(w, "\ncarbon: zones %v from %s, ×%g (window %s = %.1f s), forecast %s, %g W per training client, fraction %g, slack %g\n",
 		r.Zones, r.TraceStart, r.TimeScale, r.Window, r.WindowSeconds, r.Forecast, r.PowerW, r.Fraction, r.Slack)
+	if r.Deadline != "" {
+		fmt.Fprintf(w, "deadline: %s of trace time after each job's creation\n", r.Deadline)
+	}
 	parts := []string{}
 	for p := range r.Comparison.AccuracyDiffPoints {
 		parts = append(parts, p)
