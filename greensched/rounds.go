@@ -158,8 +158,12 @@ func (c RoundClient) Eligible(minBattery float64) bool {
 // With a Deadline the job's rounds are placed like an interruptible job's
 // slots instead: the span from now to the deadline is cut into slots of
 // one round (Duration) each, the remaining rounds take the greenest slots
-// (each at its round's expected intensity, clients ranked as above; ties
-// to the earliest), and the round opens now when the slot now is among
+// (each at the mean intensity of all eligible clients' zones over it: the
+// rotation gives every client its share, so which clients a later round
+// takes is not known now, and pricing later rounds by the clients ranked
+// first today would defer the owed clients of dirty zones into a crunch
+// before the deadline; ties to the earliest), and the round opens now
+// when the slot now is among
 // them, else Start is the first chosen slot, waiting at most until the
 // latest start (Ready + Window, and the time the remaining rounds need
 // before the deadline, with DeadlineMargin in hand; when the first chosen
@@ -266,14 +270,11 @@ func (p *roundPlan) beforeDeadline(d *RoundDecision, rounds int, latest time.Tim
 	type slot struct {
 		i    int
 		cost float64
-		rank []RoundClient
 	}
 	var slots []slot
 	for i := 0; i == 0 || !r.Now.Add(time.Duration(i)*width+r.Duration).After(r.Deadline); i++ {
-		rank, v := p.rankAt(r.Now.Add(time.Duration(i) * width))
-		slots = append(slots, slot{i, v, rank})
+		slots = append(slots, slot{i, p.fleetMean(r.Now.Add(time.Duration(i)*width), r.Duration)})
 	}
-	d.AtNow, d.Intensity = slots[0].cost, slots[0].cost
 	now := slots[0]
 	sort.SliceStable(slots, func(a, b int) bool {
 		ca, cb := slots[a].cost, slots[b].cost
@@ -329,6 +330,8 @@ func (p *roundPlan) beforeDeadline(d *RoundDecision, rounds int, latest time.Tim
 		d.ExpectedNow = sumNow / float64(nNow)
 	}
 	start := r.Now.Add(time.Duration(first.i) * width)
+	rank, atNow := p.rankAt(r.Now)
+	d.AtNow = atNow
 	switch {
 	case open || !latest.After(r.Now):
 		first, start = now, r.Now
@@ -344,10 +347,31 @@ func (p *roundPlan) beforeDeadline(d *RoundDecision, rounds int, latest time.Tim
 		start = r.Now.Add(time.Duration(first.i) * width)
 	}
 	d.Open = first.i == 0
-	d.Start, d.Intensity = start, first.cost
-	for _, c := range first.rank {
+	d.Start, d.Intensity = start, atNow
+	if !d.Open {
+		rank, d.Intensity = p.rankAt(start)
+	}
+	for _, c := range rank {
 		d.Clients = append(d.Clients, c.ID)
 	}
+}
+
+// fleetMean is the mean over the eligible clients of their zones'
+// intensity over [t, t+d) (NaN: none known): a round's expected intensity
+// when the rotation gives every client its share.
+func (p *roundPlan) fleetMean(t time.Time, d time.Duration) float64 {
+	var sum float64
+	n := 0
+	for _, c := range p.clients {
+		if v := p.intensity(c, t, d); !math.IsNaN(v) {
+			sum += v
+			n++
+		}
+	}
+	if n == 0 {
+		return math.NaN()
+	}
+	return sum / float64(n)
 }
 
 // roundPlan holds what PlanRound computes once per request.

@@ -82,9 +82,11 @@ func TestPlanRoundWaitsForGreenerWindow(t *testing.T) {
 		t.Fatalf("deadline with room before the green hour: %+v", d)
 	}
 	// before 13:20 the latest start is 12:05: it waits for 12:00, where
-	// all six rounds fit
+	// all six rounds fit; the slots are priced at every eligible client's
+	// zone alike, (20 + 100 + 300 + 300) / 4 = 180 at 12:00 and 202.5 now,
+	// and the round at 12:00 takes c and d (60)
 	req.Deadline = hour(13).Add(20 * time.Minute)
-	if d, _ = PlanRound(req); d.Open || !d.Start.Equal(hour(12)) || !d.Latest.Equal(hour(12).Add(5*time.Minute)) || d.Expected != 60 || d.ExpectedNow != 67.5 {
+	if d, _ = PlanRound(req); d.Open || !d.Start.Equal(hour(12)) || !d.Latest.Equal(hour(12).Add(5*time.Minute)) || d.Expected != 180 || d.ExpectedNow != 183.75 || d.Intensity != 60 {
 		t.Fatalf("deadline with room: %+v", d)
 	}
 }
@@ -340,5 +342,56 @@ func TestDeadlineRoundsTakeTheGreenestSlots(t *testing.T) {
 	t.Logf("saved %.1f %% against running at once; the greenest slots %.1f %%", 100*saved, 100*best)
 	if saved < 0.9*best {
 		t.Fatalf("saved %.1f %%, below 90 %% of the optimum's %.1f %%", 100*saved, 100*best)
+	}
+}
+
+// TestDeadlineRoundsPriceTheRotation drives a job with a deadline and one
+// client of two per round, rotated by credit as the coordinator does: the
+// DE client's turns cannot be priced away, so the plan must not defer them
+// into the dirty end of the span. Pricing each later slot by the clients
+// ranked first today failed this (with slack 1 the FR client ranks first
+// wherever DE is dirty, so the dirty hours looked cheap; the DE turns
+// then ran there).
+func TestDeadlineRoundsPriceTheRotation(t *testing.T) {
+	const dur = 10 * time.Minute
+	de, fr := hourly(make([]float64, 30)...), hourly(make([]float64, 30)...)
+	for i := range de.Points {
+		de.Points[i].Intensity, fr.Points[i].Intensity = 100, 50
+		if i >= 12 {
+			de.Points[i].Intensity = 400
+		}
+		if i >= 2 && i < 4 {
+			de.Points[i].Intensity = 90 // a little greener a bit later
+		}
+	}
+	clients := []RoundClient{{ID: "de", Zone: "DE", Intensity: math.NaN()}, {ID: "fr", Zone: "FR", Intensity: math.NaN()}}
+	credit := map[string]float64{}
+	now, deadline, rounds := hour(0), hour(24), 20
+	var sum float64
+	for left := rounds; left > 0; {
+		d, err := PlanRound(RoundRequest{Now: now, Ready: now, Window: 7 * 24 * time.Hour, Deadline: deadline, Remaining: left,
+			Duration: dur, Clients: clients, Select: 1, Forecasts: map[string]Series{"DE": de, "FR": fr}, Credit: credit, Slack: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.Open {
+			now = d.Start
+			continue
+		}
+		sel := d.Clients[0]
+		for _, c := range clients {
+			credit[c.ID] += 0.5
+		}
+		credit[sel]--
+		sum += d.Intensity
+		now = now.Add(dur)
+		left--
+	}
+	if now.After(deadline) {
+		t.Fatalf("done at %s, after the deadline", now)
+	}
+	// each client trains 10 times: DE at 90-100, FR at 50
+	if mean := sum / float64(rounds); mean > 76 {
+		t.Fatalf("mean round intensity %.1f g/kWh, want the DE turns before the dirty hours (at most 76)", mean)
 	}
 }

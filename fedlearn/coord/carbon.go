@@ -101,19 +101,32 @@ func (c *Coordinator) NextRound() int {
 	return c.st.Done + 1
 }
 
-// RoundDuration is the median length of the job's aggregated training
-// rounds (State.RoundSeconds), the round timeout before any.
+// RoundDuration is the time a round takes from one opening to the next
+// when nothing waits: the median length of the job's aggregated training
+// rounds (State.RoundSeconds) plus the median time from a round's close
+// to the driver's next tick (State.GapSeconds); the round timeout before
+// any round. (In the sim, rounds of 0.53 s opened every 0.65 s with a
+// 100 ms tick; a plan over 0.53 s ran out of green slots.)
 func (c *Coordinator) RoundDuration() time.Duration {
-	s := slices.Clone(c.st.RoundSeconds)
-	if len(s) == 0 {
+	if len(c.st.RoundSeconds) == 0 {
 		return time.Duration(c.spec.RoundTimeout)
 	}
+	m := median(c.st.RoundSeconds) + median(c.st.GapSeconds)
+	return max(time.Duration(m*float64(time.Second)), time.Millisecond)
+}
+
+// median is the median of vs (0 for none).
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
 	slices.Sort(s)
 	m := s[len(s)/2]
 	if len(s)%2 == 0 {
 		m = (s[len(s)/2-1] + m) / 2
 	}
-	return max(time.Duration(m*float64(time.Second)), time.Millisecond)
+	return m
 }
 
 // RoundOpen reports whether a round attempt is in progress (between

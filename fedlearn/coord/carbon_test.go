@@ -65,8 +65,9 @@ func TestCarbonSpecErrors(t *testing.T) {
 
 // TestCarbonCreditAndRoundSeconds: opening a carbon round moves each
 // available agent's credit by its share and each selected one's by -1;
-// aggregated rounds' lengths give RoundDuration (median; the timeout
-// before any); both survive State and Restore.
+// aggregated rounds' lengths and the gaps from their close to the next
+// tick give RoundDuration (median of each; the timeout before any); both
+// survive State and Restore.
 func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 	sp := testSpec()
 	sp.Rounds, sp.MinAvailable, sp.MinFit, sp.Fraction = 4, 2, 1, 0.5
@@ -111,8 +112,10 @@ func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 		}
 	}
 	run(t0.Add(2*time.Minute), 20, "c", "a")
-	if d := c.RoundDuration(); d != 20*time.Second {
-		t.Fatalf("median of 10, 30, 20 s: %v", d)
+	// rounds of 10, 30, 20 s; the ticks after the first two came 50 and
+	// 30 s after their close
+	if d := c.RoundDuration(); d != 60*time.Second {
+		t.Fatalf("median round 20 s + median gap 40 s: %v", d)
 	}
 	st := c.State()
 	b, err := json.Marshal(st)
@@ -127,15 +130,15 @@ func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !maps.Equal(r.Credit(), c.Credit()) || r.RoundDuration() != 20*time.Second || r.NextRound() != 4 {
+	if !maps.Equal(r.Credit(), c.Credit()) || r.RoundDuration() != 60*time.Second || r.NextRound() != 4 {
 		t.Fatalf("restored credit %v duration %v next %d", r.Credit(), r.RoundDuration(), r.NextRound())
 	}
 	// without the carbon option nothing is kept
 	sp.Carbon = nil
 	c2, _ := New("j", sp)
 	c2.Tick(t0, []string{"a", "b"})
-	if st := c2.State(); st.Credit != nil || st.RoundSeconds != nil {
-		t.Fatalf("credit %v seconds %v without carbon", st.Credit, st.RoundSeconds)
+	if st := c2.State(); st.Credit != nil || st.RoundSeconds != nil || st.GapSeconds != nil {
+		t.Fatalf("credit %v seconds %v gaps %v without carbon", st.Credit, st.RoundSeconds, st.GapSeconds)
 	}
 }
 

@@ -129,6 +129,12 @@ type State struct {
 	// RoundSeconds are the lengths of a carbon job's aggregated training
 	// rounds, in order (RoundDuration).
 	RoundSeconds []float64 `json:"round_seconds,omitempty"`
+	// GapSeconds are, for the same rounds, the time from a round's close
+	// to the driver's next tick (when the next round could open);
+	// LastClosed is the close of the last aggregated round until that
+	// tick.
+	GapSeconds []float64 `json:"gap_seconds,omitempty"`
+	LastClosed time.Time `json:"last_closed,omitzero"`
 }
 
 // Privacy is the privacy a DP job has spent.
@@ -409,6 +415,7 @@ func (c *Coordinator) State() State {
 	st.NoiseKey = slices.Clone(st.NoiseKey)
 	st.Credit = maps.Clone(st.Credit)
 	st.RoundSeconds = slices.Clone(st.RoundSeconds)
+	st.GapSeconds = slices.Clone(st.GapSeconds)
 	return st
 }
 
@@ -492,6 +499,11 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 			return nil
 		}
 		return c.close(now, "round timeout")
+	}
+	if c.spec.Carbon != nil && !c.st.LastClosed.IsZero() {
+		// the first tick after a round closed (RoundDuration)
+		c.st.GapSeconds = append(c.st.GapSeconds, max(now.Sub(c.st.LastClosed), 0).Seconds())
+		c.st.LastClosed = time.Time{}
 	}
 	var avail []string
 	if c.spec.Carbon != nil {
@@ -703,6 +715,7 @@ func (c *Coordinator) aggregated(now time.Time, r *Round, global []float64, why 
 	}
 	if c.spec.Carbon != nil {
 		c.st.RoundSeconds = append(c.st.RoundSeconds, r.Closed.Sub(r.Opened).Seconds())
+		c.st.LastClosed = r.Closed
 	}
 	c.st.Done++
 	c.st.Retries = 0
