@@ -105,3 +105,51 @@ func TestRunFLCarbon(t *testing.T) {
 		t.Errorf("an agent trained %d times in the scheduled job, want each at most once (5 rounds, 6 agents)", c.Scheduled.ClientTrainingsMax)
 	}
 }
+
+// TestRunFLCarbonDeadline: with a deadline, the scheduled job's rounds
+// take the greenest slots before it and the job is done in time, though
+// its window would let a round wait for the greener night of 2020-03-02
+// (the plan without the deadline goes there and ends after it); every
+// agent trains every round, so only the time differs.
+func TestRunFLCarbonDeadline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and trains twice: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	flDataSets(t, filepath.Join("carbon", CarbonZones[0].File))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Date(2020, 3, 2, 12, 0, 0, 0, time.UTC)
+	rep, err := RunFL(ctx, FLOptions{
+		Dataset: datasets.Occupancy, Agents: 6, Rounds: 5, Seed: 1,
+		Reference: map[string]float64{"datatest": 0.979, "datatest2": 0.992},
+		DataSets:  sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
+		Carbon: &FLCarbon{Start: start, Scale: 4800, Window: 24 * time.Hour, Deadline: 6 * time.Hour},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Carbon
+	for _, run := range []FLCarbonRun{c.Unscheduled, c.Scheduled} {
+		for _, r := range run.Rounds {
+			t.Logf("%s round %d/%d %s opened %s, %.1f g/kWh", run.Job, r.Round, r.Attempt, r.Phase, r.Opened, r.Intensity)
+		}
+		t.Logf("%s: %s, %d rounds, %.1f g/kWh, trace %s to %s", run.Job, run.Status, run.Aggregated, run.Intensity, run.TraceFrom, run.TraceTo)
+	}
+	if c.Unscheduled.Status != coord.JobDone || c.Scheduled.Status != coord.JobDone || c.Scheduled.Aggregated != 5 {
+		t.Fatalf("jobs %s (%s) and %s (%s), %d rounds aggregated by the scheduled one, want both done, 5", c.Unscheduled.Status, c.Unscheduled.Reason, c.Scheduled.Status, c.Scheduled.Reason, c.Scheduled.Aggregated)
+	}
+	if c.Deadline != "6h0m0s" {
+		t.Errorf("report's deadline %q", c.Deadline)
+	}
+	end, err := time.Parse(time.DateTime, c.Scheduled.TraceTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.After(start.Add(6 * time.Hour)) {
+		t.Errorf("the scheduled job ended at %s, after its deadline", end)
+	}
+	if c.Comparison.IntensitySavedPercent < 0 {
+		t.Errorf("saved %.1f %% of the intensity, want the greenest slots before the deadline (not below 0)", c.Comparison.IntensitySavedPercent)
+	}
+}
