@@ -28,11 +28,7 @@ import (
 // this machine. The accuracies are logged: with one client of a
 // contiguous slice per round they depend on which slices train.
 func TestRunFLCarbon(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a fleet and trains twice: skipped with -short")
-	}
-	sets := flDataSets(t, datasets.OccupancyTrainFile)
-	flDataSets(t, filepath.Join("carbon", CarbonZones[0].File))
+	sets := carbonFLSets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Date(2020, 3, 1, 0, 0, 0, 0, time.UTC)
@@ -112,11 +108,7 @@ func TestRunFLCarbon(t *testing.T) {
 // (the plan without the deadline goes there and ends after it); every
 // agent trains every round, so only the time differs.
 func TestRunFLCarbonDeadline(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a fleet and trains twice: skipped with -short")
-	}
-	sets := flDataSets(t, datasets.OccupancyTrainFile)
-	flDataSets(t, filepath.Join("carbon", CarbonZones[0].File))
+	sets := carbonFLSets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Date(2020, 3, 2, 12, 0, 0, 0, time.UTC)
@@ -152,4 +144,16 @@ func TestRunFLCarbonDeadline(t *testing.T) {
 	if c.Comparison.IntensitySavedPercent < 0 {
 		t.Errorf("saved %.1f %% of the intensity, want the greenest slots before the deadline (not below 0)", c.Comparison.IntensitySavedPercent)
 	}
+}
+
+// carbonFLSets is the data sets directory of a carbon FL run (occupancy
+// and the zones' traces); it skips with -short or without them.
+func carbonFLSets(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a fleet and trains twice: skipped with -short")
+	}
+	sets := flDataSets(t, datasets.OccupancyTrainFile)
+	flDataSets(t, filepath.Join("carbon", CarbonZones[0].File))
+	return sets
 }
