@@ -116,7 +116,7 @@ func TestRunFLCarbonDeadline(t *testing.T) {
 		Dataset: datasets.Occupancy, Agents: 6, Rounds: 5, Seed: 1,
 		Reference: map[string]float64{"datatest": 0.979, "datatest2": 0.992},
 		DataSets:  sets, DataDir: t.TempDir(), Timeout: 2 * time.Minute,
-		Carbon: &FLCarbon{Start: start, Scale: 4800, Window: 24 * time.Hour, Deadline: 6 * time.Hour},
+		Carbon: &FLCarbon{Start: start, Window: 24 * time.Hour, Deadline: 6 * time.Hour},
 	})
 	if err != nil {
 		t.Fatal(err)
