@@ -285,50 +285,42 @@ func (p *roundPlan) beforeDeadline(d *RoundDecision, rounds int, latest time.Tim
 		}
 		return slots[a].i < slots[b].i
 	})
-	// the chosen slots hold the remaining rounds, per rounds each
-	first, open := slots[0], false
-	var sum, sumNow float64
-	n, nNow, left := 0, 0, rounds
-	for _, s := range slots {
-		if left <= 0 {
-			break
+	// take fills the remaining rounds, per rounds a slot, from the slots
+	// in order (each slot once); it returns the mean cost per round (NaN:
+	// none known), whether the slot now is taken and the earliest taken
+	take := func(order []slot) (mean float64, now bool, first slot) {
+		var sum float64
+		n, left, seen := 0, rounds, map[int]bool{}
+		first = order[0]
+		for _, s := range order {
+			if left <= 0 {
+				break
+			}
+			if seen[s.i] {
+				continue
+			}
+			seen[s.i] = true
+			now = now || s.i == 0
+			if s.i < first.i {
+				first = s
+			}
+			k := min(per, left)
+			left -= k
+			if !math.IsNaN(s.cost) {
+				sum += float64(k) * s.cost
+				n += k
+			}
 		}
-		if s.i == 0 {
-			open = true
+		if n == 0 {
+			return math.NaN(), now, first
 		}
-		if s.i < first.i {
-			first = s
-		}
-		take := min(per, left)
-		left -= take
-		if !math.IsNaN(s.cost) {
-			sum += float64(take) * s.cost
-			n += take
-		}
+		return sum / float64(n), now, first
 	}
+	var open bool
+	var first slot
+	d.Expected, open, first = take(slots)
 	// what opening now would cost: the slot now, then the greenest others
-	left = rounds
-	for k, s := range append([]slot{now}, slots...) {
-		if left <= 0 {
-			break
-		}
-		if s.i == 0 && k > 0 {
-			continue
-		}
-		take := min(per, left)
-		left -= take
-		if !math.IsNaN(s.cost) {
-			sumNow += float64(take) * s.cost
-			nNow += take
-		}
-	}
-	d.Expected, d.ExpectedNow = math.NaN(), math.NaN()
-	if n > 0 {
-		d.Expected = sum / float64(n)
-	}
-	if nNow > 0 {
-		d.ExpectedNow = sumNow / float64(nNow)
-	}
+	d.ExpectedNow, _, _ = take(append([]slot{now}, slots...))
 	start := r.Now.Add(time.Duration(first.i) * width)
 	rank, atNow := p.rankAt(r.Now)
 	d.AtNow = atNow
@@ -480,18 +472,10 @@ func (p *roundPlan) expected(t time.Time, round float64, horizon time.Duration) 
 	if rest <= 0 || len(p.clients) == 0 {
 		return round
 	}
-	var sum float64
-	n := 0
-	for _, c := range p.clients {
-		if v := p.intensity(c, t.Add(p.r.Duration), rest); !math.IsNaN(v) {
-			sum += v
-			n++
-		}
-	}
-	if n == 0 {
+	later := p.fleetMean(t.Add(p.r.Duration), rest)
+	if math.IsNaN(later) {
 		return round
 	}
-	later := sum / float64(n)
 	if math.IsNaN(round) {
 		return later
 	}

@@ -105,8 +105,9 @@ func (c *Coordinator) NextRound() int {
 // when nothing waits: the median length of the job's aggregated training
 // rounds (State.RoundSeconds) plus the median time from a round's close
 // to the driver's next tick (State.GapSeconds); the round timeout before
-// any round. (In the sim, rounds of 0.53 s opened every 0.65 s with a
-// 100 ms tick; a plan over 0.53 s ran out of green slots.)
+// any round. (In the sim, with a 100 ms tick, a plan over the round
+// lengths alone ran out of green slots: its rounds opened 0.6-0.7 s
+// apart, later than it had planned, and the last ones ran in the evening.)
 func (c *Coordinator) RoundDuration() time.Duration {
 	if len(c.st.RoundSeconds) == 0 {
 		return time.Duration(c.spec.RoundTimeout)
