@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -77,7 +78,7 @@ type commitResult struct {
 	duplicates  int   // readings already stored
 	dupMessages int   // redelivered receive-time messages skipped
 	deadLetters int
-	newReadings []Reading // the readings stored, for the sink
+	newReadings []Reading // the readings stored, in arrival order, for the sink
 	devices     []DeviceSeen
 }
 
@@ -161,6 +162,17 @@ type commitScratch struct {
 	sorted   []*pendingRow
 	counts   []int
 	args     []any
+	// accepted are the readings stored, in the order they were stored
+	// (numeric ones grouped by series, older ones last), with their
+	// place in the batch: the sink gets them back in arrival order.
+	accepted []acceptedReading
+	arrival  int32 // readings of the batch seen so far
+}
+
+// acceptedReading is a stored reading and its place in the batch.
+type acceptedReading struct {
+	at int32
+	r  *Reading
 }
 
 func (c *commitScratch) reset() {
@@ -181,7 +193,24 @@ func (c *commitScratch) reset() {
 	clear(c.sorted)
 	c.sorted = c.sorted[:0]
 	c.devOrder = c.devOrder[:0]
+	clear(c.accepted)
+	c.accepted = c.accepted[:0]
+	c.arrival = 0
 	c.enc.reset()
+}
+
+// inArrivalOrder appends the accepted readings to dst in the order they
+// arrived: a sink that follows each device's readings in time (the
+// inference runtime) must not see a device's later reading of one
+// metric before its earlier reading of another.
+func (c *commitScratch) inArrivalOrder(dst []Reading) []Reading {
+	if !slices.IsSortedFunc(c.accepted, func(a, b acceptedReading) int { return cmp.Compare(a.at, b.at) }) {
+		slices.SortFunc(c.accepted, func(a, b acceptedReading) int { return cmp.Compare(a.at, b.at) })
+	}
+	for _, a := range c.accepted {
+		dst = append(dst, *a.r)
+	}
+	return dst
 }
 
 // slotOf returns the commit-local slot of a series.
@@ -311,7 +340,8 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 				if err != nil {
 					return err
 				}
-				row := pendingRow{series: ser.id, ts: r.timeUS(), slot: sc.slotOf(ser), r: r, env: e, dev: db}
+				row := pendingRow{series: ser.id, ts: r.timeUS(), slot: sc.slotOf(ser), at: sc.arrival, r: r, env: e, dev: db}
+				sc.arrival++
 				if r.Kind.numeric() {
 					if row.ts > ser.maxTS {
 						row.fresh, ser.maxTS = true, row.ts
@@ -335,6 +365,7 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 			return err
 		}
 		res.duplicates += dups
+		res.newReadings = sc.inArrivalOrder(res.newReadings)
 		res.stored = len(res.newReadings)
 		if err := s.flushAggregates(ctx, tx, sc); err != nil {
 			return err
@@ -400,7 +431,8 @@ func (s *Store) commitInto(ctx context.Context, envs []*envelope, buf []Reading)
 type pendingRow struct {
 	series, ts int64
 	slot       int32
-	fresh      bool // later than every stored reading of the series
+	at         int32 // place in the batch's arrival order
+	fresh      bool  // later than every stored reading of the series
 	r          *Reading
 	env        *envelope
 	dev        *devBatch
@@ -507,7 +539,7 @@ func (s *Store) accept(sc *commitScratch, res *commitResult, row *pendingRow) {
 	r := row.r
 	row.env.stored++
 	row.dev.readings++
-	res.newReadings = append(res.newReadings, *r)
+	sc.accepted = append(sc.accepted, acceptedReading{at: row.at, r: r})
 	sl := &sc.slots[row.slot]
 	if !sl.hasLast || row.ts >= sl.last.ts {
 		sl.last, sl.hasLast = lastVal{ts: row.ts, kind: r.Kind, value: r.Value, text: r.Text, unit: r.Unit}, true

@@ -167,6 +167,13 @@
 //
 // # Post-commit observers
 //
+// A Sink gets each commit's new readings in the order they arrived,
+// although the commit writes a batch's numeric readings grouped by
+// series: a consumer that follows each device's readings in time (the
+// model runtime predicts for a device's reading time once the next
+// reading is of another device or time) would otherwise see a device's
+// later readings of one metric before its earlier readings of another.
+//
 // A Tap is a Sink that copies the numeric readings of the metrics it is
 // given into a bounded queue for a consumer on another goroutine (the
 // model runtime). It never blocks the commit path: when its queue is

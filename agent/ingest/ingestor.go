@@ -48,7 +48,7 @@ type Commit struct {
 	Seq         int64     // outbox batch sequence, 0 when none was written
 	At          time.Time // when the commit completed
 	Messages    int       // messages committed (stored, duplicate or dead-lettered)
-	Readings    []Reading // readings newly stored
+	Readings    []Reading // readings newly stored, in the order they arrived
 	Duplicates  int       // readings ignored as already stored
 	DeadLetters int       // messages dead-lettered
 }
