@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,9 +22,11 @@ import (
 // predictions in flight (models.publish_max_in_flight 1); waves of
 // readings from 200 devices make 200 predictions at a time, far ahead of
 // the broker's acknowledgements; a subscriber on Mosquitto still receives
-// a prediction for every reading. (One reading per device per wave: the
-// runtime predicts for a device's readings that arrive together only as
-// far as its windows keep them.)
+// a prediction for every reading. Last, a backlog: as many devices the
+// runtime has not seen yet send three readings each back to back, so
+// group commits hold several reading times of a device, and each gets
+// its prediction (the runtime follows a device's readings in arrival
+// order, which the commit's sink must keep).
 func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 	mosq, err := mqtttest.Start(mqtttest.Options{Dir: t.TempDir()})
 	if errors.Is(err, mqtttest.ErrNoMosquitto) {
@@ -48,15 +51,18 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 	dev := connect("devices")
 	defer dev.Disconnect(50)
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
-	const devices, waves = 200, 10
-	// wave sends one reading of every device at base+w seconds and waits
-	// for the agent to acknowledge them.
-	wave := func(w int) {
-		toks := make([]mqtt.Token, 0, devices)
+	const devices, waves, backlog = 200, 10, 3
+	// send publishes one reading of every device (named prefix-N) at
+	// base+w seconds for each w of ws, device by device, and waits for
+	// Mosquitto to take them.
+	send := func(prefix string, ws ...int) {
+		toks := make([]mqtt.Token, 0, devices*len(ws))
 		for d := 0; d < devices; d++ {
-			i := w*devices + d
-			p := fmt.Sprintf(`{"ts":%d,"temperature":%d,"humidity":%d,"co2":%d}`, base.Add(time.Duration(w)*time.Second).Unix(), 18+i%9, 30+i%13, 420+(i*71)%900)
-			toks = append(toks, dev.Publish(fmt.Sprintf("devices/dev-%d/telemetry", d), 1, false, p))
+			for _, w := range ws {
+				i := w*devices + d
+				p := fmt.Sprintf(`{"ts":%d,"temperature":%d,"humidity":%d,"co2":%d}`, base.Add(time.Duration(w)*time.Second).Unix(), 18+i%9, 30+i%13, 420+(i*71)%900)
+				toks = append(toks, dev.Publish(fmt.Sprintf("devices/%s-%d/telemetry", prefix, d), 1, false, p))
+			}
 		}
 		for _, tok := range toks {
 			if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
@@ -64,7 +70,7 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 			}
 		}
 	}
-	wave(0)
+	send("dev", 0)
 	waitUntil(t, 10*time.Second, "devices known", func() (bool, string) {
 		devs, err := a.Devices(t.Context())
 		return err == nil && len(devs) == devices, fmt.Sprint(len(devs), err)
@@ -94,10 +100,21 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	for w := 1; w <= waves; w++ {
-		wave(w)
-		time.Sleep(100 * time.Millisecond) // the runtime takes the wave alone
+		send("dev", w)
+		// The runtime takes the wave alone: it has predicted the wave
+		// before the next one comes (a commit of several waves is the
+		// backlog's case, below).
+		waitUntil(t, 20*time.Second, "the wave predicted", func() (bool, string) {
+			v := metricLine(t, "http://"+a.APIAddr(), `edgefleet_inference_predictions_total{model="comfort"}`)
+			return v >= float64(w*devices), fmt.Sprint(v)
+		})
 	}
-	const n = devices * waves
+	ws := make([]int, backlog)
+	for k := range ws {
+		ws[k] = waves + 1 + k
+	}
+	send("late", ws...)
+	const n = devices * (waves + backlog)
 	waitUntil(t, 20*time.Second, "a prediction of every reading", func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -106,10 +123,39 @@ func TestEveryPredictionPublishedThroughMosquitto(t *testing.T) {
 		}
 		var state []string
 		for _, line := range strings.Split(metricsText(t, "http://"+a.APIAddr()), "\n") {
-			if (strings.HasPrefix(line, "edgefleet_inference_p") || strings.HasPrefix(line, "edgefleet_ingest_")) && !strings.Contains(line, "_bucket") && !strings.Contains(line, "latency") {
+			if (strings.HasPrefix(line, "edgefleet_inference_") || strings.HasPrefix(line, "edgefleet_ingest_")) && !strings.Contains(line, "_bucket") && !strings.Contains(line, "latency") {
 				state = append(state, line)
 			}
 		}
-		return false, fmt.Sprintf("%d of %d; %s", len(got), n, strings.Join(state, "; "))
+		missing := map[int]int{} // by reading time, seconds after base
+		for w := 1; w <= waves+backlog; w++ {
+			at := base.Add(time.Duration(w) * time.Second).UTC().Format(time.RFC3339Nano)
+			prefix := "dev"
+			if w > waves {
+				prefix = "late"
+			}
+			for d := 0; d < devices; d++ {
+				if !got[fmt.Sprintf("%s-%d %s", prefix, d, at)] {
+					missing[w]++
+				}
+			}
+		}
+		return false, fmt.Sprintf("%d of %d; missing by reading time %v; %s", len(got), n, missing, strings.Join(state, "; "))
 	})
+}
+
+// metricLine is the value of the sample named series (name and labels as
+// the text format prints them) on the agent's /metrics, 0 when absent.
+func metricLine(t *testing.T, base, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(metricsText(t, base), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
