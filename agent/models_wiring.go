@@ -72,9 +72,9 @@ func (a *Agent) startModels(ctx context.Context, store *ingest.Store, controlPla
 			return controlPlaneKey()
 		},
 		ControlPlaneKey: controlPlaneKey,
-		Changed: func(serving []*models.Model) {
+		Changed: func([]*models.Model) {
 			if rt := p.rt.Load(); rt != nil {
-				rt.SetModels(serving)
+				rt.Refresh()
 			}
 		},
 	}
@@ -151,7 +151,7 @@ func (a *Agent) runModels(ctx context.Context, p *modelParts, in *ingest.Ingesto
 		a.log.Info("deployed models loaded", "models", n)
 	}
 	if rt := p.rt.Load(); rt != nil {
-		rt.SetModels(p.mgr.List())
+		rt.Refresh()
 		bg, cancel := context.WithCancel(context.Background())
 		p.cancel = cancel
 		p.wg.Add(1)

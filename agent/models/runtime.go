@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,7 +63,8 @@ type Runtime struct {
 	mg  *Manager
 
 	// plan is what the serving models need, rebuilt when they change.
-	plan atomic.Pointer[plan]
+	plan      atomic.Pointer[plan]
+	refreshMu sync.Mutex // orders Refresh calls
 
 	devices map[string]*deviceWindow
 	lru     *list.List // *deviceWindow, most recently seen at the front
@@ -117,15 +119,21 @@ func NewRuntime(cfg RuntimeConfig) *Runtime {
 	if rt.log == nil {
 		rt.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	rt.SetModels(cfg.Manager.List())
+	rt.Refresh()
 	return rt
 }
 
-// SetModels rebuilds the runtime's plan for the serving models (the
-// Manager's Config.Changed) and tells the tap which metrics to queue.
-func (rt *Runtime) SetModels(serving []*Model) {
+// Refresh rebuilds the runtime's plan for the Manager's serving models
+// and tells the tap which metrics to queue; call it when they change
+// (the Manager's Config.Changed). It reads the serving models itself,
+// under its own lock, so that of two calls racing (an install's and
+// the start-up's) the later leaves the newest models in place, never a
+// list taken before the other's install.
+func (rt *Runtime) Refresh() {
+	rt.refreshMu.Lock()
+	defer rt.refreshMu.Unlock()
 	p := &plan{horizon: map[string]int64{}}
-	for _, m := range serving {
+	for _, m := range rt.mg.List() {
 		sm := &servingModel{m: m, probs: make([]float64, m.spec.Arch.Classes), count: rt.mg.m.predictions.WithLabelValues(m.spec.Name)}
 		p.models = append(p.models, sm)
 		for _, f := range m.spec.Schema.Features {

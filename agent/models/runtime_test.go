@@ -60,9 +60,9 @@ func newTestRuntime(t testing.TB, f *fedlearn.File) (*Runtime, *recorder, *Store
 	dir := t.TempDir()
 	var rt *Runtime
 	mg, _ := newTestManager(t, dir, k, nil)
-	mg.cfg.Changed = func(s []*Model) {
+	mg.cfg.Changed = func([]*Model) {
 		if rt != nil {
-			rt.SetModels(s)
+			rt.Refresh()
 		}
 	}
 	st, err := OpenStore(StoreConfig{Path: filepath.Join(dir, StoreFile), MaxRows: 50, Outbox: true})
