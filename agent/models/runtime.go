@@ -188,11 +188,18 @@ func (rt *Runtime) Process(ctx context.Context, readings []ingest.TapReading) {
 		if _, dup := rt.seen[cur]; dup {
 			return // a reading time split in the round: predicted once
 		}
-		rt.seen[cur] = struct{}{}
+		served := false
 		for _, sm := range p.models {
 			if cur.dev.serves(sm.m, cur.t) {
 				rt.predict(sm, cur, now)
+				served = true
 			}
+		}
+		if served {
+			// Not before: a new device's first reading time, split
+			// around another device's readings, is served once its
+			// later part brings the metrics still missing.
+			rt.seen[cur] = struct{}{}
 		}
 	}
 	for i := range readings {

@@ -311,3 +311,28 @@ func TestRuntimeBurstEqualsOneByOne(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntimeNewDeviceSplitReadingTime: a device the runtime has not
+// seen sends its first reading time in two parts with another device's
+// reading between them, all in one round; it gets one prediction, as
+// it would with the parts in rounds of their own.
+func TestRuntimeNewDeviceSplitReadingTime(t *testing.T) {
+	rt, rec, st, _ := newTestRuntime(t, testFile(t, "1", 3))
+	rt.Process(context.Background(), []ingest.TapReading{
+		reading("room-9", "temperature", 0, 21),
+		reading("room-1", "temperature", 0, 20),
+		reading("room-9", "humidity", 0, 35),
+		reading("room-9", "co2", 0, 500),
+	})
+	publishAll(t, st, rec)
+	if len(rec.msgs) != 1 {
+		t.Fatalf("%d predictions, want room-9's one", len(rec.msgs))
+	}
+	var p published
+	if err := json.Unmarshal(rec.msgs[0].Payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Device != "room-9" {
+		t.Fatalf("prediction for %+v", p)
+	}
+}
