@@ -69,9 +69,6 @@ type flJob struct {
 	c         *coord.Coordinator
 	bytesUp   int64
 	bytesDown int64
-	// ready is when the next round became ready to open (carbon jobs:
-	// the start of its window; zero while a round is open).
-	ready time.Time
 }
 
 func newFLState() *flState {

@@ -50,11 +50,13 @@ const carbonForecastTimeout = 5 * time.Second
 // (coord.Coordinator.RoundDuration). f.mu is held.
 func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, avail []string, now time.Time) []string {
 	if j.c.RoundOpen() {
-		j.ready = time.Time{}
 		return avail
 	}
-	if j.ready.IsZero() {
-		j.ready = now
+	// the start of the round's window, stored with the job: a restart
+	// does not give a waiting round a new window
+	ready := j.c.ReadySince()
+	if ready.IsZero() {
+		ready = j.rec.Created
 	}
 	byID := make(map[string]cpapi.Agent, len(agents))
 	for _, a := range agents {
@@ -70,7 +72,7 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 	}
 	dur := j.c.RoundDuration()
 	req := greensched.RoundRequest{
-		Now: now, Ready: j.ready, Window: time.Duration(j.spec.Carbon.Window), Deadline: j.spec.Deadline,
+		Now: now, Ready: ready, Window: time.Duration(j.spec.Carbon.Window), Deadline: j.spec.Deadline,
 		Remaining: j.c.Remaining(), Duration: dur, Clients: clients,
 		Select: max(1, j.c.ClientCount(len(clients))), MinBattery: j.spec.Carbon.MinBattery,
 		Forecasts: map[string]greensched.Series{},
@@ -111,7 +113,7 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 		s.log.Info("fl carbon: clients left out", "job", j.rec.ID, "excluded", d.Excluded)
 	}
 	if !math.IsNaN(d.Intensity) {
-		s.log.Info("fl carbon: round opens", "job", j.rec.ID, "intensity", d.Intensity, "expected", d.Expected, "round_length", dur, "waited", now.Sub(j.ready))
+		s.log.Info("fl carbon: round opens", "job", j.rec.ID, "intensity", d.Intensity, "expected", d.Expected, "round_length", dur, "waited", now.Sub(ready))
 	}
 	return d.Clients
 }

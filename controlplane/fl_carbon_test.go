@@ -176,3 +176,90 @@ func TestFLCarbonRotationSurvivesRestart(t *testing.T) {
 		}
 	}
 }
+
+// stepForecasts are zones' forecasts from a function of the time.
+type stepForecasts func(zone string, t time.Time) float64
+
+func (f stepForecasts) Forecast(_ context.Context, zone string, from, to time.Time) (greensched.Series, error) {
+	s := greensched.Series{Zone: zone, Step: 30 * time.Minute}
+	for t := from.Truncate(30 * time.Minute); t.Before(to); t = t.Add(30 * time.Minute) {
+		s.Points = append(s.Points, greensched.Point{Time: t, Intensity: f(zone, t)})
+	}
+	return s, nil
+}
+
+// TestFLCarbonWindowSurvivesRestart: a carbon job's round waits, within
+// its 3-hour window from the job's creation, for the greener half hour
+// 2 h on; a control plane restart while it waits does not give the round
+// a new window, in which the still greener half hour 4 h on would win:
+// the round opens at 2 h.
+func TestFLCarbonWindowSurvivesRestart(t *testing.T) {
+	var t0 time.Time
+	fc := stepForecasts(func(_ string, t time.Time) float64 {
+		switch d := t.Sub(t0); {
+		case d >= 2*time.Hour && d < 150*time.Minute:
+			return 50
+		case d >= 4*time.Hour && d < 270*time.Minute:
+			return 10
+		}
+		return 100
+	})
+	e := newKeyEnv(t, func(c *Config) {
+		c.Keys.DevUnseal = true
+		c.FL.Tick = time.Hour
+		c.FL.Carbon = fc
+	})
+	ctx := e.ctx()
+	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
+	t0 = e.clock.Now()
+	agents := flTestAgents(t, e, "flwin", 2, 80)
+	beat := func() {
+		t.Helper()
+		v := 100.0
+		for _, a := range agents {
+			hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: "FR", Intensity: &v}}}
+			if _, err := a.client.Heartbeat(ctx, hb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	beat()
+	sp := flTestSpec("fl-window", 1)
+	sp.Schema.Features[0].Std = 1
+	sp.MinAvailable, sp.MinFit = 2, 2
+	sp.RoundTimeout = fedlearn.Duration(10 * time.Minute)
+	sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour)}
+	job, err := e.admin.CreateFLJob(ctx, sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() *cpapi.FLRoundState {
+		t.Helper()
+		beat()
+		e.srv.FLTick()
+		j, err := e.admin.GetFLJob(ctx, job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.Current
+	}
+	for range 3 { // 0, 30, 60 min
+		if r := open(); r != nil {
+			t.Fatalf("round opened at %s, before the greener half hour", r.Opened.Sub(t0))
+		}
+		e.clock.Advance(30 * time.Minute)
+	}
+	e.restart()
+	reconnect(t, e, agents)
+	ctx = e.ctx()
+	for e.clock.Now().Sub(t0) < 5*time.Hour { // 90 min on
+		if r := open(); r != nil {
+			if got := r.Opened.Sub(t0); got != 2*time.Hour {
+				t.Fatalf("round opened at %s, want 2h0m0s (the window's greenest start)", got)
+			}
+			return
+		}
+		e.clock.Advance(30 * time.Minute)
+	}
+	t.Fatal("no round opened")
+}

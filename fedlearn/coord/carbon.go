@@ -134,6 +134,20 @@ func median(vs []float64) float64 {
 // rounds, the next one is ready to open).
 func (c *Coordinator) RoundOpen() bool { return c.st.Current != nil }
 
+// between notes, for a carbon job, that the round attempt in progress
+// closed at now (State.Ready).
+func (c *Coordinator) between(now time.Time) {
+	if c.spec.Carbon != nil {
+		c.st.Ready = now
+	}
+}
+
+// ReadySince is when the next round became ready to open: the close of
+// the job's last round or attempt (State.Ready); zero before its first
+// round (the caller counts from the job's creation), while a round is
+// open, and for a job without a carbon option.
+func (c *Coordinator) ReadySince() time.Time { return c.st.Ready }
+
 // Remaining is the number of rounds still to aggregate.
 func (c *Coordinator) Remaining() int { return c.spec.Rounds - c.st.Done }
 

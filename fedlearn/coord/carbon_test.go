@@ -163,3 +163,64 @@ func TestCarbonStatsRoundTakesNoTurn(t *testing.T) {
 		t.Fatalf("credit %v after the statistics round opened", cr)
 	}
 }
+
+// TestCarbonReadySince: a carbon job keeps when its next round became
+// ready (the close of the last round or attempt, failed ones too) in its
+// state, so that a restart does not start a waiting round's window again;
+// zero while a round is open and for jobs without the carbon option.
+func TestCarbonReadySince(t *testing.T) {
+	sp := testSpec()
+	sp.Rounds, sp.MinAvailable, sp.MinFit = 3, 2, 2
+	sp.Carbon = &Carbon{}
+	c, err := New("j", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.ReadySince(); !r.IsZero() {
+		t.Fatalf("ready %v before the first round", r)
+	}
+	ev := c.Tick(t0, []string{"a", "b"})
+	if len(ev) != 1 || ev[0].Kind != EvRoundOpened || !c.ReadySince().IsZero() {
+		t.Fatalf("events %v, ready %v with a round open", kinds(ev), c.ReadySince())
+	}
+	closed := t0.Add(10 * time.Second)
+	for _, a := range ev[0].Round.Selected {
+		c.Offer(closed, Submission{Agent: a, Round: 1, Delta: delta(1), Examples: 1})
+	}
+	if r := c.ReadySince(); !r.Equal(closed) {
+		t.Fatalf("ready %v after the round closed at %v", r, closed)
+	}
+	b, err := json.Marshal(c.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back State
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Restore(c.Spec(), back, nil)
+	if err != nil || !r.ReadySince().Equal(closed) {
+		t.Fatalf("restored ready %v (%v), want %v", r.ReadySince(), err, closed)
+	}
+	// the next round's attempt fails at its timeout: ready from then
+	opened := t0.Add(time.Minute)
+	if ev := c.Tick(opened, []string{"a", "b"}); len(ev) != 1 || ev[0].Kind != EvRoundOpened {
+		t.Fatalf("events %v", kinds(ev))
+	}
+	failed := opened.Add(time.Duration(sp.RoundTimeout))
+	if ev := c.Tick(failed, []string{"a", "b"}); len(ev) == 0 || ev[0].Kind != EvRoundFailed {
+		t.Fatalf("events %v at the timeout", kinds(ev))
+	}
+	if r := c.ReadySince(); !r.Equal(failed) {
+		t.Fatalf("ready %v after the attempt failed at %v", r, failed)
+	}
+	sp.Carbon = nil
+	c2, _ := New("j", sp)
+	ev = c2.Tick(t0, []string{"a", "b"})
+	for _, a := range ev[0].Round.Selected {
+		c2.Offer(closed, Submission{Agent: a, Round: 1, Delta: delta(1), Examples: 1})
+	}
+	if c2.RoundOpen() || !c2.ReadySince().IsZero() {
+		t.Fatalf("open %v, ready %v without carbon", c2.RoundOpen(), c2.ReadySince())
+	}
+}

@@ -135,6 +135,12 @@ type State struct {
 	// tick.
 	GapSeconds []float64 `json:"gap_seconds,omitempty"`
 	LastClosed time.Time `json:"last_closed,omitzero"`
+	// Ready is, for a carbon job between rounds, when the next round
+	// became ready to open: the close of the last round or attempt; zero
+	// before the first and while a round is open (ReadySince). Stored,
+	// so that a round waiting for a greener start keeps its window
+	// across a restart.
+	Ready time.Time `json:"ready,omitzero"`
 }
 
 // Privacy is the privacy a DP job has spent.
@@ -553,6 +559,7 @@ func (c *Coordinator) Tick(now time.Time, available []string) []Event {
 		r.Q = q
 	}
 	c.st.Current = r
+	c.st.Ready = time.Time{}
 	c.clearUpdates()
 	if c.spec.SecAgg != nil && kind == RoundTrain {
 		if err := c.openSecAgg(now, r); err != nil {
@@ -717,6 +724,7 @@ func (c *Coordinator) aggregated(now time.Time, r *Round, global []float64, why 
 		c.st.RoundSeconds = append(c.st.RoundSeconds, r.Closed.Sub(r.Opened).Seconds())
 		c.st.LastClosed = r.Closed
 	}
+	c.between(now)
 	c.st.Done++
 	c.st.Retries = 0
 	c.st.Current = nil
@@ -764,6 +772,7 @@ func (c *Coordinator) closeStats(now time.Time, why string) []Event {
 	}
 	r.Phase, r.Reason = RoundAggregated, why
 	c.st.Schema = &schema
+	c.between(now)
 	c.st.Retries = 0
 	c.st.Current = nil
 	c.clearUpdates()
@@ -775,6 +784,7 @@ func (c *Coordinator) failRound(now time.Time, reason string) []Event {
 	r := c.st.Current
 	r.Phase, r.Reason = RoundFailed, reason
 	c.charge(r)
+	c.between(now)
 	c.st.Current = nil
 	c.clearUpdates()
 	c.st.Retries++
