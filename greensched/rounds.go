@@ -496,19 +496,33 @@ func tieHash(seed uint64, round int, id string) uint64 {
 }
 
 // zoneIntensity is the mean forecast intensity over [t, t+d) (the point
-// in force at t when none falls inside), else the reported one.
+// in force at t when none falls inside). Past the forecast's end, it is
+// the forecast's at the same time a whole number of days earlier (as a
+// persistence forecast would say; a provider's forecast often reaches
+// 24 h while a job's deadline is further), else the reported one.
 func zoneIntensity(f Series, reported float64, t time.Time, d time.Duration) float64 {
-	if len(f.Points) > 0 {
-		if in := f.Between(t, t.Add(d)); len(in.Points) > 0 {
-			return in.Mean()
+	if len(f.Points) == 0 {
+		return reported
+	}
+	if end := f.Points[len(f.Points)-1].Time.Add(max(f.Step, d)); !t.Before(end) {
+		back := (t.Sub(end)/persistenceDay + 1) * persistenceDay
+		if !t.Add(-back).Before(f.Points[0].Time) {
+			t = t.Add(-back)
 		}
-		i := sort.Search(len(f.Points), func(i int) bool { return f.Points[i].Time.After(t) }) - 1
-		if i >= 0 && t.Sub(f.Points[i].Time) < max(f.Step, d) {
-			return f.Points[i].Intensity
-		}
+	}
+	if in := f.Between(t, t.Add(d)); len(in.Points) > 0 {
+		return in.Mean()
+	}
+	i := sort.Search(len(f.Points), func(i int) bool { return f.Points[i].Time.After(t) }) - 1
+	if i >= 0 && t.Sub(f.Points[i].Time) < max(f.Step, d) {
+		return f.Points[i].Intensity
 	}
 	return reported
 }
+
+// persistenceDay is how far back a time past a forecast's end is looked
+// up in it.
+const persistenceDay = 24 * time.Hour
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

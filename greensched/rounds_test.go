@@ -395,3 +395,43 @@ func TestDeadlineRoundsPriceTheRotation(t *testing.T) {
 		t.Fatalf("mean round intensity %.1f g/kWh, want the DE turns before the dirty hours (at most 76)", mean)
 	}
 }
+
+// TestForecastPastItsEnd: a provider's forecast of one day, a job whose
+// deadline is later. A time past the forecast's end takes the forecast's
+// value a whole number of days earlier, so the deadline plan finds the
+// next night's green hours (26-29 h) instead of pricing every hour after
+// the forecast at the intensity the agent reports now (10 g/kWh, which
+// made the first hour past the forecast, 24 h, look greenest).
+func TestForecastPastItsEnd(t *testing.T) {
+	vals := make([]float64, 24)
+	for i := range vals {
+		vals[i] = 200
+	}
+	for i := 2; i < 6; i++ {
+		vals[i] = 20
+	}
+	fc := hourly(vals...)
+	for _, c := range []struct {
+		at   time.Time
+		want float64
+	}{
+		{hour(3), 20}, {hour(10), 200}, {hour(24), 200}, {hour(27), 20}, {hour(51), 20}, {hour(54), 200},
+	} {
+		if got := zoneIntensity(fc, 10, c.at, time.Hour); got != c.want {
+			t.Errorf("intensity at %s: %v, want %v", c.at.Sub(hour(0)), got, c.want)
+		}
+	}
+	// a forecast shorter than a day has no earlier day to repeat
+	if got := zoneIntensity(hourly(vals[:6]...), 10, hour(30), time.Hour); got != 10 {
+		t.Errorf("past a 6-hour forecast: %v, want the reported 10", got)
+	}
+	d, err := PlanRound(RoundRequest{Now: hour(6), Ready: hour(6), Window: 7 * 24 * time.Hour, Deadline: hour(40),
+		Remaining: 2, Duration: time.Hour, Clients: []RoundClient{{ID: "a", Zone: "Z", Intensity: 10}}, Select: 1,
+		Forecasts: map[string]Series{"Z": fc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Open || !d.Start.Equal(hour(26)) {
+		t.Fatalf("open %v, start %s; want to wait for 26 h", d.Open, d.Start.Sub(hour(0)))
+	}
+}
