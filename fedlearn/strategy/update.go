@@ -171,13 +171,14 @@ func check(global []float64, updates []Update, scan bool) ([]Update, error) {
 	return sorted, nil
 }
 
-// meanChunk is how many values of a delta weightedMean checks and then
-// adds while they are in the L1 cache (8 KB of float32).
-const meanChunk = 2048
-
 // weightedMean returns Σ n_i·Δ_i / Σ n_i over sorted updates (Flower's
-// aggregate), as float64. It checks the values as it reads them (one pass
-// over the deltas instead of two) and fails on the first NaN or Inf.
+// aggregate), as float64, and fails on a NaN or Inf in a delta. It does
+// not check the values as it reads them: a NaN or Inf makes its
+// coordinate's sum non-finite (weights are positive, and float32 values
+// times an int's weight cannot overflow float64, summed over any number
+// of clients), so one scan of the mean finds a bad coordinate and only
+// then are the deltas searched for the culprit (the first by client
+// name at the first bad coordinate).
 func weightedMean(sorted []Update, dim int) ([]float64, error) {
 	mean := make([]float64, dim)
 	total := 0.0
@@ -185,14 +186,15 @@ func weightedMean(sorted []Update, dim int) ([]float64, error) {
 		total += float64(u.Examples)
 	}
 	for _, u := range sorted {
-		w := float64(u.Examples)
-		for j0 := 0; j0 < dim; j0 += meanChunk {
-			j1 := min(j0+meanChunk, dim)
-			c := u.Delta[j0:j1]
-			if i := firstNonFinite(c); i >= 0 {
-				return nil, nonFinite(u, j0+i)
+		axpy32(mean, float64(u.Examples), u.Delta)
+	}
+	for j, v := range mean {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			for _, u := range sorted {
+				if x := u.Delta[j]; math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+					return nil, nonFinite(u, j)
+				}
 			}
-			axpy32(mean[j0:j1], w, c)
 		}
 	}
 	inv := 1 / total
