@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -820,24 +822,69 @@ func (s *Server) handleFLTask(w http.ResponseWriter, r *http.Request, c *call) e
 	if !answer {
 		return err
 	}
-	return s.writeFLTask(w, task, j, cur)
+	return s.writeFLTask(w, r, task, j, cur)
 }
 
-func (s *Server) writeFLTask(w http.ResponseWriter, task *cpapi.FLTask, j *flJob, cur string) error {
+// flGzipMin is the smallest task answer sent gzip-compressed to an agent
+// that accepts it (a task with the global model: tens of KB of JSON
+// numbers, about half as much compressed; Go's HTTP client asks for gzip
+// and decompresses by itself).
+const flGzipMin = 1024
+
+// writeFLTask answers a task request; the job's bytes down count the
+// body as sent.
+func (s *Server) writeFLTask(w http.ResponseWriter, r *http.Request, task *cpapi.FLTask, j *flJob, cur string) error {
 	b, err := json.Marshal(cpapi.FLTaskResponse{Task: task, Cursor: cur})
 	if err != nil {
 		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Add("Vary", "Accept-Encoding")
+	if len(b) >= flGzipMin && acceptsGzip(r.Header.Values("Accept-Encoding")) {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // a valid level: no error
+		zw.Write(b)
+		if err := zw.Close(); err != nil {
+			return err
+		}
+		b = buf.Bytes()
+		w.Header().Set("Content-Encoding", "gzip")
 	}
 	if j != nil {
 		s.fl.mu.Lock()
 		j.bytesDown += int64(len(b))
 		s.fl.mu.Unlock()
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 	return nil
+}
+
+// acceptsGzip reports whether Accept-Encoding values name gzip without
+// q=0 (a wildcard is not taken for it).
+func acceptsGzip(values []string) bool {
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			coding = strings.TrimSpace(coding)
+			if !strings.EqualFold(coding, "gzip") {
+				continue
+			}
+			q := 1.0
+			for _, p := range strings.Split(params, ";") {
+				if k, val, ok := strings.Cut(strings.TrimSpace(p), "="); ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+					if f, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+						q = f
+					}
+				}
+			}
+			if q > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // parseFLTaskHeader reads "job/round/attempt".
