@@ -1,7 +1,6 @@
 package coord
 
 import (
-	"encoding/json"
 	"maps"
 	"math"
 	"slices"
@@ -117,15 +116,7 @@ func TestCarbonCreditAndRoundSeconds(t *testing.T) {
 	if d := c.RoundDuration(); d != 60*time.Second {
 		t.Fatalf("median round 20 s + median gap 40 s: %v", d)
 	}
-	st := c.State()
-	b, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back State
-	if err := json.Unmarshal(b, &back); err != nil {
-		t.Fatal(err)
-	}
+	back, _ := jsonState(t, c)
 	r, err := Restore(c.Spec(), back, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -190,14 +181,7 @@ func TestCarbonReadySince(t *testing.T) {
 	if r := c.ReadySince(); !r.Equal(closed) {
 		t.Fatalf("ready %v after the round closed at %v", r, closed)
 	}
-	b, err := json.Marshal(c.State())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back State
-	if err := json.Unmarshal(b, &back); err != nil {
-		t.Fatal(err)
-	}
+	back, _ := jsonState(t, c)
 	r, err := Restore(c.Spec(), back, nil)
 	if err != nil || !r.ReadySince().Equal(closed) {
 		t.Fatalf("restored ready %v (%v), want %v", r.ReadySince(), err, closed)
