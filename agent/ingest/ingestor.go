@@ -686,6 +686,9 @@ const splitAfter = 3
 func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf []Reading) (commitResult, bool) {
 	backoff := 50 * time.Millisecond
 	split, unavailable := false, false
+	// what split attempts committed before one failed: the Sink and the
+	// DeviceObserver are told about those messages with the rest
+	var committed commitResult
 	for attempt := 1; ; attempt++ {
 		// Once split, always split: some messages may be committed already.
 		split = split || (attempt > splitAfter && len(batch) > 1 && !unavailable)
@@ -693,6 +696,8 @@ func (in *Ingestor) commitRetrying(ctx context.Context, batch []*envelope, buf [
 		var err error
 		if split {
 			res, err = in.commitEach(ctx, batch)
+			committed.add(res)
+			res = committed
 		} else {
 			res, err = in.store.commitInto(ctx, batch, buf)
 		}
@@ -758,17 +763,6 @@ func (in *Ingestor) setGauges() {
 // messages committed so far stay marked and are not written again.
 func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitResult, error) {
 	var total commitResult
-	add := func(r commitResult) {
-		if r.seq != 0 {
-			total.seq = r.seq
-		}
-		total.stored += r.stored
-		total.duplicates += r.duplicates
-		total.dupMessages += r.dupMessages
-		total.deadLetters += r.deadLetters
-		total.newReadings = append(total.newReadings, r.newReadings...)
-		total.devices = append(total.devices, r.devices...)
-	}
 	for _, e := range batch {
 		if e.committed {
 			continue
@@ -787,9 +781,22 @@ func (in *Ingestor) commitEach(ctx context.Context, batch []*envelope) (commitRe
 			}
 		}
 		e.committed = true
-		add(r)
+		total.add(r)
 	}
 	return total, nil
+}
+
+// add adds what commit r did to what res did (r later).
+func (res *commitResult) add(r commitResult) {
+	if r.seq != 0 {
+		res.seq = r.seq
+	}
+	res.stored += r.stored
+	res.duplicates += r.duplicates
+	res.dupMessages += r.dupMessages
+	res.deadLetters += r.deadLetters
+	res.newReadings = append(res.newReadings, r.newReadings...)
+	res.devices = append(res.devices, r.devices...)
 }
 
 // checkPressure re-evaluates the backpressure state: the store's, then

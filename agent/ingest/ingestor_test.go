@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -418,4 +419,52 @@ func TestIngestorRetentionOnClock(t *testing.T) {
 	waitFor(t, "the retention ticker", func() bool { return clk.Waiters() > 0 })
 	clk.Advance(2 * time.Hour) // the reading is now 3 hours old
 	waitFor(t, "retention", func() bool { return readings() == 0 })
+}
+
+// TestSplitCommitTellsTheSinkEverything: a batch the store refuses whole
+// is committed message by message; when the storage then fails in the
+// middle (I/O error) and the rest commits on a later attempt, the Sink
+// and the DeviceObserver still hear of every message, those committed
+// before the failure too.
+func TestSplitCommitTellsTheSinkEverything(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(StoreConfig{Path: dir + "/" + StoreFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	failedOnce := false
+	st.commitHook = func(envs []*envelope) error {
+		if len(envs) > 1 {
+			return errors.New("simulated refusal of the whole batch")
+		}
+		if !failedOnce && strings.Contains(string(envs[0].payload), `"v":5`) {
+			failedOnce = true
+			return fmt.Errorf("simulated write failure: %w", syscall.EIO)
+		}
+		return nil
+	}
+	rec := &recorder{}
+	in := newTestIngestor(t, Config{Store: st, Sink: rec, Devices: rec, BatchDelay: 200 * time.Millisecond})
+	var msgs []*fakeMsg
+	for i := 0; i < 10; i++ {
+		m := &fakeMsg{topic: "devices/a/telemetry", payload: []byte(fmt.Sprintf(`{"v":%d}`, i)), pid: uint16(i + 1)}
+		msgs = append(msgs, m)
+		if err := in.Handle(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "acknowledgements", func() bool { return allAcked(msgs) })
+	waitFor(t, "the sink", func() bool { m, _ := rec.count(); return m == 10 })
+	if !failedOnce {
+		t.Fatal("the storage failure was not simulated: the batch was not split")
+	}
+	if m, r := rec.count(); m != 10 || r != 10 {
+		t.Fatalf("the sink heard of %d messages and %d readings, want 10 and 10", m, r)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.devices["a"] != 10 {
+		t.Fatalf("devices seen %v, want a's 10 messages", rec.devices)
+	}
 }
