@@ -866,25 +866,29 @@ func (s *Server) writeFLTask(w http.ResponseWriter, r *http.Request, task *cpapi
 func acceptsGzip(values []string) bool {
 	for _, v := range values {
 		for _, part := range strings.Split(v, ",") {
-			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-			coding = strings.TrimSpace(coding)
-			if !strings.EqualFold(coding, "gzip") {
-				continue
-			}
-			q := 1.0
-			for _, p := range strings.Split(params, ";") {
-				if k, val, ok := strings.Cut(strings.TrimSpace(p), "="); ok && strings.EqualFold(strings.TrimSpace(k), "q") {
-					if f, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-						q = f
-					}
-				}
-			}
-			if q > 0 {
+			if coding, q := codingQ(part); strings.EqualFold(coding, "gzip") && q > 0 {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// codingQ reads one element of Accept-Encoding, "coding[;q=V]", and
+// its weight (1 unless a q parameter says otherwise).
+func codingQ(part string) (coding string, q float64) {
+	coding, params, _ := strings.Cut(part, ";")
+	q = 1
+	for _, p := range strings.Split(params, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "q") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+			q = f
+		}
+	}
+	return strings.TrimSpace(coding), q
 }
 
 // parseFLTaskHeader reads "job/round/attempt".

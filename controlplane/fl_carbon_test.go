@@ -22,16 +22,13 @@ type fixedForecasts struct {
 	greenFrom, greenTo time.Time
 }
 
-func (f fixedForecasts) Forecast(_ context.Context, zone string, from, to time.Time) (greensched.Series, error) {
-	s := greensched.Series{Zone: zone, Step: 30 * time.Minute}
-	for t := from.Truncate(30 * time.Minute); t.Before(to); t = t.Add(30 * time.Minute) {
-		v := f.base[zone]
+func (f fixedForecasts) Forecast(ctx context.Context, zone string, from, to time.Time) (greensched.Series, error) {
+	return stepForecasts(func(zone string, t time.Time) float64 {
 		if !t.Before(f.greenFrom) && t.Before(f.greenTo) {
-			v = f.green[zone]
+			return f.green[zone]
 		}
-		s.Points = append(s.Points, greensched.Point{Time: t, Intensity: v})
-	}
-	return s, nil
+		return f.base[zone]
+	}).Forecast(ctx, zone, from, to)
 }
 
 // TestFLCarbonRound: a job with a carbon option waits for the greener hour
@@ -177,7 +174,8 @@ func TestFLCarbonRotationSurvivesRestart(t *testing.T) {
 	}
 }
 
-// stepForecasts are zones' forecasts from a function of the time.
+// stepForecasts are zones' half-hourly forecasts from a function of the
+// zone and the time.
 type stepForecasts func(zone string, t time.Time) float64
 
 func (f stepForecasts) Forecast(_ context.Context, zone string, from, to time.Time) (greensched.Series, error) {

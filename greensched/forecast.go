@@ -29,6 +29,9 @@ func (f Static) Forecast(issued, from, to time.Time) (Series, error) {
 	return f.S.Between(from, to), nil
 }
 
+// day is a persistence forecast's lag.
+const day = 24 * time.Hour
+
 // Persistence forecasts that each time repeats the same time a day
 // earlier: the intensity at t is the truth at t − 24h, or at t − 48h, ...
 // the latest such time not after the issue time, so that the forecast only
@@ -43,7 +46,6 @@ func (f Persistence) Forecast(issued, from, to time.Time) (Series, error) {
 	if err := checkSpan(from, to); err != nil {
 		return Series{}, err
 	}
-	const day = 24 * time.Hour
 	out := Series{Zone: f.Truth.Zone, Step: f.Truth.Step}
 	for _, p := range f.Truth.Between(from.Add(-day), to.Add(-day)).Points {
 		t := p.Time.Add(day)

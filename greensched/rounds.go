@@ -505,7 +505,7 @@ func zoneIntensity(f Series, reported float64, t time.Time, d time.Duration) flo
 		return reported
 	}
 	if end := f.Points[len(f.Points)-1].Time.Add(max(f.Step, d)); !t.Before(end) {
-		back := (t.Sub(end)/persistenceDay + 1) * persistenceDay
+		back := (t.Sub(end)/day + 1) * day
 		if !t.Add(-back).Before(f.Points[0].Time) {
 			t = t.Add(-back)
 		}
@@ -519,10 +519,6 @@ func zoneIntensity(f Series, reported float64, t time.Time, d time.Duration) flo
 	}
 	return reported
 }
-
-// persistenceDay is how far back a time past a forecast's end is looked
-// up in it.
-const persistenceDay = 24 * time.Hour
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

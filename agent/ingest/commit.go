@@ -204,8 +204,9 @@ func (c *commitScratch) reset() {
 // inference runtime) must not see a device's later reading of one
 // metric before its earlier reading of another.
 func (c *commitScratch) inArrivalOrder(dst []Reading) []Reading {
-	if !slices.IsSortedFunc(c.accepted, func(a, b acceptedReading) int { return cmp.Compare(a.at, b.at) }) {
-		slices.SortFunc(c.accepted, func(a, b acceptedReading) int { return cmp.Compare(a.at, b.at) })
+	byArrival := func(a, b acceptedReading) int { return cmp.Compare(a.at, b.at) }
+	if !slices.IsSortedFunc(c.accepted, byArrival) {
+		slices.SortFunc(c.accepted, byArrival)
 	}
 	for _, a := range c.accepted {
 		dst = append(dst, *a.r)

@@ -115,13 +115,16 @@ func checkMeta(dim int, u Update) error {
 // firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
 func firstNonFinite(v []float32) int {
 	for i, x := range v {
-		// All exponent bits set: ±Inf or NaN.
-		if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+		if !finite32(x) {
 			return i
 		}
 	}
 	return -1
 }
+
+// finite32 reports whether x is neither NaN nor ±Inf (not all exponent
+// bits set).
+func finite32(x float32) bool { return math.Float32bits(x)&0x7f800000 != 0x7f800000 }
 
 func nonFinite(u Update, i int) error {
 	return &UpdateError{Client: u.Client, Reason: fmt.Sprintf("delta value %d is %v", i, u.Delta[i])}
@@ -191,7 +194,7 @@ func weightedMean(sorted []Update, dim int) ([]float64, error) {
 	for j, v := range mean {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			for _, u := range sorted {
-				if x := u.Delta[j]; math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				if !finite32(u.Delta[j]) {
 					return nil, nonFinite(u, j)
 				}
 			}
