@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 var (
@@ -53,7 +55,7 @@ func TestModel(t *testing.T) {
 	want := *modelSeqs
 	if want <= 0 {
 		want = 10000
-		if raceEnabled {
+		if testutil.RaceEnabled {
 			// SQLite under the race detector is about ten times
 			// slower, and the test runs on one goroutine: one batch
 			// shows the detector the same code paths.

@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgefleet/edgefleet/agent/devcred"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // TestBrokerLoginStorm: 10,000 connection attempts with a wrong password,
@@ -157,7 +158,7 @@ func TestBrokerLoginStorm(t *testing.T) {
 	}
 	// Under the race detector RSS is mostly its shadow memory, which is
 	// never returned (120 MB after a storm that leaves 6 MB without it).
-	if rssAfter-rssBefore > 64 && !raceEnabled {
+	if rssAfter-rssBefore > 64 && !testutil.RaceEnabled {
 		t.Errorf("RSS grew %.1f MB over the storm", rssAfter-rssBefore)
 	}
 	if goAfter > goBefore+20 {

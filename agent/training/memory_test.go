@@ -14,6 +14,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/fedlearn"
 	"github.com/edgefleet/edgefleet/internal/procstat"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // genReadings is one device whose series are computed on the fly: a
@@ -96,7 +97,10 @@ func TestMemoryBoundedByExampleCap(t *testing.T) {
 	grown := float64(peak.Load()-base) / (1 << 20)
 	t.Logf("%d examples of %d features read, %d kept: RSS %.1f MB before, peak %.1f MB (+%.1f MB)",
 		j.Data.Examples, features, j.Data.Kept, float64(base)/(1<<20), float64(peak.Load())/(1<<20), grown)
-	if grown > 16 {
+	// The bound holds for the code, not for the race detector's shadow
+	// memory (the suite's run without -race checks it; under -race it
+	// was once 16.1 MB).
+	if grown > 16 && !testutil.RaceEnabled {
 		t.Fatalf("resident memory grew by %.1f MB for a job holding 2,000 examples", grown)
 	}
 	if j.Data.Examples != n || j.Data.Kept != 2000 {
