@@ -71,6 +71,9 @@ type flJob struct {
 	c         *coord.Coordinator
 	bytesUp   int64
 	bytesDown int64
+	// shortForecast holds the zones whose forecast was seen ending before
+	// the job's deadline (warned once each; not kept over a restart).
+	shortForecast map[string]bool
 }
 
 func newFLState() *flState {

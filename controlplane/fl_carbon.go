@@ -96,6 +96,7 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 				continue
 			}
 			req.Forecasts[z] = f
+			s.warnShortForecast(j, z, f)
 		}
 		cancel()
 	}
@@ -116,6 +117,31 @@ func (s *Server) flCarbon(ctx context.Context, j *flJob, agents []cpapi.Agent, a
 		s.log.Info("fl carbon: round opens", "job", j.rec.ID, "intensity", d.Intensity, "expected", d.Expected, "round_length", dur, "waited", now.Sub(ready))
 	}
 	return d.Clients
+}
+
+// warnShortForecast says once per job and zone that the zone's forecast
+// ends before the job's deadline (a provider's forecast often reaches a
+// day, a deadline can be further): the rounds after its end are priced by
+// the forecast a whole number of days earlier, or by the intensity the
+// zone's agents report when it covers less than a day
+// (greensched.PlanRound). The job's deadline is kept all the same.
+func (s *Server) warnShortForecast(j *flJob, zone string, f greensched.Series) {
+	if j.spec.Deadline.IsZero() || j.shortForecast[zone] {
+		return
+	}
+	end := time.Time{}
+	if n := len(f.Points); n > 0 {
+		end = f.Points[n-1].Time.Add(f.Step)
+	}
+	if !end.Before(j.spec.Deadline) {
+		return
+	}
+	if j.shortForecast == nil {
+		j.shortForecast = map[string]bool{}
+	}
+	j.shortForecast[zone] = true
+	s.log.Warn("fl carbon: the zone's forecast ends before the job's deadline; later rounds are priced by the forecast a day earlier, or by the intensity its agents report",
+		"job", j.rec.ID, "zone", zone, "forecast_end", end, "deadline", j.spec.Deadline)
 }
 
 // roundClient is what the registry knows of an agent's energy.

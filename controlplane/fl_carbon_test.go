@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -260,4 +261,72 @@ func TestFLCarbonWindowSurvivesRestart(t *testing.T) {
 		e.clock.Advance(30 * time.Minute)
 	}
 	t.Fatal("no round opened")
+}
+
+// TestFLCarbonShortForecastWarned: a zone whose forecast ends before the
+// job's deadline is said once per job and zone (the later rounds are
+// priced by the forecast a day earlier); a zone whose forecast reaches the
+// deadline is not.
+func TestFLCarbonShortForecastWarned(t *testing.T) {
+	var t0 time.Time
+	full := stepForecasts(func(string, time.Time) float64 { return 100 })
+	fc := forecastFunc(func(ctx context.Context, zone string, from, to time.Time) (greensched.Series, error) {
+		if end := t0.Add(20 * time.Hour); zone == "FR" && to.After(end) {
+			to = end // a provider's day ahead
+		}
+		return full.Forecast(ctx, zone, from, to)
+	})
+	e := newKeyEnv(t, func(c *Config) {
+		c.Keys.DevUnseal = true
+		c.FL.Tick = time.Hour
+		c.FL.Carbon = fc
+	})
+	ctx := e.ctx()
+	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
+	t0 = e.clock.Now()
+	agents := flTestAgents(t, e, "flshort", 2, 90)
+	beat := func() {
+		t.Helper()
+		v := 100.0
+		for i, a := range agents {
+			zone := []string{"FR", "GB"}[i]
+			hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: zone, Intensity: &v}}}
+			if _, err := a.client.Heartbeat(ctx, hb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sp := flTestSpec("fl-short", 1)
+	sp.Schema.Features[0].Std = 1
+	sp.MinAvailable, sp.MinFit = 2, 2
+	sp.Rounds = 40
+	sp.RoundTimeout = fedlearn.Duration(10 * time.Minute)
+	sp.Deadline = t0.Add(30 * time.Hour)
+	sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour)}
+	beat()
+	if _, err := e.admin.CreateFLJob(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		beat()
+		e.srv.FLTick()
+		e.clock.Advance(30 * time.Minute)
+	}
+	const msg = "the zone's forecast ends before the job's deadline"
+	var warned []string
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(line, msg) {
+			warned = append(warned, line)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "zone=FR") {
+		t.Fatalf("warned %q, want once for FR (its forecast ends 20 h on, the deadline is 30 h on; GB's reaches it)", warned)
+	}
+}
+
+// forecastFunc is a CarbonForecaster from a function.
+type forecastFunc func(ctx context.Context, zone string, from, to time.Time) (greensched.Series, error)
+
+func (f forecastFunc) Forecast(ctx context.Context, zone string, from, to time.Time) (greensched.Series, error) {
+	return f(ctx, zone, from, to)
 }
