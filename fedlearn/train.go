@@ -209,7 +209,10 @@ func NewTrainer(a Arch, init Weights, cfg TrainConfig) (*Trainer, error) {
 			t.global = append(t.global, append([]float64(nil), p.Data...))
 		}
 	}
-	if err := t.build(init); err != nil {
+	graphMu.Lock()
+	err := t.build(init)
+	graphMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	t.pcg = rand.NewPCG(cfg.Seed, 0x73687566666c6521) // "shuffle!"
