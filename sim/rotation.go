@@ -29,11 +29,16 @@ type RotationReport struct {
 	GossipVersion         uint32 `json:"gossip_key_version"`
 	AgentsOnGossipPrimary int    `json:"agents_on_gossip_primary"`
 	// Samples counts membership checks during the phase; SplitSamples
-	// those in which some agent did not see every agent alive (must be
-	// 0: one cluster throughout).
-	Samples      int `json:"membership_samples"`
-	SplitSamples int `json:"split_samples"`
-	MinAlive     int `json:"min_alive_seen"`
+	// those in which some agent saw another dead, left or not at all
+	// (must be 0: one cluster throughout); SuspectSamples those in which
+	// some agent suspected another and none was out (memberlist suspects
+	// a slow member now and then on a loaded machine; a suspect is still
+	// a member and refutes). MinAlive is the fewest agents some agent saw
+	// alive.
+	Samples        int `json:"membership_samples"`
+	SplitSamples   int `json:"split_samples"`
+	SuspectSamples int `json:"suspect_samples"`
+	MinAlive       int `json:"min_alive_seen"`
 	// Baseline* are the same checks over a window of the same load
 	// (writes, devices) just before the first rotation, without rotating:
 	// they tell splits caused by the machine's load from those caused by
@@ -41,6 +46,7 @@ type RotationReport struct {
 	BaselineSeconds      float64 `json:"baseline_seconds"`
 	BaselineSamples      int     `json:"baseline_samples"`
 	BaselineSplitSamples int     `json:"baseline_split_samples"`
+	BaselineSuspects     int     `json:"baseline_suspect_samples"`
 	BaselineMinAlive     int     `json:"baseline_min_alive_seen"`
 	// GossipDecryptFailures is gossip traffic no installed key could
 	// open; UploadsRefused is telemetry uploads the control plane refused
@@ -98,22 +104,32 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	go func() {
 		defer wg.Done()
 		for sleep(pctx, 250*time.Millisecond) == nil {
-			split, least := false, len(f.nodes)
+			split, suspect, least := false, false, len(f.nodes)
 			for _, n := range f.nodes {
-				a := aliveCount(n.ag)
-				least = min(least, a)
-				if a != len(f.nodes) {
-					split = true
+				alive, suspected := 0, 0
+				for _, m := range n.ag.Members() {
+					switch m.State {
+					case "alive":
+						alive++
+					case "suspect":
+						suspected++
+					}
 				}
+				least = min(least, alive)
+				split = split || alive+suspected != len(f.nodes)
+				suspect = suspect || suspected > 0
 			}
-			samples, splits, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineMinAlive
+			samples, splits, suspects, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineSuspects, &rep.BaselineMinAlive
 			if rotating.Load() {
-				samples, splits, minAlive = &rep.Samples, &rep.SplitSamples, &rep.MinAlive
+				samples, splits, suspects, minAlive = &rep.Samples, &rep.SplitSamples, &rep.SuspectSamples, &rep.MinAlive
 			}
 			*samples++
 			*minAlive = min(*minAlive, least)
-			if split {
+			switch {
+			case split:
 				*splits++
+			case suspect:
+				*suspects++
 			}
 		}
 	}()
@@ -165,7 +181,7 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	}
 	rep.GossipDecryptFailures = f.decryptFailures() - beforeDecrypt
 	rep.UploadsRefused = f.uploadsRefused() - beforeRefused
-	f.opts.Logger.Info("key rotation under load", "rotations", rep.Rotations, "split_samples", rep.SplitSamples, "baseline_split_samples", rep.BaselineSplitSamples,
+	f.opts.Logger.Info("key rotation under load", "rotations", rep.Rotations, "split_samples", rep.SplitSamples, "suspect_samples", rep.SuspectSamples, "baseline_split_samples", rep.BaselineSplitSamples,
 		"gossip_decrypt_failures", rep.GossipDecryptFailures, "uploads_refused", rep.UploadsRefused,
 		"agents_on_gossip_primary", rep.AgentsOnGossipPrimary)
 	return rep, nil

@@ -65,6 +65,9 @@ func TestRunConverges(t *testing.T) {
 	if o := rep.Outage; o == nil || o.SimSeconds < 600 || o.OfflineAtEnd != 6 || o.ResumeSeconds.Max <= 0 {
 		t.Fatalf("outage: %+v", rep.Outage)
 	}
+	if k := rep.Rotation; k != nil {
+		t.Logf("rotation: %d of %d membership samples with a suspect member (baseline %d of %d)", k.SuspectSamples, k.Samples, k.BaselineSuspects, k.BaselineSamples)
+	}
 	if k := rep.Rotation; k == nil || k.Rotations < 2 || k.SplitSamples != 0 || k.GossipDecryptFailures != 0 || k.UploadsRefused != 0 || k.AgentsOnGossipPrimary != 6 {
 		t.Fatalf("rotation under load: %+v", rep.Rotation)
 	}

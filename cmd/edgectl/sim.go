@@ -262,8 +262,8 @@ func printSimReport(w io.Writer, r sim.Report) error {
 		rows = append(rows,
 			[2]string{"key rotation under load", fmt.Sprintf("%d rotations of each key every %.0f s over %.0f s; telemetry key v%d, gossip key v%d (primary on %d agents)", k.Rotations, k.Interval, k.Seconds, k.TelemetryVersion, k.GossipVersion, k.AgentsOnGossipPrimary)},
 			[2]string{"gossip key graces", fmt.Sprintf("install %.0f s, remove %.0f s", k.InstallGrace, k.RemoveGrace)},
-			[2]string{"during rotation", fmt.Sprintf("%d of %d membership samples split (min alive %d); %.0f gossip decrypt failures; %.0f uploads refused; %d writes", k.SplitSamples, k.Samples, k.MinAlive, k.GossipDecryptFailures, k.UploadsRefused, k.Writes)},
-			[2]string{"same load, no rotation", fmt.Sprintf("%d of %d membership samples split (min alive %d) over %.0f s before the first rotation", k.BaselineSplitSamples, k.BaselineSamples, k.BaselineMinAlive, k.BaselineSeconds)})
+			[2]string{"during rotation", fmt.Sprintf("%d of %d membership samples split, %d with a suspect (min alive %d); %.0f gossip decrypt failures; %.0f uploads refused; %d writes", k.SplitSamples, k.Samples, k.SuspectSamples, k.MinAlive, k.GossipDecryptFailures, k.UploadsRefused, k.Writes)},
+			[2]string{"same load, no rotation", fmt.Sprintf("%d of %d membership samples split, %d with a suspect (min alive %d) over %.0f s before the first rotation", k.BaselineSplitSamples, k.BaselineSamples, k.BaselineSuspects, k.BaselineMinAlive, k.BaselineSeconds)})
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
