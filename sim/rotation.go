@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
 )
 
@@ -104,21 +105,11 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 	go func() {
 		defer wg.Done()
 		for sleep(pctx, 250*time.Millisecond) == nil {
-			split, suspect, least := false, false, len(f.nodes)
-			for _, n := range f.nodes {
-				alive, suspected := 0, 0
-				for _, m := range n.ag.Members() {
-					switch m.State {
-					case "alive":
-						alive++
-					case "suspect":
-						suspected++
-					}
-				}
-				least = min(least, alive)
-				split = split || alive+suspected != len(f.nodes)
-				suspect = suspect || suspected > 0
+			views := make([][]agent.Member, len(f.nodes))
+			for i, n := range f.nodes {
+				views[i] = n.ag.Members()
 			}
+			split, suspect, least := classifyViews(views, len(f.nodes))
 			samples, splits, suspects, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineSuspects, &rep.BaselineMinAlive
 			if rotating.Load() {
 				samples, splits, suspects, minAlive = &rep.Samples, &rep.SplitSamples, &rep.SuspectSamples, &rep.MinAlive
@@ -209,4 +200,27 @@ func (f *Fleet) uploadsRefused() float64 {
 		}
 	}
 	return t
+}
+
+// classifyViews reads one membership sample of a fleet of n agents, each
+// agent's view of the members: split when some agent sees fewer than n
+// members alive or suspect (one dead, left or unknown), suspect when some
+// agent suspects a member; least is the fewest alive in any view.
+func classifyViews(views [][]agent.Member, n int) (split, suspect bool, least int) {
+	least = n
+	for _, v := range views {
+		alive, suspected := 0, 0
+		for _, m := range v {
+			switch m.State {
+			case "alive":
+				alive++
+			case "suspect":
+				suspected++
+			}
+		}
+		least = min(least, alive)
+		split = split || alive+suspected != n
+		suspect = suspect || suspected > 0
+	}
+	return split, suspect, least
 }
