@@ -110,6 +110,20 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 				views[i] = n.ag.Members()
 			}
 			split, suspect, least := classifyViews(views, len(f.nodes))
+			if split {
+				// who saw whom how: a split's cause is read from these
+				for i, v := range views {
+					var out []string
+					for _, m := range v {
+						if m.State != "alive" {
+							out = append(out, m.Name+"="+m.State)
+						}
+					}
+					if len(out) > 0 || len(v) != len(f.nodes) {
+						f.opts.Logger.Warn("sim: membership split seen", "rotating", rotating.Load(), "agent", f.nodes[i].ag.Name(), "members", len(v), "not_alive", out)
+					}
+				}
+			}
 			samples, splits, suspects, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineSuspects, &rep.BaselineMinAlive
 			if rotating.Load() {
 				samples, splits, suspects, minAlive = &rep.Samples, &rep.SplitSamples, &rep.SuspectSamples, &rep.MinAlive
