@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/cpapi"
+	"github.com/edgefleet/edgefleet/internal/testutil"
 )
 
 // dataSets is the shared data directory, or "" (devices are skipped) when
@@ -38,7 +40,9 @@ func TestRunConverges(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	sets := dataSets(t)
+	warnings := &testutil.SyncBuffer{} // the run's warnings, shown if a check fails
 	rep, err := Run(ctx, Options{
+		Logger:         slog.New(slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Agents:         6,
 		Partition:      3 * time.Second,
 		WritesPerAgent: 15,
@@ -69,7 +73,7 @@ func TestRunConverges(t *testing.T) {
 		t.Logf("rotation: %d of %d membership samples with a suspect member (baseline %d of %d)", k.SuspectSamples, k.Samples, k.BaselineSuspects, k.BaselineSamples)
 	}
 	if k := rep.Rotation; k == nil || k.Rotations < 2 || k.SplitSamples != 0 || k.GossipDecryptFailures != 0 || k.UploadsRefused != 0 || k.AgentsOnGossipPrimary != 6 {
-		t.Fatalf("rotation under load: %+v", rep.Rotation)
+		t.Fatalf("rotation under load: %+v\nthe run's warnings:\n%s", rep.Rotation, warnings)
 	}
 	if d := rep.Devices; d == nil {
 		t.Fatal("no devices report")
