@@ -203,31 +203,12 @@ func TestFLCarbonWindowSurvivesRestart(t *testing.T) {
 		}
 		return 100
 	})
-	e := newKeyEnv(t, func(c *Config) {
-		c.Keys.DevUnseal = true
-		c.FL.Tick = time.Hour
-		c.FL.Carbon = fc
-	})
-	ctx := e.ctx()
-	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
-	t0 = e.clock.Now()
-	agents := flTestAgents(t, e, "flwin", 2, 80)
-	beat := func() {
-		t.Helper()
-		v := 100.0
-		for _, a := range agents {
-			hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: "FR", Intensity: &v}}}
-			if _, err := a.client.Heartbeat(ctx, hb); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	f := newCarbonFixture(t, fc, "flwin", 80, "FR", "FR")
+	e, agents, ctx := f.e, f.agents, f.e.ctx()
+	t0 = f.t0
+	beat := f.beat
 	beat()
-	sp := flTestSpec("fl-window", 1)
-	sp.Schema.Features[0].Std = 1
-	sp.MinAvailable, sp.MinFit = 2, 2
-	sp.RoundTimeout = fedlearn.Duration(10 * time.Minute)
-	sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour)}
+	sp := f.spec("fl-window")
 	job, err := e.admin.CreateFLJob(ctx, sp)
 	if err != nil {
 		t.Fatal(err)
@@ -276,39 +257,18 @@ func TestFLCarbonShortForecastWarned(t *testing.T) {
 		}
 		return full.Forecast(ctx, zone, from, to)
 	})
-	e := newKeyEnv(t, func(c *Config) {
-		c.Keys.DevUnseal = true
-		c.FL.Tick = time.Hour
-		c.FL.Carbon = fc
-	})
-	ctx := e.ctx()
-	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
-	t0 = e.clock.Now()
-	agents := flTestAgents(t, e, "flshort", 2, 90)
-	beat := func() {
-		t.Helper()
-		v := 100.0
-		for i, a := range agents {
-			zone := []string{"FR", "GB"}[i]
-			hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: zone, Intensity: &v}}}
-			if _, err := a.client.Heartbeat(ctx, hb); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	sp := flTestSpec("fl-short", 1)
-	sp.Schema.Features[0].Std = 1
-	sp.MinAvailable, sp.MinFit = 2, 2
+	f := newCarbonFixture(t, fc, "flshort", 90, "FR", "GB")
+	e, ctx := f.e, f.e.ctx()
+	t0 = f.t0
+	sp := f.spec("fl-short")
 	sp.Rounds = 40
-	sp.RoundTimeout = fedlearn.Duration(10 * time.Minute)
 	sp.Deadline = t0.Add(30 * time.Hour)
-	sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour)}
-	beat()
+	f.beat()
 	if _, err := e.admin.CreateFLJob(ctx, sp); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
-		beat()
+		f.beat()
 		e.srv.FLTick()
 		e.clock.Advance(30 * time.Minute)
 	}
@@ -329,4 +289,47 @@ type forecastFunc func(ctx context.Context, zone string, from, to time.Time) (gr
 
 func (f forecastFunc) Forecast(ctx context.Context, zone string, from, to time.Time) (greensched.Series, error) {
 	return f(ctx, zone, from, to)
+}
+
+// carbonFixture is a control plane whose FL driver reads a forecaster,
+// its clock on a half-hour mark t0, and FL agents in given zones.
+type carbonFixture struct {
+	t      *testing.T
+	e      *keyEnv
+	t0     time.Time
+	agents []*pqAgent
+	zones  []string
+}
+
+func newCarbonFixture(t *testing.T, fc CarbonForecaster, prefix string, seed byte, zones ...string) *carbonFixture {
+	e := newKeyEnv(t, func(c *Config) {
+		c.Keys.DevUnseal = true
+		c.FL.Tick = time.Hour
+		c.FL.Carbon = fc
+	})
+	e.clock.Set(e.clock.Now().Truncate(30 * time.Minute).Add(30 * time.Minute))
+	return &carbonFixture{t: t, e: e, t0: e.clock.Now(), agents: flTestAgents(t, e, prefix, len(zones), seed), zones: zones}
+}
+
+// beat sends every agent's heartbeat: its zone at 100 g/kWh.
+func (f *carbonFixture) beat() {
+	f.t.Helper()
+	v := 100.0
+	for i, a := range f.agents {
+		hb := cpapi.Heartbeat{Resources: &cpapi.Resources{Energy: &cpapi.Energy{Zone: f.zones[i], Intensity: &v}}}
+		if _, err := a.client.Heartbeat(f.e.ctx(), hb); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+// spec is a one-round job of one feature over every agent, with a 3-hour
+// carbon window.
+func (f *carbonFixture) spec(model string) coord.Spec {
+	sp := flTestSpec(model, 1)
+	sp.Schema.Features[0].Std = 1
+	sp.MinAvailable, sp.MinFit = len(f.agents), len(f.agents)
+	sp.RoundTimeout = fedlearn.Duration(10 * time.Minute)
+	sp.Carbon = &coord.Carbon{Window: fedlearn.Duration(3 * time.Hour)}
+	return sp
 }
