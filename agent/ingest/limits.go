@@ -424,3 +424,14 @@ func (c *lru[V]) remove(key string) {
 }
 
 func (c *lru[V]) len() int { return c.ll.Len() }
+
+// disconnectListener disconnects the MQTT clients of one listener with
+// the reason "server shutting down", as mochi's closeListenerClients
+// does, reading the clients under one read lock (Clients.GetAll).
+func (g *brokerGuard) disconnectListener(id string) {
+	for _, cl := range g.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = g.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}

@@ -122,7 +122,14 @@ func (l *guardedListener) Serve(establish listeners.EstablishFn) {
 // connection still open, also those accepted but not yet clients (a
 // device reconnecting during Close must not keep the broker's Close
 // waiting for it).
-func (l *guardedListener) Close(closeClients listeners.CloseFn) {
+//
+// The clients are disconnected by disconnectListener, not by mochi's
+// closeClients: that one reads them with Clients.GetByListener, which
+// takes the clients' read lock twice (Len inside it), so a client
+// attaching at that moment (Clients.Delete waiting for the write lock
+// between the two) deadlocks both. A stress run caught a broker's Stop
+// hung so for 19 minutes.
+func (l *guardedListener) Close(listeners.CloseFn) {
 	l.mu.Lock()
 	first := l.end.CompareAndSwap(false, true)
 	if l.ln != nil {
@@ -132,7 +139,7 @@ func (l *guardedListener) Close(closeClients listeners.CloseFn) {
 	if !first {
 		return
 	}
-	closeClients(l.id)
+	l.g.disconnectListener(l.id)
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
