@@ -111,18 +111,7 @@ func (f *Fleet) runRotation(ctx context.Context) (*RotationReport, error) {
 			}
 			split, suspect, least := classifyViews(views, len(f.nodes))
 			if split {
-				// who saw whom how: a split's cause is read from these
-				for i, v := range views {
-					var out []string
-					for _, m := range v {
-						if m.State != "alive" {
-							out = append(out, m.Name+"="+m.State)
-						}
-					}
-					if len(out) > 0 || len(v) != len(f.nodes) {
-						f.opts.Logger.Warn("sim: membership split seen", "rotating", rotating.Load(), "agent", f.nodes[i].ag.Name(), "members", len(v), "not_alive", out)
-					}
-				}
+				f.logSplit(views, rotating.Load())
 			}
 			samples, splits, suspects, minAlive := &rep.BaselineSamples, &rep.BaselineSplitSamples, &rep.BaselineSuspects, &rep.BaselineMinAlive
 			if rotating.Load() {
@@ -214,6 +203,22 @@ func (f *Fleet) uploadsRefused() float64 {
 		}
 	}
 	return t
+}
+
+// logSplit says, for a split sample, which agent saw which members how:
+// a split's cause is read from these.
+func (f *Fleet) logSplit(views [][]agent.Member, rotating bool) {
+	for i, v := range views {
+		var out []string
+		for _, m := range v {
+			if m.State != "alive" {
+				out = append(out, m.Name+"="+m.State)
+			}
+		}
+		if len(out) > 0 || len(v) != len(f.nodes) {
+			f.opts.Logger.Warn("sim: membership split seen", "rotating", rotating, "agent", f.nodes[i].ag.Name(), "members", len(v), "not_alive", out)
+		}
+	}
 }
 
 // classifyViews reads one membership sample of a fleet of n agents, each
